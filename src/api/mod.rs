@@ -1,0 +1,3 @@
+//! The quota API for SMEs and admins (axum) (issue #7).
+
+pub mod cli;

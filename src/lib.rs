@@ -1,0 +1,22 @@
+//! zhisuan (智算): a GPU/NPU cluster scheduler for China's national compute network.
+//!
+//! One pipeline: observe (watch / telemetry) → snapshot (plain data) →
+//! plan (pure functions: admission, placement, metering) → act (bind, patch
+//! status, write ledger).
+//!
+//! The domain core — `placement`, `regions`, `ledger` — imports nothing of
+//! `operator`, `api`, `telemetry`, `sim` or `demo`; packing knows no money.
+
+pub mod error;
+
+// Domain core (plan layer, plus the ledger's storage).
+pub mod ledger;
+pub mod placement;
+pub mod regions;
+
+// Edges: observe and act.
+pub mod api;
+pub mod demo;
+pub mod operator;
+pub mod sim;
+pub mod telemetry;

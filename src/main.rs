@@ -1,0 +1,52 @@
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// zhisuan (智算): GPU/NPU cluster scheduler — packing, green-power-aware regions,
+/// per-tenant token and compute-voucher accounting.
+#[derive(Parser)]
+#[command(name = "zhisuan", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Replay a GPU trace (openb) through a placement policy (REPLAY-PROTOCOL).
+    Replay(zhisuan::sim::replay::ReplayArgs),
+    /// Time-stepped multi-region simulation (East Data, West Computing).
+    Sim(zhisuan::sim::regions::SimArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd(zhisuan::operator::cli::CrdArgs),
+    /// Run the Kubernetes operator (reconcilers, scheduling loop, leader election).
+    Controller(zhisuan::operator::cli::ControllerArgs),
+    /// Run the node agent (GPU/NPU telemetry, per-pod energy, health).
+    Agent(zhisuan::telemetry::cli::AgentArgs),
+    /// Print a tenant's monthly statement from the ledger.
+    Statement(zhisuan::ledger::cli::StatementArgs),
+    /// Serve the quota API for tenants and admins.
+    Api(zhisuan::api::cli::ApiArgs),
+    /// The whole system in one process on an embedded default (no cluster needed).
+    Demo(zhisuan::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Replay(a) => zhisuan::sim::replay::run(a),
+        Cmd::Sim(a) => zhisuan::sim::regions::run(a),
+        Cmd::Crd(a) => zhisuan::operator::cli::run_crd(a),
+        Cmd::Controller(a) => zhisuan::operator::cli::run_controller(a),
+        Cmd::Agent(a) => zhisuan::telemetry::cli::run(a),
+        Cmd::Statement(a) => zhisuan::ledger::cli::run(a),
+        Cmd::Api(a) => zhisuan::api::cli::run(a),
+        Cmd::Demo(a) => zhisuan::demo::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(zhisuan::error::exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Kubernetes operator: CRDs, controller, leader election (issue #4).
+
+pub mod cli;

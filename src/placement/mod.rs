@@ -1,0 +1,1 @@
+//! Pure placement engine: cluster model, requests, policies (issue #2).

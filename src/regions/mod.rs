@@ -1,0 +1,1 @@
+//! Region catalog, network graph, cost model, two-level placement (issue #3).

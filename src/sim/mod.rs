@@ -1,0 +1,4 @@
+//! Simulators: trace replay (issue #2) and the multi-region simulation (issue #3).
+
+pub mod regions;
+pub mod replay;

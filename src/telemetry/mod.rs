@@ -1,0 +1,3 @@
+//! Accelerator telemetry (NVML, sim, NPU exporter) and the node agent (issue #5).
+
+pub mod cli;
