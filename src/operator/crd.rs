@@ -5,6 +5,9 @@
 //! the same checks in Rust for clusters without CEL and for the controller,
 //! which must turn a bad spec into a status condition rather than crash.
 
+// kube-derive repeats `type_ = "string"` across printcolumn attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
