@@ -15,6 +15,7 @@ mod handlers;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod ratelimit;
 
 use std::collections::HashMap;
@@ -186,7 +187,7 @@ impl ApiState {
     }
 }
 
-/// Every endpoint of the API, plus the web page at `/` when it exists.
+/// Every endpoint of the API, plus the web page at `/` (owned by `page`).
 pub fn router(state: ApiState) -> Router {
     use handlers as h;
     Router::new()
@@ -204,6 +205,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/usage", get(h::own_usage))
         .route("/v1/statements/{month}", get(h::statement))
         .route("/v1/regions", get(h::regions))
+        .merge(page::router())
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
