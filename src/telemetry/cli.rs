@@ -239,28 +239,95 @@ fn substance(p: &NodePublication) -> NodePublication {
     p
 }
 
+/// What the serving loop needs besides the agent.
+pub struct ServeOptions {
+    pub listen: String,
+    pub node: String,
+    pub interval: Duration,
+    pub heartbeat: Duration,
+    /// Stop after this many samples.
+    pub samples: Option<u64>,
+}
+
+impl ServeOptions {
+    fn from_args(args: &AgentArgs) -> Self {
+        ServeOptions {
+            listen: args.listen.clone(),
+            node: node_name(args),
+            interval: Duration::from_secs_f64(args.interval),
+            heartbeat: Duration::from_secs_f64(args.heartbeat),
+            samples: args.samples,
+        }
+    }
+}
+
 async fn serve(
     args: AgentArgs,
     agent: Agent<Box<dyn Accelerator>>,
     registry: prometheus::Registry,
     publish_errors: prometheus::IntCounter,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let client = if args.no_publish {
+        None
+    } else {
+        Some(kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!(
+                "no Kubernetes API reachable ({e}): run in-cluster, set KUBECONFIG, or pass --no-publish"
+            )
+        })?)
+    };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    let opts = ServeOptions::from_args(&args);
+    serve_agent(
+        agent,
+        registry,
+        publish_errors,
+        opts,
+        client,
+        shutdown,
+        |addr| eprintln!("zhisuan agent: serving http://{addr}/metrics"),
+    )
+    .await
+}
+
+/// Runs an agent until `shutdown` resolves or `opts.samples` are taken:
+/// samples on a dedicated thread, serves `/metrics` and `/healthz` on
+/// `opts.listen` (`on_listen` gets the bound address), and, given a client,
+/// watches the node's pods and patches the Node whenever the publication
+/// changes or the heartbeat is due.
+pub async fn serve_agent<B: Accelerator + 'static>(
+    agent: Agent<B>,
+    registry: prometheus::Registry,
+    publish_errors: prometheus::IntCounter,
+    opts: ServeOptions,
+    client: Option<kube::Client>,
+    shutdown: impl std::future::Future<Output = ()>,
+    on_listen: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
-        .map_err(|e| InputError::new(format!("--listen {}: cannot bind: {e}", args.listen)))?;
-    let addr = listener.local_addr()?;
-    eprintln!("zhisuan agent: serving http://{addr}/metrics");
+        .map_err(|e| InputError::new(format!("--listen {}: cannot bind: {e}", opts.listen)))?;
+    on_listen(listener.local_addr()?);
 
     let registry = Arc::new(registry);
     let app = axum::Router::new()
         .route(
             "/metrics",
-            axum::routing::get(|axum::extract::State(r): axum::extract::State<Arc<prometheus::Registry>>| async move {
-                let body = prometheus::TextEncoder::new()
-                    .encode_to_string(&r.gather())
-                    .unwrap_or_default();
-                ([("content-type", "text/plain; version=0.0.4")], body)
-            }),
+            axum::routing::get(
+                |axum::extract::State(r): axum::extract::State<Arc<prometheus::Registry>>| async move {
+                    let body = prometheus::TextEncoder::new()
+                        .encode_to_string(&r.gather())
+                        .unwrap_or_default();
+                    ([("content-type", "text/plain; version=0.0.4")], body)
+                },
+            ),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .with_state(registry);
@@ -274,24 +341,15 @@ async fn serve(
             .await
     });
 
-    let (client, pod_store) = if args.no_publish {
-        (None, None)
-    } else {
-        let client = kube::Client::try_default().await.map_err(|e| {
-            anyhow::anyhow!(
-                "no Kubernetes API reachable ({e}): run in-cluster, set KUBECONFIG, or pass --no-publish"
-            )
-        })?;
-        let node = node_name(&args);
-        let store = kube_act::watch_node_pods(&client, &node);
-        (Some(client), Some(store))
-    };
+    let pod_store = client
+        .as_ref()
+        .map(|c| kube_act::watch_node_pods(c, &opts.node));
 
     // Sampler thread: blocking backend calls stay off the runtime.
     let (pub_tx, mut pub_rx) = tokio::sync::watch::channel::<Option<NodePublication>>(None);
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let interval = Duration::from_secs_f64(args.interval);
-    let max_samples = args.samples;
+    let interval = opts.interval;
+    let max_samples = opts.samples;
     let sampler = std::thread::Builder::new()
         .name("sampler".into())
         .spawn(move || {
@@ -326,15 +384,11 @@ async fn serve(
         })
         .context("spawn sampler thread")?;
 
-    let node = node_name(&args);
-    let heartbeat = Duration::from_secs_f64(args.heartbeat);
     let mut last_published: Option<(NodePublication, Instant)> = None;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("install SIGTERM handler")?;
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            _ = &mut shutdown => break,
             changed = pub_rx.changed() => {
                 if changed.is_err() {
                     break; // sampler finished (--samples)
@@ -343,10 +397,10 @@ async fn serve(
                 let Some(client) = &client else { continue };
                 let due = match &last_published {
                     None => true,
-                    Some((last, at)) => substance(last) != substance(&p) || at.elapsed() >= heartbeat,
+                    Some((last, at)) => substance(last) != substance(&p) || at.elapsed() >= opts.heartbeat,
                 };
                 if due {
-                    match kube_act::publish(client, &node, &p).await {
+                    match kube_act::publish(client, &opts.node, &p).await {
                         Ok(()) => last_published = Some((p, Instant::now())),
                         Err(e) => {
                             publish_errors.inc();
