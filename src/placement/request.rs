@@ -31,7 +31,7 @@ impl GpuDemand {
     pub fn from_trace(num_gpu: u32, gpu_milli: u32) -> Result<Self, String> {
         match (num_gpu, gpu_milli) {
             (0, _) => Ok(GpuDemand::None),
-            (1, m) if m == 0 => Err("gpu_milli must be 1..=1000 when num_gpu is 1".into()),
+            (1, 0) => Err("gpu_milli must be 1..=1000 when num_gpu is 1".into()),
             (1, m) if m < 1000 => Ok(GpuDemand::Shared { milli: m as u16 }),
             (n, m) if n > 64 => Err(format!(
                 "num_gpu {n} is more than 64 devices on one node (gpu_milli {m})"
