@@ -1,0 +1,45 @@
+{{/* Names shared by every template. */}}
+{{- define "zhisuan.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "zhisuan.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "zhisuan.selector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "zhisuan.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "zhisuan.adminSecretName" -}}
+{{- .Values.adminKey.existingSecret | default (printf "%s-admin" (include "zhisuan.fullname" .)) -}}
+{{- end -}}
+
+{{/* The ledger location the controller is given (--db). */}}
+{{- define "zhisuan.validate" -}}
+{{- if not (has .Values.ledger.backend (list "sqlite" "postgres")) -}}
+{{- fail (printf "ledger.backend must be sqlite or postgres, not %q" .Values.ledger.backend) -}}
+{{- end -}}
+{{- if and (eq .Values.ledger.backend "sqlite") (gt (int .Values.controller.replicas) 1) -}}
+{{- fail "controller.replicas > 1 needs ledger.backend=postgres: a SQLite file on a ReadWriteOnce volume has one writer; set ledger.backend=postgres and ledger.postgres.existingSecret, or controller.replicas=1" -}}
+{{- end -}}
+{{- if and (eq .Values.ledger.backend "postgres") (not .Values.ledger.postgres.existingSecret) -}}
+{{- fail "ledger.backend=postgres needs ledger.postgres.existingSecret: the name of a Secret holding the PostgreSQL URL under key ledger.postgres.secretKey" -}}
+{{- end -}}
+{{- if not (has .Values.agent.backend (list "nvml" "sim" "npu-exporter")) -}}
+{{- fail (printf "agent.backend must be nvml, sim or npu-exporter, not %q" .Values.agent.backend) -}}
+{{- end -}}
+{{- end -}}

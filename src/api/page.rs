@@ -1,0 +1,117 @@
+//! The web page at `/` of the API server and the demo: per-region GPU use,
+//! green share and carbon; per-tenant spend, vouchers and tokens; pending jobs
+//! by reason — drawn as SVG charts by plain JavaScript from `/metrics`
+//! (the same series Prometheus and the dashboards read), so the page needs no
+//! state of its own, no CDN and no network beyond its own origin.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+const INDEX_HTML: &str = include_str!("page/index.html");
+const PAGE_JS: &str = include_str!("page/page.js");
+const PAGE_CSS: &str = include_str!("page/page.css");
+
+/// Routes of the page: `/`, `/assets/page.js`, `/assets/page.css`. Generic over
+/// the state so any router (API server, demo) can merge it.
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new()
+        .route("/", get(index))
+        .route("/assets/page.js", get(script))
+        .route("/assets/page.css", get(style))
+}
+
+async fn index() -> impl IntoResponse {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn script() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", PAGE_JS)
+}
+
+async fn style() -> impl IntoResponse {
+    asset("text/css; charset=utf-8", PAGE_CSS)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // Everything comes from this origin; no inline script, no third party.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'",
+            ),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    async fn fetch(path: &str) -> (StatusCode, String, String) {
+        let resp = router::<()>()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let ctype = resp.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn serves_the_page_and_its_assets() {
+        let (status, ctype, html) = fetch("/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(ctype.starts_with("text/html"));
+        assert!(html.contains("/assets/page.js") && html.contains("/assets/page.css"));
+        let (status, ctype, js) = fetch("/assets/page.js").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(ctype.starts_with("text/javascript"));
+        // The page draws from the metric-name contract.
+        for metric in [
+            "zhisuan_region_gpus_allocated",
+            "zhisuan_region_green_share",
+            "zhisuan_region_carbon_kg_total",
+            "zhisuan_tenant_net_fen_total",
+            "zhisuan_voucher_balance_fen",
+            "zhisuan_tenant_tokens_total",
+            "zhisuan_pending_jobs",
+        ] {
+            assert!(js.contains(metric), "page.js does not chart {metric}");
+        }
+        assert_eq!(fetch("/assets/page.css").await.0, StatusCode::OK);
+    }
+
+    #[test]
+    fn page_loads_nothing_from_elsewhere() {
+        assert!(
+            !INDEX_HTML.contains("http"),
+            "index.html references another origin"
+        );
+        assert!(
+            !PAGE_CSS.contains("http"),
+            "page.css references another origin"
+        );
+        // The only absolute URL in the script is the SVG namespace name.
+        let js_urls = PAGE_JS.matches("http").count();
+        let svg_ns = PAGE_JS.matches("http://www.w3.org/2000/svg").count();
+        assert_eq!(js_urls, svg_ns, "page.js references another origin");
+    }
+}

@@ -1,0 +1,178 @@
+// zhisuan live page: reads /metrics (Prometheus text format) and draws SVG
+// bar charts. No framework, no CDN: everything comes from this origin.
+"use strict";
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const REFRESH_MS = 5000;
+const COLORS = ["#2f6fb3", "#3fa34d", "#e0a020", "#c9483b", "#7a5cc0", "#2aa6a6", "#8a8f98"];
+
+// Parses Prometheus text exposition into {name: [{labels, value}]}.
+function parseMetrics(text) {
+  const out = {};
+  const labelRe = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (!line || line.startsWith("#")) continue;
+    let name, labels = {}, rest;
+    const brace = line.indexOf("{");
+    const space = line.indexOf(" ");
+    if (brace !== -1 && (space === -1 || brace < space)) {
+      name = line.slice(0, brace);
+      const close = line.lastIndexOf("}");
+      const body = line.slice(brace + 1, close);
+      let m;
+      labelRe.lastIndex = 0;
+      while ((m = labelRe.exec(body)) !== null) {
+        labels[m[1]] = m[2].replace(/\\"/g, '"').replace(/\\n/g, "\n").replace(/\\\\/g, "\\");
+      }
+      rest = line.slice(close + 1).trim();
+    } else {
+      name = line.slice(0, space);
+      rest = line.slice(space + 1).trim();
+    }
+    const value = parseFloat(rest.split(/\s+/)[0]);
+    if (!Number.isFinite(value)) continue;
+    (out[name] = out[name] || []).push({ labels, value });
+  }
+  return out;
+}
+
+// Sums a metric's samples grouped by the given label names; returns Map key → value.
+function sumBy(metrics, name, keys) {
+  const groups = new Map();
+  for (const s of metrics[name] || []) {
+    const key = keys.map((k) => s.labels[k] || "").join(" / ");
+    groups.set(key, (groups.get(key) || 0) + s.value);
+  }
+  return groups;
+}
+
+function el(tag, attrs, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function fmt(v) {
+  if (Math.abs(v) >= 1e6) return (v / 1e6).toFixed(1) + "M";
+  if (Math.abs(v) >= 1e4) return (v / 1e3).toFixed(1) + "k";
+  if (Math.abs(v) >= 100) return v.toFixed(0);
+  if (Math.abs(v) >= 1) return v.toFixed(1);
+  return v.toFixed(2);
+}
+
+// Horizontal (optionally stacked) bar chart.
+// rows: [{label, values: [..one per series..]}]; series: [{name, color}].
+// opts.max: fixed scale (e.g. 1 for shares); opts.percent: show values as %.
+function barChart(svgId, rows, series, opts) {
+  opts = opts || {};
+  const svg = document.getElementById(svgId);
+  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  const width = svg.clientWidth || 600;
+  const labelW = Math.min(170, Math.max(80, width * 0.3));
+  const barH = 18, gap = 6, legendH = series.length > 1 ? 22 : 4;
+  const height = Math.max(40, legendH + rows.length * (barH + gap) + 6);
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("height", height);
+  if (rows.length === 0) {
+    svg.appendChild(el("text", { x: 8, y: 24, class: "empty" }, "no data yet"));
+    return;
+  }
+  const totals = rows.map((r) => r.values.reduce((a, b) => a + Math.max(0, b), 0));
+  const max = opts.max || Math.max(...totals, 1e-9);
+  const plotW = width - labelW - 70;
+  if (series.length > 1) {
+    let lx = labelW;
+    series.forEach((s, i) => {
+      svg.appendChild(el("rect", { x: lx, y: 5, width: 12, height: 12, fill: s.color || COLORS[i] }));
+      svg.appendChild(el("text", { x: lx + 16, y: 15 }, s.name));
+      lx += 24 + s.name.length * 7;
+    });
+  }
+  rows.forEach((row, r) => {
+    const y = legendH + r * (barH + gap);
+    svg.appendChild(el("text", { x: labelW - 6, y: y + 13, "text-anchor": "end" }, row.label));
+    svg.appendChild(el("line", { x1: labelW, x2: labelW + plotW, y1: y + barH + 2, y2: y + barH + 2, class: "gridline" }));
+    let x = labelW;
+    row.values.forEach((v, i) => {
+      const w = Math.max(0, (Math.max(0, v) / max) * plotW);
+      const rect = el("rect", {
+        x, y, width: w.toFixed(2), height: barH, rx: 2,
+        fill: series[i].color || COLORS[i], class: "bar", "data-value": v,
+      });
+      rect.appendChild(el("title", {}, `${row.label} — ${series[i].name}: ${fmt(v)}`));
+      svg.appendChild(rect);
+      x += w;
+    });
+    const total = totals[r];
+    const shown = opts.percent ? (total * 100).toFixed(0) + "%" : fmt(total) + (opts.suffix || "");
+    svg.appendChild(el("text", { x: x + 6, y: y + 13, class: "value" }, shown));
+  });
+}
+
+function rowsFrom(map, scale) {
+  return [...map.entries()]
+    .sort((a, b) => a[0].localeCompare(b[0]))
+    .map(([label, v]) => ({ label, values: [v * (scale || 1)] }));
+}
+
+function render(metrics) {
+  // GPU use by region: allocated stacked with the rest of the installed GPUs.
+  const installed = sumBy(metrics, "zhisuan_region_gpus", ["region"]);
+  const allocated = sumBy(metrics, "zhisuan_region_gpus_allocated", ["region"]);
+  const regions = [...installed.keys()].sort();
+  barChart("chart-region-gpus",
+    regions.map((r) => {
+      const a = allocated.get(r) || 0;
+      return { label: r, values: [a, Math.max(0, installed.get(r) - a)] };
+    }),
+    [{ name: "allocated", color: COLORS[0] }, { name: "free", color: "#d5dbe3" }],
+    { suffix: " GPUs" });
+
+  barChart("chart-region-green", rowsFrom(sumBy(metrics, "zhisuan_region_green_share", ["region"])),
+    [{ name: "green share", color: COLORS[1] }], { max: 1, percent: true });
+  barChart("chart-region-carbon", rowsFrom(sumBy(metrics, "zhisuan_region_carbon_kg_total", ["region"])),
+    [{ name: "kg CO₂", color: "#8a8f98" }], { suffix: " kg" });
+
+  // Spend: voucher-covered and net payable stack to the gross charge.
+  const voucher = sumBy(metrics, "zhisuan_tenant_voucher_redeemed_fen_total", ["tenant"]);
+  const net = sumBy(metrics, "zhisuan_tenant_net_fen_total", ["tenant"]);
+  const tenants = [...new Set([...voucher.keys(), ...net.keys()])].sort();
+  barChart("chart-tenant-spend",
+    tenants.map((t) => ({ label: t, values: [(voucher.get(t) || 0) / 100, (net.get(t) || 0) / 100] })),
+    [{ name: "voucher-covered", color: COLORS[1] }, { name: "net payable", color: COLORS[2] }],
+    { suffix: " CNY" });
+
+  barChart("chart-vouchers", rowsFrom(sumBy(metrics, "zhisuan_voucher_balance_fen", ["tenant", "voucher"]), 0.01),
+    [{ name: "balance", color: COLORS[4] }], { suffix: " CNY" });
+
+  const tokens = sumBy(metrics, "zhisuan_tenant_tokens_total", ["tenant", "tier"]);
+  const tiers = [...new Set([...tokens.keys()].map((k) => k.split(" / ")[1]))].sort();
+  const tokenTenants = [...new Set([...tokens.keys()].map((k) => k.split(" / ")[0]))].sort();
+  barChart("chart-tokens",
+    tokenTenants.map((t) => ({ label: t, values: tiers.map((tier) => tokens.get(`${t} / ${tier}`) || 0) })),
+    tiers.map((tier, i) => ({ name: tier, color: COLORS[i] })));
+
+  barChart("chart-pending", rowsFrom(sumBy(metrics, "zhisuan_pending_jobs", ["reason"])),
+    [{ name: "jobs", color: COLORS[3] }]);
+}
+
+async function refresh() {
+  const status = document.getElementById("status");
+  try {
+    const resp = await fetch("/metrics", { cache: "no-store" });
+    if (!resp.ok) throw new Error(`/metrics answered ${resp.status}`);
+    const metrics = parseMetrics(await resp.text());
+    render(metrics);
+    status.className = "status";
+    status.textContent = `updated ${new Date().toLocaleTimeString()} · refreshes every ${REFRESH_MS / 1000} s`;
+    document.body.dataset.rendered = "true";
+  } catch (e) {
+    status.className = "status error";
+    status.textContent = `cannot read /metrics: ${e.message}`;
+  }
+}
+
+refresh();
+setInterval(refresh, REFRESH_MS);

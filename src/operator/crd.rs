@@ -1,0 +1,547 @@
+//! Custom resources of group `zhisuan.io/v1alpha1`.
+//!
+//! The schemas carry OpenAPI bounds and CEL rules (`x-kubernetes-validations`)
+//! so a real API server rejects bad specs up front; [`super::validate`] repeats
+//! the same checks in Rust for clusters without CEL and for the controller,
+//! which must turn a bad spec into a status condition rather than crash.
+
+// kube-derive repeats `type_ = "string"` across printcolumn attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every zhisuan resource.
+pub const GROUP: &str = "zhisuan.io";
+/// API version of every zhisuan resource.
+pub const VERSION: &str = "v1alpha1";
+/// Finalizer the controller puts on jobs so their pods are cleaned up first.
+pub const FINALIZER: &str = "zhisuan.io/cleanup";
+
+/// Any object: pod templates are passed through to the API server's own Pod
+/// validation, so the CRD schema keeps them opaque instead of inlining the
+/// 10,000-line Pod schema.
+fn opaque_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Where a workload may and should run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionConstraints {
+    /// Data residency: the workload may run only in these regions (empty = anywhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub residency: Vec<String>,
+    /// Regions to try first, in order (soft).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred: Vec<String>,
+}
+
+/// A gang training job: `replicas` pods that start together or not at all.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default)]
+#[kube(
+    group = "zhisuan.io",
+    version = "v1alpha1",
+    kind = "TrainingJob",
+    namespaced,
+    status = "WorkloadStatus",
+    shortname = "tj",
+    category = "zhisuan",
+    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenant"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Region",
+        type_ = "string",
+        json_path = ".status.placement.region"
+    ),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!(has(self.gpusPerReplica) && has(self.gpuMilli))")
+    .message("set either gpusPerReplica (whole GPUs) or gpuMilli (a share of one GPU), not both"))]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingJobSpec {
+    /// Tenant that pays for and is limited by this job (a TenantQuota's tenant).
+    #[x_kube(validation = Rule::new("self != ''").message("tenant must not be empty"))]
+    pub tenant: String,
+    /// Gang size: all replicas are placed together or none is.
+    #[schemars(range(min = 1, max = 10000))]
+    pub replicas: i32,
+    /// Whole GPUs per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub gpus_per_replica: Option<i32>,
+    /// A share of one GPU per replica, in thousandths (1..1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub gpu_milli: Option<i32>,
+    /// Accelerator models the job accepts (empty = any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_models: Vec<String>,
+    /// Accelerator vendor the job needs (nvidia, huawei, ...; empty = any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator_vendor: Option<String>,
+    /// Higher runs first and may preempt lower (bounded, see docs/operator.md).
+    #[serde(default)]
+    pub priority: i32,
+    /// Residency (hard) and preferred (soft) regions.
+    #[serde(default)]
+    pub regions: RegionConstraints,
+    /// The controller fails the job after this many seconds of running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_runtime_seconds: Option<i64>,
+    /// Pod template for every replica.
+    #[schemars(schema_with = "opaque_object")]
+    pub template: PodTemplateSpec,
+}
+
+/// Price tier of the tokens an inference service produces.
+pub const TOKEN_TIERS: [&str; 3] = ["basic", "industry", "high-value"];
+
+/// Where the controller and the ledger scrape token counters.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsEndpoint {
+    /// Container port serving Prometheus text format.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// HTTP path, `/metrics` when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// A model served behind an API, billed per token.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default)]
+#[kube(
+    group = "zhisuan.io",
+    version = "v1alpha1",
+    kind = "InferenceService",
+    namespaced,
+    status = "WorkloadStatus",
+    shortname = "isvc",
+    category = "zhisuan",
+    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenant"),
+    printcolumn(name = "Model", type_ = "string", json_path = ".spec.modelName"),
+    printcolumn(name = "Tier", type_ = "string", json_path = ".spec.tokenTier"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Region",
+        type_ = "string",
+        json_path = ".status.placement.region"
+    ),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!(has(self.gpusPerReplica) && has(self.gpuMilli))")
+    .message("set either gpusPerReplica (whole GPUs) or gpuMilli (a share of one GPU), not both"))]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceServiceSpec {
+    /// Tenant that pays for and is limited by this service.
+    #[x_kube(validation = Rule::new("self != ''").message("tenant must not be empty"))]
+    pub tenant: String,
+    /// Model served (used by the ledger and dashboards).
+    pub model_name: String,
+    /// Token price tier: basic, industry or high-value.
+    #[x_kube(validation = Rule::new("self in ['basic', 'industry', 'high-value']")
+        .message("tokenTier must be one of basic, industry, high-value"))]
+    pub token_tier: String,
+    /// Serving replicas (placed together).
+    #[schemars(range(min = 1, max = 10000))]
+    pub replicas: i32,
+    /// Whole GPUs per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub gpus_per_replica: Option<i32>,
+    /// A share of one GPU per replica, in thousandths (1..1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub gpu_milli: Option<i32>,
+    /// Accelerator models accepted (empty = any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_models: Vec<String>,
+    /// Accelerator vendor needed (empty = any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator_vendor: Option<String>,
+    /// Higher runs first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Round-trip latency target to the users, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub latency_slo_ms: Option<i32>,
+    /// Region the users are in (for the latency SLO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_region: Option<String>,
+    /// Residency (hard) and preferred (soft) regions.
+    #[serde(default)]
+    pub regions: RegionConstraints,
+    /// Token counters to scrape (vLLM-style).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsEndpoint>,
+    /// Pod template for every replica.
+    #[schemars(schema_with = "opaque_object")]
+    pub template: PodTemplateSpec,
+}
+
+/// Lifecycle of a TrainingJob or InferenceService.
+pub const PHASES: [&str; 6] = [
+    "Pending",
+    "Admitted",
+    "Running",
+    "Succeeded",
+    "Failed",
+    "Preempted",
+];
+
+/// One replica's place: node and device indices on it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaPlacement {
+    pub pod: String,
+    pub node: String,
+    pub devices: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_milli: Option<u32>,
+}
+
+/// Where a workload runs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub replicas: Vec<ReplicaPlacement>,
+}
+
+/// A status condition (the shape of `metav1.Condition`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Admitted, Scheduled, Valid, ...
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    /// CamelCase machine-readable reason.
+    pub reason: String,
+    /// Human-readable explanation ("why pending").
+    pub message: String,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Status shared by TrainingJob and InferenceService.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// Pending, Admitted, Running, Succeeded, Failed or Preempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Short reason of the current phase (why pending / why failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// RFC 3339 time the gang was bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A kubeconfig in a Secret, for a region that is a separate member cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub namespace: String,
+    /// Key inside the Secret's data, `kubeconfig` when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// One hub / data-centre cluster of the national compute network.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default)]
+#[kube(
+    group = "zhisuan.io",
+    version = "v1alpha1",
+    kind = "ComputeRegion",
+    status = "ComputeRegionStatus",
+    shortname = "cr",
+    category = "zhisuan",
+    printcolumn(name = "Hub", type_ = "string", json_path = ".spec.hub"),
+    printcolumn(name = "Side", type_ = "string", json_path = ".spec.side"),
+    printcolumn(name = "PUE", type_ = "number", json_path = ".spec.pue"),
+    printcolumn(name = "Green", type_ = "number", json_path = ".spec.greenShare"),
+    printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.gpus"),
+    printcolumn(
+        name = "Allocated",
+        type_ = "number",
+        json_path = ".status.gpusAllocated"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeRegionSpec {
+    /// National hub (e.g. 宁夏 / ningxia).
+    pub hub: String,
+    /// Data-centre cluster inside the hub (e.g. 中卫 / zhongwei).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// east (demand side) or west (energy side).
+    #[x_kube(validation = Rule::new("self in ['east', 'west']").message("side must be east or west"))]
+    pub side: String,
+    /// Power usage effectiveness (facility / IT energy).
+    #[schemars(range(min = 1.0, max = 3.0))]
+    pub pue: f64,
+    /// Share of electricity from green contracts (0..1).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub green_share: f64,
+    /// Electricity price, fen per kWh (integer money).
+    #[schemars(range(min = 0))]
+    pub electricity_fen_per_kwh: i64,
+    /// Grid emission factor, kgCO2 per kWh.
+    #[schemars(range(min = 0.0))]
+    pub grid_kg_co2_per_kwh: f64,
+    /// Nodes of this region in this cluster (label selector, equality only).
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// Set when the region is a separate member cluster: its kubeconfig.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Observed state of a region.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeRegionStatus {
+    #[serde(default)]
+    pub gpus: i64,
+    #[serde(default)]
+    pub gpus_allocated: f64,
+    #[serde(default)]
+    pub nodes: i64,
+}
+
+/// Limits of one tenant, nested in a tree (province → city → department).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default)]
+#[kube(
+    group = "zhisuan.io",
+    version = "v1alpha1",
+    kind = "TenantQuota",
+    status = "TenantQuotaStatus",
+    shortname = "tq",
+    category = "zhisuan",
+    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenant"),
+    printcolumn(name = "Parent", type_ = "string", json_path = ".spec.parent"),
+    printcolumn(
+        name = "Used-milliGPU",
+        type_ = "integer",
+        json_path = ".status.usedMilliGpus"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Valid\")].status"
+    )
+)]
+#[x_kube(validation = Rule::new("!has(self.parent) || self.parent != self.tenant")
+    .message("parent must differ from tenant"))]
+#[serde(rename_all = "camelCase")]
+pub struct TenantQuotaSpec {
+    /// Tenant name (unique across TenantQuotas).
+    #[x_kube(validation = Rule::new("self != ''").message("tenant must not be empty"))]
+    pub tenant: String,
+    /// Parent tenant; its limits also bound this tenant's use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// GPUs (whole, shares add up in milli) per accelerator model; `*` = any model.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self.all(k, self[k] >= 0)").message("gpus limits must be >= 0"))]
+    pub gpus: BTreeMap<String, i64>,
+    /// GPU-hours per month per accelerator model; `*` = any model.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self.all(k, self[k] >= 0)").message("gpuHoursPerMonth must be >= 0"))]
+    pub gpu_hours_per_month: BTreeMap<String, i64>,
+    /// GPUs guaranteed to this tenant under contention (its fair-share weight).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub guaranteed_gpus: i64,
+    /// May use idle capacity beyond `guaranteedGpus` (up to `gpus`), subject to preemption.
+    #[serde(default = "yes")]
+    pub borrowable: bool,
+    /// Tokens per month per tier (basic, industry, high-value).
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self.all(k, self[k] >= 0)").message("tokensPerMonth must be >= 0"))]
+    pub tokens_per_month: BTreeMap<String, i64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Current use against a quota.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantQuotaStatus {
+    #[serde(default)]
+    pub used_milli_gpus: i64,
+    #[serde(default)]
+    pub admitted_workloads: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A government compute voucher (算力券), redeemed by the ledger.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default)]
+#[kube(
+    group = "zhisuan.io",
+    version = "v1alpha1",
+    kind = "ComputeVoucher",
+    status = "ComputeVoucherStatus",
+    shortname = "cv",
+    category = "zhisuan",
+    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenant"),
+    printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuer"),
+    printcolumn(name = "Face-fen", type_ = "integer", json_path = ".spec.faceValueFen"),
+    printcolumn(
+        name = "Balance-fen",
+        type_ = "integer",
+        json_path = ".status.balanceFen"
+    ),
+    printcolumn(name = "Until", type_ = "string", json_path = ".spec.validUntil")
+)]
+#[x_kube(validation = Rule::new("self.validUntil > self.validFrom")
+    .message("validUntil must be after validFrom"))]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeVoucherSpec {
+    /// Issuing authority (e.g. a city's data bureau).
+    pub issuer: String,
+    /// Tenant that may redeem it.
+    pub tenant: String,
+    /// Face value in fen (integer money).
+    #[schemars(range(min = 1))]
+    pub face_value_fen: i64,
+    /// Largest share of each charge the voucher covers, in basis points (0..10000).
+    #[schemars(range(min = 0, max = 10000))]
+    pub copay_basis_points: i64,
+    /// RFC 3339 start of validity.
+    pub valid_from: String,
+    /// RFC 3339 end of validity (exclusive).
+    pub valid_until: String,
+    /// Eligible regions (empty = all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// Eligible resource kinds: gpu, tokens, energy (empty = all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_kinds: Vec<String>,
+}
+
+/// Redemption state, written by the ledger.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeVoucherStatus {
+    #[serde(default)]
+    pub balance_fen: i64,
+    #[serde(default)]
+    pub redeemed_fen: i64,
+}
+
+/// Every CRD, in a stable order.
+pub fn all_crds(
+) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    vec![
+        TrainingJob::crd(),
+        InferenceService::crd(),
+        ComputeRegion::crd(),
+        TenantQuota::crd(),
+        ComputeVoucher::crd(),
+    ]
+}
+
+/// File name in `crds/` and YAML text of every CRD.
+pub fn crd_files() -> anyhow::Result<Vec<(String, String)>> {
+    all_crds()
+        .into_iter()
+        .map(|crd| {
+            let name = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());
+            Ok((name, serde_yaml::to_string(&crd)?))
+        })
+        .collect()
+}
+
+/// All CRDs as one multi-document YAML stream (what `zhisuan crd` prints).
+pub fn crds_yaml() -> anyhow::Result<String> {
+    let mut out = String::new();
+    for (_, text) in crd_files()? {
+        out.push_str("---\n");
+        out.push_str(&text);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/` is generated: regenerate with `cargo run -- crd --out-dir crds`.
+    #[test]
+    fn crds_directory_is_up_to_date() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        for (name, text) in crd_files().unwrap() {
+            let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+            assert!(
+                on_disk == text,
+                "crds/{name} is out of date: run `cargo run -- crd --out-dir crds`"
+            );
+        }
+    }
+
+    #[test]
+    fn schemas_carry_cel_rules_and_bounds() {
+        let yaml = crds_yaml().unwrap();
+        assert!(yaml.contains("x-kubernetes-validations"));
+        assert!(yaml.contains("set either gpusPerReplica"));
+        assert!(yaml.contains("gpus limits must be >= 0"));
+        let tj = serde_json::to_value(TrainingJob::crd()).unwrap();
+        let spec = &tj["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["properties"]["gpuMilli"]["maximum"], 1000.0);
+        assert_eq!(spec["properties"]["replicas"]["minimum"], 1.0);
+        assert_eq!(
+            spec["properties"]["template"]["x-kubernetes-preserve-unknown-fields"],
+            true
+        );
+        let versions = &tj["spec"]["versions"][0];
+        assert_eq!(versions["subresources"]["status"], serde_json::json!({}));
+        assert!(
+            versions["additionalPrinterColumns"]
+                .as_array()
+                .unwrap()
+                .len()
+                >= 5
+        );
+    }
+}

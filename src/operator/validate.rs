@@ -1,0 +1,436 @@
+//! Pure validation of specs: every error names the field (as `spec.x.y`) and
+//! how to fix it. The controller turns these into a `Valid=False` condition;
+//! they mirror the CEL / OpenAPI rules in the CRD schemas.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::crd::{
+    ComputeRegionSpec, ComputeVoucherSpec, InferenceServiceSpec, TenantQuotaSpec, TrainingJobSpec,
+    TOKEN_TIERS,
+};
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `spec.gpuMilli`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Joins errors into one condition message.
+pub fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn err(errors: &mut Vec<FieldError>, field: &str, message: String) {
+    errors.push(FieldError {
+        field: field.to_string(),
+        message,
+    });
+}
+
+/// The GPU request part shared by jobs and services.
+struct GpuRequest<'a> {
+    tenant: &'a str,
+    replicas: i32,
+    gpus_per_replica: Option<i32>,
+    gpu_milli: Option<i32>,
+    gpu_models: &'a [String],
+}
+
+fn validate_gpu_request(req: &GpuRequest, known_models: &BTreeSet<String>) -> Vec<FieldError> {
+    let mut e = Vec::new();
+    if req.tenant.trim().is_empty() {
+        err(
+            &mut e,
+            "spec.tenant",
+            "must name a tenant (a TenantQuota's spec.tenant)".into(),
+        );
+    }
+    if req.replicas < 1 {
+        err(
+            &mut e,
+            "spec.replicas",
+            format!("is {}; set it to 1 or more", req.replicas),
+        );
+    }
+    match (req.gpus_per_replica, req.gpu_milli) {
+        (Some(_), Some(_)) => err(
+            &mut e,
+            "spec.gpuMilli",
+            "set either spec.gpusPerReplica (whole GPUs) or spec.gpuMilli (a share), not both"
+                .into(),
+        ),
+        (None, None) => err(
+            &mut e,
+            "spec.gpusPerReplica",
+            "missing: set spec.gpusPerReplica (whole GPUs) or spec.gpuMilli (1..1000)".into(),
+        ),
+        (Some(g), None) if !(1..=64).contains(&g) => err(
+            &mut e,
+            "spec.gpusPerReplica",
+            format!("is {g}; must be 1..64"),
+        ),
+        (None, Some(m)) if !(1..=1000).contains(&m) => err(
+            &mut e,
+            "spec.gpuMilli",
+            format!(
+                "is {m}; must be 1..1000 thousandths of one GPU (use spec.gpusPerReplica for more)"
+            ),
+        ),
+        _ => {}
+    }
+    for (i, model) in req.gpu_models.iter().enumerate() {
+        if !known_models.contains(model) {
+            let known: Vec<&str> = known_models.iter().map(String::as_str).collect();
+            err(
+                &mut e,
+                &format!("spec.gpuModels[{i}]"),
+                format!(
+                    "unknown GPU model {model:?}; known models: {}",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+    e
+}
+
+/// Checks a TrainingJob spec against the accelerator models the cluster knows.
+pub fn validate_training(
+    spec: &TrainingJobSpec,
+    known_models: &BTreeSet<String>,
+) -> Vec<FieldError> {
+    let mut e = validate_gpu_request(
+        &GpuRequest {
+            tenant: &spec.tenant,
+            replicas: spec.replicas,
+            gpus_per_replica: spec.gpus_per_replica,
+            gpu_milli: spec.gpu_milli,
+            gpu_models: &spec.gpu_models,
+        },
+        known_models,
+    );
+    if let Some(s) = spec.max_runtime_seconds {
+        if s < 1 {
+            err(
+                &mut e,
+                "spec.maxRuntimeSeconds",
+                format!("is {s}; must be 1 or more (or left out)"),
+            );
+        }
+    }
+    e
+}
+
+/// Checks an InferenceService spec.
+pub fn validate_inference(
+    spec: &InferenceServiceSpec,
+    known_models: &BTreeSet<String>,
+) -> Vec<FieldError> {
+    let mut e = validate_gpu_request(
+        &GpuRequest {
+            tenant: &spec.tenant,
+            replicas: spec.replicas,
+            gpus_per_replica: spec.gpus_per_replica,
+            gpu_milli: spec.gpu_milli,
+            gpu_models: &spec.gpu_models,
+        },
+        known_models,
+    );
+    if !TOKEN_TIERS.contains(&spec.token_tier.as_str()) {
+        err(
+            &mut e,
+            "spec.tokenTier",
+            format!(
+                "is {:?}; must be one of {}",
+                spec.token_tier,
+                TOKEN_TIERS.join(", ")
+            ),
+        );
+    }
+    if spec.model_name.trim().is_empty() {
+        err(
+            &mut e,
+            "spec.modelName",
+            "must name the served model".into(),
+        );
+    }
+    if let Some(ms) = spec.latency_slo_ms {
+        if ms < 1 {
+            err(
+                &mut e,
+                "spec.latencySloMs",
+                format!("is {ms}; must be 1 or more"),
+            );
+        }
+    }
+    e
+}
+
+fn non_negative(e: &mut Vec<FieldError>, field: &str, map: &BTreeMap<String, i64>) {
+    for (k, v) in map {
+        if *v < 0 {
+            err(
+                e,
+                &format!("{field}[{k}]"),
+                format!("is {v}; a limit must be 0 or more"),
+            );
+        }
+    }
+}
+
+/// Checks one TenantQuota on its own (cycles need the whole tree: [`quota_cycles`]).
+pub fn validate_quota(spec: &TenantQuotaSpec) -> Vec<FieldError> {
+    let mut e = Vec::new();
+    if spec.tenant.trim().is_empty() {
+        err(&mut e, "spec.tenant", "must not be empty".into());
+    }
+    if spec.parent.as_deref() == Some(spec.tenant.as_str()) {
+        err(
+            &mut e,
+            "spec.parent",
+            "a tenant cannot be its own parent".into(),
+        );
+    }
+    non_negative(&mut e, "spec.gpus", &spec.gpus);
+    non_negative(&mut e, "spec.gpuHoursPerMonth", &spec.gpu_hours_per_month);
+    non_negative(&mut e, "spec.tokensPerMonth", &spec.tokens_per_month);
+    if spec.guaranteed_gpus < 0 {
+        err(
+            &mut e,
+            "spec.guaranteedGpus",
+            format!("is {}; must be 0 or more", spec.guaranteed_gpus),
+        );
+    }
+    e
+}
+
+/// Tenants whose parent chain loops back on itself (each reported once).
+/// `parents` maps tenant → parent.
+pub fn quota_cycles(parents: &BTreeMap<String, Option<String>>) -> BTreeSet<String> {
+    let mut in_cycle = BTreeSet::new();
+    for start in parents.keys() {
+        // Walk up at most |tenants| steps: a longer walk must have looped.
+        let mut seen = BTreeSet::new();
+        let mut cur = Some(start.clone());
+        while let Some(t) = cur {
+            if !seen.insert(t.clone()) {
+                if &t == start {
+                    in_cycle.insert(start.clone());
+                }
+                break;
+            }
+            cur = parents.get(&t).cloned().flatten();
+        }
+    }
+    in_cycle
+}
+
+/// Checks a ComputeRegion.
+pub fn validate_region(spec: &ComputeRegionSpec) -> Vec<FieldError> {
+    let mut e = Vec::new();
+    if spec.side != "east" && spec.side != "west" {
+        err(
+            &mut e,
+            "spec.side",
+            format!("is {:?}; must be east or west", spec.side),
+        );
+    }
+    if !(1.0..=3.0).contains(&spec.pue) {
+        err(
+            &mut e,
+            "spec.pue",
+            format!("is {}; must be within 1.0..3.0", spec.pue),
+        );
+    }
+    if !(0.0..=1.0).contains(&spec.green_share) {
+        err(
+            &mut e,
+            "spec.greenShare",
+            format!("is {}; must be within 0..1", spec.green_share),
+        );
+    }
+    if spec.electricity_fen_per_kwh < 0 {
+        err(
+            &mut e,
+            "spec.electricityFenPerKwh",
+            "must be 0 or more".into(),
+        );
+    }
+    e
+}
+
+/// Checks a ComputeVoucher.
+pub fn validate_voucher(spec: &ComputeVoucherSpec) -> Vec<FieldError> {
+    let mut e = Vec::new();
+    if spec.face_value_fen < 1 {
+        err(
+            &mut e,
+            "spec.faceValueFen",
+            format!("is {}; must be 1 fen or more", spec.face_value_fen),
+        );
+    }
+    if !(0..=10_000).contains(&spec.copay_basis_points) {
+        err(
+            &mut e,
+            "spec.copayBasisPoints",
+            format!(
+                "is {}; must be 0..10000 (100% = 10000)",
+                spec.copay_basis_points
+            ),
+        );
+    }
+    let from = chrono::DateTime::parse_from_rfc3339(&spec.valid_from);
+    let until = chrono::DateTime::parse_from_rfc3339(&spec.valid_until);
+    if from.is_err() {
+        err(
+            &mut e,
+            "spec.validFrom",
+            format!(
+                "{:?} is not RFC 3339 (e.g. 2026-11-01T00:00:00Z)",
+                spec.valid_from
+            ),
+        );
+    }
+    if until.is_err() {
+        err(
+            &mut e,
+            "spec.validUntil",
+            format!(
+                "{:?} is not RFC 3339 (e.g. 2026-12-01T00:00:00Z)",
+                spec.valid_until
+            ),
+        );
+    }
+    if let (Ok(f), Ok(u)) = (from, until) {
+        if u <= f {
+            err(
+                &mut e,
+                "spec.validUntil",
+                "must be after spec.validFrom".into(),
+            );
+        }
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn models() -> BTreeSet<String> {
+        ["A100", "H100"].iter().map(|s| s.to_string()).collect()
+    }
+
+    fn job() -> TrainingJobSpec {
+        TrainingJobSpec {
+            tenant: "acme".into(),
+            replicas: 4,
+            gpus_per_replica: Some(8),
+            ..Default::default()
+        }
+    }
+
+    fn fields(e: &[FieldError]) -> Vec<&str> {
+        e.iter().map(|f| f.field.as_str()).collect()
+    }
+
+    #[test]
+    fn a_good_job_passes() {
+        assert!(validate_training(&job(), &models()).is_empty());
+    }
+
+    #[test]
+    fn each_bad_job_field_is_named() {
+        let mut j = job();
+        j.replicas = 0;
+        assert_eq!(fields(&validate_training(&j, &models())), ["spec.replicas"]);
+        let mut j = job();
+        j.gpus_per_replica = None;
+        j.gpu_milli = Some(1500);
+        let e = validate_training(&j, &models());
+        assert_eq!(fields(&e), ["spec.gpuMilli"]);
+        assert!(e[0].message.contains("1500"));
+        let mut j = job();
+        j.gpu_models = vec!["H100".into(), "Z9000".into()];
+        let e = validate_training(&j, &models());
+        assert_eq!(fields(&e), ["spec.gpuModels[1]"]);
+        assert!(e[0].message.contains("Z9000") && e[0].message.contains("A100"));
+        let mut j = job();
+        j.gpu_milli = Some(500);
+        assert_eq!(fields(&validate_training(&j, &models())), ["spec.gpuMilli"]);
+        let mut j = job();
+        j.tenant = " ".into();
+        assert_eq!(fields(&validate_training(&j, &models())), ["spec.tenant"]);
+    }
+
+    #[test]
+    fn inference_tier_is_checked() {
+        let s = InferenceServiceSpec {
+            tenant: "acme".into(),
+            model_name: "qwen".into(),
+            token_tier: "premium".into(),
+            replicas: 1,
+            gpu_milli: Some(500),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(&validate_inference(&s, &models())),
+            ["spec.tokenTier"]
+        );
+    }
+
+    #[test]
+    fn negative_quota_is_named() {
+        let mut q = TenantQuotaSpec {
+            tenant: "city".into(),
+            ..Default::default()
+        };
+        q.gpus.insert("H100".into(), -2);
+        let e = validate_quota(&q);
+        assert_eq!(fields(&e), ["spec.gpus[H100]"]);
+    }
+
+    #[test]
+    fn cycles_are_found_and_chains_are_not() {
+        let mut p = BTreeMap::new();
+        p.insert("nation".to_string(), None);
+        p.insert("province".to_string(), Some("nation".to_string()));
+        p.insert("a".to_string(), Some("b".to_string()));
+        p.insert("b".to_string(), Some("c".to_string()));
+        p.insert("c".to_string(), Some("a".to_string()));
+        p.insert("leaf".to_string(), Some("a".to_string()));
+        p.insert("orphan".to_string(), Some("missing".to_string()));
+        let cyc: Vec<String> = quota_cycles(&p).into_iter().collect();
+        assert_eq!(cyc, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn voucher_window_and_copay() {
+        let v = ComputeVoucherSpec {
+            issuer: "hangzhou".into(),
+            tenant: "acme".into(),
+            face_value_fen: 100,
+            copay_basis_points: 12_000,
+            valid_from: "2026-12-01T00:00:00Z".into(),
+            valid_until: "2026-11-01T00:00:00Z".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(&validate_voucher(&v)),
+            ["spec.copayBasisPoints", "spec.validUntil"]
+        );
+    }
+}
