@@ -12,6 +12,7 @@
 
 pub mod catalog;
 pub mod cost;
+pub mod engines;
 pub mod plan;
 
 pub use catalog::{Catalog, Region, Side};

@@ -2,3 +2,4 @@
 
 pub mod regions;
 pub mod replay;
+pub mod world;
