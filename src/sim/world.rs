@@ -13,8 +13,8 @@ use crate::regions::catalog::{Catalog, Side};
 use crate::regions::cost::{estimate, hour_of_day, Site, Usage};
 use crate::regions::engines::{RegionEngines, RegionPlacement, ReplicaShape};
 use crate::regions::plan::{
-    Explanation, ExplanationView, Filter, InventoryIndex, JobSpec, NoQuota, QuotaHook, RegionChooser, RegionPolicy,
-    ResolvedJob, Verdict,
+    Explanation, ExplanationView, Filter, InventoryIndex, JobSpec, NoQuota, QuotaHook,
+    RegionChooser, RegionPolicy, ResolvedJob, SpecError, Verdict,
 };
 use serde::Serialize;
 use std::cmp::Reverse;
@@ -101,10 +101,19 @@ impl JobState {
             return None;
         }
         let cands = &self.explanation.candidates;
-        let removed = |f: Filter| cands.iter().any(|c| matches!(c.verdict, Verdict::Removed { filter, .. } if filter == f));
-        let any_ranked = cands.iter().any(|c| !matches!(c.verdict, Verdict::Removed { .. }));
+        let removed = |f: Filter| {
+            cands
+                .iter()
+                .any(|c| matches!(c.verdict, Verdict::Removed { filter, .. } if filter == f))
+        };
+        let any_ranked = cands
+            .iter()
+            .any(|c| !matches!(c.verdict, Verdict::Removed { .. }));
         Some(if any_ranked {
-            if cands.iter().any(|c| matches!(c.verdict, Verdict::NotTried { .. })) {
+            if cands
+                .iter()
+                .any(|c| matches!(c.verdict, Verdict::NotTried { .. }))
+            {
                 "waiting-for-best-region"
             } else {
                 "capacity"
@@ -224,7 +233,9 @@ impl World {
     pub fn new(catalog: Catalog, config: WorldConfig) -> Result<World, InputError> {
         if let Some(p) = config.metering_period_s {
             if p <= 0 {
-                return Err(InputError::new(format!("metering period {p} s must be > 0")));
+                return Err(InputError::new(format!(
+                    "metering period {p} s must be > 0"
+                )));
             }
         }
         let engines = RegionEngines::from_catalog(&catalog, config.placement_policy, config.seed)?;
@@ -268,7 +279,7 @@ impl World {
 
     /// Submits a job at the current time; it is placed at once if it fits,
     /// queued otherwise. Bad specs are rejected naming the field.
-    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, InputError> {
+    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, SpecError> {
         let resolved = spec.resolve(&self.catalog)?;
         let id = self.jobs.len() as JobId + 1;
         self.jobs.push(JobState {
@@ -292,8 +303,9 @@ impl World {
 
     /// Cancels a pending or running job (running: usage is metered up to now
     /// and its resources are freed). Finished jobs are left as they are.
-    pub fn cancel(&mut self, id: JobId) -> Result<Phase, InputError> {
-        let phase = self.job(id).ok_or_else(|| InputError::new(format!("no job with id {id}")))?.phase;
+    /// Returns the job's phase afterwards, `None` if there is no such job.
+    pub fn cancel(&mut self, id: JobId) -> Option<Phase> {
+        let phase = self.job(id)?.phase;
         match phase {
             Phase::Pending => {
                 self.queue.retain(|&q| q != id);
@@ -306,7 +318,7 @@ impl World {
             }
             Phase::Succeeded | Phase::Cancelled => {}
         }
-        Ok(self.jobs[id as usize - 1].phase)
+        Some(self.jobs[id as usize - 1].phase)
     }
 
     /// Moves the clock to `t_s`, processing departures (and metering cuts) in
@@ -317,7 +329,11 @@ impl World {
             return;
         }
         loop {
-            let dep = self.departures.peek().map(|Reverse((t, _))| *t).filter(|&t| t <= t_s);
+            let dep = self
+                .departures
+                .peek()
+                .map(|Reverse((t, _))| *t)
+                .filter(|&t| t <= t_s);
             let cut = self
                 .config
                 .metering_period_s
@@ -331,7 +347,9 @@ impl World {
                             break;
                         }
                         self.departures.pop();
-                        if self.jobs[id as usize - 1].phase == Phase::Running && self.jobs[id as usize - 1].ends_s == Some(t) {
+                        if self.jobs[id as usize - 1].phase == Phase::Running
+                            && self.jobs[id as usize - 1].ends_s == Some(t)
+                        {
                             self.finish(id, t, Phase::Succeeded);
                         }
                     }
@@ -348,6 +366,12 @@ impl World {
             }
         }
         self.now_s = t_s;
+    }
+
+    /// Tries the pending jobs again now (e.g. after a quota changed).
+    pub fn reconsider_pending(&mut self) {
+        self.capacity_freed = true;
+        self.retry_queue();
     }
 
     /// The next time something happens on its own (a departure), if any.
@@ -375,7 +399,12 @@ impl World {
         let replicas = j
             .placement
             .as_ref()
-            .map(|p| p.decisions.iter().map(|d| self.replica(p.region as usize, d)).collect())
+            .map(|p| {
+                p.decisions
+                    .iter()
+                    .map(|d| self.replica(p.region as usize, d))
+                    .collect()
+            })
             .unwrap_or_default();
         Some(JobView {
             id,
@@ -386,7 +415,10 @@ impl World {
             submitted_s: j.submitted_s,
             started_s: j.started_s,
             finished_s: j.finished_s,
-            region: j.placement.as_ref().map(|p| self.catalog.regions[p.region as usize].name.clone()),
+            region: j
+                .placement
+                .as_ref()
+                .map(|p| self.catalog.regions[p.region as usize].name.clone()),
             replicas,
             pending_reason: j.pending_reason(),
             explanation: j.explanation.render(&self.catalog),
@@ -463,8 +495,13 @@ impl World {
             cpu_milli: job.spec.cpu_milli_per_replica,
             memory_mib: job.spec.memory_mib_per_replica,
         };
-        let Some(placement) = self.engines.place(&self.catalog, &job.resolved, shape, &self.order, &mut job.explanation)
-        else {
+        let Some(placement) = self.engines.place(
+            &self.catalog,
+            &job.resolved,
+            shape,
+            &self.order,
+            &mut job.explanation,
+        ) else {
             return false;
         };
         job.phase = Phase::Running;
@@ -518,7 +555,12 @@ impl World {
             let power_w = self.catalog.power_w(model).unwrap_or(0.0);
             let milli = d.gpu_milli();
             let e = estimate(
-                Usage { milli_gpus: milli as u64, power_w, start_s: start, duration_s: until_s - start },
+                Usage {
+                    milli_gpus: milli as u64,
+                    power_w,
+                    start_s: start,
+                    duration_s: until_s - start,
+                },
                 site,
             );
             let t = &mut self.totals[r];
@@ -557,7 +599,9 @@ impl World {
         job.finished_s = Some(at_s);
         job.ends_s = None;
         if let Some(p) = &job.placement {
-            self.engines.release(p).expect("a running job's resources are allocated");
+            self.engines
+                .release(p)
+                .expect("a running job's resources are allocated");
             self.totals[p.region as usize].running -= 1;
         }
         if let Some(i) = self.running.iter().position(|&r| r == id) {
@@ -603,7 +647,12 @@ links:
 
     fn world(policy: RegionPolicy, period: Option<i64>) -> World {
         let catalog = Catalog::from_yaml(CATALOG, "test.yaml").unwrap();
-        let config = WorldConfig { region_policy: policy, metering_period_s: period, start_s: 1000, ..Default::default() };
+        let config = WorldConfig {
+            region_policy: policy,
+            metering_period_s: period,
+            start_s: 1000,
+            ..Default::default()
+        };
         World::new(catalog, config).unwrap()
     }
 
@@ -638,7 +687,11 @@ links:
         let mut w = world(RegionPolicy::Green, None);
         let id = w.submit(spec("t", 1, 2, 7200)).unwrap();
         assert_eq!(w.job(id).unwrap().phase, Phase::Running);
-        assert_eq!(region_of(&w, id), "west", "training goes to the green region");
+        assert_eq!(
+            region_of(&w, id),
+            "west",
+            "training goes to the green region"
+        );
         let west = &w.region_stats()[1];
         assert_eq!(west.gpus_allocated, 2.0);
         w.advance_to(1000 + 7199);
@@ -649,7 +702,10 @@ links:
         let usage = w.take_usage();
         assert_eq!(usage.len(), 1);
         let u = &usage[0];
-        assert_eq!((u.id.as_str(), u.start_s, u.end_s, u.milli_gpu), ("1/0/1000", 1000, 8200, 2000));
+        assert_eq!(
+            (u.id.as_str(), u.start_s, u.end_s, u.milli_gpu),
+            ("1/0/1000", 1000, 8200, 2000)
+        );
         // 2 GPUs × 2 h × 150 W = 0.6 kWh IT; × 1.1 = 0.66 kWh; × 0.3 CNY = 19 800 milli-fen.
         assert!((u.facility_kwh - 0.66).abs() < 1e-9);
         assert_eq!(u.energy_cost_milli_fen, 19_800);
@@ -666,12 +722,31 @@ links:
         assert_eq!(region_of(&w, fill), "west");
         let gang = w.submit(spec("gang", 2, 8, 500)).unwrap();
         let v = w.job_view(gang).unwrap();
-        assert_eq!(v.region.as_deref(), Some("east"), "falls back to the next region");
+        assert_eq!(
+            v.region.as_deref(),
+            Some("east"),
+            "falls back to the next region"
+        );
         assert_eq!(v.replicas.len(), 2);
-        assert!(v.replicas.iter().all(|r| r.node.starts_with("east-")), "{:?}", v.replicas);
-        let west = v.explanation.candidates.iter().find(|c| c.region == "west").unwrap();
+        assert!(
+            v.replicas.iter().all(|r| r.node.starts_with("east-")),
+            "{:?}",
+            v.replicas
+        );
+        let west = v
+            .explanation
+            .candidates
+            .iter()
+            .find(|c| c.region == "west")
+            .unwrap();
         assert_eq!(west.verdict, "full");
-        assert!(v.explanation.summary.contains("better-ranked region(s) were full"), "{}", v.explanation.summary);
+        assert!(
+            v.explanation
+                .summary
+                .contains("better-ranked region(s) were full"),
+            "{}",
+            v.explanation.summary
+        );
         // A gang bigger than any region stays pending (it never spans regions).
         let huge = w.submit(spec("huge", 5, 8, 500)).unwrap();
         assert_eq!(w.job(huge).unwrap().phase, Phase::Pending);
@@ -685,12 +760,19 @@ links:
         let mut s = spec("patient", 1, 8, 100);
         s.wait_for_best = true;
         let id = w.submit(s).unwrap();
-        assert_eq!(w.job(id).unwrap().pending_reason(), Some("waiting-for-best-region"));
+        assert_eq!(
+            w.job(id).unwrap().pending_reason(),
+            Some("waiting-for-best-region")
+        );
         w.advance_to(1500);
         assert_eq!(w.job(id).unwrap().phase, Phase::Pending);
         w.advance_to(5000);
         let j = w.job(id).unwrap();
-        assert_eq!((j.phase, j.started_s), (Phase::Succeeded, Some(1600)), "starts when the fill departs");
+        assert_eq!(
+            (j.phase, j.started_s),
+            (Phase::Succeeded, Some(1600)),
+            "starts when the fill departs"
+        );
         assert_eq!(j.wait_s(5000), 600);
         assert_eq!(region_of(&w, id), "west");
     }
@@ -706,7 +788,13 @@ links:
         let v = w.job_view(id).unwrap();
         assert_eq!(v.phase, Phase::Pending);
         assert_eq!(v.pending_reason, Some("latency-slo"));
-        assert!(v.explanation.summary.contains("No region meets the latency SLO of 1 ms"), "{}", v.explanation.summary);
+        assert!(
+            v.explanation
+                .summary
+                .contains("No region meets the latency SLO of 1 ms"),
+            "{}",
+            v.explanation.summary
+        );
         // With a reachable SLO it goes east (the only region within 5 ms).
         let mut s = spec("chat2", 1, 1, 100);
         s.kind = JobKind::OnlineInference;
@@ -719,20 +807,29 @@ links:
     fn cancel_frees_capacity_for_the_queue_and_meters_up_to_now() {
         let mut w = world(RegionPolicy::Nearest, None);
         let a = w.submit(spec("a", 7, 8, 10_000)).unwrap();
-        assert_eq!(w.job(a).unwrap().phase, Phase::Pending, "7 × 8 GPUs fits no single region");
+        assert_eq!(
+            w.job(a).unwrap().phase,
+            Phase::Pending,
+            "7 × 8 GPUs fits no single region"
+        );
         let b = w.submit(spec("b", 3, 8, 10_000)).unwrap();
         let c = w.submit(spec("c", 4, 8, 10_000)).unwrap();
         let d = w.submit(spec("d", 1, 8, 50)).unwrap();
-        assert_eq!((region_of(&w, b), region_of(&w, c)), ("east".into(), "west".into()));
+        assert_eq!(
+            (region_of(&w, b), region_of(&w, c)),
+            ("east".into(), "west".into())
+        );
         assert_eq!(w.job(d).unwrap().phase, Phase::Pending);
         w.advance_to(1300);
-        assert_eq!(w.cancel(b).unwrap(), Phase::Cancelled);
+        assert_eq!(w.cancel(b), Some(Phase::Cancelled));
         assert_eq!(w.job(d).unwrap().started_s, Some(1300));
         let usage = w.take_usage();
         assert_eq!(usage.len(), 3, "three replicas of b metered");
-        assert!(usage.iter().all(|u| u.end_s == 1300 && u.gpu_seconds == 8.0 * 300.0));
-        assert_eq!(w.cancel(a).unwrap(), Phase::Cancelled);
-        assert!(w.cancel(999).is_err());
+        assert!(usage
+            .iter()
+            .all(|u| u.end_s == 1300 && u.gpu_seconds == 8.0 * 300.0));
+        assert_eq!(w.cancel(a), Some(Phase::Cancelled));
+        assert_eq!(w.cancel(999), None);
     }
 
     #[test]
@@ -743,7 +840,10 @@ links:
         assert_eq!(w.job(id).unwrap().phase, Phase::Succeeded);
         let usage = w.take_usage();
         let bounds: Vec<(i64, i64)> = usage.iter().map(|u| (u.start_s, u.end_s)).collect();
-        assert_eq!(bounds, vec![(1000, 3600), (3600, 7200), (7200, 10_800), (10_800, 11_000)]);
+        assert_eq!(
+            bounds,
+            vec![(1000, 3600), (3600, 7200), (7200, 10_800), (10_800, 11_000)]
+        );
         let total: f64 = usage.iter().map(|u| u.gpu_seconds).sum();
         assert_eq!(total, 10_000.0);
         let ids: std::collections::BTreeSet<&str> = usage.iter().map(|u| u.id.as_str()).collect();
@@ -754,41 +854,59 @@ links:
         use super::*;
         use proptest::prelude::*;
 
-        const USERS: [&str; 8] = ["beijing", "shanghai", "hangzhou", "guangzhou", "shenzhen", "chengdu", "wuhan", "xian"];
+        const USERS: [&str; 8] = [
+            "beijing",
+            "shanghai",
+            "hangzhou",
+            "guangzhou",
+            "shenzhen",
+            "chengdu",
+            "wuhan",
+            "xian",
+        ];
 
         fn arb_job() -> impl Strategy<Value = (JobSpec, Vec<usize>, i64)> {
             (
                 0usize..8,
                 prop::sample::select(vec![None, Some(2.0), Some(5.0), Some(10.0), Some(25.0)]),
                 prop::collection::vec(0usize..10, 0..3),
-                prop_oneof![(1u32..4, 1u32..9).prop_map(|(r, g)| (r, g, 0u32)), (1u32..1000).prop_map(|m| (1, 0, m))],
+                prop_oneof![
+                    (1u32..4, 1u32..9).prop_map(|(r, g)| (r, g, 0u32)),
+                    (1u32..1000).prop_map(|m| (1, 0, m))
+                ],
                 0u8..3,
                 60i64..20_000,
                 0i64..3_000,
             )
-                .prop_map(|(user, slo, residency, (replicas, gpus, milli), kind, duration, gap)| {
-                    let kind = [JobKind::Training, JobKind::BatchInference, JobKind::OnlineInference][kind as usize];
-                    let spec = JobSpec {
-                        tenant: "t".into(),
-                        name: "p".into(),
-                        kind,
-                        replicas,
-                        gpus_per_replica: gpus,
-                        gpu_milli: milli,
-                        cpu_milli_per_replica: 4000,
-                        memory_mib_per_replica: 8192,
-                        gpu_models: vec![],
-                        user_region: Some(USERS[user].into()),
-                        data_region: None,
-                        latency_slo_ms: slo,
-                        residency: vec![],
-                        cost_budget_fen: None,
-                        wait_for_best: false,
-                        max_runtime_s: None,
-                        duration_s: Some(duration),
-                    };
-                    (spec, residency, gap)
-                })
+                .prop_map(
+                    |(user, slo, residency, (replicas, gpus, milli), kind, duration, gap)| {
+                        let kind = [
+                            JobKind::Training,
+                            JobKind::BatchInference,
+                            JobKind::OnlineInference,
+                        ][kind as usize];
+                        let spec = JobSpec {
+                            tenant: "t".into(),
+                            name: "p".into(),
+                            kind,
+                            replicas,
+                            gpus_per_replica: gpus,
+                            gpu_milli: milli,
+                            cpu_milli_per_replica: 4000,
+                            memory_mib_per_replica: 8192,
+                            gpu_models: vec![],
+                            user_region: Some(USERS[user].into()),
+                            data_region: None,
+                            latency_slo_ms: slo,
+                            residency: vec![],
+                            cost_budget_fen: None,
+                            wait_for_best: false,
+                            max_runtime_s: None,
+                            duration_s: Some(duration),
+                        };
+                        (spec, residency, gap)
+                    },
+                )
         }
 
         proptest! {
