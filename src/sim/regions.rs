@@ -37,6 +37,9 @@ pub struct SimArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also print the placement explanation of the job with this name ("why did it go there?").
+    #[arg(long, value_name = "JOB")]
+    pub explain: Option<String>,
     /// Build a workload from an openb pod list instead of simulating (with --write-workload).
     #[arg(long, value_name = "TRACE_CSV", requires = "write_workload")]
     pub from_trace: Option<PathBuf>,
@@ -345,13 +348,13 @@ pub struct SimResult {
 }
 
 /// Runs the workload through a fresh world under `policy` until every job
-/// has departed (or can never start).
+/// has departed (or can never start); returns the figures and the world.
 pub fn simulate(
     catalog: &Catalog,
     workload: &[(i64, JobSpec)],
     policy: RegionPolicy,
     placement: Policy,
-) -> Result<SimResult, InputError> {
+) -> Result<(SimResult, World), InputError> {
     let start = workload.first().map_or(0, |(t, _)| *t);
     let config = WorldConfig {
         region_policy: policy,
@@ -456,7 +459,7 @@ pub fn simulate(
         span_s: span,
         regions: std::mem::take(&mut regions),
     };
-    Ok(result)
+    Ok((result, world))
 }
 
 /// Ratios of the default policy against `nearest`, measured in the same run.
@@ -592,12 +595,30 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             .parse()
             .map_err(|e: String| InputError::new(format!("--policy: {e} (or all)")))?],
     };
-    let results = policies
-        .iter()
-        .map(|&p| simulate(&catalog, &workload, p, placement))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut results = Vec::with_capacity(policies.len());
+    let mut explained = Vec::new();
+    for &p in &policies {
+        let (result, world) = simulate(&catalog, &workload, p, placement)?;
+        if let Some(name) = &args.explain {
+            let job = world
+                .jobs()
+                .iter()
+                .find(|j| &j.spec.name == name)
+                .ok_or_else(|| {
+                    InputError::new(format!("--explain: no job named {name:?} in the workload"))
+                })?;
+            explained.push(world.job_view(job.id).expect("job exists"));
+        }
+        results.push(result);
+    }
     if args.json {
-        let out = if results.len() == 1 {
+        let out = if !explained.is_empty() {
+            serde_json::to_string_pretty(&serde_json::json!({
+                "runs": results,
+                "comparison": compare(&results),
+                "explanations": explained,
+            }))?
+        } else if results.len() == 1 {
             serde_json::to_string_pretty(&results[0])?
         } else {
             serde_json::to_string_pretty(&serde_json::json!({
@@ -608,6 +629,34 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         println!("{out}");
     } else {
         print!("{}", table(&results));
+        for v in &explained {
+            println!(
+                "\n{} under {}: {}",
+                v.name, v.explanation.policy, v.explanation.summary
+            );
+            for c in &v.explanation.candidates {
+                let terms = c
+                    .terms
+                    .as_ref()
+                    .map(|t| {
+                        format!(
+                            "{:.2} kWh, {:.4} CNY, {:.3} kg CO2, green {:.0}%{}",
+                            t.facility_kwh,
+                            t.energy_cost_cny,
+                            t.carbon_kg,
+                            t.green_share * 100.0,
+                            t.latency_ms
+                                .map(|l| format!(", {l:.1} ms"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "  {:<14} {:<10} {:<60} {}",
+                    c.region, c.verdict, c.reason, terms
+                );
+            }
+        }
     }
     Ok(())
 }
