@@ -314,7 +314,7 @@ pub struct RegionResult {
     pub display: String,
     pub side: Side,
     pub gpus: u64,
-    /// GPU-seconds used / (GPUs × simulated span), percent.
+    /// Mean GPU allocation over the arrival window (first to last arrival), percent.
     pub utilisation_pct: f64,
     pub gpu_hours: f64,
     pub facility_kwh: f64,
@@ -367,8 +367,17 @@ pub fn simulate(
     let mut per_region_jobs = vec![0u32; n];
     let (mut slo_v, mut res_v, mut fallbacks) = (0, 0, 0);
     let mut usage = Vec::new();
+    // Allocation integrated over the arrival window (piecewise constant
+    // between arrivals, sampled just before each one).
+    let mut alloc_milli_s = vec![0f64; n];
+    let mut prev_t = start;
     for (t, spec) in workload {
         world.advance_to(*t);
+        for (r, acc) in alloc_milli_s.iter_mut().enumerate() {
+            *acc += world.engines().engine(r).cluster().gpu_milli_allocated() as f64
+                * (*t - prev_t) as f64;
+        }
+        prev_t = *t;
         world.submit(spec.clone())?;
         usage.append(&mut world.take_usage());
     }
@@ -403,6 +412,7 @@ pub fn simulate(
         }
     }
     let span = (end - start).max(1);
+    let window = prev_t - start;
     let mut regions: Vec<RegionResult> = world
         .region_stats()
         .into_iter()
@@ -412,8 +422,8 @@ pub fn simulate(
             display: s.display,
             side: s.side,
             gpus: s.gpus,
-            utilisation_pct: if s.gpus > 0 {
-                100.0 * s.gpu_seconds / (s.gpus as f64 * span as f64)
+            utilisation_pct: if s.gpus > 0 && window > 0 {
+                100.0 * alloc_milli_s[r] / (s.gpus as f64 * 1000.0 * window as f64)
             } else {
                 0.0
             },
