@@ -65,9 +65,20 @@ impl Default for ControllerConfig {
 
 /// A status this replica wrote that its reflector may not show yet.
 struct Written {
-    /// resourceVersion of the object the write was based on.
-    based_on: String,
+    /// resourceVersion the API server gave the write.
+    written_rv: String,
     status: WorkloadStatus,
+    at: std::time::Instant,
+}
+
+/// Whether a store showing `store_rv` already reflects a write that got
+/// `written_rv`. resourceVersions are opaque, but etcd's (and the stand-in's)
+/// are increasing integers; otherwise only equality is trusted.
+fn caught_up(store_rv: &str, written_rv: &str) -> bool {
+    match (store_rv.parse::<u64>(), written_rv.parse::<u64>()) {
+        (Ok(a), Ok(b)) => a >= b,
+        _ => store_rv == written_rv,
+    }
 }
 
 /// One controller replica.
@@ -79,6 +90,8 @@ pub struct Controller {
     leadership: Leadership,
     ready: Arc<AtomicBool>,
     recorder: Recorder,
+    /// Statuses written but maybe not yet in the reflector, by workload uid.
+    written: std::sync::Mutex<HashMap<String, Written>>,
 }
 
 /// The reflector stores the controller reads its snapshots from.
@@ -149,6 +162,7 @@ impl Controller {
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
             recorder,
+            written: Default::default(),
         })
     }
 
@@ -226,7 +240,6 @@ impl Controller {
             ready.map_err(|e| anyhow::anyhow!("reflector ended before listing: {e}"))?;
         }
         self.ready.store(true, Ordering::SeqCst);
-        let mut written: HashMap<String, Written> = HashMap::new();
         let mut was_leader = false;
         loop {
             if *shutdown.borrow() {
@@ -238,9 +251,9 @@ impl Controller {
                 if !was_leader {
                     tracing::info!(identity = %self.config.identity, "leading: resuming from cluster state");
                     // Our own earlier writes are visible in the stores by now or superseded.
-                    written.clear();
+                    self.written.lock().unwrap().clear();
                 }
-                self.pass(stores, &mut written).await;
+                self.pass(stores).await;
             }
             was_leader = leader;
             tokio::select! {
@@ -252,7 +265,7 @@ impl Controller {
     }
 
     /// One observe → snapshot → plan → act pass.
-    async fn pass(&self, stores: &Stores, written: &mut HashMap<String, Written>) {
+    async fn pass(&self, stores: &Stores) {
         let nodes: Vec<_> = stores
             .nodes
             .state()
@@ -286,13 +299,20 @@ impl Controller {
                 let mut view = snapshot::workload_view(kind, &obj, &known);
                 let rv = obj.resource_version().unwrap_or_default();
                 // Overlay what we wrote but the reflector has not shown yet.
+                let mut written = self.written.lock().unwrap();
                 match written.get(&view.uid) {
-                    Some(w) if w.based_on == rv => view.status = w.status.clone(),
+                    Some(w)
+                        if !caught_up(&rv, &w.written_rv)
+                            && w.at.elapsed() < Duration::from_secs(60) =>
+                    {
+                        view.status = w.status.clone()
+                    }
                     Some(_) => {
                         written.remove(&view.uid);
                     }
                     None => {}
                 }
+                drop(written);
                 objects.insert(view.key.clone(), obj);
                 snap.workloads.push(view);
             }
@@ -305,10 +325,8 @@ impl Controller {
             .collect();
         let plan = plan::plan(&snap, &self.config.plan);
         self.metrics.record(&plan);
+        let mut work = Vec::with_capacity(plan.actions.len());
         for action in plan.actions {
-            if !self.leadership.is_leader() {
-                return;
-            }
             let obj = match &action {
                 Action::AddFinalizer(k)
                 | Action::Release { key: k, .. }
@@ -317,11 +335,22 @@ impl Controller {
                 | Action::Stop { key: k, .. } => objects.get(k).cloned(),
                 Action::QuotaStatus { name, .. } => quota_objects.get(name).cloned(),
             };
-            let Some(obj) = obj else { continue };
-            if let Err(e) = self.act(action, &obj, written).await {
-                tracing::warn!(error = %e, object = %obj.name_any(), "action failed; retrying next pass");
+            if let Some(obj) = obj {
+                work.push(async move {
+                    if !self.leadership.is_leader() {
+                        return;
+                    }
+                    if let Err(e) = self.act(action, &obj).await {
+                        tracing::warn!(error = %e, object = %obj.name_any(), "action failed; retrying next pass");
+                    }
+                });
             }
         }
+        // Actions touch distinct objects; run them concurrently, bounded.
+        futures::stream::iter(work)
+            .buffer_unordered(self.config.parallelism)
+            .collect::<Vec<()>>()
+            .await;
     }
 
     fn workload_api(&self, key: &WorkloadKey) -> Api<DynamicObject> {
@@ -337,7 +366,6 @@ impl Controller {
         key: &WorkloadKey,
         obj: &DynamicObject,
         status: &WorkloadStatus,
-        written: &mut HashMap<String, Written>,
     ) -> Result<(), kube::Error> {
         let api = self.workload_api(key);
         let body = json!({
@@ -346,13 +374,15 @@ impl Controller {
             "status": status,
         });
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch_status(&key.name, &pp, &Patch::Apply(&body))
+        let after = api
+            .patch_status(&key.name, &pp, &Patch::Apply(&body))
             .await?;
-        written.insert(
+        self.written.lock().unwrap().insert(
             obj.uid().unwrap_or_default(),
             Written {
-                based_on: obj.resource_version().unwrap_or_default(),
+                written_rv: after.resource_version().unwrap_or_default(),
                 status: status.clone(),
+                at: std::time::Instant::now(),
             },
         );
         Ok(())
@@ -399,12 +429,7 @@ impl Controller {
         results.into_iter().collect()
     }
 
-    async fn act(
-        &self,
-        action: Action,
-        obj: &DynamicObject,
-        written: &mut HashMap<String, Written>,
-    ) -> Result<(), kube::Error> {
+    async fn act(&self, action: Action, obj: &DynamicObject) -> Result<(), kube::Error> {
         match action {
             Action::AddFinalizer(key) => {
                 let mut finalizers = obj.finalizers().to_vec();
@@ -441,7 +466,7 @@ impl Controller {
                     .pointer("/status/reason")
                     .and_then(Value::as_str)
                     .map(str::to_string);
-                self.apply_status(&key, obj, &status, written).await?;
+                self.apply_status(&key, obj, &status).await?;
                 if status.reason != old_reason {
                     let message = status
                         .conditions
@@ -462,7 +487,7 @@ impl Controller {
             Action::Stop { key, pods, status } => {
                 self.delete_pods(&key.namespace, &pods).await?;
                 let preempted = status.phase.as_deref() == Some("Preempted");
-                self.apply_status(&key, obj, &status, written).await?;
+                self.apply_status(&key, obj, &status).await?;
                 if preempted {
                     self.metrics.preemptions.inc();
                 }
@@ -502,7 +527,7 @@ impl Controller {
                 write_status,
             } => {
                 if write_status {
-                    self.apply_status(&key, obj, &status, written).await?;
+                    self.apply_status(&key, obj, &status).await?;
                 }
                 match self.launch(&key, &tenant, obj, &status).await {
                     Ok(bound) => {
@@ -511,13 +536,7 @@ impl Controller {
                         running.reason = Some("Bound".into());
                         running.started_at = Some(rfc3339(chrono::Utc::now().timestamp()));
                         self.metrics.placement_decisions.inc_by(bound);
-                        let based_on = Written {
-                            based_on: obj.resource_version().unwrap_or_default(),
-                            status: running.clone(),
-                        };
-                        self.apply_status(&key, obj, &running, written).await?;
-                        // The Running status supersedes the Admitted one in the overlay.
-                        written.insert(obj.uid().unwrap_or_default(), based_on);
+                        self.apply_status(&key, obj, &running).await?;
                         let message = running
                             .conditions
                             .iter()
@@ -553,7 +572,7 @@ impl Controller {
                             now,
                             generation,
                         );
-                        self.apply_status(&key, obj, &pending, written).await?;
+                        self.apply_status(&key, obj, &pending).await?;
                         self.event(obj, &key, EventType::Warning, "BindFailed", message)
                             .await;
                         Ok(())

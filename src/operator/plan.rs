@@ -551,7 +551,10 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             continue;
         }
         if !w.has_finalizer {
+            // Finalizer first, nothing else this pass: pods are only ever
+            // created for a workload whose deletion will wait for their cleanup.
             out.actions.push(Action::AddFinalizer(w.key.clone()));
+            continue;
         }
         if !w.errors.is_empty() {
             let status = pending_status(w, "Pending", "InvalidSpec", describe(&w.errors), now);

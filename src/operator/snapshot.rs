@@ -458,7 +458,9 @@ pub fn workload_view(
 
 /// Deserialises a spec; on failure names the top-level field at fault (serde
 /// errors do not), found as the one whose removal cures or changes the error.
-pub fn parse_spec<T: serde::de::DeserializeOwned>(spec: serde_json::Value) -> Result<T, FieldError> {
+pub fn parse_spec<T: serde::de::DeserializeOwned>(
+    spec: serde_json::Value,
+) -> Result<T, FieldError> {
     let err = match serde_json::from_value::<T>(spec.clone()) {
         Ok(v) => return Ok(v),
         Err(e) => e.to_string(),
@@ -474,7 +476,9 @@ pub fn parse_spec<T: serde::de::DeserializeOwned>(spec: serde_json::Value) -> Re
         })
     });
     Err(FieldError {
-        field: culprit.map(|k| format!("spec.{k}")).unwrap_or_else(|| "spec".into()),
+        field: culprit
+            .map(|k| format!("spec.{k}"))
+            .unwrap_or_else(|| "spec".into()),
         message: format!("does not parse: {err}"),
     })
 }
