@@ -971,3 +971,275 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
         .collect();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::crd::TenantQuotaSpec;
+    use crate::operator::snapshot::Kind;
+
+    fn node(name: &str, region: &str, gpus: u8) -> NodeView {
+        NodeView {
+            name: name.into(),
+            region: region.into(),
+            model: "H100".into(),
+            vendor: "nvidia".into(),
+            gpus,
+            unhealthy: Vec::new(),
+            cpu_milli: 64_000,
+            memory_mib: 512 * 1024,
+            labels: Vec::new(),
+            schedulable: true,
+        }
+    }
+
+    fn workload(name: &str, tenant: &str, replicas: u32, gpus: u8, priority: i32, created: i64) -> WorkloadView {
+        WorkloadView {
+            key: WorkloadKey {
+                kind: Kind::Training,
+                namespace: "ml".into(),
+                name: name.into(),
+            },
+            uid: format!("uid-{name}"),
+            generation: 1,
+            created,
+            tenant: tenant.into(),
+            replicas,
+            gpus_per_replica: gpus,
+            gpu_milli: None,
+            models: Vec::new(),
+            vendor: None,
+            priority,
+            residency: Vec::new(),
+            preferred: Vec::new(),
+            max_runtime_s: None,
+            cpu_milli: 1000,
+            memory_mib: 1024,
+            status: WorkloadStatus::default(),
+            deleting: false,
+            has_finalizer: true,
+            errors: Vec::new(),
+        }
+    }
+
+    fn quota(tenant: &str, parent: Option<&str>, gpus: &[(&str, i64)], guaranteed: i64) -> QuotaView {
+        QuotaView {
+            name: tenant.into(),
+            spec: TenantQuotaSpec {
+                tenant: tenant.into(),
+                parent: parent.map(str::to_string),
+                gpus: gpus.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                guaranteed_gpus: guaranteed,
+                borrowable: true,
+                ..Default::default()
+            },
+            status: Default::default(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn launches(p: &Plan) -> Vec<(&str, &WorkloadStatus)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Launch { key, status, .. } => Some((key.name.as_str(), status)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Marks a planned launch as running (what the controller would write).
+    fn run_it(w: &mut WorkloadView, status: &WorkloadStatus) {
+        w.status = status.clone();
+        w.status.phase = Some("Running".into());
+        w.status.started_at = Some(rfc3339(0));
+    }
+
+    #[test]
+    fn a_gang_is_placed_whole_inside_one_region_or_not_at_all() {
+        let snap = Snapshot {
+            now: 100,
+            nodes: vec![node("e1", "east", 8), node("w1", "west", 8), node("w2", "west", 8)],
+            workloads: vec![workload("g", "t", 3, 8, 0, 1), workload("h", "t", 2, 8, 0, 2)],
+            quotas: vec![quota("t", None, &[], 0)],
+            ..Default::default()
+        };
+        let p = plan(&snap, &PlanConfig::default());
+        let l = launches(&p);
+        // "g" needs 3 whole nodes: no region has 3, so it waits; "h" takes the west.
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].0, "h");
+        let placement = l[0].1.placement.as_ref().unwrap();
+        assert_eq!(placement.region.as_deref(), Some("west"));
+        let nodes: BTreeSet<&str> = placement.replicas.iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(nodes, BTreeSet::from(["w1", "w2"]));
+        assert_eq!(p.pending.get("Unschedulable"), Some(&1));
+        assert_eq!(p.decisions, 2);
+    }
+
+    #[test]
+    fn unhealthy_devices_are_never_given_out() {
+        let mut n = node("n", "r", 4);
+        n.unhealthy = vec![0, 2];
+        let snap = Snapshot {
+            nodes: vec![n],
+            workloads: vec![workload("a", "t", 1, 2, 0, 1), workload("b", "t", 1, 1, 0, 2)],
+            quotas: vec![quota("t", None, &[], 0)],
+            ..Default::default()
+        };
+        let p = plan(&snap, &PlanConfig::default());
+        let l = launches(&p);
+        assert_eq!(l.len(), 1, "only two healthy devices exist");
+        assert_eq!(l[0].1.placement.as_ref().unwrap().replicas[0].devices, vec![1, 3]);
+    }
+
+    #[test]
+    fn running_placements_hold_their_devices_and_a_half_launch_resumes() {
+        let mut snap = Snapshot {
+            nodes: vec![node("n", "r", 8)],
+            workloads: vec![workload("a", "t", 1, 6, 0, 1)],
+            quotas: vec![quota("t", None, &[], 0)],
+            ..Default::default()
+        };
+        let p = plan(&snap, &PlanConfig::default());
+        let status = launches(&p)[0].1.clone();
+        // A leader died after writing Admitted: the next pass resumes, not replans.
+        snap.workloads[0].status = status.clone();
+        snap.workloads.push(workload("b", "t", 1, 4, 0, 2));
+        let p = plan(&snap, &PlanConfig::default());
+        assert!(p.actions.iter().any(|a| matches!(a, Action::Launch { key, write_status: false, .. } if key.name == "a")));
+        assert!(launches(&p).iter().all(|(n, _)| *n != "b"), "b would overlap a's devices");
+        assert_eq!(p.pending.get("Unschedulable"), Some(&1));
+    }
+
+    #[test]
+    fn hierarchical_quota_binds_at_the_parent() {
+        let mut snap = Snapshot {
+            nodes: vec![node("n1", "r", 8), node("n2", "r", 8)],
+            workloads: vec![workload("a", "dept", 1, 8, 0, 1), workload("b", "dept", 1, 8, 0, 2)],
+            quotas: vec![quota("city", None, &[("*", 12)], 0), quota("dept", Some("city"), &[("H100", 16)], 0)],
+            ..Default::default()
+        };
+        let p = plan(&snap, &PlanConfig::default());
+        let l = launches(&p);
+        assert_eq!(l.len(), 1);
+        let status = l[0].1.clone();
+        let name = l[0].0.to_string();
+        let refused = p.actions.iter().find_map(|a| match a {
+            Action::SetStatus { status, .. } => Some(status.clone()),
+            _ => None,
+        });
+        let refused = refused.unwrap();
+        assert_eq!(refused.reason.as_deref(), Some("QuotaExceeded"));
+        assert!(refused.conditions.iter().any(|c| c.message.contains("spec.gpus[*]=12")));
+        // Usage is counted up the tree.
+        let idx = snap.workloads.iter().position(|w| w.key.name == name).unwrap();
+        run_it(&mut snap.workloads[idx], &status);
+        let p = plan(&snap, &PlanConfig::default());
+        let city = p.actions.iter().find_map(|a| match a {
+            Action::QuotaStatus { name, status } if name == "city" => Some(status.used_milli_gpus),
+            _ => None,
+        });
+        assert_eq!(city, Some(8000));
+    }
+
+    #[test]
+    fn quota_cycles_and_missing_quotas_block_with_reasons() {
+        let snap = Snapshot {
+            nodes: vec![node("n", "r", 8)],
+            workloads: vec![workload("a", "x", 1, 1, 0, 1), workload("b", "nobody", 1, 1, 0, 2)],
+            quotas: vec![quota("x", Some("y"), &[], 0), quota("y", Some("x"), &[], 0)],
+            ..Default::default()
+        };
+        let p = plan(&snap, &PlanConfig::default());
+        assert!(launches(&p).is_empty());
+        assert_eq!(p.pending.get("QuotaInvalid"), Some(&1));
+        assert_eq!(p.pending.get("NoQuota"), Some(&1));
+    }
+
+    #[test]
+    fn fair_share_prefers_the_tenant_furthest_below_its_guarantee() {
+        let mut snap = Snapshot {
+            nodes: vec![node("n1", "r", 8), node("n2", "r", 4)],
+            workloads: vec![workload("big-user", "a", 1, 8, 0, 1)],
+            quotas: vec![quota("a", None, &[], 4), quota("b", None, &[], 4)],
+            ..Default::default()
+        };
+        let p = plan(&snap, &PlanConfig::default());
+        let status = launches(&p)[0].1.clone();
+        run_it(&mut snap.workloads[0], &status);
+        // Tenant a already holds 8 GPUs; both want the last 4: b (using 0) goes first.
+        snap.workloads.push(workload("a-more", "a", 1, 4, 0, 2));
+        snap.workloads.push(workload("b-first", "b", 1, 4, 0, 3));
+        let p = plan(&snap, &PlanConfig::default());
+        let names: Vec<&str> = launches(&p).iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["b-first"]);
+    }
+
+    #[test]
+    fn preemption_evicts_only_lower_priority_and_is_bounded() {
+        let mut snap = Snapshot {
+            nodes: vec![node("n", "r", 8)],
+            workloads: vec![workload("low", "t", 1, 8, 0, 1)],
+            quotas: vec![quota("t", None, &[], 0)],
+            ..Default::default()
+        };
+        let p = plan(&snap, &PlanConfig::default());
+        let status = launches(&p)[0].1.clone();
+        run_it(&mut snap.workloads[0], &status);
+        // Same priority: no preemption, it waits.
+        snap.workloads.push(workload("peer", "t", 1, 8, 0, 2));
+        let p = plan(&snap, &PlanConfig::default());
+        assert_eq!(p.preemptions, 0);
+        assert!(launches(&p).is_empty());
+        // Higher priority: "low" is stopped as Preempted, nothing launches this pass.
+        snap.workloads.push(workload("urgent", "t", 1, 8, 10, 3));
+        let p = plan(&snap, &PlanConfig::default());
+        assert_eq!(p.preemptions, 1);
+        assert!(launches(&p).is_empty());
+        let stopped: Vec<&str> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Stop { key, status, pods } => {
+                    assert_eq!(status.phase.as_deref(), Some("Preempted"));
+                    assert_eq!(pods, &vec!["low-0".to_string()]);
+                    Some(key.name.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stopped, ["low"]);
+        assert_eq!(p.pending.get("Preempting"), Some(&1));
+        // Next pass: low is requeued (Preempted), urgent lands; low cannot evict urgent back.
+        snap.workloads[0].status.phase = Some("Preempted".into());
+        snap.workloads[0].status.placement = None;
+        let p = plan(&snap, &PlanConfig::default());
+        assert_eq!(launches(&p).iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["urgent"]);
+        let status = launches(&p)[0].1.clone();
+        let i = snap.workloads.iter().position(|w| w.key.name == "urgent").unwrap();
+        run_it(&mut snap.workloads[i], &status);
+        let p = plan(&snap, &PlanConfig::default());
+        assert_eq!(p.preemptions, 0, "a lower priority never preempts back");
+    }
+
+    #[test]
+    fn residency_is_a_hard_filter_and_preferred_comes_first() {
+        let mut w = workload("a", "t", 1, 1, 0, 1);
+        w.residency = vec!["west".into(), "north".into()];
+        w.preferred = vec!["north".into()];
+        let mut v = workload("b", "t", 1, 1, 0, 2);
+        v.residency = vec!["south".into()];
+        let snap = Snapshot {
+            nodes: vec![node("e", "east", 8), node("w", "west", 8), node("n", "north", 8)],
+            workloads: vec![w, v],
+            quotas: vec![quota("t", None, &[], 0)],
+            ..Default::default()
+        };
+        let p = plan(&snap, &PlanConfig::default());
+        let l = launches(&p);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].1.placement.as_ref().unwrap().region.as_deref(), Some("north"));
+        assert_eq!(p.pending.get("Unschedulable"), Some(&1));
+    }
+}
