@@ -993,7 +993,14 @@ mod tests {
         }
     }
 
-    fn workload(name: &str, tenant: &str, replicas: u32, gpus: u8, priority: i32, created: i64) -> WorkloadView {
+    fn workload(
+        name: &str,
+        tenant: &str,
+        replicas: u32,
+        gpus: u8,
+        priority: i32,
+        created: i64,
+    ) -> WorkloadView {
         WorkloadView {
             key: WorkloadKey {
                 kind: Kind::Training,
@@ -1022,7 +1029,12 @@ mod tests {
         }
     }
 
-    fn quota(tenant: &str, parent: Option<&str>, gpus: &[(&str, i64)], guaranteed: i64) -> QuotaView {
+    fn quota(
+        tenant: &str,
+        parent: Option<&str>,
+        gpus: &[(&str, i64)],
+        guaranteed: i64,
+    ) -> QuotaView {
         QuotaView {
             name: tenant.into(),
             spec: TenantQuotaSpec {
@@ -1059,8 +1071,15 @@ mod tests {
     fn a_gang_is_placed_whole_inside_one_region_or_not_at_all() {
         let snap = Snapshot {
             now: 100,
-            nodes: vec![node("e1", "east", 8), node("w1", "west", 8), node("w2", "west", 8)],
-            workloads: vec![workload("g", "t", 3, 8, 0, 1), workload("h", "t", 2, 8, 0, 2)],
+            nodes: vec![
+                node("e1", "east", 8),
+                node("w1", "west", 8),
+                node("w2", "west", 8),
+            ],
+            workloads: vec![
+                workload("g", "t", 3, 8, 0, 1),
+                workload("h", "t", 2, 8, 0, 2),
+            ],
             quotas: vec![quota("t", None, &[], 0)],
             ..Default::default()
         };
@@ -1083,14 +1102,20 @@ mod tests {
         n.unhealthy = vec![0, 2];
         let snap = Snapshot {
             nodes: vec![n],
-            workloads: vec![workload("a", "t", 1, 2, 0, 1), workload("b", "t", 1, 1, 0, 2)],
+            workloads: vec![
+                workload("a", "t", 1, 2, 0, 1),
+                workload("b", "t", 1, 1, 0, 2),
+            ],
             quotas: vec![quota("t", None, &[], 0)],
             ..Default::default()
         };
         let p = plan(&snap, &PlanConfig::default());
         let l = launches(&p);
         assert_eq!(l.len(), 1, "only two healthy devices exist");
-        assert_eq!(l[0].1.placement.as_ref().unwrap().replicas[0].devices, vec![1, 3]);
+        assert_eq!(
+            l[0].1.placement.as_ref().unwrap().replicas[0].devices,
+            vec![1, 3]
+        );
     }
 
     #[test]
@@ -1107,8 +1132,13 @@ mod tests {
         snap.workloads[0].status = status.clone();
         snap.workloads.push(workload("b", "t", 1, 4, 0, 2));
         let p = plan(&snap, &PlanConfig::default());
-        assert!(p.actions.iter().any(|a| matches!(a, Action::Launch { key, write_status: false, .. } if key.name == "a")));
-        assert!(launches(&p).iter().all(|(n, _)| *n != "b"), "b would overlap a's devices");
+        assert!(p.actions.iter().any(
+            |a| matches!(a, Action::Launch { key, write_status: false, .. } if key.name == "a")
+        ));
+        assert!(
+            launches(&p).iter().all(|(n, _)| *n != "b"),
+            "b would overlap a's devices"
+        );
         assert_eq!(p.pending.get("Unschedulable"), Some(&1));
     }
 
@@ -1116,8 +1146,14 @@ mod tests {
     fn hierarchical_quota_binds_at_the_parent() {
         let mut snap = Snapshot {
             nodes: vec![node("n1", "r", 8), node("n2", "r", 8)],
-            workloads: vec![workload("a", "dept", 1, 8, 0, 1), workload("b", "dept", 1, 8, 0, 2)],
-            quotas: vec![quota("city", None, &[("*", 12)], 0), quota("dept", Some("city"), &[("H100", 16)], 0)],
+            workloads: vec![
+                workload("a", "dept", 1, 8, 0, 1),
+                workload("b", "dept", 1, 8, 0, 2),
+            ],
+            quotas: vec![
+                quota("city", None, &[("*", 12)], 0),
+                quota("dept", Some("city"), &[("H100", 16)], 0),
+            ],
             ..Default::default()
         };
         let p = plan(&snap, &PlanConfig::default());
@@ -1131,9 +1167,16 @@ mod tests {
         });
         let refused = refused.unwrap();
         assert_eq!(refused.reason.as_deref(), Some("QuotaExceeded"));
-        assert!(refused.conditions.iter().any(|c| c.message.contains("spec.gpus[*]=12")));
+        assert!(refused
+            .conditions
+            .iter()
+            .any(|c| c.message.contains("spec.gpus[*]=12")));
         // Usage is counted up the tree.
-        let idx = snap.workloads.iter().position(|w| w.key.name == name).unwrap();
+        let idx = snap
+            .workloads
+            .iter()
+            .position(|w| w.key.name == name)
+            .unwrap();
         run_it(&mut snap.workloads[idx], &status);
         let p = plan(&snap, &PlanConfig::default());
         let city = p.actions.iter().find_map(|a| match a {
@@ -1147,7 +1190,10 @@ mod tests {
     fn quota_cycles_and_missing_quotas_block_with_reasons() {
         let snap = Snapshot {
             nodes: vec![node("n", "r", 8)],
-            workloads: vec![workload("a", "x", 1, 1, 0, 1), workload("b", "nobody", 1, 1, 0, 2)],
+            workloads: vec![
+                workload("a", "x", 1, 1, 0, 1),
+                workload("b", "nobody", 1, 1, 0, 2),
+            ],
             quotas: vec![quota("x", Some("y"), &[], 0), quota("y", Some("x"), &[], 0)],
             ..Default::default()
         };
@@ -1215,9 +1261,16 @@ mod tests {
         snap.workloads[0].status.phase = Some("Preempted".into());
         snap.workloads[0].status.placement = None;
         let p = plan(&snap, &PlanConfig::default());
-        assert_eq!(launches(&p).iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["urgent"]);
+        assert_eq!(
+            launches(&p).iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            ["urgent"]
+        );
         let status = launches(&p)[0].1.clone();
-        let i = snap.workloads.iter().position(|w| w.key.name == "urgent").unwrap();
+        let i = snap
+            .workloads
+            .iter()
+            .position(|w| w.key.name == "urgent")
+            .unwrap();
         run_it(&mut snap.workloads[i], &status);
         let p = plan(&snap, &PlanConfig::default());
         assert_eq!(p.preemptions, 0, "a lower priority never preempts back");
@@ -1231,7 +1284,11 @@ mod tests {
         let mut v = workload("b", "t", 1, 1, 0, 2);
         v.residency = vec!["south".into()];
         let snap = Snapshot {
-            nodes: vec![node("e", "east", 8), node("w", "west", 8), node("n", "north", 8)],
+            nodes: vec![
+                node("e", "east", 8),
+                node("w", "west", 8),
+                node("n", "north", 8),
+            ],
             workloads: vec![w, v],
             quotas: vec![quota("t", None, &[], 0)],
             ..Default::default()
@@ -1239,7 +1296,10 @@ mod tests {
         let p = plan(&snap, &PlanConfig::default());
         let l = launches(&p);
         assert_eq!(l.len(), 1);
-        assert_eq!(l[0].1.placement.as_ref().unwrap().region.as_deref(), Some("north"));
+        assert_eq!(
+            l[0].1.placement.as_ref().unwrap().region.as_deref(),
+            Some("north")
+        );
         assert_eq!(p.pending.get("Unschedulable"), Some(&1));
     }
 }
