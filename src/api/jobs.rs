@@ -138,8 +138,8 @@ pub struct RegionView {
     pub latency_ms: BTreeMap<String, f64>,
     pub green_share: f64,
     pub pue: f64,
-    /// Electricity price, fen per kWh.
-    pub price_fen_per_kwh: i64,
+    /// Electricity price, milli-fen per kWh (exact; 1 CNY = 100,000 milli-fen).
+    pub price_milli_fen_per_kwh: i64,
     pub gpus: u64,
     pub gpus_free: f64,
     #[schema(value_type = Object)]
