@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{TimeZone, Utc};
 
-use super::{router, ApiConfig, ApiState, RateLimit, WorldBackend};
+use super::{router, ApiConfig, ApiState, JobBackend, RateLimit, WorldBackend};
 use crate::error::InputError;
 use crate::ledger::{Ledger, UsageRecord};
 use crate::regions::catalog::Catalog;
@@ -79,7 +79,7 @@ pub fn world_backend(catalog: Catalog, start_s: i64) -> anyhow::Result<WorldBack
             ..WorldConfig::default()
         },
     )?;
-    Ok(WorldBackend::new(world))
+    Ok(WorldBackend::new(Arc::new(std::sync::Mutex::new(world))))
 }
 
 /// Ledger records for the world's metered intervals (zero-length ones dropped).
@@ -130,6 +130,12 @@ pub fn standalone(
         None => Catalog::default_catalog(),
     };
     let backend = world_backend(catalog, Utc::now().timestamp())?;
+    // Admission enforces the quotas already in the ledger from the start.
+    for tenant in ledger.tenants().map_err(|e| e.into_anyhow())? {
+        if let Some(q) = ledger.quota(&tenant.name).map_err(|e| e.into_anyhow())? {
+            backend.set_gpu_limit(&tenant.name, super::handlers::gpu_limit_milli(&q));
+        }
+    }
     let state = ApiState::new(config, ledger.clone(), Arc::new(backend.clone()), registry)?;
     Ok((state, backend, ledger))
 }

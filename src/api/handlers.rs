@@ -163,9 +163,11 @@ pub async fn method_not_allowed() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {
     /// 1-63 lowercase letters, digits or '-'.
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
     pub name: String,
     /// An existing tenant this one nests under.
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
     pub parent: Option<String>,
 }
 
@@ -235,11 +237,12 @@ pub async fn set_quota(
     Path(name): Path<String>,
     ApiJson(quota): ApiJson<Quota>,
 ) -> Result<Json<Quota>, ApiError> {
-    let q = quota.clone();
+    let (q, t) = (quota.clone(), name.clone());
     state
-        .blocking(move |l| l.set_quota(ADMIN_ACTOR, &name, &q))
+        .blocking(move |l| l.set_quota(ADMIN_ACTOR, &t, &q))
         .await
         .map_err(unknown_tenant_is_404)?;
+    state.jobs().set_gpu_limit(&name, gpu_limit_milli(&quota));
     Ok(Json(quota))
 }
 
@@ -291,11 +294,15 @@ pub async fn tenant_usage(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VoucherRequest {
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
     pub tenant: String,
+    #[schema(min_length = 1, max_length = 128)]
     pub issuer: String,
     /// Face value in fen (1 CNY = 100 fen), > 0.
+    #[schema(minimum = 1)]
     pub face_value_fen: i64,
     /// Largest share of each charge the voucher covers, in (0, 1], at most 4 decimals.
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub copay_ratio: f64,
     /// RFC 3339 or YYYY-MM-DD.
     pub valid_from: String,
@@ -404,6 +411,7 @@ pub struct AuditQuery {
     /// entries at or after it); absent = from the start.
     pub since: Option<String>,
     /// Most entries to return, 1..=10000 (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<i64>,
 }
 
@@ -527,25 +535,31 @@ pub async fn own_quota(
 pub struct JobRequest {
     pub kind: JobKind,
     /// 1-63 lowercase letters, digits or '-'; unique among the tenant's live jobs.
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
     pub name: String,
     /// 1..=1000 pods (a gang: all or nothing).
+    #[schema(minimum = 1, maximum = 1000)]
     pub replicas: u32,
     /// Whole GPUs per replica, 1..=64. Give this or `gpu_milli`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
     pub gpus_per_replica: Option<u32>,
     /// A share of one GPU per replica in milli-GPU, 1..=999. Give this or `gpus_per_replica`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 999)]
     pub gpu_milli: Option<u32>,
     /// Allowed accelerator models; absent = any.
     #[serde(default)]
     pub gpu_models: Option<Vec<String>>,
     /// Container image.
+    #[schema(min_length = 1, max_length = 512, pattern = "^\\S+$")]
     pub image: String,
     /// Pin to one region; absent = the scheduler chooses.
     #[serde(default)]
     pub region: Option<String>,
     /// Inference only: round-trip budget from `user_region`, 1..=60000 ms.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 60000)]
     pub latency_slo_ms: Option<u32>,
     /// Inference only: where the users are.
     #[serde(default)]
@@ -555,6 +569,7 @@ pub struct JobRequest {
     pub token_tier: Option<TokenTier>,
     /// Stop after this many seconds, 1..=31536000.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31536000)]
     pub max_runtime_s: Option<u64>,
 }
 
@@ -684,6 +699,11 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
     })
 }
 
+/// The all-models GPU limit of a quota, in milli-GPU.
+pub(crate) fn gpu_limit_milli(quota: &Quota) -> Option<u64> {
+    quota.gpus.get(ANY_MODEL).map(|&n| n.max(0) as u64 * 1000)
+}
+
 /// 422 naming the first limit the job would exceed. Pure: the plan step of submission.
 ///
 /// `quota.gpus["*"]` limits all models together; `quota.gpus[model]` limits
@@ -764,6 +784,7 @@ pub async fn submit_job(
         .blocking(move |l| l.quota(&t))
         .await?
         .unwrap_or_default();
+    state.jobs().set_gpu_limit(&tenant, gpu_limit_milli(&quota));
     let held = state.jobs().gpu_use(&tenant).await?;
     let month = state.month_usage(&tenant, Utc::now()).await?;
     check_job_quota(&spec, &quota, &held, &month)?;
@@ -847,7 +868,7 @@ pub enum StatementFormat {
 
 /// The caller's statement for a month (`YYYY-MM`), JSON or CSV.
 #[utoipa::path(get, path = "/v1/statements/{month}", tag = "tenant", security(("bearer" = [])),
-    params(("month" = String, Path, description = "YYYY-MM"), StatementQuery),
+    params(("month" = String, Path, description = "YYYY-MM", pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$"), StatementQuery),
     responses(
         (status = 200, description = "the statement", content(
             (crate::ledger::Statement = "application/json"),

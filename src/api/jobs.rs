@@ -113,7 +113,8 @@ pub struct JobView {
     pub replicas: u32,
     pub gpu_milli_per_replica: u32,
     pub gpu_models: Vec<String>,
-    pub image: String,
+    /// Absent for jobs that did not come through the API (e.g. the demo's workload).
+    pub image: Option<String>,
     pub region: Option<String>,
     pub placement: Vec<ReplicaPlacement>,
     pub explanation: Explanation,
@@ -187,4 +188,8 @@ pub trait JobBackend: Send + Sync + 'static {
     fn cancel(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>>;
     fn gpu_use(&self, tenant: &str) -> BoxFuture<'_, BackendResult<GpuUse>>;
     fn regions(&self) -> BoxFuture<'_, BackendResult<Vec<RegionView>>>;
+    /// The tenant's limit on GPUs held at once, all models (milli-GPU; `None`
+    /// = unlimited), for the backend to enforce again at admission. Called
+    /// when the quota is set and at every submission. Default: not enforced.
+    fn set_gpu_limit(&self, _tenant: &str, _limit_milli: Option<u64>) {}
 }
