@@ -39,7 +39,10 @@ impl AdmissionQuota {
 
     /// Sets `tenant`'s limit in milli-GPU (`None`: unlimited).
     pub fn set_limit(&self, tenant: &str, limit_milli: Option<u64>) {
-        self.write().entry(tenant.to_string()).or_default().limit_milli = limit_milli;
+        self.write()
+            .entry(tenant.to_string())
+            .or_default()
+            .limit_milli = limit_milli;
     }
 }
 
@@ -369,6 +372,14 @@ impl WorldBackend {
     fn cancel_now(&self, tenant: &str, id: &str) -> BackendResult<JobView> {
         let (mut world, mut index) = self.locked();
         let n = index.owned(&world, tenant, id)?;
+        if let Some(j) = world.job(n).filter(|j| j.phase == Phase::Running) {
+            // The world retries its queue inside `cancel`: admission must
+            // already see this job's GPUs as free.
+            let milli = j.resolved.total_milli();
+            let mut adm = self.admission.write();
+            let a = adm.entry(tenant.to_string()).or_default();
+            a.running_milli = a.running_milli.saturating_sub(milli);
+        }
         world
             .cancel(n)
             .map_err(|e| BackendError::Internal(e.to_string()))?;
@@ -591,7 +602,9 @@ mod tests {
             .sum();
         // 2 GPUs for the 600 s max runtime.
         assert_eq!(milli_s, 2000 * 600);
-        assert!(records.iter().all(|r| r.tenant == "acme" && r.it_energy_j > 0));
+        assert!(records
+            .iter()
+            .all(|r| r.tenant == "acme" && r.it_energy_j > 0));
         // The job ended at its max runtime and holds nothing.
         assert_eq!(block(b.gpu_use("acme")).unwrap().total_milli, 0);
     }
