@@ -13,7 +13,7 @@ use super::jobs::{
     BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPhase, JobSpec,
     JobView, RegionView, ReplicaPlacement, TokenTier,
 };
-use crate::regions::plan::{JobKind as WorldKind, JobSpec as WorldSpec, QuotaHook};
+use crate::regions::plan::{JobKind as WorldKind, JobSpec as WorldSpec, QuotaHook, SpecError};
 use crate::sim::world::{JobId, Phase, UsageInterval, World};
 
 /// Quota at admission: the world asks it before starting a job in a region,
@@ -106,23 +106,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `job field `x`: message` (the world's error format) → field and message.
-fn world_error(e: crate::error::InputError) -> BackendError {
-    let text = e.to_string();
-    let parsed = text.strip_prefix("job field `").and_then(|rest| {
-        let (field, msg) = rest.split_once("`: ")?;
-        Some((field.to_string(), format!("{field}: {msg}")))
-    });
-    match parsed {
+/// A spec the world refused → the API field at fault.
+fn world_error(e: SpecError) -> BackendError {
+    match e.field {
         // The API calls the residency list `region` (one pinned region).
-        Some((f, m)) if f == "residency" => BackendError::Invalid {
+        "residency" => BackendError::Invalid {
             field: "region".into(),
-            message: m.replacen("residency", "region", 1),
+            message: format!("region: {}", e.message),
         },
-        Some((field, message)) => BackendError::Invalid { field, message },
-        None => BackendError::Invalid {
-            field: "job".into(),
-            message: text,
+        field => BackendError::Invalid {
+            field: field.into(),
+            message: format!("{field}: {}", e.message),
         },
     }
 }
@@ -382,7 +376,7 @@ impl WorldBackend {
         }
         world
             .cancel(n)
-            .map_err(|e| BackendError::Internal(e.to_string()))?;
+            .ok_or_else(|| BackendError::NotFound(id.to_string()))?;
         // Cancelling frees capacity other jobs may have started on.
         index.recount(&world, &self.admission);
         view(&world, &index, n).ok_or_else(|| BackendError::NotFound(id.to_string()))
