@@ -312,8 +312,10 @@ async fn agent_publishes_inventory_and_health_to_the_node_and_attributes_pod_ene
         .unwrap()
         .to_string();
 
+    // Metadata and status are two patches: wait for both.
     let n = wait_for_node(&nodes, "first publication", |n| {
         annotation(n, "zhisuan.io/agent-heartbeat").is_some()
+            && capacity(n, "nvidia.com/gpu").is_some()
     })
     .await;
     let labels = n.metadata.labels.clone().unwrap();
@@ -338,9 +340,9 @@ async fn agent_publishes_inventory_and_health_to_the_node_and_attributes_pod_ene
     sim.with(|s| s.inject(3, Fault::Xid(79)));
     let n = wait_for_node(&nodes, "GPU 3 out", |n| {
         annotation(n, "zhisuan.io/unhealthy-gpus").as_deref() == Some("3")
+            && capacity(n, "nvidia.com/gpu").as_deref() == Some("7")
     })
     .await;
-    assert_eq!(capacity(&n, "nvidia.com/gpu").as_deref(), Some("7"));
     assert!(annotation(&n, "zhisuan.io/gpu-health-reasons")
         .unwrap()
         .contains("XID 79"));
