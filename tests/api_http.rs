@@ -43,6 +43,19 @@ impl Reply {
     }
 }
 
+fn reply(resp: reqwest::blocking::Response) -> Reply {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp.text().unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
 fn start_with(rate_per_second: f64, burst: f64) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -95,17 +108,7 @@ impl Server {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().expect("request");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-            text,
-        }
+        reply(req.send().expect("request"))
     }
 
     fn get(&self, path: &str, key: &str) -> Reply {
@@ -125,16 +128,7 @@ impl Server {
             .body(body)
             .send()
             .expect("request");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-            text,
-        }
+        reply(resp)
     }
 
     /// Creates a tenant; returns its API key.
