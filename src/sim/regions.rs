@@ -670,3 +670,51 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_workload_is_rebuilt_exactly_from_the_trace() {
+        let trace = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/openb/openb_pod_list_default.csv"
+        );
+        let rows = build_workload(&std::fs::read_to_string(trace).unwrap(), trace).unwrap();
+        let mut out = Vec::new();
+        write_workload(&rows, &mut out).unwrap();
+        assert!(
+            String::from_utf8(out).unwrap() == DEFAULT_WORKLOAD_CSV,
+            "regenerate data/workload/openb-regions.csv"
+        );
+        let kinds = |k: JobKind| rows.iter().filter(|r| r.kind == k.name()).count();
+        assert_eq!(
+            (
+                kinds(JobKind::Training),
+                kinds(JobKind::BatchInference),
+                kinds(JobKind::OnlineInference)
+            ),
+            (3357, 2948, 759)
+        );
+    }
+
+    #[test]
+    fn bad_workload_rows_name_file_line_and_field() {
+        let catalog = Catalog::default_catalog();
+        let header = DEFAULT_WORKLOAD_CSV.lines().next().unwrap();
+        let bad = format!("{header}\nj,t,training,0,60,1,1,0,1000,1024,,atlantis,,\n");
+        let err = parse_workload(&bad, "w.csv", &catalog)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("w.csv:2") && err.contains("user_region") && err.contains("atlantis"),
+            "{err}"
+        );
+        let bad = format!("{header}\nj,t,sleeping,0,60,1,1,0,1000,1024,,beijing,,\n");
+        let err = parse_workload(&bad, "w.csv", &catalog)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("w.csv:2") && err.contains("kind"), "{err}");
+    }
+}
