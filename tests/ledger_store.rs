@@ -147,24 +147,25 @@ fn case_quotas(open: &dyn Fn() -> Ledger) {
         tokens_per_month: Some(1_000_000),
         ..Default::default()
     };
-    q.gpus_per_model.insert("H100".into(), 8);
+    q.gpus.insert("H100".into(), 8);
     l.set_quota("admin", "acme", &q).unwrap();
     assert_eq!(l.quota("acme").unwrap(), Some(q.clone()));
     let mut bad = q.clone();
-    bad.gpus_per_model.insert("A100".into(), -1);
+    bad.gpus.insert("A100".into(), -1);
     assert_eq!(
         l.set_quota("admin", "acme", &bad).unwrap_err().field(),
-        Some("gpus_per_model.A100")
+        Some("gpus.A100")
     );
     let over = Quota {
-        max_gpus: Some(4),
-        guaranteed_gpus: 5,
+        guaranteed_share: 1.5,
         ..Default::default()
     };
     assert_eq!(
         l.set_quota("admin", "acme", &over).unwrap_err().field(),
-        Some("guaranteed_gpus")
+        Some("guaranteed_share")
     );
+    let parsed: Quota = serde_json::from_str("{}").unwrap();
+    assert_eq!(parsed, Quota::default(), "JSON and code defaults agree");
     assert_eq!(
         l.quota("acme").unwrap(),
         Some(q),

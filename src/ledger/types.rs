@@ -425,67 +425,76 @@ pub fn validate_tenant_name(name: &str) -> Result<()> {
     }
 }
 
-/// A tenant's limits; absent limits are unlimited. Quota enforcement reads
-/// current use from the same ledger ([`super::Ledger::month_use`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A tenant's limits. Quota enforcement reads current use from the same ledger
+/// ([`super::Ledger::month_use`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
-    /// Most GPUs held at once (pending + running), all models together.
+    /// Most GPUs held at once per accelerator model ("*" = any model).
     #[serde(default)]
-    pub max_gpus: Option<i64>,
-    /// Most GPUs held at once per accelerator model (e.g. `{"H100": 8}`).
-    #[serde(default)]
-    pub gpus_per_model: BTreeMap<String, i64>,
-    /// GPU-hours per calendar month (UTC).
+    pub gpus: BTreeMap<String, i64>,
+    /// GPU-hours per calendar month (UTC); absent = unlimited.
     #[serde(default)]
     pub gpu_hours_per_month: Option<i64>,
-    /// Tokens (prompt + completion, all tiers) per calendar month (UTC).
+    /// Tokens (prompt + completion) per calendar month; absent = unlimited.
     #[serde(default)]
     pub tokens_per_month: Option<i64>,
-    /// GPUs guaranteed to this tenant even when the cluster is busy.
+    /// Share of `gpus` guaranteed to the tenant (never preempted), 0..=1.
+    #[serde(default = "one")]
+    pub guaranteed_share: f64,
+    /// Extra share of `gpus` the tenant may borrow from idle capacity, 0..=1
+    /// (borrowed GPUs may be preempted).
     #[serde(default)]
-    pub guaranteed_gpus: i64,
-    /// GPUs it may borrow above the guarantee when others leave them idle.
-    #[serde(default)]
-    pub borrowable_gpus: i64,
+    pub borrowable_share: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for Quota {
+    /// Unlimited, fully guaranteed, nothing borrowable (same as `{}` in JSON).
+    fn default() -> Self {
+        Quota {
+            gpus: BTreeMap::new(),
+            gpu_hours_per_month: None,
+            tokens_per_month: None,
+            guaranteed_share: one(),
+            borrowable_share: 0.0,
+        }
+    }
 }
 
 impl Quota {
     pub fn validate(&self) -> Result<()> {
-        let non_negative = |field: String, v: i64| {
-            if v < 0 {
-                Err(LedgerError::invalid(
-                    field,
-                    format!("{v} must not be negative"),
-                ))
-            } else {
-                Ok(())
+        for (model, n) in &self.gpus {
+            text_field("gpus", model)?;
+            if *n < 0 {
+                return Err(LedgerError::invalid(
+                    format!("gpus.{model}"),
+                    format!("{n} must not be negative"),
+                ));
             }
-        };
-        for (model, n) in &self.gpus_per_model {
-            text_field("gpus_per_model", model)?;
-            non_negative(format!("gpus_per_model.{model}"), *n)?;
         }
         for (field, v) in [
-            ("max_gpus", self.max_gpus),
             ("gpu_hours_per_month", self.gpu_hours_per_month),
             ("tokens_per_month", self.tokens_per_month),
-            ("guaranteed_gpus", Some(self.guaranteed_gpus)),
-            ("borrowable_gpus", Some(self.borrowable_gpus)),
         ] {
             if let Some(v) = v {
-                non_negative(field.to_string(), v)?;
+                if v < 0 {
+                    return Err(LedgerError::invalid(
+                        field,
+                        format!("{v} must not be negative"),
+                    ));
+                }
             }
         }
-        if let Some(max) = self.max_gpus {
-            if self.guaranteed_gpus > max {
-                return Err(LedgerError::invalid(
-                    "guaranteed_gpus",
-                    format!(
-                        "{} exceeds max_gpus {max}; guarantee at most the limit",
-                        self.guaranteed_gpus
-                    ),
-                ));
+        for (field, v) in [
+            ("guaranteed_share", self.guaranteed_share),
+            ("borrowable_share", self.borrowable_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(LedgerError::invalid(field, format!("{v} is outside 0..=1")));
             }
         }
         Ok(())
