@@ -13,7 +13,7 @@ use super::metrics::AgentMetrics;
 use super::npu::NpuExporterBackend;
 use super::nvml::NvmlBackend;
 use super::publish::{NodePublication, ANNOTATION_HEARTBEAT};
-use super::sim::{SimConfig, SimNode};
+use super::sim::{Fault, SimConfig, SimNode};
 use super::Accelerator;
 use crate::error::InputError;
 use anyhow::Context;
@@ -87,6 +87,11 @@ pub struct AgentArgs {
     /// sim: seed of the load profile.
     #[arg(long, default_value_t = 1)]
     pub sim_seed: u64,
+    /// sim: inject a fault at start, `DEVICE:xid:CODE`, `DEVICE:ecc`,
+    /// `DEVICE:thermal` or `DEVICE:lost` (repeatable) — to watch a device
+    /// leave placement without real hardware.
+    #[arg(long = "sim-fault", value_name = "DEVICE:KIND[:CODE]")]
+    pub sim_faults: Vec<String>,
     /// npu-exporter: the exporter's metrics URL.
     #[arg(long, default_value = "http://127.0.0.1:8082/metrics")]
     pub npu_url: String,
@@ -120,14 +125,49 @@ fn validate(args: &AgentArgs) -> Result<(), InputError> {
     Ok(())
 }
 
+/// Parses one `--sim-fault` value.
+pub fn parse_sim_fault(spec: &str, devices: u32) -> Result<(u32, Fault), InputError> {
+    let bad = |why: &str| {
+        InputError::new(format!(
+            "--sim-fault {spec}: {why} (expected DEVICE:xid:CODE, DEVICE:ecc, DEVICE:thermal or DEVICE:lost)"
+        ))
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let device = parts[0]
+        .parse::<u32>()
+        .map_err(|_| bad("DEVICE is not a device index"))?;
+    if device >= devices {
+        return Err(bad(&format!(
+            "device {device} does not exist on a {devices}-device node"
+        )));
+    }
+    let fault = match (parts.get(1).copied(), parts.get(2)) {
+        (Some("xid"), Some(code)) => {
+            Fault::Xid(code.parse().map_err(|_| bad("CODE is not a number"))?)
+        }
+        (Some("ecc"), None) => Fault::EccUncorrected,
+        (Some("thermal"), None) => Fault::ThermalThrottle,
+        (Some("lost"), None) => Fault::DeviceLost,
+        _ => return Err(bad("unknown fault")),
+    };
+    Ok((device, fault))
+}
+
 fn make_backend(args: &AgentArgs) -> anyhow::Result<Box<dyn Accelerator>> {
     Ok(match args.backend {
-        BackendKind::Sim => Box::new(SimNode::wall_clock(SimConfig {
-            devices: args.sim_devices,
-            model: args.sim_model.clone(),
-            seed: args.sim_seed,
-            ..SimConfig::default()
-        })),
+        BackendKind::Sim => {
+            let mut node = SimNode::wall_clock(SimConfig {
+                devices: args.sim_devices,
+                model: args.sim_model.clone(),
+                seed: args.sim_seed,
+                ..SimConfig::default()
+            });
+            for spec in &args.sim_faults {
+                let (device, fault) = parse_sim_fault(spec, args.sim_devices)?;
+                node.inject(device, fault);
+            }
+            Box::new(node)
+        }
         BackendKind::Nvml => Box::new(NvmlBackend::init()?),
         BackendKind::NpuExporter => Box::new(NpuExporterBackend::connect(
             &args.npu_url,
@@ -182,6 +222,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let wall_s = started.elapsed().as_secs_f64();
         let now = ProcSelf::read();
         let cpu_s = now.cpu_s - at_start.cpu_s;
+        let per_thread: std::collections::BTreeMap<&String, f64> = now
+            .thread_cpu_s
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name,
+                    s - at_start.thread_cpu_s.get(name).copied().unwrap_or(0.0),
+                )
+            })
+            .collect();
         let out = json!({
             "samples": samples,
             "interval_s": interval,
@@ -191,6 +241,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             "rss_peak_mib": now.rss_peak_kib as f64 / 1024.0,
             "rss_end_mib": now.rss_kib as f64 / 1024.0,
             "threads": now.threads,
+            "thread_cpu_s": per_thread,
         });
         println!("{out}");
     }
@@ -198,25 +249,44 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// This process's CPU time and memory from /proc/self (Linux; zeros elsewhere).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ProcSelf {
     /// User + system CPU seconds (USER_HZ = 100 ticks per second on Linux).
     pub cpu_s: f64,
     pub rss_kib: u64,
     pub rss_peak_kib: u64,
     pub threads: u64,
+    /// CPU seconds per thread name (`sampler`, `nvml-xid`, the main thread
+    /// `zhisuan` that runs the HTTP server and publisher).
+    pub thread_cpu_s: std::collections::BTreeMap<String, f64>,
+}
+
+/// `(command name, utime + stime seconds)` from a `/proc/.../stat` line;
+/// utime and stime are its 14th and 15th fields, in USER_HZ = 100 ticks/s.
+fn stat_cpu_s(stat: &str) -> (String, f64) {
+    let name = stat
+        .split_once('(')
+        .and_then(|(_, r)| r.rsplit_once(')'))
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (name, (ticks(11) + ticks(12)) as f64 / 100.0)
 }
 
 impl ProcSelf {
     pub fn read() -> Self {
         let mut out = ProcSelf::default();
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // Fields after the parenthesised command name; utime and stime are
-            // the 14th and 15th fields of the whole line.
-            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                out.cpu_s = (ticks(11) + ticks(12)) as f64 / 100.0;
+            out.cpu_s = stat_cpu_s(&stat).1;
+        }
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for t in tasks.flatten() {
+                if let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) {
+                    let (name, cpu) = stat_cpu_s(&stat);
+                    *out.thread_cpu_s.entry(name).or_default() += cpu;
+                }
             }
         }
         if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
@@ -504,7 +574,11 @@ mod tests {
         let t = Instant::now();
         let mut x = 0u64;
         let mut after = ProcSelf::read();
-        while after.cpu_s <= before.cpu_s && t.elapsed() < Duration::from_secs(20) {
+        // Other tests' threads that already ended count in the process total
+        // but not per thread: wait for this thread's own tick too.
+        while (after.cpu_s <= before.cpu_s || after.thread_cpu_s.values().sum::<f64>() <= 0.0)
+            && t.elapsed() < Duration::from_secs(20)
+        {
             for _ in 0..100_000 {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
             }
@@ -514,6 +588,30 @@ mod tests {
         assert!(after.cpu_s > before.cpu_s, "{before:?} → {after:?}");
         assert!(after.rss_kib > 0 && after.rss_peak_kib >= after.rss_kib);
         assert!(after.threads >= 1);
+        assert!(after.thread_cpu_s.values().sum::<f64>() > 0.0, "{after:?}");
+    }
+
+    #[test]
+    fn stat_lines_give_name_and_cpu_seconds() {
+        let line = "4242 (nvml-xid) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 3 0 99 0 0";
+        assert_eq!(stat_cpu_s(line), ("nvml-xid".to_string(), 1.75));
+        let odd = "7 (a) b) R 1 2 3 4 5 6 7 8 9 10 1 2 0";
+        assert_eq!(stat_cpu_s(odd), ("a) b".to_string(), 0.03));
+    }
+
+    #[test]
+    fn sim_fault_specs_parse_and_bad_ones_name_the_flag() {
+        assert_eq!(parse_sim_fault("3:xid:79", 8), Ok((3, Fault::Xid(79))));
+        assert_eq!(parse_sim_fault("0:lost", 8), Ok((0, Fault::DeviceLost)));
+        assert_eq!(
+            parse_sim_fault("7:thermal", 8),
+            Ok((7, Fault::ThermalThrottle))
+        );
+        assert_eq!(parse_sim_fault("1:ecc", 8), Ok((1, Fault::EccUncorrected)));
+        for bad in ["8:lost", "x:lost", "1:melt", "1:xid", "1:xid:z", "1:ecc:2"] {
+            let e = parse_sim_fault(bad, 8).unwrap_err();
+            assert!(e.0.starts_with(&format!("--sim-fault {bad}:")), "{e}");
+        }
     }
 
     #[test]

@@ -70,6 +70,8 @@ struct Inner {
 /// Shared state of the stand-in.
 pub struct Store {
     inner: Mutex<Inner>,
+    /// When set, each binding takes a permit: bindings past the paused count hang.
+    bind_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     events: broadcast::Sender<Arc<Event>>,
     restart: watch::Sender<u64>,
 }
@@ -99,6 +101,7 @@ impl ApiServer {
             }),
             events,
             restart,
+            bind_gate: Mutex::new(None),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -131,6 +134,20 @@ impl ApiServer {
             inner.compacted_rv = inner.rv;
         }
         self.store.restart.send_modify(|e| *e += 1);
+    }
+
+    /// Lets `n` more pod bindings through, then holds every further one
+    /// (the request hangs) until [`ApiServer::resume_bindings`]: a way to stop
+    /// a controller exactly mid-gang.
+    pub fn pause_bindings_after(&self, n: usize) {
+        *self.store.bind_gate.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(n)));
+    }
+
+    /// Releases held bindings and stops gating.
+    pub fn resume_bindings(&self) {
+        if let Some(gate) = self.store.bind_gate.lock().unwrap().take() {
+            gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+        }
     }
 
     /// Current objects of a resource (`"v1/pods"`, `"zhisuan.io/v1alpha1/trainingjobs"`).
@@ -374,7 +391,15 @@ async fn handle(
         "watch" => watch_stream(&store, &t, &q),
         "list" => list(&store, &t, &q),
         "get" => get(&store, &t),
-        "bind" => bind(&store, &t, body),
+        "bind" => {
+            let gate = store.bind_gate.lock().unwrap().clone();
+            if let Some(gate) = gate {
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+            }
+            bind(&store, &t, body)
+        }
         "create" => create(&store, &t, body),
         "update" => update(&store, &t, body),
         "patch" => patch(&store, &t, content_type(&headers), body),
@@ -443,6 +468,11 @@ fn not_found(t: &Target) -> Response {
 }
 
 impl Inner {
+    /// The object a request path names, if it exists.
+    fn current(&self, t: &Target) -> Option<Arc<Value>> {
+        self.objects.get(&t.resource)?.get(&key_of(t)).cloned()
+    }
+
     fn next_rv(&mut self) -> u64 {
         self.rv += 1;
         self.rv
@@ -558,12 +588,7 @@ fn create(store: &Store, t: &Target, mut body: Value) -> Response {
 fn write(store: &Store, t: &Target, mut new: Value, expect_rv: Option<String>) -> Response {
     let mut inner = store.inner.lock().unwrap();
     let key = key_of(t);
-    let Some(old) = inner
-        .objects
-        .get(&t.resource)
-        .and_then(|m| m.get(&key))
-        .cloned()
-    else {
+    let Some(old) = inner.current(t) else {
         return not_found(t);
     };
     let current_rv = old
@@ -669,11 +694,7 @@ fn update(store: &Store, t: &Target, body: Value) -> Response {
 fn patch(store: &Store, t: &Target, content_type: &str, body: Value) -> Response {
     let current = {
         let inner = store.inner.lock().unwrap();
-        inner
-            .objects
-            .get(&t.resource)
-            .and_then(|m| m.get(&key_of(t)))
-            .cloned()
+        inner.current(t)
     };
     let apply = content_type.starts_with("application/apply-patch");
     let Some(current) = current else {
@@ -694,6 +715,19 @@ fn patch(store: &Store, t: &Target, content_type: &str, body: Value) -> Response
             return status_error(409, "Conflict", format!("JSON patch failed: {e}"));
         }
         expect_rv = None;
+    } else if apply {
+        // Server-side apply by a single field manager: the applied top-level
+        // fields replace the current ones (fields it no longer sends go away).
+        expect_rv = body_rv(&body);
+        if let (Some(d), Some(b)) = (doc.as_object_mut(), body.as_object()) {
+            for (k, v) in b {
+                if k == "metadata" {
+                    json_patch::merge(d.entry(k.clone()).or_insert(json!({})), v);
+                } else if k != "apiVersion" && k != "kind" {
+                    d.insert(k.clone(), v.clone());
+                }
+            }
+        }
     } else {
         expect_rv = body_rv(&body);
         json_patch::merge(&mut doc, &body);
@@ -704,12 +738,7 @@ fn patch(store: &Store, t: &Target, content_type: &str, body: Value) -> Response
 fn delete(store: &Store, t: &Target, body: Value) -> Response {
     let key = key_of(t);
     let mut inner = store.inner.lock().unwrap();
-    let Some(old) = inner
-        .objects
-        .get(&t.resource)
-        .and_then(|m| m.get(&key))
-        .cloned()
-    else {
+    let Some(old) = inner.current(t) else {
         return not_found(t);
     };
     if let Some(want) = body
@@ -762,12 +791,7 @@ fn bind(store: &Store, t: &Target, body: Value) -> Response {
     };
     let mut inner = store.inner.lock().unwrap();
     let key = key_of(t);
-    let Some(old) = inner
-        .objects
-        .get(&t.resource)
-        .and_then(|m| m.get(&key))
-        .cloned()
-    else {
+    let Some(old) = inner.current(t) else {
         return not_found(t);
     };
     if let Some(bound) = old.pointer("/spec/nodeName").and_then(Value::as_str) {
