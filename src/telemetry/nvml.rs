@@ -401,7 +401,7 @@ impl Accelerator for NvmlBackend {
 
     fn sample(&mut self, out: &mut Vec<DeviceReading>) -> Result<(), TelemetryError> {
         out.clear();
-        let slow_now = self.samples % self.slow_every == 0;
+        let slow_now = self.samples.is_multiple_of(self.slow_every);
         self.samples += 1;
         self.processes_stale |= slow_now;
         let mut slow = std::mem::take(&mut self.slow);
