@@ -92,6 +92,11 @@ pub struct AgentArgs {
     /// leave placement without real hardware.
     #[arg(long = "sim-fault", value_name = "DEVICE:KIND[:CODE]")]
     pub sim_faults: Vec<String>,
+    /// nvml: read the slow fields (ECC counters, retired pages / remapped
+    /// rows, process list) every N samples. The failures they show also raise
+    /// XID events, which are watched continuously.
+    #[arg(long, default_value_t = super::nvml::DEFAULT_SLOW_EVERY)]
+    pub nvml_slow_every: u64,
     /// npu-exporter: the exporter's metrics URL.
     #[arg(long, default_value = "http://127.0.0.1:8082/metrics")]
     pub npu_url: String,
@@ -118,6 +123,11 @@ fn validate(args: &AgentArgs) -> Result<(), InputError> {
             "--sim-devices {}: must be between 1 and 1024",
             args.sim_devices
         )));
+    }
+    if args.nvml_slow_every == 0 {
+        return Err(InputError::new(
+            "--nvml-slow-every 0: must be at least 1 (1 = every sample)",
+        ));
     }
     if args.samples == Some(0) {
         return Err(InputError::new("--samples 0: take at least one sample"));
@@ -168,7 +178,7 @@ fn make_backend(args: &AgentArgs) -> anyhow::Result<Box<dyn Accelerator>> {
             }
             Box::new(node)
         }
-        BackendKind::Nvml => Box::new(NvmlBackend::init()?),
+        BackendKind::Nvml => Box::new(NvmlBackend::init()?.with_slow_every(args.nvml_slow_every)),
         BackendKind::NpuExporter => Box::new(NpuExporterBackend::connect(
             &args.npu_url,
             &args.npu_model,
