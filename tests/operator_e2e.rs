@@ -710,3 +710,83 @@ async fn invalid_specs_get_a_condition_naming_the_field_and_never_stall() {
         "{metrics}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Against a real cluster (KUBECONFIG): `cargo test --test operator_e2e -- --ignored real_cluster`.
+// Needs the CRDs applied (`kubectl apply -f crds/`) and rights to create
+// TrainingJobs, TenantQuotas, pods/binding and Leases in namespace `zhisuan-e2e`.
+// See docs/operator.md.
+
+async fn real_client() -> kube::Client {
+    kube::Client::try_default()
+        .await
+        .expect("KUBECONFIG (or in-cluster config) must point at a cluster")
+}
+
+/// The API server itself rejects bad specs through the CRD's OpenAPI bounds
+/// and CEL rules (this needs a real API server: the stand-in does not validate).
+#[tokio::test]
+#[ignore]
+async fn real_cluster_rejects_invalid_specs_up_front() {
+    let client = real_client().await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client, "zhisuan-e2e", &tj_ar());
+    for (name, patch) in [
+        ("e2e-zero", json!({"replicas": 0})),
+        ("e2e-milli", json!({"gpuMilli": 1500})),
+        ("e2e-both", json!({"gpuMilli": 500})),
+    ] {
+        let mut obj = job_json(name, "e2e", 1, 1);
+        obj["metadata"]["namespace"] = json!("zhisuan-e2e");
+        for (k, v) in patch.as_object().unwrap() {
+            obj["spec"][k] = v.clone();
+        }
+        if name == "e2e-milli" {
+            obj["spec"].as_object_mut().unwrap().remove("gpusPerReplica");
+        }
+        let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+        let err = api.create(&PostParams::default(), &obj).await.unwrap_err();
+        assert!(matches!(err, kube::Error::Api(ref s) if s.code == 422), "{name}: {err:?}");
+    }
+}
+
+/// The controller against the real cluster: a 1-replica job on a node the
+/// agent labelled gets placed, or gets a "why pending" condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn real_cluster_places_or_explains_a_job() {
+    let client = real_client().await;
+    let config = ControllerConfig {
+        identity: format!("e2e-{}", std::process::id()),
+        lease_namespace: "zhisuan-e2e".into(),
+        lease_name: "zhisuan-e2e".into(),
+        ..ControllerConfig::default()
+    };
+    let registry = prometheus::Registry::new();
+    let controller = Controller::new(client.clone(), config, &registry).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(controller.run(rx));
+    let tq: Api<DynamicObject> = Api::all_with(client.clone(), &tq_ar());
+    let quota: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "zhisuan.io/v1alpha1", "kind": "TenantQuota",
+        "metadata": {"name": "e2e"}, "spec": {"tenant": "e2e", "gpus": {}}
+    }))
+    .unwrap();
+    let _ = tq.create(&PostParams::default(), &quota).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "zhisuan-e2e", &tj_ar());
+    let mut obj = job_json("e2e-one", "e2e", 1, 1);
+    obj["metadata"]["namespace"] = json!("zhisuan-e2e");
+    let _ = api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut explained = false;
+    while tokio::time::Instant::now() < deadline && !explained {
+        let s = api.get("e2e-one").await.unwrap().data["status"].clone();
+        explained = s["phase"] == "Running"
+            || s["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Scheduled"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = api.delete("e2e-one", &Default::default()).await;
+    let _ = tq.delete("e2e", &Default::default()).await;
+    let _ = tx.send(true);
+    let _ = task.await;
+    assert!(explained, "the job was neither placed nor explained within 60 s");
+}
