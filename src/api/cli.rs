@@ -1,9 +1,10 @@
-//! Placeholder until issue #7 lands; the owner replaces this file.
+//! `zhisuan api`: serve the quota API. (Wired to the ledger and the in-process
+//! World once those land.)
 
-/// Arguments (filled in by issue #7).
+/// Arguments of `zhisuan api`.
 #[derive(clap::Args, Debug)]
 pub struct ApiArgs {}
 
 pub fn run(_args: ApiArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet (issue #7)")
+    anyhow::bail!("`zhisuan api` is not wired yet: it needs the ledger store (issue #6) and the in-process World (issue #3)")
 }

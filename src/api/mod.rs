@@ -1,4 +1,217 @@
-//! The quota API for SMEs and admins (axum) (issue #7).
+//! The quota API for SMEs and admins (issue #7): axum over HTTP, JSON
+//! everywhere, Bearer keys, one error envelope, per-key rate limits, an
+//! OpenAPI document generated from this code.
+//!
+//! `router(state)` is reused by `zhisuan api`, `zhisuan controller` and
+//! `zhisuan demo`; what sits behind it is two traits: [`Accounts`] (the ledger)
+//! and [`JobBackend`] (the in-process `World`, or Kubernetes in `operator/`).
 
+pub mod accounts;
+pub mod auth;
 pub mod cli;
+pub mod error;
+pub mod extract;
+mod handlers;
+pub mod jobs;
+pub mod metrics;
+pub mod openapi;
 pub mod page;
+pub mod ratelimit;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::Router;
+
+pub use accounts::{Accounts, AccountsError};
+pub use error::ApiError;
+pub use jobs::{BackendError, JobBackend};
+pub use ratelimit::RateLimit;
+
+/// Largest request body accepted, in bytes.
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// How long a tenant's month-to-date usage is reused for quota checks.
+const USAGE_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Settings of one API server.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// The admin key itself (kept only as its SHA-256 once the state is built).
+    pub admin_key: String,
+    pub rate_limit: RateLimit,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("admin_key", &"<redacted>")
+            .field("rate_limit", &self.rate_limit)
+            .finish()
+    }
+}
+
+/// Shortest admin key accepted.
+pub const MIN_ADMIN_KEY_LEN: usize = 16;
+
+/// Shared state behind every handler; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    accounts: Arc<dyn Accounts>,
+    jobs: Arc<dyn JobBackend>,
+    admin_key_sha256: [u8; 32],
+    limiter: ratelimit::RateLimiter,
+    /// Key hash → tenant, filled on first use (keys are never re-assigned).
+    key_cache: RwLock<HashMap<[u8; 32], String>>,
+    /// Tenant → (when read, month-to-date usage) for quota checks.
+    usage_cache: Mutex<HashMap<String, (Instant, String, accounts::UsageSummary)>>,
+    metrics: metrics::ApiMetrics,
+    registry: prometheus::Registry,
+}
+
+impl ApiState {
+    /// Builds the state. The API's metrics are registered on `registry`,
+    /// which `/metrics` serves (so the caller can add its own).
+    pub fn new(
+        config: ApiConfig,
+        accounts: Arc<dyn Accounts>,
+        jobs: Arc<dyn JobBackend>,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, crate::error::InputError> {
+        let key = config.admin_key.trim();
+        if key.len() < MIN_ADMIN_KEY_LEN {
+            return Err(crate::error::InputError::new(format!(
+                "admin key: must be at least {MIN_ADMIN_KEY_LEN} characters; generate one with `head -c 32 /dev/urandom | xxd -p -c 64`"
+            )));
+        }
+        if !(config.rate_limit.per_second > 0.0 && config.rate_limit.burst >= 1.0) {
+            return Err(crate::error::InputError::new(
+                "rate limit: per-second rate must be > 0 and burst >= 1",
+            ));
+        }
+        let metrics = metrics::ApiMetrics::new(registry)
+            .map_err(|e| crate::error::InputError::new(format!("registering API metrics: {e}")))?;
+        Ok(ApiState {
+            inner: Arc::new(Inner {
+                accounts,
+                jobs,
+                admin_key_sha256: auth::key_hash(key),
+                limiter: ratelimit::RateLimiter::new(config.rate_limit),
+                key_cache: RwLock::new(HashMap::new()),
+                usage_cache: Mutex::new(HashMap::new()),
+                metrics,
+                registry: registry.clone(),
+            }),
+        })
+    }
+
+    pub fn accounts(&self) -> &Arc<dyn Accounts> {
+        &self.inner.accounts
+    }
+
+    pub fn jobs(&self) -> &Arc<dyn JobBackend> {
+        &self.inner.jobs
+    }
+
+    /// Runs a blocking ledger call off the async workers.
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Accounts) -> Result<T, AccountsError> + Send + 'static,
+    {
+        let accounts = Arc::clone(&self.inner.accounts);
+        tokio::task::spawn_blocking(move || f(accounts.as_ref()))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::from)
+    }
+
+    async fn tenant_for_key(&self, hash: &[u8; 32]) -> Result<Option<String>, ApiError> {
+        if let Some(t) = self
+            .inner
+            .key_cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+        {
+            return Ok(Some(t.clone()));
+        }
+        let h = *hash;
+        let found = self.blocking(move |a| a.tenant_for_key(&h)).await?;
+        if let Some(t) = &found {
+            self.inner
+                .key_cache
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(*hash, t.clone());
+        }
+        Ok(found)
+    }
+
+    /// Month-to-date usage of `tenant`, at most [`USAGE_CACHE_TTL`] old.
+    async fn month_usage(
+        &self,
+        tenant: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<accounts::UsageSummary, ApiError> {
+        let (month_start, month) = handlers::month_start(now);
+        let fresh = Instant::now();
+        if let Some((at, m, u)) = self
+            .inner
+            .usage_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            if *m == month && fresh.duration_since(*at) < USAGE_CACHE_TTL {
+                return Ok(u.clone());
+            }
+        }
+        let t = tenant.to_string();
+        let usage = self
+            .blocking(move |a| a.usage(&t, Some(month_start), None))
+            .await?;
+        self.inner
+            .usage_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.to_string(), (fresh, month, usage.clone()));
+        Ok(usage)
+    }
+}
+
+/// Every endpoint of the API, plus the web page at `/` (owned by `page`).
+pub fn router(state: ApiState) -> Router {
+    use handlers as h;
+    Router::new()
+        .route("/healthz", get(h::healthz))
+        .route("/metrics", get(h::metrics))
+        .route("/openapi.json", get(h::openapi_json))
+        .route("/v1/tenants", post(h::create_tenant).get(h::list_tenants))
+        .route("/v1/tenants/{name}/quota", put(h::set_quota))
+        .route("/v1/tenants/{name}/usage", get(h::tenant_usage))
+        .route("/v1/vouchers", post(h::issue_voucher).get(h::own_vouchers))
+        .route("/v1/audit", get(h::audit_log))
+        .route("/v1/quota", get(h::own_quota))
+        .route("/v1/jobs", post(h::submit_job).get(h::list_jobs))
+        .route("/v1/jobs/{id}", get(h::get_job).delete(h::delete_job))
+        .route("/v1/usage", get(h::own_usage))
+        .route("/v1/statements/{month}", get(h::statement))
+        .route("/v1/regions", get(h::regions))
+        .merge(page::router())
+        .fallback(h::not_found)
+        .method_not_allowed_fallback(h::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .with_state(state)
+}

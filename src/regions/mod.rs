@@ -1,1 +1,22 @@
-//! Region catalog, network graph, cost model, two-level placement (issue #3).
+//! East Data, West Computing (东数西算): multi-region placement (issue #3).
+//!
+//! - [`catalog`]: regions (hubs / clusters, PUE, green share, price, grid
+//!   factor, accelerator inventory), user regions and the network graph.
+//! - [`cost`]: the cost model, one pure function of plain data.
+//! - [`plan`]: region choice (hard filters, then a policy's score) with an
+//!   explanation record for every decision.
+//! - [`engines`]: the second level, one placement engine per region; gangs
+//!   never span regions.
+//!
+//! Plan layer: no clock (time is passed in), no I/O except loading a catalog.
+
+pub mod catalog;
+pub mod cost;
+pub mod plan;
+
+pub use catalog::{Catalog, Region, Side};
+pub use cost::{estimate, CostEstimate, Site, Usage};
+pub use plan::{
+    Explanation, ExplanationView, Filter, InventoryIndex, JobKind, JobSpec, NoQuota, QuotaHook,
+    RegionChooser, RegionPolicy, ResolvedJob, Verdict,
+};

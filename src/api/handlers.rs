@@ -1,0 +1,1096 @@
+//! The endpoints. Each validates its input completely (naming the field and
+//! the fix), checks the caller's role, then calls the ledger or the job backend.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::accounts::{AuditEntry, NewVoucher, Quota, Tenant, UsageSummary, Voucher};
+use super::auth::{generate_key, key_hash, Admin, TenantCaller};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery};
+use super::jobs::{GpuUse, JobKind, JobSpec, JobView, RegionView, TokenTier};
+use super::openapi::StdErrors;
+use super::ApiState;
+
+// ---------- validation helpers ----------
+
+/// Kubernetes-style name (DNS-1123 label): tenants become namespaces, jobs
+/// become resources.
+fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!(
+                "{field}: {value:?} is not a valid name; use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+            ),
+        ))
+    }
+}
+
+/// Free text such as an issuer or image: non-empty, bounded, no control characters.
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field}: must not be empty"),
+        ));
+    }
+    if value.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field}: at most {max} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field}: must not contain control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// An instant given as RFC 3339 (`2026-11-01T00:00:00Z`) or a date (`2026-11-01`, midnight UTC).
+pub(crate) fn parse_time(field: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        if let Some(t) = d.and_hms_opt(0, 0, 0) {
+            return Ok(Utc.from_utc_datetime(&t));
+        }
+    }
+    Err(ApiError::invalid(
+        field,
+        format!("{field}: {value:?} is not a time; use RFC 3339 (2026-11-01T00:00:00Z) or a date (2026-11-01)"),
+    ))
+}
+
+/// Start of `now`'s calendar month (UTC) and its `YYYY-MM` label.
+pub(crate) fn month_start(now: DateTime<Utc>) -> (DateTime<Utc>, String) {
+    let start = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .single()
+        .unwrap_or(now);
+    (start, format!("{:04}-{:02}", now.year(), now.month()))
+}
+
+fn parse_month(value: &str) -> Result<(i32, u32), ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "month",
+            format!("month: {value:?} is not a month; use YYYY-MM (e.g. 2026-11)"),
+        )
+    };
+    let (y, m) = value.split_once('-').ok_or_else(bad)?;
+    if y.len() != 4 || m.len() != 2 {
+        return Err(bad());
+    }
+    let y: i32 = y.parse().map_err(|_| bad())?;
+    let m: u32 = m.parse().map_err(|_| bad())?;
+    if !(1..=12).contains(&m) || !(1970..=9999).contains(&y) {
+        return Err(bad());
+    }
+    Ok((y, m))
+}
+
+/// `[from, to)`, either end open.
+type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+fn parse_range(from: Option<&str>, to: Option<&str>) -> Result<TimeRange, ApiError> {
+    let from = from.map(|v| parse_time("from", v)).transpose()?;
+    let to = to.map(|v| parse_time("to", v)).transpose()?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if t < f {
+            return Err(ApiError::invalid("to", "to: must not be before from"));
+        }
+    }
+    Ok((from, to))
+}
+
+async fn audit(
+    state: &ApiState,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    let entry = AuditEntry {
+        at: Utc::now(),
+        actor: actor.to_string(),
+        action: action.to_string(),
+        target: target.to_string(),
+        detail,
+    };
+    state.blocking(move |a| a.audit(&entry)).await
+}
+
+// ---------- public ----------
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "public",
+    responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_string(),
+    })
+}
+
+/// Prometheus text exposition of the shared registry.
+#[utoipa::path(get, path = "/metrics", tag = "public",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<ApiState>) -> Response {
+    use prometheus::Encoder;
+    let families = state.inner.registry.gather();
+    let mut buf = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut buf) {
+        return ApiError::internal(e).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        buf,
+    )
+        .into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "public",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
+pub async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::document_json(),
+    )
+        .into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; GET /openapi.json lists them")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new_method_not_allowed()
+}
+
+// ---------- admin ----------
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    /// 1-63 lowercase letters, digits or '-'.
+    pub name: String,
+    /// An existing tenant this one nests under.
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CreatedTenant {
+    pub name: String,
+    pub parent: Option<String>,
+    /// Shown once; only its hash is stored.
+    pub api_key: String,
+}
+
+/// Create a tenant and its API key (admin).
+#[utoipa::path(post, path = "/v1/tenants", tag = "admin", security(("bearer" = [])),
+    request_body = CreateTenantRequest,
+    responses((status = 201, body = CreatedTenant), StdErrors))]
+pub async fn create_tenant(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiJson(req): ApiJson<CreateTenantRequest>,
+) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
+    check_name("name", &req.name)?;
+    if let Some(p) = &req.parent {
+        check_name("parent", p)?;
+    }
+    let key = generate_key()?;
+    let hash = key_hash(&key);
+    let tenant = Tenant {
+        name: req.name.clone(),
+        parent: req.parent.clone(),
+    };
+    let t = tenant.clone();
+    state.blocking(move |a| a.create_tenant(&t, &hash)).await?;
+    audit(
+        &state,
+        "admin",
+        "tenant.create",
+        &tenant.name,
+        serde_json::json!({ "parent": tenant.parent }),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedTenant {
+            name: tenant.name,
+            parent: tenant.parent,
+            api_key: key,
+        }),
+    ))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TenantList {
+    pub tenants: Vec<Tenant>,
+}
+
+/// All tenants (admin).
+#[utoipa::path(get, path = "/v1/tenants", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = TenantList), StdErrors))]
+pub async fn list_tenants(
+    State(state): State<ApiState>,
+    _admin: Admin,
+) -> Result<Json<TenantList>, ApiError> {
+    let tenants = state.blocking(|a| a.list_tenants()).await?;
+    Ok(Json(TenantList { tenants }))
+}
+
+fn check_quota(q: &Quota) -> Result<(), ApiError> {
+    const MAX_GPUS: u32 = 1_000_000;
+    for (model, n) in &q.gpus_per_model {
+        let field = format!("gpus_per_model.{model}");
+        check_text(&field, model, 64)?;
+        if *n > MAX_GPUS {
+            return Err(ApiError::invalid(
+                field.clone(),
+                format!("{field}: at most {MAX_GPUS}"),
+            ));
+        }
+    }
+    for (field, v) in [
+        ("max_gpus", q.max_gpus.unwrap_or(0)),
+        ("guaranteed_gpus", q.guaranteed_gpus),
+        ("borrowable_gpus", q.borrowable_gpus),
+    ] {
+        if v > MAX_GPUS {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field}: at most {MAX_GPUS}"),
+            ));
+        }
+    }
+    if let Some(max) = q.max_gpus {
+        if q.guaranteed_gpus > max {
+            return Err(ApiError::invalid(
+                "guaranteed_gpus",
+                format!(
+                    "guaranteed_gpus: {} is more than max_gpus {max}; lower it or raise max_gpus",
+                    q.guaranteed_gpus
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Set a tenant's quota (admin). Absent limits are unlimited.
+#[utoipa::path(put, path = "/v1/tenants/{name}/quota", tag = "admin", security(("bearer" = [])),
+    params(("name" = String, Path, description = "tenant name")),
+    request_body = Quota,
+    responses((status = 200, body = Quota), StdErrors))]
+pub async fn set_quota(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    ApiJson(quota): ApiJson<Quota>,
+) -> Result<Json<Quota>, ApiError> {
+    check_quota(&quota)?;
+    let (n, q) = (name.clone(), quota.clone());
+    state.blocking(move |a| a.set_quota(&n, &q)).await?;
+    let detail = serde_json::to_value(&quota).map_err(ApiError::internal)?;
+    audit(&state, "admin", "quota.set", &name, detail).await?;
+    Ok(Json(quota))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RangeQuery {
+    /// RFC 3339 or YYYY-MM-DD; absent = since the beginning.
+    pub from: Option<String>,
+    /// RFC 3339 or YYYY-MM-DD (exclusive); absent = until now.
+    pub to: Option<String>,
+}
+
+async fn usage_of(
+    state: &ApiState,
+    tenant: String,
+    q: &RangeQuery,
+) -> Result<Json<UsageSummary>, ApiError> {
+    let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
+    let usage = state.blocking(move |a| a.usage(&tenant, from, to)).await?;
+    Ok(Json(usage))
+}
+
+/// A tenant's usage (admin); same shape as `/v1/usage`.
+#[utoipa::path(get, path = "/v1/tenants/{name}/usage", tag = "admin", security(("bearer" = [])),
+    params(("name" = String, Path, description = "tenant name"), RangeQuery),
+    responses((status = 200, body = UsageSummary), StdErrors))]
+pub async fn tenant_usage(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<RangeQuery>,
+) -> Result<Json<UsageSummary>, ApiError> {
+    usage_of(&state, name, &q).await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoucherRequest {
+    pub tenant: String,
+    pub issuer: String,
+    /// Face value in fen (1 CNY = 100 fen), > 0.
+    pub face_value_fen: i64,
+    /// Largest share of each charge the voucher covers, in (0, 1], at most 4 decimals.
+    pub copay_ratio: f64,
+    /// RFC 3339 or YYYY-MM-DD.
+    pub valid_from: String,
+    /// RFC 3339 or YYYY-MM-DD; after valid_from.
+    pub valid_until: String,
+    /// Regions where it may be redeemed; absent or empty = all.
+    #[serde(default)]
+    pub regions: Option<Vec<String>>,
+}
+
+/// Basis points of a ratio in (0, 1] with at most 4 decimals.
+fn copay_bp(ratio: f64) -> Result<u32, ApiError> {
+    let field = "copay_ratio";
+    if !ratio.is_finite() || ratio <= 0.0 || ratio > 1.0 {
+        return Err(ApiError::invalid(
+            field,
+            format!("copay_ratio: {ratio} is outside (0, 1]; 0.5 means the voucher covers at most half of each charge"),
+        ));
+    }
+    let bp = (ratio * 10_000.0).round();
+    if (bp - ratio * 10_000.0).abs() > 1e-6 {
+        return Err(ApiError::invalid(
+            field,
+            "copay_ratio: at most 4 decimal places (basis points)",
+        ));
+    }
+    Ok(bp as u32)
+}
+
+/// Issue a compute voucher (算力券) to a tenant (admin).
+#[utoipa::path(post, path = "/v1/vouchers", tag = "admin", security(("bearer" = [])),
+    request_body = VoucherRequest,
+    responses((status = 201, body = Voucher), StdErrors))]
+pub async fn issue_voucher(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiJson(req): ApiJson<VoucherRequest>,
+) -> Result<(StatusCode, Json<Voucher>), ApiError> {
+    check_name("tenant", &req.tenant)?;
+    check_text("issuer", &req.issuer, 128)?;
+    if req.face_value_fen <= 0 {
+        return Err(ApiError::invalid(
+            "face_value_fen",
+            "face_value_fen: must be > 0 (integer fen; 100 fen = 1 CNY)",
+        ));
+    }
+    let copay_ratio_bp = copay_bp(req.copay_ratio)?;
+    let valid_from = parse_time("valid_from", &req.valid_from)?;
+    let valid_until = parse_time("valid_until", &req.valid_until)?;
+    if valid_until <= valid_from {
+        return Err(ApiError::invalid(
+            "valid_until",
+            "valid_until: must be after valid_from",
+        ));
+    }
+    let regions = req.regions.clone().unwrap_or_default();
+    if !regions.is_empty() {
+        let known: BTreeSet<String> = state
+            .jobs()
+            .regions()
+            .await?
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        let mut seen = BTreeSet::new();
+        for (i, r) in regions.iter().enumerate() {
+            let field = format!("regions[{i}]");
+            if !known.contains(r) {
+                return Err(ApiError::invalid(
+                    field.clone(),
+                    format!("{field}: unknown region {r:?}; GET /v1/regions lists them"),
+                ));
+            }
+            if !seen.insert(r) {
+                return Err(ApiError::invalid(
+                    field.clone(),
+                    format!("{field}: {r:?} is listed twice"),
+                ));
+            }
+        }
+    }
+    let new = NewVoucher {
+        tenant: req.tenant.clone(),
+        issuer: req.issuer.clone(),
+        face_value_fen: req.face_value_fen,
+        copay_ratio_bp,
+        valid_from,
+        valid_until,
+        regions,
+    };
+    let voucher = state.blocking(move |a| a.issue_voucher(&new)).await?;
+    let detail = serde_json::to_value(&voucher).map_err(ApiError::internal)?;
+    audit(&state, "admin", "voucher.issue", &voucher.tenant, detail).await?;
+    Ok((StatusCode::CREATED, Json(voucher)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// RFC 3339 or YYYY-MM-DD; absent = everything.
+    pub since: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    pub entries: Vec<AuditEntry>,
+}
+
+/// The audit log (admin).
+#[utoipa::path(get, path = "/v1/audit", tag = "admin", security(("bearer" = [])),
+    params(AuditQuery),
+    responses((status = 200, body = AuditList), StdErrors))]
+pub async fn audit_log(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<AuditList>, ApiError> {
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| parse_time("since", s))
+        .transpose()?;
+    let entries = state.blocking(move |a| a.audit_since(since)).await?;
+    Ok(Json(AuditList { entries }))
+}
+
+// ---------- tenant ----------
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct QuotaUse {
+    /// GPUs held now (pending + running), fractional for shared GPUs.
+    pub gpus: f64,
+    pub gpus_by_model: BTreeMap<String, f64>,
+    pub gpu_hours_this_month: f64,
+    pub tokens_this_month: u64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct QuotaView {
+    pub tenant: String,
+    /// `YYYY-MM` the monthly figures are for (UTC).
+    pub month: String,
+    pub limits: Quota,
+    pub used: QuotaUse,
+}
+
+fn milli_to_gpus(m: u64) -> f64 {
+    m as f64 / 1000.0
+}
+
+/// The caller's limits and current use.
+#[utoipa::path(get, path = "/v1/quota", tag = "tenant", security(("bearer" = [])),
+    responses((status = 200, body = QuotaView), StdErrors))]
+pub async fn own_quota(
+    State(state): State<ApiState>,
+    TenantCaller(tenant): TenantCaller,
+) -> Result<Json<QuotaView>, ApiError> {
+    let now = Utc::now();
+    let t = tenant.clone();
+    let limits = state.blocking(move |a| a.quota(&t)).await?;
+    let gpu_use = state.jobs().gpu_use(&tenant).await?;
+    let usage = state.month_usage(&tenant, now).await?;
+    let (_, month) = month_start(now);
+    Ok(Json(QuotaView {
+        tenant,
+        month,
+        limits,
+        used: QuotaUse {
+            gpus: milli_to_gpus(gpu_use.total_milli),
+            gpus_by_model: gpu_use
+                .by_model_milli
+                .iter()
+                .map(|(m, v)| (m.clone(), milli_to_gpus(*v)))
+                .collect(),
+            gpu_hours_this_month: usage.gpu_hours,
+            tokens_this_month: usage.tokens.values().sum(),
+        },
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub kind: JobKind,
+    /// 1-63 lowercase letters, digits or '-'; unique among the tenant's live jobs.
+    pub name: String,
+    /// 1..=1000 pods (a gang: all or nothing).
+    pub replicas: u32,
+    /// Whole GPUs per replica, 1..=64. Give this or `gpu_milli`.
+    #[serde(default)]
+    pub gpus_per_replica: Option<u32>,
+    /// A share of one GPU per replica in milli-GPU, 1..=999. Give this or `gpus_per_replica`.
+    #[serde(default)]
+    pub gpu_milli: Option<u32>,
+    /// Allowed accelerator models; absent = any.
+    #[serde(default)]
+    pub gpu_models: Option<Vec<String>>,
+    /// Container image.
+    pub image: String,
+    /// Pin to one region; absent = the scheduler chooses.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Inference only: round-trip budget from `user_region`, 1..=60000 ms.
+    #[serde(default)]
+    pub latency_slo_ms: Option<u32>,
+    /// Inference only: where the users are.
+    #[serde(default)]
+    pub user_region: Option<String>,
+    /// Inference only: token price tier.
+    #[serde(default)]
+    pub token_tier: Option<TokenTier>,
+    /// Stop after this many seconds, 1..=31536000.
+    #[serde(default)]
+    pub max_runtime_s: Option<u64>,
+}
+
+const MAX_REPLICAS: u32 = 1000;
+const MAX_GPUS_PER_REPLICA: u32 = 64;
+
+fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
+    check_name("name", &r.name)?;
+    if r.replicas == 0 || r.replicas > MAX_REPLICAS {
+        return Err(ApiError::invalid(
+            "replicas",
+            format!("replicas: must be 1..={MAX_REPLICAS}"),
+        ));
+    }
+    let milli_per_replica = match (r.gpus_per_replica, r.gpu_milli) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "gpu_milli",
+                "gpu_milli: give either gpus_per_replica (whole GPUs) or gpu_milli (a share of one GPU), not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "gpus_per_replica",
+                "gpus_per_replica: required (or gpu_milli for a share of one GPU)",
+            ))
+        }
+        (Some(g), None) => {
+            if g == 0 || g > MAX_GPUS_PER_REPLICA {
+                return Err(ApiError::invalid(
+                    "gpus_per_replica",
+                    format!("gpus_per_replica: must be 1..={MAX_GPUS_PER_REPLICA}"),
+                ));
+            }
+            g * 1000
+        }
+        (None, Some(m)) => {
+            if m == 0 || m > 999 {
+                return Err(ApiError::invalid(
+                    "gpu_milli",
+                    "gpu_milli: must be 1..=999 (1000 = one whole GPU: use gpus_per_replica)",
+                ));
+            }
+            m
+        }
+    };
+    let gpu_models = r.gpu_models.unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    for (i, m) in gpu_models.iter().enumerate() {
+        let field = format!("gpu_models[{i}]");
+        check_text(&field, m, 64)?;
+        if !seen.insert(m) {
+            return Err(ApiError::invalid(
+                field.clone(),
+                format!("{field}: {m:?} is listed twice"),
+            ));
+        }
+    }
+    check_text("image", &r.image, 512)?;
+    if r.image.chars().any(char::is_whitespace) {
+        return Err(ApiError::invalid(
+            "image",
+            "image: must not contain whitespace",
+        ));
+    }
+    if let Some(region) = &r.region {
+        check_text("region", region, 64)?;
+    }
+    if let Some(u) = &r.user_region {
+        check_text("user_region", u, 64)?;
+    }
+    let inference = r.kind == JobKind::Inference;
+    for (field, given) in [
+        ("latency_slo_ms", r.latency_slo_ms.is_some()),
+        ("user_region", r.user_region.is_some()),
+        ("token_tier", r.token_tier.is_some()),
+    ] {
+        if given && !inference {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field}: only for kind \"inference\""),
+            ));
+        }
+    }
+    if let Some(slo) = r.latency_slo_ms {
+        if slo == 0 || slo > 60_000 {
+            return Err(ApiError::invalid(
+                "latency_slo_ms",
+                "latency_slo_ms: must be 1..=60000",
+            ));
+        }
+        if r.user_region.is_none() {
+            return Err(ApiError::invalid(
+                "user_region",
+                "user_region: required with latency_slo_ms (the latency is measured from there)",
+            ));
+        }
+    }
+    if let Some(s) = r.max_runtime_s {
+        if s == 0 || s > 31_536_000 {
+            return Err(ApiError::invalid(
+                "max_runtime_s",
+                "max_runtime_s: must be 1..=31536000 (one year)",
+            ));
+        }
+    }
+    Ok(JobSpec {
+        tenant: tenant.to_string(),
+        kind: r.kind,
+        name: r.name,
+        replicas: r.replicas,
+        milli_per_replica,
+        gpu_models,
+        image: r.image,
+        region: r.region,
+        latency_slo_ms: r.latency_slo_ms,
+        user_region: r.user_region,
+        token_tier: if inference {
+            Some(r.token_tier.unwrap_or(TokenTier::Basic))
+        } else {
+            None
+        },
+        max_runtime_s: r.max_runtime_s,
+    })
+}
+
+/// 422 naming the first limit the job would exceed. Pure: the plan step of submission.
+pub(crate) fn check_job_quota(
+    spec: &JobSpec,
+    quota: &Quota,
+    held: &GpuUse,
+    month: &UsageSummary,
+) -> Result<(), ApiError> {
+    let want = spec.total_milli();
+    if let Some(max) = quota.max_gpus {
+        let limit = u64::from(max) * 1000;
+        if held.total_milli + want > limit {
+            return Err(ApiError::quota_exceeded(
+                "max_gpus",
+                format!(
+                    "quota max_gpus {max} would be exceeded: {} GPUs held + {} requested",
+                    milli_to_gpus(held.total_milli),
+                    milli_to_gpus(want)
+                ),
+            ));
+        }
+    }
+    for model in &spec.gpu_models {
+        if let Some(max) = quota.gpus_per_model.get(model) {
+            let limit = u64::from(*max) * 1000;
+            let have = held.by_model_milli.get(model).copied().unwrap_or(0);
+            if have + want > limit {
+                return Err(ApiError::quota_exceeded(
+                    format!("gpus_per_model.{model}"),
+                    format!(
+                        "quota gpus_per_model.{model} {max} would be exceeded: {} held + {} requested",
+                        milli_to_gpus(have),
+                        milli_to_gpus(want)
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(max) = quota.gpu_hours_per_month {
+        if month.gpu_hours >= max as f64 {
+            return Err(ApiError::quota_exceeded(
+                "gpu_hours_per_month",
+                format!(
+                    "quota gpu_hours_per_month {max} is used up ({:.2} GPU-hours this month)",
+                    month.gpu_hours
+                ),
+            ));
+        }
+    }
+    if spec.kind == JobKind::Inference {
+        if let Some(max) = quota.tokens_per_month {
+            let used: u64 = month.tokens.values().sum();
+            if used >= max {
+                return Err(ApiError::quota_exceeded(
+                    "tokens_per_month",
+                    format!("quota tokens_per_month {max} is used up ({used} tokens this month)"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Submit a training job or an inference service.
+#[utoipa::path(post, path = "/v1/jobs", tag = "tenant", security(("bearer" = [])),
+    request_body = JobRequest,
+    responses((status = 201, body = JobView), StdErrors))]
+pub async fn submit_job(
+    State(state): State<ApiState>,
+    TenantCaller(tenant): TenantCaller,
+    ApiJson(req): ApiJson<JobRequest>,
+) -> Result<Response, ApiError> {
+    let spec = validate_job(&tenant, req)?;
+    let t = tenant.clone();
+    let quota = state.blocking(move |a| a.quota(&t)).await?;
+    let held = state.jobs().gpu_use(&tenant).await?;
+    let month = state.month_usage(&tenant, Utc::now()).await?;
+    check_job_quota(&spec, &quota, &held, &month)?;
+    let job = state.jobs().submit(spec).await?;
+    let location =
+        HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)).map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(job),
+    )
+        .into_response())
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+/// The caller's jobs.
+#[utoipa::path(get, path = "/v1/jobs", tag = "tenant", security(("bearer" = [])),
+    responses((status = 200, body = JobList), StdErrors))]
+pub async fn list_jobs(
+    State(state): State<ApiState>,
+    TenantCaller(tenant): TenantCaller,
+) -> Result<Json<JobList>, ApiError> {
+    let jobs = state.jobs().list(&tenant).await?;
+    Ok(Json(JobList { jobs }))
+}
+
+/// One job: phase, placement, and why it is pending or why it runs where it does.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "tenant", security(("bearer" = [])),
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobView), StdErrors))]
+pub async fn get_job(
+    State(state): State<ApiState>,
+    TenantCaller(tenant): TenantCaller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(state.jobs().get(&tenant, &id).await?))
+}
+
+/// Cancel a job; returns it in its final state.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "tenant", security(("bearer" = [])),
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobView), StdErrors))]
+pub async fn delete_job(
+    State(state): State<ApiState>,
+    TenantCaller(tenant): TenantCaller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(state.jobs().cancel(&tenant, &id).await?))
+}
+
+/// The caller's usage and charges in `[from, to)`.
+#[utoipa::path(get, path = "/v1/usage", tag = "tenant", security(("bearer" = [])),
+    params(RangeQuery),
+    responses((status = 200, body = UsageSummary), StdErrors))]
+pub async fn own_usage(
+    State(state): State<ApiState>,
+    TenantCaller(tenant): TenantCaller,
+    ApiQuery(q): ApiQuery<RangeQuery>,
+) -> Result<Json<UsageSummary>, ApiError> {
+    usage_of(&state, tenant, &q).await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatementQuery {
+    /// `json` (default) or `csv`.
+    pub format: Option<StatementFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatementFormat {
+    Json,
+    Csv,
+}
+
+/// The caller's statement for a month (`YYYY-MM`), JSON or CSV.
+#[utoipa::path(get, path = "/v1/statements/{month}", tag = "tenant", security(("bearer" = [])),
+    params(("month" = String, Path, description = "YYYY-MM"), StatementQuery),
+    responses(
+        (status = 200, description = "the statement", content(
+            (Object = "application/json"),
+            (String = "text/csv"))),
+        StdErrors))]
+pub async fn statement(
+    State(state): State<ApiState>,
+    TenantCaller(tenant): TenantCaller,
+    Path(month): Path<String>,
+    ApiQuery(q): ApiQuery<StatementQuery>,
+) -> Result<Response, ApiError> {
+    let (y, m) = parse_month(&month)?;
+    let st = state.blocking(move |a| a.statement(&tenant, y, m)).await?;
+    Ok(match q.format.unwrap_or(StatementFormat::Json) {
+        StatementFormat::Json => Json(st.json).into_response(),
+        StatementFormat::Csv => {
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], st.csv).into_response()
+        }
+    })
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct VoucherList {
+    pub vouchers: Vec<Voucher>,
+}
+
+/// The caller's vouchers with balances.
+#[utoipa::path(get, path = "/v1/vouchers", tag = "tenant", security(("bearer" = [])),
+    responses((status = 200, body = VoucherList), StdErrors))]
+pub async fn own_vouchers(
+    State(state): State<ApiState>,
+    TenantCaller(tenant): TenantCaller,
+) -> Result<Json<VoucherList>, ApiError> {
+    let vouchers = state.blocking(move |a| a.vouchers(&tenant)).await?;
+    Ok(Json(VoucherList { vouchers }))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RegionList {
+    pub regions: Vec<RegionView>,
+}
+
+/// The region catalog: latency, green share, PUE, price, free GPUs.
+#[utoipa::path(get, path = "/v1/regions", tag = "tenant", security(("bearer" = [])),
+    responses((status = 200, body = RegionList), StdErrors))]
+pub async fn regions(
+    State(state): State<ApiState>,
+    _caller: super::auth::Principal,
+) -> Result<Json<RegionList>, ApiError> {
+    let regions = state.jobs().regions().await?;
+    Ok(Json(RegionList { regions }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> JobRequest {
+        serde_json::from_value(serde_json::json!({
+            "kind": "training", "name": "llm-7b", "replicas": 2,
+            "gpus_per_replica": 4, "image": "registry.local/train:1"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn valid_job_becomes_a_spec_in_milli_gpus() {
+        let spec = validate_job("acme", job()).unwrap();
+        assert_eq!(spec.milli_per_replica, 4000);
+        assert_eq!(spec.total_milli(), 8000);
+        assert_eq!(spec.tenant, "acme");
+        assert_eq!(spec.token_tier, None);
+    }
+
+    #[test]
+    fn each_bad_job_field_is_named() {
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (serde_json::json!({"name": "Bad_Name"}), "name"),
+            (serde_json::json!({"replicas": 0}), "replicas"),
+            (
+                serde_json::json!({"gpus_per_replica": 0}),
+                "gpus_per_replica",
+            ),
+            (
+                serde_json::json!({"gpus_per_replica": 65}),
+                "gpus_per_replica",
+            ),
+            (serde_json::json!({"gpu_milli": 500}), "gpu_milli"),
+            (
+                serde_json::json!({"gpu_models": ["H100", "H100"]}),
+                "gpu_models[1]",
+            ),
+            (serde_json::json!({"gpu_models": [""]}), "gpu_models[0]"),
+            (serde_json::json!({"image": "a b"}), "image"),
+            (serde_json::json!({"image": ""}), "image"),
+            (serde_json::json!({"latency_slo_ms": 20}), "latency_slo_ms"),
+            (serde_json::json!({"token_tier": "basic"}), "token_tier"),
+            (serde_json::json!({"max_runtime_s": 0}), "max_runtime_s"),
+            (serde_json::json!({"region": ""}), "region"),
+        ];
+        for (patch, field) in cases {
+            let mut v = serde_json::json!({
+                "kind": "training", "name": "llm-7b", "replicas": 2,
+                "gpus_per_replica": 4, "image": "registry.local/train:1"
+            });
+            for (k, x) in patch.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let req: JobRequest = serde_json::from_value(v).unwrap();
+            let err = validate_job("acme", req).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{err}");
+            assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
+        }
+    }
+
+    #[test]
+    fn inference_needs_user_region_with_slo_and_defaults_tier() {
+        let mut r = job();
+        r.kind = JobKind::Inference;
+        r.latency_slo_ms = Some(20);
+        assert_eq!(
+            validate_job("a", r).unwrap_err().field.as_deref(),
+            Some("user_region")
+        );
+        let mut r = job();
+        r.kind = JobKind::Inference;
+        let spec = validate_job("a", r).unwrap();
+        assert_eq!(spec.token_tier, Some(TokenTier::Basic));
+    }
+
+    #[test]
+    fn quota_names_the_limit_that_would_be_exceeded() {
+        let spec = validate_job("a", job()).unwrap(); // 8 GPUs, any model
+        let held = GpuUse {
+            total_milli: 4000,
+            by_model_milli: BTreeMap::from([("H100".to_string(), 4000)]),
+        };
+        let none = UsageSummary::default();
+        let q = Quota {
+            max_gpus: Some(12),
+            ..Quota::default()
+        };
+        assert!(check_job_quota(&spec, &q, &held, &none).is_ok());
+        let q = Quota {
+            max_gpus: Some(11),
+            ..Quota::default()
+        };
+        let e = check_job_quota(&spec, &q, &held, &none).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("max_gpus"));
+        assert_eq!(e.code, "quota_exceeded");
+
+        let mut h100 = spec.clone();
+        h100.gpu_models = vec!["H100".into()];
+        let q = Quota {
+            gpus_per_model: BTreeMap::from([("H100".to_string(), 11)]),
+            ..Quota::default()
+        };
+        let e = check_job_quota(&h100, &q, &held, &none).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("gpus_per_model.H100"));
+        // A job pinned to another model is not charged to H100's limit.
+        let mut a100 = spec.clone();
+        a100.gpu_models = vec!["A100".into()];
+        assert!(check_job_quota(&a100, &q, &held, &none).is_ok());
+
+        let q = Quota {
+            gpu_hours_per_month: Some(10),
+            ..Quota::default()
+        };
+        let used = UsageSummary {
+            gpu_hours: 10.0,
+            ..UsageSummary::default()
+        };
+        let e = check_job_quota(&spec, &q, &held, &used).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("gpu_hours_per_month"));
+        let used = UsageSummary {
+            gpu_hours: 9.5,
+            ..UsageSummary::default()
+        };
+        assert!(check_job_quota(&spec, &q, &held, &used).is_ok());
+    }
+
+    #[test]
+    fn copay_ratio_in_basis_points() {
+        assert_eq!(copay_bp(0.5).unwrap(), 5000);
+        assert_eq!(copay_bp(1.0).unwrap(), 10000);
+        assert_eq!(copay_bp(0.1234).unwrap(), 1234);
+        for bad in [0.0, -0.1, 1.01, 0.12345, f64::NAN] {
+            assert_eq!(
+                copay_bp(bad).unwrap_err().field.as_deref(),
+                Some("copay_ratio")
+            );
+        }
+    }
+
+    #[test]
+    fn times_months_and_ranges() {
+        assert_eq!(
+            parse_time("from", "2026-11-01").unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            parse_time("from", "2026-11-01T08:00:00+08:00").unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            parse_time("since", "yesterday")
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("since")
+        );
+        assert_eq!(parse_month("2026-11").unwrap(), (2026, 11));
+        for bad in ["2026-13", "2026-1", "26-11", "2026/11", "x"] {
+            assert!(parse_month(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_range(Some("2026-11-02"), Some("2026-11-01"))
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("to")
+        );
+        let (start, label) = month_start(Utc.with_ymd_and_hms(2026, 2, 28, 23, 0, 0).unwrap());
+        assert_eq!(start, Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap());
+        assert_eq!(label, "2026-02");
+    }
+}

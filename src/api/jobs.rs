@@ -1,0 +1,190 @@
+//! Where submitted jobs go: the [`JobBackend`] trait. The in-process
+//! implementation drives the simulated multi-region `World` (standalone
+//! `zhisuan api` and the demo); the Kubernetes one, creating `TrainingJob` /
+//! `InferenceService` resources, lives in `operator/`.
+
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Training (batch, latency-tolerant) or inference (a long-running service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Training,
+    Inference,
+}
+
+/// Token price tiers (basic / industry / high-value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenTier {
+    Basic,
+    Industry,
+    HighValue,
+}
+
+impl TokenTier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenTier::Basic => "basic",
+            TokenTier::Industry => "industry",
+            TokenTier::HighValue => "high_value",
+        }
+    }
+}
+
+/// A validated job submission (see the API's `JobRequest` for the rules).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub tenant: String,
+    pub kind: JobKind,
+    pub name: String,
+    pub replicas: u32,
+    /// GPU share per replica in milli-GPU: whole GPUs are multiples of 1000
+    /// (`gpus_per_replica` × 1000), a shared GPU is 1..=999.
+    pub milli_per_replica: u32,
+    /// Allowed accelerator models; empty = any.
+    pub gpu_models: Vec<String>,
+    pub image: String,
+    pub region: Option<String>,
+    pub latency_slo_ms: Option<u32>,
+    pub user_region: Option<String>,
+    pub token_tier: Option<TokenTier>,
+    pub max_runtime_s: Option<u64>,
+}
+
+impl JobSpec {
+    /// GPUs the whole job holds, in milli-GPU.
+    pub fn total_milli(&self) -> u64 {
+        u64::from(self.replicas) * u64::from(self.milli_per_replica)
+    }
+}
+
+/// Lifecycle phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobPhase {
+    pub fn is_active(self) -> bool {
+        matches!(self, JobPhase::Pending | JobPhase::Running)
+    }
+}
+
+/// Where one replica runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaPlacement {
+    pub replica: u32,
+    pub region: String,
+    pub node: String,
+    pub gpu_model: Option<String>,
+    /// Device indices on the node.
+    pub devices: Vec<u32>,
+    /// Milli-GPU per device (1000 for whole GPUs).
+    pub gpu_milli: u32,
+}
+
+/// Why a job is pending, or why it went where it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Explanation {
+    /// One human sentence.
+    pub summary: String,
+    /// The structured record (candidates, the filter that removed each, score terms).
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// A job as a tenant sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub name: String,
+    pub kind: JobKind,
+    pub phase: JobPhase,
+    pub replicas: u32,
+    pub gpu_milli_per_replica: u32,
+    pub gpu_models: Vec<String>,
+    pub image: String,
+    pub region: Option<String>,
+    pub placement: Vec<ReplicaPlacement>,
+    pub explanation: Explanation,
+    /// RFC 3339.
+    pub submitted_at: String,
+}
+
+/// GPUs a tenant holds (pending + running), for quota checks at submission.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GpuUse {
+    pub total_milli: u64,
+    /// By accelerator model: placed replicas count under their model, a
+    /// pending job under each model it allows.
+    pub by_model_milli: BTreeMap<String, u64>,
+}
+
+/// A region as tenants choose between them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegionView {
+    pub name: String,
+    /// Round-trip time from each user region, ms.
+    pub latency_ms: BTreeMap<String, f64>,
+    pub green_share: f64,
+    pub pue: f64,
+    /// Electricity price, fen per kWh.
+    pub price_fen_per_kwh: i64,
+    pub gpus: u64,
+    pub gpus_free: f64,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// Why a backend call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// No job with this id for this tenant (another tenant's job is "not found" too).
+    #[error("no job {0}")]
+    NotFound(String),
+    /// A live job of this tenant already has this name.
+    #[error("{0}")]
+    Conflict(String),
+    /// The spec cannot be satisfied (unknown region or model, ...).
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<BackendError> for super::error::ApiError {
+    fn from(e: BackendError) -> Self {
+        use super::error::ApiError;
+        match e {
+            BackendError::NotFound(id) => ApiError::not_found(format!("no job {id}")),
+            BackendError::Conflict(m) => ApiError::conflict(m),
+            BackendError::Invalid { field, message } => ApiError::invalid(field, message),
+            BackendError::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// Jobs and regions behind the API. Every call is scoped to one tenant: an
+/// implementation must never return another tenant's job. Futures must not
+/// hold a lock across an `.await`.
+pub trait JobBackend: Send + Sync + 'static {
+    fn submit(&self, spec: JobSpec) -> BoxFuture<'_, BackendResult<JobView>>;
+    fn list(&self, tenant: &str) -> BoxFuture<'_, BackendResult<Vec<JobView>>>;
+    fn get(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>>;
+    /// Cancels a job; returns it in its final state.
+    fn cancel(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>>;
+    fn gpu_use(&self, tenant: &str) -> BoxFuture<'_, BackendResult<GpuUse>>;
+    fn regions(&self) -> BoxFuture<'_, BackendResult<Vec<RegionView>>>;
+}

@@ -1,0 +1,134 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+use super::accounts::{AuditEntry, Quota, Tenant, UsageSummary, Voucher};
+use super::error::{ErrorBody, ErrorDetail};
+use super::handlers;
+use super::jobs::{
+    Explanation, GpuUse, JobKind, JobPhase, JobView, RegionView, ReplicaPlacement, TokenTier,
+};
+
+/// The error answers every authenticated endpoint may give.
+pub struct StdErrors;
+
+impl utoipa::IntoResponses for StdErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        [
+            ("400", "malformed request (bad JSON, wrong content type)"),
+            ("401", "missing or unknown API key"),
+            ("403", "the key's role may not use this endpoint"),
+            ("404", "no such object for this tenant"),
+            ("405", "method not allowed"),
+            ("409", "conflicts with an existing object"),
+            ("413", "request body too large"),
+            (
+                "422",
+                "a field is invalid, or a quota would be exceeded; `field` names it",
+            ),
+            ("429", "rate limited; see Retry-After"),
+        ]
+        .into_iter()
+        .map(|(status, description)| {
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build();
+            (status.to_string(), RefOr::T(response))
+        })
+        .collect()
+    }
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "zhisuan quota API", description = "Self-service compute rental for tenants; admin endpoints for tenants, quotas and vouchers."),
+    paths(
+        handlers::healthz, handlers::metrics, handlers::openapi_json,
+        handlers::create_tenant, handlers::list_tenants, handlers::set_quota,
+        handlers::tenant_usage, handlers::issue_voucher, handlers::audit_log,
+        handlers::own_quota, handlers::submit_job, handlers::list_jobs,
+        handlers::get_job, handlers::delete_job, handlers::own_usage,
+        handlers::statement, handlers::own_vouchers, handlers::regions,
+    ),
+    components(schemas(
+        ErrorBody, ErrorDetail, Tenant, Quota, Voucher, UsageSummary, AuditEntry,
+        JobKind, JobPhase, JobView, ReplicaPlacement, Explanation, GpuUse, RegionView, TokenTier,
+        handlers::Health, handlers::CreateTenantRequest, handlers::CreatedTenant,
+        handlers::TenantList, handlers::VoucherRequest, handlers::AuditList,
+        handlers::QuotaUse, handlers::QuotaView, handlers::JobRequest, handlers::JobList,
+        handlers::VoucherList, handlers::RegionList, handlers::StatementFormat,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "public", description = "No key needed"),
+        (name = "admin", description = "Admin key only"),
+        (name = "tenant", description = "A tenant's own data only"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON, rendered once.
+pub fn document_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| format!("{{\"error\": \"openapi: {e}\"}}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn document_lists_every_route_with_error_envelope() {
+        let doc: serde_json::Value = serde_json::from_str(super::document_json()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/v1/tenants",
+            "/v1/tenants/{name}/quota",
+            "/v1/tenants/{name}/usage",
+            "/v1/vouchers",
+            "/v1/audit",
+            "/v1/quota",
+            "/v1/jobs",
+            "/v1/jobs/{id}",
+            "/v1/usage",
+            "/v1/statements/{month}",
+            "/v1/regions",
+            "/healthz",
+            "/metrics",
+            "/openapi.json",
+        ] {
+            assert!(paths.contains_key(p), "missing {p}");
+        }
+        assert_eq!(
+            doc["paths"]["/v1/jobs"]["post"]["responses"]["422"]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/ErrorBody"
+        );
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+}

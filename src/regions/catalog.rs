@@ -1,0 +1,634 @@
+//! The region catalog: hubs / data-centre clusters with their energy figures,
+//! the places users sit, and the network between them (a petgraph graph whose
+//! shortest paths give round-trip latency and bottleneck bandwidth).
+//!
+//! Loaded from a YAML file (`data/regions/catalog.yaml` ships the 8 hubs / 10
+//! clusters of 东数西算) and validated at load: a bad figure is an
+//! [`InputError`] naming the file, the entry and the rule broken.
+
+use crate::error::InputError;
+use petgraph::graph::{NodeIndex, UnGraph};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Path of the shipped default catalog, relative to the repository root.
+pub const DEFAULT_CATALOG_PATH: &str = "data/regions/catalog.yaml";
+/// The shipped catalog, embedded so the binary works from any directory.
+pub const DEFAULT_CATALOG_YAML: &str = include_str!("../../data/regions/catalog.yaml");
+
+/// Fen-thousandths: 1 CNY = 100 fen = 100_000 milli-fen. Energy prices and
+/// energy costs are kept in this unit so sums stay exact integers.
+pub const MILLI_FEN_PER_CNY: i64 = 100_000;
+
+/// East (demand side, near users) or west (energy side, green power).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    East,
+    West,
+}
+
+/// One accelerator model's expected board power (for the cost model).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceleratorSpec {
+    pub model: String,
+    /// nvidia | huawei | hygon | …
+    pub vendor: String,
+    /// Expected board power while busy, watts.
+    pub power_w: f64,
+    #[serde(default)]
+    pub source: String,
+}
+
+/// A block of identical nodes installed in a region.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryEntry {
+    pub model: String,
+    pub nodes: u32,
+    pub gpus_per_node: u32,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+}
+
+/// One data-centre cluster (a placement region).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    /// Stable ASCII id (`zhongwei`).
+    pub name: String,
+    /// Name for people (`中卫`).
+    #[serde(default)]
+    pub display: String,
+    /// Hub id (`ningxia`) and its display name (`宁夏`).
+    pub hub: String,
+    #[serde(default)]
+    pub hub_display: String,
+    pub side: Side,
+    #[serde(default)]
+    pub province: String,
+    /// Facility energy / IT energy, ≥ 1.0.
+    pub pue: f64,
+    /// Share of the facility's electricity covered by green-power contracts, 0..1.
+    pub green_share: f64,
+    /// Optional hour-of-day profile (China Standard Time, 24 values, 0..1)
+    /// that replaces `green_share` when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub green_profile: Option<Vec<f64>>,
+    /// Electricity price, CNY per kWh (facility energy).
+    pub price_cny_per_kwh: f64,
+    /// Grid emission factor for the non-green share, kg CO2 per kWh.
+    pub grid_factor_kg_per_kwh: f64,
+    #[serde(default)]
+    pub inventory: Vec<InventoryEntry>,
+    /// Where each figure comes from (a citation or "assumed: why").
+    #[serde(default)]
+    pub sources: BTreeMap<String, String>,
+}
+
+/// A place where users (or their data) sit; not a placement target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRegion {
+    pub name: String,
+    #[serde(default)]
+    pub display: String,
+    #[serde(default)]
+    pub source: String,
+}
+
+/// A network link between two places (regions or user regions).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub a: String,
+    pub b: String,
+    pub rtt_ms: f64,
+    pub bandwidth_gbps: f64,
+    #[serde(default)]
+    pub source: String,
+}
+
+/// Weights of the default policy's score (lower score wins). Each term is
+/// normalised by the best candidate's value, so weights are unit-free.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreWeights {
+    pub carbon: f64,
+    pub cost: f64,
+    pub latency: f64,
+}
+
+impl Default for ScoreWeights {
+    fn default() -> Self {
+        ScoreWeights {
+            carbon: 1.0,
+            cost: 1.0,
+            latency: 0.1,
+        }
+    }
+}
+
+/// The file format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogFile {
+    #[serde(default)]
+    pub version: u32,
+    /// Citations used by the entries, keyed by short id.
+    #[serde(default)]
+    pub sources: BTreeMap<String, String>,
+    pub accelerators: Vec<AcceleratorSpec>,
+    pub regions: Vec<Region>,
+    #[serde(default)]
+    pub user_regions: Vec<UserRegion>,
+    #[serde(default)]
+    pub links: Vec<Link>,
+    #[serde(default)]
+    pub scoring: Option<ScoreWeights>,
+}
+
+/// A validated catalog with dense, precomputed network figures.
+///
+/// Places are indexed `0..regions.len()` for regions, then user regions.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub regions: Vec<Region>,
+    pub user_regions: Vec<UserRegion>,
+    pub accelerators: Vec<AcceleratorSpec>,
+    pub links: Vec<Link>,
+    pub weights: ScoreWeights,
+    /// Electricity price per region in milli-fen per kWh (exact).
+    pub price_milli_fen_per_kwh: Vec<i64>,
+    place_index: HashMap<String, usize>,
+    /// rtt_ms[place * n_regions + region]: shortest-path RTT (∞ if unreachable).
+    rtt_ms: Vec<f64>,
+    /// Bottleneck bandwidth along that shortest path, Gbit/s.
+    bandwidth_gbps: Vec<f64>,
+}
+
+fn input_err(file: &str, entry: &str, rule: impl std::fmt::Display) -> InputError {
+    InputError::new(format!("{file}: {entry}: {rule}"))
+}
+
+impl Catalog {
+    /// The shipped default catalog.
+    pub fn default_catalog() -> Catalog {
+        Catalog::from_yaml(DEFAULT_CATALOG_YAML, DEFAULT_CATALOG_PATH)
+            .expect("the shipped catalog is valid (tested)")
+    }
+
+    /// Load and validate a catalog file.
+    pub fn load(path: &Path) -> Result<Catalog, InputError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            InputError::new(format!(
+                "{shown}: cannot read the region catalog ({e}); pass an existing file to --regions"
+            ))
+        })?;
+        Catalog::from_yaml(&text, &shown)
+    }
+
+    /// Parse and validate; `file` names the source in error messages.
+    pub fn from_yaml(text: &str, file: &str) -> Result<Catalog, InputError> {
+        let parsed: CatalogFile = serde_yaml::from_str(text).map_err(|e| {
+            InputError::new(format!(
+                "{file}: not a valid region catalog: {e} (see data/regions/catalog.yaml for the format)"
+            ))
+        })?;
+        Catalog::from_file(parsed, file)
+    }
+
+    /// Validate an already parsed catalog.
+    pub fn from_file(parsed: CatalogFile, file: &str) -> Result<Catalog, InputError> {
+        let CatalogFile {
+            accelerators,
+            regions,
+            user_regions,
+            links,
+            scoring,
+            ..
+        } = parsed;
+        if regions.is_empty() {
+            return Err(input_err(
+                file,
+                "regions",
+                "the catalog lists no region; add at least one",
+            ));
+        }
+        let mut accel_names = HashMap::new();
+        for (i, a) in accelerators.iter().enumerate() {
+            let entry = format!("accelerators[{i}] ({})", a.model);
+            if !(a.power_w.is_finite() && a.power_w > 0.0) {
+                return Err(input_err(
+                    file,
+                    &entry,
+                    format!("power_w {} must be a positive number of watts", a.power_w),
+                ));
+            }
+            if accel_names.insert(a.model.clone(), i).is_some() {
+                return Err(input_err(
+                    file,
+                    &entry,
+                    "duplicate accelerator model; list each model once",
+                ));
+            }
+        }
+        let mut place_index = HashMap::new();
+        let mut prices = Vec::with_capacity(regions.len());
+        for (i, r) in regions.iter().enumerate() {
+            let entry = format!("regions[{i}] ({})", r.name);
+            if r.name.is_empty() {
+                return Err(input_err(
+                    file,
+                    &entry,
+                    "name is empty; give every region an id",
+                ));
+            }
+            if !(r.pue.is_finite() && r.pue >= 1.0) {
+                return Err(input_err(
+                    file,
+                    &entry,
+                    format!("pue {} is below 1.0; PUE is facility energy / IT energy and is at least 1.0", r.pue),
+                ));
+            }
+            check_share(file, &entry, "green_share", r.green_share)?;
+            if let Some(profile) = &r.green_profile {
+                if profile.len() != 24 {
+                    return Err(input_err(
+                        file,
+                        &entry,
+                        format!(
+                            "green_profile has {} values; give one per hour (24)",
+                            profile.len()
+                        ),
+                    ));
+                }
+                for (h, v) in profile.iter().enumerate() {
+                    check_share(file, &entry, &format!("green_profile[{h}]"), *v)?;
+                }
+            }
+            if !(r.price_cny_per_kwh.is_finite() && r.price_cny_per_kwh >= 0.0) {
+                return Err(input_err(
+                    file,
+                    &entry,
+                    format!(
+                        "price_cny_per_kwh {} is negative; an electricity price is ≥ 0",
+                        r.price_cny_per_kwh
+                    ),
+                ));
+            }
+            if !(r.grid_factor_kg_per_kwh.is_finite() && r.grid_factor_kg_per_kwh >= 0.0) {
+                return Err(input_err(
+                    file,
+                    &entry,
+                    format!(
+                        "grid_factor_kg_per_kwh {} is negative; an emission factor is ≥ 0 (national 2022 average: 0.5703)",
+                        r.grid_factor_kg_per_kwh
+                    ),
+                ));
+            }
+            for (j, inv) in r.inventory.iter().enumerate() {
+                let sub = format!("{entry}.inventory[{j}]");
+                if !accel_names.contains_key(&inv.model) {
+                    return Err(input_err(
+                        file,
+                        &sub,
+                        format!(
+                            "unknown accelerator model {:?}; add it under accelerators",
+                            inv.model
+                        ),
+                    ));
+                }
+                if inv.gpus_per_node == 0 || inv.gpus_per_node > 64 {
+                    return Err(input_err(
+                        file,
+                        &sub,
+                        format!("gpus_per_node {} must be 1..=64", inv.gpus_per_node),
+                    ));
+                }
+            }
+            if place_index.insert(r.name.clone(), i).is_some() {
+                return Err(input_err(
+                    file,
+                    &entry,
+                    "duplicate region name; names must be unique",
+                ));
+            }
+            prices.push((r.price_cny_per_kwh * MILLI_FEN_PER_CNY as f64).round() as i64);
+        }
+        for (i, u) in user_regions.iter().enumerate() {
+            let entry = format!("user_regions[{i}] ({})", u.name);
+            if place_index
+                .insert(u.name.clone(), regions.len() + i)
+                .is_some()
+            {
+                return Err(input_err(
+                    file,
+                    &entry,
+                    "name already used by a region or user region; names must be unique",
+                ));
+            }
+        }
+        let n_places = regions.len() + user_regions.len();
+        let mut graph: UnGraph<(), (f64, f64)> = UnGraph::with_capacity(n_places, links.len());
+        let nodes: Vec<NodeIndex> = (0..n_places).map(|_| graph.add_node(())).collect();
+        for (i, l) in links.iter().enumerate() {
+            let entry = format!("links[{i}] ({} - {})", l.a, l.b);
+            let a = *place_index.get(&l.a).ok_or_else(|| {
+                input_err(
+                    file,
+                    &entry,
+                    format!(
+                        "link to unknown region {:?}; declare it under regions or user_regions",
+                        l.a
+                    ),
+                )
+            })?;
+            let b = *place_index.get(&l.b).ok_or_else(|| {
+                input_err(
+                    file,
+                    &entry,
+                    format!(
+                        "link to unknown region {:?}; declare it under regions or user_regions",
+                        l.b
+                    ),
+                )
+            })?;
+            if a == b {
+                return Err(input_err(file, &entry, "a link joins two different places"));
+            }
+            if !(l.rtt_ms.is_finite() && l.rtt_ms >= 0.0) {
+                return Err(input_err(
+                    file,
+                    &entry,
+                    format!("rtt_ms {} must be ≥ 0", l.rtt_ms),
+                ));
+            }
+            if !(l.bandwidth_gbps.is_finite() && l.bandwidth_gbps > 0.0) {
+                return Err(input_err(
+                    file,
+                    &entry,
+                    format!("bandwidth_gbps {} must be > 0", l.bandwidth_gbps),
+                ));
+            }
+            graph.add_edge(nodes[a], nodes[b], (l.rtt_ms, l.bandwidth_gbps));
+        }
+        let weights = scoring.unwrap_or_default();
+        for (name, w) in [
+            ("carbon", weights.carbon),
+            ("cost", weights.cost),
+            ("latency", weights.latency),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(input_err(
+                    file,
+                    &format!("scoring.{name}"),
+                    format!("weight {w} must be ≥ 0"),
+                ));
+            }
+        }
+
+        // Dense place × region latency / bandwidth tables from shortest paths.
+        let n_regions = regions.len();
+        let mut rtt_ms = vec![f64::INFINITY; n_places * n_regions];
+        let mut bandwidth_gbps = vec![0.0; n_places * n_regions];
+        for r in 0..n_regions {
+            for p in 0..n_places {
+                let k = p * n_regions + r;
+                if p == r {
+                    rtt_ms[k] = 0.0;
+                    bandwidth_gbps[k] = f64::INFINITY;
+                    continue;
+                }
+                let found = petgraph::algo::astar(
+                    &graph,
+                    nodes[p],
+                    |n| n == nodes[r],
+                    |e| e.weight().0,
+                    |_| 0.0,
+                );
+                if let Some((cost, path)) = found {
+                    rtt_ms[k] = cost;
+                    bandwidth_gbps[k] = path
+                        .windows(2)
+                        .filter_map(|w| graph.find_edge(w[0], w[1]).map(|e| graph[e].1))
+                        .fold(f64::INFINITY, f64::min);
+                }
+            }
+        }
+        Ok(Catalog {
+            regions,
+            user_regions,
+            accelerators,
+            links,
+            weights,
+            price_milli_fen_per_kwh: prices,
+            place_index,
+            rtt_ms,
+            bandwidth_gbps,
+        })
+    }
+
+    /// Index of a region (placement target) by name.
+    pub fn region_index(&self, name: &str) -> Option<usize> {
+        self.place_index
+            .get(name)
+            .copied()
+            .filter(|&i| i < self.regions.len())
+    }
+
+    /// Index of any place (region or user region) by name.
+    pub fn place_index(&self, name: &str) -> Option<usize> {
+        self.place_index.get(name).copied()
+    }
+
+    /// Name of a place index.
+    pub fn place_name(&self, place: usize) -> &str {
+        if place < self.regions.len() {
+            &self.regions[place].name
+        } else {
+            &self.user_regions[place - self.regions.len()].name
+        }
+    }
+
+    /// Shortest-path round-trip time from a place to a region (∞ if unreachable).
+    pub fn rtt_ms(&self, place: usize, region: usize) -> f64 {
+        self.rtt_ms[place * self.regions.len() + region]
+    }
+
+    /// Bottleneck bandwidth on that path, Gbit/s (∞ for the region itself).
+    pub fn bandwidth_gbps(&self, place: usize, region: usize) -> f64 {
+        self.bandwidth_gbps[place * self.regions.len() + region]
+    }
+
+    /// Expected board power of a model, watts.
+    pub fn power_w(&self, model: &str) -> Option<f64> {
+        self.accelerators
+            .iter()
+            .find(|a| a.model == model)
+            .map(|a| a.power_w)
+    }
+
+    /// Installed GPUs in a region.
+    pub fn region_gpus(&self, region: usize) -> u64 {
+        self.regions[region]
+            .inventory
+            .iter()
+            .map(|e| e.nodes as u64 * e.gpus_per_node as u64)
+            .sum()
+    }
+}
+
+impl Region {
+    /// Green share at an hour of day (0..24, China Standard Time).
+    pub fn green_share_at_hour(&self, hour: usize) -> f64 {
+        match &self.green_profile {
+            Some(p) => p[hour % 24],
+            None => self.green_share,
+        }
+    }
+}
+
+fn check_share(file: &str, entry: &str, field: &str, v: f64) -> Result<(), InputError> {
+    if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+        return Err(input_err(
+            file,
+            entry,
+            format!("{field} {v} is outside [0, 1]; a share is a fraction (0.35 = 35%)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINI: &str = r#"
+accelerators:
+  - {model: T4, vendor: nvidia, power_w: 70}
+regions:
+  - name: east1
+    hub: h1
+    side: east
+    pue: 1.3
+    green_share: 0.1
+    price_cny_per_kwh: 0.7
+    grid_factor_kg_per_kwh: 0.6
+    inventory: [{model: T4, nodes: 2, gpus_per_node: 4, cpu_milli: 64000, memory_mib: 262144}]
+  - name: west1
+    hub: h2
+    side: west
+    pue: 1.1
+    green_share: 0.6
+    price_cny_per_kwh: 0.3
+    grid_factor_kg_per_kwh: 0.6
+user_regions:
+  - {name: city}
+links:
+  - {a: city, b: east1, rtt_ms: 2, bandwidth_gbps: 100}
+  - {a: east1, b: west1, rtt_ms: 20, bandwidth_gbps: 40}
+"#;
+
+    #[test]
+    fn shortest_paths_give_latency_and_bottleneck_bandwidth() {
+        let c = Catalog::from_yaml(MINI, "mini.yaml").unwrap();
+        let city = c.place_index("city").unwrap();
+        let (e, w) = (
+            c.region_index("east1").unwrap(),
+            c.region_index("west1").unwrap(),
+        );
+        assert_eq!(c.rtt_ms(city, e), 2.0);
+        assert_eq!(c.rtt_ms(city, w), 22.0);
+        assert_eq!(c.bandwidth_gbps(city, w), 40.0);
+        assert_eq!(c.price_milli_fen_per_kwh, vec![70_000, 30_000]);
+        assert_eq!(c.region_gpus(e), 8);
+        assert!(
+            c.region_index("city").is_none(),
+            "a user region is not a placement target"
+        );
+    }
+
+    fn expect_err(yaml: &str, needles: &[&str]) {
+        let err = Catalog::from_yaml(yaml, "bad.yaml")
+            .unwrap_err()
+            .to_string();
+        for n in needles {
+            assert!(err.contains(n), "error {err:?} should mention {n:?}");
+        }
+    }
+
+    #[test]
+    fn bad_figures_are_rejected_naming_file_entry_and_rule() {
+        expect_err(
+            &MINI.replace("pue: 1.3", "pue: 0.9"),
+            &["bad.yaml", "regions[0] (east1)", "pue 0.9", "below 1.0"],
+        );
+        expect_err(
+            &MINI.replace("green_share: 0.6", "green_share: 1.2"),
+            &[
+                "bad.yaml",
+                "regions[1] (west1)",
+                "green_share 1.2",
+                "outside [0, 1]",
+            ],
+        );
+        expect_err(
+            &MINI.replace("price_cny_per_kwh: 0.3", "price_cny_per_kwh: -0.3"),
+            &["regions[1] (west1)", "negative"],
+        );
+        expect_err(
+            &MINI.replace("{a: east1, b: west1", "{a: east1, b: mars"),
+            &["links[1] (east1 - mars)", "unknown region \"mars\""],
+        );
+        expect_err(
+            &MINI.replace("model: T4, nodes", "model: H100, nodes"),
+            &["inventory[0]", "unknown accelerator model"],
+        );
+        expect_err(
+            &MINI.replace("pue: 1.3", "pue: 1.3\n    colour: red"),
+            &["bad.yaml", "colour"],
+        );
+    }
+
+    #[test]
+    fn shipped_catalog_is_valid_and_sourced() {
+        let c = Catalog::default_catalog();
+        assert_eq!(c.regions.len(), 10, "10 data-centre clusters");
+        let hubs: std::collections::BTreeSet<&str> =
+            c.regions.iter().map(|r| r.hub.as_str()).collect();
+        assert_eq!(hubs.len(), 8, "8 hub nodes");
+        for r in &c.regions {
+            for key in ["pue", "green_share", "price", "grid_factor", "inventory"] {
+                let s = r.sources.get(key).map(String::as_str).unwrap_or("");
+                assert!(
+                    !s.trim().is_empty(),
+                    "region {} has no source for {key}",
+                    r.name
+                );
+            }
+            for u in 0..c.user_regions.len() {
+                let p = c.regions.len() + u;
+                assert!(c.rtt_ms(p, c.region_index(&r.name).unwrap()).is_finite());
+            }
+        }
+        for a in &c.accelerators {
+            assert!(
+                !a.source.trim().is_empty(),
+                "accelerator {} has no source",
+                a.model
+            );
+        }
+        for l in &c.links {
+            assert!(
+                !l.source.trim().is_empty(),
+                "link {}-{} has no source",
+                l.a,
+                l.b
+            );
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The cost model: one pure function of plain data. For some GPUs running in a
+//! region over an interval, the expected IT and facility energy, the energy
+//! cost (exact integer milli-fen), the carbon and the green share.
+//!
+//! energy (facility) = GPU power × GPUs × hours × PUE
+//! carbon            = facility energy × (1 − green share) × grid factor
+//! cost              = facility energy × price
+//!
+//! The planner calls it with a job's expected runtime to score candidates;
+//! the world calls it with the actual interval to meter usage. One formula.
+
+use super::catalog::Region;
+use serde::Serialize;
+
+/// Seconds China Standard Time is ahead of UTC; green profiles are CST hours.
+pub const CST_OFFSET_S: i64 = 8 * 3600;
+const HOUR_S: i64 = 3600;
+const DAY_S: i64 = 24 * HOUR_S;
+
+/// The figures of a site that the cost model needs (borrowed from a [`Region`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Site<'a> {
+    pub pue: f64,
+    pub green_share: f64,
+    pub green_profile: Option<&'a [f64]>,
+    pub price_milli_fen_per_kwh: i64,
+    pub grid_factor_kg_per_kwh: f64,
+}
+
+impl<'a> Site<'a> {
+    pub fn of(region: &'a Region, price_milli_fen_per_kwh: i64) -> Site<'a> {
+        Site {
+            pue: region.pue,
+            green_share: region.green_share,
+            green_profile: region.green_profile.as_deref(),
+            price_milli_fen_per_kwh,
+            grid_factor_kg_per_kwh: region.grid_factor_kg_per_kwh,
+        }
+    }
+}
+
+/// What runs: `milli_gpus` thousandths of GPUs drawing `power_w` each (at full
+/// share), from `start_s` (Unix seconds) for `duration_s` seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub milli_gpus: u64,
+    pub power_w: f64,
+    pub start_s: i64,
+    pub duration_s: i64,
+}
+
+/// The model's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct CostEstimate {
+    pub gpu_seconds: f64,
+    pub it_kwh: f64,
+    pub facility_kwh: f64,
+    /// Energy cost, milli-fen (1 CNY = 100 000), rounded once per estimate.
+    pub energy_cost_milli_fen: i64,
+    pub carbon_kg: f64,
+    /// Mean green share over the interval.
+    pub green_share: f64,
+}
+
+/// The cost model.
+pub fn estimate(usage: Usage, site: Site<'_>) -> CostEstimate {
+    let duration_s = usage.duration_s.max(0);
+    let gpu_seconds = usage.milli_gpus as f64 / 1000.0 * duration_s as f64;
+    let it_kwh = gpu_seconds * usage.power_w / 3_600_000.0;
+    let facility_kwh = it_kwh * site.pue;
+    let green = mean_green_share(site, usage.start_s, duration_s);
+    CostEstimate {
+        gpu_seconds,
+        it_kwh,
+        facility_kwh,
+        energy_cost_milli_fen: (facility_kwh * site.price_milli_fen_per_kwh as f64).round() as i64,
+        carbon_kg: facility_kwh * (1.0 - green) * site.grid_factor_kg_per_kwh,
+        green_share: green,
+    }
+}
+
+/// Hour of day (0..24) in China Standard Time for a Unix second.
+pub fn hour_of_day(t_s: i64) -> usize {
+    ((t_s + CST_OFFSET_S).rem_euclid(DAY_S) / HOUR_S) as usize
+}
+
+/// Time-weighted mean green share over `[start, start + duration)`.
+pub fn mean_green_share(site: Site<'_>, start_s: i64, duration_s: i64) -> f64 {
+    let Some(profile) = site.green_profile else {
+        return site.green_share;
+    };
+    if duration_s <= 0 {
+        return profile[hour_of_day(start_s)];
+    }
+    let day_mean = profile.iter().sum::<f64>() / 24.0;
+    let whole_days = duration_s / DAY_S;
+    let mut weighted = whole_days as f64 * DAY_S as f64 * day_mean;
+    // The remainder (< 1 day) hour segment by hour segment.
+    let mut t = start_s + whole_days * DAY_S;
+    let end = start_s + duration_s;
+    while t < end {
+        let next_hour = t - (t + CST_OFFSET_S).rem_euclid(HOUR_S) + HOUR_S;
+        let seg_end = next_hour.min(end);
+        weighted += (seg_end - t) as f64 * profile[hour_of_day(t)];
+        t = seg_end;
+    }
+    weighted / duration_s as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn eight_gpus_two_hours_in_a_western_site() {
+        // 8 GPUs × 300 W × 2 h = 4.8 kWh IT; × PUE 1.2 = 5.76 kWh facility;
+        // × 0.36 CNY/kWh = 2.0736 CNY = 207 360 milli-fen;
+        // carbon = 5.76 × (1 − 0.6) × 0.6423 = 1.4798592 kg.
+        let site = Site {
+            pue: 1.2,
+            green_share: 0.6,
+            green_profile: None,
+            price_milli_fen_per_kwh: 36_000,
+            grid_factor_kg_per_kwh: 0.6423,
+        };
+        let e = estimate(
+            Usage {
+                milli_gpus: 8000,
+                power_w: 300.0,
+                start_s: 0,
+                duration_s: 7200,
+            },
+            site,
+        );
+        assert!(close(e.gpu_seconds, 57_600.0));
+        assert!(close(e.it_kwh, 4.8));
+        assert!(close(e.facility_kwh, 5.76));
+        assert_eq!(e.energy_cost_milli_fen, 207_360);
+        assert!(close(e.carbon_kg, 1.4798592), "{}", e.carbon_kg);
+    }
+
+    #[test]
+    fn a_shared_gpu_pays_its_share() {
+        // 0.25 GPU × 70 W × 1 h = 0.0175 kWh; × 1.25 = 0.021875 kWh;
+        // × 0.72 CNY = 0.01575 CNY = 1575 milli-fen; carbon × 0.88 × 0.5849.
+        let site = Site {
+            pue: 1.25,
+            green_share: 0.12,
+            green_profile: None,
+            price_milli_fen_per_kwh: 72_000,
+            grid_factor_kg_per_kwh: 0.5849,
+        };
+        let e = estimate(
+            Usage {
+                milli_gpus: 250,
+                power_w: 70.0,
+                start_s: 0,
+                duration_s: 3600,
+            },
+            site,
+        );
+        assert!(close(e.facility_kwh, 0.021875));
+        assert_eq!(e.energy_cost_milli_fen, 1575);
+        assert!(close(e.carbon_kg, 0.021875 * 0.88 * 0.5849));
+    }
+
+    #[test]
+    fn green_profile_is_time_weighted_in_china_standard_time() {
+        let mut profile = vec![0.0; 24];
+        profile[12] = 0.5;
+        profile[13] = 1.0;
+        let site = Site {
+            pue: 1.0,
+            green_share: 0.0,
+            green_profile: Some(&profile),
+            price_milli_fen_per_kwh: 0,
+            grid_factor_kg_per_kwh: 1.0,
+        };
+        // 12:00 CST = 04:00 UTC. 12:00–14:00 CST: mean (0.5 + 1.0) / 2.
+        let noon_cst = 4 * 3600;
+        assert_eq!(hour_of_day(noon_cst), 12);
+        assert!(close(mean_green_share(site, noon_cst, 7200), 0.75));
+        // 12:30–13:30: half an hour at 0.5, half at 1.0.
+        assert!(close(mean_green_share(site, noon_cst + 1800, 3600), 0.75));
+        // A whole day plus 12:00–13:00: (24 h × 1.5/24 + 1 h × 0.5) / 25 h.
+        let e = mean_green_share(site, noon_cst, 25 * 3600);
+        assert!(close(e, (1.5 + 0.5) / 25.0), "{e}");
+        // 1 GPU-hour at 1000 W, PUE 1, grid 1: carbon = 1 kWh × (1 − 0.5).
+        let c = estimate(
+            Usage {
+                milli_gpus: 1000,
+                power_w: 1000.0,
+                start_s: noon_cst,
+                duration_s: 3600,
+            },
+            site,
+        );
+        assert!(close(c.carbon_kg, 0.5));
+    }
+}

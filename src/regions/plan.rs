@@ -1,0 +1,1090 @@
+//! Region choice, the first level of two-level placement (pure: no clock, no I/O).
+//!
+//! Hard filters (inventory / model, residency, latency SLO, cost budget,
+//! quota), then a score per policy, give an ordered list of regions; the
+//! second level ([`super::engines`]) tries the placement engine of each in
+//! that order. Every step is written into the job's [`Explanation`].
+
+use super::catalog::Catalog;
+use super::cost::{estimate, CostEstimate, Site, Usage};
+use crate::error::InputError;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Most regions a catalog may hold for placement (residency is a `u64` mask).
+pub const MAX_REGIONS: usize = 64;
+/// Runtime assumed for scoring when a job declares none.
+pub const DEFAULT_EXPECTED_RUNTIME_S: i64 = 3600;
+/// Latency normaliser for jobs with users but no SLO, ms.
+const LATENCY_REF_MS: f64 = 20.0;
+
+/// What a job is (decides which policy rules apply to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    Training,
+    BatchInference,
+    OnlineInference,
+}
+
+impl JobKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Training => "training",
+            JobKind::BatchInference => "batch-inference",
+            JobKind::OnlineInference => "online-inference",
+        }
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "training" => Ok(JobKind::Training),
+            "batch-inference" | "batch" => Ok(JobKind::BatchInference),
+            "online-inference" | "online" | "inference" => Ok(JobKind::OnlineInference),
+            other => Err(format!(
+                "unknown job kind {other:?}; use training, batch-inference or online-inference"
+            )),
+        }
+    }
+}
+
+/// A job as submitted: plain data, names not yet resolved against a catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub tenant: String,
+    pub name: String,
+    pub kind: JobKind,
+    /// Gang size: all replicas start together in ONE region, or none does.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Whole GPUs per replica (0 when `gpu_milli` is used).
+    #[serde(default)]
+    pub gpus_per_replica: u32,
+    /// Share of one GPU per replica, 1..=999 thousandths (0 = whole GPUs).
+    #[serde(default)]
+    pub gpu_milli: u32,
+    #[serde(default)]
+    pub cpu_milli_per_replica: u32,
+    #[serde(default)]
+    pub memory_mib_per_replica: u64,
+    /// Allowed accelerator models (empty = any).
+    #[serde(default)]
+    pub gpu_models: Vec<String>,
+    /// Where the job's users sit (a user region or region name).
+    #[serde(default)]
+    pub user_region: Option<String>,
+    /// Where the job's data sits, when it has no users (latency to data).
+    #[serde(default)]
+    pub data_region: Option<String>,
+    /// Round-trip latency SLO from `user_region`, ms.
+    #[serde(default)]
+    pub latency_slo_ms: Option<f64>,
+    /// Data residency: the only regions the job may run in (empty = any).
+    #[serde(default)]
+    pub residency: Vec<String>,
+    /// Most energy cost the job may incur over its expected runtime, fen.
+    #[serde(default)]
+    pub cost_budget_fen: Option<i64>,
+    /// Wait for the best region instead of falling back to the next one.
+    #[serde(default)]
+    pub wait_for_best: bool,
+    /// Declared upper bound on runtime; used as the expected runtime when scoring.
+    #[serde(default)]
+    pub max_runtime_s: Option<i64>,
+    /// How long the job actually runs once started (simulation input);
+    /// `None` = until cancelled or `max_runtime_s`.
+    #[serde(default)]
+    pub duration_s: Option<i64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A [`JobSpec`] checked against a catalog, with names turned into indices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedJob {
+    pub kind: JobKind,
+    pub replicas: u32,
+    /// Milli-GPU per replica (1000 × whole GPUs, or the share).
+    pub milli_per_replica: u32,
+    /// Whole GPUs per replica (0 for a shared replica).
+    pub gpus_per_replica: u32,
+    /// Allowed models, by index into `catalog.accelerators` (empty = any).
+    pub models: Vec<usize>,
+    /// Place whose latency matters (user region, else data region).
+    pub latency_place: Option<usize>,
+    pub latency_slo_ms: Option<f64>,
+    /// Bit r set = region r allowed; `u64::MAX` = anywhere.
+    pub residency_mask: u64,
+    pub cost_budget_milli_fen: Option<i64>,
+    pub wait_for_best: bool,
+    pub expected_runtime_s: i64,
+}
+
+impl ResolvedJob {
+    pub fn total_milli(&self) -> u64 {
+        self.replicas as u64 * self.milli_per_replica as u64
+    }
+    pub fn allows_region(&self, region: usize) -> bool {
+        self.residency_mask & (1u64 << region) != 0
+    }
+}
+
+fn field_err(field: &str, msg: impl fmt::Display) -> InputError {
+    InputError::new(format!("job field `{field}`: {msg}"))
+}
+
+impl JobSpec {
+    /// Checks the spec against the catalog. Errors name the field and the fix.
+    pub fn resolve(&self, catalog: &Catalog) -> Result<ResolvedJob, InputError> {
+        if self.tenant.trim().is_empty() {
+            return Err(field_err(
+                "tenant",
+                "is empty; name the tenant that owns the job",
+            ));
+        }
+        if self.replicas == 0 {
+            return Err(field_err(
+                "replicas",
+                "is 0; a job needs at least one replica",
+            ));
+        }
+        let (milli, gpus) =
+            match (self.gpus_per_replica, self.gpu_milli) {
+                (0, 0) => return Err(field_err(
+                    "gpus_per_replica",
+                    "is 0 and gpu_milli is 0; ask for whole GPUs or a share (gpu_milli 1..=999)",
+                )),
+                (g, 0) if g > 64 => {
+                    return Err(field_err(
+                        "gpus_per_replica",
+                        format!("{g} exceeds 64 GPUs on one node"),
+                    ))
+                }
+                (g, 0) => (g * 1000, g),
+                (0, m) if m < 1000 => (m, 0),
+                (0, 1000) => (1000, 1),
+                (0, m) => {
+                    return Err(field_err(
+                        "gpu_milli",
+                        format!("{m} is more than one GPU; use gpus_per_replica for whole GPUs"),
+                    ))
+                }
+                _ => {
+                    return Err(field_err(
+                        "gpu_milli",
+                        "set either gpus_per_replica or gpu_milli, not both",
+                    ))
+                }
+            };
+        let mut models = Vec::with_capacity(self.gpu_models.len());
+        for m in &self.gpu_models {
+            match catalog.accelerators.iter().position(|a| &a.model == m) {
+                Some(i) => models.push(i),
+                None => {
+                    let known: Vec<&str> = catalog
+                        .accelerators
+                        .iter()
+                        .map(|a| a.model.as_str())
+                        .collect();
+                    return Err(field_err(
+                        "gpu_models",
+                        format!("unknown model {m:?}; known: {}", known.join(", ")),
+                    ));
+                }
+            }
+        }
+        let place = |field: &str, name: &Option<String>| -> Result<Option<usize>, InputError> {
+            match name {
+                None => Ok(None),
+                Some(n) => catalog.place_index(n).map(Some).ok_or_else(|| {
+                    field_err(
+                        field,
+                        format!("unknown region {n:?}; see the catalog's regions and user_regions"),
+                    )
+                }),
+            }
+        };
+        let user = place("user_region", &self.user_region)?;
+        let data = place("data_region", &self.data_region)?;
+        if let Some(slo) = self.latency_slo_ms {
+            if !(slo.is_finite() && slo > 0.0) {
+                return Err(field_err(
+                    "latency_slo_ms",
+                    format!("{slo} must be a positive number of ms"),
+                ));
+            }
+            if user.is_none() && data.is_none() {
+                return Err(field_err(
+                    "latency_slo_ms",
+                    "needs user_region (where the latency is measured from)",
+                ));
+            }
+        }
+        let mut residency_mask = if self.residency.is_empty() {
+            u64::MAX
+        } else {
+            0
+        };
+        for r in &self.residency {
+            match catalog.region_index(r) {
+                Some(i) if i < MAX_REGIONS => residency_mask |= 1u64 << i,
+                _ => {
+                    return Err(field_err(
+                        "residency",
+                        format!("unknown region {r:?}; list region names from the catalog"),
+                    ))
+                }
+            }
+        }
+        if let Some(b) = self.cost_budget_fen {
+            if b < 0 {
+                return Err(field_err("cost_budget_fen", format!("{b} is negative")));
+            }
+        }
+        for (field, v) in [
+            ("max_runtime_s", self.max_runtime_s),
+            ("duration_s", self.duration_s),
+        ] {
+            if let Some(v) = v {
+                if v <= 0 {
+                    return Err(field_err(field, format!("{v} must be > 0 seconds")));
+                }
+            }
+        }
+        Ok(ResolvedJob {
+            kind: self.kind,
+            replicas: self.replicas,
+            milli_per_replica: milli,
+            gpus_per_replica: gpus,
+            models,
+            latency_place: user.or(data),
+            latency_slo_ms: self.latency_slo_ms,
+            residency_mask,
+            cost_budget_milli_fen: self.cost_budget_fen.map(|f| f.saturating_mul(1000)),
+            wait_for_best: self.wait_for_best,
+            expected_runtime_s: self.max_runtime_s.unwrap_or(DEFAULT_EXPECTED_RUNTIME_S),
+        })
+    }
+}
+
+/// How regions are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegionPolicy {
+    /// zhisuan's default: every hard filter, then lowest weighted carbon +
+    /// energy cost + latency (East Data, West Computing).
+    #[default]
+    Green,
+    /// Baseline: the region closest to the user; checks inventory and quota only.
+    Nearest,
+    /// Baseline: regions in turn; checks inventory and quota only.
+    RoundRobin,
+}
+
+impl RegionPolicy {
+    pub const ALL: [RegionPolicy; 3] = [
+        RegionPolicy::Nearest,
+        RegionPolicy::RoundRobin,
+        RegionPolicy::Green,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RegionPolicy::Green => "green",
+            RegionPolicy::Nearest => "nearest",
+            RegionPolicy::RoundRobin => "round-robin",
+        }
+    }
+
+    /// Whether the policy enforces residency, SLO and budget (the baselines
+    /// model naive dispatchers that do not, so the simulation counts their
+    /// violations).
+    pub fn enforces_constraints(self) -> bool {
+        matches!(self, RegionPolicy::Green)
+    }
+}
+
+impl fmt::Display for RegionPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for RegionPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "green" | "default" => Ok(RegionPolicy::Green),
+            "nearest" => Ok(RegionPolicy::Nearest),
+            "round-robin" | "roundrobin" | "rr" => Ok(RegionPolicy::RoundRobin),
+            other => Err(format!(
+                "unknown region policy {other:?}; choose nearest, round-robin or green (default)"
+            )),
+        }
+    }
+}
+
+/// The filter that removed a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filter {
+    /// No node with enough GPUs of an allowed model (static inventory).
+    Inventory,
+    /// Not among the job's allowed regions.
+    Residency,
+    /// Round trip from the job's users exceeds the SLO.
+    LatencySlo,
+    /// Expected energy cost exceeds the job's budget.
+    Budget,
+    /// The tenant's quota does not allow it here.
+    Quota,
+}
+
+impl Filter {
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::Inventory => "inventory",
+            Filter::Residency => "residency",
+            Filter::LatencySlo => "latency-slo",
+            Filter::Budget => "budget",
+            Filter::Quota => "quota",
+        }
+    }
+}
+
+/// The score terms of a candidate region.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ScoreTerms {
+    pub estimate: CostEstimate,
+    pub latency_ms: Option<f64>,
+    /// The policy's score (lower wins).
+    pub score: f64,
+}
+
+/// What happened to one candidate region in one decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Removed {
+        filter: Filter,
+        value: f64,
+        limit: f64,
+        detail: Option<String>,
+    },
+    /// Passed the filters; its rank in the policy's order (0 = best).
+    Ranked {
+        rank: u32,
+    },
+    /// Ranked, tried, and the engine found no room.
+    Full {
+        rank: u32,
+        free_milli: u64,
+    },
+    /// Ranked below a region the job waits for (`wait_for_best`).
+    NotTried {
+        rank: u32,
+    },
+    Chosen {
+        rank: u32,
+    },
+}
+
+/// One row of an explanation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub region: u16,
+    pub verdict: Verdict,
+    pub terms: Option<ScoreTerms>,
+}
+
+/// Why a job is where it is, or why it waits. Compact (indices, numbers);
+/// [`Explanation::render`] turns it into names and sentences.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Explanation {
+    pub policy: RegionPolicy,
+    pub at_s: i64,
+    pub candidates: Vec<Candidate>,
+    pub chosen: Option<u16>,
+}
+
+/// Tenant quota as seen by region choice (the ledger / API provide one).
+pub trait QuotaHook {
+    /// `Err(reason)` if `tenant` may not take `milli_gpus` more in `region`.
+    fn check(&self, tenant: &str, region: usize, milli_gpus: u64) -> Result<(), String>;
+}
+
+/// No quota: everything allowed.
+pub struct NoQuota;
+
+impl QuotaHook for NoQuota {
+    fn check(&self, _: &str, _: usize, _: u64) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Static per-region inventory facts for the inventory filter, precomputed
+/// from the catalog: for each region and accelerator model, the largest node
+/// (GPUs) and the total GPUs installed.
+#[derive(Debug, Clone)]
+pub struct InventoryIndex {
+    n_models: usize,
+    max_node_gpus: Vec<u32>,
+    total_gpus: Vec<u64>,
+    /// GPU-weighted mean board power of each region, W (for "any model" jobs).
+    mean_power_w: Vec<f64>,
+}
+
+impl InventoryIndex {
+    pub fn new(catalog: &Catalog) -> Self {
+        let n_models = catalog.accelerators.len();
+        let n = catalog.regions.len();
+        let mut max_node_gpus = vec![0u32; n * n_models];
+        let mut total_gpus = vec![0u64; n * n_models];
+        let mut mean_power_w = vec![0.0; n];
+        for (r, region) in catalog.regions.iter().enumerate() {
+            let (mut watts, mut gpus) = (0.0, 0u64);
+            for inv in &region.inventory {
+                let m = catalog
+                    .accelerators
+                    .iter()
+                    .position(|a| a.model == inv.model)
+                    .expect("catalog validated inventory models");
+                let k = r * n_models + m;
+                max_node_gpus[k] = max_node_gpus[k].max(inv.gpus_per_node);
+                let g = inv.nodes as u64 * inv.gpus_per_node as u64;
+                total_gpus[k] += g;
+                watts += g as f64 * catalog.accelerators[m].power_w;
+                gpus += g;
+            }
+            mean_power_w[r] = if gpus > 0 { watts / gpus as f64 } else { 0.0 };
+        }
+        InventoryIndex {
+            n_models,
+            max_node_gpus,
+            total_gpus,
+            mean_power_w,
+        }
+    }
+
+    /// Whether the region could ever host the job (empty cluster), and the
+    /// expected board power per GPU there (mean over the allowed models).
+    fn fit(&self, catalog: &Catalog, region: usize, job: &ResolvedJob) -> (bool, f64) {
+        let per_node = job.gpus_per_replica.max(1);
+        let (mut ok_gpus, mut watts, mut gpus) = (0u64, 0.0, 0u64);
+        let mut largest = 0;
+        for m in 0..self.n_models {
+            if !job.models.is_empty() && !job.models.contains(&m) {
+                continue;
+            }
+            let k = region * self.n_models + m;
+            largest = largest.max(self.max_node_gpus[k]);
+            if self.max_node_gpus[k] >= per_node {
+                ok_gpus += self.total_gpus[k];
+            }
+            watts += self.total_gpus[k] as f64 * catalog.accelerators[m].power_w;
+            gpus += self.total_gpus[k];
+        }
+        let needed = if job.gpus_per_replica == 0 {
+            1
+        } else {
+            job.replicas as u64 * job.gpus_per_replica as u64
+        };
+        let power = if gpus > 0 {
+            watts / gpus as f64
+        } else {
+            self.mean_power_w[region]
+        };
+        (largest >= per_node && ok_gpus >= needed, power)
+    }
+}
+
+/// Region choice state that persists across decisions (the round-robin cursor).
+#[derive(Debug, Clone, Default)]
+pub struct RegionChooser {
+    pub policy: RegionPolicy,
+    rr_cursor: usize,
+}
+
+impl RegionChooser {
+    pub fn new(policy: RegionPolicy) -> Self {
+        RegionChooser {
+            policy,
+            rr_cursor: 0,
+        }
+    }
+
+    /// First level: filters and ranks the regions for `job` at `now_s`,
+    /// writing every candidate into `out` (cleared first; reused to avoid
+    /// allocating per decision). Returns the number of ranked regions; their
+    /// indices in rank order are written to `order`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rank(
+        &mut self,
+        catalog: &Catalog,
+        inventory: &InventoryIndex,
+        tenant: &str,
+        job: &ResolvedJob,
+        now_s: i64,
+        quota: &dyn QuotaHook,
+        out: &mut Explanation,
+        order: &mut Vec<u16>,
+    ) -> usize {
+        out.policy = self.policy;
+        out.at_s = now_s;
+        out.chosen = None;
+        out.candidates.clear();
+        order.clear();
+        let strict = self.policy.enforces_constraints();
+        for r in 0..catalog.regions.len() {
+            let (fits, power_w) = inventory.fit(catalog, r, job);
+            let latency = job.latency_place.map(|p| catalog.rtt_ms(p, r));
+            let site = Site::of(&catalog.regions[r], catalog.price_milli_fen_per_kwh[r]);
+            let est = estimate(
+                Usage {
+                    milli_gpus: job.total_milli(),
+                    power_w,
+                    start_s: now_s,
+                    duration_s: job.expected_runtime_s,
+                },
+                site,
+            );
+            let removed = if !fits {
+                Some((
+                    Filter::Inventory,
+                    job.gpus_per_replica as f64,
+                    job.replicas as f64,
+                    None,
+                ))
+            } else if strict && !job.allows_region(r) {
+                Some((Filter::Residency, 0.0, 0.0, None))
+            } else if let (true, Some(slo), Some(l)) = (strict, job.latency_slo_ms, latency) {
+                (l > slo).then_some((Filter::LatencySlo, l, slo, None))
+            } else {
+                None
+            };
+            let removed = removed.or_else(|| match job.cost_budget_milli_fen {
+                Some(b) if strict && est.energy_cost_milli_fen > b => Some((
+                    Filter::Budget,
+                    est.energy_cost_milli_fen as f64 / 1000.0,
+                    b as f64 / 1000.0,
+                    None,
+                )),
+                _ => None,
+            });
+            let removed = removed.or_else(|| {
+                quota
+                    .check(tenant, r, job.total_milli())
+                    .err()
+                    .map(|why| (Filter::Quota, 0.0, 0.0, Some(why)))
+            });
+            let terms = ScoreTerms {
+                estimate: est,
+                latency_ms: latency,
+                score: 0.0,
+            };
+            let verdict = match removed {
+                Some((filter, value, limit, detail)) => Verdict::Removed {
+                    filter,
+                    value,
+                    limit,
+                    detail,
+                },
+                None => {
+                    order.push(r as u16);
+                    Verdict::Ranked { rank: 0 }
+                }
+            };
+            out.candidates.push(Candidate {
+                region: r as u16,
+                verdict,
+                terms: Some(terms),
+            });
+        }
+        self.score(catalog, job, out, order);
+        order.len()
+    }
+
+    fn score(
+        &mut self,
+        catalog: &Catalog,
+        job: &ResolvedJob,
+        out: &mut Explanation,
+        order: &mut [u16],
+    ) {
+        if order.is_empty() {
+            return;
+        }
+        let cands = &mut out.candidates;
+        match self.policy {
+            RegionPolicy::Green => {
+                let w = catalog.weights;
+                let (mut max_c, mut max_cost) = (0.0f64, 0.0f64);
+                for &r in order.iter() {
+                    let t = cands[r as usize]
+                        .terms
+                        .as_ref()
+                        .expect("ranked regions have terms");
+                    max_c = max_c.max(t.estimate.carbon_kg);
+                    max_cost = max_cost.max(t.estimate.energy_cost_milli_fen as f64);
+                }
+                let lat_ref = job.latency_slo_ms.unwrap_or(LATENCY_REF_MS);
+                for &r in order.iter() {
+                    let t = cands[r as usize]
+                        .terms
+                        .as_mut()
+                        .expect("ranked regions have terms");
+                    let carbon = if max_c > 0.0 {
+                        t.estimate.carbon_kg / max_c
+                    } else {
+                        0.0
+                    };
+                    let cost = if max_cost > 0.0 {
+                        t.estimate.energy_cost_milli_fen as f64 / max_cost
+                    } else {
+                        0.0
+                    };
+                    let lat = t.latency_ms.map_or(0.0, |l| l / lat_ref);
+                    t.score = w.carbon * carbon + w.cost * cost + w.latency * lat;
+                }
+            }
+            RegionPolicy::Nearest => {
+                for &r in order.iter() {
+                    let t = cands[r as usize]
+                        .terms
+                        .as_mut()
+                        .expect("ranked regions have terms");
+                    t.score = t.latency_ms.unwrap_or(0.0);
+                }
+            }
+            RegionPolicy::RoundRobin => {
+                let n = catalog.regions.len();
+                let start = self.rr_cursor % n;
+                self.rr_cursor = self.rr_cursor.wrapping_add(1);
+                for &r in order.iter() {
+                    let t = cands[r as usize]
+                        .terms
+                        .as_mut()
+                        .expect("ranked regions have terms");
+                    t.score = ((r as usize + n - start) % n) as f64;
+                }
+            }
+        }
+        order.sort_by(|&a, &b| {
+            let sa = cands[a as usize]
+                .terms
+                .as_ref()
+                .map_or(f64::INFINITY, |t| t.score);
+            let sb = cands[b as usize]
+                .terms
+                .as_ref()
+                .map_or(f64::INFINITY, |t| t.score);
+            sa.total_cmp(&sb).then(a.cmp(&b))
+        });
+        for (rank, &r) in order.iter().enumerate() {
+            cands[r as usize].verdict = Verdict::Ranked { rank: rank as u32 };
+        }
+    }
+}
+
+/// Whether running `job` in `region` breaks its SLO or residency (used to
+/// count baseline violations and by the property tests).
+pub fn violations(catalog: &Catalog, job: &ResolvedJob, region: usize) -> (bool, bool) {
+    let slo = match (job.latency_slo_ms, job.latency_place) {
+        (Some(slo), Some(p)) => catalog.rtt_ms(p, region) > slo,
+        _ => false,
+    };
+    (slo, !job.allows_region(region))
+}
+
+// ---------------------------------------------------------------------------
+// Rendering for people and JSON.
+
+/// One candidate, with names and units, for the API and the CLI.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CandidateView {
+    pub region: String,
+    pub display: String,
+    /// removed | ranked | full | not-tried | chosen
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terms: Option<TermsView>,
+}
+
+/// Score terms in display units.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TermsView {
+    pub facility_kwh: f64,
+    pub energy_cost_cny: f64,
+    pub carbon_kg: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    pub green_share: f64,
+    pub pue: f64,
+    pub score: f64,
+}
+
+/// An explanation with names and sentences.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ExplanationView {
+    pub policy: &'static str,
+    pub at_s: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<String>,
+    /// One sentence: "why here" or "why pending".
+    pub summary: String,
+    pub candidates: Vec<CandidateView>,
+}
+
+fn cny(milli_fen: i64) -> f64 {
+    milli_fen as f64 / super::catalog::MILLI_FEN_PER_CNY as f64
+}
+
+impl Explanation {
+    /// Names and sentences for people (API, CLI).
+    pub fn render(&self, catalog: &Catalog) -> ExplanationView {
+        let mut candidates = Vec::with_capacity(self.candidates.len());
+        for c in &self.candidates {
+            let region = &catalog.regions[c.region as usize];
+            let (verdict, filter, rank, reason) = match &c.verdict {
+                Verdict::Removed {
+                    filter,
+                    value,
+                    limit,
+                    detail,
+                } => {
+                    let reason = match filter {
+                        Filter::Inventory => format!(
+                            "no node with {value} GPUs of an allowed model for {limit} replica(s)"
+                        ),
+                        Filter::Residency => "outside the job's data residency".to_string(),
+                        Filter::LatencySlo => {
+                            format!("round trip {value:.1} ms exceeds the SLO of {limit} ms")
+                        }
+                        Filter::Budget => format!(
+                            "expected energy cost {value:.2} fen exceeds the budget {limit:.2} fen"
+                        ),
+                        Filter::Quota => detail.clone().unwrap_or_else(|| "quota exceeded".into()),
+                    };
+                    ("removed", Some(filter.name()), None, reason)
+                }
+                Verdict::Ranked { rank } => {
+                    ("ranked", None, Some(*rank), format!("ranked {}", rank + 1))
+                }
+                Verdict::Full { rank, free_milli } => (
+                    "full",
+                    None,
+                    Some(*rank),
+                    format!(
+                        "ranked {} but full now ({:.1} GPUs free, not in the shape needed)",
+                        rank + 1,
+                        *free_milli as f64 / 1000.0
+                    ),
+                ),
+                Verdict::NotTried { rank } => (
+                    "not-tried",
+                    None,
+                    Some(*rank),
+                    format!("ranked {}; the job waits for a better region", rank + 1),
+                ),
+                Verdict::Chosen { rank } => (
+                    "chosen",
+                    None,
+                    Some(*rank),
+                    format!("chosen (ranked {})", rank + 1),
+                ),
+            };
+            candidates.push(CandidateView {
+                region: region.name.clone(),
+                display: region.display.clone(),
+                verdict,
+                filter,
+                rank,
+                reason,
+                terms: c.terms.map(|t| TermsView {
+                    facility_kwh: t.estimate.facility_kwh,
+                    energy_cost_cny: cny(t.estimate.energy_cost_milli_fen),
+                    carbon_kg: t.estimate.carbon_kg,
+                    latency_ms: t.latency_ms,
+                    green_share: t.estimate.green_share,
+                    pue: region.pue,
+                    score: t.score,
+                }),
+            });
+        }
+        ExplanationView {
+            policy: self.policy.name(),
+            at_s: self.at_s,
+            chosen: self
+                .chosen
+                .map(|r| catalog.regions[r as usize].name.clone()),
+            summary: self.summary(catalog),
+            candidates,
+        }
+    }
+
+    /// One sentence answering "why here" / "why pending".
+    pub fn summary(&self, catalog: &Catalog) -> String {
+        let name = |r: u16| {
+            let reg = &catalog.regions[r as usize];
+            if reg.display.is_empty() {
+                reg.name.clone()
+            } else {
+                format!("{} ({})", reg.name, reg.display)
+            }
+        };
+        let removed: Vec<String> = self
+            .candidates
+            .iter()
+            .filter_map(|c| match &c.verdict {
+                Verdict::Removed { filter, .. } => Some(format!(
+                    "{}: {}",
+                    catalog.regions[c.region as usize].name,
+                    filter.name()
+                )),
+                _ => None,
+            })
+            .collect();
+        let n_ranked = self.candidates.len() - removed.len();
+        if let Some(r) = self.chosen {
+            let c = &self.candidates[r as usize];
+            let t = c.terms.expect("a chosen region has terms");
+            let rank = match c.verdict {
+                Verdict::Chosen { rank } => rank,
+                _ => 0,
+            };
+            let why = match self.policy {
+                RegionPolicy::Green => "lowest carbon + energy cost + latency score",
+                RegionPolicy::Nearest => "closest to the job's users",
+                RegionPolicy::RoundRobin => "next in turn",
+            };
+            let lat = t
+                .latency_ms
+                .map(|l| format!(", {l:.1} ms from users"))
+                .unwrap_or_default();
+            let fallback = if rank > 0 {
+                format!(" (the {rank} better-ranked region(s) were full)")
+            } else {
+                String::new()
+            };
+            format!(
+                "placed in {} by policy {}: {why} among {n_ranked} eligible region(s){fallback}; expected {:.2} kWh, {:.2} CNY, {:.2} kg CO2, green share {:.0}%{lat}",
+                name(r),
+                self.policy,
+                t.estimate.facility_kwh,
+                cny(t.estimate.energy_cost_milli_fen),
+                t.estimate.carbon_kg,
+                t.estimate.green_share * 100.0,
+            )
+        } else if n_ranked == 0 {
+            let mut slo_best: Option<(f64, f64, u16)> = None;
+            for c in &self.candidates {
+                if let Verdict::Removed {
+                    filter: Filter::LatencySlo,
+                    value,
+                    limit,
+                    ..
+                } = c.verdict
+                {
+                    if slo_best.is_none_or(|(v, _, _)| value < v) {
+                        slo_best = Some((value, limit, c.region));
+                    }
+                }
+            }
+            let slo = slo_best
+                .map(|(v, l, r)| {
+                    format!(
+                        " No region meets the latency SLO of {l} ms (closest: {} at {v:.1} ms).",
+                        name(r)
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "pending: every region was removed by a hard filter ({}).{slo}",
+                removed.join(", ")
+            )
+        } else if self
+            .candidates
+            .iter()
+            .any(|c| matches!(c.verdict, Verdict::NotTried { .. }))
+        {
+            let best = self
+                .candidates
+                .iter()
+                .find(|c| matches!(c.verdict, Verdict::Full { rank: 0, .. }));
+            format!(
+                "pending: waiting for the best region{} to have room (the job asked not to fall back)",
+                best.map(|c| format!(" {}", name(c.region))).unwrap_or_default()
+            )
+        } else {
+            format!("pending: all {n_ranked} eligible region(s) are full; it starts when capacity frees")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> JobSpec {
+        JobSpec {
+            tenant: "acme".into(),
+            name: "j".into(),
+            kind: JobKind::Training,
+            replicas: 1,
+            gpus_per_replica: 1,
+            gpu_milli: 0,
+            cpu_milli_per_replica: 1000,
+            memory_mib_per_replica: 1024,
+            gpu_models: vec![],
+            user_region: Some("beijing".into()),
+            data_region: None,
+            latency_slo_ms: None,
+            residency: vec![],
+            cost_budget_fen: None,
+            wait_for_best: false,
+            max_runtime_s: None,
+            duration_s: None,
+        }
+    }
+
+    fn rank(policy: RegionPolicy, spec: &JobSpec) -> (Explanation, Vec<u16>) {
+        let c = Catalog::default_catalog();
+        let inv = InventoryIndex::new(&c);
+        let j = spec.resolve(&c).unwrap();
+        let mut chooser = RegionChooser::new(policy);
+        let (mut e, mut order) = (Explanation::default(), Vec::new());
+        chooser.rank(&c, &inv, &spec.tenant, &j, 0, &NoQuota, &mut e, &mut order);
+        (e, order)
+    }
+
+    #[test]
+    fn green_sends_training_west_and_nearest_keeps_it_near_users() {
+        let c = Catalog::default_catalog();
+        let (_, green) = rank(RegionPolicy::Green, &job());
+        let first = &c.regions[green[0] as usize];
+        assert_eq!(
+            first.side,
+            super::super::catalog::Side::West,
+            "green chose {}",
+            first.name
+        );
+        let (_, near) = rank(RegionPolicy::Nearest, &job());
+        assert_eq!(c.regions[near[0] as usize].name, "zhangjiakou");
+    }
+
+    #[test]
+    fn slo_removes_far_regions_and_an_impossible_slo_explains_itself() {
+        let c = Catalog::default_catalog();
+        let mut spec = job();
+        spec.kind = JobKind::OnlineInference;
+        spec.latency_slo_ms = Some(8.0);
+        let (e, order) = rank(RegionPolicy::Green, &spec);
+        let bj = c.place_index("beijing").unwrap();
+        assert!(!order.is_empty());
+        for &r in &order {
+            assert!(c.rtt_ms(bj, r as usize) <= 8.0);
+        }
+        spec.latency_slo_ms = Some(0.5);
+        let (e2, order2) = rank(RegionPolicy::Green, &spec);
+        assert!(order2.is_empty());
+        let s = e2.summary(&c);
+        assert!(
+            s.contains("No region meets the latency SLO of 0.5 ms"),
+            "{s}"
+        );
+        assert!(s.contains("zhangjiakou"), "closest region named: {s}");
+        assert!(e
+            .render(&c)
+            .candidates
+            .iter()
+            .any(|v| v.filter == Some("latency-slo")));
+    }
+
+    #[test]
+    fn residency_and_bad_fields() {
+        let c = Catalog::default_catalog();
+        let mut spec = job();
+        spec.residency = vec!["wuhu".into()];
+        let (_, order) = rank(RegionPolicy::Green, &spec);
+        assert_eq!(order.len(), 1);
+        assert_eq!(c.regions[order[0] as usize].name, "wuhu");
+        spec.residency = vec!["atlantis".into()];
+        let err = spec.resolve(&c).unwrap_err().to_string();
+        assert!(
+            err.contains("residency") && err.contains("atlantis"),
+            "{err}"
+        );
+        let mut s2 = job();
+        s2.replicas = 0;
+        assert!(s2
+            .resolve(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("`replicas`"));
+        let mut s3 = job();
+        s3.gpu_milli = 1500;
+        s3.gpus_per_replica = 0;
+        assert!(s3
+            .resolve(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("`gpu_milli`"));
+        let mut s4 = job();
+        s4.user_region = None;
+        s4.latency_slo_ms = Some(10.0);
+        assert!(s4
+            .resolve(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("latency_slo_ms"));
+    }
+
+    #[test]
+    fn round_robin_rotates() {
+        let c = Catalog::default_catalog();
+        let inv = InventoryIndex::new(&c);
+        let j = job().resolve(&c).unwrap();
+        let mut chooser = RegionChooser::new(RegionPolicy::RoundRobin);
+        let (mut e, mut order) = (Explanation::default(), Vec::new());
+        let mut firsts = Vec::new();
+        for _ in 0..3 {
+            chooser.rank(&c, &inv, "t", &j, 0, &NoQuota, &mut e, &mut order);
+            firsts.push(order[0]);
+        }
+        assert_eq!(firsts, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn quota_hook_removes_regions() {
+        struct OnlyWest;
+        impl QuotaHook for OnlyWest {
+            fn check(&self, _: &str, r: usize, _: u64) -> Result<(), String> {
+                if r < 6 {
+                    Err("tenant acme: east quota used up".into())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+        let c = Catalog::default_catalog();
+        let inv = InventoryIndex::new(&c);
+        let j = job().resolve(&c).unwrap();
+        let mut chooser = RegionChooser::new(RegionPolicy::Nearest);
+        let (mut e, mut order) = (Explanation::default(), Vec::new());
+        chooser.rank(&c, &inv, "acme", &j, 0, &OnlyWest, &mut e, &mut order);
+        assert!(order.iter().all(|&r| r >= 6));
+        let v = e.render(&c);
+        assert!(v.candidates[0].reason.contains("east quota used up"));
+    }
+}
