@@ -21,9 +21,11 @@ enum Cmd {
     /// Run the Kubernetes operator (reconcilers, scheduling loop, leader election).
     Controller(zhisuan::operator::cli::ControllerArgs),
     /// Run the node agent (GPU/NPU telemetry, per-pod energy, health).
-    Agent(zhisuan::telemetry::cli::AgentArgs),
+    Agent(Box<zhisuan::telemetry::cli::AgentArgs>),
     /// Print a tenant's monthly statement from the ledger.
     Statement(zhisuan::ledger::cli::StatementArgs),
+    /// Ledger administration: init, tenants, vouchers, rate cards, ingest.
+    Ledger(zhisuan::ledger::cli::LedgerArgs),
     /// Serve the quota API for tenants and admins.
     Api(zhisuan::api::cli::ApiArgs),
     /// The whole system in one process on an embedded default (no cluster needed).
@@ -37,8 +39,9 @@ fn main() -> ExitCode {
         Cmd::Sim(a) => zhisuan::sim::regions::run(a),
         Cmd::Crd(a) => zhisuan::operator::cli::run_crd(a),
         Cmd::Controller(a) => zhisuan::operator::cli::run_controller(a),
-        Cmd::Agent(a) => zhisuan::telemetry::cli::run(a),
+        Cmd::Agent(a) => zhisuan::telemetry::cli::run(*a),
         Cmd::Statement(a) => zhisuan::ledger::cli::run(a),
+        Cmd::Ledger(a) => zhisuan::ledger::cli::run_ledger(a),
         Cmd::Api(a) => zhisuan::api::cli::run(a),
         Cmd::Demo(a) => zhisuan::demo::run(a),
     };

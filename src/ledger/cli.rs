@@ -1,9 +1,254 @@
-//! Placeholder until issue #6 lands; the owner replaces this file.
+//! `zhisuan statement …` and `zhisuan ledger …`: the ledger from the command line.
 
-/// Arguments (filled in by issue #6).
+use super::types::{Month, TokenRecord, UsageRecord, VoucherSpec};
+use super::{Ledger, LedgerError, RateCard};
+use crate::error::InputError;
+use anyhow::Context;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+/// Where the ledger lives: a SQLite file path or a `postgres://` URL.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DbArg {
+    /// Ledger database: a SQLite file path (created if absent) or postgres://user@host:port/db.
+    #[arg(long, env = "ZHISUAN_LEDGER_DB", default_value = "zhisuan-ledger.db")]
+    pub db: String,
+}
+
+impl DbArg {
+    pub fn open(&self) -> anyhow::Result<Ledger> {
+        Ledger::open(&self.db)
+            .map_err(LedgerError::into_anyhow)
+            .with_context(|| format!("opening ledger {}", redact(&self.db)))
+    }
+}
+
+/// Hides a password in a connection URL before it is printed.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Arguments of `zhisuan statement`.
 #[derive(clap::Args, Debug)]
-pub struct StatementArgs {}
+pub struct StatementArgs {
+    /// Tenant name.
+    #[arg(long)]
+    pub tenant: String,
+    /// Month, YYYY-MM (UTC).
+    #[arg(long)]
+    pub month: String,
+    /// Print CSV instead of JSON.
+    #[arg(long)]
+    pub csv: bool,
+    #[command(flatten)]
+    pub db: DbArg,
+}
 
-pub fn run(_args: StatementArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet (issue #6)")
+pub fn run(args: StatementArgs) -> anyhow::Result<()> {
+    let month = Month::parse(&args.month).map_err(LedgerError::into_anyhow)?;
+    let ledger = args.db.open()?;
+    let st = ledger
+        .statement(&args.tenant, month)
+        .map_err(LedgerError::into_anyhow)?;
+    let out = if args.csv {
+        st.to_csv()
+    } else {
+        serde_json::to_string_pretty(&st)? + "\n"
+    };
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+/// Arguments of `zhisuan ledger`.
+#[derive(clap::Args, Debug)]
+pub struct LedgerArgs {
+    #[command(subcommand)]
+    pub cmd: LedgerCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LedgerCmd {
+    /// Create (or migrate) the ledger and install the default rate card if it has none.
+    Init(DbArg),
+    /// Create a tenant.
+    Tenant {
+        name: String,
+        #[arg(long)]
+        parent: Option<String>,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Issue a voucher from a JSON spec (fields as VoucherSpec; copay_ratio_bp in basis points).
+    Voucher {
+        /// JSON file with the voucher spec.
+        #[arg(long)]
+        spec: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Add the next rate card version from a JSON file.
+    RateCard {
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Ingest usage and/or token records from JSON Lines files, in batches
+    /// (each batch one durable transaction; re-running skips what is stored).
+    Ingest {
+        /// Usage records, one JSON object per line.
+        #[arg(long)]
+        usage: Option<PathBuf>,
+        /// Token records, one JSON object per line.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// Records per transaction.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+pub fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
+    match args.cmd {
+        LedgerCmd::Init(db) => {
+            let l = db.open()?;
+            let added = l
+                .ensure_rate_card("cli")
+                .map_err(LedgerError::into_anyhow)?;
+            println!(
+                "{}",
+                serde_json::json!({ "db": redact(&db.db), "default_rate_card_added": added })
+            );
+        }
+        LedgerCmd::Tenant { name, parent, db } => {
+            let t = db
+                .open()?
+                .create_tenant("cli", &name, parent.as_deref())
+                .map_err(LedgerError::into_anyhow)?;
+            println!("{}", serde_json::to_string(&t)?);
+        }
+        LedgerCmd::Voucher { spec, db } => {
+            let spec: VoucherSpec = read_json(&spec)?;
+            let v = db
+                .open()?
+                .issue_voucher("cli", &spec)
+                .map_err(LedgerError::into_anyhow)?;
+            println!("{}", serde_json::to_string(&v)?);
+        }
+        LedgerCmd::RateCard { file, db } => {
+            let card: RateCard = read_json(&file)?;
+            db.open()?
+                .add_rate_card("cli", &card)
+                .map_err(LedgerError::into_anyhow)?;
+            println!("{}", serde_json::json!({ "version": card.version }));
+        }
+        LedgerCmd::Ingest {
+            usage,
+            tokens,
+            batch,
+            db,
+        } => {
+            if usage.is_none() && tokens.is_none() {
+                return Err(
+                    InputError::new("ingest: give --usage FILE and/or --tokens FILE").into(),
+                );
+            }
+            if batch == 0 {
+                return Err(InputError::new("--batch: must be at least 1").into());
+            }
+            let ledger = db.open()?;
+            let mut total = super::IngestReport::default();
+            if let Some(p) = usage {
+                ingest_file::<UsageRecord>(&p, batch, &mut total, |b| ledger.ingest(b, &[]))?;
+            }
+            if let Some(p) = tokens {
+                ingest_file::<TokenRecord>(&p, batch, &mut total, |b| ledger.ingest(&[], b))?;
+            }
+            println!("{}", serde_json::to_string(&total)?);
+        }
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| InputError::new(format!("{}: {e}", path.display())).into())
+}
+
+/// Streams a JSON Lines file in batches; after each committed batch prints
+/// `committed <records so far>` on stderr (the kill -9 test watches it).
+fn ingest_file<T: serde::de::DeserializeOwned>(
+    path: &PathBuf,
+    batch: usize,
+    total: &mut super::IngestReport,
+    mut ingest: impl FnMut(&[T]) -> super::Result<super::IngestReport>,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf: Vec<T> = Vec::with_capacity(batch);
+    let mut first_line = 1;
+    let mut done = 0usize;
+    let mut flush = |buf: &mut Vec<T>, first_line: usize| -> anyhow::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let r = ingest(buf).map_err(|e| {
+            // Name the line: records[i] in the batch is line first_line + i.
+            LedgerError::into_anyhow(e).context(format!(
+                "{}: batch starting at line {first_line}",
+                path.display()
+            ))
+        })?;
+        total.usage_new += r.usage_new;
+        total.usage_duplicate += r.usage_duplicate;
+        total.tokens_new += r.tokens_new;
+        total.tokens_duplicate += r.tokens_duplicate;
+        total.gross_fen += r.gross_fen;
+        total.voucher_fen += r.voucher_fen;
+        total.net_fen += r.net_fen;
+        done += buf.len();
+        eprintln!("committed {done}");
+        buf.clear();
+        Ok(())
+    };
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rec: T = serde_json::from_str(&line)
+            .map_err(|e| InputError::new(format!("{} line {}: {e}", path.display(), i + 1)))?;
+        buf.push(rec);
+        if buf.len() >= batch {
+            flush(&mut buf, first_line)?;
+            first_line = i + 2;
+        }
+    }
+    flush(&mut buf, first_line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_printed() {
+        assert_eq!(
+            redact("postgres://zs:s3cret@127.0.0.1:5432/ledger"),
+            "postgres://zs:***@127.0.0.1:5432/ledger"
+        );
+        assert_eq!(redact("ledger.db"), "ledger.db");
+    }
 }

@@ -1,3 +1,39 @@
-//! Append-only double-entry ledger, vouchers, statements, storage (issue #6).
+//! Accounting (issue #6): an append-only, double-entry ledger of per-tenant
+//! GPU time, energy, carbon and tokens, priced by a versioned rate card and
+//! paid partly by compute vouchers (算力券).
+//!
+//! Layers:
+//! - plan (pure, no I/O, no clock): [`types`] (records with deterministic
+//!   ids, validation), [`money`] (integer fen, rounding rules), [`rating`]
+//!   (rate cards), [`vouchers`] (redemption), [`tokens`] (counter deltas),
+//!   [`plan`] (a batch's rows and journal entry);
+//! - act: [`Ledger`] stores it in SQLite (default) or PostgreSQL, one schema,
+//!   one transaction per call; [`statement`] reads it back; [`metrics`]
+//!   exports it.
 
 pub mod cli;
+pub mod error;
+pub mod metrics;
+pub mod money;
+pub mod plan;
+pub mod rating;
+mod schema;
+mod sql;
+pub mod statement;
+mod store;
+pub mod tokens;
+pub mod types;
+pub mod vouchers;
+
+pub use error::{LedgerError, Result};
+pub use metrics::LedgerMetrics;
+pub use money::{format_yuan, ratio_to_bp, Fen};
+pub use rating::{default_rate_card, GpuPrice, RateBook, RateCard, TokenPrice};
+pub use sql::Backend;
+pub use statement::Statement;
+pub use store::{hash_api_key, IngestReport, Ledger, MonthUse, UsageSummary};
+pub use tokens::{counter_delta, TokenCounterNames, TokenDelta, TokenMeter};
+pub use types::{
+    AuditEvent, ChargeKind, MeteredTokens, MeteredUsage, Month, Quota, Tenant, Tier, TokenRecord,
+    UsageRecord, Voucher, VoucherSpec,
+};

@@ -1,9 +1,370 @@
-//! Placeholder until issue #5 lands; the owner replaces this file.
+//! `zhisuan agent`: the node agent (a DaemonSet on GPU/NPU nodes).
+//!
+//! A sampler thread reads the backend every `--interval`, attributes energy,
+//! judges health and updates the metrics; a single-threaded tokio runtime
+//! serves `/metrics` and patches the Node when the publication changes (or
+//! every `--heartbeat`), so an unhealthy device leaves placement within one
+//! sampling period.
 
-/// Arguments (filled in by issue #5).
-#[derive(clap::Args, Debug)]
-pub struct AgentArgs {}
+use super::agent::{Agent, AgentConfig};
+use super::health::HealthPolicy;
+use super::kube_act;
+use super::metrics::AgentMetrics;
+use super::npu::NpuExporterBackend;
+use super::nvml::NvmlBackend;
+use super::publish::{NodePublication, ANNOTATION_HEARTBEAT};
+use super::sim::{SimConfig, SimNode};
+use super::Accelerator;
+use crate::error::InputError;
+use anyhow::Context;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-pub fn run(_args: AgentArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet (issue #5)")
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// NVIDIA GPUs through NVML (needs the NVIDIA driver).
+    Nvml,
+    /// A deterministic simulated node (no hardware needed).
+    Sim,
+    /// Huawei Ascend NPUs through a running npu-exporter.
+    NpuExporter,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Where readings come from.
+    #[arg(long, value_enum, default_value = "nvml")]
+    pub backend: BackendKind,
+    /// Sampling period in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub interval: f64,
+    /// Address for `/metrics` and `/healthz` (port 0 picks a free one; the
+    /// address is printed on stderr).
+    #[arg(long, default_value = "0.0.0.0:9400")]
+    pub listen: String,
+    /// This node's name (the Node object to patch); defaults to the hostname.
+    #[arg(long, env = "NODE_NAME")]
+    pub node: Option<String>,
+    /// Region label to publish (`zhisuan.io/region`).
+    #[arg(long, env = "ZHISUAN_REGION")]
+    pub region: Option<String>,
+    /// Run standalone: do not talk to the Kubernetes API.
+    #[arg(long)]
+    pub no_publish: bool,
+    /// Take one sample, print it and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many samples (measurement runs).
+    #[arg(long)]
+    pub samples: Option<u64>,
+    /// Republish the node heartbeat at least this often, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub heartbeat: f64,
+    /// Samples a device stays out of placement after an XID or ECC error.
+    #[arg(long, default_value_t = 3)]
+    pub hold_samples: u64,
+    /// Take devices at or above this temperature out (°C; 0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_temperature: u32,
+    /// The host's /proc (for mapping GPU processes to pods through cgroups).
+    #[arg(long, default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// sim: number of devices.
+    #[arg(long, default_value_t = 8)]
+    pub sim_devices: u32,
+    /// sim: model name.
+    #[arg(long, default_value = "H100")]
+    pub sim_model: String,
+    /// sim: seed of the load profile.
+    #[arg(long, default_value_t = 1)]
+    pub sim_seed: u64,
+    /// npu-exporter: the exporter's metrics URL.
+    #[arg(long, default_value = "http://127.0.0.1:8082/metrics")]
+    pub npu_url: String,
+    /// npu-exporter: model name for chips without a `model_name` label.
+    #[arg(long, default_value = "Ascend910")]
+    pub npu_model: String,
+}
+
+fn validate(args: &AgentArgs) -> Result<(), InputError> {
+    if !(args.interval.is_finite() && args.interval >= 0.05) {
+        return Err(InputError::new(format!(
+            "--interval {}: must be at least 0.05 seconds (e.g. --interval 1)",
+            args.interval
+        )));
+    }
+    if !(args.heartbeat.is_finite() && args.heartbeat > 0.0) {
+        return Err(InputError::new(format!(
+            "--heartbeat {}: must be a positive number of seconds",
+            args.heartbeat
+        )));
+    }
+    if args.backend == BackendKind::Sim && !(1..=1024).contains(&args.sim_devices) {
+        return Err(InputError::new(format!(
+            "--sim-devices {}: must be between 1 and 1024",
+            args.sim_devices
+        )));
+    }
+    if args.samples == Some(0) {
+        return Err(InputError::new("--samples 0: take at least one sample"));
+    }
+    Ok(())
+}
+
+fn make_backend(args: &AgentArgs) -> anyhow::Result<Box<dyn Accelerator>> {
+    Ok(match args.backend {
+        BackendKind::Sim => Box::new(SimNode::wall_clock(SimConfig {
+            devices: args.sim_devices,
+            model: args.sim_model.clone(),
+            seed: args.sim_seed,
+            ..SimConfig::default()
+        })),
+        BackendKind::Nvml => Box::new(NvmlBackend::init()?),
+        BackendKind::NpuExporter => Box::new(NpuExporterBackend::connect(
+            &args.npu_url,
+            &args.npu_model,
+            Duration::from_secs(5),
+        )?),
+    })
+}
+
+fn node_name(args: &AgentArgs) -> String {
+    args.node.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    })
+}
+
+fn agent_config(args: &AgentArgs) -> AgentConfig {
+    AgentConfig {
+        node: node_name(args),
+        region: args.region.clone(),
+        health: HealthPolicy {
+            hold_samples: args.hold_samples,
+            max_temperature_c: args.max_temperature,
+        },
+        proc_root: args.proc_root.clone(),
+    }
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    validate(&args)?;
+    if args.once {
+        return run_once(&args);
+    }
+    let registry = prometheus::Registry::new();
+    let metrics = AgentMetrics::new(&registry).context("register agent metrics")?;
+    let publish_errors = metrics.publish_error_counter();
+    let agent = Agent::new(make_backend(&args)?, agent_config(&args), Some(metrics));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start tokio runtime")?;
+    rt.block_on(serve(args, agent, registry, publish_errors))
+}
+
+fn run_once(args: &AgentArgs) -> anyhow::Result<()> {
+    let mut agent = Agent::new(make_backend(args)?, agent_config(args), None);
+    agent.step(&[])?;
+    let now = chrono::Utc::now();
+    let publication = agent.publication(now);
+    if args.json {
+        let out = json!({
+            "node": node_name(args),
+            "backend": agent.backend_name(),
+            "vendor": agent.vendor(),
+            "taken_at": now.to_rfc3339(),
+            "inventory": agent.inventory(),
+            "readings": agent.readings(),
+            "health": agent.verdicts(),
+            "publication": publication,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "node {}  backend {}  vendor {}",
+        node_name(args),
+        agent.backend_name(),
+        agent.vendor().as_str()
+    );
+    println!(
+        "{:>3}  {:<12} {:>5} {:>9} {:>14} {:>5} {:>13}  health",
+        "gpu", "model", "util%", "power W", "energy J", "°C", "mem MiB"
+    );
+    for (r, v) in agent.readings().iter().zip(agent.verdicts()) {
+        let model = agent
+            .inventory()
+            .iter()
+            .find(|d| d.index == r.index)
+            .map(|d| d.model.as_str())
+            .unwrap_or("?");
+        let health = if v.healthy {
+            "ok".to_string()
+        } else {
+            v.reasons
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        println!(
+            "{:>3}  {:<12} {:>5} {:>9.1} {:>14.3} {:>5} {:>6}/{:<6}  {}",
+            r.index,
+            model,
+            r.utilisation_pct,
+            r.power_mw as f64 / 1000.0,
+            r.energy_mj as f64 / 1000.0,
+            r.temperature_c,
+            r.memory_used_mib,
+            r.memory_total_mib,
+            health
+        );
+    }
+    Ok(())
+}
+
+/// The publication without its heartbeat: what must change to patch early.
+fn substance(p: &NodePublication) -> NodePublication {
+    let mut p = p.clone();
+    p.annotations.remove(ANNOTATION_HEARTBEAT);
+    p
+}
+
+async fn serve(
+    args: AgentArgs,
+    agent: Agent<Box<dyn Accelerator>>,
+    registry: prometheus::Registry,
+    publish_errors: prometheus::IntCounter,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| InputError::new(format!("--listen {}: cannot bind: {e}", args.listen)))?;
+    let addr = listener.local_addr()?;
+    eprintln!("zhisuan agent: serving http://{addr}/metrics");
+
+    let registry = Arc::new(registry);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|axum::extract::State(r): axum::extract::State<Arc<prometheus::Registry>>| async move {
+                let body = prometheus::TextEncoder::new()
+                    .encode_to_string(&r.gather())
+                    .unwrap_or_default();
+                ([("content-type", "text/plain; version=0.0.4")], body)
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .with_state(registry);
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut server_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_shutdown.changed().await;
+            })
+            .await
+    });
+
+    let (client, pod_store) = if args.no_publish {
+        (None, None)
+    } else {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!(
+                "no Kubernetes API reachable ({e}): run in-cluster, set KUBECONFIG, or pass --no-publish"
+            )
+        })?;
+        let node = node_name(&args);
+        let store = kube_act::watch_node_pods(&client, &node);
+        (Some(client), Some(store))
+    };
+
+    // Sampler thread: blocking backend calls stay off the runtime.
+    let (pub_tx, mut pub_rx) = tokio::sync::watch::channel::<Option<NodePublication>>(None);
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let interval = Duration::from_secs_f64(args.interval);
+    let max_samples = args.samples;
+    let sampler = std::thread::Builder::new()
+        .name("sampler".into())
+        .spawn(move || {
+            let mut agent = agent;
+            let mut next = Instant::now();
+            let mut taken = 0u64;
+            loop {
+                let pods = pod_store
+                    .as_ref()
+                    .map(kube_act::pods_from_store)
+                    .unwrap_or_default();
+                match agent.step(&pods) {
+                    Ok(()) => {
+                        pub_tx.send_replace(Some(agent.publication(chrono::Utc::now())));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sample failed"),
+                }
+                taken += 1;
+                if max_samples.is_some_and(|m| taken >= m) {
+                    return;
+                }
+                next += interval;
+                let now = Instant::now();
+                if next < now {
+                    next = now; // overran: do not burst to catch up
+                }
+                match stop_rx.recv_timeout(next - now) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            }
+        })
+        .context("spawn sampler thread")?;
+
+    let node = node_name(&args);
+    let heartbeat = Duration::from_secs_f64(args.heartbeat);
+    let mut last_published: Option<(NodePublication, Instant)> = None;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            changed = pub_rx.changed() => {
+                if changed.is_err() {
+                    break; // sampler finished (--samples)
+                }
+                let Some(p) = pub_rx.borrow_and_update().clone() else { continue };
+                let Some(client) = &client else { continue };
+                let due = match &last_published {
+                    None => true,
+                    Some((last, at)) => substance(last) != substance(&p) || at.elapsed() >= heartbeat,
+                };
+                if due {
+                    match kube_act::publish(client, &node, &p).await {
+                        Ok(()) => last_published = Some((p, Instant::now())),
+                        Err(e) => {
+                            publish_errors.inc();
+                            tracing::warn!(error = %e, "publish node status");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = shutdown_tx.send(true);
+    tokio::task::spawn_blocking(move || sampler.join())
+        .await
+        .ok();
+    server
+        .await
+        .context("metrics server task")?
+        .context("metrics server")?;
+    Ok(())
 }

@@ -1,0 +1,338 @@
+//! Batch planning: rate new records, redeem vouchers and build the journal
+//! entry, all in memory. Pure: the store only writes what this returns.
+//!
+//! Double entry (debits positive, every entry sums to zero):
+//! - charge:     `tenant:{t}` +gross, `revenue:{kind}` −gross
+//! - redemption: `voucher:{id}` +draw, `tenant:{t}` −draw
+//! - issue:      `grant:{issuer}` +face, `voucher:{id}` −face
+//!
+//! so `tenant:{t}` holds the net payable and `−voucher:{id}` the balance.
+//! A batch's charges and redemptions are posted as one entry, summed per account.
+
+use super::error::Result;
+use super::money::Fen;
+use super::rating::RateBook;
+use super::types::{ChargeKind, MeteredTokens, MeteredUsage};
+use super::vouchers::VoucherBook;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// A usage record with its charges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub usage: MeteredUsage,
+    pub rate_version: i64,
+    pub gpu_fen: Fen,
+    pub gpu_voucher_fen: Fen,
+    pub energy_fen: Fen,
+    pub energy_voucher_fen: Fen,
+}
+
+/// A token record with its charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub tokens: MeteredTokens,
+    pub rate_version: i64,
+    pub fen: Fen,
+    pub voucher_fen: Fen,
+}
+
+/// One voucher paying part of one charge (kept for regulators, per charge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redemption {
+    pub record_id: String,
+    pub kind: ChargeKind,
+    pub voucher_id: String,
+    pub tenant: String,
+    pub fen: Fen,
+    pub at_s: i64,
+}
+
+/// Everything one ingestion batch writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchPlan {
+    pub usage: Vec<UsageRow>,
+    pub tokens: Vec<TokenRow>,
+    pub redemptions: Vec<Redemption>,
+    /// Journal entry id (derived from the record ids, so a replay of the same
+    /// new records gets the same id).
+    pub entry_id: String,
+    /// Postings of the entry, per account; they sum to zero.
+    pub postings: BTreeMap<String, Fen>,
+    /// Per voucher: (fen drawn, charges drawn on), for balances and the audit log.
+    pub voucher_draws: BTreeMap<String, (Fen, i64)>,
+}
+
+impl BatchPlan {
+    pub fn is_empty(&self) -> bool {
+        self.usage.is_empty() && self.tokens.is_empty()
+    }
+
+    /// Posts one charge and its voucher draws; returns the covered amount.
+    fn charge(&mut self, book: &mut VoucherBook, sums: &mut Sums, c: Charge<'_>) -> Fen {
+        if c.gross == 0 {
+            return 0;
+        }
+        let (start_s, end_s) = c.span;
+        let draws = book.redeem(c.tenant, c.kind, c.region, start_s, end_s, c.gross);
+        let covered: Fen = draws.iter().map(|d| d.fen).sum();
+        add(&mut sums.tenant_net, c.tenant, c.gross - covered);
+        sums.revenue[c.kind as usize] -= c.gross;
+        for d in draws {
+            add(&mut sums.voucher, &d.voucher_id, d.fen);
+            let e = self.voucher_draws.entry(d.voucher_id.clone()).or_default();
+            e.0 += d.fen;
+            e.1 += 1;
+            self.redemptions.push(Redemption {
+                record_id: c.record_id.to_string(),
+                kind: c.kind,
+                voucher_id: d.voucher_id,
+                tenant: c.tenant.to_string(),
+                fen: d.fen,
+                at_s: start_s,
+            });
+        }
+        covered
+    }
+}
+
+/// One charge to post.
+struct Charge<'a> {
+    record_id: &'a str,
+    tenant: &'a str,
+    region: &'a str,
+    kind: ChargeKind,
+    span: (i64, i64),
+    gross: Fen,
+}
+
+/// Running per-account sums of a batch (keys allocated once per account).
+#[derive(Default)]
+struct Sums {
+    tenant_net: BTreeMap<String, Fen>,
+    voucher: BTreeMap<String, Fen>,
+    revenue: [Fen; 3],
+}
+
+fn add(map: &mut BTreeMap<String, Fen>, key: &str, fen: Fen) {
+    match map.get_mut(key) {
+        Some(v) => *v += fen,
+        None => {
+            map.insert(key.to_string(), fen);
+        }
+    }
+}
+
+/// Rates and redeems new records in the given order. `usage` / `tokens` carry
+/// each record's index in the caller's batch, used to name a failing field.
+pub fn plan_batch(
+    usage: Vec<(usize, MeteredUsage)>,
+    tokens: Vec<(usize, MeteredTokens)>,
+    rates: &RateBook,
+    vouchers: &mut VoucherBook,
+) -> Result<BatchPlan> {
+    let mut plan = BatchPlan::default();
+    let mut sums = Sums::default();
+    let mut hasher = Sha256::new();
+    for (i, u) in usage {
+        let c = rates
+            .rate_usage(&u)
+            .map_err(|e| e.at(&format!("usage[{i}].")))?;
+        hasher.update(u.id.as_bytes());
+        let span = (u.start_s, u.end_s);
+        let gpu_voucher_fen = plan.charge(
+            vouchers,
+            &mut sums,
+            Charge {
+                record_id: &u.id,
+                tenant: &u.tenant,
+                region: &u.region,
+                kind: ChargeKind::Gpu,
+                span,
+                gross: c.gpu_fen,
+            },
+        );
+        let energy_voucher_fen = plan.charge(
+            vouchers,
+            &mut sums,
+            Charge {
+                record_id: &u.id,
+                tenant: &u.tenant,
+                region: &u.region,
+                kind: ChargeKind::Energy,
+                span,
+                gross: c.energy_fen,
+            },
+        );
+        plan.usage.push(UsageRow {
+            usage: u,
+            rate_version: c.rate_version,
+            gpu_fen: c.gpu_fen,
+            gpu_voucher_fen,
+            energy_fen: c.energy_fen,
+            energy_voucher_fen,
+        });
+    }
+    for (i, t) in tokens {
+        let c = rates
+            .rate_tokens(&t)
+            .map_err(|e| e.at(&format!("tokens[{i}].")))?;
+        hasher.update(t.id.as_bytes());
+        let voucher_fen = plan.charge(
+            vouchers,
+            &mut sums,
+            Charge {
+                record_id: &t.id,
+                tenant: &t.tenant,
+                region: &t.region,
+                kind: ChargeKind::Tokens,
+                span: (t.start_s, t.end_s),
+                gross: c.fen,
+            },
+        );
+        plan.tokens.push(TokenRow {
+            tokens: t,
+            rate_version: c.rate_version,
+            fen: c.fen,
+            voucher_fen,
+        });
+    }
+    for (tenant, fen) in sums.tenant_net {
+        plan.postings.insert(format!("tenant:{tenant}"), fen);
+    }
+    for (voucher, fen) in sums.voucher {
+        plan.postings.insert(format!("voucher:{voucher}"), fen);
+    }
+    for kind in ChargeKind::ALL {
+        plan.postings.insert(
+            format!("revenue:{}", kind.as_str()),
+            sums.revenue[kind as usize],
+        );
+    }
+    plan.postings.retain(|_, v| *v != 0);
+    plan.entry_id = format!("batch-{}", hex::encode(&hasher.finalize()[..16]));
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::rating::default_rate_card;
+    use crate::ledger::types::{Tier, Voucher};
+    use chrono::{TimeZone, Utc};
+    use proptest::prelude::*;
+
+    fn usage(i: i64, tenant: &str, milli_gpu_s: i64) -> MeteredUsage {
+        MeteredUsage {
+            id: format!("u{i}"),
+            source: "s".into(),
+            tenant: tenant.into(),
+            job: "j".into(),
+            region: "gansu".into(),
+            node: "n".into(),
+            model: "H100".into(),
+            gpu_milli: 1000,
+            start_s: 1_700_000_000 + i,
+            end_s: 1_700_000_001 + i,
+            milli_gpu_s,
+            it_energy_j: 0,
+            pue_milli: 1000,
+            facility_j: 0,
+            green_milli: 0,
+            grid_mg_per_kwh: 0,
+            carbon_mg: 0,
+        }
+    }
+
+    fn tokens(i: i64, tenant: &str, n: i64) -> MeteredTokens {
+        MeteredTokens {
+            id: format!("t{i}"),
+            source: "s".into(),
+            tenant: tenant.into(),
+            service: "svc".into(),
+            model: "qwen".into(),
+            region: "gansu".into(),
+            tier: Tier::HighValue,
+            start_s: 1_700_000_000 + i,
+            end_s: 1_700_000_001 + i,
+            prompt_tokens: n,
+            completion_tokens: n / 3,
+        }
+    }
+
+    proptest! {
+        /// Every charge: gross = covered + net with 0 ≤ covered ≤ gross; the
+        /// entry balances; the tenant account holds exactly Σ net.
+        #[test]
+        fn batch_balances(
+            amounts in proptest::collection::vec((0i64..20_000_000, 0i64..3_000_000, any::<bool>()), 1..60),
+            face in 1i64..200_000,
+            bp in 1i64..=10_000,
+        ) {
+            let v = Voucher {
+                id: "v1".into(), tenant: "acme".into(), issuer: "gov".into(),
+                face_value_fen: face, balance_fen: face, copay_ratio_bp: bp,
+                valid_from: Utc.timestamp_opt(0, 0).unwrap(),
+                valid_until: Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
+                regions: vec![], kinds: vec![], issued_at: Utc.timestamp_opt(0, 0).unwrap(),
+            };
+            let mut book = VoucherBook::new(vec![v]);
+            let rates = RateBook::new(vec![default_rate_card()]);
+            let mut us = vec![];
+            let mut ts = vec![];
+            for (i, &(g, n, other)) in amounts.iter().enumerate() {
+                let tenant = if other { "beta" } else { "acme" };
+                us.push((i, usage(i as i64, tenant, g)));
+                ts.push((i, tokens(i as i64, tenant, n)));
+            }
+            let plan = plan_batch(us, ts, &rates, &mut book).unwrap();
+            prop_assert_eq!(plan.postings.values().sum::<Fen>(), 0);
+            let mut net_acme = 0;
+            let mut covered_total = 0;
+            for r in &plan.usage {
+                prop_assert!(r.gpu_voucher_fen >= 0 && r.gpu_voucher_fen <= r.gpu_fen);
+                if r.usage.tenant == "acme" { net_acme += r.gpu_fen - r.gpu_voucher_fen; } else { prop_assert_eq!(r.gpu_voucher_fen, 0); }
+                covered_total += r.gpu_voucher_fen;
+            }
+            for r in &plan.tokens {
+                prop_assert!(r.voucher_fen >= 0 && r.voucher_fen <= r.fen);
+                if r.tokens.tenant == "acme" { net_acme += r.fen - r.voucher_fen; }
+                covered_total += r.voucher_fen;
+            }
+            prop_assert_eq!(plan.postings.get("tenant:acme").copied().unwrap_or(0), net_acme);
+            prop_assert_eq!(plan.redemptions.iter().map(|r| r.fen).sum::<Fen>(), covered_total);
+            prop_assert!(covered_total <= face);
+            prop_assert_eq!(book.vouchers()[0].balance_fen, face - covered_total);
+        }
+    }
+
+    #[test]
+    fn entry_id_is_deterministic_and_rating_errors_name_the_record() {
+        let rates = RateBook::new(vec![default_rate_card()]);
+        let a = plan_batch(
+            vec![(0, usage(1, "a", 10))],
+            vec![],
+            &rates,
+            &mut VoucherBook::default(),
+        )
+        .unwrap();
+        let b = plan_batch(
+            vec![(0, usage(1, "a", 10))],
+            vec![],
+            &rates,
+            &mut VoucherBook::default(),
+        )
+        .unwrap();
+        assert_eq!(a.entry_id, b.entry_id);
+        let mut early = usage(2, "a", 10);
+        early.start_s = 0;
+        let e = plan_batch(
+            vec![(7, early)],
+            vec![],
+            &rates,
+            &mut VoucherBook::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field(), Some("usage[7].start"));
+    }
+}

@@ -1,0 +1,178 @@
+//! One schema for both backends, applied as numbered migrations. Each
+//! migration runs in its own transaction and is recorded in
+//! `schema_migrations`; `{serial}` is the one dialect difference.
+
+use super::error::Result;
+use super::sql::{Backend, Conn, Val};
+
+/// (version, SQL). Append only: never edit a released migration.
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE tenants (
+    name TEXT PRIMARY KEY,
+    parent TEXT REFERENCES tenants(name),
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE api_keys (
+    key_hash TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE INDEX api_keys_tenant ON api_keys (tenant);
+CREATE TABLE quotas (
+    tenant TEXT PRIMARY KEY REFERENCES tenants(name),
+    body TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE rate_cards (
+    version BIGINT PRIMARY KEY,
+    effective_from TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE vouchers (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    issuer TEXT NOT NULL,
+    face_value_fen BIGINT NOT NULL CHECK (face_value_fen > 0),
+    balance_fen BIGINT NOT NULL CHECK (balance_fen >= 0 AND balance_fen <= face_value_fen),
+    copay_ratio_bp BIGINT NOT NULL CHECK (copay_ratio_bp > 0 AND copay_ratio_bp <= 10000),
+    valid_from BIGINT NOT NULL,
+    valid_until BIGINT NOT NULL,
+    regions TEXT NOT NULL,
+    kinds TEXT NOT NULL,
+    issued_at BIGINT NOT NULL,
+    CHECK (valid_until > valid_from)
+);
+CREATE INDEX vouchers_tenant ON vouchers (tenant);
+CREATE TABLE usage (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    job TEXT NOT NULL,
+    region TEXT NOT NULL,
+    node TEXT NOT NULL,
+    model TEXT NOT NULL,
+    gpu_milli BIGINT NOT NULL,
+    start_s BIGINT NOT NULL,
+    end_s BIGINT NOT NULL,
+    milli_gpu_s BIGINT NOT NULL,
+    it_energy_j BIGINT NOT NULL,
+    pue_milli BIGINT NOT NULL,
+    facility_j BIGINT NOT NULL,
+    green_milli BIGINT NOT NULL,
+    grid_mg_per_kwh BIGINT NOT NULL,
+    carbon_mg BIGINT NOT NULL,
+    rate_version BIGINT NOT NULL,
+    gpu_fen BIGINT NOT NULL,
+    gpu_voucher_fen BIGINT NOT NULL CHECK (gpu_voucher_fen >= 0 AND gpu_voucher_fen <= gpu_fen),
+    energy_fen BIGINT NOT NULL,
+    energy_voucher_fen BIGINT NOT NULL CHECK (energy_voucher_fen >= 0 AND energy_voucher_fen <= energy_fen),
+    batch TEXT NOT NULL
+);
+CREATE INDEX usage_tenant_start ON usage (tenant, start_s);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    service TEXT NOT NULL,
+    model TEXT NOT NULL,
+    region TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    start_s BIGINT NOT NULL,
+    end_s BIGINT NOT NULL,
+    prompt_tokens BIGINT NOT NULL CHECK (prompt_tokens >= 0),
+    completion_tokens BIGINT NOT NULL CHECK (completion_tokens >= 0),
+    rate_version BIGINT NOT NULL,
+    fen BIGINT NOT NULL,
+    voucher_fen BIGINT NOT NULL CHECK (voucher_fen >= 0 AND voucher_fen <= fen),
+    batch TEXT NOT NULL
+);
+CREATE INDEX tokens_tenant_start ON tokens (tenant, start_s);
+CREATE TABLE redemptions (
+    record_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    voucher_id TEXT NOT NULL REFERENCES vouchers(id),
+    tenant TEXT NOT NULL,
+    fen BIGINT NOT NULL CHECK (fen > 0),
+    at_s BIGINT NOT NULL,
+    PRIMARY KEY (record_id, kind, voucher_id)
+);
+CREATE INDEX redemptions_tenant_at ON redemptions (tenant, at_s);
+CREATE TABLE adjustments (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    fen BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    at_s BIGINT NOT NULL,
+    actor TEXT NOT NULL
+);
+CREATE INDEX adjustments_tenant_at ON adjustments (tenant, at_s);
+CREATE TABLE journal (
+    id TEXT PRIMARY KEY,
+    at_s BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    memo TEXT NOT NULL
+);
+CREATE TABLE postings (
+    entry_id TEXT NOT NULL REFERENCES journal(id),
+    account TEXT NOT NULL,
+    amount_fen BIGINT NOT NULL,
+    PRIMARY KEY (entry_id, account)
+);
+CREATE INDEX postings_account ON postings (account);
+CREATE TABLE audit (
+    seq {serial},
+    at_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"#,
+)];
+
+fn dialect(sql: &str, backend: Backend) -> String {
+    let serial = match backend {
+        Backend::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        Backend::Postgres => "BIGSERIAL PRIMARY KEY",
+    };
+    sql.replace("{serial}", serial)
+}
+
+/// Applies the migrations not yet applied. Safe to call concurrently from
+/// several replicas (writers are serialised).
+pub(crate) fn migrate(conn: &mut Conn) -> Result<()> {
+    let backend = conn.backend();
+    conn.with_tx(true, |tx| {
+        tx.exec(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            &[],
+        )?;
+        Ok(())
+    })?;
+    for &(version, sql) in MIGRATIONS {
+        conn.with_tx(true, |tx| {
+            let done = tx.rows(
+                "SELECT version FROM schema_migrations WHERE version = $1",
+                &[Val::I(version)],
+            )?;
+            if !done.is_empty() {
+                return Ok(());
+            }
+            for stmt in dialect(sql, backend).split(';') {
+                if !stmt.trim().is_empty() {
+                    tx.exec(stmt, &[])?;
+                }
+            }
+            tx.exec(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                &[Val::I(version), Val::I(chrono::Utc::now().timestamp())],
+            )?;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}

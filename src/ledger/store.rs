@@ -1,0 +1,870 @@
+//! The ledger store: one type over SQLite (embedded default) or PostgreSQL.
+//! Every operation is one transaction; every admin action writes its audit
+//! row in the same transaction, so neither exists without the other.
+//!
+//! All methods block. From async code call them inside
+//! `tokio::task::spawn_blocking` (the PostgreSQL client is additionally made
+//! safe to call from a runtime thread, at the cost of a thread hop).
+
+use super::error::{LedgerError, Result};
+use super::metrics::LedgerMetrics;
+use super::money::Fen;
+use super::plan::{plan_batch, BatchPlan};
+use super::rating::{default_rate_card, RateBook, RateCard};
+use super::schema::migrate;
+use super::sql::{Backend, Cell, Conn, Tx, Val};
+use super::types::{
+    validate_tenant_name, AuditEvent, ChargeKind, MeteredTokens, MeteredUsage, Month, Quota,
+    Tenant, TokenRecord, UsageRecord, Voucher, VoucherSpec,
+};
+use super::vouchers::VoucherBook;
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// What one ingestion call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestReport {
+    pub usage_new: usize,
+    pub usage_duplicate: usize,
+    pub tokens_new: usize,
+    pub tokens_duplicate: usize,
+    pub gross_fen: Fen,
+    pub voucher_fen: Fen,
+    pub net_fen: Fen,
+}
+
+/// GPU-hours and tokens used in one month, for quota enforcement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MonthUse {
+    pub milli_gpu_seconds: i64,
+    pub gpu_hours: f64,
+    pub tokens: i64,
+}
+
+/// Usage and money over a period (the API's `/v1/usage` shape).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageSummary {
+    pub gpu_hours: f64,
+    /// Prompt + completion tokens per tier.
+    pub tokens: BTreeMap<String, i64>,
+    /// Facility energy (IT × PUE).
+    pub kwh: f64,
+    pub carbon_kg: f64,
+    pub gross_fen: Fen,
+    pub voucher_fen: Fen,
+    pub net_fen: Fen,
+}
+
+/// The ledger. Cheap to clone (shared connection).
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Mutex<Conn>,
+    metrics: OnceLock<LedgerMetrics>,
+}
+
+fn now_s() -> i64 {
+    Utc::now().timestamp()
+}
+
+fn ts(s: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(s, 0).single().unwrap_or_default()
+}
+
+/// SHA-256 of an API key, hex: what the ledger stores instead of the key.
+pub fn hash_api_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| LedgerError::Storage(format!("random: {e}")))?;
+    Ok(hex::encode(buf))
+}
+
+fn audit_tx(
+    tx: &mut dyn Tx,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &serde_json::Value,
+) -> Result<()> {
+    tx.exec(
+        "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            Val::I(Utc::now().timestamp_millis()),
+            Val::T(actor),
+            Val::T(action),
+            Val::T(target),
+            Val::T(&detail.to_string()),
+        ],
+    )?;
+    Ok(())
+}
+
+fn post_entry(
+    tx: &mut dyn Tx,
+    id: &str,
+    kind: &str,
+    memo: &str,
+    postings: &BTreeMap<String, Fen>,
+) -> Result<()> {
+    debug_assert_eq!(postings.values().sum::<Fen>(), 0, "unbalanced entry {id}");
+    if postings.values().sum::<Fen>() != 0 {
+        return Err(LedgerError::Storage(format!(
+            "refusing unbalanced journal entry {id}"
+        )));
+    }
+    tx.exec(
+        "INSERT INTO journal (id, at_s, kind, memo) VALUES ($1, $2, $3, $4)",
+        &[Val::T(id), Val::I(now_s()), Val::T(kind), Val::T(memo)],
+    )?;
+    for (account, amount) in postings {
+        tx.exec(
+            "INSERT INTO postings (entry_id, account, amount_fen) VALUES ($1, $2, $3)",
+            &[Val::T(id), Val::T(account), Val::I(*amount)],
+        )?;
+    }
+    Ok(())
+}
+
+fn tenant_exists(tx: &mut dyn Tx, name: &str) -> Result<bool> {
+    Ok(!tx
+        .rows("SELECT 1 FROM tenants WHERE name = $1", &[Val::T(name)])?
+        .is_empty())
+}
+
+fn require_tenant(tx: &mut dyn Tx, name: &str) -> Result<()> {
+    if tenant_exists(tx, name)? {
+        Ok(())
+    } else {
+        Err(LedgerError::UnknownTenant(name.to_string()))
+    }
+}
+
+fn load_rates(tx: &mut dyn Tx) -> Result<RateBook> {
+    let rows = tx.rows("SELECT body FROM rate_cards ORDER BY version", &[])?;
+    let cards = rows
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<RateCard>(&r[0].t())
+                .map_err(|e| LedgerError::Storage(format!("stored rate card unreadable: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RateBook::new(cards))
+}
+
+const VOUCHER_COLUMNS: &str = "id, tenant, issuer, face_value_fen, balance_fen, copay_ratio_bp, valid_from, valid_until, regions, kinds, issued_at";
+
+fn voucher_from_row(r: &[Cell]) -> Result<Voucher> {
+    let kinds: Vec<ChargeKind> = serde_json::from_str(&r[9].t())
+        .map_err(|e| LedgerError::Storage(format!("stored voucher kinds unreadable: {e}")))?;
+    let regions: Vec<String> = serde_json::from_str(&r[8].t())
+        .map_err(|e| LedgerError::Storage(format!("stored voucher regions unreadable: {e}")))?;
+    Ok(Voucher {
+        id: r[0].t(),
+        tenant: r[1].t(),
+        issuer: r[2].t(),
+        face_value_fen: r[3].i(),
+        balance_fen: r[4].i(),
+        copay_ratio_bp: r[5].i(),
+        valid_from: ts(r[6].i()),
+        valid_until: ts(r[7].i()),
+        regions,
+        kinds,
+        issued_at: ts(r[10].i()),
+    })
+}
+
+impl Ledger {
+    /// Opens (and migrates) a ledger: `postgres://…` / `postgresql://…` for
+    /// PostgreSQL, `:memory:` for a private in-memory SQLite, else a SQLite
+    /// file path (created if absent; WAL, durable commits).
+    pub fn open(url: &str) -> Result<Ledger> {
+        let mut conn = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let url = url.to_string();
+            let connect = move || postgres::Client::connect(&url, postgres::NoTls);
+            let client = if tokio::runtime::Handle::try_current().is_ok() {
+                std::thread::spawn(connect)
+                    .join()
+                    .map_err(|_| LedgerError::Storage("postgres connect panicked".into()))??
+            } else {
+                connect()?
+            };
+            Conn::Postgres(client)
+        } else {
+            if url.is_empty() {
+                return Err(LedgerError::invalid(
+                    "db",
+                    "empty ledger location: give a SQLite file path or a postgres:// URL",
+                ));
+            }
+            let c = rusqlite::Connection::open(url)?;
+            c.busy_timeout(std::time::Duration::from_secs(10))?;
+            if url != ":memory:" {
+                c.pragma_update(None, "journal_mode", "WAL")?;
+            }
+            // FULL: a committed batch survives power loss, not just a crash.
+            c.pragma_update(None, "synchronous", "FULL")?;
+            c.pragma_update(None, "foreign_keys", "ON")?;
+            c.set_prepared_statement_cache_capacity(64);
+            Conn::Sqlite(c)
+        };
+        migrate(&mut conn)?;
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                metrics: OnceLock::new(),
+            }),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.lock().backend()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conn> {
+        // A panic while holding the lock left no open transaction behind
+        // (rolled back on drop), so the connection is still usable.
+        self.inner.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write<T: Send>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<T> + Send) -> Result<T> {
+        self.lock().with_tx(true, f)
+    }
+
+    fn read<T: Send>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<T> + Send) -> Result<T> {
+        self.lock().with_tx(false, f)
+    }
+
+    /// Registers the per-tenant metrics on `registry` and sets voucher balance
+    /// gauges from the stored balances. Counters then grow with each new record.
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> Result<()> {
+        let m = LedgerMetrics::new(registry)
+            .map_err(|e| LedgerError::Storage(format!("metrics: {e}")))?;
+        for v in self.vouchers(None)? {
+            m.set_balance(&v.tenant, &v.id, v.balance_fen);
+        }
+        let _ = self.inner.metrics.set(m);
+        Ok(())
+    }
+
+    pub fn metrics(&self) -> Option<&LedgerMetrics> {
+        self.inner.metrics.get()
+    }
+
+    // ---- tenants -------------------------------------------------------
+
+    /// Creates a tenant under an existing parent (so the tree has no cycles).
+    pub fn create_tenant(&self, actor: &str, name: &str, parent: Option<&str>) -> Result<Tenant> {
+        validate_tenant_name(name)?;
+        if let Some(p) = parent {
+            validate_tenant_name(p).map_err(|_| {
+                LedgerError::invalid("parent", format!("'{p}' is not a valid tenant name"))
+            })?;
+        }
+        let now = now_s();
+        self.write(|tx| {
+            if tenant_exists(tx, name)? {
+                return Err(LedgerError::Conflict {
+                    what: "tenant",
+                    id: name.into(),
+                });
+            }
+            if let Some(p) = parent {
+                if !tenant_exists(tx, p)? {
+                    return Err(LedgerError::invalid(
+                        "parent",
+                        format!("parent tenant '{p}' does not exist; create it first"),
+                    ));
+                }
+            }
+            tx.exec(
+                "INSERT INTO tenants (name, parent, created_at) VALUES ($1, $2, $3)",
+                &[Val::T(name), parent.map_or(Val::NullT, Val::T), Val::I(now)],
+            )?;
+            audit_tx(
+                tx,
+                actor,
+                "tenant.create",
+                name,
+                &serde_json::json!({ "parent": parent }),
+            )?;
+            Ok(())
+        })?;
+        Ok(Tenant {
+            name: name.into(),
+            parent: parent.map(str::to_string),
+            created_at: ts(now),
+        })
+    }
+
+    pub fn tenant(&self, name: &str) -> Result<Option<Tenant>> {
+        let rows = self.read(|tx| {
+            tx.rows(
+                "SELECT name, parent, created_at FROM tenants WHERE name = $1",
+                &[Val::T(name)],
+            )
+        })?;
+        Ok(rows.first().map(|r| Tenant {
+            name: r[0].t(),
+            parent: r[1].opt_t(),
+            created_at: ts(r[2].i()),
+        }))
+    }
+
+    pub fn tenants(&self) -> Result<Vec<Tenant>> {
+        let rows = self.read(|tx| {
+            tx.rows(
+                "SELECT name, parent, created_at FROM tenants ORDER BY name",
+                &[],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| Tenant {
+                name: r[0].t(),
+                parent: r[1].opt_t(),
+                created_at: ts(r[2].i()),
+            })
+            .collect())
+    }
+
+    /// The tenant's ancestors, parent first, root last.
+    pub fn ancestors(&self, name: &str) -> Result<Vec<String>> {
+        let parents: BTreeMap<String, Option<String>> = self
+            .tenants()?
+            .into_iter()
+            .map(|t| (t.name, t.parent))
+            .collect();
+        if !parents.contains_key(name) {
+            return Err(LedgerError::UnknownTenant(name.into()));
+        }
+        let mut out = Vec::new();
+        let mut cur = parents.get(name).cloned().flatten();
+        while let Some(p) = cur {
+            if out.contains(&p) || out.len() > parents.len() {
+                break; // cannot happen (parents exist before children); never loop
+            }
+            cur = parents.get(&p).cloned().flatten();
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    // ---- API keys ------------------------------------------------------
+
+    /// Creates an API key for `tenant`; returns the key, which is shown once
+    /// and stored only as its SHA-256.
+    pub fn create_api_key(&self, actor: &str, tenant: &str) -> Result<String> {
+        let key = format!("zs_{}", random_hex(24)?);
+        let hash = hash_api_key(&key);
+        self.write(|tx| {
+            require_tenant(tx, tenant)?;
+            tx.exec(
+                "INSERT INTO api_keys (key_hash, tenant, created_at) VALUES ($1, $2, $3)",
+                &[Val::T(&hash), Val::T(tenant), Val::I(now_s())],
+            )?;
+            // The audit row names the key by a short hash prefix, never the key.
+            audit_tx(
+                tx,
+                actor,
+                "api_key.create",
+                tenant,
+                &serde_json::json!({ "key_sha256_prefix": &hash[..12] }),
+            )
+        })?;
+        Ok(key)
+    }
+
+    /// The tenant an API key belongs to, if the key is known and not revoked.
+    pub fn tenant_for_api_key(&self, key: &str) -> Result<Option<String>> {
+        let hash = hash_api_key(key);
+        let rows = self.read(|tx| {
+            tx.rows(
+                "SELECT tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                &[Val::T(&hash)],
+            )
+        })?;
+        Ok(rows.first().map(|r| r[0].t()))
+    }
+
+    /// Revokes every key of `tenant`; returns how many were revoked.
+    pub fn revoke_api_keys(&self, actor: &str, tenant: &str) -> Result<u64> {
+        self.write(|tx| {
+            require_tenant(tx, tenant)?;
+            let n = tx.exec(
+                "UPDATE api_keys SET revoked_at = $1 WHERE tenant = $2 AND revoked_at IS NULL",
+                &[Val::I(now_s()), Val::T(tenant)],
+            )?;
+            audit_tx(
+                tx,
+                actor,
+                "api_key.revoke",
+                tenant,
+                &serde_json::json!({ "revoked": n }),
+            )?;
+            Ok(n)
+        })
+    }
+
+    // ---- quotas --------------------------------------------------------
+
+    pub fn set_quota(&self, actor: &str, tenant: &str, quota: &Quota) -> Result<()> {
+        quota.validate()?;
+        let body = serde_json::to_string(quota).map_err(|e| LedgerError::Storage(e.to_string()))?;
+        self.write(|tx| {
+            require_tenant(tx, tenant)?;
+            tx.exec(
+                "INSERT INTO quotas (tenant, body, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                &[Val::T(tenant), Val::T(&body), Val::I(now_s())],
+            )?;
+            audit_tx(tx, actor, "quota.set", tenant, &serde_json::to_value(quota).unwrap_or_default())
+        })
+    }
+
+    /// The tenant's quota; `None` when none was set (unlimited).
+    pub fn quota(&self, tenant: &str) -> Result<Option<Quota>> {
+        let rows = self.read(|tx| {
+            require_tenant(tx, tenant)?;
+            tx.rows(
+                "SELECT body FROM quotas WHERE tenant = $1",
+                &[Val::T(tenant)],
+            )
+        })?;
+        rows.first()
+            .map(|r| {
+                serde_json::from_str(&r[0].t())
+                    .map_err(|e| LedgerError::Storage(format!("stored quota unreadable: {e}")))
+            })
+            .transpose()
+    }
+
+    /// GPU time and tokens the tenant used in `month` (intervals starting in it).
+    pub fn month_use(&self, tenant: &str, month: Month) -> Result<MonthUse> {
+        let (from, to) = month.range_s();
+        let (g, t) = self.read(|tx| {
+            let g = tx.rows(
+                "SELECT COALESCE(CAST(SUM(milli_gpu_s) AS BIGINT), 0) FROM usage WHERE tenant = $1 AND start_s >= $2 AND start_s < $3",
+                &[Val::T(tenant), Val::I(from), Val::I(to)],
+            )?;
+            let t = tx.rows(
+                "SELECT COALESCE(CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), 0) FROM tokens WHERE tenant = $1 AND start_s >= $2 AND start_s < $3",
+                &[Val::T(tenant), Val::I(from), Val::I(to)],
+            )?;
+            Ok((g[0][0].i(), t[0][0].i()))
+        })?;
+        Ok(MonthUse {
+            milli_gpu_seconds: g,
+            gpu_hours: g as f64 / 3.6e6,
+            tokens: t,
+        })
+    }
+
+    // ---- rate cards ----------------------------------------------------
+
+    /// Adds the next rate card version (checked for gaps against the last).
+    pub fn add_rate_card(&self, actor: &str, card: &RateCard) -> Result<()> {
+        let body = serde_json::to_string(card).map_err(|e| LedgerError::Storage(e.to_string()))?;
+        self.write(|tx| {
+            load_rates(tx)?.check_next(card)?;
+            tx.exec(
+                "INSERT INTO rate_cards (version, effective_from, body, created_at) VALUES ($1, $2, $3, $4)",
+                &[Val::I(card.version), Val::T(&card.effective_from.to_string()), Val::T(&body), Val::I(now_s())],
+            )?;
+            audit_tx(tx, actor, "rate_card.add", &card.version.to_string(), &serde_json::to_value(card).unwrap_or_default())
+        })
+    }
+
+    /// Installs [`default_rate_card`] when no card exists yet; returns whether it did.
+    pub fn ensure_rate_card(&self, actor: &str) -> Result<bool> {
+        if !self.rate_cards()?.is_empty() {
+            return Ok(false);
+        }
+        self.add_rate_card(actor, &default_rate_card())?;
+        Ok(true)
+    }
+
+    pub fn rate_cards(&self) -> Result<Vec<RateCard>> {
+        Ok(self.read(load_rates)?.cards().to_vec())
+    }
+
+    // ---- vouchers ------------------------------------------------------
+
+    /// Issues a voucher (idempotent when the spec carries an id: re-issuing the
+    /// same id with the same spec returns the stored voucher; a different spec
+    /// is a conflict).
+    pub fn issue_voucher(&self, actor: &str, spec: &VoucherSpec) -> Result<Voucher> {
+        spec.validate()?;
+        let id = match &spec.id {
+            Some(id) => id.clone(),
+            None => format!("v-{}", random_hex(8)?),
+        };
+        let regions = serde_json::to_string(&spec.regions).unwrap_or_else(|_| "[]".into());
+        let mut kinds_sorted: Vec<ChargeKind> = spec.kinds.clone();
+        kinds_sorted.sort();
+        kinds_sorted.dedup();
+        let kinds = serde_json::to_string(&kinds_sorted).unwrap_or_else(|_| "[]".into());
+        let now = now_s();
+        let voucher = Voucher {
+            id: id.clone(),
+            tenant: spec.tenant.clone(),
+            issuer: spec.issuer.clone(),
+            face_value_fen: spec.face_value_fen,
+            balance_fen: spec.face_value_fen,
+            copay_ratio_bp: spec.copay_ratio_bp,
+            valid_from: ts(spec.valid_from.timestamp()),
+            valid_until: ts(spec.valid_until.timestamp()),
+            regions: spec.regions.clone(),
+            kinds: kinds_sorted,
+            issued_at: ts(now),
+        };
+        let stored = self.write(|tx| {
+            require_tenant(tx, &spec.tenant)?;
+            let existing = tx.rows(
+                &format!("SELECT {VOUCHER_COLUMNS} FROM vouchers WHERE id = $1"),
+                &[Val::T(&id)],
+            )?;
+            if let Some(r) = existing.first() {
+                let v = voucher_from_row(r)?;
+                let same = v.tenant == voucher.tenant
+                    && v.issuer == voucher.issuer
+                    && v.face_value_fen == voucher.face_value_fen
+                    && v.copay_ratio_bp == voucher.copay_ratio_bp
+                    && v.valid_from == voucher.valid_from
+                    && v.valid_until == voucher.valid_until
+                    && v.regions == voucher.regions
+                    && v.kinds == voucher.kinds;
+                return if same { Ok(v) } else { Err(LedgerError::Conflict { what: "voucher", id: id.clone() }) };
+            }
+            tx.exec(
+                &format!("INSERT INTO vouchers ({VOUCHER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+                &[
+                    Val::T(&id),
+                    Val::T(&spec.tenant),
+                    Val::T(&spec.issuer),
+                    Val::I(spec.face_value_fen),
+                    Val::I(spec.face_value_fen),
+                    Val::I(spec.copay_ratio_bp),
+                    Val::I(voucher.valid_from.timestamp()),
+                    Val::I(voucher.valid_until.timestamp()),
+                    Val::T(&regions),
+                    Val::T(&kinds),
+                    Val::I(now),
+                ],
+            )?;
+            let mut postings = BTreeMap::new();
+            postings.insert(format!("grant:{}", spec.issuer), spec.face_value_fen);
+            postings.insert(format!("voucher:{id}"), -spec.face_value_fen);
+            post_entry(tx, &format!("issue-{id}"), "voucher.issue", &spec.issuer, &postings)?;
+            audit_tx(tx, actor, "voucher.issue", &id, &serde_json::to_value(&voucher).unwrap_or_default())?;
+            Ok(voucher.clone())
+        })?;
+        if let Some(m) = self.metrics() {
+            m.set_balance(&stored.tenant, &stored.id, stored.balance_fen);
+        }
+        Ok(stored)
+    }
+
+    /// Vouchers of one tenant (or all), earliest expiry first.
+    pub fn vouchers(&self, tenant: Option<&str>) -> Result<Vec<Voucher>> {
+        let rows = self.read(|tx| match tenant {
+            Some(t) => tx.rows(
+                &format!("SELECT {VOUCHER_COLUMNS} FROM vouchers WHERE tenant = $1 ORDER BY valid_until, id"),
+                &[Val::T(t)],
+            ),
+            None => tx.rows(&format!("SELECT {VOUCHER_COLUMNS} FROM vouchers ORDER BY valid_until, id"), &[]),
+        })?;
+        rows.iter().map(|r| voucher_from_row(r)).collect()
+    }
+
+    // ---- ingestion -----------------------------------------------------
+
+    /// Ingests usage and token records in one transaction. Every record is
+    /// validated and rated first: one bad record rejects the whole call
+    /// (naming `usage[i].field`) and nothing is written. Records already in
+    /// the ledger (same id) are skipped, so replays never double-charge.
+    pub fn ingest(&self, usage: &[UsageRecord], tokens: &[TokenRecord]) -> Result<IngestReport> {
+        let metered_usage = usage
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.meter().map_err(|e| e.at(&format!("usage[{i}]."))))
+            .collect::<Result<Vec<_>>>()?;
+        let metered_tokens = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.meter().map_err(|e| e.at(&format!("tokens[{i}]."))))
+            .collect::<Result<Vec<_>>>()?;
+        self.ingest_metered(metered_usage, metered_tokens)
+    }
+
+    /// [`Ledger::ingest`] for records already metered (e.g. built by the simulator).
+    pub fn ingest_metered(
+        &self,
+        usage: Vec<MeteredUsage>,
+        tokens: Vec<MeteredTokens>,
+    ) -> Result<IngestReport> {
+        let total_usage = usage.len();
+        let total_tokens = tokens.len();
+        let plan = self.write(move |tx| {
+            let tenants: BTreeSet<String> = usage
+                .iter()
+                .map(|u| u.tenant.clone())
+                .chain(tokens.iter().map(|t| t.tenant.clone()))
+                .collect();
+            for t in &tenants {
+                require_tenant(tx, t)?;
+            }
+            let rates = load_rates(tx)?;
+            let usage_ids: Vec<&str> = usage.iter().map(|u| u.id.as_str()).collect();
+            let token_ids: Vec<&str> = tokens.iter().map(|t| t.id.as_str()).collect();
+            let mut seen: HashSet<String> = tx.existing("usage", &usage_ids)?;
+            seen.extend(tx.existing("tokens", &token_ids)?);
+            // Also drop repeats inside this batch (first occurrence wins).
+            let new_usage: Vec<(usize, MeteredUsage)> = usage
+                .into_iter()
+                .enumerate()
+                .filter(|(_, u)| seen.insert(u.id.clone()))
+                .collect();
+            let new_tokens: Vec<(usize, MeteredTokens)> = tokens
+                .into_iter()
+                .enumerate()
+                .filter(|(_, t)| seen.insert(t.id.clone()))
+                .collect();
+            let mut vouchers = Vec::new();
+            for t in &tenants {
+                for r in tx.rows(
+                    &format!("SELECT {VOUCHER_COLUMNS} FROM vouchers WHERE tenant = $1 AND balance_fen > 0"),
+                    &[Val::T(t)],
+                )? {
+                    vouchers.push(voucher_from_row(&r)?);
+                }
+            }
+            let mut book = VoucherBook::new(vouchers);
+            let plan = plan_batch(new_usage, new_tokens, &rates, &mut book)?;
+            if plan.is_empty() {
+                return Ok(plan);
+            }
+            tx.insert_usage(&plan.usage, &plan.entry_id)?;
+            tx.insert_tokens(&plan.tokens, &plan.entry_id)?;
+            tx.insert_redemptions(&plan.redemptions)?;
+            for (voucher, (fen, charges)) in &plan.voucher_draws {
+                tx.exec(
+                    "UPDATE vouchers SET balance_fen = balance_fen - $1 WHERE id = $2",
+                    &[Val::I(*fen), Val::T(voucher)],
+                )?;
+                audit_tx(
+                    tx,
+                    "ledger",
+                    "voucher.redeem",
+                    voucher,
+                    &serde_json::json!({ "fen": fen, "charges": charges, "entry": plan.entry_id }),
+                )?;
+            }
+            let memo = format!("{} usage, {} token records", plan.usage.len(), plan.tokens.len());
+            post_entry(tx, &plan.entry_id, "charges", &memo, &plan.postings)?;
+            Ok(plan)
+        })?;
+        let report = report_of(&plan, total_usage, total_tokens);
+        if let Some(m) = self.metrics() {
+            m.observe(&plan);
+            if !plan.voucher_draws.is_empty() {
+                for v in self.vouchers(None)? {
+                    if plan.voucher_draws.contains_key(&v.id) {
+                        m.set_balance(&v.tenant, &v.id, v.balance_fen);
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    // ---- adjustments ---------------------------------------------------
+
+    /// Posts a manual adjustment to a tenant's payable (positive = charge more,
+    /// negative = credit), audited. `id` makes it idempotent.
+    pub fn adjust(
+        &self,
+        actor: &str,
+        id: &str,
+        tenant: &str,
+        fen: Fen,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        if id.is_empty() {
+            return Err(LedgerError::invalid(
+                "id",
+                "an adjustment needs an id (makes it idempotent)",
+            ));
+        }
+        if fen == 0 {
+            return Err(LedgerError::invalid(
+                "fen",
+                "an adjustment of 0 fen changes nothing",
+            ));
+        }
+        if reason.trim().is_empty() {
+            return Err(LedgerError::invalid(
+                "reason",
+                "say why (kept for auditors)",
+            ));
+        }
+        self.write(|tx| {
+            require_tenant(tx, tenant)?;
+            if !tx.rows("SELECT 1 FROM adjustments WHERE id = $1", &[Val::T(id)])?.is_empty() {
+                return Ok(false);
+            }
+            tx.exec(
+                "INSERT INTO adjustments (id, tenant, fen, reason, at_s, actor) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[Val::T(id), Val::T(tenant), Val::I(fen), Val::T(reason), Val::I(at.timestamp()), Val::T(actor)],
+            )?;
+            let mut postings = BTreeMap::new();
+            postings.insert(format!("tenant:{tenant}"), fen);
+            postings.insert("adjustments".to_string(), -fen);
+            post_entry(tx, &format!("adjust-{id}"), "adjustment", reason, &postings)?;
+            audit_tx(tx, actor, "ledger.adjust", tenant, &serde_json::json!({ "id": id, "fen": fen, "reason": reason }))?;
+            Ok(true)
+        })
+    }
+
+    // ---- reports -------------------------------------------------------
+
+    /// Sum of all postings to an account (debits positive): `tenant:{t}` is
+    /// the tenant's net payable (plus adjustments), `voucher:{id}` minus the balance.
+    pub fn account_balance(&self, account: &str) -> Result<Fen> {
+        let rows = self.read(|tx| {
+            tx.rows(
+                "SELECT COALESCE(CAST(SUM(amount_fen) AS BIGINT), 0) FROM postings WHERE account = $1",
+                &[Val::T(account)],
+            )
+        })?;
+        Ok(rows[0][0].i())
+    }
+
+    /// Sum of every posting in the ledger: zero when every entry balances.
+    pub fn trial_balance(&self) -> Result<Fen> {
+        let rows = self.read(|tx| {
+            tx.rows(
+                "SELECT COALESCE(CAST(SUM(amount_fen) AS BIGINT), 0) FROM postings",
+                &[],
+            )
+        })?;
+        Ok(rows[0][0].i())
+    }
+
+    /// Usage and money of `tenant` for intervals starting in [from, to) (each
+    /// bound optional).
+    pub fn usage_summary(
+        &self,
+        tenant: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<UsageSummary> {
+        let from = from.map_or(i64::MIN, |t| t.timestamp());
+        let to = to.map_or(i64::MAX, |t| t.timestamp());
+        let (u, t) = self.read(|tx| {
+            require_tenant(tx, tenant)?;
+            let u = tx.rows(
+                "SELECT COALESCE(CAST(SUM(milli_gpu_s) AS BIGINT), 0), COALESCE(CAST(SUM(facility_j) AS BIGINT), 0), \
+                 COALESCE(CAST(SUM(carbon_mg) AS BIGINT), 0), COALESCE(CAST(SUM(gpu_fen + energy_fen) AS BIGINT), 0), \
+                 COALESCE(CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT), 0) \
+                 FROM usage WHERE tenant = $1 AND start_s >= $2 AND start_s < $3",
+                &[Val::T(tenant), Val::I(from), Val::I(to)],
+            )?;
+            let t = tx.rows(
+                "SELECT tier, CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), CAST(SUM(fen) AS BIGINT), CAST(SUM(voucher_fen) AS BIGINT) \
+                 FROM tokens WHERE tenant = $1 AND start_s >= $2 AND start_s < $3 GROUP BY tier ORDER BY tier",
+                &[Val::T(tenant), Val::I(from), Val::I(to)],
+            )?;
+            Ok((u, t))
+        })?;
+        let u = &u[0];
+        let mut s = UsageSummary {
+            gpu_hours: u[0].i() as f64 / 3.6e6,
+            tokens: BTreeMap::new(),
+            kwh: u[1].i() as f64 / 3.6e6,
+            carbon_kg: u[2].i() as f64 / 1e6,
+            gross_fen: u[3].i(),
+            voucher_fen: u[4].i(),
+            net_fen: 0,
+        };
+        for r in &t {
+            s.tokens.insert(r[0].t(), r[1].i());
+            s.gross_fen += r[2].i();
+            s.voucher_fen += r[3].i();
+        }
+        s.net_fen = s.gross_fen - s.voucher_fen;
+        Ok(s)
+    }
+
+    /// Audit events after sequence number `since` (exclusive), oldest first.
+    pub fn audit_since(&self, since: i64, limit: i64) -> Result<Vec<AuditEvent>> {
+        let rows = self.read(|tx| {
+            tx.rows(
+                "SELECT seq, at_ms, actor, action, target, detail FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[Val::I(since), Val::I(limit.clamp(1, 10_000))],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEvent {
+                seq: r[0].i(),
+                at: Utc
+                    .timestamp_millis_opt(r[1].i())
+                    .single()
+                    .unwrap_or_default(),
+                actor: r[2].t(),
+                action: r[3].t(),
+                target: r[4].t(),
+                detail: serde_json::from_str(&r[5].t()).unwrap_or(serde_json::Value::Null),
+            })
+            .collect())
+    }
+
+    /// Records an admin action the caller performed (the API reports its own
+    /// actions here). Never pass secrets in `detail`.
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        if action.is_empty() {
+            return Err(LedgerError::invalid("action", "must not be empty"));
+        }
+        self.write(|tx| audit_tx(tx, actor, action, target, &detail))
+    }
+
+    /// Runs a read-only query for the statement module.
+    pub(crate) fn read_rows(&self, sql: &str, params: &[Val<'_>]) -> Result<Vec<Vec<Cell>>> {
+        self.read(|tx| tx.rows(sql, params))
+    }
+}
+
+fn report_of(plan: &BatchPlan, total_usage: usize, total_tokens: usize) -> IngestReport {
+    let gross: Fen = plan
+        .usage
+        .iter()
+        .map(|r| r.gpu_fen + r.energy_fen)
+        .sum::<Fen>()
+        + plan.tokens.iter().map(|r| r.fen).sum::<Fen>();
+    let voucher: Fen = plan.redemptions.iter().map(|r| r.fen).sum();
+    IngestReport {
+        usage_new: plan.usage.len(),
+        usage_duplicate: total_usage - plan.usage.len(),
+        tokens_new: plan.tokens.len(),
+        tokens_duplicate: total_tokens - plan.tokens.len(),
+        gross_fen: gross,
+        voucher_fen: voucher,
+        net_fen: gross - voucher,
+    }
+}

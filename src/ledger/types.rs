@@ -1,0 +1,648 @@
+//! Plain data of the ledger: records as callers send them, validated and
+//! metered forms, vouchers, tenants, quotas, audit events, months.
+
+use super::error::{LedgerError, Result};
+use super::money::{mul_div_half_up, Fen, BP_ONE};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Joules in one kWh.
+pub const J_PER_KWH: i64 = 3_600_000;
+
+/// What a charge is for; vouchers may be limited to some kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeKind {
+    /// GPU time (per GPU-hour by model and region).
+    Gpu,
+    /// Facility energy, when the operator bills energy separately (per kWh).
+    Energy,
+    /// Inference tokens (per million tokens by tier, prompt / completion).
+    Tokens,
+}
+
+impl ChargeKind {
+    pub const ALL: [ChargeKind; 3] = [ChargeKind::Gpu, ChargeKind::Energy, ChargeKind::Tokens];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChargeKind::Gpu => "gpu",
+            ChargeKind::Energy => "energy",
+            ChargeKind::Tokens => "tokens",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Token price tiers: basic (基础词元), industry (行业词元), high-value (高价值词元).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Basic,
+    Industry,
+    HighValue,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Basic, Tier::Industry, Tier::HighValue];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Basic => "basic",
+            Tier::Industry => "industry",
+            Tier::HighValue => "high_value",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Deterministic record id: the first 16 bytes of SHA-256 over the parts, hex.
+/// Same source and interval → same id, so replays and failovers never double-count.
+pub fn record_id(kind: &str, source: &str, start: i64, end: i64) -> String {
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(source.as_bytes());
+    h.update([0]);
+    h.update(start.to_le_bytes());
+    h.update(end.to_le_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+/// One interval of GPU use by one pod (or replica), as the controller / agent report it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecord {
+    /// Stable identity of the consumer, e.g. the pod uid; with the interval it
+    /// forms the record id.
+    pub source: String,
+    pub tenant: String,
+    /// Job or inference service, `namespace/name`.
+    pub job: String,
+    pub region: String,
+    pub node: String,
+    /// Accelerator model, e.g. `H100`.
+    pub model: String,
+    /// GPU share held: 1000 = one whole GPU, 500 = half of one, 8000 = eight.
+    pub gpu_milli: i64,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// IT energy attributed to this pod over the interval (agent), joules.
+    pub it_energy_j: i64,
+    /// Power usage effectiveness of the site (facility / IT energy), e.g. 1.15.
+    pub pue: f64,
+    /// Share of the energy covered by green power contracts, 0..=1.
+    pub green_share: f64,
+    /// Grid emission factor, kg CO2 per kWh (China 2022: 0.5703).
+    pub grid_kg_per_kwh: f64,
+}
+
+/// A usage record after validation, with its id and derived integer quantities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeteredUsage {
+    pub id: String,
+    pub source: String,
+    pub tenant: String,
+    pub job: String,
+    pub region: String,
+    pub node: String,
+    pub model: String,
+    pub gpu_milli: i64,
+    pub start_s: i64,
+    pub end_s: i64,
+    /// gpu_milli × seconds.
+    pub milli_gpu_s: i64,
+    pub it_energy_j: i64,
+    pub pue_milli: i64,
+    /// IT energy × PUE, rounded half up to the joule.
+    pub facility_j: i64,
+    pub green_milli: i64,
+    pub grid_mg_per_kwh: i64,
+    /// facility kWh × (1 − green share) × grid factor, in mg, rounded half up.
+    pub carbon_mg: i64,
+}
+
+fn text_field(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(LedgerError::invalid(field, "must not be empty"));
+    }
+    if value.len() > 253 {
+        return Err(LedgerError::invalid(field, "must be at most 253 bytes"));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(LedgerError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn interval(start: DateTime<Utc>, end: DateTime<Utc>) -> Result<(i64, i64)> {
+    let (s, e) = (start.timestamp(), end.timestamp());
+    if e <= s {
+        return Err(LedgerError::invalid(
+            "end",
+            format!("interval end {end} must be after its start {start}"),
+        ));
+    }
+    Ok((s, e))
+}
+
+fn milli(field: &str, v: f64, lo: f64, hi: f64) -> Result<i64> {
+    if !(lo..=hi).contains(&v) {
+        return Err(LedgerError::invalid(
+            field,
+            format!("{v} is outside {lo}..={hi}"),
+        ));
+    }
+    Ok((v * 1000.0).round() as i64)
+}
+
+impl UsageRecord {
+    /// Validates the record and derives its id and integer quantities.
+    pub fn meter(&self) -> Result<MeteredUsage> {
+        text_field("source", &self.source)?;
+        text_field("tenant", &self.tenant)?;
+        text_field("job", &self.job)?;
+        text_field("region", &self.region)?;
+        text_field("node", &self.node)?;
+        text_field("model", &self.model)?;
+        if !(1..=1_000_000).contains(&self.gpu_milli) {
+            return Err(LedgerError::invalid(
+                "gpu_milli",
+                format!(
+                    "{} must be in 1..=1000000 (1000 = one whole GPU)",
+                    self.gpu_milli
+                ),
+            ));
+        }
+        let (start_s, end_s) = interval(self.start, self.end)?;
+        if self.it_energy_j < 0 {
+            return Err(LedgerError::invalid(
+                "it_energy_j",
+                format!("{} must not be negative", self.it_energy_j),
+            ));
+        }
+        let pue_milli = milli("pue", self.pue, 1.0, 5.0)?;
+        let green_milli = milli("green_share", self.green_share, 0.0, 1.0)?;
+        if !(0.0..=5.0).contains(&self.grid_kg_per_kwh) {
+            return Err(LedgerError::invalid(
+                "grid_kg_per_kwh",
+                format!("{} is outside 0..=5 kg CO2/kWh", self.grid_kg_per_kwh),
+            ));
+        }
+        let grid_mg_per_kwh = (self.grid_kg_per_kwh * 1e6).round() as i64;
+        let facility_j = mul_div_half_up(self.it_energy_j, pue_milli, 1000);
+        // facility_j / J_PER_KWH × (1000 − green)/1000 × mg/kWh, in one rounding.
+        let carbon_mg = {
+            let n = facility_j as i128 * (1000 - green_milli) as i128 * grid_mg_per_kwh as i128;
+            let d = 1000i128 * J_PER_KWH as i128;
+            ((2 * n + d) / (2 * d)) as i64
+        };
+        Ok(MeteredUsage {
+            id: record_id("usage", &self.source, start_s, end_s),
+            source: self.source.clone(),
+            tenant: self.tenant.clone(),
+            job: self.job.clone(),
+            region: self.region.clone(),
+            node: self.node.clone(),
+            model: self.model.clone(),
+            gpu_milli: self.gpu_milli,
+            start_s,
+            end_s,
+            milli_gpu_s: self.gpu_milli * (end_s - start_s),
+            it_energy_j: self.it_energy_j,
+            pue_milli,
+            facility_j,
+            green_milli,
+            grid_mg_per_kwh,
+            carbon_mg,
+        })
+    }
+}
+
+/// Tokens served by one inference service over one interval (from counter deltas).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    /// Stable identity of the counter source, e.g. the scraped pod uid.
+    pub source: String,
+    pub tenant: String,
+    /// Inference service, `namespace/name`.
+    pub service: String,
+    /// Served model name.
+    pub model: String,
+    /// The region the service runs in (for voucher eligibility).
+    pub region: String,
+    pub tier: Tier,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+/// A validated token record with its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeteredTokens {
+    pub id: String,
+    pub source: String,
+    pub tenant: String,
+    pub service: String,
+    pub model: String,
+    pub region: String,
+    pub tier: Tier,
+    pub start_s: i64,
+    pub end_s: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+impl TokenRecord {
+    pub fn meter(&self) -> Result<MeteredTokens> {
+        text_field("source", &self.source)?;
+        text_field("tenant", &self.tenant)?;
+        text_field("service", &self.service)?;
+        text_field("model", &self.model)?;
+        text_field("region", &self.region)?;
+        let (start_s, end_s) = interval(self.start, self.end)?;
+        for (field, v) in [
+            ("prompt_tokens", self.prompt_tokens),
+            ("completion_tokens", self.completion_tokens),
+        ] {
+            if v < 0 {
+                return Err(LedgerError::invalid(
+                    field,
+                    format!(
+                        "{v} must not be negative (counter resets are handled before ingestion)"
+                    ),
+                ));
+            }
+        }
+        Ok(MeteredTokens {
+            id: record_id("tokens", &self.source, start_s, end_s),
+            source: self.source.clone(),
+            tenant: self.tenant.clone(),
+            service: self.service.clone(),
+            model: self.model.clone(),
+            region: self.region.clone(),
+            tier: self.tier,
+            start_s,
+            end_s,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+        })
+    }
+}
+
+/// What the admin sends to issue a compute voucher (算力券).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoucherSpec {
+    /// Optional caller-chosen id (makes issuing idempotent); generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub tenant: String,
+    pub issuer: String,
+    pub face_value_fen: Fen,
+    /// Largest share of each charge the voucher may cover, in basis points
+    /// (10000 = 100%). Use [`super::money::ratio_to_bp`] to convert a ratio.
+    pub copay_ratio_bp: i64,
+    pub valid_from: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+    /// Eligible regions; empty = all.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Eligible charge kinds; empty = all.
+    #[serde(default)]
+    pub kinds: Vec<ChargeKind>,
+}
+
+impl VoucherSpec {
+    pub fn validate(&self) -> Result<()> {
+        if let Some(id) = &self.id {
+            text_field("id", id)?;
+        }
+        text_field("tenant", &self.tenant)?;
+        text_field("issuer", &self.issuer)?;
+        if self.face_value_fen <= 0 {
+            return Err(LedgerError::invalid(
+                "face_value_fen",
+                format!("{} must be a positive amount in fen", self.face_value_fen),
+            ));
+        }
+        if !(1..=BP_ONE).contains(&self.copay_ratio_bp) {
+            return Err(LedgerError::invalid(
+                "copay_ratio",
+                format!(
+                    "{} basis points is outside 1..=10000: a voucher covers between 0.01% and 100% of a charge",
+                    self.copay_ratio_bp
+                ),
+            ));
+        }
+        if self.valid_until <= self.valid_from {
+            return Err(LedgerError::invalid(
+                "valid_until",
+                format!(
+                    "{} must be after valid_from {}",
+                    self.valid_until, self.valid_from
+                ),
+            ));
+        }
+        for (i, r) in self.regions.iter().enumerate() {
+            text_field(&format!("regions[{i}]"), r)?;
+        }
+        Ok(())
+    }
+}
+
+/// A voucher with its current balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voucher {
+    pub id: String,
+    pub tenant: String,
+    pub issuer: String,
+    pub face_value_fen: Fen,
+    pub balance_fen: Fen,
+    pub copay_ratio_bp: i64,
+    pub valid_from: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+    pub regions: Vec<String>,
+    pub kinds: Vec<ChargeKind>,
+    pub issued_at: DateTime<Utc>,
+}
+
+impl Voucher {
+    /// May this voucher pay a `kind` charge in `region` for the interval [start, end)?
+    /// The whole interval must lie inside the validity window.
+    pub fn eligible(&self, kind: ChargeKind, region: &str, start_s: i64, end_s: i64) -> bool {
+        self.valid_from.timestamp() <= start_s
+            && end_s <= self.valid_until.timestamp()
+            && (self.regions.is_empty() || self.regions.iter().any(|r| r == region))
+            && (self.kinds.is_empty() || self.kinds.contains(&kind))
+    }
+}
+
+/// A tenant: an SME, a department, a province… organised as a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub name: String,
+    pub parent: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Validates a tenant name: DNS-label-like, so it is safe in labels and URLs.
+pub fn validate_tenant_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LedgerError::invalid(
+            "name",
+            format!("'{name}' must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"),
+        ))
+    }
+}
+
+/// A tenant's limits. Quota enforcement reads current use from the same ledger
+/// ([`super::Ledger::month_use`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Most GPUs held at once per accelerator model ("*" = any model).
+    #[serde(default)]
+    pub gpus: BTreeMap<String, i64>,
+    /// GPU-hours per calendar month (UTC); absent = unlimited.
+    #[serde(default)]
+    pub gpu_hours_per_month: Option<i64>,
+    /// Tokens (prompt + completion) per calendar month; absent = unlimited.
+    #[serde(default)]
+    pub tokens_per_month: Option<i64>,
+    /// Share of `gpus` guaranteed to the tenant (never preempted), 0..=1.
+    #[serde(default = "one")]
+    pub guaranteed_share: f64,
+    /// Extra share of `gpus` the tenant may borrow from idle capacity, 0..=1
+    /// (borrowed GPUs may be preempted).
+    #[serde(default)]
+    pub borrowable_share: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Quota {
+    pub fn validate(&self) -> Result<()> {
+        for (model, n) in &self.gpus {
+            text_field("gpus", model)?;
+            if *n < 0 {
+                return Err(LedgerError::invalid(
+                    format!("gpus.{model}"),
+                    format!("{n} must not be negative"),
+                ));
+            }
+        }
+        for (field, v) in [
+            ("gpu_hours_per_month", self.gpu_hours_per_month),
+            ("tokens_per_month", self.tokens_per_month),
+        ] {
+            if let Some(v) = v {
+                if v < 0 {
+                    return Err(LedgerError::invalid(
+                        field,
+                        format!("{v} must not be negative"),
+                    ));
+                }
+            }
+        }
+        for (field, v) in [
+            ("guaranteed_share", self.guaranteed_share),
+            ("borrowable_share", self.borrowable_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(LedgerError::invalid(field, format!("{v} is outside 0..=1")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An audit log entry: every voucher issue, redemption, adjustment and admin action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Monotonic sequence number (use as a cursor for `since`).
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: serde_json::Value,
+}
+
+/// A calendar month (UTC): statements and monthly quotas use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Month {
+    pub year: i32,
+    pub month: u32,
+}
+
+impl Month {
+    /// Parses `YYYY-MM`.
+    pub fn parse(s: &str) -> Result<Month> {
+        let bad = || LedgerError::invalid("month", format!("'{s}' must be YYYY-MM, e.g. 2026-11"));
+        let (y, m) = s.split_once('-').ok_or_else(bad)?;
+        if y.len() != 4 || m.len() != 2 {
+            return Err(bad());
+        }
+        let year: i32 = y.parse().map_err(|_| bad())?;
+        let month: u32 = m.parse().map_err(|_| bad())?;
+        if !(1..=12).contains(&month) {
+            return Err(bad());
+        }
+        Ok(Month { year, month })
+    }
+
+    pub fn of(t: DateTime<Utc>) -> Month {
+        Month {
+            year: t.year(),
+            month: t.month(),
+        }
+    }
+
+    pub fn start(self) -> DateTime<Utc> {
+        Utc.from_utc_datetime(
+            &NaiveDate::from_ymd_opt(self.year, self.month, 1)
+                .expect("valid month")
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight"),
+        )
+    }
+
+    pub fn next(self) -> Month {
+        if self.month == 12 {
+            Month {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
+    /// [start, end) in unix seconds.
+    pub fn range_s(self) -> (i64, i64) {
+        (self.start().timestamp(), self.next().start().timestamp())
+    }
+}
+
+impl fmt::Display for Month {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn usage(source: &str, start: i64, secs: i64) -> UsageRecord {
+        UsageRecord {
+            source: source.into(),
+            tenant: "acme".into(),
+            job: "ns/train".into(),
+            region: "gansu".into(),
+            node: "n1".into(),
+            model: "H100".into(),
+            gpu_milli: 1000,
+            start: Utc.timestamp_opt(start, 0).unwrap(),
+            end: Utc.timestamp_opt(start + secs, 0).unwrap(),
+            it_energy_j: 3_600_000,
+            pue: 1.2,
+            green_share: 0.5,
+            grid_kg_per_kwh: 0.5703,
+        }
+    }
+
+    #[test]
+    fn metering_derives_facility_energy_and_carbon_by_hand() {
+        let m = usage("pod-1", 1_700_000_000, 3600).meter().unwrap();
+        assert_eq!(m.milli_gpu_s, 3_600_000);
+        assert_eq!(m.facility_j, 4_320_000); // 1 kWh × 1.2
+                                             // 1.2 kWh × 0.5 brown × 570.3 g = 342.18 g
+        assert_eq!(m.carbon_mg, 342_180);
+    }
+
+    #[test]
+    fn id_depends_on_source_and_interval_only() {
+        let a = usage("pod-1", 100, 60).meter().unwrap();
+        let mut r = usage("pod-1", 100, 60);
+        r.it_energy_j = 5;
+        assert_eq!(a.id, r.meter().unwrap().id);
+        assert_ne!(a.id, usage("pod-1", 100, 61).meter().unwrap().id);
+        assert_ne!(a.id, usage("pod-2", 100, 60).meter().unwrap().id);
+    }
+
+    #[test]
+    fn bad_usage_names_the_field() {
+        let mut r = usage("p", 100, 60);
+        r.end = r.start;
+        assert_eq!(r.meter().unwrap_err().field(), Some("end"));
+        let mut r = usage("p", 100, 60);
+        r.gpu_milli = 0;
+        assert_eq!(r.meter().unwrap_err().field(), Some("gpu_milli"));
+        let mut r = usage("p", 100, 60);
+        r.green_share = 1.5;
+        assert_eq!(r.meter().unwrap_err().field(), Some("green_share"));
+        let mut r = usage("p", 100, 60);
+        r.it_energy_j = -1;
+        assert_eq!(r.meter().unwrap_err().field(), Some("it_energy_j"));
+    }
+
+    #[test]
+    fn months_parse_and_bound() {
+        let m = Month::parse("2026-12").unwrap();
+        assert_eq!(m.to_string(), "2026-12");
+        assert_eq!(m.next().to_string(), "2027-01");
+        let (s, e) = m.range_s();
+        assert_eq!(e - s, 31 * 86_400);
+        for bad in ["2026-13", "2026-1", "26-11", "2026/11", ""] {
+            assert_eq!(
+                Month::parse(bad).unwrap_err().field(),
+                Some("month"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn tenant_names_are_label_safe() {
+        assert!(validate_tenant_name("gov-hz-01").is_ok());
+        for bad in ["", "Acme", "a b", "-x", "x-", "a/b"] {
+            assert!(validate_tenant_name(bad).is_err(), "{bad}");
+        }
+    }
+}

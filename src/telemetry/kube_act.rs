@@ -1,0 +1,142 @@
+//! The agent's control-plane edge: watch the pods bound to this node (for
+//! their `zhisuan.io/gpu-devices` annotations) and patch the Node with the
+//! publication built by [`super::publish`].
+
+use super::attribution::{devices_from_annotations, PodDevices, PodRef};
+use super::publish::{metadata_patch, status_patch, NodePublication};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+
+/// Patches the Node's labels and annotations, then its status capacity and
+/// allocatable (the status subresource). Merge patches: an empty
+/// `zhisuan.io/unhealthy-gpus` clears an earlier list.
+pub async fn publish(client: &Client, node: &str, p: &NodePublication) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let params = PatchParams::default();
+    nodes
+        .patch(node, &params, &Patch::Merge(&metadata_patch(p)))
+        .await
+        .map_err(|e| anyhow::anyhow!("patch node {node} metadata: {e}"))?;
+    nodes
+        .patch_status(node, &params, &Patch::Merge(&status_patch(p)))
+        .await
+        .map_err(|e| anyhow::anyhow!("patch node {node} status: {e}"))?;
+    Ok(())
+}
+
+/// Starts a reflector over the pods scheduled on `node`; the returned store
+/// is always the latest view. The watch runs until the runtime stops.
+pub fn watch_node_pods(client: &Client, node: &str) -> Store<Pod> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let stream = reflector::reflector(writer, watcher(pods, cfg))
+        .default_backoff()
+        .applied_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, "pod watch");
+            }
+        }
+    });
+    reader
+}
+
+/// The devices a running pod holds, from its annotations (pure). Pods that
+/// finished, carry no device annotation, or carry a malformed one (logged) are
+/// skipped.
+pub fn pod_devices(pod: &Pod) -> Option<PodDevices> {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let meta = &pod.metadata;
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    let pod_ref = PodRef {
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+    };
+    match devices_from_annotations(&annotations) {
+        Ok(Some((devices, milli))) => Some(PodDevices {
+            pod: pod_ref,
+            devices,
+            milli,
+        }),
+        // Known to the agent by uid, so processes found through cgroups carry its name.
+        Ok(None) => Some(PodDevices {
+            pod: pod_ref,
+            devices: Vec::new(),
+            milli: None,
+        }),
+        Err(msg) => {
+            tracing::warn!(pod = %pod_ref.name, namespace = %pod_ref.namespace, "{msg}");
+            None
+        }
+    }
+}
+
+/// Every pod in the store, as [`PodDevices`].
+pub fn pods_from_store(store: &Store<Pod>) -> Vec<PodDevices> {
+    store
+        .state()
+        .iter()
+        .filter_map(|p| pod_devices(p))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodStatus;
+    use kube::api::ObjectMeta;
+    use std::collections::BTreeMap;
+
+    fn pod(ann: &[(&str, &str)], phase: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("t1".into()),
+                uid: Some("u1".into()),
+                annotations: Some(
+                    ann.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<BTreeMap<_, _>>(),
+                ),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn running_pods_yield_their_annotated_devices() {
+        let p = pod(
+            &[
+                ("zhisuan.io/gpu-devices", "3"),
+                ("zhisuan.io/gpu-milli", "500"),
+            ],
+            "Running",
+        );
+        let d = pod_devices(&p).unwrap();
+        assert_eq!(d.devices, [3]);
+        assert_eq!(d.milli, Some(500));
+        assert_eq!((d.pod.namespace.as_str(), d.pod.uid.as_str()), ("t1", "u1"));
+        assert!(pod_devices(&pod(&[("zhisuan.io/gpu-devices", "3")], "Succeeded")).is_none());
+        assert!(pod_devices(&pod(&[("zhisuan.io/gpu-devices", "x")], "Running")).is_none());
+        assert!(pod_devices(&pod(&[], "Running"))
+            .unwrap()
+            .devices
+            .is_empty());
+    }
+}

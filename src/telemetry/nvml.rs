@@ -1,0 +1,337 @@
+//! NVIDIA backend through NVML (`nvml-wrapper`, libnvidia-ml loaded at run
+//! time). A machine without the driver gets [`TelemetryError::NvmlNotFound`],
+//! never a panic. Critical XID events arrive on an NVML event set watched by a
+//! background thread that keeps per-device counts.
+
+use super::{
+    short_model, Accelerator, DeviceInfo, DeviceReading, GpuProcess, TelemetryError, Throttle,
+    Vendor,
+};
+use nvml_wrapper::bitmasks::device::ThrottleReasons;
+use nvml_wrapper::bitmasks::event::EventTypes;
+use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
+use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::enums::event::XidError;
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, Nvml};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Maps an NVML initialisation failure to the error a user can act on.
+pub fn init_error(e: NvmlError) -> TelemetryError {
+    match e {
+        NvmlError::LibloadingError(_)
+        | NvmlError::LibraryNotFound
+        | NvmlError::DriverNotLoaded
+        | NvmlError::FailedToLoadSymbol(_) => TelemetryError::NvmlNotFound(e.to_string()),
+        other => TelemetryError::NvmlInit(other.to_string()),
+    }
+}
+
+#[derive(Default)]
+struct XidCounter {
+    count: AtomicU64,
+    last: AtomicU32,
+}
+
+/// Watches critical XID events until dropped.
+struct XidWatcher {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for XidWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+pub struct NvmlBackend {
+    nvml: Nvml,
+    inventory: Vec<DeviceInfo>,
+    xids: Arc<Vec<XidCounter>>,
+    /// Why XID events are not watched, if they are not (e.g. not supported).
+    pub xid_unavailable: Option<String>,
+    _watcher: Option<XidWatcher>,
+}
+
+impl NvmlBackend {
+    /// Loads libnvidia-ml from the default library path.
+    pub fn init() -> Result<Self, TelemetryError> {
+        Self::from_nvml(Nvml::init().map_err(init_error)?, None)
+    }
+
+    /// Loads libnvidia-ml from an explicit path (tests; unusual installs).
+    pub fn init_from(lib_path: &std::ffi::OsStr) -> Result<Self, TelemetryError> {
+        let nvml = Nvml::builder()
+            .lib_path(lib_path)
+            .init()
+            .map_err(init_error)?;
+        Self::from_nvml(nvml, Some(lib_path.to_owned()))
+    }
+
+    fn from_nvml(nvml: Nvml, lib_path: Option<std::ffi::OsString>) -> Result<Self, TelemetryError> {
+        let count = nvml
+            .device_count()
+            .map_err(|e| TelemetryError::NvmlInit(format!("device count: {e}")))?;
+        let mut inventory = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let dev = nvml
+                .device_by_index(i)
+                .map_err(|e| nvml_err("device_by_index", i, e))?;
+            let product_name = dev.name().map_err(|e| nvml_err("name", i, e))?;
+            let uuid = dev.uuid().map_err(|e| nvml_err("uuid", i, e))?;
+            let memory_mib = dev
+                .memory_info()
+                .map(|m| m.total / MIB)
+                .map_err(|e| nvml_err("memory_info", i, e))?;
+            inventory.push(DeviceInfo {
+                index: i,
+                model: short_model(&product_name),
+                memory_mib,
+                uuid,
+                product_name,
+            });
+        }
+        let xids: Arc<Vec<XidCounter>> =
+            Arc::new((0..count).map(|_| XidCounter::default()).collect());
+        let (watcher, xid_unavailable) = match start_xid_watcher(lib_path, count, xids.clone()) {
+            Ok(w) => (Some(w), None),
+            Err(why) => (None, Some(why)),
+        };
+        Ok(NvmlBackend {
+            nvml,
+            inventory,
+            xids,
+            xid_unavailable,
+            _watcher: watcher,
+        })
+    }
+
+    pub fn driver_version(&self) -> Option<String> {
+        self.nvml.sys_driver_version().ok()
+    }
+
+    fn read_device(&self, index: u32, dev: &Device<'_>) -> Result<DeviceReading, NvmlError> {
+        // Fields a board may not support read as zero instead of failing
+        // the whole sample; GpuLost propagates and marks the device lost.
+        fn opt<T: Default>(r: Result<T, NvmlError>) -> Result<T, NvmlError> {
+            match r {
+                Ok(v) => Ok(v),
+                Err(NvmlError::GpuLost) => Err(NvmlError::GpuLost),
+                Err(_) => Ok(T::default()),
+            }
+        }
+        let util = opt(dev.utilization_rates().map(|u| u.gpu))?;
+        let (used, total) = opt(dev.memory_info().map(|m| (m.used / MIB, m.total / MIB)))?;
+        let reasons = opt(dev.current_throttle_reasons().map(|r| r.bits()))?;
+        let reasons = ThrottleReasons::from_bits_truncate(reasons);
+        let x = &self.xids[index as usize];
+        Ok(DeviceReading {
+            index,
+            lost: false,
+            utilisation_pct: util,
+            memory_used_mib: used,
+            memory_total_mib: total,
+            power_mw: opt(dev.power_usage())? as u64,
+            energy_mj: opt(dev.total_energy_consumption())?,
+            temperature_c: opt(dev.temperature(TemperatureSensor::Gpu))?,
+            sm_clock_mhz: opt(dev.clock_info(Clock::SM))?,
+            mem_clock_mhz: opt(dev.clock_info(Clock::Memory))?,
+            throttle: Throttle {
+                thermal: reasons.intersects(
+                    ThrottleReasons::SW_THERMAL_SLOWDOWN | ThrottleReasons::HW_THERMAL_SLOWDOWN,
+                ),
+                hw_slowdown: reasons.intersects(
+                    ThrottleReasons::HW_SLOWDOWN | ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN,
+                ),
+                power_cap: reasons.contains(ThrottleReasons::SW_POWER_CAP),
+            },
+            ecc_uncorrected: opt(
+                dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
+            )?,
+            ecc_corrected: opt(dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile))?,
+            xid_count: x.count.load(Ordering::Relaxed),
+            last_xid: x.last.load(Ordering::Relaxed),
+            memory_repair_pending: opt(dev.are_pages_pending_retired())?,
+            vendor_healthy: None,
+        })
+    }
+}
+
+fn nvml_err(call: &'static str, device: u32, e: NvmlError) -> TelemetryError {
+    TelemetryError::Nvml {
+        call,
+        device,
+        message: e.to_string(),
+    }
+}
+
+/// Starts a thread with its own NVML handle (NVML is reference counted) that
+/// waits on critical-XID events and counts them per device.
+fn start_xid_watcher(
+    lib_path: Option<std::ffi::OsString>,
+    count: u32,
+    xids: Arc<Vec<XidCounter>>,
+) -> Result<XidWatcher, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let stop_flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("nvml-xid".into())
+        .spawn(move || {
+            let nvml = match &lib_path {
+                Some(p) => Nvml::builder().lib_path(p).init(),
+                None => Nvml::init(),
+            };
+            let nvml = match nvml {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("NVML init for XID events: {e}")));
+                    return;
+                }
+            };
+            let mut set = match nvml.create_event_set() {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("event set: {e}")));
+                    return;
+                }
+            };
+            for i in 0..count {
+                let dev = match nvml.device_by_index(i) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("device {i}: {e}")));
+                        return;
+                    }
+                };
+                set = match dev.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ =
+                            ready_tx.send(Err(format!("register XID events on device {i}: {e}")));
+                        return;
+                    }
+                };
+            }
+            let _ = ready_tx.send(Ok(()));
+            while !stop_flag.load(Ordering::Relaxed) {
+                match set.wait(500) {
+                    Ok(ev) => {
+                        let Ok(i) = ev.device.index() else { continue };
+                        let Some(c) = xids.get(i as usize) else {
+                            continue;
+                        };
+                        let code = match ev.event_data {
+                            Some(XidError::Value(v)) => v as u32,
+                            _ => 0,
+                        };
+                        c.last.store(code, Ordering::Relaxed);
+                        c.count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(NvmlError::Timeout) => {}
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+                }
+            }
+        })
+        .map_err(|e| format!("spawn XID thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(XidWatcher {
+            stop,
+            handle: Some(handle),
+        }),
+        Ok(Err(why)) => {
+            let _ = handle.join();
+            Err(why)
+        }
+        Err(_) => Err("XID thread ended before it was ready".into()),
+    }
+}
+
+impl Accelerator for NvmlBackend {
+    fn vendor(&self) -> Vendor {
+        Vendor::Nvidia
+    }
+
+    fn backend(&self) -> &'static str {
+        "nvml"
+    }
+
+    fn inventory(&self) -> &[DeviceInfo] {
+        &self.inventory
+    }
+
+    fn sample(&mut self, out: &mut Vec<DeviceReading>) -> Result<(), TelemetryError> {
+        out.clear();
+        for info in &self.inventory {
+            let i = info.index;
+            let reading = match self.nvml.device_by_index(i) {
+                Ok(dev) => self.read_device(i, &dev),
+                Err(e) => Err(e),
+            };
+            out.push(match reading {
+                Ok(r) => r,
+                // Lost, or gone from the bus since start: out of placement.
+                Err(_) => DeviceReading {
+                    index: i,
+                    lost: true,
+                    ..DeviceReading::default()
+                },
+            });
+        }
+        Ok(())
+    }
+
+    fn processes(&mut self, out: &mut Vec<GpuProcess>) -> Result<(), TelemetryError> {
+        out.clear();
+        for info in &self.inventory {
+            let Ok(dev) = self.nvml.device_by_index(info.index) else {
+                continue;
+            };
+            let mut procs = dev.running_compute_processes().unwrap_or_default();
+            procs.extend(dev.running_graphics_processes().unwrap_or_default());
+            for p in procs {
+                if out.iter().any(|o| o.pid == p.pid && o.device == info.index) {
+                    continue;
+                }
+                out.push(GpuProcess {
+                    pid: p.pid,
+                    device: info.index,
+                    used_memory_mib: match p.used_gpu_memory {
+                        UsedGpuMemory::Used(b) => b / MIB,
+                        UsedGpuMemory::Unavailable => 0,
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_library_is_a_clear_error_not_a_panic() {
+        let err = match NvmlBackend::init_from(std::ffi::OsStr::new(
+            "/nonexistent/zhisuan-test/libnvidia-ml.so.1",
+        )) {
+            Ok(_) => panic!("a library that does not exist loaded"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, TelemetryError::NvmlNotFound(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("NVML not found: install the NVIDIA driver or use --backend sim"),
+            "{msg}"
+        );
+    }
+}
