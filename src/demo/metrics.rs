@@ -3,7 +3,8 @@
 //! jobs by reason; placement decisions; admission wait. Names follow the
 //! metric contract the dashboards read.
 
-use crate::sim::world::{Phase, World};
+use super::tracker::JobTracker;
+use crate::sim::world::{JobId, World};
 use prometheus::{
     CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry,
 };
@@ -33,8 +34,6 @@ pub struct WorldMetrics {
     running: Gauge,
     decisions: IntCounter,
     admission_wait: Histogram,
-    /// Per job index: whether its start was already counted.
-    seen_started: Vec<bool>,
     /// Per region: totals already added to the counters (carbon kg, facility kWh).
     counted: Vec<(f64, f64)>,
 }
@@ -53,10 +52,17 @@ impl WorldMetrics {
             reg(registry, GaugeVec::new(Opts::new(name, help), labels)?)
         };
         let c = |name: &str, help: &str| {
-            reg(registry, CounterVec::new(Opts::new(name, help), &["region"])?)
+            reg(
+                registry,
+                CounterVec::new(Opts::new(name, help), &["region"])?,
+            )
         };
         Ok(WorldMetrics {
-            region_gpus: g("zhisuan_region_gpus", "GPUs installed in the region", &["region"])?,
+            region_gpus: g(
+                "zhisuan_region_gpus",
+                "GPUs installed in the region",
+                &["region"],
+            )?,
             region_allocated: g(
                 "zhisuan_region_gpus_allocated",
                 "GPUs allocated in the region (fractional GPUs as milli/1000)",
@@ -67,13 +73,20 @@ impl WorldMetrics {
                 "GPU utilisation of the region, 0..1",
                 &["region"],
             )?,
-            region_pue: g("zhisuan_region_pue", "Power usage effectiveness of the region", &["region"])?,
+            region_pue: g(
+                "zhisuan_region_pue",
+                "Power usage effectiveness of the region",
+                &["region"],
+            )?,
             region_green: g(
                 "zhisuan_region_green_share",
                 "Share of the region's electricity that is green now, 0..1",
                 &["region"],
             )?,
-            region_carbon: c("zhisuan_region_carbon_kg_total", "kg CO2 emitted for metered usage")?,
+            region_carbon: c(
+                "zhisuan_region_carbon_kg_total",
+                "kg CO2 emitted for metered usage",
+            )?,
             region_facility_kwh: c(
                 "zhisuan_region_facility_kwh_total",
                 "Facility energy (IT × PUE) of metered usage, kWh",
@@ -86,11 +99,17 @@ impl WorldMetrics {
             pending: reg(
                 registry,
                 IntGaugeVec::new(
-                    Opts::new("zhisuan_pending_jobs", "Jobs waiting, by the reason in their explanation"),
+                    Opts::new(
+                        "zhisuan_pending_jobs",
+                        "Jobs waiting, by the reason in their explanation",
+                    ),
                     &["reason"],
                 )?,
             )?,
-            running: reg(registry, Gauge::new("zhisuan_running_jobs", "Jobs running")?)?,
+            running: reg(
+                registry,
+                Gauge::new("zhisuan_running_jobs", "Jobs running")?,
+            )?,
             decisions: reg(
                 registry,
                 IntCounter::new(
@@ -105,23 +124,35 @@ impl WorldMetrics {
                         "zhisuan_admission_wait_seconds",
                         "Simulated seconds from submission to start",
                     )
-                    .buckets(vec![0.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 86400.0]),
+                    .buckets(vec![
+                        0.0,
+                        60.0,
+                        300.0,
+                        900.0,
+                        3600.0,
+                        4.0 * 3600.0,
+                        86400.0,
+                    ]),
                 )?,
             )?,
-            seen_started: Vec::new(),
             counted: Vec::new(),
         })
     }
 
-    /// Refreshes every series from the world's current state.
-    pub fn observe(&mut self, world: &World) {
+    /// Refreshes every series from the world's current state; `started` are
+    /// the jobs the tracker saw start since the last call.
+    pub fn observe(&mut self, world: &World, tracker: &JobTracker, started: &[JobId]) {
         let stats = world.region_stats();
         self.counted.resize(stats.len(), (0.0, 0.0));
         for (r, s) in stats.iter().enumerate() {
             let l = [s.name.as_str()];
             self.region_gpus.with_label_values(&l).set(s.gpus as f64);
-            self.region_allocated.with_label_values(&l).set(s.gpus_allocated);
-            self.region_utilisation.with_label_values(&l).set(s.utilisation);
+            self.region_allocated
+                .with_label_values(&l)
+                .set(s.gpus_allocated);
+            self.region_utilisation
+                .with_label_values(&l)
+                .set(s.utilisation);
             self.region_pue.with_label_values(&l).set(s.pue);
             self.region_green.with_label_values(&l).set(s.green_share);
             let (carbon, kwh) = &mut self.counted[r];
@@ -143,27 +174,20 @@ impl WorldMetrics {
         }
 
         let mut pending = vec![0i64; PENDING_REASONS.len()];
-        let mut running = 0u64;
-        let now = world.now_s();
-        let jobs = world.jobs();
-        self.seen_started.resize(jobs.len(), false);
-        for (i, job) in jobs.iter().enumerate() {
+        for job in tracker.live().filter_map(|id| world.job(id)) {
             if let Some(reason) = job.pending_reason() {
                 let k = PENDING_REASONS.iter().position(|r| *r == reason);
                 pending[k.unwrap_or(0)] += 1;
             }
-            if job.phase == Phase::Running {
-                running += 1;
-            }
-            if job.started_s.is_some() && !self.seen_started[i] {
-                self.seen_started[i] = true;
-                self.decisions.inc_by(u64::from(job.spec.replicas));
-                self.admission_wait.observe(job.wait_s(now) as f64);
-            }
+        }
+        let now = world.now_s();
+        for job in started.iter().filter_map(|&id| world.job(id)) {
+            self.decisions.inc_by(u64::from(job.spec.replicas));
+            self.admission_wait.observe(job.wait_s(now) as f64);
         }
         for (reason, n) in PENDING_REASONS.iter().zip(pending) {
             self.pending.with_label_values(&[reason]).set(n);
         }
-        self.running.set(running as f64);
+        self.running.set(tracker.running as f64);
     }
 }

@@ -6,16 +6,18 @@
 //! charged against vouchers in the SQLite ledger, and the quota API, the web
 //! page and `/metrics` are served on `--listen` meanwhile.
 
-pub mod metrics;
 pub mod meter;
+pub mod metrics;
 pub mod setup;
 pub mod summary;
+pub mod telemetry;
+pub mod tracker;
 
 use crate::error::InputError;
 use crate::ledger::Ledger;
 use crate::regions::catalog::Catalog;
 use crate::regions::plan::{JobKind, JobSpec};
-use crate::sim::world::{Phase, World, WorldConfig};
+use crate::sim::world::{World, WorldConfig};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -35,7 +37,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Simulated seconds per wall-clock second.
-    #[arg(long, default_value_t = 1800.0)]
+    #[arg(long, default_value_t = 600.0)]
     pub speed: f64,
     /// Stop after this many wall-clock seconds (default: run until Ctrl-C).
     #[arg(long)]
@@ -60,6 +62,13 @@ pub struct DemoArgs {
     /// Seconds between status lines on stderr (0: none).
     #[arg(long, default_value_t = 5.0)]
     pub status_every: f64,
+    /// Stop once this many simulated hours have passed since the start.
+    #[arg(long)]
+    pub sim_hours: Option<f64>,
+    /// Simulated start time (RFC 3339, e.g. 2026-11-01T00:00:00Z; default: the
+    /// current hour). Ignored when resuming a kept `--db`.
+    #[arg(long)]
+    pub start_at: Option<DateTime<Utc>>,
     /// Seed of the placement engines' tie-breaks.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -113,13 +122,27 @@ struct Workload {
 impl Workload {
     fn new(mut jobs: Vec<(i64, JobSpec)>) -> anyhow::Result<Workload> {
         if jobs.is_empty() {
-            return Err(InputError::new("workload: no jobs; give a workload CSV with at least one row").into());
+            return Err(InputError::new(
+                "workload: no jobs; give a workload CSV with at least one row",
+            )
+            .into());
         }
         jobs.sort_by_key(|(t, _)| *t);
+        // The openb trace's first hours hold a handful of long-running pods;
+        // nearly all arrivals come later. Start ten minutes before the first
+        // percentile of arrivals, the earlier jobs arriving at the start.
+        let skip = (jobs[jobs.len() / 100].0 - 600).max(0);
+        for (t, _) in &mut jobs {
+            *t = (*t - skip).max(0);
+        }
         let last = jobs.last().map_or(0, |(t, _)| *t);
         // A cycle ends an hour after the last arrival.
         let cycle_s = last + 3600;
-        Ok(Workload { jobs, cycle_s, next: 0 })
+        Ok(Workload {
+            jobs,
+            cycle_s,
+            next: 0,
+        })
     }
 
     fn peek(&self) -> (i64, u64, &JobSpec) {
@@ -150,7 +173,8 @@ struct ScratchDir(PathBuf);
 impl ScratchDir {
     fn new() -> anyhow::Result<ScratchDir> {
         let mut suffix = [0u8; 8];
-        getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("no randomness for a temp dir name: {e}"))?;
+        getrandom::fill(&mut suffix)
+            .map_err(|e| anyhow::anyhow!("no randomness for a temp dir name: {e}"))?;
         let dir = std::env::temp_dir().join(format!("zhisuan-demo-{}", hex::encode(suffix)));
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(ScratchDir(dir))
@@ -171,7 +195,10 @@ struct Driver {
     start_s: i64,
     grid_kg_per_kwh: HashMap<String, f64>,
     metrics: metrics::WorldMetrics,
-    submitted: u64,
+    tracker: tracker::JobTracker,
+    started: Vec<crate::sim::world::JobId>,
+    agents: Arc<Mutex<telemetry::SimAgents>>,
+    last_step: Instant,
     failed: u64,
     records_new: u64,
     records_duplicate: u64,
@@ -182,10 +209,9 @@ impl Driver {
     /// at their own times, then meters the usage into the ledger.
     fn step(&mut self, t_s: i64) -> anyhow::Result<()> {
         let (usage, tokens) = {
-            let mut world = self.world.lock().unwrap_or_else(|p| p.into_inner());
+            let mut world = lock(&self.world);
             while let Some((at, spec)) = self.workload.pop_until(t_s - self.start_s) {
                 world.advance_to(self.start_s + at);
-                self.submitted += 1;
                 if world.submit(spec).is_err() {
                     self.failed += 1;
                 }
@@ -195,18 +221,31 @@ impl Driver {
             let mut usage = Vec::with_capacity(intervals.len());
             let mut tokens = Vec::new();
             for iv in &intervals {
-                let grid = self.grid_kg_per_kwh.get(&iv.region).copied().unwrap_or(0.5703);
+                let grid = self
+                    .grid_kg_per_kwh
+                    .get(&iv.region)
+                    .copied()
+                    .unwrap_or(0.5703);
                 usage.push(meter::usage_record(iv, grid));
-                let kind = world.job(iv.job_id).map_or(JobKind::Training, |j| j.spec.kind);
+                let kind = world
+                    .job(iv.job_id)
+                    .map_or(JobKind::Training, |j| j.spec.kind);
                 if let Some(t) = meter::token_record(iv, kind, setup::tier_of(&iv.tenant)) {
                     tokens.push(t);
                 }
             }
-            self.metrics.observe(&world);
+            self.tracker.refresh(&world, &mut self.started);
+            self.metrics.observe(&world, &self.tracker, &self.started);
+            let dt_ms = self.last_step.elapsed().as_millis() as u64;
+            self.last_step = Instant::now();
+            lock(&self.agents).step(&world, &self.tracker, dt_ms);
             (usage, tokens)
         };
         if !usage.is_empty() || !tokens.is_empty() {
-            let report = self.ledger.ingest(&usage, &tokens).context("ledger ingestion")?;
+            let report = self
+                .ledger
+                .ingest(&usage, &tokens)
+                .context("ledger ingestion")?;
             self.records_new += report.usage_new as u64;
             self.records_duplicate += report.usage_duplicate as u64;
         }
@@ -214,35 +253,22 @@ impl Driver {
     }
 
     fn job_counts(&self) -> summary::JobCounts {
-        let world = self.world.lock().unwrap_or_else(|p| p.into_inner());
-        let mut c = summary::JobCounts {
-            submitted: self.submitted,
+        let t = &self.tracker;
+        summary::JobCounts {
+            // Jobs submitted through the API count too.
+            submitted: t.submitted() + self.failed,
+            placed: t.placed,
+            running: t.running,
+            finished: t.finished,
+            pending: t.pending,
             failed: self.failed,
-            ..Default::default()
-        };
-        for j in world.jobs() {
-            match j.phase {
-                Phase::Pending => c.pending += 1,
-                Phase::Running => c.running += 1,
-                Phase::Succeeded | Phase::Cancelled => {
-                    if j.started_s.is_some() {
-                        c.finished += 1
-                    }
-                }
-            }
-            if j.started_s.is_some() {
-                c.placed += 1;
-            }
         }
-        // Jobs submitted through the API count too.
-        c.submitted = c.submitted.max(world.jobs().len() as u64 + self.failed);
-        c
     }
 
     fn summary(&self, wall_s: f64, speed: f64) -> anyhow::Result<summary::Summary> {
         let jobs = self.job_counts();
         let (now_s, regions) = {
-            let world = self.world.lock().unwrap_or_else(|p| p.into_inner());
+            let world = lock(&self.world);
             (world.now_s(), world.region_stats())
         };
         let regions: Vec<summary::RegionLine> = regions
@@ -314,7 +340,7 @@ impl Driver {
 
     fn status_line(&self, wall_s: f64) -> String {
         let c = self.job_counts();
-        let world = self.world.lock().unwrap_or_else(|p| p.into_inner());
+        let world = lock(&self.world);
         let stats = world.region_stats();
         let gpus: u64 = stats.iter().map(|r| r.gpus).sum();
         let alloc: f64 = stats.iter().map(|r| r.gpus_allocated).sum();
@@ -363,8 +389,17 @@ fn validate(args: &DemoArgs) -> Result<(), InputError> {
             )));
         }
     }
+    if let Some(h) = args.sim_hours {
+        if !(h.is_finite() && h > 0.0) {
+            return Err(InputError::new(format!(
+                "--sim-hours {h}: must be a positive number of simulated hours"
+            )));
+        }
+    }
     if !(args.status_every.is_finite() && args.status_every >= 0.0) {
-        return Err(InputError::new("--status-every: must be ≥ 0 seconds (0 = no status line)"));
+        return Err(InputError::new(
+            "--status-every: must be ≥ 0 seconds (0 = no status line)",
+        ));
     }
     Ok(())
 }
@@ -377,10 +412,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let (workload_text, workload_name) = match &args.workload {
         Some(p) => (
-            std::fs::read_to_string(p).map_err(|e| InputError::new(format!("--workload {}: {e}", p.display())))?,
+            std::fs::read_to_string(p)
+                .map_err(|e| InputError::new(format!("--workload {}: {e}", p.display())))?,
             p.display().to_string(),
         ),
-        None => (DEFAULT_WORKLOAD.to_string(), DEFAULT_WORKLOAD_NAME.to_string()),
+        None => (
+            DEFAULT_WORKLOAD.to_string(),
+            DEFAULT_WORKLOAD_NAME.to_string(),
+        ),
     };
     let jobs = crate::sim::regions::parse_workload(&workload_text, &workload_name, &catalog)?;
     let workload = Workload::new(jobs)?;
@@ -396,12 +435,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         (None, None) => unreachable!("a scratch directory exists when --db is absent"),
     };
     let cp_path = checkpoint_path(&db_path);
-    let checkpoint = if args.db.is_some() { load_checkpoint(&cp_path)? } else { None };
-    let start_s = checkpoint.map_or_else(|| Utc::now().timestamp() / 3600 * 3600, |c| c.start_s);
+    let checkpoint = if args.db.is_some() {
+        load_checkpoint(&cp_path)?
+    } else {
+        None
+    };
+    let start_s = match (checkpoint, args.start_at) {
+        (Some(c), _) => c.start_s,
+        (None, Some(t)) => t.timestamp(),
+        (None, None) => Utc::now().timestamp() / 3600 * 3600,
+    };
+    let end_s = args.sim_hours.map(|h| start_s + (h * 3600.0) as i64);
     let ledger = Ledger::open(&db_path.display().to_string())
         .with_context(|| format!("opening the ledger {}", db_path.display()))?;
     let valid_from = DateTime::<Utc>::from_timestamp(start_s, 0).unwrap_or_default();
-    setup::seed(&ledger, valid_from, valid_from + chrono::Duration::days(366))?;
+    setup::seed(
+        &ledger,
+        valid_from,
+        valid_from + chrono::Duration::days(366),
+    )?;
 
     let registry = prometheus::Registry::new();
     ledger.register_metrics(&registry)?;
@@ -420,6 +472,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..WorldConfig::default()
         },
     )?;
+    let agents = Arc::new(Mutex::new(telemetry::SimAgents::new(&world, 1)?));
+    registry.register(Box::new(telemetry::AgentsCollector(Arc::clone(&agents))))?;
     let world = Arc::new(Mutex::new(world));
     let mut driver = Driver {
         world: Arc::clone(&world),
@@ -428,7 +482,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         start_s,
         grid_kg_per_kwh,
         metrics: metrics::WorldMetrics::new(&registry)?,
-        submitted: 0,
+        tracker: tracker::JobTracker::default(),
+        started: Vec::new(),
+        agents: Arc::clone(&agents),
+        last_step: Instant::now(),
         failed: 0,
         records_new: 0,
         records_duplicate: 0,
@@ -438,7 +495,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // simulated time (the ledger skips records it already holds).
     let resume_s = checkpoint.map_or(start_s, |c| c.reached_s.max(start_s));
     if resume_s > start_s {
-        eprintln!("demo: resuming {} simulated hours from {}", (resume_s - start_s) / 3600, cp_path.display());
+        eprintln!(
+            "demo: resuming {} simulated hours from {}",
+            (resume_s - start_s) / 3600,
+            cp_path.display()
+        );
         let mut t = start_s;
         while t < resume_s {
             t = (t + 6 * 3600).min(resume_s);
@@ -479,7 +540,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "demo: serving the API, the web page and /metrics on http://{} ({}× speed{})",
         args.listen,
         args.speed,
-        args.duration.map_or(", Ctrl-C to stop".to_string(), |d| format!(", for {d} s"))
+        args.duration
+            .map_or(", Ctrl-C to stop".to_string(), |d| format!(", for {d} s"))
     );
 
     let began = Instant::now();
@@ -487,11 +549,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<()> {
         loop {
             let wall = began.elapsed().as_secs_f64();
-            let done = stop.load(Ordering::Relaxed) || args.duration.is_some_and(|d| wall >= d);
-            let target = resume_s + (wall * args.speed) as i64;
+            let mut done = stop.load(Ordering::Relaxed) || args.duration.is_some_and(|d| wall >= d);
+            let mut target = resume_s + (wall * args.speed) as i64;
+            if let Some(end) = end_s {
+                done |= target >= end;
+                target = target.min(end);
+            }
             driver.step(target)?;
             if args.db.is_some() {
-                save_checkpoint(&cp_path, &Checkpoint { start_s, reached_s: target })?;
+                save_checkpoint(
+                    &cp_path,
+                    &Checkpoint {
+                        start_s,
+                        reached_s: target,
+                    },
+                )?;
             }
             if done {
                 return Ok(());
@@ -522,14 +594,25 @@ fn http_app(registry: &prometheus::Registry) -> axum::Router {
     crate::api::page::router().route(
         "/metrics",
         axum::routing::get(move || {
-            let registry = registry.clone();
+            let families = registry.gather();
             async move {
                 let mut out = String::new();
-                let _ = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out);
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+                let _ = prometheus::TextEncoder::new().encode_utf8(&families, &mut out);
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    out,
+                )
             }
         }),
     )
+}
+
+/// Locks a mutex, taking the data of a poisoned one (the demo's state stays usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -562,7 +645,9 @@ mod tests {
     fn workload_repeats_with_new_names() {
         let mut w = Workload::new(vec![(100, spec("b")), (0, spec("a"))]).unwrap();
         assert_eq!(w.cycle_s, 100 + 3600);
-        let first: Vec<_> = std::iter::from_fn(|| w.pop_until(3700)).map(|(t, s)| (t, s.name)).collect();
+        let first: Vec<_> = std::iter::from_fn(|| w.pop_until(3700))
+            .map(|(t, s)| (t, s.name))
+            .collect();
         assert_eq!(first, vec![(0, "a".to_string()), (100, "b".to_string())]);
         assert!(w.pop_until(3699).is_none());
         let (t, s) = w.pop_until(3700).unwrap();
@@ -578,7 +663,10 @@ mod tests {
         let path = checkpoint_path(&db);
         assert_eq!(path, dir.path().join("ledger.sqlite.demo.json"));
         assert_eq!(load_checkpoint(&path).unwrap(), None);
-        let cp = Checkpoint { start_s: 3600, reached_s: 7200 };
+        let cp = Checkpoint {
+            start_s: 3600,
+            reached_s: 7200,
+        };
         save_checkpoint(&path, &cp).unwrap();
         assert_eq!(load_checkpoint(&path).unwrap(), Some(cp));
         std::fs::write(&path, "{not json").unwrap();
@@ -598,11 +686,22 @@ mod tests {
             workload: None,
             admin_key_file: None,
             status_every: 5.0,
+            sim_hours: None,
+            start_at: None,
             seed: 1,
         };
-        assert!(validate(&args(0.0, None)).unwrap_err().0.contains("--speed"));
-        assert!(validate(&args(f64::NAN, None)).unwrap_err().0.contains("--speed"));
-        assert!(validate(&args(10.0, Some(-1.0))).unwrap_err().0.contains("--duration"));
+        assert!(validate(&args(0.0, None))
+            .unwrap_err()
+            .0
+            .contains("--speed"));
+        assert!(validate(&args(f64::NAN, None))
+            .unwrap_err()
+            .0
+            .contains("--speed"));
+        assert!(validate(&args(10.0, Some(-1.0)))
+            .unwrap_err()
+            .0
+            .contains("--duration"));
         assert!(validate(&args(10.0, Some(5.0))).is_ok());
     }
 }

@@ -33,7 +33,12 @@ pub const TENANTS: &[DemoTenant] = &[
         tier: Tier::Basic,
         max_gpus: 600,
         // Hangzhou-style compute voucher: covers up to 50% of each bill.
-        voucher: Some(("Hangzhou Municipal Economic and Information Bureau", 200_000, 5_000, &[])),
+        voucher: Some((
+            "Hangzhou Municipal Economic and Information Bureau",
+            200_000,
+            5_000,
+            &[],
+        )),
     },
     DemoTenant {
         name: "sh-fin-ai",
@@ -75,7 +80,12 @@ pub const TENANTS: &[DemoTenant] = &[
         parent: None,
         tier: Tier::Basic,
         max_gpus: 300,
-        voucher: Some(("Sichuan Provincial Department of Education", 30_000, 6_000, &[])),
+        voucher: Some((
+            "Sichuan Provincial Department of Education",
+            30_000,
+            6_000,
+            &[],
+        )),
     },
 ];
 

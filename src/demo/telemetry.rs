@@ -5,8 +5,9 @@
 //! up on `/metrics` beside the rest.
 //!
 //! Each agent registers its metrics on its own registry (the agent's metrics
-//! are one set per node); [`SimAgents::gather`] merges the families.
+//! are one set per node); [`AgentsCollector`] puts them on the demo's registry.
 
+use super::tracker::JobTracker;
 use crate::sim::world::{Phase, World};
 use crate::telemetry::agent::{Agent, AgentConfig};
 use crate::telemetry::attribution::{PodDevices, PodRef};
@@ -15,7 +16,8 @@ use crate::telemetry::metrics::AgentMetrics;
 use crate::telemetry::sim::{SimConfig, SimNode};
 use prometheus::proto::MetricFamily;
 use prometheus::Registry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 struct NodeAgent {
     region: usize,
@@ -80,20 +82,20 @@ impl SimAgents {
     }
 
     /// One sampling step after `dt_ms` of wall time.
-    pub fn step(&mut self, world: &World, dt_ms: u64) {
-        for a in &mut self.agents {
+    pub fn step(&mut self, world: &World, tracker: &JobTracker, dt_ms: u64) {
+        let mut pods = pods_by_node(world, tracker, &self.agents);
+        for (k, a) in self.agents.iter_mut().enumerate() {
             let cluster = world.engines().engine(a.region).cluster();
-            let free = cluster.device_free(a.node);
             let sim = a.agent.backend_mut();
-            for (device, free_milli) in free.iter().enumerate() {
+            for (device, free_milli) in cluster.device_free(a.node).iter().enumerate() {
                 // A device works in proportion to the share allocated on it.
                 let used = 1000u32.saturating_sub(u32::from(*free_milli));
                 sim.set_utilisation(device as u32, Some(used / 10));
             }
             sim.advance(dt_ms);
-            let pods = pods_on(world, a.region, a.node);
-            // A failed sample is shown by the agent's own counter; the demo goes on.
-            let _ = a.agent.step(&pods);
+            let on_node = pods.remove(&k).unwrap_or_default();
+            // A failed sample is counted by the agent's own metrics; the demo goes on.
+            let _ = a.agent.step(&on_node);
         }
     }
 
@@ -117,22 +119,46 @@ impl SimAgents {
     }
 }
 
-/// The running replicas on one node, as the agent sees pods and devices.
-fn pods_on(world: &World, region: usize, node: u32) -> Vec<PodDevices> {
-    let mut pods = Vec::new();
-    for job in world.jobs() {
+/// Exposes the agents' families through a shared registry: registered with
+/// no descriptors of its own, its families are merged by name at gather time.
+pub struct AgentsCollector(pub Arc<Mutex<SimAgents>>);
+
+impl prometheus::core::Collector for AgentsCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        Vec::new()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).gather()
+    }
+}
+
+/// The running replicas on the agents' nodes (agent index → pods), from one
+/// pass over the live jobs.
+fn pods_by_node(
+    world: &World,
+    tracker: &JobTracker,
+    agents: &[NodeAgent],
+) -> HashMap<usize, Vec<PodDevices>> {
+    let agent_of: HashMap<(usize, u32), usize> = agents
+        .iter()
+        .enumerate()
+        .map(|(k, a)| ((a.region, a.node), k))
+        .collect();
+    let mut pods: HashMap<usize, Vec<PodDevices>> = HashMap::new();
+    for job in tracker.live().filter_map(|id| world.job(id)) {
         if job.phase != Phase::Running {
             continue;
         }
         let Some(p) = &job.placement else { continue };
-        if usize::from(p.region) != region {
-            continue;
-        }
         for (replica, d) in p.decisions.iter().enumerate() {
-            if d.node != node || d.devices.is_empty() {
+            let Some(&k) = agent_of.get(&(usize::from(p.region), d.node)) else {
+                continue;
+            };
+            if d.devices.is_empty() {
                 continue;
             }
-            pods.push(PodDevices {
+            pods.entry(k).or_default().push(PodDevices {
                 pod: PodRef {
                     namespace: job.spec.tenant.clone(),
                     name: format!("{}-{replica}", job.spec.name),

@@ -46,14 +46,21 @@ impl Prometheus {
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start prometheus");
-        let prom = Prometheus { child, addr, _dir: dir };
+        let prom = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
         prom.wait_until(Duration::from_secs(60), "Prometheus ready", || {
             reqwest::blocking::get(format!("http://{}/-/ready", prom.addr))
                 .is_ok_and(|r| r.status().is_success())
@@ -82,8 +89,11 @@ impl Prometheus {
     pub fn query(&self, expr: &str) -> Vec<serde_json::Value> {
         let client = reqwest::blocking::Client::new();
         let resp = client
-            .get(format!("http://{}/api/v1/query", self.addr))
-            .query(&[("query", expr)])
+            .get(format!(
+                "http://{}/api/v1/query?query={}",
+                self.addr,
+                percent_encode(expr)
+            ))
             .send()
             .unwrap_or_else(|e| panic!("query {expr}: {e}"));
         let body: serde_json::Value = resp.json().unwrap();
@@ -101,4 +111,16 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Percent-encodes a query-string value (everything but unreserved characters).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
