@@ -27,9 +27,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const DEFAULT_WORKLOAD: &str = include_str!("../../data/workload/openb-regions.csv");
-const DEFAULT_WORKLOAD_NAME: &str = "data/workload/openb-regions.csv";
-
 /// Arguments of `zhisuan demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
