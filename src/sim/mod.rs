@@ -1,4 +1,5 @@
 //! Simulators: trace replay (issue #2) and the multi-region simulation (issue #3).
 
+pub mod openb;
 pub mod regions;
 pub mod replay;

@@ -62,6 +62,10 @@ pub struct AgentArgs {
     /// Stop after this many samples (measurement runs).
     #[arg(long)]
     pub samples: Option<u64>,
+    /// At exit, print the agent's own overhead as JSON (CPU % of one core
+    /// and peak RSS, read from /proc/self) — use with --samples.
+    #[arg(long)]
+    pub report_overhead: bool,
     /// Republish the node heartbeat at least this often, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub heartbeat: f64,
@@ -168,7 +172,72 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start tokio runtime")?;
-    rt.block_on(serve(args, agent, registry, publish_errors))
+    let report = args
+        .report_overhead
+        .then(|| (Instant::now(), ProcSelf::read()));
+    let interval = args.interval;
+    let samples = args.samples;
+    rt.block_on(serve(args, agent, registry, publish_errors))?;
+    if let Some((started, at_start)) = report {
+        let wall_s = started.elapsed().as_secs_f64();
+        let now = ProcSelf::read();
+        let cpu_s = now.cpu_s - at_start.cpu_s;
+        let out = json!({
+            "samples": samples,
+            "interval_s": interval,
+            "wall_s": wall_s,
+            "cpu_s": cpu_s,
+            "cpu_pct_of_one_core": 100.0 * cpu_s / wall_s,
+            "rss_peak_mib": now.rss_peak_kib as f64 / 1024.0,
+            "rss_end_mib": now.rss_kib as f64 / 1024.0,
+            "threads": now.threads,
+        });
+        println!("{out}");
+    }
+    Ok(())
+}
+
+/// This process's CPU time and memory from /proc/self (Linux; zeros elsewhere).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcSelf {
+    /// User + system CPU seconds (USER_HZ = 100 ticks per second on Linux).
+    pub cpu_s: f64,
+    pub rss_kib: u64,
+    pub rss_peak_kib: u64,
+    pub threads: u64,
+}
+
+impl ProcSelf {
+    pub fn read() -> Self {
+        let mut out = ProcSelf::default();
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the parenthesised command name; utime and stime are
+            // the 14th and 15th fields of the whole line.
+            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                out.cpu_s = (ticks(11) + ticks(12)) as f64 / 100.0;
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            for line in status.lines() {
+                let kib = || {
+                    line.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                if line.starts_with("VmRSS:") {
+                    out.rss_kib = kib();
+                } else if line.starts_with("VmHWM:") {
+                    out.rss_peak_kib = kib();
+                } else if line.starts_with("Threads:") {
+                    out.threads = kib();
+                }
+            }
+        }
+        out
+    }
 }
 
 fn run_once(args: &AgentArgs) -> anyhow::Result<()> {
@@ -239,28 +308,95 @@ fn substance(p: &NodePublication) -> NodePublication {
     p
 }
 
+/// What the serving loop needs besides the agent.
+pub struct ServeOptions {
+    pub listen: String,
+    pub node: String,
+    pub interval: Duration,
+    pub heartbeat: Duration,
+    /// Stop after this many samples.
+    pub samples: Option<u64>,
+}
+
+impl ServeOptions {
+    fn from_args(args: &AgentArgs) -> Self {
+        ServeOptions {
+            listen: args.listen.clone(),
+            node: node_name(args),
+            interval: Duration::from_secs_f64(args.interval),
+            heartbeat: Duration::from_secs_f64(args.heartbeat),
+            samples: args.samples,
+        }
+    }
+}
+
 async fn serve(
     args: AgentArgs,
     agent: Agent<Box<dyn Accelerator>>,
     registry: prometheus::Registry,
     publish_errors: prometheus::IntCounter,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let client = if args.no_publish {
+        None
+    } else {
+        Some(kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!(
+                "no Kubernetes API reachable ({e}): run in-cluster, set KUBECONFIG, or pass --no-publish"
+            )
+        })?)
+    };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    let opts = ServeOptions::from_args(&args);
+    serve_agent(
+        agent,
+        registry,
+        publish_errors,
+        opts,
+        client,
+        shutdown,
+        |addr| eprintln!("zhisuan agent: serving http://{addr}/metrics"),
+    )
+    .await
+}
+
+/// Runs an agent until `shutdown` resolves or `opts.samples` are taken:
+/// samples on a dedicated thread, serves `/metrics` and `/healthz` on
+/// `opts.listen` (`on_listen` gets the bound address), and, given a client,
+/// watches the node's pods and patches the Node whenever the publication
+/// changes or the heartbeat is due.
+pub async fn serve_agent<B: Accelerator + 'static>(
+    agent: Agent<B>,
+    registry: prometheus::Registry,
+    publish_errors: prometheus::IntCounter,
+    opts: ServeOptions,
+    client: Option<kube::Client>,
+    shutdown: impl std::future::Future<Output = ()>,
+    on_listen: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
-        .map_err(|e| InputError::new(format!("--listen {}: cannot bind: {e}", args.listen)))?;
-    let addr = listener.local_addr()?;
-    eprintln!("zhisuan agent: serving http://{addr}/metrics");
+        .map_err(|e| InputError::new(format!("--listen {}: cannot bind: {e}", opts.listen)))?;
+    on_listen(listener.local_addr()?);
 
     let registry = Arc::new(registry);
     let app = axum::Router::new()
         .route(
             "/metrics",
-            axum::routing::get(|axum::extract::State(r): axum::extract::State<Arc<prometheus::Registry>>| async move {
-                let body = prometheus::TextEncoder::new()
-                    .encode_to_string(&r.gather())
-                    .unwrap_or_default();
-                ([("content-type", "text/plain; version=0.0.4")], body)
-            }),
+            axum::routing::get(
+                |axum::extract::State(r): axum::extract::State<Arc<prometheus::Registry>>| async move {
+                    let body = prometheus::TextEncoder::new()
+                        .encode_to_string(&r.gather())
+                        .unwrap_or_default();
+                    ([("content-type", "text/plain; version=0.0.4")], body)
+                },
+            ),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .with_state(registry);
@@ -274,24 +410,15 @@ async fn serve(
             .await
     });
 
-    let (client, pod_store) = if args.no_publish {
-        (None, None)
-    } else {
-        let client = kube::Client::try_default().await.map_err(|e| {
-            anyhow::anyhow!(
-                "no Kubernetes API reachable ({e}): run in-cluster, set KUBECONFIG, or pass --no-publish"
-            )
-        })?;
-        let node = node_name(&args);
-        let store = kube_act::watch_node_pods(&client, &node);
-        (Some(client), Some(store))
-    };
+    let pod_store = client
+        .as_ref()
+        .map(|c| kube_act::watch_node_pods(c, &opts.node));
 
     // Sampler thread: blocking backend calls stay off the runtime.
     let (pub_tx, mut pub_rx) = tokio::sync::watch::channel::<Option<NodePublication>>(None);
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let interval = Duration::from_secs_f64(args.interval);
-    let max_samples = args.samples;
+    let interval = opts.interval;
+    let max_samples = opts.samples;
     let sampler = std::thread::Builder::new()
         .name("sampler".into())
         .spawn(move || {
@@ -326,15 +453,11 @@ async fn serve(
         })
         .context("spawn sampler thread")?;
 
-    let node = node_name(&args);
-    let heartbeat = Duration::from_secs_f64(args.heartbeat);
     let mut last_published: Option<(NodePublication, Instant)> = None;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("install SIGTERM handler")?;
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            _ = &mut shutdown => break,
             changed = pub_rx.changed() => {
                 if changed.is_err() {
                     break; // sampler finished (--samples)
@@ -343,10 +466,10 @@ async fn serve(
                 let Some(client) = &client else { continue };
                 let due = match &last_published {
                     None => true,
-                    Some((last, at)) => substance(last) != substance(&p) || at.elapsed() >= heartbeat,
+                    Some((last, at)) => substance(last) != substance(&p) || at.elapsed() >= opts.heartbeat,
                 };
                 if due {
-                    match kube_act::publish(client, &node, &p).await {
+                    match kube_act::publish(client, &opts.node, &p).await {
                         Ok(()) => last_published = Some((p, Instant::now())),
                         Err(e) => {
                             publish_errors.inc();
@@ -367,4 +490,45 @@ async fn serve(
         .context("metrics server task")?
         .context("metrics server")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_self_reads_cpu_time_and_memory_of_this_process() {
+        let before = ProcSelf::read();
+        // Burn CPU until the kernel has charged at least one 10 ms tick
+        // (bounded: a CPU counter that never moves fails the test).
+        let t = Instant::now();
+        let mut x = 0u64;
+        let mut after = ProcSelf::read();
+        while after.cpu_s <= before.cpu_s && t.elapsed() < Duration::from_secs(20) {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            after = ProcSelf::read();
+        }
+        std::hint::black_box(x);
+        assert!(after.cpu_s > before.cpu_s, "{before:?} → {after:?}");
+        assert!(after.rss_kib > 0 && after.rss_peak_kib >= after.rss_kib);
+        assert!(after.threads >= 1);
+    }
+
+    #[test]
+    fn substance_ignores_only_the_heartbeat() {
+        let mut a = NodePublication {
+            labels: Default::default(),
+            annotations: [(ANNOTATION_HEARTBEAT.to_string(), "t1".to_string())].into(),
+            capacity: Default::default(),
+        };
+        let mut b = a.clone();
+        b.annotations
+            .insert(ANNOTATION_HEARTBEAT.into(), "t2".into());
+        assert_eq!(substance(&a), substance(&b));
+        a.annotations
+            .insert("zhisuan.io/unhealthy-gpus".into(), "1".into());
+        assert_ne!(substance(&a), substance(&b));
+    }
 }

@@ -159,10 +159,40 @@ impl NvmlBackend {
             ecc_corrected: opt(dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile))?,
             xid_count: x.count.load(Ordering::Relaxed),
             last_xid: x.last.load(Ordering::Relaxed),
-            memory_repair_pending: opt(dev.are_pages_pending_retired())?,
+            // Pre-Ampere boards retire pages; Ampere and later remap rows.
+            memory_repair_pending: opt(dev.are_pages_pending_retired())?
+                || row_remap_pending(&self.nvml, dev),
             vendor_healthy: None,
         })
     }
+}
+
+/// True when the device has a row remapping pending a reset or a remapping
+/// failure (`nvmlDeviceGetRemappedRows`, Ampere and later; the wrapper has no
+/// safe binding for it). False where the driver lacks the call or the board
+/// does not support it.
+fn row_remap_pending(nvml: &Nvml, dev: &Device<'_>) -> bool {
+    let Ok(get) = nvml.lib().nvmlDeviceGetRemappedRows.as_ref() else {
+        return false;
+    };
+    let (mut corrected, mut uncorrected, mut pending, mut failure): (
+        std::os::raw::c_uint,
+        std::os::raw::c_uint,
+        std::os::raw::c_uint,
+        std::os::raw::c_uint,
+    ) = (0, 0, 0, 0);
+    // SAFETY: the handle comes from this NVML instance and outlives the call;
+    // the four out-pointers are valid locals.
+    let rc = unsafe {
+        get(
+            dev.handle(),
+            &mut corrected,
+            &mut uncorrected,
+            &mut pending,
+            &mut failure,
+        )
+    };
+    rc == 0 && (pending != 0 || failure != 0)
 }
 
 fn nvml_err(call: &'static str, device: u32, e: NvmlError) -> TelemetryError {

@@ -352,6 +352,22 @@ fn http_err(url: &str, e: impl fmt::Display) -> ScrapeError {
     }
 }
 
+/// Rejects an error status or an announced body over [`MAX_BODY_BYTES`].
+fn check_response(url: &str, status: u16, content_length: Option<u64>) -> Result<(), ScrapeError> {
+    if !(200..300).contains(&status) {
+        return Err(ScrapeError::Status {
+            url: url.to_string(),
+            status,
+        });
+    }
+    if content_length.unwrap_or(0) > MAX_BODY_BYTES as u64 {
+        return Err(ScrapeError::TooLarge {
+            url: url.to_string(),
+        });
+    }
+    Ok(())
+}
+
 fn finish(url: &str, body: &[u8]) -> Result<Exposition, ScrapeError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ScrapeError::TooLarge {
@@ -384,18 +400,7 @@ pub fn scrape_blocking_with(
         .header("Accept", "text/plain;version=0.0.4")
         .send()
         .map_err(|e| http_err(url, e))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(ScrapeError::Status {
-            url: url.to_string(),
-            status: status.as_u16(),
-        });
-    }
-    if resp.content_length().unwrap_or(0) > MAX_BODY_BYTES as u64 {
-        return Err(ScrapeError::TooLarge {
-            url: url.to_string(),
-        });
-    }
+    check_response(url, resp.status().as_u16(), resp.content_length())?;
     let body = resp.bytes().map_err(|e| http_err(url, e))?;
     finish(url, &body)
 }
@@ -408,18 +413,7 @@ pub async fn scrape(client: &reqwest::Client, url: &str) -> Result<Exposition, S
         .send()
         .await
         .map_err(|e| http_err(url, e))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(ScrapeError::Status {
-            url: url.to_string(),
-            status: status.as_u16(),
-        });
-    }
-    if resp.content_length().unwrap_or(0) > MAX_BODY_BYTES as u64 {
-        return Err(ScrapeError::TooLarge {
-            url: url.to_string(),
-        });
-    }
+    check_response(url, resp.status().as_u16(), resp.content_length())?;
     let body = resp.bytes().await.map_err(|e| http_err(url, e))?;
     finish(url, &body)
 }

@@ -5,6 +5,7 @@
 //! the embedded demo and machines without accelerators.
 
 use super::{Accelerator, DeviceInfo, DeviceReading, GpuProcess, TelemetryError, Throttle, Vendor};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Shape of the simulated node.
@@ -309,6 +310,51 @@ impl Accelerator for SimNode {
                 .cloned(),
         );
         Ok(())
+    }
+}
+
+/// A simulated node shared between the agent's sampler thread and whoever
+/// drives it (fault-injection tests, the embedded demo).
+#[derive(Clone)]
+pub struct SharedSimNode {
+    node: Arc<Mutex<SimNode>>,
+    inventory: Arc<Vec<DeviceInfo>>,
+}
+
+impl SharedSimNode {
+    pub fn new(node: SimNode) -> Self {
+        SharedSimNode {
+            inventory: Arc::new(node.inventory.clone()),
+            node: Arc::new(Mutex::new(node)),
+        }
+    }
+
+    /// Runs `f` on the node (inject faults, set utilisation, attach processes).
+    pub fn with<R>(&self, f: impl FnOnce(&mut SimNode) -> R) -> R {
+        let mut node = self.node.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut node)
+    }
+}
+
+impl Accelerator for SharedSimNode {
+    fn vendor(&self) -> Vendor {
+        Vendor::Nvidia
+    }
+
+    fn backend(&self) -> &'static str {
+        "sim"
+    }
+
+    fn inventory(&self) -> &[DeviceInfo] {
+        &self.inventory
+    }
+
+    fn sample(&mut self, out: &mut Vec<DeviceReading>) -> Result<(), TelemetryError> {
+        self.with(|n| n.sample(out))
+    }
+
+    fn processes(&mut self, out: &mut Vec<GpuProcess>) -> Result<(), TelemetryError> {
+        self.with(|n| n.processes(out))
     }
 }
 

@@ -1,0 +1,183 @@
+//! Fragmentation as FGD (USENIX ATC '23) defines it: the free GPU share that the
+//! workload's typical task shapes, weighted by popularity, could not use.
+
+use std::collections::HashMap;
+
+use super::model::{ModelId, ModelSet};
+use super::request::{GpuDemand, Request, MILLI_PER_GPU};
+
+/// One typical task shape and its share of the workload.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shape {
+    pub cpu_milli: u32,
+    /// Milli-share needed on each device (1000 for whole devices; 0 = no GPU).
+    pub milli_per_gpu: u16,
+    /// Devices needed (0 = CPU-only).
+    pub gpus: u8,
+    pub models: ModelSet,
+    /// Popularity: this shape's count over all counted pods.
+    pub weight: f64,
+}
+
+/// Counted task shapes; [`Shapes::typical`] keeps the most popular ones.
+#[derive(Clone, Debug, Default)]
+pub struct ShapeCounter {
+    counts: HashMap<(u32, u16, u8, u64), u64>,
+    total: u64,
+}
+
+/// Shape key of a request: CPU, milli per GPU, GPU count, allowed models.
+fn shape_key(r: &Request) -> (u32, u16, u8, u64) {
+    let (milli, gpus) = match r.gpu {
+        GpuDemand::None => (0, 0),
+        GpuDemand::Shared { milli } => (milli, 1),
+        GpuDemand::Whole { count } => (MILLI_PER_GPU, count),
+    };
+    (r.cpu_milli, milli, gpus, r.models.0)
+}
+
+impl ShapeCounter {
+    pub fn add(&mut self, r: &Request) {
+        *self.counts.entry(shape_key(r)).or_insert(0) += 1;
+        self.total += 1;
+    }
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// The typical shapes of a workload.
+#[derive(Clone, Debug, Default)]
+pub struct Shapes {
+    pub shapes: Vec<Shape>,
+}
+
+impl Shapes {
+    /// The most popular shapes covering `coverage` (e.g. 0.95) of the counted
+    /// pods, each weighted by its share of ALL counted pods.
+    pub fn typical(counter: &ShapeCounter, coverage: f64) -> Self {
+        let mut v: Vec<_> = counter.counts.iter().map(|(k, c)| (*k, *c)).collect();
+        // Most popular first; the key orders equal counts deterministically.
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let total = counter.total.max(1) as f64;
+        let mut shapes = Vec::new();
+        let mut covered = 0u64;
+        for ((cpu, milli, gpus, models), count) in v {
+            if covered as f64 >= coverage * total {
+                break;
+            }
+            covered += count;
+            shapes.push(Shape {
+                cpu_milli: cpu,
+                milli_per_gpu: milli,
+                gpus,
+                models: ModelSet(models),
+                weight: count as f64 / total,
+            });
+        }
+        Shapes { shapes }
+    }
+
+    /// From a workload sample.
+    pub fn from_requests<'a>(reqs: impl IntoIterator<Item = &'a Request>, coverage: f64) -> Self {
+        let mut c = ShapeCounter::default();
+        for r in reqs {
+            c.add(r);
+        }
+        Self::typical(&c, coverage)
+    }
+
+    /// Expected fragmented milli-GPU of a node state: `model` and `cpu_free`
+    /// of the node, `free` its usable free share per device.
+    pub fn fragmentation(&self, model: ModelId, cpu_free: u32, free: &[u16]) -> f64 {
+        let total: u32 = free.iter().map(|&f| f as u32).sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let mut f = 0.0;
+        for s in &self.shapes {
+            f += s.weight * shape_fragment(s, model, cpu_free, free, total) as f64;
+        }
+        f
+    }
+}
+
+/// Free share of the node that shape `s` cannot use.
+#[inline]
+fn shape_fragment(s: &Shape, model: ModelId, cpu_free: u32, free: &[u16], total: u32) -> u32 {
+    if s.gpus == 0 || !s.models.contains(model) || cpu_free < s.cpu_milli {
+        return total;
+    }
+    let mut fitting = 0u32;
+    let mut stranded = 0u32;
+    for &f in free {
+        if f >= s.milli_per_gpu {
+            fitting += 1;
+        } else {
+            stranded += f as u32;
+        }
+    }
+    if fitting < s.gpus as u32 {
+        total
+    } else {
+        stranded
+    }
+}
+
+/// The paper's integer score for a fragmentation change: `⌊100·sigmoid(drop/1000)⌋`.
+pub fn sigmoid_score(before: f64, after: f64) -> i64 {
+    let x = (before - after) / 1000.0;
+    (100.0 / (1.0 + (-x).exp())) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shapes() -> Shapes {
+        Shapes {
+            shapes: vec![
+                Shape {
+                    cpu_milli: 4000,
+                    milli_per_gpu: 500,
+                    gpus: 1,
+                    models: ModelSet::ANY,
+                    weight: 0.5,
+                },
+                Shape {
+                    cpu_milli: 8000,
+                    milli_per_gpu: 1000,
+                    gpus: 2,
+                    models: ModelSet::ANY,
+                    weight: 0.5,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn fragment_by_hand() {
+        let s = shapes();
+        // Free [1000, 300]: shape 0 fits on device 0, strands 300;
+        // shape 1 needs two whole devices: all 1300 is fragment.
+        let f = s.fragmentation(0, 64000, &[1000, 300]);
+        assert!((f - (0.5 * 300.0 + 0.5 * 1300.0)).abs() < 1e-9, "{f}");
+        // Not enough CPU for either: everything is fragment.
+        let f = s.fragmentation(0, 1000, &[1000, 300]);
+        assert!((f - 1300.0).abs() < 1e-9, "{f}");
+        // Two whole devices: nothing stranded.
+        assert_eq!(s.fragmentation(0, 64000, &[1000, 1000]), 0.0);
+    }
+
+    #[test]
+    fn typical_keeps_popular_shapes() {
+        let a = Request::shared(1000, 0, 500);
+        let b = Request::whole(1000, 0, 2);
+        let reqs: Vec<_> = std::iter::repeat_n(a.clone(), 19).chain([b]).collect();
+        let s = Shapes::from_requests(&reqs, 0.95);
+        assert_eq!(s.shapes.len(), 1);
+        assert!((s.shapes[0].weight - 0.95).abs() < 1e-9);
+        assert_eq!(sigmoid_score(0.0, 0.0), 50);
+        assert!(sigmoid_score(2000.0, 0.0) > 80);
+    }
+}

@@ -1,0 +1,262 @@
+//! Engine tests: device indices, model constraints, health, gangs, capacity invariants.
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn node(name: &str, cpu: u32, gpus: u8, model: &str) -> NodeSpec {
+    NodeSpec {
+        name: name.into(),
+        cpu_milli: cpu,
+        memory_mib: 100_000,
+        gpus,
+        model: model.into(),
+        labels: vec![],
+    }
+}
+
+fn cluster(specs: &[NodeSpec]) -> Cluster {
+    Cluster::from_specs(specs).unwrap()
+}
+
+#[test]
+fn shared_pod_gets_one_device_and_whole_pods_distinct_devices() {
+    for policy in Policy::ALL {
+        let mut e = Engine::new(cluster(&[node("a", 64000, 4, "T4")]), policy, 7);
+        let d = e.schedule(&Request::whole(1000, 10, 2)).unwrap();
+        assert_eq!(d.devices.len(), 2, "{policy}");
+        assert_eq!(d.milli_per_device, 1000);
+        let s = e.schedule(&Request::shared(1000, 10, 300)).unwrap();
+        assert_eq!(s.devices.len(), 1, "{policy}");
+        let dev = s.devices.iter().next().unwrap();
+        assert!(
+            !d.devices.contains(dev),
+            "{policy}: shared pod on a taken device"
+        );
+        assert_eq!(e.cluster().device_free(0)[dev], 700);
+        assert_eq!(e.cluster().gpu_milli_allocated(), 2300);
+    }
+}
+
+#[test]
+fn bestfit_puts_shared_pod_on_the_fullest_device_that_fits() {
+    let mut e = Engine::new(cluster(&[node("a", 64000, 3, "T4")]), Policy::BestFit, 1);
+    let first = e.schedule(&Request::shared(0, 0, 600)).unwrap();
+    let second = e.schedule(&Request::shared(0, 0, 300)).unwrap();
+    assert_eq!(
+        first.devices, second.devices,
+        "300 fits next to 600 on the same device"
+    );
+    let third = e.schedule(&Request::shared(0, 0, 200)).unwrap();
+    assert_ne!(third.devices, first.devices, "only 100 left there");
+}
+
+#[test]
+fn model_constraints_and_labels() {
+    let mut specs = vec![
+        node("t4", 64000, 2, "T4"),
+        node("v100", 64000, 2, "V100M16"),
+    ];
+    specs[1].labels = vec![("zone".into(), "gov".into())];
+    let mut e = Engine::new(cluster(&specs), Policy::Zhisuan, 1);
+    let v100 = e.cluster().models().id("V100M16").unwrap();
+    let d = e
+        .schedule(&Request::whole(0, 0, 1).with_models(ModelSet::only(v100)))
+        .unwrap();
+    assert_eq!(e.cluster().name(d.node), "v100");
+    let d = e
+        .schedule(&Request::cpu(1000, 10).with_label("zone", "gov"))
+        .unwrap();
+    assert_eq!(d.node, 1);
+    assert!(e
+        .place(&Request::cpu(1000, 10).with_label("zone", "east"))
+        .is_none());
+    // Only one V100 left: two more don't fit, and the report says why.
+    let two = Request::whole(0, 0, 2).with_models(ModelSet::only(v100));
+    assert!(e.place(&two).is_none());
+    let r = e.explain(&two, None);
+    assert_eq!(
+        (r.wrong_model, r.insufficient_gpu, r.fits),
+        (1, 1, 0),
+        "{r}"
+    );
+}
+
+#[test]
+fn unhealthy_devices_take_no_work_until_healthy_again() {
+    let mut e = Engine::new(cluster(&[node("a", 64000, 2, "T4")]), Policy::Fgd, 1);
+    e.set_device_health(0, 0, false).unwrap();
+    assert!(e.place(&Request::whole(0, 0, 2)).is_none());
+    for _ in 0..3 {
+        let d = e.place(&Request::shared(0, 0, 500)).unwrap();
+        assert_eq!(d.devices, DeviceMask::single(1));
+    }
+    e.set_device_health(0, 0, true).unwrap();
+    assert_eq!(
+        e.place(&Request::whole(0, 0, 2)).unwrap().devices,
+        DeviceMask(0b11)
+    );
+    assert!(e.set_device_health(0, 5, false).is_err());
+}
+
+#[test]
+fn gang_is_all_or_nothing() {
+    let specs: Vec<_> = (0..3)
+        .map(|i| node(&format!("n{i}"), 64000, 8, "A10"))
+        .collect();
+    let mut e = Engine::new(cluster(&specs), Policy::Zhisuan, 3);
+    let gang = vec![Request::whole(1000, 10, 8); 3];
+    let placed = e.place_gang(&gang, None).unwrap();
+    let mut nodes: Vec<u32> = placed.iter().map(|d| d.node).collect();
+    nodes.sort();
+    assert_eq!(nodes, vec![0, 1, 2]);
+    for d in &placed {
+        e.release(d).unwrap();
+    }
+    // Take 2 GPUs on one node: a gang of three 8-GPU members cannot land.
+    let blocker = e.schedule(&Request::whole(0, 0, 2)).unwrap();
+    let before: Vec<u16> = (0..3)
+        .flat_map(|n| e.cluster().device_free(n).to_vec())
+        .collect();
+    let err = e.place_gang(&gang, None).unwrap_err();
+    assert_eq!(err.member, 2);
+    let after: Vec<u16> = (0..3)
+        .flat_map(|n| e.cluster().device_free(n).to_vec())
+        .collect();
+    assert_eq!(before, after, "rollback restores every device");
+    assert_eq!(e.cluster().gpu_milli_allocated(), 2000);
+    assert!(
+        err.to_string().contains("lack free healthy GPU share"),
+        "{err}"
+    );
+    // Restricted to a subset of nodes.
+    e.release(&blocker).unwrap();
+    let placed = e.place_gang(&gang[..2], Some(&[1, 2])).unwrap();
+    assert!(placed.iter().all(|d| d.node != 0));
+}
+
+#[test]
+fn ties_follow_the_seeded_node_order() {
+    let specs: Vec<_> = (0..50)
+        .map(|i| node(&format!("n{i}"), 64000, 8, "A10"))
+        .collect();
+    let first = |seed| {
+        Engine::new(cluster(&specs), Policy::BestFit, seed)
+            .place(&Request::whole(0, 0, 1))
+            .unwrap()
+            .node
+    };
+    assert_eq!(first(5), first(5));
+    assert!(
+        (1..20).any(|s| first(s) != first(5)),
+        "seeds must change the tie order"
+    );
+    let mut e = Engine::new(cluster(&specs), Policy::BestFit, 5);
+    let order: Vec<u32> = (0..50).rev().collect();
+    e.set_tie_order(&order).unwrap();
+    assert_eq!(e.place(&Request::whole(0, 0, 1)).unwrap().node, 49);
+}
+
+#[test]
+fn fgd_prefers_the_node_where_fragmentation_grows_least() {
+    // Workload: half 2-GPU pods, half 500-milli pods. A 500 pod on a node
+    // that already has a half-used GPU completes it; elsewhere it breaks a
+    // whole device that 2-GPU pods could have used.
+    let specs = vec![node("a", 64000, 2, "T4"), node("b", 64000, 2, "T4")];
+    for policy in [Policy::Fgd, Policy::Zhisuan] {
+        let mut e = Engine::new(cluster(&specs), policy, 1);
+        let workload = [Request::whole(0, 0, 2), Request::shared(0, 0, 500)];
+        e.set_workload(workload.iter());
+        let half = Decision {
+            node: 1,
+            devices: DeviceMask::single(0),
+            milli_per_device: 500,
+            cpu_milli: 0,
+            memory_mib: 0,
+        };
+        e.allocate(&half).unwrap();
+        let d = e.place(&Request::shared(0, 0, 500)).unwrap();
+        assert_eq!((d.node, d.devices), (1, DeviceMask::single(0)), "{policy}");
+    }
+}
+
+#[test]
+fn allocate_rejects_what_does_not_fit_and_changes_nothing() {
+    let mut c = cluster(&[node("a", 1000, 1, "T4")]);
+    let too_big = Decision {
+        node: 0,
+        devices: DeviceMask::single(0),
+        milli_per_device: 600,
+        cpu_milli: 2000,
+        memory_mib: 0,
+    };
+    assert!(c.allocate(&too_big).is_err());
+    let ok = Decision {
+        cpu_milli: 500,
+        ..too_big
+    };
+    c.allocate(&ok).unwrap();
+    assert!(c.allocate(&ok).is_err(), "only 400 milli left");
+    assert_eq!(c.device_free(0), &[400]);
+    c.release(&ok).unwrap();
+    assert!(c.release(&ok).is_err(), "double release");
+    assert_eq!((c.device_free(0)[0], c.cpu_free(0)), (1000, 1000));
+}
+
+fn arb_request() -> impl Strategy<Value = Request> {
+    (0u32..40_000, 0u64..50_000, 0u8..4, 1u16..1000, 1u8..9).prop_map(
+        |(cpu, mem, kind, milli, n)| match kind {
+            0 => Request::cpu(cpu, mem),
+            1 | 2 => Request::shared(cpu, mem, milli),
+            _ => Request::whole(cpu, mem, n),
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Whatever is placed never exceeds capacity, and releasing everything
+    /// restores the empty cluster exactly.
+    #[test]
+    fn never_over_capacity_and_release_restores(
+        reqs in prop::collection::vec(arb_request(), 1..120),
+        policy in prop::sample::select(Policy::ALL.to_vec()),
+        seed in 0u64..1000,
+        unhealthy in prop::collection::vec((0u32..6, 0usize..8), 0..4),
+    ) {
+        let specs: Vec<_> = (0..6).map(|i| node(&format!("n{i}"), 32000 + i * 8000, [1, 2, 4, 8, 8, 0][i as usize], ["T4", "A10"][i as usize % 2])).collect();
+        let mut e = Engine::new(cluster(&specs), policy, seed);
+        for &(n, d) in &unhealthy {
+            if d < e.cluster().gpu_count(n) { e.set_device_health(n, d, false).unwrap(); }
+        }
+        let empty = e.cluster().clone();
+        let mut placed = Vec::new();
+        for r in &reqs {
+            if let Some(d) = e.schedule(r) {
+                for dev in d.devices.iter() {
+                    prop_assert!(e.cluster().device_healthy(d.node)[dev], "placed on an unhealthy device");
+                }
+                placed.push(d);
+            }
+            let c = e.cluster();
+            let mut milli = 0u64;
+            for n in 0..c.len() as u32 {
+                prop_assert!(c.cpu_free(n) <= c.cpu_capacity(n));
+                prop_assert!(c.memory_free(n) <= c.memory_capacity(n));
+                prop_assert!(c.device_free(n).iter().all(|&f| f <= MILLI_PER_GPU));
+                milli += c.node_gpu_milli_allocated(n) as u64;
+            }
+            prop_assert_eq!(milli, c.gpu_milli_allocated());
+        }
+        let held: u64 = placed.iter().map(|d| d.gpu_milli() as u64).sum();
+        prop_assert_eq!(held, e.cluster().gpu_milli_allocated());
+        for d in placed.iter().rev() { e.release(d).unwrap(); }
+        let c = e.cluster();
+        for n in 0..c.len() as u32 {
+            prop_assert_eq!(c.cpu_free(n), empty.cpu_free(n));
+            prop_assert_eq!(c.memory_free(n), empty.memory_free(n));
+            prop_assert_eq!(c.device_free(n), empty.device_free(n));
+        }
+        prop_assert_eq!(c.gpu_milli_allocated(), 0);
+    }
+}
