@@ -154,22 +154,20 @@ struct Demo {
 const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
 const START_AT: &str = "2026-11-01T00:00:00Z";
 
+/// `zhisuan demo` on `addr` with a fixed start, JSON summary and the test admin key.
+fn demo_command(addr: &str, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zhisuan"));
+    cmd.args(["demo", "--listen", addr, "--status-every", "0", "--json"])
+        .args(["--start-at", START_AT])
+        .args(extra)
+        .env("ZHISUAN_ADMIN_KEY", ADMIN_KEY);
+    cmd
+}
+
 impl Demo {
     fn start(extra: &[&str]) -> Demo {
         let addr = format!("127.0.0.1:{}", prometheus_server::free_port());
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_zhisuan"))
-            .args([
-                "demo",
-                "--listen",
-                &addr,
-                "--status-every",
-                "0",
-                "--json",
-                "--start-at",
-                START_AT,
-            ])
-            .args(extra)
-            .env("ZHISUAN_ADMIN_KEY", ADMIN_KEY)
+        let child = demo_command(&addr, extra)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -228,19 +226,7 @@ fn summary_of(out: std::process::Output) -> serde_json::Value {
 /// Runs a demo to its `--sim-hours` end and returns the summary.
 fn run_demo_to_end(extra: &[&str]) -> serde_json::Value {
     let addr = format!("127.0.0.1:{}", prometheus_server::free_port());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhisuan"))
-        .args([
-            "demo",
-            "--listen",
-            &addr,
-            "--status-every",
-            "0",
-            "--json",
-            "--start-at",
-            START_AT,
-        ])
-        .args(extra)
-        .env("ZHISUAN_ADMIN_KEY", ADMIN_KEY)
+    let out = demo_command(&addr, extra)
         .output()
         .expect("run zhisuan demo");
     summary_of(out)
