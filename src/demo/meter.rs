@@ -6,12 +6,10 @@
 //! the same record ids and the ledger counts each interval once.
 
 use crate::ledger::types::{Tier, TokenRecord, UsageRecord};
+use crate::regions::catalog::Catalog;
 use crate::regions::plan::JobKind;
 use crate::sim::world::UsageInterval;
 use chrono::{DateTime, Utc};
-
-/// Joules per kWh.
-const J_PER_KWH: f64 = 3.6e6;
 
 /// Tokens served per GPU-second by the demo's inference jobs (prompt,
 /// completion). Assumed: a 7B-class model on one data-centre GPU serves a few
@@ -33,23 +31,12 @@ pub fn source_of(iv: &UsageInterval) -> String {
     format!("demo/{}/{}", iv.job_name, replica)
 }
 
-/// The ledger record for one metered interval.
-pub fn usage_record(iv: &UsageInterval, grid_kg_per_kwh: f64) -> UsageRecord {
-    UsageRecord {
-        source: source_of(iv),
-        tenant: iv.tenant.clone(),
-        job: format!("demo/{}", iv.job_name),
-        region: iv.region.clone(),
-        node: iv.node.clone(),
-        model: iv.model.clone(),
-        gpu_milli: i64::from(iv.milli_gpu),
-        start: at(iv.start_s),
-        end: at(iv.end_s),
-        it_energy_j: (iv.it_kwh * J_PER_KWH).round() as i64,
-        pue: iv.pue,
-        green_share: iv.green_share,
-        grid_kg_per_kwh,
-    }
+/// The ledger record for one metered interval (none for an empty one): the
+/// API's conversion, with the demo's replay-stable source.
+pub fn usage_record(catalog: &Catalog, iv: &UsageInterval) -> Option<UsageRecord> {
+    let mut record = crate::api::cli::usage_records(catalog, std::slice::from_ref(iv)).pop()?;
+    record.source = source_of(iv);
+    Some(record)
 }
 
 /// Tokens served over an inference job's interval (none for training).
@@ -103,26 +90,32 @@ mod tests {
 
     #[test]
     fn record_identity_ignores_the_world_job_number() {
+        let catalog = Catalog::default_catalog();
         let a = interval(1000, 3600, 7200);
         let mut b = a.clone();
         b.id = "99/2/3600".into();
         b.job_id = 99;
         assert_eq!(source_of(&a), "demo/openb-pod-0042/2");
-        assert_eq!(usage_record(&a, 0.6).source, usage_record(&b, 0.6).source);
+        let (ra, rb) = (usage_record(&catalog, &a).unwrap(), usage_record(&catalog, &b).unwrap());
+        assert_eq!(ra.source, rb.source);
+        assert_eq!(ra.meter().unwrap().id, rb.meter().unwrap().id, "same ledger record id");
         let mut other_replica = a.clone();
         other_replica.id = "17/3/3600".into();
         assert_ne!(source_of(&a), source_of(&other_replica));
     }
 
     #[test]
-    fn usage_record_carries_energy_in_joules() {
-        let r = usage_record(&interval(500, 0, 3600), 0.6);
+    fn usage_record_carries_energy_and_the_region_grid_factor() {
+        let catalog = Catalog::default_catalog();
+        let r = usage_record(&catalog, &interval(500, 0, 3600)).unwrap();
         // 0.4 kWh × 3.6 MJ/kWh.
         assert_eq!(r.it_energy_j, 1_440_000);
         assert_eq!(r.gpu_milli, 500);
         assert_eq!((r.start.timestamp(), r.end.timestamp()), (0, 3600));
-        assert_eq!(r.job, "demo/openb-pod-0042");
+        let zhongwei = catalog.region_index("zhongwei").unwrap();
+        assert_eq!(r.grid_kg_per_kwh, catalog.regions[zhongwei].grid_factor_kg_per_kwh);
         assert!(r.meter().is_ok(), "the ledger accepts the record");
+        assert!(usage_record(&catalog, &interval(500, 3600, 3600)).is_none(), "empty interval");
     }
 
     #[test]

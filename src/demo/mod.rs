@@ -14,13 +14,17 @@ pub mod telemetry;
 pub mod tracker;
 
 use crate::error::InputError;
+use crate::ledger::types::Tier;
 use crate::ledger::Ledger;
 use crate::regions::catalog::Catalog;
 use crate::regions::plan::{JobKind, JobSpec};
+use crate::api::ratelimit::RateLimit;
+use crate::api::world::WorldBackend;
+use crate::api::{ApiConfig, ApiState};
+use crate::api::JobBackend as _;
 use crate::sim::world::{World, WorldConfig};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -186,11 +190,11 @@ impl Drop for ScratchDir {
 
 /// The simulation side of the demo: world, workload, ledger, metrics.
 struct Driver {
-    world: Arc<Mutex<World>>,
+    /// The world, shared with the quota API's job endpoints.
+    backend: WorldBackend,
     workload: Workload,
     ledger: Ledger,
     start_s: i64,
-    grid_kg_per_kwh: HashMap<String, f64>,
     metrics: metrics::WorldMetrics,
     tracker: tracker::JobTracker,
     started: Vec<crate::sim::world::JobId>,
@@ -205,29 +209,33 @@ impl Driver {
     /// Moves the world to `t_s` (unix seconds): submits the arrivals up to it
     /// at their own times, then meters the usage into the ledger.
     fn step(&mut self, t_s: i64) -> anyhow::Result<()> {
-        let (usage, tokens) = {
-            let mut world = lock(&self.world);
+        {
+            let mut world = lock(self.backend.world());
             while let Some((at, spec)) = self.workload.pop_until(t_s - self.start_s) {
                 world.advance_to(self.start_s + at);
                 if world.submit(spec).is_err() {
                     self.failed += 1;
                 }
             }
-            world.advance_to(t_s);
-            let intervals = world.take_usage();
+        }
+        // Through the backend, so the API's view of what tenants hold follows.
+        let intervals = self.backend.advance_to(t_s);
+        let (usage, tokens) = {
+            let world = lock(self.backend.world());
             let mut usage = Vec::with_capacity(intervals.len());
             let mut tokens = Vec::new();
             for iv in &intervals {
-                let grid = self
-                    .grid_kg_per_kwh
-                    .get(&iv.region)
-                    .copied()
-                    .unwrap_or(0.5703);
-                usage.push(meter::usage_record(iv, grid));
+                usage.extend(meter::usage_record(world.catalog(), iv));
                 let kind = world
                     .job(iv.job_id)
                     .map_or(JobKind::Training, |j| j.spec.kind);
-                if let Some(t) = meter::token_record(iv, kind, setup::tier_of(&iv.tenant)) {
+                // Jobs submitted through the API say their tier; the workload's follow the tenant.
+                let tier = self
+                    .backend
+                    .token_tier(iv.job_id)
+                    .and_then(|t| Tier::parse(t.as_str()))
+                    .unwrap_or_else(|| setup::tier_of(&iv.tenant));
+                if let Some(t) = meter::token_record(iv, kind, tier) {
                     tokens.push(t);
                 }
             }
@@ -265,7 +273,7 @@ impl Driver {
     fn summary(&self, wall_s: f64, speed: f64) -> anyhow::Result<summary::Summary> {
         let jobs = self.job_counts();
         let (now_s, regions) = {
-            let world = lock(&self.world);
+            let world = lock(self.backend.world());
             (world.now_s(), world.region_stats())
         };
         let regions: Vec<summary::RegionLine> = regions
@@ -337,7 +345,7 @@ impl Driver {
 
     fn status_line(&self, wall_s: f64) -> String {
         let c = self.job_counts();
-        let world = lock(&self.world);
+        let world = lock(self.backend.world());
         let stats = world.region_stats();
         let gpus: u64 = stats.iter().map(|r| r.gpus).sum();
         let alloc: f64 = stats.iter().map(|r| r.gpus_allocated).sum();
@@ -414,8 +422,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             p.display().to_string(),
         ),
         None => (
-            DEFAULT_WORKLOAD.to_string(),
-            DEFAULT_WORKLOAD_NAME.to_string(),
+            crate::sim::regions::DEFAULT_WORKLOAD_CSV.to_string(),
+            crate::sim::regions::DEFAULT_WORKLOAD_PATH.to_string(),
         ),
     };
     let jobs = crate::sim::regions::parse_workload(&workload_text, &workload_name, &catalog)?;
@@ -454,11 +462,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let registry = prometheus::Registry::new();
     ledger.register_metrics(&registry)?;
-    let grid_kg_per_kwh = catalog
-        .regions
-        .iter()
-        .map(|r| (r.name.clone(), r.grid_factor_kg_per_kwh))
-        .collect();
     let world = World::new(
         catalog,
         WorldConfig {
@@ -471,13 +474,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     )?;
     let agents = Arc::new(Mutex::new(telemetry::SimAgents::new(&world, 1)?));
     registry.register(Box::new(telemetry::AgentsCollector(Arc::clone(&agents))))?;
-    let world = Arc::new(Mutex::new(world));
+    let backend = WorldBackend::new(Arc::new(Mutex::new(world)));
+    // The same limits the API would set from the ledger's quotas, for admission.
+    for t in setup::TENANTS {
+        backend.set_gpu_limit(t.name, Some(t.max_gpus as u64 * 1000));
+    }
     let mut driver = Driver {
-        world: Arc::clone(&world),
+        backend: backend.clone(),
         workload,
         ledger: ledger.clone(),
         start_s,
-        grid_kg_per_kwh,
         metrics: metrics::WorldMetrics::new(&registry)?,
         tracker: tracker::JobTracker::default(),
         started: Vec::new(),
@@ -512,7 +518,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(args.listen))
         .map_err(|e| InputError::new(format!("--listen {}: {e}", args.listen)))?;
-    let app = http_app(&registry);
+    let key_dir = match (&scratch, db_path.parent()) {
+        (Some(dir), _) => dir.0.clone(),
+        (None, Some(parent)) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        (None, _) => PathBuf::from("."),
+    };
+    let config = ApiConfig {
+        admin_key: admin_key(args.admin_key_file.as_deref(), &key_dir)?,
+        rate_limit: RateLimit {
+            per_second: 50.0,
+            burst: 100.0,
+        },
+    };
+    // The quota API, the page at `/` and `/metrics` (the world's, the ledger's,
+    // the agents' and the API's own series, one registry).
+    let state = ApiState::new(config, ledger.clone(), Arc::new(backend.clone()), &registry)?;
+    let app = crate::api::router(state);
     let server = {
         let stop = Arc::clone(&stop);
         runtime.spawn(async move {
@@ -585,26 +606,35 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The page and `/metrics` (the quota API joins when it is wired in).
-fn http_app(registry: &prometheus::Registry) -> axum::Router {
-    let registry = registry.clone();
-    crate::api::page::router().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let families = registry.gather();
-            async move {
-                let mut out = String::new();
-                let _ = prometheus::TextEncoder::new().encode_utf8(&families, &mut out);
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    out,
-                )
-            }
-        }),
-    )
+/// The admin key: `--admin-key-file` or ZHISUAN_ADMIN_KEY as for `zhisuan api`;
+/// without either, a fresh random key written to `dir/admin.key` (mode 0600),
+/// whose path (never the key) is printed.
+fn admin_key(file: Option<&Path>, dir: &Path) -> anyhow::Result<String> {
+    if file.is_some() || std::env::var_os(crate::api::cli::ADMIN_KEY_ENV).is_some() {
+        return crate::api::cli::admin_key(file);
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for an admin key: {e}"))?;
+    let key = hex::encode(bytes);
+    let path = dir.join("admin.key");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing the admin key to {}", path.display()))?;
+        writeln!(f, "{key}")?;
+    }
+    eprintln!(
+        "demo: admin key written to {} (curl -H \"Authorization: Bearer $(cat {})\" …)",
+        path.display(),
+        path.display()
+    );
+    Ok(key)
 }
 
 /// Locks a mutex, taking the data of a poisoned one (the demo's state stays usable).
@@ -642,7 +672,7 @@ mod tests {
     fn workload_repeats_with_new_names() {
         let mut w = Workload::new(vec![(100, spec("b")), (0, spec("a"))]).unwrap();
         assert_eq!(w.cycle_s, 100 + 3600);
-        let first: Vec<_> = std::iter::from_fn(|| w.pop_until(3700))
+        let first: Vec<_> = std::iter::from_fn(|| w.pop_until(3699))
             .map(|(t, s)| (t, s.name))
             .collect();
         assert_eq!(first, vec![(0, "a".to_string()), (100, "b".to_string())]);
