@@ -4,12 +4,18 @@
 #[path = "support/apiserver.rs"]
 mod apiserver;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
 use apiserver::ApiServer;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use serde_json::json;
+use serde_json::{json, Value};
+use zhisuan::operator::controller::{Controller, ControllerConfig};
+use zhisuan::operator::crd::{TenantQuota, TrainingJob};
+use zhisuan::operator::leader::{Leadership, LeaseTiming};
 
 fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
@@ -192,4 +198,515 @@ async fn http_post(server: &ApiServer, path: &str, body: Vec<u8>) -> u16 {
     })
     .await
     .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// The real controller against the stand-in.
+
+/// A controller replica running as a task; dropping or aborting it is a kill.
+struct Replica {
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    leadership: Leadership,
+    registry: prometheus::Registry,
+}
+
+fn start_controller(server: &ApiServer, identity: &str, lease: Duration) -> Replica {
+    let config = ControllerConfig {
+        identity: identity.into(),
+        timing: LeaseTiming {
+            lease_duration: lease,
+            renew_deadline: lease * 2 / 3,
+            retry_period: lease / 6,
+        },
+        resync: Duration::from_millis(200),
+        ..ControllerConfig::default()
+    };
+    let registry = prometheus::Registry::new();
+    let controller = Controller::new(server.client(), config, &registry).unwrap();
+    let leadership = controller.leadership();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let _keep = _tx;
+        controller.run(rx).await
+    });
+    Replica {
+        task,
+        leadership,
+        registry,
+    }
+}
+
+async fn add_node(server: &ApiServer, name: &str, region: &str, model: &str, gpus: u32) {
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {
+            "zhisuan.io/region": region, "zhisuan.io/gpu-model": model,
+            "zhisuan.io/gpu-count": gpus.to_string(), "zhisuan.io/accelerator-vendor": "nvidia"}},
+        "status": {"allocatable": {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": gpus.to_string()},
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .unwrap();
+    Api::<Node>::all(server.client())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+}
+
+fn dynamic_api(
+    server: &ApiServer,
+    ar: &ApiResource,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(server.client(), ns, ar),
+        None => Api::all_with(server.client(), ar),
+    }
+}
+
+async fn create_raw(server: &ApiServer, ar: &ApiResource, namespace: Option<&str>, obj: Value) {
+    let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+    dynamic_api(server, ar, namespace)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+}
+
+fn tj_ar() -> ApiResource {
+    ApiResource::erase::<TrainingJob>(&())
+}
+fn tq_ar() -> ApiResource {
+    ApiResource::erase::<TenantQuota>(&())
+}
+
+async fn quota(server: &ApiServer, tenant: &str, parent: Option<&str>, gpus: Value) {
+    create_raw(
+        server,
+        &tq_ar(),
+        None,
+        json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "TenantQuota",
+            "metadata": {"name": tenant},
+            "spec": {"tenant": tenant, "parent": parent, "gpus": gpus}
+        }),
+    )
+    .await;
+}
+
+fn job_json(name: &str, tenant: &str, replicas: i64, gpus: i64) -> Value {
+    json!({
+        "apiVersion": "zhisuan.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": "ml"},
+        "spec": {"tenant": tenant, "replicas": replicas, "gpusPerReplica": gpus,
+                 "template": {"spec": {"containers": [{"name": "train", "image": "trainer:1",
+                     "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}]}}}
+    })
+}
+
+async fn job(server: &ApiServer, name: &str, tenant: &str, replicas: i64, gpus: i64) {
+    create_raw(
+        server,
+        &tj_ar(),
+        Some("ml"),
+        job_json(name, tenant, replicas, gpus),
+    )
+    .await;
+}
+
+async fn status_of(server: &ApiServer, name: &str) -> Value {
+    dynamic_api(server, &tj_ar(), Some("ml"))
+        .get(name)
+        .await
+        .unwrap()
+        .data
+        .get("status")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Pods of a workload: name → (node, devices annotation).
+fn pods_of(server: &ApiServer, workload: &str) -> BTreeMap<String, (String, String)> {
+    server
+        .objects("v1/pods")
+        .into_iter()
+        .filter(|p| {
+            p.pointer("/metadata/labels/zhisuan.io~1workload")
+                .and_then(Value::as_str)
+                == Some(workload)
+        })
+        .map(|p| {
+            let name = p
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap()
+                .to_string();
+            let node = p
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let dev = p
+                .pointer("/metadata/annotations/zhisuan.io~1gpu-devices")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            (name, (node, dev))
+        })
+        .collect()
+}
+
+/// Polls an async condition every 20 ms for up to `secs` seconds.
+async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not reached within {secs} s: {what}");
+}
+
+async fn phase(server: &ApiServer, name: &str) -> String {
+    status_of(server, name).await["phase"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// No device of any node is held by two pods.
+fn assert_no_device_shared(server: &ApiServer) {
+    let mut seen = BTreeSet::new();
+    for p in server.objects("v1/pods") {
+        let node = p
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let devs = p
+            .pointer("/metadata/annotations/zhisuan.io~1gpu-devices")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        for d in devs.split(',').filter(|d| !d.is_empty()) {
+            assert!(
+                seen.insert((node.clone(), d.to_string())),
+                "device {d} of {node} given twice"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gang_of_four_lands_all_or_nothing() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    add_node(&server, "gpu-b", "east", "H100", 8).await;
+    quota(&server, "acme", None, json!({})).await;
+    let _c = start_controller(&server, "c1", Duration::from_secs(2));
+    // 4 × 4 GPUs fill both nodes exactly.
+    job(&server, "big", "acme", 4, 4).await;
+    eventually(15, "big runs", || async {
+        phase(&server, "big").await == "Running"
+    })
+    .await;
+    let pods = pods_of(&server, "big");
+    assert_eq!(
+        pods.keys().collect::<Vec<_>>(),
+        ["big-0", "big-1", "big-2", "big-3"]
+    );
+    assert!(pods
+        .values()
+        .all(|(node, dev)| !node.is_empty() && dev.split(',').count() == 4));
+    assert_no_device_shared(&server);
+
+    // A second gang of 4 × 1 GPU does not fit: no pod of it exists at all.
+    job(&server, "second", "acme", 4, 1).await;
+    eventually(15, "second explained", || async {
+        let s = status_of(&server, "second").await;
+        s["reason"] == "Unschedulable"
+            && s["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["type"] == "Scheduled"
+                        && c["message"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains("fits in no allowed region")
+                })
+            })
+    })
+    .await;
+    assert!(
+        pods_of(&server, "second").is_empty(),
+        "a blocked gang created pods"
+    );
+
+    // Deleting the first job releases its pods (finalizer) and the second lands whole.
+    dynamic_api(&server, &tj_ar(), Some("ml"))
+        .delete("big", &Default::default())
+        .await
+        .unwrap();
+    eventually(15, "second runs", || async {
+        phase(&server, "second").await == "Running"
+    })
+    .await;
+    assert!(pods_of(&server, "big").is_empty());
+    assert!(dynamic_api(&server, &tj_ar(), Some("ml"))
+        .get_opt("big")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(pods_of(&server, "second").len(), 4);
+    assert_no_device_shared(&server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_blocks_then_admits() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    add_node(&server, "gpu-b", "east", "H100", 8).await;
+    // A city with 12 GPUs and a department that may use 16: the city binds.
+    quota(&server, "city", None, json!({"*": 12})).await;
+    quota(&server, "dept", Some("city"), json!({"H100": 16})).await;
+    let _c = start_controller(&server, "c1", Duration::from_secs(2));
+    job(&server, "first", "dept", 1, 8).await;
+    eventually(15, "first runs", || async {
+        phase(&server, "first").await == "Running"
+    })
+    .await;
+    job(&server, "second", "dept", 1, 8).await;
+    eventually(15, "second blocked by the city's quota", || async {
+        let s = status_of(&server, "second").await;
+        s["reason"] == "QuotaExceeded" && s["conditions"].to_string().contains("spec.gpus[*]=12")
+    })
+    .await;
+    assert!(pods_of(&server, "second").is_empty());
+    // Raising the city's limit admits it.
+    let patch = json!({"spec": {"gpus": {"*": 16}}});
+    dynamic_api(&server, &tq_ar(), None)
+        .patch("city", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually(15, "second runs", || async {
+        phase(&server, "second").await == "Running"
+    })
+    .await;
+    let q = dynamic_api(&server, &tq_ar(), None)
+        .get("city")
+        .await
+        .unwrap();
+    assert_eq!(q.data["status"]["usedMilliGpus"], 16000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_mid_gang_restarts_with_exactly_the_right_pods() {
+    let server = ApiServer::start().await;
+    for i in 0..4 {
+        add_node(&server, &format!("gpu-{i}"), "west", "A100", 8).await;
+    }
+    quota(&server, "acme", None, json!({})).await;
+    server.pause_bindings_after(2);
+    let first = start_controller(&server, "first", Duration::from_secs(1));
+    job(&server, "gang", "acme", 4, 8).await;
+    // Two bindings went through and a third is hanging: kill the controller.
+    eventually(15, "mid-gang", || async {
+        server.request_count("bind", "v1/pods") >= 3
+    })
+    .await;
+    assert_eq!(phase(&server, "gang").await, "Admitted");
+    let bound_before = pods_of(&server, "gang")
+        .values()
+        .filter(|(n, _)| !n.is_empty())
+        .count();
+    assert_eq!(bound_before, 2);
+    first.task.abort();
+    let _ = first.task.await;
+    server.resume_bindings();
+
+    let second = start_controller(&server, "second", Duration::from_secs(1));
+    eventually(20, "gang runs under the new leader", || async {
+        phase(&server, "gang").await == "Running"
+    })
+    .await;
+    assert!(second.leadership.is_leader());
+    let pods = pods_of(&server, "gang");
+    assert_eq!(
+        pods.keys().collect::<Vec<_>>(),
+        ["gang-0", "gang-1", "gang-2", "gang-3"]
+    );
+    // Every pod is where the recorded placement says, with its devices.
+    let status = status_of(&server, "gang").await;
+    for r in status["placement"]["replicas"].as_array().unwrap() {
+        let (node, dev) = &pods[r["pod"].as_str().unwrap()];
+        assert_eq!(node, r["node"].as_str().unwrap());
+        let want: Vec<String> = r["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(dev, &want.join(","));
+    }
+    assert_no_device_shared(&server);
+    assert_eq!(
+        server.objects("v1/pods").len(),
+        4,
+        "no duplicate or stray pods"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_never_both_lead() {
+    let server = ApiServer::start().await;
+    let lease = Duration::from_millis(900);
+    let a = start_controller(&server, "a", lease);
+    let b = start_controller(&server, "b", lease);
+    let mut both = 0;
+    let mut leaders_seen = BTreeSet::new();
+    let mut killed = None;
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        let (la, lb) = (a.leadership.is_leader(), b.leadership.is_leader());
+        if la && lb {
+            both += 1;
+        }
+        if la {
+            leaders_seen.insert("a");
+        }
+        if lb {
+            leaders_seen.insert("b");
+        }
+        // Once someone leads, kill it: the other must take over, never overlapping.
+        if killed.is_none() && start.elapsed() > Duration::from_secs(2) && (la || lb) {
+            let victim = if la { &a } else { &b };
+            victim.task.abort();
+            killed = Some(if la { "a" } else { "b" });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(both, 0, "both replicas led at once");
+    assert_eq!(
+        leaders_seen.len(),
+        2,
+        "the survivor never took over: {leaders_seen:?}"
+    );
+    let survivor = if killed == Some("a") { &b } else { &a };
+    assert!(survivor.leadership.is_leader());
+    let holder = zhisuan::operator::controller::lease_holder(
+        server.client(),
+        "default",
+        "zhisuan-controller",
+    )
+    .await;
+    assert_eq!(
+        holder.as_deref(),
+        Some(if killed == Some("a") { "b" } else { "a" })
+    );
+    let metrics = prometheus::TextEncoder::new()
+        .encode_to_string(&survivor.registry.gather())
+        .unwrap();
+    assert!(
+        metrics.contains("zhisuan_controller_is_leader 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_get_a_condition_naming_the_field_and_never_stall() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    quota(&server, "acme", None, json!({})).await;
+    quota(&server, "loop-a", Some("loop-b"), json!({})).await;
+    quota(&server, "loop-b", Some("loop-a"), json!({})).await;
+    create_raw(
+        &server,
+        &tq_ar(),
+        None,
+        json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "TenantQuota",
+            "metadata": {"name": "negative"}, "spec": {"tenant": "negative", "gpus": {"H100": -1}}
+        }),
+    )
+    .await;
+    let c = start_controller(&server, "c1", Duration::from_secs(2));
+    let mut zero = job_json("zero", "acme", 0, 1);
+    zero["metadata"]["name"] = json!("zero");
+    create_raw(&server, &tj_ar(), Some("ml"), zero).await;
+    let mut milli = job_json("milli", "acme", 1, 1);
+    milli["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("gpusPerReplica");
+    milli["spec"]["gpuMilli"] = json!(1500);
+    create_raw(&server, &tj_ar(), Some("ml"), milli).await;
+    let mut model = job_json("model", "acme", 1, 1);
+    model["spec"]["gpuModels"] = json!(["Z9000"]);
+    create_raw(&server, &tj_ar(), Some("ml"), model).await;
+    let mut garbage = job_json("garbage", "acme", 1, 1);
+    garbage["spec"]["replicas"] = json!("many");
+    create_raw(&server, &tj_ar(), Some("ml"), garbage).await;
+    job(&server, "cyclic", "loop-a", 1, 1).await;
+    job(&server, "good", "acme", 1, 2).await;
+
+    eventually(15, "good runs despite the bad ones", || async {
+        phase(&server, "good").await == "Running"
+    })
+    .await;
+    for (name, field) in [
+        ("zero", "spec.replicas"),
+        ("milli", "spec.gpuMilli"),
+        ("model", "spec.gpuModels[0]"),
+        ("garbage", "spec.replicas"),
+    ] {
+        eventually(15, name, || async {
+            let s = status_of(&server, name).await;
+            s["reason"] == "InvalidSpec"
+                && s["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c["type"] == "Valid"
+                            && c["status"] == "False"
+                            && c["message"].as_str().unwrap_or("").contains(field)
+                    })
+                })
+        })
+        .await;
+        assert!(pods_of(&server, name).is_empty());
+    }
+    eventually(15, "cycle named", || async {
+        let s = status_of(&server, "cyclic").await;
+        s["reason"] == "QuotaInvalid"
+            && s["conditions"]
+                .to_string()
+                .contains("spec.parent forms a cycle")
+    })
+    .await;
+    eventually(15, "negative quota named", || async {
+        let q = dynamic_api(&server, &tq_ar(), None)
+            .get("negative")
+            .await
+            .unwrap();
+        q.data["status"]["conditions"]
+            .to_string()
+            .contains("spec.gpus[H100]")
+    })
+    .await;
+    // Fixing a spec (a new generation) is picked up.
+    let fix = json!({"spec": {"replicas": 1}});
+    dynamic_api(&server, &tj_ar(), Some("ml"))
+        .patch("zero", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    eventually(15, "fixed job runs", || async {
+        phase(&server, "zero").await == "Running"
+    })
+    .await;
+    assert!(!c.task.is_finished(), "the controller stopped");
+    let metrics = prometheus::TextEncoder::new()
+        .encode_to_string(&c.registry.gather())
+        .unwrap();
+    assert!(
+        metrics.contains("zhisuan_pending_jobs{reason=\"InvalidSpec\"} 3"),
+        "{metrics}"
+    );
 }

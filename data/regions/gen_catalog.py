@@ -12,7 +12,7 @@ import csv, math, os, sys
 from collections import Counter
 
 SCALE = 0.25
-TRACE = os.environ.get("OPENB_NODES", "/work/shared/traces/openb/openb_node_list_gpu_node.csv")
+TRACE = os.environ.get("OPENB_NODES", "data/openb/openb_node_list_gpu_node.csv")
 
 MEE = "MEE/NBS 2022 provincial average CO2 emission factor of electricity (Ministry of Ecology and Environment announcement 2024 No. 33); transcribed, verify before relying on it"
 # name, display, hub, hub_display, side, province, lat, lon, pue, green, price, grid, share, green_profile_kind

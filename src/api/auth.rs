@@ -1,6 +1,6 @@
 //! Bearer-key authentication. The admin key is compared in constant time;
-//! tenant keys are random, shown once, and stored as SHA-256 only. No key is
-//! ever logged: only hashes travel past this module.
+//! tenant keys are made by the ledger (random, shown once, stored as SHA-256
+//! only). No key is ever logged; past this module only hashes are kept.
 
 use std::time::Instant;
 
@@ -10,9 +10,6 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::ApiState;
-
-/// Prefix of tenant keys, so a leaked key is recognisable by secret scanners.
-pub const TENANT_KEY_PREFIX: &str = "zsk_";
 
 /// SHA-256 of a key.
 pub fn key_hash(key: &str) -> [u8; 32] {
@@ -26,13 +23,6 @@ pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
         .zip(b.iter())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
-}
-
-/// A fresh tenant key: 32 bytes from the OS generator, hex-encoded.
-pub fn generate_key() -> Result<String, ApiError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| ApiError::internal(format!("getrandom: {e}")))?;
-    Ok(format!("{TENANT_KEY_PREFIX}{}", hex::encode(bytes)))
 }
 
 /// Who is calling.
@@ -75,11 +65,12 @@ impl FromRequestParts<ApiState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let hash = key_hash(bearer(parts)?);
+        let key = bearer(parts)?;
+        let hash = key_hash(key);
         let principal = if constant_time_eq(&hash, &state.inner.admin_key_sha256) {
             Principal::Admin
         } else {
-            match state.tenant_for_key(&hash).await? {
+            match state.tenant_for_key(key, &hash).await? {
                 Some(t) => Principal::Tenant(t),
                 None => return Err(ApiError::unauthorized("unknown API key")),
             }
@@ -130,14 +121,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_random_prefixed_and_hash_stably() {
-        let a = generate_key().unwrap();
-        let b = generate_key().unwrap();
-        assert_ne!(a, b);
-        assert!(a.starts_with(TENANT_KEY_PREFIX));
-        assert_eq!(a.len(), TENANT_KEY_PREFIX.len() + 64);
-        assert_eq!(key_hash(&a), key_hash(&a));
-        assert_ne!(key_hash(&a), key_hash(&b));
+    fn key_hash_is_sha256() {
+        assert_ne!(key_hash("a"), key_hash("b"));
         // Known SHA-256 vector.
         assert_eq!(
             hex::encode(key_hash("abc")),

@@ -127,6 +127,24 @@ impl ApiError {
     }
 }
 
+/// Ledger errors: bad input names its field (422), unknown names are 404 /
+/// 422, duplicates 409, storage failures 500.
+impl From<crate::ledger::LedgerError> for ApiError {
+    fn from(e: crate::ledger::LedgerError) -> Self {
+        use crate::ledger::LedgerError as L;
+        match e {
+            L::Invalid { field, message } => {
+                let message = format!("{field}: {message}");
+                ApiError::invalid(field, message)
+            }
+            L::UnknownTenant(_) => ApiError::invalid("tenant", e.to_string()),
+            L::NotFound { .. } => ApiError::not_found(e.to_string()),
+            L::Conflict { .. } => ApiError::conflict(e.to_string()),
+            L::Storage(_) => ApiError::internal(e),
+        }
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -17,6 +17,8 @@ fn data_error(path: String, message: String) -> ApiError {
             if let Some(name) = rest.split('`').next() {
                 field = if field == "." || field.is_empty() {
                     name.to_string()
+                } else if field == name || field.ends_with(&format!(".{name}")) {
+                    field
                 } else {
                     format!("{field}.{name}")
                 };
@@ -92,7 +94,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
                     .strip_prefix("Failed to deserialize query string: ")
                     .unwrap_or(&text)
                     .to_string();
-                data_error(".".to_string(), message)
+                // axum prefixes the parameter's name: "format: unknown variant ...".
+                let path = match message.split_once(": ") {
+                    Some((name, _))
+                        if !name.is_empty()
+                            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+                    {
+                        name.to_string()
+                    }
+                    _ => ".".to_string(),
+                };
+                data_error(path, message)
             })
     }
 }

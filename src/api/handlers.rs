@@ -7,17 +7,23 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::accounts::{AuditEntry, NewVoucher, Quota, Tenant, UsageSummary, Voucher};
-use super::auth::{generate_key, key_hash, Admin, TenantCaller};
+use super::auth::{Admin, TenantCaller};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::jobs::{GpuUse, JobKind, JobSpec, JobView, RegionView, TokenTier};
 use super::openapi::StdErrors;
 use super::ApiState;
+use crate::ledger::{
+    ratio_to_bp, AuditEvent, ChargeKind, Month, MonthUse, Quota, Tenant, UsageSummary, Voucher,
+    VoucherSpec,
+};
+
+/// The admin as the ledger's audit log names it.
+const ADMIN_ACTOR: &str = "admin";
 
 // ---------- validation helpers ----------
 
@@ -82,34 +88,6 @@ pub(crate) fn parse_time(field: &str, value: &str) -> Result<DateTime<Utc>, ApiE
     ))
 }
 
-/// Start of `now`'s calendar month (UTC) and its `YYYY-MM` label.
-pub(crate) fn month_start(now: DateTime<Utc>) -> (DateTime<Utc>, String) {
-    let start = Utc
-        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
-        .single()
-        .unwrap_or(now);
-    (start, format!("{:04}-{:02}", now.year(), now.month()))
-}
-
-fn parse_month(value: &str) -> Result<(i32, u32), ApiError> {
-    let bad = || {
-        ApiError::invalid(
-            "month",
-            format!("month: {value:?} is not a month; use YYYY-MM (e.g. 2026-11)"),
-        )
-    };
-    let (y, m) = value.split_once('-').ok_or_else(bad)?;
-    if y.len() != 4 || m.len() != 2 {
-        return Err(bad());
-    }
-    let y: i32 = y.parse().map_err(|_| bad())?;
-    let m: u32 = m.parse().map_err(|_| bad())?;
-    if !(1..=12).contains(&m) || !(1970..=9999).contains(&y) {
-        return Err(bad());
-    }
-    Ok((y, m))
-}
-
 /// `[from, to)`, either end open.
 type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
@@ -122,23 +100,6 @@ fn parse_range(from: Option<&str>, to: Option<&str>) -> Result<TimeRange, ApiErr
         }
     }
     Ok((from, to))
-}
-
-async fn audit(
-    state: &ApiState,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: serde_json::Value,
-) -> Result<(), ApiError> {
-    let entry = AuditEntry {
-        at: Utc::now(),
-        actor: actor.to_string(),
-        action: action.to_string(),
-        target: target.to_string(),
-        detail,
-    };
-    state.blocking(move |a| a.audit(&entry)).await
 }
 
 // ---------- public ----------
@@ -202,9 +163,11 @@ pub async fn method_not_allowed() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {
     /// 1-63 lowercase letters, digits or '-'.
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
     pub name: String,
     /// An existing tenant this one nests under.
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
     pub parent: Option<String>,
 }
 
@@ -229,28 +192,20 @@ pub async fn create_tenant(
     if let Some(p) = &req.parent {
         check_name("parent", p)?;
     }
-    let key = generate_key()?;
-    let hash = key_hash(&key);
-    let tenant = Tenant {
-        name: req.name.clone(),
-        parent: req.parent.clone(),
-    };
-    let t = tenant.clone();
-    state.blocking(move |a| a.create_tenant(&t, &hash)).await?;
-    audit(
-        &state,
-        "admin",
-        "tenant.create",
-        &tenant.name,
-        serde_json::json!({ "parent": tenant.parent }),
-    )
-    .await?;
+    let (name, parent) = (req.name.clone(), req.parent.clone());
+    let (tenant, api_key) = state
+        .blocking(move |l| {
+            let t = l.create_tenant(ADMIN_ACTOR, &name, parent.as_deref())?;
+            let key = l.create_api_key(ADMIN_ACTOR, &name)?;
+            Ok((t, key))
+        })
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedTenant {
             name: tenant.name,
             parent: tenant.parent,
-            api_key: key,
+            api_key,
         }),
     ))
 }
@@ -267,46 +222,8 @@ pub async fn list_tenants(
     State(state): State<ApiState>,
     _admin: Admin,
 ) -> Result<Json<TenantList>, ApiError> {
-    let tenants = state.blocking(|a| a.list_tenants()).await?;
+    let tenants = state.blocking(|l| l.tenants()).await?;
     Ok(Json(TenantList { tenants }))
-}
-
-fn check_quota(q: &Quota) -> Result<(), ApiError> {
-    const MAX_GPUS: u32 = 1_000_000;
-    for (model, n) in &q.gpus_per_model {
-        let field = format!("gpus_per_model.{model}");
-        check_text(&field, model, 64)?;
-        if *n > MAX_GPUS {
-            return Err(ApiError::invalid(
-                field.clone(),
-                format!("{field}: at most {MAX_GPUS}"),
-            ));
-        }
-    }
-    for (field, v) in [
-        ("max_gpus", q.max_gpus.unwrap_or(0)),
-        ("guaranteed_gpus", q.guaranteed_gpus),
-        ("borrowable_gpus", q.borrowable_gpus),
-    ] {
-        if v > MAX_GPUS {
-            return Err(ApiError::invalid(
-                field,
-                format!("{field}: at most {MAX_GPUS}"),
-            ));
-        }
-    }
-    if let Some(max) = q.max_gpus {
-        if q.guaranteed_gpus > max {
-            return Err(ApiError::invalid(
-                "guaranteed_gpus",
-                format!(
-                    "guaranteed_gpus: {} is more than max_gpus {max}; lower it or raise max_gpus",
-                    q.guaranteed_gpus
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Set a tenant's quota (admin). Absent limits are unlimited.
@@ -320,11 +237,12 @@ pub async fn set_quota(
     Path(name): Path<String>,
     ApiJson(quota): ApiJson<Quota>,
 ) -> Result<Json<Quota>, ApiError> {
-    check_quota(&quota)?;
-    let (n, q) = (name.clone(), quota.clone());
-    state.blocking(move |a| a.set_quota(&n, &q)).await?;
-    let detail = serde_json::to_value(&quota).map_err(ApiError::internal)?;
-    audit(&state, "admin", "quota.set", &name, detail).await?;
+    let (q, t) = (quota.clone(), name.clone());
+    state
+        .blocking(move |l| l.set_quota(ADMIN_ACTOR, &t, &q))
+        .await
+        .map_err(unknown_tenant_is_404)?;
+    state.jobs().set_gpu_limit(&name, gpu_limit_milli(&quota));
     Ok(Json(quota))
 }
 
@@ -338,13 +256,25 @@ pub struct RangeQuery {
     pub to: Option<String>,
 }
 
+/// For a tenant named in the path: unknown is 404, not a bad field.
+fn unknown_tenant_is_404(e: ApiError) -> ApiError {
+    if e.field.as_deref() == Some("tenant") && e.message.contains("unknown tenant") {
+        ApiError::not_found(e.message)
+    } else {
+        e
+    }
+}
+
 async fn usage_of(
     state: &ApiState,
     tenant: String,
     q: &RangeQuery,
 ) -> Result<Json<UsageSummary>, ApiError> {
     let (from, to) = parse_range(q.from.as_deref(), q.to.as_deref())?;
-    let usage = state.blocking(move |a| a.usage(&tenant, from, to)).await?;
+    let usage = state
+        .blocking(move |l| l.usage_summary(&tenant, from, to))
+        .await
+        .map_err(unknown_tenant_is_404)?;
     Ok(Json(usage))
 }
 
@@ -364,11 +294,15 @@ pub async fn tenant_usage(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VoucherRequest {
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
     pub tenant: String,
+    #[schema(min_length = 1, max_length = 128)]
     pub issuer: String,
     /// Face value in fen (1 CNY = 100 fen), > 0.
+    #[schema(minimum = 1)]
     pub face_value_fen: i64,
     /// Largest share of each charge the voucher covers, in (0, 1], at most 4 decimals.
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub copay_ratio: f64,
     /// RFC 3339 or YYYY-MM-DD.
     pub valid_from: String,
@@ -377,25 +311,27 @@ pub struct VoucherRequest {
     /// Regions where it may be redeemed; absent or empty = all.
     #[serde(default)]
     pub regions: Option<Vec<String>>,
+    /// Charge kinds it may pay (`gpu`, `energy`, `tokens`); absent or empty = all.
+    #[serde(default)]
+    pub kinds: Option<Vec<ChargeKind>>,
 }
 
 /// Basis points of a ratio in (0, 1] with at most 4 decimals.
-fn copay_bp(ratio: f64) -> Result<u32, ApiError> {
+fn copay_bp(ratio: f64) -> Result<i64, ApiError> {
     let field = "copay_ratio";
-    if !ratio.is_finite() || ratio <= 0.0 || ratio > 1.0 {
-        return Err(ApiError::invalid(
+    let bp = ratio_to_bp(ratio).filter(|&bp| bp > 0).ok_or_else(|| {
+        ApiError::invalid(
             field,
             format!("copay_ratio: {ratio} is outside (0, 1]; 0.5 means the voucher covers at most half of each charge"),
-        ));
-    }
-    let bp = (ratio * 10_000.0).round();
-    if (bp - ratio * 10_000.0).abs() > 1e-6 {
+        )
+    })?;
+    if (bp as f64 - ratio * 10_000.0).abs() > 1e-6 {
         return Err(ApiError::invalid(
             field,
             "copay_ratio: at most 4 decimal places (basis points)",
         ));
     }
-    Ok(bp as u32)
+    Ok(bp)
 }
 
 /// Issue a compute voucher (算力券) to a tenant (admin).
@@ -450,7 +386,8 @@ pub async fn issue_voucher(
             }
         }
     }
-    let new = NewVoucher {
+    let spec = VoucherSpec {
+        id: None,
         tenant: req.tenant.clone(),
         issuer: req.issuer.clone(),
         face_value_fen: req.face_value_fen,
@@ -458,10 +395,11 @@ pub async fn issue_voucher(
         valid_from,
         valid_until,
         regions,
+        kinds: req.kinds.clone().unwrap_or_default(),
     };
-    let voucher = state.blocking(move |a| a.issue_voucher(&new)).await?;
-    let detail = serde_json::to_value(&voucher).map_err(ApiError::internal)?;
-    audit(&state, "admin", "voucher.issue", &voucher.tenant, detail).await?;
+    let voucher = state
+        .blocking(move |l| l.issue_voucher(ADMIN_ACTOR, &spec))
+        .await?;
     Ok((StatusCode::CREATED, Json(voucher)))
 }
 
@@ -469,14 +407,23 @@ pub async fn issue_voucher(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// RFC 3339 or YYYY-MM-DD; absent = everything.
+    /// A `seq` cursor (entries after it), or a time (RFC 3339 / YYYY-MM-DD:
+    /// entries at or after it); absent = from the start.
     pub since: Option<String>,
+    /// Most entries to return, 1..=10000 (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct AuditList {
-    pub entries: Vec<AuditEntry>,
+    pub entries: Vec<AuditEvent>,
+    /// Pass as `since` to get the entries after these.
+    pub next_since: i64,
 }
+
+/// Largest audit page.
+const AUDIT_MAX: i64 = 10_000;
 
 /// The audit log (admin).
 #[utoipa::path(get, path = "/v1/audit", tag = "admin", security(("bearer" = [])),
@@ -487,13 +434,44 @@ pub async fn audit_log(
     _admin: Admin,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditList>, ApiError> {
-    let since = q
-        .since
-        .as_deref()
-        .map(|s| parse_time("since", s))
-        .transpose()?;
-    let entries = state.blocking(move |a| a.audit_since(since)).await?;
-    Ok(Json(AuditList { entries }))
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=AUDIT_MAX).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit: must be 1..={AUDIT_MAX}"),
+        ));
+    }
+    let (cursor, after) = match q.since.as_deref() {
+        None => (0, None),
+        Some(s) => match s.parse::<i64>() {
+            Ok(seq) if seq >= 0 => (seq, None),
+            Ok(_) => return Err(ApiError::invalid("since", "since: a cursor is >= 0")),
+            Err(_) => (0, Some(parse_time("since", s)?)),
+        },
+    };
+    let entries = state
+        .blocking(move |l| {
+            // A time filter pages through the log; entries are in time order.
+            let mut out = Vec::new();
+            let mut seq = cursor;
+            loop {
+                let page = l.audit_since(seq, AUDIT_MAX)?;
+                let done = (page.len() as i64) < AUDIT_MAX;
+                seq = page.last().map_or(seq, |e| e.seq);
+                out.extend(page.into_iter().filter(|e| after.is_none_or(|t| e.at >= t)));
+                if done || out.len() as i64 >= limit {
+                    break;
+                }
+            }
+            out.truncate(limit as usize);
+            Ok(out)
+        })
+        .await?;
+    let next_since = entries.last().map_or(cursor, |e| e.seq);
+    Ok(Json(AuditList {
+        entries,
+        next_since,
+    }))
 }
 
 // ---------- tenant ----------
@@ -504,7 +482,7 @@ pub struct QuotaUse {
     pub gpus: f64,
     pub gpus_by_model: BTreeMap<String, f64>,
     pub gpu_hours_this_month: f64,
-    pub tokens_this_month: u64,
+    pub tokens_this_month: i64,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -529,13 +507,15 @@ pub async fn own_quota(
 ) -> Result<Json<QuotaView>, ApiError> {
     let now = Utc::now();
     let t = tenant.clone();
-    let limits = state.blocking(move |a| a.quota(&t)).await?;
+    let limits = state
+        .blocking(move |l| l.quota(&t))
+        .await?
+        .unwrap_or_default();
     let gpu_use = state.jobs().gpu_use(&tenant).await?;
     let usage = state.month_usage(&tenant, now).await?;
-    let (_, month) = month_start(now);
     Ok(Json(QuotaView {
         tenant,
-        month,
+        month: Month::of(now).to_string(),
         limits,
         used: QuotaUse {
             gpus: milli_to_gpus(gpu_use.total_milli),
@@ -545,7 +525,7 @@ pub async fn own_quota(
                 .map(|(m, v)| (m.clone(), milli_to_gpus(*v)))
                 .collect(),
             gpu_hours_this_month: usage.gpu_hours,
-            tokens_this_month: usage.tokens.values().sum(),
+            tokens_this_month: usage.tokens,
         },
     }))
 }
@@ -555,25 +535,31 @@ pub async fn own_quota(
 pub struct JobRequest {
     pub kind: JobKind,
     /// 1-63 lowercase letters, digits or '-'; unique among the tenant's live jobs.
+    #[schema(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
     pub name: String,
     /// 1..=1000 pods (a gang: all or nothing).
+    #[schema(minimum = 1, maximum = 1000)]
     pub replicas: u32,
     /// Whole GPUs per replica, 1..=64. Give this or `gpu_milli`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
     pub gpus_per_replica: Option<u32>,
     /// A share of one GPU per replica in milli-GPU, 1..=999. Give this or `gpus_per_replica`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 999)]
     pub gpu_milli: Option<u32>,
     /// Allowed accelerator models; absent = any.
     #[serde(default)]
     pub gpu_models: Option<Vec<String>>,
     /// Container image.
+    #[schema(min_length = 1, max_length = 512, pattern = "^\\S+$")]
     pub image: String,
     /// Pin to one region; absent = the scheduler chooses.
     #[serde(default)]
     pub region: Option<String>,
     /// Inference only: round-trip budget from `user_region`, 1..=60000 ms.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 60000)]
     pub latency_slo_ms: Option<u32>,
     /// Inference only: where the users are.
     #[serde(default)]
@@ -583,10 +569,14 @@ pub struct JobRequest {
     pub token_tier: Option<TokenTier>,
     /// Stop after this many seconds, 1..=31536000.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31536000)]
     pub max_runtime_s: Option<u64>,
 }
 
 const MAX_REPLICAS: u32 = 1000;
+
+/// The key of `Quota::gpus` that limits all models together.
+const ANY_MODEL: &str = "*";
 const MAX_GPUS_PER_REPLICA: u32 = 64;
 
 fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
@@ -709,21 +699,29 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
     })
 }
 
+/// The all-models GPU limit of a quota, in milli-GPU.
+pub(crate) fn gpu_limit_milli(quota: &Quota) -> Option<u64> {
+    quota.gpus.get(ANY_MODEL).map(|&n| n.max(0) as u64 * 1000)
+}
+
 /// 422 naming the first limit the job would exceed. Pure: the plan step of submission.
+///
+/// `quota.gpus["*"]` limits all models together; `quota.gpus[model]` limits
+/// the GPUs of that model, which a job is charged against when it allows it.
 pub(crate) fn check_job_quota(
     spec: &JobSpec,
     quota: &Quota,
     held: &GpuUse,
-    month: &UsageSummary,
+    month: &MonthUse,
 ) -> Result<(), ApiError> {
     let want = spec.total_milli();
-    if let Some(max) = quota.max_gpus {
-        let limit = u64::from(max) * 1000;
+    if let Some(&max) = quota.gpus.get(ANY_MODEL) {
+        let limit = max.max(0) as u64 * 1000;
         if held.total_milli + want > limit {
             return Err(ApiError::quota_exceeded(
-                "max_gpus",
+                "gpus.*",
                 format!(
-                    "quota max_gpus {max} would be exceeded: {} GPUs held + {} requested",
+                    "quota gpus.* (all models) {max} would be exceeded: {} GPUs held + {} requested",
                     milli_to_gpus(held.total_milli),
                     milli_to_gpus(want)
                 ),
@@ -731,14 +729,14 @@ pub(crate) fn check_job_quota(
         }
     }
     for model in &spec.gpu_models {
-        if let Some(max) = quota.gpus_per_model.get(model) {
-            let limit = u64::from(*max) * 1000;
+        if let Some(&max) = quota.gpus.get(model) {
+            let limit = max.max(0) as u64 * 1000;
             let have = held.by_model_milli.get(model).copied().unwrap_or(0);
             if have + want > limit {
                 return Err(ApiError::quota_exceeded(
-                    format!("gpus_per_model.{model}"),
+                    format!("gpus.{model}"),
                     format!(
-                        "quota gpus_per_model.{model} {max} would be exceeded: {} held + {} requested",
+                        "quota gpus.{model} {max} would be exceeded: {} held + {} requested",
                         milli_to_gpus(have),
                         milli_to_gpus(want)
                     ),
@@ -747,7 +745,7 @@ pub(crate) fn check_job_quota(
         }
     }
     if let Some(max) = quota.gpu_hours_per_month {
-        if month.gpu_hours >= max as f64 {
+        if month.milli_gpu_seconds >= max.saturating_mul(3_600_000) {
             return Err(ApiError::quota_exceeded(
                 "gpu_hours_per_month",
                 format!(
@@ -759,7 +757,7 @@ pub(crate) fn check_job_quota(
     }
     if spec.kind == JobKind::Inference {
         if let Some(max) = quota.tokens_per_month {
-            let used: u64 = month.tokens.values().sum();
+            let used = month.tokens;
             if used >= max {
                 return Err(ApiError::quota_exceeded(
                     "tokens_per_month",
@@ -782,7 +780,11 @@ pub async fn submit_job(
 ) -> Result<Response, ApiError> {
     let spec = validate_job(&tenant, req)?;
     let t = tenant.clone();
-    let quota = state.blocking(move |a| a.quota(&t)).await?;
+    let quota = state
+        .blocking(move |l| l.quota(&t))
+        .await?
+        .unwrap_or_default();
+    state.jobs().set_gpu_limit(&tenant, gpu_limit_milli(&quota));
     let held = state.jobs().gpu_use(&tenant).await?;
     let month = state.month_usage(&tenant, Utc::now()).await?;
     check_job_quota(&spec, &quota, &held, &month)?;
@@ -866,10 +868,10 @@ pub enum StatementFormat {
 
 /// The caller's statement for a month (`YYYY-MM`), JSON or CSV.
 #[utoipa::path(get, path = "/v1/statements/{month}", tag = "tenant", security(("bearer" = [])),
-    params(("month" = String, Path, description = "YYYY-MM"), StatementQuery),
+    params(("month" = String, Path, description = "YYYY-MM", pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$"), StatementQuery),
     responses(
         (status = 200, description = "the statement", content(
-            (Object = "application/json"),
+            (crate::ledger::Statement = "application/json"),
             (String = "text/csv"))),
         StdErrors))]
 pub async fn statement(
@@ -878,13 +880,15 @@ pub async fn statement(
     Path(month): Path<String>,
     ApiQuery(q): ApiQuery<StatementQuery>,
 ) -> Result<Response, ApiError> {
-    let (y, m) = parse_month(&month)?;
-    let st = state.blocking(move |a| a.statement(&tenant, y, m)).await?;
+    let month = Month::parse(&month).map_err(ApiError::from)?;
+    let st = state.blocking(move |l| l.statement(&tenant, month)).await?;
     Ok(match q.format.unwrap_or(StatementFormat::Json) {
-        StatementFormat::Json => Json(st.json).into_response(),
-        StatementFormat::Csv => {
-            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], st.csv).into_response()
-        }
+        StatementFormat::Json => Json(st).into_response(),
+        StatementFormat::Csv => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            st.to_csv(),
+        )
+            .into_response(),
     })
 }
 
@@ -900,7 +904,7 @@ pub async fn own_vouchers(
     State(state): State<ApiState>,
     TenantCaller(tenant): TenantCaller,
 ) -> Result<Json<VoucherList>, ApiError> {
-    let vouchers = state.blocking(move |a| a.vouchers(&tenant)).await?;
+    let vouchers = state.blocking(move |l| l.vouchers(Some(&tenant))).await?;
     Ok(Json(VoucherList { vouchers }))
 }
 
@@ -1004,48 +1008,57 @@ mod tests {
             total_milli: 4000,
             by_model_milli: BTreeMap::from([("H100".to_string(), 4000)]),
         };
-        let none = UsageSummary::default();
-        let q = Quota {
-            max_gpus: Some(12),
+        let none = MonthUse::default();
+        let limit = |k: &str, n: i64| Quota {
+            gpus: BTreeMap::from([(k.to_string(), n)]),
             ..Quota::default()
         };
-        assert!(check_job_quota(&spec, &q, &held, &none).is_ok());
-        let q = Quota {
-            max_gpus: Some(11),
-            ..Quota::default()
-        };
-        let e = check_job_quota(&spec, &q, &held, &none).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("max_gpus"));
+        assert!(check_job_quota(&spec, &limit("*", 12), &held, &none).is_ok());
+        let e = check_job_quota(&spec, &limit("*", 11), &held, &none).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("gpus.*"));
         assert_eq!(e.code, "quota_exceeded");
 
         let mut h100 = spec.clone();
         h100.gpu_models = vec!["H100".into()];
-        let q = Quota {
-            gpus_per_model: BTreeMap::from([("H100".to_string(), 11)]),
-            ..Quota::default()
-        };
-        let e = check_job_quota(&h100, &q, &held, &none).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("gpus_per_model.H100"));
+        let e = check_job_quota(&h100, &limit("H100", 11), &held, &none).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("gpus.H100"));
+        assert!(check_job_quota(&h100, &limit("H100", 12), &held, &none).is_ok());
         // A job pinned to another model is not charged to H100's limit.
         let mut a100 = spec.clone();
         a100.gpu_models = vec!["A100".into()];
-        assert!(check_job_quota(&a100, &q, &held, &none).is_ok());
+        assert!(check_job_quota(&a100, &limit("H100", 11), &held, &none).is_ok());
 
         let q = Quota {
             gpu_hours_per_month: Some(10),
             ..Quota::default()
         };
-        let used = UsageSummary {
+        let used = MonthUse {
+            milli_gpu_seconds: 10 * 3_600_000,
             gpu_hours: 10.0,
-            ..UsageSummary::default()
+            tokens: 0,
         };
         let e = check_job_quota(&spec, &q, &held, &used).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("gpu_hours_per_month"));
-        let used = UsageSummary {
-            gpu_hours: 9.5,
-            ..UsageSummary::default()
+        let used = MonthUse {
+            milli_gpu_seconds: 10 * 3_600_000 - 1,
+            ..used
         };
         assert!(check_job_quota(&spec, &q, &held, &used).is_ok());
+
+        let q = Quota {
+            tokens_per_month: Some(100),
+            ..Quota::default()
+        };
+        let used = MonthUse {
+            tokens: 100,
+            ..MonthUse::default()
+        };
+        // Tokens limit inference only.
+        assert!(check_job_quota(&spec, &q, &held, &used).is_ok());
+        let mut inf = spec.clone();
+        inf.kind = JobKind::Inference;
+        let e = check_job_quota(&inf, &q, &held, &used).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("tokens_per_month"));
     }
 
     #[test]
@@ -1078,10 +1091,6 @@ mod tests {
                 .as_deref(),
             Some("since")
         );
-        assert_eq!(parse_month("2026-11").unwrap(), (2026, 11));
-        for bad in ["2026-13", "2026-1", "26-11", "2026/11", "x"] {
-            assert!(parse_month(bad).is_err(), "{bad}");
-        }
         assert_eq!(
             parse_range(Some("2026-11-02"), Some("2026-11-01"))
                 .unwrap_err()
@@ -1089,8 +1098,5 @@ mod tests {
                 .as_deref(),
             Some("to")
         );
-        let (start, label) = month_start(Utc.with_ymd_and_hms(2026, 2, 28, 23, 0, 0).unwrap());
-        assert_eq!(start, Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap());
-        assert_eq!(label, "2026-02");
     }
 }

@@ -113,7 +113,8 @@ pub struct JobView {
     pub replicas: u32,
     pub gpu_milli_per_replica: u32,
     pub gpu_models: Vec<String>,
-    pub image: String,
+    /// Absent for jobs that did not come through the API (e.g. the demo's workload).
+    pub image: Option<String>,
     pub region: Option<String>,
     pub placement: Vec<ReplicaPlacement>,
     pub explanation: Explanation,
@@ -138,8 +139,8 @@ pub struct RegionView {
     pub latency_ms: BTreeMap<String, f64>,
     pub green_share: f64,
     pub pue: f64,
-    /// Electricity price, fen per kWh.
-    pub price_fen_per_kwh: i64,
+    /// Electricity price, milli-fen per kWh (exact; 1 CNY = 100,000 milli-fen).
+    pub price_milli_fen_per_kwh: i64,
     pub gpus: u64,
     pub gpus_free: f64,
     #[schema(value_type = Object)]
@@ -187,4 +188,8 @@ pub trait JobBackend: Send + Sync + 'static {
     fn cancel(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>>;
     fn gpu_use(&self, tenant: &str) -> BoxFuture<'_, BackendResult<GpuUse>>;
     fn regions(&self) -> BoxFuture<'_, BackendResult<Vec<RegionView>>>;
+    /// The tenant's limit on GPUs held at once, all models (milli-GPU; `None`
+    /// = unlimited), for the backend to enforce again at admission. Called
+    /// when the quota is set and at every submission. Default: not enforced.
+    fn set_gpu_limit(&self, _tenant: &str, _limit_milli: Option<u64>) {}
 }

@@ -3,10 +3,10 @@
 //! OpenAPI document generated from this code.
 //!
 //! `router(state)` is reused by `zhisuan api`, `zhisuan controller` and
-//! `zhisuan demo`; what sits behind it is two traits: [`Accounts`] (the ledger)
-//! and [`JobBackend`] (the in-process `World`, or Kubernetes in `operator/`).
+//! `zhisuan demo`; behind it sit the ledger ([`Ledger`], SQLite or
+//! PostgreSQL) and a [`JobBackend`] (the in-process `World` in [`world`], or
+//! Kubernetes in `operator/`).
 
-pub mod accounts;
 pub mod auth;
 pub mod cli;
 pub mod error;
@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod ratelimit;
+mod schemas;
+pub mod world;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,16 +28,21 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::Router;
 
-pub use accounts::{Accounts, AccountsError};
 pub use error::ApiError;
 pub use jobs::{BackendError, JobBackend};
 pub use ratelimit::RateLimit;
+pub use world::WorldBackend;
+
+use crate::ledger::{Ledger, LedgerError, Month, MonthUse};
 
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
 /// How long a tenant's month-to-date usage is reused for quota checks.
 const USAGE_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// How long a key → tenant lookup is trusted (bounds how long a revoked key still works).
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Settings of one API server.
 #[derive(Clone)]
@@ -64,14 +71,14 @@ pub struct ApiState {
 }
 
 struct Inner {
-    accounts: Arc<dyn Accounts>,
+    ledger: Ledger,
     jobs: Arc<dyn JobBackend>,
     admin_key_sha256: [u8; 32],
     limiter: ratelimit::RateLimiter,
-    /// Key hash → tenant, filled on first use (keys are never re-assigned).
-    key_cache: RwLock<HashMap<[u8; 32], String>>,
-    /// Tenant → (when read, month-to-date usage) for quota checks.
-    usage_cache: Mutex<HashMap<String, (Instant, String, accounts::UsageSummary)>>,
+    /// Key hash → (when looked up, tenant).
+    key_cache: RwLock<HashMap<[u8; 32], (Instant, String)>>,
+    /// Tenant → (when read, month, use in that month) for quota checks.
+    usage_cache: Mutex<HashMap<String, (Instant, Month, MonthUse)>>,
     metrics: metrics::ApiMetrics,
     registry: prometheus::Registry,
 }
@@ -81,7 +88,7 @@ impl ApiState {
     /// which `/metrics` serves (so the caller can add its own).
     pub fn new(
         config: ApiConfig,
-        accounts: Arc<dyn Accounts>,
+        ledger: Ledger,
         jobs: Arc<dyn JobBackend>,
         registry: &prometheus::Registry,
     ) -> Result<Self, crate::error::InputError> {
@@ -100,7 +107,7 @@ impl ApiState {
             .map_err(|e| crate::error::InputError::new(format!("registering API metrics: {e}")))?;
         Ok(ApiState {
             inner: Arc::new(Inner {
-                accounts,
+                ledger,
                 jobs,
                 admin_key_sha256: auth::key_hash(key),
                 limiter: ratelimit::RateLimiter::new(config.rate_limit),
@@ -112,8 +119,8 @@ impl ApiState {
         })
     }
 
-    pub fn accounts(&self) -> &Arc<dyn Accounts> {
-        &self.inner.accounts
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
     }
 
     pub fn jobs(&self) -> &Arc<dyn JobBackend> {
@@ -124,33 +131,43 @@ impl ApiState {
     pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn Accounts) -> Result<T, AccountsError> + Send + 'static,
+        F: FnOnce(&Ledger) -> Result<T, LedgerError> + Send + 'static,
     {
-        let accounts = Arc::clone(&self.inner.accounts);
-        tokio::task::spawn_blocking(move || f(accounts.as_ref()))
+        let ledger = self.inner.ledger.clone();
+        tokio::task::spawn_blocking(move || f(&ledger))
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::from)
     }
 
-    async fn tenant_for_key(&self, hash: &[u8; 32]) -> Result<Option<String>, ApiError> {
-        if let Some(t) = self
+    /// The tenant owning `key` (whose hash is `hash`), cached for [`KEY_CACHE_TTL`].
+    async fn tenant_for_key(&self, key: &str, hash: &[u8; 32]) -> Result<Option<String>, ApiError> {
+        let now = Instant::now();
+        if let Some((at, t)) = self
             .inner
             .key_cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(hash)
         {
-            return Ok(Some(t.clone()));
+            if now.duration_since(*at) < KEY_CACHE_TTL {
+                return Ok(Some(t.clone()));
+            }
         }
-        let h = *hash;
-        let found = self.blocking(move |a| a.tenant_for_key(&h)).await?;
-        if let Some(t) = &found {
-            self.inner
-                .key_cache
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(*hash, t.clone());
+        let k = key.to_string();
+        let found = self.blocking(move |l| l.tenant_for_api_key(&k)).await?;
+        let mut cache = self
+            .inner
+            .key_cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match &found {
+            Some(t) => {
+                cache.insert(*hash, (now, t.clone()));
+            }
+            None => {
+                cache.remove(hash);
+            }
         }
         Ok(found)
     }
@@ -160,8 +177,8 @@ impl ApiState {
         &self,
         tenant: &str,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<accounts::UsageSummary, ApiError> {
-        let (month_start, month) = handlers::month_start(now);
+    ) -> Result<MonthUse, ApiError> {
+        let month = Month::of(now);
         let fresh = Instant::now();
         if let Some((at, m, u)) = self
             .inner
@@ -171,18 +188,16 @@ impl ApiState {
             .get(tenant)
         {
             if *m == month && fresh.duration_since(*at) < USAGE_CACHE_TTL {
-                return Ok(u.clone());
+                return Ok(*u);
             }
         }
         let t = tenant.to_string();
-        let usage = self
-            .blocking(move |a| a.usage(&t, Some(month_start), None))
-            .await?;
+        let usage = self.blocking(move |l| l.month_use(&t, month)).await?;
         self.inner
             .usage_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.to_string(), (fresh, month, usage.clone()));
+            .insert(tenant.to_string(), (fresh, month, usage));
         Ok(usage)
     }
 }

@@ -7,12 +7,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::accounts::{AuditEntry, Quota, Tenant, UsageSummary, Voucher};
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
 use super::jobs::{
     Explanation, GpuUse, JobKind, JobPhase, JobView, RegionView, ReplicaPlacement, TokenTier,
 };
+use crate::ledger::{AuditEvent, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher};
 
 /// The error answers every authenticated endpoint may give.
 pub struct StdErrors;
@@ -74,7 +74,7 @@ impl Modify for BearerAuth {
         handlers::statement, handlers::own_vouchers, handlers::regions,
     ),
     components(schemas(
-        ErrorBody, ErrorDetail, Tenant, Quota, Voucher, UsageSummary, AuditEntry,
+        ErrorBody, ErrorDetail, Tenant, Quota, Voucher, UsageSummary, AuditEvent, ChargeKind, Statement,
         JobKind, JobPhase, JobView, ReplicaPlacement, Explanation, GpuUse, RegionView, TokenTier,
         handlers::Health, handlers::CreateTenantRequest, handlers::CreatedTenant,
         handlers::TenantList, handlers::VoucherRequest, handlers::AuditList,

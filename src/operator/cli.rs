@@ -2,9 +2,18 @@
 
 use std::path::PathBuf;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Context;
 
+use super::controller::{Controller, ControllerConfig};
 use super::crd;
+use super::leader::{Leadership, LeaseTiming};
+use super::plan::PlanConfig;
+use crate::error::InputError;
+use crate::placement::Policy;
 
 /// Arguments of `zhisuan crd`.
 #[derive(clap::Args, Debug)]
@@ -16,7 +25,29 @@ pub struct CrdArgs {
 
 /// Arguments of `zhisuan controller`.
 #[derive(clap::Args, Debug)]
-pub struct ControllerArgs {}
+pub struct ControllerArgs {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// This replica's identity in the leader Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "zhisuan-controller")]
+    pub lease_name: String,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_s: u64,
+    /// Placement policy (zhisuan, fgd, bestfit, dotprod, gpupacking, gpuclustering, random).
+    #[arg(long, default_value = "zhisuan")]
+    pub policy: String,
+    /// Seconds between passes when nothing changes.
+    #[arg(long, default_value_t = 5)]
+    pub resync_s: u64,
+}
 
 pub fn run_crd(args: CrdArgs) -> anyhow::Result<()> {
     match args.out_dir {
@@ -34,6 +65,113 @@ pub fn run_crd(args: CrdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run_controller(_args: ControllerArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet (issue #4)")
+pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let config = controller_config(&args)?;
+    let listen: std::net::SocketAddr = args.listen.parse().map_err(|e| {
+        InputError::new(format!(
+            "--listen {:?} is not host:port ({e}); e.g. 0.0.0.0:8080",
+            args.listen
+        ))
+    })?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (set KUBECONFIG or run in a cluster)")?;
+        let registry = prometheus::Registry::new();
+        let controller = Controller::new(client, config, &registry)?;
+        let ready = controller.ready_flag();
+        let leadership = controller.leadership();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding --listen {listen}"))?;
+        let app = health_router(registry, ready, leadership);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = stop_tx.send(true);
+        });
+        controller.run(stop_rx).await
+    })
+}
+
+fn controller_config(args: &ControllerArgs) -> anyhow::Result<ControllerConfig> {
+    let policy: Policy = args
+        .policy
+        .parse()
+        .map_err(|e| InputError::new(format!("--policy {:?}: {e}", args.policy)))?;
+    if args.lease_duration_s < 3 {
+        return Err(InputError::new("--lease-duration-s must be 3 or more seconds").into());
+    }
+    let lease = Duration::from_secs(args.lease_duration_s);
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "zhisuan".into());
+        format!("{host}-{}", std::process::id())
+    });
+    Ok(ControllerConfig {
+        identity,
+        lease_namespace: args.lease_namespace.clone(),
+        lease_name: args.lease_name.clone(),
+        timing: LeaseTiming {
+            lease_duration: lease,
+            renew_deadline: lease * 2 / 3,
+            retry_period: lease / 5,
+        },
+        plan: PlanConfig {
+            policy,
+            ..PlanConfig::default()
+        },
+        resync: Duration::from_secs(args.resync_s.max(1)),
+        ..ControllerConfig::default()
+    })
+}
+
+/// `/metrics` (the given registry), `/healthz` (alive), `/readyz` (caches synced).
+pub fn health_router(
+    registry: prometheus::Registry,
+    ready: Arc<AtomicBool>,
+    leadership: Leadership,
+) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut buf = String::new();
+                    let enc = prometheus::TextEncoder::new();
+                    match enc.encode_utf8(&registry.gather(), &mut buf) {
+                        Ok(()) => (StatusCode::OK, buf),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::SeqCst);
+                let leader = leadership.is_leader();
+                async move {
+                    let role = if leader { "leader" } else { "standby" };
+                    if ready {
+                        (StatusCode::OK, format!("ready ({role})"))
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "caches not synced".to_string(),
+                        )
+                    }
+                }
+            }),
+        )
 }

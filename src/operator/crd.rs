@@ -346,7 +346,7 @@ pub struct ComputeRegionStatus {
 }
 
 /// Limits of one tenant, nested in a tree (province → city → department).
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "zhisuan.io",
     version = "v1alpha1",

@@ -1,5 +1,15 @@
-//! Kubernetes operator: CRDs, controller, leader election (issue #4).
+//! Kubernetes operator (issue #4): CRDs, controller, leader election.
+//!
+//! Pipeline: observe (reflectors) → [`snapshot`] (plain data) → [`plan`]
+//! (pure: validation, quota, fair share, preemption, placement) → act
+//! ([`controller`]: create pods, bind, patch status), only while holding the
+//! leader Lease ([`leader`]).
 
 pub mod cli;
+pub mod controller;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+pub mod snapshot;
 pub mod validate;

@@ -12,11 +12,12 @@
 
 pub mod catalog;
 pub mod cost;
+pub mod engines;
 pub mod plan;
 
 pub use catalog::{Catalog, Region, Side};
 pub use cost::{estimate, CostEstimate, Site, Usage};
 pub use plan::{
     Explanation, ExplanationView, Filter, InventoryIndex, JobKind, JobSpec, NoQuota, QuotaHook,
-    RegionChooser, RegionPolicy, ResolvedJob, Verdict,
+    RegionChooser, RegionPolicy, ResolvedJob, SpecError, Verdict,
 };

@@ -14,8 +14,15 @@ use std::str::FromStr;
 
 /// Most regions a catalog may hold for placement (residency is a `u64` mask).
 pub const MAX_REGIONS: usize = 64;
-/// Runtime assumed for scoring when a job declares none.
-pub const DEFAULT_EXPECTED_RUNTIME_S: i64 = 3600;
+/// Runtime assumed for scoring when a job declares none: a day for training
+/// and services (so an hour-of-day green profile counts by its daily mean),
+/// an hour for batch inference (which can catch the sunny hours).
+pub fn default_expected_runtime_s(kind: JobKind) -> i64 {
+    match kind {
+        JobKind::Training | JobKind::OnlineInference => 24 * 3600,
+        JobKind::BatchInference => 3600,
+    }
+}
 /// Latency normaliser for jobs with users but no SLO, ms.
 const LATENCY_REF_MS: f64 = 20.0;
 
@@ -136,13 +143,38 @@ impl ResolvedJob {
     }
 }
 
-fn field_err(field: &str, msg: impl fmt::Display) -> InputError {
-    InputError::new(format!("job field `{field}`: {msg}"))
+/// A job spec the catalog cannot serve: the field and what to fix (the API
+/// maps it to a 422 naming the field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job field `{}`: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+impl From<SpecError> for InputError {
+    fn from(e: SpecError) -> Self {
+        InputError::new(e.to_string())
+    }
+}
+
+fn field_err(field: &'static str, msg: impl fmt::Display) -> SpecError {
+    SpecError {
+        field,
+        message: msg.to_string(),
+    }
 }
 
 impl JobSpec {
     /// Checks the spec against the catalog. Errors name the field and the fix.
-    pub fn resolve(&self, catalog: &Catalog) -> Result<ResolvedJob, InputError> {
+    pub fn resolve(&self, catalog: &Catalog) -> Result<ResolvedJob, SpecError> {
         if self.tenant.trim().is_empty() {
             return Err(field_err(
                 "tenant",
@@ -200,7 +232,9 @@ impl JobSpec {
                 }
             }
         }
-        let place = |field: &str, name: &Option<String>| -> Result<Option<usize>, InputError> {
+        let place = |field: &'static str,
+                     name: &Option<String>|
+         -> Result<Option<usize>, SpecError> {
             match name {
                 None => Ok(None),
                 Some(n) => catalog.place_index(n).map(Some).ok_or_else(|| {
@@ -269,7 +303,9 @@ impl JobSpec {
             residency_mask,
             cost_budget_milli_fen: self.cost_budget_fen.map(|f| f.saturating_mul(1000)),
             wait_for_best: self.wait_for_best,
-            expected_runtime_s: self.max_runtime_s.unwrap_or(DEFAULT_EXPECTED_RUNTIME_S),
+            expected_runtime_s: self
+                .max_runtime_s
+                .unwrap_or_else(|| default_expected_runtime_s(self.kind)),
         })
     }
 }
@@ -649,7 +685,11 @@ impl RegionChooser {
                     } else {
                         0.0
                     };
-                    let lat = t.latency_ms.map_or(0.0, |l| l / lat_ref);
+                    // Latency only matters to interactive work; the rest goes where power is green.
+                    let lat = match job.kind {
+                        JobKind::OnlineInference => t.latency_ms.map_or(0.0, |l| l / lat_ref),
+                        JobKind::Training | JobKind::BatchInference => 0.0,
+                    };
                     t.score = w.carbon * carbon + w.cost * cost + w.latency * lat;
                 }
             }

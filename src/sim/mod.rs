@@ -3,3 +3,4 @@
 pub mod openb;
 pub mod regions;
 pub mod replay;
+pub mod world;

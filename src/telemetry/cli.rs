@@ -13,7 +13,7 @@ use super::metrics::AgentMetrics;
 use super::npu::NpuExporterBackend;
 use super::nvml::NvmlBackend;
 use super::publish::{NodePublication, ANNOTATION_HEARTBEAT};
-use super::sim::{SimConfig, SimNode};
+use super::sim::{Fault, SimConfig, SimNode};
 use super::Accelerator;
 use crate::error::InputError;
 use anyhow::Context;
@@ -87,6 +87,11 @@ pub struct AgentArgs {
     /// sim: seed of the load profile.
     #[arg(long, default_value_t = 1)]
     pub sim_seed: u64,
+    /// sim: inject a fault at start, `DEVICE:xid:CODE`, `DEVICE:ecc`,
+    /// `DEVICE:thermal` or `DEVICE:lost` (repeatable) — to watch a device
+    /// leave placement without real hardware.
+    #[arg(long = "sim-fault", value_name = "DEVICE:KIND[:CODE]")]
+    pub sim_faults: Vec<String>,
     /// npu-exporter: the exporter's metrics URL.
     #[arg(long, default_value = "http://127.0.0.1:8082/metrics")]
     pub npu_url: String,
@@ -120,14 +125,49 @@ fn validate(args: &AgentArgs) -> Result<(), InputError> {
     Ok(())
 }
 
+/// Parses one `--sim-fault` value.
+pub fn parse_sim_fault(spec: &str, devices: u32) -> Result<(u32, Fault), InputError> {
+    let bad = |why: &str| {
+        InputError::new(format!(
+            "--sim-fault {spec}: {why} (expected DEVICE:xid:CODE, DEVICE:ecc, DEVICE:thermal or DEVICE:lost)"
+        ))
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let device = parts[0]
+        .parse::<u32>()
+        .map_err(|_| bad("DEVICE is not a device index"))?;
+    if device >= devices {
+        return Err(bad(&format!(
+            "device {device} does not exist on a {devices}-device node"
+        )));
+    }
+    let fault = match (parts.get(1).copied(), parts.get(2)) {
+        (Some("xid"), Some(code)) => {
+            Fault::Xid(code.parse().map_err(|_| bad("CODE is not a number"))?)
+        }
+        (Some("ecc"), None) => Fault::EccUncorrected,
+        (Some("thermal"), None) => Fault::ThermalThrottle,
+        (Some("lost"), None) => Fault::DeviceLost,
+        _ => return Err(bad("unknown fault")),
+    };
+    Ok((device, fault))
+}
+
 fn make_backend(args: &AgentArgs) -> anyhow::Result<Box<dyn Accelerator>> {
     Ok(match args.backend {
-        BackendKind::Sim => Box::new(SimNode::wall_clock(SimConfig {
-            devices: args.sim_devices,
-            model: args.sim_model.clone(),
-            seed: args.sim_seed,
-            ..SimConfig::default()
-        })),
+        BackendKind::Sim => {
+            let mut node = SimNode::wall_clock(SimConfig {
+                devices: args.sim_devices,
+                model: args.sim_model.clone(),
+                seed: args.sim_seed,
+                ..SimConfig::default()
+            });
+            for spec in &args.sim_faults {
+                let (device, fault) = parse_sim_fault(spec, args.sim_devices)?;
+                node.inject(device, fault);
+            }
+            Box::new(node)
+        }
         BackendKind::Nvml => Box::new(NvmlBackend::init()?),
         BackendKind::NpuExporter => Box::new(NpuExporterBackend::connect(
             &args.npu_url,
@@ -514,6 +554,21 @@ mod tests {
         assert!(after.cpu_s > before.cpu_s, "{before:?} → {after:?}");
         assert!(after.rss_kib > 0 && after.rss_peak_kib >= after.rss_kib);
         assert!(after.threads >= 1);
+    }
+
+    #[test]
+    fn sim_fault_specs_parse_and_bad_ones_name_the_flag() {
+        assert_eq!(parse_sim_fault("3:xid:79", 8), Ok((3, Fault::Xid(79))));
+        assert_eq!(parse_sim_fault("0:lost", 8), Ok((0, Fault::DeviceLost)));
+        assert_eq!(
+            parse_sim_fault("7:thermal", 8),
+            Ok((7, Fault::ThermalThrottle))
+        );
+        assert_eq!(parse_sim_fault("1:ecc", 8), Ok((1, Fault::EccUncorrected)));
+        for bad in ["8:lost", "x:lost", "1:melt", "1:xid", "1:xid:z", "1:ecc:2"] {
+            let e = parse_sim_fault(bad, 8).unwrap_err();
+            assert!(e.0.starts_with(&format!("--sim-fault {bad}:")), "{e}");
+        }
     }
 
     #[test]

@@ -70,7 +70,6 @@ pub struct Verdict {
 
 #[derive(Clone, Debug, Default)]
 struct DeviceState {
-    seen: bool,
     xid_count: u64,
     ecc_uncorrected: u64,
     /// Sample number until which the device is held out, and why.
@@ -111,7 +110,9 @@ impl HealthTracker {
             } else {
                 // Counters only move forward; a backwards step is a driver
                 // reload and becomes the new baseline.
-                let new_xid = st.seen && r.xid_count > st.xid_count;
+                // Counts already there at first sight are events too (the
+                // NVML backend counts from zero; a simulator may start faulty).
+                let new_xid = r.xid_count > st.xid_count;
                 if new_xid && !APPLICATION_XIDS.contains(&r.last_xid) {
                     st.hold_until = self.seq + self.policy.hold_samples;
                     st.hold_reason = Some(Reason::Xid { code: r.last_xid });
@@ -125,7 +126,6 @@ impl HealthTracker {
                 }
                 st.xid_count = r.xid_count;
                 st.ecc_uncorrected = r.ecc_uncorrected;
-                st.seen = true;
 
                 if self.seq < st.hold_until {
                     reasons.extend(st.hold_reason.clone());
@@ -264,13 +264,20 @@ mod tests {
 
     #[test]
     fn counter_going_backwards_is_a_new_baseline_not_an_event() {
-        let mut t = HealthTracker::new(HealthPolicy::default());
+        let mut t = HealthTracker::new(HealthPolicy {
+            hold_samples: 1,
+            ..HealthPolicy::default()
+        });
         let mut r = healthy(1);
         r[0].xid_count = 4;
         r[0].last_xid = 79;
-        run(&mut t, &r);
+        assert_eq!(run(&mut t, &r), [0], "first sight counts");
+        assert!(run(&mut t, &r).is_empty(), "hold over, no new event");
         r[0].xid_count = 0;
         r[0].last_xid = 0;
         assert!(run(&mut t, &r).is_empty());
+        r[0].xid_count = 1;
+        r[0].last_xid = 79;
+        assert_eq!(run(&mut t, &r), [0], "counting again from the new baseline");
     }
 }

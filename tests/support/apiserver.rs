@@ -70,6 +70,8 @@ struct Inner {
 /// Shared state of the stand-in.
 pub struct Store {
     inner: Mutex<Inner>,
+    /// When set, each binding takes a permit: bindings past the paused count hang.
+    bind_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     events: broadcast::Sender<Arc<Event>>,
     restart: watch::Sender<u64>,
 }
@@ -99,6 +101,7 @@ impl ApiServer {
             }),
             events,
             restart,
+            bind_gate: Mutex::new(None),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -131,6 +134,20 @@ impl ApiServer {
             inner.compacted_rv = inner.rv;
         }
         self.store.restart.send_modify(|e| *e += 1);
+    }
+
+    /// Lets `n` more pod bindings through, then holds every further one
+    /// (the request hangs) until [`ApiServer::resume_bindings`]: a way to stop
+    /// a controller exactly mid-gang.
+    pub fn pause_bindings_after(&self, n: usize) {
+        *self.store.bind_gate.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(n)));
+    }
+
+    /// Releases held bindings and stops gating.
+    pub fn resume_bindings(&self) {
+        if let Some(gate) = self.store.bind_gate.lock().unwrap().take() {
+            gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+        }
     }
 
     /// Current objects of a resource (`"v1/pods"`, `"zhisuan.io/v1alpha1/trainingjobs"`).
@@ -374,7 +391,15 @@ async fn handle(
         "watch" => watch_stream(&store, &t, &q),
         "list" => list(&store, &t, &q),
         "get" => get(&store, &t),
-        "bind" => bind(&store, &t, body),
+        "bind" => {
+            let gate = store.bind_gate.lock().unwrap().clone();
+            if let Some(gate) = gate {
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+            }
+            bind(&store, &t, body)
+        }
         "create" => create(&store, &t, body),
         "update" => update(&store, &t, body),
         "patch" => patch(&store, &t, content_type(&headers), body),
@@ -694,6 +719,19 @@ fn patch(store: &Store, t: &Target, content_type: &str, body: Value) -> Response
             return status_error(409, "Conflict", format!("JSON patch failed: {e}"));
         }
         expect_rv = None;
+    } else if apply {
+        // Server-side apply by a single field manager: the applied top-level
+        // fields replace the current ones (fields it no longer sends go away).
+        expect_rv = body_rv(&body);
+        if let (Some(d), Some(b)) = (doc.as_object_mut(), body.as_object()) {
+            for (k, v) in b {
+                if k == "metadata" {
+                    json_patch::merge(d.entry(k.clone()).or_insert(json!({})), v);
+                } else if k != "apiVersion" && k != "kind" {
+                    d.insert(k.clone(), v.clone());
+                }
+            }
+        }
     } else {
         expect_rv = body_rv(&body);
         json_patch::merge(&mut doc, &body);

@@ -1,0 +1,605 @@
+//! The in-process [`JobBackend`]: jobs go to the simulated multi-region
+//! [`World`] (standalone `zhisuan api` and the embedded demo). The world sits
+//! behind one `std::sync::Mutex`, taken for a few microseconds per call and
+//! never held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use chrono::{TimeZone, Utc};
+use futures::future::{ready, BoxFuture, FutureExt};
+
+use super::jobs::{
+    BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPhase, JobSpec,
+    JobView, RegionView, ReplicaPlacement, TokenTier,
+};
+use crate::regions::plan::{JobKind as WorldKind, JobSpec as WorldSpec, QuotaHook, SpecError};
+use crate::sim::world::{JobId, Phase, UsageInterval, World};
+
+/// Quota at admission: the world asks it before starting a job in a region,
+/// so a job accepted at submission still waits if its tenant's limit was
+/// lowered meanwhile. Holds each tenant's GPU limit (all models) and the GPUs
+/// its running jobs hold, updated after every submit, cancel and clock step
+/// (so within one step, jobs started by that step are not yet counted).
+#[derive(Clone, Default)]
+pub struct AdmissionQuota {
+    tenants: Arc<RwLock<HashMap<String, Admission>>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Admission {
+    limit_milli: Option<u64>,
+    running_milli: u64,
+}
+
+impl AdmissionQuota {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Admission>> {
+        self.tenants.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets `tenant`'s limit in milli-GPU (`None`: unlimited).
+    pub fn set_limit(&self, tenant: &str, limit_milli: Option<u64>) {
+        self.write()
+            .entry(tenant.to_string())
+            .or_default()
+            .limit_milli = limit_milli;
+    }
+}
+
+impl QuotaHook for AdmissionQuota {
+    fn check(&self, tenant: &str, _region: usize, milli_gpus: u64) -> Result<(), String> {
+        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        let Some(a) = tenants.get(tenant) else {
+            return Ok(());
+        };
+        if let Some(limit) = a.limit_milli {
+            if a.running_milli + milli_gpus > limit {
+                return Err(format!(
+                    "quota gpus.* {} GPUs: {} running + {} requested",
+                    limit as f64 / 1000.0,
+                    a.running_milli as f64 / 1000.0,
+                    milli_gpus as f64 / 1000.0
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the API keeps beside the world for a job it submitted.
+struct JobExtra {
+    image: String,
+    token_tier: Option<TokenTier>,
+}
+
+/// One tenant's jobs: all of them, the live ones, and what the live ones hold.
+#[derive(Default)]
+struct TenantJobs {
+    all: Vec<JobId>,
+    live: Vec<JobId>,
+    live_names: HashMap<String, JobId>,
+    held: GpuUse,
+}
+
+/// The API's index over the world's jobs, kept in step lazily: jobs are
+/// appended to the world with ids 1, 2, …, so new ones are indexed from
+/// `synced`; live sets are recounted when the world's clock moved.
+#[derive(Default)]
+struct Index {
+    synced: usize,
+    seen_now_s: i64,
+    tenants: HashMap<String, TenantJobs>,
+    extra: HashMap<JobId, JobExtra>,
+}
+
+/// The world shared with whoever advances its clock (the demo, or
+/// [`WorldBackend::advance_to`]), plus the API's index of it. Lock order:
+/// world, then index.
+#[derive(Clone)]
+pub struct WorldBackend {
+    world: Arc<Mutex<World>>,
+    index: Arc<Mutex<Index>>,
+    admission: AdmissionQuota,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A spec the world refused → the API field at fault.
+fn world_error(e: SpecError) -> BackendError {
+    match e.field {
+        // The API calls the residency list `region` (one pinned region).
+        "residency" => BackendError::Invalid {
+            field: "region".into(),
+            message: format!("region: {}", e.message),
+        },
+        field => BackendError::Invalid {
+            field: field.into(),
+            message: format!("{field}: {}", e.message),
+        },
+    }
+}
+
+fn rfc3339(s: i64) -> String {
+    Utc.timestamp_opt(s, 0)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+fn is_live(phase: Phase) -> bool {
+    matches!(phase, Phase::Pending | Phase::Running)
+}
+
+/// Milli-GPU a live job holds, by the model it runs on (placed) or may run on (pending).
+fn add_held(world: &World, id: JobId, held: &mut GpuUse) {
+    let Some(j) = world.job(id) else { return };
+    let milli = j.resolved.total_milli();
+    held.total_milli += milli;
+    match world.job_view(id) {
+        Some(v) if !v.replicas.is_empty() => {
+            for r in &v.replicas {
+                let m = u64::from(r.milli_per_device) * r.devices.len() as u64;
+                *held.by_model_milli.entry(r.model.clone()).or_default() += m;
+            }
+        }
+        _ => {
+            for model in &j.spec.gpu_models {
+                *held.by_model_milli.entry(model.clone()).or_default() += milli;
+            }
+        }
+    }
+}
+
+fn view(world: &World, index: &Index, id: JobId) -> Option<JobView> {
+    let w = world.job_view(id)?;
+    let state = world.job(id)?;
+    let extra = index.extra.get(&id);
+    let phase = match w.phase {
+        Phase::Pending => JobPhase::Pending,
+        Phase::Running => JobPhase::Running,
+        Phase::Succeeded => JobPhase::Succeeded,
+        Phase::Cancelled => JobPhase::Cancelled,
+    };
+    let region = w.region.clone();
+    let placement = w
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ReplicaPlacement {
+            replica: i as u32,
+            region: region.clone().unwrap_or_default(),
+            node: r.node.clone(),
+            gpu_model: Some(r.model.clone()),
+            devices: r.devices.iter().map(|&d| d as u32).collect(),
+            gpu_milli: u32::from(r.milli_per_device),
+        })
+        .collect();
+    let mut summary = w.explanation.summary.clone();
+    if summary.is_empty() {
+        summary = match (phase, w.pending_reason) {
+            (JobPhase::Pending, Some(r)) => format!("pending: {r}"),
+            (p, _) => format!("{p:?}").to_lowercase(),
+        };
+    }
+    let mut detail = serde_json::to_value(&w.explanation).unwrap_or_default();
+    if let (Some(obj), Some(reason)) = (detail.as_object_mut(), w.pending_reason) {
+        obj.insert("pending_reason".into(), reason.into());
+    }
+    Some(JobView {
+        id: id.to_string(),
+        name: w.name.clone(),
+        kind: match state.spec.kind {
+            WorldKind::Training => JobKind::Training,
+            WorldKind::BatchInference | WorldKind::OnlineInference => JobKind::Inference,
+        },
+        phase,
+        replicas: state.spec.replicas,
+        gpu_milli_per_replica: state.resolved.milli_per_replica,
+        gpu_models: state.spec.gpu_models.clone(),
+        image: extra.map(|e| e.image.clone()),
+        region,
+        placement,
+        explanation: Explanation { summary, detail },
+        submitted_at: rfc3339(w.submitted_s),
+    })
+}
+
+impl Index {
+    /// Indexes jobs the world got since the last call and, when its clock
+    /// moved, recounts every tenant's live jobs.
+    fn sync(&mut self, world: &World, admission: &AdmissionQuota) {
+        let jobs = world.jobs();
+        if self.synced < jobs.len() {
+            let mut adm = admission.write();
+            for j in &jobs[self.synced..] {
+                let t = self.tenants.entry(j.spec.tenant.clone()).or_default();
+                t.all.push(j.id);
+                if is_live(j.phase) {
+                    t.live.push(j.id);
+                    t.live_names.insert(j.spec.name.clone(), j.id);
+                    add_held(world, j.id, &mut t.held);
+                    if j.phase == Phase::Running {
+                        adm.entry(j.spec.tenant.clone()).or_default().running_milli +=
+                            j.resolved.total_milli();
+                    }
+                }
+            }
+            self.synced = jobs.len();
+        }
+        if world.now_s() != self.seen_now_s {
+            self.recount(world, admission);
+        }
+    }
+
+    /// Drops finished jobs from the live sets and recounts what the rest
+    /// hold (pending + running for submission, running for admission).
+    fn recount(&mut self, world: &World, admission: &AdmissionQuota) {
+        let mut adm = admission.write();
+        for (name, t) in self.tenants.iter_mut() {
+            t.live
+                .retain(|&id| world.job(id).is_some_and(|j| is_live(j.phase)));
+            let live = &t.live;
+            t.live_names.retain(|_, id| live.binary_search(id).is_ok());
+            let mut held = GpuUse::default();
+            let mut running = 0;
+            for &id in &t.live {
+                add_held(world, id, &mut held);
+                if let Some(j) = world.job(id).filter(|j| j.phase == Phase::Running) {
+                    running += j.resolved.total_milli();
+                }
+            }
+            t.held = held;
+            adm.entry(name.clone()).or_default().running_milli = running;
+        }
+        self.seen_now_s = world.now_s();
+    }
+
+    fn owned(&self, world: &World, tenant: &str, id: &str) -> BackendResult<JobId> {
+        let not_found = || BackendError::NotFound(id.to_string());
+        let n: JobId = id.parse().map_err(|_| not_found())?;
+        match world.job(n) {
+            Some(j) if j.spec.tenant == tenant => Ok(n),
+            _ => Err(not_found()),
+        }
+    }
+}
+
+impl WorldBackend {
+    /// Serves jobs from `world`, which others may advance and submit to as
+    /// well. Installs the admission quota hook on it.
+    pub fn new(world: Arc<Mutex<World>>) -> Self {
+        let admission = AdmissionQuota::default();
+        lock(&world).set_quota(Box::new(admission.clone()));
+        WorldBackend {
+            world,
+            index: Arc::new(Mutex::new(Index::default())),
+            admission,
+        }
+    }
+
+    /// The shared world.
+    pub fn world(&self) -> &Arc<Mutex<World>> {
+        &self.world
+    }
+
+    /// Locks world then index, with the index in step.
+    fn locked(&self) -> (MutexGuard<'_, World>, MutexGuard<'_, Index>) {
+        let world = lock(&self.world);
+        let mut index = lock(&self.index);
+        index.sync(&world, &self.admission);
+        (world, index)
+    }
+
+    /// Moves the world's clock to `now_s` (unix seconds) and returns the
+    /// usage metered since the last call.
+    pub fn advance_to(&self, now_s: i64) -> Vec<UsageInterval> {
+        let (mut world, mut index) = self.locked();
+        world.advance_to(now_s);
+        index.sync(&world, &self.admission);
+        world.take_usage()
+    }
+
+    /// Runs `f` on the world (for summaries and metrics).
+    pub fn with_world<T>(&self, f: impl FnOnce(&World) -> T) -> T {
+        f(&lock(&self.world))
+    }
+
+    /// Token tier of a job submitted through the API (for token metering).
+    pub fn token_tier(&self, id: JobId) -> Option<TokenTier> {
+        lock(&self.index).extra.get(&id).and_then(|e| e.token_tier)
+    }
+
+    fn submit_now(&self, spec: JobSpec) -> BackendResult<JobView> {
+        let (mut world, mut index) = self.locked();
+        if let Some(id) = index
+            .tenants
+            .get(&spec.tenant)
+            .and_then(|t| t.live_names.get(&spec.name))
+        {
+            return Err(BackendError::Conflict(format!(
+                "name: job {:?} is still live (id {id}); pick another name or delete it first",
+                spec.name
+            )));
+        }
+        let (gpus_per_replica, gpu_milli) = if spec.milli_per_replica >= 1000 {
+            (spec.milli_per_replica / 1000, 0)
+        } else {
+            (0, spec.milli_per_replica)
+        };
+        let wspec = WorldSpec {
+            tenant: spec.tenant.clone(),
+            name: spec.name.clone(),
+            kind: match spec.kind {
+                JobKind::Training => WorldKind::Training,
+                JobKind::Inference => WorldKind::OnlineInference,
+            },
+            replicas: spec.replicas,
+            gpus_per_replica,
+            gpu_milli,
+            cpu_milli_per_replica: 0,
+            memory_mib_per_replica: 0,
+            gpu_models: spec.gpu_models.clone(),
+            user_region: spec.user_region.clone(),
+            data_region: None,
+            latency_slo_ms: spec.latency_slo_ms.map(f64::from),
+            residency: spec.region.clone().into_iter().collect(),
+            cost_budget_fen: None,
+            wait_for_best: false,
+            max_runtime_s: spec.max_runtime_s.map(|s| s as i64),
+            duration_s: None,
+        };
+        let id = world.submit(wspec).map_err(world_error)?;
+        index.extra.insert(
+            id,
+            JobExtra {
+                image: spec.image,
+                token_tier: spec.token_tier,
+            },
+        );
+        index.sync(&world, &self.admission);
+        view(&world, &index, id)
+            .ok_or_else(|| BackendError::Internal(format!("job {id} vanished after submit")))
+    }
+
+    fn cancel_now(&self, tenant: &str, id: &str) -> BackendResult<JobView> {
+        let (mut world, mut index) = self.locked();
+        let n = index.owned(&world, tenant, id)?;
+        if let Some(j) = world.job(n).filter(|j| j.phase == Phase::Running) {
+            // The world retries its queue inside `cancel`: admission must
+            // already see this job's GPUs as free.
+            let milli = j.resolved.total_milli();
+            let mut adm = self.admission.write();
+            let a = adm.entry(tenant.to_string()).or_default();
+            a.running_milli = a.running_milli.saturating_sub(milli);
+        }
+        world
+            .cancel(n)
+            .ok_or_else(|| BackendError::NotFound(id.to_string()))?;
+        // Cancelling frees capacity other jobs may have started on.
+        index.recount(&world, &self.admission);
+        view(&world, &index, n).ok_or_else(|| BackendError::NotFound(id.to_string()))
+    }
+
+    fn regions_now(&self) -> Vec<RegionView> {
+        let world = lock(&self.world);
+        let catalog = world.catalog();
+        let stats = world.region_stats();
+        catalog
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(r, region)| {
+                let st = stats.iter().find(|x| x.name == region.name);
+                let latency_ms: BTreeMap<String, f64> = catalog
+                    .user_regions
+                    .iter()
+                    .filter_map(|u| {
+                        let place = catalog.place_index(&u.name)?;
+                        let rtt = catalog.rtt_ms(place, r);
+                        rtt.is_finite().then(|| (u.name.clone(), rtt))
+                    })
+                    .collect();
+                let gpus = st.map_or(0, |x| x.gpus);
+                let allocated = st.map_or(0.0, |x| x.gpus_allocated);
+                RegionView {
+                    name: region.name.clone(),
+                    latency_ms,
+                    green_share: st.map_or(region.green_share, |x| x.green_share),
+                    pue: region.pue,
+                    price_milli_fen_per_kwh: catalog.price_milli_fen_per_kwh[r],
+                    gpus,
+                    gpus_free: (gpus as f64 - allocated).max(0.0),
+                    detail: serde_json::json!({
+                        "display": region.display,
+                        "hub": region.hub,
+                        "side": region.side,
+                        "grid_factor_kg_per_kwh": region.grid_factor_kg_per_kwh,
+                    }),
+                }
+            })
+            .collect()
+    }
+}
+
+impl JobBackend for WorldBackend {
+    fn submit(&self, spec: JobSpec) -> BoxFuture<'_, BackendResult<JobView>> {
+        ready(self.submit_now(spec)).boxed()
+    }
+
+    fn list(&self, tenant: &str) -> BoxFuture<'_, BackendResult<Vec<JobView>>> {
+        let (world, index) = self.locked();
+        let jobs = index
+            .tenants
+            .get(tenant)
+            .map(|t| {
+                t.all
+                    .iter()
+                    .filter_map(|&id| view(&world, &index, id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ready(Ok(jobs)).boxed()
+    }
+
+    fn get(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>> {
+        let (world, index) = self.locked();
+        let r = index.owned(&world, tenant, id).and_then(|n| {
+            view(&world, &index, n).ok_or_else(|| BackendError::NotFound(id.to_string()))
+        });
+        ready(r).boxed()
+    }
+
+    fn cancel(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>> {
+        ready(self.cancel_now(tenant, id)).boxed()
+    }
+
+    fn gpu_use(&self, tenant: &str) -> BoxFuture<'_, BackendResult<GpuUse>> {
+        let (_world, index) = self.locked();
+        let held = index
+            .tenants
+            .get(tenant)
+            .map(|t| t.held.clone())
+            .unwrap_or_default();
+        ready(Ok(held)).boxed()
+    }
+
+    fn regions(&self) -> BoxFuture<'_, BackendResult<Vec<RegionView>>> {
+        ready(Ok(self.regions_now())).boxed()
+    }
+
+    fn set_gpu_limit(&self, tenant: &str, limit_milli: Option<u64>) {
+        self.admission.set_limit(tenant, limit_milli);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::regions::catalog::Catalog;
+    use crate::sim::world::WorldConfig;
+
+    fn backend() -> WorldBackend {
+        let world = World::new(
+            Catalog::default_catalog(),
+            WorldConfig {
+                start_s: 1_790_000_000,
+                ..WorldConfig::default()
+            },
+        )
+        .unwrap();
+        WorldBackend::new(Arc::new(Mutex::new(world)))
+    }
+
+    fn spec(tenant: &str, name: &str, gpus: u32) -> JobSpec {
+        JobSpec {
+            tenant: tenant.into(),
+            kind: JobKind::Training,
+            name: name.into(),
+            replicas: 1,
+            milli_per_replica: gpus * 1000,
+            gpu_models: vec![],
+            image: "img:1".into(),
+            region: None,
+            latency_slo_ms: None,
+            user_region: None,
+            token_tier: None,
+            max_runtime_s: Some(600),
+        }
+    }
+
+    fn block<T>(f: BoxFuture<'_, T>) -> T {
+        futures::executor::block_on(f)
+    }
+
+    #[test]
+    fn jobs_are_scoped_to_their_tenant_and_names_are_unique_while_live() {
+        let b = backend();
+        let job = block(b.submit(spec("acme", "a", 2))).unwrap();
+        assert_eq!(job.phase, JobPhase::Running);
+        assert_eq!(job.placement.len(), 1);
+        assert_eq!(job.placement[0].devices.len(), 2);
+        assert!(!job.explanation.summary.is_empty());
+        assert!(matches!(
+            block(b.get("other", &job.id)),
+            Err(BackendError::NotFound(_))
+        ));
+        assert!(matches!(
+            block(b.cancel("other", &job.id)),
+            Err(BackendError::NotFound(_))
+        ));
+        assert!(block(b.list("other")).unwrap().is_empty());
+        assert!(matches!(
+            block(b.submit(spec("acme", "a", 1))),
+            Err(BackendError::Conflict(_))
+        ));
+        // Another tenant may use the same name.
+        assert!(block(b.submit(spec("other", "a", 1))).is_ok());
+        let held = block(b.gpu_use("acme")).unwrap();
+        assert_eq!(held.total_milli, 2000);
+        let done = block(b.cancel("acme", &job.id)).unwrap();
+        assert_eq!(done.phase, JobPhase::Cancelled);
+        assert_eq!(block(b.gpu_use("acme")).unwrap().total_milli, 0);
+        // The name is free again once the job is over.
+        assert!(block(b.submit(spec("acme", "a", 1))).is_ok());
+    }
+
+    #[test]
+    fn admission_keeps_a_job_pending_over_a_lowered_limit() {
+        let b = backend();
+        b.set_gpu_limit("acme", Some(4000));
+        let first = block(b.submit(spec("acme", "first", 4))).unwrap();
+        assert_eq!(first.phase, JobPhase::Running);
+        // The API would refuse this at submission; the world refuses it at admission.
+        let second = block(b.submit(spec("acme", "second", 2))).unwrap();
+        assert_eq!(second.phase, JobPhase::Pending, "{second:?}");
+        assert!(
+            second.explanation.detail.to_string().contains("quota"),
+            "{:?}",
+            second.explanation
+        );
+        // Capacity under the limit frees when the first job ends; the second starts.
+        block(b.cancel("acme", &first.id)).unwrap();
+        let second = block(b.get("acme", &second.id)).unwrap();
+        assert_eq!(second.phase, JobPhase::Running, "{second:?}");
+    }
+
+    #[test]
+    fn world_errors_name_the_api_field() {
+        let b = backend();
+        let mut s = spec("acme", "x", 1);
+        s.region = Some("atlantis".into());
+        match block(b.submit(s)) {
+            Err(BackendError::Invalid { field, .. }) => assert_eq!(field, "region"),
+            other => panic!("{other:?}"),
+        }
+        let mut s = spec("acme", "y", 1);
+        s.gpu_models = vec!["no-such-gpu".into()];
+        match block(b.submit(s)) {
+            Err(BackendError::Invalid { field, .. }) => assert_eq!(field, "gpu_models"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn metered_intervals_become_ledger_records() {
+        let b = backend();
+        let job = block(b.submit(spec("acme", "m", 2))).unwrap();
+        assert_eq!(job.phase, JobPhase::Running);
+        let usage = b.advance_to(1_790_000_000 + 600 + 1);
+        assert!(!usage.is_empty());
+        let records = b.with_world(|w| super::super::cli::usage_records(w.catalog(), &usage));
+        let milli_s: i64 = records
+            .iter()
+            .map(|r| r.gpu_milli * (r.end - r.start).num_seconds())
+            .sum();
+        // 2 GPUs for the 600 s max runtime.
+        assert_eq!(milli_s, 2000 * 600);
+        assert!(records
+            .iter()
+            .all(|r| r.tenant == "acme" && r.it_energy_j > 0));
+        // The job ended at its max runtime and holds nothing.
+        assert_eq!(block(b.gpu_use("acme")).unwrap().total_milli, 0);
+    }
+}

@@ -1,0 +1,776 @@
+//! The controller: observe (reflectors) → snapshot → plan → act.
+//!
+//! One scheduling loop runs a pass on every watch event (coalesced) and on a
+//! resync tick. Only the Lease holder plans and writes; `Leadership` is
+//! checked before every write, so a replica that lost its term mid-pass stops.
+//! A launch writes the gang's placement into the workload's status FIRST
+//! (phase Admitted): that is the commit point a new leader resumes from, with
+//! deterministic pod names so nothing is ever duplicated.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+
+use super::crd::{
+    InferenceService, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus, FINALIZER,
+};
+use super::leader::{Elector, Leadership, LeaseTiming};
+use super::metrics::OperatorMetrics;
+use super::plan::{self, rfc3339, set_condition, Action, PlanConfig};
+use super::snapshot::{self, keys, Kind, Snapshot, WorkloadKey};
+
+/// Field manager of the controller's server-side applies.
+pub const FIELD_MANAGER: &str = "zhisuan-controller";
+
+/// Settings of one controller replica.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// This replica's name in the Lease (pod name in a cluster).
+    pub identity: String,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    pub timing: LeaseTiming,
+    pub plan: PlanConfig,
+    /// A pass runs at least this often even without watch events.
+    pub resync: Duration,
+    /// Concurrent API calls while launching a gang.
+    pub parallelism: usize,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            identity: "zhisuan-controller".into(),
+            lease_namespace: "default".into(),
+            lease_name: "zhisuan-controller".into(),
+            timing: LeaseTiming::default(),
+            plan: PlanConfig::default(),
+            resync: Duration::from_secs(5),
+            parallelism: 32,
+        }
+    }
+}
+
+/// A status this replica wrote that its reflector may not show yet.
+struct Written {
+    /// resourceVersion the API server gave the write.
+    written_rv: String,
+    status: WorkloadStatus,
+    at: std::time::Instant,
+}
+
+/// Whether a store showing `store_rv` already reflects a write that got
+/// `written_rv`. resourceVersions are opaque, but etcd's (and the stand-in's)
+/// are increasing integers; otherwise only equality is trusted.
+fn caught_up(store_rv: &str, written_rv: &str) -> bool {
+    match (store_rv.parse::<u64>(), written_rv.parse::<u64>()) {
+        (Ok(a), Ok(b)) => a >= b,
+        _ => store_rv == written_rv,
+    }
+}
+
+/// One controller replica.
+pub struct Controller {
+    client: Client,
+    config: ControllerConfig,
+    metrics: OperatorMetrics,
+    elector: Option<Elector>,
+    leadership: Leadership,
+    ready: Arc<AtomicBool>,
+    recorder: Recorder,
+    /// Statuses written but maybe not yet in the reflector, by workload uid.
+    written: std::sync::Mutex<HashMap<String, Written>>,
+}
+
+/// The reflector stores the controller reads its snapshots from.
+struct Stores {
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    training: Store<DynamicObject>,
+    inference: Store<DynamicObject>,
+    quotas: Store<DynamicObject>,
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    notify: Arc<Notify>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, "watch error (retrying with backoff)");
+            }
+            notify.notify_one();
+        }
+    })
+}
+
+impl Controller {
+    /// Builds a replica; its metrics go on `registry`.
+    pub fn new(
+        client: Client,
+        config: ControllerConfig,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
+        let metrics = OperatorMetrics::new(registry)?;
+        let elector = Elector::new(
+            Api::namespaced(client.clone(), &config.lease_namespace),
+            &config.lease_name,
+            &config.identity,
+            config.timing.clone(),
+        );
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(config.identity.clone()),
+            },
+        );
+        Ok(Controller {
+            client,
+            leadership: elector.leadership(),
+            elector: Some(elector),
+            config,
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+            recorder,
+            written: Default::default(),
+        })
+    }
+
+    /// Whether this replica currently holds the Lease.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
+    }
+
+    /// True once every reflector has listed (for `/readyz`).
+    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let notify = Arc::new(Notify::new());
+        let client = self.client.clone();
+        let ar_tj = ApiResource::erase::<TrainingJob>(&());
+        let ar_is = ApiResource::erase::<InferenceService>(&());
+        let ar_tq = ApiResource::erase::<TenantQuota>(&());
+        let w_nodes = Writer::<Node>::new(());
+        let w_pods = Writer::<Pod>::new(());
+        let w_tj = Writer::<DynamicObject>::new(ar_tj.clone());
+        let w_is = Writer::<DynamicObject>::new(ar_is.clone());
+        let w_tq = Writer::<DynamicObject>::new(ar_tq.clone());
+        let stores = Stores {
+            nodes: w_nodes.as_reader(),
+            pods: w_pods.as_reader(),
+            training: w_tj.as_reader(),
+            inference: w_is.as_reader(),
+            quotas: w_tq.as_reader(),
+        };
+        let tasks = vec![
+            spawn_reflector(Api::<Node>::all(client.clone()), w_nodes, notify.clone()),
+            spawn_reflector(Api::<Pod>::all(client.clone()), w_pods, notify.clone()),
+            spawn_reflector(
+                Api::<DynamicObject>::all_with(client.clone(), &ar_tj),
+                w_tj,
+                notify.clone(),
+            ),
+            spawn_reflector(
+                Api::<DynamicObject>::all_with(client.clone(), &ar_is),
+                w_is,
+                notify.clone(),
+            ),
+            spawn_reflector(
+                Api::<DynamicObject>::all_with(client.clone(), &ar_tq),
+                w_tq,
+                notify.clone(),
+            ),
+        ];
+        let elector = self.elector.take().expect("run once");
+        let election = tokio::spawn(elector.run(shutdown.clone()));
+        let result = self.schedule_loop(&stores, notify, shutdown).await;
+        for t in tasks {
+            t.abort();
+        }
+        let _ = election.await;
+        result
+    }
+
+    async fn schedule_loop(
+        &self,
+        stores: &Stores,
+        notify: Arc<Notify>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        for ready in [
+            stores.nodes.wait_until_ready().await,
+            stores.pods.wait_until_ready().await,
+            stores.training.wait_until_ready().await,
+            stores.inference.wait_until_ready().await,
+            stores.quotas.wait_until_ready().await,
+        ] {
+            ready.map_err(|e| anyhow::anyhow!("reflector ended before listing: {e}"))?;
+        }
+        self.ready.store(true, Ordering::SeqCst);
+        let mut was_leader = false;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let leader = self.leadership.is_leader();
+            self.metrics.is_leader.set(leader as i64);
+            if leader {
+                if !was_leader {
+                    tracing::info!(identity = %self.config.identity, "leading: resuming from cluster state");
+                    // Our own earlier writes are visible in the stores by now or superseded.
+                    self.written.lock().unwrap().clear();
+                }
+                self.pass(stores).await;
+            }
+            was_leader = leader;
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(self.config.resync.min(self.config.timing.retry_period)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// One observe → snapshot → plan → act pass.
+    async fn pass(&self, stores: &Stores) {
+        let nodes: Vec<_> = stores
+            .nodes
+            .state()
+            .iter()
+            .map(|n| snapshot::node_view(n))
+            .collect();
+        let mut snap = Snapshot {
+            now: chrono::Utc::now().timestamp(),
+            pods: stores
+                .pods
+                .state()
+                .iter()
+                .map(|p| snapshot::pod_view(p))
+                .collect(),
+            nodes,
+            workloads: Vec::new(),
+            quotas: stores
+                .quotas
+                .state()
+                .iter()
+                .map(|q| snapshot::quota_view(q))
+                .collect(),
+        };
+        let known = snap.known_models();
+        let mut objects: BTreeMap<WorkloadKey, Arc<DynamicObject>> = BTreeMap::new();
+        for (kind, store) in [
+            (Kind::Training, &stores.training),
+            (Kind::Inference, &stores.inference),
+        ] {
+            for obj in store.state() {
+                let mut view = snapshot::workload_view(kind, &obj, &known);
+                let rv = obj.resource_version().unwrap_or_default();
+                // Overlay what we wrote but the reflector has not shown yet.
+                let mut written = self.written.lock().unwrap();
+                match written.get(&view.uid) {
+                    Some(w)
+                        if !caught_up(&rv, &w.written_rv)
+                            && w.at.elapsed() < Duration::from_secs(60) =>
+                    {
+                        view.status = w.status.clone()
+                    }
+                    Some(_) => {
+                        written.remove(&view.uid);
+                    }
+                    None => {}
+                }
+                drop(written);
+                objects.insert(view.key.clone(), obj);
+                snap.workloads.push(view);
+            }
+        }
+        let quota_objects: BTreeMap<String, Arc<DynamicObject>> = stores
+            .quotas
+            .state()
+            .into_iter()
+            .map(|q| (q.name_any(), q))
+            .collect();
+        let plan = plan::plan(&snap, &self.config.plan);
+        self.metrics.record(&plan);
+        let mut work = Vec::with_capacity(plan.actions.len());
+        for action in plan.actions {
+            let obj = match &action {
+                Action::AddFinalizer(k)
+                | Action::Release { key: k, .. }
+                | Action::SetStatus { key: k, .. }
+                | Action::Launch { key: k, .. }
+                | Action::Stop { key: k, .. } => objects.get(k).cloned(),
+                Action::QuotaStatus { name, .. } => quota_objects.get(name).cloned(),
+            };
+            if let Some(obj) = obj {
+                work.push(async move {
+                    if !self.leadership.is_leader() {
+                        return;
+                    }
+                    if let Err(e) = self.act(action, &obj).await {
+                        tracing::warn!(error = %e, object = %obj.name_any(), "action failed; retrying next pass");
+                    }
+                });
+            }
+        }
+        // Actions touch distinct objects; run them concurrently, bounded.
+        futures::stream::iter(work)
+            .buffer_unordered(self.config.parallelism)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    fn workload_api(&self, key: &WorkloadKey) -> Api<DynamicObject> {
+        let ar = match key.kind {
+            Kind::Training => ApiResource::erase::<TrainingJob>(&()),
+            Kind::Inference => ApiResource::erase::<InferenceService>(&()),
+        };
+        Api::namespaced_with(self.client.clone(), &key.namespace, &ar)
+    }
+
+    async fn apply_status(
+        &self,
+        key: &WorkloadKey,
+        obj: &DynamicObject,
+        status: &WorkloadStatus,
+    ) -> Result<(), kube::Error> {
+        let api = self.workload_api(key);
+        let body = json!({
+            "apiVersion": obj.types.as_ref().map(|t| t.api_version.clone()).unwrap_or_default(),
+            "kind": key.kind.kind_name(),
+            "status": status,
+        });
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let after = api
+            .patch_status(&key.name, &pp, &Patch::Apply(&body))
+            .await?;
+        self.written.lock().unwrap().insert(
+            obj.uid().unwrap_or_default(),
+            Written {
+                written_rv: after.resource_version().unwrap_or_default(),
+                status: status.clone(),
+                at: std::time::Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn event(
+        &self,
+        obj: &DynamicObject,
+        key: &WorkloadKey,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let mut reference = obj.object_ref(&ApiResource::erase::<TrainingJob>(&()));
+        reference.kind = Some(key.kind.kind_name().into());
+        let ev = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Scheduling".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "event not recorded");
+        }
+    }
+
+    async fn delete_pods(&self, namespace: &str, pods: &[String]) -> Result<(), kube::Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let results: Vec<Result<(), kube::Error>> = futures::stream::iter(pods.iter().cloned())
+            .map(|name| {
+                let api = api.clone();
+                async move {
+                    match api.delete(&name, &DeleteParams::default()).await {
+                        Ok(_) => Ok(()),
+                        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .buffer_unordered(self.config.parallelism)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    async fn act(&self, action: Action, obj: &DynamicObject) -> Result<(), kube::Error> {
+        match action {
+            Action::AddFinalizer(key) => {
+                let mut finalizers = obj.finalizers().to_vec();
+                finalizers.push(FINALIZER.into());
+                let patch = json!({"metadata": {
+                    "finalizers": finalizers,
+                    "resourceVersion": obj.resource_version(),
+                }});
+                self.workload_api(&key)
+                    .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            }
+            Action::Release { key, pods } => {
+                self.delete_pods(&key.namespace, &pods).await?;
+                let finalizers: Vec<String> = obj
+                    .finalizers()
+                    .iter()
+                    .filter(|f| *f != FINALIZER)
+                    .cloned()
+                    .collect();
+                let patch = json!({"metadata": {
+                    "finalizers": finalizers,
+                    "resourceVersion": obj.resource_version(),
+                }});
+                self.workload_api(&key)
+                    .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            }
+            Action::SetStatus { key, status } => {
+                let old_reason = obj
+                    .data
+                    .pointer("/status/reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                self.apply_status(&key, obj, &status).await?;
+                if status.reason != old_reason {
+                    let message = status
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == "Scheduled")
+                        .map(|c| c.message.clone())
+                        .unwrap_or_default();
+                    let reason = status.reason.clone().unwrap_or_default();
+                    let type_ = if matches!(reason.as_str(), "Completed") {
+                        EventType::Normal
+                    } else {
+                        EventType::Warning
+                    };
+                    self.event(obj, &key, type_, &reason, message).await;
+                }
+                Ok(())
+            }
+            Action::Stop { key, pods, status } => {
+                self.delete_pods(&key.namespace, &pods).await?;
+                let preempted = status.phase.as_deref() == Some("Preempted");
+                self.apply_status(&key, obj, &status).await?;
+                if preempted {
+                    self.metrics.preemptions.inc();
+                }
+                let message = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Scheduled")
+                    .map(|c| c.message.clone());
+                self.event(
+                    obj,
+                    &key,
+                    EventType::Warning,
+                    status.reason.as_deref().unwrap_or("Stopped"),
+                    message.unwrap_or_default(),
+                )
+                .await;
+                Ok(())
+            }
+            Action::QuotaStatus { name, status } => {
+                let api: Api<DynamicObject> =
+                    Api::all_with(self.client.clone(), &ApiResource::erase::<TenantQuota>(&()));
+                let body = json!({
+                    "apiVersion": "zhisuan.io/v1alpha1", "kind": "TenantQuota", "status": status,
+                });
+                api.patch_status(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+                .map(|_| ())
+            }
+            Action::Launch {
+                key,
+                tenant,
+                status,
+                write_status,
+            } => {
+                if write_status {
+                    self.apply_status(&key, obj, &status).await?;
+                }
+                match self.launch(&key, &tenant, obj, &status).await {
+                    Ok(bound) => {
+                        let mut running = status.clone();
+                        running.phase = Some("Running".into());
+                        running.reason = Some("Bound".into());
+                        running.started_at = Some(rfc3339(chrono::Utc::now().timestamp()));
+                        self.metrics.placement_decisions.inc_by(bound);
+                        self.apply_status(&key, obj, &running).await?;
+                        let message = running
+                            .conditions
+                            .iter()
+                            .find(|c| c.type_ == "Scheduled")
+                            .map(|c| c.message.clone())
+                            .unwrap_or_default();
+                        self.event(obj, &key, EventType::Normal, "Scheduled", message)
+                            .await;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // All or nothing: remove every pod of the gang and requeue.
+                        self.metrics.bind_errors.inc();
+                        let pods: Vec<String> = status
+                            .placement
+                            .iter()
+                            .flat_map(|p| p.replicas.iter().map(|r| r.pod.clone()))
+                            .collect();
+                        self.delete_pods(&key.namespace, &pods).await?;
+                        let mut pending = status.clone();
+                        pending.phase = Some("Pending".into());
+                        pending.reason = Some("BindFailed".into());
+                        pending.placement = None;
+                        let now = chrono::Utc::now().timestamp();
+                        let message = format!("launch failed and was rolled back: {e}");
+                        let generation = obj.metadata.generation.unwrap_or(0);
+                        set_condition(
+                            &mut pending,
+                            "Scheduled",
+                            false,
+                            "BindFailed",
+                            message.clone(),
+                            now,
+                            generation,
+                        );
+                        self.apply_status(&key, obj, &pending).await?;
+                        self.event(obj, &key, EventType::Warning, "BindFailed", message)
+                            .await;
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates the gang's missing pods and binds the unbound ones, in parallel.
+    /// Returns how many bindings this call made.
+    async fn launch(
+        &self,
+        key: &WorkloadKey,
+        tenant: &str,
+        obj: &DynamicObject,
+        status: &WorkloadStatus,
+    ) -> Result<u64, String> {
+        let placement = status.placement.clone().ok_or("no placement")?;
+        let template = obj
+            .data
+            .pointer("/spec/template")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let owner = obj.controller_owner_ref(&ApiResource::erase::<TrainingJob>(&()));
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+        let mut jobs = Vec::with_capacity(placement.replicas.len());
+        for (i, r) in placement.replicas.iter().enumerate() {
+            let mut owner = owner.clone();
+            if let Some(o) = owner.as_mut() {
+                o.kind = key.kind.kind_name().into();
+            }
+            jobs.push(launch_replica(
+                pods.clone(),
+                key.clone(),
+                tenant.to_string(),
+                i as u32,
+                r.clone(),
+                template.clone(),
+                owner,
+                self.leadership.clone(),
+            ));
+        }
+        let results: Vec<Result<bool, String>> = futures::stream::iter(jobs)
+            .buffer_unordered(self.config.parallelism)
+            .collect()
+            .await;
+        let mut bound = 0;
+        for r in results {
+            if r? {
+                bound += 1;
+            }
+        }
+        Ok(bound)
+    }
+}
+
+/// Creates (if missing) and binds one replica's pod. Ok(true) = bound now,
+/// Ok(false) = already bound where the placement says.
+#[allow(clippy::too_many_arguments)]
+async fn launch_replica(
+    pods: Api<Pod>,
+    key: WorkloadKey,
+    tenant: String,
+    replica: u32,
+    r: ReplicaPlacement,
+    template: Value,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    leadership: Leadership,
+) -> Result<bool, String> {
+    let (key, tenant, r, i) = (&key, tenant.as_str(), &r, replica);
+    let annotations = replica_annotations(key, tenant, r);
+    let pod = replica_pod(key, i, &r.pod, &template, &annotations, owner)?;
+    if !leadership.is_leader() {
+        return Err("lost leadership".to_string());
+    }
+    let existing = match pods.create(&PostParams::default(), &pod).await {
+        Ok(p) => p,
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            pods.get(&r.pod).await.map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(format!("creating pod {}: {e}", r.pod)),
+    };
+    let owned = existing.labels().get(keys::WORKLOAD_NAME) == Some(&key.name);
+    if !owned {
+        return Err(format!("pod {} exists and is not this workload's", r.pod));
+    }
+    match existing.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+        Some(n) if n == r.node => return Ok(false),
+        Some(n) if !n.is_empty() => {
+            return Err(format!("pod {} is bound to {n}, not {}", r.pod, r.node))
+        }
+        _ => {}
+    }
+    if !leadership.is_leader() {
+        return Err("lost leadership".to_string());
+    }
+    let binding = json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": r.pod, "annotations": annotations},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": r.node},
+    });
+    let res: Result<Value, kube::Error> = pods
+        .create_subresource("binding", &r.pod, &PostParams::default(), &binding)
+        .await;
+    match res {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let now = pods.get(&r.pod).await.map_err(|e| e.to_string())?;
+            match now.spec.and_then(|s| s.node_name) {
+                Some(n) if n == r.node => Ok(false),
+                other => Err(format!("pod {} bound elsewhere: {other:?}", r.pod)),
+            }
+        }
+        // The stand-in and real API servers answer 201 with a Status body.
+        Err(kube::Error::SerdeError(_)) => Ok(true),
+        Err(e) => Err(format!("binding pod {} to {}: {e}", r.pod, r.node)),
+    }
+}
+
+fn replica_annotations(
+    key: &WorkloadKey,
+    tenant: &str,
+    r: &crate::operator::crd::ReplicaPlacement,
+) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::new();
+    a.insert(
+        keys::GPU_DEVICES.to_string(),
+        r.devices
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    if let Some(m) = r.gpu_milli {
+        a.insert(keys::GPU_MILLI.to_string(), m.to_string());
+    }
+    a.insert(keys::TENANT.to_string(), tenant.to_string());
+    a.insert(
+        keys::JOB.to_string(),
+        format!("{}/{}", key.namespace, key.name),
+    );
+    a
+}
+
+/// A replica's pod from the workload's template: deterministic name, owner
+/// labels, device annotations, `schedulerName: zhisuan`, no node yet.
+fn replica_pod(
+    key: &WorkloadKey,
+    replica: u32,
+    name: &str,
+    template: &Value,
+    annotations: &BTreeMap<String, String>,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> Result<Pod, String> {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": template.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({"containers": []})),
+    });
+    pod["metadata"]["name"] = json!(name);
+    pod["metadata"]["namespace"] = json!(key.namespace);
+    if !pod["metadata"].get("labels").is_some_and(Value::is_object) {
+        pod["metadata"]["labels"] = json!({});
+    }
+    pod["metadata"]["labels"][keys::WORKLOAD_KIND] = json!(key.kind.label());
+    pod["metadata"]["labels"][keys::WORKLOAD_NAME] = json!(key.name);
+    pod["metadata"]["labels"][keys::REPLICA] = json!(replica.to_string());
+    if !pod["metadata"]
+        .get("annotations")
+        .is_some_and(Value::is_object)
+    {
+        pod["metadata"]["annotations"] = json!({});
+    }
+    for (k, v) in annotations {
+        pod["metadata"]["annotations"][k] = json!(v);
+    }
+    if let Some(o) = owner {
+        pod["metadata"]["ownerReferences"] = json!([o]);
+    }
+    pod["spec"]["schedulerName"] = json!(keys::SCHEDULER_NAME);
+    if let Some(spec) = pod["spec"].as_object_mut() {
+        spec.remove("nodeName");
+    }
+    if !pod["spec"].get("containers").is_some_and(Value::is_array) {
+        pod["spec"]["containers"] = json!([]);
+    }
+    serde_json::from_value(pod).map_err(|e| format!("spec.template does not make a valid pod: {e}"))
+}
+
+/// Lists the Lease holder (for tests and `kubectl`-free checks).
+pub async fn lease_holder(client: Client, namespace: &str, name: &str) -> Option<String> {
+    let api: Api<Lease> = Api::namespaced(client, namespace);
+    api.get_opt(name)
+        .await
+        .ok()
+        .flatten()?
+        .spec?
+        .holder_identity
+}

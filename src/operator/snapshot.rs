@@ -1,0 +1,568 @@
+//! Snapshot: the cluster as plain data for the planner. Converting kube
+//! objects into these views is the only place that knows their shapes; the
+//! planner ([`super::plan`]) sees nothing else.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
+use kube::api::DynamicObject;
+use kube::ResourceExt;
+
+use super::crd::{
+    InferenceServiceSpec, TenantQuotaSpec, TenantQuotaStatus, TrainingJobSpec, WorkloadStatus,
+    FINALIZER,
+};
+use super::validate::{self, FieldError};
+
+/// Annotation keys and labels of the operator ↔ agent ↔ placement contract.
+pub mod keys {
+    pub const GPU_DEVICES: &str = "zhisuan.io/gpu-devices";
+    pub const GPU_MILLI: &str = "zhisuan.io/gpu-milli";
+    pub const TENANT: &str = "zhisuan.io/tenant";
+    pub const JOB: &str = "zhisuan.io/job";
+    pub const UNHEALTHY_GPUS: &str = "zhisuan.io/unhealthy-gpus";
+    pub const GPU_MODEL: &str = "zhisuan.io/gpu-model";
+    pub const GPU_COUNT: &str = "zhisuan.io/gpu-count";
+    pub const VENDOR: &str = "zhisuan.io/accelerator-vendor";
+    pub const REGION: &str = "zhisuan.io/region";
+    /// Pod labels the controller sets on the pods it creates.
+    pub const WORKLOAD_KIND: &str = "zhisuan.io/workload-kind";
+    pub const WORKLOAD_NAME: &str = "zhisuan.io/workload";
+    pub const REPLICA: &str = "zhisuan.io/replica";
+    /// Scheduler name on the pods the controller creates (kube-scheduler leaves them alone).
+    pub const SCHEDULER_NAME: &str = "zhisuan";
+}
+
+/// The two workload kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Training,
+    Inference,
+}
+
+impl Kind {
+    /// Value of the `zhisuan.io/workload-kind` pod label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Training => "trainingjob",
+            Kind::Inference => "inferenceservice",
+        }
+    }
+    pub fn from_label(s: &str) -> Option<Kind> {
+        match s {
+            "trainingjob" => Some(Kind::Training),
+            "inferenceservice" => Some(Kind::Inference),
+            _ => None,
+        }
+    }
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            Kind::Training => "TrainingJob",
+            Kind::Inference => "InferenceService",
+        }
+    }
+}
+
+/// Identity of a workload.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl WorkloadKey {
+    /// Name of replica `i`'s pod: deterministic, so a restarted controller
+    /// finds (and never duplicates) the pods it created before.
+    pub fn pod_name(&self, replica: u32) -> String {
+        match self.kind {
+            Kind::Training => format!("{}-{replica}", self.name),
+            Kind::Inference => format!("{}-serve-{replica}", self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for WorkloadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A node as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    /// `zhisuan.io/region` label ("" when absent).
+    pub region: String,
+    pub model: String,
+    pub vendor: String,
+    pub gpus: u8,
+    pub unhealthy: Vec<u8>,
+    pub cpu_milli: u32,
+    pub memory_mib: u64,
+    pub labels: Vec<(String, String)>,
+    /// Ready and not cordoned.
+    pub schedulable: bool,
+}
+
+/// A pod as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodView {
+    pub namespace: String,
+    pub name: String,
+    /// The workload that owns it (from its labels).
+    pub owner: Option<WorkloadKey>,
+    pub node: Option<String>,
+    pub devices: Vec<u8>,
+    /// Share of its one device, when shared.
+    pub milli: Option<u16>,
+    pub cpu_milli: u32,
+    pub memory_mib: u64,
+    /// Pending, Running, Succeeded, Failed, Unknown.
+    pub phase: String,
+    pub deleting: bool,
+}
+
+impl PodView {
+    /// Finished pods hold no resources.
+    pub fn terminal(&self) -> bool {
+        self.phase == "Succeeded" || self.phase == "Failed"
+    }
+}
+
+/// A TrainingJob or InferenceService as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadView {
+    pub key: WorkloadKey,
+    pub uid: String,
+    pub generation: i64,
+    /// Creation time, unix seconds.
+    pub created: i64,
+    pub tenant: String,
+    pub replicas: u32,
+    /// Whole GPUs per replica (0 when shared).
+    pub gpus_per_replica: u8,
+    /// Share per replica when shared (`None` = whole GPUs).
+    pub gpu_milli: Option<u16>,
+    pub models: Vec<String>,
+    pub vendor: Option<String>,
+    pub priority: i32,
+    pub residency: Vec<String>,
+    pub preferred: Vec<String>,
+    pub max_runtime_s: Option<i64>,
+    pub cpu_milli: u32,
+    pub memory_mib: u64,
+    pub status: WorkloadStatus,
+    pub deleting: bool,
+    pub has_finalizer: bool,
+    /// Why the spec cannot be scheduled (unparseable or invalid); empty = valid.
+    pub errors: Vec<FieldError>,
+}
+
+impl WorkloadView {
+    /// Milli-GPU of one replica.
+    pub fn milli_per_replica(&self) -> u64 {
+        match self.gpu_milli {
+            Some(m) => m as u64,
+            None => self.gpus_per_replica as u64 * 1000,
+        }
+    }
+    pub fn total_milli(&self) -> u64 {
+        self.milli_per_replica() * self.replicas as u64
+    }
+    pub fn phase(&self) -> &str {
+        self.status.phase.as_deref().unwrap_or("Pending")
+    }
+}
+
+/// A TenantQuota as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuotaView {
+    /// Object name.
+    pub name: String,
+    pub spec: TenantQuotaSpec,
+    pub status: TenantQuotaStatus,
+    pub errors: Vec<FieldError>,
+}
+
+/// Everything one planning pass needs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Unix seconds (the plan layer has no clock).
+    pub now: i64,
+    pub nodes: Vec<NodeView>,
+    pub pods: Vec<PodView>,
+    pub workloads: Vec<WorkloadView>,
+    pub quotas: Vec<QuotaView>,
+}
+
+impl Snapshot {
+    /// Accelerator models the cluster knows (a job naming another is invalid).
+    pub fn known_models(&self) -> BTreeSet<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.gpus > 0)
+            .map(|n| n.model.clone())
+            .collect()
+    }
+}
+
+/// Parses `"0,1"` device lists (the `zhisuan.io/gpu-devices` / `unhealthy-gpus` form).
+pub fn parse_devices(s: &str) -> Vec<u8> {
+    s.split(',')
+        .filter_map(|p| p.trim().parse::<u8>().ok())
+        .collect()
+}
+
+/// Kubernetes CPU quantity → millicores ("2", "500m", "1.5").
+pub fn cpu_milli(q: &str) -> Option<u32> {
+    let q = q.trim();
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse::<u32>().ok();
+    }
+    q.parse::<f64>().ok().map(|c| (c * 1000.0).round() as u32)
+}
+
+/// Kubernetes memory quantity → MiB ("16Gi", "512Mi", "1G", bytes).
+pub fn memory_mib(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let units: [(&str, f64); 8] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    for (suffix, mult) in units {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<f64>().ok().map(|v| (v * mult / 1048576.0) as u64);
+        }
+    }
+    q.parse::<f64>().ok().map(|v| (v / 1048576.0) as u64)
+}
+
+/// Node → view. Capacity from `status.allocatable`, GPUs from the agent's labels.
+pub fn node_view(node: &Node) -> NodeView {
+    let labels = node.labels();
+    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    let quantity = |k: &str| alloc.and_then(|a| a.get(k)).map(|q| q.0.clone());
+    let gpus = label(keys::GPU_COUNT)
+        .parse::<u8>()
+        .ok()
+        .or_else(|| quantity("nvidia.com/gpu").and_then(|q| q.parse().ok()))
+        .unwrap_or(0);
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_none_or(|c| c.status == "True");
+    let cordoned = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    NodeView {
+        name: node.name_any(),
+        region: label(keys::REGION),
+        model: label(keys::GPU_MODEL),
+        vendor: label(keys::VENDOR),
+        gpus,
+        unhealthy: node
+            .annotations()
+            .get(keys::UNHEALTHY_GPUS)
+            .map(|s| parse_devices(s))
+            .unwrap_or_default(),
+        cpu_milli: quantity("cpu")
+            .and_then(|q| cpu_milli(&q))
+            .unwrap_or(u32::MAX / 2),
+        memory_mib: quantity("memory")
+            .and_then(|q| memory_mib(&q))
+            .unwrap_or(u64::MAX / 2),
+        labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        schedulable: ready && !cordoned,
+    }
+}
+
+/// CPU and memory requested by a pod spec's containers.
+fn requests(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> (u32, u64) {
+    let mut cpu = 0u32;
+    let mut mem = 0u64;
+    for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
+        let req = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+        cpu += req
+            .and_then(|r| r.get("cpu"))
+            .and_then(|q| cpu_milli(&q.0))
+            .unwrap_or(0);
+        mem += req
+            .and_then(|r| r.get("memory"))
+            .and_then(|q| memory_mib(&q.0))
+            .unwrap_or(0);
+    }
+    (cpu, mem)
+}
+
+/// Pod → view.
+pub fn pod_view(pod: &Pod) -> PodView {
+    let labels = pod.labels();
+    let ann = pod.annotations();
+    let owner = labels
+        .get(keys::WORKLOAD_KIND)
+        .and_then(|k| Kind::from_label(k))
+        .zip(labels.get(keys::WORKLOAD_NAME))
+        .map(|(kind, name)| WorkloadKey {
+            kind,
+            namespace: pod.namespace().unwrap_or_default(),
+            name: name.clone(),
+        });
+    let (cpu, mem) = requests(pod.spec.as_ref());
+    PodView {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        owner,
+        node: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty()),
+        devices: ann
+            .get(keys::GPU_DEVICES)
+            .map(|s| parse_devices(s))
+            .unwrap_or_default(),
+        milli: ann.get(keys::GPU_MILLI).and_then(|s| s.parse().ok()),
+        cpu_milli: cpu,
+        memory_mib: mem,
+        phase: pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_else(|| "Pending".into()),
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// A workload's spec fields the planner needs, whichever kind it is.
+struct Common<'a> {
+    tenant: &'a str,
+    replicas: i32,
+    gpus_per_replica: Option<i32>,
+    gpu_milli: Option<i32>,
+    models: &'a [String],
+    vendor: &'a Option<String>,
+    priority: i32,
+    residency: &'a [String],
+    preferred: &'a [String],
+    max_runtime_s: Option<i64>,
+    template: &'a PodTemplateSpec,
+}
+
+/// A workload object → view. A spec that does not even parse (a string where
+/// a number belongs) becomes a view with an error naming the field, so one
+/// bad object never stalls the others.
+pub fn workload_view(
+    kind: Kind,
+    obj: &DynamicObject,
+    known_models: &BTreeSet<String>,
+) -> WorkloadView {
+    let key = WorkloadKey {
+        kind,
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+    };
+    let status: WorkloadStatus = obj
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default();
+    let spec_value = obj.data.get("spec").cloned().unwrap_or_default();
+    let mut view = WorkloadView {
+        key,
+        uid: obj.uid().unwrap_or_default(),
+        generation: obj.metadata.generation.unwrap_or(0),
+        created: obj
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or(0),
+        tenant: String::new(),
+        replicas: 0,
+        gpus_per_replica: 0,
+        gpu_milli: None,
+        models: Vec::new(),
+        vendor: None,
+        priority: 0,
+        residency: Vec::new(),
+        preferred: Vec::new(),
+        max_runtime_s: None,
+        cpu_milli: 0,
+        memory_mib: 0,
+        status,
+        deleting: obj.metadata.deletion_timestamp.is_some(),
+        has_finalizer: obj.finalizers().iter().any(|f| f == FINALIZER),
+        errors: Vec::new(),
+    };
+    let parse_error = |e: FieldError| e;
+    match kind {
+        Kind::Training => match parse_spec::<TrainingJobSpec>(spec_value) {
+            Ok(s) => {
+                view.errors = validate::validate_training(&s, known_models);
+                fill(
+                    &mut view,
+                    &Common {
+                        tenant: &s.tenant,
+                        replicas: s.replicas,
+                        gpus_per_replica: s.gpus_per_replica,
+                        gpu_milli: s.gpu_milli,
+                        models: &s.gpu_models,
+                        vendor: &s.accelerator_vendor,
+                        priority: s.priority,
+                        residency: &s.regions.residency,
+                        preferred: &s.regions.preferred,
+                        max_runtime_s: s.max_runtime_seconds,
+                        template: &s.template,
+                    },
+                );
+            }
+            Err(e) => view.errors.push(parse_error(e)),
+        },
+        Kind::Inference => match parse_spec::<InferenceServiceSpec>(spec_value) {
+            Ok(s) => {
+                view.errors = validate::validate_inference(&s, known_models);
+                fill(
+                    &mut view,
+                    &Common {
+                        tenant: &s.tenant,
+                        replicas: s.replicas,
+                        gpus_per_replica: s.gpus_per_replica,
+                        gpu_milli: s.gpu_milli,
+                        models: &s.gpu_models,
+                        vendor: &s.accelerator_vendor,
+                        priority: s.priority,
+                        residency: &s.regions.residency,
+                        preferred: &s.regions.preferred,
+                        max_runtime_s: None,
+                        template: &s.template,
+                    },
+                );
+            }
+            Err(e) => view.errors.push(parse_error(e)),
+        },
+    }
+    view
+}
+
+/// Deserialises a spec; on failure names the top-level field at fault (serde
+/// errors do not), found as the one whose removal cures or changes the error.
+pub fn parse_spec<T: serde::de::DeserializeOwned>(
+    spec: serde_json::Value,
+) -> Result<T, FieldError> {
+    let err = match serde_json::from_value::<T>(spec.clone()) {
+        Ok(v) => return Ok(v),
+        Err(e) => e.to_string(),
+    };
+    let culprit = spec.as_object().and_then(|map| {
+        map.keys().find(|k| {
+            let mut without = map.clone();
+            without.remove(*k);
+            match serde_json::from_value::<T>(serde_json::Value::Object(without)) {
+                Ok(_) => true,
+                Err(e) => e.to_string().contains(&format!("missing field `{k}`")),
+            }
+        })
+    });
+    Err(FieldError {
+        field: culprit
+            .map(|k| format!("spec.{k}"))
+            .unwrap_or_else(|| "spec".into()),
+        message: format!("does not parse: {err}"),
+    })
+}
+
+fn fill(view: &mut WorkloadView, c: &Common) {
+    view.tenant = c.tenant.to_string();
+    view.replicas = c.replicas.clamp(0, 10_000) as u32;
+    view.gpus_per_replica = c.gpus_per_replica.unwrap_or(0).clamp(0, 64) as u8;
+    view.gpu_milli = c.gpu_milli.map(|m| m.clamp(0, 1000) as u16);
+    if view.gpu_milli == Some(1000) {
+        view.gpu_milli = None;
+        view.gpus_per_replica = 1;
+    }
+    view.models = c.models.to_vec();
+    view.vendor = c.vendor.clone();
+    view.priority = c.priority;
+    view.residency = c.residency.to_vec();
+    view.preferred = c.preferred.to_vec();
+    view.max_runtime_s = c.max_runtime_s;
+    let (cpu, mem) = requests(c.template.spec.as_ref());
+    view.cpu_milli = cpu;
+    view.memory_mib = mem;
+}
+
+/// A TenantQuota object → view (parse errors become field errors).
+pub fn quota_view(obj: &DynamicObject) -> QuotaView {
+    let spec = obj.data.get("spec").cloned().unwrap_or_default();
+    let status = obj
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default();
+    match parse_spec::<TenantQuotaSpec>(spec) {
+        Ok(spec) => QuotaView {
+            name: obj.name_any(),
+            status,
+            errors: validate::validate_quota(&spec),
+            spec,
+        },
+        Err(e) => QuotaView {
+            name: obj.name_any(),
+            spec: TenantQuotaSpec::default(),
+            status,
+            errors: vec![e],
+        },
+    }
+}
+
+/// Pods grouped by owning workload.
+pub fn pods_by_owner(pods: &[PodView]) -> BTreeMap<&WorkloadKey, Vec<&PodView>> {
+    let mut out: BTreeMap<&WorkloadKey, Vec<&PodView>> = BTreeMap::new();
+    for p in pods {
+        if let Some(o) = &p.owner {
+            out.entry(o).or_default().push(p);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(cpu_milli("500m"), Some(500));
+        assert_eq!(cpu_milli("2"), Some(2000));
+        assert_eq!(cpu_milli("1.5"), Some(1500));
+        assert_eq!(memory_mib("16Gi"), Some(16384));
+        assert_eq!(memory_mib("512Mi"), Some(512));
+        assert_eq!(memory_mib("1048576"), Some(1));
+        assert_eq!(parse_devices("0, 2,x,5"), vec![0, 2, 5]);
+    }
+
+    #[test]
+    fn a_spec_that_does_not_parse_names_the_field() {
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "bad", "namespace": "ns"},
+            "spec": {"tenant": "a", "replicas": "many", "template": {}}
+        }))
+        .unwrap();
+        let v = workload_view(Kind::Training, &obj, &BTreeSet::new());
+        assert_eq!(v.errors.len(), 1);
+        assert_eq!(v.errors[0].field, "spec.replicas", "{:?}", v.errors);
+    }
+}

@@ -1,0 +1,193 @@
+//! The second level of two-level placement: one placement engine per region.
+//!
+//! Given the regions in the order region choice ranked them, try each
+//! region's engine for the whole gang (all replicas, all-or-nothing, inside
+//! that one region — gangs never span regions) and fall back to the next
+//! region when it is full, unless the job waits for its best region.
+
+use super::catalog::Catalog;
+use super::plan::{Explanation, ResolvedJob, Verdict};
+use crate::error::InputError;
+use crate::placement::{Cluster, Decision, Engine, ModelSet, NodeSpec, Policy, Request};
+
+/// Node label carrying the region (same key as the operator's node label).
+pub const REGION_LABEL: &str = "zhisuan.io/region";
+
+/// A placed gang: its region and one decision per replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionPlacement {
+    pub region: u16,
+    pub decisions: Vec<Decision>,
+}
+
+/// Per-replica resources of a job, as placement requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplicaShape {
+    pub cpu_milli: u32,
+    pub memory_mib: u64,
+}
+
+/// One placement engine per region of a catalog.
+pub struct RegionEngines {
+    engines: Vec<Engine>,
+    /// Scratch for the gang's member requests (reused across decisions).
+    members: Vec<Request>,
+}
+
+impl RegionEngines {
+    /// Builds every region's nodes from the catalog's inventory ([`node_specs`]).
+    pub fn from_catalog(
+        catalog: &Catalog,
+        policy: Policy,
+        seed: u64,
+    ) -> Result<RegionEngines, InputError> {
+        let mut engines = Vec::with_capacity(catalog.regions.len());
+        for r in 0..catalog.regions.len() {
+            let cluster = Cluster::from_specs(&node_specs(catalog, r)?)
+                .map_err(|e| InputError::new(format!("region {}: {e}", catalog.regions[r].name)))?;
+            engines.push(Engine::new(cluster, policy, seed.wrapping_add(r as u64)));
+        }
+        Ok(RegionEngines {
+            engines,
+            members: Vec::new(),
+        })
+    }
+
+    pub fn engine(&self, region: usize) -> &Engine {
+        &self.engines[region]
+    }
+
+    pub fn len(&self) -> usize {
+        self.engines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.engines.is_empty()
+    }
+
+    /// Free milli-GPU in a region (healthy or not).
+    pub fn free_milli(&self, region: usize) -> u64 {
+        let c = self.engines[region].cluster();
+        c.total_gpus() as u64 * 1000 - c.gpu_milli_allocated()
+    }
+
+    /// Tries the ranked regions in `order`; records each try in `expl`
+    /// (`Full` / `NotTried` / `Chosen`). Allocates on success.
+    pub fn place(
+        &mut self,
+        catalog: &Catalog,
+        job: &ResolvedJob,
+        shape: ReplicaShape,
+        order: &[u16],
+        expl: &mut Explanation,
+    ) -> Option<RegionPlacement> {
+        for (rank, &r) in order.iter().enumerate() {
+            let ri = r as usize;
+            if rank > 0 && job.wait_for_best {
+                expl.candidates[ri].verdict = Verdict::NotTried { rank: rank as u32 };
+                continue;
+            }
+            let free = self.free_milli(ri);
+            // Cheap pre-check before asking the engine.
+            if free >= job.total_milli() {
+                if let Some(decisions) = self.try_gang(catalog, ri, job, shape) {
+                    expl.candidates[ri].verdict = Verdict::Chosen { rank: rank as u32 };
+                    expl.chosen = Some(r);
+                    return Some(RegionPlacement {
+                        region: r,
+                        decisions,
+                    });
+                }
+            }
+            expl.candidates[ri].verdict = Verdict::Full {
+                rank: rank as u32,
+                free_milli: free,
+            };
+        }
+        None
+    }
+
+    fn try_gang(
+        &mut self,
+        catalog: &Catalog,
+        region: usize,
+        job: &ResolvedJob,
+        shape: ReplicaShape,
+    ) -> Option<Vec<Decision>> {
+        let engine = &mut self.engines[region];
+        let models = if job.models.is_empty() {
+            ModelSet::ANY
+        } else {
+            let table = engine.cluster().models();
+            job.models
+                .iter()
+                .filter_map(|&m| table.id(&catalog.accelerators[m].model))
+                .fold(ModelSet::NONE, |s, id| s.with(id))
+        };
+        if models == ModelSet::NONE {
+            return None;
+        }
+        let one = replica_request(job, shape).with_models(models);
+        self.members.clear();
+        self.members.resize(job.replicas as usize, one);
+        engine.place_gang(&self.members, None).ok()
+    }
+
+    /// Gives a placed gang's resources back.
+    pub fn release(&mut self, placement: &RegionPlacement) -> Result<(), String> {
+        let engine = &mut self.engines[placement.region as usize];
+        for d in &placement.decisions {
+            engine.release(d)?;
+        }
+        Ok(())
+    }
+}
+
+/// The nodes of a region, from its inventory: named `<region>-<model>-<n>`,
+/// labelled with the region.
+pub fn node_specs(catalog: &Catalog, region: usize) -> Result<Vec<NodeSpec>, InputError> {
+    let reg = &catalog.regions[region];
+    let mut specs = Vec::new();
+    for inv in &reg.inventory {
+        let cpu_milli = u32::try_from(inv.cpu_milli).map_err(|_| {
+            InputError::new(format!(
+                "region {}: inventory cpu_milli {} is too large",
+                reg.name, inv.cpu_milli
+            ))
+        })?;
+        for _ in 0..inv.nodes {
+            specs.push(NodeSpec {
+                name: format!(
+                    "{}-{}-{:03}",
+                    reg.name,
+                    inv.model.to_ascii_lowercase(),
+                    specs.len()
+                ),
+                cpu_milli,
+                memory_mib: inv.memory_mib,
+                gpus: inv.gpus_per_node as u8,
+                model: inv.model.clone(),
+                labels: vec![(REGION_LABEL.to_string(), reg.name.clone())],
+            });
+        }
+    }
+    Ok(specs)
+}
+
+/// One replica of a job as a placement request (any model; restrict with
+/// `with_models`).
+pub fn replica_request(job: &ResolvedJob, shape: ReplicaShape) -> Request {
+    if job.gpus_per_replica == 0 {
+        Request::shared(
+            shape.cpu_milli,
+            shape.memory_mib,
+            job.milli_per_replica as u16,
+        )
+    } else {
+        Request::whole(
+            shape.cpu_milli,
+            shape.memory_mib,
+            job.gpus_per_replica as u8,
+        )
+    }
+}
