@@ -324,10 +324,10 @@ fn demo_restarted_on_the_same_db_does_not_double_count() {
     let db = |p: &std::path::Path| p.display().to_string();
 
     let straight =
-        run_demo_to_end(&[&fast[..], &["--db", &db(&once), "--sim-hours", "30"]].concat());
-    let first = run_demo_to_end(&[&fast[..], &["--db", &db(&twice), "--sim-hours", "12"]].concat());
+        run_demo_to_end(&[&fast[..], &["--db", &db(&once), "--sim-hours", "5"]].concat());
+    let first = run_demo_to_end(&[&fast[..], &["--db", &db(&twice), "--sim-hours", "2"]].concat());
     let resumed =
-        run_demo_to_end(&[&fast[..], &["--db", &db(&twice), "--sim-hours", "30"]].concat());
+        run_demo_to_end(&[&fast[..], &["--db", &db(&twice), "--sim-hours", "5"]].concat());
 
     assert!(fen(&first, "records_ingested") > 0, "{first}");
     assert!(
@@ -337,7 +337,7 @@ fn demo_restarted_on_the_same_db_does_not_double_count() {
     assert_eq!(resumed["sim_now"], straight["sim_now"]);
     assert!(
         fen(&straight, "gross_fen") > fen(&first, "gross_fen"),
-        "more usage after 30 h than after 12 h"
+        "more usage after 5 h than after 2 h"
     );
     // Interrupted and resumed = run straight through, to the fen, per tenant.
     for key in ["gross_fen", "voucher_fen", "net_fen"] {

@@ -96,9 +96,16 @@ mod tests {
         b.id = "99/2/3600".into();
         b.job_id = 99;
         assert_eq!(source_of(&a), "demo/openb-pod-0042/2");
-        let (ra, rb) = (usage_record(&catalog, &a).unwrap(), usage_record(&catalog, &b).unwrap());
+        let (ra, rb) = (
+            usage_record(&catalog, &a).unwrap(),
+            usage_record(&catalog, &b).unwrap(),
+        );
         assert_eq!(ra.source, rb.source);
-        assert_eq!(ra.meter().unwrap().id, rb.meter().unwrap().id, "same ledger record id");
+        assert_eq!(
+            ra.meter().unwrap().id,
+            rb.meter().unwrap().id,
+            "same ledger record id"
+        );
         let mut other_replica = a.clone();
         other_replica.id = "17/3/3600".into();
         assert_ne!(source_of(&a), source_of(&other_replica));
@@ -113,9 +120,15 @@ mod tests {
         assert_eq!(r.gpu_milli, 500);
         assert_eq!((r.start.timestamp(), r.end.timestamp()), (0, 3600));
         let zhongwei = catalog.region_index("zhongwei").unwrap();
-        assert_eq!(r.grid_kg_per_kwh, catalog.regions[zhongwei].grid_factor_kg_per_kwh);
+        assert_eq!(
+            r.grid_kg_per_kwh,
+            catalog.regions[zhongwei].grid_factor_kg_per_kwh
+        );
         assert!(r.meter().is_ok(), "the ledger accepts the record");
-        assert!(usage_record(&catalog, &interval(500, 3600, 3600)).is_none(), "empty interval");
+        assert!(
+            usage_record(&catalog, &interval(500, 3600, 3600)).is_none(),
+            "empty interval"
+        );
     }
 
     #[test]

@@ -13,15 +13,14 @@ pub mod summary;
 pub mod telemetry;
 pub mod tracker;
 
+use crate::api::ratelimit::RateLimit;
+use crate::api::world::WorldBackend;
+use crate::api::{ApiConfig, ApiState};
 use crate::error::InputError;
 use crate::ledger::types::Tier;
 use crate::ledger::Ledger;
 use crate::regions::catalog::Catalog;
 use crate::regions::plan::{JobKind, JobSpec};
-use crate::api::ratelimit::RateLimit;
-use crate::api::world::WorldBackend;
-use crate::api::{ApiConfig, ApiState};
-use crate::api::JobBackend as _;
 use crate::sim::world::{World, WorldConfig};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -111,8 +110,11 @@ fn save_checkpoint(path: &Path, cp: &Checkpoint) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The workload, repeated: after the last arrival it starts over (names
-/// suffixed `.c<cycle>`), so a long demo keeps arrivals coming.
+/// Longest a demo job runs, simulated seconds.
+const MAX_JOB_S: i64 = 6 * 3600;
+
+/// The workload, repeated: after the last arrival and [`MAX_JOB_S`] it
+/// starts over (names suffixed `.c<cycle>`), so a long demo keeps arrivals coming.
 struct Workload {
     jobs: Vec<(i64, JobSpec)>,
     cycle_s: i64,
@@ -136,9 +138,14 @@ impl Workload {
         for (t, _) in &mut jobs {
             *t = (*t - skip).max(0);
         }
+        // Every job leaves within MAX_JOB_S (the trace holds pods that run
+        // for months), so each cycle of the workload starts on a drained
+        // cluster and a long demo neither piles up nor slows down.
+        for (_, spec) in &mut jobs {
+            spec.duration_s = Some(spec.duration_s.unwrap_or(MAX_JOB_S).min(MAX_JOB_S));
+        }
         let last = jobs.last().map_or(0, |(t, _)| *t);
-        // A cycle ends an hour after the last arrival.
-        let cycle_s = last + 3600;
+        let cycle_s = last + MAX_JOB_S;
         Ok(Workload {
             jobs,
             cycle_s,
@@ -475,10 +482,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let agents = Arc::new(Mutex::new(telemetry::SimAgents::new(&world, 1)?));
     registry.register(Box::new(telemetry::AgentsCollector(Arc::clone(&agents))))?;
     let backend = WorldBackend::new(Arc::new(Mutex::new(world)));
-    // The same limits the API would set from the ledger's quotas, for admission.
-    for t in setup::TENANTS {
-        backend.set_gpu_limit(t.name, Some(t.max_gpus as u64 * 1000));
-    }
     let mut driver = Driver {
         backend: backend.clone(),
         workload,
@@ -614,7 +617,8 @@ fn admin_key(file: Option<&Path>, dir: &Path) -> anyhow::Result<String> {
         return crate::api::cli::admin_key(file);
     }
     let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for an admin key: {e}"))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for an admin key: {e}"))?;
     let key = hex::encode(bytes);
     let path = dir.join("admin.key");
     {
@@ -671,16 +675,17 @@ mod tests {
     #[test]
     fn workload_repeats_with_new_names() {
         let mut w = Workload::new(vec![(100, spec("b")), (0, spec("a"))]).unwrap();
-        assert_eq!(w.cycle_s, 100 + 3600);
-        let first: Vec<_> = std::iter::from_fn(|| w.pop_until(3699))
+        assert_eq!(w.cycle_s, 100 + MAX_JOB_S);
+        let first: Vec<_> = std::iter::from_fn(|| w.pop_until(MAX_JOB_S + 99))
             .map(|(t, s)| (t, s.name))
             .collect();
         assert_eq!(first, vec![(0, "a".to_string()), (100, "b".to_string())]);
-        assert!(w.pop_until(3699).is_none());
-        let (t, s) = w.pop_until(3700).unwrap();
-        assert_eq!((t, s.name.as_str()), (3700, "a.c1"));
-        let (t, s) = w.pop_until(10_000).unwrap();
-        assert_eq!((t, s.name.as_str()), (3800, "b.c1"));
+        assert!(w.pop_until(MAX_JOB_S + 99).is_none());
+        let (t, s) = w.pop_until(MAX_JOB_S + 100).unwrap();
+        assert_eq!((t, s.name.as_str()), (MAX_JOB_S + 100, "a.c1"));
+        assert_eq!(s.duration_s, Some(60), "short jobs keep their duration");
+        let (t, s) = w.pop_until(i64::MAX).unwrap();
+        assert_eq!((t, s.name.as_str()), (MAX_JOB_S + 200, "b.c1"));
     }
 
     #[test]
