@@ -548,3 +548,102 @@ fn nvml_agent_once_json_from_the_binary() {
     assert!(!v["inventory"].as_array().unwrap().is_empty());
     assert!(v["readings"][0]["power_mw"].as_u64().unwrap() > 0);
 }
+
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver"]
+fn nvml_call_costs() {
+    use nvml_wrapper::bitmasks::event::EventTypes;
+    use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
+    use zhisuan::telemetry::cli::ProcSelf;
+    if nvml_or_skip().is_none() {
+        return;
+    }
+    let nvml = nvml_wrapper::Nvml::init().unwrap();
+    let dev = nvml.device_by_index(0).unwrap();
+    type Call<'a> = (&'static str, Box<dyn Fn() + 'a>);
+    let calls: Vec<Call> = vec![
+        (
+            "device_by_index",
+            Box::new(|| drop(nvml.device_by_index(0))),
+        ),
+        (
+            "utilization_rates",
+            Box::new(|| drop(dev.utilization_rates())),
+        ),
+        ("memory_info", Box::new(|| drop(dev.memory_info()))),
+        (
+            "current_throttle_reasons",
+            Box::new(|| drop(dev.current_throttle_reasons())),
+        ),
+        ("power_usage", Box::new(|| drop(dev.power_usage()))),
+        (
+            "total_energy_consumption",
+            Box::new(|| drop(dev.total_energy_consumption())),
+        ),
+        (
+            "temperature",
+            Box::new(|| drop(dev.temperature(TemperatureSensor::Gpu))),
+        ),
+        (
+            "clock_info(SM)",
+            Box::new(|| drop(dev.clock_info(Clock::SM))),
+        ),
+        (
+            "clock_info(Memory)",
+            Box::new(|| drop(dev.clock_info(Clock::Memory))),
+        ),
+        (
+            "total_ecc_errors(uncorrected)",
+            Box::new(|| drop(dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile))),
+        ),
+        (
+            "are_pages_pending_retired",
+            Box::new(|| drop(dev.are_pages_pending_retired())),
+        ),
+        (
+            "running_compute_processes",
+            Box::new(|| drop(dev.running_compute_processes())),
+        ),
+        (
+            "running_graphics_processes",
+            Box::new(|| drop(dev.running_graphics_processes())),
+        ),
+    ];
+    println!(
+        "{:<32} {:>10} {:>10}  result",
+        "NVML call", "wall µs", "cpu µs"
+    );
+    const N: u32 = 200;
+    for (name, call) in &calls {
+        let c0 = ProcSelf::read().cpu_s;
+        let t = Instant::now();
+        for _ in 0..N {
+            call();
+        }
+        let wall = t.elapsed().as_secs_f64() * 1e6 / N as f64;
+        let cpu = (ProcSelf::read().cpu_s - c0) * 1e6 / N as f64;
+        println!("{name:<32} {wall:>10.1} {cpu:>10.1}");
+    }
+    println!(
+        "pages pending: {:?}; graphics procs: {:?}",
+        dev.are_pages_pending_retired(),
+        dev.running_graphics_processes().map(|p| p.len())
+    );
+    // The XID watcher's idle cost: 4 s of 500 ms event waits.
+    let set = dev
+        .register_events(
+            EventTypes::CRITICAL_XID_ERROR,
+            nvml.create_event_set().unwrap(),
+        )
+        .unwrap();
+    let c0 = ProcSelf::read().cpu_s;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        let _ = set.wait(500);
+    }
+    println!(
+        "XID event wait: {:.3} s CPU over {:.1} s",
+        ProcSelf::read().cpu_s - c0,
+        t.elapsed().as_secs_f64()
+    );
+}

@@ -429,36 +429,36 @@ impl Controller {
         results.into_iter().collect()
     }
 
+    /// Replaces the finalizer list, only if the object is unchanged since
+    /// observed (others' finalizers are never lost to a race).
+    async fn set_finalizers(
+        &self,
+        key: &WorkloadKey,
+        obj: &DynamicObject,
+        finalizers: Vec<String>,
+    ) -> Result<(), kube::Error> {
+        let patch = json!({"metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": obj.resource_version(),
+        }});
+        self.workload_api(key)
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+    }
+
     async fn act(&self, action: Action, obj: &DynamicObject) -> Result<(), kube::Error> {
         match action {
             Action::AddFinalizer(key) => {
                 let mut finalizers = obj.finalizers().to_vec();
                 finalizers.push(FINALIZER.into());
-                let patch = json!({"metadata": {
-                    "finalizers": finalizers,
-                    "resourceVersion": obj.resource_version(),
-                }});
-                self.workload_api(&key)
-                    .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ())
+                self.set_finalizers(&key, obj, finalizers).await
             }
             Action::Release { key, pods } => {
                 self.delete_pods(&key.namespace, &pods).await?;
-                let finalizers: Vec<String> = obj
-                    .finalizers()
-                    .iter()
-                    .filter(|f| *f != FINALIZER)
-                    .cloned()
-                    .collect();
-                let patch = json!({"metadata": {
-                    "finalizers": finalizers,
-                    "resourceVersion": obj.resource_version(),
-                }});
-                self.workload_api(&key)
-                    .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ())
+                let mut finalizers = obj.finalizers().to_vec();
+                finalizers.retain(|f| f != FINALIZER);
+                self.set_finalizers(&key, obj, finalizers).await
             }
             Action::SetStatus { key, status } => {
                 let old_reason = obj

@@ -406,52 +406,36 @@ pub fn workload_view(
         has_finalizer: obj.finalizers().iter().any(|f| f == FINALIZER),
         errors: Vec::new(),
     };
-    let parse_error = |e: FieldError| e;
-    match kind {
-        Kind::Training => match parse_spec::<TrainingJobSpec>(spec_value) {
-            Ok(s) => {
-                view.errors = validate::validate_training(&s, known_models);
-                fill(
-                    &mut view,
-                    &Common {
-                        tenant: &s.tenant,
-                        replicas: s.replicas,
-                        gpus_per_replica: s.gpus_per_replica,
-                        gpu_milli: s.gpu_milli,
-                        models: &s.gpu_models,
-                        vendor: &s.accelerator_vendor,
-                        priority: s.priority,
-                        residency: &s.regions.residency,
-                        preferred: &s.regions.preferred,
-                        max_runtime_s: s.max_runtime_seconds,
-                        template: &s.template,
-                    },
-                );
+    // Both specs name their shared fields alike.
+    macro_rules! common {
+        ($s:expr, $max_runtime:expr) => {
+            Common {
+                tenant: &$s.tenant,
+                replicas: $s.replicas,
+                gpus_per_replica: $s.gpus_per_replica,
+                gpu_milli: $s.gpu_milli,
+                models: &$s.gpu_models,
+                vendor: &$s.accelerator_vendor,
+                priority: $s.priority,
+                residency: &$s.regions.residency,
+                preferred: &$s.regions.preferred,
+                max_runtime_s: $max_runtime,
+                template: &$s.template,
             }
-            Err(e) => view.errors.push(parse_error(e)),
-        },
-        Kind::Inference => match parse_spec::<InferenceServiceSpec>(spec_value) {
-            Ok(s) => {
-                view.errors = validate::validate_inference(&s, known_models);
-                fill(
-                    &mut view,
-                    &Common {
-                        tenant: &s.tenant,
-                        replicas: s.replicas,
-                        gpus_per_replica: s.gpus_per_replica,
-                        gpu_milli: s.gpu_milli,
-                        models: &s.gpu_models,
-                        vendor: &s.accelerator_vendor,
-                        priority: s.priority,
-                        residency: &s.regions.residency,
-                        preferred: &s.regions.preferred,
-                        max_runtime_s: None,
-                        template: &s.template,
-                    },
-                );
-            }
-            Err(e) => view.errors.push(parse_error(e)),
-        },
+        };
+    }
+    let parsed = match kind {
+        Kind::Training => parse_spec::<TrainingJobSpec>(spec_value).map(|s| {
+            view.errors = validate::validate_training(&s, known_models);
+            fill(&mut view, &common!(s, s.max_runtime_seconds));
+        }),
+        Kind::Inference => parse_spec::<InferenceServiceSpec>(spec_value).map(|s| {
+            view.errors = validate::validate_inference(&s, known_models);
+            fill(&mut view, &common!(s, None));
+        }),
+    };
+    if let Err(e) = parsed {
+        view.errors.push(e);
     }
     view
 }

@@ -92,6 +92,11 @@ pub struct AgentArgs {
     /// leave placement without real hardware.
     #[arg(long = "sim-fault", value_name = "DEVICE:KIND[:CODE]")]
     pub sim_faults: Vec<String>,
+    /// nvml: read the slow fields (ECC counters, retired pages / remapped
+    /// rows, process list) every N samples. The failures they show also raise
+    /// XID events, which are watched continuously.
+    #[arg(long, default_value_t = super::nvml::DEFAULT_SLOW_EVERY)]
+    pub nvml_slow_every: u64,
     /// npu-exporter: the exporter's metrics URL.
     #[arg(long, default_value = "http://127.0.0.1:8082/metrics")]
     pub npu_url: String,
@@ -118,6 +123,11 @@ fn validate(args: &AgentArgs) -> Result<(), InputError> {
             "--sim-devices {}: must be between 1 and 1024",
             args.sim_devices
         )));
+    }
+    if args.nvml_slow_every == 0 {
+        return Err(InputError::new(
+            "--nvml-slow-every 0: must be at least 1 (1 = every sample)",
+        ));
     }
     if args.samples == Some(0) {
         return Err(InputError::new("--samples 0: take at least one sample"));
@@ -168,7 +178,7 @@ fn make_backend(args: &AgentArgs) -> anyhow::Result<Box<dyn Accelerator>> {
             }
             Box::new(node)
         }
-        BackendKind::Nvml => Box::new(NvmlBackend::init()?),
+        BackendKind::Nvml => Box::new(NvmlBackend::init()?.with_slow_every(args.nvml_slow_every)),
         BackendKind::NpuExporter => Box::new(NpuExporterBackend::connect(
             &args.npu_url,
             &args.npu_model,
@@ -222,6 +232,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let wall_s = started.elapsed().as_secs_f64();
         let now = ProcSelf::read();
         let cpu_s = now.cpu_s - at_start.cpu_s;
+        let per_thread: std::collections::BTreeMap<&String, f64> = now
+            .thread_cpu_s
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name,
+                    s - at_start.thread_cpu_s.get(name).copied().unwrap_or(0.0),
+                )
+            })
+            .collect();
         let out = json!({
             "samples": samples,
             "interval_s": interval,
@@ -231,6 +251,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             "rss_peak_mib": now.rss_peak_kib as f64 / 1024.0,
             "rss_end_mib": now.rss_kib as f64 / 1024.0,
             "threads": now.threads,
+            "thread_cpu_s": per_thread,
         });
         println!("{out}");
     }
@@ -238,25 +259,44 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// This process's CPU time and memory from /proc/self (Linux; zeros elsewhere).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ProcSelf {
     /// User + system CPU seconds (USER_HZ = 100 ticks per second on Linux).
     pub cpu_s: f64,
     pub rss_kib: u64,
     pub rss_peak_kib: u64,
     pub threads: u64,
+    /// CPU seconds per thread name (`sampler`, `nvml-xid`, the main thread
+    /// `zhisuan` that runs the HTTP server and publisher).
+    pub thread_cpu_s: std::collections::BTreeMap<String, f64>,
+}
+
+/// `(command name, utime + stime seconds)` from a `/proc/.../stat` line;
+/// utime and stime are its 14th and 15th fields, in USER_HZ = 100 ticks/s.
+fn stat_cpu_s(stat: &str) -> (String, f64) {
+    let name = stat
+        .split_once('(')
+        .and_then(|(_, r)| r.rsplit_once(')'))
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (name, (ticks(11) + ticks(12)) as f64 / 100.0)
 }
 
 impl ProcSelf {
     pub fn read() -> Self {
         let mut out = ProcSelf::default();
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // Fields after the parenthesised command name; utime and stime are
-            // the 14th and 15th fields of the whole line.
-            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                out.cpu_s = (ticks(11) + ticks(12)) as f64 / 100.0;
+            out.cpu_s = stat_cpu_s(&stat).1;
+        }
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for t in tasks.flatten() {
+                if let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) {
+                    let (name, cpu) = stat_cpu_s(&stat);
+                    *out.thread_cpu_s.entry(name).or_default() += cpu;
+                }
             }
         }
         if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
@@ -544,7 +584,11 @@ mod tests {
         let t = Instant::now();
         let mut x = 0u64;
         let mut after = ProcSelf::read();
-        while after.cpu_s <= before.cpu_s && t.elapsed() < Duration::from_secs(20) {
+        // Other tests' threads that already ended count in the process total
+        // but not per thread: wait for this thread's own tick too.
+        while (after.cpu_s <= before.cpu_s || after.thread_cpu_s.values().sum::<f64>() <= 0.0)
+            && t.elapsed() < Duration::from_secs(20)
+        {
             for _ in 0..100_000 {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
             }
@@ -554,6 +598,15 @@ mod tests {
         assert!(after.cpu_s > before.cpu_s, "{before:?} → {after:?}");
         assert!(after.rss_kib > 0 && after.rss_peak_kib >= after.rss_kib);
         assert!(after.threads >= 1);
+        assert!(after.thread_cpu_s.values().sum::<f64>() > 0.0, "{after:?}");
+    }
+
+    #[test]
+    fn stat_lines_give_name_and_cpu_seconds() {
+        let line = "4242 (nvml-xid) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 3 0 99 0 0";
+        assert_eq!(stat_cpu_s(line), ("nvml-xid".to_string(), 1.75));
+        let odd = "7 (a) b) R 1 2 3 4 5 6 7 8 9 10 1 2 0";
+        assert_eq!(stat_cpu_s(odd), ("a) b".to_string(), 0.03));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -56,10 +57,32 @@ pub struct NvmlBackend {
     nvml: Nvml,
     inventory: Vec<DeviceInfo>,
     xids: Arc<Vec<XidCounter>>,
+    /// Per device: queries the board answered NotSupported (bits above).
+    unsupported: Vec<Cell<u32>>,
     /// Why XID events are not watched, if they are not (e.g. not supported).
     pub xid_unavailable: Option<String>,
     _watcher: Option<XidWatcher>,
+    /// Slow fields (ECC counters, retired pages / remapped rows, process
+    /// list) are read every `slow_every` samples and reused in between.
+    slow_every: u64,
+    samples: u64,
+    slow: Vec<SlowFields>,
+    processes: Vec<GpuProcess>,
+    processes_stale: bool,
 }
+
+/// The expensive, slowly changing part of a reading. The failures they show
+/// also raise XID events (48, 63, 64, 94, 95), which are watched continuously,
+/// so reading them less often does not delay a health verdict.
+#[derive(Clone, Copy, Debug, Default)]
+struct SlowFields {
+    ecc_uncorrected: u64,
+    ecc_corrected: u64,
+    memory_repair_pending: bool,
+}
+
+/// Default cadence of the slow fields, in samples.
+pub const DEFAULT_SLOW_EVERY: u64 = 5;
 
 impl NvmlBackend {
     /// Loads libnvidia-ml from the default library path.
@@ -109,28 +132,61 @@ impl NvmlBackend {
             nvml,
             inventory,
             xids,
+            unsupported: (0..count).map(|_| Cell::new(0)).collect(),
+            slow_every: DEFAULT_SLOW_EVERY,
+            samples: 0,
+            slow: vec![SlowFields::default(); count as usize],
+            processes: Vec::new(),
+            processes_stale: true,
             xid_unavailable,
             _watcher: watcher,
         })
+    }
+
+    /// Reads the slow fields every `n` samples (1 = every sample).
+    pub fn with_slow_every(mut self, n: u64) -> Self {
+        self.slow_every = n.max(1);
+        self
     }
 
     pub fn driver_version(&self) -> Option<String> {
         self.nvml.sys_driver_version().ok()
     }
 
-    fn read_device(&self, index: u32, dev: &Device<'_>) -> Result<DeviceReading, NvmlError> {
-        // Fields a board may not support read as zero instead of failing
-        // the whole sample; GpuLost propagates and marks the device lost.
-        fn opt<T: Default>(r: Result<T, NvmlError>) -> Result<T, NvmlError> {
-            match r {
-                Ok(v) => Ok(v),
-                Err(NvmlError::GpuLost) => Err(NvmlError::GpuLost),
-                Err(_) => Ok(T::default()),
+    fn read_device(
+        &self,
+        index: u32,
+        dev: &Device<'_>,
+        slow: Option<&mut SlowFields>,
+    ) -> Result<DeviceReading, NvmlError> {
+        let skip = &self.unsupported[index as usize];
+        let slow = match slow {
+            Some(fields) => {
+                *fields = SlowFields {
+                    ecc_uncorrected: opt(skip, ECC_UNCORRECTED, || {
+                        dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
+                    })?,
+                    ecc_corrected: opt(skip, ECC_CORRECTED, || {
+                        dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)
+                    })?,
+                    // Pre-Ampere boards retire pages; Ampere and later remap rows.
+                    memory_repair_pending: opt(skip, RETIRED_PAGES, || {
+                        dev.are_pages_pending_retired()
+                    })? || opt(skip, REMAPPED_ROWS, || {
+                        row_remap_pending(&self.nvml, dev)
+                    })?,
+                };
+                *fields
             }
-        }
-        let util = opt(dev.utilization_rates().map(|u| u.gpu))?;
-        let (used, total) = opt(dev.memory_info().map(|m| (m.used / MIB, m.total / MIB)))?;
-        let reasons = opt(dev.current_throttle_reasons().map(|r| r.bits()))?;
+            None => self.slow[index as usize],
+        };
+        let util = opt(skip, UTIL, || dev.utilization_rates().map(|u| u.gpu))?;
+        let (used, total) = opt(skip, MEMORY, || {
+            dev.memory_info().map(|m| (m.used / MIB, m.total / MIB))
+        })?;
+        let reasons = opt(skip, THROTTLE, || {
+            dev.current_throttle_reasons().map(|r| r.bits())
+        })?;
         let reasons = ThrottleReasons::from_bits_truncate(reasons);
         let x = &self.xids[index as usize];
         Ok(DeviceReading {
@@ -139,11 +195,13 @@ impl NvmlBackend {
             utilisation_pct: util,
             memory_used_mib: used,
             memory_total_mib: total,
-            power_mw: opt(dev.power_usage())? as u64,
-            energy_mj: opt(dev.total_energy_consumption())?,
-            temperature_c: opt(dev.temperature(TemperatureSensor::Gpu))?,
-            sm_clock_mhz: opt(dev.clock_info(Clock::SM))?,
-            mem_clock_mhz: opt(dev.clock_info(Clock::Memory))?,
+            power_mw: opt(skip, POWER, || dev.power_usage())? as u64,
+            energy_mj: opt(skip, ENERGY, || dev.total_energy_consumption())?,
+            temperature_c: opt(skip, TEMPERATURE, || {
+                dev.temperature(TemperatureSensor::Gpu)
+            })?,
+            sm_clock_mhz: opt(skip, SM_CLOCK, || dev.clock_info(Clock::SM))?,
+            mem_clock_mhz: opt(skip, MEM_CLOCK, || dev.clock_info(Clock::Memory))?,
             throttle: Throttle {
                 thermal: reasons.intersects(
                     ThrottleReasons::SW_THERMAL_SLOWDOWN | ThrottleReasons::HW_THERMAL_SLOWDOWN,
@@ -153,15 +211,11 @@ impl NvmlBackend {
                 ),
                 power_cap: reasons.contains(ThrottleReasons::SW_POWER_CAP),
             },
-            ecc_uncorrected: opt(
-                dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
-            )?,
-            ecc_corrected: opt(dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile))?,
+            ecc_uncorrected: slow.ecc_uncorrected,
+            ecc_corrected: slow.ecc_corrected,
             xid_count: x.count.load(Ordering::Relaxed),
             last_xid: x.last.load(Ordering::Relaxed),
-            // Pre-Ampere boards retire pages; Ampere and later remap rows.
-            memory_repair_pending: opt(dev.are_pages_pending_retired())?
-                || row_remap_pending(&self.nvml, dev),
+            memory_repair_pending: slow.memory_repair_pending,
             vendor_healthy: None,
         })
     }
@@ -171,9 +225,9 @@ impl NvmlBackend {
 /// failure (`nvmlDeviceGetRemappedRows`, Ampere and later; the wrapper has no
 /// safe binding for it). False where the driver lacks the call or the board
 /// does not support it.
-fn row_remap_pending(nvml: &Nvml, dev: &Device<'_>) -> bool {
+fn row_remap_pending(nvml: &Nvml, dev: &Device<'_>) -> Result<bool, NvmlError> {
     let Ok(get) = nvml.lib().nvmlDeviceGetRemappedRows.as_ref() else {
-        return false;
+        return Err(NvmlError::NotSupported);
     };
     let (mut corrected, mut uncorrected, mut pending, mut failure): (
         std::os::raw::c_uint,
@@ -192,7 +246,54 @@ fn row_remap_pending(nvml: &Nvml, dev: &Device<'_>) -> bool {
             &mut failure,
         )
     };
-    rc == 0 && (pending != 0 || failure != 0)
+    match rc {
+        0 => Ok(pending != 0 || failure != 0),
+        NVML_ERROR_NOT_SUPPORTED => Err(NvmlError::NotSupported),
+        NVML_ERROR_GPU_IS_LOST => Err(NvmlError::GpuLost),
+        _ => Err(NvmlError::Unknown),
+    }
+}
+
+const NVML_ERROR_NOT_SUPPORTED: u32 = 3;
+const NVML_ERROR_GPU_IS_LOST: u32 = 15;
+
+// Bits of a device's "unsupported" mask: a query the board answered
+// NotSupported once is not asked again (each NVML call is a driver round trip).
+const UTIL: u32 = 1;
+const MEMORY: u32 = 1 << 1;
+const THROTTLE: u32 = 1 << 2;
+const POWER: u32 = 1 << 3;
+const ENERGY: u32 = 1 << 4;
+const TEMPERATURE: u32 = 1 << 5;
+const SM_CLOCK: u32 = 1 << 6;
+const MEM_CLOCK: u32 = 1 << 7;
+const ECC_UNCORRECTED: u32 = 1 << 8;
+const ECC_CORRECTED: u32 = 1 << 9;
+const RETIRED_PAGES: u32 = 1 << 10;
+const REMAPPED_ROWS: u32 = 1 << 11;
+const COMPUTE_PROCESSES: u32 = 1 << 12;
+const GRAPHICS_PROCESSES: u32 = 1 << 13;
+
+/// Reads an optional field: zero when the board does not support it (and
+/// never asked again) or on a transient error; `GpuLost` propagates and
+/// marks the device lost.
+fn opt<T: Default>(
+    skip: &Cell<u32>,
+    bit: u32,
+    read: impl FnOnce() -> Result<T, NvmlError>,
+) -> Result<T, NvmlError> {
+    if skip.get() & bit != 0 {
+        return Ok(T::default());
+    }
+    match read() {
+        Ok(v) => Ok(v),
+        Err(NvmlError::GpuLost) => Err(NvmlError::GpuLost),
+        Err(NvmlError::NotSupported) => {
+            skip.set(skip.get() | bit);
+            Ok(T::default())
+        }
+        Err(_) => Ok(T::default()),
+    }
 }
 
 fn nvml_err(call: &'static str, device: u32, e: NvmlError) -> TelemetryError {
@@ -300,10 +401,17 @@ impl Accelerator for NvmlBackend {
 
     fn sample(&mut self, out: &mut Vec<DeviceReading>) -> Result<(), TelemetryError> {
         out.clear();
+        let slow_now = self.samples.is_multiple_of(self.slow_every);
+        self.samples += 1;
+        self.processes_stale |= slow_now;
+        let mut slow = std::mem::take(&mut self.slow);
         for info in &self.inventory {
             let i = info.index;
             let reading = match self.nvml.device_by_index(i) {
-                Ok(dev) => self.read_device(i, &dev),
+                Ok(dev) => {
+                    let fields = slow_now.then(|| &mut slow[i as usize]);
+                    self.read_device(i, &dev, fields)
+                }
                 Err(e) => Err(e),
             };
             out.push(match reading {
@@ -316,17 +424,40 @@ impl Accelerator for NvmlBackend {
                 },
             });
         }
+        self.slow = slow;
         Ok(())
     }
 
+    /// The process list, refreshed on the samples that read the slow fields.
     fn processes(&mut self, out: &mut Vec<GpuProcess>) -> Result<(), TelemetryError> {
+        if self.processes_stale {
+            self.processes_stale = false;
+            let mut fresh = std::mem::take(&mut self.processes);
+            self.read_processes(&mut fresh);
+            self.processes = fresh;
+        }
+        out.clear();
+        out.extend_from_slice(&self.processes);
+        Ok(())
+    }
+}
+
+impl NvmlBackend {
+    fn read_processes(&self, out: &mut Vec<GpuProcess>) {
         out.clear();
         for info in &self.inventory {
             let Ok(dev) = self.nvml.device_by_index(info.index) else {
                 continue;
             };
-            let mut procs = dev.running_compute_processes().unwrap_or_default();
-            procs.extend(dev.running_graphics_processes().unwrap_or_default());
+            let skip = &self.unsupported[info.index as usize];
+            let mut procs = opt(skip, COMPUTE_PROCESSES, || dev.running_compute_processes())
+                .unwrap_or_default();
+            procs.extend(
+                opt(skip, GRAPHICS_PROCESSES, || {
+                    dev.running_graphics_processes()
+                })
+                .unwrap_or_default(),
+            );
             for p in procs {
                 if out.iter().any(|o| o.pid == p.pid && o.device == info.index) {
                     continue;
@@ -341,7 +472,6 @@ impl Accelerator for NvmlBackend {
                 });
             }
         }
-        Ok(())
     }
 }
 

@@ -468,6 +468,11 @@ fn not_found(t: &Target) -> Response {
 }
 
 impl Inner {
+    /// The object a request path names, if it exists.
+    fn current(&self, t: &Target) -> Option<Arc<Value>> {
+        self.objects.get(&t.resource)?.get(&key_of(t)).cloned()
+    }
+
     fn next_rv(&mut self) -> u64 {
         self.rv += 1;
         self.rv
@@ -583,12 +588,7 @@ fn create(store: &Store, t: &Target, mut body: Value) -> Response {
 fn write(store: &Store, t: &Target, mut new: Value, expect_rv: Option<String>) -> Response {
     let mut inner = store.inner.lock().unwrap();
     let key = key_of(t);
-    let Some(old) = inner
-        .objects
-        .get(&t.resource)
-        .and_then(|m| m.get(&key))
-        .cloned()
-    else {
+    let Some(old) = inner.current(t) else {
         return not_found(t);
     };
     let current_rv = old
@@ -694,11 +694,7 @@ fn update(store: &Store, t: &Target, body: Value) -> Response {
 fn patch(store: &Store, t: &Target, content_type: &str, body: Value) -> Response {
     let current = {
         let inner = store.inner.lock().unwrap();
-        inner
-            .objects
-            .get(&t.resource)
-            .and_then(|m| m.get(&key_of(t)))
-            .cloned()
+        inner.current(t)
     };
     let apply = content_type.starts_with("application/apply-patch");
     let Some(current) = current else {
@@ -742,12 +738,7 @@ fn patch(store: &Store, t: &Target, content_type: &str, body: Value) -> Response
 fn delete(store: &Store, t: &Target, body: Value) -> Response {
     let key = key_of(t);
     let mut inner = store.inner.lock().unwrap();
-    let Some(old) = inner
-        .objects
-        .get(&t.resource)
-        .and_then(|m| m.get(&key))
-        .cloned()
-    else {
+    let Some(old) = inner.current(t) else {
         return not_found(t);
     };
     if let Some(want) = body
@@ -800,12 +791,7 @@ fn bind(store: &Store, t: &Target, body: Value) -> Response {
     };
     let mut inner = store.inner.lock().unwrap();
     let key = key_of(t);
-    let Some(old) = inner
-        .objects
-        .get(&t.resource)
-        .and_then(|m| m.get(&key))
-        .cloned()
-    else {
+    let Some(old) = inner.current(t) else {
         return not_found(t);
     };
     if let Some(bound) = old.pointer("/spec/nodeName").and_then(Value::as_str) {
