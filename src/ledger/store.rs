@@ -213,6 +213,9 @@ impl Ledger {
             // FULL: a committed batch survives power loss, not just a crash.
             c.pragma_update(None, "synchronous", "FULL")?;
             c.pragma_update(None, "foreign_keys", "ON")?;
+            // Checkpoint the WAL every ~40 MB instead of every 4 MB: fewer
+            // fsyncs per large ingestion batch.
+            c.pragma_update(None, "wal_autocheckpoint", 10_000)?;
             c.set_prepared_statement_cache_capacity(64);
             Conn::Sqlite(c)
         };
