@@ -192,7 +192,10 @@ impl ApiState {
             }
         }
         let t = tenant.to_string();
-        let quota = self.blocking(move |l| l.quota(&t)).await?.unwrap_or_default();
+        let quota = self
+            .blocking(move |l| l.quota(&t))
+            .await?
+            .unwrap_or_default();
         self.inner
             .quota_cache
             .lock()
