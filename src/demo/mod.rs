@@ -551,10 +551,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     {
         let stop = Arc::clone(&stop);
+        // Ctrl-C or SIGTERM: finish the step, write the summary, clean up.
         runtime.spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::Relaxed);
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => t.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
             }
+            stop.store(true, Ordering::Relaxed);
         });
     }
     eprintln!(
