@@ -710,3 +710,157 @@ async fn invalid_specs_get_a_condition_naming_the_field_and_never_stall() {
         "{metrics}"
     );
 }
+
+/// The quota API's Kubernetes backend: submissions become TrainingJobs the
+/// controller runs; another tenant sees none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_jobs_backend_submits_and_isolates_tenants() {
+    use zhisuan::api::jobs::{BackendError, JobBackend, JobKind, JobPhase, JobSpec};
+    use zhisuan::operator::jobs::KubeJobs;
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    quota(&server, "acme", None, json!({})).await;
+    let _c = start_controller(&server, "c1", Duration::from_secs(2));
+    let jobs = KubeJobs::new(server.client(), "ml");
+    let spec = JobSpec {
+        tenant: "acme".into(),
+        kind: JobKind::Training,
+        name: "train".into(),
+        replicas: 2,
+        milli_per_replica: 2000,
+        gpu_models: vec![],
+        image: "trainer:1".into(),
+        region: None,
+        latency_slo_ms: None,
+        user_region: None,
+        token_tier: None,
+        max_runtime_s: None,
+    };
+    let view = jobs.submit(spec.clone()).await.unwrap();
+    assert_eq!(view.phase, JobPhase::Pending);
+    assert!(matches!(
+        jobs.submit(spec).await,
+        Err(BackendError::Conflict(_))
+    ));
+    let id = view.id.clone();
+    eventually(15, "running via the API backend", || async {
+        jobs.get("acme", &id)
+            .await
+            .is_ok_and(|v| v.phase == JobPhase::Running && v.placement.len() == 2)
+    })
+    .await;
+    assert!(matches!(
+        jobs.get("other", &id).await,
+        Err(BackendError::NotFound(_))
+    ));
+    assert!(jobs.list("other").await.unwrap().is_empty());
+    assert!(matches!(
+        jobs.cancel("other", &id).await,
+        Err(BackendError::NotFound(_))
+    ));
+    assert_eq!(jobs.gpu_use("acme").await.unwrap().total_milli, 4000);
+    assert_eq!(
+        jobs.cancel("acme", &id).await.unwrap().phase,
+        JobPhase::Cancelled
+    );
+    eventually(15, "cancelled job and its pods are gone", || async {
+        jobs.list("acme").await.unwrap().is_empty() && pods_of(&server, &id).is_empty()
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Against a real cluster (KUBECONFIG): `cargo test --test operator_e2e -- --ignored real_cluster`.
+// Needs the CRDs applied (`kubectl apply -f crds/`) and rights to create
+// TrainingJobs, TenantQuotas, pods/binding and Leases in namespace `zhisuan-e2e`.
+// See docs/operator.md.
+
+async fn real_client() -> kube::Client {
+    kube::Client::try_default()
+        .await
+        .expect("KUBECONFIG (or in-cluster config) must point at a cluster")
+}
+
+/// The API server itself rejects bad specs through the CRD's OpenAPI bounds
+/// and CEL rules (this needs a real API server: the stand-in does not validate).
+#[tokio::test]
+#[ignore]
+async fn real_cluster_rejects_invalid_specs_up_front() {
+    let client = real_client().await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client, "zhisuan-e2e", &tj_ar());
+    for (name, patch) in [
+        ("e2e-zero", json!({"replicas": 0})),
+        ("e2e-milli", json!({"gpuMilli": 1500})),
+        ("e2e-both", json!({"gpuMilli": 500})),
+    ] {
+        let mut obj = job_json(name, "e2e", 1, 1);
+        obj["metadata"]["namespace"] = json!("zhisuan-e2e");
+        for (k, v) in patch.as_object().unwrap() {
+            obj["spec"][k] = v.clone();
+        }
+        if name == "e2e-milli" {
+            obj["spec"]
+                .as_object_mut()
+                .unwrap()
+                .remove("gpusPerReplica");
+        }
+        let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+        let err = api.create(&PostParams::default(), &obj).await.unwrap_err();
+        assert!(
+            matches!(err, kube::Error::Api(ref s) if s.code == 422),
+            "{name}: {err:?}"
+        );
+    }
+}
+
+/// The controller against the real cluster: a 1-replica job on a node the
+/// agent labelled gets placed, or gets a "why pending" condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn real_cluster_places_or_explains_a_job() {
+    let client = real_client().await;
+    let config = ControllerConfig {
+        identity: format!("e2e-{}", std::process::id()),
+        lease_namespace: "zhisuan-e2e".into(),
+        lease_name: "zhisuan-e2e".into(),
+        ..ControllerConfig::default()
+    };
+    let registry = prometheus::Registry::new();
+    let controller = Controller::new(client.clone(), config, &registry).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(controller.run(rx));
+    let tq: Api<DynamicObject> = Api::all_with(client.clone(), &tq_ar());
+    let quota: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "zhisuan.io/v1alpha1", "kind": "TenantQuota",
+        "metadata": {"name": "e2e"}, "spec": {"tenant": "e2e", "gpus": {}}
+    }))
+    .unwrap();
+    let _ = tq.create(&PostParams::default(), &quota).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "zhisuan-e2e", &tj_ar());
+    let mut obj = job_json("e2e-one", "e2e", 1, 1);
+    obj["metadata"]["namespace"] = json!("zhisuan-e2e");
+    let _ = api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(obj).unwrap(),
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut explained = false;
+    while tokio::time::Instant::now() < deadline && !explained {
+        let s = api.get("e2e-one").await.unwrap().data["status"].clone();
+        explained = s["phase"] == "Running"
+            || s["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Scheduled"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = api.delete("e2e-one", &Default::default()).await;
+    let _ = tq.delete("e2e", &Default::default()).await;
+    let _ = tx.send(true);
+    let _ = task.await;
+    assert!(
+        explained,
+        "the job was neither placed nor explained within 60 s"
+    );
+}

@@ -78,16 +78,15 @@ impl LedgerMetrics {
     pub fn observe(&self, plan: &BatchPlan) {
         for r in &plan.usage {
             let u = &r.usage;
-            self.gpu_seconds
-                .with_label_values(&[&u.tenant, &u.region, &u.model])
-                .inc_by(u.milli_gpu_s as f64 / 1000.0);
-            self.energy_kwh
-                .with_label_values(&[&u.tenant, &u.region])
-                .inc_by(u.facility_j as f64 / J_PER_KWH as f64);
-            self.carbon_kg
-                .with_label_values(&[&u.tenant, &u.region])
-                .inc_by(u.carbon_mg as f64 / 1e6);
-            self.money(
+            self.add_usage(
+                &u.tenant,
+                &u.region,
+                &u.model,
+                u.milli_gpu_s,
+                u.facility_j,
+                u.carbon_mg,
+            );
+            self.add_money(
                 &u.tenant,
                 r.gpu_fen + r.energy_fen,
                 r.gpu_voucher_fen + r.energy_voucher_fen,
@@ -95,18 +94,46 @@ impl LedgerMetrics {
         }
         for r in &plan.tokens {
             let t = &r.tokens;
-            let tier = t.tier.as_str();
-            self.tokens
-                .with_label_values(&[&t.tenant, tier, "prompt"])
-                .inc_by(t.prompt_tokens as f64);
-            self.tokens
-                .with_label_values(&[&t.tenant, tier, "completion"])
-                .inc_by(t.completion_tokens as f64);
-            self.money(&t.tenant, r.fen, r.voucher_fen);
+            self.add_tokens(
+                &t.tenant,
+                t.tier.as_str(),
+                t.prompt_tokens,
+                t.completion_tokens,
+            );
+            self.add_money(&t.tenant, r.fen, r.voucher_fen);
         }
     }
 
-    fn money(&self, tenant: &str, gross: i64, covered: i64) {
+    pub(crate) fn add_usage(
+        &self,
+        tenant: &str,
+        region: &str,
+        model: &str,
+        milli_gpu_s: i64,
+        facility_j: i64,
+        carbon_mg: i64,
+    ) {
+        self.gpu_seconds
+            .with_label_values(&[tenant, region, model])
+            .inc_by(milli_gpu_s as f64 / 1000.0);
+        self.energy_kwh
+            .with_label_values(&[tenant, region])
+            .inc_by(facility_j as f64 / J_PER_KWH as f64);
+        self.carbon_kg
+            .with_label_values(&[tenant, region])
+            .inc_by(carbon_mg as f64 / 1e6);
+    }
+
+    pub(crate) fn add_tokens(&self, tenant: &str, tier: &str, prompt: i64, completion: i64) {
+        self.tokens
+            .with_label_values(&[tenant, tier, "prompt"])
+            .inc_by(prompt as f64);
+        self.tokens
+            .with_label_values(&[tenant, tier, "completion"])
+            .inc_by(completion as f64);
+    }
+
+    pub(crate) fn add_money(&self, tenant: &str, gross: i64, covered: i64) {
         self.charge_fen
             .with_label_values(&[tenant])
             .inc_by(gross as f64);

@@ -213,6 +213,9 @@ impl Ledger {
             // FULL: a committed batch survives power loss, not just a crash.
             c.pragma_update(None, "synchronous", "FULL")?;
             c.pragma_update(None, "foreign_keys", "ON")?;
+            // Checkpoint the WAL every ~40 MB instead of every 4 MB: fewer
+            // fsyncs per large ingestion batch.
+            c.pragma_update(None, "wal_autocheckpoint", 10_000)?;
             c.set_prepared_statement_cache_capacity(64);
             Conn::Sqlite(c)
         };
@@ -251,7 +254,43 @@ impl Ledger {
         for v in self.vouchers(None)? {
             m.set_balance(&v.tenant, &v.id, v.balance_fen);
         }
-        let _ = self.inner.metrics.set(m);
+        // Counters start from the stored totals, so a restarted process
+        // (same database) carries on instead of starting again at zero.
+        let (usage, tokens) = self.read(|tx| {
+            let u = tx.rows(
+                "SELECT tenant, region, model, CAST(SUM(milli_gpu_s) AS BIGINT), CAST(SUM(facility_j) AS BIGINT), \
+                 CAST(SUM(carbon_mg) AS BIGINT), CAST(SUM(gpu_fen + energy_fen) AS BIGINT), \
+                 CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT) FROM usage GROUP BY tenant, region, model",
+                &[],
+            )?;
+            let t = tx.rows(
+                "SELECT tenant, tier, CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT), \
+                 CAST(SUM(fen) AS BIGINT), CAST(SUM(voucher_fen) AS BIGINT) FROM tokens GROUP BY tenant, tier",
+                &[],
+            )?;
+            Ok((u, t))
+        })?;
+        for r in &usage {
+            m.add_usage(
+                &r[0].t(),
+                &r[1].t(),
+                &r[2].t(),
+                r[3].i(),
+                r[4].i(),
+                r[5].i(),
+            );
+            m.add_money(&r[0].t(), r[6].i(), r[7].i());
+        }
+        for r in &tokens {
+            m.add_tokens(&r[0].t(), &r[1].t(), r[2].i(), r[3].i());
+            m.add_money(&r[0].t(), r[4].i(), r[5].i());
+        }
+        if self.inner.metrics.set(m).is_err() {
+            return Err(LedgerError::Conflict {
+                what: "metrics registration",
+                id: "ledger".into(),
+            });
+        }
         Ok(())
     }
 
@@ -381,6 +420,50 @@ impl Ledger {
             )
         })?;
         Ok(key)
+    }
+
+    /// Stores an API key the caller generated, by its SHA-256 only (the API
+    /// shows the key once and never keeps it).
+    pub fn add_api_key_hash(&self, actor: &str, tenant: &str, key_sha256: &[u8; 32]) -> Result<()> {
+        let hash = hex::encode(key_sha256);
+        self.write(|tx| {
+            require_tenant(tx, tenant)?;
+            if !tx
+                .rows(
+                    "SELECT 1 FROM api_keys WHERE key_hash = $1",
+                    &[Val::T(&hash)],
+                )?
+                .is_empty()
+            {
+                return Err(LedgerError::Conflict {
+                    what: "api key",
+                    id: format!("sha256:{}…", &hash[..12]),
+                });
+            }
+            tx.exec(
+                "INSERT INTO api_keys (key_hash, tenant, created_at) VALUES ($1, $2, $3)",
+                &[Val::T(&hash), Val::T(tenant), Val::I(now_s())],
+            )?;
+            audit_tx(
+                tx,
+                actor,
+                "api_key.create",
+                tenant,
+                &serde_json::json!({ "key_sha256_prefix": &hash[..12] }),
+            )
+        })
+    }
+
+    /// The tenant owning the key with this SHA-256, if known and not revoked.
+    pub fn tenant_for_key_hash(&self, key_sha256: &[u8; 32]) -> Result<Option<String>> {
+        let hash = hex::encode(key_sha256);
+        let rows = self.read(|tx| {
+            tx.rows(
+                "SELECT tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                &[Val::T(&hash)],
+            )
+        })?;
+        Ok(rows.first().map(|r| r[0].t()))
     }
 
     /// The tenant an API key belongs to, if the key is known and not revoked.
@@ -813,20 +896,19 @@ impl Ledger {
                 &[Val::I(since), Val::I(limit.clamp(1, 10_000))],
             )
         })?;
-        Ok(rows
-            .iter()
-            .map(|r| AuditEvent {
-                seq: r[0].i(),
-                at: Utc
-                    .timestamp_millis_opt(r[1].i())
-                    .single()
-                    .unwrap_or_default(),
-                actor: r[2].t(),
-                action: r[3].t(),
-                target: r[4].t(),
-                detail: serde_json::from_str(&r[5].t()).unwrap_or(serde_json::Value::Null),
-            })
-            .collect())
+        Ok(rows.iter().map(|r| audit_from_row(r)).collect())
+    }
+
+    /// Audit events at or after `since` (all when `None`), oldest first.
+    pub fn audit_from(&self, since: Option<DateTime<Utc>>, limit: i64) -> Result<Vec<AuditEvent>> {
+        let since_ms = since.map_or(i64::MIN, |t| t.timestamp_millis());
+        let rows = self.read(|tx| {
+            tx.rows(
+                "SELECT seq, at_ms, actor, action, target, detail FROM audit WHERE at_ms >= $1 ORDER BY seq LIMIT $2",
+                &[Val::I(since_ms), Val::I(limit.clamp(1, 10_000))],
+            )
+        })?;
+        Ok(rows.iter().map(|r| audit_from_row(r)).collect())
     }
 
     /// Records an admin action the caller performed (the API reports its own
@@ -847,6 +929,20 @@ impl Ledger {
     /// Runs a read-only query for the statement module.
     pub(crate) fn read_rows(&self, sql: &str, params: &[Val<'_>]) -> Result<Vec<Vec<Cell>>> {
         self.read(|tx| tx.rows(sql, params))
+    }
+}
+
+fn audit_from_row(r: &[Cell]) -> AuditEvent {
+    AuditEvent {
+        seq: r[0].i(),
+        at: Utc
+            .timestamp_millis_opt(r[1].i())
+            .single()
+            .unwrap_or_default(),
+        actor: r[2].t(),
+        action: r[3].t(),
+        target: r[4].t(),
+        detail: serde_json::from_str(&r[5].t()).unwrap_or(serde_json::Value::Null),
     }
 }
 

@@ -427,7 +427,7 @@ pub fn validate_tenant_name(name: &str) -> Result<()> {
 
 /// A tenant's limits. Quota enforcement reads current use from the same ledger
 /// ([`super::Ledger::month_use`]).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
     /// Most GPUs held at once per accelerator model ("*" = any model).
@@ -450,6 +450,19 @@ pub struct Quota {
 
 fn one() -> f64 {
     1.0
+}
+
+impl Default for Quota {
+    /// Unlimited, fully guaranteed, nothing borrowable (same as `{}` in JSON).
+    fn default() -> Self {
+        Quota {
+            gpus: BTreeMap::new(),
+            gpu_hours_per_month: None,
+            tokens_per_month: None,
+            guaranteed_share: one(),
+            borrowable_share: 0.0,
+        }
+    }
 }
 
 impl Quota {

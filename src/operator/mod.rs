@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod plan;

@@ -8,15 +8,19 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::cluster::{Cluster, MAX_DEVICES_PER_NODE};
-use super::fgd::{sigmoid_score, ShapeCounter, Shapes};
+use super::fgd::{sigmoid_score, FragMemo, FxBuild, ShapeCounter, Shapes};
 use super::policy::Policy;
 use super::request::{Decision, DeviceMask, GpuDemand, Request, MILLI_PER_GPU};
+use std::cell::RefCell;
 
 /// Node score, higher is better, compared lexicographically.
 pub type Score = (i64, i64);
 
 /// Share of the workload FGD's typical shapes cover.
 const SHAPE_COVERAGE: f64 = 0.95;
+
+/// Online shape estimates are redone at 1, 2, 4, … arrivals up to this, then every this many.
+const RELEARN_EVERY: u64 = 4096;
 
 /// Cached scores kept at most (entries, over all request classes).
 const CACHE_ENTRIES_MAX: usize = 2_000_000;
@@ -113,16 +117,16 @@ pub struct Engine {
     rank: Vec<u32>,
     rng: ChaCha8Rng,
     shapes: Shapes,
+    memo: RefCell<FragMemo>,
     /// Shapes given up front (`set_workload`) are kept; otherwise learned online.
     shapes_fixed: bool,
     seen: ShapeCounter,
     next_relearn: u64,
     /// Bumped when scores of every node may change (new shapes).
     generation: u32,
-    caches: HashMap<ClassKey, Vec<Entry>>,
+    caches: HashMap<ClassKey, Vec<Entry>, FxBuild>,
     /// GPU-demand tags placed on each node, with counts (for `gpuclustering`).
     affinity: Vec<Vec<(u32, u32)>>,
-    variant: u8,
 }
 
 impl Engine {
@@ -143,16 +147,13 @@ impl Engine {
             rank,
             rng,
             shapes: Shapes::default(),
+            memo: RefCell::new(FragMemo::default()),
             shapes_fixed: false,
             seen: ShapeCounter::default(),
             next_relearn: 1,
             generation: 0,
-            caches: HashMap::new(),
+            caches: HashMap::default(),
             affinity: vec![Vec::new(); n],
-            variant: std::env::var("ZHISUAN_VARIANT")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1),
         }
     }
 
@@ -180,6 +181,7 @@ impl Engine {
     /// the whole trace). Without it, shapes are learned from the requests seen.
     pub fn set_workload<'a>(&mut self, requests: impl IntoIterator<Item = &'a Request>) {
         self.shapes = Shapes::from_requests(requests, SHAPE_COVERAGE);
+        self.memo = RefCell::new(FragMemo::new(&self.shapes));
         self.shapes_fixed = true;
         self.bump_generation();
     }
@@ -323,7 +325,7 @@ impl Engine {
         }
     }
 
-    /// Online shape learning: re-estimate at 1, 2, 4, … 1024 arrivals, then every 1024.
+    /// Online shape learning (see [`RELEARN_EVERY`]).
     fn observe(&mut self, req: &Request) {
         if self.shapes_fixed || !self.policy.uses_shapes() {
             return;
@@ -331,10 +333,11 @@ impl Engine {
         self.seen.add(req);
         if self.seen.total() >= self.next_relearn {
             self.shapes = Shapes::typical(&self.seen, SHAPE_COVERAGE);
-            self.next_relearn = if self.next_relearn < 1024 {
+            self.memo = RefCell::new(FragMemo::new(&self.shapes));
+            self.next_relearn = if self.next_relearn < RELEARN_EVERY {
                 self.next_relearn * 2
             } else {
-                self.next_relearn + 1024
+                self.next_relearn + RELEARN_EVERY
             };
             self.bump_generation();
         }
@@ -524,31 +527,11 @@ impl Engine {
         let c = &self.cluster;
         let model = c.model(node);
         let cpu_free = c.cpu_free(node);
-        let before = self.shapes.fragmentation(model, cpu_free, free);
-        let exact = self.policy == Policy::Zhisuan;
-        let variant = self.variant;
-        let cpu_after = cpu_left as i64;
-        let score_of = |after: f64, free_after: &[u16]| -> Score {
-            let q = sigmoid_score(before, after);
-            if exact {
-                let left: i64 = free_after.iter().map(|&f| f as i64).sum();
-                let df = ((after - before) * 16.0) as i64;
-                let bf = cpu_after * 1000 / 128 + left * 1000 / 8;
-                match variant {
-                    0 => (q, 0),
-                    2 => (-df, -left),
-                    3 => (q, -left),
-                    4 => (q, -bf),
-                    5 => (q, -df),
-                    6 => (-df, -bf),
-                    7 => (q, -df * 1_000_000 - bf),
-                    // Same coarse score as FGD, then least fragmentation, then fullest node.
-                    _ => (q, -df * 100_000 - left),
-                }
-            } else {
-                (q, 0)
-            }
-        };
+        let mut memo = self.memo.borrow_mut();
+        let before = memo.fragmentation(&self.shapes, model, cpu_free, free);
+        // zhisuan refines FGD's choice of device within a node: equal FGD
+        // score, then least fragmentation, then the fullest device (best fit).
+        let refine_device = self.policy == Policy::Zhisuan;
         match req.gpu {
             GpuDemand::Shared { milli } => {
                 let mut best: Option<(Score, u64)> = None;
@@ -560,21 +543,29 @@ impl Engine {
                     }
                     tried[d] = f;
                     free[d] -= milli;
-                    let after = self.shapes.fragmentation(model, cpu_left, free);
-                    let s = score_of(after, free);
+                    let after = memo.fragmentation(&self.shapes, model, cpu_left, free);
                     free[d] += milli;
+                    let q = sigmoid_score(before, after);
+                    let s = if refine_device {
+                        (q, -(((after - before) * 16.0) as i64) * 2000 - f as i64)
+                    } else {
+                        (q, 0)
+                    };
                     if best.is_none_or(|(bs, _)| s > bs) {
                         best = Some((s, 1u64 << d));
                     }
                 }
-                best.expect("a device fits: checked by evaluate")
+                let ((q, _), d) = best.expect("a device fits: checked by evaluate");
+                // Nodes compete on FGD's score alone; the seeded node order
+                // breaks ties, which packs (see REPLAY-PROTOCOL).
+                ((q, 0), d)
             }
             _ => {
                 for d in DeviceMask(devices).iter() {
                     free[d] = 0;
                 }
-                let after = self.shapes.fragmentation(model, cpu_left, free);
-                (score_of(after, free), devices)
+                let after = memo.fragmentation(&self.shapes, model, cpu_left, free);
+                ((sigmoid_score(before, after), 0), devices)
             }
         }
     }

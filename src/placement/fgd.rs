@@ -56,10 +56,24 @@ impl Shapes {
     /// The most popular shapes covering `coverage` (e.g. 0.95) of the counted
     /// pods, each weighted by its share of ALL counted pods.
     pub fn typical(counter: &ShapeCounter, coverage: f64) -> Self {
-        let mut v: Vec<_> = counter.counts.iter().map(|(k, c)| (*k, *c)).collect();
+        Self::weighted(counter, coverage, |_| 1)
+    }
+
+    fn weighted(
+        counter: &ShapeCounter,
+        coverage: f64,
+        unit: impl Fn((u32, u16, u8, u64)) -> u64,
+    ) -> Self {
+        let mut v: Vec<_> = counter
+            .counts
+            .iter()
+            .map(|(k, c)| (*k, *c * unit(*k)))
+            .filter(|(_, c)| *c > 0)
+            .collect();
+        let total: u64 = v.iter().map(|(_, c)| c).sum();
         // Most popular first; the key orders equal counts deterministically.
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let total = counter.total.max(1) as f64;
+        let total = total.max(1) as f64;
         let mut shapes = Vec::new();
         let mut covered = 0u64;
         for ((cpu, milli, gpus, models), count) in v {
@@ -98,6 +112,107 @@ impl Shapes {
         for s in &self.shapes {
             f += s.weight * shape_fragment(s, model, cpu_free, free, total) as f64;
         }
+        f
+    }
+}
+
+/// Devices per node up to which [`FragMemo`] memoises node states.
+const MEMO_DEVICES: usize = 8;
+/// Memoised states kept at most before the memo starts afresh.
+const MEMO_ENTRIES_MAX: usize = 1 << 20;
+
+/// A node state as fragmentation sees it: the model, how many of the shapes'
+/// CPU thresholds the free CPU meets, and the sorted free shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StateKey {
+    model: ModelId,
+    cpu_level: u16,
+    devices: u8,
+    free: [u16; MEMO_DEVICES],
+}
+
+/// Multiply-rotate hash (FxHash) for the small integer keys of the memo: the
+/// default SipHash costs more than the lookup it guards.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64)
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(i as u64)
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64)
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64)
+    }
+}
+
+pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+
+/// Fragmentation by node state: nodes in equal states (the common case —
+/// idle nodes of one type, nodes filled by the same shapes) cost one lookup.
+#[derive(Clone, Debug, Default)]
+pub struct FragMemo {
+    cpu_steps: Vec<u32>,
+    map: HashMap<StateKey, f64, FxBuild>,
+}
+
+impl FragMemo {
+    /// An empty memo for `shapes` (rebuild it when the shapes change).
+    pub fn new(shapes: &Shapes) -> Self {
+        let mut cpu_steps: Vec<u32> = shapes.shapes.iter().map(|s| s.cpu_milli).collect();
+        cpu_steps.sort_unstable();
+        cpu_steps.dedup();
+        FragMemo {
+            cpu_steps,
+            map: HashMap::default(),
+        }
+    }
+
+    /// `shapes.fragmentation(model, cpu_free, free)`, memoised.
+    pub fn fragmentation(
+        &mut self,
+        shapes: &Shapes,
+        model: ModelId,
+        cpu_free: u32,
+        free: &[u16],
+    ) -> f64 {
+        if free.len() > MEMO_DEVICES {
+            return shapes.fragmentation(model, cpu_free, free);
+        }
+        let mut key = StateKey {
+            model,
+            cpu_level: self.cpu_steps.partition_point(|&c| c <= cpu_free) as u16,
+            devices: free.len() as u8,
+            free: [0; MEMO_DEVICES],
+        };
+        key.free[..free.len()].copy_from_slice(free);
+        key.free[..free.len()].sort_unstable();
+        if let Some(&f) = self.map.get(&key) {
+            return f;
+        }
+        if self.map.len() >= MEMO_ENTRIES_MAX {
+            self.map.clear();
+        }
+        let f = shapes.fragmentation(model, cpu_free, free);
+        self.map.insert(key, f);
         f
     }
 }

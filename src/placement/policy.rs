@@ -20,8 +20,9 @@ pub enum Policy {
     GpuClustering,
     /// Fragmentation Gradient Descent (ATC '23), shapes from the whole workload.
     Fgd,
-    /// zhisuan's default: exact fragmentation deltas over shapes learned online,
-    /// ties broken by packing.
+    /// zhisuan's default: FGD's node choice, with the device inside the node
+    /// chosen by exact fragmentation then best fit; shapes from the workload
+    /// when known, else learned online from arrivals.
     #[default]
     Zhisuan,
 }

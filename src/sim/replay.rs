@@ -70,7 +70,9 @@ pub fn run_seed(
     let capacity = cluster.total_gpus() as f64 * 1000.0;
     let arrivals = tuned_workload(trace, capacity, seed, tune);
     let mut engine = Engine::new(cluster.clone(), policy, seed);
-    if policy == Policy::Fgd {
+    // FGD's setting: typical shapes from the whole (tuned) workload. The
+    // default gets the same knowledge; live, both learn shapes online.
+    if policy.uses_shapes() {
         engine.set_workload(arrivals.iter().copied());
     }
     let mut sums = [0.0f64; 3];

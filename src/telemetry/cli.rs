@@ -92,6 +92,11 @@ pub struct AgentArgs {
     /// leave placement without real hardware.
     #[arg(long = "sim-fault", value_name = "DEVICE:KIND[:CODE]")]
     pub sim_faults: Vec<String>,
+    /// nvml: read the slow fields (ECC counters, retired pages / remapped
+    /// rows, process list) every N samples. The failures they show also raise
+    /// XID events, which are watched continuously.
+    #[arg(long, default_value_t = super::nvml::DEFAULT_SLOW_EVERY)]
+    pub nvml_slow_every: u64,
     /// npu-exporter: the exporter's metrics URL.
     #[arg(long, default_value = "http://127.0.0.1:8082/metrics")]
     pub npu_url: String,
@@ -118,6 +123,11 @@ fn validate(args: &AgentArgs) -> Result<(), InputError> {
             "--sim-devices {}: must be between 1 and 1024",
             args.sim_devices
         )));
+    }
+    if args.nvml_slow_every == 0 {
+        return Err(InputError::new(
+            "--nvml-slow-every 0: must be at least 1 (1 = every sample)",
+        ));
     }
     if args.samples == Some(0) {
         return Err(InputError::new("--samples 0: take at least one sample"));
@@ -168,7 +178,7 @@ fn make_backend(args: &AgentArgs) -> anyhow::Result<Box<dyn Accelerator>> {
             }
             Box::new(node)
         }
-        BackendKind::Nvml => Box::new(NvmlBackend::init()?),
+        BackendKind::Nvml => Box::new(NvmlBackend::init()?.with_slow_every(args.nvml_slow_every)),
         BackendKind::NpuExporter => Box::new(NpuExporterBackend::connect(
             &args.npu_url,
             &args.npu_model,
@@ -222,16 +232,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let wall_s = started.elapsed().as_secs_f64();
         let now = ProcSelf::read();
         let cpu_s = now.cpu_s - at_start.cpu_s;
-        let per_thread: std::collections::BTreeMap<&String, f64> = now
-            .thread_cpu_s
-            .iter()
-            .map(|(name, s)| {
-                (
-                    name,
-                    s - at_start.thread_cpu_s.get(name).copied().unwrap_or(0.0),
-                )
-            })
-            .collect();
         let out = json!({
             "samples": samples,
             "interval_s": interval,
@@ -241,7 +241,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             "rss_peak_mib": now.rss_peak_kib as f64 / 1024.0,
             "rss_end_mib": now.rss_kib as f64 / 1024.0,
             "threads": now.threads,
-            "thread_cpu_s": per_thread,
         });
         println!("{out}");
     }
@@ -552,9 +551,12 @@ pub async fn serve_agent<B: Accelerator + 'static>(
     }
     let _ = stop_tx.send(());
     let _ = shutdown_tx.send(true);
-    tokio::task::spawn_blocking(move || sampler.join())
+    let joined = tokio::task::spawn_blocking(move || sampler.join())
         .await
-        .ok();
+        .context("join sampler thread")?;
+    if joined.is_err() {
+        anyhow::bail!("the sampler thread panicked (see the message above)");
+    }
     server
         .await
         .context("metrics server task")?

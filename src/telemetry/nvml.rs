@@ -62,7 +62,29 @@ pub struct NvmlBackend {
     /// Why XID events are not watched, if they are not (e.g. not supported).
     pub xid_unavailable: Option<String>,
     _watcher: Option<XidWatcher>,
+    /// Slow fields (ECC counters, retired pages / remapped rows, process
+    /// list) are read every `slow_every` samples and reused in between.
+    slow_every: u64,
+    samples: u64,
+    slow: Vec<SlowFields>,
+    processes: Vec<GpuProcess>,
+    processes_stale: bool,
 }
+
+/// The expensive, slowly changing part of a reading. The failures they show
+/// also raise XID events (48, 63, 64, 94, 95), which are watched continuously,
+/// so reading them less often does not delay a health verdict.
+#[derive(Clone, Copy, Debug, Default)]
+struct SlowFields {
+    ecc_uncorrected: u64,
+    ecc_corrected: u64,
+    memory_repair_pending: bool,
+}
+
+/// Default cadence of the slow fields, in samples: every sample. Measured on
+/// an H100 they cost microseconds; the energy counter read (~4 ms of CPU,
+/// needed every window) dominates — see docs/agent.md.
+pub const DEFAULT_SLOW_EVERY: u64 = 1;
 
 impl NvmlBackend {
     /// Loads libnvidia-ml from the default library path.
@@ -113,17 +135,54 @@ impl NvmlBackend {
             inventory,
             xids,
             unsupported: (0..count).map(|_| Cell::new(0)).collect(),
+            slow_every: DEFAULT_SLOW_EVERY,
+            samples: 0,
+            slow: vec![SlowFields::default(); count as usize],
+            processes: Vec::new(),
+            processes_stale: true,
             xid_unavailable,
             _watcher: watcher,
         })
+    }
+
+    /// Reads the slow fields every `n` samples (1 = every sample).
+    pub fn with_slow_every(mut self, n: u64) -> Self {
+        self.slow_every = n.max(1);
+        self
     }
 
     pub fn driver_version(&self) -> Option<String> {
         self.nvml.sys_driver_version().ok()
     }
 
-    fn read_device(&self, index: u32, dev: &Device<'_>) -> Result<DeviceReading, NvmlError> {
+    fn read_device(
+        &self,
+        index: u32,
+        dev: &Device<'_>,
+        slow: &mut SlowFields,
+        refresh_slow: bool,
+    ) -> Result<DeviceReading, NvmlError> {
         let skip = &self.unsupported[index as usize];
+        let slow = match refresh_slow {
+            true => {
+                *slow = SlowFields {
+                    ecc_uncorrected: opt(skip, ECC_UNCORRECTED, || {
+                        dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
+                    })?,
+                    ecc_corrected: opt(skip, ECC_CORRECTED, || {
+                        dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)
+                    })?,
+                    // Pre-Ampere boards retire pages; Ampere and later remap rows.
+                    memory_repair_pending: opt(skip, RETIRED_PAGES, || {
+                        dev.are_pages_pending_retired()
+                    })? || opt(skip, REMAPPED_ROWS, || {
+                        row_remap_pending(&self.nvml, dev)
+                    })?,
+                };
+                *slow
+            }
+            false => *slow,
+        };
         let util = opt(skip, UTIL, || dev.utilization_rates().map(|u| u.gpu))?;
         let (used, total) = opt(skip, MEMORY, || {
             dev.memory_info().map(|m| (m.used / MIB, m.total / MIB))
@@ -155,17 +214,11 @@ impl NvmlBackend {
                 ),
                 power_cap: reasons.contains(ThrottleReasons::SW_POWER_CAP),
             },
-            ecc_uncorrected: opt(skip, ECC_UNCORRECTED, || {
-                dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
-            })?,
-            ecc_corrected: opt(skip, ECC_CORRECTED, || {
-                dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile)
-            })?,
+            ecc_uncorrected: slow.ecc_uncorrected,
+            ecc_corrected: slow.ecc_corrected,
             xid_count: x.count.load(Ordering::Relaxed),
             last_xid: x.last.load(Ordering::Relaxed),
-            // Pre-Ampere boards retire pages; Ampere and later remap rows.
-            memory_repair_pending: opt(skip, RETIRED_PAGES, || dev.are_pages_pending_retired())?
-                || opt(skip, REMAPPED_ROWS, || row_remap_pending(&self.nvml, dev))?,
+            memory_repair_pending: slow.memory_repair_pending,
             vendor_healthy: None,
         })
     }
@@ -351,10 +404,14 @@ impl Accelerator for NvmlBackend {
 
     fn sample(&mut self, out: &mut Vec<DeviceReading>) -> Result<(), TelemetryError> {
         out.clear();
+        let slow_now = self.samples.is_multiple_of(self.slow_every);
+        self.samples += 1;
+        self.processes_stale |= slow_now;
+        let mut slow = std::mem::take(&mut self.slow);
         for info in &self.inventory {
             let i = info.index;
             let reading = match self.nvml.device_by_index(i) {
-                Ok(dev) => self.read_device(i, &dev),
+                Ok(dev) => self.read_device(i, &dev, &mut slow[i as usize], slow_now),
                 Err(e) => Err(e),
             };
             out.push(match reading {
@@ -367,10 +424,26 @@ impl Accelerator for NvmlBackend {
                 },
             });
         }
+        self.slow = slow;
         Ok(())
     }
 
+    /// The process list, refreshed on the samples that read the slow fields.
     fn processes(&mut self, out: &mut Vec<GpuProcess>) -> Result<(), TelemetryError> {
+        if self.processes_stale {
+            self.processes_stale = false;
+            let mut fresh = std::mem::take(&mut self.processes);
+            self.read_processes(&mut fresh);
+            self.processes = fresh;
+        }
+        out.clear();
+        out.extend_from_slice(&self.processes);
+        Ok(())
+    }
+}
+
+impl NvmlBackend {
+    fn read_processes(&self, out: &mut Vec<GpuProcess>) {
         out.clear();
         for info in &self.inventory {
             let Ok(dev) = self.nvml.device_by_index(info.index) else {
@@ -399,7 +472,6 @@ impl Accelerator for NvmlBackend {
                 });
             }
         }
-        Ok(())
     }
 }
 

@@ -1,0 +1,354 @@
+//! [`KubeJobs`]: the quota API's [`JobBackend`] on a real cluster. A
+//! submission becomes a `TrainingJob` or `InferenceService` in one namespace,
+//! labelled with its tenant; the controller does the rest. Every read checks
+//! the tenant label, so one tenant's id is "not found" for another.
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+
+use crate::api::jobs::{
+    BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPhase, JobSpec,
+    JobView, RegionView, ReplicaPlacement, TokenTier,
+};
+
+use super::crd::{ComputeRegion, InferenceService, TrainingJob, WorkloadStatus};
+use super::snapshot::keys;
+
+/// Label holding the API's job name (object names are prefixed by tenant).
+const JOB_NAME_LABEL: &str = "zhisuan.io/job-name";
+
+/// Jobs as custom resources in `namespace`.
+#[derive(Clone)]
+pub struct KubeJobs {
+    client: Client,
+    namespace: String,
+}
+
+fn kube_error(e: kube::Error) -> BackendError {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => BackendError::Conflict(s.message),
+        kube::Error::Api(s) if s.code == 404 => BackendError::NotFound(s.message),
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => BackendError::Invalid {
+            field: "spec".into(),
+            message: s.message,
+        },
+        other => BackendError::Internal(other.to_string()),
+    }
+}
+
+/// `tenant-name` as a DNS label (lowercase alphanumerics and '-', ≤ 63).
+fn object_name(tenant: &str, name: &str) -> String {
+    let raw = format!("{tenant}-{name}").to_lowercase();
+    let mut s: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    s.truncate(63);
+    s.trim_matches('-').to_string()
+}
+
+fn tier_name(t: TokenTier) -> &'static str {
+    match t {
+        TokenTier::Basic => "basic",
+        TokenTier::Industry => "industry",
+        TokenTier::HighValue => "high-value",
+    }
+}
+
+impl KubeJobs {
+    pub fn new(client: Client, namespace: &str) -> Self {
+        KubeJobs {
+            client,
+            namespace: namespace.into(),
+        }
+    }
+
+    fn api(&self, kind: JobKind) -> Api<DynamicObject> {
+        let ar = match kind {
+            JobKind::Training => ApiResource::erase::<TrainingJob>(&()),
+            JobKind::Inference => ApiResource::erase::<InferenceService>(&()),
+        };
+        Api::namespaced_with(self.client.clone(), &self.namespace, &ar)
+    }
+
+    /// The object for a submission.
+    pub fn object(spec: &JobSpec) -> Value {
+        let name = object_name(&spec.tenant, &spec.name);
+        let mut s = json!({
+            "tenant": spec.tenant,
+            "replicas": spec.replicas,
+            "gpuModels": spec.gpu_models,
+            "template": {"spec": {"containers": [{"name": "main", "image": spec.image}]}},
+        });
+        if spec.milli_per_replica.is_multiple_of(1000) {
+            s["gpusPerReplica"] = json!(spec.milli_per_replica / 1000);
+        } else {
+            s["gpuMilli"] = json!(spec.milli_per_replica);
+        }
+        if let Some(r) = &spec.region {
+            s["regions"] = json!({"residency": [r]});
+        }
+        let kind = match spec.kind {
+            JobKind::Training => {
+                if let Some(m) = spec.max_runtime_s {
+                    s["maxRuntimeSeconds"] = json!(m);
+                }
+                "TrainingJob"
+            }
+            JobKind::Inference => {
+                s["modelName"] = json!(spec.name);
+                s["tokenTier"] = json!(tier_name(spec.token_tier.unwrap_or(TokenTier::Basic)));
+                if let Some(l) = spec.latency_slo_ms {
+                    s["latencySloMs"] = json!(l);
+                }
+                if let Some(u) = &spec.user_region {
+                    s["userRegion"] = json!(u);
+                }
+                "InferenceService"
+            }
+        };
+        json!({
+            "apiVersion": "zhisuan.io/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": name, "labels": {keys::TENANT: spec.tenant, JOB_NAME_LABEL: spec.name}},
+            "spec": s,
+        })
+    }
+
+    /// A custom resource as the API shows it.
+    pub fn view(kind: JobKind, obj: &DynamicObject) -> JobView {
+        let spec = obj.data.get("spec").cloned().unwrap_or_default();
+        let status: WorkloadStatus = obj
+            .data
+            .get("status")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default();
+        let milli = spec["gpuMilli"]
+            .as_u64()
+            .unwrap_or_else(|| spec["gpusPerReplica"].as_u64().unwrap_or(0) * 1000);
+        let phase = match status.phase.as_deref() {
+            Some("Running") => JobPhase::Running,
+            Some("Succeeded") => JobPhase::Succeeded,
+            Some("Failed") => JobPhase::Failed,
+            _ if obj.metadata.deletion_timestamp.is_some() => JobPhase::Cancelled,
+            _ => JobPhase::Pending,
+        };
+        let region = status.placement.as_ref().and_then(|p| p.region.clone());
+        let placement = status
+            .placement
+            .iter()
+            .flat_map(|p| p.replicas.iter().enumerate())
+            .map(|(i, r)| ReplicaPlacement {
+                replica: i as u32,
+                region: region.clone().unwrap_or_default(),
+                node: r.node.clone(),
+                gpu_model: None,
+                devices: r.devices.clone(),
+                gpu_milli: r.gpu_milli.unwrap_or(1000),
+            })
+            .collect();
+        let summary = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Scheduled")
+            .map(|c| c.message.clone())
+            .unwrap_or_else(|| "waiting for the controller".into());
+        JobView {
+            id: obj.name_any(),
+            name: obj
+                .labels()
+                .get(JOB_NAME_LABEL)
+                .cloned()
+                .unwrap_or_else(|| obj.name_any()),
+            kind,
+            phase,
+            replicas: spec["replicas"].as_u64().unwrap_or(0) as u32,
+            gpu_milli_per_replica: milli as u32,
+            gpu_models: serde_json::from_value(spec["gpuModels"].clone()).unwrap_or_default(),
+            image: spec
+                .pointer("/template/spec/containers/0/image")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            region,
+            placement,
+            explanation: Explanation {
+                summary,
+                detail: serde_json::to_value(&status.conditions).unwrap_or_default(),
+            },
+            submitted_at: obj
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn list_tenant(&self, tenant: &str) -> BackendResult<Vec<JobView>> {
+        let lp = ListParams::default().labels(&format!("{}={tenant}", keys::TENANT));
+        let mut out = Vec::new();
+        for kind in [JobKind::Training, JobKind::Inference] {
+            for obj in self.api(kind).list(&lp).await.map_err(kube_error)?.items {
+                out.push(Self::view(kind, &obj));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tenant's object with this id, whichever kind it is.
+    async fn find(&self, tenant: &str, id: &str) -> BackendResult<(JobKind, DynamicObject)> {
+        for kind in [JobKind::Training, JobKind::Inference] {
+            if let Some(obj) = self.api(kind).get_opt(id).await.map_err(kube_error)? {
+                if obj.labels().get(keys::TENANT).map(String::as_str) == Some(tenant) {
+                    return Ok((kind, obj));
+                }
+            }
+        }
+        Err(BackendError::NotFound(id.into()))
+    }
+}
+
+impl JobBackend for KubeJobs {
+    fn submit(&self, spec: JobSpec) -> BoxFuture<'_, BackendResult<JobView>> {
+        async move {
+            let obj: DynamicObject = serde_json::from_value(Self::object(&spec))
+                .map_err(|e| BackendError::Internal(e.to_string()))?;
+            let created = self
+                .api(spec.kind)
+                .create(&PostParams::default(), &obj)
+                .await
+                .map_err(|e| match kube_error(e) {
+                    BackendError::Conflict(_) => BackendError::Conflict(format!(
+                        "a job named {:?} already exists",
+                        spec.name
+                    )),
+                    other => other,
+                })?;
+            Ok(Self::view(spec.kind, &created))
+        }
+        .boxed()
+    }
+
+    fn list(&self, tenant: &str) -> BoxFuture<'_, BackendResult<Vec<JobView>>> {
+        let tenant = tenant.to_string();
+        async move { self.list_tenant(&tenant).await }.boxed()
+    }
+
+    fn get(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        async move {
+            let (kind, obj) = self.find(&tenant, &id).await?;
+            Ok(Self::view(kind, &obj))
+        }
+        .boxed()
+    }
+
+    fn cancel(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        async move {
+            let (kind, obj) = self.find(&tenant, &id).await?;
+            self.api(kind)
+                .delete(&id, &Default::default())
+                .await
+                .map_err(kube_error)?;
+            let mut view = Self::view(kind, &obj);
+            view.phase = JobPhase::Cancelled;
+            Ok(view)
+        }
+        .boxed()
+    }
+
+    fn gpu_use(&self, tenant: &str) -> BoxFuture<'_, BackendResult<GpuUse>> {
+        let tenant = tenant.to_string();
+        async move {
+            let mut out = GpuUse::default();
+            for job in self.list_tenant(&tenant).await? {
+                if !job.phase.is_active() {
+                    continue;
+                }
+                let milli = job.replicas as u64 * job.gpu_milli_per_replica as u64;
+                out.total_milli += milli;
+                for m in &job.gpu_models {
+                    *out.by_model_milli.entry(m.clone()).or_default() += milli;
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn regions(&self) -> BoxFuture<'_, BackendResult<Vec<RegionView>>> {
+        async move {
+            let api: Api<DynamicObject> = Api::all_with(
+                self.client.clone(),
+                &ApiResource::erase::<ComputeRegion>(&()),
+            );
+            let list = api.list(&ListParams::default()).await.map_err(kube_error)?;
+            Ok(list
+                .items
+                .iter()
+                .map(|r| {
+                    let spec = r.data.get("spec").cloned().unwrap_or_default();
+                    let status = r.data.get("status").cloned().unwrap_or_default();
+                    let gpus = status["gpus"].as_u64().unwrap_or(0);
+                    let allocated = status["gpusAllocated"].as_f64().unwrap_or(0.0);
+                    RegionView {
+                        name: r.name_any(),
+                        latency_ms: Default::default(),
+                        green_share: spec["greenShare"].as_f64().unwrap_or(0.0),
+                        pue: spec["pue"].as_f64().unwrap_or(0.0),
+                        price_milli_fen_per_kwh: spec["electricityFenPerKwh"].as_i64().unwrap_or(0)
+                            * 1000,
+                        gpus,
+                        gpus_free: (gpus as f64 - allocated).max(0.0),
+                        detail: spec,
+                    }
+                })
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submissions_map_onto_the_crds() {
+        let spec = JobSpec {
+            tenant: "Acme".into(),
+            kind: JobKind::Inference,
+            name: "chat_v2".into(),
+            replicas: 2,
+            milli_per_replica: 500,
+            gpu_models: vec!["H100".into()],
+            image: "vllm:1".into(),
+            region: Some("ningxia".into()),
+            latency_slo_ms: Some(50),
+            user_region: Some("beijing".into()),
+            token_tier: Some(TokenTier::HighValue),
+            max_runtime_s: None,
+        };
+        let obj = KubeJobs::object(&spec);
+        assert_eq!(obj["metadata"]["name"], "acme-chat-v2");
+        assert_eq!(obj["kind"], "InferenceService");
+        assert_eq!(obj["spec"]["gpuMilli"], 500);
+        assert_eq!(obj["spec"]["tokenTier"], "high-value");
+        assert_eq!(obj["spec"]["regions"]["residency"][0], "ningxia");
+        // What the controller will parse is a valid InferenceService spec.
+        let parsed: crate::operator::crd::InferenceServiceSpec =
+            serde_json::from_value(obj["spec"].clone()).unwrap();
+        let known = ["H100".to_string()].into_iter().collect();
+        assert!(crate::operator::validate::validate_inference(&parsed, &known).is_empty());
+        let whole = JobSpec {
+            kind: JobKind::Training,
+            milli_per_replica: 8000,
+            ..spec
+        };
+        assert_eq!(KubeJobs::object(&whole)["spec"]["gpusPerReplica"], 8);
+    }
+}
