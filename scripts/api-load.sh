@@ -16,7 +16,7 @@ PORT="${PORT:-18787}"
 BASE="http://127.0.0.1:${PORT}"
 
 command -v wrk >/dev/null || { echo "wrk not installed: apt-get install -y wrk" >&2; exit 2; }
-cargo build --release --quiet --bin zhisuan
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin zhisuan
 
 tmp="$(mktemp -d)"
 cleanup() { [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null; rm -rf "$tmp"; }

@@ -3,11 +3,28 @@
 
 #[path = "support/chromium.rs"]
 mod chromium;
+#[path = "support/dashboards.rs"]
+mod dashboards;
+#[path = "support/prometheus.rs"]
+mod prometheus_server;
 
 use std::net::SocketAddr;
 
 fn ci() -> bool {
     std::env::var_os("CI").is_some()
+}
+
+/// A tool the test needs: missing fails under CI, else the test is skipped.
+fn required(
+    found: Option<std::path::PathBuf>,
+    name: &str,
+    install: &str,
+) -> Option<std::path::PathBuf> {
+    if found.is_none() {
+        assert!(!ci(), "{name} is not installed (CI): {install}");
+        eprintln!("skipped: {name} not installed");
+    }
+    found
 }
 
 /// Serves the page plus a `/metrics` with a few series of each charted metric.
@@ -83,6 +100,17 @@ async fn page_server_with_fixture_metrics() -> SocketAddr {
     addr
 }
 
+/// Charts of the page that have data whenever the system has run a while
+/// (the pending chart may rightly be empty).
+const CHARTS_WITH_DATA: &[&str] = &[
+    "chart-region-gpus",
+    "chart-region-green",
+    "chart-region-carbon",
+    "chart-tenant-spend",
+    "chart-vouchers",
+    "chart-tokens",
+];
+
 /// Checks a page rendered by Chromium: every chart has bars of non-zero width,
 /// and the screenshot holds pixels of the bar colours.
 fn assert_page_draws_charts(bin: &std::path::Path, url: &str, charts: &[&str]) {
@@ -112,31 +140,223 @@ fn assert_page_draws_charts(bin: &std::path::Path, url: &str, charts: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_renders_charts_in_chromium() {
-    let Some(bin) = chromium::chromium() else {
-        assert!(
-            !ci(),
-            "chromium is not installed (CI): apt-get install chromium"
-        );
-        eprintln!("skipped: chromium not installed");
+    let Some(bin) = required(chromium::chromium(), "chromium", "apt-get install chromium") else {
         return;
     };
     let addr = page_server_with_fixture_metrics().await;
     let url = format!("http://{addr}/");
     tokio::task::spawn_blocking(move || {
-        assert_page_draws_charts(
-            &bin,
-            &url,
-            &[
-                "chart-region-gpus",
-                "chart-region-green",
-                "chart-region-carbon",
-                "chart-tenant-spend",
-                "chart-vouchers",
-                "chart-tokens",
-                "chart-pending",
-            ],
-        )
+        assert_page_draws_charts(&bin, &url, &[CHARTS_WITH_DATA, &["chart-pending"]].concat())
     })
     .await
     .unwrap();
+}
+
+/// A `zhisuan demo` child process, interrupted (Ctrl-C) and reaped on drop.
+struct Demo {
+    child: Option<std::process::Child>,
+    addr: String,
+}
+
+const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+const START_AT: &str = "2026-11-01T00:00:00Z";
+
+/// `zhisuan demo` on `addr` with a fixed start, JSON summary and the test admin key.
+fn demo_command(addr: &str, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zhisuan"));
+    cmd.args(["demo", "--listen", addr, "--status-every", "0", "--json"])
+        .args(["--start-at", START_AT])
+        .args(extra)
+        .env("ZHISUAN_ADMIN_KEY", ADMIN_KEY);
+    cmd
+}
+
+impl Demo {
+    fn start(extra: &[&str]) -> Demo {
+        let addr = format!("127.0.0.1:{}", prometheus_server::free_port());
+        let child = demo_command(&addr, extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start zhisuan demo");
+        let demo = Demo {
+            child: Some(child),
+            addr,
+        };
+        let start = std::time::Instant::now();
+        while reqwest::blocking::get(format!("http://{}/metrics", demo.addr)).is_err() {
+            assert!(
+                start.elapsed().as_secs() < 120,
+                "demo did not serve /metrics within 120 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        demo
+    }
+
+    /// Interrupts the demo like Ctrl-C and returns its JSON summary.
+    fn stop(mut self) -> serde_json::Value {
+        let child = self.child.take().unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill -INT");
+        assert!(status.success());
+        summary_of(child.wait_with_output().unwrap())
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn summary_of(out: std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "demo failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "demo summary is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Runs a demo to its `--sim-hours` end and returns the summary.
+fn run_demo_to_end(extra: &[&str]) -> serde_json::Value {
+    let addr = format!("127.0.0.1:{}", prometheus_server::free_port());
+    let out = demo_command(&addr, extra)
+        .output()
+        .expect("run zhisuan demo");
+    summary_of(out)
+}
+
+fn fen(v: &serde_json::Value, key: &str) -> i64 {
+    v[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+fn assert_money_adds_up(summary: &serde_json::Value) {
+    for t in summary["tenants"].as_array().unwrap() {
+        assert_eq!(
+            fen(t, "gross_fen"),
+            fen(t, "voucher_fen") + fen(t, "net_fen"),
+            "gross = voucher + net for {t}"
+        );
+    }
+    assert_eq!(
+        fen(summary, "gross_fen"),
+        fen(summary, "voucher_fen") + fen(summary, "net_fen")
+    );
+}
+
+#[test]
+fn demo_feeds_every_dashboard_panel_and_the_page() {
+    let Some(prom_bin) = required(
+        prometheus_server::binary(),
+        "prometheus",
+        "apt-get install prometheus",
+    ) else {
+        return;
+    };
+    // One simulated hour per wall second: the trace's busy hours pass in seconds.
+    let demo = Demo::start(&["--speed", "3600"]);
+    let prom = prometheus_server::Prometheus::start(&prom_bin, &demo.addr);
+
+    let queries = dashboards::panel_queries();
+    assert!(queries.len() >= 20, "only {} panel queries", queries.len());
+    let mut empty: Vec<String> = Vec::new();
+    prom.wait_until(
+        std::time::Duration::from_secs(150),
+        "every panel query to return data",
+        || {
+            empty = queries
+                .iter()
+                .filter(|q| prom.query(&q.expr).is_empty())
+                .map(|q| format!("{} / {}: {}", q.dashboard, q.panel, q.expr))
+                .collect();
+            if !empty.is_empty() {
+                eprintln!(
+                    "{} panel queries still without data, e.g. {}",
+                    empty.len(),
+                    empty[0]
+                );
+            }
+            empty.is_empty()
+        },
+    );
+
+    // The page draws the demo's own data.
+    if let Some(chrome) = required(chromium::chromium(), "chromium", "apt-get install chromium") {
+        assert_page_draws_charts(&chrome, &format!("http://{}/", demo.addr), CHARTS_WITH_DATA);
+    }
+
+    let summary = demo.stop();
+    assert!(summary["jobs"]["placed"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(
+        summary["regions"].as_array().unwrap().len(),
+        10,
+        "{summary}"
+    );
+    assert!(fen(&summary, "gross_fen") > 0, "{summary}");
+    assert!(
+        fen(&summary, "voucher_fen") > 0,
+        "vouchers were used: {summary}"
+    );
+    assert_money_adds_up(&summary);
+}
+
+#[test]
+fn demo_restarted_on_the_same_db_does_not_double_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let once = dir.path().join("once.sqlite");
+    let twice = dir.path().join("twice.sqlite");
+    let fast = ["--speed", "200000"];
+    let db = |p: &std::path::Path| p.display().to_string();
+
+    let straight =
+        run_demo_to_end(&[&fast[..], &["--db", &db(&once), "--sim-hours", "5"]].concat());
+    let first = run_demo_to_end(&[&fast[..], &["--db", &db(&twice), "--sim-hours", "2"]].concat());
+    let resumed =
+        run_demo_to_end(&[&fast[..], &["--db", &db(&twice), "--sim-hours", "5"]].concat());
+
+    assert!(fen(&first, "records_ingested") > 0, "{first}");
+    assert!(
+        fen(&resumed, "records_already_present") >= fen(&first, "records_ingested"),
+        "the resumed run replays what the first stored: {resumed}"
+    );
+    assert_eq!(resumed["sim_now"], straight["sim_now"]);
+    assert!(
+        fen(&straight, "gross_fen") > fen(&first, "gross_fen"),
+        "more usage after 5 h than after 2 h"
+    );
+    // Interrupted and resumed = run straight through, to the fen, per tenant.
+    for key in ["gross_fen", "voucher_fen", "net_fen"] {
+        assert_eq!(fen(&resumed, key), fen(&straight, key), "{key}");
+    }
+    let per_tenant = |s: &serde_json::Value| -> Vec<(String, i64, i64)> {
+        s["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["tenant"].as_str().unwrap().to_string(),
+                    fen(t, "gross_fen"),
+                    fen(t, "net_fen"),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(per_tenant(&resumed), per_tenant(&straight));
+    assert_money_adds_up(&resumed);
 }

@@ -242,6 +242,7 @@ pub async fn set_quota(
         .blocking(move |l| l.set_quota(ADMIN_ACTOR, &t, &q))
         .await
         .map_err(unknown_tenant_is_404)?;
+    state.forget_quota(&name);
     state.jobs().set_gpu_limit(&name, gpu_limit_milli(&quota));
     Ok(Json(quota))
 }
@@ -506,11 +507,7 @@ pub async fn own_quota(
     TenantCaller(tenant): TenantCaller,
 ) -> Result<Json<QuotaView>, ApiError> {
     let now = Utc::now();
-    let t = tenant.clone();
-    let limits = state
-        .blocking(move |l| l.quota(&t))
-        .await?
-        .unwrap_or_default();
+    let limits = state.quota_of(&tenant).await?;
     let gpu_use = state.jobs().gpu_use(&tenant).await?;
     let usage = state.month_usage(&tenant, now).await?;
     Ok(Json(QuotaView {
@@ -779,11 +776,7 @@ pub async fn submit_job(
     ApiJson(req): ApiJson<JobRequest>,
 ) -> Result<Response, ApiError> {
     let spec = validate_job(&tenant, req)?;
-    let t = tenant.clone();
-    let quota = state
-        .blocking(move |l| l.quota(&t))
-        .await?
-        .unwrap_or_default();
+    let quota = state.quota_of(&tenant).await?;
     state.jobs().set_gpu_limit(&tenant, gpu_limit_milli(&quota));
     let held = state.jobs().gpu_use(&tenant).await?;
     let month = state.month_usage(&tenant, Utc::now()).await?;

@@ -33,12 +33,13 @@ pub use jobs::{BackendError, JobBackend};
 pub use ratelimit::RateLimit;
 pub use world::WorldBackend;
 
-use crate::ledger::{Ledger, LedgerError, Month, MonthUse};
+use crate::ledger::{Ledger, LedgerError, Month, MonthUse, Quota};
 
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
-/// How long a tenant's month-to-date usage is reused for quota checks.
+/// How long a tenant's month-to-date usage and quota are reused (another
+/// replica's quota change shows within this time; this server's at once).
 const USAGE_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// How long a key → tenant lookup is trusted (bounds how long a revoked key still works).
@@ -79,6 +80,8 @@ struct Inner {
     key_cache: RwLock<HashMap<[u8; 32], (Instant, String)>>,
     /// Tenant → (when read, month, use in that month) for quota checks.
     usage_cache: Mutex<HashMap<String, (Instant, Month, MonthUse)>>,
+    /// Tenant → (when read, quota); dropped when this server sets the quota.
+    quota_cache: Mutex<HashMap<String, (Instant, Quota)>>,
     metrics: metrics::ApiMetrics,
     registry: prometheus::Registry,
 }
@@ -113,6 +116,7 @@ impl ApiState {
                 limiter: ratelimit::RateLimiter::new(config.rate_limit),
                 key_cache: RwLock::new(HashMap::new()),
                 usage_cache: Mutex::new(HashMap::new()),
+                quota_cache: Mutex::new(HashMap::new()),
                 metrics,
                 registry: registry.clone(),
             }),
@@ -170,6 +174,43 @@ impl ApiState {
             }
         }
         Ok(found)
+    }
+
+    /// The quota of `tenant` (unlimited if none was set), at most
+    /// [`USAGE_CACHE_TTL`] old.
+    async fn quota_of(&self, tenant: &str) -> Result<Quota, ApiError> {
+        let fresh = Instant::now();
+        if let Some((at, q)) = self
+            .inner
+            .quota_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            if fresh.duration_since(*at) < USAGE_CACHE_TTL {
+                return Ok(q.clone());
+            }
+        }
+        let t = tenant.to_string();
+        let quota = self
+            .blocking(move |l| l.quota(&t))
+            .await?
+            .unwrap_or_default();
+        self.inner
+            .quota_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.to_string(), (fresh, quota.clone()));
+        Ok(quota)
+    }
+
+    /// Forgets the cached quota of `tenant` (after this server changed it).
+    fn forget_quota(&self, tenant: &str) {
+        self.inner
+            .quota_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
     }
 
     /// Month-to-date usage of `tenant`, at most [`USAGE_CACHE_TTL`] old.

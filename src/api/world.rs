@@ -132,21 +132,32 @@ fn is_live(phase: Phase) -> bool {
     matches!(phase, Phase::Pending | Phase::Running)
 }
 
-/// Milli-GPU a live job holds, by the model it runs on (placed) or may run on (pending).
+fn add_model(held: &mut GpuUse, model: &str, milli: u64) {
+    match held.by_model_milli.get_mut(model) {
+        Some(m) => *m += milli,
+        None => {
+            held.by_model_milli.insert(model.to_string(), milli);
+        }
+    }
+}
+
+/// Milli-GPU a live job holds, by the model it runs on (placed) or may run
+/// on (pending). Reads the placement decisions directly: no rendering.
 fn add_held(world: &World, id: JobId, held: &mut GpuUse) {
     let Some(j) = world.job(id) else { return };
     let milli = j.resolved.total_milli();
     held.total_milli += milli;
-    match world.job_view(id) {
-        Some(v) if !v.replicas.is_empty() => {
-            for r in &v.replicas {
-                let m = u64::from(r.milli_per_device) * r.devices.len() as u64;
-                *held.by_model_milli.entry(r.model.clone()).or_default() += m;
+    match &j.placement {
+        Some(p) if j.phase == Phase::Running => {
+            let cluster = world.engines().engine(p.region as usize).cluster();
+            for d in &p.decisions {
+                let model = cluster.models().name(cluster.model(d.node));
+                add_model(held, model, u64::from(d.gpu_milli()));
             }
         }
         _ => {
             for model in &j.spec.gpu_models {
-                *held.by_model_milli.entry(model.clone()).or_default() += milli;
+                add_model(held, model, milli);
             }
         }
     }

@@ -218,6 +218,17 @@ impl Catalog {
                 "the catalog lists no region; add at least one",
             ));
         }
+        if regions.len() > super::plan::MAX_REGIONS {
+            return Err(input_err(
+                file,
+                "regions",
+                format!(
+                    "{} regions listed; at most {} are supported",
+                    regions.len(),
+                    super::plan::MAX_REGIONS
+                ),
+            ));
+        }
         let mut accel_names = HashMap::new();
         for (i, a) in accelerators.iter().enumerate() {
             let entry = format!("accelerators[{i}] ({})", a.model);

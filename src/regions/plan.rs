@@ -474,7 +474,13 @@ pub struct InventoryIndex {
     total_gpus: Vec<u64>,
     /// GPU-weighted mean board power of each region, W (for "any model" jobs).
     mean_power_w: Vec<f64>,
+    /// For "any model" jobs: GPUs in models whose largest node has at least
+    /// k GPUs, per region × k (0 when no node has k).
+    any_ok_gpus: Vec<u64>,
 }
+
+/// Most GPUs on one node (as in the placement engine's device masks).
+const MAX_NODE_GPUS: usize = 64;
 
 impl InventoryIndex {
     pub fn new(catalog: &Catalog) -> Self {
@@ -500,11 +506,21 @@ impl InventoryIndex {
             }
             mean_power_w[r] = if gpus > 0 { watts / gpus as f64 } else { 0.0 };
         }
+        let mut any_ok_gpus = vec![0u64; n * (MAX_NODE_GPUS + 1)];
+        for r in 0..n {
+            for k in 1..=MAX_NODE_GPUS {
+                any_ok_gpus[r * (MAX_NODE_GPUS + 1) + k] = (0..n_models)
+                    .filter(|&m| max_node_gpus[r * n_models + m] as usize >= k)
+                    .map(|m| total_gpus[r * n_models + m])
+                    .sum();
+            }
+        }
         InventoryIndex {
             n_models,
             max_node_gpus,
             total_gpus,
             mean_power_w,
+            any_ok_gpus,
         }
     }
 
@@ -512,6 +528,16 @@ impl InventoryIndex {
     /// expected board power per GPU there (mean over the allowed models).
     fn fit(&self, catalog: &Catalog, region: usize, job: &ResolvedJob) -> (bool, f64) {
         let per_node = job.gpus_per_replica.max(1);
+        let needed = if job.gpus_per_replica == 0 {
+            1
+        } else {
+            job.replicas as u64 * job.gpus_per_replica as u64
+        };
+        if job.models.is_empty() && per_node as usize <= MAX_NODE_GPUS {
+            // Any model (most jobs): precomputed, O(1).
+            let ok = self.any_ok_gpus[region * (MAX_NODE_GPUS + 1) + per_node as usize];
+            return (ok >= needed, self.mean_power_w[region]);
+        }
         let (mut ok_gpus, mut watts, mut gpus) = (0u64, 0.0, 0u64);
         let mut largest = 0;
         for m in 0..self.n_models {
@@ -526,11 +552,6 @@ impl InventoryIndex {
             watts += self.total_gpus[k] as f64 * catalog.accelerators[m].power_w;
             gpus += self.total_gpus[k];
         }
-        let needed = if job.gpus_per_replica == 0 {
-            1
-        } else {
-            job.replicas as u64 * job.gpus_per_replica as u64
-        };
         let power = if gpus > 0 {
             watts / gpus as f64
         } else {

@@ -232,16 +232,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let wall_s = started.elapsed().as_secs_f64();
         let now = ProcSelf::read();
         let cpu_s = now.cpu_s - at_start.cpu_s;
-        let per_thread: std::collections::BTreeMap<&String, f64> = now
-            .thread_cpu_s
-            .iter()
-            .map(|(name, s)| {
-                (
-                    name,
-                    s - at_start.thread_cpu_s.get(name).copied().unwrap_or(0.0),
-                )
-            })
-            .collect();
         let out = json!({
             "samples": samples,
             "interval_s": interval,
@@ -251,7 +241,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             "rss_peak_mib": now.rss_peak_kib as f64 / 1024.0,
             "rss_end_mib": now.rss_kib as f64 / 1024.0,
             "threads": now.threads,
-            "thread_cpu_s": per_thread,
         });
         println!("{out}");
     }
@@ -562,9 +551,12 @@ pub async fn serve_agent<B: Accelerator + 'static>(
     }
     let _ = stop_tx.send(());
     let _ = shutdown_tx.send(true);
-    tokio::task::spawn_blocking(move || sampler.join())
+    let joined = tokio::task::spawn_blocking(move || sampler.join())
         .await
-        .ok();
+        .context("join sampler thread")?;
+    if joined.is_err() {
+        anyhow::bail!("the sampler thread panicked (see the message above)");
+    }
     server
         .await
         .context("metrics server task")?

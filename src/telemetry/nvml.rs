@@ -81,8 +81,10 @@ struct SlowFields {
     memory_repair_pending: bool,
 }
 
-/// Default cadence of the slow fields, in samples.
-pub const DEFAULT_SLOW_EVERY: u64 = 5;
+/// Default cadence of the slow fields, in samples: every sample. Measured on
+/// an H100 they cost microseconds; the energy counter read (~4 ms of CPU,
+/// needed every window) dominates — see docs/agent.md.
+pub const DEFAULT_SLOW_EVERY: u64 = 1;
 
 impl NvmlBackend {
     /// Loads libnvidia-ml from the default library path.
@@ -157,12 +159,13 @@ impl NvmlBackend {
         &self,
         index: u32,
         dev: &Device<'_>,
-        slow: Option<&mut SlowFields>,
+        slow: &mut SlowFields,
+        refresh_slow: bool,
     ) -> Result<DeviceReading, NvmlError> {
         let skip = &self.unsupported[index as usize];
-        let slow = match slow {
-            Some(fields) => {
-                *fields = SlowFields {
+        let slow = match refresh_slow {
+            true => {
+                *slow = SlowFields {
                     ecc_uncorrected: opt(skip, ECC_UNCORRECTED, || {
                         dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
                     })?,
@@ -176,9 +179,9 @@ impl NvmlBackend {
                         row_remap_pending(&self.nvml, dev)
                     })?,
                 };
-                *fields
+                *slow
             }
-            None => self.slow[index as usize],
+            false => *slow,
         };
         let util = opt(skip, UTIL, || dev.utilization_rates().map(|u| u.gpu))?;
         let (used, total) = opt(skip, MEMORY, || {
@@ -408,10 +411,7 @@ impl Accelerator for NvmlBackend {
         for info in &self.inventory {
             let i = info.index;
             let reading = match self.nvml.device_by_index(i) {
-                Ok(dev) => {
-                    let fields = slow_now.then(|| &mut slow[i as usize]);
-                    self.read_device(i, &dev, fields)
-                }
+                Ok(dev) => self.read_device(i, &dev, &mut slow[i as usize], slow_now),
                 Err(e) => Err(e),
             };
             out.push(match reading {

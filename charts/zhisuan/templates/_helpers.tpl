@@ -28,13 +28,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.adminKey.existingSecret | default (printf "%s-admin" (include "zhisuan.fullname" .)) -}}
 {{- end -}}
 
-{{/* The ledger location the controller is given (--db). */}}
+{{/* Refuses values that cannot work, naming the value and the fix. */}}
 {{- define "zhisuan.validate" -}}
 {{- if not (has .Values.ledger.backend (list "sqlite" "postgres")) -}}
 {{- fail (printf "ledger.backend must be sqlite or postgres, not %q" .Values.ledger.backend) -}}
 {{- end -}}
-{{- if and (eq .Values.ledger.backend "sqlite") (gt (int .Values.controller.replicas) 1) -}}
-{{- fail "controller.replicas > 1 needs ledger.backend=postgres: a SQLite file on a ReadWriteOnce volume has one writer; set ledger.backend=postgres and ledger.postgres.existingSecret, or controller.replicas=1" -}}
+{{- if and (eq .Values.ledger.backend "sqlite") (gt (int .Values.api.replicas) 1) -}}
+{{- fail "api.replicas > 1 needs ledger.backend=postgres: a SQLite file on a ReadWriteOnce volume has one writer; set ledger.backend=postgres and ledger.postgres.existingSecret, or api.replicas=1" -}}
 {{- end -}}
 {{- if and (eq .Values.ledger.backend "postgres") (not .Values.ledger.postgres.existingSecret) -}}
 {{- fail "ledger.backend=postgres needs ledger.postgres.existingSecret: the name of a Secret holding the PostgreSQL URL under key ledger.postgres.secretKey" -}}

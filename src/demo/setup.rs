@@ -1,0 +1,153 @@
+//! The demo's tenants, quotas, compute vouchers (算力券) and rate card,
+//! written to the ledger idempotently: a demo restarted on the same `--db`
+//! finds them in place and issues nothing twice (fixed voucher ids).
+
+use crate::ledger::types::{Quota, Tier, VoucherSpec};
+use crate::ledger::Ledger;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+/// Who the ledger records as the actor of the demo's own admin actions.
+pub const ACTOR: &str = "demo";
+
+/// A tenant of the demo workload (`data/workload/openb-regions.csv`).
+pub struct DemoTenant {
+    pub name: &'static str,
+    pub parent: Option<&'static str>,
+    /// Price tier of the tokens its inference services serve.
+    pub tier: Tier,
+    /// GPUs it may hold at once (any model).
+    pub max_gpus: i64,
+    /// Its voucher, if any: (issuer, face value in CNY, co-pay ratio in basis
+    /// points, eligible regions — empty = any).
+    pub voucher: Option<(&'static str, i64, i64, &'static [&'static str])>,
+}
+
+/// Tree roots that are tenants only as quota parents.
+pub const PARENTS: &[&str] = &["beijing", "hangzhou"];
+
+pub const TENANTS: &[DemoTenant] = &[
+    DemoTenant {
+        name: "hz-llm-startup",
+        parent: Some("hangzhou"),
+        tier: Tier::Basic,
+        max_gpus: 600,
+        // Hangzhou-style compute voucher: covers up to 50% of each bill.
+        voucher: Some((
+            "Hangzhou Municipal Economic and Information Bureau",
+            200_000,
+            5_000,
+            &[],
+        )),
+    },
+    DemoTenant {
+        name: "sh-fin-ai",
+        parent: None,
+        tier: Tier::HighValue,
+        max_gpus: 500,
+        voucher: None,
+    },
+    DemoTenant {
+        name: "sz-vision-sme",
+        parent: None,
+        tier: Tier::Industry,
+        max_gpus: 500,
+        // Only for work placed in the western hubs.
+        voucher: Some((
+            "Shenzhen SME Service Bureau",
+            50_000,
+            3_000,
+            &["zhongwei", "qingyang", "horinger", "guian"],
+        )),
+    },
+    DemoTenant {
+        name: "bj-gov-data",
+        parent: Some("beijing"),
+        tier: Tier::Industry,
+        max_gpus: 400,
+        voucher: None,
+    },
+    DemoTenant {
+        name: "solo-dev",
+        parent: None,
+        tier: Tier::Basic,
+        max_gpus: 120,
+        // A one-person company: small voucher, covers 80% of each bill.
+        voucher: Some(("Chengdu Science and Technology Bureau", 5_000, 8_000, &[])),
+    },
+    DemoTenant {
+        name: "cd-edu-cloud",
+        parent: None,
+        tier: Tier::Basic,
+        max_gpus: 300,
+        voucher: Some((
+            "Sichuan Provincial Department of Education",
+            30_000,
+            6_000,
+            &[],
+        )),
+    },
+];
+
+/// Token tier of a tenant's inference (basic for a tenant not in the table).
+pub fn tier_of(tenant: &str) -> Tier {
+    TENANTS
+        .iter()
+        .find(|t| t.name == tenant)
+        .map_or(Tier::Basic, |t| t.tier)
+}
+
+pub fn voucher_id(tenant: &str) -> String {
+    format!("demo-voucher-{tenant}")
+}
+
+/// Creates what is missing; returns how many tenants were created now.
+pub fn seed(
+    ledger: &Ledger,
+    valid_from: DateTime<Utc>,
+    valid_until: DateTime<Utc>,
+) -> anyhow::Result<usize> {
+    ledger.ensure_rate_card(ACTOR)?;
+    let mut created = 0;
+    for parent in PARENTS {
+        if ledger.tenant(parent)?.is_none() {
+            ledger.create_tenant(ACTOR, parent, None)?;
+            created += 1;
+        }
+    }
+    for t in TENANTS {
+        if ledger.tenant(t.name)?.is_none() {
+            ledger.create_tenant(ACTOR, t.name, t.parent)?;
+            created += 1;
+        }
+        let quota = Quota {
+            gpus: BTreeMap::from([("*".to_string(), t.max_gpus)]),
+            gpu_hours_per_month: None,
+            tokens_per_month: None,
+            guaranteed_share: 0.5,
+            borrowable_share: 0.5,
+        };
+        ledger.set_quota(ACTOR, t.name, &quota)?;
+        if let Some((issuer, yuan, copay_bp, regions)) = t.voucher {
+            let id = voucher_id(t.name);
+            let exists = ledger.vouchers(Some(t.name))?.iter().any(|v| v.id == id);
+            if !exists {
+                ledger.issue_voucher(
+                    ACTOR,
+                    &VoucherSpec {
+                        id: Some(id),
+                        tenant: t.name.to_string(),
+                        issuer: issuer.to_string(),
+                        face_value_fen: yuan * 100,
+                        copay_ratio_bp: copay_bp,
+                        valid_from,
+                        valid_until,
+                        regions: regions.iter().map(|r| r.to_string()).collect(),
+                        kinds: Vec::new(),
+                    },
+                )?;
+            }
+        }
+    }
+    Ok(created)
+}
