@@ -14,6 +14,7 @@ mod apiserver;
 use std::time::{Duration, Instant};
 
 use apiserver::ApiServer;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{json, Value};
@@ -116,14 +117,18 @@ async fn run(jobs: usize) -> Value {
     );
     // Single-GPU jobs: one binding each.
     let t0 = Instant::now();
-    for i in 0..jobs {
-        tj.create(
-            &PostParams::default(),
-            &job(&format!("single-{i:05}"), 1, 1),
-        )
-        .await
-        .unwrap();
-    }
+    // Created by 32 concurrent clients, as many users submitting at once.
+    futures::stream::iter(0..jobs)
+        .map(|i| {
+            let tj = tj.clone();
+            async move {
+                let obj = job(&format!("single-{i:05}"), 1, 1);
+                tj.create(&PostParams::default(), &obj).await.unwrap();
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
     let created = t0.elapsed();
     let singles = wait_bound(&server, "single-", jobs, Duration::from_secs(300)).await;
     let singles_total = singles.map(|_| t0.elapsed());
