@@ -403,22 +403,7 @@ impl Ledger {
     /// and stored only as its SHA-256.
     pub fn create_api_key(&self, actor: &str, tenant: &str) -> Result<String> {
         let key = format!("zs_{}", random_hex(24)?);
-        let hash = hash_api_key(&key);
-        self.write(|tx| {
-            require_tenant(tx, tenant)?;
-            tx.exec(
-                "INSERT INTO api_keys (key_hash, tenant, created_at) VALUES ($1, $2, $3)",
-                &[Val::T(&hash), Val::T(tenant), Val::I(now_s())],
-            )?;
-            // The audit row names the key by a short hash prefix, never the key.
-            audit_tx(
-                tx,
-                actor,
-                "api_key.create",
-                tenant,
-                &serde_json::json!({ "key_sha256_prefix": &hash[..12] }),
-            )
-        })?;
+        self.add_api_key_hash(actor, tenant, &Sha256::digest(key.as_bytes()).into())?;
         Ok(key)
     }
 
