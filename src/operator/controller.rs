@@ -105,7 +105,11 @@ fn cached_views<K: Resource, V: Clone>(
     let mut out = Vec::with_capacity(objects.len());
     for obj in objects {
         let meta = obj.meta();
-        let key = meta.uid.clone().or_else(|| meta.name.clone()).unwrap_or_default();
+        let key = meta
+            .uid
+            .clone()
+            .or_else(|| meta.name.clone())
+            .unwrap_or_default();
         let rv = meta.resource_version.clone().unwrap_or_default();
         let view = match cache.remove(&key) {
             Some((old_rv, v)) if old_rv == rv && !rv.is_empty() => v,
@@ -352,11 +356,10 @@ impl Controller {
             snap.workloads = cached_views(&mut cache.training, &training, |o| {
                 snapshot::workload_view(Kind::Training, o, &known)
             });
-            snap.workloads.extend(cached_views(
-                &mut cache.inference,
-                &inference,
-                |o| snapshot::workload_view(Kind::Inference, o, &known),
-            ));
+            snap.workloads
+                .extend(cached_views(&mut cache.inference, &inference, |o| {
+                    snapshot::workload_view(Kind::Inference, o, &known)
+                }));
             snap
         };
         let mut objects: BTreeMap<WorkloadKey, Arc<DynamicObject>> = BTreeMap::new();

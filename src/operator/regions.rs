@@ -380,7 +380,13 @@ mod tests {
         assert_eq!(c.region_gpus(0), 20);
         assert_eq!(c.region_gpus(1), 4);
         // A10 is in the shipped catalog (150 W); H100 is assumed.
-        let power = |m: &str| c.accelerators.iter().find(|a| a.model == m).unwrap().power_w;
+        let power = |m: &str| {
+            c.accelerators
+                .iter()
+                .find(|a| a.model == m)
+                .unwrap()
+                .power_w
+        };
         assert_eq!(power("A10"), 150.0);
         assert_eq!(power("H100"), ASSUMED_POWER_W);
         let beijing = c.place_index("beijing").unwrap();
@@ -409,8 +415,18 @@ mod tests {
         assert_eq!(rc.excluded["member"].0, "MemberClusterUnsupported");
         assert!(rc.excluded["member"].1.contains("spec.kubeconfigSecretRef"));
         assert_eq!(rc.excluded["bad"].0, "InvalidSpec");
-        assert!(rc.excluded["bad"].1.contains("spec.pue"), "{:?}", rc.excluded);
-        let st = region_status(&ComputeRegionStatus::default(), 1, 8, 0, rc.excluded.get("member"));
+        assert!(
+            rc.excluded["bad"].1.contains("spec.pue"),
+            "{:?}",
+            rc.excluded
+        );
+        let st = region_status(
+            &ComputeRegionStatus::default(),
+            1,
+            8,
+            0,
+            rc.excluded.get("member"),
+        );
         assert_eq!(st.conditions[0].status, "False");
         assert_eq!(st.conditions[0].reason, "MemberClusterUnsupported");
     }
@@ -451,7 +467,10 @@ mod tests {
         assert_eq!(order, vec![0]);
         assert!(matches!(
             expl.candidates[1].verdict,
-            Verdict::Removed { filter: crate::regions::plan::Filter::LatencySlo, .. }
+            Verdict::Removed {
+                filter: crate::regions::plan::Filter::LatencySlo,
+                ..
+            }
         ));
         // Residency keeps the job out of the greener region.
         w.latency_slo_ms = None;

@@ -9,8 +9,8 @@ use kube::api::DynamicObject;
 use kube::ResourceExt;
 
 use super::crd::{
-    ComputeRegionSpec, ComputeRegionStatus, InferenceServiceSpec, TenantQuotaSpec, TenantQuotaStatus, TrainingJobSpec, WorkloadCommon,
-    WorkloadSpec, WorkloadStatus, FINALIZER,
+    ComputeRegionSpec, ComputeRegionStatus, InferenceServiceSpec, TenantQuotaSpec,
+    TenantQuotaStatus, TrainingJobSpec, WorkloadCommon, WorkloadSpec, WorkloadStatus, FINALIZER,
 };
 use super::validate::{self, FieldError};
 
