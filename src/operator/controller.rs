@@ -323,6 +323,8 @@ impl Controller {
         let pod_objects = stores.pods.state();
         let training = stores.training.state();
         let inference = stores.inference.state();
+        let quotas = stores.quotas.state();
+        let regions = stores.regions.state();
         let mut snap = {
             let mut cache = self.views.lock().unwrap();
             let cache = &mut *cache;
@@ -333,18 +335,8 @@ impl Controller {
                 pods,
                 nodes,
                 workloads: Vec::new(),
-                quotas: stores
-                    .quotas
-                    .state()
-                    .iter()
-                    .map(|q| snapshot::quota_view(q))
-                    .collect(),
-                regions: stores
-                    .regions
-                    .state()
-                    .iter()
-                    .map(|r| snapshot::region_view(r))
-                    .collect(),
+                quotas: quotas.iter().map(|q| snapshot::quota_view(q)).collect(),
+                regions: regions.iter().map(|r| snapshot::region_view(r)).collect(),
             };
             let known = snap.known_models();
             if known != cache.known {
@@ -387,18 +379,11 @@ impl Controller {
                 objects.insert(view.key.clone(), obj.clone());
             }
         }
-        let quota_objects: BTreeMap<String, Arc<DynamicObject>> = stores
-            .quotas
-            .state()
-            .into_iter()
-            .map(|q| (q.name_any(), q))
-            .collect();
-        let region_objects: BTreeMap<String, Arc<DynamicObject>> = stores
-            .regions
-            .state()
-            .into_iter()
-            .map(|r| (r.name_any(), r))
-            .collect();
+        let by_name = |objs: &[Arc<DynamicObject>]| -> BTreeMap<String, Arc<DynamicObject>> {
+            objs.iter().map(|o| (o.name_any(), o.clone())).collect()
+        };
+        let quota_objects = by_name(&quotas);
+        let region_objects = by_name(&regions);
         let plan = plan::plan(&snap, &self.config.plan);
         self.metrics.record(&plan);
         let mut work = Vec::with_capacity(plan.actions.len());

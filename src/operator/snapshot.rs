@@ -475,45 +475,44 @@ fn fill(view: &mut WorkloadView, c: &WorkloadCommon, max_runtime_s: Option<i64>)
     view.memory_mib = mem;
 }
 
-/// A TenantQuota object → view (parse errors become field errors).
-pub fn quota_view(obj: &DynamicObject) -> QuotaView {
-    let spec = obj.data.get("spec").cloned().unwrap_or_default();
+/// An object's spec (validated) and status; a spec that does not parse
+/// becomes the default spec with the error naming the field.
+fn spec_and_status<S, T>(
+    obj: &DynamicObject,
+    validate: impl Fn(&S) -> Vec<FieldError>,
+) -> (S, T, Vec<FieldError>)
+where
+    S: serde::de::DeserializeOwned + Default,
+    T: serde::de::DeserializeOwned + Default,
+{
     let status = obj
         .data
         .get("status")
         .and_then(|s| serde_json::from_value(s.clone()).ok())
         .unwrap_or_default();
-    match parse_spec::<TenantQuotaSpec>(spec) {
-        Ok(spec) => QuotaView {
-            name: obj.name_any(),
-            status,
-            errors: validate::validate_quota(&spec),
-            spec,
-        },
-        Err(e) => QuotaView {
-            name: obj.name_any(),
-            spec: TenantQuotaSpec::default(),
-            status,
-            errors: vec![e],
-        },
+    match parse_spec::<S>(obj.data.get("spec").cloned().unwrap_or_default()) {
+        Ok(spec) => {
+            let errors = validate(&spec);
+            (spec, status, errors)
+        }
+        Err(e) => (S::default(), status, vec![e]),
+    }
+}
+
+/// A TenantQuota object → view (parse errors become field errors).
+pub fn quota_view(obj: &DynamicObject) -> QuotaView {
+    let (spec, status, errors) = spec_and_status(obj, validate::validate_quota);
+    QuotaView {
+        name: obj.name_any(),
+        spec,
+        status,
+        errors,
     }
 }
 
 /// A ComputeRegion object → view (parse errors become field errors).
 pub fn region_view(obj: &DynamicObject) -> RegionView {
-    let spec = obj.data.get("spec").cloned().unwrap_or_default();
-    let status = obj
-        .data
-        .get("status")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .unwrap_or_default();
-    let (spec, errors) = match parse_spec::<ComputeRegionSpec>(spec) {
-        Ok(spec) => {
-            let errors = validate::validate_region(&spec);
-            (spec, errors)
-        }
-        Err(e) => (ComputeRegionSpec::default(), vec![e]),
-    };
+    let (spec, status, errors) = spec_and_status(obj, validate::validate_region);
     RegionView {
         name: obj.name_any(),
         spec,
