@@ -30,7 +30,11 @@ use super::crd::{
 use super::leader::{Elector, Leadership, LeaseTiming};
 use super::metrics::OperatorMetrics;
 use super::plan::{self, rfc3339, set_condition, Action, PlanConfig};
-use super::snapshot::{self, keys, Kind, NodeView, PodView, Snapshot, WorkloadKey, WorkloadView};
+use super::snapshot::{
+    self, keys, Kind, MonthToDate, NodeView, PodView, QuotaView, Snapshot, WorkloadKey,
+    WorkloadView,
+};
+use super::usage::UsageSource;
 
 /// Field manager of the controller's server-side applies.
 pub const FIELD_MANAGER: &str = "zhisuan-controller";
@@ -122,6 +126,17 @@ fn cached_views<K: Resource, V: Clone>(
     out
 }
 
+/// Month-to-date use is re-read from its source at most this often.
+const USAGE_REFRESH: Duration = Duration::from_secs(30);
+
+/// The last month-to-date figures read, per tenant.
+#[derive(Default)]
+struct MonthCache {
+    read_at: Option<std::time::Instant>,
+    tenants: BTreeSet<String>,
+    by_tenant: BTreeMap<String, MonthToDate>,
+}
+
 /// One controller replica.
 pub struct Controller {
     client: Client,
@@ -134,6 +149,9 @@ pub struct Controller {
     /// Statuses written but maybe not yet in the reflector, by workload uid.
     written: std::sync::Mutex<HashMap<String, Written>>,
     views: std::sync::Mutex<ViewCache>,
+    /// Where monthly limits read month-to-date use (none: not enforced).
+    usage: Option<Arc<dyn UsageSource>>,
+    month: std::sync::Mutex<MonthCache>,
 }
 
 /// The reflector stores the controller reads its snapshots from.
@@ -207,7 +225,69 @@ impl Controller {
             recorder,
             written: Default::default(),
             views: Default::default(),
+            usage: None,
+            month: Default::default(),
         })
+    }
+
+    /// Enforces TenantQuotas' monthly limits with use read from `source`
+    /// (the ledger); without one they are not enforced.
+    pub fn with_usage(mut self, source: Arc<dyn UsageSource>) -> Self {
+        self.usage = Some(source);
+        self
+    }
+
+    /// Month-to-date use of every tenant with a TenantQuota, when some quota
+    /// has a monthly limit. Re-read at most every [`USAGE_REFRESH`], off the
+    /// async threads; when the source fails, the last figures stay in force.
+    async fn month_use(&self, quotas: &[QuotaView]) -> BTreeMap<String, MonthToDate> {
+        let Some(source) = &self.usage else {
+            return BTreeMap::new();
+        };
+        let monthly = quotas
+            .iter()
+            .any(|q| !q.spec.gpu_hours_per_month.is_empty() || !q.spec.tokens_per_month.is_empty());
+        if !monthly {
+            return BTreeMap::new();
+        }
+        let tenants: BTreeSet<String> = quotas.iter().map(|q| q.spec.tenant.clone()).collect();
+        {
+            let cache = self.month.lock().unwrap();
+            if cache.tenants == tenants
+                && cache.read_at.is_some_and(|t| t.elapsed() < USAGE_REFRESH)
+            {
+                return cache.by_tenant.clone();
+            }
+        }
+        let source = source.clone();
+        let now = chrono::Utc::now().timestamp();
+        let wanted = tenants.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            wanted
+                .iter()
+                .map(|t| Ok((t.clone(), source.month_to_date(t, now)?)))
+                .collect::<anyhow::Result<BTreeMap<_, _>>>()
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+        let mut cache = self.month.lock().unwrap();
+        match read {
+            Ok(by_tenant) => {
+                *cache = MonthCache {
+                    read_at: Some(std::time::Instant::now()),
+                    tenants,
+                    by_tenant,
+                };
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading month-to-date use failed; keeping the last figures");
+                // Retry after the refresh interval, not on every pass.
+                cache.read_at = Some(std::time::Instant::now());
+                cache.tenants = tenants;
+            }
+        }
+        cache.by_tenant.clone()
     }
 
     /// Whether this replica currently holds the Lease.
@@ -325,6 +405,8 @@ impl Controller {
         let inference = stores.inference.state();
         let quotas = stores.quotas.state();
         let regions = stores.regions.state();
+        let quota_views: Vec<QuotaView> = quotas.iter().map(|q| snapshot::quota_view(q)).collect();
+        let month_use = self.month_use(&quota_views).await;
         let mut snap = {
             let mut cache = self.views.lock().unwrap();
             let cache = &mut *cache;
@@ -335,7 +417,8 @@ impl Controller {
                 pods,
                 nodes,
                 workloads: Vec::new(),
-                quotas: quotas.iter().map(|q| snapshot::quota_view(q)).collect(),
+                quotas: quota_views,
+                month_use,
                 regions: regions.iter().map(|r| snapshot::region_view(r)).collect(),
             };
             let known = snap.known_models();

@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod plan;
 pub mod regions;
 pub mod snapshot;
+pub mod usage;
 pub mod validate;
