@@ -1648,20 +1648,28 @@ pub(crate) mod tests {
         }
     }
 
-    /// Reason and message of a workload's pending status.
-    fn why_pending<'a>(p: &'a Plan, name: &str) -> Option<(&'a str, &'a str)> {
-        p.actions.iter().find_map(|a| match a {
-            Action::SetStatus { key, status } if key.name == name => Some((
-                status.reason.as_deref().unwrap_or(""),
-                status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Scheduled")?
-                    .message
-                    .as_str(),
-            )),
-            _ => None,
-        })
+    /// Asserts that `name` did not launch and waits for `reason`, its
+    /// Scheduled condition saying every one of `says`.
+    fn assert_waits(p: &Plan, name: &str, reason: &str, says: &[&str]) {
+        assert!(launches(p).iter().all(|l| l.0 != name));
+        let status = p
+            .actions
+            .iter()
+            .find_map(|a| match a {
+                Action::SetStatus { key, status } if key.name == name => Some(status),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name} got no status"));
+        assert_eq!(status.reason.as_deref(), Some(reason));
+        let message = &status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Scheduled")
+            .unwrap()
+            .message;
+        for s in says {
+            assert!(message.contains(s), "{message:?} lacks {s:?}");
+        }
     }
 
     #[test]
@@ -1687,13 +1695,14 @@ pub(crate) mod tests {
         };
         // 60 h + 40 h = 100 h: the limit is reached, the job waits.
         let p = plan(&snap(144_000_000), &PlanConfig::default());
-        assert!(launches(&p).is_empty());
-        let (reason, message) = why_pending(&p, "j").unwrap();
-        assert_eq!(reason, "MonthlyGpuHoursExceeded");
-        assert!(
-            message.contains("tenant \"city\" used 100.00 GPU-hours of H100")
-                && message.contains("spec.gpuHoursPerMonth[H100]=100"),
-            "{message}"
+        assert_waits(
+            &p,
+            "j",
+            "MonthlyGpuHoursExceeded",
+            &[
+                "tenant \"city\" used 100.00 GPU-hours of H100",
+                "spec.gpuHoursPerMonth[H100]=100",
+            ],
         );
         // 60 h + 39.99 h = 99.99 h: still under, the job runs.
         let p = plan(&snap(143_964_000), &PlanConfig::default());
@@ -1726,13 +1735,14 @@ pub(crate) mod tests {
         )]
         .into();
         let p = plan(&snap, &PlanConfig::default());
-        assert!(launches(&p).is_empty());
-        let (reason, message) = why_pending(&p, "j").unwrap();
-        assert_eq!(reason, "MonthlyGpuHoursExceeded");
-        assert!(
-            message.contains("used 12.00 GPU-hours this month")
-                && message.contains("spec.gpuHoursPerMonth[*]=12"),
-            "{message}"
+        assert_waits(
+            &p,
+            "j",
+            "MonthlyGpuHoursExceeded",
+            &[
+                "used 12.00 GPU-hours this month",
+                "spec.gpuHoursPerMonth[*]=12",
+            ],
         );
     }
 
@@ -1756,12 +1766,11 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let p = plan(&snap(1_000_000), &PlanConfig::default());
-        let (reason, message) = why_pending(&p, "svc").unwrap();
-        assert_eq!(reason, "MonthlyTokensExceeded");
-        assert!(
-            message.contains("used 1000000 tokens")
-                && message.contains("spec.tokensPerMonth[basic]=1000000"),
-            "{message}"
+        assert_waits(
+            &p,
+            "svc",
+            "MonthlyTokensExceeded",
+            &["used 1000000 tokens", "spec.tokensPerMonth[basic]=1000000"],
         );
         // The training job of the same tenant is not held back by tokens.
         assert_eq!(
