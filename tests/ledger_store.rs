@@ -348,7 +348,7 @@ fn case_ingest_idempotent_with_vouchers(open: &dyn Fn() -> Ledger) {
     // hours 1-3 take 4500, hour 4 takes the remaining 500, hours 5-10 none.
     // Tokens (industry): 2M × 400 + 1M × 1200 per M = 2000 fen, fully covered by "tok".
     let st = l
-        .statement("acme", Month::parse("2026-11").unwrap())
+        .statement_as_of("acme", Month::parse("2026-11").unwrap(), t("2026-11-25T00:00:00Z"))
         .unwrap();
     assert_eq!(st.totals.gross_fen, 11 * 2500 + 2000);
     assert_eq!(st.totals.voucher_fen, 5000 + 2000);
@@ -385,7 +385,7 @@ fn case_ingest_idempotent_with_vouchers(open: &dyn Fn() -> Ledger) {
         (0, 12, 1)
     );
     assert_eq!(
-        l.statement("acme", Month::parse("2026-11").unwrap())
+        l.statement_as_of("acme", Month::parse("2026-11").unwrap(), t("2026-11-25T00:00:00Z"))
             .unwrap(),
         st
     );
@@ -886,8 +886,8 @@ fn kill9_during_ingestion(url: &str, reference_url: &str, dir: &std::path::Path)
     for tenant in ["acme", "beta"] {
         let m = Month::parse("2026-11").unwrap();
         assert_eq!(
-            ledger.statement(tenant, m).unwrap(),
-            reference.statement(tenant, m).unwrap()
+            ledger.statement_as_of(tenant, m, t("2026-11-25T00:00:00Z")).unwrap(),
+            reference.statement_as_of(tenant, m, t("2026-11-25T00:00:00Z")).unwrap()
         );
         assert_eq!(
             ledger.account_balance(&format!("tenant:{tenant}")).unwrap(),
