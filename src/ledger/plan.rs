@@ -271,7 +271,12 @@ fn roll_up(plan: &mut BatchPlan) {
     let mut usage: BTreeMap<(&str, Month, &str, &str), UsageSums> = BTreeMap::new();
     for r in &plan.usage {
         let u = &r.usage;
-        let key = (u.tenant.as_str(), Month::of_s(u.start_s), u.model.as_str(), u.region.as_str());
+        let key = (
+            u.tenant.as_str(),
+            Month::of_s(u.start_s),
+            u.model.as_str(),
+            u.region.as_str(),
+        );
         let s = usage.entry(key).or_default();
         s.records += 1;
         s.milli_gpu_s += u.milli_gpu_s;
@@ -321,7 +326,11 @@ fn roll_up(plan: &mut BatchPlan) {
     let mut redeemed: BTreeMap<(&str, Month, &str), Fen> = BTreeMap::new();
     for d in &plan.redemptions {
         *redeemed
-            .entry((d.tenant.as_str(), Month::of_s(d.at_s), d.voucher_id.as_str()))
+            .entry((
+                d.tenant.as_str(),
+                Month::of_s(d.at_s),
+                d.voucher_id.as_str(),
+            ))
             .or_default() += d.fen;
     }
     let redeemed: BTreeMap<RedemptionKey, Fen> = redeemed

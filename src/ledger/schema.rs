@@ -8,8 +8,8 @@ use super::sql::{Backend, Conn, Val};
 /// (version, SQL). Append only: never edit a released migration.
 pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     (
-    1,
-    r#"
+        1,
+        r#"
 CREATE TABLE tenants (
     name TEXT PRIMARY KEY,
     parent TEXT REFERENCES tenants(name),

@@ -225,7 +225,11 @@ impl BulkRow for Redemption {
 }
 
 fn column_list(columns: &[(&str, Ty)]) -> String {
-    columns.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+    columns
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An open connection.
@@ -369,7 +373,11 @@ impl Tx for SqliteTx<'_> {
 }
 
 /// One prepared statement, bound and stepped once per row.
-fn sqlite_insert<R: BulkRow>(tx: &rusqlite::Transaction<'_>, rows: &[R], batch: &str) -> Result<()> {
+fn sqlite_insert<R: BulkRow>(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[R],
+    batch: &str,
+) -> Result<()> {
     let placeholders: Vec<String> = (1..=R::COLUMNS.len()).map(|i| format!("?{i}")).collect();
     let sql = format!(
         "INSERT INTO {} ({}) VALUES ({})",
@@ -392,7 +400,8 @@ impl postgres::types::ToSql for Val<'_> {
         &self,
         ty: &postgres::types::Type,
         out: &mut postgres::types::private::BytesMut,
-    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
         use postgres::types::IsNull;
         match self {
             Val::I(v) if <i64 as postgres::types::ToSql>::accepts(ty) => v.to_sql(ty, out),
@@ -403,14 +412,17 @@ impl postgres::types::ToSql for Val<'_> {
     }
 
     fn accepts(ty: &postgres::types::Type) -> bool {
-        <i64 as postgres::types::ToSql>::accepts(ty) || <&str as postgres::types::ToSql>::accepts(ty)
+        <i64 as postgres::types::ToSql>::accepts(ty)
+            || <&str as postgres::types::ToSql>::accepts(ty)
     }
 
     postgres::types::to_sql_checked!();
 }
 
 fn pg_params<'a>(p: &'a [Val<'a>]) -> Vec<&'a (dyn postgres::types::ToSql + Sync)> {
-    p.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect()
+    p.iter()
+        .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+        .collect()
 }
 
 struct PgTx<'c>(postgres::Transaction<'c>);
@@ -473,7 +485,11 @@ impl Tx for PgTx<'_> {
 
 /// `COPY … FROM STDIN BINARY`: one stream per table per batch, no per-row
 /// statement or parameter parsing on the server.
-fn pg_insert<R: BulkRow>(tx: &mut postgres::Transaction<'_>, rows: &[R], batch: &str) -> Result<()> {
+fn pg_insert<R: BulkRow>(
+    tx: &mut postgres::Transaction<'_>,
+    rows: &[R],
+    batch: &str,
+) -> Result<()> {
     use postgres::types::Type;
     if rows.is_empty() {
         return Ok(());
@@ -485,7 +501,11 @@ fn pg_insert<R: BulkRow>(tx: &mut postgres::Transaction<'_>, rows: &[R], batch: 
             Ty::Int => Type::INT8,
         })
         .collect();
-    let sql = format!("COPY {} ({}) FROM STDIN BINARY", R::TABLE, column_list(R::COLUMNS));
+    let sql = format!(
+        "COPY {} ({}) FROM STDIN BINARY",
+        R::TABLE,
+        column_list(R::COLUMNS)
+    );
     let mut w = postgres::binary_copy::BinaryCopyInWriter::new(tx.copy_in(&sql)?, &types);
     for r in rows {
         w.write_raw((0..R::COLUMNS.len()).map(|i| r.col(i, batch)))?;

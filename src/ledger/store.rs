@@ -14,8 +14,8 @@ use super::rating::{default_rate_card, RateBook, RateCard};
 use super::schema::migrate;
 use super::sql::{Backend, Cell, Conn, Rows, Tx, Val};
 use super::types::{
-    validate_tenant_name, AuditEvent, ChargeKind, MeteredTokens, MeteredUsage, Month, Quota,
-    Tenant, TokenRecord, UsageRecord, Voucher, VoucherSpec,
+    split_by_month_into, validate_tenant_name, AuditEvent, ChargeKind, MeteredTokens, MeteredUsage,
+    Month, Quota, Tenant, TokenRecord, UsageRecord, Voucher, VoucherSpec,
 };
 use super::vouchers::VoucherBook;
 use chrono::{DateTime, TimeZone, Utc};
@@ -748,7 +748,7 @@ impl Ledger {
 
     /// [`Ledger::ingest`] for records already metered (e.g. built by the simulator).
     /// A record whose interval crosses a UTC month boundary is stored as one
-    /// row per month ([`MeteredUsage::split_by_month_into`]); the report
+    /// row per month ([`split_by_month_into`]); the report
     /// counts rows.
     pub fn ingest_metered(
         &self,
@@ -759,13 +759,13 @@ impl Ledger {
         let mut usage_rows: Vec<(usize, MeteredUsage)> = Vec::with_capacity(usage.len());
         let mut pieces = Vec::new();
         for (i, u) in usage.into_iter().enumerate() {
-            u.split_by_month_into(&mut pieces);
+            split_by_month_into(u, &mut pieces);
             usage_rows.extend(pieces.drain(..).map(|p| (i, p)));
         }
         let mut token_rows: Vec<(usize, MeteredTokens)> = Vec::with_capacity(tokens.len());
         let mut pieces = Vec::new();
         for (i, t) in tokens.into_iter().enumerate() {
-            t.split_by_month_into(&mut pieces);
+            split_by_month_into(t, &mut pieces);
             token_rows.extend(pieces.drain(..).map(|p| (i, p)));
         }
         let total_usage = usage_rows.len();

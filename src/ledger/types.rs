@@ -272,31 +272,51 @@ fn piece_id(whole_id: &str, piece_start: i64) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-impl MeteredUsage {
-    /// Appends this record to `out`, split at UTC month boundaries when its
-    /// interval crosses one, so each month's statement holds exactly its
-    /// share. GPU time is split by seconds (exact); IT energy, facility
-    /// energy and carbon by [`pro_rata`]'s cumulative floor rule, so every
-    /// quantity of the pieces adds up to the whole. A piece's id derives
-    /// from the whole record's id; an unsplit record keeps its own id.
-    pub fn split_by_month_into(self, out: &mut Vec<MeteredUsage>) {
-        if Month::of_s(self.start_s) == Month::of_s(self.end_s - 1) {
-            out.push(self);
-            return;
-        }
-        let (start, len) = (self.start_s, self.end_s - self.start_s);
-        for (from, to) in month_pieces(self.start_s, self.end_s) {
-            let share = |v: i64| pro_rata(v, start, len, from, to);
-            out.push(MeteredUsage {
-                id: piece_id(&self.id, from),
-                start_s: from,
-                end_s: to,
-                milli_gpu_s: self.gpu_milli * (to - from),
-                it_energy_j: share(self.it_energy_j),
-                facility_j: share(self.facility_j),
-                carbon_mg: share(self.carbon_mg),
-                ..self.clone()
-            });
+/// A metered record that can be cut into per-month pieces.
+pub trait MonthPieces: Sized {
+    fn id(&self) -> &str;
+    /// [start, end) in unix seconds.
+    fn span(&self) -> (i64, i64);
+    /// The piece [from, to) with id `id`; `share` turns a whole-record
+    /// quantity into the piece's [`pro_rata`] share.
+    fn piece(&self, id: String, from: i64, to: i64, share: impl Fn(i64) -> i64) -> Self;
+}
+
+/// Appends `record` to `out`, split at UTC month boundaries when its
+/// interval crosses one, so each month's statement holds exactly its share.
+/// Quantities are split by [`pro_rata`]'s cumulative floor rule, so the
+/// pieces add up to the whole exactly. A piece's id derives from the whole
+/// record's id; a record inside one month is appended unchanged.
+pub fn split_by_month_into<R: MonthPieces>(record: R, out: &mut Vec<R>) {
+    let (start, end) = record.span();
+    if Month::of_s(start) == Month::of_s(end - 1) {
+        out.push(record);
+        return;
+    }
+    for (from, to) in month_pieces(start, end) {
+        let share = |v: i64| pro_rata(v, start, end - start, from, to);
+        out.push(record.piece(piece_id(record.id(), from), from, to, share));
+    }
+}
+
+impl MonthPieces for MeteredUsage {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn span(&self) -> (i64, i64) {
+        (self.start_s, self.end_s)
+    }
+    /// GPU time by seconds (exact); IT energy, facility energy and carbon pro rata.
+    fn piece(&self, id: String, from: i64, to: i64, share: impl Fn(i64) -> i64) -> Self {
+        MeteredUsage {
+            id,
+            start_s: from,
+            end_s: to,
+            milli_gpu_s: self.gpu_milli * (to - from),
+            it_energy_j: share(self.it_energy_j),
+            facility_j: share(self.facility_j),
+            carbon_mg: share(self.carbon_mg),
+            ..self.clone()
         }
     }
 }
@@ -374,26 +394,22 @@ impl TokenRecord {
     }
 }
 
-impl MeteredTokens {
-    /// Appends this record to `out`, split at UTC month boundaries like
-    /// [`MeteredUsage::split_by_month_into`]: prompt and completion tokens
-    /// by the cumulative floor rule, so the pieces add up to the whole.
-    pub fn split_by_month_into(self, out: &mut Vec<MeteredTokens>) {
-        if Month::of_s(self.start_s) == Month::of_s(self.end_s - 1) {
-            out.push(self);
-            return;
-        }
-        let (start, len) = (self.start_s, self.end_s - self.start_s);
-        for (from, to) in month_pieces(self.start_s, self.end_s) {
-            let share = |v: i64| pro_rata(v, start, len, from, to);
-            out.push(MeteredTokens {
-                id: piece_id(&self.id, from),
-                start_s: from,
-                end_s: to,
-                prompt_tokens: share(self.prompt_tokens),
-                completion_tokens: share(self.completion_tokens),
-                ..self.clone()
-            });
+impl MonthPieces for MeteredTokens {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn span(&self) -> (i64, i64) {
+        (self.start_s, self.end_s)
+    }
+    /// Prompt and completion tokens pro rata.
+    fn piece(&self, id: String, from: i64, to: i64, share: impl Fn(i64) -> i64) -> Self {
+        MeteredTokens {
+            id,
+            start_s: from,
+            end_s: to,
+            prompt_tokens: share(self.prompt_tokens),
+            completion_tokens: share(self.completion_tokens),
+            ..self.clone()
         }
     }
 }
@@ -776,12 +792,15 @@ mod tests {
     #[test]
     fn a_record_crossing_month_ends_is_split_pro_rata_exactly() {
         // 2026-10-31T23:00Z for 26 h: 1 h in October, then 25 h in November.
-        let start = Utc.with_ymd_and_hms(2026, 10, 31, 23, 0, 0).unwrap().timestamp();
+        let start = Utc
+            .with_ymd_and_hms(2026, 10, 31, 23, 0, 0)
+            .unwrap()
+            .timestamp();
         let mut r = usage("pod-1", start, 26 * 3600);
         r.it_energy_j = 1_000_003; // not divisible by 26
         let whole = r.meter().unwrap();
         let mut pieces = vec![];
-        whole.clone().split_by_month_into(&mut pieces);
+        split_by_month_into(whole.clone(), &mut pieces);
         assert_eq!(pieces.len(), 2);
         let (oct, nov) = (&pieces[0], &pieces[1]);
         assert_eq!((oct.start_s, oct.end_s), (start, start + 3600));
@@ -801,12 +820,12 @@ mod tests {
         assert_ne!(oct.id, nov.id);
         assert_ne!(oct.id, whole.id);
         let mut again = vec![];
-        whole.clone().split_by_month_into(&mut again);
+        split_by_month_into(whole.clone(), &mut again);
         assert_eq!(again, pieces, "deterministic ids and shares");
         // Ends exactly at a month boundary: not split.
         let r = usage("pod-2", start, 3600).meter().unwrap();
         let mut one = vec![];
-        r.clone().split_by_month_into(&mut one);
+        split_by_month_into(r.clone(), &mut one);
         assert_eq!(one, vec![r]);
     }
 
@@ -828,10 +847,16 @@ mod tests {
         };
         let m = t.meter().unwrap();
         let mut pieces = vec![];
-        m.clone().split_by_month_into(&mut pieces);
-        let months: Vec<String> = pieces.iter().map(|p| Month::of_s(p.start_s).to_string()).collect();
+        split_by_month_into(m.clone(), &mut pieces);
+        let months: Vec<String> = pieces
+            .iter()
+            .map(|p| Month::of_s(p.start_s).to_string())
+            .collect();
         assert_eq!(months, ["2026-10", "2026-11", "2026-12"]);
-        assert_eq!(pieces.iter().map(|p| p.prompt_tokens).sum::<i64>(), m.prompt_tokens);
+        assert_eq!(
+            pieces.iter().map(|p| p.prompt_tokens).sum::<i64>(),
+            m.prompt_tokens
+        );
         assert_eq!(pieces.iter().map(|p| p.completion_tokens).sum::<i64>(), 5);
         // 2 + 60 + 1 = 63 half-days. October: floor(5 × 2 / 63) = 0;
         // November: floor(5 × 62 / 63) − 0 = 4; December: the remaining 1.
