@@ -25,18 +25,14 @@ use zhisuan::operator::leader::LeaseTiming;
 const NODES: usize = 1000;
 
 fn bound_pods(server: &ApiServer, prefix: &str) -> usize {
-    server
-        .objects("v1/pods")
-        .iter()
-        .filter(|p| {
-            p.pointer("/metadata/name")
+    server.count("v1/pods", |p| {
+        p.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n.starts_with(prefix))
+            && p.pointer("/spec/nodeName")
                 .and_then(Value::as_str)
-                .is_some_and(|n| n.starts_with(prefix))
-                && p.pointer("/spec/nodeName")
-                    .and_then(Value::as_str)
-                    .is_some_and(|n| !n.is_empty())
-        })
-        .count()
+                .is_some_and(|n| !n.is_empty())
+    })
 }
 
 async fn wait_bound(

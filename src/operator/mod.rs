@@ -12,5 +12,6 @@ pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod regions;
 pub mod snapshot;
 pub mod validate;

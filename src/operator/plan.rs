@@ -15,13 +15,18 @@
 //!    strictly lower priority (at most `max_victims`, one preemptor per pass).
 //!    Strict priority order means preemption can never loop.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::placement::{
     Cluster, Decision, DeviceMask, Engine, ModelSet, NodeSpec, Policy, Request,
 };
 
-use super::crd::{Condition, Placement, ReplicaPlacement, TenantQuotaStatus, WorkloadStatus};
+use crate::regions::plan::{Explanation, RegionChooser, RegionPolicy, Verdict};
+
+use super::crd::{
+    ComputeRegionStatus, Condition, Placement, ReplicaPlacement, TenantQuotaStatus, WorkloadStatus,
+};
+use super::regions::{job_spec, region_catalog, region_status};
 use super::snapshot::{pods_by_owner, NodeView, QuotaView, Snapshot, WorkloadKey, WorkloadView};
 use super::validate::{self, describe};
 
@@ -29,6 +34,8 @@ use super::validate::{self, describe};
 #[derive(Clone, Debug)]
 pub struct PlanConfig {
     pub policy: Policy,
+    /// How ComputeRegions are ranked (when the cluster has any).
+    pub region_policy: RegionPolicy,
     pub seed: u64,
     /// Most workloads one preemption may evict.
     pub max_victims: usize,
@@ -40,6 +47,7 @@ impl Default for PlanConfig {
     fn default() -> Self {
         PlanConfig {
             policy: Policy::default(),
+            region_policy: RegionPolicy::default(),
             seed: 1,
             max_victims: 8,
             gang_grace_s: 60,
@@ -78,6 +86,11 @@ pub enum Action {
     QuotaStatus {
         name: String,
         status: TenantQuotaStatus,
+    },
+    /// Write a ComputeRegion's status.
+    RegionStatus {
+        name: String,
+        status: ComputeRegionStatus,
     },
 }
 
@@ -473,11 +486,104 @@ fn quota_models(
     }
 }
 
+/// The region planner's field names → the workload's.
+fn workload_field(field: &str) -> &str {
+    match field {
+        "residency" => "spec.regions.residency",
+        "user_region" => "spec.userRegion",
+        "latency_slo_ms" => "spec.latencySloMs",
+        "gpu_models" => "spec.gpuModels",
+        "replicas" => "spec.replicas",
+        "gpus_per_replica" => "spec.gpusPerReplica",
+        "gpu_milli" => "spec.gpuMilli",
+        "max_runtime_s" => "spec.maxRuntimeSeconds",
+        "tenant" => "spec.tenant",
+        _ => "spec",
+    }
+}
+
+/// Records in the explanation which ranked regions were tried: every one
+/// before `chosen` was full; `chosen` (if any) is where the gang went.
+fn mark_tried(
+    expl: &mut Explanation,
+    rc: &super::regions::RegionCatalog,
+    tried: &[&String],
+    chosen: Option<&str>,
+    cap: &Capacity,
+    region_nodes: &BTreeMap<String, Vec<u32>>,
+) {
+    let cluster = cap.engine.cluster();
+    for name in tried {
+        let Some(r) = rc.catalog.region_index(name) else {
+            continue;
+        };
+        let rank = match expl.candidates[r].verdict {
+            Verdict::Ranked { rank } => rank,
+            _ => continue,
+        };
+        if chosen == Some(name.as_str()) {
+            expl.candidates[r].verdict = Verdict::Chosen { rank };
+            expl.chosen = Some(r as u16);
+            return;
+        }
+        let free_milli = region_nodes.get(*name).map_or(0, |nodes| {
+            nodes
+                .iter()
+                .map(|&i| {
+                    (cap.nodes[i as usize].gpus as u64 * 1000)
+                        .saturating_sub(cluster.node_gpu_milli_allocated(i) as u64)
+                })
+                .sum()
+        });
+        expl.candidates[r].verdict = Verdict::Full { rank, free_milli };
+    }
+}
+
 /// Computes everything the leader should do for this snapshot.
 pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
     let now = snapshot.now;
     let mut out = Plan::default();
     let (mut cap, _warnings) = Capacity::new(snapshot, config);
+    // With ComputeRegions, a node's region is the first region selecting it.
+    let regions_crs = region_catalog(&snapshot.regions, &snapshot.nodes);
+    if let Some(rc) = &regions_crs {
+        for n in cap.nodes.iter_mut() {
+            n.region.clear();
+        }
+        for (r, members) in rc.members.iter().enumerate() {
+            for &m in members {
+                let Some(&ci) = cap.index.get(&snapshot.nodes[m].name) else {
+                    continue;
+                };
+                let n = &mut cap.nodes[ci as usize];
+                if n.region.is_empty() {
+                    n.region = rc.catalog.regions[r].name.clone();
+                }
+            }
+        }
+    }
+    // Schedulable nodes (engine indices) of each region.
+    let mut region_nodes: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    match &regions_crs {
+        Some(rc) => {
+            for (r, members) in rc.members.iter().enumerate() {
+                let list: Vec<u32> = members
+                    .iter()
+                    .filter_map(|&m| cap.index.get(&snapshot.nodes[m].name).copied())
+                    .filter(|&ci| cap.nodes[ci as usize].schedulable)
+                    .collect();
+                region_nodes.insert(rc.catalog.regions[r].name.clone(), list);
+            }
+        }
+        None => {
+            for (i, n) in cap.nodes.iter().enumerate() {
+                let list = region_nodes.entry(n.region.clone()).or_default();
+                if n.schedulable {
+                    list.push(i as u32);
+                }
+            }
+        }
+    }
     let pods = pods_by_owner(&snapshot.pods);
     let no_pods = Vec::new();
 
@@ -513,17 +619,15 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
 
     // Usage per tenant and model, from active workloads.
     let mut usage = Usage::default();
-    let model_of_node = |name: &str| {
-        snapshot
-            .nodes
-            .iter()
-            .find(|n| n.name == name)
-            .map(|n| n.model.clone())
-            .unwrap_or_default()
-    };
+    let node_model: BTreeMap<&str, &str> = snapshot
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.model.as_str()))
+        .collect();
+    let model_of_node = |name: &str| node_model.get(name).copied().unwrap_or_default();
     for w in snapshot.workloads.iter().filter(|w| is_active(w)) {
         for r in &w.status.placement.as_ref().unwrap().replicas {
-            usage.add(&w.tenant, &model_of_node(&r.node), w.milli_per_replica());
+            usage.add(&w.tenant, model_of_node(&r.node), w.milli_per_replica());
         }
     }
 
@@ -576,7 +680,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                 let nodes_ok = placement
                     .replicas
                     .iter()
-                    .all(|r| snapshot.nodes.iter().any(|n| n.name == r.node));
+                    .all(|r| node_model.contains_key(r.node.as_str()));
                 let started = w.status.started_at.as_deref().and_then(parse_rfc3339);
                 let by_name: BTreeMap<&str, _> =
                     own_pods.iter().map(|p| (p.name.as_str(), *p)).collect();
@@ -670,33 +774,50 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             .map(|q| q.spec.guaranteed_gpus.max(1) as u64 * 1000)
             .unwrap_or(1000)
     };
-    let mut regions: Vec<String> = cap
-        .nodes
-        .iter()
-        .map(|n| n.region.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    regions.sort();
+    let regions: Vec<String> = region_nodes.keys().cloned().collect();
+    let cap_vendors: Vec<String> = cap.nodes.iter().map(|n| n.vendor.clone()).collect();
+    let mut chooser = RegionChooser::new(config.region_policy);
+    let mut region_expl = Explanation::default();
+    let mut order: Vec<u16> = Vec::new();
     let mut preempted_this_pass = false;
     let mut reserved_for: BTreeSet<&WorkloadKey> = BTreeSet::new();
-    while !queue.is_empty() {
-        // Highest priority, then smallest share of guarantee, then oldest.
-        let best = (0..queue.len())
-            .min_by(|&a, &b| {
-                let (x, y) = (queue[a], queue[b]);
-                y.priority
-                    .cmp(&x.priority)
-                    .then_with(|| {
-                        let sx = usage.total(&x.tenant) as u128 * guarantee(&y.tenant) as u128;
-                        let sy = usage.total(&y.tenant) as u128 * guarantee(&x.tenant) as u128;
-                        sx.cmp(&sy)
-                    })
+    // Order: highest priority, then the tenant with the smallest share of its
+    // guarantee, then oldest. A tenant's jobs of one priority keep age order,
+    // so only the heads of the per-(priority, tenant) lanes compete: a pick
+    // costs O(tenants), not O(queue).
+    let mut lanes: BTreeMap<std::cmp::Reverse<i32>, BTreeMap<&str, VecDeque<&WorkloadView>>> =
+        BTreeMap::new();
+    queue.sort_by(|x, y| x.created.cmp(&y.created).then_with(|| x.key.cmp(&y.key)));
+    for w in queue {
+        lanes
+            .entry(std::cmp::Reverse(w.priority))
+            .or_default()
+            .entry(w.tenant.as_str())
+            .or_default()
+            .push_back(w);
+    }
+    while let Some(mut top) = lanes.first_entry() {
+        let tenants = top.get_mut();
+        let tenant = *tenants
+            .iter()
+            .min_by(|(tx, qx), (ty, qy)| {
+                let sx = usage.total(tx) as u128 * guarantee(ty) as u128;
+                let sy = usage.total(ty) as u128 * guarantee(tx) as u128;
+                let (x, y) = (qx[0], qy[0]);
+                sx.cmp(&sy)
                     .then(x.created.cmp(&y.created))
                     .then_with(|| x.key.cmp(&y.key))
             })
-            .unwrap();
-        let w = queue.swap_remove(best);
+            .map(|(t, _)| t)
+            .expect("lanes are never empty");
+        let lane = tenants.get_mut(tenant).expect("picked from the map");
+        let w = lane.pop_front().expect("lanes are never empty");
+        if lane.is_empty() {
+            tenants.remove(tenant);
+        }
+        if tenants.is_empty() {
+            top.remove();
+        }
         let pend = |reason: &str, message: String, out: &mut Plan| {
             *out.pending.entry(reason.to_string()).or_default() += 1;
             let phase = if w.phase() == "Preempted" {
@@ -744,37 +865,107 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
         }
         .with_models(set);
         let members = vec![one; w.replicas as usize];
-        let allowed: Vec<&String> = {
-            let mut r: Vec<&String> = w.preferred.iter().filter(|p| regions.contains(p)).collect();
-            r.extend(regions.iter().filter(|x| !w.preferred.contains(x)));
-            r.into_iter()
+        // Candidate regions in the order to try: the region planner's ranking
+        // (ComputeRegions) or the sorted region labels; preferred ones first.
+        let ranked: Vec<&String> = match &regions_crs {
+            None => regions
+                .iter()
                 .filter(|x| w.residency.is_empty() || w.residency.contains(x))
-                .collect()
+                .collect(),
+            Some(rc) => {
+                let in_catalog: Vec<String> = models
+                    .iter()
+                    .filter(|m| rc.catalog.accelerators.iter().any(|a| &a.model == *m))
+                    .cloned()
+                    .collect();
+                if in_catalog.is_empty() {
+                    pend(
+                        "Unschedulable",
+                        format!(
+                            "no usable ComputeRegion has nodes of the GPU models this job may use ({})",
+                            models.join(", ")
+                        ),
+                        &mut out,
+                    );
+                    continue;
+                }
+                // Name models only when the job or its quota restricts them.
+                let restrict = if in_catalog.len() == rc.catalog.accelerators.len() {
+                    Vec::new()
+                } else {
+                    in_catalog
+                };
+                let job = match job_spec(w, &restrict).resolve(&rc.catalog) {
+                    Ok(job) => job,
+                    Err(e) => {
+                        pend(
+                            "Unschedulable",
+                            format!(
+                                "{}: {} (regions are the ComputeRegions: {})",
+                                workload_field(e.field),
+                                e.message,
+                                regions.join(", ")
+                            ),
+                            &mut out,
+                        );
+                        continue;
+                    }
+                };
+                chooser.rank(
+                    &rc.catalog,
+                    &rc.inventory,
+                    &w.tenant,
+                    &job,
+                    now,
+                    &crate::regions::plan::NoQuota,
+                    &mut region_expl,
+                    &mut order,
+                );
+                order
+                    .iter()
+                    .map(|&r| &rc.catalog.regions[r as usize].name)
+                    .collect()
+            }
+        };
+        let allowed: Vec<&String> = {
+            let mut r: Vec<&String> = w
+                .preferred
+                .iter()
+                .filter_map(|p| ranked.iter().find(|x| **x == p).copied())
+                .collect();
+            r.extend(ranked.iter().filter(|x| !w.preferred.contains(x)));
+            r
+        };
+        let why_region = |out_of: &Explanation| match &regions_crs {
+            Some(rc) => format!(" Region choice: {}", out_of.summary(&rc.catalog)),
+            None => String::new(),
         };
         if allowed.is_empty() {
-            pend(
-                "Unschedulable",
-                format!(
+            let message = match &regions_crs {
+                Some(rc) => region_expl.summary(&rc.catalog),
+                None => format!(
                     "no region satisfies spec.regions.residency {:?}",
                     w.residency
                 ),
-                &mut out,
-            );
+            };
+            pend("Unschedulable", message, &mut out);
             continue;
         }
-        let nodes_in = |cap: &Capacity, region: &str| -> Vec<u32> {
-            cap.nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.region == region && n.schedulable)
-                .filter(|(_, n)| w.vendor.as_ref().is_none_or(|v| &n.vendor == v))
-                .map(|(i, _)| i as u32)
-                .collect()
+        let nodes_in = |region: &str| -> Vec<u32> {
+            let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
+            match &w.vendor {
+                None => all.to_vec(),
+                Some(v) => all
+                    .iter()
+                    .copied()
+                    .filter(|&i| &cap_vendors[i as usize] == v)
+                    .collect(),
+            }
         };
         let try_place = |cap: &mut Capacity| -> Result<(String, Vec<Decision>), Vec<String>> {
             let mut why = Vec::new();
             for region in &allowed {
-                let nodes = nodes_in(cap, region);
+                let nodes = nodes_in(region);
                 match cap.engine.place_gang(&members, Some(&nodes)) {
                     Ok(ds) => return Ok((region.to_string(), ds)),
                     Err(e) => why.push(format!("region {:?}: {e}", region.as_str())),
@@ -782,7 +973,13 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             }
             Err(why)
         };
-        match try_place(&mut cap) {
+        let placed = try_place(&mut cap);
+        if let Some(rc) = &regions_crs {
+            let chosen = placed.as_ref().ok().map(|(r, _)| r.as_str());
+            mark_tried(&mut region_expl, rc, &allowed, chosen, &cap, &region_nodes);
+        }
+        let why_here = why_region(&region_expl);
+        match placed {
             Ok((region, ds)) => {
                 let replicas = ds
                     .iter()
@@ -795,7 +992,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                     })
                     .collect::<Vec<_>>();
                 for r in &replicas {
-                    usage.add(&w.tenant, &model_of_node(&r.node), w.milli_per_replica());
+                    usage.add(&w.tenant, model_of_node(&r.node), w.milli_per_replica());
                 }
                 let mut s = w.status.clone();
                 s.phase = Some("Admitted".into());
@@ -804,7 +1001,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                 s.observed_generation = Some(w.generation);
                 let nodes: BTreeSet<&str> = replicas.iter().map(|r| r.node.as_str()).collect();
                 let message = format!(
-                    "{} replicas placed in region {region:?} on {} node(s): {}",
+                    "{} replicas placed in region {region:?} on {} node(s): {}.{why_here}",
                     replicas.len(),
                     nodes.len(),
                     nodes.into_iter().collect::<Vec<_>>().join(", ")
@@ -842,7 +1039,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             }
             Err(why) => {
                 let explanation = format!(
-                    "the gang of {} fits in no allowed region: {}",
+                    "the gang of {} fits in no allowed region: {}.{why_here}",
                     w.replicas,
                     why.join("; ")
                 );
@@ -957,6 +1154,28 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
         }
     }
     let cluster = cap.engine.cluster();
+    if let Some(rc) = &regions_crs {
+        for rv in &snapshot.regions {
+            let excluded = rc.excluded.get(&rv.name);
+            let (mut nodes, mut gpus, mut milli) = (0i64, 0i64, 0u64);
+            if excluded.is_none() {
+                for (i, n) in cap.nodes.iter().enumerate() {
+                    if n.region == rv.name {
+                        nodes += 1;
+                        gpus += n.gpus as i64;
+                        milli += cluster.node_gpu_milli_allocated(i as u32) as u64;
+                    }
+                }
+            }
+            let status = region_status(&rv.status, nodes, gpus, milli, excluded);
+            if status != rv.status {
+                out.actions.push(Action::RegionStatus {
+                    name: rv.name.clone(),
+                    status,
+                });
+            }
+        }
+    }
     let mut regions_fig: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (i, n) in cap.nodes.iter().enumerate() {
         let milli = cluster.node_gpu_milli_allocated(i as u32) as u64;
@@ -973,7 +1192,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::operator::crd::TenantQuotaSpec;
     use crate::operator::snapshot::Kind;
@@ -993,7 +1212,7 @@ mod tests {
         }
     }
 
-    fn workload(
+    pub(crate) fn workload(
         name: &str,
         tenant: &str,
         replicas: u32,
@@ -1020,6 +1239,8 @@ mod tests {
             residency: Vec::new(),
             preferred: Vec::new(),
             max_runtime_s: None,
+            latency_slo_ms: None,
+            user_region: None,
             cpu_milli: 1000,
             memory_mib: 1024,
             status: WorkloadStatus::default(),
