@@ -528,10 +528,24 @@ impl Engine {
         let model = c.model(node);
         let cpu_free = c.cpu_free(node);
         let mut memo = self.memo.borrow_mut();
-        let before = memo.fragmentation(&self.shapes, model, cpu_free, free);
-        // zhisuan refines FGD's choice of device within a node: equal FGD
+        let zhisuan = self.policy == Policy::Zhisuan;
+        // zhisuan also counts the GPU share the node's CPU could no longer
+        // feed as fragment (see `Shapes::cpu_stranded`); it depends on the
+        // node's totals only, so it is the same for every device choice.
+        let (stranded_before, stranded_after) = if zhisuan {
+            let gpu_free: u32 = free.iter().map(|&f| f as u32).sum();
+            let gpu_left = gpu_free - req.gpu.total_milli();
+            (
+                self.shapes.cpu_stranded(model, cpu_free, gpu_free),
+                self.shapes.cpu_stranded(model, cpu_left, gpu_left),
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        let before = memo.fragmentation(&self.shapes, model, cpu_free, free) + stranded_before;
+        // zhisuan refines FGD's choice of device within a node: equal
         // score, then least fragmentation, then the fullest device (best fit).
-        let refine_device = self.policy == Policy::Zhisuan;
+        let refine_device = zhisuan;
         match req.gpu {
             GpuDemand::Shared { milli } => {
                 let mut best: Option<(Score, u64)> = None;
@@ -543,7 +557,8 @@ impl Engine {
                     }
                     tried[d] = f;
                     free[d] -= milli;
-                    let after = memo.fragmentation(&self.shapes, model, cpu_left, free);
+                    let after =
+                        memo.fragmentation(&self.shapes, model, cpu_left, free) + stranded_after;
                     free[d] += milli;
                     let q = sigmoid_score(before, after);
                     let s = if refine_device {
@@ -564,7 +579,8 @@ impl Engine {
                 for d in DeviceMask(devices).iter() {
                     free[d] = 0;
                 }
-                let after = memo.fragmentation(&self.shapes, model, cpu_left, free);
+                let after =
+                    memo.fragmentation(&self.shapes, model, cpu_left, free) + stranded_after;
                 ((sigmoid_score(before, after), 0), devices)
             }
         }

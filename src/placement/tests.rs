@@ -181,6 +181,26 @@ fn fgd_prefers_the_node_where_fragmentation_grows_least() {
 }
 
 #[test]
+fn zhisuan_keeps_cpu_off_nodes_whose_gpus_it_would_strand() {
+    // Workload: 1-GPU pods asking 4000 CPU milli, i.e. 1000 milli-GPU per
+    // 4000 CPU. Node a (2 GPUs, 8000 CPU) has exactly the CPU its GPUs need;
+    // node b (2 GPUs, 64000 CPU) has plenty. A 2000-CPU pod without GPU
+    // changes FGD's fragmentation on neither (the shape still fits both), so
+    // FGD ties and takes a, the first in the node order. On a it would leave
+    // 6000 CPU for 2000 milli-GPU: 500 milli-GPU stranded, score
+    // ⌊100·sigmoid(−0.5)⌋ = 37 against 50 on b, so zhisuan takes b.
+    let specs = vec![node("a", 8000, 2, "T4"), node("b", 64000, 2, "T4")];
+    let workload = [Request::whole(4000, 0, 1)];
+    let cpu_pod = Request::cpu(2000, 0);
+    for (policy, want) in [(Policy::Fgd, 0), (Policy::Zhisuan, 1)] {
+        let mut e = Engine::new(cluster(&specs), policy, 1);
+        e.set_tie_order(&[0, 1]).unwrap();
+        e.set_workload(workload.iter());
+        assert_eq!(e.place(&cpu_pod).unwrap().node, want, "{policy}");
+    }
+}
+
+#[test]
 fn allocate_rejects_what_does_not_fit_and_changes_nothing() {
     let mut c = cluster(&[node("a", 1000, 1, "T4")]);
     let too_big = Decision {
