@@ -127,6 +127,8 @@ pub struct Engine {
     caches: HashMap<ClassKey, Vec<Entry>, FxBuild>,
     /// GPU-demand tags placed on each node, with counts (for `gpuclustering`).
     affinity: Vec<Vec<(u32, u32)>>,
+    /// zhisuan counts CPU-stranded GPU share as fragment (see `set_shapes`).
+    count_stranding: bool,
 }
 
 impl Engine {
@@ -154,6 +156,7 @@ impl Engine {
             generation: 0,
             caches: HashMap::default(),
             affinity: vec![Vec::new(); n],
+            count_stranding: false,
         }
     }
 
@@ -180,9 +183,22 @@ impl Engine {
     /// Fixes the typical shapes to those of a known workload (FGD's setting:
     /// the whole trace). Without it, shapes are learned from the requests seen.
     pub fn set_workload<'a>(&mut self, requests: impl IntoIterator<Item = &'a Request>) {
-        self.shapes = Shapes::from_requests(requests, SHAPE_COVERAGE);
-        self.memo = RefCell::new(FragMemo::new(&self.shapes));
+        self.set_shapes(Shapes::from_requests(requests, SHAPE_COVERAGE));
         self.shapes_fixed = true;
+    }
+
+    /// New typical shapes: every cached score is stale. zhisuan counts GPU
+    /// share stranded by exhausted CPU only while the workload asks less CPU
+    /// per GPU than the cluster has; when it asks more, CPU runs out first
+    /// everywhere, stranded GPUs are unavoidable and FGD's score is kept.
+    fn set_shapes(&mut self, shapes: Shapes) {
+        let c = &self.cluster;
+        let cluster_cpu: f64 = (0..c.len() as u32).map(|n| c.cpu_capacity(n) as f64).sum();
+        let cluster_gpu = c.total_gpus() as f64 * MILLI_PER_GPU as f64;
+        self.count_stranding = self.policy == Policy::Zhisuan
+            && shapes.workload_gpu_per_cpu() * cluster_cpu >= cluster_gpu;
+        self.memo = RefCell::new(FragMemo::new(&shapes));
+        self.shapes = shapes;
         self.bump_generation();
     }
 
@@ -332,14 +348,12 @@ impl Engine {
         }
         self.seen.add(req);
         if self.seen.total() >= self.next_relearn {
-            self.shapes = Shapes::typical(&self.seen, SHAPE_COVERAGE);
-            self.memo = RefCell::new(FragMemo::new(&self.shapes));
+            self.set_shapes(Shapes::typical(&self.seen, SHAPE_COVERAGE));
             self.next_relearn = if self.next_relearn < RELEARN_EVERY {
                 self.next_relearn * 2
             } else {
                 self.next_relearn + RELEARN_EVERY
             };
-            self.bump_generation();
         }
     }
 
@@ -532,7 +546,7 @@ impl Engine {
         // zhisuan also counts the GPU share the node's CPU could no longer
         // feed as fragment (see `Shapes::cpu_stranded`); it depends on the
         // node's totals only, so it is the same for every device choice.
-        let (stranded_before, stranded_after) = if zhisuan {
+        let (stranded_before, stranded_after) = if self.count_stranding {
             let gpu_free: u32 = free.iter().map(|&f| f as u32).sum();
             let gpu_left = gpu_free - req.gpu.total_milli();
             (

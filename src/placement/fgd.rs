@@ -53,6 +53,8 @@ pub struct Shapes {
     /// Per GPU model: milli-GPU the shapes that may run on it ask per CPU
     /// milli (popularity-weighted); infinite when they ask no CPU.
     gpu_per_cpu: Vec<f64>,
+    /// The same over all shapes, CPU-only ones included.
+    workload_gpu_per_cpu: f64,
 }
 
 impl Shapes {
@@ -71,17 +73,26 @@ impl Shapes {
                     .filter(runs_here)
                     .map(|s| s.weight * s.cpu_milli as f64)
                     .sum();
-                if cpu > 0.0 {
-                    gpu / cpu
-                } else {
-                    f64::INFINITY
-                }
+                ratio(gpu, cpu)
             })
             .collect();
+        let gpu: f64 = shapes
+            .iter()
+            .map(|s| s.weight * s.gpus as f64 * s.milli_per_gpu as f64)
+            .sum();
+        let cpu: f64 = shapes.iter().map(|s| s.weight * s.cpu_milli as f64).sum();
         Shapes {
+            workload_gpu_per_cpu: ratio(gpu, cpu),
             shapes,
             gpu_per_cpu,
         }
+    }
+
+    /// Milli-GPU the whole workload asks per CPU milli it asks (infinite
+    /// when it asks no CPU). Below the cluster's own ratio, CPU runs out
+    /// before GPUs cluster-wide and stranded GPUs cannot be avoided.
+    pub fn workload_gpu_per_cpu(&self) -> f64 {
+        self.workload_gpu_per_cpu
     }
 
     /// The most popular shapes covering `coverage` (e.g. 0.95) of the counted
@@ -159,6 +170,14 @@ impl Shapes {
             Some(r) if r.is_finite() => (gpu_free as f64 - cpu_free as f64 * r).max(0.0),
             _ => 0.0,
         }
+    }
+}
+
+fn ratio(gpu: f64, cpu: f64) -> f64 {
+    if cpu > 0.0 {
+        gpu / cpu
+    } else {
+        f64::INFINITY
     }
 }
 
@@ -342,6 +361,23 @@ mod tests {
             ..s.shapes[0]
         }]);
         assert_eq!(free_cpu.cpu_stranded(0, 0, 4000), 0.0);
+        assert_eq!(free_cpu.workload_gpu_per_cpu(), f64::INFINITY);
+        // Half 2-GPU pods asking 8000, half CPU-only pods asking 9000: 1000 / 8500.
+        let with_cpu_only = Shapes::new(vec![
+            Shape {
+                weight: 0.5,
+                ..s.shapes[1]
+            },
+            Shape {
+                cpu_milli: 9000,
+                milli_per_gpu: 0,
+                gpus: 0,
+                models: ModelSet::ANY,
+                weight: 0.5,
+            },
+        ]);
+        let r = with_cpu_only.workload_gpu_per_cpu();
+        assert!((r - 1000.0 / 8500.0).abs() < 1e-12, "{r}");
     }
 
     #[test]

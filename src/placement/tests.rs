@@ -201,6 +201,27 @@ fn zhisuan_keeps_cpu_off_nodes_whose_gpus_it_would_strand() {
 }
 
 #[test]
+fn zhisuan_keeps_fgd_scores_when_the_workload_needs_more_cpu_per_gpu_than_the_cluster() {
+    // Workload: 1-GPU pods asking 40000 CPU milli (0.025 milli-GPU per CPU
+    // milli); the cluster has 12000 milli-GPU for 209000 CPU milli (0.057),
+    // so CPU runs out first everywhere and stranding is not counted. Were it
+    // counted, the 2000-CPU pod would strand 50 more milli-GPU on a
+    // (score 48) and none on b (CPU for all its GPUs: 50), and go to b.
+    let specs = vec![
+        node("a", 8000, 2, "T4"),
+        node("b", 200000, 2, "T4"),
+        node("c", 1000, 8, "T4"),
+    ];
+    let workload = [Request::whole(40000, 0, 1)];
+    for policy in [Policy::Fgd, Policy::Zhisuan] {
+        let mut e = Engine::new(cluster(&specs), policy, 1);
+        e.set_tie_order(&[0, 1, 2]).unwrap();
+        e.set_workload(workload.iter());
+        assert_eq!(e.place(&Request::cpu(2000, 0)).unwrap().node, 0, "{policy}");
+    }
+}
+
+#[test]
 fn allocate_rejects_what_does_not_fit_and_changes_nothing() {
     let mut c = cluster(&[node("a", 1000, 1, "T4")]);
     let too_big = Decision {
