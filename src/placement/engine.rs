@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::cluster::{Cluster, MAX_DEVICES_PER_NODE};
 use super::fgd::{sigmoid_score, FragMemo, FxBuild, ShapeCounter, Shapes};
+use super::model::MAX_MODELS;
 use super::policy::Policy;
 use super::request::{Decision, DeviceMask, GpuDemand, Request, MILLI_PER_GPU};
 use std::cell::RefCell;
@@ -187,12 +188,20 @@ impl Engine {
         self.shapes_fixed = true;
     }
 
-    /// New typical shapes: every cached score is stale. zhisuan counts GPU
-    /// share stranded by exhausted CPU only while the workload asks less CPU
-    /// per GPU than the cluster has; when it asks more, CPU runs out first
+    /// New typical shapes: every cached score is stale. zhisuan weighs
+    /// shapes by reach (`Shapes::weigh_by_reach`), and counts GPU share
+    /// stranded by exhausted CPU only while the workload asks less CPU per
+    /// GPU than the cluster has; when it asks more, CPU runs out first
     /// everywhere, stranded GPUs are unavoidable and FGD's score is kept.
-    fn set_shapes(&mut self, shapes: Shapes) {
+    fn set_shapes(&mut self, mut shapes: Shapes) {
         let c = &self.cluster;
+        if self.policy == Policy::Zhisuan {
+            let mut gpus_by_model = vec![0u64; MAX_MODELS];
+            for n in (0..c.len() as u32).filter(|&n| c.gpu_count(n) > 0) {
+                gpus_by_model[c.model(n) as usize] += c.gpu_count(n) as u64;
+            }
+            shapes.weigh_by_reach(&gpus_by_model);
+        }
         let cluster_cpu: f64 = (0..c.len() as u32).map(|n| c.cpu_capacity(n) as f64).sum();
         let cluster_gpu = c.total_gpus() as f64 * MILLI_PER_GPU as f64;
         self.count_stranding = self.policy == Policy::Zhisuan

@@ -95,6 +95,27 @@ impl Shapes {
         self.workload_gpu_per_cpu
     }
 
+    /// Weighs each GPU shape by its reach as well as its popularity: its
+    /// weight is multiplied by (cluster GPUs / GPUs of the models it may run
+    /// on), so the few places a model-constrained shape fits are protected
+    /// in proportion to how few they are. Shapes that run anywhere keep
+    /// their weight; the CPU-per-GPU ratios stay those of popularity.
+    /// `gpus_by_model[m]` is the cluster's GPU count of model `m`.
+    pub fn weigh_by_reach(&mut self, gpus_by_model: &[u64]) {
+        let total: u64 = gpus_by_model.iter().sum();
+        for s in self.shapes.iter_mut().filter(|s| s.gpus > 0) {
+            let reach: u64 = gpus_by_model
+                .iter()
+                .enumerate()
+                .filter(|&(m, _)| s.models.contains(m as ModelId))
+                .map(|(_, g)| g)
+                .sum();
+            if reach > 0 {
+                s.weight *= total as f64 / reach as f64;
+            }
+        }
+    }
+
     /// The most popular shapes covering `coverage` (e.g. 0.95) of the counted
     /// pods, each weighted by its share of ALL counted pods.
     pub fn typical(counter: &ShapeCounter, coverage: f64) -> Self {
@@ -378,6 +399,19 @@ mod tests {
         ]);
         let r = with_cpu_only.workload_gpu_per_cpu();
         assert!((r - 1000.0 / 8500.0).abs() < 1e-12, "{r}");
+    }
+
+    #[test]
+    fn weigh_by_reach_by_hand() {
+        // Model 0 has 2 GPUs, model 1 has 6: a shape limited to model 0
+        // reaches 2 of 8 GPUs and weighs 4×; one that runs anywhere keeps 0.5.
+        let mut s = shapes();
+        s.shapes[0].models = ModelSet::only(0);
+        s.weigh_by_reach(&[2, 6]);
+        assert!((s.shapes[0].weight - 2.0).abs() < 1e-12);
+        assert!((s.shapes[1].weight - 0.5).abs() < 1e-12);
+        // The CPU-per-GPU ratio of model 0 is still that of popularity.
+        assert!((s.cpu_stranded(0, 12000, 4000) - 1500.0).abs() < 1e-9);
     }
 
     #[test]

@@ -222,6 +222,32 @@ fn zhisuan_keeps_fgd_scores_when_the_workload_needs_more_cpu_per_gpu_than_the_cl
 }
 
 #[test]
+fn zhisuan_weighs_model_constrained_shapes_by_reach() {
+    // 2 V100 GPUs of 8 (plus a CPU-only node): a V100-only shape weighs 4×
+    // its popularity under zhisuan, as much as its popularity under FGD.
+    let specs = vec![
+        node("v", 64000, 2, "V100"),
+        node("t", 64000, 6, "T4"),
+        node("cpu", 64000, 0, ""),
+    ];
+    for (policy, want) in [(Policy::Fgd, 0.5), (Policy::Zhisuan, 2.0)] {
+        let mut c = cluster(&specs);
+        let v100 = ModelSet::only(c.models_mut().intern("V100").unwrap());
+        let workload = [
+            Request::whole(1000, 0, 1).with_models(v100),
+            Request::whole(1000, 0, 2),
+        ];
+        let mut e = Engine::new(c, policy, 1);
+        e.set_workload(workload.iter());
+        let constrained = e.shapes().shapes.iter().find(|s| s.models == v100).unwrap();
+        assert!(
+            (constrained.weight - want).abs() < 1e-12,
+            "{policy}: {constrained:?}"
+        );
+    }
+}
+
+#[test]
 fn allocate_rejects_what_does_not_fit_and_changes_nothing() {
     let mut c = cluster(&[node("a", 1000, 1, "T4")]);
     let too_big = Decision {
