@@ -182,49 +182,51 @@ fn fgd_prefers_the_node_where_fragmentation_grows_least() {
 
 #[test]
 fn zhisuan_keeps_cpu_off_nodes_whose_gpus_it_would_strand() {
-    // Workload: 1-GPU pods asking 4000 CPU milli, i.e. 1000 milli-GPU per
-    // 4000 CPU. Node a (2 GPUs, 8000 CPU) has exactly the CPU its GPUs need;
-    // node b (2 GPUs, 64000 CPU) has plenty. A 2000-CPU pod without GPU
-    // changes FGD's fragmentation on neither (the shape still fits both), so
-    // FGD ties and takes a, the first in the node order. On a it would leave
-    // 6000 CPU for 2000 milli-GPU: 500 milli-GPU stranded, score
-    // ⌊100·sigmoid(−0.5)⌋ = 37 against 50 on b, so zhisuan takes b.
-    let specs = vec![node("a", 8000, 2, "T4"), node("b", 64000, 2, "T4")];
-    let workload = [Request::whole(4000, 0, 1)];
-    let cpu_pod = Request::cpu(2000, 0);
-    for (policy, want) in [(Policy::Fgd, 0), (Policy::Zhisuan, 1)] {
-        let mut e = Engine::new(cluster(&specs), policy, 1);
-        e.set_tie_order(&[0, 1]).unwrap();
-        e.set_workload(workload.iter());
-        assert_eq!(e.place(&cpu_pod).unwrap().node, want, "{policy}");
-    }
-}
-
-#[test]
-fn zhisuan_keeps_fgd_scores_when_the_workload_needs_more_cpu_per_gpu_than_the_cluster() {
-    // Workload: 1-GPU pods asking 40000 CPU milli (0.025 milli-GPU per CPU
-    // milli); the cluster has 12000 milli-GPU for 209000 CPU milli (0.057),
-    // so CPU runs out first everywhere and stranding is not counted. Were it
-    // counted, the 2000-CPU pod would strand 50 more milli-GPU on a
-    // (score 48) and none on b (CPU for all its GPUs: 50), and go to b.
-    let specs = vec![
-        node("a", 8000, 2, "T4"),
-        node("b", 200000, 2, "T4"),
-        node("c", 1000, 8, "T4"),
+    // Case 1. Workload: 1-GPU pods asking 4000 CPU milli, i.e. 1000
+    // milli-GPU per 4000 CPU. Node a (2 GPUs, 8000 CPU) has exactly the CPU
+    // its GPUs need; node b (2 GPUs, 64000 CPU) has plenty. A 2000-CPU pod
+    // without GPU changes FGD's fragmentation on neither (the shape still
+    // fits both), so FGD ties and takes a, the first in the node order. On a
+    // it would leave 6000 CPU for 2000 milli-GPU: 500 milli-GPU stranded,
+    // score ⌊100·sigmoid(−0.5)⌋ = 37 against 50 on b, so zhisuan takes b.
+    //
+    // Case 2. Workload: 1-GPU pods asking 40000 CPU milli (0.025 milli-GPU
+    // per CPU milli); the cluster has 12000 milli-GPU for 209000 CPU milli
+    // (0.057), so CPU runs out first everywhere and stranding is not
+    // counted: zhisuan ties like FGD. Were it counted, the pod would strand
+    // 50 more milli-GPU on a (score 48) and none on b (50), and go to b.
+    let cases = [
+        (
+            vec![node("a", 8000, 2, "T4"), node("b", 64000, 2, "T4")],
+            Request::whole(4000, 0, 1),
+            1,
+        ),
+        (
+            vec![
+                node("a", 8000, 2, "T4"),
+                node("b", 200000, 2, "T4"),
+                node("c", 1000, 8, "T4"),
+            ],
+            Request::whole(40000, 0, 1),
+            0,
+        ),
     ];
-    let workload = [Request::whole(40000, 0, 1)];
-    for policy in [Policy::Fgd, Policy::Zhisuan] {
-        let mut e = Engine::new(cluster(&specs), policy, 1);
-        e.set_tie_order(&[0, 1, 2]).unwrap();
-        e.set_workload(workload.iter());
-        assert_eq!(e.place(&Request::cpu(2000, 0)).unwrap().node, 0, "{policy}");
+    for (case, (specs, shape, zhisuan_node)) in cases.into_iter().enumerate() {
+        for (policy, want) in [(Policy::Fgd, 0), (Policy::Zhisuan, zhisuan_node)] {
+            let mut e = Engine::new(cluster(&specs), policy, 1);
+            let order: Vec<u32> = (0..specs.len() as u32).collect();
+            e.set_tie_order(&order).unwrap();
+            e.set_workload([shape.clone()].iter());
+            let chosen = e.place(&Request::cpu(2000, 0)).unwrap().node;
+            assert_eq!(chosen, want, "case {}: {policy}", case + 1);
+        }
     }
 }
 
 #[test]
 fn zhisuan_weighs_model_constrained_shapes_by_reach() {
-    // 2 V100 GPUs of 8 (plus a CPU-only node): a V100-only shape weighs 4×
-    // its popularity under zhisuan, as much as its popularity under FGD.
+    // 2 V100 GPUs of 8 (plus a CPU-only node): a V100-only shape of
+    // popularity 0.5 weighs 4 × 0.5 under zhisuan, 0.5 under FGD.
     let specs = vec![
         node("v", 64000, 2, "V100"),
         node("t", 64000, 6, "T4"),
