@@ -65,6 +65,8 @@ struct Inner {
     uid_counter: u64,
     /// Counts requests by verb, for tests that check what a client did.
     requests: BTreeMap<String, u64>,
+    /// Successful pod bindings so far.
+    bindings: u64,
 }
 
 /// Shared state of the stand-in.
@@ -158,6 +160,21 @@ impl ApiServer {
             .get(resource)
             .map(|m| m.values().map(|v| (**v).clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// Successful pod bindings since start (O(1), for benchmarks that poll).
+    pub fn bindings(&self) -> u64 {
+        self.store.inner.lock().unwrap().bindings
+    }
+
+    /// How many objects of a resource satisfy `pred` (no copies: for
+    /// benchmarks that poll without stealing CPU from what they measure).
+    pub fn count(&self, resource: &str, pred: impl Fn(&Value) -> bool) -> usize {
+        let inner = self.store.inner.lock().unwrap();
+        inner
+            .objects
+            .get(resource)
+            .map_or(0, |m| m.values().filter(|v| pred(v)).count())
     }
 
     /// How many requests of a verb ("create", "update", "patch", "delete",
@@ -831,6 +848,7 @@ fn bind(store: &Store, t: &Target, body: Value) -> Response {
     let rv = inner.next_rv();
     set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
     inner.commit(&store.events, &t.resource, key, "MODIFIED", obj);
+    inner.bindings += 1;
     drop(inner);
     ok_json(
         StatusCode::CREATED,
