@@ -6,6 +6,9 @@
 //! - `gang64_s`: one gang of 64 × 8 GPUs, seconds from create until all 64
 //!   pods are bound.
 //!
+//! By default 4 ComputeRegions select the nodes, so every job goes through
+//! the region planner; `--no-regions` places by the node label alone.
+//!
 //! Run: `cargo bench --bench operator` (add `-- --jobs 2000` to change N).
 
 #[path = "../tests/support/apiserver.rs"]
@@ -19,7 +22,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{json, Value};
 use zhisuan::operator::controller::{Controller, ControllerConfig};
-use zhisuan::operator::crd::{TenantQuota, TrainingJob};
+use zhisuan::operator::crd::{ComputeRegion, TenantQuota, TrainingJob};
 use zhisuan::operator::leader::LeaseTiming;
 
 const NODES: usize = 1000;
@@ -72,7 +75,7 @@ fn job(name: &str, replicas: u32, gpus: u32) -> DynamicObject {
     .unwrap()
 }
 
-async fn run(jobs: usize) -> Value {
+async fn run(jobs: usize, compute_regions: bool) -> Value {
     let server = ApiServer::start().await;
     let client = server.client();
     let nodes: Api<Node> = Api::all(client.clone());
@@ -86,6 +89,28 @@ async fn run(jobs: usize) -> Value {
         }))
         .unwrap();
         nodes.create(&PostParams::default(), &node).await.unwrap();
+    }
+    if compute_regions {
+        // The region planner ranks the 4 regions for every job (green policy).
+        let cr: Api<DynamicObject> =
+            Api::all_with(client.clone(), &ApiResource::erase::<ComputeRegion>(&()));
+        let regions = [
+            ("beijing", "east", 0.2),
+            ("shanghai", "east", 0.3),
+            ("ningxia", "west", 0.7),
+            ("guizhou", "west", 0.6),
+        ];
+        for (name, side, green) in regions {
+            let obj: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "zhisuan.io/v1alpha1", "kind": "ComputeRegion",
+                "metadata": {"name": name},
+                "spec": {"hub": name, "side": side, "pue": 1.25, "greenShare": green,
+                         "electricityFenPerKwh": 45, "gridKgCo2PerKwh": 0.57,
+                         "nodeSelector": {"zhisuan.io/region": name}}
+            }))
+            .unwrap();
+            cr.create(&PostParams::default(), &obj).await.unwrap();
+        }
     }
     let tq: Api<DynamicObject> =
         Api::all_with(client.clone(), &ApiResource::erase::<TenantQuota>(&()));
@@ -153,6 +178,7 @@ async fn run(jobs: usize) -> Value {
         "nodes": NODES,
         "gpus": NODES * 8,
         "single_jobs": jobs,
+        "compute_regions": compute_regions,
         "create_s": created.as_secs_f64(),
         "bindings_s": singles_total.map(|d| d.as_secs_f64()),
         "bindings_per_s": singles_total.map(|d| jobs as f64 / d.as_secs_f64()),
@@ -175,6 +201,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let result = runtime.block_on(run(jobs));
+    let compute_regions = !args.iter().any(|a| a == "--no-regions");
+    let result = runtime.block_on(run(jobs, compute_regions));
     println!("{}", serde_json::to_string_pretty(&result).unwrap());
 }

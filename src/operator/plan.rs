@@ -1283,7 +1283,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                     }
                 }
             }
-            let status = region_status(&rv.status, nodes, gpus, milli, excluded);
+            let status = region_status(&rv.status, now, nodes, gpus, milli, excluded);
             if status != rv.status {
                 out.actions.push(Action::RegionStatus {
                     name: rv.name.clone(),

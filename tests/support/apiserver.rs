@@ -915,13 +915,34 @@ fn watch_stream(store: &Arc<Store>, t: &Target, q: &BTreeMap<String, String>) ->
         (sub, inner.rv)
     };
     // Events buffered in `sub` up to `start_rv` are already in the backlog.
+    // Events already queued when one arrives go out in the same chunk (one
+    // write for a burst; the bytes on the wire are the same lines).
     let live = futures::stream::unfold(
-        (sub, start_rv, Box::new(wanted)),
-        |(mut rx, start, wanted)| async move {
+        (sub, start_rv, Box::new(wanted), false),
+        |(mut rx, start, wanted, cut)| async move {
+            if cut {
+                return None;
+            }
             loop {
                 match rx.recv().await {
                     Ok(e) if e.rv > start && wanted(&e) => {
-                        return Some((e.line.clone(), (rx, start, wanted)))
+                        let mut chunk = e.line.to_vec();
+                        let mut cut = false;
+                        loop {
+                            match rx.try_recv() {
+                                Ok(e) if e.rv > start && wanted(&e) => {
+                                    chunk.extend_from_slice(&e.line)
+                                }
+                                Ok(_) => continue,
+                                Err(broadcast::error::TryRecvError::Empty) => break,
+                                // Lagged or closed: send what we have, then end.
+                                Err(_) => {
+                                    cut = true;
+                                    break;
+                                }
+                            }
+                        }
+                        return Some((Bytes::from(chunk), (rx, start, wanted, cut)));
                     }
                     Ok(_) => continue,
                     // A watcher too slow to keep up is cut off and re-watches.
