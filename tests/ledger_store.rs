@@ -7,7 +7,7 @@ mod pg;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use zhisuan::ledger::{
     default_rate_card, ChargeKind, Ledger, LedgerError, Month, Quota, RateCard, Tier, TokenRecord,
-    UsageRecord, VoucherSpec,
+    UsageRecord, VoucherSpec, VoucherStatus,
 };
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -348,7 +348,11 @@ fn case_ingest_idempotent_with_vouchers(open: &dyn Fn() -> Ledger) {
     // hours 1-3 take 4500, hour 4 takes the remaining 500, hours 5-10 none.
     // Tokens (industry): 2M × 400 + 1M × 1200 per M = 2000 fen, fully covered by "tok".
     let st = l
-        .statement("acme", Month::parse("2026-11").unwrap())
+        .statement_as_of(
+            "acme",
+            Month::parse("2026-11").unwrap(),
+            t("2026-11-25T00:00:00Z"),
+        )
         .unwrap();
     assert_eq!(st.totals.gross_fen, 11 * 2500 + 2000);
     assert_eq!(st.totals.voucher_fen, 5000 + 2000);
@@ -385,8 +389,12 @@ fn case_ingest_idempotent_with_vouchers(open: &dyn Fn() -> Ledger) {
         (0, 12, 1)
     );
     assert_eq!(
-        l.statement("acme", Month::parse("2026-11").unwrap())
-            .unwrap(),
+        l.statement_as_of(
+            "acme",
+            Month::parse("2026-11").unwrap(),
+            t("2026-11-25T00:00:00Z")
+        )
+        .unwrap(),
         st
     );
     // Duplicates inside one batch count once.
@@ -594,6 +602,115 @@ fn case_statement_csv(open: &dyn Fn() -> Ledger) {
     );
 }
 
+/// A usage interval crossing a month boundary is split pro rata into both
+/// months (exactly, cumulative floor rule); a voucher past its window shows
+/// as expired with its balance lapsed, never as spendable.
+fn case_month_split_and_lapsed_vouchers(open: &dyn Fn() -> Ledger) {
+    let l = seeded(open);
+    l.issue_voucher(
+        "admin",
+        &voucher(
+            "oct",
+            "acme",
+            10_000,
+            10_000,
+            "2026-10-01T00:00:00Z",
+            "2026-11-01T00:00:00Z",
+        ),
+    )
+    .unwrap();
+    // 23:00 on 31 October for 3 h: 1 h in October, 2 h in November.
+    let mut u = usage("p", "acme", "2026-10-31T23:00:00Z", 3 * 3600);
+    u.it_energy_j = 7_560_001; // not divisible by 3
+    let mut tk = tokens("svc", "acme", "2026-10-31T23:59:00Z", 1_000_001, 2);
+    tk.end = t("2026-11-01T00:02:00Z"); // 1 min in October, 2 in November
+    let first = l.ingest(&[u.clone()], &[tk.clone()]).unwrap();
+    assert_eq!(
+        (first.usage_new, first.tokens_new),
+        (2, 2),
+        "one row per month"
+    );
+    let now = t("2026-11-25T00:00:00Z");
+    let oct = l
+        .statement_as_of("acme", Month::parse("2026-10").unwrap(), now)
+        .unwrap();
+    let nov = l
+        .statement_as_of("acme", Month::parse("2026-11").unwrap(), now)
+        .unwrap();
+    assert_eq!(oct.gpu[0].milli_gpu_seconds, 3_600_000);
+    assert_eq!(nov.gpu[0].milli_gpu_seconds, 7_200_000);
+    // floor(7_560_001 × 1/3) = 2_520_000 in October, the rest in November.
+    assert_eq!(oct.energy[0].it_energy_j, 2_520_000);
+    assert_eq!(nov.energy[0].it_energy_j, 7_560_001 - 2_520_000);
+    let whole = u.meter().unwrap();
+    assert_eq!(
+        oct.energy[0].facility_j + nov.energy[0].facility_j,
+        whole.facility_j
+    );
+    assert_eq!(
+        oct.energy[0].carbon_mg + nov.energy[0].carbon_mg,
+        whole.carbon_mg
+    );
+    // Tokens: floor(1_000_001 / 3) = 333_333 prompt and floor(2 / 3) = 0
+    // completion in October; the rest in November.
+    assert_eq!(
+        (oct.tokens[0].prompt_tokens, oct.tokens[0].completion_tokens),
+        (333_333, 0)
+    );
+    assert_eq!(
+        (nov.tokens[0].prompt_tokens, nov.tokens[0].completion_tokens),
+        (666_668, 2)
+    );
+    // Each month's piece is rated on its own: 1 h and 2 h of H100 in gansu.
+    assert_eq!(oct.gpu[0].gross_fen, 2500);
+    assert_eq!(nov.gpu[0].gross_fen, 5000);
+    // The October voucher pays October's piece only (100% co-pay) ...
+    assert_eq!(oct.gpu[0].voucher_fen, 2500);
+    assert_eq!(nov.gpu[0].voucher_fen, 0);
+    // ... and whatever is left lapses at its end: reported as lapsed, not spendable.
+    let left = 10_000 - 2500 - oct.tokens[0].voucher_fen;
+    for st in [&oct, &nov] {
+        let v = &st.vouchers[0];
+        assert_eq!(v.status, VoucherStatus::Expired, "{}", st.month);
+        assert_eq!(
+            (v.balance_fen, v.lapsed_fen, v.spendable_fen),
+            (left, left, 0)
+        );
+        assert!(
+            st.to_csv().contains(&format!(
+                "voucher,oct,hangzhou-econ,{},lapsed_cny",
+                zhisuan::ledger::format_yuan(left)
+            )),
+            "{}",
+            st.to_csv()
+        );
+    }
+    // Before its end the same voucher is active and spendable.
+    let running = l
+        .statement_as_of(
+            "acme",
+            Month::parse("2026-10").unwrap(),
+            t("2026-10-31T23:30:00Z"),
+        )
+        .unwrap();
+    let v = &running.vouchers[0];
+    assert_eq!(v.status, VoucherStatus::Active);
+    assert_eq!((v.spendable_fen, v.lapsed_fen), (left, 0));
+    // A later November charge draws nothing from it.
+    let late = l
+        .ingest(&[usage("q", "acme", "2026-11-02T00:00:00Z", 3600)], &[])
+        .unwrap();
+    assert_eq!(late.voucher_fen, 0);
+    // Replaying the split records changes nothing.
+    let again = l.ingest(&[u], &[tk]).unwrap();
+    assert_eq!((again.usage_new, again.tokens_new), (0, 0));
+    let oct_again = l
+        .statement_as_of("acme", Month::parse("2026-10").unwrap(), now)
+        .unwrap();
+    assert_eq!(oct_again, oct);
+    assert_eq!(l.trial_balance().unwrap(), 0);
+}
+
 type Case = (&'static str, fn(&dyn Fn() -> Ledger));
 
 const CASES: &[Case] = &[
@@ -612,6 +729,10 @@ const CASES: &[Case] = &[
     ),
     ("audit_cursor", case_audit_cursor),
     ("statement_csv", case_statement_csv),
+    (
+        "month_split_and_lapsed_vouchers",
+        case_month_split_and_lapsed_vouchers,
+    ),
 ];
 
 fn run_suite(backend: &str, open: &dyn Fn() -> Ledger) {
@@ -886,8 +1007,12 @@ fn kill9_during_ingestion(url: &str, reference_url: &str, dir: &std::path::Path)
     for tenant in ["acme", "beta"] {
         let m = Month::parse("2026-11").unwrap();
         assert_eq!(
-            ledger.statement(tenant, m).unwrap(),
-            reference.statement(tenant, m).unwrap()
+            ledger
+                .statement_as_of(tenant, m, t("2026-11-25T00:00:00Z"))
+                .unwrap(),
+            reference
+                .statement_as_of(tenant, m, t("2026-11-25T00:00:00Z"))
+                .unwrap()
         );
         assert_eq!(
             ledger.account_balance(&format!("tenant:{tenant}")).unwrap(),

@@ -14,7 +14,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams,
 use kube::runtime::watcher;
 use serde_json::{json, Value};
 use zhisuan::operator::controller::{Controller, ControllerConfig};
-use zhisuan::operator::crd::{TenantQuota, TrainingJob};
+use zhisuan::operator::crd::{ComputeRegion, TenantQuota, TrainingJob};
 use zhisuan::operator::leader::{Leadership, LeaseTiming};
 
 fn pod(name: &str) -> Pod {
@@ -497,6 +497,104 @@ async fn quota_blocks_then_admits() {
         .await
         .unwrap();
     assert_eq!(q.data["status"]["usedMilliGpus"], 16000);
+}
+
+async fn compute_region(server: &ApiServer, name: &str, spec: Value) {
+    create_raw(
+        server,
+        &ApiResource::erase::<ComputeRegion>(&()),
+        None,
+        json!({"apiVersion": "zhisuan.io/v1alpha1", "kind": "ComputeRegion",
+               "metadata": {"name": name}, "spec": spec}),
+    )
+    .await;
+}
+
+fn scheduled_message(status: &Value) -> String {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Scheduled"))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// ComputeRegions form the region planner's catalog: an unconstrained job
+/// goes to the greener region with the explanation in its condition, a
+/// residency constraint forces the other, and a member-cluster region is
+/// flagged and never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compute_regions_choose_the_region_and_explain_it() {
+    let server = ApiServer::start().await;
+    add_node(&server, "zw-1", "dc-zw", "H100", 8).await;
+    add_node(&server, "sh-1", "dc-sh", "H100", 8).await;
+    add_node(&server, "far-1", "dc-far", "H100", 8).await;
+    let region = |cluster: &str, side: &str, green: f64, dc: &str| {
+        json!({"hub": cluster, "cluster": cluster, "side": side, "pue": 1.2,
+               "greenShare": green, "electricityFenPerKwh": 40, "gridKgCo2PerKwh": 0.6,
+               "nodeSelector": {"zhisuan.io/region": dc}})
+    };
+    compute_region(&server, "zhongwei", region("中卫", "west", 0.8, "dc-zw")).await;
+    compute_region(&server, "shanghai", region("上海", "east", 0.1, "dc-sh")).await;
+    let mut member = region("远端", "west", 1.0, "dc-far");
+    member["kubeconfigSecretRef"] = json!({"name": "far-kubeconfig", "namespace": "zhisuan"});
+    compute_region(&server, "far", member).await;
+    quota(&server, "acme", None, json!({})).await;
+    let _c = start_controller(&server, "c1", Duration::from_secs(2));
+
+    job(&server, "free", "acme", 1, 8).await;
+    let mut resident = job_json("resident", "acme", 1, 8);
+    resident["spec"]["regions"] = json!({"residency": ["shanghai"]});
+    create_raw(&server, &tj_ar(), Some("ml"), resident).await;
+    let mut nowhere = job_json("nowhere", "acme", 1, 1);
+    nowhere["spec"]["regions"] = json!({"residency": ["atlantis"]});
+    create_raw(&server, &tj_ar(), Some("ml"), nowhere).await;
+
+    for name in ["free", "resident"] {
+        eventually(15, &format!("{name} runs"), || async {
+            phase(&server, name).await == "Running"
+        })
+        .await;
+    }
+    let free = status_of(&server, "free").await;
+    assert_eq!(free["placement"]["region"], "zhongwei", "{free}");
+    let why = scheduled_message(&free);
+    assert!(
+        why.contains("placed in zhongwei (中卫) by policy green"),
+        "{why}"
+    );
+    assert_eq!(pods_of(&server, "free")["free-0"].0, "zw-1");
+    // The greener region is free, yet residency forces shanghai.
+    let resident = status_of(&server, "resident").await;
+    assert_eq!(resident["placement"]["region"], "shanghai", "{resident}");
+    assert_eq!(pods_of(&server, "resident")["resident-0"].0, "sh-1");
+    assert!(scheduled_message(&resident).contains("shanghai (上海)"));
+
+    // An unknown residency region is explained, naming the field.
+    eventually(15, "nowhere explained", || async {
+        let s = status_of(&server, "nowhere").await;
+        s["reason"] == "Unschedulable"
+            && scheduled_message(&s).contains("spec.regions.residency")
+            && scheduled_message(&s).contains("atlantis")
+    })
+    .await;
+    assert!(pods_of(&server, "nowhere").is_empty());
+    // The member-cluster region is flagged, and nothing ran on its node.
+    let regions = dynamic_api(&server, &ApiResource::erase::<ComputeRegion>(&()), None);
+    eventually(15, "far flagged", || async {
+        let far = regions.get("far").await.unwrap();
+        far.data["status"]["conditions"][0]["reason"] == "MemberClusterUnsupported"
+    })
+    .await;
+    eventually(15, "zhongwei status counts its GPUs", || async {
+        let zw = regions.get("zhongwei").await.unwrap();
+        zw.data["status"]["gpus"] == 8 && zw.data["status"]["gpusAllocated"] == 8.0
+    })
+    .await;
+    assert!(server
+        .objects("v1/pods")
+        .iter()
+        .all(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) != Some("far-1")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,5 +35,5 @@ pub use store::{hash_api_key, IngestReport, Ledger, MonthUse, UsageSummary};
 pub use tokens::{counter_delta, TokenCounterNames, TokenDelta, TokenMeter};
 pub use types::{
     AuditEvent, ChargeKind, MeteredTokens, MeteredUsage, Month, Quota, Tenant, Tier, TokenRecord,
-    UsageRecord, Voucher, VoucherSpec,
+    UsageRecord, Voucher, VoucherSpec, VoucherStatus,
 };

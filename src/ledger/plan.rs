@@ -12,7 +12,7 @@
 use super::error::Result;
 use super::money::Fen;
 use super::rating::RateBook;
-use super::types::{ChargeKind, MeteredTokens, MeteredUsage};
+use super::types::{ChargeKind, MeteredTokens, MeteredUsage, Month, Tier};
 use super::vouchers::VoucherBook;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -48,6 +48,50 @@ pub struct Redemption {
     pub at_s: i64,
 }
 
+/// A monthly usage rollup row: what a statement reads instead of the raw rows.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UsageKey {
+    pub tenant: String,
+    pub month: Month,
+    pub model: String,
+    pub region: String,
+}
+
+/// Sums of the usage rows under one [`UsageKey`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageSums {
+    pub records: i64,
+    pub milli_gpu_s: i64,
+    pub gpu_fen: Fen,
+    pub gpu_voucher_fen: Fen,
+    pub it_energy_j: i64,
+    pub facility_j: i64,
+    pub carbon_mg: i64,
+    pub energy_fen: Fen,
+    pub energy_voucher_fen: Fen,
+}
+
+/// A monthly token rollup row.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenKey {
+    pub tenant: String,
+    pub month: Month,
+    pub tier: Tier,
+}
+
+/// Sums of the token rows under one [`TokenKey`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenSums {
+    pub records: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub fen: Fen,
+    pub voucher_fen: Fen,
+}
+
+/// A monthly redemption rollup row: (tenant, month, voucher).
+pub type RedemptionKey = (String, Month, String);
+
 /// Everything one ingestion batch writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchPlan {
@@ -61,6 +105,12 @@ pub struct BatchPlan {
     pub postings: BTreeMap<String, Fen>,
     /// Per voucher: (fen drawn, charges drawn on), for balances and the audit log.
     pub voucher_draws: BTreeMap<String, (Fen, i64)>,
+    /// Monthly rollups of exactly the rows above (a record's month is the
+    /// month its interval starts in), added to the stored rollups in the
+    /// same transaction.
+    pub usage_rollup: BTreeMap<UsageKey, UsageSums>,
+    pub token_rollup: BTreeMap<TokenKey, TokenSums>,
+    pub redemption_rollup: BTreeMap<RedemptionKey, Fen>,
 }
 
 impl BatchPlan {
@@ -211,7 +261,85 @@ pub fn plan_batch(
     }
     plan.postings.retain(|_, v| *v != 0);
     plan.entry_id = format!("batch-{}", hex::encode(&hasher.finalize()[..16]));
+    roll_up(&mut plan);
     Ok(plan)
+}
+
+/// Sums the batch's rows per rollup key. Keys borrow from the rows while
+/// summing, so only one owned key is built per distinct key, not per row.
+fn roll_up(plan: &mut BatchPlan) {
+    let mut usage: BTreeMap<(&str, Month, &str, &str), UsageSums> = BTreeMap::new();
+    for r in &plan.usage {
+        let u = &r.usage;
+        let key = (
+            u.tenant.as_str(),
+            Month::of_s(u.start_s),
+            u.model.as_str(),
+            u.region.as_str(),
+        );
+        let s = usage.entry(key).or_default();
+        s.records += 1;
+        s.milli_gpu_s += u.milli_gpu_s;
+        s.gpu_fen += r.gpu_fen;
+        s.gpu_voucher_fen += r.gpu_voucher_fen;
+        s.it_energy_j += u.it_energy_j;
+        s.facility_j += u.facility_j;
+        s.carbon_mg += u.carbon_mg;
+        s.energy_fen += r.energy_fen;
+        s.energy_voucher_fen += r.energy_voucher_fen;
+    }
+    let usage: BTreeMap<UsageKey, UsageSums> = usage
+        .into_iter()
+        .map(|((tenant, month, model, region), s)| {
+            let key = UsageKey {
+                tenant: tenant.to_string(),
+                month,
+                model: model.to_string(),
+                region: region.to_string(),
+            };
+            (key, s)
+        })
+        .collect();
+    let mut tokens: BTreeMap<(&str, Month, Tier), TokenSums> = BTreeMap::new();
+    for r in &plan.tokens {
+        let t = &r.tokens;
+        let s = tokens
+            .entry((t.tenant.as_str(), Month::of_s(t.start_s), t.tier))
+            .or_default();
+        s.records += 1;
+        s.prompt_tokens += t.prompt_tokens;
+        s.completion_tokens += t.completion_tokens;
+        s.fen += r.fen;
+        s.voucher_fen += r.voucher_fen;
+    }
+    let tokens: BTreeMap<TokenKey, TokenSums> = tokens
+        .into_iter()
+        .map(|((tenant, month, tier), s)| {
+            let key = TokenKey {
+                tenant: tenant.to_string(),
+                month,
+                tier,
+            };
+            (key, s)
+        })
+        .collect();
+    let mut redeemed: BTreeMap<(&str, Month, &str), Fen> = BTreeMap::new();
+    for d in &plan.redemptions {
+        *redeemed
+            .entry((
+                d.tenant.as_str(),
+                Month::of_s(d.at_s),
+                d.voucher_id.as_str(),
+            ))
+            .or_default() += d.fen;
+    }
+    let redeemed: BTreeMap<RedemptionKey, Fen> = redeemed
+        .into_iter()
+        .map(|((t, m, v), fen)| ((t.to_string(), m, v.to_string()), fen))
+        .collect();
+    plan.usage_rollup = usage;
+    plan.token_rollup = tokens;
+    plan.redemption_rollup = redeemed;
 }
 
 #[cfg(test)]

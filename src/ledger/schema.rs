@@ -6,9 +6,10 @@ use super::error::Result;
 use super::sql::{Backend, Conn, Val};
 
 /// (version, SQL). Append only: never edit a released migration.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE tenants (
     name TEXT PRIMARY KEY,
     parent TEXT REFERENCES tenants(name),
@@ -132,14 +133,147 @@ CREATE TABLE audit (
     detail TEXT NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Record tables keyed by (start, id) instead of the id alone: an id
+-- determines its start, so uniqueness is the same, but new records land at
+-- the recent end of the key order instead of at random pages (hash ids),
+-- which keeps each batch's dirty pages (and WAL) small.
+CREATE TABLE usage_v2 (
+    id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    job TEXT NOT NULL,
+    region TEXT NOT NULL,
+    node TEXT NOT NULL,
+    model TEXT NOT NULL,
+    gpu_milli BIGINT NOT NULL,
+    start_s BIGINT NOT NULL,
+    end_s BIGINT NOT NULL,
+    milli_gpu_s BIGINT NOT NULL,
+    it_energy_j BIGINT NOT NULL,
+    pue_milli BIGINT NOT NULL,
+    facility_j BIGINT NOT NULL,
+    green_milli BIGINT NOT NULL,
+    grid_mg_per_kwh BIGINT NOT NULL,
+    carbon_mg BIGINT NOT NULL,
+    rate_version BIGINT NOT NULL,
+    gpu_fen BIGINT NOT NULL,
+    gpu_voucher_fen BIGINT NOT NULL CHECK (gpu_voucher_fen >= 0 AND gpu_voucher_fen <= gpu_fen),
+    energy_fen BIGINT NOT NULL,
+    energy_voucher_fen BIGINT NOT NULL CHECK (energy_voucher_fen >= 0 AND energy_voucher_fen <= energy_fen),
+    batch TEXT NOT NULL,
+    PRIMARY KEY (start_s, id)
+);
+INSERT INTO usage_v2 SELECT * FROM usage;
+DROP TABLE usage;
+ALTER TABLE usage_v2 RENAME TO usage;
+CREATE INDEX usage_tenant_start ON usage (tenant, start_s);
+CREATE TABLE tokens_v2 (
+    id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    service TEXT NOT NULL,
+    model TEXT NOT NULL,
+    region TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    start_s BIGINT NOT NULL,
+    end_s BIGINT NOT NULL,
+    prompt_tokens BIGINT NOT NULL CHECK (prompt_tokens >= 0),
+    completion_tokens BIGINT NOT NULL CHECK (completion_tokens >= 0),
+    rate_version BIGINT NOT NULL,
+    fen BIGINT NOT NULL,
+    voucher_fen BIGINT NOT NULL CHECK (voucher_fen >= 0 AND voucher_fen <= fen),
+    batch TEXT NOT NULL,
+    PRIMARY KEY (start_s, id)
+);
+INSERT INTO tokens_v2 SELECT * FROM tokens;
+DROP TABLE tokens;
+ALTER TABLE tokens_v2 RENAME TO tokens;
+CREATE INDEX tokens_tenant_start ON tokens (tenant, start_s);
+CREATE TABLE redemptions_v2 (
+    record_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    voucher_id TEXT NOT NULL REFERENCES vouchers(id),
+    tenant TEXT NOT NULL,
+    fen BIGINT NOT NULL CHECK (fen > 0),
+    at_s BIGINT NOT NULL,
+    PRIMARY KEY (at_s, record_id, kind, voucher_id)
+);
+INSERT INTO redemptions_v2 SELECT * FROM redemptions;
+DROP TABLE redemptions;
+ALTER TABLE redemptions_v2 RENAME TO redemptions;
+CREATE INDEX redemptions_tenant_at ON redemptions (tenant, at_s);
+CREATE TABLE usage_rollup (
+    tenant TEXT NOT NULL,
+    month TEXT NOT NULL,
+    model TEXT NOT NULL,
+    region TEXT NOT NULL,
+    records BIGINT NOT NULL,
+    milli_gpu_s BIGINT NOT NULL,
+    gpu_fen BIGINT NOT NULL,
+    gpu_voucher_fen BIGINT NOT NULL,
+    it_energy_j BIGINT NOT NULL,
+    facility_j BIGINT NOT NULL,
+    carbon_mg BIGINT NOT NULL,
+    energy_fen BIGINT NOT NULL,
+    energy_voucher_fen BIGINT NOT NULL,
+    PRIMARY KEY (tenant, month, model, region)
+);
+CREATE TABLE tokens_rollup (
+    tenant TEXT NOT NULL,
+    month TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    records BIGINT NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    fen BIGINT NOT NULL,
+    voucher_fen BIGINT NOT NULL,
+    PRIMARY KEY (tenant, month, tier)
+);
+CREATE TABLE redemptions_rollup (
+    tenant TEXT NOT NULL,
+    month TEXT NOT NULL,
+    voucher_id TEXT NOT NULL,
+    fen BIGINT NOT NULL,
+    PRIMARY KEY (tenant, month, voucher_id)
+);
+INSERT INTO usage_rollup
+SELECT tenant, {month(start_s)}, model, region, COUNT(*), CAST(SUM(milli_gpu_s) AS BIGINT),
+       CAST(SUM(gpu_fen) AS BIGINT), CAST(SUM(gpu_voucher_fen) AS BIGINT), CAST(SUM(it_energy_j) AS BIGINT),
+       CAST(SUM(facility_j) AS BIGINT), CAST(SUM(carbon_mg) AS BIGINT), CAST(SUM(energy_fen) AS BIGINT),
+       CAST(SUM(energy_voucher_fen) AS BIGINT)
+FROM usage GROUP BY tenant, {month(start_s)}, model, region;
+INSERT INTO tokens_rollup
+SELECT tenant, {month(start_s)}, tier, COUNT(*), CAST(SUM(prompt_tokens) AS BIGINT),
+       CAST(SUM(completion_tokens) AS BIGINT), CAST(SUM(fen) AS BIGINT), CAST(SUM(voucher_fen) AS BIGINT)
+FROM tokens GROUP BY tenant, {month(start_s)}, tier;
+INSERT INTO redemptions_rollup
+SELECT tenant, {month(at_s)}, voucher_id, CAST(SUM(fen) AS BIGINT)
+FROM redemptions GROUP BY tenant, {month(at_s)}, voucher_id
+"#,
+    ),
+];
 
 fn dialect(sql: &str, backend: Backend) -> String {
     let serial = match backend {
         Backend::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
         Backend::Postgres => "BIGSERIAL PRIMARY KEY",
     };
-    sql.replace("{serial}", serial)
+    let mut sql = sql.replace("{serial}", serial);
+    // `YYYY-MM` (UTC) of a unix-seconds column, as `Month`'s Display writes it.
+    for col in ["start_s", "at_s"] {
+        let month = match backend {
+            Backend::Sqlite => format!("strftime('%Y-%m', {col}, 'unixepoch')"),
+            Backend::Postgres => {
+                format!("to_char(to_timestamp({col}) AT TIME ZONE 'UTC', 'YYYY-MM')")
+            }
+        };
+        sql = sql.replace(&format!("{{month({col})}}"), &month);
+    }
+    sql
 }
 
 /// Applies the migrations not yet applied. Safe to call concurrently from

@@ -1,8 +1,9 @@
 //! The two storage backends behind one small SQL interface, so every ledger
 //! operation is written once. Queries use `$1…` placeholders (PostgreSQL
 //! style); the SQLite side rewrites them to `?1…`. Bulk inserts, the hot path,
-//! are per backend: prepared statements in SQLite, `UNNEST` arrays in
-//! PostgreSQL (one round trip per batch).
+//! describe each table once ([`BulkRow`]); each backend has one routine for
+//! all of them: a reused prepared statement in SQLite, `COPY … BINARY` in
+//! PostgreSQL (one stream per table per batch).
 
 use super::error::{LedgerError, Result};
 use super::plan::{Redemption, TokenRow, UsageRow};
@@ -70,11 +71,165 @@ pub enum Backend {
 pub(crate) trait Tx {
     fn exec(&mut self, sql: &str, p: &[Val]) -> Result<u64>;
     fn rows(&mut self, sql: &str, p: &[Val]) -> Result<Vec<Vec<Cell>>>;
-    /// Which of `ids` already exist in `table` (`usage` or `tokens`).
-    fn existing(&mut self, table: &'static str, ids: &[&str]) -> Result<HashSet<String>>;
-    fn insert_usage(&mut self, rows: &[UsageRow], batch: &str) -> Result<()>;
-    fn insert_tokens(&mut self, rows: &[TokenRow], batch: &str) -> Result<()>;
-    fn insert_redemptions(&mut self, rows: &[Redemption]) -> Result<()>;
+    /// Which of `keys` — (start_s, id) — already exist in `table` (`usage`
+    /// or `tokens`, both keyed by (start_s, id)); returns their ids.
+    fn existing(&mut self, table: &'static str, keys: &[(i64, &str)]) -> Result<HashSet<String>>;
+    /// Appends rows (ids already known to be new).
+    fn insert(&mut self, rows: Rows<'_>) -> Result<()>;
+}
+
+/// The type of a bulk-inserted column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ty {
+    Text,
+    Int,
+}
+
+/// A row of a bulk-inserted table, read column by column, so each backend
+/// writes every table with one routine.
+pub(crate) trait BulkRow {
+    const TABLE: &'static str;
+    /// Column names and types, in [`BulkRow::col`] order.
+    const COLUMNS: &'static [(&'static str, Ty)];
+    /// Column `i`; `batch` is the journal entry id (for tables that keep it).
+    fn col<'a>(&'a self, i: usize, batch: &'a str) -> Val<'a>;
+}
+
+/// The rows one ingestion batch appends, per table.
+pub(crate) enum Rows<'a> {
+    Usage(&'a [UsageRow], &'a str),
+    Tokens(&'a [TokenRow], &'a str),
+    Redemptions(&'a [Redemption]),
+}
+
+use Ty::{Int, Text};
+
+impl BulkRow for UsageRow {
+    const TABLE: &'static str = "usage";
+    const COLUMNS: &'static [(&'static str, Ty)] = &[
+        ("id", Text),
+        ("source", Text),
+        ("tenant", Text),
+        ("job", Text),
+        ("region", Text),
+        ("node", Text),
+        ("model", Text),
+        ("gpu_milli", Int),
+        ("start_s", Int),
+        ("end_s", Int),
+        ("milli_gpu_s", Int),
+        ("it_energy_j", Int),
+        ("pue_milli", Int),
+        ("facility_j", Int),
+        ("green_milli", Int),
+        ("grid_mg_per_kwh", Int),
+        ("carbon_mg", Int),
+        ("rate_version", Int),
+        ("gpu_fen", Int),
+        ("gpu_voucher_fen", Int),
+        ("energy_fen", Int),
+        ("energy_voucher_fen", Int),
+        ("batch", Text),
+    ];
+    fn col<'a>(&'a self, i: usize, batch: &'a str) -> Val<'a> {
+        let u = &self.usage;
+        match i {
+            0 => Val::T(&u.id),
+            1 => Val::T(&u.source),
+            2 => Val::T(&u.tenant),
+            3 => Val::T(&u.job),
+            4 => Val::T(&u.region),
+            5 => Val::T(&u.node),
+            6 => Val::T(&u.model),
+            7 => Val::I(u.gpu_milli),
+            8 => Val::I(u.start_s),
+            9 => Val::I(u.end_s),
+            10 => Val::I(u.milli_gpu_s),
+            11 => Val::I(u.it_energy_j),
+            12 => Val::I(u.pue_milli),
+            13 => Val::I(u.facility_j),
+            14 => Val::I(u.green_milli),
+            15 => Val::I(u.grid_mg_per_kwh),
+            16 => Val::I(u.carbon_mg),
+            17 => Val::I(self.rate_version),
+            18 => Val::I(self.gpu_fen),
+            19 => Val::I(self.gpu_voucher_fen),
+            20 => Val::I(self.energy_fen),
+            21 => Val::I(self.energy_voucher_fen),
+            _ => Val::T(batch),
+        }
+    }
+}
+
+impl BulkRow for TokenRow {
+    const TABLE: &'static str = "tokens";
+    const COLUMNS: &'static [(&'static str, Ty)] = &[
+        ("id", Text),
+        ("source", Text),
+        ("tenant", Text),
+        ("service", Text),
+        ("model", Text),
+        ("region", Text),
+        ("tier", Text),
+        ("start_s", Int),
+        ("end_s", Int),
+        ("prompt_tokens", Int),
+        ("completion_tokens", Int),
+        ("rate_version", Int),
+        ("fen", Int),
+        ("voucher_fen", Int),
+        ("batch", Text),
+    ];
+    fn col<'a>(&'a self, i: usize, batch: &'a str) -> Val<'a> {
+        let t = &self.tokens;
+        match i {
+            0 => Val::T(&t.id),
+            1 => Val::T(&t.source),
+            2 => Val::T(&t.tenant),
+            3 => Val::T(&t.service),
+            4 => Val::T(&t.model),
+            5 => Val::T(&t.region),
+            6 => Val::T(t.tier.as_str()),
+            7 => Val::I(t.start_s),
+            8 => Val::I(t.end_s),
+            9 => Val::I(t.prompt_tokens),
+            10 => Val::I(t.completion_tokens),
+            11 => Val::I(self.rate_version),
+            12 => Val::I(self.fen),
+            13 => Val::I(self.voucher_fen),
+            _ => Val::T(batch),
+        }
+    }
+}
+
+impl BulkRow for Redemption {
+    const TABLE: &'static str = "redemptions";
+    const COLUMNS: &'static [(&'static str, Ty)] = &[
+        ("record_id", Text),
+        ("kind", Text),
+        ("voucher_id", Text),
+        ("tenant", Text),
+        ("fen", Int),
+        ("at_s", Int),
+    ];
+    fn col<'a>(&'a self, i: usize, _batch: &'a str) -> Val<'a> {
+        match i {
+            0 => Val::T(&self.record_id),
+            1 => Val::T(self.kind.as_str()),
+            2 => Val::T(&self.voucher_id),
+            3 => Val::T(&self.tenant),
+            4 => Val::I(self.fen),
+            _ => Val::I(self.at_s),
+        }
+    }
+}
+
+fn column_list(columns: &[(&str, Ty)]) -> String {
+    columns
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An open connection.
@@ -195,124 +350,78 @@ impl Tx for SqliteTx<'_> {
         Ok(out)
     }
 
-    fn existing(&mut self, table: &'static str, ids: &[&str]) -> Result<HashSet<String>> {
-        let mut st = self
-            .0
-            .prepare_cached(&format!("SELECT 1 FROM {table} WHERE id = ?1"))?;
+    fn existing(&mut self, table: &'static str, keys: &[(i64, &str)]) -> Result<HashSet<String>> {
+        let mut st = self.0.prepare_cached(&format!(
+            "SELECT 1 FROM {table} WHERE start_s = ?1 AND id = ?2"
+        ))?;
         let mut out = HashSet::new();
-        for id in ids {
-            if st.exists([id])? {
+        for (start_s, id) in keys {
+            if st.exists(rusqlite::params![start_s, id])? {
                 out.insert(id.to_string());
             }
         }
         Ok(out)
     }
 
-    fn insert_usage(&mut self, rows: &[UsageRow], batch: &str) -> Result<()> {
-        let mut st = self.0.prepare_cached(USAGE_INSERT_SQLITE)?;
-        for r in rows {
-            let u = &r.usage;
-            st.execute(rusqlite::params![
-                u.id,
-                u.source,
-                u.tenant,
-                u.job,
-                u.region,
-                u.node,
-                u.model,
-                u.gpu_milli,
-                u.start_s,
-                u.end_s,
-                u.milli_gpu_s,
-                u.it_energy_j,
-                u.pue_milli,
-                u.facility_j,
-                u.green_milli,
-                u.grid_mg_per_kwh,
-                u.carbon_mg,
-                r.rate_version,
-                r.gpu_fen,
-                r.gpu_voucher_fen,
-                r.energy_fen,
-                r.energy_voucher_fen,
-                batch
-            ])?;
+    fn insert(&mut self, rows: Rows<'_>) -> Result<()> {
+        match rows {
+            Rows::Usage(r, batch) => sqlite_insert(&self.0, r, batch),
+            Rows::Tokens(r, batch) => sqlite_insert(&self.0, r, batch),
+            Rows::Redemptions(r) => sqlite_insert(&self.0, r, ""),
         }
-        Ok(())
-    }
-
-    fn insert_tokens(&mut self, rows: &[TokenRow], batch: &str) -> Result<()> {
-        let mut st = self.0.prepare_cached(TOKENS_INSERT_SQLITE)?;
-        for r in rows {
-            let t = &r.tokens;
-            st.execute(rusqlite::params![
-                t.id,
-                t.source,
-                t.tenant,
-                t.service,
-                t.model,
-                t.region,
-                t.tier.as_str(),
-                t.start_s,
-                t.end_s,
-                t.prompt_tokens,
-                t.completion_tokens,
-                r.rate_version,
-                r.fen,
-                r.voucher_fen,
-                batch
-            ])?;
-        }
-        Ok(())
-    }
-
-    fn insert_redemptions(&mut self, rows: &[Redemption]) -> Result<()> {
-        let mut st = self.0.prepare_cached(
-            "INSERT INTO redemptions (record_id, kind, voucher_id, tenant, fen, at_s) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        for r in rows {
-            st.execute(rusqlite::params![
-                r.record_id,
-                r.kind.as_str(),
-                r.voucher_id,
-                r.tenant,
-                r.fen,
-                r.at_s
-            ])?;
-        }
-        Ok(())
     }
 }
 
-const USAGE_COLUMNS: &str =
-    "id, source, tenant, job, region, node, model, gpu_milli, start_s, end_s, \
-    milli_gpu_s, it_energy_j, pue_milli, facility_j, green_milli, grid_mg_per_kwh, carbon_mg, \
-    rate_version, gpu_fen, gpu_voucher_fen, energy_fen, energy_voucher_fen, batch";
+/// One prepared statement, bound and stepped once per row.
+fn sqlite_insert<R: BulkRow>(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[R],
+    batch: &str,
+) -> Result<()> {
+    let placeholders: Vec<String> = (1..=R::COLUMNS.len()).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        R::TABLE,
+        column_list(R::COLUMNS),
+        placeholders.join(", ")
+    );
+    let mut st = tx.prepare_cached(&sql)?;
+    for r in rows {
+        for i in 0..R::COLUMNS.len() {
+            st.raw_bind_parameter(i + 1, r.col(i, batch))?;
+        }
+        st.raw_execute()?;
+    }
+    Ok(())
+}
 
-const USAGE_INSERT_SQLITE: &str = "INSERT INTO usage (id, source, tenant, job, region, node, model, gpu_milli, start_s, end_s, \
-    milli_gpu_s, it_energy_j, pue_milli, facility_j, green_milli, grid_mg_per_kwh, carbon_mg, \
-    rate_version, gpu_fen, gpu_voucher_fen, energy_fen, energy_voucher_fen, batch) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)";
+impl postgres::types::ToSql for Val<'_> {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut postgres::types::private::BytesMut,
+    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        use postgres::types::IsNull;
+        match self {
+            Val::I(v) if <i64 as postgres::types::ToSql>::accepts(ty) => v.to_sql(ty, out),
+            Val::T(s) if <&str as postgres::types::ToSql>::accepts(ty) => s.to_sql(ty, out),
+            Val::NullT => Ok(IsNull::Yes),
+            v => Err(format!("{v:?} does not fit a {ty} column").into()),
+        }
+    }
 
-const TOKENS_COLUMNS: &str = "id, source, tenant, service, model, region, tier, start_s, end_s, \
-    prompt_tokens, completion_tokens, rate_version, fen, voucher_fen, batch";
+    fn accepts(ty: &postgres::types::Type) -> bool {
+        <i64 as postgres::types::ToSql>::accepts(ty)
+            || <&str as postgres::types::ToSql>::accepts(ty)
+    }
 
-const TOKENS_INSERT_SQLITE: &str =
-    "INSERT INTO tokens (id, source, tenant, service, model, region, tier, start_s, end_s, \
-    prompt_tokens, completion_tokens, rate_version, fen, voucher_fen, batch) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
-
-static NULL_TEXT: Option<&'static str> = None;
+    postgres::types::to_sql_checked!();
+}
 
 fn pg_params<'a>(p: &'a [Val<'a>]) -> Vec<&'a (dyn postgres::types::ToSql + Sync)> {
     p.iter()
-        .map(|v| -> &(dyn postgres::types::ToSql + Sync) {
-            match v {
-                Val::I(i) => i,
-                Val::T(s) => s,
-                Val::NullT => &NULL_TEXT,
-            }
-        })
+        .map(|v| v as &(dyn postgres::types::ToSql + Sync))
         .collect()
 }
 
@@ -349,145 +458,58 @@ impl Tx for PgTx<'_> {
         Ok(out)
     }
 
-    fn existing(&mut self, table: &'static str, ids: &[&str]) -> Result<HashSet<String>> {
-        let ids: Vec<&str> = ids.to_vec();
+    fn existing(&mut self, table: &'static str, keys: &[(i64, &str)]) -> Result<HashSet<String>> {
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let starts: Vec<i64> = keys.iter().map(|k| k.0).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
         let rows = self.0.query(
-            &format!("SELECT id FROM {table} WHERE id = ANY($1)"),
-            &[&ids],
+            &format!(
+                "SELECT t.id FROM {table} t JOIN UNNEST($1::int8[], $2::text[]) AS k(start_s, id) \
+                 ON t.start_s = k.start_s AND t.id = k.id"
+            ),
+            &[&starts, &ids],
         )?;
         Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
     }
 
-    fn insert_usage(&mut self, rows: &[UsageRow], batch: &str) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
+    fn insert(&mut self, rows: Rows<'_>) -> Result<()> {
+        match rows {
+            Rows::Usage(r, batch) => pg_insert(&mut self.0, r, batch),
+            Rows::Tokens(r, batch) => pg_insert(&mut self.0, r, batch),
+            Rows::Redemptions(r) => pg_insert(&mut self.0, r, ""),
         }
-        macro_rules! col {
-            ($f:expr) => {
-                rows.iter().map($f).collect::<Vec<_>>()
-            };
-        }
-        let id = col!(|r| r.usage.id.as_str());
-        let source = col!(|r| r.usage.source.as_str());
-        let tenant = col!(|r| r.usage.tenant.as_str());
-        let job = col!(|r| r.usage.job.as_str());
-        let region = col!(|r| r.usage.region.as_str());
-        let node = col!(|r| r.usage.node.as_str());
-        let model = col!(|r| r.usage.model.as_str());
-        let gpu_milli = col!(|r| r.usage.gpu_milli);
-        let start_s = col!(|r| r.usage.start_s);
-        let end_s = col!(|r| r.usage.end_s);
-        let milli_gpu_s = col!(|r| r.usage.milli_gpu_s);
-        let it_energy_j = col!(|r| r.usage.it_energy_j);
-        let pue_milli = col!(|r| r.usage.pue_milli);
-        let facility_j = col!(|r| r.usage.facility_j);
-        let green_milli = col!(|r| r.usage.green_milli);
-        let grid = col!(|r| r.usage.grid_mg_per_kwh);
-        let carbon_mg = col!(|r| r.usage.carbon_mg);
-        let rate_version = col!(|r| r.rate_version);
-        let gpu_fen = col!(|r| r.gpu_fen);
-        let gpu_voucher_fen = col!(|r| r.gpu_voucher_fen);
-        let energy_fen = col!(|r| r.energy_fen);
-        let energy_voucher_fen = col!(|r| r.energy_voucher_fen);
-        let sql = format!(
-            "INSERT INTO usage ({USAGE_COLUMNS}) SELECT u.*, $23::text FROM UNNEST(\
-             $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-             $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], \
-             $15::int8[], $16::int8[], $17::int8[], $18::int8[], $19::int8[], $20::int8[], $21::int8[], \
-             $22::int8[]) AS u"
-        );
-        self.0.execute(
-            &sql,
-            &[
-                &id,
-                &source,
-                &tenant,
-                &job,
-                &region,
-                &node,
-                &model,
-                &gpu_milli,
-                &start_s,
-                &end_s,
-                &milli_gpu_s,
-                &it_energy_j,
-                &pue_milli,
-                &facility_j,
-                &green_milli,
-                &grid,
-                &carbon_mg,
-                &rate_version,
-                &gpu_fen,
-                &gpu_voucher_fen,
-                &energy_fen,
-                &energy_voucher_fen,
-                &batch,
-            ],
-        )?;
-        Ok(())
     }
+}
 
-    fn insert_tokens(&mut self, rows: &[TokenRow], batch: &str) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let id: Vec<&str> = rows.iter().map(|r| r.tokens.id.as_str()).collect();
-        let source: Vec<&str> = rows.iter().map(|r| r.tokens.source.as_str()).collect();
-        let tenant: Vec<&str> = rows.iter().map(|r| r.tokens.tenant.as_str()).collect();
-        let service: Vec<&str> = rows.iter().map(|r| r.tokens.service.as_str()).collect();
-        let model: Vec<&str> = rows.iter().map(|r| r.tokens.model.as_str()).collect();
-        let region: Vec<&str> = rows.iter().map(|r| r.tokens.region.as_str()).collect();
-        let tier: Vec<&str> = rows.iter().map(|r| r.tokens.tier.as_str()).collect();
-        let start_s: Vec<i64> = rows.iter().map(|r| r.tokens.start_s).collect();
-        let end_s: Vec<i64> = rows.iter().map(|r| r.tokens.end_s).collect();
-        let prompt: Vec<i64> = rows.iter().map(|r| r.tokens.prompt_tokens).collect();
-        let completion: Vec<i64> = rows.iter().map(|r| r.tokens.completion_tokens).collect();
-        let rate_version: Vec<i64> = rows.iter().map(|r| r.rate_version).collect();
-        let fen: Vec<i64> = rows.iter().map(|r| r.fen).collect();
-        let voucher_fen: Vec<i64> = rows.iter().map(|r| r.voucher_fen).collect();
-        let sql = format!(
-            "INSERT INTO tokens ({TOKENS_COLUMNS}) SELECT u.*, $15::text FROM UNNEST(\
-             $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-             $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::int8[]) AS u"
-        );
-        self.0.execute(
-            &sql,
-            &[
-                &id,
-                &source,
-                &tenant,
-                &service,
-                &model,
-                &region,
-                &tier,
-                &start_s,
-                &end_s,
-                &prompt,
-                &completion,
-                &rate_version,
-                &fen,
-                &voucher_fen,
-                &batch,
-            ],
-        )?;
-        Ok(())
+/// `COPY … FROM STDIN BINARY`: one stream per table per batch, no per-row
+/// statement or parameter parsing on the server.
+fn pg_insert<R: BulkRow>(
+    tx: &mut postgres::Transaction<'_>,
+    rows: &[R],
+    batch: &str,
+) -> Result<()> {
+    use postgres::types::Type;
+    if rows.is_empty() {
+        return Ok(());
     }
-
-    fn insert_redemptions(&mut self, rows: &[Redemption]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let record_id: Vec<&str> = rows.iter().map(|r| r.record_id.as_str()).collect();
-        let kind: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
-        let voucher_id: Vec<&str> = rows.iter().map(|r| r.voucher_id.as_str()).collect();
-        let tenant: Vec<&str> = rows.iter().map(|r| r.tenant.as_str()).collect();
-        let fen: Vec<i64> = rows.iter().map(|r| r.fen).collect();
-        let at_s: Vec<i64> = rows.iter().map(|r| r.at_s).collect();
-        self.0.execute(
-            "INSERT INTO redemptions (record_id, kind, voucher_id, tenant, fen, at_s) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])",
-            &[&record_id, &kind, &voucher_id, &tenant, &fen, &at_s],
-        )?;
-        Ok(())
+    let types: Vec<Type> = R::COLUMNS
+        .iter()
+        .map(|(_, ty)| match ty {
+            Ty::Text => Type::TEXT,
+            Ty::Int => Type::INT8,
+        })
+        .collect();
+    let sql = format!(
+        "COPY {} ({}) FROM STDIN BINARY",
+        R::TABLE,
+        column_list(R::COLUMNS)
+    );
+    let mut w = postgres::binary_copy::BinaryCopyInWriter::new(tx.copy_in(&sql)?, &types);
+    for r in rows {
+        w.write_raw((0..R::COLUMNS.len()).map(|i| r.col(i, batch)))?;
     }
+    w.finish()?;
+    Ok(())
 }

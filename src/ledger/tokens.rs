@@ -88,6 +88,11 @@ impl TokenMeter {
     pub fn forget(&mut self, source: &str) {
         self.last.retain(|(s, _), _| s != source);
     }
+
+    /// Forgets every source not in `live` (pods that are gone).
+    pub fn retain_sources(&mut self, live: &[&str]) {
+        self.last.retain(|(s, _), _| live.contains(&s.as_str()));
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! metered forms, vouchers, tenants, quotas, audit events, months.
 
 use super::error::{LedgerError, Result};
-use super::money::{mul_div_half_up, Fen, BP_ONE};
+use super::money::{mul_div_floor, mul_div_half_up, Fen, BP_ONE};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -237,6 +237,90 @@ impl UsageRecord {
     }
 }
 
+/// The pieces of [start, end) cut at UTC month boundaries, in order (one
+/// piece when the interval lies inside one month).
+fn month_pieces(start_s: i64, end_s: i64) -> impl Iterator<Item = (i64, i64)> {
+    let mut from = start_s;
+    std::iter::from_fn(move || {
+        if from >= end_s {
+            return None;
+        }
+        let to = Month::of_s(from).range_s().1.min(end_s);
+        let piece = (from, to);
+        from = to;
+        Some(piece)
+    })
+}
+
+/// Pro rata share of `total` for the piece [from, to) of an interval that
+/// starts at `start` and lasts `len` seconds, by the cumulative floor rule:
+/// `floor(total × (to − start) / len) − floor(total × (from − start) / len)`.
+/// Exact in integers: the pieces' shares add up to `total`, and each is
+/// within 1 of its proportional value (the remainder lands on the piece
+/// where the running sum crosses a whole unit).
+fn pro_rata(total: i64, start: i64, len: i64, from: i64, to: i64) -> i64 {
+    mul_div_floor(total, to - start, len) - mul_div_floor(total, from - start, len)
+}
+
+/// The id of one month's piece of a split record: derived from the whole
+/// record's id and the piece's start, so replays split to the same ids.
+fn piece_id(whole_id: &str, piece_start: i64) -> String {
+    let mut h = Sha256::new();
+    h.update(whole_id.as_bytes());
+    h.update([0]);
+    h.update(piece_start.to_le_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+/// A metered record that can be cut into per-month pieces.
+pub trait MonthPieces: Sized {
+    fn id(&self) -> &str;
+    /// [start, end) in unix seconds.
+    fn span(&self) -> (i64, i64);
+    /// The piece [from, to) with id `id`; `share` turns a whole-record
+    /// quantity into the piece's [`pro_rata`] share.
+    fn piece(&self, id: String, from: i64, to: i64, share: impl Fn(i64) -> i64) -> Self;
+}
+
+/// Appends `record` to `out`, split at UTC month boundaries when its
+/// interval crosses one, so each month's statement holds exactly its share.
+/// Quantities are split by [`pro_rata`]'s cumulative floor rule, so the
+/// pieces add up to the whole exactly. A piece's id derives from the whole
+/// record's id; a record inside one month is appended unchanged.
+pub fn split_by_month_into<R: MonthPieces>(record: R, out: &mut Vec<R>) {
+    let (start, end) = record.span();
+    if Month::of_s(start) == Month::of_s(end - 1) {
+        out.push(record);
+        return;
+    }
+    for (from, to) in month_pieces(start, end) {
+        let share = |v: i64| pro_rata(v, start, end - start, from, to);
+        out.push(record.piece(piece_id(record.id(), from), from, to, share));
+    }
+}
+
+impl MonthPieces for MeteredUsage {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn span(&self) -> (i64, i64) {
+        (self.start_s, self.end_s)
+    }
+    /// GPU time by seconds (exact); IT energy, facility energy and carbon pro rata.
+    fn piece(&self, id: String, from: i64, to: i64, share: impl Fn(i64) -> i64) -> Self {
+        MeteredUsage {
+            id,
+            start_s: from,
+            end_s: to,
+            milli_gpu_s: self.gpu_milli * (to - from),
+            it_energy_j: share(self.it_energy_j),
+            facility_j: share(self.facility_j),
+            carbon_mg: share(self.carbon_mg),
+            ..self.clone()
+        }
+    }
+}
+
 /// Tokens served by one inference service over one interval (from counter deltas).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -307,6 +391,26 @@ impl TokenRecord {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
         })
+    }
+}
+
+impl MonthPieces for MeteredTokens {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn span(&self) -> (i64, i64) {
+        (self.start_s, self.end_s)
+    }
+    /// Prompt and completion tokens pro rata.
+    fn piece(&self, id: String, from: i64, to: i64, share: impl Fn(i64) -> i64) -> Self {
+        MeteredTokens {
+            id,
+            start_s: from,
+            end_s: to,
+            prompt_tokens: share(self.prompt_tokens),
+            completion_tokens: share(self.completion_tokens),
+            ..self.clone()
+        }
     }
 }
 
@@ -395,6 +499,51 @@ impl Voucher {
             && end_s <= self.valid_until.timestamp()
             && (self.regions.is_empty() || self.regions.iter().any(|r| r == region))
             && (self.kinds.is_empty() || self.kinds.contains(&kind))
+    }
+}
+
+/// Where a voucher stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VoucherStatus {
+    /// Before `valid_from`: its balance cannot be drawn yet.
+    NotYetValid,
+    /// Inside the window with a positive balance.
+    Active,
+    /// Inside the window, fully drawn.
+    Exhausted,
+    /// At or after `valid_until`: whatever balance is left has lapsed and is
+    /// never spendable again.
+    Expired,
+}
+
+impl Voucher {
+    pub fn status_at(&self, at: DateTime<Utc>) -> VoucherStatus {
+        if at >= self.valid_until {
+            VoucherStatus::Expired
+        } else if at < self.valid_from {
+            VoucherStatus::NotYetValid
+        } else if self.balance_fen == 0 {
+            VoucherStatus::Exhausted
+        } else {
+            VoucherStatus::Active
+        }
+    }
+
+    /// What charges at `at` could still draw: the balance while active, else 0.
+    pub fn spendable_at(&self, at: DateTime<Utc>) -> Fen {
+        match self.status_at(at) {
+            VoucherStatus::Active => self.balance_fen,
+            _ => 0,
+        }
+    }
+
+    /// The balance that lapsed unused, once expired (0 before).
+    pub fn lapsed_at(&self, at: DateTime<Utc>) -> Fen {
+        match self.status_at(at) {
+            VoucherStatus::Expired => self.balance_fen,
+            _ => 0,
+        }
     }
 }
 
@@ -543,6 +692,11 @@ impl Month {
         }
     }
 
+    /// The month containing unix second `s`.
+    pub fn of_s(s: i64) -> Month {
+        Month::of(DateTime::from_timestamp(s, 0).unwrap_or_default())
+    }
+
     pub fn start(self) -> DateTime<Utc> {
         Utc.from_utc_datetime(
             &NaiveDate::from_ymd_opt(self.year, self.month, 1)
@@ -633,6 +787,81 @@ mod tests {
         let mut r = usage("p", 100, 60);
         r.it_energy_j = -1;
         assert_eq!(r.meter().unwrap_err().field(), Some("it_energy_j"));
+    }
+
+    #[test]
+    fn a_record_crossing_month_ends_is_split_pro_rata_exactly() {
+        // 2026-10-31T23:00Z for 26 h: 1 h in October, then 25 h in November.
+        let start = Utc
+            .with_ymd_and_hms(2026, 10, 31, 23, 0, 0)
+            .unwrap()
+            .timestamp();
+        let mut r = usage("pod-1", start, 26 * 3600);
+        r.it_energy_j = 1_000_003; // not divisible by 26
+        let whole = r.meter().unwrap();
+        let mut pieces = vec![];
+        split_by_month_into(whole.clone(), &mut pieces);
+        assert_eq!(pieces.len(), 2);
+        let (oct, nov) = (&pieces[0], &pieces[1]);
+        assert_eq!((oct.start_s, oct.end_s), (start, start + 3600));
+        assert_eq!((nov.start_s, nov.end_s), (start + 3600, start + 26 * 3600));
+        assert_eq!(oct.milli_gpu_s, 3_600_000);
+        assert_eq!(nov.milli_gpu_s, 25 * 3_600_000);
+        // floor(1_000_003 / 26) = 38_461; November takes the rest.
+        assert_eq!(oct.it_energy_j, 38_461);
+        assert_eq!(nov.it_energy_j, 1_000_003 - 38_461);
+        for f in [
+            |m: &MeteredUsage| m.facility_j,
+            |m: &MeteredUsage| m.carbon_mg,
+            |m: &MeteredUsage| m.milli_gpu_s,
+        ] {
+            assert_eq!(f(oct) + f(nov), f(&whole));
+        }
+        assert_ne!(oct.id, nov.id);
+        assert_ne!(oct.id, whole.id);
+        let mut again = vec![];
+        split_by_month_into(whole.clone(), &mut again);
+        assert_eq!(again, pieces, "deterministic ids and shares");
+        // Ends exactly at a month boundary: not split.
+        let r = usage("pod-2", start, 3600).meter().unwrap();
+        let mut one = vec![];
+        split_by_month_into(r.clone(), &mut one);
+        assert_eq!(one, vec![r]);
+    }
+
+    #[test]
+    fn a_token_record_spanning_three_months_splits_into_three() {
+        let start = Utc.with_ymd_and_hms(2026, 10, 31, 0, 0, 0).unwrap();
+        let end = Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
+        let t = TokenRecord {
+            source: "pod".into(),
+            tenant: "acme".into(),
+            service: "ns/chat".into(),
+            model: "qwen".into(),
+            region: "gansu".into(),
+            tier: Tier::Basic,
+            start,
+            end,
+            prompt_tokens: 1_000_000_007,
+            completion_tokens: 5,
+        };
+        let m = t.meter().unwrap();
+        let mut pieces = vec![];
+        split_by_month_into(m.clone(), &mut pieces);
+        let months: Vec<String> = pieces
+            .iter()
+            .map(|p| Month::of_s(p.start_s).to_string())
+            .collect();
+        assert_eq!(months, ["2026-10", "2026-11", "2026-12"]);
+        assert_eq!(
+            pieces.iter().map(|p| p.prompt_tokens).sum::<i64>(),
+            m.prompt_tokens
+        );
+        assert_eq!(pieces.iter().map(|p| p.completion_tokens).sum::<i64>(), 5);
+        // 2 + 60 + 1 = 63 half-days. October: floor(5 × 2 / 63) = 0;
+        // November: floor(5 × 62 / 63) − 0 = 4; December: the remaining 1.
+        let completion: Vec<i64> = pieces.iter().map(|p| p.completion_tokens).collect();
+        assert_eq!(completion, [0, 4, 1]);
     }
 
     #[test]

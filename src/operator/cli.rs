@@ -47,6 +47,11 @@ pub struct ControllerArgs {
     /// Seconds between passes when nothing changes.
     #[arg(long, default_value_t = 5)]
     pub resync_s: u64,
+    /// Ledger with the month-to-date use that TenantQuotas' monthly limits
+    /// (`gpuHoursPerMonth`, `tokensPerMonth`) are checked against: a SQLite
+    /// path or a postgres:// URL. Without it those limits are not enforced.
+    #[arg(long, env = "ZHISUAN_LEDGER_DB")]
+    pub ledger: Option<String>,
 }
 
 pub fn run_crd(args: CrdArgs) -> anyhow::Result<()> {
@@ -82,7 +87,12 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             .await
             .context("connecting to the Kubernetes API (set KUBECONFIG or run in a cluster)")?;
         let registry = prometheus::Registry::new();
-        let controller = Controller::new(client, config, &registry)?;
+        let mut controller = Controller::new(client, config, &registry)?;
+        if let Some(url) = &args.ledger {
+            let ledger = crate::ledger::Ledger::open(url)
+                .map_err(|e| InputError::new(format!("--ledger {url:?}: {e}")))?;
+            controller = controller.with_usage(std::sync::Arc::new(ledger));
+        }
         let ready = controller.ready_flag();
         let leadership = controller.leadership();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -7,7 +7,7 @@
 //! (phase Admitted): that is the commit point a new leader resumes from, with
 //! deterministic pod names so nothing is ever duplicated.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +24,17 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
 use super::crd::{
-    InferenceService, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus, FINALIZER,
+    ComputeRegion, InferenceService, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus,
+    FINALIZER,
 };
 use super::leader::{Elector, Leadership, LeaseTiming};
 use super::metrics::OperatorMetrics;
 use super::plan::{self, rfc3339, set_condition, Action, PlanConfig};
-use super::snapshot::{self, keys, Kind, Snapshot, WorkloadKey};
+use super::snapshot::{
+    self, keys, Kind, MonthToDate, NodeView, PodView, QuotaView, Snapshot, WorkloadKey,
+    WorkloadView,
+};
+use super::usage::UsageSource;
 
 /// Field manager of the controller's server-side applies.
 pub const FIELD_MANAGER: &str = "zhisuan-controller";
@@ -81,6 +86,57 @@ fn caught_up(store_rv: &str, written_rv: &str) -> bool {
     }
 }
 
+/// Views of unchanged objects, reused across passes: a pass converts only
+/// what changed since the last one (keyed by uid, checked by resourceVersion).
+#[derive(Default)]
+struct ViewCache {
+    /// Models the cached workload views were validated against.
+    known: BTreeSet<String>,
+    nodes: HashMap<String, (String, NodeView)>,
+    pods: HashMap<String, (String, PodView)>,
+    training: HashMap<String, (String, WorkloadView)>,
+    inference: HashMap<String, (String, WorkloadView)>,
+}
+
+/// Views of `objects`, from `cache` where the resourceVersion is unchanged;
+/// the cache keeps exactly the objects seen now.
+fn cached_views<K: Resource, V: Clone>(
+    cache: &mut HashMap<String, (String, V)>,
+    objects: &[Arc<K>],
+    make: impl Fn(&K) -> V,
+) -> Vec<V> {
+    let mut next = HashMap::with_capacity(objects.len());
+    let mut out = Vec::with_capacity(objects.len());
+    for obj in objects {
+        let meta = obj.meta();
+        let key = meta
+            .uid
+            .clone()
+            .or_else(|| meta.name.clone())
+            .unwrap_or_default();
+        let rv = meta.resource_version.clone().unwrap_or_default();
+        let view = match cache.remove(&key) {
+            Some((old_rv, v)) if old_rv == rv && !rv.is_empty() => v,
+            _ => make(obj),
+        };
+        out.push(view.clone());
+        next.insert(key, (rv, view));
+    }
+    *cache = next;
+    out
+}
+
+/// Month-to-date use is re-read from its source at most this often.
+const USAGE_REFRESH: Duration = Duration::from_secs(30);
+
+/// The last month-to-date figures read, per tenant.
+#[derive(Default)]
+struct MonthCache {
+    read_at: Option<std::time::Instant>,
+    tenants: BTreeSet<String>,
+    by_tenant: BTreeMap<String, MonthToDate>,
+}
+
 /// One controller replica.
 pub struct Controller {
     client: Client,
@@ -92,6 +148,10 @@ pub struct Controller {
     recorder: Recorder,
     /// Statuses written but maybe not yet in the reflector, by workload uid.
     written: std::sync::Mutex<HashMap<String, Written>>,
+    views: std::sync::Mutex<ViewCache>,
+    /// Where monthly limits read month-to-date use (none: not enforced).
+    usage: Option<Arc<dyn UsageSource>>,
+    month: std::sync::Mutex<MonthCache>,
 }
 
 /// The reflector stores the controller reads its snapshots from.
@@ -101,6 +161,7 @@ struct Stores {
     training: Store<DynamicObject>,
     inference: Store<DynamicObject>,
     quotas: Store<DynamicObject>,
+    regions: Store<DynamicObject>,
 }
 
 fn spawn_reflector<K>(
@@ -163,7 +224,70 @@ impl Controller {
             ready: Arc::new(AtomicBool::new(false)),
             recorder,
             written: Default::default(),
+            views: Default::default(),
+            usage: None,
+            month: Default::default(),
         })
+    }
+
+    /// Enforces TenantQuotas' monthly limits with use read from `source`
+    /// (the ledger); without one they are not enforced.
+    pub fn with_usage(mut self, source: Arc<dyn UsageSource>) -> Self {
+        self.usage = Some(source);
+        self
+    }
+
+    /// Month-to-date use of every tenant with a TenantQuota, when some quota
+    /// has a monthly limit. Re-read at most every [`USAGE_REFRESH`], off the
+    /// async threads; when the source fails, the last figures stay in force.
+    async fn month_use(&self, quotas: &[QuotaView]) -> BTreeMap<String, MonthToDate> {
+        let Some(source) = &self.usage else {
+            return BTreeMap::new();
+        };
+        let monthly = quotas
+            .iter()
+            .any(|q| !q.spec.gpu_hours_per_month.is_empty() || !q.spec.tokens_per_month.is_empty());
+        if !monthly {
+            return BTreeMap::new();
+        }
+        let tenants: BTreeSet<String> = quotas.iter().map(|q| q.spec.tenant.clone()).collect();
+        {
+            let cache = self.month.lock().unwrap();
+            if cache.tenants == tenants
+                && cache.read_at.is_some_and(|t| t.elapsed() < USAGE_REFRESH)
+            {
+                return cache.by_tenant.clone();
+            }
+        }
+        let source = source.clone();
+        let now = chrono::Utc::now().timestamp();
+        let wanted = tenants.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            wanted
+                .iter()
+                .map(|t| Ok((t.clone(), source.month_to_date(t, now)?)))
+                .collect::<anyhow::Result<BTreeMap<_, _>>>()
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+        let mut cache = self.month.lock().unwrap();
+        match read {
+            Ok(by_tenant) => {
+                *cache = MonthCache {
+                    read_at: Some(std::time::Instant::now()),
+                    tenants,
+                    by_tenant,
+                };
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading month-to-date use failed; keeping the last figures");
+                // Retry after the refresh interval, not on every pass.
+                cache.read_at = Some(std::time::Instant::now());
+                cache.tenants = tenants;
+            }
+        }
+        cache.by_tenant.clone()
     }
 
     /// Whether this replica currently holds the Lease.
@@ -183,17 +307,20 @@ impl Controller {
         let ar_tj = ApiResource::erase::<TrainingJob>(&());
         let ar_is = ApiResource::erase::<InferenceService>(&());
         let ar_tq = ApiResource::erase::<TenantQuota>(&());
+        let ar_cr = ApiResource::erase::<ComputeRegion>(&());
         let w_nodes = Writer::<Node>::new(());
         let w_pods = Writer::<Pod>::new(());
         let w_tj = Writer::<DynamicObject>::new(ar_tj.clone());
         let w_is = Writer::<DynamicObject>::new(ar_is.clone());
         let w_tq = Writer::<DynamicObject>::new(ar_tq.clone());
+        let w_cr = Writer::<DynamicObject>::new(ar_cr.clone());
         let stores = Stores {
             nodes: w_nodes.as_reader(),
             pods: w_pods.as_reader(),
             training: w_tj.as_reader(),
             inference: w_is.as_reader(),
             quotas: w_tq.as_reader(),
+            regions: w_cr.as_reader(),
         };
         let tasks = vec![
             spawn_reflector(Api::<Node>::all(client.clone()), w_nodes, notify.clone()),
@@ -211,6 +338,11 @@ impl Controller {
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_tq),
                 w_tq,
+                notify.clone(),
+            ),
+            spawn_reflector(
+                Api::<DynamicObject>::all_with(client.clone(), &ar_cr),
+                w_cr,
                 notify.clone(),
             ),
         ];
@@ -236,6 +368,7 @@ impl Controller {
             stores.training.wait_until_ready().await,
             stores.inference.wait_until_ready().await,
             stores.quotas.wait_until_ready().await,
+            stores.regions.wait_until_ready().await,
         ] {
             ready.map_err(|e| anyhow::anyhow!("reflector ended before listing: {e}"))?;
         }
@@ -266,40 +399,54 @@ impl Controller {
 
     /// One observe → snapshot → plan → act pass.
     async fn pass(&self, stores: &Stores) {
-        let nodes: Vec<_> = stores
-            .nodes
-            .state()
-            .iter()
-            .map(|n| snapshot::node_view(n))
-            .collect();
-        let mut snap = Snapshot {
-            now: chrono::Utc::now().timestamp(),
-            pods: stores
-                .pods
-                .state()
-                .iter()
-                .map(|p| snapshot::pod_view(p))
-                .collect(),
-            nodes,
-            workloads: Vec::new(),
-            quotas: stores
-                .quotas
-                .state()
-                .iter()
-                .map(|q| snapshot::quota_view(q))
-                .collect(),
+        let node_objects = stores.nodes.state();
+        let pod_objects = stores.pods.state();
+        let training = stores.training.state();
+        let inference = stores.inference.state();
+        let quotas = stores.quotas.state();
+        let regions = stores.regions.state();
+        let quota_views: Vec<QuotaView> = quotas.iter().map(|q| snapshot::quota_view(q)).collect();
+        let month_use = self.month_use(&quota_views).await;
+        let mut snap = {
+            let mut cache = self.views.lock().unwrap();
+            let cache = &mut *cache;
+            let nodes = cached_views(&mut cache.nodes, &node_objects, snapshot::node_view);
+            let pods = cached_views(&mut cache.pods, &pod_objects, snapshot::pod_view);
+            let mut snap = Snapshot {
+                now: chrono::Utc::now().timestamp(),
+                pods,
+                nodes,
+                workloads: Vec::new(),
+                quotas: quota_views,
+                month_use,
+                regions: regions.iter().map(|r| snapshot::region_view(r)).collect(),
+            };
+            let known = snap.known_models();
+            if known != cache.known {
+                // Validation depends on the known models: convert everything again.
+                cache.training.clear();
+                cache.inference.clear();
+                cache.known = known.clone();
+            }
+            snap.workloads = cached_views(&mut cache.training, &training, |o| {
+                snapshot::workload_view(Kind::Training, o, &known)
+            });
+            snap.workloads
+                .extend(cached_views(&mut cache.inference, &inference, |o| {
+                    snapshot::workload_view(Kind::Inference, o, &known)
+                }));
+            snap
         };
-        let known = snap.known_models();
         let mut objects: BTreeMap<WorkloadKey, Arc<DynamicObject>> = BTreeMap::new();
-        for (kind, store) in [
-            (Kind::Training, &stores.training),
-            (Kind::Inference, &stores.inference),
-        ] {
-            for obj in store.state() {
-                let mut view = snapshot::workload_view(kind, &obj, &known);
+        {
+            // Overlay what we wrote but the reflector has not shown yet.
+            let mut written = self.written.lock().unwrap();
+            for (view, obj) in snap
+                .workloads
+                .iter_mut()
+                .zip(training.iter().chain(inference.iter()))
+            {
                 let rv = obj.resource_version().unwrap_or_default();
-                // Overlay what we wrote but the reflector has not shown yet.
-                let mut written = self.written.lock().unwrap();
                 match written.get(&view.uid) {
                     Some(w)
                         if !caught_up(&rv, &w.written_rv)
@@ -312,17 +459,14 @@ impl Controller {
                     }
                     None => {}
                 }
-                drop(written);
-                objects.insert(view.key.clone(), obj);
-                snap.workloads.push(view);
+                objects.insert(view.key.clone(), obj.clone());
             }
         }
-        let quota_objects: BTreeMap<String, Arc<DynamicObject>> = stores
-            .quotas
-            .state()
-            .into_iter()
-            .map(|q| (q.name_any(), q))
-            .collect();
+        let by_name = |objs: &[Arc<DynamicObject>]| -> BTreeMap<String, Arc<DynamicObject>> {
+            objs.iter().map(|o| (o.name_any(), o.clone())).collect()
+        };
+        let quota_objects = by_name(&quotas);
+        let region_objects = by_name(&regions);
         let plan = plan::plan(&snap, &self.config.plan);
         self.metrics.record(&plan);
         let mut work = Vec::with_capacity(plan.actions.len());
@@ -334,6 +478,7 @@ impl Controller {
                 | Action::Launch { key: k, .. }
                 | Action::Stop { key: k, .. } => objects.get(k).cloned(),
                 Action::QuotaStatus { name, .. } => quota_objects.get(name).cloned(),
+                Action::RegionStatus { name, .. } => region_objects.get(name).cloned(),
             };
             if let Some(obj) = obj {
                 work.push(async move {
@@ -507,18 +652,12 @@ impl Controller {
                 Ok(())
             }
             Action::QuotaStatus { name, status } => {
-                let api: Api<DynamicObject> =
-                    Api::all_with(self.client.clone(), &ApiResource::erase::<TenantQuota>(&()));
-                let body = json!({
-                    "apiVersion": "zhisuan.io/v1alpha1", "kind": "TenantQuota", "status": status,
-                });
-                api.patch_status(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&body),
-                )
-                .await
-                .map(|_| ())
+                self.apply_cluster_status::<TenantQuota>(&name, json!(status))
+                    .await
+            }
+            Action::RegionStatus { name, status } => {
+                self.apply_cluster_status::<ComputeRegion>(&name, json!(status))
+                    .await
             }
             Action::Launch {
                 key,
@@ -580,6 +719,25 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Server-side applies the status of a cluster-scoped zhisuan object.
+    async fn apply_cluster_status<K>(&self, name: &str, status: Value) -> Result<(), kube::Error>
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let api: Api<DynamicObject> =
+            Api::all_with(self.client.clone(), &ApiResource::erase::<K>(&()));
+        let body = json!({
+            "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
+        });
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Creates the gang's missing pods and binds the unbound ones, in parallel.

@@ -200,6 +200,47 @@ pub struct InferenceServiceSpec {
     pub template: PodTemplateSpec,
 }
 
+/// The fields TrainingJob and InferenceService share, borrowed from either
+/// spec: one shape for validation and for the planner's view.
+pub struct WorkloadCommon<'a> {
+    pub tenant: &'a str,
+    pub replicas: i32,
+    pub gpus_per_replica: Option<i32>,
+    pub gpu_milli: Option<i32>,
+    pub gpu_models: &'a [String],
+    pub accelerator_vendor: &'a Option<String>,
+    pub priority: i32,
+    pub regions: &'a RegionConstraints,
+    pub template: &'a PodTemplateSpec,
+}
+
+/// A workload spec (TrainingJob or InferenceService).
+pub trait WorkloadSpec {
+    fn common(&self) -> WorkloadCommon<'_>;
+}
+
+// Both specs name their shared fields alike.
+macro_rules! workload_spec {
+    ($($spec:ty),*) => {$(
+        impl WorkloadSpec for $spec {
+            fn common(&self) -> WorkloadCommon<'_> {
+                WorkloadCommon {
+                    tenant: &self.tenant,
+                    replicas: self.replicas,
+                    gpus_per_replica: self.gpus_per_replica,
+                    gpu_milli: self.gpu_milli,
+                    gpu_models: &self.gpu_models,
+                    accelerator_vendor: &self.accelerator_vendor,
+                    priority: self.priority,
+                    regions: &self.regions,
+                    template: &self.template,
+                }
+            }
+        }
+    )*};
+}
+workload_spec!(TrainingJobSpec, InferenceServiceSpec);
+
 /// Lifecycle of a TrainingJob or InferenceService.
 pub const PHASES: [&str; 6] = [
     "Pending",
@@ -284,7 +325,7 @@ pub struct SecretKeyRef {
 }
 
 /// One hub / data-centre cluster of the national compute network.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "zhisuan.io",
     version = "v1alpha1",
@@ -328,7 +369,14 @@ pub struct ComputeRegionSpec {
     /// Nodes of this region in this cluster (label selector, equality only).
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
+    /// Round-trip time from the places users sit (a province / city name,
+    /// or another ComputeRegion's name) to this region, ms: the latency the
+    /// region planner checks an InferenceService's `latencySloMs` against.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latency_ms: BTreeMap<String, f64>,
     /// Set when the region is a separate member cluster: its kubeconfig.
+    /// Not supported yet: such a region is left out of placement and its
+    /// status says so (condition `Usable=False`, reason `MemberClusterUnsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig_secret_ref: Option<SecretKeyRef>,
 }
@@ -343,6 +391,9 @@ pub struct ComputeRegionStatus {
     pub gpus_allocated: f64,
     #[serde(default)]
     pub nodes: i64,
+    /// `Usable`: whether the controller places workloads here, and why not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 /// Limits of one tenant, nested in a tree (province → city → department).

@@ -12,5 +12,7 @@ pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod regions;
 pub mod snapshot;
+pub mod usage;
 pub mod validate;

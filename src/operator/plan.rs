@@ -15,20 +15,30 @@
 //!    strictly lower priority (at most `max_victims`, one preemptor per pass).
 //!    Strict priority order means preemption can never loop.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::placement::{
     Cluster, Decision, DeviceMask, Engine, ModelSet, NodeSpec, Policy, Request,
 };
 
-use super::crd::{Condition, Placement, ReplicaPlacement, TenantQuotaStatus, WorkloadStatus};
-use super::snapshot::{pods_by_owner, NodeView, QuotaView, Snapshot, WorkloadKey, WorkloadView};
+use crate::regions::plan::{Explanation, RegionChooser, RegionPolicy, Verdict};
+
+use super::crd::{
+    ComputeRegionStatus, Condition, Placement, ReplicaPlacement, TenantQuotaStatus, WorkloadStatus,
+};
+use super::regions::{job_spec, region_catalog, region_status};
+use super::snapshot::{
+    pods_by_owner, MonthToDate, NodeView, QuotaView, Snapshot, WorkloadKey, WorkloadView,
+    MILLI_GPU_S_PER_GPU_HOUR,
+};
 use super::validate::{self, describe};
 
 /// Tunables of the planner.
 #[derive(Clone, Debug)]
 pub struct PlanConfig {
     pub policy: Policy,
+    /// How ComputeRegions are ranked (when the cluster has any).
+    pub region_policy: RegionPolicy,
     pub seed: u64,
     /// Most workloads one preemption may evict.
     pub max_victims: usize,
@@ -40,6 +50,7 @@ impl Default for PlanConfig {
     fn default() -> Self {
         PlanConfig {
             policy: Policy::default(),
+            region_policy: RegionPolicy::default(),
             seed: 1,
             max_victims: 8,
             gang_grace_s: 60,
@@ -78,6 +89,11 @@ pub enum Action {
     QuotaStatus {
         name: String,
         status: TenantQuotaStatus,
+    },
+    /// Write a ComputeRegion's status.
+    RegionStatus {
+        name: String,
+        status: ComputeRegionStatus,
     },
 }
 
@@ -374,48 +390,143 @@ impl Usage {
     }
 }
 
+/// Whether `ancestor` is `tenant` or on its parent chain.
+fn in_subtree(quotas: &Quotas, tenant: &str, ancestor: &str) -> bool {
+    let mut cur = Some(tenant);
+    let mut steps = 0;
+    while let Some(c) = cur {
+        if c == ancestor {
+            return true;
+        }
+        steps += 1;
+        if steps > quotas.by_tenant.len() + 1 {
+            return false;
+        }
+        cur = quotas
+            .by_tenant
+            .get(c)
+            .and_then(|q| q.spec.parent.as_deref());
+    }
+    false
+}
+
 /// Sum of `usage` over a tenant and its descendants.
 fn subtree(quotas: &Quotas, usage: &Usage, tenant: &str, model: Option<&str>) -> u64 {
-    let own = |t: &str| match model {
-        Some(m) => usage.model(t, m),
-        None => usage.total(t),
-    };
-    // Tenants whose ancestor chain passes through `tenant`.
-    let mut sum = 0;
-    let tenants: BTreeSet<&str> = usage.total.keys().map(String::as_str).collect();
-    for t in tenants {
-        let mut cur = Some(t.to_string());
-        let mut steps = 0;
-        while let Some(c) = cur {
-            if c == tenant {
-                sum += own(t);
-                break;
+    usage
+        .total
+        .keys()
+        .filter(|t| in_subtree(quotas, t, tenant))
+        .map(|t| match model {
+            Some(m) => usage.model(t, m),
+            None => usage.total(t),
+        })
+        .sum()
+}
+
+/// Month-to-date `amount` summed over a tenant and its descendants.
+fn month_subtree(
+    quotas: &Quotas,
+    month: &BTreeMap<String, MonthToDate>,
+    tenant: &str,
+    amount: impl Fn(&MonthToDate) -> i64,
+) -> i64 {
+    month
+        .iter()
+        .filter(|(t, _)| in_subtree(quotas, t, tenant))
+        .map(|(_, u)| amount(u))
+        .sum()
+}
+
+/// `(key, limit)` of a monthly map for `key` and for `*` (any).
+fn monthly_limits<'a>(
+    limits: &'a BTreeMap<String, i64>,
+    key: &'a str,
+) -> impl Iterator<Item = (&'a str, i64)> + 'a {
+    [key, "*"]
+        .into_iter()
+        .filter_map(move |k| limits.get(k).map(|&l| (k, l)))
+}
+
+/// Whether the tenant (or an ancestor) has used up a monthly token limit of
+/// the tier: `Err((reason, message))` naming the limit.
+fn monthly_tokens(
+    quotas: &Quotas,
+    month: &BTreeMap<String, MonthToDate>,
+    tenant: &str,
+    tier: &str,
+) -> Result<(), (String, String)> {
+    for q in quotas.chain(tenant)? {
+        for (key, limit) in monthly_limits(&q.spec.tokens_per_month, tier) {
+            let used = month_subtree(quotas, month, &q.spec.tenant, |u| {
+                if key == "*" {
+                    u.tokens.values().sum()
+                } else {
+                    u.tokens.get(key).copied().unwrap_or(0)
+                }
+            });
+            if used >= limit {
+                return Err((
+                    "MonthlyTokensExceeded".into(),
+                    format!(
+                        "tenant {:?} used {used} tokens this month, reaching spec.tokensPerMonth[{key}]={limit} of TenantQuota {}; raise the limit or wait for next month",
+                        q.spec.tenant, q.name
+                    ),
+                ));
             }
-            steps += 1;
-            if steps > quotas.by_tenant.len() + 1 {
-                break;
-            }
-            cur = quotas
-                .by_tenant
-                .get(c.as_str())
-                .and_then(|q| q.spec.parent.clone());
         }
     }
-    sum
+    Ok(())
+}
+
+/// Why the tenant (or an ancestor) may not use `model` any more this month
+/// (its GPU-hour limit for the model or for `*` is used up).
+fn monthly_gpu_hours(
+    quotas: &Quotas,
+    month: &BTreeMap<String, MonthToDate>,
+    chain: &[&QuotaView],
+    model: &str,
+) -> Option<String> {
+    for q in chain {
+        for (key, limit) in monthly_limits(&q.spec.gpu_hours_per_month, model) {
+            let used = month_subtree(quotas, month, &q.spec.tenant, |u| {
+                if key == "*" {
+                    u.milli_gpu_s.values().sum()
+                } else {
+                    u.milli_gpu_s.get(key).copied().unwrap_or(0)
+                }
+            });
+            if used >= limit.saturating_mul(MILLI_GPU_S_PER_GPU_HOUR) {
+                return Some(format!(
+                    "tenant {:?} used {:.2} GPU-hours{} this month, reaching spec.gpuHoursPerMonth[{key}]={limit} of TenantQuota {}; raise the limit or wait for next month",
+                    q.spec.tenant,
+                    used as f64 / MILLI_GPU_S_PER_GPU_HOUR as f64,
+                    if key == "*" { String::new() } else { format!(" of {key}") },
+                    q.name
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Models the tenant may still take `milli` more of, or why none.
 fn quota_models(
     quotas: &Quotas,
     usage: &Usage,
+    month: &BTreeMap<String, MonthToDate>,
     tenant: &str,
     candidates: &[String],
     milli: u64,
 ) -> Result<Vec<String>, (String, String)> {
     let chain = quotas.chain(tenant)?;
     let mut first_refusal = None;
+    let mut monthly_refusal = None;
     let mut ok = Vec::new();
     'model: for m in candidates {
+        if let Some(why) = monthly_gpu_hours(quotas, month, &chain, m) {
+            monthly_refusal.get_or_insert(why);
+            continue 'model;
+        }
         for (level, q) in chain.iter().enumerate() {
             let s = &q.spec;
             if level == 0 && !s.borrowable && s.guaranteed_gpus > 0 {
@@ -463,13 +574,69 @@ fn quota_models(
         ok.push(m.clone());
     }
     if ok.is_empty() {
-        Err((
-            "QuotaExceeded".into(),
-            first_refusal
-                .unwrap_or_else(|| "no GPU model is allowed by the job and the cluster".into()),
-        ))
+        Err(match (first_refusal, monthly_refusal) {
+            (Some(why), _) => ("QuotaExceeded".into(), why),
+            (None, Some(why)) => ("MonthlyGpuHoursExceeded".into(), why),
+            (None, None) => (
+                "QuotaExceeded".into(),
+                "no GPU model is allowed by the job and the cluster".into(),
+            ),
+        })
     } else {
         Ok(ok)
+    }
+}
+
+/// The region planner's field names → the workload's.
+fn workload_field(field: &str) -> &str {
+    match field {
+        "residency" => "spec.regions.residency",
+        "user_region" => "spec.userRegion",
+        "latency_slo_ms" => "spec.latencySloMs",
+        "gpu_models" => "spec.gpuModels",
+        "replicas" => "spec.replicas",
+        "gpus_per_replica" => "spec.gpusPerReplica",
+        "gpu_milli" => "spec.gpuMilli",
+        "max_runtime_s" => "spec.maxRuntimeSeconds",
+        "tenant" => "spec.tenant",
+        _ => "spec",
+    }
+}
+
+/// Records in the explanation which ranked regions were tried: every one
+/// before `chosen` was full; `chosen` (if any) is where the gang went.
+fn mark_tried(
+    expl: &mut Explanation,
+    rc: &super::regions::RegionCatalog,
+    tried: &[&String],
+    chosen: Option<&str>,
+    cap: &Capacity,
+    region_nodes: &BTreeMap<String, Vec<u32>>,
+) {
+    let cluster = cap.engine.cluster();
+    for name in tried {
+        let Some(r) = rc.catalog.region_index(name) else {
+            continue;
+        };
+        let rank = match expl.candidates[r].verdict {
+            Verdict::Ranked { rank } => rank,
+            _ => continue,
+        };
+        if chosen == Some(name.as_str()) {
+            expl.candidates[r].verdict = Verdict::Chosen { rank };
+            expl.chosen = Some(r as u16);
+            return;
+        }
+        let free_milli = region_nodes.get(*name).map_or(0, |nodes| {
+            nodes
+                .iter()
+                .map(|&i| {
+                    (cap.nodes[i as usize].gpus as u64 * 1000)
+                        .saturating_sub(cluster.node_gpu_milli_allocated(i) as u64)
+                })
+                .sum()
+        });
+        expl.candidates[r].verdict = Verdict::Full { rank, free_milli };
     }
 }
 
@@ -478,6 +645,46 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
     let now = snapshot.now;
     let mut out = Plan::default();
     let (mut cap, _warnings) = Capacity::new(snapshot, config);
+    // With ComputeRegions, a node's region is the first region selecting it.
+    let regions_crs = region_catalog(&snapshot.regions, &snapshot.nodes);
+    if let Some(rc) = &regions_crs {
+        for n in cap.nodes.iter_mut() {
+            n.region.clear();
+        }
+        for (r, members) in rc.members.iter().enumerate() {
+            for &m in members {
+                let Some(&ci) = cap.index.get(&snapshot.nodes[m].name) else {
+                    continue;
+                };
+                let n = &mut cap.nodes[ci as usize];
+                if n.region.is_empty() {
+                    n.region = rc.catalog.regions[r].name.clone();
+                }
+            }
+        }
+    }
+    // Schedulable nodes (engine indices) of each region.
+    let mut region_nodes: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    match &regions_crs {
+        Some(rc) => {
+            for (r, members) in rc.members.iter().enumerate() {
+                let list: Vec<u32> = members
+                    .iter()
+                    .filter_map(|&m| cap.index.get(&snapshot.nodes[m].name).copied())
+                    .filter(|&ci| cap.nodes[ci as usize].schedulable)
+                    .collect();
+                region_nodes.insert(rc.catalog.regions[r].name.clone(), list);
+            }
+        }
+        None => {
+            for (i, n) in cap.nodes.iter().enumerate() {
+                let list = region_nodes.entry(n.region.clone()).or_default();
+                if n.schedulable {
+                    list.push(i as u32);
+                }
+            }
+        }
+    }
     let pods = pods_by_owner(&snapshot.pods);
     let no_pods = Vec::new();
 
@@ -513,17 +720,15 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
 
     // Usage per tenant and model, from active workloads.
     let mut usage = Usage::default();
-    let model_of_node = |name: &str| {
-        snapshot
-            .nodes
-            .iter()
-            .find(|n| n.name == name)
-            .map(|n| n.model.clone())
-            .unwrap_or_default()
-    };
+    let node_model: BTreeMap<&str, &str> = snapshot
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.model.as_str()))
+        .collect();
+    let model_of_node = |name: &str| node_model.get(name).copied().unwrap_or_default();
     for w in snapshot.workloads.iter().filter(|w| is_active(w)) {
         for r in &w.status.placement.as_ref().unwrap().replicas {
-            usage.add(&w.tenant, &model_of_node(&r.node), w.milli_per_replica());
+            usage.add(&w.tenant, model_of_node(&r.node), w.milli_per_replica());
         }
     }
 
@@ -576,7 +781,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                 let nodes_ok = placement
                     .replicas
                     .iter()
-                    .all(|r| snapshot.nodes.iter().any(|n| n.name == r.node));
+                    .all(|r| node_model.contains_key(r.node.as_str()));
                 let started = w.status.started_at.as_deref().and_then(parse_rfc3339);
                 let by_name: BTreeMap<&str, _> =
                     own_pods.iter().map(|p| (p.name.as_str(), *p)).collect();
@@ -670,33 +875,50 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             .map(|q| q.spec.guaranteed_gpus.max(1) as u64 * 1000)
             .unwrap_or(1000)
     };
-    let mut regions: Vec<String> = cap
-        .nodes
-        .iter()
-        .map(|n| n.region.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    regions.sort();
+    let regions: Vec<String> = region_nodes.keys().cloned().collect();
+    let cap_vendors: Vec<String> = cap.nodes.iter().map(|n| n.vendor.clone()).collect();
+    let mut chooser = RegionChooser::new(config.region_policy);
+    let mut region_expl = Explanation::default();
+    let mut order: Vec<u16> = Vec::new();
     let mut preempted_this_pass = false;
     let mut reserved_for: BTreeSet<&WorkloadKey> = BTreeSet::new();
-    while !queue.is_empty() {
-        // Highest priority, then smallest share of guarantee, then oldest.
-        let best = (0..queue.len())
-            .min_by(|&a, &b| {
-                let (x, y) = (queue[a], queue[b]);
-                y.priority
-                    .cmp(&x.priority)
-                    .then_with(|| {
-                        let sx = usage.total(&x.tenant) as u128 * guarantee(&y.tenant) as u128;
-                        let sy = usage.total(&y.tenant) as u128 * guarantee(&x.tenant) as u128;
-                        sx.cmp(&sy)
-                    })
+    // Order: highest priority, then the tenant with the smallest share of its
+    // guarantee, then oldest. A tenant's jobs of one priority keep age order,
+    // so only the heads of the per-(priority, tenant) lanes compete: a pick
+    // costs O(tenants), not O(queue).
+    let mut lanes: BTreeMap<std::cmp::Reverse<i32>, BTreeMap<&str, VecDeque<&WorkloadView>>> =
+        BTreeMap::new();
+    queue.sort_by(|x, y| x.created.cmp(&y.created).then_with(|| x.key.cmp(&y.key)));
+    for w in queue {
+        lanes
+            .entry(std::cmp::Reverse(w.priority))
+            .or_default()
+            .entry(w.tenant.as_str())
+            .or_default()
+            .push_back(w);
+    }
+    while let Some(mut top) = lanes.first_entry() {
+        let tenants = top.get_mut();
+        let tenant = *tenants
+            .iter()
+            .min_by(|(tx, qx), (ty, qy)| {
+                let sx = usage.total(tx) as u128 * guarantee(ty) as u128;
+                let sy = usage.total(ty) as u128 * guarantee(tx) as u128;
+                let (x, y) = (qx[0], qy[0]);
+                sx.cmp(&sy)
                     .then(x.created.cmp(&y.created))
                     .then_with(|| x.key.cmp(&y.key))
             })
-            .unwrap();
-        let w = queue.swap_remove(best);
+            .map(|(t, _)| t)
+            .expect("lanes are never empty");
+        let lane = tenants.get_mut(tenant).expect("picked from the map");
+        let w = lane.pop_front().expect("lanes are never empty");
+        if lane.is_empty() {
+            tenants.remove(tenant);
+        }
+        if tenants.is_empty() {
+            top.remove();
+        }
         let pend = |reason: &str, message: String, out: &mut Plan| {
             *out.pending.entry(reason.to_string()).or_default() += 1;
             let phase = if w.phase() == "Preempted" {
@@ -725,7 +947,22 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             })
             .cloned()
             .collect();
-        let models = match quota_models(&quotas, &usage, &w.tenant, &candidates, w.total_milli()) {
+        if let Some(tier) = &w.token_tier {
+            if let Err((reason, message)) =
+                monthly_tokens(&quotas, &snapshot.month_use, &w.tenant, tier)
+            {
+                pend(&reason, message, &mut out);
+                continue;
+            }
+        }
+        let models = match quota_models(
+            &quotas,
+            &usage,
+            &snapshot.month_use,
+            &w.tenant,
+            &candidates,
+            w.total_milli(),
+        ) {
             Ok(m) => m,
             Err((reason, message)) => {
                 pend(&reason, message, &mut out);
@@ -744,37 +981,107 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
         }
         .with_models(set);
         let members = vec![one; w.replicas as usize];
-        let allowed: Vec<&String> = {
-            let mut r: Vec<&String> = w.preferred.iter().filter(|p| regions.contains(p)).collect();
-            r.extend(regions.iter().filter(|x| !w.preferred.contains(x)));
-            r.into_iter()
+        // Candidate regions in the order to try: the region planner's ranking
+        // (ComputeRegions) or the sorted region labels; preferred ones first.
+        let ranked: Vec<&String> = match &regions_crs {
+            None => regions
+                .iter()
                 .filter(|x| w.residency.is_empty() || w.residency.contains(x))
-                .collect()
+                .collect(),
+            Some(rc) => {
+                let in_catalog: Vec<String> = models
+                    .iter()
+                    .filter(|m| rc.catalog.accelerators.iter().any(|a| &a.model == *m))
+                    .cloned()
+                    .collect();
+                if in_catalog.is_empty() {
+                    pend(
+                        "Unschedulable",
+                        format!(
+                            "no usable ComputeRegion has nodes of the GPU models this job may use ({})",
+                            models.join(", ")
+                        ),
+                        &mut out,
+                    );
+                    continue;
+                }
+                // Name models only when the job or its quota restricts them.
+                let restrict = if in_catalog.len() == rc.catalog.accelerators.len() {
+                    Vec::new()
+                } else {
+                    in_catalog
+                };
+                let job = match job_spec(w, &restrict).resolve(&rc.catalog) {
+                    Ok(job) => job,
+                    Err(e) => {
+                        pend(
+                            "Unschedulable",
+                            format!(
+                                "{}: {} (regions are the ComputeRegions: {})",
+                                workload_field(e.field),
+                                e.message,
+                                regions.join(", ")
+                            ),
+                            &mut out,
+                        );
+                        continue;
+                    }
+                };
+                chooser.rank(
+                    &rc.catalog,
+                    &rc.inventory,
+                    &w.tenant,
+                    &job,
+                    now,
+                    &crate::regions::plan::NoQuota,
+                    &mut region_expl,
+                    &mut order,
+                );
+                order
+                    .iter()
+                    .map(|&r| &rc.catalog.regions[r as usize].name)
+                    .collect()
+            }
+        };
+        let allowed: Vec<&String> = {
+            let mut r: Vec<&String> = w
+                .preferred
+                .iter()
+                .filter_map(|p| ranked.iter().find(|x| **x == p).copied())
+                .collect();
+            r.extend(ranked.iter().filter(|x| !w.preferred.contains(x)));
+            r
+        };
+        let why_region = |out_of: &Explanation| match &regions_crs {
+            Some(rc) => format!(" Region choice: {}", out_of.summary(&rc.catalog)),
+            None => String::new(),
         };
         if allowed.is_empty() {
-            pend(
-                "Unschedulable",
-                format!(
+            let message = match &regions_crs {
+                Some(rc) => region_expl.summary(&rc.catalog),
+                None => format!(
                     "no region satisfies spec.regions.residency {:?}",
                     w.residency
                 ),
-                &mut out,
-            );
+            };
+            pend("Unschedulable", message, &mut out);
             continue;
         }
-        let nodes_in = |cap: &Capacity, region: &str| -> Vec<u32> {
-            cap.nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.region == region && n.schedulable)
-                .filter(|(_, n)| w.vendor.as_ref().is_none_or(|v| &n.vendor == v))
-                .map(|(i, _)| i as u32)
-                .collect()
+        let nodes_in = |region: &str| -> Vec<u32> {
+            let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
+            match &w.vendor {
+                None => all.to_vec(),
+                Some(v) => all
+                    .iter()
+                    .copied()
+                    .filter(|&i| &cap_vendors[i as usize] == v)
+                    .collect(),
+            }
         };
         let try_place = |cap: &mut Capacity| -> Result<(String, Vec<Decision>), Vec<String>> {
             let mut why = Vec::new();
             for region in &allowed {
-                let nodes = nodes_in(cap, region);
+                let nodes = nodes_in(region);
                 match cap.engine.place_gang(&members, Some(&nodes)) {
                     Ok(ds) => return Ok((region.to_string(), ds)),
                     Err(e) => why.push(format!("region {:?}: {e}", region.as_str())),
@@ -782,7 +1089,13 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             }
             Err(why)
         };
-        match try_place(&mut cap) {
+        let placed = try_place(&mut cap);
+        if let Some(rc) = &regions_crs {
+            let chosen = placed.as_ref().ok().map(|(r, _)| r.as_str());
+            mark_tried(&mut region_expl, rc, &allowed, chosen, &cap, &region_nodes);
+        }
+        let why_here = why_region(&region_expl);
+        match placed {
             Ok((region, ds)) => {
                 let replicas = ds
                     .iter()
@@ -795,7 +1108,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                     })
                     .collect::<Vec<_>>();
                 for r in &replicas {
-                    usage.add(&w.tenant, &model_of_node(&r.node), w.milli_per_replica());
+                    usage.add(&w.tenant, model_of_node(&r.node), w.milli_per_replica());
                 }
                 let mut s = w.status.clone();
                 s.phase = Some("Admitted".into());
@@ -804,7 +1117,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                 s.observed_generation = Some(w.generation);
                 let nodes: BTreeSet<&str> = replicas.iter().map(|r| r.node.as_str()).collect();
                 let message = format!(
-                    "{} replicas placed in region {region:?} on {} node(s): {}",
+                    "{} replicas placed in region {region:?} on {} node(s): {}.{why_here}",
                     replicas.len(),
                     nodes.len(),
                     nodes.into_iter().collect::<Vec<_>>().join(", ")
@@ -842,7 +1155,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             }
             Err(why) => {
                 let explanation = format!(
-                    "the gang of {} fits in no allowed region: {}",
+                    "the gang of {} fits in no allowed region: {}.{why_here}",
                     w.replicas,
                     why.join("; ")
                 );
@@ -957,6 +1270,28 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
         }
     }
     let cluster = cap.engine.cluster();
+    if let Some(rc) = &regions_crs {
+        for rv in &snapshot.regions {
+            let excluded = rc.excluded.get(&rv.name);
+            let (mut nodes, mut gpus, mut milli) = (0i64, 0i64, 0u64);
+            if excluded.is_none() {
+                for (i, n) in cap.nodes.iter().enumerate() {
+                    if n.region == rv.name {
+                        nodes += 1;
+                        gpus += n.gpus as i64;
+                        milli += cluster.node_gpu_milli_allocated(i as u32) as u64;
+                    }
+                }
+            }
+            let status = region_status(&rv.status, now, nodes, gpus, milli, excluded);
+            if status != rv.status {
+                out.actions.push(Action::RegionStatus {
+                    name: rv.name.clone(),
+                    status,
+                });
+            }
+        }
+    }
     let mut regions_fig: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (i, n) in cap.nodes.iter().enumerate() {
         let milli = cluster.node_gpu_milli_allocated(i as u32) as u64;
@@ -973,7 +1308,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::operator::crd::TenantQuotaSpec;
     use crate::operator::snapshot::Kind;
@@ -993,7 +1328,7 @@ mod tests {
         }
     }
 
-    fn workload(
+    pub(crate) fn workload(
         name: &str,
         tenant: &str,
         replicas: u32,
@@ -1020,6 +1355,9 @@ mod tests {
             residency: Vec::new(),
             preferred: Vec::new(),
             max_runtime_s: None,
+            latency_slo_ms: None,
+            user_region: None,
+            token_tier: None,
             cpu_milli: 1000,
             memory_mib: 1024,
             status: WorkloadStatus::default(),
@@ -1301,5 +1639,145 @@ mod tests {
             Some("north")
         );
         assert_eq!(p.pending.get("Unschedulable"), Some(&1));
+    }
+
+    fn used(gpu: &[(&str, i64)], tokens: &[(&str, i64)]) -> MonthToDate {
+        MonthToDate {
+            milli_gpu_s: gpu.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            tokens: tokens.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
+    }
+
+    /// Asserts that `name` did not launch and waits for `reason`, its
+    /// Scheduled condition saying every one of `says`.
+    fn assert_waits(p: &Plan, name: &str, reason: &str, says: &[&str]) {
+        assert!(launches(p).iter().all(|l| l.0 != name));
+        let status = p
+            .actions
+            .iter()
+            .find_map(|a| match a {
+                Action::SetStatus { key, status } if key.name == name => Some(status),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name} got no status"));
+        assert_eq!(status.reason.as_deref(), Some(reason));
+        let message = &status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Scheduled")
+            .unwrap()
+            .message;
+        for s in says {
+            assert!(message.contains(s), "{message:?} lacks {s:?}");
+        }
+    }
+
+    #[test]
+    fn a_parents_monthly_gpu_hours_count_the_whole_subtree() {
+        // city may use 100 H100-hours a month; dept used 60 h, lab 40 h.
+        let mut city = quota("city", None, &[], 0);
+        city.spec.gpu_hours_per_month = [("H100".to_string(), 100)].into();
+        let snap = |lab_milli_s: i64| Snapshot {
+            nodes: vec![node("n", "r", 8)],
+            workloads: vec![workload("j", "dept", 1, 1, 0, 1)],
+            quotas: vec![
+                city.clone(),
+                quota("dept", Some("city"), &[], 0),
+                quota("lab", Some("city"), &[], 0),
+            ],
+            month_use: [
+                // 60 GPU-hours = 60 × 3,600,000 milli-GPU-seconds.
+                ("dept".to_string(), used(&[("H100", 216_000_000)], &[])),
+                ("lab".to_string(), used(&[("H100", lab_milli_s)], &[])),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        // 60 h + 40 h = 100 h: the limit is reached, the job waits.
+        let p = plan(&snap(144_000_000), &PlanConfig::default());
+        assert_waits(
+            &p,
+            "j",
+            "MonthlyGpuHoursExceeded",
+            &[
+                "tenant \"city\" used 100.00 GPU-hours of H100",
+                "spec.gpuHoursPerMonth[H100]=100",
+            ],
+        );
+        // 60 h + 39.99 h = 99.99 h: still under, the job runs.
+        let p = plan(&snap(143_964_000), &PlanConfig::default());
+        assert_eq!(launches(&p).len(), 1);
+    }
+
+    #[test]
+    fn a_used_up_model_leaves_the_others_and_star_limits_all() {
+        let mut a100 = node("a", "r", 8);
+        a100.model = "A100".into();
+        let mut t = quota("t", None, &[], 0);
+        t.spec.gpu_hours_per_month = [("H100".to_string(), 10)].into();
+        let mut snap = Snapshot {
+            nodes: vec![node("h", "r", 8), a100],
+            workloads: vec![workload("j", "t", 1, 8, 0, 1)],
+            quotas: vec![t],
+            // 10 H100-hours used: H100 is closed for the month, A100 is not.
+            month_use: [("t".to_string(), used(&[("H100", 36_000_000)], &[]))].into(),
+            ..Default::default()
+        };
+        let p = plan(&snap, &PlanConfig::default());
+        let l = launches(&p);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].1.placement.as_ref().unwrap().replicas[0].node, "a");
+        // A `*` limit of 12 h counts every model: 10 h H100 + 2 h A100 = 12 h.
+        snap.quotas[0].spec.gpu_hours_per_month = [("*".to_string(), 12)].into();
+        snap.month_use = [(
+            "t".to_string(),
+            used(&[("H100", 36_000_000), ("A100", 7_200_000)], &[]),
+        )]
+        .into();
+        let p = plan(&snap, &PlanConfig::default());
+        assert_waits(
+            &p,
+            "j",
+            "MonthlyGpuHoursExceeded",
+            &[
+                "used 12.00 GPU-hours this month",
+                "spec.gpuHoursPerMonth[*]=12",
+            ],
+        );
+    }
+
+    #[test]
+    fn monthly_tokens_block_new_services_of_the_tier() {
+        let mut parent = quota("prov", None, &[], 0);
+        parent.spec.tokens_per_month = [("basic".to_string(), 1_000_000)].into();
+        let mut svc = workload("svc", "city", 1, 1, 0, 1);
+        svc.key.kind = Kind::Inference;
+        svc.token_tier = Some("basic".into());
+        let snap = |basic: i64| Snapshot {
+            nodes: vec![node("n", "r", 8)],
+            workloads: vec![svc.clone(), workload("train", "city", 1, 1, 0, 2)],
+            quotas: vec![parent.clone(), quota("city", Some("prov"), &[], 0)],
+            // Industry tokens do not count against the basic limit.
+            month_use: [(
+                "city".to_string(),
+                used(&[], &[("basic", basic), ("industry", 5_000_000)]),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let p = plan(&snap(1_000_000), &PlanConfig::default());
+        assert_waits(
+            &p,
+            "svc",
+            "MonthlyTokensExceeded",
+            &["used 1000000 tokens", "spec.tokensPerMonth[basic]=1000000"],
+        );
+        // The training job of the same tenant is not held back by tokens.
+        assert_eq!(
+            launches(&p).iter().map(|l| l.0).collect::<Vec<_>>(),
+            ["train"]
+        );
+        let p = plan(&snap(999_999), &PlanConfig::default());
+        assert_eq!(launches(&p).len(), 2);
     }
 }

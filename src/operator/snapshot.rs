@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::DynamicObject;
 use kube::ResourceExt;
 
 use super::crd::{
-    InferenceServiceSpec, TenantQuotaSpec, TenantQuotaStatus, TrainingJobSpec, WorkloadStatus,
-    FINALIZER,
+    ComputeRegionSpec, ComputeRegionStatus, InferenceServiceSpec, TenantQuotaSpec,
+    TenantQuotaStatus, TrainingJobSpec, WorkloadCommon, WorkloadSpec, WorkloadStatus, FINALIZER,
 };
 use super::validate::{self, FieldError};
 
@@ -150,6 +150,12 @@ pub struct WorkloadView {
     pub residency: Vec<String>,
     pub preferred: Vec<String>,
     pub max_runtime_s: Option<i64>,
+    /// Round-trip SLO to the users, ms (InferenceService).
+    pub latency_slo_ms: Option<f64>,
+    /// Where the users sit (InferenceService).
+    pub user_region: Option<String>,
+    /// Token price tier (InferenceService).
+    pub token_tier: Option<String>,
     pub cpu_milli: u32,
     pub memory_mib: u64,
     pub status: WorkloadStatus,
@@ -185,6 +191,29 @@ pub struct QuotaView {
     pub errors: Vec<FieldError>,
 }
 
+/// A ComputeRegion as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionView {
+    /// Object name: the region's id in placements and residency lists.
+    pub name: String,
+    pub spec: ComputeRegionSpec,
+    pub status: ComputeRegionStatus,
+    pub errors: Vec<FieldError>,
+}
+
+/// A tenant's own use so far this calendar month (from the ledger), for
+/// the monthly limits of TenantQuotas.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MonthToDate {
+    /// Milli-GPU-seconds per accelerator model.
+    pub milli_gpu_s: BTreeMap<String, i64>,
+    /// Tokens (prompt + completion) per tier.
+    pub tokens: BTreeMap<String, i64>,
+}
+
+/// Milli-GPU-seconds in one GPU-hour.
+pub const MILLI_GPU_S_PER_GPU_HOUR: i64 = 3_600_000;
+
 /// Everything one planning pass needs.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -194,6 +223,11 @@ pub struct Snapshot {
     pub pods: Vec<PodView>,
     pub workloads: Vec<WorkloadView>,
     pub quotas: Vec<QuotaView>,
+    /// ComputeRegions; when there are none, a node's region is its
+    /// `zhisuan.io/region` label.
+    pub regions: Vec<RegionView>,
+    /// Month-to-date use per tenant (absent = none recorded).
+    pub month_use: BTreeMap<String, MonthToDate>,
 }
 
 impl Snapshot {
@@ -345,21 +379,6 @@ pub fn pod_view(pod: &Pod) -> PodView {
     }
 }
 
-/// A workload's spec fields the planner needs, whichever kind it is.
-struct Common<'a> {
-    tenant: &'a str,
-    replicas: i32,
-    gpus_per_replica: Option<i32>,
-    gpu_milli: Option<i32>,
-    models: &'a [String],
-    vendor: &'a Option<String>,
-    priority: i32,
-    residency: &'a [String],
-    preferred: &'a [String],
-    max_runtime_s: Option<i64>,
-    template: &'a PodTemplateSpec,
-}
-
 /// A workload object → view. A spec that does not even parse (a string where
 /// a number belongs) becomes a view with an error naming the field, so one
 /// bad object never stalls the others.
@@ -399,6 +418,9 @@ pub fn workload_view(
         residency: Vec::new(),
         preferred: Vec::new(),
         max_runtime_s: None,
+        latency_slo_ms: None,
+        user_region: None,
+        token_tier: None,
         cpu_milli: 0,
         memory_mib: 0,
         status,
@@ -406,32 +428,17 @@ pub fn workload_view(
         has_finalizer: obj.finalizers().iter().any(|f| f == FINALIZER),
         errors: Vec::new(),
     };
-    // Both specs name their shared fields alike.
-    macro_rules! common {
-        ($s:expr, $max_runtime:expr) => {
-            Common {
-                tenant: &$s.tenant,
-                replicas: $s.replicas,
-                gpus_per_replica: $s.gpus_per_replica,
-                gpu_milli: $s.gpu_milli,
-                models: &$s.gpu_models,
-                vendor: &$s.accelerator_vendor,
-                priority: $s.priority,
-                residency: &$s.regions.residency,
-                preferred: &$s.regions.preferred,
-                max_runtime_s: $max_runtime,
-                template: &$s.template,
-            }
-        };
-    }
     let parsed = match kind {
         Kind::Training => parse_spec::<TrainingJobSpec>(spec_value).map(|s| {
             view.errors = validate::validate_training(&s, known_models);
-            fill(&mut view, &common!(s, s.max_runtime_seconds));
+            fill(&mut view, &s.common(), s.max_runtime_seconds);
         }),
         Kind::Inference => parse_spec::<InferenceServiceSpec>(spec_value).map(|s| {
             view.errors = validate::validate_inference(&s, known_models);
-            fill(&mut view, &common!(s, None));
+            fill(&mut view, &s.common(), None);
+            view.latency_slo_ms = s.latency_slo_ms.map(f64::from);
+            view.user_region = s.user_region.clone();
+            view.token_tier = Some(s.token_tier.clone());
         }),
     };
     if let Err(e) = parsed {
@@ -467,7 +474,7 @@ pub fn parse_spec<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn fill(view: &mut WorkloadView, c: &Common) {
+fn fill(view: &mut WorkloadView, c: &WorkloadCommon, max_runtime_s: Option<i64>) {
     view.tenant = c.tenant.to_string();
     view.replicas = c.replicas.clamp(0, 10_000) as u32;
     view.gpus_per_replica = c.gpus_per_replica.unwrap_or(0).clamp(0, 64) as u8;
@@ -476,38 +483,60 @@ fn fill(view: &mut WorkloadView, c: &Common) {
         view.gpu_milli = None;
         view.gpus_per_replica = 1;
     }
-    view.models = c.models.to_vec();
-    view.vendor = c.vendor.clone();
+    view.models = c.gpu_models.to_vec();
+    view.vendor = c.accelerator_vendor.clone();
     view.priority = c.priority;
-    view.residency = c.residency.to_vec();
-    view.preferred = c.preferred.to_vec();
-    view.max_runtime_s = c.max_runtime_s;
+    view.residency = c.regions.residency.clone();
+    view.preferred = c.regions.preferred.clone();
+    view.max_runtime_s = max_runtime_s;
     let (cpu, mem) = requests(c.template.spec.as_ref());
     view.cpu_milli = cpu;
     view.memory_mib = mem;
 }
 
-/// A TenantQuota object → view (parse errors become field errors).
-pub fn quota_view(obj: &DynamicObject) -> QuotaView {
-    let spec = obj.data.get("spec").cloned().unwrap_or_default();
+/// An object's spec (validated) and status; a spec that does not parse
+/// becomes the default spec with the error naming the field.
+fn spec_and_status<S, T>(
+    obj: &DynamicObject,
+    validate: impl Fn(&S) -> Vec<FieldError>,
+) -> (S, T, Vec<FieldError>)
+where
+    S: serde::de::DeserializeOwned + Default,
+    T: serde::de::DeserializeOwned + Default,
+{
     let status = obj
         .data
         .get("status")
         .and_then(|s| serde_json::from_value(s.clone()).ok())
         .unwrap_or_default();
-    match parse_spec::<TenantQuotaSpec>(spec) {
-        Ok(spec) => QuotaView {
-            name: obj.name_any(),
-            status,
-            errors: validate::validate_quota(&spec),
-            spec,
-        },
-        Err(e) => QuotaView {
-            name: obj.name_any(),
-            spec: TenantQuotaSpec::default(),
-            status,
-            errors: vec![e],
-        },
+    match parse_spec::<S>(obj.data.get("spec").cloned().unwrap_or_default()) {
+        Ok(spec) => {
+            let errors = validate(&spec);
+            (spec, status, errors)
+        }
+        Err(e) => (S::default(), status, vec![e]),
+    }
+}
+
+/// A TenantQuota object → view (parse errors become field errors).
+pub fn quota_view(obj: &DynamicObject) -> QuotaView {
+    let (spec, status, errors) = spec_and_status(obj, validate::validate_quota);
+    QuotaView {
+        name: obj.name_any(),
+        spec,
+        status,
+        errors,
+    }
+}
+
+/// A ComputeRegion object → view (parse errors become field errors).
+pub fn region_view(obj: &DynamicObject) -> RegionView {
+    let (spec, status, errors) = spec_and_status(obj, validate::validate_region);
+    RegionView {
+        name: obj.name_any(),
+        spec,
+        status,
+        errors,
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::crd::{
     ComputeRegionSpec, ComputeVoucherSpec, InferenceServiceSpec, TenantQuotaSpec, TrainingJobSpec,
-    TOKEN_TIERS,
+    WorkloadCommon, WorkloadSpec, TOKEN_TIERS,
 };
 
 /// One problem with one field.
@@ -40,16 +40,8 @@ fn err(errors: &mut Vec<FieldError>, field: &str, message: String) {
     });
 }
 
-/// The GPU request part shared by jobs and services.
-struct GpuRequest<'a> {
-    tenant: &'a str,
-    replicas: i32,
-    gpus_per_replica: Option<i32>,
-    gpu_milli: Option<i32>,
-    gpu_models: &'a [String],
-}
-
-fn validate_gpu_request(req: &GpuRequest, known_models: &BTreeSet<String>) -> Vec<FieldError> {
+/// Checks the GPU request part shared by jobs and services.
+fn validate_gpu_request(req: &WorkloadCommon, known_models: &BTreeSet<String>) -> Vec<FieldError> {
     let mut e = Vec::new();
     if req.tenant.trim().is_empty() {
         err(
@@ -112,16 +104,7 @@ pub fn validate_training(
     spec: &TrainingJobSpec,
     known_models: &BTreeSet<String>,
 ) -> Vec<FieldError> {
-    let mut e = validate_gpu_request(
-        &GpuRequest {
-            tenant: &spec.tenant,
-            replicas: spec.replicas,
-            gpus_per_replica: spec.gpus_per_replica,
-            gpu_milli: spec.gpu_milli,
-            gpu_models: &spec.gpu_models,
-        },
-        known_models,
-    );
+    let mut e = validate_gpu_request(&spec.common(), known_models);
     if let Some(s) = spec.max_runtime_seconds {
         if s < 1 {
             err(
@@ -139,16 +122,7 @@ pub fn validate_inference(
     spec: &InferenceServiceSpec,
     known_models: &BTreeSet<String>,
 ) -> Vec<FieldError> {
-    let mut e = validate_gpu_request(
-        &GpuRequest {
-            tenant: &spec.tenant,
-            replicas: spec.replicas,
-            gpus_per_replica: spec.gpus_per_replica,
-            gpu_milli: spec.gpu_milli,
-            gpu_models: &spec.gpu_models,
-        },
-        known_models,
-    );
+    let mut e = validate_gpu_request(&spec.common(), known_models);
     if !TOKEN_TIERS.contains(&spec.token_tier.as_str()) {
         err(
             &mut e,
@@ -268,6 +242,22 @@ pub fn validate_region(spec: &ComputeRegionSpec) -> Vec<FieldError> {
             "spec.electricityFenPerKwh",
             "must be 0 or more".into(),
         );
+    }
+    if !(spec.grid_kg_co2_per_kwh.is_finite() && spec.grid_kg_co2_per_kwh >= 0.0) {
+        err(
+            &mut e,
+            "spec.gridKgCo2PerKwh",
+            format!("is {}; must be 0 or more", spec.grid_kg_co2_per_kwh),
+        );
+    }
+    for (place, ms) in &spec.latency_ms {
+        if !(ms.is_finite() && *ms >= 0.0) {
+            err(
+                &mut e,
+                &format!("spec.latencyMs[{place}]"),
+                format!("is {ms}; a round-trip time is 0 ms or more"),
+            );
+        }
     }
     e
 }

@@ -22,6 +22,7 @@ pub mod nvml;
 pub mod promtext;
 pub mod publish;
 pub mod sim;
+pub mod tokens;
 
 use serde::{Deserialize, Serialize};
 
