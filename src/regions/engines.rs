@@ -85,7 +85,11 @@ impl RegionEngines {
     /// Relearns them at 1, 2, 4, … arrivals, then every 1,024, over the last
     /// [`SHAPE_WINDOW`] arrivals.
     pub fn observe_arrival(&mut self, catalog: &Catalog, job: &ResolvedJob, shape: ReplicaShape) {
-        if !self.engines.first().is_some_and(|e| e.policy().uses_shapes()) {
+        if !self
+            .engines
+            .first()
+            .is_some_and(|e| e.policy().uses_shapes())
+        {
             return;
         }
         if self.arrivals.len() == SHAPE_WINDOW {
