@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 use zhisuan::operator::controller::{Controller, ControllerConfig};
 use zhisuan::operator::crd::{ComputeRegion, TenantQuota, TrainingJob};
 use zhisuan::operator::leader::{Leadership, LeaseTiming};
+use zhisuan::operator::snapshot::MonthToDate;
+use zhisuan::operator::usage::FixedUsage;
 
 fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
@@ -459,6 +461,62 @@ async fn gang_of_four_lands_all_or_nothing() {
         .is_none());
     assert_eq!(pods_of(&server, "second").len(), 4);
     assert_no_device_shared(&server);
+}
+
+/// Monthly GPU-hour limits are checked against the month-to-date use the
+/// controller reads from its usage source (the ledger in production).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monthly_gpu_hours_from_the_usage_source_block_then_admit() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    create_raw(
+        &server,
+        &tq_ar(),
+        None,
+        json!({"apiVersion": "zhisuan.io/v1alpha1", "kind": "TenantQuota",
+               "metadata": {"name": "acme"},
+               "spec": {"tenant": "acme", "gpuHoursPerMonth": {"H100": 10}}}),
+    )
+    .await;
+    // acme has used exactly 10 H100-hours this month (10 × 3,600,000 milli-GPU-s).
+    let used = FixedUsage(
+        [(
+            "acme".to_string(),
+            MonthToDate {
+                milli_gpu_s: [("H100".to_string(), 36_000_000)].into(),
+                tokens: Default::default(),
+            },
+        )]
+        .into(),
+    );
+    let config = ControllerConfig {
+        identity: "c1".into(),
+        resync: Duration::from_millis(200),
+        ..ControllerConfig::default()
+    };
+    let controller = Controller::new(server.client(), config, &prometheus::Registry::new())
+        .unwrap()
+        .with_usage(std::sync::Arc::new(used));
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let _task = tokio::spawn(controller.run(rx));
+
+    job(&server, "late", "acme", 1, 1).await;
+    eventually(15, "late blocked by the monthly limit", || async {
+        let s = status_of(&server, "late").await;
+        s["reason"] == "MonthlyGpuHoursExceeded"
+            && scheduled_message(&s).contains("spec.gpuHoursPerMonth[H100]=10")
+    })
+    .await;
+    assert!(pods_of(&server, "late").is_empty());
+    let patch = json!({"spec": {"gpuHoursPerMonth": {"H100": 11}}});
+    dynamic_api(&server, &tq_ar(), None)
+        .patch("acme", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually(15, "late runs under the raised limit", || async {
+        phase(&server, "late").await == "Running"
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
