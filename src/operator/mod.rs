@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+mod reconcile;
 pub mod regions;
 pub mod snapshot;
 pub mod tokens;
