@@ -5,7 +5,9 @@
 //! checked before every write, so a replica that lost its term mid-pass stops.
 //! A launch writes the gang's placement into the workload's status FIRST
 //! (phase Admitted): that is the commit point a new leader resumes from, with
-//! deterministic pod names so nothing is ever duplicated.
+//! deterministic pod names so nothing is ever duplicated. Per-object
+//! lifecycle (finalizer, deletion cleanup, phase from owned pods) runs in the
+//! kube-rs `Controller` reconcilers of `reconcile.rs`, started by [`Controller::run`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

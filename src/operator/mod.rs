@@ -3,7 +3,8 @@
 //! Pipeline: observe (reflectors) → [`snapshot`] (plain data) → [`plan`]
 //! (pure: validation, quota, fair share, preemption, placement) → act
 //! ([`controller`]: create pods, bind, patch status), only while holding the
-//! leader Lease ([`leader`]).
+//! leader Lease ([`leader`]); per-object lifecycle (finalizer, cleanup, phase
+//! from owned pods) in kube-rs `Controller` reconcilers (`reconcile`).
 
 pub mod cli;
 pub mod controller;

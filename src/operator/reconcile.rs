@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{Action as Requeue, Controller as KubeController};
 use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
@@ -108,17 +108,21 @@ fn error_policy(obj: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Reconc
     Requeue::requeue(ctx.controller.retry_period().min(Duration::from_secs(1)))
 }
 
+/// Whether the pod's labels name this workload (and kind) as its owner.
+fn is_owned_by(pod: &Pod, key: &WorkloadKey) -> bool {
+    let labels = pod.labels();
+    labels.get(keys::WORKLOAD_NAME) == Some(&key.name)
+        && labels.get(keys::WORKLOAD_KIND).map(String::as_str) == Some(key.kind.label())
+}
+
 impl Reconciler {
-    /// The pods this workload owns, from the pod cache.
+    /// The pods this workload owns, from the pod cache (a scan: deletions only).
     fn owned_pods(&self, key: &WorkloadKey) -> Vec<PodView> {
         self.pods
             .state()
             .iter()
             .filter(|p| {
-                p.namespace().as_deref() == Some(key.namespace.as_str())
-                    && p.labels().get(keys::WORKLOAD_NAME) == Some(&key.name)
-                    && p.labels().get(keys::WORKLOAD_KIND).map(String::as_str)
-                        == Some(key.kind.label())
+                p.namespace().as_deref() == Some(key.namespace.as_str()) && is_owned_by(p, key)
             })
             .map(|p| snapshot::pod_view(p))
             .collect()
@@ -130,10 +134,27 @@ impl Reconciler {
         key: &WorkloadKey,
         obj: &DynamicObject,
     ) -> Result<Requeue, kube::Error> {
+        // Only Running workloads have a phase to follow (most events are for
+        // others: skip them before any parsing).
+        if obj.data.pointer("/status/phase").and_then(|p| p.as_str()) != Some("Running") {
+            return Ok(Requeue::await_change());
+        }
         // Validation against known models is the scheduling loop's; only the
         // status, runtime limit and generation matter here.
         let view = snapshot::workload_view(key.kind, obj, &BTreeSet::new());
-        let pods = self.owned_pods(key);
+        // The pods the placement names, looked up by name (O(1) each).
+        let pods: Vec<PodView> = view
+            .status
+            .placement
+            .iter()
+            .flat_map(|p| p.replicas.iter())
+            .filter_map(|r| {
+                self.pods
+                    .get(&ObjectRef::new(&r.pod).within(&key.namespace))
+            })
+            .filter(|p| is_owned_by(p, key))
+            .map(|p| snapshot::pod_view(&p))
+            .collect();
         let refs: Vec<&PodView> = pods.iter().collect();
         let now = chrono::Utc::now().timestamp();
         let (action, recheck) =
