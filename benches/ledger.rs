@@ -94,7 +94,13 @@ fn bench_ingest(c: &mut Criterion, name: &str, url: &str) {
         g.bench_function(format!("usage_batch_{}k", batch_len / 1000), |b| {
             let ledger = ledger.get_or_init(|| setup(url));
             b.iter_batched(
-                || records("acme", next.fetch_add(batch_len, Ordering::SeqCst), batch_len),
+                || {
+                    records(
+                        "acme",
+                        next.fetch_add(batch_len, Ordering::SeqCst),
+                        batch_len,
+                    )
+                },
                 |batch| {
                     let r = ledger.ingest(&batch, &[]).unwrap();
                     assert_eq!(r.usage_new, batch_len);

@@ -134,71 +134,89 @@ fn post_entry(
     Ok(())
 }
 
+/// Adds `sums` to the row of `table` with `key` (starting from zero when
+/// there is none): one upsert shape for every rollup table.
+fn add_to_rollup(
+    tx: &mut dyn Tx,
+    table: &str,
+    key: &[(&str, Val<'_>)],
+    sums: &[(&str, i64)],
+) -> Result<()> {
+    let columns: Vec<&str> = key
+        .iter()
+        .map(|k| k.0)
+        .chain(sums.iter().map(|s| s.0))
+        .collect();
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+    let key_columns: Vec<&str> = key.iter().map(|k| k.0).collect();
+    let add: Vec<String> = sums
+        .iter()
+        .map(|(c, _)| format!("{c} = {table}.{c} + excluded.{c}"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
+        columns.join(", "),
+        placeholders.join(", "),
+        key_columns.join(", "),
+        add.join(", ")
+    );
+    let params: Vec<Val<'_>> = key
+        .iter()
+        .map(|k| k.1)
+        .chain(sums.iter().map(|s| Val::I(s.1)))
+        .collect();
+    tx.exec(&sql, &params)?;
+    Ok(())
+}
+
 /// Adds a batch's monthly sums to the stored rollups (same transaction as
 /// the rows, so rollups always equal the sums of the stored rows).
 fn add_rollups(tx: &mut dyn Tx, plan: &BatchPlan) -> Result<()> {
     for (k, s) in &plan.usage_rollup {
         let month = k.month.to_string();
-        tx.exec(
-            "INSERT INTO usage_rollup (tenant, month, model, region, records, milli_gpu_s, gpu_fen, \
-             gpu_voucher_fen, it_energy_j, facility_j, carbon_mg, energy_fen, energy_voucher_fen) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (tenant, month, model, region) DO UPDATE SET \
-             records = usage_rollup.records + excluded.records, \
-             milli_gpu_s = usage_rollup.milli_gpu_s + excluded.milli_gpu_s, \
-             gpu_fen = usage_rollup.gpu_fen + excluded.gpu_fen, \
-             gpu_voucher_fen = usage_rollup.gpu_voucher_fen + excluded.gpu_voucher_fen, \
-             it_energy_j = usage_rollup.it_energy_j + excluded.it_energy_j, \
-             facility_j = usage_rollup.facility_j + excluded.facility_j, \
-             carbon_mg = usage_rollup.carbon_mg + excluded.carbon_mg, \
-             energy_fen = usage_rollup.energy_fen + excluded.energy_fen, \
-             energy_voucher_fen = usage_rollup.energy_voucher_fen + excluded.energy_voucher_fen",
-            &[
-                Val::T(&k.tenant),
-                Val::T(&month),
-                Val::T(&k.model),
-                Val::T(&k.region),
-                Val::I(s.records),
-                Val::I(s.milli_gpu_s),
-                Val::I(s.gpu_fen),
-                Val::I(s.gpu_voucher_fen),
-                Val::I(s.it_energy_j),
-                Val::I(s.facility_j),
-                Val::I(s.carbon_mg),
-                Val::I(s.energy_fen),
-                Val::I(s.energy_voucher_fen),
-            ],
-        )?;
+        let key = [
+            ("tenant", Val::T(&k.tenant)),
+            ("month", Val::T(&month)),
+            ("model", Val::T(&k.model)),
+            ("region", Val::T(&k.region)),
+        ];
+        let sums = [
+            ("records", s.records),
+            ("milli_gpu_s", s.milli_gpu_s),
+            ("gpu_fen", s.gpu_fen),
+            ("gpu_voucher_fen", s.gpu_voucher_fen),
+            ("it_energy_j", s.it_energy_j),
+            ("facility_j", s.facility_j),
+            ("carbon_mg", s.carbon_mg),
+            ("energy_fen", s.energy_fen),
+            ("energy_voucher_fen", s.energy_voucher_fen),
+        ];
+        add_to_rollup(tx, "usage_rollup", &key, &sums)?;
     }
     for (k, s) in &plan.token_rollup {
         let month = k.month.to_string();
-        tx.exec(
-            "INSERT INTO tokens_rollup (tenant, month, tier, records, prompt_tokens, completion_tokens, fen, voucher_fen) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (tenant, month, tier) DO UPDATE SET \
-             records = tokens_rollup.records + excluded.records, \
-             prompt_tokens = tokens_rollup.prompt_tokens + excluded.prompt_tokens, \
-             completion_tokens = tokens_rollup.completion_tokens + excluded.completion_tokens, \
-             fen = tokens_rollup.fen + excluded.fen, \
-             voucher_fen = tokens_rollup.voucher_fen + excluded.voucher_fen",
-            &[
-                Val::T(&k.tenant),
-                Val::T(&month),
-                Val::T(k.tier.as_str()),
-                Val::I(s.records),
-                Val::I(s.prompt_tokens),
-                Val::I(s.completion_tokens),
-                Val::I(s.fen),
-                Val::I(s.voucher_fen),
-            ],
-        )?;
+        let key = [
+            ("tenant", Val::T(&k.tenant)),
+            ("month", Val::T(&month)),
+            ("tier", Val::T(k.tier.as_str())),
+        ];
+        let sums = [
+            ("records", s.records),
+            ("prompt_tokens", s.prompt_tokens),
+            ("completion_tokens", s.completion_tokens),
+            ("fen", s.fen),
+            ("voucher_fen", s.voucher_fen),
+        ];
+        add_to_rollup(tx, "tokens_rollup", &key, &sums)?;
     }
     for ((tenant, month, voucher), fen) in &plan.redemption_rollup {
-        tx.exec(
-            "INSERT INTO redemptions_rollup (tenant, month, voucher_id, fen) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant, month, voucher_id) DO UPDATE SET fen = redemptions_rollup.fen + excluded.fen",
-            &[Val::T(tenant), Val::T(&month.to_string()), Val::T(voucher), Val::I(*fen)],
-        )?;
+        let month = month.to_string();
+        let key = [
+            ("tenant", Val::T(tenant)),
+            ("month", Val::T(&month)),
+            ("voucher_id", Val::T(voucher)),
+        ];
+        add_to_rollup(tx, "redemptions_rollup", &key, &[("fen", *fen)])?;
     }
     Ok(())
 }
