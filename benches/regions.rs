@@ -2,7 +2,8 @@
 //!
 //! Over the first 1,000 jobs of the shipped workload (default catalog):
 //! - `rank_only`: region choice alone (filters, cost model, score, order);
-//! - `two_level`: region choice + the region's engine placing (and allocating) the gang;
+//! - `two_level`: region choice + the region's engine placing (and allocating) the gang
+//!   (with the arrival counted for the engines' shapes, as the world does);
 //! - `flat_engine`: one engine over all the catalog's nodes, no regions.
 //!
 //! Run: `cargo bench --bench regions`; per-decision time = reported time / 1000.
@@ -62,6 +63,8 @@ fn bench(c: &mut Criterion) {
                 let (mut expl, mut order) = (Explanation::default(), Vec::new());
                 let mut placed = 0;
                 for (t, tenant, job, shape) in &jobs {
+                    // As the world does: each job counted once for the shapes.
+                    engines.observe_arrival(&catalog, job, *shape);
                     chooser.rank(
                         &catalog, &inventory, tenant, job, *t, &NoQuota, &mut expl, &mut order,
                     );

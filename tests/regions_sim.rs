@@ -69,12 +69,10 @@ fn green_beats_nearest_without_violations() {
     assert_eq!(green["slo_violations"], 0);
     assert_eq!(green["residency_violations"], 0);
     assert_eq!(green["never_placed"], 0);
-    // The issue asks for <= nearest + 10%; with the current default node policy
-    // green measures +23% (1.47 s vs 1.20 s, see docs/regions.md). Checked
-    // here: no more than one second worse on average.
+    // The issue: mean wait no worse than nearest + 10%.
     assert!(
-        f(&green, "mean_wait_s") <= f(&near, "mean_wait_s") + 1.0,
-        "wait {} vs {}",
+        f(&green, "mean_wait_s") <= 1.10 * f(&near, "mean_wait_s"),
+        "mean wait ≤ nearest + 10%: {} vs {}",
         green["mean_wait_s"],
         near["mean_wait_s"]
     );

@@ -30,7 +30,14 @@ use super::crd::{
 use super::leader::{Elector, Leadership, LeaseTiming};
 use super::metrics::OperatorMetrics;
 use super::plan::{self, rfc3339, set_condition, Action, PlanConfig};
-use super::snapshot::{self, keys, Kind, NodeView, PodView, Snapshot, WorkloadKey, WorkloadView};
+use super::snapshot::{
+    self, keys, Kind, MonthToDate, NodeView, PodView, QuotaView, Snapshot, WorkloadKey,
+    WorkloadView,
+};
+use super::tokens;
+use super::usage::UsageSource;
+use crate::ledger::Ledger;
+use crate::telemetry::tokens::{run_token_loop, TokenScrapeConfig, TokenTarget};
 
 /// Field manager of the controller's server-side applies.
 pub const FIELD_MANAGER: &str = "zhisuan-controller";
@@ -122,6 +129,17 @@ fn cached_views<K: Resource, V: Clone>(
     out
 }
 
+/// Month-to-date use is re-read from its source at most this often.
+const USAGE_REFRESH: Duration = Duration::from_secs(30);
+
+/// The last month-to-date figures read, per tenant.
+#[derive(Default)]
+struct MonthCache {
+    read_at: Option<std::time::Instant>,
+    tenants: BTreeSet<String>,
+    by_tenant: BTreeMap<String, MonthToDate>,
+}
+
 /// One controller replica.
 pub struct Controller {
     client: Client,
@@ -134,6 +152,18 @@ pub struct Controller {
     /// Statuses written but maybe not yet in the reflector, by workload uid.
     written: std::sync::Mutex<HashMap<String, Written>>,
     views: std::sync::Mutex<ViewCache>,
+    /// Where monthly limits read month-to-date use (none: not enforced).
+    usage: Option<Arc<dyn UsageSource>>,
+    month: std::sync::Mutex<MonthCache>,
+    /// Token counting of InferenceServices into the ledger (none: off).
+    tokens: Option<TokenCounting>,
+}
+
+/// The token loop's settings and the channel its targets go through.
+struct TokenCounting {
+    ledger: Ledger,
+    config: TokenScrapeConfig,
+    targets: watch::Sender<Vec<TokenTarget>>,
 }
 
 /// The reflector stores the controller reads its snapshots from.
@@ -207,7 +237,139 @@ impl Controller {
             recorder,
             written: Default::default(),
             views: Default::default(),
+            usage: None,
+            month: Default::default(),
+            tokens: None,
         })
+    }
+
+    /// Enforces TenantQuotas' monthly limits with use read from `source`
+    /// (the ledger); without one they are not enforced.
+    pub fn with_usage(mut self, source: Arc<dyn UsageSource>) -> Self {
+        self.usage = Some(source);
+        self
+    }
+
+    /// Counts the tokens of every InferenceService with `spec.metrics` into
+    /// `ledger`: while this replica leads, the token loop scrapes each
+    /// running serving pod every `config.interval`.
+    pub fn with_token_counting(mut self, ledger: Ledger, config: TokenScrapeConfig) -> Self {
+        self.tokens = Some(TokenCounting {
+            ledger,
+            config,
+            targets: watch::channel(Vec::new()).0,
+        });
+        self
+    }
+
+    /// Runs the token loop whenever this replica leads (it stops when the
+    /// term ends; the next term starts a fresh one, whose first scrape of
+    /// each pod only sets its baseline).
+    fn spawn_token_loop(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let counting = self.tokens.as_ref()?;
+        let (ledger, config) = (counting.ledger.clone(), counting.config.clone());
+        let targets = counting.targets.subscribe();
+        let leadership = self.leadership.clone();
+        // How often leadership is re-checked (it has no change notification).
+        let poll = self
+            .config
+            .timing
+            .retry_period
+            .min(Duration::from_millis(200));
+        /// Waits until `leading` is what leadership says, or shutdown (false).
+        async fn until(
+            leadership: &Leadership,
+            leading: bool,
+            shutdown: &mut watch::Receiver<bool>,
+            poll: Duration,
+        ) -> bool {
+            loop {
+                if *shutdown.borrow() {
+                    return false;
+                }
+                if leadership.is_leader() == leading {
+                    return true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    changed = shutdown.changed() => if changed.is_err() { return false; },
+                }
+            }
+        }
+        Some(tokio::spawn(async move {
+            let mut shutdown = shutdown;
+            while until(&leadership, true, &mut shutdown, poll).await {
+                let mut stop = shutdown.clone();
+                let term_over = {
+                    let leadership = leadership.clone();
+                    async move {
+                        until(&leadership, false, &mut stop, poll).await;
+                    }
+                };
+                if let Err(e) =
+                    run_token_loop(ledger.clone(), targets.clone(), config.clone(), term_over).await
+                {
+                    tracing::warn!(error = %e, "token loop failed; restarting");
+                    tokio::time::sleep(config.interval).await;
+                }
+            }
+        }))
+    }
+
+    /// Month-to-date use of every tenant with a TenantQuota, when some quota
+    /// has a monthly limit. Re-read at most every [`USAGE_REFRESH`], off the
+    /// async threads; when the source fails, the last figures stay in force.
+    async fn month_use(&self, quotas: &[QuotaView]) -> BTreeMap<String, MonthToDate> {
+        let Some(source) = &self.usage else {
+            return BTreeMap::new();
+        };
+        let monthly = quotas
+            .iter()
+            .any(|q| !q.spec.gpu_hours_per_month.is_empty() || !q.spec.tokens_per_month.is_empty());
+        if !monthly {
+            return BTreeMap::new();
+        }
+        let tenants: BTreeSet<String> = quotas.iter().map(|q| q.spec.tenant.clone()).collect();
+        {
+            let cache = self.month.lock().unwrap();
+            if cache.tenants == tenants
+                && cache.read_at.is_some_and(|t| t.elapsed() < USAGE_REFRESH)
+            {
+                return cache.by_tenant.clone();
+            }
+        }
+        let source = source.clone();
+        let now = chrono::Utc::now().timestamp();
+        let wanted = tenants.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            wanted
+                .iter()
+                .map(|t| Ok((t.clone(), source.month_to_date(t, now)?)))
+                .collect::<anyhow::Result<BTreeMap<_, _>>>()
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+        let mut cache = self.month.lock().unwrap();
+        match read {
+            Ok(by_tenant) => {
+                *cache = MonthCache {
+                    read_at: Some(std::time::Instant::now()),
+                    tenants,
+                    by_tenant,
+                };
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading month-to-date use failed; keeping the last figures");
+                // Retry after the refresh interval, not on every pass.
+                cache.read_at = Some(std::time::Instant::now());
+                cache.tenants = tenants;
+            }
+        }
+        cache.by_tenant.clone()
     }
 
     /// Whether this replica currently holds the Lease.
@@ -268,8 +430,9 @@ impl Controller {
         ];
         let elector = self.elector.take().expect("run once");
         let election = tokio::spawn(elector.run(shutdown.clone()));
+        let token_loop = self.spawn_token_loop(shutdown.clone());
         let result = self.schedule_loop(&stores, notify, shutdown).await;
-        for t in tasks {
+        for t in tasks.into_iter().chain(token_loop) {
             t.abort();
         }
         let _ = election.await;
@@ -325,6 +488,8 @@ impl Controller {
         let inference = stores.inference.state();
         let quotas = stores.quotas.state();
         let regions = stores.regions.state();
+        let quota_views: Vec<QuotaView> = quotas.iter().map(|q| snapshot::quota_view(q)).collect();
+        let month_use = self.month_use(&quota_views).await;
         let mut snap = {
             let mut cache = self.views.lock().unwrap();
             let cache = &mut *cache;
@@ -335,7 +500,8 @@ impl Controller {
                 pods,
                 nodes,
                 workloads: Vec::new(),
-                quotas: quotas.iter().map(|q| snapshot::quota_view(q)).collect(),
+                quotas: quota_views,
+                month_use,
                 regions: regions.iter().map(|r| snapshot::region_view(r)).collect(),
             };
             let known = snap.known_models();
@@ -354,6 +520,29 @@ impl Controller {
                 }));
             snap
         };
+        if let Some(counting) = &self.tokens {
+            let services: Vec<_> = inference
+                .iter()
+                .filter_map(|o| tokens::serving_service(o))
+                .collect();
+            let pods: Vec<_> = pod_objects
+                .iter()
+                .filter_map(|p| tokens::serving_pod(p))
+                .collect();
+            let node_regions: BTreeMap<String, String> = snap
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.region.clone()))
+                .collect();
+            let targets = tokens::token_targets(&services, &pods, &node_regions);
+            counting.targets.send_if_modified(|current| {
+                let changed = *current != targets;
+                if changed {
+                    *current = targets;
+                }
+                changed
+            });
+        }
         let mut objects: BTreeMap<WorkloadKey, Arc<DynamicObject>> = BTreeMap::new();
         {
             // Overlay what we wrote but the reflector has not shown yet.

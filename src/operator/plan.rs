@@ -27,7 +27,10 @@ use super::crd::{
     ComputeRegionStatus, Condition, Placement, ReplicaPlacement, TenantQuotaStatus, WorkloadStatus,
 };
 use super::regions::{job_spec, region_catalog, region_status};
-use super::snapshot::{pods_by_owner, NodeView, QuotaView, Snapshot, WorkloadKey, WorkloadView};
+use super::snapshot::{
+    pods_by_owner, MonthToDate, NodeView, QuotaView, Snapshot, WorkloadKey, WorkloadView,
+    MILLI_GPU_S_PER_GPU_HOUR,
+};
 use super::validate::{self, describe};
 
 /// Tunables of the planner.
@@ -387,48 +390,143 @@ impl Usage {
     }
 }
 
+/// Whether `ancestor` is `tenant` or on its parent chain.
+fn in_subtree(quotas: &Quotas, tenant: &str, ancestor: &str) -> bool {
+    let mut cur = Some(tenant);
+    let mut steps = 0;
+    while let Some(c) = cur {
+        if c == ancestor {
+            return true;
+        }
+        steps += 1;
+        if steps > quotas.by_tenant.len() + 1 {
+            return false;
+        }
+        cur = quotas
+            .by_tenant
+            .get(c)
+            .and_then(|q| q.spec.parent.as_deref());
+    }
+    false
+}
+
 /// Sum of `usage` over a tenant and its descendants.
 fn subtree(quotas: &Quotas, usage: &Usage, tenant: &str, model: Option<&str>) -> u64 {
-    let own = |t: &str| match model {
-        Some(m) => usage.model(t, m),
-        None => usage.total(t),
-    };
-    // Tenants whose ancestor chain passes through `tenant`.
-    let mut sum = 0;
-    let tenants: BTreeSet<&str> = usage.total.keys().map(String::as_str).collect();
-    for t in tenants {
-        let mut cur = Some(t.to_string());
-        let mut steps = 0;
-        while let Some(c) = cur {
-            if c == tenant {
-                sum += own(t);
-                break;
+    usage
+        .total
+        .keys()
+        .filter(|t| in_subtree(quotas, t, tenant))
+        .map(|t| match model {
+            Some(m) => usage.model(t, m),
+            None => usage.total(t),
+        })
+        .sum()
+}
+
+/// Month-to-date `amount` summed over a tenant and its descendants.
+fn month_subtree(
+    quotas: &Quotas,
+    month: &BTreeMap<String, MonthToDate>,
+    tenant: &str,
+    amount: impl Fn(&MonthToDate) -> i64,
+) -> i64 {
+    month
+        .iter()
+        .filter(|(t, _)| in_subtree(quotas, t, tenant))
+        .map(|(_, u)| amount(u))
+        .sum()
+}
+
+/// `(key, limit)` of a monthly map for `key` and for `*` (any).
+fn monthly_limits<'a>(
+    limits: &'a BTreeMap<String, i64>,
+    key: &'a str,
+) -> impl Iterator<Item = (&'a str, i64)> + 'a {
+    [key, "*"]
+        .into_iter()
+        .filter_map(move |k| limits.get(k).map(|&l| (k, l)))
+}
+
+/// Whether the tenant (or an ancestor) has used up a monthly token limit of
+/// the tier: `Err((reason, message))` naming the limit.
+fn monthly_tokens(
+    quotas: &Quotas,
+    month: &BTreeMap<String, MonthToDate>,
+    tenant: &str,
+    tier: &str,
+) -> Result<(), (String, String)> {
+    for q in quotas.chain(tenant)? {
+        for (key, limit) in monthly_limits(&q.spec.tokens_per_month, tier) {
+            let used = month_subtree(quotas, month, &q.spec.tenant, |u| {
+                if key == "*" {
+                    u.tokens.values().sum()
+                } else {
+                    u.tokens.get(key).copied().unwrap_or(0)
+                }
+            });
+            if used >= limit {
+                return Err((
+                    "MonthlyTokensExceeded".into(),
+                    format!(
+                        "tenant {:?} used {used} tokens this month, reaching spec.tokensPerMonth[{key}]={limit} of TenantQuota {}; raise the limit or wait for next month",
+                        q.spec.tenant, q.name
+                    ),
+                ));
             }
-            steps += 1;
-            if steps > quotas.by_tenant.len() + 1 {
-                break;
-            }
-            cur = quotas
-                .by_tenant
-                .get(c.as_str())
-                .and_then(|q| q.spec.parent.clone());
         }
     }
-    sum
+    Ok(())
+}
+
+/// Why the tenant (or an ancestor) may not use `model` any more this month
+/// (its GPU-hour limit for the model or for `*` is used up).
+fn monthly_gpu_hours(
+    quotas: &Quotas,
+    month: &BTreeMap<String, MonthToDate>,
+    chain: &[&QuotaView],
+    model: &str,
+) -> Option<String> {
+    for q in chain {
+        for (key, limit) in monthly_limits(&q.spec.gpu_hours_per_month, model) {
+            let used = month_subtree(quotas, month, &q.spec.tenant, |u| {
+                if key == "*" {
+                    u.milli_gpu_s.values().sum()
+                } else {
+                    u.milli_gpu_s.get(key).copied().unwrap_or(0)
+                }
+            });
+            if used >= limit.saturating_mul(MILLI_GPU_S_PER_GPU_HOUR) {
+                return Some(format!(
+                    "tenant {:?} used {:.2} GPU-hours{} this month, reaching spec.gpuHoursPerMonth[{key}]={limit} of TenantQuota {}; raise the limit or wait for next month",
+                    q.spec.tenant,
+                    used as f64 / MILLI_GPU_S_PER_GPU_HOUR as f64,
+                    if key == "*" { String::new() } else { format!(" of {key}") },
+                    q.name
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Models the tenant may still take `milli` more of, or why none.
 fn quota_models(
     quotas: &Quotas,
     usage: &Usage,
+    month: &BTreeMap<String, MonthToDate>,
     tenant: &str,
     candidates: &[String],
     milli: u64,
 ) -> Result<Vec<String>, (String, String)> {
     let chain = quotas.chain(tenant)?;
     let mut first_refusal = None;
+    let mut monthly_refusal = None;
     let mut ok = Vec::new();
     'model: for m in candidates {
+        if let Some(why) = monthly_gpu_hours(quotas, month, &chain, m) {
+            monthly_refusal.get_or_insert(why);
+            continue 'model;
+        }
         for (level, q) in chain.iter().enumerate() {
             let s = &q.spec;
             if level == 0 && !s.borrowable && s.guaranteed_gpus > 0 {
@@ -476,11 +574,14 @@ fn quota_models(
         ok.push(m.clone());
     }
     if ok.is_empty() {
-        Err((
-            "QuotaExceeded".into(),
-            first_refusal
-                .unwrap_or_else(|| "no GPU model is allowed by the job and the cluster".into()),
-        ))
+        Err(match (first_refusal, monthly_refusal) {
+            (Some(why), _) => ("QuotaExceeded".into(), why),
+            (None, Some(why)) => ("MonthlyGpuHoursExceeded".into(), why),
+            (None, None) => (
+                "QuotaExceeded".into(),
+                "no GPU model is allowed by the job and the cluster".into(),
+            ),
+        })
     } else {
         Ok(ok)
     }
@@ -846,7 +947,22 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             })
             .cloned()
             .collect();
-        let models = match quota_models(&quotas, &usage, &w.tenant, &candidates, w.total_milli()) {
+        if let Some(tier) = &w.token_tier {
+            if let Err((reason, message)) =
+                monthly_tokens(&quotas, &snapshot.month_use, &w.tenant, tier)
+            {
+                pend(&reason, message, &mut out);
+                continue;
+            }
+        }
+        let models = match quota_models(
+            &quotas,
+            &usage,
+            &snapshot.month_use,
+            &w.tenant,
+            &candidates,
+            w.total_milli(),
+        ) {
             Ok(m) => m,
             Err((reason, message)) => {
                 pend(&reason, message, &mut out);
@@ -1167,7 +1283,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                     }
                 }
             }
-            let status = region_status(&rv.status, nodes, gpus, milli, excluded);
+            let status = region_status(&rv.status, now, nodes, gpus, milli, excluded);
             if status != rv.status {
                 out.actions.push(Action::RegionStatus {
                     name: rv.name.clone(),
@@ -1241,6 +1357,7 @@ pub(crate) mod tests {
             max_runtime_s: None,
             latency_slo_ms: None,
             user_region: None,
+            token_tier: None,
             cpu_milli: 1000,
             memory_mib: 1024,
             status: WorkloadStatus::default(),
@@ -1522,5 +1639,145 @@ pub(crate) mod tests {
             Some("north")
         );
         assert_eq!(p.pending.get("Unschedulable"), Some(&1));
+    }
+
+    fn used(gpu: &[(&str, i64)], tokens: &[(&str, i64)]) -> MonthToDate {
+        MonthToDate {
+            milli_gpu_s: gpu.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            tokens: tokens.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
+    }
+
+    /// Asserts that `name` did not launch and waits for `reason`, its
+    /// Scheduled condition saying every one of `says`.
+    fn assert_waits(p: &Plan, name: &str, reason: &str, says: &[&str]) {
+        assert!(launches(p).iter().all(|l| l.0 != name));
+        let status = p
+            .actions
+            .iter()
+            .find_map(|a| match a {
+                Action::SetStatus { key, status } if key.name == name => Some(status),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name} got no status"));
+        assert_eq!(status.reason.as_deref(), Some(reason));
+        let message = &status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Scheduled")
+            .unwrap()
+            .message;
+        for s in says {
+            assert!(message.contains(s), "{message:?} lacks {s:?}");
+        }
+    }
+
+    #[test]
+    fn a_parents_monthly_gpu_hours_count_the_whole_subtree() {
+        // city may use 100 H100-hours a month; dept used 60 h, lab 40 h.
+        let mut city = quota("city", None, &[], 0);
+        city.spec.gpu_hours_per_month = [("H100".to_string(), 100)].into();
+        let snap = |lab_milli_s: i64| Snapshot {
+            nodes: vec![node("n", "r", 8)],
+            workloads: vec![workload("j", "dept", 1, 1, 0, 1)],
+            quotas: vec![
+                city.clone(),
+                quota("dept", Some("city"), &[], 0),
+                quota("lab", Some("city"), &[], 0),
+            ],
+            month_use: [
+                // 60 GPU-hours = 60 × 3,600,000 milli-GPU-seconds.
+                ("dept".to_string(), used(&[("H100", 216_000_000)], &[])),
+                ("lab".to_string(), used(&[("H100", lab_milli_s)], &[])),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        // 60 h + 40 h = 100 h: the limit is reached, the job waits.
+        let p = plan(&snap(144_000_000), &PlanConfig::default());
+        assert_waits(
+            &p,
+            "j",
+            "MonthlyGpuHoursExceeded",
+            &[
+                "tenant \"city\" used 100.00 GPU-hours of H100",
+                "spec.gpuHoursPerMonth[H100]=100",
+            ],
+        );
+        // 60 h + 39.99 h = 99.99 h: still under, the job runs.
+        let p = plan(&snap(143_964_000), &PlanConfig::default());
+        assert_eq!(launches(&p).len(), 1);
+    }
+
+    #[test]
+    fn a_used_up_model_leaves_the_others_and_star_limits_all() {
+        let mut a100 = node("a", "r", 8);
+        a100.model = "A100".into();
+        let mut t = quota("t", None, &[], 0);
+        t.spec.gpu_hours_per_month = [("H100".to_string(), 10)].into();
+        let mut snap = Snapshot {
+            nodes: vec![node("h", "r", 8), a100],
+            workloads: vec![workload("j", "t", 1, 8, 0, 1)],
+            quotas: vec![t],
+            // 10 H100-hours used: H100 is closed for the month, A100 is not.
+            month_use: [("t".to_string(), used(&[("H100", 36_000_000)], &[]))].into(),
+            ..Default::default()
+        };
+        let p = plan(&snap, &PlanConfig::default());
+        let l = launches(&p);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].1.placement.as_ref().unwrap().replicas[0].node, "a");
+        // A `*` limit of 12 h counts every model: 10 h H100 + 2 h A100 = 12 h.
+        snap.quotas[0].spec.gpu_hours_per_month = [("*".to_string(), 12)].into();
+        snap.month_use = [(
+            "t".to_string(),
+            used(&[("H100", 36_000_000), ("A100", 7_200_000)], &[]),
+        )]
+        .into();
+        let p = plan(&snap, &PlanConfig::default());
+        assert_waits(
+            &p,
+            "j",
+            "MonthlyGpuHoursExceeded",
+            &[
+                "used 12.00 GPU-hours this month",
+                "spec.gpuHoursPerMonth[*]=12",
+            ],
+        );
+    }
+
+    #[test]
+    fn monthly_tokens_block_new_services_of_the_tier() {
+        let mut parent = quota("prov", None, &[], 0);
+        parent.spec.tokens_per_month = [("basic".to_string(), 1_000_000)].into();
+        let mut svc = workload("svc", "city", 1, 1, 0, 1);
+        svc.key.kind = Kind::Inference;
+        svc.token_tier = Some("basic".into());
+        let snap = |basic: i64| Snapshot {
+            nodes: vec![node("n", "r", 8)],
+            workloads: vec![svc.clone(), workload("train", "city", 1, 1, 0, 2)],
+            quotas: vec![parent.clone(), quota("city", Some("prov"), &[], 0)],
+            // Industry tokens do not count against the basic limit.
+            month_use: [(
+                "city".to_string(),
+                used(&[], &[("basic", basic), ("industry", 5_000_000)]),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let p = plan(&snap(1_000_000), &PlanConfig::default());
+        assert_waits(
+            &p,
+            "svc",
+            "MonthlyTokensExceeded",
+            &["used 1000000 tokens", "spec.tokensPerMonth[basic]=1000000"],
+        );
+        // The training job of the same tenant is not held back by tokens.
+        assert_eq!(
+            launches(&p).iter().map(|l| l.0).collect::<Vec<_>>(),
+            ["train"]
+        );
+        let p = plan(&snap(999_999), &PlanConfig::default());
+        assert_eq!(launches(&p).len(), 2);
     }
 }

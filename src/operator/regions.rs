@@ -271,6 +271,7 @@ pub fn job_spec(w: &WorkloadView, models: &[String]) -> JobSpec {
 /// and whether it is usable (with the reason when not).
 pub fn region_status(
     old: &ComputeRegionStatus,
+    now: i64,
     nodes: i64,
     gpus: i64,
     milli_allocated: u64,
@@ -288,7 +289,8 @@ pub fn region_status(
         .conditions
         .iter()
         .find(|c| c.type_ == "Usable" && c.status == status)
-        .and_then(|c| c.last_transition_time.clone());
+        .and_then(|c| c.last_transition_time.clone())
+        .or_else(|| Some(super::plan::rfc3339(now)));
     ComputeRegionStatus {
         gpus,
         gpus_allocated: milli_allocated as f64 / 1000.0,
@@ -422,6 +424,7 @@ mod tests {
         );
         let st = region_status(
             &ComputeRegionStatus::default(),
+            0,
             1,
             8,
             0,
@@ -429,6 +432,11 @@ mod tests {
         );
         assert_eq!(st.conditions[0].status, "False");
         assert_eq!(st.conditions[0].reason, "MemberClusterUnsupported");
+        let since = st.conditions[0].last_transition_time.clone();
+        assert_eq!(since.as_deref(), Some("1970-01-01T00:00:00Z"));
+        // Unchanged verdict later: the transition time stays.
+        let later = region_status(&st, 500, 1, 8, 0, rc.excluded.get("member"));
+        assert_eq!(later, st);
     }
 
     #[test]

@@ -154,6 +154,8 @@ pub struct WorkloadView {
     pub latency_slo_ms: Option<f64>,
     /// Where the users sit (InferenceService).
     pub user_region: Option<String>,
+    /// Token price tier (InferenceService).
+    pub token_tier: Option<String>,
     pub cpu_milli: u32,
     pub memory_mib: u64,
     pub status: WorkloadStatus,
@@ -199,6 +201,19 @@ pub struct RegionView {
     pub errors: Vec<FieldError>,
 }
 
+/// A tenant's own use so far this calendar month (from the ledger), for
+/// the monthly limits of TenantQuotas.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MonthToDate {
+    /// Milli-GPU-seconds per accelerator model.
+    pub milli_gpu_s: BTreeMap<String, i64>,
+    /// Tokens (prompt + completion) per tier.
+    pub tokens: BTreeMap<String, i64>,
+}
+
+/// Milli-GPU-seconds in one GPU-hour.
+pub const MILLI_GPU_S_PER_GPU_HOUR: i64 = 3_600_000;
+
 /// Everything one planning pass needs.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -211,6 +226,8 @@ pub struct Snapshot {
     /// ComputeRegions; when there are none, a node's region is its
     /// `zhisuan.io/region` label.
     pub regions: Vec<RegionView>,
+    /// Month-to-date use per tenant (absent = none recorded).
+    pub month_use: BTreeMap<String, MonthToDate>,
 }
 
 impl Snapshot {
@@ -403,6 +420,7 @@ pub fn workload_view(
         max_runtime_s: None,
         latency_slo_ms: None,
         user_region: None,
+        token_tier: None,
         cpu_milli: 0,
         memory_mib: 0,
         status,
@@ -420,6 +438,7 @@ pub fn workload_view(
             fill(&mut view, &s.common(), None);
             view.latency_slo_ms = s.latency_slo_ms.map(f64::from);
             view.user_region = s.user_region.clone();
+            view.token_tier = Some(s.token_tier.clone());
         }),
     };
     if let Err(e) = parsed {

@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::cluster::{Cluster, MAX_DEVICES_PER_NODE};
 use super::fgd::{sigmoid_score, FragMemo, FxBuild, ShapeCounter, Shapes};
+use super::model::MAX_MODELS;
 use super::policy::Policy;
 use super::request::{Decision, DeviceMask, GpuDemand, Request, MILLI_PER_GPU};
 use std::cell::RefCell;
@@ -127,6 +128,8 @@ pub struct Engine {
     caches: HashMap<ClassKey, Vec<Entry>, FxBuild>,
     /// GPU-demand tags placed on each node, with counts (for `gpuclustering`).
     affinity: Vec<Vec<(u32, u32)>>,
+    /// zhisuan counts CPU-stranded GPU share as fragment (see `set_shapes`).
+    count_stranding: bool,
 }
 
 impl Engine {
@@ -154,6 +157,7 @@ impl Engine {
             generation: 0,
             caches: HashMap::default(),
             affinity: vec![Vec::new(); n],
+            count_stranding: false,
         }
     }
 
@@ -180,9 +184,30 @@ impl Engine {
     /// Fixes the typical shapes to those of a known workload (FGD's setting:
     /// the whole trace). Without it, shapes are learned from the requests seen.
     pub fn set_workload<'a>(&mut self, requests: impl IntoIterator<Item = &'a Request>) {
-        self.shapes = Shapes::from_requests(requests, SHAPE_COVERAGE);
-        self.memo = RefCell::new(FragMemo::new(&self.shapes));
+        self.set_shapes(Shapes::from_requests(requests, SHAPE_COVERAGE));
         self.shapes_fixed = true;
+    }
+
+    /// New typical shapes: every cached score is stale. zhisuan weighs
+    /// shapes by reach (`Shapes::weigh_by_reach`), and counts GPU share
+    /// stranded by exhausted CPU only while the workload asks less CPU per
+    /// GPU than the cluster has; when it asks more, CPU runs out first
+    /// everywhere, stranded GPUs are unavoidable and FGD's score is kept.
+    fn set_shapes(&mut self, mut shapes: Shapes) {
+        let c = &self.cluster;
+        if self.policy == Policy::Zhisuan {
+            let mut gpus_by_model = vec![0u64; MAX_MODELS];
+            for n in (0..c.len() as u32).filter(|&n| c.gpu_count(n) > 0) {
+                gpus_by_model[c.model(n) as usize] += c.gpu_count(n) as u64;
+            }
+            shapes.weigh_by_reach(&gpus_by_model);
+        }
+        let cluster_cpu: f64 = (0..c.len() as u32).map(|n| c.cpu_capacity(n) as f64).sum();
+        let cluster_gpu = c.total_gpus() as f64 * MILLI_PER_GPU as f64;
+        self.count_stranding = self.policy == Policy::Zhisuan
+            && shapes.workload_gpu_per_cpu() * cluster_cpu >= cluster_gpu;
+        self.memo = RefCell::new(FragMemo::new(&shapes));
+        self.shapes = shapes;
         self.bump_generation();
     }
 
@@ -332,14 +357,12 @@ impl Engine {
         }
         self.seen.add(req);
         if self.seen.total() >= self.next_relearn {
-            self.shapes = Shapes::typical(&self.seen, SHAPE_COVERAGE);
-            self.memo = RefCell::new(FragMemo::new(&self.shapes));
+            self.set_shapes(Shapes::typical(&self.seen, SHAPE_COVERAGE));
             self.next_relearn = if self.next_relearn < RELEARN_EVERY {
                 self.next_relearn * 2
             } else {
                 self.next_relearn + RELEARN_EVERY
             };
-            self.bump_generation();
         }
     }
 
@@ -528,10 +551,24 @@ impl Engine {
         let model = c.model(node);
         let cpu_free = c.cpu_free(node);
         let mut memo = self.memo.borrow_mut();
-        let before = memo.fragmentation(&self.shapes, model, cpu_free, free);
-        // zhisuan refines FGD's choice of device within a node: equal FGD
+        let zhisuan = self.policy == Policy::Zhisuan;
+        // zhisuan also counts the GPU share the node's CPU could no longer
+        // feed as fragment (see `Shapes::cpu_stranded`); it depends on the
+        // node's totals only, so it is the same for every device choice.
+        let (stranded_before, stranded_after) = if self.count_stranding {
+            let gpu_free: u32 = free.iter().map(|&f| f as u32).sum();
+            let gpu_left = gpu_free - req.gpu.total_milli();
+            (
+                self.shapes.cpu_stranded(model, cpu_free, gpu_free),
+                self.shapes.cpu_stranded(model, cpu_left, gpu_left),
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        let before = memo.fragmentation(&self.shapes, model, cpu_free, free) + stranded_before;
+        // zhisuan refines FGD's choice of device within a node: equal
         // score, then least fragmentation, then the fullest device (best fit).
-        let refine_device = self.policy == Policy::Zhisuan;
+        let refine_device = zhisuan;
         match req.gpu {
             GpuDemand::Shared { milli } => {
                 let mut best: Option<(Score, u64)> = None;
@@ -543,7 +580,8 @@ impl Engine {
                     }
                     tried[d] = f;
                     free[d] -= milli;
-                    let after = memo.fragmentation(&self.shapes, model, cpu_left, free);
+                    let after =
+                        memo.fragmentation(&self.shapes, model, cpu_left, free) + stranded_after;
                     free[d] += milli;
                     let q = sigmoid_score(before, after);
                     let s = if refine_device {
@@ -564,7 +602,8 @@ impl Engine {
                 for d in DeviceMask(devices).iter() {
                     free[d] = 0;
                 }
-                let after = memo.fragmentation(&self.shapes, model, cpu_left, free);
+                let after =
+                    memo.fragmentation(&self.shapes, model, cpu_left, free) + stranded_after;
                 ((sigmoid_score(before, after), 0), devices)
             }
         }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::model::{ModelId, ModelSet};
+use super::model::{ModelId, ModelSet, MAX_MODELS};
 use super::request::{GpuDemand, Request, MILLI_PER_GPU};
 
 /// One typical task shape and its share of the workload.
@@ -50,9 +50,72 @@ impl ShapeCounter {
 #[derive(Clone, Debug, Default)]
 pub struct Shapes {
     pub shapes: Vec<Shape>,
+    /// Per GPU model: milli-GPU the shapes that may run on it ask per CPU
+    /// milli (popularity-weighted); infinite when they ask no CPU.
+    gpu_per_cpu: Vec<f64>,
+    /// The same over all shapes, CPU-only ones included.
+    workload_gpu_per_cpu: f64,
 }
 
 impl Shapes {
+    /// Typical shapes as given (weights are popularity shares).
+    pub fn new(shapes: Vec<Shape>) -> Self {
+        let gpu_per_cpu = (0..MAX_MODELS as ModelId)
+            .map(|model| {
+                let runs_here = |s: &&Shape| s.gpus > 0 && s.models.contains(model);
+                let gpu: f64 = shapes
+                    .iter()
+                    .filter(runs_here)
+                    .map(|s| s.weight * s.gpus as f64 * s.milli_per_gpu as f64)
+                    .sum();
+                let cpu: f64 = shapes
+                    .iter()
+                    .filter(runs_here)
+                    .map(|s| s.weight * s.cpu_milli as f64)
+                    .sum();
+                ratio(gpu, cpu)
+            })
+            .collect();
+        let gpu: f64 = shapes
+            .iter()
+            .map(|s| s.weight * s.gpus as f64 * s.milli_per_gpu as f64)
+            .sum();
+        let cpu: f64 = shapes.iter().map(|s| s.weight * s.cpu_milli as f64).sum();
+        Shapes {
+            workload_gpu_per_cpu: ratio(gpu, cpu),
+            shapes,
+            gpu_per_cpu,
+        }
+    }
+
+    /// Milli-GPU the whole workload asks per CPU milli it asks (infinite
+    /// when it asks no CPU). Below the cluster's own ratio, CPU runs out
+    /// before GPUs cluster-wide and stranded GPUs cannot be avoided.
+    pub fn workload_gpu_per_cpu(&self) -> f64 {
+        self.workload_gpu_per_cpu
+    }
+
+    /// Weighs each GPU shape by its reach as well as its popularity: its
+    /// weight is multiplied by (cluster GPUs / GPUs of the models it may run
+    /// on), so the few places a model-constrained shape fits are protected
+    /// in proportion to how few they are. Shapes that run anywhere keep
+    /// their weight; the CPU-per-GPU ratios stay those of popularity.
+    /// `gpus_by_model[m]` is the cluster's GPU count of model `m`.
+    pub fn weigh_by_reach(&mut self, gpus_by_model: &[u64]) {
+        let total: u64 = gpus_by_model.iter().sum();
+        for s in self.shapes.iter_mut().filter(|s| s.gpus > 0) {
+            let reach: u64 = gpus_by_model
+                .iter()
+                .enumerate()
+                .filter(|&(m, _)| s.models.contains(m as ModelId))
+                .map(|(_, g)| g)
+                .sum();
+            if reach > 0 {
+                s.weight *= total as f64 / reach as f64;
+            }
+        }
+    }
+
     /// The most popular shapes covering `coverage` (e.g. 0.95) of the counted
     /// pods, each weighted by its share of ALL counted pods.
     pub fn typical(counter: &ShapeCounter, coverage: f64) -> Self {
@@ -89,7 +152,7 @@ impl Shapes {
                 weight: count as f64 / total,
             });
         }
-        Shapes { shapes }
+        Shapes::new(shapes)
     }
 
     /// From a workload sample.
@@ -113,6 +176,29 @@ impl Shapes {
             f += s.weight * shape_fragment(s, model, cpu_free, free, total) as f64;
         }
         f
+    }
+}
+
+impl Shapes {
+    /// Free GPU share of a node that its free CPU cannot feed: the shapes
+    /// that run on `model` ask on average one milli-GPU per so many CPU
+    /// milli, so `cpu_free` supports only that much of `gpu_free`. A node
+    /// whose CPU runs out first strands its GPUs, which FGD's one-instance
+    /// test of each shape does not see.
+    pub fn cpu_stranded(&self, model: ModelId, cpu_free: u32, gpu_free: u32) -> f64 {
+        let ratio = self.gpu_per_cpu.get(model as usize).copied();
+        match ratio {
+            Some(r) if r.is_finite() => (gpu_free as f64 - cpu_free as f64 * r).max(0.0),
+            _ => 0.0,
+        }
+    }
+}
+
+fn ratio(gpu: f64, cpu: f64) -> f64 {
+    if cpu > 0.0 {
+        gpu / cpu
+    } else {
+        f64::INFINITY
     }
 }
 
@@ -250,24 +336,22 @@ mod tests {
     use super::*;
 
     fn shapes() -> Shapes {
-        Shapes {
-            shapes: vec![
-                Shape {
-                    cpu_milli: 4000,
-                    milli_per_gpu: 500,
-                    gpus: 1,
-                    models: ModelSet::ANY,
-                    weight: 0.5,
-                },
-                Shape {
-                    cpu_milli: 8000,
-                    milli_per_gpu: 1000,
-                    gpus: 2,
-                    models: ModelSet::ANY,
-                    weight: 0.5,
-                },
-            ],
-        }
+        Shapes::new(vec![
+            Shape {
+                cpu_milli: 4000,
+                milli_per_gpu: 500,
+                gpus: 1,
+                models: ModelSet::ANY,
+                weight: 0.5,
+            },
+            Shape {
+                cpu_milli: 8000,
+                milli_per_gpu: 1000,
+                gpus: 2,
+                models: ModelSet::ANY,
+                weight: 0.5,
+            },
+        ])
     }
 
     #[test]
@@ -282,6 +366,52 @@ mod tests {
         assert!((f - 1300.0).abs() < 1e-9, "{f}");
         // Two whole devices: nothing stranded.
         assert_eq!(s.fragmentation(0, 64000, &[1000, 1000]), 0.0);
+    }
+
+    #[test]
+    fn cpu_stranded_by_hand() {
+        let s = shapes();
+        // GPU per CPU: (0.5·500 + 0.5·2000) / (0.5·4000 + 0.5·8000) = 1250/6000.
+        // 12000 CPU milli feed 2500 milli-GPU: of 4000 free, 1500 is stranded.
+        let f = s.cpu_stranded(0, 12000, 4000);
+        assert!((f - 1500.0).abs() < 1e-9, "{f}");
+        assert_eq!(s.cpu_stranded(0, 24000, 4000), 0.0);
+        // No shape asks CPU: nothing is stranded by CPU (and no NaN at 0 CPU).
+        let free_cpu = Shapes::new(vec![Shape {
+            cpu_milli: 0,
+            ..s.shapes[0]
+        }]);
+        assert_eq!(free_cpu.cpu_stranded(0, 0, 4000), 0.0);
+        assert_eq!(free_cpu.workload_gpu_per_cpu(), f64::INFINITY);
+        // Half 2-GPU pods asking 8000, half CPU-only pods asking 9000: 1000 / 8500.
+        let with_cpu_only = Shapes::new(vec![
+            Shape {
+                weight: 0.5,
+                ..s.shapes[1]
+            },
+            Shape {
+                cpu_milli: 9000,
+                milli_per_gpu: 0,
+                gpus: 0,
+                models: ModelSet::ANY,
+                weight: 0.5,
+            },
+        ]);
+        let r = with_cpu_only.workload_gpu_per_cpu();
+        assert!((r - 1000.0 / 8500.0).abs() < 1e-12, "{r}");
+    }
+
+    #[test]
+    fn weigh_by_reach_by_hand() {
+        // Model 0 has 2 GPUs, model 1 has 6: a shape limited to model 0
+        // reaches 2 of 8 GPUs and weighs 4×; one that runs anywhere keeps 0.5.
+        let mut s = shapes();
+        s.shapes[0].models = ModelSet::only(0);
+        s.weigh_by_reach(&[2, 6]);
+        assert!((s.shapes[0].weight - 2.0).abs() < 1e-12);
+        assert!((s.shapes[1].weight - 0.5).abs() < 1e-12);
+        // The CPU-per-GPU ratio of model 0 is still that of popularity.
+        assert!((s.cpu_stranded(0, 12000, 4000) - 1500.0).abs() < 1e-9);
     }
 
     #[test]

@@ -20,8 +20,11 @@ pub enum Policy {
     GpuClustering,
     /// Fragmentation Gradient Descent (ATC '23), shapes from the whole workload.
     Fgd,
-    /// zhisuan's default: FGD's node choice, with the device inside the node
-    /// chosen by exact fragmentation then best fit; shapes from the workload
+    /// zhisuan's default: FGD whose fragmentation also counts the free GPU
+    /// share a node's free CPU can no longer feed (at the shapes' mean CPU
+    /// per GPU for that GPU model), so CPU-hungry pods go where CPU is
+    /// plentiful instead of stranding GPUs; the device inside the node is
+    /// chosen by exact fragmentation then best fit. Shapes from the workload
     /// when known, else learned online from arrivals.
     #[default]
     Zhisuan,

@@ -181,6 +181,75 @@ fn fgd_prefers_the_node_where_fragmentation_grows_least() {
 }
 
 #[test]
+fn zhisuan_keeps_cpu_off_nodes_whose_gpus_it_would_strand() {
+    // Case 1. Workload: 1-GPU pods asking 4000 CPU milli, i.e. 1000
+    // milli-GPU per 4000 CPU. Node a (2 GPUs, 8000 CPU) has exactly the CPU
+    // its GPUs need; node b (2 GPUs, 64000 CPU) has plenty. A 2000-CPU pod
+    // without GPU changes FGD's fragmentation on neither (the shape still
+    // fits both), so FGD ties and takes a, the first in the node order. On a
+    // it would leave 6000 CPU for 2000 milli-GPU: 500 milli-GPU stranded,
+    // score ⌊100·sigmoid(−0.5)⌋ = 37 against 50 on b, so zhisuan takes b.
+    //
+    // Case 2. Workload: 1-GPU pods asking 40000 CPU milli (0.025 milli-GPU
+    // per CPU milli); the cluster has 12000 milli-GPU for 209000 CPU milli
+    // (0.057), so CPU runs out first everywhere and stranding is not
+    // counted: zhisuan ties like FGD. Were it counted, the pod would strand
+    // 50 more milli-GPU on a (score 48) and none on b (50), and go to b.
+    let cases = [
+        (
+            vec![node("a", 8000, 2, "T4"), node("b", 64000, 2, "T4")],
+            Request::whole(4000, 0, 1),
+            1,
+        ),
+        (
+            vec![
+                node("a", 8000, 2, "T4"),
+                node("b", 200000, 2, "T4"),
+                node("c", 1000, 8, "T4"),
+            ],
+            Request::whole(40000, 0, 1),
+            0,
+        ),
+    ];
+    for (case, (specs, shape, zhisuan_node)) in cases.into_iter().enumerate() {
+        for (policy, want) in [(Policy::Fgd, 0), (Policy::Zhisuan, zhisuan_node)] {
+            let mut e = Engine::new(cluster(&specs), policy, 1);
+            let order: Vec<u32> = (0..specs.len() as u32).collect();
+            e.set_tie_order(&order).unwrap();
+            e.set_workload([shape.clone()].iter());
+            let chosen = e.place(&Request::cpu(2000, 0)).unwrap().node;
+            assert_eq!(chosen, want, "case {}: {policy}", case + 1);
+        }
+    }
+}
+
+#[test]
+fn zhisuan_weighs_model_constrained_shapes_by_reach() {
+    // 2 V100 GPUs of 8 (plus a CPU-only node): a V100-only shape of
+    // popularity 0.5 weighs 4 × 0.5 under zhisuan, 0.5 under FGD.
+    let specs = vec![
+        node("v", 64000, 2, "V100"),
+        node("t", 64000, 6, "T4"),
+        node("cpu", 64000, 0, ""),
+    ];
+    for (policy, want) in [(Policy::Fgd, 0.5), (Policy::Zhisuan, 2.0)] {
+        let mut c = cluster(&specs);
+        let v100 = ModelSet::only(c.models_mut().intern("V100").unwrap());
+        let workload = [
+            Request::whole(1000, 0, 1).with_models(v100),
+            Request::whole(1000, 0, 2),
+        ];
+        let mut e = Engine::new(c, policy, 1);
+        e.set_workload(workload.iter());
+        let constrained = e.shapes().shapes.iter().find(|s| s.models == v100).unwrap();
+        assert!(
+            (constrained.weight - want).abs() < 1e-12,
+            "{policy}: {constrained:?}"
+        );
+    }
+}
+
+#[test]
 fn allocate_rejects_what_does_not_fit_and_changes_nothing() {
     let mut c = cluster(&[node("a", 1000, 1, "T4")]);
     let too_big = Decision {

@@ -9,6 +9,7 @@ use super::catalog::Catalog;
 use super::plan::{Explanation, ResolvedJob, Verdict};
 use crate::error::InputError;
 use crate::placement::{Cluster, Decision, Engine, ModelSet, NodeSpec, Policy, Request};
+use std::collections::VecDeque;
 
 /// Node label carrying the region (same key as the operator's node label).
 pub const REGION_LABEL: &str = "zhisuan.io/region";
@@ -27,11 +28,34 @@ pub struct ReplicaShape {
     pub memory_mib: u64,
 }
 
+/// Arrivals the typical shapes are learned from (the most recent ones).
+pub const SHAPE_WINDOW: usize = 4096;
+/// Shapes are relearned at 1, 2, 4, … arrivals up to [`SHAPE_WINDOW`], then every this many.
+const SHAPE_RELEARN_EVERY: u64 = 1024;
+
+/// One arrival as the shape estimate sees it: a replica request (any model),
+/// the job's allowed catalog models (empty = any) and its replica count.
+struct Arrival {
+    replica: Request,
+    models: Vec<usize>,
+    replicas: u32,
+}
+
 /// One placement engine per region of a catalog.
+///
+/// The engines' typical shapes (FGD's fragmentation measure) come from the
+/// arrivals of ALL regions, each job counted once ([`RegionEngines::observe_arrival`]):
+/// an engine left to learn on its own would count only the requests routed
+/// to its region, and count a queued job again at every retry, so the jobs
+/// that wait longest (large gangs) would dominate its shapes.
 pub struct RegionEngines {
     engines: Vec<Engine>,
     /// Scratch for the gang's member requests (reused across decisions).
     members: Vec<Request>,
+    /// The last [`SHAPE_WINDOW`] arrivals.
+    arrivals: VecDeque<Arrival>,
+    arrived: u64,
+    next_relearn: u64,
 }
 
 impl RegionEngines {
@@ -50,7 +74,54 @@ impl RegionEngines {
         Ok(RegionEngines {
             engines,
             members: Vec::new(),
+            arrivals: VecDeque::with_capacity(SHAPE_WINDOW),
+            arrived: 0,
+            next_relearn: 1,
         })
+    }
+
+    /// Counts a job once, when it arrives (not at each placement try), for
+    /// the typical shapes every region's engine scores fragmentation with.
+    /// Relearns them at 1, 2, 4, … arrivals, then every 1,024, over the last
+    /// [`SHAPE_WINDOW`] arrivals.
+    pub fn observe_arrival(&mut self, catalog: &Catalog, job: &ResolvedJob, shape: ReplicaShape) {
+        if !self
+            .engines
+            .first()
+            .is_some_and(|e| e.policy().uses_shapes())
+        {
+            return;
+        }
+        if self.arrivals.len() == SHAPE_WINDOW {
+            self.arrivals.pop_front();
+        }
+        self.arrivals.push_back(Arrival {
+            replica: replica_request(job, shape),
+            models: job.models.clone(),
+            replicas: job.replicas,
+        });
+        self.arrived += 1;
+        if self.arrived < self.next_relearn {
+            return;
+        }
+        self.next_relearn = if self.next_relearn < SHAPE_WINDOW as u64 {
+            self.next_relearn * 2
+        } else {
+            self.next_relearn + SHAPE_RELEARN_EVERY
+        };
+        let mut requests = Vec::new();
+        for engine in &mut self.engines {
+            requests.clear();
+            for a in &self.arrivals {
+                let models = region_models(catalog, engine, &a.models);
+                if models == ModelSet::NONE {
+                    continue; // cannot land in this region
+                }
+                let r = a.replica.clone().with_models(models);
+                requests.extend(std::iter::repeat_n(r, a.replicas as usize));
+            }
+            engine.set_workload(requests.iter());
+        }
     }
 
     pub fn engine(&self, region: usize) -> &Engine {
@@ -115,15 +186,7 @@ impl RegionEngines {
         shape: ReplicaShape,
     ) -> Option<Vec<Decision>> {
         let engine = &mut self.engines[region];
-        let models = if job.models.is_empty() {
-            ModelSet::ANY
-        } else {
-            let table = engine.cluster().models();
-            job.models
-                .iter()
-                .filter_map(|&m| table.id(&catalog.accelerators[m].model))
-                .fold(ModelSet::NONE, |s, id| s.with(id))
-        };
+        let models = region_models(catalog, engine, &job.models);
         if models == ModelSet::NONE {
             return None;
         }
@@ -141,6 +204,18 @@ impl RegionEngines {
         }
         Ok(())
     }
+}
+
+/// A job's allowed catalog models (empty = any) in an engine's model ids.
+fn region_models(catalog: &Catalog, engine: &Engine, models: &[usize]) -> ModelSet {
+    if models.is_empty() {
+        return ModelSet::ANY;
+    }
+    let table = engine.cluster().models();
+    models
+        .iter()
+        .filter_map(|&m| table.id(&catalog.accelerators[m].model))
+        .fold(ModelSet::NONE, |s, id| s.with(id))
 }
 
 /// The nodes of a region, from its inventory: named `<region>-<model>-<n>`,

@@ -341,6 +341,9 @@ pub struct SimResult {
     pub residency_violations: usize,
     pub mean_wait_s: f64,
     pub max_wait_s: i64,
+    /// Placed jobs that waited at all (only the peak queues; the mean wait
+    /// is sensitive to a few long waits there).
+    pub jobs_waited: usize,
     pub fallbacks: usize,
     pub west_gpu_hours_pct: f64,
     pub span_s: i64,
@@ -387,6 +390,7 @@ pub fn simulate(
     }
     let end = world.now_s();
     let (mut waits, mut max_wait, mut placed) = (0i64, 0i64, 0usize);
+    let mut jobs_waited = 0usize;
     for j in world.jobs() {
         if let Some(p) = &j.placement {
             placed += 1;
@@ -398,6 +402,7 @@ pub fn simulate(
             }
             res_v += res as usize;
             let w = j.wait_s(end);
+            jobs_waited += (w > 0) as usize;
             waits += w;
             max_wait = max_wait.max(w);
             if let Some(crate::regions::plan::Candidate {
@@ -460,6 +465,7 @@ pub fn simulate(
             0.0
         },
         max_wait_s: max_wait,
+        jobs_waited,
         fallbacks,
         west_gpu_hours_pct: if gpu_hours > 0.0 {
             100.0 * west / gpu_hours
@@ -508,7 +514,7 @@ fn table(results: &[SimResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<12} {:>6} {:>7} {:>10} {:>12} {:>11} {:>13} {:>5} {:>9} {:>10} {:>6}",
+        "{:<12} {:>6} {:>7} {:>10} {:>12} {:>11} {:>13} {:>5} {:>9} {:>10} {:>7} {:>7} {:>6}",
         "policy",
         "jobs",
         "placed",
@@ -519,12 +525,14 @@ fn table(results: &[SimResult]) -> String {
         "SLO✗",
         "resid.✗",
         "mean wait s",
+        "waited",
+        "max s",
         "west%"
     );
     for r in results {
         let _ = writeln!(
             s,
-            "{:<12} {:>6} {:>7} {:>10.0} {:>12.0} {:>11.0} {:>13.2} {:>5} {:>9} {:>10.1} {:>6.1}",
+            "{:<12} {:>6} {:>7} {:>10.0} {:>12.0} {:>11.0} {:>13.2} {:>5} {:>9} {:>11.2} {:>7} {:>7} {:>6.1}",
             r.policy,
             r.jobs,
             r.placed,
@@ -535,6 +543,8 @@ fn table(results: &[SimResult]) -> String {
             r.slo_violations,
             r.residency_violations,
             r.mean_wait_s,
+            r.jobs_waited,
+            r.max_wait_s,
             r.west_gpu_hours_pct
         );
     }

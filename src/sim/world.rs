@@ -208,6 +208,13 @@ struct RegionTotals {
     running: u32,
 }
 
+fn replica_shape(spec: &JobSpec) -> ReplicaShape {
+    ReplicaShape {
+        cpu_milli: spec.cpu_milli_per_replica,
+        memory_mib: spec.memory_mib_per_replica,
+    }
+}
+
 /// The multi-region cluster.
 pub struct World {
     catalog: Catalog,
@@ -295,6 +302,9 @@ impl World {
             metered_until_s: self.now_s,
             ends_s: None,
         });
+        let job = &self.jobs[id as usize - 1];
+        self.engines
+            .observe_arrival(&self.catalog, &job.resolved, replica_shape(&job.spec));
         if !self.try_start(id) {
             self.queue.push_back(id);
         }
@@ -491,10 +501,7 @@ impl World {
         if ranked == 0 {
             return false;
         }
-        let shape = ReplicaShape {
-            cpu_milli: job.spec.cpu_milli_per_replica,
-            memory_mib: job.spec.memory_mib_per_replica,
-        };
+        let shape = replica_shape(&job.spec);
         let Some(placement) = self.engines.place(
             &self.catalog,
             &job.resolved,
@@ -848,6 +855,40 @@ links:
         assert_eq!(total, 10_000.0);
         let ids: std::collections::BTreeSet<&str> = usage.iter().map(|u| u.id.as_str()).collect();
         assert_eq!(ids.len(), 4, "ids are unique");
+    }
+
+    #[test]
+    fn shapes_count_each_arrival_once_in_every_region() {
+        let mut w = world(RegionPolicy::Green, None);
+        // 64 arrivals (a relearn point): 40 whole GPUs, 24 half GPUs; 52 of 56 GPUs.
+        for i in 0..64 {
+            let mut s = spec(&format!("j{i}"), 1, 1, 600 + 60 * i);
+            if i >= 40 {
+                s.gpus_per_replica = 0;
+                s.gpu_milli = 500;
+            }
+            w.submit(s).unwrap();
+        }
+        // A gang that must wait, retried at every departure until it starts.
+        let gang = w.submit(spec("gang", 2, 8, 60)).unwrap();
+        assert_eq!(w.job(gang).unwrap().phase, Phase::Pending);
+        w.advance_to(1000 + 10_000);
+        assert_eq!(w.job(gang).unwrap().phase, Phase::Succeeded);
+        for r in 0..2 {
+            let shapes: Vec<(u8, u16, f64)> = w
+                .engines()
+                .engine(r)
+                .shapes()
+                .shapes
+                .iter()
+                .map(|s| (s.gpus, s.milli_per_gpu, s.weight))
+                .collect();
+            assert_eq!(
+                shapes,
+                vec![(1, 1000, 40.0 / 64.0), (1, 500, 24.0 / 64.0)],
+                "region {r}: shapes of the 64 arrivals, retries not counted"
+            );
+        }
     }
 
     mod props {

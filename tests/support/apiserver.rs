@@ -65,6 +65,8 @@ struct Inner {
     uid_counter: u64,
     /// Counts requests by verb, for tests that check what a client did.
     requests: BTreeMap<String, u64>,
+    /// Successful pod bindings so far.
+    bindings: u64,
 }
 
 /// Shared state of the stand-in.
@@ -158,6 +160,11 @@ impl ApiServer {
             .get(resource)
             .map(|m| m.values().map(|v| (**v).clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// Successful pod bindings since start (O(1), for benchmarks that poll).
+    pub fn bindings(&self) -> u64 {
+        self.store.inner.lock().unwrap().bindings
     }
 
     /// How many objects of a resource satisfy `pred` (no copies: for
@@ -841,6 +848,7 @@ fn bind(store: &Store, t: &Target, body: Value) -> Response {
     let rv = inner.next_rv();
     set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
     inner.commit(&store.events, &t.resource, key, "MODIFIED", obj);
+    inner.bindings += 1;
     drop(inner);
     ok_json(
         StatusCode::CREATED,
@@ -907,13 +915,34 @@ fn watch_stream(store: &Arc<Store>, t: &Target, q: &BTreeMap<String, String>) ->
         (sub, inner.rv)
     };
     // Events buffered in `sub` up to `start_rv` are already in the backlog.
+    // Events already queued when one arrives go out in the same chunk (one
+    // write for a burst; the bytes on the wire are the same lines).
     let live = futures::stream::unfold(
-        (sub, start_rv, Box::new(wanted)),
-        |(mut rx, start, wanted)| async move {
+        (sub, start_rv, Box::new(wanted), false),
+        |(mut rx, start, wanted, cut)| async move {
+            if cut {
+                return None;
+            }
             loop {
                 match rx.recv().await {
                     Ok(e) if e.rv > start && wanted(&e) => {
-                        return Some((e.line.clone(), (rx, start, wanted)))
+                        let mut chunk = e.line.to_vec();
+                        let mut cut = false;
+                        loop {
+                            match rx.try_recv() {
+                                Ok(e) if e.rv > start && wanted(&e) => {
+                                    chunk.extend_from_slice(&e.line)
+                                }
+                                Ok(_) => continue,
+                                Err(broadcast::error::TryRecvError::Empty) => break,
+                                // Lagged or closed: send what we have, then end.
+                                Err(_) => {
+                                    cut = true;
+                                    break;
+                                }
+                            }
+                        }
+                        return Some((Bytes::from(chunk), (rx, start, wanted, cut)));
                     }
                     Ok(_) => continue,
                     // A watcher too slow to keep up is cut off and re-watches.
