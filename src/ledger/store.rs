@@ -344,18 +344,19 @@ impl Ledger {
         for v in self.vouchers(None)? {
             m.set_balance(&v.tenant, &v.id, v.balance_fen);
         }
-        // Counters start from the stored totals, so a restarted process
-        // (same database) carries on instead of starting again at zero.
+        // Counters start from the stored totals (summed from the monthly
+        // rollups), so a restarted process (same database) carries on
+        // instead of starting again at zero.
         let (usage, tokens) = self.read(|tx| {
             let u = tx.rows(
                 "SELECT tenant, region, model, CAST(SUM(milli_gpu_s) AS BIGINT), CAST(SUM(facility_j) AS BIGINT), \
                  CAST(SUM(carbon_mg) AS BIGINT), CAST(SUM(gpu_fen + energy_fen) AS BIGINT), \
-                 CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT) FROM usage GROUP BY tenant, region, model",
+                 CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT) FROM usage_rollup GROUP BY tenant, region, model",
                 &[],
             )?;
             let t = tx.rows(
                 "SELECT tenant, tier, CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT), \
-                 CAST(SUM(fen) AS BIGINT), CAST(SUM(voucher_fen) AS BIGINT) FROM tokens GROUP BY tenant, tier",
+                 CAST(SUM(fen) AS BIGINT), CAST(SUM(voucher_fen) AS BIGINT) FROM tokens_rollup GROUP BY tenant, tier",
                 &[],
             )?;
             Ok((u, t))
@@ -955,21 +956,59 @@ impl Ledger {
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
     ) -> Result<UsageSummary> {
+        let aligned = |t: Option<DateTime<Utc>>| t.is_none_or(|t| Month::of(t).start() == t);
+        let from_rollups = aligned(from) && aligned(to);
+        self.usage_summary_by(tenant, from, to, from_rollups)
+    }
+
+    /// [`Ledger::usage_summary`] from the monthly rollups (bounds must be
+    /// month starts or absent) or from the raw rows (any bounds).
+    pub(crate) fn usage_summary_by(
+        &self,
+        tenant: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        from_rollups: bool,
+    ) -> Result<UsageSummary> {
+        // Month keys `YYYY-MM` order like the months they name.
+        let month_key = |t: Option<DateTime<Utc>>, none: &str| {
+            t.map_or(none.to_string(), |t| Month::of(t).to_string())
+        };
+        let (from_key, to_key) = (month_key(from, "0000-00"), month_key(to, "9999-99"));
         let from = from.map_or(i64::MIN, |t| t.timestamp());
         let to = to.map_or(i64::MAX, |t| t.timestamp());
+        let (usage, tokens, cond, params) = if from_rollups {
+            (
+                "usage_rollup",
+                "tokens_rollup",
+                "month >= $2 AND month < $3",
+                [Val::T(tenant), Val::T(&from_key), Val::T(&to_key)],
+            )
+        } else {
+            (
+                "usage",
+                "tokens",
+                "start_s >= $2 AND start_s < $3",
+                [Val::T(tenant), Val::I(from), Val::I(to)],
+            )
+        };
         let (u, t) = self.read(|tx| {
             require_tenant(tx, tenant)?;
             let u = tx.rows(
-                "SELECT COALESCE(CAST(SUM(milli_gpu_s) AS BIGINT), 0), COALESCE(CAST(SUM(facility_j) AS BIGINT), 0), \
-                 COALESCE(CAST(SUM(carbon_mg) AS BIGINT), 0), COALESCE(CAST(SUM(gpu_fen + energy_fen) AS BIGINT), 0), \
-                 COALESCE(CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT), 0) \
-                 FROM usage WHERE tenant = $1 AND start_s >= $2 AND start_s < $3",
-                &[Val::T(tenant), Val::I(from), Val::I(to)],
+                &format!(
+                    "SELECT COALESCE(CAST(SUM(milli_gpu_s) AS BIGINT), 0), COALESCE(CAST(SUM(facility_j) AS BIGINT), 0), \
+                     COALESCE(CAST(SUM(carbon_mg) AS BIGINT), 0), COALESCE(CAST(SUM(gpu_fen + energy_fen) AS BIGINT), 0), \
+                     COALESCE(CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT), 0) \
+                     FROM {usage} WHERE tenant = $1 AND {cond}"
+                ),
+                &params,
             )?;
             let t = tx.rows(
-                "SELECT tier, CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), CAST(SUM(fen) AS BIGINT), CAST(SUM(voucher_fen) AS BIGINT) \
-                 FROM tokens WHERE tenant = $1 AND start_s >= $2 AND start_s < $3 GROUP BY tier ORDER BY tier",
-                &[Val::T(tenant), Val::I(from), Val::I(to)],
+                &format!(
+                    "SELECT tier, CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), CAST(SUM(fen) AS BIGINT), \
+                     CAST(SUM(voucher_fen) AS BIGINT) FROM {tokens} WHERE tenant = $1 AND {cond} GROUP BY tier ORDER BY tier"
+                ),
+                &params,
             )?;
             Ok((u, t))
         })?;
