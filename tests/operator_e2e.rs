@@ -13,11 +13,15 @@ use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use zhisuan::ledger::{Ledger, Month};
 use zhisuan::operator::controller::{Controller, ControllerConfig};
-use zhisuan::operator::crd::{ComputeRegion, TenantQuota, TrainingJob};
+use zhisuan::operator::crd::{ComputeRegion, InferenceService, TenantQuota, TrainingJob};
 use zhisuan::operator::leader::{Leadership, LeaseTiming};
 use zhisuan::operator::snapshot::MonthToDate;
 use zhisuan::operator::usage::FixedUsage;
+use zhisuan::telemetry::tokens::TokenScrapeConfig;
 
 fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
@@ -517,6 +521,116 @@ async fn monthly_gpu_hours_from_the_usage_source_block_then_admit() {
         phase(&server, "late").await == "Running"
     })
     .await;
+}
+
+/// A vLLM stand-in on loopback: serves the counters the test sets and
+/// counts the scrapes it answered.
+async fn vllm_exporter() -> (u16, Arc<Mutex<(u64, u64)>>, Arc<AtomicUsize>) {
+    let counters = Arc::new(Mutex::new((0u64, 0u64)));
+    let scrapes = Arc::new(AtomicUsize::new(0));
+    let (c, n) = (counters.clone(), scrapes.clone());
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (prompt, generation) = *c.lock().unwrap();
+            n.fetch_add(1, Ordering::SeqCst);
+            async move {
+                format!(
+                    "# TYPE vllm:prompt_tokens_total counter\n\
+                     vllm:prompt_tokens_total{{model_name=\"qwen-72b\"}} {prompt}\n\
+                     # TYPE vllm:generation_tokens_total counter\n\
+                     vllm:generation_tokens_total{{model_name=\"qwen-72b\"}} {generation}\n"
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, counters, scrapes)
+}
+
+/// With a ledger, the leader scrapes each running pod of an InferenceService
+/// with `spec.metrics` (pod IP + metrics port) and the token deltas land in
+/// the ledger under the service's tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_tokens_are_scraped_from_running_pods_into_the_ledger() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    quota(&server, "acme", None, json!({})).await;
+    let ledger = Ledger::open(":memory:").unwrap();
+    ledger.ensure_rate_card("test").unwrap();
+    ledger.create_tenant("test", "acme", None).unwrap();
+    let (port, counters, scrapes) = vllm_exporter().await;
+    *counters.lock().unwrap() = (1000, 400);
+
+    let config = ControllerConfig {
+        identity: "c1".into(),
+        resync: Duration::from_millis(200),
+        timing: LeaseTiming {
+            lease_duration: Duration::from_secs(2),
+            renew_deadline: Duration::from_millis(1333),
+            retry_period: Duration::from_millis(333),
+        },
+        ..ControllerConfig::default()
+    };
+    let scrape = TokenScrapeConfig {
+        interval: Duration::from_secs(1),
+        ..TokenScrapeConfig::default()
+    };
+    let controller = Controller::new(server.client(), config, &prometheus::Registry::new())
+        .unwrap()
+        .with_token_counting(ledger.clone(), scrape);
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let _task = tokio::spawn(controller.run(rx));
+
+    let isvc_ar = ApiResource::erase::<InferenceService>(&());
+    create_raw(
+        &server,
+        &isvc_ar,
+        Some("ai"),
+        json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "chat", "namespace": "ai"},
+            "spec": {"tenant": "acme", "modelName": "qwen-72b", "tokenTier": "industry",
+                     "replicas": 1, "gpusPerReplica": 1, "metrics": {"port": port},
+                     "template": {"spec": {"containers": [{"name": "serve", "image": "vllm:1"}]}}}
+        }),
+    )
+    .await;
+    let isvc = dynamic_api(&server, &isvc_ar, Some("ai"));
+    eventually(15, "chat runs", || async {
+        isvc.get("chat").await.unwrap().data["status"]["phase"] == "Running"
+    })
+    .await;
+    // No scrape before the pod reports an IP (the kubelet's part, done here).
+    assert_eq!(scrapes.load(Ordering::SeqCst), 0);
+    let pods: Api<Pod> = Api::namespaced(server.client(), "ai");
+    pods.patch_status(
+        "chat-serve-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "127.0.0.1"}})),
+    )
+    .await
+    .unwrap();
+    // The first scrape only sets the baseline; the served tokens after it count.
+    eventually(15, "first scrape (baseline)", || async {
+        scrapes.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    *counters.lock().unwrap() = (1300, 600);
+    let month = {
+        let now = chrono::Utc::now();
+        Month {
+            year: chrono::Datelike::year(&now),
+            month: chrono::Datelike::month(&now),
+        }
+    };
+    eventually(15, "tokens in the ledger", || async {
+        ledger.month_use("acme", month).unwrap().tokens > 0
+    })
+    .await;
+    assert_eq!(ledger.month_use("acme", month).unwrap().tokens, 300 + 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ use super::leader::{Leadership, LeaseTiming};
 use super::plan::PlanConfig;
 use crate::error::InputError;
 use crate::placement::Policy;
+use crate::telemetry::tokens::TokenScrapeConfig;
 
 /// Arguments of `zhisuan crd`.
 #[derive(clap::Args, Debug)]
@@ -50,8 +51,13 @@ pub struct ControllerArgs {
     /// Ledger with the month-to-date use that TenantQuotas' monthly limits
     /// (`gpuHoursPerMonth`, `tokensPerMonth`) are checked against: a SQLite
     /// path or a postgres:// URL. Without it those limits are not enforced.
+    /// Also where InferenceServices' tokens are counted: every running
+    /// pod of a service with `spec.metrics` is scraped (vLLM counters).
     #[arg(long, env = "ZHISUAN_LEDGER_DB")]
     pub ledger: Option<String>,
+    /// Seconds between token scrapes (with --ledger); windows align to it.
+    #[arg(long, default_value_t = 15)]
+    pub token_scrape_s: u64,
 }
 
 pub fn run_crd(args: CrdArgs) -> anyhow::Result<()> {
@@ -91,7 +97,13 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         if let Some(url) = &args.ledger {
             let ledger = crate::ledger::Ledger::open(url)
                 .map_err(|e| InputError::new(format!("--ledger {url:?}: {e}")))?;
-            controller = controller.with_usage(std::sync::Arc::new(ledger));
+            let scrape = TokenScrapeConfig {
+                interval: Duration::from_secs(args.token_scrape_s.max(1)),
+                ..TokenScrapeConfig::default()
+            };
+            controller = controller
+                .with_token_counting(ledger.clone(), scrape)
+                .with_usage(std::sync::Arc::new(ledger));
         }
         let ready = controller.ready_flag();
         let leadership = controller.leadership();

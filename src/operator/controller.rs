@@ -34,7 +34,10 @@ use super::snapshot::{
     self, keys, Kind, MonthToDate, NodeView, PodView, QuotaView, Snapshot, WorkloadKey,
     WorkloadView,
 };
+use super::tokens;
 use super::usage::UsageSource;
+use crate::ledger::Ledger;
+use crate::telemetry::tokens::{run_token_loop, TokenScrapeConfig, TokenTarget};
 
 /// Field manager of the controller's server-side applies.
 pub const FIELD_MANAGER: &str = "zhisuan-controller";
@@ -152,6 +155,15 @@ pub struct Controller {
     /// Where monthly limits read month-to-date use (none: not enforced).
     usage: Option<Arc<dyn UsageSource>>,
     month: std::sync::Mutex<MonthCache>,
+    /// Token counting of InferenceServices into the ledger (none: off).
+    tokens: Option<TokenCounting>,
+}
+
+/// The token loop's settings and the channel its targets go through.
+struct TokenCounting {
+    ledger: Ledger,
+    config: TokenScrapeConfig,
+    targets: watch::Sender<Vec<TokenTarget>>,
 }
 
 /// The reflector stores the controller reads its snapshots from.
@@ -227,6 +239,7 @@ impl Controller {
             views: Default::default(),
             usage: None,
             month: Default::default(),
+            tokens: None,
         })
     }
 
@@ -235,6 +248,75 @@ impl Controller {
     pub fn with_usage(mut self, source: Arc<dyn UsageSource>) -> Self {
         self.usage = Some(source);
         self
+    }
+
+    /// Counts the tokens of every InferenceService with `spec.metrics` into
+    /// `ledger`: while this replica leads, the token loop scrapes each
+    /// running serving pod every `config.interval`.
+    pub fn with_token_counting(mut self, ledger: Ledger, config: TokenScrapeConfig) -> Self {
+        self.tokens = Some(TokenCounting {
+            ledger,
+            config,
+            targets: watch::channel(Vec::new()).0,
+        });
+        self
+    }
+
+    /// Runs the token loop whenever this replica leads (it stops when the
+    /// term ends; the next term starts a fresh one, whose first scrape of
+    /// each pod only sets its baseline).
+    fn spawn_token_loop(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let counting = self.tokens.as_ref()?;
+        let (ledger, config) = (counting.ledger.clone(), counting.config.clone());
+        let targets = counting.targets.subscribe();
+        let leadership = self.leadership.clone();
+        // How often leadership is re-checked (it has no change notification).
+        let poll = self
+            .config
+            .timing
+            .retry_period
+            .min(Duration::from_millis(200));
+        /// Waits until `leading` is what leadership says, or shutdown (false).
+        async fn until(
+            leadership: &Leadership,
+            leading: bool,
+            shutdown: &mut watch::Receiver<bool>,
+            poll: Duration,
+        ) -> bool {
+            loop {
+                if *shutdown.borrow() {
+                    return false;
+                }
+                if leadership.is_leader() == leading {
+                    return true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    changed = shutdown.changed() => if changed.is_err() { return false; },
+                }
+            }
+        }
+        Some(tokio::spawn(async move {
+            let mut shutdown = shutdown;
+            while until(&leadership, true, &mut shutdown, poll).await {
+                let mut stop = shutdown.clone();
+                let term_over = {
+                    let leadership = leadership.clone();
+                    async move {
+                        until(&leadership, false, &mut stop, poll).await;
+                    }
+                };
+                if let Err(e) =
+                    run_token_loop(ledger.clone(), targets.clone(), config.clone(), term_over).await
+                {
+                    tracing::warn!(error = %e, "token loop failed; restarting");
+                    tokio::time::sleep(config.interval).await;
+                }
+            }
+        }))
     }
 
     /// Month-to-date use of every tenant with a TenantQuota, when some quota
@@ -348,8 +430,9 @@ impl Controller {
         ];
         let elector = self.elector.take().expect("run once");
         let election = tokio::spawn(elector.run(shutdown.clone()));
+        let token_loop = self.spawn_token_loop(shutdown.clone());
         let result = self.schedule_loop(&stores, notify, shutdown).await;
-        for t in tasks {
+        for t in tasks.into_iter().chain(token_loop) {
             t.abort();
         }
         let _ = election.await;
@@ -437,6 +520,29 @@ impl Controller {
                 }));
             snap
         };
+        if let Some(counting) = &self.tokens {
+            let services: Vec<_> = inference
+                .iter()
+                .filter_map(|o| tokens::serving_service(o))
+                .collect();
+            let pods: Vec<_> = pod_objects
+                .iter()
+                .filter_map(|p| tokens::serving_pod(p))
+                .collect();
+            let node_regions: BTreeMap<String, String> = snap
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.region.clone()))
+                .collect();
+            let targets = tokens::token_targets(&services, &pods, &node_regions);
+            counting.targets.send_if_modified(|current| {
+                let changed = *current != targets;
+                if changed {
+                    *current = targets;
+                }
+                changed
+            });
+        }
         let mut objects: BTreeMap<WorkloadKey, Arc<DynamicObject>> = BTreeMap::new();
         {
             // Overlay what we wrote but the reflector has not shown yet.

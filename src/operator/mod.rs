@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod plan;
 pub mod regions;
 pub mod snapshot;
+pub mod tokens;
 pub mod usage;
 pub mod validate;
