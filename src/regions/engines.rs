@@ -300,23 +300,16 @@ pub fn replica_request(job: &ResolvedJob, shape: ReplicaShape) -> Request {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::regions::plan::{JobKind, JobSpec};
+    use crate::regions::plan::JobSpec;
 
+    /// One region with 70 W and 400 W GPUs.
     const CATALOG: &str = r#"
-accelerators:
-  - {model: A100, vendor: nvidia, power_w: 400}
-  - {model: T4, vendor: nvidia, power_w: 70}
+accelerators: [{model: A100, vendor: nvidia, power_w: 400}, {model: T4, vendor: nvidia, power_w: 70}]
 regions:
-  - name: west
-    hub: w
-    side: west
-    pue: 1.1
-    green_share: 0.6
-    price_cny_per_kwh: 0.3
-    grid_factor_kg_per_kwh: 0.6
-    inventory:
-      - {model: A100, nodes: 6, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}
-      - {model: T4, nodes: 6, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}
+  - {name: west, hub: w, side: west, pue: 1.1, green_share: 0.6, price_cny_per_kwh: 0.3,
+     grid_factor_kg_per_kwh: 0.6, inventory: [
+       {model: A100, nodes: 6, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216},
+       {model: T4, nodes: 6, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}]}
 user_regions: []
 links: []
 "#;
@@ -324,27 +317,12 @@ links: []
     #[test]
     fn ties_go_to_the_least_power_gpus_whatever_the_seed() {
         let catalog = Catalog::from_yaml(CATALOG, "test.yaml").unwrap();
-        let job = JobSpec {
-            tenant: "t".into(),
-            name: "j".into(),
-            kind: JobKind::Training,
-            replicas: 1,
-            gpus_per_replica: 1,
-            gpu_milli: 0,
-            cpu_milli_per_replica: 8000,
-            memory_mib_per_replica: 16384,
-            gpu_models: vec![],
-            user_region: None,
-            data_region: None,
-            latency_slo_ms: None,
-            residency: vec![],
-            cost_budget_fen: None,
-            wait_for_best: false,
-            max_runtime_s: None,
-            duration_s: None,
-        }
-        .resolve(&catalog)
+        let job: JobSpec = serde_json::from_value(serde_json::json!({
+            "tenant": "t", "name": "j", "kind": "training", "gpus_per_replica": 1,
+            "cpu_milli_per_replica": 8000, "memory_mib_per_replica": 16384
+        }))
         .unwrap();
+        let job = job.resolve(&catalog).unwrap();
         let shape = ReplicaShape {
             cpu_milli: 8000,
             memory_mib: 16384,
