@@ -76,28 +76,43 @@ fn setup(url: &str) -> Ledger {
     l
 }
 
+/// A ledger opened on first use, so a filtered run (`cargo bench --bench
+/// ledger -- sqlite_disk`) sets up only what it measures.
+type Lazy = std::sync::OnceLock<Ledger>;
+
 fn bench_ingest(c: &mut Criterion, name: &str, url: &str) {
-    let ledger = setup(url);
+    let ledger = Lazy::new();
     let next = AtomicUsize::new(0);
     let mut g = c.benchmark_group(format!("ledger_ingest_{name}"));
     g.sample_size(10);
     g.warm_up_time(std::time::Duration::from_secs(1));
     g.measurement_time(std::time::Duration::from_secs(15));
-    g.throughput(Throughput::Elements(BATCH as u64));
-    g.bench_function("usage_batch_10k", |b| {
-        b.iter_batched(
-            || records("acme", next.fetch_add(BATCH, Ordering::SeqCst), BATCH),
-            |batch| {
-                let r = ledger.ingest(&batch, &[]).unwrap();
-                assert_eq!(r.usage_new, BATCH);
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    // 10k-record batches, and 50k to show what larger batches buy (the
+    // fixed per-commit cost, an fsync, is shared by more records).
+    for batch_len in [BATCH, 5 * BATCH] {
+        g.throughput(Throughput::Elements(batch_len as u64));
+        g.bench_function(format!("usage_batch_{}k", batch_len / 1000), |b| {
+            let ledger = ledger.get_or_init(|| setup(url));
+            b.iter_batched(
+                || {
+                    records(
+                        "acme",
+                        next.fetch_add(batch_len, Ordering::SeqCst),
+                        batch_len,
+                    )
+                },
+                |batch| {
+                    let r = ledger.ingest(&batch, &[]).unwrap();
+                    assert_eq!(r.usage_new, batch_len);
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     g.finish();
 }
 
-fn bench_statement(c: &mut Criterion, name: &str, url: &str) {
+fn load_statement_data(name: &str, url: &str) -> Ledger {
     let ledger = setup(url);
     const N: usize = 1_000_000;
     let t0 = std::time::Instant::now();
@@ -113,15 +128,23 @@ fn bench_statement(c: &mut Criterion, name: &str, url: &str) {
     let month = Month::parse("2026-11").unwrap();
     let st = ledger.statement("big", month).unwrap();
     assert_eq!(st.usage_records, N as i64);
+    ledger
+}
+
+fn bench_statement(c: &mut Criterion, name: &str, url: &str) {
+    let ledger = Lazy::new();
+    let month = Month::parse("2026-11").unwrap();
     let mut g = c.benchmark_group(format!("ledger_statement_{name}"));
     g.sample_size(10);
     g.bench_function("month_1m_records", |b| {
+        let ledger = ledger.get_or_init(|| load_statement_data(name, url));
         b.iter(|| ledger.statement("big", month).unwrap())
     });
     // The same statement recomputed from the raw rows (what the rollups
     // replace; kept for reconciliation), for the ratio.
     let now = chrono::Utc::now();
     g.bench_function("month_1m_records_from_raw_rows", |b| {
+        let ledger = ledger.get_or_init(|| load_statement_data(name, url));
         b.iter(|| ledger.statement_from_records("big", month, now).unwrap())
     });
     g.finish();

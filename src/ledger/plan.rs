@@ -265,6 +265,11 @@ pub fn plan_batch(
     Ok(plan)
 }
 
+/// Re-keys sums gathered under borrowed keys with owned ones.
+fn owned<K, O: Ord, S>(sums: BTreeMap<K, S>, own: impl Fn(K) -> O) -> BTreeMap<O, S> {
+    sums.into_iter().map(|(k, s)| (own(k), s)).collect()
+}
+
 /// Sums the batch's rows per rollup key. Keys borrow from the rows while
 /// summing, so only one owned key is built per distinct key, not per row.
 fn roll_up(plan: &mut BatchPlan) {
@@ -288,18 +293,6 @@ fn roll_up(plan: &mut BatchPlan) {
         s.energy_fen += r.energy_fen;
         s.energy_voucher_fen += r.energy_voucher_fen;
     }
-    let usage: BTreeMap<UsageKey, UsageSums> = usage
-        .into_iter()
-        .map(|((tenant, month, model, region), s)| {
-            let key = UsageKey {
-                tenant: tenant.to_string(),
-                month,
-                model: model.to_string(),
-                region: region.to_string(),
-            };
-            (key, s)
-        })
-        .collect();
     let mut tokens: BTreeMap<(&str, Month, Tier), TokenSums> = BTreeMap::new();
     for r in &plan.tokens {
         let t = &r.tokens;
@@ -312,17 +305,6 @@ fn roll_up(plan: &mut BatchPlan) {
         s.fen += r.fen;
         s.voucher_fen += r.voucher_fen;
     }
-    let tokens: BTreeMap<TokenKey, TokenSums> = tokens
-        .into_iter()
-        .map(|((tenant, month, tier), s)| {
-            let key = TokenKey {
-                tenant: tenant.to_string(),
-                month,
-                tier,
-            };
-            (key, s)
-        })
-        .collect();
     let mut redeemed: BTreeMap<(&str, Month, &str), Fen> = BTreeMap::new();
     for d in &plan.redemptions {
         *redeemed
@@ -333,13 +315,18 @@ fn roll_up(plan: &mut BatchPlan) {
             ))
             .or_default() += d.fen;
     }
-    let redeemed: BTreeMap<RedemptionKey, Fen> = redeemed
-        .into_iter()
-        .map(|((t, m, v), fen)| ((t.to_string(), m, v.to_string()), fen))
-        .collect();
-    plan.usage_rollup = usage;
-    plan.token_rollup = tokens;
-    plan.redemption_rollup = redeemed;
+    plan.usage_rollup = owned(usage, |(tenant, month, model, region)| UsageKey {
+        tenant: tenant.into(),
+        month,
+        model: model.into(),
+        region: region.into(),
+    });
+    plan.token_rollup = owned(tokens, |(tenant, month, tier)| TokenKey {
+        tenant: tenant.into(),
+        month,
+        tier,
+    });
+    plan.redemption_rollup = owned(redeemed, |(t, m, v)| (t.into(), m, v.into()));
 }
 
 #[cfg(test)]

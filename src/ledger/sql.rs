@@ -78,6 +78,26 @@ pub(crate) trait Tx {
     fn insert(&mut self, rows: Rows<'_>) -> Result<()>;
 }
 
+/// The keys that could be stored already: those starting at or before the
+/// latest stored start (one index lookup). Ingestion mostly appends recent
+/// intervals, so most batches need no per-record lookup at all. `None` when
+/// no key can exist.
+fn not_after_latest<'k>(
+    tx: &mut dyn Tx,
+    table: &'static str,
+    keys: &'k [(i64, &'k str)],
+) -> Result<Option<Vec<(i64, &'k str)>>> {
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let latest = tx.rows(&format!("SELECT MAX(start_s) FROM {table}"), &[])?;
+    let Some(Cell::I(latest)) = latest.first().and_then(|r| r.first()) else {
+        return Ok(None); // empty table
+    };
+    let candidates: Vec<(i64, &str)> = keys.iter().copied().filter(|k| k.0 <= *latest).collect();
+    Ok((!candidates.is_empty()).then_some(candidates))
+}
+
 /// The type of a bulk-inserted column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ty {
@@ -351,11 +371,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn existing(&mut self, table: &'static str, keys: &[(i64, &str)]) -> Result<HashSet<String>> {
+        let Some(candidates) = not_after_latest(self, table, keys)? else {
+            return Ok(HashSet::new());
+        };
         let mut st = self.0.prepare_cached(&format!(
             "SELECT 1 FROM {table} WHERE start_s = ?1 AND id = ?2"
         ))?;
         let mut out = HashSet::new();
-        for (start_s, id) in keys {
+        for (start_s, id) in candidates {
             if st.exists(rusqlite::params![start_s, id])? {
                 out.insert(id.to_string());
             }
@@ -459,11 +482,11 @@ impl Tx for PgTx<'_> {
     }
 
     fn existing(&mut self, table: &'static str, keys: &[(i64, &str)]) -> Result<HashSet<String>> {
-        if keys.is_empty() {
+        let Some(candidates) = not_after_latest(self, table, keys)? else {
             return Ok(HashSet::new());
-        }
-        let starts: Vec<i64> = keys.iter().map(|k| k.0).collect();
-        let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
+        };
+        let starts: Vec<i64> = candidates.iter().map(|k| k.0).collect();
+        let ids: Vec<&str> = candidates.iter().map(|k| k.1).collect();
         let rows = self.0.query(
             &format!(
                 "SELECT t.id FROM {table} t JOIN UNNEST($1::int8[], $2::text[]) AS k(start_s, id) \

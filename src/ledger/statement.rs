@@ -568,6 +568,21 @@ mod tests {
                         out.push(fast);
                     }
                 }
+                for tenant in TENANTS {
+                    // Month-aligned and open bounds read the rollups; they
+                    // must equal the scan of the raw rows.
+                    let bounds = [
+                        (None, None),
+                        (Some(Month::parse("2026-11").unwrap().start()), None),
+                        (None, Some(Month::parse("2026-12").unwrap().start())),
+                    ];
+                    for (from, to) in bounds {
+                        assert_eq!(
+                            l.usage_summary(tenant, from, to).unwrap(),
+                            l.usage_summary_by(tenant, from, to, false).unwrap()
+                        );
+                    }
+                }
                 (out, l.trial_balance().unwrap(), l.account_balance("tenant:acme").unwrap())
             };
             let before = snapshot(&l);

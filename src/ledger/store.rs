@@ -134,71 +134,89 @@ fn post_entry(
     Ok(())
 }
 
+/// Adds `sums` to the row of `table` with `key` (starting from zero when
+/// there is none): one upsert shape for every rollup table.
+fn add_to_rollup(
+    tx: &mut dyn Tx,
+    table: &str,
+    key: &[(&str, Val<'_>)],
+    sums: &[(&str, i64)],
+) -> Result<()> {
+    let columns: Vec<&str> = key
+        .iter()
+        .map(|k| k.0)
+        .chain(sums.iter().map(|s| s.0))
+        .collect();
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+    let key_columns: Vec<&str> = key.iter().map(|k| k.0).collect();
+    let add: Vec<String> = sums
+        .iter()
+        .map(|(c, _)| format!("{c} = {table}.{c} + excluded.{c}"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
+        columns.join(", "),
+        placeholders.join(", "),
+        key_columns.join(", "),
+        add.join(", ")
+    );
+    let params: Vec<Val<'_>> = key
+        .iter()
+        .map(|k| k.1)
+        .chain(sums.iter().map(|s| Val::I(s.1)))
+        .collect();
+    tx.exec(&sql, &params)?;
+    Ok(())
+}
+
 /// Adds a batch's monthly sums to the stored rollups (same transaction as
 /// the rows, so rollups always equal the sums of the stored rows).
 fn add_rollups(tx: &mut dyn Tx, plan: &BatchPlan) -> Result<()> {
     for (k, s) in &plan.usage_rollup {
         let month = k.month.to_string();
-        tx.exec(
-            "INSERT INTO usage_rollup (tenant, month, model, region, records, milli_gpu_s, gpu_fen, \
-             gpu_voucher_fen, it_energy_j, facility_j, carbon_mg, energy_fen, energy_voucher_fen) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (tenant, month, model, region) DO UPDATE SET \
-             records = usage_rollup.records + excluded.records, \
-             milli_gpu_s = usage_rollup.milli_gpu_s + excluded.milli_gpu_s, \
-             gpu_fen = usage_rollup.gpu_fen + excluded.gpu_fen, \
-             gpu_voucher_fen = usage_rollup.gpu_voucher_fen + excluded.gpu_voucher_fen, \
-             it_energy_j = usage_rollup.it_energy_j + excluded.it_energy_j, \
-             facility_j = usage_rollup.facility_j + excluded.facility_j, \
-             carbon_mg = usage_rollup.carbon_mg + excluded.carbon_mg, \
-             energy_fen = usage_rollup.energy_fen + excluded.energy_fen, \
-             energy_voucher_fen = usage_rollup.energy_voucher_fen + excluded.energy_voucher_fen",
-            &[
-                Val::T(&k.tenant),
-                Val::T(&month),
-                Val::T(&k.model),
-                Val::T(&k.region),
-                Val::I(s.records),
-                Val::I(s.milli_gpu_s),
-                Val::I(s.gpu_fen),
-                Val::I(s.gpu_voucher_fen),
-                Val::I(s.it_energy_j),
-                Val::I(s.facility_j),
-                Val::I(s.carbon_mg),
-                Val::I(s.energy_fen),
-                Val::I(s.energy_voucher_fen),
-            ],
-        )?;
+        let key = [
+            ("tenant", Val::T(&k.tenant)),
+            ("month", Val::T(&month)),
+            ("model", Val::T(&k.model)),
+            ("region", Val::T(&k.region)),
+        ];
+        let sums = [
+            ("records", s.records),
+            ("milli_gpu_s", s.milli_gpu_s),
+            ("gpu_fen", s.gpu_fen),
+            ("gpu_voucher_fen", s.gpu_voucher_fen),
+            ("it_energy_j", s.it_energy_j),
+            ("facility_j", s.facility_j),
+            ("carbon_mg", s.carbon_mg),
+            ("energy_fen", s.energy_fen),
+            ("energy_voucher_fen", s.energy_voucher_fen),
+        ];
+        add_to_rollup(tx, "usage_rollup", &key, &sums)?;
     }
     for (k, s) in &plan.token_rollup {
         let month = k.month.to_string();
-        tx.exec(
-            "INSERT INTO tokens_rollup (tenant, month, tier, records, prompt_tokens, completion_tokens, fen, voucher_fen) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (tenant, month, tier) DO UPDATE SET \
-             records = tokens_rollup.records + excluded.records, \
-             prompt_tokens = tokens_rollup.prompt_tokens + excluded.prompt_tokens, \
-             completion_tokens = tokens_rollup.completion_tokens + excluded.completion_tokens, \
-             fen = tokens_rollup.fen + excluded.fen, \
-             voucher_fen = tokens_rollup.voucher_fen + excluded.voucher_fen",
-            &[
-                Val::T(&k.tenant),
-                Val::T(&month),
-                Val::T(k.tier.as_str()),
-                Val::I(s.records),
-                Val::I(s.prompt_tokens),
-                Val::I(s.completion_tokens),
-                Val::I(s.fen),
-                Val::I(s.voucher_fen),
-            ],
-        )?;
+        let key = [
+            ("tenant", Val::T(&k.tenant)),
+            ("month", Val::T(&month)),
+            ("tier", Val::T(k.tier.as_str())),
+        ];
+        let sums = [
+            ("records", s.records),
+            ("prompt_tokens", s.prompt_tokens),
+            ("completion_tokens", s.completion_tokens),
+            ("fen", s.fen),
+            ("voucher_fen", s.voucher_fen),
+        ];
+        add_to_rollup(tx, "tokens_rollup", &key, &sums)?;
     }
     for ((tenant, month, voucher), fen) in &plan.redemption_rollup {
-        tx.exec(
-            "INSERT INTO redemptions_rollup (tenant, month, voucher_id, fen) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant, month, voucher_id) DO UPDATE SET fen = redemptions_rollup.fen + excluded.fen",
-            &[Val::T(tenant), Val::T(&month.to_string()), Val::T(voucher), Val::I(*fen)],
-        )?;
+        let month = month.to_string();
+        let key = [
+            ("tenant", Val::T(tenant)),
+            ("month", Val::T(&month)),
+            ("voucher_id", Val::T(voucher)),
+        ];
+        add_to_rollup(tx, "redemptions_rollup", &key, &[("fen", *fen)])?;
     }
     Ok(())
 }
@@ -326,18 +344,19 @@ impl Ledger {
         for v in self.vouchers(None)? {
             m.set_balance(&v.tenant, &v.id, v.balance_fen);
         }
-        // Counters start from the stored totals, so a restarted process
-        // (same database) carries on instead of starting again at zero.
+        // Counters start from the stored totals (summed from the monthly
+        // rollups), so a restarted process (same database) carries on
+        // instead of starting again at zero.
         let (usage, tokens) = self.read(|tx| {
             let u = tx.rows(
                 "SELECT tenant, region, model, CAST(SUM(milli_gpu_s) AS BIGINT), CAST(SUM(facility_j) AS BIGINT), \
                  CAST(SUM(carbon_mg) AS BIGINT), CAST(SUM(gpu_fen + energy_fen) AS BIGINT), \
-                 CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT) FROM usage GROUP BY tenant, region, model",
+                 CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT) FROM usage_rollup GROUP BY tenant, region, model",
                 &[],
             )?;
             let t = tx.rows(
                 "SELECT tenant, tier, CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT), \
-                 CAST(SUM(fen) AS BIGINT), CAST(SUM(voucher_fen) AS BIGINT) FROM tokens GROUP BY tenant, tier",
+                 CAST(SUM(fen) AS BIGINT), CAST(SUM(voucher_fen) AS BIGINT) FROM tokens_rollup GROUP BY tenant, tier",
                 &[],
             )?;
             Ok((u, t))
@@ -937,21 +956,59 @@ impl Ledger {
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
     ) -> Result<UsageSummary> {
+        let aligned = |t: Option<DateTime<Utc>>| t.is_none_or(|t| Month::of(t).start() == t);
+        let from_rollups = aligned(from) && aligned(to);
+        self.usage_summary_by(tenant, from, to, from_rollups)
+    }
+
+    /// [`Ledger::usage_summary`] from the monthly rollups (bounds must be
+    /// month starts or absent) or from the raw rows (any bounds).
+    pub(crate) fn usage_summary_by(
+        &self,
+        tenant: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        from_rollups: bool,
+    ) -> Result<UsageSummary> {
+        // Month keys `YYYY-MM` order like the months they name.
+        let month_key = |t: Option<DateTime<Utc>>, none: &str| {
+            t.map_or(none.to_string(), |t| Month::of(t).to_string())
+        };
+        let (from_key, to_key) = (month_key(from, "0000-00"), month_key(to, "9999-99"));
         let from = from.map_or(i64::MIN, |t| t.timestamp());
         let to = to.map_or(i64::MAX, |t| t.timestamp());
+        let (usage, tokens, cond, params) = if from_rollups {
+            (
+                "usage_rollup",
+                "tokens_rollup",
+                "month >= $2 AND month < $3",
+                [Val::T(tenant), Val::T(&from_key), Val::T(&to_key)],
+            )
+        } else {
+            (
+                "usage",
+                "tokens",
+                "start_s >= $2 AND start_s < $3",
+                [Val::T(tenant), Val::I(from), Val::I(to)],
+            )
+        };
         let (u, t) = self.read(|tx| {
             require_tenant(tx, tenant)?;
             let u = tx.rows(
-                "SELECT COALESCE(CAST(SUM(milli_gpu_s) AS BIGINT), 0), COALESCE(CAST(SUM(facility_j) AS BIGINT), 0), \
-                 COALESCE(CAST(SUM(carbon_mg) AS BIGINT), 0), COALESCE(CAST(SUM(gpu_fen + energy_fen) AS BIGINT), 0), \
-                 COALESCE(CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT), 0) \
-                 FROM usage WHERE tenant = $1 AND start_s >= $2 AND start_s < $3",
-                &[Val::T(tenant), Val::I(from), Val::I(to)],
+                &format!(
+                    "SELECT COALESCE(CAST(SUM(milli_gpu_s) AS BIGINT), 0), COALESCE(CAST(SUM(facility_j) AS BIGINT), 0), \
+                     COALESCE(CAST(SUM(carbon_mg) AS BIGINT), 0), COALESCE(CAST(SUM(gpu_fen + energy_fen) AS BIGINT), 0), \
+                     COALESCE(CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT), 0) \
+                     FROM {usage} WHERE tenant = $1 AND {cond}"
+                ),
+                &params,
             )?;
             let t = tx.rows(
-                "SELECT tier, CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), CAST(SUM(fen) AS BIGINT), CAST(SUM(voucher_fen) AS BIGINT) \
-                 FROM tokens WHERE tenant = $1 AND start_s >= $2 AND start_s < $3 GROUP BY tier ORDER BY tier",
-                &[Val::T(tenant), Val::I(from), Val::I(to)],
+                &format!(
+                    "SELECT tier, CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), CAST(SUM(fen) AS BIGINT), \
+                     CAST(SUM(voucher_fen) AS BIGINT) FROM {tokens} WHERE tenant = $1 AND {cond} GROUP BY tier ORDER BY tier"
+                ),
+                &params,
             )?;
             Ok((u, t))
         })?;

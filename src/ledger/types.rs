@@ -153,6 +153,11 @@ fn text_field(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// [`text_field`] for each (field, value), in order.
+fn text_fields(fields: &[(&str, &str)]) -> Result<()> {
+    fields.iter().try_for_each(|(f, v)| text_field(f, v))
+}
+
 fn interval(start: DateTime<Utc>, end: DateTime<Utc>) -> Result<(i64, i64)> {
     let (s, e) = (start.timestamp(), end.timestamp());
     if e <= s {
@@ -177,12 +182,14 @@ fn milli(field: &str, v: f64, lo: f64, hi: f64) -> Result<i64> {
 impl UsageRecord {
     /// Validates the record and derives its id and integer quantities.
     pub fn meter(&self) -> Result<MeteredUsage> {
-        text_field("source", &self.source)?;
-        text_field("tenant", &self.tenant)?;
-        text_field("job", &self.job)?;
-        text_field("region", &self.region)?;
-        text_field("node", &self.node)?;
-        text_field("model", &self.model)?;
+        text_fields(&[
+            ("source", &self.source),
+            ("tenant", &self.tenant),
+            ("job", &self.job),
+            ("region", &self.region),
+            ("node", &self.node),
+            ("model", &self.model),
+        ])?;
         if !(1..=1_000_000).contains(&self.gpu_milli) {
             return Err(LedgerError::invalid(
                 "gpu_milli",
@@ -359,11 +366,13 @@ pub struct MeteredTokens {
 
 impl TokenRecord {
     pub fn meter(&self) -> Result<MeteredTokens> {
-        text_field("source", &self.source)?;
-        text_field("tenant", &self.tenant)?;
-        text_field("service", &self.service)?;
-        text_field("model", &self.model)?;
-        text_field("region", &self.region)?;
+        text_fields(&[
+            ("source", &self.source),
+            ("tenant", &self.tenant),
+            ("service", &self.service),
+            ("model", &self.model),
+            ("region", &self.region),
+        ])?;
         let (start_s, end_s) = interval(self.start, self.end)?;
         for (field, v) in [
             ("prompt_tokens", self.prompt_tokens),

@@ -34,6 +34,9 @@ pub struct SimArgs {
     /// Node placement policy inside each region (see `zhisuan replay`).
     #[arg(long, value_name = "NAME", default_value = "default")]
     pub placement: String,
+    /// Seed of the engines' tie-break orders (the same seed for every policy).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -357,11 +360,13 @@ pub fn simulate(
     workload: &[(i64, JobSpec)],
     policy: RegionPolicy,
     placement: Policy,
+    seed: u64,
 ) -> Result<(SimResult, World), InputError> {
     let start = workload.first().map_or(0, |(t, _)| *t);
     let config = WorldConfig {
         region_policy: policy,
         placement_policy: placement,
+        seed,
         start_s: start,
         ..Default::default()
     };
@@ -618,7 +623,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let mut results = Vec::with_capacity(policies.len());
     let mut explained = Vec::new();
     for &p in &policies {
-        let (result, world) = simulate(&catalog, &workload, p, placement)?;
+        let (result, world) = simulate(&catalog, &workload, p, placement, args.seed)?;
         if let Some(name) = &args.explain {
             let job = world
                 .jobs()
