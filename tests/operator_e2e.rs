@@ -523,6 +523,60 @@ async fn monthly_gpu_hours_from_the_usage_source_block_then_admit() {
     .await;
 }
 
+/// The workload reconcilers (kube-rs `Controller`): the finalizer goes on
+/// first, and the owned pods decide the phase (status by server-side apply):
+/// all pods Succeeded → Succeeded; a pod Failed → Failed, the gang's pods deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_pods_decide_the_phase() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    quota(&server, "acme", None, json!({})).await;
+    let _c = start_controller(&server, "c1", Duration::from_secs(2));
+    job(&server, "done", "acme", 2, 1).await;
+    job(&server, "broken", "acme", 2, 1).await;
+    for name in ["done", "broken"] {
+        eventually(15, "both run", || async {
+            phase(&server, name).await == "Running"
+        })
+        .await;
+    }
+    let jobs = dynamic_api(&server, &tj_ar(), Some("ml"));
+    let finalizers = jobs.get("done").await.unwrap().metadata.finalizers;
+    assert_eq!(finalizers, Some(vec!["zhisuan.io/cleanup".to_string()]));
+    let pods: Api<Pod> = Api::namespaced(server.client(), "ml");
+    let set_phase = |name: &'static str, phase: &'static str| {
+        let pods = pods.clone();
+        async move {
+            pods.patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": phase}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    set_phase("done-0", "Succeeded").await;
+    set_phase("broken-1", "Failed").await;
+    eventually(15, "broken fails", || async {
+        phase(&server, "broken").await == "Failed"
+    })
+    .await;
+    assert_eq!(status_of(&server, "broken").await["reason"], "PodFailed");
+    eventually(15, "broken's pods deleted", || async {
+        pods_of(&server, "broken").is_empty()
+    })
+    .await;
+    // Half the gang done is not done.
+    assert_eq!(phase(&server, "done").await, "Running");
+    set_phase("done-1", "Succeeded").await;
+    eventually(15, "done succeeds", || async {
+        phase(&server, "done").await == "Succeeded"
+    })
+    .await;
+    assert_eq!(status_of(&server, "done").await["reason"], "Completed");
+}
+
 /// A vLLM stand-in on loopback: serves the counters the test sets and
 /// counts the scrapes it answered.
 async fn vllm_exporter() -> (u16, Arc<Mutex<(u64, u64)>>, Arc<AtomicUsize>) {

@@ -5,7 +5,9 @@
 //! checked before every write, so a replica that lost its term mid-pass stops.
 //! A launch writes the gang's placement into the workload's status FIRST
 //! (phase Admitted): that is the commit point a new leader resumes from, with
-//! deterministic pod names so nothing is ever duplicated.
+//! deterministic pod names so nothing is ever duplicated. Per-object
+//! lifecycle (finalizer, deletion cleanup, phase from owned pods) runs in the
+//! kube-rs `Controller` reconcilers of `reconcile.rs`, started by [`Controller::run`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,11 +27,11 @@ use tokio::sync::{watch, Notify};
 
 use super::crd::{
     ComputeRegion, InferenceService, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus,
-    FINALIZER,
 };
 use super::leader::{Elector, Leadership, LeaseTiming};
 use super::metrics::OperatorMetrics;
 use super::plan::{self, rfc3339, set_condition, Action, PlanConfig};
+use super::reconcile;
 use super::snapshot::{
     self, keys, Kind, MonthToDate, NodeView, PodView, QuotaView, Snapshot, WorkloadKey,
     WorkloadView,
@@ -431,8 +433,11 @@ impl Controller {
         let elector = self.elector.take().expect("run once");
         let election = tokio::spawn(elector.run(shutdown.clone()));
         let token_loop = self.spawn_token_loop(shutdown.clone());
-        let result = self.schedule_loop(&stores, notify, shutdown).await;
-        for t in tasks.into_iter().chain(token_loop) {
+        let this = Arc::new(self);
+        let reconcilers = [Kind::Training, Kind::Inference]
+            .map(|kind| reconcile::spawn(this.clone(), client.clone(), kind, stores.pods.clone()));
+        let result = this.schedule_loop(&stores, notify, shutdown).await;
+        for t in tasks.into_iter().chain(token_loop).chain(reconcilers) {
             t.abort();
         }
         let _ = election.await;
@@ -578,9 +583,7 @@ impl Controller {
         let mut work = Vec::with_capacity(plan.actions.len());
         for action in plan.actions {
             let obj = match &action {
-                Action::AddFinalizer(k)
-                | Action::Release { key: k, .. }
-                | Action::SetStatus { key: k, .. }
+                Action::SetStatus { key: k, .. }
                 | Action::Launch { key: k, .. }
                 | Action::Stop { key: k, .. } => objects.get(k).cloned(),
                 Action::QuotaStatus { name, .. } => quota_objects.get(name).cloned(),
@@ -604,12 +607,18 @@ impl Controller {
             .await;
     }
 
-    fn workload_api(&self, key: &WorkloadKey) -> Api<DynamicObject> {
-        let ar = match key.kind {
-            Kind::Training => ApiResource::erase::<TrainingJob>(&()),
-            Kind::Inference => ApiResource::erase::<InferenceService>(&()),
-        };
+    pub(super) fn workload_api(&self, key: &WorkloadKey) -> Api<DynamicObject> {
+        let ar = reconcile::workload_resource(key.kind);
         Api::namespaced_with(self.client.clone(), &key.namespace, &ar)
+    }
+
+    /// How often a standby retries (and the leadership poll period).
+    pub(super) fn retry_period(&self) -> Duration {
+        self.config.timing.retry_period
+    }
+
+    pub(super) fn plan_config(&self) -> &PlanConfig {
+        &self.config.plan
     }
 
     async fn apply_status(
@@ -661,7 +670,11 @@ impl Controller {
         }
     }
 
-    async fn delete_pods(&self, namespace: &str, pods: &[String]) -> Result<(), kube::Error> {
+    pub(super) async fn delete_pods(
+        &self,
+        namespace: &str,
+        pods: &[String],
+    ) -> Result<(), kube::Error> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let results: Vec<Result<(), kube::Error>> = futures::stream::iter(pods.iter().cloned())
             .map(|name| {
@@ -680,37 +693,8 @@ impl Controller {
         results.into_iter().collect()
     }
 
-    /// Replaces the finalizer list, only if the object is unchanged since
-    /// observed (others' finalizers are never lost to a race).
-    async fn set_finalizers(
-        &self,
-        key: &WorkloadKey,
-        obj: &DynamicObject,
-        finalizers: Vec<String>,
-    ) -> Result<(), kube::Error> {
-        let patch = json!({"metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": obj.resource_version(),
-        }});
-        self.workload_api(key)
-            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map(|_| ())
-    }
-
-    async fn act(&self, action: Action, obj: &DynamicObject) -> Result<(), kube::Error> {
+    pub(super) async fn act(&self, action: Action, obj: &DynamicObject) -> Result<(), kube::Error> {
         match action {
-            Action::AddFinalizer(key) => {
-                let mut finalizers = obj.finalizers().to_vec();
-                finalizers.push(FINALIZER.into());
-                self.set_finalizers(&key, obj, finalizers).await
-            }
-            Action::Release { key, pods } => {
-                self.delete_pods(&key.namespace, &pods).await?;
-                let mut finalizers = obj.finalizers().to_vec();
-                finalizers.retain(|f| f != FINALIZER);
-                self.set_finalizers(&key, obj, finalizers).await
-            }
             Action::SetStatus { key, status } => {
                 let old_reason = obj
                     .data

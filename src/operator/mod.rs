@@ -3,7 +3,8 @@
 //! Pipeline: observe (reflectors) → [`snapshot`] (plain data) → [`plan`]
 //! (pure: validation, quota, fair share, preemption, placement) → act
 //! ([`controller`]: create pods, bind, patch status), only while holding the
-//! leader Lease ([`leader`]).
+//! leader Lease ([`leader`]); per-object lifecycle (finalizer, cleanup, phase
+//! from owned pods) in kube-rs `Controller` reconcilers (`reconcile`).
 
 pub mod cli;
 pub mod controller;
@@ -12,6 +13,7 @@ pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+mod reconcile;
 pub mod regions;
 pub mod snapshot;
 pub mod tokens;

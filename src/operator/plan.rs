@@ -28,7 +28,7 @@ use super::crd::{
 };
 use super::regions::{job_spec, region_catalog, region_status};
 use super::snapshot::{
-    pods_by_owner, MonthToDate, NodeView, QuotaView, Snapshot, WorkloadKey, WorkloadView,
+    pods_by_owner, MonthToDate, NodeView, PodView, QuotaView, Snapshot, WorkloadKey, WorkloadView,
     MILLI_GPU_S_PER_GPU_HOUR,
 };
 use super::validate::{self, describe};
@@ -61,10 +61,6 @@ impl Default for PlanConfig {
 /// Something the leader must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Put the cleanup finalizer on a workload.
-    AddFinalizer(WorkloadKey),
-    /// A deleted workload: delete its pods, then drop the finalizer.
-    Release { key: WorkloadKey, pods: Vec<String> },
     /// Write a status (only emitted when it differs from the current one).
     SetStatus {
         key: WorkloadKey,
@@ -746,19 +742,10 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             live_pods.extend(p.replicas.iter().map(|r| r.pod.clone()));
         }
         let live_pods: Vec<String> = live_pods.into_iter().collect();
-        if w.deleting {
-            if w.has_finalizer {
-                out.actions.push(Action::Release {
-                    key: w.key.clone(),
-                    pods: live_pods,
-                });
-            }
-            continue;
-        }
-        if !w.has_finalizer {
-            // Finalizer first, nothing else this pass: pods are only ever
-            // created for a workload whose deletion will wait for their cleanup.
-            out.actions.push(Action::AddFinalizer(w.key.clone()));
+        // The workload reconciler (`reconcile.rs`) puts the finalizer on and
+        // cleans up deleted workloads; pods are only ever created for a
+        // workload whose deletion will wait for their cleanup.
+        if w.deleting || !w.has_finalizer {
             continue;
         }
         if !w.errors.is_empty() {
@@ -777,75 +764,22 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             "Pending" | "Preempted" => queue.push(w),
             "Admitted" | "Running" if w.status.placement.is_none() => queue.push(w),
             phase => {
+                // What follows from the pods alone (completion, failure,
+                // runtime, a broken gang) is the reconciler's
+                // ([`pod_lifecycle`]); what needs the cluster is here.
                 let placement = w.status.placement.as_ref().unwrap();
                 let nodes_ok = placement
                     .replicas
                     .iter()
                     .all(|r| node_model.contains_key(r.node.as_str()));
-                let started = w.status.started_at.as_deref().and_then(parse_rfc3339);
-                let by_name: BTreeMap<&str, _> =
-                    own_pods.iter().map(|p| (p.name.as_str(), *p)).collect();
-                let expected: Vec<&str> =
-                    placement.replicas.iter().map(|r| r.pod.as_str()).collect();
-                let failed = expected
-                    .iter()
-                    .any(|p| by_name.get(p).is_some_and(|p| p.phase == "Failed"));
-                let succeeded = !expected.is_empty()
-                    && expected
-                        .iter()
-                        .all(|p| by_name.get(p).is_some_and(|p| p.phase == "Succeeded"));
-                let missing = expected
-                    .iter()
-                    .filter(|p| !by_name.contains_key(**p))
-                    .count();
-                let stop = |phase: &str, reason: &str, message: String| {
-                    let mut s = pending_status(w, phase, reason, message.clone(), now);
-                    if phase == "Failed" {
-                        set_condition(
-                            &mut s,
-                            "Scheduled",
-                            true,
-                            reason,
-                            message,
-                            now,
-                            w.generation,
-                        );
-                    }
-                    Action::Stop {
+                if !nodes_ok {
+                    let message =
+                        "a node of the placement is gone; the gang was rolled back and requeued";
+                    out.actions.push(Action::Stop {
                         key: w.key.clone(),
-                        pods: live_pods.clone(),
-                        status: s,
-                    }
-                };
-                if succeeded {
-                    let mut s = w.status.clone();
-                    s.phase = Some("Succeeded".into());
-                    s.reason = Some("Completed".into());
-                    out.actions.push(Action::SetStatus {
-                        key: w.key.clone(),
-                        status: s,
+                        pods: live_pods,
+                        status: pending_status(w, "Pending", "NodeLost", message.into(), now),
                     });
-                } else if failed {
-                    out.actions.push(stop(
-                        "Failed",
-                        "PodFailed",
-                        "a replica's pod failed; the gang is stopped".into(),
-                    ));
-                } else if let (Some(max), Some(t0)) = (w.max_runtime_s, started) {
-                    if now >= t0 + max {
-                        out.actions.push(stop(
-                            "Failed",
-                            "MaxRuntimeExceeded",
-                            format!("ran {}s, spec.maxRuntimeSeconds is {max}", now - t0),
-                        ));
-                    }
-                } else if !nodes_ok {
-                    out.actions.push(stop(
-                        "Pending",
-                        "NodeLost",
-                        "a node of the placement is gone; the gang was rolled back and requeued"
-                            .into(),
-                    ));
                 } else if phase == "Admitted" {
                     // A launch that a (previous) leader did not finish: resume it.
                     out.actions.push(Action::Launch {
@@ -854,12 +788,6 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                         status: w.status.clone(),
                         write_status: false,
                     });
-                } else if missing > 0 && started.is_some_and(|t0| now >= t0 + config.gang_grace_s) {
-                    out.actions.push(stop(
-                        "Pending",
-                        "GangBroken",
-                        format!("{missing} of {} pods disappeared; the gang was rolled back and requeued", expected.len()),
-                    ));
                 }
             }
         }
@@ -1305,6 +1233,105 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
         .map(|(r, (g, m))| (r, g, m))
         .collect();
     out
+}
+
+/// What a Running workload's own pods imply (the workload reconciler's
+/// part of the lifecycle; pure): every pod Succeeded → Succeeded; a pod
+/// Failed → stop, Failed; past `maxRuntimeSeconds` → stop, Failed; pods
+/// missing `gang_grace_s` after the start → stop, requeued (Pending).
+/// Also returns when to look again (unix seconds) if nothing changes: the
+/// runtime limit or the end of the grace period.
+pub fn pod_lifecycle(
+    w: &WorkloadView,
+    own_pods: &[&PodView],
+    now: i64,
+    config: &PlanConfig,
+) -> (Option<Action>, Option<i64>) {
+    let Some(placement) = w
+        .status
+        .placement
+        .as_ref()
+        .filter(|_| w.phase() == "Running")
+    else {
+        return (None, None);
+    };
+    let started = w.status.started_at.as_deref().and_then(parse_rfc3339);
+    let by_name: BTreeMap<&str, &PodView> =
+        own_pods.iter().map(|p| (p.name.as_str(), *p)).collect();
+    let expected: Vec<&str> = placement.replicas.iter().map(|r| r.pod.as_str()).collect();
+    let failed = expected
+        .iter()
+        .any(|p| by_name.get(p).is_some_and(|p| p.phase == "Failed"));
+    let succeeded = !expected.is_empty()
+        && expected
+            .iter()
+            .all(|p| by_name.get(p).is_some_and(|p| p.phase == "Succeeded"));
+    let missing = expected
+        .iter()
+        .filter(|p| !by_name.contains_key(**p))
+        .count();
+    let mut live: BTreeSet<String> = own_pods
+        .iter()
+        .filter(|p| !p.deleting)
+        .map(|p| p.name.clone())
+        .collect();
+    live.extend(expected.iter().map(|p| p.to_string()));
+    let stop = |phase: &str, reason: &str, message: String| {
+        let mut s = pending_status(w, phase, reason, message.clone(), now);
+        if phase == "Failed" {
+            set_condition(
+                &mut s,
+                "Scheduled",
+                true,
+                reason,
+                message,
+                now,
+                w.generation,
+            );
+        }
+        Action::Stop {
+            key: w.key.clone(),
+            pods: live.iter().cloned().collect(),
+            status: s,
+        }
+    };
+    if succeeded {
+        let mut s = w.status.clone();
+        s.phase = Some("Succeeded".into());
+        s.reason = Some("Completed".into());
+        let action = Action::SetStatus {
+            key: w.key.clone(),
+            status: s,
+        };
+        return (Some(action), None);
+    }
+    if failed {
+        let message = "a replica's pod failed; the gang is stopped".into();
+        return (Some(stop("Failed", "PodFailed", message)), None);
+    }
+    let deadline = w.max_runtime_s.zip(started).map(|(max, t0)| t0 + max);
+    if let (Some(max), Some(t0), Some(end)) = (w.max_runtime_s, started, deadline) {
+        if now >= end {
+            let message = format!("ran {}s, spec.maxRuntimeSeconds is {max}", now - t0);
+            return (Some(stop("Failed", "MaxRuntimeExceeded", message)), None);
+        }
+    }
+    let mut recheck = deadline;
+    if missing > 0 {
+        let grace_end = started.map(|t0| t0 + config.gang_grace_s);
+        if grace_end.is_some_and(|g| now >= g) {
+            let message = format!(
+                "{missing} of {} pods disappeared; the gang was rolled back and requeued",
+                expected.len()
+            );
+            return (Some(stop("Pending", "GangBroken", message)), None);
+        }
+        recheck = match (recheck, grace_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    (None, recheck)
 }
 
 #[cfg(test)]
@@ -1779,5 +1806,116 @@ pub(crate) mod tests {
         );
         let p = plan(&snap(999_999), &PlanConfig::default());
         assert_eq!(launches(&p).len(), 2);
+    }
+
+    /// A running gang of two started at t=1000, with its pods in `phases`
+    /// (`None` = pod gone).
+    fn running_pair(phases: [Option<&str>; 2]) -> (WorkloadView, Vec<PodView>) {
+        let mut w = workload("pair", "acme", 2, 1, 0, 0);
+        w.max_runtime_s = Some(500);
+        w.status = WorkloadStatus {
+            phase: Some("Running".into()),
+            started_at: Some(rfc3339(1000)),
+            placement: Some(Placement {
+                region: Some("east".into()),
+                replicas: (0..2)
+                    .map(|i| ReplicaPlacement {
+                        pod: format!("pair-{i}"),
+                        node: "e1".into(),
+                        devices: vec![i],
+                        gpu_milli: None,
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        };
+        let pods = phases
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ph)| {
+                ph.map(|ph| PodView {
+                    namespace: "ml".into(),
+                    name: format!("pair-{i}"),
+                    owner: Some(w.key.clone()),
+                    node: Some("e1".into()),
+                    devices: vec![i as u8],
+                    milli: None,
+                    cpu_milli: 1000,
+                    memory_mib: 1024,
+                    phase: ph.into(),
+                    deleting: false,
+                })
+            })
+            .collect();
+        (w, pods)
+    }
+
+    fn lifecycle_at(
+        phases: [Option<&str>; 2],
+        now: i64,
+    ) -> (Option<(String, String)>, Option<i64>) {
+        let (w, pods) = running_pair(phases);
+        let refs: Vec<&PodView> = pods.iter().collect();
+        let (action, recheck) = pod_lifecycle(&w, &refs, now, &PlanConfig::default());
+        let summary = action.map(|a| match a {
+            Action::SetStatus { status, .. } => (
+                format!("set {}", status.phase.unwrap_or_default()),
+                status.reason.unwrap_or_default(),
+            ),
+            Action::Stop { status, pods, .. } => (
+                format!(
+                    "stop {} {}",
+                    status.phase.unwrap_or_default(),
+                    pods.join(",")
+                ),
+                status.reason.unwrap_or_default(),
+            ),
+            other => panic!("unexpected {other:?}"),
+        });
+        (summary, recheck)
+    }
+
+    #[test]
+    fn the_pods_of_a_running_gang_decide_its_phase() {
+        let s = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        // Both running: nothing to do; look again at the runtime limit.
+        assert_eq!(
+            lifecycle_at([Some("Running"), Some("Running")], 1100),
+            (None, Some(1500))
+        );
+        assert_eq!(
+            lifecycle_at([Some("Succeeded"), Some("Succeeded")], 1100),
+            (s("set Succeeded", "Completed"), None)
+        );
+        // One done, one still running: not finished.
+        assert_eq!(
+            lifecycle_at([Some("Succeeded"), Some("Running")], 1100).0,
+            None
+        );
+        assert_eq!(
+            lifecycle_at([Some("Failed"), Some("Running")], 1100),
+            (s("stop Failed pair-0,pair-1", "PodFailed"), None)
+        );
+        assert_eq!(
+            lifecycle_at([Some("Running"), Some("Running")], 1500),
+            (s("stop Failed pair-0,pair-1", "MaxRuntimeExceeded"), None)
+        );
+        // A vanished pod: wait out the grace (60 s after the start), then requeue.
+        assert_eq!(
+            lifecycle_at([Some("Running"), None], 1030),
+            (None, Some(1060))
+        );
+        assert_eq!(
+            lifecycle_at([Some("Running"), None], 1060),
+            (s("stop Pending pair-0,pair-1", "GangBroken"), None)
+        );
+        // Only Running workloads: an Admitted one is the scheduling loop's to resume.
+        let (mut w, pods) = running_pair([Some("Failed"), Some("Failed")]);
+        w.status.phase = Some("Admitted".into());
+        let refs: Vec<&PodView> = pods.iter().collect();
+        assert_eq!(
+            pod_lifecycle(&w, &refs, 1100, &PlanConfig::default()),
+            (None, None)
+        );
     }
 }

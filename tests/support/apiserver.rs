@@ -723,10 +723,18 @@ fn patch(store: &Store, t: &Target, content_type: &str, body: Value) -> Response
     let mut doc = (*current).clone();
     let expect_rv;
     if content_type.starts_with("application/json-patch") {
-        let ops: json_patch::Patch = match serde_json::from_value(body) {
+        let mut ops: json_patch::Patch = match serde_json::from_value(body) {
             Ok(p) => p,
             Err(e) => return status_error(400, "BadRequest", format!("invalid JSON patch: {e}")),
         };
+        // As in Kubernetes, `test` of null passes on a missing path (how
+        // kube-rs' finalizer helper says "no finalizers yet").
+        ops.0.retain(|op| match op {
+            json_patch::PatchOperation::Test(t) => {
+                !(t.value.is_null() && doc.pointer(t.path.as_str()).is_none())
+            }
+            _ => true,
+        });
         if let Err(e) = json_patch::patch(&mut doc, &ops) {
             // A failed `test` op is how clients express preconditions.
             return status_error(409, "Conflict", format!("JSON patch failed: {e}"));

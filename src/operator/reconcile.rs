@@ -1,0 +1,196 @@
+//! Per-object lifecycle of TrainingJobs and InferenceServices: one kube-rs
+//! `Controller` per kind (watching the workloads and the pods they own).
+//!
+//! - finalizer `zhisuan.io/cleanup` through `kube::runtime::finalizer`: put
+//!   on before anything else (the scheduling loop launches only workloads
+//!   that carry it), and on deletion the owned pods are deleted before it
+//!   is removed;
+//! - phase from the owned pods ([`plan::pod_lifecycle`], pure): Succeeded,
+//!   Failed (a pod failed, `maxRuntimeSeconds`), or rolled back when pods
+//!   vanished; written by server-side apply of `status`.
+//!
+//! Admission, placement, binding and preemption stay in the scheduling loop
+//! (`controller.rs`): they need the whole snapshot. Only the Lease holder
+//! writes; a standby requeues each object until it leads.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::controller::{Action as Requeue, Controller as KubeController};
+use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+
+use super::controller::Controller;
+use super::crd::{InferenceService, TrainingJob, FINALIZER};
+use super::plan;
+use super::snapshot::{self, keys, Kind, PodView, WorkloadKey};
+
+/// What one kind's reconciler works with.
+pub(super) struct Reconciler {
+    controller: Arc<Controller>,
+    kind: Kind,
+    /// The scheduling loop's pod cache (the owned pods are read from it).
+    pods: Store<Pod>,
+}
+
+type ReconcileError = FinalizerError<kube::Error>;
+
+/// The API resource of a workload kind.
+pub(super) fn workload_resource(kind: Kind) -> ApiResource {
+    match kind {
+        Kind::Training => ApiResource::erase::<TrainingJob>(&()),
+        Kind::Inference => ApiResource::erase::<InferenceService>(&()),
+    }
+}
+
+/// Runs the reconciler of one workload kind until the task is aborted.
+/// Workloads are read as `DynamicObject`s, so one that does not parse never
+/// stalls the watch (the scheduling loop reports it).
+pub(super) fn spawn(
+    controller: Arc<Controller>,
+    client: kube::Client,
+    kind: Kind,
+    pods: Store<Pod>,
+) -> tokio::task::JoinHandle<()> {
+    let ar = workload_resource(kind);
+    let workloads = Api::<DynamicObject>::all_with(client.clone(), &ar);
+    let owned =
+        watcher::Config::default().labels(&format!("{}={}", keys::WORKLOAD_KIND, kind.label()));
+    let context = Arc::new(Reconciler {
+        controller,
+        kind,
+        pods,
+    });
+    tokio::spawn(async move {
+        KubeController::new_with(workloads, watcher::Config::default(), ar)
+            .owns_with(Api::<Pod>::all(client), (), owned)
+            .run(reconcile, error_policy, context)
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "reconcile");
+                }
+            })
+            .await
+    })
+}
+
+async fn reconcile(
+    obj: Arc<DynamicObject>,
+    ctx: Arc<Reconciler>,
+) -> Result<Requeue, ReconcileError> {
+    let controller = &ctx.controller;
+    if !controller.leadership().is_leader() {
+        return Ok(Requeue::requeue(controller.retry_period()));
+    }
+    let key = WorkloadKey {
+        kind: ctx.kind,
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+    };
+    let api = controller.workload_api(&key);
+    finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Event::Apply(obj) => ctx.lifecycle(&key, &obj).await,
+            Event::Cleanup(obj) => ctx.cleanup(&key, &obj).await,
+        }
+    })
+    .await
+}
+
+fn error_policy(obj: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Reconciler>) -> Requeue {
+    tracing::warn!(object = %obj.name_any(), %error, "reconcile failed; retrying");
+    Requeue::requeue(ctx.controller.retry_period().min(Duration::from_secs(1)))
+}
+
+/// Whether the pod's labels name this workload (and kind) as its owner.
+fn is_owned_by(pod: &Pod, key: &WorkloadKey) -> bool {
+    let labels = pod.labels();
+    labels.get(keys::WORKLOAD_NAME) == Some(&key.name)
+        && labels.get(keys::WORKLOAD_KIND).map(String::as_str) == Some(key.kind.label())
+}
+
+impl Reconciler {
+    /// The pods this workload owns, from the pod cache (a scan: deletions only).
+    fn owned_pods(&self, key: &WorkloadKey) -> Vec<PodView> {
+        self.pods
+            .state()
+            .iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(key.namespace.as_str()) && is_owned_by(p, key)
+            })
+            .map(|p| snapshot::pod_view(p))
+            .collect()
+    }
+
+    /// Phase from the owned pods; looks again when a time limit is due.
+    async fn lifecycle(
+        &self,
+        key: &WorkloadKey,
+        obj: &DynamicObject,
+    ) -> Result<Requeue, kube::Error> {
+        // Only Running workloads have a phase to follow (most events are for
+        // others: skip them before any parsing).
+        if obj.data.pointer("/status/phase").and_then(|p| p.as_str()) != Some("Running") {
+            return Ok(Requeue::await_change());
+        }
+        // Validation against known models is the scheduling loop's; only the
+        // status, runtime limit and generation matter here.
+        let view = snapshot::workload_view(key.kind, obj, &BTreeSet::new());
+        // The pods the placement names, looked up by name (O(1) each).
+        let pods: Vec<PodView> = view
+            .status
+            .placement
+            .iter()
+            .flat_map(|p| p.replicas.iter())
+            .filter_map(|r| {
+                self.pods
+                    .get(&ObjectRef::new(&r.pod).within(&key.namespace))
+            })
+            .filter(|p| is_owned_by(p, key))
+            .map(|p| snapshot::pod_view(&p))
+            .collect();
+        let refs: Vec<&PodView> = pods.iter().collect();
+        let now = chrono::Utc::now().timestamp();
+        let (action, recheck) =
+            plan::pod_lifecycle(&view, &refs, now, self.controller.plan_config());
+        if let Some(action) = action {
+            if !self.controller.leadership().is_leader() {
+                return Ok(Requeue::requeue(self.controller.retry_period()));
+            }
+            self.controller.act(action, obj).await?;
+            return Ok(Requeue::await_change());
+        }
+        Ok(match recheck {
+            Some(at) => Requeue::requeue(Duration::from_secs((at - now).max(1) as u64)),
+            None => Requeue::await_change(),
+        })
+    }
+
+    /// A deleted workload: its pods go (those seen and those its placement
+    /// names, which the cache may not show yet); then the finalizer is removed.
+    async fn cleanup(
+        &self,
+        key: &WorkloadKey,
+        obj: &DynamicObject,
+    ) -> Result<Requeue, kube::Error> {
+        let mut names: BTreeSet<String> = self
+            .owned_pods(key)
+            .into_iter()
+            .filter(|p| !p.deleting)
+            .map(|p| p.name)
+            .collect();
+        let view = snapshot::workload_view(key.kind, obj, &BTreeSet::new());
+        if let Some(p) = &view.status.placement {
+            names.extend(p.replicas.iter().map(|r| r.pod.clone()));
+        }
+        let names: Vec<String> = names.into_iter().collect();
+        self.controller.delete_pods(&key.namespace, &names).await?;
+        Ok(Requeue::await_change())
+    }
+}
