@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use apiserver::ApiServer;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::{json, Value};
@@ -747,8 +747,9 @@ fn scheduled_message(status: &Value) -> String {
 
 /// ComputeRegions form the region planner's catalog: an unconstrained job
 /// goes to the greener region with the explanation in its condition, a
-/// residency constraint forces the other, and a member-cluster region is
-/// flagged and never used.
+/// residency constraint forces the other, and a member-cluster region whose
+/// kubeconfig Secret is missing is flagged (naming the Secret and key) and
+/// never used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compute_regions_choose_the_region_and_explain_it() {
     let server = ApiServer::start().await;
@@ -809,7 +810,14 @@ async fn compute_regions_choose_the_region_and_explain_it() {
     let regions = dynamic_api(&server, &ApiResource::erase::<ComputeRegion>(&()), None);
     eventually(15, "far flagged", || async {
         let far = regions.get("far").await.unwrap();
-        far.data["status"]["conditions"][0]["reason"] == "MemberClusterUnsupported"
+        let c = &far.data["status"]["conditions"][0];
+        c["type"] == "Usable"
+            && c["status"] == "False"
+            && c["reason"] == "KubeconfigSecretUnusable"
+            && c["message"].as_str().is_some_and(|m| {
+                m.contains("Secret zhisuan/far-kubeconfig key \"kubeconfig\"")
+                    && m.contains("does not exist")
+            })
     })
     .await;
     eventually(15, "zhongwei status counts its GPUs", || async {
@@ -821,6 +829,122 @@ async fn compute_regions_choose_the_region_and_explain_it() {
         .objects("v1/pods")
         .iter()
         .all(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) != Some("far-1")));
+}
+
+/// A ComputeRegion whose kubeconfig Secret points at a second API server:
+/// its nodes exist only there; a job resident there gets its pods created
+/// and bound there (none at home, no owner reference, the owner labels);
+/// deleting the job removes them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_cluster_region_runs_pods_in_the_member_cluster() {
+    let home = ApiServer::start().await;
+    let far = ApiServer::start().await;
+    add_node(&home, "home-1", "dc-home", "H100", 8).await;
+    add_node(&far, "far-1", "dc-far", "H100", 8).await;
+    add_node(&far, "far-2", "dc-far", "H100", 8).await;
+    // A node of the member cluster outside the region's selector.
+    add_node(&far, "far-other", "dc-other", "H100", 8).await;
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: far\n  cluster:\n    server: {}\n\
+         contexts:\n- name: far\n  context:\n    cluster: far\n    user: far\n\
+         current-context: far\nusers:\n- name: far\n  user: {{}}\n",
+        far.url()
+    );
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("far-kubeconfig".into()),
+            namespace: Some("zhisuan".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "config".to_string(),
+            k8s_openapi::ByteString(kubeconfig.into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(home.client(), "zhisuan")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let region = |dc: &str, green: f64| {
+        json!({"hub": dc, "side": "west", "pue": 1.2, "greenShare": green,
+               "electricityFenPerKwh": 40, "gridKgCo2PerKwh": 0.6,
+               "nodeSelector": {"zhisuan.io/region": dc}})
+    };
+    compute_region(&home, "home", region("dc-home", 0.5)).await;
+    let mut member = region("dc-far", 0.9);
+    member["kubeconfigSecretRef"] =
+        json!({"name": "far-kubeconfig", "namespace": "zhisuan", "key": "config"});
+    compute_region(&home, "far", member).await;
+    quota(&home, "acme", None, json!({})).await;
+    let _c = start_controller(&home, "c1", Duration::from_secs(2));
+
+    let mut remote = job_json("remote", "acme", 2, 8);
+    remote["spec"]["regions"] = json!({"residency": ["far"]});
+    create_raw(&home, &tj_ar(), Some("ml"), remote).await;
+    eventually(20, "remote runs", || async {
+        phase(&home, "remote").await == "Running"
+    })
+    .await;
+    let st = status_of(&home, "remote").await;
+    assert_eq!(st["placement"]["region"], "far", "{st}");
+    let there = pods_of(&far, "remote");
+    let nodes: BTreeSet<&str> = there.values().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(nodes, BTreeSet::from(["far-1", "far-2"]), "{there:?}");
+    assert!(pods_of(&home, "remote").is_empty());
+    for p in far.objects("v1/pods") {
+        assert_eq!(p.pointer("/metadata/namespace"), Some(&json!("ml")));
+        assert!(p.pointer("/metadata/ownerReferences").is_none(), "{p}");
+        assert_eq!(
+            p.pointer("/metadata/labels/zhisuan.io~1workload-kind"),
+            Some(&json!("trainingjob"))
+        );
+        assert_eq!(
+            p.pointer("/metadata/annotations/zhisuan.io~1job"),
+            Some(&json!("ml/remote"))
+        );
+    }
+    let regions = dynamic_api(&home, &ApiResource::erase::<ComputeRegion>(&()), None);
+    eventually(15, "far counts its member GPUs", || async {
+        let r = regions.get("far").await.unwrap();
+        r.data["status"]["gpus"] == 16
+            && r.data["status"]["gpusAllocated"] == 16.0
+            && r.data["status"]["conditions"][0]["status"] == "True"
+    })
+    .await;
+
+    // The phase follows the pods in the member cluster.
+    let far_pods: Api<Pod> = Api::namespaced(far.client(), "ml");
+    for name in ["remote-0", "remote-1"] {
+        far_pods
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+            )
+            .await
+            .unwrap();
+    }
+    eventually(20, "remote succeeds from its member pods", || async {
+        phase(&home, "remote").await == "Succeeded"
+    })
+    .await;
+
+    // Deleting the job deletes its pods in the member cluster.
+    dynamic_api(&home, &tj_ar(), Some("ml"))
+        .delete("remote", &Default::default())
+        .await
+        .unwrap();
+    eventually(20, "member pods deleted and the job gone", || async {
+        pods_of(&far, "remote").is_empty()
+            && dynamic_api(&home, &tj_ar(), Some("ml"))
+                .get_opt("remote")
+                .await
+                .unwrap()
+                .is_none()
+    })
+    .await;
+    assert_eq!(home.count("v1/pods", |_| true), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,7 @@ use super::crd::{
     ComputeRegion, InferenceService, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus,
 };
 use super::leader::{Elector, Leadership, LeaseTiming};
+use super::members::Members;
 use super::metrics::OperatorMetrics;
 use super::plan::{self, rfc3339, set_condition, Action, PlanConfig};
 use super::reconcile;
@@ -159,6 +160,8 @@ pub struct Controller {
     month: std::sync::Mutex<MonthCache>,
     /// Token counting of InferenceServices into the ledger (none: off).
     tokens: Option<TokenCounting>,
+    /// Member clusters of ComputeRegions with a kubeconfig Secret (set by `run`).
+    members: std::sync::OnceLock<Arc<Members>>,
 }
 
 /// The token loop's settings and the channel its targets go through.
@@ -193,10 +196,28 @@ where
         + 'static,
     K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
 {
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
+    spawn_reflector_with(api, watcher::Config::default(), writer, notify)
+}
+
+/// A reflector with watch settings (a label selector), waking `notify` on
+/// every event.
+pub(super) fn spawn_reflector_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    notify: Arc<Notify>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
@@ -242,6 +263,7 @@ impl Controller {
             usage: None,
             month: Default::default(),
             tokens: None,
+            members: Default::default(),
         })
     }
 
@@ -388,6 +410,9 @@ impl Controller {
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let notify = Arc::new(Notify::new());
         let client = self.client.clone();
+        let _ = self
+            .members
+            .set(Arc::new(Members::new(client.clone(), notify.clone())));
         let ar_tj = ApiResource::erase::<TrainingJob>(&());
         let ar_is = ApiResource::erase::<InferenceService>(&());
         let ar_tq = ApiResource::erase::<TenantQuota>(&());
@@ -495,11 +520,23 @@ impl Controller {
         let regions = stores.regions.state();
         let quota_views: Vec<QuotaView> = quotas.iter().map(|q| snapshot::quota_view(q)).collect();
         let month_use = self.month_use(&quota_views).await;
+        let mut region_views: Vec<snapshot::RegionView> =
+            regions.iter().map(|r| snapshot::region_view(r)).collect();
+        let members = self.members();
+        members.sync(&region_views).await;
+        for r in region_views.iter_mut() {
+            if r.spec.kubeconfig_secret_ref.is_some() {
+                r.member_problem = members.problem(&r.name);
+            }
+        }
+        let (member_nodes, member_pods) = members.views();
         let mut snap = {
             let mut cache = self.views.lock().unwrap();
             let cache = &mut *cache;
-            let nodes = cached_views(&mut cache.nodes, &node_objects, snapshot::node_view);
-            let pods = cached_views(&mut cache.pods, &pod_objects, snapshot::pod_view);
+            let mut nodes = cached_views(&mut cache.nodes, &node_objects, snapshot::node_view);
+            let mut pods = cached_views(&mut cache.pods, &pod_objects, snapshot::pod_view);
+            nodes.extend(member_nodes);
+            pods.extend(member_pods);
             let mut snap = Snapshot {
                 now: chrono::Utc::now().timestamp(),
                 pods,
@@ -507,7 +544,7 @@ impl Controller {
                 workloads: Vec::new(),
                 quotas: quota_views,
                 month_use,
-                regions: regions.iter().map(|r| snapshot::region_view(r)).collect(),
+                regions: region_views,
             };
             let known = snap.known_models();
             if known != cache.known {
@@ -675,21 +712,32 @@ impl Controller {
         }
     }
 
+    /// The member clusters (empty before `run`).
+    pub(super) fn members(&self) -> Arc<Members> {
+        self.members
+            .get_or_init(|| Arc::new(Members::new(self.client.clone(), Arc::new(Notify::new()))))
+            .clone()
+    }
+
+    /// Deletes the named pods in the home cluster and in every connected
+    /// member cluster (pod names are the workload's; absent ones are fine).
     pub(super) async fn delete_pods(
         &self,
         namespace: &str,
         pods: &[String],
     ) -> Result<(), kube::Error> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let results: Vec<Result<(), kube::Error>> = futures::stream::iter(pods.iter().cloned())
-            .map(|name| {
-                let api = api.clone();
-                async move {
-                    match api.delete(&name, &DeleteParams::default()).await {
-                        Ok(_) => Ok(()),
-                        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                        Err(e) => Err(e),
-                    }
+        let mut apis: Vec<Api<Pod>> = vec![Api::namespaced(self.client.clone(), namespace)];
+        apis.extend(self.members().all_pod_apis(namespace));
+        let targets: Vec<(Api<Pod>, String)> = apis
+            .iter()
+            .flat_map(|api| pods.iter().map(move |p| (api.clone(), p.clone())))
+            .collect();
+        let results: Vec<Result<(), kube::Error>> = futures::stream::iter(targets)
+            .map(|(api, name)| async move {
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                    Err(e) => Err(e),
                 }
             })
             .buffer_unordered(self.config.parallelism)
@@ -850,8 +898,21 @@ impl Controller {
             .pointer("/spec/template")
             .cloned()
             .unwrap_or_else(|| json!({}));
-        let owner = obj.controller_owner_ref(&ApiResource::erase::<TrainingJob>(&()));
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
+        let members = self.members();
+        let region = placement.region.clone().unwrap_or_default();
+        // In a member cluster the pods carry the owner labels but no owner
+        // reference (the workload is not in that cluster).
+        let (pods, owner) = if members.is_member(&region) {
+            let api = members
+                .pod_api(&region, &key.namespace)
+                .ok_or_else(|| format!("member cluster of region {region} is not connected"))?;
+            (api, None)
+        } else {
+            (
+                Api::namespaced(self.client.clone(), &key.namespace),
+                obj.controller_owner_ref(&ApiResource::erase::<TrainingJob>(&())),
+            )
+        };
         let mut jobs = Vec::with_capacity(placement.replicas.len());
         for (i, r) in placement.replicas.iter().enumerate() {
             let mut owner = owner.clone();

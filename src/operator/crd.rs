@@ -374,9 +374,11 @@ pub struct ComputeRegionSpec {
     /// region planner checks an InferenceService's `latencySloMs` against.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub latency_ms: BTreeMap<String, f64>,
-    /// Set when the region is a separate member cluster: its kubeconfig.
-    /// Not supported yet: such a region is left out of placement and its
-    /// status says so (condition `Usable=False`, reason `MemberClusterUnsupported`).
+    /// Set when the region is a separate member cluster: the Secret (in the
+    /// controller's cluster) holding its kubeconfig. The region's nodes are
+    /// then that cluster's (nodeSelector applied there) and its pods are
+    /// created and bound there. A missing or unusable Secret leaves the region
+    /// out (condition `Usable=False`, reason `KubeconfigSecretUnusable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig_secret_ref: Option<SecretKeyRef>,
 }

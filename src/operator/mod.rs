@@ -11,6 +11,7 @@ pub mod controller;
 pub mod crd;
 pub mod jobs;
 pub mod leader;
+pub mod members;
 pub mod metrics;
 pub mod plan;
 mod reconcile;

@@ -118,12 +118,14 @@ fn is_owned_by(pod: &Pod, key: &WorkloadKey) -> bool {
 impl Reconciler {
     /// The pods this workload owns, from the pod cache (a scan: deletions only).
     fn owned_pods(&self, key: &WorkloadKey) -> Vec<PodView> {
+        let owned = |p: &Pod| {
+            p.namespace().as_deref() == Some(key.namespace.as_str()) && is_owned_by(p, key)
+        };
         self.pods
             .state()
             .iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(key.namespace.as_str()) && is_owned_by(p, key)
-            })
+            .filter(|p| owned(p))
+            .chain(self.controller.members().cached_pods(owned).iter())
             .map(|p| snapshot::pod_view(p))
             .collect()
     }
@@ -151,6 +153,10 @@ impl Reconciler {
             .filter_map(|r| {
                 self.pods
                     .get(&ObjectRef::new(&r.pod).within(&key.namespace))
+                    .or_else(|| {
+                        // Placed in a member cluster: its own pod cache.
+                        self.controller.members().cached_pod(&key.namespace, &r.pod)
+                    })
             })
             .filter(|p| is_owned_by(p, key))
             .map(|p| snapshot::pod_view(&p))

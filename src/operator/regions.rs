@@ -20,7 +20,7 @@ use crate::regions::plan::{InventoryIndex, JobKind, JobSpec};
 use crate::regions::{Catalog, Side};
 
 use super::crd::{ComputeRegionStatus, Condition};
-use super::snapshot::{Kind, NodeView, RegionView, WorkloadView};
+use super::snapshot::{keys, Kind, NodeView, RegionView, WorkloadView};
 use super::validate::describe;
 
 /// Board power assumed for a model the shipped catalog does not list, W.
@@ -51,6 +51,14 @@ pub fn selects(selector: &BTreeMap<String, String>, node: &NodeView) -> bool {
         .all(|(k, v)| node.labels.iter().any(|(nk, nv)| nk == k && nv == v))
 }
 
+/// The member region a node view belongs to (`None`: the home cluster's).
+fn member_of(node: &NodeView) -> Option<&str> {
+    node.labels
+        .iter()
+        .find(|(k, _)| k == keys::MEMBER_CLUSTER)
+        .map(|(_, v)| v.as_str())
+}
+
 /// Installed inventory of a set of nodes: one entry per (model, GPUs per node),
 /// with the smallest node's CPU and memory (what every node of the block has).
 pub fn inventory_of(nodes: &[&NodeView]) -> Vec<InventoryEntry> {
@@ -74,8 +82,11 @@ pub fn inventory_of(nodes: &[&NodeView]) -> Vec<InventoryEntry> {
 
 /// Maps ComputeRegions and nodes to the planner's catalog. `None` when the
 /// cluster has no ComputeRegion at all (then the `zhisuan.io/region` node
-/// label decides, as before). Regions with invalid specs or a member-cluster
-/// kubeconfig are left out and listed in `excluded` with a reason.
+/// label decides, as before). Regions with invalid specs, or member-cluster
+/// regions whose cluster is not usable now (`member_problem`), are left out
+/// and listed in `excluded` with a reason. A member region's nodes are those
+/// labelled [`keys::MEMBER_CLUSTER`] = its name (its own cluster's); a home
+/// region never picks such a node.
 pub fn region_catalog(regions: &[RegionView], nodes: &[NodeView]) -> Option<RegionCatalog> {
     if regions.is_empty() {
         return None;
@@ -88,17 +99,10 @@ pub fn region_catalog(regions: &[RegionView], nodes: &[NodeView]) -> Option<Regi
                 r.name.clone(),
                 ("InvalidSpec".to_string(), describe(&r.errors)),
             );
-        } else if let Some(s) = &r.spec.kubeconfig_secret_ref {
-            excluded.insert(
-                r.name.clone(),
-                (
-                    "MemberClusterUnsupported".to_string(),
-                    format!(
-                        "spec.kubeconfigSecretRef ({}/{}) names a member cluster; creating pods in another cluster is not implemented, so this region is left out of placement: remove the reference and run a controller in that cluster",
-                        s.namespace, s.name
-                    ),
-                ),
-            );
+        } else if let (Some(_), Some((reason, message))) =
+            (&r.spec.kubeconfig_secret_ref, &r.member_problem)
+        {
+            excluded.insert(r.name.clone(), (reason.clone(), message.clone()));
         } else {
             usable.push(r);
         }
@@ -111,7 +115,14 @@ pub fn region_catalog(regions: &[RegionView], nodes: &[NodeView]) -> Option<Regi
     let mut links = Vec::new();
     for r in &usable {
         let picked: Vec<usize> = (0..nodes.len())
-            .filter(|&i| selects(&r.spec.node_selector, &nodes[i]))
+            .filter(|&i| {
+                selects(&r.spec.node_selector, &nodes[i])
+                    && member_of(&nodes[i])
+                        == r.spec
+                            .kubeconfig_secret_ref
+                            .as_ref()
+                            .map(|_| r.name.as_str())
+            })
             .collect();
         let picked_nodes: Vec<&NodeView> = picked.iter().map(|&i| &nodes[i]).collect();
         for n in &picked_nodes {
@@ -344,7 +355,28 @@ mod tests {
             },
             status: ComputeRegionStatus::default(),
             errors: vec![],
+            member_problem: None,
         }
+    }
+
+    #[test]
+    fn member_regions_pick_only_their_own_clusters_nodes() {
+        let mut far_node = node("f1", "b", "H100", 8);
+        far_node
+            .labels
+            .push((keys::MEMBER_CLUSTER.into(), "far".into()));
+        let nodes = vec![node("h1", "b", "H100", 8), far_node];
+        let mut far = region("far", "b", 0.9, &[]);
+        far.spec.kubeconfig_secret_ref = Some(SecretKeyRef {
+            name: "kc".into(),
+            namespace: "zhisuan".into(),
+            key: None,
+        });
+        let home = region("home", "b", 0.1, &[]);
+        let rc = region_catalog(&[home, far], &nodes).unwrap();
+        assert!(rc.excluded.is_empty(), "{:?}", rc.excluded);
+        // Same selector, but home sees only h1 and far only f1.
+        assert_eq!(rc.members, vec![vec![0], vec![1]]);
     }
 
     #[test]
@@ -406,6 +438,10 @@ mod tests {
             namespace: "zhisuan".into(),
             key: None,
         });
+        member.member_problem = Some((
+            "KubeconfigSecretUnusable".into(),
+            "Secret zhisuan/kc key \"kubeconfig\" (spec.kubeconfigSecretRef): the Secret does not exist".into(),
+        ));
         let mut bad = region("bad", "a", 0.5, &[]);
         bad.errors = crate::operator::validate::validate_region(&ComputeRegionSpec {
             pue: 0.5,
@@ -414,8 +450,8 @@ mod tests {
         let rc = region_catalog(&[region("ok", "a", 0.5, &[]), member, bad], &nodes).unwrap();
         assert_eq!(rc.catalog.regions.len(), 1);
         assert_eq!(rc.catalog.regions[0].name, "ok");
-        assert_eq!(rc.excluded["member"].0, "MemberClusterUnsupported");
-        assert!(rc.excluded["member"].1.contains("spec.kubeconfigSecretRef"));
+        assert_eq!(rc.excluded["member"].0, "KubeconfigSecretUnusable");
+        assert!(rc.excluded["member"].1.contains("Secret zhisuan/kc key"));
         assert_eq!(rc.excluded["bad"].0, "InvalidSpec");
         assert!(
             rc.excluded["bad"].1.contains("spec.pue"),
@@ -431,7 +467,7 @@ mod tests {
             rc.excluded.get("member"),
         );
         assert_eq!(st.conditions[0].status, "False");
-        assert_eq!(st.conditions[0].reason, "MemberClusterUnsupported");
+        assert_eq!(st.conditions[0].reason, "KubeconfigSecretUnusable");
         let since = st.conditions[0].last_transition_time.clone();
         assert_eq!(since.as_deref(), Some("1970-01-01T00:00:00Z"));
         // Unchanged verdict later: the transition time stays.

@@ -25,6 +25,9 @@ pub mod keys {
     pub const GPU_COUNT: &str = "zhisuan.io/gpu-count";
     pub const VENDOR: &str = "zhisuan.io/accelerator-vendor";
     pub const REGION: &str = "zhisuan.io/region";
+    /// Synthetic label on the views of a member cluster's nodes: the
+    /// ComputeRegion (member) they belong to. Never written to a Node.
+    pub const MEMBER_CLUSTER: &str = "zhisuan.io/member-cluster";
     /// Pod labels the controller sets on the pods it creates.
     pub const WORKLOAD_KIND: &str = "zhisuan.io/workload-kind";
     pub const WORKLOAD_NAME: &str = "zhisuan.io/workload";
@@ -199,6 +202,10 @@ pub struct RegionView {
     pub spec: ComputeRegionSpec,
     pub status: ComputeRegionStatus,
     pub errors: Vec<FieldError>,
+    /// For a member-cluster region (`spec.kubeconfigSecretRef`): why it
+    /// cannot be used now (reason, message); `None` once its cluster is
+    /// connected and listed (the controller fills this in).
+    pub member_problem: Option<(String, String)>,
 }
 
 /// A tenant's own use so far this calendar month (from the ledger), for
@@ -532,11 +539,18 @@ pub fn quota_view(obj: &DynamicObject) -> QuotaView {
 /// A ComputeRegion object → view (parse errors become field errors).
 pub fn region_view(obj: &DynamicObject) -> RegionView {
     let (spec, status, errors) = spec_and_status(obj, validate::validate_region);
+    let member_problem = spec.kubeconfig_secret_ref.as_ref().map(|_| {
+        (
+            "MemberClusterSyncing".to_string(),
+            "the member cluster is not connected yet".to_string(),
+        )
+    });
     RegionView {
         name: obj.name_any(),
         spec,
         status,
         errors,
+        member_problem,
     }
 }
 

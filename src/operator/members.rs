@@ -1,0 +1,389 @@
+//! Member clusters: ComputeRegions whose nodes are in another Kubernetes
+//! cluster (`spec.kubeconfigSecretRef`). The per-cluster I/O lives here:
+//! the kubeconfig is read from a Secret in the home cluster, a client is
+//! built from it (cached per Secret resourceVersion), and that cluster's
+//! nodes (the region's `nodeSelector` applied there) and pods are mirrored
+//! by reflectors. The controller feeds them into the same snapshot and plan
+//! as the home cluster's (member nodes carry the synthetic label
+//! [`keys::MEMBER_CLUSTER`] naming their region) and creates, binds and
+//! deletes the pods of workloads placed there through [`Members::pod_api`].
+//! The kubeconfig's contents are never logged nor put in a status.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use kube::api::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::reflector::{store::Writer, ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Config};
+use tokio::sync::Notify;
+
+use super::crd::SecretKeyRef;
+use super::snapshot::{self, keys, NodeView, PodView, RegionView};
+
+/// A member's Secret is read again at most this often (a changed
+/// resourceVersion builds a new client).
+const SECRET_RECHECK: Duration = Duration::from_secs(10);
+
+/// Reason of a region whose Secret or kubeconfig cannot be used.
+pub const REASON_SECRET: &str = "KubeconfigSecretUnusable";
+/// Reason of a region whose member cluster has not been listed yet.
+pub const REASON_SYNCING: &str = "MemberClusterSyncing";
+
+/// A region's Secret (namespace, name, key) and node selector.
+type Wanted = ((String, String, String), BTreeMap<String, String>);
+
+/// Where a region's kubeconfig is: namespace, name, key.
+fn secret_location(r: &SecretKeyRef) -> (String, String, String) {
+    let key = r
+        .key
+        .clone()
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| "kubeconfig".into());
+    (r.namespace.clone(), r.name.clone(), key)
+}
+
+/// One connected member cluster.
+struct Cluster {
+    secret_rv: String,
+    client: Client,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    /// Both reflectors have listed.
+    ready: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Member {
+    secret: (String, String, String),
+    selector: BTreeMap<String, String>,
+    checked_at: Instant,
+    /// Connected cluster, or why not (reason, message).
+    state: Result<Cluster, (String, String)>,
+}
+
+/// The member clusters of the ComputeRegions, by region name.
+pub struct Members {
+    home: Client,
+    notify: Arc<Notify>,
+    regions: Mutex<BTreeMap<String, Member>>,
+}
+
+/// Builds a client from kubeconfig text. Errors never quote the text.
+async fn client_from(text: &str) -> Result<Client, String> {
+    let kubeconfig =
+        Kubeconfig::from_yaml(text).map_err(|_| "is not a parseable kubeconfig".to_string())?;
+    // A kubeconfig from a Secret must not make the controller run commands.
+    if kubeconfig.auth_infos.iter().any(|a| {
+        a.auth_info
+            .as_ref()
+            .is_some_and(|i| i.exec.is_some() || i.auth_provider.is_some())
+    }) {
+        return Err("uses an exec or auth-provider user, which is not allowed".into());
+    }
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| format!("is not a usable kubeconfig ({})", error_kind(&e)))?;
+    Client::try_from(config).map_err(|_| "gives no usable client configuration".to_string())
+}
+
+/// The variant of a kubeconfig error, without any of its payload.
+fn error_kind(e: &kube::config::KubeconfigError) -> String {
+    let d = format!("{e:?}");
+    d.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or("error")
+        .to_string()
+}
+
+impl Members {
+    pub fn new(home: Client, notify: Arc<Notify>) -> Self {
+        Members {
+            home,
+            notify,
+            regions: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Brings the member clusters in line with the regions: connects new
+    /// ones, re-reads Secrets every [`SECRET_RECHECK`], drops the rest.
+    pub async fn sync(&self, regions: &[RegionView]) {
+        let wanted: BTreeMap<String, Wanted> = regions
+            .iter()
+            .filter(|r| r.errors.is_empty())
+            .filter_map(|r| {
+                let s = r.spec.kubeconfig_secret_ref.as_ref()?;
+                Some((
+                    r.name.clone(),
+                    (secret_location(s), r.spec.node_selector.clone()),
+                ))
+            })
+            .collect();
+        let due: Vec<String> = {
+            let mut members = self.regions.lock().unwrap();
+            members.retain(|name, _| wanted.contains_key(name));
+            wanted
+                .iter()
+                .filter(|(name, (secret, selector))| match members.get(*name) {
+                    Some(m) => {
+                        m.secret != *secret
+                            || m.selector != *selector
+                            || m.checked_at.elapsed() >= SECRET_RECHECK
+                    }
+                    None => true,
+                })
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        for name in due {
+            let (secret, selector) = wanted[&name].clone();
+            let (ns, sname, key) = &secret;
+            let described = format!("Secret {ns}/{sname} key {key:?} (spec.kubeconfigSecretRef)");
+            let read = Api::<Secret>::namespaced(self.home.clone(), ns)
+                .get_opt(sname)
+                .await;
+            let current_rv = {
+                let members = self.regions.lock().unwrap();
+                members.get(&name).and_then(|m| match &m.state {
+                    Ok(c) if m.secret == secret && m.selector == selector => {
+                        Some(c.secret_rv.clone())
+                    }
+                    _ => None,
+                })
+            };
+            let state = match read {
+                Err(e) => {
+                    if current_rv.is_some() {
+                        // Keep the working connection over a failed read.
+                        tracing::warn!(region = %name, error = %e, "reading the member-cluster Secret failed; keeping the connection");
+                        self.touch(&name);
+                        continue;
+                    }
+                    Err(format!("{described}: cannot be read: {e}"))
+                }
+                Ok(None) => Err(format!("{described}: the Secret does not exist")),
+                Ok(Some(s)) => {
+                    let rv = s.metadata.resource_version.clone().unwrap_or_default();
+                    if current_rv.as_deref() == Some(rv.as_str()) && !rv.is_empty() {
+                        self.touch(&name);
+                        continue;
+                    }
+                    match s.data.as_ref().and_then(|d| d.get(key)) {
+                        None => Err(format!("{described}: the Secret has no such key")),
+                        Some(bytes) => match std::str::from_utf8(&bytes.0) {
+                            Err(_) => Err(format!("{described}: the value is not UTF-8")),
+                            Ok(text) => match client_from(text).await {
+                                Err(why) => Err(format!("{described}: the value {why}")),
+                                Ok(client) => Ok(self.connect(&name, rv, client, &selector)),
+                            },
+                        },
+                    }
+                }
+            };
+            let state = state.map_err(|message| {
+                tracing::warn!(region = %name, %message, "member cluster unusable");
+                (REASON_SECRET.to_string(), message)
+            });
+            if state.is_ok() {
+                tracing::info!(region = %name, "member cluster connected");
+            }
+            self.regions.lock().unwrap().insert(
+                name,
+                Member {
+                    secret,
+                    selector,
+                    checked_at: Instant::now(),
+                    state,
+                },
+            );
+        }
+    }
+
+    fn touch(&self, name: &str) {
+        if let Some(m) = self.regions.lock().unwrap().get_mut(name) {
+            m.checked_at = Instant::now();
+        }
+    }
+
+    /// Starts the node and pod reflectors of a member cluster.
+    fn connect(
+        &self,
+        region: &str,
+        secret_rv: String,
+        client: Client,
+        selector: &BTreeMap<String, String>,
+    ) -> Cluster {
+        let w_nodes = Writer::<Node>::new(());
+        let w_pods = Writer::<Pod>::new(());
+        let (nodes, pods) = (w_nodes.as_reader(), w_pods.as_reader());
+        let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let node_watch = watcher::Config::default().labels(&labels.join(","));
+        let pod_watch = watcher::Config::default();
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut tasks = vec![
+            super::controller::spawn_reflector_with(
+                Api::<Node>::all(client.clone()),
+                node_watch,
+                w_nodes,
+                self.notify.clone(),
+            ),
+            super::controller::spawn_reflector_with(
+                Api::<Pod>::all(client.clone()),
+                pod_watch,
+                w_pods,
+                self.notify.clone(),
+            ),
+        ];
+        {
+            let (nodes, pods, ready, notify) = (
+                nodes.clone(),
+                pods.clone(),
+                ready.clone(),
+                self.notify.clone(),
+            );
+            let region = region.to_string();
+            tasks.push(tokio::spawn(async move {
+                if nodes.wait_until_ready().await.is_ok() && pods.wait_until_ready().await.is_ok() {
+                    tracing::info!(%region, "member cluster listed");
+                    ready.store(true, Ordering::SeqCst);
+                    notify.notify_one();
+                }
+            }));
+        }
+        Cluster {
+            secret_rv,
+            client,
+            nodes,
+            pods,
+            ready,
+            tasks,
+        }
+    }
+
+    /// Why a member region cannot be used now (reason, message); `None`
+    /// when its cluster is connected and listed.
+    pub fn problem(&self, region: &str) -> Option<(String, String)> {
+        let members = self.regions.lock().unwrap();
+        match members.get(region).map(|m| &m.state) {
+            None => Some((
+                REASON_SYNCING.into(),
+                "the member cluster is not connected yet".into(),
+            )),
+            Some(Err(p)) => Some(p.clone()),
+            Some(Ok(c)) if !c.ready.load(Ordering::SeqCst) => Some((
+                REASON_SYNCING.into(),
+                "the member cluster's nodes and pods are being listed".into(),
+            )),
+            Some(Ok(_)) => None,
+        }
+    }
+
+    /// Node and pod views of every listed member cluster; member nodes carry
+    /// the [`keys::MEMBER_CLUSTER`] label naming their region.
+    pub fn views(&self) -> (Vec<NodeView>, Vec<PodView>) {
+        let members = self.regions.lock().unwrap();
+        let (mut nodes, mut pods) = (Vec::new(), Vec::new());
+        for (region, m) in members.iter() {
+            let Ok(c) = &m.state else { continue };
+            if !c.ready.load(Ordering::SeqCst) {
+                continue;
+            }
+            for n in c.nodes.state() {
+                let mut v = snapshot::node_view(&n);
+                v.labels
+                    .push((keys::MEMBER_CLUSTER.to_string(), region.clone()));
+                nodes.push(v);
+            }
+            pods.extend(c.pods.state().iter().map(|p| snapshot::pod_view(p)));
+        }
+        (nodes, pods)
+    }
+
+    /// The pods API of a member region's cluster (`None`: the region is not
+    /// a connected member).
+    pub fn pod_api(&self, region: &str, namespace: &str) -> Option<Api<Pod>> {
+        let members = self.regions.lock().unwrap();
+        match &members.get(region)?.state {
+            Ok(c) => Some(Api::namespaced(c.client.clone(), namespace)),
+            Err(_) => None,
+        }
+    }
+
+    /// Whether `region` is a member region (connected or not).
+    pub fn is_member(&self, region: &str) -> bool {
+        self.regions.lock().unwrap().contains_key(region)
+    }
+
+    /// Pods APIs of every connected member cluster.
+    pub fn all_pod_apis(&self, namespace: &str) -> Vec<Api<Pod>> {
+        let members = self.regions.lock().unwrap();
+        members
+            .values()
+            .filter_map(|m| m.state.as_ref().ok())
+            .map(|c| Api::namespaced(c.client.clone(), namespace))
+            .collect()
+    }
+
+    /// A pod of a member cluster, from the reflectors' caches.
+    pub fn cached_pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        let members = self.regions.lock().unwrap();
+        members
+            .values()
+            .filter_map(|m| m.state.as_ref().ok())
+            .find_map(|c| c.pods.get(&ObjectRef::new(name).within(namespace)))
+    }
+
+    /// Pods of member clusters matching `pred`, from the caches.
+    pub fn cached_pods(&self, pred: impl Fn(&Pod) -> bool) -> Vec<Arc<Pod>> {
+        let members = self.regions.lock().unwrap();
+        members
+            .values()
+            .filter_map(|m| m.state.as_ref().ok())
+            .flat_map(|c| c.pods.state_filter(|p| pred(p)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_kubeconfigs_are_refused_without_quoting_them() {
+        let secret_text = "token-s3cr3t: [unclosed";
+        let why = client_from(secret_text).await.err().unwrap();
+        assert!(!why.contains("s3cr3t"), "{why}");
+        let exec = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:1\n\
+                    contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n\
+                    users:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: s3cr3t-helper\n";
+        let why = client_from(exec).await.err().unwrap();
+        assert!(why.contains("exec"), "{why}");
+        assert!(!why.contains("s3cr3t"), "{why}");
+        let ok = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:1\n\
+                  contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n\
+                  users:\n- name: u\n  user: {}\n";
+        assert!(client_from(ok).await.is_ok());
+    }
+
+    #[test]
+    fn the_key_defaults_to_kubeconfig() {
+        let r = SecretKeyRef {
+            name: "kc".into(),
+            namespace: "zhisuan".into(),
+            key: None,
+        };
+        assert_eq!(secret_location(&r).2, "kubeconfig");
+    }
+}
