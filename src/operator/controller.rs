@@ -617,6 +617,11 @@ impl Controller {
         self.config.timing.retry_period
     }
 
+    /// A pass runs at least this often.
+    pub(super) fn resync(&self) -> Duration {
+        self.config.resync
+    }
+
     pub(super) fn plan_config(&self) -> &PlanConfig {
         &self.config.plan
     }

@@ -166,10 +166,15 @@ impl Reconciler {
             self.controller.act(action, obj).await?;
             return Ok(Requeue::await_change());
         }
-        Ok(match recheck {
-            Some(at) => Requeue::requeue(Duration::from_secs((at - now).max(1) as u64)),
-            None => Requeue::await_change(),
-        })
+        // The pod cache is the scheduling loop's, fed by another watch than
+        // the one that triggered this reconcile: it may not show the change
+        // yet. Look again after a resync period (at least 1 s), or sooner
+        // when a time limit is due.
+        let lag = self.controller.resync().max(Duration::from_secs(1));
+        Ok(Requeue::requeue(match recheck {
+            Some(at) => lag.min(Duration::from_secs((at - now).max(1) as u64)),
+            None => lag,
+        }))
     }
 
     /// A deleted workload: its pods go (those seen and those its placement
