@@ -265,6 +265,8 @@ fn tenants_see_only_themselves() {
     let vs = r.body["vouchers"].as_array().unwrap();
     assert_eq!(vs.len(), 1, "{}", r.text);
     assert_eq!(vs[0]["balance_fen"], 100000);
+    assert_eq!(vs[0]["status"], "active", "{}", r.text);
+    assert_eq!(vs[0]["spendable_fen"], 100000, "{}", r.text);
     // Quota and statement are the caller's own.
     assert_eq!(s.get("/v1/quota", &b).body["tenant"], "beta");
     assert_eq!(s.get("/v1/quota", &a).body["used"]["gpus"], 1.0);

@@ -19,7 +19,7 @@ use super::openapi::StdErrors;
 use super::ApiState;
 use crate::ledger::{
     ratio_to_bp, AuditEvent, ChargeKind, Month, MonthUse, Quota, Tenant, UsageSummary, Voucher,
-    VoucherSpec,
+    VoucherSpec, VoucherStatus,
 };
 
 /// The admin as the ledger's audit log names it.
@@ -887,10 +887,34 @@ pub async fn statement(
 
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct VoucherList {
-    pub vouchers: Vec<Voucher>,
+    pub vouchers: Vec<VoucherView>,
 }
 
-/// The caller's vouchers with balances.
+/// A voucher as it stands now: the stored balance, and what of it can still
+/// be drawn. An expired voucher's balance has lapsed and is never spendable.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct VoucherView {
+    #[serde(flatten)]
+    pub voucher: Voucher,
+    pub status: VoucherStatus,
+    /// What charges made now could still draw (0 unless active).
+    pub spendable_fen: i64,
+    /// The balance that lapsed unused (0 unless expired).
+    pub lapsed_fen: i64,
+}
+
+impl VoucherView {
+    pub fn at(voucher: Voucher, now: DateTime<Utc>) -> Self {
+        VoucherView {
+            status: voucher.status_at(now),
+            spendable_fen: voucher.spendable_at(now),
+            lapsed_fen: voucher.lapsed_at(now),
+            voucher,
+        }
+    }
+}
+
+/// The caller's vouchers with balances and their status now.
 #[utoipa::path(get, path = "/v1/vouchers", tag = "tenant", security(("bearer" = [])),
     responses((status = 200, body = VoucherList), StdErrors))]
 pub async fn own_vouchers(
@@ -898,6 +922,11 @@ pub async fn own_vouchers(
     TenantCaller(tenant): TenantCaller,
 ) -> Result<Json<VoucherList>, ApiError> {
     let vouchers = state.blocking(move |l| l.vouchers(Some(&tenant))).await?;
+    let now = Utc::now();
+    let vouchers = vouchers
+        .into_iter()
+        .map(|v| VoucherView::at(v, now))
+        .collect();
     Ok(Json(VoucherList { vouchers }))
 }
 
@@ -1091,5 +1120,33 @@ mod tests {
                 .as_deref(),
             Some("to")
         );
+    }
+
+    #[test]
+    fn voucher_view_shows_an_expired_balance_as_lapsed() {
+        let at = |d| Utc.with_ymd_and_hms(2026, 11, d, 0, 0, 0).unwrap();
+        let v = Voucher {
+            id: "v1".into(),
+            tenant: "acme".into(),
+            issuer: "gov".into(),
+            face_value_fen: 100_000,
+            balance_fen: 40_000,
+            copay_ratio_bp: 5000,
+            valid_from: at(1),
+            valid_until: at(20),
+            regions: vec![],
+            kinds: vec![],
+            issued_at: at(1),
+        };
+        let live = VoucherView::at(v.clone(), at(19));
+        assert_eq!(live.status, VoucherStatus::Active);
+        assert_eq!((live.spendable_fen, live.lapsed_fen), (40_000, 0));
+        let gone = VoucherView::at(v, at(20));
+        assert_eq!(gone.status, VoucherStatus::Expired);
+        assert_eq!((gone.spendable_fen, gone.lapsed_fen), (0, 40_000));
+        let json = serde_json::to_value(&gone).unwrap();
+        assert_eq!(json["balance_fen"], 40_000);
+        assert_eq!(json["status"], "expired");
+        assert_eq!(json["lapsed_fen"], 40_000);
     }
 }

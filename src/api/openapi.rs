@@ -12,7 +12,9 @@ use super::handlers;
 use super::jobs::{
     Explanation, GpuUse, JobKind, JobPhase, JobView, RegionView, ReplicaPlacement, TokenTier,
 };
-use crate::ledger::{AuditEvent, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher};
+use crate::ledger::{
+    AuditEvent, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher, VoucherStatus,
+};
 
 /// The error answers every authenticated endpoint may give.
 pub struct StdErrors;
@@ -74,12 +76,12 @@ impl Modify for BearerAuth {
         handlers::statement, handlers::own_vouchers, handlers::regions,
     ),
     components(schemas(
-        ErrorBody, ErrorDetail, Tenant, Quota, Voucher, UsageSummary, AuditEvent, ChargeKind, Statement,
+        ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
         JobKind, JobPhase, JobView, ReplicaPlacement, Explanation, GpuUse, RegionView, TokenTier,
         handlers::Health, handlers::CreateTenantRequest, handlers::CreatedTenant,
         handlers::TenantList, handlers::VoucherRequest, handlers::AuditList,
         handlers::QuotaUse, handlers::QuotaView, handlers::JobRequest, handlers::JobList,
-        handlers::VoucherList, handlers::RegionList, handlers::StatementFormat,
+        handlers::VoucherList, handlers::VoucherView, handlers::RegionList, handlers::StatementFormat,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -7,7 +7,9 @@ use std::borrow::Cow;
 use serde_json::{json, Value};
 use utoipa::openapi::{RefOr, Schema};
 
-use crate::ledger::{AuditEvent, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher};
+use crate::ledger::{
+    AuditEvent, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher, VoucherStatus,
+};
 
 fn schema(v: Value) -> RefOr<Schema> {
     RefOr::T(serde_json::from_value(v).expect("hand-written schema is valid"))
@@ -91,6 +93,13 @@ ledger_schema!(
             "issued_at": time(),
         }
     })
+);
+
+ledger_schema!(
+    VoucherStatus,
+    "VoucherStatus",
+    json!({"type": "string", "enum": ["not_yet_valid", "active", "exhausted", "expired"],
+           "description": "expired: whatever balance is left has lapsed and is never spendable"})
 );
 
 ledger_schema!(
