@@ -191,7 +191,7 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| InputError::new(format!("--listen {}: {e}", args.listen)))?;
-        tracing::info!(listen = %args.listen, db = %redact_url(&args.db), "quota API serving");
+        tracing::info!(listen = %args.listen, db = %crate::ledger::cli::redact_url(&args.db), "quota API serving");
         axum::serve(listener, router(state))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -201,30 +201,9 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
     })
 }
 
-/// A database URL without its password, for logs.
-fn redact_url(db: &str) -> String {
-    match (db.find("://"), db.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &db[scheme + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &db[..scheme + 3], &db[at..])
-        }
-        _ => db.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn db_passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://zs:s3cret@127.0.0.1:5432/zs"),
-            "postgres://zs:***@127.0.0.1:5432/zs"
-        );
-        assert_eq!(redact_url("/var/lib/zs.db"), "/var/lib/zs.db");
-    }
 
     #[test]
     fn admin_key_file_first_line_or_clear_error() {

@@ -19,12 +19,13 @@ impl DbArg {
     pub fn open(&self) -> anyhow::Result<Ledger> {
         Ledger::open(&self.db)
             .map_err(LedgerError::into_anyhow)
-            .with_context(|| format!("opening ledger {}", redact(&self.db)))
+            .with_context(|| format!("opening ledger {}", redact_url(&self.db)))
     }
 }
 
-/// Hides a password in a connection URL before it is printed.
-fn redact(url: &str) -> String {
+/// Hides a password in a connection URL before it is printed or logged
+/// (every command that takes a ledger URL goes through this one).
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -128,7 +129,7 @@ pub fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
                 .map_err(LedgerError::into_anyhow)?;
             println!(
                 "{}",
-                serde_json::json!({ "db": redact(&db.db), "default_rate_card_added": added })
+                serde_json::json!({ "db": redact_url(&db.db), "default_rate_card_added": added })
             );
         }
         LedgerCmd::Tenant { name, parent, db } => {
@@ -241,14 +242,14 @@ fn ingest_file<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::redact_url;
 
     #[test]
     fn passwords_never_printed() {
         assert_eq!(
-            redact("postgres://zs:s3cret@127.0.0.1:5432/ledger"),
+            redact_url("postgres://zs:s3cret@127.0.0.1:5432/ledger"),
             "postgres://zs:***@127.0.0.1:5432/ledger"
         );
-        assert_eq!(redact("ledger.db"), "ledger.db");
+        assert_eq!(redact_url("ledger.db"), "ledger.db");
     }
 }

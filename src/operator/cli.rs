@@ -58,6 +58,13 @@ pub struct ControllerArgs {
     /// Seconds between token scrapes (with --ledger); windows align to it.
     #[arg(long, default_value_t = 15)]
     pub token_scrape_s: u64,
+    /// Name of the cumulative prompt-token counter on InferenceService
+    /// metrics endpoints (e.g. `sglang:prompt_tokens_total`).
+    #[arg(long, default_value = "vllm:prompt_tokens_total")]
+    pub prompt_token_counter: String,
+    /// Name of the cumulative completion-token counter.
+    #[arg(long, default_value = "vllm:generation_tokens_total")]
+    pub completion_token_counter: String,
 }
 
 pub fn run_crd(args: CrdArgs) -> anyhow::Result<()> {
@@ -95,10 +102,16 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         let registry = prometheus::Registry::new();
         let mut controller = Controller::new(client, config, &registry)?;
         if let Some(url) = &args.ledger {
-            let ledger = crate::ledger::Ledger::open(url)
-                .map_err(|e| InputError::new(format!("--ledger {url:?}: {e}")))?;
+            let ledger = crate::ledger::Ledger::open(url).map_err(|e| {
+                let url = crate::ledger::cli::redact_url(url);
+                InputError::new(format!("--ledger {url:?}: {e}"))
+            })?;
             let scrape = TokenScrapeConfig {
                 interval: Duration::from_secs(args.token_scrape_s.max(1)),
+                names: crate::ledger::TokenCounterNames {
+                    prompt: args.prompt_token_counter.clone(),
+                    completion: args.completion_token_counter.clone(),
+                },
                 ..TokenScrapeConfig::default()
             };
             controller = controller
