@@ -60,31 +60,19 @@ pub struct Shapes {
 impl Shapes {
     /// Typical shapes as given (weights are popularity shares).
     pub fn new(shapes: Vec<Shape>) -> Self {
-        let gpu_per_cpu = (0..MAX_MODELS as ModelId)
+        let per_model = (0..MAX_MODELS as ModelId)
             .map(|model| {
-                let runs_here = |s: &&Shape| s.gpus > 0 && s.models.contains(model);
-                let gpu: f64 = shapes
-                    .iter()
-                    .filter(runs_here)
-                    .map(|s| s.weight * s.gpus as f64 * s.milli_per_gpu as f64)
-                    .sum();
-                let cpu: f64 = shapes
-                    .iter()
-                    .filter(runs_here)
-                    .map(|s| s.weight * s.cpu_milli as f64)
-                    .sum();
-                ratio(gpu, cpu)
+                gpu_per_cpu(
+                    shapes
+                        .iter()
+                        .filter(|s| s.gpus > 0 && s.models.contains(model)),
+                )
             })
             .collect();
-        let gpu: f64 = shapes
-            .iter()
-            .map(|s| s.weight * s.gpus as f64 * s.milli_per_gpu as f64)
-            .sum();
-        let cpu: f64 = shapes.iter().map(|s| s.weight * s.cpu_milli as f64).sum();
         Shapes {
-            workload_gpu_per_cpu: ratio(gpu, cpu),
+            workload_gpu_per_cpu: gpu_per_cpu(shapes.iter()),
             shapes,
-            gpu_per_cpu,
+            gpu_per_cpu: per_model,
         }
     }
 
@@ -194,7 +182,15 @@ impl Shapes {
     }
 }
 
-fn ratio(gpu: f64, cpu: f64) -> f64 {
+/// Popularity-weighted milli-GPU asked per CPU milli asked by `shapes`
+/// (infinite when they ask no CPU).
+fn gpu_per_cpu<'a>(shapes: impl Iterator<Item = &'a Shape>) -> f64 {
+    let (gpu, cpu) = shapes.fold((0.0, 0.0), |(gpu, cpu), s| {
+        (
+            gpu + s.weight * s.gpus as f64 * s.milli_per_gpu as f64,
+            cpu + s.weight * s.cpu_milli as f64,
+        )
+    });
     if cpu > 0.0 {
         gpu / cpu
     } else {
