@@ -181,27 +181,9 @@ struct Stores {
     regions: Store<DynamicObject>,
 }
 
-fn spawn_reflector<K>(
-    api: Api<K>,
-    writer: Writer<K>,
-    notify: Arc<Notify>,
-) -> tokio::task::JoinHandle<()>
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
-{
-    spawn_reflector_with(api, watcher::Config::default(), writer, notify)
-}
-
-/// A reflector with watch settings (a label selector), waking `notify` on
+/// A reflector with watch settings (e.g. a label selector), waking `notify` on
 /// every event.
-pub(super) fn spawn_reflector_with<K>(
+pub(super) fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: Writer<K>,
@@ -431,26 +413,41 @@ impl Controller {
             quotas: w_tq.as_reader(),
             regions: w_cr.as_reader(),
         };
+        let all = watcher::Config::default;
         let tasks = vec![
-            spawn_reflector(Api::<Node>::all(client.clone()), w_nodes, notify.clone()),
-            spawn_reflector(Api::<Pod>::all(client.clone()), w_pods, notify.clone()),
+            spawn_reflector(
+                Api::<Node>::all(client.clone()),
+                all(),
+                w_nodes,
+                notify.clone(),
+            ),
+            spawn_reflector(
+                Api::<Pod>::all(client.clone()),
+                all(),
+                w_pods,
+                notify.clone(),
+            ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_tj),
+                all(),
                 w_tj,
                 notify.clone(),
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_is),
+                all(),
                 w_is,
                 notify.clone(),
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_tq),
+                all(),
                 w_tq,
                 notify.clone(),
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_cr),
+                all(),
                 w_cr,
                 notify.clone(),
             ),

@@ -233,13 +233,13 @@ impl Members {
         let pod_watch = watcher::Config::default();
         let ready = Arc::new(AtomicBool::new(false));
         let mut tasks = vec![
-            super::controller::spawn_reflector_with(
+            super::controller::spawn_reflector(
                 Api::<Node>::all(client.clone()),
                 node_watch,
                 w_nodes,
                 self.notify.clone(),
             ),
-            super::controller::spawn_reflector_with(
+            super::controller::spawn_reflector(
                 Api::<Pod>::all(client.clone()),
                 pod_watch,
                 w_pods,
