@@ -641,7 +641,8 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
     let now = snapshot.now;
     let mut out = Plan::default();
     let (mut cap, _warnings) = Capacity::new(snapshot, config);
-    // With ComputeRegions, a node's region is the first region selecting it.
+    // With ComputeRegions, a node's region is the one whose members hold it
+    // (`region_catalog` gives each node to one region at most).
     let regions_crs = region_catalog(&snapshot.regions, &snapshot.nodes);
     if let Some(rc) = &regions_crs {
         for n in cap.nodes.iter_mut() {
@@ -649,12 +650,8 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
         }
         for (r, members) in rc.members.iter().enumerate() {
             for &m in members {
-                let Some(&ci) = cap.index.get(&snapshot.nodes[m].name) else {
-                    continue;
-                };
-                let n = &mut cap.nodes[ci as usize];
-                if n.region.is_empty() {
-                    n.region = rc.catalog.regions[r].name.clone();
+                if let Some(&ci) = cap.index.get(&snapshot.nodes[m].name) {
+                    cap.nodes[ci as usize].region = rc.catalog.regions[r].name.clone();
                 }
             }
         }

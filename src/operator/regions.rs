@@ -113,10 +113,14 @@ pub fn region_catalog(regions: &[RegionView], nodes: &[NodeView]) -> Option<Regi
     let mut catalog_regions = Vec::with_capacity(usable.len());
     let mut places: BTreeSet<String> = BTreeSet::new();
     let mut links = Vec::new();
+    // A node belongs to the first region selecting it: never counted or
+    // placed on in two regions when node selectors overlap.
+    let mut taken = vec![false; nodes.len()];
     for r in &usable {
         let picked: Vec<usize> = (0..nodes.len())
             .filter(|&i| {
-                selects(&r.spec.node_selector, &nodes[i])
+                !taken[i]
+                    && selects(&r.spec.node_selector, &nodes[i])
                     && member_of(&nodes[i])
                         == r.spec
                             .kubeconfig_secret_ref
@@ -124,6 +128,9 @@ pub fn region_catalog(regions: &[RegionView], nodes: &[NodeView]) -> Option<Regi
                             .map(|_| r.name.as_str())
             })
             .collect();
+        for &i in &picked {
+            taken[i] = true;
+        }
         let picked_nodes: Vec<&NodeView> = picked.iter().map(|&i| &nodes[i]).collect();
         for n in &picked_nodes {
             if n.gpus > 0 && !n.model.is_empty() {
@@ -377,6 +384,18 @@ mod tests {
         assert!(rc.excluded.is_empty(), "{:?}", rc.excluded);
         // Same selector, but home sees only h1 and far only f1.
         assert_eq!(rc.members, vec![vec![0], vec![1]]);
+    }
+
+    #[test]
+    fn a_node_selected_by_two_regions_belongs_to_the_first_only() {
+        let nodes = vec![node("a1", "a", "H100", 8), node("b1", "b", "A10", 4)];
+        let mut everything = region("all", "a", 0.3, &[]);
+        everything.spec.node_selector.clear(); // selects every node
+        let west = region("west", "b", 0.8, &[]);
+        let rc = region_catalog(&[everything, west], &nodes).unwrap();
+        assert_eq!(rc.members, vec![vec![0, 1], vec![]]);
+        assert_eq!(rc.catalog.region_gpus(0), 12);
+        assert_eq!(rc.catalog.region_gpus(1), 0);
     }
 
     #[test]
