@@ -82,6 +82,8 @@ struct TargetState {
 /// Scrapes a set of targets round by round and keeps their counter state.
 pub struct TokenScraper {
     client: reqwest::Client,
+    /// The two counters metered; every other sample is skipped unread.
+    names: TokenCounterNames,
     meter: TokenMeter,
     state: HashMap<String, TargetState>,
 }
@@ -106,6 +108,7 @@ impl TokenScraper {
     pub fn new(config: &TokenScrapeConfig) -> Result<TokenScraper, reqwest::Error> {
         Ok(TokenScraper {
             client: reqwest::Client::builder().timeout(config.timeout).build()?,
+            names: config.names.clone(),
             meter: TokenMeter::new(config.names.clone()),
             state: HashMap::new(),
         })
@@ -147,18 +150,28 @@ impl TokenScraper {
         expo: &Exposition,
         tick: DateTime<Utc>,
     ) -> Option<TokenRecord> {
-        let keys: Vec<String> = expo.samples.iter().map(|s| series_key(&s.labels)).collect();
+        let tick_s = tick.timestamp();
+        let state = self.state.entry(target.source.clone()).or_default();
+        if state.last_tick.is_some_and(|last| last >= tick_s) {
+            // No window ends here (the clock did not advance): leave the
+            // baseline where it is so the tokens go into the next window.
+            return None;
+        }
+        // Series keys only for the two metered counters (an exporter serves
+        // hundreds of other lines: histograms, cache stats…).
+        let names = &self.names;
+        let counters: Vec<(&str, String, f64)> = expo
+            .samples
+            .iter()
+            .filter(|s| s.name == names.prompt || s.name == names.completion)
+            .map(|s| (s.name.as_str(), series_key(&s.labels), s.value))
+            .collect();
         let delta = self.meter.observe(
             &target.source,
-            expo.samples
-                .iter()
-                .zip(&keys)
-                .map(|(s, k)| (s.name.as_str(), k.as_str(), s.value)),
+            counters.iter().map(|(n, k, v)| (*n, k.as_str(), *v)),
         );
-        let state = self.state.entry(target.source.clone()).or_default();
-        let previous = state.last_tick.replace(tick.timestamp());
-        let start = previous?;
-        if start >= tick.timestamp() || (delta.prompt == 0 && delta.completion == 0) {
+        let start = state.last_tick.replace(tick_s)?;
+        if delta.prompt == 0 && delta.completion == 0 {
             return None;
         }
         Some(TokenRecord {
@@ -379,6 +392,27 @@ mod tests {
             (st.tokens[0].prompt_tokens, st.tokens[0].completion_tokens),
             (570, 130)
         );
+    }
+
+    #[tokio::test]
+    async fn a_round_at_a_tick_already_scraped_keeps_its_tokens_for_the_next_window() {
+        let (url, body) = exporter().await;
+        let mut s = TokenScraper::new(&TokenScrapeConfig::default()).unwrap();
+        let targets = vec![target(&url, "pod-a", "acme")];
+        *body.lock().unwrap() = vllm(100.0, 10.0);
+        s.round(&targets, at(0)).await;
+        *body.lock().unwrap() = vllm(150.0, 20.0);
+        s.round(&targets, at(1)).await;
+        // The clock did not advance (or stepped back): no window ends here.
+        *body.lock().unwrap() = vllm(180.0, 25.0);
+        assert!(s.round(&targets, at(1)).await.records.is_empty());
+        assert!(s.round(&targets, at(0)).await.records.is_empty());
+        // The next window has every token served since minute 1.
+        *body.lock().unwrap() = vllm(200.0, 30.0);
+        let r = s.round(&targets, at(2)).await;
+        let rec = &r.records[0];
+        assert_eq!((rec.prompt_tokens, rec.completion_tokens), (50, 10));
+        assert_eq!((rec.start, rec.end), (at(1), at(2)));
     }
 
     #[tokio::test]
