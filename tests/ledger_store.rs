@@ -708,6 +708,30 @@ fn case_month_split_and_lapsed_vouchers(open: &dyn Fn() -> Ledger) {
         .statement_as_of("acme", Month::parse("2026-10").unwrap(), now)
         .unwrap();
     assert_eq!(oct_again, oct);
+    // A past month's statement reads today's balance, so it judges the
+    // voucher today too: valid into December, lapsed by the 20th.
+    l.issue_voucher(
+        "admin",
+        &voucher(
+            "dec",
+            "beta",
+            4_000,
+            10_000,
+            "2026-10-01T00:00:00Z",
+            "2026-12-15T00:00:00Z",
+        ),
+    )
+    .unwrap();
+    let beta_oct = l
+        .statement_as_of(
+            "beta",
+            Month::parse("2026-10").unwrap(),
+            t("2026-12-20T00:00:00Z"),
+        )
+        .unwrap();
+    let v = &beta_oct.vouchers[0];
+    assert_eq!(v.status, VoucherStatus::Expired);
+    assert_eq!((v.spendable_fen, v.lapsed_fen), (0, 4_000));
     assert_eq!(l.trial_balance().unwrap(), 0);
 }
 

@@ -49,9 +49,8 @@ pub struct TokenLine {
 }
 
 /// One voucher: what it covered this month and what is left now. Its status
-/// is taken at the statement's `as_of` (the end of the month, or now for the
-/// running month): an expired voucher's balance is reported as lapsed, with
-/// nothing spendable.
+/// is taken at the statement's `as_of`, the moment its balance is read: an
+/// expired voucher's balance is reported as lapsed, with nothing spendable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VoucherLine {
     pub id: String,
@@ -90,8 +89,8 @@ pub struct Statement {
     pub month: String,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
-    /// The moment voucher statuses are taken at: the period end, or the
-    /// generation time while the month is still running.
+    /// When the statement was made: voucher balances are read, and their
+    /// statuses judged, at this moment (also for a past month).
     pub as_of: DateTime<Utc>,
     pub usage_records: i64,
     pub token_records: i64,
@@ -203,7 +202,7 @@ impl Ledger {
             month: month.to_string(),
             period_start: month.start(),
             period_end: month.next().start(),
-            as_of: now.min(month.next().start()),
+            as_of: now,
             usage_records: 0,
             token_records: 0,
             gpu: vec![],
