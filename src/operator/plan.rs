@@ -1194,21 +1194,26 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             });
         }
     }
+    // One walk over the nodes: per-node allocation, and per region its
+    // (nodes, GPUs, allocated milli-GPU) for both the metrics and the status.
     let cluster = cap.engine.cluster();
+    let mut regions_fig: BTreeMap<String, (i64, u64, u64)> = BTreeMap::new();
+    for (i, n) in cap.nodes.iter().enumerate() {
+        let milli = cluster.node_gpu_milli_allocated(i as u32) as u64;
+        out.nodes.push((n.region.clone(), n.name.clone(), milli));
+        let e = regions_fig.entry(n.region.clone()).or_default();
+        e.0 += 1;
+        e.1 += n.gpus as u64;
+        e.2 += milli;
+    }
     if let Some(rc) = &regions_crs {
         for rv in &snapshot.regions {
             let excluded = rc.excluded.get(&rv.name);
-            let (mut nodes, mut gpus, mut milli) = (0i64, 0i64, 0u64);
-            if excluded.is_none() {
-                for (i, n) in cap.nodes.iter().enumerate() {
-                    if n.region == rv.name {
-                        nodes += 1;
-                        gpus += n.gpus as i64;
-                        milli += cluster.node_gpu_milli_allocated(i as u32) as u64;
-                    }
-                }
-            }
-            let status = region_status(&rv.status, now, nodes, gpus, milli, excluded);
+            let (nodes, gpus, milli) = match excluded {
+                Some(_) => (0, 0, 0),
+                None => regions_fig.get(&rv.name).copied().unwrap_or_default(),
+            };
+            let status = region_status(&rv.status, now, nodes, gpus as i64, milli, excluded);
             if status != rv.status {
                 out.actions.push(Action::RegionStatus {
                     name: rv.name.clone(),
@@ -1217,17 +1222,9 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             }
         }
     }
-    let mut regions_fig: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (i, n) in cap.nodes.iter().enumerate() {
-        let milli = cluster.node_gpu_milli_allocated(i as u32) as u64;
-        out.nodes.push((n.region.clone(), n.name.clone(), milli));
-        let e = regions_fig.entry(n.region.clone()).or_default();
-        e.0 += n.gpus as u64;
-        e.1 += milli;
-    }
     out.regions = regions_fig
         .into_iter()
-        .map(|(r, (g, m))| (r, g, m))
+        .map(|(r, (_, g, m))| (r, g, m))
         .collect();
     out
 }
