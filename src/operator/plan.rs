@@ -419,18 +419,54 @@ fn subtree(quotas: &Quotas, usage: &Usage, tenant: &str, model: Option<&str>) ->
         .sum()
 }
 
-/// Month-to-date `amount` summed over a tenant and its descendants.
-fn month_subtree(
+/// Month-to-date use of each tenant's whole subtree (itself and its
+/// descendants), summed once per pass: the ledger's figures do not change
+/// while a pass admits.
+fn month_subtrees(
     quotas: &Quotas,
     month: &BTreeMap<String, MonthToDate>,
+) -> BTreeMap<String, MonthToDate> {
+    let mut out: BTreeMap<String, MonthToDate> = BTreeMap::new();
+    for (tenant, used) in month {
+        // Up the parents, as `in_subtree` walks: each ancestor counts it once.
+        let mut seen: Vec<&str> = Vec::new();
+        let mut cur = Some(tenant.as_str());
+        while let Some(c) = cur {
+            if seen.contains(&c) {
+                break; // a cyclic tree (refused by validation) ends here
+            }
+            seen.push(c);
+            let total = out.entry(c.to_string()).or_default();
+            for (model, v) in &used.milli_gpu_s {
+                *total.milli_gpu_s.entry(model.clone()).or_default() += v;
+            }
+            for (tier, v) in &used.tokens {
+                *total.tokens.entry(tier.clone()).or_default() += v;
+            }
+            cur = quotas
+                .by_tenant
+                .get(c)
+                .and_then(|q| q.spec.parent.as_deref());
+        }
+    }
+    out
+}
+
+/// A subtree's month-to-date figure for `key`, or summed over all keys for `*`.
+fn month_used(
+    subtrees: &BTreeMap<String, MonthToDate>,
     tenant: &str,
-    amount: impl Fn(&MonthToDate) -> i64,
+    pick: impl Fn(&MonthToDate) -> &BTreeMap<String, i64>,
+    key: &str,
 ) -> i64 {
-    month
-        .iter()
-        .filter(|(t, _)| in_subtree(quotas, t, tenant))
-        .map(|(_, u)| amount(u))
-        .sum()
+    subtrees.get(tenant).map_or(0, |u| {
+        let by_key = pick(u);
+        if key == "*" {
+            by_key.values().sum()
+        } else {
+            by_key.get(key).copied().unwrap_or(0)
+        }
+    })
 }
 
 /// `(key, limit)` of a monthly map for `key` and for `*` (any).
@@ -447,19 +483,13 @@ fn monthly_limits<'a>(
 /// the tier: `Err((reason, message))` naming the limit.
 fn monthly_tokens(
     quotas: &Quotas,
-    month: &BTreeMap<String, MonthToDate>,
+    month_subtrees: &BTreeMap<String, MonthToDate>,
     tenant: &str,
     tier: &str,
 ) -> Result<(), (String, String)> {
     for q in quotas.chain(tenant)? {
         for (key, limit) in monthly_limits(&q.spec.tokens_per_month, tier) {
-            let used = month_subtree(quotas, month, &q.spec.tenant, |u| {
-                if key == "*" {
-                    u.tokens.values().sum()
-                } else {
-                    u.tokens.get(key).copied().unwrap_or(0)
-                }
-            });
+            let used = month_used(month_subtrees, &q.spec.tenant, |u| &u.tokens, key);
             if used >= limit {
                 return Err((
                     "MonthlyTokensExceeded".into(),
@@ -477,20 +507,13 @@ fn monthly_tokens(
 /// Why the tenant (or an ancestor) may not use `model` any more this month
 /// (its GPU-hour limit for the model or for `*` is used up).
 fn monthly_gpu_hours(
-    quotas: &Quotas,
-    month: &BTreeMap<String, MonthToDate>,
+    month_subtrees: &BTreeMap<String, MonthToDate>,
     chain: &[&QuotaView],
     model: &str,
 ) -> Option<String> {
     for q in chain {
         for (key, limit) in monthly_limits(&q.spec.gpu_hours_per_month, model) {
-            let used = month_subtree(quotas, month, &q.spec.tenant, |u| {
-                if key == "*" {
-                    u.milli_gpu_s.values().sum()
-                } else {
-                    u.milli_gpu_s.get(key).copied().unwrap_or(0)
-                }
-            });
+            let used = month_used(month_subtrees, &q.spec.tenant, |u| &u.milli_gpu_s, key);
             if used >= limit.saturating_mul(MILLI_GPU_S_PER_GPU_HOUR) {
                 return Some(format!(
                     "tenant {:?} used {:.2} GPU-hours{} this month, reaching spec.gpuHoursPerMonth[{key}]={limit} of TenantQuota {}; raise the limit or wait for next month",
@@ -509,7 +532,7 @@ fn monthly_gpu_hours(
 fn quota_models(
     quotas: &Quotas,
     usage: &Usage,
-    month: &BTreeMap<String, MonthToDate>,
+    month_subtrees: &BTreeMap<String, MonthToDate>,
     tenant: &str,
     candidates: &[String],
     milli: u64,
@@ -519,7 +542,7 @@ fn quota_models(
     let mut monthly_refusal = None;
     let mut ok = Vec::new();
     'model: for m in candidates {
-        if let Some(why) = monthly_gpu_hours(quotas, month, &chain, m) {
+        if let Some(why) = monthly_gpu_hours(month_subtrees, &chain, m) {
             monthly_refusal.get_or_insert(why);
             continue 'model;
         }
@@ -792,6 +815,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
 
     // 3. Admission in fair-share order.
     let quotas = Quotas::new(&snapshot.quotas);
+    let month_use = month_subtrees(&quotas, &snapshot.month_use);
     let known: Vec<String> = snapshot.known_models().into_iter().collect();
     let guarantee = |t: &str| {
         quotas
@@ -873,9 +897,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             .cloned()
             .collect();
         if let Some(tier) = &w.token_tier {
-            if let Err((reason, message)) =
-                monthly_tokens(&quotas, &snapshot.month_use, &w.tenant, tier)
-            {
+            if let Err((reason, message)) = monthly_tokens(&quotas, &month_use, &w.tenant, tier) {
                 pend(&reason, message, &mut out);
                 continue;
             }
@@ -883,7 +905,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
         let models = match quota_models(
             &quotas,
             &usage,
-            &snapshot.month_use,
+            &month_use,
             &w.tenant,
             &candidates,
             w.total_milli(),
