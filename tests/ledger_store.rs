@@ -1072,3 +1072,142 @@ fn kill9_postgres() {
     let dir = tempfile::tempdir().unwrap();
     kill9_during_ingestion(&server.fresh_db(), &server.fresh_db(), dir.path());
 }
+
+/// SQL that stores `u` and `tk` the way versions before the month split did
+/// (schema 1, then migrated): one whole row per record under the record's own
+/// id, rated by the card in force at its start, counted in the month it
+/// starts in (what migration 2 backfills into the rollups), charged by one
+/// balanced journal entry.
+fn legacy_whole_rows(u: &UsageRecord, tk: &TokenRecord) -> Vec<String> {
+    let rates = zhisuan::ledger::RateBook::new(vec![default_rate_card()]);
+    let m = u.meter().unwrap();
+    let c = rates.rate_usage(&m).unwrap();
+    let mt = tk.meter().unwrap();
+    let tc = rates.rate_tokens(&mt).unwrap();
+    let month = Month::of(u.start).to_string();
+    let token_month = Month::of(tk.start).to_string();
+    assert_ne!(month, Month::of(u.end).to_string(), "must cross a month");
+    vec![
+        format!(
+            "INSERT INTO usage VALUES ('{}', '{}', '{}', '{}', '{}', '{}', '{}', {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, 0, {}, 0, 'legacy')",
+            m.id, m.source, m.tenant, m.job, m.region, m.node, m.model, m.gpu_milli, m.start_s, m.end_s,
+            m.milli_gpu_s, m.it_energy_j, m.pue_milli, m.facility_j, m.green_milli, m.grid_mg_per_kwh,
+            m.carbon_mg, c.rate_version, c.gpu_fen, c.energy_fen
+        ),
+        format!(
+            "INSERT INTO usage_rollup VALUES ('{}', '{month}', '{}', '{}', 1, {}, {}, 0, {}, {}, {}, {}, 0)",
+            m.tenant, m.model, m.region, m.milli_gpu_s, c.gpu_fen, m.it_energy_j, m.facility_j, m.carbon_mg,
+            c.energy_fen
+        ),
+        format!(
+            "INSERT INTO tokens VALUES ('{}', '{}', '{}', '{}', '{}', '{}', '{}', {}, {}, {}, {}, {}, {}, 0, 'legacy')",
+            mt.id, mt.source, mt.tenant, mt.service, mt.model, mt.region, mt.tier.as_str(), mt.start_s,
+            mt.end_s, mt.prompt_tokens, mt.completion_tokens, tc.rate_version, tc.fen
+        ),
+        format!(
+            "INSERT INTO tokens_rollup VALUES ('{}', '{token_month}', '{}', 1, {}, {}, {}, 0)",
+            mt.tenant, mt.tier.as_str(), mt.prompt_tokens, mt.completion_tokens, tc.fen
+        ),
+        "INSERT INTO journal VALUES ('legacy', 0, 'charges', '1 usage, 1 token records')".into(),
+        format!(
+            "INSERT INTO postings VALUES ('legacy', 'tenant:{}', {})",
+            m.tenant,
+            c.gpu_fen + c.energy_fen + tc.fen
+        ),
+        format!(
+            "INSERT INTO postings VALUES ('legacy', 'revenue:gpu', {})",
+            -c.gpu_fen - c.energy_fen
+        ),
+        format!(
+            "INSERT INTO postings VALUES ('legacy', 'revenue:tokens', {})",
+            -tc.fen
+        ),
+    ]
+}
+
+/// A month-crossing record that a version before the month split stored
+/// whole, replayed through today's ingestion (which splits it), is a
+/// duplicate: nothing is stored again, no total moves. A new month-crossing
+/// record in the same batch is still split and stored.
+fn legacy_whole_record_replay_changes_nothing(url: &str, exec: &mut dyn FnMut(&str)) {
+    let l = Ledger::open(url).unwrap();
+    l.ensure_rate_card("test").unwrap();
+    l.create_tenant("admin", "acme", None).unwrap();
+    // 23:00 on 31 October for 3 h; tokens 23:59 to 00:02.
+    let mut u = usage("p", "acme", "2026-10-31T23:00:00Z", 3 * 3600);
+    u.it_energy_j = 7_560_001;
+    let mut tk = tokens("svc", "acme", "2026-10-31T23:59:00Z", 1_000_001, 2);
+    tk.end = t("2026-11-01T00:02:00Z");
+    for sql in legacy_whole_rows(&u, &tk) {
+        exec(&sql);
+    }
+    let now = t("2026-11-25T00:00:00Z");
+    let (oct, nov) = (
+        Month::parse("2026-10").unwrap(),
+        Month::parse("2026-11").unwrap(),
+    );
+    let snapshot = |l: &Ledger| {
+        (
+            l.statement_as_of("acme", oct, now).unwrap(),
+            l.statement_as_of("acme", nov, now).unwrap(),
+            l.statement_from_records("acme", oct, now).unwrap(),
+            l.statement_from_records("acme", nov, now).unwrap(),
+            l.usage_summary("acme", None, None).unwrap(),
+            l.account_balance("tenant:acme").unwrap(),
+            l.trial_balance().unwrap(),
+        )
+    };
+    let before = snapshot(&l);
+    // The legacy rows are what the ledger holds: the whole record in October.
+    assert_eq!(before.0.gpu[0].milli_gpu_seconds, 3 * 3600 * 1000);
+    assert_eq!(before.0.usage_records + before.0.token_records, 2);
+    assert!(before.5 > 0);
+    assert_eq!(before.6, 0);
+    let again = l.ingest(&[u.clone()], &[tk.clone()]).unwrap();
+    assert_eq!(
+        (again.usage_new, again.tokens_new, again.gross_fen),
+        (0, 0, 0),
+        "{again:?}"
+    );
+    assert_eq!((again.usage_duplicate, again.tokens_duplicate), (2, 2));
+    assert_eq!(snapshot(&l), before);
+    // With a new month-crossing record in the batch: only the new one is stored.
+    let fresh = usage("q", "acme", "2026-10-31T22:00:00Z", 4 * 3600);
+    let mixed = l.ingest(&[u, fresh], &[tk]).unwrap();
+    assert_eq!(
+        (mixed.usage_new, mixed.usage_duplicate, mixed.tokens_new),
+        (2, 2, 0)
+    );
+    let after = snapshot(&l);
+    assert_eq!(
+        after.0.gpu[0].milli_gpu_seconds,
+        before.0.gpu[0].milli_gpu_seconds + 2 * 3600 * 1000
+    );
+    assert_eq!(after.0, after.2);
+    assert_eq!(after.1, after.3);
+    assert_eq!(after.6, 0);
+}
+
+#[test]
+fn legacy_whole_record_replay_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("legacy.db");
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    legacy_whole_record_replay_changes_nothing(path.to_str().unwrap(), &mut |sql| {
+        raw.execute(sql, []).unwrap();
+    });
+}
+
+#[test]
+fn legacy_whole_record_replay_postgres() {
+    let Some(server) = pg::PgServer::start() else {
+        return;
+    };
+    let url = server.fresh_db();
+    let mut raw = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    legacy_whole_record_replay_changes_nothing(&url, &mut |sql| {
+        raw.execute(sql, &[]).unwrap();
+    });
+}

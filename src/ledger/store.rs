@@ -14,8 +14,9 @@ use super::rating::{default_rate_card, RateBook, RateCard};
 use super::schema::migrate;
 use super::sql::{Backend, Cell, Conn, Rows, Tx, Val};
 use super::types::{
-    split_by_month_into, validate_tenant_name, AuditEvent, ChargeKind, MeteredTokens, MeteredUsage,
-    Month, Quota, Tenant, TokenRecord, UsageRecord, Voucher, VoucherSpec,
+    crosses_month, split_by_month_into, validate_tenant_name, AuditEvent, ChargeKind,
+    MeteredTokens, MeteredUsage, Month, MonthPieces, Quota, Tenant, TokenRecord, UsageRecord,
+    Voucher, VoucherSpec,
 };
 use super::vouchers::VoucherBook;
 use chrono::{DateTime, TimeZone, Utc};
@@ -768,25 +769,16 @@ impl Ledger {
     /// [`Ledger::ingest`] for records already metered (e.g. built by the simulator).
     /// A record whose interval crosses a UTC month boundary is stored as one
     /// row per month ([`split_by_month_into`]); the report
-    /// counts rows.
+    /// counts rows. Such a record is a duplicate when its pieces are stored,
+    /// and also when the record itself is (stored whole by a version before
+    /// the month split), so replays across the upgrade never double-charge.
     pub fn ingest_metered(
         &self,
         usage: Vec<MeteredUsage>,
         tokens: Vec<MeteredTokens>,
     ) -> Result<IngestReport> {
-        // Split, keeping each row's index in the caller's batch (errors name it).
-        let mut usage_rows: Vec<(usize, MeteredUsage)> = Vec::with_capacity(usage.len());
-        let mut pieces = Vec::new();
-        for (i, u) in usage.into_iter().enumerate() {
-            split_by_month_into(u, &mut pieces);
-            usage_rows.extend(pieces.drain(..).map(|p| (i, p)));
-        }
-        let mut token_rows: Vec<(usize, MeteredTokens)> = Vec::with_capacity(tokens.len());
-        let mut pieces = Vec::new();
-        for (i, t) in tokens.into_iter().enumerate() {
-            split_by_month_into(t, &mut pieces);
-            token_rows.extend(pieces.drain(..).map(|p| (i, p)));
-        }
+        let (usage_rows, usage_wholes) = split_batch(usage);
+        let (token_rows, token_wholes) = split_batch(tokens);
         let total_usage = usage_rows.len();
         let total_tokens = token_rows.len();
         let plan = self.write(move |tx| {
@@ -799,32 +791,8 @@ impl Ledger {
                 require_tenant(tx, t)?;
             }
             let rates = load_rates(tx)?;
-            let usage_keys: Vec<(i64, &str)> =
-                usage_rows.iter().map(|(_, u)| (u.start_s, u.id.as_str())).collect();
-            let token_keys: Vec<(i64, &str)> =
-                token_rows.iter().map(|(_, t)| (t.start_s, t.id.as_str())).collect();
-            let stored_usage = tx.existing("usage", &usage_keys)?;
-            let stored_tokens = tx.existing("tokens", &token_keys)?;
-            // New = not stored and not a repeat earlier in this batch (first wins).
-            let keep = |keys: &[(i64, &str)], stored: &HashSet<String>| -> Vec<bool> {
-                let mut seen: HashSet<&str> = HashSet::with_capacity(keys.len());
-                keys.iter()
-                    .map(|&(_, id)| !stored.contains(id) && seen.insert(id))
-                    .collect()
-            };
-            let keep_usage = keep(&usage_keys, &stored_usage);
-            let keep_tokens = keep(&token_keys, &stored_tokens);
-            drop((usage_keys, token_keys));
-            let new_usage: Vec<(usize, MeteredUsage)> = usage_rows
-                .into_iter()
-                .zip(keep_usage)
-                .filter_map(|(r, keep)| keep.then_some(r))
-                .collect();
-            let new_tokens: Vec<(usize, MeteredTokens)> = token_rows
-                .into_iter()
-                .zip(keep_tokens)
-                .filter_map(|(r, keep)| keep.then_some(r))
-                .collect();
+            let new_usage = new_rows(tx, "usage", usage_rows, &usage_wholes)?;
+            let new_tokens = new_rows(tx, "tokens", token_rows, &token_wholes)?;
             let mut vouchers = Vec::new();
             for t in &tenants {
                 for r in tx.rows(
@@ -1087,6 +1055,77 @@ fn audit_from_row(r: &[Cell]) -> AuditEvent {
         target: r[4].t(),
         detail: serde_json::from_str(&r[5].t()).unwrap_or(serde_json::Value::Null),
     }
+}
+
+/// A record of the caller's batch that crosses a month boundary: its index,
+/// and its whole key (start, id). Versions before the month split stored
+/// such a record whole, under this key.
+struct Whole {
+    index: usize,
+    start_s: i64,
+    id: String,
+}
+
+/// Splits a batch at month boundaries ([`split_by_month_into`]), keeping
+/// each row's index in the caller's batch (errors name it); also returns the
+/// whole key of every record that was split.
+fn split_batch<R: MonthPieces>(records: Vec<R>) -> (Vec<(usize, R)>, Vec<Whole>) {
+    let mut rows = Vec::with_capacity(records.len());
+    let mut wholes = Vec::new();
+    let mut pieces = Vec::new();
+    for (index, r) in records.into_iter().enumerate() {
+        let (start_s, end_s) = r.span();
+        if crosses_month(start_s, end_s) {
+            wholes.push(Whole {
+                index,
+                start_s,
+                id: r.id().to_string(),
+            });
+        }
+        split_by_month_into(r, &mut pieces);
+        rows.extend(pieces.drain(..).map(|p| (index, p)));
+    }
+    (rows, wholes)
+}
+
+/// The rows of a split batch that are not stored yet. A row is dropped when
+/// its own id is stored (a replay after this version), when the record it
+/// was cut from is stored whole under the record's id (a replay of a record
+/// that a version before the month split ingested unsplit), or when it
+/// repeats an earlier row of the batch (first wins). One existence check
+/// for pieces and wholes together, bounded like every check by the latest
+/// stored start (a whole key starts where its first piece does).
+fn new_rows<R: MonthPieces>(
+    tx: &mut dyn Tx,
+    table: &'static str,
+    rows: Vec<(usize, R)>,
+    wholes: &[Whole],
+) -> Result<Vec<(usize, R)>> {
+    let keys: Vec<(i64, &str)> = rows
+        .iter()
+        .map(|(_, r)| (r.span().0, r.id()))
+        .chain(wholes.iter().map(|w| (w.start_s, w.id.as_str())))
+        .collect();
+    let stored = tx.existing(table, &keys)?;
+    drop(keys);
+    let stored_whole: HashSet<usize> = wholes
+        .iter()
+        .filter(|w| stored.contains(&w.id))
+        .map(|w| w.index)
+        .collect();
+    let mut seen: HashSet<&str> = HashSet::with_capacity(rows.len());
+    let keep: Vec<bool> = rows
+        .iter()
+        .map(|(index, r)| {
+            !stored.contains(r.id()) && !stored_whole.contains(index) && seen.insert(r.id())
+        })
+        .collect();
+    drop(seen);
+    Ok(rows
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(r, keep)| keep.then_some(r))
+        .collect())
 }
 
 fn report_of(plan: &BatchPlan, total_usage: usize, total_tokens: usize) -> IngestReport {

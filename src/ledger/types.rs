@@ -289,6 +289,12 @@ pub trait MonthPieces: Sized {
     fn piece(&self, id: String, from: i64, to: i64, share: impl Fn(i64) -> i64) -> Self;
 }
 
+/// Whether [start, end) crosses a UTC month boundary, i.e. whether
+/// [`split_by_month_into`] cuts it into pieces.
+pub fn crosses_month(start_s: i64, end_s: i64) -> bool {
+    Month::of_s(start_s) != Month::of_s(end_s - 1)
+}
+
 /// Appends `record` to `out`, split at UTC month boundaries when its
 /// interval crosses one, so each month's statement holds exactly its share.
 /// Quantities are split by [`pro_rata`]'s cumulative floor rule, so the
@@ -296,7 +302,7 @@ pub trait MonthPieces: Sized {
 /// record's id; a record inside one month is appended unchanged.
 pub fn split_by_month_into<R: MonthPieces>(record: R, out: &mut Vec<R>) {
     let (start, end) = record.span();
-    if Month::of_s(start) == Month::of_s(end - 1) {
+    if !crosses_month(start, end) {
         out.push(record);
         return;
     }
