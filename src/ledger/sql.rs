@@ -76,6 +76,43 @@ pub(crate) trait Tx {
     fn existing(&mut self, table: &'static str, keys: &[(i64, &str)]) -> Result<HashSet<String>>;
     /// Appends rows (ids already known to be new).
     fn insert(&mut self, rows: Rows<'_>) -> Result<()>;
+    /// Adds each row's sums to the stored row with the same key (from zero
+    /// where there is none). PostgreSQL: one statement per call.
+    fn add_to_rollup(&mut self, add: &RollupAdd) -> Result<()>;
+}
+
+/// Totals to add to a rollup table: text key columns, integer sum columns,
+/// one row per key (keys are unique within a call).
+pub(crate) struct RollupAdd {
+    pub table: &'static str,
+    pub key: &'static [&'static str],
+    pub sums: &'static [&'static str],
+    pub rows: Vec<(Vec<String>, Vec<i64>)>,
+}
+
+impl RollupAdd {
+    /// `INSERT INTO table (key…, sums…) {values} ON CONFLICT (key…) DO UPDATE
+    /// SET s = table.s + excluded.s, …`: the one upsert shape of every
+    /// rollup, on both backends.
+    fn upsert_sql(&self, values: &str) -> String {
+        let add: Vec<String> = self
+            .sums
+            .iter()
+            .map(|c| format!("{c} = {t}.{c} + excluded.{c}", t = self.table))
+            .collect();
+        format!(
+            "INSERT INTO {} ({}, {}) {values} ON CONFLICT ({}) DO UPDATE SET {}",
+            self.table,
+            self.key.join(", "),
+            self.sums.join(", "),
+            self.key.join(", "),
+            add.join(", ")
+        )
+    }
+
+    fn width(&self) -> usize {
+        self.key.len() + self.sums.len()
+    }
 }
 
 /// The keys that could be stored already: those starting at or before the
@@ -393,6 +430,28 @@ impl Tx for SqliteTx<'_> {
             Rows::Redemptions(r) => sqlite_insert(&self.0, r, ""),
         }
     }
+
+    fn add_to_rollup(&mut self, add: &RollupAdd) -> Result<()> {
+        sqlite_add_to_rollup(&self.0, add)
+    }
+}
+
+/// One prepared statement, bound and stepped once per key (in-process: no
+/// round trips to save).
+fn sqlite_add_to_rollup(tx: &rusqlite::Transaction<'_>, add: &RollupAdd) -> Result<()> {
+    let placeholders: Vec<String> = (1..=add.width()).map(|i| format!("?{i}")).collect();
+    let sql = add.upsert_sql(&format!("VALUES ({})", placeholders.join(", ")));
+    let mut st = tx.prepare_cached(&sql)?;
+    for (key, sums) in &add.rows {
+        for (i, k) in key.iter().enumerate() {
+            st.raw_bind_parameter(i + 1, k.as_str())?;
+        }
+        for (i, v) in sums.iter().enumerate() {
+            st.raw_bind_parameter(key.len() + i + 1, v)?;
+        }
+        st.raw_execute()?;
+    }
+    Ok(())
 }
 
 /// One prepared statement, bound and stepped once per row.
@@ -503,6 +562,39 @@ impl Tx for PgTx<'_> {
             Rows::Tokens(r, batch) => pg_insert(&mut self.0, r, batch),
             Rows::Redemptions(r) => pg_insert(&mut self.0, r, ""),
         }
+    }
+
+    /// One multi-row upsert: each column is sent as one array parameter and
+    /// `UNNEST` turns the arrays back into rows (one statement per batch
+    /// instead of one per key).
+    fn add_to_rollup(&mut self, add: &RollupAdd) -> Result<()> {
+        if add.rows.is_empty() {
+            return Ok(());
+        }
+        let key_columns: Vec<Vec<&str>> = (0..add.key.len())
+            .map(|i| add.rows.iter().map(|(k, _)| k[i].as_str()).collect())
+            .collect();
+        let sum_columns: Vec<Vec<i64>> = (0..add.sums.len())
+            .map(|i| add.rows.iter().map(|(_, s)| s[i]).collect())
+            .collect();
+        let arrays: Vec<String> = (1..=add.width())
+            .map(|i| {
+                let ty = if i <= add.key.len() { "text" } else { "int8" };
+                format!("${i}::{ty}[]")
+            })
+            .collect();
+        let sql = add.upsert_sql(&format!("SELECT * FROM UNNEST({})", arrays.join(", ")));
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = key_columns
+            .iter()
+            .map(|c| c as &(dyn postgres::types::ToSql + Sync))
+            .chain(
+                sum_columns
+                    .iter()
+                    .map(|c| c as &(dyn postgres::types::ToSql + Sync)),
+            )
+            .collect();
+        self.0.execute(&sql, &params)?;
+        Ok(())
     }
 }
 

@@ -12,7 +12,7 @@ use super::money::Fen;
 use super::plan::{plan_batch, BatchPlan};
 use super::rating::{default_rate_card, RateBook, RateCard};
 use super::schema::migrate;
-use super::sql::{Backend, Cell, Conn, Rows, Tx, Val};
+use super::sql::{Backend, Cell, Conn, RollupAdd, Rows, Tx, Val};
 use super::types::{
     crosses_month, split_by_month_into, validate_tenant_name, AuditEvent, ChargeKind,
     MeteredTokens, MeteredUsage, Month, MonthPieces, Quota, Tenant, TokenRecord, UsageRecord,
@@ -135,89 +135,98 @@ fn post_entry(
     Ok(())
 }
 
-/// Adds `sums` to the row of `table` with `key` (starting from zero when
-/// there is none): one upsert shape for every rollup table.
-fn add_to_rollup(
-    tx: &mut dyn Tx,
-    table: &str,
-    key: &[(&str, Val<'_>)],
-    sums: &[(&str, i64)],
-) -> Result<()> {
-    let columns: Vec<&str> = key
-        .iter()
-        .map(|k| k.0)
-        .chain(sums.iter().map(|s| s.0))
-        .collect();
-    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
-    let key_columns: Vec<&str> = key.iter().map(|k| k.0).collect();
-    let add: Vec<String> = sums
-        .iter()
-        .map(|(c, _)| format!("{c} = {table}.{c} + excluded.{c}"))
-        .collect();
-    let sql = format!(
-        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
-        columns.join(", "),
-        placeholders.join(", "),
-        key_columns.join(", "),
-        add.join(", ")
-    );
-    let params: Vec<Val<'_>> = key
-        .iter()
-        .map(|k| k.1)
-        .chain(sums.iter().map(|s| Val::I(s.1)))
-        .collect();
-    tx.exec(&sql, &params)?;
-    Ok(())
-}
-
 /// Adds a batch's monthly sums to the stored rollups (same transaction as
-/// the rows, so rollups always equal the sums of the stored rows).
+/// the rows, so rollups always equal the sums of the stored rows): one call
+/// per rollup table.
 fn add_rollups(tx: &mut dyn Tx, plan: &BatchPlan) -> Result<()> {
-    for (k, s) in &plan.usage_rollup {
-        let month = k.month.to_string();
-        let key = [
-            ("tenant", Val::T(&k.tenant)),
-            ("month", Val::T(&month)),
-            ("model", Val::T(&k.model)),
-            ("region", Val::T(&k.region)),
-        ];
-        let sums = [
-            ("records", s.records),
-            ("milli_gpu_s", s.milli_gpu_s),
-            ("gpu_fen", s.gpu_fen),
-            ("gpu_voucher_fen", s.gpu_voucher_fen),
-            ("it_energy_j", s.it_energy_j),
-            ("facility_j", s.facility_j),
-            ("carbon_mg", s.carbon_mg),
-            ("energy_fen", s.energy_fen),
-            ("energy_voucher_fen", s.energy_voucher_fen),
-        ];
-        add_to_rollup(tx, "usage_rollup", &key, &sums)?;
-    }
-    for (k, s) in &plan.token_rollup {
-        let month = k.month.to_string();
-        let key = [
-            ("tenant", Val::T(&k.tenant)),
-            ("month", Val::T(&month)),
-            ("tier", Val::T(k.tier.as_str())),
-        ];
-        let sums = [
-            ("records", s.records),
-            ("prompt_tokens", s.prompt_tokens),
-            ("completion_tokens", s.completion_tokens),
-            ("fen", s.fen),
-            ("voucher_fen", s.voucher_fen),
-        ];
-        add_to_rollup(tx, "tokens_rollup", &key, &sums)?;
-    }
-    for ((tenant, month, voucher), fen) in &plan.redemption_rollup {
-        let month = month.to_string();
-        let key = [
-            ("tenant", Val::T(tenant)),
-            ("month", Val::T(&month)),
-            ("voucher_id", Val::T(voucher)),
-        ];
-        add_to_rollup(tx, "redemptions_rollup", &key, &[("fen", *fen)])?;
+    let usage = RollupAdd {
+        table: "usage_rollup",
+        key: &["tenant", "month", "model", "region"],
+        sums: &[
+            "records",
+            "milli_gpu_s",
+            "gpu_fen",
+            "gpu_voucher_fen",
+            "it_energy_j",
+            "facility_j",
+            "carbon_mg",
+            "energy_fen",
+            "energy_voucher_fen",
+        ],
+        rows: plan
+            .usage_rollup
+            .iter()
+            .map(|(k, s)| {
+                (
+                    vec![
+                        k.tenant.clone(),
+                        k.month.to_string(),
+                        k.model.clone(),
+                        k.region.clone(),
+                    ],
+                    vec![
+                        s.records,
+                        s.milli_gpu_s,
+                        s.gpu_fen,
+                        s.gpu_voucher_fen,
+                        s.it_energy_j,
+                        s.facility_j,
+                        s.carbon_mg,
+                        s.energy_fen,
+                        s.energy_voucher_fen,
+                    ],
+                )
+            })
+            .collect(),
+    };
+    let tokens = RollupAdd {
+        table: "tokens_rollup",
+        key: &["tenant", "month", "tier"],
+        sums: &[
+            "records",
+            "prompt_tokens",
+            "completion_tokens",
+            "fen",
+            "voucher_fen",
+        ],
+        rows: plan
+            .token_rollup
+            .iter()
+            .map(|(k, s)| {
+                (
+                    vec![
+                        k.tenant.clone(),
+                        k.month.to_string(),
+                        k.tier.as_str().to_string(),
+                    ],
+                    vec![
+                        s.records,
+                        s.prompt_tokens,
+                        s.completion_tokens,
+                        s.fen,
+                        s.voucher_fen,
+                    ],
+                )
+            })
+            .collect(),
+    };
+    let redemptions = RollupAdd {
+        table: "redemptions_rollup",
+        key: &["tenant", "month", "voucher_id"],
+        sums: &["fen"],
+        rows: plan
+            .redemption_rollup
+            .iter()
+            .map(|((tenant, month, voucher), fen)| {
+                (
+                    vec![tenant.clone(), month.to_string(), voucher.clone()],
+                    vec![*fen],
+                )
+            })
+            .collect(),
+    };
+    for add in [&usage, &tokens, &redemptions] {
+        tx.add_to_rollup(add)?;
     }
     Ok(())
 }
