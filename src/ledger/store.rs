@@ -352,7 +352,7 @@ impl Ledger {
         let m = LedgerMetrics::new(registry)
             .map_err(|e| LedgerError::Storage(format!("metrics: {e}")))?;
         for v in self.vouchers(None)? {
-            m.set_balance(&v.tenant, &v.id, v.balance_fen);
+            m.set_voucher(&v);
         }
         // Counters start from the stored totals (summed from the monthly
         // rollups), so a restarted process (same database) carries on
@@ -738,7 +738,7 @@ impl Ledger {
             Ok(voucher.clone())
         })?;
         if let Some(m) = self.metrics() {
-            m.set_balance(&stored.tenant, &stored.id, stored.balance_fen);
+            m.set_voucher(&stored);
         }
         Ok(stored)
     }
@@ -843,7 +843,7 @@ impl Ledger {
             if !plan.voucher_draws.is_empty() {
                 for v in self.vouchers(None)? {
                     if plan.voucher_draws.contains_key(&v.id) {
-                        m.set_balance(&v.tenant, &v.id, v.balance_fen);
+                        m.set_voucher(&v);
                     }
                 }
             }
@@ -1084,13 +1084,15 @@ fn split_batch<R: MonthPieces>(records: Vec<R>) -> (Vec<(usize, R)>, Vec<Whole>)
     let mut pieces = Vec::new();
     for (index, r) in records.into_iter().enumerate() {
         let (start_s, end_s) = r.span();
-        if crosses_month(start_s, end_s) {
-            wholes.push(Whole {
-                index,
-                start_s,
-                id: r.id().to_string(),
-            });
+        if !crosses_month(start_s, end_s) {
+            rows.push((index, r)); // the common case: nothing to cut
+            continue;
         }
+        wholes.push(Whole {
+            index,
+            start_s,
+            id: r.id().to_string(),
+        });
         split_by_month_into(r, &mut pieces);
         rows.extend(pieces.drain(..).map(|p| (index, p)));
     }
@@ -1126,7 +1128,9 @@ fn new_rows<R: MonthPieces>(
     let keep: Vec<bool> = rows
         .iter()
         .map(|(index, r)| {
-            !stored.contains(r.id()) && !stored_whole.contains(index) && seen.insert(r.id())
+            !stored.contains(r.id())
+                && (stored_whole.is_empty() || !stored_whole.contains(index))
+                && seen.insert(r.id())
         })
         .collect();
     drop(seen);
