@@ -1211,3 +1211,57 @@ fn legacy_whole_record_replay_postgres() {
         raw.execute(sql, &[]).unwrap();
     });
 }
+
+/// `zhisuan_voucher_balance_fen` shows what a voucher can still pay: an
+/// expired voucher's remaining balance has lapsed, so it shows 0 (the
+/// statement reports it as lapsed); a voucher not yet valid shows its balance.
+#[test]
+fn voucher_balance_gauge_is_zero_once_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = Ledger::open(dir.path().join("g.db").to_str().unwrap()).unwrap();
+    l.create_tenant("admin", "acme", None).unwrap();
+    let day = chrono::Duration::days(1);
+    let now = Utc::now();
+    let spec = |id: &str, face: i64, from: DateTime<Utc>, until: DateTime<Utc>| VoucherSpec {
+        valid_from: from,
+        valid_until: until,
+        ..voucher(
+            id,
+            "acme",
+            face,
+            5_000,
+            "2020-01-01T00:00:00Z",
+            "2020-02-01T00:00:00Z",
+        )
+    };
+    l.issue_voucher("admin", &spec("past", 5_000, now - day * 60, now - day))
+        .unwrap();
+    l.issue_voucher("admin", &spec("current", 7_000, now - day, now + day * 30))
+        .unwrap();
+    l.issue_voucher("admin", &spec("future", 3_000, now + day, now + day * 60))
+        .unwrap();
+    let registry = prometheus::Registry::new();
+    l.register_metrics(&registry).unwrap();
+    // Issued after registration: set by the issue itself.
+    l.issue_voucher(
+        "admin",
+        &spec("lapsed-late", 9_000, now - day * 9, now - day),
+    )
+    .unwrap();
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    for (id, fen) in [
+        ("past", 0),
+        ("current", 7_000),
+        ("future", 3_000),
+        ("lapsed-late", 0),
+    ] {
+        assert!(
+            text.contains(&format!(
+                "zhisuan_voucher_balance_fen{{tenant=\"acme\",voucher=\"{id}\"}} {fen}\n"
+            )),
+            "{id}: {text}"
+        );
+    }
+}

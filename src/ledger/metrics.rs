@@ -3,8 +3,74 @@
 //! tier, kind, voucher.
 
 use super::plan::BatchPlan;
-use super::types::J_PER_KWH;
+use super::types::{Voucher, J_PER_KWH};
+use chrono::{DateTime, Utc};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{CounterVec, IntGaugeVec, Opts, Registry};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// `zhisuan_voucher_balance_fen{tenant,voucher}`: what a voucher can still
+/// pay, which is what a finance dashboard's "voucher balance" means: the
+/// stored balance until the voucher expires, 0 from then on (the remainder
+/// has lapsed; statements report it as `lapsed_fen`). A voucher not yet
+/// valid shows its balance (it will be spendable). Judged when scraped, so
+/// the series drops to 0 at expiry without waiting for a ledger write.
+#[derive(Clone)]
+pub struct VoucherBalances {
+    gauge: IntGaugeVec,
+    /// (tenant, voucher) → the stored voucher.
+    vouchers: Arc<Mutex<BTreeMap<(String, String), Voucher>>>,
+}
+
+impl VoucherBalances {
+    fn new() -> prometheus::Result<Self> {
+        Ok(VoucherBalances {
+            gauge: IntGaugeVec::new(
+                Opts::new(
+                    "zhisuan_voucher_balance_fen",
+                    "Voucher balance still usable, in fen: 0 once the voucher has expired (its remainder lapsed)",
+                ),
+                &["tenant", "voucher"],
+            )?,
+            vouchers: Arc::default(),
+        })
+    }
+
+    /// The value exported for `v` at `now`: its balance unless lapsed.
+    pub fn usable_at(v: &Voucher, now: DateTime<Utc>) -> i64 {
+        v.balance_fen - v.lapsed_at(now)
+    }
+
+    fn set(&self, v: &Voucher) {
+        self.vouchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((v.tenant.clone(), v.id.clone()), v.clone());
+    }
+}
+
+impl Collector for VoucherBalances {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = Utc::now();
+        for ((tenant, id), v) in self
+            .vouchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            self.gauge
+                .with_label_values(&[tenant, id])
+                .set(Self::usable_at(v, now));
+        }
+        self.gauge.collect()
+    }
+}
 
 /// The ledger's metrics.
 #[derive(Clone)]
@@ -16,7 +82,7 @@ pub struct LedgerMetrics {
     pub charge_fen: CounterVec,
     pub voucher_redeemed_fen: CounterVec,
     pub net_fen: CounterVec,
-    pub voucher_balance_fen: IntGaugeVec,
+    pub voucher_balances: VoucherBalances,
 }
 
 impl LedgerMetrics {
@@ -26,14 +92,8 @@ impl LedgerMetrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        let voucher_balance_fen = IntGaugeVec::new(
-            Opts::new(
-                "zhisuan_voucher_balance_fen",
-                "Remaining voucher balance in fen",
-            ),
-            &["tenant", "voucher"],
-        )?;
-        registry.register(Box::new(voucher_balance_fen.clone()))?;
+        let voucher_balances = VoucherBalances::new()?;
+        registry.register(Box::new(voucher_balances.clone()))?;
         Ok(LedgerMetrics {
             gpu_seconds: counter(
                 "zhisuan_tenant_gpu_seconds_total",
@@ -70,7 +130,7 @@ impl LedgerMetrics {
                 "Net payable (gross minus voucher-covered), in fen",
                 &["tenant"],
             )?,
-            voucher_balance_fen,
+            voucher_balances,
         })
     }
 
@@ -145,9 +205,8 @@ impl LedgerMetrics {
             .inc_by((gross - covered) as f64);
     }
 
-    pub fn set_balance(&self, tenant: &str, voucher: &str, fen: i64) {
-        self.voucher_balance_fen
-            .with_label_values(&[tenant, voucher])
-            .set(fen);
+    /// Records a voucher's stored balance and window (after issue or redemption).
+    pub fn set_voucher(&self, v: &Voucher) {
+        self.voucher_balances.set(v);
     }
 }
