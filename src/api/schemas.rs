@@ -139,23 +139,200 @@ ledger_schema!(
     })
 );
 
+/// An object schema whose properties are all required (every field of the
+/// ledger's statement structs is always serialised).
+fn all_required(description: &str, properties: Value) -> Value {
+    let required: Vec<&String> = properties
+        .as_object()
+        .expect("properties is an object")
+        .keys()
+        .collect();
+    json!({
+        "type": "object",
+        "description": description,
+        "required": required,
+        "properties": properties,
+    })
+}
+
+fn money_line(description: &str, mut properties: Value) -> Value {
+    let fields = properties.as_object_mut().expect("properties is an object");
+    for f in ["gross_fen", "voucher_fen", "net_fen"] {
+        fields.insert(f.into(), json!({"type": "integer"}));
+    }
+    all_required(description, properties)
+}
+
 ledger_schema!(
     Statement,
     "Statement",
-    json!({
-        "type": "object",
-        "required": ["tenant", "month", "period_start", "period_end", "gpu", "energy", "tokens", "vouchers", "totals"],
-        "description": "A tenant's monthly statement (see docs/ledger.md); `totals.gross_fen = totals.voucher_fen + totals.net_fen`.",
-        "properties": {
+    all_required(
+        "A tenant's monthly statement (see docs/ledger.md); `totals.gross_fen = totals.voucher_fen + totals.net_fen`; money in integer fen.",
+        json!({
             "tenant": {"type": "string"},
-            "month": {"type": "string"},
+            "month": {"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"},
             "period_start": time(),
             "period_end": time(),
-            "gpu": {"type": "array", "items": {"type": "object"}},
-            "energy": {"type": "array", "items": {"type": "object"}},
-            "tokens": {"type": "array", "items": {"type": "object"}},
-            "vouchers": {"type": "array", "items": {"type": "object"}},
-            "totals": {"type": "object"},
-        }
-    })
+            "as_of": {"type": "string", "format": "date-time",
+                      "description": "when the statement was made: voucher balances are read, and their status judged, at this moment (also for a past month)"},
+            "usage_records": {"type": "integer", "minimum": 0},
+            "token_records": {"type": "integer", "minimum": 0},
+            "gpu": {"type": "array", "items": money_line("GPU time of one model in one region.", json!({
+                "model": {"type": "string"},
+                "region": {"type": "string"},
+                "gpu_hours": {"type": "number"},
+                "milli_gpu_seconds": {"type": "integer"},
+            }))},
+            "energy": {"type": "array", "items": money_line("Energy and carbon in one region.", json!({
+                "region": {"type": "string"},
+                "it_kwh": {"type": "number"},
+                "facility_kwh": {"type": "number", "description": "IT energy × PUE"},
+                "carbon_kg": {"type": "number"},
+                "it_energy_j": {"type": "integer"},
+                "facility_j": {"type": "integer"},
+                "carbon_mg": {"type": "integer"},
+            }))},
+            "tokens": {"type": "array", "items": money_line("Tokens of one tier.", json!({
+                "tier": {"type": "string"},
+                "prompt_tokens": {"type": "integer", "minimum": 0},
+                "completion_tokens": {"type": "integer", "minimum": 0},
+            }))},
+            "vouchers": {"type": "array", "items": all_required(
+                "One voucher: what it covered in the month and what is left at `as_of`.",
+                json!({
+                    "id": {"type": "string"},
+                    "issuer": {"type": "string"},
+                    "face_value_fen": {"type": "integer"},
+                    "copay_ratio_bp": {"type": "integer", "minimum": 1, "maximum": 10000},
+                    "redeemed_in_month_fen": {"type": "integer", "minimum": 0},
+                    "balance_fen": {"type": "integer", "minimum": 0,
+                                    "description": "stored balance at `as_of`"},
+                    "status": {"$ref": "#/components/schemas/VoucherStatus"},
+                    "spendable_fen": {"type": "integer", "minimum": 0,
+                                      "description": "balance charges could still draw: 0 unless active"},
+                    "lapsed_fen": {"type": "integer", "minimum": 0,
+                                   "description": "balance left unused at expiry: 0 unless expired"},
+                    "valid_from": time(),
+                    "valid_until": time(),
+                }),
+            )},
+            "totals": all_required(
+                "gross = voucher + net; payable = net + adjustments.",
+                json!({
+                    "gpu_hours": {"type": "number"},
+                    "tokens": {"type": "integer", "minimum": 0},
+                    "facility_kwh": {"type": "number"},
+                    "carbon_kg": {"type": "number"},
+                    "gross_fen": {"type": "integer"},
+                    "voucher_fen": {"type": "integer"},
+                    "net_fen": {"type": "integer"},
+                    "adjustments_fen": {"type": "integer"},
+                    "payable_fen": {"type": "integer"},
+                }),
+            ),
+        }),
+    )
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Ledger, Month, UsageRecord, VoucherSpec};
+    use chrono::{TimeZone, Utc};
+
+    /// Every object in `value` has exactly the properties `schema` lists,
+    /// recursively (array items included); `$ref`s are taken on trust.
+    fn same_fields(path: &str, value: &Value, schema: &Value) {
+        if schema.get("$ref").is_some() {
+            return;
+        }
+        match value {
+            Value::Object(fields) => {
+                let props = schema["properties"]
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{path}: schema lists no properties"));
+                let mut got: Vec<&String> = fields.keys().collect();
+                let mut want: Vec<&String> = props.keys().collect();
+                got.sort();
+                want.sort();
+                assert_eq!(got, want, "{path}: JSON fields vs schema properties");
+                let required: Vec<&str> = schema["required"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                for (k, v) in fields {
+                    assert!(required.contains(&k.as_str()), "{path}.{k} not required");
+                    same_fields(&format!("{path}.{k}"), v, &props[k]);
+                }
+            }
+            Value::Array(items) => {
+                assert!(!items.is_empty(), "{path}: give the test some items");
+                for (i, v) in items.iter().enumerate() {
+                    same_fields(&format!("{path}[{i}]"), v, &schema["items"]);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The statement's OpenAPI schema describes exactly the JSON the API sends
+    /// (voucher status, spendable and lapsed balances included).
+    #[test]
+    fn statement_schema_matches_statement_json() {
+        let l = Ledger::open(":memory:").unwrap();
+        l.ensure_rate_card("t").unwrap();
+        l.create_tenant("t", "acme", None).unwrap();
+        let start = Utc.with_ymd_and_hms(2026, 10, 5, 0, 0, 0).unwrap();
+        l.issue_voucher(
+            "t",
+            &VoucherSpec {
+                id: Some("v".into()),
+                tenant: "acme".into(),
+                issuer: "gov".into(),
+                face_value_fen: 10_000,
+                copay_ratio_bp: 5_000,
+                valid_from: start,
+                valid_until: start + chrono::Duration::days(20),
+                regions: vec![],
+                kinds: vec![],
+            },
+        )
+        .unwrap();
+        let usage = UsageRecord {
+            source: "p".into(),
+            tenant: "acme".into(),
+            job: "ns/j".into(),
+            region: "gansu".into(),
+            node: "n".into(),
+            model: "H100".into(),
+            gpu_milli: 1000,
+            start,
+            end: start + chrono::Duration::hours(1),
+            it_energy_j: 2_520_000,
+            pue: 1.2,
+            green_share: 0.5,
+            grid_kg_per_kwh: 0.5703,
+        };
+        let tokens = crate::ledger::TokenRecord {
+            source: "svc".into(),
+            tenant: "acme".into(),
+            service: "ns/chat".into(),
+            model: "qwen".into(),
+            region: "gansu".into(),
+            tier: crate::ledger::Tier::Basic,
+            start,
+            end: start + chrono::Duration::minutes(1),
+            prompt_tokens: 1000,
+            completion_tokens: 10,
+        };
+        l.ingest(&[usage], &[tokens]).unwrap();
+        let st = l
+            .statement_as_of("acme", Month::parse("2026-10").unwrap(), start)
+            .unwrap();
+        let json = serde_json::to_value(&st).unwrap();
+        let RefOr::T(schema) = <Statement as utoipa::PartialSchema>::schema() else {
+            panic!("inline schema expected");
+        };
+        same_fields("statement", &json, &serde_json::to_value(schema).unwrap());
+    }
+}
