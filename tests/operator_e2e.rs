@@ -831,19 +831,11 @@ async fn compute_regions_choose_the_region_and_explain_it() {
         .all(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) != Some("far-1")));
 }
 
-/// A ComputeRegion whose kubeconfig Secret points at a second API server:
-/// its nodes exist only there; a job resident there gets its pods created
-/// and bound there (none at home, no owner reference, the owner labels);
-/// deleting the job removes them there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn member_cluster_region_runs_pods_in_the_member_cluster() {
-    let home = ApiServer::start().await;
-    let far = ApiServer::start().await;
-    add_node(&home, "home-1", "dc-home", "H100", 8).await;
-    add_node(&far, "far-1", "dc-far", "H100", 8).await;
-    add_node(&far, "far-2", "dc-far", "H100", 8).await;
-    // A node of the member cluster outside the region's selector.
-    add_node(&far, "far-other", "dc-other", "H100", 8).await;
+/// Home and member regions over two stand-in API servers: a Secret in
+/// `home` holds a kubeconfig for `far`, ComputeRegion `home` selects
+/// `dc-home` nodes at home and ComputeRegion `far` (a member) `dc-far` nodes
+/// in `far`.
+async fn home_and_member_regions(home: &ApiServer, far: &ApiServer) {
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: far\n  cluster:\n    server: {}\n\
          contexts:\n- name: far\n  context:\n    cluster: far\n    user: far\n\
@@ -871,26 +863,73 @@ async fn member_cluster_region_runs_pods_in_the_member_cluster() {
                "electricityFenPerKwh": 40, "gridKgCo2PerKwh": 0.6,
                "nodeSelector": {"zhisuan.io/region": dc}})
     };
-    compute_region(&home, "home", region("dc-home", 0.5)).await;
+    compute_region(home, "home", region("dc-home", 0.5)).await;
     let mut member = region("dc-far", 0.9);
     member["kubeconfigSecretRef"] =
         json!({"name": "far-kubeconfig", "namespace": "zhisuan", "key": "config"});
-    compute_region(&home, "far", member).await;
+    compute_region(home, "far", member).await;
+}
+
+/// A TrainingJob in namespace `ml` kept to one ComputeRegion.
+async fn job_in(server: &ApiServer, name: &str, replicas: i64, region: &str) {
+    let mut j = job_json(name, "acme", replicas, 8);
+    j["spec"]["regions"] = json!({"residency": [region]});
+    create_raw(server, &tj_ar(), Some("ml"), j).await;
+}
+
+/// A ComputeRegion whose kubeconfig Secret points at a second API server:
+/// its nodes exist only there, one named like a home node
+/// (`kind-control-plane`, which every kind cluster has) and kept apart from
+/// it; a job resident there gets its pods created and bound there (none at
+/// home, no owner reference, the owner labels); deleting the job removes
+/// them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_cluster_region_runs_pods_in_the_member_cluster() {
+    let home = ApiServer::start().await;
+    let far = ApiServer::start().await;
+    add_node(&home, "kind-control-plane", "dc-home", "H100", 8).await;
+    add_node(&far, "kind-control-plane", "dc-far", "H100", 8).await;
+    add_node(&far, "far-2", "dc-far", "H100", 8).await;
+    // A node of the member cluster outside the region's selector.
+    add_node(&far, "far-other", "dc-other", "H100", 8).await;
+    home_and_member_regions(&home, &far).await;
     quota(&home, "acme", None, json!({})).await;
     let _c = start_controller(&home, "c1", Duration::from_secs(2));
 
-    let mut remote = job_json("remote", "acme", 2, 8);
-    remote["spec"]["regions"] = json!({"residency": ["far"]});
-    create_raw(&home, &tj_ar(), Some("ml"), remote).await;
+    // The home node is full first: a member gang counted on it would wait.
+    job_in(&home, "local", 1, "home").await;
+    eventually(20, "local runs", || async {
+        phase(&home, "local").await == "Running"
+    })
+    .await;
+    let here = pods_of(&home, "local");
+    assert_eq!(here["local-0"].0, "kind-control-plane", "{here:?}");
+
+    job_in(&home, "remote", 2, "far").await;
     eventually(20, "remote runs", || async {
         phase(&home, "remote").await == "Running"
     })
     .await;
     let st = status_of(&home, "remote").await;
     assert_eq!(st["placement"]["region"], "far", "{st}");
+    let placed: BTreeSet<&str> = st["placement"]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        placed,
+        BTreeSet::from(["far/far-2", "far/kind-control-plane"]),
+        "{st}"
+    );
     let there = pods_of(&far, "remote");
     let nodes: BTreeSet<&str> = there.values().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(nodes, BTreeSet::from(["far-1", "far-2"]), "{there:?}");
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["far-2", "kind-control-plane"]),
+        "{there:?}"
+    );
     assert!(pods_of(&home, "remote").is_empty());
     for p in far.objects("v1/pods") {
         assert_eq!(p.pointer("/metadata/namespace"), Some(&json!("ml")));
@@ -905,11 +944,14 @@ async fn member_cluster_region_runs_pods_in_the_member_cluster() {
         );
     }
     let regions = dynamic_api(&home, &ApiResource::erase::<ComputeRegion>(&()), None);
-    eventually(15, "far counts its member GPUs", || async {
+    eventually(15, "each region counts its own cluster's GPUs", || async {
         let r = regions.get("far").await.unwrap();
+        let h = regions.get("home").await.unwrap();
         r.data["status"]["gpus"] == 16
             && r.data["status"]["gpusAllocated"] == 16.0
             && r.data["status"]["conditions"][0]["status"] == "True"
+            && h.data["status"]["gpus"] == 8
+            && h.data["status"]["gpusAllocated"] == 8.0
     })
     .await;
 
@@ -944,7 +986,7 @@ async fn member_cluster_region_runs_pods_in_the_member_cluster() {
                 .is_none()
     })
     .await;
-    assert_eq!(home.count("v1/pods", |_| true), 0);
+    assert_eq!(home.count("v1/pods", |_| true), 1, "local-0 only");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -971,10 +971,13 @@ async fn launch_replica(
     if !owned {
         return Err(format!("pod {} exists and is not this workload's", r.pod));
     }
+    // The placement names a member cluster's node `<region>/<node>`; the pod
+    // is in that cluster, bound by the node's own name.
+    let node = snapshot::name_in_cluster(&r.node);
     match existing.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-        Some(n) if n == r.node => return Ok(false),
+        Some(n) if n == node => return Ok(false),
         Some(n) if !n.is_empty() => {
-            return Err(format!("pod {} is bound to {n}, not {}", r.pod, r.node))
+            return Err(format!("pod {} is bound to {n}, not {node}", r.pod))
         }
         _ => {}
     }
@@ -984,7 +987,7 @@ async fn launch_replica(
     let binding = json!({
         "apiVersion": "v1", "kind": "Binding",
         "metadata": {"name": r.pod, "annotations": annotations},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": r.node},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     });
     let res: Result<Value, kube::Error> = pods
         .create_subresource("binding", &r.pod, &PostParams::default(), &binding)
@@ -994,13 +997,13 @@ async fn launch_replica(
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let now = pods.get(&r.pod).await.map_err(|e| e.to_string())?;
             match now.spec.and_then(|s| s.node_name) {
-                Some(n) if n == r.node => Ok(false),
+                Some(n) if n == node => Ok(false),
                 other => Err(format!("pod {} bound elsewhere: {other:?}", r.pod)),
             }
         }
         // The stand-in and real API servers answer 201 with a Status body.
         Err(kube::Error::SerdeError(_)) => Ok(true),
-        Err(e) => Err(format!("binding pod {} to {}: {e}", r.pod, r.node)),
+        Err(e) => Err(format!("binding pod {} to {node}: {e}", r.pod)),
     }
 }
 

@@ -291,7 +291,9 @@ impl Members {
     }
 
     /// Node and pod views of every listed member cluster; member nodes carry
-    /// the [`keys::MEMBER_CLUSTER`] label naming their region.
+    /// the [`keys::MEMBER_CLUSTER`] label naming their region and are named
+    /// [`snapshot::member_node_key`] (`<region>/<node>`, also in the pods'
+    /// `node`): node names need not be unique across clusters.
     pub fn views(&self) -> (Vec<NodeView>, Vec<PodView>) {
         let members = self.regions.lock().unwrap();
         let (mut nodes, mut pods) = (Vec::new(), Vec::new());
@@ -302,11 +304,18 @@ impl Members {
             }
             for n in c.nodes.state() {
                 let mut v = snapshot::node_view(&n);
+                v.name = snapshot::member_node_key(region, &v.name);
                 v.labels
                     .push((keys::MEMBER_CLUSTER.to_string(), region.clone()));
                 nodes.push(v);
             }
-            pods.extend(c.pods.state().iter().map(|p| snapshot::pod_view(p)));
+            pods.extend(c.pods.state().iter().map(|p| {
+                let mut v = snapshot::pod_view(p);
+                if let Some(node) = v.node.as_mut() {
+                    *node = snapshot::member_node_key(region, node);
+                }
+                v
+            }));
         }
         (nodes, pods)
     }
