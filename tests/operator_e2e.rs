@@ -989,6 +989,99 @@ async fn member_cluster_region_runs_pods_in_the_member_cluster() {
     assert_eq!(home.count("v1/pods", |_| true), 1, "local-0 only");
 }
 
+/// Pods are deleted and read only in the cluster of their placement's
+/// region: a job at home and a job in the member cluster each have an
+/// unrelated pod of the same name in the other cluster, which neither the
+/// phase reconciler, a failed gang's stop, nor deletion cleanup touches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_stopped_and_read_only_in_their_placements_cluster() {
+    let home = ApiServer::start().await;
+    let far = ApiServer::start().await;
+    add_node(&home, "home-1", "dc-home", "H100", 8).await;
+    add_node(&far, "far-1", "dc-far", "H100", 8).await;
+    home_and_member_regions(&home, &far).await;
+    quota(&home, "acme", None, json!({})).await;
+    // Someone else's pods, named like the jobs' pods, in the other cluster.
+    let bystander = |server: &ApiServer, name: &str| {
+        let api: Api<Pod> = Api::namespaced(server.client(), "ml");
+        let pod = pod(name);
+        async move { api.create(&PostParams::default(), &pod).await.unwrap() }
+    };
+    bystander(&home, "remote-0").await;
+    bystander(&far, "local-0").await;
+    let exists = |server: &ApiServer, name: &str| {
+        server.count("v1/pods", |p| {
+            p.pointer("/metadata/name") == Some(&json!(name))
+                && p.pointer("/metadata/labels/app") == Some(&json!("x"))
+        }) == 1
+    };
+    let _c = start_controller(&home, "c1", Duration::from_secs(2));
+    job_in(&home, "local", 1, "home").await;
+    job_in(&home, "remote", 1, "far").await;
+    eventually(20, "both run", || async {
+        phase(&home, "local").await == "Running" && phase(&home, "remote").await == "Running"
+    })
+    .await;
+    assert_eq!(pods_of(&far, "remote")["remote-0"].0, "far-1");
+
+    // The member pod's phase decides, not the home pod of the same name.
+    Api::<Pod>::namespaced(far.client(), "ml")
+        .patch_status(
+            "remote-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await
+        .unwrap();
+    eventually(20, "remote succeeds", || async {
+        phase(&home, "remote").await == "Succeeded"
+    })
+    .await;
+
+    // A failed home gang is stopped at home only (its status is written
+    // after the deletions).
+    Api::<Pod>::namespaced(home.client(), "ml")
+        .patch_status(
+            "local-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+        )
+        .await
+        .unwrap();
+    eventually(20, "local fails", || async {
+        phase(&home, "local").await == "Failed"
+    })
+    .await;
+    assert!(pods_of(&home, "local").is_empty());
+    assert!(
+        exists(&far, "local-0"),
+        "the member cluster's own local-0 was deleted"
+    );
+
+    // Deletion cleanup (the finalizer goes once the deletions are done).
+    for name in ["local", "remote"] {
+        dynamic_api(&home, &tj_ar(), Some("ml"))
+            .delete(name, &Default::default())
+            .await
+            .unwrap();
+    }
+    eventually(20, "both jobs gone with their pods", || async {
+        let jobs = dynamic_api(&home, &tj_ar(), Some("ml"));
+        jobs.get_opt("local").await.unwrap().is_none()
+            && jobs.get_opt("remote").await.unwrap().is_none()
+            && pods_of(&far, "remote").is_empty()
+    })
+    .await;
+    assert!(
+        exists(&home, "remote-0"),
+        "the home cluster's own remote-0 was deleted"
+    );
+    assert!(
+        exists(&far, "local-0"),
+        "the member cluster's own local-0 was deleted"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_killed_mid_gang_restarts_with_exactly_the_right_pods() {
     let server = ApiServer::start().await;

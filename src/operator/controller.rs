@@ -29,7 +29,7 @@ use super::crd::{
     ComputeRegion, InferenceService, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus,
 };
 use super::leader::{Elector, Leadership, LeaseTiming};
-use super::members::Members;
+use super::members::{Members, PodsIn};
 use super::metrics::OperatorMetrics;
 use super::plan::{self, rfc3339, set_condition, Action, PlanConfig};
 use super::reconcile;
@@ -709,6 +709,11 @@ impl Controller {
         }
     }
 
+    /// The cluster holding the pods of a placement in `region`.
+    pub(super) fn cluster_of(&self, region: Option<&str>) -> Result<PodsIn, kube::Error> {
+        self.members().cluster_of(region).map_err(unavailable)
+    }
+
     /// The member clusters (empty before `run`).
     pub(super) fn members(&self) -> Arc<Members> {
         self.members
@@ -716,15 +721,22 @@ impl Controller {
             .clone()
     }
 
-    /// Deletes the named pods in the home cluster and in every connected
-    /// member cluster (pod names are the workload's; absent ones are fine).
+    /// Deletes the named pods in the cluster `at` (absent ones are fine).
+    /// A member cluster that cannot be reached now is an error (retried
+    /// later): other clusters' pods of the same name are never touched.
     pub(super) async fn delete_pods(
         &self,
         namespace: &str,
+        at: &PodsIn,
         pods: &[String],
     ) -> Result<(), kube::Error> {
-        let mut apis: Vec<Api<Pod>> = vec![Api::namespaced(self.client.clone(), namespace)];
-        apis.extend(self.members().all_pod_apis(namespace));
+        if pods.is_empty() {
+            return Ok(());
+        }
+        let apis = self
+            .members()
+            .pod_apis(at, namespace)
+            .map_err(unavailable)?;
         let targets: Vec<(Api<Pod>, String)> = apis
             .iter()
             .flat_map(|api| pods.iter().map(move |p| (api.clone(), p.clone())))
@@ -769,8 +781,14 @@ impl Controller {
                 }
                 Ok(())
             }
-            Action::Stop { key, pods, status } => {
-                self.delete_pods(&key.namespace, &pods).await?;
+            Action::Stop {
+                key,
+                pods,
+                region,
+                status,
+            } => {
+                let at = self.cluster_of(region.as_deref())?;
+                self.delete_pods(&key.namespace, &at, &pods).await?;
                 let preempted = status.phase.as_deref() == Some("Preempted");
                 self.apply_status(&key, obj, &status).await?;
                 if preempted {
@@ -834,7 +852,9 @@ impl Controller {
                             .iter()
                             .flat_map(|p| p.replicas.iter().map(|r| r.pod.clone()))
                             .collect();
-                        self.delete_pods(&key.namespace, &pods).await?;
+                        let region = status.placement.as_ref().and_then(|p| p.region.as_deref());
+                        let at = self.cluster_of(region)?;
+                        self.delete_pods(&key.namespace, &at, &pods).await?;
                         let mut pending = status.clone();
                         pending.phase = Some("Pending".into());
                         pending.reason = Some("BindFailed".into());
@@ -939,6 +959,15 @@ impl Controller {
         }
         Ok(bound)
     }
+}
+
+/// An error for a cluster that cannot be reached now (the action is retried).
+fn unavailable(message: String) -> kube::Error {
+    kube::Error::Api(
+        kube::core::Status::failure(&message, "ServiceUnavailable")
+            .with_code(503)
+            .boxed(),
+    )
 }
 
 /// Creates (if missing) and binds one replica's pod. Ok(true) = bound now,

@@ -79,6 +79,20 @@ pub struct Members {
     home: Client,
     notify: Arc<Notify>,
     regions: Mutex<BTreeMap<String, Member>>,
+    /// A first [`Members::sync`] has run: which regions are members is known.
+    synced: AtomicBool,
+}
+
+/// The cluster that holds a workload's pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodsIn {
+    /// The home cluster (the controller's own).
+    Home,
+    /// The member cluster of this region.
+    Member(String),
+    /// Not known (a placement that recorded no region): the home cluster
+    /// and every connected member.
+    Everywhere,
 }
 
 /// Builds a client from kubeconfig text. Errors never quote the text.
@@ -114,6 +128,7 @@ impl Members {
             home,
             notify,
             regions: Mutex::new(BTreeMap::new()),
+            synced: AtomicBool::new(false),
         }
     }
 
@@ -209,6 +224,7 @@ impl Members {
                 },
             );
         }
+        self.synced.store(true, Ordering::SeqCst);
     }
 
     fn touch(&self, name: &str) {
@@ -335,18 +351,69 @@ impl Members {
         self.regions.lock().unwrap().contains_key(region)
     }
 
-    /// Pods APIs of every connected member cluster.
-    pub fn all_pod_apis(&self, namespace: &str) -> Vec<Api<Pod>> {
-        let members = self.regions.lock().unwrap();
-        members
-            .values()
-            .filter_map(|m| m.state.as_ref().ok())
-            .map(|c| Api::namespaced(c.client.clone(), namespace))
-            .collect()
+    /// The cluster holding the pods of a placement in `region`: a member
+    /// region's own; the home cluster for any other region; both kinds for a
+    /// placement without a region. Err before the first [`Members::sync`]
+    /// (which regions are members is not known yet).
+    pub fn cluster_of(&self, region: Option<&str>) -> Result<PodsIn, String> {
+        let Some(region) = region else {
+            return Ok(PodsIn::Everywhere);
+        };
+        if !self.synced.load(Ordering::SeqCst) {
+            return Err("the member clusters are not known yet".into());
+        }
+        Ok(if self.is_member(region) {
+            PodsIn::Member(region.to_string())
+        } else {
+            PodsIn::Home
+        })
     }
 
-    /// A pod of a member cluster, from the reflectors' caches.
-    pub fn cached_pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+    /// The pods APIs of `at`. Err: a member cluster that is not connected
+    /// (its pods cannot be reached now; retry later).
+    pub fn pod_apis(&self, at: &PodsIn, namespace: &str) -> Result<Vec<Api<Pod>>, String> {
+        let home = || Api::namespaced(self.home.clone(), namespace);
+        match at {
+            PodsIn::Home => Ok(vec![home()]),
+            PodsIn::Member(region) => self
+                .pod_api(region, namespace)
+                .map(|api| vec![api])
+                .ok_or_else(|| format!("the member cluster of region {region} is not connected")),
+            PodsIn::Everywhere => {
+                let members = self.regions.lock().unwrap();
+                Ok(std::iter::once(home())
+                    .chain(
+                        members
+                            .values()
+                            .filter_map(|m| m.state.as_ref().ok())
+                            .map(|c| Api::namespaced(c.client.clone(), namespace)),
+                    )
+                    .collect())
+            }
+        }
+    }
+
+    /// A pod of a member region's cluster, from its reflector's cache. Err:
+    /// that cluster is not connected and listed (its cache says nothing).
+    pub fn cached_pod(
+        &self,
+        region: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Pod>>, String> {
+        let members = self.regions.lock().unwrap();
+        match members.get(region).map(|m| &m.state) {
+            Some(Ok(c)) if c.ready.load(Ordering::SeqCst) => {
+                Ok(c.pods.get(&ObjectRef::new(name).within(namespace)))
+            }
+            _ => Err(format!(
+                "the member cluster of region {region} is not listed"
+            )),
+        }
+    }
+
+    /// A pod of any connected member cluster, from the caches.
+    pub fn cached_pod_anywhere(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         let members = self.regions.lock().unwrap();
         members
             .values()
@@ -354,13 +421,19 @@ impl Members {
             .find_map(|c| c.pods.get(&ObjectRef::new(name).within(namespace)))
     }
 
-    /// Pods of member clusters matching `pred`, from the caches.
-    pub fn cached_pods(&self, pred: impl Fn(&Pod) -> bool) -> Vec<Arc<Pod>> {
+    /// Pods of member clusters matching `pred`, from the caches, each with
+    /// its member region.
+    pub fn cached_pods(&self, pred: impl Fn(&Pod) -> bool) -> Vec<(String, Arc<Pod>)> {
         let members = self.regions.lock().unwrap();
         members
-            .values()
-            .filter_map(|m| m.state.as_ref().ok())
-            .flat_map(|c| c.pods.state_filter(|p| pred(p)))
+            .iter()
+            .filter_map(|(region, m)| Some((region, m.state.as_ref().ok()?)))
+            .flat_map(|(region, c)| {
+                c.pods
+                    .state_filter(|p| pred(p))
+                    .into_iter()
+                    .map(|p| (region.clone(), p))
+            })
             .collect()
     }
 }

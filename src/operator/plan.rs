@@ -79,6 +79,9 @@ pub enum Action {
     Stop {
         key: WorkloadKey,
         pods: Vec<String>,
+        /// The region of the placement being stopped: its pods are in that
+        /// region's cluster (`None`: a placement that recorded no region).
+        region: Option<String>,
         status: WorkloadStatus,
     },
     /// Write a TenantQuota's status.
@@ -798,6 +801,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                     out.actions.push(Action::Stop {
                         key: w.key.clone(),
                         pods: live_pods,
+                        region: placement.region.clone(),
                         status: pending_status(w, "Pending", "NodeLost", message.into(), now),
                     });
                 } else if phase == "Admitted" {
@@ -1158,6 +1162,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                             out.actions.push(Action::Stop {
                                 key: v.key.clone(),
                                 pods,
+                                region: v.status.placement.as_ref().and_then(|p| p.region.clone()),
                                 status: s,
                             });
                             out.preemptions += 1;
@@ -1308,6 +1313,7 @@ pub fn pod_lifecycle(
         Action::Stop {
             key: w.key.clone(),
             pods: live.iter().cloned().collect(),
+            region: placement.region.clone(),
             status: s,
         }
     };
@@ -1628,9 +1634,16 @@ pub(crate) mod tests {
             .actions
             .iter()
             .filter_map(|a| match a {
-                Action::Stop { key, status, pods } => {
+                Action::Stop {
+                    key,
+                    status,
+                    pods,
+                    region,
+                } => {
                     assert_eq!(status.phase.as_deref(), Some("Preempted"));
                     assert_eq!(pods, &vec!["low-0".to_string()]);
+                    // Its pods are deleted in the cluster of its region only.
+                    assert_eq!(region.as_deref(), Some("r"));
                     Some(key.name.as_str())
                 }
                 _ => None,
