@@ -21,7 +21,7 @@ use crate::placement::{
     Cluster, Decision, DeviceMask, Engine, ModelSet, NodeSpec, Policy, Request,
 };
 
-use crate::regions::plan::{Explanation, RegionChooser, RegionPolicy, Verdict};
+use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, RegionPolicy, Verdict};
 
 use super::crd::{
     ComputeRegionStatus, Condition, Placement, ReplicaPlacement, TenantQuotaStatus, WorkloadStatus,
@@ -932,6 +932,17 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
         }
         .with_models(set);
         let members = vec![one; w.replicas as usize];
+        let nodes_in = |region: &str| -> Vec<u32> {
+            let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
+            match &w.vendor {
+                None => all.to_vec(),
+                Some(v) => all
+                    .iter()
+                    .copied()
+                    .filter(|&i| &cap_vendors[i as usize] == v)
+                    .collect(),
+            }
+        };
         // Candidate regions in the order to try: the region planner's ranking
         // (ComputeRegions) or the sorted region labels; preferred ones first.
         let ranked: Vec<&String> = match &regions_crs {
@@ -988,6 +999,11 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                     &mut region_expl,
                     &mut order,
                 );
+                // Regions equally good on score are tried best fit first.
+                order_band_by_fit(&mut region_expl, &mut order, |r| {
+                    let nodes = nodes_in(&rc.catalog.regions[r as usize].name);
+                    cap.engine.best(&members[0], Some(&nodes)).map(|(s, _)| s)
+                });
                 order
                     .iter()
                     .map(|&r| &rc.catalog.regions[r as usize].name)
@@ -1018,17 +1034,6 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             pend("Unschedulable", message, &mut out);
             continue;
         }
-        let nodes_in = |region: &str| -> Vec<u32> {
-            let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
-            match &w.vendor {
-                None => all.to_vec(),
-                Some(v) => all
-                    .iter()
-                    .copied()
-                    .filter(|&i| &cap_vendors[i as usize] == v)
-                    .collect(),
-            }
-        };
         let try_place = |cap: &mut Capacity| -> Result<(String, Vec<Decision>), Vec<String>> {
             let mut why = Vec::new();
             for region in &allowed {

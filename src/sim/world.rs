@@ -506,7 +506,7 @@ impl World {
             &self.catalog,
             &job.resolved,
             shape,
-            &self.order,
+            &mut self.order,
             &mut job.explanation,
         ) else {
             return false;
@@ -889,6 +889,79 @@ links:
                 "region {r}: shapes of the 64 arrivals, retries not counted"
             );
         }
+    }
+
+    /// Two regions equal on every figure (`a` ranks first on ties).
+    const TWINS: &str = r#"
+accelerators:
+  - {model: A10, vendor: nvidia, power_w: 150}
+regions:
+  - name: a
+    hub: h
+    side: west
+    pue: 1.1
+    green_share: 0.6
+    price_cny_per_kwh: 0.3
+    grid_factor_kg_per_kwh: 0.6
+    inventory: [{model: A10, nodes: 2, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}]
+  - name: b
+    hub: h
+    side: west
+    pue: 1.1
+    green_share: 0.6
+    price_cny_per_kwh: 0.3
+    grid_factor_kg_per_kwh: 0.6
+    inventory: [{model: A10, nodes: 2, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}]
+user_regions:
+  - {name: city}
+links:
+  - {a: city, b: a, rtt_ms: 5, bandwidth_gbps: 100}
+  - {a: city, b: b, rtt_ms: 5, bandwidth_gbps: 100}
+"#;
+
+    #[test]
+    fn equally_green_regions_take_the_job_where_it_packs_best() {
+        let run = |pack_band: &str| {
+            let yaml = format!(
+                "scoring: {{carbon: 1, cost: 1, latency: 0.1, pack_band: {pack_band}}}\n{TWINS}"
+            );
+            let catalog = Catalog::from_yaml(&yaml, "twins.yaml").unwrap();
+            let config = WorldConfig {
+                start_s: 1000,
+                ..Default::default()
+            };
+            let mut w = World::new(catalog, config).unwrap();
+            // Typical shapes: whole GPUs and half GPUs. Region b holds a half-used GPU.
+            w.submit(spec("whole", 1, 1, 600)).unwrap();
+            let mut pinned = spec("pinned", 1, 0, 600);
+            pinned.gpu_milli = 500;
+            pinned.residency = vec!["b".into()];
+            let pinned = w.submit(pinned).unwrap();
+            assert_eq!(region_of(&w, pinned), "b");
+            let mut half = spec("half", 1, 0, 600);
+            half.gpu_milli = 500;
+            let half = w.submit(half).unwrap();
+            (w.job_view(half).unwrap(), w.job_view(pinned).unwrap())
+        };
+        // In band: b, where the half GPU fills the other half instead of
+        // leaving a half GPU no whole-GPU job can use in a.
+        let (half, pinned) = run("0.3");
+        assert_eq!(half.region.as_deref(), Some("b"));
+        assert_eq!(half.replicas[0].node, pinned.replicas[0].node);
+        assert_eq!(half.replicas[0].devices, pinned.replicas[0].devices);
+        assert!(
+            half.explanation
+                .summary
+                .contains("packs best here among the 2 regions within 30%"),
+            "{}",
+            half.explanation.summary
+        );
+        let a = &half.explanation.candidates[0];
+        assert_eq!((a.region.as_str(), a.verdict), ("a", "ranked"));
+        assert!(a.reason.contains("packs better in b"), "{}", a.reason);
+        // pack_band 0: strict score order, the first region.
+        let (half, _) = run("0");
+        assert_eq!(half.region.as_deref(), Some("a"));
     }
 
     mod props {
