@@ -375,6 +375,18 @@ where
     panic!("not reached within {secs} s: {what}");
 }
 
+/// Sets a pod's phase in namespace `ml` (the kubelet's part).
+async fn set_pod_phase(server: &ApiServer, pod: &str, phase: &str) {
+    Api::<Pod>::namespaced(server.client(), "ml")
+        .patch_status(
+            pod,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": phase}})),
+        )
+        .await
+        .unwrap();
+}
+
 async fn phase(server: &ApiServer, name: &str) -> String {
     status_of(server, name).await["phase"]
         .as_str()
@@ -543,21 +555,8 @@ async fn owned_pods_decide_the_phase() {
     let jobs = dynamic_api(&server, &tj_ar(), Some("ml"));
     let finalizers = jobs.get("done").await.unwrap().metadata.finalizers;
     assert_eq!(finalizers, Some(vec!["zhisuan.io/cleanup".to_string()]));
-    let pods: Api<Pod> = Api::namespaced(server.client(), "ml");
-    let set_phase = |name: &'static str, phase: &'static str| {
-        let pods = pods.clone();
-        async move {
-            pods.patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"phase": phase}})),
-            )
-            .await
-            .unwrap();
-        }
-    };
-    set_phase("done-0", "Succeeded").await;
-    set_phase("broken-1", "Failed").await;
+    set_pod_phase(&server, "done-0", "Succeeded").await;
+    set_pod_phase(&server, "broken-1", "Failed").await;
     eventually(15, "broken fails", || async {
         phase(&server, "broken").await == "Failed"
     })
@@ -569,7 +568,7 @@ async fn owned_pods_decide_the_phase() {
     .await;
     // Half the gang done is not done.
     assert_eq!(phase(&server, "done").await, "Running");
-    set_phase("done-1", "Succeeded").await;
+    set_pod_phase(&server, "done-1", "Succeeded").await;
     eventually(15, "done succeeds", || async {
         phase(&server, "done").await == "Succeeded"
     })
@@ -956,16 +955,8 @@ async fn member_cluster_region_runs_pods_in_the_member_cluster() {
     .await;
 
     // The phase follows the pods in the member cluster.
-    let far_pods: Api<Pod> = Api::namespaced(far.client(), "ml");
     for name in ["remote-0", "remote-1"] {
-        far_pods
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
-            )
-            .await
-            .unwrap();
+        set_pod_phase(&far, name, "Succeeded").await;
     }
     eventually(20, "remote succeeds from its member pods", || async {
         phase(&home, "remote").await == "Succeeded"
@@ -1025,14 +1016,7 @@ async fn pods_are_stopped_and_read_only_in_their_placements_cluster() {
     assert_eq!(pods_of(&far, "remote")["remote-0"].0, "far-1");
 
     // The member pod's phase decides, not the home pod of the same name.
-    Api::<Pod>::namespaced(far.client(), "ml")
-        .patch_status(
-            "remote-0",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
-        )
-        .await
-        .unwrap();
+    set_pod_phase(&far, "remote-0", "Succeeded").await;
     eventually(20, "remote succeeds", || async {
         phase(&home, "remote").await == "Succeeded"
     })
@@ -1040,14 +1024,7 @@ async fn pods_are_stopped_and_read_only_in_their_placements_cluster() {
 
     // A failed home gang is stopped at home only (its status is written
     // after the deletions).
-    Api::<Pod>::namespaced(home.client(), "ml")
-        .patch_status(
-            "local-0",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Failed"}})),
-        )
-        .await
-        .unwrap();
+    set_pod_phase(&home, "local-0", "Failed").await;
     eventually(20, "local fails", || async {
         phase(&home, "local").await == "Failed"
     })
