@@ -891,41 +891,27 @@ links:
         }
     }
 
-    /// Two regions equal on every figure (`a` ranks first on ties).
-    const TWINS: &str = r#"
-accelerators:
-  - {model: A10, vendor: nvidia, power_w: 150}
-regions:
-  - name: a
-    hub: h
-    side: west
-    pue: 1.1
-    green_share: 0.6
-    price_cny_per_kwh: 0.3
-    grid_factor_kg_per_kwh: 0.6
-    inventory: [{model: A10, nodes: 2, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}]
-  - name: b
-    hub: h
-    side: west
-    pue: 1.1
-    green_share: 0.6
-    price_cny_per_kwh: 0.3
-    grid_factor_kg_per_kwh: 0.6
-    inventory: [{model: A10, nodes: 2, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}]
-user_regions:
-  - {name: city}
-links:
-  - {a: city, b: a, rtt_ms: 5, bandwidth_gbps: 100}
-  - {a: city, b: b, rtt_ms: 5, bandwidth_gbps: 100}
-"#;
+    /// Two copies of CATALOG's `west`, `a` and `b`, equal on every figure
+    /// (`a` ranks first on ties), 5 ms from the users.
+    fn twins(pack_band: &str) -> Catalog {
+        let west = &CATALOG
+            [CATALOG.find("  - name: west").unwrap()..CATALOG.find("user_regions:").unwrap()];
+        let head = &CATALOG[..CATALOG.find("  - name: east").unwrap()];
+        let yaml = format!(
+            "scoring: {{carbon: 1, cost: 1, latency: 0.1, pack_band: {pack_band}}}\n{head}{}{}\
+             user_regions:\n  - {{name: city}}\nlinks:\n\
+             \x20 - {{a: city, b: a, rtt_ms: 5, bandwidth_gbps: 100}}\n\
+             \x20 - {{a: city, b: b, rtt_ms: 5, bandwidth_gbps: 100}}\n",
+            west.replace("name: west", "name: a"),
+            west.replace("name: west", "name: b"),
+        );
+        Catalog::from_yaml(&yaml, "twins.yaml").unwrap()
+    }
 
     #[test]
     fn equally_green_regions_take_the_job_where_it_packs_best() {
         let run = |pack_band: &str| {
-            let yaml = format!(
-                "scoring: {{carbon: 1, cost: 1, latency: 0.1, pack_band: {pack_band}}}\n{TWINS}"
-            );
-            let catalog = Catalog::from_yaml(&yaml, "twins.yaml").unwrap();
+            let catalog = twins(pack_band);
             let config = WorldConfig {
                 start_s: 1000,
                 ..Default::default()
