@@ -29,7 +29,7 @@ use super::crd::{
     ComputeRegion, InferenceService, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus,
 };
 use super::leader::{Elector, Leadership, LeaseTiming};
-use super::members::{Members, PodsIn};
+use super::members::{member_node_view, member_pod_view, MemberObjects, Members, PodsIn};
 use super::metrics::OperatorMetrics;
 use super::plan::{self, rfc3339, set_condition, Action, PlanConfig};
 use super::reconcile;
@@ -37,7 +37,7 @@ use super::snapshot::{
     self, keys, Kind, MonthToDate, NodeView, PodView, QuotaView, Snapshot, WorkloadKey,
     WorkloadView,
 };
-use super::tokens;
+use super::tokens::{self, ServingService};
 use super::usage::UsageSource;
 use crate::ledger::Ledger;
 use crate::telemetry::tokens::{run_token_loop, TokenScrapeConfig, TokenTarget};
@@ -102,6 +102,46 @@ struct ViewCache {
     pods: HashMap<String, (String, PodView)>,
     training: HashMap<String, (String, WorkloadView)>,
     inference: HashMap<String, (String, WorkloadView)>,
+    /// Member clusters' views, per region (uids are unique per cluster only).
+    members: HashMap<String, MemberViewCache>,
+    /// InferenceServices' token endpoints (each spec parsed once per version).
+    services: HashMap<String, (String, Option<ServingService>)>,
+}
+
+/// One member cluster's cached views.
+#[derive(Default)]
+struct MemberViewCache {
+    nodes: HashMap<String, (String, NodeView)>,
+    pods: HashMap<String, (String, PodView)>,
+}
+
+impl ViewCache {
+    /// Views of the listed member clusters' nodes and pods, converted only
+    /// where they changed; a region no longer listed loses its cache.
+    fn member_views(&mut self, members: &[MemberObjects]) -> (Vec<NodeView>, Vec<PodView>) {
+        let mut next = HashMap::with_capacity(members.len());
+        let (mut nodes, mut pods) = (Vec::new(), Vec::new());
+        for m in members {
+            let mut c = self.members.remove(&m.region).unwrap_or_default();
+            nodes.extend(cached_views(&mut c.nodes, &m.nodes, |n| {
+                member_node_view(&m.region, n)
+            }));
+            pods.extend(cached_views(&mut c.pods, &m.pods, |p| {
+                member_pod_view(&m.region, p)
+            }));
+            next.insert(m.region.clone(), c);
+        }
+        self.members = next;
+        (nodes, pods)
+    }
+
+    /// The token endpoints of the InferenceServices that have one.
+    fn serving_services(&mut self, inference: &[Arc<DynamicObject>]) -> Vec<ServingService> {
+        cached_views(&mut self.services, inference, tokens::serving_service)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }
 
 /// Views of `objects`, from `cache` where the resourceVersion is unchanged;
@@ -526,14 +566,19 @@ impl Controller {
                 r.member_problem = members.problem(&r.name);
             }
         }
-        let (member_nodes, member_pods) = members.views();
+        let member_objects = members.objects();
+        let mut services = Vec::new();
         let mut snap = {
             let mut cache = self.views.lock().unwrap();
             let cache = &mut *cache;
             let mut nodes = cached_views(&mut cache.nodes, &node_objects, snapshot::node_view);
             let mut pods = cached_views(&mut cache.pods, &pod_objects, snapshot::pod_view);
+            let (member_nodes, member_pods) = cache.member_views(&member_objects);
             nodes.extend(member_nodes);
             pods.extend(member_pods);
+            if self.tokens.is_some() {
+                services = cache.serving_services(&inference);
+            }
             let mut snap = Snapshot {
                 now: chrono::Utc::now().timestamp(),
                 pods,
@@ -560,10 +605,6 @@ impl Controller {
             snap
         };
         if let Some(counting) = &self.tokens {
-            let services: Vec<_> = inference
-                .iter()
-                .filter_map(|o| tokens::serving_service(o))
-                .collect();
             let pods: Vec<_> = pod_objects
                 .iter()
                 .filter_map(|p| tokens::serving_pod(p))
@@ -1116,4 +1157,104 @@ pub async fn lease_holder(client: Client, namespace: &str, name: &str) -> Option
         .flatten()?
         .spec?
         .holder_identity
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object<K: serde::de::DeserializeOwned>(v: Value) -> Arc<K> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn node(name: &str, uid: &str, rv: &str, gpus: u32) -> Arc<Node> {
+        object(json!({
+            "metadata": {"name": name, "uid": uid, "resourceVersion": rv,
+                         "labels": {"zhisuan.io/gpu-count": gpus.to_string()}}
+        }))
+    }
+
+    #[test]
+    fn member_views_are_converted_once_per_version_and_kept_apart_per_cluster() {
+        let pod: Arc<Pod> = object(json!({
+            "metadata": {"name": "p", "namespace": "ml", "uid": "1", "resourceVersion": "3"},
+            "spec": {"nodeName": "kind-control-plane", "containers": []}
+        }));
+        // The same uid and node name in two clusters (each has its own uids).
+        let listed = |far_node: Arc<Node>| {
+            vec![
+                MemberObjects {
+                    region: "far".into(),
+                    nodes: vec![far_node],
+                    pods: vec![pod.clone()],
+                },
+                MemberObjects {
+                    region: "near".into(),
+                    nodes: vec![node("kind-control-plane", "1", "5", 4)],
+                    pods: Vec::new(),
+                },
+            ]
+        };
+        let mut cache = ViewCache::default();
+        let (nodes, pods) = cache.member_views(&listed(node("kind-control-plane", "1", "5", 8)));
+        let seen: Vec<(&str, u8)> = nodes.iter().map(|n| (n.name.as_str(), n.gpus)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("far/kind-control-plane", 8),
+                ("near/kind-control-plane", 4)
+            ]
+        );
+        assert_eq!(pods[0].node.as_deref(), Some("far/kind-control-plane"));
+        // Same resourceVersion: the cached view (no conversion), even though
+        // this object (which a real server would version anew) differs.
+        let (nodes, _) = cache.member_views(&listed(node("kind-control-plane", "1", "5", 2)));
+        assert_eq!(nodes[0].gpus, 8);
+        // A new version is converted again.
+        let (nodes, _) = cache.member_views(&listed(node("kind-control-plane", "1", "6", 2)));
+        assert_eq!(nodes[0].gpus, 2);
+        // A region no longer listed leaves the cache.
+        cache.member_views(&listed(node("kind-control-plane", "1", "6", 2))[..1]);
+        assert_eq!(cache.members.keys().collect::<Vec<_>>(), ["far"]);
+    }
+
+    #[test]
+    fn token_endpoints_are_parsed_once_per_version() {
+        let service = |rv: &str, port: u16| -> Arc<DynamicObject> {
+            object(json!({
+                "apiVersion": "zhisuan.io/v1alpha1", "kind": "InferenceService",
+                "metadata": {"name": "chat", "namespace": "ai", "uid": "u1", "resourceVersion": rv},
+                "spec": {"tenant": "acme", "modelName": "qwen-72b", "tokenTier": "basic",
+                         "replicas": 1, "gpusPerReplica": 1, "metrics": {"port": port},
+                         "template": {"spec": {"containers": []}}}
+            }))
+        };
+        let without_metrics: Arc<DynamicObject> = object(json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "quiet", "namespace": "ai", "uid": "u2", "resourceVersion": "1"},
+            "spec": {"tenant": "acme", "modelName": "m", "replicas": 1, "gpusPerReplica": 1,
+                     "template": {"spec": {"containers": []}}}
+        }));
+        let mut cache = ViewCache::default();
+        let ports = |cache: &mut ViewCache, objs: &[Arc<DynamicObject>]| -> Vec<u16> {
+            cache
+                .serving_services(objs)
+                .iter()
+                .map(|s| s.port)
+                .collect()
+        };
+        assert_eq!(
+            ports(&mut cache, &[service("1", 8000), without_metrics.clone()]),
+            [8000]
+        );
+        // Unchanged version: not parsed again.
+        assert_eq!(
+            ports(&mut cache, &[service("1", 9000), without_metrics.clone()]),
+            [8000]
+        );
+        assert_eq!(
+            ports(&mut cache, &[service("2", 9000), without_metrics]),
+            [9000]
+        );
+    }
 }

@@ -83,6 +83,34 @@ pub struct Members {
     synced: AtomicBool,
 }
 
+/// One listed member cluster's nodes and pods.
+pub struct MemberObjects {
+    pub region: String,
+    pub nodes: Vec<Arc<Node>>,
+    pub pods: Vec<Arc<Pod>>,
+}
+
+/// A member cluster's node as the planner sees it: named
+/// [`snapshot::member_node_key`] (`<region>/<node>`: node names need not be
+/// unique across clusters) and labelled [`keys::MEMBER_CLUSTER`] = region.
+pub fn member_node_view(region: &str, node: &Node) -> NodeView {
+    let mut v = snapshot::node_view(node);
+    v.name = snapshot::member_node_key(region, &v.name);
+    v.labels
+        .push((keys::MEMBER_CLUSTER.to_string(), region.to_string()));
+    v
+}
+
+/// A member cluster's pod as the planner sees it: its node named as in
+/// [`member_node_view`].
+pub fn member_pod_view(region: &str, pod: &Pod) -> PodView {
+    let mut v = snapshot::pod_view(pod);
+    if let Some(node) = v.node.as_mut() {
+        *node = snapshot::member_node_key(region, node);
+    }
+    v
+}
+
 /// The cluster that holds a workload's pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PodsIn {
@@ -306,34 +334,22 @@ impl Members {
         }
     }
 
-    /// Node and pod views of every listed member cluster; member nodes carry
-    /// the [`keys::MEMBER_CLUSTER`] label naming their region and are named
-    /// [`snapshot::member_node_key`] (`<region>/<node>`, also in the pods'
-    /// `node`): node names need not be unique across clusters.
-    pub fn views(&self) -> (Vec<NodeView>, Vec<PodView>) {
+    /// The nodes and pods of every listed member cluster (cheap: the
+    /// caches' `Arc`s; converted to views outside the lock, through the
+    /// controller's view cache, by [`member_node_view`] / [`member_pod_view`]).
+    pub fn objects(&self) -> Vec<MemberObjects> {
         let members = self.regions.lock().unwrap();
-        let (mut nodes, mut pods) = (Vec::new(), Vec::new());
-        for (region, m) in members.iter() {
-            let Ok(c) = &m.state else { continue };
-            if !c.ready.load(Ordering::SeqCst) {
-                continue;
-            }
-            for n in c.nodes.state() {
-                let mut v = snapshot::node_view(&n);
-                v.name = snapshot::member_node_key(region, &v.name);
-                v.labels
-                    .push((keys::MEMBER_CLUSTER.to_string(), region.clone()));
-                nodes.push(v);
-            }
-            pods.extend(c.pods.state().iter().map(|p| {
-                let mut v = snapshot::pod_view(p);
-                if let Some(node) = v.node.as_mut() {
-                    *node = snapshot::member_node_key(region, node);
-                }
-                v
-            }));
-        }
-        (nodes, pods)
+        members
+            .iter()
+            .filter_map(|(region, m)| {
+                let c = m.state.as_ref().ok()?;
+                c.ready.load(Ordering::SeqCst).then(|| MemberObjects {
+                    region: region.clone(),
+                    nodes: c.nodes.state(),
+                    pods: c.pods.state(),
+                })
+            })
+            .collect()
     }
 
     /// The pods API of a member region's cluster (`None`: the region is not
