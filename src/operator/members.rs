@@ -475,6 +475,25 @@ mod tests {
         assert!(client_from(ok).await.is_ok());
     }
 
+    #[tokio::test]
+    async fn pods_are_placed_nowhere_until_the_members_are_known() {
+        let config = Config::new("http://127.0.0.1:1".parse().unwrap());
+        let members = Members::new(Client::try_from(config).unwrap(), Arc::new(Notify::new()));
+        // Before the first sync a region may be a member: no guess.
+        assert!(members.cluster_of(Some("far")).is_err());
+        assert_eq!(members.cluster_of(None), Ok(PodsIn::Everywhere));
+        members.sync(&[]).await;
+        assert_eq!(members.cluster_of(Some("far")), Ok(PodsIn::Home));
+        // A member cluster that is not connected can be neither read nor written.
+        let far = PodsIn::Member("far".into());
+        assert!(members.pod_apis(&far, "ml").is_err());
+        assert!(members.cached_pod("far", "ml", "p-0").is_err());
+        assert_eq!(
+            members.pod_apis(&PodsIn::Everywhere, "ml").unwrap().len(),
+            1
+        );
+    }
+
     #[test]
     fn the_key_defaults_to_kubeconfig() {
         let r = SecretKeyRef {
