@@ -21,6 +21,7 @@ use crate::placement::{
     Cluster, Decision, DeviceMask, Engine, ModelSet, NodeSpec, Policy, Request,
 };
 
+use crate::regions::catalog::ScoreWeights;
 use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, RegionPolicy, Verdict};
 
 use super::crd::{
@@ -39,6 +40,8 @@ pub struct PlanConfig {
     pub policy: Policy,
     /// How ComputeRegions are ranked (when the cluster has any).
     pub region_policy: RegionPolicy,
+    /// Score weights and packing band of region choice (`--pack-band`).
+    pub region_scoring: ScoreWeights,
     pub seed: u64,
     /// Most workloads one preemption may evict.
     pub max_victims: usize,
@@ -51,6 +54,7 @@ impl Default for PlanConfig {
         PlanConfig {
             policy: Policy::default(),
             region_policy: RegionPolicy::default(),
+            region_scoring: ScoreWeights::default(),
             seed: 1,
             max_victims: 8,
             gang_grace_s: 60,
@@ -669,7 +673,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
     let (mut cap, _warnings) = Capacity::new(snapshot, config);
     // With ComputeRegions, a node's region is the one whose members hold it
     // (`region_catalog` gives each node to one region at most).
-    let regions_crs = region_catalog(&snapshot.regions, &snapshot.nodes);
+    let regions_crs = region_catalog(&snapshot.regions, &snapshot.nodes, config.region_scoring);
     if let Some(rc) = &regions_crs {
         for n in cap.nodes.iter_mut() {
             n.region.clear();
