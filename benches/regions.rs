@@ -3,7 +3,9 @@
 //! Over the first 1,000 jobs of the shipped workload (default catalog):
 //! - `rank_only`: region choice alone (filters, cost model, score, order);
 //! - `two_level`: region choice + the region's engine placing (and allocating) the gang
-//!   (with the arrival counted for the engines' shapes, as the world does);
+//!   (with the arrival counted for the engines' shapes, as the world does), the
+//!   packing band first ordered by each near-equal region's fit;
+//! - `two_level_strict`: the same in strict score order (`pack_band: 0`);
 //! - `flat_engine`: one engine over all the catalog's nodes, no regions.
 //!
 //! Run: `cargo bench --bench regions`; per-decision time = reported time / 1000.
@@ -55,28 +57,34 @@ fn bench(c: &mut Criterion) {
             ranked
         })
     });
-    g.bench_function("two_level", |b| {
-        b.iter_batched(
-            || RegionEngines::from_catalog(&catalog, Policy::default(), 1).unwrap(),
-            |mut engines| {
-                let mut chooser = RegionChooser::new(RegionPolicy::Green);
-                let (mut expl, mut order) = (Explanation::default(), Vec::new());
-                let mut placed = 0;
-                for (t, tenant, job, shape) in &jobs {
-                    // As the world does: each job counted once for the shapes.
-                    engines.observe_arrival(&catalog, job, *shape);
-                    chooser.rank(
-                        &catalog, &inventory, tenant, job, *t, &NoQuota, &mut expl, &mut order,
-                    );
-                    placed += engines
-                        .place(&catalog, job, *shape, &order, &mut expl)
-                        .is_some() as usize;
-                }
-                (engines, placed)
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    // The default (packing band 0.3) and strict score order (pack_band 0):
+    // the band's fit evaluations in the near-equal regions, side by side.
+    let mut strict = catalog.clone();
+    strict.weights.pack_band = 0.0;
+    for (name, catalog) in [("two_level", &catalog), ("two_level_strict", &strict)] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || RegionEngines::from_catalog(catalog, Policy::default(), 1).unwrap(),
+                |mut engines| {
+                    let mut chooser = RegionChooser::new(RegionPolicy::Green);
+                    let (mut expl, mut order) = (Explanation::default(), Vec::new());
+                    let mut placed = 0;
+                    for (t, tenant, job, shape) in &jobs {
+                        // As the world does: each job counted once for the shapes.
+                        engines.observe_arrival(catalog, job, *shape);
+                        chooser.rank(
+                            catalog, &inventory, tenant, job, *t, &NoQuota, &mut expl, &mut order,
+                        );
+                        placed += engines
+                            .place(catalog, job, *shape, &mut order, &mut expl)
+                            .is_some() as usize;
+                    }
+                    (engines, placed)
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     g.bench_function("flat_engine", |b| {
         b.iter_batched(
             || {

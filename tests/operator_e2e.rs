@@ -375,6 +375,18 @@ where
     panic!("not reached within {secs} s: {what}");
 }
 
+/// Sets a pod's phase in namespace `ml` (the kubelet's part).
+async fn set_pod_phase(server: &ApiServer, pod: &str, phase: &str) {
+    Api::<Pod>::namespaced(server.client(), "ml")
+        .patch_status(
+            pod,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": phase}})),
+        )
+        .await
+        .unwrap();
+}
+
 async fn phase(server: &ApiServer, name: &str) -> String {
     status_of(server, name).await["phase"]
         .as_str()
@@ -543,21 +555,8 @@ async fn owned_pods_decide_the_phase() {
     let jobs = dynamic_api(&server, &tj_ar(), Some("ml"));
     let finalizers = jobs.get("done").await.unwrap().metadata.finalizers;
     assert_eq!(finalizers, Some(vec!["zhisuan.io/cleanup".to_string()]));
-    let pods: Api<Pod> = Api::namespaced(server.client(), "ml");
-    let set_phase = |name: &'static str, phase: &'static str| {
-        let pods = pods.clone();
-        async move {
-            pods.patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"phase": phase}})),
-            )
-            .await
-            .unwrap();
-        }
-    };
-    set_phase("done-0", "Succeeded").await;
-    set_phase("broken-1", "Failed").await;
+    set_pod_phase(&server, "done-0", "Succeeded").await;
+    set_pod_phase(&server, "broken-1", "Failed").await;
     eventually(15, "broken fails", || async {
         phase(&server, "broken").await == "Failed"
     })
@@ -569,7 +568,7 @@ async fn owned_pods_decide_the_phase() {
     .await;
     // Half the gang done is not done.
     assert_eq!(phase(&server, "done").await, "Running");
-    set_phase("done-1", "Succeeded").await;
+    set_pod_phase(&server, "done-1", "Succeeded").await;
     eventually(15, "done succeeds", || async {
         phase(&server, "done").await == "Succeeded"
     })
@@ -831,19 +830,11 @@ async fn compute_regions_choose_the_region_and_explain_it() {
         .all(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) != Some("far-1")));
 }
 
-/// A ComputeRegion whose kubeconfig Secret points at a second API server:
-/// its nodes exist only there; a job resident there gets its pods created
-/// and bound there (none at home, no owner reference, the owner labels);
-/// deleting the job removes them there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn member_cluster_region_runs_pods_in_the_member_cluster() {
-    let home = ApiServer::start().await;
-    let far = ApiServer::start().await;
-    add_node(&home, "home-1", "dc-home", "H100", 8).await;
-    add_node(&far, "far-1", "dc-far", "H100", 8).await;
-    add_node(&far, "far-2", "dc-far", "H100", 8).await;
-    // A node of the member cluster outside the region's selector.
-    add_node(&far, "far-other", "dc-other", "H100", 8).await;
+/// Home and member regions over two stand-in API servers: a Secret in
+/// `home` holds a kubeconfig for `far`, ComputeRegion `home` selects
+/// `dc-home` nodes at home and ComputeRegion `far` (a member) `dc-far` nodes
+/// in `far`.
+async fn home_and_member_regions(home: &ApiServer, far: &ApiServer) {
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: far\n  cluster:\n    server: {}\n\
          contexts:\n- name: far\n  context:\n    cluster: far\n    user: far\n\
@@ -871,26 +862,73 @@ async fn member_cluster_region_runs_pods_in_the_member_cluster() {
                "electricityFenPerKwh": 40, "gridKgCo2PerKwh": 0.6,
                "nodeSelector": {"zhisuan.io/region": dc}})
     };
-    compute_region(&home, "home", region("dc-home", 0.5)).await;
+    compute_region(home, "home", region("dc-home", 0.5)).await;
     let mut member = region("dc-far", 0.9);
     member["kubeconfigSecretRef"] =
         json!({"name": "far-kubeconfig", "namespace": "zhisuan", "key": "config"});
-    compute_region(&home, "far", member).await;
+    compute_region(home, "far", member).await;
+}
+
+/// A TrainingJob in namespace `ml` kept to one ComputeRegion.
+async fn job_in(server: &ApiServer, name: &str, replicas: i64, region: &str) {
+    let mut j = job_json(name, "acme", replicas, 8);
+    j["spec"]["regions"] = json!({"residency": [region]});
+    create_raw(server, &tj_ar(), Some("ml"), j).await;
+}
+
+/// A ComputeRegion whose kubeconfig Secret points at a second API server:
+/// its nodes exist only there, one named like a home node
+/// (`kind-control-plane`, which every kind cluster has) and kept apart from
+/// it; a job resident there gets its pods created and bound there (none at
+/// home, no owner reference, the owner labels); deleting the job removes
+/// them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_cluster_region_runs_pods_in_the_member_cluster() {
+    let home = ApiServer::start().await;
+    let far = ApiServer::start().await;
+    add_node(&home, "kind-control-plane", "dc-home", "H100", 8).await;
+    add_node(&far, "kind-control-plane", "dc-far", "H100", 8).await;
+    add_node(&far, "far-2", "dc-far", "H100", 8).await;
+    // A node of the member cluster outside the region's selector.
+    add_node(&far, "far-other", "dc-other", "H100", 8).await;
+    home_and_member_regions(&home, &far).await;
     quota(&home, "acme", None, json!({})).await;
     let _c = start_controller(&home, "c1", Duration::from_secs(2));
 
-    let mut remote = job_json("remote", "acme", 2, 8);
-    remote["spec"]["regions"] = json!({"residency": ["far"]});
-    create_raw(&home, &tj_ar(), Some("ml"), remote).await;
+    // The home node is full first: a member gang counted on it would wait.
+    job_in(&home, "local", 1, "home").await;
+    eventually(20, "local runs", || async {
+        phase(&home, "local").await == "Running"
+    })
+    .await;
+    let here = pods_of(&home, "local");
+    assert_eq!(here["local-0"].0, "kind-control-plane", "{here:?}");
+
+    job_in(&home, "remote", 2, "far").await;
     eventually(20, "remote runs", || async {
         phase(&home, "remote").await == "Running"
     })
     .await;
     let st = status_of(&home, "remote").await;
     assert_eq!(st["placement"]["region"], "far", "{st}");
+    let placed: BTreeSet<&str> = st["placement"]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        placed,
+        BTreeSet::from(["far/far-2", "far/kind-control-plane"]),
+        "{st}"
+    );
     let there = pods_of(&far, "remote");
     let nodes: BTreeSet<&str> = there.values().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(nodes, BTreeSet::from(["far-1", "far-2"]), "{there:?}");
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["far-2", "kind-control-plane"]),
+        "{there:?}"
+    );
     assert!(pods_of(&home, "remote").is_empty());
     for p in far.objects("v1/pods") {
         assert_eq!(p.pointer("/metadata/namespace"), Some(&json!("ml")));
@@ -905,25 +943,20 @@ async fn member_cluster_region_runs_pods_in_the_member_cluster() {
         );
     }
     let regions = dynamic_api(&home, &ApiResource::erase::<ComputeRegion>(&()), None);
-    eventually(15, "far counts its member GPUs", || async {
+    eventually(15, "each region counts its own cluster's GPUs", || async {
         let r = regions.get("far").await.unwrap();
+        let h = regions.get("home").await.unwrap();
         r.data["status"]["gpus"] == 16
             && r.data["status"]["gpusAllocated"] == 16.0
             && r.data["status"]["conditions"][0]["status"] == "True"
+            && h.data["status"]["gpus"] == 8
+            && h.data["status"]["gpusAllocated"] == 8.0
     })
     .await;
 
     // The phase follows the pods in the member cluster.
-    let far_pods: Api<Pod> = Api::namespaced(far.client(), "ml");
     for name in ["remote-0", "remote-1"] {
-        far_pods
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
-            )
-            .await
-            .unwrap();
+        set_pod_phase(&far, name, "Succeeded").await;
     }
     eventually(20, "remote succeeds from its member pods", || async {
         phase(&home, "remote").await == "Succeeded"
@@ -944,7 +977,86 @@ async fn member_cluster_region_runs_pods_in_the_member_cluster() {
                 .is_none()
     })
     .await;
-    assert_eq!(home.count("v1/pods", |_| true), 0);
+    assert_eq!(home.count("v1/pods", |_| true), 1, "local-0 only");
+}
+
+/// Pods are deleted and read only in the cluster of their placement's
+/// region: a job at home and a job in the member cluster each have an
+/// unrelated pod of the same name in the other cluster, which neither the
+/// phase reconciler, a failed gang's stop, nor deletion cleanup touches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_stopped_and_read_only_in_their_placements_cluster() {
+    let home = ApiServer::start().await;
+    let far = ApiServer::start().await;
+    add_node(&home, "home-1", "dc-home", "H100", 8).await;
+    add_node(&far, "far-1", "dc-far", "H100", 8).await;
+    home_and_member_regions(&home, &far).await;
+    quota(&home, "acme", None, json!({})).await;
+    // Someone else's pods, named like the jobs' pods, in the other cluster.
+    let bystander = |server: &ApiServer, name: &str| {
+        let api: Api<Pod> = Api::namespaced(server.client(), "ml");
+        let pod = pod(name);
+        async move { api.create(&PostParams::default(), &pod).await.unwrap() }
+    };
+    bystander(&home, "remote-0").await;
+    bystander(&far, "local-0").await;
+    let exists = |server: &ApiServer, name: &str| {
+        server.count("v1/pods", |p| {
+            p.pointer("/metadata/name") == Some(&json!(name))
+                && p.pointer("/metadata/labels/app") == Some(&json!("x"))
+        }) == 1
+    };
+    let _c = start_controller(&home, "c1", Duration::from_secs(2));
+    job_in(&home, "local", 1, "home").await;
+    job_in(&home, "remote", 1, "far").await;
+    eventually(20, "both run", || async {
+        phase(&home, "local").await == "Running" && phase(&home, "remote").await == "Running"
+    })
+    .await;
+    assert_eq!(pods_of(&far, "remote")["remote-0"].0, "far-1");
+
+    // The member pod's phase decides, not the home pod of the same name.
+    set_pod_phase(&far, "remote-0", "Succeeded").await;
+    eventually(20, "remote succeeds", || async {
+        phase(&home, "remote").await == "Succeeded"
+    })
+    .await;
+
+    // A failed home gang is stopped at home only (its status is written
+    // after the deletions).
+    set_pod_phase(&home, "local-0", "Failed").await;
+    eventually(20, "local fails", || async {
+        phase(&home, "local").await == "Failed"
+    })
+    .await;
+    assert!(pods_of(&home, "local").is_empty());
+    assert!(
+        exists(&far, "local-0"),
+        "the member cluster's own local-0 was deleted"
+    );
+
+    // Deletion cleanup (the finalizer goes once the deletions are done).
+    for name in ["local", "remote"] {
+        dynamic_api(&home, &tj_ar(), Some("ml"))
+            .delete(name, &Default::default())
+            .await
+            .unwrap();
+    }
+    eventually(20, "both jobs gone with their pods", || async {
+        let jobs = dynamic_api(&home, &tj_ar(), Some("ml"));
+        jobs.get_opt("local").await.unwrap().is_none()
+            && jobs.get_opt("remote").await.unwrap().is_none()
+            && pods_of(&far, "remote").is_empty()
+    })
+    .await;
+    assert!(
+        exists(&home, "remote-0"),
+        "the home cluster's own remote-0 was deleted"
+    );
+    assert!(
+        exists(&far, "local-0"),
+        "the member cluster's own local-0 was deleted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

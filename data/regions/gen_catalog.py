@@ -103,6 +103,7 @@ def main():
     w("  carbon: 1.0   # weight of the carbon term (kg, relative to the best candidate)")
     w("  cost: 1.0     # weight of the energy-cost term")
     w("  latency: 0.1  # weight of the latency term (ms relative to the job's SLO, or 20 ms)")
+    w("  pack_band: 0.3  # regions within 30% of the best score are equal; the job goes where it packs best (0 = off)")
     w("accelerators:")
     for m, p, s in POWER:
         w(f"  - {{model: {m}, vendor: nvidia, power_w: {p}, source: \"{s}\"}}")

@@ -14,6 +14,7 @@ use super::leader::{Leadership, LeaseTiming};
 use super::plan::PlanConfig;
 use crate::error::InputError;
 use crate::placement::Policy;
+use crate::regions::catalog::ScoreWeights;
 use crate::telemetry::tokens::TokenScrapeConfig;
 
 /// Arguments of `zhisuan crd`.
@@ -45,6 +46,11 @@ pub struct ControllerArgs {
     /// Placement policy (zhisuan, fgd, bestfit, dotprod, gpupacking, gpuclustering, random).
     #[arg(long, default_value = "zhisuan")]
     pub policy: String,
+    /// ComputeRegions whose score is within this fraction of the best one
+    /// count as equally good for a job, which then goes where it packs best
+    /// (docs/regions.md, "Packing band"); 0 = strict score order.
+    #[arg(long, default_value_t = 0.3)]
+    pub pack_band: f64,
     /// Seconds between passes when nothing changes.
     #[arg(long, default_value_t = 5)]
     pub resync_s: u64,
@@ -141,6 +147,13 @@ fn controller_config(args: &ControllerArgs) -> anyhow::Result<ControllerConfig> 
         .policy
         .parse()
         .map_err(|e| InputError::new(format!("--policy {:?}: {e}", args.policy)))?;
+    if !(args.pack_band.is_finite() && args.pack_band >= 0.0) {
+        return Err(InputError::new(format!(
+            "--pack-band {}: must be a number ≥ 0 (a fraction of the best region score, e.g. 0.3; 0 = strict score order)",
+            args.pack_band
+        ))
+        .into());
+    }
     if args.lease_duration_s < 3 {
         return Err(InputError::new("--lease-duration-s must be 3 or more seconds").into());
     }
@@ -160,6 +173,10 @@ fn controller_config(args: &ControllerArgs) -> anyhow::Result<ControllerConfig> 
         },
         plan: PlanConfig {
             policy,
+            region_scoring: ScoreWeights {
+                pack_band: args.pack_band,
+                ..ScoreWeights::default()
+            },
             ..PlanConfig::default()
         },
         resync: Duration::from_secs(args.resync_s.max(1)),
@@ -209,4 +226,36 @@ pub fn health_router(
                 }
             }),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    fn config(flags: &[&str]) -> anyhow::Result<ControllerConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("controller").chain(flags.iter().copied()))?;
+        controller_config(&cli.args)
+    }
+
+    #[test]
+    fn pack_band_reaches_region_choice_and_bad_values_name_the_flag() {
+        let c = config(&["--pack-band", "0.5"]).unwrap();
+        assert_eq!(c.plan.region_scoring.pack_band, 0.5);
+        assert_eq!(c.plan.region_scoring.carbon, ScoreWeights::default().carbon);
+        assert_eq!(
+            config(&[]).unwrap().plan.region_scoring,
+            ScoreWeights::default()
+        );
+        for bad in ["--pack-band=-0.1", "--pack-band=NaN", "--pack-band=inf"] {
+            let e = config(&[bad]).unwrap_err().to_string();
+            assert!(e.contains("--pack-band") && e.contains("≥ 0"), "{bad}: {e}");
+        }
+    }
 }

@@ -29,7 +29,7 @@ use super::crd::{
     ComputeRegion, InferenceService, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus,
 };
 use super::leader::{Elector, Leadership, LeaseTiming};
-use super::members::Members;
+use super::members::{member_node_view, member_pod_view, MemberObjects, Members, PodsIn};
 use super::metrics::OperatorMetrics;
 use super::plan::{self, rfc3339, set_condition, Action, PlanConfig};
 use super::reconcile;
@@ -37,7 +37,7 @@ use super::snapshot::{
     self, keys, Kind, MonthToDate, NodeView, PodView, QuotaView, Snapshot, WorkloadKey,
     WorkloadView,
 };
-use super::tokens;
+use super::tokens::{self, ServingService};
 use super::usage::UsageSource;
 use crate::ledger::Ledger;
 use crate::telemetry::tokens::{run_token_loop, TokenScrapeConfig, TokenTarget};
@@ -102,6 +102,46 @@ struct ViewCache {
     pods: HashMap<String, (String, PodView)>,
     training: HashMap<String, (String, WorkloadView)>,
     inference: HashMap<String, (String, WorkloadView)>,
+    /// Member clusters' views, per region (uids are unique per cluster only).
+    members: HashMap<String, MemberViewCache>,
+    /// InferenceServices' token endpoints (each spec parsed once per version).
+    services: HashMap<String, (String, Option<ServingService>)>,
+}
+
+/// One member cluster's cached views.
+#[derive(Default)]
+struct MemberViewCache {
+    nodes: HashMap<String, (String, NodeView)>,
+    pods: HashMap<String, (String, PodView)>,
+}
+
+impl ViewCache {
+    /// Views of the listed member clusters' nodes and pods, converted only
+    /// where they changed; a region no longer listed loses its cache.
+    fn member_views(&mut self, members: &[MemberObjects]) -> (Vec<NodeView>, Vec<PodView>) {
+        let mut next = HashMap::with_capacity(members.len());
+        let (mut nodes, mut pods) = (Vec::new(), Vec::new());
+        for m in members {
+            let mut c = self.members.remove(&m.region).unwrap_or_default();
+            nodes.extend(cached_views(&mut c.nodes, &m.nodes, |n| {
+                member_node_view(&m.region, n)
+            }));
+            pods.extend(cached_views(&mut c.pods, &m.pods, |p| {
+                member_pod_view(&m.region, p)
+            }));
+            next.insert(m.region.clone(), c);
+        }
+        self.members = next;
+        (nodes, pods)
+    }
+
+    /// The token endpoints of the InferenceServices that have one.
+    fn serving_services(&mut self, inference: &[Arc<DynamicObject>]) -> Vec<ServingService> {
+        cached_views(&mut self.services, inference, tokens::serving_service)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }
 
 /// Views of `objects`, from `cache` where the resourceVersion is unchanged;
@@ -526,14 +566,19 @@ impl Controller {
                 r.member_problem = members.problem(&r.name);
             }
         }
-        let (member_nodes, member_pods) = members.views();
+        let member_objects = members.objects();
+        let mut services = Vec::new();
         let mut snap = {
             let mut cache = self.views.lock().unwrap();
             let cache = &mut *cache;
             let mut nodes = cached_views(&mut cache.nodes, &node_objects, snapshot::node_view);
             let mut pods = cached_views(&mut cache.pods, &pod_objects, snapshot::pod_view);
+            let (member_nodes, member_pods) = cache.member_views(&member_objects);
             nodes.extend(member_nodes);
             pods.extend(member_pods);
+            if self.tokens.is_some() {
+                services = cache.serving_services(&inference);
+            }
             let mut snap = Snapshot {
                 now: chrono::Utc::now().timestamp(),
                 pods,
@@ -560,10 +605,6 @@ impl Controller {
             snap
         };
         if let Some(counting) = &self.tokens {
-            let services: Vec<_> = inference
-                .iter()
-                .filter_map(|o| tokens::serving_service(o))
-                .collect();
             let pods: Vec<_> = pod_objects
                 .iter()
                 .filter_map(|p| tokens::serving_pod(p))
@@ -709,6 +750,11 @@ impl Controller {
         }
     }
 
+    /// The cluster holding the pods of a placement in `region`.
+    pub(super) fn cluster_of(&self, region: Option<&str>) -> Result<PodsIn, kube::Error> {
+        self.members().cluster_of(region).map_err(unavailable)
+    }
+
     /// The member clusters (empty before `run`).
     pub(super) fn members(&self) -> Arc<Members> {
         self.members
@@ -716,15 +762,22 @@ impl Controller {
             .clone()
     }
 
-    /// Deletes the named pods in the home cluster and in every connected
-    /// member cluster (pod names are the workload's; absent ones are fine).
+    /// Deletes the named pods in the cluster `at` (absent ones are fine).
+    /// A member cluster that cannot be reached now is an error (retried
+    /// later): other clusters' pods of the same name are never touched.
     pub(super) async fn delete_pods(
         &self,
         namespace: &str,
+        at: &PodsIn,
         pods: &[String],
     ) -> Result<(), kube::Error> {
-        let mut apis: Vec<Api<Pod>> = vec![Api::namespaced(self.client.clone(), namespace)];
-        apis.extend(self.members().all_pod_apis(namespace));
+        if pods.is_empty() {
+            return Ok(());
+        }
+        let apis = self
+            .members()
+            .pod_apis(at, namespace)
+            .map_err(unavailable)?;
         let targets: Vec<(Api<Pod>, String)> = apis
             .iter()
             .flat_map(|api| pods.iter().map(move |p| (api.clone(), p.clone())))
@@ -769,8 +822,14 @@ impl Controller {
                 }
                 Ok(())
             }
-            Action::Stop { key, pods, status } => {
-                self.delete_pods(&key.namespace, &pods).await?;
+            Action::Stop {
+                key,
+                pods,
+                region,
+                status,
+            } => {
+                let at = self.cluster_of(region.as_deref())?;
+                self.delete_pods(&key.namespace, &at, &pods).await?;
                 let preempted = status.phase.as_deref() == Some("Preempted");
                 self.apply_status(&key, obj, &status).await?;
                 if preempted {
@@ -834,7 +893,9 @@ impl Controller {
                             .iter()
                             .flat_map(|p| p.replicas.iter().map(|r| r.pod.clone()))
                             .collect();
-                        self.delete_pods(&key.namespace, &pods).await?;
+                        let region = status.placement.as_ref().and_then(|p| p.region.as_deref());
+                        let at = self.cluster_of(region)?;
+                        self.delete_pods(&key.namespace, &at, &pods).await?;
                         let mut pending = status.clone();
                         pending.phase = Some("Pending".into());
                         pending.reason = Some("BindFailed".into());
@@ -941,6 +1002,15 @@ impl Controller {
     }
 }
 
+/// An error for a cluster that cannot be reached now (the action is retried).
+fn unavailable(message: String) -> kube::Error {
+    kube::Error::Api(
+        kube::core::Status::failure(&message, "ServiceUnavailable")
+            .with_code(503)
+            .boxed(),
+    )
+}
+
 /// Creates (if missing) and binds one replica's pod. Ok(true) = bound now,
 /// Ok(false) = already bound where the placement says.
 #[allow(clippy::too_many_arguments)]
@@ -971,10 +1041,13 @@ async fn launch_replica(
     if !owned {
         return Err(format!("pod {} exists and is not this workload's", r.pod));
     }
+    // The placement names a member cluster's node `<region>/<node>`; the pod
+    // is in that cluster, bound by the node's own name.
+    let node = snapshot::name_in_cluster(&r.node);
     match existing.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-        Some(n) if n == r.node => return Ok(false),
+        Some(n) if n == node => return Ok(false),
         Some(n) if !n.is_empty() => {
-            return Err(format!("pod {} is bound to {n}, not {}", r.pod, r.node))
+            return Err(format!("pod {} is bound to {n}, not {node}", r.pod))
         }
         _ => {}
     }
@@ -984,7 +1057,7 @@ async fn launch_replica(
     let binding = json!({
         "apiVersion": "v1", "kind": "Binding",
         "metadata": {"name": r.pod, "annotations": annotations},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": r.node},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     });
     let res: Result<Value, kube::Error> = pods
         .create_subresource("binding", &r.pod, &PostParams::default(), &binding)
@@ -994,13 +1067,13 @@ async fn launch_replica(
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let now = pods.get(&r.pod).await.map_err(|e| e.to_string())?;
             match now.spec.and_then(|s| s.node_name) {
-                Some(n) if n == r.node => Ok(false),
+                Some(n) if n == node => Ok(false),
                 other => Err(format!("pod {} bound elsewhere: {other:?}", r.pod)),
             }
         }
         // The stand-in and real API servers answer 201 with a Status body.
         Err(kube::Error::SerdeError(_)) => Ok(true),
-        Err(e) => Err(format!("binding pod {} to {}: {e}", r.pod, r.node)),
+        Err(e) => Err(format!("binding pod {} to {node}: {e}", r.pod)),
     }
 }
 
@@ -1084,4 +1157,104 @@ pub async fn lease_holder(client: Client, namespace: &str, name: &str) -> Option
         .flatten()?
         .spec?
         .holder_identity
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object<K: serde::de::DeserializeOwned>(v: Value) -> Arc<K> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn node(name: &str, uid: &str, rv: &str, gpus: u32) -> Arc<Node> {
+        object(json!({
+            "metadata": {"name": name, "uid": uid, "resourceVersion": rv,
+                         "labels": {"zhisuan.io/gpu-count": gpus.to_string()}}
+        }))
+    }
+
+    #[test]
+    fn member_views_are_converted_once_per_version_and_kept_apart_per_cluster() {
+        let pod: Arc<Pod> = object(json!({
+            "metadata": {"name": "p", "namespace": "ml", "uid": "1", "resourceVersion": "3"},
+            "spec": {"nodeName": "kind-control-plane", "containers": []}
+        }));
+        // The same uid and node name in two clusters (each has its own uids).
+        let listed = |far_node: Arc<Node>| {
+            vec![
+                MemberObjects {
+                    region: "far".into(),
+                    nodes: vec![far_node],
+                    pods: vec![pod.clone()],
+                },
+                MemberObjects {
+                    region: "near".into(),
+                    nodes: vec![node("kind-control-plane", "1", "5", 4)],
+                    pods: Vec::new(),
+                },
+            ]
+        };
+        let mut cache = ViewCache::default();
+        let (nodes, pods) = cache.member_views(&listed(node("kind-control-plane", "1", "5", 8)));
+        let seen: Vec<(&str, u8)> = nodes.iter().map(|n| (n.name.as_str(), n.gpus)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("far/kind-control-plane", 8),
+                ("near/kind-control-plane", 4)
+            ]
+        );
+        assert_eq!(pods[0].node.as_deref(), Some("far/kind-control-plane"));
+        // Same resourceVersion: the cached view (no conversion), even though
+        // this object (which a real server would version anew) differs.
+        let (nodes, _) = cache.member_views(&listed(node("kind-control-plane", "1", "5", 2)));
+        assert_eq!(nodes[0].gpus, 8);
+        // A new version is converted again.
+        let (nodes, _) = cache.member_views(&listed(node("kind-control-plane", "1", "6", 2)));
+        assert_eq!(nodes[0].gpus, 2);
+        // A region no longer listed leaves the cache.
+        cache.member_views(&listed(node("kind-control-plane", "1", "6", 2))[..1]);
+        assert_eq!(cache.members.keys().collect::<Vec<_>>(), ["far"]);
+    }
+
+    #[test]
+    fn token_endpoints_are_parsed_once_per_version() {
+        let service = |rv: &str, port: u16| -> Arc<DynamicObject> {
+            object(json!({
+                "apiVersion": "zhisuan.io/v1alpha1", "kind": "InferenceService",
+                "metadata": {"name": "chat", "namespace": "ai", "uid": "u1", "resourceVersion": rv},
+                "spec": {"tenant": "acme", "modelName": "qwen-72b", "tokenTier": "basic",
+                         "replicas": 1, "gpusPerReplica": 1, "metrics": {"port": port},
+                         "template": {"spec": {"containers": []}}}
+            }))
+        };
+        let without_metrics: Arc<DynamicObject> = object(json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "quiet", "namespace": "ai", "uid": "u2", "resourceVersion": "1"},
+            "spec": {"tenant": "acme", "modelName": "m", "replicas": 1, "gpusPerReplica": 1,
+                     "template": {"spec": {"containers": []}}}
+        }));
+        let mut cache = ViewCache::default();
+        let ports = |cache: &mut ViewCache, objs: &[Arc<DynamicObject>]| -> Vec<u16> {
+            cache
+                .serving_services(objs)
+                .iter()
+                .map(|s| s.port)
+                .collect()
+        };
+        assert_eq!(
+            ports(&mut cache, &[service("1", 8000), without_metrics.clone()]),
+            [8000]
+        );
+        // Unchanged version: not parsed again.
+        assert_eq!(
+            ports(&mut cache, &[service("1", 9000), without_metrics.clone()]),
+            [8000]
+        );
+        assert_eq!(
+            ports(&mut cache, &[service("2", 9000), without_metrics]),
+            [9000]
+        );
+    }
 }

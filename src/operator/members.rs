@@ -79,6 +79,48 @@ pub struct Members {
     home: Client,
     notify: Arc<Notify>,
     regions: Mutex<BTreeMap<String, Member>>,
+    /// A first [`Members::sync`] has run: which regions are members is known.
+    synced: AtomicBool,
+}
+
+/// One listed member cluster's nodes and pods.
+pub struct MemberObjects {
+    pub region: String,
+    pub nodes: Vec<Arc<Node>>,
+    pub pods: Vec<Arc<Pod>>,
+}
+
+/// A member cluster's node as the planner sees it: named
+/// [`snapshot::member_node_key`] (`<region>/<node>`: node names need not be
+/// unique across clusters) and labelled [`keys::MEMBER_CLUSTER`] = region.
+pub fn member_node_view(region: &str, node: &Node) -> NodeView {
+    let mut v = snapshot::node_view(node);
+    v.name = snapshot::member_node_key(region, &v.name);
+    v.labels
+        .push((keys::MEMBER_CLUSTER.to_string(), region.to_string()));
+    v
+}
+
+/// A member cluster's pod as the planner sees it: its node named as in
+/// [`member_node_view`].
+pub fn member_pod_view(region: &str, pod: &Pod) -> PodView {
+    let mut v = snapshot::pod_view(pod);
+    if let Some(node) = v.node.as_mut() {
+        *node = snapshot::member_node_key(region, node);
+    }
+    v
+}
+
+/// The cluster that holds a workload's pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodsIn {
+    /// The home cluster (the controller's own).
+    Home,
+    /// The member cluster of this region.
+    Member(String),
+    /// Not known (a placement that recorded no region): the home cluster
+    /// and every connected member.
+    Everywhere,
 }
 
 /// Builds a client from kubeconfig text. Errors never quote the text.
@@ -114,6 +156,7 @@ impl Members {
             home,
             notify,
             regions: Mutex::new(BTreeMap::new()),
+            synced: AtomicBool::new(false),
         }
     }
 
@@ -209,6 +252,7 @@ impl Members {
                 },
             );
         }
+        self.synced.store(true, Ordering::SeqCst);
     }
 
     fn touch(&self, name: &str) {
@@ -290,25 +334,22 @@ impl Members {
         }
     }
 
-    /// Node and pod views of every listed member cluster; member nodes carry
-    /// the [`keys::MEMBER_CLUSTER`] label naming their region.
-    pub fn views(&self) -> (Vec<NodeView>, Vec<PodView>) {
+    /// The nodes and pods of every listed member cluster (cheap: the
+    /// caches' `Arc`s; converted to views outside the lock, through the
+    /// controller's view cache, by [`member_node_view`] / [`member_pod_view`]).
+    pub fn objects(&self) -> Vec<MemberObjects> {
         let members = self.regions.lock().unwrap();
-        let (mut nodes, mut pods) = (Vec::new(), Vec::new());
-        for (region, m) in members.iter() {
-            let Ok(c) = &m.state else { continue };
-            if !c.ready.load(Ordering::SeqCst) {
-                continue;
-            }
-            for n in c.nodes.state() {
-                let mut v = snapshot::node_view(&n);
-                v.labels
-                    .push((keys::MEMBER_CLUSTER.to_string(), region.clone()));
-                nodes.push(v);
-            }
-            pods.extend(c.pods.state().iter().map(|p| snapshot::pod_view(p)));
-        }
-        (nodes, pods)
+        members
+            .iter()
+            .filter_map(|(region, m)| {
+                let c = m.state.as_ref().ok()?;
+                c.ready.load(Ordering::SeqCst).then(|| MemberObjects {
+                    region: region.clone(),
+                    nodes: c.nodes.state(),
+                    pods: c.pods.state(),
+                })
+            })
+            .collect()
     }
 
     /// The pods API of a member region's cluster (`None`: the region is not
@@ -326,18 +367,69 @@ impl Members {
         self.regions.lock().unwrap().contains_key(region)
     }
 
-    /// Pods APIs of every connected member cluster.
-    pub fn all_pod_apis(&self, namespace: &str) -> Vec<Api<Pod>> {
-        let members = self.regions.lock().unwrap();
-        members
-            .values()
-            .filter_map(|m| m.state.as_ref().ok())
-            .map(|c| Api::namespaced(c.client.clone(), namespace))
-            .collect()
+    /// The cluster holding the pods of a placement in `region`: a member
+    /// region's own; the home cluster for any other region; both kinds for a
+    /// placement without a region. Err before the first [`Members::sync`]
+    /// (which regions are members is not known yet).
+    pub fn cluster_of(&self, region: Option<&str>) -> Result<PodsIn, String> {
+        let Some(region) = region else {
+            return Ok(PodsIn::Everywhere);
+        };
+        if !self.synced.load(Ordering::SeqCst) {
+            return Err("the member clusters are not known yet".into());
+        }
+        Ok(if self.is_member(region) {
+            PodsIn::Member(region.to_string())
+        } else {
+            PodsIn::Home
+        })
     }
 
-    /// A pod of a member cluster, from the reflectors' caches.
-    pub fn cached_pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+    /// The pods APIs of `at`. Err: a member cluster that is not connected
+    /// (its pods cannot be reached now; retry later).
+    pub fn pod_apis(&self, at: &PodsIn, namespace: &str) -> Result<Vec<Api<Pod>>, String> {
+        let home = || Api::namespaced(self.home.clone(), namespace);
+        match at {
+            PodsIn::Home => Ok(vec![home()]),
+            PodsIn::Member(region) => self
+                .pod_api(region, namespace)
+                .map(|api| vec![api])
+                .ok_or_else(|| format!("the member cluster of region {region} is not connected")),
+            PodsIn::Everywhere => {
+                let members = self.regions.lock().unwrap();
+                Ok(std::iter::once(home())
+                    .chain(
+                        members
+                            .values()
+                            .filter_map(|m| m.state.as_ref().ok())
+                            .map(|c| Api::namespaced(c.client.clone(), namespace)),
+                    )
+                    .collect())
+            }
+        }
+    }
+
+    /// A pod of a member region's cluster, from its reflector's cache. Err:
+    /// that cluster is not connected and listed (its cache says nothing).
+    pub fn cached_pod(
+        &self,
+        region: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Pod>>, String> {
+        let members = self.regions.lock().unwrap();
+        match members.get(region).map(|m| &m.state) {
+            Some(Ok(c)) if c.ready.load(Ordering::SeqCst) => {
+                Ok(c.pods.get(&ObjectRef::new(name).within(namespace)))
+            }
+            _ => Err(format!(
+                "the member cluster of region {region} is not listed"
+            )),
+        }
+    }
+
+    /// A pod of any connected member cluster, from the caches.
+    pub fn cached_pod_anywhere(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         let members = self.regions.lock().unwrap();
         members
             .values()
@@ -345,13 +437,19 @@ impl Members {
             .find_map(|c| c.pods.get(&ObjectRef::new(name).within(namespace)))
     }
 
-    /// Pods of member clusters matching `pred`, from the caches.
-    pub fn cached_pods(&self, pred: impl Fn(&Pod) -> bool) -> Vec<Arc<Pod>> {
+    /// Pods of member clusters matching `pred`, from the caches, each with
+    /// its member region.
+    pub fn cached_pods(&self, pred: impl Fn(&Pod) -> bool) -> Vec<(String, Arc<Pod>)> {
         let members = self.regions.lock().unwrap();
         members
-            .values()
-            .filter_map(|m| m.state.as_ref().ok())
-            .flat_map(|c| c.pods.state_filter(|p| pred(p)))
+            .iter()
+            .filter_map(|(region, m)| Some((region, m.state.as_ref().ok()?)))
+            .flat_map(|(region, c)| {
+                c.pods
+                    .state_filter(|p| pred(p))
+                    .into_iter()
+                    .map(|p| (region.clone(), p))
+            })
             .collect()
     }
 }
@@ -375,6 +473,25 @@ mod tests {
                   contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n\
                   users:\n- name: u\n  user: {}\n";
         assert!(client_from(ok).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn pods_are_placed_nowhere_until_the_members_are_known() {
+        let config = Config::new("http://127.0.0.1:1".parse().unwrap());
+        let members = Members::new(Client::try_from(config).unwrap(), Arc::new(Notify::new()));
+        // Before the first sync a region may be a member: no guess.
+        assert!(members.cluster_of(Some("far")).is_err());
+        assert_eq!(members.cluster_of(None), Ok(PodsIn::Everywhere));
+        members.sync(&[]).await;
+        assert_eq!(members.cluster_of(Some("far")), Ok(PodsIn::Home));
+        // A member cluster that is not connected can be neither read nor written.
+        let far = PodsIn::Member("far".into());
+        assert!(members.pod_apis(&far, "ml").is_err());
+        assert!(members.cached_pod("far", "ml", "p-0").is_err());
+        assert_eq!(
+            members.pod_apis(&PodsIn::Everywhere, "ml").unwrap().len(),
+            1
+        );
     }
 
     #[test]

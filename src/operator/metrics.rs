@@ -103,8 +103,10 @@ impl OperatorMetrics {
         }
         self.node_gpus_allocated.reset();
         for (region, node, milli) in &plan.nodes {
+            // The region label tells clusters apart; the node label is the
+            // Node's own name (a member's without its `<region>/`).
             self.node_gpus_allocated
-                .with_label_values(&[region.as_str(), node.as_str()])
+                .with_label_values(&[region.as_str(), super::snapshot::name_in_cluster(node)])
                 .set(*milli as f64 / 1000.0);
         }
         self.region_gpus.reset();

@@ -21,7 +21,8 @@ use crate::placement::{
     Cluster, Decision, DeviceMask, Engine, ModelSet, NodeSpec, Policy, Request,
 };
 
-use crate::regions::plan::{Explanation, RegionChooser, RegionPolicy, Verdict};
+use crate::regions::catalog::ScoreWeights;
+use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, RegionPolicy, Verdict};
 
 use super::crd::{
     ComputeRegionStatus, Condition, Placement, ReplicaPlacement, TenantQuotaStatus, WorkloadStatus,
@@ -39,6 +40,8 @@ pub struct PlanConfig {
     pub policy: Policy,
     /// How ComputeRegions are ranked (when the cluster has any).
     pub region_policy: RegionPolicy,
+    /// Score weights and packing band of region choice (`--pack-band`).
+    pub region_scoring: ScoreWeights,
     pub seed: u64,
     /// Most workloads one preemption may evict.
     pub max_victims: usize,
@@ -51,6 +54,7 @@ impl Default for PlanConfig {
         PlanConfig {
             policy: Policy::default(),
             region_policy: RegionPolicy::default(),
+            region_scoring: ScoreWeights::default(),
             seed: 1,
             max_victims: 8,
             gang_grace_s: 60,
@@ -79,6 +83,9 @@ pub enum Action {
     Stop {
         key: WorkloadKey,
         pods: Vec<String>,
+        /// The region of the placement being stopped: its pods are in that
+        /// region's cluster (`None`: a placement that recorded no region).
+        region: Option<String>,
         status: WorkloadStatus,
     },
     /// Write a TenantQuota's status.
@@ -666,7 +673,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
     let (mut cap, _warnings) = Capacity::new(snapshot, config);
     // With ComputeRegions, a node's region is the one whose members hold it
     // (`region_catalog` gives each node to one region at most).
-    let regions_crs = region_catalog(&snapshot.regions, &snapshot.nodes);
+    let regions_crs = region_catalog(&snapshot.regions, &snapshot.nodes, config.region_scoring);
     if let Some(rc) = &regions_crs {
         for n in cap.nodes.iter_mut() {
             n.region.clear();
@@ -798,6 +805,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                     out.actions.push(Action::Stop {
                         key: w.key.clone(),
                         pods: live_pods,
+                        region: placement.region.clone(),
                         status: pending_status(w, "Pending", "NodeLost", message.into(), now),
                     });
                 } else if phase == "Admitted" {
@@ -928,6 +936,17 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
         }
         .with_models(set);
         let members = vec![one; w.replicas as usize];
+        let nodes_in = |region: &str| -> Vec<u32> {
+            let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
+            match &w.vendor {
+                None => all.to_vec(),
+                Some(v) => all
+                    .iter()
+                    .copied()
+                    .filter(|&i| &cap_vendors[i as usize] == v)
+                    .collect(),
+            }
+        };
         // Candidate regions in the order to try: the region planner's ranking
         // (ComputeRegions) or the sorted region labels; preferred ones first.
         let ranked: Vec<&String> = match &regions_crs {
@@ -984,6 +1003,11 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                     &mut region_expl,
                     &mut order,
                 );
+                // Regions equally good on score are tried best fit first.
+                order_band_by_fit(&mut region_expl, &mut order, |r| {
+                    let nodes = nodes_in(&rc.catalog.regions[r as usize].name);
+                    cap.engine.best(&members[0], Some(&nodes)).map(|(s, _)| s)
+                });
                 order
                     .iter()
                     .map(|&r| &rc.catalog.regions[r as usize].name)
@@ -1014,17 +1038,6 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
             pend("Unschedulable", message, &mut out);
             continue;
         }
-        let nodes_in = |region: &str| -> Vec<u32> {
-            let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
-            match &w.vendor {
-                None => all.to_vec(),
-                Some(v) => all
-                    .iter()
-                    .copied()
-                    .filter(|&i| &cap_vendors[i as usize] == v)
-                    .collect(),
-            }
-        };
         let try_place = |cap: &mut Capacity| -> Result<(String, Vec<Decision>), Vec<String>> {
             let mut why = Vec::new();
             for region in &allowed {
@@ -1158,6 +1171,7 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
                             out.actions.push(Action::Stop {
                                 key: v.key.clone(),
                                 pods,
+                                region: v.status.placement.as_ref().and_then(|p| p.region.clone()),
                                 status: s,
                             });
                             out.preemptions += 1;
@@ -1308,6 +1322,7 @@ pub fn pod_lifecycle(
         Action::Stop {
             key: w.key.clone(),
             pods: live.iter().cloned().collect(),
+            region: placement.region.clone(),
             status: s,
         }
     };
@@ -1628,9 +1643,16 @@ pub(crate) mod tests {
             .actions
             .iter()
             .filter_map(|a| match a {
-                Action::Stop { key, status, pods } => {
+                Action::Stop {
+                    key,
+                    status,
+                    pods,
+                    region,
+                } => {
                     assert_eq!(status.phase.as_deref(), Some("Preempted"));
                     assert_eq!(pods, &vec!["low-0".to_string()]);
+                    // Its pods are deleted in the cluster of its region only.
+                    assert_eq!(region.as_deref(), Some("r"));
                     Some(key.name.as_str())
                 }
                 _ => None,

@@ -28,6 +28,7 @@ use kube::ResourceExt;
 
 use super::controller::Controller;
 use super::crd::{InferenceService, TrainingJob, FINALIZER};
+use super::members::PodsIn;
 use super::plan;
 use super::snapshot::{self, keys, Kind, PodView, WorkloadKey};
 
@@ -116,18 +117,46 @@ fn is_owned_by(pod: &Pod, key: &WorkloadKey) -> bool {
 }
 
 impl Reconciler {
-    /// The pods this workload owns, from the pod cache (a scan: deletions only).
-    fn owned_pods(&self, key: &WorkloadKey) -> Vec<PodView> {
+    /// The pods this workload owns, each with its cluster, from the pod
+    /// caches (a scan: deletions only).
+    fn owned_pods(&self, key: &WorkloadKey) -> Vec<(PodsIn, PodView)> {
         let owned = |p: &Pod| {
             p.namespace().as_deref() == Some(key.namespace.as_str()) && is_owned_by(p, key)
         };
-        self.pods
+        let home = self
+            .pods
             .state()
-            .iter()
+            .into_iter()
             .filter(|p| owned(p))
-            .chain(self.controller.members().cached_pods(owned).iter())
-            .map(|p| snapshot::pod_view(p))
+            .map(|p| (PodsIn::Home, p));
+        let members = self
+            .controller
+            .members()
+            .cached_pods(owned)
+            .into_iter()
+            .map(|(region, p)| (PodsIn::Member(region), p));
+        home.chain(members)
+            .map(|(at, p)| (at, snapshot::pod_view(&p)))
             .collect()
+    }
+
+    /// A pod of the placement, from the cache of its cluster `at`. Err: that
+    /// cluster's cache cannot tell (a member not listed yet).
+    fn placed_pod(
+        &self,
+        at: &PodsIn,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Pod>>, String> {
+        let home = || self.pods.get(&ObjectRef::new(name).within(namespace));
+        let members = self.controller.members();
+        match at {
+            PodsIn::Home => Ok(home()),
+            PodsIn::Member(region) => members.cached_pod(region, namespace, name),
+            PodsIn::Everywhere => {
+                Ok(home().or_else(|| members.cached_pod_anywhere(namespace, name)))
+            }
+        }
     }
 
     /// Phase from the owned pods; looks again when a time limit is due.
@@ -144,23 +173,40 @@ impl Reconciler {
         // Validation against known models is the scheduling loop's; only the
         // status, runtime limit and generation matter here.
         let view = snapshot::workload_view(key.kind, obj, &BTreeSet::new());
-        // The pods the placement names, looked up by name (O(1) each).
-        let pods: Vec<PodView> = view
+        // The pod cache is the scheduling loop's, fed by another watch than
+        // the one that triggered this reconcile: it may not show the change
+        // yet. Look again after a resync period (at least 1 s).
+        let lag = self.controller.resync().max(Duration::from_secs(1));
+        // The pods the placement names, looked up by name (O(1) each) in the
+        // cluster of its region only: a pod of the same name elsewhere is
+        // not this gang's.
+        let region = view
             .status
             .placement
-            .iter()
-            .flat_map(|p| p.replicas.iter())
-            .filter_map(|r| {
-                self.pods
-                    .get(&ObjectRef::new(&r.pod).within(&key.namespace))
-                    .or_else(|| {
-                        // Placed in a member cluster: its own pod cache.
-                        self.controller.members().cached_pod(&key.namespace, &r.pod)
-                    })
-            })
-            .filter(|p| is_owned_by(p, key))
-            .map(|p| snapshot::pod_view(&p))
-            .collect();
+            .as_ref()
+            .and_then(|p| p.region.as_deref());
+        let looked_up: Result<Vec<PodView>, String> =
+            self.controller.members().cluster_of(region).and_then(|at| {
+                let mut pods = Vec::new();
+                for r in view.status.placement.iter().flat_map(|p| p.replicas.iter()) {
+                    if let Some(p) = self.placed_pod(&at, &key.namespace, &r.pod)? {
+                        pods.push(p);
+                    }
+                }
+                Ok(pods
+                    .iter()
+                    .filter(|p| is_owned_by(p, key))
+                    .map(|p| snapshot::pod_view(p))
+                    .collect())
+            });
+        let pods = match looked_up {
+            Ok(pods) => pods,
+            Err(why) => {
+                // Missing pods are not judged while their cluster is unknown.
+                tracing::debug!(workload = %key, %why, "pods not readable yet");
+                return Ok(Requeue::requeue(lag));
+            }
+        };
         let refs: Vec<&PodView> = pods.iter().collect();
         let now = chrono::Utc::now().timestamp();
         let (action, recheck) =
@@ -172,36 +218,47 @@ impl Reconciler {
             self.controller.act(action, obj).await?;
             return Ok(Requeue::await_change());
         }
-        // The pod cache is the scheduling loop's, fed by another watch than
-        // the one that triggered this reconcile: it may not show the change
-        // yet. Look again after a resync period (at least 1 s), or sooner
-        // when a time limit is due.
-        let lag = self.controller.resync().max(Duration::from_secs(1));
+        // Look again after the lag, or sooner when a time limit is due.
         Ok(Requeue::requeue(match recheck {
             Some(at) => lag.min(Duration::from_secs((at - now).max(1) as u64)),
             None => lag,
         }))
     }
 
-    /// A deleted workload: its pods go (those seen and those its placement
-    /// names, which the cache may not show yet); then the finalizer is removed.
+    /// A deleted workload: its pods go, each in its own cluster (those seen,
+    /// and those its placement names, which the cache may not show yet, in
+    /// the placement region's cluster); then the finalizer is removed.
     async fn cleanup(
         &self,
         key: &WorkloadKey,
         obj: &DynamicObject,
     ) -> Result<Requeue, kube::Error> {
-        let mut names: BTreeSet<String> = self
-            .owned_pods(key)
-            .into_iter()
-            .filter(|p| !p.deleting)
-            .map(|p| p.name)
-            .collect();
+        let mut by_cluster: Vec<(PodsIn, BTreeSet<String>)> = Vec::new();
+        let mut add = |at: PodsIn, name: String| match by_cluster.iter_mut().find(|(c, _)| *c == at)
+        {
+            Some((_, names)) => {
+                names.insert(name);
+            }
+            None => by_cluster.push((at, BTreeSet::from([name]))),
+        };
+        for (at, p) in self.owned_pods(key) {
+            if !p.deleting {
+                add(at, p.name);
+            }
+        }
         let view = snapshot::workload_view(key.kind, obj, &BTreeSet::new());
         if let Some(p) = &view.status.placement {
-            names.extend(p.replicas.iter().map(|r| r.pod.clone()));
+            let at = self.controller.cluster_of(p.region.as_deref())?;
+            for r in &p.replicas {
+                add(at.clone(), r.pod.clone());
+            }
         }
-        let names: Vec<String> = names.into_iter().collect();
-        self.controller.delete_pods(&key.namespace, &names).await?;
+        for (at, names) in by_cluster {
+            let names: Vec<String> = names.into_iter().collect();
+            self.controller
+                .delete_pods(&key.namespace, &at, &names)
+                .await?;
+        }
         Ok(Requeue::await_change())
     }
 }

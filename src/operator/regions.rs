@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use crate::regions::catalog::{
-    AcceleratorSpec, CatalogFile, InventoryEntry, Link, Region, UserRegion,
+    AcceleratorSpec, CatalogFile, InventoryEntry, Link, Region, ScoreWeights, UserRegion,
 };
 use crate::regions::plan::{InventoryIndex, JobKind, JobSpec};
 use crate::regions::{Catalog, Side};
@@ -87,7 +87,11 @@ pub fn inventory_of(nodes: &[&NodeView]) -> Vec<InventoryEntry> {
 /// and listed in `excluded` with a reason. A member region's nodes are those
 /// labelled [`keys::MEMBER_CLUSTER`] = its name (its own cluster's); a home
 /// region never picks such a node.
-pub fn region_catalog(regions: &[RegionView], nodes: &[NodeView]) -> Option<RegionCatalog> {
+pub fn region_catalog(
+    regions: &[RegionView],
+    nodes: &[NodeView],
+    scoring: ScoreWeights,
+) -> Option<RegionCatalog> {
     if regions.is_empty() {
         return None;
     }
@@ -216,7 +220,7 @@ pub fn region_catalog(regions: &[RegionView], nodes: &[NodeView]) -> Option<Regi
             })
             .collect(),
         links,
-        scoring: None,
+        scoring: Some(scoring),
     };
     match Catalog::from_file(file, "ComputeRegions") {
         Ok(catalog) => Some(RegionCatalog {
@@ -380,7 +384,7 @@ mod tests {
             key: None,
         });
         let home = region("home", "b", 0.1, &[]);
-        let rc = region_catalog(&[home, far], &nodes).unwrap();
+        let rc = region_catalog(&[home, far], &nodes, ScoreWeights::default()).unwrap();
         assert!(rc.excluded.is_empty(), "{:?}", rc.excluded);
         // Same selector, but home sees only h1 and far only f1.
         assert_eq!(rc.members, vec![vec![0], vec![1]]);
@@ -392,7 +396,7 @@ mod tests {
         let mut everything = region("all", "a", 0.3, &[]);
         everything.spec.node_selector.clear(); // selects every node
         let west = region("west", "b", 0.8, &[]);
-        let rc = region_catalog(&[everything, west], &nodes).unwrap();
+        let rc = region_catalog(&[everything, west], &nodes, ScoreWeights::default()).unwrap();
         assert_eq!(rc.members, vec![vec![0, 1], vec![]]);
         assert_eq!(rc.catalog.region_gpus(0), 12);
         assert_eq!(rc.catalog.region_gpus(1), 0);
@@ -400,7 +404,9 @@ mod tests {
 
     #[test]
     fn no_compute_regions_means_no_catalog() {
-        assert!(region_catalog(&[], &[node("a", "x", "H100", 8)]).is_none());
+        assert!(
+            region_catalog(&[], &[node("a", "x", "H100", 8)], ScoreWeights::default()).is_none()
+        );
     }
 
     #[test]
@@ -416,7 +422,7 @@ mod tests {
             region("east", "a", 0.3, &[("beijing", 5.0)]),
             region("west", "b", 0.8, &[("beijing", 40.0)]),
         ];
-        let rc = region_catalog(&regions, &nodes).unwrap();
+        let rc = region_catalog(&regions, &nodes, ScoreWeights::default()).unwrap();
         let c = &rc.catalog;
         assert_eq!(c.regions.len(), 2);
         assert_eq!(rc.members, vec![vec![0, 1, 2], vec![3]]);
@@ -466,7 +472,12 @@ mod tests {
             pue: 0.5,
             ..bad.spec.clone()
         });
-        let rc = region_catalog(&[region("ok", "a", 0.5, &[]), member, bad], &nodes).unwrap();
+        let rc = region_catalog(
+            &[region("ok", "a", 0.5, &[]), member, bad],
+            &nodes,
+            ScoreWeights::default(),
+        )
+        .unwrap();
         assert_eq!(rc.catalog.regions.len(), 1);
         assert_eq!(rc.catalog.regions[0].name, "ok");
         assert_eq!(rc.excluded["member"].0, "KubeconfigSecretUnusable");
@@ -501,7 +512,7 @@ mod tests {
             region("near", "a", 0.1, &[("shanghai", 4.0)]),
             region("green", "b", 0.9, &[("shanghai", 30.0)]),
         ];
-        let rc = region_catalog(&regions, &nodes).unwrap();
+        let rc = region_catalog(&regions, &nodes, ScoreWeights::default()).unwrap();
         let mut w = crate::operator::plan::tests::workload("svc", "t", 1, 1, 0, 0);
         w.key.kind = Kind::Inference;
         let rank = |w: &WorkloadView| {

@@ -36,6 +36,21 @@ pub mod keys {
     pub const SCHEDULER_NAME: &str = "zhisuan";
 }
 
+/// The planner's name of a member cluster's node: `<region>/<node>`. Node
+/// names are unique within one cluster only (`kind-control-plane` is in
+/// many); a Node name never contains `/`, so this cannot collide with a home
+/// node's name. Placements record it; the pods are bound in the member
+/// cluster with [`name_in_cluster`].
+pub fn member_node_key(region: &str, node: &str) -> String {
+    format!("{region}/{node}")
+}
+
+/// A node's name in its own cluster: the planner's name without the
+/// `<region>/` of a member cluster's node.
+pub fn name_in_cluster(node: &str) -> &str {
+    node.rsplit_once('/').map_or(node, |(_, name)| name)
+}
+
 /// The two workload kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -94,6 +109,7 @@ impl std::fmt::Display for WorkloadKey {
 /// A node as the planner sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeView {
+    /// Its name; a member cluster's node is [`member_node_key`]`(region, name)`.
     pub name: String,
     /// `zhisuan.io/region` label ("" when absent).
     pub region: String,
@@ -115,6 +131,7 @@ pub struct PodView {
     pub name: String,
     /// The workload that owns it (from its labels).
     pub owner: Option<WorkloadKey>,
+    /// The node it is bound to, named as in [`NodeView::name`].
     pub node: Option<String>,
     pub devices: Vec<u8>,
     /// Share of its one device, when shared.

@@ -370,6 +370,25 @@ impl Engine {
         if self.policy == Policy::Random {
             return self.choose_random(req, nodes);
         }
+        self.choose_scored(req, nodes).map(|(_, d)| d)
+    }
+
+    /// The node and devices `req` would get, with their score under this
+    /// engine's policy (higher is better; for FGD and zhisuan, the less
+    /// fragmentation it adds, the higher). `None` if it fits nowhere or the
+    /// policy has no scores (`random`). Allocates nothing and does not count
+    /// the request for the shapes. Scores of two engines with the same policy
+    /// and typical shapes are comparable: the second level of region
+    /// placement compares regions with it (`regions::plan::order_band_by_fit`).
+    pub fn best(&mut self, req: &Request, nodes: Option<&[u32]>) -> Option<(Score, Decision)> {
+        if self.policy == Policy::Random {
+            return None;
+        }
+        self.choose_scored(req, nodes)
+    }
+
+    /// The best node's score and decision (scored policies only).
+    fn choose_scored(&mut self, req: &Request, nodes: Option<&[u32]>) -> Option<(Score, Decision)> {
         let cacheable = req.selector.is_empty();
         let key = ClassKey {
             cpu_milli: req.cpu_milli,
@@ -425,8 +444,8 @@ impl Engine {
         if cacheable {
             self.caches.insert(key, cache);
         }
-        let (_, _, node, devices) = best?;
-        Some(self.decision(node, req, DeviceMask(devices)))
+        let (score, _, node, devices) = best?;
+        Some((score, self.decision(node, req, DeviceMask(devices))))
     }
 
     fn decision(&self, node: u32, req: &Request, devices: DeviceMask) -> Decision {

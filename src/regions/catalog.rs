@@ -119,6 +119,18 @@ pub struct ScoreWeights {
     pub carbon: f64,
     pub cost: f64,
     pub latency: f64,
+    /// Regions whose score is within this fraction of the best one count as
+    /// equally good; among them the job goes where it packs best (the
+    /// placement engine's fragmentation score), so regions of one kind (the
+    /// cheap green western hubs) fill evenly instead of one fragmenting
+    /// first. 0 turns it off (strict score order). See docs/regions.md.
+    #[serde(default = "default_pack_band")]
+    pub pack_band: f64,
+}
+
+/// 0.3: measured on the shipped catalog and workload (docs/regions.md).
+fn default_pack_band() -> f64 {
+    0.3
 }
 
 impl Default for ScoreWeights {
@@ -127,6 +139,7 @@ impl Default for ScoreWeights {
             carbon: 1.0,
             cost: 1.0,
             latency: 0.1,
+            pack_band: default_pack_band(),
         }
     }
 }
@@ -392,12 +405,13 @@ impl Catalog {
             ("carbon", weights.carbon),
             ("cost", weights.cost),
             ("latency", weights.latency),
+            ("pack_band", weights.pack_band),
         ] {
             if !(w.is_finite() && w >= 0.0) {
                 return Err(input_err(
                     file,
                     &format!("scoring.{name}"),
-                    format!("weight {w} must be ≥ 0"),
+                    format!("{name} {w} must be a finite number ≥ 0"),
                 ));
             }
         }
@@ -602,6 +616,10 @@ links:
         expect_err(
             &MINI.replace("pue: 1.3", "pue: 1.3\n    colour: red"),
             &["bad.yaml", "colour"],
+        );
+        expect_err(
+            &format!("scoring: {{carbon: 1, cost: 1, latency: 0.1, pack_band: -0.2}}\n{MINI}"),
+            &["bad.yaml", "scoring.pack_band", "-0.2", "≥ 0"],
         );
     }
 

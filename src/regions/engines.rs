@@ -6,7 +6,7 @@
 //! region when it is full, unless the job waits for its best region.
 
 use super::catalog::Catalog;
-use super::plan::{Explanation, ResolvedJob, Verdict};
+use super::plan::{order_band_by_fit, Explanation, ResolvedJob, Verdict};
 use crate::error::InputError;
 use crate::placement::{Cluster, Decision, Engine, ModelSet, NodeSpec, Policy, Request};
 use std::collections::VecDeque;
@@ -52,6 +52,9 @@ pub struct RegionEngines {
     engines: Vec<Engine>,
     /// Scratch for the gang's member requests (reused across decisions).
     members: Vec<Request>,
+    /// Per region, a single replica's decision found while ordering the
+    /// packing band (reused across decisions).
+    band_picks: Vec<Option<Decision>>,
     /// The last [`SHAPE_WINDOW`] arrivals.
     arrivals: VecDeque<Arrival>,
     arrived: u64,
@@ -80,6 +83,7 @@ impl RegionEngines {
         Ok(RegionEngines {
             engines,
             members: Vec::new(),
+            band_picks: Vec::new(),
             arrivals: VecDeque::with_capacity(SHAPE_WINDOW),
             arrived: 0,
             next_relearn: 1,
@@ -148,18 +152,45 @@ impl RegionEngines {
         c.total_gpus() as u64 * 1000 - c.gpu_milli_allocated()
     }
 
-    /// Tries the ranked regions in `order`; records each try in `expl`
-    /// (`Full` / `NotTried` / `Chosen`). Allocates on success.
+    /// Tries the ranked regions in `order` (the packing band first reordered
+    /// by fit, [`order_band_by_fit`]); records each try in `expl`
+    /// (`Full` / `NotTried` / `Chosen`, with the region's rank by score).
+    /// Allocates on success.
     pub fn place(
         &mut self,
         catalog: &Catalog,
         job: &ResolvedJob,
         shape: ReplicaShape,
-        order: &[u16],
+        order: &mut [u16],
         expl: &mut Explanation,
     ) -> Option<RegionPlacement> {
-        for (rank, &r) in order.iter().enumerate() {
+        // A single replica's decision found while ordering the band is
+        // allocated as is (nothing changes in between).
+        let single = job.replicas == 1;
+        self.band_picks.clear();
+        self.band_picks.resize(self.engines.len(), None);
+        order_band_by_fit(expl, order, |r| {
             let ri = r as usize;
+            if self.free_milli(ri) < job.total_milli() {
+                return None;
+            }
+            let engine = &mut self.engines[ri];
+            let models = region_models(catalog, engine, &job.models);
+            if models == ModelSet::NONE {
+                return None;
+            }
+            let (score, d) = engine.best(&replica_request(job, shape).with_models(models), None)?;
+            if single {
+                self.band_picks[ri] = Some(d);
+            }
+            Some(score)
+        });
+        for (pos, &r) in order.iter().enumerate() {
+            let ri = r as usize;
+            let rank = match expl.candidates[ri].verdict {
+                Verdict::Ranked { rank } => rank as usize,
+                _ => pos,
+            };
             if rank > 0 && job.wait_for_best {
                 expl.candidates[ri].verdict = Verdict::NotTried { rank: rank as u32 };
                 continue;
@@ -167,7 +198,13 @@ impl RegionEngines {
             let free = self.free_milli(ri);
             // Cheap pre-check before asking the engine.
             if free >= job.total_milli() {
-                if let Some(decisions) = self.try_gang(catalog, ri, job, shape) {
+                let picked = self.band_picks[ri].take().map(|d| {
+                    self.engines[ri]
+                        .allocate(&d)
+                        .expect("a decision made just now fits");
+                    vec![d]
+                });
+                if let Some(decisions) = picked.or_else(|| self.try_gang(catalog, ri, job, shape)) {
                     expl.candidates[ri].verdict = Verdict::Chosen { rank: rank as u32 };
                     expl.chosen = Some(r);
                     return Some(RegionPlacement {
@@ -336,9 +373,10 @@ links: []
                     region: 0,
                     verdict: Verdict::Ranked { rank: 0 },
                     terms: None,
+                    fit: None,
                 });
                 let p = engines
-                    .place(&catalog, &job, shape, &[0], &mut expl)
+                    .place(&catalog, &job, shape, &mut [0], &mut expl)
                     .unwrap();
                 let c = engines.engine(0).cluster();
                 assert_eq!(

@@ -8,6 +8,7 @@
 use super::catalog::Catalog;
 use super::cost::{estimate, CostEstimate, Site, Usage};
 use crate::error::InputError;
+use crate::placement::Score;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -437,6 +438,9 @@ pub struct Candidate {
     pub region: u16,
     pub verdict: Verdict,
     pub terms: Option<ScoreTerms>,
+    /// How well the job packs here (the placement engine's score, higher is
+    /// better), for regions in the packing band ([`order_band_by_fit`]).
+    pub fit: Option<Score>,
 }
 
 /// Why a job is where it is, or why it waits. Compact (indices, numbers);
@@ -447,6 +451,10 @@ pub struct Explanation {
     pub at_s: i64,
     pub candidates: Vec<Candidate>,
     pub chosen: Option<u16>,
+    /// How many of the best-ranked regions lie within the catalog's
+    /// `pack_band` of the best score (1 under the baselines, or when the job
+    /// waits for its best region): they are tried in order of fit.
+    pub band: u32,
 }
 
 /// Tenant quota as seen by region choice (the ledger / API provide one).
@@ -595,6 +603,7 @@ impl RegionChooser {
         out.policy = self.policy;
         out.at_s = now_s;
         out.chosen = None;
+        out.band = 0;
         out.candidates.clear();
         order.clear();
         let strict = self.policy.enforces_constraints();
@@ -661,6 +670,7 @@ impl RegionChooser {
                 region: r as u16,
                 verdict,
                 terms: Some(terms),
+                fit: None,
             });
         }
         self.score(catalog, job, out, order);
@@ -750,7 +760,49 @@ impl RegionChooser {
         for (rank, &r) in order.iter().enumerate() {
             cands[r as usize].verdict = Verdict::Ranked { rank: rank as u32 };
         }
+        let band_limit = match self.policy {
+            RegionPolicy::Green if !job.wait_for_best && catalog.weights.pack_band > 0.0 => {
+                let best = cands[order[0] as usize].terms.map_or(0.0, |t| t.score);
+                best * (1.0 + catalog.weights.pack_band)
+            }
+            // Baselines (and pack_band 0) keep the plain score order.
+            _ => f64::NEG_INFINITY,
+        };
+        out.band = 1 + order[1..]
+            .iter()
+            .take_while(|&&r| {
+                cands[r as usize]
+                    .terms
+                    .is_some_and(|t| t.score <= band_limit)
+            })
+            .count() as u32;
     }
+}
+
+/// Second level, before the engines try the regions: the first `expl.band`
+/// regions of `order` (those within the catalog's `pack_band` of the best
+/// score, equally good on carbon, cost and latency) are reordered by how well
+/// the job packs in each (`fit`: the region engine's best score for one
+/// replica, higher is better, `None` = no room), best fit first, score order
+/// among equal fits. Each fit is recorded in the explanation. Without this,
+/// every job's first choice is the same greenest region, which fills and
+/// fragments first while its near-equals wait; at the peak that waste is
+/// what makes jobs queue (docs/regions.md).
+pub fn order_band_by_fit(
+    expl: &mut Explanation,
+    order: &mut [u16],
+    mut fit: impl FnMut(u16) -> Option<Score>,
+) {
+    let band = (expl.band as usize).min(order.len());
+    if band < 2 {
+        return;
+    }
+    for &r in &order[..band] {
+        expl.candidates[r as usize].fit = fit(r);
+    }
+    let cands = &expl.candidates;
+    // Stable: equal fits keep the score order.
+    order[..band].sort_by(|&a, &b| cands[b as usize].fit.cmp(&cands[a as usize].fit));
 }
 
 /// Whether running `job` in `region` breaks its SLO or residency (used to
@@ -840,7 +892,23 @@ impl Explanation {
                     ("removed", Some(filter.name()), None, reason)
                 }
                 Verdict::Ranked { rank } => {
-                    ("ranked", None, Some(*rank), format!("ranked {}", rank + 1))
+                    let chosen_rank =
+                        self.chosen
+                            .and_then(|r| match self.candidates[r as usize].verdict {
+                                Verdict::Chosen { rank } => Some((r, rank)),
+                                _ => None,
+                            });
+                    let reason = match (c.fit, chosen_rank) {
+                        // Better ranked, in the band, left for a better fit.
+                        (Some(_), Some((chosen, chosen_rank))) if *rank < chosen_rank => format!(
+                            "ranked {}; within the packing band, the job packs better in {}",
+                            rank + 1,
+                            catalog.regions[chosen as usize].name
+                        ),
+                        (Some(_), _) => format!("ranked {}; in the packing band", rank + 1),
+                        _ => format!("ranked {}", rank + 1),
+                    };
+                    ("ranked", None, Some(*rank), reason)
                 }
                 Verdict::Full { rank, free_milli } => (
                     "full",
@@ -933,11 +1001,28 @@ impl Explanation {
                 .latency_ms
                 .map(|l| format!(", {l:.1} ms from users"))
                 .unwrap_or_default();
-            let fallback = if rank > 0 {
-                format!(" (the {rank} better-ranked region(s) were full)")
-            } else {
-                String::new()
-            };
+            // Better-ranked regions were either tried and full, or in the
+            // packing band and left for this better fit.
+            let (mut full, mut packed) = (0, 0);
+            for b in &self.candidates {
+                match b.verdict {
+                    Verdict::Full { rank: br, .. } if br < rank => full += 1,
+                    Verdict::Ranked { rank: br } if br < rank => packed += 1,
+                    _ => {}
+                }
+            }
+            let mut fallback = String::new();
+            if full > 0 {
+                fallback += &format!(" (the {full} better-ranked region(s) were full)");
+            }
+            if packed > 0 {
+                fallback += &format!(
+                    " (ranked {}: the job packs best here among the {} regions within {:.0}% of the best score)",
+                    rank + 1,
+                    self.band,
+                    catalog.weights.pack_band * 100.0
+                );
+            }
             format!(
                 "placed in {} by policy {}: {why} among {n_ranked} eligible region(s){fallback}; expected {:.2} kWh, {:.2} CNY, {:.2} kg CO2, green share {:.0}%{lat}",
                 name(r),
@@ -1147,5 +1232,87 @@ mod tests {
         assert!(order.iter().all(|&r| r >= 6));
         let v = e.render(&c);
         assert!(v.candidates[0].reason.contains("east quota used up"));
+    }
+
+    #[test]
+    fn the_packing_band_holds_the_regions_within_pack_band_of_the_best_score() {
+        let c = Catalog::default_catalog();
+        let score = |e: &Explanation, r: u16| e.candidates[r as usize].terms.unwrap().score;
+        let (e, order) = rank(RegionPolicy::Green, &job());
+        let band = e.band as usize;
+        let limit = score(&e, order[0]) * (1.0 + c.weights.pack_band);
+        assert!(
+            band >= 2 && band < order.len(),
+            "band {band} of {}",
+            order.len()
+        );
+        assert!(order[..band].iter().all(|&r| score(&e, r) <= limit));
+        assert!(score(&e, order[band]) > limit);
+        // The baselines, and a job that waits for its best region, keep the plain order.
+        assert_eq!(rank(RegionPolicy::Nearest, &job()).0.band, 1);
+        assert_eq!(rank(RegionPolicy::RoundRobin, &job()).0.band, 1);
+        let waits = JobSpec {
+            wait_for_best: true,
+            ..job()
+        };
+        assert_eq!(rank(RegionPolicy::Green, &waits).0.band, 1);
+        // pack_band 0 turns it off.
+        let mut strict = c.clone();
+        strict.weights.pack_band = 0.0;
+        let j = job().resolve(&strict).unwrap();
+        let (mut e0, mut o0) = (Explanation::default(), Vec::new());
+        RegionChooser::new(RegionPolicy::Green).rank(
+            &strict,
+            &InventoryIndex::new(&strict),
+            "t",
+            &j,
+            0,
+            &NoQuota,
+            &mut e0,
+            &mut o0,
+        );
+        assert_eq!(e0.band, 1);
+        assert_eq!(o0, order, "the band does not change the ranking itself");
+    }
+
+    #[test]
+    fn the_band_is_tried_best_fit_first_and_the_rest_keeps_its_rank() {
+        let mut e = Explanation {
+            band: 4,
+            ..Default::default()
+        };
+        for r in 0..6u16 {
+            e.candidates.push(Candidate {
+                region: r,
+                verdict: Verdict::Ranked { rank: r as u32 },
+                terms: None,
+                fit: None,
+            });
+        }
+        let mut order = [0u16, 1, 2, 3, 4, 5];
+        // Region 1 has no room; 2 and 3 fit equally well, better than 0;
+        // 4 and 5 lie outside the band, whatever their fit.
+        let fits = [
+            Some((10, 0)),
+            None,
+            Some((30, 0)),
+            Some((30, 0)),
+            Some((99, 0)),
+            Some((99, 0)),
+        ];
+        let mut asked = Vec::new();
+        order_band_by_fit(&mut e, &mut order, |r| {
+            asked.push(r);
+            fits[r as usize]
+        });
+        assert_eq!(order, [2, 3, 0, 1, 4, 5]);
+        assert_eq!(asked, vec![0, 1, 2, 3], "only the band is evaluated");
+        assert_eq!(e.candidates[3].fit, Some((30, 0)));
+        assert_eq!(e.candidates[4].fit, None);
+        // A band of one evaluates nothing.
+        e.band = 1;
+        let mut order = [0u16, 1];
+        order_band_by_fit(&mut e, &mut order, |_| panic!("not asked"));
+        assert_eq!(order, [0, 1]);
     }
 }

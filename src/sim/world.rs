@@ -506,7 +506,7 @@ impl World {
             &self.catalog,
             &job.resolved,
             shape,
-            &self.order,
+            &mut self.order,
             &mut job.explanation,
         ) else {
             return false;
@@ -889,6 +889,65 @@ links:
                 "region {r}: shapes of the 64 arrivals, retries not counted"
             );
         }
+    }
+
+    /// Two copies of CATALOG's `west`, `a` and `b`, equal on every figure
+    /// (`a` ranks first on ties), 5 ms from the users.
+    fn twins(pack_band: &str) -> Catalog {
+        let west = &CATALOG
+            [CATALOG.find("  - name: west").unwrap()..CATALOG.find("user_regions:").unwrap()];
+        let head = &CATALOG[..CATALOG.find("  - name: east").unwrap()];
+        let yaml = format!(
+            "scoring: {{carbon: 1, cost: 1, latency: 0.1, pack_band: {pack_band}}}\n{head}{}{}\
+             user_regions:\n  - {{name: city}}\nlinks:\n\
+             \x20 - {{a: city, b: a, rtt_ms: 5, bandwidth_gbps: 100}}\n\
+             \x20 - {{a: city, b: b, rtt_ms: 5, bandwidth_gbps: 100}}\n",
+            west.replace("name: west", "name: a"),
+            west.replace("name: west", "name: b"),
+        );
+        Catalog::from_yaml(&yaml, "twins.yaml").unwrap()
+    }
+
+    #[test]
+    fn equally_green_regions_take_the_job_where_it_packs_best() {
+        let run = |pack_band: &str| {
+            let catalog = twins(pack_band);
+            let config = WorldConfig {
+                start_s: 1000,
+                ..Default::default()
+            };
+            let mut w = World::new(catalog, config).unwrap();
+            // Typical shapes: whole GPUs and half GPUs. Region b holds a half-used GPU.
+            w.submit(spec("whole", 1, 1, 600)).unwrap();
+            let mut pinned = spec("pinned", 1, 0, 600);
+            pinned.gpu_milli = 500;
+            pinned.residency = vec!["b".into()];
+            let pinned = w.submit(pinned).unwrap();
+            assert_eq!(region_of(&w, pinned), "b");
+            let mut half = spec("half", 1, 0, 600);
+            half.gpu_milli = 500;
+            let half = w.submit(half).unwrap();
+            (w.job_view(half).unwrap(), w.job_view(pinned).unwrap())
+        };
+        // In band: b, where the half GPU fills the other half instead of
+        // leaving a half GPU no whole-GPU job can use in a.
+        let (half, pinned) = run("0.3");
+        assert_eq!(half.region.as_deref(), Some("b"));
+        assert_eq!(half.replicas[0].node, pinned.replicas[0].node);
+        assert_eq!(half.replicas[0].devices, pinned.replicas[0].devices);
+        assert!(
+            half.explanation
+                .summary
+                .contains("packs best here among the 2 regions within 30%"),
+            "{}",
+            half.explanation.summary
+        );
+        let a = &half.explanation.candidates[0];
+        assert_eq!((a.region.as_str(), a.verdict), ("a", "ranked"));
+        assert!(a.reason.contains("packs better in b"), "{}", a.reason);
+        // pack_band 0: strict score order, the first region.
+        let (half, _) = run("0");
+        assert_eq!(half.region.as_deref(), Some("a"));
     }
 
     mod props {
