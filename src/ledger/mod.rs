@@ -25,6 +25,11 @@ pub mod tokens;
 pub mod types;
 pub mod vouchers;
 
+/// The test PostgreSQL server of the integration tests, for unit tests.
+#[cfg(test)]
+#[path = "../../tests/support/pg.rs"]
+mod test_pg;
+
 pub use error::{LedgerError, Result};
 pub use metrics::LedgerMetrics;
 pub use money::{format_yuan, ratio_to_bp, Fen};

@@ -425,4 +425,168 @@ mod tests {
         });
         assert!(dup.is_err());
     }
+
+    /// The upgrade path of the month split: a schema-1 ledger (before the
+    /// split) holds a month-crossing usage and token record whole; after
+    /// migrating, replaying both through today's ingestion (which splits
+    /// them) stores nothing and moves no total.
+    fn upgrade_then_replay_changes_nothing(url: &str, mut conn: Conn) {
+        use crate::ledger::{
+            default_rate_card, Ledger, Month, RateBook, Tier, TokenRecord, UsageRecord,
+        };
+        use chrono::{Duration, TimeZone, Utc};
+        let start = Utc.with_ymd_and_hms(2026, 10, 31, 23, 0, 0).unwrap();
+        let usage = UsageRecord {
+            source: "pod".into(),
+            tenant: "acme".into(),
+            job: "ns/train".into(),
+            region: "gansu".into(),
+            node: "n1".into(),
+            model: "H100".into(),
+            gpu_milli: 1000,
+            start,
+            end: start + Duration::hours(3),
+            it_energy_j: 7_560_001,
+            pue: 1.2,
+            green_share: 0.5,
+            grid_kg_per_kwh: 0.5703,
+        };
+        let tokens = TokenRecord {
+            source: "svc".into(),
+            tenant: "acme".into(),
+            service: "ns/chat".into(),
+            model: "qwen".into(),
+            region: "gansu".into(),
+            tier: Tier::Industry,
+            start: start + Duration::minutes(59),
+            end: start + Duration::minutes(62),
+            prompt_tokens: 1_000_001,
+            completion_tokens: 2,
+        };
+        let rates = RateBook::new(vec![default_rate_card()]);
+        let (u, t) = (usage.meter().unwrap(), tokens.meter().unwrap());
+        let (uc, tc) = (
+            rates.rate_usage(&u).unwrap(),
+            rates.rate_tokens(&t).unwrap(),
+        );
+        migrate_up_to(&mut conn, 1).unwrap();
+        // What the pre-split ingestion wrote: whole rows, one balanced entry.
+        conn.with_tx(true, |tx| {
+            tx.exec(
+                "INSERT INTO tenants (name, created_at) VALUES ('acme', 0)",
+                &[],
+            )?;
+            let p: Vec<String> = (1..=23).map(|i| format!("${i}")).collect();
+            tx.exec(
+                &format!("INSERT INTO usage VALUES ({})", p.join(", ")),
+                &[
+                    Val::T(&u.id),
+                    Val::T(&u.source),
+                    Val::T(&u.tenant),
+                    Val::T(&u.job),
+                    Val::T(&u.region),
+                    Val::T(&u.node),
+                    Val::T(&u.model),
+                    Val::I(u.gpu_milli),
+                    Val::I(u.start_s),
+                    Val::I(u.end_s),
+                    Val::I(u.milli_gpu_s),
+                    Val::I(u.it_energy_j),
+                    Val::I(u.pue_milli),
+                    Val::I(u.facility_j),
+                    Val::I(u.green_milli),
+                    Val::I(u.grid_mg_per_kwh),
+                    Val::I(u.carbon_mg),
+                    Val::I(uc.rate_version),
+                    Val::I(uc.gpu_fen),
+                    Val::I(0),
+                    Val::I(uc.energy_fen),
+                    Val::I(0),
+                    Val::T("old"),
+                ],
+            )?;
+            tx.exec(
+                &format!("INSERT INTO tokens VALUES ({})", p[..15].join(", ")),
+                &[
+                    Val::T(&t.id),
+                    Val::T(&t.source),
+                    Val::T(&t.tenant),
+                    Val::T(&t.service),
+                    Val::T(&t.model),
+                    Val::T(&t.region),
+                    Val::T(t.tier.as_str()),
+                    Val::I(t.start_s),
+                    Val::I(t.end_s),
+                    Val::I(t.prompt_tokens),
+                    Val::I(t.completion_tokens),
+                    Val::I(tc.rate_version),
+                    Val::I(tc.fen),
+                    Val::I(0),
+                    Val::T("old"),
+                ],
+            )?;
+            tx.exec(
+                "INSERT INTO journal VALUES ('old', 0, 'charges', 'old')",
+                &[],
+            )?;
+            let gross = uc.gpu_fen + uc.energy_fen + tc.fen;
+            for (account, fen) in [
+                ("tenant:acme", gross),
+                ("revenue:gpu", -uc.gpu_fen - uc.energy_fen),
+                ("revenue:tokens", -tc.fen),
+            ] {
+                tx.exec(
+                    "INSERT INTO postings VALUES ('old', $1, $2)",
+                    &[Val::T(account), Val::I(fen)],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        drop(conn);
+        let l = Ledger::open(url).unwrap(); // migrations 2 and 3
+        l.ensure_rate_card("t").unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 25, 0, 0, 0).unwrap();
+        let months = ["2026-10", "2026-11"].map(|m| Month::parse(m).unwrap());
+        let snapshot = |l: &Ledger| {
+            let st: Vec<_> = months
+                .iter()
+                .map(|&m| {
+                    let fast = l.statement_as_of("acme", m, now).unwrap();
+                    assert_eq!(fast, l.statement_from_records("acme", m, now).unwrap());
+                    fast
+                })
+                .collect();
+            (
+                st,
+                l.account_balance("tenant:acme").unwrap(),
+                l.trial_balance().unwrap(),
+            )
+        };
+        let before = snapshot(&l);
+        assert_eq!(before.0[0].gpu[0].milli_gpu_seconds, u.milli_gpu_s);
+        assert_eq!(before.0[0].tokens[0].prompt_tokens, t.prompt_tokens);
+        assert_eq!(before.2, 0);
+        let r = l.ingest(&[usage], &[tokens]).unwrap();
+        assert_eq!((r.usage_new, r.tokens_new, r.gross_fen), (0, 0, 0), "{r:?}");
+        assert_eq!(snapshot(&l), before);
+    }
+
+    #[test]
+    fn upgrade_then_replay_changes_nothing_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let conn = Conn::Sqlite(rusqlite::Connection::open(&path).unwrap());
+        upgrade_then_replay_changes_nothing(path.to_str().unwrap(), conn);
+    }
+
+    #[test]
+    fn upgrade_then_replay_changes_nothing_postgres() {
+        let Some(server) = crate::ledger::test_pg::PgServer::start() else {
+            return;
+        };
+        let url = server.fresh_db();
+        let conn = Conn::Postgres(postgres::Client::connect(&url, postgres::NoTls).unwrap());
+        upgrade_then_replay_changes_nothing(&url, conn);
+    }
 }

@@ -455,11 +455,6 @@ impl Statement {
     }
 }
 
-/// The test PostgreSQL server of the integration tests.
-#[cfg(test)]
-#[path = "../../tests/support/pg.rs"]
-mod test_pg;
-
 #[cfg(test)]
 mod tests {
     use crate::ledger::{Ledger, Month, Tier, TokenRecord, UsageRecord, VoucherSpec};
@@ -469,7 +464,7 @@ mod tests {
     const TENANTS: [&str; 2] = ["acme", "beta"];
     const MONTHS: [&str; 3] = ["2026-10", "2026-11", "2026-12"];
 
-    use super::test_pg as pg;
+    use crate::ledger::test_pg as pg;
 
     fn ledger(url: &str) -> Ledger {
         let l = Ledger::open(url).unwrap();
