@@ -431,26 +431,11 @@ mod tests {
     /// migrating, replaying both through today's ingestion (which splits
     /// them) stores nothing and moves no total.
     fn upgrade_then_replay_changes_nothing(url: &str, mut conn: Conn) {
-        use crate::ledger::{
-            default_rate_card, Ledger, Month, RateBook, Tier, TokenRecord, UsageRecord,
-        };
+        use crate::ledger::{default_rate_card, Ledger, Month, RateBook, Tier, TokenRecord};
         use chrono::{Duration, TimeZone, Utc};
         let start = Utc.with_ymd_and_hms(2026, 10, 31, 23, 0, 0).unwrap();
-        let usage = UsageRecord {
-            source: "pod".into(),
-            tenant: "acme".into(),
-            job: "ns/train".into(),
-            region: "gansu".into(),
-            node: "n1".into(),
-            model: "H100".into(),
-            gpu_milli: 1000,
-            start,
-            end: start + Duration::hours(3),
-            it_energy_j: 7_560_001,
-            pue: 1.2,
-            green_share: 0.5,
-            grid_kg_per_kwh: 0.5703,
-        };
+        let mut usage = crate::ledger::types::tests::usage("pod", start.timestamp(), 3 * 3600);
+        usage.it_energy_j = 7_560_001;
         let tokens = TokenRecord {
             source: "svc".into(),
             tenant: "acme".into(),

@@ -748,7 +748,7 @@ impl fmt::Display for Month {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn usage(source: &str, start: i64, secs: i64) -> UsageRecord {
