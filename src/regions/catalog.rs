@@ -6,6 +6,7 @@
 //! clusters of 东数西算) and validated at load: a bad figure is an
 //! [`InputError`] naming the file, the entry and the rule broken.
 
+use super::cost::day_mean_green_share;
 use crate::error::InputError;
 use petgraph::graph::{NodeIndex, UnGraph};
 use serde::{Deserialize, Serialize};
@@ -175,6 +176,8 @@ pub struct Catalog {
     pub weights: ScoreWeights,
     /// Electricity price per region in milli-fen per kWh (exact).
     pub price_milli_fen_per_kwh: Vec<i64>,
+    /// Green share per region averaged over a day (see `cost::Site`).
+    pub green_day_mean: Vec<f64>,
     place_index: HashMap<String, usize>,
     /// rtt_ms[place * n_regions + region]: shortest-path RTT (∞ if unreachable).
     rtt_ms: Vec<f64>,
@@ -444,7 +447,12 @@ impl Catalog {
                 }
             }
         }
+        let green_day_mean = regions
+            .iter()
+            .map(|r| day_mean_green_share(r.green_share, r.green_profile.as_deref()))
+            .collect();
         Ok(Catalog {
+            green_day_mean,
             regions,
             user_regions,
             accelerators,

@@ -555,7 +555,7 @@ impl World {
         }
         let r = p.region as usize;
         let region = &self.catalog.regions[r];
-        let site = Site::of(region, self.catalog.price_milli_fen_per_kwh[r]);
+        let site = Site::of(&self.catalog, r);
         let cluster = self.engines.engine(r).cluster();
         for (k, d) in p.decisions.iter().enumerate() {
             let model = cluster.models().name(cluster.model(d.node));
