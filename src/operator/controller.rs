@@ -602,6 +602,7 @@ impl Controller {
                 .extend(cached_views(&mut cache.inference, &inference, |o| {
                     snapshot::workload_view(Kind::Inference, o, &known)
                 }));
+            snapshot::key_legacy_member_placements(&mut snap);
             snap
         };
         if let Some(counting) = &self.tokens {

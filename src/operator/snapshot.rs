@@ -51,6 +51,33 @@ pub fn name_in_cluster(node: &str) -> &str {
     node.rsplit_once('/').map_or(node, |(_, name)| name)
 }
 
+/// Placements recorded before member nodes were keyed `<region>/<node>`
+/// name a member cluster's node by its bare name; read as they are, the node
+/// would look gone and a running gang would be stopped and requeued
+/// (NodeLost) on the upgrade. Keys them as the planner does now. Idempotent.
+pub fn key_legacy_member_placements(snapshot: &mut Snapshot) {
+    let members: BTreeSet<&str> = snapshot
+        .regions
+        .iter()
+        .filter(|r| r.spec.kubeconfig_secret_ref.is_some())
+        .map(|r| r.name.as_str())
+        .collect();
+    if members.is_empty() {
+        return;
+    }
+    for w in &mut snapshot.workloads {
+        let Some(p) = &mut w.status.placement else {
+            continue;
+        };
+        let Some(region) = p.region.as_deref().filter(|r| members.contains(r)) else {
+            continue;
+        };
+        for r in p.replicas.iter_mut().filter(|r| !r.node.contains('/')) {
+            r.node = member_node_key(region, &r.node);
+        }
+    }
+}
+
 /// The two workload kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -595,6 +622,67 @@ mod tests {
         assert_eq!(memory_mib("512Mi"), Some(512));
         assert_eq!(memory_mib("1048576"), Some(1));
         assert_eq!(parse_devices("0, 2,x,5"), vec![0, 2, 5]);
+    }
+
+    #[test]
+    fn placements_from_before_member_keys_are_keyed_on_read() {
+        let region = |name: &str, member: bool| {
+            let mut spec = serde_json::json!({"hub": name, "side": "west", "pue": 1.2,
+                "greenShare": 0.5, "electricityFenPerKwh": 30, "gridKgCo2PerKwh": 0.6});
+            if member {
+                spec["kubeconfigSecretRef"] = serde_json::json!({"name": "k", "namespace": "ns"});
+            }
+            let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+                "apiVersion": "zhisuan.io/v1alpha1", "kind": "ComputeRegion",
+                "metadata": {"name": name}, "spec": spec}))
+            .unwrap();
+            region_view(&obj)
+        };
+        let job = |name: &str, region: &str, nodes: &[&str]| {
+            let replicas: Vec<_> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| serde_json::json!({"pod": format!("{name}-{i}"), "node": n, "devices": [0]}))
+                .collect();
+            let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+                "apiVersion": "zhisuan.io/v1alpha1", "kind": "TrainingJob",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"tenant": "a", "replicas": nodes.len(), "gpusPerReplica": 1,
+                         "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}},
+                "status": {"phase": "Running",
+                           "placement": {"region": region, "replicas": replicas}}}))
+            .unwrap();
+            workload_view(Kind::Training, &obj, &BTreeSet::new())
+        };
+        let mut snap = Snapshot {
+            now: 0,
+            nodes: vec![],
+            pods: vec![],
+            workloads: vec![
+                job("old", "far", &["kind-control-plane", "far/far-2"]),
+                job("home", "home", &["kind-control-plane"]),
+            ],
+            quotas: vec![],
+            regions: vec![region("far", true), region("home", false)],
+            month_use: BTreeMap::new(),
+        };
+        let nodes = |snap: &Snapshot, i: usize| -> Vec<String> {
+            let p = snap.workloads[i].status.placement.as_ref().unwrap();
+            p.replicas.iter().map(|r| r.node.clone()).collect()
+        };
+        key_legacy_member_placements(&mut snap);
+        assert_eq!(nodes(&snap, 0), ["far/kind-control-plane", "far/far-2"]);
+        assert_eq!(
+            nodes(&snap, 1),
+            ["kind-control-plane"],
+            "home nodes keep their names"
+        );
+        key_legacy_member_placements(&mut snap);
+        assert_eq!(
+            nodes(&snap, 0),
+            ["far/kind-control-plane", "far/far-2"],
+            "idempotent"
+        );
     }
 
     #[test]
