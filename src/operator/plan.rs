@@ -15,6 +15,7 @@
 //!    strictly lower priority (at most `max_victims`, one preemptor per pass).
 //!    Strict priority order means preemption can never loop.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::placement::{
@@ -936,15 +937,18 @@ pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
         }
         .with_models(set);
         let members = vec![one; w.replicas as usize];
-        let nodes_in = |region: &str| -> Vec<u32> {
+        // A region's candidate nodes: borrowed unless the job names a vendor
+        // (region order by fit and placement both ask, for every queued job).
+        let nodes_in = |region: &str| -> Cow<'_, [u32]> {
             let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
             match &w.vendor {
-                None => all.to_vec(),
-                Some(v) => all
-                    .iter()
-                    .copied()
-                    .filter(|&i| &cap_vendors[i as usize] == v)
-                    .collect(),
+                None => Cow::Borrowed(all),
+                Some(v) => Cow::Owned(
+                    all.iter()
+                        .copied()
+                        .filter(|&i| &cap_vendors[i as usize] == v)
+                        .collect(),
+                ),
             }
         };
         // Candidate regions in the order to try: the region planner's ranking
