@@ -20,3 +20,6 @@ pub mod demo;
 pub mod operator;
 pub mod sim;
 pub mod telemetry;
+
+// Entry points: compose the edges into the commands users run.
+pub mod cmd;

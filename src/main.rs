@@ -27,7 +27,7 @@ enum Cmd {
     /// Ledger administration: init, tenants, vouchers, rate cards, ingest.
     Ledger(zhisuan::ledger::cli::LedgerArgs),
     /// Serve the quota API for tenants and admins.
-    Api(zhisuan::api::cli::ApiArgs),
+    Api(zhisuan::cmd::api::ApiArgs),
     /// The whole system in one process on an embedded default (no cluster needed).
     Demo(zhisuan::demo::DemoArgs),
 }
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Cmd::Agent(a) => zhisuan::telemetry::cli::run(*a),
         Cmd::Statement(a) => zhisuan::ledger::cli::run(a),
         Cmd::Ledger(a) => zhisuan::ledger::cli::run_ledger(a),
-        Cmd::Api(a) => zhisuan::api::cli::run(a),
+        Cmd::Api(a) => zhisuan::cmd::api::run(a),
         Cmd::Demo(a) => zhisuan::demo::run(a),
     };
     match result {

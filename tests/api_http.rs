@@ -72,7 +72,7 @@ fn start_with(rate_per_second: f64, burst: f64) -> Server {
         },
     };
     let addr: SocketAddr = runtime.block_on(async move {
-        let state = zhisuan::api::cli::standalone(config, &db, None, &prometheus::Registry::new())
+        let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())
             .map(|(s, _, _)| s)
             .expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

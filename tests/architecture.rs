@@ -115,3 +115,32 @@ fn the_rules_catch_violations_and_ignore_comments() {
     assert_eq!(money_hits.len(), 1, "{money_hits:?}");
     assert!(money_hits[0].contains(":3:"));
 }
+
+/// Lines of `dir` that use any of `modules` (as `crate::m` or `super::super::m`).
+fn uses_modules(dir: &str, modules: &[&str]) -> Vec<String> {
+    offending_lines(&src(dir), |code| {
+        modules.iter().any(|m| {
+            code.contains(&format!("crate::{m}")) || code.contains(&format!("zhisuan::{m}"))
+        })
+    })
+}
+
+#[test]
+fn the_api_knows_neither_the_simulator_nor_the_operator() {
+    let hits = uses_modules("api", &["sim", "operator", "demo"]);
+    assert!(
+        hits.is_empty(),
+        "src/api serves a JobBackend; which one (sim or operator) is chosen in src/cmd:\n{}",
+        hits.join("\n")
+    );
+}
+
+#[test]
+fn telemetry_does_not_import_the_operator() {
+    let hits = uses_modules("telemetry", &["operator", "api", "demo"]);
+    assert!(
+        hits.is_empty(),
+        "src/telemetry (node agent) must not depend on the operator, api or demo:\n{}",
+        hits.join("\n")
+    );
+}

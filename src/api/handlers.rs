@@ -244,6 +244,17 @@ pub async fn set_quota(
         .map_err(unknown_tenant_is_404)?;
     state.forget_quota(&name);
     state.jobs().set_gpu_limit(&name, gpu_limit_milli(&quota));
+    // On a cluster the quota also becomes the tenant's TenantQuota, which the
+    // controller's admission enforces (the ledger's quota is the truth).
+    let n = name.clone();
+    let parent = state
+        .blocking(move |l| l.tenant(&n))
+        .await?
+        .and_then(|t| t.parent);
+    state
+        .jobs()
+        .project_quota(&name, parent.as_deref(), &quota)
+        .await?;
     Ok(Json(quota))
 }
 
@@ -697,7 +708,7 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
 }
 
 /// The all-models GPU limit of a quota, in milli-GPU.
-pub(crate) fn gpu_limit_milli(quota: &Quota) -> Option<u64> {
+pub fn gpu_limit_milli(quota: &Quota) -> Option<u64> {
     quota.gpus.get(ANY_MODEL).map(|&n| n.max(0) as u64 * 1000)
 }
 
@@ -776,6 +787,10 @@ pub async fn submit_job(
     ApiJson(req): ApiJson<JobRequest>,
 ) -> Result<Response, ApiError> {
     let spec = validate_job(&tenant, req)?;
+    // Check and reserve under the tenant's admission lock: a job submitted
+    // meanwhile is counted in `held` before the next check.
+    let admission = state.admission_lock(&tenant);
+    let _admitting = admission.lock().await;
     let quota = state.quota_of(&tenant).await?;
     state.jobs().set_gpu_limit(&tenant, gpu_limit_milli(&quota));
     let held = state.jobs().gpu_use(&tenant).await?;

@@ -192,4 +192,15 @@ pub trait JobBackend: Send + Sync + 'static {
     /// = unlimited), for the backend to enforce again at admission. Called
     /// when the quota is set and at every submission. Default: not enforced.
     fn set_gpu_limit(&self, _tenant: &str, _limit_milli: Option<u64>) {}
+    /// Makes `quota` (the ledger's, the one truth) the quota the backend's
+    /// own admission enforces: on a cluster the tenant's `TenantQuota`.
+    /// Default: nothing to project.
+    fn project_quota<'a>(
+        &'a self,
+        _tenant: &'a str,
+        _parent: Option<&'a str>,
+        _quota: &'a crate::ledger::Quota,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -8,7 +8,6 @@
 //! Kubernetes in `operator/`).
 
 pub mod auth;
-pub mod cli;
 pub mod error;
 pub mod extract;
 mod handlers;
@@ -18,7 +17,6 @@ pub mod openapi;
 pub mod page;
 pub mod ratelimit;
 mod schemas;
-pub mod world;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,9 +27,9 @@ use axum::routing::{get, post, put};
 use axum::Router;
 
 pub use error::ApiError;
+pub use handlers::gpu_limit_milli;
 pub use jobs::{BackendError, JobBackend};
 pub use ratelimit::RateLimit;
-pub use world::WorldBackend;
 
 use crate::ledger::{Ledger, LedgerError, Month, MonthUse, Quota};
 
@@ -82,6 +80,10 @@ struct Inner {
     usage_cache: Mutex<HashMap<String, (Instant, Month, MonthUse)>>,
     /// Tenant → (when read, quota); dropped when this server sets the quota.
     quota_cache: Mutex<HashMap<String, (Instant, Quota)>>,
+    /// Tenant → its admission lock: a submission's quota check and the
+    /// backend's reservation (the job it creates) happen under it, so
+    /// concurrent submissions of one tenant never exceed a limit.
+    admission: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     metrics: metrics::ApiMetrics,
     registry: prometheus::Registry,
 }
@@ -117,6 +119,7 @@ impl ApiState {
                 key_cache: RwLock::new(HashMap::new()),
                 usage_cache: Mutex::new(HashMap::new()),
                 quota_cache: Mutex::new(HashMap::new()),
+                admission: Mutex::new(HashMap::new()),
                 metrics,
                 registry: registry.clone(),
             }),
@@ -129,6 +132,18 @@ impl ApiState {
 
     pub fn jobs(&self) -> &Arc<dyn JobBackend> {
         &self.inner.jobs
+    }
+
+    /// The admission lock of `tenant` (held across the check and the submit;
+    /// a tokio mutex, so waiting never blocks a worker thread).
+    pub(crate) fn admission_lock(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .admission
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Runs a blocking ledger call off the async workers.

@@ -34,7 +34,7 @@ pub fn source_of(iv: &UsageInterval) -> String {
 /// The ledger record for one metered interval (none for an empty one): the
 /// API's conversion, with the demo's replay-stable source.
 pub fn usage_record(catalog: &Catalog, iv: &UsageInterval) -> Option<UsageRecord> {
-    let mut record = crate::api::cli::usage_records(catalog, std::slice::from_ref(iv)).pop()?;
+    let mut record = crate::sim::backend::usage_records(catalog, std::slice::from_ref(iv)).pop()?;
     record.source = source_of(iv);
     Some(record)
 }

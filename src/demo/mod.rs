@@ -14,13 +14,13 @@ pub mod telemetry;
 pub mod tracker;
 
 use crate::api::ratelimit::RateLimit;
-use crate::api::world::WorldBackend;
 use crate::api::{ApiConfig, ApiState};
 use crate::error::InputError;
 use crate::ledger::types::Tier;
 use crate::ledger::Ledger;
 use crate::regions::catalog::Catalog;
 use crate::regions::plan::{JobKind, JobSpec};
+use crate::sim::backend::WorldBackend;
 use crate::sim::world::{World, WorldConfig};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -624,8 +624,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// without either, a fresh random key written to `dir/admin.key` (mode 0600),
 /// whose path (never the key) is printed.
 fn admin_key(file: Option<&Path>, dir: &Path) -> anyhow::Result<String> {
-    if file.is_some() || std::env::var_os(crate::api::cli::ADMIN_KEY_ENV).is_some() {
-        return crate::api::cli::admin_key(file);
+    if file.is_some() || std::env::var_os(crate::cmd::api::ADMIN_KEY_ENV).is_some() {
+        return crate::cmd::api::admin_key(file);
     }
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes)

@@ -12,6 +12,7 @@
 //!   exports it.
 
 pub mod cli;
+mod cursors;
 pub mod error;
 pub mod metrics;
 pub mod money;
@@ -24,6 +25,7 @@ mod store;
 pub mod tokens;
 pub mod types;
 pub mod vouchers;
+pub mod windows;
 
 /// The test PostgreSQL server of the integration tests, for unit tests.
 #[cfg(test)]
@@ -42,3 +44,4 @@ pub use types::{
     AuditEvent, ChargeKind, MeteredTokens, MeteredUsage, Month, Quota, Tenant, Tier, TokenRecord,
     UsageRecord, Voucher, VoucherSpec, VoucherStatus,
 };
+pub use windows::{meter_windows, window_floor, window_id, Metered, PodRun};

@@ -262,6 +262,12 @@ FROM redemptions GROUP BY tenant, {month(at_s)}, voucher_id
         // serves. One index less to maintain per redeemed charge.
         "DROP INDEX redemptions_tenant_at",
     ),
+    (
+        4,
+        // Where each meter (e.g. the controller's GPU-time meter) has metered
+        // up to: a new leader resumes from here, so no window is lost.
+        "CREATE TABLE meter_cursors (name TEXT PRIMARY KEY, until_s BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

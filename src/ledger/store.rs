@@ -338,11 +338,17 @@ impl Ledger {
         self.inner.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write<T: Send>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<T> + Send) -> Result<T> {
+    pub(super) fn write<T: Send>(
+        &self,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T> + Send,
+    ) -> Result<T> {
         self.lock().with_tx(true, f)
     }
 
-    fn read<T: Send>(&self, f: impl FnOnce(&mut dyn Tx) -> Result<T> + Send) -> Result<T> {
+    pub(super) fn read<T: Send>(
+        &self,
+        f: impl FnOnce(&mut dyn Tx) -> Result<T> + Send,
+    ) -> Result<T> {
         self.lock().with_tx(false, f)
     }
 

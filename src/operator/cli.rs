@@ -11,6 +11,7 @@ use anyhow::Context;
 use super::controller::{Controller, ControllerConfig};
 use super::crd;
 use super::leader::{Leadership, LeaseTiming};
+use super::metering::MeterConfig;
 use super::plan::PlanConfig;
 use crate::error::InputError;
 use crate::placement::Policy;
@@ -61,6 +62,11 @@ pub struct ControllerArgs {
     /// pod of a service with `spec.metrics` is scraped (vLLM counters).
     #[arg(long, env = "ZHISUAN_LEDGER_DB")]
     pub ledger: Option<String>,
+    /// Length of a GPU metering window in seconds (with --ledger; must divide
+    /// a day). Every pod the controller placed is metered into the ledger per
+    /// window while this replica leads.
+    #[arg(long, default_value_t = 60)]
+    pub meter_period_s: u64,
     /// Seconds between token scrapes (with --ledger); windows align to it.
     #[arg(long, default_value_t = 15)]
     pub token_scrape_s: u64,
@@ -120,8 +126,15 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 },
                 ..TokenScrapeConfig::default()
             };
+            // A fresh ledger gets the documented default rate card, so no
+            // metered usage ever lacks a price (docs/ledger.md).
+            ledger
+                .ensure_rate_card("controller")
+                .map_err(|e| e.into_anyhow())?;
+            let meter = meter_config(args.meter_period_s)?;
             controller = controller
                 .with_token_counting(ledger.clone(), scrape)
+                .with_gpu_metering(ledger.clone(), meter, &registry)?
                 .with_usage(std::sync::Arc::new(ledger));
         }
         let ready = controller.ready_flag();
@@ -139,6 +152,21 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         });
         controller.run(stop_rx).await
+    })
+}
+
+/// The GPU meter's settings from `--meter-period-s`.
+fn meter_config(period_s: u64) -> anyhow::Result<MeterConfig> {
+    if period_s == 0 || 86_400 % period_s != 0 {
+        return Err(InputError::new(format!(
+            "--meter-period-s {period_s}: must divide a day (e.g. 60, 300, 3600) so every replica meters the same windows"
+        ))
+        .into());
+    }
+    Ok(MeterConfig {
+        period: Duration::from_secs(period_s),
+        grace: Duration::from_secs((period_s / 2).clamp(1, 10)),
+        ..MeterConfig::default()
     })
 }
 
@@ -242,6 +270,18 @@ mod tests {
     fn config(flags: &[&str]) -> anyhow::Result<ControllerConfig> {
         let cli = Cli::try_parse_from(std::iter::once("controller").chain(flags.iter().copied()))?;
         controller_config(&cli.args)
+    }
+
+    #[test]
+    fn meter_periods_must_divide_a_day() {
+        assert_eq!(meter_config(60).unwrap().period, Duration::from_secs(60));
+        for bad in [0, 7, 100_000] {
+            let e = meter_config(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("--meter-period-s") && e.contains("divide a day"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ use super::crd::{
 };
 use super::leader::{Elector, Leadership, LeaseTiming};
 use super::members::{member_node_view, member_pod_view, MemberObjects, Members, PodsIn};
+use super::metering;
 use super::metrics::OperatorMetrics;
 use super::plan::{self, rfc3339, set_condition, Action, PlanConfig};
 use super::reconcile;
@@ -202,6 +203,16 @@ pub struct Controller {
     tokens: Option<TokenCounting>,
     /// Member clusters of ComputeRegions with a kubeconfig Secret (set by `run`).
     members: std::sync::OnceLock<Arc<Members>>,
+    /// GPU-time metering of placed pods into the ledger (none: off).
+    metering: Option<GpuMetering>,
+}
+
+/// The GPU meter's settings and the channel its observations go through.
+struct GpuMetering {
+    ledger: Ledger,
+    config: metering::MeterConfig,
+    metrics: Option<metering::MeterMetrics>,
+    observed: watch::Sender<metering::Observed>,
 }
 
 /// The token loop's settings and the channel its targets go through.
@@ -286,6 +297,7 @@ impl Controller {
             month: Default::default(),
             tokens: None,
             members: Default::default(),
+            metering: None,
         })
     }
 
@@ -308,6 +320,26 @@ impl Controller {
         self
     }
 
+    /// Meters the GPU time of every pod this controller placed into
+    /// `ledger` while this replica leads (`operator::metering`); the meter's
+    /// counters go on `registry`.
+    pub fn with_gpu_metering(
+        mut self,
+        ledger: Ledger,
+        config: metering::MeterConfig,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
+        crate::ledger::windows::check_period(config.period.as_secs() as i64)
+            .map_err(|e| e.into_anyhow())?;
+        self.metering = Some(GpuMetering {
+            ledger,
+            config,
+            metrics: Some(metering::MeterMetrics::new(registry)?),
+            observed: watch::channel(metering::Observed::default()).0,
+        });
+        Ok(self)
+    }
+
     /// Runs the token loop whenever this replica leads (it stops when the
     /// term ends; the next term starts a fresh one, whose first scrape of
     /// each pod only sets its baseline).
@@ -318,6 +350,53 @@ impl Controller {
         let counting = self.tokens.as_ref()?;
         let (ledger, config) = (counting.ledger.clone(), counting.config.clone());
         let targets = counting.targets.subscribe();
+        let pause = config.interval;
+        Some(
+            self.spawn_while_leading(shutdown, pause, "token loop", move |term_over| {
+                run_token_loop(ledger.clone(), targets.clone(), config.clone(), term_over)
+            }),
+        )
+    }
+
+    /// Runs the GPU meter whenever this replica leads; each term reads the
+    /// meter's cursor from the ledger and meters on from there.
+    fn spawn_gpu_meter(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let m = self.metering.as_ref()?;
+        let (ledger, config, metrics) = (m.ledger.clone(), m.config.clone(), m.metrics.clone());
+        let observed = m.observed.subscribe();
+        let pause = config.period;
+        Some(
+            self.spawn_while_leading(shutdown, pause, "GPU meter", move |term_over| {
+                metering::run_gpu_meter(
+                    ledger.clone(),
+                    observed.clone(),
+                    config.clone(),
+                    metrics.clone(),
+                    term_over,
+                )
+            }),
+        )
+    }
+
+    /// Runs `work` for every term this replica leads, handing it a future
+    /// that resolves when the term ends; a failed run is restarted after
+    /// `pause` while the term lasts.
+    fn spawn_while_leading<F, Fut>(
+        &self,
+        shutdown: watch::Receiver<bool>,
+        pause: Duration,
+        what: &'static str,
+        work: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    {
         let leadership = self.leadership.clone();
         // How often leadership is re-checked (it has no change notification).
         let poll = self
@@ -345,7 +424,7 @@ impl Controller {
                 }
             }
         }
-        Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut shutdown = shutdown;
             while until(&leadership, true, &mut shutdown, poll).await {
                 let mut stop = shutdown.clone();
@@ -355,14 +434,12 @@ impl Controller {
                         until(&leadership, false, &mut stop, poll).await;
                     }
                 };
-                if let Err(e) =
-                    run_token_loop(ledger.clone(), targets.clone(), config.clone(), term_over).await
-                {
-                    tracing::warn!(error = %e, "token loop failed; restarting");
-                    tokio::time::sleep(config.interval).await;
+                if let Err(e) = work(Box::pin(term_over)).await {
+                    tracing::warn!(error = %e, what, "failed; restarting");
+                    tokio::time::sleep(pause).await;
                 }
             }
-        }))
+        })
     }
 
     /// Month-to-date use of every tenant with a TenantQuota, when some quota
@@ -495,11 +572,17 @@ impl Controller {
         let elector = self.elector.take().expect("run once");
         let election = tokio::spawn(elector.run(shutdown.clone()));
         let token_loop = self.spawn_token_loop(shutdown.clone());
+        let gpu_meter = self.spawn_gpu_meter(shutdown.clone());
         let this = Arc::new(self);
         let reconcilers = [Kind::Training, Kind::Inference]
             .map(|kind| reconcile::spawn(this.clone(), client.clone(), kind, stores.pods.clone()));
         let result = this.schedule_loop(&stores, notify, shutdown).await;
-        for t in tasks.into_iter().chain(token_loop).chain(reconcilers) {
+        for t in tasks
+            .into_iter()
+            .chain(token_loop)
+            .chain(gpu_meter)
+            .chain(reconcilers)
+        {
             t.abort();
         }
         let _ = election.await;
@@ -620,6 +703,21 @@ impl Controller {
                 let changed = *current != targets;
                 if changed {
                     *current = targets;
+                }
+                changed
+            });
+        }
+        if let Some(m) = &self.metering {
+            let index = metering::MeterIndex::new(&snap.nodes, &snap.workloads, &snap.regions);
+            let member_pods: Vec<(&str, &[Arc<Pod>])> = member_objects
+                .iter()
+                .map(|m| (m.region.as_str(), m.pods.as_slice()))
+                .collect();
+            let observed = metering::observe(&index, &pod_objects, &member_pods);
+            m.observed.send_if_modified(|current| {
+                let changed = *current != observed;
+                if changed {
+                    *current = observed;
                 }
                 changed
             });

@@ -5,7 +5,7 @@
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
@@ -14,11 +14,15 @@ use crate::api::jobs::{
     JobView, RegionView, ReplicaPlacement, TokenTier,
 };
 
-use super::crd::{ComputeRegion, InferenceService, TrainingJob, WorkloadStatus};
+use super::crd::{ComputeRegion, InferenceService, TenantQuota, TrainingJob, WorkloadStatus};
 use super::snapshot::keys;
+use crate::ledger::Quota;
 
 /// Label holding the API's job name (object names are prefixed by tenant).
 const JOB_NAME_LABEL: &str = "zhisuan.io/job-name";
+
+/// Label on the TenantQuotas the API writes: they project the ledger's quota.
+pub const QUOTA_SOURCE_LABEL: &str = "zhisuan.io/quota-source";
 
 /// Jobs as custom resources in `namespace`.
 #[derive(Clone)]
@@ -211,7 +215,66 @@ impl KubeJobs {
     }
 }
 
+/// Field manager of the API's writes of TenantQuotas.
+pub const QUOTA_FIELD_MANAGER: &str = "zhisuan-api";
+
+/// The TenantQuota spec that enforces a ledger quota on a cluster: GPUs per
+/// model as they are; the monthly GPU-hours and tokens as `*` limits; the
+/// guaranteed share of `gpus.*` as `guaranteedGpus`.
+pub fn tenant_quota_spec(tenant: &str, parent: Option<&str>, quota: &Quota) -> Value {
+    let mut spec = json!({
+        "tenant": tenant,
+        "gpus": quota.gpus,
+        "borrowable": quota.borrowable_share > 0.0 || quota.guaranteed_share >= 1.0,
+    });
+    if let Some(p) = parent {
+        spec["parent"] = json!(p);
+    }
+    if let Some(h) = quota.gpu_hours_per_month {
+        spec["gpuHoursPerMonth"] = json!({"*": h});
+    }
+    if let Some(t) = quota.tokens_per_month {
+        spec["tokensPerMonth"] = json!({"*": t});
+    }
+    if let Some(&all) = quota.gpus.get("*") {
+        let share = quota.guaranteed_share.clamp(0.0, 1.0);
+        spec["guaranteedGpus"] = json!((all.max(0) as f64 * share).floor() as i64);
+    }
+    spec
+}
+
 impl JobBackend for KubeJobs {
+    fn project_quota<'a>(
+        &'a self,
+        tenant: &'a str,
+        parent: Option<&'a str>,
+        quota: &'a Quota,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        async move {
+            let api: Api<DynamicObject> = Api::all_with(
+                self.client.clone(),
+                &ApiResource::erase::<TenantQuota>(&()),
+            );
+            // Named after the tenant: one TenantQuota per tenant, rewritten in place.
+            let name = object_name(tenant, "");
+            let obj = json!({
+                "apiVersion": "zhisuan.io/v1alpha1",
+                "kind": "TenantQuota",
+                "metadata": {"name": name, "labels": {keys::TENANT: tenant, QUOTA_SOURCE_LABEL: "ledger"}},
+                "spec": tenant_quota_spec(tenant, parent, quota),
+            });
+            api.patch(
+                &name,
+                &PatchParams::apply(QUOTA_FIELD_MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .map_err(kube_error)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
     fn submit(&self, spec: JobSpec) -> BoxFuture<'_, BackendResult<JobView>> {
         async move {
             let obj: DynamicObject = serde_json::from_value(Self::object(&spec))

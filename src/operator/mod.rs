@@ -12,6 +12,7 @@ pub mod crd;
 pub mod jobs;
 pub mod leader;
 pub mod members;
+pub mod metering;
 pub mod metrics;
 pub mod plan;
 mod reconcile;

@@ -1,5 +1,6 @@
 //! Simulators: trace replay (issue #2) and the multi-region simulation (issue #3).
 
+pub mod backend;
 pub mod openb;
 pub mod regions;
 pub mod replay;

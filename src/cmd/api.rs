@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 
-use super::{router, ApiConfig, ApiState, JobBackend, RateLimit, WorldBackend};
+use crate::api::{router, ApiConfig, ApiState, JobBackend, RateLimit};
 use crate::error::InputError;
-use crate::ledger::{Ledger, UsageRecord};
+use crate::ledger::Ledger;
 use crate::regions::catalog::Catalog;
-use crate::sim::world::{UsageInterval, World, WorldConfig};
+use crate::sim::backend::{usage_records, WorldBackend};
+use crate::sim::world::{World, WorldConfig};
 
 /// Arguments of `zhisuan api`.
 #[derive(clap::Args, Debug)]
@@ -37,9 +38,28 @@ pub struct ApiArgs {
     /// Requests allowed at once per API key after a quiet period.
     #[arg(long, default_value_t = 100.0)]
     pub rate_limit_burst: f64,
-    /// Seconds between ticks of the in-process cluster's clock (metering into the ledger).
+    /// Seconds between ticks of the in-process cluster's clock (metering into
+    /// the ledger; `--backend world` only).
     #[arg(long, default_value_t = 1)]
     pub tick_s: u64,
+    /// Where tenants' jobs go: `kube` creates TrainingJob / InferenceService
+    /// objects that the controller admits, places and meters (the chart's
+    /// setting); `world` runs them in an in-process simulated cluster whose
+    /// simulated usage is billed (standalone trials and the demo only).
+    #[arg(long, value_enum, default_value_t = Backend::World)]
+    pub backend: Backend,
+    /// Namespace of the jobs' objects (`--backend kube`).
+    #[arg(long, env = "ZHISUAN_JOBS_NAMESPACE", default_value = "zhisuan-jobs")]
+    pub jobs_namespace: String,
+}
+
+/// Where the API's jobs run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Kubernetes: the controller's cluster.
+    Kube,
+    /// The in-process simulated cluster.
+    World,
 }
 
 /// Name of the environment variable holding the admin key.
@@ -82,35 +102,17 @@ pub fn world_backend(catalog: Catalog, start_s: i64) -> anyhow::Result<WorldBack
     Ok(WorldBackend::new(Arc::new(std::sync::Mutex::new(world))))
 }
 
-/// Ledger records for the world's metered intervals (zero-length ones dropped).
-/// Energy comes from the world's power model; ids are the world's, so
-/// re-ingesting the same intervals changes nothing.
-pub fn usage_records(catalog: &Catalog, intervals: &[UsageInterval]) -> Vec<UsageRecord> {
-    let at = |s: i64| Utc.timestamp_opt(s, 0).single().unwrap_or_default();
-    intervals
-        .iter()
-        .filter(|u| u.end_s > u.start_s && u.milli_gpu > 0)
-        .map(|u| {
-            let grid = catalog
-                .region_index(&u.region)
-                .map_or(0.0, |r| catalog.regions[r].grid_factor_kg_per_kwh);
-            UsageRecord {
-                source: u.id.clone(),
-                tenant: u.tenant.clone(),
-                job: format!("{}/{}", u.tenant, u.job_name),
-                region: u.region.clone(),
-                node: u.node.clone(),
-                model: u.model.clone(),
-                gpu_milli: i64::from(u.milli_gpu),
-                start: at(u.start_s),
-                end: at(u.end_s),
-                it_energy_j: (u.it_kwh * 3.6e6).round() as i64,
-                pue: u.pue,
-                green_share: u.green_share,
-                grid_kg_per_kwh: grid,
-            }
-        })
-        .collect()
+/// The ledger at `db` with its metrics on `registry`; a fresh ledger gets
+/// the documented default rate card, so usage is never left unpriced.
+pub fn open_ledger(db: &str, registry: &prometheus::Registry) -> anyhow::Result<Ledger> {
+    let ledger = Ledger::open(db).map_err(|e| e.into_anyhow())?;
+    ledger
+        .ensure_rate_card("api")
+        .map_err(|e| e.into_anyhow())?;
+    ledger
+        .register_metrics(registry)
+        .map_err(|e| e.into_anyhow())?;
+    Ok(ledger)
 }
 
 /// The API state of a standalone server: the ledger at `db`, the in-process
@@ -121,10 +123,7 @@ pub fn standalone(
     regions: Option<&Path>,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<(ApiState, WorldBackend, Ledger)> {
-    let ledger = Ledger::open(db).map_err(|e| e.into_anyhow())?;
-    ledger
-        .register_metrics(registry)
-        .map_err(|e| e.into_anyhow())?;
+    let ledger = open_ledger(db, registry)?;
     let catalog = match regions {
         Some(p) => Catalog::load(p)?,
         None => Catalog::default_catalog(),
@@ -133,7 +132,7 @@ pub fn standalone(
     // Admission enforces the quotas already in the ledger from the start.
     for tenant in ledger.tenants().map_err(|e| e.into_anyhow())? {
         if let Some(q) = ledger.quota(&tenant.name).map_err(|e| e.into_anyhow())? {
-            backend.set_gpu_limit(&tenant.name, super::handlers::gpu_limit_milli(&q));
+            backend.set_gpu_limit(&tenant.name, crate::api::gpu_limit_milli(&q));
         }
     }
     let state = ApiState::new(config, ledger.clone(), Arc::new(backend.clone()), registry)?;
@@ -185,9 +184,22 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let (state, backend, ledger) =
-            standalone(config, &args.db, args.regions.as_deref(), &registry)?;
-        spawn_clock(backend, ledger, Duration::from_secs(args.tick_s));
+        let state = match args.backend {
+            Backend::World => {
+                let (state, backend, ledger) =
+                    standalone(config, &args.db, args.regions.as_deref(), &registry)?;
+                spawn_clock(backend, ledger, Duration::from_secs(args.tick_s));
+                state
+            }
+            Backend::Kube => {
+                let client = kube::Client::try_default().await.context(
+                    "--backend kube: connecting to the Kubernetes API (run in a cluster or set KUBECONFIG)",
+                )?;
+                let ledger = open_ledger(&args.db, &registry)?;
+                let jobs = crate::operator::jobs::KubeJobs::new(client, &args.jobs_namespace);
+                ApiState::new(config, ledger, Arc::new(jobs), &registry)?
+            }
+        };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| InputError::new(format!("--listen {}: {e}", args.listen)))?;

@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use chrono::{TimeZone, Utc};
 use futures::future::{ready, BoxFuture, FutureExt};
 
-use super::jobs::{
+use crate::api::jobs::{
     BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPhase, JobSpec,
     JobView, RegionView, ReplicaPlacement, TokenTier,
 };
+use crate::ledger::UsageRecord;
+use crate::regions::catalog::Catalog;
 use crate::regions::plan::{JobKind as WorldKind, JobSpec as WorldSpec, QuotaHook, SpecError};
 use crate::sim::world::{JobId, Phase, UsageInterval, World};
 
@@ -485,6 +487,37 @@ impl JobBackend for WorldBackend {
     }
 }
 
+/// Ledger records for the world's metered intervals (zero-length ones dropped).
+/// Energy comes from the world's power model; ids are the world's, so
+/// re-ingesting the same intervals changes nothing.
+pub fn usage_records(catalog: &Catalog, intervals: &[UsageInterval]) -> Vec<UsageRecord> {
+    let at = |s: i64| Utc.timestamp_opt(s, 0).single().unwrap_or_default();
+    intervals
+        .iter()
+        .filter(|u| u.end_s > u.start_s && u.milli_gpu > 0)
+        .map(|u| {
+            let grid = catalog
+                .region_index(&u.region)
+                .map_or(0.0, |r| catalog.regions[r].grid_factor_kg_per_kwh);
+            UsageRecord {
+                source: u.id.clone(),
+                tenant: u.tenant.clone(),
+                job: format!("{}/{}", u.tenant, u.job_name),
+                region: u.region.clone(),
+                node: u.node.clone(),
+                model: u.model.clone(),
+                gpu_milli: i64::from(u.milli_gpu),
+                start: at(u.start_s),
+                end: at(u.end_s),
+                it_energy_j: (u.it_kwh * 3.6e6).round() as i64,
+                pue: u.pue,
+                green_share: u.green_share,
+                grid_kg_per_kwh: grid,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,7 +633,7 @@ mod tests {
         assert_eq!(job.phase, JobPhase::Running);
         let usage = b.advance_to(1_790_000_000 + 600 + 1);
         assert!(!usage.is_empty());
-        let records = b.with_world(|w| super::super::cli::usage_records(w.catalog(), &usage));
+        let records = b.with_world(|w| super::usage_records(w.catalog(), &usage));
         let milli_s: i64 = records
             .iter()
             .map(|r| r.gpu_milli * (r.end - r.start).num_seconds())
