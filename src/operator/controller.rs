@@ -59,6 +59,9 @@ pub struct ControllerConfig {
     pub resync: Duration,
     /// Concurrent API calls while launching a gang.
     pub parallelism: usize,
+    /// Month-to-date use (monthly limits) is re-read from its source at most
+    /// this often.
+    pub usage_refresh: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -71,6 +74,7 @@ impl Default for ControllerConfig {
             plan: PlanConfig::default(),
             resync: Duration::from_secs(5),
             parallelism: 32,
+            usage_refresh: Duration::from_secs(30),
         }
     }
 }
@@ -172,9 +176,6 @@ fn cached_views<K: Resource, V: Clone>(
     *cache = next;
     out
 }
-
-/// Month-to-date use is re-read from its source at most this often.
-const USAGE_REFRESH: Duration = Duration::from_secs(30);
 
 /// The last month-to-date figures read, per tenant.
 #[derive(Default)]
@@ -443,7 +444,7 @@ impl Controller {
     }
 
     /// Month-to-date use of every tenant with a TenantQuota, when some quota
-    /// has a monthly limit. Re-read at most every [`USAGE_REFRESH`], off the
+    /// has a monthly limit. Re-read at most every `usage_refresh`, off the
     /// async threads; when the source fails, the last figures stay in force.
     async fn month_use(&self, quotas: &[QuotaView]) -> BTreeMap<String, MonthToDate> {
         let Some(source) = &self.usage else {
@@ -459,7 +460,9 @@ impl Controller {
         {
             let cache = self.month.lock().unwrap();
             if cache.tenants == tenants
-                && cache.read_at.is_some_and(|t| t.elapsed() < USAGE_REFRESH)
+                && cache
+                    .read_at
+                    .is_some_and(|t| t.elapsed() < self.config.usage_refresh)
             {
                 return cache.by_tenant.clone();
             }

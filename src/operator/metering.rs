@@ -347,16 +347,17 @@ impl MeterMetrics {
     }
 }
 
-/// Where the meter starts when the ledger has no cursor: the earliest run
-/// still in view, or now.
-fn first_cursor(observed: &Observed, now_window: i64, period_s: i64) -> i64 {
+/// Where the meter starts when the ledger has no cursor: the window of the
+/// earliest run in view; `None` while nothing has run (the cursor is then
+/// not set, so a run that starts later is metered from its start).
+fn first_cursor(observed: &Observed, now_window: i64, period_s: i64) -> Option<i64> {
     observed
         .runs
         .iter()
         .map(|r| r.start_s)
         .chain(observed.unattributed.iter().map(|u| u.start_s))
         .min()
-        .map_or(now_window, |s| window_floor(s, period_s).min(now_window))
+        .map(|s| window_floor(s, period_s).min(now_window))
 }
 
 /// One metering tick: meters `[cursor, to)` (at most `max_windows`) and
@@ -421,14 +422,18 @@ pub async fn run_gpu_meter(
         let now = chrono::Utc::now();
         let ready = window_floor(now.timestamp() - config.grace.as_secs() as i64, period_s);
         let current = observed.borrow().clone();
-        let from = *cursor.get_or_insert_with(|| first_cursor(&current, ready, period_s));
-        match meter_tick(&ledger, &current, from, ready, &config, metrics.as_ref()).await {
-            Ok(next) => cursor = Some(next),
-            Err(e) => {
-                if let Some(m) = &metrics {
-                    m.failures.inc();
+        if cursor.is_none() {
+            cursor = first_cursor(&current, ready, period_s);
+        }
+        if let Some(from) = cursor {
+            match meter_tick(&ledger, &current, from, ready, &config, metrics.as_ref()).await {
+                Ok(next) => cursor = Some(next),
+                Err(e) => {
+                    if let Some(m) = &metrics {
+                        m.failures.inc();
+                    }
+                    tracing::warn!(error = %e, from, "GPU metering failed; retrying the same windows");
                 }
-                tracing::warn!(error = %e, from, "GPU metering failed; retrying the same windows");
             }
         }
         // Catching up: go on at once; otherwise wait for the next window's end.

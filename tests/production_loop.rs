@@ -1,0 +1,483 @@
+//! The production loop: a tenant's job goes API → Kubernetes → placed →
+//! metered → billed, against the in-process API-server stand-in, with the
+//! real quota API (HTTP, `KubeJobs` backend), the real controller(s) with
+//! GPU metering, and one ledger (SQLite file) shared as the chart shares it.
+
+#[path = "support/apiserver.rs"]
+mod apiserver;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use apiserver::ApiServer;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+use zhisuan::ledger::{Ledger, Month};
+use zhisuan::operator::controller::{Controller, ControllerConfig};
+use zhisuan::operator::crd::TrainingJob;
+use zhisuan::operator::jobs::KubeJobs;
+use zhisuan::operator::leader::LeaseTiming;
+use zhisuan::operator::metering::{MeterConfig, GPU_METER};
+
+const ADMIN: &str = "admin-key-0123456789abcdef";
+const NS: &str = "ml";
+/// The test's metering grid, seconds.
+const PERIOD: i64 = 2;
+
+async fn add_node(server: &ApiServer, name: &str, model: &str, gpus: u32) {
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {
+            "zhisuan.io/region": "east", "zhisuan.io/gpu-model": model,
+            "zhisuan.io/gpu-count": gpus.to_string(), "zhisuan.io/accelerator-vendor": "nvidia"}},
+        "status": {"allocatable": {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": gpus.to_string()},
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .unwrap();
+    Api::<Node>::all(server.client())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+}
+
+/// The quota API on loopback over the `KubeJobs` backend; returns its base URL.
+async fn start_api(server: &ApiServer, ledger: Ledger) -> String {
+    let config = zhisuan::api::ApiConfig {
+        admin_key: ADMIN.into(),
+        rate_limit: zhisuan::api::RateLimit {
+            per_second: 100_000.0,
+            burst: 100_000.0,
+        },
+    };
+    let jobs = std::sync::Arc::new(KubeJobs::new(server.client(), NS));
+    let state =
+        zhisuan::api::ApiState::new(config, ledger, jobs, &prometheus::Registry::new()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, zhisuan::api::router(state))
+            .await
+            .unwrap()
+    });
+    format!("http://{addr}")
+}
+
+/// One HTTP call: (status, JSON body).
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, url).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+struct Replica {
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    leadership: zhisuan::operator::leader::Leadership,
+}
+
+fn start_controller(server: &ApiServer, identity: &str, db: &str) -> Replica {
+    let lease = Duration::from_secs(2);
+    let config = ControllerConfig {
+        identity: identity.into(),
+        timing: LeaseTiming {
+            lease_duration: lease,
+            renew_deadline: lease * 2 / 3,
+            retry_period: lease / 6,
+        },
+        resync: Duration::from_millis(200),
+        usage_refresh: Duration::from_millis(200),
+        ..ControllerConfig::default()
+    };
+    let registry = prometheus::Registry::new();
+    // Each replica opens the ledger itself, as separate pods would.
+    let ledger = Ledger::open(db).unwrap();
+    let meter = MeterConfig {
+        period: Duration::from_secs(PERIOD as u64),
+        grace: Duration::from_secs(3),
+        max_windows: 10_000,
+    };
+    let controller = Controller::new(server.client(), config, &registry)
+        .unwrap()
+        .with_gpu_metering(ledger.clone(), meter, &registry)
+        .unwrap()
+        .with_usage(std::sync::Arc::new(ledger));
+    let leadership = controller.leadership();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let _keep = tx;
+        controller.run(rx).await
+    });
+    Replica { task, leadership }
+}
+
+async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not reached within {secs} s: {what}");
+}
+
+fn pods_of(server: &ApiServer, workload: &str) -> Vec<String> {
+    server
+        .objects("v1/pods")
+        .into_iter()
+        .filter(|p| {
+            p.pointer("/metadata/labels/zhisuan.io~1workload")
+                .and_then(Value::as_str)
+                == Some(workload)
+                && p.pointer("/spec/nodeName").is_some()
+        })
+        .filter_map(|p| p.pointer("/metadata/name")?.as_str().map(str::to_string))
+        .collect()
+}
+
+fn rfc3339(s: i64) -> String {
+    chrono::DateTime::from_timestamp(s, 0).unwrap().to_rfc3339()
+}
+
+/// The kubelet's part: the pod's container runs since `start` (and, with
+/// `end`, finished then).
+async fn kubelet(server: &ApiServer, pod: &str, start: i64, end: Option<i64>) {
+    let (phase, state) = match end {
+        None => ("Running", json!({"running": {"startedAt": rfc3339(start)}})),
+        Some(e) => (
+            "Succeeded",
+            json!({"terminated": {"exitCode": 0, "startedAt": rfc3339(start), "finishedAt": rfc3339(e)}}),
+        ),
+    };
+    let status = json!({"status": {
+        "phase": phase, "startTime": rfc3339(start),
+        "containerStatuses": [{"name": "main", "image": "trainer:1", "imageID": "", "ready": end.is_none(),
+                               "restartCount": 0, "state": state}]}});
+    Api::<Pod>::namespaced(server.client(), NS)
+        .patch_status(pod, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+}
+
+/// Σ over the grid windows of one run: (milli-GPU-s, gross fen, voucher fen)
+/// as the ledger's documented rules price them (each window its own record,
+/// rounded half up; the voucher pays floor(gross × co-pay) of each).
+fn expected(milli: i64, start: i64, end: i64, fen_per_hour: i64, copay_bp: i64) -> (i64, i64, i64) {
+    let (mut gpu_s, mut gross, mut voucher) = (0, 0, 0);
+    let mut w = start.div_euclid(PERIOD) * PERIOD;
+    while w < end {
+        let secs = end.min(w + PERIOD) - start.max(w);
+        let ms = milli * secs;
+        let g = (2 * ms * fen_per_hour + 3_600_000) / 7_200_000;
+        gpu_s += ms;
+        gross += g;
+        voucher += g * copay_bp / 10_000;
+        w += PERIOD;
+    }
+    (gpu_s, gross, voucher)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenants_job_goes_api_kubernetes_metered_billed_and_survives_failover() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "H100", 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
+    let api_ledger = Ledger::open(&db).unwrap();
+    api_ledger.ensure_rate_card("test").unwrap();
+    let api = start_api(&server, api_ledger.clone()).await;
+    let c1 = start_controller(&server, "c1", &db);
+    eventually(10, "c1 leads", || async { c1.leadership.is_leader() }).await;
+    let c2 = start_controller(&server, "c2", &db);
+
+    // The admin creates the tenant, its quota and a voucher through the API.
+    let (st, body) = call(
+        reqwest::Method::POST,
+        format!("{api}/v1/tenants"),
+        ADMIN,
+        Some(json!({"name": "acme"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let key = body["api_key"].as_str().unwrap().to_string();
+    let (st, body) = call(
+        reqwest::Method::PUT,
+        format!("{api}/v1/tenants/acme/quota"),
+        ADMIN,
+        Some(json!({"gpus": {"*": 4}, "gpu_hours_per_month": 1})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = call(
+        reqwest::Method::POST,
+        format!("{api}/v1/vouchers"),
+        ADMIN,
+        Some(
+            json!({"tenant": "acme", "issuer": "hangzhou-bureau", "face_value_fen": 1_000_000,
+                    "copay_ratio": 0.5, "valid_from": "2020-01-01", "valid_until": "2099-01-01"}),
+        ),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let voucher = body["id"].as_str().unwrap().to_string();
+    // The quota is what the controller enforces: a TenantQuota now exists.
+    let tq = server.objects("zhisuan.io/v1alpha1/tenantquotas");
+    assert_eq!(tq.len(), 1, "{tq:?}");
+    assert_eq!(tq[0]["spec"]["gpus"]["*"], 4);
+    assert_eq!(tq[0]["spec"]["gpuHoursPerMonth"]["*"], 1);
+
+    // The tenant submits a 2-GPU training job: a TrainingJob object appears,
+    // the controller admits, places and binds it.
+    let (st, body) = call(
+        reqwest::Method::POST,
+        format!("{api}/v1/jobs"),
+        &key,
+        Some(
+            json!({"kind": "training", "name": "train", "replicas": 1, "gpus_per_replica": 2,
+                    "image": "trainer:1"}),
+        ),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let tj: Api<DynamicObject> =
+        Api::namespaced_with(server.client(), NS, &ApiResource::erase::<TrainingJob>(&()));
+    assert!(
+        tj.get_opt(&id).await.unwrap().is_some(),
+        "no TrainingJob {id}"
+    );
+    eventually(15, "the job's pod is bound", || async {
+        pods_of(&server, &id).len() == 1
+    })
+    .await;
+    let pod = pods_of(&server, &id).remove(0);
+
+    // The kubelet starts it; it has been running for 30 minutes (2 GPUs ×
+    // 30 min = 1 GPU-hour, the month's limit, once it finishes).
+    let now = chrono::Utc::now().timestamp();
+    let start = now - 1_800;
+    kubelet(&server, &pod, start, None).await;
+    let ledger = Ledger::open(&db).unwrap();
+    eventually(20, "c1 meters the running pod", || {
+        let l = ledger.clone();
+        async move {
+            l.meter_cursor(GPU_METER)
+                .unwrap()
+                .is_some_and(|c| c >= now - 10)
+        }
+    })
+    .await;
+
+    // Leader failover in the middle: c1 is killed, c2 takes over from the
+    // ledger's cursor.
+    c1.task.abort();
+    eventually(20, "c2 leads", || async { c2.leadership.is_leader() }).await;
+    let end = chrono::Utc::now().timestamp() + 2;
+    kubelet(&server, &pod, start, Some(end)).await;
+    eventually(30, "c2 meters up to the pod's end", || {
+        let l = ledger.clone();
+        async move {
+            l.meter_cursor(GPU_METER)
+                .unwrap()
+                .is_some_and(|c| c >= end + PERIOD)
+        }
+    })
+    .await;
+
+    // The ledger holds exactly the truth: GPU time, price, voucher, co-pay.
+    let (gpu_s, gross, voucher_fen) = expected(2000, start, end, 2_500, 5_000);
+    let month = Month::of(chrono::DateTime::from_timestamp(end, 0).unwrap());
+    let st = ledger.statement("acme", month).unwrap();
+    assert_eq!(st.gpu.len(), 1, "{:?}", st.gpu);
+    assert_eq!(st.gpu[0].model, "H100");
+    assert_eq!(
+        st.gpu[0].milli_gpu_seconds, gpu_s,
+        "GPU time lost or doubled"
+    );
+    assert_eq!(st.gpu[0].gross_fen, gross);
+    assert_eq!(st.gpu[0].voucher_fen, voucher_fen);
+    assert_eq!(st.gpu[0].net_fen, gross - voucher_fen);
+    let v = ledger
+        .vouchers(Some("acme"))
+        .unwrap()
+        .into_iter()
+        .find(|v| v.id == voucher)
+        .unwrap();
+    assert_eq!(v.balance_fen, 1_000_000 - voucher_fen);
+    assert!(gpu_s >= 3_600_000);
+
+    // The month's GPU-hours are used up: the API refuses the next job, and
+    // the controller leaves a TrainingJob applied with kubectl pending.
+    let (st, body) = call(
+        reqwest::Method::POST,
+        format!("{api}/v1/jobs"),
+        &key,
+        Some(
+            json!({"kind": "training", "name": "more", "replicas": 1, "gpus_per_replica": 1,
+                    "image": "trainer:1"}),
+        ),
+    )
+    .await;
+    assert_eq!(st, 422, "{body}");
+    assert_eq!(body["error"]["field"], "gpu_hours_per_month", "{body}");
+    let direct: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "zhisuan.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "direct", "namespace": NS},
+        "spec": {"tenant": "acme", "replicas": 1, "gpusPerReplica": 1,
+                 "template": {"spec": {"containers": [{"name": "main", "image": "trainer:1"}]}}}
+    }))
+    .unwrap();
+    tj.create(&PostParams::default(), &direct).await.unwrap();
+    eventually(
+        20,
+        "the controller refuses with MonthlyGpuHoursExceeded",
+        || {
+            let tj = tj.clone();
+            async move {
+                let o = tj.get("direct").await.unwrap();
+                o.data.pointer("/status/reason").and_then(Value::as_str)
+                    == Some("MonthlyGpuHoursExceeded")
+            }
+        },
+    )
+    .await;
+    assert!(pods_of(&server, "direct").is_empty());
+    c2.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submissions_never_exceed_the_quota() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "H100", 8).await;
+    add_node(&server, "gpu-b", "H100", 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
+    let ledger = Ledger::open(&db).unwrap();
+    let api = start_api(&server, ledger).await;
+    let (_, body) = call(
+        reqwest::Method::POST,
+        format!("{api}/v1/tenants"),
+        ADMIN,
+        Some(json!({"name": "acme"})),
+    )
+    .await;
+    let key = body["api_key"].as_str().unwrap().to_string();
+    let (st, _) = call(
+        reqwest::Method::PUT,
+        format!("{api}/v1/tenants/acme/quota"),
+        ADMIN,
+        Some(json!({"gpus": {"*": 4}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+
+    // Through the API: 50 concurrent 1-GPU submissions, exactly 4 accepted.
+    let calls = (0..50).map(|i| {
+        let (api, key) = (api.clone(), key.clone());
+        tokio::spawn(async move {
+            call(
+                reqwest::Method::POST,
+                format!("{api}/v1/jobs"),
+                &key,
+                Some(
+                    json!({"kind": "training", "name": format!("j{i}"), "replicas": 1,
+                            "gpus_per_replica": 1, "image": "trainer:1"}),
+                ),
+            )
+            .await
+        })
+    });
+    let mut accepted = 0;
+    for c in futures::future::join_all(calls).await {
+        let (st, body) = c.unwrap();
+        match st {
+            201 => accepted += 1,
+            422 => assert_eq!(body["error"]["field"], "gpus.*", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(
+        accepted, 4,
+        "the API accepted {accepted} 1-GPU jobs on a 4-GPU quota"
+    );
+
+    // Through the controller: another tenant's quota of 4 GPUs (set through
+    // the API) and 50 TrainingJobs applied at once with kubectl, of which
+    // the controller binds exactly 4 GPUs' worth.
+    call(
+        reqwest::Method::POST,
+        format!("{api}/v1/tenants"),
+        ADMIN,
+        Some(json!({"name": "beta"})),
+    )
+    .await;
+    let (st, _) = call(
+        reqwest::Method::PUT,
+        format!("{api}/v1/tenants/beta/quota"),
+        ADMIN,
+        Some(json!({"gpus": {"*": 4}})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let c = start_controller(&server, "c1", &db);
+    let tj: Api<DynamicObject> = Api::namespaced_with(
+        server.client(),
+        "beta",
+        &ApiResource::erase::<TrainingJob>(&()),
+    );
+    let creates = (0..50).map(|i| {
+        let tj = tj.clone();
+        async move {
+            let o: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "zhisuan.io/v1alpha1", "kind": "TrainingJob",
+                "metadata": {"name": format!("k{i}"), "namespace": "beta"},
+                "spec": {"tenant": "beta", "replicas": 1, "gpusPerReplica": 1,
+                         "template": {"spec": {"containers": [{"name": "main", "image": "t:1"}]}}}
+            }))
+            .unwrap();
+            tj.create(&PostParams::default(), &o).await.unwrap();
+        }
+    });
+    futures::future::join_all(creates).await;
+    let bound = |tenant: &'static str| {
+        server.count("v1/pods", move |p| {
+            p.pointer("/spec/nodeName").is_some()
+                && p.pointer("/metadata/annotations/zhisuan.io~1tenant")
+                    .and_then(Value::as_str)
+                    == Some(tenant)
+        })
+    };
+    eventually(20, "4 of acme's and 4 of beta's jobs are bound", || async {
+        bound("acme") == 4 && bound("beta") == 4
+    })
+    .await;
+    eventually(20, "the other 46 are pending on the quota", || {
+        let tj = tj.clone();
+        async move {
+            let list = tj.list(&Default::default()).await.unwrap();
+            list.items
+                .iter()
+                .filter(|o| {
+                    o.data.pointer("/status/phase").and_then(Value::as_str) == Some("Pending")
+                })
+                .count()
+                == 46
+        }
+    })
+    .await;
+    assert_eq!((bound("acme"), bound("beta")), (4, 4));
+    c.task.abort();
+}
