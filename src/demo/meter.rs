@@ -24,11 +24,13 @@ fn at(t_s: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(t_s, 0).unwrap_or_default()
 }
 
-/// `<job name>/<replica>`: the stable identity of one replica's usage.
+/// `demo/<tenant>/<job name>/<replica>`: the stable identity of one
+/// replica's usage. The tenant is part of it: two tenants' jobs of the same
+/// name are two sources (they were billed as one).
 pub fn source_of(iv: &UsageInterval) -> String {
     // The world's id is `<job number>/<replica>/<start_s>`.
     let replica = iv.id.split('/').nth(1).unwrap_or("0");
-    format!("demo/{}/{}", iv.job_name, replica)
+    format!("demo/{}/{}/{}", iv.tenant, iv.job_name, replica)
 }
 
 /// The ledger record for one metered interval (none for an empty one): the
@@ -95,7 +97,7 @@ mod tests {
         let mut b = a.clone();
         b.id = "99/2/3600".into();
         b.job_id = 99;
-        assert_eq!(source_of(&a), "demo/openb-pod-0042/2");
+        assert_eq!(source_of(&a), "demo/acme/openb-pod-0042/2");
         let (ra, rb) = (
             usage_record(&catalog, &a).unwrap(),
             usage_record(&catalog, &b).unwrap(),
@@ -109,6 +111,18 @@ mod tests {
         let mut other_replica = a.clone();
         other_replica.id = "17/3/3600".into();
         assert_ne!(source_of(&a), source_of(&other_replica));
+        // Another tenant's job of the same name is another source.
+        let mut other_tenant = a.clone();
+        other_tenant.tenant = "beta".into();
+        assert_ne!(source_of(&a), source_of(&other_tenant));
+        assert_ne!(
+            usage_record(&catalog, &other_tenant)
+                .unwrap()
+                .meter()
+                .unwrap()
+                .id,
+            ra.meter().unwrap().id
+        );
     }
 
     #[test]

@@ -161,7 +161,7 @@ mod tests {
         let none = BTreeMap::new();
         // Started 30 s into the first window, finished 10 s into the third.
         let r = run("uid-1", 1_030, Some(1_130), 2000);
-        let m = meter_windows(&[r.clone()], 960, 1_200, 60, &none).unwrap();
+        let m = meter_windows(std::slice::from_ref(&r), 960, 1_200, 60, &none).unwrap();
         assert_eq!(gpu_s(&m), 2000 * 100);
         let spans: Vec<(i64, i64)> = m.usage.iter().map(|u| (u.start_s, u.end_s)).collect();
         assert_eq!(spans, vec![(1_030, 1_080), (1_080, 1_130)]);
@@ -177,8 +177,8 @@ mod tests {
     fn split_spans_add_up_to_one_span() {
         let none = BTreeMap::new();
         let r = run("uid-2", 1_000, None, 500);
-        let whole = meter_windows(&[r.clone()], 960, 4_200, 60, &none).unwrap();
-        let mut parts = meter_windows(&[r.clone()], 960, 2_040, 60, &none).unwrap();
+        let whole = meter_windows(std::slice::from_ref(&r), 960, 4_200, 60, &none).unwrap();
+        let mut parts = meter_windows(std::slice::from_ref(&r), 960, 2_040, 60, &none).unwrap();
         parts
             .usage
             .extend(meter_windows(&[r], 2_040, 4_200, 60, &none).unwrap().usage);
