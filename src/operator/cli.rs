@@ -157,7 +157,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 
 /// The GPU meter's settings from `--meter-period-s`.
 fn meter_config(period_s: u64) -> anyhow::Result<MeterConfig> {
-    if period_s == 0 || 86_400 % period_s != 0 {
+    if crate::ledger::windows::check_period(i64::try_from(period_s).unwrap_or(0)).is_err() {
         return Err(InputError::new(format!(
             "--meter-period-s {period_s}: must divide a day (e.g. 60, 300, 3600) so every replica meters the same windows"
         ))

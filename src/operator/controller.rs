@@ -149,6 +149,18 @@ impl ViewCache {
     }
 }
 
+/// Sends `value` on `tx` only when it differs from the current one (so the
+/// receivers wake only for a change).
+fn publish_if_changed<T: PartialEq>(tx: &watch::Sender<T>, value: T) {
+    tx.send_if_modified(|current| {
+        let changed = *current != value;
+        if changed {
+            *current = value;
+        }
+        changed
+    });
+}
+
 /// Views of `objects`, from `cache` where the resourceVersion is unchanged;
 /// the cache keeps exactly the objects seen now.
 fn cached_views<K: Resource, V: Clone>(
@@ -702,13 +714,7 @@ impl Controller {
                 .map(|n| (n.name.clone(), n.region.clone()))
                 .collect();
             let targets = tokens::token_targets(&services, &pods, &node_regions);
-            counting.targets.send_if_modified(|current| {
-                let changed = *current != targets;
-                if changed {
-                    *current = targets;
-                }
-                changed
-            });
+            publish_if_changed(&counting.targets, targets);
         }
         if let Some(m) = &self.metering {
             let index = metering::MeterIndex::new(&snap.nodes, &snap.workloads, &snap.regions);
@@ -717,13 +723,7 @@ impl Controller {
                 .map(|m| (m.region.as_str(), m.pods.as_slice()))
                 .collect();
             let observed = metering::observe(&index, &pod_objects, &member_pods);
-            m.observed.send_if_modified(|current| {
-                let changed = *current != observed;
-                if changed {
-                    *current = observed;
-                }
-                changed
-            });
+            publish_if_changed(&m.observed, observed);
         }
         let mut objects: BTreeMap<WorkloadKey, Arc<DynamicObject>> = BTreeMap::new();
         {
