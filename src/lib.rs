@@ -8,6 +8,8 @@
 //! `operator`, `api`, `telemetry`, `sim` or `demo`; packing knows no money.
 
 pub mod error;
+pub mod jobs;
+pub mod schedule;
 
 // Domain core (plan layer, plus the ledger's storage).
 pub mod ledger;

@@ -1,5 +1,5 @@
 //! Architecture rules the code must keep: the domain core (`placement`,
-//! `regions`, `ledger`) imports nothing of the edges (`operator`, `api`,
+//! `regions`, `ledger`, the job contract `jobs` and the scheduler `schedule`) imports nothing of the edges (`operator`, `api`,
 //! `telemetry`, `sim`, `demo`, kube, axum), and packing knows no money.
 
 use std::fs;
@@ -75,7 +75,7 @@ fn src(dir: &str) -> PathBuf {
 
 #[test]
 fn domain_core_imports_no_edge_module() {
-    for core in ["placement", "regions", "ledger"] {
+    for core in ["placement", "regions", "ledger", "jobs", "schedule"] {
         let hits = offending_lines(&src(core), imports_an_edge);
         assert!(
             hits.is_empty(),

@@ -12,10 +12,10 @@ use super::controller::{Controller, ControllerConfig};
 use super::crd;
 use super::leader::{Leadership, LeaseTiming};
 use super::metering::MeterConfig;
-use super::plan::PlanConfig;
 use crate::error::InputError;
 use crate::placement::Policy;
 use crate::regions::catalog::ScoreWeights;
+use crate::schedule::PlanConfig;
 use crate::telemetry::tokens::TokenScrapeConfig;
 
 /// Arguments of `zhisuan crd`.

@@ -32,15 +32,16 @@ use super::leader::{Elector, Leadership, LeaseTiming};
 use super::members::{member_node_view, member_pod_view, MemberObjects, Members, PodsIn};
 use super::metering;
 use super::metrics::OperatorMetrics;
-use super::plan::{self, rfc3339, set_condition, Action, PlanConfig};
 use super::reconcile;
+use super::regions::{region_catalog, region_statuses};
 use super::snapshot::{
-    self, keys, Kind, MonthToDate, NodeView, PodView, QuotaView, Snapshot, WorkloadKey,
-    WorkloadView,
+    self, keys, Kind, MonthToDate, NodeView, PodView, QuotaView, WorkloadKey, WorkloadView,
 };
 use super::tokens::{self, ServingService};
 use super::usage::UsageSource;
+use crate::jobs::{rfc3339, set_condition};
 use crate::ledger::Ledger;
+use crate::schedule::{self as plan, Action, PlanConfig, Snapshot};
 use crate::telemetry::tokens::{run_token_loop, TokenScrapeConfig, TokenTarget};
 
 /// Field manager of the controller's server-side applies.
@@ -677,6 +678,7 @@ impl Controller {
             if self.tokens.is_some() {
                 services = cache.serving_services(&inference);
             }
+            let regions = region_catalog(&region_views, &nodes, self.config.plan.region_scoring);
             let mut snap = Snapshot {
                 now: chrono::Utc::now().timestamp(),
                 pods,
@@ -684,7 +686,7 @@ impl Controller {
                 workloads: Vec::new(),
                 quotas: quota_views,
                 month_use,
-                regions: region_views,
+                regions,
             };
             let known = snap.known_models();
             if known != cache.known {
@@ -700,7 +702,7 @@ impl Controller {
                 .extend(cached_views(&mut cache.inference, &inference, |o| {
                     snapshot::workload_view(Kind::Inference, o, &known)
                 }));
-            snapshot::key_legacy_member_placements(&mut snap);
+            snapshot::key_legacy_member_placements(&mut snap.workloads, &region_views);
             snap
         };
         if let Some(counting) = &self.tokens {
@@ -717,7 +719,7 @@ impl Controller {
             publish_if_changed(&counting.targets, targets);
         }
         if let Some(m) = &self.metering {
-            let index = metering::MeterIndex::new(&snap.nodes, &snap.workloads, &snap.regions);
+            let index = metering::MeterIndex::new(&snap.nodes, &snap.workloads, &region_views);
             let member_pods: Vec<(&str, &[Arc<Pod>])> = member_objects
                 .iter()
                 .map(|m| (m.region.as_str(), m.pods.as_slice()))
@@ -755,7 +757,13 @@ impl Controller {
         };
         let quota_objects = by_name(&quotas);
         let region_objects = by_name(&regions);
-        let plan = plan::plan(&snap, &self.config.plan);
+        let mut plan = plan::plan(&snap, &self.config.plan);
+        plan.actions.extend(region_statuses(
+            &region_views,
+            snap.regions.as_ref(),
+            &plan.regions,
+            snap.now,
+        ));
         self.metrics.record(&plan);
         let mut work = Vec::with_capacity(plan.actions.len());
         for action in plan.actions {

@@ -15,6 +15,11 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::jobs::{
+    ComputeRegionStatus, Condition, Placement, ReplicaPlacement, TenantQuotaStatus, WorkloadStatus,
+    PHASES,
+};
+
 /// API group of every zhisuan resource.
 pub const GROUP: &str = "zhisuan.io";
 /// API version of every zhisuan resource.
@@ -241,78 +246,6 @@ macro_rules! workload_spec {
 }
 workload_spec!(TrainingJobSpec, InferenceServiceSpec);
 
-/// Lifecycle of a TrainingJob or InferenceService.
-pub const PHASES: [&str; 6] = [
-    "Pending",
-    "Admitted",
-    "Running",
-    "Succeeded",
-    "Failed",
-    "Preempted",
-];
-
-/// One replica's place: node and device indices on it.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ReplicaPlacement {
-    pub pod: String,
-    pub node: String,
-    pub devices: Vec<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu_milli: Option<u32>,
-}
-
-/// Where a workload runs.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Placement {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    #[serde(default)]
-    pub replicas: Vec<ReplicaPlacement>,
-}
-
-/// A status condition (the shape of `metav1.Condition`).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    /// Admitted, Scheduled, Valid, ...
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// "True", "False" or "Unknown".
-    pub status: String,
-    /// CamelCase machine-readable reason.
-    pub reason: String,
-    /// Human-readable explanation ("why pending").
-    pub message: String,
-    /// RFC 3339.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-}
-
-/// Status shared by TrainingJob and InferenceService.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkloadStatus {
-    /// Pending, Admitted, Running, Succeeded, Failed or Preempted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    /// Short reason of the current phase (why pending / why failed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub placement: Option<Placement>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    /// RFC 3339 time the gang was bound.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-}
-
 /// A kubeconfig in a Secret, for a region that is a separate member cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -383,21 +316,6 @@ pub struct ComputeRegionSpec {
     pub kubeconfig_secret_ref: Option<SecretKeyRef>,
 }
 
-/// Observed state of a region.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ComputeRegionStatus {
-    #[serde(default)]
-    pub gpus: i64,
-    #[serde(default)]
-    pub gpus_allocated: f64,
-    #[serde(default)]
-    pub nodes: i64,
-    /// `Usable`: whether the controller places workloads here, and why not.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-}
-
 /// Limits of one tenant, nested in a tree (province → city → department).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
@@ -453,18 +371,6 @@ pub struct TenantQuotaSpec {
 
 fn yes() -> bool {
     true
-}
-
-/// Current use against a quota.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TenantQuotaStatus {
-    #[serde(default)]
-    pub used_milli_gpus: i64,
-    #[serde(default)]
-    pub admitted_workloads: i64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
 }
 
 /// A government compute voucher (算力券), redeemed by the ledger.

@@ -4,7 +4,7 @@ use prometheus::{
     GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use super::plan::Plan;
+use crate::schedule::Plan;
 
 /// Every series the controller exports; registered on a caller's registry.
 #[derive(Clone)]
@@ -111,13 +111,13 @@ impl OperatorMetrics {
         }
         self.region_gpus.reset();
         self.region_gpus_allocated.reset();
-        for (region, gpus, milli) in &plan.regions {
+        for r in &plan.regions {
             self.region_gpus
-                .with_label_values(&[region.as_str()])
-                .set(*gpus as f64);
+                .with_label_values(&[r.name.as_str()])
+                .set(r.gpus as f64);
             self.region_gpus_allocated
-                .with_label_values(&[region.as_str()])
-                .set(*milli as f64 / 1000.0);
+                .with_label_values(&[r.name.as_str()])
+                .set(r.milli as f64 / 1000.0);
         }
     }
 }

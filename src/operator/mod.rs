@@ -1,7 +1,7 @@
 //! Kubernetes operator (issue #4): CRDs, controller, leader election.
 //!
-//! Pipeline: observe (reflectors) → [`snapshot`] (plain data) → [`plan`]
-//! (pure: validation, quota, fair share, preemption, placement) → act
+//! Pipeline: observe (reflectors) → [`snapshot`] (plain data) →
+//! [`crate::schedule`] (pure: quota, fair share, preemption, placement) → act
 //! ([`controller`]: create pods, bind, patch status), only while holding the
 //! leader Lease ([`leader`]); per-object lifecycle (finalizer, cleanup, phase
 //! from owned pods) in kube-rs `Controller` reconcilers (`reconcile`).
@@ -14,7 +14,6 @@ pub mod leader;
 pub mod members;
 pub mod metering;
 pub mod metrics;
-pub mod plan;
 mod reconcile;
 pub mod regions;
 pub mod snapshot;

@@ -5,7 +5,7 @@
 //!   on before anything else (the scheduling loop launches only workloads
 //!   that carry it), and on deletion the owned pods are deleted before it
 //!   is removed;
-//! - phase from the owned pods ([`plan::pod_lifecycle`], pure): Succeeded,
+//! - phase from the owned pods ([`crate::schedule::pod_lifecycle`], pure): Succeeded,
 //!   Failed (a pod failed, `maxRuntimeSeconds`), or rolled back when pods
 //!   vanished; written by server-side apply of `status`.
 //!
@@ -29,8 +29,8 @@ use kube::ResourceExt;
 use super::controller::Controller;
 use super::crd::{InferenceService, TrainingJob, FINALIZER};
 use super::members::PodsIn;
-use super::plan;
 use super::snapshot::{self, keys, Kind, PodView, WorkloadKey};
+use crate::schedule as plan;
 
 /// What one kind's reconciler works with.
 pub(super) struct Reconciler {

@@ -16,28 +16,18 @@ use std::sync::OnceLock;
 use crate::regions::catalog::{
     AcceleratorSpec, CatalogFile, InventoryEntry, Link, Region, ScoreWeights, UserRegion,
 };
-use crate::regions::plan::{InventoryIndex, JobKind, JobSpec};
+use crate::regions::plan::InventoryIndex;
 use crate::regions::{Catalog, Side};
+use crate::schedule::{Action, RegionCatalog, RegionFigures};
 
 use super::crd::{ComputeRegionStatus, Condition};
-use super::snapshot::{keys, Kind, NodeView, RegionView, WorkloadView};
+use super::snapshot::{keys, NodeView, RegionView};
 use super::validate::describe;
 
 /// Board power assumed for a model the shipped catalog does not list, W.
 pub const ASSUMED_POWER_W: f64 = 400.0;
 /// Bandwidth given to `latencyMs` links (the planner only reads their RTT).
 const LINK_GBPS: f64 = 10.0;
-
-/// The region catalog built from ComputeRegions, with the nodes of each.
-#[derive(Debug, Clone)]
-pub struct RegionCatalog {
-    pub catalog: Catalog,
-    pub inventory: InventoryIndex,
-    /// Indices into the snapshot's nodes, per catalog region.
-    pub members: Vec<Vec<usize>>,
-    /// ComputeRegion name → why it is left out of placement.
-    pub excluded: BTreeMap<String, (String, String)>,
-}
 
 fn shipped_catalog() -> &'static Catalog {
     static CATALOG: OnceLock<Catalog> = OnceLock::new();
@@ -258,37 +248,6 @@ fn empty_catalog() -> Catalog {
     c
 }
 
-/// The region planner's job for a workload. `models` are the accelerator
-/// models admission still allows (quota), restricted to the catalog's.
-pub fn job_spec(w: &WorkloadView, models: &[String]) -> JobSpec {
-    JobSpec {
-        tenant: w.tenant.clone(),
-        name: w.key.to_string(),
-        kind: match w.key.kind {
-            Kind::Training => JobKind::Training,
-            Kind::Inference => JobKind::OnlineInference,
-        },
-        replicas: w.replicas,
-        gpus_per_replica: if w.gpu_milli.is_some() {
-            0
-        } else {
-            w.gpus_per_replica as u32
-        },
-        gpu_milli: w.gpu_milli.map_or(0, u32::from),
-        cpu_milli_per_replica: w.cpu_milli,
-        memory_mib_per_replica: w.memory_mib,
-        gpu_models: models.to_vec(),
-        user_region: w.user_region.clone(),
-        data_region: None,
-        latency_slo_ms: w.latency_slo_ms,
-        residency: w.residency.clone(),
-        cost_budget_fen: None,
-        wait_for_best: false,
-        max_runtime_s: w.max_runtime_s,
-        duration_s: None,
-    }
-}
-
 /// Status of a ComputeRegion: its nodes and GPUs, GPUs allocated (milli),
 /// and whether it is usable (with the reason when not).
 pub fn region_status(
@@ -312,7 +271,7 @@ pub fn region_status(
         .iter()
         .find(|c| c.type_ == "Usable" && c.status == status)
         .and_then(|c| c.last_transition_time.clone())
-        .or_else(|| Some(super::plan::rfc3339(now)));
+        .or_else(|| Some(crate::jobs::rfc3339(now)));
     ComputeRegionStatus {
         gpus,
         gpus_allocated: milli_allocated as f64 / 1000.0,
@@ -328,11 +287,43 @@ pub fn region_status(
     }
 }
 
+/// The status each ComputeRegion should have after a pass, for those whose
+/// status differs: its capacity from the plan's figures, or why it is left
+/// out of placement.
+pub fn region_statuses(
+    views: &[RegionView],
+    catalog: Option<&RegionCatalog>,
+    figures: &[RegionFigures],
+    now: i64,
+) -> Vec<Action> {
+    let Some(rc) = catalog else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for rv in views {
+        let excluded = rc.excluded.get(&rv.name);
+        let (nodes, gpus, milli) = match (excluded, figures.iter().find(|f| f.name == rv.name)) {
+            (None, Some(f)) => (f.nodes as i64, f.gpus as i64, f.milli),
+            _ => (0, 0, 0),
+        };
+        let status = region_status(&rv.status, now, nodes, gpus, milli, excluded);
+        if status != rv.status {
+            out.push(Action::RegionStatus {
+                name: rv.name.clone(),
+                status,
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::{Kind, WorkloadView};
     use crate::operator::crd::{ComputeRegionSpec, SecretKeyRef};
     use crate::regions::plan::{NoQuota, RegionChooser, RegionPolicy, Verdict};
+    use crate::schedule::job_spec;
 
     fn node(name: &str, region: &str, model: &str, gpus: u8) -> NodeView {
         NodeView {
@@ -513,7 +504,7 @@ mod tests {
             region("green", "b", 0.9, &[("shanghai", 30.0)]),
         ];
         let rc = region_catalog(&regions, &nodes, ScoreWeights::default()).unwrap();
-        let mut w = crate::operator::plan::tests::workload("svc", "t", 1, 1, 0, 0);
+        let mut w = crate::schedule::tests::workload("svc", "t", 1, 1, 0, 0);
         w.key.kind = Kind::Inference;
         let rank = |w: &WorkloadView| {
             let job = job_spec(w, &[]).resolve(&rc.catalog).unwrap();

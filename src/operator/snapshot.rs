@@ -1,18 +1,23 @@
 //! Snapshot: the cluster as plain data for the planner. Converting kube
 //! objects into these views is the only place that knows their shapes; the
-//! planner ([`super::plan`]) sees nothing else.
+//! planner ([`crate::schedule`]) sees nothing else.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::DynamicObject;
 use kube::ResourceExt;
 
 use super::crd::{
-    ComputeRegionSpec, ComputeRegionStatus, InferenceServiceSpec, TenantQuotaSpec,
-    TenantQuotaStatus, TrainingJobSpec, WorkloadCommon, WorkloadSpec, WorkloadStatus, FINALIZER,
+    ComputeRegionSpec, ComputeRegionStatus, InferenceServiceSpec, TenantQuotaSpec, TrainingJobSpec,
+    WorkloadCommon, WorkloadSpec, WorkloadStatus, FINALIZER,
 };
 use super::validate::{self, FieldError};
+
+pub use crate::jobs::{
+    pods_by_owner, Kind, MonthToDate, NodeView, PodView, QuotaSpec, QuotaView, WorkloadKey,
+    WorkloadView, MILLI_GPU_S_PER_GPU_HOUR,
+};
 
 /// Annotation keys and labels of the operator ↔ agent ↔ placement contract.
 pub mod keys {
@@ -55,9 +60,8 @@ pub fn name_in_cluster(node: &str) -> &str {
 /// name a member cluster's node by its bare name; read as they are, the node
 /// would look gone and a running gang would be stopped and requeued
 /// (NodeLost) on the upgrade. Keys them as the planner does now. Idempotent.
-pub fn key_legacy_member_placements(snapshot: &mut Snapshot) {
-    let members: BTreeSet<&str> = snapshot
-        .regions
+pub fn key_legacy_member_placements(workloads: &mut [WorkloadView], regions: &[RegionView]) {
+    let members: BTreeSet<&str> = regions
         .iter()
         .filter(|r| r.spec.kubeconfig_secret_ref.is_some())
         .map(|r| r.name.as_str())
@@ -65,7 +69,7 @@ pub fn key_legacy_member_placements(snapshot: &mut Snapshot) {
     if members.is_empty() {
         return;
     }
-    for w in &mut snapshot.workloads {
+    for w in workloads.iter_mut() {
         let Some(p) = &mut w.status.placement else {
             continue;
         };
@@ -76,166 +80,6 @@ pub fn key_legacy_member_placements(snapshot: &mut Snapshot) {
             r.node = member_node_key(region, &r.node);
         }
     }
-}
-
-/// The two workload kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    Training,
-    Inference,
-}
-
-impl Kind {
-    /// Value of the `zhisuan.io/workload-kind` pod label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Kind::Training => "trainingjob",
-            Kind::Inference => "inferenceservice",
-        }
-    }
-    pub fn from_label(s: &str) -> Option<Kind> {
-        match s {
-            "trainingjob" => Some(Kind::Training),
-            "inferenceservice" => Some(Kind::Inference),
-            _ => None,
-        }
-    }
-    pub fn kind_name(self) -> &'static str {
-        match self {
-            Kind::Training => "TrainingJob",
-            Kind::Inference => "InferenceService",
-        }
-    }
-}
-
-/// Identity of a workload.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkloadKey {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl WorkloadKey {
-    /// Name of replica `i`'s pod: deterministic, so a restarted controller
-    /// finds (and never duplicates) the pods it created before.
-    pub fn pod_name(&self, replica: u32) -> String {
-        match self.kind {
-            Kind::Training => format!("{}-{replica}", self.name),
-            Kind::Inference => format!("{}-serve-{replica}", self.name),
-        }
-    }
-}
-
-impl std::fmt::Display for WorkloadKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// A node as the planner sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NodeView {
-    /// Its name; a member cluster's node is [`member_node_key`]`(region, name)`.
-    pub name: String,
-    /// `zhisuan.io/region` label ("" when absent).
-    pub region: String,
-    pub model: String,
-    pub vendor: String,
-    pub gpus: u8,
-    pub unhealthy: Vec<u8>,
-    pub cpu_milli: u32,
-    pub memory_mib: u64,
-    pub labels: Vec<(String, String)>,
-    /// Ready and not cordoned.
-    pub schedulable: bool,
-}
-
-/// A pod as the planner sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PodView {
-    pub namespace: String,
-    pub name: String,
-    /// The workload that owns it (from its labels).
-    pub owner: Option<WorkloadKey>,
-    /// The node it is bound to, named as in [`NodeView::name`].
-    pub node: Option<String>,
-    pub devices: Vec<u8>,
-    /// Share of its one device, when shared.
-    pub milli: Option<u16>,
-    pub cpu_milli: u32,
-    pub memory_mib: u64,
-    /// Pending, Running, Succeeded, Failed, Unknown.
-    pub phase: String,
-    pub deleting: bool,
-}
-
-impl PodView {
-    /// Finished pods hold no resources.
-    pub fn terminal(&self) -> bool {
-        self.phase == "Succeeded" || self.phase == "Failed"
-    }
-}
-
-/// A TrainingJob or InferenceService as the planner sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WorkloadView {
-    pub key: WorkloadKey,
-    pub uid: String,
-    pub generation: i64,
-    /// Creation time, unix seconds.
-    pub created: i64,
-    pub tenant: String,
-    pub replicas: u32,
-    /// Whole GPUs per replica (0 when shared).
-    pub gpus_per_replica: u8,
-    /// Share per replica when shared (`None` = whole GPUs).
-    pub gpu_milli: Option<u16>,
-    pub models: Vec<String>,
-    pub vendor: Option<String>,
-    pub priority: i32,
-    pub residency: Vec<String>,
-    pub preferred: Vec<String>,
-    pub max_runtime_s: Option<i64>,
-    /// Round-trip SLO to the users, ms (InferenceService).
-    pub latency_slo_ms: Option<f64>,
-    /// Where the users sit (InferenceService).
-    pub user_region: Option<String>,
-    /// Token price tier (InferenceService).
-    pub token_tier: Option<String>,
-    pub cpu_milli: u32,
-    pub memory_mib: u64,
-    pub status: WorkloadStatus,
-    pub deleting: bool,
-    pub has_finalizer: bool,
-    /// Why the spec cannot be scheduled (unparseable or invalid); empty = valid.
-    pub errors: Vec<FieldError>,
-}
-
-impl WorkloadView {
-    /// Milli-GPU of one replica.
-    pub fn milli_per_replica(&self) -> u64 {
-        match self.gpu_milli {
-            Some(m) => m as u64,
-            None => self.gpus_per_replica as u64 * 1000,
-        }
-    }
-    pub fn total_milli(&self) -> u64 {
-        self.milli_per_replica() * self.replicas as u64
-    }
-    pub fn phase(&self) -> &str {
-        self.status.phase.as_deref().unwrap_or("Pending")
-    }
-}
-
-/// A TenantQuota as the planner sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QuotaView {
-    /// Object name.
-    pub name: String,
-    pub spec: TenantQuotaSpec,
-    pub status: TenantQuotaStatus,
-    pub errors: Vec<FieldError>,
 }
 
 /// A ComputeRegion as the planner sees it.
@@ -250,46 +94,6 @@ pub struct RegionView {
     /// cannot be used now (reason, message); `None` once its cluster is
     /// connected and listed (the controller fills this in).
     pub member_problem: Option<(String, String)>,
-}
-
-/// A tenant's own use so far this calendar month (from the ledger), for
-/// the monthly limits of TenantQuotas.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MonthToDate {
-    /// Milli-GPU-seconds per accelerator model.
-    pub milli_gpu_s: BTreeMap<String, i64>,
-    /// Tokens (prompt + completion) per tier.
-    pub tokens: BTreeMap<String, i64>,
-}
-
-/// Milli-GPU-seconds in one GPU-hour.
-pub const MILLI_GPU_S_PER_GPU_HOUR: i64 = 3_600_000;
-
-/// Everything one planning pass needs.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
-    /// Unix seconds (the plan layer has no clock).
-    pub now: i64,
-    pub nodes: Vec<NodeView>,
-    pub pods: Vec<PodView>,
-    pub workloads: Vec<WorkloadView>,
-    pub quotas: Vec<QuotaView>,
-    /// ComputeRegions; when there are none, a node's region is its
-    /// `zhisuan.io/region` label.
-    pub regions: Vec<RegionView>,
-    /// Month-to-date use per tenant (absent = none recorded).
-    pub month_use: BTreeMap<String, MonthToDate>,
-}
-
-impl Snapshot {
-    /// Accelerator models the cluster knows (a job naming another is invalid).
-    pub fn known_models(&self) -> BTreeSet<String> {
-        self.nodes
-            .iter()
-            .filter(|n| n.gpus > 0)
-            .map(|n| n.model.clone())
-            .collect()
-    }
 }
 
 /// Parses `"0,1"` device lists (the `zhisuan.io/gpu-devices` / `unhealthy-gpus` form).
@@ -574,9 +378,22 @@ pub fn quota_view(obj: &DynamicObject) -> QuotaView {
     let (spec, status, errors) = spec_and_status(obj, validate::validate_quota);
     QuotaView {
         name: obj.name_any(),
-        spec,
+        spec: quota_spec(spec),
         status,
         errors,
+    }
+}
+
+/// A TenantQuota's spec as the scheduler's quota.
+pub fn quota_spec(spec: TenantQuotaSpec) -> QuotaSpec {
+    QuotaSpec {
+        tenant: spec.tenant,
+        parent: spec.parent,
+        gpus: spec.gpus,
+        gpu_hours_per_month: spec.gpu_hours_per_month,
+        guaranteed_gpus: spec.guaranteed_gpus,
+        borrowable: spec.borrowable,
+        tokens_per_month: spec.tokens_per_month,
     }
 }
 
@@ -596,17 +413,6 @@ pub fn region_view(obj: &DynamicObject) -> RegionView {
         errors,
         member_problem,
     }
-}
-
-/// Pods grouped by owning workload.
-pub fn pods_by_owner(pods: &[PodView]) -> BTreeMap<&WorkloadKey, Vec<&PodView>> {
-    let mut out: BTreeMap<&WorkloadKey, Vec<&PodView>> = BTreeMap::new();
-    for p in pods {
-        if let Some(o) = &p.owner {
-            out.entry(o).or_default().push(p);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -654,32 +460,28 @@ mod tests {
             .unwrap();
             workload_view(Kind::Training, &obj, &BTreeSet::new())
         };
-        let mut snap = Snapshot {
-            now: 0,
-            nodes: vec![],
-            pods: vec![],
-            workloads: vec![
-                job("old", "far", &["kind-control-plane", "far/far-2"]),
-                job("home", "home", &["kind-control-plane"]),
-            ],
-            quotas: vec![],
-            regions: vec![region("far", true), region("home", false)],
-            month_use: BTreeMap::new(),
-        };
-        let nodes = |snap: &Snapshot, i: usize| -> Vec<String> {
-            let p = snap.workloads[i].status.placement.as_ref().unwrap();
+        let mut workloads = vec![
+            job("old", "far", &["kind-control-plane", "far/far-2"]),
+            job("home", "home", &["kind-control-plane"]),
+        ];
+        let regions = vec![region("far", true), region("home", false)];
+        let nodes = |workloads: &[WorkloadView], i: usize| -> Vec<String> {
+            let p = workloads[i].status.placement.as_ref().unwrap();
             p.replicas.iter().map(|r| r.node.clone()).collect()
         };
-        key_legacy_member_placements(&mut snap);
-        assert_eq!(nodes(&snap, 0), ["far/kind-control-plane", "far/far-2"]);
+        key_legacy_member_placements(&mut workloads, &regions);
         assert_eq!(
-            nodes(&snap, 1),
+            nodes(&workloads, 0),
+            ["far/kind-control-plane", "far/far-2"]
+        );
+        assert_eq!(
+            nodes(&workloads, 1),
             ["kind-control-plane"],
             "home nodes keep their names"
         );
-        key_legacy_member_placements(&mut snap);
+        key_legacy_member_placements(&mut workloads, &regions);
         assert_eq!(
-            nodes(&snap, 0),
+            nodes(&workloads, 0),
             ["far/kind-control-plane", "far/far-2"],
             "idempotent"
         );

@@ -1,7 +1,7 @@
 //! Month-to-date use per tenant, for the monthly limits of TenantQuotas
 //! (`gpuHoursPerMonth`, `tokensPerMonth`). The controller reads it through
 //! [`UsageSource`] (the ledger in production, fixed numbers in tests) and
-//! puts it in the snapshot; admission ([`super::plan`]) stays pure.
+//! puts it in the snapshot; admission ([`crate::schedule`]) stays pure.
 
 use std::collections::BTreeMap;
 

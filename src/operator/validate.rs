@@ -9,29 +9,8 @@ use super::crd::{
     WorkloadCommon, WorkloadSpec, TOKEN_TIERS,
 };
 
-/// One problem with one field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// JSON path of the field, e.g. `spec.gpuMilli`.
-    pub field: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-/// Joins errors into one condition message.
-pub fn describe(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
-}
+pub use crate::jobs::{describe, FieldError};
+pub use crate::schedule::quota_cycles;
 
 fn err(errors: &mut Vec<FieldError>, field: &str, message: String) {
     errors.push(FieldError {
@@ -189,27 +168,6 @@ pub fn validate_quota(spec: &TenantQuotaSpec) -> Vec<FieldError> {
         );
     }
     e
-}
-
-/// Tenants whose parent chain loops back on itself (each reported once).
-/// `parents` maps tenant → parent.
-pub fn quota_cycles(parents: &BTreeMap<String, Option<String>>) -> BTreeSet<String> {
-    let mut in_cycle = BTreeSet::new();
-    for start in parents.keys() {
-        // Walk up at most |tenants| steps: a longer walk must have looped.
-        let mut seen = BTreeSet::new();
-        let mut cur = Some(start.clone());
-        while let Some(t) = cur {
-            if !seen.insert(t.clone()) {
-                if &t == start {
-                    in_cycle.insert(start.clone());
-                }
-                break;
-            }
-            cur = parents.get(&t).cloned().flatten();
-        }
-    }
-    in_cycle
 }
 
 /// Checks a ComputeRegion.

@@ -1,0 +1,237 @@
+//! The job contract as plain data: what a job asks for ([`WorkloadView`]),
+//! the nodes and pods it runs on, the quotas that bound it. The operator
+//! fills these from Kubernetes objects, the simulated cluster from its own
+//! state; the scheduler ([`crate::schedule`]) reads nothing else.
+
+use std::collections::BTreeMap;
+
+use super::status::{TenantQuotaStatus, WorkloadStatus};
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `spec.gpuMilli`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Joins errors into one condition message.
+pub fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The two workload kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Training,
+    Inference,
+}
+
+impl Kind {
+    /// Value of the `zhisuan.io/workload-kind` pod label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Training => "trainingjob",
+            Kind::Inference => "inferenceservice",
+        }
+    }
+    pub fn from_label(s: &str) -> Option<Kind> {
+        match s {
+            "trainingjob" => Some(Kind::Training),
+            "inferenceservice" => Some(Kind::Inference),
+            _ => None,
+        }
+    }
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            Kind::Training => "TrainingJob",
+            Kind::Inference => "InferenceService",
+        }
+    }
+}
+
+/// Identity of a workload.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl WorkloadKey {
+    /// Name of replica `i`'s pod: deterministic, so a restarted controller
+    /// finds (and never duplicates) the pods it created before.
+    pub fn pod_name(&self, replica: u32) -> String {
+        match self.kind {
+            Kind::Training => format!("{}-{replica}", self.name),
+            Kind::Inference => format!("{}-serve-{replica}", self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for WorkloadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A node as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeView {
+    /// Its name; a member cluster's node is [`member_node_key`]`(region, name)`.
+    pub name: String,
+    /// `zhisuan.io/region` label ("" when absent).
+    pub region: String,
+    pub model: String,
+    pub vendor: String,
+    pub gpus: u8,
+    pub unhealthy: Vec<u8>,
+    pub cpu_milli: u32,
+    pub memory_mib: u64,
+    pub labels: Vec<(String, String)>,
+    /// Ready and not cordoned.
+    pub schedulable: bool,
+}
+
+/// A pod as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodView {
+    pub namespace: String,
+    pub name: String,
+    /// The workload that owns it (from its labels).
+    pub owner: Option<WorkloadKey>,
+    /// The node it is bound to, named as in [`NodeView::name`].
+    pub node: Option<String>,
+    pub devices: Vec<u8>,
+    /// Share of its one device, when shared.
+    pub milli: Option<u16>,
+    pub cpu_milli: u32,
+    pub memory_mib: u64,
+    /// Pending, Running, Succeeded, Failed, Unknown.
+    pub phase: String,
+    pub deleting: bool,
+}
+
+impl PodView {
+    /// Finished pods hold no resources.
+    pub fn terminal(&self) -> bool {
+        self.phase == "Succeeded" || self.phase == "Failed"
+    }
+}
+
+/// A TrainingJob or InferenceService as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadView {
+    pub key: WorkloadKey,
+    pub uid: String,
+    pub generation: i64,
+    /// Creation time, unix seconds.
+    pub created: i64,
+    pub tenant: String,
+    pub replicas: u32,
+    /// Whole GPUs per replica (0 when shared).
+    pub gpus_per_replica: u8,
+    /// Share per replica when shared (`None` = whole GPUs).
+    pub gpu_milli: Option<u16>,
+    pub models: Vec<String>,
+    pub vendor: Option<String>,
+    pub priority: i32,
+    pub residency: Vec<String>,
+    pub preferred: Vec<String>,
+    pub max_runtime_s: Option<i64>,
+    /// Round-trip SLO to the users, ms (InferenceService).
+    pub latency_slo_ms: Option<f64>,
+    /// Where the users sit (InferenceService).
+    pub user_region: Option<String>,
+    /// Token price tier (InferenceService).
+    pub token_tier: Option<String>,
+    pub cpu_milli: u32,
+    pub memory_mib: u64,
+    pub status: WorkloadStatus,
+    pub deleting: bool,
+    pub has_finalizer: bool,
+    /// Why the spec cannot be scheduled (unparseable or invalid); empty = valid.
+    pub errors: Vec<FieldError>,
+}
+
+impl WorkloadView {
+    /// Milli-GPU of one replica.
+    pub fn milli_per_replica(&self) -> u64 {
+        match self.gpu_milli {
+            Some(m) => m as u64,
+            None => self.gpus_per_replica as u64 * 1000,
+        }
+    }
+    pub fn total_milli(&self) -> u64 {
+        self.milli_per_replica() * self.replicas as u64
+    }
+    pub fn phase(&self) -> &str {
+        self.status.phase.as_deref().unwrap_or("Pending")
+    }
+}
+
+/// A tenant's limits as the scheduler enforces them: one node of the quota
+/// tree. The TenantQuota CRD's spec on a cluster; the ledger's quota through
+/// the API ([`QuotaSpec::from_ledger`]) on the simulated cluster.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QuotaSpec {
+    /// Tenant name (unique across the tree).
+    pub tenant: String,
+    /// Parent tenant; its limits also bound this tenant's use.
+    pub parent: Option<String>,
+    /// GPUs (whole; shares add up in milli) per accelerator model; `*` = any.
+    pub gpus: BTreeMap<String, i64>,
+    /// GPU-hours per calendar month per accelerator model; `*` = any.
+    pub gpu_hours_per_month: BTreeMap<String, i64>,
+    /// GPUs guaranteed under contention (the fair-share weight).
+    pub guaranteed_gpus: i64,
+    /// May use idle capacity beyond `guaranteed_gpus` (up to `gpus`).
+    pub borrowable: bool,
+    /// Tokens per calendar month per tier; `*` = any.
+    pub tokens_per_month: BTreeMap<String, i64>,
+}
+
+/// A TenantQuota as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuotaView {
+    /// Object name.
+    pub name: String,
+    pub spec: QuotaSpec,
+    pub status: TenantQuotaStatus,
+    pub errors: Vec<FieldError>,
+}
+
+/// A tenant's own use so far this calendar month (from the ledger), for
+/// the monthly limits of TenantQuotas.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MonthToDate {
+    /// Milli-GPU-seconds per accelerator model.
+    pub milli_gpu_s: BTreeMap<String, i64>,
+    /// Tokens (prompt + completion) per tier.
+    pub tokens: BTreeMap<String, i64>,
+}
+
+/// Milli-GPU-seconds in one GPU-hour.
+pub const MILLI_GPU_S_PER_GPU_HOUR: i64 = 3_600_000;
+
+/// Pods grouped by owning workload.
+pub fn pods_by_owner(pods: &[PodView]) -> BTreeMap<&WorkloadKey, Vec<&PodView>> {
+    let mut out: BTreeMap<&WorkloadKey, Vec<&PodView>> = BTreeMap::new();
+    for p in pods {
+        if let Some(o) = &p.owner {
+            out.entry(o).or_default().push(p);
+        }
+    }
+    out
+}

@@ -1,0 +1,473 @@
+//! Step 3: admission. Pending workloads are taken in fair-share order; each
+//! one's quota decides the GPU models it may still use, region choice ranks
+//! the regions, and the placement engine puts the whole gang into the first
+//! region (in that order) that holds it. A gang that fits nowhere may preempt
+//! ([`super::preempt`]).
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::jobs::{
+    set_condition, MonthToDate, Placement, ReplicaPlacement, WorkloadKey, WorkloadView,
+};
+use crate::placement::{Decision, ModelSet, Request};
+use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, Verdict};
+
+use super::lifecycle::pending_status;
+use super::quota::{month_subtrees, monthly_tokens, quota_models, Quotas};
+use super::regions::{job_spec, RegionCatalog};
+use super::{Action, Pass};
+
+/// What admission keeps across the workloads of one pass.
+pub(super) struct Admission<'a> {
+    pub(super) quotas: Quotas<'a>,
+    month_use: BTreeMap<String, MonthToDate>,
+    /// Accelerator models the cluster has.
+    known: Vec<String>,
+    /// Region names (sorted).
+    regions: Vec<String>,
+    /// Vendor of each engine node.
+    vendors: Vec<String>,
+    chooser: RegionChooser,
+    expl: Explanation,
+    order: Vec<u16>,
+    /// One preemptor per pass.
+    pub(super) preempted: bool,
+    /// Workloads already evicted for a preemptor this pass.
+    pub(super) reserved_for: BTreeSet<&'a WorkloadKey>,
+}
+
+/// Pending workloads by priority (highest first), then tenant, in age order.
+type Lanes<'a> = BTreeMap<Reverse<i32>, BTreeMap<&'a str, VecDeque<&'a WorkloadView>>>;
+
+/// A region's candidate nodes for a job: all of them unless the job names a
+/// vendor.
+fn nodes_in<'n>(
+    region_nodes: &'n BTreeMap<String, Vec<u32>>,
+    vendors: &[String],
+    region: &str,
+    vendor: &Option<String>,
+) -> Cow<'n, [u32]> {
+    let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
+    match vendor {
+        None => Cow::Borrowed(all),
+        Some(v) => Cow::Owned(
+            all.iter()
+                .copied()
+                .filter(|&i| &vendors[i as usize] == v)
+                .collect(),
+        ),
+    }
+}
+
+/// The region planner's field names → the workload's.
+fn workload_field(field: &str) -> &str {
+    match field {
+        "residency" => "spec.regions.residency",
+        "user_region" => "spec.userRegion",
+        "latency_slo_ms" => "spec.latencySloMs",
+        "gpu_models" => "spec.gpuModels",
+        "replicas" => "spec.replicas",
+        "gpus_per_replica" => "spec.gpusPerReplica",
+        "gpu_milli" => "spec.gpuMilli",
+        "max_runtime_s" => "spec.maxRuntimeSeconds",
+        "tenant" => "spec.tenant",
+        _ => "spec",
+    }
+}
+
+impl<'a> Pass<'a> {
+    /// Step 3: admits the queue in fair-share order.
+    pub(super) fn admit(&mut self, mut queue: Vec<&'a WorkloadView>) {
+        let snapshot = self.snapshot;
+        let quotas = Quotas::new(&snapshot.quotas);
+        let month_use = month_subtrees(&quotas, &snapshot.month_use);
+        let mut adm = Admission {
+            quotas,
+            month_use,
+            known: snapshot.known_models().into_iter().collect(),
+            regions: self.region_nodes.keys().cloned().collect(),
+            vendors: self.cap.nodes.iter().map(|n| n.vendor.clone()).collect(),
+            chooser: RegionChooser::new(self.config.region_policy),
+            expl: Explanation::default(),
+            order: Vec::new(),
+            preempted: false,
+            reserved_for: BTreeSet::new(),
+        };
+        // A tenant's jobs of one priority keep age order, so only the heads
+        // of the per-(priority, tenant) lanes compete: a pick costs
+        // O(tenants), not O(queue).
+        let mut lanes: Lanes = BTreeMap::new();
+        queue.sort_by(|x, y| x.created.cmp(&y.created).then_with(|| x.key.cmp(&y.key)));
+        for w in queue {
+            lanes
+                .entry(Reverse(w.priority))
+                .or_default()
+                .entry(w.tenant.as_str())
+                .or_default()
+                .push_back(w);
+        }
+        while let Some(w) = self.next_fair(&mut lanes, &adm.quotas) {
+            self.admit_one(w, &mut adm);
+        }
+    }
+
+    /// The next workload: highest priority, then the tenant with the
+    /// smallest share of its guarantee, then oldest.
+    fn next_fair(&self, lanes: &mut Lanes<'a>, quotas: &Quotas) -> Option<&'a WorkloadView> {
+        let guarantee = |t: &str| {
+            quotas
+                .by_tenant
+                .get(t)
+                .map(|q| q.spec.guaranteed_gpus.max(1) as u64 * 1000)
+                .unwrap_or(1000)
+        };
+        let mut top = lanes.first_entry()?;
+        let tenants = top.get_mut();
+        let tenant = *tenants
+            .iter()
+            .min_by(|(tx, qx), (ty, qy)| {
+                let sx = self.usage.total(tx) as u128 * guarantee(ty) as u128;
+                let sy = self.usage.total(ty) as u128 * guarantee(tx) as u128;
+                let (x, y) = (qx[0], qy[0]);
+                sx.cmp(&sy)
+                    .then(x.created.cmp(&y.created))
+                    .then_with(|| x.key.cmp(&y.key))
+            })
+            .map(|(t, _)| t)
+            .expect("lanes are never empty");
+        let lane = tenants.get_mut(tenant).expect("picked from the map");
+        let w = lane.pop_front().expect("lanes are never empty");
+        if lane.is_empty() {
+            tenants.remove(tenant);
+        }
+        if tenants.is_empty() {
+            top.remove();
+        }
+        Some(w)
+    }
+
+    /// Leaves a workload pending (or preempted) with a reason and message.
+    pub(super) fn pend(&mut self, w: &WorkloadView, reason: &str, message: String) {
+        *self.out.pending.entry(reason.to_string()).or_default() += 1;
+        let phase = if w.phase() == "Preempted" {
+            "Preempted"
+        } else {
+            "Pending"
+        };
+        let status = pending_status(w, phase, reason, message, self.now);
+        if status != w.status {
+            self.out.actions.push(Action::SetStatus {
+                key: w.key.clone(),
+                status,
+            });
+        }
+    }
+
+    /// Quota, region choice and placement of one workload.
+    fn admit_one(&mut self, w: &'a WorkloadView, adm: &mut Admission<'a>) {
+        let Some(models) = self.allowed_models(w, adm) else {
+            return;
+        };
+        let mut set = ModelSet::NONE;
+        for m in &models {
+            if let Some(id) = self.cap.engine.cluster().models().id(m) {
+                set = set.with(id);
+            }
+        }
+        let one = match w.gpu_milli {
+            Some(m) => Request::shared(w.cpu_milli, w.memory_mib, m),
+            None => Request::whole(w.cpu_milli, w.memory_mib, w.gpus_per_replica),
+        }
+        .with_models(set);
+        let members = vec![one; w.replicas as usize];
+        let Some(allowed) = self.candidate_regions(w, &models, &members, adm) else {
+            return;
+        };
+        let placed = self.try_place(w, &allowed, &members, adm);
+        let snapshot = self.snapshot;
+        if let Some(rc) = &snapshot.regions {
+            let chosen = placed.as_ref().ok().map(|(r, _)| r.as_str());
+            self.mark_tried(&mut adm.expl, rc, &allowed, chosen);
+        }
+        let why_here = match &snapshot.regions {
+            Some(rc) => format!(" Region choice: {}", adm.expl.summary(&rc.catalog)),
+            None => String::new(),
+        };
+        match placed {
+            Ok((region, ds)) => self.launch(w, region, &ds, &why_here),
+            Err(why) => {
+                let explanation = format!(
+                    "the gang of {} fits in no allowed region: {}.{why_here}",
+                    w.replicas,
+                    why.join("; ")
+                );
+                self.preempt(w, explanation, &allowed, &members, adm);
+            }
+        }
+    }
+
+    /// The GPU models the workload may use: those it names (and of its
+    /// vendor) that its quota and monthly limits still allow. `None`: it
+    /// was left pending with the reason.
+    fn allowed_models(&mut self, w: &WorkloadView, adm: &Admission) -> Option<Vec<String>> {
+        let nodes = &self.snapshot.nodes;
+        let candidates: Vec<String> = adm
+            .known
+            .iter()
+            .filter(|m| w.models.is_empty() || w.models.contains(m))
+            .filter(|m| {
+                w.vendor
+                    .as_ref()
+                    .is_none_or(|v| nodes.iter().any(|n| &n.model == *m && &n.vendor == v))
+            })
+            .cloned()
+            .collect();
+        if let Some(tier) = &w.token_tier {
+            if let Err((reason, message)) =
+                monthly_tokens(&adm.quotas, &adm.month_use, &w.tenant, tier)
+            {
+                self.pend(w, &reason, message);
+                return None;
+            }
+        }
+        match quota_models(
+            &adm.quotas,
+            &self.usage,
+            &adm.month_use,
+            &w.tenant,
+            &candidates,
+            w.total_milli(),
+        ) {
+            Ok(m) => Some(m),
+            Err((reason, message)) => {
+                self.pend(w, &reason, message);
+                None
+            }
+        }
+    }
+
+    /// Regions to try, in order: the region planner's ranking (with a
+    /// region catalog) or the sorted region labels; preferred ones first.
+    /// `None`: none is allowed, and the workload was left pending.
+    fn candidate_regions(
+        &mut self,
+        w: &WorkloadView,
+        models: &[String],
+        members: &[Request],
+        adm: &mut Admission,
+    ) -> Option<Vec<String>> {
+        let snapshot = self.snapshot;
+        let ranked: Vec<String> = match &snapshot.regions {
+            None => adm
+                .regions
+                .iter()
+                .filter(|x| w.residency.is_empty() || w.residency.contains(x))
+                .cloned()
+                .collect(),
+            Some(rc) => self.rank_regions(w, rc, models, members, adm)?,
+        };
+        let mut allowed: Vec<String> = w
+            .preferred
+            .iter()
+            .filter(|p| ranked.contains(p))
+            .cloned()
+            .collect();
+        allowed.extend(ranked.iter().filter(|x| !w.preferred.contains(x)).cloned());
+        if allowed.is_empty() {
+            let message = match &snapshot.regions {
+                Some(rc) => adm.expl.summary(&rc.catalog),
+                None => format!(
+                    "no region satisfies spec.regions.residency {:?}",
+                    w.residency
+                ),
+            };
+            self.pend(w, "Unschedulable", message);
+            return None;
+        }
+        Some(allowed)
+    }
+
+    /// The region planner's ranking; regions equally good on score are
+    /// tried best fit first.
+    fn rank_regions(
+        &mut self,
+        w: &WorkloadView,
+        rc: &RegionCatalog,
+        models: &[String],
+        members: &[Request],
+        adm: &mut Admission,
+    ) -> Option<Vec<String>> {
+        let in_catalog: Vec<String> = models
+            .iter()
+            .filter(|m| rc.catalog.accelerators.iter().any(|a| &a.model == *m))
+            .cloned()
+            .collect();
+        if in_catalog.is_empty() {
+            let message = format!(
+                "no usable region has nodes of the GPU models this job may use ({})",
+                models.join(", ")
+            );
+            self.pend(w, "Unschedulable", message);
+            return None;
+        }
+        // Name models only when the job or its quota restricts them.
+        let restrict = if in_catalog.len() == rc.catalog.accelerators.len() {
+            Vec::new()
+        } else {
+            in_catalog
+        };
+        let job = match job_spec(w, &restrict).resolve(&rc.catalog) {
+            Ok(job) => job,
+            Err(e) => {
+                let message = format!(
+                    "{}: {} (regions are: {})",
+                    workload_field(e.field),
+                    e.message,
+                    adm.regions.join(", ")
+                );
+                self.pend(w, "Unschedulable", message);
+                return None;
+            }
+        };
+        adm.chooser.rank(
+            &rc.catalog,
+            &rc.inventory,
+            &w.tenant,
+            &job,
+            self.now,
+            &crate::regions::plan::NoQuota,
+            &mut adm.expl,
+            &mut adm.order,
+        );
+        let cap = &mut self.cap;
+        order_band_by_fit(&mut adm.expl, &mut adm.order, |r| {
+            let nodes = nodes_in(
+                &self.region_nodes,
+                &adm.vendors,
+                &rc.catalog.regions[r as usize].name,
+                &w.vendor,
+            );
+            cap.engine.best(&members[0], Some(&nodes)).map(|(s, _)| s)
+        });
+        Some(
+            adm.order
+                .iter()
+                .map(|&r| rc.catalog.regions[r as usize].name.clone())
+                .collect(),
+        )
+    }
+
+    /// Places the gang in the first allowed region that holds it (allocated
+    /// on success); `Err` says why each region refused.
+    pub(super) fn try_place(
+        &mut self,
+        w: &WorkloadView,
+        allowed: &[String],
+        members: &[Request],
+        adm: &Admission,
+    ) -> Result<(String, Vec<Decision>), Vec<String>> {
+        let mut why = Vec::new();
+        for region in allowed {
+            let nodes = nodes_in(&self.region_nodes, &adm.vendors, region, &w.vendor);
+            match self.cap.engine.place_gang(members, Some(&nodes)) {
+                Ok(ds) => return Ok((region.clone(), ds)),
+                Err(e) => why.push(format!("region {:?}: {e}", region.as_str())),
+            }
+        }
+        Err(why)
+    }
+
+    /// Records in the explanation which ranked regions were tried: every one
+    /// before `chosen` was full; `chosen` (if any) is where the gang went.
+    fn mark_tried(
+        &self,
+        expl: &mut Explanation,
+        rc: &RegionCatalog,
+        tried: &[String],
+        chosen: Option<&str>,
+    ) {
+        let cluster = self.cap.engine.cluster();
+        for name in tried {
+            let Some(r) = rc.catalog.region_index(name) else {
+                continue;
+            };
+            let rank = match expl.candidates[r].verdict {
+                Verdict::Ranked { rank } => rank,
+                _ => continue,
+            };
+            if chosen == Some(name.as_str()) {
+                expl.candidates[r].verdict = Verdict::Chosen { rank };
+                expl.chosen = Some(r as u16);
+                return;
+            }
+            let free_milli = self.region_nodes.get(name).map_or(0, |nodes| {
+                nodes
+                    .iter()
+                    .map(|&i| {
+                        (self.cap.nodes[i as usize].gpus as u64 * 1000)
+                            .saturating_sub(cluster.node_gpu_milli_allocated(i) as u64)
+                    })
+                    .sum()
+            });
+            expl.candidates[r].verdict = Verdict::Full { rank, free_milli };
+        }
+    }
+
+    /// Records the placement: usage, the Admitted status, a Launch action.
+    fn launch(&mut self, w: &WorkloadView, region: String, ds: &[Decision], why_here: &str) {
+        let now = self.now;
+        let replicas = ds
+            .iter()
+            .enumerate()
+            .map(|(i, d)| ReplicaPlacement {
+                pod: w.key.pod_name(i as u32),
+                node: self.cap.engine.cluster().name(d.node).to_string(),
+                devices: d.devices.iter().map(|x| x as u32).collect(),
+                gpu_milli: w.gpu_milli.map(u32::from),
+            })
+            .collect::<Vec<_>>();
+        for r in &replicas {
+            let model = self.model_of_node(&r.node).to_string();
+            self.usage.add(&w.tenant, &model, w.milli_per_replica());
+        }
+        let mut s = w.status.clone();
+        s.phase = Some("Admitted".into());
+        s.reason = Some("Scheduled".into());
+        s.started_at = None;
+        s.observed_generation = Some(w.generation);
+        let nodes: BTreeSet<&str> = replicas.iter().map(|r| r.node.as_str()).collect();
+        let message = format!(
+            "{} replicas placed in region {region:?} on {} node(s): {}.{why_here}",
+            replicas.len(),
+            nodes.len(),
+            nodes.into_iter().collect::<Vec<_>>().join(", ")
+        );
+        s.placement = Some(Placement {
+            region: Some(region),
+            replicas,
+        });
+        let g = w.generation;
+        set_condition(
+            &mut s,
+            "Valid",
+            true,
+            "Valid",
+            "spec is valid".into(),
+            now,
+            g,
+        );
+        set_condition(&mut s, "Scheduled", true, "Scheduled", message, now, g);
+        self.out.decisions += w.replicas as u64;
+        self.out
+            .admitted
+            .push((w.key.clone(), (now - w.created).max(0)));
+        self.out.actions.push(Action::Launch {
+            key: w.key.clone(),
+            tenant: w.tenant.clone(),
+            status: s,
+            write_status: true,
+        });
+    }
+}

@@ -1,0 +1,213 @@
+//! The scheduler (domain core): one pure function from a [`Snapshot`] to the
+//! actions that bring the cluster closer to what it should run. The
+//! controller feeds it Kubernetes objects turned into plain data; the
+//! simulated cluster (`zhisuan sim`, the demo, `zhisuan api --backend world`)
+//! feeds it its own state. No kube, no I/O, no clock (time is `snapshot.now`).
+//!
+//! One pass, in numbered steps (Kueue's `schedule()` is the model):
+//! 1. [`capacity`]: a placement [`crate::placement::Cluster`] of every node,
+//!    unhealthy devices marked, every admitted/running workload's recorded
+//!    placement and every other live pod's devices allocated;
+//! 2. [`lifecycle`] of admitted/running workloads (resume a half-launched
+//!    gang, roll back one whose nodes went away); what follows from a
+//!    workload's own pods alone is [`pod_lifecycle`];
+//! 3. [`admit`]: pending workloads in fair-share order (priority, then the
+//!    tenant with the smallest share of its guarantee, then age);
+//!    hierarchical and monthly [`quota`] decide which GPU models a job may
+//!    still use; region choice ranks the regions; placement puts the whole
+//!    gang inside ONE region or nothing;
+//! 4. [`preempt`]: a job that fits nowhere may evict workloads of strictly
+//!    lower priority (at most `max_victims`, one preemptor per pass; strict
+//!    priority order means preemption can never loop);
+//! 5. [`report`]: quota statuses and the capacity figures.
+
+mod admit;
+mod capacity;
+mod lifecycle;
+mod preempt;
+pub mod quota;
+pub mod regions;
+mod report;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::jobs::{
+    ComputeRegionStatus, MonthToDate, NodeView, PodView, QuotaView, TenantQuotaStatus, WorkloadKey,
+    WorkloadStatus, WorkloadView,
+};
+use crate::placement::Policy;
+use crate::regions::catalog::ScoreWeights;
+use crate::regions::plan::RegionPolicy;
+
+pub use lifecycle::pod_lifecycle;
+pub use quota::quota_cycles;
+pub use regions::{job_spec, RegionCatalog};
+
+use capacity::Capacity;
+use quota::Usage;
+
+/// Everything one planning pass needs.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Unix seconds (the plan layer has no clock).
+    pub now: i64,
+    pub nodes: Vec<NodeView>,
+    pub pods: Vec<PodView>,
+    pub workloads: Vec<WorkloadView>,
+    pub quotas: Vec<QuotaView>,
+    /// The regions as the region planner sees them, with each region's
+    /// member nodes; `None`: a node's region is its `zhisuan.io/region` label.
+    pub regions: Option<RegionCatalog>,
+    /// Month-to-date use per tenant (absent = none recorded).
+    pub month_use: BTreeMap<String, MonthToDate>,
+}
+
+impl Snapshot {
+    /// Accelerator models the cluster knows (a job naming another is invalid).
+    pub fn known_models(&self) -> BTreeSet<String> {
+        known_models(&self.nodes)
+    }
+}
+
+/// Accelerator models of a set of nodes.
+pub fn known_models(nodes: &[NodeView]) -> BTreeSet<String> {
+    nodes
+        .iter()
+        .filter(|n| n.gpus > 0)
+        .map(|n| n.model.clone())
+        .collect()
+}
+
+/// Tunables of the planner.
+#[derive(Clone, Debug)]
+pub struct PlanConfig {
+    pub policy: Policy,
+    /// How regions are ranked (when there is a region catalog).
+    pub region_policy: RegionPolicy,
+    /// Score weights and packing band of region choice (`--pack-band`).
+    pub region_scoring: ScoreWeights,
+    pub seed: u64,
+    /// Most workloads one preemption may evict.
+    pub max_victims: usize,
+    /// A running gang missing pods this long after start is rolled back.
+    pub gang_grace_s: i64,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        PlanConfig {
+            policy: Policy::default(),
+            region_policy: RegionPolicy::default(),
+            region_scoring: ScoreWeights::default(),
+            seed: 1,
+            max_victims: 8,
+            gang_grace_s: 60,
+        }
+    }
+}
+
+/// Something the actor (the controller, the simulated cluster) must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Write a status (only emitted when it differs from the current one).
+    SetStatus {
+        key: WorkloadKey,
+        status: WorkloadStatus,
+    },
+    /// Create and bind the gang's missing pods as recorded in `status`
+    /// (written first when `write_status`: the commit point a new leader
+    /// resumes from), then mark it Running.
+    Launch {
+        key: WorkloadKey,
+        tenant: String,
+        status: WorkloadStatus,
+        write_status: bool,
+    },
+    /// Delete a workload's pods and write `status` (preempted, failed, rolled back).
+    Stop {
+        key: WorkloadKey,
+        pods: Vec<String>,
+        /// The region of the placement being stopped: its pods are in that
+        /// region's cluster (`None`: a placement that recorded no region).
+        region: Option<String>,
+        status: WorkloadStatus,
+    },
+    /// Write a quota's status.
+    QuotaStatus {
+        name: String,
+        status: TenantQuotaStatus,
+    },
+    /// Write a region's status (the operator adds these from
+    /// [`Plan::regions`]; the plan itself knows no region objects).
+    RegionStatus {
+        name: String,
+        status: ComputeRegionStatus,
+    },
+}
+
+/// A region's capacity after a pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegionFigures {
+    pub name: String,
+    pub nodes: u64,
+    pub gpus: u64,
+    /// Milli-GPU allocated.
+    pub milli: u64,
+}
+
+/// Output of one pass.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Pending workloads by reason (for `zhisuan_pending_jobs{reason}`).
+    pub pending: BTreeMap<String, u64>,
+    /// Pods placed this pass.
+    pub decisions: u64,
+    /// Workloads evicted this pass.
+    pub preemptions: u64,
+    /// Admitted this pass, with seconds waited since creation.
+    pub admitted: Vec<(WorkloadKey, i64)>,
+    /// (region, node, milli-GPU allocated).
+    pub nodes: Vec<(String, String, u64)>,
+    /// Per region (every node's region, sorted by name).
+    pub regions: Vec<RegionFigures>,
+}
+
+/// The state one pass shares between its steps.
+struct Pass<'a> {
+    snapshot: &'a Snapshot,
+    config: &'a PlanConfig,
+    now: i64,
+    cap: Capacity,
+    /// Schedulable nodes (engine indices) of each region.
+    region_nodes: BTreeMap<String, Vec<u32>>,
+    /// Node name → accelerator model.
+    node_model: BTreeMap<&'a str, &'a str>,
+    pods: BTreeMap<&'a WorkloadKey, Vec<&'a PodView>>,
+    /// The recorded placement of every admitted/running workload.
+    active: BTreeMap<&'a WorkloadKey, Vec<crate::placement::Decision>>,
+    /// Milli-GPU held per tenant and model.
+    usage: Usage,
+    out: Plan,
+}
+
+impl Pass<'_> {
+    fn model_of_node(&self, name: &str) -> &str {
+        self.node_model.get(name).copied().unwrap_or_default()
+    }
+}
+
+/// Whether a workload holds capacity: admitted or running with a placement.
+fn is_active(w: &WorkloadView) -> bool {
+    matches!(w.phase(), "Admitted" | "Running") && w.status.placement.is_some()
+}
+
+/// Computes everything the actor should do for this snapshot.
+pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
+    let mut pass = Pass::new(snapshot, config); // 1. capacity
+    let queue = pass.lifecycle(); // 2. lifecycle
+    pass.admit(queue); // 3. admission (4. preemption inside)
+    pass.report() // 5. statuses and figures
+}

@@ -1,0 +1,98 @@
+//! Step 4: bounded preemption. A gang that fits nowhere may evict running
+//! workloads of strictly lower priority (lowest priority and newest first,
+//! at most `max_victims`, one preemptor per pass). The freed capacity stays
+//! allocated to the preemptor, which launches once the victims' pods are
+//! gone. Strict priority order means preemption can never loop.
+
+use std::collections::BTreeSet;
+
+use crate::jobs::WorkloadView;
+use crate::placement::Request;
+
+use super::admit::Admission;
+use super::lifecycle::pending_status;
+use super::{Action, Pass};
+
+impl<'a> Pass<'a> {
+    /// Evicts as few lower-priority workloads as make `w` fit, or leaves it
+    /// pending with `explanation` (why it fits nowhere).
+    pub(super) fn preempt(
+        &mut self,
+        w: &'a WorkloadView,
+        explanation: String,
+        allowed: &[String],
+        members: &[Request],
+        adm: &mut Admission<'a>,
+    ) {
+        if adm.preempted {
+            self.pend(w, "Unschedulable", explanation);
+            return;
+        }
+        let mut victims: Vec<&'a WorkloadView> = self
+            .snapshot
+            .workloads
+            .iter()
+            .filter(|v| self.active.contains_key(&v.key) && v.priority < w.priority)
+            .filter(|v| !adm.reserved_for.contains(&v.key))
+            .collect();
+        victims.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.created.cmp(&a.created)));
+        victims.truncate(self.config.max_victims);
+        let mut taken = Vec::new();
+        let mut placed = false;
+        for v in victims {
+            for d in &self.active[&v.key] {
+                let _ = self.cap.engine.release(d);
+            }
+            taken.push(v);
+            if self.try_place(w, allowed, members, adm).is_ok() {
+                placed = true;
+                break;
+            }
+        }
+        if !placed {
+            for v in &taken {
+                for d in &self.active[&v.key] {
+                    let _ = self.cap.engine.allocate(d);
+                }
+            }
+            self.pend(w, "Unschedulable", explanation);
+            return;
+        }
+        adm.preempted = true;
+        let names: Vec<String> = taken.iter().map(|v| v.key.to_string()).collect();
+        for v in taken {
+            adm.reserved_for.insert(&v.key);
+            self.evict(v, w);
+        }
+        let message = format!(
+            "evicting lower-priority {}: {explanation}",
+            names.join(", ")
+        );
+        self.pend(w, "Preempting", message);
+    }
+
+    /// Stops victim `v` (all its pods, seen or planned) for `by`.
+    fn evict(&mut self, v: &WorkloadView, by: &WorkloadView) {
+        let msg = format!(
+            "preempted by {} (priority {} > {})",
+            by.key, by.priority, v.priority
+        );
+        let mut s = pending_status(v, "Preempted", "Preempted", msg, self.now);
+        s.phase = Some("Preempted".into());
+        let mut pods: BTreeSet<String> = self
+            .pods
+            .get(&v.key)
+            .map(|ps| ps.iter().map(|p| p.name.clone()).collect())
+            .unwrap_or_default();
+        if let Some(p) = &v.status.placement {
+            pods.extend(p.replicas.iter().map(|r| r.pod.clone()));
+        }
+        self.out.actions.push(Action::Stop {
+            key: v.key.clone(),
+            pods: pods.into_iter().collect(),
+            region: v.status.placement.as_ref().and_then(|p| p.region.clone()),
+            status: s,
+        });
+        self.out.preemptions += 1;
+    }
+}

@@ -1,0 +1,583 @@
+//! The scheduler's unit tests: one pass at a time on hand-built snapshots.
+
+use super::*;
+use crate::jobs::{rfc3339, Kind, Placement, QuotaSpec, ReplicaPlacement};
+
+fn node(name: &str, region: &str, gpus: u8) -> NodeView {
+    NodeView {
+        name: name.into(),
+        region: region.into(),
+        model: "H100".into(),
+        vendor: "nvidia".into(),
+        gpus,
+        unhealthy: Vec::new(),
+        cpu_milli: 64_000,
+        memory_mib: 512 * 1024,
+        labels: Vec::new(),
+        schedulable: true,
+    }
+}
+
+pub(crate) fn workload(
+    name: &str,
+    tenant: &str,
+    replicas: u32,
+    gpus: u8,
+    priority: i32,
+    created: i64,
+) -> WorkloadView {
+    WorkloadView {
+        key: WorkloadKey {
+            kind: Kind::Training,
+            namespace: "ml".into(),
+            name: name.into(),
+        },
+        uid: format!("uid-{name}"),
+        generation: 1,
+        created,
+        tenant: tenant.into(),
+        replicas,
+        gpus_per_replica: gpus,
+        gpu_milli: None,
+        models: Vec::new(),
+        vendor: None,
+        priority,
+        residency: Vec::new(),
+        preferred: Vec::new(),
+        max_runtime_s: None,
+        latency_slo_ms: None,
+        user_region: None,
+        token_tier: None,
+        cpu_milli: 1000,
+        memory_mib: 1024,
+        status: WorkloadStatus::default(),
+        deleting: false,
+        has_finalizer: true,
+        errors: Vec::new(),
+    }
+}
+
+fn quota(tenant: &str, parent: Option<&str>, gpus: &[(&str, i64)], guaranteed: i64) -> QuotaView {
+    QuotaView {
+        name: tenant.into(),
+        spec: QuotaSpec {
+            tenant: tenant.into(),
+            parent: parent.map(str::to_string),
+            gpus: gpus.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            guaranteed_gpus: guaranteed,
+            borrowable: true,
+            ..Default::default()
+        },
+        status: Default::default(),
+        errors: Vec::new(),
+    }
+}
+
+fn launches(p: &Plan) -> Vec<(&str, &WorkloadStatus)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Launch { key, status, .. } => Some((key.name.as_str(), status)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Marks a planned launch as running (what the controller would write).
+fn run_it(w: &mut WorkloadView, status: &WorkloadStatus) {
+    w.status = status.clone();
+    w.status.phase = Some("Running".into());
+    w.status.started_at = Some(rfc3339(0));
+}
+
+#[test]
+fn a_gang_is_placed_whole_inside_one_region_or_not_at_all() {
+    let snap = Snapshot {
+        now: 100,
+        nodes: vec![
+            node("e1", "east", 8),
+            node("w1", "west", 8),
+            node("w2", "west", 8),
+        ],
+        workloads: vec![
+            workload("g", "t", 3, 8, 0, 1),
+            workload("h", "t", 2, 8, 0, 2),
+        ],
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    let l = launches(&p);
+    // "g" needs 3 whole nodes: no region has 3, so it waits; "h" takes the west.
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].0, "h");
+    let placement = l[0].1.placement.as_ref().unwrap();
+    assert_eq!(placement.region.as_deref(), Some("west"));
+    let nodes: BTreeSet<&str> = placement.replicas.iter().map(|r| r.node.as_str()).collect();
+    assert_eq!(nodes, BTreeSet::from(["w1", "w2"]));
+    assert_eq!(p.pending.get("Unschedulable"), Some(&1));
+    assert_eq!(p.decisions, 2);
+}
+
+#[test]
+fn unhealthy_devices_are_never_given_out() {
+    let mut n = node("n", "r", 4);
+    n.unhealthy = vec![0, 2];
+    let snap = Snapshot {
+        nodes: vec![n],
+        workloads: vec![
+            workload("a", "t", 1, 2, 0, 1),
+            workload("b", "t", 1, 1, 0, 2),
+        ],
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    let l = launches(&p);
+    assert_eq!(l.len(), 1, "only two healthy devices exist");
+    assert_eq!(
+        l[0].1.placement.as_ref().unwrap().replicas[0].devices,
+        vec![1, 3]
+    );
+}
+
+#[test]
+fn running_placements_hold_their_devices_and_a_half_launch_resumes() {
+    let mut snap = Snapshot {
+        nodes: vec![node("n", "r", 8)],
+        workloads: vec![workload("a", "t", 1, 6, 0, 1)],
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    let status = launches(&p)[0].1.clone();
+    // A leader died after writing Admitted: the next pass resumes, not replans.
+    snap.workloads[0].status = status.clone();
+    snap.workloads.push(workload("b", "t", 1, 4, 0, 2));
+    let p = plan(&snap, &PlanConfig::default());
+    assert!(p
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Launch { key, write_status: false, .. } if key.name == "a")));
+    assert!(
+        launches(&p).iter().all(|(n, _)| *n != "b"),
+        "b would overlap a's devices"
+    );
+    assert_eq!(p.pending.get("Unschedulable"), Some(&1));
+}
+
+#[test]
+fn hierarchical_quota_binds_at_the_parent() {
+    let mut snap = Snapshot {
+        nodes: vec![node("n1", "r", 8), node("n2", "r", 8)],
+        workloads: vec![
+            workload("a", "dept", 1, 8, 0, 1),
+            workload("b", "dept", 1, 8, 0, 2),
+        ],
+        quotas: vec![
+            quota("city", None, &[("*", 12)], 0),
+            quota("dept", Some("city"), &[("H100", 16)], 0),
+        ],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    let l = launches(&p);
+    assert_eq!(l.len(), 1);
+    let status = l[0].1.clone();
+    let name = l[0].0.to_string();
+    let refused = p.actions.iter().find_map(|a| match a {
+        Action::SetStatus { status, .. } => Some(status.clone()),
+        _ => None,
+    });
+    let refused = refused.unwrap();
+    assert_eq!(refused.reason.as_deref(), Some("QuotaExceeded"));
+    assert!(refused
+        .conditions
+        .iter()
+        .any(|c| c.message.contains("spec.gpus[*]=12")));
+    // Usage is counted up the tree.
+    let idx = snap
+        .workloads
+        .iter()
+        .position(|w| w.key.name == name)
+        .unwrap();
+    run_it(&mut snap.workloads[idx], &status);
+    let p = plan(&snap, &PlanConfig::default());
+    let city = p.actions.iter().find_map(|a| match a {
+        Action::QuotaStatus { name, status } if name == "city" => Some(status.used_milli_gpus),
+        _ => None,
+    });
+    assert_eq!(city, Some(8000));
+}
+
+#[test]
+fn quota_cycles_and_missing_quotas_block_with_reasons() {
+    let snap = Snapshot {
+        nodes: vec![node("n", "r", 8)],
+        workloads: vec![
+            workload("a", "x", 1, 1, 0, 1),
+            workload("b", "nobody", 1, 1, 0, 2),
+        ],
+        quotas: vec![quota("x", Some("y"), &[], 0), quota("y", Some("x"), &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    assert!(launches(&p).is_empty());
+    assert_eq!(p.pending.get("QuotaInvalid"), Some(&1));
+    assert_eq!(p.pending.get("NoQuota"), Some(&1));
+}
+
+#[test]
+fn fair_share_prefers_the_tenant_furthest_below_its_guarantee() {
+    let mut snap = Snapshot {
+        nodes: vec![node("n1", "r", 8), node("n2", "r", 4)],
+        workloads: vec![workload("big-user", "a", 1, 8, 0, 1)],
+        quotas: vec![quota("a", None, &[], 4), quota("b", None, &[], 4)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    let status = launches(&p)[0].1.clone();
+    run_it(&mut snap.workloads[0], &status);
+    // Tenant a already holds 8 GPUs; both want the last 4: b (using 0) goes first.
+    snap.workloads.push(workload("a-more", "a", 1, 4, 0, 2));
+    snap.workloads.push(workload("b-first", "b", 1, 4, 0, 3));
+    let p = plan(&snap, &PlanConfig::default());
+    let names: Vec<&str> = launches(&p).iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["b-first"]);
+}
+
+#[test]
+fn preemption_evicts_only_lower_priority_and_is_bounded() {
+    let mut snap = Snapshot {
+        nodes: vec![node("n", "r", 8)],
+        workloads: vec![workload("low", "t", 1, 8, 0, 1)],
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    let status = launches(&p)[0].1.clone();
+    run_it(&mut snap.workloads[0], &status);
+    // Same priority: no preemption, it waits.
+    snap.workloads.push(workload("peer", "t", 1, 8, 0, 2));
+    let p = plan(&snap, &PlanConfig::default());
+    assert_eq!(p.preemptions, 0);
+    assert!(launches(&p).is_empty());
+    // Higher priority: "low" is stopped as Preempted, nothing launches this pass.
+    snap.workloads.push(workload("urgent", "t", 1, 8, 10, 3));
+    let p = plan(&snap, &PlanConfig::default());
+    assert_eq!(p.preemptions, 1);
+    assert!(launches(&p).is_empty());
+    let stopped: Vec<&str> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Stop {
+                key,
+                status,
+                pods,
+                region,
+            } => {
+                assert_eq!(status.phase.as_deref(), Some("Preempted"));
+                assert_eq!(pods, &vec!["low-0".to_string()]);
+                // Its pods are deleted in the cluster of its region only.
+                assert_eq!(region.as_deref(), Some("r"));
+                Some(key.name.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stopped, ["low"]);
+    assert_eq!(p.pending.get("Preempting"), Some(&1));
+    // Next pass: low is requeued (Preempted), urgent lands; low cannot evict urgent back.
+    snap.workloads[0].status.phase = Some("Preempted".into());
+    snap.workloads[0].status.placement = None;
+    let p = plan(&snap, &PlanConfig::default());
+    assert_eq!(
+        launches(&p).iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        ["urgent"]
+    );
+    let status = launches(&p)[0].1.clone();
+    let i = snap
+        .workloads
+        .iter()
+        .position(|w| w.key.name == "urgent")
+        .unwrap();
+    run_it(&mut snap.workloads[i], &status);
+    let p = plan(&snap, &PlanConfig::default());
+    assert_eq!(p.preemptions, 0, "a lower priority never preempts back");
+}
+
+#[test]
+fn residency_is_a_hard_filter_and_preferred_comes_first() {
+    let mut w = workload("a", "t", 1, 1, 0, 1);
+    w.residency = vec!["west".into(), "north".into()];
+    w.preferred = vec!["north".into()];
+    let mut v = workload("b", "t", 1, 1, 0, 2);
+    v.residency = vec!["south".into()];
+    let snap = Snapshot {
+        nodes: vec![
+            node("e", "east", 8),
+            node("w", "west", 8),
+            node("n", "north", 8),
+        ],
+        workloads: vec![w, v],
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    let l = launches(&p);
+    assert_eq!(l.len(), 1);
+    assert_eq!(
+        l[0].1.placement.as_ref().unwrap().region.as_deref(),
+        Some("north")
+    );
+    assert_eq!(p.pending.get("Unschedulable"), Some(&1));
+}
+
+fn used(gpu: &[(&str, i64)], tokens: &[(&str, i64)]) -> MonthToDate {
+    MonthToDate {
+        milli_gpu_s: gpu.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        tokens: tokens.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    }
+}
+
+/// Asserts that `name` did not launch and waits for `reason`, its
+/// Scheduled condition saying every one of `says`.
+fn assert_waits(p: &Plan, name: &str, reason: &str, says: &[&str]) {
+    assert!(launches(p).iter().all(|l| l.0 != name));
+    let status = p
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::SetStatus { key, status } if key.name == name => Some(status),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{name} got no status"));
+    assert_eq!(status.reason.as_deref(), Some(reason));
+    let message = &status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scheduled")
+        .unwrap()
+        .message;
+    for s in says {
+        assert!(message.contains(s), "{message:?} lacks {s:?}");
+    }
+}
+
+#[test]
+fn a_parents_monthly_gpu_hours_count_the_whole_subtree() {
+    // city may use 100 H100-hours a month; dept used 60 h, lab 40 h.
+    let mut city = quota("city", None, &[], 0);
+    city.spec.gpu_hours_per_month = [("H100".to_string(), 100)].into();
+    let snap = |lab_milli_s: i64| Snapshot {
+        nodes: vec![node("n", "r", 8)],
+        workloads: vec![workload("j", "dept", 1, 1, 0, 1)],
+        quotas: vec![
+            city.clone(),
+            quota("dept", Some("city"), &[], 0),
+            quota("lab", Some("city"), &[], 0),
+        ],
+        month_use: [
+            // 60 GPU-hours = 60 × 3,600,000 milli-GPU-seconds.
+            ("dept".to_string(), used(&[("H100", 216_000_000)], &[])),
+            ("lab".to_string(), used(&[("H100", lab_milli_s)], &[])),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    // 60 h + 40 h = 100 h: the limit is reached, the job waits.
+    let p = plan(&snap(144_000_000), &PlanConfig::default());
+    assert_waits(
+        &p,
+        "j",
+        "MonthlyGpuHoursExceeded",
+        &[
+            "tenant \"city\" used 100.00 GPU-hours of H100",
+            "spec.gpuHoursPerMonth[H100]=100",
+        ],
+    );
+    // 60 h + 39.99 h = 99.99 h: still under, the job runs.
+    let p = plan(&snap(143_964_000), &PlanConfig::default());
+    assert_eq!(launches(&p).len(), 1);
+}
+
+#[test]
+fn a_used_up_model_leaves_the_others_and_star_limits_all() {
+    let mut a100 = node("a", "r", 8);
+    a100.model = "A100".into();
+    let mut t = quota("t", None, &[], 0);
+    t.spec.gpu_hours_per_month = [("H100".to_string(), 10)].into();
+    let mut snap = Snapshot {
+        nodes: vec![node("h", "r", 8), a100],
+        workloads: vec![workload("j", "t", 1, 8, 0, 1)],
+        quotas: vec![t],
+        // 10 H100-hours used: H100 is closed for the month, A100 is not.
+        month_use: [("t".to_string(), used(&[("H100", 36_000_000)], &[]))].into(),
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    let l = launches(&p);
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].1.placement.as_ref().unwrap().replicas[0].node, "a");
+    // A `*` limit of 12 h counts every model: 10 h H100 + 2 h A100 = 12 h.
+    snap.quotas[0].spec.gpu_hours_per_month = [("*".to_string(), 12)].into();
+    snap.month_use = [(
+        "t".to_string(),
+        used(&[("H100", 36_000_000), ("A100", 7_200_000)], &[]),
+    )]
+    .into();
+    let p = plan(&snap, &PlanConfig::default());
+    assert_waits(
+        &p,
+        "j",
+        "MonthlyGpuHoursExceeded",
+        &[
+            "used 12.00 GPU-hours this month",
+            "spec.gpuHoursPerMonth[*]=12",
+        ],
+    );
+}
+
+#[test]
+fn monthly_tokens_block_new_services_of_the_tier() {
+    let mut parent = quota("prov", None, &[], 0);
+    parent.spec.tokens_per_month = [("basic".to_string(), 1_000_000)].into();
+    let mut svc = workload("svc", "city", 1, 1, 0, 1);
+    svc.key.kind = Kind::Inference;
+    svc.token_tier = Some("basic".into());
+    let snap = |basic: i64| Snapshot {
+        nodes: vec![node("n", "r", 8)],
+        workloads: vec![svc.clone(), workload("train", "city", 1, 1, 0, 2)],
+        quotas: vec![parent.clone(), quota("city", Some("prov"), &[], 0)],
+        // Industry tokens do not count against the basic limit.
+        month_use: [(
+            "city".to_string(),
+            used(&[], &[("basic", basic), ("industry", 5_000_000)]),
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let p = plan(&snap(1_000_000), &PlanConfig::default());
+    assert_waits(
+        &p,
+        "svc",
+        "MonthlyTokensExceeded",
+        &["used 1000000 tokens", "spec.tokensPerMonth[basic]=1000000"],
+    );
+    // The training job of the same tenant is not held back by tokens.
+    assert_eq!(
+        launches(&p).iter().map(|l| l.0).collect::<Vec<_>>(),
+        ["train"]
+    );
+    let p = plan(&snap(999_999), &PlanConfig::default());
+    assert_eq!(launches(&p).len(), 2);
+}
+
+/// A running gang of two started at t=1000, with its pods in `phases`
+/// (`None` = pod gone).
+fn running_pair(phases: [Option<&str>; 2]) -> (WorkloadView, Vec<PodView>) {
+    let mut w = workload("pair", "acme", 2, 1, 0, 0);
+    w.max_runtime_s = Some(500);
+    w.status = WorkloadStatus {
+        phase: Some("Running".into()),
+        started_at: Some(rfc3339(1000)),
+        placement: Some(Placement {
+            region: Some("east".into()),
+            replicas: (0..2)
+                .map(|i| ReplicaPlacement {
+                    pod: format!("pair-{i}"),
+                    node: "e1".into(),
+                    devices: vec![i],
+                    gpu_milli: None,
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    };
+    let pods = phases
+        .iter()
+        .enumerate()
+        .filter_map(|(i, ph)| {
+            ph.map(|ph| PodView {
+                namespace: "ml".into(),
+                name: format!("pair-{i}"),
+                owner: Some(w.key.clone()),
+                node: Some("e1".into()),
+                devices: vec![i as u8],
+                milli: None,
+                cpu_milli: 1000,
+                memory_mib: 1024,
+                phase: ph.into(),
+                deleting: false,
+            })
+        })
+        .collect();
+    (w, pods)
+}
+
+fn lifecycle_at(phases: [Option<&str>; 2], now: i64) -> (Option<(String, String)>, Option<i64>) {
+    let (w, pods) = running_pair(phases);
+    let refs: Vec<&PodView> = pods.iter().collect();
+    let (action, recheck) = pod_lifecycle(&w, &refs, now, &PlanConfig::default());
+    let summary = action.map(|a| match a {
+        Action::SetStatus { status, .. } => (
+            format!("set {}", status.phase.unwrap_or_default()),
+            status.reason.unwrap_or_default(),
+        ),
+        Action::Stop { status, pods, .. } => (
+            format!(
+                "stop {} {}",
+                status.phase.unwrap_or_default(),
+                pods.join(",")
+            ),
+            status.reason.unwrap_or_default(),
+        ),
+        other => panic!("unexpected {other:?}"),
+    });
+    (summary, recheck)
+}
+
+#[test]
+fn the_pods_of_a_running_gang_decide_its_phase() {
+    let s = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+    // Both running: nothing to do; look again at the runtime limit.
+    assert_eq!(
+        lifecycle_at([Some("Running"), Some("Running")], 1100),
+        (None, Some(1500))
+    );
+    assert_eq!(
+        lifecycle_at([Some("Succeeded"), Some("Succeeded")], 1100),
+        (s("set Succeeded", "Completed"), None)
+    );
+    // One done, one still running: not finished.
+    assert_eq!(
+        lifecycle_at([Some("Succeeded"), Some("Running")], 1100).0,
+        None
+    );
+    assert_eq!(
+        lifecycle_at([Some("Failed"), Some("Running")], 1100),
+        (s("stop Failed pair-0,pair-1", "PodFailed"), None)
+    );
+    assert_eq!(
+        lifecycle_at([Some("Running"), Some("Running")], 1500),
+        (s("stop Failed pair-0,pair-1", "MaxRuntimeExceeded"), None)
+    );
+    // A vanished pod: wait out the grace (60 s after the start), then requeue.
+    assert_eq!(
+        lifecycle_at([Some("Running"), None], 1030),
+        (None, Some(1060))
+    );
+    assert_eq!(
+        lifecycle_at([Some("Running"), None], 1060),
+        (s("stop Pending pair-0,pair-1", "GangBroken"), None)
+    );
+    // Only Running workloads: an Admitted one is the scheduling loop's to resume.
+    let (mut w, pods) = running_pair([Some("Failed"), Some("Failed")]);
+    w.status.phase = Some("Admitted".into());
+    let refs: Vec<&PodView> = pods.iter().collect();
+    assert_eq!(
+        pod_lifecycle(&w, &refs, 1100, &PlanConfig::default()),
+        (None, None)
+    );
+}
