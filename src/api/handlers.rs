@@ -243,7 +243,6 @@ pub async fn set_quota(
         .await
         .map_err(unknown_tenant_is_404)?;
     state.forget_quota(&name);
-    state.jobs().set_gpu_limit(&name, gpu_limit_milli(&quota));
     // On a cluster the quota also becomes the tenant's TenantQuota, which the
     // controller's admission enforces (the ledger's quota is the truth).
     let n = name.clone();
@@ -792,7 +791,6 @@ pub async fn submit_job(
     let admission = state.admission_lock(&tenant);
     let _admitting = admission.lock().await;
     let quota = state.quota_of(&tenant).await?;
-    state.jobs().set_gpu_limit(&tenant, gpu_limit_milli(&quota));
     let held = state.jobs().gpu_use(&tenant).await?;
     let month = state.month_usage(&tenant, Utc::now()).await?;
     check_job_quota(&spec, &quota, &held, &month)?;

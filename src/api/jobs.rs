@@ -188,13 +188,11 @@ pub trait JobBackend: Send + Sync + 'static {
     fn cancel(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>>;
     fn gpu_use(&self, tenant: &str) -> BoxFuture<'_, BackendResult<GpuUse>>;
     fn regions(&self) -> BoxFuture<'_, BackendResult<Vec<RegionView>>>;
-    /// The tenant's limit on GPUs held at once, all models (milli-GPU; `None`
-    /// = unlimited), for the backend to enforce again at admission. Called
-    /// when the quota is set and at every submission. Default: not enforced.
-    fn set_gpu_limit(&self, _tenant: &str, _limit_milli: Option<u64>) {}
     /// Makes `quota` (the ledger's, the one truth) the quota the backend's
-    /// own admission enforces: on a cluster the tenant's `TenantQuota`.
-    /// Default: nothing to project.
+    /// own scheduler enforces: on a cluster the tenant's `TenantQuota`, on
+    /// the simulated cluster its scheduler's quota. Called when the quota is
+    /// set and, for every tenant, when the API starts. Default: nothing to
+    /// project.
     fn project_quota<'a>(
         &'a self,
         _tenant: &'a str,

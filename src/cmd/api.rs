@@ -132,7 +132,9 @@ pub fn standalone(
     // Admission enforces the quotas already in the ledger from the start.
     for tenant in ledger.tenants().map_err(|e| e.into_anyhow())? {
         if let Some(q) = ledger.quota(&tenant.name).map_err(|e| e.into_anyhow())? {
-            backend.set_gpu_limit(&tenant.name, crate::api::gpu_limit_milli(&q));
+            let parent = tenant.parent.as_deref();
+            futures::executor::block_on(backend.project_quota(&tenant.name, parent, &q))
+                .map_err(|e| anyhow::anyhow!("quota of tenant {}: {e}", tenant.name))?;
         }
     }
     let state = ApiState::new(config, ledger.clone(), Arc::new(backend.clone()), registry)?;

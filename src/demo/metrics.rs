@@ -143,6 +143,7 @@ impl WorldMetrics {
     /// the jobs the tracker saw start since the last call.
     pub fn observe(&mut self, world: &World, tracker: &JobTracker, started: &[JobId]) {
         let stats = world.region_stats();
+        let used = world.device_use();
         self.counted.resize(stats.len(), (0.0, 0.0));
         for (r, s) in stats.iter().enumerate() {
             let l = [s.name.as_str()];
@@ -164,11 +165,10 @@ impl WorldMetrics {
                 .inc_by((s.facility_kwh - *kwh).max(0.0));
             (*carbon, *kwh) = (s.carbon_kg.max(*carbon), s.facility_kwh.max(*kwh));
 
-            let cluster = world.engines().engine(r).cluster();
-            for node in 0..cluster.len() as u32 {
-                let milli = cluster.node_gpu_milli_allocated(node);
+            for node in world.nodes().iter().filter(|n| n.region == s.name) {
+                let milli: u32 = used.get(node.name.as_str()).map_or(0, |d| d.iter().sum());
                 self.node_allocated
-                    .with_label_values(&[s.name.as_str(), cluster.name(node)])
+                    .with_label_values(&[s.name.as_str(), node.name.as_str()])
                     .set(f64::from(milli) / 1000.0);
             }
         }

@@ -678,6 +678,7 @@ mod tests {
             residency: vec![],
             cost_budget_fen: None,
             wait_for_best: false,
+            priority: 0,
             max_runtime_s: None,
             duration_s: Some(60),
         }

@@ -8,6 +8,7 @@
 //! are one set per node); [`AgentsCollector`] puts them on the demo's registry.
 
 use super::tracker::JobTracker;
+use crate::jobs::NodeView;
 use crate::sim::world::{Phase, World};
 use crate::telemetry::agent::{Agent, AgentConfig};
 use crate::telemetry::attribution::{PodDevices, PodRef};
@@ -20,8 +21,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 struct NodeAgent {
-    region: usize,
-    node: u32,
+    node: String,
+    gpus: u32,
     agent: Agent<SimNode>,
     registry: Registry,
 }
@@ -45,34 +46,35 @@ impl SimAgents {
     /// Agents on the `per_region` largest nodes of every region.
     pub fn new(world: &World, per_region: usize) -> anyhow::Result<SimAgents> {
         let mut agents = Vec::new();
-        for region in 0..world.engines().len() {
-            let cluster = world.engines().engine(region).cluster();
-            let mut nodes: Vec<u32> = (0..cluster.len() as u32)
-                .filter(|&n| cluster.gpu_count(n) > 0)
+        for (region, r) in world.catalog().regions.iter().enumerate() {
+            let mut nodes: Vec<(usize, &NodeView)> = world
+                .nodes()
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.region == r.name && n.gpus > 0)
                 .collect();
-            nodes.sort_by_key(|&n| std::cmp::Reverse(cluster.gpu_count(n)));
-            for node in nodes.into_iter().take(per_region) {
-                let model = cluster.models().name(cluster.model(node)).to_string();
-                let (idle_mw, max_mw) = power_mw(&model);
+            nodes.sort_by_key(|(_, n)| std::cmp::Reverse(n.gpus));
+            for (k, node) in nodes.into_iter().take(per_region) {
+                let (idle_mw, max_mw) = power_mw(&node.model);
                 let sim = SimNode::new(SimConfig {
-                    devices: cluster.gpu_count(node) as u32,
-                    model,
+                    devices: u32::from(node.gpus),
+                    model: node.model.clone(),
                     idle_mw,
                     max_mw,
-                    seed: u64::from(node) * 131 + region as u64,
+                    seed: k as u64 * 131 + region as u64,
                     ..SimConfig::default()
                 });
                 let registry = Registry::new();
                 let metrics = AgentMetrics::new(&registry)?;
                 let cfg = AgentConfig {
-                    node: cluster.name(node).to_string(),
-                    region: Some(world.catalog().regions[region].name.clone()),
+                    node: node.name.clone(),
+                    region: Some(r.name.clone()),
                     health: HealthPolicy::default(),
                     proc_root: "/nonexistent-demo-proc".into(),
                 };
                 agents.push(NodeAgent {
-                    region,
-                    node,
+                    node: node.name.clone(),
+                    gpus: u32::from(node.gpus),
                     agent: Agent::new(sim, cfg, Some(metrics)),
                     registry,
                 });
@@ -84,13 +86,18 @@ impl SimAgents {
     /// One sampling step after `dt_ms` of wall time.
     pub fn step(&mut self, world: &World, tracker: &JobTracker, dt_ms: u64) {
         let mut pods = pods_by_node(world, tracker, &self.agents);
+        let used = world.device_use();
         for (k, a) in self.agents.iter_mut().enumerate() {
-            let cluster = world.engines().engine(a.region).cluster();
             let sim = a.agent.backend_mut();
-            for (device, free_milli) in cluster.device_free(a.node).iter().enumerate() {
+            let on_devices = used.get(a.node.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            for device in 0..a.gpus {
                 // A device works in proportion to the share allocated on it.
-                let used = 1000u32.saturating_sub(u32::from(*free_milli));
-                sim.set_utilisation(device as u32, Some(used / 10));
+                let milli = on_devices
+                    .get(device as usize)
+                    .copied()
+                    .unwrap_or(0)
+                    .min(1000);
+                sim.set_utilisation(device, Some(milli / 10));
             }
             sim.advance(dt_ms);
             let on_node = pods.remove(&k).unwrap_or_default();
@@ -140,10 +147,10 @@ fn pods_by_node(
     tracker: &JobTracker,
     agents: &[NodeAgent],
 ) -> HashMap<usize, Vec<PodDevices>> {
-    let agent_of: HashMap<(usize, u32), usize> = agents
+    let agent_of: HashMap<&str, usize> = agents
         .iter()
         .enumerate()
-        .map(|(k, a)| ((a.region, a.node), k))
+        .map(|(k, a)| (a.node.as_str(), k))
         .collect();
     let mut pods: HashMap<usize, Vec<PodDevices>> = HashMap::new();
     for job in tracker.live().filter_map(|id| world.job(id)) {
@@ -151,8 +158,8 @@ fn pods_by_node(
             continue;
         }
         let Some(p) = &job.placement else { continue };
-        for (replica, d) in p.decisions.iter().enumerate() {
-            let Some(&k) = agent_of.get(&(usize::from(p.region), d.node)) else {
+        for (replica, d) in p.replicas.iter().enumerate() {
+            let Some(&k) = agent_of.get(d.node.as_str()) else {
                 continue;
             };
             if d.devices.is_empty() {
@@ -164,7 +171,7 @@ fn pods_by_node(
                     name: format!("{}-{replica}", job.spec.name),
                     uid: format!("{}/{replica}", job.id),
                 },
-                devices: d.devices.iter().map(|i| i as u32).collect(),
+                devices: d.devices.iter().map(|&i| i as u32).collect(),
                 milli: (d.milli_per_device < 1000).then_some(u32::from(d.milli_per_device)),
             });
         }

@@ -156,6 +156,9 @@ pub struct WorkloadView {
     pub user_region: Option<String>,
     /// Token price tier (InferenceService).
     pub token_tier: Option<String>,
+    /// A batch job (offline inference, no latency term, 1 h expected
+    /// runtime in region choice); the simulated cluster's only.
+    pub batch: bool,
     pub cpu_milli: u32,
     pub memory_mib: u64,
     pub status: WorkloadStatus,
@@ -179,6 +182,17 @@ impl WorkloadView {
     pub fn phase(&self) -> &str {
         self.status.phase.as_deref().unwrap_or("Pending")
     }
+
+    /// One replica as a placement request: whole GPUs or a share of one
+    /// (the one rule), restricted to `models`.
+    pub fn replica_request(&self, models: crate::placement::ModelSet) -> crate::placement::Request {
+        use crate::placement::Request;
+        match self.gpu_milli {
+            Some(m) => Request::shared(self.cpu_milli, self.memory_mib, m),
+            None => Request::whole(self.cpu_milli, self.memory_mib, self.gpus_per_replica),
+        }
+        .with_models(models)
+    }
 }
 
 /// A tenant's limits as the scheduler enforces them: one node of the quota
@@ -200,6 +214,26 @@ pub struct QuotaSpec {
     pub borrowable: bool,
     /// Tokens per calendar month per tier; `*` = any.
     pub tokens_per_month: BTreeMap<String, i64>,
+}
+
+impl QuotaSpec {
+    /// The ledger's quota of a tenant (what the API sets) as the
+    /// scheduler's: monthly limits apply to every model (`*`), and the
+    /// guaranteed share of the all-model GPU limit is the fair-share weight.
+    pub fn from_ledger(tenant: &str, parent: Option<&str>, quota: &crate::ledger::Quota) -> Self {
+        let all = |v: Option<i64>| v.map(|v| ("*".to_string(), v)).into_iter().collect();
+        QuotaSpec {
+            tenant: tenant.to_string(),
+            parent: parent.map(str::to_string),
+            gpus: quota.gpus.clone(),
+            gpu_hours_per_month: all(quota.gpu_hours_per_month),
+            guaranteed_gpus: quota.gpus.get("*").map_or(0, |&n| {
+                (n.max(0) as f64 * quota.guaranteed_share.clamp(0.0, 1.0)).floor() as i64
+            }),
+            borrowable: quota.borrowable_share > 0.0 || quota.guaranteed_share >= 1.0,
+            tokens_per_month: all(quota.tokens_per_month),
+        }
+    }
 }
 
 /// A TenantQuota as the planner sees it.

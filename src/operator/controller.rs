@@ -210,6 +210,9 @@ pub struct Controller {
     /// Statuses written but maybe not yet in the reflector, by workload uid.
     written: std::sync::Mutex<HashMap<String, Written>>,
     views: std::sync::Mutex<ViewCache>,
+    /// The scheduler (its engine and learned shapes carry over between
+    /// passes); locked only around the pure plan, never across an await.
+    scheduler: std::sync::Mutex<plan::Scheduler>,
     /// Where monthly limits read month-to-date use (none: not enforced).
     usage: Option<Arc<dyn UsageSource>>,
     month: std::sync::Mutex<MonthCache>,
@@ -301,6 +304,7 @@ impl Controller {
             client,
             leadership: elector.leadership(),
             elector: Some(elector),
+            scheduler: std::sync::Mutex::new(plan::Scheduler::new(config.plan.clone())),
             config,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
@@ -757,7 +761,11 @@ impl Controller {
         };
         let quota_objects = by_name(&quotas);
         let region_objects = by_name(&regions);
-        let mut plan = plan::plan(&snap, &self.config.plan);
+        let mut plan = self
+            .scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .plan(&snap);
         plan.actions.extend(region_statuses(
             &region_views,
             snap.regions.as_ref(),

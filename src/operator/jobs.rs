@@ -3,6 +3,7 @@
 //! labelled with its tenant; the controller does the rest. Every read checks
 //! the tenant label, so one tenant's id is "not found" for another.
 
+use crate::jobs::QuotaSpec;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -222,23 +223,23 @@ pub const QUOTA_FIELD_MANAGER: &str = "zhisuan-api";
 /// model as they are; the monthly GPU-hours and tokens as `*` limits; the
 /// guaranteed share of `gpus.*` as `guaranteedGpus`.
 pub fn tenant_quota_spec(tenant: &str, parent: Option<&str>, quota: &Quota) -> Value {
+    let q = QuotaSpec::from_ledger(tenant, parent, quota);
     let mut spec = json!({
-        "tenant": tenant,
-        "gpus": quota.gpus,
-        "borrowable": quota.borrowable_share > 0.0 || quota.guaranteed_share >= 1.0,
+        "tenant": q.tenant,
+        "gpus": q.gpus,
+        "borrowable": q.borrowable,
     });
-    if let Some(p) = parent {
+    if let Some(p) = q.parent {
         spec["parent"] = json!(p);
     }
-    if let Some(h) = quota.gpu_hours_per_month {
-        spec["gpuHoursPerMonth"] = json!({"*": h});
+    if !q.gpu_hours_per_month.is_empty() {
+        spec["gpuHoursPerMonth"] = json!(q.gpu_hours_per_month);
     }
-    if let Some(t) = quota.tokens_per_month {
-        spec["tokensPerMonth"] = json!({"*": t});
+    if !q.tokens_per_month.is_empty() {
+        spec["tokensPerMonth"] = json!(q.tokens_per_month);
     }
-    if let Some(&all) = quota.gpus.get("*") {
-        let share = quota.guaranteed_share.clamp(0.0, 1.0);
-        spec["guaranteedGpus"] = json!((all.max(0) as f64 * share).floor() as i64);
+    if q.gpus.contains_key("*") {
+        spec["guaranteedGpus"] = json!(q.guaranteed_gpus);
     }
     spec
 }

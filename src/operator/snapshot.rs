@@ -276,6 +276,7 @@ pub fn workload_view(
         latency_slo_ms: None,
         user_region: None,
         token_tier: None,
+        batch: false,
         cpu_milli: 0,
         memory_mib: 0,
         status,

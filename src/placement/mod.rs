@@ -28,6 +28,7 @@ mod request;
 
 pub use cluster::{Cluster, NodeSpec, MAX_DEVICES_PER_NODE, NO_MODEL};
 pub use engine::{Engine, FitReport, GangError, Score};
+pub(crate) use fgd::FxBuild;
 pub use fgd::{Shape, ShapeCounter, Shapes};
 pub use model::{ModelId, ModelSet, ModelTable, MAX_MODELS};
 pub use policy::Policy;

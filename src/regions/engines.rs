@@ -255,7 +255,7 @@ impl RegionEngines {
 /// model-agnostic job lands on (70 W … 400 W in the default catalog); with a
 /// purely random order the energy, cost and carbon of the same region choice
 /// changed by up to a quarter from seed to seed.
-fn energy_tie_order(catalog: &Catalog, cluster: &Cluster, seed: u64) -> Vec<u32> {
+pub fn energy_tie_order(catalog: &Catalog, cluster: &Cluster, seed: u64) -> Vec<u32> {
     let power = |n: u32| {
         catalog
             .power_w(cluster.models().name(cluster.model(n)))

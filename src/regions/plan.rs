@@ -101,6 +101,10 @@ pub struct JobSpec {
     /// Wait for the best region instead of falling back to the next one.
     #[serde(default)]
     pub wait_for_best: bool,
+    /// Scheduling priority: a higher one is admitted first and may preempt
+    /// lower ones (as a TrainingJob's `spec.priority`).
+    #[serde(default)]
+    pub priority: i32,
     /// Declared upper bound on runtime; used as the expected runtime when scoring.
     #[serde(default)]
     pub max_runtime_s: Option<i64>,
@@ -1100,6 +1104,7 @@ mod tests {
             residency: vec![],
             cost_budget_fen: None,
             wait_for_best: false,
+            priority: 0,
             max_runtime_s: None,
             duration_s: None,
         }
@@ -1254,6 +1259,7 @@ mod tests {
         assert_eq!(rank(RegionPolicy::RoundRobin, &job()).0.band, 1);
         let waits = JobSpec {
             wait_for_best: true,
+            priority: 0,
             ..job()
         };
         assert_eq!(rank(RegionPolicy::Green, &waits).0.band, 1);

@@ -86,7 +86,7 @@ impl<'a> Pass<'a> {
         let mut adm = Admission {
             quotas,
             month_use,
-            known: snapshot.known_models().into_iter().collect(),
+            known: self.cap.known.clone(),
             regions: self.region_nodes.keys().cloned().collect(),
             vendors: self.cap.nodes.iter().map(|n| n.vendor.clone()).collect(),
             chooser: RegionChooser::new(self.config.region_policy),
@@ -176,11 +176,7 @@ impl<'a> Pass<'a> {
                 set = set.with(id);
             }
         }
-        let one = match w.gpu_milli {
-            Some(m) => Request::shared(w.cpu_milli, w.memory_mib, m),
-            None => Request::whole(w.cpu_milli, w.memory_mib, w.gpus_per_replica),
-        }
-        .with_models(set);
+        let one = w.replica_request(set);
         let members = vec![one; w.replicas as usize];
         let Some(allowed) = self.candidate_regions(w, &models, &members, adm) else {
             return;
@@ -190,6 +186,11 @@ impl<'a> Pass<'a> {
         if let Some(rc) = &snapshot.regions {
             let chosen = placed.as_ref().ok().map(|(r, _)| r.as_str());
             self.mark_tried(&mut adm.expl, rc, &allowed, chosen);
+            if self.config.keep_explanations {
+                self.out
+                    .explanations
+                    .push((w.key.clone(), adm.expl.clone()));
+            }
         }
         let why_here = match &snapshot.regions {
             Some(rc) => format!(" Region choice: {}", adm.expl.summary(&rc.catalog)),
@@ -277,7 +278,13 @@ impl<'a> Pass<'a> {
         allowed.extend(ranked.iter().filter(|x| !w.preferred.contains(x)).cloned());
         if allowed.is_empty() {
             let message = match &snapshot.regions {
-                Some(rc) => adm.expl.summary(&rc.catalog),
+                Some(rc) => {
+                    if self.config.keep_explanations {
+                        let expl = (w.key.clone(), adm.expl.clone());
+                        self.out.explanations.push(expl);
+                    }
+                    adm.expl.summary(&rc.catalog)
+                }
                 None => format!(
                     "no region satisfies spec.regions.residency {:?}",
                     w.residency
@@ -372,7 +379,10 @@ impl<'a> Pass<'a> {
         for region in allowed {
             let nodes = nodes_in(&self.region_nodes, &adm.vendors, region, &w.vendor);
             match self.cap.engine.place_gang(members, Some(&nodes)) {
-                Ok(ds) => return Ok((region.clone(), ds)),
+                Ok(ds) => {
+                    self.cap.record(&w.uid, &ds);
+                    return Ok((region.clone(), ds));
+                }
                 Err(e) => why.push(format!("region {:?}: {e}", region.as_str())),
             }
         }

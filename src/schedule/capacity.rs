@@ -2,72 +2,300 @@
 //! devices marked and everything already running allocated; each region's
 //! schedulable nodes; GPUs held per tenant and model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::jobs::{pods_by_owner, NodeView, WorkloadKey, WorkloadView};
-use crate::placement::{Cluster, Decision, DeviceMask, Engine, NodeSpec};
+use crate::placement::{
+    Cluster, Decision, DeviceMask, Engine, FxBuild, ModelSet, NodeSpec, Request,
+};
+use crate::regions::engines::energy_tie_order;
 
 use super::{is_active, Pass, Plan, PlanConfig, Snapshot};
 
-/// Capacity bookkeeping over the placement engine.
+/// An allocation in the engine and the pass that last confirmed it.
+struct Held {
+    ds: Vec<Decision>,
+    epoch: u64,
+}
+
+type Holdings = HashMap<String, Held, FxBuild>;
+
+/// Makes `key` hold exactly `ds` (confirmed in `epoch`): kept when it
+/// already does, reallocated when it holds something else.
+fn hold(engine: &mut Engine, map: &mut Holdings, key: &str, ds: Vec<Decision>, epoch: u64) {
+    if let Some(h) = map.get_mut(key) {
+        if h.ds == ds {
+            h.epoch = epoch;
+            return;
+        }
+        for d in &h.ds {
+            let _ = engine.release(d);
+        }
+        map.remove(key);
+    }
+    let ok: Vec<Decision> = ds
+        .into_iter()
+        .filter(|d| engine.allocate(d).is_ok())
+        .collect();
+    map.insert(key.to_string(), Held { ds: ok, epoch });
+}
+
+/// Releases every holding not confirmed in `epoch`.
+fn drop_stale(engine: &mut Engine, map: &mut Holdings, epoch: u64) {
+    map.retain(|_, h| {
+        if h.epoch == epoch {
+            return true;
+        }
+        for d in &h.ds {
+            let _ = engine.release(d);
+        }
+        false
+    });
+}
+
+/// The node fields the placement engine is built from.
+#[derive(Clone, Debug, PartialEq)]
+struct NodeShape {
+    name: String,
+    cpu_milli: u32,
+    memory_mib: u64,
+    gpus: u8,
+    model: String,
+    labels: Vec<(String, String)>,
+}
+
+impl NodeShape {
+    /// Whether a node view has this shape (no allocation).
+    fn matches(&self, n: &NodeView) -> bool {
+        let model = if n.model.is_empty() {
+            "unknown"
+        } else {
+            n.model.as_str()
+        };
+        self.name == n.name
+            && self.cpu_milli == n.cpu_milli
+            && self.memory_mib == n.memory_mib
+            && self.gpus == n.gpus
+            && self.model == model
+            && self.labels == n.labels
+    }
+
+    fn of(n: &NodeView) -> NodeShape {
+        NodeShape {
+            name: n.name.clone(),
+            cpu_milli: n.cpu_milli,
+            memory_mib: n.memory_mib,
+            gpus: n.gpus,
+            model: if n.model.is_empty() {
+                "unknown".into()
+            } else {
+                n.model.clone()
+            },
+            labels: n.labels.clone(),
+        }
+    }
+}
+
+/// Board power per accelerator model of the region catalog (the tie order).
+fn power_table(snapshot: &Snapshot) -> Option<Vec<(String, f64)>> {
+    snapshot.regions.as_ref().map(|rc| {
+        rc.catalog
+            .accelerators
+            .iter()
+            .map(|a| (a.model.clone(), a.power_w))
+            .collect()
+    })
+}
+
+/// Capacity bookkeeping over the placement engine, kept between passes by
+/// the [`super::Scheduler`]: each pass brings the allocations in step with
+/// the snapshot ([`Capacity::sync`]) instead of rebuilding the engine, so
+/// its score caches survive; a changed node set rebuilds it.
 pub(super) struct Capacity {
     pub(super) engine: Engine,
-    /// The engine's nodes, by engine index.
+    /// The engine's nodes, by engine index (refreshed every pass).
     pub(super) nodes: Vec<NodeView>,
     /// Node name → engine index.
-    pub(super) index: BTreeMap<String, u32>,
+    pub(super) index: HashMap<String, u32, FxBuild>,
+    /// Engine index of each snapshot node (in the snapshot's order).
+    pub(super) slot: Vec<Option<u32>>,
+    /// Accelerator models the nodes have (sorted).
+    pub(super) known: Vec<String>,
+    /// What the engine was built from: the snapshot's nodes and power table.
+    built_from: (Vec<NodeShape>, Option<Vec<(String, f64)>>),
+    /// Allocations of workloads (by uid): admitted or running ones'
+    /// recorded placements, and placements made this pass.
+    workloads: Holdings,
+    /// Allocations of live pods no active workload owns (`namespace/name`).
+    pods: Holdings,
+    /// Passes synced so far.
+    epoch: u64,
+    /// Devices marked unhealthy in the engine, per engine node.
+    unhealthy: Vec<Vec<u8>>,
 }
 
 impl Capacity {
-    fn new(snapshot: &Snapshot, config: &PlanConfig) -> (Capacity, Vec<String>) {
-        let mut warnings = Vec::new();
+    /// A fresh engine over the snapshot's nodes, nothing allocated.
+    pub(super) fn build(snapshot: &Snapshot, config: &PlanConfig) -> Capacity {
         let mut cluster = Cluster::new();
         let mut nodes = Vec::new();
-        let mut index = BTreeMap::new();
-        for n in &snapshot.nodes {
+        let mut index = HashMap::default();
+        let mut slot = Vec::with_capacity(snapshot.nodes.len());
+        let shapes: Vec<NodeShape> = snapshot.nodes.iter().map(NodeShape::of).collect();
+        for (n, shape) in snapshot.nodes.iter().zip(&shapes) {
             let spec = NodeSpec {
-                name: n.name.clone(),
-                cpu_milli: n.cpu_milli,
-                memory_mib: n.memory_mib,
-                gpus: n.gpus,
-                model: if n.model.is_empty() {
-                    "unknown".into()
-                } else {
-                    n.model.clone()
-                },
-                labels: n.labels.clone(),
+                name: shape.name.clone(),
+                cpu_milli: shape.cpu_milli,
+                memory_mib: shape.memory_mib,
+                gpus: shape.gpus,
+                model: shape.model.clone(),
+                labels: shape.labels.clone(),
             };
-            match cluster.add_node(&spec) {
-                Ok(i) => {
-                    index.insert(n.name.clone(), i);
-                    nodes.push(n.clone());
-                }
-                Err(e) => warnings.push(format!("node {} left out of placement: {e}", n.name)),
+            // A node the engine cannot take (too many devices) is left out
+            // of placement; pods on it are not counted.
+            let i = cluster.add_node(&spec).ok();
+            if let Some(i) = i {
+                index.insert(n.name.clone(), i);
+                nodes.push(n.clone());
+            }
+            slot.push(i);
+        }
+        let mut engine = Engine::new(cluster, config.policy, config.seed);
+        if let Some(rc) = &snapshot.regions {
+            // Ties go to the nodes whose GPUs draw the least power.
+            let order = energy_tie_order(&rc.catalog, engine.cluster(), config.seed);
+            engine
+                .set_tie_order(&order)
+                .expect("a permutation of the cluster's nodes");
+        }
+        let unhealthy = vec![Vec::new(); nodes.len()];
+        Capacity {
+            engine,
+            nodes,
+            index,
+            built_from: (shapes, power_table(snapshot)),
+            slot,
+            known: super::known_models(&snapshot.nodes).into_iter().collect(),
+            workloads: Holdings::default(),
+            pods: Holdings::default(),
+            epoch: 0,
+            unhealthy,
+        }
+    }
+
+    /// Whether the engine was built from this snapshot's nodes.
+    pub(super) fn fits(&self, snapshot: &Snapshot) -> bool {
+        let (shapes, power) = &self.built_from;
+        shapes.len() == snapshot.nodes.len()
+            && shapes
+                .iter()
+                .zip(&snapshot.nodes)
+                .all(|(s, n)| s.matches(n))
+            && *power == power_table(snapshot)
+    }
+
+    /// Brings the engine in step with the snapshot: node views refreshed,
+    /// device health as reported, and exactly the active workloads'
+    /// recorded placements and the other live pods' devices held (the
+    /// others released, the missing allocated).
+    fn sync(&mut self, snapshot: &Snapshot, active: &[&WorkloadView]) {
+        // `fits` held: the snapshot's nodes are the engine's, in order, and
+        // only what placement does not build from may have changed.
+        for (n, slot) in snapshot.nodes.iter().zip(&self.slot) {
+            let Some(i) = *slot else { continue };
+            let mine = &mut self.nodes[i as usize];
+            if mine.schedulable != n.schedulable
+                || mine.unhealthy != n.unhealthy
+                || mine.region != n.region
+                || mine.vendor != n.vendor
+            {
+                *mine = n.clone();
             }
         }
-        let engine = Engine::new(cluster, config.policy, config.seed);
-        (
-            Capacity {
-                engine,
-                nodes,
-                index,
-            },
-            warnings,
-        )
+        // Allocations are brought in step over healthy devices, as over a
+        // fresh engine (where health is marked after them).
+        for (i, devs) in self.unhealthy.iter().enumerate() {
+            for &dev in devs {
+                let _ = self.engine.set_device_health(i as u32, dev as usize, true);
+            }
+        }
+        self.epoch += 1;
+        let epoch = self.epoch;
+        for w in active {
+            let ds = self.decisions_of(w);
+            hold(&mut self.engine, &mut self.workloads, &w.uid, ds, epoch);
+        }
+        if !snapshot.pods.is_empty() {
+            let owners: BTreeSet<&WorkloadKey> = active.iter().map(|w| &w.key).collect();
+            let mut on_nodes: BTreeMap<String, Vec<Decision>> = BTreeMap::new();
+            for p in &snapshot.pods {
+                if p.terminal() || p.owner.as_ref().is_some_and(|o| owners.contains(o)) {
+                    continue;
+                }
+                let Some(node) = &p.node else { continue };
+                let devices = p.devices.iter().map(|&d| u32::from(d));
+                let d = self.decision(node, devices, p.milli, p.cpu_milli, p.memory_mib);
+                if let Some(d) = d {
+                    let key = format!("{}/{}", p.namespace, p.name);
+                    on_nodes.entry(key).or_default().push(d);
+                }
+            }
+            for (key, ds) in on_nodes {
+                hold(&mut self.engine, &mut self.pods, &key, ds, epoch);
+            }
+        }
+        drop_stale(&mut self.engine, &mut self.workloads, epoch);
+        drop_stale(&mut self.engine, &mut self.pods, epoch);
+        // Health last, as over a fresh engine: allocations on a device that
+        // failed stay (its pods run until stopped); it is given out no more.
+        for i in 0..self.nodes.len() {
+            for &dev in &self.nodes[i].unhealthy {
+                let _ = self.engine.set_device_health(i as u32, dev as usize, false);
+            }
+            self.unhealthy[i].clone_from(&self.nodes[i].unhealthy);
+        }
+    }
+
+    /// Allocates decisions for a workload (those that fit are kept).
+    pub(super) fn allocate(&mut self, uid: &str, ds: Vec<Decision>) {
+        hold(&mut self.engine, &mut self.workloads, uid, ds, self.epoch);
+    }
+
+    /// Records decisions the engine allocated just now (a placement).
+    pub(super) fn record(&mut self, uid: &str, ds: &[Decision]) {
+        let held = Held {
+            ds: ds.to_vec(),
+            epoch: self.epoch,
+        };
+        self.workloads.insert(uid.to_string(), held);
+    }
+
+    /// Releases what a workload holds; returns it.
+    pub(super) fn release(&mut self, uid: &str) -> Vec<Decision> {
+        let ds = self.workloads.remove(uid).map(|h| h.ds).unwrap_or_default();
+        for d in &ds {
+            let _ = self.engine.release(d);
+        }
+        ds
+    }
+
+    /// Whether a workload holds capacity now.
+    pub(super) fn holds(&self, uid: &str) -> bool {
+        self.workloads.contains_key(uid)
     }
 
     pub(super) fn decision(
         &self,
         node: &str,
-        devices: &[u8],
+        devices: impl IntoIterator<Item = u32>,
         milli: Option<u16>,
         cpu: u32,
         mem: u64,
     ) -> Option<Decision> {
         let node = *self.index.get(node)?;
         let mut mask = 0u64;
-        for &d in devices {
-            if (d as usize) < 64 {
+        for d in devices {
+            if d < 64 {
                 mask |= 1 << d;
             }
         }
@@ -88,10 +316,9 @@ impl Capacity {
         p.replicas
             .iter()
             .filter_map(|r| {
-                let devices: Vec<u8> = r.devices.iter().map(|&d| d as u8).collect();
                 self.decision(
                     &r.node,
-                    &devices,
+                    r.devices.iter().copied(),
                     r.gpu_milli.map(|m| m as u16),
                     w.cpu_milli,
                     w.memory_mib,
@@ -104,8 +331,14 @@ impl Capacity {
 impl<'a> Pass<'a> {
     /// Step 1: capacity held by admitted/running workloads and by other live
     /// pods; each region's schedulable nodes; usage per tenant and model.
-    pub(super) fn new(snapshot: &'a Snapshot, config: &'a PlanConfig) -> Pass<'a> {
-        let (mut cap, _warnings) = Capacity::new(snapshot, config);
+    pub(super) fn new(
+        snapshot: &'a Snapshot,
+        config: &'a PlanConfig,
+        mut cap: Capacity,
+    ) -> Pass<'a> {
+        let active: Vec<&WorkloadView> =
+            snapshot.workloads.iter().filter(|w| is_active(w)).collect();
+        cap.sync(snapshot, &active);
         // With a region catalog, a node's region is the one whose members
         // hold it (each node belongs to one region at most).
         if let Some(rc) = &snapshot.regions {
@@ -114,38 +347,13 @@ impl<'a> Pass<'a> {
             }
             for (r, members) in rc.members.iter().enumerate() {
                 for &m in members {
-                    if let Some(&ci) = cap.index.get(&snapshot.nodes[m].name) {
+                    if let Some(ci) = cap.slot[m] {
                         cap.nodes[ci as usize].region = rc.catalog.regions[r].name.clone();
                     }
                 }
             }
         }
         let region_nodes = region_nodes(snapshot, &cap);
-        let mut active: BTreeMap<&WorkloadKey, Vec<Decision>> = BTreeMap::new();
-        for w in snapshot.workloads.iter().filter(|w| is_active(w)) {
-            let ds = cap.decisions_of(w);
-            for d in &ds {
-                let _ = cap.engine.allocate(d);
-            }
-            active.insert(&w.key, ds);
-        }
-        for p in &snapshot.pods {
-            let owned_by_active = p.owner.as_ref().is_some_and(|o| active.contains_key(o));
-            if owned_by_active || p.terminal() {
-                continue;
-            }
-            if let Some(node) = &p.node {
-                if let Some(d) = cap.decision(node, &p.devices, p.milli, p.cpu_milli, p.memory_mib)
-                {
-                    let _ = cap.engine.allocate(&d);
-                }
-            }
-        }
-        for (i, n) in cap.nodes.iter().enumerate() {
-            for &dev in &n.unhealthy {
-                let _ = cap.engine.set_device_health(i as u32, dev as usize, false);
-            }
-        }
         let node_model = snapshot
             .nodes
             .iter()
@@ -159,7 +367,6 @@ impl<'a> Pass<'a> {
             region_nodes,
             node_model,
             pods: pods_by_owner(&snapshot.pods),
-            active,
             usage: Default::default(),
             out: Plan::default(),
         };
@@ -173,6 +380,100 @@ impl<'a> Pass<'a> {
     }
 }
 
+/// Arrivals the typical shapes are learned from (the most recent ones).
+pub const SHAPE_WINDOW: usize = 4096;
+/// Shapes are relearned at 1, 2, 4, … arrivals up to [`SHAPE_WINDOW`], then every this many.
+const SHAPE_RELEARN_EVERY: u64 = 1024;
+
+/// One arrival: a replica request (models by name), and the gang size.
+struct Arrival {
+    replica: Request,
+    models: Vec<String>,
+    replicas: u32,
+}
+
+/// The typical shapes fragmentation is scored against (FGD's measure): the
+/// replicas of the last [`SHAPE_WINDOW`] workloads to arrive, each counted
+/// once when first seen (not at each retry, or the jobs that wait longest,
+/// the large gangs, would dominate).
+#[derive(Default)]
+pub(super) struct ShapeWindow {
+    arrivals: VecDeque<Arrival>,
+    arrived: u64,
+    next_relearn: u64,
+    /// Uids of the live workloads, with the pass that last saw them.
+    live: HashMap<String, u64, FxBuild>,
+    passes: u64,
+}
+
+impl ShapeWindow {
+    /// Counts the workloads first seen in this snapshot; true when the
+    /// shapes should be relearned (at 1, 2, 4, … arrivals, then every 1,024).
+    pub(super) fn observe(&mut self, snapshot: &Snapshot) -> bool {
+        self.passes += 1;
+        let pass = self.passes;
+        for w in &snapshot.workloads {
+            if w.deleting || !w.errors.is_empty() || matches!(w.phase(), "Succeeded" | "Failed") {
+                continue;
+            }
+            if let Some(seen) = self.live.get_mut(w.uid.as_str()) {
+                *seen = pass;
+            } else {
+                self.live.insert(w.uid.clone(), pass);
+                if self.arrivals.len() == SHAPE_WINDOW {
+                    self.arrivals.pop_front();
+                }
+                self.arrivals.push_back(Arrival {
+                    replica: w.replica_request(ModelSet::ANY),
+                    models: w.models.clone(),
+                    replicas: w.replicas,
+                });
+                self.arrived += 1;
+            }
+        }
+        self.live.retain(|_, seen| *seen == pass);
+        if self.next_relearn == 0 {
+            self.next_relearn = 1;
+        }
+        if self.arrived < self.next_relearn {
+            return false;
+        }
+        while self.next_relearn <= self.arrived {
+            self.next_relearn = if self.next_relearn < SHAPE_WINDOW as u64 {
+                self.next_relearn * 2
+            } else {
+                self.next_relearn + SHAPE_RELEARN_EVERY
+            };
+        }
+        true
+    }
+
+    /// Gives the engine the window's shapes (each request restricted to the
+    /// models it names that the cluster has).
+    pub(super) fn teach(&self, engine: &mut Engine) {
+        let cluster = engine.cluster();
+        let mut requests = Vec::new();
+        for a in &self.arrivals {
+            let models = if a.models.is_empty() {
+                ModelSet::ANY
+            } else {
+                a.models
+                    .iter()
+                    .filter_map(|m| cluster.models().id(m))
+                    .fold(ModelSet::NONE, |s, id| s.with(id))
+            };
+            if models == ModelSet::NONE {
+                continue;
+            }
+            let r = a.replica.clone().with_models(models);
+            requests.extend(std::iter::repeat_n(r, a.replicas as usize));
+        }
+        if !requests.is_empty() {
+            engine.set_workload(requests.iter());
+        }
+    }
+}
+
 /// Schedulable nodes (engine indices) of each region.
 fn region_nodes(snapshot: &Snapshot, cap: &Capacity) -> BTreeMap<String, Vec<u32>> {
     let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
@@ -181,7 +482,7 @@ fn region_nodes(snapshot: &Snapshot, cap: &Capacity) -> BTreeMap<String, Vec<u32
             for (r, members) in rc.members.iter().enumerate() {
                 let list: Vec<u32> = members
                     .iter()
-                    .filter_map(|&m| cap.index.get(&snapshot.nodes[m].name).copied())
+                    .filter_map(|&m| cap.slot[m])
                     .filter(|&ci| cap.nodes[ci as usize].schedulable)
                     .collect();
                 out.insert(rc.catalog.regions[r].name.clone(), list);

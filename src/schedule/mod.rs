@@ -31,7 +31,7 @@ mod report;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::jobs::{
     ComputeRegionStatus, MonthToDate, NodeView, PodView, QuotaView, TenantQuotaStatus, WorkloadKey,
@@ -45,7 +45,7 @@ pub use lifecycle::pod_lifecycle;
 pub use quota::quota_cycles;
 pub use regions::{job_spec, RegionCatalog};
 
-use capacity::Capacity;
+use capacity::{Capacity, ShapeWindow};
 use quota::Usage;
 
 /// Everything one planning pass needs.
@@ -93,6 +93,9 @@ pub struct PlanConfig {
     pub max_victims: usize,
     /// A running gang missing pods this long after start is rolled back.
     pub gang_grace_s: i64,
+    /// Hand each placed or refused workload's region-choice explanation
+    /// back in [`Plan::explanations`] (the simulated cluster shows them).
+    pub keep_explanations: bool,
 }
 
 impl Default for PlanConfig {
@@ -104,6 +107,7 @@ impl Default for PlanConfig {
             seed: 1,
             max_victims: 8,
             gang_grace_s: 60,
+            keep_explanations: false,
         }
     }
 }
@@ -173,6 +177,9 @@ pub struct Plan {
     pub nodes: Vec<(String, String, u64)>,
     /// Per region (every node's region, sorted by name).
     pub regions: Vec<RegionFigures>,
+    /// Region choice of each workload it ran for this pass (with
+    /// [`PlanConfig::keep_explanations`] and a region catalog).
+    pub explanations: Vec<(WorkloadKey, crate::regions::plan::Explanation)>,
 }
 
 /// The state one pass shares between its steps.
@@ -184,10 +191,8 @@ struct Pass<'a> {
     /// Schedulable nodes (engine indices) of each region.
     region_nodes: BTreeMap<String, Vec<u32>>,
     /// Node name → accelerator model.
-    node_model: BTreeMap<&'a str, &'a str>,
+    node_model: HashMap<&'a str, &'a str, crate::placement::FxBuild>,
     pods: BTreeMap<&'a WorkloadKey, Vec<&'a PodView>>,
-    /// The recorded placement of every admitted/running workload.
-    active: BTreeMap<&'a WorkloadKey, Vec<crate::placement::Decision>>,
     /// Milli-GPU held per tenant and model.
     usage: Usage,
     out: Plan,
@@ -204,10 +209,50 @@ fn is_active(w: &WorkloadView) -> bool {
     matches!(w.phase(), "Admitted" | "Running") && w.status.placement.is_some()
 }
 
-/// Computes everything the actor should do for this snapshot.
+/// The scheduler: [`Scheduler::plan`] computes each pass from its snapshot
+/// alone, and keeps between passes only what makes the next one cheaper
+/// and steadier — the placement engine with its score caches (brought in
+/// step with each snapshot, rebuilt when the nodes change) and the typical
+/// shapes learned from the workloads as they arrive.
+pub struct Scheduler {
+    config: PlanConfig,
+    cap: Option<Capacity>,
+    shapes: ShapeWindow,
+}
+
+impl Scheduler {
+    pub fn new(config: PlanConfig) -> Scheduler {
+        Scheduler {
+            config,
+            cap: None,
+            shapes: ShapeWindow::default(),
+        }
+    }
+
+    pub fn config(&self) -> &PlanConfig {
+        &self.config
+    }
+
+    /// Computes everything the actor should do for this snapshot.
+    pub fn plan(&mut self, snapshot: &Snapshot) -> Plan {
+        let (mut cap, fresh) = match self.cap.take() {
+            Some(cap) if cap.fits(snapshot) => (cap, false),
+            _ => (Capacity::build(snapshot, &self.config), true),
+        };
+        let relearn = self.shapes.observe(snapshot);
+        if self.config.policy.uses_shapes() && (relearn || fresh) {
+            self.shapes.teach(&mut cap.engine);
+        }
+        let mut pass = Pass::new(snapshot, &self.config, cap); // 1. capacity
+        let queue = pass.lifecycle(); // 2. lifecycle
+        pass.admit(queue); // 3. admission (4. preemption inside)
+        let (plan, cap) = pass.report(); // 5. statuses and figures
+        self.cap = Some(cap);
+        plan
+    }
+}
+
+/// One pass with nothing carried over (a fresh [`Scheduler`]).
 pub fn plan(snapshot: &Snapshot, config: &PlanConfig) -> Plan {
-    let mut pass = Pass::new(snapshot, config); // 1. capacity
-    let queue = pass.lifecycle(); // 2. lifecycle
-    pass.admit(queue); // 3. admission (4. preemption inside)
-    pass.report() // 5. statuses and figures
+    Scheduler::new(config.clone()).plan(snapshot)
 }

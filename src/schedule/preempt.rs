@@ -32,7 +32,7 @@ impl<'a> Pass<'a> {
             .snapshot
             .workloads
             .iter()
-            .filter(|v| self.active.contains_key(&v.key) && v.priority < w.priority)
+            .filter(|v| v.priority < w.priority && self.cap.holds(&v.uid))
             .filter(|v| !adm.reserved_for.contains(&v.key))
             .collect();
         victims.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.created.cmp(&a.created)));
@@ -40,27 +40,23 @@ impl<'a> Pass<'a> {
         let mut taken = Vec::new();
         let mut placed = false;
         for v in victims {
-            for d in &self.active[&v.key] {
-                let _ = self.cap.engine.release(d);
-            }
-            taken.push(v);
+            let ds = self.cap.release(&v.uid);
+            taken.push((v, ds));
             if self.try_place(w, allowed, members, adm).is_ok() {
                 placed = true;
                 break;
             }
         }
         if !placed {
-            for v in &taken {
-                for d in &self.active[&v.key] {
-                    let _ = self.cap.engine.allocate(d);
-                }
+            for (v, ds) in taken {
+                self.cap.allocate(&v.uid, ds);
             }
             self.pend(w, "Unschedulable", explanation);
             return;
         }
         adm.preempted = true;
-        let names: Vec<String> = taken.iter().map(|v| v.key.to_string()).collect();
-        for v in taken {
+        let names: Vec<String> = taken.iter().map(|(v, _)| v.key.to_string()).collect();
+        for (v, _) in taken {
             adm.reserved_for.insert(&v.key);
             self.evict(v, w);
         }

@@ -84,21 +84,35 @@ impl<'a> Quotas<'a> {
 /// Milli-GPU in use per tenant, per model and in total (own workloads only).
 #[derive(Default, Clone)]
 pub(super) struct Usage {
-    by_model: BTreeMap<(String, String), u64>,
+    /// Tenant → model → milli-GPU.
+    by_model: BTreeMap<String, BTreeMap<String, u64>>,
     total: BTreeMap<String, u64>,
 }
 
 impl Usage {
     pub(super) fn add(&mut self, tenant: &str, model: &str, milli: u64) {
-        *self
-            .by_model
-            .entry((tenant.into(), model.into()))
-            .or_default() += milli;
-        *self.total.entry(tenant.into()).or_default() += milli;
+        // Looked up by reference first: no allocation once a key exists.
+        match self.total.get_mut(tenant) {
+            Some(t) => *t += milli,
+            None => {
+                self.total.insert(tenant.to_string(), milli);
+            }
+        }
+        let models = match self.by_model.get_mut(tenant) {
+            Some(m) => m,
+            None => self.by_model.entry(tenant.to_string()).or_default(),
+        };
+        match models.get_mut(model) {
+            Some(m) => *m += milli,
+            None => {
+                models.insert(model.to_string(), milli);
+            }
+        }
     }
     pub(super) fn model(&self, tenant: &str, model: &str) -> u64 {
         self.by_model
-            .get(&(tenant.into(), model.into()))
+            .get(tenant)
+            .and_then(|m| m.get(model))
             .copied()
             .unwrap_or(0)
     }

@@ -27,6 +27,7 @@ pub fn job_spec(w: &WorkloadView, models: &[String]) -> JobSpec {
         tenant: w.tenant.clone(),
         name: w.key.to_string(),
         kind: match w.key.kind {
+            Kind::Training if w.batch => JobKind::BatchInference,
             Kind::Training => JobKind::Training,
             Kind::Inference => JobKind::OnlineInference,
         },
@@ -46,6 +47,7 @@ pub fn job_spec(w: &WorkloadView, models: &[String]) -> JobSpec {
         residency: w.residency.clone(),
         cost_budget_fen: None,
         wait_for_best: false,
+        priority: w.priority,
         max_runtime_s: w.max_runtime_s,
         duration_s: None,
     }

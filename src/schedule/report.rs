@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 
 use crate::jobs::{Condition, TenantQuotaStatus};
 
+use super::capacity::Capacity;
 use super::quota::{subtree, Quotas};
 use super::{is_active, Action, Pass, Plan, RegionFigures};
 
 impl Pass<'_> {
-    /// Step 5: quota statuses and figures; ends the pass.
-    pub(super) fn report(mut self) -> Plan {
+    /// Step 5: quota statuses and figures; ends the pass, handing back
+    /// the capacity for the next one.
+    pub(super) fn report(mut self) -> (Plan, Capacity) {
         self.quota_statuses();
         let cluster = self.cap.engine.cluster();
         let mut regions: BTreeMap<String, RegionFigures> = BTreeMap::new();
@@ -31,21 +33,21 @@ impl Pass<'_> {
             e.milli += milli;
         }
         self.out.regions = regions.into_values().collect();
-        self.out
+        (self.out, self.cap)
     }
 
     fn quota_statuses(&mut self) {
         let snapshot = self.snapshot;
         let quotas = Quotas::new(&snapshot.quotas);
+        let mut admitted: BTreeMap<&str, i64> = BTreeMap::new();
+        for w in snapshot.workloads.iter().filter(|w| is_active(w)) {
+            *admitted.entry(w.tenant.as_str()).or_default() += 1;
+        }
         for q in &snapshot.quotas {
             let why = quotas.invalid.get(&q.spec.tenant);
             let s = TenantQuotaStatus {
                 used_milli_gpus: subtree(&quotas, &self.usage, &q.spec.tenant, None) as i64,
-                admitted_workloads: snapshot
-                    .workloads
-                    .iter()
-                    .filter(|w| w.tenant == q.spec.tenant && is_active(w))
-                    .count() as i64,
+                admitted_workloads: admitted.get(q.spec.tenant.as_str()).copied().unwrap_or(0),
                 conditions: vec![Condition {
                     type_: "Valid".into(),
                     status: if why.is_some() { "False" } else { "True" }.into(),

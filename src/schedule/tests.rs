@@ -48,6 +48,7 @@ pub(crate) fn workload(
         latency_slo_ms: None,
         user_region: None,
         token_tier: None,
+        batch: false,
         cpu_milli: 1000,
         memory_mib: 1024,
         status: WorkloadStatus::default(),
@@ -579,5 +580,99 @@ fn the_pods_of_a_running_gang_decide_its_phase() {
     assert_eq!(
         pod_lifecycle(&w, &refs, 1100, &PlanConfig::default()),
         (None, None)
+    );
+}
+
+/// Applies a plan as the controller would (statuses written, launches
+/// running).
+fn act_on(snap: &mut Snapshot, p: &Plan) {
+    for a in &p.actions {
+        let (key, status, running) = match a {
+            Action::Launch { key, status, .. } => (key, status, true),
+            Action::SetStatus { key, status } | Action::Stop { key, status, .. } => {
+                (key, status, false)
+            }
+            _ => continue,
+        };
+        let w = snap.workloads.iter_mut().find(|w| &w.key == key).unwrap();
+        if running {
+            run_it(w, status);
+        } else {
+            w.status = status.clone();
+        }
+    }
+}
+
+/// A scheduler kept between passes (its engine brought in step with each
+/// snapshot, not rebuilt) plans exactly what a fresh one plans, through
+/// arrivals, departures, a device turning unhealthy and healthy again, a
+/// foreign pod, a preemption and a node leaving. (A policy without learned
+/// shapes: with shapes, a kept scheduler remembers arrivals a fresh one
+/// never saw.)
+#[test]
+fn a_kept_scheduler_plans_what_a_fresh_one_plans() {
+    let config = PlanConfig {
+        policy: "bestfit".parse().unwrap(),
+        ..PlanConfig::default()
+    };
+    let mut kept = Scheduler::new(config.clone());
+    let mut snap = Snapshot {
+        now: 10,
+        nodes: vec![node("n1", "r", 4), node("n2", "r", 4), node("n3", "r", 4)],
+        workloads: vec![
+            workload("a", "t", 1, 2, 0, 1),
+            workload("b", "t", 2, 4, 0, 2),
+        ],
+        quotas: vec![quota("t", None, &[], 0), quota("u", None, &[], 0)],
+        ..Default::default()
+    };
+    type Step = Box<dyn Fn(&mut Snapshot)>;
+    let steps: Vec<Step> = vec![
+        Box::new(|_| {}),
+        Box::new(|s| s.workloads.push(workload("c", "u", 1, 1, 0, 3))),
+        // `a` finished (gone from the snapshot): its devices are free again.
+        Box::new(|s| s.workloads.retain(|w| w.key.name != "a")),
+        Box::new(|s| s.workloads.push(workload("d", "u", 1, 2, 0, 4))),
+        Box::new(|s| s.nodes[2].unhealthy = vec![1, 2]),
+        Box::new(|s| s.workloads.push(workload("e", "u", 1, 2, 0, 5))),
+        Box::new(|s| s.nodes[2].unhealthy.clear()),
+        Box::new(|s| {
+            s.pods.push(PodView {
+                namespace: "other".into(),
+                name: "foreign".into(),
+                owner: None,
+                node: Some("n3".into()),
+                devices: vec![3],
+                milli: None,
+                cpu_milli: 100,
+                memory_mib: 100,
+                phase: "Running".into(),
+                deleting: false,
+            })
+        }),
+        // Needs a whole node: only preemption makes room.
+        Box::new(|s| s.workloads.push(workload("urgent", "u", 1, 4, 9, 6))),
+        Box::new(|s| s.pods.clear()),
+        Box::new(|s| {
+            s.nodes.remove(1);
+        }),
+        Box::new(|s| s.workloads.push(workload("f", "t", 1, 1, 0, 7))),
+    ];
+    let mut launched = 0;
+    for (i, step) in steps.iter().enumerate() {
+        step(&mut snap);
+        snap.now += 10;
+        let fresh = plan(&snap, &config);
+        let p = kept.plan(&snap);
+        assert_eq!(
+            p, fresh,
+            "step {i}: the kept scheduler differs from a fresh one"
+        );
+        launched += launches(&p).len();
+        act_on(&mut snap, &p);
+    }
+    assert!(
+        launched >= 6,
+        "the sequence placed work ({launched} launches)"
     );
 }

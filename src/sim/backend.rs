@@ -4,7 +4,7 @@
 //! never held across an `.await`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{TimeZone, Utc};
 use futures::future::{ready, BoxFuture, FutureExt};
@@ -13,60 +13,11 @@ use crate::api::jobs::{
     BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPhase, JobSpec,
     JobView, RegionView, ReplicaPlacement, TokenTier,
 };
+use crate::jobs::QuotaSpec;
 use crate::ledger::UsageRecord;
 use crate::regions::catalog::Catalog;
-use crate::regions::plan::{JobKind as WorldKind, JobSpec as WorldSpec, QuotaHook, SpecError};
+use crate::regions::plan::{JobKind as WorldKind, JobSpec as WorldSpec, SpecError};
 use crate::sim::world::{JobId, Phase, UsageInterval, World};
-
-/// Quota at admission: the world asks it before starting a job in a region,
-/// so a job accepted at submission still waits if its tenant's limit was
-/// lowered meanwhile. Holds each tenant's GPU limit (all models) and the GPUs
-/// its running jobs hold, updated after every submit, cancel and clock step
-/// (so within one step, jobs started by that step are not yet counted).
-#[derive(Clone, Default)]
-pub struct AdmissionQuota {
-    tenants: Arc<RwLock<HashMap<String, Admission>>>,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Admission {
-    limit_milli: Option<u64>,
-    running_milli: u64,
-}
-
-impl AdmissionQuota {
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Admission>> {
-        self.tenants.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Sets `tenant`'s limit in milli-GPU (`None`: unlimited).
-    pub fn set_limit(&self, tenant: &str, limit_milli: Option<u64>) {
-        self.write()
-            .entry(tenant.to_string())
-            .or_default()
-            .limit_milli = limit_milli;
-    }
-}
-
-impl QuotaHook for AdmissionQuota {
-    fn check(&self, tenant: &str, _region: usize, milli_gpus: u64) -> Result<(), String> {
-        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
-        let Some(a) = tenants.get(tenant) else {
-            return Ok(());
-        };
-        if let Some(limit) = a.limit_milli {
-            if a.running_milli + milli_gpus > limit {
-                return Err(format!(
-                    "quota gpus.* {} GPUs: {} running + {} requested",
-                    limit as f64 / 1000.0,
-                    a.running_milli as f64 / 1000.0,
-                    milli_gpus as f64 / 1000.0
-                ));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// What the API keeps beside the world for a job it submitted.
 struct JobExtra {
@@ -101,7 +52,6 @@ struct Index {
 pub struct WorldBackend {
     world: Arc<Mutex<World>>,
     index: Arc<Mutex<Index>>,
-    admission: AdmissionQuota,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,10 +101,8 @@ fn add_held(world: &World, id: JobId, held: &mut GpuUse) {
     held.total_milli += milli;
     match &j.placement {
         Some(p) if j.phase == Phase::Running => {
-            let cluster = world.engines().engine(p.region as usize).cluster();
-            for d in &p.decisions {
-                let model = cluster.models().name(cluster.model(d.node));
-                add_model(held, model, u64::from(d.gpu_milli()));
+            for r in &p.replicas {
+                add_model(held, &r.model, u64::from(r.gpu_milli()));
             }
         }
         _ => {
@@ -190,10 +138,11 @@ fn view(world: &World, index: &Index, id: JobId) -> Option<JobView> {
         })
         .collect();
     let mut summary = w.explanation.summary.clone();
-    if summary.is_empty() {
-        summary = match (phase, w.pending_reason) {
-            (JobPhase::Pending, Some(r)) => format!("pending: {r}"),
-            (p, _) => format!("{p:?}").to_lowercase(),
+    if summary.is_empty() || (phase == JobPhase::Pending && state.message.is_some()) {
+        summary = match (phase, w.pending_reason, &state.message) {
+            (JobPhase::Pending, _, Some(m)) => format!("pending: {m}"),
+            (JobPhase::Pending, Some(r), None) => format!("pending: {r}"),
+            (p, _, _) => format!("{p:?}").to_lowercase(),
         };
     }
     let mut detail = serde_json::to_value(&w.explanation).unwrap_or_default();
@@ -222,10 +171,9 @@ fn view(world: &World, index: &Index, id: JobId) -> Option<JobView> {
 impl Index {
     /// Indexes jobs the world got since the last call and, when its clock
     /// moved, recounts every tenant's live jobs.
-    fn sync(&mut self, world: &World, admission: &AdmissionQuota) {
+    fn sync(&mut self, world: &World) {
         let jobs = world.jobs();
         if self.synced < jobs.len() {
-            let mut adm = admission.write();
             for j in &jobs[self.synced..] {
                 let t = self.tenants.entry(j.spec.tenant.clone()).or_default();
                 t.all.push(j.id);
@@ -233,38 +181,28 @@ impl Index {
                     t.live.push(j.id);
                     t.live_names.insert(j.spec.name.clone(), j.id);
                     add_held(world, j.id, &mut t.held);
-                    if j.phase == Phase::Running {
-                        adm.entry(j.spec.tenant.clone()).or_default().running_milli +=
-                            j.resolved.total_milli();
-                    }
                 }
             }
             self.synced = jobs.len();
         }
         if world.now_s() != self.seen_now_s {
-            self.recount(world, admission);
+            self.recount(world);
         }
     }
 
     /// Drops finished jobs from the live sets and recounts what the rest
-    /// hold (pending + running for submission, running for admission).
-    fn recount(&mut self, world: &World, admission: &AdmissionQuota) {
-        let mut adm = admission.write();
-        for (name, t) in self.tenants.iter_mut() {
+    /// hold (pending + running).
+    fn recount(&mut self, world: &World) {
+        for t in self.tenants.values_mut() {
             t.live
                 .retain(|&id| world.job(id).is_some_and(|j| is_live(j.phase)));
             let live = &t.live;
             t.live_names.retain(|_, id| live.binary_search(id).is_ok());
             let mut held = GpuUse::default();
-            let mut running = 0;
             for &id in &t.live {
                 add_held(world, id, &mut held);
-                if let Some(j) = world.job(id).filter(|j| j.phase == Phase::Running) {
-                    running += j.resolved.total_milli();
-                }
             }
             t.held = held;
-            adm.entry(name.clone()).or_default().running_milli = running;
         }
         self.seen_now_s = world.now_s();
     }
@@ -281,14 +219,11 @@ impl Index {
 
 impl WorldBackend {
     /// Serves jobs from `world`, which others may advance and submit to as
-    /// well. Installs the admission quota hook on it.
+    /// well.
     pub fn new(world: Arc<Mutex<World>>) -> Self {
-        let admission = AdmissionQuota::default();
-        lock(&world).set_quota(Box::new(admission.clone()));
         WorldBackend {
             world,
             index: Arc::new(Mutex::new(Index::default())),
-            admission,
         }
     }
 
@@ -301,7 +236,7 @@ impl WorldBackend {
     fn locked(&self) -> (MutexGuard<'_, World>, MutexGuard<'_, Index>) {
         let world = lock(&self.world);
         let mut index = lock(&self.index);
-        index.sync(&world, &self.admission);
+        index.sync(&world);
         (world, index)
     }
 
@@ -310,7 +245,7 @@ impl WorldBackend {
     pub fn advance_to(&self, now_s: i64) -> Vec<UsageInterval> {
         let (mut world, mut index) = self.locked();
         world.advance_to(now_s);
-        index.sync(&world, &self.admission);
+        index.sync(&world);
         world.take_usage()
     }
 
@@ -360,6 +295,7 @@ impl WorldBackend {
             residency: spec.region.clone().into_iter().collect(),
             cost_budget_fen: None,
             wait_for_best: false,
+            priority: 0,
             max_runtime_s: spec.max_runtime_s.map(|s| s as i64),
             duration_s: None,
         };
@@ -371,7 +307,7 @@ impl WorldBackend {
                 token_tier: spec.token_tier,
             },
         );
-        index.sync(&world, &self.admission);
+        index.sync(&world);
         view(&world, &index, id)
             .ok_or_else(|| BackendError::Internal(format!("job {id} vanished after submit")))
     }
@@ -379,19 +315,11 @@ impl WorldBackend {
     fn cancel_now(&self, tenant: &str, id: &str) -> BackendResult<JobView> {
         let (mut world, mut index) = self.locked();
         let n = index.owned(&world, tenant, id)?;
-        if let Some(j) = world.job(n).filter(|j| j.phase == Phase::Running) {
-            // The world retries its queue inside `cancel`: admission must
-            // already see this job's GPUs as free.
-            let milli = j.resolved.total_milli();
-            let mut adm = self.admission.write();
-            let a = adm.entry(tenant.to_string()).or_default();
-            a.running_milli = a.running_milli.saturating_sub(milli);
-        }
         world
             .cancel(n)
             .ok_or_else(|| BackendError::NotFound(id.to_string()))?;
         // Cancelling frees capacity other jobs may have started on.
-        index.recount(&world, &self.admission);
+        index.recount(&world);
         view(&world, &index, n).ok_or_else(|| BackendError::NotFound(id.to_string()))
     }
 
@@ -482,8 +410,18 @@ impl JobBackend for WorldBackend {
         ready(Ok(self.regions_now())).boxed()
     }
 
-    fn set_gpu_limit(&self, tenant: &str, limit_milli: Option<u64>) {
-        self.admission.set_limit(tenant, limit_milli);
+    /// The ledger's quota becomes the simulated cluster's, which its
+    /// scheduler enforces at every pass (as the controller enforces the
+    /// TenantQuota on a cluster).
+    fn project_quota<'a>(
+        &'a self,
+        tenant: &'a str,
+        parent: Option<&'a str>,
+        quota: &'a crate::ledger::Quota,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        let spec = QuotaSpec::from_ledger(tenant, parent, quota);
+        lock(&self.world).set_quota(spec);
+        ready(Ok(())).boxed()
     }
 }
 
@@ -592,7 +530,11 @@ mod tests {
     #[test]
     fn admission_keeps_a_job_pending_over_a_lowered_limit() {
         let b = backend();
-        b.set_gpu_limit("acme", Some(4000));
+        let quota = crate::ledger::Quota {
+            gpus: [("*".to_string(), 4)].into(),
+            ..Default::default()
+        };
+        block(b.project_quota("acme", None, &quota)).unwrap();
         let first = block(b.submit(spec("acme", "first", 4))).unwrap();
         assert_eq!(first.phase, JobPhase::Running);
         // The API would refuse this at submission; the world refuses it at admission.
@@ -601,6 +543,11 @@ mod tests {
         assert!(
             second.explanation.detail.to_string().contains("quota"),
             "{:?}",
+            second.explanation
+        );
+        assert!(
+            second.explanation.summary.contains("spec.gpus[*]=4"),
+            "the scheduler's own words: {:?}",
             second.explanation
         );
         // Capacity under the limit frees when the first job ends; the second starts.

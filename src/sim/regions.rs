@@ -103,6 +103,7 @@ impl WorkloadRow {
             residency: split_list(&self.residency),
             cost_budget_fen: None,
             wait_for_best: false,
+            priority: 0,
             max_runtime_s: None,
             duration_s: Some(self.duration_s),
         })
@@ -382,8 +383,7 @@ pub fn simulate(
     for (t, spec) in workload {
         world.advance_to(*t);
         for (r, acc) in alloc_milli_s.iter_mut().enumerate() {
-            *acc += world.engines().engine(r).cluster().gpu_milli_allocated() as f64
-                * (*t - prev_t) as f64;
+            *acc += world.allocated_milli(r) as f64 * (*t - prev_t) as f64;
         }
         prev_t = *t;
         world.submit(spec.clone())?;
@@ -399,7 +399,7 @@ pub fn simulate(
     for j in world.jobs() {
         if let Some(p) = &j.placement {
             placed += 1;
-            let r = p.region as usize;
+            let r = p.region;
             per_region_jobs[r] += 1;
             let (s, res) = violations(catalog, &j.resolved, r);
             if s && j.spec.kind == JobKind::OnlineInference {
