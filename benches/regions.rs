@@ -1,41 +1,43 @@
-//! Cost of region choice against the placement engine's per-decision time.
+//! Cost of region choice against a whole scheduling decision.
 //!
 //! Over the first 1,000 jobs of the shipped workload (default catalog):
 //! - `rank_only`: region choice alone (filters, cost model, score, order);
-//! - `two_level`: region choice + the region's engine placing (and allocating) the gang
-//!   (with the arrival counted for the engines' shapes, as the world does), the
-//!   packing band first ordered by each near-equal region's fit;
-//! - `two_level_strict`: the same in strict score order (`pack_band: 0`);
-//! - `flat_engine`: one engine over all the catalog's nodes, no regions.
+//! - `scheduler`: the jobs submitted to the simulated cluster, each one
+//!   planning pass of the controller's scheduler (quota, fair share, region
+//!   choice, the packing band ordered by fit, the gang placed and launched)
+//!   — the code path `zhisuan sim`, the demo and the controller run;
+//! - `scheduler_strict`: the same in strict score order (`pack_band: 0`);
+//! - `flat_engine`: one engine over all the catalog's nodes, no regions, no
+//!   scheduler (placement alone).
 //!
 //! Run: `cargo bench --bench regions`; per-decision time = reported time / 1000.
-//! Region choice's share of a two-level decision = rank_only / two_level.
+//! Region choice's share of a decision = rank_only / scheduler.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use zhisuan::placement::{Cluster, Engine, Policy};
-use zhisuan::regions::engines::{node_specs, replica_request, RegionEngines, ReplicaShape};
-use zhisuan::regions::plan::{
-    Explanation, InventoryIndex, NoQuota, RegionChooser, RegionPolicy, ResolvedJob,
-};
-use zhisuan::regions::Catalog;
+use zhisuan::placement::{Cluster, Engine, Policy, Request};
+use zhisuan::regions::nodes::node_specs;
+use zhisuan::regions::plan::{Explanation, InventoryIndex, JobSpec, NoQuota, RegionChooser};
+use zhisuan::regions::{Catalog, RegionPolicy};
 use zhisuan::sim::regions::{parse_workload, DEFAULT_WORKLOAD_CSV, DEFAULT_WORKLOAD_PATH};
+use zhisuan::sim::world::{World, WorldConfig};
 
 const JOBS: usize = 1000;
+
+/// One replica of a job as a placement request (whole GPUs or a share).
+fn replica(spec: &JobSpec) -> Request {
+    if spec.gpu_milli > 0 {
+        let m = spec.gpu_milli as u16;
+        Request::shared(spec.cpu_milli_per_replica, spec.memory_mib_per_replica, m)
+    } else {
+        let g = spec.gpus_per_replica as u8;
+        Request::whole(spec.cpu_milli_per_replica, spec.memory_mib_per_replica, g)
+    }
+}
 
 fn bench(c: &mut Criterion) {
     let catalog = Catalog::default_catalog();
     let workload = parse_workload(DEFAULT_WORKLOAD_CSV, DEFAULT_WORKLOAD_PATH, &catalog).unwrap();
-    let jobs: Vec<(i64, String, ResolvedJob, ReplicaShape)> = workload
-        .iter()
-        .take(JOBS)
-        .map(|(t, s)| {
-            let shape = ReplicaShape {
-                cpu_milli: s.cpu_milli_per_replica,
-                memory_mib: s.memory_mib_per_replica,
-            };
-            (*t, s.tenant.clone(), s.resolve(&catalog).unwrap(), shape)
-        })
-        .collect();
+    let jobs: Vec<(i64, JobSpec)> = workload.into_iter().take(JOBS).collect();
     let inventory = InventoryIndex::new(&catalog);
     let all_nodes: Vec<_> = (0..catalog.regions.len())
         .flat_map(|r| node_specs(&catalog, r).unwrap())
@@ -45,11 +47,15 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(jobs.len() as u64));
     g.sample_size(20);
     g.bench_function("rank_only", |b| {
+        let resolved: Vec<_> = jobs
+            .iter()
+            .map(|(t, s)| (*t, s.tenant.clone(), s.resolve(&catalog).unwrap()))
+            .collect();
         let mut chooser = RegionChooser::new(RegionPolicy::Green);
         let (mut expl, mut order) = (Explanation::default(), Vec::new());
         b.iter(|| {
             let mut ranked = 0;
-            for (t, tenant, job, _) in &jobs {
+            for (t, tenant, job) in &resolved {
                 ranked += chooser.rank(
                     &catalog, &inventory, tenant, job, *t, &NoQuota, &mut expl, &mut order,
                 );
@@ -61,25 +67,16 @@ fn bench(c: &mut Criterion) {
     // the band's fit evaluations in the near-equal regions, side by side.
     let mut strict = catalog.clone();
     strict.weights.pack_band = 0.0;
-    for (name, catalog) in [("two_level", &catalog), ("two_level_strict", &strict)] {
+    for (name, catalog) in [("scheduler", &catalog), ("scheduler_strict", &strict)] {
         g.bench_function(name, |b| {
             b.iter_batched(
-                || RegionEngines::from_catalog(catalog, Policy::default(), 1).unwrap(),
-                |mut engines| {
-                    let mut chooser = RegionChooser::new(RegionPolicy::Green);
-                    let (mut expl, mut order) = (Explanation::default(), Vec::new());
-                    let mut placed = 0;
-                    for (t, tenant, job, shape) in &jobs {
-                        // As the world does: each job counted once for the shapes.
-                        engines.observe_arrival(catalog, job, *shape);
-                        chooser.rank(
-                            catalog, &inventory, tenant, job, *t, &NoQuota, &mut expl, &mut order,
-                        );
-                        placed += engines
-                            .place(catalog, job, *shape, &mut order, &mut expl)
-                            .is_some() as usize;
+                || World::new(catalog.clone(), WorldConfig::default()).unwrap(),
+                |mut world| {
+                    for (t, spec) in &jobs {
+                        world.advance_to(*t);
+                        world.submit(spec.clone()).unwrap();
                     }
-                    (engines, placed)
+                    world
                 },
                 BatchSize::LargeInput,
             )
@@ -96,9 +93,9 @@ fn bench(c: &mut Criterion) {
             },
             |mut engine| {
                 let (mut placed, mut members) = (0, Vec::new());
-                for (_, _, job, shape) in &jobs {
+                for (_, spec) in &jobs {
                     members.clear();
-                    members.resize(job.replicas as usize, replica_request(job, *shape));
+                    members.resize(spec.replicas as usize, replica(spec));
                     placed += engine.place_gang(&members, None).is_ok() as usize;
                 }
                 (engine, placed)

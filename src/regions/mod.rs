@@ -12,7 +12,7 @@
 
 pub mod catalog;
 pub mod cost;
-pub mod engines;
+pub mod nodes;
 pub mod plan;
 
 pub use catalog::{Catalog, Region, Side};

@@ -8,7 +8,7 @@ use crate::jobs::{pods_by_owner, NodeView, WorkloadKey, WorkloadView};
 use crate::placement::{
     Cluster, Decision, DeviceMask, Engine, FxBuild, ModelSet, NodeSpec, Request,
 };
-use crate::regions::engines::energy_tie_order;
+use crate::regions::nodes::energy_tie_order;
 
 use super::{is_active, Pass, Plan, PlanConfig, Snapshot};
 

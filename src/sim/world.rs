@@ -24,7 +24,7 @@ use crate::jobs::{
 use crate::placement::Policy;
 use crate::regions::catalog::{Catalog, Side};
 use crate::regions::cost::{estimate, hour_of_day, Site, Usage};
-use crate::regions::engines::{node_specs, REGION_LABEL};
+use crate::regions::nodes::{node_specs, REGION_LABEL};
 use crate::regions::plan::{
     Explanation, ExplanationView, Filter, InventoryIndex, JobKind, JobSpec, RegionPolicy,
     ResolvedJob, SpecError, Verdict,
