@@ -73,7 +73,7 @@ fn start_with(rate_per_second: f64, burst: f64) -> Server {
     };
     let addr: SocketAddr = runtime.block_on(async move {
         let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())
-            .map(|(s, _, _)| s)
+            .map(|s| s.state)
             .expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

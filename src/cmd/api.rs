@@ -11,9 +11,10 @@ use chrono::Utc;
 
 use crate::api::{router, ApiConfig, ApiState, JobBackend, RateLimit};
 use crate::error::InputError;
+use crate::ledger::journal::Claim;
 use crate::ledger::Ledger;
 use crate::regions::catalog::Catalog;
-use crate::sim::backend::{usage_records, WorldBackend};
+use crate::sim::backend::{usage_records, WorldBackend, WorldEvent};
 use crate::sim::world::{World, WorldConfig};
 
 /// Arguments of `zhisuan api`.
@@ -115,21 +116,59 @@ pub fn open_ledger(db: &str, registry: &prometheus::Registry) -> anyhow::Result<
     Ok(ledger)
 }
 
-/// The API state of a standalone server: the ledger at `db`, the in-process
-/// cluster, metrics on `registry`. Returns the backend too, for [`spawn_clock`].
+/// A standalone server's parts: the API state, the simulated cluster (for
+/// [`spawn_clock`]), its ledger and the claim on it (held while it runs).
+pub struct Standalone {
+    pub state: ApiState,
+    pub backend: WorldBackend,
+    pub ledger: Ledger,
+    pub claim: Claim,
+}
+
+/// The API state of a standalone server: the ledger at `db` (claimed: no
+/// other process may drive a simulated cluster into it), the in-process
+/// cluster resumed from the ledger's journal, metrics on `registry`.
 pub fn standalone(
     config: ApiConfig,
     db: &str,
     regions: Option<&Path>,
     registry: &prometheus::Registry,
-) -> anyhow::Result<(ApiState, WorldBackend, Ledger)> {
+) -> anyhow::Result<Standalone> {
     let ledger = open_ledger(db, registry)?;
+    let claim = ledger
+        .claim("zhisuan api --backend world")
+        .map_err(|e| e.into_anyhow())?;
     let catalog = match regions {
         Some(p) => Catalog::load(p)?,
         None => Catalog::default_catalog(),
     };
-    let backend = world_backend(catalog, Utc::now().timestamp())?;
-    // Admission enforces the quotas already in the ledger from the start.
+    let journal = ledger.journal().map_err(|e| e.into_anyhow())?;
+    // The world starts when it first started on this ledger.
+    let start_s = match journal.first() {
+        Some(first) if first.kind == "start" => first.at_s,
+        Some(first) => anyhow::bail!(
+            "{db}: the world journal starts with {:?} (entry {}), not its start; the ledger was written by something else",
+            first.kind,
+            first.seq
+        ),
+        None => {
+            let now = Utc::now().timestamp();
+            let start = serde_json::to_string(&WorldEvent::Start { start_s: now })?;
+            ledger
+                .append_journal(now, "start", &start)
+                .map_err(|e| e.into_anyhow())?;
+            now
+        }
+    };
+    let backend = world_backend(catalog, start_s)?.with_journal(ledger.clone());
+    backend.replay(&journal, |_| Ok(()))?;
+    // What the replay metered again: the same ids, so what the ledger holds
+    // already is skipped, and what a crash kept from it is written now.
+    let replayed = backend.advance_to(backend.with_world(|w| w.now_s()));
+    let records = backend.with_world(|w| usage_records(w.catalog(), &replayed));
+    ledger.ingest(&records, &[]).map_err(|e| e.into_anyhow())?;
+    // The scheduler enforces the ledger's quotas (journalled, so a restart
+    // replays them in the same order).
     for tenant in ledger.tenants().map_err(|e| e.into_anyhow())? {
         if let Some(q) = ledger.quota(&tenant.name).map_err(|e| e.into_anyhow())? {
             let parent = tenant.parent.as_deref();
@@ -138,26 +177,38 @@ pub fn standalone(
         }
     }
     let state = ApiState::new(config, ledger.clone(), Arc::new(backend.clone()), registry)?;
-    Ok((state, backend, ledger))
+    Ok(Standalone {
+        state,
+        backend,
+        ledger,
+        claim,
+    })
 }
 
 /// Advances the cluster to the wall clock every `period` and writes the
-/// metered usage to the ledger. Runs until the runtime stops.
+/// metered usage to the ledger; records a failed write did not take are
+/// written again with the next tick's (ids make that idempotent). Runs
+/// until the runtime stops.
 pub fn spawn_clock(backend: WorldBackend, ledger: Ledger, period: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unwritten = Vec::new();
         loop {
             tick.tick().await;
             let intervals = backend.advance_to(Utc::now().timestamp());
-            if intervals.is_empty() {
+            unwritten.extend(backend.with_world(|w| usage_records(w.catalog(), &intervals)));
+            if unwritten.is_empty() {
                 continue;
             }
-            let records = backend.with_world(|w| usage_records(w.catalog(), &intervals));
+            let records = std::mem::take(&mut unwritten);
             let l = ledger.clone();
-            match tokio::task::spawn_blocking(move || l.ingest(&records, &[])).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "metering into the ledger failed"),
+            match tokio::task::spawn_blocking(move || (l.ingest(&records, &[]), records)).await {
+                Ok((Ok(_), _)) => {}
+                Ok((Err(e), records)) => {
+                    tracing::error!(error = %e, records = records.len(), "metering into the ledger failed; retrying next tick");
+                    unwritten = records;
+                }
                 Err(e) => tracing::error!(error = %e, "metering task failed"),
             }
         }
@@ -186,12 +237,12 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let state = match args.backend {
+        // With the world backend, the claim on the ledger is held while serving.
+        let (state, _claim) = match args.backend {
             Backend::World => {
-                let (state, backend, ledger) =
-                    standalone(config, &args.db, args.regions.as_deref(), &registry)?;
-                spawn_clock(backend, ledger, Duration::from_secs(args.tick_s));
-                state
+                let s = standalone(config, &args.db, args.regions.as_deref(), &registry)?;
+                spawn_clock(s.backend, s.ledger, Duration::from_secs(args.tick_s));
+                (s.state, Some(s.claim))
             }
             Backend::Kube => {
                 let client = kube::Client::try_default().await.context(
@@ -199,7 +250,7 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
                 )?;
                 let ledger = open_ledger(&args.db, &registry)?;
                 let jobs = crate::operator::jobs::KubeJobs::new(client, &args.jobs_namespace);
-                ApiState::new(config, ledger, Arc::new(jobs), &registry)?
+                (ApiState::new(config, ledger, Arc::new(jobs), &registry)?, None)
             }
         };
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -460,6 +460,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let end_s = args.sim_hours.map(|h| start_s + (h * 3600.0) as i64);
     let ledger = Ledger::open(&db_path.display().to_string())
         .with_context(|| format!("opening the ledger {}", db_path.display()))?;
+    // One process drives a ledger's simulated cluster at a time.
+    let _claim = ledger.claim("the demo")?;
     let valid_from = DateTime::<Utc>::from_timestamp(start_s, 0).unwrap_or_default();
     setup::seed(
         &ledger,
@@ -481,7 +483,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     )?;
     let agents = Arc::new(Mutex::new(telemetry::SimAgents::new(&world, 1)?));
     registry.register(Box::new(telemetry::AgentsCollector(Arc::clone(&agents))))?;
-    let backend = WorldBackend::new(Arc::new(Mutex::new(world)));
+    let mut backend = WorldBackend::new(Arc::new(Mutex::new(world)));
+    if args.db.is_some() {
+        // The API's inputs are journalled, so a restart replays them.
+        backend = backend.with_journal(ledger.clone());
+    }
     let mut driver = Driver {
         backend: backend.clone(),
         workload,
@@ -498,7 +504,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
 
     // Carry on where a previous run on this ledger stopped: replay up to its
-    // simulated time (the ledger skips records it already holds).
+    // simulated time (the ledger skips records it already holds), with the
+    // API's journalled inputs applied where they came, after the workload's
+    // arrivals up to then, as the first run applied them.
+    let journal = ledger.journal()?;
+    backend.clone().replay(&journal, |at_s| driver.step(at_s))?;
     let resume_s = checkpoint.map_or(start_s, |c| c.reached_s.max(start_s));
     if resume_s > start_s {
         eprintln!(

@@ -14,6 +14,7 @@
 pub mod cli;
 mod cursors;
 pub mod error;
+pub mod journal;
 pub mod metrics;
 pub mod money;
 pub mod plan;

@@ -268,6 +268,13 @@ FROM redemptions GROUP BY tenant, {month(at_s)}, voucher_id
         // up to: a new leader resumes from here, so no window is lost.
         "CREATE TABLE meter_cursors (name TEXT PRIMARY KEY, until_s BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
     ),
+    (
+        5,
+        // The simulated cluster's inputs (API submissions, cancellations,
+        // quotas), in the order it applied them: a restart replays them
+        // and gets the same job ids and usage record ids.
+        "CREATE TABLE world_journal (seq {serial}, at_s BIGINT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL)",
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

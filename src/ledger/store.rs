@@ -68,6 +68,8 @@ pub struct Ledger {
 struct Inner {
     conn: Mutex<Conn>,
     metrics: OnceLock<LedgerMetrics>,
+    /// The SQLite file, when the ledger is one (for [`Ledger::claim`]).
+    file: Option<std::path::PathBuf>,
 }
 
 fn now_s() -> i64 {
@@ -320,12 +322,22 @@ impl Ledger {
             Conn::Sqlite(c)
         };
         migrate(&mut conn)?;
+        let file = match &conn {
+            Conn::Sqlite(_) if url != ":memory:" => Some(std::path::PathBuf::from(url)),
+            _ => None,
+        };
         Ok(Ledger {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 metrics: OnceLock::new(),
+                file,
             }),
         })
+    }
+
+    /// The SQLite file behind this ledger (`None`: PostgreSQL or in memory).
+    pub(super) fn file(&self) -> Option<&std::path::Path> {
+        self.inner.file.as_deref()
     }
 
     pub fn backend(&self) -> Backend {

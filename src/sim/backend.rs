@@ -8,16 +8,86 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{TimeZone, Utc};
 use futures::future::{ready, BoxFuture, FutureExt};
+use serde::{Deserialize, Serialize};
 
 use crate::api::jobs::{
     BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPhase, JobSpec,
     JobView, RegionView, ReplicaPlacement, TokenTier,
 };
 use crate::jobs::QuotaSpec;
-use crate::ledger::UsageRecord;
+use crate::ledger::journal::JournalEntry;
+use crate::ledger::{Ledger, UsageRecord};
 use crate::regions::catalog::Catalog;
 use crate::regions::plan::{JobKind as WorldKind, JobSpec as WorldSpec, SpecError};
 use crate::sim::world::{JobId, Phase, UsageInterval, World};
+
+/// An input to the world from outside (the API), journalled in the ledger
+/// before it is applied so a restart replays it ([`WorldBackend::replay`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorldEvent {
+    /// The world's start time (first in a journal).
+    Start {
+        start_s: i64,
+    },
+    Submit {
+        spec: WorldSpec,
+        image: String,
+        token_tier: Option<TokenTier>,
+    },
+    Cancel {
+        job: JobId,
+    },
+    Quota {
+        tenant: String,
+        parent: Option<String>,
+        quota: crate::ledger::Quota,
+    },
+}
+
+impl WorldEvent {
+    fn kind(&self) -> &'static str {
+        match self {
+            WorldEvent::Start { .. } => "start",
+            WorldEvent::Submit { .. } => "submit",
+            WorldEvent::Cancel { .. } => "cancel",
+            WorldEvent::Quota { .. } => "quota",
+        }
+    }
+}
+
+/// Applies an input to the world, live or replayed: the one way the API's
+/// inputs change it. A submission returns its job id.
+fn apply(
+    world: &mut World,
+    index: &mut Index,
+    event: WorldEvent,
+) -> Result<Option<JobId>, SpecError> {
+    match event {
+        WorldEvent::Start { .. } => Ok(None),
+        WorldEvent::Submit {
+            spec,
+            image,
+            token_tier,
+        } => {
+            let id = world.submit(spec)?;
+            index.extra.insert(id, JobExtra { image, token_tier });
+            Ok(Some(id))
+        }
+        WorldEvent::Cancel { job } => {
+            world.cancel(job);
+            Ok(None)
+        }
+        WorldEvent::Quota {
+            tenant,
+            parent,
+            quota,
+        } => {
+            world.set_quota(QuotaSpec::from_ledger(&tenant, parent.as_deref(), &quota));
+            Ok(None)
+        }
+    }
+}
 
 /// What the API keeps beside the world for a job it submitted.
 struct JobExtra {
@@ -52,6 +122,8 @@ struct Index {
 pub struct WorldBackend {
     world: Arc<Mutex<World>>,
     index: Arc<Mutex<Index>>,
+    /// Where inputs are journalled (`None`: nothing survives a restart).
+    journal: Option<Ledger>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -224,6 +296,67 @@ impl WorldBackend {
         WorldBackend {
             world,
             index: Arc::new(Mutex::new(Index::default())),
+            journal: None,
+        }
+    }
+
+    /// Journals every input from the API in `ledger` before applying it.
+    pub fn with_journal(mut self, ledger: Ledger) -> Self {
+        self.journal = Some(ledger);
+        self
+    }
+
+    /// Journals an input at the world's current time (a no-op without a journal).
+    fn record(&self, world: &World, event: &WorldEvent) -> BackendResult<()> {
+        let Some(ledger) = &self.journal else {
+            return Ok(());
+        };
+        let body = serde_json::to_string(event)
+            .map_err(|e| BackendError::Internal(format!("journal: {e}")))?;
+        ledger
+            .append_journal(world.now_s(), event.kind(), &body)
+            .map(|_| ())
+            .map_err(|e| BackendError::Internal(format!("journal: {e}")))
+    }
+
+    /// Applies journalled inputs again, in order, each at its own time;
+    /// `before(world, at_s)` runs first for each (the demo submits its own
+    /// workload's arrivals up to then, as it did the first time). The world
+    /// then holds the same jobs, with the same ids, as before the restart.
+    pub fn replay(
+        &self,
+        entries: &[JournalEntry],
+        mut before: impl FnMut(i64) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        for e in entries {
+            let event: WorldEvent = serde_json::from_str(&e.body)
+                .map_err(|err| anyhow::anyhow!("world journal entry {}: {err}", e.seq))?;
+            before(e.at_s)?;
+            let (mut world, mut index) = self.locked();
+            world.advance_to(e.at_s);
+            // A spec refused the first time is refused again.
+            let _ = apply(&mut world, &mut index, event);
+            index.sync(&world);
+        }
+        Ok(())
+    }
+
+    /// Runs `f` off the async workers when there is a journal to write
+    /// (a database write), inline otherwise.
+    fn off_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(WorldBackend) -> BackendResult<T> + Send + 'static,
+    ) -> BoxFuture<'static, BackendResult<T>> {
+        let this = self.clone();
+        match (&self.journal, tokio::runtime::Handle::try_current()) {
+            (Some(_), Ok(handle)) => async move {
+                handle
+                    .spawn_blocking(move || f(this))
+                    .await
+                    .unwrap_or_else(|e| Err(BackendError::Internal(format!("world task: {e}"))))
+            }
+            .boxed(),
+            _ => ready(f(this)).boxed(),
         }
     }
 
@@ -299,14 +432,15 @@ impl WorldBackend {
             max_runtime_s: spec.max_runtime_s.map(|s| s as i64),
             duration_s: None,
         };
-        let id = world.submit(wspec).map_err(world_error)?;
-        index.extra.insert(
-            id,
-            JobExtra {
-                image: spec.image,
-                token_tier: spec.token_tier,
-            },
-        );
+        let event = WorldEvent::Submit {
+            spec: wspec,
+            image: spec.image,
+            token_tier: spec.token_tier,
+        };
+        self.record(&world, &event)?;
+        let id = apply(&mut world, &mut index, event)
+            .map_err(world_error)?
+            .ok_or_else(|| BackendError::Internal("a submission without a job id".into()))?;
         index.sync(&world);
         view(&world, &index, id)
             .ok_or_else(|| BackendError::Internal(format!("job {id} vanished after submit")))
@@ -315,9 +449,9 @@ impl WorldBackend {
     fn cancel_now(&self, tenant: &str, id: &str) -> BackendResult<JobView> {
         let (mut world, mut index) = self.locked();
         let n = index.owned(&world, tenant, id)?;
-        world
-            .cancel(n)
-            .ok_or_else(|| BackendError::NotFound(id.to_string()))?;
+        let event = WorldEvent::Cancel { job: n };
+        self.record(&world, &event)?;
+        apply(&mut world, &mut index, event).map_err(world_error)?;
         // Cancelling frees capacity other jobs may have started on.
         index.recount(&world);
         view(&world, &index, n).ok_or_else(|| BackendError::NotFound(id.to_string()))
@@ -366,7 +500,7 @@ impl WorldBackend {
 
 impl JobBackend for WorldBackend {
     fn submit(&self, spec: JobSpec) -> BoxFuture<'_, BackendResult<JobView>> {
-        ready(self.submit_now(spec)).boxed()
+        self.off_async(move |b| b.submit_now(spec))
     }
 
     fn list(&self, tenant: &str) -> BoxFuture<'_, BackendResult<Vec<JobView>>> {
@@ -393,7 +527,8 @@ impl JobBackend for WorldBackend {
     }
 
     fn cancel(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>> {
-        ready(self.cancel_now(tenant, id)).boxed()
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.off_async(move |b| b.cancel_now(&tenant, &id))
     }
 
     fn gpu_use(&self, tenant: &str) -> BoxFuture<'_, BackendResult<GpuUse>> {
@@ -419,9 +554,17 @@ impl JobBackend for WorldBackend {
         parent: Option<&'a str>,
         quota: &'a crate::ledger::Quota,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        let spec = QuotaSpec::from_ledger(tenant, parent, quota);
-        lock(&self.world).set_quota(spec);
-        ready(Ok(())).boxed()
+        let event = WorldEvent::Quota {
+            tenant: tenant.to_string(),
+            parent: parent.map(str::to_string),
+            quota: quota.clone(),
+        };
+        self.off_async(move |b| {
+            let (mut world, mut index) = b.locked();
+            b.record(&world, &event)?;
+            apply(&mut world, &mut index, event).map_err(world_error)?;
+            Ok(())
+        })
     }
 }
 
@@ -592,5 +735,135 @@ mod tests {
             .all(|r| r.tenant == "acme" && r.it_energy_j > 0));
         // The job ended at its max runtime and holds nothing.
         assert_eq!(block(b.gpu_use("acme")).unwrap().total_milli, 0);
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+    use crate::ledger::types::Month;
+    use crate::regions::catalog::Catalog;
+    use crate::sim::world::WorldConfig;
+
+    const START: i64 = 1_790_000_000;
+
+    /// What `zhisuan api --backend world` does on start: claim the ledger,
+    /// resume the journalled world (or start one), write what the replay
+    /// metered.
+    fn open(db: &str) -> (WorldBackend, Ledger, crate::ledger::journal::Claim) {
+        let ledger = Ledger::open(db).unwrap();
+        ledger.ensure_rate_card("test").unwrap();
+        let claim = ledger.claim("the test").unwrap();
+        let journal = ledger.journal().unwrap();
+        if journal.is_empty() {
+            let start = serde_json::to_string(&WorldEvent::Start { start_s: START }).unwrap();
+            ledger.append_journal(START, "start", &start).unwrap();
+        }
+        let world = World::new(
+            Catalog::default_catalog(),
+            WorldConfig {
+                start_s: START,
+                metering_period_s: Some(600),
+                ..WorldConfig::default()
+            },
+        )
+        .unwrap();
+        let backend = WorldBackend::new(Arc::new(Mutex::new(world))).with_journal(ledger.clone());
+        backend.replay(&journal, |_| Ok(())).unwrap();
+        let now = backend.with_world(|w| w.now_s());
+        write(&backend, &ledger, now);
+        (backend, ledger, claim)
+    }
+
+    /// Advances the clock and writes what was metered (the clock loop).
+    fn write(backend: &WorldBackend, ledger: &Ledger, t: i64) {
+        let iv = backend.advance_to(t);
+        let records = backend.with_world(|w| usage_records(w.catalog(), &iv));
+        ledger.ingest(&records, &[]).unwrap();
+    }
+
+    fn job(tenant: &str, name: &str, replicas: u32, milli: u32, runtime_s: u64) -> JobSpec {
+        JobSpec {
+            tenant: tenant.into(),
+            kind: JobKind::Training,
+            name: name.into(),
+            replicas,
+            milli_per_replica: milli,
+            gpu_models: vec![],
+            image: "img:1".into(),
+            region: None,
+            latency_slo_ms: None,
+            user_region: None,
+            token_tier: None,
+            max_runtime_s: Some(runtime_s),
+        }
+    }
+
+    /// The API's inputs at world times, with the clock loop between them;
+    /// `crash_after` steps, the process dies between advancing the clock and
+    /// writing what it metered, and a new one resumes from the ledger.
+    fn run(db: &str, crash_after: Option<usize>) -> Vec<(i64, i64, usize)> {
+        let (mut b, mut ledger, mut claim) = open(db);
+        for tenant in ["acme", "bolt"] {
+            ledger.create_tenant("test", tenant, None).unwrap();
+        }
+        let block = |f: BoxFuture<'_, BackendResult<JobView>>| futures::executor::block_on(f);
+        for step in 0..8usize {
+            let t = START + step as i64 * 1800;
+            match step {
+                0 => {
+                    block(b.submit(job("acme", "a", 2, 8000, 7200))).unwrap();
+                    block(b.submit(job("bolt", "b", 1, 500, 3000))).unwrap();
+                }
+                2 => {
+                    block(b.submit(job("acme", "c", 1, 1000, 20_000))).unwrap();
+                    let quota = crate::ledger::Quota {
+                        gpus: [("*".to_string(), 2)].into(),
+                        ..Default::default()
+                    };
+                    futures::executor::block_on(b.project_quota("bolt", None, &quota)).unwrap();
+                }
+                3 => {
+                    let d = block(b.submit(job("bolt", "d", 1, 2000, 9000))).unwrap();
+                    block(b.submit(job("bolt", "e", 1, 1000, 9000))).unwrap();
+                    block(b.cancel("bolt", &d.id)).unwrap();
+                }
+                _ => {}
+            }
+            if crash_after == Some(step) {
+                // Killed after advancing, before writing: those records are lost here.
+                let _lost = b.advance_to(t + 1800);
+                drop((b, ledger, claim));
+                (b, ledger, claim) = open(db);
+                continue;
+            }
+            write(&b, &ledger, t + 1800);
+        }
+        write(&b, &ledger, START + 20 * 3600);
+        let month = Month::of_s(START);
+        ["acme", "bolt"]
+            .iter()
+            .map(|t| {
+                let s = ledger.statement(t, month).unwrap();
+                let gpu_milli_s: i64 = s.gpu.iter().map(|l| l.milli_gpu_seconds).sum();
+                (gpu_milli_s, s.totals.gross_fen, s.usage_records as usize)
+            })
+            .collect()
+    }
+
+    /// A process killed mid-run and restarted on the same ledger bills
+    /// exactly what an uninterrupted run bills: same GPU-seconds, same fen,
+    /// same number of records (the journal replays the API's inputs with
+    /// the same ids).
+    #[test]
+    fn a_restart_bills_exactly_what_an_uninterrupted_run_bills() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+        let whole = run(&path("whole.db"), None);
+        assert!(whole.iter().all(|(gpu, _, _)| *gpu > 0), "{whole:?}");
+        for crash in [1, 3, 5] {
+            let db = path(&format!("crash{crash}.db"));
+            assert_eq!(run(&db, Some(crash)), whole, "crash after step {crash}");
+        }
     }
 }
