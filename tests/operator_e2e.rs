@@ -3,11 +3,14 @@
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
+#[path = "support/cluster.rs"]
+mod cluster;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use apiserver::ApiServer;
+use cluster::{add_node, eventually};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
@@ -242,21 +245,6 @@ fn start_controller(server: &ApiServer, identity: &str, lease: Duration) -> Repl
     }
 }
 
-async fn add_node(server: &ApiServer, name: &str, region: &str, model: &str, gpus: u32) {
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {
-            "zhisuan.io/region": region, "zhisuan.io/gpu-model": model,
-            "zhisuan.io/gpu-count": gpus.to_string(), "zhisuan.io/accelerator-vendor": "nvidia"}},
-        "status": {"allocatable": {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": gpus.to_string()},
-                   "conditions": [{"type": "Ready", "status": "True"}]}
-    }))
-    .unwrap();
-    Api::<Node>::all(server.client())
-        .create(&PostParams::default(), &node)
-        .await
-        .unwrap();
-}
-
 fn dynamic_api(
     server: &ApiServer,
     ar: &ApiResource,
@@ -357,22 +345,6 @@ fn pods_of(server: &ApiServer, workload: &str) -> BTreeMap<String, (String, Stri
             (name, (node, dev))
         })
         .collect()
-}
-
-/// Polls an async condition every 20 ms for up to `secs` seconds.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("not reached within {secs} s: {what}");
 }
 
 /// Sets a pod's phase in namespace `ml` (the kubelet's part).

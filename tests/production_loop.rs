@@ -5,12 +5,15 @@
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
+#[path = "support/cluster.rs"]
+mod cluster;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use apiserver::ApiServer;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use cluster::{add_node, eventually};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use zhisuan::ledger::{Ledger, Month};
@@ -24,21 +27,6 @@ const ADMIN: &str = "admin-key-0123456789abcdef";
 const NS: &str = "ml";
 /// The test's metering grid, seconds.
 const PERIOD: i64 = 2;
-
-async fn add_node(server: &ApiServer, name: &str, model: &str, gpus: u32) {
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {
-            "zhisuan.io/region": "east", "zhisuan.io/gpu-model": model,
-            "zhisuan.io/gpu-count": gpus.to_string(), "zhisuan.io/accelerator-vendor": "nvidia"}},
-        "status": {"allocatable": {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": gpus.to_string()},
-                   "conditions": [{"type": "Ready", "status": "True"}]}
-    }))
-    .unwrap();
-    Api::<Node>::all(server.client())
-        .create(&PostParams::default(), &node)
-        .await
-        .unwrap();
-}
 
 /// The quota API on loopback over the `KubeJobs` backend; returns its base URL.
 async fn start_api(server: &ApiServer, ledger: Ledger) -> String {
@@ -119,21 +107,6 @@ fn start_controller(server: &ApiServer, identity: &str, db: &str) -> Replica {
     Replica { task, leadership }
 }
 
-async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not reached within {secs} s: {what}");
-}
-
 fn pods_of(server: &ApiServer, workload: &str) -> Vec<String> {
     server
         .objects("v1/pods")
@@ -193,7 +166,7 @@ fn expected(milli: i64, start: i64, end: i64, fen_per_hour: i64, copay_bp: i64) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenants_job_goes_api_kubernetes_metered_billed_and_survives_failover() {
     let server = ApiServer::start().await;
-    add_node(&server, "gpu-a", "H100", 8).await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
     let api_ledger = Ledger::open(&db).unwrap();
@@ -361,8 +334,8 @@ async fn a_tenants_job_goes_api_kubernetes_metered_billed_and_survives_failover(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_submissions_never_exceed_the_quota() {
     let server = ApiServer::start().await;
-    add_node(&server, "gpu-a", "H100", 8).await;
-    add_node(&server, "gpu-b", "H100", 8).await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    add_node(&server, "gpu-b", "east", "H100", 8).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
     let ledger = Ledger::open(&db).unwrap();

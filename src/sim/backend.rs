@@ -617,21 +617,32 @@ mod tests {
         WorldBackend::new(Arc::new(Mutex::new(world)))
     }
 
-    fn spec(tenant: &str, name: &str, gpus: u32) -> JobSpec {
+    /// A training job through the API.
+    pub(super) fn job(
+        tenant: &str,
+        name: &str,
+        replicas: u32,
+        milli: u32,
+        runtime_s: u64,
+    ) -> JobSpec {
         JobSpec {
             tenant: tenant.into(),
             kind: JobKind::Training,
             name: name.into(),
-            replicas: 1,
-            milli_per_replica: gpus * 1000,
+            replicas,
+            milli_per_replica: milli,
             gpu_models: vec![],
             image: "img:1".into(),
             region: None,
             latency_slo_ms: None,
             user_region: None,
             token_tier: None,
-            max_runtime_s: Some(600),
+            max_runtime_s: Some(runtime_s),
         }
+    }
+
+    fn spec(tenant: &str, name: &str, gpus: u32) -> JobSpec {
+        job(tenant, name, 1, gpus * 1000, 600)
     }
 
     fn block<T>(f: BoxFuture<'_, T>) -> T {
@@ -740,6 +751,7 @@ mod tests {
 
 #[cfg(test)]
 mod journal_tests {
+    use super::tests::job;
     use super::*;
     use crate::ledger::types::Month;
     use crate::regions::catalog::Catalog;
@@ -780,23 +792,6 @@ mod journal_tests {
         let iv = backend.advance_to(t);
         let records = backend.with_world(|w| usage_records(w.catalog(), &iv));
         ledger.ingest(&records, &[]).unwrap();
-    }
-
-    fn job(tenant: &str, name: &str, replicas: u32, milli: u32, runtime_s: u64) -> JobSpec {
-        JobSpec {
-            tenant: tenant.into(),
-            kind: JobKind::Training,
-            name: name.into(),
-            replicas,
-            milli_per_replica: milli,
-            gpu_models: vec![],
-            image: "img:1".into(),
-            region: None,
-            latency_slo_ms: None,
-            user_region: None,
-            token_tier: None,
-            max_runtime_s: Some(runtime_s),
-        }
     }
 
     /// The API's inputs at world times, with the clock loop between them;

@@ -1,0 +1,43 @@
+//! Helpers the cluster tests share over the API-server stand-in: a GPU
+//! node as the agent labels it, and waiting for a condition.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+use super::apiserver::ApiServer;
+
+/// Creates a Ready node with `gpus` GPUs of `model` in `region`, labelled
+/// as the node agent labels it.
+pub async fn add_node(server: &ApiServer, name: &str, region: &str, model: &str, gpus: u32) {
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {
+            "zhisuan.io/region": region, "zhisuan.io/gpu-model": model,
+            "zhisuan.io/gpu-count": gpus.to_string(), "zhisuan.io/accelerator-vendor": "nvidia"}},
+        "status": {"allocatable": {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": gpus.to_string()},
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .unwrap();
+    Api::<Node>::all(server.client())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+}
+
+/// Polls an async condition every 20 ms for up to `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not reached within {secs} s: {what}");
+}
