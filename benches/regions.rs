@@ -16,7 +16,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use zhisuan::placement::{Cluster, Engine, Policy, Request};
 use zhisuan::regions::nodes::node_specs;
-use zhisuan::regions::plan::{Explanation, InventoryIndex, JobSpec, NoQuota, RegionChooser};
+use zhisuan::regions::plan::{Explanation, InventoryIndex, JobSpec, RegionChooser};
 use zhisuan::regions::{Catalog, RegionPolicy};
 use zhisuan::sim::regions::{parse_workload, DEFAULT_WORKLOAD_CSV, DEFAULT_WORKLOAD_PATH};
 use zhisuan::sim::world::{World, WorldConfig};
@@ -49,16 +49,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("rank_only", |b| {
         let resolved: Vec<_> = jobs
             .iter()
-            .map(|(t, s)| (*t, s.tenant.clone(), s.resolve(&catalog).unwrap()))
+            .map(|(t, s)| (*t, s.resolve(&catalog).unwrap()))
             .collect();
         let mut chooser = RegionChooser::new(RegionPolicy::Green);
         let (mut expl, mut order) = (Explanation::default(), Vec::new());
         b.iter(|| {
             let mut ranked = 0;
-            for (t, tenant, job) in &resolved {
-                ranked += chooser.rank(
-                    &catalog, &inventory, tenant, job, *t, &NoQuota, &mut expl, &mut order,
-                );
+            for (t, job) in &resolved {
+                ranked += chooser.rank(&catalog, &inventory, job, *t, &mut expl, &mut order);
             }
             ranked
         })

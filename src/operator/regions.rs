@@ -322,7 +322,7 @@ mod tests {
     use super::*;
     use crate::jobs::{Kind, WorkloadView};
     use crate::operator::crd::{ComputeRegionSpec, SecretKeyRef};
-    use crate::regions::plan::{NoQuota, RegionChooser, RegionPolicy, Verdict};
+    use crate::regions::plan::{RegionChooser, RegionPolicy, Verdict};
     use crate::schedule::job_spec;
 
     fn node(name: &str, region: &str, model: &str, gpus: u8) -> NodeView {
@@ -511,16 +511,7 @@ mod tests {
             let mut chooser = RegionChooser::new(RegionPolicy::Green);
             let mut expl = Default::default();
             let mut order = Vec::new();
-            chooser.rank(
-                &rc.catalog,
-                &rc.inventory,
-                &w.tenant,
-                &job,
-                0,
-                &NoQuota,
-                &mut expl,
-                &mut order,
-            );
+            chooser.rank(&rc.catalog, &rc.inventory, &job, 0, &mut expl, &mut order);
             (order, expl)
         };
         // No SLO: the greener region first.

@@ -18,6 +18,6 @@ pub mod plan;
 pub use catalog::{Catalog, Region, Side};
 pub use cost::{estimate, CostEstimate, Site, Usage};
 pub use plan::{
-    Explanation, ExplanationView, Filter, InventoryIndex, JobKind, JobSpec, NoQuota, QuotaHook,
-    RegionChooser, RegionPolicy, ResolvedJob, SpecError, Verdict,
+    Explanation, ExplanationView, Filter, InventoryIndex, JobKind, JobSpec, RegionChooser,
+    RegionPolicy, ResolvedJob, SpecError, Verdict,
 };

@@ -384,8 +384,6 @@ pub enum Filter {
     LatencySlo,
     /// Expected energy cost exceeds the job's budget.
     Budget,
-    /// The tenant's quota does not allow it here.
-    Quota,
 }
 
 impl Filter {
@@ -395,7 +393,6 @@ impl Filter {
             Filter::Residency => "residency",
             Filter::LatencySlo => "latency-slo",
             Filter::Budget => "budget",
-            Filter::Quota => "quota",
         }
     }
 }
@@ -416,7 +413,6 @@ pub enum Verdict {
         filter: Filter,
         value: f64,
         limit: f64,
-        detail: Option<String>,
     },
     /// Passed the filters; its rank in the policy's order (0 = best).
     Ranked {
@@ -459,21 +455,6 @@ pub struct Explanation {
     /// `pack_band` of the best score (1 under the baselines, or when the job
     /// waits for its best region): they are tried in order of fit.
     pub band: u32,
-}
-
-/// Tenant quota as seen by region choice (the ledger / API provide one).
-pub trait QuotaHook {
-    /// `Err(reason)` if `tenant` may not take `milli_gpus` more in `region`.
-    fn check(&self, tenant: &str, region: usize, milli_gpus: u64) -> Result<(), String>;
-}
-
-/// No quota: everything allowed.
-pub struct NoQuota;
-
-impl QuotaHook for NoQuota {
-    fn check(&self, _: &str, _: usize, _: u64) -> Result<(), String> {
-        Ok(())
-    }
 }
 
 /// Static per-region inventory facts for the inventory filter, precomputed
@@ -588,19 +569,17 @@ impl RegionChooser {
         }
     }
 
-    /// First level: filters and ranks the regions for `job` at `now_s`,
+    /// First level: filters and ranks the regions for `job` at `now_s`
+    /// (quota is the scheduler's, before region choice),
     /// writing every candidate into `out` (cleared first; reused to avoid
     /// allocating per decision). Returns the number of ranked regions; their
     /// indices in rank order are written to `order`.
-    #[allow(clippy::too_many_arguments)]
     pub fn rank(
         &mut self,
         catalog: &Catalog,
         inventory: &InventoryIndex,
-        tenant: &str,
         job: &ResolvedJob,
         now_s: i64,
-        quota: &dyn QuotaHook,
         out: &mut Explanation,
         order: &mut Vec<u16>,
     ) -> usize {
@@ -629,12 +608,11 @@ impl RegionChooser {
                     Filter::Inventory,
                     job.gpus_per_replica as f64,
                     job.replicas as f64,
-                    None,
                 ))
             } else if strict && !job.allows_region(r) {
-                Some((Filter::Residency, 0.0, 0.0, None))
+                Some((Filter::Residency, 0.0, 0.0))
             } else if let (true, Some(slo), Some(l)) = (strict, job.latency_slo_ms, latency) {
-                (l > slo).then_some((Filter::LatencySlo, l, slo, None))
+                (l > slo).then_some((Filter::LatencySlo, l, slo))
             } else {
                 None
             };
@@ -643,15 +621,8 @@ impl RegionChooser {
                     Filter::Budget,
                     est.energy_cost_milli_fen as f64 / 1000.0,
                     b as f64 / 1000.0,
-                    None,
                 )),
                 _ => None,
-            });
-            let removed = removed.or_else(|| {
-                quota
-                    .check(tenant, r, job.total_milli())
-                    .err()
-                    .map(|why| (Filter::Quota, 0.0, 0.0, Some(why)))
             });
             let terms = ScoreTerms {
                 estimate: est,
@@ -659,11 +630,10 @@ impl RegionChooser {
                 score: 0.0,
             };
             let verdict = match removed {
-                Some((filter, value, limit, detail)) => Verdict::Removed {
+                Some((filter, value, limit)) => Verdict::Removed {
                     filter,
                     value,
                     limit,
-                    detail,
                 },
                 None => {
                     order.push(r as u16);
@@ -879,7 +849,6 @@ impl Explanation {
                     filter,
                     value,
                     limit,
-                    detail,
                 } => {
                     let reason = match filter {
                         Filter::Inventory => format!(
@@ -892,7 +861,6 @@ impl Explanation {
                         Filter::Budget => format!(
                             "expected energy cost {value:.2} fen exceeds the budget {limit:.2} fen"
                         ),
-                        Filter::Quota => detail.clone().unwrap_or_else(|| "quota exceeded".into()),
                     };
                     ("removed", Some(filter.name()), None, reason)
                 }
@@ -1116,7 +1084,7 @@ mod tests {
         let j = spec.resolve(&c).unwrap();
         let mut chooser = RegionChooser::new(policy);
         let (mut e, mut order) = (Explanation::default(), Vec::new());
-        chooser.rank(&c, &inv, &spec.tenant, &j, 0, &NoQuota, &mut e, &mut order);
+        chooser.rank(&c, &inv, &j, 0, &mut e, &mut order);
         (e, order)
     }
 
@@ -1211,33 +1179,10 @@ mod tests {
         let (mut e, mut order) = (Explanation::default(), Vec::new());
         let mut firsts = Vec::new();
         for _ in 0..3 {
-            chooser.rank(&c, &inv, "t", &j, 0, &NoQuota, &mut e, &mut order);
+            chooser.rank(&c, &inv, &j, 0, &mut e, &mut order);
             firsts.push(order[0]);
         }
         assert_eq!(firsts, vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn quota_hook_removes_regions() {
-        struct OnlyWest;
-        impl QuotaHook for OnlyWest {
-            fn check(&self, _: &str, r: usize, _: u64) -> Result<(), String> {
-                if r < 6 {
-                    Err("tenant acme: east quota used up".into())
-                } else {
-                    Ok(())
-                }
-            }
-        }
-        let c = Catalog::default_catalog();
-        let inv = InventoryIndex::new(&c);
-        let j = job().resolve(&c).unwrap();
-        let mut chooser = RegionChooser::new(RegionPolicy::Nearest);
-        let (mut e, mut order) = (Explanation::default(), Vec::new());
-        chooser.rank(&c, &inv, "acme", &j, 0, &OnlyWest, &mut e, &mut order);
-        assert!(order.iter().all(|&r| r >= 6));
-        let v = e.render(&c);
-        assert!(v.candidates[0].reason.contains("east quota used up"));
     }
 
     #[test]
@@ -1271,10 +1216,8 @@ mod tests {
         RegionChooser::new(RegionPolicy::Green).rank(
             &strict,
             &InventoryIndex::new(&strict),
-            "t",
             &j,
             0,
-            &NoQuota,
             &mut e0,
             &mut o0,
         );

@@ -341,10 +341,8 @@ impl<'a> Pass<'a> {
         adm.chooser.rank(
             &rc.catalog,
             &rc.inventory,
-            &w.tenant,
             &job,
             self.now,
-            &crate::regions::plan::NoQuota,
             &mut adm.expl,
             &mut adm.order,
         );

@@ -152,8 +152,6 @@ impl JobState {
             "capacity"
         } else if removed(Filter::LatencySlo) {
             "latency-slo"
-        } else if removed(Filter::Quota) {
-            "quota"
         } else if removed(Filter::Residency) {
             "residency"
         } else if removed(Filter::Budget) {
