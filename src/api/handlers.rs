@@ -1,6 +1,7 @@
 //! The endpoints. Each validates its input completely (naming the field and
 //! the fix), checks the caller's role, then calls the ledger or the job backend.
 
+use crate::jobs::gpus_to_milli;
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::{Path, State};
@@ -708,7 +709,7 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
 
 /// The all-models GPU limit of a quota, in milli-GPU.
 pub fn gpu_limit_milli(quota: &Quota) -> Option<u64> {
-    quota.gpus.get(ANY_MODEL).map(|&n| n.max(0) as u64 * 1000)
+    quota.gpus.get(ANY_MODEL).map(|&n| gpus_to_milli(n))
 }
 
 /// 422 naming the first limit the job would exceed. Pure: the plan step of submission.
@@ -723,7 +724,7 @@ pub(crate) fn check_job_quota(
 ) -> Result<(), ApiError> {
     let want = spec.total_milli();
     if let Some(&max) = quota.gpus.get(ANY_MODEL) {
-        let limit = max.max(0) as u64 * 1000;
+        let limit = gpus_to_milli(max);
         if held.total_milli + want > limit {
             return Err(ApiError::quota_exceeded(
                 "gpus.*",
@@ -737,7 +738,7 @@ pub(crate) fn check_job_quota(
     }
     for model in &spec.gpu_models {
         if let Some(&max) = quota.gpus.get(model) {
-            let limit = max.max(0) as u64 * 1000;
+            let limit = gpus_to_milli(max);
             let have = held.by_model_milli.get(model).copied().unwrap_or(0);
             if have + want > limit {
                 return Err(ApiError::quota_exceeded(

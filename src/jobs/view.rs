@@ -236,6 +236,13 @@ impl QuotaSpec {
     }
 }
 
+/// Milli-GPU of a whole-GPU limit: negative is 0, and a limit too large
+/// to count in milli saturates instead of wrapping around (2^64 / 1000
+/// GPUs once wrapped to a 0.384-GPU limit).
+pub fn gpus_to_milli(gpus: i64) -> u64 {
+    (gpus.max(0) as u64).saturating_mul(1000)
+}
+
 /// A TenantQuota as the planner sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuotaView {

@@ -629,6 +629,12 @@ impl Default for Quota {
     }
 }
 
+/// Most GPUs a quota may name for one model (far beyond any cluster).
+pub const MAX_QUOTA_GPUS: i64 = 10_000_000;
+/// Most GPU-hours a monthly limit may name (a month of `MAX_QUOTA_GPUS`
+/// is 7.4e9; this leaves room and keeps milli-GPU-seconds within i64).
+pub const MAX_QUOTA_GPU_HOURS: i64 = 1_000_000_000_000;
+
 impl Quota {
     pub fn validate(&self) -> Result<()> {
         for (model, n) in &self.gpus {
@@ -639,6 +645,23 @@ impl Quota {
                     format!("{n} must not be negative"),
                 ));
             }
+            if *n > MAX_QUOTA_GPUS {
+                return Err(LedgerError::invalid(
+                    format!("gpus.{model}"),
+                    format!("{n} is more than {MAX_QUOTA_GPUS} GPUs; give the limit in whole GPUs, at most {MAX_QUOTA_GPUS}, or leave the model out for no limit"),
+                ));
+            }
+        }
+        if let Some(h) = self
+            .gpu_hours_per_month
+            .filter(|&h| h > MAX_QUOTA_GPU_HOURS)
+        {
+            return Err(LedgerError::invalid(
+                "gpu_hours_per_month",
+                format!(
+                    "{h} is more than {MAX_QUOTA_GPU_HOURS}; leave it out for no monthly limit"
+                ),
+            ));
         }
         for (field, v) in [
             ("gpu_hours_per_month", self.gpu_hours_per_month),
@@ -767,6 +790,34 @@ pub(crate) mod tests {
             green_share: 0.5,
             grid_kg_per_kwh: 0.5703,
         }
+    }
+
+    /// A limit that would wrap around when counted in milli-GPU is refused,
+    /// naming the field (once, 18446744073709552 GPUs became 0.384).
+    #[test]
+    fn a_quota_too_large_to_count_is_refused_naming_the_field() {
+        let q = |n: i64| Quota {
+            gpus: [("*".to_string(), n)].into(),
+            ..Quota::default()
+        };
+        let e = q(18_446_744_073_709_552)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gpus.*") && e.contains("at most 10000000"),
+            "{e}"
+        );
+        q(MAX_QUOTA_GPUS).validate().unwrap();
+        let hours = Quota {
+            gpu_hours_per_month: Some(i64::MAX),
+            ..Quota::default()
+        };
+        assert!(hours
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("gpu_hours_per_month"));
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl<'a> Pass<'a> {
             quotas
                 .by_tenant
                 .get(t)
-                .map(|q| q.spec.guaranteed_gpus.max(1) as u64 * 1000)
+                .map(|q| crate::jobs::gpus_to_milli(q.spec.guaranteed_gpus.max(1)))
                 .unwrap_or(1000)
         };
         let mut top = lanes.first_entry()?;

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::jobs::{describe, MonthToDate, QuotaView, MILLI_GPU_S_PER_GPU_HOUR};
+use crate::jobs::{describe, gpus_to_milli, MonthToDate, QuotaView, MILLI_GPU_S_PER_GPU_HOUR};
 
 /// Tenant → quota, with validity decided over the whole tree.
 pub(super) struct Quotas<'a> {
@@ -285,7 +285,7 @@ pub(super) fn quota_models(
             let s = &q.spec;
             if level == 0 && !s.borrowable && s.guaranteed_gpus > 0 {
                 let used = usage.total(tenant);
-                if used + milli > s.guaranteed_gpus as u64 * 1000 {
+                if used + milli > gpus_to_milli(s.guaranteed_gpus) {
                     first_refusal.get_or_insert(format!(
                         "tenant {tenant:?} may not borrow (spec.borrowable=false): {} + {} milli-GPU exceeds spec.guaranteedGpus {}",
                         used, milli, s.guaranteed_gpus
@@ -310,7 +310,7 @@ pub(super) fn quota_models(
             for (limit, model) in checks {
                 let Some(limit) = limit else { continue };
                 let used = subtree(quotas, usage, &s.tenant, model);
-                let cap = (*limit).max(0) as u64 * 1000;
+                let cap = gpus_to_milli(*limit);
                 if used + milli > cap {
                     first_refusal.get_or_insert(format!(
                         "tenant {:?} would use {} of spec.gpus[{}]={} GPUs ({} milli in use, {} requested)",

@@ -676,3 +676,20 @@ fn a_kept_scheduler_plans_what_a_fresh_one_plans() {
         "the sequence placed work ({launched} launches)"
     );
 }
+
+/// A TenantQuota limit too large to count in milli-GPU saturates: it limits
+/// nothing (it once wrapped around to a 0.384-GPU limit).
+#[test]
+fn a_huge_gpu_limit_saturates_instead_of_wrapping() {
+    let snap = Snapshot {
+        now: 10,
+        nodes: vec![node("n", "r", 8)],
+        workloads: vec![workload("w", "t", 1, 2, 0, 1)],
+        quotas: vec![quota("t", None, &[("*", 18_446_744_073_709_552)], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    assert_eq!(launches(&p).len(), 1, "{:?}", p.pending);
+    assert_eq!(crate::jobs::gpus_to_milli(i64::MAX), u64::MAX);
+    assert_eq!(crate::jobs::gpus_to_milli(-3), 0);
+}
