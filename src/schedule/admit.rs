@@ -29,6 +29,8 @@ pub(super) struct Admission<'a> {
     regions: Vec<String>,
     /// Vendor of each engine node.
     vendors: Vec<String>,
+    /// (model, vendor) of the nodes.
+    model_vendors: BTreeSet<(String, String)>,
     chooser: RegionChooser,
     expl: Explanation,
     order: Vec<u16>,
@@ -38,11 +40,24 @@ pub(super) struct Admission<'a> {
     pub(super) reserved_for: BTreeSet<&'a WorkloadKey>,
 }
 
+/// The accelerator vendor of a job that names none: a CUDA image on an NPU
+/// would fail, so such a job goes to NVIDIA only.
+pub const DEFAULT_VENDOR: &str = "nvidia";
+
+/// Whether a node's accelerators suit a job's vendor: the one it names, or
+/// for a job naming none [`DEFAULT_VENDOR`] (a node without a vendor label
+/// counts as that).
+pub fn vendor_fits(job: Option<&str>, node: &str) -> bool {
+    match job {
+        Some(v) => node == v,
+        None => node == DEFAULT_VENDOR || node.is_empty(),
+    }
+}
+
 /// Pending workloads by priority (highest first), then tenant, in age order.
 type Lanes<'a> = BTreeMap<Reverse<i32>, BTreeMap<&'a str, VecDeque<&'a WorkloadView>>>;
 
-/// A region's candidate nodes for a job: all of them unless the job names a
-/// vendor.
+/// A region's candidate nodes for a job: those of its vendor.
 fn nodes_in<'n>(
     region_nodes: &'n BTreeMap<String, Vec<u32>>,
     vendors: &[String],
@@ -50,14 +65,11 @@ fn nodes_in<'n>(
     vendor: &Option<String>,
 ) -> Cow<'n, [u32]> {
     let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
-    match vendor {
-        None => Cow::Borrowed(all),
-        Some(v) => Cow::Owned(
-            all.iter()
-                .copied()
-                .filter(|&i| &vendors[i as usize] == v)
-                .collect(),
-        ),
+    let fits = |i: &u32| vendor_fits(vendor.as_deref(), &vendors[*i as usize]);
+    if all.iter().all(fits) {
+        Cow::Borrowed(all)
+    } else {
+        Cow::Owned(all.iter().copied().filter(fits).collect())
     }
 }
 
@@ -89,6 +101,11 @@ impl<'a> Pass<'a> {
             known: self.cap.known.clone(),
             regions: self.region_nodes.keys().cloned().collect(),
             vendors: self.cap.nodes.iter().map(|n| n.vendor.clone()).collect(),
+            model_vendors: snapshot
+                .nodes
+                .iter()
+                .map(|n| (n.model.clone(), n.vendor.clone()))
+                .collect(),
             chooser: RegionChooser::new(self.config.region_policy),
             expl: Explanation::default(),
             order: Vec::new(),
@@ -181,7 +198,8 @@ impl<'a> Pass<'a> {
         let Some(allowed) = self.candidate_regions(w, &models, &members, adm) else {
             return;
         };
-        let placed = self.try_place(w, &allowed, &members, adm);
+        let gangs = self.gangs(w, &models, members);
+        let placed = self.try_place(w, &allowed, &gangs, adm);
         let snapshot = self.snapshot;
         if let Some(rc) = &snapshot.regions {
             let chosen = placed.as_ref().ok().map(|(r, _)| r.as_str());
@@ -204,7 +222,7 @@ impl<'a> Pass<'a> {
                     w.replicas,
                     why.join("; ")
                 );
-                self.preempt(w, explanation, &allowed, &members, adm);
+                self.preempt(w, explanation, &allowed, &gangs, adm);
             }
         }
     }
@@ -213,15 +231,14 @@ impl<'a> Pass<'a> {
     /// vendor) that its quota and monthly limits still allow. `None`: it
     /// was left pending with the reason.
     fn allowed_models(&mut self, w: &WorkloadView, adm: &Admission) -> Option<Vec<String>> {
-        let nodes = &self.snapshot.nodes;
         let candidates: Vec<String> = adm
             .known
             .iter()
             .filter(|m| w.models.is_empty() || w.models.contains(m))
             .filter(|m| {
-                w.vendor
-                    .as_ref()
-                    .is_none_or(|v| nodes.iter().any(|n| &n.model == *m && &n.vendor == v))
+                adm.model_vendors
+                    .iter()
+                    .any(|(model, v)| model == *m && vendor_fits(w.vendor.as_deref(), v))
             })
             .cloned()
             .collect();
@@ -364,25 +381,64 @@ impl<'a> Pass<'a> {
         )
     }
 
+    /// The ways to place the gang: one replica alone may use any allowed
+    /// model; the replicas of a gang all get one model (a gang spread over
+    /// V100s and T4s runs at the slowest one's pace), so it is one gang per
+    /// allowed model.
+    fn gangs(
+        &self,
+        w: &WorkloadView,
+        models: &[String],
+        members: Vec<Request>,
+    ) -> Vec<Vec<Request>> {
+        if w.replicas <= 1 || models.len() <= 1 {
+            return vec![members];
+        }
+        let table = self.cap.engine.cluster().models();
+        models
+            .iter()
+            .filter_map(|m| table.id(m))
+            .map(|id| vec![w.replica_request(ModelSet::NONE.with(id)); w.replicas as usize])
+            .collect()
+    }
+
     /// Places the gang in the first allowed region that holds it (allocated
-    /// on success); `Err` says why each region refused.
+    /// on success), trying its models there best fit first; `Err` says why
+    /// each region refused.
     pub(super) fn try_place(
         &mut self,
         w: &WorkloadView,
         allowed: &[String],
-        members: &[Request],
+        gangs: &[Vec<Request>],
         adm: &Admission,
     ) -> Result<(String, Vec<Decision>), Vec<String>> {
         let mut why = Vec::new();
         for region in allowed {
             let nodes = nodes_in(&self.region_nodes, &adm.vendors, region, &w.vendor);
-            match self.cap.engine.place_gang(members, Some(&nodes)) {
-                Ok(ds) => {
-                    self.cap.record(&w.uid, &ds);
-                    return Ok((region.clone(), ds));
+            let mut order: Vec<(crate::placement::Score, usize)> = Vec::new();
+            if gangs.len() == 1 {
+                order.push(((0, 0), 0));
+            } else {
+                for (k, g) in gangs.iter().enumerate() {
+                    if let Some((score, _)) = self.cap.engine.best(&g[0], Some(&nodes)) {
+                        order.push((score, k));
+                    }
                 }
-                Err(e) => why.push(format!("region {:?}: {e}", region.as_str())),
+                // Higher scores fit better; ties keep the models' order.
+                order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             }
+            let mut last = None;
+            for &(_, k) in &order {
+                match self.cap.engine.place_gang(&gangs[k], Some(&nodes)) {
+                    Ok(ds) => {
+                        self.cap.record(&w.uid, &ds);
+                        return Ok((region.clone(), ds));
+                    }
+                    Err(e) => last = Some(e.to_string()),
+                }
+            }
+            let e = last.unwrap_or_else(|| "no node has room for one replica".into());
+            why.push(format!("region {:?}: {e}", region.as_str()));
         }
         Err(why)
     }

@@ -693,3 +693,88 @@ fn a_huge_gpu_limit_saturates_instead_of_wrapping() {
     assert_eq!(crate::jobs::gpus_to_milli(i64::MAX), u64::MAX);
     assert_eq!(crate::jobs::gpus_to_milli(-3), 0);
 }
+
+fn node_of(name: &str, model: &str, vendor: &str, gpus: u8) -> NodeView {
+    let mut n = node(name, "r", gpus);
+    n.model = model.into();
+    n.vendor = vendor.into();
+    n
+}
+
+/// A gang's replicas all get one GPU model: a 4-node gang does not spread
+/// over 2 V100 and 3 T4 nodes (it waits), a 3-node one goes to the T4s.
+#[test]
+fn a_gang_gets_one_gpu_model() {
+    let nodes = vec![
+        node_of("v1", "V100", "nvidia", 4),
+        node_of("v2", "V100", "nvidia", 4),
+        node_of("t1", "T4", "nvidia", 4),
+        node_of("t2", "T4", "nvidia", 4),
+        node_of("t3", "T4", "nvidia", 4),
+    ];
+    let snap = |replicas| Snapshot {
+        now: 10,
+        nodes: nodes.clone(),
+        workloads: vec![workload("g", "t", replicas, 4, 0, 1)],
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap(4), &PlanConfig::default());
+    assert!(
+        launches(&p).is_empty(),
+        "no model has 4 free nodes: {:?}",
+        p.actions
+    );
+    assert_eq!(p.pending.get("Unschedulable"), Some(&1));
+    let p = plan(&snap(3), &PlanConfig::default());
+    let l = launches(&p);
+    assert_eq!(l.len(), 1);
+    let placed: BTreeSet<&str> = l[0]
+        .1
+        .placement
+        .as_ref()
+        .unwrap()
+        .replicas
+        .iter()
+        .map(|r| r.node.as_str())
+        .collect();
+    assert_eq!(placed, BTreeSet::from(["t1", "t2", "t3"]));
+}
+
+/// A job that names no vendor goes to NVIDIA nodes only (a CUDA image on an
+/// NPU would fail); one that names `huawei` goes to the Ascend node.
+#[test]
+fn a_job_without_a_vendor_goes_to_nvidia_only() {
+    let mut npu = workload("npu", "t", 1, 2, 0, 3);
+    npu.vendor = Some("huawei".into());
+    let snap = Snapshot {
+        now: 10,
+        nodes: vec![
+            node_of("ascend", "Ascend910B", "huawei", 8),
+            node_of("a100", "A100", "nvidia", 8),
+        ],
+        workloads: vec![
+            workload("fill", "t", 1, 8, 0, 1),
+            workload("cuda", "t", 1, 2, 0, 2),
+            npu,
+        ],
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    let on: BTreeMap<&str, &str> = launches(&p)
+        .into_iter()
+        .map(|(name, s)| {
+            (
+                name,
+                s.placement.as_ref().unwrap().replicas[0].node.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(on.get("fill"), Some(&"a100"));
+    assert_eq!(on.get("npu"), Some(&"ascend"));
+    assert!(
+        !on.contains_key("cuda"),
+        "the A100 is full and the NPU is not for it: {on:?}"
+    );
+}
