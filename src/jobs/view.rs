@@ -145,7 +145,10 @@ pub struct WorkloadView {
     /// Share per replica when shared (`None` = whole GPUs).
     pub gpu_milli: Option<u16>,
     pub models: Vec<String>,
+    /// The vendor it needs (`None`: NVIDIA).
     pub vendor: Option<String>,
+    /// The gang's replicas may run on different models (default: one).
+    pub mixed_models: bool,
     pub priority: i32,
     pub residency: Vec<String>,
     pub preferred: Vec<String>,

@@ -95,9 +95,13 @@ pub struct TrainingJobSpec {
     /// Accelerator models the job accepts (empty = any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpu_models: Vec<String>,
-    /// Accelerator vendor the job needs (nvidia, huawei, ...; empty = any).
+    /// Accelerator vendor the job needs (nvidia, huawei, ...; empty = NVIDIA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator_vendor: Option<String>,
+    /// Let the gang's replicas run on different GPU models (default: one
+    /// model for the whole gang).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mixed_models: bool,
     /// Higher runs first and may preempt lower (bounded, see docs/operator.md).
     #[serde(default)]
     pub priority: i32,
@@ -181,9 +185,12 @@ pub struct InferenceServiceSpec {
     /// Accelerator models accepted (empty = any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpu_models: Vec<String>,
-    /// Accelerator vendor needed (empty = any).
+    /// Accelerator vendor needed (empty = NVIDIA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator_vendor: Option<String>,
+    /// Let the replicas run on different GPU models (default: one model).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mixed_models: bool,
     /// Higher runs first.
     #[serde(default)]
     pub priority: i32,
@@ -214,6 +221,7 @@ pub struct WorkloadCommon<'a> {
     pub gpu_milli: Option<i32>,
     pub gpu_models: &'a [String],
     pub accelerator_vendor: &'a Option<String>,
+    pub mixed_models: bool,
     pub priority: i32,
     pub regions: &'a RegionConstraints,
     pub template: &'a PodTemplateSpec,
@@ -236,6 +244,7 @@ macro_rules! workload_spec {
                     gpu_milli: self.gpu_milli,
                     gpu_models: &self.gpu_models,
                     accelerator_vendor: &self.accelerator_vendor,
+                    mixed_models: self.mixed_models,
                     priority: self.priority,
                     regions: &self.regions,
                     template: &self.template,

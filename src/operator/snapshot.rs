@@ -269,6 +269,7 @@ pub fn workload_view(
         gpu_milli: None,
         models: Vec::new(),
         vendor: None,
+        mixed_models: false,
         priority: 0,
         residency: Vec::new(),
         preferred: Vec::new(),
@@ -341,6 +342,7 @@ fn fill(view: &mut WorkloadView, c: &WorkloadCommon, max_runtime_s: Option<i64>)
     }
     view.models = c.gpu_models.to_vec();
     view.vendor = c.accelerator_vendor.clone();
+    view.mixed_models = c.mixed_models;
     view.priority = c.priority;
     view.residency = c.regions.residency.clone();
     view.preferred = c.regions.preferred.clone();

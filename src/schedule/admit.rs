@@ -381,17 +381,17 @@ impl<'a> Pass<'a> {
         )
     }
 
-    /// The ways to place the gang: one replica alone may use any allowed
-    /// model; the replicas of a gang all get one model (a gang spread over
-    /// V100s and T4s runs at the slowest one's pace), so it is one gang per
-    /// allowed model.
+    /// The ways to place the gang: one replica alone (or a gang that says
+    /// `mixedModels`) may use any allowed model; the replicas of a gang all
+    /// get one model (a gang spread over V100s and T4s runs at the slowest
+    /// one's pace), so it is one gang per allowed model.
     fn gangs(
         &self,
         w: &WorkloadView,
         models: &[String],
         members: Vec<Request>,
     ) -> Vec<Vec<Request>> {
-        if w.replicas <= 1 || models.len() <= 1 {
+        if w.replicas <= 1 || models.len() <= 1 || w.mixed_models {
             return vec![members];
         }
         let table = self.cap.engine.cluster().models();

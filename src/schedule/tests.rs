@@ -41,6 +41,7 @@ pub(crate) fn workload(
         gpu_milli: None,
         models: Vec::new(),
         vendor: None,
+        mixed_models: false,
         priority,
         residency: Vec::new(),
         preferred: Vec::new(),

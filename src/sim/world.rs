@@ -275,6 +275,7 @@ fn workload_of(id: JobId, spec: &JobSpec, now_s: i64) -> WorkloadView {
         gpu_milli: (spec.gpu_milli > 0).then_some(spec.gpu_milli as u16),
         models: spec.gpu_models.clone(),
         vendor: None,
+        mixed_models: false,
         priority: spec.priority,
         residency: spec.residency.clone(),
         preferred: Vec::new(),
