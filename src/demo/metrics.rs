@@ -13,7 +13,7 @@ use prometheus::{
 /// included, so a dashboard shows the full breakdown.
 pub const PENDING_REASONS: &[&str] = &[
     "capacity",
-    "waiting-for-best-region",
+    "preempting",
     "latency-slo",
     "quota",
     "residency",

@@ -28,6 +28,7 @@ mod preempt;
 pub mod quota;
 pub mod regions;
 mod report;
+mod shapes;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -45,8 +46,9 @@ pub use lifecycle::pod_lifecycle;
 pub use quota::quota_cycles;
 pub use regions::{job_spec, RegionCatalog};
 
-use capacity::{Capacity, ShapeWindow};
+use capacity::Capacity;
 use quota::Usage;
+use shapes::ShapeWindow;
 
 /// Everything one planning pass needs.
 #[derive(Clone, Debug, Default)]

@@ -1,0 +1,103 @@
+//! The typical shapes fragmentation is scored against (FGD's measure),
+//! learned from the workloads as they arrive and kept between passes by the
+//! [`super::Scheduler`].
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::placement::{Engine, FxBuild, ModelSet, Request};
+
+use super::Snapshot;
+
+/// Arrivals the typical shapes are learned from (the most recent ones).
+pub const SHAPE_WINDOW: usize = 4096;
+/// Shapes are relearned at 1, 2, 4, … arrivals up to [`SHAPE_WINDOW`], then every this many.
+const SHAPE_RELEARN_EVERY: u64 = 1024;
+
+/// One arrival: a replica request (models by name), and the gang size.
+struct Arrival {
+    replica: Request,
+    models: Vec<String>,
+    replicas: u32,
+}
+
+/// The typical shapes fragmentation is scored against (FGD's measure): the
+/// replicas of the last [`SHAPE_WINDOW`] workloads to arrive, each counted
+/// once when first seen (not at each retry, or the jobs that wait longest,
+/// the large gangs, would dominate).
+#[derive(Default)]
+pub(super) struct ShapeWindow {
+    arrivals: VecDeque<Arrival>,
+    arrived: u64,
+    next_relearn: u64,
+    /// Uids of the live workloads, with the pass that last saw them.
+    live: HashMap<String, u64, FxBuild>,
+    passes: u64,
+}
+
+impl ShapeWindow {
+    /// Counts the workloads first seen in this snapshot; true when the
+    /// shapes should be relearned (at 1, 2, 4, … arrivals, then every 1,024).
+    pub(super) fn observe(&mut self, snapshot: &Snapshot) -> bool {
+        self.passes += 1;
+        let pass = self.passes;
+        for w in &snapshot.workloads {
+            if w.deleting || !w.errors.is_empty() || matches!(w.phase(), "Succeeded" | "Failed") {
+                continue;
+            }
+            if let Some(seen) = self.live.get_mut(w.uid.as_str()) {
+                *seen = pass;
+            } else {
+                self.live.insert(w.uid.clone(), pass);
+                if self.arrivals.len() == SHAPE_WINDOW {
+                    self.arrivals.pop_front();
+                }
+                self.arrivals.push_back(Arrival {
+                    replica: w.replica_request(ModelSet::ANY),
+                    models: w.models.clone(),
+                    replicas: w.replicas,
+                });
+                self.arrived += 1;
+            }
+        }
+        self.live.retain(|_, seen| *seen == pass);
+        if self.next_relearn == 0 {
+            self.next_relearn = 1;
+        }
+        if self.arrived < self.next_relearn {
+            return false;
+        }
+        while self.next_relearn <= self.arrived {
+            self.next_relearn = if self.next_relearn < SHAPE_WINDOW as u64 {
+                self.next_relearn * 2
+            } else {
+                self.next_relearn + SHAPE_RELEARN_EVERY
+            };
+        }
+        true
+    }
+
+    /// Gives the engine the window's shapes (each request restricted to the
+    /// models it names that the cluster has).
+    pub(super) fn teach(&self, engine: &mut Engine) {
+        let cluster = engine.cluster();
+        let mut requests = Vec::new();
+        for a in &self.arrivals {
+            let models = if a.models.is_empty() {
+                ModelSet::ANY
+            } else {
+                a.models
+                    .iter()
+                    .filter_map(|m| cluster.models().id(m))
+                    .fold(ModelSet::NONE, |s, id| s.with(id))
+            };
+            if models == ModelSet::NONE {
+                continue;
+            }
+            let r = a.replica.clone().with_models(models);
+            requests.extend(std::iter::repeat_n(r, a.replicas as usize));
+        }
+        if !requests.is_empty() {
+            engine.set_workload(requests.iter());
+        }
+    }
+}
