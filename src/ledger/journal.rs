@@ -52,6 +52,20 @@ impl Ledger {
         })
     }
 
+    /// Whether a real meter (a meter cursor: the controller's GPU meter) has
+    /// written into this ledger.
+    pub fn metered_for_real(&self) -> Result<bool> {
+        let rows = self.read(|tx| tx.rows("SELECT COUNT(*) FROM meter_cursors", &[]))?;
+        Ok(matches!(rows.first().and_then(|r| r.first()), Some(Cell::I(n)) if *n > 0))
+    }
+
+    /// Whether a simulated cluster has written into this ledger (its journal
+    /// is not empty): a real meter must not bill beside it.
+    pub fn simulated(&self) -> Result<bool> {
+        let rows = self.read(|tx| tx.rows("SELECT COUNT(*) FROM world_journal", &[]))?;
+        Ok(matches!(rows.first().and_then(|r| r.first()), Some(Cell::I(n)) if *n > 0))
+    }
+
     /// The world journal, oldest first.
     pub fn journal(&self) -> Result<Vec<JournalEntry>> {
         let rows = self.read(|tx| {
@@ -72,8 +86,18 @@ impl Ledger {
     }
 
     /// Claims the ledger for one process driving a simulated cluster into
-    /// it. Refused, naming the ledger, while another process holds it.
+    /// it. Refused, naming the ledger, while another process holds it, and
+    /// for a ledger a real meter (the controller's) writes: simulated usage
+    /// is never billed beside real usage.
     pub fn claim(&self, what: &str) -> Result<Claim> {
+        if self.metered_for_real()? {
+            return Err(LedgerError::invalid(
+                "db",
+                format!(
+                    "this ledger holds usage a real meter (the controller's) wrote; {what} would bill simulated usage beside it. Give a ledger of its own with --db"
+                ),
+            ));
+        }
         if let Some(path) = self.file() {
             let mut lock = path.as_os_str().to_owned();
             lock.push(".lock");
@@ -155,6 +179,18 @@ mod tests {
         assert!(e.contains("l.sqlite"), "names the ledger: {e}");
         drop(held);
         b.claim("zhisuan api --backend world").unwrap();
+        assert!(b.simulated().unwrap());
+    }
+
+    /// Simulated and real usage never share a ledger: a ledger a real meter
+    /// wrote cannot be claimed for a simulated cluster.
+    #[test]
+    fn a_ledger_with_real_metering_is_not_claimed_for_a_simulation() {
+        let l = Ledger::open(":memory:").unwrap();
+        assert!(!l.metered_for_real().unwrap() && !l.simulated().unwrap());
+        l.advance_meter_cursor("controller-gpu", 600).unwrap();
+        let e = l.claim("the demo").unwrap_err().to_string();
+        assert!(e.contains("real meter") && e.contains("--db"), "{e}");
     }
 
     #[test]

@@ -126,6 +126,14 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 },
                 ..TokenScrapeConfig::default()
             };
+            // Real usage is never billed beside a simulated cluster's.
+            if ledger.simulated().map_err(|e| e.into_anyhow())? {
+                return Err(InputError::new(format!(
+                    "--ledger {:?}: a simulated cluster (zhisuan api --backend world or the demo) bills into this ledger; give the controller a ledger of its own",
+                    crate::ledger::cli::redact_url(url)
+                ))
+                .into());
+            }
             // A fresh ledger gets the documented default rate card, so no
             // metered usage ever lacks a price (docs/ledger.md).
             ledger
