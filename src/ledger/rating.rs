@@ -295,7 +295,11 @@ pub fn default_rate_card() -> RateCard {
             gpu("H800", "*", 22),
             gpu("A100", "*", 15),
             gpu("A800", "*", 14),
+            // The V100's 16 and 32 GB boards are named apart (the openb
+            // trace, the shipped catalog): the V100 price applies to both.
             gpu("V100", "*", 6),
+            gpu("V100M16", "*", 6),
+            gpu("V100M32", "*", 6),
             gpu("T4", "*", 3),
         ],
         tokens: vec![
@@ -369,6 +373,17 @@ mod tests {
             .rate_usage(&metered("MI300", "x", 1_700_000_000, 3_600_000))
             .unwrap();
         assert_eq!(c.gpu_fen, 1000);
+    }
+
+    #[test]
+    fn the_default_v100_price_covers_the_16_and_32_gb_boards() {
+        let book = RateBook::new(vec![default_rate_card()]);
+        for model in ["V100", "V100M16", "V100M32"] {
+            let c = book
+                .rate_usage(&metered(model, "x", 1_700_000_000, 3_600_000))
+                .unwrap();
+            assert_eq!(c.gpu_fen, 600, "{model}: 6 CNY per GPU-hour");
+        }
     }
 
     #[test]
