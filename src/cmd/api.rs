@@ -14,8 +14,8 @@ use crate::error::InputError;
 use crate::ledger::journal::Claim;
 use crate::ledger::Ledger;
 use crate::regions::catalog::Catalog;
-use crate::sim::backend::{usage_records, WorldBackend, WorldEvent};
-use crate::sim::world::{World, WorldConfig};
+use crate::sim::backend::{usage_records, WorldBackend};
+use crate::sim::world::WorldConfig;
 
 /// Arguments of `zhisuan api`.
 #[derive(clap::Args, Debug)]
@@ -90,19 +90,6 @@ pub fn admin_key(file: Option<&Path>) -> anyhow::Result<String> {
     Ok(key)
 }
 
-/// An in-process cluster over `catalog` starting at `start_s`, metered every minute.
-pub fn world_backend(catalog: Catalog, start_s: i64) -> anyhow::Result<WorldBackend> {
-    let world = World::new(
-        catalog,
-        WorldConfig {
-            start_s,
-            metering_period_s: Some(60),
-            ..WorldConfig::default()
-        },
-    )?;
-    Ok(WorldBackend::new(Arc::new(std::sync::Mutex::new(world))))
-}
-
 /// The ledger at `db` with its metrics on `registry`; a fresh ledger gets
 /// the documented default rate card, so usage is never left unpriced.
 pub fn open_ledger(db: &str, registry: &prometheus::Registry) -> anyhow::Result<Ledger> {
@@ -142,31 +129,14 @@ pub fn standalone(
         Some(p) => Catalog::load(p)?,
         None => Catalog::default_catalog(),
     };
-    let journal = ledger.journal().map_err(|e| e.into_anyhow())?;
-    // The world starts when it first started on this ledger.
-    let start_s = match journal.first() {
-        Some(first) if first.kind == "start" => first.at_s,
-        Some(first) => anyhow::bail!(
-            "{db}: the world journal starts with {:?} (entry {}), not its start; the ledger was written by something else",
-            first.kind,
-            first.seq
-        ),
-        None => {
-            let now = Utc::now().timestamp();
-            let start = serde_json::to_string(&WorldEvent::Start { start_s: now })?;
-            ledger
-                .append_journal(now, "start", &start)
-                .map_err(|e| e.into_anyhow())?;
-            now
-        }
+    // Metered every minute; a new world starts now.
+    let world = WorldConfig {
+        start_s: Utc::now().timestamp(),
+        metering_period_s: Some(60),
+        ..WorldConfig::default()
     };
-    let backend = world_backend(catalog, start_s)?.with_journal(ledger.clone());
-    backend.replay(&journal, |_| Ok(()))?;
-    // What the replay metered again: the same ids, so what the ledger holds
-    // already is skipped, and what a crash kept from it is written now.
-    let replayed = backend.advance_to(backend.with_world(|w| w.now_s()));
-    let records = backend.with_world(|w| usage_records(w.catalog(), &replayed));
-    ledger.ingest(&records, &[]).map_err(|e| e.into_anyhow())?;
+    let backend = WorldBackend::resume(&ledger, catalog, world)
+        .with_context(|| format!("resuming the simulated cluster of {db}"))?;
     // The scheduler enforces the ledger's quotas (journalled, so a restart
     // replays them in the same order).
     for tenant in ledger.tenants().map_err(|e| e.into_anyhow())? {

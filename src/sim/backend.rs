@@ -19,7 +19,7 @@ use crate::ledger::journal::JournalEntry;
 use crate::ledger::{Ledger, UsageRecord};
 use crate::regions::catalog::Catalog;
 use crate::regions::plan::{JobKind as WorldKind, JobSpec as WorldSpec, SpecError};
-use crate::sim::world::{JobId, Phase, UsageInterval, World};
+use crate::sim::world::{JobId, Phase, UsageInterval, World, WorldConfig};
 
 /// An input to the world from outside (the API), journalled in the ledger
 /// before it is applied so a restart replays it ([`WorldBackend::replay`]).
@@ -298,6 +298,44 @@ impl WorldBackend {
             index: Arc::new(Mutex::new(Index::default())),
             journal: None,
         }
+    }
+
+    /// A journalled world over `catalog`, resumed from `ledger`'s journal:
+    /// it starts when it first started on this ledger (a new journal starts
+    /// at `config.start_s`, journalled first), its inputs are replayed, and
+    /// what the replay metered again is written to the ledger (the same ids:
+    /// what the ledger holds already is skipped, what a crash lost is
+    /// written). The caller holds the ledger's [`Ledger::claim`].
+    pub fn resume(
+        ledger: &Ledger,
+        catalog: Catalog,
+        mut config: WorldConfig,
+    ) -> anyhow::Result<WorldBackend> {
+        let journal = ledger.journal().map_err(|e| e.into_anyhow())?;
+        config.start_s = match journal.first() {
+            Some(first) if first.kind == "start" => first.at_s,
+            Some(first) => anyhow::bail!(
+                "the ledger's world journal starts with {:?} (entry {}), not its start; the ledger was written by something else",
+                first.kind,
+                first.seq
+            ),
+            None => {
+                let start = serde_json::to_string(&WorldEvent::Start {
+                    start_s: config.start_s,
+                })?;
+                ledger
+                    .append_journal(config.start_s, "start", &start)
+                    .map_err(|e| e.into_anyhow())?;
+                config.start_s
+            }
+        };
+        let world = World::new(catalog, config)?;
+        let backend = WorldBackend::new(Arc::new(Mutex::new(world))).with_journal(ledger.clone());
+        backend.replay(&journal, |_| Ok(()))?;
+        let replayed = backend.advance_to(backend.with_world(|w| w.now_s()));
+        let records = backend.with_world(|w| usage_records(w.catalog(), &replayed));
+        ledger.ingest(&records, &[]).map_err(|e| e.into_anyhow())?;
+        Ok(backend)
     }
 
     /// Journals every input from the API in `ledger` before applying it.
@@ -760,30 +798,17 @@ mod journal_tests {
     const START: i64 = 1_790_000_000;
 
     /// What `zhisuan api --backend world` does on start: claim the ledger,
-    /// resume the journalled world (or start one), write what the replay
-    /// metered.
+    /// resume the journalled world (or start one).
     fn open(db: &str) -> (WorldBackend, Ledger, crate::ledger::journal::Claim) {
         let ledger = Ledger::open(db).unwrap();
         ledger.ensure_rate_card("test").unwrap();
         let claim = ledger.claim("the test").unwrap();
-        let journal = ledger.journal().unwrap();
-        if journal.is_empty() {
-            let start = serde_json::to_string(&WorldEvent::Start { start_s: START }).unwrap();
-            ledger.append_journal(START, "start", &start).unwrap();
-        }
-        let world = World::new(
-            Catalog::default_catalog(),
-            WorldConfig {
-                start_s: START,
-                metering_period_s: Some(600),
-                ..WorldConfig::default()
-            },
-        )
-        .unwrap();
-        let backend = WorldBackend::new(Arc::new(Mutex::new(world))).with_journal(ledger.clone());
-        backend.replay(&journal, |_| Ok(())).unwrap();
-        let now = backend.with_world(|w| w.now_s());
-        write(&backend, &ledger, now);
+        let config = WorldConfig {
+            start_s: START,
+            metering_period_s: Some(600),
+            ..WorldConfig::default()
+        };
+        let backend = WorldBackend::resume(&ledger, Catalog::default_catalog(), config).unwrap();
         (backend, ledger, claim)
     }
 
