@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::jobs::{
-    set_condition, MonthToDate, Placement, ReplicaPlacement, WorkloadKey, WorkloadView,
+    set_condition, MonthToDate, NodeView, Placement, ReplicaPlacement, WorkloadKey, WorkloadView,
 };
 use crate::placement::{Decision, ModelSet, Request};
 use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, Verdict};
@@ -27,10 +27,6 @@ pub(super) struct Admission<'a> {
     known: Vec<String>,
     /// Region names (sorted).
     regions: Vec<String>,
-    /// Vendor of each engine node.
-    vendors: Vec<String>,
-    /// (model, vendor) of the nodes.
-    model_vendors: BTreeSet<(String, String)>,
     chooser: RegionChooser,
     expl: Explanation,
     order: Vec<u16>,
@@ -57,15 +53,16 @@ pub fn vendor_fits(job: Option<&str>, node: &str) -> bool {
 /// Pending workloads by priority (highest first), then tenant, in age order.
 type Lanes<'a> = BTreeMap<Reverse<i32>, BTreeMap<&'a str, VecDeque<&'a WorkloadView>>>;
 
-/// A region's candidate nodes for a job: those of its vendor.
+/// A region's candidate nodes (engine indices into `nodes`) for a job: those
+/// of its vendor.
 fn nodes_in<'n>(
     region_nodes: &'n BTreeMap<String, Vec<u32>>,
-    vendors: &[String],
+    nodes: &[NodeView],
     region: &str,
     vendor: &Option<String>,
 ) -> Cow<'n, [u32]> {
     let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
-    let fits = |i: &u32| vendor_fits(vendor.as_deref(), &vendors[*i as usize]);
+    let fits = |i: &u32| vendor_fits(vendor.as_deref(), &nodes[*i as usize].vendor);
     if all.iter().all(fits) {
         Cow::Borrowed(all)
     } else {
@@ -100,12 +97,6 @@ impl<'a> Pass<'a> {
             month_use,
             known: self.cap.known.clone(),
             regions: self.region_nodes.keys().cloned().collect(),
-            vendors: self.cap.nodes.iter().map(|n| n.vendor.clone()).collect(),
-            model_vendors: snapshot
-                .nodes
-                .iter()
-                .map(|n| (n.model.clone(), n.vendor.clone()))
-                .collect(),
             chooser: RegionChooser::new(self.config.region_policy),
             expl: Explanation::default(),
             order: Vec::new(),
@@ -199,7 +190,7 @@ impl<'a> Pass<'a> {
             return;
         };
         let gangs = self.gangs(w, &models, members);
-        let placed = self.try_place(w, &allowed, &gangs, adm);
+        let placed = self.try_place(w, &allowed, &gangs);
         let snapshot = self.snapshot;
         if let Some(rc) = &snapshot.regions {
             let chosen = placed.as_ref().ok().map(|(r, _)| r.as_str());
@@ -236,7 +227,8 @@ impl<'a> Pass<'a> {
             .iter()
             .filter(|m| w.models.is_empty() || w.models.contains(m))
             .filter(|m| {
-                adm.model_vendors
+                self.cap
+                    .model_vendors
                     .iter()
                     .any(|(model, v)| model == *m && vendor_fits(w.vendor.as_deref(), v))
             })
@@ -367,7 +359,7 @@ impl<'a> Pass<'a> {
         order_band_by_fit(&mut adm.expl, &mut adm.order, |r| {
             let nodes = nodes_in(
                 &self.region_nodes,
-                &adm.vendors,
+                &cap.nodes,
                 &rc.catalog.regions[r as usize].name,
                 &w.vendor,
             );
@@ -410,11 +402,10 @@ impl<'a> Pass<'a> {
         w: &WorkloadView,
         allowed: &[String],
         gangs: &[Vec<Request>],
-        adm: &Admission,
     ) -> Result<(String, Vec<Decision>), Vec<String>> {
         let mut why = Vec::new();
         for region in allowed {
-            let nodes = nodes_in(&self.region_nodes, &adm.vendors, region, &w.vendor);
+            let nodes = nodes_in(&self.region_nodes, &self.cap.nodes, region, &w.vendor);
             let mut order: Vec<(crate::placement::Score, usize)> = Vec::new();
             if gangs.len() == 1 {
                 order.push(((0, 0), 0));

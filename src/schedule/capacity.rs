@@ -59,6 +59,7 @@ struct NodeShape {
     memory_mib: u64,
     gpus: u8,
     model: String,
+    vendor: String,
     labels: Vec<(String, String)>,
 }
 
@@ -75,6 +76,7 @@ impl NodeShape {
             && self.memory_mib == n.memory_mib
             && self.gpus == n.gpus
             && self.model == model
+            && self.vendor == n.vendor
             && self.labels == n.labels
     }
 
@@ -89,6 +91,7 @@ impl NodeShape {
             } else {
                 n.model.clone()
             },
+            vendor: n.vendor.clone(),
             labels: n.labels.clone(),
         }
     }
@@ -119,6 +122,8 @@ pub(super) struct Capacity {
     pub(super) slot: Vec<Option<u32>>,
     /// Accelerator models the nodes have (sorted).
     pub(super) known: Vec<String>,
+    /// (model, vendor) of the nodes.
+    pub(super) model_vendors: BTreeSet<(String, String)>,
     /// What the engine was built from: the snapshot's nodes and power table.
     built_from: (Vec<NodeShape>, Option<Vec<(String, f64)>>),
     /// Allocations of workloads (by uid): admitted or running ones'
@@ -174,6 +179,11 @@ impl Capacity {
             built_from: (shapes, power_table(snapshot)),
             slot,
             known: super::known_models(&snapshot.nodes).into_iter().collect(),
+            model_vendors: snapshot
+                .nodes
+                .iter()
+                .map(|n| (n.model.clone(), n.vendor.clone()))
+                .collect(),
             workloads: Holdings::default(),
             pods: Holdings::default(),
             epoch: 0,
@@ -205,7 +215,6 @@ impl Capacity {
             if mine.schedulable != n.schedulable
                 || mine.unhealthy != n.unhealthy
                 || mine.region != n.region
-                || mine.vendor != n.vendor
             {
                 *mine = n.clone();
             }

@@ -42,7 +42,7 @@ impl<'a> Pass<'a> {
         for v in victims {
             let ds = self.cap.release(&v.uid);
             taken.push((v, ds));
-            if self.try_place(w, allowed, gangs, adm).is_ok() {
+            if self.try_place(w, allowed, gangs).is_ok() {
                 placed = true;
                 break;
             }
