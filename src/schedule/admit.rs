@@ -156,6 +156,13 @@ impl<'a> Pass<'a> {
         Some(w)
     }
 
+    /// Hands a workload's region choice back in the plan, when asked to.
+    fn keep_explanation(&mut self, w: &WorkloadView, expl: &Explanation) {
+        if self.config.keep_explanations {
+            self.out.explanations.push((w.key.clone(), expl.clone()));
+        }
+    }
+
     /// Leaves a workload pending (or preempted) with a reason and message.
     pub(super) fn pend(&mut self, w: &WorkloadView, reason: &str, message: String) {
         *self.out.pending.entry(reason.to_string()).or_default() += 1;
@@ -195,11 +202,7 @@ impl<'a> Pass<'a> {
         if let Some(rc) = &snapshot.regions {
             let chosen = placed.as_ref().ok().map(|(r, _)| r.as_str());
             self.mark_tried(&mut adm.expl, rc, &allowed, chosen);
-            if self.config.keep_explanations {
-                self.out
-                    .explanations
-                    .push((w.key.clone(), adm.expl.clone()));
-            }
+            self.keep_explanation(w, &adm.expl);
         }
         let why_here = match &snapshot.regions {
             Some(rc) => format!(" Region choice: {}", adm.expl.summary(&rc.catalog)),
@@ -288,10 +291,7 @@ impl<'a> Pass<'a> {
         if allowed.is_empty() {
             let message = match &snapshot.regions {
                 Some(rc) => {
-                    if self.config.keep_explanations {
-                        let expl = (w.key.clone(), adm.expl.clone());
-                        self.out.explanations.push(expl);
-                    }
+                    self.keep_explanation(w, &adm.expl);
                     adm.expl.summary(&rc.catalog)
                 }
                 None => format!(

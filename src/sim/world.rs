@@ -240,17 +240,7 @@ struct RegionTotals {
     running: u32,
 }
 
-/// The namespace of the simulated cluster's workloads is the tenant; the
-/// name is the zero-padded job id (so the scheduler's age order among jobs
-/// of one second is submission order).
-fn key_of(id: JobId, tenant: &str) -> WorkloadKey {
-    WorkloadKey {
-        kind: Kind::Training,
-        namespace: tenant.to_string(),
-        name: format!("job-{id:010}"),
-    }
-}
-
+/// The job id in a workload key's name ([`workload_of`]).
 fn id_of(key: &WorkloadKey) -> Option<JobId> {
     key.name.strip_prefix("job-")?.parse().ok()
 }
@@ -262,10 +252,15 @@ fn workload_of(id: JobId, spec: &JobSpec, now_s: i64) -> WorkloadView {
         JobKind::BatchInference => (Kind::Training, true),
         JobKind::OnlineInference => (Kind::Inference, false),
     };
-    let mut key = key_of(id, &spec.tenant);
-    key.kind = kind;
     WorkloadView {
-        key,
+        // The namespace is the tenant; the name is the zero-padded job id
+        // (so the scheduler's age order among jobs of one second is
+        // submission order).
+        key: WorkloadKey {
+            kind,
+            namespace: spec.tenant.clone(),
+            name: format!("job-{id:010}"),
+        },
         uid: format!("sim-{id}"),
         generation: 1,
         created: now_s,
