@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use apiserver::ApiServer;
-use cluster::{add_node, eventually};
+use cluster::{add_node, controller_config, eventually};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
@@ -220,16 +220,7 @@ struct Replica {
 }
 
 fn start_controller(server: &ApiServer, identity: &str, lease: Duration) -> Replica {
-    let config = ControllerConfig {
-        identity: identity.into(),
-        timing: LeaseTiming {
-            lease_duration: lease,
-            renew_deadline: lease * 2 / 3,
-            retry_period: lease / 6,
-        },
-        resync: Duration::from_millis(200),
-        ..ControllerConfig::default()
-    };
+    let config = controller_config(identity, lease);
     let registry = prometheus::Registry::new();
     let controller = Controller::new(server.client(), config, &registry).unwrap();
     let leadership = controller.leadership();

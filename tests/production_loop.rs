@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use apiserver::ApiServer;
-use cluster::{add_node, eventually};
+use cluster::{add_node, controller_config, eventually};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
@@ -20,7 +20,6 @@ use zhisuan::ledger::{Ledger, Month};
 use zhisuan::operator::controller::{Controller, ControllerConfig};
 use zhisuan::operator::crd::TrainingJob;
 use zhisuan::operator::jobs::KubeJobs;
-use zhisuan::operator::leader::LeaseTiming;
 use zhisuan::operator::metering::{MeterConfig, GPU_METER};
 
 const ADMIN: &str = "admin-key-0123456789abcdef";
@@ -75,15 +74,8 @@ struct Replica {
 fn start_controller(server: &ApiServer, identity: &str, db: &str) -> Replica {
     let lease = Duration::from_secs(2);
     let config = ControllerConfig {
-        identity: identity.into(),
-        timing: LeaseTiming {
-            lease_duration: lease,
-            renew_deadline: lease * 2 / 3,
-            retry_period: lease / 6,
-        },
-        resync: Duration::from_millis(200),
         usage_refresh: Duration::from_millis(200),
-        ..ControllerConfig::default()
+        ..controller_config(identity, lease)
     };
     let registry = prometheus::Registry::new();
     // Each replica opens the ledger itself, as separate pods would.

@@ -7,7 +7,25 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+use zhisuan::operator::controller::ControllerConfig;
+use zhisuan::operator::leader::LeaseTiming;
+
 use super::apiserver::ApiServer;
+
+/// A controller replica's configuration for tests: a short lease (renewed
+/// at 2/3, retried at 1/6 of it) and a 200 ms resync.
+pub fn controller_config(identity: &str, lease: Duration) -> ControllerConfig {
+    ControllerConfig {
+        identity: identity.into(),
+        timing: LeaseTiming {
+            lease_duration: lease,
+            renew_deadline: lease * 2 / 3,
+            retry_period: lease / 6,
+        },
+        resync: Duration::from_millis(200),
+        ..ControllerConfig::default()
+    }
+}
 
 /// Creates a Ready node with `gpus` GPUs of `model` in `region`, labelled
 /// as the node agent labels it.
