@@ -484,8 +484,8 @@ impl<'a> Pass<'a> {
             })
             .collect::<Vec<_>>();
         for r in &replicas {
-            let model = self.model_of_node(&r.node).to_string();
-            self.usage.add(&w.tenant, &model, w.milli_per_replica());
+            let model = self.model_of_node(&r.node);
+            self.usage.add(&w.tenant, model, w.milli_per_replica());
         }
         let mut s = w.status.clone();
         s.phase = Some("Admitted".into());

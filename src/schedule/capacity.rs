@@ -377,10 +377,10 @@ impl<'a> Pass<'a> {
             usage: Default::default(),
             out: Plan::default(),
         };
-        for w in snapshot.workloads.iter().filter(|w| is_active(w)) {
+        for w in &active {
             for r in &w.status.placement.as_ref().unwrap().replicas {
-                let model = pass.model_of_node(&r.node).to_string();
-                pass.usage.add(&w.tenant, &model, w.milli_per_replica());
+                let model = pass.model_of_node(&r.node);
+                pass.usage.add(&w.tenant, model, w.milli_per_replica());
             }
         }
         pass

@@ -200,8 +200,10 @@ struct Pass<'a> {
     out: Plan,
 }
 
-impl Pass<'_> {
-    fn model_of_node(&self, name: &str) -> &str {
+impl<'a> Pass<'a> {
+    /// A node's accelerator model (borrowed from the snapshot, so it stays
+    /// usable while the pass is changed).
+    fn model_of_node(&self, name: &str) -> &'a str {
         self.node_model.get(name).copied().unwrap_or_default()
     }
 }
