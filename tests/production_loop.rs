@@ -84,6 +84,7 @@ fn start_controller(server: &ApiServer, identity: &str, db: &str) -> Replica {
         period: Duration::from_secs(PERIOD as u64),
         grace: Duration::from_secs(3),
         max_windows: 10_000,
+        energy_wait: Duration::from_secs(20),
     };
     let controller = Controller::new(server.client(), config, &registry)
         .unwrap()
@@ -97,6 +98,72 @@ fn start_controller(server: &ApiServer, identity: &str, db: &str) -> Replica {
         controller.run(rx).await
     });
     Replica { task, leadership }
+}
+
+/// A node agent (simulated H100s on the wall clock) for `node`, publishing
+/// per-pod energy on the test's metering grid; its metrics registry and the
+/// sender that stops it.
+fn start_agent(
+    server: &ApiServer,
+    node: &str,
+) -> (prometheus::Registry, tokio::sync::oneshot::Sender<()>) {
+    use zhisuan::telemetry::agent::{Agent, AgentConfig};
+    use zhisuan::telemetry::cli::{serve_agent, ServeOptions};
+    use zhisuan::telemetry::health::HealthPolicy;
+    use zhisuan::telemetry::metrics::AgentMetrics;
+    use zhisuan::telemetry::sim::{SimConfig, SimNode};
+    let registry = prometheus::Registry::new();
+    let metrics = AgentMetrics::new(&registry).unwrap();
+    let publish_errors = metrics.publish_error_counter();
+    let agent = Agent::new(
+        SimNode::wall_clock(SimConfig::default()),
+        AgentConfig {
+            node: node.into(),
+            region: Some("east".into()),
+            health: HealthPolicy {
+                hold_samples: 1,
+                max_temperature_c: 0,
+            },
+            proc_root: "/nonexistent".into(),
+        },
+        Some(metrics),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_agent(
+        agent,
+        registry.clone(),
+        publish_errors,
+        ServeOptions {
+            listen: "127.0.0.1:0".into(),
+            node: node.into(),
+            interval: Duration::from_millis(100),
+            heartbeat: Duration::from_secs(30),
+            samples: None,
+            energy: zhisuan::ledger::EnergyWindows::new(PERIOD, 100_000).unwrap(),
+        },
+        Some(server.client()),
+        async move {
+            let _ = stop_rx.await;
+        },
+        |_| {},
+    ));
+    (registry, stop_tx)
+}
+
+/// The agent's `zhisuan_pod_energy_joules_total` of `pod`, over its devices.
+fn agent_pod_joules(registry: &prometheus::Registry, pod: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "zhisuan_pod_energy_joules_total")
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "pod" && l.value() == pod)
+        })
+        .map(|m| m.get_counter().value())
+        .sum()
 }
 
 fn pods_of(server: &ApiServer, workload: &str) -> Vec<String> {
@@ -159,6 +226,7 @@ fn expected(milli: i64, start: i64, end: i64, fen_per_hour: i64, copay_bp: i64) 
 async fn a_tenants_job_goes_api_kubernetes_metered_billed_and_survives_failover() {
     let server = ApiServer::start().await;
     add_node(&server, "gpu-a", "east", "H100", 8).await;
+    let (agent, stop_agent) = start_agent(&server, "gpu-a");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
     let api_ledger = Ledger::open(&db).unwrap();
@@ -283,6 +351,16 @@ async fn a_tenants_job_goes_api_kubernetes_metered_billed_and_survives_failover(
         .unwrap();
     assert_eq!(v.balance_fen, 1_000_000 - voucher_fen);
     assert!(gpu_s >= 3_600_000);
+    // The energy is the agent's: what its per-pod counter says, to the
+    // joule below (each window's joules telescope from the pod's total).
+    let ledger_j: i64 = st.energy.iter().map(|e| e.it_energy_j).sum();
+    let agent_j = agent_pod_joules(&agent, &pod);
+    assert!(agent_j > 100.0, "the agent attributed {agent_j} J to {pod}");
+    assert!(
+        (ledger_j as f64 - agent_j).abs() < 1.0,
+        "ledger {ledger_j} J, agent counter {agent_j} J"
+    );
+    let _ = stop_agent.send(());
 
     // The month's GPU-hours are used up: the API refuses the next job, and
     // the controller leaves a TrainingJob applied with kubectl pending.

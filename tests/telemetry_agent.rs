@@ -300,6 +300,7 @@ async fn agent_publishes_inventory_and_health_to_the_node_and_attributes_pod_ene
             interval: Duration::from_millis(100),
             heartbeat: Duration::from_secs(30),
             samples: None,
+            energy: zhisuan::ledger::EnergyWindows::new(60, 15).unwrap(),
         },
         Some(client),
         async move {

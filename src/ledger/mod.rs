@@ -13,6 +13,7 @@
 
 pub mod cli;
 mod cursors;
+pub mod energy;
 pub mod error;
 pub mod journal;
 pub mod metrics;
@@ -33,6 +34,7 @@ pub mod windows;
 #[path = "../../tests/support/pg.rs"]
 mod test_pg;
 
+pub use energy::{EnergyReport, EnergyWindows, ANNOTATION_POD_ENERGY};
 pub use error::{LedgerError, Result};
 pub use metrics::LedgerMetrics;
 pub use money::{format_yuan, ratio_to_bp, Fen};

@@ -112,13 +112,19 @@ struct ViewCache {
     members: HashMap<String, MemberViewCache>,
     /// InferenceServices' token endpoints (each spec parsed once per version).
     services: HashMap<String, (String, Option<ServingService>)>,
+    /// Nodes' energy reports (each annotation parsed once per version).
+    energy: HashMap<String, (String, Option<NodeEnergy>)>,
 }
+
+/// A node's key and its agent's energy report.
+type NodeEnergy = (String, Arc<crate::ledger::EnergyReport>);
 
 /// One member cluster's cached views.
 #[derive(Default)]
 struct MemberViewCache {
     nodes: HashMap<String, (String, NodeView)>,
     pods: HashMap<String, (String, PodView)>,
+    energy: HashMap<String, (String, Option<NodeEnergy>)>,
 }
 
 impl ViewCache {
@@ -139,6 +145,31 @@ impl ViewCache {
         }
         self.members = next;
         (nodes, pods)
+    }
+
+    /// The energy reports of the home cluster's and the member clusters'
+    /// nodes (call after [`Self::member_views`], which keeps the member caches).
+    fn node_energy(
+        &mut self,
+        nodes: &[Arc<Node>],
+        members: &[MemberObjects],
+    ) -> BTreeMap<String, Arc<crate::ledger::EnergyReport>> {
+        let mut out: BTreeMap<_, _> =
+            cached_views(&mut self.energy, nodes, |n| metering::node_energy(None, n))
+                .into_iter()
+                .flatten()
+                .collect();
+        for m in members {
+            let c = self.members.entry(m.region.clone()).or_default();
+            out.extend(
+                cached_views(&mut c.energy, &m.nodes, |n| {
+                    metering::node_energy(Some(&m.region), n)
+                })
+                .into_iter()
+                .flatten(),
+            );
+        }
+        out
     }
 
     /// The token endpoints of the InferenceServices that have one.
@@ -671,6 +702,7 @@ impl Controller {
         }
         let member_objects = members.objects();
         let mut services = Vec::new();
+        let mut node_energy = BTreeMap::new();
         let mut snap = {
             let mut cache = self.views.lock().unwrap();
             let cache = &mut *cache;
@@ -681,6 +713,9 @@ impl Controller {
             pods.extend(member_pods);
             if self.tokens.is_some() {
                 services = cache.serving_services(&inference);
+            }
+            if self.metering.is_some() {
+                node_energy = cache.node_energy(&node_objects, &member_objects);
             }
             let regions = region_catalog(&region_views, &nodes, self.config.plan.region_scoring);
             let mut snap = Snapshot {
@@ -728,7 +763,8 @@ impl Controller {
                 .iter()
                 .map(|m| (m.region.as_str(), m.pods.as_slice()))
                 .collect();
-            let observed = metering::observe(&index, &pod_objects, &member_pods);
+            let mut observed = metering::observe(&index, &pod_objects, &member_pods);
+            observed.energy = node_energy;
             publish_if_changed(&m.observed, observed);
         }
         let mut objects: BTreeMap<WorkloadKey, Arc<DynamicObject>> = BTreeMap::new();

@@ -14,19 +14,30 @@
 //!   and meters on from there (nothing lost, and nothing doubled: window
 //!   ids are global).
 //!
+//! Energy: each node agent publishes the IT energy it attributed to each pod
+//! per window of the same grid ([`crate::ledger::EnergyReport`] in the Node
+//! annotation `zhisuan.io/pod-energy`). A window's record carries the pod's
+//! joules of that window; the meter holds a window back until the agents of
+//! the nodes it covers have closed it, for at most `energy_wait` (an agent
+//! that is down does not stop billing; its windows are metered without
+//! energy and counted in `zhisuan_meter_energy_unreported_total`).
+//!
 //! GPU pods that zhisuan did not place (a `nvidia.com/gpu` or
 //! `huawei.com/npu` limit, no zhisuan device annotation) are metered as
 //! unattributed: a counter per node, charged to no tenant.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use tokio::sync::watch;
 
 use super::snapshot::{keys, member_node_key, RegionView, WorkloadView};
-use crate::ledger::{meter_windows, window_floor, Ledger, PodRun};
+use crate::ledger::{
+    meter_windows, window_floor, EnergyReport, Ledger, PodRun, ANNOTATION_POD_ENERGY,
+};
 
 /// Name of the controller's GPU-time meter cursor in the ledger.
 pub const GPU_METER: &str = "controller-gpu";
@@ -48,6 +59,9 @@ pub struct MeterConfig {
     pub grace: Duration,
     /// Most windows metered in one tick (catching up after an outage).
     pub max_windows: i64,
+    /// How long after a window ends the meter waits for the node agents'
+    /// energy of it before metering it without.
+    pub energy_wait: Duration,
 }
 
 impl Default for MeterConfig {
@@ -56,6 +70,7 @@ impl Default for MeterConfig {
             period: Duration::from_secs(60),
             grace: Duration::from_secs(10),
             max_windows: 60,
+            energy_wait: Duration::from_secs(120),
         }
     }
 }
@@ -66,6 +81,89 @@ impl Default for MeterConfig {
 pub struct Observed {
     pub runs: Vec<PodRun>,
     pub unattributed: Vec<Unattributed>,
+    /// The energy each node's agent reports, by node key.
+    pub energy: BTreeMap<String, Arc<EnergyReport>>,
+}
+
+/// The energy report a node's agent published (keyed as the planner keys
+/// the node); `None` without one. A malformed report is logged and ignored.
+pub fn node_energy(member: Option<&str>, node: &Node) -> Option<(String, Arc<EnergyReport>)> {
+    let name = node.name_any();
+    let text = node.annotations().get(ANNOTATION_POD_ENERGY)?;
+    match EnergyReport::parse(text) {
+        Ok(r) => Some((
+            match member {
+                Some(region) => member_node_key(region, &name),
+                None => name,
+            },
+            Arc::new(r),
+        )),
+        Err(e) => {
+            tracing::warn!(node = %name, error = %e, "ignoring the node's energy report");
+            None
+        }
+    }
+}
+
+/// The pod uid as its node's agent knows it (a member cluster's run is
+/// keyed `region/uid`).
+fn agent_uid(run: &PodRun) -> &str {
+    run.uid.rsplit('/').next().unwrap_or(&run.uid)
+}
+
+/// Runs overlapping `[from, to)`.
+fn runs_in(observed: &Observed, from: i64, to: i64) -> impl Iterator<Item = &PodRun> {
+    observed
+        .runs
+        .iter()
+        .filter(move |r| r.start_s < to && r.end_s.is_none_or(|e| e > from))
+}
+
+/// The end of the windows in `[from, ready)` whose energy every agent that
+/// reports for a node with runs in them has closed.
+pub fn energy_ready(observed: &Observed, from: i64, ready: i64, period_s: i64) -> i64 {
+    let mut until = ready;
+    for run in runs_in(observed, from, ready) {
+        if let Some(r) = observed.energy.get(&run.node) {
+            if r.period == period_s && r.through < until {
+                until = window_floor(r.through, period_s).max(from);
+            }
+        }
+    }
+    until
+}
+
+/// The joules of each run's windows in `[from, to)` as the agents reported
+/// them, keyed (uid, window); and how many windows of runs on reporting
+/// nodes the reports no longer (or not yet) cover.
+pub fn window_energy(
+    observed: &Observed,
+    from: i64,
+    to: i64,
+    period_s: i64,
+) -> (BTreeMap<(String, i64), i64>, u64) {
+    let (mut energy, mut unreported) = (BTreeMap::new(), 0);
+    for run in runs_in(observed, from, to) {
+        let Some(report) = observed
+            .energy
+            .get(&run.node)
+            .filter(|r| r.period == period_s)
+        else {
+            continue;
+        };
+        let end = run.end_s.unwrap_or(to).min(to);
+        let mut w = window_floor(run.start_s.max(from), period_s);
+        while w < end {
+            match report.energy_j(agent_uid(run), w) {
+                Some(j) => {
+                    energy.insert((run.uid.clone(), w), j);
+                }
+                None => unreported += 1,
+            }
+            w += period_s;
+        }
+    }
+    (energy, unreported)
 }
 
 /// A GPU pod not placed by zhisuan.
@@ -302,6 +400,8 @@ pub struct MeterMetrics {
     pub rejected: prometheus::IntCounter,
     pub unattributed: prometheus::IntCounterVec,
     pub cursor: prometheus::IntGauge,
+    pub energy_j: prometheus::IntCounter,
+    pub energy_unreported: prometheus::IntCounter,
 }
 
 impl MeterMetrics {
@@ -341,6 +441,14 @@ impl MeterMetrics {
                 "zhisuan_meter_rejected_total",
                 "Pod runs left out of metering because their record is invalid (e.g. no tenant).",
             )?,
+            energy_j: counter(
+                "zhisuan_meter_energy_joules_total",
+                "IT energy the node agents attributed to metered pods, joules (replays included).",
+            )?,
+            energy_unreported: counter(
+                "zhisuan_meter_energy_unreported_total",
+                "Pod windows metered without energy because the node agent's report did not cover them (agent down, or the meter behind more than the agent keeps).",
+            )?,
             unattributed,
             cursor,
         })
@@ -376,7 +484,9 @@ pub async fn meter_tick(
     if to <= cursor {
         return Ok(cursor);
     }
-    let metered = meter_windows(&observed.runs, cursor, to, period_s, &BTreeMap::new())?;
+    let (energy, unreported) = window_energy(observed, cursor, to, period_s);
+    let metered = meter_windows(&observed.runs, cursor, to, period_s, &energy)?;
+    let joules: i64 = metered.usage.iter().map(|u| u.it_energy_j).sum();
     for (uid, why) in &metered.rejected {
         tracing::warn!(pod = %uid, error = %why, "pod left out of GPU metering");
     }
@@ -393,6 +503,8 @@ pub async fn meter_tick(
         m.windows.inc_by(((to - cursor) / period_s) as u64);
         m.records.inc_by(records);
         m.rejected.inc_by(rejected);
+        m.energy_j.inc_by(joules.max(0) as u64);
+        m.energy_unreported.inc_by(unreported);
         for (node, s) in unattributed_seconds(&observed.unattributed, cursor, to) {
             m.unattributed.with_label_values(&[&node]).inc_by(s as u64);
         }
@@ -425,10 +537,19 @@ pub async fn run_gpu_meter(
         if cursor.is_none() {
             cursor = first_cursor(&current, ready, period_s);
         }
+        let mut failed = false;
+        // Windows wait for the agents' energy, but not for ever.
+        let patience = window_floor(ready - config.energy_wait.as_secs() as i64, period_s);
+        let target = cursor.map_or(ready, |from| {
+            energy_ready(&current, from, ready, period_s)
+                .max(patience)
+                .min(ready)
+        });
         if let Some(from) = cursor {
-            match meter_tick(&ledger, &current, from, ready, &config, metrics.as_ref()).await {
+            match meter_tick(&ledger, &current, from, target, &config, metrics.as_ref()).await {
                 Ok(next) => cursor = Some(next),
                 Err(e) => {
+                    failed = true;
                     if let Some(m) = &metrics {
                         m.failures.inc();
                     }
@@ -436,11 +557,14 @@ pub async fn run_gpu_meter(
                 }
             }
         }
-        // Catching up: go on at once; otherwise wait for the next window's end.
-        let behind = cursor.is_some_and(|c| c < ready);
+        // Catching up: go on at once; after a failure, or waiting on an
+        // agent's energy: look again soon; otherwise wait for the next
+        // window's end.
         let next_ready = (ready + period_s + config.grace.as_secs() as i64) * 1000;
         let wait_ms = (next_ready - now.timestamp_millis()).max(50) as u64;
-        let wait = if behind {
+        let wait = if failed || (target < ready && cursor.is_some_and(|c| c >= target)) {
+            Duration::from_millis(wait_ms.min(1_000))
+        } else if cursor.is_some_and(|c| c < target) {
             Duration::from_millis(0)
         } else {
             Duration::from_millis(wait_ms)
@@ -449,5 +573,95 @@ pub async fn run_gpu_meter(
             _ = &mut term_over => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(uid: &str, node: &str, start_s: i64, end_s: Option<i64>) -> PodRun {
+        PodRun {
+            uid: uid.into(),
+            tenant: "acme".into(),
+            job: "ml/train".into(),
+            region: "east".into(),
+            node: node.into(),
+            model: "H100".into(),
+            gpu_milli: 1000,
+            start_s,
+            end_s,
+            pue: 1.0,
+            green_share: 0.0,
+            grid_kg_per_kwh: DEFAULT_GRID_KG_PER_KWH,
+        }
+    }
+
+    fn report(from: i64, through: i64, windows: &[(i64, &str, i64)]) -> Arc<EnergyReport> {
+        let mut r = EnergyReport {
+            period: 60,
+            from,
+            through,
+            ..Default::default()
+        };
+        for (w, uid, j) in windows {
+            r.windows.entry(*w).or_default().insert(uid.to_string(), *j);
+        }
+        Arc::new(r)
+    }
+
+    #[test]
+    fn windows_wait_for_the_agents_that_report_and_only_for_them() {
+        let mut o = Observed {
+            runs: vec![
+                run("a", "n1", 0, None),
+                run("b", "n2", 0, None),
+                run("east/c", "east/m1", 0, None),
+            ],
+            ..Default::default()
+        };
+        // No reports at all: nothing to wait for.
+        assert_eq!(energy_ready(&o, 0, 600, 60), 600);
+        o.energy.insert("n1".into(), report(0, 480, &[]));
+        o.energy.insert("east/m1".into(), report(0, 540, &[]));
+        assert_eq!(energy_ready(&o, 0, 600, 60), 480, "n1's agent closed 480");
+        // A run that ended before the open windows does not hold them.
+        o.runs[0].end_s = Some(400);
+        assert_eq!(energy_ready(&o, 420, 600, 60), 540);
+        // Another period: not the meter's grid, never waited for.
+        let mut other = (*o.energy["east/m1"]).clone();
+        other.period = 300;
+        o.energy.insert("east/m1".into(), Arc::new(other));
+        assert_eq!(energy_ready(&o, 420, 600, 60), 600);
+    }
+
+    #[test]
+    fn each_window_gets_its_pods_joules_and_gaps_are_counted() {
+        let o = Observed {
+            runs: vec![
+                run("a", "n1", 30, Some(200)),
+                run("east/c", "east/m1", 0, None),
+                run("d", "n3", 0, None),
+            ],
+            energy: BTreeMap::from([
+                (
+                    "n1".into(),
+                    report(60, 240, &[(60, "a", 11), (120, "a", 13)]),
+                ),
+                ("east/m1".into(), report(0, 120, &[(0, "c", 7)])),
+            ]),
+            ..Default::default()
+        };
+        let (energy, unreported) = window_energy(&o, 0, 240, 60);
+        assert_eq!(energy.get(&("a".into(), 60)), Some(&11));
+        assert_eq!(energy.get(&("a".into(), 120)), Some(&13));
+        assert_eq!(energy.get(&("a".into(), 180)), Some(&0), "covered, none");
+        // The member's run is keyed region/uid; its agent knows the bare uid.
+        assert_eq!(energy.get(&("east/c".into(), 0)), Some(&7));
+        assert_eq!(energy.get(&("east/c".into(), 60)), Some(&0));
+        // a's window 0 is before its agent's report, c's 120 and 180 after
+        // it; n3 has no agent report: not counted as a gap.
+        assert_eq!(unreported, 3);
+        assert!(!energy.keys().any(|(u, _)| u == "d"));
     }
 }

@@ -32,10 +32,25 @@ pub struct EnergyWindow {
     pub idle_mj: Vec<(u32, u64)>,
 }
 
+impl EnergyWindow {
+    /// Millijoules per pod uid (summed over its devices).
+    pub fn pod_totals(&self) -> Vec<(&str, u64)> {
+        let mut out: Vec<(&str, u64)> = Vec::with_capacity(self.pods.len());
+        for p in &self.pods {
+            match out.iter_mut().find(|(u, _)| *u == p.uid) {
+                Some((_, mj)) => *mj += p.energy_mj,
+                None => out.push((p.uid.as_str(), p.energy_mj)),
+            }
+        }
+        out
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PodWindowEnergy {
     pub namespace: String,
     pub pod: String,
+    pub uid: String,
     pub device: u32,
     pub energy_mj: u64,
 }
@@ -183,6 +198,7 @@ impl<B: Accelerator> Agent<B> {
                 .map(|p| PodWindowEnergy {
                     namespace: all_pods[p.pod].pod.namespace.clone(),
                     pod: all_pods[p.pod].pod.name.clone(),
+                    uid: all_pods[p.pod].pod.uid.clone(),
                     device: p.device,
                     energy_mj: p.energy_mj,
                 })

@@ -16,6 +16,7 @@ use super::publish::{NodePublication, ANNOTATION_HEARTBEAT};
 use super::sim::{Fault, SimConfig, SimNode};
 use super::Accelerator;
 use crate::error::InputError;
+use crate::ledger::ANNOTATION_POD_ENERGY;
 use anyhow::Context;
 use serde_json::json;
 use std::path::PathBuf;
@@ -69,6 +70,14 @@ pub struct AgentArgs {
     /// Republish the node heartbeat at least this often, seconds.
     #[arg(long, default_value_t = 30.0)]
     pub heartbeat: f64,
+    /// Energy windows (seconds): per-pod energy is published on the Node per
+    /// window of this grid, which must be the controller's metering period.
+    #[arg(long, default_value_t = 60)]
+    pub energy_period: i64,
+    /// How many closed energy windows the Node annotation keeps (the
+    /// controller's meter must read a window before it drops out).
+    #[arg(long, default_value_t = 15)]
+    pub energy_windows: usize,
     /// Samples a device stays out of placement after an XID or ECC error.
     #[arg(long, default_value_t = 3)]
     pub hold_samples: u64,
@@ -132,6 +141,7 @@ fn validate(args: &AgentArgs) -> Result<(), InputError> {
     if args.samples == Some(0) {
         return Err(InputError::new("--samples 0: take at least one sample"));
     }
+    energy_windows(args)?;
     Ok(())
 }
 
@@ -385,18 +395,30 @@ pub struct ServeOptions {
     pub heartbeat: Duration,
     /// Stop after this many samples.
     pub samples: Option<u64>,
+    /// Per-pod energy per window, published on the Node for the GPU meter.
+    pub energy: crate::ledger::EnergyWindows,
 }
 
 impl ServeOptions {
-    fn from_args(args: &AgentArgs) -> Self {
-        ServeOptions {
+    fn from_args(args: &AgentArgs) -> Result<Self, InputError> {
+        Ok(ServeOptions {
             listen: args.listen.clone(),
             node: node_name(args),
             interval: Duration::from_secs_f64(args.interval),
             heartbeat: Duration::from_secs_f64(args.heartbeat),
             samples: args.samples,
-        }
+            energy: energy_windows(args)?,
+        })
     }
+}
+
+fn energy_windows(args: &AgentArgs) -> Result<crate::ledger::EnergyWindows, InputError> {
+    crate::ledger::EnergyWindows::new(args.energy_period, args.energy_windows).map_err(|e| {
+        InputError::new(format!(
+            "--energy-period {} / --energy-windows {}: {e} (the period must be the controller's metering period, e.g. 60)",
+            args.energy_period, args.energy_windows
+        ))
+    })
 }
 
 async fn serve(
@@ -422,7 +444,7 @@ async fn serve(
             _ = sigterm.recv() => {}
         }
     };
-    let opts = ServeOptions::from_args(&args);
+    let opts = ServeOptions::from_args(&args)?;
     serve_agent(
         agent,
         registry,
@@ -482,6 +504,13 @@ pub async fn serve_agent<B: Accelerator + 'static>(
     let pod_store = client
         .as_ref()
         .map(|c| kube_act::watch_node_pods(c, &opts.node));
+    let mut energy = opts.energy;
+    if let Some(c) = &client {
+        // Closed windows an earlier run published stay until the meter reads them.
+        if let Some(earlier) = kube_act::published_energy(c, &opts.node).await {
+            energy.resume(earlier);
+        }
+    }
 
     // Sampler thread: blocking backend calls stay off the runtime.
     let (pub_tx, mut pub_rx) = tokio::sync::watch::channel::<Option<NodePublication>>(None);
@@ -501,7 +530,14 @@ pub async fn serve_agent<B: Accelerator + 'static>(
                     .unwrap_or_default();
                 match agent.step(&pods) {
                     Ok(()) => {
-                        pub_tx.send_replace(Some(agent.publication(chrono::Utc::now())));
+                        let now = chrono::Utc::now();
+                        energy.add(now.timestamp_millis(), &agent.last_window().pod_totals());
+                        let mut publication = agent.publication(now);
+                        publication.annotations.insert(
+                            ANNOTATION_POD_ENERGY.into(),
+                            serde_json::to_string(energy.report()).unwrap_or_default(),
+                        );
+                        pub_tx.send_replace(Some(publication));
                     }
                     Err(e) => tracing::warn!(error = %e, "sample failed"),
                 }

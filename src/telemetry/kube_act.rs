@@ -11,6 +11,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 
+use crate::ledger::{EnergyReport, ANNOTATION_POD_ENERGY};
+
 /// Patches the Node's labels and annotations, then its status capacity and
 /// allocatable (the status subresource). Merge patches: an empty
 /// `zhisuan.io/unhealthy-gpus` clears an earlier list.
@@ -26,6 +28,21 @@ pub async fn publish(client: &Client, node: &str, p: &NodePublication) -> anyhow
         .await
         .map_err(|e| anyhow::anyhow!("patch node {node} status: {e}"))?;
     Ok(())
+}
+
+/// The energy report this node's agent published last (an earlier run),
+/// if the Node carries a readable one.
+pub async fn published_energy(client: &Client, node: &str) -> Option<EnergyReport> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let n = nodes.get_opt(node).await.ok().flatten()?;
+    let text = n.metadata.annotations?.remove(ANNOTATION_POD_ENERGY)?;
+    match EnergyReport::parse(&text) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(node, error = %e, "ignoring the energy report on the Node");
+            None
+        }
+    }
 }
 
 /// Starts a reflector over the pods scheduled on `node`; the returned store

@@ -6,7 +6,7 @@ use super::attribution::PodRef;
 use super::health::Verdict;
 use super::{DeviceInfo, DeviceReading};
 use prometheus::{CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounter, Opts, Registry};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 const DCGM_LABELS: [&str; 4] = ["gpu", "UUID", "modelName", "Hostname"];
 
@@ -28,10 +28,16 @@ pub struct AgentMetrics {
     sample_errors: IntCounter,
     publish_errors: IntCounter,
     sample_seconds: HistogramVec,
-    /// Pods with a live `zhisuan_pod_energy_joules_total` series, to drop the
-    /// series of pods that left (bounded cardinality).
-    live_pods: BTreeSet<(String, String, String)>,
+    /// Pods with a live `zhisuan_pod_energy_joules_total` series and the
+    /// windows since each last got energy: a pod's series is dropped
+    /// [`GONE_POD_WINDOWS`] windows after it left (bounded cardinality, yet
+    /// scrapers still see its final increments).
+    live_pods: BTreeMap<(String, String, String), u32>,
 }
+
+/// Energy windows a pod's series outlives the pod (at the default 5 s
+/// sampling, 10 minutes: several scrape intervals).
+pub const GONE_POD_WINDOWS: u32 = 120;
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
     let g = GaugeVec::new(Opts::new(name, help), labels)?;
@@ -165,7 +171,7 @@ impl AgentMetrics {
                 r.register(Box::new(h.clone()))?;
                 h
             },
-            live_pods: BTreeSet::new(),
+            live_pods: BTreeMap::new(),
         })
     }
 
@@ -234,14 +240,16 @@ impl AgentMetrics {
     }
 
     /// Adds one window's attributed energy. `pods` are this window's holders;
-    /// series of pods no longer on the node are removed.
+    /// series of pods gone for [`GONE_POD_WINDOWS`] windows are removed.
     pub fn record_energy(
         &mut self,
         hostname: &str,
         pods: &[(&PodRef, u32, u64)],
         idle: &[(u32, u64)],
     ) {
-        let mut now = BTreeSet::new();
+        for age in self.live_pods.values_mut() {
+            *age = age.saturating_add(1);
+        }
         for (pod, device, mj) in pods {
             let gpu = device.to_string();
             self.pod_energy
@@ -252,17 +260,17 @@ impl AgentMetrics {
                     gpu.as_str(),
                 ])
                 .inc_by(*mj as f64 / 1000.0);
-            now.insert((pod.namespace.clone(), pod.name.clone(), gpu));
+            self.live_pods
+                .insert((pod.namespace.clone(), pod.name.clone(), gpu), 0);
         }
-        for gone in self.live_pods.difference(&now) {
-            let _ = self.pod_energy.remove_label_values(&[
-                hostname,
-                gone.0.as_str(),
-                gone.1.as_str(),
-                gone.2.as_str(),
-            ]);
-        }
-        self.live_pods = now;
+        let pod_energy = &self.pod_energy;
+        self.live_pods.retain(|(namespace, pod, gpu), age| {
+            let keep = *age <= GONE_POD_WINDOWS;
+            if !keep {
+                let _ = pod_energy.remove_label_values(&[hostname, namespace, pod, gpu]);
+            }
+            keep
+        });
         for (device, mj) in idle {
             self.idle_energy
                 .with_label_values(&[hostname, device.to_string().as_str()])
