@@ -90,6 +90,7 @@ fn start_controller(server: &ApiServer, identity: &str, db: &str) -> Replica {
         .unwrap()
         .with_gpu_metering(ledger.clone(), meter, &registry)
         .unwrap()
+        .with_vouchers(ledger.clone(), Duration::from_millis(200))
         .with_usage(std::sync::Arc::new(ledger));
     let leadership = controller.leadership();
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -398,6 +399,139 @@ async fn a_tenants_job_goes_api_kubernetes_metered_billed_and_survives_failover(
     )
     .await;
     assert!(pods_of(&server, "direct").is_empty());
+    c2.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compute_voucher_applied_with_kubectl_is_issued_once_redeemed_and_shows_its_balance() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
+    let ledger = Ledger::open(&db).unwrap();
+    ledger.ensure_rate_card("test").unwrap();
+    let api = start_api(&server, ledger.clone()).await;
+    let c1 = start_controller(&server, "c1", &db);
+    eventually(10, "c1 leads", || async { c1.leadership.is_leader() }).await;
+    let c2 = start_controller(&server, "c2", &db);
+
+    // The voucher is applied before its tenant exists: refused, saying why.
+    let cvs: Api<DynamicObject> = Api::all_with(
+        server.client(),
+        &ApiResource::erase::<zhisuan::operator::crd::ComputeVoucher>(&()),
+    );
+    let cv: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "zhisuan.io/v1alpha1", "kind": "ComputeVoucher",
+        "metadata": {"name": "hz-2026-001"},
+        "spec": {"issuer": "hangzhou-bureau", "tenant": "acme", "faceValueFen": 200_000,
+                 "copayBasisPoints": 10_000, "validFrom": "2020-01-01T00:00:00Z",
+                 "validUntil": "2099-01-01T00:00:00Z", "resourceKinds": ["gpu"]}
+    }))
+    .unwrap();
+    let created = cvs.create(&PostParams::default(), &cv).await.unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    let status = |field: &'static str| {
+        let cvs = cvs.clone();
+        async move {
+            cvs.get("hz-2026-001")
+                .await
+                .unwrap()
+                .data
+                .pointer(&format!("/status/{field}"))
+                .cloned()
+                .unwrap_or(Value::Null)
+        }
+    };
+    eventually(10, "the voucher is rejected: no such tenant", || async {
+        status("phase").await == "Rejected"
+    })
+    .await;
+    assert!(
+        status("message")
+            .await
+            .as_str()
+            .unwrap()
+            .contains("POST /v1/tenants"),
+        "{}",
+        status("message").await
+    );
+
+    // The tenant is created through the API: the voucher is issued, once.
+    let (st, body) = call(
+        reqwest::Method::POST,
+        format!("{api}/v1/tenants"),
+        ADMIN,
+        Some(json!({"name": "acme"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let key = body["api_key"].as_str().unwrap().to_string();
+    let (st, body) = call(
+        reqwest::Method::PUT,
+        format!("{api}/v1/tenants/acme/quota"),
+        ADMIN,
+        Some(json!({"gpus": {"*": 2}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    eventually(10, "the voucher is issued", || async {
+        status("phase").await == "Issued" && status("balanceFen").await == 200_000
+    })
+    .await;
+    assert_eq!(status("ledgerId").await, format!("cv-{uid}"));
+    // The tenant sees it through the API like any other voucher.
+    let (st, body) = call(
+        reqwest::Method::GET,
+        format!("{api}/v1/vouchers"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.to_string().contains(&format!("cv-{uid}")), "{body}");
+
+    // A 1-GPU job ran 10 minutes; the voucher pays all of it (co-pay 100%).
+    let (st, body) = call(
+        reqwest::Method::POST,
+        format!("{api}/v1/jobs"),
+        &key,
+        Some(
+            json!({"kind": "training", "name": "t", "replicas": 1, "gpus_per_replica": 1,
+                    "image": "trainer:1"}),
+        ),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    eventually(15, "the job's pod is bound", || async {
+        pods_of(&server, &id).len() == 1
+    })
+    .await;
+    let pod = pods_of(&server, &id).remove(0);
+    let now = chrono::Utc::now().timestamp();
+    let (start, end) = (now - 600, now + 1);
+    kubelet(&server, &pod, start, Some(end)).await;
+    // The leader changes while the voucher is being redeemed.
+    c1.task.abort();
+    eventually(20, "c2 leads", || async { c2.leadership.is_leader() }).await;
+    let (_, gross, voucher_fen) = expected(1000, start, end, 2_500, 10_000);
+    assert_eq!(gross, voucher_fen);
+    eventually(30, "the status shows the redeemed amount", || async {
+        status("redeemedFen").await == voucher_fen
+    })
+    .await;
+    assert_eq!(status("balanceFen").await, 200_000 - voucher_fen);
+    let vouchers = ledger.vouchers(Some("acme")).unwrap();
+    assert_eq!(vouchers.len(), 1, "issued more than once: {vouchers:?}");
+    assert_eq!(vouchers[0].balance_fen, 200_000 - voucher_fen);
+    let audit = ledger.audit_since(0, 1_000).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "voucher.issue"
+                && a.actor == "kubernetes:computevoucher/hz-2026-001"),
+        "the issue is not audited under the object's name"
+    );
     c2.task.abort();
 }
 

@@ -67,6 +67,10 @@ pub struct ControllerArgs {
     /// window while this replica leads.
     #[arg(long, default_value_t = 60)]
     pub meter_period_s: u64,
+    /// Seconds between syncs of ComputeVouchers with the ledger (with
+    /// --ledger): each is issued once, its status shows the balance.
+    #[arg(long, default_value_t = 15)]
+    pub voucher_sync_s: u64,
     /// Seconds between token scrapes (with --ledger); windows align to it.
     #[arg(long, default_value_t = 15)]
     pub token_scrape_s: u64,
@@ -143,6 +147,10 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             controller = controller
                 .with_token_counting(ledger.clone(), scrape)
                 .with_gpu_metering(ledger.clone(), meter, &registry)?
+                .with_vouchers(
+                    ledger.clone(),
+                    std::time::Duration::from_secs(args.voucher_sync_s.max(1)),
+                )
                 .with_usage(std::sync::Arc::new(ledger));
         }
         let ready = controller.ready_flag();

@@ -253,6 +253,8 @@ pub struct Controller {
     members: std::sync::OnceLock<Arc<Members>>,
     /// GPU-time metering of placed pods into the ledger (none: off).
     metering: Option<GpuMetering>,
+    /// ComputeVouchers issued into this ledger, synced this often (none: off).
+    vouchers: Option<(Ledger, Duration)>,
 }
 
 /// The GPU meter's settings and the channel its observations go through.
@@ -347,6 +349,7 @@ impl Controller {
             tokens: None,
             members: Default::default(),
             metering: None,
+            vouchers: None,
         })
     }
 
@@ -387,6 +390,32 @@ impl Controller {
             observed: watch::channel(metering::Observed::default()).0,
         });
         Ok(self)
+    }
+
+    /// Issues every ComputeVoucher into `ledger` (once, by uid) and keeps its
+    /// status at the ledger's balance, every `interval` while this replica
+    /// leads (`operator::vouchers`).
+    pub fn with_vouchers(mut self, ledger: Ledger, interval: Duration) -> Self {
+        self.vouchers = Some((ledger, interval));
+        self
+    }
+
+    fn spawn_voucher_loop(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (ledger, interval) = self.vouchers.clone()?;
+        let client = self.client.clone();
+        Some(
+            self.spawn_while_leading(shutdown, interval, "voucher sync", move |term_over| {
+                super::vouchers::run_voucher_loop(
+                    client.clone(),
+                    ledger.clone(),
+                    interval,
+                    term_over,
+                )
+            }),
+        )
     }
 
     /// Runs the token loop whenever this replica leads (it stops when the
@@ -624,6 +653,7 @@ impl Controller {
         let election = tokio::spawn(elector.run(shutdown.clone()));
         let token_loop = self.spawn_token_loop(shutdown.clone());
         let gpu_meter = self.spawn_gpu_meter(shutdown.clone());
+        let voucher_loop = self.spawn_voucher_loop(shutdown.clone());
         let this = Arc::new(self);
         let reconcilers = [Kind::Training, Kind::Inference]
             .map(|kind| reconcile::spawn(this.clone(), client.clone(), kind, stores.pods.clone()));
@@ -632,6 +662,7 @@ impl Controller {
             .into_iter()
             .chain(token_loop)
             .chain(gpu_meter)
+            .chain(voucher_loop)
             .chain(reconcilers)
         {
             t.abort();

@@ -435,6 +435,15 @@ pub struct ComputeVoucherStatus {
     pub balance_fen: i64,
     #[serde(default)]
     pub redeemed_fen: i64,
+    /// The voucher's id in the ledger (`cv-<uid>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_id: Option<String>,
+    /// Issued or Rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Why it was not issued, or why an edit is not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Every CRD, in a stable order.

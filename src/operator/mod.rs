@@ -20,3 +20,4 @@ pub mod snapshot;
 pub mod tokens;
 pub mod usage;
 pub mod validate;
+pub mod vouchers;
