@@ -471,7 +471,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let registry = prometheus::Registry::new();
     ledger.register_metrics(&registry)?;
-    let world = World::new(
+    let mut world = World::new(
         catalog,
         WorldConfig {
             seed: args.seed,
@@ -481,6 +481,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..WorldConfig::default()
         },
     )?;
+    // The seeded quotas hold from the start; API changes come through the
+    // journal.
+    setup::project_quotas(&mut world);
     let agents = Arc::new(Mutex::new(telemetry::SimAgents::new(&world, 1)?));
     registry.register(Box::new(telemetry::AgentsCollector(Arc::clone(&agents))))?;
     let mut backend = WorldBackend::new(Arc::new(Mutex::new(world)));

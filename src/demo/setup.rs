@@ -101,6 +101,40 @@ pub fn voucher_id(tenant: &str) -> String {
     format!("demo-voucher-{tenant}")
 }
 
+/// A seeded tenant's quota.
+fn seeded_quota(t: &DemoTenant) -> Quota {
+    Quota {
+        gpus: BTreeMap::from([("*".to_string(), t.max_gpus)]),
+        gpu_hours_per_month: None,
+        tokens_per_month: None,
+        guaranteed_share: 0.5,
+        borrowable_share: 0.5,
+    }
+}
+
+/// The seeded quotas as the simulated cluster's, which its scheduler
+/// enforces as the controller enforces TenantQuotas on a cluster. Quotas
+/// set later through the API reach it through the journal, in order, so a
+/// restarted demo replays exactly what the first run did.
+pub fn project_quotas(world: &mut crate::sim::world::World) {
+    // The tree's roots bound nothing themselves, but a child's quota
+    // names its parent's, which must exist.
+    for parent in PARENTS {
+        world.set_quota(crate::jobs::QuotaSpec::from_ledger(
+            parent,
+            None,
+            &Quota::default(),
+        ));
+    }
+    for t in TENANTS {
+        world.set_quota(crate::jobs::QuotaSpec::from_ledger(
+            t.name,
+            t.parent,
+            &seeded_quota(t),
+        ));
+    }
+}
+
 /// Creates what is missing; returns how many tenants were created now.
 pub fn seed(
     ledger: &Ledger,
@@ -118,16 +152,10 @@ pub fn seed(
     for t in TENANTS {
         if ledger.tenant(t.name)?.is_none() {
             ledger.create_tenant(ACTOR, t.name, t.parent)?;
+            // Seeded once: a quota changed through the API later stays.
+            ledger.set_quota(ACTOR, t.name, &seeded_quota(t))?;
             created += 1;
         }
-        let quota = Quota {
-            gpus: BTreeMap::from([("*".to_string(), t.max_gpus)]),
-            gpu_hours_per_month: None,
-            tokens_per_month: None,
-            guaranteed_share: 0.5,
-            borrowable_share: 0.5,
-        };
-        ledger.set_quota(ACTOR, t.name, &quota)?;
         if let Some((issuer, yuan, copay_bp, regions)) = t.voucher {
             let id = voucher_id(t.name);
             let exists = ledger.vouchers(Some(t.name))?.iter().any(|v| v.id == id);

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::jobs::{
     set_condition, MonthToDate, NodeView, Placement, ReplicaPlacement, WorkloadKey, WorkloadView,
@@ -14,7 +14,7 @@ use crate::jobs::{
 use crate::placement::{Decision, ModelSet, Request};
 use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, Verdict};
 
-use super::lifecycle::pending_status;
+use super::lifecycle::{already_pending, pending_status};
 use super::quota::{month_subtrees, monthly_tokens, quota_models, Quotas};
 use super::regions::{job_spec, RegionCatalog};
 use super::{Action, Pass};
@@ -23,8 +23,9 @@ use super::{Action, Pass};
 pub(super) struct Admission<'a> {
     pub(super) quotas: Quotas<'a>,
     month_use: BTreeMap<String, MonthToDate>,
-    /// Accelerator models the cluster has.
-    known: Vec<String>,
+    /// Indices into the known models that each asked-for vendor may use
+    /// (filled as vendors come up).
+    vendor_models: HashMap<Option<String>, Vec<usize>>,
     /// Region names (sorted).
     regions: Vec<String>,
     chooser: RegionChooser,
@@ -92,10 +93,12 @@ impl<'a> Pass<'a> {
         let snapshot = self.snapshot;
         let quotas = Quotas::new(&snapshot.quotas);
         let month_use = month_subtrees(&quotas, &snapshot.month_use);
+        // Accelerator models the cluster has.
+        let known = self.cap.known.clone();
         let mut adm = Admission {
             quotas,
             month_use,
-            known: self.cap.known.clone(),
+            vendor_models: HashMap::new(),
             regions: self.region_nodes.keys().cloned().collect(),
             chooser: RegionChooser::new(self.config.region_policy),
             expl: Explanation::default(),
@@ -117,7 +120,7 @@ impl<'a> Pass<'a> {
                 .push_back(w);
         }
         while let Some(w) = self.next_fair(&mut lanes, &adm.quotas) {
-            self.admit_one(w, &mut adm);
+            self.admit_one(w, &known, &mut adm);
         }
     }
 
@@ -171,6 +174,9 @@ impl<'a> Pass<'a> {
         } else {
             "Pending"
         };
+        if already_pending(w, phase, reason, &message) {
+            return;
+        }
         let status = pending_status(w, phase, reason, message, self.now);
         if status != w.status {
             self.out.actions.push(Action::SetStatus {
@@ -181,8 +187,8 @@ impl<'a> Pass<'a> {
     }
 
     /// Quota, region choice and placement of one workload.
-    fn admit_one(&mut self, w: &'a WorkloadView, adm: &mut Admission<'a>) {
-        let Some(models) = self.allowed_models(w, adm) else {
+    fn admit_one(&mut self, w: &'a WorkloadView, known: &[String], adm: &mut Admission<'a>) {
+        let Some(models) = self.allowed_models(w, known, adm) else {
             return;
         };
         let mut set = ModelSet::NONE;
@@ -224,18 +230,29 @@ impl<'a> Pass<'a> {
     /// The GPU models the workload may use: those it names (and of its
     /// vendor) that its quota and monthly limits still allow. `None`: it
     /// was left pending with the reason.
-    fn allowed_models(&mut self, w: &WorkloadView, adm: &Admission) -> Option<Vec<String>> {
-        let candidates: Vec<String> = adm
-            .known
+    fn allowed_models<'k>(
+        &mut self,
+        w: &WorkloadView,
+        known: &'k [String],
+        adm: &mut Admission,
+    ) -> Option<Vec<&'k str>> {
+        let vendor_models = &self.cap.model_vendors;
+        let of_vendor = adm
+            .vendor_models
+            .entry(w.vendor.clone())
+            .or_insert_with(|| {
+                (0..known.len())
+                    .filter(|&i| {
+                        vendor_models.iter().any(|(model, v)| {
+                            *model == known[i] && vendor_fits(w.vendor.as_deref(), v)
+                        })
+                    })
+                    .collect()
+            });
+        let candidates: Vec<&str> = of_vendor
             .iter()
-            .filter(|m| w.models.is_empty() || w.models.contains(m))
-            .filter(|m| {
-                self.cap
-                    .model_vendors
-                    .iter()
-                    .any(|(model, v)| model == *m && vendor_fits(w.vendor.as_deref(), v))
-            })
-            .cloned()
+            .map(|&i| known[i].as_str())
+            .filter(|m| w.models.is_empty() || w.models.iter().any(|x| x == m))
             .collect();
         if let Some(tier) = &w.token_tier {
             if let Err((reason, message)) =
@@ -267,7 +284,7 @@ impl<'a> Pass<'a> {
     fn candidate_regions(
         &mut self,
         w: &WorkloadView,
-        models: &[String],
+        models: &[&str],
         members: &[Request],
         adm: &mut Admission,
     ) -> Option<Vec<String>> {
@@ -311,14 +328,14 @@ impl<'a> Pass<'a> {
         &mut self,
         w: &WorkloadView,
         rc: &RegionCatalog,
-        models: &[String],
+        models: &[&str],
         members: &[Request],
         adm: &mut Admission,
     ) -> Option<Vec<String>> {
         let in_catalog: Vec<String> = models
             .iter()
-            .filter(|m| rc.catalog.accelerators.iter().any(|a| &a.model == *m))
-            .cloned()
+            .filter(|m| rc.catalog.accelerators.iter().any(|a| a.model == **m))
+            .map(|m| m.to_string())
             .collect();
         if in_catalog.is_empty() {
             let message = format!(
@@ -377,12 +394,7 @@ impl<'a> Pass<'a> {
     /// `mixedModels`) may use any allowed model; the replicas of a gang all
     /// get one model (a gang spread over V100s and T4s runs at the slowest
     /// one's pace), so it is one gang per allowed model.
-    fn gangs(
-        &self,
-        w: &WorkloadView,
-        models: &[String],
-        members: Vec<Request>,
-    ) -> Vec<Vec<Request>> {
+    fn gangs(&self, w: &WorkloadView, models: &[&str], members: Vec<Request>) -> Vec<Vec<Request>> {
         if w.replicas <= 1 || models.len() <= 1 || w.mixed_models {
             return vec![members];
         }

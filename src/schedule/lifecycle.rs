@@ -50,6 +50,35 @@ pub(super) fn pending_status(
     s
 }
 
+/// Whether `w`'s status already is what [`pending_status`] would make of it
+/// (a pending workload looked at again, pass after pass): checked without
+/// building the new status, so waiting costs no allocation.
+pub(super) fn already_pending(w: &WorkloadView, phase: &str, reason: &str, message: &str) -> bool {
+    let s = &w.status;
+    let condition = |type_: &str, value: &str, reason: &str, message: &str| {
+        s.conditions.iter().any(|c| {
+            c.type_ == type_
+                && c.status == value
+                && c.reason == reason
+                && c.message == message
+                && c.observed_generation == Some(w.generation)
+                && c.last_transition_time.is_some()
+        })
+    };
+    let valid = reason != "InvalidSpec";
+    s.phase.as_deref() == Some(phase)
+        && s.reason.as_deref() == Some(reason)
+        && s.placement.is_none()
+        && s.started_at.is_none()
+        && s.observed_generation == Some(w.generation)
+        && if valid {
+            condition("Valid", "True", "Valid", "spec is valid")
+        } else {
+            condition("Valid", "False", "InvalidSpec", message)
+        }
+        && condition("Scheduled", "False", reason, message)
+}
+
 impl<'a> Pass<'a> {
     /// Step 2: invalid specs get their condition, finished ones are left
     /// alone, a gang on a vanished node is rolled back, a half-launched gang

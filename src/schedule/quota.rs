@@ -264,19 +264,19 @@ pub(super) fn monthly_gpu_hours(
 }
 
 /// Models the tenant may still take `milli` more of, or why none.
-pub(super) fn quota_models(
+pub(super) fn quota_models<'m>(
     quotas: &Quotas,
     usage: &Usage,
     month_subtrees: &BTreeMap<String, MonthToDate>,
     tenant: &str,
-    candidates: &[String],
+    candidates: &[&'m str],
     milli: u64,
-) -> Result<Vec<String>, (String, String)> {
+) -> Result<Vec<&'m str>, (String, String)> {
     let chain = quotas.chain(tenant)?;
     let mut first_refusal = None;
     let mut monthly_refusal = None;
     let mut ok = Vec::new();
-    'model: for m in candidates {
+    'model: for &m in candidates {
         if let Some(why) = monthly_gpu_hours(month_subtrees, &chain, m) {
             monthly_refusal.get_or_insert(why);
             continue 'model;
@@ -296,10 +296,7 @@ pub(super) fn quota_models(
             if s.gpus.is_empty() {
                 continue;
             }
-            let checks = [
-                (s.gpus.get(m.as_str()), Some(m.as_str())),
-                (s.gpus.get("*"), None),
-            ];
+            let checks = [(s.gpus.get(m), Some(m)), (s.gpus.get("*"), None)];
             if checks.iter().all(|(lim, _)| lim.is_none()) {
                 first_refusal.get_or_insert(format!(
                     "TenantQuota {} (tenant {:?}) has no limit for model {m} in spec.gpus",
@@ -325,7 +322,7 @@ pub(super) fn quota_models(
                 }
             }
         }
-        ok.push(m.clone());
+        ok.push(m);
     }
     if ok.is_empty() {
         Err(match (first_refusal, monthly_refusal) {
