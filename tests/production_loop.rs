@@ -536,6 +536,67 @@ async fn a_compute_voucher_applied_with_kubectl_is_issued_once_redeemed_and_show
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_child_tenants_quota_set_through_the_api_admits_its_jobs() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
+    let ledger = Ledger::open(&db).unwrap();
+    let api = start_api(&server, ledger).await;
+    let c = start_controller(&server, "c1", &db);
+    for body in [
+        json!({"name": "hangzhou"}),
+        json!({"name": "hz-llm", "parent": "hangzhou"}),
+    ] {
+        let (st, b) = call(
+            reqwest::Method::POST,
+            format!("{api}/v1/tenants"),
+            ADMIN,
+            Some(body),
+        )
+        .await;
+        assert_eq!(st, 201, "{b}");
+    }
+    // Only the child is limited; its parent never got a quota.
+    let (st, b) = call(
+        reqwest::Method::PUT,
+        format!("{api}/v1/tenants/hz-llm/quota"),
+        ADMIN,
+        Some(json!({"gpus": {"*": 2}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let tq = server.objects("zhisuan.io/v1alpha1/tenantquotas");
+    let parent = tq
+        .iter()
+        .find(|q| q["spec"]["tenant"] == "hangzhou")
+        .unwrap_or_else(|| panic!("no TenantQuota for the parent: {tq:?}"));
+    assert!(
+        parent["spec"]
+            .get("gpus")
+            .is_none_or(|g| g.as_object().is_some_and(|m| m.is_empty())),
+        "{parent}"
+    );
+    // A job of the child is admitted and bound (a missing parent quota
+    // would leave it Pending with QuotaInvalid).
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "zhisuan.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "t", "namespace": NS},
+        "spec": {"tenant": "hz-llm", "replicas": 1, "gpusPerReplica": 1,
+                 "template": {"spec": {"containers": [{"name": "main", "image": "t:1"}]}}}
+    }))
+    .unwrap();
+    let tj: Api<DynamicObject> =
+        Api::namespaced_with(server.client(), NS, &ApiResource::erase::<TrainingJob>(&()));
+    tj.create(&PostParams::default(), &obj).await.unwrap();
+    eventually(20, "the child's job is bound", || async {
+        pods_of(&server, "t").len() == 1
+    })
+    .await;
+    c.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_submissions_never_exceed_the_quota() {
     let server = ApiServer::start().await;
     add_node(&server, "gpu-a", "east", "H100", 8).await;

@@ -245,16 +245,19 @@ pub async fn set_quota(
         .map_err(unknown_tenant_is_404)?;
     state.forget_quota(&name);
     // On a cluster the quota also becomes the tenant's TenantQuota, which the
-    // controller's admission enforces (the ledger's quota is the truth).
+    // controller's admission enforces (the ledger's quota is the truth); a
+    // parent with no quota of its own is projected unlimited, so the child's
+    // names an existing one.
     let n = name.clone();
-    let parent = state
-        .blocking(move |l| l.tenant(&n))
-        .await?
-        .and_then(|t| t.parent);
-    state
-        .jobs()
-        .project_quota(&name, parent.as_deref(), &quota)
+    let projections = state
+        .blocking(move |l| l.quota_projections(Some(&n)))
         .await?;
+    for (tenant, parent, q) in &projections {
+        state
+            .jobs()
+            .project_quota(tenant, parent.as_deref(), q)
+            .await?;
+    }
     Ok(Json(quota))
 }
 

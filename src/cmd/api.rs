@@ -139,12 +139,12 @@ pub fn standalone(
         .with_context(|| format!("resuming the simulated cluster of {db}"))?;
     // The scheduler enforces the ledger's quotas (journalled, so a restart
     // replays them in the same order).
-    for tenant in ledger.tenants().map_err(|e| e.into_anyhow())? {
-        if let Some(q) = ledger.quota(&tenant.name).map_err(|e| e.into_anyhow())? {
-            let parent = tenant.parent.as_deref();
-            futures::executor::block_on(backend.project_quota(&tenant.name, parent, &q))
-                .map_err(|e| anyhow::anyhow!("quota of tenant {}: {e}", tenant.name))?;
-        }
+    let projections = ledger
+        .quota_projections(None)
+        .map_err(|e| e.into_anyhow())?;
+    for (tenant, parent, q) in &projections {
+        futures::executor::block_on(backend.project_quota(tenant, parent.as_deref(), q))
+            .map_err(|e| anyhow::anyhow!("quota of tenant {tenant}: {e}"))?;
     }
     let state = ApiState::new(config, ledger.clone(), Arc::new(backend.clone()), registry)?;
     Ok(Standalone {

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod metrics;
 pub mod money;
 pub mod plan;
+pub mod quota_tree;
 pub mod rating;
 mod schema;
 mod sql;

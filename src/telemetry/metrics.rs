@@ -376,12 +376,33 @@ mod tests {
             Some(&promtext::MetricType::Counter)
         );
 
-        // The pod leaves: its series goes.
+        // The pod leaves: its series stays for GONE_POD_WINDOWS windows (so
+        // scrapers see its last increments), then goes.
+        let series = || {
+            let text = prometheus::TextEncoder::new()
+                .encode_to_string(&registry.gather())
+                .unwrap();
+            promtext::parse(&text).unwrap()
+        };
         m.record_energy("node-a", &[], &[(0, 1_000)]);
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&registry.gather())
-            .unwrap();
-        let e = promtext::parse(&text).unwrap();
+        let e = series();
+        assert_eq!(
+            e.value(
+                "zhisuan_pod_energy_joules_total",
+                &[("namespace", "t1"), ("pod", "train-0"), ("gpu", "0")]
+            ),
+            Some(6.0),
+            "the final value is still there"
+        );
+        for _ in 1..GONE_POD_WINDOWS {
+            m.record_energy("node-a", &[], &[]);
+        }
+        assert_eq!(
+            series().series("zhisuan_pod_energy_joules_total").count(),
+            1
+        );
+        m.record_energy("node-a", &[], &[]);
+        let e = series();
         assert_eq!(e.series("zhisuan_pod_energy_joules_total").count(), 0);
         assert_eq!(
             e.value("zhisuan_device_idle_energy_joules_total", &[("gpu", "0")]),
