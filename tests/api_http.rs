@@ -390,6 +390,9 @@ fn bad_input_names_the_field() {
     for (patch, field) in [
         (json!({"tenant": "nobody"}), "tenant"),
         (json!({"issuer": ""}), "issuer"),
+        // An issuer that reads backwards, and one with a hidden space.
+        (json!({"issuer": "city\u{202E}uaerub"}), "issuer"),
+        (json!({"issuer": "ci\u{200B}ty"}), "issuer"),
         (json!({"face_value_fen": 0}), "face_value_fen"),
         (json!({"face_value_fen": 1.5}), "face_value_fen"),
         (json!({"copay_ratio": 1.2}), "copay_ratio"),

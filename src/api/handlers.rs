@@ -50,7 +50,8 @@ fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Free text such as an issuer or image: non-empty, bounded, no control characters.
+/// Free text such as an issuer or image: non-empty, bounded, nothing hidden
+/// ([`crate::ledger::types::text_problem`]).
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.trim().is_empty() {
         return Err(ApiError::invalid(
@@ -64,11 +65,8 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
             format!("{field}: at most {max} bytes"),
         ));
     }
-    if value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            field,
-            format!("{field}: must not contain control characters"),
-        ));
+    if let Some(why) = crate::ledger::types::text_problem(value) {
+        return Err(ApiError::invalid(field, format!("{field}: {why}")));
     }
     Ok(())
 }

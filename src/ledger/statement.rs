@@ -306,6 +306,18 @@ impl Ledger {
     }
 }
 
+/// A CSV cell a spreadsheet will not run: text starting with `=`, `+`,
+/// `-`, `@`, a tab or a carriage return (a formula, e.g. an issuer named
+/// `=HYPERLINK(…)`) gets a leading `'`; numbers stay numbers.
+pub fn csv_cell(text: &str) -> std::borrow::Cow<'_, str> {
+    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if formula && text.parse::<f64>().is_err() {
+        std::borrow::Cow::Owned(format!("'{text}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 impl Statement {
     /// CSV: one row per line item, `section,key,subkey,quantity,unit,gross,voucher,net`
     /// with money in yuan (exact, two decimals), then voucher rows and totals.
@@ -313,7 +325,7 @@ impl Statement {
         let mut w = csv::Writer::from_writer(Vec::new());
         let mut row = |fields: &[&str]| {
             // Writing to a Vec cannot fail.
-            let _ = w.write_record(fields);
+            let _ = w.write_record(fields.iter().map(|f| csv_cell(f).into_owned()));
         };
         row(&[
             "tenant",
@@ -457,6 +469,20 @@ impl Statement {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn csv_cells_never_start_a_formula_but_numbers_stay_numbers() {
+        use super::csv_cell;
+        assert_eq!(
+            csv_cell("=HYPERLINK(\"http://x\",\"y\")"),
+            "'=HYPERLINK(\"http://x\",\"y\")"
+        );
+        for hostile in ["+1+cmd", "-2+3", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(csv_cell(hostile).starts_with('\''), "{hostile:?}");
+        }
+        assert_eq!(csv_cell("-12.50"), "-12.50");
+        assert_eq!(csv_cell("hangzhou-bureau"), "hangzhou-bureau");
+    }
+
     use crate::ledger::{Ledger, Month, Tier, TokenRecord, UsageRecord, VoucherSpec};
     use chrono::{Duration, TimeZone, Utc};
     use proptest::prelude::*;

@@ -137,6 +137,32 @@ pub struct MeteredUsage {
     pub carbon_mg: i64,
 }
 
+/// Characters refused in free text that people read: control characters,
+/// and the invisible format characters that change how text displays —
+/// bidirectional overrides and isolates (U+202A–U+202E, U+2066–U+2069,
+/// U+200E/F, U+061C) and zero-width ones (U+200B–U+200D, U+2060–U+2064,
+/// U+FEFF) — with which "acme" and "acme\u{200b}" look alike, or an
+/// issuer reads backwards.
+pub fn hidden_or_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Why `value` is not acceptable free text (see [`hidden_or_control`]).
+pub fn text_problem(value: &str) -> Option<String> {
+    value
+        .char_indices()
+        .find(|(_, c)| hidden_or_control(*c))
+        .map(|(at, c)| {
+            format!(
+                "must not contain control, bidirectional or zero-width characters (U+{:04X} at byte {at}); remove it",
+                c as u32
+            )
+        })
+}
+
 fn text_field(field: &str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(LedgerError::invalid(field, "must not be empty"));
@@ -144,11 +170,8 @@ fn text_field(field: &str, value: &str) -> Result<()> {
     if value.len() > 253 {
         return Err(LedgerError::invalid(field, "must be at most 253 bytes"));
     }
-    if value.chars().any(|c| c.is_control()) {
-        return Err(LedgerError::invalid(
-            field,
-            "must not contain control characters",
-        ));
+    if let Some(why) = text_problem(value) {
+        return Err(LedgerError::invalid(field, why));
     }
     Ok(())
 }
@@ -772,6 +795,22 @@ impl fmt::Display for Month {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn hidden_and_control_characters_are_refused_naming_the_code_point() {
+        for bad in [
+            "city\u{202E}uaerub",
+            "ac\u{200B}me",
+            "\u{FEFF}x",
+            "a\u{2066}b",
+            "tab\there",
+        ] {
+            let why = super::text_problem(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(why.contains("U+"), "{why}");
+        }
+        assert_eq!(super::text_problem("杭州市经济和信息化局"), None);
+        assert_eq!(super::text_problem("Hangzhou Bureau (2026)"), None);
+    }
+
     use super::*;
 
     pub(crate) fn usage(source: &str, start: i64, secs: i64) -> UsageRecord {
