@@ -17,29 +17,26 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
-use super::crd::{
-    ComputeRegion, InferenceService, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus,
-};
+use super::act::Actuator;
+use super::crd::{ComputeRegion, InferenceService, TenantQuota, TrainingJob, WorkloadStatus};
 use super::leader::{Elector, Leadership, LeaseTiming};
-use super::members::{member_node_view, member_pod_view, MemberObjects, Members, PodsIn};
+use super::members::{member_node_view, member_pod_view, MemberObjects, Members};
 use super::metering;
 use super::metrics::OperatorMetrics;
 use super::reconcile;
 use super::regions::{region_catalog, region_statuses};
 use super::snapshot::{
-    self, keys, Kind, MonthToDate, NodeView, PodView, QuotaView, WorkloadKey, WorkloadView,
+    self, Kind, MonthToDate, NodeView, PodView, QuotaView, WorkloadKey, WorkloadView,
 };
 use super::tokens::{self, ServingService};
 use super::usage::UsageSource;
-use crate::jobs::{rfc3339, set_condition};
 use crate::ledger::Ledger;
 use crate::schedule::{self as plan, Action, PlanConfig, Snapshot};
 use crate::telemetry::tokens::{run_token_loop, TokenScrapeConfig, TokenTarget};
@@ -81,11 +78,11 @@ impl Default for ControllerConfig {
 }
 
 /// A status this replica wrote that its reflector may not show yet.
-struct Written {
+pub(super) struct Written {
     /// resourceVersion the API server gave the write.
-    written_rv: String,
-    status: WorkloadStatus,
-    at: std::time::Instant,
+    pub(super) written_rv: String,
+    pub(super) status: WorkloadStatus,
+    pub(super) at: std::time::Instant,
 }
 
 /// Whether a store showing `store_rv` already reflects a write that got
@@ -237,9 +234,8 @@ pub struct Controller {
     elector: Option<Elector>,
     leadership: Leadership,
     ready: Arc<AtomicBool>,
-    recorder: Recorder,
-    /// Statuses written but maybe not yet in the reflector, by workload uid.
-    written: std::sync::Mutex<HashMap<String, Written>>,
+    /// What acting needs (shared with the workload reconcilers).
+    act: Arc<Actuator>,
     views: std::sync::Mutex<ViewCache>,
     /// The scheduler (its engine and learned shapes carry over between
     /// passes); locked only around the pure plan, never across an await.
@@ -249,8 +245,6 @@ pub struct Controller {
     month: std::sync::Mutex<MonthCache>,
     /// Token counting of InferenceServices into the ledger (none: off).
     tokens: Option<TokenCounting>,
-    /// Member clusters of ComputeRegions with a kubeconfig Secret (set by `run`).
-    members: std::sync::OnceLock<Arc<Members>>,
     /// GPU-time metering of placed pods into the ledger (none: off).
     metering: Option<GpuMetering>,
     /// ComputeVouchers issued into this ledger, synced this often (none: off).
@@ -333,6 +327,13 @@ impl Controller {
                 instance: Some(config.identity.clone()),
             },
         );
+        let act = Arc::new(Actuator::new(
+            client.clone(),
+            recorder,
+            metrics.clone(),
+            elector.leadership(),
+            config.parallelism,
+        ));
         Ok(Controller {
             client,
             leadership: elector.leadership(),
@@ -341,13 +342,11 @@ impl Controller {
             config,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
-            recorder,
-            written: Default::default(),
+            act,
             views: Default::default(),
             usage: None,
             month: Default::default(),
             tokens: None,
-            members: Default::default(),
             metering: None,
             vouchers: None,
         })
@@ -589,9 +588,8 @@ impl Controller {
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let notify = Arc::new(Notify::new());
         let client = self.client.clone();
-        let _ = self
-            .members
-            .set(Arc::new(Members::new(client.clone(), notify.clone())));
+        self.act
+            .set_members(Members::new(client.clone(), notify.clone()));
         let ar_tj = ApiResource::erase::<TrainingJob>(&());
         let ar_is = ApiResource::erase::<InferenceService>(&());
         let ar_tq = ApiResource::erase::<TenantQuota>(&());
@@ -655,8 +653,16 @@ impl Controller {
         let gpu_meter = self.spawn_gpu_meter(shutdown.clone());
         let voucher_loop = self.spawn_voucher_loop(shutdown.clone());
         let this = Arc::new(self);
-        let reconcilers = [Kind::Training, Kind::Inference]
-            .map(|kind| reconcile::spawn(this.clone(), client.clone(), kind, stores.pods.clone()));
+        let reconcilers = [Kind::Training, Kind::Inference].map(|kind| {
+            let context = reconcile::Context {
+                act: this.act.clone(),
+                leadership: this.leadership.clone(),
+                retry: this.retry_period(),
+                resync: this.resync(),
+                plan: this.config.plan.clone(),
+            };
+            reconcile::spawn(context, client.clone(), kind, stores.pods.clone())
+        });
         let result = this.schedule_loop(&stores, notify, shutdown).await;
         for t in tasks
             .into_iter()
@@ -699,7 +705,7 @@ impl Controller {
                 if !was_leader {
                     tracing::info!(identity = %self.config.identity, "leading: resuming from cluster state");
                     // Our own earlier writes are visible in the stores by now or superseded.
-                    self.written.lock().unwrap().clear();
+                    self.act.written.lock().unwrap().clear();
                 }
                 self.pass(stores).await;
             }
@@ -724,7 +730,7 @@ impl Controller {
         let month_use = self.month_use(&quota_views).await;
         let mut region_views: Vec<snapshot::RegionView> =
             regions.iter().map(|r| snapshot::region_view(r)).collect();
-        let members = self.members();
+        let members = self.act.members();
         members.sync(&region_views).await;
         for r in region_views.iter_mut() {
             if r.spec.kubeconfig_secret_ref.is_some() {
@@ -801,7 +807,7 @@ impl Controller {
         let mut objects: BTreeMap<WorkloadKey, Arc<DynamicObject>> = BTreeMap::new();
         {
             // Overlay what we wrote but the reflector has not shown yet.
-            let mut written = self.written.lock().unwrap();
+            let mut written = self.act.written.lock().unwrap();
             for (view, obj) in snap
                 .workloads
                 .iter_mut()
@@ -854,7 +860,7 @@ impl Controller {
                     if !self.leadership.is_leader() {
                         return;
                     }
-                    if let Err(e) = self.act(action, &obj).await {
+                    if let Err(e) = self.act.act(action, &obj).await {
                         tracing::warn!(error = %e, object = %obj.name_any(), "action failed; retrying next pass");
                     }
                 });
@@ -867,11 +873,6 @@ impl Controller {
             .await;
     }
 
-    pub(super) fn workload_api(&self, key: &WorkloadKey) -> Api<DynamicObject> {
-        let ar = reconcile::workload_resource(key.kind);
-        Api::namespaced_with(self.client.clone(), &key.namespace, &ar)
-    }
-
     /// How often a standby retries (and the leadership poll period).
     pub(super) fn retry_period(&self) -> Duration {
         self.config.timing.retry_period
@@ -881,456 +882,6 @@ impl Controller {
     pub(super) fn resync(&self) -> Duration {
         self.config.resync
     }
-
-    pub(super) fn plan_config(&self) -> &PlanConfig {
-        &self.config.plan
-    }
-
-    async fn apply_status(
-        &self,
-        key: &WorkloadKey,
-        obj: &DynamicObject,
-        status: &WorkloadStatus,
-    ) -> Result<(), kube::Error> {
-        let api = self.workload_api(key);
-        let body = json!({
-            "apiVersion": obj.types.as_ref().map(|t| t.api_version.clone()).unwrap_or_default(),
-            "kind": key.kind.kind_name(),
-            "status": status,
-        });
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let after = api
-            .patch_status(&key.name, &pp, &Patch::Apply(&body))
-            .await?;
-        self.written.lock().unwrap().insert(
-            obj.uid().unwrap_or_default(),
-            Written {
-                written_rv: after.resource_version().unwrap_or_default(),
-                status: status.clone(),
-                at: std::time::Instant::now(),
-            },
-        );
-        Ok(())
-    }
-
-    async fn event(
-        &self,
-        obj: &DynamicObject,
-        key: &WorkloadKey,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        let mut reference = obj.object_ref(&ApiResource::erase::<TrainingJob>(&()));
-        reference.kind = Some(key.kind.kind_name().into());
-        let ev = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Scheduling".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &reference).await {
-            tracing::debug!(error = %e, "event not recorded");
-        }
-    }
-
-    /// The cluster holding the pods of a placement in `region`.
-    pub(super) fn cluster_of(&self, region: Option<&str>) -> Result<PodsIn, kube::Error> {
-        self.members().cluster_of(region).map_err(unavailable)
-    }
-
-    /// The member clusters (empty before `run`).
-    pub(super) fn members(&self) -> Arc<Members> {
-        self.members
-            .get_or_init(|| Arc::new(Members::new(self.client.clone(), Arc::new(Notify::new()))))
-            .clone()
-    }
-
-    /// Deletes the named pods in the cluster `at` (absent ones are fine).
-    /// A member cluster that cannot be reached now is an error (retried
-    /// later): other clusters' pods of the same name are never touched.
-    pub(super) async fn delete_pods(
-        &self,
-        namespace: &str,
-        at: &PodsIn,
-        pods: &[String],
-    ) -> Result<(), kube::Error> {
-        if pods.is_empty() {
-            return Ok(());
-        }
-        let apis = self
-            .members()
-            .pod_apis(at, namespace)
-            .map_err(unavailable)?;
-        let targets: Vec<(Api<Pod>, String)> = apis
-            .iter()
-            .flat_map(|api| pods.iter().map(move |p| (api.clone(), p.clone())))
-            .collect();
-        let results: Vec<Result<(), kube::Error>> = futures::stream::iter(targets)
-            .map(|(api, name)| async move {
-                match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                    Err(e) => Err(e),
-                }
-            })
-            .buffer_unordered(self.config.parallelism)
-            .collect()
-            .await;
-        results.into_iter().collect()
-    }
-
-    pub(super) async fn act(&self, action: Action, obj: &DynamicObject) -> Result<(), kube::Error> {
-        match action {
-            Action::SetStatus { key, status } => {
-                let old_reason = obj
-                    .data
-                    .pointer("/status/reason")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                self.apply_status(&key, obj, &status).await?;
-                if status.reason != old_reason {
-                    let message = status
-                        .conditions
-                        .iter()
-                        .find(|c| c.type_ == "Scheduled")
-                        .map(|c| c.message.clone())
-                        .unwrap_or_default();
-                    let reason = status.reason.clone().unwrap_or_default();
-                    let type_ = if matches!(reason.as_str(), "Completed") {
-                        EventType::Normal
-                    } else {
-                        EventType::Warning
-                    };
-                    self.event(obj, &key, type_, &reason, message).await;
-                }
-                Ok(())
-            }
-            Action::Stop {
-                key,
-                pods,
-                region,
-                status,
-            } => {
-                let at = self.cluster_of(region.as_deref())?;
-                self.delete_pods(&key.namespace, &at, &pods).await?;
-                let preempted = status.phase.as_deref() == Some("Preempted");
-                self.apply_status(&key, obj, &status).await?;
-                if preempted {
-                    self.metrics.preemptions.inc();
-                }
-                let message = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Scheduled")
-                    .map(|c| c.message.clone());
-                self.event(
-                    obj,
-                    &key,
-                    EventType::Warning,
-                    status.reason.as_deref().unwrap_or("Stopped"),
-                    message.unwrap_or_default(),
-                )
-                .await;
-                Ok(())
-            }
-            Action::QuotaStatus { name, status } => {
-                self.apply_cluster_status::<TenantQuota>(&name, json!(status))
-                    .await
-            }
-            Action::RegionStatus { name, status } => {
-                self.apply_cluster_status::<ComputeRegion>(&name, json!(status))
-                    .await
-            }
-            Action::Launch {
-                key,
-                tenant,
-                status,
-                write_status,
-            } => {
-                if write_status {
-                    self.apply_status(&key, obj, &status).await?;
-                }
-                match self.launch(&key, &tenant, obj, &status).await {
-                    Ok(bound) => {
-                        let mut running = status.clone();
-                        running.phase = Some("Running".into());
-                        running.reason = Some("Bound".into());
-                        running.started_at = Some(rfc3339(chrono::Utc::now().timestamp()));
-                        self.metrics.placement_decisions.inc_by(bound);
-                        self.apply_status(&key, obj, &running).await?;
-                        let message = running
-                            .conditions
-                            .iter()
-                            .find(|c| c.type_ == "Scheduled")
-                            .map(|c| c.message.clone())
-                            .unwrap_or_default();
-                        self.event(obj, &key, EventType::Normal, "Scheduled", message)
-                            .await;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // All or nothing: remove every pod of the gang and requeue.
-                        self.metrics.bind_errors.inc();
-                        let pods: Vec<String> = status
-                            .placement
-                            .iter()
-                            .flat_map(|p| p.replicas.iter().map(|r| r.pod.clone()))
-                            .collect();
-                        let region = status.placement.as_ref().and_then(|p| p.region.as_deref());
-                        let at = self.cluster_of(region)?;
-                        self.delete_pods(&key.namespace, &at, &pods).await?;
-                        let mut pending = status.clone();
-                        pending.phase = Some("Pending".into());
-                        pending.reason = Some("BindFailed".into());
-                        pending.placement = None;
-                        let now = chrono::Utc::now().timestamp();
-                        let message = format!("launch failed and was rolled back: {e}");
-                        let generation = obj.metadata.generation.unwrap_or(0);
-                        set_condition(
-                            &mut pending,
-                            "Scheduled",
-                            false,
-                            "BindFailed",
-                            message.clone(),
-                            now,
-                            generation,
-                        );
-                        self.apply_status(&key, obj, &pending).await?;
-                        self.event(obj, &key, EventType::Warning, "BindFailed", message)
-                            .await;
-                        Ok(())
-                    }
-                }
-            }
-        }
-    }
-
-    /// Server-side applies the status of a cluster-scoped zhisuan object.
-    async fn apply_cluster_status<K>(&self, name: &str, status: Value) -> Result<(), kube::Error>
-    where
-        K: Resource<DynamicType = ()>,
-    {
-        let api: Api<DynamicObject> =
-            Api::all_with(self.client.clone(), &ApiResource::erase::<K>(&()));
-        let body = json!({
-            "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
-        });
-        api.patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// Creates the gang's missing pods and binds the unbound ones, in parallel.
-    /// Returns how many bindings this call made.
-    async fn launch(
-        &self,
-        key: &WorkloadKey,
-        tenant: &str,
-        obj: &DynamicObject,
-        status: &WorkloadStatus,
-    ) -> Result<u64, String> {
-        let placement = status.placement.clone().ok_or("no placement")?;
-        let template = obj
-            .data
-            .pointer("/spec/template")
-            .cloned()
-            .unwrap_or_else(|| json!({}));
-        let members = self.members();
-        let region = placement.region.clone().unwrap_or_default();
-        // In a member cluster the pods carry the owner labels but no owner
-        // reference (the workload is not in that cluster).
-        let (pods, owner) = if members.is_member(&region) {
-            let api = members
-                .pod_api(&region, &key.namespace)
-                .ok_or_else(|| format!("member cluster of region {region} is not connected"))?;
-            (api, None)
-        } else {
-            (
-                Api::namespaced(self.client.clone(), &key.namespace),
-                obj.controller_owner_ref(&ApiResource::erase::<TrainingJob>(&())),
-            )
-        };
-        let mut jobs = Vec::with_capacity(placement.replicas.len());
-        for (i, r) in placement.replicas.iter().enumerate() {
-            let mut owner = owner.clone();
-            if let Some(o) = owner.as_mut() {
-                o.kind = key.kind.kind_name().into();
-            }
-            jobs.push(launch_replica(
-                pods.clone(),
-                key.clone(),
-                tenant.to_string(),
-                i as u32,
-                r.clone(),
-                template.clone(),
-                owner,
-                self.leadership.clone(),
-            ));
-        }
-        let results: Vec<Result<bool, String>> = futures::stream::iter(jobs)
-            .buffer_unordered(self.config.parallelism)
-            .collect()
-            .await;
-        let mut bound = 0;
-        for r in results {
-            if r? {
-                bound += 1;
-            }
-        }
-        Ok(bound)
-    }
-}
-
-/// An error for a cluster that cannot be reached now (the action is retried).
-fn unavailable(message: String) -> kube::Error {
-    kube::Error::Api(
-        kube::core::Status::failure(&message, "ServiceUnavailable")
-            .with_code(503)
-            .boxed(),
-    )
-}
-
-/// Creates (if missing) and binds one replica's pod. Ok(true) = bound now,
-/// Ok(false) = already bound where the placement says.
-#[allow(clippy::too_many_arguments)]
-async fn launch_replica(
-    pods: Api<Pod>,
-    key: WorkloadKey,
-    tenant: String,
-    replica: u32,
-    r: ReplicaPlacement,
-    template: Value,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-    leadership: Leadership,
-) -> Result<bool, String> {
-    let (key, tenant, r, i) = (&key, tenant.as_str(), &r, replica);
-    let annotations = replica_annotations(key, tenant, r);
-    let pod = replica_pod(key, i, &r.pod, &template, &annotations, owner)?;
-    if !leadership.is_leader() {
-        return Err("lost leadership".to_string());
-    }
-    let existing = match pods.create(&PostParams::default(), &pod).await {
-        Ok(p) => p,
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            pods.get(&r.pod).await.map_err(|e| e.to_string())?
-        }
-        Err(e) => return Err(format!("creating pod {}: {e}", r.pod)),
-    };
-    let owned = existing.labels().get(keys::WORKLOAD_NAME) == Some(&key.name);
-    if !owned {
-        return Err(format!("pod {} exists and is not this workload's", r.pod));
-    }
-    // The placement names a member cluster's node `<region>/<node>`; the pod
-    // is in that cluster, bound by the node's own name.
-    let node = snapshot::name_in_cluster(&r.node);
-    match existing.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-        Some(n) if n == node => return Ok(false),
-        Some(n) if !n.is_empty() => {
-            return Err(format!("pod {} is bound to {n}, not {node}", r.pod))
-        }
-        _ => {}
-    }
-    if !leadership.is_leader() {
-        return Err("lost leadership".to_string());
-    }
-    let binding = json!({
-        "apiVersion": "v1", "kind": "Binding",
-        "metadata": {"name": r.pod, "annotations": annotations},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-    });
-    let res: Result<Value, kube::Error> = pods
-        .create_subresource("binding", &r.pod, &PostParams::default(), &binding)
-        .await;
-    match res {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            let now = pods.get(&r.pod).await.map_err(|e| e.to_string())?;
-            match now.spec.and_then(|s| s.node_name) {
-                Some(n) if n == node => Ok(false),
-                other => Err(format!("pod {} bound elsewhere: {other:?}", r.pod)),
-            }
-        }
-        // The stand-in and real API servers answer 201 with a Status body.
-        Err(kube::Error::SerdeError(_)) => Ok(true),
-        Err(e) => Err(format!("binding pod {} to {node}: {e}", r.pod)),
-    }
-}
-
-fn replica_annotations(
-    key: &WorkloadKey,
-    tenant: &str,
-    r: &crate::operator::crd::ReplicaPlacement,
-) -> BTreeMap<String, String> {
-    let mut a = BTreeMap::new();
-    a.insert(
-        keys::GPU_DEVICES.to_string(),
-        r.devices
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    if let Some(m) = r.gpu_milli {
-        a.insert(keys::GPU_MILLI.to_string(), m.to_string());
-    }
-    a.insert(keys::TENANT.to_string(), tenant.to_string());
-    a.insert(
-        keys::JOB.to_string(),
-        format!("{}/{}", key.namespace, key.name),
-    );
-    a
-}
-
-/// A replica's pod from the workload's template: deterministic name, owner
-/// labels, device annotations, `schedulerName: zhisuan`, no node yet.
-fn replica_pod(
-    key: &WorkloadKey,
-    replica: u32,
-    name: &str,
-    template: &Value,
-    annotations: &BTreeMap<String, String>,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-) -> Result<Pod, String> {
-    let mut pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": template.get("metadata").cloned().unwrap_or_else(|| json!({})),
-        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({"containers": []})),
-    });
-    pod["metadata"]["name"] = json!(name);
-    pod["metadata"]["namespace"] = json!(key.namespace);
-    if !pod["metadata"].get("labels").is_some_and(Value::is_object) {
-        pod["metadata"]["labels"] = json!({});
-    }
-    pod["metadata"]["labels"][keys::WORKLOAD_KIND] = json!(key.kind.label());
-    pod["metadata"]["labels"][keys::WORKLOAD_NAME] = json!(key.name);
-    pod["metadata"]["labels"][keys::REPLICA] = json!(replica.to_string());
-    if !pod["metadata"]
-        .get("annotations")
-        .is_some_and(Value::is_object)
-    {
-        pod["metadata"]["annotations"] = json!({});
-    }
-    for (k, v) in annotations {
-        pod["metadata"]["annotations"][k] = json!(v);
-    }
-    if let Some(o) = owner {
-        pod["metadata"]["ownerReferences"] = json!([o]);
-    }
-    pod["spec"]["schedulerName"] = json!(keys::SCHEDULER_NAME);
-    if let Some(spec) = pod["spec"].as_object_mut() {
-        spec.remove("nodeName");
-    }
-    if !pod["spec"].get("containers").is_some_and(Value::is_array) {
-        pod["spec"]["containers"] = json!([]);
-    }
-    serde_json::from_value(pod).map_err(|e| format!("spec.template does not make a valid pod: {e}"))
 }
 
 /// Lists the Lease holder (for tests and `kubectl`-free checks).
@@ -1347,6 +898,7 @@ pub async fn lease_holder(client: Client, namespace: &str, name: &str) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     fn object<K: serde::de::DeserializeOwned>(v: Value) -> Arc<K> {
         Arc::new(serde_json::from_value(v).unwrap())

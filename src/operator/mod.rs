@@ -6,6 +6,7 @@
 //! leader Lease ([`leader`]); per-object lifecycle (finalizer, cleanup, phase
 //! from owned pods) in kube-rs `Controller` reconcilers (`reconcile`).
 
+mod act;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -26,15 +26,28 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
-use super::controller::Controller;
+use super::act::Actuator;
 use super::crd::{InferenceService, TrainingJob, FINALIZER};
+use super::leader::Leadership;
 use super::members::PodsIn;
 use super::snapshot::{self, keys, Kind, PodView, WorkloadKey};
 use crate::schedule as plan;
 
+/// What the reconcilers need of the controller replica: acting, the term,
+/// and a few settings — not the controller itself.
+pub(super) struct Context {
+    pub(super) act: Arc<Actuator>,
+    pub(super) leadership: Leadership,
+    /// How often a standby retries.
+    pub(super) retry: Duration,
+    /// The scheduling loop's resync period.
+    pub(super) resync: Duration,
+    pub(super) plan: plan::PlanConfig,
+}
+
 /// What one kind's reconciler works with.
 pub(super) struct Reconciler {
-    controller: Arc<Controller>,
+    ctx: Context,
     kind: Kind,
     /// The scheduling loop's pod cache (the owned pods are read from it).
     pods: Store<Pod>,
@@ -54,7 +67,7 @@ pub(super) fn workload_resource(kind: Kind) -> ApiResource {
 /// Workloads are read as `DynamicObject`s, so one that does not parse never
 /// stalls the watch (the scheduling loop reports it).
 pub(super) fn spawn(
-    controller: Arc<Controller>,
+    ctx: Context,
     client: kube::Client,
     kind: Kind,
     pods: Store<Pod>,
@@ -63,11 +76,7 @@ pub(super) fn spawn(
     let workloads = Api::<DynamicObject>::all_with(client.clone(), &ar);
     let owned =
         watcher::Config::default().labels(&format!("{}={}", keys::WORKLOAD_KIND, kind.label()));
-    let context = Arc::new(Reconciler {
-        controller,
-        kind,
-        pods,
-    });
+    let context = Arc::new(Reconciler { ctx, kind, pods });
     tokio::spawn(async move {
         KubeController::new_with(workloads, watcher::Config::default(), ar)
             .owns_with(Api::<Pod>::all(client), (), owned)
@@ -85,16 +94,15 @@ async fn reconcile(
     obj: Arc<DynamicObject>,
     ctx: Arc<Reconciler>,
 ) -> Result<Requeue, ReconcileError> {
-    let controller = &ctx.controller;
-    if !controller.leadership().is_leader() {
-        return Ok(Requeue::requeue(controller.retry_period()));
+    if !ctx.ctx.leadership.is_leader() {
+        return Ok(Requeue::requeue(ctx.ctx.retry));
     }
     let key = WorkloadKey {
         kind: ctx.kind,
         namespace: obj.namespace().unwrap_or_default(),
         name: obj.name_any(),
     };
-    let api = controller.workload_api(&key);
+    let api = ctx.ctx.act.workload_api(&key);
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Event::Apply(obj) => ctx.lifecycle(&key, &obj).await,
@@ -106,7 +114,7 @@ async fn reconcile(
 
 fn error_policy(obj: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Reconciler>) -> Requeue {
     tracing::warn!(object = %obj.name_any(), %error, "reconcile failed; retrying");
-    Requeue::requeue(ctx.controller.retry_period().min(Duration::from_secs(1)))
+    Requeue::requeue(ctx.ctx.retry.min(Duration::from_secs(1)))
 }
 
 /// Whether the pod's labels name this workload (and kind) as its owner.
@@ -130,7 +138,8 @@ impl Reconciler {
             .filter(|p| owned(p))
             .map(|p| (PodsIn::Home, p));
         let members = self
-            .controller
+            .ctx
+            .act
             .members()
             .cached_pods(owned)
             .into_iter()
@@ -149,7 +158,7 @@ impl Reconciler {
         name: &str,
     ) -> Result<Option<Arc<Pod>>, String> {
         let home = || self.pods.get(&ObjectRef::new(name).within(namespace));
-        let members = self.controller.members();
+        let members = self.ctx.act.members();
         match at {
             PodsIn::Home => Ok(home()),
             PodsIn::Member(region) => members.cached_pod(region, namespace, name),
@@ -176,7 +185,7 @@ impl Reconciler {
         // The pod cache is the scheduling loop's, fed by another watch than
         // the one that triggered this reconcile: it may not show the change
         // yet. Look again after a resync period (at least 1 s).
-        let lag = self.controller.resync().max(Duration::from_secs(1));
+        let lag = self.ctx.resync.max(Duration::from_secs(1));
         // The pods the placement names, looked up by name (O(1) each) in the
         // cluster of its region only: a pod of the same name elsewhere is
         // not this gang's.
@@ -186,7 +195,7 @@ impl Reconciler {
             .as_ref()
             .and_then(|p| p.region.as_deref());
         let looked_up: Result<Vec<PodView>, String> =
-            self.controller.members().cluster_of(region).and_then(|at| {
+            self.ctx.act.members().cluster_of(region).and_then(|at| {
                 let mut pods = Vec::new();
                 for r in view.status.placement.iter().flat_map(|p| p.replicas.iter()) {
                     if let Some(p) = self.placed_pod(&at, &key.namespace, &r.pod)? {
@@ -209,13 +218,12 @@ impl Reconciler {
         };
         let refs: Vec<&PodView> = pods.iter().collect();
         let now = chrono::Utc::now().timestamp();
-        let (action, recheck) =
-            plan::pod_lifecycle(&view, &refs, now, self.controller.plan_config());
+        let (action, recheck) = plan::pod_lifecycle(&view, &refs, now, &self.ctx.plan);
         if let Some(action) = action {
-            if !self.controller.leadership().is_leader() {
-                return Ok(Requeue::requeue(self.controller.retry_period()));
+            if !self.ctx.leadership.is_leader() {
+                return Ok(Requeue::requeue(self.ctx.retry));
             }
-            self.controller.act(action, obj).await?;
+            self.ctx.act.act(action, obj).await?;
             return Ok(Requeue::await_change());
         }
         // Look again after the lag, or sooner when a time limit is due.
@@ -248,14 +256,15 @@ impl Reconciler {
         }
         let view = snapshot::workload_view(key.kind, obj, &BTreeSet::new());
         if let Some(p) = &view.status.placement {
-            let at = self.controller.cluster_of(p.region.as_deref())?;
+            let at = self.ctx.act.cluster_of(p.region.as_deref())?;
             for r in &p.replicas {
                 add(at.clone(), r.pod.clone());
             }
         }
         for (at, names) in by_cluster {
             let names: Vec<String> = names.into_iter().collect();
-            self.controller
+            self.ctx
+                .act
                 .delete_pods(&key.namespace, &at, &names)
                 .await?;
         }

@@ -1,0 +1,518 @@
+//! The actuator: what the controller does to the cluster for a plan's
+//! actions — launch (pods created and bound, placement committed in the
+//! status first), stop, statuses, events, pod building — shared by the
+//! scheduling loop and the workload reconcilers, which need nothing else of
+//! the controller. Every write path checks the Lease term.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use super::controller::{Written, FIELD_MANAGER};
+use super::crd::{ComputeRegion, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus};
+use super::leader::Leadership;
+use super::members::{Members, PodsIn};
+use super::metrics::OperatorMetrics;
+use super::reconcile;
+use super::snapshot::{self, keys, WorkloadKey};
+use crate::jobs::{rfc3339, set_condition};
+use crate::schedule::Action;
+
+/// What acting needs: the client, the event recorder, the statuses written
+/// but maybe not yet seen, the member clusters, counters and the term.
+pub(super) struct Actuator {
+    pub(super) client: Client,
+    recorder: Recorder,
+    /// Statuses written but maybe not yet in the reflector, by workload uid.
+    pub(super) written: Mutex<HashMap<String, Written>>,
+    /// Member clusters of ComputeRegions with a kubeconfig Secret.
+    members: OnceLock<Arc<Members>>,
+    metrics: OperatorMetrics,
+    leadership: Leadership,
+    /// Concurrent API calls while launching a gang.
+    parallelism: usize,
+}
+
+impl Actuator {
+    pub(super) fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: OperatorMetrics,
+        leadership: Leadership,
+        parallelism: usize,
+    ) -> Self {
+        Actuator {
+            client,
+            recorder,
+            written: Mutex::default(),
+            members: OnceLock::new(),
+            metrics,
+            leadership,
+            parallelism,
+        }
+    }
+
+    pub(super) fn workload_api(&self, key: &WorkloadKey) -> Api<DynamicObject> {
+        let ar = reconcile::workload_resource(key.kind);
+        Api::namespaced_with(self.client.clone(), &key.namespace, &ar)
+    }
+
+    async fn apply_status(
+        &self,
+        key: &WorkloadKey,
+        obj: &DynamicObject,
+        status: &WorkloadStatus,
+    ) -> Result<(), kube::Error> {
+        let api = self.workload_api(key);
+        let body = json!({
+            "apiVersion": obj.types.as_ref().map(|t| t.api_version.clone()).unwrap_or_default(),
+            "kind": key.kind.kind_name(),
+            "status": status,
+        });
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let after = api
+            .patch_status(&key.name, &pp, &Patch::Apply(&body))
+            .await?;
+        self.written.lock().unwrap().insert(
+            obj.uid().unwrap_or_default(),
+            Written {
+                written_rv: after.resource_version().unwrap_or_default(),
+                status: status.clone(),
+                at: std::time::Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn event(
+        &self,
+        obj: &DynamicObject,
+        key: &WorkloadKey,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let mut reference = obj.object_ref(&ApiResource::erase::<TrainingJob>(&()));
+        reference.kind = Some(key.kind.kind_name().into());
+        let ev = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Scheduling".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "event not recorded");
+        }
+    }
+
+    /// The cluster holding the pods of a placement in `region`.
+    pub(super) fn cluster_of(&self, region: Option<&str>) -> Result<PodsIn, kube::Error> {
+        self.members().cluster_of(region).map_err(unavailable)
+    }
+
+    /// The member clusters (empty before `run`).
+    /// The member clusters, watched with the scheduling loop's `Notify`
+    /// (set once by `Controller::run`; until then, a fresh set).
+    pub(super) fn set_members(&self, members: Members) {
+        let _ = self.members.set(Arc::new(members));
+    }
+
+    pub(super) fn members(&self) -> Arc<Members> {
+        self.members
+            .get_or_init(|| Arc::new(Members::new(self.client.clone(), Arc::new(Notify::new()))))
+            .clone()
+    }
+
+    /// Deletes the named pods in the cluster `at` (absent ones are fine).
+    /// A member cluster that cannot be reached now is an error (retried
+    /// later): other clusters' pods of the same name are never touched.
+    pub(super) async fn delete_pods(
+        &self,
+        namespace: &str,
+        at: &PodsIn,
+        pods: &[String],
+    ) -> Result<(), kube::Error> {
+        if pods.is_empty() {
+            return Ok(());
+        }
+        let apis = self
+            .members()
+            .pod_apis(at, namespace)
+            .map_err(unavailable)?;
+        let targets: Vec<(Api<Pod>, String)> = apis
+            .iter()
+            .flat_map(|api| pods.iter().map(move |p| (api.clone(), p.clone())))
+            .collect();
+        let results: Vec<Result<(), kube::Error>> = futures::stream::iter(targets)
+            .map(|(api, name)| async move {
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(self.parallelism)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    pub(super) async fn act(&self, action: Action, obj: &DynamicObject) -> Result<(), kube::Error> {
+        match action {
+            Action::SetStatus { key, status } => {
+                let old_reason = obj
+                    .data
+                    .pointer("/status/reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                self.apply_status(&key, obj, &status).await?;
+                if status.reason != old_reason {
+                    let message = status
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == "Scheduled")
+                        .map(|c| c.message.clone())
+                        .unwrap_or_default();
+                    let reason = status.reason.clone().unwrap_or_default();
+                    let type_ = if matches!(reason.as_str(), "Completed") {
+                        EventType::Normal
+                    } else {
+                        EventType::Warning
+                    };
+                    self.event(obj, &key, type_, &reason, message).await;
+                }
+                Ok(())
+            }
+            Action::Stop {
+                key,
+                pods,
+                region,
+                status,
+            } => {
+                let at = self.cluster_of(region.as_deref())?;
+                self.delete_pods(&key.namespace, &at, &pods).await?;
+                let preempted = status.phase.as_deref() == Some("Preempted");
+                self.apply_status(&key, obj, &status).await?;
+                if preempted {
+                    self.metrics.preemptions.inc();
+                }
+                let message = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Scheduled")
+                    .map(|c| c.message.clone());
+                self.event(
+                    obj,
+                    &key,
+                    EventType::Warning,
+                    status.reason.as_deref().unwrap_or("Stopped"),
+                    message.unwrap_or_default(),
+                )
+                .await;
+                Ok(())
+            }
+            Action::QuotaStatus { name, status } => {
+                self.apply_cluster_status::<TenantQuota>(&name, json!(status))
+                    .await
+            }
+            Action::RegionStatus { name, status } => {
+                self.apply_cluster_status::<ComputeRegion>(&name, json!(status))
+                    .await
+            }
+            Action::Launch {
+                key,
+                tenant,
+                status,
+                write_status,
+            } => {
+                if write_status {
+                    self.apply_status(&key, obj, &status).await?;
+                }
+                match self.launch(&key, &tenant, obj, &status).await {
+                    Ok(bound) => {
+                        let mut running = status.clone();
+                        running.phase = Some("Running".into());
+                        running.reason = Some("Bound".into());
+                        running.started_at = Some(rfc3339(chrono::Utc::now().timestamp()));
+                        self.metrics.placement_decisions.inc_by(bound);
+                        self.apply_status(&key, obj, &running).await?;
+                        let message = running
+                            .conditions
+                            .iter()
+                            .find(|c| c.type_ == "Scheduled")
+                            .map(|c| c.message.clone())
+                            .unwrap_or_default();
+                        self.event(obj, &key, EventType::Normal, "Scheduled", message)
+                            .await;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // All or nothing: remove every pod of the gang and requeue.
+                        self.metrics.bind_errors.inc();
+                        let pods: Vec<String> = status
+                            .placement
+                            .iter()
+                            .flat_map(|p| p.replicas.iter().map(|r| r.pod.clone()))
+                            .collect();
+                        let region = status.placement.as_ref().and_then(|p| p.region.as_deref());
+                        let at = self.cluster_of(region)?;
+                        self.delete_pods(&key.namespace, &at, &pods).await?;
+                        let mut pending = status.clone();
+                        pending.phase = Some("Pending".into());
+                        pending.reason = Some("BindFailed".into());
+                        pending.placement = None;
+                        let now = chrono::Utc::now().timestamp();
+                        let message = format!("launch failed and was rolled back: {e}");
+                        let generation = obj.metadata.generation.unwrap_or(0);
+                        set_condition(
+                            &mut pending,
+                            "Scheduled",
+                            false,
+                            "BindFailed",
+                            message.clone(),
+                            now,
+                            generation,
+                        );
+                        self.apply_status(&key, obj, &pending).await?;
+                        self.event(obj, &key, EventType::Warning, "BindFailed", message)
+                            .await;
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Server-side applies the status of a cluster-scoped zhisuan object.
+    async fn apply_cluster_status<K>(&self, name: &str, status: Value) -> Result<(), kube::Error>
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let api: Api<DynamicObject> =
+            Api::all_with(self.client.clone(), &ApiResource::erase::<K>(&()));
+        let body = json!({
+            "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
+        });
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Creates the gang's missing pods and binds the unbound ones, in parallel.
+    /// Returns how many bindings this call made.
+    async fn launch(
+        &self,
+        key: &WorkloadKey,
+        tenant: &str,
+        obj: &DynamicObject,
+        status: &WorkloadStatus,
+    ) -> Result<u64, String> {
+        let placement = status.placement.clone().ok_or("no placement")?;
+        let template = obj
+            .data
+            .pointer("/spec/template")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let members = self.members();
+        let region = placement.region.clone().unwrap_or_default();
+        // In a member cluster the pods carry the owner labels but no owner
+        // reference (the workload is not in that cluster).
+        let (pods, owner) = if members.is_member(&region) {
+            let api = members
+                .pod_api(&region, &key.namespace)
+                .ok_or_else(|| format!("member cluster of region {region} is not connected"))?;
+            (api, None)
+        } else {
+            (
+                Api::namespaced(self.client.clone(), &key.namespace),
+                obj.controller_owner_ref(&ApiResource::erase::<TrainingJob>(&())),
+            )
+        };
+        let mut jobs = Vec::with_capacity(placement.replicas.len());
+        for (i, r) in placement.replicas.iter().enumerate() {
+            let mut owner = owner.clone();
+            if let Some(o) = owner.as_mut() {
+                o.kind = key.kind.kind_name().into();
+            }
+            jobs.push(launch_replica(
+                pods.clone(),
+                key.clone(),
+                tenant.to_string(),
+                i as u32,
+                r.clone(),
+                template.clone(),
+                owner,
+                self.leadership.clone(),
+            ));
+        }
+        let results: Vec<Result<bool, String>> = futures::stream::iter(jobs)
+            .buffer_unordered(self.parallelism)
+            .collect()
+            .await;
+        let mut bound = 0;
+        for r in results {
+            if r? {
+                bound += 1;
+            }
+        }
+        Ok(bound)
+    }
+}
+
+/// An error for a cluster that cannot be reached now (the action is retried).
+fn unavailable(message: String) -> kube::Error {
+    kube::Error::Api(
+        kube::core::Status::failure(&message, "ServiceUnavailable")
+            .with_code(503)
+            .boxed(),
+    )
+}
+
+/// Creates (if missing) and binds one replica's pod. Ok(true) = bound now,
+/// Ok(false) = already bound where the placement says.
+#[allow(clippy::too_many_arguments)]
+async fn launch_replica(
+    pods: Api<Pod>,
+    key: WorkloadKey,
+    tenant: String,
+    replica: u32,
+    r: ReplicaPlacement,
+    template: Value,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    leadership: Leadership,
+) -> Result<bool, String> {
+    let (key, tenant, r, i) = (&key, tenant.as_str(), &r, replica);
+    let annotations = replica_annotations(key, tenant, r);
+    let pod = replica_pod(key, i, &r.pod, &template, &annotations, owner)?;
+    if !leadership.is_leader() {
+        return Err("lost leadership".to_string());
+    }
+    let existing = match pods.create(&PostParams::default(), &pod).await {
+        Ok(p) => p,
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            pods.get(&r.pod).await.map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(format!("creating pod {}: {e}", r.pod)),
+    };
+    let owned = existing.labels().get(keys::WORKLOAD_NAME) == Some(&key.name);
+    if !owned {
+        return Err(format!("pod {} exists and is not this workload's", r.pod));
+    }
+    // The placement names a member cluster's node `<region>/<node>`; the pod
+    // is in that cluster, bound by the node's own name.
+    let node = snapshot::name_in_cluster(&r.node);
+    match existing.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+        Some(n) if n == node => return Ok(false),
+        Some(n) if !n.is_empty() => {
+            return Err(format!("pod {} is bound to {n}, not {node}", r.pod))
+        }
+        _ => {}
+    }
+    if !leadership.is_leader() {
+        return Err("lost leadership".to_string());
+    }
+    let binding = json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": r.pod, "annotations": annotations},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    let res: Result<Value, kube::Error> = pods
+        .create_subresource("binding", &r.pod, &PostParams::default(), &binding)
+        .await;
+    match res {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let now = pods.get(&r.pod).await.map_err(|e| e.to_string())?;
+            match now.spec.and_then(|s| s.node_name) {
+                Some(n) if n == node => Ok(false),
+                other => Err(format!("pod {} bound elsewhere: {other:?}", r.pod)),
+            }
+        }
+        // The stand-in and real API servers answer 201 with a Status body.
+        Err(kube::Error::SerdeError(_)) => Ok(true),
+        Err(e) => Err(format!("binding pod {} to {node}: {e}", r.pod)),
+    }
+}
+
+fn replica_annotations(
+    key: &WorkloadKey,
+    tenant: &str,
+    r: &crate::operator::crd::ReplicaPlacement,
+) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::new();
+    a.insert(
+        keys::GPU_DEVICES.to_string(),
+        r.devices
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    if let Some(m) = r.gpu_milli {
+        a.insert(keys::GPU_MILLI.to_string(), m.to_string());
+    }
+    a.insert(keys::TENANT.to_string(), tenant.to_string());
+    a.insert(
+        keys::JOB.to_string(),
+        format!("{}/{}", key.namespace, key.name),
+    );
+    a
+}
+
+/// A replica's pod from the workload's template: deterministic name, owner
+/// labels, device annotations, `schedulerName: zhisuan`, no node yet.
+fn replica_pod(
+    key: &WorkloadKey,
+    replica: u32,
+    name: &str,
+    template: &Value,
+    annotations: &BTreeMap<String, String>,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> Result<Pod, String> {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": template.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({"containers": []})),
+    });
+    pod["metadata"]["name"] = json!(name);
+    pod["metadata"]["namespace"] = json!(key.namespace);
+    if !pod["metadata"].get("labels").is_some_and(Value::is_object) {
+        pod["metadata"]["labels"] = json!({});
+    }
+    pod["metadata"]["labels"][keys::WORKLOAD_KIND] = json!(key.kind.label());
+    pod["metadata"]["labels"][keys::WORKLOAD_NAME] = json!(key.name);
+    pod["metadata"]["labels"][keys::REPLICA] = json!(replica.to_string());
+    if !pod["metadata"]
+        .get("annotations")
+        .is_some_and(Value::is_object)
+    {
+        pod["metadata"]["annotations"] = json!({});
+    }
+    for (k, v) in annotations {
+        pod["metadata"]["annotations"][k] = json!(v);
+    }
+    if let Some(o) = owner {
+        pod["metadata"]["ownerReferences"] = json!([o]);
+    }
+    pod["spec"]["schedulerName"] = json!(keys::SCHEDULER_NAME);
+    if let Some(spec) = pod["spec"].as_object_mut() {
+        spec.remove("nodeName");
+    }
+    if !pod["spec"].get("containers").is_some_and(Value::is_array) {
+        pod["spec"]["containers"] = json!([]);
+    }
+    serde_json::from_value(pod).map_err(|e| format!("spec.template does not make a valid pod: {e}"))
+}
