@@ -288,6 +288,49 @@ fn tenants_see_only_themselves() {
 }
 
 #[test]
+fn jobs_are_listed_a_bounded_page_at_a_time() {
+    let s = start();
+    let k = s.tenant("acme");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = s.submit(&k, training(&format!("j{i}"), 1));
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    // Pages of 2, following `next`, give every job once, in id order.
+    let (mut seen, mut after) = (Vec::new(), None::<String>);
+    for _ in 0..10 {
+        let path = match &after {
+            Some(a) => format!("/v1/jobs?limit=2&after={a}"),
+            None => "/v1/jobs?limit=2".into(),
+        };
+        let r = s.get(&path, &k);
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let page = r.body["jobs"].as_array().unwrap();
+        assert!(page.len() <= 2, "{}", r.text);
+        seen.extend(page.iter().map(|j| j["id"].as_str().unwrap().to_string()));
+        match r.body["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    // The default page holds them all; bad paging names the field.
+    let r = s.get("/v1/jobs", &k);
+    assert_eq!(r.body["jobs"].as_array().unwrap().len(), 5, "{}", r.text);
+    assert!(r.body.get("next").is_none(), "{}", r.text);
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("after=seven", "after"),
+        ("page=2", "page"),
+    ] {
+        s.call(Method::GET, &format!("/v1/jobs?{query}"), Some(&k), None)
+            .expect_error(StatusCode::UNPROCESSABLE_ENTITY, Some(field));
+    }
+}
+
+#[test]
 fn job_shows_phase_placement_and_explanation_and_quota_is_enforced() {
     let s = start();
     let k = s.tenant("acme");

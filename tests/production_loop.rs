@@ -651,6 +651,26 @@ async fn concurrent_submissions_never_exceed_the_quota() {
         accepted, 4,
         "the API accepted {accepted} 1-GPU jobs on a 4-GPU quota"
     );
+    // The TrainingJobs come back a page at a time.
+    let (st, page) = call(
+        reqwest::Method::GET,
+        format!("{api}/v1/jobs?limit=3"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 3, "{page}");
+    let next = page["next"].as_str().unwrap().to_string();
+    let (_, rest) = call(
+        reqwest::Method::GET,
+        format!("{api}/v1/jobs?limit=3&after={next}"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(rest["jobs"].as_array().unwrap().len(), 1, "{rest}");
+    assert!(rest.get("next").is_none(), "{rest}");
 
     // Through the controller: another tenant's quota of 4 GPUs (set through
     // the API) and 50 TrainingJobs applied at once with kubectl, of which

@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Admin, TenantCaller};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
-use super::jobs::{GpuUse, JobKind, JobSpec, JobView, RegionView, TokenTier};
+use super::jobs::{GpuUse, JobKind, JobPage, JobSpec, JobView, RegionView, TokenTier, MAX_PAGE};
 use super::openapi::StdErrors;
 use super::ApiState;
 use crate::ledger::{
@@ -807,20 +807,37 @@ pub async fn submit_job(
         .into_response())
 }
 
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct JobList {
-    pub jobs: Vec<JobView>,
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct JobsQuery {
+    /// Jobs per page, 1..=1000 (default 100).
+    pub limit: Option<i64>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
 }
 
-/// The caller's jobs.
+/// The caller's jobs, a page at a time in id order (follow `next`).
 #[utoipa::path(get, path = "/v1/jobs", tag = "tenant", security(("bearer" = [])),
-    responses((status = 200, body = JobList), StdErrors))]
+    params(JobsQuery),
+    responses((status = 200, body = JobPage), StdErrors))]
 pub async fn list_jobs(
     State(state): State<ApiState>,
     TenantCaller(tenant): TenantCaller,
-) -> Result<Json<JobList>, ApiError> {
-    let jobs = state.jobs().list(&tenant).await?;
-    Ok(Json(JobList { jobs }))
+    ApiQuery(q): ApiQuery<JobsQuery>,
+) -> Result<Json<JobPage>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE as i64).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit: {limit} is outside 1..={MAX_PAGE}; page with `after` for more"),
+        ));
+    }
+    let page = state
+        .jobs()
+        .list(&tenant, q.after.as_deref(), limit as usize)
+        .await?;
+    Ok(Json(page))
 }
 
 /// One job: phase, placement, and why it is pending or why it runs where it does.

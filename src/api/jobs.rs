@@ -177,12 +177,41 @@ impl From<BackendError> for super::error::ApiError {
 
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// One page of a tenant's jobs, in id order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// The id to pass as `after` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+impl JobPage {
+    /// The page of `jobs` (already in id order, those after the cursor):
+    /// the first `limit`, and the cursor for the rest if any remain.
+    pub fn of(mut jobs: Vec<JobView>, limit: usize) -> JobPage {
+        let next = (jobs.len() > limit).then(|| jobs[limit - 1].id.clone());
+        jobs.truncate(limit);
+        JobPage { jobs, next }
+    }
+}
+
+/// Most jobs in one page of `GET /v1/jobs`.
+pub const MAX_PAGE: usize = 1000;
+
 /// Jobs and regions behind the API. Every call is scoped to one tenant: an
 /// implementation must never return another tenant's job. Futures must not
 /// hold a lock across an `.await`.
 pub trait JobBackend: Send + Sync + 'static {
     fn submit(&self, spec: JobSpec) -> BoxFuture<'_, BackendResult<JobView>>;
-    fn list(&self, tenant: &str) -> BoxFuture<'_, BackendResult<Vec<JobView>>>;
+    /// One page of the tenant's jobs in id order: at most `limit`, those
+    /// after the id `after` (a page's `next`).
+    fn list(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BoxFuture<'_, BackendResult<JobPage>>;
     fn get(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>>;
     /// Cancels a job; returns it in its final state.
     fn cancel(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>>;

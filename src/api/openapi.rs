@@ -80,7 +80,7 @@ impl Modify for BearerAuth {
         JobKind, JobPhase, JobView, ReplicaPlacement, Explanation, GpuUse, RegionView, TokenTier,
         handlers::Health, handlers::CreateTenantRequest, handlers::CreatedTenant,
         handlers::TenantList, handlers::VoucherRequest, handlers::AuditList,
-        handlers::QuotaUse, handlers::QuotaView, handlers::JobRequest, handlers::JobList,
+        handlers::QuotaUse, handlers::QuotaView, handlers::JobRequest, super::jobs::JobPage,
         handlers::VoucherList, handlers::VoucherView, handlers::RegionList, handlers::StatementFormat,
     )),
     modifiers(&BearerAuth),

@@ -11,8 +11,8 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
 use crate::api::jobs::{
-    BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPhase, JobSpec,
-    JobView, RegionView, ReplicaPlacement, TokenTier,
+    BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPage, JobPhase,
+    JobSpec, JobView, RegionView, ReplicaPlacement, TokenTier,
 };
 
 use super::crd::{ComputeRegion, InferenceService, TenantQuota, TrainingJob, WorkloadStatus};
@@ -296,9 +296,25 @@ impl JobBackend for KubeJobs {
         .boxed()
     }
 
-    fn list(&self, tenant: &str) -> BoxFuture<'_, BackendResult<Vec<JobView>>> {
-        let tenant = tenant.to_string();
-        async move { self.list_tenant(&tenant).await }.boxed()
+    fn list(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BoxFuture<'_, BackendResult<JobPage>> {
+        let (tenant, after) = (tenant.to_string(), after.map(str::to_string));
+        async move {
+            // Ids are object names: the page is cut from the tenant's objects
+            // in name order (one list of each kind).
+            let mut jobs = self.list_tenant(&tenant).await?;
+            jobs.sort_by(|a, b| a.id.cmp(&b.id));
+            if let Some(after) = &after {
+                jobs.retain(|j| j.id > *after);
+            }
+            jobs.truncate(limit + 1);
+            Ok(JobPage::of(jobs, limit))
+        }
+        .boxed()
     }
 
     fn get(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>> {

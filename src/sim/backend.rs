@@ -11,8 +11,8 @@ use futures::future::{ready, BoxFuture, FutureExt};
 use serde::{Deserialize, Serialize};
 
 use crate::api::jobs::{
-    BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPhase, JobSpec,
-    JobView, RegionView, ReplicaPlacement, TokenTier,
+    BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPage, JobPhase,
+    JobSpec, JobView, RegionView, ReplicaPlacement, TokenTier,
 };
 use crate::jobs::QuotaSpec;
 use crate::ledger::journal::JournalEntry;
@@ -541,19 +541,33 @@ impl JobBackend for WorldBackend {
         self.off_async(move |b| b.submit_now(spec))
     }
 
-    fn list(&self, tenant: &str) -> BoxFuture<'_, BackendResult<Vec<JobView>>> {
+    fn list(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> BoxFuture<'_, BackendResult<JobPage>> {
+        let after: JobId = match after.map(str::parse).transpose() {
+            Ok(a) => a.unwrap_or(0),
+            Err(_) => {
+                return ready(Err(BackendError::Invalid {
+                    field: "after".into(),
+                    message: "is not a job id; pass the `next` of the previous page".into(),
+                }))
+                .boxed()
+            }
+        };
         let (world, index) = self.locked();
-        let jobs = index
-            .tenants
-            .get(tenant)
-            .map(|t| {
-                t.all
-                    .iter()
-                    .filter_map(|&id| view(&world, &index, id))
-                    .collect()
-            })
-            .unwrap_or_default();
-        ready(Ok(jobs)).boxed()
+        // Ids only grow: the tenant's list is in id order.
+        let jobs = index.tenants.get(tenant).map_or_else(Vec::new, |t| {
+            let from = t.all.partition_point(|&id| id <= after);
+            t.all[from..]
+                .iter()
+                .filter_map(|&id| view(&world, &index, id))
+                .take(limit + 1)
+                .collect()
+        });
+        ready(Ok(JobPage::of(jobs, limit))).boxed()
     }
 
     fn get(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>> {
