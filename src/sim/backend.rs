@@ -717,7 +717,7 @@ mod tests {
             block(b.cancel("other", &job.id)),
             Err(BackendError::NotFound(_))
         ));
-        assert!(block(b.list("other")).unwrap().is_empty());
+        assert!(block(b.list("other", None, 10)).unwrap().jobs.is_empty());
         assert!(matches!(
             block(b.submit(spec("acme", "a", 1))),
             Err(BackendError::Conflict(_))
