@@ -1276,7 +1276,7 @@ async fn kube_jobs_backend_submits_and_isolates_tenants() {
         jobs.get("other", &id).await,
         Err(BackendError::NotFound(_))
     ));
-    assert!(jobs.list("other").await.unwrap().is_empty());
+    assert!(jobs.list("other", None, 10).await.unwrap().jobs.is_empty());
     assert!(matches!(
         jobs.cancel("other", &id).await,
         Err(BackendError::NotFound(_))
