@@ -1287,7 +1287,8 @@ async fn kube_jobs_backend_submits_and_isolates_tenants() {
         JobPhase::Cancelled
     );
     eventually(15, "cancelled job and its pods are gone", || async {
-        jobs.list("acme").await.unwrap().is_empty() && pods_of(&server, &id).is_empty()
+        jobs.list("acme", None, 10).await.unwrap().jobs.is_empty()
+            && pods_of(&server, &id).is_empty()
     })
     .await;
 }
