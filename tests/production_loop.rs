@@ -66,6 +66,31 @@ async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// The admin creates tenant `name` through the API; its first key.
+async fn create_tenant(api: &str, name: &str) -> String {
+    let (st, body) = call(
+        reqwest::Method::POST,
+        format!("{api}/v1/tenants"),
+        ADMIN,
+        Some(json!({"name": name})),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    body["api_key"].as_str().unwrap().to_string()
+}
+
+/// The admin sets tenant `name`'s quota through the API.
+async fn set_quota(api: &str, name: &str, quota: Value) {
+    let (st, body) = call(
+        reqwest::Method::PUT,
+        format!("{api}/v1/tenants/{name}/quota"),
+        ADMIN,
+        Some(quota),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+}
+
 struct Replica {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     leadership: zhisuan::operator::leader::Leadership,
@@ -238,23 +263,13 @@ async fn a_tenants_job_goes_api_kubernetes_metered_billed_and_survives_failover(
     let c2 = start_controller(&server, "c2", &db);
 
     // The admin creates the tenant, its quota and a voucher through the API.
-    let (st, body) = call(
-        reqwest::Method::POST,
-        format!("{api}/v1/tenants"),
-        ADMIN,
-        Some(json!({"name": "acme"})),
+    let key = create_tenant(&api, "acme").await;
+    set_quota(
+        &api,
+        "acme",
+        json!({"gpus": {"*": 4}, "gpu_hours_per_month": 1}),
     )
     .await;
-    assert_eq!(st, 201, "{body}");
-    let key = body["api_key"].as_str().unwrap().to_string();
-    let (st, body) = call(
-        reqwest::Method::PUT,
-        format!("{api}/v1/tenants/acme/quota"),
-        ADMIN,
-        Some(json!({"gpus": {"*": 4}, "gpu_hours_per_month": 1})),
-    )
-    .await;
-    assert_eq!(st, 200, "{body}");
     let (st, body) = call(
         reqwest::Method::POST,
         format!("{api}/v1/vouchers"),
@@ -457,23 +472,8 @@ async fn a_compute_voucher_applied_with_kubectl_is_issued_once_redeemed_and_show
     );
 
     // The tenant is created through the API: the voucher is issued, once.
-    let (st, body) = call(
-        reqwest::Method::POST,
-        format!("{api}/v1/tenants"),
-        ADMIN,
-        Some(json!({"name": "acme"})),
-    )
-    .await;
-    assert_eq!(st, 201, "{body}");
-    let key = body["api_key"].as_str().unwrap().to_string();
-    let (st, body) = call(
-        reqwest::Method::PUT,
-        format!("{api}/v1/tenants/acme/quota"),
-        ADMIN,
-        Some(json!({"gpus": {"*": 2}})),
-    )
-    .await;
-    assert_eq!(st, 200, "{body}");
+    let key = create_tenant(&api, "acme").await;
+    set_quota(&api, "acme", json!({"gpus": {"*": 2}})).await;
     eventually(10, "the voucher is issued", || async {
         status("phase").await == "Issued" && status("balanceFen").await == 200_000
     })
