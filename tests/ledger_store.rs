@@ -863,6 +863,23 @@ fn cli_bad_input_exits_2_naming_the_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("month"));
+    // A mistyped --db is an error, not a new empty ledger.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhisuan"))
+        .args([
+            "statement",
+            "--tenant",
+            "acme",
+            "--month",
+            "2026-11",
+            "--db",
+        ])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("zhisuan ledger init"));
+    assert!(!db.exists(), "statement created {}", db.display());
+    drop(Ledger::open(db.to_str().unwrap()).unwrap());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhisuan"))
         .args([
             "statement",

@@ -16,26 +16,59 @@ pub struct DbArg {
 }
 
 impl DbArg {
-    pub fn open(&self) -> anyhow::Result<Ledger> {
+    /// Opens the ledger, creating a SQLite file that is not there (only
+    /// `zhisuan ledger init` does).
+    pub fn create_or_open(&self) -> anyhow::Result<Ledger> {
         Ledger::open(&self.db)
             .map_err(LedgerError::into_anyhow)
             .with_context(|| format!("opening ledger {}", redact_url(&self.db)))
+    }
+
+    /// Opens an existing ledger: a SQLite path that is not there is an
+    /// error (a mistyped `--db` must not answer from a new, empty ledger).
+    pub fn open(&self) -> anyhow::Result<Ledger> {
+        let sqlite = !self.db.contains("://") && self.db != ":memory:";
+        if sqlite && !std::path::Path::new(&self.db).exists() {
+            return Err(crate::error::InputError::new(format!(
+                "--db {}: no ledger there; check the path, or create one with `zhisuan ledger init --db {}`",
+                self.db, self.db
+            ))
+            .into());
+        }
+        self.create_or_open()
     }
 }
 
 /// Hides a password in a connection URL before it is printed or logged
 /// (every command that takes a ledger URL goes through this one).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
+            let creds = &base[s + 3..at];
             match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_string(),
+                Some((user, _)) => format!("{}{}:***{}", &base[..s + 3], user, &base[at..]),
+                None => base.to_string(),
             }
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    // Every query parameter's value: `password=` is one, and others
+    // (`sslpassword`, tokens) may be secrets too.
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) => format!("{k}=***"),
+                None => p.to_string(),
+            })
+            .collect();
+        out = format!("{out}?{}", params.join("&"));
     }
+    out
 }
 
 /// Arguments of `zhisuan statement`.
@@ -123,7 +156,7 @@ pub enum LedgerCmd {
 pub fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
     match args.cmd {
         LedgerCmd::Init(db) => {
-            let l = db.open()?;
+            let l = db.create_or_open()?;
             let added = l
                 .ensure_rate_card("cli")
                 .map_err(LedgerError::into_anyhow)?;
@@ -251,5 +284,46 @@ mod tests {
             "postgres://zs:***@127.0.0.1:5432/ledger"
         );
         assert_eq!(redact_url("ledger.db"), "ledger.db");
+        assert_eq!(
+            redact_url("postgres://zs@db/ledger?password=s3cret&sslmode=require"),
+            "postgres://zs@db/ledger?password=***&sslmode=***"
+        );
+    }
+
+    #[test]
+    fn locations_other_than_a_postgres_url_or_a_path_are_refused_unechoed() {
+        use crate::ledger::check_location;
+        for bad in [
+            "host=db password=s3cret dbname=ledger",
+            "user=zs PASSWORD=s3cret",
+            "mysql://zs:s3cret@db/ledger",
+        ] {
+            let e = check_location(bad).unwrap_err().to_string();
+            assert!(!e.contains("s3cret"), "{e}");
+            assert!(e.contains("postgres://"), "{e}");
+        }
+        for good in [
+            "ledger.db",
+            "/var/lib/zhisuan/ledger.sqlite",
+            ":memory:",
+            "postgresql://db/l",
+        ] {
+            assert!(check_location(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn a_missing_ledger_file_is_an_error_except_for_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("typo.db").to_str().unwrap().to_string();
+        let db = super::DbArg { db: path.clone() };
+        let e = db.open().err().unwrap().to_string();
+        assert!(e.contains("zhisuan ledger init"), "{e}");
+        assert!(
+            !std::path::Path::new(&path).exists(),
+            "the failed open created {path}"
+        );
+        db.create_or_open().unwrap();
+        db.open().unwrap();
     }
 }

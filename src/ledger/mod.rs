@@ -42,7 +42,7 @@ pub use money::{format_yuan, ratio_to_bp, Fen};
 pub use rating::{default_rate_card, GpuPrice, RateBook, RateCard, TokenPrice};
 pub use sql::Backend;
 pub use statement::Statement;
-pub use store::{hash_api_key, IngestReport, Ledger, MonthUse, UsageSummary};
+pub use store::{check_location, hash_api_key, IngestReport, Ledger, MonthUse, UsageSummary};
 pub use tokens::{counter_delta, TokenCounterNames, TokenDelta, TokenMeter};
 pub use types::{
     AuditEvent, ChargeKind, MeteredTokens, MeteredUsage, Month, Quota, Tenant, Tier, TokenRecord,

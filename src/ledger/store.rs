@@ -281,11 +281,55 @@ fn voucher_from_row(r: &[Cell]) -> Result<Voucher> {
     })
 }
 
+/// Keys of libpq's `key=value` connection strings.
+const LIBPQ_KEYS: [&str; 12] = [
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "sslmode",
+    "sslpassword",
+    "options",
+    "application_name",
+    "connect_timeout",
+];
+
+/// A ledger location is a `postgres://` / `postgresql://` URL or a SQLite
+/// path. Anything else is refused before it is opened — a libpq `key=value`
+/// string would otherwise become a SQLite file named after it (password
+/// included) — and the error never repeats the text.
+pub fn check_location(url: &str) -> Result<()> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(());
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(LedgerError::invalid(
+            "db",
+            format!("{scheme}:// is not a ledger; give a postgres:// URL (e.g. postgres://user@host:5432/ledger) or a SQLite file path"),
+        ));
+    }
+    let libpq = url.split_whitespace().any(|w| {
+        w.split_once('=')
+            .is_some_and(|(k, _)| LIBPQ_KEYS.contains(&k.to_ascii_lowercase().as_str()))
+    });
+    if libpq {
+        return Err(LedgerError::invalid(
+            "db",
+            "this looks like a libpq key=value connection string (not shown: it may hold a password); give a postgres:// URL instead, e.g. postgres://user:PASSWORD@host:5432/ledger (percent-encoded; keep it in a Secret or an environment variable, ZHISUAN_LEDGER_DB)",
+        ));
+    }
+    Ok(())
+}
+
 impl Ledger {
     /// Opens (and migrates) a ledger: `postgres://…` / `postgresql://…` for
     /// PostgreSQL, `:memory:` for a private in-memory SQLite, else a SQLite
     /// file path (created if absent; WAL, durable commits).
     pub fn open(url: &str) -> Result<Ledger> {
+        check_location(url)?;
         let mut conn = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let url = url.to_string();
             let connect = move || postgres::Client::connect(&url, postgres::NoTls);
