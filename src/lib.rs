@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod jobs;
+pub mod logs;
 pub mod schedule;
 
 // Domain core (plan layer, plus the ledger's storage).

@@ -186,11 +186,7 @@ pub fn spawn_clock(backend: WorldBackend, ledger: Ledger, period: Duration) {
 }
 
 pub fn run(args: ApiArgs) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .try_init();
+    crate::logs::init("info");
     if args.tick_s == 0 {
         return Err(InputError::new("--tick-s: must be at least 1 second").into());
     }

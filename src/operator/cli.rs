@@ -109,9 +109,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     })?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
+        crate::logs::init("error");
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API (set KUBECONFIG or run in a cluster)")?;

@@ -187,6 +187,10 @@ pub fn load_pods(path: &Path, models: &mut ModelTable) -> Result<Vec<TracePod>, 
             request,
         });
     }
+    if pods.is_empty() {
+        // A header alone would replay to all-zero figures that look like results.
+        return Err(InputError::new(format!("{}: no pods listed", t.file)));
+    }
     Ok(pods)
 }
 
@@ -199,6 +203,13 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(text.as_bytes()).unwrap();
         f
+    }
+
+    #[test]
+    fn a_trace_without_pods_is_refused() {
+        let p = file("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n");
+        let e = load_pods(p.path(), &mut ModelTable::new()).unwrap_err();
+        assert!(e.to_string().contains("no pods listed"), "{e}");
     }
 
     #[test]

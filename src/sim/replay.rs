@@ -40,7 +40,7 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 1)]
     pub seeds: u64,
     /// Workload size as a multiple of cluster GPU capacity.
-    #[arg(long, default_value_t = 1.3)]
+    #[arg(long, default_value_t = 1.3, allow_negative_numbers = true)]
     pub tune: f64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -285,9 +285,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         "{:>8} {:>10.2} {:>10.2} {:>10.2} {:>10.1}",
         "mean", a["90"], a["100"], a["130"], s.pods_failed
     );
+    let rss = s
+        .peak_rss_mb
+        .map_or_else(|| "n/a".to_string(), |mb| format!("{mb:.1} MB"));
     println!(
-        "pods arrived {:.1}, decisions/s {:.0}, peak RSS {:?} MB",
-        s.pods_arrived, s.decisions_per_sec, s.peak_rss_mb
+        "pods arrived {:.1}, decisions/s {:.0}, peak RSS {rss}",
+        s.pods_arrived, s.decisions_per_sec
     );
     Ok(())
 }
