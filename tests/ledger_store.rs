@@ -845,53 +845,29 @@ fn sqlite_reopen_keeps_data_and_migrations_are_idempotent() {
     let _ = Utc.timestamp_opt(0, 0);
 }
 
+/// `zhisuan statement --tenant T --month M --db DB`, run to its end.
+fn statement_cli(tenant: &str, month: &str, db: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_zhisuan"))
+        .args(["statement", "--tenant", tenant, "--month", month, "--db"])
+        .arg(db)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn cli_bad_input_exits_2_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("l.db");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhisuan"))
-        .args([
-            "statement",
-            "--tenant",
-            "acme",
-            "--month",
-            "2026-13",
-            "--db",
-        ])
-        .arg(&db)
-        .output()
-        .unwrap();
+    let out = statement_cli("acme", "2026-13", &db);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("month"));
     // A mistyped --db is an error, not a new empty ledger.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhisuan"))
-        .args([
-            "statement",
-            "--tenant",
-            "acme",
-            "--month",
-            "2026-11",
-            "--db",
-        ])
-        .arg(&db)
-        .output()
-        .unwrap();
+    let out = statement_cli("acme", "2026-11", &db);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("zhisuan ledger init"));
     assert!(!db.exists(), "statement created {}", db.display());
     drop(Ledger::open(db.to_str().unwrap()).unwrap());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhisuan"))
-        .args([
-            "statement",
-            "--tenant",
-            "ghost",
-            "--month",
-            "2026-11",
-            "--db",
-        ])
-        .arg(&db)
-        .output()
-        .unwrap();
+    let out = statement_cli("ghost", "2026-11", &db);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown tenant 'ghost'"));
     let l = Ledger::open(db.to_str().unwrap()).unwrap();
@@ -900,18 +876,7 @@ fn cli_bad_input_exits_2_naming_the_field() {
     l.ingest(&[usage("p", "acme", "2026-11-05T00:00:00Z", 3600)], &[])
         .unwrap();
     drop(l);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zhisuan"))
-        .args([
-            "statement",
-            "--tenant",
-            "acme",
-            "--month",
-            "2026-11",
-            "--db",
-        ])
-        .arg(&db)
-        .output()
-        .unwrap();
+    let out = statement_cli("acme", "2026-11", &db);
     assert!(out.status.success());
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(st["totals"]["gross_fen"], 2500);
