@@ -8,6 +8,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Ledger, Quota, Result, Tenant};
 
+/// `start` and its ancestors, nearest first. Bounded by the tree's size:
+/// a loop in stored parents stops there.
+fn chain<'t>(parent: &BTreeMap<&'t str, Option<&'t str>>, start: &'t str) -> Vec<&'t str> {
+    let mut out = Vec::new();
+    let mut at = Some(start);
+    while let Some(t) = at.filter(|_| out.len() <= parent.len()) {
+        out.push(t);
+        at = parent.get(t).copied().flatten();
+    }
+    out
+}
+
 /// (tenant, parent, quota) to project.
 pub type Projection = (String, Option<String>, Quota);
 
@@ -31,13 +43,7 @@ pub fn projections(
     let mut out: Vec<Projection> = Vec::new();
     let mut seen = BTreeSet::new();
     for start in roots {
-        let mut chain = Vec::new();
-        let mut at = Some(start);
-        // Bounded by the tree's size: a loop in stored parents stops here.
-        while let Some(t) = at.filter(|_| chain.len() <= parent.len()) {
-            chain.push(t);
-            at = parent.get(t).copied().flatten();
-        }
+        let chain = chain(&parent, start);
         for (depth, t) in chain.iter().enumerate().rev() {
             let own = quotas.get(*t);
             // For one tenant, an ancestor with its own quota was projected
@@ -59,12 +65,21 @@ pub fn projections(
 
 impl Ledger {
     /// [`projections`] over the stored tenants and quotas.
+    /// For one tenant, only the quotas of its chain are read.
     pub fn quota_projections(&self, only: Option<&str>) -> Result<Vec<Projection>> {
         let tenants = self.tenants()?;
+        let parent: BTreeMap<&str, Option<&str>> = tenants
+            .iter()
+            .map(|t| (t.name.as_str(), t.parent.as_deref()))
+            .collect();
+        let wanted: Vec<&str> = match only {
+            None => tenants.iter().map(|t| t.name.as_str()).collect(),
+            Some(t) => chain(&parent, t),
+        };
         let mut quotas = BTreeMap::new();
-        for t in &tenants {
-            if let Some(q) = self.quota(&t.name)? {
-                quotas.insert(t.name.clone(), q);
+        for t in wanted {
+            if let Some(q) = self.quota(t)? {
+                quotas.insert(t.to_string(), q);
             }
         }
         Ok(projections(&tenants, &quotas, only))
