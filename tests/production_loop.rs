@@ -166,6 +166,7 @@ fn start_agent(
             heartbeat: Duration::from_secs(30),
             samples: None,
             energy: zhisuan::ledger::EnergyWindows::new(PERIOD, 100_000).unwrap(),
+            device_plugin: None,
         },
         Some(server.client()),
         async move {

@@ -7,6 +7,8 @@
 //! sampling period.
 
 use super::agent::{Agent, AgentConfig};
+use super::deviceplugin::{register, NodeDevices, PluginState, PodSource};
+use super::health::unhealthy_indices;
 use super::health::HealthPolicy;
 use super::kube_act;
 use super::metrics::AgentMetrics;
@@ -106,6 +108,18 @@ pub struct AgentArgs {
     /// XID events, which are watched continuously.
     #[arg(long, default_value_t = super::nvml::DEFAULT_SLOW_EVERY)]
     pub nvml_slow_every: u64,
+    /// Serve the kubelet device plugin (`zhisuan.io/gpu`, `zhisuan.io/gpu-share`)
+    /// so containers get exactly the devices zhisuan placed them on. Off: the
+    /// vendor's plugin allocates (the controller must then run with
+    /// `--device-resources vendor`).
+    #[arg(long)]
+    pub device_plugin: bool,
+    /// The kubelet's device-plugin directory (its `kubelet.sock` and ours).
+    #[arg(long, default_value = "/var/lib/kubelet/device-plugins")]
+    pub device_plugin_dir: PathBuf,
+    /// The kubelet's pod-resources socket (who holds which device ids).
+    #[arg(long, default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
+    pub pod_resources_socket: PathBuf,
     /// npu-exporter: the exporter's metrics URL.
     #[arg(long, default_value = "http://127.0.0.1:8082/metrics")]
     pub npu_url: String,
@@ -397,6 +411,18 @@ pub struct ServeOptions {
     pub samples: Option<u64>,
     /// Per-pod energy per window, published on the Node for the GPU meter.
     pub energy: crate::ledger::EnergyWindows,
+    /// Serve the kubelet device plugin.
+    pub device_plugin: Option<DevicePluginSetup>,
+}
+
+/// Where the device plugin talks to the kubelet, and where its pods come from.
+pub struct DevicePluginSetup {
+    /// The kubelet's device-plugin directory.
+    pub dir: PathBuf,
+    /// The kubelet's pod-resources socket.
+    pub pod_resources: PathBuf,
+    /// The pods bound to this node; None = the agent's pod watch.
+    pub pods: Option<PodSource>,
 }
 
 impl ServeOptions {
@@ -408,6 +434,11 @@ impl ServeOptions {
             heartbeat: Duration::from_secs_f64(args.heartbeat),
             samples: args.samples,
             energy: energy_windows(args)?,
+            device_plugin: args.device_plugin.then(|| DevicePluginSetup {
+                dir: args.device_plugin_dir.clone(),
+                pod_resources: args.pod_resources_socket.clone(),
+                pods: None,
+            }),
         })
     }
 }
@@ -504,6 +535,7 @@ pub async fn serve_agent<B: Accelerator + 'static>(
     let pod_store = client
         .as_ref()
         .map(|c| kube_act::watch_node_pods(c, &opts.node));
+    let devices = start_device_plugin(&agent, &opts, pod_store.as_ref(), &shutdown_rx);
     let mut energy = opts.energy;
     if let Some(c) = &client {
         // Closed windows an earlier run published stay until the meter reads them.
@@ -538,6 +570,16 @@ pub async fn serve_agent<B: Accelerator + 'static>(
                             serde_json::to_string(energy.report()).unwrap_or_default(),
                         );
                         pub_tx.send_replace(Some(publication));
+                        if let Some(tx) = &devices {
+                            let unhealthy = unhealthy_indices(agent.verdicts());
+                            tx.send_if_modified(|d| {
+                                let changed = d.unhealthy != unhealthy;
+                                if changed {
+                                    Arc::make_mut(d).unhealthy = unhealthy;
+                                }
+                                changed
+                            });
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "sample failed"),
                 }
@@ -600,6 +642,42 @@ pub async fn serve_agent<B: Accelerator + 'static>(
     Ok(())
 }
 
+/// Starts the device plugin when asked: every device starts Unhealthy (no
+/// allocation before the first health verdicts); the returned sender takes
+/// each sample's verdicts.
+fn start_device_plugin<B: Accelerator>(
+    agent: &Agent<B>,
+    opts: &ServeOptions,
+    pod_store: Option<&kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::sync::watch::Sender<Arc<NodeDevices>>> {
+    let setup = opts.device_plugin.as_ref()?;
+    let pods = match (&setup.pods, pod_store) {
+        (Some(p), _) => p.clone(),
+        (None, Some(store)) => super::deviceplugin::pods::store_source(store.clone()),
+        (None, None) => {
+            tracing::warn!(
+                "device plugin without a pod source (--no-publish): every allocation is refused"
+            );
+            Arc::new(Vec::new)
+        }
+    };
+    let devices = NodeDevices {
+        node: opts.node.clone(),
+        vendor: agent.vendor(),
+        devices: agent.inventory().to_vec(),
+        unhealthy: agent.inventory().iter().map(|d| d.index).collect(),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(devices));
+    let state = Arc::new(PluginState {
+        devices: rx,
+        pods,
+        pod_resources: setup.pod_resources.clone(),
+    });
+    tokio::spawn(register::run(setup.dir.clone(), state, stop.clone()));
+    Some(tx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,7 +735,6 @@ mod tests {
         let mut a = NodePublication {
             labels: Default::default(),
             annotations: [(ANNOTATION_HEARTBEAT.to_string(), "t1".to_string())].into(),
-            capacity: Default::default(),
         };
         let mut b = a.clone();
         b.annotations

@@ -3,7 +3,7 @@
 //! publication built by [`super::publish`].
 
 use super::attribution::{devices_from_annotations, PodDevices, PodRef};
-use super::publish::{metadata_patch, status_patch, NodePublication};
+use super::publish::{metadata_patch, NodePublication};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
@@ -13,9 +13,8 @@ use kube::Client;
 
 use crate::ledger::{EnergyReport, ANNOTATION_POD_ENERGY};
 
-/// Patches the Node's labels and annotations, then its status capacity and
-/// allocatable (the status subresource). Merge patches: an empty
-/// `zhisuan.io/unhealthy-gpus` clears an earlier list.
+/// Patches the Node's labels and annotations (a merge patch: an empty
+/// `zhisuan.io/unhealthy-gpus` clears an earlier list).
 pub async fn publish(client: &Client, node: &str, p: &NodePublication) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let params = PatchParams::default();
@@ -23,10 +22,6 @@ pub async fn publish(client: &Client, node: &str, p: &NodePublication) -> anyhow
         .patch(node, &params, &Patch::Merge(&metadata_patch(p)))
         .await
         .map_err(|e| anyhow::anyhow!("patch node {node} metadata: {e}"))?;
-    nodes
-        .patch_status(node, &params, &Patch::Merge(&status_patch(p)))
-        .await
-        .map_err(|e| anyhow::anyhow!("patch node {node} status: {e}"))?;
     Ok(())
 }
 

@@ -311,6 +311,7 @@ mod tests {
             memory_mib: 80,
             uuid: "GPU-x".into(),
             product_name: "NVIDIA H100 80GB HBM3".into(),
+            minor: None,
         }];
         let r = vec![DeviceReading {
             index: 0,

@@ -7,13 +7,14 @@
 //!   through its vendor exporter's Prometheus endpoint, parsed by [`promtext`]);
 //! - plan (pure, no I/O, no clock): [`attribution`] splits each device's
 //!   energy-counter delta among pods, [`health`] decides which devices are
-//!   unhealthy, [`publish`] builds the node labels / annotations / capacity;
+//!   unhealthy, [`publish`] builds the node labels and annotations;
 //! - act: [`agent`] runs the sampling loop, serves `/metrics` ([`metrics`])
 //!   and patches the Node through kube ([`kube_act`]).
 
 pub mod agent;
 pub mod attribution;
 pub mod cli;
+pub mod deviceplugin;
 pub mod health;
 pub mod kube_act;
 pub mod metrics;
@@ -26,8 +27,8 @@ pub mod tokens;
 
 use serde::{Deserialize, Serialize};
 
-/// Who made the accelerator: decides the extended-resource name and the
-/// `zhisuan.io/accelerator-vendor` node label.
+/// Who made the accelerator: decides the `zhisuan.io/accelerator-vendor` node
+/// label and what the device plugin hands a container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Vendor {
@@ -40,14 +41,6 @@ impl Vendor {
         match self {
             Vendor::Nvidia => "nvidia",
             Vendor::Huawei => "huawei",
-        }
-    }
-
-    /// Extended resource counting whole devices on a node.
-    pub fn device_resource(self) -> &'static str {
-        match self {
-            Vendor::Nvidia => "nvidia.com/gpu",
-            Vendor::Huawei => "huawei.com/npu",
         }
     }
 }
@@ -65,6 +58,10 @@ pub struct DeviceInfo {
     /// The vendor's full product name (`NVIDIA H100 80GB HBM3`), the DCGM `modelName` label.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub product_name: String,
+    /// The device node's minor number (`/dev/nvidia<minor>`, `/dev/davinci<minor>`)
+    /// where the vendor reports one; the device plugin falls back to the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor: Option<u32>,
 }
 
 /// Clock throttling currently active on a device (NVML's clocks-event reasons).

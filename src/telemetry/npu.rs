@@ -98,6 +98,7 @@ pub fn inventory_from(e: &Exposition, default_model: &str) -> Vec<DeviceInfo> {
                 memory_mib: c.memory_total_mib.max(0.0).round() as u64,
                 uuid: c.uuid.unwrap_or_else(|| format!("NPU-{}", c.id)),
                 product_name: model,
+                minor: Some(c.id),
             }
         })
         .collect()
@@ -305,6 +306,7 @@ machine_npu_nums 2
             memory_mib: 1,
             uuid: "x".into(),
             product_name: String::new(),
+            minor: None,
         });
         let mut r = Vec::new();
         readings_from(&e, &inv, &mut PowerIntegrator::default(), 1_000, &mut r);

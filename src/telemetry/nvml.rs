@@ -122,6 +122,7 @@ impl NvmlBackend {
                 memory_mib,
                 uuid,
                 product_name,
+                minor: dev.minor_number().ok(),
             });
         }
         let xids: Arc<Vec<XidCounter>> =

@@ -3,9 +3,9 @@
 //! labels `zhisuan.io/gpu-model`, `zhisuan.io/gpu-count`,
 //! `zhisuan.io/accelerator-vendor`, `zhisuan.io/region`; annotations
 //! `zhisuan.io/unhealthy-gpus`, `zhisuan.io/gpu-inventory`,
-//! `zhisuan.io/agent-heartbeat`; extended resources for whole devices and
-//! `zhisuan.io/gpu-milli`, counting healthy devices only so nothing new lands
-//! on a bad one even through the default scheduler.
+//! `zhisuan.io/agent-heartbeat`. Node capacity is not patched: the kubelet
+//! publishes the device plugin's `zhisuan.io/gpu` and `zhisuan.io/gpu-share`
+//! (healthy devices only), or the vendor plugin its own resource.
 
 use super::health::{unhealthy_indices, Verdict};
 use super::{DeviceInfo, Vendor};
@@ -23,14 +23,11 @@ pub const ANNOTATION_INVENTORY: &str = "zhisuan.io/gpu-inventory";
 pub const ANNOTATION_HEARTBEAT: &str = "zhisuan.io/agent-heartbeat";
 /// Human-readable reasons per unhealthy device (`{"2":["XID 79"]}`), for `kubectl describe`.
 pub const ANNOTATION_HEALTH_REASONS: &str = "zhisuan.io/gpu-health-reasons";
-pub const RESOURCE_GPU_MILLI: &str = "zhisuan.io/gpu-milli";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodePublication {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
-    /// Extended resources for `status.capacity` (and allocatable).
-    pub capacity: BTreeMap<String, String>,
 }
 
 /// Builds the publication for one sample. `heartbeat` is passed in (no clock here).
@@ -42,10 +39,6 @@ pub fn node_publication(
     heartbeat: DateTime<Utc>,
 ) -> NodePublication {
     let unhealthy = unhealthy_indices(verdicts);
-    let healthy = inventory
-        .iter()
-        .filter(|d| !unhealthy.contains(&d.index))
-        .count() as u64;
 
     let mut labels = BTreeMap::new();
     labels.insert(
@@ -94,25 +87,15 @@ pub fn node_publication(
         serde_json::to_string(&reasons).unwrap_or_default(),
     );
 
-    let mut capacity = BTreeMap::new();
-    capacity.insert(vendor.device_resource().into(), healthy.to_string());
-    capacity.insert(RESOURCE_GPU_MILLI.into(), (healthy * 1000).to_string());
-
     NodePublication {
         labels,
         annotations,
-        capacity,
     }
 }
 
 /// JSON merge patch for the Node's metadata.
 pub fn metadata_patch(p: &NodePublication) -> serde_json::Value {
     json!({"metadata": {"labels": p.labels, "annotations": p.annotations}})
-}
-
-/// JSON merge patch for the Node's status subresource.
-pub fn status_patch(p: &NodePublication) -> serde_json::Value {
-    json!({"status": {"capacity": p.capacity, "allocatable": p.capacity}})
 }
 
 /// The most common model on the node (a node normally has one).
@@ -161,6 +144,7 @@ mod tests {
                 memory_mib: 81_559,
                 uuid: format!("GPU-{i}"),
                 product_name: "NVIDIA H100 80GB HBM3".into(),
+                minor: None,
             })
             .collect()
     }
@@ -205,12 +189,6 @@ mod tests {
             inv[3],
             json!({"index":3,"model":"H100","memory_mib":81559,"uuid":"GPU-3"})
         );
-        assert_eq!(p.capacity["nvidia.com/gpu"], "6");
-        assert_eq!(p.capacity[RESOURCE_GPU_MILLI], "6000");
-        assert_eq!(
-            status_patch(&p)["status"]["allocatable"]["nvidia.com/gpu"],
-            "6"
-        );
         assert_eq!(
             metadata_patch(&p)["metadata"]["annotations"][ANNOTATION_UNHEALTHY],
             "2,5"
@@ -223,7 +201,7 @@ mod tests {
         let p = node_publication(Vendor::Huawei, None, &inventory(2), &verdicts(2, &[]), t);
         assert_eq!(p.annotations[ANNOTATION_UNHEALTHY], "");
         assert_eq!(p.annotations[ANNOTATION_HEALTH_REASONS], "{}");
-        assert_eq!(p.capacity["huawei.com/npu"], "2");
+        assert_eq!(p.labels[LABEL_VENDOR], "huawei");
         assert!(!p.labels.contains_key(LABEL_REGION));
     }
 

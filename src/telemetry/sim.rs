@@ -94,6 +94,7 @@ impl SimNode {
                 memory_mib: cfg.memory_mib,
                 uuid: sim_uuid(cfg.seed, i),
                 product_name: format!("zhisuan sim {}", cfg.model),
+                minor: Some(i),
             })
             .collect();
         let devices = (0..cfg.devices)
