@@ -247,7 +247,8 @@ fn helm_lint_passes() {
         "helm lint (default values): {problems:?}"
     );
 
-    // The HA variant: PostgreSQL from a Secret, 3 replicas, ServiceMonitor, own catalog.
+    // The HA variant: PostgreSQL from a Secret, 3 replicas, ServiceMonitor, own
+    // catalog, the vendor's device plugin instead of zhisuan's.
     let tmp = tempfile::tempdir().unwrap();
     let ha = tmp.path().join("zhisuan");
     copy_dir(&chart, &ha);
@@ -266,8 +267,13 @@ fn helm_lint_passes() {
         .replace(
             "regions:\n  catalog: \"\"",
             "regions:\n  catalog: |\n    regions: []",
+        )
+        .replace(
+            "  devicePlugin:\n    enabled: true",
+            "  devicePlugin:\n    enabled: false",
         );
     assert!(values.contains("replicas: 3") && values.contains("existingSecret: zhisuan-pg"));
+    assert!(values.contains("devicePlugin:\n    enabled: false"));
     std::fs::write(ha.join("values.yaml"), values).unwrap();
     let problems = helm_lint(&ha);
     assert!(problems.is_empty(), "helm lint (HA values): {problems:?}");

@@ -4,7 +4,7 @@
 //! scheduling loop and the workload reconcilers, which need nothing else of
 //! the controller. Every write path checks the Lease term.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::StreamExt;
@@ -20,6 +20,7 @@ use super::crd::{ComputeRegion, ReplicaPlacement, TenantQuota, TrainingJob, Work
 use super::leader::Leadership;
 use super::members::{Members, PodsIn};
 use super::metrics::OperatorMetrics;
+use super::pods::{self, DeviceResources};
 use super::reconcile;
 use super::snapshot::{self, keys, WorkloadKey};
 use crate::jobs::{rfc3339, set_condition};
@@ -38,6 +39,8 @@ pub(super) struct Actuator {
     leadership: Leadership,
     /// Concurrent API calls while launching a gang.
     parallelism: usize,
+    /// How replica pods ask for their devices.
+    devices: DeviceResources,
 }
 
 impl Actuator {
@@ -47,6 +50,7 @@ impl Actuator {
         metrics: OperatorMetrics,
         leadership: Leadership,
         parallelism: usize,
+        devices: DeviceResources,
     ) -> Self {
         Actuator {
             client,
@@ -56,6 +60,7 @@ impl Actuator {
             metrics,
             leadership,
             parallelism,
+            devices,
         }
     }
 
@@ -355,6 +360,7 @@ impl Actuator {
                 template.clone(),
                 owner,
                 self.leadership.clone(),
+                self.devices,
             ));
         }
         let results: Vec<Result<bool, String>> = futures::stream::iter(jobs)
@@ -392,10 +398,11 @@ async fn launch_replica(
     template: Value,
     owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
     leadership: Leadership,
+    devices: DeviceResources,
 ) -> Result<bool, String> {
     let (key, tenant, r, i) = (&key, tenant.as_str(), &r, replica);
-    let annotations = replica_annotations(key, tenant, r);
-    let pod = replica_pod(key, i, &r.pod, &template, &annotations, owner)?;
+    let annotations = pods::replica_annotations(key, tenant, r);
+    let pod = pods::replica_pod(key, i, r, &template, &annotations, owner, devices)?;
     if !leadership.is_leader() {
         return Err("lost leadership".to_string());
     }
@@ -444,75 +451,4 @@ async fn launch_replica(
         Err(kube::Error::SerdeError(_)) => Ok(true),
         Err(e) => Err(format!("binding pod {} to {node}: {e}", r.pod)),
     }
-}
-
-fn replica_annotations(
-    key: &WorkloadKey,
-    tenant: &str,
-    r: &crate::operator::crd::ReplicaPlacement,
-) -> BTreeMap<String, String> {
-    let mut a = BTreeMap::new();
-    a.insert(
-        keys::GPU_DEVICES.to_string(),
-        r.devices
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    if let Some(m) = r.gpu_milli {
-        a.insert(keys::GPU_MILLI.to_string(), m.to_string());
-    }
-    a.insert(keys::TENANT.to_string(), tenant.to_string());
-    a.insert(
-        keys::JOB.to_string(),
-        format!("{}/{}", key.namespace, key.name),
-    );
-    a
-}
-
-/// A replica's pod from the workload's template: deterministic name, owner
-/// labels, device annotations, `schedulerName: zhisuan`, no node yet.
-fn replica_pod(
-    key: &WorkloadKey,
-    replica: u32,
-    name: &str,
-    template: &Value,
-    annotations: &BTreeMap<String, String>,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-) -> Result<Pod, String> {
-    let mut pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": template.get("metadata").cloned().unwrap_or_else(|| json!({})),
-        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({"containers": []})),
-    });
-    pod["metadata"]["name"] = json!(name);
-    pod["metadata"]["namespace"] = json!(key.namespace);
-    if !pod["metadata"].get("labels").is_some_and(Value::is_object) {
-        pod["metadata"]["labels"] = json!({});
-    }
-    pod["metadata"]["labels"][keys::WORKLOAD_KIND] = json!(key.kind.label());
-    pod["metadata"]["labels"][keys::WORKLOAD_NAME] = json!(key.name);
-    pod["metadata"]["labels"][keys::REPLICA] = json!(replica.to_string());
-    if !pod["metadata"]
-        .get("annotations")
-        .is_some_and(Value::is_object)
-    {
-        pod["metadata"]["annotations"] = json!({});
-    }
-    for (k, v) in annotations {
-        pod["metadata"]["annotations"][k] = json!(v);
-    }
-    if let Some(o) = owner {
-        pod["metadata"]["ownerReferences"] = json!([o]);
-    }
-    pod["spec"]["schedulerName"] = json!(keys::SCHEDULER_NAME);
-    if let Some(spec) = pod["spec"].as_object_mut() {
-        spec.remove("nodeName");
-    }
-    if !pod["spec"].get("containers").is_some_and(Value::is_array) {
-        pod["spec"]["containers"] = json!([]);
-    }
-    serde_json::from_value(pod).map_err(|e| format!("spec.template does not make a valid pod: {e}"))
 }

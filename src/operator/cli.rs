@@ -47,6 +47,12 @@ pub struct ControllerArgs {
     /// Placement policy (zhisuan, fgd, bestfit, dotprod, gpupacking, gpuclustering, random).
     #[arg(long, default_value = "zhisuan")]
     pub policy: String,
+    /// How replica pods ask for their devices: `zhisuan` (the zhisuan agent's
+    /// device plugin gives each container exactly its placed devices) or
+    /// `vendor` (the template's own `nvidia.com/gpu` requests; the vendor's
+    /// plugin picks the devices, so the placement is not enforced).
+    #[arg(long, value_enum, default_value = "zhisuan")]
+    pub device_resources: crate::operator::pods::DeviceResources,
     /// ComputeRegions whose score is within this fraction of the best one
     /// count as equally good for a job, which then goes where it packs best
     /// (docs/regions.md, "Packing band"); 0 = strict score order.
@@ -222,6 +228,7 @@ fn controller_config(args: &ControllerArgs) -> anyhow::Result<ControllerConfig> 
             ..PlanConfig::default()
         },
         resync: Duration::from_secs(args.resync_s.max(1)),
+        device_resources: args.device_resources,
         ..ControllerConfig::default()
     })
 }

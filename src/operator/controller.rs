@@ -30,6 +30,7 @@ use super::leader::{Elector, Leadership, LeaseTiming};
 use super::members::{member_node_view, member_pod_view, MemberObjects, Members};
 use super::metering;
 use super::metrics::OperatorMetrics;
+use super::pods::DeviceResources;
 use super::reconcile;
 use super::regions::{region_catalog, region_statuses};
 use super::snapshot::{
@@ -60,6 +61,9 @@ pub struct ControllerConfig {
     /// Month-to-date use (monthly limits) is re-read from its source at most
     /// this often.
     pub usage_refresh: Duration,
+    /// How replica pods ask for their devices (the agent's device plugin or
+    /// the vendor's).
+    pub device_resources: DeviceResources,
 }
 
 impl Default for ControllerConfig {
@@ -73,6 +77,7 @@ impl Default for ControllerConfig {
             resync: Duration::from_secs(5),
             parallelism: 32,
             usage_refresh: Duration::from_secs(30),
+            device_resources: DeviceResources::default(),
         }
     }
 }
@@ -333,6 +338,7 @@ impl Controller {
             metrics.clone(),
             elector.leadership(),
             config.parallelism,
+            config.device_resources,
         ));
         Ok(Controller {
             client,

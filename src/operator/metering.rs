@@ -28,6 +28,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use super::pods::VENDOR_RESOURCES;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -45,9 +47,6 @@ pub const GPU_METER: &str = "controller-gpu";
 /// Grid emission factor used where a pod's region has no ComputeRegion
 /// (China's national average, 2022, kg CO2 per kWh).
 pub const DEFAULT_GRID_KG_PER_KWH: f64 = 0.5703;
-
-/// Extended resources of the vendors' own device plugins.
-pub const VENDOR_RESOURCES: [&str; 2] = ["nvidia.com/gpu", "huawei.com/npu"];
 
 /// Settings of the GPU meter.
 #[derive(Clone, Debug)]

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod members;
 pub mod metering;
 pub mod metrics;
+pub mod pods;
 mod reconcile;
 pub mod regions;
 pub mod snapshot;
