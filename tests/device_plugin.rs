@@ -4,11 +4,14 @@
 //! whole devices and shares, refusals, PreStartContainer's check, and
 //! re-registration after a kubelet restart (issue #14).
 
+#[path = "support/kubelet.rs"]
+mod kubelet;
+
+use kubelet::{kubelet_registration, serve_uds, PodResources};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status};
 use zhisuan::telemetry::agent::{Agent, AgentConfig};
 use zhisuan::telemetry::cli::{serve_agent, DevicePluginSetup, ServeOptions};
 use zhisuan::telemetry::deviceplugin::proto::podresources as pr;
@@ -19,55 +22,6 @@ use zhisuan::telemetry::health::HealthPolicy;
 use zhisuan::telemetry::metrics::AgentMetrics;
 use zhisuan::telemetry::sim::{Fault, SharedSimNode, SimConfig, SimNode};
 use zhisuan::telemetry::Accelerator;
-
-/// The kubelet's Registration service: forwards each request to the test.
-struct Registrar(mpsc::UnboundedSender<dp::RegisterRequest>);
-
-#[tonic::async_trait]
-impl dp::registration_server::Registration for Registrar {
-    async fn register(
-        &self,
-        req: Request<dp::RegisterRequest>,
-    ) -> Result<Response<dp::Empty>, Status> {
-        let _ = self.0.send(req.into_inner());
-        Ok(Response::new(dp::Empty {}))
-    }
-}
-
-/// The kubelet's pod-resources service: what the test says pods hold.
-#[derive(Clone, Default)]
-struct PodResources(Arc<Mutex<Vec<pr::PodResources>>>);
-
-#[tonic::async_trait]
-impl pr::pod_resources_lister_server::PodResourcesLister for PodResources {
-    async fn list(
-        &self,
-        _: Request<pr::ListPodResourcesRequest>,
-    ) -> Result<Response<pr::ListPodResourcesResponse>, Status> {
-        Ok(Response::new(pr::ListPodResourcesResponse {
-            pod_resources: self.0.lock().unwrap().clone(),
-        }))
-    }
-}
-
-fn serve_uds(path: &Path, router: tonic::transport::server::Router) -> tokio::task::JoinHandle<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path).unwrap();
-    tokio::spawn(async move {
-        router
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
-            .await
-            .unwrap();
-    })
-}
-
-fn kubelet_registration(
-    tx: mpsc::UnboundedSender<dp::RegisterRequest>,
-) -> tonic::transport::server::Router {
-    tonic::transport::Server::builder().add_service(
-        dp::registration_server::RegistrationServer::new(Registrar(tx)),
-    )
-}
 
 /// Waits for a registration (bounded).
 async fn registered(rx: &mut mpsc::UnboundedReceiver<dp::RegisterRequest>) -> dp::RegisterRequest {
