@@ -457,7 +457,8 @@ fn bad_input_names_the_field() {
     // Jobs: one bad field at a time.
     let job = json!({"kind": "inference", "name": "chat", "replicas": 1, "gpu_milli": 500,
                      "image": "registry.local/llm:1", "latency_slo_ms": 50,
-                     "user_region": "beijing", "token_tier": "industry"});
+                     "user_region": "beijing", "token_tier": "industry",
+                     "accelerator_vendor": "cuda", "mixed_models": false});
     for (patch, field) in [
         (json!({"kind": "batch"}), "kind"),
         (json!({"name": "Chat!"}), "name"),
@@ -475,6 +476,9 @@ fn bad_input_names_the_field() {
         (json!({"token_tier": "gold"}), "token_tier"),
         (json!({"max_runtime_s": 0}), "max_runtime_s"),
         (json!({"priority": 9}), "priority"),
+        (json!({"accelerator_vendor": "nvida"}), "accelerator_vendor"),
+        (json!({"accelerator_vendor": 7}), "accelerator_vendor"),
+        (json!({"mixed_models": "yes"}), "mixed_models"),
     ] {
         let mut body = job.clone();
         for (key, v) in patch.as_object().unwrap() {

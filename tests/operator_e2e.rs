@@ -1252,6 +1252,8 @@ async fn kube_jobs_backend_submits_and_isolates_tenants() {
         replicas: 2,
         milli_per_replica: 2000,
         gpu_models: vec![],
+        vendor: None,
+        mixed_models: false,
         image: "trainer:1".into(),
         region: None,
         latency_slo_ms: None,

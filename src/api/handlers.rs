@@ -557,9 +557,17 @@ pub struct JobRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 999)]
     pub gpu_milli: Option<u32>,
-    /// Allowed accelerator models; absent = any.
+    /// Allowed accelerator models; absent = any model of the job's vendor.
     #[serde(default)]
     pub gpu_models: Option<Vec<String>>,
+    /// The accelerator vendor or software stack: `nvidia` / `cuda`, `huawei` /
+    /// `ascend` / `cann`; absent = nvidia (a CUDA image never lands on an NPU).
+    #[serde(default)]
+    pub accelerator_vendor: Option<String>,
+    /// Let a gang's replicas run on different GPU models; absent = false (one
+    /// model for the whole gang).
+    #[serde(default)]
+    pub mixed_models: Option<bool>,
     /// Container image.
     #[schema(min_length = 1, max_length = 512, pattern = "^\\S+$")]
     pub image: String,
@@ -688,6 +696,16 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
             ));
         }
     }
+    let vendor = match r.accelerator_vendor.as_deref() {
+        None => None,
+        Some(v) => Some(
+            crate::jobs::accelerator_vendor(v)
+                .map_err(|m| {
+                    ApiError::invalid("accelerator_vendor", format!("accelerator_vendor: {m}"))
+                })?
+                .to_string(),
+        ),
+    };
     Ok(JobSpec {
         tenant: tenant.to_string(),
         kind: r.kind,
@@ -695,6 +713,8 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
         replicas: r.replicas,
         milli_per_replica,
         gpu_models,
+        vendor,
+        mixed_models: r.mixed_models.unwrap_or(false),
         image: r.image,
         region: r.region,
         latency_slo_ms: r.latency_slo_ms,

@@ -46,8 +46,12 @@ pub struct JobSpec {
     /// GPU share per replica in milli-GPU: whole GPUs are multiples of 1000
     /// (`gpus_per_replica` × 1000), a shared GPU is 1..=999.
     pub milli_per_replica: u32,
-    /// Allowed accelerator models; empty = any.
+    /// Allowed accelerator models; empty = any model of its vendor.
     pub gpu_models: Vec<String>,
+    /// The accelerator vendor it needs (`nvidia`, `huawei`); None = nvidia.
+    pub vendor: Option<String>,
+    /// The gang's replicas may run on different models (default: one).
+    pub mixed_models: bool,
     pub image: String,
     pub region: Option<String>,
     pub latency_slo_ms: Option<u32>,

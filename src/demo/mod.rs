@@ -676,24 +676,8 @@ mod tests {
 
     fn spec(name: &str) -> JobSpec {
         JobSpec {
-            tenant: "acme".into(),
-            name: name.into(),
-            kind: JobKind::Training,
-            replicas: 1,
-            gpus_per_replica: 1,
-            gpu_milli: 0,
-            cpu_milli_per_replica: 0,
-            memory_mib_per_replica: 0,
-            gpu_models: vec![],
-            user_region: None,
-            data_region: None,
-            latency_slo_ms: None,
-            residency: vec![],
-            cost_budget_fen: None,
-            wait_for_best: false,
-            priority: 0,
-            max_runtime_s: None,
             duration_s: Some(60),
+            ..JobSpec::new("acme", name, JobKind::Training)
         }
     }
 

@@ -4,7 +4,9 @@
 //! Imports no edge module (`operator`, `api`, `telemetry`, `sim`, `demo`).
 
 mod status;
+mod vendor;
 mod view;
 
 pub use status::*;
+pub use vendor::*;
 pub use view::*;

@@ -95,7 +95,8 @@ pub struct TrainingJobSpec {
     /// Accelerator models the job accepts (empty = any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpu_models: Vec<String>,
-    /// Accelerator vendor the job needs (nvidia, huawei, ...; empty = NVIDIA).
+    /// Accelerator vendor or software stack the job needs: nvidia / cuda,
+    /// huawei / ascend / cann (empty = NVIDIA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator_vendor: Option<String>,
     /// Let the gang's replicas run on different GPU models (default: one
@@ -185,7 +186,8 @@ pub struct InferenceServiceSpec {
     /// Accelerator models accepted (empty = any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpu_models: Vec<String>,
-    /// Accelerator vendor needed (empty = NVIDIA).
+    /// Accelerator vendor or software stack needed: nvidia / cuda, huawei /
+    /// ascend / cann (empty = NVIDIA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator_vendor: Option<String>,
     /// Let the replicas run on different GPU models (default: one model).

@@ -96,6 +96,12 @@ impl KubeJobs {
         if let Some(r) = &spec.region {
             s["regions"] = json!({"residency": [r]});
         }
+        if let Some(v) = &spec.vendor {
+            s["acceleratorVendor"] = json!(v);
+        }
+        if spec.mixed_models {
+            s["mixedModels"] = json!(true);
+        }
         let kind = match spec.kind {
             JobKind::Training => {
                 if let Some(m) = spec.max_runtime_s {
@@ -406,6 +412,8 @@ mod tests {
             replicas: 2,
             milli_per_replica: 500,
             gpu_models: vec!["H100".into()],
+            vendor: Some("nvidia".into()),
+            mixed_models: true,
             image: "vllm:1".into(),
             region: Some("ningxia".into()),
             latency_slo_ms: Some(50),
@@ -419,6 +427,8 @@ mod tests {
         assert_eq!(obj["spec"]["gpuMilli"], 500);
         assert_eq!(obj["spec"]["tokenTier"], "high-value");
         assert_eq!(obj["spec"]["regions"]["residency"][0], "ningxia");
+        assert_eq!(obj["spec"]["acceleratorVendor"], "nvidia");
+        assert_eq!(obj["spec"]["mixedModels"], true);
         // What the controller will parse is a valid InferenceService spec.
         let parsed: crate::operator::crd::InferenceServiceSpec =
             serde_json::from_value(obj["spec"].clone()).unwrap();

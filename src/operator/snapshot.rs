@@ -341,7 +341,11 @@ fn fill(view: &mut WorkloadView, c: &WorkloadCommon, max_runtime_s: Option<i64>)
         view.gpus_per_replica = 1;
     }
     view.models = c.gpu_models.to_vec();
-    view.vendor = c.accelerator_vendor.clone();
+    view.vendor = c
+        .accelerator_vendor
+        .as_deref()
+        .and_then(|v| crate::jobs::accelerator_vendor(v).ok())
+        .map(String::from);
     view.mixed_models = c.mixed_models;
     view.priority = c.priority;
     view.residency = c.regions.residency.clone();

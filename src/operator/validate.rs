@@ -62,6 +62,15 @@ fn validate_gpu_request(req: &WorkloadCommon, known_models: &BTreeSet<String>) -
         ),
         _ => {}
     }
+    if let Some(v) = req
+        .accelerator_vendor
+        .as_deref()
+        .filter(|v| !v.trim().is_empty())
+    {
+        if let Err(m) = crate::jobs::accelerator_vendor(v) {
+            err(&mut e, "spec.acceleratorVendor", m);
+        }
+    }
     for (i, model) in req.gpu_models.iter().enumerate() {
         if !known_models.contains(model) {
             let known: Vec<&str> = known_models.iter().map(String::as_str).collect();

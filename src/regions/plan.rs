@@ -80,9 +80,16 @@ pub struct JobSpec {
     pub cpu_milli_per_replica: u32,
     #[serde(default)]
     pub memory_mib_per_replica: u64,
-    /// Allowed accelerator models (empty = any).
+    /// Allowed accelerator models (empty = any model of its vendor).
     #[serde(default)]
     pub gpu_models: Vec<String>,
+    /// The accelerator vendor or software stack it needs (nvidia / cuda,
+    /// huawei / ascend / cann; empty = nvidia).
+    #[serde(default)]
+    pub accelerator_vendor: Option<String>,
+    /// The gang's replicas may run on different models (default: one model).
+    #[serde(default)]
+    pub mixed_models: bool,
     /// Where the job's users sit (a user region or region name).
     #[serde(default)]
     pub user_region: Option<String>,
@@ -178,6 +185,33 @@ fn field_err(field: &'static str, msg: impl fmt::Display) -> SpecError {
 }
 
 impl JobSpec {
+    /// A job of one replica with one whole GPU and nothing else asked;
+    /// callers change the rest with struct update (`..JobSpec::new(..)`).
+    pub fn new(tenant: &str, name: &str, kind: JobKind) -> Self {
+        JobSpec {
+            tenant: tenant.into(),
+            name: name.into(),
+            kind,
+            replicas: 1,
+            gpus_per_replica: 1,
+            gpu_milli: 0,
+            cpu_milli_per_replica: 0,
+            memory_mib_per_replica: 0,
+            gpu_models: Vec::new(),
+            accelerator_vendor: None,
+            mixed_models: false,
+            user_region: None,
+            data_region: None,
+            latency_slo_ms: None,
+            residency: Vec::new(),
+            cost_budget_fen: None,
+            wait_for_best: false,
+            priority: 0,
+            max_runtime_s: None,
+            duration_s: None,
+        }
+    }
+
     /// Checks the spec against the catalog. Errors name the field and the fix.
     pub fn resolve(&self, catalog: &Catalog) -> Result<ResolvedJob, SpecError> {
         if self.tenant.trim().is_empty() {
@@ -220,6 +254,9 @@ impl JobSpec {
                     ))
                 }
             };
+        if let Some(v) = self.accelerator_vendor.as_deref().filter(|v| !v.is_empty()) {
+            crate::jobs::accelerator_vendor(v).map_err(|m| field_err("accelerator_vendor", m))?;
+        }
         let mut models = Vec::with_capacity(self.gpu_models.len());
         for m in &self.gpu_models {
             match catalog.accelerators.iter().position(|a| &a.model == m) {
@@ -1057,24 +1094,10 @@ mod tests {
 
     fn job() -> JobSpec {
         JobSpec {
-            tenant: "acme".into(),
-            name: "j".into(),
-            kind: JobKind::Training,
-            replicas: 1,
-            gpus_per_replica: 1,
-            gpu_milli: 0,
             cpu_milli_per_replica: 1000,
             memory_mib_per_replica: 1024,
-            gpu_models: vec![],
             user_region: Some("beijing".into()),
-            data_region: None,
-            latency_slo_ms: None,
-            residency: vec![],
-            cost_budget_fen: None,
-            wait_for_best: false,
-            priority: 0,
-            max_runtime_s: None,
-            duration_s: None,
+            ..JobSpec::new("acme", "j", JobKind::Training)
         }
     }
 

@@ -51,6 +51,24 @@ pub fn vendor_fits(job: Option<&str>, node: &str) -> bool {
     }
 }
 
+/// The vendor a workload runs on: the one it names; else, when every model
+/// it names is one vendor's (`gpuModels: [Ascend910B]`), that vendor; else
+/// none, which [`vendor_fits`] reads as [`DEFAULT_VENDOR`].
+pub fn job_vendor<'a>(
+    w: &'a WorkloadView,
+    model_vendors: &'a BTreeSet<(String, String)>,
+) -> Option<&'a str> {
+    if let Some(v) = w.vendor.as_deref() {
+        return Some(v);
+    }
+    let mut of_models = model_vendors
+        .iter()
+        .filter(|(m, _)| w.models.iter().any(|x| x == m))
+        .map(|(_, v)| v.as_str());
+    let first = of_models.next()?;
+    of_models.all(|v| v == first).then_some(first)
+}
+
 /// Pending workloads by priority (highest first), then tenant, in age order.
 type Lanes<'a> = BTreeMap<Reverse<i32>, BTreeMap<&'a str, VecDeque<&'a WorkloadView>>>;
 
@@ -60,10 +78,10 @@ fn nodes_in<'n>(
     region_nodes: &'n BTreeMap<String, Vec<u32>>,
     nodes: &[NodeView],
     region: &str,
-    vendor: &Option<String>,
+    vendor: Option<&str>,
 ) -> Cow<'n, [u32]> {
     let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
-    let fits = |i: &u32| vendor_fits(vendor.as_deref(), &nodes[*i as usize].vendor);
+    let fits = |i: &u32| vendor_fits(vendor, &nodes[*i as usize].vendor);
     if all.iter().all(fits) {
         Cow::Borrowed(all)
     } else {
@@ -237,15 +255,16 @@ impl<'a> Pass<'a> {
         adm: &mut Admission,
     ) -> Option<Vec<&'k str>> {
         let vendor_models = &self.cap.model_vendors;
+        let vendor = job_vendor(w, vendor_models);
         let of_vendor = adm
             .vendor_models
-            .entry(w.vendor.clone())
+            .entry(vendor.map(String::from))
             .or_insert_with(|| {
                 (0..known.len())
                     .filter(|&i| {
-                        vendor_models.iter().any(|(model, v)| {
-                            *model == known[i] && vendor_fits(w.vendor.as_deref(), v)
-                        })
+                        vendor_models
+                            .iter()
+                            .any(|(model, v)| *model == known[i] && vendor_fits(vendor, v))
                     })
                     .collect()
             });
@@ -373,12 +392,13 @@ impl<'a> Pass<'a> {
             &mut adm.order,
         );
         let cap = &mut self.cap;
+        let vendor = job_vendor(w, &cap.model_vendors).map(String::from);
         order_band_by_fit(&mut adm.expl, &mut adm.order, |r| {
             let nodes = nodes_in(
                 &self.region_nodes,
                 &cap.nodes,
                 &rc.catalog.regions[r as usize].name,
-                &w.vendor,
+                vendor.as_deref(),
             );
             cap.engine.best(&members[0], Some(&nodes)).map(|(s, _)| s)
         });
@@ -416,8 +436,9 @@ impl<'a> Pass<'a> {
         gangs: &[Vec<Request>],
     ) -> Result<(String, Vec<Decision>), Vec<String>> {
         let mut why = Vec::new();
+        let vendor = job_vendor(w, &self.cap.model_vendors);
         for region in allowed {
-            let nodes = nodes_in(&self.region_nodes, &self.cap.nodes, region, &w.vendor);
+            let nodes = nodes_in(&self.region_nodes, &self.cap.nodes, region, vendor);
             let mut order: Vec<(crate::placement::Score, usize)> = Vec::new();
             if gangs.len() == 1 {
                 order.push(((0, 0), 0));

@@ -41,6 +41,8 @@ pub fn job_spec(w: &WorkloadView, models: &[String]) -> JobSpec {
         cpu_milli_per_replica: w.cpu_milli,
         memory_mib_per_replica: w.memory_mib,
         gpu_models: models.to_vec(),
+        accelerator_vendor: w.vendor.clone(),
+        mixed_models: w.mixed_models,
         user_region: w.user_region.clone(),
         data_region: None,
         latency_slo_ms: w.latency_slo_ms,

@@ -75,6 +75,14 @@ pub struct WorkloadRow {
     pub latency_slo_ms: Option<f64>,
     /// `|`-separated allowed regions (empty = anywhere).
     pub residency: String,
+    /// Accelerator vendor or stack (nvidia / cuda, huawei / ascend / cann);
+    /// the column may be left out (empty = nvidia).
+    #[serde(default)]
+    pub accelerator_vendor: String,
+    /// `true`: the gang's replicas may run on different models; the column
+    /// may be left out (one model per gang).
+    #[serde(default)]
+    pub mixed_models: bool,
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -97,6 +105,8 @@ impl WorkloadRow {
             cpu_milli_per_replica: self.cpu_milli,
             memory_mib_per_replica: self.memory_mib,
             gpu_models: split_list(&self.gpu_models),
+            accelerator_vendor: Some(self.accelerator_vendor.clone()).filter(|s| !s.is_empty()),
+            mixed_models: self.mixed_models,
             user_region: Some(self.user_region.clone()).filter(|s| !s.is_empty()),
             data_region: None,
             latency_slo_ms: self.latency_slo_ms,
@@ -293,6 +303,8 @@ pub fn build_workload(trace_csv: &str, file: &str) -> Result<Vec<WorkloadRow>, I
             user_region: user.to_string(),
             latency_slo_ms: slo,
             residency: residency.to_string(),
+            accelerator_vendor: String::new(),
+            mixed_models: false,
         });
     }
     Ok(rows)
@@ -718,7 +730,7 @@ mod tests {
     fn bad_workload_rows_name_file_line_and_field() {
         let catalog = Catalog::default_catalog();
         let header = DEFAULT_WORKLOAD_CSV.lines().next().unwrap();
-        let bad = format!("{header}\nj,t,training,0,60,1,1,0,1000,1024,,atlantis,,\n");
+        let bad = format!("{header}\nj,t,training,0,60,1,1,0,1000,1024,,atlantis,,,,false\n");
         let err = parse_workload(&bad, "w.csv", &catalog)
             .unwrap_err()
             .to_string();
@@ -726,10 +738,33 @@ mod tests {
             err.contains("w.csv:2") && err.contains("user_region") && err.contains("atlantis"),
             "{err}"
         );
-        let bad = format!("{header}\nj,t,sleeping,0,60,1,1,0,1000,1024,,beijing,,\n");
+        let bad = format!("{header}\nj,t,sleeping,0,60,1,1,0,1000,1024,,beijing,,,,false\n");
         let err = parse_workload(&bad, "w.csv", &catalog)
             .unwrap_err()
             .to_string();
         assert!(err.contains("w.csv:2") && err.contains("kind"), "{err}");
+        let bad = format!("{header}\nj,t,training,0,60,1,1,0,1000,1024,,beijing,,,nvida,false\n");
+        let err = parse_workload(&bad, "w.csv", &catalog)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("w.csv:2") && err.contains("accelerator_vendor") && err.contains("nvida"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_vendor_columns_are_optional_and_carried_to_the_job() {
+        let catalog = Catalog::default_catalog();
+        let old = "name,tenant,kind,arrival_s,duration_s,replicas,gpus_per_replica,gpu_milli,cpu_milli,memory_mib,gpu_models,user_region,latency_slo_ms,residency\n\
+                   j,t,training,0,60,1,1,0,1000,1024,,beijing,,\n";
+        let jobs = parse_workload(old, "old.csv", &catalog).unwrap();
+        assert_eq!(jobs[0].1.accelerator_vendor, None);
+        assert!(!jobs[0].1.mixed_models);
+        let header = DEFAULT_WORKLOAD_CSV.lines().next().unwrap();
+        let new = format!("{header}\nj,t,training,0,60,4,1,0,1000,1024,,beijing,,,cann,true\n");
+        let jobs = parse_workload(&new, "new.csv", &catalog).unwrap();
+        assert_eq!(jobs[0].1.accelerator_vendor.as_deref(), Some("cann"));
+        assert!(jobs[0].1.mixed_models);
     }
 }

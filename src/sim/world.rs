@@ -269,8 +269,12 @@ fn workload_of(id: JobId, spec: &JobSpec, now_s: i64) -> WorkloadView {
         gpus_per_replica: spec.gpus_per_replica as u8,
         gpu_milli: (spec.gpu_milli > 0).then_some(spec.gpu_milli as u16),
         models: spec.gpu_models.clone(),
-        vendor: None,
-        mixed_models: false,
+        vendor: spec
+            .accelerator_vendor
+            .as_deref()
+            .and_then(|v| crate::jobs::accelerator_vendor(v).ok())
+            .map(String::from),
+        mixed_models: spec.mixed_models,
         priority: spec.priority,
         residency: spec.residency.clone(),
         preferred: Vec::new(),
@@ -972,24 +976,13 @@ links:
 
     fn spec(name: &str, replicas: u32, gpus: u32, duration: i64) -> JobSpec {
         JobSpec {
-            tenant: "acme".into(),
-            name: name.into(),
-            kind: JobKind::Training,
             replicas,
             gpus_per_replica: gpus,
-            gpu_milli: 0,
             cpu_milli_per_replica: 8000,
             memory_mib_per_replica: 16384,
-            gpu_models: vec![],
             user_region: Some("city".into()),
-            data_region: None,
-            latency_slo_ms: None,
-            residency: vec![],
-            cost_budget_fen: None,
-            wait_for_best: false,
-            priority: 0,
-            max_runtime_s: None,
             duration_s: Some(duration),
+            ..JobSpec::new("acme", name, JobKind::Training)
         }
     }
 
@@ -1027,6 +1020,75 @@ links:
         assert!((u.carbon_kg - 0.66 * 0.4 * 0.6).abs() < 1e-9);
         assert_eq!(w.region_stats()[1].gpus_allocated, 0.0);
         assert!(w.take_usage().is_empty(), "usage is handed over once");
+    }
+
+    /// One region with an 8-A100 node and an 8-NPU Ascend node: flexible
+    /// 2-GPU jobs (no vendor, no models) must not take the NPUs, so a job
+    /// asking for Ascend910B waits no longer than under bestfit (issue #14's
+    /// case: 35,913 s against 0 s before jobs had a vendor).
+    #[test]
+    fn flexible_jobs_leave_the_npus_to_the_job_that_needs_them() {
+        const MIXED: &str = r#"
+accelerators:
+  - {model: A100, vendor: nvidia, power_w: 400}
+  - {model: Ascend910B, vendor: huawei, power_w: 350}
+regions:
+  - name: mixed
+    hub: m
+    side: east
+    pue: 1.2
+    green_share: 0.2
+    price_cny_per_kwh: 0.5
+    grid_factor_kg_per_kwh: 0.6
+    inventory:
+      - {model: A100, nodes: 1, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}
+      - {model: Ascend910B, nodes: 1, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}
+user_regions:
+  - {name: city}
+links:
+  - {a: city, b: mixed, rtt_ms: 2, bandwidth_gbps: 100}
+"#;
+        let run = |placement_policy: Policy| {
+            let catalog = Catalog::from_yaml(MIXED, "mixed.yaml").unwrap();
+            let config = WorldConfig {
+                placement_policy,
+                start_s: 1000,
+                ..Default::default()
+            };
+            let mut w = World::new(catalog, config).unwrap();
+            let flexible: Vec<JobId> = (0..4)
+                .map(|i| w.submit(spec(&format!("f{i}"), 1, 2, 36_000)).unwrap())
+                .collect();
+            let npu = w
+                .submit(JobSpec {
+                    gpu_models: vec!["Ascend910B".into()],
+                    ..spec("npu", 1, 8, 600)
+                })
+                .unwrap();
+            let cann = w
+                .submit(JobSpec {
+                    accelerator_vendor: Some("cann".into()),
+                    ..spec("cann", 1, 8, 600)
+                })
+                .unwrap();
+            w.advance_to(1000 + 36_000 + 1);
+            let nodes: Vec<String> = flexible
+                .iter()
+                .map(|id| w.job_view(*id).unwrap().replicas[0].node.clone())
+                .collect();
+            let waited = |id| w.job(id).unwrap().wait_s(1000 + 36_001);
+            (nodes, waited(npu), waited(cann))
+        };
+        let (nodes, npu_wait, cann_wait) = run(Policy::default());
+        assert!(
+            nodes.iter().all(|n| n.contains("a100")),
+            "flexible CUDA jobs stay on NVIDIA: {nodes:?}"
+        );
+        let (_, npu_bestfit, _) = run(Policy::BestFit);
+        assert_eq!(npu_wait, 0, "the NPU job starts at once");
+        assert!(npu_wait <= npu_bestfit);
+        // A job naming its stack (cann) runs on the NPUs once they are free.
+        assert_eq!(cann_wait, 600, "waits only for the first NPU job");
     }
 
     #[test]
@@ -1315,24 +1377,15 @@ links:
                             JobKind::OnlineInference,
                         ][kind as usize];
                         let spec = JobSpec {
-                            tenant: "t".into(),
-                            name: "p".into(),
-                            kind,
                             replicas,
                             gpus_per_replica: gpus,
                             gpu_milli: milli,
                             cpu_milli_per_replica: 4000,
                             memory_mib_per_replica: 8192,
-                            gpu_models: vec![],
                             user_region: Some(USERS[user].into()),
-                            data_region: None,
                             latency_slo_ms: slo,
-                            residency: vec![],
-                            cost_budget_fen: None,
-                            wait_for_best: false,
-                            priority: 0,
-                            max_runtime_s: None,
                             duration_s: Some(duration),
+                            ..JobSpec::new("t", "p", kind)
                         };
                         (spec, residency, gap)
                     },
