@@ -1171,6 +1171,15 @@ async fn invalid_specs_get_a_condition_naming_the_field_and_never_stall() {
     create_raw(&server, &tj_ar(), Some("ml"), garbage).await;
     job(&server, "cyclic", "loop-a", 1, 1).await;
     job(&server, "good", "acme", 1, 2).await;
+    // A privileged pod with the node's root filesystem: refused at the
+    // default Pod Security level (baseline) until its tenant is trusted.
+    quota(&server, "ops", None, json!({})).await;
+    let mut root = job_json("root", "ops", 1, 1);
+    root["spec"]["template"]["spec"]["containers"][0]["securityContext"] =
+        json!({"privileged": true});
+    root["spec"]["template"]["spec"]["volumes"] =
+        json!([{"name": "host", "hostPath": {"path": "/"}}]);
+    create_raw(&server, &tj_ar(), Some("ml"), root).await;
 
     eventually(15, "good runs despite the bad ones", || async {
         phase(&server, "good").await == "Running"
@@ -1181,6 +1190,11 @@ async fn invalid_specs_get_a_condition_naming_the_field_and_never_stall() {
         ("milli", "spec.gpuMilli"),
         ("model", "spec.gpuModels[0]"),
         ("garbage", "spec.replicas"),
+        (
+            "root",
+            "spec.template.spec.containers[0].securityContext.privileged",
+        ),
+        ("root", "spec.template.spec.volumes[0].hostPath"),
     ] {
         eventually(15, name, || async {
             let s = status_of(&server, name).await;
@@ -1222,6 +1236,16 @@ async fn invalid_specs_get_a_condition_naming_the_field_and_never_stall() {
         .unwrap();
     eventually(15, "fixed job runs", || async {
         phase(&server, "zero").await == "Running"
+    })
+    .await;
+    // The operator trusts tenant ops: its TenantQuota allows privileged pods.
+    let trust = json!({"spec": {"podSecurity": "privileged"}});
+    dynamic_api(&server, &tq_ar(), None)
+        .patch("ops", &PatchParams::default(), &Patch::Merge(&trust))
+        .await
+        .unwrap();
+    eventually(15, "trusted tenant's job runs", || async {
+        phase(&server, "root").await == "Running"
     })
     .await;
     assert!(!c.task.is_finished(), "the controller stopped");

@@ -104,8 +104,8 @@ fn caught_up(store_rv: &str, written_rv: &str) -> bool {
 /// what changed since the last one (keyed by uid, checked by resourceVersion).
 #[derive(Default)]
 struct ViewCache {
-    /// Models the cached workload views were validated against.
-    known: BTreeSet<String>,
+    /// What the cached workload views were validated against.
+    rules: snapshot::ValidationRules,
     nodes: HashMap<String, (String, NodeView)>,
     pods: HashMap<String, (String, PodView)>,
     training: HashMap<String, (String, WorkloadView)>,
@@ -770,19 +770,24 @@ impl Controller {
                 month_use,
                 regions,
             };
-            let known = snap.known_models();
-            if known != cache.known {
-                // Validation depends on the known models: convert everything again.
+            let rules = snapshot::ValidationRules {
+                known_models: snap.known_models(),
+                pod_security: snapshot::pod_security_levels(&quotas),
+            };
+            if rules != cache.rules {
+                // Validation depends on the models and the tenants' Pod
+                // Security levels: convert everything again.
                 cache.training.clear();
                 cache.inference.clear();
-                cache.known = known.clone();
+                cache.rules = rules;
             }
+            let rules = &cache.rules;
             snap.workloads = cached_views(&mut cache.training, &training, |o| {
-                snapshot::workload_view(Kind::Training, o, &known)
+                snapshot::workload_view(Kind::Training, o, rules)
             });
             snap.workloads
                 .extend(cached_views(&mut cache.inference, &inference, |o| {
-                    snapshot::workload_view(Kind::Inference, o, &known)
+                    snapshot::workload_view(Kind::Inference, o, rules)
                 }));
             snapshot::key_legacy_member_placements(&mut snap.workloads, &region_views);
             snap

@@ -378,6 +378,10 @@ pub struct TenantQuotaSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self.all(k, self[k] >= 0)").message("tokensPerMonth must be >= 0"))]
     pub tokens_per_month: BTreeMap<String, i64>,
+    /// Pod Security Standards level its workloads' pod templates must meet:
+    /// privileged, baseline or restricted (absent: the parent's, else baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security: Option<super::podsecurity::PodSecurityLevel>,
 }
 
 fn yes() -> bool {

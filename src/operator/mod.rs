@@ -16,6 +16,7 @@ pub mod members;
 pub mod metering;
 pub mod metrics;
 pub mod pods;
+pub mod podsecurity;
 mod reconcile;
 pub mod regions;
 pub mod snapshot;

@@ -181,7 +181,7 @@ impl Reconciler {
         }
         // Validation against known models is the scheduling loop's; only the
         // status, runtime limit and generation matter here.
-        let view = snapshot::workload_view(key.kind, obj, &BTreeSet::new());
+        let view = snapshot::workload_view(key.kind, obj, &snapshot::ValidationRules::default());
         // The pod cache is the scheduling loop's, fed by another watch than
         // the one that triggered this reconcile: it may not show the change
         // yet. Look again after a resync period (at least 1 s).
@@ -254,7 +254,7 @@ impl Reconciler {
                 add(at, p.name);
             }
         }
-        let view = snapshot::workload_view(key.kind, obj, &BTreeSet::new());
+        let view = snapshot::workload_view(key.kind, obj, &snapshot::ValidationRules::default());
         if let Some(p) = &view.status.placement {
             let at = self.ctx.act.cluster_of(p.region.as_deref())?;
             for r in &p.replicas {

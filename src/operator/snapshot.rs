@@ -2,7 +2,8 @@
 //! objects into these views is the only place that knows their shapes; the
 //! planner ([`crate::schedule`]) sees nothing else.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::DynamicObject;
@@ -12,6 +13,7 @@ use super::crd::{
     ComputeRegionSpec, ComputeRegionStatus, InferenceServiceSpec, TenantQuotaSpec, TrainingJobSpec,
     WorkloadCommon, WorkloadSpec, WorkloadStatus, FINALIZER,
 };
+use super::podsecurity::{self, PodSecurityLevel};
 use super::validate::{self, FieldError};
 
 pub use crate::jobs::{
@@ -237,11 +239,43 @@ pub fn pod_view(pod: &Pod) -> PodView {
 /// A workload object → view. A spec that does not even parse (a string where
 /// a number belongs) becomes a view with an error naming the field, so one
 /// bad object never stalls the others.
-pub fn workload_view(
-    kind: Kind,
-    obj: &DynamicObject,
-    known_models: &BTreeSet<String>,
-) -> WorkloadView {
+/// What a workload spec is validated against.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ValidationRules {
+    /// Accelerator models the cluster has.
+    pub known_models: BTreeSet<String>,
+    /// Each tenant's Pod Security level (absent: baseline).
+    pub pod_security: BTreeMap<String, PodSecurityLevel>,
+}
+
+impl ValidationRules {
+    pub fn level(&self, tenant: &str) -> PodSecurityLevel {
+        self.pod_security.get(tenant).copied().unwrap_or_default()
+    }
+}
+
+/// Each tenant's Pod Security level from the TenantQuota objects.
+pub fn pod_security_levels(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, PodSecurityLevel> {
+    let entries: Vec<_> = quotas
+        .iter()
+        .filter_map(|q| {
+            let spec = q.data.get("spec")?;
+            let tenant = spec.get("tenant")?.as_str()?.to_string();
+            let parent = spec
+                .get("parent")
+                .and_then(|p| p.as_str())
+                .map(String::from);
+            let level = spec
+                .get("podSecurity")
+                .and_then(|l| serde_json::from_value(l.clone()).ok());
+            Some((tenant, parent, level))
+        })
+        .collect();
+    podsecurity::tenant_levels(&entries)
+}
+
+pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -> WorkloadView {
+    let known_models = &rules.known_models;
     let key = WorkloadKey {
         kind,
         namespace: obj.namespace().unwrap_or_default(),
@@ -288,10 +322,18 @@ pub fn workload_view(
     let parsed = match kind {
         Kind::Training => parse_spec::<TrainingJobSpec>(spec_value).map(|s| {
             view.errors = validate::validate_training(&s, known_models);
+            view.errors.extend(podsecurity::check_template(
+                &s.template,
+                rules.level(&s.tenant),
+            ));
             fill(&mut view, &s.common(), s.max_runtime_seconds);
         }),
         Kind::Inference => parse_spec::<InferenceServiceSpec>(spec_value).map(|s| {
             view.errors = validate::validate_inference(&s, known_models);
+            view.errors.extend(podsecurity::check_template(
+                &s.template,
+                rules.level(&s.tenant),
+            ));
             fill(&mut view, &s.common(), None);
             view.latency_slo_ms = s.latency_slo_ms.map(f64::from);
             view.user_region = s.user_region.clone();
@@ -465,7 +507,7 @@ mod tests {
                 "status": {"phase": "Running",
                            "placement": {"region": region, "replicas": replicas}}}))
             .unwrap();
-            workload_view(Kind::Training, &obj, &BTreeSet::new())
+            workload_view(Kind::Training, &obj, &ValidationRules::default())
         };
         let mut workloads = vec![
             job("old", "far", &["kind-control-plane", "far/far-2"]),
@@ -502,7 +544,7 @@ mod tests {
             "spec": {"tenant": "a", "replicas": "many", "template": {}}
         }))
         .unwrap();
-        let v = workload_view(Kind::Training, &obj, &BTreeSet::new());
+        let v = workload_view(Kind::Training, &obj, &ValidationRules::default());
         assert_eq!(v.errors.len(), 1);
         assert_eq!(v.errors[0].field, "spec.replicas", "{:?}", v.errors);
     }

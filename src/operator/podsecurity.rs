@@ -1,0 +1,494 @@
+//! What a tenant's pod template may ask of the node (issue #16, item 2).
+//!
+//! The controller creates pods from tenants' templates with its own rights,
+//! in the home cluster and in member clusters, so it applies the Kubernetes
+//! Pod Security Standards itself rather than trusting every namespace to
+//! have Pod Security admission: `baseline` by default (no privileged
+//! containers, host namespaces, hostPath volumes, host ports, added
+//! capabilities beyond the default set, unconfined seccomp/AppArmor, unsafe
+//! sysctls, custom SELinux users/roles), `restricted` or `privileged` per
+//! TenantQuota (`spec.podSecurity`, inherited down the tenant tree). Pure:
+//! every violation is a [`FieldError`] naming the template field.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, PodSecurityContext, PodSpec, PodTemplateSpec, SecurityContext, Volume,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::jobs::FieldError;
+
+/// A Pod Security Standards level.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PodSecurityLevel {
+    /// Anything goes (trusted system tenants only).
+    Privileged,
+    /// No known privilege escalation (the default).
+    #[default]
+    Baseline,
+    /// Hardened: non-root, no privilege escalation, capabilities dropped,
+    /// seccomp on, only ephemeral/claim/config volumes.
+    Restricted,
+}
+
+impl PodSecurityLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurityLevel::Privileged => "privileged",
+            PodSecurityLevel::Baseline => "baseline",
+            PodSecurityLevel::Restricted => "restricted",
+        }
+    }
+}
+
+/// Each tenant's level: its TenantQuota's `podSecurity`, else the nearest
+/// ancestor's, else baseline. `quotas` is `(tenant, parent, level)`.
+pub fn tenant_levels(
+    quotas: &[(String, Option<String>, Option<PodSecurityLevel>)],
+) -> BTreeMap<String, PodSecurityLevel> {
+    let by_tenant: BTreeMap<&str, (Option<&str>, Option<PodSecurityLevel>)> = quotas
+        .iter()
+        .map(|(t, p, l)| (t.as_str(), (p.as_deref(), *l)))
+        .collect();
+    let mut out = BTreeMap::new();
+    for tenant in by_tenant.keys() {
+        let mut at = Some(*tenant);
+        let mut level = None;
+        // Bounded walk: a parent cycle ends at the tree's size.
+        for _ in 0..=by_tenant.len() {
+            let Some((parent, l)) = at.and_then(|t| by_tenant.get(t)) else {
+                break;
+            };
+            if l.is_some() {
+                level = *l;
+                break;
+            }
+            at = *parent;
+        }
+        out.insert(tenant.to_string(), level.unwrap_or_default());
+    }
+    out
+}
+
+/// Capabilities a baseline container may add (the container runtime's defaults).
+const BASELINE_CAPABILITIES: [&str; 13] = [
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// Sysctls safe for any pod (namespaced, isolated).
+const SAFE_SYSCTLS: [&str; 10] = [
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+
+/// SELinux types a baseline pod may run as.
+const SELINUX_TYPES: [&str; 4] = [
+    "container_t",
+    "container_init_t",
+    "container_kvm_t",
+    "container_engine_t",
+];
+
+/// The violations of `level` in a workload's `spec.template`.
+pub fn check_template(template: &PodTemplateSpec, level: PodSecurityLevel) -> Vec<FieldError> {
+    let mut c = Checker {
+        level,
+        errors: Vec::new(),
+    };
+    if level == PodSecurityLevel::Privileged {
+        return c.errors;
+    }
+    if let Some(spec) = &template.spec {
+        c.pod(spec);
+    }
+    c.errors
+}
+
+struct Checker {
+    level: PodSecurityLevel,
+    errors: Vec<FieldError>,
+}
+
+const SPEC: &str = "spec.template.spec";
+
+impl Checker {
+    fn refuse(&mut self, field: String, why: &str) {
+        self.errors.push(FieldError {
+            field,
+            message: format!(
+                "{why}: not allowed at Pod Security level {} (a TenantQuota's spec.podSecurity sets the tenant's level)",
+                self.level.as_str()
+            ),
+        });
+    }
+
+    fn restricted(&self) -> bool {
+        self.level == PodSecurityLevel::Restricted
+    }
+
+    fn pod(&mut self, spec: &PodSpec) {
+        for (set, field) in [
+            (spec.host_network, "hostNetwork"),
+            (spec.host_pid, "hostPID"),
+            (spec.host_ipc, "hostIPC"),
+        ] {
+            if set == Some(true) {
+                self.refuse(format!("{SPEC}.{field}"), "sharing the node's namespaces");
+            }
+        }
+        for (i, v) in spec.volumes.iter().flatten().enumerate() {
+            self.volume(i, v);
+        }
+        let pod_ctx = spec.security_context.as_ref();
+        if let Some(ctx) = pod_ctx {
+            self.pod_context(ctx);
+        }
+        let lists = [
+            ("containers", spec.containers.iter().collect::<Vec<_>>()),
+            (
+                "initContainers",
+                spec.init_containers.iter().flatten().collect(),
+            ),
+        ];
+        for (list, containers) in lists {
+            for (i, c) in containers.into_iter().enumerate() {
+                let at = format!("{SPEC}.{list}[{i}]");
+                for (j, p) in c.ports.iter().flatten().enumerate() {
+                    if p.host_port.is_some_and(|h| h != 0) {
+                        self.refuse(format!("{at}.ports[{j}].hostPort"), "a host port");
+                    }
+                }
+                self.container(&at, c.security_context.as_ref(), pod_ctx);
+            }
+        }
+        for (i, c) in spec.ephemeral_containers.iter().flatten().enumerate() {
+            let at = format!("{SPEC}.ephemeralContainers[{i}]");
+            self.container(&at, c.security_context.as_ref(), pod_ctx);
+        }
+    }
+
+    fn volume(&mut self, i: usize, v: &Volume) {
+        let at = format!("{SPEC}.volumes[{i}]");
+        if v.host_path.is_some() {
+            self.refuse(format!("{at}.hostPath"), "a hostPath volume");
+            return;
+        }
+        let allowed = v.config_map.is_some()
+            || v.csi.is_some()
+            || v.downward_api.is_some()
+            || v.empty_dir.is_some()
+            || v.ephemeral.is_some()
+            || v.persistent_volume_claim.is_some()
+            || v.projected.is_some()
+            || v.secret.is_some();
+        if self.restricted() && !allowed {
+            self.refuse(
+                at,
+                "a volume type other than configMap, csi, downwardAPI, emptyDir, ephemeral, persistentVolumeClaim, projected or secret",
+            );
+        }
+    }
+
+    fn pod_context(&mut self, ctx: &PodSecurityContext) {
+        let at = format!("{SPEC}.securityContext");
+        if let Some(s) = &ctx.se_linux_options {
+            self.selinux(&at, s.type_.as_deref(), s.user.is_some(), s.role.is_some());
+        }
+        if ctx
+            .seccomp_profile
+            .as_ref()
+            .is_some_and(|s| s.type_ == "Unconfined")
+        {
+            self.refuse(
+                format!("{at}.seccompProfile.type"),
+                "an unconfined seccomp profile",
+            );
+        }
+        if ctx
+            .app_armor_profile
+            .as_ref()
+            .is_some_and(|a| a.type_ == "Unconfined")
+        {
+            self.refuse(
+                format!("{at}.appArmorProfile.type"),
+                "an unconfined AppArmor profile",
+            );
+        }
+        if ctx
+            .windows_options
+            .as_ref()
+            .and_then(|w| w.host_process)
+            .unwrap_or(false)
+        {
+            self.refuse(
+                format!("{at}.windowsOptions.hostProcess"),
+                "a Windows host process",
+            );
+        }
+        for (i, s) in ctx.sysctls.iter().flatten().enumerate() {
+            if !SAFE_SYSCTLS.contains(&s.name.as_str()) {
+                self.refuse(format!("{at}.sysctls[{i}].name"), "an unsafe sysctl");
+            }
+        }
+        if self.restricted() && ctx.run_as_user == Some(0) {
+            self.refuse(format!("{at}.runAsUser"), "running as root (uid 0)");
+        }
+    }
+
+    fn selinux(&mut self, at: &str, type_: Option<&str>, user: bool, role: bool) {
+        if type_.is_some_and(|t| !t.is_empty() && !SELINUX_TYPES.contains(&t)) {
+            self.refuse(format!("{at}.seLinuxOptions.type"), "a custom SELinux type");
+        }
+        if user {
+            self.refuse(format!("{at}.seLinuxOptions.user"), "a custom SELinux user");
+        }
+        if role {
+            self.refuse(format!("{at}.seLinuxOptions.role"), "a custom SELinux role");
+        }
+    }
+
+    fn container(
+        &mut self,
+        at: &str,
+        ctx: Option<&SecurityContext>,
+        pod: Option<&PodSecurityContext>,
+    ) {
+        let sc = format!("{at}.securityContext");
+        if let Some(ctx) = ctx {
+            if ctx.privileged == Some(true) {
+                self.refuse(format!("{sc}.privileged"), "a privileged container");
+            }
+            if let Some(s) = &ctx.se_linux_options {
+                self.selinux(&sc, s.type_.as_deref(), s.user.is_some(), s.role.is_some());
+            }
+            if ctx.proc_mount.as_deref().is_some_and(|p| p != "Default") {
+                self.refuse(format!("{sc}.procMount"), "an unmasked /proc");
+            }
+            if ctx
+                .seccomp_profile
+                .as_ref()
+                .is_some_and(|s| s.type_ == "Unconfined")
+            {
+                self.refuse(
+                    format!("{sc}.seccompProfile.type"),
+                    "an unconfined seccomp profile",
+                );
+            }
+            if ctx
+                .app_armor_profile
+                .as_ref()
+                .is_some_and(|a| a.type_ == "Unconfined")
+            {
+                self.refuse(
+                    format!("{sc}.appArmorProfile.type"),
+                    "an unconfined AppArmor profile",
+                );
+            }
+            if ctx
+                .windows_options
+                .as_ref()
+                .and_then(|w| w.host_process)
+                .unwrap_or(false)
+            {
+                self.refuse(
+                    format!("{sc}.windowsOptions.hostProcess"),
+                    "a Windows host process",
+                );
+            }
+            self.capabilities(&sc, ctx.capabilities.as_ref());
+        } else if self.restricted() {
+            self.capabilities(&sc, None);
+        }
+        if self.restricted() {
+            self.restricted_container(&sc, ctx, pod);
+        }
+    }
+
+    fn capabilities(&mut self, sc: &str, caps: Option<&Capabilities>) {
+        for (i, cap) in caps
+            .and_then(|c| c.add.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let name = cap.trim_start_matches("CAP_");
+            let ok = if self.restricted() {
+                name == "NET_BIND_SERVICE"
+            } else {
+                BASELINE_CAPABILITIES.contains(&name)
+            };
+            if !ok {
+                self.refuse(
+                    format!("{sc}.capabilities.add[{i}]"),
+                    &format!("adding capability {cap}"),
+                );
+            }
+        }
+        if self.restricted()
+            && !caps
+                .and_then(|c| c.drop.as_ref())
+                .is_some_and(|d| d.iter().any(|x| x == "ALL"))
+        {
+            self.refuse(
+                format!("{sc}.capabilities.drop"),
+                "keeping capabilities (drop ALL)",
+            );
+        }
+    }
+
+    fn restricted_container(
+        &mut self,
+        sc: &str,
+        ctx: Option<&SecurityContext>,
+        pod: Option<&PodSecurityContext>,
+    ) {
+        if ctx.and_then(|c| c.allow_privilege_escalation) != Some(false) {
+            self.refuse(
+                format!("{sc}.allowPrivilegeEscalation"),
+                "privilege escalation (set it to false)",
+            );
+        }
+        let non_root = ctx
+            .and_then(|c| c.run_as_non_root)
+            .or(pod.and_then(|p| p.run_as_non_root));
+        if non_root != Some(true) {
+            self.refuse(
+                format!("{sc}.runAsNonRoot"),
+                "running as root (set runAsNonRoot: true)",
+            );
+        }
+        if ctx.and_then(|c| c.run_as_user) == Some(0) {
+            self.refuse(format!("{sc}.runAsUser"), "running as root (uid 0)");
+        }
+        let seccomp = ctx
+            .and_then(|c| c.seccomp_profile.as_ref())
+            .or(pod.and_then(|p| p.seccomp_profile.as_ref()))
+            .map(|s| s.type_.as_str());
+        if !matches!(seccomp, Some("RuntimeDefault" | "Localhost")) {
+            self.refuse(
+                format!("{sc}.seccompProfile.type"),
+                "no seccomp profile (set RuntimeDefault)",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template(spec: serde_json::Value) -> PodTemplateSpec {
+        serde_json::from_value(json!({ "spec": spec })).unwrap()
+    }
+
+    fn fields(t: &PodTemplateSpec, level: PodSecurityLevel) -> Vec<String> {
+        check_template(t, level)
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_plain_gpu_pod_passes_baseline_and_a_hardened_one_restricted() {
+        let plain = template(json!({"containers": [{"name": "m", "image": "i",
+            "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}));
+        assert!(fields(&plain, PodSecurityLevel::Baseline).is_empty());
+        let hardened = template(json!({
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "m", "image": "i", "securityContext": {
+                "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}],
+            "volumes": [{"name": "d", "emptyDir": {}}]}));
+        assert!(
+            fields(&hardened, PodSecurityLevel::Restricted).is_empty(),
+            "{:?}",
+            fields(&hardened, PodSecurityLevel::Restricted)
+        );
+        // The plain pod is not hardened enough for restricted.
+        let r = fields(&plain, PodSecurityLevel::Restricted);
+        assert!(
+            r.contains(
+                &"spec.template.spec.containers[0].securityContext.runAsNonRoot".to_string()
+            ),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn baseline_refuses_each_escape_naming_its_field() {
+        let t = template(json!({
+            "hostNetwork": true, "hostPID": true,
+            "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+            "securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]},
+            "initContainers": [{"name": "i", "image": "i", "securityContext": {"privileged": true}}],
+            "containers": [{"name": "m", "image": "i",
+                "ports": [{"containerPort": 80, "hostPort": 80}],
+                "securityContext": {"capabilities": {"add": ["SYS_ADMIN", "CHOWN"]},
+                    "seccompProfile": {"type": "Unconfined"}, "procMount": "Unmasked"}}]}));
+        let got = fields(&t, PodSecurityLevel::Baseline);
+        for want in [
+            "spec.template.spec.hostNetwork",
+            "spec.template.spec.hostPID",
+            "spec.template.spec.volumes[0].hostPath",
+            "spec.template.spec.securityContext.sysctls[0].name",
+            "spec.template.spec.initContainers[0].securityContext.privileged",
+            "spec.template.spec.containers[0].ports[0].hostPort",
+            "spec.template.spec.containers[0].securityContext.capabilities.add[0]",
+            "spec.template.spec.containers[0].securityContext.seccompProfile.type",
+            "spec.template.spec.containers[0].securityContext.procMount",
+        ] {
+            assert!(got.iter().any(|f| f == want), "missing {want}: {got:?}");
+        }
+        assert_eq!(got.len(), 9, "CHOWN is a default capability: {got:?}");
+        let e = &check_template(&t, PodSecurityLevel::Baseline)[0];
+        assert!(
+            e.message.contains("baseline") && e.message.contains("spec.podSecurity"),
+            "{}",
+            e.message
+        );
+        assert!(fields(&t, PodSecurityLevel::Privileged).is_empty());
+    }
+
+    #[test]
+    fn levels_are_inherited_down_the_tenant_tree() {
+        let q = |t: &str, p: Option<&str>, l| (t.to_string(), p.map(String::from), l);
+        let levels = tenant_levels(&[
+            q("gov", None, Some(PodSecurityLevel::Restricted)),
+            q("gov-fj", Some("gov"), None),
+            q("ops", None, Some(PodSecurityLevel::Privileged)),
+            q("sme", None, None),
+            // A parent cycle ends, at the default.
+            q("a", Some("b"), None),
+            q("b", Some("a"), None),
+        ]);
+        assert_eq!(levels["gov-fj"], PodSecurityLevel::Restricted);
+        assert_eq!(levels["ops"], PodSecurityLevel::Privileged);
+        assert_eq!(levels["sme"], PodSecurityLevel::Baseline);
+        assert_eq!(levels["a"], PodSecurityLevel::Baseline);
+    }
+}
