@@ -15,6 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
+use kube::ResourceExt;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -623,7 +624,7 @@ async fn inference_tokens_are_scraped_from_running_pods_into_the_ledger() {
     assert_eq!(scrapes.load(Ordering::SeqCst), 0);
     let pods: Api<Pod> = Api::namespaced(server.client(), "ai");
     pods.patch_status(
-        "chat-serve-0",
+        "chat-serve0",
         &PatchParams::default(),
         &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "127.0.0.1"}})),
     )
@@ -1412,5 +1413,71 @@ async fn real_cluster_places_or_explains_a_job() {
     assert!(
         explained,
         "the job was neither placed nor explained within 60 s"
+    );
+}
+
+/// A failed launch rolls back only this workload's pods: a pod that already
+/// has the planned name but belongs to someone else survives; and a
+/// TrainingJob `x-serve` and an InferenceService `x` get pods of their own
+/// (issue #16, item 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_deletes_only_this_workloads_pods_and_kinds_never_share_one() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    quota(&server, "acme", None, json!({})).await;
+    let pods: Api<Pod> = Api::namespaced(server.client(), "ml");
+    let mut foreign = pod("victim-0");
+    foreign.metadata.namespace = Some("ml".into());
+    pods.create(&PostParams::default(), &foreign).await.unwrap();
+    let _c = start_controller(&server, "c1", Duration::from_secs(2));
+    job(&server, "victim", "acme", 1, 1).await;
+    eventually(15, "the launch fails on the foreign pod", || async {
+        status_of(&server, "victim").await["conditions"]
+            .to_string()
+            .contains("is not this workload's")
+    })
+    .await;
+    let still = pods.get_opt("victim-0").await.unwrap();
+    assert!(
+        still.is_some_and(|p| p.labels().get("zhisuan.io/workload").is_none()),
+        "the rollback deleted a pod that was not the workload's"
+    );
+
+    job(&server, "x-serve", "acme", 1, 1).await;
+    let isvc_ar = ApiResource::erase::<InferenceService>(&());
+    create_raw(
+        &server,
+        &isvc_ar,
+        Some("ml"),
+        json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "x", "namespace": "ml"},
+            "spec": {"tenant": "acme", "modelName": "m", "tokenTier": "basic", "replicas": 1, "gpusPerReplica": 1,
+                     "template": {"spec": {"containers": [{"name": "serve", "image": "vllm:1"}]}}}
+        }),
+    )
+    .await;
+    let isvc = dynamic_api(&server, &isvc_ar, Some("ml"));
+    let mut both = false;
+    for _ in 0..150 {
+        both = phase(&server, "x-serve").await == "Running"
+            && isvc.get("x").await.unwrap().data["status"]["phase"] == "Running";
+        if both {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        both,
+        "both run: {} / {}",
+        status_of(&server, "x-serve").await,
+        isvc.get("x").await.unwrap().data["status"]
+    );
+    let train = pods.get("x-serve-0").await.unwrap();
+    let serve = pods.get("x-serve0").await.unwrap();
+    assert_eq!(train.labels()["zhisuan.io/workload-kind"], "trainingjob");
+    assert_eq!(
+        serve.labels()["zhisuan.io/workload-kind"],
+        "inferenceservice"
     );
 }

@@ -71,11 +71,14 @@ pub struct WorkloadKey {
 
 impl WorkloadKey {
     /// Name of replica `i`'s pod: deterministic, so a restarted controller
-    /// finds (and never duplicates) the pods it created before.
+    /// finds (and never duplicates) the pods it created before, and unique
+    /// across kinds — a training pod ends in `-<digits>`, a serving pod in
+    /// `serve<digits>`, so TrainingJob `x-serve` (`x-serve-0`) and
+    /// InferenceService `x` (`x-serve0`) never share a pod.
     pub fn pod_name(&self, replica: u32) -> String {
         match self.kind {
             Kind::Training => format!("{}-{replica}", self.name),
-            Kind::Inference => format!("{}-serve-{replica}", self.name),
+            Kind::Inference => format!("{}-serve{replica}", self.name),
         }
     }
 }

@@ -75,6 +75,7 @@ impl Actuator {
         obj: &DynamicObject,
         status: &WorkloadStatus,
     ) -> Result<(), kube::Error> {
+        self.fenced()?;
         let api = self.workload_api(key);
         let body = json!({
             "apiVersion": obj.types.as_ref().map(|t| t.api_version.clone()).unwrap_or_default(),
@@ -123,7 +124,6 @@ impl Actuator {
         self.members().cluster_of(region).map_err(unavailable)
     }
 
-    /// The member clusters (empty before `run`).
     /// The member clusters, watched with the scheduling loop's `Notify`
     /// (set once by `Controller::run`; until then, a fresh set).
     pub(super) fn set_members(&self, members: Members) {
@@ -136,12 +136,26 @@ impl Actuator {
             .clone()
     }
 
-    /// Deletes the named pods in the cluster `at` (absent ones are fine).
-    /// A member cluster that cannot be reached now is an error (retried
-    /// later): other clusters' pods of the same name are never touched.
+    /// Fails (retried later) once this replica no longer holds the Lease:
+    /// every write checks it right before it is sent.
+    fn fenced(&self) -> Result<(), kube::Error> {
+        if self.leadership.is_leader() {
+            Ok(())
+        } else {
+            Err(unavailable("lost leadership: not writing".into()))
+        }
+    }
+
+    /// Deletes the named pods of workload `owner` in the cluster `at`
+    /// (absent ones are fine). A pod of that name that is not this
+    /// workload's (its kind and name labels) is left alone, and the delete
+    /// is conditional on the uid read, so a pod recreated meanwhile is never
+    /// removed. A member cluster that cannot be reached now is an error
+    /// (retried later): other clusters' pods of the same name are never
+    /// touched.
     pub(super) async fn delete_pods(
         &self,
-        namespace: &str,
+        owner: &WorkloadKey,
         at: &PodsIn,
         pods: &[String],
     ) -> Result<(), kube::Error> {
@@ -150,24 +164,50 @@ impl Actuator {
         }
         let apis = self
             .members()
-            .pod_apis(at, namespace)
+            .pod_apis(at, &owner.namespace)
             .map_err(unavailable)?;
         let targets: Vec<(Api<Pod>, String)> = apis
             .iter()
             .flat_map(|api| pods.iter().map(move |p| (api.clone(), p.clone())))
             .collect();
         let results: Vec<Result<(), kube::Error>> = futures::stream::iter(targets)
-            .map(|(api, name)| async move {
-                match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                    Err(e) => Err(e),
-                }
-            })
+            .map(|(api, name)| async move { self.delete_owned(&api, owner, &name).await })
             .buffer_unordered(self.parallelism)
             .collect()
             .await;
         results.into_iter().collect()
+    }
+
+    async fn delete_owned(
+        &self,
+        api: &Api<Pod>,
+        owner: &WorkloadKey,
+        name: &str,
+    ) -> Result<(), kube::Error> {
+        let Some(pod) = api.get_opt(name).await? else {
+            return Ok(());
+        };
+        let labels = pod.labels();
+        let ours = labels.get(keys::WORKLOAD_KIND).map(String::as_str) == Some(owner.kind.label())
+            && labels.get(keys::WORKLOAD_NAME) == Some(&owner.name);
+        if !ours {
+            tracing::warn!(pod = name, workload = %owner, "not deleting a pod that is not this workload's");
+            return Ok(());
+        }
+        self.fenced()?;
+        let params = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: pod.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => Ok(()),
+            // Gone, or another pod of that name by now: not ours to delete.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub(super) async fn act(&self, action: Action, obj: &DynamicObject) -> Result<(), kube::Error> {
@@ -203,7 +243,7 @@ impl Actuator {
                 status,
             } => {
                 let at = self.cluster_of(region.as_deref())?;
-                self.delete_pods(&key.namespace, &at, &pods).await?;
+                self.delete_pods(&key, &at, &pods).await?;
                 let preempted = status.phase.as_deref() == Some("Preempted");
                 self.apply_status(&key, obj, &status).await?;
                 if preempted {
@@ -269,7 +309,7 @@ impl Actuator {
                             .collect();
                         let region = status.placement.as_ref().and_then(|p| p.region.as_deref());
                         let at = self.cluster_of(region)?;
-                        self.delete_pods(&key.namespace, &at, &pods).await?;
+                        self.delete_pods(&key, &at, &pods).await?;
                         let mut pending = status.clone();
                         pending.phase = Some("Pending".into());
                         pending.reason = Some("BindFailed".into());

@@ -263,10 +263,7 @@ impl Reconciler {
         }
         for (at, names) in by_cluster {
             let names: Vec<String> = names.into_iter().collect();
-            self.ctx
-                .act
-                .delete_pods(&key.namespace, &at, &names)
-                .await?;
+            self.ctx.act.delete_pods(key, &at, &names).await?;
         }
         Ok(Requeue::await_change())
     }

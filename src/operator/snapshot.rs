@@ -355,6 +355,17 @@ pub fn parse_spec<T: serde::de::DeserializeOwned>(
         Ok(v) => return Ok(v),
         Err(e) => e.to_string(),
     };
+    // A required field that is absent is named by the error itself.
+    let missing = err
+        .split_once("missing field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(field, _)| field.to_string());
+    if let Some(field) = missing {
+        return Err(FieldError {
+            field: format!("spec.{field}"),
+            message: format!("is required: {err}"),
+        });
+    }
     let culprit = spec.as_object().and_then(|map| {
         map.keys().find(|k| {
             let mut without = map.clone();
@@ -547,5 +558,15 @@ mod tests {
         let v = workload_view(Kind::Training, &obj, &ValidationRules::default());
         assert_eq!(v.errors.len(), 1);
         assert_eq!(v.errors[0].field, "spec.replicas", "{:?}", v.errors);
+        // A missing required field is named, not a present one.
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "x", "namespace": "ns"},
+            "spec": {"tenant": "a", "modelName": "m", "replicas": 1, "gpusPerReplica": 1,
+                     "template": {}}
+        }))
+        .unwrap();
+        let v = workload_view(Kind::Inference, &obj, &ValidationRules::default());
+        assert_eq!(v.errors[0].field, "spec.tokenTier", "{:?}", v.errors);
     }
 }
