@@ -124,6 +124,8 @@ async fn run(jobs: usize, compute_regions: bool) -> Value {
     let registry = prometheus::Registry::new();
     let config = ControllerConfig {
         identity: "bench".into(),
+        // The bench's jobs share one namespace across tenants.
+        namespace_tenancy: zhisuan::operator::tenancy::NamespaceTenancy::Optional,
         timing: LeaseTiming {
             lease_duration: Duration::from_secs(5),
             renew_deadline: Duration::from_secs(3),

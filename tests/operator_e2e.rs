@@ -24,6 +24,7 @@ use zhisuan::operator::controller::{Controller, ControllerConfig};
 use zhisuan::operator::crd::{ComputeRegion, InferenceService, TenantQuota, TrainingJob};
 use zhisuan::operator::leader::{Leadership, LeaseTiming};
 use zhisuan::operator::snapshot::MonthToDate;
+use zhisuan::operator::tenancy::NamespaceTenancy;
 use zhisuan::operator::usage::FixedUsage;
 use zhisuan::telemetry::tokens::TokenScrapeConfig;
 
@@ -472,6 +473,7 @@ async fn monthly_gpu_hours_from_the_usage_source_block_then_admit() {
     let config = ControllerConfig {
         identity: "c1".into(),
         resync: Duration::from_millis(200),
+        namespace_tenancy: NamespaceTenancy::Optional,
         ..ControllerConfig::default()
     };
     let controller = Controller::new(server.client(), config, &prometheus::Registry::new())
@@ -584,6 +586,7 @@ async fn inference_tokens_are_scraped_from_running_pods_into_the_ledger() {
     let config = ControllerConfig {
         identity: "c1".into(),
         resync: Duration::from_millis(200),
+        namespace_tenancy: NamespaceTenancy::Optional,
         timing: LeaseTiming {
             lease_duration: Duration::from_secs(2),
             renew_deadline: Duration::from_millis(1333),
@@ -1372,6 +1375,7 @@ async fn real_cluster_places_or_explains_a_job() {
     let client = real_client().await;
     let config = ControllerConfig {
         identity: format!("e2e-{}", std::process::id()),
+        namespace_tenancy: NamespaceTenancy::Optional,
         lease_namespace: "zhisuan-e2e".into(),
         lease_name: "zhisuan-e2e".into(),
         ..ControllerConfig::default()
@@ -1480,4 +1484,99 @@ async fn rollback_deletes_only_this_workloads_pods_and_kinds_never_share_one() {
         serve.labels()["zhisuan.io/workload-kind"],
         "inferenceservice"
     );
+}
+
+/// `spec.tenant` is not trusted on its own (issue #16, item 1): a workload
+/// runs only in a namespace bound to its tenant; another tenant's namespace
+/// or an unbound one leaves it `TenantMismatch` with no pods, until the
+/// namespace is labelled for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_bind_workloads_to_their_tenant() {
+    let server = ApiServer::start().await;
+    add_node(&server, "gpu-a", "east", "H100", 8).await;
+    quota(&server, "acme", None, json!({})).await;
+    quota(&server, "rival", None, json!({})).await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(server.client());
+    for (name, labels) in [
+        ("acme-ml", json!({"zhisuan.io/tenant": "acme"})),
+        ("misc", json!({})),
+    ] {
+        let ns =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+        nss.create(&PostParams::default(), &ns).await.unwrap();
+    }
+    let config = ControllerConfig {
+        namespace_tenancy: NamespaceTenancy::Required,
+        ..controller_config("c1", Duration::from_secs(2))
+    };
+    let controller =
+        Controller::new(server.client(), config, &prometheus::Registry::new()).unwrap();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let _task = tokio::spawn(controller.run(rx));
+
+    let in_ns = |name: &str, ns: &str, tenant: &str| {
+        let mut j = job_json(name, tenant, 1, 1);
+        j["metadata"]["namespace"] = json!(ns);
+        j
+    };
+    create_raw(
+        &server,
+        &tj_ar(),
+        Some("acme-ml"),
+        in_ns("ours", "acme-ml", "acme"),
+    )
+    .await;
+    create_raw(
+        &server,
+        &tj_ar(),
+        Some("acme-ml"),
+        in_ns("spoof", "acme-ml", "rival"),
+    )
+    .await;
+    create_raw(
+        &server,
+        &tj_ar(),
+        Some("misc"),
+        in_ns("stray", "misc", "acme"),
+    )
+    .await;
+    let api = |ns: &str| dynamic_api(&server, &tj_ar(), Some(ns));
+    let status = |ns: &'static str, name: &'static str| {
+        let api = api(ns);
+        async move { api.get(name).await.unwrap().data["status"].clone() }
+    };
+    eventually(15, "acme's job in acme's namespace runs", || async {
+        status("acme-ml", "ours").await["phase"] == "Running"
+    })
+    .await;
+    for (ns, name, says) in [
+        ("acme-ml", "spoof", "namespace acme-ml belongs to tenant"),
+        (
+            "misc",
+            "stray",
+            "kubectl label namespace misc zhisuan.io/tenant=acme",
+        ),
+    ] {
+        let mut s = Value::Null;
+        for _ in 0..150 {
+            s = status(ns, name).await;
+            if s["reason"] == "TenantMismatch" && s["conditions"].to_string().contains(says) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(s["reason"], "TenantMismatch", "{name}: {s}");
+        assert!(s["conditions"].to_string().contains(says), "{name}: {s}");
+        assert!(pods_of(&server, name).is_empty(), "{name} got pods");
+    }
+    // Binding the namespace to the tenant lets its job in.
+    let label = json!({"metadata": {"labels": {"zhisuan.io/tenant": "acme"}}});
+    nss.patch("misc", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    eventually(15, "the stray job runs once misc is acme's", || async {
+        status("misc", "stray").await["phase"] == "Running"
+    })
+    .await;
+    assert_eq!(status("acme-ml", "spoof").await["reason"], "TenantMismatch");
 }

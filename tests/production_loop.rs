@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use apiserver::ApiServer;
 use cluster::{add_node, controller_config, eventually};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use zhisuan::ledger::{Ledger, Month};
@@ -21,6 +21,7 @@ use zhisuan::operator::controller::{Controller, ControllerConfig};
 use zhisuan::operator::crd::TrainingJob;
 use zhisuan::operator::jobs::KubeJobs;
 use zhisuan::operator::metering::{MeterConfig, GPU_METER};
+use zhisuan::operator::tenancy::NamespaceTenancy;
 
 const ADMIN: &str = "admin-key-0123456789abcdef";
 const NS: &str = "ml";
@@ -47,6 +48,21 @@ async fn start_api(server: &ApiServer, ledger: Ledger) -> String {
             .unwrap()
     });
     format!("http://{addr}")
+}
+
+/// The API's jobs namespace, shared (`zhisuan.io/multi-tenant`), and tenant
+/// beta's own namespace, as an operator sets them up.
+async fn tenant_namespaces(server: &ApiServer) {
+    let api: Api<Namespace> = Api::all(server.client());
+    for (name, label, value) in [
+        (NS, "zhisuan.io/multi-tenant", "true"),
+        ("beta", "zhisuan.io/tenant", "beta"),
+    ] {
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {label: value}}}))
+                .unwrap();
+        api.create(&PostParams::default(), &ns).await.unwrap();
+    }
 }
 
 /// One HTTP call: (status, JSON body).
@@ -100,6 +116,8 @@ fn start_controller(server: &ApiServer, identity: &str, db: &str) -> Replica {
     let lease = Duration::from_secs(2);
     let config = ControllerConfig {
         usage_refresh: Duration::from_millis(200),
+        // As the chart runs it: namespaces bound to tenants, the API's shared.
+        namespace_tenancy: NamespaceTenancy::Required,
         ..controller_config(identity, lease)
     };
     let registry = prometheus::Registry::new();
@@ -252,6 +270,7 @@ fn expected(milli: i64, start: i64, end: i64, fen_per_hour: i64, copay_bp: i64) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenants_job_goes_api_kubernetes_metered_billed_and_survives_failover() {
     let server = ApiServer::start().await;
+    tenant_namespaces(&server).await;
     add_node(&server, "gpu-a", "east", "H100", 8).await;
     let (agent, stop_agent) = start_agent(&server, "gpu-a");
     let dir = tempfile::tempdir().unwrap();
@@ -421,6 +440,7 @@ async fn a_tenants_job_goes_api_kubernetes_metered_billed_and_survives_failover(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_compute_voucher_applied_with_kubectl_is_issued_once_redeemed_and_shows_its_balance() {
     let server = ApiServer::start().await;
+    tenant_namespaces(&server).await;
     add_node(&server, "gpu-a", "east", "H100", 8).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
@@ -539,6 +559,7 @@ async fn a_compute_voucher_applied_with_kubectl_is_issued_once_redeemed_and_show
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_child_tenants_quota_set_through_the_api_admits_its_jobs() {
     let server = ApiServer::start().await;
+    tenant_namespaces(&server).await;
     add_node(&server, "gpu-a", "east", "H100", 8).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
@@ -600,6 +621,7 @@ async fn a_child_tenants_quota_set_through_the_api_admits_its_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_submissions_never_exceed_the_quota() {
     let server = ApiServer::start().await;
+    tenant_namespaces(&server).await;
     add_node(&server, "gpu-a", "east", "H100", 8).await;
     add_node(&server, "gpu-b", "east", "H100", 8).await;
     let dir = tempfile::tempdir().unwrap();

@@ -172,6 +172,9 @@ pub struct WorkloadView {
     pub has_finalizer: bool,
     /// Why the spec cannot be scheduled (unparseable or invalid); empty = valid.
     pub errors: Vec<FieldError>,
+    /// Why its namespace does not admit its `tenant` (a namespace of
+    /// another tenant, or one bound to none); None = it does.
+    pub tenant_mismatch: Option<String>,
 }
 
 impl WorkloadView {

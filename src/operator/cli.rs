@@ -53,6 +53,12 @@ pub struct ControllerArgs {
     /// plugin picks the devices, so the placement is not enforced).
     #[arg(long, value_enum, default_value = "zhisuan")]
     pub device_resources: crate::operator::pods::DeviceResources,
+    /// `required`: a workload runs only in a namespace labelled
+    /// `zhisuan.io/tenant=<its spec.tenant>` (or `zhisuan.io/multi-tenant=true`,
+    /// the API's); `optional`: unlabelled namespaces take any tenant
+    /// (single-team clusters and trials only).
+    #[arg(long, value_enum, default_value = "required")]
+    pub tenant_namespaces: crate::operator::tenancy::NamespaceTenancy,
     /// ComputeRegions whose score is within this fraction of the best one
     /// count as equally good for a job, which then goes where it packs best
     /// (docs/regions.md, "Packing band"); 0 = strict score order.
@@ -229,6 +235,7 @@ fn controller_config(args: &ControllerArgs) -> anyhow::Result<ControllerConfig> 
         },
         resync: Duration::from_secs(args.resync_s.max(1)),
         device_resources: args.device_resources,
+        namespace_tenancy: args.tenant_namespaces,
         ..ControllerConfig::default()
     })
 }

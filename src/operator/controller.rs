@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, Store};
@@ -36,6 +36,7 @@ use super::regions::{region_catalog, region_statuses};
 use super::snapshot::{
     self, Kind, MonthToDate, NodeView, PodView, QuotaView, WorkloadKey, WorkloadView,
 };
+use super::tenancy::{self, NamespaceTenancy};
 use super::tokens::{self, ServingService};
 use super::usage::UsageSource;
 use crate::ledger::Ledger;
@@ -64,6 +65,8 @@ pub struct ControllerConfig {
     /// How replica pods ask for their devices (the agent's device plugin or
     /// the vendor's).
     pub device_resources: DeviceResources,
+    /// Whether a workload's namespace must be bound to its tenant.
+    pub namespace_tenancy: NamespaceTenancy,
 }
 
 impl Default for ControllerConfig {
@@ -78,6 +81,7 @@ impl Default for ControllerConfig {
             parallelism: 32,
             usage_refresh: Duration::from_secs(30),
             device_resources: DeviceResources::default(),
+            namespace_tenancy: NamespaceTenancy::default(),
         }
     }
 }
@@ -273,6 +277,7 @@ struct TokenCounting {
 
 /// The reflector stores the controller reads its snapshots from.
 struct Stores {
+    namespaces: Store<Namespace>,
     nodes: Store<Node>,
     pods: Store<Pod>,
     training: Store<DynamicObject>,
@@ -600,6 +605,7 @@ impl Controller {
         let ar_is = ApiResource::erase::<InferenceService>(&());
         let ar_tq = ApiResource::erase::<TenantQuota>(&());
         let ar_cr = ApiResource::erase::<ComputeRegion>(&());
+        let w_ns = Writer::<Namespace>::new(());
         let w_nodes = Writer::<Node>::new(());
         let w_pods = Writer::<Pod>::new(());
         let w_tj = Writer::<DynamicObject>::new(ar_tj.clone());
@@ -607,6 +613,7 @@ impl Controller {
         let w_tq = Writer::<DynamicObject>::new(ar_tq.clone());
         let w_cr = Writer::<DynamicObject>::new(ar_cr.clone());
         let stores = Stores {
+            namespaces: w_ns.as_reader(),
             nodes: w_nodes.as_reader(),
             pods: w_pods.as_reader(),
             training: w_tj.as_reader(),
@@ -616,6 +623,12 @@ impl Controller {
         };
         let all = watcher::Config::default;
         let tasks = vec![
+            spawn_reflector(
+                Api::<Namespace>::all(client.clone()),
+                all(),
+                w_ns,
+                notify.clone(),
+            ),
             spawn_reflector(
                 Api::<Node>::all(client.clone()),
                 all(),
@@ -690,6 +703,7 @@ impl Controller {
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         for ready in [
+            stores.namespaces.wait_until_ready().await,
             stores.nodes.wait_until_ready().await,
             stores.pods.wait_until_ready().await,
             stores.training.wait_until_ready().await,
@@ -792,6 +806,25 @@ impl Controller {
             snapshot::key_legacy_member_placements(&mut snap.workloads, &region_views);
             snap
         };
+        let namespaces = stores.namespaces.state();
+        let ns_labels: HashMap<&str, &BTreeMap<String, String>> = namespaces
+            .iter()
+            .filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref()?)))
+            .collect();
+        let known_ns: std::collections::HashSet<&str> = namespaces
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect();
+        let empty = BTreeMap::new();
+        for w in snap.workloads.iter_mut() {
+            let ns = w.key.namespace.as_str();
+            let labels = ns_labels
+                .get(ns)
+                .copied()
+                .or(known_ns.contains(ns).then_some(&empty));
+            w.tenant_mismatch =
+                tenancy::tenant_mismatch(ns, labels, &w.tenant, self.config.namespace_tenancy);
+        }
         if let Some(counting) = &self.tokens {
             let pods: Vec<_> = pod_objects
                 .iter()

@@ -20,6 +20,7 @@ pub mod podsecurity;
 mod reconcile;
 pub mod regions;
 pub mod snapshot;
+pub mod tenancy;
 pub mod tokens;
 pub mod usage;
 pub mod validate;

@@ -318,6 +318,7 @@ pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -
         deleting: obj.metadata.deletion_timestamp.is_some(),
         has_finalizer: obj.finalizers().iter().any(|f| f == FINALIZER),
         errors: Vec::new(),
+        tenant_mismatch: None,
     };
     let parsed = match kind {
         Kind::Training => parse_spec::<TrainingJobSpec>(spec_value).map(|s| {

@@ -94,9 +94,20 @@ impl<'a> Pass<'a> {
             if w.deleting || !w.has_finalizer {
                 continue;
             }
-            if !w.errors.is_empty() {
-                let status = pending_status(w, "Pending", "InvalidSpec", describe(&w.errors), now);
-                *self.out.pending.entry("InvalidSpec".into()).or_default() += 1;
+            // A tenant the namespace does not admit is never admitted (a
+            // workload already running keeps its pods; its namespace was
+            // checked when it was admitted).
+            let waiting = matches!(w.phase(), "Pending" | "Preempted");
+            let refusal = if let Some(m) = w.tenant_mismatch.as_ref().filter(|_| waiting) {
+                Some(("TenantMismatch", m.clone()))
+            } else if !w.errors.is_empty() {
+                Some(("InvalidSpec", describe(&w.errors)))
+            } else {
+                None
+            };
+            if let Some((reason, message)) = refusal {
+                let status = pending_status(w, "Pending", reason, message, now);
+                *self.out.pending.entry(reason.into()).or_default() += 1;
                 if status != w.status {
                     self.out.actions.push(Action::SetStatus {
                         key: w.key.clone(),

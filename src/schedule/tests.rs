@@ -56,6 +56,7 @@ pub(crate) fn workload(
         deleting: false,
         has_finalizer: true,
         errors: Vec::new(),
+        tenant_mismatch: None,
     }
 }
 

@@ -289,6 +289,7 @@ fn workload_of(id: JobId, spec: &JobSpec, now_s: i64) -> WorkloadView {
         deleting: false,
         has_finalizer: true,
         errors: Vec::new(),
+        tenant_mismatch: None,
     }
 }
 

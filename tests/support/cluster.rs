@@ -9,11 +9,14 @@ use serde_json::json;
 
 use zhisuan::operator::controller::ControllerConfig;
 use zhisuan::operator::leader::LeaseTiming;
+use zhisuan::operator::tenancy::NamespaceTenancy;
 
 use super::apiserver::ApiServer;
 
 /// A controller replica's configuration for tests: a short lease (renewed
-/// at 2/3, retried at 1/6 of it) and a 200 ms resync.
+/// at 2/3, retried at 1/6 of it), a 200 ms resync, and namespaces that need
+/// no tenant label (these tests put several tenants in one namespace; the
+/// namespace ↔ tenant rule has a test of its own).
 pub fn controller_config(identity: &str, lease: Duration) -> ControllerConfig {
     ControllerConfig {
         identity: identity.into(),
@@ -23,6 +26,7 @@ pub fn controller_config(identity: &str, lease: Duration) -> ControllerConfig {
             retry_period: lease / 6,
         },
         resync: Duration::from_millis(200),
+        namespace_tenancy: NamespaceTenancy::Optional,
         ..ControllerConfig::default()
     }
 }
