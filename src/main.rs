@@ -30,6 +30,8 @@ enum Cmd {
     Api(zhisuan::cmd::api::ApiArgs),
     /// The whole system in one process on an embedded default (no cluster needed).
     Demo(zhisuan::demo::DemoArgs),
+    /// Make the quota API's admin-key Secret once (the chart's install hook).
+    AdminKey(zhisuan::cmd::admin_key::AdminKeyArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Cmd::Statement(a) => zhisuan::ledger::cli::run(a),
         Cmd::Ledger(a) => zhisuan::ledger::cli::run_ledger(a),
         Cmd::Api(a) => zhisuan::cmd::api::run(a),
+        Cmd::AdminKey(a) => zhisuan::cmd::admin_key::run(a),
         Cmd::Demo(a) => zhisuan::demo::run(a),
     };
     match result {

@@ -78,9 +78,9 @@ fn start_with(rate_per_second: f64, burst: f64) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
-            axum::serve(listener, zhisuan::api::router(state))
-                .await
-                .unwrap();
+            let app =
+                zhisuan::api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, app).await.unwrap();
         });
         addr
     });
@@ -541,6 +541,64 @@ fn rate_limit_answers_429_with_retry_after_per_key() {
     assert!((1..=2).contains(&retry), "Retry-After {retry}");
     // Another key has its own bucket.
     assert_eq!(s.get("/v1/quota", &b).status, StatusCode::OK);
+}
+
+/// The API's `zhisuan_api_key_lookups_total`.
+fn key_lookups(s: &Server) -> u64 {
+    let m = s.call(Method::GET, "/metrics", None, None).text;
+    m.lines()
+        .find_map(|l| l.strip_prefix("zhisuan_api_key_lookups_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no key lookup counter in {m}"))
+}
+
+/// Unknown keys cost one ledger lookup, however often they are tried, and a
+/// client spraying random keys is answered 429 with `Retry-After` before any
+/// lookup once its failures run out; a cached valid key keeps working
+/// (issue #16, item 6: 1,500 random keys were 1,500 ledger lookups).
+#[test]
+fn unknown_keys_are_cached_and_a_flooding_client_is_throttled() {
+    let s = start();
+    let acme = s.tenant("acme");
+    assert_eq!(s.get("/v1/quota", &acme).status, StatusCode::OK);
+    let before = key_lookups(&s);
+    for _ in 0..10 {
+        s.get("/v1/quota", "zsk_the-same-wrong-key")
+            .expect_error(StatusCode::UNAUTHORIZED, None);
+    }
+    assert_eq!(
+        key_lookups(&s) - before,
+        1,
+        "the wrong key was looked up again"
+    );
+
+    let started = std::time::Instant::now();
+    let (mut unauthorized, mut throttled) = (0, 0);
+    for i in 0..300 {
+        let r = s.get("/v1/quota", &format!("zsk_random-{i:04}-{}", i * 7919));
+        match r.status {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!(wait >= 1, "Retry-After {wait}");
+                throttled += 1;
+            }
+            other => panic!("{other}: {}", r.text),
+        }
+    }
+    // 20 failures at once, then one a second (10 were spent above).
+    let refill = started.elapsed().as_secs() + 1;
+    let lookups = key_lookups(&s) - before;
+    assert!(
+        lookups <= 21 + refill,
+        "{lookups} lookups for 300 random keys"
+    );
+    assert!(
+        throttled >= 300 - 20 - refill as i32,
+        "{throttled} throttled, {unauthorized} 401"
+    );
+    // The tenant's cached key still works from the same address.
+    assert_eq!(s.get("/v1/quota", &acme).status, StatusCode::OK);
 }
 
 #[test]

@@ -70,7 +70,8 @@ impl FromRequestParts<ApiState> for Principal {
         let principal = if constant_time_eq(&hash, &state.inner.admin_key_sha256) {
             Principal::Admin
         } else {
-            match state.tenant_for_key(key, &hash).await? {
+            let client = super::lockout::client_id(parts);
+            match state.tenant_for_key(key, &hash, &client).await? {
                 Some(t) => Principal::Tenant(t),
                 None => return Err(ApiError::unauthorized("unknown API key")),
             }

@@ -106,6 +106,17 @@ impl ApiError {
         e
     }
 
+    /// 429 for a client address whose failed keys ran out (no lookup made).
+    pub fn auth_throttled(retry_after_s: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many unknown API keys from this address; retry after {retry_after_s} s"),
+        );
+        e.retry_after_s = Some(retry_after_s);
+        e
+    }
+
     /// 500: logged with its cause; the client sees no internals.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error in API handler");

@@ -6,7 +6,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 use super::ApiState;
 
@@ -14,6 +14,8 @@ use super::ApiState;
 pub struct ApiMetrics {
     pub requests: IntCounterVec,
     pub latency: HistogramVec,
+    /// Tenant-key lookups that reached the ledger (cache misses).
+    pub key_lookups: IntCounter,
 }
 
 impl ApiMetrics {
@@ -35,9 +37,18 @@ impl ApiMetrics {
             ]),
             &["route"],
         )?;
+        let key_lookups = IntCounter::new(
+            "zhisuan_api_key_lookups_total",
+            "Tenant-key lookups that reached the ledger (not answered from the caches)",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
-        Ok(ApiMetrics { requests, latency })
+        registry.register(Box::new(key_lookups.clone()))?;
+        Ok(ApiMetrics {
+            requests,
+            latency,
+            key_lookups,
+        })
     }
 }
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 mod handlers;
 pub mod jobs;
+pub mod lockout;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
@@ -74,6 +75,8 @@ struct Inner {
     jobs: Arc<dyn JobBackend>,
     admin_key_sha256: [u8; 32],
     limiter: ratelimit::RateLimiter,
+    /// Unknown keys and failed attempts per client address.
+    lockout: lockout::Lockout,
     /// Key hash → (when looked up, tenant).
     key_cache: RwLock<HashMap<[u8; 32], (Instant, String)>>,
     /// Tenant → (when read, month, use in that month) for quota checks.
@@ -116,6 +119,7 @@ impl ApiState {
                 jobs,
                 admin_key_sha256: auth::key_hash(key),
                 limiter: ratelimit::RateLimiter::new(config.rate_limit),
+                lockout: lockout::Lockout::default(),
                 key_cache: RwLock::new(HashMap::new()),
                 usage_cache: Mutex::new(HashMap::new()),
                 quota_cache: Mutex::new(HashMap::new()),
@@ -160,8 +164,23 @@ impl ApiState {
     }
 
     /// The tenant owning `key` (whose hash is `hash`), cached for [`KEY_CACHE_TTL`].
-    async fn tenant_for_key(&self, key: &str, hash: &[u8; 32]) -> Result<Option<String>, ApiError> {
+    /// The tenant of a key that is not the admin's. A key that failed
+    /// recently is answered without a lookup, and a client that failed too
+    /// often gets 429 before any (`client`: its address, [`lockout::client_id`]).
+    async fn tenant_for_key(
+        &self,
+        key: &str,
+        hash: &[u8; 32],
+        client: &[u8; 32],
+    ) -> Result<Option<String>, ApiError> {
         let now = Instant::now();
+        let lockout = &self.inner.lockout;
+        if lockout.is_unknown(hash, now) {
+            lockout
+                .fail(client, now)
+                .map_err(ApiError::auth_throttled)?;
+            return Ok(None);
+        }
         if let Some((at, t)) = self
             .inner
             .key_cache
@@ -173,8 +192,18 @@ impl ApiState {
                 return Ok(Some(t.clone()));
             }
         }
+        lockout
+            .blocked(client, now)
+            .map_err(ApiError::auth_throttled)?;
         let k = key.to_string();
+        self.inner.metrics.key_lookups.inc();
         let found = self.blocking(move |l| l.tenant_for_api_key(&k)).await?;
+        if found.is_none() {
+            lockout.remember_unknown(*hash, now);
+            lockout
+                .fail(client, now)
+                .map_err(ApiError::auth_throttled)?;
+        }
         let mut cache = self
             .inner
             .key_cache

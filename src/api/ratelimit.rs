@@ -24,6 +24,9 @@ impl Default for RateLimit {
     }
 }
 
+/// Buckets kept before refilled ones are dropped (many client addresses).
+const MAX_BUCKETS: usize = 100_000;
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -50,11 +53,32 @@ impl RateLimiter {
         self.limit
     }
 
+    /// Whether `key` has a token at `now`, without taking it (`Err` as [`Self::check`]).
+    pub fn peek(&self, key: &[u8; 32], now: Instant) -> Result<(), u64> {
+        let RateLimit { per_second, burst } = self.limit;
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(b) = buckets.get(key) else {
+            return Ok(());
+        };
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        let tokens = (b.tokens + elapsed * per_second).min(burst);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(((1.0 - tokens) / per_second).ceil().max(1.0) as u64)
+        }
+    }
+
     /// Takes one token for `key` at `now`. `Err(s)`: the bucket is empty and
     /// a token will be available in `s` whole seconds (≥ 1, for `Retry-After`).
     pub fn check(&self, key: &[u8; 32], now: Instant) -> Result<(), u64> {
         let RateLimit { per_second, burst } = self.limit;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+            // Buckets that refilled are the same as new ones: drop them.
+            let full = std::time::Duration::from_secs_f64(burst / per_second);
+            buckets.retain(|_, b| now.saturating_duration_since(b.last) < full);
+        }
         let b = buckets.entry(*key).or_insert(Bucket {
             tokens: burst,
             last: now,

@@ -223,7 +223,9 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| InputError::new(format!("--listen {}: {e}", args.listen)))?;
         tracing::info!(listen = %args.listen, db = %crate::ledger::cli::redact_url(&args.db), "quota API serving");
-        axum::serve(listener, router(state))
+        // Client addresses for the failed-key lockout.
+        let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })

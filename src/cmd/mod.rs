@@ -2,4 +2,5 @@
 //! job backend (Kubernetes through `operator`, or the simulated cluster of
 //! `sim`), so `api` itself knows neither.
 
+pub mod admin_key;
 pub mod api;

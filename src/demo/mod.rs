@@ -553,6 +553,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let server = {
         let stop = Arc::clone(&stop);
         runtime.spawn(async move {
+            // Client addresses for the failed-key lockout.
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     while !stop.load(Ordering::Relaxed) {

@@ -401,7 +401,14 @@ pub fn scrape_blocking_with(
         .send()
         .map_err(|e| http_err(url, e))?;
     check_response(url, resp.status().as_u16(), resp.content_length())?;
-    let body = resp.bytes().map_err(|e| http_err(url, e))?;
+    // Read at most one byte past the cap: a body that never ends (chunked,
+    // no length) stops here instead of filling memory.
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(resp, MAX_BODY_BYTES as u64 + 1),
+        &mut body,
+    )
+    .map_err(|e| http_err(url, e))?;
     finish(url, &body)
 }
 
@@ -414,8 +421,23 @@ pub async fn scrape(client: &reqwest::Client, url: &str) -> Result<Exposition, S
         .await
         .map_err(|e| http_err(url, e))?;
     check_response(url, resp.status().as_u16(), resp.content_length())?;
-    let body = resp.bytes().await.map_err(|e| http_err(url, e))?;
+    let body = read_capped(url, resp).await?;
     finish(url, &body)
+}
+
+/// The body, chunk by chunk, stopping as soon as it passes [`MAX_BODY_BYTES`]
+/// (a chunked body announces no length to refuse up front).
+async fn read_capped(url: &str, mut resp: reqwest::Response) -> Result<Vec<u8>, ScrapeError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| http_err(url, e))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ScrapeError::TooLarge {
+                url: url.to_string(),
+            });
+        }
+    }
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -507,6 +529,64 @@ temp NaN
         let e = scrape_blocking(&format!("http://{addr}/metrics"), Duration::from_secs(5)).unwrap();
         server.join().unwrap();
         assert_eq!(e.value("x_total", &[("a", "1")]), Some(42.0));
+    }
+
+    /// A server sending an endless chunked body; returns its URL and the
+    /// bytes it managed to send before the client hung up.
+    fn endless_body() -> (String, std::thread::JoinHandle<u64>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).unwrap();
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .unwrap();
+            let line = "x_total{a=\"1\"} 42\n".repeat(4096);
+            let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+            let mut sent = 0u64;
+            // At most 1 GiB: a client that never stops fails the test, not the machine.
+            while sent < 1 << 30 {
+                if conn.write_all(chunk.as_bytes()).is_err() {
+                    break;
+                }
+                sent += line.len() as u64;
+            }
+            sent
+        });
+        (format!("http://{addr}/metrics"), server)
+    }
+
+    #[test]
+    fn an_endless_chunked_body_is_cut_at_the_cap_blocking() {
+        let (url, server) = endless_body();
+        let err = scrape_blocking(&url, Duration::from_secs(60)).unwrap_err();
+        assert!(matches!(err, ScrapeError::TooLarge { .. }), "{err}");
+        let sent = server.join().unwrap();
+        assert!(sent < 2 * MAX_BODY_BYTES as u64, "read {sent} bytes");
+    }
+
+    #[test]
+    fn an_endless_chunked_body_is_cut_at_the_cap_async() {
+        let (url, server) = endless_body();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let err = rt.block_on(scrape(&client, &url)).unwrap_err();
+        assert!(matches!(err, ScrapeError::TooLarge { .. }), "{err}");
+        drop(client);
+        drop(rt);
+        let sent = server.join().unwrap();
+        assert!(sent < 2 * MAX_BODY_BYTES as u64, "read {sent} bytes");
     }
 
     #[test]
