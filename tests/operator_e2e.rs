@@ -471,10 +471,8 @@ async fn monthly_gpu_hours_from_the_usage_source_block_then_admit() {
         .into(),
     );
     let config = ControllerConfig {
-        identity: "c1".into(),
-        resync: Duration::from_millis(200),
-        namespace_tenancy: NamespaceTenancy::Optional,
-        ..ControllerConfig::default()
+        usage_refresh: ControllerConfig::default().usage_refresh,
+        ..controller_config("c1", Duration::from_secs(2))
     };
     let controller = Controller::new(server.client(), config, &prometheus::Registry::new())
         .unwrap()
@@ -1081,6 +1079,46 @@ async fn controller_killed_mid_gang_restarts_with_exactly_the_right_pods() {
         4,
         "no duplicate or stray pods"
     );
+}
+
+/// The Lease deleted under a holder that is stuck (it stopped renewing but
+/// its term still runs): the other candidate waits a full lease duration of
+/// seeing it missing, so the two never lead at once (issue #16, item 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lease_is_not_taken_while_its_holder_may_still_act() {
+    use zhisuan::operator::leader::Elector;
+    let server = ApiServer::start().await;
+    let timing = LeaseTiming {
+        lease_duration: Duration::from_millis(1500),
+        renew_deadline: Duration::from_millis(1000),
+        retry_period: Duration::from_millis(100),
+    };
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(server.client(), "default");
+    let mut a = Elector::new(leases.clone(), "l", "a", timing.clone());
+    let a_leads = a.leadership();
+    // a creates the Lease (after waiting out a missing one), then is stuck.
+    let began = tokio::time::Instant::now();
+    while !a.step().await {
+        assert!(began.elapsed() < Duration::from_secs(15), "a never led");
+        tokio::time::sleep(timing.retry_period).await;
+    }
+    let b = Elector::new(leases.clone(), "l", "b", timing.clone());
+    let b_leads = b.leadership();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(b.run(stop_rx));
+    leases.delete("l", &Default::default()).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let mut both = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        if a_leads.is_leader() && b_leads.is_leader() {
+            both += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(both, 0, "b led while a's term ran");
+    assert!(!a_leads.is_leader(), "a's term ended");
+    assert!(b_leads.is_leader(), "b never took over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

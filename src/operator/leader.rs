@@ -4,7 +4,8 @@
 //! - the holder counts its term from the moment it SENT the renewal and stops
 //!   acting after `renew_deadline` (< `lease_duration`) unless renewed again;
 //! - a candidate takes over only after it has seen the same holder and
-//!   renewTime unchanged for a full `lease_duration` on its own clock.
+//!   renewTime unchanged — or the Lease missing (deleted under its holder) —
+//!   for a full `lease_duration` on its own clock.
 //!
 //! Every write to the Lease carries its resourceVersion, so of two candidates
 //! racing for an expired Lease exactly one wins (the other gets 409).
@@ -77,6 +78,9 @@ pub struct Elector {
     observed: Option<(String, String, Instant)>,
 }
 
+/// The renewTime recorded for a Lease that does not exist.
+const MISSING: &str = "<missing>";
+
 fn micro_now() -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::now())
 }
@@ -130,6 +134,14 @@ impl Elector {
 
     async fn try_step(&mut self, now: Instant) -> Result<bool, kube::Error> {
         let Some(current) = self.api.get_opt(&self.name).await? else {
+            // A missing Lease may have been deleted under a holder that still
+            // acts until its term ends: only the holder itself re-creates it
+            // at once; anyone else waits a full lease_duration of seeing it
+            // missing (longer than any holder's renew_deadline).
+            if !self.leadership.is_leader() && !self.waited_out(String::new(), MISSING.into(), now)
+            {
+                return Ok(false);
+            }
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -138,7 +150,10 @@ impl Elector {
                 spec: Some(self.spec(0, None)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
+                Ok(_) => {
+                    self.observed = None;
+                    Ok(true)
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                 Err(e) => Err(e),
             };
@@ -152,18 +167,9 @@ impl Elector {
             .unwrap_or_default();
         let transitions = spec.lease_transitions.unwrap_or(0);
         let mine = holder == self.identity;
-        if !mine && !holder.is_empty() {
-            // Expired only after a full lease_duration of no change, on our clock.
-            let seen_since = match &self.observed {
-                Some((h, r, since)) if *h == holder && *r == renew => *since,
-                _ => {
-                    self.observed = Some((holder.clone(), renew.clone(), now));
-                    now
-                }
-            };
-            if now.duration_since(seen_since) < self.timing.lease_duration {
-                return Ok(false);
-            }
+        // Expired only after a full lease_duration of no change, on our clock.
+        if !mine && !holder.is_empty() && !self.waited_out(holder, renew, now) {
+            return Ok(false);
         }
         let mut lease = current.clone();
         lease.spec = Some(if mine {
@@ -184,6 +190,19 @@ impl Elector {
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether this candidate has seen the Lease in the same state (holder
+    /// and renewTime, or missing) for a full `lease_duration` by `now`.
+    fn waited_out(&mut self, holder: String, renew: String, now: Instant) -> bool {
+        let since = match &self.observed {
+            Some((h, r, since)) if *h == holder && *r == renew => *since,
+            _ => {
+                self.observed = Some((holder, renew, now));
+                now
+            }
+        };
+        now.duration_since(since) >= self.timing.lease_duration
     }
 
     /// Campaigns and renews until `shutdown` fires; on shutdown a holder
