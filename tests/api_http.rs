@@ -14,6 +14,8 @@ const ADMIN: &str = "test-admin-key-0123456789abcdef";
 struct Server {
     base: String,
     client: Client,
+    /// The ledger file (another replica would open it).
+    db: String,
     _dir: tempfile::TempDir,
     _runtime: tokio::runtime::Runtime,
 }
@@ -64,6 +66,7 @@ fn start_with(rate_per_second: f64, burst: f64) -> Server {
         .build()
         .unwrap();
     let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
+    let db_path = db.clone();
     let config = zhisuan::api::ApiConfig {
         admin_key: ADMIN.to_string(),
         rate_limit: zhisuan::api::RateLimit {
@@ -90,6 +93,7 @@ fn start_with(rate_per_second: f64, burst: f64) -> Server {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap(),
+        db: db_path,
         _dir: dir,
         _runtime: runtime,
     }
@@ -599,6 +603,91 @@ fn unknown_keys_are_cached_and_a_flooding_client_is_throttled() {
     );
     // The tenant's cached key still works from the same address.
     assert_eq!(s.get("/v1/quota", &acme).status, StatusCode::OK);
+}
+
+/// Key rotation and revocation (issue #16, item 7): a second key works
+/// beside the first; revoking one by id stops it at once on this replica and,
+/// revoked through another replica (the shared ledger), within about a
+/// second; the list shows ids and revocation times, never keys.
+#[test]
+fn keys_rotate_and_revoke_by_id() {
+    let s = start();
+    let old = s.tenant("acme");
+    let r = s.post("/v1/tenants/acme/keys", ADMIN, json!({}));
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let new = r.body["api_key"].as_str().unwrap().to_string();
+    let new_id = r.body["id"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    for k in [&old, &new] {
+        assert_eq!(s.get("/v1/quota", k).status, StatusCode::OK);
+    }
+    let list = s.get("/v1/tenants/acme/keys", ADMIN);
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    let keys = list.body["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    assert!(
+        !list.text.contains(&old) && !list.text.contains(&new),
+        "keys leaked"
+    );
+    let old_id = keys
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_string())
+        .find(|id| *id != new_id)
+        .unwrap();
+    // Revoked here: refused at once, the other key keeps working.
+    let r = s.call(
+        Method::DELETE,
+        &format!("/v1/tenants/acme/keys/{old_id}"),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    s.get("/v1/quota", &old)
+        .expect_error(StatusCode::UNAUTHORIZED, None);
+    assert_eq!(s.get("/v1/quota", &new).status, StatusCode::OK);
+    let list = s.get("/v1/tenants/acme/keys", ADMIN);
+    let revoked = list.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == old_id.as_str())
+        .unwrap()
+        .clone();
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    // Revoked through another replica (the shared ledger): this one, which
+    // has the key cached, refuses it within about a second.
+    let other = zhisuan::ledger::Ledger::open(&s.db).unwrap();
+    other.revoke_api_key("admin", "acme", &new_id).unwrap();
+    let t = std::time::Instant::now();
+    while s.get("/v1/quota", &new).status == StatusCode::OK {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "a revoked key still works"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(t.elapsed() <= zhisuan::api::KEY_CACHE_TTL + Duration::from_millis(500));
+    // Bad and unknown ids, unknown tenants.
+    s.call(
+        Method::DELETE,
+        "/v1/tenants/acme/keys/xyz",
+        Some(ADMIN),
+        None,
+    )
+    .expect_error(StatusCode::UNPROCESSABLE_ENTITY, Some("id"));
+    s.call(
+        Method::DELETE,
+        "/v1/tenants/acme/keys/0123456789ab",
+        Some(ADMIN),
+        None,
+    )
+    .expect_error(StatusCode::NOT_FOUND, None);
+    s.post("/v1/tenants/ghost/keys", ADMIN, json!({}))
+        .expect_error(StatusCode::NOT_FOUND, None);
+    // Tenants cannot manage keys, not even their own.
+    let beta = s.tenant("beta");
+    s.post("/v1/tenants/beta/keys", &beta, json!({}))
+        .expect_error(StatusCode::FORBIDDEN, None);
 }
 
 #[test]

@@ -24,13 +24,13 @@ use crate::ledger::{
 };
 
 /// The admin as the ledger's audit log names it.
-const ADMIN_ACTOR: &str = "admin";
+pub(super) const ADMIN_ACTOR: &str = "admin";
 
 // ---------- validation helpers ----------
 
 /// Kubernetes-style name (DNS-1123 label): tenants become namespaces, jobs
 /// become resources.
-fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
     let ok = !value.is_empty()
         && value.len() <= 63
         && value
@@ -193,11 +193,8 @@ pub async fn create_tenant(
     }
     let (name, parent) = (req.name.clone(), req.parent.clone());
     let (tenant, api_key) = state
-        .blocking(move |l| {
-            let t = l.create_tenant(ADMIN_ACTOR, &name, parent.as_deref())?;
-            let key = l.create_api_key(ADMIN_ACTOR, &name)?;
-            Ok((t, key))
-        })
+        // One transaction: a lost response never leaves a tenant without a key.
+        .blocking(move |l| l.create_tenant_with_key(ADMIN_ACTOR, &name, parent.as_deref()))
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -270,7 +267,7 @@ pub struct RangeQuery {
 }
 
 /// For a tenant named in the path: unknown is 404, not a bad field.
-fn unknown_tenant_is_404(e: ApiError) -> ApiError {
+pub(super) fn unknown_tenant_is_404(e: ApiError) -> ApiError {
     if e.field.as_deref() == Some("tenant") && e.message.contains("unknown tenant") {
         ApiError::not_found(e.message)
     } else {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 mod handlers;
 pub mod jobs;
+pub mod keys;
 pub mod lockout;
 pub mod metrics;
 pub mod openapi;
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 pub use error::ApiError;
@@ -41,8 +42,9 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 /// replica's quota change shows within this time; this server's at once).
 const USAGE_CACHE_TTL: Duration = Duration::from_secs(1);
 
-/// How long a key → tenant lookup is trusted (bounds how long a revoked key still works).
-const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long a key → tenant lookup is trusted: a key revoked through another
+/// replica stops working here within this time (this replica's at once).
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Settings of one API server.
 #[derive(Clone)]
@@ -248,6 +250,16 @@ impl ApiState {
         Ok(quota)
     }
 
+    /// Forgets cached lookups of the key named `id` (a revoked key).
+    fn forget_key(&self, id: &str) {
+        let id = id.to_ascii_lowercase();
+        self.inner
+            .key_cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|hash, _| !hex::encode(hash).starts_with(&id));
+    }
+
     /// Forgets the cached quota of `tenant` (after this server changed it).
     fn forget_quota(&self, tenant: &str) {
         self.inner
@@ -297,6 +309,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tenants", post(h::create_tenant).get(h::list_tenants))
         .route("/v1/tenants/{name}/quota", put(h::set_quota))
         .route("/v1/tenants/{name}/usage", get(h::tenant_usage))
+        .route(
+            "/v1/tenants/{name}/keys",
+            post(keys::create_key).get(keys::list_keys),
+        )
+        .route("/v1/tenants/{name}/keys/{id}", delete(keys::revoke_key))
         .route("/v1/vouchers", post(h::issue_voucher).get(h::own_vouchers))
         .route("/v1/audit", get(h::audit_log))
         .route("/v1/quota", get(h::own_quota))

@@ -74,6 +74,7 @@ impl Modify for BearerAuth {
         handlers::own_quota, handlers::submit_job, handlers::list_jobs,
         handlers::get_job, handlers::delete_job, handlers::own_usage,
         handlers::statement, handlers::own_vouchers, handlers::regions,
+        super::keys::create_key, super::keys::list_keys, super::keys::revoke_key,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
@@ -82,6 +83,7 @@ impl Modify for BearerAuth {
         handlers::TenantList, handlers::VoucherRequest, handlers::AuditList,
         handlers::QuotaUse, handlers::QuotaView, handlers::JobRequest, super::jobs::JobPage,
         handlers::VoucherList, handlers::VoucherView, handlers::RegionList, handlers::StatementFormat,
+        super::keys::CreatedKey, super::keys::KeyView, super::keys::KeyList,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -16,6 +16,7 @@ mod cursors;
 pub mod energy;
 pub mod error;
 pub mod journal;
+mod keys;
 pub mod metrics;
 pub mod money;
 pub mod plan;
@@ -37,6 +38,7 @@ mod test_pg;
 
 pub use energy::{EnergyReport, EnergyWindows, ANNOTATION_POD_ENERGY};
 pub use error::{LedgerError, Result};
+pub use keys::{ApiKeyInfo, KEY_ID_LEN};
 pub use metrics::LedgerMetrics;
 pub use money::{format_yuan, ratio_to_bp, Fen};
 pub use rating::{default_rate_card, GpuPrice, RateBook, RateCard, TokenPrice};

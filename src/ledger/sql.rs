@@ -45,6 +45,12 @@ impl Cell {
             c => Some(c.t()),
         }
     }
+    pub fn opt_i(&self) -> Option<i64> {
+        match self {
+            Cell::Null => None,
+            c => Some(c.i()),
+        }
+    }
 }
 
 impl Drop for Conn {

@@ -72,11 +72,11 @@ struct Inner {
     file: Option<std::path::PathBuf>,
 }
 
-fn now_s() -> i64 {
+pub(super) fn now_s() -> i64 {
     Utc::now().timestamp()
 }
 
-fn ts(s: i64) -> DateTime<Utc> {
+pub(super) fn ts(s: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(s, 0).single().unwrap_or_default()
 }
 
@@ -85,13 +85,13 @@ pub fn hash_api_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-fn random_hex(bytes: usize) -> Result<String> {
+pub(super) fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).map_err(|e| LedgerError::Storage(format!("random: {e}")))?;
     Ok(hex::encode(buf))
 }
 
-fn audit_tx(
+pub(super) fn audit_tx(
     tx: &mut dyn Tx,
     actor: &str,
     action: &str,
@@ -233,13 +233,48 @@ fn add_rollups(tx: &mut dyn Tx, plan: &BatchPlan) -> Result<()> {
     Ok(())
 }
 
-fn tenant_exists(tx: &mut dyn Tx, name: &str) -> Result<bool> {
+/// Inserts a tenant under an existing parent (audited), in `tx`.
+pub(super) fn insert_tenant(
+    tx: &mut dyn Tx,
+    actor: &str,
+    name: &str,
+    parent: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    if tenant_exists(tx, name)? {
+        return Err(LedgerError::Conflict {
+            what: "tenant",
+            id: name.into(),
+        });
+    }
+    if let Some(p) = parent {
+        if !tenant_exists(tx, p)? {
+            return Err(LedgerError::invalid(
+                "parent",
+                format!("parent tenant '{p}' does not exist; create it first"),
+            ));
+        }
+    }
+    tx.exec(
+        "INSERT INTO tenants (name, parent, created_at) VALUES ($1, $2, $3)",
+        &[Val::T(name), parent.map_or(Val::NullT, Val::T), Val::I(now)],
+    )?;
+    audit_tx(
+        tx,
+        actor,
+        "tenant.create",
+        name,
+        &serde_json::json!({ "parent": parent }),
+    )
+}
+
+pub(super) fn tenant_exists(tx: &mut dyn Tx, name: &str) -> Result<bool> {
     Ok(!tx
         .rows("SELECT 1 FROM tenants WHERE name = $1", &[Val::T(name)])?
         .is_empty())
 }
 
-fn require_tenant(tx: &mut dyn Tx, name: &str) -> Result<()> {
+pub(super) fn require_tenant(tx: &mut dyn Tx, name: &str) -> Result<()> {
     if tenant_exists(tx, name)? {
         Ok(())
     } else {
@@ -472,34 +507,7 @@ impl Ledger {
             })?;
         }
         let now = now_s();
-        self.write(|tx| {
-            if tenant_exists(tx, name)? {
-                return Err(LedgerError::Conflict {
-                    what: "tenant",
-                    id: name.into(),
-                });
-            }
-            if let Some(p) = parent {
-                if !tenant_exists(tx, p)? {
-                    return Err(LedgerError::invalid(
-                        "parent",
-                        format!("parent tenant '{p}' does not exist; create it first"),
-                    ));
-                }
-            }
-            tx.exec(
-                "INSERT INTO tenants (name, parent, created_at) VALUES ($1, $2, $3)",
-                &[Val::T(name), parent.map_or(Val::NullT, Val::T), Val::I(now)],
-            )?;
-            audit_tx(
-                tx,
-                actor,
-                "tenant.create",
-                name,
-                &serde_json::json!({ "parent": parent }),
-            )?;
-            Ok(())
-        })?;
+        self.write(|tx| insert_tenant(tx, actor, name, parent, now))?;
         Ok(Tenant {
             name: name.into(),
             parent: parent.map(str::to_string),
@@ -558,91 +566,6 @@ impl Ledger {
             out.push(p);
         }
         Ok(out)
-    }
-
-    // ---- API keys ------------------------------------------------------
-
-    /// Creates an API key for `tenant`; returns the key, which is shown once
-    /// and stored only as its SHA-256.
-    pub fn create_api_key(&self, actor: &str, tenant: &str) -> Result<String> {
-        let key = format!("zs_{}", random_hex(24)?);
-        self.add_api_key_hash(actor, tenant, &Sha256::digest(key.as_bytes()).into())?;
-        Ok(key)
-    }
-
-    /// Stores an API key the caller generated, by its SHA-256 only (the API
-    /// shows the key once and never keeps it).
-    pub fn add_api_key_hash(&self, actor: &str, tenant: &str, key_sha256: &[u8; 32]) -> Result<()> {
-        let hash = hex::encode(key_sha256);
-        self.write(|tx| {
-            require_tenant(tx, tenant)?;
-            if !tx
-                .rows(
-                    "SELECT 1 FROM api_keys WHERE key_hash = $1",
-                    &[Val::T(&hash)],
-                )?
-                .is_empty()
-            {
-                return Err(LedgerError::Conflict {
-                    what: "api key",
-                    id: format!("sha256:{}…", &hash[..12]),
-                });
-            }
-            tx.exec(
-                "INSERT INTO api_keys (key_hash, tenant, created_at) VALUES ($1, $2, $3)",
-                &[Val::T(&hash), Val::T(tenant), Val::I(now_s())],
-            )?;
-            audit_tx(
-                tx,
-                actor,
-                "api_key.create",
-                tenant,
-                &serde_json::json!({ "key_sha256_prefix": &hash[..12] }),
-            )
-        })
-    }
-
-    /// The tenant owning the key with this SHA-256, if known and not revoked.
-    pub fn tenant_for_key_hash(&self, key_sha256: &[u8; 32]) -> Result<Option<String>> {
-        let hash = hex::encode(key_sha256);
-        let rows = self.read(|tx| {
-            tx.rows(
-                "SELECT tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-                &[Val::T(&hash)],
-            )
-        })?;
-        Ok(rows.first().map(|r| r[0].t()))
-    }
-
-    /// The tenant an API key belongs to, if the key is known and not revoked.
-    pub fn tenant_for_api_key(&self, key: &str) -> Result<Option<String>> {
-        let hash = hash_api_key(key);
-        let rows = self.read(|tx| {
-            tx.rows(
-                "SELECT tenant FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-                &[Val::T(&hash)],
-            )
-        })?;
-        Ok(rows.first().map(|r| r[0].t()))
-    }
-
-    /// Revokes every key of `tenant`; returns how many were revoked.
-    pub fn revoke_api_keys(&self, actor: &str, tenant: &str) -> Result<u64> {
-        self.write(|tx| {
-            require_tenant(tx, tenant)?;
-            let n = tx.exec(
-                "UPDATE api_keys SET revoked_at = $1 WHERE tenant = $2 AND revoked_at IS NULL",
-                &[Val::I(now_s()), Val::T(tenant)],
-            )?;
-            audit_tx(
-                tx,
-                actor,
-                "api_key.revoke",
-                tenant,
-                &serde_json::json!({ "revoked": n }),
-            )?;
-            Ok(n)
-        })
     }
 
     // ---- quotas --------------------------------------------------------

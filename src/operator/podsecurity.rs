@@ -134,6 +134,14 @@ struct Checker {
     errors: Vec<FieldError>,
 }
 
+/// What a pod's and a container's security context have in common.
+struct Shared<'a> {
+    selinux: Option<&'a k8s_openapi::api::core::v1::SELinuxOptions>,
+    seccomp: Option<&'a str>,
+    apparmor: Option<&'a str>,
+    host_process: Option<bool>,
+}
+
 const SPEC: &str = "spec.template.spec";
 
 impl Checker {
@@ -216,40 +224,15 @@ impl Checker {
 
     fn pod_context(&mut self, ctx: &PodSecurityContext) {
         let at = format!("{SPEC}.securityContext");
-        if let Some(s) = &ctx.se_linux_options {
-            self.selinux(&at, s.type_.as_deref(), s.user.is_some(), s.role.is_some());
-        }
-        if ctx
-            .seccomp_profile
-            .as_ref()
-            .is_some_and(|s| s.type_ == "Unconfined")
-        {
-            self.refuse(
-                format!("{at}.seccompProfile.type"),
-                "an unconfined seccomp profile",
-            );
-        }
-        if ctx
-            .app_armor_profile
-            .as_ref()
-            .is_some_and(|a| a.type_ == "Unconfined")
-        {
-            self.refuse(
-                format!("{at}.appArmorProfile.type"),
-                "an unconfined AppArmor profile",
-            );
-        }
-        if ctx
-            .windows_options
-            .as_ref()
-            .and_then(|w| w.host_process)
-            .unwrap_or(false)
-        {
-            self.refuse(
-                format!("{at}.windowsOptions.hostProcess"),
-                "a Windows host process",
-            );
-        }
+        self.shared(
+            &at,
+            Shared {
+                selinux: ctx.se_linux_options.as_ref(),
+                seccomp: ctx.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+                apparmor: ctx.app_armor_profile.as_ref().map(|a| a.type_.as_str()),
+                host_process: ctx.windows_options.as_ref().and_then(|w| w.host_process),
+            },
+        );
         for (i, s) in ctx.sysctls.iter().flatten().enumerate() {
             if !SAFE_SYSCTLS.contains(&s.name.as_str()) {
                 self.refuse(format!("{at}.sysctls[{i}].name"), "an unsafe sysctl");
@@ -257,6 +240,31 @@ impl Checker {
         }
         if self.restricted() && ctx.run_as_user == Some(0) {
             self.refuse(format!("{at}.runAsUser"), "running as root (uid 0)");
+        }
+    }
+
+    /// The checks a pod's and a container's security context share.
+    fn shared(&mut self, at: &str, c: Shared) {
+        if let Some(s) = c.selinux {
+            self.selinux(at, s.type_.as_deref(), s.user.is_some(), s.role.is_some());
+        }
+        if c.seccomp == Some("Unconfined") {
+            self.refuse(
+                format!("{at}.seccompProfile.type"),
+                "an unconfined seccomp profile",
+            );
+        }
+        if c.apparmor == Some("Unconfined") {
+            self.refuse(
+                format!("{at}.appArmorProfile.type"),
+                "an unconfined AppArmor profile",
+            );
+        }
+        if c.host_process == Some(true) {
+            self.refuse(
+                format!("{at}.windowsOptions.hostProcess"),
+                "a Windows host process",
+            );
         }
     }
 
@@ -283,43 +291,18 @@ impl Checker {
             if ctx.privileged == Some(true) {
                 self.refuse(format!("{sc}.privileged"), "a privileged container");
             }
-            if let Some(s) = &ctx.se_linux_options {
-                self.selinux(&sc, s.type_.as_deref(), s.user.is_some(), s.role.is_some());
-            }
             if ctx.proc_mount.as_deref().is_some_and(|p| p != "Default") {
                 self.refuse(format!("{sc}.procMount"), "an unmasked /proc");
             }
-            if ctx
-                .seccomp_profile
-                .as_ref()
-                .is_some_and(|s| s.type_ == "Unconfined")
-            {
-                self.refuse(
-                    format!("{sc}.seccompProfile.type"),
-                    "an unconfined seccomp profile",
-                );
-            }
-            if ctx
-                .app_armor_profile
-                .as_ref()
-                .is_some_and(|a| a.type_ == "Unconfined")
-            {
-                self.refuse(
-                    format!("{sc}.appArmorProfile.type"),
-                    "an unconfined AppArmor profile",
-                );
-            }
-            if ctx
-                .windows_options
-                .as_ref()
-                .and_then(|w| w.host_process)
-                .unwrap_or(false)
-            {
-                self.refuse(
-                    format!("{sc}.windowsOptions.hostProcess"),
-                    "a Windows host process",
-                );
-            }
+            self.shared(
+                &sc,
+                Shared {
+                    selinux: ctx.se_linux_options.as_ref(),
+                    seccomp: ctx.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+                    apparmor: ctx.app_armor_profile.as_ref().map(|a| a.type_.as_str()),
+                    host_process: ctx.windows_options.as_ref().and_then(|w| w.host_process),
+                },
+            );
             self.capabilities(&sc, ctx.capabilities.as_ref());
         } else if self.restricted() {
             self.capabilities(&sc, None);
