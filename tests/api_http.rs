@@ -690,6 +690,93 @@ fn keys_rotate_and_revoke_by_id() {
         .expect_error(StatusCode::FORBIDDEN, None);
 }
 
+impl Server {
+    /// A POST with an `Idempotency-Key`.
+    fn post_once(&self, path: &str, key: &str, idem: &str, body: Value) -> Reply {
+        reply(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(key)
+                .header("Idempotency-Key", idem)
+                .json(&body)
+                .send()
+                .expect("request"),
+        )
+    }
+}
+
+/// A retried POST with the same `Idempotency-Key` gets the first answer —
+/// one voucher, one tenant, one job — and the same key with another body is
+/// refused (issue #16, item 7: a retried voucher request issued a second
+/// voucher).
+#[test]
+fn retried_posts_with_an_idempotency_key_act_once() {
+    let s = start();
+    let voucher = json!({"tenant": "acme", "issuer": "city", "face_value_fen": 5000,
+                         "copay_ratio": 0.5, "valid_from": "2026-01-01T00:00:00Z",
+                         "valid_until": "2027-01-01T00:00:00Z"});
+    let t1 = s.post_once("/v1/tenants", ADMIN, "t-1", json!({"name": "acme"}));
+    assert_eq!(t1.status, StatusCode::CREATED, "{}", t1.text);
+    let t2 = s.post_once("/v1/tenants", ADMIN, "t-1", json!({"name": "acme"}));
+    assert_eq!(
+        t2.status,
+        StatusCode::CREATED,
+        "the retry is answered, not 409: {}",
+        t2.text
+    );
+    assert_eq!(t2.body, t1.body, "the same tenant and key again");
+    assert_eq!(t2.headers["idempotent-replayed"], "true");
+    let acme = t1.body["api_key"].as_str().unwrap().to_string();
+
+    let v1 = s.post_once("/v1/vouchers", ADMIN, "v-1", voucher.clone());
+    assert_eq!(v1.status, StatusCode::CREATED, "{}", v1.text);
+    let v2 = s.post_once("/v1/vouchers", ADMIN, "v-1", voucher.clone());
+    assert_eq!(v2.body["id"], v1.body["id"]);
+    let listed = s.get("/v1/vouchers", &acme);
+    assert_eq!(
+        listed.body["vouchers"].as_array().unwrap().len(),
+        1,
+        "{}",
+        listed.text
+    );
+    let mut other = voucher.clone();
+    other["face_value_fen"] = json!(9000);
+    s.post_once("/v1/vouchers", ADMIN, "v-1", other)
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, Some("Idempotency-Key"));
+    // Without a key a second request is a second voucher, as before.
+    assert_eq!(
+        s.post("/v1/vouchers", ADMIN, voucher.clone()).status,
+        StatusCode::CREATED
+    );
+    let listed = s.get("/v1/vouchers", &acme);
+    assert_eq!(listed.body["vouchers"].as_array().unwrap().len(), 2);
+
+    // A tenant's job: one job however often the submission is retried; the
+    // same key from another tenant is that tenant's own.
+    let j1 = s.post_once("/v1/jobs", &acme, "job-1", training("train", 1));
+    assert_eq!(j1.status, StatusCode::CREATED, "{}", j1.text);
+    let j2 = s.post_once("/v1/jobs", &acme, "job-1", training("train", 1));
+    assert_eq!(j2.body["id"], j1.body["id"]);
+    let page = s.get("/v1/jobs", &acme);
+    assert_eq!(
+        page.body["jobs"].as_array().unwrap().len(),
+        1,
+        "{}",
+        page.text
+    );
+    let beta = s.tenant("beta");
+    let b = s.post_once("/v1/jobs", &beta, "job-1", training("train", 1));
+    assert_eq!(b.status, StatusCode::CREATED, "{}", b.text);
+    assert_ne!(b.body["id"], j1.body["id"]);
+    // A failed request leaves its key free for a corrected retry.
+    s.post_once("/v1/jobs", &acme, "job-2", training("Bad Name", 1))
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, Some("name"));
+    let fixed = s.post_once("/v1/jobs", &acme, "job-2", training("second", 1));
+    assert_eq!(fixed.status, StatusCode::CREATED, "{}", fixed.text);
+    s.post_once("/v1/jobs", &acme, "", training("third", 1))
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, Some("Idempotency-Key"));
+}
+
 #[test]
 fn admin_actions_are_audited_without_secrets() {
     let s = start();

@@ -753,6 +753,11 @@ const CASES: &[Case] = &[
         case_energy_attribution_adds_up,
     ),
     ("audit_cursor", case_audit_cursor),
+    (
+        "first_key_and_revocation_by_id",
+        case_first_key_and_revocation_by_id,
+    ),
+    ("idempotency_keys", case_idempotency_keys),
     ("statement_csv", case_statement_csv),
     (
         "month_split_and_lapsed_vouchers",
@@ -1250,9 +1255,8 @@ fn voucher_balance_gauge_is_zero_once_expired() {
 }
 
 /// A tenant and its first key in one transaction; keys listed and revoked by id.
-#[test]
-fn tenants_get_their_first_key_atomically_and_keys_revoke_by_id() {
-    let l = Ledger::open(":memory:").unwrap();
+fn case_first_key_and_revocation_by_id(open: &dyn Fn() -> Ledger) {
+    let l = open();
     // A tenant and its first key in one transaction: a duplicate leaves no key.
     let (t, first) = l.create_tenant_with_key("admin", "solo", None).unwrap();
     assert_eq!(t.name, "solo");
@@ -1279,4 +1283,41 @@ fn tenants_get_their_first_key_atomically_and_keys_revoke_by_id() {
         l.revoke_api_key("admin", "solo", "0123456789ab"),
         Err(LedgerError::NotFound { .. })
     ));
+}
+
+/// Idempotency-Key records: reserve, answer, replay, mismatch, release.
+fn case_idempotency_keys(open: &dyn Fn() -> Ledger) {
+    use zhisuan::ledger::idempotency::Idempotent;
+    let l = open();
+    let r = |req: &str| {
+        l.idempotency_reserve("admin /v1/vouchers", "k1", req)
+            .unwrap()
+    };
+    assert_eq!(r("h1"), Idempotent::Run);
+    assert_eq!(r("h1"), Idempotent::InProgress);
+    assert_eq!(r("h2"), Idempotent::Mismatch);
+    l.idempotency_complete("admin /v1/vouchers", "k1", 201, "{\"id\":\"v1\"}")
+        .unwrap();
+    assert_eq!(
+        r("h1"),
+        Idempotent::Replay {
+            status: 201,
+            body: "{\"id\":\"v1\"}".into()
+        }
+    );
+    // Another scope is another key; a released one runs again.
+    assert_eq!(
+        l.idempotency_reserve("tenant /v1/jobs", "k1", "h1")
+            .unwrap(),
+        Idempotent::Run
+    );
+    l.idempotency_release("tenant /v1/jobs", "k1").unwrap();
+    assert_eq!(
+        l.idempotency_reserve("tenant /v1/jobs", "k1", "h9")
+            .unwrap(),
+        Idempotent::Run
+    );
+    // A completed answer is never released.
+    l.idempotency_release("admin /v1/vouchers", "k1").unwrap();
+    assert!(matches!(r("h1"), Idempotent::Replay { .. }));
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod handlers;
+pub mod idempotency;
 pub mod jobs;
 pub mod keys;
 pub mod lockout;
@@ -325,6 +326,10 @@ pub fn router(state: ApiState) -> Router {
         .merge(page::router())
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

@@ -15,6 +15,7 @@ pub mod cli;
 mod cursors;
 pub mod energy;
 pub mod error;
+pub mod idempotency;
 pub mod journal;
 mod keys;
 pub mod metrics;

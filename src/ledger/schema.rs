@@ -275,6 +275,14 @@ FROM redemptions GROUP BY tenant, {month(at_s)}, voucher_id
         // and gets the same job ids and usage record ids.
         "CREATE TABLE world_journal (seq {serial}, at_s BIGINT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL)",
     ),
+    (
+        6,
+        // Idempotency-Key answers: a retried POST gets the first answer
+        // (status 0 = reserved, still running).
+        "CREATE TABLE idempotency (scope TEXT NOT NULL, idem_key TEXT NOT NULL, \
+         request_sha256 TEXT NOT NULL, status BIGINT NOT NULL, body TEXT NOT NULL, \
+         created_at BIGINT NOT NULL, PRIMARY KEY (scope, idem_key))",
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {
