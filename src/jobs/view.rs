@@ -148,8 +148,12 @@ pub struct WorkloadView {
     /// Share per replica when shared (`None` = whole GPUs).
     pub gpu_milli: Option<u16>,
     pub models: Vec<String>,
-    /// The vendor it needs (`None`: NVIDIA).
+    /// The vendor it needs (`None`: the one its models are of, else its
+    /// tenant's default, else NVIDIA).
     pub vendor: Option<String>,
+    /// Its tenant's default vendor (TenantQuota `defaultAcceleratorVendor`,
+    /// inherited down the tree); None where the tenant has none.
+    pub default_vendor: Option<String>,
     /// The gang's replicas may run on different models (default: one).
     pub mixed_models: bool,
     pub priority: i32,

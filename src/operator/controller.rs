@@ -816,7 +816,9 @@ impl Controller {
             .filter_map(|n| n.metadata.name.as_deref())
             .collect();
         let empty = BTreeMap::new();
+        let default_vendors = snapshot::default_vendors(&quotas);
         for w in snap.workloads.iter_mut() {
+            w.default_vendor = default_vendors.get(&w.tenant).cloned();
             let ns = w.key.namespace.as_str();
             let labels = ns_labels
                 .get(ns)

@@ -378,6 +378,11 @@ pub struct TenantQuotaSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self.all(k, self[k] >= 0)").message("tokensPerMonth must be >= 0"))]
     pub tokens_per_month: BTreeMap<String, i64>,
+    /// The accelerator vendor or stack of its workloads that name none (and
+    /// whose models do not decide): nvidia / cuda, huawei / ascend / cann;
+    /// absent = the parent's, else NVIDIA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_accelerator_vendor: Option<String>,
     /// Pod Security Standards level its workloads' pod templates must meet:
     /// privileged, baseline or restricted (absent: the parent's, else baseline).
     #[serde(default, skip_serializing_if = "Option::is_none")]

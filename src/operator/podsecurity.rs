@@ -51,28 +51,11 @@ impl PodSecurityLevel {
 pub fn tenant_levels(
     quotas: &[(String, Option<String>, Option<PodSecurityLevel>)],
 ) -> BTreeMap<String, PodSecurityLevel> {
-    let by_tenant: BTreeMap<&str, (Option<&str>, Option<PodSecurityLevel>)> = quotas
-        .iter()
-        .map(|(t, p, l)| (t.as_str(), (p.as_deref(), *l)))
-        .collect();
-    let mut out = BTreeMap::new();
-    for tenant in by_tenant.keys() {
-        let mut at = Some(*tenant);
-        let mut level = None;
-        // Bounded walk: a parent cycle ends at the tree's size.
-        for _ in 0..=by_tenant.len() {
-            let Some((parent, l)) = at.and_then(|t| by_tenant.get(t)) else {
-                break;
-            };
-            if l.is_some() {
-                level = *l;
-                break;
-            }
-            at = *parent;
-        }
-        out.insert(tenant.to_string(), level.unwrap_or_default());
+    let mut levels = super::tenancy::inherited(quotas);
+    for (tenant, _, _) in quotas {
+        levels.entry(tenant.clone()).or_default();
     }
-    out
+    levels
 }
 
 /// Capabilities a baseline container may add (the container runtime's defaults).

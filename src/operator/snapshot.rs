@@ -254,6 +254,30 @@ impl ValidationRules {
     }
 }
 
+/// Each tenant's default accelerator vendor from the TenantQuota objects
+/// (normalised; inherited down the tree; invalid values are the quota's
+/// own `Valid=False` and ignored here).
+pub fn default_vendors(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, String> {
+    let entries: Vec<_> = quotas
+        .iter()
+        .filter_map(|q| {
+            let spec = q.data.get("spec")?;
+            let tenant = spec.get("tenant")?.as_str()?.to_string();
+            let parent = spec
+                .get("parent")
+                .and_then(|p| p.as_str())
+                .map(String::from);
+            let vendor = spec
+                .get("defaultAcceleratorVendor")
+                .and_then(|v| v.as_str())
+                .and_then(|v| crate::jobs::accelerator_vendor(v).ok())
+                .map(String::from);
+            Some((tenant, parent, vendor))
+        })
+        .collect();
+    super::tenancy::inherited(&entries)
+}
+
 /// Each tenant's Pod Security level from the TenantQuota objects.
 pub fn pod_security_levels(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, PodSecurityLevel> {
     let entries: Vec<_> = quotas
@@ -304,6 +328,7 @@ pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -
         models: Vec::new(),
         vendor: None,
         mixed_models: false,
+        default_vendor: None,
         priority: 0,
         residency: Vec::new(),
         preferred: Vec::new(),
@@ -569,5 +594,34 @@ mod tests {
         .unwrap();
         let v = workload_view(Kind::Inference, &obj, &ValidationRules::default());
         assert_eq!(v.errors[0].field, "spec.tokenTier", "{:?}", v.errors);
+    }
+
+    #[test]
+    fn tenants_default_vendors_come_from_their_quotas_and_parents() {
+        let q = |tenant: &str, parent: Option<&str>, vendor: Option<&str>| {
+            let mut spec = serde_json::json!({"tenant": tenant, "parent": parent});
+            if let Some(v) = vendor {
+                spec["defaultAcceleratorVendor"] = serde_json::json!(v);
+            }
+            Arc::new(
+                serde_json::from_value::<DynamicObject>(serde_json::json!({
+                    "apiVersion": "zhisuan.io/v1alpha1", "kind": "TenantQuota",
+                    "metadata": {"name": tenant}, "spec": spec
+                }))
+                .unwrap(),
+            )
+        };
+        let got = default_vendors(&[
+            q("gov", None, Some("CANN")),
+            q("gov-fj", Some("gov"), None),
+            q("sme", None, Some("nvida")),
+        ]);
+        assert_eq!(got.get("gov").map(String::as_str), Some("huawei"));
+        assert_eq!(got.get("gov-fj").map(String::as_str), Some("huawei"));
+        assert_eq!(
+            got.get("sme"),
+            None,
+            "a typo is the quota's error, not a vendor"
+        );
     }
 }

@@ -53,6 +53,32 @@ pub fn tenant_mismatch(
     ))
 }
 
+/// A per-tenant setting inherited down the tenant tree: each tenant's own
+/// value, else its nearest ancestor's; tenants with neither are left out.
+/// `entries` is `(tenant, parent, value)`; a parent cycle ends the walk.
+pub fn inherited<T: Clone>(entries: &[(String, Option<String>, Option<T>)]) -> BTreeMap<String, T> {
+    let by_tenant: BTreeMap<&str, (Option<&str>, Option<&T>)> = entries
+        .iter()
+        .map(|(t, p, v)| (t.as_str(), (p.as_deref(), v.as_ref())))
+        .collect();
+    let mut out = BTreeMap::new();
+    for tenant in by_tenant.keys() {
+        let mut at = Some(*tenant);
+        // Bounded walk: a parent cycle ends at the tree's size.
+        for _ in 0..=by_tenant.len() {
+            let Some((parent, value)) = at.and_then(|t| by_tenant.get(t)) else {
+                break;
+            };
+            if let Some(v) = value {
+                out.insert(tenant.to_string(), (*v).clone());
+                break;
+            }
+            at = *parent;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +112,23 @@ mod tests {
         let opt = NamespaceTenancy::Optional;
         assert_eq!(tenant_mismatch("misc", None, "acme", opt), None);
         assert!(tenant_mismatch("team", Some(&team), "rival", opt).is_some());
+    }
+
+    #[test]
+    fn settings_are_inherited_from_the_nearest_ancestor() {
+        let e = |t: &str, p: Option<&str>, v: Option<&str>| {
+            (t.to_string(), p.map(String::from), v.map(String::from))
+        };
+        let got = inherited(&[
+            e("gov", None, Some("huawei")),
+            e("gov-fj", Some("gov"), None),
+            e("gov-fj-x", Some("gov-fj"), Some("nvidia")),
+            e("sme", None, None),
+            e("a", Some("b"), None),
+            e("b", Some("a"), None),
+        ]);
+        assert_eq!(got.get("gov-fj").map(String::as_str), Some("huawei"));
+        assert_eq!(got.get("gov-fj-x").map(String::as_str), Some("nvidia"));
+        assert!(!got.contains_key("sme") && !got.contains_key("a"));
     }
 }

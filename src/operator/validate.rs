@@ -166,6 +166,11 @@ pub fn validate_quota(spec: &TenantQuotaSpec) -> Vec<FieldError> {
             "a tenant cannot be its own parent".into(),
         );
     }
+    if let Some(v) = spec.default_accelerator_vendor.as_deref() {
+        if let Err(m) = crate::jobs::accelerator_vendor(v) {
+            err(&mut e, "spec.defaultAcceleratorVendor", m);
+        }
+    }
     non_negative(&mut e, "spec.gpus", &spec.gpus);
     non_negative(&mut e, "spec.gpuHoursPerMonth", &spec.gpu_hours_per_month);
     non_negative(&mut e, "spec.tokensPerMonth", &spec.tokens_per_month);

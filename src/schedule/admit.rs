@@ -53,7 +53,8 @@ pub fn vendor_fits(job: Option<&str>, node: &str) -> bool {
 
 /// The vendor a workload runs on: the one it names; else, when every model
 /// it names is one vendor's (`gpuModels: [Ascend910B]`), that vendor; else
-/// none, which [`vendor_fits`] reads as [`DEFAULT_VENDOR`].
+/// its tenant's default; else none, which [`vendor_fits`] reads as
+/// [`DEFAULT_VENDOR`].
 pub fn job_vendor<'a>(
     w: &'a WorkloadView,
     model_vendors: &'a BTreeSet<(String, String)>,
@@ -65,8 +66,10 @@ pub fn job_vendor<'a>(
         .iter()
         .filter(|(m, _)| w.models.iter().any(|x| x == m))
         .map(|(_, v)| v.as_str());
-    let first = of_models.next()?;
-    of_models.all(|v| v == first).then_some(first)
+    match of_models.next() {
+        Some(first) => of_models.all(|v| v == first).then_some(first),
+        None => w.default_vendor.as_deref(),
+    }
 }
 
 /// Pending workloads by priority (highest first), then tenant, in age order.

@@ -42,6 +42,7 @@ pub(crate) fn workload(
         models: Vec::new(),
         vendor: None,
         mixed_models: false,
+        default_vendor: None,
         priority,
         residency: Vec::new(),
         preferred: Vec::new(),
@@ -779,4 +780,41 @@ fn a_job_without_a_vendor_goes_to_nvidia_only() {
         !on.contains_key("cuda"),
         "the A100 is full and the NPU is not for it: {on:?}"
     );
+}
+
+/// A tenant whose default is Ascend: its jobs that name no vendor go to the
+/// NPUs, unless their models say otherwise; a job naming a vendor keeps it.
+#[test]
+fn a_tenants_default_vendor_applies_when_the_job_names_none() {
+    let mut plain = workload("plain", "t", 1, 2, 0, 1);
+    plain.default_vendor = Some("huawei".into());
+    let mut cuda_models = workload("models", "t", 1, 2, 0, 2);
+    cuda_models.default_vendor = Some("huawei".into());
+    cuda_models.models = vec!["A100".into()];
+    let mut named = workload("named", "t", 1, 2, 0, 3);
+    named.default_vendor = Some("huawei".into());
+    named.vendor = Some("nvidia".into());
+    let snap = Snapshot {
+        now: 10,
+        nodes: vec![
+            node_of("ascend", "Ascend910B", "huawei", 8),
+            node_of("a100", "A100", "nvidia", 8),
+        ],
+        workloads: vec![plain, cuda_models, named],
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    let on: BTreeMap<&str, &str> = launches(&p)
+        .into_iter()
+        .map(|(name, s)| {
+            (
+                name,
+                s.placement.as_ref().unwrap().replicas[0].node.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(on.get("plain"), Some(&"ascend"), "{on:?}");
+    assert_eq!(on.get("models"), Some(&"a100"), "{on:?}");
+    assert_eq!(on.get("named"), Some(&"a100"), "{on:?}");
 }

@@ -275,6 +275,7 @@ fn workload_of(id: JobId, spec: &JobSpec, now_s: i64) -> WorkloadView {
             .and_then(|v| crate::jobs::accelerator_vendor(v).ok())
             .map(String::from),
         mixed_models: spec.mixed_models,
+        default_vendor: None,
         priority: spec.priority,
         residency: spec.residency.clone(),
         preferred: Vec::new(),
