@@ -12,7 +12,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Replay a GPU trace (openb) through a placement policy (REPLAY-PROTOCOL).
+    /// Replay a GPU trace (openb) through a placement policy, per the FGD paper's protocol (docs/benchmarks.md).
     Replay(zhisuan::sim::replay::ReplayArgs),
     /// Time-stepped multi-region simulation (East Data, West Computing).
     Sim(zhisuan::sim::regions::SimArgs),

@@ -614,7 +614,7 @@ impl Engine {
                 }
                 let ((q, _), d) = best.expect("a device fits: checked by evaluate");
                 // Nodes compete on FGD's score alone; the seeded node order
-                // breaks ties, which packs (see REPLAY-PROTOCOL).
+                // breaks ties, which packs (see docs/benchmarks.md, "Protocol").
                 ((q, 0), d)
             }
             _ => {

@@ -329,6 +329,13 @@ impl Catalog {
                         ),
                     ));
                 }
+                if inv.nodes == 0 {
+                    return Err(input_err(
+                        file,
+                        &sub,
+                        "nodes 0 must be ≥ 1; leave the entry out for a model the region does not have",
+                    ));
+                }
                 if inv.gpus_per_node == 0 || inv.gpus_per_node > 64 {
                     return Err(input_err(
                         file,
@@ -402,6 +409,27 @@ impl Catalog {
                 ));
             }
             graph.add_edge(nodes[a], nodes[b], (l.rtt_ms, l.bandwidth_gbps));
+        }
+        if let Some(stray) = unreachable_place(&graph, &nodes) {
+            let name = |i: usize| {
+                if i < regions.len() {
+                    regions[i].name.as_str()
+                } else {
+                    user_regions[i - regions.len()].name.as_str()
+                }
+            };
+            return Err(input_err(
+                file,
+                "links",
+                format!(
+                    "no path of links joins {:?} to {:?}; every region and user region must be reachable \
+                     (add a link, e.g. {{a: {}, b: {}, rtt_ms: …, bandwidth_gbps: …}})",
+                    name(stray),
+                    name(0),
+                    name(stray),
+                    name(0)
+                ),
+            ));
         }
         let weights = scoring.unwrap_or_default();
         for (name, w) in [
@@ -536,6 +564,17 @@ fn check_share(file: &str, entry: &str, field: &str, v: f64) -> Result<(), Input
     Ok(())
 }
 
+/// The first place no path of links joins to place 0, if any.
+fn unreachable_place(graph: &UnGraph<(), (f64, f64)>, nodes: &[NodeIndex]) -> Option<usize> {
+    let first = *nodes.first()?;
+    let mut seen = vec![false; nodes.len()];
+    let mut bfs = petgraph::visit::Bfs::new(graph, first);
+    while let Some(n) = bfs.next(graph) {
+        seen[n.index()] = true;
+    }
+    seen.iter().position(|s| !s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,6 +659,28 @@ links:
         expect_err(
             &MINI.replace("model: T4, nodes", "model: H100, nodes"),
             &["inventory[0]", "unknown accelerator model"],
+        );
+        expect_err(
+            &MINI.replace("model: T4, nodes: 2", "model: T4, nodes: 0"),
+            &[
+                "bad.yaml",
+                "regions[0] (east1).inventory[0]",
+                "nodes 0",
+                "≥ 1",
+            ],
+        );
+        expect_err(
+            &MINI.replace(
+                "  - {a: east1, b: west1, rtt_ms: 20, bandwidth_gbps: 40}\n",
+                "",
+            ),
+            &[
+                "bad.yaml",
+                "links",
+                "no path of links",
+                "\"west1\"",
+                "\"east1\"",
+            ],
         );
         expect_err(
             &MINI.replace("pue: 1.3", "pue: 1.3\n    colour: red"),

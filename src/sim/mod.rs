@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod openb;
+pub mod outcomes;
 pub mod regions;
 pub mod replay;
 pub mod world;

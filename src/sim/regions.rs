@@ -40,9 +40,13 @@ pub struct SimArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Also print the placement explanation of the job with this name ("why did it go there?").
+    /// Also print the placement explanation of this job ("why did it go there?"):
+    /// its name, or TENANT/NAME where several tenants use the name.
     #[arg(long, value_name = "JOB")]
     pub explain: Option<String>,
+    /// Write every job's outcome under each policy (region, start, wait, reason) to this CSV.
+    #[arg(long, value_name = "FILE")]
+    pub jobs_out: Option<PathBuf>,
     /// Build a workload from an openb pod list instead of simulating (with --write-workload).
     #[arg(long, value_name = "TRACE_CSV", requires = "write_workload")]
     pub from_trace: Option<PathBuf>,
@@ -129,11 +133,23 @@ pub fn parse_workload(
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
+    let headers = rdr
+        .headers()
+        .map_err(|e| InputError::new(format!("{file}:1: bad header: {e}")))?
+        .clone();
     let mut out = Vec::new();
+    let mut lines_by_name: std::collections::HashMap<(String, String), usize> =
+        std::collections::HashMap::new();
     for (i, row) in rdr.deserialize::<WorkloadRow>().enumerate() {
         let line = i + 2;
-        let row =
-            row.map_err(|e| InputError::new(format!("{file}:{line}: bad workload row: {e}")))?;
+        let row = row.map_err(|e| row_error(file, line, &headers, e))?;
+        if let Some(first) = lines_by_name.insert((row.tenant.clone(), row.name.clone()), line) {
+            return Err(InputError::new(format!(
+                "{file}:{line}: column `name`: job {:?} of tenant {:?} is already on line {first}; \
+                 a tenant's job names are unique",
+                row.name, row.tenant
+            )));
+        }
         if row.arrival_s < 0 {
             return Err(InputError::new(format!(
                 "{file}:{line}: arrival_s {} must be ≥ 0",
@@ -152,6 +168,16 @@ pub fn parse_workload(
     }
     out.sort_by_key(|(t, _)| *t);
     Ok(out)
+}
+
+/// A CSV row error naming the column by its header, not its position.
+fn row_error(file: &str, line: usize, headers: &csv::StringRecord, e: csv::Error) -> InputError {
+    if let csv::ErrorKind::Deserialize { err, .. } = e.kind() {
+        if let Some(column) = err.field().and_then(|f| headers.get(f as usize)) {
+            return InputError::new(format!("{file}:{line}: column `{column}`: {}", err.kind()));
+        }
+    }
+    InputError::new(format!("{file}:{line}: bad workload row: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -496,11 +522,39 @@ pub fn simulate(
 }
 
 /// Ratios of the default policy against `nearest`, measured in the same run.
+/// Totals compare like with like only when both policies placed the same
+/// number of jobs; the per-GPU-hour ratios hold either way.
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     pub carbon_reduction_vs_nearest_pct: f64,
     pub energy_cost_reduction_vs_nearest_pct: f64,
     pub mean_wait_vs_nearest_pct: f64,
+    /// Jobs the default policy placed, and jobs `nearest` placed.
+    pub placed: usize,
+    pub nearest_placed: usize,
+    /// `false`: one policy left jobs unplaced that the other ran, so the
+    /// totals above cover different work; read the per-GPU-hour figures.
+    pub same_jobs_placed: bool,
+    pub carbon_per_gpu_hour_reduction_pct: f64,
+    pub energy_cost_per_gpu_hour_reduction_pct: f64,
+}
+
+/// `100 × (1 − a / b)`: how much lower `a` is than `b`, in percent
+/// (negative when higher).
+fn reduction_pct(a: f64, b: f64) -> f64 {
+    if b != 0.0 {
+        100.0 * (1.0 - a / b)
+    } else {
+        0.0
+    }
+}
+
+fn per_gpu_hour(total: f64, gpu_hours: f64) -> f64 {
+    if gpu_hours > 0.0 {
+        total / gpu_hours
+    } else {
+        0.0
+    }
 }
 
 fn compare(results: &[SimResult]) -> Option<Comparison> {
@@ -510,13 +564,10 @@ fn compare(results: &[SimResult]) -> Option<Comparison> {
     let green = results
         .iter()
         .find(|r| r.policy == RegionPolicy::Green.name())?;
-    let pct = |a: f64, b: f64| if b != 0.0 { 100.0 * (1.0 - a / b) } else { 0.0 };
+    let cost = |r: &SimResult| r.energy_cost_milli_fen as f64;
     Some(Comparison {
-        carbon_reduction_vs_nearest_pct: pct(green.carbon_kg, near.carbon_kg),
-        energy_cost_reduction_vs_nearest_pct: pct(
-            green.energy_cost_milli_fen as f64,
-            near.energy_cost_milli_fen as f64,
-        ),
+        carbon_reduction_vs_nearest_pct: reduction_pct(green.carbon_kg, near.carbon_kg),
+        energy_cost_reduction_vs_nearest_pct: reduction_pct(cost(green), cost(near)),
         mean_wait_vs_nearest_pct: if near.mean_wait_s > 0.0 {
             100.0 * (green.mean_wait_s / near.mean_wait_s - 1.0)
         } else if green.mean_wait_s > 0.0 {
@@ -524,7 +575,56 @@ fn compare(results: &[SimResult]) -> Option<Comparison> {
         } else {
             0.0
         },
+        placed: green.placed,
+        nearest_placed: near.placed,
+        same_jobs_placed: green.placed == near.placed,
+        carbon_per_gpu_hour_reduction_pct: reduction_pct(
+            per_gpu_hour(green.carbon_kg, green.gpu_hours),
+            per_gpu_hour(near.carbon_kg, near.gpu_hours),
+        ),
+        energy_cost_per_gpu_hour_reduction_pct: reduction_pct(
+            per_gpu_hour(cost(green), green.gpu_hours),
+            per_gpu_hour(cost(near), near.gpu_hours),
+        ),
     })
+}
+
+/// "carbon 12.3% lower", "energy cost 2.5% higher", "carbon unchanged".
+fn relative(what: &str, reduction_pct: f64) -> String {
+    let shown = format!("{:.1}", reduction_pct.abs());
+    if shown == "0.0" {
+        format!("{what} unchanged")
+    } else if reduction_pct > 0.0 {
+        format!("{what} {shown}% lower")
+    } else {
+        format!("{what} {shown}% higher")
+    }
+}
+
+/// The comparison in words; when the policies placed different numbers of
+/// jobs it says so and compares per GPU-hour instead of totals.
+fn comparison_line(c: &Comparison) -> String {
+    let wait = if c.mean_wait_vs_nearest_pct.is_infinite() {
+        "mean wait up from 0 s".to_string()
+    } else {
+        format!("mean wait {:+.1}%", c.mean_wait_vs_nearest_pct)
+    };
+    if c.same_jobs_placed {
+        format!(
+            "green vs nearest: {}, {}, {wait}",
+            relative("carbon", c.carbon_reduction_vs_nearest_pct),
+            relative("energy cost", c.energy_cost_reduction_vs_nearest_pct),
+        )
+    } else {
+        format!(
+            "green vs nearest: green placed {} jobs, nearest {} — the totals cover different work; \
+             per GPU-hour: {}, {}; {wait} (placed jobs only)",
+            c.placed,
+            c.nearest_placed,
+            relative("carbon", c.carbon_per_gpu_hour_reduction_pct),
+            relative("energy cost", c.energy_cost_per_gpu_hour_reduction_pct),
+        )
+    }
 }
 
 fn table(results: &[SimResult]) -> String {
@@ -566,13 +666,7 @@ fn table(results: &[SimResult]) -> String {
         );
     }
     if let Some(c) = compare(results) {
-        let _ = writeln!(
-            s,
-            "\ngreen vs nearest: carbon {:.1}% lower, energy cost {:.1}% lower, mean wait {:+.1}%",
-            c.carbon_reduction_vs_nearest_pct,
-            c.energy_cost_reduction_vs_nearest_pct,
-            c.mean_wait_vs_nearest_pct
-        );
+        let _ = writeln!(s, "\n{}", comparison_line(&c));
     }
     for r in results {
         let _ = writeln!(s, "\n{} — per region:", r.policy);
@@ -591,6 +685,31 @@ fn table(results: &[SimResult]) -> String {
         }
     }
     s
+}
+
+/// The job `--explain` names: `NAME`, or `TENANT/NAME` where several
+/// tenants have a job of that name.
+fn explained_job(world: &World, wanted: &str) -> Result<crate::sim::world::JobId, InputError> {
+    let (tenant, name) = match wanted.split_once('/') {
+        Some((t, n)) => (Some(t), n),
+        None => (None, wanted),
+    };
+    let mut found = world
+        .jobs()
+        .iter()
+        .filter(|j| j.spec.name == name && tenant.is_none_or(|t| j.spec.tenant == t));
+    let first = found.next().ok_or_else(|| {
+        InputError::new(format!(
+            "--explain: no job named {wanted:?} in the workload"
+        ))
+    })?;
+    if let Some(other) = found.next() {
+        return Err(InputError::new(format!(
+            "--explain: tenants {:?} and {:?} both have a job named {name:?}; write TENANT/NAME",
+            first.spec.tenant, other.spec.tenant
+        )));
+    }
+    Ok(first.id)
 }
 
 /// `zhisuan sim`.
@@ -634,19 +753,28 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     };
     let mut results = Vec::with_capacity(policies.len());
     let mut explained = Vec::new();
+    let mut outcomes = Vec::new();
     for &p in &policies {
         let (result, world) = simulate(&catalog, &workload, p, placement, args.seed)?;
-        if let Some(name) = &args.explain {
-            let job = world
-                .jobs()
-                .iter()
-                .find(|j| &j.spec.name == name)
-                .ok_or_else(|| {
-                    InputError::new(format!("--explain: no job named {name:?} in the workload"))
-                })?;
-            explained.push(world.job_view(job.id).expect("job exists"));
+        if let Some(wanted) = &args.explain {
+            let id = explained_job(&world, wanted)?;
+            explained.push(world.job_view(id).expect("job exists"));
+        }
+        if args.jobs_out.is_some() {
+            outcomes.extend(crate::sim::outcomes::job_outcomes(&world, p.name()));
         }
         results.push(result);
+    }
+    if let Some(path) = &args.jobs_out {
+        let f = std::fs::File::create(path).map_err(|e| {
+            InputError::new(format!("--jobs-out {}: cannot create: {e}", path.display()))
+        })?;
+        crate::sim::outcomes::write_outcomes(&outcomes, std::io::BufWriter::new(f))?;
+        eprintln!(
+            "wrote {} job outcomes to {}",
+            outcomes.len(),
+            path.display()
+        );
     }
     if args.json {
         let out = if !explained.is_empty() {
@@ -750,6 +878,84 @@ mod tests {
         assert!(
             err.contains("w.csv:2") && err.contains("accelerator_vendor") && err.contains("nvida"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_its_column_and_a_repeated_job_name_is_refused() {
+        let catalog = Catalog::default_catalog();
+        let header = DEFAULT_WORKLOAD_CSV.lines().next().unwrap();
+        let bad = format!("{header}\nj,t,training,0,sixty,1,1,0,1000,1024,,beijing,,,,false\n");
+        let err = parse_workload(&bad, "w.csv", &catalog)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("w.csv:2") && err.contains("column `duration_s`"),
+            "{err}"
+        );
+        let row = |name: &str, tenant: &str| {
+            format!("{name},{tenant},training,0,60,1,1,0,1000,1024,,beijing,,,,false\n")
+        };
+        let ok = format!("{header}\n{}{}", row("j", "a"), row("j", "b"));
+        assert_eq!(parse_workload(&ok, "w.csv", &catalog).unwrap().len(), 2);
+        let dup = format!(
+            "{header}\n{}{}{}",
+            row("j", "a"),
+            row("k", "a"),
+            row("j", "a")
+        );
+        let err = parse_workload(&dup, "w.csv", &catalog)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("w.csv:4") && err.contains("\"j\"") && err.contains("line 2"),
+            "{err}"
+        );
+    }
+
+    fn result(policy: RegionPolicy, placed: usize, carbon: f64, fen: i64, hours: f64) -> SimResult {
+        SimResult {
+            policy: policy.name().to_string(),
+            placement_policy: "default".into(),
+            jobs: 10,
+            placed,
+            never_placed: 10 - placed,
+            gpu_hours: hours,
+            facility_kwh: 0.0,
+            carbon_kg: carbon,
+            energy_cost_cny: 0.0,
+            energy_cost_milli_fen: fen,
+            slo_violations: 0,
+            residency_violations: 0,
+            mean_wait_s: 10.0,
+            max_wait_s: 10,
+            jobs_waited: 1,
+            fallbacks: 0,
+            west_gpu_hours_pct: 0.0,
+            span_s: 1,
+            regions: vec![],
+        }
+    }
+
+    #[test]
+    fn the_comparison_says_higher_for_an_increase_and_flags_different_placed_counts() {
+        let near = result(RegionPolicy::Nearest, 10, 100.0, 1000, 50.0);
+        let green = result(RegionPolicy::Green, 10, 80.0, 1025, 50.0);
+        let line = comparison_line(&compare(&[near.clone(), green]).unwrap());
+        assert!(
+            line.contains("carbon 20.0% lower") && line.contains("energy cost 2.5% higher"),
+            "{line}"
+        );
+        assert!(!line.contains('-'), "no negative 'lower': {line}");
+        // Green skipped a job nearest ran: its totals are lower for doing less.
+        let green = result(RegionPolicy::Green, 9, 20.0, 200, 10.0);
+        let c = compare(&[near, green]).unwrap();
+        assert!(!c.same_jobs_placed);
+        let line = comparison_line(&c);
+        assert!(
+            line.contains("green placed 9 jobs, nearest 10")
+                && line.contains("per GPU-hour: carbon unchanged, energy cost unchanged"),
+            "{line}"
         );
     }
 

@@ -1,5 +1,5 @@
 //! `zhisuan replay`: the openb trace through a placement policy, exactly per
-//! `docs/REPLAY-PROTOCOL.md` of the shared workspace (shuffle, tune to 130%,
+//! the FGD paper's protocol as `docs/benchmarks.md` ("Protocol") states it (shuffle, tune to 130%,
 //! no departures, fixed tie-break order, allocation at 90/100/130% arrival).
 
 use std::path::{Path, PathBuf};
