@@ -483,6 +483,7 @@ fn nvml_attribution_adds_up_to_the_device_counter() {
             name: "half".into(),
             uid: "u".into(),
         },
+        container: "main".into(),
         devices: vec![0],
         milli: Some(500),
     }];

@@ -171,6 +171,7 @@ fn pods_by_node(
                     name: format!("{}-{replica}", job.spec.name),
                     uid: format!("{}/{replica}", job.id),
                 },
+                container: job.spec.kind.name().to_string(),
                 devices: d.devices.iter().map(|&i| i as u32).collect(),
                 milli: (d.milli_per_device < 1000).then_some(u32::from(d.milli_per_device)),
             });

@@ -9,10 +9,8 @@ use serde_json::{json, Value};
 
 use super::crd::ReplicaPlacement;
 use super::snapshot::{keys, WorkloadKey};
+pub use crate::telemetry::deviceplugin::plan::VENDOR_RESOURCES;
 use crate::telemetry::deviceplugin::plan::{share_slots, RESOURCE_GPU, RESOURCE_SHARE};
-
-/// Device resources the vendors' own plugins serve; replaced in zhisuan's pods.
-pub const VENDOR_RESOURCES: [&str; 2] = ["nvidia.com/gpu", "huawei.com/npu"];
 
 /// How a replica's pod asks the kubelet for its devices.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -7,7 +7,7 @@ use super::attribution::{
     self, counter_delta, pod_uid_from_cgroup, Attribution, PodDevices, PodRef, ProcessOwner,
 };
 use super::health::{HealthPolicy, HealthTracker, Verdict};
-use super::metrics::AgentMetrics;
+use super::metrics::{AgentMetrics, Holder};
 use super::publish::{node_publication, NodePublication};
 use super::{Accelerator, DeviceInfo, DeviceReading, GpuProcess, TelemetryError};
 use chrono::{DateTime, Utc};
@@ -164,6 +164,7 @@ impl<B: Accelerator> Agent<B> {
                         name: o.pod_uid.clone(),
                         uid: o.pod_uid.clone(),
                     },
+                    container: String::new(),
                     devices: Vec::new(),
                     milli: None,
                 });
@@ -176,12 +177,25 @@ impl<B: Accelerator> Agent<B> {
         } = attribution::attribute(&window, &shares);
 
         if let Some(m) = &mut self.metrics {
+            let holders: Vec<(u32, Holder)> = shares
+                .iter()
+                .map(|s| {
+                    let p = &all_pods[s.pod];
+                    let holder = Holder {
+                        container: p.container.clone(),
+                        namespace: p.pod.namespace.clone(),
+                        pod: p.pod.name.clone(),
+                    };
+                    (s.device, holder)
+                })
+                .collect();
             m.record_devices(
                 &self.cfg.node,
                 self.backend.inventory(),
                 &self.readings,
                 &counter_increments,
                 &self.verdicts,
+                &holders,
             );
             if !window.is_empty() {
                 let per_pod: Vec<(&PodRef, u32, u64)> = pod_energy
@@ -278,6 +292,7 @@ mod tests {
                 name: name.into(),
                 uid: uid.into(),
             },
+            container: "main".into(),
             devices: devices.to_vec(),
             milli,
         }

@@ -31,6 +31,9 @@ pub struct PodRef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodDevices {
     pub pod: PodRef,
+    /// The container that holds the devices (empty when not known, e.g. a
+    /// pod found only through its processes).
+    pub container: String,
     pub devices: Vec<u32>,
     /// Milli-share per device for a shared pod; `None` = whole devices.
     pub milli: Option<u32>,
@@ -236,6 +239,7 @@ mod tests {
                 name: name.into(),
                 uid: uid.into(),
             },
+            container: "main".into(),
             devices: devices.to_vec(),
             milli,
         }

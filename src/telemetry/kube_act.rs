@@ -3,6 +3,7 @@
 //! publication built by [`super::publish`].
 
 use super::attribution::{devices_from_annotations, PodDevices, PodRef};
+use super::deviceplugin::plan::{RESOURCE_GPU, RESOURCE_SHARE, VENDOR_RESOURCES};
 use super::publish::{metadata_patch, NodePublication};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -75,15 +76,18 @@ pub fn pod_devices(pod: &Pod) -> Option<PodDevices> {
         name: meta.name.clone().unwrap_or_default(),
         uid: meta.uid.clone().unwrap_or_default(),
     };
+    let container = device_container(pod);
     match devices_from_annotations(&annotations) {
         Ok(Some((devices, milli))) => Some(PodDevices {
             pod: pod_ref,
+            container,
             devices,
             milli,
         }),
         // Known to the agent by uid, so processes found through cgroups carry its name.
         Ok(None) => Some(PodDevices {
             pod: pod_ref,
+            container,
             devices: Vec::new(),
             milli: None,
         }),
@@ -92,6 +96,31 @@ pub fn pod_devices(pod: &Pod) -> Option<PodDevices> {
             None
         }
     }
+}
+
+/// The container that asks for the devices (zhisuan's or a vendor's device
+/// resource in its limits or requests), else the pod's first container.
+fn device_container(pod: &Pod) -> String {
+    let Some(spec) = &pod.spec else {
+        return String::new();
+    };
+    let asks = |c: &&k8s_openapi::api::core::v1::Container| {
+        c.resources.as_ref().is_some_and(|r| {
+            [&r.limits, &r.requests].into_iter().flatten().any(|m| {
+                m.keys().any(|k| {
+                    k == RESOURCE_GPU
+                        || k == RESOURCE_SHARE
+                        || VENDOR_RESOURCES.contains(&k.as_str())
+                })
+            })
+        })
+    };
+    spec.containers
+        .iter()
+        .find(asks)
+        .or(spec.containers.first())
+        .map(|c| c.name.clone())
+        .unwrap_or_default()
 }
 
 /// Every pod in the store, as [`PodDevices`].
@@ -150,5 +179,31 @@ mod tests {
             .unwrap()
             .devices
             .is_empty());
+    }
+
+    #[test]
+    fn the_holder_is_the_container_asking_for_devices_else_the_first() {
+        let mut p = pod(&[("zhisuan.io/gpu-devices", "0")], "Running");
+        let c = |name: &str, resource: Option<&str>| k8s_openapi::api::core::v1::Container {
+            name: name.into(),
+            resources: resource.map(|r| k8s_openapi::api::core::v1::ResourceRequirements {
+                limits: Some(
+                    [(
+                        r.to_string(),
+                        k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into()),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            containers: vec![c("sidecar", None), c("trainer", Some(RESOURCE_GPU))],
+            ..Default::default()
+        });
+        assert_eq!(pod_devices(&p).unwrap().container, "trainer");
+        p.spec.as_mut().unwrap().containers[1] = c("trainer", Some("cpu"));
+        assert_eq!(pod_devices(&p).unwrap().container, "sidecar");
     }
 }

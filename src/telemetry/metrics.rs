@@ -1,14 +1,40 @@
 //! The agent's Prometheus series: DCGM-exporter-compatible device metrics
-//! (labels `gpu`, `UUID`, `modelName`, `Hostname`) so existing dashboards keep
-//! working, plus zhisuan's health and per-pod energy series.
+//! (labels `gpu`, `UUID`, `modelName`, `Hostname`, and — as dcgm-exporter's
+//! Kubernetes mode adds them — `container`, `namespace`, `pod` of the pod
+//! holding the device, empty while none does) so existing per-pod dashboards
+//! keep working, plus zhisuan's health and per-pod energy series.
+//!
+//! As in dcgm-exporter, a device shared by several pods has one series per
+//! pod, each with the device's values: summing a device metric by pod counts
+//! a shared device once per holder (per-pod energy is
+//! `zhisuan_pod_energy_joules_total`, which splits it).
 
-use super::attribution::PodRef;
+use super::attribution::{counter_delta, PodRef};
 use super::health::Verdict;
 use super::{DeviceInfo, DeviceReading};
 use prometheus::{CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounter, Opts, Registry};
 use std::collections::BTreeMap;
 
-const DCGM_LABELS: [&str; 4] = ["gpu", "UUID", "modelName", "Hostname"];
+const DCGM_LABELS: [&str; 7] = [
+    "gpu",
+    "UUID",
+    "modelName",
+    "Hostname",
+    "container",
+    "namespace",
+    "pod",
+];
+
+/// A pod holding a device, as the device series name it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Holder {
+    pub container: String,
+    pub namespace: String,
+    pub pod: String,
+}
+
+/// The label values of one device series.
+type SeriesKey = [String; 7];
 
 pub struct AgentMetrics {
     gpu_util: GaugeVec,
@@ -20,7 +46,7 @@ pub struct AgentMetrics {
     sm_clock: GaugeVec,
     mem_clock: GaugeVec,
     xid_errors: GaugeVec,
-    ecc_dbe: GaugeVec,
+    ecc_dbe: CounterVec,
     device_healthy: GaugeVec,
     pod_energy: CounterVec,
     idle_energy: CounterVec,
@@ -33,6 +59,11 @@ pub struct AgentMetrics {
     /// [`GONE_POD_WINDOWS`] windows after it left (bounded cardinality, yet
     /// scrapers still see its final increments).
     live_pods: BTreeMap<(String, String, String), u32>,
+    /// Each device's current series (one per holder, or one with empty pod
+    /// labels), to remove a series when its pod lets go of the device.
+    device_series: BTreeMap<u32, Vec<SeriesKey>>,
+    /// Each device's last uncorrected-ECC count (for the counter's increments).
+    last_ecc: BTreeMap<u32, u64>,
 }
 
 /// Energy windows a pod's series outlives the pod (at the default 5 s
@@ -120,7 +151,7 @@ impl AgentMetrics {
                 "Value of the last XID error encountered.",
                 &DCGM_LABELS,
             )?,
-            ecc_dbe: gauge(
+            ecc_dbe: counter(
                 r,
                 "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
                 "Total number of double-bit volatile ECC errors.",
@@ -172,30 +203,28 @@ impl AgentMetrics {
                 h
             },
             live_pods: BTreeMap::new(),
+            device_series: BTreeMap::new(),
+            last_ecc: BTreeMap::new(),
         })
     }
 
-    /// Device gauges from one sample. `energy_delta_mj[i]` is the energy the
-    /// device counted since the previous sample (its whole counter on the first).
+    /// Device series from one sample. `energy_delta_mj[i]` is the energy the
+    /// device counted since the previous sample (its whole counter on the
+    /// first); `holders` the pods holding each device now.
     pub fn record_devices(
-        &self,
+        &mut self,
         hostname: &str,
         inventory: &[DeviceInfo],
         readings: &[DeviceReading],
         energy_delta_mj: &[u64],
         verdicts: &[Verdict],
+        holders: &[(u32, Holder)],
     ) {
         for (i, r) in readings.iter().enumerate() {
             let Some(info) = inventory.iter().find(|d| d.index == r.index) else {
                 continue;
             };
             let gpu = r.index.to_string();
-            let model = if info.product_name.is_empty() {
-                info.model.as_str()
-            } else {
-                info.product_name.as_str()
-            };
-            let l = [gpu.as_str(), info.uuid.as_str(), model, hostname];
             let healthy = verdicts
                 .iter()
                 .find(|v| v.index == r.index)
@@ -208,35 +237,82 @@ impl AgentMetrics {
                 // than report zeros that look like an idle GPU.
                 continue;
             }
-            self.gpu_util
-                .with_label_values(&l)
-                .set(r.utilisation_pct as f64);
-            self.power_usage
-                .with_label_values(&l)
-                .set(r.power_mw as f64 / 1000.0);
-            if let Some(d) = energy_delta_mj.get(i) {
-                self.total_energy.with_label_values(&l).inc_by(*d as f64);
+            let model = if info.product_name.is_empty() {
+                info.model.as_str()
+            } else {
+                info.product_name.as_str()
+            };
+            let wanted = series_keys(&gpu, &info.uuid, model, hostname, r.index, holders);
+            let previous = self.device_series.remove(&r.index).unwrap_or_default();
+            for old in previous.iter().filter(|k| !wanted.contains(k)) {
+                self.remove_device_series(old);
             }
-            self.fb_used
-                .with_label_values(&l)
-                .set(r.memory_used_mib as f64);
-            self.fb_free
-                .with_label_values(&l)
-                .set(r.memory_total_mib.saturating_sub(r.memory_used_mib) as f64);
-            self.gpu_temp
-                .with_label_values(&l)
-                .set(r.temperature_c as f64);
-            self.sm_clock
-                .with_label_values(&l)
-                .set(r.sm_clock_mhz as f64);
-            self.mem_clock
-                .with_label_values(&l)
-                .set(r.mem_clock_mhz as f64);
-            self.xid_errors.with_label_values(&l).set(r.last_xid as f64);
-            self.ecc_dbe
-                .with_label_values(&l)
-                .set(r.ecc_uncorrected as f64);
+            let ecc_delta = match self.last_ecc.insert(r.index, r.ecc_uncorrected) {
+                Some(last) => counter_delta(last, r.ecc_uncorrected),
+                None => r.ecc_uncorrected,
+            };
+            for key in &wanted {
+                let l: [&str; 7] = std::array::from_fn(|k| key[k].as_str());
+                let fresh = !previous.contains(key);
+                self.set_device_values(&l, r);
+                // A new series starts at the device's own totals (as
+                // dcgm-exporter reports them); an existing one adds the increments.
+                let energy = if fresh {
+                    r.energy_mj
+                } else {
+                    energy_delta_mj.get(i).copied().unwrap_or(0)
+                };
+                self.total_energy
+                    .with_label_values(&l)
+                    .inc_by(energy as f64);
+                let ecc = if fresh { r.ecc_uncorrected } else { ecc_delta };
+                self.ecc_dbe.with_label_values(&l).inc_by(ecc as f64);
+            }
+            self.device_series.insert(r.index, wanted);
         }
+    }
+
+    fn set_device_values(&self, l: &[&str; 7], r: &DeviceReading) {
+        self.gpu_util
+            .with_label_values(l)
+            .set(r.utilisation_pct as f64);
+        self.power_usage
+            .with_label_values(l)
+            .set(r.power_mw as f64 / 1000.0);
+        self.fb_used
+            .with_label_values(l)
+            .set(r.memory_used_mib as f64);
+        self.fb_free
+            .with_label_values(l)
+            .set(r.memory_total_mib.saturating_sub(r.memory_used_mib) as f64);
+        self.gpu_temp
+            .with_label_values(l)
+            .set(r.temperature_c as f64);
+        self.sm_clock
+            .with_label_values(l)
+            .set(r.sm_clock_mhz as f64);
+        self.mem_clock
+            .with_label_values(l)
+            .set(r.mem_clock_mhz as f64);
+        self.xid_errors.with_label_values(l).set(r.last_xid as f64);
+    }
+
+    fn remove_device_series(&self, key: &SeriesKey) {
+        let l: [&str; 7] = std::array::from_fn(|k| key[k].as_str());
+        for g in [
+            &self.gpu_util,
+            &self.power_usage,
+            &self.fb_used,
+            &self.fb_free,
+            &self.gpu_temp,
+            &self.sm_clock,
+            &self.mem_clock,
+            &self.xid_errors,
+        ] {
+            let _ = g.remove_label_values(&l);
+        }
+        let _ = self.total_energy.remove_label_values(&l);
+        let _ = self.ecc_dbe.remove_label_values(&l);
     }
 
     /// Adds one window's attributed energy. `pods` are this window's holders;
@@ -296,6 +372,42 @@ impl AgentMetrics {
     }
 }
 
+/// One series per holder of the device (sorted, no repeats), or one with
+/// empty pod labels while nobody holds it.
+fn series_keys(
+    gpu: &str,
+    uuid: &str,
+    model: &str,
+    hostname: &str,
+    device: u32,
+    holders: &[(u32, Holder)],
+) -> Vec<SeriesKey> {
+    let mut mine: Vec<&Holder> = holders
+        .iter()
+        .filter(|(d, _)| *d == device)
+        .map(|(_, h)| h)
+        .collect();
+    mine.sort();
+    mine.dedup();
+    let none = Holder::default();
+    if mine.is_empty() {
+        mine.push(&none);
+    }
+    mine.into_iter()
+        .map(|h| {
+            [
+                gpu.to_string(),
+                uuid.to_string(),
+                model.to_string(),
+                hostname.to_string(),
+                h.container.clone(),
+                h.namespace.clone(),
+                h.pod.clone(),
+            ]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,7 +440,7 @@ mod tests {
             healthy: false,
             reasons: vec![],
         }];
-        m.record_devices("node-a", &inv, &r, &[9_000], &v);
+        m.record_devices("node-a", &inv, &r, &[9_000], &v, &[]);
         let pod = PodRef {
             namespace: "t1".into(),
             name: "train-0".into(),
@@ -372,10 +484,16 @@ mod tests {
             e.value("zhisuan_device_idle_energy_joules_total", &[("gpu", "0")]),
             Some(3.0)
         );
-        assert_eq!(
-            e.types.get("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"),
-            Some(&promtext::MetricType::Counter)
-        );
+        for counter in [
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+        ] {
+            assert_eq!(
+                e.types.get(counter),
+                Some(&promtext::MetricType::Counter),
+                "{counter} is a counter, as in dcgm-exporter"
+            );
+        }
 
         // The pod leaves: its series stays for GONE_POD_WINDOWS windows (so
         // scrapers see its last increments), then goes.
@@ -408,6 +526,92 @@ mod tests {
         assert_eq!(
             e.value("zhisuan_device_idle_energy_joules_total", &[("gpu", "0")]),
             Some(4.0)
+        );
+    }
+
+    #[test]
+    fn device_series_carry_the_holding_pods_labels_and_drop_them_when_it_leaves() {
+        let registry = Registry::new();
+        let mut m = AgentMetrics::new(&registry).unwrap();
+        let inv = vec![DeviceInfo {
+            index: 3,
+            model: "A100".into(),
+            memory_mib: 80,
+            uuid: "GPU-a".into(),
+            product_name: String::new(),
+            minor: None,
+        }];
+        let reading = |energy_mj: u64, ecc: u64| {
+            vec![DeviceReading {
+                index: 3,
+                utilisation_pct: 70,
+                energy_mj,
+                ecc_uncorrected: ecc,
+                ..DeviceReading::default()
+            }]
+        };
+        let holder = |pod: &str| Holder {
+            container: "main".into(),
+            namespace: "t1".into(),
+            pod: pod.into(),
+        };
+        let series = || {
+            let text = prometheus::TextEncoder::new()
+                .encode_to_string(&registry.gather())
+                .unwrap();
+            promtext::parse(&text).unwrap()
+        };
+        let pod_labels = |pod: &'static str| {
+            [
+                ("gpu", "3"),
+                ("container", if pod.is_empty() { "" } else { "main" }),
+                ("namespace", if pod.is_empty() { "" } else { "t1" }),
+                ("pod", pod),
+            ]
+        };
+        // Nobody holds it: one series, empty pod labels.
+        m.record_devices("n", &inv, &reading(1_000, 0), &[1_000], &[], &[]);
+        let e = series();
+        assert_eq!(e.series("DCGM_FI_DEV_GPU_UTIL").count(), 1);
+        assert_eq!(e.value("DCGM_FI_DEV_GPU_UTIL", &pod_labels("")), Some(70.0));
+        // train-0 takes it: its series starts at the device's totals; the
+        // unheld series is gone.
+        let held = [(3, holder("train-0"))];
+        m.record_devices("n", &inv, &reading(1_500, 2), &[500], &[], &held);
+        let e = series();
+        assert_eq!(e.series("DCGM_FI_DEV_GPU_UTIL").count(), 1);
+        let l = pod_labels("train-0");
+        assert_eq!(e.value("DCGM_FI_DEV_GPU_UTIL", &l), Some(70.0));
+        assert_eq!(
+            e.value("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", &l),
+            Some(1_500.0)
+        );
+        assert_eq!(e.value("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", &l), Some(2.0));
+        assert_eq!(e.value("DCGM_FI_DEV_GPU_UTIL", &pod_labels("")), None);
+        // Next sample: the counters add the increments.
+        m.record_devices("n", &inv, &reading(1_800, 3), &[300], &[], &held);
+        let e = series();
+        assert_eq!(
+            e.value("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", &l),
+            Some(1_800.0)
+        );
+        assert_eq!(e.value("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", &l), Some(3.0));
+        // Shared by two pods: a series each, with the device's values.
+        let shared = [(3, holder("infer-b")), (3, holder("infer-a"))];
+        m.record_devices("n", &inv, &reading(1_900, 3), &[100], &[], &shared);
+        let e = series();
+        assert_eq!(e.series("DCGM_FI_DEV_GPU_UTIL").count(), 2);
+        assert_eq!(
+            e.value("DCGM_FI_DEV_GPU_UTIL", &pod_labels("infer-a")),
+            Some(70.0)
+        );
+        assert_eq!(
+            e.value("DCGM_FI_DEV_GPU_UTIL", &pod_labels("train-0")),
+            None
+        );
+        assert_eq!(
+            e.value("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", &pod_labels("train-0")),
+            None
         );
     }
 }

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 /// Whole devices: one unit per device.
 pub const RESOURCE_GPU: &str = "zhisuan.io/gpu";
+/// Device resources the vendors' own plugins serve (replaced in zhisuan's pods).
+pub const VENDOR_RESOURCES: [&str; 2] = ["nvidia.com/gpu", "huawei.com/npu"];
 /// Shares of one device: one unit per [`SLOT_MILLI`] milli.
 pub const RESOURCE_SHARE: &str = "zhisuan.io/gpu-share";
 /// Milli-devices per share slot (1% of a device).
