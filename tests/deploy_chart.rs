@@ -291,3 +291,144 @@ fn helm_lint_passes() {
         "helm lint accepted a broken template"
     );
 }
+
+/// Renders the chart offline (helm's Go library through helm-python-sdk) with
+/// the values given as JSON in argv[2], and validates every manifest and CRD
+/// strictly (unknown fields rejected) with kubernetes-validate against the
+/// two newest Kubernetes minors it carries. Prints one JSON object.
+const RENDER_VALIDATE_SCRIPT: &str = r#"
+import copy, glob, json, os, sys, yaml
+from helm_python import chart
+import kubernetes_validate as kv
+root, values = sys.argv[1], json.loads(sys.argv[2])
+schemas = os.path.join(os.path.dirname(kv.__file__), "kubernetes-json-schema")
+minors = sorted({d.split("-")[0].lstrip("v") for d in os.listdir(schemas)},
+                key=lambda v: tuple(int(x) for x in v.split(".")))[-2:]
+rendered = chart.Chart.load(os.path.join(root, "charts/zhisuan")).render(
+    values, name="zs", namespace="zhisuan", is_install=True)
+docs = [(p, d) for p, t in sorted(rendered.items()) if p.endswith(".yaml")
+        for d in yaml.safe_load_all(t) if d]
+docs += [(p, yaml.safe_load(open(p))) for p in sorted(glob.glob(os.path.join(root, "charts/zhisuan/crds/*.yaml")))]
+def check(doc):
+    problems, missing = [], []
+    for v in minors:
+        try:
+            kv.validate(doc, v, strict=True)
+        except kv.SchemaNotFoundError:
+            missing.append(v)
+        except kv.ValidationError as e:
+            problems.append(f"{v}: {e.message}")
+    return problems, missing
+invalid, unvalidated = [], []
+for path, doc in docs:
+    problems, missing = check(doc)
+    invalid += [f"{path} {doc.get('kind')}: {p}" for p in problems]
+    if missing:
+        unvalidated.append(doc.get("kind"))
+# The validator can fail: a misspelt container field is refused.
+ds = next(copy.deepcopy(d) for _, d in docs if d.get("kind") == "DaemonSet")
+ds["spec"]["template"]["spec"]["containers"][0]["readinessProb"] = {}
+print(json.dumps({"minors": minors, "docs": [d for _, d in docs], "invalid": invalid,
+                  "unvalidated": sorted(set(unvalidated)),
+                  "misspelt_field_refused": bool(check(ds)[0])}))
+"#;
+
+fn chart_python_tools_installed() -> bool {
+    Command::new("python3")
+        .args(["-c", "import helm_python, kubernetes_validate"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The rendered documents of the chart with `values`, each checked.
+fn render_and_validate(values: serde_json::Value) -> Vec<serde_json::Value> {
+    let out = Command::new("python3")
+        .args(["-c", RENDER_VALIDATE_SCRIPT])
+        .arg(repo_root())
+        .arg(values.to_string())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "rendering the chart with {values} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let res: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let minors = res["minors"].as_array().unwrap();
+    assert_eq!(minors.len(), 2, "two Kubernetes minors: {minors:?}");
+    assert_eq!(res["invalid"], serde_json::json!([]), "values {values}");
+    // Only the Prometheus operator's ServiceMonitor has no schema there.
+    for kind in res["unvalidated"].as_array().unwrap() {
+        assert_eq!(kind, "ServiceMonitor", "no schema for {kind}");
+    }
+    assert_eq!(res["misspelt_field_refused"], true, "strict validation");
+    eprintln!("chart valid on Kubernetes {minors:?} with {values}");
+    res["docs"].as_array().unwrap().clone()
+}
+
+fn workload<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+fn container_args(d: &serde_json::Value) -> Vec<String> {
+    d["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_rendered_chart_is_valid_on_the_two_newest_kubernetes_minors() {
+    if !chart_python_tools_installed() {
+        if std::env::var_os("CI").is_some() {
+            panic!("helm-python-sdk and kubernetes-validate are not installed (CI): pip install helm-python-sdk kubernetes-validate");
+        }
+        eprintln!("skipped: helm-python-sdk / kubernetes-validate not installed");
+        return;
+    }
+    let docs = render_and_validate(serde_json::json!({}));
+    // The agent is ready only while it reads its devices.
+    let agent = workload(&docs, "DaemonSet", "zs-zhisuan-agent");
+    let probe = &agent["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
+    assert_eq!(probe["httpGet"]["path"], "/readyz", "{agent}");
+
+    // PostgreSQL: the URL comes from the mounted Secret, in no environment variable.
+    let docs = render_and_validate(serde_json::json!({
+        "ledger": {"backend": "postgres", "postgres": {"existingSecret": "zhisuan-pg"}},
+        "api": {"replicas": 3},
+        "serviceMonitor": {"enabled": true},
+        "agent": {"devicePlugin": {"enabled": false}},
+    }));
+    for (name, flag) in [
+        ("zs-zhisuan-api", "--db-file=/etc/zhisuan/ledger/url"),
+        (
+            "zs-zhisuan-controller",
+            "--ledger-file=/etc/zhisuan/ledger/url",
+        ),
+    ] {
+        let d = workload(&docs, "Deployment", name);
+        assert!(container_args(d).iter().any(|a| a == flag), "{name}: {d}");
+        let pod = &d["spec"]["template"]["spec"];
+        let env = pod["containers"][0]["env"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            env.iter()
+                .all(|e| e["valueFrom"].get("secretKeyRef").is_none()),
+            "{name}: a secret in an environment variable: {env:?}"
+        );
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "ledger-url")
+            .unwrap_or_else(|| panic!("{name}: no ledger-url volume"));
+        assert_eq!(volume["secret"]["secretName"], "zhisuan-pg");
+        assert_eq!(volume["secret"]["items"][0]["path"], "url");
+    }
+}

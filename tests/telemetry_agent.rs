@@ -183,6 +183,19 @@ fn standalone_agent_serves_dcgm_compatible_metrics_over_http() {
                 > 0.0
         );
     }
+    // Sampling works: the readiness probe answers 200.
+    let ready = std::net::TcpStream::connect(&addr).and_then(|mut s| {
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    });
+    let ready = ready.unwrap();
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     let sample = e.series("DCGM_FI_DEV_GPU_UTIL").next().unwrap();
     assert!(sample.label("UUID").unwrap().starts_with("GPU-"));
     assert!(sample.label("modelName").is_some());

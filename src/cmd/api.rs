@@ -30,6 +30,10 @@ pub struct ApiArgs {
     /// Ledger: a SQLite file path (created if missing) or a postgres:// URL.
     #[arg(long, default_value = "zhisuan-ledger.db")]
     pub db: String,
+    /// File holding the ledger's location (one line; e.g. a mounted Secret
+    /// with the postgres:// URL); instead of --db.
+    #[arg(long, value_name = "PATH", conflicts_with = "db")]
+    pub db_file: Option<PathBuf>,
     /// Region catalog (YAML); default: the shipped catalog.
     #[arg(long, value_name = "FILE")]
     pub regions: Option<PathBuf>,
@@ -185,7 +189,7 @@ pub fn spawn_clock(backend: WorldBackend, ledger: Ledger, period: Duration) {
     });
 }
 
-pub fn run(args: ApiArgs) -> anyhow::Result<()> {
+pub fn run(mut args: ApiArgs) -> anyhow::Result<()> {
     crate::logs::init("info");
     if args.tick_s == 0 {
         return Err(InputError::new("--tick-s: must be at least 1 second").into());
@@ -202,6 +206,9 @@ pub fn run(args: ApiArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if let Some(path) = &args.db_file {
+        args.db = crate::ledger::cli::read_location_file("--db-file", path)?;
+    }
     runtime.block_on(async move {
         // With the world backend, the claim on the ledger is held while serving.
         let (state, _claim) = match args.backend {

@@ -7,6 +7,28 @@ use anyhow::Context;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
+/// A ledger location kept in a file (a mounted Secret, so the URL and its
+/// password are in no environment variable or pod spec): the file's text,
+/// trimmed. Errors name the flag and the path, never the contents.
+pub fn read_location_file(flag: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        InputError::new(format!(
+            "{flag} {}: cannot read it ({e}); mount the Secret holding the ledger URL there",
+            path.display()
+        ))
+    })?;
+    let location = text.trim();
+    if location.is_empty() || location.contains('\n') {
+        return Err(InputError::new(format!(
+            "{flag} {}: the file must hold one line, the ledger URL or SQLite path (it holds {} lines)",
+            path.display(),
+            location.lines().count()
+        ))
+        .into());
+    }
+    Ok(location.to_string())
+}
+
 /// Where the ledger lives: a SQLite file path or a `postgres://` URL.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DbArg {
@@ -275,7 +297,40 @@ fn ingest_file<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{read_location_file, redact_url};
+
+    #[test]
+    fn a_location_file_gives_its_one_line_and_errors_never_show_its_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("url");
+        std::fs::write(&path, "postgres://zs:s3cret@db:5432/ledger\n").unwrap();
+        assert_eq!(
+            read_location_file("--db-file", &path).unwrap(),
+            "postgres://zs:s3cret@db:5432/ledger"
+        );
+        std::fs::write(
+            &path,
+            "postgres://zs:s3cret@db/a\npostgres://zs:s3cret@db/b\n",
+        )
+        .unwrap();
+        let err = read_location_file("--db-file", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--db-file") && err.contains("2 lines"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(read_location_file("--db-file", &path).is_err());
+        let err = read_location_file("--ledger-file", &dir.path().join("none"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--ledger-file") && err.contains("mount the Secret"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn passwords_never_printed() {

@@ -74,6 +74,10 @@ pub struct ControllerArgs {
     /// pod of a service with `spec.metrics` is scraped (vLLM counters).
     #[arg(long, env = "ZHISUAN_LEDGER_DB")]
     pub ledger: Option<String>,
+    /// File holding the ledger's location (one line; e.g. a mounted Secret
+    /// with the postgres:// URL); instead of --ledger.
+    #[arg(long, value_name = "PATH", conflicts_with = "ledger")]
+    pub ledger_file: Option<std::path::PathBuf>,
     /// Length of a GPU metering window in seconds (with --ledger; must divide
     /// a day). Every pod the controller placed is metered into the ledger per
     /// window while this replica leads.
@@ -111,7 +115,13 @@ pub fn run_crd(args: CrdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+pub fn run_controller(mut args: ControllerArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.ledger_file {
+        args.ledger = Some(crate::ledger::cli::read_location_file(
+            "--ledger-file",
+            path,
+        )?);
+    }
     let config = controller_config(&args)?;
     let listen: std::net::SocketAddr = args.listen.parse().map_err(|e| {
         InputError::new(format!(

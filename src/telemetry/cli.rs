@@ -488,8 +488,62 @@ async fn serve(
     .await
 }
 
+#[derive(Clone)]
+struct AgentHttp {
+    registry: Arc<prometheus::Registry>,
+    readiness: Readiness,
+}
+
+/// `/readyz`: ready while the latest successful sample is recent — within
+/// three sampling intervals (at least 10 s) — so a node whose devices cannot
+/// be read (driver gone, exporter down) leaves the Service and shows NotReady.
+#[derive(Clone)]
+pub struct Readiness {
+    started: Instant,
+    /// Milliseconds after `started` of the last good sample, plus one (0 = none yet).
+    last_ok_ms: Arc<std::sync::atomic::AtomicU64>,
+    stale_after: Duration,
+}
+
+impl Readiness {
+    pub fn new(interval: Duration) -> Self {
+        Readiness {
+            started: Instant::now(),
+            last_ok_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            stale_after: (interval * 3).max(Duration::from_secs(10)),
+        }
+    }
+
+    pub fn sampled(&self) {
+        let ms = self.started.elapsed().as_millis() as u64 + 1;
+        self.last_ok_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `Err` says why not ready.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_at(self.started.elapsed())
+    }
+
+    fn check_at(&self, now: Duration) -> Result<(), String> {
+        let last = self.last_ok_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if last == 0 {
+            return Err("no successful sample yet".into());
+        }
+        let age = now.saturating_sub(Duration::from_millis(last - 1));
+        if age > self.stale_after {
+            return Err(format!(
+                "last successful sample {:.0} s ago (ready within {} s); see the agent's log for the sampling error",
+                age.as_secs_f64(),
+                self.stale_after.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Runs an agent until `shutdown` resolves or `opts.samples` are taken:
-/// samples on a dedicated thread, serves `/metrics` and `/healthz` on
+/// samples on a dedicated thread, serves `/metrics`, `/healthz` and `/readyz` on
 /// `opts.listen` (`on_listen` gets the bound address), and, given a client,
 /// watches the node's pods and patches the Node whenever the publication
 /// changes or the heartbeat is due.
@@ -507,21 +561,36 @@ pub async fn serve_agent<B: Accelerator + 'static>(
         .map_err(|e| InputError::new(format!("--listen {}: cannot bind: {e}", opts.listen)))?;
     on_listen(listener.local_addr()?);
 
-    let registry = Arc::new(registry);
+    let readiness = Readiness::new(opts.interval);
+    let http = AgentHttp {
+        registry: Arc::new(registry),
+        readiness: readiness.clone(),
+    };
     let app = axum::Router::new()
         .route(
             "/metrics",
             axum::routing::get(
-                |axum::extract::State(r): axum::extract::State<Arc<prometheus::Registry>>| async move {
+                |axum::extract::State(h): axum::extract::State<AgentHttp>| async move {
                     let body = prometheus::TextEncoder::new()
-                        .encode_to_string(&r.gather())
+                        .encode_to_string(&h.registry.gather())
                         .unwrap_or_default();
                     ([("content-type", "text/plain; version=0.0.4")], body)
                 },
             ),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .with_state(registry);
+        .route(
+            "/readyz",
+            axum::routing::get(
+                |axum::extract::State(h): axum::extract::State<AgentHttp>| async move {
+                    match h.readiness.check() {
+                        Ok(()) => (axum::http::StatusCode::OK, "ready".to_string()),
+                        Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why),
+                    }
+                },
+            ),
+        )
+        .with_state(http);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {
@@ -562,6 +631,7 @@ pub async fn serve_agent<B: Accelerator + 'static>(
                     .unwrap_or_default();
                 match agent.step(&pods) {
                     Ok(()) => {
+                        readiness.sampled();
                         let now = chrono::Utc::now();
                         energy.add(now.timestamp_millis(), &agent.last_window().pod_totals());
                         let mut publication = agent.publication(now);
@@ -705,6 +775,23 @@ mod tests {
         assert!(after.rss_kib > 0 && after.rss_peak_kib >= after.rss_kib);
         assert!(after.threads >= 1);
         assert!(after.thread_cpu_s.values().sum::<f64>() > 0.0, "{after:?}");
+    }
+
+    #[test]
+    fn readiness_needs_a_recent_successful_sample() {
+        let r = Readiness::new(Duration::from_secs(5));
+        let err = r.check_at(Duration::from_secs(1)).unwrap_err();
+        assert!(err.contains("no successful sample"), "{err}");
+        r.sampled();
+        let at = r.started.elapsed();
+        assert_eq!(r.check_at(at + Duration::from_secs(14)), Ok(()));
+        let err = r.check_at(at + Duration::from_secs(16)).unwrap_err();
+        assert!(err.contains("last successful sample 16 s ago"), "{err}");
+        // A quick interval still allows 10 s.
+        assert_eq!(
+            Readiness::new(Duration::from_millis(100)).stale_after,
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

@@ -43,3 +43,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail (printf "agent.backend must be nvml, sim or npu-exporter, not %q" .Values.agent.backend) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The Secret holding the PostgreSQL ledger URL, mounted as the file `url`
+(read with --db-file / --ledger-file; never an environment variable).
+*/}}
+{{- define "zhisuan.ledgerUrlVolume" -}}
+- name: ledger-url
+  secret:
+    secretName: {{ .Values.ledger.postgres.existingSecret }}
+    defaultMode: 0400
+    items:
+      - {key: {{ .Values.ledger.postgres.secretKey }}, path: url}
+{{- end }}
