@@ -300,8 +300,49 @@ fn demo_feeds_every_dashboard_panel_and_the_page() {
         assert_page_draws_charts(&chrome, &format!("http://{}/", demo.addr), CHARTS_WITH_DATA);
     }
 
+    // Statements are dated in simulated time (the demo starts 2026-11-01 and
+    // runs hours per second; the wall clock is elsewhere).
+    let base = format!("http://{}", demo.addr);
+    let http = reqwest::blocking::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/tenants"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&serde_json::json!({"name": "probe"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let key = created["api_key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"));
+    let sim_now: String = http
+        .get(format!("{base}/v1/quota"))
+        .bearer_auth(key)
+        .send()
+        .unwrap()
+        .json::<serde_json::Value>()
+        .unwrap()["month"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let st: serde_json::Value = http
+        .get(format!("{base}/v1/statements/{sim_now}"))
+        .bearer_auth(key)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let as_of = st["as_of"].as_str().unwrap_or_else(|| panic!("{st}"));
+    assert!(
+        sim_now.as_str() >= "2026-11" && as_of.starts_with(&sim_now) && as_of < "2026-11-08",
+        "statement dated {as_of} (month {sim_now}); the simulated week starts 2026-11-01"
+    );
+
     let summary = demo.stop();
     assert!(summary["jobs"]["placed"].as_u64().unwrap() > 0, "{summary}");
+    let memory = &summary["memory"];
+    assert!(memory["rss_mib_end"].as_f64().unwrap() > 0.0, "{summary}");
+    assert!(memory["jobs_kept"].as_u64().unwrap() > 0, "{summary}");
     assert_eq!(
         summary["regions"].as_array().unwrap().len(),
         10,

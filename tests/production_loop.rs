@@ -36,6 +36,7 @@ async fn start_api(server: &ApiServer, ledger: Ledger) -> String {
             per_second: 100_000.0,
             burst: 100_000.0,
         },
+        max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
     };
     let jobs = std::sync::Arc::new(KubeJobs::new(server.client(), NS));
     let state =

@@ -515,7 +515,7 @@ pub async fn own_quota(
     State(state): State<ApiState>,
     TenantCaller(tenant): TenantCaller,
 ) -> Result<Json<QuotaView>, ApiError> {
-    let now = Utc::now();
+    let now = state.jobs().now();
     let limits = state.quota_of(&tenant).await?;
     let gpu_use = state.jobs().gpu_use(&tenant).await?;
     let usage = state.month_usage(&tenant, now).await?;
@@ -739,8 +739,18 @@ pub(crate) fn check_job_quota(
     quota: &Quota,
     held: &GpuUse,
     month: &MonthUse,
+    max_pending: u64,
 ) -> Result<(), ApiError> {
     let want = spec.total_milli();
+    if held.pending_jobs >= max_pending {
+        return Err(ApiError::quota_exceeded(
+            "pending_jobs",
+            format!(
+                "{} of your jobs are waiting to start, the most one tenant may queue ({max_pending}); wait for some to start, or cancel some",
+                held.pending_jobs
+            ),
+        ));
+    }
     if let Some(&max) = quota.gpus.get(ANY_MODEL) {
         let limit = gpus_to_milli(max);
         if held.total_milli + want > limit {
@@ -811,8 +821,8 @@ pub async fn submit_job(
     let _admitting = admission.lock().await;
     let quota = state.quota_of(&tenant).await?;
     let held = state.jobs().gpu_use(&tenant).await?;
-    let month = state.month_usage(&tenant, Utc::now()).await?;
-    check_job_quota(&spec, &quota, &held, &month)?;
+    let month = state.month_usage(&tenant, state.jobs().now()).await?;
+    check_job_quota(&spec, &quota, &held, &month, state.max_pending_jobs())?;
     let job = state.jobs().submit(spec).await?;
     let location =
         HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)).map_err(ApiError::internal)?;
@@ -923,7 +933,11 @@ pub async fn statement(
     ApiQuery(q): ApiQuery<StatementQuery>,
 ) -> Result<Response, ApiError> {
     let month = Month::parse(&month).map_err(ApiError::from)?;
-    let st = state.blocking(move |l| l.statement(&tenant, month)).await?;
+    // Dated by the backend's clock: simulated time on the simulated cluster.
+    let as_of = state.jobs().now();
+    let st = state
+        .blocking(move |l| l.statement_as_of(&tenant, month, as_of))
+        .await?;
     Ok(match q.format.unwrap_or(StatementFormat::Json) {
         StatementFormat::Json => Json(st).into_response(),
         StatementFormat::Csv => (
@@ -971,7 +985,7 @@ pub async fn own_vouchers(
     TenantCaller(tenant): TenantCaller,
 ) -> Result<Json<VoucherList>, ApiError> {
     let vouchers = state.blocking(move |l| l.vouchers(Some(&tenant))).await?;
-    let now = Utc::now();
+    let now = state.jobs().now();
     let vouchers = vouchers
         .into_iter()
         .map(|v| VoucherView::at(v, now))
@@ -998,6 +1012,7 @@ pub async fn regions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::MAX_PENDING_JOBS;
 
     fn job() -> JobRequest {
         serde_json::from_value(serde_json::json!({
@@ -1075,29 +1090,39 @@ mod tests {
     #[test]
     fn quota_names_the_limit_that_would_be_exceeded() {
         let spec = validate_job("a", job()).unwrap(); // 8 GPUs, any model
-        let held = GpuUse {
+        let mut held = GpuUse {
             total_milli: 4000,
             by_model_milli: BTreeMap::from([("H100".to_string(), 4000)]),
+            pending_jobs: 2,
         };
         let none = MonthUse::default();
+        // A tenant's queue is bounded: the limit is named.
+        let open = Quota::default();
+        assert!(check_job_quota(&spec, &open, &held, &none, 3).is_ok());
+        let e = check_job_quota(&spec, &open, &held, &none, 2).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("pending_jobs"));
+        assert!(e.message.contains("(2)"), "{}", e.message);
+        held.pending_jobs = 0;
         let limit = |k: &str, n: i64| Quota {
             gpus: BTreeMap::from([(k.to_string(), n)]),
             ..Quota::default()
         };
-        assert!(check_job_quota(&spec, &limit("*", 12), &held, &none).is_ok());
-        let e = check_job_quota(&spec, &limit("*", 11), &held, &none).unwrap_err();
+        assert!(check_job_quota(&spec, &limit("*", 12), &held, &none, MAX_PENDING_JOBS).is_ok());
+        let e =
+            check_job_quota(&spec, &limit("*", 11), &held, &none, MAX_PENDING_JOBS).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("gpus.*"));
         assert_eq!(e.code, "quota_exceeded");
 
         let mut h100 = spec.clone();
         h100.gpu_models = vec!["H100".into()];
-        let e = check_job_quota(&h100, &limit("H100", 11), &held, &none).unwrap_err();
+        let e =
+            check_job_quota(&h100, &limit("H100", 11), &held, &none, MAX_PENDING_JOBS).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("gpus.H100"));
-        assert!(check_job_quota(&h100, &limit("H100", 12), &held, &none).is_ok());
+        assert!(check_job_quota(&h100, &limit("H100", 12), &held, &none, MAX_PENDING_JOBS).is_ok());
         // A job pinned to another model is not charged to H100's limit.
         let mut a100 = spec.clone();
         a100.gpu_models = vec!["A100".into()];
-        assert!(check_job_quota(&a100, &limit("H100", 11), &held, &none).is_ok());
+        assert!(check_job_quota(&a100, &limit("H100", 11), &held, &none, MAX_PENDING_JOBS).is_ok());
 
         let q = Quota {
             gpu_hours_per_month: Some(10),
@@ -1108,13 +1133,13 @@ mod tests {
             gpu_hours: 10.0,
             tokens: 0,
         };
-        let e = check_job_quota(&spec, &q, &held, &used).unwrap_err();
+        let e = check_job_quota(&spec, &q, &held, &used, MAX_PENDING_JOBS).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("gpu_hours_per_month"));
         let used = MonthUse {
             milli_gpu_seconds: 10 * 3_600_000 - 1,
             ..used
         };
-        assert!(check_job_quota(&spec, &q, &held, &used).is_ok());
+        assert!(check_job_quota(&spec, &q, &held, &used, MAX_PENDING_JOBS).is_ok());
 
         let q = Quota {
             tokens_per_month: Some(100),
@@ -1125,10 +1150,10 @@ mod tests {
             ..MonthUse::default()
         };
         // Tokens limit inference only.
-        assert!(check_job_quota(&spec, &q, &held, &used).is_ok());
+        assert!(check_job_quota(&spec, &q, &held, &used, MAX_PENDING_JOBS).is_ok());
         let mut inf = spec.clone();
         inf.kind = JobKind::Inference;
-        let e = check_job_quota(&inf, &q, &held, &used).unwrap_err();
+        let e = check_job_quota(&inf, &q, &held, &used, MAX_PENDING_JOBS).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("tokens_per_month"));
     }
 

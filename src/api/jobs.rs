@@ -130,6 +130,8 @@ pub struct JobView {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GpuUse {
     pub total_milli: u64,
+    /// The tenant's jobs waiting to start (bounded per tenant by the API).
+    pub pending_jobs: u64,
     /// By accelerator model: placed replicas count under their model, a
     /// pending job under each model it allows.
     pub by_model_milli: BTreeMap<String, u64>,
@@ -221,6 +223,12 @@ pub trait JobBackend: Send + Sync + 'static {
     fn cancel(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>>;
     fn gpu_use(&self, tenant: &str) -> BoxFuture<'_, BackendResult<GpuUse>>;
     fn regions(&self) -> BoxFuture<'_, BackendResult<Vec<RegionView>>>;
+    /// The backend's clock: what "now" is for month-to-date use, statements
+    /// and voucher validity. Default: the wall clock (a real cluster); the
+    /// simulated cluster answers its simulated time.
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
     /// Makes `quota` (the ledger's, the one truth) the quota the backend's
     /// own scheduler enforces: on a cluster the tenant's `TenantQuota`, on
     /// the simulated cluster its scheduler's quota. Called when the quota is

@@ -53,13 +53,20 @@ pub struct ApiConfig {
     /// The admin key itself (kept only as its SHA-256 once the state is built).
     pub admin_key: String,
     pub rate_limit: RateLimit,
+    /// Jobs a tenant may have waiting to start; a submission beyond is
+    /// refused (`pending_jobs`), so one tenant cannot flood the queue.
+    pub max_pending_jobs: u64,
 }
+
+/// Default of [`ApiConfig::max_pending_jobs`].
+pub const MAX_PENDING_JOBS: u64 = 1000;
 
 impl std::fmt::Debug for ApiConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiConfig")
             .field("admin_key", &"<redacted>")
             .field("rate_limit", &self.rate_limit)
+            .field("max_pending_jobs", &self.max_pending_jobs)
             .finish()
     }
 }
@@ -78,6 +85,7 @@ struct Inner {
     jobs: Arc<dyn JobBackend>,
     admin_key_sha256: [u8; 32],
     limiter: ratelimit::RateLimiter,
+    max_pending_jobs: u64,
     /// Unknown keys and failed attempts per client address.
     lockout: lockout::Lockout,
     /// Key hash → (when looked up, tenant).
@@ -122,6 +130,7 @@ impl ApiState {
                 jobs,
                 admin_key_sha256: auth::key_hash(key),
                 limiter: ratelimit::RateLimiter::new(config.rate_limit),
+                max_pending_jobs: config.max_pending_jobs,
                 lockout: lockout::Lockout::default(),
                 key_cache: RwLock::new(HashMap::new()),
                 usage_cache: Mutex::new(HashMap::new()),
@@ -139,6 +148,11 @@ impl ApiState {
 
     pub fn jobs(&self) -> &Arc<dyn JobBackend> {
         &self.inner.jobs
+    }
+
+    /// Jobs a tenant may have waiting to start.
+    pub fn max_pending_jobs(&self) -> u64 {
+        self.inner.max_pending_jobs
     }
 
     /// The admission lock of `tenant` (held across the check and the submit;

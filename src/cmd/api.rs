@@ -40,6 +40,10 @@ pub struct ApiArgs {
     /// Requests per second allowed per API key (sustained).
     #[arg(long, default_value_t = 50.0)]
     pub rate_limit_rps: f64,
+    /// Jobs one tenant may have waiting to start; more are refused
+    /// (422 quota_exceeded, field `pending_jobs`).
+    #[arg(long, default_value_t = crate::api::MAX_PENDING_JOBS)]
+    pub max_pending_jobs: u64,
     /// Requests allowed at once per API key after a quiet period.
     #[arg(long, default_value_t = 100.0)]
     pub rate_limit_burst: f64,
@@ -137,6 +141,7 @@ pub fn standalone(
     let world = WorldConfig {
         start_s: Utc::now().timestamp(),
         metering_period_s: Some(60),
+        keep_finished_s: Some(crate::sim::world::KEEP_FINISHED_S),
         ..WorldConfig::default()
     };
     let backend = WorldBackend::resume(&ledger, catalog, world)
@@ -200,6 +205,7 @@ pub fn run(mut args: ApiArgs) -> anyhow::Result<()> {
             per_second: args.rate_limit_rps,
             burst: args.rate_limit_burst,
         },
+        max_pending_jobs: args.max_pending_jobs,
     };
     let registry = prometheus::Registry::new();
     let runtime = tokio::runtime::Builder::new_multi_thread()

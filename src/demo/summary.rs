@@ -53,6 +53,30 @@ pub struct TenantLine {
     pub vouchers: Vec<VoucherLine>,
 }
 
+/// The demo's memory over simulated time (flat: finished jobs are dropped
+/// after a simulated day, their usage is in the ledger).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Memory {
+    /// Resident set size (MiB) at the end of each simulated day of the run.
+    pub rss_mib_by_sim_day: Vec<f64>,
+    pub rss_mib_end: f64,
+    pub peak_rss_mib: f64,
+    /// The last full day's RSS over the first's (≤ 1.5 is the goal); absent
+    /// before two simulated days.
+    pub rss_last_day_over_first: Option<f64>,
+    /// Jobs the simulated cluster still holds (live and finished in the last day).
+    pub jobs_kept: usize,
+}
+
+impl Memory {
+    pub fn ratio(days: &[f64]) -> Option<f64> {
+        match days {
+            [first, .., last] if *first > 0.0 => Some(last / first),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub wall_s: f64,
@@ -72,6 +96,7 @@ pub struct Summary {
     /// Usage records the ledger stored in this run / found already stored.
     pub records_ingested: u64,
     pub records_already_present: u64,
+    pub memory: Memory,
 }
 
 impl Summary {
@@ -169,6 +194,21 @@ impl Summary {
             s,
             "\nledger: {} usage records stored this run, {} already present (restart without double counting)",
             self.records_ingested, self.records_already_present
+        );
+        let m = &self.memory;
+        let _ = writeln!(
+            s,
+            "memory: {:.0} MiB resident ({:.0} MiB peak), {} jobs kept{}",
+            m.rss_mib_end,
+            m.peak_rss_mib,
+            m.jobs_kept,
+            m.rss_last_day_over_first
+                .map(|r| format!(
+                    "; after {} simulated days {:.2}× the first day's",
+                    m.rss_mib_by_sim_day.len(),
+                    r
+                ))
+                .unwrap_or_default()
         );
         s
     }

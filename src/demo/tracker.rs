@@ -20,11 +20,10 @@ impl JobTracker {
     /// Catches up with the world; returns the jobs that started since the last call.
     pub fn refresh(&mut self, world: &World, started: &mut Vec<JobId>) {
         started.clear();
-        let jobs = world.jobs();
-        for j in &jobs[self.seen.min(jobs.len())..] {
+        for j in world.jobs_from(self.seen as JobId + 1) {
             self.live.push((j.id, false));
         }
-        self.seen = jobs.len();
+        self.seen = world.submitted() as usize;
         let (mut running, mut pending) = (0, 0);
         let (mut placed, mut finished) = (0, 0);
         self.live.retain_mut(|(id, was_started)| {

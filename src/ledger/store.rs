@@ -359,11 +359,21 @@ pub fn check_location(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// SQLite page cache of the API's and controller's ledger (SQLite's default
+/// is 2 MiB): sized for ingestion bursts.
+pub const SQLITE_CACHE_MIB: u32 = 64;
+
 impl Ledger {
     /// Opens (and migrates) a ledger: `postgres://…` / `postgresql://…` for
     /// PostgreSQL, `:memory:` for a private in-memory SQLite, else a SQLite
     /// file path (created if absent; WAL, durable commits).
     pub fn open(url: &str) -> Result<Ledger> {
+        Self::open_with(url, SQLITE_CACHE_MIB)
+    }
+
+    /// [`Ledger::open`] with a SQLite page cache of `sqlite_cache_mib` MiB
+    /// (the cache fills up to that size as the file grows; PostgreSQL ignores it).
+    pub fn open_with(url: &str, sqlite_cache_mib: u32) -> Result<Ledger> {
         check_location(url)?;
         let mut conn = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let url = url.to_string();
@@ -394,9 +404,9 @@ impl Ledger {
             // Checkpoint the WAL every ~40 MB instead of every 4 MB: fewer
             // fsyncs per large ingestion batch.
             c.pragma_update(None, "wal_autocheckpoint", 10_000)?;
-            // 64 MiB page cache (default 2 MiB): ingestion's index lookups
-            // and inserts stay in memory instead of re-reading pages.
-            c.pragma_update(None, "cache_size", -65_536)?;
+            // Page cache in KiB (negative): ingestion's index lookups and
+            // inserts stay in memory instead of re-reading pages.
+            c.pragma_update(None, "cache_size", -(i64::from(sqlite_cache_mib) * 1024))?;
             c.set_prepared_statement_cache_capacity(64);
             Conn::Sqlite(c)
         };

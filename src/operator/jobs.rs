@@ -357,6 +357,7 @@ impl JobBackend for KubeJobs {
                 }
                 let milli = job.replicas as u64 * job.gpu_milli_per_replica as u64;
                 out.total_milli += milli;
+                out.pending_jobs += u64::from(job.phase == JobPhase::Pending);
                 for m in &job.gpu_models {
                     *out.by_model_milli.entry(m.clone()).or_default() += milli;
                 }

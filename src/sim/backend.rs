@@ -111,6 +111,8 @@ struct TenantJobs {
 struct Index {
     synced: usize,
     seen_now_s: i64,
+    /// The world's oldest kept id at the last recount.
+    kept_from: JobId,
     tenants: HashMap<String, TenantJobs>,
     extra: HashMap<JobId, JobExtra>,
 }
@@ -124,6 +126,8 @@ pub struct WorldBackend {
     index: Arc<Mutex<Index>>,
     /// Where inputs are journalled (`None`: nothing survives a restart).
     journal: Option<Ledger>,
+    /// The world's clock (unix seconds) as last seen, read without the lock.
+    clock_s: Arc<std::sync::atomic::AtomicI64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -171,6 +175,7 @@ fn add_held(world: &World, id: JobId, held: &mut GpuUse) {
     let Some(j) = world.job(id) else { return };
     let milli = j.resolved.total_milli();
     held.total_milli += milli;
+    held.pending_jobs += u64::from(j.phase == Phase::Pending);
     match &j.placement {
         Some(p) if j.phase == Phase::Running => {
             for r in &p.replicas {
@@ -244,9 +249,9 @@ impl Index {
     /// Indexes jobs the world got since the last call and, when its clock
     /// moved, recounts every tenant's live jobs.
     fn sync(&mut self, world: &World) {
-        let jobs = world.jobs();
-        if self.synced < jobs.len() {
-            for j in &jobs[self.synced..] {
+        let submitted = world.submitted() as usize;
+        if self.synced < submitted {
+            for j in world.jobs_from(self.synced as JobId + 1) {
                 let t = self.tenants.entry(j.spec.tenant.clone()).or_default();
                 t.all.push(j.id);
                 if is_live(j.phase) {
@@ -255,7 +260,7 @@ impl Index {
                     add_held(world, j.id, &mut t.held);
                 }
             }
-            self.synced = jobs.len();
+            self.synced = submitted;
         }
         if world.now_s() != self.seen_now_s {
             self.recount(world);
@@ -265,7 +270,15 @@ impl Index {
     /// Drops finished jobs from the live sets and recounts what the rest
     /// hold (pending + running).
     fn recount(&mut self, world: &World) {
+        // Jobs the world dropped (finished past its retention) leave the index.
+        let first = world.first_kept_id();
+        if first > self.kept_from {
+            self.kept_from = first;
+            self.extra.retain(|&id, _| id >= first);
+        }
         for t in self.tenants.values_mut() {
+            let gone = t.all.partition_point(|&id| id < first);
+            t.all.drain(..gone);
             t.live
                 .retain(|&id| world.job(id).is_some_and(|j| is_live(j.phase)));
             let live = &t.live;
@@ -293,10 +306,12 @@ impl WorldBackend {
     /// Serves jobs from `world`, which others may advance and submit to as
     /// well.
     pub fn new(world: Arc<Mutex<World>>) -> Self {
+        let now = lock(&world).now_s();
         WorldBackend {
             world,
             index: Arc::new(Mutex::new(Index::default())),
             journal: None,
+            clock_s: Arc::new(std::sync::atomic::AtomicI64::new(now)),
         }
     }
 
@@ -379,15 +394,16 @@ impl WorldBackend {
         Ok(())
     }
 
-    /// Runs `f` off the async workers when there is a journal to write
-    /// (a database write), inline otherwise.
+    /// Runs `f` off the async workers (on tokio's blocking pool): it waits
+    /// for the world's lock, which whoever advances the clock holds for a
+    /// step, and may write the journal. Inline without a runtime.
     fn off_async<T: Send + 'static>(
         &self,
         f: impl FnOnce(WorldBackend) -> BackendResult<T> + Send + 'static,
     ) -> BoxFuture<'static, BackendResult<T>> {
         let this = self.clone();
-        match (&self.journal, tokio::runtime::Handle::try_current()) {
-            (Some(_), Ok(handle)) => async move {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => async move {
                 handle
                     .spawn_blocking(move || f(this))
                     .await
@@ -408,6 +424,8 @@ impl WorldBackend {
         let world = lock(&self.world);
         let mut index = lock(&self.index);
         index.sync(&world);
+        self.clock_s
+            .store(world.now_s(), std::sync::atomic::Ordering::Relaxed);
         (world, index)
     }
 
@@ -417,6 +435,8 @@ impl WorldBackend {
         let (mut world, mut index) = self.locked();
         world.advance_to(now_s);
         index.sync(&world);
+        self.clock_s
+            .store(world.now_s(), std::sync::atomic::Ordering::Relaxed);
         world.take_usage()
     }
 
@@ -559,25 +579,30 @@ impl JobBackend for WorldBackend {
                 .boxed()
             }
         };
-        let (world, index) = self.locked();
-        // Ids only grow: the tenant's list is in id order.
-        let jobs = index.tenants.get(tenant).map_or_else(Vec::new, |t| {
-            let from = t.all.partition_point(|&id| id <= after);
-            t.all[from..]
-                .iter()
-                .filter_map(|&id| view(&world, &index, id))
-                .take(limit + 1)
-                .collect()
-        });
-        ready(Ok(JobPage::of(jobs, limit))).boxed()
+        let tenant = tenant.to_string();
+        self.off_async(move |b| {
+            let (world, index) = b.locked();
+            // Ids only grow: the tenant's list is in id order.
+            let jobs = index.tenants.get(&tenant).map_or_else(Vec::new, |t| {
+                let from = t.all.partition_point(|&id| id <= after);
+                t.all[from..]
+                    .iter()
+                    .filter_map(|&id| view(&world, &index, id))
+                    .take(limit + 1)
+                    .collect()
+            });
+            Ok(JobPage::of(jobs, limit))
+        })
     }
 
     fn get(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>> {
-        let (world, index) = self.locked();
-        let r = index.owned(&world, tenant, id).and_then(|n| {
-            view(&world, &index, n).ok_or_else(|| BackendError::NotFound(id.to_string()))
-        });
-        ready(r).boxed()
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.off_async(move |b| {
+            let (world, index) = b.locked();
+            index.owned(&world, &tenant, &id).and_then(|n| {
+                view(&world, &index, n).ok_or_else(|| BackendError::NotFound(id.clone()))
+            })
+        })
     }
 
     fn cancel(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>> {
@@ -586,17 +611,26 @@ impl JobBackend for WorldBackend {
     }
 
     fn gpu_use(&self, tenant: &str) -> BoxFuture<'_, BackendResult<GpuUse>> {
-        let (_world, index) = self.locked();
-        let held = index
-            .tenants
-            .get(tenant)
-            .map(|t| t.held.clone())
-            .unwrap_or_default();
-        ready(Ok(held)).boxed()
+        let tenant = tenant.to_string();
+        self.off_async(move |b| {
+            let (_world, index) = b.locked();
+            Ok(index
+                .tenants
+                .get(&tenant)
+                .map(|t| t.held.clone())
+                .unwrap_or_default())
+        })
     }
 
     fn regions(&self) -> BoxFuture<'_, BackendResult<Vec<RegionView>>> {
-        ready(Ok(self.regions_now())).boxed()
+        self.off_async(|b| Ok(b.regions_now()))
+    }
+
+    /// Simulated time: statements, month-to-date use and vouchers follow
+    /// the simulated clock, as the usage they count does.
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let s = self.clock_s.load(std::sync::atomic::Ordering::Relaxed);
+        chrono::DateTime::from_timestamp(s, 0).unwrap_or_default()
     }
 
     /// The ledger's quota becomes the simulated cluster's, which its
@@ -706,6 +740,35 @@ mod tests {
     }
 
     #[test]
+    fn jobs_the_world_dropped_leave_the_lists_and_answer_not_found() {
+        let world = World::new(
+            Catalog::default_catalog(),
+            WorldConfig {
+                start_s: 1_790_000_000,
+                keep_finished_s: Some(3600),
+                ..WorldConfig::default()
+            },
+        )
+        .unwrap();
+        let b = WorldBackend::new(Arc::new(Mutex::new(world)));
+        let done = block(b.submit(spec("acme", "done", 1))).unwrap();
+        let live = block(b.submit(job("acme", "live", 1, 1000, 100_000))).unwrap();
+        block(b.cancel("acme", &done.id)).unwrap();
+        b.advance_to(1_790_000_000 + 7200);
+        b.advance_to(1_790_000_000 + 7201);
+        assert_eq!(b.now().timestamp(), 1_790_000_000 + 7201, "simulated clock");
+        let page = block(b.list("acme", None, 10)).unwrap();
+        let ids: Vec<&str> = page.jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, [live.id.as_str()]);
+        assert!(matches!(
+            block(b.get("acme", &done.id)),
+            Err(BackendError::NotFound(_))
+        ));
+        let index = lock(&b.index);
+        assert_eq!(index.tenants["acme"].all.len(), 1, "the index let go of it");
+    }
+
+    #[test]
     fn jobs_are_scoped_to_their_tenant_and_names_are_unique_while_live() {
         let b = backend();
         let job = block(b.submit(spec("acme", "a", 2))).unwrap();
@@ -750,6 +813,7 @@ mod tests {
         // The API would refuse this at submission; the world refuses it at admission.
         let second = block(b.submit(spec("acme", "second", 2))).unwrap();
         assert_eq!(second.phase, JobPhase::Pending, "{second:?}");
+        assert_eq!(block(b.gpu_use("acme")).unwrap().pending_jobs, 1);
         assert!(
             second.explanation.detail.to_string().contains("quota"),
             "{:?}",

@@ -30,7 +30,6 @@ pub fn job_outcomes(world: &World, policy: &str) -> Vec<JobOutcome> {
     let catalog = world.catalog();
     world
         .jobs()
-        .iter()
         .map(|j| {
             let summary = j.explanation.render(catalog).summary;
             let reason = match (j.phase, &j.message) {

@@ -696,7 +696,6 @@ fn explained_job(world: &World, wanted: &str) -> Result<crate::sim::world::JobId
     };
     let mut found = world
         .jobs()
-        .iter()
         .filter(|j| j.spec.name == name && tenant.is_none_or(|t| j.spec.tenant == t));
     let first = found.next().ok_or_else(|| {
         InputError::new(format!(

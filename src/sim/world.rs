@@ -12,6 +12,7 @@
 //! Usage is metered into [`UsageInterval`]s (one per replica and interval,
 //! with a deterministic id) that [`World::take_usage`] hands to the ledger.
 
+use crate::sim::jobtable::JobTable;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
@@ -47,6 +48,10 @@ pub struct WorldConfig {
     /// Cut running jobs' usage at multiples of this period (seconds), so a
     /// long job is metered while it runs. `None`: one interval per run.
     pub metering_period_s: Option<i64>,
+    /// Seconds a finished job stays visible before the world drops it
+    /// (flat memory for a world that runs for months). `None`: kept forever
+    /// (`zhisuan sim` reads every job at the end).
+    pub keep_finished_s: Option<i64>,
 }
 
 impl Default for WorldConfig {
@@ -57,9 +62,15 @@ impl Default for WorldConfig {
             seed: 1,
             start_s: 0,
             metering_period_s: None,
+            keep_finished_s: None,
         }
     }
 }
+
+/// How long the long-running simulated clusters (the demo, `zhisuan api
+/// --backend world`) keep a finished job visible: one simulated day. After
+/// that it is dropped (the API answers 404 for it); its usage is in the ledger.
+pub const KEEP_FINISHED_S: i64 = 24 * 3600;
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -119,6 +130,9 @@ pub struct JobState {
     metered_until_s: i64,
     /// Departure time while running, if the job has a known runtime.
     ends_s: Option<i64>,
+    /// Position of its workload in the scheduler's snapshot (`usize::MAX`
+    /// once it left the scheduler's view).
+    workload_slot: usize,
 }
 
 impl JobState {
@@ -387,16 +401,13 @@ pub struct World {
     /// The scheduler's input, kept between passes: the nodes, the region
     /// catalog, the quotas and the live (pending or running) jobs.
     snap: Snapshot,
-    jobs: Vec<JobState>,
+    jobs: JobTable,
     departures: BinaryHeap<Reverse<(i64, JobId)>>,
     running: Vec<JobId>,
     usage: Vec<UsageInterval>,
     totals: Vec<RegionTotals>,
     /// Node name → what the world needs of it.
     node_at: HashMap<String, NodeAt>,
-    /// Position of each job's workload in `snap.workloads` (by job id − 1;
-    /// `usize::MAX` once it left the scheduler's view).
-    slot: Vec<usize>,
     /// Jobs waiting (pending) now.
     waiting: usize,
 }
@@ -442,13 +453,12 @@ impl World {
             catalog,
             config,
             scheduler,
-            jobs: Vec::new(),
+            jobs: JobTable::default(),
             departures: BinaryHeap::new(),
             running: Vec::new(),
             usage: Vec::new(),
             totals,
             node_at,
-            slot: Vec::new(),
             waiting: 0,
         })
     }
@@ -487,8 +497,8 @@ impl World {
         unsupported(&spec)?;
         let resolved = spec.resolve(&self.catalog)?;
         let now = self.snap.now;
-        let id = self.jobs.len() as JobId + 1;
-        self.slot.push(self.snap.workloads.len());
+        let id = self.jobs.next_id();
+        let workload_slot = self.snap.workloads.len();
         self.snap.workloads.push(workload_of(id, &spec, now));
         self.waiting += 1;
         if !self
@@ -514,6 +524,7 @@ impl World {
             preemptions: 0,
             metered_until_s: now,
             ends_s: None,
+            workload_slot,
         });
         self.schedule();
         Ok(id)
@@ -528,9 +539,10 @@ impl World {
             Phase::Pending => {
                 self.forget(id);
                 self.waiting -= 1;
-                let j = &mut self.jobs[id as usize - 1];
+                let j = &mut self.jobs[id];
                 j.phase = Phase::Cancelled;
                 j.finished_s = Some(now);
+                self.jobs.finished(id, now);
             }
             Phase::Running => {
                 self.finish(id, now, Phase::Cancelled);
@@ -538,7 +550,7 @@ impl World {
             }
             Phase::Succeeded | Phase::Cancelled => {}
         }
-        Some(self.jobs[id as usize - 1].phase)
+        Some(self.jobs[id].phase)
     }
 
     /// Moves the clock to `t_s`, processing departures (and metering cuts) in
@@ -547,6 +559,12 @@ impl World {
     pub fn advance_to(&mut self, t_s: i64) {
         if t_s <= self.snap.now {
             return;
+        }
+        // Retention is measured from the clock before this step, so a job
+        // that finishes during a step stays visible after it, however long
+        // the step (whoever advances the world reads what happened first).
+        if let Some(keep) = self.config.keep_finished_s {
+            self.jobs.drop_finished(self.snap.now.saturating_sub(keep));
         }
         loop {
             let dep = self
@@ -567,7 +585,7 @@ impl World {
                             break;
                         }
                         self.departures.pop();
-                        let j = &self.jobs[id as usize - 1];
+                        let j = &self.jobs[id];
                         if j.phase == Phase::Running && j.ends_s == Some(t) {
                             self.finish(id, t, Phase::Succeeded);
                         }
@@ -597,13 +615,35 @@ impl World {
         self.departures.peek().map(|Reverse((t, _))| *t)
     }
 
+    /// A job, while kept (finished jobs are dropped after the world's
+    /// `keep_finished_s`).
     pub fn job(&self, id: JobId) -> Option<&JobState> {
-        id.checked_sub(1).and_then(|i| self.jobs.get(i as usize))
+        self.jobs.get(id)
     }
 
-    /// All jobs, in submission order.
-    pub fn jobs(&self) -> &[JobState] {
-        &self.jobs
+    /// The jobs kept, in submission order.
+    pub fn jobs(&self) -> impl DoubleEndedIterator<Item = &JobState> + '_ {
+        self.jobs.iter()
+    }
+
+    /// The jobs kept with an id ≥ `from`, in submission order.
+    pub fn jobs_from(&self, from: JobId) -> impl Iterator<Item = &JobState> + '_ {
+        self.jobs.iter_from(from)
+    }
+
+    /// Jobs ever submitted (the last id given).
+    pub fn submitted(&self) -> u64 {
+        self.jobs.next_id() - 1
+    }
+
+    /// The oldest id still kept; every smaller one was dropped.
+    pub fn first_kept_id(&self) -> JobId {
+        self.jobs.first_id()
+    }
+
+    /// Jobs kept now (live and recently finished).
+    pub fn jobs_kept(&self) -> usize {
+        self.jobs.kept()
     }
 
     /// A job with names, placement and explanation, for the API.
@@ -646,7 +686,7 @@ impl World {
     pub fn device_use(&self) -> HashMap<&str, Vec<u32>> {
         let mut out: HashMap<&str, Vec<u32>> = HashMap::new();
         for &id in &self.running {
-            let Some(p) = &self.jobs[id as usize - 1].placement else {
+            let Some(p) = &self.jobs[id].placement else {
                 continue;
             };
             for r in &p.replicas {
@@ -714,7 +754,7 @@ impl World {
         }
         let plan = self.scheduler.plan(&self.snap);
         for (key, expl) in plan.explanations {
-            if let Some(j) = id_of(&key).and_then(|id| self.jobs.get_mut(id as usize - 1)) {
+            if let Some(j) = id_of(&key).and_then(|id| self.jobs.get_mut(id)) {
                 j.explanation = expl;
             }
         }
@@ -751,7 +791,7 @@ impl World {
     }
 
     fn set_status(&mut self, key: &WorkloadKey, status: WorkloadStatus) {
-        let slot = id_of(key).map_or(usize::MAX, |id| self.slot[id as usize - 1]);
+        let slot = id_of(key).map_or(usize::MAX, |id| self.jobs[id].workload_slot);
         if let Some(w) = self.snap.workloads.get_mut(slot) {
             w.status = status;
         }
@@ -790,7 +830,7 @@ impl World {
         let t = &mut self.totals[region];
         t.running += 1;
         t.allocated_milli += milli;
-        let job = &mut self.jobs[id as usize - 1];
+        let job = &mut self.jobs[id];
         if job.phase == Phase::Pending {
             self.waiting -= 1;
         }
@@ -815,10 +855,10 @@ impl World {
     /// puts it back in the queue with the plan's status.
     fn requeue(&mut self, id: JobId, key: &WorkloadKey, status: WorkloadStatus) {
         let now = self.snap.now;
-        if self.jobs[id as usize - 1].phase == Phase::Running {
+        if self.jobs[id].phase == Phase::Running {
             self.release(id, now);
             self.waiting += 1;
-            let job = &mut self.jobs[id as usize - 1];
+            let job = &mut self.jobs[id];
             job.phase = Phase::Pending;
             job.placement = None;
             job.started_s = None;
@@ -831,7 +871,7 @@ impl World {
     /// Keeps why a job waits: the reason, and the message unless region
     /// choice explains it (then the explanation does).
     fn note_pending(&mut self, id: JobId, status: &WorkloadStatus) {
-        let job = &mut self.jobs[id as usize - 1];
+        let job = &mut self.jobs[id];
         job.reason = status.reason.clone();
         job.message = match status.reason.as_deref() {
             Some("Unschedulable") | None => None,
@@ -846,7 +886,7 @@ impl World {
     /// Meters a running job up to `at_s` and frees what it holds.
     fn release(&mut self, id: JobId, at_s: i64) {
         self.meter(id, at_s);
-        let job = &mut self.jobs[id as usize - 1];
+        let job = &mut self.jobs[id];
         job.ends_s = None;
         if let Some(p) = &job.placement {
             let milli: u64 = p.replicas.iter().map(|r| u64::from(r.gpu_milli())).sum();
@@ -864,25 +904,26 @@ impl World {
     fn finish(&mut self, id: JobId, at_s: i64, phase: Phase) {
         self.release(id, at_s);
         self.forget(id);
-        let job = &mut self.jobs[id as usize - 1];
+        let job = &mut self.jobs[id];
         job.phase = phase;
         job.finished_s = Some(at_s);
+        self.jobs.finished(id, at_s);
     }
 
     /// Removes a job from the scheduler's view.
     fn forget(&mut self, id: JobId) {
-        let i = std::mem::replace(&mut self.slot[id as usize - 1], usize::MAX);
+        let i = std::mem::replace(&mut self.jobs[id].workload_slot, usize::MAX);
         if i < self.snap.workloads.len() {
             self.snap.workloads.swap_remove(i);
             if let Some(moved) = self.snap.workloads.get(i).and_then(|w| id_of(&w.key)) {
-                self.slot[moved as usize - 1] = i;
+                self.jobs[moved].workload_slot = i;
             }
         }
     }
 
     /// Meters a running job's usage up to `until_s`.
     fn meter(&mut self, id: JobId, until_s: i64) {
-        let job = &self.jobs[id as usize - 1];
+        let job = &self.jobs[id];
         let Some(p) = &job.placement else { return };
         let start = job.metered_until_s;
         if until_s <= start || job.phase != Phase::Running {
@@ -927,7 +968,7 @@ impl World {
                 carbon_kg: e.carbon_kg,
             });
         }
-        self.jobs[id as usize - 1].metered_until_s = until_s;
+        self.jobs[id].metered_until_s = until_s;
     }
 }
 
@@ -990,6 +1031,47 @@ links:
 
     fn region_of(w: &World, id: JobId) -> String {
         w.job_view(id).unwrap().region.unwrap()
+    }
+
+    #[test]
+    fn finished_jobs_are_dropped_after_the_retention_and_live_ones_never() {
+        let catalog = Catalog::from_yaml(CATALOG, "test.yaml").unwrap();
+        let config = WorldConfig {
+            start_s: 1000,
+            keep_finished_s: Some(3600),
+            ..Default::default()
+        };
+        let mut w = World::new(catalog, config).unwrap();
+        let long = w.submit(spec("long", 1, 1, 100_000)).unwrap();
+        let short = w.submit(spec("short", 1, 1, 60)).unwrap();
+        let cancelled = w.submit(spec("c", 1, 1, 60)).unwrap();
+        assert_eq!(w.cancel(cancelled), Some(Phase::Cancelled));
+        // A step far past the retention: what finished in it stays visible
+        // after the step (retention counts from the clock before the step).
+        w.advance_to(1000 + 50_000);
+        assert_eq!(w.job(short).unwrap().phase, Phase::Succeeded);
+        w.advance_to(1000 + 50_001);
+        assert!(w.job(short).is_none() && w.job(cancelled).is_none());
+        assert_eq!(w.job(long).unwrap().phase, Phase::Running, "live jobs stay");
+        assert_eq!((w.submitted(), w.jobs_kept()), (3, 1));
+        assert_eq!(w.first_kept_id(), long, "the running job holds the front");
+        let next = w.submit(spec("next", 1, 1, 60)).unwrap();
+        assert_eq!(next, 4, "ids keep counting");
+        assert_eq!(w.jobs().map(|j| j.id).collect::<Vec<_>>(), vec![long, next]);
+        assert_eq!(w.jobs_from(2).map(|j| j.id).collect::<Vec<_>>(), vec![next]);
+        // Once the long job is gone too, the front moves past every dropped id.
+        w.advance_to(1000 + 200_000);
+        w.advance_to(1000 + 200_001);
+        assert_eq!((w.jobs_kept(), w.first_kept_id()), (0, 5));
+    }
+
+    #[test]
+    fn without_a_retention_every_job_stays() {
+        let mut w = world(RegionPolicy::Green, None);
+        let id = w.submit(spec("t", 1, 1, 60)).unwrap();
+        w.advance_to(1000 + 10_000_000);
+        w.advance_to(1000 + 20_000_000);
+        assert_eq!(w.job(id).unwrap().phase, Phase::Succeeded);
     }
 
     #[test]
@@ -1142,7 +1224,7 @@ links:
         let mut s = spec("frugal", 1, 8, 100);
         s.cost_budget_fen = Some(10);
         assert_eq!(w.submit(s).unwrap_err().field, "cost_budget_fen");
-        assert!(w.jobs().is_empty(), "nothing was submitted");
+        assert_eq!(w.submitted(), 0, "nothing was submitted");
     }
 
     #[test]
