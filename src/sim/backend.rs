@@ -739,6 +739,46 @@ mod tests {
         futures::executor::block_on(f)
     }
 
+    /// A call that waits for the world's lock (held by a clock step) parks
+    /// a blocking-pool thread, never the async worker: on a one-thread
+    /// runtime a timer still fires while the call waits.
+    #[test]
+    fn calls_waiting_for_the_world_leave_the_async_worker_free() {
+        let b = backend();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held) = std::sync::mpsc::channel::<()>();
+        let world = Arc::clone(b.world());
+        let holder = std::thread::spawn(move || {
+            let _step = lock(&world);
+            held_tx.send(()).unwrap();
+            // Released by the test; the bound only keeps a broken build from hanging.
+            let _ = released.recv_timeout(std::time::Duration::from_secs(30));
+        });
+        held.recv().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let calls = [
+                b.gpu_use("acme").map(|r| r.map(drop)).boxed(),
+                b.list("acme", None, 10).map(|r| r.map(drop)).boxed(),
+                b.regions().map(|r| r.map(drop)).boxed(),
+            ];
+            for mut call in calls {
+                let waited =
+                    tokio::time::timeout(std::time::Duration::from_millis(50), &mut call).await;
+                assert!(
+                    waited.is_err(),
+                    "the call did not wait on the blocking pool"
+                );
+            }
+        });
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(runtime.block_on(b.gpu_use("acme")).is_ok());
+    }
+
     #[test]
     fn jobs_the_world_dropped_leave_the_lists_and_answer_not_found() {
         let world = World::new(
