@@ -10,6 +10,7 @@
 pub mod error;
 pub mod jobs;
 pub mod logs;
+pub mod progress;
 pub mod schedule;
 
 // Domain core (plan layer, plus the ledger's storage).

@@ -1,4 +1,4 @@
-//! `zhisuan replay` end to end on hand-computed tiny clusters (REPLAY-PROTOCOL).
+//! `zhisuan replay` end to end on hand-computed tiny clusters (the protocol of docs/benchmarks.md).
 
 use std::path::Path;
 use std::process::Command;
@@ -138,6 +138,12 @@ fn shipped_trace_replays_with_defaults() {
         .output()
         .unwrap();
     let v = json(&out);
+    // stderr is a pipe here: no progress bar, no escape codes.
+    assert!(
+        !out.stderr.contains(&0x1b) && !String::from_utf8_lossy(&out.stderr).contains("seeds"),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(v["trace"], "openb_pod_list_default");
     assert_eq!(
         (v["nodes"].as_u64(), v["gpus"].as_u64()),

@@ -90,6 +90,7 @@ mod tests {
             RegionPolicy::Green,
             Policy::default(),
             1,
+            &indicatif::ProgressBar::hidden(),
         )
         .unwrap();
         let rows = job_outcomes(&world, "green");

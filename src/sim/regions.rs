@@ -44,6 +44,9 @@ pub struct SimArgs {
     /// its name, or TENANT/NAME where several tenants use the name.
     #[arg(long, value_name = "JOB")]
     pub explain: Option<String>,
+    /// No progress bar (it is drawn on stderr only when that is a terminal).
+    #[arg(long, short)]
+    pub quiet: bool,
     /// Write every job's outcome under each policy (region, start, wait, reason) to this CSV.
     #[arg(long, value_name = "FILE")]
     pub jobs_out: Option<PathBuf>,
@@ -400,6 +403,7 @@ pub fn simulate(
     policy: RegionPolicy,
     placement: Policy,
     seed: u64,
+    progress: &indicatif::ProgressBar,
 ) -> Result<(SimResult, World), InputError> {
     let start = workload.first().map_or(0, |(t, _)| *t);
     let config = WorldConfig {
@@ -426,6 +430,7 @@ pub fn simulate(
         prev_t = *t;
         world.submit(spec.clone())?;
         usage.append(&mut world.take_usage());
+        progress.inc(1);
     }
     while let Some(t) = world.next_event_s() {
         world.advance_to(t);
@@ -754,7 +759,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let mut explained = Vec::new();
     let mut outcomes = Vec::new();
     for &p in &policies {
-        let (result, world) = simulate(&catalog, &workload, p, placement, args.seed)?;
+        let progress = crate::progress::bar(workload.len() as u64, "jobs", args.quiet);
+        progress.set_message(format!("sim {}", p.name()));
+        let (result, world) = simulate(&catalog, &workload, p, placement, args.seed, &progress)?;
+        progress.finish_and_clear();
         if let Some(wanted) = &args.explain {
             let id = explained_job(&world, wanted)?;
             explained.push(world.job_view(id).expect("job exists"));

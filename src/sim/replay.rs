@@ -45,6 +45,9 @@ pub struct ReplayArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// No progress bar (it is drawn on stderr only when that is a terminal).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Result of one seed.
@@ -208,9 +211,16 @@ pub fn summarise(
             args.tune
         )));
     }
+    let progress = crate::progress::bar(args.seeds, "seeds", args.quiet);
+    progress.set_message(format!("replay {}", policy.name()));
     let per_seed: Vec<SeedResult> = (args.seed..args.seed + args.seeds)
-        .map(|s| run_seed(cluster, trace, policy, s, args.tune))
+        .map(|s| {
+            let r = run_seed(cluster, trace, policy, s, args.tune);
+            progress.inc(1);
+            r
+        })
         .collect();
+    progress.finish_and_clear();
     let n = per_seed.len() as f64;
     let mean = |f: &dyn Fn(&SeedResult) -> f64| per_seed.iter().map(f).sum::<f64>() / n;
     let decisions: usize = per_seed.iter().map(|r| r.decisions).sum();
