@@ -179,9 +179,10 @@ res = asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration()).run(sys.argv[1]))
 print(json.dumps(res))
 "#;
 
-fn helm_sdkpy_installed() -> bool {
+/// Whether python3 can import these modules (`"helm_sdkpy"`, `"a, b"`).
+fn python_imports(modules: &str) -> bool {
     Command::new("python3")
-        .args(["-c", "import helm_sdkpy"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -231,7 +232,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn helm_lint_passes() {
-    if !helm_sdkpy_installed() {
+    if !python_imports("helm_sdkpy") {
         if std::env::var_os("CI").is_some() {
             panic!(
                 "helm-sdkpy is not installed (CI): pip install --ignore-requires-python helm-sdkpy"
@@ -333,13 +334,6 @@ print(json.dumps({"minors": minors, "docs": [d for _, d in docs], "invalid": inv
                   "misspelt_field_refused": bool(check(ds)[0])}))
 "#;
 
-fn chart_python_tools_installed() -> bool {
-    Command::new("python3")
-        .args(["-c", "import helm_python, kubernetes_validate"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// The rendered documents of the chart with `values`, each checked.
 fn render_and_validate(values: serde_json::Value) -> Vec<serde_json::Value> {
     let out = Command::new("python3")
@@ -383,7 +377,7 @@ fn container_args(d: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn the_rendered_chart_is_valid_on_the_two_newest_kubernetes_minors() {
-    if !chart_python_tools_installed() {
+    if !python_imports("helm_python, kubernetes_validate") {
         if std::env::var_os("CI").is_some() {
             panic!("helm-python-sdk and kubernetes-validate are not installed (CI): pip install helm-python-sdk kubernetes-validate");
         }

@@ -41,21 +41,7 @@ async fn plugin(
 }
 
 fn claim(name: &str, created: i64, devices: &[u32], milli: Option<u32>) -> PodClaim {
-    PodClaim {
-        namespace: "t1".into(),
-        name: name.into(),
-        created,
-        devices: devices.to_vec(),
-        milli,
-        whole: if milli.is_none() {
-            devices.len() as u32
-        } else {
-            0
-        },
-        slots: milli.map(|m| m.div_ceil(10)).unwrap_or(0),
-        waiting: true,
-        annotation_error: None,
-    }
+    PodClaim::placed("t1", name, created, devices, milli)
 }
 
 /// Reads ListAndWatch until `pred` holds for a list (bounded).

@@ -254,11 +254,13 @@ impl ValidationRules {
     }
 }
 
-/// Each tenant's default accelerator vendor from the TenantQuota objects
-/// (normalised; inherited down the tree; invalid values are the quota's
-/// own `Valid=False` and ignored here).
-pub fn default_vendors(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, String> {
-    let entries: Vec<_> = quotas
+/// `(tenant, parent, setting)` of every TenantQuota object, the setting read
+/// from its spec by `read` (the input of the tenant-tree inheritance).
+fn tenant_settings<T>(
+    quotas: &[Arc<DynamicObject>],
+    read: impl Fn(&serde_json::Value) -> Option<T>,
+) -> Vec<(String, Option<String>, Option<T>)> {
+    quotas
         .iter()
         .filter_map(|q| {
             let spec = q.data.get("spec")?;
@@ -267,34 +269,30 @@ pub fn default_vendors(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, String
                 .get("parent")
                 .and_then(|p| p.as_str())
                 .map(String::from);
-            let vendor = spec
-                .get("defaultAcceleratorVendor")
-                .and_then(|v| v.as_str())
-                .and_then(|v| crate::jobs::accelerator_vendor(v).ok())
-                .map(String::from);
-            Some((tenant, parent, vendor))
+            Some((tenant, parent, read(spec)))
         })
-        .collect();
+        .collect()
+}
+
+/// Each tenant's default accelerator vendor from the TenantQuota objects
+/// (normalised; inherited down the tree; invalid values are the quota's
+/// own `Valid=False` and ignored here).
+pub fn default_vendors(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, String> {
+    let entries = tenant_settings(quotas, |spec| {
+        spec.get("defaultAcceleratorVendor")
+            .and_then(|v| v.as_str())
+            .and_then(|v| crate::jobs::accelerator_vendor(v).ok())
+            .map(String::from)
+    });
     super::tenancy::inherited(&entries)
 }
 
 /// Each tenant's Pod Security level from the TenantQuota objects.
 pub fn pod_security_levels(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, PodSecurityLevel> {
-    let entries: Vec<_> = quotas
-        .iter()
-        .filter_map(|q| {
-            let spec = q.data.get("spec")?;
-            let tenant = spec.get("tenant")?.as_str()?.to_string();
-            let parent = spec
-                .get("parent")
-                .and_then(|p| p.as_str())
-                .map(String::from);
-            let level = spec
-                .get("podSecurity")
-                .and_then(|l| serde_json::from_value(l.clone()).ok());
-            Some((tenant, parent, level))
-        })
-        .collect();
+    let entries = tenant_settings(quotas, |spec| {
+        spec.get("podSecurity")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+    });
     podsecurity::tenant_levels(&entries)
 }
 

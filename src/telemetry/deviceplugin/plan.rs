@@ -126,6 +126,32 @@ pub struct PodClaim {
 }
 
 impl PodClaim {
+    /// A waiting pod whose limits ask for exactly its annotated placement, as
+    /// the controller builds it: `devices` whole, or one share of `milli`.
+    pub fn placed(
+        namespace: &str,
+        name: &str,
+        created: i64,
+        devices: &[u32],
+        milli: Option<u32>,
+    ) -> PodClaim {
+        PodClaim {
+            namespace: namespace.into(),
+            name: name.into(),
+            created,
+            devices: devices.to_vec(),
+            milli,
+            whole: if milli.is_none() {
+                devices.len() as u32
+            } else {
+                0
+            },
+            slots: milli.map(share_slots).unwrap_or(0),
+            waiting: true,
+            annotation_error: None,
+        }
+    }
+
     fn asks(&self, resource: Resource) -> u32 {
         match resource {
             Resource::Whole => self.whole,

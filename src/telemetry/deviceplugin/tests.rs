@@ -21,21 +21,7 @@ fn node(vendor: Vendor, n: u32, unhealthy: &[u32]) -> NodeDevices {
 }
 
 fn pod(name: &str, created: i64, devices: &[u32], milli: Option<u32>) -> PodClaim {
-    PodClaim {
-        namespace: "t1".into(),
-        name: name.into(),
-        created,
-        devices: devices.to_vec(),
-        milli,
-        whole: if milli.is_none() {
-            devices.len() as u32
-        } else {
-            0
-        },
-        slots: milli.map(share_slots).unwrap_or(0),
-        waiting: true,
-        annotation_error: None,
-    }
+    PodClaim::placed("t1", name, created, devices, milli)
 }
 
 fn ids(v: &[&str]) -> Vec<String> {
