@@ -70,6 +70,8 @@ fn setup(url: &str) -> Ledger {
             valid_until: until,
             regions: vec![],
             kinds: vec![],
+            tiers: vec![],
+            models: vec![],
         },
     )
     .unwrap();

@@ -74,6 +74,7 @@ fn start_with(rate_per_second: f64, burst: f64) -> Server {
             burst,
         },
         max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
+        gateway: Default::default(),
     };
     let addr: SocketAddr = runtime.block_on(async move {
         let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())

@@ -60,6 +60,8 @@ fn voucher(id: &str, tenant: &str, face: i64, bp: i64, from: &str, until: &str) 
         valid_until: t(until),
         regions: vec![],
         kinds: vec![],
+        tiers: vec![],
+        models: vec![],
     }
 }
 
@@ -1093,7 +1095,7 @@ fn legacy_whole_rows(u: &UsageRecord, tk: &TokenRecord) -> Vec<String> {
             mt.end_s, mt.prompt_tokens, mt.completion_tokens, tc.rate_version, tc.fen
         ),
         format!(
-            "INSERT INTO tokens_rollup VALUES ('{}', '{token_month}', '{}', 1, {}, {}, {}, 0)",
+            "INSERT INTO tokens_rollup (tenant, month, tier, records, prompt_tokens, completion_tokens, fen, voucher_fen) VALUES ('{}', '{token_month}', '{}', 1, {}, {}, {}, 0)",
             mt.tenant, mt.tier.as_str(), mt.prompt_tokens, mt.completion_tokens, tc.fen
         ),
         "INSERT INTO journal VALUES ('legacy', 0, 'charges', '1 usage, 1 token records')".into(),

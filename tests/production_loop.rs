@@ -37,6 +37,7 @@ async fn start_api(server: &ApiServer, ledger: Ledger) -> String {
             burst: 100_000.0,
         },
         max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
+        gateway: Default::default(),
     };
     let jobs = std::sync::Arc::new(KubeJobs::new(server.client(), NS));
     let state =

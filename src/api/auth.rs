@@ -65,6 +65,21 @@ impl FromRequestParts<ApiState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        Ok(KeyCaller::from_request_parts(parts, state).await?.principal)
+    }
+}
+
+/// Who is calling, with the SHA-256 of the key used (for per-key limits
+/// and the call audit's key prefix).
+pub struct KeyCaller {
+    pub principal: Principal,
+    pub key_hash: [u8; 32],
+}
+
+impl FromRequestParts<ApiState> for KeyCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         let key = bearer(parts)?;
         let hash = key_hash(key);
         let principal = if constant_time_eq(&hash, &state.inner.admin_key_sha256) {
@@ -81,7 +96,10 @@ impl FromRequestParts<ApiState> for Principal {
             .limiter
             .check(&hash, Instant::now())
             .map_err(ApiError::rate_limited)?;
-        Ok(principal)
+        Ok(KeyCaller {
+            principal,
+            key_hash: hash,
+        })
     }
 }
 

@@ -117,6 +117,25 @@ impl ApiError {
         e
     }
 
+    /// 429 for a call beyond a token limit (`field` names it), retryable
+    /// after `retry_after_s`.
+    pub fn token_limit(field: &str, retry_after_s: u64, message: impl Into<String>) -> Self {
+        let mut e =
+            Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message).with_field(field);
+        e.retry_after_s = Some(retry_after_s);
+        e
+    }
+
+    /// 502: the upstream behind the gateway failed.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "upstream_failed", message)
+    }
+
+    /// 503: nothing can serve the request now.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
     /// 500: logged with its cause; the client sees no internals.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error in API handler");

@@ -324,6 +324,14 @@ pub struct VoucherRequest {
     /// Charge kinds it may pay (`gpu`, `energy`, `tokens`); absent or empty = all.
     #[serde(default)]
     pub kinds: Option<Vec<ChargeKind>>,
+    /// A model voucher (模型券): the token tiers it pays; absent or empty =
+    /// any. Naming tiers or models limits the voucher to token charges.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>, example = json!(["industry"]))]
+    pub tiers: Option<Vec<crate::ledger::Tier>>,
+    /// A model voucher: the models whose tokens it pays; absent or empty = any.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
 }
 
 /// Basis points of a ratio in (0, 1] with at most 4 decimals.
@@ -406,6 +414,8 @@ pub async fn issue_voucher(
         valid_until,
         regions,
         kinds: req.kinds.clone().unwrap_or_default(),
+        tiers: req.tiers.clone().unwrap_or_default(),
+        models: req.models.clone().unwrap_or_default(),
     };
     let voucher = state
         .blocking(move |l| l.issue_voucher(ADMIN_ACTOR, &spec))
@@ -1210,7 +1220,10 @@ mod tests {
             valid_until: at(20),
             regions: vec![],
             kinds: vec![],
+            tiers: vec![],
+            models: vec![],
             issued_at: at(1),
+            shared_gross_fen: 0,
         };
         let live = VoucherView::at(v.clone(), at(19));
         assert_eq!(live.status, VoucherStatus::Active);

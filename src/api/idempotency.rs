@@ -41,7 +41,9 @@ pub async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> R
     let Some(raw) = req.headers().get(HEADER).cloned() else {
         return next.run(req).await;
     };
-    if req.method() != Method::POST {
+    if req.method() != Method::POST
+        || super::gateway::handlers::CALL_PATHS.contains(&req.uri().path())
+    {
         return next.run(req).await;
     }
     match guarded(state, raw, req, next).await {

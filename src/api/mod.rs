@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod gateway;
 mod handlers;
 pub mod idempotency;
 pub mod jobs;
@@ -56,6 +57,8 @@ pub struct ApiConfig {
     /// Jobs a tenant may have waiting to start; a submission beyond is
     /// refused (`pending_jobs`), so one tenant cannot flood the queue.
     pub max_pending_jobs: u64,
+    /// The token gateway's upstreams and limits.
+    pub gateway: gateway::GatewayConfig,
 }
 
 /// Default of [`ApiConfig::max_pending_jobs`].
@@ -67,6 +70,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("admin_key", &"<redacted>")
             .field("rate_limit", &self.rate_limit)
             .field("max_pending_jobs", &self.max_pending_jobs)
+            .field("gateway", &self.gateway)
             .finish()
     }
 }
@@ -100,6 +104,7 @@ struct Inner {
     admission: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     metrics: metrics::ApiMetrics,
     registry: prometheus::Registry,
+    gateway: Arc<gateway::Gateway>,
 }
 
 impl ApiState {
@@ -124,6 +129,11 @@ impl ApiState {
         }
         let metrics = metrics::ApiMetrics::new(registry)
             .map_err(|e| crate::error::InputError::new(format!("registering API metrics: {e}")))?;
+        let gateway = Arc::new(gateway::Gateway::new(
+            &config.gateway,
+            ledger.clone(),
+            registry,
+        )?);
         Ok(ApiState {
             inner: Arc::new(Inner {
                 ledger,
@@ -138,6 +148,7 @@ impl ApiState {
                 admission: Mutex::new(HashMap::new()),
                 metrics,
                 registry: registry.clone(),
+                gateway,
             }),
         })
     }
@@ -148,6 +159,11 @@ impl ApiState {
 
     pub fn jobs(&self) -> &Arc<dyn JobBackend> {
         &self.inner.jobs
+    }
+
+    /// The token gateway (its models may be none).
+    pub fn gateway(&self) -> &Arc<gateway::Gateway> {
+        &self.inner.gateway
     }
 
     /// Jobs a tenant may have waiting to start.
@@ -337,6 +353,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/usage", get(h::own_usage))
         .route("/v1/statements/{month}", get(h::statement))
         .route("/v1/regions", get(h::regions))
+        .merge(gateway::handlers::routes())
         .merge(page::router())
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)

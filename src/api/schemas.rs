@@ -59,6 +59,12 @@ ledger_schema!(
             "gpus": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
             "gpu_hours_per_month": {"type": ["integer", "null"], "minimum": 0},
             "tokens_per_month": {"type": ["integer", "null"], "minimum": 0},
+            "tokens_per_month_by_tier": {"type": "object", "additionalProperties": false,
+                "description": "Tokens per calendar month of one price tier, beside tokens_per_month",
+                "properties": {
+                    "basic": {"type": "integer", "minimum": 0},
+                    "industry": {"type": "integer", "minimum": 0},
+                    "high_value": {"type": "integer", "minimum": 0}}},
             "guaranteed_share": {"type": "number", "minimum": 0, "maximum": 1},
             "borrowable_share": {"type": "number", "minimum": 0, "maximum": 1},
         }
@@ -90,6 +96,10 @@ ledger_schema!(
             "valid_until": time(),
             "regions": {"type": "array", "items": {"type": "string"}},
             "kinds": {"type": "array", "items": {"$ref": "#/components/schemas/ChargeKind"}},
+            "tiers": {"type": "array", "items": {"type": "string", "enum": ["basic", "industry", "high_value"]},
+                      "description": "model voucher: token tiers it pays (empty = any)"},
+            "models": {"type": "array", "items": {"type": "string"},
+                       "description": "model voucher: models whose tokens it pays (empty = any)"},
             "issued_at": time(),
         }
     })
@@ -295,6 +305,8 @@ mod tests {
                 valid_until: start + chrono::Duration::days(20),
                 regions: vec![],
                 kinds: vec![],
+                tiers: vec![],
+                models: vec![],
             },
         )
         .unwrap();

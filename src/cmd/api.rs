@@ -47,6 +47,19 @@ pub struct ApiArgs {
     /// Requests allowed at once per API key after a quiet period.
     #[arg(long, default_value_t = 100.0)]
     pub rate_limit_burst: f64,
+    /// A model the token gateway serves: `NAME=URL` or `NAME@REGION=URL`
+    /// (URL = http://HOST:PORT of an OpenAI-compatible server). Repeat for
+    /// more models, or for more upstreams of one model (load-balanced).
+    #[arg(long, value_name = "NAME=URL")]
+    pub upstream: Vec<String>,
+    /// A served model's price tier: `NAME=basic|industry|high_value`
+    /// (default basic).
+    #[arg(long, value_name = "NAME=TIER")]
+    pub upstream_tier: Vec<String>,
+    /// Tokens each API key may use per minute through the gateway (0: no
+    /// limit); a key past it gets 429 with Retry-After.
+    #[arg(long, default_value_t = crate::api::gateway::TOKENS_PER_MINUTE)]
+    pub tokens_per_minute: u64,
     /// Seconds between ticks of the in-process cluster's clock (metering into
     /// the ledger; `--backend world` only).
     #[arg(long, default_value_t = 1)]
@@ -206,6 +219,11 @@ pub fn run(mut args: ApiArgs) -> anyhow::Result<()> {
             burst: args.rate_limit_burst,
         },
         max_pending_jobs: args.max_pending_jobs,
+        gateway: crate::api::gateway::GatewayConfig {
+            upstreams: args.upstream.clone(),
+            tiers: args.upstream_tier.clone(),
+            tokens_per_minute: args.tokens_per_minute,
+        },
     };
     let registry = prometheus::Registry::new();
     let runtime = tokio::runtime::Builder::new_multi_thread()

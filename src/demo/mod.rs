@@ -583,6 +583,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             burst: 100.0,
         },
         max_pending_jobs: crate::api::MAX_PENDING_JOBS,
+        gateway: Default::default(),
     };
     // The quota API, the page at `/` and `/metrics` (the world's, the ledger's,
     // the agents' and the API's own series, one registry).

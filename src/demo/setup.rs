@@ -107,6 +107,7 @@ fn seeded_quota(t: &DemoTenant) -> Quota {
         gpus: BTreeMap::from([("*".to_string(), t.max_gpus)]),
         gpu_hours_per_month: None,
         tokens_per_month: None,
+        tokens_per_month_by_tier: BTreeMap::new(),
         guaranteed_share: 0.5,
         borrowable_share: 0.5,
     }
@@ -172,6 +173,8 @@ pub fn seed(
                         valid_until,
                         regions: regions.iter().map(|r| r.to_string()).collect(),
                         kinds: Vec::new(),
+                        tiers: vec![],
+                        models: vec![],
                     },
                 )?;
             }

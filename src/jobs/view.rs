@@ -244,7 +244,12 @@ impl QuotaSpec {
                 (n.max(0) as f64 * quota.guaranteed_share.clamp(0.0, 1.0)).floor() as i64
             }),
             borrowable: quota.borrowable_share > 0.0 || quota.guaranteed_share >= 1.0,
-            tokens_per_month: all(quota.tokens_per_month),
+            tokens_per_month: quota
+                .tokens_per_month_by_tier
+                .iter()
+                .map(|(tier, n)| (tier.as_str().to_string(), *n))
+                .chain(all(quota.tokens_per_month))
+                .collect(),
         }
     }
 }

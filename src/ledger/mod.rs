@@ -11,6 +11,7 @@
 //!   one transaction per call; [`statement`] reads it back; [`metrics`]
 //!   exports it.
 
+pub mod calls;
 pub mod cli;
 mod cursors;
 pub mod energy;
@@ -37,6 +38,7 @@ pub mod windows;
 #[path = "../../tests/support/pg.rs"]
 mod test_pg;
 
+pub use calls::{CallQuery, CallRecord, STATUS_CLIENT_GONE};
 pub use energy::{EnergyReport, EnergyWindows, ANNOTATION_POD_ENERGY};
 pub use error::{LedgerError, Result};
 pub use keys::{ApiKeyInfo, KEY_ID_LEN};

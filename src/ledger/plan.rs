@@ -11,9 +11,9 @@
 
 use super::error::Result;
 use super::money::Fen;
-use super::rating::RateBook;
+use super::rating::{RateBook, TokenCharge};
 use super::types::{ChargeKind, MeteredTokens, MeteredUsage, Month, Tier};
-use super::vouchers::VoucherBook;
+use super::vouchers::{Target, VoucherBook};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -35,6 +35,9 @@ pub struct TokenRow {
     pub rate_version: i64,
     pub fen: Fen,
     pub voucher_fen: Fen,
+    /// The record's exact price in micro-fen (`fen` is its share of the
+    /// running total's whole fen).
+    pub micro_fen: i64,
 }
 
 /// One voucher paying part of one charge (kept for regulators, per charge).
@@ -87,7 +90,13 @@ pub struct TokenSums {
     pub completion_tokens: i64,
     pub fen: Fen,
     pub voucher_fen: Fen,
+    /// The exact price of the rows in micro-fen; the stored total carries
+    /// the fractions of a fen from one record to the next.
+    pub micro_fen: i64,
 }
+
+/// Micro-fen in a fen.
+pub const MICRO_PER_FEN: i64 = 1_000_000;
 
 /// A monthly redemption rollup row: (tenant, month, voucher).
 pub type RedemptionKey = (String, Month, String);
@@ -123,8 +132,17 @@ impl BatchPlan {
         if c.gross == 0 {
             return 0;
         }
-        let (start_s, end_s) = c.span;
-        let draws = book.redeem(c.tenant, c.kind, c.region, start_s, end_s, c.gross);
+        let (start_s, _) = c.span;
+        let draws = book.redeem(
+            &Target {
+                tenant: c.tenant,
+                kind: c.kind,
+                region: c.region,
+                span: c.span,
+                token: c.token,
+            },
+            c.gross,
+        );
         let covered: Fen = draws.iter().map(|d| d.fen).sum();
         add(&mut sums.tenant_net, c.tenant, c.gross - covered);
         sums.revenue[c.kind as usize] -= c.gross;
@@ -153,6 +171,8 @@ struct Charge<'a> {
     region: &'a str,
     kind: ChargeKind,
     span: (i64, i64),
+    /// (tier, model) of a token charge.
+    token: Option<(Tier, &'a str)>,
     gross: Fen,
 }
 
@@ -173,14 +193,30 @@ fn add(map: &mut BTreeMap<String, Fen>, key: &str, fen: Fen) {
     }
 }
 
+/// The rollup key of a token record.
+pub fn token_key(t: &MeteredTokens) -> TokenKey {
+    TokenKey {
+        tenant: t.tenant.clone(),
+        month: Month::of_s(t.start_s),
+        tier: t.tier,
+    }
+}
+
 /// Rates and redeems new records in the given order. `usage` / `tokens` carry
 /// each record's index in the caller's batch, used to name a failing field.
+///
+/// A token record's charge is the growth of `floor(micro-fen / 10^6)` of its
+/// (tenant, month, tier) total — `token_micro` holds the stored totals — so
+/// the fen charged for a month's token records equal the price of their
+/// sum (to the fen below), however finely they were cut.
 pub fn plan_batch(
     usage: Vec<(usize, MeteredUsage)>,
     tokens: Vec<(usize, MeteredTokens)>,
     rates: &RateBook,
     vouchers: &mut VoucherBook,
+    token_micro: &BTreeMap<TokenKey, i64>,
 ) -> Result<BatchPlan> {
+    let mut micro_total = token_micro.clone();
     let mut plan = BatchPlan::default();
     let mut sums = Sums::default();
     let mut hasher = Sha256::new();
@@ -199,6 +235,7 @@ pub fn plan_batch(
                 region: &u.region,
                 kind: ChargeKind::Gpu,
                 span,
+                token: None,
                 gross: c.gpu_fen,
             },
         );
@@ -211,6 +248,7 @@ pub fn plan_batch(
                 region: &u.region,
                 kind: ChargeKind::Energy,
                 span,
+                token: None,
                 gross: c.energy_fen,
             },
         );
@@ -224,9 +262,16 @@ pub fn plan_batch(
         });
     }
     for (i, t) in tokens {
-        let c = rates
-            .rate_tokens(&t)
+        let (rate_version, micro) = rates
+            .token_micro_fen(&t)
             .map_err(|e| e.at(&format!("tokens[{i}].")))?;
+        let total = micro_total.entry(token_key(&t)).or_default();
+        let before = *total;
+        *total = total.saturating_add(micro);
+        let c = TokenCharge {
+            rate_version,
+            fen: total.div_euclid(MICRO_PER_FEN) - before.div_euclid(MICRO_PER_FEN),
+        };
         hasher.update(t.id.as_bytes());
         let voucher_fen = plan.charge(
             vouchers,
@@ -237,6 +282,7 @@ pub fn plan_batch(
                 region: &t.region,
                 kind: ChargeKind::Tokens,
                 span: (t.start_s, t.end_s),
+                token: Some((t.tier, &t.model)),
                 gross: c.fen,
             },
         );
@@ -245,6 +291,7 @@ pub fn plan_batch(
             rate_version: c.rate_version,
             fen: c.fen,
             voucher_fen,
+            micro_fen: micro,
         });
     }
     for (tenant, fen) in sums.tenant_net {
@@ -304,6 +351,7 @@ fn roll_up(plan: &mut BatchPlan) {
         s.completion_tokens += t.completion_tokens;
         s.fen += r.fen;
         s.voucher_fen += r.voucher_fen;
+        s.micro_fen = s.micro_fen.saturating_add(r.micro_fen);
     }
     let mut redeemed: BTreeMap<(&str, Month, &str), Fen> = BTreeMap::new();
     for d in &plan.redemptions {
@@ -389,7 +437,7 @@ mod tests {
                 face_value_fen: face, balance_fen: face, copay_ratio_bp: bp,
                 valid_from: Utc.timestamp_opt(0, 0).unwrap(),
                 valid_until: Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
-                regions: vec![], kinds: vec![], issued_at: Utc.timestamp_opt(0, 0).unwrap(),
+                regions: vec![], kinds: vec![], tiers: vec![], models: vec![], issued_at: Utc.timestamp_opt(0, 0).unwrap(), shared_gross_fen: 0,
             };
             let mut book = VoucherBook::new(vec![v]);
             let rates = RateBook::new(vec![default_rate_card()]);
@@ -400,7 +448,7 @@ mod tests {
                 us.push((i, usage(i as i64, tenant, g)));
                 ts.push((i, tokens(i as i64, tenant, n)));
             }
-            let plan = plan_batch(us, ts, &rates, &mut book).unwrap();
+            let plan = plan_batch(us, ts, &rates, &mut book, &BTreeMap::new()).unwrap();
             prop_assert_eq!(plan.postings.values().sum::<Fen>(), 0);
             let mut net_acme = 0;
             let mut covered_total = 0;
@@ -421,6 +469,55 @@ mod tests {
         }
     }
 
+    /// Many small records (a call each) are charged the price of their sum,
+    /// in one batch or spread over many, from any stored total; pricing each
+    /// alone rounds every one of them to 0 fen.
+    #[test]
+    fn small_token_records_add_up_to_the_price_of_their_sum() {
+        let rates = RateBook::new(vec![default_rate_card()]);
+        let calls: Vec<(usize, MeteredTokens)> = (0..1000)
+            .map(|i| (i as usize, tokens(i, "acme", 30)))
+            .collect();
+        // high_value: 1,600 fen/Mtok prompt, 4,800 completion → 30 + 10 tokens = 0.096 fen each
+        assert_eq!(rates.rate_tokens(&calls[0].1).unwrap().fen, 0);
+        let exact_micro: i64 = calls
+            .iter()
+            .map(|(_, t)| rates.token_micro_fen(t).unwrap().1)
+            .sum();
+        let fen_of = |plan: &BatchPlan| plan.tokens.iter().map(|r| r.fen).sum::<Fen>();
+        let one = plan_batch(
+            vec![],
+            calls.clone(),
+            &rates,
+            &mut VoucherBook::default(),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(fen_of(&one), exact_micro / MICRO_PER_FEN);
+        assert_eq!(
+            one.token_rollup.values().next().unwrap().micro_fen,
+            exact_micro
+        );
+        // one record per batch, carrying the stored total
+        let mut stored: BTreeMap<TokenKey, i64> = BTreeMap::new();
+        let mut fen = 0;
+        for c in calls {
+            let p = plan_batch(
+                vec![],
+                vec![c],
+                &rates,
+                &mut VoucherBook::default(),
+                &stored,
+            )
+            .unwrap();
+            fen += fen_of(&p);
+            for (k, s) in p.token_rollup {
+                *stored.entry(k).or_default() += s.micro_fen;
+            }
+        }
+        assert_eq!(fen, exact_micro / MICRO_PER_FEN);
+    }
+
     #[test]
     fn entry_id_is_deterministic_and_rating_errors_name_the_record() {
         let rates = RateBook::new(vec![default_rate_card()]);
@@ -429,6 +526,7 @@ mod tests {
             vec![],
             &rates,
             &mut VoucherBook::default(),
+            &BTreeMap::new(),
         )
         .unwrap();
         let b = plan_batch(
@@ -436,6 +534,7 @@ mod tests {
             vec![],
             &rates,
             &mut VoucherBook::default(),
+            &BTreeMap::new(),
         )
         .unwrap();
         assert_eq!(a.entry_id, b.entry_id);
@@ -446,6 +545,7 @@ mod tests {
             vec![],
             &rates,
             &mut VoucherBook::default(),
+            &BTreeMap::new(),
         )
         .unwrap_err();
         assert_eq!(e.field(), Some("usage[7].start"));

@@ -265,6 +265,20 @@ impl RateBook {
 
     /// Gross charge of a token record (prompt and completion priced separately,
     /// summed exactly, rounded once).
+    /// The exact price of a token record in micro-fen (tokens × fen per
+    /// million tokens), with the card's version. Ingestion turns these into
+    /// fen per (tenant, month, tier) so that small records (one call each)
+    /// add up to the price of their sum, never rounding each to nothing.
+    pub fn token_micro_fen(&self, t: &MeteredTokens) -> Result<(i64, i64)> {
+        let card = self.at(t.start_s)?;
+        let p = card.token_price(t.tier);
+        let micro = t.prompt_tokens as i128 * p.prompt_fen_per_mtok as i128
+            + t.completion_tokens as i128 * p.completion_fen_per_mtok as i128;
+        Ok((card.version, micro.min(i64::MAX as i128) as i64))
+    }
+
+    /// One token record priced alone (rounded half up to the fen): how
+    /// versions before the running carry priced them.
     pub fn rate_tokens(&self, t: &MeteredTokens) -> Result<TokenCharge> {
         let card = self.at(t.start_s)?;
         let p = card.token_price(t.tier);

@@ -283,6 +283,41 @@ FROM redemptions GROUP BY tenant, {month(at_s)}, voucher_id
          request_sha256 TEXT NOT NULL, status BIGINT NOT NULL, body TEXT NOT NULL, \
          created_at BIGINT NOT NULL, PRIMARY KEY (scope, idem_key))",
     ),
+    (
+        7,
+        // The token gateway: one audit row per call (no prompt or
+        // completion text), the models each tenant may call, and model
+        // vouchers (模型券) limited to tiers or models; token rollups keep
+        // their exact micro-fen total, which prices each record (one call)
+        // without rounding it away; a voucher keeps the gross of the charges
+        // it shared, of which its co-pay is taken.
+        r#"
+CREATE TABLE calls (
+    request_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    key_prefix TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    region TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status BIGINT NOT NULL,
+    prompt_tokens BIGINT NOT NULL CHECK (prompt_tokens >= 0),
+    completion_tokens BIGINT NOT NULL CHECK (completion_tokens >= 0),
+    estimated BIGINT NOT NULL,
+    ttft_ms BIGINT NOT NULL,
+    latency_ms BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+CREATE INDEX calls_at ON calls (at_ms, request_id);
+CREATE INDEX calls_tenant_at ON calls (tenant, at_ms, request_id);
+CREATE TABLE model_grants (tenant TEXT PRIMARY KEY REFERENCES tenants(name), models TEXT NOT NULL);
+ALTER TABLE vouchers ADD COLUMN tiers TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE vouchers ADD COLUMN models TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE tokens_rollup ADD COLUMN micro_fen BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE vouchers ADD COLUMN shared_gross_fen BIGINT NOT NULL DEFAULT 0
+"#,
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

@@ -511,6 +511,8 @@ mod tests {
                 valid_until: from + Duration::days(75),
                 regions: vec![],
                 kinds: vec![],
+                tiers: vec![],
+                models: vec![],
             },
         )
         .unwrap();

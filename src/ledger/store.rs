@@ -9,7 +9,7 @@
 use super::error::{LedgerError, Result};
 use super::metrics::LedgerMetrics;
 use super::money::Fen;
-use super::plan::{plan_batch, BatchPlan};
+use super::plan::{plan_batch, token_key, BatchPlan, TokenKey};
 use super::rating::{default_rate_card, RateBook, RateCard};
 use super::schema::migrate;
 use super::sql::{Backend, Cell, Conn, RollupAdd, Rows, Tx, Val};
@@ -140,6 +140,26 @@ fn post_entry(
 /// Adds a batch's monthly sums to the stored rollups (same transaction as
 /// the rows, so rollups always equal the sums of the stored rows): one call
 /// per rollup table.
+/// The stored micro-fen totals of the token rollups `tokens` fall in.
+fn stored_token_micro(
+    tx: &mut dyn Tx,
+    tokens: &[(usize, MeteredTokens)],
+) -> Result<BTreeMap<TokenKey, i64>> {
+    let keys: BTreeSet<TokenKey> = tokens.iter().map(|(_, t)| token_key(t)).collect();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let month = k.month.to_string();
+        let rows = tx.rows(
+            "SELECT micro_fen FROM tokens_rollup WHERE tenant = $1 AND month = $2 AND tier = $3",
+            &[Val::T(&k.tenant), Val::T(&month), Val::T(k.tier.as_str())],
+        )?;
+        if let Some(r) = rows.first() {
+            out.insert(k, r[0].i());
+        }
+    }
+    Ok(out)
+}
+
 fn add_rollups(tx: &mut dyn Tx, plan: &BatchPlan) -> Result<()> {
     let usage = RollupAdd {
         table: "usage_rollup",
@@ -190,6 +210,7 @@ fn add_rollups(tx: &mut dyn Tx, plan: &BatchPlan) -> Result<()> {
             "completion_tokens",
             "fen",
             "voucher_fen",
+            "micro_fen",
         ],
         rows: plan
             .token_rollup
@@ -207,6 +228,7 @@ fn add_rollups(tx: &mut dyn Tx, plan: &BatchPlan) -> Result<()> {
                         s.completion_tokens,
                         s.fen,
                         s.voucher_fen,
+                        s.micro_fen,
                     ],
                 )
             })
@@ -294,7 +316,7 @@ fn load_rates(tx: &mut dyn Tx) -> Result<RateBook> {
     Ok(RateBook::new(cards))
 }
 
-const VOUCHER_COLUMNS: &str = "id, tenant, issuer, face_value_fen, balance_fen, copay_ratio_bp, valid_from, valid_until, regions, kinds, issued_at";
+const VOUCHER_COLUMNS: &str = "id, tenant, issuer, face_value_fen, balance_fen, copay_ratio_bp, valid_from, valid_until, regions, kinds, issued_at, tiers, models, shared_gross_fen";
 
 fn voucher_from_row(r: &[Cell]) -> Result<Voucher> {
     let kinds: Vec<ChargeKind> = serde_json::from_str(&r[9].t())
@@ -313,6 +335,11 @@ fn voucher_from_row(r: &[Cell]) -> Result<Voucher> {
         regions,
         kinds,
         issued_at: ts(r[10].i()),
+        shared_gross_fen: r[13].i(),
+        tiers: serde_json::from_str(&r[11].t())
+            .map_err(|e| LedgerError::Storage(format!("stored voucher tiers unreadable: {e}")))?,
+        models: serde_json::from_str(&r[12].t())
+            .map_err(|e| LedgerError::Storage(format!("stored voucher models unreadable: {e}")))?,
     })
 }
 
@@ -677,6 +704,11 @@ impl Ledger {
         kinds_sorted.sort();
         kinds_sorted.dedup();
         let kinds = serde_json::to_string(&kinds_sorted).unwrap_or_else(|_| "[]".into());
+        let mut tiers_sorted = spec.tiers.clone();
+        tiers_sorted.sort();
+        tiers_sorted.dedup();
+        let tiers = serde_json::to_string(&tiers_sorted).unwrap_or_else(|_| "[]".into());
+        let models = serde_json::to_string(&spec.models).unwrap_or_else(|_| "[]".into());
         let now = now_s();
         let voucher = Voucher {
             id: id.clone(),
@@ -689,7 +721,10 @@ impl Ledger {
             valid_until: ts(spec.valid_until.timestamp()),
             regions: spec.regions.clone(),
             kinds: kinds_sorted,
+            tiers: tiers_sorted,
+            models: spec.models.clone(),
             issued_at: ts(now),
+            shared_gross_fen: 0,
         };
         let stored = self.write(|tx| {
             require_tenant(tx, &spec.tenant)?;
@@ -706,11 +741,13 @@ impl Ledger {
                     && v.valid_from == voucher.valid_from
                     && v.valid_until == voucher.valid_until
                     && v.regions == voucher.regions
-                    && v.kinds == voucher.kinds;
+                    && v.kinds == voucher.kinds
+                    && v.tiers == voucher.tiers
+                    && v.models == voucher.models;
                 return if same { Ok(v) } else { Err(LedgerError::Conflict { what: "voucher", id: id.clone() }) };
             }
             tx.exec(
-                &format!("INSERT INTO vouchers ({VOUCHER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+                &format!("INSERT INTO vouchers ({VOUCHER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0)"),
                 &[
                     Val::T(&id),
                     Val::T(&spec.tenant),
@@ -723,6 +760,8 @@ impl Ledger {
                     Val::T(&regions),
                     Val::T(&kinds),
                     Val::I(now),
+                    Val::T(&tiers),
+                    Val::T(&models),
                 ],
             )?;
             let mut postings = BTreeMap::new();
@@ -807,7 +846,8 @@ impl Ledger {
                 }
             }
             let mut book = VoucherBook::new(vouchers);
-            let plan = plan_batch(new_usage, new_tokens, &rates, &mut book)?;
+            let token_micro = stored_token_micro(tx, &new_tokens)?;
+            let plan = plan_batch(new_usage, new_tokens, &rates, &mut book, &token_micro)?;
             if plan.is_empty() {
                 return Ok(plan);
             }
@@ -815,6 +855,12 @@ impl Ledger {
             tx.insert(Rows::Tokens(&plan.tokens, &plan.entry_id))?;
             tx.insert(Rows::Redemptions(&plan.redemptions))?;
             add_rollups(tx, &plan)?;
+            for (voucher, fen) in book.shared() {
+                tx.exec(
+                    "UPDATE vouchers SET shared_gross_fen = shared_gross_fen + $1 WHERE id = $2",
+                    &[Val::I(*fen), Val::T(voucher)],
+                )?;
+            }
             for (voucher, (fen, charges)) in &plan.voucher_draws {
                 tx.exec(
                     "UPDATE vouchers SET balance_fen = balance_fen - $1 WHERE id = $2",

@@ -473,6 +473,14 @@ pub struct VoucherSpec {
     /// Eligible charge kinds; empty = all.
     #[serde(default)]
     pub kinds: Vec<ChargeKind>,
+    /// A model voucher (模型券): only token charges of these tiers; empty =
+    /// no tier limit. Naming tiers or models limits the voucher to token
+    /// charges.
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
+    /// A model voucher: only token charges of these models; empty = any.
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 impl VoucherSpec {
@@ -509,6 +517,16 @@ impl VoucherSpec {
         for (i, r) in self.regions.iter().enumerate() {
             text_field(&format!("regions[{i}]"), r)?;
         }
+        for (i, m) in self.models.iter().enumerate() {
+            text_field(&format!("models[{i}]"), m)?;
+        }
+        let token_only = !self.tiers.is_empty() || !self.models.is_empty();
+        if token_only && self.kinds.iter().any(|k| *k != ChargeKind::Tokens) {
+            return Err(LedgerError::invalid(
+                "kinds",
+                "a voucher limited to tiers or models pays token charges only; leave `kinds` out or set it to [\"tokens\"]",
+            ));
+        }
         Ok(())
     }
 }
@@ -526,17 +544,44 @@ pub struct Voucher {
     pub valid_until: DateTime<Utc>,
     pub regions: Vec<String>,
     pub kinds: Vec<ChargeKind>,
+    /// Token tiers it pays (model voucher); empty = any.
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
+    /// Models it pays (model voucher); empty = any.
+    #[serde(default)]
+    pub models: Vec<String>,
     pub issued_at: DateTime<Utc>,
+    /// Gross of every charge the voucher has shared so far: its co-pay is
+    /// taken of this running total ([`super::vouchers`]). Internal.
+    #[serde(skip)]
+    pub shared_gross_fen: Fen,
 }
 
 impl Voucher {
     /// May this voucher pay a `kind` charge in `region` for the interval [start, end)?
     /// The whole interval must lie inside the validity window.
-    pub fn eligible(&self, kind: ChargeKind, region: &str, start_s: i64, end_s: i64) -> bool {
+    /// `token` is the (tier, model) of a token charge: a model voucher
+    /// (tiers or models named) pays only token charges that match.
+    pub fn eligible(
+        &self,
+        kind: ChargeKind,
+        region: &str,
+        (start_s, end_s): (i64, i64),
+        token: Option<(Tier, &str)>,
+    ) -> bool {
+        let scoped = !self.tiers.is_empty() || !self.models.is_empty();
+        let token_ok = match token {
+            Some((tier, model)) => {
+                (self.tiers.is_empty() || self.tiers.contains(&tier))
+                    && (self.models.is_empty() || self.models.iter().any(|m| m == model))
+            }
+            None => !scoped,
+        };
         self.valid_from.timestamp() <= start_s
             && end_s <= self.valid_until.timestamp()
             && (self.regions.is_empty() || self.regions.iter().any(|r| r == region))
             && (self.kinds.is_empty() || self.kinds.contains(&kind))
+            && token_ok
     }
 }
 
@@ -626,6 +671,11 @@ pub struct Quota {
     /// Tokens (prompt + completion) per calendar month; absent = unlimited.
     #[serde(default)]
     pub tokens_per_month: Option<i64>,
+    /// Tokens per calendar month of one price tier (`basic`, `industry`,
+    /// `high_value`), beside `tokens_per_month`; a tier left out has no
+    /// limit of its own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokens_per_month_by_tier: BTreeMap<Tier, i64>,
     /// Share of `gpus` guaranteed to the tenant (never preempted), 0..=1.
     #[serde(default = "one")]
     pub guaranteed_share: f64,
@@ -646,6 +696,7 @@ impl Default for Quota {
             gpus: BTreeMap::new(),
             gpu_hours_per_month: None,
             tokens_per_month: None,
+            tokens_per_month_by_tier: BTreeMap::new(),
             guaranteed_share: one(),
             borrowable_share: 0.0,
         }
@@ -697,6 +748,14 @@ impl Quota {
                         format!("{v} must not be negative"),
                     ));
                 }
+            }
+        }
+        for (tier, v) in &self.tokens_per_month_by_tier {
+            if *v < 0 {
+                return Err(LedgerError::invalid(
+                    format!("tokens_per_month_by_tier.{tier}"),
+                    format!("{v} must not be negative"),
+                ));
             }
         }
         for (field, v) in [

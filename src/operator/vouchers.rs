@@ -68,6 +68,8 @@ pub fn voucher_spec(cv: &ComputeVoucher) -> Result<VoucherSpec, String> {
         valid_until: at("spec.validUntil", &cv.spec.valid_until)?,
         regions: cv.spec.regions.clone(),
         kinds,
+        tiers: vec![],
+        models: vec![],
     })
 }
 

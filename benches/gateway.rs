@@ -1,0 +1,208 @@
+//! The token gateway's cost, side by side in one run: the same
+//! non-streaming chat call sent to a fast local upstream directly and
+//! through `zhisuan api`'s gateway (auth, permission, limits, routing,
+//! usage parsing, the call's record and its ledger write), one connection
+//! at a time for latency, then many at once for throughput. Everything
+//! runs on this machine. Prints one JSON object.
+//!
+//! `cargo bench --bench gateway` (add `-- --seconds N` to change the
+//! throughput phase, default 5 s each).
+
+#[path = "../tests/support/upstream.rs"]
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+const ADMIN: &str = "bench-admin-key-0123456789abcdef";
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http()
+}
+
+async fn call(c: &HttpClient, url: &str, key: Option<&str>, body: &Bytes) -> u16 {
+    let mut req = hyper::Request::post(url).header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let resp = c
+        .request(req.body(Full::new(body.clone())).unwrap())
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await.expect("body");
+    status
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `rounds` alternating rounds of `n` sequential calls to each target;
+/// returns (direct, gateway) latencies in ms, sorted.
+async fn latency(
+    c: &HttpClient,
+    direct: &str,
+    gateway: &str,
+    key: &str,
+    body: &Bytes,
+    rounds: usize,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut d, mut g) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for (url, k, out) in [(direct, None, &mut d), (gateway, Some(key), &mut g)] {
+            for _ in 0..n {
+                let t = Instant::now();
+                assert_eq!(call(c, url, k, body).await, 200);
+                out.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    d.sort_by(f64::total_cmp);
+    g.sort_by(f64::total_cmp);
+    (d, g)
+}
+
+/// Calls per second with `conns` connections busy for `secs`.
+async fn throughput(
+    url: &str,
+    key: Option<&str>,
+    body: &Bytes,
+    conns: usize,
+    secs: f64,
+) -> (f64, u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (c, url, key, body) = (
+            client(),
+            url.to_string(),
+            key.map(str::to_string),
+            body.clone(),
+        );
+        let (done, failed) = (done.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                if call(&c, &url, key.as_deref(), &body).await == 200 {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = done.load(Ordering::Relaxed);
+    (
+        n as f64 / start.elapsed().as_secs_f64(),
+        failed.load(Ordering::Relaxed),
+    )
+}
+
+fn main() {
+    let secs: f64 = std::env::args()
+        .skip_while(|a| a != "--seconds")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
+    rt.block_on(async move {
+        let up: SocketAddr = upstream::start(upstream::Upstream {
+            usage_in_stream: true,
+            word_delay: Duration::ZERO,
+            seen: Arc::new(Mutex::new(upstream::Seen::default())),
+        })
+        .await;
+        let config = zhisuan::api::ApiConfig {
+            admin_key: ADMIN.into(),
+            rate_limit: zhisuan::api::RateLimit { per_second: 1e9, burst: 1e9 },
+            max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
+            gateway: zhisuan::api::gateway::GatewayConfig {
+                upstreams: vec![format!("smol=http://{up}")],
+                tiers: vec![],
+                tokens_per_minute: 0,
+            },
+        };
+        let standalone = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new()).unwrap();
+        let ledger = standalone.ledger.clone();
+        let state = standalone.state.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let app = zhisuan::api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, app).await.unwrap();
+        });
+        let c = client();
+        let created = c
+            .request(
+                hyper::Request::post(format!("http://{api}/v1/tenants"))
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {ADMIN}"))
+                    .body(Full::new(Bytes::from(json!({"name": "bench"}).to_string())))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&created.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let key = body["api_key"].as_str().unwrap().to_string();
+        let req = Bytes::from(
+            json!({"model": "smol", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5}).to_string(),
+        );
+        let direct = format!("http://{up}/v1/chat/completions");
+        let gateway = format!("http://{api}/v1/chat/completions");
+        // warm up both paths (connections, caches)
+        latency(&c, &direct, &gateway, &key, &req, 1, 200).await;
+        let (d, g) = latency(&c, &direct, &gateway, &key, &req, 10, 200).await;
+        let conns = 32;
+        let (direct_rps, direct_failed) = throughput(&direct, None, &req, conns, secs).await;
+        let (gateway_rps, gateway_failed) = throughput(&gateway, Some(&key), &req, conns, secs).await;
+        standalone.state.gateway().flush().await;
+        let recorded = tokio::task::spawn_blocking(move || {
+            ledger.month_use("bench", zhisuan::ledger::Month::of(chrono::Utc::now())).unwrap().tokens
+        })
+        .await
+        .unwrap();
+        let out = json!({
+            "machine_cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "latency_ms": {
+                "direct": {"p50": pct(&d, 0.5), "p99": pct(&d, 0.99), "n": d.len()},
+                "gateway": {"p50": pct(&g, 0.5), "p99": pct(&g, 0.99), "n": g.len()},
+                "added_p50": pct(&g, 0.5) - pct(&d, 0.5),
+                "added_p99": pct(&g, 0.99) - pct(&d, 0.99),
+            },
+            "throughput_rps": {
+                "connections": conns,
+                "seconds": secs,
+                "direct": direct_rps,
+                "gateway": gateway_rps,
+                "failed": direct_failed + gateway_failed,
+            },
+            // every call's tokens reached the ledger: 2 prompt + 5 completion each
+            "ledger_tokens": recorded,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+    });
+}

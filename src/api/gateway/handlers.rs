@@ -1,0 +1,409 @@
+//! The gateway's endpoints: the OpenAI-compatible calls, `GET /v1/models`,
+//! the call audit `GET /v1/calls` and the admin's model grants.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, Response};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::proxy::{forward, Call};
+use super::Gateway;
+use crate::api::auth::{Admin, KeyCaller, Principal};
+use crate::api::extract::{ApiJson, ApiQuery};
+use crate::api::{ApiError, ApiState};
+use crate::ledger::{CallQuery, CallRecord, Month};
+
+/// Largest request body of a model call (prompts are larger than the rest
+/// of the API's bodies).
+pub const CALL_BODY_LIMIT: usize = 4 << 20;
+
+/// The OpenAI-compatible paths (no idempotency keys there: each call is
+/// its own record).
+pub const CALL_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .layer(DefaultBodyLimit::max(CALL_BODY_LIMIT))
+        .route("/v1/models", get(models))
+        .route("/v1/calls", get(calls))
+        .route("/v1/tenants/{name}/models", get(grants).put(set_grants))
+}
+
+async fn chat(
+    State(s): State<ApiState>,
+    c: KeyCaller,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    call(s, c, "chat/completions", body).await
+}
+
+async fn completions(
+    State(s): State<ApiState>,
+    c: KeyCaller,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    call(s, c, "completions", body).await
+}
+
+async fn embeddings(
+    State(s): State<ApiState>,
+    c: KeyCaller,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    call(s, c, "embeddings", body).await
+}
+
+fn tenant_of(c: &KeyCaller) -> Result<&str, ApiError> {
+    match &c.principal {
+        Principal::Tenant(t) => Ok(t),
+        Principal::Admin => Err(ApiError::forbidden(
+            "model calls are made and billed as a tenant; use a tenant's key",
+        )),
+    }
+}
+
+/// Checks the call (model, permission, monthly tokens, tokens per minute)
+/// and forwards it.
+async fn call(
+    state: ApiState,
+    caller: KeyCaller,
+    endpoint: &'static str,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let started = Instant::now();
+    let at = Utc::now();
+    let gw = state.gateway().clone();
+    let tenant = tenant_of(&caller)?.to_string();
+    let mut request: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    if !request.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    let name = request
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "model",
+                "model: required; GET /v1/models lists the models you may call",
+            )
+        })?
+        .to_string();
+    let model = visible_model(&state, &gw, &tenant, &name).await?;
+    check_month(&state, &gw, &tenant, &model, at).await?;
+    gw.tpm.check(&caller.key_hash, started).map_err(|wait| {
+        ApiError::token_limit(
+            "tokens_per_minute",
+            wait,
+            format!(
+                "this key used its {} tokens per minute; retry after {wait} s",
+                gw.tpm.per_minute()
+            ),
+        )
+    })?;
+    let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
+    let body = if stream && endpoint != "embeddings" {
+        // Ask for the final usage chunk (servers that know the option send it).
+        let opts = request
+            .as_object_mut()
+            .map(|o| o.entry("stream_options").or_insert_with(|| json!({})));
+        if let Some(Value::Object(o)) = opts {
+            o.insert("include_usage".into(), Value::Bool(true));
+        }
+        Bytes::from(request.to_string())
+    } else {
+        body
+    };
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(ApiError::internal)?;
+    let call = Call {
+        gw,
+        model,
+        tenant,
+        key_hash: caller.key_hash,
+        endpoint,
+        request_id: format!("call-{}", hex::encode(id)),
+        request,
+        started,
+        at,
+    };
+    forward(call, body, stream).await
+}
+
+/// The model `name` if `tenant` may call it: 404 when it is not served (or
+/// is another tenant's dedicated model), 403 when the tenant's grants leave
+/// it out.
+async fn visible_model(
+    state: &ApiState,
+    gw: &Gateway,
+    tenant: &str,
+    name: &str,
+) -> Result<Arc<super::Model>, ApiError> {
+    let model = gw
+        .registry
+        .get(name)
+        .filter(|m| m.owner.as_deref().is_none_or(|o| o == tenant))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "model `{name}` is not served here; GET /v1/models lists the models you may call"
+            ))
+            .with_field("model")
+        })?;
+    let grants = gw.grants_of(state.ledger(), tenant).await?;
+    if !Gateway::may_call(model, tenant, grants.as_deref()) {
+        return Err(ApiError::forbidden(format!(
+            "tenant `{tenant}` may not call model `{name}`; the admin grants models with PUT /v1/tenants/{tenant}/models"
+        ))
+        .with_field("model"));
+    }
+    Ok(model.clone())
+}
+
+/// Seconds from `at` to the start of the next UTC month.
+fn to_next_month(at: DateTime<Utc>) -> u64 {
+    let (y, m) = if at.month() == 12 {
+        (at.year() + 1, 1)
+    } else {
+        (at.year(), at.month() + 1)
+    };
+    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .map(|next| (next - at).num_seconds().max(1) as u64)
+        .unwrap_or(3600)
+}
+
+/// A call may start while the tenant's month-to-date tokens are below its
+/// `tokens_per_month` and its tier's `tokens_per_month_by_tier` (the call
+/// that crosses a limit completes; the next is refused).
+async fn check_month(
+    state: &ApiState,
+    gw: &Gateway,
+    tenant: &str,
+    model: &super::Model,
+    at: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let quota = state.quota_of(tenant).await?;
+    let tier_limit = quota.tokens_per_month_by_tier.get(&model.tier).copied();
+    if quota.tokens_per_month.is_none() && tier_limit.is_none() {
+        return Ok(());
+    }
+    let used = gw
+        .month_tokens(state.ledger(), tenant, Month::of(at))
+        .await?;
+    let total: i64 = used.values().sum();
+    if let Some(max) = quota.tokens_per_month.filter(|max| total >= *max) {
+        return Err(ApiError::token_limit(
+            "tokens_per_month",
+            to_next_month(at),
+            format!("quota tokens_per_month {max} is used up ({total} tokens this month)"),
+        ));
+    }
+    let in_tier = used.get(&model.tier).copied().unwrap_or(0);
+    if let Some(max) = tier_limit.filter(|max| in_tier >= *max) {
+        return Err(ApiError::token_limit(
+            &format!("tokens_per_month_by_tier.{}", model.tier),
+            to_next_month(at),
+            format!(
+                "quota tokens_per_month_by_tier.{} {max} is used up ({in_tier} {} tokens this month)",
+                model.tier, model.tier
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /v1/models`: the models this tenant may call (the admin sees all),
+/// in the OpenAI list shape plus each model's `tier`.
+async fn models(State(state): State<ApiState>, caller: KeyCaller) -> Result<Json<Value>, ApiError> {
+    let gw = state.gateway();
+    let grants = match &caller.principal {
+        Principal::Tenant(t) => Some((t.as_str(), gw.grants_of(state.ledger(), t).await?)),
+        Principal::Admin => None,
+    };
+    let data: Vec<Value> = gw
+        .registry
+        .models()
+        .filter(|m| match &grants {
+            Some((t, g)) => Gateway::may_call(m, t, g.as_deref()),
+            None => true,
+        })
+        .map(|m| {
+            json!({
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": m.owner.as_deref().unwrap_or("zhisuan"),
+                "tier": m.tier,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+/// Query of `GET /v1/calls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallsQuery {
+    /// RFC 3339; calls at or after.
+    from: Option<DateTime<Utc>>,
+    /// RFC 3339; calls before.
+    to: Option<DateTime<Utc>>,
+    /// The `next` cursor of the previous page.
+    after: Option<String>,
+    /// Rows per page, 1..=1000 (default 100).
+    limit: Option<i64>,
+    /// Admin only: one tenant's calls.
+    tenant: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+fn cursor(c: &CallRecord) -> String {
+    format!("{}_{}", c.at.timestamp_millis(), c.request_id)
+}
+
+fn parse_cursor(s: &str) -> Result<(i64, String), ApiError> {
+    s.split_once('_')
+        .and_then(|(ms, id)| Some((ms.parse().ok()?, id.to_string())))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "after",
+                "after: pass the `next` value of the previous page unchanged",
+            )
+        })
+}
+
+/// `GET /v1/calls`: the call audit, oldest first, paged. A tenant sees its
+/// own calls only; the admin every tenant's (or one's with `tenant`).
+async fn calls(
+    State(state): State<ApiState>,
+    caller: KeyCaller,
+    ApiQuery(q): ApiQuery<CallsQuery>,
+) -> Result<Response<Body>, ApiError> {
+    let tenant = match (&caller.principal, q.tenant) {
+        (Principal::Tenant(own), None) => Some(own.clone()),
+        (Principal::Tenant(own), Some(t)) if t == *own => Some(t),
+        (Principal::Tenant(_), Some(_)) => {
+            return Err(
+                ApiError::forbidden("a tenant sees only its own calls; leave `tenant` out")
+                    .with_field("tenant"),
+            )
+        }
+        (Principal::Admin, t) => t,
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit: {limit} is outside 1..=1000"),
+        ));
+    }
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "format",
+                format!("format: `{other}` is not json or csv"),
+            ))
+        }
+    };
+    let query = CallQuery {
+        tenant,
+        from: q.from,
+        to: q.to,
+        after: q.after.as_deref().map(parse_cursor).transpose()?,
+        limit,
+    };
+    let rows = state.blocking(move |l| l.calls(&query)).await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(cursor))
+        .flatten();
+    if csv {
+        let mut out = String::from("request_id,at,tenant,key_prefix,model,tier,upstream,region,endpoint,status,prompt_tokens,completion_tokens,estimated,ttft_ms,latency_ms\n");
+        for c in &rows {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                c.request_id,
+                c.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                c.tenant,
+                c.key_prefix,
+                csv_field(&c.model),
+                c.tier,
+                csv_field(&c.upstream),
+                csv_field(&c.region),
+                c.endpoint,
+                c.status,
+                c.prompt_tokens,
+                c.completion_tokens,
+                c.estimated,
+                c.ttft_ms.map(|t| t.to_string()).unwrap_or_default(),
+                c.latency_ms
+            ));
+        }
+        let mut resp = Response::builder().header(header::CONTENT_TYPE, "text/csv; charset=utf-8");
+        if let Some(n) = &next {
+            resp = resp.header("x-next-cursor", n.as_str());
+        }
+        return Ok(resp.body(Body::from(out)).unwrap_or_default());
+    }
+    Ok(Json(json!({ "calls": rows, "next": next })).into_response())
+}
+
+/// Quotes a CSV field that needs it.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Body of `PUT /v1/tenants/{name}/models`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Grants {
+    /// The shared models the tenant may call; `null` = every shared model.
+    models: Option<Vec<String>>,
+}
+
+/// `GET /v1/tenants/{name}/models` (admin): the tenant's grants.
+async fn grants(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let n = name.clone();
+    if state.blocking(move |l| l.tenant(&n)).await?.is_none() {
+        return Err(ApiError::not_found(format!("no tenant `{name}`")));
+    }
+    let g = state.blocking(move |l| l.model_grants(&name)).await?;
+    Ok(Json(json!({ "models": g })))
+}
+
+/// `PUT /v1/tenants/{name}/models` (admin): which shared models the tenant
+/// may call (`null`: all of them, the default). Audited.
+async fn set_grants(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Grants>,
+) -> Result<Json<Value>, ApiError> {
+    let (n, models) = (name.clone(), body.models.clone());
+    state
+        .blocking(move |l| l.set_model_grants("admin", &n, models.as_deref()))
+        .await?;
+    state.gateway().forget_grants(&name);
+    Ok(Json(json!({ "models": body.models })))
+}

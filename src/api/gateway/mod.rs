@@ -1,0 +1,218 @@
+//! The token gateway (词元综合管理监控平台): an OpenAI-compatible front door
+//! on the API's own port and keys. It routes each call to a healthy
+//! upstream of the model, passes the answer through (streams unbuffered),
+//! counts the call's tokens exactly (the upstream's `usage`) or, where the
+//! upstream reports none, by tokenizing what was delivered (marked
+//! `estimated`), and records one audited, idempotent token record per call
+//! (id = request id) priced by the model's tier. Permission control (which
+//! tenant may call which model), monthly token limits per tier and
+//! per-key tokens-per-minute buckets are checked before a call.
+//! Nothing of a prompt or a completion is stored.
+
+pub mod handlers;
+pub mod limits;
+pub mod metrics;
+mod proxy;
+pub mod recorder;
+pub mod registry;
+pub mod tokenize;
+pub mod usage;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::error::InputError;
+use crate::ledger::{Ledger, Month, Tier};
+
+pub use registry::{Model, Registry, Upstream};
+
+/// The HTTP client the gateway speaks to upstreams with (HTTP/1.1, pooled).
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Default of [`GatewayConfig::tokens_per_minute`].
+pub const TOKENS_PER_MINUTE: u64 = 200_000;
+
+/// How long a tenant's model grants and month-to-date tokens are reused.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// The gateway's settings (`zhisuan api --upstream …`).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `NAME[@REGION]=URL`, repeatable.
+    pub upstreams: Vec<String>,
+    /// `NAME=TIER`.
+    pub tiers: Vec<String>,
+    /// Tokens each key may use per minute (0 = no limit).
+    pub tokens_per_minute: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            upstreams: Vec::new(),
+            tiers: Vec::new(),
+            tokens_per_minute: TOKENS_PER_MINUTE,
+        }
+    }
+}
+
+/// A tenant's model grants (`None`: every shared model).
+type Grants = Option<Vec<String>>;
+
+type MonthCache = HashMap<String, (Instant, Month, BTreeMap<Tier, i64>)>;
+
+/// The gateway's state, shared by its handlers.
+pub struct Gateway {
+    pub registry: Registry,
+    client: HttpClient,
+    tpm: limits::TokenBuckets,
+    recorder: recorder::Recorder,
+    metrics: metrics::GatewayMetrics,
+    epoch: Instant,
+    grants: Mutex<HashMap<String, (Instant, Grants)>>,
+    month: Arc<Mutex<MonthCache>>,
+}
+
+impl Gateway {
+    pub fn new(
+        config: &GatewayConfig,
+        ledger: Ledger,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, InputError> {
+        let models = Registry::from_flags(&config.upstreams, &config.tiers)?;
+        let metrics = metrics::GatewayMetrics::new(registry)
+            .map_err(|e| InputError::new(format!("registering gateway metrics: {e}")))?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(512)
+            .build(connector);
+        let month: Arc<Mutex<MonthCache>> = Arc::default();
+        let forget = month.clone();
+        let recorder = recorder::Recorder::new(
+            ledger,
+            Arc::new(move |tenants: &[String]| {
+                let mut m = forget.lock().unwrap_or_else(|p| p.into_inner());
+                for t in tenants {
+                    m.remove(t);
+                }
+            }),
+            metrics.write_failures.clone(),
+            metrics.backlog.clone(),
+        );
+        Ok(Gateway {
+            registry: models,
+            client,
+            tpm: limits::TokenBuckets::new(config.tokens_per_minute),
+            recorder,
+            metrics,
+            epoch: Instant::now(),
+            grants: Mutex::new(HashMap::new()),
+            month,
+        })
+    }
+
+    /// Milliseconds since the gateway started (the routing clock).
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Waits until every call answered so far is in the ledger.
+    pub async fn flush(&self) {
+        self.recorder.flush().await;
+    }
+
+    /// Forgets the cached grants of `tenant` (after this server set them).
+    pub fn forget_grants(&self, tenant: &str) {
+        self.grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
+    }
+
+    /// May `tenant` see and call `model`? A dedicated model only by its
+    /// owner; a shared one by every tenant without grants, else by those
+    /// whose grants name it.
+    pub fn may_call(model: &Model, tenant: &str, grants: Option<&[String]>) -> bool {
+        match &model.owner {
+            Some(owner) => owner == tenant,
+            None => grants.is_none_or(|g| g.contains(&model.name)),
+        }
+    }
+
+    /// The models `tenant` may call, cached for [`CACHE_TTL`].
+    async fn grants_of(
+        &self,
+        ledger: &Ledger,
+        tenant: &str,
+    ) -> Result<Option<Vec<String>>, crate::ledger::LedgerError> {
+        let now = Instant::now();
+        if let Some((at, g)) = self
+            .grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            if now.duration_since(*at) < CACHE_TTL {
+                return Ok(g.clone());
+            }
+        }
+        let (l, t) = (ledger.clone(), tenant.to_string());
+        let g = tokio::task::spawn_blocking(move || l.model_grants(&t))
+            .await
+            .map_err(|e| crate::ledger::LedgerError::Storage(format!("grants lookup: {e}")))??;
+        self.grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.to_string(), (now, g.clone()));
+        Ok(g)
+    }
+
+    /// Tokens `tenant` used in `month` per tier: what the ledger holds
+    /// (cached for [`CACHE_TTL`], dropped when this gateway writes the
+    /// tenant's calls) plus the calls still queued for writing.
+    async fn month_tokens(
+        &self,
+        ledger: &Ledger,
+        tenant: &str,
+        month: Month,
+    ) -> Result<BTreeMap<Tier, i64>, crate::ledger::LedgerError> {
+        let now = Instant::now();
+        let cached = self
+            .month
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .filter(|(at, m, _)| *m == month && now.duration_since(*at) < CACHE_TTL)
+            .map(|(_, _, by_tier)| by_tier.clone());
+        let mut by_tier = match cached {
+            Some(b) => b,
+            None => {
+                let (l, t) = (ledger.clone(), tenant.to_string());
+                let b = tokio::task::spawn_blocking(move || l.month_tokens_by_tier(&t, month))
+                    .await
+                    .map_err(|e| {
+                        crate::ledger::LedgerError::Storage(format!("month tokens: {e}"))
+                    })??;
+                self.month
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(tenant.to_string(), (now, month, b.clone()));
+                b
+            }
+        };
+        for (tier, n) in self.recorder.queued(tenant) {
+            *by_tier.entry(tier).or_default() += n;
+        }
+        Ok(by_tier)
+    }
+}

@@ -1,0 +1,345 @@
+//! One call through the gateway: send it to an upstream (another one when
+//! the connection is refused), pass the answer back — a stream chunk by
+//! chunk, as it arrives — and, once the answer ended or the client went
+//! away, count its tokens and queue its record.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Response, StatusCode};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+use super::registry::{InFlight, Model, Upstream};
+use super::usage::{prompt_text, text_of, usage_of, StreamTally, Usage};
+use super::Gateway;
+use crate::api::ApiError;
+use crate::ledger::{CallRecord, STATUS_CLIENT_GONE};
+
+/// Most bytes of a non-streamed answer read.
+const MAX_ANSWER: usize = 64 << 20;
+
+/// One call in flight.
+pub(super) struct Call {
+    pub gw: Arc<Gateway>,
+    pub model: Arc<Model>,
+    pub tenant: String,
+    pub key_hash: [u8; 32],
+    /// `chat/completions`, `completions` or `embeddings`.
+    pub endpoint: &'static str,
+    pub request_id: String,
+    pub request: Value,
+    pub started: Instant,
+    pub at: DateTime<Utc>,
+}
+
+/// How a call ended, for its record.
+struct Ended {
+    upstream: Option<Arc<Upstream>>,
+    status: u16,
+    usage: Option<Usage>,
+    /// Generated text delivered (to count when `usage` is missing).
+    text: String,
+    ttft_ms: Option<i64>,
+}
+
+/// Sends the call and answers the client.
+pub(super) async fn forward(
+    call: Call,
+    body: Bytes,
+    stream: bool,
+) -> Result<Response<Body>, ApiError> {
+    let (upstream, inflight, resp) = match send(&call, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            finish(
+                call,
+                Ended {
+                    upstream: None,
+                    status: e.status.as_u16(),
+                    usage: None,
+                    text: String::new(),
+                    ttft_ms: None,
+                },
+            )
+            .await;
+            return Err(e);
+        }
+    };
+    let status = resp.status();
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let request_id =
+        HeaderValue::from_str(&call.request_id).unwrap_or(HeaderValue::from_static(""));
+    if stream && is_sse && status.is_success() {
+        let tallied = Tallied {
+            inner: resp.into_body().into_data_stream(),
+            tally: StreamTally::default(),
+            first: None,
+            pending: Some(Pending {
+                call,
+                upstream,
+                _inflight: inflight,
+            }),
+        };
+        return Ok(Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .header("x-request-id", request_id)
+            .body(Body::from_stream(tallied))
+            .unwrap_or_default());
+    }
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let read = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await;
+    let ttft_ms = Some(call.started.elapsed().as_millis() as i64);
+    drop(inflight);
+    let bytes = match read {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            call.gw
+                .metrics
+                .upstream_errors
+                .with_label_values(&[upstream.base.as_str(), "response"])
+                .inc();
+            let err = ApiError::bad_gateway(format!(
+                "model `{}`: the upstream's answer broke off ({e}); retry the call",
+                call.model.name
+            ));
+            finish(
+                call,
+                Ended {
+                    upstream: Some(upstream),
+                    status: 502,
+                    usage: None,
+                    text: String::new(),
+                    ttft_ms,
+                },
+            )
+            .await;
+            return Err(err);
+        }
+    };
+    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let usage = parsed.as_ref().and_then(usage_of);
+    let mut text = String::new();
+    if let Some(v) = &parsed {
+        text_of(v, &mut text);
+    }
+    finish(
+        call,
+        Ended {
+            upstream: Some(upstream),
+            status: status.as_u16(),
+            usage,
+            text,
+            ttft_ms,
+        },
+    )
+    .await;
+    let mut out = Response::builder()
+        .status(status)
+        .header("x-request-id", request_id);
+    if let Some(ct) = content_type {
+        out = out.header(header::CONTENT_TYPE, ct);
+    }
+    Ok(out.body(Body::from(bytes)).unwrap_or_default())
+}
+
+/// Sends the request to the model's upstreams in turn until one accepts
+/// the connection.
+async fn send(
+    call: &Call,
+    body: Bytes,
+) -> Result<(Arc<Upstream>, InFlight, Response<hyper::body::Incoming>), ApiError> {
+    let gw = &call.gw;
+    let mut tried = Vec::new();
+    loop {
+        let Some(i) = call.model.pick(None, gw.now_ms(), &tried) else {
+            return Err(ApiError::unavailable(format!(
+                "model `{}` has no healthy upstream now ({} tried); retry in a few seconds",
+                call.model.name,
+                tried.len()
+            )));
+        };
+        tried.push(i);
+        let upstream = call.model.upstreams[i].clone();
+        let inflight = upstream.begin();
+        let req = axum::http::Request::post(format!("{}/v1/{}", upstream.base, call.endpoint))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()))
+            .map_err(ApiError::internal)?;
+        match gw.client.request(req).await {
+            Ok(resp) => return Ok((upstream, inflight, resp)),
+            Err(e) if e.is_connect() => {
+                upstream.mark_down(gw.now_ms());
+                gw.metrics
+                    .upstream_errors
+                    .with_label_values(&[upstream.base.as_str(), "connect"])
+                    .inc();
+                tracing::warn!(upstream = %upstream.base, model = %call.model.name, error = %e,
+                    "upstream refused the connection; trying another");
+            }
+            Err(e) => {
+                gw.metrics
+                    .upstream_errors
+                    .with_label_values(&[upstream.base.as_str(), "response"])
+                    .inc();
+                return Err(ApiError::bad_gateway(format!(
+                    "model `{}`: the upstream failed after the request was sent ({e}); it was not retried",
+                    call.model.name
+                )));
+            }
+        }
+    }
+}
+
+/// What a streamed call still has to do once it ends.
+struct Pending {
+    call: Call,
+    upstream: Arc<Upstream>,
+    _inflight: InFlight,
+}
+
+/// The upstream's stream, forwarded chunk by chunk and read on the way.
+struct Tallied<S> {
+    inner: S,
+    tally: StreamTally,
+    first: Option<Instant>,
+    pending: Option<Pending>,
+}
+
+impl<S> Tallied<S> {
+    /// Records the call (once): `status` 200 when the stream ended, 499
+    /// when the client went away, 502 when the upstream broke off.
+    fn end(&mut self, status: u16) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let tally = std::mem::take(&mut self.tally);
+        let ttft_ms = self
+            .first
+            .map(|f| f.duration_since(p.call.started).as_millis() as i64);
+        let ended = Ended {
+            upstream: Some(p.upstream),
+            status,
+            usage: tally.usage,
+            text: tally.text,
+            ttft_ms,
+        };
+        let call = p.call;
+        drop(p._inflight);
+        tokio::spawn(finish(call, ended));
+    }
+}
+
+impl<S, E> Stream for Tallied<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    type Item = Result<Bytes, E>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                if this.first.is_none() && !bytes.is_empty() {
+                    this.first = Some(Instant::now());
+                }
+                this.tally.feed(&bytes);
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.end(502);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.end(200);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S> Drop for Tallied<S> {
+    fn drop(&mut self) {
+        self.end(STATUS_CLIENT_GONE);
+    }
+}
+
+/// Counts the call's tokens and queues its record.
+async fn finish(call: Call, ended: Ended) {
+    let gw = &call.gw;
+    let counted = ended.status < 300 || ended.status == STATUS_CLIENT_GONE;
+    let (usage, estimated) = match (ended.usage, &ended.upstream) {
+        (Some(u), _) => (u, false),
+        (None, Some(up)) if counted => {
+            let model = call.model.name.as_str();
+            let prompt =
+                super::tokenize::count(&gw.client, up, model, &prompt_text(&call.request)).await;
+            let completion = super::tokenize::count(&gw.client, up, model, &ended.text).await;
+            gw.metrics.estimated.inc();
+            (Usage { prompt, completion }, true)
+        }
+        _ => (Usage::default(), false),
+    };
+    let latency = call.started.elapsed();
+    let tier = call.model.tier;
+    let m = &gw.metrics;
+    let model = call.model.name.as_str();
+    if usage.total() > 0 {
+        let labels = |kind| [call.tenant.as_str(), model, tier.as_str(), kind];
+        m.tokens
+            .with_label_values(&labels("prompt"))
+            .inc_by(usage.prompt as u64);
+        m.tokens
+            .with_label_values(&labels("completion"))
+            .inc_by(usage.completion as u64);
+    }
+    let code = StatusCode::from_u16(ended.status)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_default();
+    m.requests.with_label_values(&[model, code.as_str()]).inc();
+    m.duration
+        .with_label_values(&[model])
+        .observe(latency.as_secs_f64());
+    if let Some(t) = ended.ttft_ms {
+        m.ttft
+            .with_label_values(&[model])
+            .observe(t as f64 / 1000.0);
+    }
+    gw.tpm.charge(&call.key_hash, usage.total(), Instant::now());
+    let (upstream, region) = match &ended.upstream {
+        Some(u) => (u.base.clone(), u.region.clone()),
+        None => (String::new(), String::new()),
+    };
+    gw.recorder.record(CallRecord {
+        request_id: call.request_id,
+        tenant: call.tenant,
+        key_prefix: hex::encode(&call.key_hash[..6]),
+        model: call.model.name.clone(),
+        tier,
+        upstream,
+        region,
+        endpoint: call.endpoint.to_string(),
+        status: ended.status,
+        prompt_tokens: usage.prompt,
+        completion_tokens: usage.completion,
+        estimated,
+        ttft_ms: ended.ttft_ms,
+        latency_ms: latency.as_millis() as i64,
+        at: call.at,
+    });
+}

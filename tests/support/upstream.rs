@@ -1,0 +1,145 @@
+//! A small OpenAI-compatible server for the gateway's tests: it answers
+//! `max_tokens` words ("w1 w2 …"), counts a token per whitespace-separated
+//! word, streams a chunk per word, sends the final usage chunk only when
+//! `usage_in_stream` is set and the request asks for it, and serves
+//! llama-cpp-python's `POST /extras/tokenize`. It keeps the last request
+//! body and headers it received.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+#[derive(Default)]
+pub struct Seen {
+    pub body: Option<Value>,
+    pub headers: Option<HeaderMap>,
+    pub calls: u64,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pub usage_in_stream: bool,
+    /// Pause between streamed words.
+    pub word_delay: Duration,
+    pub seen: Arc<Mutex<Seen>>,
+}
+
+fn words(v: &Value) -> i64 {
+    let mut n = 0;
+    if let Some(msgs) = v.get("messages").and_then(Value::as_array) {
+        for m in msgs {
+            n += m["content"]
+                .as_str()
+                .unwrap_or("")
+                .split_whitespace()
+                .count() as i64;
+        }
+    }
+    for key in ["prompt", "input"] {
+        if let Some(s) = v.get(key).and_then(Value::as_str) {
+            n += s.split_whitespace().count() as i64;
+        }
+    }
+    n
+}
+
+async fn completion(
+    State(u): State<Upstream>,
+    headers: HeaderMap,
+    Json(req): Json<Value>,
+) -> Response<Body> {
+    {
+        let mut seen = u.seen.lock().unwrap();
+        seen.body = Some(req.clone());
+        seen.headers = Some(headers);
+        seen.calls += 1;
+    }
+    let n = req["max_tokens"].as_i64().unwrap_or(5);
+    let prompt = words(&req);
+    let usage =
+        json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n});
+    let text: Vec<String> = (1..=n)
+        .map(|i| {
+            if i == 1 {
+                format!("w{i}")
+            } else {
+                format!(" w{i}")
+            }
+        })
+        .collect();
+    if req["stream"].as_bool() != Some(true) {
+        let body = json!({
+            "id": "x", "object": "chat.completion", "model": req["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text.concat()}, "finish_reason": "length"}],
+            "usage": usage,
+        });
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+    }
+    let with_usage =
+        u.usage_in_stream && req["stream_options"]["include_usage"].as_bool() == Some(true);
+    let delay = u.word_delay;
+    let stream = async_stream(text, with_usage.then_some(usage), delay);
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+fn async_stream(
+    text: Vec<String>,
+    usage: Option<Value>,
+    delay: Duration,
+) -> impl futures::Stream<Item = Result<String, std::io::Error>> {
+    let mut events: Vec<String> = text
+        .into_iter()
+        .map(|w| {
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {"content": w}}]})
+            )
+        })
+        .collect();
+    if let Some(u) = usage {
+        events.push(format!("data: {}\n\n", json!({"choices": [], "usage": u})));
+    }
+    events.push("data: [DONE]\n\n".to_string());
+    futures::stream::unfold(events.into_iter(), move |mut it| async move {
+        let next = it.next()?;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Some((Ok(next), it))
+    })
+}
+
+async fn tokenize(Json(req): Json<Value>) -> Json<Value> {
+    let n = req["input"]
+        .as_str()
+        .unwrap_or("")
+        .split_whitespace()
+        .count();
+    Json(json!({ "tokens": vec![7; n] }))
+}
+
+/// Starts the server on loopback (on the caller's runtime).
+pub async fn start(u: Upstream) -> SocketAddr {
+    let app = Router::new()
+        .route("/v1/chat/completions", post(completion))
+        .route("/v1/completions", post(completion))
+        .route("/extras/tokenize", post(tokenize))
+        .with_state(u);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
