@@ -177,8 +177,10 @@ fn main() {
         latency(&c, &direct, &gateway, &key, &req, 1, 200).await;
         let (d, g) = latency(&c, &direct, &gateway, &key, &req, 10, 200).await;
         let conns = 32;
-        let (direct_rps, direct_failed) = throughput(&direct, None, &req, conns, secs).await;
-        let (gateway_rps, gateway_failed) = throughput(&gateway, Some(&key), &req, conns, secs).await;
+        let (direct_rps, _, direct_failed) = throughput(&direct, None, &req, conns, secs).await;
+        let (gateway_rps, gateway_calls, gateway_failed) = throughput(&gateway, Some(&key), &req, conns, secs).await;
+        // 200 + 2,000 latency calls before
+        let sent = gateway_calls + 2_200;
         standalone.state.gateway().flush().await;
         let recorded = tokio::task::spawn_blocking(move || {
             ledger.month_use("bench", zhisuan::ledger::Month::of(chrono::Utc::now())).unwrap().tokens
@@ -201,7 +203,9 @@ fn main() {
                 "failed": direct_failed + gateway_failed,
             },
             // every call's tokens reached the ledger: 2 prompt + 5 completion each
+            "gateway_calls": sent,
             "ledger_tokens": recorded,
+            "ledger_tokens_expected": sent * 7,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap());
     });

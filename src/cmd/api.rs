@@ -255,14 +255,41 @@ pub fn run(mut args: ApiArgs) -> anyhow::Result<()> {
             .map_err(|e| InputError::new(format!("--listen {}: {e}", args.listen)))?;
         tracing::info!(listen = %args.listen, db = %crate::ledger::cli::redact_url(&args.db), "quota API serving");
         // Client addresses for the failed-key lockout.
+        let gateway = state.gateway().clone();
         let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
+            .with_graceful_shutdown(shutdown_signal())
             .await
-            .context("serving HTTP")
+            .context("serving HTTP")?;
+        // Calls answered before the signal are billed and audited.
+        gateway.flush().await;
+        Ok(())
     })
+}
+
+/// Ctrl-C, or SIGTERM (how Kubernetes stops a pod).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[cfg(test)]
