@@ -76,14 +76,14 @@ async fn latency(
     (d, g)
 }
 
-/// Calls per second with `conns` connections busy for `secs`.
+/// Calls per second with `conns` connections busy for `secs`, calls done, calls failed.
 async fn throughput(
     url: &str,
     key: Option<&str>,
     body: &Bytes,
     conns: usize,
     secs: f64,
-) -> (f64, u64) {
+) -> (f64, u64, u64) {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + Duration::from_secs_f64(secs);
@@ -113,6 +113,7 @@ async fn throughput(
     let n = done.load(Ordering::Relaxed);
     (
         n as f64 / start.elapsed().as_secs_f64(),
+        n,
         failed.load(Ordering::Relaxed),
     )
 }

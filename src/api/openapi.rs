@@ -13,7 +13,8 @@ use super::jobs::{
     Explanation, GpuUse, JobKind, JobPhase, JobView, RegionView, ReplicaPlacement, TokenTier,
 };
 use crate::ledger::{
-    AuditEvent, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher, VoucherStatus,
+    AuditEvent, CallRecord, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher,
+    VoucherStatus,
 };
 
 /// The error answers every authenticated endpoint may give.
@@ -75,6 +76,10 @@ impl Modify for BearerAuth {
         handlers::get_job, handlers::delete_job, handlers::own_usage,
         handlers::statement, handlers::own_vouchers, handlers::regions,
         super::keys::create_key, super::keys::list_keys, super::keys::revoke_key,
+        super::gateway::handlers::chat, super::gateway::handlers::completions,
+        super::gateway::handlers::embeddings, super::gateway::handlers::models,
+        super::gateway::handlers::calls, super::gateway::handlers::grants,
+        super::gateway::handlers::set_grants,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
@@ -84,12 +89,15 @@ impl Modify for BearerAuth {
         handlers::QuotaUse, handlers::QuotaView, handlers::JobRequest, super::jobs::JobPage,
         handlers::VoucherList, handlers::VoucherView, handlers::RegionList, handlers::StatementFormat,
         super::keys::CreatedKey, super::keys::KeyView, super::keys::KeyList,
+        CallRecord, super::gateway::handlers::CallPage, super::gateway::handlers::ModelList,
+        super::gateway::handlers::Grants,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "public", description = "No key needed"),
         (name = "admin", description = "Admin key only"),
         (name = "tenant", description = "A tenant's own data only"),
+        (name = "gateway", description = "The token gateway: OpenAI-compatible calls, metered per tenant (docs/gateway.md)"),
     )
 )]
 pub struct ApiDoc;
@@ -125,6 +133,12 @@ mod tests {
             "/healthz",
             "/metrics",
             "/openapi.json",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/models",
+            "/v1/calls",
+            "/v1/tenants/{name}/models",
         ] {
             assert!(paths.contains_key(p), "missing {p}");
         }

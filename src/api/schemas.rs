@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use utoipa::openapi::{RefOr, Schema};
 
 use crate::ledger::{
-    AuditEvent, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher, VoucherStatus,
+    AuditEvent, CallRecord, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher,
+    VoucherStatus,
 };
 
 fn schema(v: Value) -> RefOr<Schema> {
@@ -348,3 +349,31 @@ mod tests {
         same_fields("statement", &json, &serde_json::to_value(schema).unwrap());
     }
 }
+
+ledger_schema!(
+    CallRecord,
+    "CallRecord",
+    json!({
+        "type": "object",
+        "description": "One call through the token gateway. No prompt or completion text is kept.",
+        "required": ["request_id", "tenant", "key_prefix", "model", "tier", "upstream", "region", "endpoint",
+                     "status", "prompt_tokens", "completion_tokens", "estimated", "ttft_ms", "latency_ms", "at"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "tenant": {"type": "string"},
+            "key_prefix": {"type": "string", "description": "first 12 hex digits of the key's SHA-256 (its id)"},
+            "model": {"type": "string"},
+            "tier": {"type": "string", "enum": ["basic", "industry", "high_value"]},
+            "upstream": {"type": "string"},
+            "region": {"type": "string"},
+            "endpoint": {"type": "string", "enum": ["chat/completions", "completions", "embeddings"]},
+            "status": {"type": "integer", "description": "HTTP status answered (499: the client went away)"},
+            "prompt_tokens": {"type": "integer", "minimum": 0},
+            "completion_tokens": {"type": "integer", "minimum": 0},
+            "estimated": {"type": "boolean", "description": "counted by the gateway, not reported by the upstream"},
+            "ttft_ms": {"type": ["integer", "null"]},
+            "latency_ms": {"type": "integer"},
+            "at": time(),
+        }
+    })
+);

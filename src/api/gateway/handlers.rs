@@ -11,13 +11,16 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::proxy::{forward, Call};
 use super::Gateway;
 use crate::api::auth::{Admin, KeyCaller, Principal};
+use crate::api::error::ErrorBody;
 use crate::api::extract::{ApiJson, ApiQuery};
+use crate::api::openapi::StdErrors;
 use crate::api::{ApiError, ApiState};
 use crate::ledger::{CallQuery, CallRecord, Month};
 
@@ -40,7 +43,16 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/tenants/{name}/models", get(grants).put(set_grants))
 }
 
-async fn chat(
+/// OpenAI chat completions through the gateway (`stream: true` streams
+/// server-sent events unbuffered). Billed to the key's tenant.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "gateway", security(("bearer" = [])),
+    request_body(content = Object, description = "An OpenAI chat completion request; `model` names a model of GET /v1/models"),
+    responses(
+        (status = 200, description = "The upstream's answer (JSON, or an event stream when `stream` is true); `X-Request-Id` names the call", body = Object),
+        (status = 502, description = "the upstream failed after the call was sent", body = ErrorBody),
+        (status = 503, description = "the model has no healthy upstream now", body = ErrorBody),
+        StdErrors))]
+pub async fn chat(
     State(s): State<ApiState>,
     c: KeyCaller,
     body: Bytes,
@@ -48,7 +60,15 @@ async fn chat(
     call(s, c, "chat/completions", body).await
 }
 
-async fn completions(
+/// OpenAI text completions through the gateway.
+#[utoipa::path(post, path = "/v1/completions", tag = "gateway", security(("bearer" = [])),
+    request_body(content = Object, description = "An OpenAI completion request"),
+    responses(
+        (status = 200, description = "The upstream's answer", body = Object),
+        (status = 502, description = "the upstream failed after the call was sent", body = ErrorBody),
+        (status = 503, description = "the model has no healthy upstream now", body = ErrorBody),
+        StdErrors))]
+pub async fn completions(
     State(s): State<ApiState>,
     c: KeyCaller,
     body: Bytes,
@@ -56,7 +76,15 @@ async fn completions(
     call(s, c, "completions", body).await
 }
 
-async fn embeddings(
+/// OpenAI embeddings through the gateway (prompt tokens only).
+#[utoipa::path(post, path = "/v1/embeddings", tag = "gateway", security(("bearer" = [])),
+    request_body(content = Object, description = "An OpenAI embeddings request"),
+    responses(
+        (status = 200, description = "The upstream's answer", body = Object),
+        (status = 502, description = "the upstream failed after the call was sent", body = ErrorBody),
+        (status = 503, description = "the model has no healthy upstream now", body = ErrorBody),
+        StdErrors))]
+pub async fn embeddings(
     State(s): State<ApiState>,
     c: KeyCaller,
     body: Bytes,
@@ -223,9 +251,14 @@ async fn check_month(
     Ok(())
 }
 
-/// `GET /v1/models`: the models this tenant may call (the admin sees all),
+/// The models this tenant may call (the admin sees all),
 /// in the OpenAI list shape plus each model's `tier`.
-async fn models(State(state): State<ApiState>, caller: KeyCaller) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/models", tag = "gateway", security(("bearer" = [])),
+    responses((status = 200, description = "OpenAI model list; each model also has its `tier`", body = ModelList), StdErrors))]
+pub async fn models(
+    State(state): State<ApiState>,
+    caller: KeyCaller,
+) -> Result<Json<ModelList>, ApiError> {
     let gw = state.gateway();
     let grants = match &caller.principal {
         Principal::Tenant(t) => Some((t.as_str(), gw.grants_of(state.ledger(), t).await?)),
@@ -248,13 +281,17 @@ async fn models(State(state): State<ApiState>, caller: KeyCaller) -> Result<Json
             })
         })
         .collect();
-    Ok(Json(json!({ "object": "list", "data": data })))
+    Ok(Json(ModelList {
+        object: "list",
+        data,
+    }))
 }
 
 /// Query of `GET /v1/calls`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct CallsQuery {
+#[into_params(parameter_in = Query)]
+pub struct CallsQuery {
     /// RFC 3339; calls at or after.
     from: Option<DateTime<Utc>>,
     /// RFC 3339; calls before.
@@ -267,6 +304,24 @@ struct CallsQuery {
     tenant: Option<String>,
     /// `json` (default) or `csv`.
     format: Option<String>,
+}
+
+/// One page of the call audit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallPage {
+    pub calls: Vec<CallRecord>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next: Option<String>,
+}
+
+/// The OpenAI model list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// `{"id", "object": "model", "created", "owned_by", "tier"}` per model.
+    #[schema(value_type = Vec<Object>)]
+    pub data: Vec<Value>,
 }
 
 fn cursor(c: &CallRecord) -> String {
@@ -284,9 +339,14 @@ fn parse_cursor(s: &str) -> Result<(i64, String), ApiError> {
         })
 }
 
-/// `GET /v1/calls`: the call audit, oldest first, paged. A tenant sees its
+/// The call audit, oldest first, paged. A tenant sees its
 /// own calls only; the admin every tenant's (or one's with `tenant`).
-async fn calls(
+#[utoipa::path(get, path = "/v1/calls", tag = "gateway", security(("bearer" = [])),
+    params(CallsQuery),
+    responses(
+        (status = 200, description = "One page of calls, oldest first (`format=csv`: text/csv, the next cursor in `X-Next-Cursor`)", body = CallPage),
+        StdErrors))]
+pub async fn calls(
     State(state): State<ApiState>,
     caller: KeyCaller,
     ApiQuery(q): ApiQuery<CallsQuery>,
@@ -358,7 +418,7 @@ async fn calls(
         }
         return Ok(resp.body(Body::from(out)).unwrap_or_default());
     }
-    Ok(Json(json!({ "calls": rows, "next": next })).into_response())
+    Ok(Json(CallPage { calls: rows, next }).into_response())
 }
 
 /// Quotes a CSV field that needs it.
@@ -371,39 +431,46 @@ fn csv_field(s: &str) -> String {
 }
 
 /// Body of `PUT /v1/tenants/{name}/models`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Grants {
+pub struct Grants {
     /// The shared models the tenant may call; `null` = every shared model.
     models: Option<Vec<String>>,
 }
 
 /// `GET /v1/tenants/{name}/models` (admin): the tenant's grants.
-async fn grants(
+#[utoipa::path(get, path = "/v1/tenants/{name}/models", tag = "admin", security(("bearer" = [])),
+    params(("name" = String, Path, description = "tenant")),
+    responses((status = 200, body = Grants), StdErrors))]
+pub async fn grants(
     State(state): State<ApiState>,
     _: Admin,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Grants>, ApiError> {
     let n = name.clone();
     if state.blocking(move |l| l.tenant(&n)).await?.is_none() {
         return Err(ApiError::not_found(format!("no tenant `{name}`")));
     }
-    let g = state.blocking(move |l| l.model_grants(&name)).await?;
-    Ok(Json(json!({ "models": g })))
+    let models = state.blocking(move |l| l.model_grants(&name)).await?;
+    Ok(Json(Grants { models }))
 }
 
 /// `PUT /v1/tenants/{name}/models` (admin): which shared models the tenant
 /// may call (`null`: all of them, the default). Audited.
-async fn set_grants(
+#[utoipa::path(put, path = "/v1/tenants/{name}/models", tag = "admin", security(("bearer" = [])),
+    params(("name" = String, Path, description = "tenant")),
+    request_body = Grants,
+    responses((status = 200, body = Grants), StdErrors))]
+pub async fn set_grants(
     State(state): State<ApiState>,
     _: Admin,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<Grants>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Grants>, ApiError> {
     let (n, models) = (name.clone(), body.models.clone());
     state
         .blocking(move |l| l.set_model_grants("admin", &n, models.as_deref()))
         .await?;
     state.gateway().forget_grants(&name);
-    Ok(Json(json!({ "models": body.models })))
+    Ok(Json(body))
 }
