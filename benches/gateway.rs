@@ -8,8 +8,7 @@
 //! `cargo bench --bench gateway` (add `-- --seconds N` to change the
 //! throughput phase, default 5 s each).
 
-#[path = "../tests/support/upstream.rs"]
-mod upstream;
+use zhisuan::demo::model as upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,7 +135,8 @@ fn main() {
             word_delay: Duration::ZERO,
             seen: Arc::new(Mutex::new(upstream::Seen::default())),
         })
-        .await;
+        .await
+        .unwrap();
         let config = zhisuan::api::ApiConfig {
             admin_key: ADMIN.into(),
             rate_limit: zhisuan::api::RateLimit { per_second: 1e9, burst: 1e9 },

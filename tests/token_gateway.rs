@@ -4,8 +4,7 @@
 //! SmolLM2-135M for the real thing (`real_server_*`; skipped when it is not
 //! installed, failing under CI).
 
-#[path = "support/upstream.rs"]
-mod upstream;
+use zhisuan::demo::model as upstream;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -162,7 +161,7 @@ fn fake(
         word_delay: Duration::from_millis(delay_ms),
         seen: seen.clone(),
     };
-    (rt.block_on(upstream::start(u)), seen)
+    (rt.block_on(upstream::start(u)).unwrap(), seen)
 }
 
 /// A port nothing listens on.

@@ -6,8 +6,10 @@
 //! charged against vouchers in the SQLite ledger, and the quota API, the web
 //! page and `/metrics` are served on `--listen` meanwhile.
 
+pub mod callers;
 pub mod meter;
 pub mod metrics;
+pub mod model;
 pub mod setup;
 pub mod summary;
 pub mod telemetry;
@@ -72,6 +74,12 @@ pub struct DemoArgs {
     /// Seed of the placement engines' tie-breaks.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Calls per second (all tenants together) that the seeded tenants make
+    /// to the demo's models through the token gateway (0: none). They are
+    /// real calls at wall-clock time, billed when made and not replayed
+    /// after a restart.
+    #[arg(long, default_value_t = 2.0)]
+    pub model_calls_per_s: f64,
 }
 
 /// Where a demo on a kept ledger got to, so a restart carries on from there.
@@ -576,6 +584,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         (None, Some(parent)) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         (None, _) => PathBuf::from("."),
     };
+    // The demo's models behind the token gateway (see `model`).
+    let model_addr = runtime
+        .block_on(model::start(model::Upstream {
+            usage_in_stream: true,
+            word_delay: Duration::from_millis(5),
+            seen: Arc::default(),
+        }))
+        .context("starting the demo's model server")?;
     let config = ApiConfig {
         admin_key: admin_key(args.admin_key_file.as_deref(), &key_dir)?,
         rate_limit: RateLimit {
@@ -583,11 +599,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             burst: 100.0,
         },
         max_pending_jobs: crate::api::MAX_PENDING_JOBS,
-        gateway: Default::default(),
+        gateway: crate::api::gateway::GatewayConfig {
+            upstreams: callers::MODELS
+                .iter()
+                .map(|(name, _)| format!("{name}=http://{model_addr}"))
+                .collect(),
+            tiers: callers::MODELS
+                .iter()
+                .map(|(name, tier)| format!("{name}={tier}"))
+                .collect(),
+            ..Default::default()
+        },
     };
     // The quota API, the page at `/` and `/metrics` (the world's, the ledger's,
     // the agents' and the API's own series, one registry).
     let state = ApiState::new(config, ledger.clone(), Arc::new(backend.clone()), &registry)?;
+    let gateway = state.gateway().clone();
     let app = crate::api::router(state);
     let server = {
         let stop = Arc::clone(&stop);
@@ -622,6 +649,28 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             stop.store(true, Ordering::Relaxed);
         });
     }
+    let mut callers = Vec::new();
+    if args.model_calls_per_s > 0.0 {
+        for t in setup::TENANTS {
+            callers.push(callers::Caller {
+                tenant: t.name.to_string(),
+                key: ledger.create_api_key(setup::ACTOR, t.name)?,
+                tier: t.tier,
+            });
+        }
+    }
+    let caller_keys: Vec<(String, String)> = callers
+        .iter()
+        .map(|c| (c.tenant.clone(), crate::ledger::hash_api_key(&c.key)))
+        .collect();
+    callers::spawn(
+        &runtime,
+        format!("http://{}", args.listen),
+        callers,
+        args.model_calls_per_s,
+        args.seed,
+        Arc::clone(&stop),
+    );
     eprintln!(
         "demo: serving the API, the web page and /metrics on http://{} ({}× speed{})",
         args.listen,
@@ -669,6 +718,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     })();
     stop.store(true, Ordering::Relaxed);
     let _ = runtime.block_on(server);
+    runtime.block_on(gateway.flush());
+    // The callers' keys lived for this run only.
+    for (tenant, hash) in &caller_keys {
+        let _ = ledger.revoke_api_key(setup::ACTOR, tenant, &hash[..crate::ledger::KEY_ID_LEN]);
+    }
     result?;
 
     let summary = driver.summary(began.elapsed().as_secs_f64(), args.speed, rss_by_day)?;
@@ -777,6 +831,7 @@ mod tests {
             sim_hours: None,
             start_at: None,
             seed: 1,
+            model_calls_per_s: 0.0,
         };
         assert!(validate(&args(0.0, None))
             .unwrap_err()

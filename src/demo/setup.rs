@@ -136,6 +136,17 @@ pub fn project_quotas(world: &mut crate::sim::world::World) {
     }
 }
 
+/// The demo's model voucher (模型券): (tenant, issuer, face value in CNY,
+/// co-pay in basis points, tiers). Valid for decades, so it pays both the
+/// simulated services' tokens and the calls made now through the gateway.
+pub const MODEL_VOUCHER: (&str, &str, i64, i64, &[Tier]) = (
+    "sz-vision-sme",
+    "Shenzhen AI Model Voucher Programme",
+    20_000,
+    5_000,
+    &[Tier::Industry],
+);
+
 /// Creates what is missing; returns how many tenants were created now.
 pub fn seed(
     ledger: &Ledger,
@@ -179,6 +190,31 @@ pub fn seed(
                 )?;
             }
         }
+    }
+    let (tenant, issuer, yuan, copay_bp, tiers) = MODEL_VOUCHER;
+    let id = format!("demo-model-voucher-{tenant}");
+    if !ledger.vouchers(Some(tenant))?.iter().any(|v| v.id == id) {
+        let at = |y| {
+            chrono::TimeZone::with_ymd_and_hms(&Utc, y, 1, 1, 0, 0, 0)
+                .single()
+                .unwrap_or(valid_from)
+        };
+        ledger.issue_voucher(
+            ACTOR,
+            &VoucherSpec {
+                id: Some(id),
+                tenant: tenant.to_string(),
+                issuer: issuer.to_string(),
+                face_value_fen: yuan * 100,
+                copay_ratio_bp: copay_bp,
+                valid_from: at(2020),
+                valid_until: at(2100),
+                regions: vec![],
+                kinds: vec![],
+                tiers: tiers.to_vec(),
+                models: vec![],
+            },
+        )?;
     }
     Ok(created)
 }

@@ -82,6 +82,10 @@ pub struct LedgerMetrics {
     pub charge_fen: CounterVec,
     pub voucher_redeemed_fen: CounterVec,
     pub net_fen: CounterVec,
+    /// Token charges and their voucher-covered part (model vouchers among
+    /// them), by tier.
+    pub token_charge_fen: CounterVec,
+    pub token_voucher_fen: CounterVec,
     pub voucher_balances: VoucherBalances,
 }
 
@@ -130,6 +134,16 @@ impl LedgerMetrics {
                 "Net payable (gross minus voucher-covered), in fen",
                 &["tenant"],
             )?,
+            token_charge_fen: counter(
+                "zhisuan_tenant_token_charge_fen_total",
+                "Gross token charges in fen, by tier",
+                &["tenant", "tier"],
+            )?,
+            token_voucher_fen: counter(
+                "zhisuan_tenant_token_voucher_fen_total",
+                "Token charges covered by vouchers (model vouchers, and compute vouchers open to tokens), in fen, by tier",
+                &["tenant", "tier"],
+            )?,
             voucher_balances,
         })
     }
@@ -161,6 +175,13 @@ impl LedgerMetrics {
                 t.completion_tokens,
             );
             self.add_money(&t.tenant, r.fen, r.voucher_fen);
+            let labels = [t.tenant.as_str(), t.tier.as_str()];
+            self.token_charge_fen
+                .with_label_values(&labels)
+                .inc_by(r.fen as f64);
+            self.token_voucher_fen
+                .with_label_values(&labels)
+                .inc_by(r.voucher_fen as f64);
         }
     }
 

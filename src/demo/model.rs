@@ -1,9 +1,11 @@
-//! A small OpenAI-compatible server for the gateway's tests: it answers
+//! The demo's model: a small OpenAI-compatible server the demo's token
+//! gateway routes to (no weights, nothing downloaded). It answers
 //! `max_tokens` words ("w1 w2 …"), counts a token per whitespace-separated
 //! word, streams a chunk per word, sends the final usage chunk only when
 //! `usage_in_stream` is set and the request asks for it, and serves
 //! llama-cpp-python's `POST /extras/tokenize`. It keeps the last request
-//! body and headers it received.
+//! body and headers it received (the gateway's tests read them; the
+//! gateway's bench uses it as the fast local upstream).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -56,7 +58,7 @@ async fn completion(
     Json(req): Json<Value>,
 ) -> Response<Body> {
     {
-        let mut seen = u.seen.lock().unwrap();
+        let mut seen = u.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.body = Some(req.clone());
         seen.headers = Some(headers);
         seen.calls += 1;
@@ -83,7 +85,7 @@ async fn completion(
         return Response::builder()
             .header("content-type", "application/json")
             .body(Body::from(body.to_string()))
-            .unwrap();
+            .unwrap_or_default();
     }
     let with_usage =
         u.usage_in_stream && req["stream_options"]["include_usage"].as_bool() == Some(true);
@@ -92,7 +94,7 @@ async fn completion(
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(Body::from_stream(stream))
-        .unwrap()
+        .unwrap_or_default()
 }
 
 fn async_stream(
@@ -132,14 +134,18 @@ async fn tokenize(Json(req): Json<Value>) -> Json<Value> {
 }
 
 /// Starts the server on loopback (on the caller's runtime).
-pub async fn start(u: Upstream) -> SocketAddr {
+pub async fn start(u: Upstream) -> std::io::Result<SocketAddr> {
     let app = Router::new()
         .route("/v1/chat/completions", post(completion))
         .route("/v1/completions", post(completion))
         .route("/extras/tokenize", post(tokenize))
         .with_state(u);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the demo model stopped");
+        }
+    });
+    Ok(addr)
 }
