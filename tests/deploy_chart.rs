@@ -91,6 +91,12 @@ const CONTRACT_METRICS: &[&str] = &[
     "zhisuan_tenant_voucher_redeemed_fen_total",
     "zhisuan_tenant_net_fen_total",
     "zhisuan_voucher_balance_fen",
+    "zhisuan_tenant_token_charge_fen_total",
+    "zhisuan_tenant_token_voucher_fen_total",
+    "zhisuan_gateway_tokens_total",
+    "zhisuan_gateway_requests_total",
+    "zhisuan_gateway_time_to_first_token_seconds_bucket",
+    "zhisuan_gateway_calls_unwritten",
 ];
 
 /// Identifiers in a PromQL expression that look like zhisuan / DCGM metric names.

@@ -361,7 +361,9 @@ fn demo_restarted_on_the_same_db_does_not_double_count() {
     let dir = tempfile::tempdir().unwrap();
     let once = dir.path().join("once.sqlite");
     let twice = dir.path().join("twice.sqlite");
-    let fast = ["--speed", "200000"];
+    // No model calls: they are real wall-clock calls, not replayed, so two
+    // runs would bill different calls.
+    let fast = ["--speed", "200000", "--model-calls-per-s", "0"];
     let db = |p: &std::path::Path| p.display().to_string();
 
     let straight =
@@ -423,7 +425,14 @@ fn gpu_hours(summary: &serde_json::Value, list: &str) -> f64 {
 fn demo_killed_with_9_and_restarted_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kept.sqlite").display().to_string();
-    let run = ["--db", db.as_str(), "--sim-hours", "4"];
+    let run = [
+        "--db",
+        db.as_str(),
+        "--sim-hours",
+        "4",
+        "--model-calls-per-s",
+        "0",
+    ];
     let demo = Demo::start(&[&["--speed", "900"][..], &run].concat());
     let http = reqwest::blocking::Client::new();
     let base = format!("http://{}", demo.addr);

@@ -6,6 +6,9 @@
 
 use zhisuan::demo::model as upstream;
 
+#[path = "support/apiserver.rs"]
+mod apiserver;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,7 @@ const ADMIN: &str = "test-admin-key-0123456789abcdef";
 struct Server {
     base: String,
     client: Client,
+    state: zhisuan::api::ApiState,
     _dir: tempfile::TempDir,
     runtime: tokio::runtime::Runtime,
 }
@@ -54,21 +58,23 @@ fn start(
             tokens_per_minute: tpm,
         },
     };
-    let addr: SocketAddr = runtime.block_on(async move {
+    let (addr, state): (SocketAddr, zhisuan::api::ApiState) = runtime.block_on(async move {
         let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())
             .map(|s| s.state)
             .expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let serving = state.clone();
         tokio::spawn(async move {
             let app =
-                zhisuan::api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+                zhisuan::api::router(serving).into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, app).await.unwrap();
         });
-        addr
+        (addr, state)
     });
     Server {
         base: format!("http://{addr}"),
+        state,
         client: Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
@@ -524,6 +530,109 @@ fn a_model_voucher_pays_its_share_of_its_tier_on_the_statement() {
         (Some(2), Some(0)),
         "{st}"
     );
+}
+
+/// On a cluster: an InferenceService with `spec.gateway` is a model of the
+/// gateway, reached at its running pods, callable by its tenant only
+/// (unless shared); gone with its last replica.
+#[test]
+fn inference_services_on_a_cluster_are_the_gateways_models() {
+    use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+    let rt = runtime();
+    let (up, seen) = fake(&rt, true, 0);
+    let kube_server = rt.block_on(apiserver::ApiServer::start());
+    let client = rt.block_on(async { kube_server.client() });
+    let s = start(rt, &[], &[], 0);
+    let a = s.tenant("acme");
+    let b = s.tenant("beta");
+    let ns = "zhisuan-jobs";
+    let gvk = kube::api::GroupVersionKind::gvk("zhisuan.io", "v1alpha1", "InferenceService");
+    let resource = kube::api::ApiResource::from_gvk(&gvk);
+    let isvcs: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let isvc: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "zhisuan.io/v1alpha1", "kind": "InferenceService",
+        "metadata": {"name": "chat", "namespace": ns},
+        "spec": {"tenant": "acme", "modelName": "acme-chat", "tokenTier": "high-value", "replicas": 1,
+                 "gpuMilli": 500, "gateway": {"port": up.port()}, "template": {}},
+    }))
+    .unwrap();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "chat-0", "namespace": ns,
+                     "labels": {"zhisuan.io/workload-kind": "inferenceservice", "zhisuan.io/workload": "chat"}},
+        "spec": {"containers": []},
+    }))
+    .unwrap();
+    let gateway = s.runtime.block_on(async {
+        isvcs.create(&PostParams::default(), &isvc).await.unwrap();
+        isvcs
+            .patch_status(
+                "chat",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": {"placement": {"region": "gansu"}}})),
+            )
+            .await
+            .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        pods.patch_status(
+            "chat-0",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"phase": "Running", "podIP": "127.0.0.1"}})),
+        )
+        .await
+        .unwrap();
+        zhisuan::operator::gateway_models::discover(&client, ns)
+            .await
+            .unwrap()
+    });
+    assert_eq!(gateway.len(), 1, "{gateway:?}");
+    s.state.gateway().set_discovered(gateway);
+    // The owner calls it; the call is billed at the service's tier and region.
+    let r = s.post(
+        "/v1/chat/completions",
+        &a,
+        chat("acme-chat", "hi", 3, false),
+    );
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(seen.lock().unwrap().calls, 1);
+    let calls = s.calls(&a, 1);
+    assert_eq!(
+        (calls[0]["tier"].as_str(), calls[0]["region"].as_str()),
+        (Some("high_value"), Some("gansu"))
+    );
+    // Another tenant neither sees nor calls a dedicated service.
+    let r = s.post(
+        "/v1/chat/completions",
+        &b,
+        chat("acme-chat", "hi", 3, false),
+    );
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    assert!(s.get("/v1/models", &b).body["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // The replica stops: the model is gone at the next listing.
+    let after = s.runtime.block_on(async {
+        pods.patch_status(
+            "chat-0",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await
+        .unwrap();
+        zhisuan::operator::gateway_models::discover(&client, ns)
+            .await
+            .unwrap()
+    });
+    s.state.gateway().set_discovered(after);
+    let r = s.post(
+        "/v1/chat/completions",
+        &a,
+        chat("acme-chat", "hi", 3, false),
+    );
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    drop(kube_server);
 }
 
 // ---- the real server -------------------------------------------------

@@ -207,6 +207,10 @@ pub fn spawn_clock(backend: WorldBackend, ledger: Ledger, period: Duration) {
     });
 }
 
+/// How often `--backend kube` lists the InferenceServices served through
+/// the gateway (a new replica takes calls within this time).
+const MODEL_REFRESH: Duration = Duration::from_secs(5);
+
 pub fn run(mut args: ApiArgs) -> anyhow::Result<()> {
     crate::logs::init("info");
     if args.tick_s == 0 {
@@ -246,8 +250,16 @@ pub fn run(mut args: ApiArgs) -> anyhow::Result<()> {
                     "--backend kube: connecting to the Kubernetes API (run in a cluster or set KUBECONFIG)",
                 )?;
                 let ledger = open_ledger(&args.db, &registry)?;
-                let jobs = crate::operator::jobs::KubeJobs::new(client, &args.jobs_namespace);
-                (ApiState::new(config, ledger, Arc::new(jobs), &registry)?, None)
+                let jobs = crate::operator::jobs::KubeJobs::new(client.clone(), &args.jobs_namespace);
+                let state = ApiState::new(config, ledger, Arc::new(jobs), &registry)?;
+                // InferenceServices with `spec.gateway` become the gateway's models.
+                tokio::spawn(crate::operator::gateway_models::run(
+                    client,
+                    args.jobs_namespace.clone(),
+                    state.gateway().clone(),
+                    MODEL_REFRESH,
+                ));
+                (state, None)
             }
         };
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -133,6 +133,19 @@ pub struct MetricsEndpoint {
     pub path: Option<String>,
 }
 
+/// How the token gateway reaches a service's replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayEndpoint {
+    /// Container port serving the OpenAI API (`/v1/...`).
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Offer the model to every tenant (MaaS, subject to each tenant's
+    /// model grants); by default only the service's own tenant may call it.
+    #[serde(default)]
+    pub shared: bool,
+}
+
 /// A model served behind an API, billed per token.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default)]
 #[kube(
@@ -161,6 +174,8 @@ pub struct MetricsEndpoint {
 )]
 #[x_kube(validation = Rule::new("!(has(self.gpusPerReplica) && has(self.gpuMilli))")
     .message("set either gpusPerReplica (whole GPUs) or gpuMilli (a share of one GPU), not both"))]
+#[x_kube(validation = Rule::new("!(has(self.gateway) && has(self.metrics))")
+    .message("a service is metered either by scraping its counters (metrics) or per call through the token gateway (gateway), not both: one of them would count its tokens twice"))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceServiceSpec {
     /// Tenant that pays for and is limited by this service.
@@ -209,6 +224,11 @@ pub struct InferenceServiceSpec {
     /// Token counters to scrape (vLLM-style).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsEndpoint>,
+    /// Serve `modelName` through the token gateway (docs/gateway.md): calls
+    /// go to the running replicas on this port and are billed per call to
+    /// the caller. Not together with `metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayEndpoint>,
     /// Pod template for every replica.
     #[schemars(schema_with = "opaque_object")]
     pub template: PodTemplateSpec,

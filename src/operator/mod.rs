@@ -10,6 +10,7 @@ mod act;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod gateway_models;
 pub mod jobs;
 pub mod leader;
 pub mod members;

@@ -129,6 +129,13 @@ pub fn validate_inference(
             "must name the served model".into(),
         );
     }
+    if spec.gateway.is_some() && spec.metrics.is_some() {
+        err(
+            &mut e,
+            "spec.gateway",
+            "set either metrics (the service's own counters are scraped) or gateway (each call is metered by the token gateway), not both: its tokens would be counted twice".into(),
+        );
+    }
     if let Some(ms) = spec.latency_slo_ms {
         if ms < 1 {
             err(
@@ -352,6 +359,27 @@ mod tests {
             fields(&validate_inference(&s, &models())),
             ["spec.tokenTier"]
         );
+    }
+
+    #[test]
+    fn a_service_is_metered_by_scraping_or_by_the_gateway_not_both() {
+        let s = InferenceServiceSpec {
+            tenant: "acme".into(),
+            model_name: "qwen".into(),
+            token_tier: "basic".into(),
+            replicas: 1,
+            gpu_milli: Some(500),
+            metrics: Some(crate::operator::crd::MetricsEndpoint {
+                port: 9000,
+                path: None,
+            }),
+            gateway: Some(crate::operator::crd::GatewayEndpoint {
+                port: 8000,
+                shared: false,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(fields(&validate_inference(&s, &models())), ["spec.gateway"]);
     }
 
     #[test]

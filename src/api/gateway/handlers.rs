@@ -178,8 +178,8 @@ async fn visible_model(
     tenant: &str,
     name: &str,
 ) -> Result<Arc<super::Model>, ApiError> {
-    let model = gw
-        .registry
+    let registry = gw.registry();
+    let model = registry
         .get(name)
         .filter(|m| m.owner.as_deref().is_none_or(|o| o == tenant))
         .ok_or_else(|| {
@@ -264,8 +264,8 @@ pub async fn models(
         Principal::Tenant(t) => Some((t.as_str(), gw.grants_of(state.ledger(), t).await?)),
         Principal::Admin => None,
     };
-    let data: Vec<Value> = gw
-        .registry
+    let registry = gw.registry();
+    let data: Vec<Value> = registry
         .models()
         .filter(|m| match &grants {
             Some((t, g)) => Gateway::may_call(m, t, g.as_deref()),

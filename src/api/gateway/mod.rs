@@ -19,7 +19,7 @@ pub mod tokenize;
 pub mod usage;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,7 +31,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::error::InputError;
 use crate::ledger::{Ledger, Month, Tier};
 
-pub use registry::{Model, Registry, Upstream};
+pub use registry::{Model, ModelSpec, Registry, Upstream};
 
 /// The HTTP client the gateway speaks to upstreams with (HTTP/1.1, pooled).
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -70,7 +70,10 @@ type MonthCache = HashMap<String, (Instant, Month, BTreeMap<Tier, i64>)>;
 
 /// The gateway's state, shared by its handlers.
 pub struct Gateway {
-    pub registry: Registry,
+    /// The models of the flags (`--upstream`).
+    flags: Registry,
+    /// What is served now: the flags' models and those found on a cluster.
+    registry: RwLock<Arc<Registry>>,
     client: HttpClient,
     tpm: limits::TokenBuckets,
     recorder: recorder::Recorder,
@@ -110,7 +113,8 @@ impl Gateway {
             metrics.backlog.clone(),
         );
         Ok(Gateway {
-            registry: models,
+            registry: RwLock::new(Arc::new(models.clone())),
+            flags: models,
             client,
             tpm: limits::TokenBuckets::new(config.tokens_per_minute),
             recorder,
@@ -119,6 +123,21 @@ impl Gateway {
             grants: Mutex::new(HashMap::new()),
             month,
         })
+    }
+
+    /// The models served now.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Serves the flags' models and `found` (a cluster's, replacing the
+    /// previous ones).
+    pub fn set_discovered(&self, found: Vec<ModelSpec>) {
+        let next = Arc::new(self.registry().with_discovered(&self.flags, found));
+        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = next;
     }
 
     /// Milliseconds since the gateway started (the routing clock).

@@ -112,8 +112,20 @@ impl Model {
     }
 }
 
+/// A model found on a cluster (an InferenceService served through the
+/// gateway): plain data, so the gateway knows nothing of Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub tier: Tier,
+    /// The tenant of a dedicated service; `None` when it is offered to all.
+    pub owner: Option<String>,
+    /// (base URL `http://IP:PORT`, region) of each ready replica.
+    pub upstreams: Vec<(String, String)>,
+}
+
 /// Every model the gateway serves, by name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
     models: BTreeMap<String, Arc<Model>>,
 }
@@ -177,9 +189,40 @@ impl Registry {
         Ok(Registry { models })
     }
 
-    /// Adds (or replaces) a model.
-    pub fn insert(&mut self, model: Model) {
-        self.models.insert(model.name.clone(), Arc::new(model));
+    /// This registry with `found` (models discovered on a cluster) added:
+    /// a name already here (from `--upstream`) keeps its flags' upstreams,
+    /// and an upstream already known by its URL keeps its routing state
+    /// (requests in flight, when it was seen down).
+    pub fn with_discovered(&self, base: &Registry, found: Vec<ModelSpec>) -> Registry {
+        let known: BTreeMap<&str, &Arc<Upstream>> = self
+            .models
+            .values()
+            .flat_map(|m| m.upstreams.iter())
+            .map(|u| (u.base.as_str(), u))
+            .collect();
+        let mut models = base.models.clone();
+        for spec in found {
+            if models.contains_key(&spec.name) {
+                tracing::warn!(model = %spec.name, "a discovered model has the name of another; it is left out");
+                continue;
+            }
+            let upstreams = spec
+                .upstreams
+                .iter()
+                .map(|(url, region)| match known.get(url.as_str()) {
+                    Some(u) if u.region == *region => Arc::clone(u),
+                    _ => Arc::new(Upstream::new(url, region)),
+                })
+                .collect();
+            let model = Model {
+                name: spec.name.clone(),
+                tier: spec.tier,
+                owner: spec.owner,
+                upstreams,
+            };
+            models.insert(spec.name, Arc::new(model));
+        }
+        Registry { models }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
@@ -295,5 +338,31 @@ mod tests {
         assert_eq!(m.pick(Some("east"), 200, &[0, 1]), None);
         // back after DOWN_FOR_MS
         assert_eq!(m.pick(Some("east"), 100 + DOWN_FOR_MS, &[1]), Some(2));
+    }
+
+    #[test]
+    fn discovered_models_join_the_flags_and_keep_their_upstreams_state() {
+        let flags = reg(&["qwen=http://a:1"], &[]).unwrap();
+        let spec = |url: &str| ModelSpec {
+            name: "chat".into(),
+            tier: Tier::Industry,
+            owner: Some("acme".into()),
+            upstreams: vec![(url.into(), "gansu".into())],
+        };
+        let clash = ModelSpec {
+            name: "qwen".into(),
+            ..spec("http://x:1")
+        };
+        let first = flags.with_discovered(&flags, vec![spec("http://10.0.0.1:8000"), clash]);
+        assert_eq!(first.get("qwen").unwrap().upstreams[0].base, "http://a:1");
+        let chat = first.get("chat").unwrap();
+        assert_eq!(chat.owner.as_deref(), Some("acme"));
+        let _busy = chat.upstreams[0].begin();
+        // The next refresh finds the same pod: its in-flight count carries over.
+        let second = first.with_discovered(&flags, vec![spec("http://10.0.0.1:8000")]);
+        assert_eq!(second.get("chat").unwrap().upstreams[0].outstanding(), 1);
+        // A pod gone: the model goes with its last replica.
+        let third = second.with_discovered(&flags, vec![]);
+        assert!(third.get("chat").is_none());
     }
 }
