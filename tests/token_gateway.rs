@@ -343,12 +343,14 @@ fn a_client_gone_mid_stream_is_billed_what_was_delivered() {
 fn a_refused_connection_goes_to_another_upstream_and_none_left_is_503() {
     let rt = runtime();
     let (live, seen) = fake(&rt, true, 0);
+    let (east, east_seen) = fake(&rt, true, 0);
     let dead = dead_port();
     let s = start(
         rt,
         &[
             format!("m=http://127.0.0.1:{dead}"),
             format!("m=http://{live}"),
+            format!("m@east=http://{east}"),
             format!("gone=http://127.0.0.1:{dead}"),
         ],
         &[],
@@ -357,6 +359,18 @@ fn a_refused_connection_goes_to_another_upstream_and_none_left_is_503() {
     let key = s.tenant("acme");
     let r = s.post("/v1/chat/completions", &key, chat("m", "a", 2, false));
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(seen.lock().unwrap().calls, 1);
+    // A caller in a region is served by that region's upstream.
+    let resp = s
+        .client
+        .post(format!("{}/v1/chat/completions", s.base))
+        .bearer_auth(&key)
+        .header("X-Zhisuan-Region", "east")
+        .json(&chat("m", "a", 2, false))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(east_seen.lock().unwrap().calls, 1);
     assert_eq!(seen.lock().unwrap().calls, 1);
     let r = s.post("/v1/chat/completions", &key, chat("gone", "a", 2, false));
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
@@ -368,9 +382,23 @@ fn a_refused_connection_goes_to_another_upstream_and_none_left_is_503() {
         "{}",
         r.text
     );
-    let calls = s.calls(&key, 2);
-    assert_eq!(calls[0]["upstream"], format!("http://{live}"));
-    assert_eq!(calls[1]["status"], 503);
+    let calls = s.calls(&key, 3);
+    let count = |f: &dyn Fn(&Value) -> bool| calls.iter().filter(|c| f(c)).count();
+    assert_eq!(
+        count(&|c| c["upstream"] == format!("http://{live}") && c["status"] == 200),
+        1,
+        "{calls:?}"
+    );
+    assert_eq!(
+        count(&|c| c["upstream"] == format!("http://{east}") && c["region"] == "east"),
+        1,
+        "{calls:?}"
+    );
+    assert_eq!(
+        count(&|c| c["model"] == "gone" && c["status"] == 503),
+        1,
+        "{calls:?}"
+    );
     let metrics = s
         .client
         .get(format!("{}/metrics", s.base))

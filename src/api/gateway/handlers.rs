@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, Response};
+use axum::http::{header, HeaderMap, Response};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,6 +23,10 @@ use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::openapi::StdErrors;
 use crate::api::{ApiError, ApiState};
 use crate::ledger::{CallQuery, CallRecord, Month};
+
+/// The request header naming the caller's region: upstreams there are
+/// preferred (OpenAI clients can send it as an extra header).
+pub const REGION_HEADER: &str = "x-zhisuan-region";
 
 /// Largest request body of a model call (prompts are larger than the rest
 /// of the API's bodies).
@@ -55,9 +59,10 @@ pub fn routes() -> Router<ApiState> {
 pub async fn chat(
     State(s): State<ApiState>,
     c: KeyCaller,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    call(s, c, "chat/completions", body).await
+    call(s, c, "chat/completions", &headers, body).await
 }
 
 /// OpenAI text completions through the gateway.
@@ -71,9 +76,10 @@ pub async fn chat(
 pub async fn completions(
     State(s): State<ApiState>,
     c: KeyCaller,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    call(s, c, "completions", body).await
+    call(s, c, "completions", &headers, body).await
 }
 
 /// OpenAI embeddings through the gateway (prompt tokens only).
@@ -87,9 +93,10 @@ pub async fn completions(
 pub async fn embeddings(
     State(s): State<ApiState>,
     c: KeyCaller,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    call(s, c, "embeddings", body).await
+    call(s, c, "embeddings", &headers, body).await
 }
 
 fn tenant_of(c: &KeyCaller) -> Result<&str, ApiError> {
@@ -107,6 +114,7 @@ async fn call(
     state: ApiState,
     caller: KeyCaller,
     endpoint: &'static str,
+    headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let started = Instant::now();
@@ -155,6 +163,23 @@ async fn call(
     };
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(ApiError::internal)?;
+    let user_region = match headers.get(REGION_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|r| !r.is_empty() && r.len() <= 63)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        REGION_HEADER,
+                        format!(
+                            "{REGION_HEADER}: must be a region name (GET /v1/regions lists them)"
+                        ),
+                    )
+                })?
+                .to_string(),
+        ),
+    };
     let call = Call {
         gw,
         model,
@@ -165,6 +190,7 @@ async fn call(
         request,
         started,
         at,
+        user_region,
     };
     forward(call, body, stream).await
 }

@@ -37,6 +37,8 @@ pub(super) struct Call {
     pub request: Value,
     pub started: Instant,
     pub at: DateTime<Utc>,
+    /// The caller's region (`X-Zhisuan-Region`): its upstreams first.
+    pub user_region: Option<String>,
 }
 
 /// How a call ended, for its record.
@@ -166,7 +168,10 @@ async fn send(
     let gw = &call.gw;
     let mut tried = Vec::new();
     loop {
-        let Some(i) = call.model.pick(None, gw.now_ms(), &tried) else {
+        let Some(i) = call
+            .model
+            .pick(call.user_region.as_deref(), gw.now_ms(), &tried)
+        else {
             return Err(ApiError::unavailable(format!(
                 "model `{}` has no healthy upstream now ({} tried); retry in a few seconds",
                 call.model.name,
