@@ -734,17 +734,7 @@ impl Ledger {
             )?;
             if let Some(r) = existing.first() {
                 let v = voucher_from_row(r)?;
-                let same = v.tenant == voucher.tenant
-                    && v.issuer == voucher.issuer
-                    && v.face_value_fen == voucher.face_value_fen
-                    && v.copay_ratio_bp == voucher.copay_ratio_bp
-                    && v.valid_from == voucher.valid_from
-                    && v.valid_until == voucher.valid_until
-                    && v.regions == voucher.regions
-                    && v.kinds == voucher.kinds
-                    && v.tiers == voucher.tiers
-                    && v.models == voucher.models;
-                return if same { Ok(v) } else { Err(LedgerError::Conflict { what: "voucher", id: id.clone() }) };
+                return if v.issued_as(spec) { Ok(v) } else { Err(LedgerError::Conflict { what: "voucher", id: id.clone() }) };
             }
             tx.exec(
                 &format!("INSERT INTO vouchers ({VOUCHER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0)"),

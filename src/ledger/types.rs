@@ -558,6 +558,35 @@ pub struct Voucher {
 }
 
 impl Voucher {
+    /// Is this the voucher `spec` issues (same terms; kinds and tiers in any
+    /// order, times to the second)? A voucher is issued once: a spec that
+    /// differs is an edit, refused.
+    pub fn issued_as(&self, spec: &VoucherSpec) -> bool {
+        let sorted = |v: &[ChargeKind]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let tiers = |v: &[Tier]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v.dedup();
+            v
+        };
+        spec.id.as_deref().is_none_or(|id| id == self.id)
+            && self.tenant == spec.tenant
+            && self.issuer == spec.issuer
+            && self.face_value_fen == spec.face_value_fen
+            && self.copay_ratio_bp == spec.copay_ratio_bp
+            && self.valid_from.timestamp() == spec.valid_from.timestamp()
+            && self.valid_until.timestamp() == spec.valid_until.timestamp()
+            && self.regions == spec.regions
+            && sorted(&self.kinds) == sorted(&spec.kinds)
+            && tiers(&self.tiers) == tiers(&spec.tiers)
+            && self.models == spec.models
+    }
+
     /// May this voucher pay a `kind` charge in `region` for the interval [start, end)?
     /// The whole interval must lie inside the validity window.
     /// `token` is the (tier, model) of a token charge: a model voucher

@@ -17,6 +17,7 @@
 //!   answered);
 //! - act: [`sync_vouchers`] lists, issues, patches statuses.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -106,19 +107,36 @@ pub fn status_of(issued: Issued, id: Option<&str>) -> ComputeVoucherStatus {
     }
 }
 
+/// Why an edited spec is not applied.
+fn edit_refused(id: &str) -> String {
+    format!(
+        "the ledger holds voucher {id} as first issued; spec edits are not applied (apply a new ComputeVoucher for a new grant)"
+    )
+}
+
 /// The voucher as the ledger holds it for `cv`, issuing it if it is not
-/// there yet (blocking: the ledger's I/O).
-pub fn issue(ledger: &Ledger, cv: &ComputeVoucher) -> Issued {
+/// there yet (blocking: the ledger's I/O). `known`: the ledger's vouchers
+/// read once for the round — one already issued is answered from them,
+/// without a write.
+pub fn issue(ledger: &Ledger, cv: &ComputeVoucher, known: &[Voucher]) -> Issued {
     let spec = match voucher_spec(cv) {
         Ok(s) => s,
         Err(why) => return Issued::Refused(why),
     };
+    if let Some(v) = known
+        .iter()
+        .find(|v| spec.id.as_deref() == Some(v.id.as_str()))
+    {
+        return if v.issued_as(&spec) {
+            Issued::Yes(v.clone())
+        } else {
+            Issued::Edited(v.clone(), edit_refused(&v.id))
+        };
+    }
     match ledger.issue_voucher(&actor(&cv.name_any()), &spec) {
         Ok(v) => Issued::Yes(v),
         Err(LedgerError::Conflict { id, .. }) => {
-            let why = format!(
-                "the ledger holds voucher {id} as first issued; spec edits are not applied (apply a new ComputeVoucher for a new grant)"
-            );
+            let why = edit_refused(&id);
             match ledger.vouchers(None) {
                 Ok(all) => match all.into_iter().find(|v| v.id == id) {
                     Some(v) => Issued::Edited(v, why),
@@ -138,11 +156,13 @@ pub fn issue(ledger: &Ledger, cv: &ComputeVoucher) -> Issued {
 /// step with the ledger. Returns how many statuses were written.
 pub async fn sync_vouchers(api: &Api<ComputeVoucher>, ledger: &Ledger) -> anyhow::Result<usize> {
     let list = api.list(&ListParams::default()).await?;
+    let l = ledger.clone();
+    let known = Arc::new(tokio::task::spawn_blocking(move || l.vouchers(None)).await??);
     let mut written = 0;
     for cv in list.items {
         let id = cv.uid().map(|u| ledger_id(&u));
-        let (l, obj) = (ledger.clone(), cv.clone());
-        let issued = tokio::task::spawn_blocking(move || issue(&l, &obj)).await?;
+        let (l, obj, known) = (ledger.clone(), cv.clone(), known.clone());
+        let issued = tokio::task::spawn_blocking(move || issue(&l, &obj, &known)).await?;
         let status = status_of(issued, id.as_deref());
         if cv.status.as_ref() == Some(&status) {
             continue;
@@ -206,7 +226,7 @@ mod tests {
     fn a_voucher_is_issued_once_under_its_uid_and_edits_are_refused() {
         let ledger = Ledger::open(":memory:").unwrap();
         // No tenant yet: refused, naming the field and the fix.
-        let Issued::Refused(why) = issue(&ledger, &cv(100_000)) else {
+        let Issued::Refused(why) = issue(&ledger, &cv(100_000), &[]) else {
             panic!("issued to an unknown tenant")
         };
         assert!(
@@ -214,19 +234,36 @@ mod tests {
             "{why}"
         );
         ledger.create_tenant("admin", "acme", None).unwrap();
-        let Issued::Yes(v) = issue(&ledger, &cv(100_000)) else {
+        let Issued::Yes(v) = issue(&ledger, &cv(100_000), &[]) else {
             panic!("not issued")
         };
         assert_eq!(v.id, "cv-u-1");
         // Issued again (a retry, a restart, the next leader): the same one.
-        assert_eq!(issue(&ledger, &cv(100_000)), Issued::Yes(v.clone()));
+        assert_eq!(issue(&ledger, &cv(100_000), &[]), Issued::Yes(v.clone()));
         assert_eq!(ledger.vouchers(Some("acme")).unwrap().len(), 1);
         // An edited face value is not applied; the status keeps the balance.
-        let s = status_of(issue(&ledger, &cv(999_999)), Some("cv-u-1"));
+        let s = status_of(issue(&ledger, &cv(999_999), &[]), Some("cv-u-1"));
         let message = s.message.clone().unwrap_or_default();
         assert!(message.contains("spec edits are not applied"), "{s:?}");
         assert_eq!(s.balance_fen, 100_000);
         assert_eq!(ledger.vouchers(None).unwrap()[0].face_value_fen, 100_000);
+        // A round that read the ledger's vouchers first answers an issued
+        // one from them, with no write (checked against a ledger without
+        // the tenant, where a write would be refused).
+        let other = Ledger::open(":memory:").unwrap();
+        assert_eq!(
+            issue(&other, &cv(100_000), &[v.clone()]),
+            Issued::Yes(v.clone())
+        );
+        let Issued::Edited(_, why) = issue(&other, &cv(999_999), &[v.clone()]) else {
+            panic!("an edit was not refused")
+        };
+        assert!(why.contains("spec edits are not applied"), "{why}");
+        // (without the round's vouchers it writes, and that ledger refuses)
+        assert!(matches!(
+            issue(&other, &cv(100_000), &[]),
+            Issued::Refused(_)
+        ));
         let s = status_of(Issued::Yes(v), None);
         assert_eq!((s.balance_fen, s.redeemed_fen), (100_000, 0));
         assert_eq!(s.phase.as_deref(), Some("Issued"));
