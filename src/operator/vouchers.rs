@@ -252,10 +252,10 @@ mod tests {
         // the tenant, where a write would be refused).
         let other = Ledger::open(":memory:").unwrap();
         assert_eq!(
-            issue(&other, &cv(100_000), &[v.clone()]),
+            issue(&other, &cv(100_000), std::slice::from_ref(&v)),
             Issued::Yes(v.clone())
         );
-        let Issued::Edited(_, why) = issue(&other, &cv(999_999), &[v.clone()]) else {
+        let Issued::Edited(_, why) = issue(&other, &cv(999_999), std::slice::from_ref(&v)) else {
             panic!("an edit was not refused")
         };
         assert!(why.contains("spec edits are not applied"), "{why}");
