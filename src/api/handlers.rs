@@ -2,6 +2,7 @@
 //! the fix), checks the caller's role, then calls the ledger or the job backend.
 
 use crate::jobs::gpus_to_milli;
+use crate::ledger::Tier;
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::{Path, State};
@@ -15,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Admin, TenantCaller};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
-use super::jobs::{GpuUse, JobKind, JobPage, JobSpec, JobView, RegionView, TokenTier, MAX_PAGE};
+use super::jobs::{GpuUse, JobKind, JobPage, JobSpec, JobView, RegionView, MAX_PAGE};
 use super::openapi::StdErrors;
 use super::ApiState;
 use crate::ledger::{
@@ -590,7 +591,7 @@ pub struct JobRequest {
     pub user_region: Option<String>,
     /// Inference only: token price tier.
     #[serde(default)]
-    pub token_tier: Option<TokenTier>,
+    pub token_tier: Option<Tier>,
     /// Stop after this many seconds, 1..=31536000.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 31536000)]
@@ -727,7 +728,7 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
         latency_slo_ms: r.latency_slo_ms,
         user_region: r.user_region,
         token_tier: if inference {
-            Some(r.token_tier.unwrap_or(TokenTier::Basic))
+            Some(r.token_tier.unwrap_or(Tier::Basic))
         } else {
             None
         },
@@ -1094,7 +1095,7 @@ mod tests {
         let mut r = job();
         r.kind = JobKind::Inference;
         let spec = validate_job("a", r).unwrap();
-        assert_eq!(spec.token_tier, Some(TokenTier::Basic));
+        assert_eq!(spec.token_tier, Some(Tier::Basic));
     }
 
     #[test]

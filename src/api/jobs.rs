@@ -9,31 +9,14 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::ledger::Tier;
+
 /// Training (batch, latency-tolerant) or inference (a long-running service).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     Training,
     Inference,
-}
-
-/// Token price tiers (basic / industry / high-value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenTier {
-    Basic,
-    Industry,
-    HighValue,
-}
-
-impl TokenTier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TokenTier::Basic => "basic",
-            TokenTier::Industry => "industry",
-            TokenTier::HighValue => "high_value",
-        }
-    }
 }
 
 /// A validated job submission (see the API's `JobRequest` for the rules).
@@ -56,7 +39,7 @@ pub struct JobSpec {
     pub region: Option<String>,
     pub latency_slo_ms: Option<u32>,
     pub user_region: Option<String>,
-    pub token_tier: Option<TokenTier>,
+    pub token_tier: Option<Tier>,
     pub max_runtime_s: Option<u64>,
 }
 

@@ -1,5 +1,6 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
+use crate::ledger::Tier;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -9,9 +10,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
-use super::jobs::{
-    Explanation, GpuUse, JobKind, JobPhase, JobView, RegionView, ReplicaPlacement, TokenTier,
-};
+use super::jobs::{Explanation, GpuUse, JobKind, JobPhase, JobView, RegionView, ReplicaPlacement};
 use crate::ledger::{
     AuditEvent, CallRecord, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher,
     VoucherStatus,
@@ -83,7 +82,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
-        JobKind, JobPhase, JobView, ReplicaPlacement, Explanation, GpuUse, RegionView, TokenTier,
+        JobKind, JobPhase, JobView, ReplicaPlacement, Explanation, GpuUse, RegionView, Tier,
         handlers::Health, handlers::CreateTenantRequest, handlers::CreatedTenant,
         handlers::TenantList, handlers::VoucherRequest, handlers::AuditList,
         handlers::QuotaUse, handlers::QuotaView, handlers::JobRequest, super::jobs::JobPage,

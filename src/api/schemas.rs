@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use utoipa::openapi::{RefOr, Schema};
 
 use crate::ledger::{
-    AuditEvent, CallRecord, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher,
+    AuditEvent, CallRecord, ChargeKind, Quota, Statement, Tenant, Tier, UsageSummary, Voucher,
     VoucherStatus,
 };
 
@@ -376,4 +376,11 @@ ledger_schema!(
             "at": time(),
         }
     })
+);
+
+ledger_schema!(
+    Tier,
+    "TokenTier",
+    json!({"type": "string", "enum": ["basic", "industry", "high_value"],
+           "description": "Token price tier: basic (基础词元), industry (行业词元), high_value (高价值词元)"})
 );

@@ -4,6 +4,7 @@
 //! the tenant label, so one tenant's id is "not found" for another.
 
 use crate::jobs::QuotaSpec;
+use crate::ledger::Tier;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -12,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::api::jobs::{
     BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPage, JobPhase,
-    JobSpec, JobView, RegionView, ReplicaPlacement, TokenTier,
+    JobSpec, JobView, RegionView, ReplicaPlacement,
 };
 
 use super::crd::{ComputeRegion, InferenceService, TenantQuota, TrainingJob, WorkloadStatus};
@@ -55,11 +56,11 @@ fn object_name(tenant: &str, name: &str) -> String {
     s.trim_matches('-').to_string()
 }
 
-fn tier_name(t: TokenTier) -> &'static str {
+fn tier_name(t: Tier) -> &'static str {
     match t {
-        TokenTier::Basic => "basic",
-        TokenTier::Industry => "industry",
-        TokenTier::HighValue => "high-value",
+        Tier::Basic => "basic",
+        Tier::Industry => "industry",
+        Tier::HighValue => "high-value",
     }
 }
 
@@ -111,7 +112,7 @@ impl KubeJobs {
             }
             JobKind::Inference => {
                 s["modelName"] = json!(spec.name);
-                s["tokenTier"] = json!(tier_name(spec.token_tier.unwrap_or(TokenTier::Basic)));
+                s["tokenTier"] = json!(tier_name(spec.token_tier.unwrap_or(Tier::Basic)));
                 if let Some(l) = spec.latency_slo_ms {
                     s["latencySloMs"] = json!(l);
                 }
@@ -419,7 +420,7 @@ mod tests {
             region: Some("ningxia".into()),
             latency_slo_ms: Some(50),
             user_region: Some("beijing".into()),
-            token_tier: Some(TokenTier::HighValue),
+            token_tier: Some(Tier::HighValue),
             max_runtime_s: None,
         };
         let obj = KubeJobs::object(&spec);

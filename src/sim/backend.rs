@@ -3,6 +3,7 @@
 //! behind one `std::sync::Mutex`, taken for a few microseconds per call and
 //! never held across an `.await`.
 
+use crate::ledger::Tier;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::jobs::{
     BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPage, JobPhase,
-    JobSpec, JobView, RegionView, ReplicaPlacement, TokenTier,
+    JobSpec, JobView, RegionView, ReplicaPlacement,
 };
 use crate::jobs::QuotaSpec;
 use crate::ledger::journal::JournalEntry;
@@ -33,7 +34,7 @@ pub enum WorldEvent {
     Submit {
         spec: WorldSpec,
         image: String,
-        token_tier: Option<TokenTier>,
+        token_tier: Option<Tier>,
     },
     Cancel {
         job: JobId,
@@ -92,7 +93,7 @@ fn apply(
 /// What the API keeps beside the world for a job it submitted.
 struct JobExtra {
     image: String,
-    token_tier: Option<TokenTier>,
+    token_tier: Option<Tier>,
 }
 
 /// One tenant's jobs: all of them, the live ones, and what the live ones hold.
@@ -446,7 +447,7 @@ impl WorldBackend {
     }
 
     /// Token tier of a job submitted through the API (for token metering).
-    pub fn token_tier(&self, id: JobId) -> Option<TokenTier> {
+    pub fn token_tier(&self, id: JobId) -> Option<Tier> {
         lock(&self.index).extra.get(&id).and_then(|e| e.token_tier)
     }
 
