@@ -1304,7 +1304,8 @@ async fn invalid_specs_get_a_condition_naming_the_field_and_never_stall() {
 /// controller runs; another tenant sees none of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_jobs_backend_submits_and_isolates_tenants() {
-    use zhisuan::api::jobs::{BackendError, JobBackend, JobKind, JobPhase, JobSpec};
+    use zhisuan::api::jobs::{BackendError, JobBackend, JobKind, JobSpec};
+    use zhisuan::jobs::Phase;
     use zhisuan::operator::jobs::KubeJobs;
     let server = ApiServer::start().await;
     add_node(&server, "gpu-a", "east", "H100", 8).await;
@@ -1328,7 +1329,7 @@ async fn kube_jobs_backend_submits_and_isolates_tenants() {
         max_runtime_s: None,
     };
     let view = jobs.submit(spec.clone()).await.unwrap();
-    assert_eq!(view.phase, JobPhase::Pending);
+    assert_eq!(view.phase, Phase::Pending);
     assert!(matches!(
         jobs.submit(spec).await,
         Err(BackendError::Conflict(_))
@@ -1337,7 +1338,7 @@ async fn kube_jobs_backend_submits_and_isolates_tenants() {
     eventually(15, "running via the API backend", || async {
         jobs.get("acme", &id)
             .await
-            .is_ok_and(|v| v.phase == JobPhase::Running && v.placement.len() == 2)
+            .is_ok_and(|v| v.phase == Phase::Running && v.placement.len() == 2)
     })
     .await;
     assert!(matches!(
@@ -1352,7 +1353,7 @@ async fn kube_jobs_backend_submits_and_isolates_tenants() {
     assert_eq!(jobs.gpu_use("acme").await.unwrap().total_milli, 4000);
     assert_eq!(
         jobs.cancel("acme", &id).await.unwrap().phase,
-        JobPhase::Cancelled
+        Phase::Cancelled
     );
     eventually(15, "cancelled job and its pods are gone", || async {
         jobs.list("acme", None, 10).await.unwrap().jobs.is_empty()

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::jobs::Phase;
 use crate::ledger::Tier;
 
 /// Training (batch, latency-tolerant) or inference (a long-running service).
@@ -50,23 +51,6 @@ impl JobSpec {
     }
 }
 
-/// Lifecycle phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobPhase {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl JobPhase {
-    pub fn is_active(self) -> bool {
-        matches!(self, JobPhase::Pending | JobPhase::Running)
-    }
-}
-
 /// Where one replica runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReplicaPlacement {
@@ -96,7 +80,7 @@ pub struct JobView {
     pub id: String,
     pub name: String,
     pub kind: JobKind,
-    pub phase: JobPhase,
+    pub phase: Phase,
     pub replicas: u32,
     pub gpu_milli_per_replica: u32,
     pub gpu_models: Vec<String>,

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
-use super::jobs::{Explanation, GpuUse, JobKind, JobPhase, JobView, RegionView, ReplicaPlacement};
+use super::jobs::{Explanation, GpuUse, JobKind, JobView, RegionView, ReplicaPlacement};
 use crate::ledger::{
     AuditEvent, CallRecord, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher,
     VoucherStatus,
@@ -82,7 +82,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
-        JobKind, JobPhase, JobView, ReplicaPlacement, Explanation, GpuUse, RegionView, Tier,
+        JobKind, crate::jobs::Phase, JobView, ReplicaPlacement, Explanation, GpuUse, RegionView, Tier,
         handlers::Health, handlers::CreateTenantRequest, handlers::CreatedTenant,
         handlers::TenantList, handlers::VoucherRequest, handlers::AuditList,
         handlers::QuotaUse, handlers::QuotaView, handlers::JobRequest, super::jobs::JobPage,

@@ -384,3 +384,9 @@ ledger_schema!(
     json!({"type": "string", "enum": ["basic", "industry", "high_value"],
            "description": "Token price tier: basic (基础词元), industry (行业词元), high_value (高价值词元)"})
 );
+
+ledger_schema!(
+    crate::jobs::Phase,
+    "JobPhase",
+    json!({"type": "string", "enum": ["pending", "running", "succeeded", "failed", "cancelled"]})
+);

@@ -38,7 +38,7 @@ impl JobTracker {
             match j.phase {
                 Phase::Running => running += 1,
                 Phase::Pending => pending += 1,
-                Phase::Succeeded | Phase::Cancelled => {
+                Phase::Succeeded | Phase::Failed | Phase::Cancelled => {
                     if *was_started {
                         finished += 1;
                     }

@@ -3,10 +3,12 @@
 //! cluster of `zhisuan sim`, the demo and `zhisuan api --backend world`.
 //! Imports no edge module (`operator`, `api`, `telemetry`, `sim`, `demo`).
 
+mod phase;
 mod status;
 mod vendor;
 mod view;
 
+pub use phase::Phase;
 pub use status::*;
 pub use vendor::*;
 pub use view::*;

@@ -3,6 +3,7 @@
 //! labelled with its tenant; the controller does the rest. Every read checks
 //! the tenant label, so one tenant's id is "not found" for another.
 
+use crate::jobs::Phase;
 use crate::jobs::QuotaSpec;
 use crate::ledger::Tier;
 use futures::future::BoxFuture;
@@ -12,8 +13,8 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
 use crate::api::jobs::{
-    BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPage, JobPhase,
-    JobSpec, JobView, RegionView, ReplicaPlacement,
+    BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPage, JobSpec,
+    JobView, RegionView, ReplicaPlacement,
 };
 
 use super::crd::{ComputeRegion, InferenceService, TenantQuota, TrainingJob, WorkloadStatus};
@@ -141,13 +142,10 @@ impl KubeJobs {
         let milli = spec["gpuMilli"]
             .as_u64()
             .unwrap_or_else(|| spec["gpusPerReplica"].as_u64().unwrap_or(0) * 1000);
-        let phase = match status.phase.as_deref() {
-            Some("Running") => JobPhase::Running,
-            Some("Succeeded") => JobPhase::Succeeded,
-            Some("Failed") => JobPhase::Failed,
-            _ if obj.metadata.deletion_timestamp.is_some() => JobPhase::Cancelled,
-            _ => JobPhase::Pending,
-        };
+        let phase = Phase::of_status(
+            status.phase.as_deref(),
+            obj.metadata.deletion_timestamp.is_some(),
+        );
         let region = status.placement.as_ref().and_then(|p| p.region.clone());
         let placement = status
             .placement
@@ -342,7 +340,7 @@ impl JobBackend for KubeJobs {
                 .await
                 .map_err(kube_error)?;
             let mut view = Self::view(kind, &obj);
-            view.phase = JobPhase::Cancelled;
+            view.phase = Phase::Cancelled;
             Ok(view)
         }
         .boxed()
@@ -358,7 +356,7 @@ impl JobBackend for KubeJobs {
                 }
                 let milli = job.replicas as u64 * job.gpu_milli_per_replica as u64;
                 out.total_milli += milli;
-                out.pending_jobs += u64::from(job.phase == JobPhase::Pending);
+                out.pending_jobs += u64::from(job.phase == Phase::Pending);
                 for m in &job.gpu_models {
                     *out.by_model_milli.entry(m.clone()).or_default() += milli;
                 }

@@ -12,8 +12,8 @@ use futures::future::{ready, BoxFuture, FutureExt};
 use serde::{Deserialize, Serialize};
 
 use crate::api::jobs::{
-    BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPage, JobPhase,
-    JobSpec, JobView, RegionView, ReplicaPlacement,
+    BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPage, JobSpec,
+    JobView, RegionView, ReplicaPlacement,
 };
 use crate::jobs::QuotaSpec;
 use crate::ledger::journal::JournalEntry;
@@ -195,12 +195,7 @@ fn view(world: &World, index: &Index, id: JobId) -> Option<JobView> {
     let w = world.job_view(id)?;
     let state = world.job(id)?;
     let extra = index.extra.get(&id);
-    let phase = match w.phase {
-        Phase::Pending => JobPhase::Pending,
-        Phase::Running => JobPhase::Running,
-        Phase::Succeeded => JobPhase::Succeeded,
-        Phase::Cancelled => JobPhase::Cancelled,
-    };
+    let phase = w.phase;
     let region = w.region.clone();
     let placement = w
         .replicas
@@ -216,10 +211,10 @@ fn view(world: &World, index: &Index, id: JobId) -> Option<JobView> {
         })
         .collect();
     let mut summary = w.explanation.summary.clone();
-    if summary.is_empty() || (phase == JobPhase::Pending && state.message.is_some()) {
+    if summary.is_empty() || (phase == Phase::Pending && state.message.is_some()) {
         summary = match (phase, w.pending_reason, &state.message) {
-            (JobPhase::Pending, _, Some(m)) => format!("pending: {m}"),
-            (JobPhase::Pending, Some(r), None) => format!("pending: {r}"),
+            (Phase::Pending, _, Some(m)) => format!("pending: {m}"),
+            (Phase::Pending, Some(r), None) => format!("pending: {r}"),
             (p, _, _) => format!("{p:?}").to_lowercase(),
         };
     }
@@ -813,7 +808,7 @@ mod tests {
     fn jobs_are_scoped_to_their_tenant_and_names_are_unique_while_live() {
         let b = backend();
         let job = block(b.submit(spec("acme", "a", 2))).unwrap();
-        assert_eq!(job.phase, JobPhase::Running);
+        assert_eq!(job.phase, Phase::Running);
         assert_eq!(job.placement.len(), 1);
         assert_eq!(job.placement[0].devices.len(), 2);
         assert!(!job.explanation.summary.is_empty());
@@ -835,7 +830,7 @@ mod tests {
         let held = block(b.gpu_use("acme")).unwrap();
         assert_eq!(held.total_milli, 2000);
         let done = block(b.cancel("acme", &job.id)).unwrap();
-        assert_eq!(done.phase, JobPhase::Cancelled);
+        assert_eq!(done.phase, Phase::Cancelled);
         assert_eq!(block(b.gpu_use("acme")).unwrap().total_milli, 0);
         // The name is free again once the job is over.
         assert!(block(b.submit(spec("acme", "a", 1))).is_ok());
@@ -850,10 +845,10 @@ mod tests {
         };
         block(b.project_quota("acme", None, &quota)).unwrap();
         let first = block(b.submit(spec("acme", "first", 4))).unwrap();
-        assert_eq!(first.phase, JobPhase::Running);
+        assert_eq!(first.phase, Phase::Running);
         // The API would refuse this at submission; the world refuses it at admission.
         let second = block(b.submit(spec("acme", "second", 2))).unwrap();
-        assert_eq!(second.phase, JobPhase::Pending, "{second:?}");
+        assert_eq!(second.phase, Phase::Pending, "{second:?}");
         assert_eq!(block(b.gpu_use("acme")).unwrap().pending_jobs, 1);
         assert!(
             second.explanation.detail.to_string().contains("quota"),
@@ -868,7 +863,7 @@ mod tests {
         // Capacity under the limit frees when the first job ends; the second starts.
         block(b.cancel("acme", &first.id)).unwrap();
         let second = block(b.get("acme", &second.id)).unwrap();
-        assert_eq!(second.phase, JobPhase::Running, "{second:?}");
+        assert_eq!(second.phase, Phase::Running, "{second:?}");
     }
 
     #[test]
@@ -892,7 +887,7 @@ mod tests {
     fn metered_intervals_become_ledger_records() {
         let b = backend();
         let job = block(b.submit(spec("acme", "m", 2))).unwrap();
-        assert_eq!(job.phase, JobPhase::Running);
+        assert_eq!(job.phase, Phase::Running);
         let usage = b.advance_to(1_790_000_000 + 600 + 1);
         assert!(!usage.is_empty());
         let records = b.with_world(|w| super::usage_records(w.catalog(), &usage));

@@ -72,15 +72,8 @@ impl Default for WorldConfig {
 /// that it is dropped (the API answers 404 for it); its usage is in the ledger.
 pub const KEEP_FINISHED_S: i64 = 24 * 3600;
 
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Pending,
-    Running,
-    Succeeded,
-    Cancelled,
-}
+/// Where a job is in its life (the job contract's one phase type).
+pub use crate::jobs::Phase;
 
 /// One replica's place: node name and device indices.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -548,7 +541,7 @@ impl World {
                 self.finish(id, now, Phase::Cancelled);
                 self.schedule();
             }
-            Phase::Succeeded | Phase::Cancelled => {}
+            Phase::Succeeded | Phase::Failed | Phase::Cancelled => {}
         }
         Some(self.jobs[id].phase)
     }
