@@ -396,6 +396,21 @@ fn the_rendered_chart_is_valid_on_the_two_newest_kubernetes_minors() {
     let probe = &agent["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
     assert_eq!(probe["httpGet"]["path"], "/readyz", "{agent}");
 
+    // The token gateway's servers outside the cluster become the API's flags.
+    let docs = render_and_validate(serde_json::json!({"api": {"gateway": {
+        "upstreams": [{"name": "qwen", "url": "http://10.0.0.5:8000", "region": "gansu", "tier": "industry"},
+                      {"name": "bge", "url": "http://10.0.0.9:8000"}],
+        "tokensPerMinute": 5000}}}));
+    let args = container_args(workload(&docs, "Deployment", "zs-zhisuan-api"));
+    for flag in [
+        "--upstream=qwen@gansu=http://10.0.0.5:8000",
+        "--upstream-tier=qwen=industry",
+        "--upstream=bge=http://10.0.0.9:8000",
+        "--tokens-per-minute=5000",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} not in {args:?}");
+    }
+
     // PostgreSQL: the URL comes from the mounted Secret, in no environment variable.
     let docs = render_and_validate(serde_json::json!({
         "ledger": {"backend": "postgres", "postgres": {"existingSecret": "zhisuan-pg"}},

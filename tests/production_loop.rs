@@ -253,7 +253,7 @@ async fn kubelet(server: &ApiServer, pod: &str, start: i64, end: Option<i64>) {
 
 /// Σ over the grid windows of one run: (milli-GPU-s, gross fen, voucher fen)
 /// as the ledger's documented rules price them (each window its own record,
-/// rounded half up; the voucher pays floor(gross × co-pay) of each).
+/// rounded half up; the voucher pays floor(Σ gross × co-pay) over them all).
 fn expected(milli: i64, start: i64, end: i64, fen_per_hour: i64, copay_bp: i64) -> (i64, i64, i64) {
     let (mut gpu_s, mut gross, mut voucher) = (0, 0, 0);
     let mut w = start.div_euclid(PERIOD) * PERIOD;
@@ -263,9 +263,12 @@ fn expected(milli: i64, start: i64, end: i64, fen_per_hour: i64, copay_bp: i64) 
         let g = (2 * ms * fen_per_hour + 3_600_000) / 7_200_000;
         gpu_s += ms;
         gross += g;
-        voucher += g * copay_bp / 10_000;
         w += PERIOD;
     }
+    // The voucher's co-pay is taken of the running total of the charges it
+    // shared: over all of them, the co-pay of their sum (each 3-fen window
+    // alone would give 1 fen: a third, not half).
+    voucher += gross * copay_bp / 10_000;
     (gpu_s, gross, voucher)
 }
 

@@ -151,6 +151,33 @@ impl Server {
     }
 }
 
+/// The statement's token line of `tier`.
+fn tier_line(statement: &Value, tier: &str) -> Value {
+    statement["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["tier"] == tier)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {tier} line in {statement}"))
+}
+
+/// Reads a streamed answer until `n` events arrived; returns what was read.
+fn read_events(resp: &mut reqwest::blocking::Response, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.windows(5).filter(|w| w == b"data:").count() < n {
+        let read = resp.read(&mut buf).unwrap();
+        assert!(
+            read > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..read]);
+    }
+    got
+}
+
 fn chat(model: &str, words: &str, max_tokens: i64, stream: bool) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": words}],
            "max_tokens": max_tokens, "stream": stream})
@@ -285,15 +312,7 @@ fn every_call_is_billed_once_exactly_or_estimated_and_audited_without_its_text()
     }
     // The statement prices the tokens by tier: industry 3+4 prompt, 7+4 completion; basic 4 + 6.
     let st = s.statement_tokens(&key);
-    let line = |tier: &str| {
-        st["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["tier"] == tier)
-            .cloned()
-            .unwrap()
-    };
+    let line = |tier: &str| tier_line(&st, tier);
     assert_eq!(
         (
             line("industry")["prompt_tokens"].as_i64(),
@@ -323,12 +342,7 @@ fn a_client_gone_mid_stream_is_billed_what_was_delivered() {
         .json(&chat("slow", "hello there", 200, true))
         .send()
         .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 256];
-    while got.windows(5).filter(|w| w == b"data:").count() < 3 {
-        let n = resp.read(&mut buf).unwrap();
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_events(&mut resp, 3);
     drop(resp);
     let calls = s.calls(&key, 1);
     let c = &calls[0];
@@ -538,15 +552,7 @@ fn a_model_voucher_pays_its_share_of_its_tier_on_the_statement() {
     }
     s.calls(&key, 200);
     let st = s.statement_tokens(&key);
-    let line = |tier: &str| {
-        st["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["tier"] == tier)
-            .cloned()
-            .unwrap()
-    };
+    let line = |tier: &str| tier_line(&st, tier);
     // high_value: 200 prompt × 16 fen/ktok... = (200×1600 + 10000×4800) / 1e6 = 48.32 fen → 48
     let hv = line("high_value");
     assert_eq!(hv["gross_fen"], 48, "{st}");
@@ -788,17 +794,7 @@ fn real_server_exact_usage_and_estimates_within_one_token() {
         .json(&real_chat(true))
         .send()
         .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 64];
-    while got.windows(5).filter(|w| w == b"data:").count() < 4 {
-        let n = resp.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "stream ended early: {}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_events(&mut resp, 4);
     drop(resp);
     let calls = s.calls(&key, 3);
     let exact = &calls[0];
@@ -839,13 +835,7 @@ fn real_server_exact_usage_and_estimates_within_one_token() {
     );
     // The ledger's token totals are the sum of the audit rows.
     let st = s.statement_tokens(&key);
-    let line = st["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["tier"] == "industry")
-        .unwrap()
-        .clone();
+    let line = tier_line(&st, "industry");
     let sum = |f: &str| calls.iter().map(|c| c[f].as_i64().unwrap()).sum::<i64>();
     assert_eq!(line["prompt_tokens"].as_i64(), Some(sum("prompt_tokens")));
     assert_eq!(

@@ -1,4 +1,5 @@
-//! Per-key token-bucket rate limiting. The clock is passed in so the
+//! Per-key token buckets: requests per second for every API key, and the
+//! token gateway's tokens per minute (charged after each call). The clock is passed in so the
 //! arithmetic is testable; the map is keyed by the SHA-256 of the API key so
 //! no secret is ever held here.
 
@@ -69,11 +70,15 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `key` at `now`. `Err(s)`: the bucket is empty and
-    /// a token will be available in `s` whole seconds (≥ 1, for `Retry-After`).
-    pub fn check(&self, key: &[u8; 32], now: Instant) -> Result<(), u64> {
+    /// `key`'s bucket at `now`, refilled (made full when new; buckets that
+    /// refilled are dropped first when there are too many).
+    fn bucket<'a>(
+        &self,
+        buckets: &'a mut HashMap<[u8; 32], Bucket>,
+        key: &[u8; 32],
+        now: Instant,
+    ) -> &'a mut Bucket {
         let RateLimit { per_second, burst } = self.limit;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
             // Buckets that refilled are the same as new ones: drop them.
             let full = std::time::Duration::from_secs_f64(burst / per_second);
@@ -86,6 +91,15 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
         b.tokens = (b.tokens + elapsed * per_second).min(burst);
         b.last = now;
+        b
+    }
+
+    /// Takes one token for `key` at `now`. `Err(s)`: the bucket is empty and
+    /// a token will be available in `s` whole seconds (≥ 1, for `Retry-After`).
+    pub fn check(&self, key: &[u8; 32], now: Instant) -> Result<(), u64> {
+        let per_second = self.limit.per_second;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = self.bucket(&mut buckets, key, now);
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             Ok(())
@@ -93,6 +107,18 @@ impl RateLimiter {
             let wait = (1.0 - b.tokens) / per_second;
             Err(wait.ceil().max(1.0) as u64)
         }
+    }
+
+    /// Takes `amount` tokens for `key` at `now`, however many are left: the
+    /// bucket may go below zero, and [`Self::peek`] refuses until the refill
+    /// brings it back (the token gateway charges a call's actual tokens
+    /// after it).
+    pub fn charge(&self, key: &[u8; 32], amount: f64, now: Instant) {
+        if amount <= 0.0 {
+            return;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        self.bucket(&mut buckets, key, now).tokens -= amount;
     }
 }
 
@@ -127,6 +153,22 @@ mod tests {
             assert_eq!(rl.check(&k, t2), Ok(()));
         }
         assert!(rl.check(&k, t2).is_err());
+    }
+
+    #[test]
+    fn a_charge_beyond_the_bucket_waits_for_the_refill() {
+        let rl = RateLimiter::new(RateLimit {
+            per_second: 10.0,
+            burst: 600.0,
+        });
+        let k = [1u8; 32];
+        let t0 = Instant::now();
+        assert!(rl.peek(&k, t0).is_ok());
+        rl.charge(&k, 650.0, t0); // one big call: -50
+        assert_eq!(rl.peek(&k, t0), Err(6)); // (50 + 1) / 10 s
+        assert_eq!(rl.peek(&k, t0 + Duration::from_secs(4)), Err(2));
+        assert!(rl.peek(&k, t0 + Duration::from_secs(6)).is_ok());
+        assert!(rl.peek(&[2u8; 32], t0).is_ok());
     }
 
     #[test]

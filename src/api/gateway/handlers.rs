@@ -138,13 +138,13 @@ async fn call(
         .to_string();
     let model = visible_model(&state, &gw, &tenant, &name).await?;
     check_month(&state, &gw, &tenant, &model, at).await?;
-    gw.tpm.check(&caller.key_hash, started).map_err(|wait| {
+    gw.tokens_left(&caller.key_hash, started).map_err(|wait| {
         ApiError::token_limit(
             "tokens_per_minute",
             wait,
             format!(
                 "this key used its {} tokens per minute; retry after {wait} s",
-                gw.tpm.per_minute()
+                gw.tokens_per_minute
             ),
         )
     })?;

@@ -10,7 +10,6 @@
 //! Nothing of a prompt or a completion is stored.
 
 pub mod handlers;
-pub mod limits;
 pub mod metrics;
 mod proxy;
 pub mod recorder;
@@ -28,6 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::ratelimit::{RateLimit, RateLimiter};
 use crate::error::InputError;
 use crate::ledger::{Ledger, Month, Tier};
 
@@ -75,7 +75,10 @@ pub struct Gateway {
     /// What is served now: the flags' models and those found on a cluster.
     registry: RwLock<Arc<Registry>>,
     client: HttpClient,
-    tpm: limits::TokenBuckets,
+    /// Tokens each key may use per minute (0: no limit).
+    pub tokens_per_minute: u64,
+    /// One bucket of `tokens_per_minute` per key, charged after each call.
+    tpm: Option<RateLimiter>,
     recorder: recorder::Recorder,
     metrics: metrics::GatewayMetrics,
     epoch: Instant,
@@ -116,7 +119,14 @@ impl Gateway {
             registry: RwLock::new(Arc::new(models.clone())),
             flags: models,
             client,
-            tpm: limits::TokenBuckets::new(config.tokens_per_minute),
+            tokens_per_minute: config.tokens_per_minute,
+            tpm: (config.tokens_per_minute > 0).then(|| {
+                let per_minute = config.tokens_per_minute as f64;
+                RateLimiter::new(RateLimit {
+                    per_second: per_minute / 60.0,
+                    burst: per_minute,
+                })
+            }),
             recorder,
             metrics,
             epoch: Instant::now(),
@@ -138,6 +148,19 @@ impl Gateway {
     pub fn set_discovered(&self, found: Vec<ModelSpec>) {
         let next = Arc::new(self.registry().with_discovered(&self.flags, found));
         *self.registry.write().unwrap_or_else(|p| p.into_inner()) = next;
+    }
+
+    /// `Ok` when `key` may start a call at `now`; else the seconds until its
+    /// tokens-per-minute bucket is positive again.
+    fn tokens_left(&self, key: &[u8; 32], now: Instant) -> Result<(), u64> {
+        self.tpm.as_ref().map_or(Ok(()), |b| b.peek(key, now))
+    }
+
+    /// Charges a call's tokens to its key's bucket.
+    fn charge_tokens(&self, key: &[u8; 32], tokens: i64, now: Instant) {
+        if let Some(b) = &self.tpm {
+            b.charge(key, tokens as f64, now);
+        }
     }
 
     /// Milliseconds since the gateway started (the routing clock).

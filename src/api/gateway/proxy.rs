@@ -325,7 +325,7 @@ async fn finish(call: Call, ended: Ended) {
             .with_label_values(&[model])
             .observe(t as f64 / 1000.0);
     }
-    gw.tpm.charge(&call.key_hash, usage.total(), Instant::now());
+    gw.charge_tokens(&call.key_hash, usage.total(), Instant::now());
     let (upstream, region) = match &ended.upstream {
         Some(u) => (u.base.clone(), u.region.clone()),
         None => (String::new(), String::new()),
