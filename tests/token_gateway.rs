@@ -426,6 +426,59 @@ fn a_refused_connection_goes_to_another_upstream_and_none_left_is_503() {
     );
 }
 
+/// An upstream that does not answer the health probe is left out before
+/// any call is sent to it, and taken back once it answers.
+#[test]
+fn an_upstream_failing_its_probe_gets_no_calls_until_it_answers() {
+    let rt = runtime();
+    let (live, seen) = fake(&rt, true, 0);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let s = start(
+        rt,
+        &[format!("m=http://{dead_addr}"), format!("m=http://{live}")],
+        &[],
+        0,
+    );
+    let key = s.tenant("acme");
+    let gw = s.state.gateway().clone();
+    s.runtime
+        .block_on(zhisuan::api::gateway::health::probe_round(&gw));
+    let r = s.post("/v1/chat/completions", &key, chat("m", "a", 2, false));
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(seen.lock().unwrap().calls, 1);
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(metrics.contains("reason=\"probe\""), "{metrics}");
+    assert!(
+        !metrics.contains("reason=\"connect\""),
+        "a call was sent to the down upstream: {metrics}"
+    );
+    // It comes back: the next round takes it in again, and as the first
+    // listed of two idle upstreams it gets the next call.
+    let back_seen = Arc::new(Mutex::new(upstream::Seen::default()));
+    let u = upstream::Upstream {
+        usage_in_stream: true,
+        word_delay: Duration::ZERO,
+        seen: back_seen.clone(),
+    };
+    s.runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(dead_addr).await.unwrap();
+        upstream::serve(listener, u);
+    });
+    s.runtime
+        .block_on(zhisuan::api::gateway::health::probe_round(&gw));
+    let r = s.post("/v1/chat/completions", &key, chat("m", "a", 2, false));
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(back_seen.lock().unwrap().calls, 1);
+}
+
 #[test]
 fn permissions_limits_and_the_tenant_boundary() {
     let rt = runtime();

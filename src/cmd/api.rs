@@ -262,6 +262,7 @@ pub fn run(mut args: ApiArgs) -> anyhow::Result<()> {
                 (state, None)
             }
         };
+        crate::api::gateway::health::spawn(state.gateway());
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| InputError::new(format!("--listen {}: {e}", args.listen)))?;

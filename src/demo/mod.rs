@@ -615,6 +615,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // the agents' and the API's own series, one registry).
     let state = ApiState::new(config, ledger.clone(), Arc::new(backend.clone()), &registry)?;
     let gateway = state.gateway().clone();
+    {
+        let _in_runtime = runtime.enter();
+        crate::api::gateway::health::spawn(&gateway);
+    }
     let app = crate::api::router(state);
     let server = {
         let stop = Arc::clone(&stop);

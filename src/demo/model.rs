@@ -3,7 +3,8 @@
 //! `max_tokens` words ("w1 w2 …"), counts a token per whitespace-separated
 //! word, streams a chunk per word, sends the final usage chunk only when
 //! `usage_in_stream` is set and the request asks for it, and serves
-//! llama-cpp-python's `POST /extras/tokenize`. It keeps the last request
+//! llama-cpp-python's `POST /extras/tokenize` and `GET /v1/models` (the gateway's
+//! health probe). It keeps the last request
 //! body and headers it received (the gateway's tests read them; the
 //! gateway's bench uses it as the fast local upstream).
 
@@ -124,6 +125,12 @@ fn async_stream(
     })
 }
 
+async fn models() -> Json<Value> {
+    Json(
+        json!({"object": "list", "data": [{"id": "demo", "object": "model", "owned_by": "zhisuan"}]}),
+    )
+}
+
 async fn tokenize(Json(req): Json<Value>) -> Json<Value> {
     let n = req["input"]
         .as_str()
@@ -135,17 +142,25 @@ async fn tokenize(Json(req): Json<Value>) -> Json<Value> {
 
 /// Starts the server on loopback (on the caller's runtime).
 pub async fn start(u: Upstream) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok(serve(listener, u))
+}
+
+/// Serves on `listener` (on the caller's runtime); returns its address.
+pub fn serve(listener: tokio::net::TcpListener, u: Upstream) -> SocketAddr {
     let app = Router::new()
         .route("/v1/chat/completions", post(completion))
         .route("/v1/completions", post(completion))
         .route("/extras/tokenize", post(tokenize))
+        .route("/v1/models", axum::routing::get(models))
         .with_state(u);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the demo model stopped");
         }
     });
-    Ok(addr)
+    addr
 }

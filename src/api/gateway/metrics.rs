@@ -60,7 +60,7 @@ impl GatewayMetrics {
             upstream_errors: IntCounterVec::new(
                 Opts::new(
                     "zhisuan_gateway_upstream_errors_total",
-                    "Upstream failures: connect (retried elsewhere) or response (answered 502)",
+                    "Upstream failures: connect (retried elsewhere), response (answered 502) or probe (GET /v1/models failed; left out until it answers)",
                 ),
                 &["upstream", "reason"],
             )?,

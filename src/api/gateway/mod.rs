@@ -10,6 +10,7 @@
 //! Nothing of a prompt or a completion is stored.
 
 pub mod handlers;
+pub mod health;
 pub mod metrics;
 mod proxy;
 pub mod recorder;

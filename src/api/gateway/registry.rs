@@ -61,8 +61,18 @@ impl Upstream {
 
     /// Leaves the upstream out until `now_ms + DOWN_FOR_MS`.
     pub fn mark_down(&self, now_ms: u64) {
+        self.mark_down_for(now_ms, DOWN_FOR_MS);
+    }
+
+    /// Leaves the upstream out until `now_ms + for_ms`.
+    pub fn mark_down_for(&self, now_ms: u64, for_ms: u64) {
         self.down_until_ms
-            .store(now_ms.saturating_add(DOWN_FOR_MS), Ordering::Relaxed);
+            .store(now_ms.saturating_add(for_ms), Ordering::Relaxed);
+    }
+
+    /// Takes the upstream back at once (it answered a probe).
+    pub fn mark_up(&self) {
+        self.down_until_ms.store(0, Ordering::Relaxed);
     }
 
     /// Counts a request in flight until the guard is dropped.
