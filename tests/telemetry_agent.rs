@@ -312,7 +312,10 @@ async fn agent_publishes_inventory_and_health_to_the_node_and_attributes_pod_ene
             interval: Duration::from_millis(100),
             heartbeat: Duration::from_secs(30),
             samples: None,
-            energy: zhisuan::ledger::EnergyWindows::new(60, 15).unwrap(),
+            // Daily windows: none closes during the test, so the only Node
+            // patches are the ones counted below (with 60 s windows, a run
+            // across a minute boundary published one more and failed).
+            energy: zhisuan::ledger::EnergyWindows::new(86_400, 15).unwrap(),
             device_plugin: None,
         },
         Some(client),

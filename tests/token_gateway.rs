@@ -806,16 +806,44 @@ fn real_chat(stream: bool) -> Value {
 }
 
 #[test]
-fn real_server_exact_usage_and_estimates_within_one_token() {
+fn real_server_bills_exactly_estimates_within_one_token_and_refuses_as_asked() {
     let Some(model) = llama_model() else { return };
     let llama = start_llama(&model);
     let s = start(
         runtime(),
         &[format!("smol=http://127.0.0.1:{}", llama.1)],
         &["smol=industry"],
-        0,
+        TPM,
     );
     let key = s.tenant("acme");
+    let beta = s.tenant("beta");
+    // Token prices a small model's calls show on a statement (version 2 of
+    // the card, from today): industry 1 fen per 10 prompt tokens, 3 fen per
+    // 10 completion tokens.
+    let mut card = zhisuan::ledger::default_rate_card();
+    card.version = 2;
+    card.effective_from = chrono::Utc::now().date_naive();
+    for t in &mut card.tokens {
+        t.prompt_fen_per_mtok = 100_000;
+        t.completion_fen_per_mtok = 300_000;
+    }
+    s.state.ledger().add_rate_card("test", &card).unwrap();
+    // A model voucher: half of acme's industry tokens.
+    let r = s.post(
+        "/v1/vouchers",
+        ADMIN,
+        json!({"tenant": "acme", "issuer": "model-voucher-bureau", "face_value_fen": 100_000, "copay_ratio": 0.5,
+               "valid_from": "2020-01-01", "valid_until": "2099-01-01", "tiers": ["industry"]}),
+    );
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // beta may call no model.
+    let r = s.send(
+        reqwest::Method::PUT,
+        "/v1/tenants/beta/models",
+        ADMIN,
+        Some(json!({"models": []})),
+    );
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     // Non-streaming: the ledger holds exactly the server's usage.
     let r = s.post("/v1/chat/completions", &key, real_chat(false));
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -890,9 +918,69 @@ fn real_server_exact_usage_and_estimates_within_one_token() {
     let st = s.statement_tokens(&key);
     let line = tier_line(&st, "industry");
     let sum = |f: &str| calls.iter().map(|c| c[f].as_i64().unwrap()).sum::<i64>();
-    assert_eq!(line["prompt_tokens"].as_i64(), Some(sum("prompt_tokens")));
+    let (p, c) = (sum("prompt_tokens"), sum("completion_tokens"));
+    assert_eq!(line["prompt_tokens"].as_i64(), Some(p));
+    assert_eq!(line["completion_tokens"].as_i64(), Some(c));
+    // Priced by tier as their sum is, half paid by the model voucher.
+    let gross = (p * 100_000 + c * 300_000) / 1_000_000;
+    assert!(gross > 0, "{st}");
+    assert_eq!(line["gross_fen"].as_i64(), Some(gross), "{st}");
+    assert_eq!(line["voucher_fen"].as_i64(), Some(gross / 2), "{st}");
+    // beta: refused the model, sees no model and none of acme's calls.
+    let r = s.post("/v1/chat/completions", &beta, real_chat(false));
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert!(s.get("/v1/models", &beta).body["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(s.get("/v1/calls", &beta).body["calls"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert_eq!(
-        line["completion_tokens"].as_i64(),
-        Some(sum("completion_tokens"))
+        s.get("/v1/calls?tenant=acme", &beta).status,
+        StatusCode::FORBIDDEN
     );
+    // The month's industry tokens used up: refused before the call.
+    let used = p + c;
+    let r = s.send(
+        reqwest::Method::PUT,
+        "/v1/tenants/acme/quota",
+        ADMIN,
+        Some(json!({"tokens_per_month_by_tier": {"industry": used}})),
+    );
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = s.post("/v1/chat/completions", &key, real_chat(false));
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert_eq!(
+        r.body["error"]["field"],
+        "tokens_per_month_by_tier.industry"
+    );
+    // Without the monthly limit, the key's minute runs out after one more call.
+    let r = s.send(
+        reqwest::Method::PUT,
+        "/v1/tenants/acme/quota",
+        ADMIN,
+        Some(json!({})),
+    );
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(
+        used < TPM as i64,
+        "{used} tokens already past the minute's {TPM}"
+    );
+    let mut refused = None;
+    for _ in 0..20 {
+        let r = s.post("/v1/chat/completions", &key, real_chat(false));
+        if r.status != StatusCode::OK {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the tokens-per-minute limit never refused a call");
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert_eq!(r.body["error"]["field"], "tokens_per_minute");
+    assert!(r.headers.contains_key("retry-after"));
 }
+
+/// The real-server test's tokens per minute per key.
+const TPM: u64 = 200;
