@@ -426,6 +426,77 @@ fn a_refused_connection_goes_to_another_upstream_and_none_left_is_503() {
     );
 }
 
+/// With a latency SLO the call goes to an upstream whose region is within
+/// it from the caller's region (the region catalog's round trips), though
+/// another is listed first; a bad SLO header is refused naming it.
+#[test]
+fn a_latency_slo_sends_the_call_to_a_region_within_it() {
+    let rt = runtime();
+    let (far, far_seen) = fake(&rt, true, 0);
+    let (near, near_seen) = fake(&rt, true, 0);
+    // The shipped catalog's round trips: a user region, its nearest and farthest regions.
+    let probe = start(runtime(), &[], &[], 0);
+    let admin_regions = probe.get("/v1/regions", ADMIN);
+    let regions = admin_regions.body["regions"].as_array().unwrap().clone();
+    let user = regions[0]["latency_ms"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let rtt = |r: &Value| r["latency_ms"][&user].as_f64().unwrap();
+    let nearest = regions
+        .iter()
+        .min_by(|a, b| rtt(a).total_cmp(&rtt(b)))
+        .unwrap();
+    let farthest = regions
+        .iter()
+        .max_by(|a, b| rtt(a).total_cmp(&rtt(b)))
+        .unwrap();
+    assert!(rtt(farthest) > rtt(nearest), "{regions:?}");
+    let slo = (rtt(nearest) + rtt(farthest)) / 2.0;
+    let (near_name, far_name) = (
+        nearest["name"].as_str().unwrap(),
+        farthest["name"].as_str().unwrap(),
+    );
+    let s = start(
+        rt,
+        &[
+            format!("m@{far_name}=http://{far}"),
+            format!("m@{near_name}=http://{near}"),
+        ],
+        &[],
+        0,
+    );
+    let key = s.tenant("acme");
+    let send = |slo: &str| {
+        s.client
+            .post(format!("{}/v1/chat/completions", s.base))
+            .bearer_auth(&key)
+            .header("X-Zhisuan-Region", user.as_str())
+            .header("X-Zhisuan-Latency-Slo-Ms", slo)
+            .json(&chat("m", "a", 2, false))
+            .send()
+            .unwrap()
+    };
+    assert_eq!(send(&slo.to_string()).status(), StatusCode::OK);
+    assert_eq!(
+        (
+            near_seen.lock().unwrap().calls,
+            far_seen.lock().unwrap().calls
+        ),
+        (1, 0)
+    );
+    let bad = send("soon");
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bad.text().unwrap().contains("x-zhisuan-latency-slo-ms"));
+    // Without an SLO the first listed, idle upstream takes the call.
+    let r = s.post("/v1/chat/completions", &key, chat("m", "a", 2, false));
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(far_seen.lock().unwrap().calls, 1);
+}
+
 /// An upstream that does not answer the health probe is left out before
 /// any call is sent to it, and taken back once it answers.
 #[test]

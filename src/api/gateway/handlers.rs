@@ -28,6 +28,11 @@ use crate::ledger::{CallQuery, CallRecord, Month};
 /// preferred (OpenAI clients can send it as an extra header).
 pub const REGION_HEADER: &str = "x-zhisuan-region";
 
+/// The request header with the caller's round-trip latency target in ms:
+/// upstreams in regions within it (from the caller's region, per the region
+/// catalog) are preferred.
+pub const SLO_HEADER: &str = "x-zhisuan-latency-slo-ms";
+
 /// Largest request body of a model call (prompts are larger than the rest
 /// of the API's bodies).
 pub const CALL_BODY_LIMIT: usize = 4 << 20;
@@ -180,6 +185,29 @@ async fn call(
                 .to_string(),
         ),
     };
+    let slo = match headers.get(SLO_HEADER) {
+        None => None,
+        Some(v) => {
+            let ms = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|ms| ms.is_finite() && *ms > 0.0)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        SLO_HEADER,
+                        format!("{SLO_HEADER}: must be a positive number of milliseconds"),
+                    )
+                })?;
+            if user_region.is_none() {
+                return Err(ApiError::invalid(
+                    SLO_HEADER,
+                    format!("{SLO_HEADER}: a latency SLO is measured from the caller's region; send {REGION_HEADER} too"),
+                ));
+            }
+            Some((ms, gw.latency(state.jobs().as_ref()).await))
+        }
+    };
     let call = Call {
         gw,
         model,
@@ -191,6 +219,7 @@ async fn call(
         started,
         at,
         user_region,
+        slo,
     };
     forward(call, body, stream).await
 }

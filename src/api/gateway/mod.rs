@@ -64,6 +64,12 @@ impl Default for GatewayConfig {
     }
 }
 
+/// Round-trip ms from a user region to a region: (user region, region) → ms.
+pub type LatencyTable = HashMap<(String, String), f64>;
+
+/// How long the latency table read from the regions is reused.
+const LATENCY_TTL: Duration = Duration::from_secs(30);
+
 /// A tenant's model grants (`None`: every shared model).
 type Grants = Option<Vec<String>>;
 
@@ -85,6 +91,8 @@ pub struct Gateway {
     epoch: Instant,
     grants: Mutex<HashMap<String, (Instant, Grants)>>,
     month: Arc<Mutex<MonthCache>>,
+    /// When read, and the table (refreshed by one caller at a time).
+    latency: tokio::sync::Mutex<(Option<Instant>, Arc<LatencyTable>)>,
 }
 
 impl Gateway {
@@ -133,6 +141,7 @@ impl Gateway {
             epoch: Instant::now(),
             grants: Mutex::new(HashMap::new()),
             month,
+            latency: tokio::sync::Mutex::new((None, Arc::default())),
         })
     }
 
@@ -162,6 +171,33 @@ impl Gateway {
         if let Some(b) = &self.tpm {
             b.charge(key, tokens as f64, now);
         }
+    }
+
+    /// Round-trip times from the user regions to the regions (the
+    /// backend's region catalog), at most [`LATENCY_TTL`] old. A failed
+    /// read keeps the table read before.
+    async fn latency(&self, jobs: &dyn crate::api::JobBackend) -> Arc<LatencyTable> {
+        let mut held = self.latency.lock().await;
+        if held.0.is_some_and(|at| at.elapsed() < LATENCY_TTL) {
+            return held.1.clone();
+        }
+        match jobs.regions().await {
+            Ok(regions) => {
+                let table: LatencyTable = regions
+                    .into_iter()
+                    .flat_map(|r| {
+                        r.latency_ms
+                            .into_iter()
+                            .map(move |(user, ms)| ((user, r.name.clone()), ms))
+                    })
+                    .collect();
+                *held = (Some(Instant::now()), Arc::new(table));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the regions' latencies for the gateway failed")
+            }
+        }
+        held.1.clone()
     }
 
     /// Milliseconds since the gateway started (the routing clock).

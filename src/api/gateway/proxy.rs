@@ -39,6 +39,9 @@ pub(super) struct Call {
     pub at: DateTime<Utc>,
     /// The caller's region (`X-Zhisuan-Region`): its upstreams first.
     pub user_region: Option<String>,
+    /// The caller's latency SLO (`X-Zhisuan-Latency-Slo-Ms`) with the
+    /// round-trip table: upstreams within it first.
+    pub slo: Option<(f64, Arc<super::LatencyTable>)>,
 }
 
 /// How a call ended, for its record.
@@ -168,10 +171,12 @@ async fn send(
     let gw = &call.gw;
     let mut tried = Vec::new();
     loop {
-        let Some(i) = call
-            .model
-            .pick(call.user_region.as_deref(), gw.now_ms(), &tried)
-        else {
+        let Some(i) = call.model.pick(
+            call.user_region.as_deref(),
+            &|region: &str| within_slo(call, region),
+            gw.now_ms(),
+            &tried,
+        ) else {
             return Err(ApiError::unavailable(format!(
                 "model `{}` has no healthy upstream now ({} tried); retry in a few seconds",
                 call.model.name,
@@ -207,6 +212,17 @@ async fn send(
                 )));
             }
         }
+    }
+}
+
+/// Is an upstream in `region` within the call's latency SLO? (Without an
+/// SLO every region is.)
+fn within_slo(call: &Call, region: &str) -> bool {
+    match (&call.slo, &call.user_region) {
+        (Some((slo_ms, table)), Some(user)) => table
+            .get(&(user.clone(), region.to_string()))
+            .is_some_and(|ms| *ms <= *slo_ms),
+        _ => true,
     }
 }
 

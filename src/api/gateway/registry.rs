@@ -104,16 +104,25 @@ pub struct Model {
 
 impl Model {
     /// The upstream to send the next request to: among the healthy ones
-    /// not in `tried`, those in `user_region` when any is, then the fewest
-    /// requests outstanding (ties: the first listed). `None` when none is
-    /// left.
-    pub fn pick(&self, user_region: Option<&str>, now_ms: u64, tried: &[usize]) -> Option<usize> {
-        let candidates = || {
+    /// not in `tried`, those within the caller's latency SLO when any is
+    /// (`within_slo` answers for an upstream's region), then those in
+    /// `user_region` when any is, then the fewest requests outstanding
+    /// (ties: the first listed). `None` when none is left.
+    pub fn pick(
+        &self,
+        user_region: Option<&str>,
+        within_slo: &dyn Fn(&str) -> bool,
+        now_ms: u64,
+        tried: &[usize],
+    ) -> Option<usize> {
+        let healthy = || {
             self.upstreams
                 .iter()
                 .enumerate()
                 .filter(|(i, u)| !tried.contains(i) && u.healthy_at(now_ms))
         };
+        let slo_met = healthy().any(|(_, u)| within_slo(&u.region));
+        let candidates = || healthy().filter(move |(_, u)| !slo_met || within_slo(&u.region));
         let in_region = user_region.filter(|r| candidates().any(|(_, u)| u.region == *r));
         candidates()
             .filter(|(_, u)| in_region.is_none_or(|r| u.region == r))
@@ -337,17 +346,30 @@ mod tests {
         )
         .unwrap();
         let m = r.get("m").unwrap();
-        assert_eq!(m.pick(None, 0, &[]), Some(0));
-        assert_eq!(m.pick(Some("east"), 0, &[]), Some(1));
+        let any = |_: &str| true;
+        assert_eq!(m.pick(None, &any, 0, &[]), Some(0));
+        assert_eq!(m.pick(Some("east"), &any, 0, &[]), Some(1));
         let _busy = m.upstreams[1].begin();
-        assert_eq!(m.pick(Some("east"), 0, &[]), Some(2));
+        assert_eq!(m.pick(Some("east"), &any, 0, &[]), Some(2));
         m.upstreams[2].mark_down(100);
-        assert_eq!(m.pick(Some("east"), 200, &[]), Some(1));
+        assert_eq!(m.pick(Some("east"), &any, 200, &[]), Some(1));
         // out of the region's healthy ones: any other
-        assert_eq!(m.pick(Some("east"), 200, &[1]), Some(0));
-        assert_eq!(m.pick(Some("east"), 200, &[0, 1]), None);
+        assert_eq!(m.pick(Some("east"), &any, 200, &[1]), Some(0));
+        assert_eq!(m.pick(Some("east"), &any, 200, &[0, 1]), None);
         // back after DOWN_FOR_MS
-        assert_eq!(m.pick(Some("east"), 100 + DOWN_FOR_MS, &[1]), Some(2));
+        assert_eq!(m.pick(Some("east"), &any, 100 + DOWN_FOR_MS, &[1]), Some(2));
+        // Within the latency SLO first, even outside the caller's region;
+        // none within it: as if there were no SLO.
+        let near_local = |r: &str| r == "local";
+        assert_eq!(
+            m.pick(Some("east"), &near_local, 100 + DOWN_FOR_MS, &[]),
+            Some(0)
+        );
+        let nowhere = |_: &str| false;
+        assert_eq!(
+            m.pick(Some("east"), &nowhere, 100 + DOWN_FOR_MS, &[1]),
+            Some(2)
+        );
     }
 
     #[test]
