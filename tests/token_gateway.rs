@@ -120,6 +120,13 @@ impl Server {
         self.send(reqwest::Method::GET, path, key, None)
     }
 
+    /// A chat call that must succeed.
+    fn chat_ok(&self, key: &str, body: Value) -> Reply {
+        let r = self.post("/v1/chat/completions", key, body);
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r
+    }
+
     fn tenant(&self, name: &str) -> String {
         let r = self.post("/v1/tenants", ADMIN, json!({ "name": name }));
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -371,8 +378,7 @@ fn a_refused_connection_goes_to_another_upstream_and_none_left_is_503() {
         0,
     );
     let key = s.tenant("acme");
-    let r = s.post("/v1/chat/completions", &key, chat("m", "a", 2, false));
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    s.chat_ok(&key, chat("m", "a", 2, false));
     assert_eq!(seen.lock().unwrap().calls, 1);
     // A caller in a region is served by that region's upstream.
     let resp = s
@@ -492,8 +498,7 @@ fn a_latency_slo_sends_the_call_to_a_region_within_it() {
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.text().unwrap().contains("x-zhisuan-latency-slo-ms"));
     // Without an SLO the first listed, idle upstream takes the call.
-    let r = s.post("/v1/chat/completions", &key, chat("m", "a", 2, false));
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    s.chat_ok(&key, chat("m", "a", 2, false));
     assert_eq!(far_seen.lock().unwrap().calls, 1);
 }
 
@@ -516,8 +521,7 @@ fn an_upstream_failing_its_probe_gets_no_calls_until_it_answers() {
     let gw = s.state.gateway().clone();
     s.runtime
         .block_on(zhisuan::api::gateway::health::probe_round(&gw));
-    let r = s.post("/v1/chat/completions", &key, chat("m", "a", 2, false));
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    s.chat_ok(&key, chat("m", "a", 2, false));
     assert_eq!(seen.lock().unwrap().calls, 1);
     let metrics = s
         .client
@@ -545,8 +549,7 @@ fn an_upstream_failing_its_probe_gets_no_calls_until_it_answers() {
     });
     s.runtime
         .block_on(zhisuan::api::gateway::health::probe_round(&gw));
-    let r = s.post("/v1/chat/completions", &key, chat("m", "a", 2, false));
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    s.chat_ok(&key, chat("m", "a", 2, false));
     assert_eq!(back_seen.lock().unwrap().calls, 1);
 }
 
@@ -611,8 +614,7 @@ fn permissions_limits_and_the_tenant_boundary() {
         Some(json!({"tokens_per_month_by_tier": {"high_value": 5}})),
     );
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let r = s.post("/v1/chat/completions", &a, chat("big", "x", 4, false));
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    s.chat_ok(&a, chat("big", "x", 4, false));
     let r = s.post("/v1/chat/completions", &a, chat("big", "x", 4, false));
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
     assert_eq!(
@@ -620,19 +622,16 @@ fn permissions_limits_and_the_tenant_boundary() {
         "tokens_per_month_by_tier.high_value"
     );
     // Other tiers are not limited by it.
-    let r = s.post("/v1/chat/completions", &a, chat("smol", "x", 1, false));
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    s.chat_ok(&a, chat("smol", "x", 1, false));
     // Tokens per minute per key (30): 5 + 2 used; a 30-token call takes the bucket below zero.
-    let r = s.post("/v1/chat/completions", &a, chat("smol", "x", 29, false));
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    s.chat_ok(&a, chat("smol", "x", 29, false));
     let r = s.post("/v1/chat/completions", &a, chat("smol", "x", 1, false));
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
     assert_eq!(r.body["error"]["field"], "tokens_per_minute");
     let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
     // Another key of the same tenant has its own bucket... and beta's calls are its own.
-    let r = s.post("/v1/chat/completions", &b, chat("smol", "x", 1, false));
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    s.chat_ok(&b, chat("smol", "x", 1, false));
     let mine = s.calls(&a, 3);
     assert!(mine.iter().all(|c| c["tenant"] == "acme"));
     let theirs = s.calls(&b, 1);
@@ -916,8 +915,7 @@ fn real_server_bills_exactly_estimates_within_one_token_and_refuses_as_asked() {
     );
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     // Non-streaming: the ledger holds exactly the server's usage.
-    let r = s.post("/v1/chat/completions", &key, real_chat(false));
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = s.chat_ok(&key, real_chat(false));
     let (prompt, completion) = (
         r.body["usage"]["prompt_tokens"].as_i64().unwrap(),
         r.body["usage"]["completion_tokens"].as_i64().unwrap(),
