@@ -145,6 +145,7 @@ fn main() {
                 upstreams: vec![format!("smol=http://{up}")],
                 tiers: vec![],
                 tokens_per_minute: 0,
+                ..Default::default()
             },
         };
         let standalone = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new()).unwrap();

@@ -43,6 +43,22 @@ fn start(
     tiers: &[&str],
     tpm: u64,
 ) -> Server {
+    start_with(
+        runtime,
+        zhisuan::api::gateway::GatewayConfig {
+            upstreams: upstreams.to_vec(),
+            tiers: tiers.iter().map(|s| s.to_string()).collect(),
+            tokens_per_minute: tpm,
+            ..Default::default()
+        },
+    )
+}
+
+/// Starts the API with this gateway configuration on `runtime`.
+fn start_with(
+    runtime: tokio::runtime::Runtime,
+    gateway: zhisuan::api::gateway::GatewayConfig,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
     let config = zhisuan::api::ApiConfig {
@@ -52,11 +68,7 @@ fn start(
             burst: 100_000.0,
         },
         max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
-        gateway: zhisuan::api::gateway::GatewayConfig {
-            upstreams: upstreams.to_vec(),
-            tiers: tiers.iter().map(|s| s.to_string()).collect(),
-            tokens_per_minute: tpm,
-        },
+        gateway,
     };
     let (addr, state): (SocketAddr, zhisuan::api::ApiState) = runtime.block_on(async move {
         let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())
@@ -500,6 +512,37 @@ fn a_latency_slo_sends_the_call_to_a_region_within_it() {
     // Without an SLO the first listed, idle upstream takes the call.
     s.chat_ok(&key, chat("m", "a", 2, false));
     assert_eq!(far_seen.lock().unwrap().calls, 1);
+}
+
+/// An upstream that takes longer than the timeout to start its answer:
+/// 504 naming the model, recorded with no tokens.
+#[test]
+fn an_upstream_slower_than_the_timeout_is_answered_504() {
+    let rt = runtime();
+    let (slow, _) = fake(&rt, true, 50);
+    let s = start_with(
+        rt,
+        zhisuan::api::gateway::GatewayConfig {
+            upstreams: vec![format!("slow=http://{slow}")],
+            upstream_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+    );
+    let key = s.tenant("acme");
+    let started = Instant::now();
+    // 100 words at 50 ms: 5 s before the upstream would answer.
+    let r = s.post("/v1/chat/completions", &key, chat("slow", "a", 100, false));
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.text);
+    assert!(r.text.contains("`slow`"), "{}", r.text);
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let calls = s.calls(&key, 1);
+    assert_eq!(
+        (
+            calls[0]["status"].as_i64(),
+            calls[0]["completion_tokens"].as_i64()
+        ),
+        (Some(504), Some(0))
+    );
 }
 
 /// An upstream that does not answer the health probe is left out before

@@ -131,6 +131,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_GATEWAY, "upstream_failed", message)
     }
 
+    /// 504: the upstream behind the gateway did not answer in time.
+    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)
+    }
+
     /// 503: nothing can serve the request now.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)

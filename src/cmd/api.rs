@@ -60,6 +60,10 @@ pub struct ApiArgs {
     /// limit); a key past it gets 429 with Retry-After.
     #[arg(long, default_value_t = crate::api::gateway::TOKENS_PER_MINUTE)]
     pub tokens_per_minute: u64,
+    /// Seconds an upstream may take to start its answer (a non-streamed
+    /// generation included) before the gateway answers 504.
+    #[arg(long, default_value_t = crate::api::gateway::UPSTREAM_TIMEOUT.as_secs())]
+    pub upstream_timeout_s: u64,
     /// Seconds between ticks of the in-process cluster's clock (metering into
     /// the ledger; `--backend world` only).
     #[arg(long, default_value_t = 1)]
@@ -227,6 +231,7 @@ pub fn run(mut args: ApiArgs) -> anyhow::Result<()> {
             upstreams: args.upstream.clone(),
             tiers: args.upstream_tier.clone(),
             tokens_per_minute: args.tokens_per_minute,
+            upstream_timeout: Duration::from_secs(args.upstream_timeout_s.max(1)),
         },
     };
     let registry = prometheus::Registry::new();

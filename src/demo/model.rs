@@ -29,7 +29,8 @@ pub struct Seen {
 #[derive(Clone)]
 pub struct Upstream {
     pub usage_in_stream: bool,
-    /// Pause between streamed words.
+    /// Time to generate one word (streamed: between chunks; not streamed:
+    /// before the answer, for all its words).
     pub word_delay: Duration,
     pub seen: Arc<Mutex<Seen>>,
 }
@@ -78,6 +79,10 @@ async fn completion(
         })
         .collect();
     if req["stream"].as_bool() != Some(true) {
+        // Generation takes as long as streaming the words would.
+        if !u.word_delay.is_zero() {
+            tokio::time::sleep(u.word_delay * u32::try_from(n.max(0)).unwrap_or(u32::MAX)).await;
+        }
         let body = json!({
             "id": "x", "object": "chat.completion", "model": req["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text.concat()}, "finish_reason": "length"}],

@@ -60,6 +60,7 @@ pub fn routes() -> Router<ApiState> {
         (status = 200, description = "The upstream's answer (JSON, or an event stream when `stream` is true); `X-Request-Id` names the call", body = Object),
         (status = 502, description = "the upstream failed after the call was sent", body = ErrorBody),
         (status = 503, description = "the model has no healthy upstream now", body = ErrorBody),
+        (status = 504, description = "the upstream did not start answering in time (--upstream-timeout-s)", body = ErrorBody),
         StdErrors))]
 pub async fn chat(
     State(s): State<ApiState>,
@@ -77,6 +78,7 @@ pub async fn chat(
         (status = 200, description = "The upstream's answer", body = Object),
         (status = 502, description = "the upstream failed after the call was sent", body = ErrorBody),
         (status = 503, description = "the model has no healthy upstream now", body = ErrorBody),
+        (status = 504, description = "the upstream did not start answering in time (--upstream-timeout-s)", body = ErrorBody),
         StdErrors))]
 pub async fn completions(
     State(s): State<ApiState>,
@@ -94,6 +96,7 @@ pub async fn completions(
         (status = 200, description = "The upstream's answer", body = Object),
         (status = 502, description = "the upstream failed after the call was sent", body = ErrorBody),
         (status = 503, description = "the model has no healthy upstream now", body = ErrorBody),
+        (status = 504, description = "the upstream did not start answering in time (--upstream-timeout-s)", body = ErrorBody),
         StdErrors))]
 pub async fn embeddings(
     State(s): State<ApiState>,

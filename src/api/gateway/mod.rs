@@ -52,7 +52,13 @@ pub struct GatewayConfig {
     pub tiers: Vec<String>,
     /// Tokens each key may use per minute (0 = no limit).
     pub tokens_per_minute: u64,
+    /// How long an upstream may take to start its answer (a non-streamed
+    /// generation included) before the call is answered 504.
+    pub upstream_timeout: Duration,
 }
+
+/// Default of [`GatewayConfig::upstream_timeout`].
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -60,6 +66,7 @@ impl Default for GatewayConfig {
             upstreams: Vec::new(),
             tiers: Vec::new(),
             tokens_per_minute: TOKENS_PER_MINUTE,
+            upstream_timeout: UPSTREAM_TIMEOUT,
         }
     }
 }
@@ -84,6 +91,8 @@ pub struct Gateway {
     client: HttpClient,
     /// Tokens each key may use per minute (0: no limit).
     pub tokens_per_minute: u64,
+    /// See [`GatewayConfig::upstream_timeout`].
+    upstream_timeout: Duration,
     /// One bucket of `tokens_per_minute` per key, charged after each call.
     tpm: Option<RateLimiter>,
     recorder: recorder::Recorder,
@@ -129,6 +138,7 @@ impl Gateway {
             flags: models,
             client,
             tokens_per_minute: config.tokens_per_minute,
+            upstream_timeout: config.upstream_timeout,
             tpm: (config.tokens_per_minute > 0).then(|| {
                 let per_minute = config.tokens_per_minute as f64;
                 RateLimiter::new(RateLimit {

@@ -190,7 +190,21 @@ async fn send(
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(body.clone()))
             .map_err(ApiError::internal)?;
-        match gw.client.request(req).await {
+        let answer = match tokio::time::timeout(gw.upstream_timeout, gw.client.request(req)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                gw.metrics
+                    .upstream_errors
+                    .with_label_values(&[upstream.base.as_str(), "timeout"])
+                    .inc();
+                return Err(ApiError::gateway_timeout(format!(
+                    "model `{}`: the upstream did not start answering within {} s; it was not retried",
+                    call.model.name,
+                    gw.upstream_timeout.as_secs()
+                )));
+            }
+        };
+        match answer {
             Ok(resp) => return Ok((upstream, inflight, resp)),
             Err(e) if e.is_connect() => {
                 upstream.mark_down(gw.now_ms());
