@@ -8,6 +8,7 @@
 //! Kubernetes in `operator/`).
 
 pub mod auth;
+mod cache;
 pub mod error;
 pub mod extract;
 pub mod gateway;
@@ -95,9 +96,9 @@ struct Inner {
     /// Key hash → (when looked up, tenant).
     key_cache: RwLock<HashMap<[u8; 32], (Instant, String)>>,
     /// Tenant → (when read, month, use in that month) for quota checks.
-    usage_cache: Mutex<HashMap<String, (Instant, Month, MonthUse)>>,
+    usage_cache: cache::TtlCache<(Month, MonthUse)>,
     /// Tenant → (when read, quota); dropped when this server sets the quota.
-    quota_cache: Mutex<HashMap<String, (Instant, Quota)>>,
+    quota_cache: cache::TtlCache<Quota>,
     /// Tenant → its admission lock: a submission's quota check and the
     /// backend's reservation (the job it creates) happen under it, so
     /// concurrent submissions of one tenant never exceed a limit.
@@ -143,8 +144,8 @@ impl ApiState {
                 max_pending_jobs: config.max_pending_jobs,
                 lockout: lockout::Lockout::default(),
                 key_cache: RwLock::new(HashMap::new()),
-                usage_cache: Mutex::new(HashMap::new()),
-                quota_cache: Mutex::new(HashMap::new()),
+                usage_cache: cache::TtlCache::new(USAGE_CACHE_TTL),
+                quota_cache: cache::TtlCache::new(USAGE_CACHE_TTL),
                 admission: Mutex::new(HashMap::new()),
                 metrics,
                 registry: registry.clone(),
@@ -256,28 +257,16 @@ impl ApiState {
     /// The quota of `tenant` (unlimited if none was set), at most
     /// [`USAGE_CACHE_TTL`] old.
     async fn quota_of(&self, tenant: &str) -> Result<Quota, ApiError> {
-        let fresh = Instant::now();
-        if let Some((at, q)) = self
-            .inner
-            .quota_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-        {
-            if fresh.duration_since(*at) < USAGE_CACHE_TTL {
-                return Ok(q.clone());
-            }
+        if let Some(q) = self.inner.quota_cache.get(tenant) {
+            return Ok(q);
         }
+        let read_at = Instant::now();
         let t = tenant.to_string();
         let quota = self
             .blocking(move |l| l.quota(&t))
             .await?
             .unwrap_or_default();
-        self.inner
-            .quota_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.to_string(), (fresh, quota.clone()));
+        self.inner.quota_cache.put(tenant, read_at, quota.clone());
         Ok(quota)
     }
 
@@ -293,11 +282,7 @@ impl ApiState {
 
     /// Forgets the cached quota of `tenant` (after this server changed it).
     fn forget_quota(&self, tenant: &str) {
-        self.inner
-            .quota_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(tenant);
+        self.inner.quota_cache.forget(tenant);
     }
 
     /// Month-to-date usage of `tenant`, at most [`USAGE_CACHE_TTL`] old.
@@ -307,25 +292,15 @@ impl ApiState {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<MonthUse, ApiError> {
         let month = Month::of(now);
-        let fresh = Instant::now();
-        if let Some((at, m, u)) = self
-            .inner
-            .usage_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-        {
-            if *m == month && fresh.duration_since(*at) < USAGE_CACHE_TTL {
-                return Ok(*u);
+        if let Some((m, u)) = self.inner.usage_cache.get(tenant) {
+            if m == month {
+                return Ok(u);
             }
         }
+        let read_at = Instant::now();
         let t = tenant.to_string();
         let usage = self.blocking(move |l| l.month_use(&t, month)).await?;
-        self.inner
-            .usage_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.to_string(), (fresh, month, usage));
+        self.inner.usage_cache.put(tenant, read_at, (month, usage));
         Ok(usage)
     }
 }

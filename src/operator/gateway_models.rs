@@ -12,11 +12,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, ResourceExt};
-use serde_json::Value;
 
 use super::crd::InferenceServiceSpec;
 use super::snapshot::{keys, Kind};
-use super::tokens::{serving_pod, tier_of, ServingPod};
+use super::tokens::{placement_region, serving_pod, tier_of, ServingPod};
 use crate::api::gateway::{Gateway, ModelSpec};
 use crate::ledger::Tier;
 
@@ -48,12 +47,7 @@ pub fn gateway_service(obj: &DynamicObject) -> Option<GatewayService> {
         tier: tier_of(&spec.token_tier),
         port: u16::try_from(gw.port).ok().filter(|p| *p > 0)?,
         shared: gw.shared,
-        region: obj
-            .data
-            .pointer("/status/placement/region")
-            .and_then(Value::as_str)
-            .filter(|r| !r.is_empty())
-            .map(str::to_string),
+        region: placement_region(obj),
     })
 }
 

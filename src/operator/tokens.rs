@@ -116,13 +116,17 @@ pub fn serving_service(obj: &DynamicObject) -> Option<ServingService> {
         tier: tier_of(&spec.token_tier),
         port,
         path,
-        region: obj
-            .data
-            .pointer("/status/placement/region")
-            .and_then(Value::as_str)
-            .filter(|r| !r.is_empty())
-            .map(str::to_string),
+        region: placement_region(obj),
     })
+}
+
+/// The region a workload object's status records it placed in, if any.
+pub fn placement_region(obj: &DynamicObject) -> Option<String> {
+    obj.data
+        .pointer("/status/placement/region")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
 }
 
 /// A pod → its serving view, when an InferenceService owns it.

@@ -171,6 +171,30 @@ async fn call(
     };
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(ApiError::internal)?;
+    let (user_region, slo_ms) = route_headers(headers)?;
+    let slo = match slo_ms {
+        Some(ms) => Some((ms, gw.latency(state.jobs().as_ref()).await)),
+        None => None,
+    };
+    let call = Call {
+        gw,
+        model,
+        tenant,
+        key_hash: caller.key_hash,
+        endpoint,
+        request_id: format!("call-{}", hex::encode(id)),
+        request,
+        started,
+        at,
+        user_region,
+        slo,
+    };
+    forward(call, body, stream).await
+}
+
+/// The caller's region (`X-Zhisuan-Region`) and latency SLO in ms
+/// (`X-Zhisuan-Latency-Slo-Ms`, which needs the region), checked.
+fn route_headers(headers: &HeaderMap) -> Result<(Option<String>, Option<f64>), ApiError> {
     let user_region = match headers.get(REGION_HEADER) {
         None => None,
         Some(v) => Some(
@@ -208,23 +232,10 @@ async fn call(
                     format!("{SLO_HEADER}: a latency SLO is measured from the caller's region; send {REGION_HEADER} too"),
                 ));
             }
-            Some((ms, gw.latency(state.jobs().as_ref()).await))
+            Some(ms)
         }
     };
-    let call = Call {
-        gw,
-        model,
-        tenant,
-        key_hash: caller.key_hash,
-        endpoint,
-        request_id: format!("call-{}", hex::encode(id)),
-        request,
-        started,
-        at,
-        user_region,
-        slo,
-    };
-    forward(call, body, stream).await
+    Ok((user_region, slo))
 }
 
 /// The model `name` if `tenant` may call it: 404 when it is not served (or
@@ -246,7 +257,7 @@ async fn visible_model(
             ))
             .with_field("model")
         })?;
-    let grants = gw.grants_of(state.ledger(), tenant).await?;
+    let grants = gw.grants_of(state, tenant).await?;
     if !Gateway::may_call(model, tenant, grants.as_deref()) {
         return Err(ApiError::forbidden(format!(
             "tenant `{tenant}` may not call model `{name}`; the admin grants models with PUT /v1/tenants/{tenant}/models"
@@ -284,9 +295,7 @@ async fn check_month(
     if quota.tokens_per_month.is_none() && tier_limit.is_none() {
         return Ok(());
     }
-    let used = gw
-        .month_tokens(state.ledger(), tenant, Month::of(at))
-        .await?;
+    let used = gw.month_tokens(state, tenant, Month::of(at)).await?;
     let total: i64 = used.values().sum();
     if let Some(max) = quota.tokens_per_month.filter(|max| total >= *max) {
         return Err(ApiError::token_limit(
@@ -319,7 +328,7 @@ pub async fn models(
 ) -> Result<Json<ModelList>, ApiError> {
     let gw = state.gateway();
     let grants = match &caller.principal {
-        Principal::Tenant(t) => Some((t.as_str(), gw.grants_of(state.ledger(), t).await?)),
+        Principal::Tenant(t) => Some((t.as_str(), gw.grants_of(&state, t).await?)),
         Principal::Admin => None,
     };
     let registry = gw.registry();

@@ -28,7 +28,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::cache::TtlCache;
 use super::ratelimit::{RateLimit, RateLimiter};
+use super::{ApiError, ApiState};
 use crate::error::InputError;
 use crate::ledger::{Ledger, Month, Tier};
 
@@ -80,8 +82,6 @@ const LATENCY_TTL: Duration = Duration::from_secs(30);
 /// A tenant's model grants (`None`: every shared model).
 type Grants = Option<Vec<String>>;
 
-type MonthCache = HashMap<String, (Instant, Month, BTreeMap<Tier, i64>)>;
-
 /// The gateway's state, shared by its handlers.
 pub struct Gateway {
     /// The models of the flags (`--upstream`).
@@ -98,10 +98,11 @@ pub struct Gateway {
     recorder: recorder::Recorder,
     metrics: metrics::GatewayMetrics,
     epoch: Instant,
-    grants: Mutex<HashMap<String, (Instant, Grants)>>,
-    month: Arc<Mutex<MonthCache>>,
-    /// When read, and the table (refreshed by one caller at a time).
-    latency: tokio::sync::Mutex<(Option<Instant>, Arc<LatencyTable>)>,
+    grants: TtlCache<Grants>,
+    /// Tenant → (month, tokens per tier the ledger held then).
+    month: Arc<TtlCache<(Month, BTreeMap<Tier, i64>)>>,
+    /// When read, and the table (the lock is never held across the read).
+    latency: Mutex<(Option<Instant>, Arc<LatencyTable>)>,
 }
 
 impl Gateway {
@@ -120,14 +121,13 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(512)
             .build(connector);
-        let month: Arc<Mutex<MonthCache>> = Arc::default();
+        let month = Arc::new(TtlCache::new(CACHE_TTL));
         let forget = month.clone();
         let recorder = recorder::Recorder::new(
             ledger,
             Arc::new(move |tenants: &[String]| {
-                let mut m = forget.lock().unwrap_or_else(|p| p.into_inner());
                 for t in tenants {
-                    m.remove(t);
+                    forget.forget(t);
                 }
             }),
             metrics.write_failures.clone(),
@@ -149,9 +149,9 @@ impl Gateway {
             recorder,
             metrics,
             epoch: Instant::now(),
-            grants: Mutex::new(HashMap::new()),
+            grants: TtlCache::new(CACHE_TTL),
             month,
-            latency: tokio::sync::Mutex::new((None, Arc::default())),
+            latency: Mutex::new((None, Arc::default())),
         })
     }
 
@@ -187,27 +187,35 @@ impl Gateway {
     /// backend's region catalog), at most [`LATENCY_TTL`] old. A failed
     /// read keeps the table read before.
     async fn latency(&self, jobs: &dyn crate::api::JobBackend) -> Arc<LatencyTable> {
-        let mut held = self.latency.lock().await;
-        if held.0.is_some_and(|at| at.elapsed() < LATENCY_TTL) {
-            return held.1.clone();
+        let (read_at, table) = self
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if read_at.is_some_and(|at| at.elapsed() < LATENCY_TTL) {
+            return table;
         }
         match jobs.regions().await {
             Ok(regions) => {
-                let table: LatencyTable = regions
-                    .into_iter()
-                    .flat_map(|r| {
-                        r.latency_ms
-                            .into_iter()
-                            .map(move |(user, ms)| ((user, r.name.clone()), ms))
-                    })
-                    .collect();
-                *held = (Some(Instant::now()), Arc::new(table));
+                let fresh: Arc<LatencyTable> = Arc::new(
+                    regions
+                        .into_iter()
+                        .flat_map(|r| {
+                            r.latency_ms
+                                .into_iter()
+                                .map(move |(user, ms)| ((user, r.name.clone()), ms))
+                        })
+                        .collect(),
+                );
+                *self.latency.lock().unwrap_or_else(|p| p.into_inner()) =
+                    (Some(Instant::now()), fresh.clone());
+                fresh
             }
             Err(e) => {
-                tracing::warn!(error = %e, "reading the regions' latencies for the gateway failed")
+                tracing::warn!(error = %e, "reading the regions' latencies for the gateway failed");
+                table
             }
         }
-        held.1.clone()
     }
 
     /// Milliseconds since the gateway started (the routing clock).
@@ -222,10 +230,7 @@ impl Gateway {
 
     /// Forgets the cached grants of `tenant` (after this server set them).
     pub fn forget_grants(&self, tenant: &str) {
-        self.grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(tenant);
+        self.grants.forget(tenant);
     }
 
     /// May `tenant` see and call `model`? A dedicated model only by its
@@ -239,30 +244,14 @@ impl Gateway {
     }
 
     /// The models `tenant` may call, cached for [`CACHE_TTL`].
-    async fn grants_of(
-        &self,
-        ledger: &Ledger,
-        tenant: &str,
-    ) -> Result<Option<Vec<String>>, crate::ledger::LedgerError> {
-        let now = Instant::now();
-        if let Some((at, g)) = self
-            .grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tenant)
-        {
-            if now.duration_since(*at) < CACHE_TTL {
-                return Ok(g.clone());
-            }
+    async fn grants_of(&self, state: &ApiState, tenant: &str) -> Result<Grants, ApiError> {
+        if let Some(g) = self.grants.get(tenant) {
+            return Ok(g);
         }
-        let (l, t) = (ledger.clone(), tenant.to_string());
-        let g = tokio::task::spawn_blocking(move || l.model_grants(&t))
-            .await
-            .map_err(|e| crate::ledger::LedgerError::Storage(format!("grants lookup: {e}")))??;
-        self.grants
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tenant.to_string(), (now, g.clone()));
+        let read_at = Instant::now();
+        let t = tenant.to_string();
+        let g = state.blocking(move |l| l.model_grants(&t)).await?;
+        self.grants.put(tenant, read_at, g.clone());
         Ok(g)
     }
 
@@ -271,31 +260,24 @@ impl Gateway {
     /// tenant's calls) plus the calls still queued for writing.
     async fn month_tokens(
         &self,
-        ledger: &Ledger,
+        state: &ApiState,
         tenant: &str,
         month: Month,
-    ) -> Result<BTreeMap<Tier, i64>, crate::ledger::LedgerError> {
-        let now = Instant::now();
+    ) -> Result<BTreeMap<Tier, i64>, ApiError> {
         let cached = self
             .month
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(tenant)
-            .filter(|(at, m, _)| *m == month && now.duration_since(*at) < CACHE_TTL)
-            .map(|(_, _, by_tier)| by_tier.clone());
+            .filter(|(m, _)| *m == month)
+            .map(|(_, by_tier)| by_tier);
         let mut by_tier = match cached {
             Some(b) => b,
             None => {
-                let (l, t) = (ledger.clone(), tenant.to_string());
-                let b = tokio::task::spawn_blocking(move || l.month_tokens_by_tier(&t, month))
-                    .await
-                    .map_err(|e| {
-                        crate::ledger::LedgerError::Storage(format!("month tokens: {e}"))
-                    })??;
-                self.month
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(tenant.to_string(), (now, month, b.clone()));
+                let read_at = Instant::now();
+                let t = tenant.to_string();
+                let b = state
+                    .blocking(move |l| l.month_tokens_by_tier(&t, month))
+                    .await?;
+                self.month.put(tenant, read_at, (month, b.clone()));
                 b
             }
         };
