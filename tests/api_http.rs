@@ -411,10 +411,24 @@ fn bad_input_names_the_field() {
     // Quotas.
     for (body, field) in [
         (json!({"gpus": {"H100": -1}}), "gpus.H100"),
-        (json!({"gpu_hours_per_month": -5}), "gpu_hours_per_month"),
+        (json!({"gpu_hours_per_month": -5}), "gpu_hours_per_month.*"),
+        (
+            json!({"gpu_hours_per_month": {"A100": -5}}),
+            "gpu_hours_per_month.A100",
+        ),
         (json!({"tokens_per_month": "lots"}), "tokens_per_month"),
+        (
+            json!({"tokens_per_month": {"gold": 5}}),
+            "tokens_per_month.gold",
+        ),
+        (json!({"guaranteed_gpus": -2}), "guaranteed_gpus"),
+        (json!({"borrowable": "yes"}), "borrowable"),
         (json!({"guaranteed_share": 1.5}), "guaranteed_share"),
         (json!({"borrowable_share": -0.1}), "borrowable_share"),
+        (
+            json!({"guaranteed_gpus": 1, "guaranteed_share": 0.5}),
+            "guaranteed_share",
+        ),
         (json!({"max": 3}), "max"),
     ] {
         s.call(

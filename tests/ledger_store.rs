@@ -146,8 +146,8 @@ fn case_quotas(open: &dyn Fn() -> Ledger) {
     let l = seeded(open);
     assert_eq!(l.quota("acme").unwrap(), None);
     let mut q = Quota {
-        gpu_hours_per_month: Some(100),
-        tokens_per_month: Some(1_000_000),
+        gpu_hours_per_month: [("*".to_string(), 100)].into(),
+        tokens_per_month: [("*".to_string(), 1_000_000)].into(),
         ..Default::default()
     };
     q.gpus.insert("H100".into(), 8);
@@ -160,12 +160,12 @@ fn case_quotas(open: &dyn Fn() -> Ledger) {
         Some("gpus.A100")
     );
     let over = Quota {
-        guaranteed_share: 1.5,
+        guaranteed_gpus: -1,
         ..Default::default()
     };
     assert_eq!(
         l.set_quota("admin", "acme", &over).unwrap_err().field(),
-        Some("guaranteed_share")
+        Some("guaranteed_gpus")
     );
     let parsed: Quota = serde_json::from_str("{}").unwrap();
     assert_eq!(parsed, Quota::default(), "JSON and code defaults agree");

@@ -654,16 +654,13 @@ fn permissions_limits_and_the_tenant_boundary() {
         reqwest::Method::PUT,
         "/v1/tenants/acme/quota",
         ADMIN,
-        Some(json!({"tokens_per_month_by_tier": {"high_value": 5}})),
+        Some(json!({"tokens_per_month": {"high_value": 5}})),
     );
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     s.chat_ok(&a, chat("big", "x", 4, false));
     let r = s.post("/v1/chat/completions", &a, chat("big", "x", 4, false));
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
-    assert_eq!(
-        r.body["error"]["field"],
-        "tokens_per_month_by_tier.high_value"
-    );
+    assert_eq!(r.body["error"]["field"], "tokens_per_month.high_value");
     // Other tiers are not limited by it.
     s.chat_ok(&a, chat("smol", "x", 1, false));
     // Tokens per minute per key (30): 5 + 2 used; a 30-token call takes the bucket below zero.
@@ -1059,15 +1056,12 @@ fn real_server_bills_exactly_estimates_within_one_token_and_refuses_as_asked() {
         reqwest::Method::PUT,
         "/v1/tenants/acme/quota",
         ADMIN,
-        Some(json!({"tokens_per_month_by_tier": {"industry": used}})),
+        Some(json!({"tokens_per_month": {"industry": used}})),
     );
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = s.post("/v1/chat/completions", &key, real_chat(false));
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
-    assert_eq!(
-        r.body["error"]["field"],
-        "tokens_per_month_by_tier.industry"
-    );
+    assert_eq!(r.body["error"]["field"], "tokens_per_month.industry");
     // Without the monthly limit, the key's minute runs out after one more call.
     let r = s.send(
         reqwest::Method::PUT,

@@ -9,6 +9,13 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 
 /// Turns a serde failure at `path` into a 422 naming the field.
+/// The name a message starts with ("name: what is wrong"), if any.
+fn leading_name(message: &str) -> Option<&str> {
+    let (name, _) = message.split_once(": ")?;
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then_some(name)
+}
+
 fn data_error(path: String, message: String) -> ApiError {
     let mut field = path;
     // serde reports unknown / missing fields at the parent; pull the name out.
@@ -26,7 +33,8 @@ fn data_error(path: String, message: String) -> ApiError {
         }
     }
     if field == "." {
-        field = "request".to_string();
+        // A check over several fields names the one to fix first: "name: ...".
+        field = leading_name(&message).unwrap_or("request").to_string();
     }
     let hint = if message.starts_with("unknown field") {
         "; remove it (unknown fields are rejected)"
@@ -95,15 +103,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
                     .unwrap_or(&text)
                     .to_string();
                 // axum prefixes the parameter's name: "format: unknown variant ...".
-                let path = match message.split_once(": ") {
-                    Some((name, _))
-                        if !name.is_empty()
-                            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
-                    {
-                        name.to_string()
-                    }
-                    _ => ".".to_string(),
-                };
+                let path = leading_name(&message).unwrap_or(".").to_string();
                 data_error(path, message)
             })
     }

@@ -791,24 +791,24 @@ pub(crate) fn check_job_quota(
             }
         }
     }
-    if let Some(max) = quota.gpu_hours_per_month {
+    if let Some(max) = quota.gpu_hours_any() {
         if month.milli_gpu_seconds >= max.saturating_mul(3_600_000) {
             return Err(ApiError::quota_exceeded(
-                "gpu_hours_per_month",
+                "gpu_hours_per_month.*",
                 format!(
-                    "quota gpu_hours_per_month {max} is used up ({:.2} GPU-hours this month)",
+                    "quota gpu_hours_per_month.* (all models) {max} is used up ({:.2} GPU-hours this month)",
                     month.gpu_hours
                 ),
             ));
         }
     }
     if spec.kind == JobKind::Inference {
-        if let Some(max) = quota.tokens_per_month {
+        if let Some(max) = quota.tokens_any() {
             let used = month.tokens;
             if used >= max {
                 return Err(ApiError::quota_exceeded(
-                    "tokens_per_month",
-                    format!("quota tokens_per_month {max} is used up ({used} tokens this month)"),
+                    "tokens_per_month.*",
+                    format!("quota tokens_per_month.* (all tiers) {max} is used up ({used} tokens this month)"),
                 ));
             }
         }
@@ -1136,7 +1136,7 @@ mod tests {
         assert!(check_job_quota(&a100, &limit("H100", 11), &held, &none, MAX_PENDING_JOBS).is_ok());
 
         let q = Quota {
-            gpu_hours_per_month: Some(10),
+            gpu_hours_per_month: BTreeMap::from([("*".to_string(), 10)]),
             ..Quota::default()
         };
         let used = MonthUse {
@@ -1145,7 +1145,7 @@ mod tests {
             tokens: 0,
         };
         let e = check_job_quota(&spec, &q, &held, &used, MAX_PENDING_JOBS).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("gpu_hours_per_month"));
+        assert_eq!(e.field.as_deref(), Some("gpu_hours_per_month.*"));
         let used = MonthUse {
             milli_gpu_seconds: 10 * 3_600_000 - 1,
             ..used
@@ -1153,7 +1153,7 @@ mod tests {
         assert!(check_job_quota(&spec, &q, &held, &used, MAX_PENDING_JOBS).is_ok());
 
         let q = Quota {
-            tokens_per_month: Some(100),
+            tokens_per_month: BTreeMap::from([("*".to_string(), 100)]),
             ..Quota::default()
         };
         let used = MonthUse {
@@ -1165,7 +1165,7 @@ mod tests {
         let mut inf = spec.clone();
         inf.kind = JobKind::Inference;
         let e = check_job_quota(&inf, &q, &held, &used, MAX_PENDING_JOBS).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("tokens_per_month"));
+        assert_eq!(e.field.as_deref(), Some("tokens_per_month.*"));
     }
 
     #[test]

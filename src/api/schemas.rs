@@ -55,19 +55,23 @@ ledger_schema!(
     json!({
         "type": "object",
         "additionalProperties": false,
-        "description": "Absent limits are unlimited. `gpus` maps an accelerator model (or \"*\" for all models together) to the most GPUs held at once.",
+        "description": "A tenant's limits (the same as a TenantQuota's spec on a cluster). Absent limits are unlimited. Maps are keyed by accelerator model (tokens: by price tier), \"*\" for all together. The shape written before (one number for gpu_hours_per_month / tokens_per_month, tokens_per_month_by_tier, guaranteed_share, borrowable_share) is still read.",
         "properties": {
-            "gpus": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
-            "gpu_hours_per_month": {"type": ["integer", "null"], "minimum": 0},
-            "tokens_per_month": {"type": ["integer", "null"], "minimum": 0},
-            "tokens_per_month_by_tier": {"type": "object", "additionalProperties": false,
-                "description": "Tokens per calendar month of one price tier, beside tokens_per_month",
+            "gpus": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
+                "description": "Most GPUs held at once per accelerator model"},
+            "gpu_hours_per_month": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
+                "description": "GPU-hours per calendar month per accelerator model"},
+            "tokens_per_month": {"type": "object", "additionalProperties": false,
+                "description": "Tokens (prompt + completion) per calendar month per price tier; \"*\" = all tiers together",
                 "properties": {
+                    "*": {"type": "integer", "minimum": 0},
                     "basic": {"type": "integer", "minimum": 0},
                     "industry": {"type": "integer", "minimum": 0},
                     "high_value": {"type": "integer", "minimum": 0}}},
-            "guaranteed_share": {"type": "number", "minimum": 0, "maximum": 1},
-            "borrowable_share": {"type": "number", "minimum": 0, "maximum": 1},
+            "guaranteed_gpus": {"type": "integer", "minimum": 0,
+                "description": "GPUs never preempted; the tenant's fair-share weight (default 0)"},
+            "borrowable": {"type": "boolean",
+                "description": "May use idle capacity beyond guaranteed_gpus, up to gpus; borrowed GPUs may be preempted (default true)"},
         }
     })
 );

@@ -2,8 +2,10 @@
 //! written to the ledger idempotently: a demo restarted on the same `--db`
 //! finds them in place and issues nothing twice (fixed voucher ids).
 
-use crate::ledger::types::{Quota, Tier, VoucherSpec};
+use crate::jobs::QuotaNode;
+use crate::ledger::types::{Tier, VoucherSpec};
 use crate::ledger::Ledger;
+use crate::ledger::Quota;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 
@@ -105,11 +107,10 @@ pub fn voucher_id(tenant: &str) -> String {
 fn seeded_quota(t: &DemoTenant) -> Quota {
     Quota {
         gpus: BTreeMap::from([("*".to_string(), t.max_gpus)]),
-        gpu_hours_per_month: None,
-        tokens_per_month: None,
-        tokens_per_month_by_tier: BTreeMap::new(),
-        guaranteed_share: 0.5,
-        borrowable_share: 0.5,
+        // Half guaranteed, the rest borrowed from idle capacity.
+        guaranteed_gpus: t.max_gpus / 2,
+        borrowable: true,
+        ..Quota::default()
     }
 }
 
@@ -121,18 +122,10 @@ pub fn project_quotas(world: &mut crate::sim::world::World) {
     // The tree's roots bound nothing themselves, but a child's quota
     // names its parent's, which must exist.
     for parent in PARENTS {
-        world.set_quota(crate::jobs::QuotaSpec::from_ledger(
-            parent,
-            None,
-            &Quota::default(),
-        ));
+        world.set_quota(QuotaNode::new(parent, None, Quota::default()));
     }
     for t in TENANTS {
-        world.set_quota(crate::jobs::QuotaSpec::from_ledger(
-            t.name,
-            t.parent,
-            &seeded_quota(t),
-        ));
+        world.set_quota(QuotaNode::new(t.name, t.parent, seeded_quota(t)));
     }
 }
 

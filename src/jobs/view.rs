@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::status::{TenantQuotaStatus, WorkloadStatus};
+pub use crate::ledger::Quota;
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +166,7 @@ pub struct WorkloadView {
     /// Where the users sit (InferenceService).
     pub user_region: Option<String>,
     /// Token price tier (InferenceService).
-    pub token_tier: Option<String>,
+    pub token_tier: Option<crate::ledger::Tier>,
     /// A batch job (offline inference, no latency term, 1 h expected
     /// runtime in region choice); the simulated cluster's only.
     pub batch: bool,
@@ -208,48 +209,24 @@ impl WorkloadView {
     }
 }
 
-/// A tenant's limits as the scheduler enforces them: one node of the quota
-/// tree. The TenantQuota CRD's spec on a cluster; the ledger's quota through
-/// the API ([`QuotaSpec::from_ledger`]) on the simulated cluster.
+/// One node of the quota tree: a tenant's limits ([`Quota`], the one quota
+/// type) under its parent's. A TenantQuota on a cluster; the ledger's quota
+/// set through the API on the simulated cluster.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct QuotaSpec {
+pub struct QuotaNode {
     /// Tenant name (unique across the tree).
     pub tenant: String,
     /// Parent tenant; its limits also bound this tenant's use.
     pub parent: Option<String>,
-    /// GPUs (whole; shares add up in milli) per accelerator model; `*` = any.
-    pub gpus: BTreeMap<String, i64>,
-    /// GPU-hours per calendar month per accelerator model; `*` = any.
-    pub gpu_hours_per_month: BTreeMap<String, i64>,
-    /// GPUs guaranteed under contention (the fair-share weight).
-    pub guaranteed_gpus: i64,
-    /// May use idle capacity beyond `guaranteed_gpus` (up to `gpus`).
-    pub borrowable: bool,
-    /// Tokens per calendar month per tier; `*` = any.
-    pub tokens_per_month: BTreeMap<String, i64>,
+    pub quota: Quota,
 }
 
-impl QuotaSpec {
-    /// The ledger's quota of a tenant (what the API sets) as the
-    /// scheduler's: monthly limits apply to every model (`*`), and the
-    /// guaranteed share of the all-model GPU limit is the fair-share weight.
-    pub fn from_ledger(tenant: &str, parent: Option<&str>, quota: &crate::ledger::Quota) -> Self {
-        let all = |v: Option<i64>| v.map(|v| ("*".to_string(), v)).into_iter().collect();
-        QuotaSpec {
+impl QuotaNode {
+    pub fn new(tenant: &str, parent: Option<&str>, quota: Quota) -> Self {
+        QuotaNode {
             tenant: tenant.to_string(),
             parent: parent.map(str::to_string),
-            gpus: quota.gpus.clone(),
-            gpu_hours_per_month: all(quota.gpu_hours_per_month),
-            guaranteed_gpus: quota.gpus.get("*").map_or(0, |&n| {
-                (n.max(0) as f64 * quota.guaranteed_share.clamp(0.0, 1.0)).floor() as i64
-            }),
-            borrowable: quota.borrowable_share > 0.0 || quota.guaranteed_share >= 1.0,
-            tokens_per_month: quota
-                .tokens_per_month_by_tier
-                .iter()
-                .map(|(tier, n)| (tier.as_str().to_string(), *n))
-                .chain(all(quota.tokens_per_month))
-                .collect(),
+            quota,
         }
     }
 }
@@ -266,7 +243,7 @@ pub fn gpus_to_milli(gpus: i64) -> u64 {
 pub struct QuotaView {
     /// Object name.
     pub name: String,
-    pub spec: QuotaSpec,
+    pub spec: QuotaNode,
     pub status: TenantQuotaStatus,
     pub errors: Vec<FieldError>,
 }

@@ -22,6 +22,7 @@ mod keys;
 pub mod metrics;
 pub mod money;
 pub mod plan;
+pub mod quota;
 pub mod quota_tree;
 pub mod rating;
 mod schema;
@@ -44,13 +45,14 @@ pub use error::{LedgerError, Result};
 pub use keys::{ApiKeyInfo, KEY_ID_LEN};
 pub use metrics::LedgerMetrics;
 pub use money::{format_yuan, ratio_to_bp, Fen};
+pub use quota::{Quota, MAX_QUOTA_GPUS, MAX_QUOTA_GPU_HOURS};
 pub use rating::{default_rate_card, GpuPrice, RateBook, RateCard, TokenPrice};
 pub use sql::Backend;
 pub use statement::Statement;
 pub use store::{check_location, hash_api_key, IngestReport, Ledger, MonthUse, UsageSummary};
 pub use tokens::{counter_delta, TokenCounterNames, TokenDelta, TokenMeter};
 pub use types::{
-    AuditEvent, ChargeKind, MeteredTokens, MeteredUsage, Month, Quota, Tenant, Tier, TokenRecord,
+    AuditEvent, ChargeKind, MeteredTokens, MeteredUsage, Month, Tenant, Tier, TokenRecord,
     UsageRecord, Voucher, VoucherSpec, VoucherStatus,
 };
 pub use windows::{meter_windows, window_floor, window_id, Metered, PodRun};

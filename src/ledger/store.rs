@@ -10,13 +10,14 @@ use super::error::{LedgerError, Result};
 use super::metrics::LedgerMetrics;
 use super::money::Fen;
 use super::plan::{plan_batch, token_key, BatchPlan, TokenKey};
+use super::quota::Quota;
 use super::rating::{default_rate_card, RateBook, RateCard};
 use super::schema::migrate;
 use super::sql::{Backend, Cell, Conn, RollupAdd, Rows, Tx, Val};
 use super::types::{
     crosses_month, split_by_month_into, validate_tenant_name, AuditEvent, ChargeKind,
-    MeteredTokens, MeteredUsage, Month, MonthPieces, Quota, Tenant, TokenRecord, UsageRecord,
-    Voucher, VoucherSpec,
+    MeteredTokens, MeteredUsage, Month, MonthPieces, Tenant, TokenRecord, UsageRecord, Voucher,
+    VoucherSpec,
 };
 use super::vouchers::VoucherBook;
 use chrono::{DateTime, TimeZone, Utc};

@@ -6,7 +6,6 @@ use super::money::{mul_div_floor, mul_div_half_up, Fen, BP_ONE};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// Joules in one kWh.
@@ -163,7 +162,7 @@ pub fn text_problem(value: &str) -> Option<String> {
         })
 }
 
-fn text_field(field: &str, value: &str) -> Result<()> {
+pub(super) fn text_field(field: &str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(LedgerError::invalid(field, "must not be empty"));
     }
@@ -686,119 +685,6 @@ pub fn validate_tenant_name(name: &str) -> Result<()> {
     }
 }
 
-/// A tenant's limits. Quota enforcement reads current use from the same ledger
-/// ([`super::Ledger::month_use`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Quota {
-    /// Most GPUs held at once per accelerator model ("*" = any model).
-    #[serde(default)]
-    pub gpus: BTreeMap<String, i64>,
-    /// GPU-hours per calendar month (UTC); absent = unlimited.
-    #[serde(default)]
-    pub gpu_hours_per_month: Option<i64>,
-    /// Tokens (prompt + completion) per calendar month; absent = unlimited.
-    #[serde(default)]
-    pub tokens_per_month: Option<i64>,
-    /// Tokens per calendar month of one price tier (`basic`, `industry`,
-    /// `high_value`), beside `tokens_per_month`; a tier left out has no
-    /// limit of its own.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tokens_per_month_by_tier: BTreeMap<Tier, i64>,
-    /// Share of `gpus` guaranteed to the tenant (never preempted), 0..=1.
-    #[serde(default = "one")]
-    pub guaranteed_share: f64,
-    /// Extra share of `gpus` the tenant may borrow from idle capacity, 0..=1
-    /// (borrowed GPUs may be preempted).
-    #[serde(default)]
-    pub borrowable_share: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-impl Default for Quota {
-    /// Unlimited, fully guaranteed, nothing borrowable (same as `{}` in JSON).
-    fn default() -> Self {
-        Quota {
-            gpus: BTreeMap::new(),
-            gpu_hours_per_month: None,
-            tokens_per_month: None,
-            tokens_per_month_by_tier: BTreeMap::new(),
-            guaranteed_share: one(),
-            borrowable_share: 0.0,
-        }
-    }
-}
-
-/// Most GPUs a quota may name for one model (far beyond any cluster).
-pub const MAX_QUOTA_GPUS: i64 = 10_000_000;
-/// Most GPU-hours a monthly limit may name (a month of `MAX_QUOTA_GPUS`
-/// is 7.4e9; this leaves room and keeps milli-GPU-seconds within i64).
-pub const MAX_QUOTA_GPU_HOURS: i64 = 1_000_000_000_000;
-
-impl Quota {
-    pub fn validate(&self) -> Result<()> {
-        for (model, n) in &self.gpus {
-            text_field("gpus", model)?;
-            if *n < 0 {
-                return Err(LedgerError::invalid(
-                    format!("gpus.{model}"),
-                    format!("{n} must not be negative"),
-                ));
-            }
-            if *n > MAX_QUOTA_GPUS {
-                return Err(LedgerError::invalid(
-                    format!("gpus.{model}"),
-                    format!("{n} is more than {MAX_QUOTA_GPUS} GPUs; give the limit in whole GPUs, at most {MAX_QUOTA_GPUS}, or leave the model out for no limit"),
-                ));
-            }
-        }
-        if let Some(h) = self
-            .gpu_hours_per_month
-            .filter(|&h| h > MAX_QUOTA_GPU_HOURS)
-        {
-            return Err(LedgerError::invalid(
-                "gpu_hours_per_month",
-                format!(
-                    "{h} is more than {MAX_QUOTA_GPU_HOURS}; leave it out for no monthly limit"
-                ),
-            ));
-        }
-        for (field, v) in [
-            ("gpu_hours_per_month", self.gpu_hours_per_month),
-            ("tokens_per_month", self.tokens_per_month),
-        ] {
-            if let Some(v) = v {
-                if v < 0 {
-                    return Err(LedgerError::invalid(
-                        field,
-                        format!("{v} must not be negative"),
-                    ));
-                }
-            }
-        }
-        for (tier, v) in &self.tokens_per_month_by_tier {
-            if *v < 0 {
-                return Err(LedgerError::invalid(
-                    format!("tokens_per_month_by_tier.{tier}"),
-                    format!("{v} must not be negative"),
-                ));
-            }
-        }
-        for (field, v) in [
-            ("guaranteed_share", self.guaranteed_share),
-            ("borrowable_share", self.borrowable_share),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(LedgerError::invalid(field, format!("{v} is outside 0..=1")));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// An audit log entry: every voucher issue, redemption, adjustment and admin action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
@@ -917,34 +803,6 @@ pub(crate) mod tests {
             green_share: 0.5,
             grid_kg_per_kwh: 0.5703,
         }
-    }
-
-    /// A limit that would wrap around when counted in milli-GPU is refused,
-    /// naming the field (once, 18446744073709552 GPUs became 0.384).
-    #[test]
-    fn a_quota_too_large_to_count_is_refused_naming_the_field() {
-        let q = |n: i64| Quota {
-            gpus: [("*".to_string(), n)].into(),
-            ..Quota::default()
-        };
-        let e = q(18_446_744_073_709_552)
-            .validate()
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("gpus.*") && e.contains("at most 10000000"),
-            "{e}"
-        );
-        q(MAX_QUOTA_GPUS).validate().unwrap();
-        let hours = Quota {
-            gpu_hours_per_month: Some(i64::MAX),
-            ..Quota::default()
-        };
-        assert!(hours
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("gpu_hours_per_month"));
     }
 
     #[test]

@@ -537,9 +537,10 @@ impl Controller {
         let Some(source) = &self.usage else {
             return BTreeMap::new();
         };
-        let monthly = quotas
-            .iter()
-            .any(|q| !q.spec.gpu_hours_per_month.is_empty() || !q.spec.tokens_per_month.is_empty());
+        let monthly = quotas.iter().any(|q| {
+            !q.spec.quota.gpu_hours_per_month.is_empty()
+                || !q.spec.quota.tokens_per_month.is_empty()
+        });
         if !monthly {
             return BTreeMap::new();
         }

@@ -394,7 +394,7 @@ pub struct TenantQuotaSpec {
     /// May use idle capacity beyond `guaranteedGpus` (up to `gpus`), subject to preemption.
     #[serde(default = "yes")]
     pub borrowable: bool,
-    /// Tokens per month per tier (basic, industry, high-value).
+    /// Tokens per month per tier (basic, industry, high-value; `*` = all tiers together).
     #[serde(default)]
     #[x_kube(validation = Rule::new("self.all(k, self[k] >= 0)").message("tokensPerMonth must be >= 0"))]
     pub tokens_per_month: BTreeMap<String, i64>,

@@ -4,7 +4,6 @@
 //! the tenant label, so one tenant's id is "not found" for another.
 
 use crate::jobs::Phase;
-use crate::jobs::QuotaSpec;
 use crate::ledger::Tier;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -224,17 +223,16 @@ impl KubeJobs {
 /// Field manager of the API's writes of TenantQuotas.
 pub const QUOTA_FIELD_MANAGER: &str = "zhisuan-api";
 
-/// The TenantQuota spec that enforces a ledger quota on a cluster: GPUs per
-/// model as they are; the monthly GPU-hours and tokens as `*` limits; the
-/// guaranteed share of `gpus.*` as `guaranteedGpus`.
-pub fn tenant_quota_spec(tenant: &str, parent: Option<&str>, quota: &Quota) -> Value {
-    let q = QuotaSpec::from_ledger(tenant, parent, quota);
+/// The TenantQuota spec that enforces a ledger quota on a cluster: the same
+/// limits, field by field (the one quota type, camelCase).
+pub fn tenant_quota_spec(tenant: &str, parent: Option<&str>, q: &Quota) -> Value {
     let mut spec = json!({
-        "tenant": q.tenant,
+        "tenant": tenant,
         "gpus": q.gpus,
         "borrowable": q.borrowable,
+        "guaranteedGpus": q.guaranteed_gpus,
     });
-    if let Some(p) = q.parent {
+    if let Some(p) = parent {
         spec["parent"] = json!(p);
     }
     if !q.gpu_hours_per_month.is_empty() {
@@ -242,9 +240,6 @@ pub fn tenant_quota_spec(tenant: &str, parent: Option<&str>, quota: &Quota) -> V
     }
     if !q.tokens_per_month.is_empty() {
         spec["tokensPerMonth"] = json!(q.tokens_per_month);
-    }
-    if q.gpus.contains_key("*") {
-        spec["guaranteedGpus"] = json!(q.guaranteed_gpus);
     }
     spec
 }

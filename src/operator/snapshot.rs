@@ -17,7 +17,7 @@ use super::podsecurity::{self, PodSecurityLevel};
 use super::validate::{self, FieldError};
 
 pub use crate::jobs::{
-    pods_by_owner, Kind, MonthToDate, NodeView, PodView, QuotaSpec, QuotaView, WorkloadKey,
+    pods_by_owner, Kind, MonthToDate, NodeView, PodView, Quota, QuotaNode, QuotaView, WorkloadKey,
     WorkloadView, MILLI_GPU_S_PER_GPU_HOUR,
 };
 
@@ -361,7 +361,7 @@ pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -
             fill(&mut view, &s.common(), None);
             view.latency_slo_ms = s.latency_slo_ms.map(f64::from);
             view.user_region = s.user_region.clone();
-            view.token_tier = Some(s.token_tier.clone());
+            view.token_tier = Some(super::tokens::tier_of(&s.token_tier));
         }),
     };
     if let Err(e) = parsed {
@@ -468,16 +468,33 @@ pub fn quota_view(obj: &DynamicObject) -> QuotaView {
     }
 }
 
-/// A TenantQuota's spec as the scheduler's quota.
-pub fn quota_spec(spec: TenantQuotaSpec) -> QuotaSpec {
-    QuotaSpec {
+/// A TenantQuota's spec as the quota tree's node.
+pub fn quota_spec(spec: TenantQuotaSpec) -> QuotaNode {
+    let quota = quota_limits(&spec);
+    QuotaNode {
         tenant: spec.tenant,
         parent: spec.parent,
-        gpus: spec.gpus,
-        gpu_hours_per_month: spec.gpu_hours_per_month,
+        quota,
+    }
+}
+
+/// A TenantQuota's limits: the one quota type, field by field; a tier
+/// spelt as in CRDs (`high-value`) is keyed as the ledger's (`high_value`).
+pub fn quota_limits(spec: &TenantQuotaSpec) -> Quota {
+    let tier_key = |k: &String| match crate::ledger::Tier::parse(&k.replace('-', "_")) {
+        Some(t) => t.as_str().to_string(),
+        None => k.clone(),
+    };
+    Quota {
+        gpus: spec.gpus.clone(),
+        gpu_hours_per_month: spec.gpu_hours_per_month.clone(),
+        tokens_per_month: spec
+            .tokens_per_month
+            .iter()
+            .map(|(k, v)| (tier_key(k), *v))
+            .collect(),
         guaranteed_gpus: spec.guaranteed_gpus,
         borrowable: spec.borrowable,
-        tokens_per_month: spec.tokens_per_month,
     }
 }
 
@@ -592,6 +609,35 @@ mod tests {
         .unwrap();
         let v = workload_view(Kind::Inference, &obj, &ValidationRules::default());
         assert_eq!(v.errors[0].field, "spec.tokenTier", "{:?}", v.errors);
+    }
+
+    /// A tier spelt as in CRDs (`high-value`) keys the quota and the
+    /// service as the ledger keys month-to-date tokens (`high_value`), so a
+    /// TenantQuota's high-value limit meets the tokens it limits.
+    #[test]
+    fn crd_tiers_key_limits_and_services_as_the_ledger_does() {
+        let q: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "TenantQuota",
+            "metadata": {"name": "a"},
+            "spec": {"tenant": "a", "tokensPerMonth": {"high-value": 10, "*": 20}}
+        }))
+        .unwrap();
+        let q = quota_view(&q);
+        assert!(q.errors.is_empty(), "{:?}", q.errors);
+        assert_eq!(
+            q.spec.quota.tokens_per_month,
+            BTreeMap::from([("*".to_string(), 20), ("high_value".to_string(), 10)])
+        );
+        let svc: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "x", "namespace": "ns"},
+            "spec": {"tenant": "a", "modelName": "m", "replicas": 1, "gpusPerReplica": 1,
+                     "tokenTier": "high-value", "template": {}}
+        }))
+        .unwrap();
+        let v = workload_view(Kind::Inference, &svc, &ValidationRules::default());
+        assert_eq!(v.token_tier, Some(crate::ledger::Tier::HighValue));
+        assert_eq!(v.token_tier.map(|t| t.as_str()), Some("high_value"));
     }
 
     #[test]

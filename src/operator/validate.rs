@@ -2,7 +2,7 @@
 //! how to fix it. The controller turns these into a `Valid=False` condition;
 //! they mirror the CEL / OpenAPI rules in the CRD schemas.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::crd::{
     ComputeRegionSpec, ComputeVoucherSpec, InferenceServiceSpec, TenantQuotaSpec, TrainingJobSpec,
@@ -148,15 +148,28 @@ pub fn validate_inference(
     e
 }
 
-fn non_negative(e: &mut Vec<FieldError>, field: &str, map: &BTreeMap<String, i64>) {
-    for (k, v) in map {
-        if *v < 0 {
-            err(
-                e,
-                &format!("{field}[{k}]"),
-                format!("is {v}; a limit must be 0 or more"),
-            );
+/// A quota field as the ledger names it (`gpu_hours_per_month.H100`) as
+/// the TenantQuota's (`spec.gpuHoursPerMonth[H100]`).
+fn crd_field(ledger_field: &str) -> String {
+    let (head, key) = match ledger_field.split_once('.') {
+        Some((h, k)) => (h, Some(k)),
+        None => (ledger_field, None),
+    };
+    let mut camel = String::from("spec.");
+    let mut up = false;
+    for c in head.chars() {
+        match c {
+            '_' => up = true,
+            c if up => {
+                camel.extend(c.to_uppercase());
+                up = false;
+            }
+            c => camel.push(c),
         }
+    }
+    match key {
+        Some(k) => format!("{camel}[{k}]"),
+        None => camel,
     }
 }
 
@@ -178,15 +191,11 @@ pub fn validate_quota(spec: &TenantQuotaSpec) -> Vec<FieldError> {
             err(&mut e, "spec.defaultAcceleratorVendor", m);
         }
     }
-    non_negative(&mut e, "spec.gpus", &spec.gpus);
-    non_negative(&mut e, "spec.gpuHoursPerMonth", &spec.gpu_hours_per_month);
-    non_negative(&mut e, "spec.tokensPerMonth", &spec.tokens_per_month);
-    if spec.guaranteed_gpus < 0 {
-        err(
-            &mut e,
-            "spec.guaranteedGpus",
-            format!("is {}; must be 0 or more", spec.guaranteed_gpus),
-        );
+    // The limits follow the one quota type's rules (as `PUT .../quota`).
+    if let Err(crate::ledger::LedgerError::Invalid { field, message }) =
+        super::snapshot::quota_limits(spec).validate()
+    {
+        err(&mut e, &crd_field(&field), message);
     }
     e
 }
@@ -298,6 +307,7 @@ pub fn validate_voucher(spec: &ComputeVoucherSpec) -> Vec<FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn models() -> BTreeSet<String> {
         ["A100", "H100"].iter().map(|s| s.to_string()).collect()
@@ -391,6 +401,17 @@ mod tests {
         q.gpus.insert("H100".into(), -2);
         let e = validate_quota(&q);
         assert_eq!(fields(&e), ["spec.gpus[H100]"]);
+        q.gpus.clear();
+        // A tier as CRDs spell it is taken; a tier that is none is named.
+        q.tokens_per_month.insert("high-value".into(), 5);
+        assert!(validate_quota(&q).is_empty());
+        q.tokens_per_month.insert("gold".into(), 5);
+        let e = validate_quota(&q);
+        assert_eq!(fields(&e), ["spec.tokensPerMonth[gold]"]);
+        assert!(e[0].message.contains("high_value"), "{e:?}");
+        q.tokens_per_month.clear();
+        q.guaranteed_gpus = -1;
+        assert_eq!(fields(&validate_quota(&q)), ["spec.guaranteedGpus"]);
     }
 
     #[test]

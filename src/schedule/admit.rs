@@ -152,7 +152,7 @@ impl<'a> Pass<'a> {
             quotas
                 .by_tenant
                 .get(t)
-                .map(|q| crate::jobs::gpus_to_milli(q.spec.guaranteed_gpus.max(1)))
+                .map(|q| crate::jobs::gpus_to_milli(q.spec.quota.guaranteed_gpus.max(1)))
                 .unwrap_or(1000)
         };
         let mut top = lanes.first_entry()?;
@@ -276,9 +276,9 @@ impl<'a> Pass<'a> {
             .map(|&i| known[i].as_str())
             .filter(|m| w.models.is_empty() || w.models.iter().any(|x| x == m))
             .collect();
-        if let Some(tier) = &w.token_tier {
+        if let Some(tier) = w.token_tier {
             if let Err((reason, message)) =
-                monthly_tokens(&adm.quotas, &adm.month_use, &w.tenant, tier)
+                monthly_tokens(&adm.quotas, &adm.month_use, &w.tenant, tier.as_str())
             {
                 self.pend(w, &reason, message);
                 return None;

@@ -223,7 +223,7 @@ pub(super) fn monthly_tokens(
     tier: &str,
 ) -> Result<(), (String, String)> {
     for q in quotas.chain(tenant)? {
-        for (key, limit) in monthly_limits(&q.spec.tokens_per_month, tier) {
+        for (key, limit) in monthly_limits(&q.spec.quota.tokens_per_month, tier) {
             let used = month_used(month_subtrees, &q.spec.tenant, |u| &u.tokens, key);
             if used >= limit {
                 return Err((
@@ -247,7 +247,7 @@ pub(super) fn monthly_gpu_hours(
     model: &str,
 ) -> Option<String> {
     for q in chain {
-        for (key, limit) in monthly_limits(&q.spec.gpu_hours_per_month, model) {
+        for (key, limit) in monthly_limits(&q.spec.quota.gpu_hours_per_month, model) {
             let used = month_used(month_subtrees, &q.spec.tenant, |u| &u.milli_gpu_s, key);
             if used >= limit.saturating_mul(MILLI_GPU_S_PER_GPU_HOUR) {
                 return Some(format!(
@@ -282,21 +282,21 @@ pub(super) fn quota_models<'m>(
             continue 'model;
         }
         for (level, q) in chain.iter().enumerate() {
-            let s = &q.spec;
-            if level == 0 && !s.borrowable && s.guaranteed_gpus > 0 {
+            let (s, l) = (&q.spec, &q.spec.quota);
+            if level == 0 && !l.borrowable && l.guaranteed_gpus > 0 {
                 let used = usage.total(tenant);
-                if used + milli > gpus_to_milli(s.guaranteed_gpus) {
+                if used + milli > gpus_to_milli(l.guaranteed_gpus) {
                     first_refusal.get_or_insert(format!(
                         "tenant {tenant:?} may not borrow (spec.borrowable=false): {} + {} milli-GPU exceeds spec.guaranteedGpus {}",
-                        used, milli, s.guaranteed_gpus
+                        used, milli, l.guaranteed_gpus
                     ));
                     continue 'model;
                 }
             }
-            if s.gpus.is_empty() {
+            if l.gpus.is_empty() {
                 continue;
             }
-            let checks = [(s.gpus.get(m), Some(m)), (s.gpus.get("*"), None)];
+            let checks = [(l.gpus.get(m), Some(m)), (l.gpus.get("*"), None)];
             if checks.iter().all(|(lim, _)| lim.is_none()) {
                 first_refusal.get_or_insert(format!(
                     "TenantQuota {} (tenant {:?}) has no limit for model {m} in spec.gpus",

@@ -1,7 +1,7 @@
 //! The scheduler's unit tests: one pass at a time on hand-built snapshots.
 
 use super::*;
-use crate::jobs::{rfc3339, Kind, Placement, QuotaSpec, ReplicaPlacement};
+use crate::jobs::{rfc3339, Kind, Placement, Quota, QuotaNode, ReplicaPlacement};
 
 fn node(name: &str, region: &str, gpus: u8) -> NodeView {
     NodeView {
@@ -64,14 +64,15 @@ pub(crate) fn workload(
 fn quota(tenant: &str, parent: Option<&str>, gpus: &[(&str, i64)], guaranteed: i64) -> QuotaView {
     QuotaView {
         name: tenant.into(),
-        spec: QuotaSpec {
-            tenant: tenant.into(),
-            parent: parent.map(str::to_string),
-            gpus: gpus.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            guaranteed_gpus: guaranteed,
-            borrowable: true,
-            ..Default::default()
-        },
+        spec: QuotaNode::new(
+            tenant,
+            parent,
+            Quota {
+                gpus: gpus.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                guaranteed_gpus: guaranteed,
+                ..Quota::default()
+            },
+        ),
         status: Default::default(),
         errors: Vec::new(),
     }
@@ -373,7 +374,7 @@ fn assert_waits(p: &Plan, name: &str, reason: &str, says: &[&str]) {
 fn a_parents_monthly_gpu_hours_count_the_whole_subtree() {
     // city may use 100 H100-hours a month; dept used 60 h, lab 40 h.
     let mut city = quota("city", None, &[], 0);
-    city.spec.gpu_hours_per_month = [("H100".to_string(), 100)].into();
+    city.spec.quota.gpu_hours_per_month = [("H100".to_string(), 100)].into();
     let snap = |lab_milli_s: i64| Snapshot {
         nodes: vec![node("n", "r", 8)],
         workloads: vec![workload("j", "dept", 1, 1, 0, 1)],
@@ -411,7 +412,7 @@ fn a_used_up_model_leaves_the_others_and_star_limits_all() {
     let mut a100 = node("a", "r", 8);
     a100.model = "A100".into();
     let mut t = quota("t", None, &[], 0);
-    t.spec.gpu_hours_per_month = [("H100".to_string(), 10)].into();
+    t.spec.quota.gpu_hours_per_month = [("H100".to_string(), 10)].into();
     let mut snap = Snapshot {
         nodes: vec![node("h", "r", 8), a100],
         workloads: vec![workload("j", "t", 1, 8, 0, 1)],
@@ -425,7 +426,7 @@ fn a_used_up_model_leaves_the_others_and_star_limits_all() {
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].1.placement.as_ref().unwrap().replicas[0].node, "a");
     // A `*` limit of 12 h counts every model: 10 h H100 + 2 h A100 = 12 h.
-    snap.quotas[0].spec.gpu_hours_per_month = [("*".to_string(), 12)].into();
+    snap.quotas[0].spec.quota.gpu_hours_per_month = [("*".to_string(), 12)].into();
     snap.month_use = [(
         "t".to_string(),
         used(&[("H100", 36_000_000), ("A100", 7_200_000)], &[]),
@@ -446,10 +447,10 @@ fn a_used_up_model_leaves_the_others_and_star_limits_all() {
 #[test]
 fn monthly_tokens_block_new_services_of_the_tier() {
     let mut parent = quota("prov", None, &[], 0);
-    parent.spec.tokens_per_month = [("basic".to_string(), 1_000_000)].into();
+    parent.spec.quota.tokens_per_month = [("basic".to_string(), 1_000_000)].into();
     let mut svc = workload("svc", "city", 1, 1, 0, 1);
     svc.key.kind = Kind::Inference;
-    svc.token_tier = Some("basic".into());
+    svc.token_tier = Some(crate::ledger::Tier::Basic);
     let snap = |basic: i64| Snapshot {
         nodes: vec![node("n", "r", 8)],
         workloads: vec![svc.clone(), workload("train", "city", 1, 1, 0, 2)],

@@ -15,7 +15,7 @@ use crate::api::jobs::{
     BackendError, BackendResult, Explanation, GpuUse, JobBackend, JobKind, JobPage, JobSpec,
     JobView, RegionView, ReplicaPlacement,
 };
-use crate::jobs::QuotaSpec;
+use crate::jobs::QuotaNode;
 use crate::ledger::journal::JournalEntry;
 use crate::ledger::{Ledger, UsageRecord};
 use crate::regions::catalog::Catalog;
@@ -84,7 +84,7 @@ fn apply(
             parent,
             quota,
         } => {
-            world.set_quota(QuotaSpec::from_ledger(&tenant, parent.as_deref(), &quota));
+            world.set_quota(QuotaNode::new(&tenant, parent.as_deref(), quota));
             Ok(None)
         }
     }

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::error::InputError;
 use crate::jobs::{
-    rfc3339, Kind, NodeView, QuotaSpec, QuotaView, WorkloadKey, WorkloadStatus, WorkloadView,
+    rfc3339, Kind, NodeView, QuotaNode, QuotaView, WorkloadKey, WorkloadStatus, WorkloadView,
 };
 use crate::placement::Policy;
 use crate::regions::catalog::{Catalog, Side};
@@ -332,11 +332,7 @@ fn unsupported(spec: &JobSpec) -> Result<(), SpecError> {
 fn open_quota(tenant: &str) -> QuotaView {
     QuotaView {
         name: tenant.to_string(),
-        spec: QuotaSpec {
-            tenant: tenant.to_string(),
-            borrowable: true,
-            ..QuotaSpec::default()
-        },
+        spec: QuotaNode::new(tenant, None, Default::default()),
         status: Default::default(),
         errors: Vec::new(),
     }
@@ -459,7 +455,7 @@ impl World {
     /// Sets a tenant's quota (hierarchical, monthly limits and all, as a
     /// TenantQuota on a cluster) and tries the pending jobs again. A tenant
     /// without one may use any free capacity.
-    pub fn set_quota(&mut self, spec: QuotaSpec) {
+    pub fn set_quota(&mut self, spec: QuotaNode) {
         let view = QuotaView {
             name: spec.tenant.clone(),
             spec,

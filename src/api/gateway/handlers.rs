@@ -281,8 +281,8 @@ fn to_next_month(at: DateTime<Utc>) -> u64 {
 }
 
 /// A call may start while the tenant's month-to-date tokens are below its
-/// `tokens_per_month` and its tier's `tokens_per_month_by_tier` (the call
-/// that crosses a limit completes; the next is refused).
+/// `tokens_per_month.*` and `tokens_per_month.<its tier>` (the call that
+/// crosses a limit completes; the next is refused).
 async fn check_month(
     state: &ApiState,
     gw: &Gateway,
@@ -291,26 +291,28 @@ async fn check_month(
     at: DateTime<Utc>,
 ) -> Result<(), ApiError> {
     let quota = state.quota_of(tenant).await?;
-    let tier_limit = quota.tokens_per_month_by_tier.get(&model.tier).copied();
-    if quota.tokens_per_month.is_none() && tier_limit.is_none() {
+    let tier_limit = quota.tokens_of(model.tier);
+    if quota.tokens_any().is_none() && tier_limit.is_none() {
         return Ok(());
     }
     let used = gw.month_tokens(state, tenant, Month::of(at)).await?;
     let total: i64 = used.values().sum();
-    if let Some(max) = quota.tokens_per_month.filter(|max| total >= *max) {
+    if let Some(max) = quota.tokens_any().filter(|max| total >= *max) {
         return Err(ApiError::token_limit(
-            "tokens_per_month",
+            "tokens_per_month.*",
             to_next_month(at),
-            format!("quota tokens_per_month {max} is used up ({total} tokens this month)"),
+            format!(
+                "quota tokens_per_month.* (all tiers) {max} is used up ({total} tokens this month)"
+            ),
         ));
     }
     let in_tier = used.get(&model.tier).copied().unwrap_or(0);
     if let Some(max) = tier_limit.filter(|max| in_tier >= *max) {
         return Err(ApiError::token_limit(
-            &format!("tokens_per_month_by_tier.{}", model.tier),
+            &format!("tokens_per_month.{}", model.tier),
             to_next_month(at),
             format!(
-                "quota tokens_per_month_by_tier.{} {max} is used up ({in_tier} {} tokens this month)",
+                "quota tokens_per_month.{} {max} is used up ({in_tier} {} tokens this month)",
                 model.tier, model.tier
             ),
         ));
