@@ -546,10 +546,20 @@ async fn a_compute_voucher_applied_with_kubectl_is_issued_once_redeemed_and_show
     // Bound: a window may be held back for the agent's energy report up to
     // `energy_wait` (20 s here), then the next voucher sync writes the status;
     // under a loaded machine 30 s was once not enough.
-    eventually(60, "the status shows the redeemed amount", || async {
-        status("redeemedFen").await == voucher_fen
-    })
-    .await;
+    let t0 = std::time::Instant::now();
+    while status("redeemedFen").await != voucher_fen {
+        if t0.elapsed() > Duration::from_secs(60) {
+            // Say what the ledger holds, so a miss here can be told apart.
+            let month = zhisuan::ledger::Month::of(chrono::Utc::now());
+            panic!(
+                "not reached within 60 s: redeemedFen {} (want {voucher_fen} of gross {gross}, run {start}..{end}); vouchers {:?}; statement {}",
+                status("redeemedFen").await,
+                ledger.vouchers(Some("acme")).unwrap(),
+                serde_json::to_string(&ledger.statement("acme", month).unwrap()).unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(status("balanceFen").await, 200_000 - voucher_fen);
     let vouchers = ledger.vouchers(Some("acme")).unwrap();
     assert_eq!(vouchers.len(), 1, "issued more than once: {vouchers:?}");

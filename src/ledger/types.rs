@@ -111,6 +111,49 @@ pub struct UsageRecord {
     pub grid_kg_per_kwh: f64,
 }
 
+/// Who held GPUs, where, under which site figures: all a usage record
+/// says besides its interval and energy. The GPU meter observes pods as
+/// holders ([`super::PodRun`]), the simulated cluster its replicas; both
+/// make their records with [`Holder::record`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holder {
+    /// Stable identity, e.g. the pod uid.
+    pub source: String,
+    pub tenant: String,
+    /// Job or inference service, `namespace/name`.
+    pub job: String,
+    pub region: String,
+    pub node: String,
+    pub model: String,
+    /// GPU share held: 1000 per whole device, or the share of one.
+    pub gpu_milli: i64,
+    pub pue: f64,
+    pub green_share: f64,
+    pub grid_kg_per_kwh: f64,
+}
+
+impl Holder {
+    /// The record of this holder's use over `[start_s, end_s)` (unix s).
+    pub fn record(&self, start_s: i64, end_s: i64, it_energy_j: i64) -> UsageRecord {
+        let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap_or_default();
+        UsageRecord {
+            source: self.source.clone(),
+            tenant: self.tenant.clone(),
+            job: self.job.clone(),
+            region: self.region.clone(),
+            node: self.node.clone(),
+            model: self.model.clone(),
+            gpu_milli: self.gpu_milli,
+            start: at(start_s),
+            end: at(end_s),
+            it_energy_j,
+            pue: self.pue,
+            green_share: self.green_share,
+            grid_kg_per_kwh: self.grid_kg_per_kwh,
+        }
+    }
+}
+
 /// A usage record after validation, with its id and derived integer quantities.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeteredUsage {

@@ -11,30 +11,18 @@
 
 use std::collections::BTreeMap;
 
-use super::types::{record_id, MeteredUsage, UsageRecord};
+use super::types::{record_id, Holder, MeteredUsage};
 use super::{LedgerError, Result};
-use chrono::DateTime;
 
-/// One pod's hold on GPUs, as observed.
+/// One pod's hold on GPUs, as observed: the holder (its `source` is the pod
+/// uid, persisted by Kubernetes and unique for ever) and when it held them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodRun {
-    /// The pod uid (persisted by Kubernetes, unique for ever).
-    pub uid: String,
-    pub tenant: String,
-    /// `namespace/name` of the workload.
-    pub job: String,
-    pub region: String,
-    pub node: String,
-    pub model: String,
-    /// GPU share held: 1000 per whole device, or the share of one.
-    pub gpu_milli: i64,
+    pub holder: Holder,
     /// When its containers started (unix s).
     pub start_s: i64,
     /// When its last container finished; `None` while it runs.
     pub end_s: Option<i64>,
-    pub pue: f64,
-    pub green_share: f64,
-    pub grid_kg_per_kwh: f64,
 }
 
 /// The id of `source`'s record for the window starting at `window_s`.
@@ -94,14 +82,15 @@ pub fn meter_windows(
         while w < end {
             let (s, e) = (run.start_s.max(w), end.min(w + period_s));
             if e > s {
-                let energy = energy_j.get(&(run.uid.clone(), w)).copied().unwrap_or(0);
-                match record(run, s, e, energy).meter() {
+                let uid = &run.holder.source;
+                let energy = energy_j.get(&(uid.clone(), w)).copied().unwrap_or(0);
+                match run.holder.record(s, e, energy).meter() {
                     Ok(mut m) => {
-                        m.id = window_id(&run.uid, w, period_s);
+                        m.id = window_id(uid, w, period_s);
                         out.usage.push(m);
                     }
                     Err(err) => {
-                        out.rejected.push((run.uid.clone(), err.to_string()));
+                        out.rejected.push((uid.clone(), err.to_string()));
                         break;
                     }
                 }
@@ -112,43 +101,26 @@ pub fn meter_windows(
     Ok(out)
 }
 
-fn record(run: &PodRun, start_s: i64, end_s: i64, it_energy_j: i64) -> UsageRecord {
-    let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap_or_default();
-    UsageRecord {
-        source: run.uid.clone(),
-        tenant: run.tenant.clone(),
-        job: run.job.clone(),
-        region: run.region.clone(),
-        node: run.node.clone(),
-        model: run.model.clone(),
-        gpu_milli: run.gpu_milli,
-        start: at(start_s),
-        end: at(end_s),
-        it_energy_j,
-        pue: run.pue,
-        green_share: run.green_share,
-        grid_kg_per_kwh: run.grid_kg_per_kwh,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn run(uid: &str, start: i64, end: Option<i64>, milli: i64) -> PodRun {
         PodRun {
-            uid: uid.into(),
-            tenant: "acme".into(),
-            job: "ml/train".into(),
-            region: "zhongwei".into(),
-            node: "n1".into(),
-            model: "H100".into(),
-            gpu_milli: milli,
+            holder: Holder {
+                source: uid.into(),
+                tenant: "acme".into(),
+                job: "ml/train".into(),
+                region: "zhongwei".into(),
+                node: "n1".into(),
+                model: "H100".into(),
+                gpu_milli: milli,
+                pue: 1.2,
+                green_share: 0.5,
+                grid_kg_per_kwh: 0.57,
+            },
             start_s: start,
             end_s: end,
-            pue: 1.2,
-            green_share: 0.5,
-            grid_kg_per_kwh: 0.57,
         }
     }
 
@@ -192,7 +164,7 @@ mod tests {
         let mut energy = BTreeMap::new();
         energy.insert(("uid-3".to_string(), 60), 7_000);
         let mut bad = run("uid-4", 0, None, 1000);
-        bad.tenant.clear();
+        bad.holder.tenant.clear();
         let m = meter_windows(&[run("uid-3", 0, None, 1000), bad], 0, 180, 60, &energy).unwrap();
         assert_eq!(m.usage.len(), 3);
         assert_eq!(m.usage[1].it_energy_j, 7_000);

@@ -15,16 +15,34 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use super::controller::{Written, FIELD_MANAGER};
+use super::controller::FIELD_MANAGER;
 use super::crd::{ComputeRegion, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus};
 use super::leader::Leadership;
 use super::members::{Members, PodsIn};
 use super::metrics::OperatorMetrics;
 use super::pods::{self, DeviceResources};
 use super::reconcile;
-use super::snapshot::{self, keys, WorkloadKey};
+use super::snapshot::{self, keys, WorkloadKey, WorkloadView};
 use crate::jobs::{rfc3339, set_condition};
 use crate::schedule::Action;
+
+/// A status this replica wrote that its reflector may not show yet.
+pub(super) struct Written {
+    /// resourceVersion the API server gave the write.
+    pub(super) written_rv: String,
+    pub(super) status: WorkloadStatus,
+    pub(super) at: std::time::Instant,
+}
+
+/// Whether a store showing `store_rv` already reflects a write that got
+/// `written_rv`. resourceVersions are opaque, but etcd's (and the stand-in's)
+/// are increasing integers; otherwise only equality is trusted.
+fn caught_up(store_rv: &str, written_rv: &str) -> bool {
+    match (store_rv.parse::<u64>(), written_rv.parse::<u64>()) {
+        (Ok(a), Ok(b)) => a >= b,
+        _ => store_rv == written_rv,
+    }
+}
 
 /// What acting needs: the client, the event recorder, the statuses written
 /// but maybe not yet seen, the member clusters, counters and the term.
@@ -61,6 +79,33 @@ impl Actuator {
             leadership,
             parallelism,
             devices,
+        }
+    }
+
+    /// Shows this replica's own status writes the reflector has not caught
+    /// up with yet (for a minute at most) in the workloads' views, so a
+    /// pass never plans from a status older than what it wrote;
+    /// `objects` are the workloads' objects in the same order.
+    pub(super) fn overlay_written<'o>(
+        &self,
+        views: &mut [WorkloadView],
+        objects: impl Iterator<Item = &'o Arc<DynamicObject>>,
+    ) {
+        let mut written = self.written.lock().unwrap();
+        for (view, obj) in views.iter_mut().zip(objects) {
+            let rv = obj.resource_version().unwrap_or_default();
+            match written.get(&view.uid) {
+                Some(w)
+                    if !caught_up(&rv, &w.written_rv)
+                        && w.at.elapsed() < std::time::Duration::from_secs(60) =>
+                {
+                    view.status = w.status.clone()
+                }
+                Some(_) => {
+                    written.remove(&view.uid);
+                }
+                None => {}
+            }
         }
     }
 

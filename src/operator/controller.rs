@@ -9,7 +9,7 @@
 //! lifecycle (finalizer, deletion cleanup, phase from owned pods) runs in the
 //! kube-rs `Controller` reconcilers of `reconcile.rs`, started by [`Controller::run`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,26 +21,25 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio::sync::{watch, Notify};
 
 use super::act::Actuator;
-use super::crd::{ComputeRegion, InferenceService, TenantQuota, TrainingJob, WorkloadStatus};
+use super::crd::{ComputeRegion, InferenceService, TenantQuota, TrainingJob};
 use super::leader::{Elector, Leadership, LeaseTiming};
-use super::members::{member_node_view, member_pod_view, MemberObjects, Members};
+use super::members::Members;
 use super::metering;
 use super::metrics::OperatorMetrics;
 use super::pods::DeviceResources;
 use super::reconcile;
-use super::regions::{region_catalog, region_statuses};
-use super::snapshot::{
-    self, Kind, MonthToDate, NodeView, PodView, QuotaView, WorkloadKey, WorkloadView,
-};
-use super::tenancy::{self, NamespaceTenancy};
-use super::tokens::{self, ServingService};
+use super::regions::region_statuses;
+use super::snapshot::{self, Kind, MonthToDate, QuotaView, WorkloadKey};
+use super::snapshotter::{Seen, SnapshotOptions, Snapshotter, Step};
+use super::tenancy::NamespaceTenancy;
+use super::tokens;
 use super::usage::UsageSource;
 use crate::ledger::Ledger;
-use crate::schedule::{self as plan, Action, PlanConfig, Snapshot};
+use crate::schedule::{self as plan, Action, PlanConfig};
 use crate::telemetry::tokens::{run_token_loop, TokenScrapeConfig, TokenTarget};
 
 /// Field manager of the controller's server-side applies.
@@ -86,107 +85,6 @@ impl Default for ControllerConfig {
     }
 }
 
-/// A status this replica wrote that its reflector may not show yet.
-pub(super) struct Written {
-    /// resourceVersion the API server gave the write.
-    pub(super) written_rv: String,
-    pub(super) status: WorkloadStatus,
-    pub(super) at: std::time::Instant,
-}
-
-/// Whether a store showing `store_rv` already reflects a write that got
-/// `written_rv`. resourceVersions are opaque, but etcd's (and the stand-in's)
-/// are increasing integers; otherwise only equality is trusted.
-fn caught_up(store_rv: &str, written_rv: &str) -> bool {
-    match (store_rv.parse::<u64>(), written_rv.parse::<u64>()) {
-        (Ok(a), Ok(b)) => a >= b,
-        _ => store_rv == written_rv,
-    }
-}
-
-/// Views of unchanged objects, reused across passes: a pass converts only
-/// what changed since the last one (keyed by uid, checked by resourceVersion).
-#[derive(Default)]
-struct ViewCache {
-    /// What the cached workload views were validated against.
-    rules: snapshot::ValidationRules,
-    nodes: HashMap<String, (String, NodeView)>,
-    pods: HashMap<String, (String, PodView)>,
-    training: HashMap<String, (String, WorkloadView)>,
-    inference: HashMap<String, (String, WorkloadView)>,
-    /// Member clusters' views, per region (uids are unique per cluster only).
-    members: HashMap<String, MemberViewCache>,
-    /// InferenceServices' token endpoints (each spec parsed once per version).
-    services: HashMap<String, (String, Option<ServingService>)>,
-    /// Nodes' energy reports (each annotation parsed once per version).
-    energy: HashMap<String, (String, Option<NodeEnergy>)>,
-}
-
-/// A node's key and its agent's energy report.
-type NodeEnergy = (String, Arc<crate::ledger::EnergyReport>);
-
-/// One member cluster's cached views.
-#[derive(Default)]
-struct MemberViewCache {
-    nodes: HashMap<String, (String, NodeView)>,
-    pods: HashMap<String, (String, PodView)>,
-    energy: HashMap<String, (String, Option<NodeEnergy>)>,
-}
-
-impl ViewCache {
-    /// Views of the listed member clusters' nodes and pods, converted only
-    /// where they changed; a region no longer listed loses its cache.
-    fn member_views(&mut self, members: &[MemberObjects]) -> (Vec<NodeView>, Vec<PodView>) {
-        let mut next = HashMap::with_capacity(members.len());
-        let (mut nodes, mut pods) = (Vec::new(), Vec::new());
-        for m in members {
-            let mut c = self.members.remove(&m.region).unwrap_or_default();
-            nodes.extend(cached_views(&mut c.nodes, &m.nodes, |n| {
-                member_node_view(&m.region, n)
-            }));
-            pods.extend(cached_views(&mut c.pods, &m.pods, |p| {
-                member_pod_view(&m.region, p)
-            }));
-            next.insert(m.region.clone(), c);
-        }
-        self.members = next;
-        (nodes, pods)
-    }
-
-    /// The energy reports of the home cluster's and the member clusters'
-    /// nodes (call after [`Self::member_views`], which keeps the member caches).
-    fn node_energy(
-        &mut self,
-        nodes: &[Arc<Node>],
-        members: &[MemberObjects],
-    ) -> BTreeMap<String, Arc<crate::ledger::EnergyReport>> {
-        let mut out: BTreeMap<_, _> =
-            cached_views(&mut self.energy, nodes, |n| metering::node_energy(None, n))
-                .into_iter()
-                .flatten()
-                .collect();
-        for m in members {
-            let c = self.members.entry(m.region.clone()).or_default();
-            out.extend(
-                cached_views(&mut c.energy, &m.nodes, |n| {
-                    metering::node_energy(Some(&m.region), n)
-                })
-                .into_iter()
-                .flatten(),
-            );
-        }
-        out
-    }
-
-    /// The token endpoints of the InferenceServices that have one.
-    fn serving_services(&mut self, inference: &[Arc<DynamicObject>]) -> Vec<ServingService> {
-        cached_views(&mut self.services, inference, tokens::serving_service)
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-}
-
 /// Sends `value` on `tx` only when it differs from the current one (so the
 /// receivers wake only for a change).
 fn publish_if_changed<T: PartialEq>(tx: &watch::Sender<T>, value: T) {
@@ -197,34 +95,6 @@ fn publish_if_changed<T: PartialEq>(tx: &watch::Sender<T>, value: T) {
         }
         changed
     });
-}
-
-/// Views of `objects`, from `cache` where the resourceVersion is unchanged;
-/// the cache keeps exactly the objects seen now.
-fn cached_views<K: Resource, V: Clone>(
-    cache: &mut HashMap<String, (String, V)>,
-    objects: &[Arc<K>],
-    make: impl Fn(&K) -> V,
-) -> Vec<V> {
-    let mut next = HashMap::with_capacity(objects.len());
-    let mut out = Vec::with_capacity(objects.len());
-    for obj in objects {
-        let meta = obj.meta();
-        let key = meta
-            .uid
-            .clone()
-            .or_else(|| meta.name.clone())
-            .unwrap_or_default();
-        let rv = meta.resource_version.clone().unwrap_or_default();
-        let view = match cache.remove(&key) {
-            Some((old_rv, v)) if old_rv == rv && !rv.is_empty() => v,
-            _ => make(obj),
-        };
-        out.push(view.clone());
-        next.insert(key, (rv, view));
-    }
-    *cache = next;
-    out
 }
 
 /// The last month-to-date figures read, per tenant.
@@ -245,7 +115,8 @@ pub struct Controller {
     ready: Arc<AtomicBool>,
     /// What acting needs (shared with the workload reconcilers).
     act: Arc<Actuator>,
-    views: std::sync::Mutex<ViewCache>,
+    /// Step 2: builds snapshots, keeping unchanged objects' views.
+    views: std::sync::Mutex<Snapshotter>,
     /// The scheduler (its engine and learned shapes carry over between
     /// passes); locked only around the pure plan, never across an await.
     scheduler: std::sync::Mutex<plan::Scheduler>,
@@ -739,16 +610,43 @@ impl Controller {
         }
     }
 
-    /// One observe → snapshot → plan → act pass.
+    /// One pass: observe → snapshot → plan → act.
     async fn pass(&self, stores: &Stores) {
-        let node_objects = stores.nodes.state();
-        let pod_objects = stores.pods.state();
-        let training = stores.training.state();
-        let inference = stores.inference.state();
-        let quotas = stores.quotas.state();
+        // 1. Observe: the reflectors' objects and the member clusters'.
+        let seen = self.observe(stores).await;
+        // 2. Snapshot: plain data, unchanged objects' views reused; then
+        //    month-to-date use and this replica's writes not yet seen.
+        let mut step = self
+            .views
+            .lock()
+            .unwrap()
+            .snapshot(&seen, &self.snapshot_options());
+        step.snap.month_use = self.month_use(&step.snap.quotas).await;
+        self.act
+            .overlay_written(&mut step.snap.workloads, seen.workloads());
+        // 3. What the token and GPU meters watch.
+        self.publish_observations(&seen, &step);
+        // 4. Plan (pure).
+        let mut plan = self
+            .scheduler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .plan(&step.snap);
+        plan.actions.extend(region_statuses(
+            &seen.region_views,
+            step.snap.regions.as_ref(),
+            &plan.regions,
+            step.snap.now,
+        ));
+        self.metrics.record(&plan);
+        // 5. Act.
+        self.act_on(plan.actions, &seen).await;
+    }
+
+    /// Step 1: the reflectors' objects now, the member clusters synced to
+    /// the ComputeRegions and their objects.
+    async fn observe(&self, stores: &Stores) -> Seen {
         let regions = stores.regions.state();
-        let quota_views: Vec<QuotaView> = quotas.iter().map(|q| snapshot::quota_view(q)).collect();
-        let month_use = self.month_use(&quota_views).await;
         let mut region_views: Vec<snapshot::RegionView> =
             regions.iter().map(|r| snapshot::region_view(r)).collect();
         let members = self.act.members();
@@ -758,78 +656,36 @@ impl Controller {
                 r.member_problem = members.problem(&r.name);
             }
         }
-        let member_objects = members.objects();
-        let mut services = Vec::new();
-        let mut node_energy = BTreeMap::new();
-        let mut snap = {
-            let mut cache = self.views.lock().unwrap();
-            let cache = &mut *cache;
-            let mut nodes = cached_views(&mut cache.nodes, &node_objects, snapshot::node_view);
-            let mut pods = cached_views(&mut cache.pods, &pod_objects, snapshot::pod_view);
-            let (member_nodes, member_pods) = cache.member_views(&member_objects);
-            nodes.extend(member_nodes);
-            pods.extend(member_pods);
-            if self.tokens.is_some() {
-                services = cache.serving_services(&inference);
-            }
-            if self.metering.is_some() {
-                node_energy = cache.node_energy(&node_objects, &member_objects);
-            }
-            let regions = region_catalog(&region_views, &nodes, self.config.plan.region_scoring);
-            let mut snap = Snapshot {
-                now: chrono::Utc::now().timestamp(),
-                pods,
-                nodes,
-                workloads: Vec::new(),
-                quotas: quota_views,
-                month_use,
-                regions,
-            };
-            let rules = snapshot::ValidationRules {
-                known_models: snap.known_models(),
-                pod_security: snapshot::pod_security_levels(&quotas),
-            };
-            if rules != cache.rules {
-                // Validation depends on the models and the tenants' Pod
-                // Security levels: convert everything again.
-                cache.training.clear();
-                cache.inference.clear();
-                cache.rules = rules;
-            }
-            let rules = &cache.rules;
-            snap.workloads = cached_views(&mut cache.training, &training, |o| {
-                snapshot::workload_view(Kind::Training, o, rules)
-            });
-            snap.workloads
-                .extend(cached_views(&mut cache.inference, &inference, |o| {
-                    snapshot::workload_view(Kind::Inference, o, rules)
-                }));
-            snapshot::key_legacy_member_placements(&mut snap.workloads, &region_views);
-            snap
-        };
-        let namespaces = stores.namespaces.state();
-        let ns_labels: HashMap<&str, &BTreeMap<String, String>> = namespaces
-            .iter()
-            .filter_map(|n| Some((n.metadata.name.as_deref()?, n.metadata.labels.as_ref()?)))
-            .collect();
-        let known_ns: std::collections::HashSet<&str> = namespaces
-            .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
-            .collect();
-        let empty = BTreeMap::new();
-        let default_vendors = snapshot::default_vendors(&quotas);
-        for w in snap.workloads.iter_mut() {
-            w.default_vendor = default_vendors.get(&w.tenant).cloned();
-            let ns = w.key.namespace.as_str();
-            let labels = ns_labels
-                .get(ns)
-                .copied()
-                .or(known_ns.contains(ns).then_some(&empty));
-            w.tenant_mismatch =
-                tenancy::tenant_mismatch(ns, labels, &w.tenant, self.config.namespace_tenancy);
+        Seen {
+            now: chrono::Utc::now().timestamp(),
+            namespaces: stores.namespaces.state(),
+            nodes: stores.nodes.state(),
+            pods: stores.pods.state(),
+            training: stores.training.state(),
+            inference: stores.inference.state(),
+            quotas: stores.quotas.state(),
+            regions,
+            region_views,
+            members: members.objects(),
         }
+    }
+
+    fn snapshot_options(&self) -> SnapshotOptions {
+        SnapshotOptions {
+            region_scoring: self.config.plan.region_scoring,
+            namespace_tenancy: self.config.namespace_tenancy,
+            services: self.tokens.is_some(),
+            energy: self.metering.is_some(),
+        }
+    }
+
+    /// Step 3: the token loop's scrape targets and the GPU meter's runs,
+    /// sent only when they changed.
+    fn publish_observations(&self, seen: &Seen, step: &Step) {
+        let snap = &step.snap;
         if let Some(counting) = &self.tokens {
-            let pods: Vec<_> = pod_objects
+            let pods: Vec<_> = seen
+                .pods
                 .iter()
                 .filter_map(|p| tokens::serving_pod(p))
                 .collect();
@@ -838,67 +694,46 @@ impl Controller {
                 .iter()
                 .map(|n| (n.name.clone(), n.region.clone()))
                 .collect();
-            let targets = tokens::token_targets(&services, &pods, &node_regions);
+            let targets = tokens::token_targets(&step.services, &pods, &node_regions);
             publish_if_changed(&counting.targets, targets);
         }
         if let Some(m) = &self.metering {
-            let index = metering::MeterIndex::new(&snap.nodes, &snap.workloads, &region_views);
-            let member_pods: Vec<(&str, &[Arc<Pod>])> = member_objects
+            let index = metering::MeterIndex::new(&snap.nodes, &snap.workloads, &seen.region_views);
+            let member_pods: Vec<(&str, &[Arc<Pod>])> = seen
+                .members
                 .iter()
                 .map(|m| (m.region.as_str(), m.pods.as_slice()))
                 .collect();
-            let mut observed = metering::observe(&index, &pod_objects, &member_pods);
-            observed.energy = node_energy;
+            let mut observed = metering::observe(&index, &seen.pods, &member_pods);
+            observed.energy = step.node_energy.clone();
             publish_if_changed(&m.observed, observed);
         }
-        let mut objects: BTreeMap<WorkloadKey, Arc<DynamicObject>> = BTreeMap::new();
-        {
-            // Overlay what we wrote but the reflector has not shown yet.
-            let mut written = self.act.written.lock().unwrap();
-            for (view, obj) in snap
-                .workloads
-                .iter_mut()
-                .zip(training.iter().chain(inference.iter()))
-            {
-                let rv = obj.resource_version().unwrap_or_default();
-                match written.get(&view.uid) {
-                    Some(w)
-                        if !caught_up(&rv, &w.written_rv)
-                            && w.at.elapsed() < Duration::from_secs(60) =>
-                    {
-                        view.status = w.status.clone()
-                    }
-                    Some(_) => {
-                        written.remove(&view.uid);
-                    }
-                    None => {}
-                }
-                objects.insert(view.key.clone(), obj.clone());
-            }
-        }
+    }
+
+    /// Step 5: each action on its object, concurrently (actions touch
+    /// distinct objects), bounded, each only while this replica leads.
+    async fn act_on(&self, actions: Vec<Action>, seen: &Seen) {
         let by_name = |objs: &[Arc<DynamicObject>]| -> BTreeMap<String, Arc<DynamicObject>> {
             objs.iter().map(|o| (o.name_any(), o.clone())).collect()
         };
-        let quota_objects = by_name(&quotas);
-        let region_objects = by_name(&regions);
-        let mut plan = self
-            .scheduler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .plan(&snap);
-        plan.actions.extend(region_statuses(
-            &region_views,
-            snap.regions.as_ref(),
-            &plan.regions,
-            snap.now,
-        ));
-        self.metrics.record(&plan);
-        let mut work = Vec::with_capacity(plan.actions.len());
-        for action in plan.actions {
+        let workloads: BTreeMap<WorkloadKey, Arc<DynamicObject>> = seen
+            .training
+            .iter()
+            .map(|o| (snapshot::workload_key(Kind::Training, o), o.clone()))
+            .chain(
+                seen.inference
+                    .iter()
+                    .map(|o| (snapshot::workload_key(Kind::Inference, o), o.clone())),
+            )
+            .collect();
+        let quota_objects = by_name(&seen.quotas);
+        let region_objects = by_name(&seen.regions);
+        let mut work = Vec::with_capacity(actions.len());
+        for action in actions {
             let obj = match &action {
                 Action::SetStatus { key: k, .. }
                 | Action::Launch { key: k, .. }
-                | Action::Stop { key: k, .. } => objects.get(k).cloned(),
+                | Action::Stop { key: k, .. } => workloads.get(k).cloned(),
                 Action::QuotaStatus { name, .. } => quota_objects.get(name).cloned(),
                 Action::RegionStatus { name, .. } => region_objects.get(name).cloned(),
             };
@@ -913,7 +748,6 @@ impl Controller {
                 });
             }
         }
-        // Actions touch distinct objects; run them concurrently, bounded.
         futures::stream::iter(work)
             .buffer_unordered(self.config.parallelism)
             .collect::<Vec<()>>()
@@ -940,105 +774,4 @@ pub async fn lease_holder(client: Client, namespace: &str, name: &str) -> Option
         .flatten()?
         .spec?
         .holder_identity
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::{json, Value};
-
-    fn object<K: serde::de::DeserializeOwned>(v: Value) -> Arc<K> {
-        Arc::new(serde_json::from_value(v).unwrap())
-    }
-
-    fn node(name: &str, uid: &str, rv: &str, gpus: u32) -> Arc<Node> {
-        object(json!({
-            "metadata": {"name": name, "uid": uid, "resourceVersion": rv,
-                         "labels": {"zhisuan.io/gpu-count": gpus.to_string()}}
-        }))
-    }
-
-    #[test]
-    fn member_views_are_converted_once_per_version_and_kept_apart_per_cluster() {
-        let pod: Arc<Pod> = object(json!({
-            "metadata": {"name": "p", "namespace": "ml", "uid": "1", "resourceVersion": "3"},
-            "spec": {"nodeName": "kind-control-plane", "containers": []}
-        }));
-        // The same uid and node name in two clusters (each has its own uids).
-        let listed = |far_node: Arc<Node>| {
-            vec![
-                MemberObjects {
-                    region: "far".into(),
-                    nodes: vec![far_node],
-                    pods: vec![pod.clone()],
-                },
-                MemberObjects {
-                    region: "near".into(),
-                    nodes: vec![node("kind-control-plane", "1", "5", 4)],
-                    pods: Vec::new(),
-                },
-            ]
-        };
-        let mut cache = ViewCache::default();
-        let (nodes, pods) = cache.member_views(&listed(node("kind-control-plane", "1", "5", 8)));
-        let seen: Vec<(&str, u8)> = nodes.iter().map(|n| (n.name.as_str(), n.gpus)).collect();
-        assert_eq!(
-            seen,
-            [
-                ("far/kind-control-plane", 8),
-                ("near/kind-control-plane", 4)
-            ]
-        );
-        assert_eq!(pods[0].node.as_deref(), Some("far/kind-control-plane"));
-        // Same resourceVersion: the cached view (no conversion), even though
-        // this object (which a real server would version anew) differs.
-        let (nodes, _) = cache.member_views(&listed(node("kind-control-plane", "1", "5", 2)));
-        assert_eq!(nodes[0].gpus, 8);
-        // A new version is converted again.
-        let (nodes, _) = cache.member_views(&listed(node("kind-control-plane", "1", "6", 2)));
-        assert_eq!(nodes[0].gpus, 2);
-        // A region no longer listed leaves the cache.
-        cache.member_views(&listed(node("kind-control-plane", "1", "6", 2))[..1]);
-        assert_eq!(cache.members.keys().collect::<Vec<_>>(), ["far"]);
-    }
-
-    #[test]
-    fn token_endpoints_are_parsed_once_per_version() {
-        let service = |rv: &str, port: u16| -> Arc<DynamicObject> {
-            object(json!({
-                "apiVersion": "zhisuan.io/v1alpha1", "kind": "InferenceService",
-                "metadata": {"name": "chat", "namespace": "ai", "uid": "u1", "resourceVersion": rv},
-                "spec": {"tenant": "acme", "modelName": "qwen-72b", "tokenTier": "basic",
-                         "replicas": 1, "gpusPerReplica": 1, "metrics": {"port": port},
-                         "template": {"spec": {"containers": []}}}
-            }))
-        };
-        let without_metrics: Arc<DynamicObject> = object(json!({
-            "apiVersion": "zhisuan.io/v1alpha1", "kind": "InferenceService",
-            "metadata": {"name": "quiet", "namespace": "ai", "uid": "u2", "resourceVersion": "1"},
-            "spec": {"tenant": "acme", "modelName": "m", "replicas": 1, "gpusPerReplica": 1,
-                     "template": {"spec": {"containers": []}}}
-        }));
-        let mut cache = ViewCache::default();
-        let ports = |cache: &mut ViewCache, objs: &[Arc<DynamicObject>]| -> Vec<u16> {
-            cache
-                .serving_services(objs)
-                .iter()
-                .map(|s| s.port)
-                .collect()
-        };
-        assert_eq!(
-            ports(&mut cache, &[service("1", 8000), without_metrics.clone()]),
-            [8000]
-        );
-        // Unchanged version: not parsed again.
-        assert_eq!(
-            ports(&mut cache, &[service("1", 9000), without_metrics.clone()]),
-            [8000]
-        );
-        assert_eq!(
-            ports(&mut cache, &[service("2", 9000), without_metrics]),
-            [9000]
-        );
-    }
 }

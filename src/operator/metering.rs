@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use super::snapshot::{keys, member_node_key, RegionView, WorkloadView};
 use crate::ledger::{
-    meter_windows, window_floor, EnergyReport, Ledger, PodRun, ANNOTATION_POD_ENERGY,
+    meter_windows, types::Holder, window_floor, EnergyReport, Ledger, PodRun, ANNOTATION_POD_ENERGY,
 };
 
 /// Name of the controller's GPU-time meter cursor in the ledger.
@@ -107,7 +107,8 @@ pub fn node_energy(member: Option<&str>, node: &Node) -> Option<(String, Arc<Ene
 /// The pod uid as its node's agent knows it (a member cluster's run is
 /// keyed `region/uid`).
 fn agent_uid(run: &PodRun) -> &str {
-    run.uid.rsplit('/').next().unwrap_or(&run.uid)
+    let uid = &run.holder.source;
+    uid.rsplit('/').next().unwrap_or(uid)
 }
 
 /// Runs overlapping `[from, to)`.
@@ -123,7 +124,7 @@ fn runs_in(observed: &Observed, from: i64, to: i64) -> impl Iterator<Item = &Pod
 pub fn energy_ready(observed: &Observed, from: i64, ready: i64, period_s: i64) -> i64 {
     let mut until = ready;
     for run in runs_in(observed, from, ready) {
-        if let Some(r) = observed.energy.get(&run.node) {
+        if let Some(r) = observed.energy.get(&run.holder.node) {
             if r.period == period_s && r.through < until {
                 until = window_floor(r.through, period_s).max(from);
             }
@@ -145,7 +146,7 @@ pub fn window_energy(
     for run in runs_in(observed, from, to) {
         let Some(report) = observed
             .energy
-            .get(&run.node)
+            .get(&run.holder.node)
             .filter(|r| r.period == period_s)
         else {
             continue;
@@ -155,7 +156,7 @@ pub fn window_energy(
         while w < end {
             match report.energy_j(agent_uid(run), w) {
                 Some(j) => {
-                    energy.insert((run.uid.clone(), w), j);
+                    energy.insert((run.holder.source.clone(), w), j);
                 }
                 None => unreported += 1,
             }
@@ -335,26 +336,28 @@ pub fn observe_pod(index: &MeterIndex<'_>, member: Option<&str>, pod: &Pod, out:
         .or_else(|| workload.map(|w| format!("{}/{}", w.key.namespace, w.key.name)))
         .unwrap_or_else(|| format!("{namespace}/{}", pod.name_any()));
     out.runs.push(PodRun {
-        uid,
-        tenant,
-        job,
-        region,
-        node: node_key,
-        model: if model.is_empty() {
-            "unknown".into()
-        } else {
-            model.into()
+        holder: Holder {
+            source: uid,
+            tenant,
+            job,
+            region,
+            node: node_key,
+            model: if model.is_empty() {
+                "unknown".into()
+            } else {
+                model.into()
+            },
+            gpu_milli,
+            pue: if pue > 0.0 { pue } else { 1.0 },
+            green_share: green_share.clamp(0.0, 1.0),
+            grid_kg_per_kwh: if grid > 0.0 {
+                grid
+            } else {
+                DEFAULT_GRID_KG_PER_KWH
+            },
         },
-        gpu_milli,
         start_s,
         end_s,
-        pue: if pue > 0.0 { pue } else { 1.0 },
-        green_share: green_share.clamp(0.0, 1.0),
-        grid_kg_per_kwh: if grid > 0.0 {
-            grid
-        } else {
-            DEFAULT_GRID_KG_PER_KWH
-        },
     });
 }
 
@@ -373,7 +376,8 @@ pub fn observe(
             observe_pod(index, Some(region), pod, &mut out);
         }
     }
-    out.runs.sort_by(|a, b| a.uid.cmp(&b.uid));
+    out.runs
+        .sort_by(|a, b| a.holder.source.cmp(&b.holder.source));
     out.unattributed.sort_by(|a, b| a.uid.cmp(&b.uid));
     out
 }
@@ -581,18 +585,20 @@ mod tests {
 
     fn run(uid: &str, node: &str, start_s: i64, end_s: Option<i64>) -> PodRun {
         PodRun {
-            uid: uid.into(),
-            tenant: "acme".into(),
-            job: "ml/train".into(),
-            region: "east".into(),
-            node: node.into(),
-            model: "H100".into(),
-            gpu_milli: 1000,
+            holder: Holder {
+                source: uid.into(),
+                tenant: "acme".into(),
+                job: "ml/train".into(),
+                region: "east".into(),
+                node: node.into(),
+                model: "H100".into(),
+                gpu_milli: 1000,
+                pue: 1.0,
+                green_share: 0.0,
+                grid_kg_per_kwh: DEFAULT_GRID_KG_PER_KWH,
+            },
             start_s,
             end_s,
-            pue: 1.0,
-            green_share: 0.0,
-            grid_kg_per_kwh: DEFAULT_GRID_KG_PER_KWH,
         }
     }
 

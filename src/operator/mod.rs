@@ -21,6 +21,7 @@ pub mod podsecurity;
 mod reconcile;
 pub mod regions;
 pub mod snapshot;
+mod snapshotter;
 pub mod tenancy;
 pub mod tokens;
 pub mod usage;

@@ -298,11 +298,7 @@ pub fn pod_security_levels(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, Po
 
 pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -> WorkloadView {
     let known_models = &rules.known_models;
-    let key = WorkloadKey {
-        kind,
-        namespace: obj.namespace().unwrap_or_default(),
-        name: obj.name_any(),
-    };
+    let key = workload_key(kind, obj);
     let status: WorkloadStatus = obj
         .data
         .get("status")
@@ -454,6 +450,15 @@ where
             (spec, status, errors)
         }
         Err(e) => (S::default(), status, vec![e]),
+    }
+}
+
+/// A workload object's key.
+pub fn workload_key(kind: Kind, obj: &DynamicObject) -> WorkloadKey {
+    WorkloadKey {
+        kind,
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
     }
 }
 

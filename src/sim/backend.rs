@@ -17,6 +17,7 @@ use crate::api::jobs::{
 };
 use crate::jobs::QuotaNode;
 use crate::ledger::journal::JournalEntry;
+use crate::ledger::types::Holder;
 use crate::ledger::{Ledger, UsageRecord};
 use crate::regions::catalog::Catalog;
 use crate::regions::plan::{JobKind as WorldKind, JobSpec as WorldSpec, SpecError};
@@ -656,7 +657,6 @@ impl JobBackend for WorldBackend {
 /// Energy comes from the world's power model; ids are the world's, so
 /// re-ingesting the same intervals changes nothing.
 pub fn usage_records(catalog: &Catalog, intervals: &[UsageInterval]) -> Vec<UsageRecord> {
-    let at = |s: i64| Utc.timestamp_opt(s, 0).single().unwrap_or_default();
     intervals
         .iter()
         .filter(|u| u.end_s > u.start_s && u.milli_gpu > 0)
@@ -664,7 +664,7 @@ pub fn usage_records(catalog: &Catalog, intervals: &[UsageInterval]) -> Vec<Usag
             let grid = catalog
                 .region_index(&u.region)
                 .map_or(0.0, |r| catalog.regions[r].grid_factor_kg_per_kwh);
-            UsageRecord {
+            Holder {
                 source: u.id.clone(),
                 tenant: u.tenant.clone(),
                 job: format!("{}/{}", u.tenant, u.job_name),
@@ -672,13 +672,11 @@ pub fn usage_records(catalog: &Catalog, intervals: &[UsageInterval]) -> Vec<Usag
                 node: u.node.clone(),
                 model: u.model.clone(),
                 gpu_milli: i64::from(u.milli_gpu),
-                start: at(u.start_s),
-                end: at(u.end_s),
-                it_energy_j: (u.it_kwh * 3.6e6).round() as i64,
                 pue: u.pue,
                 green_share: u.green_share,
                 grid_kg_per_kwh: grid,
             }
+            .record(u.start_s, u.end_s, (u.it_kwh * 3.6e6).round() as i64)
         })
         .collect()
 }
