@@ -738,11 +738,64 @@ fn case_month_split_and_lapsed_vouchers(open: &dyn Fn() -> Ledger) {
     assert_eq!(l.trial_balance().unwrap(), 0);
 }
 
+/// Use over time: every bucket present (zeros too), each record in the
+/// bucket it starts in, and the series adding up to the summary exactly.
+fn case_usage_series(open: &dyn Fn() -> Ledger) {
+    use zhisuan::ledger::series::Bucket;
+    let l = seeded(open);
+    l.ingest(
+        &[
+            usage("p1", "acme", "2026-11-03T00:10:00Z", 1800),
+            usage("p2", "acme", "2026-11-03T02:00:00Z", 3600),
+            usage("p3", "beta", "2026-11-03T00:00:00Z", 3600),
+        ],
+        &[tokens("s1", "acme", "2026-11-03T02:30:00Z", 300, 200)],
+    )
+    .unwrap();
+    let from = t("2026-11-03T00:30:00Z").timestamp(); // rounded down to 00:00
+    let to = t("2026-11-03T04:00:00Z").timestamp();
+    let s = l.usage_series("acme", from, to, Bucket::Hour).unwrap();
+    let hours: Vec<(i64, i64)> = s
+        .iter()
+        .map(|p| ((p.start_s - s[0].start_s) / 3600, p.milli_gpu_s))
+        .collect();
+    assert_eq!(hours, [(0, 1_800_000), (1, 0), (2, 3_600_000), (3, 0)]);
+    assert_eq!(s[2].tokens, 500);
+    assert_eq!(s[0].start_s, t("2026-11-03T00:00:00Z").timestamp());
+    let sum = l
+        .usage_summary(
+            "acme",
+            Some(t("2026-11-03T00:00:00Z")),
+            Some(t("2026-11-03T04:00:00Z")),
+        )
+        .unwrap();
+    assert_eq!(s.iter().map(|p| p.gross_fen).sum::<i64>(), sum.gross_fen);
+    assert_eq!(
+        s.iter().map(|p| p.voucher_fen).sum::<i64>(),
+        sum.voucher_fen
+    );
+    assert!(sum.gross_fen > 0);
+    let day = l
+        .usage_series("acme", from, from + 86_400, Bucket::Day)
+        .unwrap();
+    assert_eq!(day.len(), 1);
+    assert_eq!(day[0].milli_gpu_s, 5_400_000, "beta's use is not acme's");
+    // Too many buckets, an empty range and an unknown tenant are refused.
+    let e = l
+        .usage_series("acme", 0, 2_000 * 3_600, Bucket::Hour)
+        .unwrap_err();
+    assert_eq!(e.field(), Some("from"), "{e}");
+    let e = l.usage_series("acme", to, to, Bucket::Hour).unwrap_err();
+    assert_eq!(e.field(), Some("to"), "{e}");
+    assert!(l.usage_series("nobody", from, to, Bucket::Hour).is_err());
+}
+
 type Case = (&'static str, fn(&dyn Fn() -> Ledger));
 
 const CASES: &[Case] = &[
     ("tenants_and_keys", case_tenants_and_keys),
     ("quotas", case_quotas),
+    ("usage_series", case_usage_series),
     ("rate_cards", case_rate_cards),
     ("voucher_validation", case_voucher_validation),
     (

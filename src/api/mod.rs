@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod cache;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod gateway;
@@ -22,6 +23,7 @@ pub mod openapi;
 pub mod page;
 pub mod ratelimit;
 mod schemas;
+pub mod series;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -326,10 +328,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs", post(h::submit_job).get(h::list_jobs))
         .route("/v1/jobs/{id}", get(h::get_job).delete(h::delete_job))
         .route("/v1/usage", get(h::own_usage))
+        .route("/v1/usage/series", get(series::own_series))
         .route("/v1/statements/{month}", get(h::statement))
         .route("/v1/regions", get(h::regions))
         .merge(gateway::handlers::routes())
         .merge(page::router())
+        .merge(console::router())
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -78,7 +78,7 @@ impl Modify for BearerAuth {
         super::gateway::handlers::chat, super::gateway::handlers::completions,
         super::gateway::handlers::embeddings, super::gateway::handlers::models,
         super::gateway::handlers::calls, super::gateway::handlers::grants,
-        super::gateway::handlers::set_grants,
+        super::gateway::handlers::set_grants, super::series::own_series,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
@@ -89,7 +89,8 @@ impl Modify for BearerAuth {
         handlers::VoucherList, handlers::VoucherView, handlers::RegionList, handlers::StatementFormat,
         super::keys::CreatedKey, super::keys::KeyView, super::keys::KeyList,
         CallRecord, super::gateway::handlers::CallPage, super::gateway::handlers::ModelList,
-        super::gateway::handlers::Grants,
+        super::gateway::handlers::Grants, super::series::Series, crate::ledger::series::SeriesPoint,
+        crate::ledger::series::Bucket,
     )),
     modifiers(&BearerAuth),
     tags(

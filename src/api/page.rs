@@ -37,7 +37,8 @@ async fn style() -> impl IntoResponse {
     asset("text/css; charset=utf-8", PAGE_CSS)
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+/// A page asset: from this origin only (CSP), never cached stale.
+pub(super) fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, content_type),

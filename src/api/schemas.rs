@@ -77,6 +77,29 @@ ledger_schema!(
 );
 
 ledger_schema!(
+    crate::ledger::series::Bucket,
+    "Bucket",
+    json!({"type": "string", "enum": ["hour", "day"]})
+);
+
+ledger_schema!(
+    crate::ledger::series::SeriesPoint,
+    "SeriesPoint",
+    json!({
+        "type": "object",
+        "required": ["start_s", "milli_gpu_s", "gross_fen", "voucher_fen", "carbon_mg", "tokens"],
+        "properties": {
+            "start_s": {"type": "integer", "description": "bucket start, unix seconds UTC"},
+            "milli_gpu_s": {"type": "integer", "description": "GPU time; 3,600,000 = one GPU-hour"},
+            "gross_fen": {"type": "integer", "description": "charges of the records starting in the bucket, fen"},
+            "voucher_fen": {"type": "integer", "description": "what vouchers paid of them, fen"},
+            "carbon_mg": {"type": "integer", "description": "carbon, mg CO2"},
+            "tokens": {"type": "integer", "description": "prompt + completion tokens"},
+        }
+    })
+);
+
+ledger_schema!(
     ChargeKind,
     "ChargeKind",
     json!({"type": "string", "enum": ["gpu", "energy", "tokens"]})

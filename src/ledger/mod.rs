@@ -26,6 +26,7 @@ pub mod quota;
 pub mod quota_tree;
 pub mod rating;
 mod schema;
+pub mod series;
 mod sql;
 pub mod statement;
 mod store;

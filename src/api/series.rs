@@ -1,0 +1,100 @@
+//! `GET /v1/usage/series`: the caller's use over time — GPU-hours, spend,
+//! voucher cover, carbon and tokens per hour or day — from the ledger's
+//! records (never from `/metrics`), for the tenant console's charts.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::TenantCaller;
+use super::extract::ApiQuery;
+use super::handlers::parse_time;
+use super::openapi::StdErrors;
+use super::{ApiError, ApiState};
+use crate::ledger::series::{Bucket, SeriesPoint};
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SeriesQuery {
+    /// `hour` or `day` (default `day`).
+    pub bucket: Option<Bucket>,
+    /// RFC 3339 or YYYY-MM-DD; absent: 30 days (48 hours by hour) before `to`.
+    pub from: Option<String>,
+    /// RFC 3339 or YYYY-MM-DD (exclusive); absent: the end of the current bucket.
+    pub to: Option<String>,
+}
+
+/// The series and what it covers.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Series {
+    pub bucket: Bucket,
+    /// One point per bucket, oldest first, zeros included (at most 1,000).
+    pub points: Vec<SeriesPoint>,
+}
+
+/// The caller's use over time, per hour or day (UTC).
+#[utoipa::path(get, path = "/v1/usage/series", tag = "tenant", security(("bearer" = [])),
+    params(SeriesQuery),
+    responses((status = 200, body = Series), StdErrors))]
+pub async fn own_series(
+    State(state): State<ApiState>,
+    TenantCaller(tenant): TenantCaller,
+    ApiQuery(q): ApiQuery<SeriesQuery>,
+) -> Result<Json<Series>, ApiError> {
+    let bucket = q.bucket.unwrap_or(Bucket::Day);
+    let (from, to) = range(&q, bucket, state.jobs().now())?;
+    let points = state
+        .blocking(move |l| l.usage_series(&tenant, from, to, bucket))
+        .await?;
+    Ok(Json(Series { bucket, points }))
+}
+
+/// `[from, to)` in unix seconds, defaults filled in.
+fn range(q: &SeriesQuery, bucket: Bucket, now: DateTime<Utc>) -> Result<(i64, i64), ApiError> {
+    let b = bucket.seconds();
+    let to = match &q.to {
+        Some(v) => parse_time("to", v)?.timestamp(),
+        None => (now.timestamp().div_euclid(b) + 1) * b,
+    };
+    let from = match &q.from {
+        Some(v) => parse_time("from", v)?.timestamp(),
+        None => match bucket {
+            Bucket::Hour => to - 48 * b,
+            Bucket::Day => to - 30 * b,
+        },
+    };
+    Ok((from, to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_cover_the_last_30_days_or_48_hours_up_to_the_current_bucket() {
+        let now = DateTime::from_timestamp(1_800_000_123, 0).unwrap();
+        let q = |bucket| SeriesQuery {
+            bucket,
+            from: None,
+            to: None,
+        };
+        let (f, t) = range(&q(Some(Bucket::Hour)), Bucket::Hour, now).unwrap();
+        assert_eq!(t, 1_800_000_123 / 3600 * 3600 + 3600);
+        assert_eq!((t - f) / 3600, 48);
+        let (f, t) = range(&q(None), Bucket::Day, now).unwrap();
+        assert_eq!((t - f) / 86_400, 30);
+        assert!(t > 1_800_000_123);
+        let bad = SeriesQuery {
+            bucket: None,
+            from: Some("yesterday".into()),
+            to: None,
+        };
+        assert_eq!(
+            range(&bad, Bucket::Day, now).unwrap_err().field.as_deref(),
+            Some("from")
+        );
+    }
+}
