@@ -147,6 +147,7 @@ fn main() {
                 tokens_per_minute: 0,
                 ..Default::default()
             },
+            metrics: Default::default(),
         };
         let standalone = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new()).unwrap();
         let ledger = standalone.ledger.clone();

@@ -75,6 +75,7 @@ fn start_with(rate_per_second: f64, burst: f64) -> Server {
         },
         max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
         gateway: Default::default(),
+        metrics: Default::default(),
     };
     let addr: SocketAddr = runtime.block_on(async move {
         let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())
@@ -877,4 +878,52 @@ fn schemathesis_finds_no_server_error_or_schema_mismatch() {
             "schemathesis ({label} key) failed:\n{text}"
         );
     }
+}
+
+/// `/metrics` (issue #16, item 4): without a key no series with a `tenant`
+/// label — charges, voucher balances, tokens of each tenant; a tenant's key
+/// sees its own beside the rest; the admin key everything; a key that is
+/// none of these is 401.
+#[test]
+fn per_tenant_series_of_metrics_need_a_key() {
+    let s = start();
+    let acme = s.tenant("acme");
+    s.tenant("beta");
+    for tenant in ["acme", "beta"] {
+        let r = s.post(
+            "/v1/vouchers",
+            ADMIN,
+            json!({"tenant": tenant, "issuer": "city", "face_value_fen": 5000, "copay_ratio": 0.5,
+                   "valid_from": "2026-01-01", "valid_until": "2099-01-01"}),
+        );
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let series = |key: Option<&str>| -> Vec<String> {
+        let r = s.call(Method::GET, "/metrics", key, None);
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.text
+            .lines()
+            .filter(|l| l.starts_with("zhisuan_voucher_balance_fen{"))
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect()
+    };
+    let tenants_in = |lines: &[String]| -> Vec<String> {
+        let mut t: Vec<String> = lines
+            .iter()
+            .filter_map(|l| l.split("tenant=\"").nth(1))
+            .map(|rest| rest.split('"').next().unwrap().to_string())
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(tenants_in(&series(Some(ADMIN))), ["acme", "beta"]);
+    assert_eq!(tenants_in(&series(Some(&acme))), ["acme"]);
+    let public = s.call(Method::GET, "/metrics", None, None).text;
+    assert!(
+        !public.contains("tenant=\""),
+        "per-tenant series without a key: {public}"
+    );
+    assert!(public.contains("zhisuan_api_requests_total"), "{public}");
+    s.call(Method::GET, "/metrics", Some("zk_not_a_key_at_all"), None)
+        .expect_error(StatusCode::UNAUTHORIZED, None);
 }

@@ -69,6 +69,7 @@ fn the_tenant_console_works_in_a_real_browser() {
         },
         max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
         gateway: Default::default(),
+        metrics: Default::default(),
     };
     let addr: SocketAddr = runtime.block_on(async move {
         let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())

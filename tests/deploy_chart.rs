@@ -411,6 +411,17 @@ fn the_rendered_chart_is_valid_on_the_two_newest_kubernetes_minors() {
         assert!(args.iter().any(|a| a == flag), "{flag} not in {args:?}");
     }
 
+    // /metrics' per-tenant series: the API gets the scrape key from the
+    // hook's Secret, and the ServiceMonitor sends it (checked below).
+    let api = container_args(workload(&docs, "Deployment", "zs-zhisuan-api"));
+    assert!(
+        api.iter()
+            .any(|a| a == "--metrics-key-file=/etc/zhisuan/admin/metrics-key"),
+        "{api:?}"
+    );
+    let hook = container_args(workload(&docs, "Job", "zs-zhisuan-admin-key"));
+    assert!(hook.iter().any(|a| a == "--key=metrics-key"), "{hook:?}");
+
     // PostgreSQL: the URL comes from the mounted Secret, in no environment variable.
     let docs = render_and_validate(serde_json::json!({
         "ledger": {"backend": "postgres", "postgres": {"existingSecret": "zhisuan-pg"}},
@@ -446,4 +457,15 @@ fn the_rendered_chart_is_valid_on_the_two_newest_kubernetes_minors() {
         assert_eq!(volume["secret"]["secretName"], "zhisuan-pg");
         assert_eq!(volume["secret"]["items"][0]["path"], "url");
     }
+    let monitor = workload(&docs, "ServiceMonitor", "zs-zhisuan");
+    let api_endpoint = monitor["spec"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["port"] == "api")
+        .unwrap_or_else(|| panic!("no api endpoint: {monitor}"));
+    assert_eq!(
+        api_endpoint["authorization"]["credentials"]["key"], "metrics-key",
+        "{monitor}"
+    );
 }

@@ -38,6 +38,7 @@ async fn start_api(server: &ApiServer, ledger: Ledger) -> String {
         },
         max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
         gateway: Default::default(),
+        metrics: Default::default(),
     };
     let jobs = std::sync::Arc::new(KubeJobs::new(server.client(), NS));
     let state =

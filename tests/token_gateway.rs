@@ -69,6 +69,7 @@ fn start_with(
         },
         max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
         gateway,
+        metrics: Default::default(),
     };
     let (addr, state): (SocketAddr, zhisuan::api::ApiState) = runtime.block_on(async move {
         let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())

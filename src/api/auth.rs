@@ -41,7 +41,7 @@ impl Principal {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+pub(super) fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::unauthorized("missing Authorization header; send `Authorization: Bearer <key>`")
     })?;

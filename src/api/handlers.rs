@@ -17,6 +17,7 @@ use super::auth::{Admin, TenantCaller};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::jobs::{GpuUse, JobKind, JobPage, JobSpec, JobView, RegionView, MAX_PAGE};
+use super::metrics_access::MetricsReader;
 use super::openapi::StdErrors;
 use super::ApiState;
 use crate::ledger::{
@@ -118,12 +119,15 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Prometheus text exposition of the shared registry.
+/// Prometheus text exposition of the shared registry. Series with a
+/// `tenant` label only with a key: the scrape key or the admin key (all),
+/// a tenant's key (its own).
 #[utoipa::path(get, path = "/metrics", tag = "public",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
-pub async fn metrics(State(state): State<ApiState>) -> Response {
+    responses((status = 200, description = "Prometheus text format; per-tenant series only with a key", content_type = "text/plain", body = String),
+              (status = 401, description = "a key was sent that is not the scrape, admin or a tenant key")))]
+pub async fn metrics(State(state): State<ApiState>, reader: MetricsReader) -> Response {
     use prometheus::Encoder;
-    let families = state.inner.registry.gather();
+    let families = reader.filter(state.inner.registry.gather());
     let mut buf = Vec::new();
     if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut buf) {
         return ApiError::internal(e).into_response();

@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod keys;
 pub mod lockout;
 pub mod metrics;
+pub mod metrics_access;
 pub mod openapi;
 pub mod page;
 pub mod ratelimit;
@@ -62,6 +63,8 @@ pub struct ApiConfig {
     pub max_pending_jobs: u64,
     /// The token gateway's upstreams and limits.
     pub gateway: gateway::GatewayConfig,
+    /// Who may read the per-tenant series of `/metrics`.
+    pub metrics: metrics_access::MetricsAccess,
 }
 
 /// Default of [`ApiConfig::max_pending_jobs`].
@@ -74,6 +77,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("rate_limit", &self.rate_limit)
             .field("max_pending_jobs", &self.max_pending_jobs)
             .field("gateway", &self.gateway)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -107,6 +111,8 @@ struct Inner {
     admission: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     metrics: metrics::ApiMetrics,
     registry: prometheus::Registry,
+    /// Who may read the per-tenant series of `/metrics`.
+    metrics_access: metrics_access::AccessState,
     gateway: Arc<gateway::Gateway>,
 }
 
@@ -130,6 +136,7 @@ impl ApiState {
                 "rate limit: per-second rate must be > 0 and burst >= 1",
             ));
         }
+        let metrics_access = metrics_access::AccessState::new(&config.metrics)?;
         let metrics = metrics::ApiMetrics::new(registry)
             .map_err(|e| crate::error::InputError::new(format!("registering API metrics: {e}")))?;
         let gateway = Arc::new(gateway::Gateway::new(
@@ -151,9 +158,14 @@ impl ApiState {
                 admission: Mutex::new(HashMap::new()),
                 metrics,
                 registry: registry.clone(),
+                metrics_access,
                 gateway,
             }),
         })
+    }
+
+    fn metrics_access(&self) -> &metrics_access::AccessState {
+        &self.inner.metrics_access
     }
 
     pub fn ledger(&self) -> &Ledger {

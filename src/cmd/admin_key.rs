@@ -20,9 +20,10 @@ pub struct AdminKeyArgs {
     /// Name of the Secret.
     #[arg(long)]
     pub secret: String,
-    /// The data key holding the admin key.
+    /// The data key holding the admin key; repeat for more keys in the same
+    /// Secret (the chart also makes the scrape key `metrics-key`).
     #[arg(long, default_value = "admin-key")]
-    pub key: String,
+    pub key: Vec<String>,
 }
 
 /// What [`ensure`] did.
@@ -102,11 +103,11 @@ pub async fn ensure(
 }
 
 pub fn run(args: AdminKeyArgs) -> anyhow::Result<()> {
-    for (flag, v) in [
-        ("--namespace", &args.namespace),
-        ("--secret", &args.secret),
-        ("--key", &args.key),
-    ] {
+    let flags = [("--namespace", &args.namespace), ("--secret", &args.secret)];
+    for (flag, v) in flags
+        .into_iter()
+        .chain(args.key.iter().map(|k| ("--key", k)))
+    {
         if v.trim().is_empty() {
             return Err(InputError::new(format!("{flag}: must not be empty")).into());
         }
@@ -115,17 +116,18 @@ pub fn run(args: AdminKeyArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start tokio runtime")?;
-    let outcome = rt.block_on(async {
+    rt.block_on(async {
         let client = Client::try_default()
             .await
             .context("connecting to the Kubernetes API (run in a cluster or set KUBECONFIG)")?;
-        ensure(&client, &args.namespace, &args.secret, &args.key).await
-    })?;
-    let what = match outcome {
-        Outcome::Created => "created with a new admin key",
-        Outcome::Added => "given a new admin key",
-        Outcome::Kept => "already holds an admin key; left unchanged",
-    };
-    println!("Secret {}/{} {what}", args.namespace, args.secret);
-    Ok(())
+        for key in &args.key {
+            let what = match ensure(&client, &args.namespace, &args.secret, key).await? {
+                Outcome::Created => "created with a new",
+                Outcome::Added => "given a new",
+                Outcome::Kept => "already holds its; left unchanged:",
+            };
+            println!("Secret {}/{} {what} key {key}", args.namespace, args.secret);
+        }
+        anyhow::Ok(())
+    })
 }

@@ -27,6 +27,12 @@ pub struct ApiArgs {
     /// from the ZHISUAN_ADMIN_KEY environment variable. The key is never logged.
     #[arg(long, value_name = "PATH")]
     pub admin_key_file: Option<PathBuf>,
+    /// File whose first line is the scrape key: with it (or the admin key)
+    /// `/metrics` also serves the series with a `tenant` label (charges,
+    /// vouchers, tokens per tenant); a tenant's key gets its own. Give it to
+    /// Prometheus; without any key those series are left out. Never logged.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_key_file: Option<PathBuf>,
     /// Ledger: a SQLite file path (created if missing) or a postgres:// URL.
     #[arg(long, default_value = "zhisuan-ledger.db")]
     pub db: String,
@@ -92,17 +98,20 @@ pub enum Backend {
 pub const ADMIN_KEY_ENV: &str = "ZHISUAN_ADMIN_KEY";
 
 /// The admin key from `--admin-key-file` or [`ADMIN_KEY_ENV`].
+/// The first line of a key file (`flag` names it in errors; the contents never).
+fn key_file(flag: &str, path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        InputError::new(format!(
+            "{flag} {}: cannot read it ({e}); give a readable file whose first line is the key",
+            path.display()
+        ))
+    })?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
 pub fn admin_key(file: Option<&Path>) -> anyhow::Result<String> {
     let key = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                InputError::new(format!(
-                    "--admin-key-file {}: cannot read it ({e}); give a readable file whose first line is the key",
-                    path.display()
-                ))
-            })?;
-            text.lines().next().unwrap_or("").trim().to_string()
-        }
+        Some(path) => key_file("--admin-key-file", path)?,
         None => std::env::var(ADMIN_KEY_ENV)
             .map_err(|_| {
                 InputError::new(format!(
@@ -232,6 +241,14 @@ pub fn run(mut args: ApiArgs) -> anyhow::Result<()> {
             tiers: args.upstream_tier.clone(),
             tokens_per_minute: args.tokens_per_minute,
             upstream_timeout: Duration::from_secs(args.upstream_timeout_s.max(1)),
+        },
+        metrics: crate::api::metrics_access::MetricsAccess {
+            tenant_series: Default::default(),
+            scrape_key: args
+                .metrics_key_file
+                .as_deref()
+                .map(|p| key_file("--metrics-key-file", p))
+                .transpose()?,
         },
     };
     let registry = prometheus::Registry::new();

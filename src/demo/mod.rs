@@ -610,6 +610,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .collect(),
             ..Default::default()
         },
+        // One local user, all data simulated: the page at `/` shows every
+        // tenant's series without signing in.
+        metrics: crate::api::metrics_access::MetricsAccess {
+            tenant_series: crate::api::metrics_access::TenantSeries::Public,
+            scrape_key: None,
+        },
     };
     // The quota API, the page at `/` and `/metrics` (the world's, the ledger's,
     // the agents' and the API's own series, one registry).

@@ -4,6 +4,9 @@
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const REFRESH_MS = 5000;
+// The admin or scrape key, for the series with a `tenant` label (kept in
+// this tab only; without it /metrics leaves those series out).
+const KEY = "zhisuan.page.key";
 const COLORS = ["#2f6fb3", "#3fa34d", "#e0a020", "#c9483b", "#7a5cc0", "#2aa6a6", "#8a8f98"];
 
 // Parses Prometheus text exposition into {name: [{labels, value}]}.
@@ -76,7 +79,7 @@ function barChart(svgId, rows, series, opts) {
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("height", height);
   if (rows.length === 0) {
-    svg.appendChild(el("text", { x: 8, y: 24, class: "empty" }, "no data yet"));
+    svg.appendChild(el("text", { x: 8, y: 24, class: "empty" }, opts.empty || "no data yet"));
     return;
   }
   const totals = rows.map((r) => r.values.reduce((a, b) => a + Math.max(0, b), 0));
@@ -118,6 +121,8 @@ function rowsFrom(map, scale) {
 }
 
 function render(metrics) {
+  // Tenants' series come only with a key: say so instead of "no data".
+  const tenantOpts = (o) => Object.assign({}, o, sessionStorage.getItem(KEY) ? {} : { empty: "sign in above (admin or scrape key) to see tenants" });
   // GPU use by region: allocated stacked with the rest of the installed GPUs.
   const installed = sumBy(metrics, "zhisuan_region_gpus", ["region"]);
   const allocated = sumBy(metrics, "zhisuan_region_gpus_allocated", ["region"]);
@@ -142,17 +147,17 @@ function render(metrics) {
   barChart("chart-tenant-spend",
     tenants.map((t) => ({ label: t, values: [(voucher.get(t) || 0) / 100, (net.get(t) || 0) / 100] })),
     [{ name: "voucher-covered", color: COLORS[1] }, { name: "net payable", color: COLORS[2] }],
-    { suffix: " CNY" });
+    tenantOpts({ suffix: " CNY" }));
 
   barChart("chart-vouchers", rowsFrom(sumBy(metrics, "zhisuan_voucher_balance_fen", ["tenant", "voucher"]), 0.01),
-    [{ name: "balance", color: COLORS[4] }], { suffix: " CNY" });
+    [{ name: "balance", color: COLORS[4] }], tenantOpts({ suffix: " CNY" }));
 
   const tokens = sumBy(metrics, "zhisuan_tenant_tokens_total", ["tenant", "tier"]);
   const tiers = [...new Set([...tokens.keys()].map((k) => k.split(" / ")[1]))].sort();
   const tokenTenants = [...new Set([...tokens.keys()].map((k) => k.split(" / ")[0]))].sort();
   barChart("chart-tokens",
     tokenTenants.map((t) => ({ label: t, values: tiers.map((tier) => tokens.get(`${t} / ${tier}`) || 0) })),
-    tiers.map((tier, i) => ({ name: tier, color: COLORS[i] })));
+    tiers.map((tier, i) => ({ name: tier, color: COLORS[i] })), tenantOpts({}));
 
   barChart("chart-pending", rowsFrom(sumBy(metrics, "zhisuan_pending_jobs", ["reason"])),
     [{ name: "jobs", color: COLORS[3] }]);
@@ -161,7 +166,14 @@ function render(metrics) {
 async function refresh() {
   const status = document.getElementById("status");
   try {
-    const resp = await fetch("/metrics", { cache: "no-store" });
+    const key = sessionStorage.getItem(KEY);
+    const headers = key ? { Authorization: "Bearer " + key } : {};
+    const resp = await fetch("/metrics", { cache: "no-store", headers });
+    if (resp.status === 401 && key) {
+      sessionStorage.removeItem(KEY);
+      showKeyForm();
+      throw new Error("the key was refused (wrong or revoked); tenants' series need the admin or scrape key");
+    }
     if (!resp.ok) throw new Error(`/metrics answered ${resp.status}`);
     const metrics = parseMetrics(await resp.text());
     render(metrics);
@@ -174,5 +186,26 @@ async function refresh() {
   }
 }
 
+function showKeyForm() {
+  const signedIn = Boolean(sessionStorage.getItem(KEY));
+  document.getElementById("key-form").hidden = signedIn;
+  document.getElementById("key-out").hidden = !signedIn;
+}
+
+document.getElementById("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const input = document.getElementById("page-key");
+  if (input.value.trim()) sessionStorage.setItem(KEY, input.value.trim());
+  input.value = "";
+  showKeyForm();
+  refresh();
+});
+document.getElementById("key-out").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY);
+  showKeyForm();
+  refresh();
+});
+
+showKeyForm();
 refresh();
 setInterval(refresh, REFRESH_MS);
