@@ -1362,6 +1362,72 @@ async fn kube_jobs_backend_submits_and_isolates_tenants() {
     .await;
 }
 
+/// `GET /v1/jobs` on a cluster: pages in id order across both kinds, read
+/// two objects per list call (`limit` + `continue`), so no list answer holds
+/// every job; `gpu_use` sums over the same chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_jobs_backend_pages_with_limit_and_continue() {
+    use zhisuan::api::jobs::{JobBackend, JobKind, JobSpec};
+    use zhisuan::operator::jobs::KubeJobs;
+    let server = ApiServer::start().await;
+    let jobs = KubeJobs::new(server.client(), "ml").with_list_chunk(2);
+    let spec = |kind, name: &str| JobSpec {
+        tenant: "acme".into(),
+        kind,
+        name: name.into(),
+        replicas: 1,
+        milli_per_replica: 1000,
+        gpu_models: vec![],
+        vendor: None,
+        mixed_models: false,
+        image: "trainer:1".into(),
+        region: None,
+        latency_slo_ms: None,
+        user_region: None,
+        token_tier: None,
+        max_runtime_s: None,
+    };
+    let mut ids = Vec::new();
+    for (kind, name) in [
+        (JobKind::Training, "t1"),
+        (JobKind::Inference, "s1"),
+        (JobKind::Training, "t2"),
+        (JobKind::Training, "t3"),
+        (JobKind::Inference, "s2"),
+        (JobKind::Training, "t4"),
+        (JobKind::Training, "t5"),
+    ] {
+        ids.push(jobs.submit(spec(kind, name)).await.unwrap().id);
+    }
+    let mut other = spec(JobKind::Training, "t9");
+    other.tenant = "beta".into();
+    jobs.submit(other).await.unwrap();
+    ids.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = jobs.list("acme", after.as_deref(), 3).await.unwrap();
+        assert!(page.jobs.len() <= 3);
+        seen.extend(page.jobs.iter().map(|j| j.id.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every job once, in id order, none of beta's");
+    assert_eq!(jobs.gpu_use("acme").await.unwrap().total_milli, 7000);
+    for resource in [
+        "zhisuan.io/v1alpha1/trainingjobs",
+        "zhisuan.io/v1alpha1/inferenceservices",
+    ] {
+        let most = server.largest_list(resource);
+        assert!(
+            (1..=2).contains(&most),
+            "{resource}: a list answer held {most} objects"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Against a real cluster (KUBECONFIG): `cargo test --test operator_e2e -- --ignored real_cluster`.
 // Needs the CRDs applied (`kubectl apply -f crds/`) and rights to create

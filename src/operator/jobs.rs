@@ -3,6 +3,8 @@
 //! labelled with its tenant; the controller does the rest. Every read checks
 //! the tenant label, so one tenant's id is "not found" for another.
 
+use std::collections::BTreeMap;
+
 use crate::jobs::Phase;
 use crate::ledger::Tier;
 use futures::future::BoxFuture;
@@ -31,7 +33,13 @@ pub const QUOTA_SOURCE_LABEL: &str = "zhisuan.io/quota-source";
 pub struct KubeJobs {
     client: Client,
     namespace: String,
+    /// Objects asked for per list call (`limit`, then `continue`): neither
+    /// the API server nor the API process holds every job at once.
+    list_chunk: u32,
 }
+
+/// Default of the objects read per list call.
+pub const LIST_CHUNK: u32 = 500;
 
 fn kube_error(e: kube::Error) -> BackendError {
     match e {
@@ -69,7 +77,14 @@ impl KubeJobs {
         KubeJobs {
             client,
             namespace: namespace.into(),
+            list_chunk: LIST_CHUNK,
         }
+    }
+
+    /// Reads `n` objects per list call instead of [`LIST_CHUNK`].
+    pub fn with_list_chunk(mut self, n: u32) -> Self {
+        self.list_chunk = n.max(1);
+        self
     }
 
     fn api(&self, kind: JobKind) -> Api<DynamicObject> {
@@ -196,15 +211,37 @@ impl KubeJobs {
         }
     }
 
-    async fn list_tenant(&self, tenant: &str) -> BackendResult<Vec<JobView>> {
-        let lp = ListParams::default().labels(&format!("{}={tenant}", keys::TENANT));
-        let mut out = Vec::new();
+    /// Visits the tenant's jobs of each kind in name (= id) order, a chunk
+    /// of objects per list call; `visit` answers `false` to skip the rest
+    /// of that kind.
+    async fn each_job(
+        &self,
+        tenant: &str,
+        mut visit: impl FnMut(JobView) -> bool,
+    ) -> BackendResult<()> {
+        let selector = format!("{}={tenant}", keys::TENANT);
         for kind in [JobKind::Training, JobKind::Inference] {
-            for obj in self.api(kind).list(&lp).await.map_err(kube_error)?.items {
-                out.push(Self::view(kind, &obj));
+            let mut token: Option<String> = None;
+            'kind: loop {
+                let mut lp = ListParams::default()
+                    .labels(&selector)
+                    .limit(self.list_chunk);
+                if let Some(t) = &token {
+                    lp = lp.continue_token(t);
+                }
+                let list = self.api(kind).list(&lp).await.map_err(kube_error)?;
+                for obj in &list.items {
+                    if !visit(Self::view(kind, obj)) {
+                        break 'kind;
+                    }
+                }
+                token = list.metadata.continue_.filter(|c| !c.is_empty());
+                if token.is_none() {
+                    break;
+                }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The tenant's object with this id, whichever kind it is.
@@ -304,15 +341,26 @@ impl JobBackend for KubeJobs {
     ) -> BoxFuture<'_, BackendResult<JobPage>> {
         let (tenant, after) = (tenant.to_string(), after.map(str::to_string));
         async move {
-            // Ids are object names: the page is cut from the tenant's objects
-            // in name order (one list of each kind).
-            let mut jobs = self.list_tenant(&tenant).await?;
-            jobs.sort_by(|a, b| a.id.cmp(&b.id));
-            if let Some(after) = &after {
-                jobs.retain(|j| j.id > *after);
-            }
-            jobs.truncate(limit + 1);
-            Ok(JobPage::of(jobs, limit))
+            // Ids are object names, listed in name order per kind: keep the
+            // first `limit + 1` after the cursor of both kinds, reading a
+            // chunk at a time (memory: a chunk plus the page).
+            let keep = limit + 1;
+            let mut first: BTreeMap<String, JobView> = BTreeMap::new();
+            self.each_job(&tenant, |job| {
+                if after.as_ref().is_some_and(|a| job.id <= *a) {
+                    return true;
+                }
+                if first.len() == keep && first.last_key_value().is_some_and(|(k, _)| *k < job.id) {
+                    return false; // the rest of this kind comes later still
+                }
+                first.insert(job.id.clone(), job);
+                if first.len() > keep {
+                    first.pop_last();
+                }
+                true
+            })
+            .await?;
+            Ok(JobPage::of(first.into_values().collect(), limit))
         }
         .boxed()
     }
@@ -345,17 +393,18 @@ impl JobBackend for KubeJobs {
         let tenant = tenant.to_string();
         async move {
             let mut out = GpuUse::default();
-            for job in self.list_tenant(&tenant).await? {
-                if !job.phase.is_active() {
-                    continue;
+            self.each_job(&tenant, |job| {
+                if job.phase.is_active() {
+                    let milli = job.replicas as u64 * job.gpu_milli_per_replica as u64;
+                    out.total_milli += milli;
+                    out.pending_jobs += u64::from(job.phase == Phase::Pending);
+                    for m in &job.gpu_models {
+                        *out.by_model_milli.entry(m.clone()).or_default() += milli;
+                    }
                 }
-                let milli = job.replicas as u64 * job.gpu_milli_per_replica as u64;
-                out.total_milli += milli;
-                out.pending_jobs += u64::from(job.phase == Phase::Pending);
-                for m in &job.gpu_models {
-                    *out.by_model_milli.entry(m.clone()).or_default() += milli;
-                }
-            }
+                true
+            })
+            .await?;
             Ok(out)
         }
         .boxed()

@@ -25,8 +25,11 @@
 //! - label selectors (`=`, `==`, `!=`, `key`, `!key`) and field selectors on
 //!   any dotted path (`metadata.name`, `spec.nodeName`).
 //!
-//! Not modelled: admission webhooks, schema validation, RBAC, pagination
-//! (`limit` is ignored: one page), garbage collection by owner references.
+//! - list pagination: `limit` and `continue` (the token names the last key
+//!   returned; `remainingItemCount` is set), as chunked lists behave;
+//!
+//! Not modelled: admission webhooks, schema validation, RBAC, expiry of
+//! continue tokens (410), garbage collection by owner references.
 
 #![allow(dead_code)]
 
@@ -67,6 +70,8 @@ struct Inner {
     requests: BTreeMap<String, u64>,
     /// Successful pod bindings so far.
     bindings: u64,
+    /// Most items one list answer held, per resource.
+    largest_list: BTreeMap<String, usize>,
 }
 
 /// Shared state of the stand-in.
@@ -175,6 +180,12 @@ impl ApiServer {
             .objects
             .get(resource)
             .map_or(0, |m| m.values().filter(|v| pred(v)).count())
+    }
+
+    /// Most items one list answer of `resource` held so far.
+    pub fn largest_list(&self, resource: &str) -> usize {
+        let inner = self.store.inner.lock().unwrap();
+        inner.largest_list.get(resource).copied().unwrap_or(0)
     }
 
     /// How many requests of a verb ("create", "update", "patch", "delete",
@@ -434,26 +445,48 @@ fn key_of(t: &Target) -> (String, String) {
 
 fn list(store: &Store, t: &Target, q: &BTreeMap<String, String>) -> Response {
     let filter = Filter::from_query(q);
-    let inner = store.inner.lock().unwrap();
-    let items: Vec<Value> = inner
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|&l| l > 0);
+    // The continue token: the last (namespace, name) returned, hex-encoded.
+    let after: Option<(String, String)> = q
+        .get("continue")
+        .filter(|c| !c.is_empty())
+        .and_then(|c| hex::decode(c).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut inner = store.inner.lock().unwrap();
+    let matching: Vec<((String, String), Value)> = inner
         .objects
         .get(&t.resource)
         .into_iter()
         .flat_map(|m| m.iter())
         .filter(|((ns, _), _)| t.namespace.as_ref().is_none_or(|want| want == ns))
+        .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a))
         .filter(|(_, o)| filter.matches(o))
-        .map(|(_, o)| (**o).clone())
+        .map(|(k, o)| (k.clone(), (**o).clone()))
         .collect();
+    let take = limit.unwrap_or(usize::MAX).min(matching.len());
+    let remaining = matching.len() - take;
+    let last = take.checked_sub(1).map(|i| matching[i].0.clone());
+    let items: Vec<Value> = matching.into_iter().take(take).map(|(_, o)| o).collect();
+    let largest = inner.largest_list.entry(t.resource.clone()).or_default();
+    *largest = (*largest).max(items.len());
     let kind = items
         .first()
         .and_then(|o| o.get("kind"))
         .and_then(Value::as_str)
         .map(|k| format!("{k}List"))
         .unwrap_or_else(|| "List".into());
+    let mut metadata = json!({"resourceVersion": inner.rv.to_string()});
+    if let (Some(last), true) = (last, remaining > 0) {
+        metadata["continue"] = json!(hex::encode(serde_json::to_vec(&last).unwrap()));
+        metadata["remainingItemCount"] = json!(remaining);
+    }
     let body = json!({
         "apiVersion": t.api_version,
         "kind": kind,
-        "metadata": {"resourceVersion": inner.rv.to_string()},
+        "metadata": metadata,
         "items": items,
     });
     drop(inner);
