@@ -213,6 +213,7 @@ fn the_tenant_console_works_in_a_real_browser() {
         "3-invalid.png",
         "4-signed-in.png",
         "5-revoked.png",
+        "7-operator-page.png",
         "6-1000-jobs.png",
     ] {
         let len = std::fs::metadata(out.join(shot))

@@ -788,6 +788,25 @@ fn case_usage_series(open: &dyn Fn() -> Ledger) {
     let e = l.usage_series("acme", to, to, Bucket::Hour).unwrap_err();
     assert_eq!(e.field(), Some("to"), "{e}");
     assert!(l.usage_series("nobody", from, to, Bucket::Hour).is_err());
+    // Every tenant together, split by tenant and by region (admin).
+    use zhisuan::ledger::series::Group;
+    let by_tenant = l
+        .grouped_series(Group::Tenant, from, to, Bucket::Hour)
+        .unwrap();
+    let names: Vec<&str> = by_tenant.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["acme", "beta"]);
+    assert_eq!(by_tenant[0].1, s, "a tenant's group is its own series");
+    assert_eq!(by_tenant[1].1[0].milli_gpu_s, 3_600_000);
+    let by_region = l
+        .grouped_series(Group::Region, from, to, Bucket::Hour)
+        .unwrap();
+    let regions: Vec<(&str, i64)> = by_region
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.iter().map(|x| x.milli_gpu_s).sum()))
+        .collect();
+    // usage() records run in gansu; tokens() in beijing (tokens only).
+    assert_eq!(regions, [("beijing", 0), ("gansu", 9_000_000)]);
+    assert_eq!(by_region[0].1[2].tokens, 500);
 }
 
 type Case = (&'static str, fn(&dyn Fn() -> Ledger));

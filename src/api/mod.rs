@@ -341,6 +341,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/{id}", get(h::get_job).delete(h::delete_job))
         .route("/v1/usage", get(h::own_usage))
         .route("/v1/usage/series", get(series::own_series))
+        .route("/v1/series", get(series::grouped_series))
         .route("/v1/statements/{month}", get(h::statement))
         .route("/v1/regions", get(h::regions))
         .merge(gateway::handlers::routes())

@@ -78,7 +78,7 @@ impl Modify for BearerAuth {
         super::gateway::handlers::chat, super::gateway::handlers::completions,
         super::gateway::handlers::embeddings, super::gateway::handlers::models,
         super::gateway::handlers::calls, super::gateway::handlers::grants,
-        super::gateway::handlers::set_grants, super::series::own_series,
+        super::gateway::handlers::set_grants, super::series::own_series, super::series::grouped_series,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
@@ -90,6 +90,7 @@ impl Modify for BearerAuth {
         super::keys::CreatedKey, super::keys::KeyView, super::keys::KeyList,
         CallRecord, super::gateway::handlers::CallPage, super::gateway::handlers::ModelList,
         super::gateway::handlers::Grants, super::series::Series, crate::ledger::series::SeriesPoint,
+        super::series::GroupSeries, super::series::GroupedSeries, crate::ledger::series::Group,
         crate::ledger::series::Bucket,
     )),
     modifiers(&BearerAuth),

@@ -83,6 +83,12 @@ ledger_schema!(
 );
 
 ledger_schema!(
+    crate::ledger::series::Group,
+    "Group",
+    json!({"type": "string", "enum": ["tenant", "region"]})
+);
+
+ledger_schema!(
     crate::ledger::series::SeriesPoint,
     "SeriesPoint",
     json!({

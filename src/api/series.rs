@@ -1,6 +1,8 @@
-//! `GET /v1/usage/series`: the caller's use over time — GPU-hours, spend,
-//! voucher cover, carbon and tokens per hour or day — from the ledger's
-//! records (never from `/metrics`), for the tenant console's charts.
+//! Use over time — GPU-hours, spend, voucher cover, carbon and tokens per
+//! hour or day — from the ledger's records (never from `/metrics`):
+//! `GET /v1/usage/series`, the caller's own (the tenant console), and
+//! `GET /v1/series?group=tenant|region`, everyone's split by tenant or
+//! region (admin; the operator page).
 
 use axum::extract::State;
 use axum::Json;
@@ -8,12 +10,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::TenantCaller;
+use super::auth::{Admin, TenantCaller};
 use super::extract::ApiQuery;
 use super::handlers::parse_time;
 use super::openapi::StdErrors;
 use super::{ApiError, ApiState};
-use crate::ledger::series::{Bucket, SeriesPoint};
+use crate::ledger::series::{Bucket, Group, SeriesPoint};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -45,21 +47,93 @@ pub async fn own_series(
     ApiQuery(q): ApiQuery<SeriesQuery>,
 ) -> Result<Json<Series>, ApiError> {
     let bucket = q.bucket.unwrap_or(Bucket::Day);
-    let (from, to) = range(&q, bucket, state.jobs().now())?;
+    let (from, to) = range(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        bucket,
+        state.jobs().now(),
+    )?;
     let points = state
         .blocking(move |l| l.usage_series(&tenant, from, to, bucket))
         .await?;
     Ok(Json(Series { bucket, points }))
 }
 
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GroupedQuery {
+    /// `tenant` or `region`.
+    pub group: Group,
+    /// `hour` or `day` (default `day`).
+    pub bucket: Option<Bucket>,
+    /// RFC 3339 or YYYY-MM-DD; absent: 30 days (48 hours by hour) before `to`.
+    pub from: Option<String>,
+    /// RFC 3339 or YYYY-MM-DD (exclusive); absent: the end of the current bucket.
+    pub to: Option<String>,
+}
+
+/// One group's series.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct GroupSeries {
+    /// The tenant or region.
+    pub name: String,
+    pub points: Vec<SeriesPoint>,
+}
+
+/// Series split by tenant or region.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct GroupedSeries {
+    pub group: Group,
+    pub bucket: Bucket,
+    /// The 50 largest groups (by charges, then GPU time), by name; each on
+    /// the same buckets.
+    pub groups: Vec<GroupSeries>,
+}
+
+/// Every tenant's use over time, split by tenant or region (admin).
+#[utoipa::path(get, path = "/v1/series", tag = "admin", security(("bearer" = [])),
+    params(GroupedQuery),
+    responses((status = 200, body = GroupedSeries), StdErrors))]
+pub async fn grouped_series(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiQuery(q): ApiQuery<GroupedQuery>,
+) -> Result<Json<GroupedSeries>, ApiError> {
+    let bucket = q.bucket.unwrap_or(Bucket::Day);
+    let (from, to) = range(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        bucket,
+        state.jobs().now(),
+    )?;
+    let group = q.group;
+    let groups = state
+        .blocking(move |l| l.grouped_series(group, from, to, bucket))
+        .await?
+        .into_iter()
+        .map(|(name, points)| GroupSeries { name, points })
+        .collect();
+    Ok(Json(GroupedSeries {
+        group,
+        bucket,
+        groups,
+    }))
+}
+
 /// `[from, to)` in unix seconds, defaults filled in.
-fn range(q: &SeriesQuery, bucket: Bucket, now: DateTime<Utc>) -> Result<(i64, i64), ApiError> {
+fn range(
+    from: Option<&str>,
+    to: Option<&str>,
+    bucket: Bucket,
+    now: DateTime<Utc>,
+) -> Result<(i64, i64), ApiError> {
     let b = bucket.seconds();
-    let to = match &q.to {
+    let to = match to {
         Some(v) => parse_time("to", v)?.timestamp(),
         None => (now.timestamp().div_euclid(b) + 1) * b,
     };
-    let from = match &q.from {
+    let from = match from {
         Some(v) => parse_time("from", v)?.timestamp(),
         None => match bucket {
             Bucket::Hour => to - 48 * b,
@@ -76,25 +150,13 @@ mod tests {
     #[test]
     fn defaults_cover_the_last_30_days_or_48_hours_up_to_the_current_bucket() {
         let now = DateTime::from_timestamp(1_800_000_123, 0).unwrap();
-        let q = |bucket| SeriesQuery {
-            bucket,
-            from: None,
-            to: None,
-        };
-        let (f, t) = range(&q(Some(Bucket::Hour)), Bucket::Hour, now).unwrap();
+        let (f, t) = range(None, None, Bucket::Hour, now).unwrap();
         assert_eq!(t, 1_800_000_123 / 3600 * 3600 + 3600);
         assert_eq!((t - f) / 3600, 48);
-        let (f, t) = range(&q(None), Bucket::Day, now).unwrap();
+        let (f, t) = range(None, None, Bucket::Day, now).unwrap();
         assert_eq!((t - f) / 86_400, 30);
         assert!(t > 1_800_000_123);
-        let bad = SeriesQuery {
-            bucket: None,
-            from: Some("yesterday".into()),
-            to: None,
-        };
-        assert_eq!(
-            range(&bad, Bucket::Day, now).unwrap_err().field.as_deref(),
-            Some("from")
-        );
+        let bad = range(Some("yesterday"), None, Bucket::Day, now).unwrap_err();
+        assert_eq!(bad.field.as_deref(), Some("from"));
     }
 }

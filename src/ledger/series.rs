@@ -48,6 +48,48 @@ pub struct SeriesPoint {
     pub tokens: i64,
 }
 
+/// What a grouped series is split by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    Tenant,
+    Region,
+}
+
+impl Group {
+    fn column(self) -> &'static str {
+        match self {
+            Group::Tenant => "tenant",
+            Group::Region => "region",
+        }
+    }
+}
+
+/// Most groups one grouped series holds (the largest by gross, then GPU time).
+pub const MAX_GROUPS: usize = 50;
+
+/// The buckets of `[from_s, to_s)`: (first start, width, count), or why not.
+fn grid(from_s: i64, to_s: i64, bucket: Bucket) -> Result<(i64, i64, i64)> {
+    let b = bucket.seconds();
+    let (from, to) = (from_s.div_euclid(b) * b, to_s.div_euclid(b) * b);
+    if to <= from {
+        return Err(LedgerError::invalid(
+            "to",
+            format!("{to_s} must be at least one {bucket:?} after from {from_s}").to_lowercase(),
+        ));
+    }
+    let points = (to - from) / b;
+    if points > MAX_POINTS {
+        return Err(LedgerError::invalid(
+            "from",
+            format!(
+                "{points} buckets asked for; at most {MAX_POINTS}: shorten the range or use a wider bucket"
+            ),
+        ));
+    }
+    Ok((from, b, points))
+}
+
 impl Ledger {
     /// Every bucket of `bucket` width in `[from_s, to_s)` (bounds rounded
     /// down to the bucket grid), zeros included, oldest first.
@@ -58,62 +100,113 @@ impl Ledger {
         to_s: i64,
         bucket: Bucket,
     ) -> Result<Vec<SeriesPoint>> {
-        let b = bucket.seconds();
-        let (from, to) = (from_s.div_euclid(b) * b, to_s.div_euclid(b) * b);
-        if to <= from {
-            return Err(LedgerError::invalid(
-                "to",
-                format!("{to_s} must be at least one {bucket:?} after from {from_s}")
-                    .to_lowercase(),
-            ));
-        }
-        let points = (to - from) / b;
-        if points > MAX_POINTS {
-            return Err(LedgerError::invalid(
-                "from",
-                format!(
-                    "{points} buckets asked for; at most {MAX_POINTS}: shorten the range or use a wider bucket"
-                ),
-            ));
-        }
-        let params = [Val::T(tenant), Val::I(from), Val::I(to), Val::I(b)];
+        let mut groups = self.series(Some(tenant), None, from_s, to_s, bucket)?;
+        let (from, b, points) = grid(from_s, to_s, bucket)?;
+        Ok(groups
+            .pop()
+            .map(|(_, p)| p)
+            .unwrap_or_else(|| empty(from, b, points)))
+    }
+
+    /// Every tenant's use together, split by tenant or region (admin):
+    /// the [`MAX_GROUPS`] largest groups, each on the same buckets.
+    pub fn grouped_series(
+        &self,
+        group: Group,
+        from_s: i64,
+        to_s: i64,
+        bucket: Bucket,
+    ) -> Result<Vec<(String, Vec<SeriesPoint>)>> {
+        let mut groups = self.series(None, Some(group), from_s, to_s, bucket)?;
+        let size = |p: &[SeriesPoint]| {
+            p.iter().fold((0i64, 0i64), |(f, g), x| {
+                (f + x.gross_fen, g + x.milli_gpu_s)
+            })
+        };
+        groups.sort_by(|a, b| size(&b.1).cmp(&size(&a.1)).then_with(|| a.0.cmp(&b.0)));
+        groups.truncate(MAX_GROUPS);
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(groups)
+    }
+
+    /// The series of one tenant (`tenant`, one group) or of all split by
+    /// `group`; only groups with records are returned.
+    fn series(
+        &self,
+        tenant: Option<&str>,
+        group: Option<Group>,
+        from_s: i64,
+        to_s: i64,
+        bucket: Bucket,
+    ) -> Result<Vec<(String, Vec<SeriesPoint>)>> {
+        let (from, b, points) = grid(from_s, to_s, bucket)?;
+        // One tenant's series is its one group; tenant names are never empty.
+        let g = group.map_or("tenant", Group::column);
+        let who = if tenant.is_some() {
+            "tenant = $1"
+        } else {
+            "tenant <> $1"
+        };
+        let params = [
+            Val::T(tenant.unwrap_or("")),
+            Val::I(from),
+            Val::I(from + points * b),
+            Val::I(b),
+        ];
         let (usage, tokens) = self.read(|tx| {
-            require_tenant(tx, tenant)?;
+            if let Some(t) = tenant {
+                require_tenant(tx, t)?;
+            }
             let u = tx.rows(
-                "SELECT (start_s / $4) * $4 AS k, CAST(SUM(milli_gpu_s) AS BIGINT), \
-                 CAST(SUM(gpu_fen + energy_fen) AS BIGINT), \
-                 CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT), CAST(SUM(carbon_mg) AS BIGINT) \
-                 FROM usage WHERE tenant = $1 AND start_s >= $2 AND start_s < $3 GROUP BY k",
+                &format!(
+                    "SELECT {g} AS g, (start_s / $4) * $4 AS k, CAST(SUM(milli_gpu_s) AS BIGINT), \
+                     CAST(SUM(gpu_fen + energy_fen) AS BIGINT), \
+                     CAST(SUM(gpu_voucher_fen + energy_voucher_fen) AS BIGINT), CAST(SUM(carbon_mg) AS BIGINT) \
+                     FROM usage WHERE {who} AND start_s >= $2 AND start_s < $3 GROUP BY g, k"
+                ),
                 &params,
             )?;
             let t = tx.rows(
-                "SELECT (start_s / $4) * $4 AS k, CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), \
-                 CAST(SUM(fen) AS BIGINT), CAST(SUM(voucher_fen) AS BIGINT) \
-                 FROM tokens WHERE tenant = $1 AND start_s >= $2 AND start_s < $3 GROUP BY k",
+                &format!(
+                    "SELECT {g} AS g, (start_s / $4) * $4 AS k, CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), \
+                     CAST(SUM(fen) AS BIGINT), CAST(SUM(voucher_fen) AS BIGINT) \
+                     FROM tokens WHERE {who} AND start_s >= $2 AND start_s < $3 GROUP BY g, k"
+                ),
                 &params,
             )?;
             Ok((u, t))
         })?;
-        let mut out: Vec<SeriesPoint> = (0..points)
-            .map(|i| SeriesPoint {
-                start_s: from + i * b,
-                ..SeriesPoint::default()
-            })
-            .collect();
+        let mut out: std::collections::BTreeMap<String, Vec<SeriesPoint>> = Default::default();
         let slot = |k: i64| ((k - from) / b) as usize;
         for r in &usage {
-            let p = &mut out[slot(r[0].i())];
-            p.milli_gpu_s += r[1].i();
-            p.gross_fen += r[2].i();
-            p.voucher_fen += r[3].i();
-            p.carbon_mg += r[4].i();
+            let series = out
+                .entry(r[0].t())
+                .or_insert_with(|| empty(from, b, points));
+            let p = &mut series[slot(r[1].i())];
+            p.milli_gpu_s += r[2].i();
+            p.gross_fen += r[3].i();
+            p.voucher_fen += r[4].i();
+            p.carbon_mg += r[5].i();
         }
         for r in &tokens {
-            let p = &mut out[slot(r[0].i())];
-            p.tokens += r[1].i();
-            p.gross_fen += r[2].i();
-            p.voucher_fen += r[3].i();
+            let series = out
+                .entry(r[0].t())
+                .or_insert_with(|| empty(from, b, points));
+            let p = &mut series[slot(r[1].i())];
+            p.tokens += r[2].i();
+            p.gross_fen += r[3].i();
+            p.voucher_fen += r[4].i();
         }
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
+}
+
+/// `points` zero buckets from `from`.
+fn empty(from: i64, b: i64, points: i64) -> Vec<SeriesPoint> {
+    (0..points)
+        .map(|i| SeriesPoint {
+            start_s: from + i * b,
+            ..SeriesPoint::default()
+        })
+        .collect()
 }

@@ -134,6 +134,21 @@ def main():
         assert page.evaluate("sessionStorage.getItem('zhisuan.console.key')") is None
         page.screenshot(path=str(out / "5-revoked.png"), full_page=True)
 
+        # The operator page: tenants' series only with a key; with the admin
+        # key, use and spend over time split by region and tenant.
+        op = ctx.new_page()
+        op.goto(a.base + "/")
+        expect(op.locator("body")).to_have_attribute("data-rendered", "true")
+        expect(op.locator("#chart-tenant-spend")).to_contain_text("sign in above")
+        expect(op.locator("#over-time-hint")).to_be_visible()
+        op.fill("#page-key", a.admin)
+        op.click("#key-form button[type=submit]")
+        expect(op.locator("body")).to_have_attribute("data-series", "2")  # guian; acme (the one billed)
+        for chart in ["chart-series-region", "chart-series-tenant", "chart-series-carbon"]:
+            assert op.evaluate(drawn, chart) >= 1, f"{chart} draws nothing"
+        expect(op.locator("#legend-tenant")).to_contain_text("acme")
+        op.screenshot(path=str(out / "7-operator-page.png"), full_page=True)
+
         # First paint with 1,000 jobs: from navigation to the first page of
         # the jobs table drawn (the key already in the tab).
         load = ctx.new_page()

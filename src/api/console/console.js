@@ -4,7 +4,6 @@
 "use strict";
 
 const KEY = "zhisuan.console.key";
-const SVG_NS = "http://www.w3.org/2000/svg";
 const REFRESH_MS = 5000;
 const SERIES_MS = 30000;
 const PAGE = 100;
@@ -301,6 +300,7 @@ async function refreshSeries() {
     const d = new Date(p.start_s * 1000).toISOString();
     return s.bucket === "hour" ? d.slice(11, 13) + ":00" : d.slice(5, 10);
   };
+  const bars = zhisuanCharts.stacked;
   bars("chart-gpu", s.points, label, [(p) => p.milli_gpu_s / 3.6e6], ["#2f6fb3"], (v) => v.toFixed(1) + " h");
   bars(
     "chart-spend",
@@ -313,40 +313,6 @@ async function refreshSeries() {
   bars("chart-carbon", s.points, label, [(p) => p.carbon_mg / 1e6], ["#8a8f98"], (v) => v.toFixed(2) + " kg");
   bars("chart-tokens", s.points, label, [(p) => p.tokens], ["#7a5cc0"], (v) => int(v));
   document.body.dataset.series = String(s.points.length);
-}
-
-function svg(tag, attrs, content) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-  if (content !== undefined) node.textContent = content;
-  return node;
-}
-
-// Stacked bars, one per bucket; the tallest is labelled with its value and unit.
-function bars(id, points, label, parts, colours, unit) {
-  const chart = $(id);
-  const W = 560, H = 150, left = 8, bottom = 18, top = 16;
-  chart.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  const totals = points.map((p) => parts.reduce((s, f) => s + Math.max(0, f(p)), 0));
-  const max = Math.max(...totals, 0);
-  const slot = (W - left) / Math.max(points.length, 1);
-  const nodes = [];
-  points.forEach((p, i) => {
-    let y = H - bottom;
-    parts.forEach((f, k) => {
-      const v = Math.max(0, f(p));
-      const h = max > 0 ? (v / max) * (H - bottom - top) : 0;
-      y -= h;
-      const r = svg("rect", { x: left + i * slot + 1, y, width: Math.max(slot - 2, 1), height: h, fill: colours[k], class: "bar" });
-      r.appendChild(svg("title", {}, `${label(p)}: ${unit(v)}`));
-      nodes.push(r);
-    });
-    if (i % Math.ceil(points.length / 12) === 0) {
-      nodes.push(svg("text", { x: left + i * slot + slot / 2, y: H - 4, "text-anchor": "middle", class: "tick" }, label(p)));
-    }
-  });
-  nodes.push(svg("text", { x: W - 4, y: 11, "text-anchor": "end", class: "peak" }, max > 0 ? "最高 max " + unit(max) : "无用量 no use yet"));
-  chart.replaceChildren(...nodes);
 }
 
 // ---------- statements ----------

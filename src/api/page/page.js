@@ -177,12 +177,64 @@ async function refresh() {
     if (!resp.ok) throw new Error(`/metrics answered ${resp.status}`);
     const metrics = parseMetrics(await resp.text());
     render(metrics);
+    await refreshSeries(key);
     status.className = "status";
     status.textContent = `updated ${new Date().toLocaleTimeString()} · refreshes every ${REFRESH_MS / 1000} s`;
     document.body.dataset.rendered = "true";
   } catch (e) {
     status.className = "status error";
     status.textContent = `cannot read /metrics: ${e.message}`;
+  }
+}
+
+// Use and spend over time, split by region and tenant: the admin's view
+// (`/v1/series`, from the ledger), drawn only with the admin key.
+const SERIES_MS = 30000;
+let seriesAt = 0;
+
+async function refreshSeries(key) {
+  const hint = document.getElementById("over-time-hint");
+  if (!key) {
+    hint.hidden = false;
+    return;
+  }
+  if (Date.now() - seriesAt < SERIES_MS) return;
+  const get = async (group) => {
+    const r = await fetch(`/v1/series?group=${group}`, { cache: "no-store", headers: { Authorization: "Bearer " + key } });
+    if (r.status === 401 || r.status === 403) throw new Error("use and spend over time need the admin key");
+    if (!r.ok) throw new Error(`/v1/series answered ${r.status}`);
+    return r.json();
+  };
+  try {
+    const [regions, tenants] = await Promise.all([get("region"), get("tenant")]);
+    seriesAt = Date.now();
+    hint.hidden = true;
+    drawGroups("chart-series-region", "legend-region", regions, (p) => p.milli_gpu_s / 3.6e6, (v) => v.toFixed(1) + " h");
+    drawGroups("chart-series-tenant", "legend-tenant", tenants, (p) => p.gross_fen / 100, (v) => "¥" + v.toFixed(2));
+    drawGroups("chart-series-carbon", null, regions, (p) => p.carbon_mg / 1e6, (v) => v.toFixed(2) + " kg");
+    document.body.dataset.series = String(regions.groups.length + tenants.groups.length);
+  } catch (e) {
+    hint.hidden = false;
+    hint.textContent = e.message;
+  }
+}
+
+// One stacked bar per day; a part per group, its name in the tooltip and legend.
+function drawGroups(chartId, legendId, series, value, unit) {
+  const groups = series.groups;
+  const buckets = groups.length ? groups[0].points.map((_, i) => i) : [];
+  const label = (i) => new Date(groups[0].points[i].start_s * 1000).toISOString().slice(5, 10);
+  zhisuanCharts.stacked(chartId, buckets, label,
+    groups.map((g) => (i) => value(g.points[i])), COLORS, unit, groups.map((g) => g.name));
+  if (legendId) {
+    const legend = document.getElementById(legendId);
+    legend.replaceChildren(...groups.map((g, k) => {
+      const span = document.createElement("span");
+      span.textContent = g.name;
+      span.style.borderLeft = `0.8em solid ${COLORS[k % COLORS.length]}`;
+      span.title = g.name;
+      return span;
+    }));
   }
 }
 
@@ -196,12 +248,14 @@ document.getElementById("key-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const input = document.getElementById("page-key");
   if (input.value.trim()) sessionStorage.setItem(KEY, input.value.trim());
+  seriesAt = 0;
   input.value = "";
   showKeyForm();
   refresh();
 });
 document.getElementById("key-out").addEventListener("click", () => {
   sessionStorage.removeItem(KEY);
+  seriesAt = 0;
   showKeyForm();
   refresh();
 });
