@@ -117,6 +117,65 @@ async fn throughput(
     )
 }
 
+/// One gateway (its own ledger) in front of the upstream, with a tenant.
+struct Gateway {
+    addr: SocketAddr,
+    key: String,
+    state: zhisuan::api::ApiState,
+    ledger: zhisuan::ledger::Ledger,
+}
+
+impl Gateway {
+    async fn start(db: &str, up: SocketAddr, durable_answers: bool) -> Gateway {
+        let config = zhisuan::api::ApiConfig {
+            admin_key: ADMIN.into(),
+            rate_limit: zhisuan::api::RateLimit {
+                per_second: 1e9,
+                burst: 1e9,
+            },
+            max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
+            gateway: zhisuan::api::gateway::GatewayConfig {
+                upstreams: vec![format!("smol=http://{up}")],
+                tiers: vec![],
+                tokens_per_minute: 0,
+                durable_answers,
+                ..Default::default()
+            },
+            metrics: Default::default(),
+        };
+        let standalone =
+            zhisuan::cmd::api::standalone(config, db, None, &prometheus::Registry::new()).unwrap();
+        let state = standalone.state.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = state.clone();
+        tokio::spawn(async move {
+            let app =
+                zhisuan::api::router(serving).into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, app).await.unwrap();
+        });
+        let created = client()
+            .request(
+                hyper::Request::post(format!("http://{addr}/v1/tenants"))
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {ADMIN}"))
+                    .body(Full::new(Bytes::from(json!({"name": "bench"}).to_string())))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&created.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        Gateway {
+            addr,
+            key: body["api_key"].as_str().unwrap().to_string(),
+            state,
+            ledger: standalone.ledger,
+        }
+    }
+}
+
 fn main() {
     let secs: f64 = std::env::args()
         .skip_while(|a| a != "--seconds")
@@ -128,7 +187,6 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
     rt.block_on(async move {
         let up: SocketAddr = upstream::start(upstream::Upstream {
             usage_in_stream: true,
@@ -137,78 +195,62 @@ fn main() {
         })
         .await
         .unwrap();
-        let config = zhisuan::api::ApiConfig {
-            admin_key: ADMIN.into(),
-            rate_limit: zhisuan::api::RateLimit { per_second: 1e9, burst: 1e9 },
-            max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
-            gateway: zhisuan::api::gateway::GatewayConfig {
-                upstreams: vec![format!("smol=http://{up}")],
-                tiers: vec![],
-                tokens_per_minute: 0,
-                ..Default::default()
-            },
-            metrics: Default::default(),
-        };
-        let standalone = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new()).unwrap();
-        let ledger = standalone.ledger.clone();
-        let state = standalone.state.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let app = zhisuan::api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, app).await.unwrap();
-        });
         let c = client();
-        let created = c
-            .request(
-                hyper::Request::post(format!("http://{api}/v1/tenants"))
-                    .header("content-type", "application/json")
-                    .header("authorization", format!("Bearer {ADMIN}"))
-                    .body(Full::new(Bytes::from(json!({"name": "bench"}).to_string())))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&created.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        let key = body["api_key"].as_str().unwrap().to_string();
         let req = Bytes::from(
             json!({"model": "smol", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5}).to_string(),
         );
         let direct = format!("http://{up}/v1/chat/completions");
-        let gateway = format!("http://{api}/v1/chat/completions");
-        // warm up both paths (connections, caches)
-        latency(&c, &direct, &gateway, &key, &req, 1, 200).await;
-        let (d, g) = latency(&c, &direct, &gateway, &key, &req, 10, 200).await;
         let conns = 32;
-        let (direct_rps, _, direct_failed) = throughput(&direct, None, &req, conns, secs).await;
-        let (gateway_rps, gateway_calls, gateway_failed) = throughput(&gateway, Some(&key), &req, conns, secs).await;
-        // 200 + 2,000 latency calls before
-        let sent = gateway_calls + 2_200;
-        standalone.state.gateway().flush().await;
-        let recorded = tokio::task::spawn_blocking(move || {
-            ledger.month_use("bench", zhisuan::ledger::Month::of(chrono::Utc::now())).unwrap().tokens
-        })
-        .await
-        .unwrap();
+        let mut modes = serde_json::Map::new();
+        let mut direct_figures = json!(null);
+        // The default (durable answers) and the faster mode, side by side.
+        for durable in [true, false] {
+            let db = dir.path().join(format!("ledger-{durable}.db")).to_str().unwrap().to_string();
+            let gw = Gateway::start(&db, up, durable).await;
+            let gateway = format!("http://{}/v1/chat/completions", gw.addr);
+            // warm up both paths (connections, caches)
+            latency(&c, &direct, &gateway, &gw.key, &req, 1, 200).await;
+            let (d, g) = latency(&c, &direct, &gateway, &gw.key, &req, 10, 200).await;
+            let (direct_rps, _, direct_failed) = throughput(&direct, None, &req, conns, secs).await;
+            let (gateway_rps, gateway_calls, gateway_failed) =
+                throughput(&gateway, Some(&gw.key), &req, conns, secs).await;
+            // 200 + 2,000 latency calls before
+            let sent = gateway_calls + 2_200;
+            gw.state.gateway().flush().await;
+            let ledger = gw.ledger.clone();
+            let recorded = tokio::task::spawn_blocking(move || {
+                ledger.month_use("bench", zhisuan::ledger::Month::of(chrono::Utc::now())).unwrap().tokens
+            })
+            .await
+            .unwrap();
+            direct_figures = json!({"p50": pct(&d, 0.5), "p99": pct(&d, 0.99), "n": d.len(), "rps": direct_rps});
+            modes.insert(
+                if durable { "durable_answers" } else { "answers_before_write" }.to_string(),
+                json!({
+                    "latency_ms": {
+                        "gateway": {"p50": pct(&g, 0.5), "p99": pct(&g, 0.99), "n": g.len()},
+                        "direct_same_run": {"p50": pct(&d, 0.5), "p99": pct(&d, 0.99)},
+                        "added_p50": pct(&g, 0.5) - pct(&d, 0.5),
+                        "added_p99": pct(&g, 0.99) - pct(&d, 0.99),
+                    },
+                    "throughput_rps": {
+                        "connections": conns,
+                        "seconds": secs,
+                        "direct": direct_rps,
+                        "gateway": gateway_rps,
+                        "failed": direct_failed + gateway_failed,
+                    },
+                    // every call's tokens reached the ledger: 2 prompt + 5 completion each
+                    "gateway_calls": sent,
+                    "ledger_tokens": recorded,
+                    "ledger_tokens_expected": sent * 7,
+                }),
+            );
+        }
         let out = json!({
             "machine_cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "latency_ms": {
-                "direct": {"p50": pct(&d, 0.5), "p99": pct(&d, 0.99), "n": d.len()},
-                "gateway": {"p50": pct(&g, 0.5), "p99": pct(&g, 0.99), "n": g.len()},
-                "added_p50": pct(&g, 0.5) - pct(&d, 0.5),
-                "added_p99": pct(&g, 0.99) - pct(&d, 0.99),
-            },
-            "throughput_rps": {
-                "connections": conns,
-                "seconds": secs,
-                "direct": direct_rps,
-                "gateway": gateway_rps,
-                "failed": direct_failed + gateway_failed,
-            },
-            // every call's tokens reached the ledger: 2 prompt + 5 completion each
-            "gateway_calls": sent,
-            "ledger_tokens": recorded,
-            "ledger_tokens_expected": sent * 7,
+            "direct_last": direct_figures,
+            "modes": modes,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap());
     });

@@ -349,6 +349,48 @@ fn every_call_is_billed_once_exactly_or_estimated_and_audited_without_its_text()
     );
 }
 
+/// A non-streamed call is in the ledger before its answer is sent: while
+/// the ledger cannot be written (another writer holds its lock) the answer
+/// waits, and when it comes its call is already recorded — so a crash
+/// (kill -9) never loses a call whose answer was delivered.
+#[test]
+fn a_non_streamed_answer_is_sent_only_once_its_call_is_in_the_ledger() {
+    let rt = runtime();
+    let (up, _) = fake(&rt, true, 0);
+    let s = start(rt, &[format!("m=http://{up}")], &[], 0);
+    let key = s.tenant("acme");
+    s.chat_ok(&key, chat("m", "warm up", 2, false));
+    let lock = rusqlite::Connection::open(s._dir.path().join("ledger.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (base, k) = (s.base.clone(), key.clone());
+    std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&k)
+            .json(&chat("m", "x y z", 3, false))
+            .send()
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        tx.send((r.status(), id)).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(1_500)).is_err(),
+        "answered while its call could not be written to the ledger"
+    );
+    lock.execute_batch("ROLLBACK").unwrap();
+    let (status, id) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let rows: i64 = lock
+        .query_row(
+            "SELECT COUNT(*) FROM calls WHERE request_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 1, "the answer came before its call was in the ledger");
+}
+
 #[test]
 fn a_client_gone_mid_stream_is_billed_what_was_delivered() {
     let rt = runtime();

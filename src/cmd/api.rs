@@ -70,6 +70,11 @@ pub struct ApiArgs {
     /// generation included) before the gateway answers 504.
     #[arg(long, default_value_t = crate::api::gateway::UPSTREAM_TIMEOUT.as_secs())]
     pub upstream_timeout_s: u64,
+    /// Send a non-streamed gateway answer only once its call is in the
+    /// ledger, so a crash never loses a delivered call (`false`: write calls
+    /// just after answering — more calls/s, a kill -9 loses the last batch).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub durable_answers: bool,
     /// Seconds between ticks of the in-process cluster's clock (metering into
     /// the ledger; `--backend world` only).
     #[arg(long, default_value_t = 1)]
@@ -241,6 +246,7 @@ pub fn run(mut args: ApiArgs) -> anyhow::Result<()> {
             tiers: args.upstream_tier.clone(),
             tokens_per_minute: args.tokens_per_minute,
             upstream_timeout: Duration::from_secs(args.upstream_timeout_s.max(1)),
+            durable_answers: args.durable_answers,
         },
         metrics: crate::api::metrics_access::MetricsAccess {
             tenant_series: Default::default(),

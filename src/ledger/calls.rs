@@ -123,11 +123,17 @@ impl Ledger {
     /// writes their audit rows (a call already stored is left as it is).
     /// Returns the audit rows newly written.
     pub fn record_calls(&self, calls: &[CallRecord]) -> Result<usize> {
-        let tokens: Vec<TokenRecord> = calls.iter().filter_map(CallRecord::token_record).collect();
-        if !tokens.is_empty() {
-            self.ingest(&[], &tokens)?;
-        }
-        self.write(|tx| {
+        // One transaction (one commit) for the batch's token records and
+        // its audit rows: the gateway waits on it before answering.
+        let tokens = calls
+            .iter()
+            .filter_map(CallRecord::token_record)
+            .enumerate()
+            .map(|(i, r)| r.meter().map_err(|e| e.at(&format!("tokens[{i}]."))))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = (!tokens.is_empty()).then(|| super::store::Batch::of(Vec::new(), tokens));
+        let (written, plan) = self.write(|tx| {
+            let plan = batch.map(|b| super::store::ingest_in(tx, b)).transpose()?;
             let mut written = 0;
             for c in calls {
                 written += tx.exec(
@@ -154,8 +160,12 @@ impl Ledger {
                     ],
                 )? as usize;
             }
-            Ok(written)
-        })
+            Ok((written, plan))
+        })?;
+        if let Some(plan) = &plan {
+            self.observe_plan(plan)?;
+        }
+        Ok(written)
     }
 
     /// Calls in time order, one page (`q.limit` rows, at most 1000).

@@ -811,67 +811,18 @@ impl Ledger {
         usage: Vec<MeteredUsage>,
         tokens: Vec<MeteredTokens>,
     ) -> Result<IngestReport> {
-        let (usage_rows, usage_wholes) = split_batch(usage);
-        let (token_rows, token_wholes) = split_batch(tokens);
-        let total_usage = usage_rows.len();
-        let total_tokens = token_rows.len();
-        let plan = self.write(move |tx| {
-            let tenants: BTreeSet<String> = usage_rows
-                .iter()
-                .map(|(_, u)| u.tenant.clone())
-                .chain(token_rows.iter().map(|(_, t)| t.tenant.clone()))
-                .collect();
-            for t in &tenants {
-                require_tenant(tx, t)?;
-            }
-            let rates = load_rates(tx)?;
-            let new_usage = new_rows(tx, "usage", usage_rows, &usage_wholes)?;
-            let new_tokens = new_rows(tx, "tokens", token_rows, &token_wholes)?;
-            let mut vouchers = Vec::new();
-            for t in &tenants {
-                for r in tx.rows(
-                    &format!("SELECT {VOUCHER_COLUMNS} FROM vouchers WHERE tenant = $1 AND balance_fen > 0"),
-                    &[Val::T(t)],
-                )? {
-                    vouchers.push(voucher_from_row(&r)?);
-                }
-            }
-            let mut book = VoucherBook::new(vouchers);
-            let token_micro = stored_token_micro(tx, &new_tokens)?;
-            let plan = plan_batch(new_usage, new_tokens, &rates, &mut book, &token_micro)?;
-            if plan.is_empty() {
-                return Ok(plan);
-            }
-            tx.insert(Rows::Usage(&plan.usage, &plan.entry_id))?;
-            tx.insert(Rows::Tokens(&plan.tokens, &plan.entry_id))?;
-            tx.insert(Rows::Redemptions(&plan.redemptions))?;
-            add_rollups(tx, &plan)?;
-            for (voucher, fen) in book.shared() {
-                tx.exec(
-                    "UPDATE vouchers SET shared_gross_fen = shared_gross_fen + $1 WHERE id = $2",
-                    &[Val::I(*fen), Val::T(voucher)],
-                )?;
-            }
-            for (voucher, (fen, charges)) in &plan.voucher_draws {
-                tx.exec(
-                    "UPDATE vouchers SET balance_fen = balance_fen - $1 WHERE id = $2",
-                    &[Val::I(*fen), Val::T(voucher)],
-                )?;
-                audit_tx(
-                    tx,
-                    "ledger",
-                    "voucher.redeem",
-                    voucher,
-                    &serde_json::json!({ "fen": fen, "charges": charges, "entry": plan.entry_id }),
-                )?;
-            }
-            let memo = format!("{} usage, {} token records", plan.usage.len(), plan.tokens.len());
-            post_entry(tx, &plan.entry_id, "charges", &memo, &plan.postings)?;
-            Ok(plan)
-        })?;
+        let batch = Batch::of(usage, tokens);
+        let (total_usage, total_tokens) = (batch.usage.len(), batch.tokens.len());
+        let plan = self.write(move |tx| ingest_in(tx, batch))?;
         let report = report_of(&plan, total_usage, total_tokens);
+        self.observe_plan(&plan)?;
+        Ok(report)
+    }
+
+    /// Counts a written batch in the per-tenant metrics (when registered).
+    pub(super) fn observe_plan(&self, plan: &BatchPlan) -> Result<()> {
         if let Some(m) = self.metrics() {
-            m.observe(&plan);
+            m.observe(plan);
             if !plan.voucher_draws.is_empty() {
                 for v in self.vouchers(None)? {
                     if plan.voucher_draws.contains_key(&v.id) {
@@ -880,7 +831,7 @@ impl Ledger {
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     // ---- adjustments ---------------------------------------------------
@@ -1190,4 +1141,89 @@ fn report_of(plan: &BatchPlan, total_usage: usize, total_tokens: usize) -> Inges
         voucher_fen: voucher,
         net_fen: gross - voucher,
     }
+}
+
+/// Metered records to store, split at month boundaries ([`split_batch`]).
+pub(super) struct Batch {
+    usage: Vec<(usize, MeteredUsage)>,
+    usage_wholes: Vec<Whole>,
+    tokens: Vec<(usize, MeteredTokens)>,
+    token_wholes: Vec<Whole>,
+}
+
+impl Batch {
+    pub(super) fn of(usage: Vec<MeteredUsage>, tokens: Vec<MeteredTokens>) -> Batch {
+        let (usage, usage_wholes) = split_batch(usage);
+        let (tokens, token_wholes) = split_batch(tokens);
+        Batch {
+            usage,
+            usage_wholes,
+            tokens,
+            token_wholes,
+        }
+    }
+}
+
+/// Stores a batch's new records in `tx`: prices them, redeems vouchers,
+/// updates rollups and posts the charges (nothing for records already stored).
+pub(super) fn ingest_in(tx: &mut dyn Tx, b: Batch) -> Result<BatchPlan> {
+    let tenants: BTreeSet<String> = b
+        .usage
+        .iter()
+        .map(|(_, u)| u.tenant.clone())
+        .chain(b.tokens.iter().map(|(_, t)| t.tenant.clone()))
+        .collect();
+    for t in &tenants {
+        require_tenant(tx, t)?;
+    }
+    let rates = load_rates(tx)?;
+    let new_usage = new_rows(tx, "usage", b.usage, &b.usage_wholes)?;
+    let new_tokens = new_rows(tx, "tokens", b.tokens, &b.token_wholes)?;
+    let mut vouchers = Vec::new();
+    for t in &tenants {
+        for r in tx.rows(
+            &format!(
+                "SELECT {VOUCHER_COLUMNS} FROM vouchers WHERE tenant = $1 AND balance_fen > 0"
+            ),
+            &[Val::T(t)],
+        )? {
+            vouchers.push(voucher_from_row(&r)?);
+        }
+    }
+    let mut book = VoucherBook::new(vouchers);
+    let token_micro = stored_token_micro(tx, &new_tokens)?;
+    let plan = plan_batch(new_usage, new_tokens, &rates, &mut book, &token_micro)?;
+    if plan.is_empty() {
+        return Ok(plan);
+    }
+    tx.insert(Rows::Usage(&plan.usage, &plan.entry_id))?;
+    tx.insert(Rows::Tokens(&plan.tokens, &plan.entry_id))?;
+    tx.insert(Rows::Redemptions(&plan.redemptions))?;
+    add_rollups(tx, &plan)?;
+    for (voucher, fen) in book.shared() {
+        tx.exec(
+            "UPDATE vouchers SET shared_gross_fen = shared_gross_fen + $1 WHERE id = $2",
+            &[Val::I(*fen), Val::T(voucher)],
+        )?;
+    }
+    for (voucher, (fen, charges)) in &plan.voucher_draws {
+        tx.exec(
+            "UPDATE vouchers SET balance_fen = balance_fen - $1 WHERE id = $2",
+            &[Val::I(*fen), Val::T(voucher)],
+        )?;
+        audit_tx(
+            tx,
+            "ledger",
+            "voucher.redeem",
+            voucher,
+            &serde_json::json!({ "fen": fen, "charges": charges, "entry": plan.entry_id }),
+        )?;
+    }
+    let memo = format!(
+        "{} usage, {} token records",
+        plan.usage.len(),
+        plan.tokens.len()
+    );
+    post_entry(tx, &plan.entry_id, "charges", &memo, &plan.postings)?;
+    Ok(plan)
 }

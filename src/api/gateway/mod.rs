@@ -57,6 +57,10 @@ pub struct GatewayConfig {
     /// How long an upstream may take to start its answer (a non-streamed
     /// generation included) before the call is answered 504.
     pub upstream_timeout: Duration,
+    /// A non-streamed answer is sent only once its call is in the ledger
+    /// (a crash never loses a delivered call); off: calls are written just
+    /// after their answers (faster; a kill -9 loses the last batch).
+    pub durable_answers: bool,
 }
 
 /// Default of [`GatewayConfig::upstream_timeout`].
@@ -69,6 +73,7 @@ impl Default for GatewayConfig {
             tiers: Vec::new(),
             tokens_per_minute: TOKENS_PER_MINUTE,
             upstream_timeout: UPSTREAM_TIMEOUT,
+            durable_answers: true,
         }
     }
 }
@@ -93,6 +98,8 @@ pub struct Gateway {
     pub tokens_per_minute: u64,
     /// See [`GatewayConfig::upstream_timeout`].
     upstream_timeout: Duration,
+    /// See [`GatewayConfig::durable_answers`].
+    durable_answers: bool,
     /// One bucket of `tokens_per_minute` per key, charged after each call.
     tpm: Option<RateLimiter>,
     recorder: recorder::Recorder,
@@ -139,6 +146,7 @@ impl Gateway {
             client,
             tokens_per_minute: config.tokens_per_minute,
             upstream_timeout: config.upstream_timeout,
+            durable_answers: config.durable_answers,
             tpm: (config.tokens_per_minute > 0).then(|| {
                 let per_minute = config.tokens_per_minute as f64;
                 RateLimiter::new(RateLimit {

@@ -6,7 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Response, StatusCode};
@@ -72,6 +72,7 @@ pub(super) async fn forward(
                     text: String::new(),
                     ttft_ms: None,
                 },
+                false,
             )
             .await;
             return Err(e);
@@ -131,11 +132,13 @@ pub(super) async fn forward(
                     text: String::new(),
                     ttft_ms,
                 },
+                false,
             )
             .await;
             return Err(err);
         }
     };
+    let gw_durable = call.gw.durable_answers;
     let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
     let usage = parsed.as_ref().and_then(usage_of);
     let mut text = String::new();
@@ -151,6 +154,7 @@ pub(super) async fn forward(
             text,
             ttft_ms,
         },
+        gw_durable,
     )
     .await;
     let mut out = Response::builder()
@@ -275,7 +279,8 @@ impl<S> Tallied<S> {
         };
         let call = p.call;
         drop(p._inflight);
-        tokio::spawn(finish(call, ended));
+        // The stream has ended (its last byte is out): written just after.
+        tokio::spawn(finish(call, ended, false));
     }
 }
 
@@ -314,8 +319,14 @@ impl<S> Drop for Tallied<S> {
     }
 }
 
-/// Counts the call's tokens and queues its record.
-async fn finish(call: Call, ended: Ended) {
+/// How long a non-streamed answer waits for its call to be in the ledger
+/// before it is sent anyway (the call stays queued and is written later).
+const DURABLE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Counts the call's tokens and queues its record; `durable`: returns once
+/// the record is in the ledger (a non-streamed answer is sent only then, so
+/// a crash never loses a call whose answer was delivered).
+async fn finish(call: Call, ended: Ended, durable: bool) {
     let gw = &call.gw;
     let counted = ended.status < 300 || ended.status == STATUS_CLIENT_GONE;
     let (usage, estimated) = match (ended.usage, &ended.upstream) {
@@ -360,7 +371,7 @@ async fn finish(call: Call, ended: Ended) {
         Some(u) => (u.base.clone(), u.region.clone()),
         None => (String::new(), String::new()),
     };
-    gw.recorder.record(CallRecord {
+    let record = CallRecord {
         request_id: call.request_id,
         tenant: call.tenant,
         key_prefix: hex::encode(&call.key_hash[..6]),
@@ -376,5 +387,12 @@ async fn finish(call: Call, ended: Ended) {
         ttft_ms: ended.ttft_ms,
         latency_ms: latency.as_millis() as i64,
         at: call.at,
-    });
+    };
+    if !durable {
+        gw.recorder.record(record);
+    } else if !gw.recorder.record_durably(record, DURABLE_PATIENCE).await {
+        tracing::warn!(
+            "a call's record was not in the ledger within {DURABLE_PATIENCE:?}; answering, its write goes on"
+        );
+    }
 }

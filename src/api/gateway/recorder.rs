@@ -16,7 +16,8 @@ use crate::ledger::{CallRecord, Ledger, Tier};
 const BATCH: usize = 2_000;
 
 enum Msg {
-    Call(Box<CallRecord>),
+    /// A call, and who waits until it is written (if anyone).
+    Call(Box<CallRecord>, Option<oneshot::Sender<()>>),
     /// Reply once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -71,6 +72,20 @@ impl Recorder {
 
     /// Queues one call.
     pub fn record(&self, call: CallRecord) {
+        self.queue(call, None);
+    }
+
+    /// Queues one call and waits until it is in the ledger (written with
+    /// whatever else is queued: one write serves many waiters), at most
+    /// `patience`; past it the call stays queued and is written later.
+    /// `false` when the wait ran out.
+    pub async fn record_durably(&self, call: CallRecord, patience: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.queue(call, Some(tx));
+        matches!(tokio::time::timeout(patience, rx).await, Ok(Ok(())))
+    }
+
+    fn queue(&self, call: CallRecord, written: Option<oneshot::Sender<()>>) {
         let tokens = call.prompt_tokens.saturating_add(call.completion_tokens);
         if tokens > 0 {
             *self
@@ -81,7 +96,11 @@ impl Recorder {
                 .or_default() += tokens;
         }
         self.backlog.inc();
-        if self.sender().send(Msg::Call(Box::new(call))).is_err() {
+        if self
+            .sender()
+            .send(Msg::Call(Box::new(call), written))
+            .is_err()
+        {
             tracing::error!("gateway call recorder stopped; a call was not recorded");
         }
     }
@@ -123,7 +142,10 @@ async fn write_loop(
         }
         for m in msgs.drain(..) {
             match m {
-                Msg::Call(c) => batch.push(*c),
+                Msg::Call(c, w) => {
+                    batch.push(*c);
+                    waiters.extend(w);
+                }
                 Msg::Flush(w) => waiters.push(w),
             }
         }
