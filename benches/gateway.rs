@@ -128,12 +128,10 @@ struct Gateway {
 impl Gateway {
     async fn start(db: &str, up: SocketAddr, durable_answers: bool) -> Gateway {
         let config = zhisuan::api::ApiConfig {
-            admin_key: ADMIN.into(),
             rate_limit: zhisuan::api::RateLimit {
                 per_second: 1e9,
                 burst: 1e9,
             },
-            max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
             gateway: zhisuan::api::gateway::GatewayConfig {
                 upstreams: vec![format!("smol=http://{up}")],
                 tiers: vec![],
@@ -141,7 +139,7 @@ impl Gateway {
                 durable_answers,
                 ..Default::default()
             },
-            metrics: Default::default(),
+            ..zhisuan::api::ApiConfig::with_admin_key(ADMIN)
         };
         let standalone =
             zhisuan::cmd::api::standalone(config, db, None, &prometheus::Registry::new()).unwrap();

@@ -68,14 +68,11 @@ fn start_with(rate_per_second: f64, burst: f64) -> Server {
     let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
     let db_path = db.clone();
     let config = zhisuan::api::ApiConfig {
-        admin_key: ADMIN.to_string(),
         rate_limit: zhisuan::api::RateLimit {
             per_second: rate_per_second,
             burst,
         },
-        max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
-        gateway: Default::default(),
-        metrics: Default::default(),
+        ..zhisuan::api::ApiConfig::with_admin_key(ADMIN)
     };
     let addr: SocketAddr = runtime.block_on(async move {
         let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())

@@ -62,14 +62,11 @@ fn the_tenant_console_works_in_a_real_browser() {
         .build()
         .unwrap();
     let config = zhisuan::api::ApiConfig {
-        admin_key: ADMIN.to_string(),
         rate_limit: zhisuan::api::RateLimit {
             per_second: 100_000.0,
             burst: 100_000.0,
         },
-        max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
-        gateway: Default::default(),
-        metrics: Default::default(),
+        ..zhisuan::api::ApiConfig::with_admin_key(ADMIN)
     };
     let addr: SocketAddr = runtime.block_on(async move {
         let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())

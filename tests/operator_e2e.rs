@@ -1312,22 +1312,7 @@ async fn kube_jobs_backend_submits_and_isolates_tenants() {
     quota(&server, "acme", None, json!({})).await;
     let _c = start_controller(&server, "c1", Duration::from_secs(2));
     let jobs = KubeJobs::new(server.client(), "ml");
-    let spec = JobSpec {
-        tenant: "acme".into(),
-        kind: JobKind::Training,
-        name: "train".into(),
-        replicas: 2,
-        milli_per_replica: 2000,
-        gpu_models: vec![],
-        vendor: None,
-        mixed_models: false,
-        image: "trainer:1".into(),
-        region: None,
-        latency_slo_ms: None,
-        user_region: None,
-        token_tier: None,
-        max_runtime_s: None,
-    };
+    let spec = JobSpec::new("acme", JobKind::Training, "train", 2, 2000, "trainer:1");
     let view = jobs.submit(spec.clone()).await.unwrap();
     assert_eq!(view.phase, Phase::Pending);
     assert!(matches!(
@@ -1371,22 +1356,7 @@ async fn kube_jobs_backend_pages_with_limit_and_continue() {
     use zhisuan::operator::jobs::KubeJobs;
     let server = ApiServer::start().await;
     let jobs = KubeJobs::new(server.client(), "ml").with_list_chunk(2);
-    let spec = |kind, name: &str| JobSpec {
-        tenant: "acme".into(),
-        kind,
-        name: name.into(),
-        replicas: 1,
-        milli_per_replica: 1000,
-        gpu_models: vec![],
-        vendor: None,
-        mixed_models: false,
-        image: "trainer:1".into(),
-        region: None,
-        latency_slo_ms: None,
-        user_region: None,
-        token_tier: None,
-        max_runtime_s: None,
-    };
+    let spec = |kind, name: &str| JobSpec::new("acme", kind, name, 1, 1000, "trainer:1");
     let mut ids = Vec::new();
     for (kind, name) in [
         (JobKind::Training, "t1"),

@@ -31,14 +31,11 @@ const PERIOD: i64 = 2;
 /// The quota API on loopback over the `KubeJobs` backend; returns its base URL.
 async fn start_api(server: &ApiServer, ledger: Ledger) -> String {
     let config = zhisuan::api::ApiConfig {
-        admin_key: ADMIN.into(),
         rate_limit: zhisuan::api::RateLimit {
             per_second: 100_000.0,
             burst: 100_000.0,
         },
-        max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
-        gateway: Default::default(),
-        metrics: Default::default(),
+        ..zhisuan::api::ApiConfig::with_admin_key(ADMIN)
     };
     let jobs = std::sync::Arc::new(KubeJobs::new(server.client(), NS));
     let state =

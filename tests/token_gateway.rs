@@ -62,14 +62,12 @@ fn start_with(
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db").to_str().unwrap().to_string();
     let config = zhisuan::api::ApiConfig {
-        admin_key: ADMIN.to_string(),
         rate_limit: zhisuan::api::RateLimit {
             per_second: 100_000.0,
             burst: 100_000.0,
         },
-        max_pending_jobs: zhisuan::api::MAX_PENDING_JOBS,
         gateway,
-        metrics: Default::default(),
+        ..zhisuan::api::ApiConfig::with_admin_key(ADMIN)
     };
     let (addr, state): (SocketAddr, zhisuan::api::ApiState) = runtime.block_on(async move {
         let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())

@@ -6,11 +6,10 @@
 //! download, vouchers and token calls. Plain JavaScript over the same API
 //! curl uses; nothing from another origin (air-gapped data centres).
 
-use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use super::page::asset;
+use super::page::{asset, CSS, HTML, JS};
 
 const INDEX_HTML: &str = include_str!("console/index.html");
 const CONSOLE_JS: &str = include_str!("console/console.js");
@@ -22,21 +21,15 @@ where
     S: Clone + Send + Sync + 'static,
 {
     Router::new()
-        .route("/console", get(index))
-        .route("/assets/console.js", get(script))
-        .route("/assets/console.css", get(style))
-}
-
-async fn index() -> impl IntoResponse {
-    asset("text/html; charset=utf-8", INDEX_HTML)
-}
-
-async fn script() -> impl IntoResponse {
-    asset("text/javascript; charset=utf-8", CONSOLE_JS)
-}
-
-async fn style() -> impl IntoResponse {
-    asset("text/css; charset=utf-8", CONSOLE_CSS)
+        .route("/console", get(|| async { asset(HTML, INDEX_HTML) }))
+        .route(
+            "/assets/console.js",
+            get(|| async { asset(JS, CONSOLE_JS) }),
+        )
+        .route(
+            "/assets/console.css",
+            get(|| async { asset(CSS, CONSOLE_CSS) }),
+        )
 }
 
 #[cfg(test)]

@@ -45,6 +45,35 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// A job of `replicas` × `milli_per_replica` running `image`, with
+    /// every choice left open (any model of the default vendor, any region,
+    /// no SLO, no tier, no runtime limit); set fields to narrow it.
+    pub fn new(
+        tenant: &str,
+        kind: JobKind,
+        name: &str,
+        replicas: u32,
+        milli_per_replica: u32,
+        image: &str,
+    ) -> Self {
+        JobSpec {
+            tenant: tenant.into(),
+            kind,
+            name: name.into(),
+            replicas,
+            milli_per_replica,
+            gpu_models: Vec::new(),
+            vendor: None,
+            mixed_models: false,
+            image: image.into(),
+            region: None,
+            latency_slo_ms: None,
+            user_region: None,
+            token_tier: None,
+            max_runtime_s: None,
+        }
+    }
+
     /// GPUs the whole job holds, in milli-GPU.
     pub fn total_milli(&self) -> u64 {
         u64::from(self.replicas) * u64::from(self.milli_per_replica)

@@ -67,6 +67,24 @@ pub struct ApiConfig {
     pub metrics: metrics_access::MetricsAccess,
 }
 
+impl ApiConfig {
+    /// The defaults of `zhisuan api` with this admin key: 50 requests/s
+    /// (burst 100) per key, [`MAX_PENDING_JOBS`], the gateway's defaults,
+    /// per-tenant series of `/metrics` only with a key.
+    pub fn with_admin_key(admin_key: &str) -> Self {
+        ApiConfig {
+            admin_key: admin_key.to_string(),
+            rate_limit: RateLimit {
+                per_second: 50.0,
+                burst: 100.0,
+            },
+            max_pending_jobs: MAX_PENDING_JOBS,
+            gateway: Default::default(),
+            metrics: Default::default(),
+        }
+    }
+}
+
 /// Default of [`ApiConfig::max_pending_jobs`].
 pub const MAX_PENDING_JOBS: u64 = 1000;
 

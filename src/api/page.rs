@@ -22,27 +22,15 @@ where
     S: Clone + Send + Sync + 'static,
 {
     Router::new()
-        .route("/", get(index))
-        .route("/assets/page.js", get(script))
-        .route("/assets/page.css", get(style))
-        .route("/assets/charts.js", get(charts))
+        .route("/", get(|| async { asset(HTML, INDEX_HTML) }))
+        .route("/assets/page.js", get(|| async { asset(JS, PAGE_JS) }))
+        .route("/assets/page.css", get(|| async { asset(CSS, PAGE_CSS) }))
+        .route("/assets/charts.js", get(|| async { asset(JS, CHARTS_JS) }))
 }
 
-async fn index() -> impl IntoResponse {
-    asset("text/html; charset=utf-8", INDEX_HTML)
-}
-
-async fn script() -> impl IntoResponse {
-    asset("text/javascript; charset=utf-8", PAGE_JS)
-}
-
-async fn charts() -> impl IntoResponse {
-    asset("text/javascript; charset=utf-8", CHARTS_JS)
-}
-
-async fn style() -> impl IntoResponse {
-    asset("text/css; charset=utf-8", PAGE_CSS)
-}
+pub(super) const HTML: &str = "text/html; charset=utf-8";
+pub(super) const JS: &str = "text/javascript; charset=utf-8";
+pub(super) const CSS: &str = "text/css; charset=utf-8";
 
 /// A page asset: from this origin only (CSP), never cached stale.
 pub(super) fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {

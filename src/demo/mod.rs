@@ -15,7 +15,6 @@ pub mod summary;
 pub mod telemetry;
 pub mod tracker;
 
-use crate::api::ratelimit::RateLimit;
 use crate::api::{ApiConfig, ApiState};
 use crate::error::InputError;
 use crate::ledger::types::Tier;
@@ -593,12 +592,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }))
         .context("starting the demo's model server")?;
     let config = ApiConfig {
-        admin_key: admin_key(args.admin_key_file.as_deref(), &key_dir)?,
-        rate_limit: RateLimit {
-            per_second: 50.0,
-            burst: 100.0,
-        },
-        max_pending_jobs: crate::api::MAX_PENDING_JOBS,
         gateway: crate::api::gateway::GatewayConfig {
             upstreams: callers::MODELS
                 .iter()
@@ -616,6 +609,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             tenant_series: crate::api::metrics_access::TenantSeries::Public,
             scrape_key: None,
         },
+        ..ApiConfig::with_admin_key(&admin_key(args.admin_key_file.as_deref(), &key_dir)?)
     };
     // The quota API, the page at `/` and `/metrics` (the world's, the ledger's,
     // the agents' and the API's own series, one registry).

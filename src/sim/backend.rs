@@ -708,20 +708,8 @@ mod tests {
         runtime_s: u64,
     ) -> JobSpec {
         JobSpec {
-            tenant: tenant.into(),
-            kind: JobKind::Training,
-            name: name.into(),
-            replicas,
-            milli_per_replica: milli,
-            gpu_models: vec![],
-            vendor: None,
-            mixed_models: false,
-            image: "img:1".into(),
-            region: None,
-            latency_slo_ms: None,
-            user_region: None,
-            token_tier: None,
             max_runtime_s: Some(runtime_s),
+            ..JobSpec::new(tenant, JobKind::Training, name, replicas, milli, "img:1")
         }
     }
 
