@@ -1,7 +1,9 @@
 //! The quota API over real HTTP on loopback (reqwest), against the real
 //! ledger (SQLite in a temp dir) and the in-process World.
 
-use std::net::SocketAddr;
+#[path = "support/standalone.rs"]
+mod standalone;
+
 use std::time::Duration;
 
 use reqwest::blocking::Client;
@@ -74,19 +76,7 @@ fn start_with(rate_per_second: f64, burst: f64) -> Server {
         },
         ..zhisuan::api::ApiConfig::with_admin_key(ADMIN)
     };
-    let addr: SocketAddr = runtime.block_on(async move {
-        let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())
-            .map(|s| s.state)
-            .expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let app =
-                zhisuan::api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, app).await.unwrap();
-        });
-        addr
-    });
+    let (addr, _) = standalone::serve(&runtime, config, &db);
     Server {
         base: format!("http://{addr}"),
         client: Client::builder()

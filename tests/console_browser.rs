@@ -7,8 +7,9 @@
 
 #[path = "support/chromium.rs"]
 mod chromium;
+#[path = "support/standalone.rs"]
+mod standalone;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -68,19 +69,7 @@ fn the_tenant_console_works_in_a_real_browser() {
         },
         ..zhisuan::api::ApiConfig::with_admin_key(ADMIN)
     };
-    let addr: SocketAddr = runtime.block_on(async move {
-        let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())
-            .map(|s| s.state)
-            .expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let app =
-                zhisuan::api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, app).await.unwrap();
-        });
-        addr
-    });
+    let (addr, _) = standalone::serve(&runtime, config, &db);
     let base = format!("http://{addr}");
     let client = Client::builder()
         .timeout(Duration::from_secs(30))

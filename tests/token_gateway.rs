@@ -8,6 +8,8 @@ use zhisuan::demo::model as upstream;
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
+#[path = "support/standalone.rs"]
+mod standalone;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -69,20 +71,7 @@ fn start_with(
         gateway,
         ..zhisuan::api::ApiConfig::with_admin_key(ADMIN)
     };
-    let (addr, state): (SocketAddr, zhisuan::api::ApiState) = runtime.block_on(async move {
-        let state = zhisuan::cmd::api::standalone(config, &db, None, &prometheus::Registry::new())
-            .map(|s| s.state)
-            .expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let serving = state.clone();
-        tokio::spawn(async move {
-            let app =
-                zhisuan::api::router(serving).into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, app).await.unwrap();
-        });
-        (addr, state)
-    });
+    let (addr, state) = standalone::serve(&runtime, config, &db);
     Server {
         base: format!("http://{addr}"),
         state,
