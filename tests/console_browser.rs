@@ -134,6 +134,42 @@ fn the_tenant_console_works_in_a_real_browser() {
         .as_str()
         .expect("a key id")
         .to_string();
+    // A tenant whose job waits (its only model's GPU-hours are used up),
+    // for the operator page's "why pending".
+    let slow = call(
+        &client,
+        post.clone(),
+        format!("{base}/v1/tenants"),
+        ADMIN,
+        Some(json!({"name": "slow"})),
+    )["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    call(
+        &client,
+        reqwest::Method::PUT,
+        format!("{base}/v1/tenants/slow/quota"),
+        ADMIN,
+        Some(json!({"gpus": {"*": 8}, "gpu_hours_per_month": {"V100M32": 0}})),
+    );
+    call(
+        &client,
+        post.clone(),
+        format!("{base}/v1/jobs"),
+        &slow,
+        Some(
+            json!({"kind": "training", "name": "stuck", "replicas": 1, "gpus_per_replica": 1,
+                    "gpu_models": ["V100M32"], "image": "r/t:1"}),
+        ),
+    );
+    // A tenant's key may not list everyone's waiting jobs.
+    let refused = client
+        .get(format!("{base}/v1/pending"))
+        .bearer_auth(&slow)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
     // A second tenant with 1,000 jobs, for the first paint.
     let load_key = call(
         &client,

@@ -1386,6 +1386,13 @@ async fn kube_jobs_backend_pages_with_limit_and_continue() {
     }
     assert_eq!(seen, ids, "every job once, in id order, none of beta's");
     assert_eq!(jobs.gpu_use("acme").await.unwrap().total_milli, 7000);
+    // The admin's view: every tenant's waiting jobs (no controller runs
+    // here, so all wait), longest first, as many as asked for.
+    let waiting = jobs.waiting(100).await.unwrap();
+    assert_eq!(waiting.len(), 8);
+    assert_eq!(waiting.iter().filter(|(t, _)| t == "beta").count(), 1);
+    assert!(waiting.windows(2).all(|w| w[0].1.submitted_at <= w[1].1.submitted_at));
+    assert_eq!(jobs.waiting(3).await.unwrap().len(), 3);
     for resource in [
         "zhisuan.io/v1alpha1/trainingjobs",
         "zhisuan.io/v1alpha1/inferenceservices",

@@ -188,6 +188,16 @@ pub struct JobPage {
     pub next: Option<String>,
 }
 
+/// Longest waiting first (then by id), the first `limit`.
+pub fn oldest_first(mut jobs: Vec<(String, JobView)>, limit: usize) -> Vec<(String, JobView)> {
+    jobs.sort_by(|a, b| {
+        (a.1.submitted_at.as_str(), a.1.id.as_str())
+            .cmp(&(b.1.submitted_at.as_str(), b.1.id.as_str()))
+    });
+    jobs.truncate(limit);
+    jobs
+}
+
 impl JobPage {
     /// The page of `jobs` (already in id order, those after the cursor):
     /// the first `limit`, and the cursor for the rest if any remain.
@@ -202,8 +212,9 @@ impl JobPage {
 pub const MAX_PAGE: usize = 1000;
 
 /// Jobs and regions behind the API. Every call is scoped to one tenant: an
-/// implementation must never return another tenant's job. Futures must not
-/// hold a lock across an `.await`.
+/// implementation must never return another tenant's job — except
+/// [`JobBackend::waiting`], which the API serves to the admin only. Futures
+/// must not hold a lock across an `.await`.
 pub trait JobBackend: Send + Sync + 'static {
     fn submit(&self, spec: JobSpec) -> BoxFuture<'_, BackendResult<JobView>>;
     /// One page of the tenant's jobs in id order: at most `limit`, those
@@ -218,6 +229,9 @@ pub trait JobBackend: Send + Sync + 'static {
     /// Cancels a job; returns it in its final state.
     fn cancel(&self, tenant: &str, id: &str) -> BoxFuture<'_, BackendResult<JobView>>;
     fn gpu_use(&self, tenant: &str) -> BoxFuture<'_, BackendResult<GpuUse>>;
+    /// Every tenant's jobs waiting to start, longest waiting first, at most
+    /// `limit`: (tenant, job) — the admin's "why pending" view.
+    fn waiting(&self, limit: usize) -> BoxFuture<'_, BackendResult<Vec<(String, JobView)>>>;
     fn regions(&self) -> BoxFuture<'_, BackendResult<Vec<RegionView>>>;
     /// The backend's clock: what "now" is for month-to-date use, statements
     /// and voucher validity. Default: the wall clock (a real cluster); the

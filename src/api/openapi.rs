@@ -78,7 +78,7 @@ impl Modify for BearerAuth {
         super::gateway::handlers::chat, super::gateway::handlers::completions,
         super::gateway::handlers::embeddings, super::gateway::handlers::models,
         super::gateway::handlers::calls, super::gateway::handlers::grants,
-        super::gateway::handlers::set_grants, super::series::own_series, super::series::grouped_series,
+        super::gateway::handlers::set_grants, super::series::own_series, super::series::grouped_series, super::pending::pending,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
@@ -91,6 +91,7 @@ impl Modify for BearerAuth {
         CallRecord, super::gateway::handlers::CallPage, super::gateway::handlers::ModelList,
         super::gateway::handlers::Grants, super::series::Series, crate::ledger::series::SeriesPoint,
         super::series::GroupSeries, super::series::GroupedSeries, crate::ledger::series::Group,
+        super::pending::PendingJob, super::pending::PendingList,
         crate::ledger::series::Bucket,
     )),
     modifiers(&BearerAuth),

@@ -216,10 +216,14 @@ impl KubeJobs {
     /// of that kind.
     async fn each_job(
         &self,
-        tenant: &str,
-        mut visit: impl FnMut(JobView) -> bool,
+        tenant: Option<&str>,
+        mut visit: impl FnMut(&str, JobView) -> bool,
     ) -> BackendResult<()> {
-        let selector = format!("{}={tenant}", keys::TENANT);
+        // One tenant's objects, or every object the API made (all carry the label).
+        let selector = match tenant {
+            Some(t) => format!("{}={t}", keys::TENANT),
+            None => keys::TENANT.to_string(),
+        };
         for kind in [JobKind::Training, JobKind::Inference] {
             let mut token: Option<String> = None;
             'kind: loop {
@@ -231,7 +235,8 @@ impl KubeJobs {
                 }
                 let list = self.api(kind).list(&lp).await.map_err(kube_error)?;
                 for obj in &list.items {
-                    if !visit(Self::view(kind, obj)) {
+                    let owner = obj.labels().get(keys::TENANT).map_or("", String::as_str);
+                    if !visit(owner, Self::view(kind, obj)) {
                         break 'kind;
                     }
                 }
@@ -346,7 +351,7 @@ impl JobBackend for KubeJobs {
             // chunk at a time (memory: a chunk plus the page).
             let keep = limit + 1;
             let mut first: BTreeMap<String, JobView> = BTreeMap::new();
-            self.each_job(&tenant, |job| {
+            self.each_job(Some(&tenant), |_, job| {
                 if after.as_ref().is_some_and(|a| job.id <= *a) {
                     return true;
                 }
@@ -393,7 +398,7 @@ impl JobBackend for KubeJobs {
         let tenant = tenant.to_string();
         async move {
             let mut out = GpuUse::default();
-            self.each_job(&tenant, |job| {
+            self.each_job(Some(&tenant), |_, job| {
                 if job.phase.is_active() {
                     let milli = job.replicas as u64 * job.gpu_milli_per_replica as u64;
                     out.total_milli += milli;
@@ -406,6 +411,25 @@ impl JobBackend for KubeJobs {
             })
             .await?;
             Ok(out)
+        }
+        .boxed()
+    }
+
+    fn waiting(&self, limit: usize) -> BoxFuture<'_, BackendResult<Vec<(String, JobView)>>> {
+        async move {
+            let mut out = Vec::new();
+            self.each_job(None, |tenant, job| {
+                if job.phase == Phase::Pending {
+                    out.push((tenant.to_string(), job));
+                    // Keep memory bounded: the oldest `limit` so far.
+                    if out.len() >= 2 * limit.max(1) {
+                        out = crate::api::jobs::oldest_first(std::mem::take(&mut out), limit);
+                    }
+                }
+                true
+            })
+            .await?;
+            Ok(crate::api::jobs::oldest_first(out, limit))
         }
         .boxed()
     }

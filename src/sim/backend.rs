@@ -623,6 +623,22 @@ impl JobBackend for WorldBackend {
         self.off_async(|b| Ok(b.regions_now()))
     }
 
+    fn waiting(&self, limit: usize) -> BoxFuture<'_, BackendResult<Vec<(String, JobView)>>> {
+        self.off_async(move |b| {
+            let (world, index) = b.locked();
+            let mut out = Vec::new();
+            for (tenant, jobs) in &index.tenants {
+                for &id in &jobs.live {
+                    if let Some(v) = view(&world, &index, id).filter(|v| v.phase == Phase::Pending)
+                    {
+                        out.push((tenant.clone(), v));
+                    }
+                }
+            }
+            Ok(crate::api::jobs::oldest_first(out, limit))
+        })
+    }
+
     /// Simulated time: statements, month-to-date use and vouchers follow
     /// the simulated clock, as the usage they count does.
     fn now(&self) -> chrono::DateTime<chrono::Utc> {

@@ -147,6 +147,12 @@ def main():
         for chart in ["chart-series-region", "chart-series-tenant", "chart-series-carbon"]:
             assert op.evaluate(drawn, chart) >= 1, f"{chart} draws nothing"
         expect(op.locator("#legend-tenant")).to_contain_text("acme")
+        # Why pending: every tenant's waiting job with its reason, cut with
+        # its whole text in the tooltip.
+        stuck = op.locator("#pending tr[data-tenant='slow']")
+        expect(stuck).to_contain_text("stuck")
+        expect(stuck.locator("td").nth(4)).to_contain_text("GPU-hours")
+        assert stuck.locator("td").nth(4).get_attribute("title"), "no tooltip on the reason"
         op.screenshot(path=str(out / "7-operator-page.png"), full_page=True)
 
         # First paint with 1,000 jobs: from navigation to the first page of

@@ -207,6 +207,7 @@ async function refreshSeries(key) {
   };
   try {
     const [regions, tenants] = await Promise.all([get("region"), get("tenant")]);
+    await refreshPending(key);
     seriesAt = Date.now();
     hint.hidden = true;
     drawGroups("chart-series-region", "legend-region", regions, (p) => p.milli_gpu_s / 3.6e6, (v) => v.toFixed(1) + " h");
@@ -217,6 +218,37 @@ async function refreshSeries(key) {
     hint.hidden = false;
     hint.textContent = e.message;
   }
+}
+
+// The admin's "why pending" table: every tenant's waiting jobs, longest first.
+async function refreshPending(key) {
+  const r = await fetch("/v1/pending?limit=50", { cache: "no-store", headers: { Authorization: "Bearer " + key } });
+  if (!r.ok) return;
+  const list = await r.json();
+  const cell = (text, cls) => {
+    const td = document.createElement("td");
+    td.textContent = text;
+    td.title = text;
+    if (cls) td.className = cls;
+    return td;
+  };
+  const rows = list.jobs.map((p) => {
+    const tr = document.createElement("tr");
+    const gpus = (p.job.replicas * p.job.gpu_milli_per_replica) / 1000;
+    tr.append(cell(p.tenant, "clip"), cell(p.job.name, "clip"), cell(p.job.submitted_at.replace("T", " ").replace(/\.\d+/, "")),
+      cell(Number.isInteger(gpus) ? String(gpus) : gpus.toFixed(2), "num"), cell(p.job.explanation.summary, "clip"));
+    tr.dataset.tenant = p.tenant;
+    return tr;
+  });
+  if (!rows.length) {
+    const tr = document.createElement("tr");
+    const td = cell("No job is waiting.", "empty");
+    td.colSpan = 5;
+    tr.append(td);
+    rows.push(tr);
+  }
+  document.querySelector("#pending tbody").replaceChildren(...rows);
+  document.body.dataset.pending = String(list.jobs.length);
 }
 
 // One stacked bar per day; a part per group, its name in the tooltip and legend.

@@ -1,0 +1,60 @@
+//! `GET /v1/pending` (admin): every tenant's jobs waiting to start, longest
+//! waiting first, each with why — the operator page's "why pending" table.
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::Admin;
+use super::extract::ApiQuery;
+use super::jobs::JobView;
+use super::openapi::StdErrors;
+use super::{ApiError, ApiState};
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PendingQuery {
+    /// Jobs to return, 1..=1000 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// A waiting job and its tenant.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PendingJob {
+    pub tenant: String,
+    pub job: JobView,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PendingList {
+    /// Longest waiting first.
+    pub jobs: Vec<PendingJob>,
+}
+
+/// Every tenant's jobs waiting to start, longest waiting first, with why.
+#[utoipa::path(get, path = "/v1/pending", tag = "admin", security(("bearer" = [])),
+    params(PendingQuery),
+    responses((status = 200, body = PendingList), StdErrors))]
+pub async fn pending(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiQuery(q): ApiQuery<PendingQuery>,
+) -> Result<Json<PendingList>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit: {limit} is outside 1..=1000"),
+        ));
+    }
+    let jobs = state
+        .jobs()
+        .waiting(limit as usize)
+        .await?
+        .into_iter()
+        .map(|(tenant, job)| PendingJob { tenant, job })
+        .collect();
+    Ok(Json(PendingList { jobs }))
+}
