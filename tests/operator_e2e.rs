@@ -1391,7 +1391,9 @@ async fn kube_jobs_backend_pages_with_limit_and_continue() {
     let waiting = jobs.waiting(100).await.unwrap();
     assert_eq!(waiting.len(), 8);
     assert_eq!(waiting.iter().filter(|(t, _)| t == "beta").count(), 1);
-    assert!(waiting.windows(2).all(|w| w[0].1.submitted_at <= w[1].1.submitted_at));
+    assert!(waiting
+        .windows(2)
+        .all(|w| w[0].1.submitted_at <= w[1].1.submitted_at));
     assert_eq!(jobs.waiting(3).await.unwrap().len(), 3);
     for resource in [
         "zhisuan.io/v1alpha1/trainingjobs",

@@ -95,7 +95,13 @@ function barChart(svgId, rows, series, opts) {
   }
   rows.forEach((row, r) => {
     const y = legendH + r * (barH + gap);
-    svg.appendChild(el("text", { x: labelW - 6, y: y + 13, "text-anchor": "end" }, row.label));
+    // A label longer than its column is cut with an ellipsis; the whole
+    // label is in its tooltip.
+    const fits = Math.max(4, Math.floor((labelW - 10) / 7));
+    const cut = row.label.length > fits ? row.label.slice(0, fits - 1) + "…" : row.label;
+    const label = el("text", { x: labelW - 6, y: y + 13, "text-anchor": "end", class: "label" }, cut);
+    label.appendChild(el("title", {}, row.label));
+    svg.appendChild(label);
     svg.appendChild(el("line", { x1: labelW, x2: labelW + plotW, y1: y + barH + 2, y2: y + barH + 2, class: "gridline" }));
     let x = labelW;
     row.values.forEach((v, i) => {
