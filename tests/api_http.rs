@@ -914,3 +914,67 @@ fn per_tenant_series_of_metrics_need_a_key() {
     s.call(Method::GET, "/metrics", Some("zk_not_a_key_at_all"), None)
         .expect_error(StatusCode::UNAUTHORIZED, None);
 }
+
+/// Every list endpoint pages: `limit` (1..=1000, default 100) and the
+/// `next` cursor, here for tenants (admin) and vouchers (tenant).
+#[test]
+fn tenants_and_vouchers_are_listed_a_page_at_a_time() {
+    let s = start();
+    let mut names: Vec<String> = ["d", "a", "e", "c", "b"]
+        .iter()
+        .map(|n| format!("t-{n}"))
+        .collect();
+    for n in &names {
+        s.tenant(n);
+    }
+    names.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/v1/tenants?limit=2&after={a}"),
+            None => "/v1/tenants?limit=2".to_string(),
+        };
+        let r = s.get(&path, ADMIN);
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let page = r.body["tenants"].as_array().unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|t| t["name"].as_str().unwrap().to_string()));
+        match r.body["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, names, "every tenant once, in name order");
+    let key = s.tenant("acme");
+    for issuer in ["city-1", "city-2", "city-3"] {
+        let r = s.post(
+            "/v1/vouchers",
+            ADMIN,
+            json!({"tenant": "acme", "issuer": issuer, "face_value_fen": 5000, "copay_ratio": 0.5,
+                   "valid_from": "2026-01-01", "valid_until": "2099-01-01"}),
+        );
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let first = s.get("/v1/vouchers?limit=2", &key);
+    assert_eq!(
+        first.body["vouchers"].as_array().unwrap().len(),
+        2,
+        "{}",
+        first.text
+    );
+    let next = first.body["next"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let rest = s.get(&format!("/v1/vouchers?limit=2&after={next}"), &key);
+    assert_eq!(
+        rest.body["vouchers"].as_array().unwrap().len(),
+        1,
+        "{}",
+        rest.text
+    );
+    assert!(rest.body.get("next").is_none(), "{}", rest.text);
+    s.get("/v1/tenants?limit=0", ADMIN)
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, Some("limit"));
+}

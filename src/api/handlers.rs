@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Admin, TenantCaller};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
-use super::jobs::{GpuUse, JobKind, JobPage, JobSpec, JobView, RegionView, MAX_PAGE};
+use super::jobs::{page_of, GpuUse, JobKind, JobPage, JobSpec, JobView, RegionView, MAX_PAGE};
 use super::metrics_access::MetricsReader;
 use super::openapi::StdErrors;
 use super::ApiState;
@@ -214,17 +214,27 @@ pub async fn create_tenant(
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct TenantList {
     pub tenants: Vec<Tenant>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
-/// All tenants (admin).
+/// The tenants (admin), a page at a time in name order.
 #[utoipa::path(get, path = "/v1/tenants", tag = "admin", security(("bearer" = [])),
+    params(PageQuery),
     responses((status = 200, body = TenantList), StdErrors))]
 pub async fn list_tenants(
     State(state): State<ApiState>,
     _admin: Admin,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<TenantList>, ApiError> {
-    let tenants = state.blocking(|l| l.tenants()).await?;
-    Ok(Json(TenantList { tenants }))
+    let limit = q.size()?;
+    let after = q.after.clone();
+    let tenants = state
+        .blocking(move |l| l.tenants_after(after.as_deref(), limit as i64 + 1))
+        .await?;
+    let (tenants, next) = page_of(tenants, limit, |t| t.name.clone());
+    Ok(Json(TenantList { tenants, next }))
 }
 
 /// Set a tenant's quota (admin). Absent limits are unlimited.
@@ -849,35 +859,44 @@ pub async fn submit_job(
         .into_response())
 }
 
+/// One page of a list: `limit` items after the cursor `after`.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct JobsQuery {
-    /// Jobs per page, 1..=1000 (default 100).
+pub struct PageQuery {
+    /// Items per page, 1..=1000 (default 100).
     pub limit: Option<i64>,
     /// The `next` of the previous page.
     pub after: Option<String>,
 }
 
+impl PageQuery {
+    /// The page size, checked.
+    pub fn size(&self) -> Result<usize, ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=MAX_PAGE as i64).contains(&limit) {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("limit: {limit} is outside 1..={MAX_PAGE}; page with `after` for more"),
+            ));
+        }
+        Ok(limit as usize)
+    }
+}
+
 /// The caller's jobs, a page at a time in id order (follow `next`).
 #[utoipa::path(get, path = "/v1/jobs", tag = "tenant", security(("bearer" = [])),
-    params(JobsQuery),
+    params(PageQuery),
     responses((status = 200, body = JobPage), StdErrors))]
 pub async fn list_jobs(
     State(state): State<ApiState>,
     TenantCaller(tenant): TenantCaller,
-    ApiQuery(q): ApiQuery<JobsQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<JobPage>, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE as i64).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("limit: {limit} is outside 1..={MAX_PAGE}; page with `after` for more"),
-        ));
-    }
+    let limit = q.size()?;
     let page = state
         .jobs()
-        .list(&tenant, q.after.as_deref(), limit as usize)
+        .list(&tenant, q.after.as_deref(), limit)
         .await?;
     Ok(Json(page))
 }
@@ -966,6 +985,9 @@ pub async fn statement(
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct VoucherList {
     pub vouchers: Vec<VoucherView>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// A voucher as it stands now: the stored balance, and what of it can still
@@ -992,20 +1014,30 @@ impl VoucherView {
     }
 }
 
-/// The caller's vouchers with balances and their status now.
+/// The caller's vouchers with balances and their status now, a page at a
+/// time in id order.
 #[utoipa::path(get, path = "/v1/vouchers", tag = "tenant", security(("bearer" = [])),
+    params(PageQuery),
     responses((status = 200, body = VoucherList), StdErrors))]
 pub async fn own_vouchers(
     State(state): State<ApiState>,
     TenantCaller(tenant): TenantCaller,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<VoucherList>, ApiError> {
-    let vouchers = state.blocking(move |l| l.vouchers(Some(&tenant))).await?;
+    let limit = q.size()?;
+    let mut vouchers = state.blocking(move |l| l.vouchers(Some(&tenant))).await?;
+    vouchers.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(after) = &q.after {
+        vouchers.retain(|v| v.id > *after);
+    }
+    vouchers.truncate(limit + 1);
+    let (vouchers, next) = page_of(vouchers, limit, |v| v.id.clone());
     let now = state.jobs().now();
     let vouchers = vouchers
         .into_iter()
         .map(|v| VoucherView::at(v, now))
         .collect();
-    Ok(Json(VoucherList { vouchers }))
+    Ok(Json(VoucherList { vouchers, next }))
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

@@ -198,12 +198,24 @@ pub fn oldest_first(mut jobs: Vec<(String, JobView)>, limit: usize) -> Vec<(Stri
     jobs
 }
 
+/// The first `limit` of `items` (in cursor order, those after the cursor,
+/// fetched as `limit + 1`) and the cursor of the rest: the key of the last
+/// item shown, when more remain. Every paged list of the API cuts this way.
+pub fn page_of<T>(
+    mut items: Vec<T>,
+    limit: usize,
+    key: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    let next = (items.len() > limit).then(|| key(&items[limit - 1]));
+    items.truncate(limit);
+    (items, next)
+}
+
 impl JobPage {
     /// The page of `jobs` (already in id order, those after the cursor):
     /// the first `limit`, and the cursor for the rest if any remain.
-    pub fn of(mut jobs: Vec<JobView>, limit: usize) -> JobPage {
-        let next = (jobs.len() > limit).then(|| jobs[limit - 1].id.clone());
-        jobs.truncate(limit);
+    pub fn of(jobs: Vec<JobView>, limit: usize) -> JobPage {
+        let (jobs, next) = page_of(jobs, limit, |j| j.id.clone());
         JobPage { jobs, next }
     }
 }

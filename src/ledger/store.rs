@@ -568,10 +568,15 @@ impl Ledger {
     }
 
     pub fn tenants(&self) -> Result<Vec<Tenant>> {
+        self.tenants_after(None, i64::MAX)
+    }
+
+    /// At most `limit` tenants named after `after`, in name order.
+    pub fn tenants_after(&self, after: Option<&str>, limit: i64) -> Result<Vec<Tenant>> {
         let rows = self.read(|tx| {
             tx.rows(
-                "SELECT name, parent, created_at FROM tenants ORDER BY name",
-                &[],
+                "SELECT name, parent, created_at FROM tenants WHERE name > $1 ORDER BY name LIMIT $2",
+                &[Val::T(after.unwrap_or("")), Val::I(limit.max(0))],
             )
         })?;
         Ok(rows
