@@ -76,25 +76,29 @@ fn the_tenant_console_works_in_a_real_browser() {
         .build()
         .unwrap();
     let post = reqwest::Method::POST;
-    let key = call(
-        &client,
-        post.clone(),
-        format!("{base}/v1/tenants"),
-        ADMIN,
-        Some(json!({"name": "acme"})),
-    )["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // V100M32's monthly GPU-hours are used up from the start: a job that may
-    // only run there waits, and says why.
-    call(
-        &client,
-        reqwest::Method::PUT,
-        format!("{base}/v1/tenants/acme/quota"),
-        ADMIN,
-        Some(json!({"gpus": {"*": 8}, "gpu_hours_per_month": {"V100M32": 0}})),
-    );
+    // A tenant whose V100M32 GPU-hours this month are used up from the
+    // start: a job that may only run there waits, and says why.
+    let tenant_without_v100 = |name: &str| -> String {
+        let key = call(
+            &client,
+            post.clone(),
+            format!("{base}/v1/tenants"),
+            ADMIN,
+            Some(json!({"name": name})),
+        )["api_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        call(
+            &client,
+            reqwest::Method::PUT,
+            format!("{base}/v1/tenants/{name}/quota"),
+            ADMIN,
+            Some(json!({"gpus": {"*": 8}, "gpu_hours_per_month": {"V100M32": 0}})),
+        );
+        key
+    };
+    let key = tenant_without_v100("acme");
     // Metered GPU time of the last two days, as the controller's meter (or
     // `zhisuan ledger ingest`) writes it: the charts draw it.
     let now = chrono::Utc::now().timestamp();
@@ -136,23 +140,7 @@ fn the_tenant_console_works_in_a_real_browser() {
         .to_string();
     // A tenant whose job waits (its only model's GPU-hours are used up),
     // for the operator page's "why pending".
-    let slow = call(
-        &client,
-        post.clone(),
-        format!("{base}/v1/tenants"),
-        ADMIN,
-        Some(json!({"name": "slow"})),
-    )["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    call(
-        &client,
-        reqwest::Method::PUT,
-        format!("{base}/v1/tenants/slow/quota"),
-        ADMIN,
-        Some(json!({"gpus": {"*": 8}, "gpu_hours_per_month": {"V100M32": 0}})),
-    );
+    let slow = tenant_without_v100("slow");
     call(
         &client,
         post.clone(),
