@@ -10,6 +10,9 @@
 
 use zhisuan::demo::model as upstream;
 
+#[path = "../tests/support/standalone.rs"]
+mod standalone;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,17 +144,7 @@ impl Gateway {
             },
             ..zhisuan::api::ApiConfig::with_admin_key(ADMIN)
         };
-        let standalone =
-            zhisuan::cmd::api::standalone(config, db, None, &prometheus::Registry::new()).unwrap();
-        let state = standalone.state.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let serving = state.clone();
-        tokio::spawn(async move {
-            let app =
-                zhisuan::api::router(serving).into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, app).await.unwrap();
-        });
+        let (addr, state) = standalone::serve_here(config, db).await;
         let created = client()
             .request(
                 hyper::Request::post(format!("http://{addr}/v1/tenants"))
@@ -168,8 +161,8 @@ impl Gateway {
         Gateway {
             addr,
             key: body["api_key"].as_str().unwrap().to_string(),
+            ledger: state.ledger().clone(),
             state,
-            ledger: standalone.ledger,
         }
     }
 }

@@ -46,11 +46,10 @@ pub async fn own_series(
     TenantCaller(tenant): TenantCaller,
     ApiQuery(q): ApiQuery<SeriesQuery>,
 ) -> Result<Json<Series>, ApiError> {
-    let bucket = q.bucket.unwrap_or(Bucket::Day);
-    let (from, to) = range(
+    let (bucket, from, to) = span(
+        q.bucket,
         q.from.as_deref(),
         q.to.as_deref(),
-        bucket,
         state.jobs().now(),
     )?;
     let points = state
@@ -100,11 +99,10 @@ pub async fn grouped_series(
     _admin: Admin,
     ApiQuery(q): ApiQuery<GroupedQuery>,
 ) -> Result<Json<GroupedSeries>, ApiError> {
-    let bucket = q.bucket.unwrap_or(Bucket::Day);
-    let (from, to) = range(
+    let (bucket, from, to) = span(
+        q.bucket,
         q.from.as_deref(),
         q.to.as_deref(),
-        bucket,
         state.jobs().now(),
     )?;
     let group = q.group;
@@ -121,13 +119,16 @@ pub async fn grouped_series(
     }))
 }
 
-/// `[from, to)` in unix seconds, defaults filled in.
-fn range(
+/// The bucket (default `day`) and `[from, to)` in unix seconds, defaults
+/// filled in: up to the end of the current bucket, 30 days (48 hours by
+/// hour) back.
+fn span(
+    bucket: Option<Bucket>,
     from: Option<&str>,
     to: Option<&str>,
-    bucket: Bucket,
     now: DateTime<Utc>,
-) -> Result<(i64, i64), ApiError> {
+) -> Result<(Bucket, i64, i64), ApiError> {
+    let bucket = bucket.unwrap_or(Bucket::Day);
     let b = bucket.seconds();
     let to = match to {
         Some(v) => parse_time("to", v)?.timestamp(),
@@ -140,7 +141,7 @@ fn range(
             Bucket::Day => to - 30 * b,
         },
     };
-    Ok((from, to))
+    Ok((bucket, from, to))
 }
 
 #[cfg(test)]
@@ -150,13 +151,14 @@ mod tests {
     #[test]
     fn defaults_cover_the_last_30_days_or_48_hours_up_to_the_current_bucket() {
         let now = DateTime::from_timestamp(1_800_000_123, 0).unwrap();
-        let (f, t) = range(None, None, Bucket::Hour, now).unwrap();
+        let (_, f, t) = span(Some(Bucket::Hour), None, None, now).unwrap();
         assert_eq!(t, 1_800_000_123 / 3600 * 3600 + 3600);
         assert_eq!((t - f) / 3600, 48);
-        let (f, t) = range(None, None, Bucket::Day, now).unwrap();
+        let (bucket, f, t) = span(None, None, None, now).unwrap();
+        assert_eq!(bucket, Bucket::Day);
         assert_eq!((t - f) / 86_400, 30);
         assert!(t > 1_800_000_123);
-        let bad = range(Some("yesterday"), None, Bucket::Day, now).unwrap_err();
+        let bad = span(None, Some("yesterday"), None, now).unwrap_err();
         assert_eq!(bad.field.as_deref(), Some("from"));
     }
 }

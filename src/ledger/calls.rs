@@ -125,12 +125,8 @@ impl Ledger {
     pub fn record_calls(&self, calls: &[CallRecord]) -> Result<usize> {
         // One transaction (one commit) for the batch's token records and
         // its audit rows: the gateway waits on it before answering.
-        let tokens = calls
-            .iter()
-            .filter_map(CallRecord::token_record)
-            .enumerate()
-            .map(|(i, r)| r.meter().map_err(|e| e.at(&format!("tokens[{i}]."))))
-            .collect::<Result<Vec<_>>>()?;
+        let tokens: Vec<TokenRecord> = calls.iter().filter_map(CallRecord::token_record).collect();
+        let tokens = super::store::meter_tokens(&tokens)?;
         let batch = (!tokens.is_empty()).then(|| super::store::Batch::of(Vec::new(), tokens));
         let (written, plan) = self.write(|tx| {
             let plan = batch.map(|b| super::store::ingest_in(tx, b)).transpose()?;

@@ -53,7 +53,7 @@ pub use statement::Statement;
 pub use store::{check_location, hash_api_key, IngestReport, Ledger, MonthUse, UsageSummary};
 pub use tokens::{counter_delta, TokenCounterNames, TokenDelta, TokenMeter};
 pub use types::{
-    AuditEvent, ChargeKind, MeteredTokens, MeteredUsage, Month, Tenant, Tier, TokenRecord,
+    AuditEvent, ChargeKind, Holder, MeteredTokens, MeteredUsage, Month, Tenant, Tier, TokenRecord,
     UsageRecord, Voucher, VoucherSpec, VoucherStatus,
 };
 pub use windows::{meter_windows, window_floor, window_id, Metered, PodRun};

@@ -68,26 +68,62 @@ impl Group {
 /// Most groups one grouped series holds (the largest by gross, then GPU time).
 pub const MAX_GROUPS: usize = 50;
 
-/// The buckets of `[from_s, to_s)`: (first start, width, count), or why not.
-fn grid(from_s: i64, to_s: i64, bucket: Bucket) -> Result<(i64, i64, i64)> {
-    let b = bucket.seconds();
-    let (from, to) = (from_s.div_euclid(b) * b, to_s.div_euclid(b) * b);
-    if to <= from {
-        return Err(LedgerError::invalid(
-            "to",
-            format!("{to_s} must be at least one {bucket:?} after from {from_s}").to_lowercase(),
-        ));
+/// The buckets of a range: the first one's start, their width, how many.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    from: i64,
+    width: i64,
+    points: i64,
+}
+
+impl Grid {
+    /// The buckets of `[from_s, to_s)` (bounds rounded down to the
+    /// bucket grid), or why not.
+    fn of(from_s: i64, to_s: i64, bucket: Bucket) -> Result<Grid> {
+        let b = bucket.seconds();
+        let (from, to) = (from_s.div_euclid(b) * b, to_s.div_euclid(b) * b);
+        if to <= from {
+            return Err(LedgerError::invalid(
+                "to",
+                format!("{to_s} must be at least one {bucket:?} after from {from_s}")
+                    .to_lowercase(),
+            ));
+        }
+        let points = (to - from) / b;
+        if points > MAX_POINTS {
+            return Err(LedgerError::invalid(
+                "from",
+                format!(
+                    "{points} buckets asked for; at most {MAX_POINTS}: shorten the range or use a wider bucket"
+                ),
+            ));
+        }
+        Ok(Grid {
+            from,
+            width: b,
+            points,
+        })
     }
-    let points = (to - from) / b;
-    if points > MAX_POINTS {
-        return Err(LedgerError::invalid(
-            "from",
-            format!(
-                "{points} buckets asked for; at most {MAX_POINTS}: shorten the range or use a wider bucket"
-            ),
-        ));
+
+    /// Where the last bucket ends.
+    fn end(self) -> i64 {
+        self.from + self.points * self.width
     }
-    Ok((from, b, points))
+
+    /// The index of the bucket starting at `start_s`.
+    fn slot(self, start_s: i64) -> usize {
+        ((start_s - self.from) / self.width) as usize
+    }
+
+    /// Every bucket, zero.
+    fn empty(self) -> Vec<SeriesPoint> {
+        (0..self.points)
+            .map(|i| SeriesPoint {
+                start_s: self.from + i * self.width,
+                ..SeriesPoint::default()
+            })
+            .collect()
+    }
 }
 
 impl Ledger {
@@ -100,12 +136,9 @@ impl Ledger {
         to_s: i64,
         bucket: Bucket,
     ) -> Result<Vec<SeriesPoint>> {
-        let mut groups = self.series(Some(tenant), None, from_s, to_s, bucket)?;
-        let (from, b, points) = grid(from_s, to_s, bucket)?;
-        Ok(groups
-            .pop()
-            .map(|(_, p)| p)
-            .unwrap_or_else(|| empty(from, b, points)))
+        let grid = Grid::of(from_s, to_s, bucket)?;
+        let mut groups = self.series(Some(tenant), None, grid)?;
+        Ok(groups.pop().map_or_else(|| grid.empty(), |(_, p)| p))
     }
 
     /// Every tenant's use together, split by tenant or region (admin):
@@ -117,7 +150,7 @@ impl Ledger {
         to_s: i64,
         bucket: Bucket,
     ) -> Result<Vec<(String, Vec<SeriesPoint>)>> {
-        let mut groups = self.series(None, Some(group), from_s, to_s, bucket)?;
+        let mut groups = self.series(None, Some(group), Grid::of(from_s, to_s, bucket)?)?;
         let size = |p: &[SeriesPoint]| {
             p.iter().fold((0i64, 0i64), |(f, g), x| {
                 (f + x.gross_fen, g + x.milli_gpu_s)
@@ -135,11 +168,8 @@ impl Ledger {
         &self,
         tenant: Option<&str>,
         group: Option<Group>,
-        from_s: i64,
-        to_s: i64,
-        bucket: Bucket,
+        grid: Grid,
     ) -> Result<Vec<(String, Vec<SeriesPoint>)>> {
-        let (from, b, points) = grid(from_s, to_s, bucket)?;
         // One tenant's series is its one group; tenant names are never empty.
         let g = group.map_or("tenant", Group::column);
         let who = if tenant.is_some() {
@@ -149,9 +179,9 @@ impl Ledger {
         };
         let params = [
             Val::T(tenant.unwrap_or("")),
-            Val::I(from),
-            Val::I(from + points * b),
-            Val::I(b),
+            Val::I(grid.from),
+            Val::I(grid.end()),
+            Val::I(grid.width),
         ];
         let (usage, tokens) = self.read(|tx| {
             if let Some(t) = tenant {
@@ -177,36 +207,21 @@ impl Ledger {
             Ok((u, t))
         })?;
         let mut out: std::collections::BTreeMap<String, Vec<SeriesPoint>> = Default::default();
-        let slot = |k: i64| ((k - from) / b) as usize;
         for r in &usage {
-            let series = out
-                .entry(r[0].t())
-                .or_insert_with(|| empty(from, b, points));
-            let p = &mut series[slot(r[1].i())];
+            let series = out.entry(r[0].t()).or_insert_with(|| grid.empty());
+            let p = &mut series[grid.slot(r[1].i())];
             p.milli_gpu_s += r[2].i();
             p.gross_fen += r[3].i();
             p.voucher_fen += r[4].i();
             p.carbon_mg += r[5].i();
         }
         for r in &tokens {
-            let series = out
-                .entry(r[0].t())
-                .or_insert_with(|| empty(from, b, points));
-            let p = &mut series[slot(r[1].i())];
+            let series = out.entry(r[0].t()).or_insert_with(|| grid.empty());
+            let p = &mut series[grid.slot(r[1].i())];
             p.tokens += r[2].i();
             p.gross_fen += r[3].i();
             p.voucher_fen += r[4].i();
         }
         Ok(out.into_iter().collect())
     }
-}
-
-/// `points` zero buckets from `from`.
-fn empty(from: i64, b: i64, points: i64) -> Vec<SeriesPoint> {
-    (0..points)
-        .map(|i| SeriesPoint {
-            start_s: from + i * b,
-            ..SeriesPoint::default()
-        })
-        .collect()
 }

@@ -792,17 +792,7 @@ impl Ledger {
     /// (naming `usage[i].field`) and nothing is written. Records already in
     /// the ledger (same id) are skipped, so replays never double-charge.
     pub fn ingest(&self, usage: &[UsageRecord], tokens: &[TokenRecord]) -> Result<IngestReport> {
-        let metered_usage = usage
-            .iter()
-            .enumerate()
-            .map(|(i, r)| r.meter().map_err(|e| e.at(&format!("usage[{i}]."))))
-            .collect::<Result<Vec<_>>>()?;
-        let metered_tokens = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, r)| r.meter().map_err(|e| e.at(&format!("tokens[{i}]."))))
-            .collect::<Result<Vec<_>>>()?;
-        self.ingest_metered(metered_usage, metered_tokens)
+        self.ingest_metered(meter_usage(usage)?, meter_tokens(tokens)?)
     }
 
     /// [`Ledger::ingest`] for records already metered (e.g. built by the simulator).
@@ -1146,6 +1136,24 @@ fn report_of(plan: &BatchPlan, total_usage: usize, total_tokens: usize) -> Inges
         voucher_fen: voucher,
         net_fen: gross - voucher,
     }
+}
+
+/// Usage records validated and metered; an error names `usage[i].field`.
+fn meter_usage(usage: &[UsageRecord]) -> Result<Vec<MeteredUsage>> {
+    usage
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.meter().map_err(|e| e.at(&format!("usage[{i}]."))))
+        .collect()
+}
+
+/// Token records validated and metered; an error names `tokens[i].field`.
+pub(super) fn meter_tokens(tokens: &[TokenRecord]) -> Result<Vec<MeteredTokens>> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.meter().map_err(|e| e.at(&format!("tokens[{i}]."))))
+        .collect()
 }
 
 /// Metered records to store, split at month boundaries ([`split_batch`]).

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 use super::snapshot::{keys, member_node_key, RegionView, WorkloadView};
 use crate::ledger::{
-    meter_windows, types::Holder, window_floor, EnergyReport, Ledger, PodRun, ANNOTATION_POD_ENERGY,
+    meter_windows, window_floor, EnergyReport, Holder, Ledger, PodRun, ANNOTATION_POD_ENERGY,
 };
 
 /// Name of the controller's GPU-time meter cursor in the ledger.

@@ -17,7 +17,7 @@ use crate::api::jobs::{
 };
 use crate::jobs::QuotaNode;
 use crate::ledger::journal::JournalEntry;
-use crate::ledger::types::Holder;
+use crate::ledger::Holder;
 use crate::ledger::{Ledger, UsageRecord};
 use crate::regions::catalog::Catalog;
 use crate::regions::plan::{JobKind as WorldKind, JobSpec as WorldSpec, SpecError};
