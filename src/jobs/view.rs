@@ -62,6 +62,10 @@ impl Kind {
     }
 }
 
+/// Each workload's pods (by its key; in no order).
+pub(crate) type PodsByOwner<'a> =
+    std::collections::HashMap<&'a WorkloadKey, Vec<&'a PodView>, crate::placement::FxBuild>;
+
 /// Identity of a workload.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WorkloadKey {
@@ -262,8 +266,8 @@ pub struct MonthToDate {
 pub const MILLI_GPU_S_PER_GPU_HOUR: i64 = 3_600_000;
 
 /// Pods grouped by owning workload.
-pub fn pods_by_owner(pods: &[PodView]) -> BTreeMap<&WorkloadKey, Vec<&PodView>> {
-    let mut out: BTreeMap<&WorkloadKey, Vec<&PodView>> = BTreeMap::new();
+pub(crate) fn pods_by_owner(pods: &[PodView]) -> PodsByOwner<'_> {
+    let mut out = PodsByOwner::default();
     for p in pods {
         if let Some(o) = &p.owner {
             out.entry(o).or_default().push(p);

@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::events::{EventRecorder, EventType};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -48,7 +48,7 @@ fn caught_up(store_rv: &str, written_rv: &str) -> bool {
 /// but maybe not yet seen, the member clusters, counters and the term.
 pub(super) struct Actuator {
     pub(super) client: Client,
-    recorder: Recorder,
+    recorder: EventRecorder,
     /// Statuses written but maybe not yet in the reflector, by workload uid.
     pub(super) written: Mutex<HashMap<String, Written>>,
     /// Member clusters of ComputeRegions with a kubeconfig Secret.
@@ -64,7 +64,7 @@ pub(super) struct Actuator {
 impl Actuator {
     pub(super) fn new(
         client: Client,
-        recorder: Recorder,
+        recorder: EventRecorder,
         metrics: OperatorMetrics,
         leadership: Leadership,
         parallelism: usize,
@@ -85,21 +85,24 @@ impl Actuator {
     /// Shows this replica's own status writes the reflector has not caught
     /// up with yet (for a minute at most) in the workloads' views, so a
     /// pass never plans from a status older than what it wrote;
-    /// `objects` are the workloads' objects in the same order.
+    /// `objects` are the workloads' objects in the same order. Returns the
+    /// indices of the views it changed.
     pub(super) fn overlay_written<'o>(
         &self,
         views: &mut [WorkloadView],
         objects: impl Iterator<Item = &'o Arc<DynamicObject>>,
-    ) {
+    ) -> Vec<usize> {
         let mut written = self.written.lock().unwrap();
-        for (view, obj) in views.iter_mut().zip(objects) {
+        let mut changed = Vec::new();
+        for (i, (view, obj)) in views.iter_mut().zip(objects).enumerate() {
             let rv = obj.resource_version().unwrap_or_default();
             match written.get(&view.uid) {
                 Some(w)
                     if !caught_up(&rv, &w.written_rv)
                         && w.at.elapsed() < std::time::Duration::from_secs(60) =>
                 {
-                    view.status = w.status.clone()
+                    view.status = w.status.clone();
+                    changed.push(i);
                 }
                 Some(_) => {
                     written.remove(&view.uid);
@@ -107,6 +110,7 @@ impl Actuator {
                 None => {}
             }
         }
+        changed
     }
 
     pub(super) fn workload_api(&self, key: &WorkloadKey) -> Api<DynamicObject> {
@@ -152,14 +156,12 @@ impl Actuator {
     ) {
         let mut reference = obj.object_ref(&ApiResource::erase::<TrainingJob>(&()));
         reference.kind = Some(key.kind.kind_name().into());
-        let ev = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Scheduling".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+        let note: String = note.chars().take(1000).collect();
+        if let Err(e) = self
+            .recorder
+            .publish(&reference, type_, "Scheduling", reason, note)
+            .await
+        {
             tracing::debug!(error = %e, "event not recorded");
         }
     }

@@ -18,7 +18,6 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
@@ -201,13 +200,8 @@ impl Controller {
             &config.identity,
             config.timing.clone(),
         );
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(config.identity.clone()),
-            },
-        );
+        let recorder =
+            super::events::EventRecorder::new(client.clone(), FIELD_MANAGER, &config.identity);
         let act = Arc::new(Actuator::new(
             client.clone(),
             recorder,
@@ -610,28 +604,39 @@ impl Controller {
         }
     }
 
-    /// One pass: observe → snapshot → plan → act.
+    /// One pass: observe → snapshot → plan → act, each step timed
+    /// (`zhisuan_controller_pass_step_seconds{step}`; `report` is the
+    /// region statuses and the plan's metrics).
     async fn pass(&self, stores: &Stores) {
+        let timer = |step: &str| self.metrics.pass_seconds.with_label_values(&[step]);
         // 1. Observe: the reflectors' objects and the member clusters'.
+        let t = std::time::Instant::now();
         let seen = self.observe(stores).await;
+        timer("observe").observe(t.elapsed().as_secs_f64());
         // 2. Snapshot: plain data, unchanged objects' views reused; then
         //    month-to-date use and this replica's writes not yet seen.
+        let t = std::time::Instant::now();
         let mut step = self
             .views
             .lock()
             .unwrap()
             .snapshot(&seen, &self.snapshot_options());
         step.snap.month_use = self.month_use(&step.snap.quotas).await;
-        self.act
+        let overlaid = self
+            .act
             .overlay_written(&mut step.snap.workloads, seen.workloads());
         // 3. What the token and GPU meters watch.
         self.publish_observations(&seen, &step);
+        timer("snapshot").observe(t.elapsed().as_secs_f64());
         // 4. Plan (pure).
+        let t = std::time::Instant::now();
         let mut plan = self
             .scheduler
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .plan(&step.snap);
+        timer("plan").observe(t.elapsed().as_secs_f64());
+        let t = std::time::Instant::now();
         plan.actions.extend(region_statuses(
             &seen.region_views,
             step.snap.regions.as_ref(),
@@ -639,8 +644,13 @@ impl Controller {
             step.snap.now,
         ));
         self.metrics.record(&plan);
+        // The snapshot's views go back for the next pass to reuse.
+        self.views.lock().unwrap().give_back(step, &overlaid);
+        timer("report").observe(t.elapsed().as_secs_f64());
         // 5. Act.
+        let t = std::time::Instant::now();
         self.act_on(plan.actions, &seen).await;
+        timer("act").observe(t.elapsed().as_secs_f64());
     }
 
     /// Step 1: the reflectors' objects now, the member clusters synced to

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the controller (names from the metric contract).
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::schedule::Plan;
@@ -19,6 +20,9 @@ pub struct OperatorMetrics {
     pub region_gpus_allocated: GaugeVec,
     pub is_leader: IntGauge,
     pub plan_passes: IntCounter,
+    /// Seconds each step of a pass took (`step`: observe, snapshot, plan,
+    /// report, act).
+    pub pass_seconds: HistogramVec,
 }
 
 impl OperatorMetrics {
@@ -75,6 +79,16 @@ impl OperatorMetrics {
                 "zhisuan_controller_plan_passes_total",
                 "Planning passes run",
             )?,
+            pass_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "zhisuan_controller_pass_step_seconds",
+                    "Seconds one step of a scheduling pass took (observe, snapshot, plan, report, act)",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["step"],
+            )?,
         };
         registry.register(Box::new(m.pending_jobs.clone()))?;
         registry.register(Box::new(m.placement_decisions.clone()))?;
@@ -86,6 +100,7 @@ impl OperatorMetrics {
         registry.register(Box::new(m.region_gpus_allocated.clone()))?;
         registry.register(Box::new(m.is_leader.clone()))?;
         registry.register(Box::new(m.plan_passes.clone()))?;
+        registry.register(Box::new(m.pass_seconds.clone()))?;
         Ok(m)
     }
 

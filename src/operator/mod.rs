@@ -10,6 +10,7 @@ mod act;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+mod events;
 pub mod gateway_models;
 pub mod jobs;
 pub mod leader;

@@ -17,8 +17,8 @@ use super::podsecurity::{self, PodSecurityLevel};
 use super::validate::{self, FieldError};
 
 pub use crate::jobs::{
-    pods_by_owner, Kind, MonthToDate, NodeView, PodView, Quota, QuotaNode, QuotaView, WorkloadKey,
-    WorkloadView, MILLI_GPU_S_PER_GPU_HOUR,
+    Kind, MonthToDate, NodeView, PodView, Quota, QuotaNode, QuotaView, WorkloadKey, WorkloadView,
+    MILLI_GPU_S_PER_GPU_HOUR,
 };
 
 /// Annotation keys and labels of the operator ↔ agent ↔ placement contract.

@@ -64,6 +64,12 @@ pub(super) struct Step {
     pub snap: Snapshot,
     pub services: Vec<ServingService>,
     pub node_energy: BTreeMap<String, Arc<EnergyReport>>,
+    /// How many of the snapshot's nodes, pods and workloads are the home
+    /// cluster's nodes and pods and the TrainingJobs (the views lent).
+    lent: (usize, usize, usize),
+    /// Whether member-cluster placements were rekeyed (then the workload
+    /// views are not kept).
+    members: bool,
 }
 
 /// Builds snapshots, keeping the views of unchanged objects between passes.
@@ -75,8 +81,9 @@ pub(super) struct Snapshotter {
 impl Snapshotter {
     pub fn snapshot(&mut self, seen: &Seen, opts: &SnapshotOptions) -> Step {
         let cache = &mut self.cache;
-        let mut nodes = cached_views(&mut cache.nodes, &seen.nodes, snapshot::node_view);
-        let mut pods = cached_views(&mut cache.pods, &seen.pods, snapshot::pod_view);
+        let mut nodes = cache.nodes.lend(&seen.nodes, snapshot::node_view);
+        let mut pods = cache.pods.lend(&seen.pods, snapshot::pod_view);
+        let lent = (nodes.len(), pods.len(), seen.training.len());
         let (member_nodes, member_pods) = cache.member_views(&seen.members);
         nodes.extend(member_nodes);
         pods.extend(member_pods);
@@ -107,11 +114,45 @@ impl Snapshotter {
         snap.workloads = cache.workload_views(seen, &snap);
         snapshot::key_legacy_member_placements(&mut snap.workloads, &seen.region_views);
         tenancy_of(&mut snap.workloads, seen, opts.namespace_tenancy);
+        let members = seen
+            .region_views
+            .iter()
+            .any(|r| r.spec.kubeconfig_secret_ref.is_some());
         Step {
             snap,
             services,
             node_energy,
+            lent,
+            members,
         }
+    }
+
+    /// Takes back the views a pass's snapshot borrowed, so the next pass
+    /// moves them again instead of converting or copying; `overlaid`: the
+    /// workloads whose status the pass replaced (those are made again).
+    pub fn give_back(&mut self, step: Step, overlaid: &[usize]) {
+        let (home_nodes, home_pods, training) = step.lent;
+        let Snapshot {
+            mut nodes,
+            mut pods,
+            mut workloads,
+            ..
+        } = step.snap;
+        let cache = &mut self.cache;
+        nodes.truncate(home_nodes);
+        cache.nodes.give_back(nodes, &[]);
+        pods.truncate(home_pods);
+        cache.pods.give_back(pods, &[]);
+        if step.members || workloads.len() < training {
+            return;
+        }
+        let inference = workloads.split_off(training);
+        let overlaid_inference: Vec<usize> = overlaid
+            .iter()
+            .filter_map(|&i| i.checked_sub(training))
+            .collect();
+        cache.training.give_back(workloads, overlaid);
+        cache.inference.give_back(inference, &overlaid_inference);
     }
 }
 
@@ -147,16 +188,16 @@ fn tenancy_of(workloads: &mut [WorkloadView], seen: &Seen, rule: NamespaceTenanc
 struct ViewCache {
     /// What the cached workload views were validated against.
     rules: snapshot::ValidationRules,
-    nodes: HashMap<String, (String, NodeView)>,
-    pods: HashMap<String, (String, PodView)>,
-    training: HashMap<String, (String, WorkloadView)>,
-    inference: HashMap<String, (String, WorkloadView)>,
+    nodes: Kept<NodeView>,
+    pods: Kept<PodView>,
+    training: Kept<WorkloadView>,
+    inference: Kept<WorkloadView>,
     /// Member clusters' views, per region (uids are unique per cluster only).
     members: HashMap<String, MemberViewCache>,
     /// InferenceServices' token endpoints (each spec parsed once per version).
-    services: HashMap<String, (String, Option<ServingService>)>,
+    services: Kept<Option<ServingService>>,
     /// Nodes' energy reports (each annotation parsed once per version).
-    energy: HashMap<String, (String, Option<NodeEnergy>)>,
+    energy: Kept<Option<NodeEnergy>>,
 }
 
 /// A node's key and its agent's energy report.
@@ -165,9 +206,9 @@ type NodeEnergy = (String, Arc<EnergyReport>);
 /// One member cluster's cached views.
 #[derive(Default)]
 struct MemberViewCache {
-    nodes: HashMap<String, (String, NodeView)>,
-    pods: HashMap<String, (String, PodView)>,
-    energy: HashMap<String, (String, Option<NodeEnergy>)>,
+    nodes: Kept<NodeView>,
+    pods: Kept<PodView>,
+    energy: Kept<Option<NodeEnergy>>,
 }
 
 impl ViewCache {
@@ -178,12 +219,8 @@ impl ViewCache {
         let (mut nodes, mut pods) = (Vec::new(), Vec::new());
         for m in members {
             let mut c = self.members.remove(&m.region).unwrap_or_default();
-            nodes.extend(cached_views(&mut c.nodes, &m.nodes, |n| {
-                member_node_view(&m.region, n)
-            }));
-            pods.extend(cached_views(&mut c.pods, &m.pods, |p| {
-                member_pod_view(&m.region, p)
-            }));
+            nodes.extend(c.nodes.copies(&m.nodes, |n| member_node_view(&m.region, n)));
+            pods.extend(c.pods.copies(&m.pods, |p| member_pod_view(&m.region, p)));
             next.insert(m.region.clone(), c);
         }
         self.members = next;
@@ -197,19 +234,19 @@ impl ViewCache {
         nodes: &[Arc<Node>],
         members: &[MemberObjects],
     ) -> BTreeMap<String, Arc<EnergyReport>> {
-        let mut out: BTreeMap<_, _> =
-            cached_views(&mut self.energy, nodes, |n| metering::node_energy(None, n))
-                .into_iter()
-                .flatten()
-                .collect();
+        let mut out: BTreeMap<_, _> = self
+            .energy
+            .copies(nodes, |n| metering::node_energy(None, n))
+            .into_iter()
+            .flatten()
+            .collect();
         for m in members {
             let c = self.members.entry(m.region.clone()).or_default();
             out.extend(
-                cached_views(&mut c.energy, &m.nodes, |n| {
-                    metering::node_energy(Some(&m.region), n)
-                })
-                .into_iter()
-                .flatten(),
+                c.energy
+                    .copies(&m.nodes, |n| metering::node_energy(Some(&m.region), n))
+                    .into_iter()
+                    .flatten(),
             );
         }
         out
@@ -217,7 +254,8 @@ impl ViewCache {
 
     /// The token endpoints of the InferenceServices that have one.
     fn serving_services(&mut self, inference: &[Arc<DynamicObject>]) -> Vec<ServingService> {
-        cached_views(&mut self.services, inference, tokens::serving_service)
+        self.services
+            .copies(inference, tokens::serving_service)
             .into_iter()
             .flatten()
             .collect()
@@ -232,47 +270,120 @@ impl ViewCache {
             pod_security: snapshot::pod_security_levels(&seen.quotas),
         };
         if rules != self.rules {
-            self.training.clear();
-            self.inference.clear();
+            self.training = Kept::default();
+            self.inference = Kept::default();
             self.rules = rules;
         }
         let rules = &self.rules;
-        let mut out = cached_views(&mut self.training, &seen.training, |o| {
+        let mut out = self.training.lend(&seen.training, |o| {
             snapshot::workload_view(Kind::Training, o, rules)
         });
-        out.extend(cached_views(&mut self.inference, &seen.inference, |o| {
+        out.extend(self.inference.lend(&seen.inference, |o| {
             snapshot::workload_view(Kind::Inference, o, rules)
         }));
         out
     }
 }
 
-/// Views of `objects`, from `cache` where the resourceVersion is unchanged;
-/// the cache keeps exactly the objects seen now.
-fn cached_views<K: Resource, V: Clone>(
-    cache: &mut HashMap<String, (String, V)>,
-    objects: &[Arc<K>],
-    make: impl Fn(&K) -> V,
-) -> Vec<V> {
-    let mut next = HashMap::with_capacity(objects.len());
-    let mut out = Vec::with_capacity(objects.len());
-    for obj in objects {
-        let meta = obj.meta();
-        let key = meta
-            .uid
-            .clone()
-            .or_else(|| meta.name.clone())
-            .unwrap_or_default();
-        let rv = meta.resource_version.clone().unwrap_or_default();
-        let view = match cache.remove(&key) {
-            Some((old_rv, v)) if old_rv == rv && !rv.is_empty() => v,
-            _ => make(obj),
-        };
-        out.push(view.clone());
-        next.insert(key, (rv, view));
+/// Views of objects kept between passes, by uid (else name), each with the
+/// resourceVersion it was made from: a pass converts only what changed.
+/// The big kinds' views are lent to the snapshot (moved, not copied) and
+/// handed back after the pass ([`Kept::give_back`]); a view not handed
+/// back is made again.
+struct Kept<V> {
+    by_key: HashMap<String, Entry<V>>,
+    /// Passes so far (an entry not seen in the last one is dropped).
+    pass: u64,
+}
+
+struct Entry<V> {
+    rv: String,
+    /// The pass that last saw the object, and its view's index then.
+    seen: u64,
+    slot: usize,
+    view: Option<V>,
+}
+
+impl<V> Default for Kept<V> {
+    fn default() -> Self {
+        Kept {
+            by_key: HashMap::new(),
+            pass: 0,
+        }
     }
-    *cache = next;
-    out
+}
+
+impl<V: Clone> Kept<V> {
+    /// Views of `objects` (in their order): kept ones copied, the others
+    /// made and kept.
+    fn copies<K: Resource>(&mut self, objects: &[Arc<K>], make: impl Fn(&K) -> V) -> Vec<V> {
+        self.views(objects, make, |v| v.as_ref().expect("kept").clone())
+    }
+
+    /// Views of `objects` (in their order): kept ones lent (moved out until
+    /// [`Kept::give_back`]), the others made.
+    fn lend<K: Resource>(&mut self, objects: &[Arc<K>], make: impl Fn(&K) -> V) -> Vec<V> {
+        self.views(objects, make, |v| v.take().expect("checked"))
+    }
+
+    fn views<K: Resource>(
+        &mut self,
+        objects: &[Arc<K>],
+        make: impl Fn(&K) -> V,
+        out_of: impl Fn(&mut Option<V>) -> V,
+    ) -> Vec<V> {
+        self.pass += 1;
+        let pass = self.pass;
+        let mut out = Vec::with_capacity(objects.len());
+        for obj in objects {
+            let meta = obj.meta();
+            let key = meta.uid.as_deref().or(meta.name.as_deref()).unwrap_or("");
+            let rv = meta.resource_version.as_deref().unwrap_or("");
+            let slot = out.len();
+            match self.by_key.get_mut(key) {
+                Some(e) if e.rv == rv && !rv.is_empty() && e.view.is_some() => {
+                    out.push(out_of(&mut e.view));
+                    (e.seen, e.slot) = (pass, slot);
+                }
+                Some(e) => {
+                    e.view = Some(make(obj));
+                    out.push(out_of(&mut e.view));
+                    e.rv = rv.to_string();
+                    (e.seen, e.slot) = (pass, slot);
+                }
+                None => {
+                    let mut kept = Some(make(obj));
+                    out.push(out_of(&mut kept));
+                    let entry = Entry {
+                        rv: rv.to_string(),
+                        seen: pass,
+                        slot,
+                        view: kept,
+                    };
+                    self.by_key.insert(key.to_string(), entry);
+                }
+            }
+        }
+        self.by_key.retain(|_, e| e.seen == pass);
+        out
+    }
+
+    /// Takes back the views lent by the last pass (in the order lent),
+    /// except those at `changed` (they no longer say what their object says).
+    fn give_back(&mut self, views: Vec<V>, changed: &[usize]) {
+        let mut views: Vec<Option<V>> = views.into_iter().map(Some).collect();
+        for &i in changed {
+            if let Some(v) = views.get_mut(i) {
+                *v = None;
+            }
+        }
+        let pass = self.pass;
+        for e in self.by_key.values_mut().filter(|e| e.seen == pass) {
+            if let Some(v) = views.get_mut(e.slot).and_then(Option::take) {
+                e.view = Some(v);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -362,8 +473,10 @@ mod tests {
             "{:?}",
             w("huge").errors
         );
-        // The same version is not converted again (a changed object that
-        // kept its resourceVersion shows the cached view); a new one is.
+        // Handed back, the same version is not converted again (a changed
+        // object that kept its resourceVersion shows the kept view); a new
+        // one is.
+        s.give_back(step, &[]);
         seen.training[0] = job("acme-ml", "ok", "acme", "1", 3);
         let again = s.snapshot(&seen, &opts());
         let ok = |snap: &Snapshot| {
@@ -460,5 +573,39 @@ mod tests {
             ports(&mut cache, &[service("2", 9000), without_metrics]),
             [9000]
         );
+    }
+
+    /// Lent views come back and are moved out again, unconverted and
+    /// uncopied; one the pass changed (`overlaid`), or one never handed
+    /// back, is made again from its object; a changed resourceVersion
+    /// makes it again; a gone object is forgotten.
+    #[test]
+    fn lent_views_are_reused_once_handed_back_and_made_again_otherwise() {
+        let made = std::cell::Cell::new(0);
+        let make = |n: &Node| {
+            made.set(made.get() + 1);
+            snapshot::node_view(n)
+        };
+        let mut kept: Kept<NodeView> = Kept::default();
+        let objects = vec![node("a", "ua", "1", 8), node("b", "ub", "1", 8)];
+        let views = kept.lend(&objects, make);
+        assert_eq!(made.get(), 2);
+        kept.give_back(views, &[1]);
+        let views = kept.lend(&objects, make);
+        assert_eq!(
+            made.get(),
+            3,
+            "a reused; b (changed by the pass) made again"
+        );
+        assert_eq!(views[0].name, "a");
+        // Not handed back: both made again.
+        let _ = kept.lend(&objects, make);
+        assert_eq!(made.get(), 5);
+        let views = kept.lend(&objects, make);
+        kept.give_back(views, &[]);
+        let changed = vec![node("a", "ua", "2", 4)];
+        let views = kept.lend(&changed, make);
+        assert_eq!(views[0].gpus, 4, "a new resourceVersion is converted");
+        assert_eq!(kept.by_key.len(), 1, "b is gone");
     }
 }

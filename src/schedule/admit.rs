@@ -12,8 +12,9 @@ use crate::jobs::{
     set_condition, MonthToDate, NodeView, Placement, ReplicaPlacement, WorkloadKey, WorkloadView,
 };
 use crate::placement::{Decision, ModelSet, Request};
-use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, Verdict};
+use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, RegionPolicy, Verdict};
 
+use super::infeasible::{AskKey, Infeasible, Refusal, ShapeKey};
 use super::lifecycle::{already_pending, pending_status};
 use super::quota::{month_subtrees, monthly_tokens, quota_models, Quotas};
 use super::regions::{job_spec, RegionCatalog};
@@ -35,6 +36,10 @@ pub(super) struct Admission<'a> {
     pub(super) preempted: bool,
     /// Workloads already evicted for a preemptor this pass.
     pub(super) reserved_for: BTreeSet<&'a WorkloadKey>,
+    /// Gang shapes that fitted nowhere this pass, and the regions' free GPUs.
+    pub(super) infeasible: Infeasible,
+    /// The lowest priority of any workload (none below it can be evicted).
+    pub(super) lowest_priority: i32,
 }
 
 /// The accelerator vendor of a job that names none: a CUDA image on an NPU
@@ -126,6 +131,13 @@ impl<'a> Pass<'a> {
             order: Vec::new(),
             preempted: false,
             reserved_for: BTreeSet::new(),
+            infeasible: Infeasible::default(),
+            lowest_priority: snapshot
+                .workloads
+                .iter()
+                .map(|w| w.priority)
+                .min()
+                .unwrap_or(0),
         };
         // A tenant's jobs of one priority keep age order, so only the heads
         // of the per-(priority, tenant) lanes compete: a pick costs
@@ -207,11 +219,30 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// Quota, region choice and placement of one workload.
+    /// Quota, region choice and placement of one workload. A gang shape
+    /// that fitted nowhere earlier in the pass is not tried again
+    /// ([`Infeasible`]).
     fn admit_one(&mut self, w: &'a WorkloadView, known: &[String], adm: &mut Admission<'a>) {
         let Some(models) = self.allowed_models(w, known, adm) else {
             return;
         };
+        // Round-robin region choice moves on with every job it ranks, so
+        // its jobs are each ranked.
+        let ask = (self.config.region_policy != RegionPolicy::RoundRobin).then(|| {
+            let vendor = job_vendor(w, &self.cap.model_vendors);
+            AskKey::new(w, &models, vendor)
+        });
+        if let Some(refusal) = ask.as_ref().and_then(|a| adm.infeasible.refusal(a)) {
+            let Refusal {
+                message,
+                explanation,
+            } = refusal.clone();
+            if let Some(expl) = &explanation {
+                self.keep_explanation(w, expl);
+            }
+            self.pend(w, "Unschedulable", message);
+            return;
+        }
         let mut set = ModelSet::NONE;
         for m in &models {
             if let Some(id) = self.cap.engine.cluster().models().id(m) {
@@ -219,16 +250,25 @@ impl<'a> Pass<'a> {
             }
         }
         let one = w.replica_request(set);
-        let members = vec![one; w.replicas as usize];
-        let Some(allowed) = self.candidate_regions(w, &models, &members, adm) else {
+        let gangs = self.gangs(w, &models, &one);
+        let Some((allowed, shape)) = self.candidate_regions(w, &models, &one, &gangs, adm) else {
             return;
         };
-        let gangs = self.gangs(w, &models, members);
-        let placed = self.try_place(w, &allowed, &gangs);
+        let placed = match adm.infeasible.refused(&shape) {
+            Some(why) => Err(why.to_vec()),
+            None => {
+                let placed = self.try_place(w, &allowed, &gangs);
+                match &placed {
+                    Ok(_) => adm.infeasible.taken(),
+                    Err(why) => adm.infeasible.refuse(shape, why.clone()),
+                }
+                placed
+            }
+        };
         let snapshot = self.snapshot;
         if let Some(rc) = &snapshot.regions {
             let chosen = placed.as_ref().ok().map(|(r, _)| r.as_str());
-            self.mark_tried(&mut adm.expl, rc, &allowed, chosen);
+            self.mark_tried(adm, rc, &allowed, chosen);
             self.keep_explanation(w, &adm.expl);
         }
         let why_here = match &snapshot.regions {
@@ -243,6 +283,18 @@ impl<'a> Pass<'a> {
                     w.replicas,
                     why.join("; ")
                 );
+                // Left pending without a try at preemption: a job asking
+                // the same is refused the same way.
+                if adm.preempted || w.priority <= adm.lowest_priority {
+                    if let Some(ask) = ask {
+                        let keep = self.config.keep_explanations && snapshot.regions.is_some();
+                        let refusal = Refusal {
+                            message: explanation.clone(),
+                            explanation: keep.then(|| adm.expl.clone()),
+                        };
+                        adm.infeasible.remember(ask, refusal);
+                    }
+                }
                 self.preempt(w, explanation, &allowed, &gangs, adm);
             }
         }
@@ -259,18 +311,18 @@ impl<'a> Pass<'a> {
     ) -> Option<Vec<&'k str>> {
         let vendor_models = &self.cap.model_vendors;
         let vendor = job_vendor(w, vendor_models);
-        let of_vendor = adm
-            .vendor_models
-            .entry(vendor.map(String::from))
-            .or_insert_with(|| {
-                (0..known.len())
-                    .filter(|&i| {
-                        vendor_models
-                            .iter()
-                            .any(|(model, v)| *model == known[i] && vendor_fits(vendor, v))
-                    })
-                    .collect()
-            });
+        let key = vendor.map(String::from);
+        if !adm.vendor_models.contains_key(&key) {
+            let of_vendor = (0..known.len())
+                .filter(|&i| {
+                    vendor_models
+                        .iter()
+                        .any(|(model, v)| *model == known[i] && vendor_fits(vendor, v))
+                })
+                .collect();
+            adm.vendor_models.insert(key.clone(), of_vendor);
+        }
+        let of_vendor = &adm.vendor_models[&key];
         let candidates: Vec<&str> = of_vendor
             .iter()
             .map(|&i| known[i].as_str())
@@ -301,24 +353,42 @@ impl<'a> Pass<'a> {
     }
 
     /// Regions to try, in order: the region planner's ranking (with a
-    /// region catalog) or the sorted region labels; preferred ones first.
+    /// region catalog) or the sorted region labels; preferred ones first;
+    /// with the gang's [`ShapeKey`]. Regions equally good on score are tried
+    /// best fit first, unless the shape already fitted nowhere this pass.
     /// `None`: none is allowed, and the workload was left pending.
     fn candidate_regions(
         &mut self,
         w: &WorkloadView,
         models: &[&str],
-        members: &[Request],
+        one: &Request,
+        gangs: &[Vec<Request>],
         adm: &mut Admission,
-    ) -> Option<Vec<String>> {
+    ) -> Option<(Vec<String>, ShapeKey)> {
         let snapshot = self.snapshot;
-        let ranked: Vec<String> = match &snapshot.regions {
-            None => adm
-                .regions
-                .iter()
-                .filter(|x| w.residency.is_empty() || w.residency.contains(x))
-                .cloned()
-                .collect(),
-            Some(rc) => self.rank_regions(w, rc, models, members, adm)?,
+        let vendor = job_vendor(w, &self.cap.model_vendors).map(str::to_string);
+        let vendor = vendor.as_deref();
+        let (ranked, shape) = match &snapshot.regions {
+            None => {
+                let ranked: Vec<String> = adm
+                    .regions
+                    .iter()
+                    .filter(|x| w.residency.is_empty() || w.residency.contains(x))
+                    .cloned()
+                    .collect();
+                let shape = ShapeKey::new(vendor, gangs, &ranked);
+                (ranked, shape)
+            }
+            Some(rc) => {
+                self.rank_regions(w, rc, models, adm)?;
+                let name = |r: &u16| rc.catalog.regions[*r as usize].name.clone();
+                let unordered: Vec<String> = adm.order.iter().map(name).collect();
+                let shape = ShapeKey::new(vendor, gangs, &unordered);
+                if adm.infeasible.refused(&shape).is_none() {
+                    self.order_by_fit(w, rc, one, adm);
+                }
+                (adm.order.iter().map(name).collect(), shape)
+            }
         };
         let mut allowed: Vec<String> = w
             .preferred
@@ -341,19 +411,18 @@ impl<'a> Pass<'a> {
             self.pend(w, "Unschedulable", message);
             return None;
         }
-        Some(allowed)
+        Some((allowed, shape))
     }
 
-    /// The region planner's ranking; regions equally good on score are
-    /// tried best fit first.
+    /// The region planner's ranking, into `adm.order`. `None`: the job
+    /// cannot be ranked, and was left pending.
     fn rank_regions(
         &mut self,
         w: &WorkloadView,
         rc: &RegionCatalog,
         models: &[&str],
-        members: &[Request],
         adm: &mut Admission,
-    ) -> Option<Vec<String>> {
+    ) -> Option<()> {
         let in_catalog: Vec<String> = models
             .iter()
             .filter(|m| rc.catalog.accelerators.iter().any(|a| a.model == **m))
@@ -394,6 +463,18 @@ impl<'a> Pass<'a> {
             &mut adm.expl,
             &mut adm.order,
         );
+        Some(())
+    }
+
+    /// Regions equally good on score are tried best fit first (for one
+    /// replica).
+    fn order_by_fit(
+        &mut self,
+        w: &WorkloadView,
+        rc: &RegionCatalog,
+        one: &Request,
+        adm: &mut Admission,
+    ) {
         let cap = &mut self.cap;
         let vendor = job_vendor(w, &cap.model_vendors).map(String::from);
         order_band_by_fit(&mut adm.expl, &mut adm.order, |r| {
@@ -403,23 +484,17 @@ impl<'a> Pass<'a> {
                 &rc.catalog.regions[r as usize].name,
                 vendor.as_deref(),
             );
-            cap.engine.best(&members[0], Some(&nodes)).map(|(s, _)| s)
+            cap.engine.best(one, Some(&nodes)).map(|(s, _)| s)
         });
-        Some(
-            adm.order
-                .iter()
-                .map(|&r| rc.catalog.regions[r as usize].name.clone())
-                .collect(),
-        )
     }
 
     /// The ways to place the gang: one replica alone (or a gang that says
     /// `mixedModels`) may use any allowed model; the replicas of a gang all
     /// get one model (a gang spread over V100s and T4s runs at the slowest
     /// one's pace), so it is one gang per allowed model.
-    fn gangs(&self, w: &WorkloadView, models: &[&str], members: Vec<Request>) -> Vec<Vec<Request>> {
+    fn gangs(&self, w: &WorkloadView, models: &[&str], one: &Request) -> Vec<Vec<Request>> {
         if w.replicas <= 1 || models.len() <= 1 || w.mixed_models {
-            return vec![members];
+            return vec![vec![one.clone(); w.replicas as usize]];
         }
         let table = self.cap.engine.cluster().models();
         models
@@ -474,12 +549,13 @@ impl<'a> Pass<'a> {
     /// before `chosen` was full; `chosen` (if any) is where the gang went.
     fn mark_tried(
         &self,
-        expl: &mut Explanation,
+        adm: &mut Admission,
         rc: &RegionCatalog,
         tried: &[String],
         chosen: Option<&str>,
     ) {
         let cluster = self.cap.engine.cluster();
+        let expl = &mut adm.expl;
         for name in tried {
             let Some(r) = rc.catalog.region_index(name) else {
                 continue;
@@ -493,14 +569,16 @@ impl<'a> Pass<'a> {
                 expl.chosen = Some(r as u16);
                 return;
             }
-            let free_milli = self.region_nodes.get(name).map_or(0, |nodes| {
-                nodes
-                    .iter()
-                    .map(|&i| {
-                        (self.cap.nodes[i as usize].gpus as u64 * 1000)
-                            .saturating_sub(cluster.node_gpu_milli_allocated(i) as u64)
-                    })
-                    .sum()
+            let free_milli = adm.infeasible.free_milli(name, || {
+                self.region_nodes.get(name).map_or(0, |nodes| {
+                    nodes
+                        .iter()
+                        .map(|&i| {
+                            (self.cap.nodes[i as usize].gpus as u64 * 1000)
+                                .saturating_sub(cluster.node_gpu_milli_allocated(i) as u64)
+                        })
+                        .sum()
+                })
             });
             expl.candidates[r].verdict = Verdict::Full { rank, free_milli };
         }

@@ -233,7 +233,8 @@ impl Capacity {
             hold(&mut self.engine, &mut self.workloads, &w.uid, ds, epoch);
         }
         if !snapshot.pods.is_empty() {
-            let owners: BTreeSet<&WorkloadKey> = active.iter().map(|w| &w.key).collect();
+            let owners: std::collections::HashSet<&WorkloadKey, FxBuild> =
+                active.iter().map(|w| &w.key).collect();
             let mut on_nodes: BTreeMap<String, Vec<Decision>> = BTreeMap::new();
             for p in &snapshot.pods {
                 if p.terminal() || p.owner.as_ref().is_some_and(|o| owners.contains(o)) {
@@ -348,15 +349,21 @@ impl<'a> Pass<'a> {
         cap.sync(snapshot, &active);
         // With a region catalog, a node's region is the one whose members
         // hold it (each node belongs to one region at most).
+        // (Names are written only where they changed: no string per node
+        // per pass.)
         if let Some(rc) = &snapshot.regions {
-            for n in cap.nodes.iter_mut() {
-                n.region.clear();
-            }
+            let mut region_of: Vec<Option<usize>> = vec![None; cap.nodes.len()];
             for (r, members) in rc.members.iter().enumerate() {
                 for &m in members {
                     if let Some(ci) = cap.slot[m] {
-                        cap.nodes[ci as usize].region = rc.catalog.regions[r].name.clone();
+                        region_of[ci as usize] = Some(r);
                     }
+                }
+            }
+            for (n, r) in cap.nodes.iter_mut().zip(region_of) {
+                let name = r.map_or("", |r| rc.catalog.regions[r].name.as_str());
+                if n.region != name {
+                    n.region = name.to_string();
                 }
             }
         }

@@ -23,6 +23,7 @@
 
 mod admit;
 mod capacity;
+mod infeasible;
 mod lifecycle;
 mod preempt;
 pub mod quota;
@@ -194,7 +195,7 @@ struct Pass<'a> {
     region_nodes: BTreeMap<String, Vec<u32>>,
     /// Node name → accelerator model.
     node_model: HashMap<&'a str, &'a str, crate::placement::FxBuild>,
-    pods: BTreeMap<&'a WorkloadKey, Vec<&'a PodView>>,
+    pods: crate::jobs::PodsByOwner<'a>,
     /// Milli-GPU held per tenant and model.
     usage: Usage,
     out: Plan,

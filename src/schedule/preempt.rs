@@ -24,7 +24,8 @@ impl<'a> Pass<'a> {
         gangs: &[Vec<Request>],
         adm: &mut Admission<'a>,
     ) {
-        if adm.preempted {
+        // One preemptor per pass; only strictly lower priorities are evicted.
+        if adm.preempted || w.priority <= adm.lowest_priority {
             self.pend(w, "Unschedulable", explanation);
             return;
         }
@@ -55,6 +56,8 @@ impl<'a> Pass<'a> {
             return;
         }
         adm.preempted = true;
+        // The victims free more than the preemptor may take.
+        adm.infeasible.freed();
         let names: Vec<String> = taken.iter().map(|(v, _)| v.key.to_string()).collect();
         for (v, _) in taken {
             adm.reserved_for.insert(&v.key);

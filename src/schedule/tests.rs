@@ -819,3 +819,85 @@ fn a_tenants_default_vendor_applies_when_the_job_names_none() {
     assert_eq!(on.get("models"), Some(&"a100"), "{on:?}");
     assert_eq!(on.get("named"), Some(&"a100"), "{on:?}");
 }
+
+/// The scheduling message of each workload a pass left pending.
+fn pending_messages(p: &Plan) -> BTreeMap<&str, &str> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetStatus { key, status } => Some((
+                key.name.as_str(),
+                status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Scheduled")?
+                    .message
+                    .as_str(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Jobs of one gang shape are tried once a pass (`infeasible`): every
+/// later one is refused with the first one's words; a different shape is
+/// still tried on the capacity as it stands.
+#[test]
+fn a_gang_shape_that_fits_nowhere_is_tried_once_a_pass() {
+    let a = workload("a", "t1", 3, 8, 5, 1);
+    let b = workload("b", "t2", 1, 4, 5, 2);
+    let c = workload("c", "t1", 3, 8, 5, 3);
+    let snap = Snapshot {
+        now: 100,
+        nodes: vec![node("e1", "east", 8), node("e2", "east", 8)],
+        workloads: vec![a, b, c],
+        quotas: vec![quota("t1", None, &[], 0), quota("t2", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    assert_eq!(launches(&p).len(), 1, "only b fits");
+    assert_eq!(launches(&p)[0].0, "b");
+    let m = pending_messages(&p);
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert_eq!(m["a"], m["c"], "{m:?}");
+    assert!(m["a"].contains("gang member 2 fits nowhere"), "{m:?}");
+}
+
+/// A preemption frees more than the preemptor takes, so what fitted
+/// nowhere before it is tried again after it (forgetting nothing would
+/// leave `r` waiting beside a free node: this test fails without it).
+#[test]
+fn after_a_preemption_a_refused_shape_is_tried_again() {
+    let mut low = workload("low", "t", 2, 8, 0, 1);
+    low.status = WorkloadStatus {
+        phase: Some("Running".into()),
+        placement: Some(Placement {
+            region: Some("east".into()),
+            replicas: ["e1", "e2"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ReplicaPlacement {
+                    pod: format!("low-{i}"),
+                    node: n.to_string(),
+                    devices: (0..8).collect(),
+                    gpu_milli: None,
+                })
+                .collect(),
+        }),
+        started_at: Some(rfc3339(0)),
+        ..WorkloadStatus::default()
+    };
+    let s = workload("s", "t", 1, 8, 6, 2);
+    let r = workload("r", "t", 1, 8, 5, 3);
+    let snap = Snapshot {
+        now: 100,
+        nodes: vec![node("e1", "east", 8), node("e2", "east", 8)],
+        workloads: vec![low, s, r],
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    assert_eq!(p.preemptions, 1, "{:?}", p.actions);
+    let launched: Vec<&str> = launches(&p).iter().map(|l| l.0).collect();
+    assert_eq!(launched, ["r"], "{:?}", p.actions);
+}

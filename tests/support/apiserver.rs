@@ -188,6 +188,11 @@ impl ApiServer {
         inner.largest_list.get(resource).copied().unwrap_or(0)
     }
 
+    /// Every request count so far ("verb resource" → n).
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        self.store.inner.lock().unwrap().requests.clone()
+    }
+
     /// How many requests of a verb ("create", "update", "patch", "delete",
     /// "list", "watch", "get", "bind") the server has answered for a resource.
     pub fn request_count(&self, verb: &str, resource: &str) -> u64 {

@@ -1,0 +1,202 @@
+//! What admission learns within one pass about gangs that fit nowhere.
+//!
+//! Placements only take capacity, so a gang shape that fitted in none of a
+//! set of regions fits in none of them for the rest of the pass, until
+//! something frees capacity (a preemption). With thousands of waiting jobs
+//! of a few shapes, each shape is tried once per pass instead of once per
+//! job: the equivalence classes kube-scheduler and Kueue keep for the same
+//! reason. Every later job of the shape is told the first refusal's words
+//! (the capacity it describes has only shrunk since). The free GPUs of each region, which every refusal reports, are
+//! summed once until a placement changes them; and a job asking exactly
+//! what an earlier refused one asked (every field region choice and
+//! placement read, the models its quota left it, its priority) is refused
+//! with the same words until a placement or a preemption changes capacity.
+
+use std::collections::HashMap;
+
+use crate::jobs::{Kind, WorkloadView};
+use crate::placement::{FxBuild, Request};
+use crate::regions::plan::Explanation;
+
+/// A gang shape and where it may go: the job's vendor, each way to place
+/// the gang (its replicas' one request and their number) and the regions it
+/// may use (sorted).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct ShapeKey {
+    vendor: Option<String>,
+    gangs: Vec<(Request, usize)>,
+    regions: Vec<String>,
+}
+
+impl ShapeKey {
+    pub(super) fn new(vendor: Option<&str>, gangs: &[Vec<Request>], regions: &[String]) -> Self {
+        let mut regions = regions.to_vec();
+        regions.sort_unstable();
+        ShapeKey {
+            vendor: vendor.map(str::to_string),
+            gangs: gangs
+                .iter()
+                .filter_map(|g| Some((g.first()?.clone(), g.len())))
+                .collect(),
+            regions,
+        }
+    }
+}
+
+/// Everything of a job that its refusal's reason and message follow from
+/// (all but its tenant and name), with the models its quota left it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct AskKey {
+    kind: Kind,
+    batch: bool,
+    replicas: u32,
+    gpus_per_replica: u8,
+    gpu_milli: Option<u16>,
+    cpu_milli: u32,
+    memory_mib: u64,
+    models: Vec<String>,
+    vendor: Option<String>,
+    mixed_models: bool,
+    priority: i32,
+    residency: Vec<String>,
+    preferred: Vec<String>,
+    max_runtime_s: Option<i64>,
+    latency_slo_bits: Option<u64>,
+    user_region: Option<String>,
+}
+
+impl AskKey {
+    pub(super) fn new(w: &WorkloadView, models: &[&str], vendor: Option<&str>) -> Self {
+        AskKey {
+            kind: w.key.kind,
+            batch: w.batch,
+            replicas: w.replicas,
+            gpus_per_replica: w.gpus_per_replica,
+            gpu_milli: w.gpu_milli,
+            cpu_milli: w.cpu_milli,
+            memory_mib: w.memory_mib,
+            models: models.iter().map(|m| m.to_string()).collect(),
+            vendor: vendor.map(str::to_string),
+            mixed_models: w.mixed_models,
+            priority: w.priority,
+            residency: w.residency.clone(),
+            preferred: w.preferred.clone(),
+            max_runtime_s: w.max_runtime_s,
+            latency_slo_bits: w.latency_slo_ms.map(f64::to_bits),
+            user_region: w.user_region.clone(),
+        }
+    }
+}
+
+/// A refusal to repeat: its message, and the region choice behind it
+/// (kept only when the plan hands explanations back).
+#[derive(Clone)]
+pub(super) struct Refusal {
+    pub message: String,
+    pub explanation: Option<Explanation>,
+}
+
+/// The pass's refusals by shape and by ask, and its regions' free milli-GPU.
+#[derive(Default)]
+pub(super) struct Infeasible {
+    refused: HashMap<ShapeKey, Vec<String>, FxBuild>,
+    free_milli: HashMap<String, u64, FxBuild>,
+    asks: HashMap<AskKey, Refusal, FxBuild>,
+}
+
+impl Infeasible {
+    /// Why this shape fitted nowhere earlier in the pass (per region), if it
+    /// did not.
+    pub(super) fn refused(&self, key: &ShapeKey) -> Option<&[String]> {
+        self.refused.get(key).map(Vec::as_slice)
+    }
+
+    /// Remembers that the shape fits in none of its regions.
+    pub(super) fn refuse(&mut self, key: ShapeKey, why: Vec<String>) {
+        self.refused.insert(key, why);
+    }
+
+    /// A region's free milli-GPU, summed by `sum` at most once between
+    /// placements.
+    pub(super) fn free_milli(&mut self, region: &str, sum: impl FnOnce() -> u64) -> u64 {
+        if let Some(&free) = self.free_milli.get(region) {
+            return free;
+        }
+        let free = sum();
+        self.free_milli.insert(region.to_string(), free);
+        free
+    }
+
+    /// How an earlier job asking the same was refused, if one was.
+    pub(super) fn refusal(&self, ask: &AskKey) -> Option<&Refusal> {
+        self.asks.get(ask)
+    }
+
+    /// Remembers how a job was refused (left pending, nothing evicted).
+    pub(super) fn remember(&mut self, ask: AskKey, refusal: Refusal) {
+        self.asks.insert(ask, refusal);
+    }
+
+    /// A placement took capacity: shapes that fitted nowhere still fit
+    /// nowhere, but free figures and the words of refusals change.
+    pub(super) fn taken(&mut self) {
+        self.free_milli.clear();
+        self.asks.clear();
+    }
+
+    /// Capacity was freed (a preemption): nothing learnt holds any more.
+    pub(super) fn freed(&mut self) {
+        self.refused.clear();
+        self.free_milli.clear();
+        self.asks.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::GpuDemand;
+
+    fn gang(gpus: u8, n: usize) -> Vec<Request> {
+        vec![Request::new(1000, 1024, GpuDemand::Whole { count: gpus }); n]
+    }
+
+    #[test]
+    fn a_shape_is_its_request_its_size_its_vendor_and_its_regions_as_a_set() {
+        let regions = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = ShapeKey::new(None, &[gang(8, 4)], &regions(&["west", "east"]));
+        assert_eq!(
+            a,
+            ShapeKey::new(None, &[gang(8, 4)], &regions(&["east", "west"]))
+        );
+        assert_ne!(
+            a,
+            ShapeKey::new(None, &[gang(8, 5)], &regions(&["east", "west"]))
+        );
+        assert_ne!(
+            a,
+            ShapeKey::new(None, &[gang(4, 4)], &regions(&["east", "west"]))
+        );
+        assert_ne!(
+            a,
+            ShapeKey::new(Some("huawei"), &[gang(8, 4)], &regions(&["east", "west"]))
+        );
+        assert_ne!(a, ShapeKey::new(None, &[gang(8, 4)], &regions(&["east"])));
+    }
+
+    #[test]
+    fn refusals_last_until_capacity_is_freed_and_free_figures_until_it_is_taken() {
+        let key = ShapeKey::new(None, &[gang(8, 2)], &["east".to_string()]);
+        let mut inf = Infeasible::default();
+        assert!(inf.refused(&key).is_none());
+        inf.refuse(key.clone(), vec!["region \"east\": full".into()]);
+        assert_eq!(inf.free_milli("east", || 3000), 3000);
+        assert_eq!(inf.free_milli("east", || unreachable!()), 3000);
+        inf.taken();
+        assert!(inf.refused(&key).is_some());
+        assert_eq!(inf.free_milli("east", || 1000), 1000);
+        inf.freed();
+        assert!(inf.refused(&key).is_none());
+        assert_eq!(inf.free_milli("east", || 0), 0);
+    }
+}
