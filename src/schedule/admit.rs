@@ -14,7 +14,7 @@ use crate::jobs::{
 use crate::placement::{Decision, ModelSet, Request};
 use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, RegionPolicy, Verdict};
 
-use super::infeasible::{AskKey, Infeasible, Refusal, ShapeKey};
+use super::infeasible::{Ask, Infeasible, Refusal, ShapeKey};
 use super::lifecycle::{already_pending, pending_status};
 use super::quota::{month_subtrees, monthly_tokens, quota_models, Quotas};
 use super::regions::{job_spec, RegionCatalog};
@@ -201,16 +201,27 @@ impl<'a> Pass<'a> {
 
     /// Leaves a workload pending (or preempted) with a reason and message.
     pub(super) fn pend(&mut self, w: &WorkloadView, reason: &str, message: String) {
-        *self.out.pending.entry(reason.to_string()).or_default() += 1;
+        self.pend_as(w, reason, &message);
+    }
+
+    /// [`Self::pend`] with a borrowed message: nothing is allocated for a
+    /// workload whose status already says it.
+    fn pend_as(&mut self, w: &WorkloadView, reason: &str, message: &str) {
+        match self.out.pending.get_mut(reason) {
+            Some(n) => *n += 1,
+            None => {
+                self.out.pending.insert(reason.to_string(), 1);
+            }
+        }
         let phase = if w.phase() == "Preempted" {
             "Preempted"
         } else {
             "Pending"
         };
-        if already_pending(w, phase, reason, &message) {
+        if already_pending(w, phase, reason, message) {
             return;
         }
-        let status = pending_status(w, phase, reason, message, self.now);
+        let status = pending_status(w, phase, reason, message.to_string(), self.now);
         if status != w.status {
             self.out.actions.push(Action::SetStatus {
                 key: w.key.clone(),
@@ -228,19 +239,17 @@ impl<'a> Pass<'a> {
         };
         // Round-robin region choice moves on with every job it ranks, so
         // its jobs are each ranked.
-        let ask = (self.config.region_policy != RegionPolicy::RoundRobin).then(|| {
-            let vendor = job_vendor(w, &self.cap.model_vendors);
-            AskKey::new(w, &models, vendor)
+        let vendor = job_vendor(w, &self.cap.model_vendors).map(str::to_string);
+        let ask = (self.config.region_policy != RegionPolicy::RoundRobin).then_some(Ask {
+            w,
+            models: &models,
+            vendor: vendor.as_deref(),
         });
         if let Some(refusal) = ask.as_ref().and_then(|a| adm.infeasible.refusal(a)) {
-            let Refusal {
-                message,
-                explanation,
-            } = refusal.clone();
-            if let Some(expl) = &explanation {
+            if let Some(expl) = &refusal.explanation {
                 self.keep_explanation(w, expl);
             }
-            self.pend(w, "Unschedulable", message);
+            self.pend_as(w, "Unschedulable", &refusal.message);
             return;
         }
         let mut set = ModelSet::NONE;
@@ -286,7 +295,7 @@ impl<'a> Pass<'a> {
                 // Left pending without a try at preemption: a job asking
                 // the same is refused the same way.
                 if adm.preempted || w.priority <= adm.lowest_priority {
-                    if let Some(ask) = ask {
+                    if let Some(ask) = &ask {
                         let keep = self.config.keep_explanations && snapshot.regions.is_some();
                         let refusal = Refusal {
                             message: explanation.clone(),

@@ -15,7 +15,8 @@
 //!    tenant with the smallest share of its guarantee, then age);
 //!    hierarchical and monthly [`quota`] decide which GPU models a job may
 //!    still use; region choice ranks the regions; placement puts the whole
-//!    gang inside ONE region or nothing;
+//!    gang inside ONE region or nothing; a gang shape that fits nowhere is
+//!    tried once a pass ([`infeasible`]);
 //! 4. [`preempt`]: a job that fits nowhere may evict workloads of strictly
 //!    lower priority (at most `max_victims`, one preemptor per pass; strict
 //!    priority order means preemption can never loop);
