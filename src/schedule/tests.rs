@@ -839,6 +839,17 @@ fn pending_messages(p: &Plan) -> BTreeMap<&str, &str> {
         .collect()
 }
 
+/// Two empty 8-GPU nodes in region "east", at time 100.
+fn two_east_nodes(workloads: Vec<WorkloadView>, quotas: Vec<QuotaView>) -> Snapshot {
+    Snapshot {
+        now: 100,
+        nodes: vec![node("e1", "east", 8), node("e2", "east", 8)],
+        workloads,
+        quotas,
+        ..Default::default()
+    }
+}
+
 /// Jobs of one gang shape are tried once a pass (`infeasible`): every
 /// later one is refused with the first one's words; a different shape is
 /// still tried on the capacity as it stands.
@@ -847,14 +858,11 @@ fn a_gang_shape_that_fits_nowhere_is_tried_once_a_pass() {
     let a = workload("a", "t1", 3, 8, 5, 1);
     let b = workload("b", "t2", 1, 4, 5, 2);
     let c = workload("c", "t1", 3, 8, 5, 3);
-    let snap = Snapshot {
-        now: 100,
-        nodes: vec![node("e1", "east", 8), node("e2", "east", 8)],
-        workloads: vec![a, b, c],
-        quotas: vec![quota("t1", None, &[], 0), quota("t2", None, &[], 0)],
-        ..Default::default()
-    };
-    let p = plan(&snap, &PlanConfig::default());
+    let quotas = vec![quota("t1", None, &[], 0), quota("t2", None, &[], 0)];
+    let p = plan(
+        &two_east_nodes(vec![a, b, c], quotas),
+        &PlanConfig::default(),
+    );
     assert_eq!(launches(&p).len(), 1, "only b fits");
     assert_eq!(launches(&p)[0].0, "b");
     let m = pending_messages(&p);
@@ -889,14 +897,11 @@ fn after_a_preemption_a_refused_shape_is_tried_again() {
     };
     let s = workload("s", "t", 1, 8, 6, 2);
     let r = workload("r", "t", 1, 8, 5, 3);
-    let snap = Snapshot {
-        now: 100,
-        nodes: vec![node("e1", "east", 8), node("e2", "east", 8)],
-        workloads: vec![low, s, r],
-        quotas: vec![quota("t", None, &[], 0)],
-        ..Default::default()
-    };
-    let p = plan(&snap, &PlanConfig::default());
+    let quotas = vec![quota("t", None, &[], 0)];
+    let p = plan(
+        &two_east_nodes(vec![low, s, r], quotas),
+        &PlanConfig::default(),
+    );
     assert_eq!(p.preemptions, 1, "{:?}", p.actions);
     let launched: Vec<&str> = launches(&p).iter().map(|l| l.0).collect();
     assert_eq!(launched, ["r"], "{:?}", p.actions);
