@@ -67,9 +67,6 @@ pub(super) struct Step {
     /// How many of the snapshot's nodes, pods and workloads are the home
     /// cluster's nodes and pods and the TrainingJobs (the views lent).
     lent: (usize, usize, usize),
-    /// Whether member-cluster placements were rekeyed (then the workload
-    /// views are not kept).
-    members: bool,
 }
 
 /// Builds snapshots, keeping the views of unchanged objects between passes.
@@ -114,16 +111,11 @@ impl Snapshotter {
         snap.workloads = cache.workload_views(seen, &snap);
         snapshot::key_legacy_member_placements(&mut snap.workloads, &seen.region_views);
         tenancy_of(&mut snap.workloads, seen, opts.namespace_tenancy);
-        let members = seen
-            .region_views
-            .iter()
-            .any(|r| r.spec.kubeconfig_secret_ref.is_some());
         Step {
             snap,
             services,
             node_energy,
             lent,
-            members,
         }
     }
 
@@ -143,7 +135,7 @@ impl Snapshotter {
         cache.nodes.give_back(nodes, &[]);
         pods.truncate(home_pods);
         cache.pods.give_back(pods, &[]);
-        if step.members || workloads.len() < training {
+        if workloads.len() < training {
             return;
         }
         let inference = workloads.split_off(training);
@@ -188,6 +180,9 @@ fn tenancy_of(workloads: &mut [WorkloadView], seen: &Seen, rule: NamespaceTenanc
 struct ViewCache {
     /// What the cached workload views were validated against.
     rules: snapshot::ValidationRules,
+    /// The member-cluster regions the kept workload views' placements were
+    /// keyed for (`key_legacy_member_placements` rewrites them in place).
+    member_regions: Vec<String>,
     nodes: Kept<NodeView>,
     pods: Kept<PodView>,
     training: Kept<WorkloadView>,
@@ -262,17 +257,25 @@ impl ViewCache {
     }
 
     /// The workloads' views, validated against the snapshot's models and
-    /// the tenants' Pod Security levels (a change of either converts every
-    /// workload again).
+    /// the tenants' Pod Security levels (a change of either, or of the
+    /// member-cluster regions their placements are keyed for, converts
+    /// every workload again).
     fn workload_views(&mut self, seen: &Seen, snap: &Snapshot) -> Vec<WorkloadView> {
         let rules = snapshot::ValidationRules {
             known_models: snap.known_models(),
             pod_security: snapshot::pod_security_levels(&seen.quotas),
         };
-        if rules != self.rules {
+        let member_regions: Vec<String> = seen
+            .region_views
+            .iter()
+            .filter(|r| r.spec.kubeconfig_secret_ref.is_some())
+            .map(|r| r.name.clone())
+            .collect();
+        if rules != self.rules || member_regions != self.member_regions {
             self.training = Kept::default();
             self.inference = Kept::default();
             self.rules = rules;
+            self.member_regions = member_regions;
         }
         let rules = &self.rules;
         let mut out = self.training.lend(&seen.training, |o| {
@@ -607,5 +610,57 @@ mod tests {
         let views = kept.lend(&changed, make);
         assert_eq!(views[0].gpus, 4, "a new resourceVersion is converted");
         assert_eq!(kept.by_key.len(), 1, "b is gone");
+    }
+
+    /// Kept workload views have their member placements keyed in place; when
+    /// the member regions change, every view is made again from its object
+    /// (a region that stopped being a member shows its nodes' own names).
+    #[test]
+    fn kept_workload_views_follow_the_member_regions() {
+        let region = |member: bool| {
+            let mut spec = json!({"hub": "far", "side": "west", "pue": 1.2, "greenShare": 0.5,
+                "electricityFenPerKwh": 30, "gridKgCo2PerKwh": 0.6});
+            if member {
+                spec["kubeconfigSecretRef"] = json!({"name": "k", "namespace": "ns"});
+            }
+            let obj: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "zhisuan.io/v1alpha1", "kind": "ComputeRegion",
+                "metadata": {"name": "far"}, "spec": spec}))
+            .unwrap();
+            snapshot::region_view(&obj)
+        };
+        let placed: Arc<DynamicObject> = object(json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "j", "namespace": "ml", "uid": "u-j", "resourceVersion": "5"},
+            "spec": {"tenant": "t", "replicas": 1, "gpusPerReplica": 1,
+                     "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}},
+            "status": {"phase": "Running", "placement": {"region": "far",
+                       "replicas": [{"pod": "j-0", "node": "n1", "devices": [0]}]}}
+        }));
+        let mut seen = Seen {
+            training: vec![placed],
+            region_views: vec![region(true)],
+            ..Seen::default()
+        };
+        let node_of = |step: &Step| {
+            step.snap.workloads[0]
+                .status
+                .placement
+                .as_ref()
+                .unwrap()
+                .replicas[0]
+                .node
+                .clone()
+        };
+        let mut s = Snapshotter::default();
+        let step = s.snapshot(&seen, &opts());
+        assert_eq!(node_of(&step), "far/n1");
+        s.give_back(step, &[]);
+        let step = s.snapshot(&seen, &opts());
+        assert_eq!(node_of(&step), "far/n1", "keyed once, kept");
+        s.give_back(step, &[]);
+        seen.region_views = vec![region(false)];
+        let step = s.snapshot(&seen, &opts());
+        assert_eq!(node_of(&step), "n1");
     }
 }
