@@ -873,15 +873,21 @@ pub struct PageQuery {
 impl PageQuery {
     /// The page size, checked.
     pub fn size(&self) -> Result<usize, ApiError> {
-        let limit = self.limit.unwrap_or(100);
-        if !(1..=MAX_PAGE as i64).contains(&limit) {
-            return Err(ApiError::invalid(
-                "limit",
-                format!("limit: {limit} is outside 1..={MAX_PAGE}; page with `after` for more"),
-            ));
-        }
-        Ok(limit as usize)
+        checked_limit(self.limit, "; page with `after` for more")
     }
+}
+
+/// A list's `limit` query parameter: 1..=[`MAX_PAGE`], default 100; out of
+/// range, a 422 naming `limit` (its message ends with `hint`).
+pub fn checked_limit(limit: Option<i64>, hint: &str) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=MAX_PAGE as i64).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit: {limit} is outside 1..={MAX_PAGE}{hint}"),
+        ));
+    }
+    Ok(limit as usize)
 }
 
 /// The caller's jobs, a page at a time in id order (follow `next`).

@@ -42,16 +42,10 @@ pub async fn pending(
     _admin: Admin,
     ApiQuery(q): ApiQuery<PendingQuery>,
 ) -> Result<Json<PendingList>, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("limit: {limit} is outside 1..=1000"),
-        ));
-    }
+    let limit = super::handlers::checked_limit(q.limit, "")?;
     let jobs = state
         .jobs()
-        .waiting(limit as usize)
+        .waiting(limit)
         .await?
         .into_iter()
         .map(|(tenant, job)| PendingJob { tenant, job })

@@ -431,13 +431,7 @@ pub async fn calls(
         }
         (Principal::Admin, t) => t,
     };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit",
-            format!("limit: {limit} is outside 1..=1000"),
-        ));
-    }
+    let limit = crate::api::handlers::checked_limit(q.limit, "")?;
     let csv = match q.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
@@ -453,10 +447,10 @@ pub async fn calls(
         from: q.from,
         to: q.to,
         after: q.after.as_deref().map(parse_cursor).transpose()?,
-        limit,
+        limit: limit as i64,
     };
     let rows = state.blocking(move |l| l.calls(&query)).await?;
-    let next = (rows.len() as i64 == limit)
+    let next = (rows.len() == limit)
         .then(|| rows.last().map(cursor))
         .flatten();
     if csv {
