@@ -363,11 +363,6 @@ async fn run(args: Args) -> Value {
         .map(|(a, b)| a - b)
         .collect();
     let round_binds = (server.bindings() - binds0) as f64;
-    if std::env::var_os("BENCH_DEBUG").is_some() {
-        for (k, n) in server.requests() {
-            eprintln!("after the rounds: {k}: {n}");
-        }
-    }
     let mut sorted: Vec<f64> = rounds.iter().flatten().copied().collect();
     sorted.sort_by(f64::total_cmp);
     let median =
@@ -399,16 +394,6 @@ async fn run(args: Args) -> Value {
     create_jobs(&tj, "wait", args.pending + fit, 1, 8).await;
     settle(&server, Duration::from_secs(2), Duration::from_secs(120)).await;
     let settled_s = t2.elapsed().as_secs_f64();
-    if std::env::var_os("BENCH_DEBUG").is_some() {
-        let r0 = server.requests();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        for (k, n) in server.requests() {
-            let d = n - r0.get(&k).copied().unwrap_or(0);
-            if d > 0 {
-                eprintln!("{k}: +{d} in 2 s");
-            }
-        }
-    }
     let before = step_times(&registry);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = step_times(&registry);

@@ -14,7 +14,7 @@ use crate::jobs::{
 use crate::placement::{Decision, ModelSet, Request};
 use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, RegionPolicy, Verdict};
 
-use super::infeasible::{Ask, Infeasible, Refusal, ShapeKey};
+use super::infeasible::{AskKey, Infeasible, Refusal, ShapeKey};
 use super::lifecycle::{already_pending, pending_status};
 use super::quota::{month_subtrees, monthly_tokens, quota_models, Quotas};
 use super::regions::{job_spec, RegionCatalog};
@@ -240,11 +240,9 @@ impl<'a> Pass<'a> {
         // Round-robin region choice moves on with every job it ranks, so
         // its jobs are each ranked.
         let vendor = job_vendor(w, &self.cap.model_vendors).map(str::to_string);
-        let ask = (self.config.region_policy != RegionPolicy::RoundRobin).then_some(Ask {
-            w,
-            models: &models,
-            vendor: vendor.as_deref(),
-        });
+        let vendor = vendor.as_deref();
+        let ask = (self.config.region_policy != RegionPolicy::RoundRobin)
+            .then(|| AskKey::new(w, &models, vendor));
         if let Some(refusal) = ask.as_ref().and_then(|a| adm.infeasible.refusal(a)) {
             if let Some(expl) = &refusal.explanation {
                 self.keep_explanation(w, expl);
@@ -260,7 +258,8 @@ impl<'a> Pass<'a> {
         }
         let one = w.replica_request(set);
         let gangs = self.gangs(w, &models, &one);
-        let Some((allowed, shape)) = self.candidate_regions(w, &models, &one, &gangs, adm) else {
+        let Some((allowed, shape)) = self.candidate_regions(w, &models, vendor, &one, &gangs, adm)
+        else {
             return;
         };
         let placed = match adm.infeasible.refused(&shape) {
@@ -295,7 +294,7 @@ impl<'a> Pass<'a> {
                 // Left pending without a try at preemption: a job asking
                 // the same is refused the same way.
                 if adm.preempted || w.priority <= adm.lowest_priority {
-                    if let Some(ask) = &ask {
+                    if let Some(ask) = ask {
                         let keep = self.config.keep_explanations && snapshot.regions.is_some();
                         let refusal = Refusal {
                             message: explanation.clone(),
@@ -370,13 +369,12 @@ impl<'a> Pass<'a> {
         &mut self,
         w: &WorkloadView,
         models: &[&str],
+        vendor: Option<&str>,
         one: &Request,
         gangs: &[Vec<Request>],
         adm: &mut Admission,
     ) -> Option<(Vec<String>, ShapeKey)> {
         let snapshot = self.snapshot;
-        let vendor = job_vendor(w, &self.cap.model_vendors).map(str::to_string);
-        let vendor = vendor.as_deref();
         let (ranked, shape) = match &snapshot.regions {
             None => {
                 let ranked: Vec<String> = adm
@@ -394,7 +392,7 @@ impl<'a> Pass<'a> {
                 let unordered: Vec<String> = adm.order.iter().map(name).collect();
                 let shape = ShapeKey::new(vendor, gangs, &unordered);
                 if adm.infeasible.refused(&shape).is_none() {
-                    self.order_by_fit(w, rc, one, adm);
+                    self.order_by_fit(rc, vendor, one, adm);
                 }
                 (adm.order.iter().map(name).collect(), shape)
             }
@@ -479,19 +477,18 @@ impl<'a> Pass<'a> {
     /// replica).
     fn order_by_fit(
         &mut self,
-        w: &WorkloadView,
         rc: &RegionCatalog,
+        vendor: Option<&str>,
         one: &Request,
         adm: &mut Admission,
     ) {
         let cap = &mut self.cap;
-        let vendor = job_vendor(w, &cap.model_vendors).map(String::from);
         order_band_by_fit(&mut adm.expl, &mut adm.order, |r| {
             let nodes = nodes_in(
                 &self.region_nodes,
                 &cap.nodes,
                 &rc.catalog.regions[r as usize].name,
-                vendor.as_deref(),
+                vendor,
             );
             cap.engine.best(one, Some(&nodes)).map(|(s, _)| s)
         });

@@ -13,7 +13,6 @@
 //! with the same words until a placement or a preemption changes capacity.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 
 use crate::jobs::{Kind, WorkloadView};
 use crate::placement::{FxBuild, Request};
@@ -46,9 +45,7 @@ impl ShapeKey {
 
 /// Everything of a job that its refusal's reason and message follow from
 /// (all but its tenant and name), with the models its quota left it.
-/// Looked up by a hash of the job's own fields ([`Ask`]): nothing is
-/// allocated to find one.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct AskKey {
     kind: Kind,
     batch: bool,
@@ -68,42 +65,8 @@ pub(super) struct AskKey {
     user_region: Option<String>,
 }
 
-/// A job's ask, borrowed: the workload, the models its quota left it and
-/// its vendor.
-#[derive(Clone, Copy)]
-pub(super) struct Ask<'a> {
-    pub w: &'a WorkloadView,
-    pub models: &'a [&'a str],
-    pub vendor: Option<&'a str>,
-}
-
-impl Ask<'_> {
-    fn hash(&self) -> u64 {
-        let w = self.w;
-        let mut h = FxBuild::default().build_hasher();
-        (
-            w.key.kind,
-            w.batch,
-            w.replicas,
-            w.gpus_per_replica,
-            w.gpu_milli,
-        )
-            .hash(&mut h);
-        (
-            w.cpu_milli,
-            w.memory_mib,
-            self.models,
-            self.vendor,
-            w.mixed_models,
-        )
-            .hash(&mut h);
-        (w.priority, &w.residency, &w.preferred, w.max_runtime_s).hash(&mut h);
-        (w.latency_slo_ms.map(f64::to_bits), &w.user_region).hash(&mut h);
-        h.finish()
-    }
-
-    fn owned(&self) -> AskKey {
-        let w = self.w;
+impl AskKey {
+    pub(super) fn new(w: &WorkloadView, models: &[&str], vendor: Option<&str>) -> Self {
         AskKey {
             kind: w.key.kind,
             batch: w.batch,
@@ -112,8 +75,8 @@ impl Ask<'_> {
             gpu_milli: w.gpu_milli,
             cpu_milli: w.cpu_milli,
             memory_mib: w.memory_mib,
-            models: self.models.iter().map(|m| m.to_string()).collect(),
-            vendor: self.vendor.map(str::to_string),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            vendor: vendor.map(str::to_string),
             mixed_models: w.mixed_models,
             priority: w.priority,
             residency: w.residency.clone(),
@@ -122,28 +85,6 @@ impl Ask<'_> {
             latency_slo_bits: w.latency_slo_ms.map(f64::to_bits),
             user_region: w.user_region.clone(),
         }
-    }
-
-    /// Whether `key` is this ask.
-    fn is(&self, key: &AskKey) -> bool {
-        let w = self.w;
-        key.kind == w.key.kind
-            && key.batch == w.batch
-            && key.replicas == w.replicas
-            && key.gpus_per_replica == w.gpus_per_replica
-            && key.gpu_milli == w.gpu_milli
-            && key.cpu_milli == w.cpu_milli
-            && key.memory_mib == w.memory_mib
-            && key.models.len() == self.models.len()
-            && key.models.iter().zip(self.models).all(|(a, b)| a == b)
-            && key.vendor.as_deref() == self.vendor
-            && key.mixed_models == w.mixed_models
-            && key.priority == w.priority
-            && key.residency == w.residency
-            && key.preferred == w.preferred
-            && key.max_runtime_s == w.max_runtime_s
-            && key.latency_slo_bits == w.latency_slo_ms.map(f64::to_bits)
-            && key.user_region == w.user_region
     }
 }
 
@@ -159,8 +100,7 @@ pub(super) struct Refusal {
 pub(super) struct Infeasible {
     refused: HashMap<ShapeKey, Vec<String>, FxBuild>,
     free_milli: HashMap<String, u64, FxBuild>,
-    /// By the hash of the ask: (the ask, its refusal).
-    asks: HashMap<u64, Vec<(AskKey, Refusal)>, FxBuild>,
+    asks: HashMap<AskKey, Refusal, FxBuild>,
 }
 
 impl Infeasible {
@@ -187,16 +127,13 @@ impl Infeasible {
     }
 
     /// How an earlier job asking the same was refused, if one was.
-    pub(super) fn refusal(&self, ask: &Ask) -> Option<&Refusal> {
-        let same = self.asks.get(&ask.hash())?;
-        same.iter().find(|(k, _)| ask.is(k)).map(|(_, r)| r)
+    pub(super) fn refusal(&self, ask: &AskKey) -> Option<&Refusal> {
+        self.asks.get(ask)
     }
 
     /// Remembers how a job was refused (left pending, nothing evicted).
-    pub(super) fn remember(&mut self, ask: &Ask, refusal: Refusal) {
-        let same = self.asks.entry(ask.hash()).or_default();
-        same.retain(|(k, _)| !ask.is(k));
-        same.push((ask.owned(), refusal));
+    pub(super) fn remember(&mut self, ask: AskKey, refusal: Refusal) {
+        self.asks.insert(ask, refusal);
     }
 
     /// A placement took capacity: shapes that fitted nowhere still fit
