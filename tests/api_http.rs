@@ -466,7 +466,8 @@ fn bad_input_names_the_field() {
     let job = json!({"kind": "inference", "name": "chat", "replicas": 1, "gpu_milli": 500,
                      "image": "registry.local/llm:1", "latency_slo_ms": 50,
                      "user_region": "beijing", "token_tier": "industry",
-                     "accelerator_vendor": "cuda", "mixed_models": false});
+                     "accelerator_vendor": "cuda", "mixed_models": false,
+                     "topology": {"preferred": "rack"}});
     for (patch, field) in [
         (json!({"kind": "batch"}), "kind"),
         (json!({"name": "Chat!"}), "name"),
@@ -487,6 +488,13 @@ fn bad_input_names_the_field() {
         (json!({"accelerator_vendor": "nvida"}), "accelerator_vendor"),
         (json!({"accelerator_vendor": 7}), "accelerator_vendor"),
         (json!({"mixed_models": "yes"}), "mixed_models"),
+        (json!({"topology": {}}), "topology"),
+        (
+            json!({"topology": {"required": "rack", "preferred": "block"}}),
+            "topology",
+        ),
+        (json!({"topology": {"required": "row"}}), "topology"),
+        (json!({"topology": "rack"}), "topology"),
     ] {
         let mut body = job.clone();
         for (key, v) in patch.as_object().unwrap() {

@@ -590,6 +590,14 @@ pub struct JobRequest {
     /// model for the whole gang).
     #[serde(default)]
     pub mixed_models: Option<bool>,
+    /// Network topology of a gang: `{"required": "rack"}` runs the whole
+    /// gang inside one rack or waits; `{"preferred": "rack"}` puts it into
+    /// one rack when one has room, else the smallest block, else anywhere in
+    /// the region. Levels: `nvlink`, `rack`, `block` (node labels
+    /// `topology.zhisuan.io/…`); absent = anywhere in the region.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub topology: Option<crate::placement::TopologySpec>,
     /// Container image.
     #[schema(min_length = 1, max_length = 512, pattern = "^\\S+$")]
     pub image: String,
@@ -718,6 +726,11 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
             ));
         }
     }
+    if let Some(t) = &r.topology {
+        t.ask()
+            .map_err(|m| ApiError::invalid("topology", format!("topology: {m}")))?;
+    }
+    let topology = r.topology;
     let vendor = match r.accelerator_vendor.as_deref() {
         None => None,
         Some(v) => Some(
@@ -737,6 +750,7 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
         gpu_models,
         vendor,
         mixed_models: r.mixed_models.unwrap_or(false),
+        topology,
         image: r.image,
         region: r.region,
         latency_slo_ms: r.latency_slo_ms,

@@ -36,6 +36,8 @@ pub struct JobSpec {
     pub vendor: Option<String>,
     /// The gang's replicas may run on different models (default: one).
     pub mixed_models: bool,
+    /// The network domain the gang must or should fit in.
+    pub topology: Option<crate::placement::TopologySpec>,
     pub image: String,
     pub region: Option<String>,
     pub latency_slo_ms: Option<u32>,
@@ -65,6 +67,7 @@ impl JobSpec {
             gpu_models: Vec::new(),
             vendor: None,
             mixed_models: false,
+            topology: None,
             image: image.into(),
             region: None,
             latency_slo_ms: None,

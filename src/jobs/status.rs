@@ -34,6 +34,23 @@ pub struct Placement {
     pub region: Option<String>,
     #[serde(default)]
     pub replicas: Vec<ReplicaPlacement>,
+    /// The network domain holding the whole gang (a job that asked for
+    /// `topology` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologyPlacement>,
+}
+
+/// The network domain a topology-aware gang was placed in.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologyPlacement {
+    /// nvlink, rack or block; `region` when no domain of the preferred
+    /// level or a coarser one had room.
+    pub level: String,
+    /// The domain: its labels' values from the block down, joined by `/`
+    /// (empty for `region`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub domain: String,
 }
 
 /// A status condition (the shape of `metav1.Condition`).

@@ -161,6 +161,9 @@ pub struct WorkloadView {
     pub default_vendor: Option<String>,
     /// The gang's replicas may run on different models (default: one).
     pub mixed_models: bool,
+    /// The network domain the gang must or should fit in (`None`: anywhere
+    /// in its region).
+    pub topology: Option<crate::placement::TopologyAsk>,
     pub priority: i32,
     pub residency: Vec<String>,
     pub preferred: Vec<String>,

@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::placement::TopologySpec;
+
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -76,6 +78,8 @@ pub struct RegionConstraints {
 )]
 #[x_kube(validation = Rule::new("!(has(self.gpusPerReplica) && has(self.gpuMilli))")
     .message("set either gpusPerReplica (whole GPUs) or gpuMilli (a share of one GPU), not both"))]
+#[x_kube(validation = Rule::new("!has(self.topology) || (has(self.topology.required) != has(self.topology.preferred))")
+    .message("topology: set exactly one of required or preferred (nvlink, rack or block)"))]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingJobSpec {
     /// Tenant that pays for and is limited by this job (a TenantQuota's tenant).
@@ -103,6 +107,12 @@ pub struct TrainingJobSpec {
     /// model for the whole gang).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mixed_models: bool,
+    /// Network topology of the gang: `{required: rack}` runs it inside one
+    /// rack or not at all; `{preferred: rack}` inside one rack when one has
+    /// room, else the smallest block, else anywhere in the region. Levels:
+    /// nvlink, rack, block (node labels `topology.zhisuan.io/…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologySpec>,
     /// Higher runs first and may preempt lower (bounded, see docs/operator.md).
     #[serde(default)]
     pub priority: i32,
@@ -176,6 +186,8 @@ pub struct GatewayEndpoint {
     .message("set either gpusPerReplica (whole GPUs) or gpuMilli (a share of one GPU), not both"))]
 #[x_kube(validation = Rule::new("!(has(self.gateway) && has(self.metrics))")
     .message("a service is metered either by scraping its counters (metrics) or per call through the token gateway (gateway), not both: one of them would count its tokens twice"))]
+#[x_kube(validation = Rule::new("!has(self.topology) || (has(self.topology.required) != has(self.topology.preferred))")
+    .message("topology: set exactly one of required or preferred (nvlink, rack or block)"))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceServiceSpec {
     /// Tenant that pays for and is limited by this service.
@@ -208,6 +220,12 @@ pub struct InferenceServiceSpec {
     /// Let the replicas run on different GPU models (default: one model).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mixed_models: bool,
+    /// Network topology of the gang: `{required: rack}` runs it inside one
+    /// rack or not at all; `{preferred: rack}` inside one rack when one has
+    /// room, else the smallest block, else anywhere in the region. Levels:
+    /// nvlink, rack, block (node labels `topology.zhisuan.io/…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologySpec>,
     /// Higher runs first.
     #[serde(default)]
     pub priority: i32,
@@ -244,6 +262,7 @@ pub struct WorkloadCommon<'a> {
     pub gpu_models: &'a [String],
     pub accelerator_vendor: &'a Option<String>,
     pub mixed_models: bool,
+    pub topology: Option<TopologySpec>,
     pub priority: i32,
     pub regions: &'a RegionConstraints,
     pub template: &'a PodTemplateSpec,
@@ -267,6 +286,7 @@ macro_rules! workload_spec {
                     gpu_models: &self.gpu_models,
                     accelerator_vendor: &self.accelerator_vendor,
                     mixed_models: self.mixed_models,
+                    topology: self.topology,
                     priority: self.priority,
                     regions: &self.regions,
                     template: &self.template,

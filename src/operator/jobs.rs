@@ -118,6 +118,9 @@ impl KubeJobs {
         if spec.mixed_models {
             s["mixedModels"] = json!(true);
         }
+        if let Some(t) = &spec.topology {
+            s["topology"] = json!(t);
+        }
         let kind = match spec.kind {
             JobKind::Training => {
                 if let Some(m) = spec.max_runtime_s {
@@ -482,6 +485,10 @@ mod tests {
             gpu_models: vec!["H100".into()],
             vendor: Some("nvidia".into()),
             mixed_models: true,
+            topology: Some(crate::placement::TopologySpec {
+                required: None,
+                preferred: Some(crate::placement::Level::Rack),
+            }),
             image: "vllm:1".into(),
             region: Some("ningxia".into()),
             latency_slo_ms: Some(50),
@@ -497,6 +504,7 @@ mod tests {
         assert_eq!(obj["spec"]["regions"]["residency"][0], "ningxia");
         assert_eq!(obj["spec"]["acceleratorVendor"], "nvidia");
         assert_eq!(obj["spec"]["mixedModels"], true);
+        assert_eq!(obj["spec"]["topology"], json!({"preferred": "rack"}));
         // What the controller will parse is a valid InferenceService spec.
         let parsed: crate::operator::crd::InferenceServiceSpec =
             serde_json::from_value(obj["spec"].clone()).unwrap();

@@ -62,6 +62,8 @@ pub fn inventory_of(nodes: &[&NodeView]) -> Vec<InventoryEntry> {
                 gpus_per_node: n.gpus as u32,
                 cpu_milli: n.cpu_milli as u64,
                 memory_mib: n.memory_mib,
+                nodes_per_rack: None,
+                racks_per_block: None,
             });
         e.nodes += 1;
         e.cpu_milli = e.cpu_milli.min(n.cpu_milli as u64);

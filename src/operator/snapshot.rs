@@ -322,6 +322,7 @@ pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -
         models: Vec::new(),
         vendor: None,
         mixed_models: false,
+        topology: None,
         default_vendor: None,
         priority: 0,
         residency: Vec::new(),
@@ -420,6 +421,7 @@ fn fill(view: &mut WorkloadView, c: &WorkloadCommon, max_runtime_s: Option<i64>)
         .and_then(|v| crate::jobs::accelerator_vendor(v).ok())
         .map(String::from);
     view.mixed_models = c.mixed_models;
+    view.topology = c.topology.and_then(|t| t.ask().ok());
     view.priority = c.priority;
     view.residency = c.regions.residency.clone();
     view.preferred = c.regions.preferred.clone();
@@ -614,6 +616,35 @@ mod tests {
         .unwrap();
         let v = workload_view(Kind::Inference, &obj, &ValidationRules::default());
         assert_eq!(v.errors[0].field, "spec.tokenTier", "{:?}", v.errors);
+        // A topology level that does not exist is named; a good one reaches
+        // the planner's view.
+        let job = |topology: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "zhisuan.io/v1alpha1", "kind": "TrainingJob",
+                "metadata": {"name": "t", "namespace": "ns"},
+                "spec": {"tenant": "a", "replicas": 2, "gpusPerReplica": 8,
+                         "topology": topology, "template": {}}
+            }))
+            .unwrap()
+        };
+        let rules = ValidationRules::default();
+        let v = workload_view(
+            Kind::Training,
+            &job(serde_json::json!({"required": "row"})),
+            &rules,
+        );
+        assert_eq!(v.errors[0].field, "spec.topology", "{:?}", v.errors);
+        let v = workload_view(
+            Kind::Training,
+            &job(serde_json::json!({"required": "rack"})),
+            &rules,
+        );
+        assert!(v.errors.is_empty(), "{:?}", v.errors);
+        let want = crate::placement::TopologyAsk {
+            level: crate::placement::Level::Rack,
+            required: true,
+        };
+        assert_eq!(v.topology, Some(want));
     }
 
     /// A tier spelt as in CRDs (`high-value`) keys the quota and the

@@ -71,6 +71,11 @@ fn validate_gpu_request(req: &WorkloadCommon, known_models: &BTreeSet<String>) -
             err(&mut e, "spec.acceleratorVendor", m);
         }
     }
+    if let Some(t) = &req.topology {
+        if let Err(m) = t.ask() {
+            err(&mut e, "spec.topology", m.into());
+        }
+    }
     for (i, model) in req.gpu_models.iter().enumerate() {
         if !known_models.contains(model) {
             let known: Vec<&str> = known_models.iter().map(String::as_str).collect();
@@ -353,6 +358,13 @@ mod tests {
         let mut j = job();
         j.tenant = " ".into();
         assert_eq!(fields(&validate_training(&j, &models())), ["spec.tenant"]);
+        let mut j = job();
+        j.topology = Some(crate::placement::TopologySpec::default());
+        let e = validate_training(&j, &models());
+        assert_eq!(fields(&e), ["spec.topology"]);
+        assert!(e[0]
+            .message
+            .contains("exactly one of required or preferred"));
     }
 
     #[test]

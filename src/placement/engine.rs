@@ -115,7 +115,7 @@ pub struct Engine {
     cluster: Cluster,
     policy: Policy,
     /// Tie-break rank of each node (lower wins).
-    rank: Vec<u32>,
+    pub(super) rank: Vec<u32>,
     rng: ChaCha8Rng,
     shapes: Shapes,
     memo: RefCell<FragMemo>,

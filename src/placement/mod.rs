@@ -25,6 +25,7 @@ mod fgd;
 mod model;
 mod policy;
 mod request;
+pub mod topology;
 
 pub use cluster::{Cluster, NodeSpec, MAX_DEVICES_PER_NODE, NO_MODEL};
 pub use engine::{Engine, FitReport, GangError, Score};
@@ -33,6 +34,7 @@ pub use fgd::{Shape, ShapeCounter, Shapes};
 pub use model::{ModelId, ModelSet, ModelTable, MAX_MODELS};
 pub use policy::Policy;
 pub use request::{Decision, DeviceMask, GpuDemand, Request, MILLI_PER_GPU};
+pub use topology::{DomainPlaced, Level, TopologyAsk, TopologyError, TopologySpec};
 
 #[cfg(test)]
 mod tests;

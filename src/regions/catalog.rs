@@ -52,6 +52,14 @@ pub struct InventoryEntry {
     pub gpus_per_node: u32,
     pub cpu_milli: u64,
     pub memory_mib: u64,
+    /// Network topology of the block (simulated regions): this many nodes
+    /// share a rack (labels `topology.zhisuan.io/rack`), absent = no racks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_per_rack: Option<u32>,
+    /// This many racks share a block (`topology.zhisuan.io/block`; needs
+    /// `nodes_per_rack`), absent = no blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub racks_per_block: Option<u32>,
 }
 
 /// One data-centre cluster (a placement region).
@@ -371,6 +379,23 @@ impl Catalog {
                         &sub,
                         format!("gpus_per_node {} must be 1..=64", inv.gpus_per_node),
                     ));
+                }
+                match (inv.nodes_per_rack, inv.racks_per_block) {
+                    (Some(0), _) | (_, Some(0)) => {
+                        return Err(input_err(
+                            file,
+                            &sub,
+                            "nodes_per_rack and racks_per_block must be ≥ 1 (or left out)",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(input_err(
+                            file,
+                            &sub,
+                            "racks_per_block needs nodes_per_rack (blocks are made of racks)",
+                        ))
+                    }
+                    _ => {}
                 }
             }
             if place_index.insert(r.name.clone(), i).is_some() {

@@ -5,6 +5,7 @@
 
 use super::catalog::Catalog;
 use crate::error::InputError;
+use crate::placement::topology::{BLOCK_LABEL, RACK_LABEL};
 use crate::placement::{Cluster, NodeSpec};
 
 /// Node label carrying the region (same key as the operator's node label).
@@ -35,10 +36,13 @@ pub fn energy_tie_order(catalog: &Catalog, cluster: &Cluster, seed: u64) -> Vec<
 }
 
 /// The nodes of a region, from its inventory: named `<region>-<model>-<n>`,
-/// labelled with the region.
+/// labelled with the region and, where the inventory gives
+/// `nodes_per_rack` (and `racks_per_block`), with their rack (and block):
+/// racks are numbered across the region's inventory entries.
 pub fn node_specs(catalog: &Catalog, region: usize) -> Result<Vec<NodeSpec>, InputError> {
     let reg = &catalog.regions[region];
     let mut specs = Vec::new();
+    let mut first_rack = 0;
     for inv in &reg.inventory {
         let cpu_milli = u32::try_from(inv.cpu_milli).map_err(|_| {
             InputError::new(format!(
@@ -46,7 +50,16 @@ pub fn node_specs(catalog: &Catalog, region: usize) -> Result<Vec<NodeSpec>, Inp
                 reg.name, inv.cpu_milli
             ))
         })?;
-        for _ in 0..inv.nodes {
+        for i in 0..inv.nodes {
+            let mut labels = vec![(REGION_LABEL.to_string(), reg.name.clone())];
+            if let Some(per_rack) = inv.nodes_per_rack {
+                let rack = first_rack + i / per_rack;
+                labels.push((RACK_LABEL.into(), format!("{}-rack{rack:03}", reg.name)));
+                if let Some(per_block) = inv.racks_per_block {
+                    let block = rack / per_block;
+                    labels.push((BLOCK_LABEL.into(), format!("{}-block{block:02}", reg.name)));
+                }
+            }
             specs.push(NodeSpec {
                 name: format!(
                     "{}-{}-{:03}",
@@ -58,8 +71,11 @@ pub fn node_specs(catalog: &Catalog, region: usize) -> Result<Vec<NodeSpec>, Inp
                 memory_mib: inv.memory_mib,
                 gpus: inv.gpus_per_node as u8,
                 model: inv.model.clone(),
-                labels: vec![(REGION_LABEL.to_string(), reg.name.clone())],
+                labels,
             });
+        }
+        if let Some(per_rack) = inv.nodes_per_rack {
+            first_rack += inv.nodes.div_ceil(per_rack);
         }
     }
     Ok(specs)
@@ -102,5 +118,45 @@ links: []
                 );
             }
         }
+    }
+
+    #[test]
+    fn inventory_racks_and_blocks_become_node_labels_numbered_across_entries() {
+        let yaml = CATALOG.replace(
+            "{model: A100, nodes: 6, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}",
+            "{model: A100, nodes: 6, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216, nodes_per_rack: 4, racks_per_block: 2}",
+        )
+        .replace(
+            "{model: T4, nodes: 6, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}",
+            "{model: T4, nodes: 6, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216, nodes_per_rack: 3, racks_per_block: 2}",
+        );
+        let catalog = Catalog::from_yaml(&yaml, "test.yaml").unwrap();
+        let label = |s: &NodeSpec, k: &str| {
+            s.labels
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let specs = node_specs(&catalog, 0).unwrap();
+        let racks: Vec<String> = specs.iter().map(|s| label(s, RACK_LABEL)).collect();
+        let blocks: Vec<String> = specs.iter().map(|s| label(s, BLOCK_LABEL)).collect();
+        // A100: 4 + 2 nodes in racks 0, 1; T4: 3 + 3 in racks 2, 3.
+        let r = |i: u32| format!("west-rack{i:03}");
+        assert_eq!(racks, [0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3].map(r).to_vec());
+        let b = |i: u32| format!("west-block{i:02}");
+        assert_eq!(blocks, [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1].map(b).to_vec());
+        // Racks of zero nodes are refused with the field named.
+        let bad = CATALOG.replace(
+            "memory_mib: 393216}",
+            "memory_mib: 393216, nodes_per_rack: 0}",
+        );
+        let e = Catalog::from_yaml(&bad, "test.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("inventory[0]") && e.contains("nodes_per_rack"),
+            "{e}"
+        );
     }
 }

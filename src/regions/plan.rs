@@ -90,6 +90,10 @@ pub struct JobSpec {
     /// The gang's replicas may run on different models (default: one model).
     #[serde(default)]
     pub mixed_models: bool,
+    /// The network domain the gang must or should fit in:
+    /// `{required: rack}` or `{preferred: rack}` (nvlink, rack or block).
+    #[serde(default)]
+    pub topology: Option<crate::placement::TopologySpec>,
     /// Where the job's users sit (a user region or region name).
     #[serde(default)]
     pub user_region: Option<String>,
@@ -200,6 +204,7 @@ impl JobSpec {
             gpu_models: Vec::new(),
             accelerator_vendor: None,
             mixed_models: false,
+            topology: None,
             user_region: None,
             data_region: None,
             latency_slo_ms: None,
@@ -256,6 +261,9 @@ impl JobSpec {
             };
         if let Some(v) = self.accelerator_vendor.as_deref().filter(|v| !v.is_empty()) {
             crate::jobs::accelerator_vendor(v).map_err(|m| field_err("accelerator_vendor", m))?;
+        }
+        if let Some(t) = &self.topology {
+            t.ask().map_err(|m| field_err("topology", m))?;
         }
         let mut models = Vec::with_capacity(self.gpu_models.len());
         for m in &self.gpu_models {

@@ -9,9 +9,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::jobs::{
-    set_condition, MonthToDate, NodeView, Placement, ReplicaPlacement, WorkloadKey, WorkloadView,
+    set_condition, MonthToDate, NodeView, Placement, ReplicaPlacement, TopologyPlacement,
+    WorkloadKey, WorkloadView,
 };
-use crate::placement::{Decision, ModelSet, Request};
+use crate::placement::{Decision, DomainPlaced, Level, ModelSet, Request};
 use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, RegionPolicy, Verdict};
 
 use super::infeasible::{AskKey, Infeasible, Refusal, ShapeKey};
@@ -19,6 +20,30 @@ use super::lifecycle::{already_pending, pending_status};
 use super::quota::{month_subtrees, monthly_tokens, quota_models, Quotas};
 use super::regions::{job_spec, RegionCatalog};
 use super::{Action, Pass};
+
+/// Where a gang went: its region, its replicas' decisions and, for a
+/// topology-aware gang, the network domain that holds it.
+pub(super) struct Placed {
+    region: String,
+    decisions: Vec<Decision>,
+    domain: Option<DomainPlaced>,
+}
+
+/// The status words for a topology-aware gang's domain: ` within rack
+/// "b1/r2"`, or why it spans more than it preferred.
+fn within(w: &WorkloadView, d: &DomainPlaced) -> String {
+    let asked = w.topology.map_or(Level::Rack, |a| a.level);
+    match d.level {
+        Some(level) if level == asked => format!(" within {level} {:?}", d.domain),
+        Some(level) => format!(
+            " within {level} {:?} (no {asked} had room for the whole gang)",
+            d.domain
+        ),
+        None => {
+            format!(" across {asked}s (no {asked} or coarser domain had room for the whole gang)")
+        }
+    }
+}
 
 /// What admission keeps across the workloads of one pass.
 pub(super) struct Admission<'a> {
@@ -275,7 +300,7 @@ impl<'a> Pass<'a> {
         };
         let snapshot = self.snapshot;
         if let Some(rc) = &snapshot.regions {
-            let chosen = placed.as_ref().ok().map(|(r, _)| r.as_str());
+            let chosen = placed.as_ref().ok().map(|p| p.region.as_str());
             self.mark_tried(adm, rc, &allowed, chosen);
             self.keep_explanation(w, &adm.expl);
         }
@@ -284,7 +309,7 @@ impl<'a> Pass<'a> {
             None => String::new(),
         };
         match placed {
-            Ok((region, ds)) => self.launch(w, region, &ds, &why_here),
+            Ok(p) => self.launch(w, p, &why_here),
             Err(why) => {
                 let explanation = format!(
                     "the gang of {} fits in no allowed region: {}.{why_here}",
@@ -383,14 +408,14 @@ impl<'a> Pass<'a> {
                     .filter(|x| w.residency.is_empty() || w.residency.contains(x))
                     .cloned()
                     .collect();
-                let shape = ShapeKey::new(vendor, gangs, &ranked);
+                let shape = ShapeKey::new(vendor, gangs, &ranked).within(w.topology);
                 (ranked, shape)
             }
             Some(rc) => {
                 self.rank_regions(w, rc, models, adm)?;
                 let name = |r: &u16| rc.catalog.regions[*r as usize].name.clone();
                 let unordered: Vec<String> = adm.order.iter().map(name).collect();
-                let shape = ShapeKey::new(vendor, gangs, &unordered);
+                let shape = ShapeKey::new(vendor, gangs, &unordered).within(w.topology);
                 if adm.infeasible.refused(&shape).is_none() {
                     self.order_by_fit(rc, vendor, one, adm);
                 }
@@ -518,7 +543,7 @@ impl<'a> Pass<'a> {
         w: &WorkloadView,
         allowed: &[String],
         gangs: &[Vec<Request>],
-    ) -> Result<(String, Vec<Decision>), Vec<String>> {
+    ) -> Result<Placed, Vec<String>> {
         let mut why = Vec::new();
         let vendor = job_vendor(w, &self.cap.model_vendors);
         for region in allowed {
@@ -537,12 +562,27 @@ impl<'a> Pass<'a> {
             }
             let mut last = None;
             for &(_, k) in &order {
-                match self.cap.engine.place_gang(&gangs[k], Some(&nodes)) {
-                    Ok(ds) => {
-                        self.cap.record(&w.uid, &ds);
-                        return Ok((region.clone(), ds));
+                let engine = &mut self.cap.engine;
+                let tried = match w.topology {
+                    None => engine
+                        .place_gang(&gangs[k], Some(&nodes))
+                        .map(|ds| (ds, None))
+                        .map_err(|e| e.to_string()),
+                    Some(ask) => engine
+                        .place_gang_within(&gangs[k], &nodes, ask)
+                        .map(|(ds, d)| (ds, Some(d)))
+                        .map_err(|e| e.to_string()),
+                };
+                match tried {
+                    Ok((decisions, domain)) => {
+                        self.cap.record(&w.uid, &decisions);
+                        return Ok(Placed {
+                            region: region.clone(),
+                            decisions,
+                            domain,
+                        });
                     }
-                    Err(e) => last = Some(e.to_string()),
+                    Err(e) => last = Some(e),
                 }
             }
             let e = last.unwrap_or_else(|| "no node has room for one replica".into());
@@ -591,8 +631,13 @@ impl<'a> Pass<'a> {
     }
 
     /// Records the placement: usage, the Admitted status, a Launch action.
-    fn launch(&mut self, w: &WorkloadView, region: String, ds: &[Decision], why_here: &str) {
+    fn launch(&mut self, w: &WorkloadView, placed: Placed, why_here: &str) {
         let now = self.now;
+        let Placed {
+            region,
+            decisions: ds,
+            domain,
+        } = placed;
         let replicas = ds
             .iter()
             .enumerate()
@@ -613,8 +658,9 @@ impl<'a> Pass<'a> {
         s.started_at = None;
         s.observed_generation = Some(w.generation);
         let nodes: BTreeSet<&str> = replicas.iter().map(|r| r.node.as_str()).collect();
+        let within = domain.as_ref().map_or(String::new(), |d| within(w, d));
         let message = format!(
-            "{} replicas placed in region {region:?} on {} node(s): {}.{why_here}",
+            "{} replicas placed in region {region:?}{within} on {} node(s): {}.{why_here}",
             replicas.len(),
             nodes.len(),
             nodes.into_iter().collect::<Vec<_>>().join(", ")
@@ -622,6 +668,10 @@ impl<'a> Pass<'a> {
         s.placement = Some(Placement {
             region: Some(region),
             replicas,
+            topology: domain.map(|d| TopologyPlacement {
+                level: d.level.map_or("region", Level::name).to_string(),
+                domain: d.domain,
+            }),
         });
         let g = w.generation;
         set_condition(

@@ -171,6 +171,7 @@ impl Capacity {
                 .set_tie_order(&order)
                 .expect("a permutation of the cluster's nodes");
         }
+        engine.keep_domains_together();
         let unhealthy = vec![Vec::new(); nodes.len()];
         Capacity {
             engine,

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use crate::jobs::{Kind, WorkloadView};
-use crate::placement::{FxBuild, Request};
+use crate::placement::{FxBuild, Request, TopologyAsk};
 use crate::regions::plan::Explanation;
 
 /// A gang shape and where it may go: the job's vendor, each way to place
@@ -26,6 +26,7 @@ pub(super) struct ShapeKey {
     vendor: Option<String>,
     gangs: Vec<(Request, usize)>,
     regions: Vec<String>,
+    topology: Option<TopologyAsk>,
 }
 
 impl ShapeKey {
@@ -39,7 +40,14 @@ impl ShapeKey {
                 .filter_map(|g| Some((g.first()?.clone(), g.len())))
                 .collect(),
             regions,
+            topology: None,
         }
+    }
+
+    /// The same shape asking to fit in one network domain.
+    pub(super) fn within(mut self, topology: Option<TopologyAsk>) -> Self {
+        self.topology = topology;
+        self
     }
 }
 
@@ -57,6 +65,7 @@ pub(super) struct AskKey {
     models: Vec<String>,
     vendor: Option<String>,
     mixed_models: bool,
+    topology: Option<TopologyAsk>,
     priority: i32,
     residency: Vec<String>,
     preferred: Vec<String>,
@@ -78,6 +87,7 @@ impl AskKey {
             models: models.iter().map(|m| m.to_string()).collect(),
             vendor: vendor.map(str::to_string),
             mixed_models: w.mixed_models,
+            topology: w.topology,
             priority: w.priority,
             residency: w.residency.clone(),
             preferred: w.preferred.clone(),

@@ -43,6 +43,7 @@ pub fn job_spec(w: &WorkloadView, models: &[String]) -> JobSpec {
         gpu_models: models.to_vec(),
         accelerator_vendor: w.vendor.clone(),
         mixed_models: w.mixed_models,
+        topology: w.topology.map(Into::into),
         user_region: w.user_region.clone(),
         data_region: None,
         latency_slo_ms: w.latency_slo_ms,

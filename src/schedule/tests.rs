@@ -42,6 +42,7 @@ pub(crate) fn workload(
         models: Vec::new(),
         vendor: None,
         mixed_models: false,
+        topology: None,
         default_vendor: None,
         priority,
         residency: Vec::new(),
@@ -497,6 +498,7 @@ fn running_pair(phases: [Option<&str>; 2]) -> (WorkloadView, Vec<PodView>) {
                     gpu_milli: None,
                 })
                 .collect(),
+            topology: None,
         }),
         ..Default::default()
     };
@@ -891,6 +893,7 @@ fn after_a_preemption_a_refused_shape_is_tried_again() {
                     gpu_milli: None,
                 })
                 .collect(),
+            topology: None,
         }),
         started_at: Some(rfc3339(0)),
         ..WorkloadStatus::default()
@@ -905,4 +908,128 @@ fn after_a_preemption_a_refused_shape_is_tried_again() {
     assert_eq!(p.preemptions, 1, "{:?}", p.actions);
     let launched: Vec<&str> = launches(&p).iter().map(|l| l.0).collect();
     assert_eq!(launched, ["r"], "{:?}", p.actions);
+}
+
+/// `racks` racks of two 8-GPU nodes in region "east", two racks a block.
+fn racked(racks: usize) -> Vec<NodeView> {
+    use crate::placement::topology::{BLOCK_LABEL, RACK_LABEL};
+    (0..racks * 2)
+        .map(|i| {
+            let mut n = node(&format!("r{}-n{}", i / 2, i % 2), "east", 8);
+            n.labels = vec![
+                (BLOCK_LABEL.into(), format!("b{}", i / 4)),
+                (RACK_LABEL.into(), format!("r{}", i / 2)),
+            ];
+            n
+        })
+        .collect()
+}
+
+fn nodes_of(s: &WorkloadStatus) -> BTreeSet<&str> {
+    let p = s.placement.as_ref().unwrap();
+    p.replicas.iter().map(|r| r.node.as_str()).collect()
+}
+
+#[test]
+fn a_gang_that_asks_for_one_rack_gets_one_and_its_status_says_which() {
+    use crate::placement::{Level, TopologyAsk};
+    // Asking for a rack, a 2-node gang goes whole into one rack, and its
+    // status and Scheduled condition name it.
+    let small = workload("small", "t", 1, 4, 0, 1);
+    let mut gang = workload("gang", "t", 2, 8, 0, 2);
+    gang.topology = Some(TopologyAsk {
+        level: Level::Rack,
+        required: true,
+    });
+    let snap = |small: &WorkloadView, gang: &WorkloadView| Snapshot {
+        now: 100,
+        nodes: racked(4),
+        workloads: vec![small.clone(), gang.clone()],
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap(&small, &gang), &PlanConfig::default());
+    let l = launches(&p);
+    assert_eq!(l.len(), 2);
+    let (_, status) = l.iter().find(|(n, _)| *n == "gang").unwrap();
+    let nodes = nodes_of(status);
+    let racks: BTreeSet<&str> = nodes.iter().map(|n| &n[..2]).collect();
+    assert_eq!(racks.len(), 1, "{nodes:?}");
+    let topo = status
+        .placement
+        .as_ref()
+        .unwrap()
+        .topology
+        .as_ref()
+        .unwrap();
+    assert_eq!(topo.level, "rack");
+    assert!(topo.domain.ends_with(racks.first().unwrap()), "{topo:?}");
+    let scheduled = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scheduled")
+        .unwrap();
+    assert!(scheduled
+        .message
+        .contains(&format!("within rack {:?}", topo.domain)));
+
+    // Both racks of a 2-rack block half taken: the required gang waits and
+    // says why; one that only prefers a rack spans the block.
+    let running = |name: &str, on: &str| {
+        let mut w = workload(name, "t", 1, 4, 0, 1);
+        w.status = WorkloadStatus {
+            phase: Some("Running".into()),
+            started_at: Some(rfc3339(0)),
+            placement: Some(Placement {
+                region: Some("east".into()),
+                replicas: vec![ReplicaPlacement {
+                    pod: format!("{name}-0"),
+                    node: on.into(),
+                    devices: (0..4).collect(),
+                    gpu_milli: None,
+                }],
+                topology: None,
+            }),
+            ..WorkloadStatus::default()
+        };
+        w
+    };
+    let mut ws = vec![running("a", "r0-n0"), running("b", "r1-n0"), gang];
+    let snap2 = |ws: &[WorkloadView]| Snapshot {
+        now: 100,
+        nodes: racked(2),
+        workloads: ws.to_vec(),
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap2(&ws), &PlanConfig::default());
+    assert!(launches(&p).is_empty());
+    let msg = pending_messages(&p)["gang"];
+    assert!(msg.contains("no rack of 2 holds the whole gang"), "{msg}");
+    ws[2].topology = Some(TopologyAsk {
+        level: Level::Rack,
+        required: false,
+    });
+    let p = plan(&snap2(&ws), &PlanConfig::default());
+    let l = launches(&p);
+    let (_, status) = l.iter().find(|(n, _)| *n == "gang").unwrap();
+    assert_eq!(nodes_of(status), BTreeSet::from(["r0-n1", "r1-n1"]));
+    let topo = status
+        .placement
+        .as_ref()
+        .unwrap()
+        .topology
+        .as_ref()
+        .unwrap();
+    assert_eq!((topo.level.as_str(), topo.domain.as_str()), ("block", "b0"));
+    let scheduled = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scheduled")
+        .unwrap();
+    assert!(
+        scheduled.message.contains("no rack had room"),
+        "{}",
+        scheduled.message
+    );
 }

@@ -479,6 +479,7 @@ impl WorldBackend {
             gpu_models: spec.gpu_models.clone(),
             accelerator_vendor: spec.vendor.clone(),
             mixed_models: spec.mixed_models,
+            topology: spec.topology,
             user_region: spec.user_region.clone(),
             data_region: None,
             latency_slo_ms: spec.latency_slo_ms.map(f64::from),

@@ -7,7 +7,7 @@
 //! (`zhisuan sim --from-trace TRACE.csv --write-workload OUT.csv`).
 
 use crate::error::InputError;
-use crate::placement::Policy;
+use crate::placement::{Level, Policy, TopologySpec};
 use crate::regions::catalog::{Catalog, Side, MILLI_FEN_PER_CNY};
 use crate::regions::plan::{violations, JobKind, JobSpec, RegionPolicy};
 use crate::sim::world::{Phase, World, WorldConfig};
@@ -90,6 +90,12 @@ pub struct WorkloadRow {
     /// may be left out (one model per gang).
     #[serde(default)]
     pub mixed_models: bool,
+    /// `required:LEVEL` or `preferred:LEVEL` (nvlink, rack, block): the
+    /// network domain the gang must or should fit in; the column may be
+    /// left out (anywhere in the region). Written only when set (the
+    /// generated workloads leave it out).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub topology: String,
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -98,6 +104,38 @@ fn split_list(s: &str) -> Vec<String> {
         .filter(|x| !x.is_empty())
         .map(String::from)
         .collect()
+}
+
+/// The `topology` column: empty, `required:LEVEL` or `preferred:LEVEL`.
+fn topology_column(s: &str) -> Result<Option<TopologySpec>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        format!(
+            "topology {s:?}: write required:LEVEL or preferred:LEVEL (LEVEL: nvlink, rack, block)"
+        )
+    };
+    let (how, level) = s.split_once(':').ok_or_else(bad)?;
+    let level = match level.trim() {
+        "nvlink" => Level::Nvlink,
+        "rack" => Level::Rack,
+        "block" => Level::Block,
+        _ => return Err(bad()),
+    };
+    let spec = match how.trim() {
+        "required" => TopologySpec {
+            required: Some(level),
+            preferred: None,
+        },
+        "preferred" => TopologySpec {
+            required: None,
+            preferred: Some(level),
+        },
+        _ => return Err(bad()),
+    };
+    Ok(Some(spec))
 }
 
 impl WorkloadRow {
@@ -114,6 +152,7 @@ impl WorkloadRow {
             gpu_models: split_list(&self.gpu_models),
             accelerator_vendor: Some(self.accelerator_vendor.clone()).filter(|s| !s.is_empty()),
             mixed_models: self.mixed_models,
+            topology: topology_column(&self.topology)?,
             user_region: Some(self.user_region.clone()).filter(|s| !s.is_empty()),
             data_region: None,
             latency_slo_ms: self.latency_slo_ms,
@@ -334,6 +373,7 @@ pub fn build_workload(trace_csv: &str, file: &str) -> Result<Vec<WorkloadRow>, I
             residency: residency.to_string(),
             accelerator_vendor: String::new(),
             mixed_models: false,
+            topology: String::new(),
         });
     }
     Ok(rows)

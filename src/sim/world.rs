@@ -25,7 +25,7 @@ use crate::jobs::{
 use crate::placement::Policy;
 use crate::regions::catalog::{Catalog, Side};
 use crate::regions::cost::{estimate, hour_of_day, Site, Usage};
-use crate::regions::nodes::{node_specs, REGION_LABEL};
+use crate::regions::nodes::node_specs;
 use crate::regions::plan::{
     Explanation, ExplanationView, Filter, InventoryIndex, JobKind, JobSpec, RegionPolicy,
     ResolvedJob, SpecError, Verdict,
@@ -282,6 +282,7 @@ fn workload_of(id: JobId, spec: &JobSpec, now_s: i64) -> WorkloadView {
             .and_then(|v| crate::jobs::accelerator_vendor(v).ok())
             .map(String::from),
         mixed_models: spec.mixed_models,
+        topology: spec.topology.and_then(|t| t.ask().ok()),
         default_vendor: None,
         priority: spec.priority,
         residency: spec.residency.clone(),
@@ -361,7 +362,7 @@ fn cluster_of(catalog: &Catalog) -> Result<(Vec<NodeView>, RegionCatalog), Input
                 unhealthy: Vec::new(),
                 cpu_milli: spec.cpu_milli,
                 memory_mib: spec.memory_mib,
-                labels: vec![(REGION_LABEL.to_string(), catalog.regions[r].name.clone())],
+                labels: spec.labels,
                 schedulable: true,
             });
         }
