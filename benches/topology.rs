@@ -21,6 +21,7 @@ use zhisuan::placement::topology::{BLOCK_LABEL, RACK_LABEL};
 use zhisuan::placement::{Level, TopologySpec};
 use zhisuan::regions::plan::{JobKind, JobSpec};
 use zhisuan::regions::Catalog;
+use zhisuan::sim::generate::Rng;
 use zhisuan::sim::world::{Phase, World, WorldConfig};
 
 struct Args {
@@ -79,25 +80,6 @@ links: []
     Catalog::from_yaml(&yaml, "topology bench").expect("bench catalog")
 }
 
-/// splitmix64: a seeded stream without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn exp(&mut self, mean: f64) -> f64 {
-        -mean * (1.0 - self.unit()).ln()
-    }
-}
-
 /// The job stream: (arrival s, spec, multi-node gang?).
 fn stream(a: &Args) -> Vec<(i64, JobSpec, bool)> {
     let mut rng = Rng(a.seed);
@@ -110,9 +92,9 @@ fn stream(a: &Args) -> Vec<(i64, JobSpec, bool)> {
             t += rng.exp(1.0 / rate);
             let gang = rng.unit() < 0.5;
             let (replicas, gpus) = if gang {
-                (2 + (rng.next() % 7) as u32, 8)
+                (2 + (rng.draw() % 7) as u32, 8)
             } else {
-                (1, [1, 2, 4][(rng.next() % 3) as usize])
+                (1, [1, 2, 4][(rng.draw() % 3) as usize])
             };
             let spec = JobSpec {
                 replicas,

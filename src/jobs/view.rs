@@ -168,6 +168,10 @@ pub struct WorkloadView {
     pub residency: Vec<String>,
     pub preferred: Vec<String>,
     pub max_runtime_s: Option<i64>,
+    /// The latest start, seconds after creation (TrainingJob
+    /// `maxDelaySeconds`): the green policy may hold it for greener hours
+    /// until then (`regions::shift`).
+    pub max_delay_s: Option<i64>,
     /// Round-trip SLO to the users, ms (InferenceService).
     pub latency_slo_ms: Option<f64>,
     /// Where the users sit (InferenceService).

@@ -123,6 +123,12 @@ pub struct TrainingJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_runtime_seconds: Option<i64>,
+    /// The job may start this many seconds after creation at the latest;
+    /// until then the scheduler may hold it for greener hours of the
+    /// regions' green-power profiles (time shifting), never past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_delay_seconds: Option<i64>,
     /// Pod template for every replica.
     #[schemars(schema_with = "opaque_object")]
     pub template: PodTemplateSpec,

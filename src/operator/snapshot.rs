@@ -328,6 +328,7 @@ pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -
         residency: Vec::new(),
         preferred: Vec::new(),
         max_runtime_s: None,
+        max_delay_s: None,
         latency_slo_ms: None,
         user_region: None,
         token_tier: None,
@@ -348,6 +349,7 @@ pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -
                 rules.level(&s.tenant),
             ));
             fill(&mut view, &s.common(), s.max_runtime_seconds);
+            view.max_delay_s = s.max_delay_seconds.filter(|&d| d > 0);
         }),
         Kind::Inference => parse_spec::<InferenceServiceSpec>(spec_value).map(|s| {
             view.errors = validate::validate_inference(&s, known_models);

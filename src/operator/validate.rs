@@ -98,11 +98,14 @@ pub fn validate_training(
     known_models: &BTreeSet<String>,
 ) -> Vec<FieldError> {
     let mut e = validate_gpu_request(&spec.common(), known_models);
-    if let Some(s) = spec.max_runtime_seconds {
-        if s < 1 {
+    for (field, value) in [
+        ("spec.maxRuntimeSeconds", spec.max_runtime_seconds),
+        ("spec.maxDelaySeconds", spec.max_delay_seconds),
+    ] {
+        if let Some(s) = value.filter(|&s| s < 1) {
             err(
                 &mut e,
-                "spec.maxRuntimeSeconds",
+                field,
                 format!("is {s}; must be 1 or more (or left out)"),
             );
         }
@@ -358,6 +361,12 @@ mod tests {
         let mut j = job();
         j.tenant = " ".into();
         assert_eq!(fields(&validate_training(&j, &models())), ["spec.tenant"]);
+        let mut j = job();
+        j.max_delay_seconds = Some(0);
+        assert_eq!(
+            fields(&validate_training(&j, &models())),
+            ["spec.maxDelaySeconds"]
+        );
         let mut j = job();
         j.topology = Some(crate::placement::TopologySpec::default());
         let e = validate_training(&j, &models());

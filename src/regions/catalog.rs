@@ -135,6 +135,17 @@ pub struct ScoreWeights {
     /// first. 0 turns it off (strict score order). See docs/regions.md.
     #[serde(default = "default_pack_band")]
     pub pack_band: f64,
+    /// Time shifting's share of the `cost` weight (`regions::shift`): at 0
+    /// a job that may start late waits for the greenest hour wherever it
+    /// is; at 1 only when carbon and energy cost together improve.
+    #[serde(default = "default_shift_cost")]
+    pub shift_cost: f64,
+}
+
+/// 0.3: on the shipped catalog, the highest share that still reaches the
+/// issue's carbon goal with 6 h of delay (docs/regions.md "Time shifting").
+fn default_shift_cost() -> f64 {
+    0.3
 }
 
 /// 0.3: measured on the shipped catalog and workload (docs/regions.md).
@@ -149,6 +160,7 @@ impl Default for ScoreWeights {
             cost: 1.0,
             latency: 0.1,
             pack_band: default_pack_band(),
+            shift_cost: default_shift_cost(),
         }
     }
 }
@@ -470,6 +482,7 @@ impl Catalog {
             ("cost", weights.cost),
             ("latency", weights.latency),
             ("pack_band", weights.pack_band),
+            ("shift_cost", weights.shift_cost),
         ] {
             if !(w.is_finite() && w >= 0.0) {
                 return Err(input_err(

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 /// Seconds China Standard Time is ahead of UTC; green profiles are CST hours.
 pub const CST_OFFSET_S: i64 = 8 * 3600;
-const HOUR_S: i64 = 3600;
+pub const HOUR_S: i64 = 3600;
 const DAY_S: i64 = 24 * HOUR_S;
 
 /// The figures of a site that the cost model needs (borrowed from a

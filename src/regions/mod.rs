@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod cost;
 pub mod nodes;
 pub mod plan;
+pub mod shift;
 
 pub use catalog::{Catalog, Region, Side};
 pub use cost::{estimate, CostEstimate, Site, Usage};

@@ -119,6 +119,11 @@ pub struct JobSpec {
     /// Declared upper bound on runtime; used as the expected runtime when scoring.
     #[serde(default)]
     pub max_runtime_s: Option<i64>,
+    /// The job may start this many seconds after submission at the latest:
+    /// under the green policy it waits for greener hours within that
+    /// window (time shifting, `regions::shift`), never past it.
+    #[serde(default)]
+    pub max_delay_s: Option<i64>,
     /// How long the job actually runs once started (simulation input);
     /// `None` = until cancelled or `max_runtime_s`.
     #[serde(default)]
@@ -213,6 +218,7 @@ impl JobSpec {
             wait_for_best: false,
             priority: 0,
             max_runtime_s: None,
+            max_delay_s: None,
             duration_s: None,
         }
     }
@@ -261,6 +267,14 @@ impl JobSpec {
             };
         if let Some(v) = self.accelerator_vendor.as_deref().filter(|v| !v.is_empty()) {
             crate::jobs::accelerator_vendor(v).map_err(|m| field_err("accelerator_vendor", m))?;
+        }
+        if let Some(d) = self.max_delay_s {
+            if d <= 0 {
+                return Err(field_err(
+                    "max_delay_s",
+                    format!("{d} must be a positive number of seconds (or left out)"),
+                ));
+            }
         }
         if let Some(t) = &self.topology {
             t.ask().map_err(|m| field_err("topology", m))?;
@@ -372,12 +386,20 @@ pub enum RegionPolicy {
     Nearest,
     /// Baseline: regions in turn; checks inventory and quota only.
     RoundRobin,
+    /// Baseline: the lowest expected energy cost first, after the same hard
+    /// filters as green (residency, latency SLO, budget).
+    Cheapest,
+    /// Baseline: the lowest expected carbon first, after the same hard
+    /// filters as green.
+    Greenest,
 }
 
 impl RegionPolicy {
-    pub const ALL: [RegionPolicy; 3] = [
+    pub const ALL: [RegionPolicy; 5] = [
         RegionPolicy::Nearest,
         RegionPolicy::RoundRobin,
+        RegionPolicy::Cheapest,
+        RegionPolicy::Greenest,
         RegionPolicy::Green,
     ];
 
@@ -386,14 +408,20 @@ impl RegionPolicy {
             RegionPolicy::Green => "green",
             RegionPolicy::Nearest => "nearest",
             RegionPolicy::RoundRobin => "round-robin",
+            RegionPolicy::Cheapest => "cheapest",
+            RegionPolicy::Greenest => "greenest",
         }
     }
 
-    /// Whether the policy enforces residency, SLO and budget (the baselines
-    /// model naive dispatchers that do not, so the simulation counts their
-    /// violations).
+    /// Whether the policy enforces residency, SLO and budget (nearest and
+    /// round-robin model naive dispatchers that do not, so the simulation
+    /// counts their violations; cheapest and greenest are green's own
+    /// filters with one objective).
     pub fn enforces_constraints(self) -> bool {
-        matches!(self, RegionPolicy::Green)
+        matches!(
+            self,
+            RegionPolicy::Green | RegionPolicy::Cheapest | RegionPolicy::Greenest
+        )
     }
 }
 
@@ -410,8 +438,10 @@ impl FromStr for RegionPolicy {
             "green" | "default" => Ok(RegionPolicy::Green),
             "nearest" => Ok(RegionPolicy::Nearest),
             "round-robin" | "roundrobin" | "rr" => Ok(RegionPolicy::RoundRobin),
+            "cheapest" => Ok(RegionPolicy::Cheapest),
+            "greenest" => Ok(RegionPolicy::Greenest),
             other => Err(format!(
-                "unknown region policy {other:?}; choose nearest, round-robin or green (default)"
+                "unknown region policy {other:?}; choose nearest, round-robin, cheapest, greenest or green (default)"
             )),
         }
     }
@@ -752,6 +782,20 @@ impl RegionChooser {
                     t.score = t.latency_ms.unwrap_or(0.0);
                 }
             }
+            RegionPolicy::Cheapest | RegionPolicy::Greenest => {
+                let cheapest = self.policy == RegionPolicy::Cheapest;
+                for &r in order.iter() {
+                    let t = cands[r as usize]
+                        .terms
+                        .as_mut()
+                        .expect("ranked regions have terms");
+                    t.score = if cheapest {
+                        t.estimate.energy_cost_milli_fen as f64
+                    } else {
+                        t.estimate.carbon_kg
+                    };
+                }
+            }
             RegionPolicy::RoundRobin => {
                 let n = catalog.regions.len();
                 let start = self.rr_cursor % n;
@@ -1014,6 +1058,8 @@ impl Explanation {
                 RegionPolicy::Green => "lowest carbon + energy cost + latency score",
                 RegionPolicy::Nearest => "closest to the job's users",
                 RegionPolicy::RoundRobin => "next in turn",
+                RegionPolicy::Cheapest => "lowest energy cost",
+                RegionPolicy::Greenest => "lowest carbon",
             };
             let lat = t
                 .latency_ms

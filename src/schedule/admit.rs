@@ -14,6 +14,7 @@ use crate::jobs::{
 };
 use crate::placement::{Decision, DomainPlaced, Level, ModelSet, Request};
 use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, RegionPolicy, Verdict};
+use crate::regions::shift::{GreenMemo, Hours, Window};
 
 use super::infeasible::{AskKey, Infeasible, Refusal, ShapeKey};
 use super::lifecycle::{already_pending, pending_status};
@@ -57,6 +58,10 @@ pub(super) struct Admission<'a> {
     chooser: RegionChooser,
     expl: Explanation,
     order: Vec<u16>,
+    /// The expected runtime of the job last ranked (region choice's).
+    runtime_s: i64,
+    /// Mean green shares time shifting looked up this pass.
+    greens: GreenMemo,
     /// One preemptor per pass.
     pub(super) preempted: bool,
     /// Workloads already evicted for a preemptor this pass.
@@ -154,6 +159,8 @@ impl<'a> Pass<'a> {
             chooser: RegionChooser::new(self.config.region_policy),
             expl: Explanation::default(),
             order: Vec::new(),
+            runtime_s: 0,
+            greens: GreenMemo::default(),
             preempted: false,
             reserved_for: BTreeSet::new(),
             infeasible: Infeasible::default(),
@@ -283,10 +290,19 @@ impl<'a> Pass<'a> {
         }
         let one = w.replica_request(set);
         let gangs = self.gangs(w, &models, &one);
-        let Some((allowed, shape)) = self.candidate_regions(w, &models, vendor, &one, &gangs, adm)
+        let Some((mut allowed, mut shape)) =
+            self.candidate_regions(w, &models, vendor, &one, &gangs, adm)
         else {
             return;
         };
+        let win = self.time_window(w, &mut allowed, adm);
+        if let Some(win) = &win {
+            if allowed.is_empty() {
+                self.hold(w, win, None);
+                return;
+            }
+            shape = ShapeKey::new(vendor, &gangs, &allowed).within(w.topology);
+        }
         let placed = match adm.infeasible.refused(&shape) {
             Some(why) => Err(why.to_vec()),
             None => {
@@ -308,9 +324,11 @@ impl<'a> Pass<'a> {
             Some(rc) => format!(" Region choice: {}", adm.expl.summary(&rc.catalog)),
             None => String::new(),
         };
-        match placed {
-            Ok(p) => self.launch(w, p, &why_here),
-            Err(why) => {
+        match (placed, &win) {
+            (Ok(p), _) => self.launch(w, p, &why_here),
+            // Not preempting for a job that may wait.
+            (Err(why), Some(win)) => self.hold(w, win, Some(why)),
+            (Err(why), None) => {
                 let explanation = format!(
                     "the gang of {} fits in no allowed region: {}.{why_here}",
                     w.replicas,
@@ -331,6 +349,65 @@ impl<'a> Pass<'a> {
                 self.preempt(w, explanation, &allowed, &gangs, adm);
             }
         }
+    }
+
+    /// Time shifting: a job that may start late (green policy, region
+    /// catalog, latest start not yet near) takes only the allowed regions
+    /// whose score now is near the best it could reach by waiting
+    /// (`regions::shift`); `None`: it takes any.
+    fn time_window(
+        &self,
+        w: &WorkloadView,
+        allowed: &mut Vec<String>,
+        adm: &mut Admission,
+    ) -> Option<Window> {
+        let (delay, rc) = (w.max_delay_s?, self.snapshot.regions.as_ref()?);
+        if self.config.region_policy != RegionPolicy::Green {
+            return None;
+        }
+        let latest = w.created.saturating_add(delay);
+        let mut hours = Hours {
+            catalog: &rc.catalog,
+            expl: &adm.expl,
+            runtime_s: adm.runtime_s,
+            memo: &mut adm.greens,
+        };
+        let win = hours.window(&adm.order, self.now, latest)?;
+        allowed.retain(|name| {
+            rc.catalog
+                .region_index(name)
+                .is_some_and(|r| win.takes(&mut hours, r, self.now))
+        });
+        Some(win)
+    }
+
+    /// Holds a time-tolerant job (pending, `TimeShifted`) and asks for a
+    /// pass when a region turns green enough or the window closes. `full`:
+    /// why the green-enough regions had no room now.
+    fn hold(&mut self, w: &WorkloadView, win: &Window, full: Option<Vec<String>>) {
+        let Some(rc) = &self.snapshot.regions else {
+            return;
+        };
+        let until = crate::jobs::rfc3339(win.release_s);
+        let message = match full {
+            None => format!(
+                "waiting for greener power: from {} region {:?} is expected to emit {:.1} kg CO2 (the least within the job's window); it takes any region from {until}",
+                crate::jobs::rfc3339(win.next_s),
+                rc.catalog.regions[win.region].name,
+                win.best_kg,
+            ),
+            Some(why) => format!(
+                "waiting for room in the regions green enough now ({}); it takes any region from {until}",
+                why.join("; ")
+            ),
+        };
+        self.pend(w, "TimeShifted", message);
+        let wake = if win.next_s > self.now {
+            win.next_s.min(win.release_s)
+        } else {
+            win.release_s
+        };
+        self.out.wake_at = Some(self.out.wake_at.map_or(wake, |t| t.min(wake)));
     }
 
     /// The GPU models the workload may use: those it names (and of its
@@ -495,6 +572,7 @@ impl<'a> Pass<'a> {
             &mut adm.expl,
             &mut adm.order,
         );
+        adm.runtime_s = job.expected_runtime_s;
         Some(())
     }
 

@@ -70,6 +70,7 @@ pub(super) struct AskKey {
     residency: Vec<String>,
     preferred: Vec<String>,
     max_runtime_s: Option<i64>,
+    max_delay_s: Option<i64>,
     latency_slo_bits: Option<u64>,
     user_region: Option<String>,
 }
@@ -92,6 +93,7 @@ impl AskKey {
             residency: w.residency.clone(),
             preferred: w.preferred.clone(),
             max_runtime_s: w.max_runtime_s,
+            max_delay_s: w.max_delay_s,
             latency_slo_bits: w.latency_slo_ms.map(f64::to_bits),
             user_region: w.user_region.clone(),
         }

@@ -184,6 +184,10 @@ pub struct Plan {
     /// Region choice of each workload it ran for this pass (with
     /// [`PlanConfig::keep_explanations`] and a region catalog).
     pub explanations: Vec<(WorkloadKey, crate::regions::plan::Explanation)>,
+    /// The earliest time a workload held for greener hours wants another
+    /// pass (`None`: none is held). The simulated cluster wakes itself
+    /// then; the controller's resync tick (5 s) picks it up.
+    pub wake_at: Option<i64>,
 }
 
 /// The state one pass shares between its steps.

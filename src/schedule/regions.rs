@@ -52,6 +52,7 @@ pub fn job_spec(w: &WorkloadView, models: &[String]) -> JobSpec {
         wait_for_best: false,
         priority: w.priority,
         max_runtime_s: w.max_runtime_s,
+        max_delay_s: w.max_delay_s,
         duration_s: None,
     }
 }

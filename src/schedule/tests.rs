@@ -48,6 +48,7 @@ pub(crate) fn workload(
         residency: Vec::new(),
         preferred: Vec::new(),
         max_runtime_s: None,
+        max_delay_s: None,
         latency_slo_ms: None,
         user_region: None,
         token_tier: None,
@@ -925,6 +926,11 @@ fn racked(racks: usize) -> Vec<NodeView> {
         .collect()
 }
 
+fn topology_of(s: &WorkloadStatus) -> &crate::jobs::TopologyPlacement {
+    let p = s.placement.as_ref().expect("placed");
+    p.topology.as_ref().expect("a topology-aware placement")
+}
+
 fn nodes_of(s: &WorkloadStatus) -> BTreeSet<&str> {
     let p = s.placement.as_ref().unwrap();
     p.replicas.iter().map(|r| r.node.as_str()).collect()
@@ -955,13 +961,7 @@ fn a_gang_that_asks_for_one_rack_gets_one_and_its_status_says_which() {
     let nodes = nodes_of(status);
     let racks: BTreeSet<&str> = nodes.iter().map(|n| &n[..2]).collect();
     assert_eq!(racks.len(), 1, "{nodes:?}");
-    let topo = status
-        .placement
-        .as_ref()
-        .unwrap()
-        .topology
-        .as_ref()
-        .unwrap();
+    let topo = topology_of(status);
     assert_eq!(topo.level, "rack");
     assert!(topo.domain.ends_with(racks.first().unwrap()), "{topo:?}");
     let scheduled = status
@@ -1014,13 +1014,7 @@ fn a_gang_that_asks_for_one_rack_gets_one_and_its_status_says_which() {
     let l = launches(&p);
     let (_, status) = l.iter().find(|(n, _)| *n == "gang").unwrap();
     assert_eq!(nodes_of(status), BTreeSet::from(["r0-n1", "r1-n1"]));
-    let topo = status
-        .placement
-        .as_ref()
-        .unwrap()
-        .topology
-        .as_ref()
-        .unwrap();
+    let topo = topology_of(status);
     assert_eq!((topo.level.as_str(), topo.domain.as_str()), ("block", "b0"));
     let scheduled = status
         .conditions

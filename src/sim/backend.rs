@@ -488,6 +488,7 @@ impl WorldBackend {
             wait_for_best: false,
             priority: 0,
             max_runtime_s: spec.max_runtime_s.map(|s| s as i64),
+            max_delay_s: None,
             duration_s: None,
         };
         let event = WorldEvent::Submit {

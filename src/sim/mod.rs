@@ -1,6 +1,7 @@
 //! Simulators: trace replay (issue #2) and the multi-region simulation (issue #3).
 
 pub mod backend;
+pub mod generate;
 pub mod jobtable;
 pub mod openb;
 pub mod outcomes;

@@ -288,6 +288,7 @@ fn workload_of(id: JobId, spec: &JobSpec, now_s: i64) -> WorkloadView {
         residency: spec.residency.clone(),
         preferred: Vec::new(),
         max_runtime_s: spec.max_runtime_s,
+        max_delay_s: spec.max_delay_s,
         latency_slo_ms: spec.latency_slo_ms,
         user_region: spec.user_region.clone(),
         token_tier: None,
@@ -400,6 +401,9 @@ pub struct World {
     node_at: HashMap<String, NodeAt>,
     /// Jobs waiting (pending) now.
     waiting: usize,
+    /// When a job held for greener hours wants the next pass (the last
+    /// plan's `wake_at`).
+    wake_s: Option<i64>,
 }
 
 impl World {
@@ -450,6 +454,7 @@ impl World {
             totals,
             node_at,
             waiting: 0,
+            wake_s: None,
         })
     }
 
@@ -567,6 +572,16 @@ impl World {
                 .metering_period_s
                 .map(|p| (self.snap.now.div_euclid(p) + 1) * p)
                 .filter(|&c| c <= t_s && !self.running.is_empty());
+            let wake = self.wake_s.filter(|&w| w <= t_s);
+            if let Some(w) =
+                wake.filter(|&w| dep.is_none_or(|d| w < d) && cut.is_none_or(|c| w < c))
+            {
+                // A job held for greener hours: plan again then.
+                self.snap.now = self.snap.now.max(w);
+                self.wake_s = None;
+                self.schedule();
+                continue;
+            }
             match (dep, cut) {
                 (Some(d), c) if c.is_none_or(|c| d <= c) => {
                     self.snap.now = self.snap.now.max(d);
@@ -600,9 +615,14 @@ impl World {
         self.schedule();
     }
 
-    /// The next time something happens on its own (a departure), if any.
+    /// The next time something happens on its own (a departure, or a job
+    /// held for greener hours wanting a pass), if any.
     pub fn next_event_s(&self) -> Option<i64> {
-        self.departures.peek().map(|Reverse((t, _))| *t)
+        let dep = self.departures.peek().map(|Reverse((t, _))| *t);
+        match (dep, self.wake_s) {
+            (Some(d), Some(w)) => Some(d.min(w)),
+            (d, w) => d.or(w),
+        }
     }
 
     /// A job, while kept (finished jobs are dropped after the world's
@@ -740,9 +760,11 @@ impl World {
     /// nothing waits (a pass could only repeat the running placements).
     fn schedule(&mut self) {
         if self.waiting == 0 {
+            self.wake_s = None;
             return;
         }
         let plan = self.scheduler.plan(&self.snap);
+        self.wake_s = plan.wake_at;
         for (key, expl) in plan.explanations {
             if let Some(j) = id_of(&key).and_then(|id| self.jobs.get_mut(id)) {
                 j.explanation = expl;
@@ -1005,6 +1027,62 @@ links:
             ..Default::default()
         };
         World::new(catalog, config).unwrap()
+    }
+
+    /// The west region's green share: 10% at night, 90% from 10:00 to 14:00
+    /// CST; a world starting at 02:00 CST.
+    fn solar_world() -> World {
+        let profile: Vec<&str> = (0..24)
+            .map(|h| if (10..14).contains(&h) { "0.9" } else { "0.1" })
+            .collect();
+        let yaml = CATALOG.replacen(
+            "    green_share: 0.6\n",
+            &format!(
+                "    green_share: 0.6\n    green_profile: [{}]\n",
+                profile.join(", ")
+            ),
+            1,
+        );
+        let catalog = Catalog::from_yaml(&yaml, "test.yaml").unwrap();
+        let config = WorldConfig {
+            start_s: MIDNIGHT_CST + 2 * 3600,
+            ..Default::default()
+        };
+        World::new(catalog, config).unwrap()
+    }
+
+    /// 2026-01-01 00:00 CST.
+    const MIDNIGHT_CST: i64 = 1_767_196_800;
+
+    #[test]
+    fn a_job_that_may_start_late_waits_for_the_sunny_hours_and_no_longer() {
+        let mut w = solar_world();
+        let job = |name: &str, delay: i64| JobSpec {
+            max_delay_s: Some(delay),
+            max_runtime_s: Some(3600),
+            ..spec(name, 1, 1, 3600)
+        };
+        let patient = w.submit(job("patient", 12 * 3600)).unwrap();
+        // Its window closes at 05:30, before the sun: it starts now.
+        let hurried = w.submit(job("hurried", 4 * 3600)).unwrap();
+        let eager = w.submit(spec("eager", 1, 1, 3600)).unwrap();
+        assert_eq!(w.job(hurried).unwrap().phase, Phase::Running);
+        assert_eq!(w.job(eager).unwrap().phase, Phase::Running);
+        let p = w.job(patient).unwrap();
+        assert_eq!(p.phase, Phase::Pending);
+        assert_eq!(p.reason.as_deref(), Some("TimeShifted"));
+        // The world wakes itself at 10:00 and starts it then, in the west.
+        assert_eq!(w.next_event_s(), Some(MIDNIGHT_CST + 3 * 3600));
+        while w.job(patient).unwrap().phase == Phase::Pending {
+            let t = w.next_event_s().expect("a wake-up is due");
+            w.advance_to(t);
+        }
+        let p = w.job(patient).unwrap();
+        assert_eq!(p.started_s, Some(MIDNIGHT_CST + 10 * 3600));
+        assert_eq!(
+            w.catalog().regions[p.placement.as_ref().unwrap().region].name,
+            "west"
+        );
     }
 
     fn spec(name: &str, replicas: u32, gpus: u32, duration: i64) -> JobSpec {
