@@ -62,6 +62,16 @@ impl fmt::Display for Level {
     }
 }
 
+impl std::str::FromStr for Level {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Level::ALL
+            .into_iter()
+            .find(|l| l.name() == s.trim())
+            .ok_or_else(|| format!("unknown level {s:?}; use nvlink, rack or block"))
+    }
+}
+
 /// What a job asks of the network, as written in its spec:
 /// `topology: {required: rack}` or `topology: {preferred: rack}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -136,52 +146,41 @@ pub struct Domain {
     pub nodes: Vec<u32>,
 }
 
+/// The value of a level's label among a node's labels.
+fn value(labels: &[(String, String)], level: Level) -> Option<&str> {
+    labels
+        .iter()
+        .find(|(k, _)| k == level.label())
+        .map(|(_, v)| v.as_str())
+}
+
+/// A node's path from the block down to `finest` (the values of the
+/// levels it has labels for, joined by `/`), empty when it has none.
+fn path(labels: &[(String, String)], finest: Level) -> String {
+    Level::ALL
+        .iter()
+        .rev()
+        .filter(|&&l| l >= finest)
+        .filter_map(|&l| value(labels, l))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// The domains of `level` among `nodes`, by name. A node without that
 /// level's label belongs to none.
 pub fn domains(engine: &Engine, nodes: &[u32], level: Level) -> Vec<Domain> {
     let cluster = engine.cluster();
-    let mut out: Vec<Domain> = Vec::new();
+    let mut by_name: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
     for &n in nodes {
         let labels = cluster.labels(n);
-        let value = |l: Level| {
-            labels
-                .iter()
-                .find(|(k, _)| k == l.label())
-                .map(|(_, v)| v.as_str())
-        };
-        if value(level).is_none() {
-            continue;
-        }
-        let name = Level::ALL
-            .iter()
-            .rev()
-            .filter(|&&l| l >= level)
-            .filter_map(|&l| value(l))
-            .collect::<Vec<_>>()
-            .join("/");
-        match out.iter_mut().find(|d| d.name == name) {
-            Some(d) => d.nodes.push(n),
-            None => out.push(Domain {
-                name,
-                nodes: vec![n],
-            }),
+        if value(labels, level).is_some() {
+            by_name.entry(path(labels, level)).or_default().push(n);
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
-}
-
-/// A node's full topology path (`block/rack/nvlink`, the levels it has
-/// labels for), empty when it has none.
-fn path(engine: &Engine, node: u32) -> String {
-    let labels = engine.cluster().labels(node);
-    Level::ALL
-        .iter()
-        .rev()
-        .filter_map(|l| labels.iter().find(|(k, _)| k == l.label()))
-        .map(|(_, v)| v.as_str())
-        .collect::<Vec<_>>()
-        .join("/")
+    by_name
+        .into_iter()
+        .map(|(name, nodes)| Domain { name, nodes })
+        .collect()
 }
 
 /// Where a topology-aware gang went.
@@ -250,7 +249,9 @@ impl Engine {
     /// carries a topology label.
     pub fn keep_domains_together(&mut self) {
         let n = self.cluster().len() as u32;
-        let paths: Vec<String> = (0..n).map(|i| path(self, i)).collect();
+        let paths: Vec<String> = (0..n)
+            .map(|i| path(self.cluster().labels(i), Level::Nvlink))
+            .collect();
         if paths.iter().all(String::is_empty) {
             return;
         }

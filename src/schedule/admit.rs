@@ -30,10 +30,9 @@ pub(super) struct Placed {
     domain: Option<DomainPlaced>,
 }
 
-/// The status words for a topology-aware gang's domain: ` within rack
-/// "b1/r2"`, or why it spans more than it preferred.
-fn within(w: &WorkloadView, d: &DomainPlaced) -> String {
-    let asked = w.topology.map_or(Level::Rack, |a| a.level);
+/// The status words for the domain of a gang that asked for `asked`:
+/// ` within rack "b1/r2"`, or why it spans more than it preferred.
+fn within(asked: Level, d: &DomainPlaced) -> String {
     match d.level {
         Some(level) if level == asked => format!(" within {level} {:?}", d.domain),
         Some(level) => format!(
@@ -736,7 +735,10 @@ impl<'a> Pass<'a> {
         s.started_at = None;
         s.observed_generation = Some(w.generation);
         let nodes: BTreeSet<&str> = replicas.iter().map(|r| r.node.as_str()).collect();
-        let within = domain.as_ref().map_or(String::new(), |d| within(w, d));
+        let within = match (&domain, w.topology) {
+            (Some(d), Some(ask)) => within(ask.level, d),
+            _ => String::new(),
+        };
         let message = format!(
             "{} replicas placed in region {region:?}{within} on {} node(s): {}.{why_here}",
             replicas.len(),

@@ -7,7 +7,7 @@
 //! (`zhisuan sim --from-trace TRACE.csv --write-workload OUT.csv`).
 
 use crate::error::InputError;
-use crate::placement::{Level, Policy, TopologySpec};
+use crate::placement::{Level, Policy, TopologyAsk, TopologySpec};
 use crate::regions::catalog::{Catalog, Side, MILLI_FEN_PER_CNY};
 use crate::regions::plan::{violations, JobKind, JobSpec, RegionPolicy};
 use crate::sim::world::{Phase, World, WorldConfig};
@@ -136,24 +136,13 @@ fn topology_column(s: &str) -> Result<Option<TopologySpec>, String> {
         )
     };
     let (how, level) = s.split_once(':').ok_or_else(bad)?;
-    let level = match level.trim() {
-        "nvlink" => Level::Nvlink,
-        "rack" => Level::Rack,
-        "block" => Level::Block,
+    let level: Level = level.parse().map_err(|_| bad())?;
+    let required = match how.trim() {
+        "required" => true,
+        "preferred" => false,
         _ => return Err(bad()),
     };
-    let spec = match how.trim() {
-        "required" => TopologySpec {
-            required: Some(level),
-            preferred: None,
-        },
-        "preferred" => TopologySpec {
-            required: None,
-            preferred: Some(level),
-        },
-        _ => return Err(bad()),
-    };
-    Ok(Some(spec))
+    Ok(Some(TopologyAsk { level, required }.into()))
 }
 
 impl WorkloadRow {
@@ -639,7 +628,7 @@ fn dominating(results: &[SimResult], green: &SimResult) -> Vec<String> {
     results
         .iter()
         .filter(|r| r.policy != green.policy && r.placed >= green.placed)
-        .filter(|r| r.policy.parse::<RegionPolicy>().is_ok())
+        .filter(|r| r.policy != SPACE_ONLY)
         .filter(|r| {
             let k = key(r);
             k.iter().zip(&g).all(|(a, b)| a <= b)
@@ -889,7 +878,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         (None, Some(p)) => Catalog::load(p)?,
         (None, None) => Catalog::default_catalog(),
     };
-    let workload = match (&generated, &args.workload) {
+    let mut workload = match (&generated, &args.workload) {
         (Some(g), _) => {
             let mut text = Vec::new();
             write_workload(&g.rows, &mut text)?;
@@ -907,7 +896,6 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         }
         (None, None) => parse_workload(DEFAULT_WORKLOAD_CSV, DEFAULT_WORKLOAD_PATH, &catalog)?,
     };
-    let mut workload = workload;
     let space_only = match args.max_delay {
         Some(d) if d <= 0 => {
             return Err(InputError::new(format!(

@@ -619,10 +619,7 @@ impl World {
     /// held for greener hours wanting a pass), if any.
     pub fn next_event_s(&self) -> Option<i64> {
         let dep = self.departures.peek().map(|Reverse((t, _))| *t);
-        match (dep, self.wake_s) {
-            (Some(d), Some(w)) => Some(d.min(w)),
-            (d, w) => d.or(w),
-        }
+        dep.into_iter().chain(self.wake_s).min()
     }
 
     /// A job, while kept (finished jobs are dropped after the world's
@@ -1071,7 +1068,8 @@ links:
         let p = w.job(patient).unwrap();
         assert_eq!(p.phase, Phase::Pending);
         assert_eq!(p.reason.as_deref(), Some("TimeShifted"));
-        // The world wakes itself at 10:00 and starts it then, in the west.
+        // The others leave at 03:00; the world then wakes itself at 10:00
+        // and starts it then, in the west.
         assert_eq!(w.next_event_s(), Some(MIDNIGHT_CST + 3 * 3600));
         while w.job(patient).unwrap().phase == Phase::Pending {
             let t = w.next_event_s().expect("a wake-up is due");
