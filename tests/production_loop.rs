@@ -536,7 +536,16 @@ async fn a_compute_voucher_applied_with_kubectl_is_issued_once_redeemed_and_show
     let now = chrono::Utc::now().timestamp();
     let (start, end) = (now - 600, now + 1);
     kubelet(&server, &pod, start, Some(end)).await;
-    // The leader changes while the voucher is being redeemed.
+    // The leader changes while the voucher is being redeemed: once c1 has
+    // metered part of the run, so c2 takes over from c1's cursor (and must
+    // not meter the rest before its first pass has seen the pod).
+    eventually(15, "c1 meters part of the run", || async {
+        ledger
+            .meter_cursor(zhisuan::operator::metering::GPU_METER)
+            .unwrap()
+            .is_some_and(|c| c > start && c < end)
+    })
+    .await;
     c1.task.abort();
     eventually(20, "c2 leads", || async { c2.leadership.is_leader() }).await;
     let (_, gross, voucher_fen) = expected(1000, start, end, 2_500, 10_000);

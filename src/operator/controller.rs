@@ -611,6 +611,7 @@ impl Controller {
         let timer = |step: &str| self.metrics.pass_seconds.with_label_values(&[step]);
         // 1. Observe: the reflectors' objects and the member clusters'.
         let t = std::time::Instant::now();
+        let as_of_s = chrono::Utc::now().timestamp();
         let seen = self.observe(stores).await;
         timer("observe").observe(t.elapsed().as_secs_f64());
         // 2. Snapshot: plain data, unchanged objects' views reused; then
@@ -626,7 +627,7 @@ impl Controller {
             .act
             .overlay_written(&mut step.snap.workloads, seen.workloads());
         // 3. What the token and GPU meters watch.
-        self.publish_observations(&seen, &step);
+        self.publish_observations(&seen, &step, as_of_s);
         timer("snapshot").observe(t.elapsed().as_secs_f64());
         // 4. Plan (pure).
         let t = std::time::Instant::now();
@@ -689,9 +690,10 @@ impl Controller {
         }
     }
 
-    /// Step 3: the token loop's scrape targets and the GPU meter's runs,
-    /// sent only when they changed.
-    fn publish_observations(&self, seen: &Seen, step: &Step) {
+    /// Step 3: the token loop's scrape targets (sent only when they
+    /// changed) and the GPU meter's runs, stamped with when the pass began
+    /// to observe.
+    fn publish_observations(&self, seen: &Seen, step: &Step, as_of_s: i64) {
         let snap = &step.snap;
         if let Some(counting) = &self.tokens {
             let pods: Vec<_> = seen
@@ -716,6 +718,7 @@ impl Controller {
                 .collect();
             let mut observed = metering::observe(&index, &seen.pods, &member_pods);
             observed.energy = step.node_energy.clone();
+            observed.as_of_s = Some(as_of_s);
             publish_if_changed(&m.observed, observed);
         }
     }

@@ -82,6 +82,23 @@ pub struct Observed {
     pub unattributed: Vec<Unattributed>,
     /// The energy each node's agent reports, by node key.
     pub energy: BTreeMap<String, Arc<EnergyReport>>,
+    /// When the pass that saw all this began (Unix seconds); `None` while
+    /// this replica has not observed yet. The meter never meters a window
+    /// that ended less than `grace` before it: a new leader whose first
+    /// pass has not run yet would otherwise meter windows without the pods
+    /// that ran in them, and move its cursor past them for good.
+    pub as_of_s: Option<i64>,
+}
+
+/// The end of the windows the meter may take now: those that ended `grace`
+/// before both the clock and the observation; `None` before any.
+pub fn ready_through(observed: &Observed, now_s: i64, config: &MeterConfig) -> Option<i64> {
+    let seen = observed.as_of_s?;
+    let period_s = config.period.as_secs() as i64;
+    Some(window_floor(
+        now_s.min(seen) - config.grace.as_secs() as i64,
+        period_s,
+    ))
 }
 
 /// The energy report a node's agent published (keyed as the planner keys
@@ -521,7 +538,7 @@ pub async fn meter_tick(
 /// `grace` ago. A failed tick is retried from the same cursor.
 pub async fn run_gpu_meter(
     ledger: Ledger,
-    observed: watch::Receiver<Observed>,
+    mut observed: watch::Receiver<Observed>,
     config: MeterConfig,
     metrics: Option<MeterMetrics>,
     term_over: impl std::future::Future<Output = ()>,
@@ -535,8 +552,16 @@ pub async fn run_gpu_meter(
         .map_err(|e| e.into_anyhow())?;
     loop {
         let now = chrono::Utc::now();
-        let ready = window_floor(now.timestamp() - config.grace.as_secs() as i64, period_s);
         let current = observed.borrow().clone();
+        let Some(ready) = ready_through(&current, now.timestamp(), &config) else {
+            // Nothing observed yet: wait for the first pass.
+            tokio::select! {
+                _ = &mut term_over => return Ok(()),
+                seen = observed.changed() => if seen.is_err() { return Ok(()) },
+            }
+            continue;
+        };
+        let clock_ready = window_floor(now.timestamp() - config.grace.as_secs() as i64, period_s);
         if cursor.is_none() {
             cursor = first_cursor(&current, ready, period_s);
         }
@@ -565,15 +590,20 @@ pub async fn run_gpu_meter(
         // window's end.
         let next_ready = (ready + period_s + config.grace.as_secs() as i64) * 1000;
         let wait_ms = (next_ready - now.timestamp_millis()).max(50) as u64;
+        let caught_up = !cursor.is_some_and(|c| c < target);
         let wait = if failed || (target < ready && cursor.is_some_and(|c| c >= target)) {
             Duration::from_millis(wait_ms.min(1_000))
-        } else if cursor.is_some_and(|c| c < target) {
+        } else if !caught_up {
             Duration::from_millis(0)
         } else {
             Duration::from_millis(wait_ms)
         };
+        // Held back by an observation older than the clock: the next pass
+        // moves it on.
+        let behind_pass = !failed && caught_up && ready < clock_ready;
         tokio::select! {
             _ = &mut term_over => return Ok(()),
+            seen = observed.changed(), if behind_pass => if seen.is_err() { return Ok(()) },
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -638,6 +668,30 @@ mod tests {
         other.period = 300;
         o.energy.insert("east/m1".into(), Arc::new(other));
         assert_eq!(energy_ready(&o, 420, 600, 60), 600);
+    }
+
+    #[test]
+    fn nothing_is_metered_past_what_the_last_pass_saw() {
+        let config = MeterConfig {
+            period: Duration::from_secs(60),
+            grace: Duration::from_secs(10),
+            ..Default::default()
+        };
+        // A replica that just became leader and has not observed yet meters
+        // nothing: with no runs in view it would close windows whose pods
+        // it has not seen, and its cursor would pass them for good.
+        assert_eq!(ready_through(&Observed::default(), 1_000, &config), None);
+        // An observation older than the clock holds the meter to what it
+        // saw (less the kubelet's grace), however late the clock is.
+        let seen = Observed {
+            as_of_s: Some(700),
+            ..Default::default()
+        };
+        assert_eq!(ready_through(&seen, 1_000, &config), Some(660));
+        assert_eq!(ready_through(&seen, 100_000, &config), Some(660));
+        // A fresh one: the clock's windows, as before.
+        assert_eq!(ready_through(&seen, 705, &config), Some(660));
+        assert_eq!(ready_through(&seen, 650, &config), Some(600));
     }
 
     #[test]
