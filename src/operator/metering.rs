@@ -590,7 +590,7 @@ pub async fn run_gpu_meter(
         // window's end.
         let next_ready = (ready + period_s + config.grace.as_secs() as i64) * 1000;
         let wait_ms = (next_ready - now.timestamp_millis()).max(50) as u64;
-        let caught_up = !cursor.is_some_and(|c| c < target);
+        let caught_up = cursor.is_none_or(|c| c >= target);
         let wait = if failed || (target < ready && cursor.is_some_and(|c| c >= target)) {
             Duration::from_millis(wait_ms.min(1_000))
         } else if !caught_up {
