@@ -158,6 +158,18 @@ pub enum LedgerCmd {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Recompute the tamper-evident chain of journal entries and voucher
+    /// redemptions and name the first broken link (exit status 1 if broken).
+    Verify {
+        /// Also check that the chain holds this head (SEQ:HASH, as a statement's `chain_head` gives it).
+        #[arg(long)]
+        head: Option<super::ChainHead>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
     /// Ingest usage and/or token records from JSON Lines files, in batches
     /// (each batch one durable transaction; re-running skips what is stored).
     Ingest {
@@ -208,6 +220,37 @@ pub fn run_ledger(args: LedgerArgs) -> anyhow::Result<()> {
                 .add_rate_card("cli", &card)
                 .map_err(LedgerError::into_anyhow)?;
             println!("{}", serde_json::json!({ "version": card.version }));
+        }
+        LedgerCmd::Verify { head, json, db } => {
+            let report = db
+                .open()?
+                .verify_chain(head.as_ref())
+                .map_err(LedgerError::into_anyhow)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            match &report.broken {
+                None => {
+                    if !json {
+                        let head = report
+                            .head
+                            .as_ref()
+                            .map_or("none".into(), |h| h.to_string());
+                        println!(
+                            "chain intact: {} links ({} journal entries, {} redemptions); head {head}",
+                            report.links, report.journal_entries, report.redemptions
+                        );
+                    }
+                }
+                Some(b) => {
+                    anyhow::bail!(
+                        "ledger chain broken at link {} ({}): {}",
+                        b.seq,
+                        b.row,
+                        b.why
+                    )
+                }
+            }
         }
         LedgerCmd::Ingest {
             usage,

@@ -8,10 +8,12 @@
 //!   (rate cards), [`vouchers`] (redemption), [`tokens`] (counter deltas),
 //!   [`plan`] (a batch's rows and journal entry);
 //! - act: [`Ledger`] stores it in SQLite (default) or PostgreSQL, one schema,
-//!   one transaction per call; [`statement`] reads it back; [`metrics`]
+//!   one transaction per call, each journal entry and redemption a link of
+//!   a hash chain ([`chain`]); [`statement`] reads it back; [`metrics`]
 //!   exports it.
 
 pub mod calls;
+pub mod chain;
 pub mod cli;
 mod cursors;
 pub mod energy;
@@ -41,6 +43,7 @@ pub mod windows;
 mod test_pg;
 
 pub use calls::{CallQuery, CallRecord, STATUS_CLIENT_GONE};
+pub use chain::{ChainBreak, ChainHead, ChainReport};
 pub use energy::{EnergyReport, EnergyWindows, ANNOTATION_POD_ENERGY};
 pub use error::{LedgerError, Result};
 pub use keys::{ApiKeyInfo, KEY_ID_LEN};

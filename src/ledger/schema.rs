@@ -318,7 +318,30 @@ ALTER TABLE tokens_rollup ADD COLUMN micro_fen BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE vouchers ADD COLUMN shared_gross_fen BIGINT NOT NULL DEFAULT 0
 "#,
     ),
+    (
+        8,
+        // The tamper-evident chain (`ledger::chain`): every journal entry
+        // and redemption carries its link; the head is kept beside. The
+        // rows already stored are linked as the migration runs.
+        r#"
+ALTER TABLE journal ADD COLUMN chain_seq BIGINT;
+ALTER TABLE journal ADD COLUMN chain_hash TEXT;
+ALTER TABLE redemptions ADD COLUMN chain_seq BIGINT;
+ALTER TABLE redemptions ADD COLUMN chain_hash TEXT;
+CREATE UNIQUE INDEX journal_chain ON journal (chain_seq);
+CREATE UNIQUE INDEX redemptions_chain ON redemptions (chain_seq);
+CREATE TABLE chain_head (id BIGINT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL)
+"#,
+    ),
 ];
+
+/// Work a migration does beyond its SQL, in the same transaction.
+fn after_migration(version: i64, tx: &mut dyn super::sql::Tx) -> Result<()> {
+    match version {
+        8 => super::chain::link_existing(tx),
+        _ => Ok(()),
+    }
+}
 
 fn dialect(sql: &str, backend: Backend) -> String {
     let serial = match backend {
@@ -369,6 +392,7 @@ fn migrate_up_to(conn: &mut Conn, last: i64) -> Result<()> {
                     tx.exec(stmt, &[])?;
                 }
             }
+            after_migration(version, tx)?;
             tx.exec(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
                 &[Val::I(version), Val::I(chrono::Utc::now().timestamp())],
@@ -586,6 +610,9 @@ mod tests {
         .unwrap();
         drop(conn);
         let l = Ledger::open(url).unwrap(); // migrations 2 and 3
+                                            // Migration 8 linked the entry the old ledger held.
+        let chain = l.verify_chain(None).unwrap();
+        assert_eq!((chain.links, &chain.broken), (1, &None), "{chain:?}");
         l.ensure_rate_card("t").unwrap();
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 0, 0, 0).unwrap();
         let months = ["2026-10", "2026-11"].map(|m| Month::parse(m).unwrap());

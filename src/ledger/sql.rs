@@ -5,8 +5,9 @@
 //! all of them: a reused prepared statement in SQLite, `COPY … BINARY` in
 //! PostgreSQL (one stream per table per batch).
 
+use super::chain::LinkedRedemption;
 use super::error::{LedgerError, Result};
-use super::plan::{Redemption, TokenRow, UsageRow};
+use super::plan::{TokenRow, UsageRow};
 use std::collections::HashSet;
 
 /// A query parameter.
@@ -162,7 +163,7 @@ pub(crate) trait BulkRow {
 pub(crate) enum Rows<'a> {
     Usage(&'a [UsageRow], &'a str),
     Tokens(&'a [TokenRow], &'a str),
-    Redemptions(&'a [Redemption]),
+    Redemptions(&'a [LinkedRedemption<'a>]),
 }
 
 use Ty::{Int, Text};
@@ -265,7 +266,7 @@ impl BulkRow for TokenRow {
     }
 }
 
-impl BulkRow for Redemption {
+impl BulkRow for LinkedRedemption<'_> {
     const TABLE: &'static str = "redemptions";
     const COLUMNS: &'static [(&'static str, Ty)] = &[
         ("record_id", Text),
@@ -274,15 +275,20 @@ impl BulkRow for Redemption {
         ("tenant", Text),
         ("fen", Int),
         ("at_s", Int),
+        ("chain_seq", Int),
+        ("chain_hash", Text),
     ];
     fn col<'a>(&'a self, i: usize, _batch: &'a str) -> Val<'a> {
+        let r = self.row;
         match i {
-            0 => Val::T(&self.record_id),
-            1 => Val::T(self.kind.as_str()),
-            2 => Val::T(&self.voucher_id),
-            3 => Val::T(&self.tenant),
-            4 => Val::I(self.fen),
-            _ => Val::I(self.at_s),
+            0 => Val::T(&r.record_id),
+            1 => Val::T(r.kind.as_str()),
+            2 => Val::T(&r.voucher_id),
+            3 => Val::T(&r.tenant),
+            4 => Val::I(r.fen),
+            5 => Val::I(r.at_s),
+            6 => Val::I(self.link.seq),
+            _ => Val::T(&self.link.hash),
         }
     }
 }

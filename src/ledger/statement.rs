@@ -2,6 +2,7 @@
 //! carbon by region, tokens by tier, gross / voucher-covered / net, voucher
 //! balances. JSON (serde) and CSV.
 
+use super::chain::ChainHead;
 use super::error::Result;
 use super::money::{format_yuan, Fen};
 use super::sql::Val;
@@ -99,6 +100,11 @@ pub struct Statement {
     pub tokens: Vec<TokenLine>,
     pub vouchers: Vec<VoucherLine>,
     pub totals: Totals,
+    /// The ledger's chain head when the statement was made: `zhisuan
+    /// ledger verify --head SEQ:HASH` later shows the entries it was
+    /// computed from are still the ones stored (`ledger::chain`).
+    #[serde(default)]
+    pub chain_head: Option<ChainHead>,
 }
 
 /// Where a statement's sums come from.
@@ -149,6 +155,8 @@ impl Ledger {
         if self.tenant(tenant)?.is_none() {
             return Err(super::error::LedgerError::UnknownTenant(tenant.into()));
         }
+        // First: every entry the statement reads is at or before it.
+        let chain_head = self.chain_head()?;
         let (from, to) = month.range_s();
         let month_key = month.to_string();
         let by_range = [Val::T(tenant), Val::I(from), Val::I(to)];
@@ -210,6 +218,7 @@ impl Ledger {
             tokens: vec![],
             vouchers: vec![],
             totals: Totals::default(),
+            chain_head,
         };
         let mut energy: std::collections::BTreeMap<String, EnergyLine> = Default::default();
         for r in &usage {
@@ -463,6 +472,20 @@ impl Statement {
             "",
             &format_yuan(t.payable_fen),
         ]);
+        if let Some(h) = &self.chain_head {
+            row(&[
+                tn,
+                mo,
+                "chain",
+                "head",
+                &h.hash,
+                &h.seq.to_string(),
+                "link",
+                "",
+                "",
+                "",
+            ]);
+        }
         String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
     }
 }

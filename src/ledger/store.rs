@@ -6,6 +6,7 @@
 //! `tokio::task::spawn_blocking` (the PostgreSQL client is additionally made
 //! safe to call from a runtime thread, at the cost of a thread hop).
 
+use super::chain::{Chain, LinkedRedemption};
 use super::error::{LedgerError, Result};
 use super::metrics::LedgerMetrics;
 use super::money::Fen;
@@ -112,8 +113,25 @@ pub(super) fn audit_tx(
     Ok(())
 }
 
+/// Posts a balanced journal entry as the chain's next link and saves the
+/// chain's head.
 fn post_entry(
     tx: &mut dyn Tx,
+    id: &str,
+    kind: &str,
+    memo: &str,
+    postings: &BTreeMap<String, Fen>,
+) -> Result<()> {
+    let mut chain = Chain::open(tx)?;
+    post_entry_in(tx, &mut chain, id, kind, memo, postings)?;
+    chain.save(tx)
+}
+
+/// Posts a balanced journal entry as `chain`'s next link (the caller saves
+/// the head).
+fn post_entry_in(
+    tx: &mut dyn Tx,
+    chain: &mut Chain,
     id: &str,
     kind: &str,
     memo: &str,
@@ -125,9 +143,18 @@ fn post_entry(
             "refusing unbalanced journal entry {id}"
         )));
     }
+    let at_s = now_s();
+    let link = chain.entry(id, at_s, kind, memo, postings);
     tx.exec(
-        "INSERT INTO journal (id, at_s, kind, memo) VALUES ($1, $2, $3, $4)",
-        &[Val::T(id), Val::I(now_s()), Val::T(kind), Val::T(memo)],
+        "INSERT INTO journal (id, at_s, kind, memo, chain_seq, chain_hash) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            Val::T(id),
+            Val::I(at_s),
+            Val::T(kind),
+            Val::T(memo),
+            Val::I(link.seq),
+            Val::T(&link.hash),
+        ],
     )?;
     for (account, amount) in postings {
         tx.exec(
@@ -1211,7 +1238,16 @@ pub(super) fn ingest_in(tx: &mut dyn Tx, b: Batch) -> Result<BatchPlan> {
     }
     tx.insert(Rows::Usage(&plan.usage, &plan.entry_id))?;
     tx.insert(Rows::Tokens(&plan.tokens, &plan.entry_id))?;
-    tx.insert(Rows::Redemptions(&plan.redemptions))?;
+    let mut chain = Chain::open(tx)?;
+    let linked: Vec<LinkedRedemption> = plan
+        .redemptions
+        .iter()
+        .map(|row| LinkedRedemption {
+            row,
+            link: chain.redemption(row),
+        })
+        .collect();
+    tx.insert(Rows::Redemptions(&linked))?;
     add_rollups(tx, &plan)?;
     for (voucher, fen) in book.shared() {
         tx.exec(
@@ -1237,6 +1273,14 @@ pub(super) fn ingest_in(tx: &mut dyn Tx, b: Batch) -> Result<BatchPlan> {
         plan.usage.len(),
         plan.tokens.len()
     );
-    post_entry(tx, &plan.entry_id, "charges", &memo, &plan.postings)?;
+    post_entry_in(
+        tx,
+        &mut chain,
+        &plan.entry_id,
+        "charges",
+        &memo,
+        &plan.postings,
+    )?;
+    chain.save(tx)?;
     Ok(plan)
 }
