@@ -1474,93 +1474,107 @@ fn tampering_is_named(url: &str, exec: &mut dyn FnMut(&str)) {
     .unwrap();
     let report = l.verify_chain(None).unwrap();
     assert_eq!(report.broken, None, "{report:?}");
-    // voucher issue + 2 charges entries + 6 redemptions + adjustment.
+    // Links: the voucher's issue, two charges entries (each sealing its
+    // batch's 3 redemptions), the adjustment.
     assert_eq!(
         (report.journal_entries, report.redemptions, report.links),
-        (4, 6, 10),
+        (4, 6, 4),
         "{report:?}"
     );
     let head = report.head.clone().unwrap();
-    assert_eq!(head.seq, 10);
+    assert_eq!(head.seq, 4);
     let stmt = l
         .statement("acme", Month::parse("2026-11").unwrap())
         .unwrap();
     assert_eq!(stmt.chain_head.as_ref(), Some(&head));
     assert!(stmt
         .to_csv()
-        .contains(&format!("chain,head,{},10,link", head.hash)));
+        .contains(&format!("chain,head,{},4,link", head.hash)));
     let (code, out) = verify_cli(url, Some(&head.to_string()));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("chain intact: 10 links"), "{out}");
+    assert!(out.contains("chain intact: 4 links"), "{out}");
 
-    // Which link each row holds.
-    let link_of = |l: &Ledger, what: &str| -> i64 {
-        let r = l.verify_chain(None).unwrap();
-        r.broken
-            .unwrap_or_else(|| panic!("{what}: not detected"))
-            .seq
-    };
-    let tamper = |sql: &str, undo: &str, row: &str, exec: &mut dyn FnMut(&str)| {
+    // Each tampering, through a raw connection: verify names the row and
+    // the link (exit 1), and passes again once it is undone.
+    let tamper = |sql: &str, undo: &str, row: &str, exec: &mut dyn FnMut(&str)| -> i64 {
         exec(sql);
         let (code, out) = verify_cli(url, None);
         assert_eq!(code, 1, "{sql}: {out}");
         assert!(out.contains(row), "{sql}: wanted {row:?} named in {out}");
-        let seq = link_of(&l, sql);
+        let seq = l
+            .verify_chain(None)
+            .unwrap()
+            .broken
+            .unwrap_or_else(|| panic!("{sql}: not detected"))
+            .seq;
         exec(undo);
         assert_eq!(l.verify_chain(None).unwrap().broken, None, "undo of {sql}");
         seq
     };
-    // A redemption's amount: named at its link.
-    let seq = tamper(
-        "UPDATE redemptions SET fen = fen + 1 WHERE chain_seq = 4",
-        "UPDATE redemptions SET fen = fen - 1 WHERE chain_seq = 4",
-        "redemption of voucher gov",
-        exec,
-    );
-    assert_eq!(seq, 4);
-    // A posting of the second charges entry (link 9: after its redemptions).
-    let seq = tamper(
-        "UPDATE postings SET amount_fen = amount_fen + 1 WHERE entry_id = (SELECT id FROM journal WHERE chain_seq = 9) AND amount_fen > 0",
-        "UPDATE postings SET amount_fen = amount_fen - 1 WHERE entry_id = (SELECT id FROM journal WHERE chain_seq = 9) AND amount_fen > 0",
-        "journal entry batch-",
-        exec,
-    );
-    assert_eq!(seq, 9);
-    // A memo rewritten.
-    let seq = tamper(
-        "UPDATE journal SET memo = 'nothing to see' WHERE chain_seq = 10",
-        "UPDATE journal SET memo = 'goodwill' WHERE chain_seq = 10",
-        "journal entry adjust-credit-1",
-        exec,
-    );
-    assert_eq!(seq, 10);
-    // A link taken out (as a deleted row leaves it).
-    let seq = tamper(
-        "UPDATE redemptions SET chain_seq = chain_seq + 1000 WHERE chain_seq = 6",
-        "UPDATE redemptions SET chain_seq = chain_seq - 1000 WHERE chain_seq = 1006",
-        "link is missing",
-        exec,
-    );
-    assert_eq!(seq, 6);
-    // A forged entry, written past the chain.
-    let seq = tamper(
-        "INSERT INTO journal (id, at_s, kind, memo) VALUES ('forged', 0, 'adjustment', 'x')",
-        "DELETE FROM journal WHERE id = 'forged'",
-        "journal entry forged",
-        exec,
-    );
-    assert_eq!(seq, 0);
+    let cases = [
+        // A redemption's amount: its batch's entry no longer recomputes.
+        (
+            "UPDATE redemptions SET fen = fen + 1 WHERE chain_seq = 2 AND chain_pos = 1",
+            "UPDATE redemptions SET fen = fen - 1 WHERE chain_seq = 2 AND chain_pos = 1",
+            "journal entry batch-",
+            2,
+        ),
+        // A redemption taken out of its entry's seal (as deleting it would).
+        (
+            "UPDATE redemptions SET chain_pos = 100 WHERE chain_seq = 3 AND chain_pos = 0",
+            "UPDATE redemptions SET chain_pos = 0 WHERE chain_seq = 3 AND chain_pos = 100",
+            "not at positions 0, 1",
+            3,
+        ),
+        // A posting of the second charges entry.
+        (
+            "UPDATE postings SET amount_fen = amount_fen + 1 WHERE entry_id = (SELECT id FROM journal WHERE chain_seq = 3) AND amount_fen > 0",
+            "UPDATE postings SET amount_fen = amount_fen - 1 WHERE entry_id = (SELECT id FROM journal WHERE chain_seq = 3) AND amount_fen > 0",
+            "journal entry batch-",
+            3,
+        ),
+        // A memo rewritten.
+        (
+            "UPDATE journal SET memo = 'nothing to see' WHERE chain_seq = 4",
+            "UPDATE journal SET memo = 'goodwill' WHERE chain_seq = 4",
+            "journal entry adjust-credit-1",
+            4,
+        ),
+        // An entry renumbered out of the chain (as deleting it would).
+        (
+            "UPDATE journal SET chain_seq = 1002 WHERE chain_seq = 2",
+            "UPDATE journal SET chain_seq = 2 WHERE chain_seq = 1002",
+            "link is missing",
+            2,
+        ),
+        // A forged entry and a forged redemption, written past the chain.
+        (
+            "INSERT INTO journal (id, at_s, kind, memo) VALUES ('forged', 0, 'adjustment', 'x')",
+            "DELETE FROM journal WHERE id = 'forged'",
+            "journal entry forged",
+            0,
+        ),
+        (
+            "INSERT INTO redemptions (record_id, kind, voucher_id, tenant, fen, at_s) VALUES ('forged', 'gpu', 'gov', 'acme', 5, 0)",
+            "DELETE FROM redemptions WHERE record_id = 'forged'",
+            "redemption of voucher gov for gpu record forged",
+            0,
+        ),
+    ];
+    for (sql, undo, row, seq) in cases {
+        assert_eq!(tamper(sql, undo, row, exec), seq, "{sql}");
+    }
     // The tail cut and the head moved back to the link before: the chain
     // alone is consistent again, but no longer holds the head the
     // statement printed.
     exec("DELETE FROM postings WHERE entry_id = 'adjust-credit-1'");
     exec("DELETE FROM journal WHERE id = 'adjust-credit-1'");
-    exec("UPDATE chain_head SET seq = 9, hash = (SELECT chain_hash FROM journal WHERE chain_seq = 9)");
+    exec("UPDATE chain_head SET seq = 3, hash = (SELECT chain_hash FROM journal WHERE chain_seq = 3)");
     assert_eq!(l.verify_chain(None).unwrap().broken, None);
     let (code, out) = verify_cli(url, Some(&head.to_string()));
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("link 10") && out.contains("does not hold this head"),
+        out.contains("link 4") && out.contains("does not hold this head"),
         "{out}"
     );
 }

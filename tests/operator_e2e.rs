@@ -1222,6 +1222,12 @@ async fn invalid_specs_get_a_condition_naming_the_field_and_never_stall() {
     root["spec"]["template"]["spec"]["volumes"] =
         json!([{"name": "host", "hostPath": {"path": "/"}}]);
     create_raw(&server, &tj_ar(), Some("ml"), root).await;
+    // A pod that would run as another service account (with its API
+    // rights): refused until its tenant's TenantQuota lists the account.
+    quota(&server, "svc", None, json!({})).await;
+    let mut sa = job_json("sa", "svc", 1, 1);
+    sa["spec"]["template"]["spec"]["serviceAccountName"] = json!("trainer");
+    create_raw(&server, &tj_ar(), Some("ml"), sa).await;
 
     eventually(15, "good runs despite the bad ones", || async {
         phase(&server, "good").await == "Running"
@@ -1237,6 +1243,7 @@ async fn invalid_specs_get_a_condition_naming_the_field_and_never_stall() {
             "spec.template.spec.containers[0].securityContext.privileged",
         ),
         ("root", "spec.template.spec.volumes[0].hostPath"),
+        ("sa", "spec.template.spec.serviceAccountName"),
     ] {
         eventually(15, name, || async {
             let s = status_of(&server, name).await;
@@ -1288,6 +1295,15 @@ async fn invalid_specs_get_a_condition_naming_the_field_and_never_stall() {
         .unwrap();
     eventually(15, "trusted tenant's job runs", || async {
         phase(&server, "root").await == "Running"
+    })
+    .await;
+    let allow = json!({"spec": {"serviceAccounts": ["trainer"]}});
+    dynamic_api(&server, &tq_ar(), None)
+        .patch("svc", &PatchParams::default(), &Patch::Merge(&allow))
+        .await
+        .unwrap();
+    eventually(15, "the job with a listed service account runs", || async {
+        phase(&server, "sa").await == "Running"
     })
     .await;
     assert!(!c.task.is_finished(), "the controller stopped");

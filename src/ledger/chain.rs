@@ -1,16 +1,23 @@
 //! The tamper-evident chain (for regulators reconciling subsidies): every
-//! journal entry (with its postings) and every voucher redemption carries a
-//! link — `chain_seq`, one sequence over both tables, and `chain_hash` =
-//! SHA-256(previous hash ‖ seq ‖ the row's canonical bytes). The head (last
-//! seq and hash) is kept in `chain_head`, written in the same transaction as
-//! the rows. Editing, deleting or inserting a row, or cutting the tail,
-//! breaks the chain at a named link ([`Ledger::verify_chain`], `zhisuan
-//! ledger verify`); a statement carries the head it was computed at, so a
-//! chain recomputed wholesale after the fact no longer holds a head a
-//! tenant or regulator kept.
+//! journal entry carries a link — `chain_seq` and `chain_hash` =
+//! SHA-256(previous hash ‖ seq ‖ the entry's canonical bytes) — and the
+//! canonical bytes of an entry include its postings and the SHA-256 of
+//! every voucher redemption it seals (those of its batch, in their stored
+//! position). Each redemption carries the link that seals it (`chain_seq`)
+//! and its position there (`chain_pos`). The head (last seq and hash) is
+//! kept in `chain_head`, written in the same transaction as the rows.
+//! Editing, deleting or inserting an entry, a posting or a redemption, or
+//! cutting the tail, breaks the chain at a named link
+//! ([`Ledger::verify_chain`], `zhisuan ledger verify`); a statement carries
+//! the head it was computed at, so a chain recomputed wholesale after the
+//! fact no longer holds a head a tenant or regulator kept.
 //!
-//! Usage and token records are not linked one by one: their money reaches
-//! the chain through the charges entry of their batch (postings per account).
+//! Sealing redemptions by batch rather than linking each one keeps the cost
+//! on the ingestion path to one hash per redemption and two integer columns
+//! (no index, no stored per-row hash): a link per row cost 17% of SQLite
+//! ingestion throughput (`cargo bench --bench ledger`, docs/ledger.md).
+//! Usage and token records are not sealed one by one: their money reaches
+//! the chain through the postings of their batch's charges entry.
 
 use std::collections::BTreeMap;
 
@@ -77,14 +84,15 @@ impl Canon {
     }
 }
 
-/// A journal entry's canonical bytes: its fields, then its postings in
-/// account order.
+/// A journal entry's canonical bytes: its fields, its postings in account
+/// order, then the hashes of the redemptions it seals in their positions.
 fn entry_bytes(
     id: &str,
     at_s: i64,
     kind: &str,
     memo: &str,
     postings: &BTreeMap<String, Fen>,
+    sealed: &[[u8; 32]],
 ) -> Vec<u8> {
     let mut c = Canon::default()
         .text("journal")
@@ -96,19 +104,24 @@ fn entry_bytes(
     for (account, amount) in postings {
         c = c.text(account).int(*amount);
     }
+    c = c.int(sealed.len() as i64);
+    for h in sealed {
+        c.0.extend_from_slice(h);
+    }
     c.0
 }
 
-fn redemption_bytes(r: &Redemption) -> Vec<u8> {
-    Canon::default()
+/// A redemption's hash, as its entry seals it.
+pub(super) fn redemption_hash(r: &Redemption) -> [u8; 32] {
+    let c = Canon::default()
         .text("redemption")
         .text(&r.record_id)
         .text(r.kind.as_str())
         .text(&r.voucher_id)
         .text(&r.tenant)
         .int(r.fen)
-        .int(r.at_s)
-        .0
+        .int(r.at_s);
+    Sha256::digest(&c.0).into()
 }
 
 fn link_hash(prev: &[u8; 32], seq: i64, row: &[u8]) -> [u8; 32] {
@@ -126,22 +139,23 @@ fn unhex(hash: &str) -> Option<[u8; 32]> {
 }
 
 /// Appends links within one write transaction: [`Chain::open`] reads the
-/// head, each row takes the next link, [`Chain::save`] writes the head.
+/// head, each entry takes the next link, [`Chain::save`] writes the head.
 pub(super) struct Chain {
     seq: i64,
     hash: [u8; 32],
 }
 
-/// One row's link.
+/// One entry's link.
 pub(crate) struct Link {
     pub seq: i64,
     pub hash: String,
 }
 
-/// A redemption with its link, as it is stored.
-pub(crate) struct LinkedRedemption<'a> {
+/// A redemption as it is stored: sealed by link `seq` at position `pos`.
+pub(crate) struct SealedRedemption<'a> {
     pub row: &'a Redemption,
-    pub link: Link,
+    pub seq: i64,
+    pub pos: i64,
 }
 
 impl Chain {
@@ -162,15 +176,13 @@ impl Chain {
         })
     }
 
-    fn next(&mut self, row: &[u8]) -> Link {
-        self.seq += 1;
-        self.hash = link_hash(&self.hash, self.seq, row);
-        Link {
-            seq: self.seq,
-            hash: hex::encode(self.hash),
-        }
+    /// The link the next entry will take (redemptions it seals name it).
+    pub fn next_seq(&self) -> i64 {
+        self.seq + 1
     }
 
+    /// The next entry's link; `sealed`: the hashes of the redemptions it
+    /// seals, by position.
     pub fn entry(
         &mut self,
         id: &str,
@@ -178,12 +190,15 @@ impl Chain {
         kind: &str,
         memo: &str,
         postings: &BTreeMap<String, Fen>,
+        sealed: &[[u8; 32]],
     ) -> Link {
-        self.next(&entry_bytes(id, at_s, kind, memo, postings))
-    }
-
-    pub fn redemption(&mut self, r: &Redemption) -> Link {
-        self.next(&redemption_bytes(r))
+        self.seq += 1;
+        let bytes = entry_bytes(id, at_s, kind, memo, postings, sealed);
+        self.hash = link_hash(&self.hash, self.seq, &bytes);
+        Link {
+            seq: self.seq,
+            hash: hex::encode(self.hash),
+        }
     }
 
     pub fn save(&self, tx: &mut dyn Tx) -> Result<()> {
@@ -208,8 +223,9 @@ pub(super) fn read_head(tx: &mut dyn Tx) -> Result<Option<ChainHead>> {
     }))
 }
 
-/// Links the rows a ledger held before the chain existed (migration 8):
-/// journal entries, then redemptions, each in key order.
+/// Links what a ledger held before the chain existed (migration 8): its
+/// journal entries in time order, then one `chain.genesis` entry (no
+/// postings) sealing the redemptions already stored, in key order.
 pub(super) fn link_existing(tx: &mut dyn Tx) -> Result<()> {
     let mut chain = Chain::open(tx)?;
     let entries = tx.rows(
@@ -219,25 +235,32 @@ pub(super) fn link_existing(tx: &mut dyn Tx) -> Result<()> {
     for e in entries {
         let id = e[0].t();
         let postings = postings_of(tx, &id)?;
-        let link = chain.entry(&id, e[1].i(), &e[2].t(), &e[3].t(), &postings);
+        let link = chain.entry(&id, e[1].i(), &e[2].t(), &e[3].t(), &postings, &[]);
         tx.exec(
             "UPDATE journal SET chain_seq = $1, chain_hash = $2 WHERE id = $3",
             &[Val::I(link.seq), Val::T(&link.hash), Val::T(&id)],
         )?;
     }
     let redemptions = tx.rows(
-        &format!("SELECT {REDEMPTION_COLUMNS} FROM redemptions ORDER BY at_s, record_id, kind, voucher_id"),
+        &format!(
+            "SELECT {REDEMPTION_COLUMNS} FROM redemptions ORDER BY at_s, record_id, kind, voucher_id"
+        ),
         &[],
     )?;
-    for row in redemptions {
-        let r = redemption_of(&row)?;
-        let link = chain.redemption(&r);
+    if redemptions.is_empty() {
+        return chain.save(tx);
+    }
+    let seq = chain.next_seq();
+    let mut sealed = Vec::with_capacity(redemptions.len());
+    for (pos, row) in redemptions.iter().enumerate() {
+        let r = redemption_of(row)?;
+        sealed.push(redemption_hash(&r));
         tx.exec(
-            "UPDATE redemptions SET chain_seq = $1, chain_hash = $2 \
+            "UPDATE redemptions SET chain_seq = $1, chain_pos = $2 \
              WHERE at_s = $3 AND record_id = $4 AND kind = $5 AND voucher_id = $6",
             &[
-                Val::I(link.seq),
-                Val::T(&link.hash),
+                Val::I(seq),
+                Val::I(pos as i64),
                 Val::I(r.at_s),
                 Val::T(&r.record_id),
                 Val::T(r.kind.as_str()),
@@ -245,8 +268,25 @@ pub(super) fn link_existing(tx: &mut dyn Tx) -> Result<()> {
             ],
         )?;
     }
+    let (id, at_s) = ("chain-genesis", super::store::now_s());
+    let memo = format!("{} redemptions stored before the chain", sealed.len());
+    let link = chain.entry(id, at_s, GENESIS_KIND, &memo, &BTreeMap::new(), &sealed);
+    tx.exec(
+        "INSERT INTO journal (id, at_s, kind, memo, chain_seq, chain_hash) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            Val::T(id),
+            Val::I(at_s),
+            Val::T(GENESIS_KIND),
+            Val::T(&memo),
+            Val::I(link.seq),
+            Val::T(&link.hash),
+        ],
+    )?;
     chain.save(tx)
 }
+
+/// The kind of the entry that seals the redemptions of an older ledger.
+const GENESIS_KIND: &str = "chain.genesis";
 
 fn postings_of(tx: &mut dyn Tx, entry: &str) -> Result<BTreeMap<String, Fen>> {
     Ok(tx
@@ -278,9 +318,9 @@ fn redemption_of(r: &[Cell]) -> Result<Redemption> {
 /// Where the chain first fails.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainBreak {
-    /// The link (sequence number) at which it fails.
+    /// The link (sequence number) at which it fails; 0: a row outside it.
     pub seq: i64,
-    /// The row, in words (e.g. `journal entry charges-…`).
+    /// The row, in words (e.g. `journal entry batch-…`).
     pub row: String,
     pub why: String,
 }
@@ -288,6 +328,7 @@ pub struct ChainBreak {
 /// What [`Ledger::verify_chain`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainReport {
+    /// Links (journal entries) recomputed.
     pub links: i64,
     pub journal_entries: i64,
     pub redemptions: i64,
@@ -297,15 +338,8 @@ pub struct ChainReport {
     pub broken: Option<ChainBreak>,
 }
 
-/// Links read per round trip while verifying.
+/// Rows read per round trip while verifying.
 const PAGE: i64 = 5_000;
-
-/// A stored row with its link, as verification reads it.
-struct Stored {
-    row: String,
-    bytes: Vec<u8>,
-    hash: String,
-}
 
 impl Ledger {
     /// The chain's head now (`None` while nothing is linked).
@@ -314,116 +348,106 @@ impl Ledger {
     }
 
     /// Recomputes the chain from the first link to the stored head and
-    /// names the first link that fails: a row edited (its hash does not
-    /// recompute), deleted (a sequence number missing), inserted (a row
-    /// without a link, or a link twice), or the tail cut (the head names a
-    /// link that is not there). With `expect`, also checks that the chain
-    /// holds that head (one a statement printed).
+    /// names the first link that fails: an entry, posting or sealed
+    /// redemption edited (its link does not recompute), an entry deleted or
+    /// renumbered (a link missing), a row inserted behind the ledger's back
+    /// (no link, or a redemption its entry does not seal), or the tail cut
+    /// (the head names a link that is not there). With `expect`, also checks
+    /// that the chain holds that head (one a statement printed).
     pub fn verify_chain(&self, expect: Option<&ChainHead>) -> Result<ChainReport> {
         self.read(|tx| verify_in(tx, expect))
     }
 }
 
-fn verify_in(tx: &mut dyn Tx, expect: Option<&ChainHead>) -> Result<ChainReport> {
+fn broken(seq: i64, row: String, why: impl Into<String>) -> Option<ChainBreak> {
+    Some(ChainBreak {
+        seq,
+        row,
+        why: why.into(),
+    })
+}
+
+pub(super) fn verify_in(tx: &mut dyn Tx, expect: Option<&ChainHead>) -> Result<ChainReport> {
+    verify_paged(tx, expect, PAGE)
+}
+
+fn verify_paged(tx: &mut dyn Tx, expect: Option<&ChainHead>, page_len: i64) -> Result<ChainReport> {
     let head = read_head(tx)?;
     let count = |tx: &mut dyn Tx, sql: &str| -> Result<i64> {
         Ok(tx.rows(sql, &[])?.first().map_or(0, |r| r[0].i()))
     };
-    let journal_entries = count(tx, "SELECT COUNT(*) FROM journal")?;
-    let redemptions = count(tx, "SELECT COUNT(*) FROM redemptions")?;
     let mut report = ChainReport {
         links: 0,
-        journal_entries,
-        redemptions,
+        journal_entries: count(tx, "SELECT COUNT(*) FROM journal")?,
+        redemptions: count(tx, "SELECT COUNT(*) FROM redemptions")?,
         head: head.clone(),
         broken: None,
     };
-    let broken = |seq: i64, row: String, why: String| Some(ChainBreak { seq, row, why });
-    // Rows outside the chain: inserted behind its back.
-    if let Some(r) = tx
-        .rows(
-            "SELECT id FROM journal WHERE chain_seq IS NULL ORDER BY id LIMIT 1",
-            &[],
-        )?
-        .first()
-    {
-        report.broken = broken(
-            0,
-            format!("journal entry {}", r[0].t()),
-            "it has no link".into(),
-        );
+    report.broken = outside_the_chain(tx)?;
+    if report.broken.is_some() {
         return Ok(report);
     }
-    if let Some(r) = tx
-        .rows(
-            &format!(
-                "SELECT {REDEMPTION_COLUMNS} FROM redemptions WHERE chain_seq IS NULL LIMIT 1"
-            ),
-            &[],
-        )?
-        .first()
-    {
-        let r = redemption_of(r)?;
-        report.broken = broken(0, describe_redemption(&r), "it has no link".into());
-        return Ok(report);
-    }
-    if let Some(r) = tx
-        .rows(
-            "SELECT entry_id FROM postings WHERE entry_id NOT IN (SELECT id FROM journal) LIMIT 1",
-            &[],
-        )?
-        .first()
-    {
-        report.broken = broken(
-            0,
-            format!("postings of {}", r[0].t()),
-            "their journal entry does not exist".into(),
-        );
-        return Ok(report);
-    }
+    let mut sealed = sealed_redemptions(tx, page_len)?;
     let last = head.as_ref().map_or(0, |h| h.seq);
-    let max_stored = count(
-        tx,
-        "SELECT MAX(s) FROM (SELECT MAX(chain_seq) AS s FROM journal UNION ALL SELECT MAX(chain_seq) AS s FROM redemptions) m",
-    )?;
+    let max_stored = count(tx, "SELECT MAX(chain_seq) FROM journal")?;
     let mut prev = GENESIS;
     let mut from = 0;
     while from < last.max(max_stored) {
-        let to = from + PAGE;
-        let page = read_page(tx, from, to)?;
+        let to = from + page_len;
+        let mut page = read_entries(tx, from, to)?;
         for seq in from + 1..=to.min(last.max(max_stored)) {
-            let Some(rows) = page.get(&seq) else {
+            let Some(mut rows) = page.remove(&seq) else {
                 report.broken = broken(
                     seq,
                     "(none)".into(),
-                    "the link is missing: its row was deleted or its sequence number changed"
-                        .into(),
+                    "the link is missing: its journal entry was deleted or renumbered",
                 );
                 return Ok(report);
             };
-            let s = &rows[0];
             if rows.len() > 1 {
+                let (a, b) = (rows.swap_remove(1), &rows[0]);
                 report.broken = broken(
                     seq,
-                    rows[1].row.clone(),
-                    format!("two rows hold link {seq} ({} too)", s.row),
+                    a.id,
+                    format!("two entries hold link {seq} ({} too)", b.id),
                 );
                 return Ok(report);
             }
+            let e = rows.swap_remove(0);
+            let row = format!("journal entry {}", e.id);
             if seq > last {
                 report.broken = broken(
                     seq,
-                    s.row.clone(),
+                    row,
                     format!("the link is past the stored head ({last}): the head was moved back"),
                 );
                 return Ok(report);
             }
-            let hash = link_hash(&prev, seq, &s.bytes);
-            if hex::encode(hash) != s.hash {
+            let mut seals = sealed.remove(&seq).unwrap_or_default();
+            seals.sort_unstable_by_key(|(pos, _)| *pos);
+            if seals
+                .iter()
+                .enumerate()
+                .any(|(i, (pos, _))| *pos != i as i64)
+            {
                 report.broken = broken(
                     seq,
-                    s.row.clone(),
-                    "its contents do not hash to its stored link: the row (or a posting of it) was changed, or a link before it was rewritten".into(),
+                    row,
+                    "the redemptions it seals are not at positions 0, 1, …: one was deleted or added",
+                );
+                return Ok(report);
+            }
+            let hashes: Vec<[u8; 32]> = seals.into_iter().map(|(_, h)| h).collect();
+            let bytes = entry_bytes(&e.id, e.at_s, &e.kind, &e.memo, &e.postings, &hashes);
+            let hash = link_hash(&prev, seq, &bytes);
+            if hex::encode(hash) != e.hash {
+                report.broken = broken(
+                    seq,
+                    row,
+                    format!(
+                        "it does not hash to its stored link: the entry, a posting of it or one of the {} redemptions it seals was changed (or a link before it rewritten)",
+                        hashes.len()
+                    ),
                 );
                 return Ok(report);
             }
@@ -432,30 +456,82 @@ fn verify_in(tx: &mut dyn Tx, expect: Option<&ChainHead>) -> Result<ChainReport>
         }
         from = to;
     }
+    if let Some((seq, rows)) = sealed.into_iter().next() {
+        report.broken = broken(
+            seq,
+            format!("{} redemptions", rows.len()),
+            format!("they name link {seq} to seal them, which no journal entry holds"),
+        );
+        return Ok(report);
+    }
     if let Some(h) = &head {
         if hex::encode(prev) != h.hash {
             report.broken = broken(
                 h.seq,
                 "chain head".into(),
-                "the stored head's hash is not the last link's".into(),
+                "the stored head's hash is not the last link's",
             );
             return Ok(report);
         }
     }
     if let Some(want) = expect {
         let held = tx.rows(
-            "SELECT chain_hash FROM journal WHERE chain_seq = $1 UNION ALL SELECT chain_hash FROM redemptions WHERE chain_seq = $1",
+            "SELECT chain_hash FROM journal WHERE chain_seq = $1",
             &[Val::I(want.seq)],
         )?;
         if !held.iter().any(|r| r[0].t() == want.hash) {
             report.broken = broken(
                 want.seq,
                 format!("expected head {want}"),
-                "the chain does not hold this head: entries up to it were rewritten (or it comes from another ledger)".into(),
+                "the chain does not hold this head: entries up to it were rewritten (or it comes from another ledger)",
             );
         }
     }
     Ok(report)
+}
+
+/// A row the chain does not cover: an entry or redemption without a link,
+/// postings without their entry.
+fn outside_the_chain(tx: &mut dyn Tx) -> Result<Option<ChainBreak>> {
+    if let Some(r) = tx
+        .rows(
+            "SELECT id FROM journal WHERE chain_seq IS NULL ORDER BY id LIMIT 1",
+            &[],
+        )?
+        .first()
+    {
+        return Ok(broken(
+            0,
+            format!("journal entry {}", r[0].t()),
+            "it has no link",
+        ));
+    }
+    if let Some(r) = tx
+        .rows(
+            &format!(
+                "SELECT {REDEMPTION_COLUMNS} FROM redemptions WHERE chain_seq IS NULL OR chain_pos IS NULL LIMIT 1"
+            ),
+            &[],
+        )?
+        .first()
+    {
+        let r = redemption_of(r)?;
+        return Ok(broken(0, describe_redemption(&r), "no entry seals it"));
+    }
+    if let Some(r) = tx
+        .rows(
+            "SELECT entry_id FROM postings WHERE entry_id NOT IN (SELECT id FROM journal) LIMIT 1",
+            &[],
+        )?
+        .first()
+    {
+        return Ok(broken(
+            0,
+            format!("postings of {}", r[0].t()),
+            "their journal entry does not exist",
+        ));
+    }
+    Ok(None)
 }
 
 fn describe_redemption(r: &Redemption) -> String {
@@ -468,46 +544,75 @@ fn describe_redemption(r: &Redemption) -> String {
     )
 }
 
-/// The rows holding links `(from, to]`, by link (more than one: a forgery).
-fn read_page(tx: &mut dyn Tx, from: i64, to: i64) -> Result<BTreeMap<i64, Vec<Stored>>> {
-    let mut out: BTreeMap<i64, Vec<Stored>> = BTreeMap::new();
-    let range = [Val::I(from), Val::I(to)];
-    let entries = tx.rows(
+/// Redemptions' hashes by the link that seals them, each with its position.
+type Seals = BTreeMap<i64, Vec<(i64, [u8; 32])>>;
+
+/// Every redemption's hash by the link that seals it, with its position;
+/// read in key order a page at a time (no index but the primary key).
+fn sealed_redemptions(tx: &mut dyn Tx, page_len: i64) -> Result<Seals> {
+    let mut out = Seals::new();
+    let cols = format!("chain_seq, chain_pos, {REDEMPTION_COLUMNS}");
+    let order = "ORDER BY at_s, record_id, kind, voucher_id";
+    let mut rows = tx.rows(
+        &format!("SELECT {cols} FROM redemptions {order} LIMIT {page_len}"),
+        &[],
+    )?;
+    while !rows.is_empty() {
+        for row in &rows {
+            let r = redemption_of(&row[2..])?;
+            out.entry(row[0].i())
+                .or_default()
+                .push((row[1].i(), redemption_hash(&r)));
+        }
+        let Some(last) = rows.last() else { break };
+        let (record, kind, voucher, at_s) = (last[2].t(), last[3].t(), last[4].t(), last[7].i());
+        rows = tx.rows(
+            &format!(
+                "SELECT {cols} FROM redemptions WHERE (at_s, record_id, kind, voucher_id) > ($1, $2, $3, $4) {order} LIMIT {page_len}"
+            ),
+            &[Val::I(at_s), Val::T(&record), Val::T(&kind), Val::T(&voucher)],
+        )?;
+    }
+    Ok(out)
+}
+
+/// A journal entry as verification reads it.
+struct StoredEntry {
+    id: String,
+    at_s: i64,
+    kind: String,
+    memo: String,
+    postings: BTreeMap<String, Fen>,
+    hash: String,
+}
+
+/// The entries holding links `(from, to]`, by link (more than one: a forgery).
+fn read_entries(tx: &mut dyn Tx, from: i64, to: i64) -> Result<BTreeMap<i64, Vec<StoredEntry>>> {
+    let mut out: BTreeMap<i64, Vec<StoredEntry>> = BTreeMap::new();
+    let rows = tx.rows(
         "SELECT j.chain_seq, j.chain_hash, j.id, j.at_s, j.kind, j.memo, p.account, p.amount_fen \
          FROM journal j LEFT JOIN postings p ON p.entry_id = j.id \
          WHERE j.chain_seq > $1 AND j.chain_seq <= $2 ORDER BY j.chain_seq, j.id, p.account",
-        &range,
+        &[Val::I(from), Val::I(to)],
     )?;
     let mut i = 0;
-    while i < entries.len() {
-        let e = &entries[i];
-        let seq = e[0].i();
-        let id = e[2].t();
+    while i < rows.len() {
+        let e = &rows[i];
+        let (seq, id) = (e[0].i(), e[2].t());
         let mut postings = BTreeMap::new();
-        while i < entries.len() && entries[i][0].i() == seq && entries[i][2].t() == id {
-            if let Cell::T(account) = &entries[i][6] {
-                postings.insert(account.clone(), entries[i][7].i());
+        while i < rows.len() && rows[i][0].i() == seq && rows[i][2].t() == id {
+            if let Cell::T(account) = &rows[i][6] {
+                postings.insert(account.clone(), rows[i][7].i());
             }
             i += 1;
         }
-        out.entry(seq).or_default().push(Stored {
-            bytes: entry_bytes(&id, e[3].i(), &e[4].t(), &e[5].t(), &postings),
-            row: format!("journal entry {id}"),
+        out.entry(seq).or_default().push(StoredEntry {
+            at_s: e[3].i(),
+            kind: e[4].t(),
+            memo: e[5].t(),
             hash: e[1].t(),
-        });
-    }
-    for row in tx.rows(
-        &format!(
-            "SELECT chain_seq, chain_hash, {REDEMPTION_COLUMNS} FROM redemptions \
-             WHERE chain_seq > $1 AND chain_seq <= $2 ORDER BY chain_seq"
-        ),
-        &range,
-    )? {
-        let r = redemption_of(&row[2..])?;
-        out.entry(row[0].i()).or_default().push(Stored {
-            bytes: redemption_bytes(&r),
-            row: describe_redemption(&r),
-            hash: row[1].t(),
+            postings,
+            id,
         });
     }
     Ok(out)
@@ -530,17 +635,78 @@ mod tests {
         }
     }
 
+    /// Pages of two: every entry and redemption is read across the page
+    /// boundaries, and a change past the first page is still found.
+    #[test]
+    fn verification_reads_every_page() {
+        use crate::ledger::{UsageRecord, VoucherSpec};
+        use chrono::{TimeZone, Utc};
+        let l = Ledger::open(":memory:").unwrap();
+        l.ensure_rate_card("t").unwrap();
+        l.create_tenant("t", "acme", None).unwrap();
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
+        l.issue_voucher(
+            "t",
+            &VoucherSpec {
+                id: Some("v".into()),
+                tenant: "acme".into(),
+                issuer: "gov".into(),
+                face_value_fen: 1_000_000,
+                copay_ratio_bp: 5000,
+                valid_from: t0 - chrono::Duration::days(1),
+                valid_until: t0 + chrono::Duration::days(30),
+                regions: vec![],
+                kinds: vec![],
+                tiers: vec![],
+                models: vec![],
+            },
+        )
+        .unwrap();
+        for b in 0..3 {
+            let batch: Vec<UsageRecord> = (0..3)
+                .map(|k| UsageRecord {
+                    source: format!("p{b}-{k}"),
+                    tenant: "acme".into(),
+                    job: "ns/j".into(),
+                    region: "gansu".into(),
+                    node: "n1".into(),
+                    model: "H100".into(),
+                    gpu_milli: 1000,
+                    start: t0 + chrono::Duration::hours(b),
+                    end: t0 + chrono::Duration::hours(b + 1),
+                    it_energy_j: 0,
+                    pue: 1.2,
+                    green_share: 0.5,
+                    grid_kg_per_kwh: 0.5,
+                })
+                .collect();
+            l.ingest(&batch, &[]).unwrap();
+        }
+        let r = l.read(|tx| verify_paged(tx, None, 2)).unwrap();
+        assert_eq!((r.links, r.redemptions, &r.broken), (4, 9, &None), "{r:?}");
+        // The last batch's last redemption: past the first pages.
+        l.write(|tx| {
+            tx.exec(
+                "UPDATE redemptions SET fen = fen + 1 WHERE chain_seq = 4 AND chain_pos = 2",
+                &[],
+            )
+        })
+        .unwrap();
+        let r = l.read(|tx| verify_paged(tx, None, 2)).unwrap();
+        assert_eq!(r.broken.map(|b| b.seq), Some(4));
+    }
+
     #[test]
     fn encodings_do_not_collide_across_field_boundaries() {
         let none = BTreeMap::new();
         assert_ne!(
-            entry_bytes("a", 1, "bc", "", &none),
-            entry_bytes("ab", 1, "c", "", &none)
+            entry_bytes("a", 1, "bc", "", &none, &[]),
+            entry_bytes("ab", 1, "c", "", &none, &[])
         );
         let one = BTreeMap::from([("x".to_string(), 5)]);
         assert_ne!(
-            entry_bytes("a", 1, "k", "m", &one),
-            entry_bytes("a", 1, "k", "m", &none)
+            entry_bytes("a", 1, "k", "m", &one, &[]),
+            entry_bytes("a", 1, "k", "m", &none, &[])
         );
     }
 }

@@ -321,15 +321,15 @@ ALTER TABLE vouchers ADD COLUMN shared_gross_fen BIGINT NOT NULL DEFAULT 0
     (
         8,
         // The tamper-evident chain (`ledger::chain`): every journal entry
-        // and redemption carries its link; the head is kept beside. The
-        // rows already stored are linked as the migration runs.
+        // carries its link, every redemption the link that seals it and its
+        // position there; the head is kept beside. The rows already stored
+        // are linked as the migration runs.
         r#"
 ALTER TABLE journal ADD COLUMN chain_seq BIGINT;
 ALTER TABLE journal ADD COLUMN chain_hash TEXT;
 ALTER TABLE redemptions ADD COLUMN chain_seq BIGINT;
-ALTER TABLE redemptions ADD COLUMN chain_hash TEXT;
+ALTER TABLE redemptions ADD COLUMN chain_pos BIGINT;
 CREATE UNIQUE INDEX journal_chain ON journal (chain_seq);
-CREATE UNIQUE INDEX redemptions_chain ON redemptions (chain_seq);
 CREATE TABLE chain_head (id BIGINT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL)
 "#,
     ),
@@ -499,6 +499,24 @@ mod tests {
             ]]
         );
         assert_eq!(usage, vec![vec![Cell::I(3)]]);
+        // Migration 8 sealed the redemption it held under one genesis entry.
+        let chain = conn
+            .with_tx(false, |tx| super::super::chain::verify_in(tx, None))
+            .unwrap();
+        assert_eq!(
+            (chain.links, chain.redemptions, &chain.broken),
+            (1, 1, &None),
+            "{chain:?}"
+        );
+        conn.with_tx(true, |tx| tx.exec("UPDATE redemptions SET fen = 11", &[]))
+            .unwrap();
+        let chain = conn
+            .with_tx(false, |tx| super::super::chain::verify_in(tx, None))
+            .unwrap();
+        assert_eq!(
+            chain.broken.map(|b| (b.seq, b.row)),
+            Some((1, "journal entry chain-genesis".into()))
+        );
         // The new key still refuses a second copy of a record.
         let dup = conn.with_tx(true, |tx| {
             tx.exec("INSERT INTO usage SELECT * FROM usage WHERE id = 'a'", &[])

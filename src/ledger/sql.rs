@@ -5,7 +5,7 @@
 //! all of them: a reused prepared statement in SQLite, `COPY … BINARY` in
 //! PostgreSQL (one stream per table per batch).
 
-use super::chain::LinkedRedemption;
+use super::chain::SealedRedemption;
 use super::error::{LedgerError, Result};
 use super::plan::{TokenRow, UsageRow};
 use std::collections::HashSet;
@@ -163,7 +163,7 @@ pub(crate) trait BulkRow {
 pub(crate) enum Rows<'a> {
     Usage(&'a [UsageRow], &'a str),
     Tokens(&'a [TokenRow], &'a str),
-    Redemptions(&'a [LinkedRedemption<'a>]),
+    Redemptions(&'a [SealedRedemption<'a>]),
 }
 
 use Ty::{Int, Text};
@@ -266,7 +266,7 @@ impl BulkRow for TokenRow {
     }
 }
 
-impl BulkRow for LinkedRedemption<'_> {
+impl BulkRow for SealedRedemption<'_> {
     const TABLE: &'static str = "redemptions";
     const COLUMNS: &'static [(&'static str, Ty)] = &[
         ("record_id", Text),
@@ -276,7 +276,7 @@ impl BulkRow for LinkedRedemption<'_> {
         ("fen", Int),
         ("at_s", Int),
         ("chain_seq", Int),
-        ("chain_hash", Text),
+        ("chain_pos", Int),
     ];
     fn col<'a>(&'a self, i: usize, _batch: &'a str) -> Val<'a> {
         let r = self.row;
@@ -287,8 +287,8 @@ impl BulkRow for LinkedRedemption<'_> {
             3 => Val::T(&r.tenant),
             4 => Val::I(r.fen),
             5 => Val::I(r.at_s),
-            6 => Val::I(self.link.seq),
-            _ => Val::T(&self.link.hash),
+            6 => Val::I(self.seq),
+            _ => Val::I(self.pos),
         }
     }
 }

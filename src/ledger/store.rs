@@ -6,7 +6,7 @@
 //! `tokio::task::spawn_blocking` (the PostgreSQL client is additionally made
 //! safe to call from a runtime thread, at the cost of a thread hop).
 
-use super::chain::{Chain, LinkedRedemption};
+use super::chain::{redemption_hash, Chain, SealedRedemption};
 use super::error::{LedgerError, Result};
 use super::metrics::LedgerMetrics;
 use super::money::Fen;
@@ -123,12 +123,12 @@ fn post_entry(
     postings: &BTreeMap<String, Fen>,
 ) -> Result<()> {
     let mut chain = Chain::open(tx)?;
-    post_entry_in(tx, &mut chain, id, kind, memo, postings)?;
+    post_entry_in(tx, &mut chain, id, kind, memo, postings, &[])?;
     chain.save(tx)
 }
 
-/// Posts a balanced journal entry as `chain`'s next link (the caller saves
-/// the head).
+/// Posts a balanced journal entry as `chain`'s next link, sealing the
+/// redemptions whose hashes are `sealed` (the caller saves the head).
 fn post_entry_in(
     tx: &mut dyn Tx,
     chain: &mut Chain,
@@ -136,6 +136,7 @@ fn post_entry_in(
     kind: &str,
     memo: &str,
     postings: &BTreeMap<String, Fen>,
+    sealed: &[[u8; 32]],
 ) -> Result<()> {
     debug_assert_eq!(postings.values().sum::<Fen>(), 0, "unbalanced entry {id}");
     if postings.values().sum::<Fen>() != 0 {
@@ -144,7 +145,7 @@ fn post_entry_in(
         )));
     }
     let at_s = now_s();
-    let link = chain.entry(id, at_s, kind, memo, postings);
+    let link = chain.entry(id, at_s, kind, memo, postings, sealed);
     tx.exec(
         "INSERT INTO journal (id, at_s, kind, memo, chain_seq, chain_hash) VALUES ($1, $2, $3, $4, $5, $6)",
         &[
@@ -1238,16 +1239,21 @@ pub(super) fn ingest_in(tx: &mut dyn Tx, b: Batch) -> Result<BatchPlan> {
     }
     tx.insert(Rows::Usage(&plan.usage, &plan.entry_id))?;
     tx.insert(Rows::Tokens(&plan.tokens, &plan.entry_id))?;
+    // The batch's redemptions are sealed by its charges entry, the next link.
     let mut chain = Chain::open(tx)?;
-    let linked: Vec<LinkedRedemption> = plan
+    let seq = chain.next_seq();
+    let sealed: Vec<SealedRedemption> = plan
         .redemptions
         .iter()
-        .map(|row| LinkedRedemption {
+        .enumerate()
+        .map(|(pos, row)| SealedRedemption {
             row,
-            link: chain.redemption(row),
+            seq,
+            pos: pos as i64,
         })
         .collect();
-    tx.insert(Rows::Redemptions(&linked))?;
+    tx.insert(Rows::Redemptions(&sealed))?;
+    let seals: Vec<[u8; 32]> = plan.redemptions.iter().map(redemption_hash).collect();
     add_rollups(tx, &plan)?;
     for (voucher, fen) in book.shared() {
         tx.exec(
@@ -1280,6 +1286,7 @@ pub(super) fn ingest_in(tx: &mut dyn Tx, b: Batch) -> Result<BatchPlan> {
         "charges",
         &memo,
         &plan.postings,
+        &seals,
     )?;
     chain.save(tx)?;
     Ok(plan)

@@ -433,6 +433,11 @@ pub struct TenantQuotaSpec {
     /// privileged, baseline or restricted (absent: the parent's, else baseline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_security: Option<super::podsecurity::PodSecurityLevel>,
+    /// Service accounts (in the workload's namespace) its workloads' pod
+    /// templates may name besides `default` (absent: the parent's, else
+    /// none). Privileged tenants may name any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_accounts: Option<Vec<String>>,
 }
 
 fn yes() -> bool {

@@ -97,8 +97,16 @@ const SELINUX_TYPES: [&str; 4] = [
     "container_engine_t",
 ];
 
-/// The violations of `level` in a workload's `spec.template`.
-pub fn check_template(template: &PodTemplateSpec, level: PodSecurityLevel) -> Vec<FieldError> {
+/// The violations of `level` in a workload's `spec.template`; below the
+/// privileged level the pods run as the namespace's `default` service
+/// account or one of `service_accounts` (the tenant's TenantQuota
+/// `spec.serviceAccounts`): naming another would hand the tenant's code
+/// that account's API rights (in the API's shared namespace, the API's own).
+pub fn check_template(
+    template: &PodTemplateSpec,
+    level: PodSecurityLevel,
+    service_accounts: &[String],
+) -> Vec<FieldError> {
     let mut c = Checker {
         level,
         errors: Vec::new(),
@@ -108,6 +116,7 @@ pub fn check_template(template: &PodTemplateSpec, level: PodSecurityLevel) -> Ve
     }
     if let Some(spec) = &template.spec {
         c.pod(spec);
+        c.service_account(spec, service_accounts);
     }
     c.errors
 }
@@ -136,6 +145,27 @@ impl Checker {
                 self.level.as_str()
             ),
         });
+    }
+
+    fn service_account(&mut self, spec: &PodSpec, allowed: &[String]) {
+        #[allow(deprecated)]
+        let named = [
+            ("serviceAccountName", spec.service_account_name.as_deref()),
+            ("serviceAccount", spec.service_account.as_deref()),
+        ];
+        for (field, name) in named {
+            let Some(name) = name.filter(|n| !n.is_empty() && *n != "default") else {
+                continue;
+            };
+            if !allowed.iter().any(|a| a == name) {
+                self.errors.push(FieldError {
+                    field: format!("{SPEC}.{field}"),
+                    message: format!(
+                        "service account {name:?}: not one the tenant may use (pods run as the namespace's default account; list it in the tenant's TenantQuota spec.serviceAccounts to allow it)"
+                    ),
+                });
+            }
+        }
     }
 
     fn restricted(&self) -> bool {
@@ -374,10 +404,43 @@ mod tests {
     }
 
     fn fields(t: &PodTemplateSpec, level: PodSecurityLevel) -> Vec<String> {
-        check_template(t, level)
+        check_template(t, level, &[])
             .into_iter()
             .map(|e| e.field)
             .collect()
+    }
+
+    #[test]
+    fn only_the_default_or_a_listed_service_account_runs_the_pods() {
+        let as_sa = |name: &str| {
+            template(json!({"serviceAccountName": name,
+                "containers": [{"name": "m", "image": "i"}]}))
+        };
+        let allowed = vec!["trainer".to_string()];
+        for level in [PodSecurityLevel::Baseline, PodSecurityLevel::Restricted] {
+            let e = check_template(&as_sa("zhisuan-api"), level, &allowed);
+            let e = e
+                .iter()
+                .find(|e| e.field.ends_with("serviceAccountName"))
+                .expect("refused");
+            assert_eq!(e.field, "spec.template.spec.serviceAccountName");
+            assert!(
+                e.message.contains("\"zhisuan-api\"") && e.message.contains("spec.serviceAccounts")
+            );
+            for ok in ["default", "trainer"] {
+                assert!(!check_template(&as_sa(ok), level, &allowed)
+                    .iter()
+                    .any(|e| e.field.contains("serviceAccount")));
+            }
+        }
+        // The deprecated spelling is checked too; privileged tenants are trusted.
+        let old = template(json!({"serviceAccount": "zhisuan-api",
+            "containers": [{"name": "m", "image": "i"}]}));
+        assert_eq!(
+            fields(&old, PodSecurityLevel::Baseline),
+            ["spec.template.spec.serviceAccount"]
+        );
+        assert!(fields(&as_sa("zhisuan-api"), PodSecurityLevel::Privileged).is_empty());
     }
 
     #[test]
@@ -431,7 +494,7 @@ mod tests {
             assert!(got.iter().any(|f| f == want), "missing {want}: {got:?}");
         }
         assert_eq!(got.len(), 9, "CHOWN is a default capability: {got:?}");
-        let e = &check_template(&t, PodSecurityLevel::Baseline)[0];
+        let e = &check_template(&t, PodSecurityLevel::Baseline, &[])[0];
         assert!(
             e.message.contains("baseline") && e.message.contains("spec.podSecurity"),
             "{}",

@@ -246,11 +246,20 @@ pub struct ValidationRules {
     pub known_models: BTreeSet<String>,
     /// Each tenant's Pod Security level (absent: baseline).
     pub pod_security: BTreeMap<String, PodSecurityLevel>,
+    /// The service accounts each tenant's pod templates may name besides
+    /// `default` (TenantQuota `spec.serviceAccounts`, inherited).
+    pub service_accounts: BTreeMap<String, Vec<String>>,
 }
 
 impl ValidationRules {
     pub fn level(&self, tenant: &str) -> PodSecurityLevel {
         self.pod_security.get(tenant).copied().unwrap_or_default()
+    }
+
+    pub fn service_accounts(&self, tenant: &str) -> &[String] {
+        self.service_accounts
+            .get(tenant)
+            .map_or(&[], |v| v.as_slice())
     }
 }
 
@@ -294,6 +303,16 @@ pub fn pod_security_levels(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, Po
             .and_then(|l| serde_json::from_value(l.clone()).ok())
     });
     podsecurity::tenant_levels(&entries)
+}
+
+/// The service accounts each tenant's templates may name, from the
+/// TenantQuota objects (`spec.serviceAccounts`; inherited down the tree).
+pub fn service_accounts(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, Vec<String>> {
+    let entries = tenant_settings(quotas, |spec| {
+        spec.get("serviceAccounts")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+    });
+    super::tenancy::inherited(&entries)
 }
 
 pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -> WorkloadView {
@@ -347,6 +366,7 @@ pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -
             view.errors.extend(podsecurity::check_template(
                 &s.template,
                 rules.level(&s.tenant),
+                rules.service_accounts(&s.tenant),
             ));
             fill(&mut view, &s.common(), s.max_runtime_seconds);
             view.max_delay_s = s.max_delay_seconds.filter(|&d| d > 0);
@@ -356,6 +376,7 @@ pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -
             view.errors.extend(podsecurity::check_template(
                 &s.template,
                 rules.level(&s.tenant),
+                rules.service_accounts(&s.tenant),
             ));
             fill(&mut view, &s.common(), None);
             view.latency_slo_ms = s.latency_slo_ms.map(f64::from);

@@ -257,13 +257,14 @@ impl ViewCache {
     }
 
     /// The workloads' views, validated against the snapshot's models and
-    /// the tenants' Pod Security levels (a change of either, or of the
+    /// the tenants' Pod Security levels and service accounts (a change of any, or of the
     /// member-cluster regions their placements are keyed for, converts
     /// every workload again).
     fn workload_views(&mut self, seen: &Seen, snap: &Snapshot) -> Vec<WorkloadView> {
         let rules = snapshot::ValidationRules {
             known_models: snap.known_models(),
             pod_security: snapshot::pod_security_levels(&seen.quotas),
+            service_accounts: snapshot::service_accounts(&seen.quotas),
         };
         let member_regions: Vec<String> = seen
             .region_views

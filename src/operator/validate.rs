@@ -199,6 +199,22 @@ pub fn validate_quota(spec: &TenantQuotaSpec) -> Vec<FieldError> {
             err(&mut e, "spec.defaultAcceleratorVendor", m);
         }
     }
+    for (i, name) in spec.service_accounts.iter().flatten().enumerate() {
+        let dns = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !dns {
+            err(
+                &mut e,
+                &format!("spec.serviceAccounts[{i}]"),
+                format!("{name:?} is not a service account name (lowercase letters, digits, '-' and '.', starting and ending alphanumeric)"),
+            );
+        }
+    }
     // The limits follow the one quota type's rules (as `PUT .../quota`).
     if let Err(crate::ledger::LedgerError::Invalid { field, message }) =
         super::snapshot::quota_limits(spec).validate()
@@ -411,6 +427,16 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(fields(&validate_inference(&s, &models())), ["spec.gateway"]);
+    }
+
+    #[test]
+    fn a_service_account_that_is_no_name_is_named() {
+        let q = TenantQuotaSpec {
+            tenant: "city".into(),
+            service_accounts: Some(vec!["trainer".into(), "Bad Name".into()]),
+            ..Default::default()
+        };
+        assert_eq!(fields(&validate_quota(&q)), ["spec.serviceAccounts[1]"]);
     }
 
     #[test]
