@@ -127,6 +127,18 @@ fn the_tenant_console_works_in_a_real_browser() {
             &[],
         )
         .unwrap();
+    // Workloads waiting two hours and one hour ago, as the leading
+    // controller samples them: the operator page's "pending over time".
+    for (ago, counts) in [
+        (2 * 3600, vec![("QuotaExceeded", 3), ("Unschedulable", 1)]),
+        (3600, vec![("QuotaExceeded", 1)]),
+    ] {
+        let by: std::collections::BTreeMap<String, u64> = counts
+            .into_iter()
+            .map(|(r, n)| (r.to_string(), n))
+            .collect();
+        ledger.record_pending(now - ago, &by).unwrap();
+    }
     let keys = call(
         &client,
         reqwest::Method::GET,
@@ -154,6 +166,13 @@ fn the_tenant_console_works_in_a_real_browser() {
     // A tenant's key may not list everyone's waiting jobs.
     let refused = client
         .get(format!("{base}/v1/pending"))
+        .bearer_auth(&slow)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+    // Nor everyone's waiting over time.
+    let refused = client
+        .get(format!("{base}/v1/series/pending"))
         .bearer_auth(&slow)
         .send()
         .unwrap();

@@ -786,5 +786,29 @@ async fn concurrent_submissions_never_exceed_the_quota() {
     })
     .await;
     assert_eq!((bound("acme"), bound("beta")), (4, 4));
+    // The leader sampled them into the ledger: the operator page's
+    // "pending over time" shows this hour's peak, by reason.
+    let ledger = Ledger::open(&db).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    eventually(
+        10,
+        "this hour's pending peak is 46, on the quota",
+        || async {
+            let s = ledger
+                .pending_series(
+                    now - 3600,
+                    now + 3600,
+                    zhisuan::ledger::series::Bucket::Hour,
+                )
+                .unwrap();
+            let peak =
+                |p: &[zhisuan::ledger::pending::PendingPoint]| p.iter().map(|p| p.jobs).max();
+            peak(&s.total) == Some(46)
+                && s.reasons
+                    .iter()
+                    .any(|(r, p)| r == "QuotaExceeded" && peak(p) == Some(46))
+        },
+    )
+    .await;
     c.task.abort();
 }

@@ -361,6 +361,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/usage", get(h::own_usage))
         .route("/v1/usage/series", get(series::own_series))
         .route("/v1/series", get(series::grouped_series))
+        .route("/v1/series/pending", get(series::pending_series))
         .route("/v1/pending", get(pending::pending))
         .route("/v1/statements/{month}", get(h::statement))
         .route("/v1/regions", get(h::regions))

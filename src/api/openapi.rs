@@ -78,7 +78,7 @@ impl Modify for BearerAuth {
         super::gateway::handlers::chat, super::gateway::handlers::completions,
         super::gateway::handlers::embeddings, super::gateway::handlers::models,
         super::gateway::handlers::calls, super::gateway::handlers::grants,
-        super::gateway::handlers::set_grants, super::series::own_series, super::series::grouped_series, super::pending::pending,
+        super::gateway::handlers::set_grants, super::series::own_series, super::series::grouped_series, super::series::pending_series, super::pending::pending,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
@@ -92,7 +92,8 @@ impl Modify for BearerAuth {
         super::gateway::handlers::Grants, super::series::Series, crate::ledger::series::SeriesPoint,
         super::series::GroupSeries, super::series::GroupedSeries, crate::ledger::series::Group,
         super::pending::PendingJob, super::pending::PendingList,
-        crate::ledger::series::Bucket,
+        crate::ledger::series::Bucket, super::series::PendingOverTime, super::series::ReasonSeries,
+        crate::ledger::pending::PendingPoint,
     )),
     modifiers(&BearerAuth),
     tags(

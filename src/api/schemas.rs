@@ -106,6 +106,20 @@ ledger_schema!(
 );
 
 ledger_schema!(
+    crate::ledger::pending::PendingPoint,
+    "PendingPoint",
+    json!({
+        "type": "object",
+        "required": ["start_s", "jobs", "samples"],
+        "properties": {
+            "start_s": {"type": "integer", "description": "bucket start, unix seconds UTC"},
+            "jobs": {"type": "integer", "description": "most workloads waiting at any sample in the bucket"},
+            "samples": {"type": "integer", "description": "samples taken in the bucket (one a minute while a controller leads; 0: none recorded)"},
+        }
+    })
+);
+
+ledger_schema!(
     ChargeKind,
     "ChargeKind",
     json!({"type": "string", "enum": ["gpu", "energy", "tokens"]})
@@ -274,6 +288,15 @@ ledger_schema!(
                     "payable_fen": {"type": "integer"},
                 }),
             ),
+            "chain_head": {
+                "type": ["object", "null"],
+                "description": "the ledger's tamper-evident chain head when the statement was made (null before any entry): `zhisuan ledger verify --head SEQ:HASH` checks the ledger still holds it",
+                "required": ["seq", "hash"],
+                "properties": {
+                    "seq": {"type": "integer", "minimum": 1},
+                    "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                },
+            },
         }),
     )
 );

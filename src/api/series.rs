@@ -15,6 +15,7 @@ use super::extract::ApiQuery;
 use super::handlers::parse_time;
 use super::openapi::StdErrors;
 use super::{ApiError, ApiState};
+use crate::ledger::pending::PendingPoint;
 use crate::ledger::series::{Bucket, Group, SeriesPoint};
 
 #[derive(Deserialize, IntoParams)]
@@ -116,6 +117,52 @@ pub async fn grouped_series(
         group,
         bucket,
         groups,
+    }))
+}
+
+/// One reason's waiting workloads over time.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ReasonSeries {
+    /// Why they wait (`QuotaExceeded`, `Unschedulable`, `TimeShifted`, …).
+    pub reason: String,
+    pub points: Vec<PendingPoint>,
+}
+
+/// Workloads waiting over time: each bucket's peak, in total and by reason.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PendingOverTime {
+    pub bucket: Bucket,
+    pub total: Vec<PendingPoint>,
+    pub reasons: Vec<ReasonSeries>,
+}
+
+/// Workloads waiting over time, per hour or day (admin; the operator page):
+/// sampled once a minute by the leading controller into the ledger.
+#[utoipa::path(get, path = "/v1/series/pending", tag = "admin", security(("bearer" = [])),
+    params(SeriesQuery),
+    responses((status = 200, body = PendingOverTime), StdErrors))]
+pub async fn pending_series(
+    State(state): State<ApiState>,
+    _admin: Admin,
+    ApiQuery(q): ApiQuery<SeriesQuery>,
+) -> Result<Json<PendingOverTime>, ApiError> {
+    let (bucket, from, to) = span(
+        q.bucket,
+        q.from.as_deref(),
+        q.to.as_deref(),
+        state.jobs().now(),
+    )?;
+    let s = state
+        .blocking(move |l| l.pending_series(from, to, bucket))
+        .await?;
+    Ok(Json(PendingOverTime {
+        bucket,
+        total: s.total,
+        reasons: s
+            .reasons
+            .into_iter()
+            .map(|(reason, points)| ReasonSeries { reason, points })
+            .collect(),
     }))
 }
 

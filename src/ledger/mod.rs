@@ -23,6 +23,7 @@ pub mod journal;
 mod keys;
 pub mod metrics;
 pub mod money;
+pub mod pending;
 pub mod plan;
 pub mod quota;
 pub mod quota_tree;

@@ -333,6 +333,12 @@ CREATE UNIQUE INDEX journal_chain ON journal (chain_seq);
 CREATE TABLE chain_head (id BIGINT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL)
 "#,
     ),
+    (
+        9,
+        // Workloads waiting, by reason, sampled once a minute by the
+        // leading controller (`ledger::pending`); reason '' is the total.
+        "CREATE TABLE pending_samples (at_s BIGINT NOT NULL, reason TEXT NOT NULL, jobs BIGINT NOT NULL, PRIMARY KEY (at_s, reason))",
+    ),
 ];
 
 /// Work a migration does beyond its SQL, in the same transaction.

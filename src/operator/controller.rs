@@ -126,6 +126,9 @@ pub struct Controller {
     tokens: Option<TokenCounting>,
     /// GPU-time metering of placed pods into the ledger (none: off).
     metering: Option<GpuMetering>,
+    /// The current minute and the most workloads seen waiting in it, by
+    /// reason (what its pending sample holds).
+    pending_seen: std::sync::Mutex<(i64, BTreeMap<String, u64>)>,
     /// ComputeVouchers issued into this ledger, synced this often (none: off).
     vouchers: Option<(Ledger, Duration)>,
 }
@@ -218,6 +221,7 @@ impl Controller {
             config,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            pending_seen: std::sync::Mutex::new((i64::MIN, BTreeMap::new())),
             act,
             views: Default::default(),
             usage: None,
@@ -645,6 +649,7 @@ impl Controller {
             step.snap.now,
         ));
         self.metrics.record(&plan);
+        self.sample_pending(&plan.pending, step.snap.now);
         // The snapshot's views go back for the next pass to reuse.
         self.views.lock().unwrap().give_back(step, &overlaid);
         timer("report").observe(t.elapsed().as_secs_f64());
@@ -721,6 +726,44 @@ impl Controller {
             observed.as_of_s = Some(as_of_s);
             publish_if_changed(&m.observed, observed);
         }
+    }
+
+    /// Step 4b: the workloads waiting (by reason) into the metering
+    /// ledger for the operator page's "pending over time"
+    /// (`ledger::pending`): at the first pass of each minute, and again
+    /// whenever a reason's count passes the most seen this minute (so the
+    /// minute's sample is its peak). Written off the async workers and
+    /// never waited for; a failed write is logged.
+    fn sample_pending(&self, pending: &BTreeMap<String, u64>, now_s: i64) {
+        let Some(m) = &self.metering else {
+            return;
+        };
+        let minute = now_s.div_euclid(crate::ledger::pending::SAMPLE_S);
+        let sample = {
+            let mut seen = self.pending_seen.lock().unwrap();
+            let fresh = seen.0 != minute;
+            if fresh {
+                *seen = (minute, pending.clone());
+            }
+            let mut grew = false;
+            for (reason, n) in pending {
+                let most = seen.1.entry(reason.clone()).or_default();
+                if *n > *most {
+                    *most = *n;
+                    grew = true;
+                }
+            }
+            (fresh || grew).then(|| seen.1.clone())
+        };
+        let Some(sample) = sample else {
+            return;
+        };
+        let ledger = m.ledger.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = ledger.record_pending(now_s, &sample) {
+                tracing::warn!(error = %e, "pending sample not recorded");
+            }
+        });
     }
 
     /// Step 5: each action on its object, concurrently (actions touch

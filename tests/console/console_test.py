@@ -144,9 +144,13 @@ def main():
         op.fill("#page-key", a.admin)
         op.click("#key-form button[type=submit]")
         expect(op.locator("body")).to_have_attribute("data-series", "2")  # guian; acme (the one billed)
-        for chart in ["chart-series-region", "chart-series-tenant", "chart-series-carbon"]:
+        for chart in ["chart-series-region", "chart-series-tenant", "chart-series-carbon", "chart-series-pending"]:
             assert op.evaluate(drawn, chart) >= 1, f"{chart} draws nothing"
         expect(op.locator("#legend-tenant")).to_contain_text("acme")
+        # Pending over time: each hour's peak of the controller's samples.
+        expect(op.locator("body")).to_have_attribute("data-pending-peak", "4")
+        expect(op.locator("#legend-pending")).to_contain_text("QuotaExceeded ≤ 3")
+        expect(op.locator("#legend-pending")).to_contain_text("Unschedulable ≤ 1")
         # Why pending: every tenant's waiting job with its reason, cut with
         # its whole text in the tooltip.
         stuck = op.locator("#pending tr[data-tenant='slow']")

@@ -15,7 +15,7 @@ const zhisuanCharts = (() => {
   // One bar per item of `points`, stacked from `parts` (functions of a
   // point); every bar has its value and unit in a tooltip, the tallest is
   // labelled, and about a dozen buckets carry their `label`.
-  function stacked(id, points, label, parts, colours, unit, names) {
+  function stacked(id, points, label, parts, colours, unit, names, empty) {
     const chart = document.getElementById(id);
     const W = 560, H = 150, left = 8, bottom = 18, top = 16;
     chart.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -38,7 +38,7 @@ const zhisuanCharts = (() => {
         nodes.push(svg("text", { x: left + i * slot + slot / 2, y: H - 4, "text-anchor": "middle", class: "tick" }, label(p)));
       }
     });
-    nodes.push(svg("text", { x: W - 4, y: 11, "text-anchor": "end", class: "peak" }, max > 0 ? "最高 max " + unit(max) : "无用量 no use yet"));
+    nodes.push(svg("text", { x: W - 4, y: 11, "text-anchor": "end", class: "peak" }, max > 0 ? "最高 max " + unit(max) : empty || "无用量 no use yet"));
     chart.replaceChildren(...nodes);
   }
 

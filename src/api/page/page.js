@@ -213,6 +213,9 @@ async function refreshSeries(key) {
   };
   try {
     const [regions, tenants] = await Promise.all([get("region"), get("tenant")]);
+    const waiting = await fetch("/v1/series/pending?bucket=hour", { cache: "no-store", headers: { Authorization: "Bearer " + key } });
+    if (!waiting.ok) throw new Error(`/v1/series/pending answered ${waiting.status}`);
+    drawPendingOverTime(await waiting.json());
     await refreshPending(key);
     seriesAt = Date.now();
     hint.hidden = true;
@@ -255,6 +258,26 @@ async function refreshPending(key) {
   }
   document.querySelector("#pending tbody").replaceChildren(...rows);
   document.body.dataset.pending = String(list.jobs.length);
+}
+
+// Workloads waiting, each hour's peak (the leading controller samples them
+// once a minute into the ledger); the legend gives each reason's peak.
+function drawPendingOverTime(s) {
+  const hours = s.total.map((_, i) => i);
+  const label = (i) => new Date(s.total[i].start_s * 1000).toISOString().slice(11, 16);
+  const sampled = s.total.some((p) => p.samples > 0);
+  zhisuanCharts.stacked("chart-series-pending", hours, label, [(i) => s.total[i].jobs], COLORS,
+    (v) => Math.round(v) + " jobs", ["waiting"], sampled ? "无等待 none waiting" : "无记录 no samples (no controller leading)");
+  const legend = document.getElementById("legend-pending");
+  legend.replaceChildren(...s.reasons.map((r, k) => {
+    const span = document.createElement("span");
+    const peak = Math.max(0, ...r.points.map((p) => p.jobs));
+    span.textContent = `${r.reason} ≤ ${peak}`;
+    span.title = `${r.reason}: at most ${peak} jobs waiting in an hour of the last 48`;
+    span.style.borderLeft = `0.8em solid ${COLORS[(k + 1) % COLORS.length]}`;
+    return span;
+  }));
+  document.body.dataset.pendingPeak = String(Math.max(0, ...s.total.map((p) => p.jobs)));
 }
 
 // One stacked bar per day; a part per group, its name in the tooltip and legend.

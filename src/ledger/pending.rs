@@ -1,0 +1,142 @@
+//! Pending workloads over time, for the operator page: the leading
+//! controller records how many workloads wait, by reason — each minute's
+//! sample the most it saw in that minute (`pending_samples`, keyed by minute
+//! and reason; a write never lowers it, so retries, late writes and a second
+//! leader in the same minute merge) — and the series gives each hour's or
+//! day's peak.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::Result;
+use super::series::{Bucket, MAX_POINTS};
+use super::sql::Val;
+use super::store::Ledger;
+
+/// The reason key of a sample's total (every reason together).
+const TOTAL: &str = "";
+
+/// Seconds between samples.
+pub const SAMPLE_S: i64 = 60;
+
+/// One bucket: the most workloads waiting at any sample in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPoint {
+    /// Start of the bucket (unix s, UTC).
+    pub start_s: i64,
+    /// Peak number of workloads waiting (0 where no sample was taken).
+    pub jobs: i64,
+    /// Samples taken in the bucket (0: nothing recorded, e.g. no leader).
+    pub samples: i64,
+}
+
+/// Pending workloads over `[from, to)`: the total and each reason's peaks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSeries {
+    pub total: Vec<PendingPoint>,
+    /// By reason (e.g. `QuotaExceeded`, `Unschedulable`), by name.
+    pub reasons: Vec<(String, Vec<PendingPoint>)>,
+}
+
+impl Ledger {
+    /// Records the workloads waiting at `at_s`, by reason, into the
+    /// sample of its minute, which keeps the most seen (a sample written
+    /// twice, by a retry, a late write or a second leader, never goes down).
+    pub fn record_pending(&self, at_s: i64, by_reason: &BTreeMap<String, u64>) -> Result<()> {
+        let minute = at_s.div_euclid(SAMPLE_S) * SAMPLE_S;
+        let total: u64 = by_reason.values().sum();
+        self.write(|tx| {
+            let rows = std::iter::once((TOTAL, total))
+                .chain(by_reason.iter().map(|(r, n)| (r.as_str(), *n)));
+            for (reason, n) in rows {
+                tx.exec(
+                    "INSERT INTO pending_samples (at_s, reason, jobs) VALUES ($1, $2, $3) \
+                     ON CONFLICT (at_s, reason) DO UPDATE SET jobs = \
+                     CASE WHEN excluded.jobs > pending_samples.jobs THEN excluded.jobs ELSE pending_samples.jobs END",
+                    &[
+                        Val::I(minute),
+                        Val::T(reason),
+                        Val::I(i64::try_from(n).unwrap_or(i64::MAX)),
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Each bucket's peak of waiting workloads in `[from_s, to_s)` (bounds
+    /// rounded down to the bucket grid), the total and by reason.
+    pub fn pending_series(&self, from_s: i64, to_s: i64, bucket: Bucket) -> Result<PendingSeries> {
+        let width = bucket.seconds();
+        let from = from_s.div_euclid(width) * width;
+        let to = to_s.div_euclid(width) * width;
+        let points = ((to - from) / width).max(0);
+        if points > MAX_POINTS {
+            return Err(super::LedgerError::invalid(
+                "from",
+                format!("the span holds {points} buckets; at most {MAX_POINTS}: narrow from..to or use a wider bucket"),
+            ));
+        }
+        let rows = self.read(|tx| {
+            tx.rows(
+                "SELECT reason, (at_s / $3) * $3 AS k, MAX(jobs), COUNT(*) FROM pending_samples \
+                 WHERE at_s >= $1 AND at_s < $2 GROUP BY reason, k",
+                &[Val::I(from), Val::I(to), Val::I(width)],
+            )
+        })?;
+        let empty = || -> Vec<PendingPoint> {
+            (0..points)
+                .map(|i| PendingPoint {
+                    start_s: from + i * width,
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let mut by: BTreeMap<String, Vec<PendingPoint>> = BTreeMap::new();
+        for r in rows {
+            let slot = ((r[1].i() - from) / width) as usize;
+            let series = by.entry(r[0].t()).or_insert_with(empty);
+            if let Some(p) = series.get_mut(slot) {
+                p.jobs = r[2].i();
+                p.samples = r[3].i();
+            }
+        }
+        let total = by.remove(TOTAL).unwrap_or_else(empty);
+        Ok(PendingSeries {
+            total,
+            reasons: by.into_iter().collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bucket_keeps_its_peak_and_a_minute_keeps_the_most_seen() {
+        let l = Ledger::open(":memory:").unwrap();
+        let at = |h: i64, m: i64| 1_796_428_800 + h * 3600 + m * 60;
+        let counts = |q: u64, u: u64| {
+            BTreeMap::from([
+                ("QuotaExceeded".to_string(), q),
+                ("Unschedulable".to_string(), u),
+            ])
+        };
+        l.record_pending(at(0, 1), &counts(2, 1)).unwrap();
+        l.record_pending(at(0, 2), &counts(5, 0)).unwrap();
+        // The same minute again (a late write, a new leader): the most seen stays.
+        l.record_pending(at(0, 2) + 30, &counts(4, 3)).unwrap();
+        l.record_pending(at(2, 0), &BTreeMap::new()).unwrap();
+        let s = l.pending_series(at(0, 0), at(3, 0), Bucket::Hour).unwrap();
+        let jobs = |p: &[PendingPoint]| p.iter().map(|p| (p.jobs, p.samples)).collect::<Vec<_>>();
+        assert_eq!(jobs(&s.total), [(7, 2), (0, 0), (0, 1)]);
+        assert_eq!(s.reasons.len(), 2);
+        assert_eq!(s.reasons[0].0, "QuotaExceeded");
+        assert_eq!(jobs(&s.reasons[0].1), [(5, 2), (0, 0), (0, 0)]);
+        assert_eq!(jobs(&s.reasons[1].1), [(3, 2), (0, 0), (0, 0)]);
+        let e = l.pending_series(0, at(3, 0), Bucket::Hour).unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+    }
+}
