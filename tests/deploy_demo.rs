@@ -402,6 +402,28 @@ fn demo_restarted_on_the_same_db_does_not_double_count() {
     };
     assert_eq!(per_tenant(&resumed), per_tenant(&straight));
     assert_money_adds_up(&resumed);
+    // The demo samples its waiting jobs into the ledger in simulated time,
+    // as a controller does: the operator page's "pending over time".
+    let end = chrono::NaiveDateTime::parse_from_str(
+        straight["sim_now"].as_str().unwrap(),
+        "%Y-%m-%d %H:%M",
+    )
+    .unwrap()
+    .and_utc()
+    .timestamp();
+    let ledger = zhisuan::ledger::Ledger::open(&db(&once)).unwrap();
+    let s = ledger
+        .pending_series(
+            end - 6 * 3600,
+            end + 3600,
+            zhisuan::ledger::series::Bucket::Hour,
+        )
+        .unwrap();
+    assert!(
+        s.total.iter().map(|p| p.samples).sum::<i64>() > 0,
+        "no pending samples: {s:?}"
+    );
+    assert!(s.reasons.iter().any(|(r, _)| r == "capacity"), "{s:?}");
 }
 
 /// Sum of a summary's per-region (the world's own metering) or per-tenant

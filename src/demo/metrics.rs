@@ -21,6 +21,25 @@ pub const PENDING_REASONS: &[&str] = &[
     "inventory",
 ];
 
+/// The tracked jobs waiting, by reason (every reason of
+/// [`PENDING_REASONS`], zero included; an unknown one counts as the first).
+pub fn pending_by_reason(
+    world: &crate::sim::world::World,
+    tracker: &super::tracker::JobTracker,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut pending: std::collections::BTreeMap<String, u64> =
+        PENDING_REASONS.iter().map(|r| (r.to_string(), 0)).collect();
+    for job in tracker.live().filter_map(|id| world.job(id)) {
+        if let Some(reason) = job.pending_reason() {
+            let known = PENDING_REASONS.iter().find(|r| **r == reason);
+            *pending
+                .entry(known.unwrap_or(&PENDING_REASONS[0]).to_string())
+                .or_default() += 1;
+        }
+    }
+    pending
+}
+
 pub struct WorldMetrics {
     region_gpus: GaugeVec,
     region_allocated: GaugeVec,
@@ -173,20 +192,17 @@ impl WorldMetrics {
             }
         }
 
-        let mut pending = vec![0i64; PENDING_REASONS.len()];
-        for job in tracker.live().filter_map(|id| world.job(id)) {
-            if let Some(reason) = job.pending_reason() {
-                let k = PENDING_REASONS.iter().position(|r| *r == reason);
-                pending[k.unwrap_or(0)] += 1;
-            }
-        }
+        let pending = pending_by_reason(world, tracker);
         let now = world.now_s();
         for job in started.iter().filter_map(|&id| world.job(id)) {
             self.decisions.inc_by(u64::from(job.spec.replicas));
             self.admission_wait.observe(job.wait_s(now) as f64);
         }
-        for (reason, n) in PENDING_REASONS.iter().zip(pending) {
-            self.pending.with_label_values(&[reason]).set(n);
+        for reason in PENDING_REASONS {
+            let n = pending.get(*reason).copied().unwrap_or(0);
+            self.pending
+                .with_label_values(&[reason])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         self.running.set(tracker.running as f64);
     }

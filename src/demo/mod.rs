@@ -223,6 +223,9 @@ struct Driver {
     failed: u64,
     records_new: u64,
     records_duplicate: u64,
+    /// When the waiting jobs were last sampled into the ledger (the
+    /// operator page's "pending over time"), at most once a wall second.
+    pending_sampled: Option<Instant>,
 }
 
 impl Driver {
@@ -253,7 +256,7 @@ impl Driver {
             }
             std::thread::yield_now();
         }
-        let (usage, tokens) = {
+        let (usage, tokens, pending) = {
             let world = lock(self.backend.world());
             let mut usage = Vec::with_capacity(intervals.len());
             let mut tokens = Vec::new();
@@ -274,11 +277,26 @@ impl Driver {
             }
             self.tracker.refresh(&world, &mut self.started);
             self.metrics.observe(&world, &self.tracker, &self.started);
+            let due = self
+                .pending_sampled
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            let pending = due.then(|| {
+                (
+                    world.now_s(),
+                    metrics::pending_by_reason(&world, &self.tracker),
+                )
+            });
             let dt_ms = self.last_step.elapsed().as_millis() as u64;
             self.last_step = Instant::now();
             lock(&self.agents).step(&world, &self.tracker, dt_ms);
-            (usage, tokens)
+            (usage, tokens, pending)
         };
+        if let Some((at_s, by_reason)) = pending {
+            self.ledger
+                .record_pending(at_s, &by_reason)
+                .context("pending sample")?;
+            self.pending_sampled = Some(Instant::now());
+        }
         if !usage.is_empty() || !tokens.is_empty() {
             let report = self
                 .ledger
@@ -545,6 +563,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         started: Vec::new(),
         agents: Arc::clone(&agents),
         last_step: Instant::now(),
+        pending_sampled: None,
         failed: 0,
         records_new: 0,
         records_duplicate: 0,

@@ -493,37 +493,24 @@ fn verify_paged(tx: &mut dyn Tx, expect: Option<&ChainHead>, page_len: i64) -> R
 /// A row the chain does not cover: an entry or redemption without a link,
 /// postings without their entry.
 fn outside_the_chain(tx: &mut dyn Tx) -> Result<Option<ChainBreak>> {
-    if let Some(r) = tx
-        .rows(
-            "SELECT id FROM journal WHERE chain_seq IS NULL ORDER BY id LIMIT 1",
-            &[],
-        )?
-        .first()
-    {
+    let mut first = |sql: &str| -> Result<Option<Vec<Cell>>> {
+        Ok(tx.rows(&format!("{sql} LIMIT 1"), &[])?.into_iter().next())
+    };
+    if let Some(r) = first("SELECT id FROM journal WHERE chain_seq IS NULL ORDER BY id")? {
         return Ok(broken(
             0,
             format!("journal entry {}", r[0].t()),
             "it has no link",
         ));
     }
-    if let Some(r) = tx
-        .rows(
-            &format!(
-                "SELECT {REDEMPTION_COLUMNS} FROM redemptions WHERE chain_seq IS NULL OR chain_pos IS NULL LIMIT 1"
-            ),
-            &[],
-        )?
-        .first()
-    {
-        let r = redemption_of(r)?;
+    if let Some(r) = first(&format!(
+        "SELECT {REDEMPTION_COLUMNS} FROM redemptions WHERE chain_seq IS NULL OR chain_pos IS NULL"
+    ))? {
+        let r = redemption_of(&r)?;
         return Ok(broken(0, describe_redemption(&r), "no entry seals it"));
     }
-    if let Some(r) = tx
-        .rows(
-            "SELECT entry_id FROM postings WHERE entry_id NOT IN (SELECT id FROM journal) LIMIT 1",
-            &[],
-        )?
-        .first()
+    if let Some(r) =
+        first("SELECT entry_id FROM postings WHERE entry_id NOT IN (SELECT id FROM journal)")?
     {
         return Ok(broken(
             0,
