@@ -841,6 +841,7 @@ const CASES: &[Case] = &[
         case_first_key_and_revocation_by_id,
     ),
     ("idempotency_keys", case_idempotency_keys),
+    ("pending_samples", case_pending_samples),
     ("statement_csv", case_statement_csv),
     (
         "month_split_and_lapsed_vouchers",
@@ -1604,4 +1605,21 @@ fn tampering_is_named_postgres() {
     tampering_is_named(&url, &mut |sql| {
         raw.execute(sql, &[]).unwrap();
     });
+}
+
+/// Pending samples on both backends: a minute keeps the most seen (the
+/// upsert's `excluded` comparison), each hour its peak.
+fn case_pending_samples(open: &dyn Fn() -> Ledger) {
+    let l = open();
+    let hour = t("2026-11-02T10:00:00Z").timestamp();
+    let by = |q: u64| std::collections::BTreeMap::from([("QuotaExceeded".to_string(), q)]);
+    l.record_pending(hour + 60, &by(3)).unwrap();
+    l.record_pending(hour + 90, &by(1)).unwrap(); // same minute, lower: kept at 3
+    l.record_pending(hour + 3600 + 5, &by(2)).unwrap();
+    let s = l
+        .pending_series(hour, hour + 2 * 3600, zhisuan::ledger::series::Bucket::Hour)
+        .unwrap();
+    let peaks: Vec<(i64, i64)> = s.total.iter().map(|p| (p.jobs, p.samples)).collect();
+    assert_eq!(peaks, [(3, 1), (2, 1)]);
+    assert_eq!(s.reasons[0].0, "QuotaExceeded");
 }
