@@ -390,12 +390,13 @@ fn verify_paged(tx: &mut dyn Tx, expect: Option<&ChainHead>, page_len: i64) -> R
     let mut sealed = sealed_redemptions(tx, page_len)?;
     let last = head.as_ref().map_or(0, |h| h.seq);
     let max_stored = count(tx, "SELECT MAX(chain_seq) FROM journal")?;
+    let end = last.max(max_stored);
     let mut prev = GENESIS;
     let mut from = 0;
-    while from < last.max(max_stored) {
+    while from < end {
         let to = from + page_len;
         let mut page = read_entries(tx, from, to)?;
-        for seq in from + 1..=to.min(last.max(max_stored)) {
+        for seq in from + 1..=to.min(end) {
             let Some(mut rows) = page.remove(&seq) else {
                 report.broken = broken(
                     seq,

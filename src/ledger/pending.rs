@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::error::Result;
-use super::series::{Bucket, MAX_POINTS};
+use super::series::{Bucket, Grid};
 use super::sql::Val;
 use super::store::Ledger;
 
@@ -66,38 +66,29 @@ impl Ledger {
     }
 
     /// Each bucket's peak of waiting workloads in `[from_s, to_s)` (bounds
-    /// rounded down to the bucket grid), the total and by reason.
+    /// rounded down to the bucket grid, as the use series), the total and
+    /// by reason.
     pub fn pending_series(&self, from_s: i64, to_s: i64, bucket: Bucket) -> Result<PendingSeries> {
-        let width = bucket.seconds();
-        let from = from_s.div_euclid(width) * width;
-        let to = to_s.div_euclid(width) * width;
-        let points = ((to - from) / width).max(0);
-        if points > MAX_POINTS {
-            return Err(super::LedgerError::invalid(
-                "from",
-                format!("the span holds {points} buckets; at most {MAX_POINTS}: narrow from..to or use a wider bucket"),
-            ));
-        }
+        let grid = Grid::of(from_s, to_s, bucket)?;
         let rows = self.read(|tx| {
             tx.rows(
                 "SELECT reason, (at_s / $3) * $3 AS k, MAX(jobs), COUNT(*) FROM pending_samples \
                  WHERE at_s >= $1 AND at_s < $2 GROUP BY reason, k",
-                &[Val::I(from), Val::I(to), Val::I(width)],
+                &[Val::I(grid.from), Val::I(grid.end()), Val::I(grid.width)],
             )
         })?;
         let empty = || -> Vec<PendingPoint> {
-            (0..points)
-                .map(|i| PendingPoint {
-                    start_s: from + i * width,
+            grid.starts()
+                .map(|start_s| PendingPoint {
+                    start_s,
                     ..Default::default()
                 })
                 .collect()
         };
         let mut by: BTreeMap<String, Vec<PendingPoint>> = BTreeMap::new();
         for r in rows {
-            let slot = ((r[1].i() - from) / width) as usize;
             let series = by.entry(r[0].t()).or_insert_with(empty);
-            if let Some(p) = series.get_mut(slot) {
+            if let Some(p) = series.get_mut(grid.slot(r[1].i())) {
                 p.jobs = r[2].i();
                 p.samples = r[3].i();
             }

@@ -70,16 +70,16 @@ pub const MAX_GROUPS: usize = 50;
 
 /// The buckets of a range: the first one's start, their width, how many.
 #[derive(Debug, Clone, Copy)]
-struct Grid {
-    from: i64,
-    width: i64,
-    points: i64,
+pub(super) struct Grid {
+    pub from: i64,
+    pub width: i64,
+    pub points: i64,
 }
 
 impl Grid {
     /// The buckets of `[from_s, to_s)` (bounds rounded down to the
     /// bucket grid), or why not.
-    fn of(from_s: i64, to_s: i64, bucket: Bucket) -> Result<Grid> {
+    pub(super) fn of(from_s: i64, to_s: i64, bucket: Bucket) -> Result<Grid> {
         let b = bucket.seconds();
         let (from, to) = (from_s.div_euclid(b) * b, to_s.div_euclid(b) * b);
         if to <= from {
@@ -106,20 +106,25 @@ impl Grid {
     }
 
     /// Where the last bucket ends.
-    fn end(self) -> i64 {
+    pub(super) fn end(self) -> i64 {
         self.from + self.points * self.width
     }
 
     /// The index of the bucket starting at `start_s`.
-    fn slot(self, start_s: i64) -> usize {
+    pub(super) fn slot(self, start_s: i64) -> usize {
         ((start_s - self.from) / self.width) as usize
+    }
+
+    /// Where each bucket starts, oldest first.
+    pub(super) fn starts(self) -> impl Iterator<Item = i64> {
+        (0..self.points).map(move |i| self.from + i * self.width)
     }
 
     /// Every bucket, zero.
     fn empty(self) -> Vec<SeriesPoint> {
-        (0..self.points)
-            .map(|i| SeriesPoint {
-                start_s: self.from + i * self.width,
+        self.starts()
+            .map(|start_s| SeriesPoint {
+                start_s,
                 ..SeriesPoint::default()
             })
             .collect()

@@ -93,12 +93,15 @@ pub struct Observed {
 /// The end of the windows the meter may take now: those that ended `grace`
 /// before both the clock and the observation; `None` before any.
 pub fn ready_through(observed: &Observed, now_s: i64, config: &MeterConfig) -> Option<i64> {
-    let seen = observed.as_of_s?;
-    let period_s = config.period.as_secs() as i64;
-    Some(window_floor(
-        now_s.min(seen) - config.grace.as_secs() as i64,
-        period_s,
-    ))
+    Some(ready_at(now_s.min(observed.as_of_s?), config))
+}
+
+/// The end of the windows that ended `grace` before `t_s`.
+fn ready_at(t_s: i64, config: &MeterConfig) -> i64 {
+    window_floor(
+        t_s - config.grace.as_secs() as i64,
+        config.period.as_secs() as i64,
+    )
 }
 
 /// The energy report a node's agent published (keyed as the planner keys
@@ -561,7 +564,7 @@ pub async fn run_gpu_meter(
             }
             continue;
         };
-        let clock_ready = window_floor(now.timestamp() - config.grace.as_secs() as i64, period_s);
+        let clock_ready = ready_at(now.timestamp(), &config);
         if cursor.is_none() {
             cursor = first_cursor(&current, ready, period_s);
         }
