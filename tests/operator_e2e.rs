@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use apiserver::ApiServer;
-use cluster::{add_node, controller_config, eventually};
+use cluster::{add_labelled_node, add_node, controller_config, eventually};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
@@ -1679,4 +1679,65 @@ async fn namespaces_bind_workloads_to_their_tenant() {
     })
     .await;
     assert_eq!(status("acme-ml", "spoof").await["reason"], "TenantMismatch");
+}
+
+/// Dedicated zones through the controller: a node labelled
+/// `zhisuan.io/dedicated-to` takes only that tenant subtree's workloads,
+/// a subtree whose TenantQuota says `dedicatedOnly` runs only there, and
+/// both waits are explained in the workload's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_zones_hold_through_the_controller() {
+    let server = ApiServer::start().await;
+    let zone = [
+        ("zhisuan.io/dedicated-to", "fujian-gov"),
+        ("zhisuan.io/node-group", "gov-zone"),
+    ];
+    add_labelled_node(&server, "gov-1", "east", "H100", 8, &zone).await;
+    add_node(&server, "open-1", "east", "H100", 8).await;
+    create_raw(
+        &server,
+        &tq_ar(),
+        None,
+        json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": "TenantQuota",
+            "metadata": {"name": "fujian-gov"},
+            "spec": {"tenant": "fujian-gov", "dedicatedOnly": true}
+        }),
+    )
+    .await;
+    quota(&server, "xiamen", Some("fujian-gov"), json!({})).await;
+    quota(&server, "acme", None, json!({})).await;
+    let _c = start_controller(&server, "c1", Duration::from_secs(2));
+    job(&server, "city", "xiamen", 1, 8).await;
+    eventually(15, "city runs", || async {
+        phase(&server, "city").await == "Running"
+    })
+    .await;
+    assert_eq!(pods_of(&server, "city")["city-0"].0, "gov-1");
+    // acme's gang of two whole nodes sees only open-1.
+    job(&server, "outsider", "acme", 2, 8).await;
+    // xiamen is confined to the zone (its parent's dedicatedOnly): with
+    // gov-1 taken it waits, although open-1 is free.
+    job(&server, "city2", "xiamen", 1, 8).await;
+    for (name, says) in [
+        (
+            "outsider",
+            r#"node group "gov-zone" is reserved to tenant subtree "fujian-gov""#,
+        ),
+        (
+            "city2",
+            r#"Confined to dedicated zones by TenantQuota spec.dedicatedOnly of tenant "fujian-gov""#,
+        ),
+    ] {
+        eventually(15, &format!("{name} explained"), || async {
+            let s = status_of(&server, name).await;
+            s["reason"] == "Unschedulable" && scheduled_message(&s).contains(says)
+        })
+        .await;
+        assert!(pods_of(&server, name).is_empty());
+    }
+    assert!(server
+        .objects("v1/pods")
+        .iter()
+        .all(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) != Some("open-1")));
 }

@@ -18,6 +18,7 @@ pub const PENDING_REASONS: &[&str] = &[
     "quota",
     "residency",
     "budget",
+    "dedicated",
     "inventory",
 ];
 

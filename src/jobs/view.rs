@@ -110,6 +110,21 @@ pub struct NodeView {
     pub labels: Vec<(String, String)>,
     /// Ready and not cordoned.
     pub schedulable: bool,
+    /// The tenant subtree the node is reserved to (a dedicated zone,
+    /// 政务算力专区), from its labels; a dedicated region's reservation
+    /// applies to its nodes without one (`schedule::zones`).
+    pub dedicated: Option<Dedication>,
+}
+
+/// Nodes reserved to a tenant subtree: only workloads of `tenant` or of a
+/// tenant below it in the quota tree run there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dedication {
+    /// The tenant whose subtree the nodes are reserved to.
+    pub tenant: String,
+    /// The zone as people name it in statuses: `node group "gov-zone"`,
+    /// `region "fuzhou-gov"`, `node "n7"`.
+    pub zone: String,
 }
 
 /// A pod as the planner sees it.
@@ -230,6 +245,10 @@ pub struct QuotaNode {
     /// Parent tenant; its limits also bound this tenant's use.
     pub parent: Option<String>,
     pub quota: Quota,
+    /// Its workloads (and those of every tenant below it) run only on nodes
+    /// dedicated to its subtree or to a tenant above it (TenantQuota
+    /// `spec.dedicatedOnly`).
+    pub dedicated_only: bool,
 }
 
 impl QuotaNode {
@@ -238,6 +257,7 @@ impl QuotaNode {
             tenant: tenant.to_string(),
             parent: parent.map(str::to_string),
             quota,
+            dedicated_only: false,
         }
     }
 }

@@ -371,6 +371,12 @@ pub struct ComputeRegionSpec {
     /// out (condition `Usable=False`, reason `KubeconfigSecretUnusable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig_secret_ref: Option<SecretKeyRef>,
+    /// Reserves the whole region to a tenant subtree (a dedicated zone,
+    /// 政务算力专区): only workloads of this tenant or of tenants below it
+    /// run here. Single nodes are reserved with the node label
+    /// `zhisuan.io/dedicated-to` (and named by `zhisuan.io/node-group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedicated_to: Option<String>,
 }
 
 /// Limits of one tenant, nested in a tree (province → city → department).
@@ -438,6 +444,10 @@ pub struct TenantQuotaSpec {
     /// none). Privileged tenants may name any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_accounts: Option<Vec<String>>,
+    /// Confines this tenant and every tenant below it to dedicated zones:
+    /// nodes and regions reserved to its subtree or to a tenant above it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dedicated_only: bool,
 }
 
 fn yes() -> bool {

@@ -165,6 +165,7 @@ pub fn region_catalog(
             grid_factor_kg_per_kwh: r.spec.grid_kg_co2_per_kwh,
             inventory: inventory_of(&picked_nodes),
             sources: BTreeMap::new(),
+            dedicated_to: r.spec.dedicated_to.clone(),
         });
         members.push(picked);
     }
@@ -339,6 +340,7 @@ mod tests {
             memory_mib: 512 * 1024,
             labels: vec![("dc".into(), region.into())],
             schedulable: true,
+            dedicated: None,
         }
     }
 
@@ -356,6 +358,7 @@ mod tests {
                 node_selector: [("dc".to_string(), dc.to_string())].into(),
                 latency_ms: latency.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
                 kubeconfig_secret_ref: None,
+                dedicated_to: None,
             },
             status: ComputeRegionStatus::default(),
             errors: vec![],
@@ -411,13 +414,17 @@ mod tests {
             node("b1", "b", "A10", 4),
             node("c1", "c", "H100", 8),
         ];
-        let regions = vec![
+        let mut regions = vec![
             region("east", "a", 0.3, &[("beijing", 5.0)]),
             region("west", "b", 0.8, &[("beijing", 40.0)]),
         ];
+        regions[1].spec.dedicated_to = Some("fujian-gov".into());
         let rc = region_catalog(&regions, &nodes, ScoreWeights::default()).unwrap();
         let c = &rc.catalog;
         assert_eq!(c.regions.len(), 2);
+        // A region's reservation reaches the planner's catalog.
+        assert_eq!(c.regions[0].dedicated_to, None);
+        assert_eq!(c.regions[1].dedicated_to.as_deref(), Some("fujian-gov"));
         assert_eq!(rc.members, vec![vec![0, 1, 2], vec![3]]);
         let east = &c.regions[0];
         assert_eq!(east.display, "east-dc");

@@ -17,8 +17,8 @@ use super::podsecurity::{self, PodSecurityLevel};
 use super::validate::{self, FieldError};
 
 pub use crate::jobs::{
-    Kind, MonthToDate, NodeView, PodView, Quota, QuotaNode, QuotaView, WorkloadKey, WorkloadView,
-    MILLI_GPU_S_PER_GPU_HOUR,
+    Dedication, Kind, MonthToDate, NodeView, PodView, Quota, QuotaNode, QuotaView, WorkloadKey,
+    WorkloadView, MILLI_GPU_S_PER_GPU_HOUR,
 };
 
 /// Annotation keys and labels of the operator ↔ agent ↔ placement contract.
@@ -32,6 +32,10 @@ pub mod keys {
     pub const GPU_COUNT: &str = "zhisuan.io/gpu-count";
     pub const VENDOR: &str = "zhisuan.io/accelerator-vendor";
     pub const REGION: &str = "zhisuan.io/region";
+    /// Node label: the tenant subtree the node is reserved to.
+    pub const DEDICATED_TO: &str = "zhisuan.io/dedicated-to";
+    /// Node label: the name of the node group (dedicated zone) it is in.
+    pub const NODE_GROUP: &str = "zhisuan.io/node-group";
     /// Synthetic label on the views of a member cluster's nodes: the
     /// ComputeRegion (member) they belong to. Never written to a Node.
     pub const MEMBER_CLUSTER: &str = "zhisuan.io/member-cluster";
@@ -176,7 +180,22 @@ pub fn node_view(node: &Node) -> NodeView {
             .unwrap_or(u64::MAX / 2),
         labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         schedulable: ready && !cordoned,
+        dedicated: dedication(&node.name_any(), labels),
     }
+}
+
+/// A node's reservation from its labels: `zhisuan.io/dedicated-to` names
+/// the tenant subtree, `zhisuan.io/node-group` the zone (else the node).
+fn dedication(name: &str, labels: &BTreeMap<String, String>) -> Option<Dedication> {
+    let tenant = labels.get(keys::DEDICATED_TO).filter(|t| !t.is_empty())?;
+    let zone = match labels.get(keys::NODE_GROUP).filter(|g| !g.is_empty()) {
+        Some(group) => format!("node group {group:?}"),
+        None => format!("node {name:?}"),
+    };
+    Some(Dedication {
+        tenant: tenant.clone(),
+        zone,
+    })
 }
 
 /// CPU and memory requested by a pod spec's containers.
@@ -505,6 +524,7 @@ pub fn quota_spec(spec: TenantQuotaSpec) -> QuotaNode {
         tenant: spec.tenant,
         parent: spec.parent,
         quota,
+        dedicated_only: spec.dedicated_only,
     }
 }
 

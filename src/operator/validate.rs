@@ -262,6 +262,17 @@ pub fn validate_region(spec: &ComputeRegionSpec) -> Vec<FieldError> {
             format!("is {}; must be 0 or more", spec.grid_kg_co2_per_kwh),
         );
     }
+    if let Some(t) = &spec.dedicated_to {
+        if t.trim().is_empty() {
+            err(
+                &mut e,
+                "spec.dedicatedTo",
+                "is empty; name the tenant (a TenantQuota's spec.tenant) whose subtree the region is reserved to, or leave it out".into(),
+            );
+        } else if let Some(why) = crate::ledger::types::text_problem(t) {
+            err(&mut e, "spec.dedicatedTo", why);
+        }
+    }
     for (place, ms) in &spec.latency_ms {
         if !(ms.is_finite() && *ms >= 0.0) {
             err(
@@ -437,6 +448,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(fields(&validate_quota(&q)), ["spec.serviceAccounts[1]"]);
+    }
+
+    #[test]
+    fn a_dedication_to_no_tenant_is_named() {
+        let mut r = ComputeRegionSpec {
+            side: "west".into(),
+            pue: 1.2,
+            dedicated_to: Some("fujian-gov".into()),
+            ..Default::default()
+        };
+        assert!(validate_region(&r).is_empty());
+        r.dedicated_to = Some(" ".into());
+        assert_eq!(fields(&validate_region(&r)), ["spec.dedicatedTo"]);
+        r.dedicated_to = Some("gov\u{202E}".into());
+        assert_eq!(fields(&validate_region(&r)), ["spec.dedicatedTo"]);
     }
 
     #[test]

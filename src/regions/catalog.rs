@@ -95,6 +95,10 @@ pub struct Region {
     /// Where each figure comes from (a citation or "assumed: why").
     #[serde(default)]
     pub sources: BTreeMap<String, String>,
+    /// The tenant subtree the whole region is reserved to (a dedicated
+    /// zone); absent = open to every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedicated_to: Option<String>,
 }
 
 /// A place where users (or their data) sit; not a placement target.
@@ -331,6 +335,19 @@ impl Catalog {
                 ));
             }
             check_share(file, &entry, "green_share", r.green_share)?;
+            if let Some(t) = &r.dedicated_to {
+                let problem = if t.is_empty() {
+                    Some(
+                        "is empty; name the tenant the region is reserved to, or leave it out"
+                            .to_string(),
+                    )
+                } else {
+                    crate::ledger::types::text_problem(t)
+                };
+                if let Some(why) = problem {
+                    return Err(input_err(file, &entry, format!("dedicated_to {why}")));
+                }
+            }
             if let Some(profile) = &r.green_profile {
                 if profile.len() != 24 {
                     return Err(input_err(
@@ -682,6 +699,10 @@ links:
                 "green_share 1.2",
                 "outside [0, 1]",
             ],
+        );
+        expect_err(
+            &MINI.replace("green_share: 0.6", "green_share: 0.6\n    dedicated_to: ''"),
+            &["regions[1] (west1)", "dedicated_to is empty"],
         );
         expect_err(
             &MINI.replace("price_cny_per_kwh: 0.3", "price_cny_per_kwh: -0.3"),

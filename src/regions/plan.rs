@@ -150,6 +150,9 @@ pub struct ResolvedJob {
     pub latency_slo_ms: Option<f64>,
     /// Bit r set = region r allowed; `u64::MAX` = anywhere.
     pub residency_mask: u64,
+    /// Bit r set = region r has nodes open to the job's tenant (dedicated
+    /// zones; the scheduler sets it); `u64::MAX` = every region.
+    pub open_mask: u64,
     pub cost_budget_milli_fen: Option<i64>,
     pub wait_for_best: bool,
     pub expected_runtime_s: i64,
@@ -365,6 +368,7 @@ impl JobSpec {
             latency_place: user.or(data),
             latency_slo_ms: self.latency_slo_ms,
             residency_mask,
+            open_mask: u64::MAX,
             cost_budget_milli_fen: self.cost_budget_fen.map(|f| f.saturating_mul(1000)),
             wait_for_best: self.wait_for_best,
             expected_runtime_s: self
@@ -459,6 +463,9 @@ pub enum Filter {
     LatencySlo,
     /// Expected energy cost exceeds the job's budget.
     Budget,
+    /// Every node is reserved to another tenant subtree, or the job's
+    /// tenant is confined to dedicated zones and none is here.
+    Dedicated,
 }
 
 impl Filter {
@@ -468,6 +475,7 @@ impl Filter {
             Filter::Residency => "residency",
             Filter::LatencySlo => "latency-slo",
             Filter::Budget => "budget",
+            Filter::Dedicated => "dedicated",
         }
     }
 }
@@ -684,6 +692,9 @@ impl RegionChooser {
                     job.gpus_per_replica as f64,
                     job.replicas as f64,
                 ))
+            } else if job.open_mask & (1u64 << r) == 0 {
+                // A hard filter under every policy: placement's own.
+                Some((Filter::Dedicated, 0.0, 0.0))
             } else if strict && !job.allows_region(r) {
                 Some((Filter::Residency, 0.0, 0.0))
             } else if let (true, Some(slo), Some(l)) = (strict, job.latency_slo_ms, latency) {
@@ -944,6 +955,7 @@ impl Explanation {
                             "no node with {value} GPUs of an allowed model for {limit} replica(s)"
                         ),
                         Filter::Residency => "outside the job's data residency".to_string(),
+                        Filter::Dedicated => "no node here is open to the tenant (reserved to another tenant subtree, or outside the dedicated zones the tenant is confined to)".to_string(),
                         Filter::LatencySlo => {
                             format!("round trip {value:.1} ms exceeds the SLO of {limit} ms")
                         }

@@ -20,6 +20,7 @@ use super::infeasible::{AskKey, Infeasible, Refusal, ShapeKey};
 use super::lifecycle::{already_pending, pending_status};
 use super::quota::{month_subtrees, monthly_tokens, quota_models, Quotas};
 use super::regions::{job_spec, RegionCatalog};
+use super::zones::Zones;
 use super::{Action, Pass};
 
 /// Where a gang went: its region, its replicas' decisions and, for a
@@ -109,16 +110,29 @@ pub fn job_vendor<'a>(
 /// Pending workloads by priority (highest first), then tenant, in age order.
 type Lanes<'a> = BTreeMap<Reverse<i32>, BTreeMap<&'a str, VecDeque<&'a WorkloadView>>>;
 
+/// Who asks for nodes: a job's vendor, and its tenant's access class
+/// ([`Zones`]).
+#[derive(Clone, Copy)]
+struct Asker<'v> {
+    vendor: Option<&'v str>,
+    class: u32,
+}
+
 /// A region's candidate nodes (engine indices into `nodes`) for a job: those
-/// of its vendor.
+/// of its vendor that its tenant may use.
 fn nodes_in<'n>(
     region_nodes: &'n BTreeMap<String, Vec<u32>>,
     nodes: &[NodeView],
+    zones: &Zones,
     region: &str,
-    vendor: Option<&str>,
+    asker: Asker,
 ) -> Cow<'n, [u32]> {
     let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
-    let fits = |i: &u32| vendor_fits(vendor, &nodes[*i as usize].vendor);
+    let everywhere = zones.everywhere(asker.class);
+    let fits = |i: &u32| {
+        vendor_fits(asker.vendor, &nodes[*i as usize].vendor)
+            && (everywhere || zones.open(asker.class, *i))
+    };
     if all.iter().all(fits) {
         Cow::Borrowed(all)
     } else {
@@ -268,12 +282,14 @@ impl<'a> Pass<'a> {
         let Some(models) = self.allowed_models(w, known, adm) else {
             return;
         };
+        let class = self.zones.class_of(&w.tenant, &adm.quotas);
         // Round-robin region choice moves on with every job it ranks, so
         // its jobs are each ranked.
         let vendor = job_vendor(w, &self.cap.model_vendors).map(str::to_string);
         let vendor = vendor.as_deref();
+        let asker = Asker { vendor, class };
         let ask = (self.config.region_policy != RegionPolicy::RoundRobin)
-            .then(|| AskKey::new(w, &models, vendor));
+            .then(|| AskKey::new(w, &models, asker.vendor, class));
         if let Some(refusal) = ask.as_ref().and_then(|a| adm.infeasible.refusal(a)) {
             if let Some(expl) = &refusal.explanation {
                 self.keep_explanation(w, expl);
@@ -290,7 +306,7 @@ impl<'a> Pass<'a> {
         let one = w.replica_request(set);
         let gangs = self.gangs(w, &models, &one);
         let Some((mut allowed, mut shape)) =
-            self.candidate_regions(w, &models, vendor, &one, &gangs, adm)
+            self.candidate_regions(w, &models, asker, &one, &gangs, adm)
         else {
             return;
         };
@@ -300,12 +316,12 @@ impl<'a> Pass<'a> {
                 self.hold(w, win, None);
                 return;
             }
-            shape = ShapeKey::new(vendor, &gangs, &allowed).within(w.topology);
+            shape = ShapeKey::new(vendor, &gangs, &allowed, class).within(w.topology);
         }
         let placed = match adm.infeasible.refused(&shape) {
             Some(why) => Err(why.to_vec()),
             None => {
-                let placed = self.try_place(w, &allowed, &gangs);
+                let placed = self.try_place(w, class, &allowed, &gangs);
                 match &placed {
                     Ok(_) => adm.infeasible.taken(),
                     Err(why) => adm.infeasible.refuse(shape, why.clone()),
@@ -329,9 +345,10 @@ impl<'a> Pass<'a> {
             (Err(why), Some(win)) => self.hold(w, win, Some(why)),
             (Err(why), None) => {
                 let explanation = format!(
-                    "the gang of {} fits in no allowed region: {}.{why_here}",
+                    "the gang of {} fits in no allowed region: {}.{why_here}{}",
                     w.replicas,
-                    why.join("; ")
+                    why.join("; "),
+                    self.zones.note(class, &allowed),
                 );
                 // Left pending without a try at preemption: a job asking
                 // the same is refused the same way.
@@ -345,7 +362,7 @@ impl<'a> Pass<'a> {
                         adm.infeasible.remember(ask, refusal);
                     }
                 }
-                self.preempt(w, explanation, &allowed, &gangs, adm);
+                self.preempt(w, class, explanation, &allowed, &gangs, adm);
             }
         }
     }
@@ -470,11 +487,12 @@ impl<'a> Pass<'a> {
         &mut self,
         w: &WorkloadView,
         models: &[&str],
-        vendor: Option<&str>,
+        asker: Asker,
         one: &Request,
         gangs: &[Vec<Request>],
         adm: &mut Admission,
     ) -> Option<(Vec<String>, ShapeKey)> {
+        let (vendor, class) = (asker.vendor, asker.class);
         let snapshot = self.snapshot;
         let (ranked, shape) = match &snapshot.regions {
             None => {
@@ -484,16 +502,16 @@ impl<'a> Pass<'a> {
                     .filter(|x| w.residency.is_empty() || w.residency.contains(x))
                     .cloned()
                     .collect();
-                let shape = ShapeKey::new(vendor, gangs, &ranked).within(w.topology);
+                let shape = ShapeKey::new(vendor, gangs, &ranked, class).within(w.topology);
                 (ranked, shape)
             }
             Some(rc) => {
-                self.rank_regions(w, rc, models, adm)?;
+                self.rank_regions(w, rc, models, class, adm)?;
                 let name = |r: &u16| rc.catalog.regions[*r as usize].name.clone();
                 let unordered: Vec<String> = adm.order.iter().map(name).collect();
-                let shape = ShapeKey::new(vendor, gangs, &unordered).within(w.topology);
+                let shape = ShapeKey::new(vendor, gangs, &unordered, class).within(w.topology);
                 if adm.infeasible.refused(&shape).is_none() {
-                    self.order_by_fit(rc, vendor, one, adm);
+                    self.order_by_fit(rc, asker, one, adm);
                 }
                 (adm.order.iter().map(name).collect(), shape)
             }
@@ -516,7 +534,8 @@ impl<'a> Pass<'a> {
                     w.residency
                 ),
             };
-            self.pend(w, "Unschedulable", message);
+            let note = self.zones.note(class, &adm.regions);
+            self.pend(w, "Unschedulable", message + &note);
             return None;
         }
         Some((allowed, shape))
@@ -529,6 +548,7 @@ impl<'a> Pass<'a> {
         w: &WorkloadView,
         rc: &RegionCatalog,
         models: &[&str],
+        class: u32,
         adm: &mut Admission,
     ) -> Option<()> {
         let in_catalog: Vec<String> = models
@@ -550,7 +570,7 @@ impl<'a> Pass<'a> {
         } else {
             in_catalog
         };
-        let job = match job_spec(w, &restrict).resolve(&rc.catalog) {
+        let mut job = match job_spec(w, &restrict).resolve(&rc.catalog) {
             Ok(job) => job,
             Err(e) => {
                 let message = format!(
@@ -563,6 +583,7 @@ impl<'a> Pass<'a> {
                 return None;
             }
         };
+        job.open_mask = self.zones.region_mask(class, rc, &self.cap.nodes);
         adm.chooser.rank(
             &rc.catalog,
             &rc.inventory,
@@ -580,7 +601,7 @@ impl<'a> Pass<'a> {
     fn order_by_fit(
         &mut self,
         rc: &RegionCatalog,
-        vendor: Option<&str>,
+        asker: Asker,
         one: &Request,
         adm: &mut Admission,
     ) {
@@ -589,8 +610,9 @@ impl<'a> Pass<'a> {
             let nodes = nodes_in(
                 &self.region_nodes,
                 &cap.nodes,
+                &self.zones,
                 &rc.catalog.regions[r as usize].name,
-                vendor,
+                asker,
             );
             cap.engine.best(one, Some(&nodes)).map(|(s, _)| s)
         });
@@ -618,13 +640,21 @@ impl<'a> Pass<'a> {
     pub(super) fn try_place(
         &mut self,
         w: &WorkloadView,
+        class: u32,
         allowed: &[String],
         gangs: &[Vec<Request>],
     ) -> Result<Placed, Vec<String>> {
         let mut why = Vec::new();
         let vendor = job_vendor(w, &self.cap.model_vendors);
+        let asker = Asker { vendor, class };
         for region in allowed {
-            let nodes = nodes_in(&self.region_nodes, &self.cap.nodes, region, vendor);
+            let nodes = nodes_in(
+                &self.region_nodes,
+                &self.cap.nodes,
+                &self.zones,
+                region,
+                asker,
+            );
             let mut order: Vec<(crate::placement::Score, usize)> = Vec::new();
             if gangs.len() == 1 {
                 order.push(((0, 0), 0));

@@ -293,6 +293,14 @@ impl Capacity {
         self.workloads.contains_key(uid)
     }
 
+    /// The engine nodes a workload holds capacity on.
+    pub(super) fn held_nodes(&self, uid: &str) -> impl Iterator<Item = u32> + '_ {
+        self.workloads
+            .get(uid)
+            .into_iter()
+            .flat_map(|h| h.ds.iter().map(|d| d.node))
+    }
+
     pub(super) fn decision(
         &self,
         node: &str,
@@ -369,6 +377,7 @@ impl<'a> Pass<'a> {
             }
         }
         let region_nodes = region_nodes(snapshot, &cap);
+        let zones = super::zones::Zones::new(snapshot, &cap.slot, &cap.nodes);
         let node_model = snapshot
             .nodes
             .iter()
@@ -383,6 +392,7 @@ impl<'a> Pass<'a> {
             node_model,
             pods: pods_by_owner(&snapshot.pods),
             usage: Default::default(),
+            zones,
             out: Plan::default(),
         };
         for w in &active {

@@ -19,21 +19,29 @@ use crate::placement::{FxBuild, Request, TopologyAsk};
 use crate::regions::plan::Explanation;
 
 /// A gang shape and where it may go: the job's vendor, each way to place
-/// the gang (its replicas' one request and their number) and the regions it
-/// may use (sorted).
+/// the gang (its replicas' one request and their number), the regions it
+/// may use (sorted) and its tenant's access class (the nodes of dedicated
+/// zones it may use, `super::zones`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct ShapeKey {
     vendor: Option<String>,
     gangs: Vec<(Request, usize)>,
     regions: Vec<String>,
     topology: Option<TopologyAsk>,
+    class: u32,
 }
 
 impl ShapeKey {
-    pub(super) fn new(vendor: Option<&str>, gangs: &[Vec<Request>], regions: &[String]) -> Self {
+    pub(super) fn new(
+        vendor: Option<&str>,
+        gangs: &[Vec<Request>],
+        regions: &[String],
+        class: u32,
+    ) -> Self {
         let mut regions = regions.to_vec();
         regions.sort_unstable();
         ShapeKey {
+            class,
             vendor: vendor.map(str::to_string),
             gangs: gangs
                 .iter()
@@ -52,7 +60,8 @@ impl ShapeKey {
 }
 
 /// Everything of a job that its refusal's reason and message follow from
-/// (all but its tenant and name), with the models its quota left it.
+/// (all but its tenant and name), with the models its quota left it and
+/// its tenant's access class.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct AskKey {
     kind: Kind,
@@ -73,11 +82,13 @@ pub(super) struct AskKey {
     max_delay_s: Option<i64>,
     latency_slo_bits: Option<u64>,
     user_region: Option<String>,
+    class: u32,
 }
 
 impl AskKey {
-    pub(super) fn new(w: &WorkloadView, models: &[&str], vendor: Option<&str>) -> Self {
+    pub(super) fn new(w: &WorkloadView, models: &[&str], vendor: Option<&str>, class: u32) -> Self {
         AskKey {
+            class,
             kind: w.key.kind,
             batch: w.batch,
             replicas: w.replicas,
@@ -175,29 +186,42 @@ mod tests {
     #[test]
     fn a_shape_is_its_request_its_size_its_vendor_and_its_regions_as_a_set() {
         let regions = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let a = ShapeKey::new(None, &[gang(8, 4)], &regions(&["west", "east"]));
+        let a = ShapeKey::new(None, &[gang(8, 4)], &regions(&["west", "east"]), 0);
         assert_eq!(
             a,
-            ShapeKey::new(None, &[gang(8, 4)], &regions(&["east", "west"]))
+            ShapeKey::new(None, &[gang(8, 4)], &regions(&["east", "west"]), 0)
         );
         assert_ne!(
             a,
-            ShapeKey::new(None, &[gang(8, 5)], &regions(&["east", "west"]))
+            ShapeKey::new(None, &[gang(8, 5)], &regions(&["east", "west"]), 0)
         );
         assert_ne!(
             a,
-            ShapeKey::new(None, &[gang(4, 4)], &regions(&["east", "west"]))
+            ShapeKey::new(None, &[gang(4, 4)], &regions(&["east", "west"]), 0)
         );
         assert_ne!(
             a,
-            ShapeKey::new(Some("huawei"), &[gang(8, 4)], &regions(&["east", "west"]))
+            ShapeKey::new(
+                Some("huawei"),
+                &[gang(8, 4)],
+                &regions(&["east", "west"]),
+                0
+            )
         );
-        assert_ne!(a, ShapeKey::new(None, &[gang(8, 4)], &regions(&["east"])));
+        assert_ne!(
+            a,
+            ShapeKey::new(None, &[gang(8, 4)], &regions(&["east"]), 0)
+        );
+        // Another access class (dedicated zones) is another shape.
+        assert_ne!(
+            a,
+            ShapeKey::new(None, &[gang(8, 4)], &regions(&["east", "west"]), 1)
+        );
     }
 
     #[test]
     fn refusals_last_until_capacity_is_freed_and_free_figures_until_it_is_taken() {
-        let key = ShapeKey::new(None, &[gang(8, 2)], &["east".to_string()]);
+        let key = ShapeKey::new(None, &[gang(8, 2)], &["east".to_string()], 0);
         let mut inf = Infeasible::default();
         assert!(inf.refused(&key).is_none());
         inf.refuse(key.clone(), vec!["region \"east\": full".into()]);

@@ -16,7 +16,9 @@
 //!    hierarchical and monthly [`quota`] decide which GPU models a job may
 //!    still use; region choice ranks the regions; placement puts the whole
 //!    gang inside ONE region or nothing; a gang shape that fits nowhere is
-//!    tried once a pass ([`infeasible`]);
+//!    tried once a pass ([`infeasible`]); nodes reserved to a tenant
+//!    subtree, and tenants confined to such nodes, are hard filters
+//!    ([`zones`]);
 //! 4. [`preempt`]: a job that fits nowhere may evict workloads of strictly
 //!    lower priority (at most `max_victims`, one preemptor per pass; strict
 //!    priority order means preemption can never loop);
@@ -33,6 +35,9 @@ mod report;
 mod shapes;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod zone_tests;
+mod zones;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -203,6 +208,8 @@ struct Pass<'a> {
     pods: crate::jobs::PodsByOwner<'a>,
     /// Milli-GPU held per tenant and model.
     usage: Usage,
+    /// Nodes reserved to tenant subtrees, and who may use them.
+    zones: zones::Zones,
     out: Plan,
 }
 

@@ -19,6 +19,7 @@ impl<'a> Pass<'a> {
     pub(super) fn preempt(
         &mut self,
         w: &'a WorkloadView,
+        class: u32,
         explanation: String,
         allowed: &[String],
         gangs: &[Vec<Request>],
@@ -35,6 +36,13 @@ impl<'a> Pass<'a> {
             .iter()
             .filter(|v| v.priority < w.priority && self.cap.holds(&v.uid))
             .filter(|v| !adm.reserved_for.contains(&v.key))
+            // Evicting a workload from nodes the preemptor may not use
+            // (a dedicated zone) frees nothing for it.
+            .filter(|v| {
+                self.cap
+                    .held_nodes(&v.uid)
+                    .any(|n| self.zones.open(class, n))
+            })
             .collect();
         victims.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.created.cmp(&a.created)));
         victims.truncate(self.config.max_victims);
@@ -43,7 +51,7 @@ impl<'a> Pass<'a> {
         for v in victims {
             let ds = self.cap.release(&v.uid);
             taken.push((v, ds));
-            if self.try_place(w, allowed, gangs).is_ok() {
+            if self.try_place(w, class, allowed, gangs).is_ok() {
                 placed = true;
                 break;
             }

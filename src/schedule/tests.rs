@@ -3,7 +3,7 @@
 use super::*;
 use crate::jobs::{rfc3339, Kind, Placement, Quota, QuotaNode, ReplicaPlacement};
 
-fn node(name: &str, region: &str, gpus: u8) -> NodeView {
+pub(super) fn node(name: &str, region: &str, gpus: u8) -> NodeView {
     NodeView {
         name: name.into(),
         region: region.into(),
@@ -15,6 +15,7 @@ fn node(name: &str, region: &str, gpus: u8) -> NodeView {
         memory_mib: 512 * 1024,
         labels: Vec::new(),
         schedulable: true,
+        dedicated: None,
     }
 }
 
@@ -63,7 +64,12 @@ pub(crate) fn workload(
     }
 }
 
-fn quota(tenant: &str, parent: Option<&str>, gpus: &[(&str, i64)], guaranteed: i64) -> QuotaView {
+pub(super) fn quota(
+    tenant: &str,
+    parent: Option<&str>,
+    gpus: &[(&str, i64)],
+    guaranteed: i64,
+) -> QuotaView {
     QuotaView {
         name: tenant.into(),
         spec: QuotaNode::new(
@@ -80,7 +86,7 @@ fn quota(tenant: &str, parent: Option<&str>, gpus: &[(&str, i64)], guaranteed: i
     }
 }
 
-fn launches(p: &Plan) -> Vec<(&str, &WorkloadStatus)> {
+pub(super) fn launches(p: &Plan) -> Vec<(&str, &WorkloadStatus)> {
     p.actions
         .iter()
         .filter_map(|a| match a {
@@ -91,7 +97,7 @@ fn launches(p: &Plan) -> Vec<(&str, &WorkloadStatus)> {
 }
 
 /// Marks a planned launch as running (what the controller would write).
-fn run_it(w: &mut WorkloadView, status: &WorkloadStatus) {
+pub(super) fn run_it(w: &mut WorkloadView, status: &WorkloadStatus) {
     w.status = status.clone();
     w.status.phase = Some("Running".into());
     w.status.started_at = Some(rfc3339(0));
@@ -824,7 +830,7 @@ fn a_tenants_default_vendor_applies_when_the_job_names_none() {
 }
 
 /// The scheduling message of each workload a pass left pending.
-fn pending_messages(p: &Plan) -> BTreeMap<&str, &str> {
+pub(super) fn pending_messages(p: &Plan) -> BTreeMap<&str, &str> {
     p.actions
         .iter()
         .filter_map(|a| match a {

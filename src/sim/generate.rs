@@ -179,6 +179,7 @@ fn catalog_file(rng: &mut Rng) -> CatalogFile {
             grid_factor_kg_per_kwh: round(rng.range(0.35, 0.95), 3),
             inventory,
             sources: BTreeMap::from([("all".to_string(), "assumed: generated".to_string())]),
+            dedicated_to: None,
         });
     }
     let dist = |a: (f64, f64), b: (f64, f64)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();

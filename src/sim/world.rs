@@ -163,6 +163,8 @@ impl JobState {
             "residency"
         } else if removed(Filter::Budget) {
             "budget"
+        } else if removed(Filter::Dedicated) {
+            "dedicated"
         } else {
             "inventory"
         })
@@ -365,6 +367,7 @@ fn cluster_of(catalog: &Catalog) -> Result<(Vec<NodeView>, RegionCatalog), Input
                 memory_mib: spec.memory_mib,
                 labels: spec.labels,
                 schedulable: true,
+                dedicated: None,
             });
         }
         members.push(list);
@@ -1097,6 +1100,70 @@ links:
 
     fn region_of(w: &World, id: JobId) -> String {
         w.job_view(id).unwrap().region.unwrap()
+    }
+
+    /// A region reserved to a tenant subtree (`dedicated_to`) takes only
+    /// that subtree's jobs, under the green policy that prefers it; a
+    /// subtree confined to its zones (`dedicated_only`) runs there only.
+    #[test]
+    fn a_dedicated_region_serves_only_its_subtree() {
+        let yaml = CATALOG.replacen(
+            "    green_share: 0.6\n",
+            "    green_share: 0.6\n    dedicated_to: fujian-gov\n",
+            1,
+        );
+        let catalog = Catalog::from_yaml(&yaml, "test.yaml").unwrap();
+        let config = WorldConfig {
+            start_s: 1000,
+            ..Default::default()
+        };
+        let mut w = World::new(catalog, config).unwrap();
+        let mut gov = QuotaNode::new("fujian-gov", None, Default::default());
+        gov.dedicated_only = true;
+        w.set_quota(gov);
+        w.set_quota(QuotaNode::new(
+            "xiamen",
+            Some("fujian-gov"),
+            Default::default(),
+        ));
+        let of = |tenant: &str, name: &str, replicas: u32| JobSpec {
+            tenant: tenant.into(),
+            ..spec(name, replicas, 8, 3600)
+        };
+        // acme goes east although the west is greener; the west is not its.
+        let acme = w.submit(of("acme", "a", 1)).unwrap();
+        assert_eq!(region_of(&w, acme), "east");
+        let west = w.catalog().region_index("west").unwrap();
+        assert!(matches!(
+            w.job(acme).unwrap().explanation.candidates[west].verdict,
+            Verdict::Removed {
+                filter: Filter::Dedicated,
+                ..
+            }
+        ));
+        // xiamen (below fujian-gov) takes the west, and only the west: its
+        // gang of 4 whole nodes fits, a second one waits with east free.
+        let first = w.submit(of("xiamen", "x1", 4)).unwrap();
+        assert_eq!(region_of(&w, first), "west");
+        let second = w.submit(of("xiamen", "x2", 1)).unwrap();
+        let job = w.job(second).unwrap();
+        assert_eq!(job.phase, Phase::Pending);
+        assert_eq!(job.pending_reason(), Some("capacity"), "its zone is full");
+        let east = w.catalog().region_index("east").unwrap();
+        assert!(matches!(
+            job.explanation.candidates[east].verdict,
+            Verdict::Removed {
+                filter: Filter::Dedicated,
+                ..
+            }
+        ));
+        // A confined tenant with no zone of its own has no region at all.
+        let mut lonely = QuotaNode::new("lonely", None, Default::default());
+        lonely.dedicated_only = true;
+        w.set_quota(lonely);
+        let stranded = w.submit(of("lonely", "l", 1)).unwrap();
+        let job = w.job(stranded).unwrap();
+        assert_eq!(job.pending_reason(), Some("dedicated"));
     }
 
     #[test]

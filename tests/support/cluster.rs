@@ -34,10 +34,28 @@ pub fn controller_config(identity: &str, lease: Duration) -> ControllerConfig {
 /// Creates a Ready node with `gpus` GPUs of `model` in `region`, labelled
 /// as the node agent labels it.
 pub async fn add_node(server: &ApiServer, name: &str, region: &str, model: &str, gpus: u32) {
+    add_labelled_node(server, name, region, model, gpus, &[]).await;
+}
+
+/// [`add_node`] with more labels (an administrator's, such as a dedicated
+/// zone's `zhisuan.io/dedicated-to`).
+#[allow(dead_code)]
+pub async fn add_labelled_node(
+    server: &ApiServer,
+    name: &str,
+    region: &str,
+    model: &str,
+    gpus: u32,
+    extra: &[(&str, &str)],
+) {
+    let mut labels = json!({
+        "zhisuan.io/region": region, "zhisuan.io/gpu-model": model,
+        "zhisuan.io/gpu-count": gpus.to_string(), "zhisuan.io/accelerator-vendor": "nvidia"});
+    for (k, v) in extra {
+        labels[*k] = json!(v);
+    }
     let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {
-            "zhisuan.io/region": region, "zhisuan.io/gpu-model": model,
-            "zhisuan.io/gpu-count": gpus.to_string(), "zhisuan.io/accelerator-vendor": "nvidia"}},
+        "metadata": {"name": name, "labels": labels},
         "status": {"allocatable": {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": gpus.to_string()},
                    "conditions": [{"type": "Ready", "status": "True"}]}
     }))
