@@ -470,6 +470,116 @@ fn the_rendered_chart_is_valid_on_the_two_newest_kubernetes_minors() {
     );
 }
 
+/// Why rendering the chart with `values` fails (panics if it renders).
+fn render_error(values: serde_json::Value) -> String {
+    let out = Command::new("python3")
+        .args(["-c", RENDER_VALIDATE_SCRIPT])
+        .arg(repo_root())
+        .arg(values.to_string())
+        .output()
+        .expect("run python3");
+    assert!(!out.status.success(), "rendered with {values}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every rule of a kind's objects, as (object name, resource, verb).
+fn grants(docs: &[serde_json::Value], kind: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for d in docs.iter().filter(|d| d["kind"] == kind) {
+        let name = d["metadata"]["name"].as_str().unwrap().to_string();
+        for rule in d["rules"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    let (r, v) = (r.as_str().unwrap(), v.as_str().unwrap());
+                    out.push((name.clone(), r.to_string(), v.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Least privilege (#16 item 3): Secrets are read in the release namespace
+/// only; the admission policies that narrow the controller's pod writes and
+/// the agent's Node patches render and validate; egress, when turned on, is
+/// DNS, the API server and each component's own peers — and turning it on
+/// without the API server's address is refused naming the value.
+#[test]
+fn least_privilege_rbac_policies_and_egress() {
+    if !python_imports("helm_python, kubernetes_validate") {
+        if std::env::var_os("CI").is_some() {
+            panic!("helm-python-sdk and kubernetes-validate are not installed (CI)");
+        }
+        eprintln!("skipped: helm-python-sdk / kubernetes-validate not installed");
+        return;
+    }
+    let api_server = serde_json::json!([{"ipBlock": {"cidr": "10.0.0.10/32"}}]);
+    let docs = render_and_validate(serde_json::json!({
+        "admissionPolicies": "always",
+        "ledger": {"backend": "postgres", "postgres": {"existingSecret": "pg"}},
+        "api": {"replicas": 2},
+        "networkPolicy": {"egress": {"enabled": true, "apiServer": api_server,
+            "ledger": [{"ipBlock": {"cidr": "10.0.5.20/32"}}],
+            "apiTo": [{"ipBlock": {"cidr": "10.9.0.0/16"}}]}},
+    }));
+    let cluster_wide = grants(&docs, "ClusterRole");
+    assert!(
+        cluster_wide.iter().all(|(_, r, _)| r != "secrets"),
+        "a ClusterRole grants Secrets: {cluster_wide:?}"
+    );
+    let own = workload(&docs, "Role", "zs-zhisuan-controller-own");
+    assert_eq!(own["metadata"]["namespace"], "zhisuan");
+    assert!(grants(&docs, "Role").contains(&(
+        "zs-zhisuan-controller-own".into(),
+        "secrets".into(),
+        "get".into()
+    )));
+    for policy in [
+        "zs-zhisuan-agent-node",
+        "zs-zhisuan-controller-pods",
+        "zs-zhisuan-tenant-namespace",
+    ] {
+        workload(&docs, "ValidatingAdmissionPolicy", policy);
+        let binding = workload(&docs, "ValidatingAdmissionPolicyBinding", policy);
+        assert_eq!(
+            binding["spec"]["validationActions"],
+            serde_json::json!(["Deny"])
+        );
+    }
+    let egress_peers = |name: &str| -> Vec<serde_json::Value> {
+        let np = workload(&docs, "NetworkPolicy", name);
+        assert_eq!(
+            np["spec"]["policyTypes"],
+            serde_json::json!(["Ingress", "Egress"])
+        );
+        np["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["to"].clone())
+            .collect()
+    };
+    let (api, controller, agent) = (
+        egress_peers("zs-zhisuan-api"),
+        egress_peers("zs-zhisuan-controller"),
+        egress_peers("zs-zhisuan-agent"),
+    );
+    for peers in [&api, &controller, &agent] {
+        assert!(peers.contains(&api_server), "{peers:?}");
+    }
+    let ledger = serde_json::json!([{"ipBlock": {"cidr": "10.0.5.20/32"}}]);
+    assert!(api.contains(&ledger) && controller.contains(&ledger));
+    assert!(!agent.contains(&ledger), "the agent has no ledger");
+    assert!(api.contains(&serde_json::json!([{"ipBlock": {"cidr": "10.9.0.0/16"}}])));
+    assert_eq!(agent.len(), 2, "DNS and the API server only: {agent:?}");
+    // Off by default: ingress only.
+    let docs = render_and_validate(serde_json::json!({}));
+    let np = workload(&docs, "NetworkPolicy", "zs-zhisuan-api");
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let e = render_error(serde_json::json!({"networkPolicy": {"egress": {"enabled": true}}}));
+    assert!(e.contains("needs networkPolicy.egress.apiServer"), "{e}");
+}
+
 /// checkov, the binary (`ZHISUAN_CHECKOV`, else `checkov` on PATH).
 fn checkov() -> Option<PathBuf> {
     let bin = std::env::var_os("ZHISUAN_CHECKOV")

@@ -729,7 +729,11 @@ async fn compute_regions_choose_the_region_and_explain_it() {
     compute_region(&server, "shanghai", region("上海", "east", 0.1, "dc-sh")).await;
     let mut member = region("远端", "west", 1.0, "dc-far");
     member["kubeconfigSecretRef"] = json!({"name": "far-kubeconfig", "namespace": "zhisuan"});
-    compute_region(&server, "far", member).await;
+    compute_region(&server, "far", member.clone()).await;
+    // A Secret outside the controller's own namespace is never read.
+    member["nodeSelector"] = json!({"zhisuan.io/region": "dc-none"});
+    member["kubeconfigSecretRef"] = json!({"name": "far-kubeconfig", "namespace": "kube-system"});
+    compute_region(&server, "elsewhere", member).await;
     quota(&server, "acme", None, json!({})).await;
     let _c = start_controller(&server, "c1", Duration::from_secs(2));
 
@@ -782,6 +786,15 @@ async fn compute_regions_choose_the_region_and_explain_it() {
                 m.contains("Secret zhisuan/far-kubeconfig key \"kubeconfig\"")
                     && m.contains("does not exist")
             })
+    })
+    .await;
+    eventually(15, "elsewhere flagged", || async {
+        let r = regions.get("elsewhere").await.unwrap();
+        let c = &r.data["status"]["conditions"][0];
+        c["status"] == "False"
+            && c["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("reads Secrets only in its own namespace \"zhisuan\""))
     })
     .await;
     eventually(15, "zhongwei status counts its GPUs", || async {
@@ -1160,7 +1173,7 @@ async fn two_controllers_never_both_lead() {
     assert!(survivor.leadership.is_leader());
     let holder = zhisuan::operator::controller::lease_holder(
         server.client(),
-        "default",
+        "zhisuan",
         "zhisuan-controller",
     )
     .await;

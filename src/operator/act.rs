@@ -179,7 +179,16 @@ impl Actuator {
 
     pub(super) fn members(&self) -> Arc<Members> {
         self.members
-            .get_or_init(|| Arc::new(Members::new(self.client.clone(), Arc::new(Notify::new()))))
+            .get_or_init(|| {
+                // Until `Controller::run` sets the watched set: no member
+                // (no namespace to read Secrets in).
+                let none = String::new();
+                Arc::new(Members::new(
+                    self.client.clone(),
+                    none,
+                    Arc::new(Notify::new()),
+                ))
+            })
             .clone()
     }
 

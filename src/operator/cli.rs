@@ -35,7 +35,8 @@ pub struct ControllerArgs {
     /// This replica's identity in the leader Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Namespace of the leader Lease.
+    /// The controller's own namespace: the leader Lease's, and the only one
+    /// member-cluster kubeconfig Secrets are read in.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
     /// Name of the leader Lease.

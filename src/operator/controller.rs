@@ -49,6 +49,8 @@ pub const FIELD_MANAGER: &str = "zhisuan-controller";
 pub struct ControllerConfig {
     /// This replica's name in the Lease (pod name in a cluster).
     pub identity: String,
+    /// The controller's own namespace: its Lease, and the only namespace
+    /// it reads Secrets (member kubeconfigs) in.
     pub lease_namespace: String,
     pub lease_name: String,
     pub timing: LeaseTiming,
@@ -469,8 +471,11 @@ impl Controller {
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let notify = Arc::new(Notify::new());
         let client = self.client.clone();
-        self.act
-            .set_members(Members::new(client.clone(), notify.clone()));
+        self.act.set_members(Members::new(
+            client.clone(),
+            self.config.lease_namespace.clone(),
+            notify.clone(),
+        ));
         let ar_tj = ApiResource::erase::<TrainingJob>(&());
         let ar_is = ApiResource::erase::<InferenceService>(&());
         let ar_tq = ApiResource::erase::<TenantQuota>(&());

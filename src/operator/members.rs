@@ -77,6 +77,8 @@ struct Member {
 /// The member clusters of the ComputeRegions, by region name.
 pub struct Members {
     home: Client,
+    /// The controller's own namespace: the only one it reads Secrets in.
+    namespace: String,
     notify: Arc<Notify>,
     regions: Mutex<BTreeMap<String, Member>>,
     /// A first [`Members::sync`] has run: which regions are members is known.
@@ -151,9 +153,12 @@ fn error_kind(e: &kube::config::KubeconfigError) -> String {
 }
 
 impl Members {
-    pub fn new(home: Client, notify: Arc<Notify>) -> Self {
+    /// Member clusters whose kubeconfig Secrets live in `namespace` (the
+    /// controller's own; a Secret elsewhere is refused unread).
+    pub fn new(home: Client, namespace: String, notify: Arc<Notify>) -> Self {
         Members {
             home,
+            namespace,
             notify,
             regions: Mutex::new(BTreeMap::new()),
             synced: AtomicBool::new(false),
@@ -194,9 +199,16 @@ impl Members {
             let (secret, selector) = wanted[&name].clone();
             let (ns, sname, key) = &secret;
             let described = format!("Secret {ns}/{sname} key {key:?} (spec.kubeconfigSecretRef)");
-            let read = Api::<Secret>::namespaced(self.home.clone(), ns)
-                .get_opt(sname)
-                .await;
+            // Secrets are read in the controller's own namespace only
+            // (the chart grants no other).
+            let read = match *ns == self.namespace {
+                true => Some(
+                    Api::<Secret>::namespaced(self.home.clone(), ns)
+                        .get_opt(sname)
+                        .await,
+                ),
+                false => None,
+            };
             let current_rv = {
                 let members = self.regions.lock().unwrap();
                 members.get(&name).and_then(|m| match &m.state {
@@ -207,7 +219,11 @@ impl Members {
                 })
             };
             let state = match read {
-                Err(e) => {
+                None => Err(format!(
+                    "{described}: the controller reads Secrets only in its own namespace {own:?}; create the Secret there and set spec.kubeconfigSecretRef.namespace to {own:?}",
+                    own = self.namespace
+                )),
+                Some(Err(e)) => {
                     if current_rv.is_some() {
                         // Keep the working connection over a failed read.
                         tracing::warn!(region = %name, error = %e, "reading the member-cluster Secret failed; keeping the connection");
@@ -216,8 +232,8 @@ impl Members {
                     }
                     Err(format!("{described}: cannot be read: {e}"))
                 }
-                Ok(None) => Err(format!("{described}: the Secret does not exist")),
-                Ok(Some(s)) => {
+                Some(Ok(None)) => Err(format!("{described}: the Secret does not exist")),
+                Some(Ok(Some(s))) => {
                     let rv = s.metadata.resource_version.clone().unwrap_or_default();
                     if current_rv.as_deref() == Some(rv.as_str()) && !rv.is_empty() {
                         self.touch(&name);
@@ -478,7 +494,11 @@ mod tests {
     #[tokio::test]
     async fn pods_are_placed_nowhere_until_the_members_are_known() {
         let config = Config::new("http://127.0.0.1:1".parse().unwrap());
-        let members = Members::new(Client::try_from(config).unwrap(), Arc::new(Notify::new()));
+        let members = Members::new(
+            Client::try_from(config).unwrap(),
+            "zhisuan".into(),
+            Arc::new(Notify::new()),
+        );
         // Before the first sync a region may be a member: no guess.
         assert!(members.cluster_of(Some("far")).is_err());
         assert_eq!(members.cluster_of(None), Ok(PodsIn::Everywhere));

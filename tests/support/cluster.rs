@@ -20,6 +20,9 @@ use super::apiserver::ApiServer;
 pub fn controller_config(identity: &str, lease: Duration) -> ControllerConfig {
     ControllerConfig {
         identity: identity.into(),
+        // Its own namespace, as a chart install's: the Lease and the
+        // member clusters' kubeconfig Secrets live there.
+        lease_namespace: "zhisuan".into(),
         timing: LeaseTiming {
             lease_duration: lease,
             renew_deadline: lease * 2 / 3,

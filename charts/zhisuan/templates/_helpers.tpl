@@ -32,6 +32,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.adminKey.existingSecret | default (printf "%s-admin" (include "zhisuan.fullname" .)) -}}
 {{- end -}}
 
+{{/*
+"true" when the ValidatingAdmissionPolicies are to be rendered
+(admissionPolicies: auto / always / never).
+*/}}
+{{- define "zhisuan.admissionPolicies" -}}
+{{- $mode := .Values.admissionPolicies | toString -}}
+{{- if not (has $mode (list "auto" "always" "never")) -}}
+{{- fail (printf "admissionPolicies must be auto, always or never, not %q" $mode) -}}
+{{- end -}}
+{{- if or (eq $mode "always") (and (eq $mode "auto") (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy")) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{/* Refuses values that cannot work, naming the value and the fix. */}}
 {{- define "zhisuan.validate" -}}
 {{- if not (has .Values.ledger.backend (list "sqlite" "postgres")) -}}
@@ -42,6 +56,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- if and (eq .Values.ledger.backend "postgres") (not .Values.ledger.postgres.existingSecret) -}}
 {{- fail "ledger.backend=postgres needs ledger.postgres.existingSecret: the name of a Secret holding the PostgreSQL URL under key ledger.postgres.secretKey" -}}
+{{- end -}}
+{{- if and .Values.networkPolicy.enabled .Values.networkPolicy.egress.enabled (not .Values.networkPolicy.egress.apiServer) -}}
+{{- fail "networkPolicy.egress.enabled needs networkPolicy.egress.apiServer: the Kubernetes API server's addresses as NetworkPolicy peers, e.g. [{ipBlock: {cidr: 10.0.0.10/32}}] (kubectl get endpoints kubernetes)" -}}
+{{- end -}}
+{{- if and .Values.networkPolicy.enabled .Values.networkPolicy.egress.enabled (eq .Values.ledger.backend "postgres") (not .Values.networkPolicy.egress.ledger) -}}
+{{- fail "networkPolicy.egress.enabled with ledger.backend=postgres needs networkPolicy.egress.ledger: the PostgreSQL server as NetworkPolicy peers, e.g. [{ipBlock: {cidr: 10.0.5.20/32}}]" -}}
 {{- end -}}
 {{- if not (has .Values.agent.backend (list "nvml" "sim" "npu-exporter")) -}}
 {{- fail (printf "agent.backend must be nvml, sim or npu-exporter, not %q" .Values.agent.backend) -}}
@@ -60,3 +80,33 @@ The Secret holding the PostgreSQL ledger URL, mounted as the file `url`
     items:
       - {key: {{ .Values.ledger.postgres.secretKey }}, path: url}
 {{- end }}
+
+{{/*
+The egress rules of a component's NetworkPolicy (networkPolicy.egress):
+DNS, the API server, the ledger where `ledger` is set, then `to` peers
+(any port).
+*/}}
+{{- define "zhisuan.egress" -}}
+{{- $e := .root.Values.networkPolicy.egress -}}
+- to:
+    {{- toYaml $e.dns | nindent 4 }}
+  ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+- to:
+    {{- toYaml $e.apiServer | nindent 4 }}
+  ports:
+    {{- range $e.apiServerPorts }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+{{- if and .ledger (eq .root.Values.ledger.backend "postgres") $e.ledger }}
+- to:
+    {{- toYaml $e.ledger | nindent 4 }}
+  ports:
+    - {port: {{ $e.ledgerPort }}, protocol: TCP}
+{{- end }}
+{{- with .to }}
+- to:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- end -}}
