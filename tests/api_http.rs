@@ -376,6 +376,42 @@ fn job_shows_phase_placement_and_explanation_and_quota_is_enforced() {
     assert_eq!(q.body["limits"]["gpus"]["*"], 4, "{}", q.text);
 }
 
+/// The quota race (issue #16): submissions arriving together cannot
+/// overspend a limit between one's check and another's admission — of 12
+/// one-GPU jobs sent at once against 4 GPUs, exactly 4 are taken.
+#[test]
+fn concurrent_submissions_never_overspend_the_quota() {
+    let s = start();
+    let k = s.tenant("acme");
+    let r = s.call(
+        Method::PUT,
+        "/v1/tenants/acme/quota",
+        Some(ADMIN),
+        Some(json!({"gpus": {"*": 4}})),
+    );
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let statuses: Vec<StatusCode> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..12)
+            .map(|i| {
+                let (s, k) = (&s, &k);
+                scope.spawn(move || s.submit(k, training(&format!("racer-{i}"), 1)).status)
+            })
+            .collect();
+        racers.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created = statuses
+        .iter()
+        .filter(|c| **c == StatusCode::CREATED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|c| **c == StatusCode::UNPROCESSABLE_ENTITY)
+        .count();
+    assert_eq!((created, refused), (4, 8), "{statuses:?}");
+    let q = s.get("/v1/quota", &k);
+    assert_eq!(q.body["used"]["gpus"], 4.0, "{}", q.text);
+}
+
 #[test]
 fn bad_input_names_the_field() {
     let s = start();
