@@ -123,9 +123,22 @@ pub struct ComputeRegionStatus {
 
 /// RFC 3339 of unix seconds.
 pub fn rfc3339(unix_s: i64) -> String {
-    chrono::DateTime::from_timestamp(unix_s, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    // A pass stamps thousands of conditions with one time: the last one
+    // formatted is kept (per thread) and copied.
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != unix_s || last.1.is_empty() {
+            let text = chrono::DateTime::from_timestamp(unix_s, 0)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            *last = (unix_s, text);
+        }
+        last.1.clone()
+    })
 }
 
 /// Unix seconds of an RFC 3339 time.
@@ -164,5 +177,20 @@ pub fn set_condition(
     match old {
         Some(i) => status.conditions[i] = c,
         None => status.conditions.push(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kept last time never answers for another one.
+    #[test]
+    fn rfc3339_formats_each_time_and_keeps_only_the_last() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(86_461), "1970-01-02T00:01:01Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(parse_rfc3339(&rfc3339(1_767_196_800)), Some(1_767_196_800));
     }
 }

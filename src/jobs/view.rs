@@ -294,7 +294,7 @@ pub const MILLI_GPU_S_PER_GPU_HOUR: i64 = 3_600_000;
 
 /// Pods grouped by owning workload.
 pub(crate) fn pods_by_owner(pods: &[PodView]) -> PodsByOwner<'_> {
-    let mut out = PodsByOwner::default();
+    let mut out = PodsByOwner::with_capacity_and_hasher(pods.len(), Default::default());
     for p in pods {
         if let Some(o) = &p.owner {
             out.entry(o).or_default().push(p);

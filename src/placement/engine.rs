@@ -311,17 +311,14 @@ impl Engine {
     pub fn explain(&self, req: &Request, nodes: Option<&[u32]>) -> FitReport {
         let c = &self.cluster;
         let mut r = FitReport::default();
+        // The request without its label selector (made once, not per node).
+        let any_labels = Request {
+            selector: Vec::new(),
+            ..req.clone()
+        };
         let mut one = |n: u32| {
             r.considered += 1;
-            if req.gpu != GpuDemand::None
-                && !c.admits(
-                    n,
-                    &Request {
-                        selector: Vec::new(),
-                        ..req.clone()
-                    },
-                )
-            {
+            if req.gpu != GpuDemand::None && !c.admits(n, &any_labels) {
                 r.wrong_model += 1;
             } else if !c.admits(n, req) {
                 r.label_mismatch += 1;

@@ -12,7 +12,7 @@ use crate::jobs::{
     set_condition, MonthToDate, NodeView, Placement, ReplicaPlacement, TopologyPlacement,
     WorkloadKey, WorkloadView,
 };
-use crate::placement::{Decision, DomainPlaced, Level, ModelSet, Request};
+use crate::placement::{Decision, DomainPlaced, Level, ModelSet, Request, TopologyAsk};
 use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, RegionPolicy, Verdict};
 use crate::regions::shift::{GreenMemo, Hours, Window};
 
@@ -122,6 +122,7 @@ struct Asker<'v> {
 /// of its vendor that its tenant may use.
 fn nodes_in<'n>(
     region_nodes: &'n BTreeMap<String, Vec<u32>>,
+    one_vendor: &BTreeMap<String, String>,
     nodes: &[NodeView],
     zones: &Zones,
     region: &str,
@@ -129,6 +130,14 @@ fn nodes_in<'n>(
 ) -> Cow<'n, [u32]> {
     let all = region_nodes.get(region).map_or(&[][..], Vec::as_slice);
     let everywhere = zones.everywhere(asker.class);
+    // A region of one vendor is taken or left whole, without a look at
+    // each node.
+    if let (true, Some(v)) = (everywhere, one_vendor.get(region)) {
+        return match vendor_fits(asker.vendor, v) {
+            true => Cow::Borrowed(all),
+            false => Cow::Borrowed(&[]),
+        };
+    }
     let fits = |i: &u32| {
         vendor_fits(asker.vendor, &nodes[*i as usize].vendor)
             && (everywhere || zones.open(asker.class, *i))
@@ -159,6 +168,9 @@ fn workload_field(field: &str) -> &str {
 impl<'a> Pass<'a> {
     /// Step 3: admits the queue in fair-share order.
     pub(super) fn admit(&mut self, mut queue: Vec<&'a WorkloadView>) {
+        // Each waiting workload may need a status: room for them once, not
+        // grown (and copied) a doubling at a time.
+        self.out.actions.reserve(queue.len());
         let snapshot = self.snapshot;
         let quotas = Quotas::new(&snapshot.quotas);
         let month_use = month_subtrees(&quotas, &snapshot.month_use);
@@ -321,7 +333,7 @@ impl<'a> Pass<'a> {
         let placed = match adm.infeasible.refused(&shape) {
             Some(why) => Err(why.to_vec()),
             None => {
-                let placed = self.try_place(w, class, &allowed, &gangs);
+                let placed = self.try_place(w, class, &allowed, &gangs, Some(&mut adm.infeasible));
                 match &placed {
                     Ok(_) => adm.infeasible.taken(),
                     Err(why) => adm.infeasible.refuse(shape, why.clone()),
@@ -511,7 +523,7 @@ impl<'a> Pass<'a> {
                 let unordered: Vec<String> = adm.order.iter().map(name).collect();
                 let shape = ShapeKey::new(vendor, gangs, &unordered, class).within(w.topology);
                 if adm.infeasible.refused(&shape).is_none() {
-                    self.order_by_fit(rc, asker, one, adm);
+                    self.order_by_fit(rc, asker, (one, gangs, w.topology), adm);
                 }
                 (adm.order.iter().map(name).collect(), shape)
             }
@@ -597,18 +609,26 @@ impl<'a> Pass<'a> {
     }
 
     /// Regions equally good on score are tried best fit first (for one
-    /// replica).
+    /// replica); a region that refused the gang earlier in the pass fits
+    /// worst, without a look at its nodes.
     fn order_by_fit(
         &mut self,
         rc: &RegionCatalog,
         asker: Asker,
-        one: &Request,
+        (one, gangs, topology): (&Request, &[Vec<Request>], Option<TopologyAsk>),
         adm: &mut Admission,
     ) {
         let cap = &mut self.cap;
+        let infeasible = &adm.infeasible;
         order_band_by_fit(&mut adm.expl, &mut adm.order, |r| {
+            let region = std::slice::from_ref(&rc.catalog.regions[r as usize].name);
+            let here = ShapeKey::new(asker.vendor, gangs, region, asker.class).within(topology);
+            if infeasible.refused(&here).is_some() {
+                return None;
+            }
             let nodes = nodes_in(
                 &self.region_nodes,
+                &self.one_vendor,
                 &cap.nodes,
                 &self.zones,
                 &rc.catalog.regions[r as usize].name,
@@ -636,20 +656,33 @@ impl<'a> Pass<'a> {
 
     /// Places the gang in the first allowed region that holds it (allocated
     /// on success), trying its models there best fit first; `Err` says why
-    /// each region refused.
+    /// each region refused. With `refused` (admission, where capacity only
+    /// shrinks), a region that refused the same gang shape earlier in the
+    /// pass is not tried again: it is refused in the same words.
     pub(super) fn try_place(
         &mut self,
         w: &WorkloadView,
         class: u32,
         allowed: &[String],
         gangs: &[Vec<Request>],
+        mut refused: Option<&mut Infeasible>,
     ) -> Result<Placed, Vec<String>> {
         let mut why = Vec::new();
         let vendor = job_vendor(w, &self.cap.model_vendors);
         let asker = Asker { vendor, class };
         for region in allowed {
+            let here = refused.as_ref().map(|_| {
+                ShapeKey::new(vendor, gangs, std::slice::from_ref(region), class).within(w.topology)
+            });
+            if let (Some(inf), Some(key)) = (refused.as_deref(), &here) {
+                if let Some(said) = inf.refused(key) {
+                    why.extend_from_slice(said);
+                    continue;
+                }
+            }
             let nodes = nodes_in(
                 &self.region_nodes,
+                &self.one_vendor,
                 &self.cap.nodes,
                 &self.zones,
                 region,
@@ -693,7 +726,11 @@ impl<'a> Pass<'a> {
                 }
             }
             let e = last.unwrap_or_else(|| "no node has room for one replica".into());
-            why.push(format!("region {:?}: {e}", region.as_str()));
+            let said = format!("region {:?}: {e}", region.as_str());
+            if let (Some(inf), Some(key)) = (refused.as_deref_mut(), here) {
+                inf.refuse(key, vec![said.clone()]);
+            }
+            why.push(said);
         }
         Err(why)
     }

@@ -234,8 +234,12 @@ impl Capacity {
             hold(&mut self.engine, &mut self.workloads, &w.uid, ds, epoch);
         }
         if !snapshot.pods.is_empty() {
-            let owners: std::collections::HashSet<&WorkloadKey, FxBuild> =
-                active.iter().map(|w| &w.key).collect();
+            let mut owners: std::collections::HashSet<&WorkloadKey, FxBuild> =
+                std::collections::HashSet::with_capacity_and_hasher(
+                    active.len(),
+                    FxBuild::default(),
+                );
+            owners.extend(active.iter().map(|w| &w.key));
             let mut on_nodes: BTreeMap<String, Vec<Decision>> = BTreeMap::new();
             for p in &snapshot.pods {
                 if p.terminal() || p.owner.as_ref().is_some_and(|o| owners.contains(o)) {
@@ -377,6 +381,7 @@ impl<'a> Pass<'a> {
             }
         }
         let region_nodes = region_nodes(snapshot, &cap);
+        let one_vendor = one_vendor(&region_nodes, &cap.nodes);
         let zones = super::zones::Zones::new(snapshot, &cap.slot, &cap.nodes);
         let node_model = snapshot
             .nodes
@@ -389,20 +394,44 @@ impl<'a> Pass<'a> {
             now: snapshot.now,
             cap,
             region_nodes,
+            one_vendor,
             node_model,
             pods: pods_by_owner(&snapshot.pods),
             usage: Default::default(),
             zones,
             out: Plan::default(),
         };
+        // Summed per (tenant, model) first: the usage maps are written once
+        // a pair, not once a replica.
+        let mut held: HashMap<(&str, &str), u64, FxBuild> = HashMap::default();
         for w in &active {
+            let milli = w.milli_per_replica();
             for r in &w.status.placement.as_ref().unwrap().replicas {
                 let model = pass.model_of_node(&r.node);
-                pass.usage.add(&w.tenant, model, w.milli_per_replica());
+                *held.entry((w.tenant.as_str(), model)).or_default() += milli;
             }
+        }
+        for ((tenant, model), milli) in held {
+            pass.usage.add(tenant, model, milli);
         }
         pass
     }
+}
+
+/// The vendor of each region whose schedulable nodes are all of one.
+fn one_vendor(
+    region_nodes: &BTreeMap<String, Vec<u32>>,
+    nodes: &[NodeView],
+) -> BTreeMap<String, String> {
+    region_nodes
+        .iter()
+        .filter_map(|(region, list)| {
+            let first = &nodes[*list.first()? as usize].vendor;
+            list.iter()
+                .all(|&i| nodes[i as usize].vendor == *first)
+                .then(|| (region.clone(), first.clone()))
+        })
+        .collect()
 }
 
 /// Schedulable nodes (engine indices) of each region.

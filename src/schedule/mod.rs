@@ -203,6 +203,9 @@ struct Pass<'a> {
     cap: Capacity,
     /// Schedulable nodes (engine indices) of each region.
     region_nodes: BTreeMap<String, Vec<u32>>,
+    /// The vendor of every schedulable node of a region, for the regions
+    /// whose nodes are all of one vendor.
+    one_vendor: BTreeMap<String, String>,
     /// Node name → accelerator model.
     node_model: HashMap<&'a str, &'a str, crate::placement::FxBuild>,
     pods: crate::jobs::PodsByOwner<'a>,

@@ -51,7 +51,8 @@ impl<'a> Pass<'a> {
         for v in victims {
             let ds = self.cap.release(&v.uid);
             taken.push((v, ds));
-            if self.try_place(w, class, allowed, gangs).is_ok() {
+            // Capacity was just freed: nothing refused before holds.
+            if self.try_place(w, class, allowed, gangs, None).is_ok() {
                 placed = true;
                 break;
             }

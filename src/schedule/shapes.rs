@@ -40,6 +40,7 @@ impl ShapeWindow {
     pub(super) fn observe(&mut self, snapshot: &Snapshot) -> bool {
         self.passes += 1;
         let pass = self.passes;
+        let mut new = Vec::new();
         for w in &snapshot.workloads {
             if w.deleting || !w.errors.is_empty() || matches!(w.phase(), "Succeeded" | "Failed") {
                 continue;
@@ -48,18 +49,23 @@ impl ShapeWindow {
                 *seen = pass;
             } else {
                 self.live.insert(w.uid.clone(), pass);
-                if self.arrivals.len() == SHAPE_WINDOW {
-                    self.arrivals.pop_front();
-                }
-                self.arrivals.push_back(Arrival {
-                    replica: w.replica_request(ModelSet::ANY),
-                    models: w.models.clone(),
-                    replicas: w.replicas,
-                });
-                self.arrived += 1;
+                new.push(w);
             }
         }
         self.live.retain(|_, seen| *seen == pass);
+        // Only the last window's worth of a burst is kept.
+        self.arrived += new.len() as u64;
+        let kept = &new[new.len().saturating_sub(SHAPE_WINDOW)..];
+        for w in kept {
+            if self.arrivals.len() == SHAPE_WINDOW {
+                self.arrivals.pop_front();
+            }
+            self.arrivals.push_back(Arrival {
+                replica: w.replica_request(ModelSet::ANY),
+                models: w.models.clone(),
+                replicas: w.replicas,
+            });
+        }
         if self.next_relearn == 0 {
             self.next_relearn = 1;
         }

@@ -1033,3 +1033,39 @@ fn a_gang_that_asks_for_one_rack_gets_one_and_its_status_says_which() {
         scheduled.message
     );
 }
+
+/// A region that refused a gang shape is not tried again for that shape in
+/// the pass (its words are repeated), but is for any other shape: a
+/// smaller job still lands where the larger one could not.
+#[test]
+fn a_region_that_refused_a_shape_is_skipped_for_that_shape_only() {
+    let snap = Snapshot {
+        now: 100,
+        nodes: vec![node("e1", "east", 4), node("w1", "west", 8)],
+        workloads: vec![
+            workload("big", "t", 1, 8, 0, 1),
+            workload("small", "t", 1, 4, 0, 2),
+            workload("big2", "t", 1, 8, 0, 3),
+        ],
+        quotas: vec![quota("t", None, &[], 0)],
+        ..Default::default()
+    };
+    let p = plan(&snap, &PlanConfig::default());
+    let placed: BTreeMap<&str, String> = launches(&p)
+        .iter()
+        .map(|(n, s)| (*n, s.placement.as_ref().unwrap().replicas[0].node.clone()))
+        .collect();
+    assert_eq!(
+        placed.get("big").map(String::as_str),
+        Some("w1"),
+        "{placed:?}"
+    );
+    assert_eq!(
+        placed.get("small").map(String::as_str),
+        Some("e1"),
+        "{placed:?}"
+    );
+    let m = pending_messages(&p);
+    assert!(m["big2"].contains("region \"east\": "), "{m:?}");
+    assert!(m["big2"].contains("region \"west\": "), "{m:?}");
+}
