@@ -23,14 +23,22 @@ fn gov_nodes() -> Vec<NodeView> {
     nodes
 }
 
-fn gov_quotas(confined: bool) -> Vec<QuotaView> {
+/// The gov nodes with `workloads`; tenants `fujian-gov` (confined to its
+/// zones when `confined`), `xiamen` below it and `acme`.
+fn gov_snapshot(workloads: Vec<WorkloadView>, confined: bool) -> Snapshot {
     let mut gov = quota("fujian-gov", None, &[], 0);
     gov.spec.dedicated_only = confined;
-    vec![
-        gov,
-        quota("xiamen", Some("fujian-gov"), &[], 0),
-        quota("acme", None, &[], 0),
-    ]
+    Snapshot {
+        now: 100,
+        nodes: gov_nodes(),
+        workloads,
+        quotas: vec![
+            gov,
+            quota("xiamen", Some("fujian-gov"), &[], 0),
+            quota("acme", None, &[], 0),
+        ],
+        ..Default::default()
+    }
 }
 
 fn placed_nodes(p: &Plan, name: &str) -> BTreeSet<String> {
@@ -44,16 +52,13 @@ fn placed_nodes(p: &Plan, name: &str) -> BTreeSet<String> {
 
 #[test]
 fn reserved_nodes_take_only_their_tenant_subtree() {
-    let snap = Snapshot {
-        now: 100,
-        nodes: gov_nodes(),
-        workloads: vec![
+    let snap = gov_snapshot(
+        vec![
             workload("outsider", "acme", 2, 8, 0, 1),
             workload("city", "xiamen", 2, 8, 0, 2),
         ],
-        quotas: gov_quotas(false),
-        ..Default::default()
-    };
+        false,
+    );
     let p = plan(&snap, &PlanConfig::default());
     // acme's gang of two whole nodes sees one open node: it waits, and its
     // status says which zone is not its to use.
@@ -79,17 +84,14 @@ fn reserved_nodes_take_only_their_tenant_subtree() {
 
 #[test]
 fn a_confined_subtree_runs_only_in_its_zones() {
-    let snap = Snapshot {
-        now: 100,
-        nodes: gov_nodes(),
-        workloads: vec![
+    let snap = gov_snapshot(
+        vec![
             workload("a", "xiamen", 1, 8, 0, 1),
             workload("b", "xiamen", 1, 8, 0, 2),
             workload("c", "xiamen", 1, 8, 0, 3),
         ],
-        quotas: gov_quotas(true),
-        ..Default::default()
-    };
+        true,
+    );
     let p = plan(&snap, &PlanConfig::default());
     // The parent's dedicatedOnly confines the child: two land on g1/g2,
     // the third waits although p1 is free, and is told why.
@@ -109,16 +111,13 @@ fn a_confined_subtree_runs_only_in_its_zones() {
 /// for a tenant outside the zone is still tried for one inside it.
 #[test]
 fn a_shape_refused_outside_a_zone_is_tried_inside_it() {
-    let snap = Snapshot {
-        now: 100,
-        nodes: gov_nodes(),
-        workloads: vec![
+    let snap = gov_snapshot(
+        vec![
             workload("outsider", "acme", 3, 8, 0, 1),
             workload("insider", "xiamen", 3, 8, 0, 2),
         ],
-        quotas: gov_quotas(false),
-        ..Default::default()
-    };
+        false,
+    );
     let p = plan(&snap, &PlanConfig::default());
     assert!(placed_nodes(&p, "outsider").is_empty());
     assert_eq!(placed_nodes(&p, "insider").len(), 3);
@@ -128,16 +127,13 @@ fn a_shape_refused_outside_a_zone_is_tried_inside_it() {
 /// it may use.
 #[test]
 fn preemption_evicts_only_from_nodes_the_preemptor_may_use() {
-    let mut snap = Snapshot {
-        now: 100,
-        nodes: gov_nodes(),
-        workloads: vec![
+    let mut snap = gov_snapshot(
+        vec![
             workload("gov-low", "xiamen", 2, 8, -1, 1),
             workload("open-low", "acme", 1, 8, 0, 2),
         ],
-        quotas: gov_quotas(false),
-        ..Default::default()
-    };
+        false,
+    );
     let p = plan(&snap, &PlanConfig::default());
     for (name, status) in launches(&p) {
         let i = snap

@@ -1051,6 +1051,32 @@ mod tests {
         );
     }
 
+    /// The `topology` column: empty, `required:LEVEL` or `preferred:LEVEL`
+    /// reach the job; anything else is refused naming the column, its
+    /// value, the file and the line.
+    #[test]
+    fn the_topology_column_reaches_the_job_or_is_named() {
+        let catalog = Catalog::default_catalog();
+        let header = format!("{},topology", DEFAULT_WORKLOAD_CSV.lines().next().unwrap());
+        let row = "j,t,training,0,60,2,8,0,1000,1024,,beijing,,,,false";
+        let parse = |topology: &str| {
+            let text = format!("{header}\n{row},{topology}\n");
+            parse_workload(&text, "w.csv", &catalog).map(|jobs| jobs[0].1.topology)
+        };
+        let ask = |level, required| Some(TopologyAsk { level, required }.into());
+        assert_eq!(parse("").unwrap(), None);
+        assert_eq!(parse("required:rack").unwrap(), ask(Level::Rack, true));
+        assert_eq!(parse("preferred:block").unwrap(), ask(Level::Block, false));
+        assert_eq!(parse("required:nvlink").unwrap(), ask(Level::Nvlink, true));
+        for bad in ["rack", "required:shelf", "maybe:rack"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("w.csv:2") && err.contains(&format!("topology {bad:?}")),
+                "{bad}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn bad_workload_rows_name_file_line_and_field() {
         let catalog = Catalog::default_catalog();
