@@ -195,10 +195,11 @@ pub fn standalone(
     })
 }
 
-/// Advances the cluster to the wall clock every `period` and writes the
-/// metered usage to the ledger; records a failed write did not take are
-/// written again with the next tick's (ids make that idempotent). Runs
-/// until the runtime stops.
+/// Advances the cluster to the wall clock every `period`, writes the
+/// metered usage to the ledger (records a failed write did not take are
+/// written again with the next tick's; ids make that idempotent) and
+/// samples the jobs waiting by reason into it (the operator page's pending
+/// over time). Runs until the runtime stops.
 pub fn spawn_clock(backend: WorldBackend, ledger: Ledger, period: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
@@ -207,6 +208,12 @@ pub fn spawn_clock(backend: WorldBackend, ledger: Ledger, period: Duration) {
         loop {
             tick.tick().await;
             let intervals = backend.advance_to(Utc::now().timestamp());
+            let (b, l) = (backend.clone(), ledger.clone());
+            match tokio::task::spawn_blocking(move || sample_pending(&b, &l)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "pending sample not written"),
+                Err(e) => tracing::error!(error = %e, "pending sample task failed"),
+            }
             unwritten.extend(backend.with_world(|w| usage_records(w.catalog(), &intervals)));
             if unwritten.is_empty() {
                 continue;
@@ -223,6 +230,15 @@ pub fn spawn_clock(backend: WorldBackend, ledger: Ledger, period: Duration) {
             }
         }
     });
+}
+
+/// Writes the simulated cluster's waiting jobs, by reason, as the ledger's
+/// pending sample for its current minute (blocking: the world's lock and
+/// the ledger).
+pub fn sample_pending(backend: &WorldBackend, ledger: &Ledger) -> anyhow::Result<()> {
+    let (now_s, by_reason) = backend.pending_by_reason();
+    ledger.record_pending(now_s, &by_reason)?;
+    Ok(())
 }
 
 /// How often `--backend kube` lists the InferenceServices served through
@@ -336,6 +352,58 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--backend world` samples its waiting jobs into the ledger, as the
+    /// controller and the demo do: with the clock running, a job no region
+    /// can hold shows in the operator page's pending series (this test
+    /// fails with the sample left out of the clock's tick — checked).
+    #[test]
+    fn the_world_backend_samples_its_waiting_jobs() {
+        use crate::api::jobs::{JobBackend, JobKind, JobSpec};
+        let start_s = Utc::now().timestamp() - 5;
+        let world = crate::sim::world::World::new(
+            crate::regions::Catalog::default_catalog(),
+            WorldConfig {
+                start_s,
+                ..WorldConfig::default()
+            },
+        )
+        .unwrap();
+        let backend = WorldBackend::new(std::sync::Arc::new(std::sync::Mutex::new(world)));
+        // One replica of 64 GPUs: no node of any region holds it.
+        let huge = JobSpec::new("acme", JobKind::Training, "huge", 1, 64_000, "img:1");
+        futures::executor::block_on(backend.submit(huge)).unwrap();
+        let ledger = Ledger::open(":memory:").unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let peak = |points: &[crate::ledger::pending::PendingPoint]| {
+            points.iter().map(|p| p.jobs).max().unwrap_or(0)
+        };
+        let series = runtime.block_on(async {
+            spawn_clock(backend, ledger.clone(), Duration::from_millis(20));
+            // Bounded: the first tick fires at once.
+            for _ in 0..250 {
+                let now = Utc::now().timestamp();
+                let s = ledger
+                    .pending_series(
+                        start_s - 3600,
+                        now + 3600,
+                        crate::ledger::series::Bucket::Hour,
+                    )
+                    .unwrap();
+                if peak(&s.total) > 0 {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("no pending sample within 5 s");
+        });
+        assert_eq!(peak(&series.total), 1, "{series:?}");
+        let inventory = series.reasons.iter().find(|(r, _)| r == "inventory");
+        assert_eq!(inventory.map(|(_, p)| peak(p)), Some(1), "{series:?}");
+    }
 
     #[test]
     fn admin_key_file_first_line_or_clear_error() {

@@ -9,36 +9,15 @@ use prometheus::{
     CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry,
 };
 
-/// Why a job may wait (`JobState::pending_reason`); each is exported, zero
-/// included, so a dashboard shows the full breakdown.
-pub const PENDING_REASONS: &[&str] = &[
-    "capacity",
-    "preempting",
-    "latency-slo",
-    "quota",
-    "residency",
-    "budget",
-    "dedicated",
-    "inventory",
-];
+pub use crate::sim::world::PENDING_REASONS;
 
 /// The tracked jobs waiting, by reason (every reason of
-/// [`PENDING_REASONS`], zero included; an unknown one counts as the first).
+/// [`PENDING_REASONS`], zero included).
 pub fn pending_by_reason(
     world: &crate::sim::world::World,
     tracker: &super::tracker::JobTracker,
 ) -> std::collections::BTreeMap<String, u64> {
-    let mut pending: std::collections::BTreeMap<String, u64> =
-        PENDING_REASONS.iter().map(|r| (r.to_string(), 0)).collect();
-    for job in tracker.live().filter_map(|id| world.job(id)) {
-        if let Some(reason) = job.pending_reason() {
-            let known = PENDING_REASONS.iter().find(|r| **r == reason);
-            *pending
-                .entry(known.unwrap_or(&PENDING_REASONS[0]).to_string())
-                .or_default() += 1;
-        }
-    }
-    pending
+    crate::sim::world::pending_by_reason(world, tracker.live())
 }
 
 pub struct WorldMetrics {

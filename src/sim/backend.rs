@@ -438,6 +438,15 @@ impl WorldBackend {
     }
 
     /// Runs `f` on the world (for summaries and metrics).
+    /// The live jobs waiting now, by reason, and the world's time: the
+    /// pending sample the ledger keeps for the operator page (blocking).
+    pub fn pending_by_reason(&self) -> (i64, std::collections::BTreeMap<String, u64>) {
+        let (world, index) = self.locked();
+        let live = index.tenants.values().flat_map(|t| t.live.iter().copied());
+        let by_reason = crate::sim::world::pending_by_reason(&world, live);
+        (world.now_s(), by_reason)
+    }
+
     pub fn with_world<T>(&self, f: impl FnOnce(&World) -> T) -> T {
         f(&lock(&self.world))
     }

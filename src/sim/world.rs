@@ -171,6 +171,40 @@ impl JobState {
     }
 }
 
+/// Why a job may wait ([`JobState::pending_reason`]); each is counted,
+/// zero included, so a dashboard shows the full breakdown.
+pub const PENDING_REASONS: &[&str] = &[
+    "capacity",
+    "preempting",
+    "latency-slo",
+    "quota",
+    "residency",
+    "budget",
+    "dedicated",
+    "inventory",
+];
+
+/// The jobs of `ids` waiting, by reason: every reason of
+/// [`PENDING_REASONS`], zero included (an unknown one counts as the
+/// first); what the demo's `/metrics` and the ledger's pending samples of
+/// a simulated cluster show.
+pub fn pending_by_reason(
+    world: &World,
+    ids: impl IntoIterator<Item = JobId>,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut pending: std::collections::BTreeMap<String, u64> =
+        PENDING_REASONS.iter().map(|r| (r.to_string(), 0)).collect();
+    for job in ids.into_iter().filter_map(|id| world.job(id)) {
+        if let Some(reason) = job.pending_reason() {
+            let known = PENDING_REASONS.iter().find(|r| **r == reason);
+            *pending
+                .entry(known.unwrap_or(&PENDING_REASONS[0]).to_string())
+                .or_default() += 1;
+        }
+    }
+    pending
+}
+
 /// A job as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobView {
