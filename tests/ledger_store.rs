@@ -1608,7 +1608,8 @@ fn tampering_is_named_postgres() {
 }
 
 /// Pending samples on both backends: a minute keeps the most seen (the
-/// upsert's `excluded` comparison), each hour its peak.
+/// upsert's `excluded` comparison), each hour its peak; the first write of
+/// an hour drops the samples past the retention.
 fn case_pending_samples(open: &dyn Fn() -> Ledger) {
     let l = open();
     let hour = t("2026-11-02T10:00:00Z").timestamp();
@@ -1622,4 +1623,13 @@ fn case_pending_samples(open: &dyn Fn() -> Ledger) {
     let peaks: Vec<(i64, i64)> = s.total.iter().map(|p| (p.jobs, p.samples)).collect();
     assert_eq!(peaks, [(3, 1), (2, 1)]);
     assert_eq!(s.reasons[0].0, "QuotaExceeded");
+    // An hour's first write, the retention after the first sample's hour:
+    // that sample goes, the next hour's stays.
+    let later = hour + zhisuan::ledger::pending::RETENTION_S + 3600;
+    l.record_pending(later, &by(1)).unwrap();
+    let s = l
+        .pending_series(hour, hour + 2 * 3600, zhisuan::ledger::series::Bucket::Hour)
+        .unwrap();
+    let peaks: Vec<(i64, i64)> = s.total.iter().map(|p| (p.jobs, p.samples)).collect();
+    assert_eq!(peaks, [(0, 0), (2, 1)]);
 }

@@ -3,7 +3,8 @@
 //! sample the most it saw in that minute (`pending_samples`, keyed by minute
 //! and reason; a write never lowers it, so retries, late writes and a second
 //! leader in the same minute merge) — and the series gives each hour's or
-//! day's peak.
+//! day's peak. Samples are kept [`RETENTION_S`] (a little over a year, for
+//! month-on-month views): the first write of each hour drops older ones.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,9 @@ const TOTAL: &str = "";
 
 /// Seconds between samples.
 pub const SAMPLE_S: i64 = 60;
+
+/// How long samples are kept: 400 days.
+pub const RETENTION_S: i64 = 400 * 86_400;
 
 /// One bucket: the most workloads waiting at any sample in it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +63,14 @@ impl Ledger {
                         Val::T(reason),
                         Val::I(i64::try_from(n).unwrap_or(i64::MAX)),
                     ],
+                )?;
+            }
+            // Once an hour (its first minute's writes; idempotent): samples
+            // past the retention go.
+            if minute.rem_euclid(3600) == 0 {
+                tx.exec(
+                    "DELETE FROM pending_samples WHERE at_s < $1",
+                    &[Val::I(minute.saturating_sub(RETENTION_S))],
                 )?;
             }
             Ok(())
