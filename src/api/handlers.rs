@@ -618,7 +618,16 @@ pub struct JobRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 31536000)]
     pub max_runtime_s: Option<u64>,
+    /// Training only: the job may start up to this many seconds after it
+    /// is submitted, so the green policy may hold it for greener hours
+    /// (time shifting; never past it), 1..=604800 (7 days).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 604800)]
+    pub max_delay_s: Option<u64>,
 }
+
+/// The longest start delay a job may allow (`max_delay_s`): 7 days.
+const MAX_DELAY_S: u64 = 7 * 86_400;
 
 const MAX_REPLICAS: u32 = 1000;
 
@@ -726,6 +735,20 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
             ));
         }
     }
+    if let Some(d) = r.max_delay_s {
+        if inference {
+            return Err(ApiError::invalid(
+                "max_delay_s",
+                "max_delay_s: training only (an inference service serves from the start)",
+            ));
+        }
+        if d == 0 || d > MAX_DELAY_S {
+            return Err(ApiError::invalid(
+                "max_delay_s",
+                format!("max_delay_s: must be 1..={MAX_DELAY_S} (7 days)"),
+            ));
+        }
+    }
     if let Some(t) = &r.topology {
         t.ask()
             .map_err(|m| ApiError::invalid("topology", format!("topology: {m}")))?;
@@ -761,6 +784,7 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
             None
         },
         max_runtime_s: r.max_runtime_s,
+        max_delay_s: r.max_delay_s,
     })
 }
 
@@ -1122,6 +1146,8 @@ mod tests {
             (serde_json::json!({"latency_slo_ms": 20}), "latency_slo_ms"),
             (serde_json::json!({"token_tier": "basic"}), "token_tier"),
             (serde_json::json!({"max_runtime_s": 0}), "max_runtime_s"),
+            (serde_json::json!({"max_delay_s": 0}), "max_delay_s"),
+            (serde_json::json!({"max_delay_s": 604_801}), "max_delay_s"),
             (serde_json::json!({"region": ""}), "region"),
         ];
         for (patch, field) in cases {
@@ -1152,6 +1178,17 @@ mod tests {
         r.kind = JobKind::Inference;
         let spec = validate_job("a", r).unwrap();
         assert_eq!(spec.token_tier, Some(Tier::Basic));
+        // A start delay is training's: a service serves from the start.
+        let mut r = job();
+        r.kind = JobKind::Inference;
+        r.max_delay_s = Some(3600);
+        assert_eq!(
+            validate_job("a", r).unwrap_err().field.as_deref(),
+            Some("max_delay_s")
+        );
+        let mut r = job();
+        r.max_delay_s = Some(3600);
+        assert_eq!(validate_job("a", r).unwrap().max_delay_s, Some(3600));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct JobSpec {
     pub user_region: Option<String>,
     pub token_tier: Option<Tier>,
     pub max_runtime_s: Option<u64>,
+    /// Training only: the latest start, seconds after submission (time
+    /// shifting may hold it until then).
+    pub max_delay_s: Option<u64>,
 }
 
 impl JobSpec {
@@ -74,6 +77,7 @@ impl JobSpec {
             user_region: None,
             token_tier: None,
             max_runtime_s: None,
+            max_delay_s: None,
         }
     }
 

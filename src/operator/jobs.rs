@@ -126,6 +126,9 @@ impl KubeJobs {
                 if let Some(m) = spec.max_runtime_s {
                     s["maxRuntimeSeconds"] = json!(m);
                 }
+                if let Some(d) = spec.max_delay_s {
+                    s["maxDelaySeconds"] = json!(d);
+                }
                 "TrainingJob"
             }
             JobKind::Inference => {
@@ -495,6 +498,7 @@ mod tests {
             user_region: Some("beijing".into()),
             token_tier: Some(Tier::HighValue),
             max_runtime_s: None,
+            max_delay_s: None,
         };
         let obj = KubeJobs::object(&spec);
         assert_eq!(obj["metadata"]["name"], "acme-chat-v2");
@@ -516,5 +520,16 @@ mod tests {
             ..spec
         };
         assert_eq!(KubeJobs::object(&whole)["spec"]["gpusPerReplica"], 8);
+        // A training job's start delay becomes the TrainingJob's, which the
+        // controller reads as its time-shifting window.
+        let patient = JobSpec {
+            max_delay_s: Some(7200),
+            ..whole
+        };
+        let obj = KubeJobs::object(&patient);
+        assert_eq!(obj["spec"]["maxDelaySeconds"], 7200);
+        let parsed: crate::operator::crd::TrainingJobSpec =
+            serde_json::from_value(obj["spec"].clone()).unwrap();
+        assert_eq!(parsed.max_delay_seconds, Some(7200));
     }
 }

@@ -497,7 +497,7 @@ impl WorldBackend {
             wait_for_best: false,
             priority: 0,
             max_runtime_s: spec.max_runtime_s.map(|s| s as i64),
-            max_delay_s: None,
+            max_delay_s: spec.max_delay_s.map(|s| s as i64),
             duration_s: None,
         };
         let event = WorldEvent::Submit {
@@ -746,6 +746,21 @@ mod tests {
 
     fn block<T>(f: BoxFuture<'_, T>) -> T {
         futures::executor::block_on(f)
+    }
+
+    /// A training job's start delay reaches the simulated cluster's job
+    /// (its time-shifting window).
+    #[test]
+    fn a_start_delay_reaches_the_world() {
+        let b = backend();
+        let patient = JobSpec {
+            max_delay_s: Some(7200),
+            ..spec("acme", "patient", 1)
+        };
+        let view = block(b.submit(patient)).unwrap();
+        let id: JobId = view.id.parse().unwrap();
+        let delay = b.with_world(|w| w.job(id).map(|j| j.spec.max_delay_s));
+        assert_eq!(delay, Some(Some(7200)));
     }
 
     /// A call that waits for the world's lock (held by a clock step) parks
