@@ -448,9 +448,7 @@ print(sum(1 for p, t in r.items() if p.endswith(".yaml") for d in yaml.safe_load
     assert_eq!(count(json!({"admissionPolicies": "always"})), Ok(3));
     assert_eq!(count(json!({})), Ok(0), "auto, offline");
     assert_eq!(count(json!({"admissionPolicies": "never"})), Ok(0));
+    // A typo is refused naming the value (the values schema's enum).
     let e = count(json!({"admissionPolicies": "sometimes"})).unwrap_err();
-    assert!(
-        e.contains("admissionPolicies must be auto, always or never"),
-        "{e}"
-    );
+    assert!(e.contains("admissionPolicies"), "{e}");
 }
