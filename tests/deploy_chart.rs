@@ -340,14 +340,19 @@ print(json.dumps({"minors": minors, "docs": [d for _, d in docs], "invalid": inv
                   "misspelt_field_refused": bool(check(ds)[0])}))
 "#;
 
-/// The rendered documents of the chart with `values`, each checked.
-fn render_and_validate(values: serde_json::Value) -> Vec<serde_json::Value> {
-    let out = Command::new("python3")
+/// The render-and-validate script run with `values`.
+fn run_render(values: &serde_json::Value) -> std::process::Output {
+    Command::new("python3")
         .args(["-c", RENDER_VALIDATE_SCRIPT])
         .arg(repo_root())
         .arg(values.to_string())
         .output()
-        .expect("run python3");
+        .expect("run python3")
+}
+
+/// The rendered documents of the chart with `values`, each checked.
+fn render_and_validate(values: serde_json::Value) -> Vec<serde_json::Value> {
+    let out = run_render(&values);
     assert!(
         out.status.success(),
         "rendering the chart with {values} failed: {}",
@@ -480,12 +485,7 @@ fn the_rendered_chart_is_valid_on_the_two_newest_kubernetes_minors() {
 
 /// Why rendering the chart with `values` fails (panics if it renders).
 fn render_error(values: serde_json::Value) -> String {
-    let out = Command::new("python3")
-        .args(["-c", RENDER_VALIDATE_SCRIPT])
-        .arg(repo_root())
-        .arg(values.to_string())
-        .output()
-        .expect("run python3");
+    let out = run_render(&values);
     assert!(!out.status.success(), "rendered with {values}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

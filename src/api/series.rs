@@ -30,6 +30,13 @@ pub struct SeriesQuery {
     pub to: Option<String>,
 }
 
+impl SeriesQuery {
+    /// The bucket and `[from, to)` asked for, defaults filled in ([`span`]).
+    fn span(&self, now: DateTime<Utc>) -> Result<(Bucket, i64, i64), ApiError> {
+        span(self.bucket, self.from.as_deref(), self.to.as_deref(), now)
+    }
+}
+
 /// The series and what it covers.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Series {
@@ -47,12 +54,7 @@ pub async fn own_series(
     TenantCaller(tenant): TenantCaller,
     ApiQuery(q): ApiQuery<SeriesQuery>,
 ) -> Result<Json<Series>, ApiError> {
-    let (bucket, from, to) = span(
-        q.bucket,
-        q.from.as_deref(),
-        q.to.as_deref(),
-        state.jobs().now(),
-    )?;
+    let (bucket, from, to) = q.span(state.jobs().now())?;
     let points = state
         .blocking(move |l| l.usage_series(&tenant, from, to, bucket))
         .await?;
@@ -146,12 +148,7 @@ pub async fn pending_series(
     _admin: Admin,
     ApiQuery(q): ApiQuery<SeriesQuery>,
 ) -> Result<Json<PendingOverTime>, ApiError> {
-    let (bucket, from, to) = span(
-        q.bucket,
-        q.from.as_deref(),
-        q.to.as_deref(),
-        state.jobs().now(),
-    )?;
+    let (bucket, from, to) = q.span(state.jobs().now())?;
     let s = state
         .blocking(move |l| l.pending_series(from, to, bucket))
         .await?;

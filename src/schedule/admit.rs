@@ -621,8 +621,8 @@ impl<'a> Pass<'a> {
         let cap = &mut self.cap;
         let infeasible = &adm.infeasible;
         order_band_by_fit(&mut adm.expl, &mut adm.order, |r| {
-            let region = std::slice::from_ref(&rc.catalog.regions[r as usize].name);
-            let here = ShapeKey::new(asker.vendor, gangs, region, asker.class).within(topology);
+            let region = &rc.catalog.regions[r as usize].name;
+            let here = ShapeKey::in_region(asker.vendor, gangs, region, asker.class, topology);
             if infeasible.refused(&here).is_some() {
                 return None;
             }
@@ -671,9 +671,9 @@ impl<'a> Pass<'a> {
         let vendor = job_vendor(w, &self.cap.model_vendors);
         let asker = Asker { vendor, class };
         for region in allowed {
-            let here = refused.as_ref().map(|_| {
-                ShapeKey::new(vendor, gangs, std::slice::from_ref(region), class).within(w.topology)
-            });
+            let here = refused
+                .as_ref()
+                .map(|_| ShapeKey::in_region(vendor, gangs, region, class, w.topology));
             if let (Some(inf), Some(key)) = (refused.as_deref(), &here) {
                 if let Some(said) = inf.refused(key) {
                     why.extend_from_slice(said);

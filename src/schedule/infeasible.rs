@@ -52,6 +52,18 @@ impl ShapeKey {
         }
     }
 
+    /// The shape in one region: what a region refused in the pass (placement
+    /// records it, the packing band's order reads it).
+    pub(super) fn in_region(
+        vendor: Option<&str>,
+        gangs: &[Vec<Request>],
+        region: &String,
+        class: u32,
+        topology: Option<TopologyAsk>,
+    ) -> Self {
+        ShapeKey::new(vendor, gangs, std::slice::from_ref(region), class).within(topology)
+    }
+
     /// The same shape asking to fit in one network domain.
     pub(super) fn within(mut self, topology: Option<TopologyAsk>) -> Self {
         self.topology = topology;

@@ -73,7 +73,10 @@ impl Zones {
                 });
                 zones.len() as u32 - 1
             });
-            zones[z as usize].regions.insert(n.region.clone());
+            let regions = &mut zones[z as usize].regions;
+            if !regions.contains(&n.region) {
+                regions.insert(n.region.clone());
+            }
             node_zone[i] = z;
         }
         let unrestricted = Class {
