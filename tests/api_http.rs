@@ -1022,3 +1022,126 @@ fn tenants_and_vouchers_are_listed_a_page_at_a_time() {
     s.get("/v1/tenants?limit=0", ADMIN)
         .expect_error(StatusCode::UNPROCESSABLE_ENTITY, Some("limit"));
 }
+
+/// `/v1/overview`, the operator page's current values: regions for
+/// anyone; this month's tenants' totals (the ledger's, equal to the
+/// tenant's own `/v1/usage` for the month) and voucher balances only to
+/// whom `/metrics` would show them — the admin all, a tenant its own, no
+/// key none.
+#[test]
+fn the_overview_shows_this_months_ledger_totals_to_those_who_may_see_them() {
+    let s = start();
+    let acme = s.tenant("acme");
+    let beta = s.tenant("beta");
+    let r = s.post(
+        "/v1/vouchers",
+        ADMIN,
+        json!({"tenant": "acme", "issuer": "city", "face_value_fen": 500_000, "copay_ratio": 0.5,
+               "valid_from": "2026-01-01", "valid_until": "2099-01-01"}),
+    );
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let first = s.call(Method::GET, "/v1/overview", None, None);
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let as_of = chrono::DateTime::parse_from_rfc3339(first.body["as_of"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let month = zhisuan::ledger::Month::of(as_of);
+    assert_eq!(first.body["month"], month.to_string());
+    // Metered GPU time this month, as the meter writes it.
+    let start = (as_of.timestamp() - 7200).max(month.start().timestamp());
+    let used = |tenant: &str, hours: i64, region: &str| zhisuan::ledger::UsageRecord {
+        source: format!("pod-{tenant}"),
+        tenant: tenant.into(),
+        job: format!("{tenant}/train"),
+        region: region.into(),
+        node: "n1".into(),
+        model: "H100".into(),
+        gpu_milli: 1000 * hours,
+        start: chrono::DateTime::from_timestamp(start, 0).unwrap(),
+        end: chrono::DateTime::from_timestamp(start + 1800, 0).unwrap(),
+        it_energy_j: 3_600_000 * hours,
+        pue: 1.2,
+        green_share: 0.5,
+        grid_kg_per_kwh: 0.57,
+    };
+    let ledger = zhisuan::ledger::Ledger::open(&s.db).unwrap();
+    ledger
+        .ingest(
+            &[used("acme", 4, "guian"), used("beta", 2, "qingyang")],
+            &[],
+        )
+        .unwrap();
+    let overview = |key: Option<&str>| {
+        let r = s.call(Method::GET, "/v1/overview", key, None);
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body
+    };
+    let names = |o: &Value, list: &str, field: &str| -> Vec<String> {
+        o[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t[field].as_str().unwrap().to_string())
+            .collect()
+    };
+    let all = overview(Some(ADMIN));
+    assert_eq!(names(&all, "tenants", "tenant"), ["acme", "beta"]);
+    assert_eq!(all["tenants_hidden"], false);
+    // Each tenant's row is its month-to-date usage as it reads it itself.
+    for (i, key) in [&acme, &beta].into_iter().enumerate() {
+        let own = s.get(
+            &format!("/v1/usage?from={}", month.start().format("%Y-%m-%d")),
+            key,
+        );
+        assert_eq!(own.status, StatusCode::OK, "{}", own.text);
+        let row = &all["tenants"][i];
+        for field in ["gross_fen", "voucher_fen", "net_fen"] {
+            assert_eq!(
+                row[field], own.body[field],
+                "{field}: {row} vs {}",
+                own.text
+            );
+        }
+        assert!(row["gross_fen"].as_i64().unwrap() > 0, "{row}");
+    }
+    assert!(all["tenants"][0]["voucher_fen"].as_i64().unwrap() > 0);
+    assert_eq!(all["tenants"][1]["voucher_fen"], 0);
+    // Regions: the backend's, with this month's carbon of the records.
+    let region = |o: &Value, name: &str| -> Value {
+        o["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no region {name} in {o}"))
+    };
+    let guian = region(&all, "guian");
+    assert!(guian["gpus"].as_u64().unwrap() > 0, "{guian}");
+    assert_eq!(guian["milli_gpu_s"], 4000 * 1800);
+    assert!(guian["carbon_mg"].as_i64().unwrap() > 0, "{guian}");
+    assert_eq!(names(&all, "vouchers", "tenant"), ["acme"]);
+    let left = all["vouchers"][0]["spendable_fen"].as_i64().unwrap();
+    assert_eq!(
+        left,
+        500_000 - all["tenants"][0]["voucher_fen"].as_i64().unwrap()
+    );
+    // A tenant's key: its own row and vouchers only.
+    let own = overview(Some(&beta));
+    assert_eq!(names(&own, "tenants", "tenant"), ["beta"]);
+    assert_eq!(own["tenants_total"], 1);
+    assert!(own["vouchers"].as_array().unwrap().is_empty());
+    // No key: regions and their totals, no tenant.
+    let public = overview(None);
+    assert!(public["tenants"].as_array().unwrap().is_empty());
+    assert!(public["vouchers"].as_array().unwrap().is_empty());
+    assert_eq!(public["tenants_hidden"], true);
+    assert_eq!(region(&public, "guian")["milli_gpu_s"], 4000 * 1800);
+    s.call(
+        Method::GET,
+        "/v1/overview",
+        Some("zk_not_a_key_at_all"),
+        None,
+    )
+    .expect_error(StatusCode::UNAUTHORIZED, None);
+}

@@ -1623,9 +1623,11 @@ fn case_pending_samples(open: &dyn Fn() -> Ledger) {
     let peaks: Vec<(i64, i64)> = s.total.iter().map(|p| (p.jobs, p.samples)).collect();
     assert_eq!(peaks, [(3, 1), (2, 1)]);
     assert_eq!(s.reasons[0].0, "QuotaExceeded");
-    // An hour's first write, the retention after the first sample's hour:
-    // that sample goes, the next hour's stays.
-    let later = hour + zhisuan::ledger::pending::RETENTION_S + 3600;
+    // An hour's first write (on its 18th minute: samples need not land on
+    // an hour's first minute, the demo's simulated clock seldom does), the
+    // retention after the first sample's hour: that sample goes, the next
+    // hour's stays.
+    let later = hour + zhisuan::ledger::pending::RETENTION_S + 17 * 60 + 5;
     l.record_pending(later, &by(1)).unwrap();
     let s = l
         .pending_series(hour, hour + 2 * 3600, zhisuan::ledger::series::Bucket::Hour)

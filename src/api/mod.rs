@@ -21,6 +21,7 @@ pub mod lockout;
 pub mod metrics;
 pub mod metrics_access;
 pub mod openapi;
+pub mod overview;
 pub mod page;
 pub mod pending;
 pub mod ratelimit;
@@ -363,6 +364,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/series", get(series::grouped_series))
         .route("/v1/series/pending", get(series::pending_series))
         .route("/v1/pending", get(pending::pending))
+        .route("/v1/overview", get(overview::overview))
         .route("/v1/statements/{month}", get(h::statement))
         .route("/v1/regions", get(h::regions))
         .merge(gateway::handlers::routes())

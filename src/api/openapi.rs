@@ -79,6 +79,7 @@ impl Modify for BearerAuth {
         super::gateway::handlers::embeddings, super::gateway::handlers::models,
         super::gateway::handlers::calls, super::gateway::handlers::grants,
         super::gateway::handlers::set_grants, super::series::own_series, super::series::grouped_series, super::series::pending_series, super::pending::pending,
+        super::overview::overview,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
@@ -93,7 +94,9 @@ impl Modify for BearerAuth {
         super::series::GroupSeries, super::series::GroupedSeries, crate::ledger::series::Group,
         super::pending::PendingJob, super::pending::PendingList,
         crate::ledger::series::Bucket, super::series::PendingOverTime, super::series::ReasonSeries,
-        crate::ledger::pending::PendingPoint,
+        crate::ledger::pending::PendingPoint, crate::ledger::pending::PendingNow,
+        crate::ledger::totals::TenantMonth, super::overview::Overview, super::overview::RegionNow,
+        super::overview::VoucherBalance,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -1,8 +1,10 @@
 //! The web page at `/` of the API server and the demo: per-region GPU use,
 //! green share and carbon; per-tenant spend, vouchers and tokens; pending jobs
-//! by reason — drawn as SVG charts by plain JavaScript from `/metrics`
-//! (the same series Prometheus and the dashboards read), so the page needs no
-//! state of its own, no CDN and no network beyond its own origin.
+//! by reason; use, spend and waiting over time — drawn as SVG charts by plain
+//! JavaScript from `/v1/overview` and the series endpoints (the ledger's
+//! totals and the scheduler's regions, never `/metrics`' process-lifetime
+//! counters), so the page needs no state of its own, no CDN and no network
+//! beyond its own origin.
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -80,18 +82,19 @@ mod tests {
         let (status, ctype, js) = fetch("/assets/page.js").await;
         assert_eq!(status, StatusCode::OK);
         assert!(ctype.starts_with("text/javascript"));
-        // The page draws from the metric-name contract.
-        for metric in [
-            "zhisuan_region_gpus_allocated",
-            "zhisuan_region_green_share",
-            "zhisuan_region_carbon_kg_total",
-            "zhisuan_tenant_net_fen_total",
-            "zhisuan_voucher_balance_fen",
-            "zhisuan_tenant_tokens_total",
-            "zhisuan_pending_jobs",
+        // The page draws from the API's overview and series, not /metrics.
+        for endpoint in [
+            "/v1/overview",
+            "/v1/series",
+            "/v1/series/pending",
+            "/v1/pending",
         ] {
-            assert!(js.contains(metric), "page.js does not chart {metric}");
+            assert!(js.contains(endpoint), "page.js does not read {endpoint}");
         }
+        assert!(
+            !js.contains("fetch(\"/metrics\""),
+            "page.js scrapes /metrics"
+        );
         assert_eq!(fetch("/assets/page.css").await.0, StatusCode::OK);
     }
 

@@ -120,6 +120,39 @@ ledger_schema!(
 );
 
 ledger_schema!(
+    crate::ledger::pending::PendingNow,
+    "PendingNow",
+    json!({
+        "type": "object",
+        "required": ["at_s", "total", "by_reason"],
+        "properties": {
+            "at_s": {"type": "integer", "description": "the sample's minute, unix seconds UTC"},
+            "total": {"type": "integer", "description": "workloads waiting, every reason together"},
+            "by_reason": {"type": "object", "additionalProperties": {"type": "integer"},
+                "description": "workloads waiting by reason (QuotaExceeded, Unschedulable, ...); reasons with none left out"},
+        }
+    })
+);
+
+ledger_schema!(
+    crate::ledger::totals::TenantMonth,
+    "TenantMonth",
+    json!({
+        "type": "object",
+        "required": ["tenant", "milli_gpu_s", "gross_fen", "voucher_fen", "net_fen", "tokens"],
+        "properties": {
+            "tenant": {"type": "string"},
+            "milli_gpu_s": {"type": "integer", "description": "GPU time this month; 3,600,000 = one GPU-hour"},
+            "gross_fen": {"type": "integer", "description": "charges (GPU, energy, tokens) before vouchers, fen"},
+            "voucher_fen": {"type": "integer", "description": "what vouchers paid of them, fen"},
+            "net_fen": {"type": "integer", "description": "what the tenant owes: gross less vouchers, fen"},
+            "tokens": {"type": "object", "additionalProperties": {"type": "integer"},
+                "description": "prompt + completion tokens by price tier"},
+        }
+    })
+);
+
+ledger_schema!(
     ChargeKind,
     "ChargeKind",
     json!({"type": "string", "enum": ["gpu", "energy", "tokens"]})

@@ -34,6 +34,7 @@ mod sql;
 pub mod statement;
 mod store;
 pub mod tokens;
+pub mod totals;
 pub mod types;
 pub mod vouchers;
 pub mod windows;

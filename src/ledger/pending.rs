@@ -50,7 +50,22 @@ impl Ledger {
     pub fn record_pending(&self, at_s: i64, by_reason: &BTreeMap<String, u64>) -> Result<()> {
         let minute = at_s.div_euclid(SAMPLE_S) * SAMPLE_S;
         let total: u64 = by_reason.values().sum();
+        let hour = minute.div_euclid(3600) * 3600;
         self.write(|tx| {
+            // The hour's first write (no total of it stored yet, whichever
+            // minute it lands on; idempotent): samples past the retention go.
+            let first_of_hour = tx.rows(
+                "SELECT COUNT(*) FROM pending_samples WHERE reason = $1 AND at_s >= $2 AND at_s < $3",
+                &[Val::T(TOTAL), Val::I(hour), Val::I(hour + 3600)],
+            )?[0][0]
+                .i()
+                == 0;
+            if first_of_hour {
+                tx.exec(
+                    "DELETE FROM pending_samples WHERE at_s < $1",
+                    &[Val::I(minute.saturating_sub(RETENTION_S))],
+                )?;
+            }
             let rows = std::iter::once((TOTAL, total))
                 .chain(by_reason.iter().map(|(r, n)| (r.as_str(), *n)));
             for (reason, n) in rows {
@@ -63,14 +78,6 @@ impl Ledger {
                         Val::T(reason),
                         Val::I(i64::try_from(n).unwrap_or(i64::MAX)),
                     ],
-                )?;
-            }
-            // Once an hour (its first minute's writes; idempotent): samples
-            // past the retention go.
-            if minute.rem_euclid(3600) == 0 {
-                tx.exec(
-                    "DELETE FROM pending_samples WHERE at_s < $1",
-                    &[Val::I(minute.saturating_sub(RETENTION_S))],
                 )?;
             }
             Ok(())
@@ -111,6 +118,51 @@ impl Ledger {
             reasons: by.into_iter().collect(),
         })
     }
+
+    /// The newest sample at or before `at_s`: its minute and the workloads
+    /// waiting then by reason (reasons with none left out), or `None` when
+    /// nothing was sampled in the [`STALE_S`] before `at_s` (no leader, or
+    /// none recently: an old count is not shown as today's).
+    pub fn latest_pending(&self, at_s: i64) -> Result<Option<PendingNow>> {
+        let rows = self.read(|tx| {
+            tx.rows(
+                "SELECT at_s, reason, jobs FROM pending_samples WHERE at_s = \
+                 (SELECT MAX(at_s) FROM pending_samples WHERE reason = $1 AND at_s <= $2 AND at_s > $3)",
+                &[Val::T(TOTAL), Val::I(at_s), Val::I(at_s - STALE_S)],
+            )
+        })?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut now = PendingNow {
+            at_s: first[0].i(),
+            ..Default::default()
+        };
+        for r in &rows {
+            match r[1].t().as_str() {
+                TOTAL => now.total = r[2].i(),
+                _ if r[2].i() == 0 => {}
+                reason => {
+                    now.by_reason.insert(reason.to_string(), r[2].i());
+                }
+            }
+        }
+        Ok(Some(now))
+    }
+}
+
+/// How old the newest sample may be to count as "waiting now": five samples.
+pub const STALE_S: i64 = 5 * SAMPLE_S;
+
+/// The workloads waiting at the newest sample.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingNow {
+    /// The sample's minute (unix s, UTC).
+    pub at_s: i64,
+    /// Every reason together.
+    pub total: i64,
+    /// By reason (`QuotaExceeded`, `Unschedulable`, …), reasons with none left out.
+    pub by_reason: BTreeMap<String, i64>,
 }
 
 #[cfg(test)]
@@ -141,5 +193,32 @@ mod tests {
         assert_eq!(jobs(&s.reasons[1].1), [(3, 2), (0, 0), (0, 0)]);
         let e = l.pending_series(0, at(3, 0), Bucket::Hour).unwrap_err();
         assert!(e.to_string().contains("at most"), "{e}");
+    }
+
+    #[test]
+    fn waiting_now_is_the_newest_recent_sample_up_to_the_time_asked() {
+        let l = Ledger::open(":memory:").unwrap();
+        let at = |m: i64| 1_796_428_800 + m * 60;
+        let counts = |q: u64, u: u64| {
+            BTreeMap::from([
+                ("QuotaExceeded".to_string(), q),
+                ("Unschedulable".to_string(), u),
+            ])
+        };
+        assert_eq!(l.latest_pending(at(10)).unwrap(), None);
+        l.record_pending(at(1), &counts(2, 1)).unwrap();
+        l.record_pending(at(3), &counts(0, 4)).unwrap();
+        l.record_pending(at(9), &counts(7, 7)).unwrap(); // after the time asked
+        let now = l.latest_pending(at(4) + 30).unwrap().unwrap();
+        assert_eq!(now.at_s, at(3));
+        assert_eq!(now.total, 4);
+        // A reason with none waiting is left out.
+        assert_eq!(
+            now.by_reason,
+            BTreeMap::from([("Unschedulable".to_string(), 4)])
+        );
+        // Older than five samples: not shown as now.
+        assert_eq!(l.latest_pending(at(3) + STALE_S).unwrap(), None);
+        assert!(l.latest_pending(at(3) + STALE_S - 1).unwrap().is_some());
     }
 }

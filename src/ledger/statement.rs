@@ -647,6 +647,35 @@ mod tests {
                     );
                 }
             }
+            // The month's totals (the operator page's) equal each tenant's
+            // scan of the raw rows; regions add up to the same GPU time.
+            for m in MONTHS {
+                let m = Month::parse(m).unwrap();
+                let totals = l.month_totals(m).unwrap();
+                for tenant in TENANTS {
+                    let raw = l
+                        .usage_summary_by(tenant, Some(m.start()), Some(m.next().start()), false)
+                        .unwrap();
+                    let got = totals.tenants.iter().find(|t| t.tenant == tenant);
+                    let got = got.cloned().unwrap_or_default();
+                    assert_eq!(
+                        (got.gross_fen, got.voucher_fen, got.net_fen, &got.tokens),
+                        (raw.gross_fen, raw.voucher_fen, raw.net_fen, &raw.tokens),
+                        "{tenant} {m}"
+                    );
+                    assert_eq!(
+                        got.milli_gpu_s as f64 / 3.6e6,
+                        raw.gpu_hours,
+                        "{tenant} {m}"
+                    );
+                }
+                let gpu = |x: &mut dyn Iterator<Item = i64>| x.sum::<i64>();
+                assert_eq!(
+                    gpu(&mut totals.regions.iter().map(|r| r.milli_gpu_s)),
+                    gpu(&mut totals.tenants.iter().map(|t| t.milli_gpu_s)),
+                    "{m}"
+                );
+            }
             (
                 out,
                 l.trial_balance().unwrap(),

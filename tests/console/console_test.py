@@ -141,8 +141,18 @@ def main():
         expect(op.locator("body")).to_have_attribute("data-rendered", "true")
         expect(op.locator("#chart-tenant-spend")).to_contain_text("sign in above")
         expect(op.locator("#over-time-hint")).to_be_visible()
+        # Regions are for anyone: GPUs allocated of installed, from the
+        # scheduler, as integers.
+        assert op.evaluate(drawn, "chart-region-gpus") >= 1, "no region's GPUs drawn"
+        expect(op.locator("#chart-region-gpus")).to_contain_text(" GPUs")
         op.fill("#page-key", a.admin)
         op.click("#key-form button[type=submit]")
+        # This month's totals from the ledger (/v1/overview): acme's metered
+        # hours are charged and their carbon is guian's.
+        expect(op.locator("body")).to_have_attribute("data-tenants", "1")
+        expect(op.locator("#chart-tenant-spend")).to_contain_text("acme")
+        expect(op.locator("#chart-tenant-spend")).to_contain_text("¥")
+        expect(op.locator("#chart-region-carbon")).to_contain_text("guian")
         expect(op.locator("body")).to_have_attribute("data-series", "2")  # guian; acme (the one billed)
         for chart in ["chart-series-region", "chart-series-tenant", "chart-series-carbon", "chart-series-pending"]:
             assert op.evaluate(drawn, chart) >= 1, f"{chart} draws nothing"

@@ -1,54 +1,15 @@
-// zhisuan live page: reads /metrics (Prometheus text format) and draws SVG
-// bar charts. No framework, no CDN: everything comes from this origin.
+// zhisuan live page: reads /v1/overview (regions now from the scheduler;
+// this month's totals from the ledger, the same as the statements) and the
+// ledger's series, and draws SVG charts. No framework, no CDN: everything
+// comes from this origin.
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const REFRESH_MS = 5000;
-// The admin or scrape key, for the series with a `tenant` label (kept in
-// this tab only; without it /metrics leaves those series out).
+// The admin or scrape key, for tenants' rows (kept in this tab only;
+// without it the overview leaves them out, as /metrics does).
 const KEY = "zhisuan.page.key";
 const COLORS = ["#2f6fb3", "#3fa34d", "#e0a020", "#c9483b", "#7a5cc0", "#2aa6a6", "#8a8f98"];
-
-// Parses Prometheus text exposition into {name: [{labels, value}]}.
-function parseMetrics(text) {
-  const out = {};
-  const labelRe = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
-  for (const raw of text.split("\n")) {
-    const line = raw.trim();
-    if (!line || line.startsWith("#")) continue;
-    let name, labels = {}, rest;
-    const brace = line.indexOf("{");
-    const space = line.indexOf(" ");
-    if (brace !== -1 && (space === -1 || brace < space)) {
-      name = line.slice(0, brace);
-      const close = line.lastIndexOf("}");
-      const body = line.slice(brace + 1, close);
-      let m;
-      labelRe.lastIndex = 0;
-      while ((m = labelRe.exec(body)) !== null) {
-        labels[m[1]] = m[2].replace(/\\"/g, '"').replace(/\\n/g, "\n").replace(/\\\\/g, "\\");
-      }
-      rest = line.slice(close + 1).trim();
-    } else {
-      name = line.slice(0, space);
-      rest = line.slice(space + 1).trim();
-    }
-    const value = parseFloat(rest.split(/\s+/)[0]);
-    if (!Number.isFinite(value)) continue;
-    (out[name] = out[name] || []).push({ labels, value });
-  }
-  return out;
-}
-
-// Sums a metric's samples grouped by the given label names; returns Map key → value.
-function sumBy(metrics, name, keys) {
-  const groups = new Map();
-  for (const s of metrics[name] || []) {
-    const key = keys.map((k) => s.labels[k] || "").join(" / ");
-    groups.set(key, (groups.get(key) || 0) + s.value);
-  }
-  return groups;
-}
 
 function el(tag, attrs, text) {
   const node = document.createElementNS(SVG_NS, tag);
@@ -84,7 +45,10 @@ function barChart(svgId, rows, series, opts) {
   }
   const totals = rows.map((r) => r.values.reduce((a, b) => a + Math.max(0, b), 0));
   const max = opts.max || Math.max(...totals, 1e-9);
-  const plotW = width - labelW - 70;
+  const shownText = (row, r) => opts.shown ? opts.shown(row) : opts.percent ? (totals[r] * 100).toFixed(0) + "%" : fmt(totals[r]) + (opts.suffix || "");
+  // Room after the longest bar for the longest value text, never cut.
+  const textW = 12 + 7 * Math.max(...rows.map((row, r) => shownText(row, r).length));
+  const plotW = Math.max(40, width - labelW - textW);
   if (series.length > 1) {
     let lx = labelW;
     series.forEach((s, i) => {
@@ -114,59 +78,52 @@ function barChart(svgId, rows, series, opts) {
       svg.appendChild(rect);
       x += w;
     });
-    const total = totals[r];
-    const shown = opts.percent ? (total * 100).toFixed(0) + "%" : fmt(total) + (opts.suffix || "");
-    svg.appendChild(el("text", { x: x + 6, y: y + 13, class: "value" }, shown));
+    svg.appendChild(el("text", { x: x + 6, y: y + 13, class: "value" }, shownText(row, r)));
   });
 }
 
-function rowsFrom(map, scale) {
-  return [...map.entries()]
-    .sort((a, b) => a[0].localeCompare(b[0]))
-    .map(([label, v]) => ({ label, values: [v * (scale || 1)] }));
+// A count as an integer; a fractional GPU count with two decimals.
+function count(v) {
+  return Number.isInteger(v) ? String(v) : v.toFixed(2);
 }
 
-function render(metrics) {
-  // Tenants' series come only with a key: say so instead of "no data".
-  const tenantOpts = (o) => Object.assign({}, o, sessionStorage.getItem(KEY) ? {} : { empty: "sign in above (admin or scrape key) to see tenants" });
+function render(o) {
+  // Tenants' rows come only with a key: say so instead of "no data".
+  const tenantOpts = (x) => Object.assign({}, x, o.tenants_hidden ? { empty: "sign in above (admin or scrape key) to see tenants" } : {});
+  const byName = (a, b) => a.label.localeCompare(b.label);
   // GPU use by region: allocated stacked with the rest of the installed GPUs.
-  const installed = sumBy(metrics, "zhisuan_region_gpus", ["region"]);
-  const allocated = sumBy(metrics, "zhisuan_region_gpus_allocated", ["region"]);
-  const regions = [...installed.keys()].sort();
   barChart("chart-region-gpus",
-    regions.map((r) => {
-      const a = allocated.get(r) || 0;
-      return { label: r, values: [a, Math.max(0, installed.get(r) - a)] };
-    }),
-    [{ name: "allocated", color: COLORS[0] }, { name: "free", color: "#d5dbe3" }],
-    { suffix: " GPUs" });
-
-  barChart("chart-region-green", rowsFrom(sumBy(metrics, "zhisuan_region_green_share", ["region"])),
+    o.regions.filter((r) => r.gpus > 0).map((r) => ({ label: r.name, values: [r.gpus_allocated, Math.max(0, r.gpus - r.gpus_allocated)], gpus: r.gpus, used: r.gpus_allocated })),
+    [{ name: "allocated 已分配", color: COLORS[0] }, { name: "free 空闲", color: "#d5dbe3" }],
+    { shown: (row) => `${count(row.used)} / ${row.gpus} GPUs` });
+  barChart("chart-region-green", o.regions.filter((r) => r.gpus > 0).map((r) => ({ label: r.name, values: [r.green_share] })),
     [{ name: "green share", color: COLORS[1] }], { max: 1, percent: true });
-  barChart("chart-region-carbon", rowsFrom(sumBy(metrics, "zhisuan_region_carbon_kg_total", ["region"])),
-    [{ name: "kg CO₂", color: "#8a8f98" }], { suffix: " kg" });
+  barChart("chart-region-carbon", o.regions.map((r) => ({ label: r.name, values: [r.carbon_mg / 1e6] })).sort(byName),
+    [{ name: "kg CO₂", color: "#8a8f98" }], { suffix: " kg", empty: "no usage metered this month" });
 
-  // Spend: voucher-covered and net payable stack to the gross charge.
-  const voucher = sumBy(metrics, "zhisuan_tenant_voucher_redeemed_fen_total", ["tenant"]);
-  const net = sumBy(metrics, "zhisuan_tenant_net_fen_total", ["tenant"]);
-  const tenants = [...new Set([...voucher.keys(), ...net.keys()])].sort();
+  // Spend this month: voucher-covered and net payable stack to the gross charge.
   barChart("chart-tenant-spend",
-    tenants.map((t) => ({ label: t, values: [(voucher.get(t) || 0) / 100, (net.get(t) || 0) / 100] })),
-    [{ name: "voucher-covered", color: COLORS[1] }, { name: "net payable", color: COLORS[2] }],
-    tenantOpts({ suffix: " CNY" }));
+    o.tenants.map((t) => ({ label: t.tenant, values: [t.voucher_fen / 100, t.net_fen / 100] })),
+    [{ name: "voucher-covered 券抵扣", color: COLORS[1] }, { name: "net payable 应付", color: COLORS[2] }],
+    tenantOpts({ shown: (row) => "¥" + (row.values[0] + row.values[1]).toFixed(2) }));
 
-  barChart("chart-vouchers", rowsFrom(sumBy(metrics, "zhisuan_voucher_balance_fen", ["tenant", "voucher"]), 0.01),
-    [{ name: "balance", color: COLORS[4] }], tenantOpts({ suffix: " CNY" }));
+  barChart("chart-vouchers",
+    o.vouchers.map((v) => ({ label: `${v.tenant} / ${v.id}`, values: [v.spendable_fen / 100] })),
+    [{ name: "balance", color: COLORS[4] }], tenantOpts({ shown: (row) => "¥" + row.values[0].toFixed(2) }));
 
-  const tokens = sumBy(metrics, "zhisuan_tenant_tokens_total", ["tenant", "tier"]);
-  const tiers = [...new Set([...tokens.keys()].map((k) => k.split(" / ")[1]))].sort();
-  const tokenTenants = [...new Set([...tokens.keys()].map((k) => k.split(" / ")[0]))].sort();
+  const tiers = [...new Set(o.tenants.flatMap((t) => Object.keys(t.tokens)))].sort();
   barChart("chart-tokens",
-    tokenTenants.map((t) => ({ label: t, values: tiers.map((tier) => tokens.get(`${t} / ${tier}`) || 0) })),
-    tiers.map((tier, i) => ({ name: tier, color: COLORS[i] })), tenantOpts({}));
+    o.tenants.filter((t) => Object.keys(t.tokens).length).map((t) => ({ label: t.tenant, values: tiers.map((tier) => t.tokens[tier] || 0) })),
+    tiers.map((tier, i) => ({ name: tier, color: COLORS[i] })), tenantOpts({ suffix: " tokens" }));
 
-  barChart("chart-pending", rowsFrom(sumBy(metrics, "zhisuan_pending_jobs", ["reason"])),
-    [{ name: "jobs", color: COLORS[3] }]);
+  const p = o.pending;
+  barChart("chart-pending", p ? Object.entries(p.by_reason).map(([reason, n]) => ({ label: reason, values: [n] })) : [],
+    [{ name: "jobs", color: COLORS[3] }],
+    { shown: (row) => `${row.values[0]} jobs`, empty: p ? "无等待 none waiting" : "无记录 no sample in the last 5 minutes (no controller leading)" });
+  document.getElementById("pending-at").textContent = p ? `sampled ${new Date(p.at_s * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC` : "";
+  document.getElementById("month").textContent = o.month;
+  document.body.dataset.month = o.month;
+  document.body.dataset.tenants = String(o.tenants.length);
 }
 
 async function refresh() {
@@ -174,22 +131,22 @@ async function refresh() {
   try {
     const key = sessionStorage.getItem(KEY);
     const headers = key ? { Authorization: "Bearer " + key } : {};
-    const resp = await fetch("/metrics", { cache: "no-store", headers });
+    const resp = await fetch("/v1/overview", { cache: "no-store", headers });
     if (resp.status === 401 && key) {
       sessionStorage.removeItem(KEY);
       showKeyForm();
-      throw new Error("the key was refused (wrong or revoked); tenants' series need the admin or scrape key");
+      throw new Error("the key was refused (wrong or revoked); tenants' rows need the admin or scrape key");
     }
-    if (!resp.ok) throw new Error(`/metrics answered ${resp.status}`);
-    const metrics = parseMetrics(await resp.text());
-    render(metrics);
+    if (!resp.ok) throw new Error(`/v1/overview answered ${resp.status}`);
+    const overview = await resp.json();
+    render(overview);
     await refreshSeries(key);
     status.className = "status";
-    status.textContent = `updated ${new Date().toLocaleTimeString()} · refreshes every ${REFRESH_MS / 1000} s`;
+    status.textContent = `as of ${overview.as_of.replace("T", " ").replace(/\.\d+/, "")} · updated ${new Date().toLocaleTimeString()} · refreshes every ${REFRESH_MS / 1000} s`;
     document.body.dataset.rendered = "true";
   } catch (e) {
     status.className = "status error";
-    status.textContent = `cannot read /metrics: ${e.message}`;
+    status.textContent = `cannot read the overview: ${e.message}`;
   }
 }
 
