@@ -378,6 +378,64 @@ fn a_non_streamed_answer_is_sent_only_once_its_call_is_in_the_ledger() {
     assert_eq!(rows, 1, "the answer came before its call was in the ledger");
 }
 
+/// A streamed answer passes through as it comes, but its end (`data:
+/// [DONE]`) waits until the call is in the ledger: while the ledger cannot
+/// be written the client has the answer's events and not its end; when the
+/// end comes, the call is recorded — so a crash never loses the record of
+/// an answer the client received whole.
+#[test]
+fn a_streamed_answer_ends_only_once_its_call_is_in_the_ledger() {
+    let rt = runtime();
+    let (up, _) = fake(&rt, true, 0);
+    let s = start(rt, &[format!("m=http://{up}")], &[], 0);
+    let key = s.tenant("acme");
+    s.chat_ok(&key, chat("m", "warm up", 2, false));
+    let lock = rusqlite::Connection::open(s._dir.path().join("ledger.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (base, k) = (s.base.clone(), key.clone());
+    std::thread::spawn(move || {
+        let mut r = reqwest::blocking::Client::new()
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&k)
+            .json(&chat("m", "x y z", 3, true))
+            .send()
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let events = read_events(&mut r, 2);
+        tx.send(("events", String::from_utf8_lossy(&events).to_string()))
+            .unwrap();
+        let mut rest = String::new();
+        r.read_to_string(&mut rest).unwrap();
+        tx.send(("end", format!("{id}\n{rest}"))).unwrap();
+    });
+    // The answer's first events come while the ledger is locked …
+    let (what, first) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(what, "events");
+    assert!(!first.contains("[DONE]"), "{first}");
+    // … its end does not.
+    assert!(
+        rx.recv_timeout(Duration::from_millis(1_500)).is_err(),
+        "the stream ended while its call could not be written to the ledger"
+    );
+    lock.execute_batch("ROLLBACK").unwrap();
+    let (what, end) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(what, "end");
+    let (id, rest) = end.split_once('\n').unwrap();
+    assert!(rest.contains("data: [DONE]"), "{first}{rest}");
+    let rows: i64 = lock
+        .query_row(
+            "SELECT COUNT(*) FROM calls WHERE request_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        rows, 1,
+        "the stream ended before its call was in the ledger"
+    );
+}
+
 #[test]
 fn a_client_gone_mid_stream_is_billed_what_was_delivered() {
     let rt = runtime();

@@ -15,6 +15,7 @@ pub mod metrics;
 mod proxy;
 pub mod recorder;
 pub mod registry;
+mod stream;
 pub mod tokenize;
 pub mod usage;
 

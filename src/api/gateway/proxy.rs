@@ -1,23 +1,21 @@
 //! One call through the gateway: send it to an upstream (another one when
 //! the connection is refused), pass the answer back — a stream chunk by
-//! chunk, as it arrives — and, once the answer ended or the client went
-//! away, count its tokens and queue its record.
+//! chunk, as it arrives ([`super::stream`]) — and, once the answer ended or
+//! the client went away, count its tokens and queue its record.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Response, StatusCode};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::Stream;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
 use super::registry::{InFlight, Model, Upstream};
-use super::usage::{prompt_text, text_of, usage_of, StreamTally, Usage};
+use super::stream::Tallied;
+use super::usage::{prompt_text, text_of, usage_of, Usage};
 use super::Gateway;
 use crate::api::ApiError;
 use crate::ledger::{CallRecord, STATUS_CLIENT_GONE};
@@ -45,13 +43,13 @@ pub(super) struct Call {
 }
 
 /// How a call ended, for its record.
-struct Ended {
-    upstream: Option<Arc<Upstream>>,
-    status: u16,
-    usage: Option<Usage>,
+pub(super) struct Ended {
+    pub upstream: Option<Arc<Upstream>>,
+    pub status: u16,
+    pub usage: Option<Usage>,
     /// Generated text delivered (to count when `usage` is missing).
-    text: String,
-    ttft_ms: Option<i64>,
+    pub text: String,
+    pub ttft_ms: Option<i64>,
 }
 
 /// Sends the call and answers the client.
@@ -87,16 +85,12 @@ pub(super) async fn forward(
     let request_id =
         HeaderValue::from_str(&call.request_id).unwrap_or(HeaderValue::from_static(""));
     if stream && is_sse && status.is_success() {
-        let tallied = Tallied {
-            inner: resp.into_body().into_data_stream(),
-            tally: StreamTally::default(),
-            first: None,
-            pending: Some(Pending {
-                call,
-                upstream,
-                _inflight: inflight,
-            }),
-        };
+        let tallied = Tallied::new(
+            resp.into_body().into_data_stream(),
+            call,
+            upstream,
+            inflight,
+        );
         return Ok(Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "text/event-stream")
@@ -244,81 +238,6 @@ fn within_slo(call: &Call, region: &str) -> bool {
     }
 }
 
-/// What a streamed call still has to do once it ends.
-struct Pending {
-    call: Call,
-    upstream: Arc<Upstream>,
-    _inflight: InFlight,
-}
-
-/// The upstream's stream, forwarded chunk by chunk and read on the way.
-struct Tallied<S> {
-    inner: S,
-    tally: StreamTally,
-    first: Option<Instant>,
-    pending: Option<Pending>,
-}
-
-impl<S> Tallied<S> {
-    /// Records the call (once): `status` 200 when the stream ended, 499
-    /// when the client went away, 502 when the upstream broke off.
-    fn end(&mut self, status: u16) {
-        let Some(p) = self.pending.take() else {
-            return;
-        };
-        let tally = std::mem::take(&mut self.tally);
-        let ttft_ms = self
-            .first
-            .map(|f| f.duration_since(p.call.started).as_millis() as i64);
-        let ended = Ended {
-            upstream: Some(p.upstream),
-            status,
-            usage: tally.usage,
-            text: tally.text,
-            ttft_ms,
-        };
-        let call = p.call;
-        drop(p._inflight);
-        // The stream has ended (its last byte is out): written just after.
-        tokio::spawn(finish(call, ended, false));
-    }
-}
-
-impl<S, E> Stream for Tallied<S>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-{
-    type Item = Result<Bytes, E>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(bytes))) => {
-                if this.first.is_none() && !bytes.is_empty() {
-                    this.first = Some(Instant::now());
-                }
-                this.tally.feed(&bytes);
-                Poll::Ready(Some(Ok(bytes)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.end(502);
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                this.end(200);
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<S> Drop for Tallied<S> {
-    fn drop(&mut self) {
-        self.end(STATUS_CLIENT_GONE);
-    }
-}
-
 /// How long a non-streamed answer waits for its call to be in the ledger
 /// before it is sent anyway (the call stays queued and is written later).
 const DURABLE_PATIENCE: Duration = Duration::from_secs(5);
@@ -326,7 +245,7 @@ const DURABLE_PATIENCE: Duration = Duration::from_secs(5);
 /// Counts the call's tokens and queues its record; `durable`: returns once
 /// the record is in the ledger (a non-streamed answer is sent only then, so
 /// a crash never loses a call whose answer was delivered).
-async fn finish(call: Call, ended: Ended, durable: bool) {
+pub(super) async fn finish(call: Call, ended: Ended, durable: bool) {
     let gw = &call.gw;
     let counted = ended.status < 300 || ended.status == STATUS_CLIENT_GONE;
     let (usage, estimated) = match (ended.usage, &ended.upstream) {
