@@ -842,6 +842,7 @@ const CASES: &[Case] = &[
     ),
     ("idempotency_keys", case_idempotency_keys),
     ("pending_samples", case_pending_samples),
+    ("routing_defaults", case_routing_defaults),
     ("statement_csv", case_statement_csv),
     (
         "month_split_and_lapsed_vouchers",
@@ -1634,4 +1635,23 @@ fn case_pending_samples(open: &dyn Fn() -> Ledger) {
         .unwrap();
     let peaks: Vec<(i64, i64)> = s.total.iter().map(|p| (p.jobs, p.samples)).collect();
     assert_eq!(peaks, [(0, 0), (2, 1)]);
+}
+
+/// A tenant's gateway routing default on both backends: an SLO or none
+/// (a NULL integer), replaced, cleared; an unknown tenant refused.
+fn case_routing_defaults(open: &dyn Fn() -> Ledger) {
+    use zhisuan::ledger::routing::Routing;
+    let l = open();
+    l.create_tenant("admin", "acme", None).unwrap();
+    for slo in [Some(35), None] {
+        let r = Routing {
+            user_region: "beijing".into(),
+            latency_slo_ms: slo,
+        };
+        l.set_routing("admin", "acme", Some(&r)).unwrap();
+        assert_eq!(l.routing("acme").unwrap(), Some(r));
+    }
+    l.set_routing("admin", "acme", None).unwrap();
+    assert_eq!(l.routing("acme").unwrap(), None);
+    assert!(l.set_routing("admin", "ghost", None).is_err());
 }

@@ -535,8 +535,10 @@ fn a_refused_connection_goes_to_another_upstream_and_none_left_is_503() {
 /// With a latency SLO the call goes to an upstream whose region is within
 /// it from the caller's region (the region catalog's round trips), though
 /// another is listed first; a bad SLO header is refused naming it.
-#[test]
-fn a_latency_slo_sends_the_call_to_a_region_within_it() {
+/// Two upstreams of one model: the far one listed first. Returns the
+/// server, a user region, an SLO between the nearest and farthest region's
+/// round trip from it, and what the near and the far upstream saw.
+fn near_and_far() -> (Server, String, f64, Seen, Seen) {
     let rt = runtime();
     let (far, far_seen) = fake(&rt, true, 0);
     let (near, near_seen) = fake(&rt, true, 0);
@@ -560,8 +562,8 @@ fn a_latency_slo_sends_the_call_to_a_region_within_it() {
         .iter()
         .max_by(|a, b| rtt(a).total_cmp(&rtt(b)))
         .unwrap();
-    assert!(rtt(farthest) > rtt(nearest), "{regions:?}");
-    let slo = (rtt(nearest) + rtt(farthest)) / 2.0;
+    assert!(rtt(farthest) > rtt(nearest) + 2.0, "{regions:?}");
+    let slo = ((rtt(nearest) + rtt(farthest)) / 2.0).round();
     let (near_name, far_name) = (
         nearest["name"].as_str().unwrap(),
         farthest["name"].as_str().unwrap(),
@@ -575,6 +577,22 @@ fn a_latency_slo_sends_the_call_to_a_region_within_it() {
         &[],
         0,
     );
+    (s, user, slo, near_seen, far_seen)
+}
+
+type Seen = Arc<Mutex<upstream::Seen>>;
+
+/// (near, far) calls seen.
+fn seen(near: &Seen, far: &Seen) -> (u64, u64) {
+    (near.lock().unwrap().calls, far.lock().unwrap().calls)
+}
+
+/// A call with a latency SLO goes to an upstream in a region within
+/// it from the caller's region (the region catalog's round trips), though
+/// another is listed first; a bad SLO header is refused naming it.
+#[test]
+fn a_latency_slo_sends_the_call_to_a_region_within_it() {
+    let (s, user, slo, near_seen, far_seen) = near_and_far();
     let key = s.tenant("acme");
     let send = |slo: &str| {
         s.client
@@ -587,19 +605,86 @@ fn a_latency_slo_sends_the_call_to_a_region_within_it() {
             .unwrap()
     };
     assert_eq!(send(&slo.to_string()).status(), StatusCode::OK);
-    assert_eq!(
-        (
-            near_seen.lock().unwrap().calls,
-            far_seen.lock().unwrap().calls
-        ),
-        (1, 0)
-    );
+    assert_eq!(seen(&near_seen, &far_seen), (1, 0));
     let bad = send("soon");
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.text().unwrap().contains("x-zhisuan-latency-slo-ms"));
     // Without an SLO the first listed, idle upstream takes the call.
     s.chat_ok(&key, chat("m", "a", 2, false));
     assert_eq!(far_seen.lock().unwrap().calls, 1);
+}
+
+/// A tenant's stored routing default (`PUT /v1/routing`) routes its calls
+/// that send no routing headers; a header overrides it; another tenant is
+/// unaffected; an unknown region or a bad SLO is refused naming the field;
+/// only the tenant and the admin read or set it, audited.
+#[test]
+fn a_stored_routing_default_routes_calls_without_headers() {
+    let (s, user, slo, near_seen, far_seen) = near_and_far();
+    let acme = s.tenant("acme");
+    let beta = s.tenant("beta");
+    let put =
+        |key: &str, path: &str, body: Value| s.send(reqwest::Method::PUT, path, key, Some(body));
+    let default = json!({"routing": {"user_region": user, "latency_slo_ms": slo as i64}});
+    let r = put(&acme, "/v1/routing", default.clone());
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // No header: the default's region and SLO pick the near upstream.
+    s.chat_ok(&acme, chat("m", "a", 2, false));
+    assert_eq!(seen(&near_seen, &far_seen), (1, 0));
+    // Another tenant without a default: the first listed, idle upstream.
+    s.chat_ok(&beta, chat("m", "a", 2, false));
+    assert_eq!(seen(&near_seen, &far_seen), (1, 1));
+    // A header overrides the default's field: any region within a minute.
+    let wide = s
+        .client
+        .post(format!("{}/v1/chat/completions", s.base))
+        .bearer_auth(&acme)
+        .header("X-Zhisuan-Latency-Slo-Ms", "60000")
+        .json(&chat("m", "a", 2, false))
+        .send()
+        .unwrap();
+    assert_eq!(wide.status(), StatusCode::OK);
+    assert_eq!(seen(&near_seen, &far_seen), (1, 2));
+    // An SLO header with no region anywhere is refused.
+    let r = s
+        .client
+        .post(format!("{}/v1/chat/completions", s.base))
+        .bearer_auth(&beta)
+        .header("X-Zhisuan-Latency-Slo-Ms", "50")
+        .json(&chat("m", "a", 2, false))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.text().unwrap().contains("PUT /v1/routing"));
+    // Reading and setting: own, or the admin's.
+    assert_eq!(s.get("/v1/routing", &acme).body, default);
+    assert_eq!(s.get("/v1/routing", &beta).body, json!({"routing": null}));
+    assert_eq!(s.get("/v1/tenants/acme/routing", ADMIN).body, default);
+    assert_eq!(
+        s.get("/v1/tenants/acme/routing", &beta).status,
+        StatusCode::FORBIDDEN
+    );
+    let bad = put(
+        &acme,
+        "/v1/routing",
+        json!({"routing": {"user_region": "atlantis"}}),
+    );
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.text);
+    assert_eq!(bad.body["error"]["field"], "routing.user_region");
+    let bad = put(
+        &acme,
+        "/v1/routing",
+        json!({"routing": {"user_region": user, "latency_slo_ms": 0}}),
+    );
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.text);
+    assert_eq!(bad.body["error"]["field"], "latency_slo_ms");
+    // The admin clears it: acme's calls route by load again.
+    let r = put(ADMIN, "/v1/tenants/acme/routing", json!({"routing": null}));
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    s.chat_ok(&acme, chat("m", "a", 2, false));
+    assert_eq!(seen(&near_seen, &far_seen), (1, 3));
+    let audit = s.get("/v1/audit", ADMIN).text;
+    assert_eq!(audit.matches("routing.set").count(), 2, "{audit}");
 }
 
 /// An upstream that takes longer than the timeout to start its answer:

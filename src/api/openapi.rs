@@ -79,7 +79,8 @@ impl Modify for BearerAuth {
         super::gateway::handlers::embeddings, super::gateway::handlers::models,
         super::gateway::handlers::calls, super::gateway::handlers::grants,
         super::gateway::handlers::set_grants, super::series::own_series, super::series::grouped_series, super::series::pending_series, super::pending::pending,
-        super::overview::overview,
+        super::overview::overview, super::gateway::routing::own, super::gateway::routing::set_own,
+        super::gateway::routing::of_tenant, super::gateway::routing::set_of_tenant,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
@@ -96,7 +97,8 @@ impl Modify for BearerAuth {
         crate::ledger::series::Bucket, super::series::PendingOverTime, super::series::ReasonSeries,
         crate::ledger::pending::PendingPoint, crate::ledger::pending::PendingNow,
         crate::ledger::totals::TenantMonth, super::overview::Overview, super::overview::RegionNow,
-        super::overview::VoucherBalance,
+        super::overview::VoucherBalance, super::gateway::routing::RoutingDefault,
+        crate::ledger::routing::Routing,
     )),
     modifiers(&BearerAuth),
     tags(

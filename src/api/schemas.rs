@@ -153,6 +153,22 @@ ledger_schema!(
 );
 
 ledger_schema!(
+    crate::ledger::routing::Routing,
+    "Routing",
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["user_region"],
+        "properties": {
+            "user_region": {"type": "string", "minLength": 1, "maxLength": 63,
+                "description": "the region the tenant's users call from: a user region of the latency table or a region's name (GET /v1/regions)"},
+            "latency_slo_ms": {"type": ["integer", "null"], "minimum": 1, "maximum": 60000,
+                "description": "upstreams farther than this round trip from user_region are not used; null: any, nearest first"},
+        }
+    })
+);
+
+ledger_schema!(
     ChargeKind,
     "ChargeKind",
     json!({"type": "string", "enum": ["gpu", "energy", "tokens"]})

@@ -28,6 +28,7 @@ pub mod plan;
 pub mod quota;
 pub mod quota_tree;
 pub mod rating;
+pub mod routing;
 mod schema;
 pub mod series;
 mod sql;

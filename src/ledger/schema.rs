@@ -339,6 +339,13 @@ CREATE TABLE chain_head (id BIGINT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NU
         // leading controller (`ledger::pending`); reason '' is the total.
         "CREATE TABLE pending_samples (at_s BIGINT NOT NULL, reason TEXT NOT NULL, jobs BIGINT NOT NULL, PRIMARY KEY (at_s, reason))",
     ),
+    (
+        10,
+        // A tenant's routing default for the token gateway
+        // (`ledger::routing`): where its users are and the round trip they
+        // accept; a call's headers override it.
+        "CREATE TABLE tenant_routing (tenant TEXT PRIMARY KEY REFERENCES tenants(name), user_region TEXT NOT NULL, latency_slo_ms BIGINT)",
+    ),
 ];
 
 /// Work a migration does beyond its SQL, in the same transaction.

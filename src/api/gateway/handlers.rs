@@ -22,6 +22,7 @@ use crate::api::error::ErrorBody;
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::openapi::StdErrors;
 use crate::api::{ApiError, ApiState};
+use crate::ledger::routing::Routing;
 use crate::ledger::{CallQuery, CallRecord, Month};
 
 /// The request header naming the caller's region: upstreams there are
@@ -50,6 +51,14 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/models", get(models))
         .route("/v1/calls", get(calls))
         .route("/v1/tenants/{name}/models", get(grants).put(set_grants))
+        .route(
+            "/v1/routing",
+            get(super::routing::own).put(super::routing::set_own),
+        )
+        .route(
+            "/v1/tenants/{name}/routing",
+            get(super::routing::of_tenant).put(super::routing::set_of_tenant),
+        )
 }
 
 /// OpenAI chat completions through the gateway (`stream: true` streams
@@ -144,7 +153,8 @@ async fn call(
             )
         })?
         .to_string();
-    let model = visible_model(&state, &gw, &tenant, &name).await?;
+    let settings = gw.settings_of(&state, &tenant).await?;
+    let model = visible_model(&gw, &tenant, settings.grants.as_deref(), &name)?;
     check_month(&state, &gw, &tenant, &model, at).await?;
     gw.tokens_left(&caller.key_hash, started).map_err(|wait| {
         ApiError::token_limit(
@@ -171,7 +181,7 @@ async fn call(
     };
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(ApiError::internal)?;
-    let (user_region, slo_ms) = route_headers(headers)?;
+    let (user_region, slo_ms) = route_of(headers, settings.routing.as_ref())?;
     let slo = match slo_ms {
         Some(ms) => Some((ms, gw.latency(state.jobs().as_ref()).await)),
         None => None,
@@ -192,8 +202,26 @@ async fn call(
     forward(call, body, stream).await
 }
 
+/// The call's region and latency SLO in ms: each from its header when
+/// sent, else from the tenant's routing default; an SLO needs a region.
+fn route_of(
+    headers: &HeaderMap,
+    default: Option<&Routing>,
+) -> Result<(Option<String>, Option<f64>), ApiError> {
+    let (region, slo) = route_headers(headers)?;
+    let region = region.or_else(|| default.map(|d| d.user_region.clone()));
+    let slo = slo.or_else(|| default.and_then(|d| d.latency_slo_ms).map(|ms| ms as f64));
+    if slo.is_some() && region.is_none() {
+        return Err(ApiError::invalid(
+            SLO_HEADER,
+            format!("{SLO_HEADER}: a latency SLO is measured from the caller's region; send {REGION_HEADER} too, or set a routing default (PUT /v1/routing)"),
+        ));
+    }
+    Ok((region, slo))
+}
+
 /// The caller's region (`X-Zhisuan-Region`) and latency SLO in ms
-/// (`X-Zhisuan-Latency-Slo-Ms`, which needs the region), checked.
+/// (`X-Zhisuan-Latency-Slo-Ms`), each checked.
 fn route_headers(headers: &HeaderMap) -> Result<(Option<String>, Option<f64>), ApiError> {
     let user_region = match headers.get(REGION_HEADER) {
         None => None,
@@ -226,12 +254,6 @@ fn route_headers(headers: &HeaderMap) -> Result<(Option<String>, Option<f64>), A
                         format!("{SLO_HEADER}: must be a positive number of milliseconds"),
                     )
                 })?;
-            if user_region.is_none() {
-                return Err(ApiError::invalid(
-                    SLO_HEADER,
-                    format!("{SLO_HEADER}: a latency SLO is measured from the caller's region; send {REGION_HEADER} too"),
-                ));
-            }
             Some(ms)
         }
     };
@@ -241,10 +263,10 @@ fn route_headers(headers: &HeaderMap) -> Result<(Option<String>, Option<f64>), A
 /// The model `name` if `tenant` may call it: 404 when it is not served (or
 /// is another tenant's dedicated model), 403 when the tenant's grants leave
 /// it out.
-async fn visible_model(
-    state: &ApiState,
+fn visible_model(
     gw: &Gateway,
     tenant: &str,
+    grants: Option<&[String]>,
     name: &str,
 ) -> Result<Arc<super::Model>, ApiError> {
     let registry = gw.registry();
@@ -257,8 +279,7 @@ async fn visible_model(
             ))
             .with_field("model")
         })?;
-    let grants = gw.grants_of(state, tenant).await?;
-    if !Gateway::may_call(model, tenant, grants.as_deref()) {
+    if !Gateway::may_call(model, tenant, grants) {
         return Err(ApiError::forbidden(format!(
             "tenant `{tenant}` may not call model `{name}`; the admin grants models with PUT /v1/tenants/{tenant}/models"
         ))
@@ -330,7 +351,7 @@ pub async fn models(
 ) -> Result<Json<ModelList>, ApiError> {
     let gw = state.gateway();
     let grants = match &caller.principal {
-        Principal::Tenant(t) => Some((t.as_str(), gw.grants_of(&state, t).await?)),
+        Principal::Tenant(t) => Some((t.as_str(), gw.settings_of(&state, t).await?.grants)),
         Principal::Admin => None,
     };
     let registry = gw.registry();
@@ -534,6 +555,6 @@ pub async fn set_grants(
     state
         .blocking(move |l| l.set_model_grants("admin", &n, models.as_deref()))
         .await?;
-    state.gateway().forget_grants(&name);
+    state.gateway().forget_tenant(&name);
     Ok(Json(body))
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 mod proxy;
 pub mod recorder;
 pub mod registry;
+pub mod routing;
 mod stream;
 pub mod tokenize;
 pub mod usage;
@@ -33,6 +34,7 @@ use super::cache::TtlCache;
 use super::ratelimit::{RateLimit, RateLimiter};
 use super::{ApiError, ApiState};
 use crate::error::InputError;
+use crate::ledger::routing::Routing;
 use crate::ledger::{Ledger, Month, Tier};
 
 pub use registry::{Model, ModelSpec, Registry, Upstream};
@@ -43,7 +45,8 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// Default of [`GatewayConfig::tokens_per_minute`].
 pub const TOKENS_PER_MINUTE: u64 = 200_000;
 
-/// How long a tenant's model grants and month-to-date tokens are reused.
+/// How long a tenant's model grants, routing default and month-to-date
+/// tokens are reused.
 const CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// The gateway's settings (`zhisuan api --upstream …`).
@@ -88,6 +91,15 @@ const LATENCY_TTL: Duration = Duration::from_secs(30);
 /// A tenant's model grants (`None`: every shared model).
 type Grants = Option<Vec<String>>;
 
+/// What the gateway keeps of a tenant's settings (read together, cached
+/// together for [`CACHE_TTL`]).
+#[derive(Clone)]
+struct TenantSettings {
+    grants: Grants,
+    /// Where its users call from and the round trip they accept.
+    routing: Option<Routing>,
+}
+
 /// The gateway's state, shared by its handlers.
 pub struct Gateway {
     /// The models of the flags (`--upstream`).
@@ -106,7 +118,7 @@ pub struct Gateway {
     recorder: recorder::Recorder,
     metrics: metrics::GatewayMetrics,
     epoch: Instant,
-    grants: TtlCache<Grants>,
+    tenants: TtlCache<TenantSettings>,
     /// Tenant → (month, tokens per tier the ledger held then).
     month: Arc<TtlCache<(Month, BTreeMap<Tier, i64>)>>,
     /// When read, and the table (the lock is never held across the read).
@@ -158,7 +170,7 @@ impl Gateway {
             recorder,
             metrics,
             epoch: Instant::now(),
-            grants: TtlCache::new(CACHE_TTL),
+            tenants: TtlCache::new(CACHE_TTL),
             month,
             latency: Mutex::new((None, Arc::default())),
         })
@@ -237,9 +249,9 @@ impl Gateway {
         self.recorder.flush().await;
     }
 
-    /// Forgets the cached grants of `tenant` (after this server set them).
-    pub fn forget_grants(&self, tenant: &str) {
-        self.grants.forget(tenant);
+    /// Forgets the cached settings of `tenant` (after this server set them).
+    pub fn forget_tenant(&self, tenant: &str) {
+        self.tenants.forget(tenant);
     }
 
     /// May `tenant` see and call `model`? A dedicated model only by its
@@ -252,16 +264,27 @@ impl Gateway {
         }
     }
 
-    /// The models `tenant` may call, cached for [`CACHE_TTL`].
-    async fn grants_of(&self, state: &ApiState, tenant: &str) -> Result<Grants, ApiError> {
-        if let Some(g) = self.grants.get(tenant) {
-            return Ok(g);
+    /// `tenant`'s grants and routing default, cached for [`CACHE_TTL`].
+    async fn settings_of(
+        &self,
+        state: &ApiState,
+        tenant: &str,
+    ) -> Result<TenantSettings, ApiError> {
+        if let Some(s) = self.tenants.get(tenant) {
+            return Ok(s);
         }
         let read_at = Instant::now();
         let t = tenant.to_string();
-        let g = state.blocking(move |l| l.model_grants(&t)).await?;
-        self.grants.put(tenant, read_at, g.clone());
-        Ok(g)
+        let s = state
+            .blocking(move |l| {
+                Ok(TenantSettings {
+                    grants: l.model_grants(&t)?,
+                    routing: l.routing(&t)?,
+                })
+            })
+            .await?;
+        self.tenants.put(tenant, read_at, s.clone());
+        Ok(s)
     }
 
     /// Tokens `tenant` used in `month` per tier: what the ledger holds
