@@ -350,9 +350,22 @@ pub struct ComputeRegionSpec {
     /// Share of electricity from green contracts (0..1).
     #[schemars(range(min = 0.0, max = 1.0))]
     pub green_share: f64,
-    /// Electricity price, fen per kWh (integer money).
+    /// Hour-of-day green share (China Standard Time, 24 values 0..1) that
+    /// replaces `greenShare` when set: what time shifting waits for (a
+    /// solar site's noon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 24, max = 24))]
+    pub green_profile: Option<Vec<f64>>,
+    /// Electricity price, fen per kWh (integer money): the flat price, or
+    /// the flat-period price of a time-of-use tariff.
     #[schemars(range(min = 0))]
     pub electricity_fen_per_kwh: i64,
+    /// Time-of-use tariff (峰谷分时电价): 24 multipliers of
+    /// `electricityFenPerKwh`, one per hour of day (China Standard Time),
+    /// e.g. 0.4 in valley hours and 1.6 at the peak; each in (0, 10].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 24, max = 24))]
+    pub price_profile: Option<Vec<f64>>,
     /// Grid emission factor, kgCO2 per kWh.
     #[schemars(range(min = 0.0))]
     pub grid_kg_co2_per_kwh: f64,

@@ -160,8 +160,9 @@ pub fn region_catalog(
             province: String::new(),
             pue: r.spec.pue,
             green_share: r.spec.green_share,
-            green_profile: None,
+            green_profile: r.spec.green_profile.clone(),
             price_cny_per_kwh: r.spec.electricity_fen_per_kwh as f64 / 100.0,
+            price_profile: r.spec.price_profile.clone(),
             grid_factor_kg_per_kwh: r.spec.grid_kg_co2_per_kwh,
             inventory: inventory_of(&picked_nodes),
             sources: BTreeMap::new(),
@@ -359,6 +360,8 @@ mod tests {
                 latency_ms: latency.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
                 kubeconfig_secret_ref: None,
                 dedicated_to: None,
+                green_profile: None,
+                price_profile: None,
             },
             status: ComputeRegionStatus::default(),
             errors: vec![],
@@ -419,9 +422,20 @@ mod tests {
             region("west", "b", 0.8, &[("beijing", 40.0)]),
         ];
         regions[1].spec.dedicated_to = Some("fujian-gov".into());
+        // A solar site with a time-of-use tariff: both profiles reach the
+        // planner (time shifting waits for their hours).
+        let solar: Vec<f64> = (0..24)
+            .map(|h| if (10..15).contains(&h) { 0.9 } else { 0.2 })
+            .collect();
+        let tou: Vec<f64> = (0..24).map(|h| if h < 7 { 0.4 } else { 1.2 }).collect();
+        regions[1].spec.green_profile = Some(solar.clone());
+        regions[1].spec.price_profile = Some(tou.clone());
         let rc = region_catalog(&regions, &nodes, ScoreWeights::default()).unwrap();
         let c = &rc.catalog;
         assert_eq!(c.regions.len(), 2);
+        assert_eq!(c.regions[1].green_profile.as_deref(), Some(&solar[..]));
+        assert_eq!(c.regions[1].price_profile.as_deref(), Some(&tou[..]));
+        assert_eq!(c.regions[0].price_profile, None);
         // A region's reservation reaches the planner's catalog.
         assert_eq!(c.regions[0].dedicated_to, None);
         assert_eq!(c.regions[1].dedicated_to.as_deref(), Some("fujian-gov"));

@@ -248,12 +248,39 @@ pub fn validate_region(spec: &ComputeRegionSpec) -> Vec<FieldError> {
             format!("is {}; must be within 0..1", spec.green_share),
         );
     }
+    if let Some(profile) = &spec.green_profile {
+        if profile.len() != 24 {
+            err(
+                &mut e,
+                "spec.greenProfile",
+                format!(
+                    "has {} values; give one per hour of day (24, China Standard Time)",
+                    profile.len()
+                ),
+            );
+        }
+        for (h, v) in profile.iter().enumerate() {
+            if !(0.0..=1.0).contains(v) {
+                err(
+                    &mut e,
+                    &format!("spec.greenProfile[{h}]"),
+                    format!("is {v}; a share is within 0..1"),
+                );
+            }
+        }
+    }
     if spec.electricity_fen_per_kwh < 0 {
         err(
             &mut e,
             "spec.electricityFenPerKwh",
             "must be 0 or more".into(),
         );
+    }
+    if let Some(profile) = &spec.price_profile {
+        if let Err((field, why)) = crate::regions::catalog::check_price_profile(profile) {
+            let field = field.replacen("price_profile", "spec.priceProfile", 1);
+            err(&mut e, &field, why);
+        }
     }
     if !(spec.grid_kg_co2_per_kwh.is_finite() && spec.grid_kg_co2_per_kwh >= 0.0) {
         err(
@@ -448,6 +475,33 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(fields(&validate_quota(&q)), ["spec.serviceAccounts[1]"]);
+    }
+
+    #[test]
+    fn hourly_profiles_are_checked_hour_by_hour() {
+        let mut r = ComputeRegionSpec {
+            side: "west".into(),
+            pue: 1.2,
+            green_profile: Some(vec![0.5; 24]),
+            price_profile: Some(vec![1.0; 24]),
+            ..Default::default()
+        };
+        assert!(validate_region(&r).is_empty());
+        r.green_profile = Some(vec![0.5; 23]);
+        assert_eq!(fields(&validate_region(&r)), ["spec.greenProfile"]);
+        let mut g = vec![0.5; 24];
+        g[13] = 1.5;
+        r.green_profile = Some(g);
+        assert_eq!(fields(&validate_region(&r)), ["spec.greenProfile[13]"]);
+        r.green_profile = None;
+        r.price_profile = Some(vec![1.0; 25]);
+        assert_eq!(fields(&validate_region(&r)), ["spec.priceProfile"]);
+        let mut p = vec![1.0; 24];
+        p[3] = 0.0;
+        r.price_profile = Some(p);
+        let e = validate_region(&r);
+        assert_eq!(fields(&e), ["spec.priceProfile[3]"]);
+        assert!(e[0].message.contains("multiplier"), "{e:?}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! clusters of 东数西算) and validated at load: a bad figure is an
 //! [`InputError`] naming the file, the entry and the rule broken.
 
-use super::cost::day_mean_green_share;
+use super::cost::day_mean;
 use crate::error::InputError;
 use petgraph::graph::{NodeIndex, UnGraph};
 use serde::{Deserialize, Serialize};
@@ -86,8 +86,14 @@ pub struct Region {
     /// that replaces `green_share` when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub green_profile: Option<Vec<f64>>,
-    /// Electricity price, CNY per kWh (facility energy).
+    /// Electricity price, CNY per kWh (facility energy): the flat price,
+    /// or the time-of-use tariff's flat-period price (平段) with a profile.
     pub price_cny_per_kwh: f64,
+    /// Optional time-of-use tariff (峰谷分时电价): 24 multipliers of
+    /// `price_cny_per_kwh`, one per hour of day (China Standard Time), e.g.
+    /// 0.4 in valley hours, 1.0 flat, 1.6 at the peak; each in (0, 10].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_profile: Option<Vec<f64>>,
     /// Grid emission factor for the non-green share, kg CO2 per kWh.
     pub grid_factor_kg_per_kwh: f64,
     #[serde(default)]
@@ -202,6 +208,8 @@ pub struct Catalog {
     pub price_milli_fen_per_kwh: Vec<i64>,
     /// Green share per region averaged over a day (see `cost::Site`).
     pub green_day_mean: Vec<f64>,
+    /// Price multiplier per region averaged over a day (1.0 when flat).
+    pub price_day_mean: Vec<f64>,
     place_index: HashMap<String, usize>,
     /// rtt_ms[place * n_regions + region]: shortest-path RTT (∞ if unreachable).
     rtt_ms: Vec<f64>,
@@ -362,6 +370,10 @@ impl Catalog {
                 for (h, v) in profile.iter().enumerate() {
                     check_share(file, &entry, &format!("green_profile[{h}]"), *v)?;
                 }
+            }
+            if let Some(profile) = &r.price_profile {
+                check_price_profile(profile)
+                    .map_err(|(field, why)| input_err(file, &entry, format!("{field} {why}")))?;
             }
             if !(r.price_cny_per_kwh.is_finite() && r.price_cny_per_kwh >= 0.0) {
                 return Err(input_err(
@@ -540,10 +552,15 @@ impl Catalog {
         }
         let green_day_mean = regions
             .iter()
-            .map(|r| day_mean_green_share(r.green_share, r.green_profile.as_deref()))
+            .map(|r| day_mean(r.green_share, r.green_profile.as_deref()))
+            .collect();
+        let price_day_mean = regions
+            .iter()
+            .map(|r| day_mean(1.0, r.price_profile.as_deref()))
             .collect();
         Ok(Catalog {
             green_day_mean,
+            price_day_mean,
             regions,
             user_regions,
             accelerators,
@@ -614,6 +631,32 @@ impl Region {
             None => self.green_share,
         }
     }
+}
+
+/// Most a time-of-use multiplier may be (ten times the flat price).
+pub const MAX_PRICE_MULTIPLIER: f64 = 10.0;
+
+/// Checks a time-of-use profile: 24 multipliers, each in (0, 10]. The
+/// error names the field (`price_profile` or `price_profile[h]`) and why.
+pub fn check_price_profile(profile: &[f64]) -> Result<(), (String, String)> {
+    if profile.len() != 24 {
+        return Err((
+            "price_profile".into(),
+            format!(
+                "has {} values; give one multiplier per hour (24)",
+                profile.len()
+            ),
+        ));
+    }
+    for (h, v) in profile.iter().enumerate() {
+        if !(v.is_finite() && *v > 0.0 && *v <= MAX_PRICE_MULTIPLIER) {
+            return Err((
+                format!("price_profile[{h}]"),
+                format!("{v} is outside (0, {MAX_PRICE_MULTIPLIER}]; a multiplier of the flat price (0.4 = valley, 1.6 = peak)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_share(file: &str, entry: &str, field: &str, v: f64) -> Result<(), InputError> {
@@ -707,6 +750,25 @@ links:
         expect_err(
             &MINI.replace("price_cny_per_kwh: 0.3", "price_cny_per_kwh: -0.3"),
             &["regions[1] (west1)", "negative"],
+        );
+        let tou = |values: &str| {
+            MINI.replace(
+                "price_cny_per_kwh: 0.3",
+                &format!("price_cny_per_kwh: 0.3\n    price_profile: [{values}]"),
+            )
+        };
+        let day = |v: &str, n: usize| vec![v; n].join(", ");
+        assert!(Catalog::from_yaml(&tou(&day("0.5", 24)), "ok.yaml").is_ok());
+        expect_err(
+            &tou(&day("0.5", 23)),
+            &["regions[1] (west1)", "price_profile has 23 values"],
+        );
+        expect_err(
+            &tou(&format!("0, {}", day("1", 23))),
+            &[
+                "regions[1] (west1)",
+                "price_profile[0] 0 is outside (0, 10]",
+            ],
         );
         expect_err(
             &MINI.replace("{a: east1, b: west1", "{a: east1, b: mars"),

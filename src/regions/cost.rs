@@ -28,7 +28,12 @@ pub struct Site<'a> {
     /// once when the catalog loads: region choice needs it for every region
     /// of every decision.
     pub green_day_mean: f64,
+    /// The flat (or flat-period) price.
     pub price_milli_fen_per_kwh: i64,
+    /// Optional time-of-use multipliers of that price by hour of day (CST).
+    pub price_profile: Option<&'a [f64]>,
+    /// Their mean over a day (1.0 without a profile).
+    pub price_day_mean: f64,
     pub grid_factor_kg_per_kwh: f64,
 }
 
@@ -41,6 +46,8 @@ impl<'a> Site<'a> {
             green_profile: r.green_profile.as_deref(),
             green_day_mean: catalog.green_day_mean[region],
             price_milli_fen_per_kwh: catalog.price_milli_fen_per_kwh[region],
+            price_profile: r.price_profile.as_deref(),
+            price_day_mean: catalog.price_day_mean[region],
             grid_factor_kg_per_kwh: r.grid_factor_kg_per_kwh,
         }
     }
@@ -55,10 +62,9 @@ fn round_non_negative(x: f64) -> i64 {
     whole + (x - whole as f64 >= 0.5) as i64
 }
 
-/// A site's green share averaged over a day: the hour-of-day profile's mean,
-/// or the flat share without one.
-pub fn day_mean_green_share(green_share: f64, profile: Option<&[f64]>) -> f64 {
-    profile.map_or(green_share, |p| p.iter().sum::<f64>() / 24.0)
+/// An hour-of-day profile's mean over a day, or `flat` without one.
+pub fn day_mean(flat: f64, profile: Option<&[f64]>) -> f64 {
+    profile.map_or(flat, |p| p.iter().sum::<f64>() / 24.0)
 }
 
 /// What runs: `milli_gpus` thousandths of GPUs drawing `power_w` each (at full
@@ -96,7 +102,9 @@ pub fn estimate(usage: Usage, site: Site<'_>) -> CostEstimate {
         it_kwh,
         facility_kwh,
         energy_cost_milli_fen: round_non_negative(
-            facility_kwh * site.price_milli_fen_per_kwh as f64,
+            facility_kwh
+                * site.price_milli_fen_per_kwh as f64
+                * mean_price_multiplier(site, usage.start_s, duration_s),
         ),
         carbon_kg: facility_kwh * (1.0 - green) * site.grid_factor_kg_per_kwh,
         green_share: green,
@@ -110,13 +118,29 @@ pub fn hour_of_day(t_s: i64) -> usize {
 
 /// Time-weighted mean green share over `[start, start + duration)`.
 pub fn mean_green_share(site: Site<'_>, start_s: i64, duration_s: i64) -> f64 {
-    let Some(profile) = site.green_profile else {
-        return site.green_share;
-    };
+    match site.green_profile {
+        None => site.green_share,
+        Some(p) => profile_mean(p, site.green_day_mean, start_s, duration_s),
+    }
+}
+
+/// Time-weighted mean time-of-use multiplier over `[start, start +
+/// duration)` (1.0 with a flat price): energy drawn evenly over the
+/// interval costs the flat price times this.
+pub fn mean_price_multiplier(site: Site<'_>, start_s: i64, duration_s: i64) -> f64 {
+    match site.price_profile {
+        None => 1.0,
+        Some(p) => profile_mean(p, site.price_day_mean, start_s, duration_s),
+    }
+}
+
+/// Time-weighted mean of an hour-of-day (CST) profile whose daily mean is
+/// `day_mean` over `[start, start + duration)`; its hour's value when the
+/// interval is empty.
+fn profile_mean(profile: &[f64], day_mean: f64, start_s: i64, duration_s: i64) -> f64 {
     if duration_s <= 0 {
         return profile[hour_of_day(start_s)];
     }
-    let day_mean = site.green_day_mean;
     let whole_days = duration_s / DAY_S;
     let mut weighted = whole_days as f64 * DAY_S as f64 * day_mean;
     // The remainder (< 1 day) hour segment by hour segment.
@@ -150,6 +174,8 @@ mod tests {
             green_profile: None,
             green_day_mean: 0.6,
             price_milli_fen_per_kwh: 36_000,
+            price_profile: None,
+            price_day_mean: 1.0,
             grid_factor_kg_per_kwh: 0.6423,
         };
         let e = estimate(
@@ -178,6 +204,8 @@ mod tests {
             green_profile: None,
             green_day_mean: 0.12,
             price_milli_fen_per_kwh: 72_000,
+            price_profile: None,
+            price_day_mean: 1.0,
             grid_factor_kg_per_kwh: 0.5849,
         };
         let e = estimate(
@@ -222,8 +250,10 @@ mod tests {
             pue: 1.0,
             green_share: 0.0,
             green_profile: Some(&profile),
-            green_day_mean: day_mean_green_share(0.0, Some(&profile)),
+            green_day_mean: day_mean(0.0, Some(&profile)),
             price_milli_fen_per_kwh: 0,
+            price_profile: None,
+            price_day_mean: 1.0,
             grid_factor_kg_per_kwh: 1.0,
         };
         // 12:00 CST = 04:00 UTC. 12:00–14:00 CST: mean (0.5 + 1.0) / 2.
@@ -246,5 +276,62 @@ mod tests {
             site,
         );
         assert!(close(c.carbon_kg, 0.5));
+    }
+
+    /// A time-of-use tariff: energy costs the flat price times the
+    /// time-weighted multiplier of the hours it is drawn in (CST).
+    #[test]
+    fn a_time_of_use_tariff_prices_each_hour_at_its_multiplier() {
+        // Valley 0.4 from 23:00 to 07:00, peak 1.6 from 09:00 to 12:00 and
+        // 18:00 to 21:00, flat 1.0 otherwise (CST).
+        let profile: Vec<f64> = (0..24)
+            .map(|h| match h {
+                23 | 0..=6 => 0.4,
+                9..=11 | 18..=20 => 1.6,
+                _ => 1.0,
+            })
+            .collect();
+        let site = Site {
+            pue: 1.0,
+            green_share: 0.0,
+            green_profile: None,
+            green_day_mean: 0.0,
+            price_milli_fen_per_kwh: 50_000,
+            price_profile: Some(&profile),
+            price_day_mean: day_mean(1.0, Some(&profile)),
+            grid_factor_kg_per_kwh: 0.5,
+        };
+        // 1 kWh an hour: one GPU at 1 kW.
+        let cost = |start_cst_h: i64, hours: i64| {
+            estimate(
+                Usage {
+                    milli_gpus: 1000,
+                    power_w: 1000.0,
+                    start_s: start_cst_h * HOUR_S - CST_OFFSET_S,
+                    duration_s: hours * HOUR_S,
+                },
+                site,
+            )
+            .energy_cost_milli_fen
+        };
+        assert_eq!(cost(2, 1), 20_000); // valley
+        assert_eq!(cost(10, 1), 80_000); // peak
+        assert_eq!(cost(13, 1), 50_000); // flat
+                                         // 06:00–08:00: one valley hour, one flat hour.
+        assert_eq!(cost(6, 2), 70_000);
+        // A whole day: the profile's mean (8 × 0.4 + 6 × 1.6 + 10 × 1.0) / 24.
+        let day: f64 = (8.0 * 0.4 + 6.0 * 1.6 + 10.0) / 24.0;
+        assert_eq!(cost(5, 24), (24.0 * 50_000.0 * day).round() as i64);
+        // Half an hour into the peak and half an hour after it.
+        let half = estimate(
+            Usage {
+                milli_gpus: 1000,
+                power_w: 1000.0,
+                start_s: 11 * HOUR_S + 1800 - CST_OFFSET_S,
+                duration_s: HOUR_S,
+            },
+            site,
+        );
+        assert_eq!(half.energy_cost_milli_fen, 65_000);
     }
 }

@@ -1,13 +1,14 @@
 //! Time shifting (issue #18): a job that may start late (`max_delay_s`)
-//! waits for greener hours of the region profiles when that lowers its
-//! expected carbon enough, and never past its latest start.
+//! waits for greener or cheaper hours of the region profiles (hour-of-day
+//! green shares, time-of-use tariffs) when that lowers its score enough,
+//! and never past its latest start.
 //!
 //! Pure: the ranked regions of [`super::plan::RegionChooser::rank`] (their
 //! expected facility energy does not depend on the start), each region's
-//! hour-of-day green profile, the clock as an argument.
+//! hour-of-day green and price profiles, the clock as an argument.
 
 use super::catalog::Catalog;
-use super::cost::{mean_green_share, Site, HOUR_S};
+use super::cost::{mean_green_share, mean_price_multiplier, Site, HOUR_S};
 use super::plan::Explanation;
 use crate::placement::FxBuild;
 use std::collections::HashMap;
@@ -28,6 +29,8 @@ pub struct Window {
     /// Expected carbon at the best (region, start) over the ranked regions
     /// and the starts from now (hour boundaries) up to `release_s`, kg.
     pub best_kg: f64,
+    /// Expected energy cost there and then, milli-fen.
+    pub best_cost_milli_fen: f64,
     /// A region takes the job now only if its score now is at most this:
     /// within [`MIN_SAVING`] of the best score.
     pub threshold: f64,
@@ -51,9 +54,9 @@ impl Window {
     }
 }
 
-/// One job's ranked regions over the hours, with the mean green share of
-/// each (region, start, runtime) worked out once a pass: thousands of held
-/// jobs of a few runtimes ask the same.
+/// One job's ranked regions over the hours, with the mean green share and
+/// price multiplier of each (region, start, runtime) worked out once a
+/// pass: thousands of held jobs of a few runtimes ask the same.
 pub struct Hours<'a> {
     pub catalog: &'a Catalog,
     pub expl: &'a Explanation,
@@ -61,15 +64,16 @@ pub struct Hours<'a> {
     pub memo: &'a mut GreenMemo,
 }
 
-/// Mean green shares by (region, start, runtime); cleared each pass.
+/// Mean green shares and price multipliers by (region, start, runtime);
+/// cleared each pass.
 #[derive(Default)]
-pub struct GreenMemo(HashMap<(usize, i64, i64), f64, FxBuild>);
+pub struct GreenMemo(HashMap<(usize, i64, i64), (f64, f64), FxBuild>);
 
 impl Hours<'_> {
-    /// Expected carbon of the ranked region `r` (its estimate) if the job
-    /// started at `start_s`; its facility energy does not depend on the
-    /// start.
-    pub fn carbon(&mut self, r: usize, start_s: i64) -> f64 {
+    /// The ranked region `r`'s facility energy (it does not depend on the
+    /// start) and its mean green share and price multiplier if the job
+    /// started at `start_s`.
+    fn at(&mut self, r: usize, start_s: i64) -> (f64, f64, f64, Site<'_>) {
         let est = self.expl.candidates[r]
             .terms
             .as_ref()
@@ -77,19 +81,27 @@ impl Hours<'_> {
             .estimate;
         let site = Site::of(self.catalog, r);
         let runtime = self.runtime_s;
-        let green = *self
-            .memo
-            .0
-            .entry((r, start_s, runtime))
-            .or_insert_with(|| mean_green_share(site, start_s, runtime));
-        est.facility_kwh * (1.0 - green) * site.grid_factor_kg_per_kwh
+        let (green, price) = *self.memo.0.entry((r, start_s, runtime)).or_insert_with(|| {
+            (
+                mean_green_share(site, start_s, runtime),
+                mean_price_multiplier(site, start_s, runtime),
+            )
+        });
+        (est.facility_kwh, green, price, site)
     }
 
-    fn cost(&self, r: usize) -> f64 {
-        let t = self.expl.candidates[r].terms.as_ref();
-        t.expect("ranked regions have terms")
-            .estimate
-            .energy_cost_milli_fen as f64
+    /// Expected carbon of the ranked region `r` (its estimate) if the job
+    /// started at `start_s`, kg.
+    pub fn carbon(&mut self, r: usize, start_s: i64) -> f64 {
+        let (kwh, green, _, site) = self.at(r, start_s);
+        kwh * (1.0 - green) * site.grid_factor_kg_per_kwh
+    }
+
+    /// Expected energy cost of the ranked region `r` if the job started at
+    /// `start_s` (its tariff's hours), milli-fen.
+    fn cost(&mut self, r: usize, start_s: i64) -> f64 {
+        let (kwh, _, price, site) = self.at(r, start_s);
+        kwh * site.price_milli_fen_per_kwh as f64 * price
     }
 
     /// Green's score of the ranked region `r` for a start at `start_s`:
@@ -100,7 +112,8 @@ impl Hours<'_> {
         let w = self.catalog.weights;
         let norm = |x: f64, max: f64| if max > 0.0 { x / max } else { 0.0 };
         let carbon = self.carbon(r, start_s);
-        w.carbon * norm(carbon, max_c) + w.cost * w.shift_cost * norm(self.cost(r), max_k)
+        let cost = self.cost(r, start_s);
+        w.carbon * norm(carbon, max_c) + w.cost * w.shift_cost * norm(cost, max_k)
     }
 
     /// The window of a job that must start by `latest_start_s`, over the
@@ -122,7 +135,7 @@ impl Hours<'_> {
         let (mut max_c, mut max_k) = (0.0f64, 0.0f64);
         for &r in order {
             max_c = max_c.max(self.carbon(r as usize, now_s));
-            max_k = max_k.max(self.cost(r as usize));
+            max_k = max_k.max(self.cost(r as usize, now_s));
         }
         let (mut best, mut best_at) = (f64::INFINITY, (order[0] as usize, now_s));
         for &t in &starts {
@@ -146,6 +159,7 @@ impl Hours<'_> {
         let (next_s, region) = next.expect("the best start is within the threshold");
         Some(Window {
             best_kg: self.carbon(best_at.0, best_at.1),
+            best_cost_milli_fen: self.cost(best_at.0, best_at.1),
             threshold,
             next_s,
             region,
@@ -162,9 +176,10 @@ mod tests {
     use crate::regions::InventoryIndex;
 
     /// One region; green 10% at night, 90% from 10:00 to 14:00 CST when
-    /// `solar`, else a flat 50%.
-    fn catalog(solar: bool) -> Catalog {
-        let profile = if solar {
+    /// `solar`, else a flat 50%; with `tou`, a time-of-use tariff: 0.4 of
+    /// the price from 23:00 to 07:00, 1.6 from 07:00 to 23:00.
+    fn catalog_with(solar: bool, tou: bool) -> Catalog {
+        let mut profile = if solar {
             let p: Vec<String> = (0..24)
                 .map(|h| if (10..14).contains(&h) { "0.9" } else { "0.1" }.to_string())
                 .collect();
@@ -172,6 +187,12 @@ mod tests {
         } else {
             String::new()
         };
+        if tou {
+            let p: Vec<&str> = (0..24)
+                .map(|h| if h == 23 || h < 7 { "0.4" } else { "1.6" })
+                .collect();
+            profile.push_str(&format!(", price_profile: [{}]", p.join(", ")));
+        }
         let yaml = format!(
             r#"
 accelerators: [{{model: A100, vendor: nvidia, power_w: 400}}]
@@ -189,8 +210,16 @@ links: []
     /// 00:00 CST on some day, in Unix seconds.
     const MIDNIGHT_CST: i64 = 1_767_196_800;
 
+    fn catalog(solar: bool) -> Catalog {
+        catalog_with(solar, false)
+    }
+
     fn win(solar: bool, now: i64, latest: i64) -> Option<Window> {
-        let c = catalog(solar);
+        win_in(&catalog(solar), now, latest)
+    }
+
+    fn win_in(c: &Catalog, now: i64, latest: i64) -> Option<Window> {
+        let c = c.clone();
         let job = JobSpec {
             max_runtime_s: Some(HOUR_S),
             ..JobSpec::new("t", "j", JobKind::Training)
@@ -246,5 +275,28 @@ links: []
         // In the sunny hours already: nothing greener ahead.
         let noon = MIDNIGHT_CST + 10 * HOUR_S;
         assert_eq!(win(true, noon, noon + 3 * HOUR_S).unwrap().next_s, noon);
+    }
+
+    /// Flat green power, a time-of-use tariff: work at the peak waits for
+    /// the valley hours it may reach, never past its latest start, and
+    /// not at all where the tariff is flat.
+    #[test]
+    fn peak_hour_work_waits_for_the_valley_tariff_it_may_reach() {
+        let tou = catalog_with(false, true);
+        let now = MIDNIGHT_CST + 15 * HOUR_S; // 15:00, the dear hours
+        let w = win_in(&tou, now, now + 12 * HOUR_S).expect("a window");
+        assert_eq!(w.next_s, MIDNIGHT_CST + 23 * HOUR_S, "{w:?}");
+        assert!(w.best_cost_milli_fen > 0.0);
+        // The valley comes after the release: now is as good as it gets.
+        let w = win_in(&tou, now, now + 8 * HOUR_S).unwrap();
+        assert_eq!(w.next_s, now);
+        // In the valley already: nothing cheaper ahead.
+        let night = MIDNIGHT_CST + 2 * HOUR_S;
+        assert_eq!(
+            win_in(&tou, night, night + 12 * HOUR_S).unwrap().next_s,
+            night
+        );
+        // The same hours with a flat price: no shift.
+        assert_eq!(win(false, now, now + 12 * HOUR_S).unwrap().next_s, now);
     }
 }

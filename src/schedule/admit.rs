@@ -419,10 +419,11 @@ impl<'a> Pass<'a> {
         let until = crate::jobs::rfc3339(win.release_s);
         let message = match full {
             None => format!(
-                "waiting for greener power: from {} region {:?} is expected to emit {:.1} kg CO2 (the least within the job's window); it takes any region from {until}",
+                "waiting for greener or cheaper power: from {} region {:?} is expected to emit {:.1} kg CO2 for {:.2} CNY of energy (the best within the job's window); it takes any region from {until}",
                 crate::jobs::rfc3339(win.next_s),
                 rc.catalog.regions[win.region].name,
                 win.best_kg,
+                win.best_cost_milli_fen / 100_000.0,
             ),
             Some(why) => format!(
                 "waiting for room in the regions green enough now ({}); it takes any region from {until}",

@@ -175,6 +175,7 @@ fn catalog_file(rng: &mut Rng) -> CatalogFile {
             pue: round(pue, 3),
             green_share: round(green, 3),
             green_profile,
+            price_profile: None,
             price_cny_per_kwh: round(price, 3),
             grid_factor_kg_per_kwh: round(rng.range(0.35, 0.95), 3),
             inventory,
