@@ -34,9 +34,13 @@ pub struct Window {
     /// A region takes the job now only if its score now is at most this:
     /// within [`MIN_SAVING`] of the best score.
     pub threshold: f64,
-    /// The worst ranked region's carbon and energy cost now (the score's
-    /// normalisers).
+    /// The worst ranked region's carbon and energy cost in this hour (the
+    /// score's normalisers).
     scores: (f64, f64),
+    /// The start of the hour the window was worked out in: "now" is scored
+    /// as a start then, so the window is the same all hour (the profiles
+    /// are hourly) and can be kept until the next hour begins.
+    pub hour_s: i64,
     /// The first start (now, or a later hour boundary) at which some ranked
     /// region is within the threshold, and that region.
     pub next_s: i64,
@@ -47,10 +51,10 @@ pub struct Window {
 }
 
 impl Window {
-    /// Whether the ranked region `r` takes the job now.
-    pub fn takes(&self, at: &mut Hours<'_>, r: usize, now_s: i64) -> bool {
+    /// Whether the ranked region `r` takes the job now (in this hour).
+    pub fn takes(&self, at: &mut Hours<'_>, r: usize) -> bool {
         let (max_c, max_k) = self.scores;
-        at.score(r, now_s, max_c, max_k) <= self.threshold
+        at.score(r, self.hour_s, max_c, max_k) <= self.threshold
     }
 }
 
@@ -117,46 +121,49 @@ impl Hours<'_> {
     }
 
     /// The window of a job that must start by `latest_start_s`, over the
-    /// ranked regions `order`; `None` once it is to take any region (its
-    /// release has come). It never reaches past the release, so a job is
-    /// never held past its latest start; with no greener hour ahead,
-    /// `next_s` is now.
+    /// ranked regions `order` (a set: the window does not depend on their
+    /// order); `None` once it is to take any region (its release has
+    /// come). Starts are scored on the hour grid — this hour (standing for
+    /// now), then the hour boundaries up to the release — so a job is never
+    /// held past its latest start, and with no greener or cheaper hour
+    /// ahead `next_s` is this hour.
     pub fn window(&mut self, order: &[u16], now_s: i64, latest_start_s: i64) -> Option<Window> {
         let release_s = latest_start_s.saturating_sub(RELEASE_SLACK_S);
         if order.is_empty() || release_s <= now_s {
             return None;
         }
-        let last = release_s.min(now_s.saturating_add(HORIZON_S));
-        // Now, then the hour boundaries after it.
-        let first_hour = now_s - now_s.rem_euclid(HOUR_S) + HOUR_S;
-        let starts: Vec<i64> = std::iter::once(now_s)
-            .chain((first_hour..=last).step_by(HOUR_S as usize))
-            .collect();
+        let hour_s = now_s - now_s.rem_euclid(HOUR_S);
+        let last = release_s.min(hour_s.saturating_add(HORIZON_S));
+        let starts =
+            std::iter::once(hour_s).chain((hour_s + HOUR_S..=last).step_by(HOUR_S as usize));
         let (mut max_c, mut max_k) = (0.0f64, 0.0f64);
         for &r in order {
-            max_c = max_c.max(self.carbon(r as usize, now_s));
-            max_k = max_k.max(self.cost(r as usize, now_s));
+            max_c = max_c.max(self.carbon(r as usize, hour_s));
+            max_k = max_k.max(self.cost(r as usize, hour_s));
         }
-        let (mut best, mut best_at) = (f64::INFINITY, (order[0] as usize, now_s));
-        for &t in &starts {
+        // Each start's best region (the lowest score; ties to the lower
+        // index, so the order of `order` does not matter).
+        let mut by_start = Vec::with_capacity(25);
+        for t in starts {
+            let mut best = (f64::INFINITY, usize::MAX);
             for &r in order {
                 let s = self.score(r as usize, t, max_c, max_k);
-                if s < best {
-                    (best, best_at) = (s, (r as usize, t));
+                if (s, r as usize) < best {
+                    best = (s, r as usize);
                 }
             }
+            by_start.push((t, best));
         }
+        let &(best_s, (best, best_r)) = by_start
+            .iter()
+            .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(a.0.cmp(&b.0)))
+            .expect("at least this hour");
         let threshold = best / (1.0 - MIN_SAVING);
-        let mut next = None;
-        'hours: for &t in &starts {
-            for &r in order {
-                if self.score(r as usize, t, max_c, max_k) <= threshold {
-                    next = Some((t, r as usize));
-                    break 'hours;
-                }
-            }
-        }
-        let (next_s, region) = next.expect("the best start is within the threshold");
+        let &(next_s, (_, region)) = by_start
+            .iter()
+            .find(|(_, (s, _))| *s <= threshold)
+            .expect("the best start is within the threshold");
+        let best_at = (best_r, best_s);
         Some(Window {
             best_kg: self.carbon(best_at.0, best_at.1),
             best_cost_milli_fen: self.cost(best_at.0, best_at.1),
@@ -165,6 +172,7 @@ impl Hours<'_> {
             region,
             release_s,
             scores: (max_c, max_k),
+            hour_s,
         })
     }
 }

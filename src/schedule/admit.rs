@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use super::held::Inputs;
 use crate::jobs::{
     set_condition, MonthToDate, NodeView, Placement, ReplicaPlacement, TopologyPlacement,
     WorkloadKey, WorkloadView,
@@ -309,6 +310,12 @@ impl<'a> Pass<'a> {
             self.pend_as(w, "Unschedulable", &refusal.message);
             return;
         }
+        let held = self.held_inputs(w, &models, class);
+        let kept = held.and_then(|h| self.held.get(&w.key, h, self.now));
+        if let Some((win, 0)) = kept {
+            self.hold(w, &win, None);
+            return;
+        }
         let mut set = ModelSet::NONE;
         for m in &models {
             if let Some(id) = self.cap.engine.cluster().models().id(m) {
@@ -322,7 +329,10 @@ impl<'a> Pass<'a> {
         else {
             return;
         };
-        let win = self.time_window(w, &mut allowed, adm);
+        let win = match kept {
+            Some(verdict) => Some(self.kept_window(verdict, &mut allowed)),
+            None => self.time_window(w, &mut allowed, adm, held),
+        };
         if let Some(win) = &win {
             if allowed.is_empty() {
                 self.hold(w, win, None);
@@ -383,11 +393,14 @@ impl<'a> Pass<'a> {
     /// catalog, latest start not yet near) takes only the allowed regions
     /// whose score now is near the best it could reach by waiting
     /// (`regions::shift`); `None`: it takes any.
+    /// The verdict is kept for the rest of the hour (`held`: what it was
+    /// worked out from; see [`super::held`]).
     fn time_window(
-        &self,
+        &mut self,
         w: &WorkloadView,
         allowed: &mut Vec<String>,
         adm: &mut Admission,
+        held: Option<Inputs>,
     ) -> Option<Window> {
         let (delay, rc) = (w.max_delay_s?, self.snapshot.regions.as_ref()?);
         if self.config.region_policy != RegionPolicy::Green {
@@ -401,12 +414,46 @@ impl<'a> Pass<'a> {
             memo: &mut adm.greens,
         };
         let win = hours.window(&adm.order, self.now, latest)?;
-        allowed.retain(|name| {
-            rc.catalog
-                .region_index(name)
-                .is_some_and(|r| win.takes(&mut hours, r, self.now))
-        });
-        Some(win)
+        let takers = adm
+            .order
+            .iter()
+            .filter(|&&r| win.takes(&mut hours, r as usize))
+            .fold(0u64, |m, &r| m | 1 << r);
+        if let Some(h) = held {
+            self.held.put(&w.key, h, (win, takers));
+        }
+        Some(self.kept_window((win, takers), allowed))
+    }
+
+    /// Keeps of `allowed` the regions that take the job this hour.
+    fn kept_window(
+        &self,
+        (win, takers): super::held::Verdict,
+        allowed: &mut Vec<String>,
+    ) -> Window {
+        if let Some(rc) = &self.snapshot.regions {
+            allowed.retain(|name| {
+                rc.catalog
+                    .region_index(name)
+                    .is_some_and(|r| takers & (1 << r) != 0)
+            });
+        }
+        win
+    }
+
+    /// What a time-shifted verdict of `w` would be worked out from (see
+    /// [`super::held`]); `None` where no window applies.
+    fn held_inputs(&mut self, w: &WorkloadView, models: &[&str], class: u32) -> Option<Inputs> {
+        let rc = self.snapshot.regions.as_ref()?;
+        w.max_delay_s?;
+        if self.config.region_policy != RegionPolicy::Green {
+            return None;
+        }
+        let catalog = *self
+            .catalog_digest
+            .get_or_insert_with(|| super::held::catalog_digest(rc));
+        let open = self.zones.region_mask(class, rc, &self.cap.nodes);
+        Some(Inputs::new(self.now, w, models, open, catalog))
     }
 
     /// Holds a time-tolerant job (pending, `TimeShifted`) and asks for a

@@ -398,6 +398,8 @@ impl<'a> Pass<'a> {
             node_model,
             pods: pods_by_owner(&snapshot.pods),
             usage: Default::default(),
+            held: Default::default(),
+            catalog_digest: None,
             zones,
             out: Plan::default(),
         };

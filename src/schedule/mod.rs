@@ -26,6 +26,7 @@
 
 mod admit;
 mod capacity;
+mod held;
 mod infeasible;
 mod lifecycle;
 mod preempt;
@@ -213,6 +214,10 @@ struct Pass<'a> {
     usage: Usage,
     /// Nodes reserved to tenant subtrees, and who may use them.
     zones: zones::Zones,
+    /// Time-shifted jobs' verdicts, kept between passes.
+    held: held::HeldVerdicts,
+    /// The region catalog's digest (worked out when first needed).
+    catalog_digest: Option<u64>,
     out: Plan,
 }
 
@@ -232,12 +237,14 @@ fn is_active(w: &WorkloadView) -> bool {
 /// The scheduler: [`Scheduler::plan`] computes each pass from its snapshot
 /// alone, and keeps between passes only what makes the next one cheaper
 /// and steadier — the placement engine with its score caches (brought in
-/// step with each snapshot, rebuilt when the nodes change) and the typical
-/// shapes learned from the workloads as they arrive.
+/// step with each snapshot, rebuilt when the nodes change), the typical
+/// shapes learned from the workloads as they arrive, and time-shifted
+/// jobs' verdicts for the rest of their hour ([`held`]).
 pub struct Scheduler {
     config: PlanConfig,
     cap: Option<Capacity>,
     shapes: ShapeWindow,
+    held: held::HeldVerdicts,
 }
 
 impl Scheduler {
@@ -246,11 +253,17 @@ impl Scheduler {
             config,
             cap: None,
             shapes: ShapeWindow::default(),
+            held: held::HeldVerdicts::default(),
         }
     }
 
     pub fn config(&self) -> &PlanConfig {
         &self.config
+    }
+
+    /// How many passes held a time-shifted job from its kept verdict.
+    pub fn held_verdicts_reused(&self) -> u64 {
+        self.held.reused
     }
 
     /// Computes everything the actor should do for this snapshot.
@@ -264,8 +277,11 @@ impl Scheduler {
             self.shapes.teach(&mut cap.engine);
         }
         let mut pass = Pass::new(snapshot, &self.config, cap); // 1. capacity
+        pass.held = std::mem::take(&mut self.held);
         let queue = pass.lifecycle(); // 2. lifecycle
         pass.admit(queue); // 3. admission (4. preemption inside)
+        pass.held.end_pass();
+        self.held = std::mem::take(&mut pass.held);
         let (plan, cap) = pass.report(); // 5. statuses and figures
         self.cap = Some(cap);
         plan

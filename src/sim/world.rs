@@ -441,6 +441,10 @@ pub struct World {
     /// When a job held for greener hours wants the next pass (the last
     /// plan's `wake_at`).
     wake_s: Option<i64>,
+    /// Tests: every pass is also planned by a fresh scheduler, which must
+    /// plan the same.
+    #[cfg(test)]
+    check_fresh: bool,
 }
 
 impl World {
@@ -492,6 +496,8 @@ impl World {
             node_at,
             waiting: 0,
             wake_s: None,
+            #[cfg(test)]
+            check_fresh: false,
         })
     }
 
@@ -798,6 +804,15 @@ impl World {
             return;
         }
         let plan = self.scheduler.plan(&self.snap);
+        #[cfg(test)]
+        if self.check_fresh {
+            let fresh = crate::schedule::plan(&self.snap, self.scheduler.config());
+            assert_eq!(
+                plan, fresh,
+                "at {}: the kept scheduler differs from a fresh one",
+                self.snap.now
+            );
+        }
         self.wake_s = plan.wake_at;
         for (key, expl) in plan.explanations {
             if let Some(j) = id_of(&key).and_then(|id| self.jobs.get_mut(id)) {
@@ -1118,6 +1133,56 @@ links:
             w.catalog().regions[p.placement.as_ref().unwrap().region].name,
             "west"
         );
+    }
+
+    /// Time-shifted jobs' verdicts are kept for the rest of their hour
+    /// (`schedule::held`): over a day of arrivals, departures and hour
+    /// boundaries every pass plans exactly what a fresh scheduler plans,
+    /// and most held jobs are held again from the kept verdict.
+    #[test]
+    fn kept_time_shift_verdicts_plan_what_a_fresh_pass_plans() {
+        let mut w = solar_world();
+        // Best fit: no shapes learned from arrivals (the default policy's
+        // are kept between passes on purpose), so a fresh pass is the
+        // reference for everything.
+        w.scheduler = Scheduler::new(PlanConfig {
+            policy: "bestfit".parse().unwrap(),
+            ..w.scheduler.config().clone()
+        });
+        w.check_fresh = true;
+        let start = w.now_s();
+        for i in 0..60i64 {
+            let at = start + i * 1370; // every ~23 min, off the hour grid
+            w.advance_to(at);
+            let delay = [2 * 3600, 9 * 3600, 20 * 3600][(i % 3) as usize];
+            let job = JobSpec {
+                max_delay_s: Some(delay),
+                max_runtime_s: Some(2 * 3600),
+                ..spec(
+                    &format!("j{i}"),
+                    1 + (i % 2) as u32,
+                    1 + (i % 4) as u32,
+                    2 * 3600,
+                )
+            };
+            w.submit(job).unwrap();
+            // Jobs that may not wait, competing for the room.
+            if i % 5 == 0 {
+                w.submit(spec(&format!("now{i}"), 1, 2, 3 * 3600)).unwrap();
+            }
+        }
+        while let Some(t) = w.next_event_s() {
+            w.advance_to(t);
+        }
+        assert!(w.jobs().all(|j| j.phase != Phase::Pending));
+        let reused = w.scheduler.held_verdicts_reused();
+        assert!(reused > 100, "only {reused} held verdicts were reused");
+        // Nobody started after its latest start.
+        for j in w.jobs() {
+            if let (Some(d), Some(s)) = (j.spec.max_delay_s, j.started_s) {
+                assert!(s <= j.submitted_s + d, "{} started late", j.spec.name);
+            }
+        }
     }
 
     fn spec(name: &str, replicas: u32, gpus: u32, duration: i64) -> JobSpec {
