@@ -27,73 +27,69 @@ fn required(
     found
 }
 
-/// Serves the page plus a `/metrics` with a few series of each charted metric.
-async fn page_server_with_fixture_metrics() -> SocketAddr {
-    let registry = prometheus::Registry::new();
-    let gauge = |name: &str, labels: &[&str], rows: &[(&[&str], f64)]| {
-        let g = prometheus::GaugeVec::new(prometheus::Opts::new(name, name), labels).unwrap();
-        registry.register(Box::new(g.clone())).unwrap();
-        for (vals, v) in rows {
-            g.with_label_values(vals).set(*v);
-        }
+/// Serves the page plus a `/v1/overview` (the API's own types, so the
+/// fixture cannot drift from what the API sends) with a few rows of each
+/// chart's figures.
+async fn page_server_with_fixture_overview() -> SocketAddr {
+    use zhisuan::api::overview::{Overview, RegionNow, VoucherBalance};
+    use zhisuan::ledger::pending::PendingNow;
+    use zhisuan::ledger::totals::TenantMonth;
+    let region = |name: &str, gpus: u64, allocated: f64, green: f64, carbon_kg: i64| RegionNow {
+        name: name.into(),
+        gpus,
+        gpus_allocated: allocated,
+        green_share: green,
+        milli_gpu_s: 3_600_000 * 100,
+        facility_j: 3_600_000 * 500,
+        carbon_mg: carbon_kg * 1_000_000,
     };
-    gauge(
-        "zhisuan_region_gpus",
-        &["region"],
-        &[(&["zhongwei"], 800.0), (&["wuhu"], 400.0)],
-    );
-    gauge(
-        "zhisuan_region_gpus_allocated",
-        &["region"],
-        &[(&["zhongwei"], 600.0), (&["wuhu"], 100.5)],
-    );
-    gauge(
-        "zhisuan_region_green_share",
-        &["region"],
-        &[(&["zhongwei"], 0.6), (&["wuhu"], 0.2)],
-    );
-    gauge(
-        "zhisuan_region_carbon_kg_total",
-        &["region"],
-        &[(&["zhongwei"], 120.0), (&["wuhu"], 300.0)],
-    );
-    gauge(
-        "zhisuan_tenant_voucher_redeemed_fen_total",
-        &["tenant"],
-        &[(&["acme"], 50_000.0)],
-    );
-    gauge(
-        "zhisuan_tenant_net_fen_total",
-        &["tenant"],
-        &[(&["acme"], 70_000.0), (&["gov-hz"], 1_000.0)],
-    );
-    gauge(
-        "zhisuan_voucher_balance_fen",
-        &["tenant", "voucher"],
-        &[(&["acme", "v1"], 950_000.0)],
-    );
-    gauge(
-        "zhisuan_tenant_tokens_total",
-        &["tenant", "tier", "kind"],
-        &[(&["acme", "basic", "prompt"], 12_000.0)],
-    );
-    gauge(
-        "zhisuan_pending_jobs",
-        &["reason"],
-        &[(&["insufficient GPUs"], 3.0)],
-    );
-
-    let metrics = move || {
-        let registry = registry.clone();
-        async move {
-            let mut buf = String::new();
-            prometheus::TextEncoder::new()
-                .encode_utf8(&registry.gather(), &mut buf)
-                .unwrap();
-            buf
-        }
+    let now = chrono::Utc::now();
+    let overview = Overview {
+        month: zhisuan::ledger::Month::of(now).to_string(),
+        as_of: now,
+        regions: vec![
+            region("wuhu", 400, 100.5, 0.2, 300),
+            region("zhongwei", 800, 600.0, 0.6, 120),
+        ],
+        pending: Some(PendingNow {
+            at_s: now.timestamp() / 60 * 60,
+            total: 3,
+            by_reason: [("insufficient GPUs".to_string(), 3)].into(),
+        }),
+        tenants: vec![
+            TenantMonth {
+                tenant: "acme".into(),
+                milli_gpu_s: 3_600_000 * 40,
+                gross_fen: 120_000,
+                voucher_fen: 50_000,
+                net_fen: 70_000,
+                tokens: [("basic".to_string(), 12_000)].into(),
+            },
+            TenantMonth {
+                tenant: "gov-hz".into(),
+                gross_fen: 1_000,
+                net_fen: 1_000,
+                ..TenantMonth::default()
+            },
+        ],
+        tenants_total: 2,
+        tenants_hidden: false,
+        vouchers: vec![VoucherBalance {
+            tenant: "acme".into(),
+            id: "v1".into(),
+            issuer: "city".into(),
+            spendable_fen: 950_000,
+            valid_until: now + chrono::Duration::days(30),
+        }],
     };
-    let app = zhisuan::api::page::router().route("/metrics", axum::routing::get(metrics));
+    let body = serde_json::to_string(&overview).unwrap();
+    let app = zhisuan::api::page::router().route(
+        "/v1/overview",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -143,7 +139,7 @@ async fn page_renders_charts_in_chromium() {
     let Some(bin) = required(chromium::chromium(), "chromium", "apt-get install chromium") else {
         return;
     };
-    let addr = page_server_with_fixture_metrics().await;
+    let addr = page_server_with_fixture_overview().await;
     let url = format!("http://{addr}/");
     tokio::task::spawn_blocking(move || {
         assert_page_draws_charts(&bin, &url, &[CHARTS_WITH_DATA, &["chart-pending"]].concat())

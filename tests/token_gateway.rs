@@ -342,13 +342,7 @@ fn every_call_is_billed_once_exactly_or_estimated_and_audited_without_its_text()
 /// (kill -9) never loses a call whose answer was delivered.
 #[test]
 fn a_non_streamed_answer_is_sent_only_once_its_call_is_in_the_ledger() {
-    let rt = runtime();
-    let (up, _) = fake(&rt, true, 0);
-    let s = start(rt, &[format!("m=http://{up}")], &[], 0);
-    let key = s.tenant("acme");
-    s.chat_ok(&key, chat("m", "warm up", 2, false));
-    let lock = rusqlite::Connection::open(s._dir.path().join("ledger.db")).unwrap();
-    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (s, key, lock) = locked_gateway();
     let (tx, rx) = std::sync::mpsc::channel();
     let (base, k) = (s.base.clone(), key.clone());
     std::thread::spawn(move || {
@@ -368,14 +362,35 @@ fn a_non_streamed_answer_is_sent_only_once_its_call_is_in_the_ledger() {
     lock.execute_batch("ROLLBACK").unwrap();
     let (status, id) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
     assert_eq!(status, StatusCode::OK);
-    let rows: i64 = lock
+    assert_eq!(
+        recorded(&lock, &id),
+        1,
+        "the answer came before its call was in the ledger"
+    );
+}
+
+/// A gateway with one fast upstream `m`, tenant acme's key (one call made),
+/// and its ledger locked by another writer until the lock is rolled back.
+fn locked_gateway() -> (Server, String, rusqlite::Connection) {
+    let rt = runtime();
+    let (up, _) = fake(&rt, true, 0);
+    let s = start(rt, &[format!("m=http://{up}")], &[], 0);
+    let key = s.tenant("acme");
+    s.chat_ok(&key, chat("m", "warm up", 2, false));
+    let lock = rusqlite::Connection::open(s._dir.path().join("ledger.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    (s, key, lock)
+}
+
+/// Calls with this request id in the ledger.
+fn recorded(ledger: &rusqlite::Connection, request_id: &str) -> i64 {
+    ledger
         .query_row(
             "SELECT COUNT(*) FROM calls WHERE request_id = ?1",
-            [&id],
+            [request_id],
             |r| r.get(0),
         )
-        .unwrap();
-    assert_eq!(rows, 1, "the answer came before its call was in the ledger");
+        .unwrap()
 }
 
 /// A streamed answer passes through as it comes, but its end (`data:
@@ -385,13 +400,7 @@ fn a_non_streamed_answer_is_sent_only_once_its_call_is_in_the_ledger() {
 /// an answer the client received whole.
 #[test]
 fn a_streamed_answer_ends_only_once_its_call_is_in_the_ledger() {
-    let rt = runtime();
-    let (up, _) = fake(&rt, true, 0);
-    let s = start(rt, &[format!("m=http://{up}")], &[], 0);
-    let key = s.tenant("acme");
-    s.chat_ok(&key, chat("m", "warm up", 2, false));
-    let lock = rusqlite::Connection::open(s._dir.path().join("ledger.db")).unwrap();
-    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (s, key, lock) = locked_gateway();
     let (tx, rx) = std::sync::mpsc::channel();
     let (base, k) = (s.base.clone(), key.clone());
     std::thread::spawn(move || {
@@ -423,15 +432,9 @@ fn a_streamed_answer_ends_only_once_its_call_is_in_the_ledger() {
     assert_eq!(what, "end");
     let (id, rest) = end.split_once('\n').unwrap();
     assert!(rest.contains("data: [DONE]"), "{first}{rest}");
-    let rows: i64 = lock
-        .query_row(
-            "SELECT COUNT(*) FROM calls WHERE request_id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap();
     assert_eq!(
-        rows, 1,
+        recorded(&lock, id),
+        1,
         "the stream ended before its call was in the ledger"
     );
 }

@@ -91,12 +91,22 @@ pub async fn overview(
     let now = state.jobs().now();
     let month = Month::of(now);
     let live = state.jobs().regions().await?;
+    // Only the vouchers this reader may see are read.
+    let whose: Option<Option<String>> = match &reader {
+        MetricsReader::All => Some(None),
+        MetricsReader::Public => None,
+        MetricsReader::Tenant(own) => Some(Some(own.clone())),
+    };
     let (totals, pending, vouchers) = state
         .blocking(move |l| {
+            let vouchers = match &whose {
+                Some(tenant) => l.vouchers(tenant.as_deref())?,
+                None => Vec::new(),
+            };
             Ok((
                 l.month_totals(month)?,
                 l.latest_pending(now.timestamp())?,
-                l.vouchers(None)?,
+                vouchers,
             ))
         })
         .await?;
