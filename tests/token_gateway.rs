@@ -637,26 +637,20 @@ fn a_stored_routing_default_routes_calls_without_headers() {
     // Another tenant without a default: the first listed, idle upstream.
     s.chat_ok(&beta, chat("m", "a", 2, false));
     assert_eq!(seen(&near_seen, &far_seen), (1, 1));
+    let with_slo = |key: &str, ms: &str| {
+        s.client
+            .post(format!("{}/v1/chat/completions", s.base))
+            .bearer_auth(key)
+            .header("X-Zhisuan-Latency-Slo-Ms", ms)
+            .json(&chat("m", "a", 2, false))
+            .send()
+            .unwrap()
+    };
     // A header overrides the default's field: any region within a minute.
-    let wide = s
-        .client
-        .post(format!("{}/v1/chat/completions", s.base))
-        .bearer_auth(&acme)
-        .header("X-Zhisuan-Latency-Slo-Ms", "60000")
-        .json(&chat("m", "a", 2, false))
-        .send()
-        .unwrap();
-    assert_eq!(wide.status(), StatusCode::OK);
+    assert_eq!(with_slo(&acme, "60000").status(), StatusCode::OK);
     assert_eq!(seen(&near_seen, &far_seen), (1, 2));
     // An SLO header with no region anywhere is refused.
-    let r = s
-        .client
-        .post(format!("{}/v1/chat/completions", s.base))
-        .bearer_auth(&beta)
-        .header("X-Zhisuan-Latency-Slo-Ms", "50")
-        .json(&chat("m", "a", 2, false))
-        .send()
-        .unwrap();
+    let r = with_slo(&beta, "50");
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.text().unwrap().contains("PUT /v1/routing"));
     // Reading and setting: own, or the admin's.
