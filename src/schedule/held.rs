@@ -94,3 +94,32 @@ pub(super) fn catalog_digest(rc: &super::RegionCatalog) -> u64 {
     body.hash(&mut h);
     h.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::tests::workload;
+
+    /// A kept verdict is used only while everything it was worked out from
+    /// is the same: the hour, the job's generation, the models its quota
+    /// allows, the regions open to it and the catalog.
+    #[test]
+    fn a_verdict_is_worked_out_again_when_what_it_came_from_changes() {
+        let w = workload("a", "t", 1, 1, 0, 0);
+        let hour = 1_767_196_800;
+        let at = |now: i64, w: &WorkloadView, models: &[&str], open: u64, catalog: u64| {
+            Inputs::new(now, w, models, open, catalog)
+        };
+        let base = at(hour + 10, &w, &["A10"], u64::MAX, 7);
+        assert_eq!(base, at(hour + 3599, &w, &["A10"], u64::MAX, 7));
+        assert_ne!(base, at(hour + 3600, &w, &["A10"], u64::MAX, 7));
+        assert_ne!(base, at(hour + 10, &w, &["A10", "V100"], u64::MAX, 7));
+        assert_ne!(base, at(hour + 10, &w, &["A10"], 0b1, 7));
+        assert_ne!(base, at(hour + 10, &w, &["A10"], u64::MAX, 8));
+        let edited = WorkloadView {
+            generation: w.generation + 1,
+            ..w.clone()
+        };
+        assert_ne!(base, at(hour + 10, &edited, &["A10"], u64::MAX, 7));
+    }
+}
