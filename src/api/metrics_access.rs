@@ -85,13 +85,20 @@ impl FromRequestParts<ApiState> for MetricsReader {
 }
 
 impl MetricsReader {
+    /// Whether this reader may see `tenant`'s data.
+    pub fn sees(&self, tenant: &str) -> bool {
+        match self {
+            MetricsReader::All => true,
+            MetricsReader::Public => false,
+            MetricsReader::Tenant(own) => own == tenant,
+        }
+    }
+
     /// Keeps the series this reader may see; families left empty go.
     pub fn filter(&self, families: Vec<MetricFamily>) -> Vec<MetricFamily> {
-        let own = match self {
-            MetricsReader::All => return families,
-            MetricsReader::Public => None,
-            MetricsReader::Tenant(t) => Some(t.as_str()),
-        };
+        if *self == MetricsReader::All {
+            return families;
+        }
         families
             .into_iter()
             .filter_map(|mut family| {
@@ -101,7 +108,7 @@ impl MetricsReader {
                     .filter(
                         |m| match m.get_label().iter().find(|l| l.name() == TENANT_LABEL) {
                             None => true,
-                            Some(l) => own == Some(l.value()),
+                            Some(l) => self.sees(l.value()),
                         },
                     )
                     .collect();

@@ -92,7 +92,7 @@ pub async fn overview(
     let month = Month::of(now);
     let live = state.jobs().regions().await?;
     // Only the vouchers this reader may see are read.
-    let whose: Option<Option<String>> = match &reader {
+    let whose = match &reader {
         MetricsReader::All => Some(None),
         MetricsReader::Public => None,
         MetricsReader::Tenant(own) => Some(Some(own.clone())),
@@ -115,14 +115,12 @@ pub async fn overview(
         regions: used,
     } = totals;
     let regions = merge_regions(live, used);
-    let may_see = |tenant: &str| match &reader {
-        MetricsReader::All => true,
-        MetricsReader::Public => false,
-        MetricsReader::Tenant(own) => own == tenant,
-    };
-    let tenants: Vec<TenantMonth> = tenants.into_iter().filter(|t| may_see(&t.tenant)).collect();
+    let tenants: Vec<TenantMonth> = tenants
+        .into_iter()
+        .filter(|t| reader.sees(&t.tenant))
+        .collect();
     let tenants_total = tenants.len();
-    let vouchers = spendable(vouchers.into_iter().filter(|v| may_see(&v.tenant)), now);
+    let vouchers = spendable(vouchers, now);
     Ok(Json(Overview {
         month: month.to_string(),
         as_of: now,
@@ -182,8 +180,9 @@ fn largest(mut tenants: Vec<TenantMonth>) -> Vec<TenantMonth> {
 
 /// Vouchers with a spendable balance at `now`: the [`MAX_VOUCHERS`]
 /// largest, by tenant and id.
-fn spendable(vouchers: impl Iterator<Item = Voucher>, now: DateTime<Utc>) -> Vec<VoucherBalance> {
+fn spendable(vouchers: Vec<Voucher>, now: DateTime<Utc>) -> Vec<VoucherBalance> {
     let mut out: Vec<VoucherBalance> = vouchers
+        .into_iter()
         .filter_map(|v| {
             let spendable_fen = v.spendable_at(now);
             (spendable_fen > 0).then_some(VoucherBalance {

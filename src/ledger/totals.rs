@@ -108,8 +108,8 @@ impl Ledger {
 
 /// The tenant's entry, made on first sight.
 fn tenant_of(tenants: &mut BTreeMap<String, TenantMonth>, name: String) -> &mut TenantMonth {
-    tenants.entry(name.clone()).or_insert_with(|| TenantMonth {
-        tenant: name,
+    tenants.entry(name).or_insert_with_key(|name| TenantMonth {
+        tenant: name.clone(),
         ..TenantMonth::default()
     })
 }

@@ -248,27 +248,6 @@ pub fn validate_region(spec: &ComputeRegionSpec) -> Vec<FieldError> {
             format!("is {}; must be within 0..1", spec.green_share),
         );
     }
-    if let Some(profile) = &spec.green_profile {
-        if profile.len() != 24 {
-            err(
-                &mut e,
-                "spec.greenProfile",
-                format!(
-                    "has {} values; give one per hour of day (24, China Standard Time)",
-                    profile.len()
-                ),
-            );
-        }
-        for (h, v) in profile.iter().enumerate() {
-            if !(0.0..=1.0).contains(v) {
-                err(
-                    &mut e,
-                    &format!("spec.greenProfile[{h}]"),
-                    format!("is {v}; a share is within 0..1"),
-                );
-            }
-        }
-    }
     if spec.electricity_fen_per_kwh < 0 {
         err(
             &mut e,
@@ -276,10 +255,23 @@ pub fn validate_region(spec: &ComputeRegionSpec) -> Vec<FieldError> {
             "must be 0 or more".into(),
         );
     }
-    if let Some(profile) = &spec.price_profile {
-        if let Err((field, why)) = crate::regions::catalog::check_price_profile(profile) {
-            let field = field.replacen("price_profile", "spec.priceProfile", 1);
-            err(&mut e, &field, why);
+    // The catalog's own hourly checks, named as the CR spells the fields.
+    use crate::regions::catalog::{check_green_profile, check_price_profile};
+    let profiles = [
+        (
+            "green_profile",
+            "spec.greenProfile",
+            spec.green_profile.as_deref().map(check_green_profile),
+        ),
+        (
+            "price_profile",
+            "spec.priceProfile",
+            spec.price_profile.as_deref().map(check_price_profile),
+        ),
+    ];
+    for (name, cr_name, checked) in profiles {
+        if let Some(Err((field, why))) = checked {
+            err(&mut e, &field.replacen(name, cr_name, 1), why);
         }
     }
     if !(spec.grid_kg_co2_per_kwh.is_finite() && spec.grid_kg_co2_per_kwh >= 0.0) {

@@ -356,24 +356,12 @@ impl Catalog {
                     return Err(input_err(file, &entry, format!("dedicated_to {why}")));
                 }
             }
-            if let Some(profile) = &r.green_profile {
-                if profile.len() != 24 {
-                    return Err(input_err(
-                        file,
-                        &entry,
-                        format!(
-                            "green_profile has {} values; give one per hour (24)",
-                            profile.len()
-                        ),
-                    ));
-                }
-                for (h, v) in profile.iter().enumerate() {
-                    check_share(file, &entry, &format!("green_profile[{h}]"), *v)?;
-                }
-            }
-            if let Some(profile) = &r.price_profile {
-                check_price_profile(profile)
-                    .map_err(|(field, why)| input_err(file, &entry, format!("{field} {why}")))?;
+            let profiles = [
+                r.green_profile.as_deref().map(check_green_profile),
+                r.price_profile.as_deref().map(check_price_profile),
+            ];
+            if let Some(Err((field, why))) = profiles.into_iter().flatten().find(Result::is_err) {
+                return Err(input_err(file, &entry, format!("{field} {why}")));
             }
             if !(r.price_cny_per_kwh.is_finite() && r.price_cny_per_kwh >= 0.0) {
                 return Err(input_err(
@@ -636,27 +624,51 @@ impl Region {
 /// Most a time-of-use multiplier may be (ten times the flat price).
 pub const MAX_PRICE_MULTIPLIER: f64 = 10.0;
 
+/// Checks an hour-of-day green profile: 24 shares, each in [0, 1]. The
+/// error names the field (`green_profile` or `green_profile[h]`) and why.
+pub fn check_green_profile(profile: &[f64]) -> Result<(), (String, String)> {
+    check_hourly(
+        "green_profile",
+        "",
+        profile,
+        |v| (0.0..=1.0).contains(&v),
+        |v| format!("{v} is outside [0, 1]; a share is a fraction (0.35 = 35%)"),
+    )
+}
+
 /// Checks a time-of-use profile: 24 multipliers, each in (0, 10]. The
 /// error names the field (`price_profile` or `price_profile[h]`) and why.
 pub fn check_price_profile(profile: &[f64]) -> Result<(), (String, String)> {
+    check_hourly(
+        "price_profile",
+        "multiplier ",
+        profile,
+        |v| v > 0.0 && v <= MAX_PRICE_MULTIPLIER,
+        |v| {
+            format!("{v} is outside (0, {MAX_PRICE_MULTIPLIER}]; a multiplier of the flat price (0.4 = valley, 1.6 = peak)")
+        },
+    )
+}
+
+/// One value per hour of day, each finite and `ok`; else the first field
+/// that is not (`name` or `name[h]`) and why.
+fn check_hourly(
+    name: &str,
+    what: &str,
+    profile: &[f64],
+    ok: impl Fn(f64) -> bool,
+    why: impl Fn(f64) -> String,
+) -> Result<(), (String, String)> {
     if profile.len() != 24 {
         return Err((
-            "price_profile".into(),
-            format!(
-                "has {} values; give one multiplier per hour (24)",
-                profile.len()
-            ),
+            name.into(),
+            format!("has {} values; give one {what}per hour (24)", profile.len()),
         ));
     }
-    for (h, v) in profile.iter().enumerate() {
-        if !(v.is_finite() && *v > 0.0 && *v <= MAX_PRICE_MULTIPLIER) {
-            return Err((
-                format!("price_profile[{h}]"),
-                format!("{v} is outside (0, {MAX_PRICE_MULTIPLIER}]; a multiplier of the flat price (0.4 = valley, 1.6 = peak)"),
-            ));
-        }
+    match profile.iter().position(|v| !(v.is_finite() && ok(*v))) {
+        Some(h) => Err((format!("{name}[{h}]"), why(profile[h]))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn check_share(file: &str, entry: &str, field: &str, v: f64) -> Result<(), InputError> {

@@ -111,6 +111,12 @@ pub fn estimate(usage: Usage, site: Site<'_>) -> CostEstimate {
     }
 }
 
+/// The start of the hour (Unix s) holding `t_s` (UTC and CST hours start
+/// together: the offset is whole hours).
+pub fn hour_start(t_s: i64) -> i64 {
+    t_s - t_s.rem_euclid(HOUR_S)
+}
+
 /// Hour of day (0..24) in China Standard Time for a Unix second.
 pub fn hour_of_day(t_s: i64) -> usize {
     ((t_s + CST_OFFSET_S).rem_euclid(DAY_S) / HOUR_S) as usize

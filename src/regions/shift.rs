@@ -8,7 +8,7 @@
 //! hour-of-day green and price profiles, the clock as an argument.
 
 use super::catalog::Catalog;
-use super::cost::{mean_green_share, mean_price_multiplier, Site, HOUR_S};
+use super::cost::{hour_start, mean_green_share, mean_price_multiplier, Site, HOUR_S};
 use super::plan::Explanation;
 use crate::placement::FxBuild;
 use std::collections::HashMap;
@@ -132,7 +132,7 @@ impl Hours<'_> {
         if order.is_empty() || release_s <= now_s {
             return None;
         }
-        let hour_s = now_s - now_s.rem_euclid(HOUR_S);
+        let hour_s = hour_start(now_s);
         let last = release_s.min(hour_s.saturating_add(HORIZON_S));
         let starts =
             std::iter::once(hour_s).chain((hour_s + HOUR_S..=last).step_by(HOUR_S as usize));
@@ -163,10 +163,9 @@ impl Hours<'_> {
             .iter()
             .find(|(_, (s, _))| *s <= threshold)
             .expect("the best start is within the threshold");
-        let best_at = (best_r, best_s);
         Some(Window {
-            best_kg: self.carbon(best_at.0, best_at.1),
-            best_cost_milli_fen: self.cost(best_at.0, best_at.1),
+            best_kg: self.carbon(best_r, best_s),
+            best_cost_milli_fen: self.cost(best_r, best_s),
             threshold,
             next_s,
             region,

@@ -329,9 +329,10 @@ impl<'a> Pass<'a> {
         else {
             return;
         };
-        let win = match kept {
-            Some(verdict) => Some(self.kept_window(verdict, &mut allowed)),
-            None => self.time_window(w, &mut allowed, adm, held),
+        let win = match (kept, held) {
+            (Some(verdict), _) => Some(self.kept_window(verdict, &mut allowed)),
+            (None, Some(inputs)) => self.time_window(w, &mut allowed, adm, inputs),
+            (None, None) => None,
         };
         if let Some(win) = &win {
             if allowed.is_empty() {
@@ -389,23 +390,20 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// Time shifting: a job that may start late (green policy, region
-    /// catalog, latest start not yet near) takes only the allowed regions
-    /// whose score now is near the best it could reach by waiting
-    /// (`regions::shift`); `None`: it takes any.
-    /// The verdict is kept for the rest of the hour (`held`: what it was
-    /// worked out from; see [`super::held`]).
+    /// Time shifting: a job that may start late (one [`Self::held_inputs`]
+    /// admits; its latest start not yet near) takes only the allowed
+    /// regions whose score now is near the best it could reach by waiting
+    /// (`regions::shift`); `None`: it takes any. The verdict is kept for the
+    /// rest of the hour (`held`: what it was worked out from; see
+    /// [`super::held`]).
     fn time_window(
         &mut self,
         w: &WorkloadView,
         allowed: &mut Vec<String>,
         adm: &mut Admission,
-        held: Option<Inputs>,
+        held: Inputs,
     ) -> Option<Window> {
         let (delay, rc) = (w.max_delay_s?, self.snapshot.regions.as_ref()?);
-        if self.config.region_policy != RegionPolicy::Green {
-            return None;
-        }
         let latest = w.created.saturating_add(delay);
         let mut hours = Hours {
             catalog: &rc.catalog,
@@ -419,9 +417,7 @@ impl<'a> Pass<'a> {
             .iter()
             .filter(|&&r| win.takes(&mut hours, r as usize))
             .fold(0u64, |m, &r| m | 1 << r);
-        if let Some(h) = held {
-            self.held.put(&w.key, h, (win, takers));
-        }
+        self.held.put(&w.key, held, (win, takers));
         Some(self.kept_window((win, takers), allowed))
     }
 
@@ -442,7 +438,8 @@ impl<'a> Pass<'a> {
     }
 
     /// What a time-shifted verdict of `w` would be worked out from (see
-    /// [`super::held`]); `None` where no window applies.
+    /// [`super::held`]); `None` where no window applies: the job may not
+    /// start late, there is no region catalog, or the policy is not green.
     fn held_inputs(&mut self, w: &WorkloadView, models: &[&str], class: u32) -> Option<Inputs> {
         let rc = self.snapshot.regions.as_ref()?;
         w.max_delay_s?;

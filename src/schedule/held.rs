@@ -37,7 +37,7 @@ impl Inputs {
         let mut h = std::hash::DefaultHasher::new();
         (&w.uid, w.generation, models, open_mask, catalog).hash(&mut h);
         Inputs {
-            hour_s: now_s - now_s.rem_euclid(crate::regions::cost::HOUR_S),
+            hour_s: crate::regions::cost::hour_start(now_s),
             digest: h.finish(),
         }
     }
