@@ -21,6 +21,7 @@ use super::infeasible::{AskKey, Infeasible, Refusal, ShapeKey};
 use super::lifecycle::{already_pending, pending_status};
 use super::quota::{month_subtrees, monthly_tokens, quota_models, Quotas};
 use super::regions::{job_spec, RegionCatalog};
+use super::spare;
 use super::zones::Zones;
 use super::{Action, Pass};
 
@@ -95,16 +96,32 @@ pub fn job_vendor<'a>(
     w: &'a WorkloadView,
     model_vendors: &'a BTreeSet<(String, String)>,
 ) -> Option<&'a str> {
-    if let Some(v) = w.vendor.as_deref() {
+    vendor_of(
+        w.vendor.as_deref(),
+        &w.models,
+        w.default_vendor.as_deref(),
+        model_vendors,
+    )
+}
+
+/// [`job_vendor`] of a job's fields: the vendor it names, its models', its
+/// tenant's default.
+pub fn vendor_of<'a>(
+    named: Option<&'a str>,
+    models: &[String],
+    default: Option<&'a str>,
+    model_vendors: &'a BTreeSet<(String, String)>,
+) -> Option<&'a str> {
+    if let Some(v) = named {
         return Some(v);
     }
     let mut of_models = model_vendors
         .iter()
-        .filter(|(m, _)| w.models.iter().any(|x| x == m))
+        .filter(|(m, _)| models.iter().any(|x| x == m))
         .map(|(_, v)| v.as_str());
     match of_models.next() {
         Some(first) => of_models.all(|v| v == first).then_some(first),
-        None => w.default_vendor.as_deref(),
+        None => default,
     }
 }
 
@@ -148,6 +165,31 @@ fn nodes_in<'n>(
     } else {
         Cow::Owned(all.iter().copied().filter(fits).collect())
     }
+}
+
+/// The ways to place a gang in one region, in the order to try them: the
+/// gangs (one per allowed model, or one) best fit first (`order`), each
+/// first without the models waiting jobs are limited to ([`spare`]), then
+/// those that may use them as asked.
+fn tries<'g>(
+    gangs: &'g [Vec<Request>],
+    order: &[(crate::placement::Score, usize)],
+    spared: ModelSet,
+) -> Vec<Cow<'g, [Request]>> {
+    let mut tries = Vec::with_capacity(order.len());
+    for &(_, k) in order {
+        match spare::elsewhere(&gangs[k], spared) {
+            Some(rest) => tries.push(Cow::Owned(rest)),
+            None if !spare::touches(&gangs[k], spared) => tries.push(Cow::Borrowed(&gangs[k][..])),
+            None => {}
+        }
+    }
+    for &(_, k) in order {
+        if spare::touches(&gangs[k], spared) {
+            tries.push(Cow::Borrowed(&gangs[k][..]));
+        }
+    }
+    tries
 }
 
 /// The region planner's field names → the workload's.
@@ -700,7 +742,8 @@ impl<'a> Pass<'a> {
     }
 
     /// Places the gang in the first allowed region that holds it (allocated
-    /// on success), trying its models there best fit first; `Err` says why
+    /// on success), trying its models there best fit first, spared models
+    /// last ([`tries`]); `Err` says why
     /// each region refused. With `refused` (admission, where capacity only
     /// shrinks), a region that refused the same gang shape earlier in the
     /// pass is not tried again: it is refused in the same words.
@@ -746,15 +789,15 @@ impl<'a> Pass<'a> {
                 order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             }
             let mut last = None;
-            for &(_, k) in &order {
+            for gang in tries(gangs, &order, self.spared) {
                 let engine = &mut self.cap.engine;
                 let tried = match w.topology {
                     None => engine
-                        .place_gang(&gangs[k], Some(&nodes))
+                        .place_gang(&gang, Some(&nodes))
                         .map(|ds| (ds, None))
                         .map_err(|e| e.to_string()),
                     Some(ask) => engine
-                        .place_gang_within(&gangs[k], &nodes, ask)
+                        .place_gang_within(&gang, &nodes, ask)
                         .map(|(ds, d)| (ds, Some(d)))
                         .map_err(|e| e.to_string()),
                 };

@@ -401,6 +401,7 @@ impl<'a> Pass<'a> {
             held: Default::default(),
             catalog_digest: None,
             zones,
+            spared: crate::placement::ModelSet::NONE,
             out: Plan::default(),
         };
         // Summed per (tenant, model) first: the usage maps are written once

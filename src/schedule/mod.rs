@@ -18,7 +18,8 @@
 //!    gang inside ONE region or nothing; a gang shape that fits nowhere is
 //!    tried once a pass ([`infeasible`]); nodes reserved to a tenant
 //!    subtree, and tenants confined to such nodes, are hard filters
-//!    ([`zones`]);
+//!    ([`zones`]); models that waiting jobs are limited to are offered to
+//!    flexible jobs last ([`spare`]);
 //! 4. [`preempt`]: a job that fits nowhere may evict workloads of strictly
 //!    lower priority (at most `max_victims`, one preemptor per pass; strict
 //!    priority order means preemption can never loop);
@@ -34,6 +35,7 @@ pub mod quota;
 pub mod regions;
 mod report;
 mod shapes;
+mod spare;
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
@@ -218,6 +220,8 @@ struct Pass<'a> {
     held: held::HeldVerdicts,
     /// The region catalog's digest (worked out when first needed).
     catalog_digest: Option<u64>,
+    /// Models waiting jobs are limited to ([`spare`]).
+    spared: crate::placement::ModelSet,
     out: Plan,
 }
 
@@ -238,7 +242,8 @@ fn is_active(w: &WorkloadView) -> bool {
 /// alone, and keeps between passes only what makes the next one cheaper
 /// and steadier — the placement engine with its score caches (brought in
 /// step with each snapshot, rebuilt when the nodes change), the typical
-/// shapes learned from the workloads as they arrive, and time-shifted
+/// shapes learned from the workloads as they arrive (with the models that
+/// jobs limited to a few of them asked for: [`spare`]), and time-shifted
 /// jobs' verdicts for the rest of their hour ([`held`]).
 pub struct Scheduler {
     config: PlanConfig,
@@ -279,6 +284,12 @@ impl Scheduler {
         let mut pass = Pass::new(snapshot, &self.config, cap); // 1. capacity
         pass.held = std::mem::take(&mut self.held);
         let queue = pass.lifecycle(); // 2. lifecycle
+        let waiting = queue.iter().filter_map(|w| spare::Asked::of(w));
+        pass.spared = spare::spared_models(
+            waiting.chain(self.shapes.limited()),
+            pass.cap.engine.cluster().models(),
+            &pass.cap.model_vendors,
+        );
         pass.admit(queue); // 3. admission (4. preemption inside)
         pass.held.end_pass();
         self.held = std::mem::take(&mut pass.held);

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::placement::{Engine, FxBuild, ModelSet, Request};
 
+use super::spare::{Asked, Limited};
 use super::Snapshot;
 
 /// Arrivals the typical shapes are learned from (the most recent ones).
@@ -18,6 +19,8 @@ struct Arrival {
     replica: Request,
     models: Vec<String>,
     replicas: u32,
+    /// Its ask, when it names models.
+    limited: Option<Limited>,
 }
 
 /// The typical shapes fragmentation is scored against (FGD's measure): the
@@ -32,6 +35,8 @@ pub(super) struct ShapeWindow {
     /// Uids of the live workloads, with the pass that last saw them.
     live: HashMap<String, u64, FxBuild>,
     passes: u64,
+    /// The asks of the window's arrivals that name models, with counts.
+    limited: HashMap<Limited, u32, FxBuild>,
 }
 
 impl ShapeWindow {
@@ -58,12 +63,25 @@ impl ShapeWindow {
         let kept = &new[new.len().saturating_sub(SHAPE_WINDOW)..];
         for w in kept {
             if self.arrivals.len() == SHAPE_WINDOW {
-                self.arrivals.pop_front();
+                let gone = self.arrivals.pop_front().and_then(|a| a.limited);
+                if let Some(l) = gone {
+                    if let Some(n) = self.limited.get_mut(&l) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.limited.remove(&l);
+                        }
+                    }
+                }
+            }
+            let limited = Limited::of(w);
+            if let Some(l) = &limited {
+                *self.limited.entry(l.clone()).or_default() += 1;
             }
             self.arrivals.push_back(Arrival {
                 replica: w.replica_request(ModelSet::ANY),
                 models: w.models.clone(),
                 replicas: w.replicas,
+                limited,
             });
         }
         if self.next_relearn == 0 {
@@ -80,6 +98,12 @@ impl ShapeWindow {
             };
         }
         true
+    }
+
+    /// The distinct asks naming models among the window's arrivals
+    /// ([`super::spare`]).
+    pub(super) fn limited(&self) -> impl Iterator<Item = Asked<'_>> {
+        self.limited.keys().map(Limited::asked)
     }
 
     /// Gives the engine the window's shapes (each request restricted to the

@@ -598,7 +598,7 @@ fn the_pods_of_a_running_gang_decide_its_phase() {
 
 /// Applies a plan as the controller would (statuses written, launches
 /// running).
-fn act_on(snap: &mut Snapshot, p: &Plan) {
+pub(super) fn act_on(snap: &mut Snapshot, p: &Plan) {
     for a in &p.actions {
         let (key, status, running) = match a {
             Action::Launch { key, status, .. } => (key, status, true),
@@ -707,7 +707,7 @@ fn a_huge_gpu_limit_saturates_instead_of_wrapping() {
     assert_eq!(crate::jobs::gpus_to_milli(-3), 0);
 }
 
-fn node_of(name: &str, model: &str, vendor: &str, gpus: u8) -> NodeView {
+pub(super) fn node_of(name: &str, model: &str, vendor: &str, gpus: u8) -> NodeView {
     let mut n = node(name, "r", gpus);
     n.model = model.into();
     n.vendor = vendor.into();

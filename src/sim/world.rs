@@ -1407,6 +1407,71 @@ links:
         assert_eq!(cann_wait, 600, "waits only for the first NPU job");
     }
 
+    /// Within one vendor: an A100 node and an H100 node; a job limited to
+    /// H100 holds two of its GPUs and an 8-GPU job limited to H100 waits
+    /// for it. Flexible 2-GPU jobs arriving meanwhile go to the A100 node
+    /// (best fit alone would pack them onto the H100 node's six free
+    /// GPUs and keep the big job waiting for ten hours), under the default
+    /// policy and under bestfit alike.
+    #[test]
+    fn flexible_jobs_leave_the_scarce_model_to_the_job_waiting_for_it() {
+        const TWO_MODELS: &str = r#"
+accelerators:
+  - {model: A100, vendor: nvidia, power_w: 400}
+  - {model: H100, vendor: nvidia, power_w: 700}
+regions:
+  - name: mixed
+    hub: m
+    side: east
+    pue: 1.2
+    green_share: 0.2
+    price_cny_per_kwh: 0.5
+    grid_factor_kg_per_kwh: 0.6
+    inventory:
+      - {model: A100, nodes: 1, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}
+      - {model: H100, nodes: 1, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}
+user_regions:
+  - {name: city}
+links:
+  - {a: city, b: mixed, rtt_ms: 2, bandwidth_gbps: 100}
+"#;
+        let h100 = |name: &str, gpus, duration| JobSpec {
+            gpu_models: vec!["H100".into()],
+            ..spec(name, 1, gpus, duration)
+        };
+        let run = |placement_policy: Policy| {
+            let catalog = Catalog::from_yaml(TWO_MODELS, "two.yaml").unwrap();
+            let config = WorldConfig {
+                placement_policy,
+                start_s: 1000,
+                ..Default::default()
+            };
+            let mut w = World::new(catalog, config).unwrap();
+            w.submit(h100("small", 2, 1000)).unwrap();
+            w.advance_to(1010);
+            let big = w.submit(h100("big", 8, 600)).unwrap();
+            w.advance_to(1020);
+            let flexible: Vec<JobId> = (0..4)
+                .map(|i| w.submit(spec(&format!("f{i}"), 1, 2, 36_000)).unwrap())
+                .collect();
+            w.advance_to(1000 + 40_000);
+            let nodes: Vec<String> = flexible
+                .iter()
+                .map(|id| w.job_view(*id).unwrap().replicas[0].node.clone())
+                .collect();
+            (nodes, w.job(big).unwrap().wait_s(41_000))
+        };
+        let (nodes, big_wait) = run(Policy::default());
+        assert!(
+            nodes.iter().all(|n| n.contains("a100")),
+            "flexible jobs stay off the H100 node: {nodes:?}"
+        );
+        assert_eq!(big_wait, 990, "the big job waits only for the small one");
+        let (bestfit_nodes, bestfit_wait) = run(Policy::BestFit);
+        assert!(bestfit_nodes.iter().all(|n| n.contains("a100")));
+        assert!(big_wait <= bestfit_wait);
+    }
+
     #[test]
     fn gangs_stay_in_one_region_and_fall_back_when_the_best_is_full() {
         let mut w = world(RegionPolicy::Green, None);

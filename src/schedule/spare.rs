@@ -1,0 +1,295 @@
+//! Scarce models are spared for the jobs limited to them.
+//!
+//! A job that names some of its vendor's models (`gpuModels: [H100]`) can
+//! run only there; a job that names none runs on any. The accelerators such
+//! a limited job needs are worth more to it than to a flexible job, which
+//! fits elsewhere as well: so while limited jobs wait, or have arrived
+//! among the scheduler's recent arrivals (its shape window), a flexible job
+//! tries the other models of its vendor first and takes the spared ones
+//! only when nothing else holds it. Placement stays work-conserving:
+//! nothing is left idle for a job that may never come.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::admit::{vendor_fits, vendor_of};
+use crate::jobs::WorkloadView;
+use crate::placement::{ModelSet, ModelTable, Request};
+
+/// What a job asks of accelerators: the vendor it names, the models it
+/// names and its tenant's default vendor (see [`vendor_of`]).
+#[derive(Clone, Copy)]
+pub(super) struct Asked<'a> {
+    vendor: Option<&'a str>,
+    models: &'a [String],
+    default_vendor: Option<&'a str>,
+}
+
+impl<'a> Asked<'a> {
+    /// A workload's ask, when it names models (`None`: it runs on any).
+    pub(super) fn of(w: &'a WorkloadView) -> Option<Self> {
+        (!w.models.is_empty()).then_some(Asked {
+            vendor: w.vendor.as_deref(),
+            models: &w.models,
+            default_vendor: w.default_vendor.as_deref(),
+        })
+    }
+}
+
+/// An [`Asked`] kept beyond its snapshot (the arrivals the scheduler
+/// remembers).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Limited {
+    vendor: Option<String>,
+    models: Vec<String>,
+    default_vendor: Option<String>,
+}
+
+impl Limited {
+    pub(super) fn of(w: &WorkloadView) -> Option<Self> {
+        Asked::of(w).map(|a| Limited {
+            vendor: a.vendor.map(String::from),
+            models: a.models.to_vec(),
+            default_vendor: a.default_vendor.map(String::from),
+        })
+    }
+
+    pub(super) fn asked(&self) -> Asked<'_> {
+        Asked {
+            vendor: self.vendor.as_deref(),
+            models: &self.models,
+            default_vendor: self.default_vendor.as_deref(),
+        }
+    }
+}
+
+/// The models jobs limited to a few are spared for: for each ask, the
+/// models it names, when they are fewer than all of its vendor's models
+/// the cluster has (a job naming all of them is flexible).
+/// `model_vendors` are the cluster's (model, vendor) pairs.
+pub(super) fn spared_models<'a>(
+    asks: impl IntoIterator<Item = Asked<'a>>,
+    models: &ModelTable,
+    model_vendors: &BTreeSet<(String, String)>,
+) -> ModelSet {
+    let mut of_vendor: BTreeMap<Option<&str>, ModelSet> = BTreeMap::new();
+    let mut spared = ModelSet::NONE;
+    for a in asks {
+        let vendor = vendor_of(a.vendor, a.models, a.default_vendor, model_vendors);
+        let all = *of_vendor.entry(vendor).or_insert_with(|| {
+            model_vendors
+                .iter()
+                .filter(|(_, v)| vendor_fits(vendor, v))
+                .filter_map(|(m, _)| models.id(m))
+                .fold(ModelSet::NONE, ModelSet::with)
+        });
+        let named = a
+            .models
+            .iter()
+            .filter_map(|m| models.id(m))
+            .fold(ModelSet::NONE, ModelSet::with);
+        let limited = ModelSet(named.0 & all.0);
+        if limited.0 != all.0 {
+            spared = ModelSet(spared.0 | limited.0);
+        }
+    }
+    spared
+}
+
+/// The gang restricted to the models not spared, when it may use some
+/// spared ones and some others; `None` when it may use only spared models
+/// (it has nowhere else to go) or none (it [`touches`] none).
+pub(super) fn elsewhere(gang: &[Request], spared: ModelSet) -> Option<Vec<Request>> {
+    let models = gang.first()?.models;
+    let rest = ModelSet(models.0 & !spared.0);
+    if rest.0 == models.0 || rest.0 == 0 {
+        return None;
+    }
+    Some(
+        gang.iter()
+            .map(|r| Request {
+                models: rest,
+                ..r.clone()
+            })
+            .collect(),
+    )
+}
+
+/// Whether the gang may use some spared model.
+pub(super) fn touches(gang: &[Request], spared: ModelSet) -> bool {
+    gang.first().is_some_and(|r| r.models.0 & spared.0 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::GpuDemand;
+
+    fn table() -> (ModelTable, BTreeSet<(String, String)>) {
+        let mut t = ModelTable::new();
+        let mut mv = BTreeSet::new();
+        for (m, v) in [
+            ("A100", "nvidia"),
+            ("H100", "nvidia"),
+            ("Ascend910B", "huawei"),
+        ] {
+            t.intern(m).unwrap();
+            mv.insert((m.to_string(), v.to_string()));
+        }
+        (t, mv)
+    }
+
+    fn job(models: &[&str]) -> WorkloadView {
+        WorkloadView {
+            models: models.iter().map(|m| m.to_string()).collect(),
+            ..crate::schedule::tests::workload("j", "acme", 1, 2, 0, 0)
+        }
+    }
+
+    #[test]
+    fn a_job_limited_to_some_of_its_vendors_models_spares_them() {
+        let (t, mv) = table();
+        let h100 = job(&["H100"]);
+        let both = job(&["A100", "H100"]);
+        let npu = job(&["Ascend910B"]);
+        let any = job(&[]);
+        let h = ModelSet::only(t.id("H100").unwrap());
+        let spared = |jobs: &[&WorkloadView]| {
+            spared_models(jobs.iter().filter_map(|w| Asked::of(w)), &t, &mv)
+        };
+        assert_eq!(spared(&[&h100, &any]), h);
+        // Naming every NVIDIA model is being flexible.
+        assert_eq!(spared(&[&both]), ModelSet::NONE);
+        // The only Ascend model: nothing else of its vendor to prefer.
+        assert_eq!(spared(&[&npu]), ModelSet::NONE);
+        assert_eq!(spared(&[]), ModelSet::NONE);
+        // A kept ask spares the same.
+        let kept = Limited::of(&h100).unwrap();
+        assert_eq!(spared_models([kept.asked()], &t, &mv), h);
+    }
+
+    #[test]
+    fn a_flexible_gang_is_first_offered_the_models_not_spared() {
+        let (t, _) = table();
+        let (a, h) = (t.id("A100").unwrap(), t.id("H100").unwrap());
+        let req = |models| Request {
+            models,
+            ..Request::new(1000, 0, GpuDemand::Whole { count: 2 })
+        };
+        let flexible = vec![req(ModelSet::only(a).with(h)); 2];
+        let spared = ModelSet::only(h);
+        let first = elsewhere(&flexible, spared).unwrap();
+        assert!(first.iter().all(|r| r.models == ModelSet::only(a)));
+        assert!(touches(&flexible, spared));
+        // A job limited to H100 is not restricted further.
+        let limited = vec![req(ModelSet::only(h))];
+        assert!(elsewhere(&limited, spared).is_none());
+        assert!(touches(&limited, spared));
+        let elsewhere_only = vec![req(ModelSet::only(a))];
+        assert!(elsewhere(&elsewhere_only, spared).is_none());
+        assert!(!touches(&elsewhere_only, spared));
+        // Nothing spared: nothing to restrict.
+        assert!(elsewhere(&flexible, ModelSet::NONE).is_none());
+    }
+}
+
+#[cfg(test)]
+mod pass_tests {
+    use crate::schedule::tests::{act_on, launches, node_of, quota, workload};
+    use crate::schedule::{plan, PlanConfig, Scheduler, Snapshot};
+
+    /// Where each launched workload of a pass went (first replica's node).
+    fn placed(p: &crate::schedule::Plan) -> Vec<(String, String)> {
+        launches(p)
+            .iter()
+            .map(|(name, s)| {
+                let node = &s.placement.as_ref().unwrap().replicas[0].node;
+                (name.to_string(), node.clone())
+            })
+            .collect()
+    }
+
+    fn h100_only(name: &str, gpus: u8, created: i64) -> crate::jobs::WorkloadView {
+        crate::jobs::WorkloadView {
+            models: vec!["H100".into()],
+            ..workload(name, "t", 1, gpus, 0, created)
+        }
+    }
+
+    /// Best fit would put a flexible 2-GPU job on the H100 node (6 free,
+    /// the tighter fit) while an 8-GPU job limited to H100 waits for it:
+    /// the flexible job takes the A100 node instead.
+    #[test]
+    fn a_flexible_job_leaves_the_model_a_waiting_job_is_limited_to() {
+        let config = PlanConfig {
+            policy: "bestfit".parse().unwrap(),
+            ..PlanConfig::default()
+        };
+        let mut snap = Snapshot {
+            now: 10,
+            nodes: vec![
+                node_of("a100", "A100", "nvidia", 8),
+                node_of("h100", "H100", "nvidia", 8),
+            ],
+            workloads: vec![h100_only("small", 2, 1)],
+            quotas: vec![quota("t", None, &[], 0)],
+            ..Default::default()
+        };
+        let p = plan(&snap, &config);
+        assert_eq!(placed(&p), [("small".into(), "h100".into())]);
+        act_on(&mut snap, &p);
+        snap.workloads.push(h100_only("big", 8, 2));
+        snap.workloads.push(workload("flex", "t", 1, 2, 0, 3));
+        snap.now = 20;
+        let p = plan(&snap, &config);
+        assert_eq!(placed(&p), [("flex".into(), "a100".into())]);
+        // With the A100 node full, it takes the H100 node all the same.
+        snap.nodes[0].unhealthy = (0..8).collect();
+        let p = plan(&snap, &config);
+        assert_eq!(placed(&p), [("flex".into(), "h100".into())]);
+    }
+
+    /// A job limited to H100 that came and went still spares the model
+    /// for the scheduler that saw it: a flexible job goes to the A100 node,
+    /// where a scheduler that never saw one packs it onto the H100 node
+    /// (the tighter fit: another pod holds two of its devices).
+    #[test]
+    fn a_limited_job_seen_recently_spares_its_model() {
+        let config = PlanConfig {
+            policy: "bestfit".parse().unwrap(),
+            ..PlanConfig::default()
+        };
+        let mut kept = Scheduler::new(config.clone());
+        let mut snap = Snapshot {
+            now: 10,
+            nodes: vec![
+                node_of("a100", "A100", "nvidia", 8),
+                node_of("h100", "H100", "nvidia", 8),
+            ],
+            workloads: vec![h100_only("gone", 2, 1)],
+            quotas: vec![quota("t", None, &[], 0)],
+            ..Default::default()
+        };
+        let p = kept.plan(&snap);
+        assert_eq!(placed(&p), [("gone".into(), "h100".into())]);
+        snap.workloads.clear();
+        snap.pods.push(crate::jobs::PodView {
+            namespace: "other".into(),
+            name: "foreign".into(),
+            owner: None,
+            node: Some("h100".into()),
+            devices: vec![0, 1],
+            milli: None,
+            cpu_milli: 100,
+            memory_mib: 100,
+            phase: "Running".into(),
+            deleting: false,
+        });
+        snap.workloads.push(workload("flex", "t", 1, 2, 0, 3));
+        snap.now = 20;
+        assert_eq!(placed(&kept.plan(&snap)), [("flex".into(), "a100".into())]);
+        assert_eq!(
+            placed(&plan(&snap, &config)),
+            [("flex".into(), "h100".into())]
+        );
+    }
+}
