@@ -8,7 +8,7 @@
 //! "Generalisation"): a baseline (nearest, round-robin, cheapest-first,
 //! greenest-first) dominates it on (carbon, energy cost, mean wait) on at
 //! most 2 of the 20 pairs, and its mean wait is within 1.10 × nearest's
-//! (+1 s) on at least 7. Every pair's figures are printed; a change that
+//! (+1 s) on at least 8. Every pair's figures are printed; a change that
 //! makes either count worse fails, one that makes it better lowers the bar.
 
 use std::process::Command;
@@ -78,7 +78,7 @@ fn dominated(seed: u64, v: &serde_json::Value) -> Option<String> {
 /// Pairs a baseline may dominate the default policy on, and pairs its mean
 /// wait must be within 1.10 × nearest's on (of 20): today's figures.
 const MOST_DOMINATED: usize = 2;
-const LEAST_WAIT_MET: usize = 7;
+const LEAST_WAIT_MET: usize = 8;
 
 #[test]
 fn the_default_policy_keeps_every_constraint_on_generated_pairs() {

@@ -402,6 +402,8 @@ impl<'a> Pass<'a> {
             catalog_digest: None,
             zones,
             spared: crate::placement::ModelSet::NONE,
+            spared_regions: 0,
+            waited_regions: 0,
             out: Plan::default(),
         };
         // Summed per (tenant, model) first: the usage maps are written once

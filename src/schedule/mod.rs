@@ -222,6 +222,10 @@ struct Pass<'a> {
     catalog_digest: Option<u64>,
     /// Models waiting jobs are limited to ([`spare`]).
     spared: crate::placement::ModelSet,
+    /// Catalog regions that jobs limited to a few regions waited for in
+    /// the last pass or this one ([`spare`]), and those of this pass.
+    spared_regions: u64,
+    waited_regions: u64,
     out: Plan,
 }
 
@@ -250,6 +254,8 @@ pub struct Scheduler {
     cap: Option<Capacity>,
     shapes: ShapeWindow,
     held: held::HeldVerdicts,
+    /// Regions limited jobs waited for in the last pass.
+    waited_regions: u64,
 }
 
 impl Scheduler {
@@ -259,6 +265,7 @@ impl Scheduler {
             cap: None,
             shapes: ShapeWindow::default(),
             held: held::HeldVerdicts::default(),
+            waited_regions: 0,
         }
     }
 
@@ -290,7 +297,9 @@ impl Scheduler {
             pass.cap.engine.cluster().models(),
             &pass.cap.model_vendors,
         );
+        pass.spared_regions = self.waited_regions;
         pass.admit(queue); // 3. admission (4. preemption inside)
+        self.waited_regions = pass.waited_regions;
         pass.held.end_pass();
         self.held = std::mem::take(&mut pass.held);
         let (plan, cap) = pass.report(); // 5. statuses and figures

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::admit::{vendor_fits, vendor_of};
 use crate::jobs::WorkloadView;
 use crate::placement::{ModelSet, ModelTable, Request};
+use crate::regions::plan::{Explanation, Filter, Verdict};
 
 /// What a job asks of accelerators: the vendor it names, the models it
 /// names and its tenant's default vendor (see [`vendor_of`]).
@@ -119,6 +120,38 @@ pub(super) fn touches(gang: &[Request], spared: ModelSet) -> bool {
     gang.first().is_some_and(|r| r.models.0 & spared.0 != 0)
 }
 
+/// Whether region choice left out, for this job's own limits (residency,
+/// latency SLO, budget, dedicated zones), some region that has room for
+/// its shape: a job that can run in fewer regions than a flexible one of
+/// its size. (Regions too small for it, or without its models, do not
+/// count: sparing every large region for the large gangs that wait would
+/// send flexible work away from the greenest ones — tried, carbon rose on
+/// the generated pairs.)
+pub(super) fn region_limited(expl: &Explanation) -> bool {
+    expl.candidates.iter().any(
+        |c| matches!(c.verdict, Verdict::Removed { filter, .. } if filter != Filter::Inventory),
+    )
+}
+
+/// Moves the spared regions (catalog indices in the mask) behind the
+/// others, keeping the job's preferred regions first and the order within
+/// each group; a job whose regions are all spared keeps its order.
+pub(super) fn spared_regions_last(
+    allowed: &mut [String],
+    preferred: &[String],
+    spared: u64,
+    index: impl Fn(&str) -> Option<usize>,
+) {
+    if spared == 0 {
+        return;
+    }
+    let is_spared = |r: &str| index(r).is_some_and(|i| i < 64 && spared & (1 << i) != 0);
+    allowed.sort_by_key(|r| match preferred.contains(r) {
+        true => 0,
+        false => 1 + u8::from(is_spared(r)),
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +198,20 @@ mod tests {
         // A kept ask spares the same.
         let kept = Limited::of(&h100).unwrap();
         assert_eq!(spared_models([kept.asked()], &t, &mv), h);
+    }
+
+    #[test]
+    fn spared_regions_go_last_after_the_preferred_ones() {
+        let names = ["a", "b", "c", "d"];
+        let index = |r: &str| names.iter().position(|n| *n == r);
+        let mut allowed: Vec<String> = ["b", "a", "d", "c"].map(String::from).to_vec();
+        // b and c spared; d preferred.
+        spared_regions_last(&mut allowed, &["d".into()], 0b0110, index);
+        assert_eq!(allowed, ["d", "a", "b", "c"]);
+        // Nothing spared: the order stands.
+        let mut allowed: Vec<String> = ["b", "a"].map(String::from).to_vec();
+        spared_regions_last(&mut allowed, &[], 0, index);
+        assert_eq!(allowed, ["b", "a"]);
     }
 
     #[test]

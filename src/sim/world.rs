@@ -1472,6 +1472,37 @@ links:
         assert!(big_wait <= bestfit_wait);
     }
 
+    /// A gang bound to west by residency needs all four of its nodes and
+    /// waits for a 3-node job there; a flexible job arriving meanwhile
+    /// would take west's free node (the greener region) and keep the gang
+    /// waiting for ten hours: while the gang waits, green tries west last,
+    /// so the flexible job runs in east (four nodes too, all free) and the
+    /// gang starts as soon as the 3-node job ends.
+    #[test]
+    fn flexible_jobs_leave_the_region_a_bound_gang_waits_for() {
+        let yaml = CATALOG.replacen("nodes: 3", "nodes: 4", 1);
+        let catalog = Catalog::from_yaml(&yaml, "four.yaml").unwrap();
+        let config = WorldConfig {
+            start_s: 1000,
+            ..Default::default()
+        };
+        let mut w = World::new(catalog, config).unwrap();
+        let fill = w.submit(spec("fill", 3, 8, 1000)).unwrap();
+        assert_eq!(region_of(&w, fill), "west");
+        w.advance_to(1010);
+        let bound = w
+            .submit(JobSpec {
+                residency: vec!["west".into()],
+                ..spec("bound", 4, 8, 600)
+            })
+            .unwrap();
+        w.advance_to(1020);
+        let flex = w.submit(spec("flex", 1, 8, 36_000)).unwrap();
+        w.advance_to(3000);
+        assert_eq!(region_of(&w, flex), "east", "west is spared for the gang");
+        assert_eq!(w.job(bound).unwrap().wait_s(3000), 990);
+    }
+
     #[test]
     fn gangs_stay_in_one_region_and_fall_back_when_the_best_is_full() {
         let mut w = world(RegionPolicy::Green, None);
