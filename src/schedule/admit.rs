@@ -383,11 +383,7 @@ impl<'a> Pass<'a> {
             }
             shape = ShapeKey::new(vendor, &gangs, &allowed, class).within(w.topology);
         }
-        if let (Some(rc), RegionPolicy::Green) = (&self.snapshot.regions, self.config.region_policy)
-        {
-            let index = |r: &str| rc.catalog.region_index(r);
-            spare::spared_regions_last(&mut allowed, &w.preferred, self.spared_regions, index);
-        }
+        self.spared_regions_last(w, &mut allowed);
         let placed = match adm.infeasible.refused(&shape) {
             Some(why) => Err(why.to_vec()),
             None => {
@@ -414,17 +410,7 @@ impl<'a> Pass<'a> {
             // Not preempting for a job that may wait.
             (Err(why), Some(win)) => self.hold(w, win, Some(why)),
             (Err(why), None) => {
-                if let Some(rc) = &snapshot.regions {
-                    if spare::region_limited(&adm.expl) {
-                        let waited = allowed
-                            .iter()
-                            .filter_map(|r| rc.catalog.region_index(r))
-                            .filter(|&i| i < 64)
-                            .fold(0u64, |m, i| m | 1 << i);
-                        self.waited_regions |= waited;
-                        self.spared_regions |= waited;
-                    }
-                }
+                self.note_waiting(&adm.expl, &allowed);
                 let explanation = format!(
                     "the gang of {} fits in no allowed region: {}.{why_here}{}",
                     w.replicas,

@@ -18,8 +18,9 @@
 //!    gang inside ONE region or nothing; a gang shape that fits nowhere is
 //!    tried once a pass ([`infeasible`]); nodes reserved to a tenant
 //!    subtree, and tenants confined to such nodes, are hard filters
-//!    ([`zones`]); models that waiting jobs are limited to are offered to
-//!    flexible jobs last ([`spare`]);
+//!    ([`zones`]); models that waiting (or recent) jobs are limited to are
+//!    offered to flexible jobs last, and under green so are the regions
+//!    that jobs limited to a few regions wait for ([`spare`]);
 //! 4. [`preempt`]: a job that fits nowhere may evict workloads of strictly
 //!    lower priority (at most `max_victims`, one preemptor per pass; strict
 //!    priority order means preemption can never loop);

@@ -14,12 +14,11 @@ pub const SHAPE_WINDOW: usize = 4096;
 /// Shapes are relearned at 1, 2, 4, … arrivals up to [`SHAPE_WINDOW`], then every this many.
 const SHAPE_RELEARN_EVERY: u64 = 1024;
 
-/// One arrival: a replica request (models by name), and the gang size.
+/// One arrival: a replica request, the gang size, and the models it
+/// names (by name; `None`: any).
 struct Arrival {
     replica: Request,
-    models: Vec<String>,
     replicas: u32,
-    /// Its ask, when it names models.
     limited: Option<Limited>,
 }
 
@@ -79,7 +78,6 @@ impl ShapeWindow {
             }
             self.arrivals.push_back(Arrival {
                 replica: w.replica_request(ModelSet::ANY),
-                models: w.models.clone(),
                 replicas: w.replicas,
                 limited,
             });
@@ -112,13 +110,13 @@ impl ShapeWindow {
         let cluster = engine.cluster();
         let mut requests = Vec::new();
         for a in &self.arrivals {
-            let models = if a.models.is_empty() {
-                ModelSet::ANY
-            } else {
-                a.models
+            let models = match &a.limited {
+                None => ModelSet::ANY,
+                Some(l) => l
+                    .models()
                     .iter()
                     .filter_map(|m| cluster.models().id(m))
-                    .fold(ModelSet::NONE, |s, id| s.with(id))
+                    .fold(ModelSet::NONE, |s, id| s.with(id)),
             };
             if models == ModelSet::NONE {
                 continue;

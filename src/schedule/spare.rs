@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::admit::{vendor_fits, vendor_of};
 use crate::jobs::WorkloadView;
 use crate::placement::{ModelSet, ModelTable, Request};
-use crate::regions::plan::{Explanation, Filter, Verdict};
+use crate::regions::plan::{Explanation, Filter, RegionPolicy, Verdict};
+
+use super::Pass;
 
 /// What a job asks of accelerators: the vendor it names, the models it
 /// names and its tenant's default vendor (see [`vendor_of`]).
@@ -52,6 +54,11 @@ impl Limited {
             models: a.models.to_vec(),
             default_vendor: a.default_vendor.map(String::from),
         })
+    }
+
+    /// The models it names.
+    pub(super) fn models(&self) -> &[String] {
+        &self.models
     }
 
     pub(super) fn asked(&self) -> Asked<'_> {
@@ -133,6 +140,12 @@ pub(super) fn region_limited(expl: &Explanation) -> bool {
     )
 }
 
+/// The bit of a catalog region in a region mask (`None` past 64 regions:
+/// such a region is never spared).
+fn bit(index: Option<usize>) -> u64 {
+    index.filter(|&i| i < 64).map_or(0, |i| 1 << i)
+}
+
 /// Moves the spared regions (catalog indices in the mask) behind the
 /// others, keeping the job's preferred regions first and the order within
 /// each group; a job whose regions are all spared keeps its order.
@@ -145,11 +158,38 @@ pub(super) fn spared_regions_last(
     if spared == 0 {
         return;
     }
-    let is_spared = |r: &str| index(r).is_some_and(|i| i < 64 && spared & (1 << i) != 0);
     allowed.sort_by_key(|r| match preferred.contains(r) {
         true => 0,
-        false => 1 + u8::from(is_spared(r)),
+        false => 1 + u8::from(bit(index(r)) & spared != 0),
     });
+}
+
+impl Pass<'_> {
+    /// Under green, the regions limited jobs wait for go last in a job's
+    /// region order ([`spared_regions_last`]).
+    pub(super) fn spared_regions_last(&self, w: &WorkloadView, allowed: &mut [String]) {
+        let (Some(rc), RegionPolicy::Green) = (&self.snapshot.regions, self.config.region_policy)
+        else {
+            return;
+        };
+        let index = |r: &str| rc.catalog.region_index(r);
+        spared_regions_last(allowed, &w.preferred, self.spared_regions, index);
+    }
+
+    /// A job that found no room: when it is [`region_limited`], the
+    /// regions it may use are spared from now on and in the next pass.
+    pub(super) fn note_waiting(&mut self, expl: &Explanation, allowed: &[String]) {
+        let Some(rc) = &self.snapshot.regions else {
+            return;
+        };
+        if region_limited(expl) {
+            let waited = allowed
+                .iter()
+                .fold(0, |m, r| m | bit(rc.catalog.region_index(r)));
+            self.waited_regions |= waited;
+            self.spared_regions |= waited;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -255,6 +295,28 @@ mod pass_tests {
             .collect()
     }
 
+    /// Best fit: the tighter node wins, so where sparing is missing shows.
+    fn bestfit() -> PlanConfig {
+        PlanConfig {
+            policy: "bestfit".parse().unwrap(),
+            ..PlanConfig::default()
+        }
+    }
+
+    /// An 8-A100 node, an 8-H100 node and one workload.
+    fn a100_and_h100(w: crate::jobs::WorkloadView) -> Snapshot {
+        Snapshot {
+            now: 10,
+            nodes: vec![
+                node_of("a100", "A100", "nvidia", 8),
+                node_of("h100", "H100", "nvidia", 8),
+            ],
+            workloads: vec![w],
+            quotas: vec![quota("t", None, &[], 0)],
+            ..Default::default()
+        }
+    }
+
     fn h100_only(name: &str, gpus: u8, created: i64) -> crate::jobs::WorkloadView {
         crate::jobs::WorkloadView {
             models: vec!["H100".into()],
@@ -267,20 +329,8 @@ mod pass_tests {
     /// the flexible job takes the A100 node instead.
     #[test]
     fn a_flexible_job_leaves_the_model_a_waiting_job_is_limited_to() {
-        let config = PlanConfig {
-            policy: "bestfit".parse().unwrap(),
-            ..PlanConfig::default()
-        };
-        let mut snap = Snapshot {
-            now: 10,
-            nodes: vec![
-                node_of("a100", "A100", "nvidia", 8),
-                node_of("h100", "H100", "nvidia", 8),
-            ],
-            workloads: vec![h100_only("small", 2, 1)],
-            quotas: vec![quota("t", None, &[], 0)],
-            ..Default::default()
-        };
+        let config = bestfit();
+        let mut snap = a100_and_h100(h100_only("small", 2, 1));
         let p = plan(&snap, &config);
         assert_eq!(placed(&p), [("small".into(), "h100".into())]);
         act_on(&mut snap, &p);
@@ -301,21 +351,9 @@ mod pass_tests {
     /// (the tighter fit: another pod holds two of its devices).
     #[test]
     fn a_limited_job_seen_recently_spares_its_model() {
-        let config = PlanConfig {
-            policy: "bestfit".parse().unwrap(),
-            ..PlanConfig::default()
-        };
+        let config = bestfit();
         let mut kept = Scheduler::new(config.clone());
-        let mut snap = Snapshot {
-            now: 10,
-            nodes: vec![
-                node_of("a100", "A100", "nvidia", 8),
-                node_of("h100", "H100", "nvidia", 8),
-            ],
-            workloads: vec![h100_only("gone", 2, 1)],
-            quotas: vec![quota("t", None, &[], 0)],
-            ..Default::default()
-        };
+        let mut snap = a100_and_h100(h100_only("gone", 2, 1));
         let p = kept.plan(&snap);
         assert_eq!(placed(&p), [("gone".into(), "h100".into())]);
         snap.workloads.clear();

@@ -1338,16 +1338,13 @@ links:
         assert!(w.take_usage().is_empty(), "usage is handed over once");
     }
 
-    /// One region with an 8-A100 node and an 8-NPU Ascend node: flexible
-    /// 2-GPU jobs (no vendor, no models) must not take the NPUs, so a job
-    /// asking for Ascend910B waits no longer than under bestfit (issue #14's
-    /// case: 35,913 s against 0 s before jobs had a vendor).
-    #[test]
-    fn flexible_jobs_leave_the_npus_to_the_job_that_needs_them() {
-        const MIXED: &str = r#"
+    /// One region with an 8-A100 node and an 8-GPU node of `model`.
+    fn one_region_two_models(model: &str, vendor: &str) -> Catalog {
+        let yaml = format!(
+            r#"
 accelerators:
-  - {model: A100, vendor: nvidia, power_w: 400}
-  - {model: Ascend910B, vendor: huawei, power_w: 350}
+  - {{model: A100, vendor: nvidia, power_w: 400}}
+  - {{model: {model}, vendor: {vendor}, power_w: 350}}
 regions:
   - name: mixed
     hub: m
@@ -1357,15 +1354,25 @@ regions:
     price_cny_per_kwh: 0.5
     grid_factor_kg_per_kwh: 0.6
     inventory:
-      - {model: A100, nodes: 1, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}
-      - {model: Ascend910B, nodes: 1, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}
+      - {{model: A100, nodes: 1, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}}
+      - {{model: {model}, nodes: 1, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}}
 user_regions:
-  - {name: city}
+  - {{name: city}}
 links:
-  - {a: city, b: mixed, rtt_ms: 2, bandwidth_gbps: 100}
-"#;
+  - {{a: city, b: mixed, rtt_ms: 2, bandwidth_gbps: 100}}
+"#
+        );
+        Catalog::from_yaml(&yaml, "two-models.yaml").unwrap()
+    }
+
+    /// One region with an 8-A100 node and an 8-NPU Ascend node: flexible
+    /// 2-GPU jobs (no vendor, no models) must not take the NPUs, so a job
+    /// asking for Ascend910B waits no longer than under bestfit (issue #14's
+    /// case: 35,913 s against 0 s before jobs had a vendor).
+    #[test]
+    fn flexible_jobs_leave_the_npus_to_the_job_that_needs_them() {
         let run = |placement_policy: Policy| {
-            let catalog = Catalog::from_yaml(MIXED, "mixed.yaml").unwrap();
+            let catalog = one_region_two_models("Ascend910B", "huawei");
             let config = WorldConfig {
                 placement_policy,
                 start_s: 1000,
@@ -1415,32 +1422,12 @@ links:
     /// policy and under bestfit alike.
     #[test]
     fn flexible_jobs_leave_the_scarce_model_to_the_job_waiting_for_it() {
-        const TWO_MODELS: &str = r#"
-accelerators:
-  - {model: A100, vendor: nvidia, power_w: 400}
-  - {model: H100, vendor: nvidia, power_w: 700}
-regions:
-  - name: mixed
-    hub: m
-    side: east
-    pue: 1.2
-    green_share: 0.2
-    price_cny_per_kwh: 0.5
-    grid_factor_kg_per_kwh: 0.6
-    inventory:
-      - {model: A100, nodes: 1, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}
-      - {model: H100, nodes: 1, gpus_per_node: 8, cpu_milli: 96000, memory_mib: 393216}
-user_regions:
-  - {name: city}
-links:
-  - {a: city, b: mixed, rtt_ms: 2, bandwidth_gbps: 100}
-"#;
         let h100 = |name: &str, gpus, duration| JobSpec {
             gpu_models: vec!["H100".into()],
             ..spec(name, 1, gpus, duration)
         };
         let run = |placement_policy: Policy| {
-            let catalog = Catalog::from_yaml(TWO_MODELS, "two.yaml").unwrap();
+            let catalog = one_region_two_models("H100", "nvidia");
             let config = WorldConfig {
                 placement_policy,
                 start_s: 1000,
