@@ -345,6 +345,26 @@ mod pass_tests {
         assert_eq!(placed(&p), [("flex".into(), "h100".into())]);
     }
 
+    /// A waiting job limited to H100 spares it even when it is no longer
+    /// among the shape window's arrivals (a burst of 4,096 later ones
+    /// pushed it out): the waiting queue is the other source.
+    #[test]
+    fn a_waiting_job_spares_its_model_after_leaving_the_window() {
+        let config = bestfit();
+        let mut snap = a100_and_h100(h100_only("small", 2, 1));
+        let p = plan(&snap, &config);
+        act_on(&mut snap, &p);
+        snap.workloads.push(h100_only("big", 8, 2));
+        // Fits no node (16 GPUs): refused once, then by its shape.
+        let burst = super::super::shapes::SHAPE_WINDOW;
+        snap.workloads
+            .extend((0..burst).map(|i| workload(&format!("huge{i}"), "t", 1, 16, 0, 3)));
+        snap.workloads.push(workload("flex", "t", 1, 2, 0, 4));
+        snap.now = 20;
+        let p = plan(&snap, &config);
+        assert_eq!(placed(&p), [("flex".into(), "a100".into())]);
+    }
+
     /// A job limited to H100 that came and went still spares the model
     /// for the scheduler that saw it: a flexible job goes to the A100 node,
     /// where a scheduler that never saw one packs it onto the H100 node
