@@ -88,6 +88,15 @@ impl ModelTable {
         self.names.is_empty()
     }
 
+    /// The set of the named models this table knows (unknown names are
+    /// left out).
+    pub fn set_of<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> ModelSet {
+        names
+            .into_iter()
+            .filter_map(|n| self.id(n))
+            .fold(ModelSet::NONE, ModelSet::with)
+    }
+
     /// Parses an allowed-model list such as `"V100M16|V100M32"` (empty = any).
     /// Unknown names are an error naming the model and the known ones.
     pub fn parse_set(&self, spec: &str) -> Result<ModelSet, String> {
@@ -124,6 +133,7 @@ mod tests {
         let s = t.parse_set("T4").unwrap();
         assert!(s.contains(b) && !s.contains(a));
         assert!(t.parse_set("").unwrap().contains(a));
+        assert_eq!(t.set_of(["T4", "H100"]), ModelSet::only(b));
         let err = t.parse_set("H100").unwrap_err();
         assert!(err.contains("H100") && err.contains("A10"), "{err}");
     }

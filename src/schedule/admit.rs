@@ -169,24 +169,26 @@ fn nodes_in<'n>(
 
 /// The ways to place a gang in one region, in the order to try them: the
 /// gangs (one per allowed model, or one) best fit first (`order`), each
-/// first without the models waiting jobs are limited to ([`spare`]), then
-/// those that may use them as asked.
+/// first without the models waiting jobs are limited to (`rest[k]`, from
+/// [`spare::elsewhere`]; empty when nothing is spared), then those that
+/// may use them as asked.
 fn tries<'g>(
     gangs: &'g [Vec<Request>],
+    rest: &'g [Option<Vec<Request>>],
     order: &[(crate::placement::Score, usize)],
     spared: ModelSet,
-) -> Vec<Cow<'g, [Request]>> {
+) -> Vec<&'g [Request]> {
     let mut tries = Vec::with_capacity(order.len());
     for &(_, k) in order {
-        match spare::elsewhere(&gangs[k], spared) {
-            Some(rest) => tries.push(Cow::Owned(rest)),
-            None if !spare::touches(&gangs[k], spared) => tries.push(Cow::Borrowed(&gangs[k][..])),
+        match rest.get(k).and_then(Option::as_deref) {
+            Some(rest) => tries.push(rest),
+            None if !spare::touches(&gangs[k], spared) => tries.push(&gangs[k][..]),
             None => {}
         }
     }
     for &(_, k) in order {
         if spare::touches(&gangs[k], spared) {
-            tries.push(Cow::Borrowed(&gangs[k][..]));
+            tries.push(&gangs[k][..]);
         }
     }
     tries
@@ -358,12 +360,12 @@ impl<'a> Pass<'a> {
             self.hold(w, &win, None);
             return;
         }
-        let mut set = ModelSet::NONE;
-        for m in &models {
-            if let Some(id) = self.cap.engine.cluster().models().id(m) {
-                set = set.with(id);
-            }
-        }
+        let set = self
+            .cap
+            .engine
+            .cluster()
+            .models()
+            .set_of(models.iter().copied());
         let one = w.replica_request(set);
         let gangs = self.gangs(w, &models, &one);
         let Some((mut allowed, mut shape)) =
@@ -760,6 +762,11 @@ impl<'a> Pass<'a> {
         let mut why = Vec::new();
         let vendor = job_vendor(w, &self.cap.model_vendors);
         let asker = Asker { vendor, class };
+        // The gangs without the spared models: the same in every region.
+        let rest: Vec<Option<Vec<Request>>> = match self.spared {
+            ModelSet::NONE => Vec::new(),
+            spared => gangs.iter().map(|g| spare::elsewhere(g, spared)).collect(),
+        };
         for region in allowed {
             let here = refused
                 .as_ref()
@@ -791,15 +798,15 @@ impl<'a> Pass<'a> {
                 order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             }
             let mut last = None;
-            for gang in tries(gangs, &order, self.spared) {
+            for gang in tries(gangs, &rest, &order, self.spared) {
                 let engine = &mut self.cap.engine;
                 let tried = match w.topology {
                     None => engine
-                        .place_gang(&gang, Some(&nodes))
+                        .place_gang(gang, Some(&nodes))
                         .map(|ds| (ds, None))
                         .map_err(|e| e.to_string()),
                     Some(ask) => engine
-                        .place_gang_within(&gang, &nodes, ask)
+                        .place_gang_within(gang, &nodes, ask)
                         .map(|(ds, d)| (ds, Some(d)))
                         .map_err(|e| e.to_string()),
                 };

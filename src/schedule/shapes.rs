@@ -112,11 +112,9 @@ impl ShapeWindow {
         for a in &self.arrivals {
             let models = match &a.limited {
                 None => ModelSet::ANY,
-                Some(l) => l
+                Some(l) => cluster
                     .models()
-                    .iter()
-                    .filter_map(|m| cluster.models().id(m))
-                    .fold(ModelSet::NONE, |s, id| s.with(id)),
+                    .set_of(l.models().iter().map(String::as_str)),
             };
             if models == ModelSet::NONE {
                 continue;

@@ -84,17 +84,10 @@ pub(super) fn spared_models<'a>(
     for a in asks {
         let vendor = vendor_of(a.vendor, a.models, a.default_vendor, model_vendors);
         let all = *of_vendor.entry(vendor).or_insert_with(|| {
-            model_vendors
-                .iter()
-                .filter(|(_, v)| vendor_fits(vendor, v))
-                .filter_map(|(m, _)| models.id(m))
-                .fold(ModelSet::NONE, ModelSet::with)
+            let of_vendor = model_vendors.iter().filter(|(_, v)| vendor_fits(vendor, v));
+            models.set_of(of_vendor.map(|(m, _)| m.as_str()))
         });
-        let named = a
-            .models
-            .iter()
-            .filter_map(|m| models.id(m))
-            .fold(ModelSet::NONE, ModelSet::with);
+        let named = models.set_of(a.models.iter().map(String::as_str));
         let limited = ModelSet(named.0 & all.0);
         if limited.0 != all.0 {
             spared = ModelSet(spared.0 | limited.0);
