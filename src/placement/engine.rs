@@ -11,6 +11,7 @@ use super::cluster::{Cluster, MAX_DEVICES_PER_NODE};
 use super::fgd::{sigmoid_score, FragMemo, FxBuild, ShapeCounter, Shapes};
 use super::model::MAX_MODELS;
 use super::policy::Policy;
+use super::recall::Recall;
 use super::request::{Decision, DeviceMask, GpuDemand, Request, MILLI_PER_GPU};
 use std::cell::RefCell;
 
@@ -27,12 +28,12 @@ const RELEARN_EVERY: u64 = 4096;
 const CACHE_ENTRIES_MAX: usize = 2_000_000;
 
 /// Request class: requests with equal keys score equally on equal nodes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct ClassKey {
-    cpu_milli: u32,
-    memory_mib: u64,
-    gpu: GpuDemand,
-    models: u64,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct ClassKey {
+    pub(super) cpu_milli: u32,
+    pub(super) memory_mib: u64,
+    pub(super) gpu: GpuDemand,
+    pub(super) models: u64,
 }
 
 /// One node's cached score for one request class.
@@ -126,6 +127,8 @@ pub struct Engine {
     /// Bumped when scores of every node may change (new shapes).
     generation: u32,
     caches: HashMap<ClassKey, Vec<Entry>, FxBuild>,
+    /// The last few best-node answers (`super::recall`).
+    recall: Recall,
     /// GPU-demand tags placed on each node, with counts (for `gpuclustering`).
     affinity: Vec<Vec<(u32, u32)>>,
     /// zhisuan counts CPU-stranded GPU share as fragment (see `set_shapes`).
@@ -156,6 +159,7 @@ impl Engine {
             next_relearn: 1,
             generation: 0,
             caches: HashMap::default(),
+            recall: Recall::default(),
             affinity: vec![Vec::new(); n],
             count_stranding: false,
         }
@@ -178,6 +182,7 @@ impl Engine {
             self.rank[node as usize] = pos as u32;
         }
         self.caches.clear();
+        self.recall.forget();
         Ok(())
     }
 
@@ -245,6 +250,7 @@ impl Engine {
     /// Takes a decision's resources (it must still fit).
     pub fn allocate(&mut self, d: &Decision) -> Result<(), String> {
         self.cluster.allocate(d)?;
+        self.recall.changed(d.node);
         if let Some(tag) = gpu_tag(d) {
             let tags = &mut self.affinity[d.node as usize];
             match tags.iter_mut().find(|(t, _)| *t == tag) {
@@ -258,6 +264,7 @@ impl Engine {
     /// Gives a decision's resources back.
     pub fn release(&mut self, d: &Decision) -> Result<(), String> {
         self.cluster.release(d)?;
+        self.recall.changed(d.node);
         if let Some(tag) = gpu_tag(d) {
             let tags = &mut self.affinity[d.node as usize];
             if let Some(i) = tags.iter().position(|(t, _)| *t == tag) {
@@ -304,7 +311,9 @@ impl Engine {
         device: usize,
         healthy: bool,
     ) -> Result<(), String> {
-        self.cluster.set_device_health(node, device, healthy)
+        self.cluster.set_device_health(node, device, healthy)?;
+        self.recall.changed(node);
+        Ok(())
     }
 
     /// Why `req` fits none of `nodes` (all nodes when `None`).
@@ -393,6 +402,12 @@ impl Engine {
             gpu: req.gpu,
             models: req.models.0,
         };
+        if cacheable {
+            if let Some(best) = self.recall.recall(key, self.generation, nodes) {
+                let (score, node, devices) = best?;
+                return Some((score, self.decision(node, req, DeviceMask(devices))));
+            }
+        }
         let n = self.cluster.len();
         if cacheable
             && !self.caches.contains_key(&key)
@@ -440,6 +455,8 @@ impl Engine {
         }
         if cacheable {
             self.caches.insert(key, cache);
+            let answer = best.map(|(score, _, node, devices)| (score, node, devices));
+            self.recall.keep(key, self.generation, nodes, answer);
         }
         let (score, _, node, devices) = best?;
         Some((score, self.decision(node, req, DeviceMask(devices))))

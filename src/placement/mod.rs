@@ -24,6 +24,7 @@ mod engine;
 mod fgd;
 mod model;
 mod policy;
+mod recall;
 mod request;
 pub mod topology;
 

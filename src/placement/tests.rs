@@ -329,3 +329,70 @@ proptest! {
         prop_assert_eq!(c.gpu_milli_allocated(), 0);
     }
 }
+
+/// One step of the recall property: ask for the best node of a list, place
+/// there, give back an earlier placement, or flip a device's health.
+#[derive(Clone, Debug)]
+enum Step {
+    Ask(usize, usize),
+    Place(usize, usize),
+    Release(usize),
+    Health(u32, usize, bool),
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0usize..3, 0usize..4).prop_map(|(l, r)| Step::Ask(l, r)),
+        (0usize..3, 0usize..4).prop_map(|(l, r)| Step::Place(l, r)),
+        (0usize..8).prop_map(Step::Release),
+        (0u32..8, 0usize..8, any::<bool>()).prop_map(|(n, d, h)| Step::Health(n, d, h)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// The best node over a list, answered from what the engine recalls
+    /// (`recall.rs`), is what an engine built afresh from the same cluster
+    /// answers, whatever changed in between (fails when the recall ignores
+    /// a change to a node of the list).
+    #[test]
+    fn recalled_best_nodes_are_what_a_fresh_engine_finds(
+        steps in prop::collection::vec(arb_step(), 1..80),
+        policy in prop::sample::select(vec![Policy::BestFit, Policy::Fgd, Policy::Zhisuan]),
+        seed in 0u64..1000,
+    ) {
+        let specs: Vec<_> = (0..8).map(|i| node(&format!("n{i}"), 64000, [1, 2, 4, 8][i as usize % 4], ["T4", "A10"][i as usize / 4])).collect();
+        let lists: [Vec<u32>; 3] = [vec![0, 2, 4, 6], vec![1, 3, 5, 7], vec![0, 1, 2, 3, 4]];
+        let reqs = [Request::shared(1000, 10, 500), Request::whole(1000, 10, 1), Request::whole(1000, 10, 2), Request::shared(1000, 10, 250)];
+        let mut e = Engine::new(cluster(&specs), policy, seed);
+        e.set_workload(reqs.iter());
+        let mut placed = Vec::new();
+        for step in steps {
+            match step {
+                Step::Ask(l, r) => {
+                    let mut fresh = Engine::new(e.cluster().clone(), policy, seed);
+                    fresh.set_workload(reqs.iter());
+                    let want = fresh.best(&reqs[r], Some(&lists[l]));
+                    prop_assert_eq!(e.best(&reqs[r], Some(&lists[l])), want);
+                }
+                Step::Place(l, r) => {
+                    if let Some((_, d)) = e.best(&reqs[r], Some(&lists[l])) {
+                        e.allocate(&d).unwrap();
+                        placed.push(d);
+                    }
+                }
+                Step::Release(k) => {
+                    if k < placed.len() {
+                        let d = placed.swap_remove(k);
+                        e.release(&d).unwrap();
+                    }
+                }
+                Step::Health(n, d, h) => {
+                    if d < e.cluster().gpu_count(n) {
+                        e.set_device_health(n, d, h).unwrap();
+                    }
+                }
+            }
+        }
+    }
+}

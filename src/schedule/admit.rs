@@ -391,7 +391,7 @@ impl<'a> Pass<'a> {
             None => {
                 let placed = self.try_place(w, class, &allowed, &gangs, Some(&mut adm.infeasible));
                 match &placed {
-                    Ok(_) => adm.infeasible.taken(),
+                    Ok(p) => adm.infeasible.taken(&p.region),
                     Err(why) => adm.infeasible.refuse(shape, why.clone()),
                 }
                 placed

@@ -7,7 +7,7 @@
 //! job: the equivalence classes kube-scheduler and Kueue keep for the same
 //! reason. Every later job of the shape is told the first refusal's words
 //! (the capacity it describes has only shrunk since). The free GPUs of each region, which every refusal reports, are
-//! summed once until a placement changes them; and a job asking exactly
+//! summed once until a placement in that region changes them; and a job asking exactly
 //! what an earlier refused one asked (every field region choice and
 //! placement read, the models its quota left it, its priority) is refused
 //! with the same words until a placement or a preemption changes capacity.
@@ -171,10 +171,12 @@ impl Infeasible {
         self.asks.insert(ask, refusal);
     }
 
-    /// A placement took capacity: shapes that fitted nowhere still fit
-    /// nowhere, but free figures and the words of refusals change.
-    pub(super) fn taken(&mut self) {
-        self.free_milli.clear();
+    /// A placement took capacity in `region` (a gang is placed within
+    /// one): shapes that fitted nowhere still fit nowhere, but that
+    /// region's free figure and the words of refusals change. The other
+    /// regions' sums stay.
+    pub(super) fn taken(&mut self, region: &str) {
+        self.free_milli.remove(region);
         self.asks.clear();
     }
 
@@ -239,9 +241,11 @@ mod tests {
         inf.refuse(key.clone(), vec!["region \"east\": full".into()]);
         assert_eq!(inf.free_milli("east", || 3000), 3000);
         assert_eq!(inf.free_milli("east", || unreachable!()), 3000);
-        inf.taken();
+        assert_eq!(inf.free_milli("west", || 8000), 8000);
+        inf.taken("east");
         assert!(inf.refused(&key).is_some());
         assert_eq!(inf.free_milli("east", || 1000), 1000);
+        assert_eq!(inf.free_milli("west", || unreachable!()), 8000);
         inf.freed();
         assert!(inf.refused(&key).is_none());
         assert_eq!(inf.free_milli("east", || 0), 0);
