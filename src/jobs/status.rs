@@ -2,8 +2,15 @@
 //! and conditions. The TrainingJob and InferenceService CRDs use it as their
 //! `.status`; the scheduler ([`crate::schedule`]) writes it.
 
+use std::borrow::Cow;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// A status word or sentence: the fixed ones (phases, condition types,
+/// reasons, most messages) are borrowed, so a status made for each of
+/// thousands of waiting jobs allocates only what is its own.
+pub type Text = Cow<'static, str>;
 
 /// Lifecycle of a TrainingJob or InferenceService.
 pub const PHASES: [&str; 6] = [
@@ -59,13 +66,13 @@ pub struct TopologyPlacement {
 pub struct Condition {
     /// Admitted, Scheduled, Valid, ...
     #[serde(rename = "type")]
-    pub type_: String,
+    pub type_: Text,
     /// "True", "False" or "Unknown".
-    pub status: String,
+    pub status: Text,
     /// CamelCase machine-readable reason.
-    pub reason: String,
+    pub reason: Text,
     /// Human-readable explanation ("why pending").
-    pub message: String,
+    pub message: Text,
     /// RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
@@ -79,10 +86,10 @@ pub struct Condition {
 pub struct WorkloadStatus {
     /// Pending, Admitted, Running, Succeeded, Failed or Preempted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<Text>,
     /// Short reason of the current phase (why pending / why failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -151,10 +158,10 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 /// Sets a condition, keeping its transition time when the status is unchanged.
 pub fn set_condition(
     status: &mut WorkloadStatus,
-    type_: &str,
+    type_: &'static str,
     value: bool,
-    reason: &str,
-    message: String,
+    reason: impl Into<Text>,
+    message: impl Into<Text>,
     now: i64,
     generation: i64,
 ) {
@@ -170,7 +177,7 @@ pub fn set_condition(
         type_: type_.into(),
         status: value.into(),
         reason: reason.into(),
-        message,
+        message: message.into(),
         last_transition_time: since,
         observed_generation: Some(generation),
     };

@@ -152,7 +152,7 @@ impl Actuator {
         key: &WorkloadKey,
         type_: EventType,
         reason: &str,
-        note: String,
+        note: &str,
     ) {
         let mut reference = obj.object_ref(&ApiResource::erase::<TrainingJob>(&()));
         reference.kind = Some(key.kind.kind_name().into());
@@ -275,7 +275,7 @@ impl Actuator {
                     .and_then(Value::as_str)
                     .map(str::to_string);
                 self.apply_status(&key, obj, &status).await?;
-                if status.reason != old_reason {
+                if status.reason.as_deref() != old_reason.as_deref() {
                     let message = status
                         .conditions
                         .iter()
@@ -283,12 +283,12 @@ impl Actuator {
                         .map(|c| c.message.clone())
                         .unwrap_or_default();
                     let reason = status.reason.clone().unwrap_or_default();
-                    let type_ = if matches!(reason.as_str(), "Completed") {
+                    let type_ = if matches!(reason.as_ref(), "Completed") {
                         EventType::Normal
                     } else {
                         EventType::Warning
                     };
-                    self.event(obj, &key, type_, &reason, message).await;
+                    self.event(obj, &key, type_, &reason, &message).await;
                 }
                 Ok(())
             }
@@ -315,7 +315,7 @@ impl Actuator {
                     &key,
                     EventType::Warning,
                     status.reason.as_deref().unwrap_or("Stopped"),
-                    message.unwrap_or_default(),
+                    message.as_deref().unwrap_or_default(),
                 )
                 .await;
                 Ok(())
@@ -351,7 +351,7 @@ impl Actuator {
                             .find(|c| c.type_ == "Scheduled")
                             .map(|c| c.message.clone())
                             .unwrap_or_default();
-                        self.event(obj, &key, EventType::Normal, "Scheduled", message)
+                        self.event(obj, &key, EventType::Normal, "Scheduled", &message)
                             .await;
                         Ok(())
                     }
@@ -383,7 +383,7 @@ impl Actuator {
                             generation,
                         );
                         self.apply_status(&key, obj, &pending).await?;
-                        self.event(obj, &key, EventType::Warning, "BindFailed", message)
+                        self.event(obj, &key, EventType::Warning, "BindFailed", &message)
                             .await;
                         Ok(())
                     }

@@ -283,8 +283,8 @@ pub fn region_status(
         conditions: vec![Condition {
             type_: "Usable".into(),
             status: status.into(),
-            reason,
-            message,
+            reason: reason.into(),
+            message: message.into(),
             last_transition_time: since,
             observed_generation: None,
         }],

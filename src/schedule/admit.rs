@@ -302,13 +302,13 @@ impl<'a> Pass<'a> {
     }
 
     /// Leaves a workload pending (or preempted) with a reason and message.
-    pub(super) fn pend(&mut self, w: &WorkloadView, reason: &str, message: String) {
+    pub(super) fn pend(&mut self, w: &WorkloadView, reason: &'static str, message: String) {
         self.pend_as(w, reason, &message);
     }
 
     /// [`Self::pend`] with a borrowed message: nothing is allocated for a
     /// workload whose status already says it.
-    fn pend_as(&mut self, w: &WorkloadView, reason: &str, message: &str) {
+    fn pend_as(&mut self, w: &WorkloadView, reason: &'static str, message: &str) {
         match self.out.pending.get_mut(reason) {
             Some(n) => *n += 1,
             None => {
@@ -561,7 +561,7 @@ impl<'a> Pass<'a> {
             if let Err((reason, message)) =
                 monthly_tokens(&adm.quotas, &adm.month_use, &w.tenant, tier.as_str())
             {
-                self.pend(w, &reason, message);
+                self.pend(w, reason, message);
                 return None;
             }
         }
@@ -575,7 +575,7 @@ impl<'a> Pass<'a> {
         ) {
             Ok(m) => Some(m),
             Err((reason, message)) => {
-                self.pend(w, &reason, message);
+                self.pend(w, reason, message);
                 None
             }
         }
@@ -918,15 +918,7 @@ impl<'a> Pass<'a> {
             }),
         });
         let g = w.generation;
-        set_condition(
-            &mut s,
-            "Valid",
-            true,
-            "Valid",
-            "spec is valid".into(),
-            now,
-            g,
-        );
+        set_condition(&mut s, "Valid", true, "Valid", "spec is valid", now, g);
         set_condition(&mut s, "Scheduled", true, "Scheduled", message, now, g);
         self.out.decisions += w.replicas as u64;
         self.out

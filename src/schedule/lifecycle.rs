@@ -6,24 +6,28 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::jobs::{describe, parse_rfc3339, set_condition, PodView, WorkloadStatus, WorkloadView};
+use crate::jobs::{
+    describe, parse_rfc3339, set_condition, PodView, Text, WorkloadStatus, WorkloadView,
+};
 
 use super::{Action, Pass, PlanConfig};
 
 /// A pending status with a reason and the "why pending" explanation.
 pub(super) fn pending_status(
     w: &WorkloadView,
-    phase: &str,
-    reason: &str,
-    message: String,
+    phase: &'static str,
+    reason: &'static str,
+    message: impl Into<Text>,
     now: i64,
 ) -> WorkloadStatus {
+    let message = message.into();
     let mut s = w.status.clone();
     s.phase = Some(phase.into());
     s.reason = Some(reason.into());
     s.placement = None;
     s.started_at = None;
     s.observed_generation = Some(w.generation);
+    s.conditions.reserve_exact(2);
     let valid = reason != "InvalidSpec";
     set_condition(
         &mut s,
@@ -140,7 +144,7 @@ impl<'a> Pass<'a> {
                 key: w.key.clone(),
                 pods: self.live_pods(w),
                 region: placement.region.clone(),
-                status: pending_status(w, "Pending", "NodeLost", message.into(), self.now),
+                status: pending_status(w, "Pending", "NodeLost", message, self.now),
             });
         } else if phase == "Admitted" {
             self.out.actions.push(Action::Launch {
@@ -213,7 +217,7 @@ pub fn pod_lifecycle(
         .map(|p| p.name.clone())
         .collect();
     live.extend(expected.iter().map(|p| p.to_string()));
-    let stop = |phase: &str, reason: &str, message: String| {
+    let stop = |phase: &'static str, reason: &'static str, message: String| {
         let mut s = pending_status(w, phase, reason, message.clone(), now);
         if phase == "Failed" {
             set_condition(

@@ -60,17 +60,17 @@ impl<'a> Quotas<'a> {
     }
 
     /// The tenant and its ancestors, nearest first; Err names the problem.
-    pub(super) fn chain(&self, tenant: &str) -> Result<Vec<&'a QuotaView>, (String, String)> {
+    pub(super) fn chain(&self, tenant: &str) -> Result<Vec<&'a QuotaView>, (&'static str, String)> {
         let Some(mut q) = self.by_tenant.get(tenant).copied() else {
             return Err((
-                "NoQuota".into(),
+                "NoQuota",
                 format!("tenant {tenant:?} has no TenantQuota: an administrator must create one"),
             ));
         };
         let mut out = Vec::new();
         loop {
             if let Some(why) = self.invalid.get(&q.spec.tenant) {
-                return Err(("QuotaInvalid".into(), why.clone()));
+                return Err(("QuotaInvalid", why.clone()));
             }
             out.push(q);
             match q.spec.parent.as_deref().and_then(|p| self.by_tenant.get(p)) {
@@ -221,13 +221,13 @@ pub(super) fn monthly_tokens(
     month_subtrees: &BTreeMap<String, MonthToDate>,
     tenant: &str,
     tier: &str,
-) -> Result<(), (String, String)> {
+) -> Result<(), (&'static str, String)> {
     for q in quotas.chain(tenant)? {
         for (key, limit) in monthly_limits(&q.spec.quota.tokens_per_month, tier) {
             let used = month_used(month_subtrees, &q.spec.tenant, |u| &u.tokens, key);
             if used >= limit {
                 return Err((
-                    "MonthlyTokensExceeded".into(),
+                    "MonthlyTokensExceeded",
                     format!(
                         "tenant {:?} used {used} tokens this month, reaching spec.tokensPerMonth[{key}]={limit} of TenantQuota {}; raise the limit or wait for next month",
                         q.spec.tenant, q.name
@@ -271,7 +271,7 @@ pub(super) fn quota_models<'m>(
     tenant: &str,
     candidates: &[&'m str],
     milli: u64,
-) -> Result<Vec<&'m str>, (String, String)> {
+) -> Result<Vec<&'m str>, (&'static str, String)> {
     let chain = quotas.chain(tenant)?;
     let mut first_refusal = None;
     let mut monthly_refusal = None;
@@ -326,10 +326,10 @@ pub(super) fn quota_models<'m>(
     }
     if ok.is_empty() {
         Err(match (first_refusal, monthly_refusal) {
-            (Some(why), _) => ("QuotaExceeded".into(), why),
-            (None, Some(why)) => ("MonthlyGpuHoursExceeded".into(), why),
+            (Some(why), _) => ("QuotaExceeded", why),
+            (None, Some(why)) => ("MonthlyGpuHoursExceeded", why),
             (None, None) => (
-                "QuotaExceeded".into(),
+                "QuotaExceeded",
                 "no GPU model is allowed by the job and the cluster".into(),
             ),
         })

@@ -57,7 +57,7 @@ impl Pass<'_> {
                         "Valid"
                     }
                     .into(),
-                    message: why.cloned().unwrap_or_else(|| "quota is valid".into()),
+                    message: why.map_or("quota is valid".into(), |w| w.clone().into()),
                     last_transition_time: None,
                     observed_generation: None,
                 }],

@@ -537,7 +537,7 @@ fn lifecycle_at(phases: [Option<&str>; 2], now: i64) -> (Option<(String, String)
     let summary = action.map(|a| match a {
         Action::SetStatus { status, .. } => (
             format!("set {}", status.phase.unwrap_or_default()),
-            status.reason.unwrap_or_default(),
+            status.reason.unwrap_or_default().into_owned(),
         ),
         Action::Stop { status, pods, .. } => (
             format!(
@@ -545,7 +545,7 @@ fn lifecycle_at(phases: [Option<&str>; 2], now: i64) -> (Option<(String, String)
                 status.phase.unwrap_or_default(),
                 pods.join(",")
             ),
-            status.reason.unwrap_or_default(),
+            status.reason.unwrap_or_default().into_owned(),
         ),
         other => panic!("unexpected {other:?}"),
     });
@@ -841,7 +841,7 @@ pub(super) fn pending_messages(p: &Plan) -> BTreeMap<&str, &str> {
                     .iter()
                     .find(|c| c.type_ == "Scheduled")?
                     .message
-                    .as_str(),
+                    .as_ref(),
             )),
             _ => None,
         })

@@ -933,14 +933,14 @@ impl World {
     /// choice explains it (then the explanation does).
     fn note_pending(&mut self, id: JobId, status: &WorkloadStatus) {
         let job = &mut self.jobs[id];
-        job.reason = status.reason.clone();
+        job.reason = status.reason.as_deref().map(str::to_string);
         job.message = match status.reason.as_deref() {
             Some("Unschedulable") | None => None,
             Some(_) => status
                 .conditions
                 .iter()
                 .find(|c| c.type_ == "Scheduled")
-                .map(|c| c.message.clone()),
+                .map(|c| c.message.to_string()),
         };
     }
 
