@@ -5,6 +5,7 @@
 
 mod phase;
 mod status;
+mod text;
 mod vendor;
 mod view;
 

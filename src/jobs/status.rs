@@ -2,15 +2,10 @@
 //! and conditions. The TrainingJob and InferenceService CRDs use it as their
 //! `.status`; the scheduler ([`crate::schedule`]) writes it.
 
-use std::borrow::Cow;
-
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A status word or sentence: the fixed ones (phases, condition types,
-/// reasons, most messages) are borrowed, so a status made for each of
-/// thousands of waiting jobs allocates only what is its own.
-pub type Text = Cow<'static, str>;
+pub use super::text::Text;
 
 /// Lifecycle of a TrainingJob or InferenceService.
 pub const PHASES: [&str; 6] = [

@@ -205,7 +205,7 @@ impl KubeJobs {
             region,
             placement,
             explanation: Explanation {
-                summary: summary.into_owned(),
+                summary: summary.to_string(),
                 detail: serde_json::to_value(&status.conditions).unwrap_or_default(),
             },
             submitted_at: obj

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::held::Inputs;
 use crate::jobs::{
-    set_condition, MonthToDate, NodeView, Placement, ReplicaPlacement, TopologyPlacement,
+    set_condition, MonthToDate, NodeView, Placement, ReplicaPlacement, Text, TopologyPlacement,
     WorkloadKey, WorkloadView,
 };
 use crate::placement::{Decision, DomainPlaced, Level, ModelSet, Request, TopologyAsk};
@@ -126,7 +126,15 @@ pub fn vendor_of<'a>(
 }
 
 /// Pending workloads by priority (highest first), then tenant, in age order.
-type Lanes<'a> = BTreeMap<Reverse<i32>, BTreeMap<&'a str, VecDeque<&'a WorkloadView>>>;
+type Lanes<'a> = BTreeMap<Reverse<i32>, BTreeMap<&'a str, Lane<'a>>>;
+
+/// One tenant's waiting workloads of one priority, oldest first, with the
+/// tenant's guaranteed milli-GPU (the fair share's denominator, looked up
+/// once a pass, not at every pick).
+struct Lane<'a> {
+    guarantee: u64,
+    queue: VecDeque<&'a WorkloadView>,
+}
 
 /// Who asks for nodes: a job's vendor, and its tenant's access class
 /// ([`Zones`]).
@@ -246,44 +254,51 @@ impl<'a> Pass<'a> {
         // O(tenants), not O(queue).
         let mut lanes: Lanes = BTreeMap::new();
         queue.sort_by(|x, y| x.created.cmp(&y.created).then_with(|| x.key.cmp(&y.key)));
+        // Each waiting workload gets at most one status: made room for once.
+        self.out.actions.reserve(queue.len());
+        let guarantee = |t: &str| {
+            adm.quotas
+                .by_tenant
+                .get(t)
+                .map(|q| crate::jobs::gpus_to_milli(q.spec.quota.guaranteed_gpus.max(1)))
+                .unwrap_or(1000)
+        };
         for w in queue {
             lanes
                 .entry(Reverse(w.priority))
                 .or_default()
                 .entry(w.tenant.as_str())
-                .or_default()
+                .or_insert_with(|| Lane {
+                    guarantee: guarantee(&w.tenant),
+                    queue: VecDeque::new(),
+                })
+                .queue
                 .push_back(w);
         }
-        while let Some(w) = self.next_fair(&mut lanes, &adm.quotas) {
+        while let Some(w) = self.next_fair(&mut lanes) {
             self.admit_one(w, &known, &mut adm);
         }
     }
 
     /// The next workload: highest priority, then the tenant with the
     /// smallest share of its guarantee, then oldest.
-    fn next_fair(&self, lanes: &mut Lanes<'a>, quotas: &Quotas) -> Option<&'a WorkloadView> {
-        let guarantee = |t: &str| {
-            quotas
-                .by_tenant
-                .get(t)
-                .map(|q| crate::jobs::gpus_to_milli(q.spec.quota.guaranteed_gpus.max(1)))
-                .unwrap_or(1000)
-        };
+    fn next_fair(&self, lanes: &mut Lanes<'a>) -> Option<&'a WorkloadView> {
         let mut top = lanes.first_entry()?;
         let tenants = top.get_mut();
-        let tenant = *tenants
+        let tenant = tenants
             .iter()
-            .min_by(|(tx, qx), (ty, qy)| {
-                let sx = self.usage.total(tx) as u128 * guarantee(ty) as u128;
-                let sy = self.usage.total(ty) as u128 * guarantee(tx) as u128;
-                let (x, y) = (qx[0], qy[0]);
+            .map(|(t, lane)| (*t, self.usage.total(t), lane))
+            .min_by(|(_, ux, lx), (_, uy, ly)| {
+                let sx = *ux as u128 * ly.guarantee as u128;
+                let sy = *uy as u128 * lx.guarantee as u128;
+                let (x, y) = (lx.queue[0], ly.queue[0]);
                 sx.cmp(&sy)
                     .then(x.created.cmp(&y.created))
                     .then_with(|| x.key.cmp(&y.key))
             })
-            .map(|(t, _)| t)
+            .map(|(t, _, _)| t)
             .expect("lanes are never empty");
-        let lane = tenants.get_mut(tenant).expect("picked from the map");
+        let lane = &mut tenants.get_mut(tenant).expect("picked from the map").queue;
         let w = lane.pop_front().expect("lanes are never empty");
         if lane.is_empty() {
             tenants.remove(tenant);
@@ -302,13 +317,19 @@ impl<'a> Pass<'a> {
     }
 
     /// Leaves a workload pending (or preempted) with a reason and message.
-    pub(super) fn pend(&mut self, w: &WorkloadView, reason: &'static str, message: String) {
-        self.pend_as(w, reason, &message);
+    pub(super) fn pend(
+        &mut self,
+        w: &WorkloadView,
+        reason: &'static str,
+        message: impl Into<Text>,
+    ) {
+        self.pend_as(w, reason, &message.into());
     }
 
-    /// [`Self::pend`] with a borrowed message: nothing is allocated for a
-    /// workload whose status already says it.
-    fn pend_as(&mut self, w: &WorkloadView, reason: &'static str, message: &str) {
+    /// [`Self::pend`] with a message that may be shared: nothing is
+    /// allocated for a workload whose status already says it, and the jobs
+    /// told the same refusal share its words.
+    fn pend_as(&mut self, w: &WorkloadView, reason: &'static str, message: &Text) {
         match self.out.pending.get_mut(reason) {
             Some(n) => *n += 1,
             None => {
@@ -323,7 +344,7 @@ impl<'a> Pass<'a> {
         if already_pending(w, phase, reason, message) {
             return;
         }
-        let status = pending_status(w, phase, reason, message.to_string(), self.now);
+        let status = pending_status(w, phase, reason, message.clone(), self.now);
         if status != w.status {
             self.out.actions.push(Action::SetStatus {
                 key: w.key.clone(),
@@ -413,12 +434,13 @@ impl<'a> Pass<'a> {
             (Err(why), Some(win)) => self.hold(w, win, Some(why)),
             (Err(why), None) => {
                 self.note_waiting(&adm.expl, &allowed);
-                let explanation = format!(
+                let explanation: Text = format!(
                     "the gang of {} fits in no allowed region: {}.{why_here}{}",
                     w.replicas,
                     why.join("; "),
                     self.zones.note(class, &allowed),
-                );
+                )
+                .into();
                 // Left pending without a try at preemption: a job asking
                 // the same is refused the same way.
                 if adm.preempted || w.priority <= adm.lowest_priority {

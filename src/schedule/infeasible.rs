@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use crate::jobs::{Kind, WorkloadView};
+use crate::jobs::{Kind, Text, WorkloadView};
 use crate::placement::{FxBuild, Request, TopologyAsk};
 use crate::regions::plan::Explanation;
 
@@ -126,7 +126,7 @@ impl AskKey {
 /// A refusal to repeat: its message, and the region choice behind it
 /// (kept only when the plan hands explanations back).
 pub(super) struct Refusal {
-    pub message: String,
+    pub message: Text,
     pub explanation: Option<Explanation>,
 }
 

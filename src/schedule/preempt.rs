@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::jobs::WorkloadView;
+use crate::jobs::{Text, WorkloadView};
 use crate::placement::Request;
 
 use super::admit::Admission;
@@ -20,7 +20,7 @@ impl<'a> Pass<'a> {
         &mut self,
         w: &'a WorkloadView,
         class: u32,
-        explanation: String,
+        explanation: Text,
         allowed: &[String],
         gangs: &[Vec<Request>],
         adm: &mut Admission<'a>,

@@ -45,6 +45,9 @@ impl ShapeWindow {
         self.passes += 1;
         let pass = self.passes;
         let mut new = Vec::new();
+        // A burst of arrivals grows the map once, not by doublings.
+        self.live
+            .reserve(snapshot.workloads.len().saturating_sub(self.live.len()));
         for w in &snapshot.workloads {
             if w.deleting || !w.errors.is_empty() || matches!(w.phase(), "Succeeded" | "Failed") {
                 continue;

@@ -537,7 +537,7 @@ fn lifecycle_at(phases: [Option<&str>; 2], now: i64) -> (Option<(String, String)
     let summary = action.map(|a| match a {
         Action::SetStatus { status, .. } => (
             format!("set {}", status.phase.unwrap_or_default()),
-            status.reason.unwrap_or_default().into_owned(),
+            status.reason.unwrap_or_default().to_string(),
         ),
         Action::Stop { status, pods, .. } => (
             format!(
@@ -545,7 +545,7 @@ fn lifecycle_at(phases: [Option<&str>; 2], now: i64) -> (Option<(String, String)
                 status.phase.unwrap_or_default(),
                 pods.join(",")
             ),
-            status.reason.unwrap_or_default().into_owned(),
+            status.reason.unwrap_or_default().to_string(),
         ),
         other => panic!("unexpected {other:?}"),
     });
