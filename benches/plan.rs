@@ -1,6 +1,7 @@
 //! One planning pass of the scheduler alone, at the scale: 5,000
 //! nodes × 8 H100 in 4 ComputeRegions, a quota tree (`org` over four teams),
-//! 15,000 running single-GPU workloads and 20,000 whole-node ones waiting
+//! 15,000 running single-GPU workloads (with their bound pods) and 20,000
+//! whole-node ones waiting
 //! (the cluster holds none of them) — the state the operator bench's
 //! `pass_ms.plan` is measured in, without the API server, the controller's
 //! other steps or their noise. The statuses of the first pass are applied,
@@ -17,8 +18,8 @@ use std::time::Instant;
 
 use serde_json::json;
 use zhisuan::jobs::{
-    Kind, NodeView, Placement, Quota, QuotaNode, QuotaView, ReplicaPlacement, WorkloadKey,
-    WorkloadStatus, WorkloadView,
+    Kind, NodeView, Placement, PodView, Quota, QuotaNode, QuotaView, ReplicaPlacement,
+    WorkloadKey, WorkloadStatus, WorkloadView,
 };
 use zhisuan::operator::crd::{ComputeRegionSpec, ComputeRegionStatus};
 use zhisuan::operator::regions::region_catalog;
@@ -148,6 +149,7 @@ fn snapshot(nodes: usize, running: usize, pending: usize) -> Snapshot {
         });
     }
     let mut workloads = Vec::with_capacity(running + pending);
+    let mut pods = Vec::with_capacity(running);
     for i in 0..running {
         let mut w = workload(
             &format!("run-{i}"),
@@ -167,6 +169,19 @@ fn snapshot(nodes: usize, running: usize, pending: usize) -> Snapshot {
             }],
             topology: None,
         });
+        // Its pod, bound and running, as the controller's snapshot has it.
+        pods.push(PodView {
+            namespace: w.key.namespace.clone(),
+            name: w.key.pod_name(0),
+            owner: Some(w.key.clone()),
+            node: Some(n.name.clone()),
+            devices: vec![(i % 8) as u8],
+            milli: None,
+            cpu_milli: w.cpu_milli,
+            memory_mib: w.memory_mib,
+            phase: "Running".into(),
+            deleting: false,
+        });
         workloads.push(w);
     }
     // More whole-node jobs than the free nodes hold.
@@ -182,7 +197,7 @@ fn snapshot(nodes: usize, running: usize, pending: usize) -> Snapshot {
     Snapshot {
         now: 10_000,
         nodes,
-        pods: Vec::new(),
+        pods,
         workloads,
         quotas,
         regions: catalog,
@@ -190,7 +205,8 @@ fn snapshot(nodes: usize, running: usize, pending: usize) -> Snapshot {
     }
 }
 
-/// What the controller writes back: statuses (launches run at once).
+/// What the controller writes back: statuses (launches run at once, their
+/// pods bound).
 fn apply(snap: &mut Snapshot, actions: &[Action]) {
     let at: std::collections::HashMap<WorkloadKey, usize> = snap
         .workloads
@@ -204,6 +220,20 @@ fn apply(snap: &mut Snapshot, actions: &[Action]) {
             Action::Launch { key, status, .. } => {
                 let mut s = status.clone();
                 s.phase = Some("Running".into());
+                for r in status.placement.iter().flat_map(|p| &p.replicas) {
+                    snap.pods.push(PodView {
+                        namespace: key.namespace.clone(),
+                        name: r.pod.clone(),
+                        owner: Some(key.clone()),
+                        node: Some(r.node.clone()),
+                        devices: r.devices.iter().map(|&d| d as u8).collect(),
+                        milli: None,
+                        cpu_milli: 1000,
+                        memory_mib: 1024,
+                        phase: "Running".into(),
+                        deleting: false,
+                    });
+                }
                 (key, s)
             }
             _ => continue,
