@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use serde_json::json;
 use zhisuan::jobs::{
-    Kind, NodeView, Placement, PodView, Quota, QuotaNode, QuotaView, ReplicaPlacement,
-    WorkloadKey, WorkloadStatus, WorkloadView,
+    Kind, NodeView, Placement, PodView, Quota, QuotaNode, QuotaView, ReplicaPlacement, WorkloadKey,
+    WorkloadStatus, WorkloadView,
 };
 use zhisuan::operator::crd::{ComputeRegionSpec, ComputeRegionStatus};
 use zhisuan::operator::regions::region_catalog;

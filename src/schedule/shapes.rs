@@ -2,7 +2,9 @@
 //! learned from the workloads as they arrive and kept between passes by the
 //! [`super::Scheduler`].
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 
 use crate::placement::{Engine, FxBuild, ModelSet, Request};
 
@@ -31,8 +33,10 @@ pub(super) struct ShapeWindow {
     arrivals: VecDeque<Arrival>,
     arrived: u64,
     next_relearn: u64,
-    /// Uids of the live workloads, with the pass that last saw them.
-    live: HashMap<String, u64, FxBuild>,
+    /// The live workloads (by a 64-bit hash of their uid: a collision
+    /// would only leave one arrival out of the shape statistics), with the
+    /// pass that last saw them.
+    live: HashMap<u64, u64, FxBuild>,
     passes: u64,
     /// The asks of the window's arrivals that name models, with counts.
     limited: HashMap<Limited, u32, FxBuild>,
@@ -52,11 +56,12 @@ impl ShapeWindow {
             if w.deleting || !w.errors.is_empty() || matches!(w.phase(), "Succeeded" | "Failed") {
                 continue;
             }
-            if let Some(seen) = self.live.get_mut(w.uid.as_str()) {
-                *seen = pass;
-            } else {
-                self.live.insert(w.uid.clone(), pass);
-                new.push(w);
+            match self.live.entry(FxBuild::default().hash_one(w.uid.as_str())) {
+                Entry::Occupied(mut seen) => *seen.get_mut() = pass,
+                Entry::Vacant(slot) => {
+                    slot.insert(pass);
+                    new.push(w);
+                }
             }
         }
         self.live.retain(|_, seen| *seen == pass);
