@@ -170,18 +170,8 @@ fn snapshot(nodes: usize, running: usize, pending: usize) -> Snapshot {
             topology: None,
         });
         // Its pod, bound and running, as the controller's snapshot has it.
-        pods.push(PodView {
-            namespace: w.key.namespace.clone(),
-            name: w.key.pod_name(0),
-            owner: Some(w.key.clone()),
-            node: Some(n.name.clone()),
-            devices: vec![(i % 8) as u8],
-            milli: None,
-            cpu_milli: w.cpu_milli,
-            memory_mib: w.memory_mib,
-            phase: "Running".into(),
-            deleting: false,
-        });
+        let replica = &w.status.placement.as_ref().unwrap().replicas[0];
+        pods.push(bound_pod(&w.key, replica));
         workloads.push(w);
     }
     // More whole-node jobs than the free nodes hold.
@@ -205,6 +195,23 @@ fn snapshot(nodes: usize, running: usize, pending: usize) -> Snapshot {
     }
 }
 
+/// The running pod of one replica, bound where its placement says (each
+/// workload of this bench asks 1 CPU and 1 GiB a replica).
+fn bound_pod(key: &WorkloadKey, r: &ReplicaPlacement) -> PodView {
+    PodView {
+        namespace: key.namespace.clone(),
+        name: r.pod.clone(),
+        owner: Some(key.clone()),
+        node: Some(r.node.clone()),
+        devices: r.devices.iter().map(|&d| d as u8).collect(),
+        milli: None,
+        cpu_milli: 1000,
+        memory_mib: 1024,
+        phase: "Running".into(),
+        deleting: false,
+    }
+}
+
 /// What the controller writes back: statuses (launches run at once, their
 /// pods bound).
 fn apply(snap: &mut Snapshot, actions: &[Action]) {
@@ -220,20 +227,8 @@ fn apply(snap: &mut Snapshot, actions: &[Action]) {
             Action::Launch { key, status, .. } => {
                 let mut s = status.clone();
                 s.phase = Some("Running".into());
-                for r in status.placement.iter().flat_map(|p| &p.replicas) {
-                    snap.pods.push(PodView {
-                        namespace: key.namespace.clone(),
-                        name: r.pod.clone(),
-                        owner: Some(key.clone()),
-                        node: Some(r.node.clone()),
-                        devices: r.devices.iter().map(|&d| d as u8).collect(),
-                        milli: None,
-                        cpu_milli: 1000,
-                        memory_mib: 1024,
-                        phase: "Running".into(),
-                        deleting: false,
-                    });
-                }
+                let replicas = status.placement.iter().flat_map(|p| &p.replicas);
+                snap.pods.extend(replicas.map(|r| bound_pod(key, r)));
                 (key, s)
             }
             _ => continue,

@@ -62,15 +62,6 @@ impl From<String> for Text {
     }
 }
 
-impl From<Cow<'static, str>> for Text {
-    fn from(s: Cow<'static, str>) -> Self {
-        match s {
-            Cow::Borrowed(s) => Text::Fixed(s),
-            Cow::Owned(s) => s.into(),
-        }
-    }
-}
-
 impl PartialEq for Text {
     fn eq(&self, other: &Self) -> bool {
         self.as_str() == other.as_str()

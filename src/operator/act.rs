@@ -269,13 +269,9 @@ impl Actuator {
     pub(super) async fn act(&self, action: Action, obj: &DynamicObject) -> Result<(), kube::Error> {
         match action {
             Action::SetStatus { key, status } => {
-                let old_reason = obj
-                    .data
-                    .pointer("/status/reason")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
+                let old_reason = obj.data.pointer("/status/reason").and_then(Value::as_str);
                 self.apply_status(&key, obj, &status).await?;
-                if status.reason.as_deref() != old_reason.as_deref() {
+                if status.reason.as_deref() != old_reason {
                     let message = status
                         .conditions
                         .iter()
