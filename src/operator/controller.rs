@@ -36,6 +36,7 @@ use super::snapshot::{self, Kind, MonthToDate, QuotaView, WorkloadKey};
 use super::snapshotter::{Seen, SnapshotOptions, Snapshotter, Step};
 use super::tenancy::NamespaceTenancy;
 use super::tokens;
+use super::triggers::PodTriggers;
 use super::usage::UsageSource;
 use crate::ledger::Ledger;
 use crate::schedule::{self as plan, Action, PlanConfig};
@@ -162,12 +163,13 @@ struct Stores {
 }
 
 /// A reflector with watch settings (e.g. a label selector), waking `notify` on
-/// every event.
+/// every event; `on_event` sees each event once the cache holds it.
 pub(super) fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: Writer<K>,
     notify: Arc<Notify>,
+    on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
 ) -> tokio::task::JoinHandle<()>
 where
     K: kube::Resource
@@ -183,8 +185,9 @@ where
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                tracing::warn!(error = %e, "watch error (retrying with backoff)");
+            match ev {
+                Ok(event) => on_event(&event),
+                Err(e) => tracing::warn!(error = %e, "watch error (retrying with backoff)"),
             }
             notify.notify_one();
         }
@@ -471,11 +474,16 @@ impl Controller {
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let notify = Arc::new(Notify::new());
         let client = self.client.clone();
-        self.act.set_members(Members::new(
-            client.clone(),
-            self.config.lease_namespace.clone(),
-            notify.clone(),
-        ));
+        let (pod_triggers, woken) = PodTriggers::connected();
+        self.act.set_members(
+            Members::new(
+                client.clone(),
+                self.config.lease_namespace.clone(),
+                notify.clone(),
+            )
+            .with_pod_triggers(pod_triggers.clone()),
+        );
+        let home_pods = pod_triggers;
         let ar_tj = ApiResource::erase::<TrainingJob>(&());
         let ar_is = ApiResource::erase::<InferenceService>(&());
         let ar_tq = ApiResource::erase::<TenantQuota>(&());
@@ -503,42 +511,49 @@ impl Controller {
                 all(),
                 w_ns,
                 notify.clone(),
+                |_| {},
             ),
             spawn_reflector(
                 Api::<Node>::all(client.clone()),
                 all(),
                 w_nodes,
                 notify.clone(),
+                |_| {},
             ),
             spawn_reflector(
                 Api::<Pod>::all(client.clone()),
                 all(),
                 w_pods,
                 notify.clone(),
+                move |event| home_pods.on_event(event),
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_tj),
                 all(),
                 w_tj,
                 notify.clone(),
+                |_| {},
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_is),
                 all(),
                 w_is,
                 notify.clone(),
+                |_| {},
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_tq),
                 all(),
                 w_tq,
                 notify.clone(),
+                |_| {},
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_cr),
                 all(),
                 w_cr,
                 notify.clone(),
+                |_| {},
             ),
         ];
         let elector = self.elector.take().expect("run once");
@@ -547,7 +562,11 @@ impl Controller {
         let gpu_meter = self.spawn_gpu_meter(shutdown.clone());
         let voucher_loop = self.spawn_voucher_loop(shutdown.clone());
         let this = Arc::new(self);
-        let reconcilers = [Kind::Training, Kind::Inference].map(|kind| {
+        let reconcilers = [
+            (Kind::Training, woken.training),
+            (Kind::Inference, woken.inference),
+        ]
+        .map(|(kind, woken_by_pods)| {
             let context = reconcile::Context {
                 act: this.act.clone(),
                 leadership: this.leadership.clone(),
@@ -555,7 +574,13 @@ impl Controller {
                 resync: this.resync(),
                 plan: this.config.plan.clone(),
             };
-            reconcile::spawn(context, client.clone(), kind, stores.pods.clone())
+            reconcile::spawn(
+                context,
+                client.clone(),
+                kind,
+                stores.pods.clone(),
+                woken_by_pods,
+            )
         });
         let result = this.schedule_loop(&stores, notify, shutdown).await;
         for t in tasks

@@ -37,7 +37,7 @@ pub struct GatewayService {
 
 /// An InferenceService object → its gateway view, when its spec has `gateway`.
 pub fn gateway_service(obj: &DynamicObject) -> Option<GatewayService> {
-    let spec: InferenceServiceSpec = serde_json::from_value(obj.data.get("spec")?.clone()).ok()?;
+    let spec: InferenceServiceSpec = serde::Deserialize::deserialize(obj.data.get("spec")?).ok()?;
     let gw = spec.gateway?;
     Some(GatewayService {
         namespace: obj.namespace().unwrap_or_default(),

@@ -157,7 +157,7 @@ impl KubeJobs {
         let status: WorkloadStatus = obj
             .data
             .get("status")
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .and_then(|s| serde::Deserialize::deserialize(s).ok())
             .unwrap_or_default();
         let milli = spec["gpuMilli"]
             .as_u64()

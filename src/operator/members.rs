@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 
 use super::crd::SecretKeyRef;
 use super::snapshot::{self, keys, NodeView, PodView, RegionView};
+use super::triggers::PodTriggers;
 
 /// A member's Secret is read again at most this often (a changed
 /// resourceVersion builds a new client).
@@ -80,6 +81,8 @@ pub struct Members {
     /// The controller's own namespace: the only one it reads Secrets in.
     namespace: String,
     notify: Arc<Notify>,
+    /// Wakes the workload reconcilers on a member's pod changes.
+    pod_triggers: PodTriggers,
     regions: Mutex<BTreeMap<String, Member>>,
     /// A first [`Members::sync`] has run: which regions are members is known.
     synced: AtomicBool,
@@ -160,9 +163,16 @@ impl Members {
             home,
             namespace,
             notify,
+            pod_triggers: PodTriggers::default(),
             regions: Mutex::new(BTreeMap::new()),
             synced: AtomicBool::new(false),
         }
+    }
+
+    /// Member pods' changes wake the workload reconcilers through `triggers`.
+    pub(super) fn with_pod_triggers(mut self, triggers: PodTriggers) -> Self {
+        self.pod_triggers = triggers;
+        self
     }
 
     /// Brings the member clusters in line with the regions: connects new
@@ -298,12 +308,17 @@ impl Members {
                 node_watch,
                 w_nodes,
                 self.notify.clone(),
+                |_| {},
             ),
             super::controller::spawn_reflector(
                 Api::<Pod>::all(client.clone()),
                 pod_watch,
                 w_pods,
                 self.notify.clone(),
+                {
+                    let triggers = self.pod_triggers.clone();
+                    move |event| triggers.on_event(event)
+                },
             ),
         ];
         {

@@ -25,6 +25,7 @@ pub mod snapshot;
 mod snapshotter;
 pub mod tenancy;
 pub mod tokens;
+mod triggers;
 pub mod usage;
 pub mod validate;
 pub mod vouchers;

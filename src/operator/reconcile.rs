@@ -55,6 +55,10 @@ pub(super) struct Reconciler {
 
 type ReconcileError = FinalizerError<kube::Error>;
 
+/// How often a Running workload whose pods did not change is looked at
+/// again anyway (its pods' changes wake it at once).
+const RELOOK: Duration = Duration::from_secs(300);
+
 /// The API resource of a workload kind.
 pub(super) fn workload_resource(kind: Kind) -> ApiResource {
     match kind {
@@ -65,21 +69,23 @@ pub(super) fn workload_resource(kind: Kind) -> ApiResource {
 
 /// Runs the reconciler of one workload kind until the task is aborted.
 /// Workloads are read as `DynamicObject`s, so one that does not parse never
-/// stalls the watch (the scheduling loop reports it).
+/// stalls the watch (the scheduling loop reports it). Besides its workloads'
+/// changes it is woken by `woken_by_pods`: the owners of changed pods, named
+/// by the scheduling loop's pod reflectors once their caches (which
+/// [`Reconciler`] reads) hold the change ([`super::triggers`]).
 pub(super) fn spawn(
     ctx: Context,
     client: kube::Client,
     kind: Kind,
     pods: Store<Pod>,
+    woken_by_pods: impl futures::Stream<Item = ObjectRef<DynamicObject>> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let ar = workload_resource(kind);
-    let workloads = Api::<DynamicObject>::all_with(client.clone(), &ar);
-    let owned =
-        watcher::Config::default().labels(&format!("{}={}", keys::WORKLOAD_KIND, kind.label()));
+    let workloads = Api::<DynamicObject>::all_with(client, &ar);
     let context = Arc::new(Reconciler { ctx, kind, pods });
     tokio::spawn(async move {
         KubeController::new_with(workloads, watcher::Config::default(), ar)
-            .owns_with(Api::<Pod>::all(client), (), owned)
+            .reconcile_on(woken_by_pods)
             .run(reconcile, error_policy, context)
             .for_each(|result| async move {
                 if let Err(e) = result {
@@ -182,9 +188,8 @@ impl Reconciler {
         // Validation against known models is the scheduling loop's; only the
         // status, runtime limit and generation matter here.
         let view = snapshot::workload_view(key.kind, obj, &snapshot::ValidationRules::default());
-        // The pod cache is the scheduling loop's, fed by another watch than
-        // the one that triggered this reconcile: it may not show the change
-        // yet. Look again after a resync period (at least 1 s).
+        // A cluster whose pods cannot be read yet is asked again after a
+        // resync period (at least 1 s).
         let lag = self.ctx.resync.max(Duration::from_secs(1));
         // The pods the placement names, looked up by name (O(1) each) in the
         // cluster of its region only: a pod of the same name elsewhere is
@@ -226,10 +231,12 @@ impl Reconciler {
             self.ctx.act.act(action, obj).await?;
             return Ok(Requeue::await_change());
         }
-        // Look again after the lag, or sooner when a time limit is due.
+        // Pod changes wake this reconciler once the pod cache holds them
+        // (`triggers`): look again when a time limit is due, else only
+        // every `RELOOK`, in case.
         Ok(Requeue::requeue(match recheck {
-            Some(at) => lag.min(Duration::from_secs((at - now).max(1) as u64)),
-            None => lag,
+            Some(at) => RELOOK.min(Duration::from_secs((at - now).max(1) as u64)),
+            None => RELOOK,
         }))
     }
 

@@ -216,11 +216,10 @@ fn requests(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> (u32, u64) {
     (cpu, mem)
 }
 
-/// Pod → view.
-pub fn pod_view(pod: &Pod) -> PodView {
+/// The workload a pod's labels name as its owner (same namespace).
+pub fn pod_owner(pod: &Pod) -> Option<WorkloadKey> {
     let labels = pod.labels();
-    let ann = pod.annotations();
-    let owner = labels
+    labels
         .get(keys::WORKLOAD_KIND)
         .and_then(|k| Kind::from_label(k))
         .zip(labels.get(keys::WORKLOAD_NAME))
@@ -228,7 +227,13 @@ pub fn pod_view(pod: &Pod) -> PodView {
             kind,
             namespace: pod.namespace().unwrap_or_default(),
             name: name.clone(),
-        });
+        })
+}
+
+/// Pod → view.
+pub fn pod_view(pod: &Pod) -> PodView {
+    let ann = pod.annotations();
+    let owner = pod_owner(pod);
     let (cpu, mem) = requests(pod.spec.as_ref());
     PodView {
         namespace: pod.namespace().unwrap_or_default(),
@@ -319,7 +324,7 @@ pub fn default_vendors(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, String
 pub fn pod_security_levels(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, PodSecurityLevel> {
     let entries = tenant_settings(quotas, |spec| {
         spec.get("podSecurity")
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .and_then(|l| serde::Deserialize::deserialize(l).ok())
     });
     podsecurity::tenant_levels(&entries)
 }
@@ -329,7 +334,7 @@ pub fn pod_security_levels(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, Po
 pub fn service_accounts(quotas: &[Arc<DynamicObject>]) -> BTreeMap<String, Vec<String>> {
     let entries = tenant_settings(quotas, |spec| {
         spec.get("serviceAccounts")
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .and_then(|l| serde::Deserialize::deserialize(l).ok())
     });
     super::tenancy::inherited(&entries)
 }
@@ -340,9 +345,10 @@ pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -
     let status: WorkloadStatus = obj
         .data
         .get("status")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .and_then(|s| <WorkloadStatus as serde::Deserialize>::deserialize(s).ok())
         .unwrap_or_default();
-    let spec_value = obj.data.get("spec").cloned().unwrap_or_default();
+    let null = serde_json::Value::Null;
+    let spec_value = obj.data.get("spec").unwrap_or(&null);
     let mut view = WorkloadView {
         key,
         uid: obj.uid().unwrap_or_default(),
@@ -411,10 +417,11 @@ pub fn workload_view(kind: Kind, obj: &DynamicObject, rules: &ValidationRules) -
 
 /// Deserialises a spec; on failure names the top-level field at fault (serde
 /// errors do not), found as the one whose removal cures or changes the error.
+/// Read in place: the spec (with its pod template) is not copied.
 pub fn parse_spec<T: serde::de::DeserializeOwned>(
-    spec: serde_json::Value,
+    spec: &serde_json::Value,
 ) -> Result<T, FieldError> {
-    let err = match serde_json::from_value::<T>(spec.clone()) {
+    let err = match T::deserialize(spec) {
         Ok(v) => return Ok(v),
         Err(e) => e.to_string(),
     };
@@ -486,9 +493,9 @@ where
     let status = obj
         .data
         .get("status")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .and_then(|s| T::deserialize(s).ok())
         .unwrap_or_default();
-    match parse_spec::<S>(obj.data.get("spec").cloned().unwrap_or_default()) {
+    match parse_spec::<S>(obj.data.get("spec").unwrap_or(&serde_json::Value::Null)) {
         Ok(spec) => {
             let errors = validate(&spec);
             (spec, status, errors)

@@ -100,7 +100,7 @@ pub fn token_targets(
 /// An InferenceService object → its token endpoint, when it has a valid
 /// spec with `spec.metrics` (others are not counted).
 pub fn serving_service(obj: &DynamicObject) -> Option<ServingService> {
-    let spec: InferenceServiceSpec = serde_json::from_value(obj.data.get("spec")?.clone()).ok()?;
+    let spec: InferenceServiceSpec = serde::Deserialize::deserialize(obj.data.get("spec")?).ok()?;
     let metrics = spec.metrics?;
     let port = u16::try_from(metrics.port).ok().filter(|p| *p > 0)?;
     let path = match metrics.path.as_deref() {
