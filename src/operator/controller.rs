@@ -36,7 +36,7 @@ use super::snapshot::{self, Kind, MonthToDate, QuotaView, WorkloadKey};
 use super::snapshotter::{Seen, SnapshotOptions, Snapshotter, Step};
 use super::tenancy::NamespaceTenancy;
 use super::tokens;
-use super::triggers::PodTriggers;
+use super::triggers::Triggers;
 use super::usage::UsageSource;
 use crate::ledger::Ledger;
 use crate::schedule::{self as plan, Action, PlanConfig};
@@ -169,7 +169,7 @@ pub(super) fn spawn_reflector<K>(
     config: watcher::Config,
     writer: Writer<K>,
     notify: Arc<Notify>,
-    on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
+    mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> tokio::task::JoinHandle<()>
 where
     K: kube::Resource
@@ -474,16 +474,16 @@ impl Controller {
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let notify = Arc::new(Notify::new());
         let client = self.client.clone();
-        let (pod_triggers, woken) = PodTriggers::connected();
+        // The reflectors wake the workload reconcilers (`triggers.rs`).
+        let (triggers, woken) = Triggers::connected();
         self.act.set_members(
             Members::new(
                 client.clone(),
                 self.config.lease_namespace.clone(),
                 notify.clone(),
             )
-            .with_pod_triggers(pod_triggers.clone()),
+            .with_triggers(triggers.clone()),
         );
-        let home_pods = pod_triggers;
         let ar_tj = ApiResource::erase::<TrainingJob>(&());
         let ar_is = ApiResource::erase::<InferenceService>(&());
         let ar_tq = ApiResource::erase::<TenantQuota>(&());
@@ -525,21 +525,30 @@ impl Controller {
                 all(),
                 w_pods,
                 notify.clone(),
-                move |event| home_pods.on_event(event),
+                {
+                    let mut triggers = triggers.for_pods();
+                    move |event| triggers.on_event(event)
+                },
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_tj),
                 all(),
                 w_tj,
                 notify.clone(),
-                |_| {},
+                {
+                    let mut triggers = triggers.for_workloads(Kind::Training);
+                    move |event| triggers.on_event(event)
+                },
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_is),
                 all(),
                 w_is,
                 notify.clone(),
-                |_| {},
+                {
+                    let mut triggers = triggers.for_workloads(Kind::Inference);
+                    move |event| triggers.on_event(event)
+                },
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_tq),
@@ -566,7 +575,7 @@ impl Controller {
             (Kind::Training, woken.training),
             (Kind::Inference, woken.inference),
         ]
-        .map(|(kind, woken_by_pods)| {
+        .map(|(kind, woken)| {
             let context = reconcile::Context {
                 act: this.act.clone(),
                 leadership: this.leadership.clone(),
@@ -574,13 +583,11 @@ impl Controller {
                 resync: this.resync(),
                 plan: this.config.plan.clone(),
             };
-            reconcile::spawn(
-                context,
-                client.clone(),
-                kind,
-                stores.pods.clone(),
-                woken_by_pods,
-            )
+            let workloads = match kind {
+                Kind::Training => stores.training.clone(),
+                Kind::Inference => stores.inference.clone(),
+            };
+            reconcile::spawn(context, kind, workloads, stores.pods.clone(), woken)
         });
         let result = this.schedule_loop(&stores, notify, shutdown).await;
         for t in tasks

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 
 use super::crd::SecretKeyRef;
 use super::snapshot::{self, keys, NodeView, PodView, RegionView};
-use super::triggers::PodTriggers;
+use super::triggers::Triggers;
 
 /// A member's Secret is read again at most this often (a changed
 /// resourceVersion builds a new client).
@@ -82,7 +82,7 @@ pub struct Members {
     namespace: String,
     notify: Arc<Notify>,
     /// Wakes the workload reconcilers on a member's pod changes.
-    pod_triggers: PodTriggers,
+    triggers: Triggers,
     regions: Mutex<BTreeMap<String, Member>>,
     /// A first [`Members::sync`] has run: which regions are members is known.
     synced: AtomicBool,
@@ -163,15 +163,15 @@ impl Members {
             home,
             namespace,
             notify,
-            pod_triggers: PodTriggers::default(),
+            triggers: Triggers::default(),
             regions: Mutex::new(BTreeMap::new()),
             synced: AtomicBool::new(false),
         }
     }
 
     /// Member pods' changes wake the workload reconcilers through `triggers`.
-    pub(super) fn with_pod_triggers(mut self, triggers: PodTriggers) -> Self {
-        self.pod_triggers = triggers;
+    pub(super) fn with_triggers(mut self, triggers: Triggers) -> Self {
+        self.triggers = triggers;
         self
     }
 
@@ -316,7 +316,7 @@ impl Members {
                 w_pods,
                 self.notify.clone(),
                 {
-                    let triggers = self.pod_triggers.clone();
+                    let mut triggers = self.triggers.for_pods();
                     move |event| triggers.on_event(event)
                 },
             ),

@@ -1,70 +1,127 @@
-//! What wakes the workload reconcilers when a pod changes: the scheduling
-//! loop's own pod reflectors (home and member clusters) name the owning
-//! workload after the change is in their cache. The reconcilers read pods
-//! from those caches, so a reconcile woken this way sees the change (a
-//! second pod watch of their own could run ahead of the cache, which then
-//! had to be looked at again on a timer).
+//! What wakes the workload reconcilers: the scheduling loop's own
+//! reflectors, once their caches hold a change. A workload's change wakes
+//! its reconciler; a pod's change (home and member clusters) wakes the
+//! reconciler of the workload its labels name. The reconcilers read
+//! workloads and pods from those same caches, so a reconcile woken this way
+//! sees the change. (Watches of their own would decode every change a second
+//! time, and could run ahead of the caches, which then had to be looked at
+//! again on a timer.)
 
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::ResourceExt;
 
 use super::reconcile::workload_resource;
-use super::snapshot::{self, Kind};
+use super::snapshot::{self, Kind, WorkloadKey};
 
-/// The senders to both kinds' reconcilers; cloned into every pod reflector.
-/// `Default`: connected to nothing (a pod change wakes no one).
+/// The senders to both kinds' reconcilers; cloned into the reflectors.
+/// `Default`: connected to nothing (a change wakes no one).
 #[derive(Clone, Default)]
-pub(super) struct PodTriggers {
+pub(super) struct Triggers {
     training: Option<UnboundedSender<ObjectRef<DynamicObject>>>,
     inference: Option<UnboundedSender<ObjectRef<DynamicObject>>>,
 }
 
 /// The receiving ends, one per kind (to `reconcile::spawn`).
-pub(super) struct PodTriggerStreams {
+pub(super) struct TriggerStreams {
     pub(super) training: UnboundedReceiver<ObjectRef<DynamicObject>>,
     pub(super) inference: UnboundedReceiver<ObjectRef<DynamicObject>>,
 }
 
-impl PodTriggers {
-    pub(super) fn connected() -> (PodTriggers, PodTriggerStreams) {
+/// One reflector's side of the triggers. A relist's objects reach the cache
+/// all at once when the relist is done, so they are woken then.
+pub(super) struct ReflectorTriggers<K> {
+    triggers: Triggers,
+    owner: fn(Option<Kind>, &K) -> Option<WorkloadKey>,
+    /// The workload kind a workload reflector watches (None: pods).
+    kind: Option<Kind>,
+    relisted: Vec<WorkloadKey>,
+}
+
+impl<K> ReflectorTriggers<K> {
+    /// Called by the reflector for each event, after its cache took it.
+    pub(super) fn on_event(&mut self, event: &watcher::Event<K>) {
+        let owner = |o: &K| (self.owner)(self.kind, o);
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                if let Some(key) = owner(o) {
+                    self.triggers.wake(&key);
+                }
+            }
+            watcher::Event::Init => self.relisted.clear(),
+            watcher::Event::InitApply(o) => {
+                if let Some(key) = owner(o) {
+                    self.relisted.push(key);
+                }
+            }
+            watcher::Event::InitDone => {
+                for key in self.relisted.drain(..) {
+                    self.triggers.wake(&key);
+                }
+            }
+        }
+    }
+}
+
+fn pod_owner(_: Option<Kind>, pod: &Pod) -> Option<WorkloadKey> {
+    snapshot::pod_owner(pod)
+}
+
+fn workload(kind: Option<Kind>, obj: &DynamicObject) -> Option<WorkloadKey> {
+    Some(WorkloadKey {
+        kind: kind?,
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+    })
+}
+
+impl Triggers {
+    pub(super) fn connected() -> (Triggers, TriggerStreams) {
         let (training, training_rx) = unbounded();
         let (inference, inference_rx) = unbounded();
-        let triggers = PodTriggers {
+        let triggers = Triggers {
             training: Some(training),
             inference: Some(inference),
         };
-        let streams = PodTriggerStreams {
+        let streams = TriggerStreams {
             training: training_rx,
             inference: inference_rx,
         };
         (triggers, streams)
     }
 
-    /// Called by a pod reflector for each event, after its cache took it.
-    pub(super) fn on_event(&self, event: &watcher::Event<Pod>) {
-        match event {
-            watcher::Event::Apply(pod)
-            | watcher::Event::Delete(pod)
-            | watcher::Event::InitApply(pod) => self.pod_changed(pod),
-            watcher::Event::Init | watcher::Event::InitDone => {}
+    /// For a pod reflector: a pod's change wakes the workload it names.
+    pub(super) fn for_pods(&self) -> ReflectorTriggers<Pod> {
+        ReflectorTriggers {
+            triggers: self.clone(),
+            owner: pod_owner,
+            kind: None,
+            relisted: Vec::new(),
         }
     }
 
-    /// Wakes the reconciler of the pod's owning workload, if it has one.
-    pub(super) fn pod_changed(&self, pod: &Pod) {
-        let Some(owner) = snapshot::pod_owner(pod) else {
-            return;
-        };
-        let to = match owner.kind {
+    /// For the reflector of one workload kind: a change wakes the workload.
+    pub(super) fn for_workloads(&self, kind: Kind) -> ReflectorTriggers<DynamicObject> {
+        ReflectorTriggers {
+            triggers: self.clone(),
+            owner: workload,
+            kind: Some(kind),
+            relisted: Vec::new(),
+        }
+    }
+
+    /// Wakes the reconciler of one workload.
+    fn wake(&self, key: &WorkloadKey) {
+        let to = match key.kind {
             Kind::Training => &self.training,
             Kind::Inference => &self.inference,
         };
         if let Some(to) = to {
-            let at = ObjectRef::new_with(&owner.name, workload_resource(owner.kind))
-                .within(&owner.namespace);
+            let at =
+                ObjectRef::new_with(&key.name, workload_resource(key.kind)).within(&key.namespace);
             // Err: the reconciler is gone (shutting down); nothing to wake.
             let _ = to.unbounded_send(at);
         }
@@ -96,15 +153,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_pod_change_wakes_its_owners_reconciler_only() {
-        let (triggers, mut streams) = PodTriggers::connected();
+        let (triggers, mut streams) = Triggers::connected();
+        let mut pods = triggers.for_pods();
         let owned = pod(&[
             (snapshot::keys::WORKLOAD_KIND, Kind::Inference.label()),
             (snapshot::keys::WORKLOAD_NAME, "svc"),
         ]);
-        triggers.on_event(&watcher::Event::Delete(owned));
-        triggers.on_event(&watcher::Event::Apply(pod(&[("app", "other")])));
-        triggers.on_event(&watcher::Event::InitDone);
-        drop(triggers);
+        pods.on_event(&watcher::Event::Delete(owned));
+        pods.on_event(&watcher::Event::Apply(pod(&[("app", "other")])));
+        drop((triggers, pods));
         let woken: Vec<_> = streams.inference.by_ref().collect().await;
         assert_eq!(woken.len(), 1);
         assert_eq!(woken[0].name, "svc");
@@ -113,11 +170,38 @@ mod tests {
         assert!(streams.training.collect::<Vec<_>>().await.is_empty());
     }
 
+    /// A relisted object is woken only when the relist is done: the cache
+    /// takes the relist's objects all at once then, and a reconcile woken
+    /// earlier would not find them.
+    #[tokio::test]
+    async fn a_relist_wakes_its_workloads_once_the_cache_holds_them() {
+        let (triggers, mut streams) = Triggers::connected();
+        let mut jobs = triggers.for_workloads(Kind::Training);
+        let mut job = DynamicObject::new("job", &workload_resource(Kind::Training));
+        job.metadata.namespace = Some("team".into());
+        jobs.on_event(&watcher::Event::Init);
+        jobs.on_event(&watcher::Event::InitApply(job.clone()));
+        assert!(
+            streams.training.try_next().is_err(),
+            "woken before the relist is done"
+        );
+        jobs.on_event(&watcher::Event::InitDone);
+        jobs.on_event(&watcher::Event::Apply(job));
+        drop((triggers, jobs));
+        let woken: Vec<_> = streams.training.collect().await;
+        assert_eq!(woken.len(), 2);
+        assert_eq!(woken[0].name, "job");
+        assert_eq!(woken[0].dyntype.kind, "TrainingJob");
+        assert!(streams.inference.collect::<Vec<_>>().await.is_empty());
+    }
+
     #[test]
     fn unconnected_triggers_wake_no_one() {
-        PodTriggers::default().pod_changed(&pod(&[
-            (snapshot::keys::WORKLOAD_KIND, Kind::Training.label()),
-            (snapshot::keys::WORKLOAD_NAME, "job"),
-        ]));
+        Triggers::default()
+            .for_pods()
+            .on_event(&watcher::Event::Apply(pod(&[
+                (snapshot::keys::WORKLOAD_KIND, Kind::Training.label()),
+                (snapshot::keys::WORKLOAD_NAME, "job"),
+            ])));
     }
 }
