@@ -182,7 +182,7 @@ mod tests {
         jobs.on_event(&watcher::Event::Init);
         jobs.on_event(&watcher::Event::InitApply(job.clone()));
         assert!(
-            streams.training.try_next().is_err(),
+            streams.training.try_recv().is_err(),
             "woken before the relist is done"
         );
         jobs.on_event(&watcher::Event::InitDone);
