@@ -9,7 +9,7 @@
 //! lifecycle (finalizer, deletion cleanup, phase from owned pods) runs in the
 //! kube-rs `Controller` reconcilers of `reconcile.rs`, started by [`Controller::run`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -474,7 +474,7 @@ impl Controller {
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let notify = Arc::new(Notify::new());
         let client = self.client.clone();
-        // The reflectors wake the workload reconcilers (`triggers.rs`).
+        // The pod reflectors wake the workload reconcilers (`triggers.rs`).
         let (triggers, woken) = Triggers::connected();
         self.act.set_members(
             Members::new(
@@ -535,20 +535,14 @@ impl Controller {
                 all(),
                 w_tj,
                 notify.clone(),
-                {
-                    let mut triggers = triggers.for_workloads(Kind::Training);
-                    move |event| triggers.on_event(event)
-                },
+                |_| {},
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_is),
                 all(),
                 w_is,
                 notify.clone(),
-                {
-                    let mut triggers = triggers.for_workloads(Kind::Inference);
-                    move |event| triggers.on_event(event)
-                },
+                |_| {},
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_tq),
@@ -583,11 +577,7 @@ impl Controller {
                 resync: this.resync(),
                 plan: this.config.plan.clone(),
             };
-            let workloads = match kind {
-                Kind::Training => stores.training.clone(),
-                Kind::Inference => stores.inference.clone(),
-            };
-            reconcile::spawn(context, kind, workloads, stores.pods.clone(), woken)
+            reconcile::spawn(context, client.clone(), kind, stores.pods.clone(), woken)
         });
         let result = this.schedule_loop(&stores, notify, shutdown).await;
         for t in tasks
@@ -809,15 +799,30 @@ impl Controller {
         let by_name = |objs: &[Arc<DynamicObject>]| -> BTreeMap<String, Arc<DynamicObject>> {
             objs.iter().map(|o| (o.name_any(), o.clone())).collect()
         };
-        let workloads: BTreeMap<WorkloadKey, Arc<DynamicObject>> = seen
+        // Only the workloads the actions name are looked up (a pass with
+        // a few actions among 37k workloads made a key of each before).
+        let named: Vec<&WorkloadKey> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetStatus { key, .. }
+                | Action::Launch { key, .. }
+                | Action::Stop { key, .. } => Some(key),
+                Action::QuotaStatus { .. } | Action::RegionStatus { .. } => None,
+            })
+            .collect();
+        let names: HashSet<&str> = named.iter().map(|k| k.name.as_str()).collect();
+        let workloads: HashMap<WorkloadKey, Arc<DynamicObject>> = seen
             .training
             .iter()
-            .map(|o| (snapshot::workload_key(Kind::Training, o), o.clone()))
-            .chain(
-                seen.inference
-                    .iter()
-                    .map(|o| (snapshot::workload_key(Kind::Inference, o), o.clone())),
-            )
+            .map(|o| (Kind::Training, o))
+            .chain(seen.inference.iter().map(|o| (Kind::Inference, o)))
+            .filter(|(_, o)| {
+                o.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| names.contains(n))
+            })
+            .map(|(kind, o)| (snapshot::workload_key(kind, o), o.clone()))
             .collect();
         let quota_objects = by_name(&seen.quotas);
         let region_objects = by_name(&seen.regions);

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{Action as Requeue, Controller as KubeController};
 use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -69,25 +69,23 @@ pub(super) fn workload_resource(kind: Kind) -> ApiResource {
 
 /// Runs the reconciler of one workload kind until the task is aborted.
 /// Workloads are read as `DynamicObject`s, so one that does not parse never
-/// stalls the watch (the scheduling loop reports it). It has no watch of its
-/// own: it reads the scheduling loop's caches (`workloads`, `pods`), and
-/// `woken` names the workloads to look at, sent by those caches' reflectors
-/// once they hold a change of the workload or of a pod it owns
-/// ([`super::triggers`]).
+/// stalls the watch (the scheduling loop reports it). Besides its workloads'
+/// changes it is woken by `woken_by_pods`: the owners of changed pods, named
+/// by the scheduling loop's pod reflectors once their caches (which
+/// [`Reconciler`] reads) hold the change ([`super::triggers`]).
 pub(super) fn spawn(
     ctx: Context,
+    client: kube::Client,
     kind: Kind,
-    workloads: Store<DynamicObject>,
     pods: Store<Pod>,
-    woken: impl futures::Stream<Item = ObjectRef<DynamicObject>> + Send + 'static,
+    woken_by_pods: impl futures::Stream<Item = ObjectRef<DynamicObject>> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let ar = workload_resource(kind);
+    let workloads = Api::<DynamicObject>::all_with(client, &ar);
     let context = Arc::new(Reconciler { ctx, kind, pods });
     tokio::spawn(async move {
-        // Every trigger comes through `woken`; the object stream is empty.
-        let objects = futures::stream::pending::<Result<DynamicObject, watcher::Error>>();
-        KubeController::for_stream_with(objects, workloads, ar)
-            .reconcile_on(woken)
+        KubeController::new_with(workloads, watcher::Config::default(), ar)
+            .reconcile_on(woken_by_pods)
             .run(reconcile, error_policy, context)
             .for_each(|result| async move {
                 if let Err(e) = result {

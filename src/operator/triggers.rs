@@ -1,18 +1,16 @@
-//! What wakes the workload reconcilers: the scheduling loop's own
-//! reflectors, once their caches hold a change. A workload's change wakes
-//! its reconciler; a pod's change (home and member clusters) wakes the
-//! reconciler of the workload its labels name. The reconcilers read
-//! workloads and pods from those same caches, so a reconcile woken this way
-//! sees the change. (Watches of their own would decode every change a second
-//! time, and could run ahead of the caches, which then had to be looked at
-//! again on a timer.)
+//! What wakes the workload reconcilers on a pod's change: the scheduling
+//! loop's own pod reflectors (home and member clusters), once their cache
+//! holds the change, name the workload the pod's labels name. The
+//! reconcilers read pods from those caches, so a reconcile woken this way
+//! sees the change. (A pod watch of their own decoded every pod change a
+//! second time, and could run ahead of the cache, which then had to be
+//! looked at again on a timer.)
 
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::ResourceExt;
 
 use super::reconcile::workload_resource;
 use super::snapshot::{self, Kind, WorkloadKey};
@@ -35,16 +33,14 @@ pub(super) struct TriggerStreams {
 /// all at once when the relist is done, so they are woken then.
 pub(super) struct ReflectorTriggers<K> {
     triggers: Triggers,
-    owner: fn(Option<Kind>, &K) -> Option<WorkloadKey>,
-    /// The workload kind a workload reflector watches (None: pods).
-    kind: Option<Kind>,
+    owner: fn(&K) -> Option<WorkloadKey>,
     relisted: Vec<WorkloadKey>,
 }
 
 impl<K> ReflectorTriggers<K> {
     /// Called by the reflector for each event, after its cache took it.
     pub(super) fn on_event(&mut self, event: &watcher::Event<K>) {
-        let owner = |o: &K| (self.owner)(self.kind, o);
+        let owner = self.owner;
         match event {
             watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
                 if let Some(key) = owner(o) {
@@ -66,18 +62,6 @@ impl<K> ReflectorTriggers<K> {
     }
 }
 
-fn pod_owner(_: Option<Kind>, pod: &Pod) -> Option<WorkloadKey> {
-    snapshot::pod_owner(pod)
-}
-
-fn workload(kind: Option<Kind>, obj: &DynamicObject) -> Option<WorkloadKey> {
-    Some(WorkloadKey {
-        kind: kind?,
-        namespace: obj.namespace().unwrap_or_default(),
-        name: obj.name_any(),
-    })
-}
-
 impl Triggers {
     pub(super) fn connected() -> (Triggers, TriggerStreams) {
         let (training, training_rx) = unbounded();
@@ -97,18 +81,7 @@ impl Triggers {
     pub(super) fn for_pods(&self) -> ReflectorTriggers<Pod> {
         ReflectorTriggers {
             triggers: self.clone(),
-            owner: pod_owner,
-            kind: None,
-            relisted: Vec::new(),
-        }
-    }
-
-    /// For the reflector of one workload kind: a change wakes the workload.
-    pub(super) fn for_workloads(&self, kind: Kind) -> ReflectorTriggers<DynamicObject> {
-        ReflectorTriggers {
-            triggers: self.clone(),
-            owner: workload,
-            kind: Some(kind),
+            owner: snapshot::pod_owner,
             relisted: Vec::new(),
         }
     }
@@ -170,27 +143,30 @@ mod tests {
         assert!(streams.training.collect::<Vec<_>>().await.is_empty());
     }
 
-    /// A relisted object is woken only when the relist is done: the cache
-    /// takes the relist's objects all at once then, and a reconcile woken
-    /// earlier would not find them.
+    /// A relisted pod wakes its workload only when the relist is done: the
+    /// cache takes the relist's objects all at once then, and a reconcile
+    /// woken earlier would not find the pod (and could take it for gone).
     #[tokio::test]
     async fn a_relist_wakes_its_workloads_once_the_cache_holds_them() {
         let (triggers, mut streams) = Triggers::connected();
-        let mut jobs = triggers.for_workloads(Kind::Training);
-        let mut job = DynamicObject::new("job", &workload_resource(Kind::Training));
-        job.metadata.namespace = Some("team".into());
-        jobs.on_event(&watcher::Event::Init);
-        jobs.on_event(&watcher::Event::InitApply(job.clone()));
+        let mut pods = triggers.for_pods();
+        let owned = pod(&[
+            (snapshot::keys::WORKLOAD_KIND, Kind::Training.label()),
+            (snapshot::keys::WORKLOAD_NAME, "job"),
+        ]);
+        pods.on_event(&watcher::Event::Init);
+        pods.on_event(&watcher::Event::InitApply(owned.clone()));
         assert!(
             streams.training.try_recv().is_err(),
             "woken before the relist is done"
         );
-        jobs.on_event(&watcher::Event::InitDone);
-        jobs.on_event(&watcher::Event::Apply(job));
-        drop((triggers, jobs));
+        pods.on_event(&watcher::Event::InitDone);
+        pods.on_event(&watcher::Event::Apply(owned));
+        drop((triggers, pods));
         let woken: Vec<_> = streams.training.collect().await;
         assert_eq!(woken.len(), 2);
         assert_eq!(woken[0].name, "job");
+        assert_eq!(woken[0].namespace.as_deref(), Some("team"));
         assert_eq!(woken[0].dyntype.kind, "TrainingJob");
         assert!(streams.inference.collect::<Vec<_>>().await.is_empty());
     }
