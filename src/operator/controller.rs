@@ -525,10 +525,7 @@ impl Controller {
                 all(),
                 w_pods,
                 notify.clone(),
-                {
-                    let mut triggers = triggers.for_pods();
-                    move |event| triggers.on_event(event)
-                },
+                triggers.for_pods(),
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_tj),
@@ -801,16 +798,15 @@ impl Controller {
         };
         // Only the workloads the actions name are looked up (a pass with
         // a few actions among 37k workloads made a key of each before).
-        let named: Vec<&WorkloadKey> = actions
+        let names: HashSet<&str> = actions
             .iter()
             .filter_map(|a| match a {
                 Action::SetStatus { key, .. }
                 | Action::Launch { key, .. }
-                | Action::Stop { key, .. } => Some(key),
+                | Action::Stop { key, .. } => Some(key.name.as_str()),
                 Action::QuotaStatus { .. } | Action::RegionStatus { .. } => None,
             })
             .collect();
-        let names: HashSet<&str> = named.iter().map(|k| k.name.as_str()).collect();
         let workloads: HashMap<WorkloadKey, Arc<DynamicObject>> = seen
             .training
             .iter()

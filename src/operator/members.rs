@@ -315,10 +315,7 @@ impl Members {
                 pod_watch,
                 w_pods,
                 self.notify.clone(),
-                {
-                    let mut triggers = self.triggers.for_pods();
-                    move |event| triggers.on_event(event)
-                },
+                self.triggers.for_pods(),
             ),
         ];
         {

@@ -29,30 +29,25 @@ pub(super) struct TriggerStreams {
     pub(super) inference: UnboundedReceiver<ObjectRef<DynamicObject>>,
 }
 
-/// One reflector's side of the triggers. A relist's objects reach the cache
-/// all at once when the relist is done, so they are woken then.
-pub(super) struct ReflectorTriggers<K> {
+/// One pod reflector's side of the triggers. A relist's pods reach the
+/// cache all at once when the relist is done, so their workloads are woken
+/// then.
+struct PodReflector {
     triggers: Triggers,
-    owner: fn(&K) -> Option<WorkloadKey>,
     relisted: Vec<WorkloadKey>,
 }
 
-impl<K> ReflectorTriggers<K> {
+impl PodReflector {
     /// Called by the reflector for each event, after its cache took it.
-    pub(super) fn on_event(&mut self, event: &watcher::Event<K>) {
-        let owner = self.owner;
+    fn on_event(&mut self, event: &watcher::Event<Pod>) {
         match event {
-            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
-                if let Some(key) = owner(o) {
+            watcher::Event::Apply(pod) | watcher::Event::Delete(pod) => {
+                if let Some(key) = snapshot::pod_owner(pod) {
                     self.triggers.wake(&key);
                 }
             }
             watcher::Event::Init => self.relisted.clear(),
-            watcher::Event::InitApply(o) => {
-                if let Some(key) = owner(o) {
-                    self.relisted.push(key);
-                }
-            }
+            watcher::Event::InitApply(pod) => self.relisted.extend(snapshot::pod_owner(pod)),
             watcher::Event::InitDone => {
                 for key in self.relisted.drain(..) {
                     self.triggers.wake(&key);
@@ -77,13 +72,14 @@ impl Triggers {
         (triggers, streams)
     }
 
-    /// For a pod reflector: a pod's change wakes the workload it names.
-    pub(super) fn for_pods(&self) -> ReflectorTriggers<Pod> {
-        ReflectorTriggers {
+    /// The `on_event` of a pod reflector (`spawn_reflector`): a pod's change
+    /// wakes the workload it names.
+    pub(super) fn for_pods(&self) -> impl FnMut(&watcher::Event<Pod>) + Send + 'static {
+        let mut reflector = PodReflector {
             triggers: self.clone(),
-            owner: snapshot::pod_owner,
             relisted: Vec::new(),
-        }
+        };
+        move |event| reflector.on_event(event)
     }
 
     /// Wakes the reconciler of one workload.
@@ -132,8 +128,8 @@ mod tests {
             (snapshot::keys::WORKLOAD_KIND, Kind::Inference.label()),
             (snapshot::keys::WORKLOAD_NAME, "svc"),
         ]);
-        pods.on_event(&watcher::Event::Delete(owned));
-        pods.on_event(&watcher::Event::Apply(pod(&[("app", "other")])));
+        pods(&watcher::Event::Delete(owned));
+        pods(&watcher::Event::Apply(pod(&[("app", "other")])));
         drop((triggers, pods));
         let woken: Vec<_> = streams.inference.by_ref().collect().await;
         assert_eq!(woken.len(), 1);
@@ -154,14 +150,14 @@ mod tests {
             (snapshot::keys::WORKLOAD_KIND, Kind::Training.label()),
             (snapshot::keys::WORKLOAD_NAME, "job"),
         ]);
-        pods.on_event(&watcher::Event::Init);
-        pods.on_event(&watcher::Event::InitApply(owned.clone()));
+        pods(&watcher::Event::Init);
+        pods(&watcher::Event::InitApply(owned.clone()));
         assert!(
             streams.training.try_recv().is_err(),
             "woken before the relist is done"
         );
-        pods.on_event(&watcher::Event::InitDone);
-        pods.on_event(&watcher::Event::Apply(owned));
+        pods(&watcher::Event::InitDone);
+        pods(&watcher::Event::Apply(owned));
         drop((triggers, pods));
         let woken: Vec<_> = streams.training.collect().await;
         assert_eq!(woken.len(), 2);
@@ -169,15 +165,5 @@ mod tests {
         assert_eq!(woken[0].namespace.as_deref(), Some("team"));
         assert_eq!(woken[0].dyntype.kind, "TrainingJob");
         assert!(streams.inference.collect::<Vec<_>>().await.is_empty());
-    }
-
-    #[test]
-    fn unconnected_triggers_wake_no_one() {
-        Triggers::default()
-            .for_pods()
-            .on_event(&watcher::Event::Apply(pod(&[
-                (snapshot::keys::WORKLOAD_KIND, Kind::Training.label()),
-                (snapshot::keys::WORKLOAD_NAME, "job"),
-            ])));
     }
 }
