@@ -11,7 +11,7 @@ use super::cluster::{Cluster, MAX_DEVICES_PER_NODE};
 use super::fgd::{sigmoid_score, FragMemo, FxBuild, ShapeCounter, Shapes};
 use super::model::MAX_MODELS;
 use super::policy::Policy;
-use super::recall::Recall;
+use super::recall::{Best, Fit, Lookup, Recall, Top, LOG};
 use super::request::{Decision, DeviceMask, GpuDemand, Request, MILLI_PER_GPU};
 use std::cell::RefCell;
 
@@ -402,63 +402,84 @@ impl Engine {
             gpu: req.gpu,
             models: req.models.0,
         };
-        if cacheable {
-            if let Some(best) = self.recall.recall(key, self.generation, nodes) {
-                let (score, node, devices) = best?;
-                return Some((score, self.decision(node, req, DeviceMask(devices))));
+        if !cacheable {
+            let mut top = Top::with_capacity();
+            for node in nodes.map_or(Nodes::All(0..self.cluster.len() as u32), Nodes::List) {
+                if let Some((score, devices)) = self.evaluate(node, req) {
+                    top.offer(self.fit(node, score, devices));
+                }
             }
+            return self.answer(req, top.best().flatten());
         }
+        let mut cache = self.take_cache(key);
+        let known = match self.recall.recall(key, self.generation, nodes) {
+            Lookup::Hit(best) => Some(best),
+            Lookup::Changed { slot, nodes } => {
+                let mut fits = [None; LOG as usize];
+                for (fit, node) in fits.iter_mut().zip(nodes.iter()) {
+                    *fit = self.cached(&mut cache, node, req);
+                }
+                self.recall
+                    .refresh(slot, &nodes, fits.into_iter().flatten())
+            }
+            Lookup::Miss => None,
+        };
+        let best = match known {
+            Some(best) => best,
+            None => {
+                let mut top = Top::with_capacity();
+                for node in nodes.map_or(Nodes::All(0..self.cluster.len() as u32), Nodes::List) {
+                    if let Some(fit) = self.cached(&mut cache, node, req) {
+                        top.offer(fit);
+                    }
+                }
+                let best = top.best().expect("a full scan knows its best");
+                self.recall.keep(key, self.generation, nodes, top);
+                best
+            }
+        };
+        self.caches.insert(key, cache);
+        self.answer(req, best)
+    }
+
+    /// The score cache of a request class (made when new; every cache is
+    /// dropped when they would grow past [`CACHE_ENTRIES_MAX`]).
+    fn take_cache(&mut self, key: ClassKey) -> Vec<Entry> {
         let n = self.cluster.len();
-        if cacheable
-            && !self.caches.contains_key(&key)
-            && (self.caches.len() + 1) * n > CACHE_ENTRIES_MAX
-        {
+        if !self.caches.contains_key(&key) && (self.caches.len() + 1) * n > CACHE_ENTRIES_MAX {
             self.caches.clear();
         }
-        let mut cache = if cacheable {
-            self.caches.remove(&key).unwrap_or_else(|| vec![STALE; n])
-        } else {
-            Vec::new()
-        };
-        let mut best: Option<(Score, u32, u32, u64)> = None; // score, rank, node, devices
-        let mut visit = |engine: &Engine, node: u32| {
-            let (score, devices) = if cacheable {
-                let e = &mut cache[node as usize];
-                if e.generation != engine.generation || e.epoch != engine.cluster.epoch(node) {
-                    let (s, d) = engine.evaluate(node, req).unwrap_or((INFEASIBLE, 0));
-                    *e = Entry {
-                        epoch: engine.cluster.epoch(node),
-                        generation: engine.generation,
-                        score: s,
-                        devices: d,
-                    };
-                }
-                (e.score, e.devices)
-            } else {
-                engine.evaluate(node, req).unwrap_or((INFEASIBLE, 0))
+        self.caches.remove(&key).unwrap_or_else(|| vec![STALE; n])
+    }
+
+    /// A node's standing for `req` from the score cache (worked out again
+    /// when the node or the shapes changed); `None`: it does not fit.
+    fn cached(&self, cache: &mut [Entry], node: u32, req: &Request) -> Option<Fit> {
+        let e = &mut cache[node as usize];
+        let epoch = self.cluster.epoch(node);
+        if e.generation != self.generation || e.epoch != epoch {
+            let (score, devices) = self.evaluate(node, req).unwrap_or((INFEASIBLE, 0));
+            *e = Entry {
+                epoch,
+                generation: self.generation,
+                score,
+                devices,
             };
-            if score == INFEASIBLE {
-                return;
-            }
-            let rank = engine.rank[node as usize];
-            let better = match best {
-                None => true,
-                Some((bs, br, _, _)) => score > bs || (score == bs && rank < br),
-            };
-            if better {
-                best = Some((score, rank, node, devices));
-            }
-        };
-        match nodes {
-            Some(list) => list.iter().for_each(|&node| visit(self, node)),
-            None => (0..n as u32).for_each(|node| visit(self, node)),
         }
-        if cacheable {
-            self.caches.insert(key, cache);
-            let answer = best.map(|(score, _, node, devices)| (score, node, devices));
-            self.recall.keep(key, self.generation, nodes, answer);
+        (e.score != INFEASIBLE).then(|| self.fit(node, e.score, e.devices))
+    }
+
+    fn fit(&self, node: u32, score: Score, devices: u64) -> Fit {
+        Fit {
+            score,
+            rank: self.rank[node as usize],
+            node,
+            devices,
         }
-        let (score, _, node, devices) = best?;
+    }
+
+    fn answer(&self, req: &Request, best: Best) -> Option<(Score, Decision)> {
+        let (score, node, devices) = best?;
         Some((score, self.decision(node, req, DeviceMask(devices))))
     }
 
@@ -726,5 +747,25 @@ fn packing_score(free: &[u16], req: &Request) -> i64 {
         (50 - fully_used).max(33)
     } else {
         (100 - ratio / 10).max(50)
+    }
+}
+
+/// The nodes a scan visits: a list, or every node.
+enum Nodes<'a> {
+    List(&'a [u32]),
+    All(std::ops::Range<u32>),
+}
+
+impl Iterator for Nodes<'_> {
+    type Item = u32;
+    fn next(&mut self) -> Option<u32> {
+        match self {
+            Nodes::List(list) => {
+                let (&first, rest) = list.split_first()?;
+                *list = rest;
+                Some(first)
+            }
+            Nodes::All(range) => range.next(),
+        }
     }
 }
