@@ -8,11 +8,16 @@
 //! so later passes see what a settled controller sees (every waiting job
 //! already told why), and the scheduler is kept between passes as the
 //! controller keeps it. `arrival_pass_ms`: the pass in which the waiting
-//! jobs arrive all at once (each gets its first status).
+//! jobs arrive all at once (each gets its first status), the median of
+//! `--arrivals` such passes (5), each with a fresh scheduler;
+//! `arrival_pass_cpu_ms` the time it spent on a CPU and
+//! `arrival_pass_runqueue_ms` waiting for one (`/proc/thread-self/schedstat`:
+//! on a busy machine the wall time is their sum, and the CPU time is the
+//! figure to compare across runs).
 //!
 //! Run: `cargo bench --bench plan` (flags `--nodes`, `--running`,
-//! `--pending`, `--passes`); prints JSON: each pass's ms, their median and
-//! minimum.
+//! `--pending`, `--passes`, `--arrivals`); prints JSON: each pass's ms,
+//! their median (wall and CPU) and minimum.
 
 use std::time::Instant;
 
@@ -25,7 +30,7 @@ use zhisuan::operator::crd::{ComputeRegionSpec, ComputeRegionStatus};
 use zhisuan::operator::regions::region_catalog;
 use zhisuan::operator::snapshot::RegionView;
 use zhisuan::regions::catalog::ScoreWeights;
-use zhisuan::schedule::{Action, PlanConfig, Scheduler, Snapshot};
+use zhisuan::schedule::{Action, Plan, PlanConfig, Scheduler, Snapshot};
 
 const REGIONS: [(&str, &str, f64); 4] = [
     ("beijing", "east", 0.2),
@@ -239,6 +244,31 @@ fn apply(snap: &mut Snapshot, actions: &[Action]) {
     }
 }
 
+/// This thread's time on a CPU and waiting for one, in ns
+/// (`/proc/thread-self/schedstat`; `None` where the kernel keeps none).
+fn sched_ns() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut f = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some((f.next()??, f.next()??))
+}
+
+/// One timed pass: wall ms, and ms on a CPU and waiting for one.
+fn timed(scheduler: &mut Scheduler, snap: &Snapshot) -> (Plan, f64, Option<(f64, f64)>) {
+    let s0 = sched_ns();
+    let t0 = Instant::now();
+    let plan = scheduler.plan(snap);
+    let wall = t0.elapsed().as_secs_f64() * 1000.0;
+    let sched = s0
+        .zip(sched_ns())
+        .map(|((c0, w0), (c1, w1))| ((c1 - c0) as f64 / 1e6, (w1 - w0) as f64 / 1e6));
+    (plan, wall, sched)
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied()
+}
+
 fn main() {
     let (nodes, running, pending) = (
         arg("--nodes", 5000),
@@ -246,35 +276,46 @@ fn main() {
         arg("--pending", 20_000),
     );
     let passes = arg("--passes", 10);
-    let mut snap = snapshot(nodes, running, pending);
-    let mut scheduler = Scheduler::new(PlanConfig::default());
+    let arrivals = arg("--arrivals", 5).max(1);
+    let base = snapshot(nodes, running, pending);
     // The running ones first; then the waiting ones arrive at once: the
     // pass that first tells each why it waits (a status for every one).
-    let waiting_jobs = snap.workloads.split_off(running);
-    let plan = scheduler.plan(&snap);
-    apply(&mut snap, &plan.actions);
-    snap.workloads.extend(waiting_jobs);
-    let t0 = Instant::now();
-    let plan = scheduler.plan(&snap);
-    let arrival_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let arrival_actions = plan.actions.len();
-    apply(&mut snap, &plan.actions);
+    // Done `--arrivals` times over, each with a fresh scheduler.
+    let (mut arrival_ms, mut arrival_cpu_ms, mut arrival_wait_ms) = (vec![], vec![], vec![]);
+    let mut arrival_actions = 0;
+    let mut kept = None;
+    for _ in 0..arrivals {
+        let mut snap = base.clone();
+        let mut scheduler = Scheduler::new(PlanConfig::default());
+        let waiting_jobs = snap.workloads.split_off(running);
+        let plan = scheduler.plan(&snap);
+        apply(&mut snap, &plan.actions);
+        snap.workloads.extend(waiting_jobs);
+        let (plan, wall, sched) = timed(&mut scheduler, &snap);
+        arrival_ms.push(wall);
+        if let Some((cpu, wait)) = sched {
+            arrival_cpu_ms.push(cpu);
+            arrival_wait_ms.push(wait);
+        }
+        arrival_actions = plan.actions.len();
+        apply(&mut snap, &plan.actions);
+        kept = Some((snap, scheduler));
+    }
+    let (mut snap, mut scheduler) = kept.expect("at least one arrival");
     // Settle: the free nodes are taken, every waiting job told why.
     for _ in 0..2.min(passes) {
         let plan = scheduler.plan(&snap);
         apply(&mut snap, &plan.actions);
     }
-    let mut ms = Vec::with_capacity(passes);
+    let (mut ms, mut cpu_ms) = (Vec::with_capacity(passes), Vec::with_capacity(passes));
     let mut actions = 0;
     for _ in 0..passes {
-        let t0 = Instant::now();
-        let plan = scheduler.plan(&snap);
-        ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let (plan, wall, sched) = timed(&mut scheduler, &snap);
+        ms.push(wall);
+        cpu_ms.extend(sched.map(|(cpu, _)| cpu));
         actions = plan.actions.len();
         std::hint::black_box(&plan);
     }
-    let mut sorted = ms.clone();
-    sorted.sort_by(f64::total_cmp);
     let waiting = snap
         .workloads
         .iter()
@@ -284,12 +325,16 @@ fn main() {
         "nodes": nodes,
         "running": snap.workloads.len() - waiting,
         "waiting": waiting,
-        "arrival_pass_ms": arrival_ms,
+        "arrival_pass_ms": median(arrival_ms.clone()),
+        "arrival_pass_cpu_ms": median(arrival_cpu_ms),
+        "arrival_pass_runqueue_ms": median(arrival_wait_ms),
+        "arrival_passes_ms": arrival_ms,
         "arrival_pass_actions": arrival_actions,
         "actions_per_settled_pass": actions,
-        "pass_ms": ms,
-        "median_ms": sorted.get(sorted.len() / 2),
-        "min_ms": sorted.first(),
+        "pass_ms": ms.clone(),
+        "median_ms": median(ms.clone()),
+        "median_cpu_ms": median(cpu_ms),
+        "min_ms": ms.iter().copied().min_by(f64::total_cmp),
         "target_ms": 100,
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap());

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::held::Inputs;
 use crate::jobs::{
@@ -54,7 +54,7 @@ pub(super) struct Admission<'a> {
     month_use: BTreeMap<String, MonthToDate>,
     /// Indices into the known models that each asked-for vendor may use
     /// (filled as vendors come up).
-    vendor_models: HashMap<Option<String>, Vec<usize>>,
+    vendor_models: Vec<(Option<String>, Vec<usize>)>,
     /// Region names (sorted).
     regions: Vec<String>,
     chooser: RegionChooser,
@@ -232,7 +232,7 @@ impl<'a> Pass<'a> {
         let mut adm = Admission {
             quotas,
             month_use,
-            vendor_models: HashMap::new(),
+            vendor_models: Vec::new(),
             regions: self.region_nodes.keys().cloned().collect(),
             chooser: RegionChooser::new(self.config.region_policy),
             expl: Explanation::default(),
@@ -562,8 +562,12 @@ impl<'a> Pass<'a> {
     ) -> Option<Vec<&'k str>> {
         let vendor_models = &self.cap.model_vendors;
         let vendor = job_vendor(w, vendor_models);
-        let key = vendor.map(String::from);
-        if !adm.vendor_models.contains_key(&key) {
+        // A few vendors at most: found by a look down the list.
+        let at = adm
+            .vendor_models
+            .iter()
+            .position(|(v, _)| v.as_deref() == vendor);
+        let at = at.unwrap_or_else(|| {
             let of_vendor = (0..known.len())
                 .filter(|&i| {
                     vendor_models
@@ -571,9 +575,11 @@ impl<'a> Pass<'a> {
                         .any(|(model, v)| *model == known[i] && vendor_fits(vendor, v))
                 })
                 .collect();
-            adm.vendor_models.insert(key.clone(), of_vendor);
-        }
-        let of_vendor = &adm.vendor_models[&key];
+            adm.vendor_models
+                .push((vendor.map(String::from), of_vendor));
+            adm.vendor_models.len() - 1
+        });
+        let of_vendor = &adm.vendor_models[at].1;
         let candidates: Vec<&str> = of_vendor
             .iter()
             .map(|&i| known[i].as_str())

@@ -18,24 +18,38 @@ struct Held {
 
 type Holdings = HashMap<String, Held, FxBuild>;
 
-/// Makes `key` hold exactly `ds` (confirmed in `epoch`): kept when it
-/// already does, reallocated when it holds something else.
-fn hold(engine: &mut Engine, map: &mut Holdings, key: &str, ds: Vec<Decision>, epoch: u64) {
+/// Makes `key` hold `ds` (confirmed in `epoch`): kept when it already
+/// does, reallocated when it holds something else (the decisions that do
+/// not fit are left out). False when some did not fit.
+fn hold(engine: &mut Engine, map: &mut Holdings, key: &str, ds: Vec<Decision>, epoch: u64) -> bool {
     if let Some(h) = map.get_mut(key) {
         if h.ds == ds {
             h.epoch = epoch;
-            return;
+            return true;
         }
         for d in &h.ds {
             let _ = engine.release(d);
         }
         map.remove(key);
     }
+    let asked = ds.len();
     let ok: Vec<Decision> = ds
         .into_iter()
         .filter(|d| engine.allocate(d).is_ok())
         .collect();
+    let all = ok.len() == asked;
     map.insert(key.to_string(), Held { ds: ok, epoch });
+    all
+}
+
+/// Releases every holding of a map.
+fn release_all(engine: &mut Engine, map: &mut Holdings) {
+    for h in map.values() {
+        for d in &h.ds {
+            let _ = engine.release(d);
+        }
+    }
+    map.clear();
 }
 
 /// Releases every holding not confirmed in `epoch`.
@@ -228,10 +242,46 @@ impl Capacity {
             }
         }
         self.epoch += 1;
+        if !self.hold_all(snapshot, active) {
+            // A record that did not fit (it claims devices another holds,
+            // or held until now): everything is held again in the
+            // snapshot's order over an empty engine, as a fresh one does.
+            release_all(&mut self.engine, &mut self.workloads);
+            release_all(&mut self.engine, &mut self.pods);
+            self.hold_all(snapshot, active);
+        }
+        // Health last, as over a fresh engine: allocations on a device that
+        // failed stay (its pods run until stopped); it is given out no more.
+        for i in 0..self.nodes.len() {
+            for &dev in &self.nodes[i].unhealthy {
+                let _ = self.engine.set_device_health(i as u32, dev as usize, false);
+            }
+            self.unhealthy[i].clone_from(&self.nodes[i].unhealthy);
+        }
+    }
+
+    /// Holds exactly the active workloads' recorded placements and the
+    /// other live pods' devices (those confirmed in place kept, the stale
+    /// released, the changed reallocated); false when some decision did
+    /// not fit.
+    fn hold_all(&mut self, snapshot: &Snapshot, active: &[&WorkloadView]) -> bool {
         let epoch = self.epoch;
+        let mut all = true;
+        // Most hold what they held last pass: confirmed in place. The
+        // others' old holdings and those of the departed are released
+        // before the changed ones are allocated (they may take the same
+        // devices, as over a fresh engine).
+        let mut changed = Vec::new();
         for w in active {
+            match self.workloads.get_mut(w.uid.as_str()) {
+                Some(h) if placed_as(self.engine.cluster(), w, &h.ds) => h.epoch = epoch,
+                _ => changed.push(*w),
+            }
+        }
+        drop_stale(&mut self.engine, &mut self.workloads, epoch);
+        for w in changed {
             let ds = self.decisions_of(w);
-            hold(&mut self.engine, &mut self.workloads, &w.uid, ds, epoch);
+            all &= hold(&mut self.engine, &mut self.workloads, &w.uid, ds, epoch);
         }
         if !snapshot.pods.is_empty() {
             let mut owners: std::collections::HashSet<&WorkloadKey, FxBuild> =
@@ -254,19 +304,11 @@ impl Capacity {
                 }
             }
             for (key, ds) in on_nodes {
-                hold(&mut self.engine, &mut self.pods, &key, ds, epoch);
+                all &= hold(&mut self.engine, &mut self.pods, &key, ds, epoch);
             }
         }
-        drop_stale(&mut self.engine, &mut self.workloads, epoch);
         drop_stale(&mut self.engine, &mut self.pods, epoch);
-        // Health last, as over a fresh engine: allocations on a device that
-        // failed stay (its pods run until stopped); it is given out no more.
-        for i in 0..self.nodes.len() {
-            for &dev in &self.nodes[i].unhealthy {
-                let _ = self.engine.set_device_health(i as u32, dev as usize, false);
-            }
-            self.unhealthy[i].clone_from(&self.nodes[i].unhealthy);
-        }
+        all
     }
 
     /// Allocates decisions for a workload (those that fit are kept).
@@ -314,15 +356,9 @@ impl Capacity {
         mem: u64,
     ) -> Option<Decision> {
         let node = *self.index.get(node)?;
-        let mut mask = 0u64;
-        for d in devices {
-            if d < 64 {
-                mask |= 1 << d;
-            }
-        }
         Some(Decision {
             node,
-            devices: DeviceMask(mask),
+            devices: device_mask(devices),
             milli_per_device: milli.unwrap_or(1000),
             cpu_milli: cpu,
             memory_mib: mem,
@@ -463,4 +499,74 @@ fn region_nodes(snapshot: &Snapshot, cap: &Capacity) -> BTreeMap<String, Vec<u32
         }
     }
     out
+}
+
+/// A device list as a mask (devices past 63 left out).
+fn device_mask(devices: impl IntoIterator<Item = u32>) -> DeviceMask {
+    DeviceMask(
+        devices
+            .into_iter()
+            .filter(|&d| d < 64)
+            .fold(0u64, |mask, d| mask | 1 << d),
+    )
+}
+
+/// Whether `held` is exactly what [`Capacity::decisions_of`] makes of
+/// the workload's recorded placement, every replica on a known node
+/// (compared in place: nothing is built).
+fn placed_as(cluster: &Cluster, w: &WorkloadView, held: &[Decision]) -> bool {
+    let Some(p) = &w.status.placement else {
+        return false;
+    };
+    held.len() == p.replicas.len()
+        && p.replicas.iter().zip(held).all(|(r, d)| {
+            cluster.name(d.node) == r.node
+                && d.devices == device_mask(r.devices.iter().copied())
+                && d.milli_per_device == r.gpu_milli.map_or(1000, |m| m as u16)
+                && d.cpu_milli == w.cpu_milli
+                && d.memory_mib == w.memory_mib
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{Placement, ReplicaPlacement};
+    use crate::schedule::tests::{node, workload};
+
+    /// A held allocation is confirmed in place only when it is exactly
+    /// what the recorded placement makes: another node, other devices or
+    /// another share is a change.
+    #[test]
+    fn a_holding_is_confirmed_only_when_the_record_is_unchanged() {
+        let snap = Snapshot {
+            nodes: vec![node("n1", "r", 4), node("n2", "r", 4)],
+            ..Default::default()
+        };
+        let cap = Capacity::build(&snap, &PlanConfig::default());
+        let mut w = workload("w", "t", 1, 2, 0, 1);
+        let record = |node: &str, devices: Vec<u32>, milli: Option<u32>| Placement {
+            replicas: vec![ReplicaPlacement {
+                pod: "w-0".into(),
+                node: node.into(),
+                devices,
+                gpu_milli: milli,
+            }],
+            ..Default::default()
+        };
+        w.status.placement = Some(record("n1", vec![0, 1], None));
+        let held = cap.decisions_of(&w);
+        let cluster = cap.engine.cluster();
+        assert!(placed_as(cluster, &w, &held));
+        for changed in [
+            record("n2", vec![0, 1], None),
+            record("n1", vec![1, 2], None),
+            record("n1", vec![0, 1], Some(500)),
+        ] {
+            w.status.placement = Some(changed);
+            assert!(!placed_as(cluster, &w, &held));
+        }
+        w.status.placement = None;
+        assert!(!placed_as(cluster, &w, &held));
+    }
 }

@@ -616,6 +616,16 @@ pub(super) fn act_on(snap: &mut Snapshot, p: &Plan) {
     }
 }
 
+/// Rewrites where a running workload's only replica is recorded.
+fn moved(s: &mut Snapshot, name: &str, node: Option<&str>, devices: Vec<u32>) {
+    let w = s.workloads.iter_mut().find(|w| w.key.name == name).unwrap();
+    let r = &mut w.status.placement.as_mut().expect("running").replicas[0];
+    if let Some(n) = node {
+        r.node = n.into();
+    }
+    r.devices = devices;
+}
+
 /// A scheduler kept between passes (its engine brought in step with each
 /// snapshot, not rebuilt) plans exactly what a fresh one plans, through
 /// arrivals, departures, a device turning unhealthy and healthy again, a
@@ -643,9 +653,26 @@ fn a_kept_scheduler_plans_what_a_fresh_one_plans() {
     let steps: Vec<Step> = vec![
         Box::new(|_| {}),
         Box::new(|s| s.workloads.push(workload("c", "u", 1, 1, 0, 3))),
+        // `c`'s recorded placement moves (a new leader recorded another):
+        // to another device, then to another node.
+        Box::new(|s| moved(s, "c", None, vec![3])),
+        Box::new(|s| {
+            let c = s.workloads.iter().find(|w| w.key.name == "c").unwrap();
+            let on = &c.status.placement.as_ref().expect("c runs").replicas[0].node;
+            let other = if on == "n3" { "n1" } else { "n3" };
+            moved(s, "c", Some(other), vec![3]);
+        }),
         // `a` finished (gone from the snapshot): its devices are free again.
         Box::new(|s| s.workloads.retain(|w| w.key.name != "a")),
         Box::new(|s| s.workloads.push(workload("d", "u", 1, 2, 0, 4))),
+        // `c` (before `d` in the snapshot) is recorded on a device `d`
+        // holds: a fresh engine gives it to `c`, the first to claim it.
+        Box::new(|s| {
+            let d = s.workloads.iter().find(|w| w.key.name == "d").unwrap();
+            let r = &d.status.placement.as_ref().expect("d runs").replicas[0];
+            let (node, device) = (r.node.clone(), r.devices[0]);
+            moved(s, "c", Some(&node), vec![device]);
+        }),
         Box::new(|s| s.nodes[2].unhealthy = vec![1, 2]),
         Box::new(|s| s.workloads.push(workload("e", "u", 1, 2, 0, 5))),
         Box::new(|s| s.nodes[2].unhealthy.clear()),
