@@ -222,10 +222,16 @@ impl std::hash::Hasher for FxHasher {
     fn finish(&self) -> u64 {
         self.0
     }
+    /// Eight bytes at a time, the last few zero-padded.
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.write_u64(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
             let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
+            b[..rest.len()].copy_from_slice(rest);
             self.write_u64(u64::from_le_bytes(b));
         }
     }
@@ -348,6 +354,26 @@ mod tests {
                 weight: 0.5,
             },
         ])
+    }
+
+    /// Bytes hash as little-endian words, the last one zero-padded, one
+    /// word at a time: the same value for a string however it is split
+    /// into words (every key's hash, and so every map's order, is kept).
+    #[test]
+    fn bytes_hash_as_padded_words() {
+        use std::hash::Hasher;
+        let bytes: Vec<u8> = (1..=21).collect();
+        for len in 0..=bytes.len() {
+            let mut h = FxHasher::default();
+            h.write(&bytes[..len]);
+            let mut words = FxHasher::default();
+            for chunk in bytes[..len].chunks(8) {
+                let mut b = [0u8; 8];
+                b[..chunk.len()].copy_from_slice(chunk);
+                words.write_u64(u64::from_le_bytes(b));
+            }
+            assert_eq!(h.finish(), words.finish(), "{len} bytes");
+        }
     }
 
     #[test]
