@@ -411,18 +411,20 @@ impl Engine {
             }
             return self.answer(req, top.best().flatten());
         }
-        let mut cache = self.take_cache(key);
-        let known = match self.recall.recall(key, self.generation, nodes) {
-            Lookup::Hit(best) => Some(best),
+        let (mut cache, known) = match self.recall.recall(key, self.generation, nodes) {
+            Lookup::Hit(best) => return self.answer(req, best),
             Lookup::Changed { slot, nodes } => {
+                let mut cache = self.take_cache(key);
                 let mut fits = [None; LOG as usize];
                 for (fit, node) in fits.iter_mut().zip(nodes.iter()) {
                     *fit = self.cached(&mut cache, node, req);
                 }
-                self.recall
-                    .refresh(slot, &nodes, fits.into_iter().flatten())
+                let known = self
+                    .recall
+                    .refresh(slot, &nodes, fits.into_iter().flatten());
+                (cache, known)
             }
-            Lookup::Miss => None,
+            Lookup::Miss => (self.take_cache(key), None),
         };
         let best = match known {
             Some(best) => best,
