@@ -403,13 +403,15 @@ impl Engine {
             models: req.models.0,
         };
         if !cacheable {
-            let mut top = Top::with_capacity();
-            for node in nodes.map_or(Nodes::All(0..self.cluster.len() as u32), Nodes::List) {
-                if let Some((score, devices)) = self.evaluate(node, req) {
-                    top.offer(self.fit(node, score, devices));
-                }
-            }
-            return self.answer(req, top.best().flatten());
+            // Scored afresh each time (a label selector): the best node.
+            let best = nodes
+                .map_or(Nodes::All(0..self.cluster.len() as u32), Nodes::List)
+                .filter_map(|node| {
+                    let (score, devices) = self.evaluate(node, req)?;
+                    Some(self.fit(node, score, devices))
+                })
+                .reduce(|best, fit| if fit.above(&best) { fit } else { best });
+            return self.answer(req, best.map(|b| (b.score, b.node, b.devices)));
         }
         let (mut cache, known) = match self.recall.recall(key, self.generation, nodes) {
             Lookup::Hit(best) => return self.answer(req, best),

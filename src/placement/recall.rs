@@ -45,7 +45,7 @@ pub(super) struct Fit {
 
 impl Fit {
     /// Whether `self` ranks above `other`.
-    fn above(&self, other: &Fit) -> bool {
+    pub(super) fn above(&self, other: &Fit) -> bool {
         self.score > other.score || (self.score == other.score && self.rank < other.rank)
     }
 }

@@ -242,13 +242,22 @@ impl Capacity {
             }
         }
         self.epoch += 1;
-        if !self.hold_all(snapshot, active) {
-            // A record that did not fit (it claims devices another holds,
-            // or held until now): everything is held again in the
-            // snapshot's order over an empty engine, as a fresh one does.
+        // Whatever did not fit is held again in a fresh engine's order:
+        // the workloads in the snapshot's, then the other pods.
+        let rebuilt = !self.hold_workloads(active);
+        if rebuilt {
+            // A record that claims devices another holds (or held until
+            // now): both layers again over an empty engine.
             release_all(&mut self.engine, &mut self.workloads);
             release_all(&mut self.engine, &mut self.pods);
-            self.hold_all(snapshot, active);
+            self.hold_workloads(active);
+        }
+        if !self.hold_pods(snapshot, active) && !rebuilt {
+            // A pod that did not fit (say, a preempted workload's pod, still
+            // terminating on devices its preemptor now holds): the pods
+            // again over the workloads, not every placement.
+            release_all(&mut self.engine, &mut self.pods);
+            self.hold_pods(snapshot, active);
         }
         // Health last, as over a fresh engine: allocations on a device that
         // failed stay (its pods run until stopped); it is given out no more.
@@ -260,11 +269,10 @@ impl Capacity {
         }
     }
 
-    /// Holds exactly the active workloads' recorded placements and the
-    /// other live pods' devices (those confirmed in place kept, the stale
-    /// released, the changed reallocated); false when some decision did
-    /// not fit.
-    fn hold_all(&mut self, snapshot: &Snapshot, active: &[&WorkloadView]) -> bool {
+    /// Holds exactly the active workloads' recorded placements (those
+    /// confirmed in place kept, the departed released, the changed
+    /// reallocated); false when some decision did not fit.
+    fn hold_workloads(&mut self, active: &[&WorkloadView]) -> bool {
         let epoch = self.epoch;
         let mut all = true;
         // Most hold what they held last pass: confirmed in place. The
@@ -283,6 +291,14 @@ impl Capacity {
             let ds = self.decisions_of(w);
             all &= hold(&mut self.engine, &mut self.workloads, &w.uid, ds, epoch);
         }
+        all
+    }
+
+    /// Holds exactly the devices of the live pods no active workload owns;
+    /// false when some did not fit.
+    fn hold_pods(&mut self, snapshot: &Snapshot, active: &[&WorkloadView]) -> bool {
+        let epoch = self.epoch;
+        let mut all = true;
         if !snapshot.pods.is_empty() {
             let mut owners: std::collections::HashSet<&WorkloadKey, FxBuild> =
                 std::collections::HashSet::with_capacity_and_hasher(
