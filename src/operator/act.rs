@@ -94,11 +94,14 @@ impl Actuator {
     ) -> Vec<usize> {
         let mut written = self.written.lock().unwrap();
         let mut changed = Vec::new();
+        if written.is_empty() {
+            return changed;
+        }
         for (i, (view, obj)) in views.iter_mut().zip(objects).enumerate() {
-            let rv = obj.resource_version().unwrap_or_default();
+            let rv = || obj.metadata.resource_version.as_deref().unwrap_or_default();
             match written.get(&view.uid) {
                 Some(w)
-                    if !caught_up(&rv, &w.written_rv)
+                    if !caught_up(rv(), &w.written_rv)
                         && w.at.elapsed() < std::time::Duration::from_secs(60) =>
                 {
                     view.status = w.status.clone();

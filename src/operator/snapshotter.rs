@@ -295,7 +295,8 @@ impl ViewCache {
 /// handed back after the pass ([`Kept::give_back`]); a view not handed
 /// back is made again.
 struct Kept<V> {
-    by_key: HashMap<String, Entry<V>>,
+    /// (Keys are uids the API server made, so the fast hash is safe.)
+    by_key: HashMap<String, Entry<V>, crate::placement::FxBuild>,
     /// Passes so far (an entry not seen in the last one is dropped).
     pass: u64,
 }
@@ -311,7 +312,7 @@ struct Entry<V> {
 impl<V> Default for Kept<V> {
     fn default() -> Self {
         Kept {
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
             pass: 0,
         }
     }

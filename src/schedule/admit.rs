@@ -253,7 +253,15 @@ impl<'a> Pass<'a> {
         // of the per-(priority, tenant) lanes compete: a pick costs
         // O(tenants), not O(queue).
         let mut lanes: Lanes = BTreeMap::new();
-        queue.sort_by(|x, y| x.created.cmp(&y.created).then_with(|| x.key.cmp(&y.key)));
+        // Keys are unique: an unstable sort gives the one order (and an
+        // order already right, as a settled cluster's usually is, is only
+        // checked).
+        let order = |x: &&WorkloadView, y: &&WorkloadView| {
+            x.created.cmp(&y.created).then_with(|| x.key.cmp(&y.key))
+        };
+        if !queue.is_sorted_by(|x, y| order(x, y).is_le()) {
+            queue.sort_unstable_by(order);
+        }
         // Each waiting workload gets at most one status: made room for once.
         self.out.actions.reserve(queue.len());
         let guarantee = |t: &str| {

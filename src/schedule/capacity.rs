@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::jobs::{pods_by_owner, NodeView, WorkloadKey, WorkloadView};
+use crate::jobs::{NodeView, WorkloadKey, WorkloadView};
 use crate::placement::{Cluster, Decision, DeviceMask, Engine, FxBuild, NodeSpec};
 use crate::regions::nodes::energy_tie_order;
 
@@ -448,7 +448,7 @@ impl<'a> Pass<'a> {
             region_nodes,
             one_vendor,
             node_model,
-            pods: pods_by_owner(&snapshot.pods),
+            pods: Default::default(),
             usage: Default::default(),
             held: Default::default(),
             catalog_digest: None,

@@ -160,8 +160,7 @@ impl<'a> Pass<'a> {
     /// names (the pod store may lag a launch).
     pub(super) fn live_pods(&self, w: &WorkloadView) -> Vec<String> {
         let mut live: BTreeSet<String> = self
-            .pods
-            .get(&w.key)
+            .pods_of(w)
             .map(|ps| {
                 ps.iter()
                     .filter(|p| !p.deleting)

@@ -212,7 +212,9 @@ struct Pass<'a> {
     one_vendor: BTreeMap<String, String>,
     /// Node name → accelerator model.
     node_model: HashMap<&'a str, &'a str, crate::placement::FxBuild>,
-    pods: crate::jobs::PodsByOwner<'a>,
+    /// Each workload's pods, grouped when first asked for (a rollback or
+    /// an eviction; most passes need none).
+    pods: std::cell::OnceCell<crate::jobs::PodsByOwner<'a>>,
     /// Milli-GPU held per tenant and model.
     usage: Usage,
     /// Nodes reserved to tenant subtrees, and who may use them.
@@ -231,6 +233,14 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
+    /// The snapshot's pods that `w` owns.
+    fn pods_of(&self, w: &WorkloadView) -> Option<&Vec<&'a crate::jobs::PodView>> {
+        let snapshot = self.snapshot;
+        self.pods
+            .get_or_init(|| crate::jobs::pods_by_owner(&snapshot.pods))
+            .get(&w.key)
+    }
+
     /// A node's accelerator model (borrowed from the snapshot, so it stays
     /// usable while the pass is changed).
     fn model_of_node(&self, name: &str) -> &'a str {

@@ -88,8 +88,7 @@ impl<'a> Pass<'a> {
         let mut s = pending_status(v, "Preempted", "Preempted", msg, self.now);
         s.phase = Some("Preempted".into());
         let mut pods: BTreeSet<String> = self
-            .pods
-            .get(&v.key)
+            .pods_of(v)
             .map(|ps| ps.iter().map(|p| p.name.clone()).collect())
             .unwrap_or_default();
         if let Some(p) = &v.status.placement {
