@@ -13,6 +13,7 @@ pub mod crd;
 mod events;
 pub mod gateway_models;
 pub mod jobs;
+mod kept;
 pub mod leader;
 pub mod members;
 pub mod metering;

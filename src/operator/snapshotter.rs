@@ -2,16 +2,15 @@
 //! clusters hold ([`Seen`], step 1) becomes the scheduler's plain data
 //! ([`Snapshot`]): nodes, pods, workloads (validated, their namespace's
 //! tenancy checked), quotas and the region catalog. A pass converts only
-//! what changed since the last one (views are kept by uid and checked by
-//! resourceVersion). Needs no client: tests build snapshots from objects.
+//! what changed since the last one ([`super::kept`]). Needs no client: tests build snapshots from objects.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::DynamicObject;
-use kube::Resource;
 
+use super::kept::Kept;
 use super::members::{member_node_view, member_pod_view, MemberObjects};
 use super::metering;
 use super::regions::region_catalog;
@@ -174,8 +173,7 @@ fn tenancy_of(workloads: &mut [WorkloadView], seen: &Seen, rule: NamespaceTenanc
     }
 }
 
-/// Views of unchanged objects, reused across passes: a pass converts only
-/// what changed since the last one (keyed by uid, checked by resourceVersion).
+/// Views of unchanged objects, reused across passes ([`Kept`]).
 #[derive(Default)]
 struct ViewCache {
     /// What the cached workload views were validated against.
@@ -183,16 +181,16 @@ struct ViewCache {
     /// The member-cluster regions the kept workload views' placements were
     /// keyed for (`key_legacy_member_placements` rewrites them in place).
     member_regions: Vec<String>,
-    nodes: Kept<NodeView>,
-    pods: Kept<PodView>,
-    training: Kept<WorkloadView>,
-    inference: Kept<WorkloadView>,
+    nodes: Kept<Node, NodeView>,
+    pods: Kept<Pod, PodView>,
+    training: Kept<DynamicObject, WorkloadView>,
+    inference: Kept<DynamicObject, WorkloadView>,
     /// Member clusters' views, per region (uids are unique per cluster only).
     members: HashMap<String, MemberViewCache>,
     /// InferenceServices' token endpoints (each spec parsed once per version).
-    services: Kept<Option<ServingService>>,
+    services: Kept<DynamicObject, Option<ServingService>>,
     /// Nodes' energy reports (each annotation parsed once per version).
-    energy: Kept<Option<NodeEnergy>>,
+    energy: Kept<Node, Option<NodeEnergy>>,
 }
 
 /// A node's key and its agent's energy report.
@@ -201,9 +199,9 @@ type NodeEnergy = (String, Arc<EnergyReport>);
 /// One member cluster's cached views.
 #[derive(Default)]
 struct MemberViewCache {
-    nodes: Kept<NodeView>,
-    pods: Kept<PodView>,
-    energy: Kept<Option<NodeEnergy>>,
+    nodes: Kept<Node, NodeView>,
+    pods: Kept<Pod, PodView>,
+    energy: Kept<Node, Option<NodeEnergy>>,
 }
 
 impl ViewCache {
@@ -286,108 +284,6 @@ impl ViewCache {
             snapshot::workload_view(Kind::Inference, o, rules)
         }));
         out
-    }
-}
-
-/// Views of objects kept between passes, by uid (else name), each with the
-/// resourceVersion it was made from: a pass converts only what changed.
-/// The big kinds' views are lent to the snapshot (moved, not copied) and
-/// handed back after the pass ([`Kept::give_back`]); a view not handed
-/// back is made again.
-struct Kept<V> {
-    /// (Keys are uids the API server made, so the fast hash is safe.)
-    by_key: HashMap<String, Entry<V>, crate::placement::FxBuild>,
-    /// Passes so far (an entry not seen in the last one is dropped).
-    pass: u64,
-}
-
-struct Entry<V> {
-    rv: String,
-    /// The pass that last saw the object, and its view's index then.
-    seen: u64,
-    slot: usize,
-    view: Option<V>,
-}
-
-impl<V> Default for Kept<V> {
-    fn default() -> Self {
-        Kept {
-            by_key: HashMap::default(),
-            pass: 0,
-        }
-    }
-}
-
-impl<V: Clone> Kept<V> {
-    /// Views of `objects` (in their order): kept ones copied, the others
-    /// made and kept.
-    fn copies<K: Resource>(&mut self, objects: &[Arc<K>], make: impl Fn(&K) -> V) -> Vec<V> {
-        self.views(objects, make, |v| v.as_ref().expect("kept").clone())
-    }
-
-    /// Views of `objects` (in their order): kept ones lent (moved out until
-    /// [`Kept::give_back`]), the others made.
-    fn lend<K: Resource>(&mut self, objects: &[Arc<K>], make: impl Fn(&K) -> V) -> Vec<V> {
-        self.views(objects, make, |v| v.take().expect("checked"))
-    }
-
-    fn views<K: Resource>(
-        &mut self,
-        objects: &[Arc<K>],
-        make: impl Fn(&K) -> V,
-        out_of: impl Fn(&mut Option<V>) -> V,
-    ) -> Vec<V> {
-        self.pass += 1;
-        let pass = self.pass;
-        let mut out = Vec::with_capacity(objects.len());
-        for obj in objects {
-            let meta = obj.meta();
-            let key = meta.uid.as_deref().or(meta.name.as_deref()).unwrap_or("");
-            let rv = meta.resource_version.as_deref().unwrap_or("");
-            let slot = out.len();
-            match self.by_key.get_mut(key) {
-                Some(e) if e.rv == rv && !rv.is_empty() && e.view.is_some() => {
-                    out.push(out_of(&mut e.view));
-                    (e.seen, e.slot) = (pass, slot);
-                }
-                Some(e) => {
-                    e.view = Some(make(obj));
-                    out.push(out_of(&mut e.view));
-                    e.rv = rv.to_string();
-                    (e.seen, e.slot) = (pass, slot);
-                }
-                None => {
-                    let mut kept = Some(make(obj));
-                    out.push(out_of(&mut kept));
-                    let entry = Entry {
-                        rv: rv.to_string(),
-                        seen: pass,
-                        slot,
-                        view: kept,
-                    };
-                    self.by_key.insert(key.to_string(), entry);
-                }
-            }
-        }
-        self.by_key.retain(|_, e| e.seen == pass);
-        out
-    }
-
-    /// Takes back the views lent by the last pass (in the order lent),
-    /// except those at `changed` (they no longer say what their object says).
-    fn give_back(&mut self, views: Vec<V>, changed: &[usize]) {
-        let mut views: Vec<Option<V>> = views.into_iter().map(Some).collect();
-        for &i in changed {
-            if let Some(v) = views.get_mut(i) {
-                *v = None;
-            }
-        }
-        let pass = self.pass;
-        for e in self.by_key.values_mut().filter(|e| e.seen == pass) {
-            if let Some(v) = views.get_mut(e.slot).and_then(Option::take) {
-                e.view = Some(v);
-            }
-        }
     }
 }
 
@@ -578,40 +474,6 @@ mod tests {
             ports(&mut cache, &[service("2", 9000), without_metrics]),
             [9000]
         );
-    }
-
-    /// Lent views come back and are moved out again, unconverted and
-    /// uncopied; one the pass changed (`overlaid`), or one never handed
-    /// back, is made again from its object; a changed resourceVersion
-    /// makes it again; a gone object is forgotten.
-    #[test]
-    fn lent_views_are_reused_once_handed_back_and_made_again_otherwise() {
-        let made = std::cell::Cell::new(0);
-        let make = |n: &Node| {
-            made.set(made.get() + 1);
-            snapshot::node_view(n)
-        };
-        let mut kept: Kept<NodeView> = Kept::default();
-        let objects = vec![node("a", "ua", "1", 8), node("b", "ub", "1", 8)];
-        let views = kept.lend(&objects, make);
-        assert_eq!(made.get(), 2);
-        kept.give_back(views, &[1]);
-        let views = kept.lend(&objects, make);
-        assert_eq!(
-            made.get(),
-            3,
-            "a reused; b (changed by the pass) made again"
-        );
-        assert_eq!(views[0].name, "a");
-        // Not handed back: both made again.
-        let _ = kept.lend(&objects, make);
-        assert_eq!(made.get(), 5);
-        let views = kept.lend(&objects, make);
-        kept.give_back(views, &[]);
-        let changed = vec![node("a", "ua", "2", 4)];
-        let views = kept.lend(&changed, make);
-        assert_eq!(views[0].gpus, 4, "a new resourceVersion is converted");
-        assert_eq!(kept.by_key.len(), 1, "b is gone");
     }
 
     /// Kept workload views have their member placements keyed in place; when
