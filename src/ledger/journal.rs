@@ -210,10 +210,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("PostgreSQL ledger is in use"), "{e}");
-        drop(a); // the session ends: its advisory lock goes with it
-                 // The server ends the session after the client has gone: wait for
-                 // that (a blocking take of the same lock, bounded by a lock timeout
-                 // that fails the test) instead of racing it.
+        // The session ends: its advisory lock goes with it. The server ends
+        // it after the client has gone: wait for that (a blocking take of
+        // the same lock, bounded by a lock timeout that fails the test)
+        // instead of racing it.
+        drop(a);
         b.write(|tx| {
             tx.exec("SET LOCAL lock_timeout = '30s'", &[])?;
             tx.exec(

@@ -2,7 +2,8 @@
 //! clusters hold ([`Seen`], step 1) becomes the scheduler's plain data
 //! ([`Snapshot`]): nodes, pods, workloads (validated, their namespace's
 //! tenancy checked), quotas and the region catalog. A pass converts only
-//! what changed since the last one ([`super::kept`]). Needs no client: tests build snapshots from objects.
+//! what changed since the last one ([`super::kept`]). Needs no client:
+//! tests build snapshots from objects.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
