@@ -162,6 +162,25 @@ struct Stores {
     regions: Store<DynamicObject>,
 }
 
+impl Stores {
+    /// Once every reflector has listed. The only wait for their readiness:
+    /// kube-runtime wakes only a store's last waiter (`reconcile::spawn`).
+    async fn wait_until_ready(&self) -> anyhow::Result<()> {
+        for ready in [
+            self.namespaces.wait_until_ready().await,
+            self.nodes.wait_until_ready().await,
+            self.pods.wait_until_ready().await,
+            self.training.wait_until_ready().await,
+            self.inference.wait_until_ready().await,
+            self.quotas.wait_until_ready().await,
+            self.regions.wait_until_ready().await,
+        ] {
+            ready.map_err(|e| anyhow::anyhow!("reflector ended before listing: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// A reflector with watch settings (e.g. a label selector), waking `notify` on
 /// every event; `on_event` sees each event once the cache holds it.
 pub(super) fn spawn_reflector<K>(
@@ -474,7 +493,7 @@ impl Controller {
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let notify = Arc::new(Notify::new());
         let client = self.client.clone();
-        // The pod reflectors wake the workload reconcilers (`triggers.rs`).
+        // The reflectors wake the workload reconcilers (`triggers.rs`).
         let (triggers, woken) = Triggers::connected();
         self.act.set_members(
             Members::new(
@@ -532,14 +551,14 @@ impl Controller {
                 all(),
                 w_tj,
                 notify.clone(),
-                |_| {},
+                triggers.for_workloads(Kind::Training),
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_is),
                 all(),
                 w_is,
                 notify.clone(),
-                |_| {},
+                triggers.for_workloads(Kind::Inference),
             ),
             spawn_reflector(
                 Api::<DynamicObject>::all_with(client.clone(), &ar_tq),
@@ -562,27 +581,35 @@ impl Controller {
         let gpu_meter = self.spawn_gpu_meter(shutdown.clone());
         let voucher_loop = self.spawn_voucher_loop(shutdown.clone());
         let this = Arc::new(self);
-        let reconcilers = [
-            (Kind::Training, woken.training),
-            (Kind::Inference, woken.inference),
-        ]
-        .map(|(kind, woken)| {
-            let context = reconcile::Context {
-                act: this.act.clone(),
-                leadership: this.leadership.clone(),
-                retry: this.retry_period(),
-                resync: this.resync(),
-                plan: this.config.plan.clone(),
-            };
-            reconcile::spawn(context, client.clone(), kind, stores.pods.clone(), woken)
+        // The reconcilers read the loop's caches: they start once those are
+        // ready (see `reconcile::spawn`).
+        let ready = stores.wait_until_ready().await;
+        let reconcilers = ready.is_ok().then(|| {
+            [
+                (Kind::Training, woken.training, stores.training.clone()),
+                (Kind::Inference, woken.inference, stores.inference.clone()),
+            ]
+            .map(|(kind, woken, workloads)| {
+                let context = reconcile::Context {
+                    act: this.act.clone(),
+                    leadership: this.leadership.clone(),
+                    retry: this.retry_period(),
+                    resync: this.resync(),
+                    plan: this.config.plan.clone(),
+                };
+                reconcile::spawn(context, kind, workloads, stores.pods.clone(), woken)
+            })
         });
-        let result = this.schedule_loop(&stores, notify, shutdown).await;
+        let result = match ready {
+            Ok(()) => this.schedule_loop(&stores, notify, shutdown).await,
+            Err(e) => Err(e),
+        };
         for t in tasks
             .into_iter()
             .chain(token_loop)
             .chain(gpu_meter)
             .chain(voucher_loop)
-            .chain(reconcilers)
+            .chain(reconcilers.into_iter().flatten())
         {
             t.abort();
         }
@@ -590,23 +617,13 @@ impl Controller {
         result
     }
 
+    /// Plans and acts while leading, from stores that are ready.
     async fn schedule_loop(
         &self,
         stores: &Stores,
         notify: Arc<Notify>,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        for ready in [
-            stores.namespaces.wait_until_ready().await,
-            stores.nodes.wait_until_ready().await,
-            stores.pods.wait_until_ready().await,
-            stores.training.wait_until_ready().await,
-            stores.inference.wait_until_ready().await,
-            stores.quotas.wait_until_ready().await,
-            stores.regions.wait_until_ready().await,
-        ] {
-            ready.map_err(|e| anyhow::anyhow!("reflector ended before listing: {e}"))?;
-        }
         self.ready.store(true, Ordering::SeqCst);
         let mut was_leader = false;
         loop {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action as Requeue, Controller as KubeController};
 use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -69,23 +69,30 @@ pub(super) fn workload_resource(kind: Kind) -> ApiResource {
 
 /// Runs the reconciler of one workload kind until the task is aborted.
 /// Workloads are read as `DynamicObject`s, so one that does not parse never
-/// stalls the watch (the scheduling loop reports it). Besides its workloads'
-/// changes it is woken by `woken_by_pods`: the owners of changed pods, named
-/// by the scheduling loop's pod reflectors once their caches (which
-/// [`Reconciler`] reads) hold the change ([`super::triggers`]).
+/// stalls the watch (the scheduling loop reports it). It has no watch of its
+/// own: it reads the scheduling loop's caches (`workloads`, `pods`), and
+/// `woken` names the workloads to look at, sent by those caches' reflectors
+/// once they hold a change of the workload or of a pod it owns
+/// ([`super::triggers`]).
+///
+/// Start it only once `workloads` is ready: kube-runtime's store readiness
+/// wakes only the last task that waited for it, so a reconciler waiting
+/// beside the scheduling loop could leave the loop waiting for ever
+/// (`store_readiness_wakes_only_its_last_waiter` below).
 pub(super) fn spawn(
     ctx: Context,
-    client: kube::Client,
     kind: Kind,
+    workloads: Store<DynamicObject>,
     pods: Store<Pod>,
-    woken_by_pods: impl futures::Stream<Item = ObjectRef<DynamicObject>> + Send + 'static,
+    woken: impl futures::Stream<Item = ObjectRef<DynamicObject>> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let ar = workload_resource(kind);
-    let workloads = Api::<DynamicObject>::all_with(client, &ar);
     let context = Arc::new(Reconciler { ctx, kind, pods });
     tokio::spawn(async move {
-        KubeController::new_with(workloads, watcher::Config::default(), ar)
-            .reconcile_on(woken_by_pods)
+        // Every trigger comes through `woken`; the object stream is empty.
+        let objects = futures::stream::pending::<Result<DynamicObject, watcher::Error>>();
+        KubeController::for_stream_with(objects, workloads, ar)
+            .reconcile_on(woken)
             .run(reconcile, error_policy, context)
             .for_each(|result| async move {
                 if let Err(e) = result {
@@ -273,5 +280,57 @@ impl Reconciler {
             self.ctx.act.delete_pods(key, &at, &names).await?;
         }
         Ok(Requeue::await_change())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context as TaskContext, Wake, Waker};
+
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Why the reconcilers start only once the scheduling loop's caches are
+    /// ready (`Controller::run`): of two tasks waiting for one store to be
+    /// ready, kube-runtime wakes only the one that waited last (its
+    /// readiness is a oneshot receiver, which keeps one waker). The first
+    /// would wait for ever. If kube-runtime starts waking every waiter, this
+    /// fails, and the reconcilers may start beside the loop.
+    #[test]
+    fn store_readiness_wakes_only_its_last_waiter() {
+        let mut writer = Writer::<DynamicObject>::new(workload_resource(Kind::Training));
+        let store = writer.as_reader();
+        let (first, last) = (
+            Arc::new(Wakes(AtomicUsize::new(0))),
+            Arc::new(Wakes(AtomicUsize::new(0))),
+        );
+        let mut a = std::pin::pin!(store.wait_until_ready());
+        let mut b = std::pin::pin!(store.wait_until_ready());
+        let waker = |w: &Arc<Wakes>| Waker::from(w.clone());
+        assert!(a
+            .as_mut()
+            .poll(&mut TaskContext::from_waker(&waker(&first)))
+            .is_pending());
+        assert!(b
+            .as_mut()
+            .poll(&mut TaskContext::from_waker(&waker(&last)))
+            .is_pending());
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        assert_eq!(last.0.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            first.0.load(Ordering::SeqCst),
+            0,
+            "kube-runtime now wakes every waiter of a store's readiness"
+        );
     }
 }
