@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use super::controller::FIELD_MANAGER;
 use super::crd::{ComputeRegion, ReplicaPlacement, TenantQuota, TrainingJob, WorkloadStatus};
+use super::echo;
 use super::leader::Leadership;
 use super::members::{Members, PodsIn};
 use super::metrics::OperatorMetrics;
@@ -135,13 +136,12 @@ impl Actuator {
             "status": status,
         });
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let after = api
-            .patch_status(&key.name, &pp, &Patch::Apply(&body))
-            .await?;
+        let after: echo::Written =
+            echo::patch_status(&api, &key.name, &pp, &Patch::Apply(&body)).await?;
         self.written.lock().unwrap().insert(
             obj.uid().unwrap_or_default(),
             Written {
-                written_rv: after.resource_version().unwrap_or_default(),
+                written_rv: after.metadata.resource_version.unwrap_or_default(),
                 status: status.clone(),
                 at: std::time::Instant::now(),
             },
@@ -501,21 +501,22 @@ async fn launch_replica(
     if !leadership.is_leader() {
         return Err("lost leadership".to_string());
     }
-    let existing = match pods.create(&PostParams::default(), &pod).await {
+    let existing: echo::WrittenPod = match echo::create(&pods, &pod).await {
         Ok(p) => p,
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            pods.get(&r.pod).await.map_err(|e| e.to_string())?
+            let pod = pods.get(&r.pod).await.map_err(|e| e.to_string())?;
+            echo::WrittenPod::from(pod)
         }
         Err(e) => return Err(format!("creating pod {}: {e}", r.pod)),
     };
-    let owned = existing.labels().get(keys::WORKLOAD_NAME) == Some(&key.name);
+    let owned = existing.metadata.labels.get(keys::WORKLOAD_NAME) == Some(&key.name);
     if !owned {
         return Err(format!("pod {} exists and is not this workload's", r.pod));
     }
     // The placement names a member cluster's node `<region>/<node>`; the pod
     // is in that cluster, bound by the node's own name.
     let node = snapshot::name_in_cluster(&r.node);
-    match existing.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+    match existing.node_name() {
         Some(n) if n == node => return Ok(false),
         Some(n) if !n.is_empty() => {
             return Err(format!("pod {} is bound to {n}, not {node}", r.pod))
@@ -530,7 +531,7 @@ async fn launch_replica(
         "metadata": {"name": r.pod, "annotations": annotations},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     });
-    let res: Result<Value, kube::Error> = pods
+    let res: Result<serde::de::IgnoredAny, kube::Error> = pods
         .create_subresource("binding", &r.pod, &PostParams::default(), &binding)
         .await;
     match res {

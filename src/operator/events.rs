@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 
 pub use kube::runtime::events::EventType;
@@ -164,7 +164,7 @@ impl EventRecorder {
             ..Default::default()
         };
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        events.create(&PostParams::default(), &event).await?;
+        let _: serde::de::IgnoredAny = super::echo::create(&events, &event).await?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.by_key.insert(
             key,

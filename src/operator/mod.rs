@@ -10,6 +10,7 @@ mod act;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+mod echo;
 mod events;
 pub mod gateway_models;
 pub mod jobs;
