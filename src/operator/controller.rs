@@ -493,16 +493,6 @@ impl Controller {
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let notify = Arc::new(Notify::new());
         let client = self.client.clone();
-        // The reflectors wake the workload reconcilers (`triggers.rs`).
-        let (triggers, woken) = Triggers::connected();
-        self.act.set_members(
-            Members::new(
-                client.clone(),
-                self.config.lease_namespace.clone(),
-                notify.clone(),
-            )
-            .with_triggers(triggers.clone()),
-        );
         let ar_tj = ApiResource::erase::<TrainingJob>(&());
         let ar_is = ApiResource::erase::<InferenceService>(&());
         let ar_tq = ApiResource::erase::<TenantQuota>(&());
@@ -523,6 +513,17 @@ impl Controller {
             quotas: w_tq.as_reader(),
             regions: w_cr.as_reader(),
         };
+        // The reflectors wake the workload reconcilers (`triggers.rs`).
+        let (triggers, woken) =
+            Triggers::connected(stores.training.clone(), stores.inference.clone());
+        self.act.set_members(
+            Members::new(
+                client.clone(),
+                self.config.lease_namespace.clone(),
+                notify.clone(),
+            )
+            .with_triggers(triggers.clone()),
+        );
         let all = watcher::Config::default;
         let tasks = vec![
             spawn_reflector(

@@ -130,6 +130,19 @@ fn error_policy(obj: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Reconc
     Requeue::requeue(ctx.ctx.retry.min(Duration::from_secs(1)))
 }
 
+/// Whether reconciling `obj` can do anything: put the finalizer on, clean
+/// up a deletion, or follow a Running workload's pods. The triggers wake
+/// the reconciler for no other workload.
+pub(super) fn has_work(obj: &DynamicObject) -> bool {
+    obj.metadata.deletion_timestamp.is_some()
+        || !obj.finalizers().iter().any(|f| f == FINALIZER)
+        || is_running(obj)
+}
+
+fn is_running(obj: &DynamicObject) -> bool {
+    obj.data.pointer("/status/phase").and_then(|p| p.as_str()) == Some("Running")
+}
+
 /// Whether the pod's labels name this workload (and kind) as its owner.
 fn is_owned_by(pod: &Pod, key: &WorkloadKey) -> bool {
     let labels = pod.labels();
@@ -187,9 +200,9 @@ impl Reconciler {
         key: &WorkloadKey,
         obj: &DynamicObject,
     ) -> Result<Requeue, kube::Error> {
-        // Only Running workloads have a phase to follow (most events are for
-        // others: skip them before any parsing).
-        if obj.data.pointer("/status/phase").and_then(|p| p.as_str()) != Some("Running") {
+        // Only Running workloads have a phase to follow (skipped before any
+        // parsing; the triggers send few others).
+        if !is_running(obj) {
             return Ok(Requeue::await_change());
         }
         // Validation against known models is the scheduling loop's; only the

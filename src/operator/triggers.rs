@@ -6,23 +6,37 @@
 //! sees the change. (Watches of their own decoded every change a second
 //! time — a sixth of the controller's CPU while binding — and could run
 //! ahead of the caches, which then had to be looked at again on a timer.)
+//!
+//! A wake is sent only for a workload the cache shows with work for its
+//! reconciler ([`reconcile::has_work`]): most changes are the scheduling
+//! loop's own status writes to Pending and Admitted workloads, and their
+//! pods' creation and binding, which no reconcile acts on. A workload that
+//! becomes Running is woken by that change, and then reads its pods.
 
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DynamicObject;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
-use super::reconcile::workload_resource;
+use super::reconcile::{self, workload_resource};
 use super::snapshot::{self, Kind, WorkloadKey};
 
-/// The senders to both kinds' reconcilers; cloned into the reflectors.
+/// The reconcilers of both kinds; cloned into the reflectors.
 /// `Default`: connected to nothing (a change wakes no one).
 #[derive(Clone, Default)]
 pub(super) struct Triggers {
-    training: Option<UnboundedSender<ObjectRef<DynamicObject>>>,
-    inference: Option<UnboundedSender<ObjectRef<DynamicObject>>>,
+    training: Option<Reconciler>,
+    inference: Option<Reconciler>,
+}
+
+/// One kind's reconciler: where its wakes go, and the cache it reads the
+/// workloads from.
+#[derive(Clone)]
+struct Reconciler {
+    to: UnboundedSender<ObjectRef<DynamicObject>>,
+    workloads: Store<DynamicObject>,
 }
 
 /// The receiving ends, one per kind (to `reconcile::spawn`).
@@ -78,12 +92,23 @@ fn workload(kind: Kind, obj: &DynamicObject) -> WorkloadKey {
 }
 
 impl Triggers {
-    pub(super) fn connected() -> (Triggers, TriggerStreams) {
-        let (training, training_rx) = unbounded();
-        let (inference, inference_rx) = unbounded();
+    /// Triggers for the reconcilers reading `training` and `inference`
+    /// (the scheduling loop's workload caches), and the reconcilers' ends.
+    pub(super) fn connected(
+        training: Store<DynamicObject>,
+        inference: Store<DynamicObject>,
+    ) -> (Triggers, TriggerStreams) {
+        let (training_tx, training_rx) = unbounded();
+        let (inference_tx, inference_rx) = unbounded();
         let triggers = Triggers {
-            training: Some(training),
-            inference: Some(inference),
+            training: Some(Reconciler {
+                to: training_tx,
+                workloads: training,
+            }),
+            inference: Some(Reconciler {
+                to: inference_tx,
+                workloads: inference,
+            }),
         };
         let streams = TriggerStreams {
             training: training_rx,
@@ -122,17 +147,22 @@ impl Triggers {
         move |event| reflector.on_event(event)
     }
 
-    /// Wakes the reconciler of one workload.
+    /// Wakes the reconciler of one workload, if its cache shows work for it.
     fn wake(&self, key: &WorkloadKey) {
         let to = match key.kind {
             Kind::Training => &self.training,
             Kind::Inference => &self.inference,
         };
-        if let Some(to) = to {
+        if let Some(r) = to {
             let at =
                 ObjectRef::new_with(&key.name, workload_resource(key.kind)).within(&key.namespace);
-            // Err: the reconciler is gone (shutting down); nothing to wake.
-            let _ = to.unbounded_send(at);
+            if r.workloads
+                .get(&at)
+                .is_some_and(|w| reconcile::has_work(&w))
+            {
+                // Err: the reconciler is gone (shutting down); nothing to wake.
+                let _ = r.to.unbounded_send(at);
+            }
         }
     }
 }
@@ -142,6 +172,7 @@ mod tests {
     use super::*;
     use futures::StreamExt;
     use kube::api::ObjectMeta;
+    use kube::runtime::reflector::store::Writer;
 
     fn pod(labels: &[(&str, &str)]) -> Pod {
         Pod {
@@ -160,15 +191,63 @@ mod tests {
         }
     }
 
+    fn owned_by(kind: Kind, name: &str) -> Pod {
+        pod(&[
+            (snapshot::keys::WORKLOAD_KIND, kind.label()),
+            (snapshot::keys::WORKLOAD_NAME, name),
+        ])
+    }
+
+    /// A workload in namespace `team`: `phase` in its status, with the
+    /// reconciler's finalizer or without, being deleted or not.
+    fn workload(
+        kind: Kind,
+        name: &str,
+        phase: &str,
+        finalizer: bool,
+        deleting: bool,
+    ) -> DynamicObject {
+        let mut meta = serde_json::json!({"name": name, "namespace": "team"});
+        if finalizer {
+            meta["finalizers"] = serde_json::json!([crate::operator::crd::FINALIZER]);
+        }
+        if deleting {
+            meta["deletionTimestamp"] = serde_json::json!("2026-12-06T00:00:00Z");
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "zhisuan.io/v1alpha1", "kind": kind.kind_name(),
+            "metadata": meta, "status": {"phase": phase}
+        }))
+        .unwrap()
+    }
+
+    /// Triggers over two workload caches holding `objects`.
+    fn connected(objects: &[(Kind, DynamicObject)]) -> (Triggers, TriggerStreams) {
+        let mut caches = [Kind::Training, Kind::Inference].map(|k| {
+            let mut w = Writer::<DynamicObject>::new(workload_resource(k));
+            w.apply_watcher_event(&watcher::Event::Init);
+            w
+        });
+        for (kind, obj) in objects {
+            let at = match kind {
+                Kind::Training => 0,
+                Kind::Inference => 1,
+            };
+            caches[at].apply_watcher_event(&watcher::Event::InitApply(obj.clone()));
+        }
+        for cache in &mut caches {
+            cache.apply_watcher_event(&watcher::Event::InitDone);
+        }
+        let [training, inference] = caches.map(|w| w.as_reader());
+        Triggers::connected(training, inference)
+    }
+
     #[tokio::test]
     async fn a_pod_change_wakes_its_owners_reconciler_only() {
-        let (triggers, mut streams) = Triggers::connected();
+        let running = workload(Kind::Inference, "svc", "Running", true, false);
+        let (triggers, mut streams) = connected(&[(Kind::Inference, running)]);
         let mut pods = triggers.for_pods();
-        let owned = pod(&[
-            (snapshot::keys::WORKLOAD_KIND, Kind::Inference.label()),
-            (snapshot::keys::WORKLOAD_NAME, "svc"),
-        ]);
-        pods(&watcher::Event::Delete(owned));
+        pods(&watcher::Event::Delete(owned_by(Kind::Inference, "svc")));
         pods(&watcher::Event::Apply(pod(&[("app", "other")])));
         drop((triggers, pods));
         let woken: Vec<_> = streams.inference.by_ref().collect().await;
@@ -184,12 +263,10 @@ mod tests {
     /// woken earlier would not find the pod (and could take it for gone).
     #[tokio::test]
     async fn a_relist_wakes_its_workloads_once_the_cache_holds_them() {
-        let (triggers, mut streams) = Triggers::connected();
+        let running = workload(Kind::Training, "job", "Running", true, false);
+        let (triggers, mut streams) = connected(&[(Kind::Training, running)]);
         let mut pods = triggers.for_pods();
-        let owned = pod(&[
-            (snapshot::keys::WORKLOAD_KIND, Kind::Training.label()),
-            (snapshot::keys::WORKLOAD_NAME, "job"),
-        ]);
+        let owned = owned_by(Kind::Training, "job");
         pods(&watcher::Event::Init);
         pods(&watcher::Event::InitApply(owned.clone()));
         assert!(
@@ -209,21 +286,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_workload_change_wakes_that_workload_in_its_kinds_reconciler() {
-        let (triggers, mut streams) = Triggers::connected();
+        let new = workload(Kind::Training, "job", "Pending", false, false);
+        let (triggers, mut streams) = connected(&[(Kind::Training, new.clone())]);
         let mut jobs = triggers.for_workloads(Kind::Training);
-        let job: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "zhisuan.io/v1alpha1", "kind": "TrainingJob",
-            "metadata": {"name": "job", "namespace": "team"}
-        }))
-        .unwrap();
         jobs(&watcher::Event::Init);
-        jobs(&watcher::Event::InitApply(job.clone()));
+        jobs(&watcher::Event::InitApply(new.clone()));
         assert!(
             streams.training.try_recv().is_err(),
             "woken before the relist is done"
         );
         jobs(&watcher::Event::InitDone);
-        jobs(&watcher::Event::Apply(job));
+        jobs(&watcher::Event::Apply(new));
         drop((triggers, jobs));
         let woken: Vec<_> = streams.training.collect().await;
         assert_eq!(woken.len(), 2);
@@ -231,5 +304,36 @@ mod tests {
             && w.namespace.as_deref() == Some("team")
             && w.dyntype.kind == "TrainingJob"));
         assert!(streams.inference.collect::<Vec<_>>().await.is_empty());
+    }
+
+    /// Wakes go only to workloads the cache shows with work for the
+    /// reconciler: no finalizer yet, being deleted, or Running. The
+    /// scheduling loop's own writes to Pending and Admitted workloads, and
+    /// their pods' changes, wake no one; nor does a workload the cache no
+    /// longer holds.
+    #[tokio::test]
+    async fn only_workloads_with_work_for_their_reconciler_are_woken() {
+        let t = Kind::Training;
+        let objects = [
+            (t, workload(t, "new", "Pending", false, false)),
+            (t, workload(t, "waiting", "Pending", true, false)),
+            (t, workload(t, "admitted", "Admitted", true, false)),
+            (t, workload(t, "running", "Running", true, false)),
+            (t, workload(t, "deleted", "Pending", true, true)),
+            (t, workload(t, "done", "Succeeded", true, false)),
+        ];
+        let (triggers, mut streams) = connected(&objects);
+        let mut jobs = triggers.for_workloads(t);
+        let mut pods = triggers.for_pods();
+        for (_, obj) in &objects {
+            jobs(&watcher::Event::Apply(obj.clone()));
+            pods(&watcher::Event::Apply(owned_by(t, &obj.name_any())));
+        }
+        pods(&watcher::Event::Apply(owned_by(t, "gone")));
+        drop((triggers, jobs, pods));
+        let mut woken: Vec<String> = streams.training.map(|w| w.name).collect().await;
+        woken.sort();
+        woken.dedup_by(|a, b| a == b);
+        assert_eq!(woken, ["deleted", "new", "running"]);
     }
 }
