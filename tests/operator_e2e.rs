@@ -1047,9 +1047,9 @@ async fn controller_killed_mid_gang_restarts_with_exactly_the_right_pods() {
     server.pause_bindings_after(2);
     let first = start_controller(&server, "first", Duration::from_secs(1));
     job(&server, "gang", "acme", 4, 8).await;
-    // Two bindings went through and a third is hanging: kill the controller.
+    // Two pods were bound and a third is hanging: kill the controller.
     eventually(15, "mid-gang", || async {
-        server.request_count("bind", "v1/pods") >= 3
+        server.request_count("create", "v1/pods") >= 3
     })
     .await;
     assert_eq!(phase(&server, "gang").await, "Admitted");

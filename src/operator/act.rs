@@ -1,5 +1,5 @@
 //! The actuator: what the controller does to the cluster for a plan's
-//! actions — launch (pods created and bound, placement committed in the
+//! actions — launch (pods created on their nodes, placement committed in the
 //! status first), stop, statuses, events, pod building — shared by the
 //! scheduling loop and the workload reconcilers, which need nothing else of
 //! the controller. Every write path checks the Lease term.
@@ -481,8 +481,9 @@ fn unavailable(message: String) -> kube::Error {
     )
 }
 
-/// Creates (if missing) and binds one replica's pod. Ok(true) = bound now,
-/// Ok(false) = already bound where the placement says.
+/// Creates (if missing) one replica's pod on its placed node, or binds it
+/// there if it exists unbound (made by an older controller). Ok(true) =
+/// bound now, Ok(false) = already bound where the placement says.
 #[allow(clippy::too_many_arguments)]
 async fn launch_replica(
     pods: Api<Pod>,
@@ -501,22 +502,22 @@ async fn launch_replica(
     if !leadership.is_leader() {
         return Err("lost leadership".to_string());
     }
-    let existing: echo::WrittenPod = match echo::create(&pods, &pod).await {
-        Ok(p) => p,
+    let created: Result<serde::de::IgnoredAny, _> = echo::create(&pods, &pod).await;
+    let existing = match created {
+        Ok(_) => return Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let pod = pods.get(&r.pod).await.map_err(|e| e.to_string())?;
-            echo::WrittenPod::from(pod)
+            pods.get(&r.pod).await.map_err(|e| e.to_string())?
         }
         Err(e) => return Err(format!("creating pod {}: {e}", r.pod)),
     };
-    let owned = existing.metadata.labels.get(keys::WORKLOAD_NAME) == Some(&key.name);
+    let owned = existing.labels().get(keys::WORKLOAD_NAME) == Some(&key.name);
     if !owned {
         return Err(format!("pod {} exists and is not this workload's", r.pod));
     }
     // The placement names a member cluster's node `<region>/<node>`; the pod
     // is in that cluster, bound by the node's own name.
     let node = snapshot::name_in_cluster(&r.node);
-    match existing.node_name() {
+    match existing.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
         Some(n) if n == node => return Ok(false),
         Some(n) if !n.is_empty() => {
             return Err(format!("pod {} is bound to {n}, not {node}", r.pod))

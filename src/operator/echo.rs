@@ -1,10 +1,9 @@
 //! Writes whose answers are read only for what the controller uses. The API
 //! server echoes the whole object after each write; decoding that echo into
-//! a typed pod or a workload's JSON tree, only to read a resourceVersion or a
-//! label, is work the binding path does several times per pod. These read
-//! the fields named here and skip the rest without building it.
-
-use std::collections::BTreeMap;
+//! a typed pod or a workload's JSON tree, only to read a resourceVersion, is
+//! work the binding path did several times per pod. These read the answer
+//! as the caller's type (`Written`: the resourceVersion; `IgnoredAny`:
+//! nothing) and skip the rest without building it.
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde::de::DeserializeOwned;
@@ -16,8 +15,6 @@ use serde::{Deserialize, Serialize};
 pub(super) struct Meta {
     #[serde(default)]
     pub(super) resource_version: Option<String>,
-    #[serde(default)]
-    pub(super) labels: BTreeMap<String, String>,
 }
 
 /// A written object: its metadata.
@@ -25,42 +22,6 @@ pub(super) struct Meta {
 pub(super) struct Written {
     #[serde(default)]
     pub(super) metadata: Meta,
-}
-
-/// A written pod: its metadata and the node it is bound to, if any.
-#[derive(Debug, Default, Deserialize)]
-pub(super) struct WrittenPod {
-    #[serde(default)]
-    pub(super) metadata: Meta,
-    #[serde(default)]
-    spec: PodSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodSpec {
-    #[serde(default)]
-    node_name: Option<String>,
-}
-
-impl From<k8s_openapi::api::core::v1::Pod> for WrittenPod {
-    fn from(pod: k8s_openapi::api::core::v1::Pod) -> Self {
-        WrittenPod {
-            metadata: Meta {
-                resource_version: pod.metadata.resource_version,
-                labels: pod.metadata.labels.unwrap_or_default(),
-            },
-            spec: PodSpec {
-                node_name: pod.spec.and_then(|s| s.node_name),
-            },
-        }
-    }
-}
-
-impl WrittenPod {
-    pub(super) fn node_name(&self) -> Option<&str> {
-        self.spec.node_name.as_deref()
-    }
 }
 
 /// Creates `obj` through `api`, reading the answer as `T`.
@@ -99,18 +60,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_echo_is_read_for_its_version_labels_and_node_only() {
+    fn an_answer_is_read_for_its_version_only() {
         let echo = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p",
-            "resourceVersion":"42","labels":{"a":"b"},"annotations":{"x":"y"}},
-            "spec":{"nodeName":"n1","containers":[{"name":"c","image":"i"}]},
-            "status":{"phase":"Pending"}}"#;
-        let pod: WrittenPod = serde_json::from_str(echo).unwrap();
+            "resourceVersion":"42","labels":{"a":"b"}},
+            "spec":{"nodeName":"n1","containers":[{"name":"c","image":"i"}]}}"#;
+        let pod: Written = serde_json::from_str(echo).unwrap();
         assert_eq!(pod.metadata.resource_version.as_deref(), Some("42"));
-        assert_eq!(pod.metadata.labels.get("a").map(String::as_str), Some("b"));
-        assert_eq!(pod.node_name(), Some("n1"));
-        let unbound: WrittenPod =
-            serde_json::from_str(r#"{"metadata":{"name":"p"},"spec":{}}"#).unwrap();
-        assert_eq!(unbound.node_name(), None);
         let status: Written =
             serde_json::from_str(r#"{"kind":"Status","status":"Success","code":201}"#).unwrap();
         assert_eq!(status.metadata.resource_version, None);

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 
 use super::crd::ReplicaPlacement;
-use super::snapshot::{keys, WorkloadKey};
+use super::snapshot::{self, keys, WorkloadKey};
 pub use crate::telemetry::deviceplugin::plan::VENDOR_RESOURCES;
 use crate::telemetry::deviceplugin::plan::{share_slots, RESOURCE_GPU, RESOURCE_SHARE};
 
@@ -94,8 +94,10 @@ pub(super) fn replica_annotations(
 }
 
 /// A replica's pod from the workload's template: deterministic name, owner
-/// labels, device annotations, `schedulerName: zhisuan`, no node yet, and
-/// its devices asked for as [`DeviceResources`] says.
+/// labels, device annotations, `schedulerName: zhisuan`, created on its
+/// placed node (`spec.nodeName`: the scheduler already chose it, so no
+/// binding is needed; the template's own node is never taken), and its
+/// devices asked for as [`DeviceResources`] says.
 pub(super) fn replica_pod(
     key: &WorkloadKey,
     replica: u32,
@@ -133,9 +135,7 @@ pub(super) fn replica_pod(
         pod["metadata"]["ownerReferences"] = json!([o]);
     }
     pod["spec"]["schedulerName"] = json!(keys::SCHEDULER_NAME);
-    if let Some(spec) = pod["spec"].as_object_mut() {
-        spec.remove("nodeName");
-    }
+    pod["spec"]["nodeName"] = json!(snapshot::name_in_cluster(&r.node));
     if !pod["spec"].get("containers").is_some_and(Value::is_array) {
         pod["spec"]["containers"] = json!([]);
     }
@@ -231,5 +231,21 @@ mod tests {
         let pod = build(&placed(&[3, 5], None), &template(), DeviceResources::Vendor);
         assert_eq!(limits(&pod, 1)["nvidia.com/gpu"], "4");
         assert!(!limits(&pod, 1).contains_key(RESOURCE_GPU));
+    }
+
+    #[test]
+    fn a_pod_is_made_on_its_placed_node_never_the_templates() {
+        let mut t = template();
+        t["spec"]["nodeName"] = json!("somewhere-else");
+        let pod = build(&placed(&[0], None), &t, DeviceResources::Zhisuan);
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("gpu-1"));
+        assert_eq!(spec.scheduler_name.as_deref(), Some(keys::SCHEDULER_NAME));
+        // A member cluster's node is placed as `<region>/<node>`; the pod,
+        // made in that cluster, names the node as the cluster knows it.
+        let mut member = placed(&[0], None);
+        member.node = "west/gpu-7".into();
+        let pod = build(&member, &template(), DeviceResources::Zhisuan);
+        assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("gpu-7"));
     }
 }

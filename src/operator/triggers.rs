@@ -322,7 +322,7 @@ mod tests {
             (t, workload(t, "deleted", "Pending", true, true)),
             (t, workload(t, "done", "Succeeded", true, false)),
         ];
-        let (triggers, mut streams) = connected(&objects);
+        let (triggers, streams) = connected(&objects);
         let mut jobs = triggers.for_workloads(t);
         let mut pods = triggers.for_pods();
         for (_, obj) in &objects {

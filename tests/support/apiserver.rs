@@ -16,7 +16,9 @@
 //! - `status` subresource: writes there change only `.status`, writes to the
 //!   main resource never change `.status`; `generation` bumps on spec change;
 //! - `pods/binding` sets `spec.nodeName` once (409 if already bound) and copies
-//!   the binding's annotations onto the pod, as the real registry does;
+//!   the binding's annotations onto the pod, as the real registry does; a pod
+//!   may also be created bound (`spec.nodeName` set). Both count as a bind
+//!   ([`ApiServer::bindings`]) and both wait at the bind gate;
 //! - delete with finalizers sets `deletionTimestamp`; the object goes away
 //!   when the last finalizer is removed;
 //! - patch: JSON merge patch, JSON patch, strategic merge (treated as merge:
@@ -68,7 +70,7 @@ struct Inner {
     uid_counter: u64,
     /// Counts requests by verb, for tests that check what a client did.
     requests: BTreeMap<String, u64>,
-    /// Successful pod bindings so far.
+    /// Pods bound so far (by a binding, or created on a node).
     bindings: u64,
     /// Most items one list answer held, per resource.
     largest_list: BTreeMap<String, usize>,
@@ -77,7 +79,8 @@ struct Inner {
 /// Shared state of the stand-in.
 pub struct Store {
     inner: Mutex<Inner>,
-    /// When set, each binding takes a permit: bindings past the paused count hang.
+    /// When set, each bind (a binding, or a pod created on a node) takes a
+    /// permit: binds past the paused count hang.
     bind_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     events: broadcast::Sender<Arc<Event>>,
     restart: watch::Sender<u64>,
@@ -143,9 +146,10 @@ impl ApiServer {
         self.store.restart.send_modify(|e| *e += 1);
     }
 
-    /// Lets `n` more pod bindings through, then holds every further one
-    /// (the request hangs) until [`ApiServer::resume_bindings`]: a way to stop
-    /// a controller exactly mid-gang.
+    /// Lets `n` more pod binds through (bindings, or pods created on a
+    /// node), then holds every further one (the request hangs) until
+    /// [`ApiServer::resume_bindings`]: a way to stop a controller exactly
+    /// mid-gang.
     pub fn pause_bindings_after(&self, n: usize) {
         *self.store.bind_gate.lock().unwrap() = Some(Arc::new(tokio::sync::Semaphore::new(n)));
     }
@@ -167,7 +171,8 @@ impl ApiServer {
             .unwrap_or_default()
     }
 
-    /// Successful pod bindings since start (O(1), for benchmarks that poll).
+    /// Pods bound since start, by a binding or created on a node (O(1), for
+    /// benchmarks that poll).
     pub fn bindings(&self) -> u64 {
         self.store.inner.lock().unwrap().bindings
     }
@@ -425,13 +430,16 @@ async fn handle(
         "list" => list(&store, &t, &q),
         "get" => get(&store, &t),
         "bind" => {
-            let gate = store.bind_gate.lock().unwrap().clone();
-            if let Some(gate) = gate {
-                if let Ok(permit) = gate.acquire().await {
-                    permit.forget();
-                }
-            }
+            pass_bind_gate(&store).await;
             bind(&store, &t, body)
+        }
+        "create" if t.resource == "v1/pods" && bound_at_create(&body) => {
+            pass_bind_gate(&store).await;
+            let created = create(&store, &t, body);
+            if created.status() == StatusCode::CREATED {
+                store.inner.lock().unwrap().bindings += 1;
+            }
+            created
         }
         "create" => create(&store, &t, body),
         "update" => update(&store, &t, body),
@@ -636,6 +644,23 @@ fn create(store: &Store, t: &Target, mut body: Value) -> Response {
     let obj = inner.commit(&store.events, &t.resource, key, "ADDED", body);
     drop(inner);
     ok_json(StatusCode::CREATED, &obj)
+}
+
+/// Waits for a permit while binds are paused.
+async fn pass_bind_gate(store: &Store) {
+    let gate = store.bind_gate.lock().unwrap().clone();
+    if let Some(gate) = gate {
+        if let Ok(permit) = gate.acquire().await {
+            permit.forget();
+        }
+    }
+}
+
+/// Whether a pod's body names its node already.
+fn bound_at_create(body: &Value) -> bool {
+    body.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty())
 }
 
 /// Applies a new version of an object: subresource rules, generation,
