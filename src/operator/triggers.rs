@@ -258,52 +258,55 @@ mod tests {
         assert!(streams.training.collect::<Vec<_>>().await.is_empty());
     }
 
+    /// Feeds `obj` to a reflector's triggers as a relist and then as a
+    /// change; nothing may be woken before the relist is done. Returns the
+    /// TrainingJob reconciler's wakes (the InferenceService one must get
+    /// none).
+    async fn relisted_then_changed<K: Clone>(
+        triggers: Triggers,
+        mut streams: TriggerStreams,
+        mut on_event: impl FnMut(&watcher::Event<K>),
+        obj: K,
+    ) -> Vec<ObjectRef<DynamicObject>> {
+        on_event(&watcher::Event::Init);
+        on_event(&watcher::Event::InitApply(obj.clone()));
+        assert!(
+            streams.training.try_recv().is_err(),
+            "woken before the relist is done"
+        );
+        on_event(&watcher::Event::InitDone);
+        on_event(&watcher::Event::Apply(obj));
+        drop((triggers, on_event));
+        assert!(streams.inference.collect::<Vec<_>>().await.is_empty());
+        streams.training.collect().await
+    }
+
+    fn is_the_job(w: &ObjectRef<DynamicObject>) -> bool {
+        w.name == "job" && w.namespace.as_deref() == Some("team") && w.dyntype.kind == "TrainingJob"
+    }
+
     /// A relisted pod wakes its workload only when the relist is done: the
     /// cache takes the relist's objects all at once then, and a reconcile
     /// woken earlier would not find the pod (and could take it for gone).
     #[tokio::test]
     async fn a_relist_wakes_its_workloads_once_the_cache_holds_them() {
         let running = workload(Kind::Training, "job", "Running", true, false);
-        let (triggers, mut streams) = connected(&[(Kind::Training, running)]);
-        let mut pods = triggers.for_pods();
+        let (triggers, streams) = connected(&[(Kind::Training, running)]);
+        let pods = triggers.for_pods();
         let owned = owned_by(Kind::Training, "job");
-        pods(&watcher::Event::Init);
-        pods(&watcher::Event::InitApply(owned.clone()));
-        assert!(
-            streams.training.try_recv().is_err(),
-            "woken before the relist is done"
-        );
-        pods(&watcher::Event::InitDone);
-        pods(&watcher::Event::Apply(owned));
-        drop((triggers, pods));
-        let woken: Vec<_> = streams.training.collect().await;
+        let woken = relisted_then_changed(triggers, streams, pods, owned).await;
         assert_eq!(woken.len(), 2);
-        assert_eq!(woken[0].name, "job");
-        assert_eq!(woken[0].namespace.as_deref(), Some("team"));
-        assert_eq!(woken[0].dyntype.kind, "TrainingJob");
-        assert!(streams.inference.collect::<Vec<_>>().await.is_empty());
+        assert!(woken.iter().all(is_the_job));
     }
 
     #[tokio::test]
     async fn a_workload_change_wakes_that_workload_in_its_kinds_reconciler() {
         let new = workload(Kind::Training, "job", "Pending", false, false);
-        let (triggers, mut streams) = connected(&[(Kind::Training, new.clone())]);
-        let mut jobs = triggers.for_workloads(Kind::Training);
-        jobs(&watcher::Event::Init);
-        jobs(&watcher::Event::InitApply(new.clone()));
-        assert!(
-            streams.training.try_recv().is_err(),
-            "woken before the relist is done"
-        );
-        jobs(&watcher::Event::InitDone);
-        jobs(&watcher::Event::Apply(new));
-        drop((triggers, jobs));
-        let woken: Vec<_> = streams.training.collect().await;
+        let (triggers, streams) = connected(&[(Kind::Training, new.clone())]);
+        let jobs = triggers.for_workloads(Kind::Training);
+        let woken = relisted_then_changed(triggers, streams, jobs, new).await;
         assert_eq!(woken.len(), 2);
-        assert!(woken.iter().all(|w| w.name == "job"
-            && w.namespace.as_deref() == Some("team")
-            && w.dyntype.kind == "TrainingJob"));
-        assert!(streams.inference.collect::<Vec<_>>().await.is_empty());
+        assert!(woken.iter().all(is_the_job));
     }
 
     /// Wakes go only to workloads the cache shows with work for the
