@@ -401,13 +401,10 @@ impl Actuator {
         let body = json!({
             "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
         });
-        api.patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map(|_| ())
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let _: serde::de::IgnoredAny =
+            echo::patch_status(&api, name, &pp, &Patch::Apply(&body)).await?;
+        Ok(())
     }
 
     /// Creates the gang's missing pods and binds the unbound ones, in parallel.

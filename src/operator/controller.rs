@@ -36,7 +36,7 @@ use super::snapshot::{self, Kind, MonthToDate, QuotaView, WorkloadKey};
 use super::snapshotter::{Seen, SnapshotOptions, Snapshotter, Step};
 use super::tenancy::NamespaceTenancy;
 use super::tokens;
-use super::triggers::Triggers;
+use super::triggers::{TriggerStreams, Triggers};
 use super::usage::UsageSource;
 use crate::ledger::Ledger;
 use crate::schedule::{self as plan, Action, PlanConfig};
@@ -584,38 +584,47 @@ impl Controller {
         let this = Arc::new(self);
         // The reconcilers read the loop's caches: they start once those are
         // ready (see `reconcile::spawn`).
-        let ready = stores.wait_until_ready().await;
-        let reconcilers = ready.is_ok().then(|| {
-            [
-                (Kind::Training, woken.training, stores.training.clone()),
-                (Kind::Inference, woken.inference, stores.inference.clone()),
-            ]
-            .map(|(kind, woken, workloads)| {
-                let context = reconcile::Context {
-                    act: this.act.clone(),
-                    leadership: this.leadership.clone(),
-                    retry: this.retry_period(),
-                    resync: this.resync(),
-                    plan: this.config.plan.clone(),
-                };
-                reconcile::spawn(context, kind, workloads, stores.pods.clone(), woken)
-            })
-        });
-        let result = match ready {
-            Ok(()) => this.schedule_loop(&stores, notify, shutdown).await,
-            Err(e) => Err(e),
-        };
-        for t in tasks
+        let mut tasks: Vec<_> = tasks
             .into_iter()
             .chain(token_loop)
             .chain(gpu_meter)
             .chain(voucher_loop)
-            .chain(reconcilers.into_iter().flatten())
-        {
+            .collect();
+        let result = match stores.wait_until_ready().await {
+            Ok(()) => {
+                tasks.extend(this.spawn_reconcilers(&stores, woken));
+                this.schedule_loop(&stores, notify, shutdown).await
+            }
+            Err(e) => Err(e),
+        };
+        for t in tasks {
             t.abort();
         }
         let _ = election.await;
         result
+    }
+
+    /// One reconciler per workload kind, over the loop's caches (which
+    /// must be ready: see `reconcile::spawn`).
+    fn spawn_reconcilers(
+        &self,
+        stores: &Stores,
+        woken: TriggerStreams,
+    ) -> [tokio::task::JoinHandle<()>; 2] {
+        [
+            (Kind::Training, woken.training, stores.training.clone()),
+            (Kind::Inference, woken.inference, stores.inference.clone()),
+        ]
+        .map(|(kind, woken, workloads)| {
+            let context = reconcile::Context {
+                act: self.act.clone(),
+                leadership: self.leadership.clone(),
+                retry: self.retry_period(),
+                resync: self.resync(),
+                plan: self.config.plan.clone(),
+            };
+            reconcile::spawn(context, kind, workloads, stores.pods.clone(), woken)
+        })
     }
 
     /// Plans and acts while leading, from stores that are ready.
