@@ -23,6 +23,7 @@ pub mod pods;
 pub mod podsecurity;
 mod reconcile;
 pub mod regions;
+mod sentences;
 pub mod snapshot;
 mod snapshotter;
 pub mod tenancy;

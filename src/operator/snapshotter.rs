@@ -15,6 +15,7 @@ use super::kept::Kept;
 use super::members::{member_node_view, member_pod_view, MemberObjects};
 use super::metering;
 use super::regions::region_catalog;
+use super::sentences::Sentences;
 use super::snapshot::{self, Kind, NodeView, PodView, RegionView, WorkloadView};
 use super::tenancy::{self, NamespaceTenancy};
 use super::tokens::{self, ServingService};
@@ -192,6 +193,8 @@ struct ViewCache {
     services: Kept<DynamicObject, Option<ServingService>>,
     /// Nodes' energy reports (each annotation parsed once per version).
     energy: Kept<Node, Option<NodeEnergy>>,
+    /// One copy of each sentence the workload views' statuses tell.
+    sentences: Sentences,
 }
 
 /// A node's key and its agent's energy report.
@@ -277,13 +280,19 @@ impl ViewCache {
             self.rules = rules;
             self.member_regions = member_regions;
         }
-        let rules = &self.rules;
-        let mut out = self.training.lend(&seen.training, |o| {
-            snapshot::workload_view(Kind::Training, o, rules)
-        });
-        out.extend(self.inference.lend(&seen.inference, |o| {
-            snapshot::workload_view(Kind::Inference, o, rules)
-        }));
+        let (rules, sentences) = (&self.rules, &mut self.sentences);
+        let mut view = |kind: Kind, o: &DynamicObject| {
+            let mut v = snapshot::workload_view(kind, o, rules);
+            sentences.share(&mut v.status);
+            v
+        };
+        let mut out = self
+            .training
+            .lend(&seen.training, |o| view(Kind::Training, o));
+        out.extend(
+            self.inference
+                .lend(&seen.inference, |o| view(Kind::Inference, o)),
+        );
         out
     }
 }

@@ -253,14 +253,7 @@ impl<'a> Pass<'a> {
         // of the per-(priority, tenant) lanes compete: a pick costs
         // O(tenants), not O(queue).
         let mut lanes: Lanes = BTreeMap::new();
-        // Keys are unique: an unstable sort gives the one order (a queue
-        // already in order is only checked).
-        let order = |x: &&WorkloadView, y: &&WorkloadView| {
-            x.created.cmp(&y.created).then_with(|| x.key.cmp(&y.key))
-        };
-        if !queue.is_sorted_by(|x, y| order(x, y).is_le()) {
-            queue.sort_unstable_by(order);
-        }
+        super::age::sort_by_age(&mut queue);
         let guarantee = |t: &str| {
             adm.quotas
                 .by_tenant

@@ -450,6 +450,7 @@ impl<'a> Pass<'a> {
             node_model,
             pods: Default::default(),
             usage: Default::default(),
+            admitted: Default::default(),
             held: Default::default(),
             catalog_digest: None,
             zones,
@@ -462,6 +463,7 @@ impl<'a> Pass<'a> {
         // a pair, not once a replica.
         let mut held: HashMap<(&str, &str), u64, FxBuild> = HashMap::default();
         for w in &active {
+            *pass.admitted.entry(w.tenant.as_str()).or_default() += 1;
             let milli = w.milli_per_replica();
             for r in &w.status.placement.as_ref().unwrap().replicas {
                 let model = pass.model_of_node(&r.node);

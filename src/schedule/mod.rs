@@ -27,6 +27,7 @@
 //! 5. [`report`]: quota statuses and the capacity figures.
 
 mod admit;
+mod age;
 mod capacity;
 mod held;
 mod infeasible;
@@ -217,6 +218,9 @@ struct Pass<'a> {
     pods: std::cell::OnceCell<crate::jobs::PodsByOwner<'a>>,
     /// Milli-GPU held per tenant and model.
     usage: Usage,
+    /// Active (admitted or running) workloads per tenant, as the snapshot
+    /// has them (counted with the usage: each tenant name read once).
+    admitted: HashMap<&'a str, i64, crate::placement::FxBuild>,
     /// Nodes reserved to tenant subtrees, and who may use them.
     zones: zones::Zones,
     /// Time-shifted jobs' verdicts, kept between passes.

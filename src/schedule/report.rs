@@ -8,7 +8,7 @@ use crate::jobs::{Condition, TenantQuotaStatus};
 
 use super::capacity::Capacity;
 use super::quota::{subtree, Quotas};
-use super::{is_active, Action, Pass, Plan, RegionFigures};
+use super::{Action, Pass, Plan, RegionFigures};
 
 impl Pass<'_> {
     /// Step 5: quota statuses and figures; ends the pass, handing back
@@ -39,15 +39,15 @@ impl Pass<'_> {
     fn quota_statuses(&mut self) {
         let snapshot = self.snapshot;
         let quotas = Quotas::new(&snapshot.quotas);
-        let mut admitted: BTreeMap<&str, i64> = BTreeMap::new();
-        for w in snapshot.workloads.iter().filter(|w| is_active(w)) {
-            *admitted.entry(w.tenant.as_str()).or_default() += 1;
-        }
         for q in &snapshot.quotas {
             let why = quotas.invalid.get(&q.spec.tenant);
             let s = TenantQuotaStatus {
                 used_milli_gpus: subtree(&quotas, &self.usage, &q.spec.tenant, None) as i64,
-                admitted_workloads: admitted.get(q.spec.tenant.as_str()).copied().unwrap_or(0),
+                admitted_workloads: self
+                    .admitted
+                    .get(q.spec.tenant.as_str())
+                    .copied()
+                    .unwrap_or(0),
                 conditions: vec![Condition {
                     type_: "Valid".into(),
                     status: if why.is_some() { "False" } else { "True" }.into(),

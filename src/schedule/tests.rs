@@ -216,11 +216,18 @@ fn hierarchical_quota_binds_at_the_parent() {
         .unwrap();
     run_it(&mut snap.workloads[idx], &status);
     let p = plan(&snap, &PlanConfig::default());
-    let city = p.actions.iter().find_map(|a| match a {
-        Action::QuotaStatus { name, status } if name == "city" => Some(status.used_milli_gpus),
-        _ => None,
-    });
-    assert_eq!(city, Some(8000));
+    let quota_status = |tenant: &str| {
+        p.actions.iter().find_map(|a| match a {
+            Action::QuotaStatus { name, status } if name == tenant => {
+                Some((status.used_milli_gpus, status.admitted_workloads))
+            }
+            _ => None,
+        })
+    };
+    // The parent holds no workload of its own; dept's running one is
+    // counted where it belongs (the waiting one is not).
+    assert_eq!(quota_status("city"), Some((8000, 0)));
+    assert_eq!(quota_status("dept"), Some((8000, 1)));
 }
 
 #[test]
