@@ -235,6 +235,33 @@ mod tests {
         assert_eq!(kept.len(), 1, "b is gone");
     }
 
+    /// The buffers are the same pass after pass: the views lent come in
+    /// the buffer handed back last, and the slots alternate between two.
+    #[test]
+    fn passes_reuse_the_buffers_of_the_passes_before() {
+        let made = std::cell::Cell::new(0);
+        let make = counting(&made);
+        let mut kept: Kept<Node, (String, String)> = Kept::default();
+        let objects: Vec<Arc<Node>> = (0..64)
+            .map(|i| node(&format!("n{i}"), &format!("u{i}"), "1", 8))
+            .collect();
+        let views = kept.lend(&objects, &make);
+        let lent = views.as_ptr();
+        kept.give_back(views, &[]);
+        let slots = (kept.last.as_ptr(), kept.last.capacity());
+        // Buffers of the same sizes taken meanwhile: a buffer let go would
+        // be one of these.
+        let others: Vec<(String, String)> = Vec::with_capacity(64);
+        let views = kept.lend(&objects, &make);
+        assert_eq!(views.as_ptr(), lent, "views lent in the buffer handed back");
+        kept.give_back(views, &[]);
+        let other_slots: Vec<Slot<Node, (String, String)>> = Vec::with_capacity(slots.1);
+        let _ = kept.lend(&objects, &make);
+        assert_eq!(kept.last.as_ptr(), slots.0, "two slot buffers, in turn");
+        drop((others, other_slots));
+        assert_eq!(made.get(), 64, "every view reused");
+    }
+
     /// An object found by identity at another place (one before it went),
     /// or listed afresh at the same resourceVersion (found by uid), keeps
     /// its view; each view goes to its own object, whatever the order.
