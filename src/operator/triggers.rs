@@ -18,7 +18,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::ResourceExt;
 
 use super::reconcile::{self, workload_resource};
 use super::snapshot::{self, Kind, WorkloadKey};
@@ -76,19 +75,11 @@ impl<K> ReflectorTriggers<K> {
 }
 
 fn training(obj: &DynamicObject) -> Option<WorkloadKey> {
-    Some(workload(Kind::Training, obj))
+    Some(snapshot::workload_key(Kind::Training, obj))
 }
 
 fn inference(obj: &DynamicObject) -> Option<WorkloadKey> {
-    Some(workload(Kind::Inference, obj))
-}
-
-fn workload(kind: Kind, obj: &DynamicObject) -> WorkloadKey {
-    WorkloadKey {
-        kind,
-        namespace: obj.namespace().unwrap_or_default(),
-        name: obj.name_any(),
-    }
+    Some(snapshot::workload_key(Kind::Inference, obj))
 }
 
 impl Triggers {
@@ -173,6 +164,7 @@ mod tests {
     use futures::StreamExt;
     use kube::api::ObjectMeta;
     use kube::runtime::reflector::store::Writer;
+    use kube::ResourceExt;
 
     fn pod(labels: &[(&str, &str)]) -> Pod {
         Pod {

@@ -12,8 +12,8 @@ use crate::jobs::WorkloadView;
 use crate::placement::FxBuild;
 
 /// A workload's place in the age order, as far as it can be told without
-/// its strings; `at` is its index in the queue.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// its strings; `at` is its index in the queue (not part of the order).
+#[derive(Clone, Copy)]
 struct AgeKey {
     created: i64,
     kind: u8,
