@@ -24,11 +24,6 @@
 #[path = "../tests/support/apiserver.rs"]
 mod apiserver;
 
-/// The shipped binary's allocator (`src/main.rs`): the bench measures what
-/// users run.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

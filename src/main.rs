@@ -1,10 +1,4 @@
 use clap::{Parser, Subcommand};
-
-/// The allocator of the shipped binary (and of the operator bench, which
-/// measures it): mimalloc, which costs the controller about a tenth less
-/// CPU per bind than glibc's malloc (docs/operator.md, "Benchmark").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 /// zhisuan (智算): GPU/NPU cluster scheduler — packing, green-power-aware regions,
