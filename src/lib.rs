@@ -30,7 +30,8 @@ pub mod cmd;
 
 /// The allocator of everything built on this crate — the shipped binary,
 /// and so the tests and benches that measure it: mimalloc, which costs the
-/// controller about a tenth less CPU per bind than glibc's malloc
-/// (docs/operator.md, "Benchmark").
+/// controller about a tenth less CPU per bind than glibc's malloc, while
+/// small processes (the node agent, a replay) hold more memory
+/// (docs/operator.md, "Benchmark", "The allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
