@@ -32,6 +32,7 @@ use super::metrics::OperatorMetrics;
 use super::pods::DeviceResources;
 use super::reconcile;
 use super::regions::region_statuses;
+use super::shared::{self, Shared};
 use super::snapshot::{self, Kind, MonthToDate, QuotaView, WorkloadKey};
 use super::snapshotter::{Seen, SnapshotOptions, Snapshotter, Step};
 use super::tenancy::NamespaceTenancy;
@@ -155,11 +156,11 @@ struct TokenCounting {
 struct Stores {
     namespaces: Store<Namespace>,
     nodes: Store<Node>,
-    pods: Store<Pod>,
-    training: Store<DynamicObject>,
-    inference: Store<DynamicObject>,
-    quotas: Store<DynamicObject>,
-    regions: Store<DynamicObject>,
+    pods: Store<Shared<Pod>>,
+    training: Store<Shared<DynamicObject>>,
+    inference: Store<Shared<DynamicObject>>,
+    quotas: Store<Shared<DynamicObject>>,
+    regions: Store<Shared<DynamicObject>>,
 }
 
 impl Stores {
@@ -499,11 +500,11 @@ impl Controller {
         let ar_cr = ApiResource::erase::<ComputeRegion>(&());
         let w_ns = Writer::<Namespace>::new(());
         let w_nodes = Writer::<Node>::new(());
-        let w_pods = Writer::<Pod>::new(());
-        let w_tj = Writer::<DynamicObject>::new(ar_tj.clone());
-        let w_is = Writer::<DynamicObject>::new(ar_is.clone());
-        let w_tq = Writer::<DynamicObject>::new(ar_tq.clone());
-        let w_cr = Writer::<DynamicObject>::new(ar_cr.clone());
+        let w_pods = Writer::<Shared<Pod>>::new(());
+        let w_tj = Writer::<Shared<DynamicObject>>::new(ar_tj.clone());
+        let w_is = Writer::<Shared<DynamicObject>>::new(ar_is.clone());
+        let w_tq = Writer::<Shared<DynamicObject>>::new(ar_tq.clone());
+        let w_cr = Writer::<Shared<DynamicObject>>::new(ar_cr.clone());
         let stores = Stores {
             namespaces: w_ns.as_reader(),
             nodes: w_nodes.as_reader(),
@@ -541,35 +542,35 @@ impl Controller {
                 |_| {},
             ),
             spawn_reflector(
-                Api::<Pod>::all(client.clone()),
+                Api::<Shared<Pod>>::all(client.clone()),
                 all(),
                 w_pods,
                 notify.clone(),
                 triggers.for_pods(),
             ),
             spawn_reflector(
-                Api::<DynamicObject>::all_with(client.clone(), &ar_tj),
+                Api::<Shared<DynamicObject>>::all_with(client.clone(), &ar_tj),
                 all(),
                 w_tj,
                 notify.clone(),
                 triggers.for_workloads(Kind::Training),
             ),
             spawn_reflector(
-                Api::<DynamicObject>::all_with(client.clone(), &ar_is),
+                Api::<Shared<DynamicObject>>::all_with(client.clone(), &ar_is),
                 all(),
                 w_is,
                 notify.clone(),
                 triggers.for_workloads(Kind::Inference),
             ),
             spawn_reflector(
-                Api::<DynamicObject>::all_with(client.clone(), &ar_tq),
+                Api::<Shared<DynamicObject>>::all_with(client.clone(), &ar_tq),
                 all(),
                 w_tq,
                 notify.clone(),
                 |_| {},
             ),
             spawn_reflector(
-                Api::<DynamicObject>::all_with(client.clone(), &ar_cr),
+                Api::<Shared<DynamicObject>>::all_with(client.clone(), &ar_cr),
                 all(),
                 w_cr,
                 notify.clone(),
@@ -713,7 +714,7 @@ impl Controller {
     /// Step 1: the reflectors' objects now, the member clusters synced to
     /// the ComputeRegions and their objects.
     async fn observe(&self, stores: &Stores) -> Seen {
-        let regions = stores.regions.state();
+        let regions = shared::state(&stores.regions);
         let mut region_views: Vec<snapshot::RegionView> =
             regions.iter().map(|r| snapshot::region_view(r)).collect();
         let members = self.act.members();
@@ -727,10 +728,10 @@ impl Controller {
             now: chrono::Utc::now().timestamp(),
             namespaces: stores.namespaces.state(),
             nodes: stores.nodes.state(),
-            pods: stores.pods.state(),
-            training: stores.training.state(),
-            inference: stores.inference.state(),
-            quotas: stores.quotas.state(),
+            pods: shared::state(&stores.pods),
+            training: shared::state(&stores.training),
+            inference: shared::state(&stores.inference),
+            quotas: shared::state(&stores.quotas),
             regions,
             region_views,
             members: members.objects(),

@@ -23,6 +23,7 @@ use kube::{Client, Config};
 use tokio::sync::Notify;
 
 use super::crd::SecretKeyRef;
+use super::shared::{self, Shared};
 use super::snapshot::{self, keys, NodeView, PodView, RegionView};
 use super::triggers::Triggers;
 
@@ -53,7 +54,7 @@ struct Cluster {
     secret_rv: String,
     client: Client,
     nodes: Store<Node>,
-    pods: Store<Pod>,
+    pods: Store<Shared<Pod>>,
     /// Both reflectors have listed.
     ready: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -296,7 +297,7 @@ impl Members {
         selector: &BTreeMap<String, String>,
     ) -> Cluster {
         let w_nodes = Writer::<Node>::new(());
-        let w_pods = Writer::<Pod>::new(());
+        let w_pods = Writer::<Shared<Pod>>::new(());
         let (nodes, pods) = (w_nodes.as_reader(), w_pods.as_reader());
         let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let node_watch = watcher::Config::default().labels(&labels.join(","));
@@ -311,7 +312,7 @@ impl Members {
                 |_| {},
             ),
             super::controller::spawn_reflector(
-                Api::<Pod>::all(client.clone()),
+                Api::<Shared<Pod>>::all(client.clone()),
                 pod_watch,
                 w_pods,
                 self.notify.clone(),
@@ -374,7 +375,7 @@ impl Members {
                 c.ready.load(Ordering::SeqCst).then(|| MemberObjects {
                     region: region.clone(),
                     nodes: c.nodes.state(),
-                    pods: c.pods.state(),
+                    pods: shared::state(&c.pods),
                 })
             })
             .collect()
@@ -447,9 +448,10 @@ impl Members {
     ) -> Result<Option<Arc<Pod>>, String> {
         let members = self.regions.lock().unwrap();
         match members.get(region).map(|m| &m.state) {
-            Some(Ok(c)) if c.ready.load(Ordering::SeqCst) => {
-                Ok(c.pods.get(&ObjectRef::new(name).within(namespace)))
-            }
+            Some(Ok(c)) if c.ready.load(Ordering::SeqCst) => Ok(shared::get(
+                &c.pods,
+                &ObjectRef::new(name).within(namespace),
+            )),
             _ => Err(format!(
                 "the member cluster of region {region} is not listed"
             )),
@@ -462,7 +464,7 @@ impl Members {
         members
             .values()
             .filter_map(|m| m.state.as_ref().ok())
-            .find_map(|c| c.pods.get(&ObjectRef::new(name).within(namespace)))
+            .find_map(|c| shared::get(&c.pods, &ObjectRef::new(name).within(namespace)))
     }
 
     /// Pods of member clusters matching `pred`, from the caches, each with
@@ -476,7 +478,7 @@ impl Members {
                 c.pods
                     .state_filter(|p| pred(p))
                     .into_iter()
-                    .map(|p| (region.clone(), p))
+                    .map(|p| (region.clone(), Arc::clone(&p.0)))
             })
             .collect()
     }

@@ -24,6 +24,7 @@ pub mod podsecurity;
 mod reconcile;
 pub mod regions;
 mod sentences;
+mod shared;
 pub mod snapshot;
 mod snapshotter;
 pub mod tenancy;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{Action as Requeue, Controller as KubeController};
 use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -30,6 +30,7 @@ use super::act::Actuator;
 use super::crd::{InferenceService, TrainingJob, FINALIZER};
 use super::leader::Leadership;
 use super::members::PodsIn;
+use super::shared::{self, Shared};
 use super::snapshot::{self, keys, Kind, PodView, WorkloadKey};
 use crate::schedule as plan;
 
@@ -50,7 +51,7 @@ pub(super) struct Reconciler {
     ctx: Context,
     kind: Kind,
     /// The scheduling loop's pod cache (the owned pods are read from it).
-    pods: Store<Pod>,
+    pods: Store<Shared<Pod>>,
 }
 
 type ReconcileError = FinalizerError<kube::Error>;
@@ -82,15 +83,15 @@ pub(super) fn workload_resource(kind: Kind) -> ApiResource {
 pub(super) fn spawn(
     ctx: Context,
     kind: Kind,
-    workloads: Store<DynamicObject>,
-    pods: Store<Pod>,
-    woken: impl futures::Stream<Item = ObjectRef<DynamicObject>> + Send + 'static,
+    workloads: Store<Shared<DynamicObject>>,
+    pods: Store<Shared<Pod>>,
+    woken: impl futures::Stream<Item = ObjectRef<Shared<DynamicObject>>> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let ar = workload_resource(kind);
     let context = Arc::new(Reconciler { ctx, kind, pods });
     tokio::spawn(async move {
         // Every trigger comes through `woken`; the object stream is empty.
-        let objects = futures::stream::pending::<Result<DynamicObject, watcher::Error>>();
+        let objects = futures::stream::pending::<Result<Shared<DynamicObject>, watcher::Error>>();
         KubeController::for_stream_with(objects, workloads, ar)
             .reconcile_on(woken)
             .run(reconcile, error_policy, context)
@@ -104,7 +105,7 @@ pub(super) fn spawn(
 }
 
 async fn reconcile(
-    obj: Arc<DynamicObject>,
+    obj: Arc<Shared<DynamicObject>>,
     ctx: Arc<Reconciler>,
 ) -> Result<Requeue, ReconcileError> {
     if !ctx.ctx.leadership.is_leader() {
@@ -115,7 +116,11 @@ async fn reconcile(
         namespace: obj.namespace().unwrap_or_default(),
         name: obj.name_any(),
     };
-    let api = ctx.ctx.act.workload_api(&key);
+    let api = Api::<Shared<DynamicObject>>::namespaced_with(
+        ctx.ctx.act.client.clone(),
+        &key.namespace,
+        &workload_resource(key.kind),
+    );
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Event::Apply(obj) => ctx.lifecycle(&key, &obj).await,
@@ -125,7 +130,11 @@ async fn reconcile(
     .await
 }
 
-fn error_policy(obj: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Reconciler>) -> Requeue {
+fn error_policy(
+    obj: Arc<Shared<DynamicObject>>,
+    error: &ReconcileError,
+    ctx: Arc<Reconciler>,
+) -> Requeue {
     tracing::warn!(object = %obj.name_any(), %error, "reconcile failed; retrying");
     Requeue::requeue(ctx.ctx.retry.min(Duration::from_secs(1)))
 }
@@ -157,9 +166,7 @@ impl Reconciler {
         let owned = |p: &Pod| {
             p.namespace().as_deref() == Some(key.namespace.as_str()) && is_owned_by(p, key)
         };
-        let home = self
-            .pods
-            .state()
+        let home = shared::state(&self.pods)
             .into_iter()
             .filter(|p| owned(p))
             .map(|p| (PodsIn::Home, p));
@@ -183,7 +190,7 @@ impl Reconciler {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Arc<Pod>>, String> {
-        let home = || self.pods.get(&ObjectRef::new(name).within(namespace));
+        let home = || shared::get(&self.pods, &ObjectRef::new(name).within(namespace));
         let members = self.ctx.act.members();
         match at {
             PodsIn::Home => Ok(home()),

@@ -20,6 +20,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::reconcile::{self, workload_resource};
+use super::shared::Shared;
 use super::snapshot::{self, Kind, WorkloadKey};
 
 /// The reconcilers of both kinds; cloned into the reflectors.
@@ -34,14 +35,14 @@ pub(super) struct Triggers {
 /// workloads from.
 #[derive(Clone)]
 struct Reconciler {
-    to: UnboundedSender<ObjectRef<DynamicObject>>,
-    workloads: Store<DynamicObject>,
+    to: UnboundedSender<ObjectRef<Shared<DynamicObject>>>,
+    workloads: Store<Shared<DynamicObject>>,
 }
 
 /// The receiving ends, one per kind (to `reconcile::spawn`).
 pub(super) struct TriggerStreams {
-    pub(super) training: UnboundedReceiver<ObjectRef<DynamicObject>>,
-    pub(super) inference: UnboundedReceiver<ObjectRef<DynamicObject>>,
+    pub(super) training: UnboundedReceiver<ObjectRef<Shared<DynamicObject>>>,
+    pub(super) inference: UnboundedReceiver<ObjectRef<Shared<DynamicObject>>>,
 }
 
 /// One reflector's side of the triggers: `woken` names the workload an
@@ -74,11 +75,11 @@ impl<K> ReflectorTriggers<K> {
     }
 }
 
-fn training(obj: &DynamicObject) -> Option<WorkloadKey> {
+fn training(obj: &Shared<DynamicObject>) -> Option<WorkloadKey> {
     Some(snapshot::workload_key(Kind::Training, obj))
 }
 
-fn inference(obj: &DynamicObject) -> Option<WorkloadKey> {
+fn inference(obj: &Shared<DynamicObject>) -> Option<WorkloadKey> {
     Some(snapshot::workload_key(Kind::Inference, obj))
 }
 
@@ -86,8 +87,8 @@ impl Triggers {
     /// Triggers for the reconcilers reading `training` and `inference`
     /// (the scheduling loop's workload caches), and the reconcilers' ends.
     pub(super) fn connected(
-        training: Store<DynamicObject>,
-        inference: Store<DynamicObject>,
+        training: Store<Shared<DynamicObject>>,
+        inference: Store<Shared<DynamicObject>>,
     ) -> (Triggers, TriggerStreams) {
         let (training_tx, training_rx) = unbounded();
         let (inference_tx, inference_rx) = unbounded();
@@ -110,8 +111,8 @@ impl Triggers {
 
     /// The `on_event` of a pod reflector (`spawn_reflector`): a pod's change
     /// wakes the workload it names.
-    pub(super) fn for_pods(&self) -> impl FnMut(&watcher::Event<Pod>) + Send + 'static {
-        self.reflector(snapshot::pod_owner)
+    pub(super) fn for_pods(&self) -> impl FnMut(&watcher::Event<Shared<Pod>>) + Send + 'static {
+        self.reflector(|pod: &Shared<Pod>| snapshot::pod_owner(pod))
     }
 
     /// The `on_event` of one workload kind's reflector: a workload's change
@@ -119,7 +120,7 @@ impl Triggers {
     pub(super) fn for_workloads(
         &self,
         kind: Kind,
-    ) -> impl FnMut(&watcher::Event<DynamicObject>) + Send + 'static {
+    ) -> impl FnMut(&watcher::Event<Shared<DynamicObject>>) + Send + 'static {
         self.reflector(match kind {
             Kind::Training => training,
             Kind::Inference => inference,
@@ -166,8 +167,8 @@ mod tests {
     use kube::runtime::reflector::store::Writer;
     use kube::ResourceExt;
 
-    fn pod(labels: &[(&str, &str)]) -> Pod {
-        Pod {
+    fn pod(labels: &[(&str, &str)]) -> Shared<Pod> {
+        Shared(std::sync::Arc::new(Pod {
             metadata: ObjectMeta {
                 name: Some("p-0".into()),
                 namespace: Some("team".into()),
@@ -180,10 +181,10 @@ mod tests {
                 ..Default::default()
             },
             ..Default::default()
-        }
+        }))
     }
 
-    fn owned_by(kind: Kind, name: &str) -> Pod {
+    fn owned_by(kind: Kind, name: &str) -> Shared<Pod> {
         pod(&[
             (snapshot::keys::WORKLOAD_KIND, kind.label()),
             (snapshot::keys::WORKLOAD_NAME, name),
@@ -198,7 +199,7 @@ mod tests {
         phase: &str,
         finalizer: bool,
         deleting: bool,
-    ) -> DynamicObject {
+    ) -> Shared<DynamicObject> {
         let mut meta = serde_json::json!({"name": name, "namespace": "team"});
         if finalizer {
             meta["finalizers"] = serde_json::json!([crate::operator::crd::FINALIZER]);
@@ -214,9 +215,9 @@ mod tests {
     }
 
     /// Triggers over two workload caches holding `objects`.
-    fn connected(objects: &[(Kind, DynamicObject)]) -> (Triggers, TriggerStreams) {
+    fn connected(objects: &[(Kind, Shared<DynamicObject>)]) -> (Triggers, TriggerStreams) {
         let mut caches = [Kind::Training, Kind::Inference].map(|k| {
-            let mut w = Writer::<DynamicObject>::new(workload_resource(k));
+            let mut w = Writer::<Shared<DynamicObject>>::new(workload_resource(k));
             w.apply_watcher_event(&watcher::Event::Init);
             w
         });
@@ -259,7 +260,7 @@ mod tests {
         mut streams: TriggerStreams,
         mut on_event: impl FnMut(&watcher::Event<K>),
         obj: K,
-    ) -> Vec<ObjectRef<DynamicObject>> {
+    ) -> Vec<ObjectRef<Shared<DynamicObject>>> {
         on_event(&watcher::Event::Init);
         on_event(&watcher::Event::InitApply(obj.clone()));
         assert!(
@@ -273,7 +274,7 @@ mod tests {
         streams.training.collect().await
     }
 
-    fn is_the_job(w: &ObjectRef<DynamicObject>) -> bool {
+    fn is_the_job(w: &ObjectRef<Shared<DynamicObject>>) -> bool {
         w.name == "job" && w.namespace.as_deref() == Some("team") && w.dyntype.kind == "TrainingJob"
     }
 
