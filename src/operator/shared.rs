@@ -2,7 +2,7 @@
 //! every object its watch decodes (`Writer::apply_watcher_event` takes the
 //! event by reference and clones the object into the cache), so each change
 //! of a workload was decoded once and deep-copied once — a tree of JSON
-//! maps and strings, ~5 % of the controller's CPU while binding. A
+//! maps and strings, ~6 % of the controller's CPU while binding. A
 //! [`Shared`] object is decoded into an `Arc`: the cache's copy is a
 //! reference count, and the cache, the event and the scheduling loop's
 //! views all read the one decoded object.
