@@ -11,6 +11,7 @@ use super::events::{EventRecorder, EventType};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::DynamicResourceScope;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -117,7 +118,12 @@ impl Actuator {
         changed
     }
 
-    pub(super) fn workload_api(&self, key: &WorkloadKey) -> Api<DynamicObject> {
+    /// The API of a workload, read as `K` (`DynamicObject`, or the
+    /// reconcilers' `Shared` one).
+    pub(super) fn workload_api<K>(&self, key: &WorkloadKey) -> Api<K>
+    where
+        K: Resource<DynamicType = ApiResource, Scope = DynamicResourceScope>,
+    {
         let ar = reconcile::workload_resource(key.kind);
         Api::namespaced_with(self.client.clone(), &key.namespace, &ar)
     }
@@ -129,7 +135,7 @@ impl Actuator {
         status: &WorkloadStatus,
     ) -> Result<(), kube::Error> {
         self.fenced()?;
-        let api = self.workload_api(key);
+        let api: Api<DynamicObject> = self.workload_api(key);
         let body = json!({
             "apiVersion": obj.types.as_ref().map(|t| t.api_version.clone()).unwrap_or_default(),
             "kind": key.kind.kind_name(),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action as Requeue, Controller as KubeController};
 use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -116,11 +116,7 @@ async fn reconcile(
         namespace: obj.namespace().unwrap_or_default(),
         name: obj.name_any(),
     };
-    let api = Api::<Shared<DynamicObject>>::namespaced_with(
-        ctx.ctx.act.client.clone(),
-        &key.namespace,
-        &workload_resource(key.kind),
-    );
+    let api = ctx.ctx.act.workload_api::<Shared<DynamicObject>>(&key);
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Event::Apply(obj) => ctx.lifecycle(&key, &obj).await,
