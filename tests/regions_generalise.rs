@@ -1,19 +1,22 @@
 //! Region choice on catalogs and workloads it was never tuned on (issue
-//! #18): `zhisuan sim --generated SEED --policy all` over 20 seeded pairs
+//! #18): `zhisuan sim --generated SEED --policy all` over 40 seeded pairs
 //! (3–7 regions, prices, green profiles, PUE, distances, scarce models, NPUs,
-//! gangs, residency, SLOs, load from light to saturated; `sim::generate`).
+//! gangs, residency, SLOs, load from light to saturated; `sim::generate`):
+//! seeds 1–20, which the policy's changes were judged on, and 21–40, which
+//! none was (docs/regions.md "Seeds never tuned on").
 //! On every pair the default policy has no SLO or residency violation and
 //! leaves no job unplaced. The issue's other two bars are NOT met yet, so
 //! they are held as ratchets at what the policy reaches today (docs/regions.md
 //! "Generalisation"): a baseline (nearest, round-robin, cheapest-first,
 //! greenest-first) dominates it on (carbon, energy cost, mean wait) on at
-//! most 2 of the 20 pairs, and its mean wait is within 1.10 × nearest's
-//! (+1 s) on at least 8. Every pair's figures are printed; a change that
-//! makes either count worse fails, one that makes it better lowers the bar.
+//! most 6 of the 40 pairs (2 of seeds 1–20, 4 of 21–40), and its mean wait
+//! is within 1.10 × nearest's (+1 s) on at least 14 (8 and 6). Every pair's
+//! figures are printed; a change that makes either count worse fails, one
+//! that makes it better should tighten the bar.
 
 use std::process::Command;
 
-const SEEDS: std::ops::RangeInclusive<u64> = 1..=20;
+const SEEDS: std::ops::RangeInclusive<u64> = 1..=40;
 
 fn sim(seed: u64) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_zhisuan"))
@@ -76,9 +79,9 @@ fn dominated(seed: u64, v: &serde_json::Value) -> Option<String> {
 }
 
 /// Pairs a baseline may dominate the default policy on, and pairs its mean
-/// wait must be within 1.10 × nearest's on (of 20): today's figures.
-const MOST_DOMINATED: usize = 2;
-const LEAST_WAIT_MET: usize = 8;
+/// wait must be within 1.10 × nearest's on (of 40): today's figures.
+const MOST_DOMINATED: usize = 6;
+const LEAST_WAIT_MET: usize = 14;
 
 #[test]
 fn the_default_policy_keeps_every_constraint_on_generated_pairs() {
@@ -108,7 +111,10 @@ fn the_default_policy_keeps_every_constraint_on_generated_pairs() {
         wait_met += usize::from(gw <= 1.10 * nw + 1.0);
     }
     eprintln!("{}", doms.join("\n"));
-    eprintln!("mean wait ≤ 1.10 × nearest (+1 s) on {wait_met} of 20 pairs");
+    eprintln!(
+        "mean wait ≤ 1.10 × nearest (+1 s) on {wait_met} of {} pairs",
+        SEEDS.count()
+    );
     if doms.len() > MOST_DOMINATED {
         all.push(format!(
             "dominated on {} pairs (at most {MOST_DOMINATED})",
