@@ -177,6 +177,50 @@ async fn stand_in_keeps_resource_versions_bindings_and_watches() {
     assert!(rv.parse::<u64>().unwrap() > 0);
 }
 
+/// A watch resumed from an old resourceVersion with a label selector is
+/// sent the changes since that match it, and only those (the stand-in
+/// keeps past changes as their lines and reads a kept line's labels again).
+#[tokio::test]
+async fn a_resumed_watch_replays_only_what_its_selector_matches() {
+    let server = ApiServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(server.client(), "default");
+    let labelled = |name: &str, team: &str| -> Pod {
+        let mut p = pod(name);
+        p.metadata.labels = Some([("team".to_string(), team.to_string())].into());
+        p
+    };
+    let make = |p: Pod| {
+        let pods = pods.clone();
+        async move { pods.create(&PostParams::default(), &p).await.unwrap() }
+    };
+    let first = make(labelled("a1", "a")).await;
+    let since = first.metadata.resource_version.unwrap();
+    make(labelled("b1", "b")).await;
+    make(labelled("a2", "a")).await;
+    make(labelled("b2", "b")).await;
+    let params = kube::api::WatchParams::default().labels("team=a");
+    let mut events = pods.watch(&params, &since).await.unwrap().boxed();
+    // The replay, then a live change as the marker that it has ended.
+    assert_eq!(next_added(&mut events).await, "a2");
+    make(labelled("b3", "b")).await;
+    make(labelled("a3", "a")).await;
+    assert_eq!(next_added(&mut events).await, "a3");
+}
+
+async fn next_added(
+    events: &mut futures::stream::BoxStream<'_, kube::Result<kube::api::WatchEvent<Pod>>>,
+) -> String {
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("no watch event within 10 s")
+        .expect("watch ended")
+        .unwrap();
+    match ev {
+        kube::api::WatchEvent::Added(p) => p.name_any(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 async fn next_name(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
     tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
         .await

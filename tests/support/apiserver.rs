@@ -59,12 +59,23 @@ struct Event {
     object: Arc<Value>,
 }
 
+/// A change kept for watches that resume from an older resourceVersion: the
+/// line alone. Holding the object too kept every replaced version's parsed
+/// tree alive as long as the history (most of the bench's memory); a resumed
+/// watch with a selector parses the line again instead, which is rare.
+struct Past {
+    rv: u64,
+    resource: String,
+    namespace: String,
+    line: Bytes,
+}
+
 #[derive(Default)]
 struct Inner {
     rv: u64,
     /// resource ("group/version/plural") → (namespace, name) → object.
     objects: BTreeMap<String, BTreeMap<(String, String), Arc<Value>>>,
-    history: VecDeque<Arc<Event>>,
+    history: VecDeque<Past>,
     /// Oldest resourceVersion a watch may resume from.
     compacted_rv: u64,
     uid_counter: u64,
@@ -358,6 +369,10 @@ impl Filter {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels");
         let label = |k: &str| value_str(labels.and_then(|l| l.get(k)));
@@ -571,7 +586,12 @@ impl Inner {
                 self.compacted_rv = old.rv;
             }
         }
-        self.history.push_back(event.clone());
+        self.history.push_back(Past {
+            rv,
+            resource: event.resource.clone(),
+            namespace: event.namespace.clone(),
+            line: event.line.clone(),
+        });
         // No receiver is fine: nobody is watching.
         let _ = store_events.send(event);
         obj
@@ -927,6 +947,35 @@ fn bind(store: &Store, t: &Target, body: Value) -> Response {
     )
 }
 
+/// What one watch asks for: a resource, perhaps in one namespace, with its
+/// selectors.
+struct Selection {
+    resource: String,
+    namespace: Option<String>,
+    filter: Filter,
+}
+
+impl Selection {
+    fn place(&self, resource: &str, namespace: &str) -> bool {
+        resource == self.resource && self.namespace.as_ref().is_none_or(|n| n == namespace)
+    }
+
+    fn wants(&self, e: &Event) -> bool {
+        self.place(&e.resource, &e.namespace) && self.filter.matches(&e.object)
+    }
+
+    /// A kept change, its object parsed again only when a selector must
+    /// look at it.
+    fn wants_past(&self, p: &Past) -> bool {
+        self.place(&p.resource, &p.namespace)
+            && (self.filter.is_empty() || {
+                let line: Value =
+                    serde_json::from_slice(&p.line).expect("a line the stand-in wrote");
+                self.filter.matches(&line["object"])
+            })
+    }
+}
+
 fn watch_stream(store: &Arc<Store>, t: &Target, q: &BTreeMap<String, String>) -> Response {
     let filter = Filter::from_query(q);
     let timeout = q
@@ -937,12 +986,14 @@ fn watch_stream(store: &Arc<Store>, t: &Target, q: &BTreeMap<String, String>) ->
         .get("resourceVersion")
         .and_then(|s| s.parse().ok())
         .filter(|rv| *rv > 0);
-    let namespace = t.namespace.clone();
-    let resource = t.resource.clone();
-    let wanted = move |e: &Event| {
-        e.resource == resource
-            && namespace.as_ref().is_none_or(|ns| ns == &e.namespace)
-            && filter.matches(&e.object)
+    let sel = Arc::new(Selection {
+        resource: t.resource.clone(),
+        namespace: t.namespace.clone(),
+        filter,
+    });
+    let wanted = {
+        let sel = sel.clone();
+        move |e: &Event| sel.wants(e)
     };
     let mut backlog: Vec<Bytes> = Vec::new();
     let (sub, start_rv) = {
@@ -960,7 +1011,11 @@ fn watch_stream(store: &Arc<Store>, t: &Target, q: &BTreeMap<String, String>) ->
                 return stream_response(backlog, None, timeout, store.restart.subscribe());
             }
             Some(rv) => {
-                for e in inner.history.iter().filter(|e| e.rv > rv && wanted(e)) {
+                for e in inner
+                    .history
+                    .iter()
+                    .filter(|e| e.rv > rv && sel.wants_past(e))
+                {
                     backlog.push(e.line.clone());
                 }
             }
