@@ -61,8 +61,9 @@ struct Event {
 
 /// A change kept for watches that resume from an older resourceVersion: the
 /// line alone. Holding the object too kept every replaced version's parsed
-/// tree alive as long as the history (most of the bench's memory); a resumed
-/// watch with a selector parses the line again instead, which is rare.
+/// tree alive as long as the history (0.6 GB of the operator bench's
+/// 2.5 GB); a resumed watch with a selector parses the line again instead,
+/// which is rare.
 struct Past {
     rv: u64,
     resource: String,
