@@ -436,7 +436,7 @@ fn the_rendered_chart_is_valid_on_the_two_newest_kubernetes_minors() {
     assert!(hook.iter().any(|a| a == "--key=metrics-key"), "{hook:?}");
 
     // PostgreSQL: the URL comes from the mounted Secret, in no environment variable.
-    let docs = render_and_validate(serde_json::json!({
+    let docs_pg = render_and_validate(serde_json::json!({
         "ledger": {"backend": "postgres", "postgres": {"existingSecret": "zhisuan-pg"}},
         "api": {"replicas": 3},
         "serviceMonitor": {"enabled": true},
@@ -449,7 +449,7 @@ fn the_rendered_chart_is_valid_on_the_two_newest_kubernetes_minors() {
             "--ledger-file=/etc/zhisuan/ledger/url",
         ),
     ] {
-        let d = workload(&docs, "Deployment", name);
+        let d = workload(&docs_pg, "Deployment", name);
         assert!(container_args(d).iter().any(|a| a == flag), "{name}: {d}");
         let pod = &d["spec"]["template"]["spec"];
         let env = pod["containers"][0]["env"]
@@ -470,7 +470,25 @@ fn the_rendered_chart_is_valid_on_the_two_newest_kubernetes_minors() {
         assert_eq!(volume["secret"]["secretName"], "zhisuan-pg");
         assert_eq!(volume["secret"]["items"][0]["path"], "url");
     }
-    let monitor = workload(&docs, "ServiceMonitor", "zs-zhisuan");
+    // Operators' own environment variables reach the controller, after the
+    // chart's; a name the chart sets, or no variable name, is refused.
+    let extra = serde_json::json!([{"name": "MIMALLOC_ALLOW_THP", "value": "0"}]);
+    let docs = render_and_validate(serde_json::json!({"controller": {"env": extra}}));
+    let controller = workload(&docs, "Deployment", "zs-zhisuan-controller");
+    let env = &controller["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "MIMALLOC_ALLOW_THP" && e["value"] == "0"),
+        "{env}"
+    );
+    for bad in ["RUST_LOG", "1X"] {
+        let e =
+            render_error(serde_json::json!({"controller": {"env": [{"name": bad, "value": "x"}]}}));
+        assert!(e.contains("controller") && e.contains("env"), "{bad}: {e}");
+    }
+    let monitor = workload(&docs_pg, "ServiceMonitor", "zs-zhisuan");
     let api_endpoint = monitor["spec"]["endpoints"]
         .as_array()
         .unwrap()
