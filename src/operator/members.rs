@@ -475,10 +475,9 @@ impl Members {
             .iter()
             .filter_map(|(region, m)| Some((region, m.state.as_ref().ok()?)))
             .flat_map(|(region, c)| {
-                c.pods
-                    .state_filter(|p| pred(p))
+                shared::state_filter(&c.pods, &pred)
                     .into_iter()
-                    .map(|p| (region.clone(), Arc::clone(&p.0)))
+                    .map(|p| (region.clone(), p))
             })
             .collect()
     }

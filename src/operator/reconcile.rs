@@ -162,9 +162,8 @@ impl Reconciler {
         let owned = |p: &Pod| {
             p.namespace().as_deref() == Some(key.namespace.as_str()) && is_owned_by(p, key)
         };
-        let home = shared::state(&self.pods)
+        let home = shared::state_filter(&self.pods, owned)
             .into_iter()
-            .filter(|p| owned(p))
             .map(|p| (PodsIn::Home, p));
         let members = self
             .ctx

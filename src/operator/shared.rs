@@ -176,6 +176,20 @@ where
     store.state().iter().map(|s| Arc::clone(&s.0)).collect()
 }
 
+/// The objects a cache of shared objects holds now that `pred` accepts
+/// (only those are collected).
+pub(super) fn state_filter<K>(store: &Store<Shared<K>>, pred: impl Fn(&K) -> bool) -> Vec<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    store
+        .state_filter(|s| pred(s))
+        .into_iter()
+        .map(|s| Arc::clone(&s.0))
+        .collect()
+}
+
 /// The object a cache of shared objects holds under `at`.
 pub(super) fn get<K>(store: &Store<Shared<K>>, at: &ObjectRef<Shared<K>>) -> Option<Arc<K>>
 where

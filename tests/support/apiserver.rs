@@ -1022,15 +1022,7 @@ fn watch_stream(store: &Arc<Store>, t: &Target, q: &BTreeMap<String, String>) ->
             }
             None => {
                 for (key, o) in inner.objects.get(&t.resource).into_iter().flatten() {
-                    if t.namespace.as_ref().is_none_or(|ns| ns == &key.0)
-                        && wanted(&Event {
-                            rv: 0,
-                            resource: t.resource.clone(),
-                            namespace: key.0.clone(),
-                            line: Bytes::new(),
-                            object: o.clone(),
-                        })
-                    {
+                    if sel.place(&t.resource, &key.0) && sel.filter.matches(o) {
                         backlog.push(Bytes::from(format!(
                             "{}\n",
                             json!({"type": "ADDED", "object": &**o})
