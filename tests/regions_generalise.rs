@@ -1,5 +1,5 @@
 //! Region choice on catalogs and workloads it was never tuned on (issue
-//! #18): `zhisuan sim --generated SEED --policy all` over 40 seeded pairs
+//! #18): `zhisuan sim --sweep 1..40`, every policy on 40 seeded pairs
 //! (3–7 regions, prices, green profiles, PUE, distances, scarce models, NPUs,
 //! gangs, residency, SLOs, load from light to saturated; `sim::generate`):
 //! seeds 1–20, which the policy's changes were judged on, and 21–40, which
@@ -16,66 +16,76 @@
 
 use std::process::Command;
 
-const SEEDS: std::ops::RangeInclusive<u64> = 1..=40;
+const SEEDS: &str = "1..40";
 
-fn sim(seed: u64) -> serde_json::Value {
+/// `zhisuan sim --sweep 1..40 --json`: every pair and the tally.
+fn sweep() -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_zhisuan"))
-        .args(["sim", "--generated", &seed.to_string(), "--policy", "all"])
-        .args(["--json", "--quiet"])
+        .args(["sim", "--sweep", SEEDS, "--json", "--quiet"])
         .output()
         .expect("run zhisuan");
     assert!(
         out.status.success(),
-        "seed {seed}: {}",
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
-/// One policy's run of a pair.
-fn run<'a>(v: &'a serde_json::Value, policy: &str) -> &'a serde_json::Value {
-    let runs = v["runs"].as_array().expect("runs");
+/// One policy's figures on a pair.
+fn run<'a>(pair: &'a serde_json::Value, policy: &str) -> &'a serde_json::Value {
+    let runs = pair["runs"].as_array().expect("runs");
     runs.iter()
         .find(|r| r["policy"] == policy)
         .unwrap_or_else(|| panic!("no {policy} run"))
 }
 
+fn f(v: &serde_json::Value) -> f64 {
+    v.as_f64().expect("a number")
+}
+
 /// What the default policy misses on one pair, in words.
-fn misses(seed: u64, v: &serde_json::Value) -> Vec<String> {
-    let green = run(v, "green");
+fn misses(pair: &serde_json::Value) -> Vec<String> {
     let mut out = Vec::new();
-    for k in ["slo_violations", "residency_violations", "never_placed"] {
-        if green[k] != 0 {
-            out.push(format!("seed {seed}: {k} = {}", green[k]));
+    for k in [
+        "green_slo_violations",
+        "green_residency_violations",
+        "green_never_placed",
+    ] {
+        if pair[k] != 0 {
+            out.push(format!("seed {}: {k} = {}", pair["seed"], pair[k]));
         }
     }
     out
 }
 
 /// Who dominates the default policy on one pair, in words (empty: nobody).
-fn dominated(seed: u64, v: &serde_json::Value) -> Option<String> {
-    let green = run(v, "green");
-    let by = v["comparison"]["green_dominated_by"]
+fn dominated(pair: &serde_json::Value) -> Option<String> {
+    let by = pair["comparison"]["green_dominated_by"]
         .as_array()
         .expect("dominance");
-    if !by.is_empty() {
-        let f = |r: &serde_json::Value| {
-            format!(
-                "{} carbon {:.1} kg, cost {:.2} CNY, wait {:.1} s",
-                r["policy"],
-                r["carbon_kg"].as_f64().unwrap(),
-                r["energy_cost_cny"].as_f64().unwrap(),
-                r["mean_wait_s"].as_f64().unwrap()
-            )
-        };
-        let doms: Vec<String> = by.iter().map(|p| f(run(v, p.as_str().unwrap()))).collect();
-        return Some(format!(
-            "seed {seed}: green ({}) dominated by {}",
-            f(green),
-            doms.join("; ")
-        ));
+    if by.is_empty() {
+        return None;
     }
-    None
+    let figures = |r: &serde_json::Value| {
+        format!(
+            "{} carbon {:.1} kg, cost {:.2} CNY, wait {:.1} s",
+            r["policy"],
+            f(&r["carbon_kg"]),
+            f(&r["energy_cost_cny"]),
+            f(&r["mean_wait_s"])
+        )
+    };
+    let doms: Vec<String> = by
+        .iter()
+        .map(|p| figures(run(pair, p.as_str().unwrap())))
+        .collect();
+    Some(format!(
+        "seed {}: green ({}) dominated by {}",
+        pair["seed"],
+        figures(run(pair, "green")),
+        doms.join("; ")
+    ))
 }
 
 /// Pairs a baseline may dominate the default policy on, and pairs its mean
@@ -85,35 +95,37 @@ const LEAST_WAIT_MET: usize = 14;
 
 #[test]
 fn the_default_policy_keeps_every_constraint_on_generated_pairs() {
-    let handles: Vec<_> = SEEDS
-        .map(|seed| std::thread::spawn(move || (seed, sim(seed))))
-        .collect();
+    let v = sweep();
+    let pairs = v["pairs"].as_array().expect("pairs");
+    let seeds: Vec<u64> = pairs.iter().map(|p| p["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, (1..=40).collect::<Vec<u64>>());
     let mut all = Vec::new();
     let (mut doms, mut wait_met) = (Vec::new(), 0);
-    for h in handles {
-        let (seed, v) = h.join().expect("a pair's run");
-        let (g, n) = (run(&v, "green"), run(&v, "nearest"));
+    for p in pairs {
+        let (g, n) = (run(p, "green"), run(p, "nearest"));
+        let c = &p["comparison"];
         eprintln!(
-            "seed {seed:>2}: green vs nearest carbon {:+.1}%, cost {:+.1}%, wait {:.1} s vs {:.1} s",
-            -v["comparison"]["carbon_reduction_vs_nearest_pct"].as_f64().unwrap(),
-            -v["comparison"]["energy_cost_reduction_vs_nearest_pct"]
-                .as_f64()
-                .unwrap(),
-            g["mean_wait_s"].as_f64().unwrap(),
-            n["mean_wait_s"].as_f64().unwrap(),
+            "seed {:>2}: green vs nearest carbon {:+.1}%, cost {:+.1}%, wait {:.1} s vs {:.1} s",
+            p["seed"],
+            -f(&c["carbon_reduction_vs_nearest_pct"]),
+            -f(&c["energy_cost_reduction_vs_nearest_pct"]),
+            f(&g["mean_wait_s"]),
+            f(&n["mean_wait_s"]),
         );
-        all.extend(misses(seed, &v));
-        doms.extend(dominated(seed, &v));
-        let (gw, nw) = (
-            g["mean_wait_s"].as_f64().unwrap(),
-            n["mean_wait_s"].as_f64().unwrap(),
-        );
-        wait_met += usize::from(gw <= 1.10 * nw + 1.0);
+        all.extend(misses(p));
+        doms.extend(dominated(p));
+        // The bound, read from the figures (the sweep's flag must agree).
+        let within = f(&g["mean_wait_s"]) <= 1.10 * f(&n["mean_wait_s"]) + 1.0;
+        assert_eq!(c["within_wait_bound"], within, "seed {}", p["seed"]);
+        wait_met += usize::from(within);
     }
+    let summary = &v["summary"];
+    assert_eq!(summary["within_wait_bound"], wait_met);
+    assert_eq!(summary["dominated"], doms.len());
     eprintln!("{}", doms.join("\n"));
     eprintln!(
         "mean wait ≤ 1.10 × nearest (+1 s) on {wait_met} of {} pairs",
-        SEEDS.count()
+        pairs.len()
     );
     if doms.len() > MOST_DOMINATED {
         all.push(format!(

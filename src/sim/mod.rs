@@ -7,4 +7,5 @@ pub mod openb;
 pub mod outcomes;
 pub mod regions;
 pub mod replay;
+pub mod sweep;
 pub mod world;

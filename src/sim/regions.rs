@@ -70,6 +70,18 @@ pub struct SimArgs {
     /// Also write the generated catalog.yaml and workload.csv into DIR.
     #[arg(long, value_name = "DIR", requires = "generated")]
     pub write_generated: Option<PathBuf>,
+    /// Run every policy on each generated pair of seeds A..B (both
+    /// included) and tally how the default policy fares: mean wait within
+    /// the bound of nearest's, dominated by a baseline, constraints kept.
+    #[arg(
+        long,
+        value_name = "A..B",
+        conflicts_with_all = [
+            "regions", "workload", "generated", "policy", "explain", "jobs_out",
+            "from_trace", "max_delay",
+        ]
+    )]
+    pub sweep: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -610,7 +622,17 @@ pub struct Comparison {
     /// carbon, energy cost and mean wait, at least [`MATERIAL_PCT`] better
     /// on one, having placed as many jobs. Empty: none does.
     pub green_dominated_by: Vec<String>,
+    /// The default policy's mean wait is at most [`WAIT_BOUND_RATIO`] ×
+    /// nearest's + [`WAIT_BOUND_SLACK_S`] (issue #18's bound).
+    pub within_wait_bound: bool,
 }
+
+/// The wait bound of issue #18: the default policy's mean wait at most this
+/// many times nearest's ...
+pub const WAIT_BOUND_RATIO: f64 = 1.10;
+/// ... plus this many seconds (a pair where nearest waits 0 s is not failed
+/// by a fraction of a second).
+pub const WAIT_BOUND_SLACK_S: f64 = 1.0;
 
 /// The run of the green policy on the workload without its delays, beside
 /// the time-shifted one (`--max-delay`).
@@ -656,7 +678,7 @@ fn per_gpu_hour(total: f64, gpu_hours: f64) -> f64 {
     }
 }
 
-fn compare(results: &[SimResult]) -> Option<Comparison> {
+pub(super) fn compare(results: &[SimResult]) -> Option<Comparison> {
     let near = results
         .iter()
         .find(|r| r.policy == RegionPolicy::Nearest.name())?;
@@ -686,6 +708,8 @@ fn compare(results: &[SimResult]) -> Option<Comparison> {
             per_gpu_hour(cost(near), near.gpu_hours),
         ),
         green_dominated_by: dominating(results, green),
+        within_wait_bound: green.mean_wait_s
+            <= WAIT_BOUND_RATIO * near.mean_wait_s + WAIT_BOUND_SLACK_S,
         space_only_carbon_reduction_vs_nearest_pct: results
             .iter()
             .find(|r| r.policy == SPACE_ONLY)
@@ -847,7 +871,49 @@ fn explained_job(world: &World, wanted: &str) -> Result<crate::sim::world::JobId
 }
 
 /// `zhisuan sim`.
+/// A generated pair's workload as the simulation reads it (written and
+/// parsed, as a user's file would be).
+fn parsed_rows(
+    g: &crate::sim::generate::Generated,
+    seed: u64,
+) -> Result<Vec<(i64, JobSpec)>, InputError> {
+    let mut text = Vec::new();
+    write_workload(&g.rows, &mut text).map_err(|e| InputError::new(e.to_string()))?;
+    let text = String::from_utf8(text).map_err(|e| InputError::new(e.to_string()))?;
+    parse_workload(&text, &format!("generated workload {seed}"), &g.catalog)
+}
+
+/// The seeded generated pair: catalog and parsed workload.
+pub(super) fn generated_workload(
+    seed: u64,
+) -> Result<(crate::sim::generate::Generated, Vec<(i64, JobSpec)>), InputError> {
+    let g = crate::sim::generate::generate(seed);
+    let rows = parsed_rows(&g, seed)?;
+    Ok((g, rows))
+}
+
+/// `--sweep A..B`: every policy on each generated pair, and the tally.
+fn run_sweep(range: &str, args: &SimArgs) -> anyhow::Result<()> {
+    let seeds = crate::sim::sweep::parse_range(range)?;
+    let placement: Policy = args
+        .placement
+        .parse()
+        .map_err(|e: String| InputError::new(format!("--placement: {e}")))?;
+    let pairs = crate::sim::sweep::sweep(seeds, placement, args.seed, args.quiet)?;
+    let summary = crate::sim::sweep::Summary::of(&pairs);
+    if args.json {
+        let out = serde_json::json!({ "pairs": pairs, "summary": summary });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", crate::sim::sweep::table(&pairs, &summary));
+    }
+    Ok(())
+}
+
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
+    if let Some(range) = &args.sweep {
+        return run_sweep(range, &args);
+    }
     if let (Some(trace), Some(out)) = (&args.from_trace, &args.write_workload) {
         let text = std::fs::read_to_string(trace).map_err(|e| {
             InputError::new(format!("{}: cannot read the trace: {e}", trace.display()))
@@ -879,12 +945,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         (None, None) => Catalog::default_catalog(),
     };
     let mut workload = match (&generated, &args.workload) {
-        (Some(g), _) => {
-            let mut text = Vec::new();
-            write_workload(&g.rows, &mut text)?;
-            let name = format!("generated workload {}", args.generated.unwrap_or_default());
-            parse_workload(&String::from_utf8(text)?, &name, &catalog)?
-        }
+        (Some(g), _) => parsed_rows(g, args.generated.unwrap_or_default())?,
         (None, Some(p)) => {
             let text = std::fs::read_to_string(p).map_err(|e| {
                 InputError::new(format!(
