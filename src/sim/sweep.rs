@@ -70,6 +70,16 @@ pub struct Pair {
     pub runs: Vec<RunFigures>,
 }
 
+impl Pair {
+    /// A policy's mean wait on this pair (0 when it did not run).
+    pub fn mean_wait_s(&self, policy: RegionPolicy) -> f64 {
+        self.runs
+            .iter()
+            .find(|r| r.policy == policy.name())
+            .map_or(0.0, |r| r.mean_wait_s)
+    }
+}
+
 /// The tally over a sweep.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
@@ -101,14 +111,8 @@ impl Summary {
             let violated =
                 p.green_slo_violations + p.green_residency_violations + p.green_never_placed;
             s.with_violations += usize::from(violated > 0);
-            let wait = |policy: &str| {
-                p.runs
-                    .iter()
-                    .find(|r| r.policy == policy)
-                    .map_or(0.0, |r| r.mean_wait_s)
-            };
-            s.green_mean_wait_sum_s += wait(RegionPolicy::Green.name());
-            s.nearest_mean_wait_sum_s += wait(RegionPolicy::Nearest.name());
+            s.green_mean_wait_sum_s += p.mean_wait_s(RegionPolicy::Green);
+            s.nearest_mean_wait_sum_s += p.mean_wait_s(RegionPolicy::Nearest);
         }
         s
     }
@@ -196,12 +200,6 @@ pub fn table(pairs: &[Pair], s: &Summary) -> String {
     );
     for p in pairs {
         let c = &p.comparison;
-        let wait = |policy: &str| {
-            p.runs
-                .iter()
-                .find(|r| r.policy == policy)
-                .map_or(0.0, |r| r.mean_wait_s)
-        };
         let by = if c.green_dominated_by.is_empty() {
             "-".to_string()
         } else {
@@ -213,8 +211,8 @@ pub fn table(pairs: &[Pair], s: &Summary) -> String {
             p.load,
             -c.carbon_reduction_vs_nearest_pct,
             -c.energy_cost_reduction_vs_nearest_pct,
-            wait(RegionPolicy::Green.name()),
-            wait(RegionPolicy::Nearest.name()),
+            p.mean_wait_s(RegionPolicy::Green),
+            p.mean_wait_s(RegionPolicy::Nearest),
             if c.within_wait_bound { "yes" } else { "no" },
             by
         ));
