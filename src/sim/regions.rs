@@ -870,7 +870,6 @@ fn explained_job(world: &World, wanted: &str) -> Result<crate::sim::world::JobId
     Ok(first.id)
 }
 
-/// `zhisuan sim`.
 /// A generated pair's workload as the simulation reads it (written and
 /// parsed, as a user's file would be).
 fn parsed_rows(
@@ -895,10 +894,7 @@ pub(super) fn generated_workload(
 /// `--sweep A..B`: every policy on each generated pair, and the tally.
 fn run_sweep(range: &str, args: &SimArgs) -> anyhow::Result<()> {
     let seeds = crate::sim::sweep::parse_range(range)?;
-    let placement: Policy = args
-        .placement
-        .parse()
-        .map_err(|e: String| InputError::new(format!("--placement: {e}")))?;
+    let placement = placement_of(args)?;
     let pairs = crate::sim::sweep::sweep(seeds, placement, args.seed, args.quiet)?;
     let summary = crate::sim::sweep::Summary::of(&pairs);
     if args.json {
@@ -910,6 +906,14 @@ fn run_sweep(range: &str, args: &SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The node placement policy `--placement` names.
+fn placement_of(args: &SimArgs) -> Result<Policy, InputError> {
+    args.placement
+        .parse()
+        .map_err(|e: String| InputError::new(format!("--placement: {e}")))
+}
+
+/// `zhisuan sim`.
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
     if let Some(range) = &args.sweep {
         return run_sweep(range, &args);
@@ -975,10 +979,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let placement: Policy = args
-        .placement
-        .parse()
-        .map_err(|e: String| InputError::new(format!("--placement: {e}")))?;
+    let placement = placement_of(&args)?;
     let policies: Vec<RegionPolicy> = match args.policy.as_deref() {
         None => vec![RegionPolicy::Green],
         Some("all") => RegionPolicy::ALL.to_vec(),
