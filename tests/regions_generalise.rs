@@ -1,24 +1,25 @@
 //! Region choice on catalogs and workloads it was never tuned on (issue
-//! #18): `zhisuan sim --sweep 1..40`, every policy on 40 seeded pairs
+//! #18): `zhisuan sim --sweep 1..160`, every policy on 160 seeded pairs
 //! (3–7 regions, prices, green profiles, PUE, distances, scarce models, NPUs,
 //! gangs, residency, SLOs, load from light to saturated; `sim::generate`):
-//! seeds 1–20, which the policy's changes were judged on, and 21–40, which
-//! none was (docs/regions.md "Seeds never tuned on").
+//! seeds 1–20, which the policy's changes were judged on, 21–40, which none
+//! was, and 41–160, first run on 2026-12-07 (docs/regions.md "Seeds never
+//! tuned on", "160 pairs"). Holding all 160 keeps a change from being judged
+//! on a few pairs: differences of 2–4 pairs in 60 reverse between seed sets.
 //! On every pair the default policy has no SLO or residency violation and
 //! leaves no job unplaced. The issue's other two bars are NOT met yet, so
-//! they are held as ratchets at what the policy reaches today (docs/regions.md
-//! "Generalisation"): a baseline (nearest, round-robin, cheapest-first,
-//! greenest-first) dominates it on (carbon, energy cost, mean wait) on at
-//! most 6 of the 40 pairs (2 of seeds 1–20, 4 of 21–40), and its mean wait
-//! is within 1.10 × nearest's (+1 s) on at least 14 (8 and 6). Every pair's
+//! they are held as ratchets at what the policy reaches today: a baseline
+//! (nearest, round-robin, cheapest-first, greenest-first) dominates it on
+//! (carbon, energy cost, mean wait) on at most 35 of the 160 pairs, and its
+//! mean wait is within 1.10 × nearest's (+1 s) on at least 59. Every pair's
 //! figures are printed; a change that makes either count worse fails, one
 //! that makes it better should tighten the bar.
 
 use std::process::Command;
 
-const SEEDS: &str = "1..40";
+const SEEDS: &str = "1..160";
 
-/// `zhisuan sim --sweep 1..40 --json`: every pair and the tally.
+/// `zhisuan sim --sweep 1..160 --json`: every pair and the tally.
 fn sweep() -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_zhisuan"))
         .args(["sim", "--sweep", SEEDS, "--json", "--quiet"])
@@ -89,16 +90,16 @@ fn dominated(pair: &serde_json::Value) -> Option<String> {
 }
 
 /// Pairs a baseline may dominate the default policy on, and pairs its mean
-/// wait must be within 1.10 × nearest's on (of 40): today's figures.
-const MOST_DOMINATED: usize = 6;
-const LEAST_WAIT_MET: usize = 14;
+/// wait must be within 1.10 × nearest's on (of 160): today's figures.
+const MOST_DOMINATED: usize = 35;
+const LEAST_WAIT_MET: usize = 59;
 
 #[test]
 fn the_default_policy_keeps_every_constraint_on_generated_pairs() {
     let v = sweep();
     let pairs = v["pairs"].as_array().expect("pairs");
     let seeds: Vec<u64> = pairs.iter().map(|p| p["seed"].as_u64().unwrap()).collect();
-    assert_eq!(seeds, (1..=40).collect::<Vec<u64>>());
+    assert_eq!(seeds, (1..=160).collect::<Vec<u64>>());
     let mut all = Vec::new();
     let (mut doms, mut wait_met) = (Vec::new(), 0);
     for p in pairs {
