@@ -961,8 +961,13 @@ impl Selection {
         resource == self.resource && self.namespace.as_ref().is_none_or(|n| n == namespace)
     }
 
+    /// An object of `resource` in `namespace`.
+    fn wants_at(&self, resource: &str, namespace: &str, obj: &Value) -> bool {
+        self.place(resource, namespace) && self.filter.matches(obj)
+    }
+
     fn wants(&self, e: &Event) -> bool {
-        self.place(&e.resource, &e.namespace) && self.filter.matches(&e.object)
+        self.wants_at(&e.resource, &e.namespace, &e.object)
     }
 
     /// A kept change, its object parsed again only when a selector must
@@ -1022,7 +1027,7 @@ fn watch_stream(store: &Arc<Store>, t: &Target, q: &BTreeMap<String, String>) ->
             }
             None => {
                 for (key, o) in inner.objects.get(&t.resource).into_iter().flatten() {
-                    if sel.place(&t.resource, &key.0) && sel.filter.matches(o) {
+                    if sel.wants_at(&t.resource, &key.0, o) {
                         backlog.push(Bytes::from(format!(
                             "{}\n",
                             json!({"type": "ADDED", "object": &**o})
