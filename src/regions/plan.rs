@@ -524,6 +524,30 @@ pub struct Candidate {
     /// How well the job packs here (the placement engine's score, higher is
     /// better), for regions in the packing band ([`order_band_by_fit`]).
     pub fit: Option<Score>,
+    /// Why a region of the packing band was tried after the others there,
+    /// whatever its fit (the scheduler's sparing).
+    pub left_for: Option<LeftFor>,
+}
+
+/// Whom the scheduler leaves a region of the packing band for: a flexible
+/// job tries it after the band's other regions, which are as good on
+/// carbon, cost and latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftFor {
+    /// Jobs that can run in few regions (residency, latency SLO, budget,
+    /// dedicated zones) found no room there in this pass or the last.
+    Waiting,
+    /// Unfinished jobs are bound to it by residency.
+    Bound,
+}
+
+impl LeftFor {
+    fn says(self) -> &'static str {
+        match self {
+            LeftFor::Waiting => "left for the jobs limited to it that wait",
+            LeftFor::Bound => "left to the jobs bound to it by residency",
+        }
+    }
 }
 
 /// Why a job is where it is, or why it waits. Compact (indices, numbers);
@@ -731,6 +755,7 @@ impl RegionChooser {
                 verdict,
                 terms: Some(terms),
                 fit: None,
+                left_for: None,
             });
         }
         self.score(catalog, job, out, order);
@@ -973,6 +998,13 @@ impl Explanation {
                                 _ => None,
                             });
                     let reason = match (c.fit, chosen_rank) {
+                        // Better ranked, in the band, left for other jobs.
+                        (_, Some((_, chosen_rank)))
+                            if *rank < chosen_rank && c.left_for.is_some() =>
+                        {
+                            let left = c.left_for.map_or("", LeftFor::says);
+                            format!("ranked {}; within the packing band, {left}", rank + 1)
+                        }
                         // Better ranked, in the band, left for a better fit.
                         (Some(_), Some((chosen, chosen_rank))) if *rank < chosen_rank => format!(
                             "ranked {}; within the packing band, the job packs better in {}",
@@ -1078,11 +1110,12 @@ impl Explanation {
                 .map(|l| format!(", {l:.1} ms from users"))
                 .unwrap_or_default();
             // Better-ranked regions were either tried and full, or in the
-            // packing band and left for this better fit.
-            let (mut full, mut packed) = (0, 0);
+            // packing band and left for this better fit or for other jobs.
+            let (mut full, mut packed, mut left) = (0, 0, 0);
             for b in &self.candidates {
                 match b.verdict {
                     Verdict::Full { rank: br, .. } if br < rank => full += 1,
+                    Verdict::Ranked { rank: br } if br < rank && b.left_for.is_some() => left += 1,
                     Verdict::Ranked { rank: br } if br < rank => packed += 1,
                     _ => {}
                 }
@@ -1090,6 +1123,11 @@ impl Explanation {
             let mut fallback = String::new();
             if full > 0 {
                 fallback += &format!(" (the {full} better-ranked region(s) were full)");
+            }
+            if left > 0 {
+                fallback += &format!(
+                    " (the {left} better-ranked region(s) of the packing band left for jobs limited to them)"
+                );
             }
             if packed > 0 {
                 fallback += &format!(
@@ -1326,6 +1364,7 @@ mod tests {
                 verdict: Verdict::Ranked { rank: r as u32 },
                 terms: None,
                 fit: None,
+                left_for: None,
             });
         }
         let mut order = [0u16, 1, 2, 3, 4, 5];

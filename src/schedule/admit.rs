@@ -404,7 +404,6 @@ impl<'a> Pass<'a> {
             }
             shape = ShapeKey::new(vendor, &gangs, &allowed, class).within(w.topology);
         }
-        self.spared_regions_last(w, &mut allowed);
         let placed = match adm.infeasible.refused(&shape) {
             Some(why) => Err(why.to_vec()),
             None => {
@@ -642,6 +641,17 @@ impl<'a> Pass<'a> {
                 if adm.infeasible.refused(&shape).is_none() {
                     self.order_by_fit(rc, asker, (one, gangs, w.topology), adm);
                 }
+                let bound = if w.residency.is_empty() {
+                    self.bound_regions
+                } else {
+                    0
+                };
+                spare::leave_band_regions(
+                    &mut adm.expl,
+                    &mut adm.order,
+                    self.spared_regions,
+                    bound,
+                );
                 (adm.order.iter().map(name).collect(), shape)
             }
         };

@@ -457,6 +457,7 @@ impl<'a> Pass<'a> {
             spared: crate::placement::ModelSet::NONE,
             spared_regions: 0,
             waited_regions: 0,
+            bound_regions: 0,
             out: Plan::default(),
         };
         // Summed per (tenant, model) first: the usage maps are written once

@@ -233,6 +233,9 @@ struct Pass<'a> {
     /// the last pass or this one ([`spare`]), and those of this pass.
     spared_regions: u64,
     waited_regions: u64,
+    /// Catalog regions that unfinished residency-bound jobs may use, under
+    /// green ([`spare`]).
+    bound_regions: u64,
     out: Plan,
 }
 
@@ -313,6 +316,9 @@ impl Scheduler {
             &pass.cap.model_vendors,
         );
         pass.spared_regions = self.waited_regions;
+        if self.config.region_policy == RegionPolicy::Green {
+            pass.bound_regions = spare::bound_regions(snapshot);
+        }
         pass.admit(queue); // 3. admission (4. preemption inside)
         self.waited_regions = pass.waited_regions;
         pass.held.end_pass();

@@ -6,17 +6,22 @@
 //! fits elsewhere as well: so while limited jobs wait, or have arrived
 //! among the scheduler's recent arrivals (its shape window), a flexible job
 //! tries the other models of its vendor first and takes the spared ones
-//! only when nothing else holds it. Placement stays work-conserving:
-//! nothing is left idle for a job that may never come.
+//! only when nothing else holds it. Regions likewise, under green: among
+//! the regions of a job's packing band (as good on carbon, cost and
+//! latency as its best), those that limited jobs wait for, or that
+//! unfinished residency-bound jobs may use, are tried last
+//! ([`leave_band_regions`]). Placement stays work-conserving: nothing is
+//! left idle for a job that may never come.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::admit::{vendor_fits, vendor_of};
+use crate::jobs::Phase;
 use crate::jobs::WorkloadView;
 use crate::placement::{ModelSet, ModelTable, Request};
-use crate::regions::plan::{Explanation, Filter, RegionPolicy, Verdict};
+use crate::regions::plan::{Explanation, Filter, LeftFor, Verdict};
 
-use super::Pass;
+use super::{Pass, Snapshot};
 
 /// What a job asks of accelerators: the vendor it names, the models it
 /// names and its tenant's default vendor (see [`vendor_of`]).
@@ -139,36 +144,61 @@ fn bit(index: Option<usize>) -> u64 {
     index.filter(|&i| i < 64).map_or(0, |i| 1 << i)
 }
 
-/// Moves the spared regions (catalog indices in the mask) behind the
-/// others, keeping the job's preferred regions first and the order within
-/// each group; a job whose regions are all spared keeps its order.
-pub(super) fn spared_regions_last(
-    allowed: &mut [String],
-    preferred: &[String],
-    spared: u64,
-    index: impl Fn(&str) -> Option<usize>,
+/// Within the packing band — the regions as good on carbon, cost and
+/// latency as the best one for this job — the regions other jobs need more
+/// are tried last: those that unfinished jobs are bound to by residency
+/// (`bound`) after the rest, and those that limited jobs wait for
+/// (`waited`) after those; each group keeps its order (best fit first).
+/// Regions outside the band keep their rank: a job is never sent to a
+/// worse region to spare one (which sent flexible work to the dearest,
+/// dirtiest region of a saturated catalog). The band's regions left for
+/// others say so in the explanation.
+pub(super) fn leave_band_regions(
+    expl: &mut Explanation,
+    order: &mut [u16],
+    waited: u64,
+    bound: u64,
 ) {
-    if spared == 0 {
+    let band = (expl.band as usize).min(order.len());
+    if band < 2 || waited | bound == 0 {
         return;
     }
-    allowed.sort_by_key(|r| match preferred.contains(r) {
-        true => 0,
-        false => 1 + u8::from(bit(index(r)) & spared != 0),
-    });
+    let left_for = |r: u16| {
+        let b = bit(Some(r as usize));
+        match (b & waited != 0, b & bound != 0) {
+            (true, _) => Some(LeftFor::Waiting),
+            (false, true) => Some(LeftFor::Bound),
+            (false, false) => None,
+        }
+    };
+    let rank = |l: Option<LeftFor>| match l {
+        None => 0,
+        Some(LeftFor::Bound) => 1,
+        Some(LeftFor::Waiting) => 2,
+    };
+    order[..band].sort_by_key(|&r| rank(left_for(r)));
+    for &r in &order[..band] {
+        expl.candidates[r as usize].left_for = left_for(r);
+    }
+}
+
+/// The catalog regions that unfinished jobs with residency may run in
+/// (waiting or running: a running one may be preempted or restarted).
+pub(super) fn bound_regions(snapshot: &Snapshot) -> u64 {
+    let Some(rc) = &snapshot.regions else {
+        return 0;
+    };
+    snapshot
+        .workloads
+        .iter()
+        .filter(|w| {
+            !w.residency.is_empty() && Phase::of_status(Some(w.phase()), w.deleting).is_active()
+        })
+        .flat_map(|w| &w.residency)
+        .fold(0, |m, r| m | bit(rc.catalog.region_index(r)))
 }
 
 impl Pass<'_> {
-    /// Under green, the regions limited jobs wait for go last in a job's
-    /// region order ([`spared_regions_last`]).
-    pub(super) fn spared_regions_last(&self, w: &WorkloadView, allowed: &mut [String]) {
-        let (Some(rc), RegionPolicy::Green) = (&self.snapshot.regions, self.config.region_policy)
-        else {
-            return;
-        };
-        let index = |r: &str| rc.catalog.region_index(r);
-        spared_regions_last(allowed, &w.preferred, self.spared_regions, index);
-    }
-
     /// A job that found no room: when it is [`region_limited`], the
     /// regions it may use are spared from now on and in the next pass.
     pub(super) fn note_waiting(&mut self, expl: &Explanation, allowed: &[String]) {
@@ -233,18 +263,42 @@ mod tests {
         assert_eq!(spared_models([kept.asked()], &t, &mv), h);
     }
 
+    /// Six ranked regions, the first four in the packing band.
+    fn band_of_four() -> Explanation {
+        use crate::regions::plan::Candidate;
+        let candidates = (0..6u16)
+            .map(|r| Candidate {
+                region: r,
+                verdict: Verdict::Ranked { rank: r as u32 },
+                terms: None,
+                fit: None,
+                left_for: None,
+            })
+            .collect();
+        Explanation {
+            band: 4,
+            candidates,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn spared_regions_go_last_after_the_preferred_ones() {
-        let names = ["a", "b", "c", "d"];
-        let index = |r: &str| names.iter().position(|n| *n == r);
-        let mut allowed: Vec<String> = ["b", "a", "d", "c"].map(String::from).to_vec();
-        // b and c spared; d preferred.
-        spared_regions_last(&mut allowed, &["d".into()], 0b0110, index);
-        assert_eq!(allowed, ["d", "a", "b", "c"]);
-        // Nothing spared: the order stands.
-        let mut allowed: Vec<String> = ["b", "a"].map(String::from).to_vec();
-        spared_regions_last(&mut allowed, &[], 0, index);
-        assert_eq!(allowed, ["b", "a"]);
+    fn the_band_tries_regions_others_need_last_and_the_rest_keeps_its_rank() {
+        let mut expl = band_of_four();
+        let mut order = [0u16, 1, 2, 3, 4, 5];
+        // Jobs limited to 0 and to 4 wait; a bound job may use 1.
+        leave_band_regions(&mut expl, &mut order, 0b1_0001, 0b10);
+        // 4 lies outside the band: a worse region is not tried before it.
+        assert_eq!(order, [2, 3, 1, 0, 4, 5]);
+        let left: Vec<_> = expl.candidates.iter().map(|c| c.left_for).collect();
+        use LeftFor::{Bound, Waiting};
+        assert_eq!(left, [Some(Waiting), Some(Bound), None, None, None, None]);
+        // Nothing needed elsewhere: the order stands.
+        let mut expl = band_of_four();
+        let mut order = [3u16, 0, 1, 2, 4, 5];
+        leave_band_regions(&mut expl, &mut order, 0, 0);
+        assert_eq!(order, [3, 0, 1, 2, 4, 5]);
+        assert!(expl.candidates.iter().all(|c| c.left_for.is_none()));
     }
 
     #[test]

@@ -1459,35 +1459,111 @@ links:
         assert!(big_wait <= bestfit_wait);
     }
 
-    /// A gang bound to west by residency needs all four of its nodes and
-    /// waits for a 3-node job there; a flexible job arriving meanwhile
-    /// would take west's free node (the greener region) and keep the gang
-    /// waiting for ten hours: while the gang waits, green tries west last,
-    /// so the flexible job runs in east (four nodes too, all free) and the
-    /// gang starts as soon as the 3-node job ends.
-    #[test]
-    fn flexible_jobs_leave_the_region_a_bound_gang_waits_for() {
-        let yaml = CATALOG.replacen("nodes: 3", "nodes: 4", 1);
+    /// Four nodes in each region; with `near`, east is nearly as green
+    /// and cheap as west (within green's packing band of it), otherwise
+    /// far dirtier and dearer. Users in `lake` sit 1 ms from west.
+    fn four_and_four(near: bool) -> World {
+        let mut yaml = CATALOG.replacen("nodes: 3", "nodes: 4", 1).replacen(
+            "  - {name: city}\n",
+            "  - {name: city}\n  - {name: lake}\n",
+            1,
+        ) + "  - {a: lake, b: west, rtt_ms: 1, bandwidth_gbps: 100}\n";
+        if near {
+            yaml = yaml.replacen(
+                "pue: 1.25\n    green_share: 0.1\n    price_cny_per_kwh: 0.7",
+                "pue: 1.1\n    green_share: 0.55\n    price_cny_per_kwh: 0.32",
+                1,
+            );
+        }
         let catalog = Catalog::from_yaml(&yaml, "four.yaml").unwrap();
         let config = WorldConfig {
             start_s: 1000,
             ..Default::default()
         };
-        let mut w = World::new(catalog, config).unwrap();
+        World::new(catalog, config).unwrap()
+    }
+
+    /// The gang limited to west by residency.
+    fn resident(gang: JobSpec) -> JobSpec {
+        JobSpec {
+            residency: vec!["west".into()],
+            ..gang
+        }
+    }
+
+    /// The gang limited to west by its users' latency SLO.
+    fn near_lake(gang: JobSpec) -> JobSpec {
+        JobSpec {
+            user_region: Some("lake".into()),
+            latency_slo_ms: Some(5.0),
+            ..gang
+        }
+    }
+
+    /// A gang that only west serves (`limit`) needs all four of its nodes
+    /// and waits for a 3-node job there, then a flexible job arrives.
+    /// Returns where the flexible job ran, the gang's wait and the
+    /// flexible job's explanation.
+    fn gang_waits_for_west(near: bool, limit: fn(JobSpec) -> JobSpec) -> (String, i64, String) {
+        let mut w = four_and_four(near);
         let fill = w.submit(spec("fill", 3, 8, 1000)).unwrap();
         assert_eq!(region_of(&w, fill), "west");
         w.advance_to(1010);
-        let bound = w
-            .submit(JobSpec {
-                residency: vec!["west".into()],
-                ..spec("bound", 4, 8, 600)
-            })
-            .unwrap();
+        let bound = w.submit(limit(spec("bound", 4, 8, 600))).unwrap();
         w.advance_to(1020);
         let flex = w.submit(spec("flex", 1, 8, 36_000)).unwrap();
         w.advance_to(3000);
-        assert_eq!(region_of(&w, flex), "east", "west is spared for the gang");
-        assert_eq!(w.job(bound).unwrap().wait_s(3000), 990);
+        let why = w.job_view(flex).unwrap().explanation.summary;
+        (region_of(&w, flex), w.job(bound).unwrap().wait_s(3000), why)
+    }
+
+    /// East is as good as west for a flexible job (in green's packing
+    /// band): it would take west's free node and keep the waiting gang
+    /// there for ten hours; while the gang waits, green tries west last
+    /// within the band, so the flexible job runs in east and the gang
+    /// starts as soon as the 3-node job ends.
+    #[test]
+    fn flexible_jobs_leave_the_region_a_limited_gang_waits_for() {
+        for limit in [resident, near_lake] {
+            let (region, gang_wait, why) = gang_waits_for_west(true, limit);
+            assert_eq!(region, "east", "west is spared for the gang");
+            assert_eq!(gang_wait, 990);
+            assert!(why.contains("left for jobs limited to them"), "{why}");
+        }
+    }
+
+    /// East far dirtier and dearer: the flexible job is not sent there to
+    /// spare west (sparing reorders only regions as good as the best).
+    #[test]
+    fn a_flexible_job_is_not_sent_to_a_far_worse_region_to_spare_one() {
+        let (region, gang_wait, _) = gang_waits_for_west(false, resident);
+        assert_eq!(region, "west");
+        assert_eq!(gang_wait, 1990, "the gang waits for the flexible job too");
+    }
+
+    /// A job bound to west runs on half a node there; a flexible job of
+    /// the same size would pack onto that node's other half, the best fit
+    /// in the band: it runs in east instead, and says why, leaving west's
+    /// room to the jobs that can run nowhere else.
+    #[test]
+    fn flexible_jobs_leave_regions_that_bound_jobs_use() {
+        let mut w = four_and_four(true);
+        let bound = w
+            .submit(JobSpec {
+                residency: vec!["west".into()],
+                ..spec("bound", 1, 4, 36_000)
+            })
+            .unwrap();
+        assert_eq!(region_of(&w, bound), "west");
+        w.advance_to(1010);
+        let flex = w.submit(spec("flex", 1, 4, 36_000)).unwrap();
+        assert_eq!(region_of(&w, flex), "east");
+        let why = w.job_view(flex).unwrap().explanation.summary;
+        assert!(why.contains("left for jobs limited to them"), "{why}");
+        // Once the bound job has ended, west is the flexible jobs' again.
+        w.advance_to(1000 + 36_001);
+        let later = w.submit(spec("later", 1, 4, 600)).unwrap();
+        assert_eq!(region_of(&w, later), "west");
     }
 
     #[test]
@@ -1682,16 +1758,19 @@ links:
     }
 
     /// Two copies of CATALOG's `west`, `a` and `b`, equal on every figure
-    /// (`a` ranks first on ties), 5 ms from the users.
+    /// (`a` ranks first on ties), 5 ms from the users in `city`; users in
+    /// `town` sit 1 ms from b and 20 ms from a.
     fn twins(pack_band: &str) -> Catalog {
         let west = &CATALOG
             [CATALOG.find("  - name: west").unwrap()..CATALOG.find("user_regions:").unwrap()];
         let head = &CATALOG[..CATALOG.find("  - name: east").unwrap()];
         let yaml = format!(
             "scoring: {{carbon: 1, cost: 1, latency: 0.1, pack_band: {pack_band}}}\n{head}{}{}\
-             user_regions:\n  - {{name: city}}\nlinks:\n\
+             user_regions:\n  - {{name: city}}\n  - {{name: town}}\nlinks:\n\
              \x20 - {{a: city, b: a, rtt_ms: 5, bandwidth_gbps: 100}}\n\
-             \x20 - {{a: city, b: b, rtt_ms: 5, bandwidth_gbps: 100}}\n",
+             \x20 - {{a: city, b: b, rtt_ms: 5, bandwidth_gbps: 100}}\n\
+             \x20 - {{a: town, b: b, rtt_ms: 1, bandwidth_gbps: 100}}\n\
+             \x20 - {{a: town, b: a, rtt_ms: 20, bandwidth_gbps: 100}}\n",
             west.replace("name: west", "name: a"),
             west.replace("name: west", "name: b"),
         );
@@ -1707,11 +1786,14 @@ links:
                 ..Default::default()
             };
             let mut w = World::new(catalog, config).unwrap();
-            // Typical shapes: whole GPUs and half GPUs. Region b holds a half-used GPU.
+            // Typical shapes: whole GPUs and half GPUs. Region b holds a
+            // half-used GPU (an inference service whose SLO only b meets).
             w.submit(spec("whole", 1, 1, 600)).unwrap();
             let mut pinned = spec("pinned", 1, 0, 600);
             pinned.gpu_milli = 500;
-            pinned.residency = vec!["b".into()];
+            pinned.kind = JobKind::OnlineInference;
+            pinned.user_region = Some("town".into());
+            pinned.latency_slo_ms = Some(2.0);
             let pinned = w.submit(pinned).unwrap();
             assert_eq!(region_of(&w, pinned), "b");
             let mut half = spec("half", 1, 0, 600);
