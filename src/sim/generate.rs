@@ -30,7 +30,12 @@ pub struct Generated {
     pub rows: Vec<WorkloadRow>,
     /// Offered GPU load as a share of the installed GPUs.
     pub load: f64,
+    /// The load level it was drawn around (±15%): one of [`LOAD_LEVELS`].
+    pub load_level: f64,
 }
+
+/// The offered loads the seeds cycle through, light to saturated.
+pub const LOAD_LEVELS: [f64; 4] = [0.3, 0.6, 0.9, 1.2];
 
 /// splitmix64: the seeded stream of the generator (and of the benches that
 /// draw workloads).
@@ -330,7 +335,8 @@ pub fn generate(seed: u64) -> Generated {
     let catalog = Catalog::from_yaml(&yaml, &format!("generated catalog {seed}"))
         .expect("generated catalogs are valid");
     // Load from light to saturated, spread over the seeds.
-    let load = [0.3, 0.6, 0.9, 1.2][(seed % 4) as usize] * rng.range(0.85, 1.15);
+    let load_level = LOAD_LEVELS[(seed % LOAD_LEVELS.len() as u64) as usize];
+    let load = load_level * rng.range(0.85, 1.15);
     let mean_duration = rng.range(1800.0, 7200.0);
     let mut shapes: Vec<Shape> = (0..JOBS)
         .map(|i| job(&mut rng, &file, &catalog, i))
@@ -354,6 +360,7 @@ pub fn generate(seed: u64) -> Generated {
         catalog,
         rows: shapes.into_iter().map(|s| s.row).collect(),
         load,
+        load_level,
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Pair {
     pub seed: u64,
     /// Offered GPU load as a share of the installed GPUs.
     pub load: f64,
+    /// The load level it was drawn around (0.3, 0.6, 0.9 or 1.2).
+    pub load_level: f64,
     pub comparison: Comparison,
     /// The default policy's SLO and residency violations and jobs it never
     /// placed (each should be 0).
@@ -93,6 +95,18 @@ pub struct Summary {
     pub with_violations: usize,
     pub green_mean_wait_sum_s: f64,
     pub nearest_mean_wait_sum_s: f64,
+    /// The same counts for each load level (`"0.3"` … `"1.2"`): light and
+    /// saturated pairs fare differently, and a change may trade one for the
+    /// other.
+    pub by_load: std::collections::BTreeMap<String, LoadTally>,
+}
+
+/// The pairs of one load level: how many, within the wait bound, dominated.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct LoadTally {
+    pub pairs: usize,
+    pub within_wait_bound: usize,
+    pub dominated: usize,
 }
 
 impl Summary {
@@ -103,8 +117,13 @@ impl Summary {
         };
         for p in pairs {
             let c = &p.comparison;
+            let dominated = !c.green_dominated_by.is_empty();
             s.within_wait_bound += usize::from(c.within_wait_bound);
-            s.dominated += usize::from(!c.green_dominated_by.is_empty());
+            s.dominated += usize::from(dominated);
+            let level = s.by_load.entry(format!("{:.1}", p.load_level)).or_default();
+            level.pairs += 1;
+            level.within_wait_bound += usize::from(c.within_wait_bound);
+            level.dominated += usize::from(dominated);
             for by in &c.green_dominated_by {
                 *s.dominated_by.entry(by.clone()).or_default() += 1;
             }
@@ -142,6 +161,7 @@ fn pair(seed: u64, placement: Policy, tie_seed: u64) -> Result<Pair, InputError>
     Ok(Pair {
         seed,
         load: generated.load,
+        load_level: generated.load_level,
         green_slo_violations: green.slo_violations,
         green_residency_violations: green.residency_violations,
         green_never_placed: green.never_placed,
@@ -239,6 +259,17 @@ pub fn table(pairs: &[Pair], s: &Summary) -> String {
         s.green_mean_wait_sum_s,
         s.nearest_mean_wait_sum_s,
     ));
+    let levels: Vec<String> = s
+        .by_load
+        .iter()
+        .map(|(l, t)| {
+            format!(
+                "{l}× {} pairs, within {}, dominated {}",
+                t.pairs, t.within_wait_bound, t.dominated
+            )
+        })
+        .collect();
+    out.push_str(&format!("by offered load: {}\n", levels.join("; ")));
     out
 }
 
@@ -274,6 +305,24 @@ mod tests {
         twice[0].comparison.within_wait_bound = true;
         twice[0].comparison.green_dominated_by = vec!["cheapest".into()];
         twice[0].green_never_placed = 1;
+        twice[0].load_level = 0.3;
+        twice[1].load_level = 0.3;
+        let mut three = twice.clone();
+        three.push(Pair {
+            load_level: 1.2,
+            ..pairs[0].clone()
+        });
+        three[2].comparison.green_dominated_by.clear();
+        three[2].comparison.within_wait_bound = true;
+        let by_load = &Summary::of(&three).by_load;
+        let tally = |pairs, within_wait_bound, dominated| LoadTally {
+            pairs,
+            within_wait_bound,
+            dominated,
+        };
+        assert_eq!(by_load["0.3"], tally(2, 1, 2));
+        assert_eq!(by_load["1.2"], tally(1, 1, 0));
+        assert_eq!(by_load.len(), 2);
         let s = Summary::of(&twice);
         assert_eq!((s.pairs, s.within_wait_bound, s.dominated), (2, 1, 2));
         assert_eq!(s.dominated_by["cheapest"], 2);
@@ -282,6 +331,10 @@ mod tests {
         let text = table(&twice, &s);
         assert!(
             text.contains("dominated on 2 (cheapest 2, greenest 1)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("by offered load: 0.3× 2 pairs, within 1, dominated 2\n"),
             "{text}"
         );
     }
