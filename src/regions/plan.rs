@@ -531,14 +531,15 @@ pub struct Candidate {
 
 /// Whom the scheduler leaves a region of the packing band for: a flexible
 /// job tries it after the band's other regions, which are as good on
-/// carbon, cost and latency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// carbon, cost and latency. Ordered as tried: regions left for no one
+/// (`None`) first, then `Bound`, then `Waiting`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LeftFor {
+    /// Unfinished jobs are bound to it by residency.
+    Bound,
     /// Jobs that can run in few regions (residency, latency SLO, budget,
     /// dedicated zones) found no room there in this pass or the last.
     Waiting,
-    /// Unfinished jobs are bound to it by residency.
-    Bound,
 }
 
 impl LeftFor {
@@ -997,21 +998,22 @@ impl Explanation {
                                 Verdict::Chosen { rank } => Some((r, rank)),
                                 _ => None,
                             });
-                    let reason = match (c.fit, chosen_rank) {
+                    let reason = match (c.fit, c.left_for, chosen_rank) {
                         // Better ranked, in the band, left for other jobs.
-                        (_, Some((_, chosen_rank)))
-                            if *rank < chosen_rank && c.left_for.is_some() =>
-                        {
-                            let left = c.left_for.map_or("", LeftFor::says);
-                            format!("ranked {}; within the packing band, {left}", rank + 1)
-                        }
-                        // Better ranked, in the band, left for a better fit.
-                        (Some(_), Some((chosen, chosen_rank))) if *rank < chosen_rank => format!(
-                            "ranked {}; within the packing band, the job packs better in {}",
+                        (_, Some(left), Some((_, chosen_rank))) if *rank < chosen_rank => format!(
+                            "ranked {}; within the packing band, {}",
                             rank + 1,
-                            catalog.regions[chosen as usize].name
+                            left.says()
                         ),
-                        (Some(_), _) => format!("ranked {}; in the packing band", rank + 1),
+                        // Better ranked, in the band, left for a better fit.
+                        (Some(_), None, Some((chosen, chosen_rank))) if *rank < chosen_rank => {
+                            format!(
+                                "ranked {}; within the packing band, the job packs better in {}",
+                                rank + 1,
+                                catalog.regions[chosen as usize].name
+                            )
+                        }
+                        (Some(_), _, _) => format!("ranked {}; in the packing band", rank + 1),
                         _ => format!("ranked {}", rank + 1),
                     };
                     ("ranked", None, Some(*rank), reason)

@@ -163,23 +163,17 @@ pub(super) fn leave_band_regions(
     if band < 2 || waited | bound == 0 {
         return;
     }
-    let left_for = |r: u16| {
+    let cands = &mut expl.candidates;
+    for &r in &order[..band] {
         let b = bit(Some(r as usize));
-        match (b & waited != 0, b & bound != 0) {
+        cands[r as usize].left_for = match (b & waited != 0, b & bound != 0) {
             (true, _) => Some(LeftFor::Waiting),
             (false, true) => Some(LeftFor::Bound),
             (false, false) => None,
-        }
-    };
-    let rank = |l: Option<LeftFor>| match l {
-        None => 0,
-        Some(LeftFor::Bound) => 1,
-        Some(LeftFor::Waiting) => 2,
-    };
-    order[..band].sort_by_key(|&r| rank(left_for(r)));
-    for &r in &order[..band] {
-        expl.candidates[r as usize].left_for = left_for(r);
+        };
     }
+    // Stable, in `LeftFor`'s order: the rest, then bound, then waited for.
+    order[..band].sort_by_key(|&r| cands[r as usize].left_for);
 }
 
 /// The catalog regions that unfinished jobs with residency may run in
@@ -192,7 +186,8 @@ pub(super) fn bound_regions(snapshot: &Snapshot) -> u64 {
         .workloads
         .iter()
         .filter(|w| {
-            !w.residency.is_empty() && Phase::of_status(Some(w.phase()), w.deleting).is_active()
+            !w.residency.is_empty()
+                && Phase::of_status(w.status.phase.as_deref(), w.deleting).is_active()
         })
         .flat_map(|w| &w.residency)
         .fold(0, |m, r| m | bit(rc.catalog.region_index(r)))
