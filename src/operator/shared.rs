@@ -173,7 +173,7 @@ where
     K: Resource + Clone + 'static,
     K::DynamicType: std::hash::Hash + Eq + Clone,
 {
-    store.state().iter().map(|s| Arc::clone(&s.0)).collect()
+    unwrap_all(store.state())
 }
 
 /// The objects a cache of shared objects holds now that `pred` accepts
@@ -183,11 +183,15 @@ where
     K: Resource + Clone + 'static,
     K::DynamicType: std::hash::Hash + Eq + Clone,
 {
-    store
-        .state_filter(|s| pred(s))
-        .into_iter()
-        .map(|s| Arc::clone(&s.0))
-        .collect()
+    unwrap_all(store.state_filter(|s| pred(s)))
+}
+
+/// The cache's `Arc`s of [`Shared`] objects as `Arc`s of the objects, in
+/// the vector the cache handed out: both are one pointer, so collecting
+/// the consuming iterator reuses its buffer (std's in-place collect) — one
+/// vector a pass per cache, not two.
+fn unwrap_all<K>(cached: Vec<Arc<Shared<K>>>) -> Vec<Arc<K>> {
+    cached.into_iter().map(|s| Arc::clone(&s.0)).collect()
 }
 
 /// The object a cache of shared objects holds under `at`.
@@ -230,6 +234,19 @@ mod tests {
         assert_eq!(cached.len(), 1);
         assert!(Arc::ptr_eq(&cached[0], &decoded.0));
         assert_eq!(cached[0].data["spec"]["gpus"], 1);
+    }
+
+    /// A pass turns each cache's `Arc<Shared<K>>`s into `Arc<K>`s in the
+    /// vector the cache handed out. Fails if the objects are collected
+    /// into a second vector (`.iter()` instead of `.into_iter()`).
+    #[test]
+    fn the_objects_are_handed_on_in_the_caches_vector() {
+        let cached: Vec<Arc<Shared<u32>>> =
+            (0..100).map(|i| Arc::new(Shared(Arc::new(i)))).collect();
+        let buffer = cached.as_ptr() as usize;
+        let objects = unwrap_all(cached);
+        assert_eq!(objects.as_ptr() as usize, buffer);
+        assert_eq!(objects.iter().map(|o| **o).sum::<u32>(), 4950);
     }
 
     /// A change through `meta_mut` never reaches other holders of the

@@ -52,8 +52,8 @@ const HISTORY: usize = 200_000;
 /// A change, as watch streams send it.
 struct Event {
     rv: u64,
-    resource: String,
-    namespace: String,
+    resource: Arc<str>,
+    namespace: Arc<str>,
     /// `{"type":..,"object":..}\n`, serialised once for every watcher.
     line: Bytes,
     object: Arc<Value>,
@@ -66,8 +66,10 @@ struct Event {
 /// which is rare.
 struct Past {
     rv: u64,
-    resource: String,
-    namespace: String,
+    /// Resources and namespaces are few: each kept change shares the
+    /// stand-in's one copy of its names (`Inner::name`).
+    resource: Arc<str>,
+    namespace: Arc<str>,
     line: Bytes,
 }
 
@@ -77,6 +79,8 @@ struct Inner {
     /// resource ("group/version/plural") → (namespace, name) → object.
     objects: BTreeMap<String, BTreeMap<(String, String), Arc<Value>>>,
     history: VecDeque<Past>,
+    /// Every resource and namespace name an event carried, once.
+    names: std::collections::HashSet<Arc<str>>,
     /// Oldest resourceVersion a watch may resume from.
     compacted_rv: u64,
     uid_counter: u64,
@@ -568,17 +572,21 @@ impl Inner {
     ) -> Arc<Value> {
         let rv = self.rv;
         let obj = Arc::new(obj);
-        let objects = self.objects.entry(resource.to_string()).or_default();
+        let (resource, namespace) = (self.name(resource), self.name(&key.0));
+        let objects = match self.objects.get_mut(&*resource) {
+            Some(objects) => objects,
+            None => self.objects.entry(resource.to_string()).or_default(),
+        };
         if kind == "DELETED" {
             objects.remove(&key);
         } else {
-            objects.insert(key.clone(), obj.clone());
+            objects.insert(key, obj.clone());
         }
         let line = format!("{}\n", json!({"type": kind, "object": &*obj}));
         let event = Arc::new(Event {
             rv,
-            resource: resource.to_string(),
-            namespace: key.0,
+            resource,
+            namespace,
             line: Bytes::from(line),
             object: obj.clone(),
         });
@@ -596,6 +604,18 @@ impl Inner {
         // No receiver is fine: nobody is watching.
         let _ = store_events.send(event);
         obj
+    }
+
+    /// The one shared copy of a resource or namespace name.
+    fn name(&mut self, name: &str) -> Arc<str> {
+        match self.names.get(name) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = Arc::from(name);
+                self.names.insert(shared.clone());
+                shared
+            }
+        }
     }
 }
 
