@@ -85,9 +85,9 @@ impl Pair {
 /// The tally over a sweep.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
-    pub pairs: usize,
-    pub within_wait_bound: usize,
-    pub dominated: usize,
+    /// Over every pair (`pairs`, `within_wait_bound`, `dominated` in the JSON).
+    #[serde(flatten)]
+    pub total: Tally,
     /// Pairs each baseline dominates the default policy on.
     pub dominated_by: std::collections::BTreeMap<String, usize>,
     /// Pairs where the default policy broke an SLO or residency or left a
@@ -98,32 +98,36 @@ pub struct Summary {
     /// The same counts for each load level (`"0.3"` … `"1.2"`): light and
     /// saturated pairs fare differently, and a change may trade one for the
     /// other.
-    pub by_load: std::collections::BTreeMap<String, LoadTally>,
+    pub by_load: std::collections::BTreeMap<String, Tally>,
 }
 
-/// The pairs of one load level: how many, within the wait bound, dominated.
+/// Pairs counted: how many, how many within the wait bound, how many
+/// dominated (over a sweep, or one load level of it).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct LoadTally {
+pub struct Tally {
     pub pairs: usize,
     pub within_wait_bound: usize,
     pub dominated: usize,
 }
 
+impl Tally {
+    fn count(&mut self, c: &Comparison) {
+        self.pairs += 1;
+        self.within_wait_bound += usize::from(c.within_wait_bound);
+        self.dominated += usize::from(!c.green_dominated_by.is_empty());
+    }
+}
+
 impl Summary {
     pub fn of(pairs: &[Pair]) -> Summary {
-        let mut s = Summary {
-            pairs: pairs.len(),
-            ..Summary::default()
-        };
+        let mut s = Summary::default();
         for p in pairs {
             let c = &p.comparison;
-            let dominated = !c.green_dominated_by.is_empty();
-            s.within_wait_bound += usize::from(c.within_wait_bound);
-            s.dominated += usize::from(dominated);
-            let level = s.by_load.entry(format!("{:.1}", p.load_level)).or_default();
-            level.pairs += 1;
-            level.within_wait_bound += usize::from(c.within_wait_bound);
-            level.dominated += usize::from(dominated);
+            s.total.count(c);
+            s.by_load
+                .entry(format!("{:.1}", p.load_level))
+                .or_default()
+                .count(c);
             for by in &c.green_dominated_by {
                 *s.dominated_by.entry(by.clone()).or_default() += 1;
             }
@@ -245,11 +249,11 @@ pub fn table(pairs: &[Pair], s: &Summary) -> String {
     out.push_str(&format!(
         "\n{} pairs: mean wait within {:.2}× nearest's (+{} s) on {}; dominated on {}{}; \
          SLO/residency violations or unplaced jobs on {}; summed mean waits green {:.1} s, nearest {:.1} s\n",
-        s.pairs,
+        s.total.pairs,
         super::regions::WAIT_BOUND_RATIO,
         super::regions::WAIT_BOUND_SLACK_S,
-        s.within_wait_bound,
-        s.dominated,
+        s.total.within_wait_bound,
+        s.total.dominated,
         if by.is_empty() {
             String::new()
         } else {
@@ -315,7 +319,7 @@ mod tests {
         three[2].comparison.green_dominated_by.clear();
         three[2].comparison.within_wait_bound = true;
         let by_load = &Summary::of(&three).by_load;
-        let tally = |pairs, within_wait_bound, dominated| LoadTally {
+        let tally = |pairs, within_wait_bound, dominated| Tally {
             pairs,
             within_wait_bound,
             dominated,
@@ -324,7 +328,7 @@ mod tests {
         assert_eq!(by_load["1.2"], tally(1, 1, 0));
         assert_eq!(by_load.len(), 2);
         let s = Summary::of(&twice);
-        assert_eq!((s.pairs, s.within_wait_bound, s.dominated), (2, 1, 2));
+        assert_eq!(s.total, tally(2, 1, 2));
         assert_eq!(s.dominated_by["cheapest"], 2);
         assert_eq!(s.dominated_by["greenest"], 1);
         assert_eq!(s.with_violations, 1);

@@ -73,11 +73,14 @@ struct Past {
     line: Bytes,
 }
 
+/// One resource's objects: (namespace, name) → object.
+type Objects = BTreeMap<(String, String), Arc<Value>>;
+
 #[derive(Default)]
 struct Inner {
     rv: u64,
     /// resource ("group/version/plural") → (namespace, name) → object.
-    objects: BTreeMap<String, BTreeMap<(String, String), Arc<Value>>>,
+    objects: BTreeMap<Arc<str>, Objects>,
     history: VecDeque<Past>,
     /// Every resource and namespace name an event carried, once.
     names: std::collections::HashSet<Arc<str>>,
@@ -491,7 +494,7 @@ fn list(store: &Store, t: &Target, q: &BTreeMap<String, String>) -> Response {
     let mut inner = store.inner.lock().unwrap();
     let matching: Vec<((String, String), Value)> = inner
         .objects
-        .get(&t.resource)
+        .get(t.resource.as_str())
         .into_iter()
         .flat_map(|m| m.iter())
         .filter(|((ns, _), _)| t.namespace.as_ref().is_none_or(|want| want == ns))
@@ -530,7 +533,7 @@ fn get(store: &Store, t: &Target) -> Response {
     let inner = store.inner.lock().unwrap();
     match inner
         .objects
-        .get(&t.resource)
+        .get(t.resource.as_str())
         .and_then(|m| m.get(&key_of(t)))
     {
         Some(o) => ok_json(StatusCode::OK, o),
@@ -553,7 +556,10 @@ fn not_found(t: &Target) -> Response {
 impl Inner {
     /// The object a request path names, if it exists.
     fn current(&self, t: &Target) -> Option<Arc<Value>> {
-        self.objects.get(&t.resource)?.get(&key_of(t)).cloned()
+        self.objects
+            .get(t.resource.as_str())?
+            .get(&key_of(t))
+            .cloned()
     }
 
     fn next_rv(&mut self) -> u64 {
@@ -573,10 +579,7 @@ impl Inner {
         let rv = self.rv;
         let obj = Arc::new(obj);
         let (resource, namespace) = (self.name(resource), self.name(&key.0));
-        let objects = match self.objects.get_mut(&*resource) {
-            Some(objects) => objects,
-            None => self.objects.entry(resource.to_string()).or_default(),
-        };
+        let objects = self.objects.entry(resource.clone()).or_default();
         if kind == "DELETED" {
             objects.remove(&key);
         } else {
@@ -650,7 +653,7 @@ fn create(store: &Store, t: &Target, mut body: Value) -> Response {
     let key = (ns.clone(), name.clone());
     if inner
         .objects
-        .get(&t.resource)
+        .get(t.resource.as_str())
         .is_some_and(|m| m.contains_key(&key))
     {
         return status_error(
@@ -1046,7 +1049,7 @@ fn watch_stream(store: &Arc<Store>, t: &Target, q: &BTreeMap<String, String>) ->
                 }
             }
             None => {
-                for (key, o) in inner.objects.get(&t.resource).into_iter().flatten() {
+                for (key, o) in inner.objects.get(t.resource.as_str()).into_iter().flatten() {
                     if sel.wants_at(&t.resource, &key.0, o) {
                         backlog.push(Bytes::from(format!(
                             "{}\n",
