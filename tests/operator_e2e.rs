@@ -207,6 +207,49 @@ async fn a_resumed_watch_replays_only_what_its_selector_matches() {
     assert_eq!(next_added(&mut events).await, "a3");
 }
 
+/// A change wakes only the watches of its own resource (the real API
+/// server keeps a watch cache per resource): a nodes watch is never handed
+/// the pods' changes, while a pods watch is handed each of them.
+#[tokio::test]
+async fn a_watch_is_handed_only_its_resources_changes() {
+    let server = ApiServer::start().await;
+    let client = server.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let mut node_events = nodes.watch(&Default::default(), "0").await.unwrap().boxed();
+    wait_for(|| server.request_count("watch", "v1/nodes") == 1).await;
+    let mut last = String::new();
+    for name in ["p1", "p2", "p3"] {
+        let p = pods
+            .create(&PostParams::default(), &pod(name))
+            .await
+            .unwrap();
+        last = p.metadata.resource_version.unwrap();
+    }
+    // The pods' changes reached no watch: only the nodes watch is open.
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), node_events.next())
+        .await
+        .expect("no watch event within 10 s")
+        .expect("watch ended")
+        .unwrap();
+    assert!(matches!(ev, kube::api::WatchEvent::Added(ref n) if n.name_any() == "n1"));
+    assert_eq!(server.changes_handed_to_watches(), 1);
+
+    let mut pod_events = pods
+        .watch(&Default::default(), &last)
+        .await
+        .unwrap()
+        .boxed();
+    wait_for(|| server.request_count("watch", "v1/pods") == 1).await;
+    pods.create(&PostParams::default(), &pod("p4"))
+        .await
+        .unwrap();
+    assert_eq!(next_added(&mut pod_events).await, "p4");
+    assert_eq!(server.changes_handed_to_watches(), 2);
+}
+
 async fn next_added(
     events: &mut futures::stream::BoxStream<'_, kube::Result<kube::api::WatchEvent<Pod>>>,
 ) -> String {

@@ -37,6 +37,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
@@ -48,6 +49,22 @@ use tokio::sync::{broadcast, watch};
 
 /// Events kept for watches that resume from an older resourceVersion.
 const HISTORY: usize = 200_000;
+
+/// Changes of one resource a watch may fall behind by before it is cut off
+/// (it then re-watches, as from a real API server).
+const CHANNEL: usize = 65_536;
+
+/// `{"object":..,"type":..}\n` (the keys in serde_json's order), written
+/// straight from the stored object rather than through a copy of it.
+fn event_line(kind: &str, obj: &Value) -> Bytes {
+    let mut line = Vec::with_capacity(1024);
+    line.extend_from_slice(b"{\"object\":");
+    serde_json::to_writer(&mut line, obj).expect("a JSON value serialises");
+    line.extend_from_slice(b",\"type\":");
+    serde_json::to_writer(&mut line, kind).expect("a string serialises");
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
 
 /// A change, as watch streams send it.
 struct Event {
@@ -84,6 +101,10 @@ struct Inner {
     history: VecDeque<Past>,
     /// Every resource and namespace name an event carried, once.
     names: std::collections::HashSet<Arc<str>>,
+    /// One channel of changes per resource, as the real API server's watch
+    /// cache is per resource: a change wakes only the watches of its own
+    /// resource.
+    channels: BTreeMap<Arc<str>, broadcast::Sender<Arc<Event>>>,
     /// Oldest resourceVersion a watch may resume from.
     compacted_rv: u64,
     uid_counter: u64,
@@ -101,8 +122,10 @@ pub struct Store {
     /// When set, each bind (a binding, or a pod created on a node) takes a
     /// permit: binds past the paused count hang.
     bind_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
-    events: broadcast::Sender<Arc<Event>>,
     restart: watch::Sender<u64>,
+    /// Changes handed to watch streams, before their selectors looked at
+    /// them (for tests that check who is woken by a change).
+    handed: AtomicU64,
 }
 
 /// A running stand-in API server.
@@ -121,16 +144,15 @@ impl Drop for ApiServer {
 impl ApiServer {
     /// Binds 127.0.0.1:0 and serves until dropped.
     pub async fn start() -> ApiServer {
-        let (events, _) = broadcast::channel(65_536);
         let (restart, _) = watch::channel(0);
         let store = Arc::new(Store {
             inner: Mutex::new(Inner {
                 rv: 1,
                 ..Default::default()
             }),
-            events,
             restart,
             bind_gate: Mutex::new(None),
+            handed: Default::default(),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -188,6 +210,12 @@ impl ApiServer {
             .get(resource)
             .map(|m| m.values().map(|v| (**v).clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// Changes handed to open watch streams so far, counted once per stream
+    /// and change, whether or not its selectors wanted it.
+    pub fn changes_handed_to_watches(&self) -> u64 {
+        self.store.handed.load(Ordering::Relaxed)
     }
 
     /// Pods bound since start, by a binding or created on a node (O(1), for
@@ -570,7 +598,6 @@ impl Inner {
     /// Stores `obj` (its resourceVersion already set) and publishes the change.
     fn commit(
         &mut self,
-        store_events: &broadcast::Sender<Arc<Event>>,
         resource: &str,
         key: (String, String),
         kind: &str,
@@ -585,12 +612,11 @@ impl Inner {
         } else {
             objects.insert(key, obj.clone());
         }
-        let line = format!("{}\n", json!({"type": kind, "object": &*obj}));
         let event = Arc::new(Event {
             rv,
             resource,
             namespace,
-            line: Bytes::from(line),
+            line: event_line(kind, &obj),
             object: obj.clone(),
         });
         if self.history.len() == HISTORY {
@@ -604,9 +630,19 @@ impl Inner {
             namespace: event.namespace.clone(),
             line: event.line.clone(),
         });
-        // No receiver is fine: nobody is watching.
-        let _ = store_events.send(event);
+        if let Some(channel) = self.channels.get(&event.resource) {
+            // No receiver is fine: nobody is watching.
+            let _ = channel.send(event);
+        }
         obj
+    }
+
+    /// The channel of `resource`'s changes, opened on first use.
+    fn channel(&mut self, resource: &str) -> &broadcast::Sender<Arc<Event>> {
+        let resource = self.name(resource);
+        self.channels
+            .entry(resource)
+            .or_insert_with(|| broadcast::channel(CHANNEL).0)
     }
 
     /// The one shared copy of a resource or namespace name.
@@ -685,7 +721,7 @@ fn create(store: &Store, t: &Target, mut body: Value) -> Response {
             o.remove("status");
         }
     }
-    let obj = inner.commit(&store.events, &t.resource, key, "ADDED", body);
+    let obj = inner.commit(&t.resource, key, "ADDED", body);
     drop(inner);
     ok_json(StatusCode::CREATED, &obj)
 }
@@ -799,7 +835,7 @@ fn write(store: &Store, t: &Target, mut new: Value, expect_rv: Option<String>) -
     } else {
         "MODIFIED"
     };
-    let obj = inner.commit(&store.events, &t.resource, key, kind, new);
+    let obj = inner.commit(&t.resource, key, kind, new);
     drop(inner);
     ok_json(StatusCode::OK, &obj)
 }
@@ -909,7 +945,7 @@ fn delete(store: &Store, t: &Target, body: Value) -> Response {
     } else {
         "DELETED"
     };
-    let obj = inner.commit(&store.events, &t.resource, key, kind, obj);
+    let obj = inner.commit(&t.resource, key, kind, obj);
     drop(inner);
     ok_json(StatusCode::OK, &obj)
 }
@@ -962,7 +998,7 @@ fn bind(store: &Store, t: &Target, body: Value) -> Response {
     }]);
     let rv = inner.next_rv();
     set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
-    inner.commit(&store.events, &t.resource, key, "MODIFIED", obj);
+    inner.commit(&t.resource, key, "MODIFIED", obj);
     inner.bindings += 1;
     drop(inner);
     ok_json(
@@ -1026,9 +1062,9 @@ fn watch_stream(store: &Arc<Store>, t: &Target, q: &BTreeMap<String, String>) ->
     };
     let mut backlog: Vec<Bytes> = Vec::new();
     let (sub, start_rv) = {
-        let inner = store.inner.lock().unwrap();
+        let mut inner = store.inner.lock().unwrap();
         // Subscribe under the lock: no event falls between backlog and live.
-        let sub = store.events.subscribe();
+        let sub = inner.channel(&t.resource).subscribe();
         match since {
             Some(rv) if rv < inner.compacted_rv => {
                 let gone = json!({"type": "ERROR", "object": {
@@ -1051,10 +1087,7 @@ fn watch_stream(store: &Arc<Store>, t: &Target, q: &BTreeMap<String, String>) ->
             None => {
                 for (key, o) in inner.objects.get(t.resource.as_str()).into_iter().flatten() {
                     if sel.wants_at(&t.resource, &key.0, o) {
-                        backlog.push(Bytes::from(format!(
-                            "{}\n",
-                            json!({"type": "ADDED", "object": &**o})
-                        )));
+                        backlog.push(event_line("ADDED", o));
                     }
                 }
             }
@@ -1065,37 +1098,36 @@ fn watch_stream(store: &Arc<Store>, t: &Target, q: &BTreeMap<String, String>) ->
     // Events already queued when one arrives go out in the same chunk (one
     // write for a burst; the bytes on the wire are the same lines).
     let live = futures::stream::unfold(
-        (sub, start_rv, Box::new(wanted), false),
-        |(mut rx, start, wanted, cut)| async move {
+        (sub, start_rv, Box::new(wanted), false, store.clone()),
+        |(mut rx, start, wanted, cut, store)| async move {
             if cut {
                 return None;
             }
+            let mut chunk: Vec<u8> = Vec::new();
+            // Wait for the first wanted change, then take what is queued.
             loop {
-                match rx.recv().await {
-                    Ok(e) if e.rv > start && wanted(&e) => {
-                        let mut chunk = e.line.to_vec();
-                        let mut cut = false;
-                        loop {
-                            match rx.try_recv() {
-                                Ok(e) if e.rv > start && wanted(&e) => {
-                                    chunk.extend_from_slice(&e.line)
-                                }
-                                Ok(_) => continue,
-                                Err(broadcast::error::TryRecvError::Empty) => break,
-                                // Lagged or closed: send what we have, then end.
-                                Err(_) => {
-                                    cut = true;
-                                    break;
-                                }
-                            }
-                        }
-                        return Some((Bytes::from(chunk), (rx, start, wanted, cut)));
+                let next = if chunk.is_empty() {
+                    rx.recv().await.map_err(|_| ())
+                } else {
+                    match rx.try_recv() {
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                        other => other.map_err(|_| ()),
                     }
-                    Ok(_) => continue,
-                    // A watcher too slow to keep up is cut off and re-watches.
-                    Err(_) => return None,
+                };
+                match next {
+                    Ok(e) => {
+                        store.handed.fetch_add(1, Ordering::Relaxed);
+                        if e.rv > start && wanted(&e) {
+                            chunk.extend_from_slice(&e.line);
+                        }
+                    }
+                    // A watcher too slow to keep up (lagged) or a closed
+                    // channel: send what is gathered, then end (it re-watches).
+                    Err(()) if chunk.is_empty() => return None,
+                    Err(()) => return Some((Bytes::from(chunk), (rx, start, wanted, true, store))),
                 }
             }
+            Some((Bytes::from(chunk), (rx, start, wanted, false, store)))
         },
     );
     stream_response(
