@@ -6,6 +6,11 @@
 //! clusters of 东数西算) and validated at load: a bad figure is an
 //! [`InputError`] naming the file, the entry and the rule broken.
 
+mod checks;
+
+use checks::input_err;
+pub use checks::{green_profile as check_green_profile, price_profile as check_price_profile};
+
 use super::cost::day_mean;
 use crate::error::InputError;
 use petgraph::graph::{NodeIndex, UnGraph};
@@ -217,10 +222,6 @@ pub struct Catalog {
     bandwidth_gbps: Vec<f64>,
 }
 
-fn input_err(file: &str, entry: &str, rule: impl std::fmt::Display) -> InputError {
-    InputError::new(format!("{file}: {entry}: {rule}"))
-}
-
 impl Catalog {
     /// The shipped default catalog.
     pub fn default_catalog() -> Catalog {
@@ -288,145 +289,12 @@ impl Catalog {
             scoring,
             ..
         } = parsed;
-        if regions.is_empty() {
-            return Err(input_err(
-                file,
-                "regions",
-                "the catalog lists no region; add at least one",
-            ));
-        }
-        if regions.len() > super::plan::MAX_REGIONS {
-            return Err(input_err(
-                file,
-                "regions",
-                format!(
-                    "{} regions listed; at most {} are supported",
-                    regions.len(),
-                    super::plan::MAX_REGIONS
-                ),
-            ));
-        }
-        let mut accel_names = HashMap::new();
-        for (i, a) in accelerators.iter().enumerate() {
-            let entry = format!("accelerators[{i}] ({})", a.model);
-            if !(a.power_w.is_finite() && a.power_w > 0.0) {
-                return Err(input_err(
-                    file,
-                    &entry,
-                    format!("power_w {} must be a positive number of watts", a.power_w),
-                ));
-            }
-            if accel_names.insert(a.model.clone(), i).is_some() {
-                return Err(input_err(
-                    file,
-                    &entry,
-                    "duplicate accelerator model; list each model once",
-                ));
-            }
-        }
+        checks::region_count(&regions, file)?;
+        let models = checks::accelerators(&accelerators, file)?;
         let mut place_index = HashMap::new();
-        let mut prices = Vec::with_capacity(regions.len());
         for (i, r) in regions.iter().enumerate() {
             let entry = format!("regions[{i}] ({})", r.name);
-            if r.name.is_empty() {
-                return Err(input_err(
-                    file,
-                    &entry,
-                    "name is empty; give every region an id",
-                ));
-            }
-            if !(r.pue.is_finite() && r.pue >= 1.0) {
-                return Err(input_err(
-                    file,
-                    &entry,
-                    format!("pue {} is below 1.0; PUE is facility energy / IT energy and is at least 1.0", r.pue),
-                ));
-            }
-            check_share(file, &entry, "green_share", r.green_share)?;
-            if let Some(t) = &r.dedicated_to {
-                let problem = if t.is_empty() {
-                    Some(
-                        "is empty; name the tenant the region is reserved to, or leave it out"
-                            .to_string(),
-                    )
-                } else {
-                    crate::ledger::types::text_problem(t)
-                };
-                if let Some(why) = problem {
-                    return Err(input_err(file, &entry, format!("dedicated_to {why}")));
-                }
-            }
-            let profiles = [
-                r.green_profile.as_deref().map(check_green_profile),
-                r.price_profile.as_deref().map(check_price_profile),
-            ];
-            if let Some(Err((field, why))) = profiles.into_iter().flatten().find(Result::is_err) {
-                return Err(input_err(file, &entry, format!("{field} {why}")));
-            }
-            if !(r.price_cny_per_kwh.is_finite() && r.price_cny_per_kwh >= 0.0) {
-                return Err(input_err(
-                    file,
-                    &entry,
-                    format!(
-                        "price_cny_per_kwh {} is negative; an electricity price is ≥ 0",
-                        r.price_cny_per_kwh
-                    ),
-                ));
-            }
-            if !(r.grid_factor_kg_per_kwh.is_finite() && r.grid_factor_kg_per_kwh >= 0.0) {
-                return Err(input_err(
-                    file,
-                    &entry,
-                    format!(
-                        "grid_factor_kg_per_kwh {} is negative; an emission factor is ≥ 0 (national 2022 average: 0.5703)",
-                        r.grid_factor_kg_per_kwh
-                    ),
-                ));
-            }
-            for (j, inv) in r.inventory.iter().enumerate() {
-                let sub = format!("{entry}.inventory[{j}]");
-                if !accel_names.contains_key(&inv.model) {
-                    return Err(input_err(
-                        file,
-                        &sub,
-                        format!(
-                            "unknown accelerator model {:?}; add it under accelerators",
-                            inv.model
-                        ),
-                    ));
-                }
-                if inv.nodes == 0 {
-                    return Err(input_err(
-                        file,
-                        &sub,
-                        "nodes 0 must be ≥ 1; leave the entry out for a model the region does not have",
-                    ));
-                }
-                if inv.gpus_per_node == 0 || inv.gpus_per_node > 64 {
-                    return Err(input_err(
-                        file,
-                        &sub,
-                        format!("gpus_per_node {} must be 1..=64", inv.gpus_per_node),
-                    ));
-                }
-                match (inv.nodes_per_rack, inv.racks_per_block) {
-                    (Some(0), _) | (_, Some(0)) => {
-                        return Err(input_err(
-                            file,
-                            &sub,
-                            "nodes_per_rack and racks_per_block must be ≥ 1 (or left out)",
-                        ))
-                    }
-                    (None, Some(_)) => {
-                        return Err(input_err(
-                            file,
-                            &sub,
-                            "racks_per_block needs nodes_per_rack (blocks are made of racks)",
-                        ))
-                    }
-                    _ => {}
-                }
-            }
+            checks::region(r, &entry, &models, file)?;
             if place_index.insert(r.name.clone(), i).is_some() {
                 return Err(input_err(
                     file,
@@ -434,110 +302,34 @@ impl Catalog {
                     "duplicate region name; names must be unique",
                 ));
             }
-            prices.push((r.price_cny_per_kwh * MILLI_FEN_PER_CNY as f64).round() as i64);
         }
         for (i, u) in user_regions.iter().enumerate() {
-            let entry = format!("user_regions[{i}] ({})", u.name);
             if place_index
                 .insert(u.name.clone(), regions.len() + i)
                 .is_some()
             {
                 return Err(input_err(
                     file,
-                    &entry,
+                    &format!("user_regions[{i}] ({})", u.name),
                     "name already used by a region or user region; names must be unique",
                 ));
             }
         }
-        let n_places = regions.len() + user_regions.len();
-        let mut graph: UnGraph<(), (f64, f64)> = UnGraph::with_capacity(n_places, links.len());
-        let nodes: Vec<NodeIndex> = (0..n_places).map(|_| graph.add_node(())).collect();
+        let mut graph: UnGraph<(), (f64, f64)> =
+            UnGraph::with_capacity(place_index.len(), links.len());
+        let nodes: Vec<NodeIndex> = (0..place_index.len()).map(|_| graph.add_node(())).collect();
         for (i, l) in links.iter().enumerate() {
             let entry = format!("links[{i}] ({} - {})", l.a, l.b);
-            let a = *place_index.get(&l.a).ok_or_else(|| {
-                input_err(
-                    file,
-                    &entry,
-                    format!(
-                        "link to unknown region {:?}; declare it under regions or user_regions",
-                        l.a
-                    ),
-                )
-            })?;
-            let b = *place_index.get(&l.b).ok_or_else(|| {
-                input_err(
-                    file,
-                    &entry,
-                    format!(
-                        "link to unknown region {:?}; declare it under regions or user_regions",
-                        l.b
-                    ),
-                )
-            })?;
-            if a == b {
-                return Err(input_err(file, &entry, "a link joins two different places"));
-            }
-            if !(l.rtt_ms.is_finite() && l.rtt_ms >= 0.0) {
-                return Err(input_err(
-                    file,
-                    &entry,
-                    format!("rtt_ms {} must be ≥ 0", l.rtt_ms),
-                ));
-            }
-            if !(l.bandwidth_gbps.is_finite() && l.bandwidth_gbps > 0.0) {
-                return Err(input_err(
-                    file,
-                    &entry,
-                    format!("bandwidth_gbps {} must be > 0", l.bandwidth_gbps),
-                ));
-            }
+            let (a, b) = checks::link(l, &entry, &place_index, file)?;
             graph.add_edge(nodes[a], nodes[b], (l.rtt_ms, l.bandwidth_gbps));
         }
         let weights = scoring.unwrap_or_default();
-        for (name, w) in [
-            ("carbon", weights.carbon),
-            ("cost", weights.cost),
-            ("latency", weights.latency),
-            ("pack_band", weights.pack_band),
-            ("shift_cost", weights.shift_cost),
-        ] {
-            if !(w.is_finite() && w >= 0.0) {
-                return Err(input_err(
-                    file,
-                    &format!("scoring.{name}"),
-                    format!("{name} {w} must be a finite number ≥ 0"),
-                ));
-            }
-        }
-
-        // Dense place × region latency / bandwidth tables from shortest paths.
-        let n_regions = regions.len();
-        let mut rtt_ms = vec![f64::INFINITY; n_places * n_regions];
-        let mut bandwidth_gbps = vec![0.0; n_places * n_regions];
-        for r in 0..n_regions {
-            for p in 0..n_places {
-                let k = p * n_regions + r;
-                if p == r {
-                    rtt_ms[k] = 0.0;
-                    bandwidth_gbps[k] = f64::INFINITY;
-                    continue;
-                }
-                let found = petgraph::algo::astar(
-                    &graph,
-                    nodes[p],
-                    |n| n == nodes[r],
-                    |e| e.weight().0,
-                    |_| 0.0,
-                );
-                if let Some((cost, path)) = found {
-                    rtt_ms[k] = cost;
-                    bandwidth_gbps[k] = path
-                        .windows(2)
-                        .filter_map(|w| graph.find_edge(w[0], w[1]).map(|e| graph[e].1))
-                        .fold(f64::INFINITY, f64::min);
-                }
-            }
-        }
+        checks::weights(&weights, file)?;
+        let (rtt_ms, bandwidth_gbps) = shortest_paths(&graph, &nodes, regions.len());
+        let price_milli_fen_per_kwh = regions
+            .iter()
+            .map(|r| (r.price_cny_per_kwh * MILLI_FEN_PER_CNY as f64).round() as i64)
+            .collect();
         let green_day_mean = regions
             .iter()
             .map(|r| day_mean(r.green_share, r.green_profile.as_deref()))
@@ -554,7 +346,7 @@ impl Catalog {
             accelerators,
             links,
             weights,
-            price_milli_fen_per_kwh: prices,
+            price_milli_fen_per_kwh,
             place_index,
             rtt_ms,
             bandwidth_gbps,
@@ -624,62 +416,43 @@ impl Region {
 /// Most a time-of-use multiplier may be (ten times the flat price).
 pub const MAX_PRICE_MULTIPLIER: f64 = 10.0;
 
-/// Checks an hour-of-day green profile: 24 shares, each in [0, 1]. The
-/// error names the field (`green_profile` or `green_profile[h]`) and why.
-pub fn check_green_profile(profile: &[f64]) -> Result<(), (String, String)> {
-    check_hourly(
-        "green_profile",
-        "",
-        profile,
-        |v| (0.0..=1.0).contains(&v),
-        |v| format!("{v} is outside [0, 1]; a share is a fraction (0.35 = 35%)"),
-    )
-}
-
-/// Checks a time-of-use profile: 24 multipliers, each in (0, 10]. The
-/// error names the field (`price_profile` or `price_profile[h]`) and why.
-pub fn check_price_profile(profile: &[f64]) -> Result<(), (String, String)> {
-    check_hourly(
-        "price_profile",
-        "multiplier ",
-        profile,
-        |v| v > 0.0 && v <= MAX_PRICE_MULTIPLIER,
-        |v| {
-            format!("{v} is outside (0, {MAX_PRICE_MULTIPLIER}]; a multiplier of the flat price (0.4 = valley, 1.6 = peak)")
-        },
-    )
-}
-
-/// One value per hour of day, each finite and `ok`; else the first field
-/// that is not (`name` or `name[h]`) and why.
-fn check_hourly(
-    name: &str,
-    what: &str,
-    profile: &[f64],
-    ok: impl Fn(f64) -> bool,
-    why: impl Fn(f64) -> String,
-) -> Result<(), (String, String)> {
-    if profile.len() != 24 {
-        return Err((
-            name.into(),
-            format!("has {} values; give one {what}per hour (24)", profile.len()),
-        ));
+/// Dense place × region tables of the shortest-path round trip (∞ when
+/// unreachable) and the bottleneck bandwidth along that path, indexed
+/// `place * n_regions + region`; places are the graph's `nodes`, regions
+/// first.
+fn shortest_paths(
+    graph: &UnGraph<(), (f64, f64)>,
+    nodes: &[NodeIndex],
+    n_regions: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let n_places = nodes.len();
+    let mut rtt_ms = vec![f64::INFINITY; n_places * n_regions];
+    let mut bandwidth_gbps = vec![0.0; n_places * n_regions];
+    for r in 0..n_regions {
+        for p in 0..n_places {
+            let k = p * n_regions + r;
+            if p == r {
+                rtt_ms[k] = 0.0;
+                bandwidth_gbps[k] = f64::INFINITY;
+                continue;
+            }
+            let found = petgraph::algo::astar(
+                graph,
+                nodes[p],
+                |n| n == nodes[r],
+                |e| e.weight().0,
+                |_| 0.0,
+            );
+            if let Some((cost, path)) = found {
+                rtt_ms[k] = cost;
+                bandwidth_gbps[k] = path
+                    .windows(2)
+                    .filter_map(|w| graph.find_edge(w[0], w[1]).map(|e| graph[e].1))
+                    .fold(f64::INFINITY, f64::min);
+            }
+        }
     }
-    match profile.iter().position(|v| !(v.is_finite() && ok(*v))) {
-        Some(h) => Err((format!("{name}[{h}]"), why(profile[h]))),
-        None => Ok(()),
-    }
-}
-
-fn check_share(file: &str, entry: &str, field: &str, v: f64) -> Result<(), InputError> {
-    if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
-        return Err(input_err(
-            file,
-            entry,
-            format!("{field} {v} is outside [0, 1]; a share is a fraction (0.35 = 35%)"),
-        ));
-    }
-    Ok(())
+    (rtt_ms, bandwidth_gbps)
 }
 
 #[cfg(test)]
