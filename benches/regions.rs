@@ -18,7 +18,7 @@ use zhisuan::placement::{Cluster, Engine, Policy, Request};
 use zhisuan::regions::nodes::node_specs;
 use zhisuan::regions::plan::{Explanation, InventoryIndex, JobSpec, RegionChooser};
 use zhisuan::regions::{Catalog, RegionPolicy};
-use zhisuan::sim::regions::{parse_workload, DEFAULT_WORKLOAD_CSV, DEFAULT_WORKLOAD_PATH};
+use zhisuan::sim::workload::{parse_workload, DEFAULT_WORKLOAD_CSV, DEFAULT_WORKLOAD_PATH};
 use zhisuan::sim::world::{World, WorldConfig};
 
 const JOBS: usize = 1000;

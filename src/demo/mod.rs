@@ -487,11 +487,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             p.display().to_string(),
         ),
         None => (
-            crate::sim::regions::DEFAULT_WORKLOAD_CSV.to_string(),
-            crate::sim::regions::DEFAULT_WORKLOAD_PATH.to_string(),
+            crate::sim::workload::DEFAULT_WORKLOAD_CSV.to_string(),
+            crate::sim::workload::DEFAULT_WORKLOAD_PATH.to_string(),
         ),
     };
-    let jobs = crate::sim::regions::parse_workload(&workload_text, &workload_name, &catalog)?;
+    let jobs = crate::sim::workload::parse_workload(&workload_text, &workload_name, &catalog)?;
     let workload = Workload::new(jobs)?;
 
     // The ledger: a kept file, or a temporary one removed at the end.

@@ -21,7 +21,7 @@ use crate::regions::catalog::{
 use crate::regions::plan::JobKind;
 use crate::regions::Catalog;
 
-use super::regions::WorkloadRow;
+use super::workload::WorkloadRow;
 
 /// A generated catalog (as its file, for `--write-generated`) and workload.
 pub struct Generated {

@@ -73,7 +73,8 @@ mod tests {
     use crate::placement::Policy;
     use crate::regions::catalog::Catalog;
     use crate::regions::plan::RegionPolicy;
-    use crate::sim::regions::{parse_workload, simulate, DEFAULT_WORKLOAD_CSV};
+    use crate::sim::regions::simulate;
+    use crate::sim::workload::{parse_workload, DEFAULT_WORKLOAD_CSV};
 
     #[test]
     fn every_job_gets_a_row_with_its_region_start_and_wait() {

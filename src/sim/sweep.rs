@@ -10,7 +10,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::regions::{compare, generated_workload, simulate, Comparison};
+use super::compare::{compare, Comparison};
+use super::regions::{generated_workload, simulate};
 use crate::error::InputError;
 use crate::placement::Policy;
 use crate::regions::plan::RegionPolicy;
@@ -250,8 +251,8 @@ pub fn table(pairs: &[Pair], s: &Summary) -> String {
         "\n{} pairs: mean wait within {:.2}× nearest's (+{} s) on {}; dominated on {}{}; \
          SLO/residency violations or unplaced jobs on {}; summed mean waits green {:.1} s, nearest {:.1} s\n",
         s.total.pairs,
-        super::regions::WAIT_BOUND_RATIO,
-        super::regions::WAIT_BOUND_SLACK_S,
+        super::compare::WAIT_BOUND_RATIO,
+        super::compare::WAIT_BOUND_SLACK_S,
         s.total.within_wait_bound,
         s.total.dominated,
         if by.is_empty() {
