@@ -11,3 +11,13 @@ pub mod replay;
 pub mod sweep;
 pub mod workload;
 pub mod world;
+
+/// Writes rows as CSV with a header (a workload, job outcomes).
+pub fn write_csv<T: serde::Serialize>(rows: &[T], out: impl std::io::Write) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    for r in rows {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    Ok(())
+}

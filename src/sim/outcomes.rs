@@ -59,12 +59,7 @@ pub fn job_outcomes(world: &World, policy: &str) -> Vec<JobOutcome> {
 
 /// Writes outcomes as CSV with a header.
 pub fn write_outcomes(rows: &[JobOutcome], out: impl std::io::Write) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_writer(out);
-    for r in rows {
-        w.serialize(r)?;
-    }
-    w.flush()?;
-    Ok(())
+    super::write_csv(rows, out)
 }
 
 #[cfg(test)]

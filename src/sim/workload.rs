@@ -328,12 +328,7 @@ pub fn build_workload(trace_csv: &str, file: &str) -> Result<Vec<WorkloadRow>, I
 
 /// Writes workload rows as CSV.
 pub fn write_workload(rows: &[WorkloadRow], out: &mut impl std::io::Write) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_writer(out);
-    for r in rows {
-        w.serialize(r)?;
-    }
-    w.flush()?;
-    Ok(())
+    super::write_csv(rows, out)
 }
 
 #[cfg(test)]
