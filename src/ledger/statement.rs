@@ -5,9 +5,9 @@
 use super::chain::ChainHead;
 use super::error::Result;
 use super::money::{format_yuan, Fen};
-use super::sql::Val;
+use super::sql::{Cell, Val};
 use super::store::Ledger;
-use super::types::{Month, VoucherStatus, J_PER_KWH};
+use super::types::{Month, Voucher, VoucherStatus, J_PER_KWH};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -157,6 +157,39 @@ impl Ledger {
         }
         // First: every entry the statement reads is at or before it.
         let chain_head = self.chain_head()?;
+        let sums = self.month_sums(tenant, month, source)?;
+        let (gpu, energy) = gpu_and_energy_lines(&sums.usage);
+        let mut st = Statement {
+            tenant: tenant.into(),
+            month: month.to_string(),
+            period_start: month.start(),
+            period_end: month.next().start(),
+            as_of: now,
+            usage_records: sums.usage.iter().map(|r| r[2].i()).sum(),
+            token_records: sums.tokens.iter().map(|r| r[1].i()).sum(),
+            gpu,
+            energy,
+            tokens: sums.tokens.iter().map(|r| token_line(r)).collect(),
+            vouchers: vec![],
+            totals: Totals::default(),
+            chain_head,
+        };
+        for v in self.vouchers(Some(tenant))? {
+            let in_month = sums
+                .redeemed
+                .iter()
+                .find(|r| r[0].t() == v.id)
+                .map_or(0, |r| r[1].i());
+            st.vouchers.push(voucher_line(v, in_month, st.as_of));
+        }
+        st.totals = totals(&st, sums.adjustments_fen);
+        Ok(st)
+    }
+
+    /// The month's sums for `tenant`: usage by (model, region), tokens by
+    /// tier, redemptions by voucher, and the adjustments, from the rollups
+    /// or from the raw rows.
+    fn month_sums(&self, tenant: &str, month: Month, source: Source) -> Result<MonthSums> {
         let (from, to) = month.range_s();
         let month_key = month.to_string();
         let by_range = [Val::T(tenant), Val::I(from), Val::I(to)];
@@ -204,115 +237,126 @@ impl Ledger {
             "SELECT COALESCE(CAST(SUM(fen) AS BIGINT), 0) FROM adjustments WHERE tenant = $1 AND at_s >= $2 AND at_s < $3",
             &by_range,
         )?;
+        Ok(MonthSums {
+            usage,
+            tokens,
+            redeemed,
+            adjustments_fen: adjustments[0][0].i(),
+        })
+    }
+}
 
-        let mut st = Statement {
-            tenant: tenant.into(),
-            month: month.to_string(),
-            period_start: month.start(),
-            period_end: month.next().start(),
-            as_of: now,
-            usage_records: 0,
-            token_records: 0,
-            gpu: vec![],
-            energy: vec![],
-            tokens: vec![],
-            vouchers: vec![],
-            totals: Totals::default(),
-            chain_head,
-        };
-        let mut energy: std::collections::BTreeMap<String, EnergyLine> = Default::default();
-        for r in &usage {
-            st.usage_records += r[2].i();
-            let (gross, covered) = (r[4].i(), r[5].i());
-            st.gpu.push(GpuLine {
-                model: r[0].t(),
-                region: r[1].t(),
-                gpu_hours: r[3].i() as f64 / 3.6e6,
-                milli_gpu_seconds: r[3].i(),
-                gross_fen: gross,
-                voucher_fen: covered,
-                net_fen: gross - covered,
-            });
-            let e = energy.entry(r[1].t()).or_insert_with(|| EnergyLine {
-                region: r[1].t(),
-                it_kwh: 0.0,
-                facility_kwh: 0.0,
-                carbon_kg: 0.0,
-                it_energy_j: 0,
-                facility_j: 0,
-                carbon_mg: 0,
-                gross_fen: 0,
-                voucher_fen: 0,
-                net_fen: 0,
-            });
-            e.it_energy_j += r[6].i();
-            e.facility_j += r[7].i();
-            e.carbon_mg += r[8].i();
-            e.gross_fen += r[9].i();
-            e.voucher_fen += r[10].i();
-        }
-        for mut e in energy.into_values() {
+/// A month's sums as read: usage rows (model, region, records,
+/// milli-GPU-s, GPU fen, GPU voucher fen, IT J, facility J, carbon mg,
+/// energy fen, energy voucher fen), token rows (tier, records, prompt,
+/// completion, fen, voucher fen), redemptions (voucher, fen).
+struct MonthSums {
+    usage: Vec<Vec<Cell>>,
+    tokens: Vec<Vec<Cell>>,
+    redeemed: Vec<Vec<Cell>>,
+    adjustments_fen: Fen,
+}
+
+/// A GPU line per (model, region) row, and an energy line per region
+/// (its models' rows summed).
+fn gpu_and_energy_lines(usage: &[Vec<Cell>]) -> (Vec<GpuLine>, Vec<EnergyLine>) {
+    let mut gpu = Vec::with_capacity(usage.len());
+    let mut energy: std::collections::BTreeMap<String, EnergyLine> = Default::default();
+    for r in usage {
+        let (gross, covered) = (r[4].i(), r[5].i());
+        gpu.push(GpuLine {
+            model: r[0].t(),
+            region: r[1].t(),
+            gpu_hours: r[3].i() as f64 / 3.6e6,
+            milli_gpu_seconds: r[3].i(),
+            gross_fen: gross,
+            voucher_fen: covered,
+            net_fen: gross - covered,
+        });
+        let e = energy.entry(r[1].t()).or_insert_with(|| EnergyLine {
+            region: r[1].t(),
+            it_kwh: 0.0,
+            facility_kwh: 0.0,
+            carbon_kg: 0.0,
+            it_energy_j: 0,
+            facility_j: 0,
+            carbon_mg: 0,
+            gross_fen: 0,
+            voucher_fen: 0,
+            net_fen: 0,
+        });
+        e.it_energy_j += r[6].i();
+        e.facility_j += r[7].i();
+        e.carbon_mg += r[8].i();
+        e.gross_fen += r[9].i();
+        e.voucher_fen += r[10].i();
+    }
+    let energy = energy
+        .into_values()
+        .map(|mut e| {
             e.it_kwh = e.it_energy_j as f64 / J_PER_KWH as f64;
             e.facility_kwh = e.facility_j as f64 / J_PER_KWH as f64;
             e.carbon_kg = e.carbon_mg as f64 / 1e6;
             e.net_fen = e.gross_fen - e.voucher_fen;
-            st.energy.push(e);
-        }
-        for r in &tokens {
-            st.token_records += r[1].i();
-            let (gross, covered) = (r[4].i(), r[5].i());
-            st.tokens.push(TokenLine {
-                tier: r[0].t(),
-                prompt_tokens: r[2].i(),
-                completion_tokens: r[3].i(),
-                gross_fen: gross,
-                voucher_fen: covered,
-                net_fen: gross - covered,
-            });
-        }
-        for v in self.vouchers(Some(tenant))? {
-            let status = v.status_at(st.as_of);
-            let (spendable_fen, lapsed_fen) = (v.spendable_at(st.as_of), v.lapsed_at(st.as_of));
-            let in_month = redeemed
-                .iter()
-                .find(|r| r[0].t() == v.id)
-                .map_or(0, |r| r[1].i());
-            st.vouchers.push(VoucherLine {
-                id: v.id,
-                issuer: v.issuer,
-                face_value_fen: v.face_value_fen,
-                copay_ratio_bp: v.copay_ratio_bp,
-                redeemed_in_month_fen: in_month,
-                balance_fen: v.balance_fen,
-                status,
-                spendable_fen,
-                lapsed_fen,
-                valid_from: v.valid_from,
-                valid_until: v.valid_until,
-            });
-        }
-        let t = &mut st.totals;
-        let milli: i64 = st.gpu.iter().map(|g| g.milli_gpu_seconds).sum();
-        t.gpu_hours = milli as f64 / 3.6e6;
-        t.tokens = st
-            .tokens
-            .iter()
-            .map(|l| l.prompt_tokens + l.completion_tokens)
-            .sum();
-        t.facility_kwh =
-            st.energy.iter().map(|e| e.facility_j).sum::<i64>() as f64 / J_PER_KWH as f64;
-        t.carbon_kg = st.energy.iter().map(|e| e.carbon_mg).sum::<i64>() as f64 / 1e6;
-        t.gross_fen = st.gpu.iter().map(|g| g.gross_fen).sum::<Fen>()
-            + st.energy.iter().map(|e| e.gross_fen).sum::<Fen>()
-            + st.tokens.iter().map(|l| l.gross_fen).sum::<Fen>();
-        t.voucher_fen = st.gpu.iter().map(|g| g.voucher_fen).sum::<Fen>()
-            + st.energy.iter().map(|e| e.voucher_fen).sum::<Fen>()
-            + st.tokens.iter().map(|l| l.voucher_fen).sum::<Fen>();
-        t.net_fen = t.gross_fen - t.voucher_fen;
-        t.adjustments_fen = adjustments[0][0].i();
-        t.payable_fen = t.net_fen + t.adjustments_fen;
-        Ok(st)
+            e
+        })
+        .collect();
+    (gpu, energy)
+}
+
+/// A token line per tier row.
+fn token_line(r: &[Cell]) -> TokenLine {
+    let (gross, covered) = (r[4].i(), r[5].i());
+    TokenLine {
+        tier: r[0].t(),
+        prompt_tokens: r[2].i(),
+        completion_tokens: r[3].i(),
+        gross_fen: gross,
+        voucher_fen: covered,
+        net_fen: gross - covered,
     }
+}
+
+/// A voucher as of the statement: its status, what is spendable and
+/// lapsed then, and what it paid in the month.
+fn voucher_line(v: Voucher, redeemed_in_month_fen: Fen, as_of: DateTime<Utc>) -> VoucherLine {
+    VoucherLine {
+        status: v.status_at(as_of),
+        spendable_fen: v.spendable_at(as_of),
+        lapsed_fen: v.lapsed_at(as_of),
+        id: v.id,
+        issuer: v.issuer,
+        face_value_fen: v.face_value_fen,
+        copay_ratio_bp: v.copay_ratio_bp,
+        redeemed_in_month_fen,
+        balance_fen: v.balance_fen,
+        valid_from: v.valid_from,
+        valid_until: v.valid_until,
+    }
+}
+
+/// The statement's totals from its lines and the month's adjustments.
+fn totals(st: &Statement, adjustments_fen: Fen) -> Totals {
+    let mut t = Totals::default();
+    let milli: i64 = st.gpu.iter().map(|g| g.milli_gpu_seconds).sum();
+    t.gpu_hours = milli as f64 / 3.6e6;
+    t.tokens = st
+        .tokens
+        .iter()
+        .map(|l| l.prompt_tokens + l.completion_tokens)
+        .sum();
+    t.facility_kwh = st.energy.iter().map(|e| e.facility_j).sum::<i64>() as f64 / J_PER_KWH as f64;
+    t.carbon_kg = st.energy.iter().map(|e| e.carbon_mg).sum::<i64>() as f64 / 1e6;
+    t.gross_fen = st.gpu.iter().map(|g| g.gross_fen).sum::<Fen>()
+        + st.energy.iter().map(|e| e.gross_fen).sum::<Fen>()
+        + st.tokens.iter().map(|l| l.gross_fen).sum::<Fen>();
+    t.voucher_fen = st.gpu.iter().map(|g| g.voucher_fen).sum::<Fen>()
+        + st.energy.iter().map(|e| e.voucher_fen).sum::<Fen>()
+        + st.tokens.iter().map(|l| l.voucher_fen).sum::<Fen>();
+    t.net_fen = t.gross_fen - t.voucher_fen;
+    t.adjustments_fen = adjustments_fen;
+    t.payable_fen = t.net_fen + t.adjustments_fen;
+    t
 }
 
 /// A CSV cell a spreadsheet will not run: text starting with `=`, `+`,
