@@ -71,7 +71,7 @@ struct Event {
     rv: u64,
     resource: Arc<str>,
     namespace: Arc<str>,
-    /// `{"type":..,"object":..}\n`, serialised once for every watcher.
+    /// The watch line ([`event_line`]), serialised once for every watcher.
     line: Bytes,
     object: Arc<Value>,
 }
