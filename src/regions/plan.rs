@@ -228,6 +228,32 @@ impl JobSpec {
 
     /// Checks the spec against the catalog. Errors name the field and the fix.
     pub fn resolve(&self, catalog: &Catalog) -> Result<ResolvedJob, SpecError> {
+        self.check_owner_and_size()?;
+        let (milli, gpus) = self.gpu_ask()?;
+        self.check_vendor_delay_and_topology()?;
+        let models = self.model_indices(catalog)?;
+        let latency_place = self.latency_place(catalog)?;
+        let residency_mask = self.residency_mask(catalog)?;
+        self.check_budget_and_runtimes()?;
+        Ok(ResolvedJob {
+            kind: self.kind,
+            replicas: self.replicas,
+            milli_per_replica: milli,
+            gpus_per_replica: gpus,
+            models,
+            latency_place,
+            latency_slo_ms: self.latency_slo_ms,
+            residency_mask,
+            open_mask: u64::MAX,
+            cost_budget_milli_fen: self.cost_budget_fen.map(|f| f.saturating_mul(1000)),
+            wait_for_best: self.wait_for_best,
+            expected_runtime_s: self
+                .max_runtime_s
+                .unwrap_or_else(|| default_expected_runtime_s(self.kind)),
+        })
+    }
+
+    fn check_owner_and_size(&self) -> Result<(), SpecError> {
         if self.tenant.trim().is_empty() {
             return Err(field_err(
                 "tenant",
@@ -240,34 +266,35 @@ impl JobSpec {
                 "is 0; a job needs at least one replica",
             ));
         }
-        let (milli, gpus) =
-            match (self.gpus_per_replica, self.gpu_milli) {
-                (0, 0) => return Err(field_err(
-                    "gpus_per_replica",
-                    "is 0 and gpu_milli is 0; ask for whole GPUs or a share (gpu_milli 1..=999)",
-                )),
-                (g, 0) if g > 64 => {
-                    return Err(field_err(
-                        "gpus_per_replica",
-                        format!("{g} exceeds 64 GPUs on one node"),
-                    ))
-                }
-                (g, 0) => (g * 1000, g),
-                (0, m) if m < 1000 => (m, 0),
-                (0, 1000) => (1000, 1),
-                (0, m) => {
-                    return Err(field_err(
-                        "gpu_milli",
-                        format!("{m} is more than one GPU; use gpus_per_replica for whole GPUs"),
-                    ))
-                }
-                _ => {
-                    return Err(field_err(
-                        "gpu_milli",
-                        "set either gpus_per_replica or gpu_milli, not both",
-                    ))
-                }
-            };
+        Ok(())
+    }
+
+    /// Milli-GPU and whole GPUs a replica asks for.
+    fn gpu_ask(&self) -> Result<(u32, u32), SpecError> {
+        match (self.gpus_per_replica, self.gpu_milli) {
+            (0, 0) => Err(field_err(
+                "gpus_per_replica",
+                "is 0 and gpu_milli is 0; ask for whole GPUs or a share (gpu_milli 1..=999)",
+            )),
+            (g, 0) if g > 64 => Err(field_err(
+                "gpus_per_replica",
+                format!("{g} exceeds 64 GPUs on one node"),
+            )),
+            (g, 0) => Ok((g * 1000, g)),
+            (0, m) if m < 1000 => Ok((m, 0)),
+            (0, 1000) => Ok((1000, 1)),
+            (0, m) => Err(field_err(
+                "gpu_milli",
+                format!("{m} is more than one GPU; use gpus_per_replica for whole GPUs"),
+            )),
+            _ => Err(field_err(
+                "gpu_milli",
+                "set either gpus_per_replica or gpu_milli, not both",
+            )),
+        }
+    }
+
+    fn check_vendor_delay_and_topology(&self) -> Result<(), SpecError> {
         if let Some(v) = self.accelerator_vendor.as_deref().filter(|v| !v.is_empty()) {
             crate::jobs::accelerator_vendor(v).map_err(|m| field_err("accelerator_vendor", m))?;
         }
@@ -282,6 +309,11 @@ impl JobSpec {
         if let Some(t) = &self.topology {
             t.ask().map_err(|m| field_err("topology", m))?;
         }
+        Ok(())
+    }
+
+    /// The catalog's indices of the models the job names.
+    fn model_indices(&self, catalog: &Catalog) -> Result<Vec<usize>, SpecError> {
         let mut models = Vec::with_capacity(self.gpu_models.len());
         for m in &self.gpu_models {
             match catalog.accelerators.iter().position(|a| &a.model == m) {
@@ -299,6 +331,12 @@ impl JobSpec {
                 }
             }
         }
+        Ok(models)
+    }
+
+    /// Where latency is measured from (the user region, else the data
+    /// region), with the SLO checked against it.
+    fn latency_place(&self, catalog: &Catalog) -> Result<Option<usize>, SpecError> {
         let place = |field: &'static str,
                      name: &Option<String>|
          -> Result<Option<usize>, SpecError> {
@@ -328,14 +366,18 @@ impl JobSpec {
                 ));
             }
         }
-        let mut residency_mask = if self.residency.is_empty() {
-            u64::MAX
-        } else {
-            0
-        };
+        Ok(user.or(data))
+    }
+
+    /// The catalog regions the job may run in (bits; every bit without residency).
+    fn residency_mask(&self, catalog: &Catalog) -> Result<u64, SpecError> {
+        if self.residency.is_empty() {
+            return Ok(u64::MAX);
+        }
+        let mut mask = 0;
         for r in &self.residency {
             match catalog.region_index(r) {
-                Some(i) if i < MAX_REGIONS => residency_mask |= 1u64 << i,
+                Some(i) if i < MAX_REGIONS => mask |= 1u64 << i,
                 _ => {
                     return Err(field_err(
                         "residency",
@@ -344,6 +386,10 @@ impl JobSpec {
                 }
             }
         }
+        Ok(mask)
+    }
+
+    fn check_budget_and_runtimes(&self) -> Result<(), SpecError> {
         if let Some(b) = self.cost_budget_fen {
             if b < 0 {
                 return Err(field_err("cost_budget_fen", format!("{b} is negative")));
@@ -359,22 +405,7 @@ impl JobSpec {
                 }
             }
         }
-        Ok(ResolvedJob {
-            kind: self.kind,
-            replicas: self.replicas,
-            milli_per_replica: milli,
-            gpus_per_replica: gpus,
-            models,
-            latency_place: user.or(data),
-            latency_slo_ms: self.latency_slo_ms,
-            residency_mask,
-            open_mask: u64::MAX,
-            cost_budget_milli_fen: self.cost_budget_fen.map(|f| f.saturating_mul(1000)),
-            wait_for_best: self.wait_for_best,
-            expected_runtime_s: self
-                .max_runtime_s
-                .unwrap_or_else(|| default_expected_runtime_s(self.kind)),
-        })
+        Ok(())
     }
 }
 
@@ -763,6 +794,8 @@ impl RegionChooser {
         order.len()
     }
 
+    /// Scores the regions of `order` under the policy, ranks them, and
+    /// marks the packing band.
     fn score(
         &mut self,
         catalog: &Catalog,
@@ -775,92 +808,33 @@ impl RegionChooser {
         }
         let cands = &mut out.candidates;
         match self.policy {
-            RegionPolicy::Green => {
-                let w = catalog.weights;
-                let (mut max_c, mut max_cost) = (0.0f64, 0.0f64);
-                for &r in order.iter() {
-                    let t = cands[r as usize]
-                        .terms
-                        .as_ref()
-                        .expect("ranked regions have terms");
-                    max_c = max_c.max(t.estimate.carbon_kg);
-                    max_cost = max_cost.max(t.estimate.energy_cost_milli_fen as f64);
-                }
-                let lat_ref = job.latency_slo_ms.unwrap_or(LATENCY_REF_MS);
-                for &r in order.iter() {
-                    let t = cands[r as usize]
-                        .terms
-                        .as_mut()
-                        .expect("ranked regions have terms");
-                    let carbon = if max_c > 0.0 {
-                        t.estimate.carbon_kg / max_c
-                    } else {
-                        0.0
-                    };
-                    let cost = if max_cost > 0.0 {
-                        t.estimate.energy_cost_milli_fen as f64 / max_cost
-                    } else {
-                        0.0
-                    };
-                    // Latency only matters to interactive work; the rest goes where power is green.
-                    let lat = match job.kind {
-                        JobKind::OnlineInference => t.latency_ms.map_or(0.0, |l| l / lat_ref),
-                        JobKind::Training | JobKind::BatchInference => 0.0,
-                    };
-                    t.score = w.carbon * carbon + w.cost * cost + w.latency * lat;
-                }
+            RegionPolicy::Green => score_green(catalog, job, cands, order),
+            RegionPolicy::Nearest => set_scores(cands, order, |_, t| t.latency_ms.unwrap_or(0.0)),
+            RegionPolicy::Cheapest => {
+                set_scores(cands, order, |_, t| t.estimate.energy_cost_milli_fen as f64)
             }
-            RegionPolicy::Nearest => {
-                for &r in order.iter() {
-                    let t = cands[r as usize]
-                        .terms
-                        .as_mut()
-                        .expect("ranked regions have terms");
-                    t.score = t.latency_ms.unwrap_or(0.0);
-                }
-            }
-            RegionPolicy::Cheapest | RegionPolicy::Greenest => {
-                let cheapest = self.policy == RegionPolicy::Cheapest;
-                for &r in order.iter() {
-                    let t = cands[r as usize]
-                        .terms
-                        .as_mut()
-                        .expect("ranked regions have terms");
-                    t.score = if cheapest {
-                        t.estimate.energy_cost_milli_fen as f64
-                    } else {
-                        t.estimate.carbon_kg
-                    };
-                }
-            }
+            RegionPolicy::Greenest => set_scores(cands, order, |_, t| t.estimate.carbon_kg),
             RegionPolicy::RoundRobin => {
                 let n = catalog.regions.len();
                 let start = self.rr_cursor % n;
                 self.rr_cursor = self.rr_cursor.wrapping_add(1);
-                for &r in order.iter() {
-                    let t = cands[r as usize]
-                        .terms
-                        .as_mut()
-                        .expect("ranked regions have terms");
-                    t.score = ((r as usize + n - start) % n) as f64;
-                }
+                set_scores(cands, order, |r, _| ((r as usize + n - start) % n) as f64);
             }
         }
-        // Sort on a dense copy of the scores: region choice runs for every
-        // decision, and comparisons reaching into the candidates took a fifth
-        // of its time (perf, `cargo bench --bench regions -- rank_only`).
-        let mut keys = [f64::INFINITY; MAX_REGIONS];
-        for &r in order.iter() {
-            keys[r as usize] = cands[r as usize].terms.map_or(f64::INFINITY, |t| t.score);
-        }
-        order.sort_by(|&a, &b| {
-            keys[a as usize]
-                .total_cmp(&keys[b as usize])
-                .then(a.cmp(&b))
-        });
-        for (rank, &r) in order.iter().enumerate() {
-            cands[r as usize].verdict = Verdict::Ranked { rank: rank as u32 };
-        }
+        rank(cands, order);
+        out.band = self.band(catalog, job, cands, order);
+    }
+
+    /// How many regions of the ranked `order` form the packing band: the
+    /// first, and those after it within the catalog's `pack_band` of its
+    /// score (green only, and not for a job that waits for the best region).
+    fn band(
+        &self,
+        catalog: &Catalog,
+        job: &ResolvedJob,
+        cands: &[Candidate],
+        order: &[u16],
+    ) -> u32 {
         let band_limit = match self.policy {
             RegionPolicy::Green if !job.wait_for_best && catalog.weights.pack_band > 0.0 => {
                 let best = cands[order[0] as usize].terms.map_or(0.0, |t| t.score);
@@ -869,14 +843,81 @@ impl RegionChooser {
             // Baselines (and pack_band 0) keep the plain score order.
             _ => f64::NEG_INFINITY,
         };
-        out.band = 1 + order[1..]
+        1 + order[1..]
             .iter()
             .take_while(|&&r| {
                 cands[r as usize]
                     .terms
                     .is_some_and(|t| t.score <= band_limit)
             })
-            .count() as u32;
+            .count() as u32
+    }
+}
+
+/// The terms of a ranked region.
+fn terms_of(cands: &mut [Candidate], r: u16) -> &mut ScoreTerms {
+    cands[r as usize]
+        .terms
+        .as_mut()
+        .expect("ranked regions have terms")
+}
+
+/// Sets each region's score from its index and terms (lower is better).
+fn set_scores(cands: &mut [Candidate], order: &[u16], score: impl Fn(u16, &ScoreTerms) -> f64) {
+    for &r in order {
+        let t = terms_of(cands, r);
+        t.score = score(r, t);
+    }
+}
+
+/// Green's score: the catalog's weighted sum of carbon and energy cost,
+/// each relative to the highest among the regions, and (for online
+/// inference) latency relative to the job's SLO.
+fn score_green(catalog: &Catalog, job: &ResolvedJob, cands: &mut [Candidate], order: &[u16]) {
+    let w = catalog.weights;
+    let (mut max_c, mut max_cost) = (0.0f64, 0.0f64);
+    for &r in order {
+        let t = terms_of(cands, r);
+        max_c = max_c.max(t.estimate.carbon_kg);
+        max_cost = max_cost.max(t.estimate.energy_cost_milli_fen as f64);
+    }
+    let lat_ref = job.latency_slo_ms.unwrap_or(LATENCY_REF_MS);
+    set_scores(cands, order, |_, t| {
+        let carbon = if max_c > 0.0 {
+            t.estimate.carbon_kg / max_c
+        } else {
+            0.0
+        };
+        let cost = if max_cost > 0.0 {
+            t.estimate.energy_cost_milli_fen as f64 / max_cost
+        } else {
+            0.0
+        };
+        // Latency only matters to interactive work; the rest goes where power is green.
+        let lat = match job.kind {
+            JobKind::OnlineInference => t.latency_ms.map_or(0.0, |l| l / lat_ref),
+            JobKind::Training | JobKind::BatchInference => 0.0,
+        };
+        w.carbon * carbon + w.cost * cost + w.latency * lat
+    });
+}
+
+/// Orders the regions by score (ties by index) and records each one's rank.
+fn rank(cands: &mut [Candidate], order: &mut [u16]) {
+    // Sort on a dense copy of the scores: region choice runs for every
+    // decision, and comparisons reaching into the candidates took a fifth
+    // of its time (perf, `cargo bench --bench regions -- rank_only`).
+    let mut keys = [f64::INFINITY; MAX_REGIONS];
+    for &r in order.iter() {
+        keys[r as usize] = cands[r as usize].terms.map_or(f64::INFINITY, |t| t.score);
+    }
+    order.sort_by(|&a, &b| {
+        keys[a as usize]
+            .total_cmp(&keys[b as usize])
+            .then(a.cmp(&b))
+    });
+    for (rank, &r) in order.iter().enumerate() {
+        cands[r as usize].verdict = Verdict::Ranked { rank: rank as u32 };
     }
 }
 
