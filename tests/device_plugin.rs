@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use zhisuan::telemetry::agent::{Agent, AgentConfig};
-use zhisuan::telemetry::cli::{serve_agent, DevicePluginSetup, ServeOptions};
 use zhisuan::telemetry::deviceplugin::proto::podresources as pr;
 use zhisuan::telemetry::deviceplugin::proto::v1beta1 as dp;
 use zhisuan::telemetry::deviceplugin::service::uds_channel;
 use zhisuan::telemetry::deviceplugin::{PodClaim, RESOURCE_GPU, RESOURCE_SHARE};
 use zhisuan::telemetry::health::HealthPolicy;
 use zhisuan::telemetry::metrics::AgentMetrics;
+use zhisuan::telemetry::serve::{serve_agent, DevicePluginSetup, ServeOptions};
 use zhisuan::telemetry::sim::{Fault, SharedSimNode, SimConfig, SimNode};
 use zhisuan::telemetry::Accelerator;
 

@@ -152,9 +152,9 @@ fn start_agent(
     node: &str,
 ) -> (prometheus::Registry, tokio::sync::oneshot::Sender<()>) {
     use zhisuan::telemetry::agent::{Agent, AgentConfig};
-    use zhisuan::telemetry::cli::{serve_agent, ServeOptions};
     use zhisuan::telemetry::health::HealthPolicy;
     use zhisuan::telemetry::metrics::AgentMetrics;
+    use zhisuan::telemetry::serve::{serve_agent, ServeOptions};
     use zhisuan::telemetry::sim::{SimConfig, SimNode};
     let registry = prometheus::Registry::new();
     let metrics = AgentMetrics::new(&registry).unwrap();

@@ -15,11 +15,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use zhisuan::telemetry::agent::{Agent, AgentConfig};
-use zhisuan::telemetry::cli::{serve_agent, ServeOptions};
 use zhisuan::telemetry::health::HealthPolicy;
 use zhisuan::telemetry::metrics::AgentMetrics;
 use zhisuan::telemetry::nvml::NvmlBackend;
 use zhisuan::telemetry::promtext;
+use zhisuan::telemetry::serve::{serve_agent, ServeOptions};
 use zhisuan::telemetry::sim::{Fault, SharedSimNode, SimConfig, SimNode};
 use zhisuan::telemetry::{Accelerator, TelemetryError};
 

@@ -7,22 +7,17 @@
 //! sampling period.
 
 use super::agent::{Agent, AgentConfig};
-use super::deviceplugin::{register, NodeDevices, PluginState, PodSource};
-use super::health::unhealthy_indices;
 use super::health::HealthPolicy;
-use super::kube_act;
 use super::metrics::AgentMetrics;
 use super::npu::NpuExporterBackend;
 use super::nvml::NvmlBackend;
-use super::publish::{NodePublication, ANNOTATION_HEARTBEAT};
+use super::serve::{serve_agent, DevicePluginSetup, ServeOptions};
 use super::sim::{Fault, SimConfig, SimNode};
 use super::Accelerator;
 use crate::error::InputError;
-use crate::ledger::ANNOTATION_POD_ENERGY;
 use anyhow::Context;
 use serde_json::json;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -394,37 +389,6 @@ fn run_once(args: &AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The publication without its heartbeat: what must change to patch early.
-fn substance(p: &NodePublication) -> NodePublication {
-    let mut p = p.clone();
-    p.annotations.remove(ANNOTATION_HEARTBEAT);
-    p
-}
-
-/// What the serving loop needs besides the agent.
-pub struct ServeOptions {
-    pub listen: String,
-    pub node: String,
-    pub interval: Duration,
-    pub heartbeat: Duration,
-    /// Stop after this many samples.
-    pub samples: Option<u64>,
-    /// Per-pod energy per window, published on the Node for the GPU meter.
-    pub energy: crate::ledger::EnergyWindows,
-    /// Serve the kubelet device plugin.
-    pub device_plugin: Option<DevicePluginSetup>,
-}
-
-/// Where the device plugin talks to the kubelet, and where its pods come from.
-pub struct DevicePluginSetup {
-    /// The kubelet's device-plugin directory.
-    pub dir: PathBuf,
-    /// The kubelet's pod-resources socket.
-    pub pod_resources: PathBuf,
-    /// The pods bound to this node; None = the agent's pod watch.
-    pub pods: Option<PodSource>,
-}
-
 impl ServeOptions {
     fn from_args(args: &AgentArgs) -> Result<Self, InputError> {
         Ok(ServeOptions {
@@ -488,266 +452,6 @@ async fn serve(
     .await
 }
 
-#[derive(Clone)]
-struct AgentHttp {
-    registry: Arc<prometheus::Registry>,
-    readiness: Readiness,
-}
-
-/// `/readyz`: ready while the latest successful sample is recent — within
-/// three sampling intervals (at least 10 s) — so a node whose devices cannot
-/// be read (driver gone, exporter down) leaves the Service and shows NotReady.
-#[derive(Clone)]
-pub struct Readiness {
-    started: Instant,
-    /// Milliseconds after `started` of the last good sample, plus one (0 = none yet).
-    last_ok_ms: Arc<std::sync::atomic::AtomicU64>,
-    stale_after: Duration,
-}
-
-impl Readiness {
-    pub fn new(interval: Duration) -> Self {
-        Readiness {
-            started: Instant::now(),
-            last_ok_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            stale_after: (interval * 3).max(Duration::from_secs(10)),
-        }
-    }
-
-    pub fn sampled(&self) {
-        let ms = self.started.elapsed().as_millis() as u64 + 1;
-        self.last_ok_ms
-            .store(ms, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// `Err` says why not ready.
-    pub fn check(&self) -> Result<(), String> {
-        self.check_at(self.started.elapsed())
-    }
-
-    fn check_at(&self, now: Duration) -> Result<(), String> {
-        let last = self.last_ok_ms.load(std::sync::atomic::Ordering::Relaxed);
-        if last == 0 {
-            return Err("no successful sample yet".into());
-        }
-        let age = now.saturating_sub(Duration::from_millis(last - 1));
-        if age > self.stale_after {
-            return Err(format!(
-                "last successful sample {:.0} s ago (ready within {} s); see the agent's log for the sampling error",
-                age.as_secs_f64(),
-                self.stale_after.as_secs()
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Runs an agent until `shutdown` resolves or `opts.samples` are taken:
-/// samples on a dedicated thread, serves `/metrics`, `/healthz` and `/readyz` on
-/// `opts.listen` (`on_listen` gets the bound address), and, given a client,
-/// watches the node's pods and patches the Node whenever the publication
-/// changes or the heartbeat is due.
-pub async fn serve_agent<B: Accelerator + 'static>(
-    agent: Agent<B>,
-    registry: prometheus::Registry,
-    publish_errors: prometheus::IntCounter,
-    opts: ServeOptions,
-    client: Option<kube::Client>,
-    shutdown: impl std::future::Future<Output = ()>,
-    on_listen: impl FnOnce(std::net::SocketAddr),
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&opts.listen)
-        .await
-        .map_err(|e| InputError::new(format!("--listen {}: cannot bind: {e}", opts.listen)))?;
-    on_listen(listener.local_addr()?);
-
-    let readiness = Readiness::new(opts.interval);
-    let http = AgentHttp {
-        registry: Arc::new(registry),
-        readiness: readiness.clone(),
-    };
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(
-                |axum::extract::State(h): axum::extract::State<AgentHttp>| async move {
-                    let body = prometheus::TextEncoder::new()
-                        .encode_to_string(&h.registry.gather())
-                        .unwrap_or_default();
-                    ([("content-type", "text/plain; version=0.0.4")], body)
-                },
-            ),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            axum::routing::get(
-                |axum::extract::State(h): axum::extract::State<AgentHttp>| async move {
-                    match h.readiness.check() {
-                        Ok(()) => (axum::http::StatusCode::OK, "ready".to_string()),
-                        Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why),
-                    }
-                },
-            ),
-        )
-        .with_state(http);
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let mut server_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_shutdown.changed().await;
-            })
-            .await
-    });
-
-    let pod_store = client
-        .as_ref()
-        .map(|c| kube_act::watch_node_pods(c, &opts.node));
-    let devices = start_device_plugin(&agent, &opts, pod_store.as_ref(), &shutdown_rx);
-    let mut energy = opts.energy;
-    if let Some(c) = &client {
-        // Closed windows an earlier run published stay until the meter reads them.
-        if let Some(earlier) = kube_act::published_energy(c, &opts.node).await {
-            energy.resume(earlier);
-        }
-    }
-
-    // Sampler thread: blocking backend calls stay off the runtime.
-    let (pub_tx, mut pub_rx) = tokio::sync::watch::channel::<Option<NodePublication>>(None);
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let interval = opts.interval;
-    let max_samples = opts.samples;
-    let sampler = std::thread::Builder::new()
-        .name("sampler".into())
-        .spawn(move || {
-            let mut agent = agent;
-            let mut next = Instant::now();
-            let mut taken = 0u64;
-            loop {
-                let pods = pod_store
-                    .as_ref()
-                    .map(kube_act::pods_from_store)
-                    .unwrap_or_default();
-                match agent.step(&pods) {
-                    Ok(()) => {
-                        readiness.sampled();
-                        let now = chrono::Utc::now();
-                        energy.add(now.timestamp_millis(), &agent.last_window().pod_totals());
-                        let mut publication = agent.publication(now);
-                        publication.annotations.insert(
-                            ANNOTATION_POD_ENERGY.into(),
-                            serde_json::to_string(energy.report()).unwrap_or_default(),
-                        );
-                        pub_tx.send_replace(Some(publication));
-                        if let Some(tx) = &devices {
-                            let unhealthy = unhealthy_indices(agent.verdicts());
-                            tx.send_if_modified(|d| {
-                                let changed = d.unhealthy != unhealthy;
-                                if changed {
-                                    Arc::make_mut(d).unhealthy = unhealthy;
-                                }
-                                changed
-                            });
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "sample failed"),
-                }
-                taken += 1;
-                if max_samples.is_some_and(|m| taken >= m) {
-                    return;
-                }
-                next += interval;
-                let now = Instant::now();
-                if next < now {
-                    next = now; // overran: do not burst to catch up
-                }
-                match stop_rx.recv_timeout(next - now) {
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-            }
-        })
-        .context("spawn sampler thread")?;
-
-    let mut last_published: Option<(NodePublication, Instant)> = None;
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            changed = pub_rx.changed() => {
-                if changed.is_err() {
-                    break; // sampler finished (--samples)
-                }
-                let Some(p) = pub_rx.borrow_and_update().clone() else { continue };
-                let Some(client) = &client else { continue };
-                let due = match &last_published {
-                    None => true,
-                    Some((last, at)) => substance(last) != substance(&p) || at.elapsed() >= opts.heartbeat,
-                };
-                if due {
-                    match kube_act::publish(client, &opts.node, &p).await {
-                        Ok(()) => last_published = Some((p, Instant::now())),
-                        Err(e) => {
-                            publish_errors.inc();
-                            tracing::warn!(error = %e, "publish node status");
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let _ = stop_tx.send(());
-    let _ = shutdown_tx.send(true);
-    let joined = tokio::task::spawn_blocking(move || sampler.join())
-        .await
-        .context("join sampler thread")?;
-    if joined.is_err() {
-        anyhow::bail!("the sampler thread panicked (see the message above)");
-    }
-    server
-        .await
-        .context("metrics server task")?
-        .context("metrics server")?;
-    Ok(())
-}
-
-/// Starts the device plugin when asked: every device starts Unhealthy (no
-/// allocation before the first health verdicts); the returned sender takes
-/// each sample's verdicts.
-fn start_device_plugin<B: Accelerator>(
-    agent: &Agent<B>,
-    opts: &ServeOptions,
-    pod_store: Option<&kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>>,
-    stop: &tokio::sync::watch::Receiver<bool>,
-) -> Option<tokio::sync::watch::Sender<Arc<NodeDevices>>> {
-    let setup = opts.device_plugin.as_ref()?;
-    let pods = match (&setup.pods, pod_store) {
-        (Some(p), _) => p.clone(),
-        (None, Some(store)) => super::deviceplugin::pods::store_source(store.clone()),
-        (None, None) => {
-            tracing::warn!(
-                "device plugin without a pod source (--no-publish): every allocation is refused"
-            );
-            Arc::new(Vec::new)
-        }
-    };
-    let devices = NodeDevices {
-        node: opts.node.clone(),
-        vendor: agent.vendor(),
-        devices: agent.inventory().to_vec(),
-        unhealthy: agent.inventory().iter().map(|d| d.index).collect(),
-    };
-    let (tx, rx) = tokio::sync::watch::channel(Arc::new(devices));
-    let state = Arc::new(PluginState {
-        devices: rx,
-        pods,
-        pod_resources: setup.pod_resources.clone(),
-    });
-    tokio::spawn(register::run(setup.dir.clone(), state, stop.clone()));
-    Some(tx)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -778,23 +482,6 @@ mod tests {
     }
 
     #[test]
-    fn readiness_needs_a_recent_successful_sample() {
-        let r = Readiness::new(Duration::from_secs(5));
-        let err = r.check_at(Duration::from_secs(1)).unwrap_err();
-        assert!(err.contains("no successful sample"), "{err}");
-        r.sampled();
-        let at = r.started.elapsed();
-        assert_eq!(r.check_at(at + Duration::from_secs(14)), Ok(()));
-        let err = r.check_at(at + Duration::from_secs(16)).unwrap_err();
-        assert!(err.contains("last successful sample 16 s ago"), "{err}");
-        // A quick interval still allows 10 s.
-        assert_eq!(
-            Readiness::new(Duration::from_millis(100)).stale_after,
-            Duration::from_secs(10)
-        );
-    }
-
-    #[test]
     fn stat_lines_give_name_and_cpu_seconds() {
         let line = "4242 (nvml-xid) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 3 0 99 0 0";
         assert_eq!(stat_cpu_s(line), ("nvml-xid".to_string(), 1.75));
@@ -815,20 +502,5 @@ mod tests {
             let e = parse_sim_fault(bad, 8).unwrap_err();
             assert!(e.0.starts_with(&format!("--sim-fault {bad}:")), "{e}");
         }
-    }
-
-    #[test]
-    fn substance_ignores_only_the_heartbeat() {
-        let mut a = NodePublication {
-            labels: Default::default(),
-            annotations: [(ANNOTATION_HEARTBEAT.to_string(), "t1".to_string())].into(),
-        };
-        let mut b = a.clone();
-        b.annotations
-            .insert(ANNOTATION_HEARTBEAT.into(), "t2".into());
-        assert_eq!(substance(&a), substance(&b));
-        a.annotations
-            .insert("zhisuan.io/unhealthy-gpus".into(), "1".into());
-        assert_ne!(substance(&a), substance(&b));
     }
 }

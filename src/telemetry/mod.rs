@@ -22,6 +22,7 @@ pub mod npu;
 pub mod nvml;
 pub mod promtext;
 pub mod publish;
+pub mod serve;
 pub mod sim;
 pub mod tokens;
 
