@@ -87,6 +87,39 @@ pub fn region_catalog(
     if regions.is_empty() {
         return None;
     }
+    let (usable, mut excluded) = usable_regions(regions);
+    if usable.is_empty() {
+        return Some(nothing_placeable(excluded));
+    }
+    let members = members_of(&usable, nodes);
+    let file = catalog_file(&usable, nodes, &members, scoring);
+    match Catalog::from_file(file, "ComputeRegions") {
+        Ok(catalog) => Some(RegionCatalog {
+            inventory: InventoryIndex::new(&catalog),
+            catalog,
+            members,
+            excluded,
+        }),
+        Err(e) => {
+            // Specs are validated one by one; what is left is a
+            // cross-region problem (too many regions, a name clash).
+            for r in &usable {
+                excluded.insert(
+                    r.name.clone(),
+                    ("InvalidCatalog".to_string(), e.to_string()),
+                );
+            }
+            Some(nothing_placeable(excluded))
+        }
+    }
+}
+
+/// The regions that can take part, and why each of the others is left out
+/// (reason, message): an invalid spec, or a member cluster that cannot be
+/// reached.
+fn usable_regions(
+    regions: &[RegionView],
+) -> (Vec<&RegionView>, BTreeMap<String, (String, String)>) {
     let mut excluded = BTreeMap::new();
     let mut usable: Vec<&RegionView> = Vec::new();
     for r in regions {
@@ -103,30 +136,52 @@ pub fn region_catalog(
             usable.push(r);
         }
     }
+    (usable, excluded)
+}
+
+/// Each region's nodes (indices into `nodes`): those its selector picks in
+/// its own cluster (a member cluster's, or the home cluster's). A node
+/// belongs to the first region selecting it: never counted or placed on in
+/// two regions when node selectors overlap.
+fn members_of(usable: &[&RegionView], nodes: &[NodeView]) -> Vec<Vec<usize>> {
+    let mut taken = vec![false; nodes.len()];
+    usable
+        .iter()
+        .map(|r| {
+            let picked: Vec<usize> = (0..nodes.len())
+                .filter(|&i| {
+                    !taken[i]
+                        && selects(&r.spec.node_selector, &nodes[i])
+                        && member_of(&nodes[i])
+                            == r.spec
+                                .kubeconfig_secret_ref
+                                .as_ref()
+                                .map(|_| r.name.as_str())
+                })
+                .collect();
+            for &i in &picked {
+                taken[i] = true;
+            }
+            picked
+        })
+        .collect()
+}
+
+/// The catalog the regions and their nodes make: one region each (with the
+/// inventory its nodes give), the accelerator models the nodes have, and
+/// the links and user places of the regions' `latencyMs`.
+fn catalog_file(
+    usable: &[&RegionView],
+    nodes: &[NodeView],
+    members: &[Vec<usize>],
+    scoring: ScoreWeights,
+) -> CatalogFile {
     let region_names: BTreeSet<&str> = usable.iter().map(|r| r.name.as_str()).collect();
-    let mut members = Vec::with_capacity(usable.len());
     let mut models: BTreeMap<String, String> = BTreeMap::new();
     let mut catalog_regions = Vec::with_capacity(usable.len());
     let mut places: BTreeSet<String> = BTreeSet::new();
     let mut links = Vec::new();
-    // A node belongs to the first region selecting it: never counted or
-    // placed on in two regions when node selectors overlap.
-    let mut taken = vec![false; nodes.len()];
-    for r in &usable {
-        let picked: Vec<usize> = (0..nodes.len())
-            .filter(|&i| {
-                !taken[i]
-                    && selects(&r.spec.node_selector, &nodes[i])
-                    && member_of(&nodes[i])
-                        == r.spec
-                            .kubeconfig_secret_ref
-                            .as_ref()
-                            .map(|_| r.name.as_str())
-            })
-            .collect();
-        for &i in &picked {
-            taken[i] = true;
-        }
+    for (r, picked) in usable.iter().zip(members) {
         let picked_nodes: Vec<&NodeView> = picked.iter().map(|&i| &nodes[i]).collect();
         for n in &picked_nodes {
             if n.gpus > 0 && !n.model.is_empty() {
@@ -147,39 +202,58 @@ pub fn region_catalog(
                 source: format!("ComputeRegion {} spec.latencyMs", r.name),
             });
         }
-        catalog_regions.push(Region {
-            name: r.name.clone(),
-            display: r.spec.cluster.clone().unwrap_or_default(),
-            hub: r.spec.hub.clone(),
-            hub_display: String::new(),
-            side: if r.spec.side == "east" {
-                Side::East
-            } else {
-                Side::West
-            },
-            province: String::new(),
-            pue: r.spec.pue,
-            green_share: r.spec.green_share,
-            green_profile: r.spec.green_profile.clone(),
-            price_cny_per_kwh: r.spec.electricity_fen_per_kwh as f64 / 100.0,
-            price_profile: r.spec.price_profile.clone(),
-            grid_factor_kg_per_kwh: r.spec.grid_kg_co2_per_kwh,
-            inventory: inventory_of(&picked_nodes),
-            sources: BTreeMap::new(),
-            dedicated_to: r.spec.dedicated_to.clone(),
-        });
-        members.push(picked);
+        catalog_regions.push(catalog_region(r, &picked_nodes));
     }
-    if catalog_regions.is_empty() {
-        return Some(RegionCatalog {
-            catalog: empty_catalog(),
-            inventory: InventoryIndex::new(&empty_catalog()),
-            members: Vec::new(),
-            excluded,
-        });
+    // A link to the same place twice (both regions list each other) is
+    // harmless: the shortest path wins.
+    CatalogFile {
+        version: 1,
+        sources: BTreeMap::new(),
+        accelerators: accelerators(models),
+        regions: catalog_regions,
+        user_regions: places
+            .into_iter()
+            .map(|name| UserRegion {
+                name,
+                display: String::new(),
+                source: String::new(),
+            })
+            .collect(),
+        links,
+        scoring: Some(scoring),
     }
+}
+
+/// A region of the catalog from its spec and its nodes' inventory.
+fn catalog_region(r: &RegionView, picked_nodes: &[&NodeView]) -> Region {
+    Region {
+        name: r.name.clone(),
+        display: r.spec.cluster.clone().unwrap_or_default(),
+        hub: r.spec.hub.clone(),
+        hub_display: String::new(),
+        side: if r.spec.side == "east" {
+            Side::East
+        } else {
+            Side::West
+        },
+        province: String::new(),
+        pue: r.spec.pue,
+        green_share: r.spec.green_share,
+        green_profile: r.spec.green_profile.clone(),
+        price_cny_per_kwh: r.spec.electricity_fen_per_kwh as f64 / 100.0,
+        price_profile: r.spec.price_profile.clone(),
+        grid_factor_kg_per_kwh: r.spec.grid_kg_co2_per_kwh,
+        inventory: inventory_of(picked_nodes),
+        sources: BTreeMap::new(),
+        dedicated_to: r.spec.dedicated_to.clone(),
+    }
+}
+
+/// The accelerator models (model → vendor) the nodes have, with the board
+/// power the shipped catalog gives (or an assumed one, said so).
+fn accelerators(models: BTreeMap<String, String>) -> Vec<AcceleratorSpec> {
     let shipped = shipped_catalog();
-    let accelerators = models
+    models
         .into_iter()
         .map(|(model, vendor)| {
             let known = shipped.accelerators.iter().find(|a| a.model == model);
@@ -197,48 +271,16 @@ pub fn region_catalog(
                 model,
             }
         })
-        .collect();
-    // A link to the same place twice (both regions list each other) is
-    // harmless: the shortest path wins.
-    let file = CatalogFile {
-        version: 1,
-        sources: BTreeMap::new(),
-        accelerators,
-        regions: catalog_regions,
-        user_regions: places
-            .into_iter()
-            .map(|name| UserRegion {
-                name,
-                display: String::new(),
-                source: String::new(),
-            })
-            .collect(),
-        links,
-        scoring: Some(scoring),
-    };
-    match Catalog::from_file(file, "ComputeRegions") {
-        Ok(catalog) => Some(RegionCatalog {
-            inventory: InventoryIndex::new(&catalog),
-            catalog,
-            members,
-            excluded,
-        }),
-        Err(e) => {
-            // Specs are validated one by one above; what is left is a
-            // cross-region problem (too many regions, a name clash).
-            for r in &usable {
-                excluded.insert(
-                    r.name.clone(),
-                    ("InvalidCatalog".to_string(), e.to_string()),
-                );
-            }
-            Some(RegionCatalog {
-                catalog: empty_catalog(),
-                inventory: InventoryIndex::new(&empty_catalog()),
-                members: Vec::new(),
-                excluded,
-            })
-        }
+        .collect()
+}
+
+/// The regions as a catalog with none placeable, saying why each is left out.
+fn nothing_placeable(excluded: BTreeMap<String, (String, String)>) -> RegionCatalog {
+    RegionCatalog {
+        catalog: empty_catalog(),
+        inventory: InventoryIndex::new(&empty_catalog()),
+        members: Vec::new(),
+        excluded,
     }
 }
 
