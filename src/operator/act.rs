@@ -277,53 +277,15 @@ impl Actuator {
 
     pub(super) async fn act(&self, action: Action, obj: &DynamicObject) -> Result<(), kube::Error> {
         match action {
-            Action::SetStatus { key, status } => {
-                let old_reason = obj.data.pointer("/status/reason").and_then(Value::as_str);
-                self.apply_status(&key, obj, &status).await?;
-                if status.reason.as_deref() != old_reason {
-                    let message = status
-                        .conditions
-                        .iter()
-                        .find(|c| c.type_ == "Scheduled")
-                        .map(|c| c.message.clone())
-                        .unwrap_or_default();
-                    let reason = status.reason.clone().unwrap_or_default();
-                    let type_ = if matches!(reason.as_ref(), "Completed") {
-                        EventType::Normal
-                    } else {
-                        EventType::Warning
-                    };
-                    self.event(obj, &key, type_, &reason, &message).await;
-                }
-                Ok(())
-            }
+            Action::SetStatus { key, status } => self.set_status(&key, obj, &status).await,
             Action::Stop {
                 key,
                 pods,
                 region,
                 status,
             } => {
-                let at = self.cluster_of(region.as_deref())?;
-                self.delete_pods(&key, &at, &pods).await?;
-                let preempted = status.phase.as_deref() == Some("Preempted");
-                self.apply_status(&key, obj, &status).await?;
-                if preempted {
-                    self.metrics.preemptions.inc();
-                }
-                let message = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Scheduled")
-                    .map(|c| c.message.clone());
-                self.event(
-                    obj,
-                    &key,
-                    EventType::Warning,
-                    status.reason.as_deref().unwrap_or("Stopped"),
-                    message.as_deref().unwrap_or_default(),
-                )
-                .await;
-                Ok(())
+                self.stop(&key, obj, &pods, region.as_deref(), &status)
+                    .await
             }
             Action::QuotaStatus { name, status } => {
                 self.apply_cluster_status::<TenantQuota>(&name, json!(status))
@@ -343,58 +305,120 @@ impl Actuator {
                     self.apply_status(&key, obj, &status).await?;
                 }
                 match self.launch(&key, &tenant, obj, &status).await {
-                    Ok(bound) => {
-                        let mut running = status.clone();
-                        running.phase = Some("Running".into());
-                        running.reason = Some("Bound".into());
-                        running.started_at = Some(rfc3339(chrono::Utc::now().timestamp()));
-                        self.metrics.placement_decisions.inc_by(bound);
-                        self.apply_status(&key, obj, &running).await?;
-                        let message = running
-                            .conditions
-                            .iter()
-                            .find(|c| c.type_ == "Scheduled")
-                            .map(|c| c.message.clone())
-                            .unwrap_or_default();
-                        self.event(obj, &key, EventType::Normal, "Scheduled", &message)
-                            .await;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // All or nothing: remove every pod of the gang and requeue.
-                        self.metrics.bind_errors.inc();
-                        let pods: Vec<String> = status
-                            .placement
-                            .iter()
-                            .flat_map(|p| p.replicas.iter().map(|r| r.pod.clone()))
-                            .collect();
-                        let region = status.placement.as_ref().and_then(|p| p.region.as_deref());
-                        let at = self.cluster_of(region)?;
-                        self.delete_pods(&key, &at, &pods).await?;
-                        let mut pending = status.clone();
-                        pending.phase = Some("Pending".into());
-                        pending.reason = Some("BindFailed".into());
-                        pending.placement = None;
-                        let now = chrono::Utc::now().timestamp();
-                        let message = format!("launch failed and was rolled back: {e}");
-                        let generation = obj.metadata.generation.unwrap_or(0);
-                        set_condition(
-                            &mut pending,
-                            "Scheduled",
-                            false,
-                            "BindFailed",
-                            message.clone(),
-                            now,
-                            generation,
-                        );
-                        self.apply_status(&key, obj, &pending).await?;
-                        self.event(obj, &key, EventType::Warning, "BindFailed", &message)
-                            .await;
-                        Ok(())
-                    }
+                    Ok(bound) => self.launched(&key, obj, &status, bound).await,
+                    Err(e) => self.roll_back(&key, obj, &status, &e).await,
                 }
             }
         }
+    }
+
+    /// Writes a workload's status, with an event when its reason changed.
+    async fn set_status(
+        &self,
+        key: &WorkloadKey,
+        obj: &DynamicObject,
+        status: &WorkloadStatus,
+    ) -> Result<(), kube::Error> {
+        let old_reason = obj.data.pointer("/status/reason").and_then(Value::as_str);
+        self.apply_status(key, obj, status).await?;
+        if status.reason.as_deref() != old_reason {
+            let reason = status.reason.clone().unwrap_or_default();
+            let type_ = if matches!(reason.as_ref(), "Completed") {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            let message = scheduled_message(status).unwrap_or_default();
+            self.event(obj, key, type_, &reason, message).await;
+        }
+        Ok(())
+    }
+
+    /// Stops a workload (preempted, evicted, or ended): deletes its pods in
+    /// `region`'s cluster, then writes its status and an event.
+    async fn stop(
+        &self,
+        key: &WorkloadKey,
+        obj: &DynamicObject,
+        pods: &[String],
+        region: Option<&str>,
+        status: &WorkloadStatus,
+    ) -> Result<(), kube::Error> {
+        let at = self.cluster_of(region)?;
+        self.delete_pods(key, &at, pods).await?;
+        self.apply_status(key, obj, status).await?;
+        if status.phase.as_deref() == Some("Preempted") {
+            self.metrics.preemptions.inc();
+        }
+        self.event(
+            obj,
+            key,
+            EventType::Warning,
+            status.reason.as_deref().unwrap_or("Stopped"),
+            scheduled_message(status).unwrap_or_default(),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Every pod of the workload is bound: it is Running.
+    async fn launched(
+        &self,
+        key: &WorkloadKey,
+        obj: &DynamicObject,
+        status: &WorkloadStatus,
+        bound: u64,
+    ) -> Result<(), kube::Error> {
+        let mut running = status.clone();
+        running.phase = Some("Running".into());
+        running.reason = Some("Bound".into());
+        running.started_at = Some(rfc3339(chrono::Utc::now().timestamp()));
+        self.metrics.placement_decisions.inc_by(bound);
+        self.apply_status(key, obj, &running).await?;
+        let message = scheduled_message(&running).unwrap_or_default();
+        self.event(obj, key, EventType::Normal, "Scheduled", message)
+            .await;
+        Ok(())
+    }
+
+    /// A launch failed. All or nothing: removes every pod of the gang and
+    /// requeues the workload (Pending, BindFailed).
+    async fn roll_back(
+        &self,
+        key: &WorkloadKey,
+        obj: &DynamicObject,
+        status: &WorkloadStatus,
+        e: &str,
+    ) -> Result<(), kube::Error> {
+        self.metrics.bind_errors.inc();
+        let pods: Vec<String> = status
+            .placement
+            .iter()
+            .flat_map(|p| p.replicas.iter().map(|r| r.pod.clone()))
+            .collect();
+        let region = status.placement.as_ref().and_then(|p| p.region.as_deref());
+        let at = self.cluster_of(region)?;
+        self.delete_pods(key, &at, &pods).await?;
+        let mut pending = status.clone();
+        pending.phase = Some("Pending".into());
+        pending.reason = Some("BindFailed".into());
+        pending.placement = None;
+        let now = chrono::Utc::now().timestamp();
+        let message = format!("launch failed and was rolled back: {e}");
+        let generation = obj.metadata.generation.unwrap_or(0);
+        set_condition(
+            &mut pending,
+            "Scheduled",
+            false,
+            "BindFailed",
+            message.clone(),
+            now,
+            generation,
+        );
+        self.apply_status(key, obj, &pending).await?;
+        self.event(obj, key, EventType::Warning, "BindFailed", &message)
+            .await;
+        Ok(())
     }
 
     /// Server-side applies the status of a cluster-scoped zhisuan object.
@@ -551,4 +575,13 @@ async fn launch_replica(
         Err(kube::Error::SerdeError(_)) => Ok(true),
         Err(e) => Err(format!("binding pod {} to {node}: {e}", r.pod)),
     }
+}
+
+/// The message of a status's Scheduled condition.
+fn scheduled_message(status: &WorkloadStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scheduled")
+        .map(|c| &*c.message)
 }
