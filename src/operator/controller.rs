@@ -16,15 +16,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::reflector::{self, store::Writer, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject};
 use kube::{Client, ResourceExt};
 use tokio::sync::{watch, Notify};
 
 use super::act::Actuator;
-use super::crd::{ComputeRegion, InferenceService, TenantQuota, TrainingJob};
+use super::caches::{self, Stores};
 use super::leader::{Elector, Leadership, LeaseTiming};
 use super::members::Members;
 use super::metering;
@@ -32,7 +30,7 @@ use super::metrics::OperatorMetrics;
 use super::pods::DeviceResources;
 use super::reconcile;
 use super::regions::region_statuses;
-use super::shared::{self, Shared};
+use super::shared;
 use super::snapshot::{self, Kind, MonthToDate, QuotaView, WorkloadKey};
 use super::snapshotter::{Seen, SnapshotOptions, Snapshotter, Step};
 use super::tenancy::NamespaceTenancy;
@@ -150,68 +148,6 @@ struct TokenCounting {
     ledger: Ledger,
     config: TokenScrapeConfig,
     targets: watch::Sender<Vec<TokenTarget>>,
-}
-
-/// The reflector stores the controller reads its snapshots from.
-struct Stores {
-    namespaces: Store<Namespace>,
-    nodes: Store<Node>,
-    pods: Store<Shared<Pod>>,
-    training: Store<Shared<DynamicObject>>,
-    inference: Store<Shared<DynamicObject>>,
-    quotas: Store<Shared<DynamicObject>>,
-    regions: Store<Shared<DynamicObject>>,
-}
-
-impl Stores {
-    /// Once every reflector has listed. The only wait for their readiness:
-    /// kube-runtime wakes only a store's last waiter (`reconcile::spawn`).
-    async fn wait_until_ready(&self) -> anyhow::Result<()> {
-        for ready in [
-            self.namespaces.wait_until_ready().await,
-            self.nodes.wait_until_ready().await,
-            self.pods.wait_until_ready().await,
-            self.training.wait_until_ready().await,
-            self.inference.wait_until_ready().await,
-            self.quotas.wait_until_ready().await,
-            self.regions.wait_until_ready().await,
-        ] {
-            ready.map_err(|e| anyhow::anyhow!("reflector ended before listing: {e}"))?;
-        }
-        Ok(())
-    }
-}
-
-/// A reflector with watch settings (e.g. a label selector), waking `notify` on
-/// every event; `on_event` sees each event once the cache holds it.
-pub(super) fn spawn_reflector<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    writer: Writer<K>,
-    notify: Arc<Notify>,
-    mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
-) -> tokio::task::JoinHandle<()>
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
-{
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(event) => on_event(&event),
-                Err(e) => tracing::warn!(error = %e, "watch error (retrying with backoff)"),
-            }
-            notify.notify_one();
-        }
-    })
 }
 
 impl Controller {
@@ -494,26 +430,7 @@ impl Controller {
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let notify = Arc::new(Notify::new());
         let client = self.client.clone();
-        let ar_tj = ApiResource::erase::<TrainingJob>(&());
-        let ar_is = ApiResource::erase::<InferenceService>(&());
-        let ar_tq = ApiResource::erase::<TenantQuota>(&());
-        let ar_cr = ApiResource::erase::<ComputeRegion>(&());
-        let w_ns = Writer::<Namespace>::new(());
-        let w_nodes = Writer::<Node>::new(());
-        let w_pods = Writer::<Shared<Pod>>::new(());
-        let w_tj = Writer::<Shared<DynamicObject>>::new(ar_tj.clone());
-        let w_is = Writer::<Shared<DynamicObject>>::new(ar_is.clone());
-        let w_tq = Writer::<Shared<DynamicObject>>::new(ar_tq.clone());
-        let w_cr = Writer::<Shared<DynamicObject>>::new(ar_cr.clone());
-        let stores = Stores {
-            namespaces: w_ns.as_reader(),
-            nodes: w_nodes.as_reader(),
-            pods: w_pods.as_reader(),
-            training: w_tj.as_reader(),
-            inference: w_is.as_reader(),
-            quotas: w_tq.as_reader(),
-            regions: w_cr.as_reader(),
-        };
+        let (stores, writers) = caches::caches();
         // The reflectors wake the workload reconcilers (`triggers.rs`).
         let (triggers, woken) =
             Triggers::connected(stores.training.clone(), stores.inference.clone());
@@ -525,58 +442,7 @@ impl Controller {
             )
             .with_triggers(triggers.clone()),
         );
-        let all = watcher::Config::default;
-        let tasks = vec![
-            spawn_reflector(
-                Api::<Namespace>::all(client.clone()),
-                all(),
-                w_ns,
-                notify.clone(),
-                |_| {},
-            ),
-            spawn_reflector(
-                Api::<Node>::all(client.clone()),
-                all(),
-                w_nodes,
-                notify.clone(),
-                |_| {},
-            ),
-            spawn_reflector(
-                Api::<Shared<Pod>>::all(client.clone()),
-                all(),
-                w_pods,
-                notify.clone(),
-                triggers.for_pods(),
-            ),
-            spawn_reflector(
-                Api::<Shared<DynamicObject>>::all_with(client.clone(), &ar_tj),
-                all(),
-                w_tj,
-                notify.clone(),
-                triggers.for_workloads(Kind::Training),
-            ),
-            spawn_reflector(
-                Api::<Shared<DynamicObject>>::all_with(client.clone(), &ar_is),
-                all(),
-                w_is,
-                notify.clone(),
-                triggers.for_workloads(Kind::Inference),
-            ),
-            spawn_reflector(
-                Api::<Shared<DynamicObject>>::all_with(client.clone(), &ar_tq),
-                all(),
-                w_tq,
-                notify.clone(),
-                |_| {},
-            ),
-            spawn_reflector(
-                Api::<Shared<DynamicObject>>::all_with(client.clone(), &ar_cr),
-                all(),
-                w_cr,
-                notify.clone(),
-                |_| {},
-            ),
-        ];
+        let tasks = writers.spawn_reflectors(&client, &notify, &triggers);
         let elector = self.elector.take().expect("run once");
         let election = tokio::spawn(elector.run(shutdown.clone()));
         let token_loop = self.spawn_token_loop(shutdown.clone());

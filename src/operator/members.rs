@@ -304,14 +304,14 @@ impl Members {
         let pod_watch = watcher::Config::default();
         let ready = Arc::new(AtomicBool::new(false));
         let mut tasks = vec![
-            super::controller::spawn_reflector(
+            super::caches::spawn_reflector(
                 Api::<Node>::all(client.clone()),
                 node_watch,
                 w_nodes,
                 self.notify.clone(),
                 |_| {},
             ),
-            super::controller::spawn_reflector(
+            super::caches::spawn_reflector(
                 Api::<Shared<Pod>>::all(client.clone()),
                 pod_watch,
                 w_pods,

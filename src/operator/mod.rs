@@ -7,6 +7,7 @@
 //! from owned pods) in kube-rs `Controller` reconcilers (`reconcile`).
 
 mod act;
+mod caches;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -109,7 +109,7 @@ impl Triggers {
         (triggers, streams)
     }
 
-    /// The `on_event` of a pod reflector (`spawn_reflector`): a pod's change
+    /// The `on_event` of a pod reflector (`caches::spawn_reflector`): a pod's change
     /// wakes the workload it names.
     pub(super) fn for_pods(&self) -> impl FnMut(&watcher::Event<Shared<Pod>>) + Send + 'static {
         self.reflector(|pod: &Shared<Pod>| snapshot::pod_owner(pod))
