@@ -643,19 +643,58 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
             format!("replicas: must be 1..={MAX_REPLICAS}"),
         ));
     }
-    let milli_per_replica = match (r.gpus_per_replica, r.gpu_milli) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "gpu_milli",
-                "gpu_milli: give either gpus_per_replica (whole GPUs) or gpu_milli (a share of one GPU), not both",
-            ))
-        }
-        (None, None) => {
-            return Err(ApiError::invalid(
-                "gpus_per_replica",
-                "gpus_per_replica: required (or gpu_milli for a share of one GPU)",
-            ))
-        }
+    let milli_per_replica = milli_per_replica(&r)?;
+    check_models(r.gpu_models.as_deref().unwrap_or_default())?;
+    check_image_and_places(&r)?;
+    let inference = r.kind == JobKind::Inference;
+    check_inference_fields(&r, inference)?;
+    check_limits(&r, inference)?;
+    let topology = r.topology;
+    let vendor = match r.accelerator_vendor.as_deref() {
+        None => None,
+        Some(v) => Some(
+            crate::jobs::accelerator_vendor(v)
+                .map_err(|m| {
+                    ApiError::invalid("accelerator_vendor", format!("accelerator_vendor: {m}"))
+                })?
+                .to_string(),
+        ),
+    };
+    Ok(JobSpec {
+        tenant: tenant.to_string(),
+        kind: r.kind,
+        name: r.name,
+        replicas: r.replicas,
+        milli_per_replica,
+        gpu_models: r.gpu_models.unwrap_or_default(),
+        vendor,
+        mixed_models: r.mixed_models.unwrap_or(false),
+        topology,
+        image: r.image,
+        region: r.region,
+        latency_slo_ms: r.latency_slo_ms,
+        user_region: r.user_region,
+        token_tier: if inference {
+            Some(r.token_tier.unwrap_or(Tier::Basic))
+        } else {
+            None
+        },
+        max_runtime_s: r.max_runtime_s,
+        max_delay_s: r.max_delay_s,
+    })
+}
+
+/// Milli-GPU a replica asks for: whole GPUs or a share of one, never both.
+fn milli_per_replica(r: &JobRequest) -> Result<u32, ApiError> {
+    match (r.gpus_per_replica, r.gpu_milli) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "gpu_milli",
+            "gpu_milli: give either gpus_per_replica (whole GPUs) or gpu_milli (a share of one GPU), not both",
+        )),
+        (None, None) => Err(ApiError::invalid(
+            "gpus_per_replica",
+            "gpus_per_replica: required (or gpu_milli for a share of one GPU)",
+        )),
         (Some(g), None) => {
             if g == 0 || g > MAX_GPUS_PER_REPLICA {
                 return Err(ApiError::invalid(
@@ -663,7 +702,7 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
                     format!("gpus_per_replica: must be 1..={MAX_GPUS_PER_REPLICA}"),
                 ));
             }
-            g * 1000
+            Ok(g * 1000)
         }
         (None, Some(m)) => {
             if m == 0 || m > 999 {
@@ -672,10 +711,13 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
                     "gpu_milli: must be 1..=999 (1000 = one whole GPU: use gpus_per_replica)",
                 ));
             }
-            m
+            Ok(m)
         }
-    };
-    let gpu_models = r.gpu_models.unwrap_or_default();
+    }
+}
+
+/// Each named model is short text, named once.
+fn check_models(gpu_models: &[String]) -> Result<(), ApiError> {
     let mut seen = BTreeSet::new();
     for (i, m) in gpu_models.iter().enumerate() {
         let field = format!("gpu_models[{i}]");
@@ -687,6 +729,10 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
             ));
         }
     }
+    Ok(())
+}
+
+fn check_image_and_places(r: &JobRequest) -> Result<(), ApiError> {
     check_text("image", &r.image, 512)?;
     if r.image.chars().any(char::is_whitespace) {
         return Err(ApiError::invalid(
@@ -700,7 +746,12 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
     if let Some(u) = &r.user_region {
         check_text("user_region", u, 64)?;
     }
-    let inference = r.kind == JobKind::Inference;
+    Ok(())
+}
+
+/// Latency SLO, user region and token tier are for inference only; an SLO
+/// needs the user region it is measured from.
+fn check_inference_fields(r: &JobRequest, inference: bool) -> Result<(), ApiError> {
     for (field, given) in [
         ("latency_slo_ms", r.latency_slo_ms.is_some()),
         ("user_region", r.user_region.is_some()),
@@ -727,6 +778,11 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// The runtime limit, the delay a training job accepts, and the topology ask.
+fn check_limits(r: &JobRequest, inference: bool) -> Result<(), ApiError> {
     if let Some(s) = r.max_runtime_s {
         if s == 0 || s > 31_536_000 {
             return Err(ApiError::invalid(
@@ -753,39 +809,7 @@ fn validate_job(tenant: &str, r: JobRequest) -> Result<JobSpec, ApiError> {
         t.ask()
             .map_err(|m| ApiError::invalid("topology", format!("topology: {m}")))?;
     }
-    let topology = r.topology;
-    let vendor = match r.accelerator_vendor.as_deref() {
-        None => None,
-        Some(v) => Some(
-            crate::jobs::accelerator_vendor(v)
-                .map_err(|m| {
-                    ApiError::invalid("accelerator_vendor", format!("accelerator_vendor: {m}"))
-                })?
-                .to_string(),
-        ),
-    };
-    Ok(JobSpec {
-        tenant: tenant.to_string(),
-        kind: r.kind,
-        name: r.name,
-        replicas: r.replicas,
-        milli_per_replica,
-        gpu_models,
-        vendor,
-        mixed_models: r.mixed_models.unwrap_or(false),
-        topology,
-        image: r.image,
-        region: r.region,
-        latency_slo_ms: r.latency_slo_ms,
-        user_region: r.user_region,
-        token_tier: if inference {
-            Some(r.token_tier.unwrap_or(Tier::Basic))
-        } else {
-            None
-        },
-        max_runtime_s: r.max_runtime_s,
-        max_delay_s: r.max_delay_s,
-    })
+    Ok(())
 }
 
 /// The all-models GPU limit of a quota, in milli-GPU.
