@@ -154,14 +154,74 @@ pub fn simulate(
         ..Default::default()
     };
     let mut world = World::new(catalog.clone(), config)?;
-    let n = catalog.regions.len();
-    let mut per_region_jobs = vec![0u32; n];
-    let (mut slo_v, mut res_v, mut fallbacks) = (0, 0, 0);
+    let run = run_workload(&mut world, workload, progress)?;
+    let end = world.now_s();
+    let tally = JobTally::of(&world, catalog, end);
+    let regions = region_results(&world, &run, start, &tally.per_region_jobs);
+    let milli_fen: i64 = run.usage.iter().map(|u| u.energy_cost_milli_fen).sum();
+    let gpu_hours: f64 = regions.iter().map(|r| r.gpu_hours).sum();
+    let west: f64 = regions
+        .iter()
+        .filter(|r| r.side == Side::West)
+        .map(|r| r.gpu_hours)
+        .sum();
+    let placed = tally.placed;
+    let result = SimResult {
+        policy: policy.name().to_string(),
+        placement_policy: placement.name().to_string(),
+        jobs: workload.len(),
+        placed,
+        never_placed: workload.len() - placed,
+        gpu_hours,
+        facility_kwh: regions.iter().map(|r| r.facility_kwh).sum(),
+        carbon_kg: regions.iter().map(|r| r.carbon_kg).sum(),
+        energy_cost_cny: milli_fen as f64 / MILLI_FEN_PER_CNY as f64,
+        energy_cost_milli_fen: milli_fen,
+        slo_violations: tally.slo_violations,
+        residency_violations: tally.residency_violations,
+        mean_wait_s: if placed > 0 {
+            tally.waits as f64 / placed as f64
+        } else {
+            0.0
+        },
+        max_wait_s: tally.max_wait,
+        jobs_waited: tally.jobs_waited,
+        deadline_jobs: tally.deadline_jobs,
+        deadline_misses: tally.deadline_misses,
+        fallbacks: tally.fallbacks,
+        west_gpu_hours_pct: if gpu_hours > 0.0 {
+            100.0 * west / gpu_hours
+        } else {
+            0.0
+        },
+        span_s: (end - start).max(1),
+        regions,
+    };
+    Ok((result, world))
+}
+
+/// What running a workload through the world gave: its usage, and each
+/// region's allocation integrated over the arrival window.
+struct WorkloadRun {
+    usage: Vec<crate::sim::world::UsageInterval>,
+    /// Milli-GPU × seconds allocated per region, from the first arrival to
+    /// the last (piecewise constant between arrivals, sampled just before
+    /// each one).
+    alloc_milli_s: Vec<f64>,
+    /// The last arrival.
+    last_arrival_s: i64,
+}
+
+/// Submits every job at its arrival time, then runs the world until
+/// nothing is left to happen.
+fn run_workload(
+    world: &mut World,
+    workload: &[(i64, JobSpec)],
+    progress: &indicatif::ProgressBar,
+) -> Result<WorkloadRun, InputError> {
     let mut usage = Vec::new();
-    // Allocation integrated over the arrival window (piecewise constant
-    // between arrivals, sampled just before each one).
-    let mut alloc_milli_s = vec![0f64; n];
-    let mut prev_t = start;
+    let mut alloc_milli_s = vec![0f64; world.catalog().regions.len()];
+    let mut prev_t = workload.first().map_or(0, |(t, _)| *t);
     for (t, spec) in workload {
         world.advance_to(*t);
         for (r, acc) in alloc_milli_s.iter_mut().enumerate() {
@@ -176,42 +236,81 @@ pub fn simulate(
         world.advance_to(t);
         usage.append(&mut world.take_usage());
     }
-    let end = world.now_s();
-    let (mut waits, mut max_wait, mut placed) = (0i64, 0i64, 0usize);
-    let mut jobs_waited = 0usize;
-    let (mut deadline_jobs, mut deadline_misses) = (0usize, 0usize);
-    for j in world.jobs() {
-        if let Some(d) = j.spec.max_delay_s {
-            deadline_jobs += 1;
-            deadline_misses += usize::from(j.started_s.is_none_or(|s| s - j.submitted_s > d));
-        }
-        if let Some(p) = &j.placement {
-            placed += 1;
+    Ok(WorkloadRun {
+        usage,
+        alloc_milli_s,
+        last_arrival_s: prev_t,
+    })
+}
+
+/// The jobs' outcomes summed: placements per region, violations, waits,
+/// deadlines and fallbacks.
+#[derive(Default)]
+struct JobTally {
+    per_region_jobs: Vec<u32>,
+    placed: usize,
+    slo_violations: usize,
+    residency_violations: usize,
+    /// Summed waits of the placed jobs (s).
+    waits: i64,
+    max_wait: i64,
+    jobs_waited: usize,
+    deadline_jobs: usize,
+    deadline_misses: usize,
+    /// Jobs placed in a region other than their first-ranked one.
+    fallbacks: usize,
+}
+
+impl JobTally {
+    /// Every job of `world`, its waits counted up to `end`.
+    fn of(world: &World, catalog: &Catalog, end: i64) -> JobTally {
+        let mut t = JobTally {
+            per_region_jobs: vec![0u32; catalog.regions.len()],
+            ..JobTally::default()
+        };
+        for j in world.jobs() {
+            if let Some(d) = j.spec.max_delay_s {
+                t.deadline_jobs += 1;
+                t.deadline_misses += usize::from(j.started_s.is_none_or(|s| s - j.submitted_s > d));
+            }
+            let Some(p) = &j.placement else {
+                debug_assert_eq!(j.phase, Phase::Pending);
+                continue;
+            };
+            t.placed += 1;
             let r = p.region;
-            per_region_jobs[r] += 1;
+            t.per_region_jobs[r] += 1;
             let (s, res) = violations(catalog, &j.resolved, r);
             if s && j.spec.kind == JobKind::OnlineInference {
-                slo_v += 1;
+                t.slo_violations += 1;
             }
-            res_v += res as usize;
+            t.residency_violations += res as usize;
             let w = j.wait_s(end);
-            jobs_waited += (w > 0) as usize;
-            waits += w;
-            max_wait = max_wait.max(w);
+            t.jobs_waited += (w > 0) as usize;
+            t.waits += w;
+            t.max_wait = t.max_wait.max(w);
             if let Some(crate::regions::plan::Candidate {
                 verdict: crate::regions::plan::Verdict::Chosen { rank },
                 ..
             }) = j.explanation.candidates.get(r)
             {
-                fallbacks += (*rank > 0) as usize;
+                t.fallbacks += (*rank > 0) as usize;
             }
-        } else {
-            debug_assert_eq!(j.phase, Phase::Pending);
         }
+        t
     }
-    let span = (end - start).max(1);
-    let window = prev_t - start;
-    let mut regions: Vec<RegionResult> = world
+}
+
+/// Each region's figures: GPUs, utilisation over the arrival window,
+/// GPU-hours, energy, carbon, energy cost and jobs placed.
+fn region_results(
+    world: &World,
+    run: &WorkloadRun,
+    start: i64,
+    per_region_jobs: &[u32],
+) -> Vec<RegionResult> {
+    let window = run.last_arrival_s - start;
+    world
         .region_stats()
         .into_iter()
         .enumerate()
@@ -221,7 +320,7 @@ pub fn simulate(
             side: s.side,
             gpus: s.gpus,
             utilisation_pct: if s.gpus > 0 && window > 0 {
-                100.0 * alloc_milli_s[r] / (s.gpus as f64 * 1000.0 * window as f64)
+                100.0 * run.alloc_milli_s[r] / (s.gpus as f64 * 1000.0 * window as f64)
             } else {
                 0.0
             },
@@ -231,46 +330,7 @@ pub fn simulate(
             energy_cost_cny: s.energy_cost_milli_fen as f64 / MILLI_FEN_PER_CNY as f64,
             jobs: per_region_jobs[r],
         })
-        .collect();
-    let milli_fen: i64 = usage.iter().map(|u| u.energy_cost_milli_fen).sum();
-    let gpu_hours: f64 = regions.iter().map(|r| r.gpu_hours).sum();
-    let west: f64 = regions
-        .iter()
-        .filter(|r| r.side == Side::West)
-        .map(|r| r.gpu_hours)
-        .sum();
-    let result = SimResult {
-        policy: policy.name().to_string(),
-        placement_policy: placement.name().to_string(),
-        jobs: workload.len(),
-        placed,
-        never_placed: workload.len() - placed,
-        gpu_hours,
-        facility_kwh: regions.iter().map(|r| r.facility_kwh).sum(),
-        carbon_kg: regions.iter().map(|r| r.carbon_kg).sum(),
-        energy_cost_cny: milli_fen as f64 / MILLI_FEN_PER_CNY as f64,
-        energy_cost_milli_fen: milli_fen,
-        slo_violations: slo_v,
-        residency_violations: res_v,
-        mean_wait_s: if placed > 0 {
-            waits as f64 / placed as f64
-        } else {
-            0.0
-        },
-        max_wait_s: max_wait,
-        jobs_waited,
-        deadline_jobs,
-        deadline_misses,
-        fallbacks,
-        west_gpu_hours_pct: if gpu_hours > 0.0 {
-            100.0 * west / gpu_hours
-        } else {
-            0.0
-        },
-        span_s: span,
-        regions: std::mem::take(&mut regions),
-    };
-    Ok((result, world))
+        .collect()
 }
 
 /// The job `--explain` names: `NAME`, or `TENANT/NAME` where several
