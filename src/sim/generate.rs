@@ -89,16 +89,7 @@ fn round(x: f64, digits: i32) -> f64 {
 
 /// The catalog of seed `seed`.
 fn catalog_file(rng: &mut Rng) -> CatalogFile {
-    // Two to four NVIDIA models, sometimes the NPU.
-    let mut models: Vec<usize> = (0..4).collect();
-    for i in (1..models.len()).rev() {
-        models.swap(i, (rng.draw() % (i as u64 + 1)) as usize);
-    }
-    models.truncate(rng.int(2, 4) as usize);
-    if rng.chance(0.3) {
-        models.push(4);
-    }
-    let scarce = *models.last().expect("two models or more");
+    let (models, scarce) = pick_models(rng);
     let n = rng.int(3, 7) as usize;
     let users = rng.int(3, 6) as usize;
     // Places on a 100 × 100 map: users and eastern regions on the left,
@@ -116,91 +107,11 @@ fn catalog_file(rng: &mut Rng) -> CatalogFile {
             _ if rng.chance(0.5) => Side::East,
             _ => Side::West,
         };
-        let east = side == Side::East;
-        region_at.push(if east {
-            (rng.range(0.0, 40.0), rng.range(0.0, 100.0))
-        } else {
-            (rng.range(55.0, 100.0), rng.range(0.0, 100.0))
-        });
-        let (pue, green, price) = if east {
-            let price = if rng.chance(0.25) {
-                rng.range(0.25, 0.4) // a cheap eastern hub
-            } else {
-                rng.range(0.45, 0.95)
-            };
-            (rng.range(1.15, 1.5), rng.range(0.05, 0.45), price)
-        } else {
-            let price = if rng.chance(0.2) {
-                rng.range(0.55, 0.8) // a dear western one
-            } else {
-                rng.range(0.22, 0.5)
-            };
-            (rng.range(1.08, 1.3), rng.range(0.3, 0.95), price)
-        };
-        let green_profile = rng.chance(0.4).then(|| {
-            // Solar: the day's mean stays near `green`, noon is greener.
-            let amp = rng.range(0.1, 0.5);
-            (0..24)
-                .map(|h| {
-                    let sun = ((h as f64 - 6.0) / 12.0 * std::f64::consts::PI)
-                        .sin()
-                        .max(0.0);
-                    round((green - amp * 0.32 + amp * sun).clamp(0.0, 1.0), 3)
-                })
-                .collect()
-        });
-        let mut inventory = Vec::new();
-        let mut here: Vec<usize> = models.iter().copied().filter(|&m| m != scarce).collect();
-        here.retain(|_| rng.chance(0.7));
-        if here.is_empty() {
-            here.push(models[0]);
-        }
-        if r == scarce_home {
-            here.push(scarce);
-        }
-        for m in here {
-            let (model, _, _, gpus) = MODELS[m];
-            inventory.push(InventoryEntry {
-                model: model.into(),
-                nodes: rng.int(3, 24),
-                gpus_per_node: gpus,
-                cpu_milli: 128_000,
-                memory_mib: 1_048_576,
-                nodes_per_rack: None,
-                racks_per_block: None,
-            });
-        }
-        regions.push(Region {
-            name: format!("r{r}-{}", if east { "east" } else { "west" }),
-            display: String::new(),
-            hub: format!("hub{r}"),
-            hub_display: String::new(),
-            side,
-            province: String::new(),
-            pue: round(pue, 3),
-            green_share: round(green, 3),
-            green_profile,
-            price_profile: None,
-            price_cny_per_kwh: round(price, 3),
-            grid_factor_kg_per_kwh: round(rng.range(0.35, 0.95), 3),
-            inventory,
-            sources: BTreeMap::from([("all".to_string(), "assumed: generated".to_string())]),
-            dedicated_to: None,
-        });
+        let (region, at) = region(rng, r, side, &models, scarce, r == scarce_home);
+        regions.push(region);
+        region_at.push(at);
     }
-    let dist = |a: (f64, f64), b: (f64, f64)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
-    let mut links = Vec::new();
-    for (u, &ua) in user_at.iter().enumerate() {
-        for (r, &ra) in region_at.iter().enumerate() {
-            links.push(Link {
-                a: format!("u{u}"),
-                b: regions[r].name.clone(),
-                rtt_ms: round(1.0 + 0.5 * dist(ua, ra), 1),
-                bandwidth_gbps: 100.0,
-                source: String::new(),
-            });
-        }
-    }
+    let links = links(&user_at, &region_at, &regions);
     CatalogFile {
         version: 1,
         sources: BTreeMap::new(),
@@ -224,6 +135,139 @@ fn catalog_file(rng: &mut Rng) -> CatalogFile {
         links,
         scoring: None,
     }
+}
+
+/// Two to four NVIDIA models, sometimes the NPU (indices into [`MODELS`]),
+/// and the scarce one (installed in one region only): the last.
+fn pick_models(rng: &mut Rng) -> (Vec<usize>, usize) {
+    let mut models: Vec<usize> = (0..4).collect();
+    for i in (1..models.len()).rev() {
+        models.swap(i, (rng.draw() % (i as u64 + 1)) as usize);
+    }
+    models.truncate(rng.int(2, 4) as usize);
+    if rng.chance(0.3) {
+        models.push(4);
+    }
+    let scarce = *models.last().expect("two models or more");
+    (models, scarce)
+}
+
+/// Region `r` on `side` and its place on the map: PUE, green share (flat
+/// or solar-shaped), price and grid factor drawn for its side, and an
+/// inventory of some of `models` (the scarce one only in its home).
+fn region(
+    rng: &mut Rng,
+    r: usize,
+    side: Side,
+    models: &[usize],
+    scarce: usize,
+    scarce_home: bool,
+) -> (Region, (f64, f64)) {
+    let east = side == Side::East;
+    let at = if east {
+        (rng.range(0.0, 40.0), rng.range(0.0, 100.0))
+    } else {
+        (rng.range(55.0, 100.0), rng.range(0.0, 100.0))
+    };
+    let (pue, green, price) = if east {
+        let price = if rng.chance(0.25) {
+            rng.range(0.25, 0.4) // a cheap eastern hub
+        } else {
+            rng.range(0.45, 0.95)
+        };
+        (rng.range(1.15, 1.5), rng.range(0.05, 0.45), price)
+    } else {
+        let price = if rng.chance(0.2) {
+            rng.range(0.55, 0.8) // a dear western one
+        } else {
+            rng.range(0.22, 0.5)
+        };
+        (rng.range(1.08, 1.3), rng.range(0.3, 0.95), price)
+    };
+    let green_profile = rng.chance(0.4).then(|| solar_profile(rng, green));
+    let inventory = inventory(rng, models, scarce, scarce_home);
+    let region = Region {
+        name: format!("r{r}-{}", if east { "east" } else { "west" }),
+        display: String::new(),
+        hub: format!("hub{r}"),
+        hub_display: String::new(),
+        side,
+        province: String::new(),
+        pue: round(pue, 3),
+        green_share: round(green, 3),
+        green_profile,
+        price_profile: None,
+        price_cny_per_kwh: round(price, 3),
+        grid_factor_kg_per_kwh: round(rng.range(0.35, 0.95), 3),
+        inventory,
+        sources: BTreeMap::from([("all".to_string(), "assumed: generated".to_string())]),
+        dedicated_to: None,
+    };
+    (region, at)
+}
+
+/// Solar: the day's mean stays near `green`, noon is greener.
+fn solar_profile(rng: &mut Rng, green: f64) -> Vec<f64> {
+    let amp = rng.range(0.1, 0.5);
+    (0..24)
+        .map(|h| {
+            let sun = ((h as f64 - 6.0) / 12.0 * std::f64::consts::PI)
+                .sin()
+                .max(0.0);
+            round((green - amp * 0.32 + amp * sun).clamp(0.0, 1.0), 3)
+        })
+        .collect()
+}
+
+/// Some of the models that are not scarce (at least one), the scarce one
+/// in its home, 3–24 nodes each.
+fn inventory(
+    rng: &mut Rng,
+    models: &[usize],
+    scarce: usize,
+    scarce_home: bool,
+) -> Vec<InventoryEntry> {
+    let mut here: Vec<usize> = models.iter().copied().filter(|&m| m != scarce).collect();
+    here.retain(|_| rng.chance(0.7));
+    if here.is_empty() {
+        here.push(models[0]);
+    }
+    if scarce_home {
+        here.push(scarce);
+    }
+    here.into_iter()
+        .map(|m| {
+            let (model, _, _, gpus) = MODELS[m];
+            InventoryEntry {
+                model: model.into(),
+                nodes: rng.int(3, 24),
+                gpus_per_node: gpus,
+                cpu_milli: 128_000,
+                memory_mib: 1_048_576,
+                nodes_per_rack: None,
+                racks_per_block: None,
+            }
+        })
+        .collect()
+}
+
+/// A link from every user place to every region, its round trip growing
+/// with the distance on the map.
+fn links(user_at: &[(f64, f64)], region_at: &[(f64, f64)], regions: &[Region]) -> Vec<Link> {
+    let dist = |a: (f64, f64), b: (f64, f64)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+    let mut links = Vec::new();
+    for (u, &ua) in user_at.iter().enumerate() {
+        for (r, &ra) in region_at.iter().enumerate() {
+            links.push(Link {
+                a: format!("u{u}"),
+                b: regions[r].name.clone(),
+                rtt_ms: round(1.0 + 0.5 * dist(ua, ra), 1),
+                bandwidth_gbps: 100.0,
+                source: String::new(),
+            });
+        }
+    }
+    links
 }
 
 /// One job's shape before its arrival time is known.
