@@ -135,17 +135,14 @@ pub async fn serve_agent<B: Accelerator + 'static>(
         publications,
     }
     .spawn(opts.interval, opts.samples, stop_rx)?;
-    if let Some(client) = &client {
-        let node = Publisher {
-            client,
-            node: &opts.node,
-            heartbeat: opts.heartbeat,
-            errors: &publish_errors,
-        };
-        node.publish_until(published, shutdown).await;
-    } else {
-        wait_for_end(published, shutdown).await;
-    }
+    let publisher = client.as_ref().map(|client| Publisher {
+        client,
+        node: &opts.node,
+        heartbeat: opts.heartbeat,
+        errors: &publish_errors,
+        last: None,
+    });
+    follow_publications(published, shutdown, publisher).await;
     let _ = stop_tx.send(());
     let _ = shutdown_tx.send(true);
     let joined = tokio::task::spawn_blocking(move || sampler.join())
@@ -304,55 +301,12 @@ impl<B: Accelerator + 'static> Sampler<B> {
     }
 }
 
-/// Patches the Node with the sampler's publications.
-struct Publisher<'a> {
-    client: &'a kube::Client,
-    node: &'a str,
-    heartbeat: Duration,
-    errors: &'a prometheus::IntCounter,
-}
-
-impl Publisher<'_> {
-    /// Until `shutdown` or the sampler's end: patches the Node whenever the
-    /// publication changes or the heartbeat is due.
-    async fn publish_until(
-        &self,
-        mut published: watch::Receiver<Option<NodePublication>>,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
-        let mut last: Option<(NodePublication, Instant)> = None;
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                changed = published.changed() => {
-                    if changed.is_err() {
-                        return; // sampler finished (--samples)
-                    }
-                    let Some(p) = published.borrow_and_update().clone() else { continue };
-                    let due = match &last {
-                        None => true,
-                        Some((last, at)) => substance(last) != substance(&p) || at.elapsed() >= self.heartbeat,
-                    };
-                    if due {
-                        match kube_act::publish(self.client, self.node, &p).await {
-                            Ok(()) => last = Some((p, Instant::now())),
-                            Err(e) => {
-                                self.errors.inc();
-                                tracing::warn!(error = %e, "publish node status");
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Without a client: waits for `shutdown` or the sampler's end.
-async fn wait_for_end(
+/// Until `shutdown` or the sampler's end (`--samples`), hands each
+/// publication to the Node's publisher (none without a client).
+async fn follow_publications(
     mut published: watch::Receiver<Option<NodePublication>>,
     shutdown: impl std::future::Future<Output = ()>,
+    mut publisher: Option<Publisher<'_>>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -362,6 +316,40 @@ async fn wait_for_end(
                 if changed.is_err() {
                     return; // sampler finished (--samples)
                 }
+                let Some(p) = published.borrow_and_update().clone() else { continue };
+                if let Some(publisher) = publisher.as_mut() {
+                    publisher.offer(p).await;
+                }
+            }
+        }
+    }
+}
+
+/// Patches the Node with the sampler's publications.
+struct Publisher<'a> {
+    client: &'a kube::Client,
+    node: &'a str,
+    heartbeat: Duration,
+    errors: &'a prometheus::IntCounter,
+    /// The last publication patched, and when.
+    last: Option<(NodePublication, Instant)>,
+}
+
+impl Publisher<'_> {
+    /// Patches the Node with `p` when it changed or the heartbeat is due.
+    async fn offer(&mut self, p: NodePublication) {
+        let due = match &self.last {
+            None => true,
+            Some((last, at)) => substance(last) != substance(&p) || at.elapsed() >= self.heartbeat,
+        };
+        if !due {
+            return;
+        }
+        match kube_act::publish(self.client, self.node, &p).await {
+            Ok(()) => self.last = Some((p, Instant::now())),
+            Err(e) => {
+                self.errors.inc();
+                tracing::warn!(error = %e, "publish node status");
             }
         }
     }
