@@ -1,7 +1,7 @@
 //! The embedded demo: the whole system in one process (issue #8).
 //!
 //! observe → plan → act, in one loop: the openb workload arrives in
-//! accelerated time into the multi-region [`World`] (placement engines per
+//! accelerated time into the multi-region [`World`](crate::sim::world::World) (placement engines per
 //! region behind the region planner), the usage it meters is rated and
 //! charged against vouchers in the SQLite ledger, and the quota API, the web
 //! page and `/metrics` are served on `--listen` meanwhile.
@@ -117,6 +117,8 @@ fn validate(args: &DemoArgs) -> Result<(), InputError> {
 /// The demo's ledger SQLite page cache (MiB).
 const DEMO_SQLITE_CACHE_MIB: u32 = 8;
 
+/// `zhisuan demo`: runs the world and serves it until `--duration`,
+/// `--sim-hours` or Ctrl-C, then prints the summary.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     validate(&args)?;
     let (catalog, workload) = inputs(&args)?;
