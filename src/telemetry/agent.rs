@@ -131,51 +131,14 @@ impl<B: Accelerator> Agent<B> {
         }
         self.backend.processes(&mut self.processes)?;
         self.tracker.observe(&self.readings, &mut self.verdicts);
-
-        // Window energy from each device's own counter.
-        let mut counter_increments = Vec::with_capacity(self.readings.len());
-        let mut window = Vec::with_capacity(self.readings.len());
-        for r in &self.readings {
-            let slot = &mut self.prev_energy[r.index as usize];
-            if r.lost {
-                counter_increments.push(0);
-                continue;
-            }
-            match *slot {
-                Some(prev) => {
-                    let d = counter_delta(prev, r.energy_mj);
-                    counter_increments.push(d);
-                    window.push((r.index, d));
-                }
-                None => counter_increments.push(r.energy_mj),
-            }
-            *slot = Some(r.energy_mj);
-        }
-
+        let (counter_increments, window) = self.energy_deltas();
         let owners = self.process_owners();
-        // Pods found only through their processes (no zhisuan annotation, or
-        // no control plane to ask) still get their energy, named by uid.
-        let mut all_pods: Vec<PodDevices> = pods.to_vec();
-        for o in &owners {
-            if !all_pods.iter().any(|p| p.pod.uid == o.pod_uid) {
-                all_pods.push(PodDevices {
-                    pod: PodRef {
-                        namespace: String::new(),
-                        name: o.pod_uid.clone(),
-                        uid: o.pod_uid.clone(),
-                    },
-                    container: String::new(),
-                    devices: Vec::new(),
-                    milli: None,
-                });
-            }
-        }
+        let all_pods = with_process_pods(pods, &owners);
         let shares = attribution::shares(&all_pods, &owners);
         let Attribution {
             pods: pod_energy,
             idle,
         } = attribution::attribute(&window, &shares);
-
         if let Some(m) = &mut self.metrics {
             let holders: Vec<(u32, Holder)> = shares
                 .iter()
@@ -223,6 +186,32 @@ impl<B: Accelerator> Agent<B> {
         Ok(())
     }
 
+    /// Window energy from each device's own counter: the counter's
+    /// increment per device (the whole reading the first time, 0 for a
+    /// lost device), and (device, mJ) for the devices with a window (read
+    /// before as well).
+    fn energy_deltas(&mut self) -> (Vec<u64>, Vec<(u32, u64)>) {
+        let mut counter_increments = Vec::with_capacity(self.readings.len());
+        let mut window = Vec::with_capacity(self.readings.len());
+        for r in &self.readings {
+            let slot = &mut self.prev_energy[r.index as usize];
+            if r.lost {
+                counter_increments.push(0);
+                continue;
+            }
+            match *slot {
+                Some(prev) => {
+                    let d = counter_delta(prev, r.energy_mj);
+                    counter_increments.push(d);
+                    window.push((r.index, d));
+                }
+                None => counter_increments.push(r.energy_mj),
+            }
+            *slot = Some(r.energy_mj);
+        }
+        (counter_increments, window)
+    }
+
     /// Node labels and annotations for the latest sample.
     pub fn publication(&self, now: DateTime<Utc>) -> NodePublication {
         node_publication(
@@ -261,6 +250,28 @@ impl<B: Accelerator> Agent<B> {
         }
         out
     }
+}
+
+/// `pods`, and the pods found only through their processes (no zhisuan
+/// annotation, or no control plane to ask), named by uid, so they still
+/// get their energy.
+fn with_process_pods(pods: &[PodDevices], owners: &[ProcessOwner]) -> Vec<PodDevices> {
+    let mut all_pods: Vec<PodDevices> = pods.to_vec();
+    for o in owners {
+        if !all_pods.iter().any(|p| p.pod.uid == o.pod_uid) {
+            all_pods.push(PodDevices {
+                pod: PodRef {
+                    namespace: String::new(),
+                    name: o.pod_uid.clone(),
+                    uid: o.pod_uid.clone(),
+                },
+                container: String::new(),
+                devices: Vec::new(),
+                milli: None,
+            });
+        }
+    }
+    all_pods
 }
 
 #[cfg(test)]
