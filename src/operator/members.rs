@@ -39,6 +39,22 @@ pub const REASON_SYNCING: &str = "MemberClusterSyncing";
 /// A region's Secret (namespace, name, key) and node selector.
 type Wanted = ((String, String, String), BTreeMap<String, String>);
 
+/// The regions with a member cluster (valid specs only): where each one's
+/// kubeconfig is, and its node selector.
+fn wanted(regions: &[RegionView]) -> BTreeMap<String, Wanted> {
+    regions
+        .iter()
+        .filter(|r| r.errors.is_empty())
+        .filter_map(|r| {
+            let s = r.spec.kubeconfig_secret_ref.as_ref()?;
+            Some((
+                r.name.clone(),
+                (secret_location(s), r.spec.node_selector.clone()),
+            ))
+        })
+        .collect()
+}
+
 /// Where a region's kubeconfig is: namespace, name, key.
 fn secret_location(r: &SecretKeyRef) -> (String, String, String) {
     let key = r
@@ -179,88 +195,12 @@ impl Members {
     /// Brings the member clusters in line with the regions: connects new
     /// ones, re-reads Secrets every [`SECRET_RECHECK`], drops the rest.
     pub async fn sync(&self, regions: &[RegionView]) {
-        let wanted: BTreeMap<String, Wanted> = regions
-            .iter()
-            .filter(|r| r.errors.is_empty())
-            .filter_map(|r| {
-                let s = r.spec.kubeconfig_secret_ref.as_ref()?;
-                Some((
-                    r.name.clone(),
-                    (secret_location(s), r.spec.node_selector.clone()),
-                ))
-            })
-            .collect();
-        let due: Vec<String> = {
-            let mut members = self.regions.lock().unwrap();
-            members.retain(|name, _| wanted.contains_key(name));
-            wanted
-                .iter()
-                .filter(|(name, (secret, selector))| match members.get(*name) {
-                    Some(m) => {
-                        m.secret != *secret
-                            || m.selector != *selector
-                            || m.checked_at.elapsed() >= SECRET_RECHECK
-                    }
-                    None => true,
-                })
-                .map(|(name, _)| name.clone())
-                .collect()
-        };
-        for name in due {
+        let wanted = wanted(regions);
+        for name in self.due(&wanted) {
             let (secret, selector) = wanted[&name].clone();
-            let (ns, sname, key) = &secret;
-            let described = format!("Secret {ns}/{sname} key {key:?} (spec.kubeconfigSecretRef)");
-            // Secrets are read in the controller's own namespace only
-            // (the chart grants no other).
-            let read = match *ns == self.namespace {
-                true => Some(
-                    Api::<Secret>::namespaced(self.home.clone(), ns)
-                        .get_opt(sname)
-                        .await,
-                ),
-                false => None,
-            };
-            let current_rv = {
-                let members = self.regions.lock().unwrap();
-                members.get(&name).and_then(|m| match &m.state {
-                    Ok(c) if m.secret == secret && m.selector == selector => {
-                        Some(c.secret_rv.clone())
-                    }
-                    _ => None,
-                })
-            };
-            let state = match read {
-                None => Err(format!(
-                    "{described}: the controller reads Secrets only in its own namespace {own:?}; create the Secret there and set spec.kubeconfigSecretRef.namespace to {own:?}",
-                    own = self.namespace
-                )),
-                Some(Err(e)) => {
-                    if current_rv.is_some() {
-                        // Keep the working connection over a failed read.
-                        tracing::warn!(region = %name, error = %e, "reading the member-cluster Secret failed; keeping the connection");
-                        self.touch(&name);
-                        continue;
-                    }
-                    Err(format!("{described}: cannot be read: {e}"))
-                }
-                Some(Ok(None)) => Err(format!("{described}: the Secret does not exist")),
-                Some(Ok(Some(s))) => {
-                    let rv = s.metadata.resource_version.clone().unwrap_or_default();
-                    if current_rv.as_deref() == Some(rv.as_str()) && !rv.is_empty() {
-                        self.touch(&name);
-                        continue;
-                    }
-                    match s.data.as_ref().and_then(|d| d.get(key)) {
-                        None => Err(format!("{described}: the Secret has no such key")),
-                        Some(bytes) => match std::str::from_utf8(&bytes.0) {
-                            Err(_) => Err(format!("{described}: the value is not UTF-8")),
-                            Ok(text) => match client_from(text).await {
-                                Err(why) => Err(format!("{described}: the value {why}")),
-                                Ok(client) => Ok(self.connect(&name, rv, client, &selector)),
-                            },
-                        },
-                    }
-                }
+            // None: the connection held is kept as it is.
+            let Some(state) = self.read_member(&name, &secret, &selector).await else {
+                continue;
             };
             let state = state.map_err(|message| {
                 tracing::warn!(region = %name, %message, "member cluster unusable");
@@ -280,6 +220,92 @@ impl Members {
             );
         }
         self.synced.store(true, Ordering::SeqCst);
+    }
+
+    /// Forgets the regions no longer wanted; the wanted regions whose
+    /// Secret reference or node selector changed, that are new, or whose
+    /// Secret is due a recheck.
+    fn due(&self, wanted: &BTreeMap<String, Wanted>) -> Vec<String> {
+        let mut members = self.regions.lock().unwrap();
+        members.retain(|name, _| wanted.contains_key(name));
+        wanted
+            .iter()
+            .filter(|(name, (secret, selector))| match members.get(*name) {
+                Some(m) => {
+                    m.secret != *secret
+                        || m.selector != *selector
+                        || m.checked_at.elapsed() >= SECRET_RECHECK
+                }
+                None => true,
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Reads a member region's kubeconfig Secret and connects to its
+    /// cluster, or says why not. `None` when the connection held stays:
+    /// the Secret is unchanged, or reading it failed while a connection
+    /// works.
+    async fn read_member(
+        &self,
+        name: &str,
+        secret: &(String, String, String),
+        selector: &BTreeMap<String, String>,
+    ) -> Option<Result<Cluster, String>> {
+        let (ns, sname, key) = secret;
+        let described = format!("Secret {ns}/{sname} key {key:?} (spec.kubeconfigSecretRef)");
+        // Secrets are read in the controller's own namespace only
+        // (the chart grants no other).
+        let read = match *ns == self.namespace {
+            true => Some(
+                Api::<Secret>::namespaced(self.home.clone(), ns)
+                    .get_opt(sname)
+                    .await,
+            ),
+            false => None,
+        };
+        let current_rv = {
+            let members = self.regions.lock().unwrap();
+            members.get(name).and_then(|m| match &m.state {
+                Ok(c) if m.secret == *secret && m.selector == *selector => {
+                    Some(c.secret_rv.clone())
+                }
+                _ => None,
+            })
+        };
+        Some(match read {
+            None => Err(format!(
+                "{described}: the controller reads Secrets only in its own namespace {own:?}; create the Secret there and set spec.kubeconfigSecretRef.namespace to {own:?}",
+                own = self.namespace
+            )),
+            Some(Err(e)) => {
+                if current_rv.is_some() {
+                    // Keep the working connection over a failed read.
+                    tracing::warn!(region = %name, error = %e, "reading the member-cluster Secret failed; keeping the connection");
+                    self.touch(name);
+                    return None;
+                }
+                Err(format!("{described}: cannot be read: {e}"))
+            }
+            Some(Ok(None)) => Err(format!("{described}: the Secret does not exist")),
+            Some(Ok(Some(s))) => {
+                let rv = s.metadata.resource_version.clone().unwrap_or_default();
+                if current_rv.as_deref() == Some(rv.as_str()) && !rv.is_empty() {
+                    self.touch(name);
+                    return None;
+                }
+                match s.data.as_ref().and_then(|d| d.get(key)) {
+                    None => Err(format!("{described}: the Secret has no such key")),
+                    Some(bytes) => match std::str::from_utf8(&bytes.0) {
+                        Err(_) => Err(format!("{described}: the value is not UTF-8")),
+                        Ok(text) => match client_from(text).await {
+                            Err(why) => Err(format!("{described}: the value {why}")),
+                            Ok(client) => Ok(self.connect(name, rv, client, selector)),
+                        },
+                    },
+                }
+            }
+        })
     }
 
     fn touch(&self, name: &str) {
