@@ -75,7 +75,7 @@ pub(super) struct DemoState {
     /// The checkpoint beside it (read and written for a kept `--db` only).
     checkpoint_path: PathBuf,
     /// Where the last run on a kept `--db` got to.
-    pub(super) checkpoint: Option<Checkpoint>,
+    checkpoint: Option<Checkpoint>,
     /// Unix seconds the simulated world starts at: a kept ledger's start,
     /// `--start-at`, or the current hour.
     pub(super) start_s: i64,

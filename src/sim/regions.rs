@@ -409,18 +409,20 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     if let (Some(trace), Some(out)) = (&args.from_trace, &args.write_workload) {
         return convert_trace(trace, out);
     }
-    let generated = args.generated.map(crate::sim::generate::generate);
-    if let (Some(g), Some(dir)) = (&generated, &args.write_generated) {
+    let generated = args.generated.map(generated_workload).transpose()?;
+    if let (Some((g, _)), Some(dir)) = (&generated, &args.write_generated) {
         write_generated(g, dir)?;
     }
-    let catalog = match (&generated, &args.regions) {
-        (Some(g), _) => g.catalog.clone(),
-        (None, Some(p)) => Catalog::load(p)?,
-        (None, None) => Catalog::default_catalog(),
-    };
-    let workload = match &generated {
-        Some(g) => parsed_rows(g, args.generated.unwrap_or_default())?,
-        None => workload_file(args.workload.as_deref(), &catalog)?,
+    let (catalog, workload) = match generated {
+        Some((g, rows)) => (g.catalog, rows),
+        None => {
+            let catalog = match &args.regions {
+                Some(p) => Catalog::load(p)?,
+                None => Catalog::default_catalog(),
+            };
+            let rows = workload_file(args.workload.as_deref(), &catalog)?;
+            (catalog, rows)
+        }
     };
     let (workload, space_only) = with_max_delay(workload, args.max_delay)?;
     let placement = placement_of(&args)?;
@@ -552,10 +554,8 @@ fn run_policies(
         outcomes: Vec::new(),
     };
     for &p in policies {
-        let progress = crate::progress::bar(workload.len() as u64, "jobs", args.quiet);
-        progress.set_message(format!("sim {}", p.name()));
-        let (result, world) = simulate(catalog, workload, p, placement, args.seed, &progress)?;
-        progress.finish_and_clear();
+        let label = format!("sim {}", p.name());
+        let (result, world) = simulate_shown(catalog, workload, p, placement, args, label)?;
         if let Some(wanted) = &args.explain {
             let id = explained_job(&world, wanted)?;
             runs.explained.push(world.job_view(id).expect("job exists"));
@@ -577,19 +577,34 @@ fn space_only_run(
     placement: Policy,
     args: &SimArgs,
 ) -> anyhow::Result<SimResult> {
-    let progress = crate::progress::bar(undelayed.len() as u64, "jobs", args.quiet);
-    progress.set_message("sim green, space only");
-    let (mut result, _) = simulate(
+    let label = "sim green, space only".to_string();
+    let (mut result, _) = simulate_shown(
         catalog,
         undelayed,
         RegionPolicy::Green,
         placement,
-        args.seed,
-        &progress,
+        args,
+        label,
     )?;
-    progress.finish_and_clear();
     result.policy = SPACE_ONLY.into();
     Ok(result)
+}
+
+/// [`simulate`] with a progress bar of the jobs, labelled `label` (none
+/// with `--quiet`).
+fn simulate_shown(
+    catalog: &Catalog,
+    workload: &[(i64, JobSpec)],
+    policy: RegionPolicy,
+    placement: Policy,
+    args: &SimArgs,
+    label: String,
+) -> Result<(SimResult, World), InputError> {
+    let progress = crate::progress::bar(workload.len() as u64, "jobs", args.quiet);
+    progress.set_message(label);
+    let run = simulate(catalog, workload, policy, placement, args.seed, &progress);
+    progress.finish_and_clear();
+    run
 }
 
 /// `--jobs-out FILE`: one row a job and policy.
