@@ -15,8 +15,10 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use zhisuan::placement::{Cluster, Engine, Policy, Request};
+use zhisuan::regions::explain::Explanation;
+use zhisuan::regions::job::JobSpec;
 use zhisuan::regions::nodes::node_specs;
-use zhisuan::regions::plan::{Explanation, InventoryIndex, JobSpec, RegionChooser};
+use zhisuan::regions::plan::{InventoryIndex, RegionChooser};
 use zhisuan::regions::{Catalog, RegionPolicy};
 use zhisuan::sim::workload::{parse_workload, DEFAULT_WORKLOAD_CSV, DEFAULT_WORKLOAD_PATH};
 use zhisuan::sim::world::{World, WorldConfig};

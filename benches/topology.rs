@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde_json::json;
 use zhisuan::placement::topology::{BLOCK_LABEL, RACK_LABEL};
 use zhisuan::placement::{Level, TopologySpec};
-use zhisuan::regions::plan::{JobKind, JobSpec};
+use zhisuan::regions::job::{JobKind, JobSpec};
 use zhisuan::regions::Catalog;
 use zhisuan::sim::generate::Rng;
 use zhisuan::sim::world::{Phase, World, WorldConfig};

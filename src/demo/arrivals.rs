@@ -2,7 +2,7 @@
 //! arrivals coming.
 
 use crate::error::InputError;
-use crate::regions::plan::JobSpec;
+use crate::regions::job::JobSpec;
 
 /// Longest a demo job runs, simulated seconds.
 pub(super) const MAX_JOB_S: i64 = 6 * 3600;
@@ -72,7 +72,7 @@ impl Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::regions::plan::JobKind;
+    use crate::regions::job::JobKind;
 
     fn spec(name: &str) -> JobSpec {
         JobSpec {

@@ -13,7 +13,7 @@ use super::{lock, meter, metrics, setup, summary, telemetry, tracker};
 use crate::ledger::types::Tier;
 use crate::ledger::Ledger;
 use crate::regions::catalog::Catalog;
-use crate::regions::plan::JobKind;
+use crate::regions::job::JobKind;
 use crate::sim::backend::WorldBackend;
 use crate::sim::world::{World, WorldConfig};
 

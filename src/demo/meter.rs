@@ -7,7 +7,7 @@
 
 use crate::ledger::types::{Tier, TokenRecord, UsageRecord};
 use crate::regions::catalog::Catalog;
-use crate::regions::plan::JobKind;
+use crate::regions::job::JobKind;
 use crate::sim::world::UsageInterval;
 use chrono::{DateTime, Utc};
 

@@ -368,7 +368,8 @@ mod tests {
     use super::*;
     use crate::jobs::{Kind, WorkloadView};
     use crate::operator::crd::{ComputeRegionSpec, SecretKeyRef};
-    use crate::regions::plan::{RegionChooser, RegionPolicy, Verdict};
+    use crate::regions::explain::Verdict;
+    use crate::regions::plan::{RegionChooser, RegionPolicy};
     use crate::schedule::job_spec;
 
     fn node(name: &str, region: &str, model: &str, gpus: u8) -> NodeView {
@@ -589,7 +590,7 @@ mod tests {
         assert!(matches!(
             expl.candidates[1].verdict,
             Verdict::Removed {
-                filter: crate::regions::plan::Filter::LatencySlo,
+                filter: crate::regions::explain::Filter::LatencySlo,
                 ..
             }
         ));

@@ -3,8 +3,10 @@
 //! - [`catalog`]: regions (hubs / clusters, PUE, green share, price, grid
 //!   factor, accelerator inventory), user regions and the network graph.
 //! - [`cost`]: the cost model, one pure function of plain data.
-//! - [`plan`]: region choice (hard filters, then a policy's score) with an
-//!   explanation record for every decision.
+//! - [`job`]: a job as region choice sees it, checked against a catalog.
+//! - [`plan`]: region choice (hard filters, then a policy's score).
+//! - [`explain`]: the explanation record of every decision, for people
+//!   and JSON.
 //! - [`engines`]: the second level, one placement engine per region; gangs
 //!   never span regions.
 //!
@@ -12,13 +14,14 @@
 
 pub mod catalog;
 pub mod cost;
+pub mod explain;
+pub mod job;
 pub mod nodes;
 pub mod plan;
 pub mod shift;
 
 pub use catalog::{Catalog, Region, Side};
 pub use cost::{estimate, CostEstimate, Site, Usage};
-pub use plan::{
-    Explanation, ExplanationView, Filter, InventoryIndex, JobKind, JobSpec, RegionChooser,
-    RegionPolicy, ResolvedJob, SpecError, Verdict,
-};
+pub use explain::{Explanation, ExplanationView, Filter, Verdict};
+pub use job::{JobKind, JobSpec, ResolvedJob, SpecError};
+pub use plan::{InventoryIndex, RegionChooser, RegionPolicy};

@@ -9,7 +9,7 @@
 
 use super::catalog::Catalog;
 use super::cost::{hour_start, mean_green_share, mean_price_multiplier, Site, HOUR_S};
-use super::plan::Explanation;
+use super::explain::Explanation;
 use crate::placement::FxBuild;
 use std::collections::HashMap;
 
@@ -179,7 +179,8 @@ impl Hours<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::regions::plan::{JobKind, JobSpec, RegionChooser, RegionPolicy};
+    use crate::regions::job::{JobKind, JobSpec};
+    use crate::regions::plan::{RegionChooser, RegionPolicy};
     use crate::regions::InventoryIndex;
 
     /// One region; green 10% at night, 90% from 10:00 to 14:00 CST when

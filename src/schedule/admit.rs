@@ -14,7 +14,8 @@ use crate::jobs::{
     WorkloadKey, WorkloadView,
 };
 use crate::placement::{Decision, DomainPlaced, Level, ModelSet, Request, TopologyAsk};
-use crate::regions::plan::{order_band_by_fit, Explanation, RegionChooser, RegionPolicy, Verdict};
+use crate::regions::explain::{Explanation, Verdict};
+use crate::regions::plan::{order_band_by_fit, RegionChooser, RegionPolicy};
 use crate::regions::shift::{GreenMemo, Hours, Window};
 
 use super::infeasible::{AskKey, Infeasible, Refusal, ShapeKey};

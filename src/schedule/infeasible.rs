@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use crate::jobs::{Kind, Text, WorkloadView};
 use crate::placement::{FxBuild, Request, TopologyAsk};
-use crate::regions::plan::Explanation;
+use crate::regions::explain::Explanation;
 
 /// A gang shape and where it may go: the job's vendor, each way to place
 /// the gang (its replicas' one request and their number), the regions it

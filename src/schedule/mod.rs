@@ -193,7 +193,7 @@ pub struct Plan {
     pub regions: Vec<RegionFigures>,
     /// Region choice of each workload it ran for this pass (with
     /// [`PlanConfig::keep_explanations`] and a region catalog).
-    pub explanations: Vec<(WorkloadKey, crate::regions::plan::Explanation)>,
+    pub explanations: Vec<(WorkloadKey, crate::regions::explain::Explanation)>,
     /// The earliest time a workload held for greener hours wants another
     /// pass (`None`: none is held). The simulated cluster wakes itself
     /// then; the controller's resync tick (5 s) picks it up.

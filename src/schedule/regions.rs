@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use crate::jobs::{Kind, WorkloadView};
-use crate::regions::plan::{InventoryIndex, JobKind, JobSpec};
+use crate::regions::job::{JobKind, JobSpec};
+use crate::regions::plan::InventoryIndex;
 use crate::regions::Catalog;
 
 /// A region catalog with the nodes of each region.

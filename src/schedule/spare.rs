@@ -19,7 +19,7 @@ use super::admit::{vendor_fits, vendor_of};
 use crate::jobs::Phase;
 use crate::jobs::WorkloadView;
 use crate::placement::{ModelSet, ModelTable, Request};
-use crate::regions::plan::{Explanation, Filter, LeftFor, Verdict};
+use crate::regions::explain::{Explanation, Filter, LeftFor, Verdict};
 
 use super::{Pass, Snapshot};
 
@@ -260,7 +260,7 @@ mod tests {
 
     /// Six ranked regions, the first four in the packing band.
     fn band_of_four() -> Explanation {
-        use crate::regions::plan::Candidate;
+        use crate::regions::explain::Candidate;
         let candidates = (0..6u16)
             .map(|r| Candidate {
                 region: r,

@@ -20,7 +20,7 @@ use crate::ledger::journal::JournalEntry;
 use crate::ledger::Holder;
 use crate::ledger::{Ledger, UsageRecord};
 use crate::regions::catalog::Catalog;
-use crate::regions::plan::{JobKind as WorldKind, JobSpec as WorldSpec, SpecError};
+use crate::regions::job::{JobKind as WorldKind, JobSpec as WorldSpec, SpecError};
 use crate::sim::world::{JobId, Phase, UsageInterval, World, WorldConfig};
 
 /// An input to the world from outside (the API), journalled in the ledger

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use crate::regions::catalog::{
     AcceleratorSpec, CatalogFile, InventoryEntry, Link, Region, Side, UserRegion,
 };
-use crate::regions::plan::JobKind;
+use crate::regions::job::JobKind;
 use crate::regions::Catalog;
 
 use super::workload::WorkloadRow;

@@ -11,7 +11,8 @@
 use crate::error::InputError;
 use crate::placement::Policy;
 use crate::regions::catalog::{Catalog, Side, MILLI_FEN_PER_CNY};
-use crate::regions::plan::{violations, JobKind, JobSpec, RegionPolicy};
+use crate::regions::job::{JobKind, JobSpec};
+use crate::regions::plan::{violations, RegionPolicy};
 use crate::sim::compare::{compare, table, SPACE_ONLY};
 use crate::sim::workload::{
     build_workload, parse_workload, write_workload, DEFAULT_WORKLOAD_CSV, DEFAULT_WORKLOAD_PATH,
@@ -289,8 +290,8 @@ impl JobTally {
             t.jobs_waited += (w > 0) as usize;
             t.waits += w;
             t.max_wait = t.max_wait.max(w);
-            if let Some(crate::regions::plan::Candidate {
-                verdict: crate::regions::plan::Verdict::Chosen { rank },
+            if let Some(crate::regions::explain::Candidate {
+                verdict: crate::regions::explain::Verdict::Chosen { rank },
                 ..
             }) = j.explanation.candidates.get(r)
             {

@@ -6,7 +6,7 @@
 use crate::error::InputError;
 use crate::placement::{Level, TopologyAsk, TopologySpec};
 use crate::regions::catalog::Catalog;
-use crate::regions::plan::{JobKind, JobSpec};
+use crate::regions::job::{JobKind, JobSpec};
 use serde::{Deserialize, Serialize};
 
 /// The shipped workload, embedded.

@@ -25,11 +25,10 @@ use crate::jobs::{
 use crate::placement::Policy;
 use crate::regions::catalog::{Catalog, Side};
 use crate::regions::cost::{estimate, hour_of_day, Site, Usage};
+use crate::regions::explain::{Explanation, ExplanationView, Filter, Verdict};
+use crate::regions::job::{JobKind, JobSpec, ResolvedJob, SpecError};
 use crate::regions::nodes::node_specs;
-use crate::regions::plan::{
-    Explanation, ExplanationView, Filter, InventoryIndex, JobKind, JobSpec, RegionPolicy,
-    ResolvedJob, SpecError, Verdict,
-};
+use crate::regions::plan::{InventoryIndex, RegionPolicy};
 use crate::schedule::{Action, PlanConfig, RegionCatalog, Scheduler, Snapshot};
 
 /// Job id, unique within a world, starting at 1.
@@ -1036,7 +1035,7 @@ impl World {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::regions::plan::JobKind;
+    use crate::regions::job::JobKind;
 
     /// Two regions: `east` (near users, dirty, 3 nodes × 8 GPUs) and `west`
     /// (green, 4 nodes × 8 GPUs), 10 ms apart; users in `city`.

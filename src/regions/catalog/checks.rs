@@ -19,7 +19,7 @@ pub(super) fn region_count(regions: &[Region], file: &str) -> Result<(), InputEr
             "the catalog lists no region; add at least one",
         ));
     }
-    let most = crate::regions::plan::MAX_REGIONS;
+    let most = crate::regions::job::MAX_REGIONS;
     if regions.len() > most {
         return Err(input_err(
             file,
