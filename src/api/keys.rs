@@ -8,9 +8,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::admin::{unknown_tenant_is_404, ADMIN_ACTOR};
 use super::auth::Admin;
+use super::checks::check_name;
 use super::error::ApiError;
-use super::handlers::{check_name, unknown_tenant_is_404, ADMIN_ACTOR};
 use super::openapi::StdErrors;
 use super::ApiState;
 use crate::ledger::{ApiKeyInfo, KEY_ID_LEN};

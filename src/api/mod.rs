@@ -7,14 +7,17 @@
 //! PostgreSQL) and a [`JobBackend`] (the in-process `World` in [`world`], or
 //! Kubernetes in `operator/`).
 
+mod admin;
 pub mod auth;
 mod cache;
+mod checks;
 pub mod console;
 pub mod error;
 pub mod extract;
 pub mod gateway;
 mod handlers;
 pub mod idempotency;
+mod job_endpoints;
 pub mod jobs;
 pub mod keys;
 pub mod lockout;
@@ -37,7 +40,7 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 pub use error::ApiError;
-pub use handlers::gpu_limit_milli;
+pub use job_endpoints::gpu_limit_milli;
 pub use jobs::{BackendError, JobBackend};
 pub use ratelimit::RateLimit;
 
@@ -346,19 +349,31 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(h::healthz))
         .route("/metrics", get(h::metrics))
         .route("/openapi.json", get(h::openapi_json))
-        .route("/v1/tenants", post(h::create_tenant).get(h::list_tenants))
-        .route("/v1/tenants/{name}/quota", put(h::set_quota))
-        .route("/v1/tenants/{name}/usage", get(h::tenant_usage))
+        .route(
+            "/v1/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route("/v1/tenants/{name}/quota", put(admin::set_quota))
+        .route("/v1/tenants/{name}/usage", get(admin::tenant_usage))
         .route(
             "/v1/tenants/{name}/keys",
             post(keys::create_key).get(keys::list_keys),
         )
         .route("/v1/tenants/{name}/keys/{id}", delete(keys::revoke_key))
-        .route("/v1/vouchers", post(h::issue_voucher).get(h::own_vouchers))
-        .route("/v1/audit", get(h::audit_log))
+        .route(
+            "/v1/vouchers",
+            post(admin::issue_voucher).get(h::own_vouchers),
+        )
+        .route("/v1/audit", get(admin::audit_log))
         .route("/v1/quota", get(h::own_quota))
-        .route("/v1/jobs", post(h::submit_job).get(h::list_jobs))
-        .route("/v1/jobs/{id}", get(h::get_job).delete(h::delete_job))
+        .route(
+            "/v1/jobs",
+            post(job_endpoints::submit_job).get(job_endpoints::list_jobs),
+        )
+        .route(
+            "/v1/jobs/{id}",
+            get(job_endpoints::get_job).delete(job_endpoints::delete_job),
+        )
         .route("/v1/usage", get(h::own_usage))
         .route("/v1/usage/series", get(series::own_series))
         .route("/v1/series", get(series::grouped_series))

@@ -9,8 +9,8 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::handlers;
 use super::jobs::{Explanation, GpuUse, JobKind, JobView, RegionView, ReplicaPlacement};
+use super::{admin, handlers, job_endpoints};
 use crate::ledger::{
     AuditEvent, CallRecord, ChargeKind, Quota, Statement, Tenant, UsageSummary, Voucher,
     VoucherStatus,
@@ -69,10 +69,10 @@ impl Modify for BearerAuth {
     info(title = "zhisuan quota API", description = "Self-service compute rental for tenants; admin endpoints for tenants, quotas and vouchers."),
     paths(
         handlers::healthz, handlers::metrics, handlers::openapi_json,
-        handlers::create_tenant, handlers::list_tenants, handlers::set_quota,
-        handlers::tenant_usage, handlers::issue_voucher, handlers::audit_log,
-        handlers::own_quota, handlers::submit_job, handlers::list_jobs,
-        handlers::get_job, handlers::delete_job, handlers::own_usage,
+        admin::create_tenant, admin::list_tenants, admin::set_quota,
+        admin::tenant_usage, admin::issue_voucher, admin::audit_log,
+        handlers::own_quota, job_endpoints::submit_job, job_endpoints::list_jobs,
+        job_endpoints::get_job, job_endpoints::delete_job, handlers::own_usage,
         handlers::statement, handlers::own_vouchers, handlers::regions,
         super::keys::create_key, super::keys::list_keys, super::keys::revoke_key,
         super::gateway::handlers::chat, super::gateway::handlers::completions,
@@ -85,9 +85,9 @@ impl Modify for BearerAuth {
     components(schemas(
         ErrorBody, ErrorDetail, Tenant, Quota, Voucher, VoucherStatus, UsageSummary, AuditEvent, ChargeKind, Statement,
         JobKind, crate::jobs::Phase, JobView, ReplicaPlacement, Explanation, GpuUse, RegionView, Tier,
-        handlers::Health, handlers::CreateTenantRequest, handlers::CreatedTenant,
-        handlers::TenantList, handlers::VoucherRequest, handlers::AuditList,
-        handlers::QuotaUse, handlers::QuotaView, handlers::JobRequest, super::jobs::JobPage,
+        handlers::Health, admin::CreateTenantRequest, admin::CreatedTenant,
+        admin::TenantList, admin::VoucherRequest, admin::AuditList,
+        handlers::QuotaUse, handlers::QuotaView, job_endpoints::JobRequest, super::jobs::JobPage,
         handlers::VoucherList, handlers::VoucherView, handlers::RegionList, handlers::StatementFormat,
         super::keys::CreatedKey, super::keys::KeyView, super::keys::KeyList,
         CallRecord, super::gateway::handlers::CallPage, super::gateway::handlers::ModelList,

@@ -42,7 +42,7 @@ pub async fn pending(
     _admin: Admin,
     ApiQuery(q): ApiQuery<PendingQuery>,
 ) -> Result<Json<PendingList>, ApiError> {
-    let limit = super::handlers::checked_limit(q.limit, "")?;
+    let limit = super::checks::checked_limit(q.limit, "")?;
     let jobs = state
         .jobs()
         .waiting(limit)

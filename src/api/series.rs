@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Admin, TenantCaller};
+use super::checks::parse_time;
 use super::extract::ApiQuery;
-use super::handlers::parse_time;
 use super::openapi::StdErrors;
 use super::{ApiError, ApiState};
 use crate::ledger::pending::PendingPoint;

@@ -452,7 +452,7 @@ pub async fn calls(
         }
         (Principal::Admin, t) => t,
     };
-    let limit = crate::api::handlers::checked_limit(q.limit, "")?;
+    let limit = crate::api::checks::checked_limit(q.limit, "")?;
     let csv = match q.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::regions::explain::{Filter, Verdict};
 use crate::regions::job::JobKind;
