@@ -7,8 +7,11 @@
 //! - [`plan`]: region choice (hard filters, then a policy's score).
 //! - [`explain`]: the explanation record of every decision, for people
 //!   and JSON.
-//! - [`engines`]: the second level, one placement engine per region; gangs
-//!   never span regions.
+//! - [`nodes`]: the catalog's nodes and the least-power tie order.
+//! - [`shift`]: time shifting (greener or cheaper hours before a deadline).
+//!
+//! The second level — the placement engine over a region's nodes, gangs
+//! never spanning regions — is the scheduler's ([`crate::schedule`]).
 //!
 //! Plan layer: no clock (time is passed in), no I/O except loading a catalog.
 
