@@ -126,10 +126,10 @@ impl Ledger {
         // One transaction (one commit) for the batch's token records and
         // its audit rows: the gateway waits on it before answering.
         let tokens: Vec<TokenRecord> = calls.iter().filter_map(CallRecord::token_record).collect();
-        let tokens = super::store::meter_tokens(&tokens)?;
-        let batch = (!tokens.is_empty()).then(|| super::store::Batch::of(Vec::new(), tokens));
+        let tokens = super::ingest::meter_tokens(&tokens)?;
+        let batch = (!tokens.is_empty()).then(|| super::ingest::Batch::of(Vec::new(), tokens));
         let (written, plan) = self.write(|tx| {
-            let plan = batch.map(|b| super::store::ingest_in(tx, b)).transpose()?;
+            let plan = batch.map(|b| super::ingest::ingest_in(tx, b)).transpose()?;
             let mut written = 0;
             for c in calls {
                 written += tx.exec(

@@ -19,6 +19,7 @@ mod cursors;
 pub mod energy;
 pub mod error;
 pub mod idempotency;
+mod ingest;
 pub mod journal;
 mod keys;
 pub mod metrics;
