@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::proxy::{forward, Call};
 use super::Gateway;
+use crate::api::admin::ADMIN_ACTOR;
 use crate::api::auth::{Admin, KeyCaller, Principal};
 use crate::api::error::ErrorBody;
 use crate::api::extract::{ApiJson, ApiQuery};
@@ -553,7 +554,7 @@ pub async fn set_grants(
 ) -> Result<Json<Grants>, ApiError> {
     let (n, models) = (name.clone(), body.models.clone());
     state
-        .blocking(move |l| l.set_model_grants("admin", &n, models.as_deref()))
+        .blocking(move |l| l.set_model_grants(ADMIN_ACTOR, &n, models.as_deref()))
         .await?;
     state.gateway().forget_tenant(&name);
     Ok(Json(body))

@@ -9,6 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::api::admin::ADMIN_ACTOR;
 use crate::api::auth::{Admin, TenantCaller};
 use crate::api::extract::ApiJson;
 use crate::api::openapi::StdErrors;
@@ -69,7 +70,7 @@ pub async fn set_of_tenant(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<RoutingDefault>,
 ) -> Result<Json<RoutingDefault>, ApiError> {
-    write(&state, "admin".to_string(), name, body).await
+    write(&state, ADMIN_ACTOR.to_string(), name, body).await
 }
 
 async fn read(state: &ApiState, tenant: String) -> Result<Json<RoutingDefault>, ApiError> {
