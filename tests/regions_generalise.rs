@@ -9,10 +9,14 @@
 //! On every pair the default policy has no SLO or residency violation and
 //! leaves no job unplaced. The issue's other two bars are NOT met yet, so
 //! they are held as ratchets at what the policy reaches today: a baseline
-//! (nearest, round-robin, cheapest-first, greenest-first) dominates it on
-//! (carbon, energy cost, mean wait) on at most 35 of the 160 pairs, and its
-//! mean wait is within 1.10 × nearest's (+1 s) on at least 59. Every pair's
-//! figures are printed; a change that makes either count worse fails, one
+//! (nearest, nearest-strict, round-robin, cheapest-first, greenest-first)
+//! dominates it on (carbon, energy cost, mean wait) on at most 28 of the 160
+//! pairs, and its mean wait is within 1.10 × nearest's (+1 s) on at least
+//! 60. `nearest` runs residency-bound jobs anywhere, so on some valid pairs
+//! no policy that keeps residency can be within its bound (the second test
+//! shows one); the bound is therefore also held against `nearest-strict`,
+//! the nearest region after green's own hard filters: at least 103. Every
+//! pair's figures are printed; a change that makes a count worse fails, one
 //! that makes it better should tighten the bar.
 
 use std::process::Command;
@@ -93,6 +97,8 @@ fn dominated(pair: &serde_json::Value) -> Option<String> {
 /// wait must be within 1.10 × nearest's on (of 160): today's figures.
 const MOST_DOMINATED: usize = 28;
 const LEAST_WAIT_MET: usize = 60;
+/// Pairs its mean wait must be within 1.10 × nearest-strict's (+1 s) on.
+const LEAST_WAIT_MET_OF_STRICT: usize = 103;
 
 #[test]
 fn the_default_policy_keeps_every_constraint_on_generated_pairs() {
@@ -101,9 +107,10 @@ fn the_default_policy_keeps_every_constraint_on_generated_pairs() {
     let seeds: Vec<u64> = pairs.iter().map(|p| p["seed"].as_u64().unwrap()).collect();
     assert_eq!(seeds, (1..=160).collect::<Vec<u64>>());
     let mut all = Vec::new();
-    let (mut doms, mut wait_met) = (Vec::new(), 0);
+    let (mut doms, mut wait_met, mut strict_met) = (Vec::new(), 0, 0);
     for p in pairs {
         let (g, n) = (run(p, "green"), run(p, "nearest"));
+        let strict = run(p, "nearest-strict");
         let c = &p["comparison"];
         eprintln!(
             "seed {:>2}: green vs nearest carbon {:+.1}%, cost {:+.1}%, wait {:.1} s vs {:.1} s",
@@ -119,9 +126,17 @@ fn the_default_policy_keeps_every_constraint_on_generated_pairs() {
         let within = f(&g["mean_wait_s"]) <= 1.10 * f(&n["mean_wait_s"]) + 1.0;
         assert_eq!(c["within_wait_bound"], within, "seed {}", p["seed"]);
         wait_met += usize::from(within);
+        let within = f(&g["mean_wait_s"]) <= 1.10 * f(&strict["mean_wait_s"]) + 1.0;
+        assert_eq!(
+            c["within_wait_bound_of_strict"], within,
+            "seed {}",
+            p["seed"]
+        );
+        strict_met += usize::from(within);
     }
     let summary = &v["summary"];
     assert_eq!(summary["within_wait_bound"], wait_met);
+    assert_eq!(summary["within_wait_bound_of_strict"], strict_met);
     assert_eq!(summary["dominated"], doms.len());
     eprintln!("{}", doms.join("\n"));
     eprintln!(
@@ -134,10 +149,104 @@ fn the_default_policy_keeps_every_constraint_on_generated_pairs() {
             doms.len()
         ));
     }
+    eprintln!(
+        "mean wait ≤ 1.10 × nearest-strict (+1 s) on {strict_met} of {} pairs",
+        pairs.len()
+    );
+    if strict_met < LEAST_WAIT_MET_OF_STRICT {
+        all.push(format!(
+            "wait bound of nearest-strict met on {strict_met} pairs (at least {LEAST_WAIT_MET_OF_STRICT})"
+        ));
+    }
     if wait_met < LEAST_WAIT_MET {
         all.push(format!(
             "wait bound met on {wait_met} pairs (at least {LEAST_WAIT_MET})"
         ));
     }
     assert!(all.is_empty(), "{}", all.join("\n"));
+}
+
+/// Two regions of one 8-GPU node each; the users are 5 ms from `near` and
+/// 40 ms from `home`. Both jobs need a whole node and may run only in
+/// `home` (residency): `long` arrives at 0 s for 36,000 s, `short` at 60 s
+/// for 3,600 s.
+const OUT_OF_REACH_CATALOG: &str = "version: 1
+accelerators:
+- {model: A100, vendor: nvidia, power_w: 400.0}
+regions:
+- name: near
+  hub: near
+  side: east
+  pue: 1.2
+  green_share: 0.1
+  price_cny_per_kwh: 0.5
+  grid_factor_kg_per_kwh: 0.6
+  inventory:
+  - {model: A100, nodes: 1, gpus_per_node: 8, cpu_milli: 128000, memory_mib: 1048576}
+- name: home
+  hub: home
+  side: west
+  pue: 1.2
+  green_share: 0.6
+  price_cny_per_kwh: 0.5
+  grid_factor_kg_per_kwh: 0.6
+  inventory:
+  - {model: A100, nodes: 1, gpus_per_node: 8, cpu_milli: 128000, memory_mib: 1048576}
+user_regions:
+- name: u0
+links:
+- {a: u0, b: near, rtt_ms: 5.0, bandwidth_gbps: 100.0}
+- {a: u0, b: home, rtt_ms: 40.0, bandwidth_gbps: 100.0}
+";
+const OUT_OF_REACH_WORKLOAD: &str = "name,tenant,kind,arrival_s,duration_s,replicas,gpus_per_replica,gpu_milli,cpu_milli,memory_mib,gpu_models,user_region,latency_slo_ms,residency,accelerator_vendor,mixed_models
+long,t0,training,0,36000,1,8,0,4000,16384,,u0,,home,,false
+short,t0,training,60,3600,1,8,0,4000,16384,,u0,,home,,false
+";
+
+/// Why the wait bound against `nearest` is out of reach on some valid
+/// pairs for every policy that keeps residency, and so why the sweep also
+/// reports it against `nearest-strict`. `nearest` keeps no residency: it
+/// runs `long` in `near` and `short` in `home`, and neither waits. Any
+/// schedule that keeps residency runs both on `home`'s one node, one after
+/// the other: either `long` waits until `short` is done (60 + 3,600 s) or
+/// `short` waits until `long` is (36,000 − 60 s) — even knowing the future,
+/// at least 3,660 s in all, a mean of 1,830 s against a bound of 1.10 × 0 +
+/// 1 s. The policies that keep residency each wait at least that, break no
+/// residency, and are within the bound of nearest-strict alone.
+#[test]
+fn no_policy_that_keeps_residency_meets_the_bound_of_nearest_on_every_pair() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, workload) = (dir.path().join("c.yaml"), dir.path().join("w.csv"));
+    std::fs::write(&catalog, OUT_OF_REACH_CATALOG).unwrap();
+    std::fs::write(&workload, OUT_OF_REACH_WORKLOAD).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zhisuan"))
+        .args(["sim", "--policy", "all", "--json", "--quiet", "--regions"])
+        .arg(&catalog)
+        .arg("--workload")
+        .arg(&workload)
+        .output()
+        .expect("run zhisuan");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    // The least total wait of any residency-keeping order of the two jobs.
+    let (long, short) = ((0.0, 36_000.0), (60.0, 3_600.0));
+    let short_first = short.0 + short.1 - long.0;
+    let long_first = long.0 + long.1 - short.0;
+    let floor = f64::min(short_first, long_first) / 2.0;
+    assert_eq!(floor, 1_830.0);
+    let nearest = run(&v, "nearest");
+    assert_eq!(f(&nearest["mean_wait_s"]), 0.0, "{nearest}");
+    assert!(f(&nearest["residency_violations"]) >= 1.0, "{nearest}");
+    for policy in ["green", "nearest-strict", "cheapest", "greenest"] {
+        let r = run(&v, policy);
+        assert_eq!(f(&r["residency_violations"]), 0.0, "{policy}: {r}");
+        assert!(f(&r["mean_wait_s"]) >= floor, "{policy}: {r}");
+    }
+    assert!(1.10 * f(&nearest["mean_wait_s"]) + 1.0 < floor);
+    assert_eq!(v["comparison"]["within_wait_bound"], false);
+    assert_eq!(v["comparison"]["within_wait_bound_of_strict"], true);
 }

@@ -309,6 +309,9 @@ impl Explanation {
             let why = match self.policy {
                 RegionPolicy::Green => "lowest carbon + energy cost + latency score",
                 RegionPolicy::Nearest => "closest to the job's users",
+                RegionPolicy::NearestStrict => {
+                    "closest to the job's users of the regions its residency, SLO and budget allow"
+                }
                 RegionPolicy::RoundRobin => "next in turn",
                 RegionPolicy::Cheapest => "lowest energy cost",
                 RegionPolicy::Greenest => "lowest carbon",

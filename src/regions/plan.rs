@@ -27,6 +27,10 @@ pub enum RegionPolicy {
     Green,
     /// Baseline: the region closest to the user; checks inventory and quota only.
     Nearest,
+    /// Baseline: the region closest to the user after the same hard filters
+    /// as green (residency, latency SLO, budget): what a dispatcher that
+    /// keeps the law and the SLOs but knows nothing of carbon or prices does.
+    NearestStrict,
     /// Baseline: regions in turn; checks inventory and quota only.
     RoundRobin,
     /// Baseline: the lowest expected energy cost first, after the same hard
@@ -38,8 +42,9 @@ pub enum RegionPolicy {
 }
 
 impl RegionPolicy {
-    pub const ALL: [RegionPolicy; 5] = [
+    pub const ALL: [RegionPolicy; 6] = [
         RegionPolicy::Nearest,
+        RegionPolicy::NearestStrict,
         RegionPolicy::RoundRobin,
         RegionPolicy::Cheapest,
         RegionPolicy::Greenest,
@@ -50,6 +55,7 @@ impl RegionPolicy {
         match self {
             RegionPolicy::Green => "green",
             RegionPolicy::Nearest => "nearest",
+            RegionPolicy::NearestStrict => "nearest-strict",
             RegionPolicy::RoundRobin => "round-robin",
             RegionPolicy::Cheapest => "cheapest",
             RegionPolicy::Greenest => "greenest",
@@ -58,12 +64,15 @@ impl RegionPolicy {
 
     /// Whether the policy enforces residency, SLO and budget (nearest and
     /// round-robin model naive dispatchers that do not, so the simulation
-    /// counts their violations; cheapest and greenest are green's own
-    /// filters with one objective).
+    /// counts their violations; nearest-strict, cheapest and greenest are
+    /// green's own filters with one objective).
     pub fn enforces_constraints(self) -> bool {
         matches!(
             self,
-            RegionPolicy::Green | RegionPolicy::Cheapest | RegionPolicy::Greenest
+            RegionPolicy::Green
+                | RegionPolicy::NearestStrict
+                | RegionPolicy::Cheapest
+                | RegionPolicy::Greenest
         )
     }
 }
@@ -80,11 +89,12 @@ impl FromStr for RegionPolicy {
         match s.trim().to_ascii_lowercase().as_str() {
             "green" | "default" => Ok(RegionPolicy::Green),
             "nearest" => Ok(RegionPolicy::Nearest),
+            "nearest-strict" => Ok(RegionPolicy::NearestStrict),
             "round-robin" | "roundrobin" | "rr" => Ok(RegionPolicy::RoundRobin),
             "cheapest" => Ok(RegionPolicy::Cheapest),
             "greenest" => Ok(RegionPolicy::Greenest),
             other => Err(format!(
-                "unknown region policy {other:?}; choose nearest, round-robin, cheapest, greenest or green (default)"
+                "unknown region policy {other:?}; choose nearest, nearest-strict, round-robin, cheapest, greenest or green (default)"
             )),
         }
     }
@@ -303,7 +313,9 @@ impl RegionChooser {
         let cands = &mut out.candidates;
         match self.policy {
             RegionPolicy::Green => score_green(catalog, job, cands, order),
-            RegionPolicy::Nearest => set_scores(cands, order, |_, t| t.latency_ms.unwrap_or(0.0)),
+            RegionPolicy::Nearest | RegionPolicy::NearestStrict => {
+                set_scores(cands, order, |_, t| t.latency_ms.unwrap_or(0.0))
+            }
             RegionPolicy::Cheapest => {
                 set_scores(cands, order, |_, t| t.estimate.energy_cost_milli_fen as f64)
             }
@@ -488,6 +500,54 @@ mod tests {
         );
         let (_, near) = rank(RegionPolicy::Nearest, &job());
         assert_eq!(c.regions[near[0] as usize].name, "zhangjiakou");
+    }
+
+    #[test]
+    fn nearest_strict_ranks_by_distance_among_the_regions_residency_and_slo_allow() {
+        let c = Catalog::default_catalog();
+        let bj = c.place_index("beijing").unwrap();
+        let names = |order: &[u16]| -> Vec<String> {
+            order
+                .iter()
+                .map(|&r| c.regions[r as usize].name.clone())
+                .collect()
+        };
+        let (_, near) = rank(RegionPolicy::Nearest, &job());
+        let (_, strict) = rank(RegionPolicy::NearestStrict, &job());
+        assert_eq!(
+            names(&strict),
+            names(&near),
+            "no constraint: the same order"
+        );
+        assert!(strict
+            .windows(2)
+            .all(|w| c.rtt_ms(bj, w[0] as usize) <= c.rtt_ms(bj, w[1] as usize)));
+        let mut bound = job();
+        bound.residency = vec!["wuhu".into(), "qingyang".into()];
+        let (e, strict) = rank(RegionPolicy::NearestStrict, &bound);
+        let mut allowed = names(&strict);
+        allowed.sort();
+        assert_eq!(allowed, ["qingyang", "wuhu"]);
+        assert!(c.rtt_ms(bj, strict[0] as usize) <= c.rtt_ms(bj, strict[1] as usize));
+        let left_out = e
+            .render(&c)
+            .candidates
+            .iter()
+            .filter(|v| v.filter == Some("residency"))
+            .count();
+        assert_eq!(left_out, c.regions.len() - 2);
+        // Nearest ranks every region that fits, residency or not.
+        assert_eq!(rank(RegionPolicy::Nearest, &bound).1.len(), near.len());
+        let mut online = job();
+        online.kind = JobKind::OnlineInference;
+        online.latency_slo_ms = Some(8.0);
+        let (_, strict) = rank(RegionPolicy::NearestStrict, &online);
+        assert!(!strict.is_empty() && strict.len() < near.len());
+        assert!(strict.iter().all(|&r| c.rtt_ms(bj, r as usize) <= 8.0));
+        assert_eq!(
+            "nearest-strict".parse::<RegionPolicy>().unwrap(),
+            RegionPolicy::NearestStrict
+        );
     }
 
     #[test]

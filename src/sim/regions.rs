@@ -30,8 +30,9 @@ pub struct SimArgs {
     /// Workload CSV. Default: the shipped openb-derived workload.
     #[arg(long, value_name = "FILE")]
     pub workload: Option<PathBuf>,
-    /// Region policy: nearest, round-robin, cheapest, greenest, green (the
-    /// default), a comma-separated list of them, or all (the five, compared).
+    /// Region policy: nearest, nearest-strict, round-robin, cheapest,
+    /// greenest, green (the default), a comma-separated list of them, or all
+    /// (the six, compared).
     #[arg(long, value_name = "NAME")]
     pub policy: Option<String>,
     /// Node placement policy inside each region (see `zhisuan replay`).

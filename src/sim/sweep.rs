@@ -96,6 +96,7 @@ pub struct Summary {
     pub with_violations: usize,
     pub green_mean_wait_sum_s: f64,
     pub nearest_mean_wait_sum_s: f64,
+    pub nearest_strict_mean_wait_sum_s: f64,
     /// The same counts for each load level (`"0.3"` … `"1.2"`): light and
     /// saturated pairs fare differently, and a change may trade one for the
     /// other.
@@ -108,6 +109,8 @@ pub struct Summary {
 pub struct Tally {
     pub pairs: usize,
     pub within_wait_bound: usize,
+    /// Within the same bound of nearest-strict's mean wait.
+    pub within_wait_bound_of_strict: usize,
     pub dominated: usize,
 }
 
@@ -115,6 +118,8 @@ impl Tally {
     fn count(&mut self, c: &Comparison) {
         self.pairs += 1;
         self.within_wait_bound += usize::from(c.within_wait_bound);
+        self.within_wait_bound_of_strict +=
+            usize::from(c.within_wait_bound_of_strict == Some(true));
         self.dominated += usize::from(!c.green_dominated_by.is_empty());
     }
 }
@@ -137,6 +142,7 @@ impl Summary {
             s.with_violations += usize::from(violated > 0);
             s.green_mean_wait_sum_s += p.mean_wait_s(RegionPolicy::Green);
             s.nearest_mean_wait_sum_s += p.mean_wait_s(RegionPolicy::Nearest);
+            s.nearest_strict_mean_wait_sum_s += p.mean_wait_s(RegionPolicy::NearestStrict);
         }
         s
     }
@@ -221,7 +227,7 @@ pub fn sweep(
 /// The sweep as a table, one pair a row, and the tally.
 pub fn table(pairs: &[Pair], s: &Summary) -> String {
     let mut out = String::from(
-        "seed  load  carbon vs nearest  cost vs nearest  wait green / nearest, s  within bound  dominated by\n",
+        "seed  load  carbon vs nearest  cost vs nearest  wait green / nearest / strict, s  within bound / of strict  dominated by\n",
     );
     for p in pairs {
         let c = &p.comparison;
@@ -231,14 +237,16 @@ pub fn table(pairs: &[Pair], s: &Summary) -> String {
             c.green_dominated_by.join(", ")
         };
         out.push_str(&format!(
-            "{:>4}  {:>4.2}  {:>+16.1}%  {:>+14.1}%  {:>10.1} / {:<10.1}  {:<12}  {}\n",
+            "{:>4}  {:>4.2}  {:>+16.1}%  {:>+14.1}%  {:>13.1} / {:>7.1} / {:>6.1}  {:>12} / {:<9}  {}\n",
             p.seed,
             p.load,
             -c.carbon_reduction_vs_nearest_pct,
             -c.energy_cost_reduction_vs_nearest_pct,
             p.mean_wait_s(RegionPolicy::Green),
             p.mean_wait_s(RegionPolicy::Nearest),
-            if c.within_wait_bound { "yes" } else { "no" },
+            p.mean_wait_s(RegionPolicy::NearestStrict),
+            yes_no(c.within_wait_bound),
+            yes_no(c.within_wait_bound_of_strict == Some(true)),
             by
         ));
     }
@@ -248,12 +256,13 @@ pub fn table(pairs: &[Pair], s: &Summary) -> String {
         .map(|(p, n)| format!("{p} {n}"))
         .collect();
     out.push_str(&format!(
-        "\n{} pairs: mean wait within {:.2}× nearest's (+{} s) on {}; dominated on {}{}; \
-         SLO/residency violations or unplaced jobs on {}; summed mean waits green {:.1} s, nearest {:.1} s\n",
+        "\n{} pairs: mean wait within {:.2}× nearest's (+{} s) on {} (of nearest-strict's on {}); dominated on {}{}; \
+         SLO/residency violations or unplaced jobs on {}; summed mean waits green {:.1} s, nearest {:.1} s, nearest-strict {:.1} s\n",
         s.total.pairs,
         super::compare::WAIT_BOUND_RATIO,
         super::compare::WAIT_BOUND_SLACK_S,
         s.total.within_wait_bound,
+        s.total.within_wait_bound_of_strict,
         s.total.dominated,
         if by.is_empty() {
             String::new()
@@ -263,19 +272,28 @@ pub fn table(pairs: &[Pair], s: &Summary) -> String {
         s.with_violations,
         s.green_mean_wait_sum_s,
         s.nearest_mean_wait_sum_s,
+        s.nearest_strict_mean_wait_sum_s,
     ));
     let levels: Vec<String> = s
         .by_load
         .iter()
         .map(|(l, t)| {
             format!(
-                "{l}× {} pairs, within {}, dominated {}",
-                t.pairs, t.within_wait_bound, t.dominated
+                "{l}× {} pairs, within {} (of strict {}), dominated {}",
+                t.pairs, t.within_wait_bound, t.within_wait_bound_of_strict, t.dominated
             )
         })
         .collect();
     out.push_str(&format!("by offered load: {}\n", levels.join("; ")));
     out
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
 }
 
 #[cfg(test)]
@@ -307,7 +325,9 @@ mod tests {
         let mut twice = pairs.clone();
         twice[1].comparison.green_dominated_by = vec!["cheapest".into(), "greenest".into()];
         twice[1].comparison.within_wait_bound = false;
+        twice[1].comparison.within_wait_bound_of_strict = Some(true);
         twice[0].comparison.within_wait_bound = true;
+        twice[0].comparison.within_wait_bound_of_strict = Some(false);
         twice[0].comparison.green_dominated_by = vec!["cheapest".into()];
         twice[0].green_never_placed = 1;
         twice[0].load_level = 0.3;
@@ -319,17 +339,19 @@ mod tests {
         });
         three[2].comparison.green_dominated_by.clear();
         three[2].comparison.within_wait_bound = true;
+        three[2].comparison.within_wait_bound_of_strict = None;
         let by_load = &Summary::of(&three).by_load;
-        let tally = |pairs, within_wait_bound, dominated| Tally {
+        let tally = |pairs, within_wait_bound, within_wait_bound_of_strict, dominated| Tally {
             pairs,
             within_wait_bound,
+            within_wait_bound_of_strict,
             dominated,
         };
-        assert_eq!(by_load["0.3"], tally(2, 1, 2));
-        assert_eq!(by_load["1.2"], tally(1, 1, 0));
+        assert_eq!(by_load["0.3"], tally(2, 1, 1, 2));
+        assert_eq!(by_load["1.2"], tally(1, 1, 0, 0));
         assert_eq!(by_load.len(), 2);
         let s = Summary::of(&twice);
-        assert_eq!(s.total, tally(2, 1, 2));
+        assert_eq!(s.total, tally(2, 1, 1, 2));
         assert_eq!(s.dominated_by["cheapest"], 2);
         assert_eq!(s.dominated_by["greenest"], 1);
         assert_eq!(s.with_violations, 1);
@@ -339,7 +361,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("by offered load: 0.3× 2 pairs, within 1, dominated 2\n"),
+            text.contains("by offered load: 0.3× 2 pairs, within 1 (of strict 1), dominated 2\n"),
             "{text}"
         );
     }
