@@ -23,10 +23,16 @@ use std::process::Command;
 
 const SEEDS: &str = "1..160";
 
-/// `zhisuan sim --sweep 1..160 --json`: every pair and the tally.
-fn sweep() -> serde_json::Value {
+/// `zhisuan sim <args> --json --quiet`, parsed.
+fn sim_json<I, S>(args: I) -> serde_json::Value
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let out = Command::new(env!("CARGO_BIN_EXE_zhisuan"))
-        .args(["sim", "--sweep", SEEDS, "--json", "--quiet"])
+        .arg("sim")
+        .args(args)
+        .args(["--json", "--quiet"])
         .output()
         .expect("run zhisuan");
     assert!(
@@ -35,6 +41,11 @@ fn sweep() -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// `zhisuan sim --sweep 1..160 --json`: every pair and the tally.
+fn sweep() -> serde_json::Value {
+    sim_json(["--sweep", SEEDS])
 }
 
 /// One policy's figures on a pair.
@@ -219,19 +230,14 @@ fn no_policy_that_keeps_residency_meets_the_bound_of_nearest_on_every_pair() {
     let (catalog, workload) = (dir.path().join("c.yaml"), dir.path().join("w.csv"));
     std::fs::write(&catalog, OUT_OF_REACH_CATALOG).unwrap();
     std::fs::write(&workload, OUT_OF_REACH_WORKLOAD).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_zhisuan"))
-        .args(["sim", "--policy", "all", "--json", "--quiet", "--regions"])
-        .arg(&catalog)
-        .arg("--workload")
-        .arg(&workload)
-        .output()
-        .expect("run zhisuan");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = sim_json([
+        "--policy".as_ref(),
+        "all".as_ref(),
+        "--regions".as_ref(),
+        catalog.as_os_str(),
+        "--workload".as_ref(),
+        workload.as_os_str(),
+    ]);
     // The least total wait of any residency-keeping order of the two jobs.
     let (long, short) = ((0.0, 36_000.0), (60.0, 3_600.0));
     let short_first = short.0 + short.1 - long.0;
