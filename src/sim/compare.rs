@@ -77,9 +77,19 @@ fn dominating(results: &[SimResult], green: &SimResult) -> Vec<String> {
         .collect()
 }
 
+/// The run of the policy named `name`, if it ran.
+pub(super) fn run_of<'a>(results: &'a [SimResult], name: &str) -> Option<&'a SimResult> {
+    results.iter().find(|r| r.policy == name)
+}
+
+/// The wait bound that `baseline`'s mean wait sets, in seconds.
+fn wait_bound_s(baseline: &SimResult) -> f64 {
+    WAIT_BOUND_RATIO * baseline.mean_wait_s + WAIT_BOUND_SLACK_S
+}
+
 /// Whether `green`'s mean wait is within the wait bound of `baseline`'s.
 fn within_bound(green: &SimResult, baseline: &SimResult) -> bool {
-    green.mean_wait_s <= WAIT_BOUND_RATIO * baseline.mean_wait_s + WAIT_BOUND_SLACK_S
+    green.mean_wait_s <= wait_bound_s(baseline)
 }
 
 /// `100 × (1 − a / b)`: how much lower `a` is than `b`, in percent
@@ -101,12 +111,8 @@ fn per_gpu_hour(total: f64, gpu_hours: f64) -> f64 {
 }
 
 pub(super) fn compare(results: &[SimResult]) -> Option<Comparison> {
-    let near = results
-        .iter()
-        .find(|r| r.policy == RegionPolicy::Nearest.name())?;
-    let green = results
-        .iter()
-        .find(|r| r.policy == RegionPolicy::Green.name())?;
+    let near = run_of(results, RegionPolicy::Nearest.name())?;
+    let green = run_of(results, RegionPolicy::Green.name())?;
     let cost = |r: &SimResult| r.energy_cost_milli_fen as f64;
     Some(Comparison {
         carbon_reduction_vs_nearest_pct: reduction_pct(green.carbon_kg, near.carbon_kg),
@@ -131,13 +137,9 @@ pub(super) fn compare(results: &[SimResult]) -> Option<Comparison> {
         ),
         green_dominated_by: dominating(results, green),
         within_wait_bound: within_bound(green, near),
-        within_wait_bound_of_strict: results
-            .iter()
-            .find(|r| r.policy == RegionPolicy::NearestStrict.name())
+        within_wait_bound_of_strict: run_of(results, RegionPolicy::NearestStrict.name())
             .map(|strict| within_bound(green, strict)),
-        space_only_carbon_reduction_vs_nearest_pct: results
-            .iter()
-            .find(|r| r.policy == SPACE_ONLY)
+        space_only_carbon_reduction_vs_nearest_pct: run_of(results, SPACE_ONLY)
             .map(|r| reduction_pct(r.carbon_kg, near.carbon_kg)),
     })
 }
@@ -183,18 +185,12 @@ fn comparison_line(c: &Comparison) -> String {
 /// Green's mean wait against the wait bound of nearest and of
 /// nearest-strict (when it ran).
 fn wait_bound_line(results: &[SimResult], c: &Comparison) -> String {
-    let wait = |policy: RegionPolicy| {
-        results
-            .iter()
-            .find(|r| r.policy == policy.name())
-            .map(|r| r.mean_wait_s)
-    };
     let bound = |policy: RegionPolicy, within: bool| {
-        wait(policy).map(|w| {
+        run_of(results, policy.name()).map(|r| {
             format!(
                 "{} {:.2} s ({})",
                 policy.name(),
-                WAIT_BOUND_RATIO * w + WAIT_BOUND_SLACK_S,
+                wait_bound_s(r),
                 if within { "within" } else { "NOT within" }
             )
         })
@@ -209,7 +205,7 @@ fn wait_bound_line(results: &[SimResult], c: &Comparison) -> String {
     .collect();
     format!(
         "green's mean wait {:.2} s against the wait bound ({WAIT_BOUND_RATIO:.2}× the mean wait + {WAIT_BOUND_SLACK_S} s) of {}",
-        wait(RegionPolicy::Green).unwrap_or(0.0),
+        run_of(results, RegionPolicy::Green.name()).map_or(0.0, |r| r.mean_wait_s),
         bounds.join(", ")
     )
 }

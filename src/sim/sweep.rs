@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::compare::{compare, Comparison};
+use super::compare::{compare, run_of, Comparison};
 use super::regions::{generated_workload, simulate};
 use crate::error::InputError;
 use crate::placement::Policy;
@@ -165,10 +165,7 @@ fn pair(seed: u64, placement: Policy, tie_seed: u64) -> Result<Pair, InputError>
         results.push(result);
     }
     let comparison = compare(&results).expect("green and nearest ran");
-    let green = results
-        .iter()
-        .find(|r| r.policy == RegionPolicy::Green.name())
-        .expect("green ran");
+    let green = run_of(&results, RegionPolicy::Green.name()).expect("green ran");
     Ok(Pair {
         seed,
         load: generated.load,
